@@ -23,7 +23,7 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class PolicyIssue:
-    """One problem found in the policy, printed as `file:line:col: Kind name: field.path: message`."""
+    """One problem in the policy, printed as `file:line:col: Kind name: field.path: message`."""
 
     message: str
     position: Position | None = None

@@ -1,0 +1,173 @@
+"""The gRPC side of xDS: a thin adapter that moves bytes between Envoy and `XdsStream`.
+
+Every discovery service (ADS and the per-type CDS, EDS, LDS, RDS, SDS, each in SotW and delta) is
+registered as a generic handler whose response serializer is the identity: responses are
+assembled from pre-encoded resources by `XdsStream`, so nothing is serialized per stream here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import discovery_pb2
+
+from meshpilot.metrics import Metrics
+from meshpilot.xds import types
+from meshpilot.xds.cache import SnapshotCache
+from meshpilot.xds.status import Connection, ProxyRegistry
+from meshpilot.xds.stream import ProtocolError, RequestKind, XdsStream
+
+log = logging.getLogger("meshpilot.xds")
+
+ViewOf = Callable[[Any], str]
+
+
+def view_of_node_cluster(node: Any) -> str:
+    """The default view: every Envoy with the same `node.cluster` gets the same config."""
+    return node.cluster
+
+
+# (gRPC service, SotW method, delta method, type served or None for ADS)
+_SERVICES: tuple[tuple[str, str, str, str | None], ...] = (
+    ("envoy.service.discovery.v3.AggregatedDiscoveryService",
+     "StreamAggregatedResources", "DeltaAggregatedResources", None),
+    ("envoy.service.cluster.v3.ClusterDiscoveryService", "StreamClusters", "DeltaClusters",
+     types.CLUSTER),
+    ("envoy.service.endpoint.v3.EndpointDiscoveryService", "StreamEndpoints", "DeltaEndpoints",
+     types.ENDPOINT),
+    ("envoy.service.listener.v3.ListenerDiscoveryService", "StreamListeners", "DeltaListeners",
+     types.LISTENER),
+    ("envoy.service.route.v3.RouteDiscoveryService", "StreamRoutes", "DeltaRoutes", types.ROUTE),
+    ("envoy.service.secret.v3.SecretDiscoveryService", "StreamSecrets", "DeltaSecrets",
+     types.SECRET),
+)
+
+_END = object()
+_WAKE = object()
+
+
+def _identity(payload: bytes) -> bytes:
+    return payload
+
+
+class XdsServer:
+    def __init__(self, cache: SnapshotCache, *, registry: ProxyRegistry | None = None,
+                 metrics: Metrics | None = None, view_of: ViewOf = view_of_node_cluster,
+                 control_plane_id: str = "meshpilot",
+                 on_nack: Callable[[Connection, str, str], None] | None = None):
+        self.cache = cache
+        self.registry = registry or ProxyRegistry()
+        self.metrics = metrics or Metrics()
+        self.view_of = view_of
+        self.control_plane_id = control_plane_id
+        self.on_nack = on_nack
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        out = []
+        for service, sotw_method, delta_method, type_url in _SERVICES:
+            methods = {
+                sotw_method: grpc.stream_stream_rpc_method_handler(
+                    self._handler(delta=False, type_url=type_url),
+                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                    response_serializer=_identity),
+                delta_method: grpc.stream_stream_rpc_method_handler(
+                    self._handler(delta=True, type_url=type_url),
+                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                    response_serializer=_identity),
+            }
+            out.append(grpc.method_handlers_generic_handler(service, methods))
+        return out
+
+    def _handler(self, *, delta: bool, type_url: str | None):
+        async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
+            stream = XdsStream(delta=delta, ads=type_url is None, type_url=type_url,
+                               control_plane_id=self.control_plane_id)
+            async for payload in self._serve(stream, requests, context):
+                yield payload
+        return handle
+
+    async def _serve(self, stream: XdsStream, requests: AsyncIterator[Any],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        inbox: asyncio.Queue[Any] = asyncio.Queue()
+        woken = False
+
+        def wake() -> None:
+            # Coalesce: one pending wake-up however many snapshots arrive before the stream runs.
+            nonlocal woken
+            if not woken:
+                woken = True
+                inbox.put_nowait(_WAKE)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    inbox.put_nowait(request)
+            except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                pass
+            finally:
+                inbox.put_nowait(_END)
+
+        conn = self.registry.open(stream, context.peer(), time.time())
+        variant = conn.variant
+        self.metrics.connected.labels(variant).inc()
+        reader = asyncio.get_running_loop().create_task(read())
+        unwatch: Callable[[], None] | None = None
+        try:
+            while True:
+                batch = [await inbox.get()]
+                while not inbox.empty():
+                    batch.append(inbox.get_nowait())
+                for item in batch:
+                    if item is _END:
+                        return
+                    if item is _WAKE:
+                        woken = False
+                        if conn.view is not None:
+                            stream.on_snapshot(self.cache.get_or_build(conn.view))
+                        continue
+                    try:
+                        type_url, kind = stream.on_request(item, time.time())
+                    except ProtocolError as e:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+                        return
+                    self._count(conn, type_url, kind)
+                    if conn.view is None:
+                        conn.view = self.view_of(stream.node)
+                        unwatch = self.cache.watch(conn.view, wake)
+                        stream.on_snapshot(self.cache.get_or_build(conn.view))
+                        log.info("%s connected: node %r view %r (%s)", conn.peer,
+                                 conn.node_id, conn.view, variant)
+                for out in stream.responses(time.time()):
+                    short = types.short_name(out.type_url)
+                    self.metrics.responses.labels(short).inc()
+                    self.metrics.resources_sent.labels(short).inc(len(out.names))
+                    self.metrics.bytes_sent.labels(short).inc(len(out.payload))
+                    yield out.payload
+        finally:
+            reader.cancel()
+            if unwatch is not None:
+                unwatch()
+            self.registry.close(conn)
+            self.metrics.connected.labels(variant).dec()
+            if conn.view is not None:
+                log.info("%s disconnected: node %r", conn.peer, conn.node_id)
+
+    def _count(self, conn: Connection, type_url: str, kind: RequestKind) -> None:
+        short = types.short_name(type_url)
+        if kind is RequestKind.ACK:
+            self.metrics.acks.labels(short).inc()
+        elif kind is RequestKind.STALE:
+            self.metrics.stale.labels(short).inc()
+        elif kind is RequestKind.NACK:
+            self.metrics.nacks.labels(short).inc()
+            rejection = conn.stream.types[type_url].rejection
+            message = rejection.message if rejection else ""
+            log.warning("node %r rejected %s version %s: %s", conn.node_id, short,
+                        rejection.version if rejection else "?", message)
+            if self.on_nack is not None:
+                self.on_nack(conn, type_url, message)

@@ -1,0 +1,434 @@
+"""The xDS stream as a sans-I/O state machine: requests and snapshots in, responses out.
+
+Rules of this module (after h11's `_state.py`):
+- Everything that decides what an Envoy is sent lives here; the gRPC servicer only moves bytes.
+- No I/O, no clocks (the caller passes `now`), no locks: one instance per stream, one task feeds it.
+- It knows nothing of the policy language; it sees snapshots of serialized resources.
+
+Theory of operation
+-------------------
+Per resource type the stream keeps a `TypeState`: the client's subscription (wildcard and/or
+names), `known` (the resources the client holds by our account: updated when we send, so a version
+that was sent, even one that was rejected, is never sent again), the nonce in flight, and the
+ACK/NACK record. `responses()` plans, for every type the client has opened, what differs between
+`known` and the current snapshot, and returns the responses to send now:
+
+- One response per type in flight: a type waits for its ACK or NACK before its next response, and
+  the next response is computed from the newest snapshot at that moment. A slow Envoy therefore
+  gets the latest config, never a queue of stale ones.
+- ADS order (make before break): types are planned in `types.ADS_ORDER`; a type whose change is
+  held back (its previous response is still in flight) holds back every later type too, so a route
+  never overtakes the cluster it names.
+- A cluster sent new or changed is followed by its endpoints, and a listener by its route
+  configurations, in the same batch, even if the client has not asked for them yet: Envoy
+  processes an ADS stream in order and registers those watches while it applies the cluster or
+  listener, so they leave warming at once instead of waiting for another round trip.
+- A cluster the snapshot dropped stays in what an ADS client is sent while a route or listener that
+  the client holds, and that is about to be replaced, still names it.
+- Versions are content hashes: a reconnecting client whose SotW `version_info` (or delta
+  `initial_resource_versions`) matches the snapshot is sent nothing.
+- Stale nonces (SotW) are ignored; the client repeats its interest with the newest nonce.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from meshpilot.xds import types, wire
+from meshpilot.xds.resources import Resource, ResourceMap, set_version
+from meshpilot.xds.snapshot import Snapshot
+
+WILDCARD = "*"
+
+
+class ProtocolError(Exception):
+    """The client broke the protocol; the stream is closed with INVALID_ARGUMENT."""
+
+
+class RequestKind(enum.Enum):
+    SUBSCRIBE = "subscribe"  # a first request or a change of interest, acknowledging nothing
+    ACK = "ack"
+    NACK = "nack"
+    STALE = "stale"  # a nonce that is not the newest sent: ignored
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """One response to write: the encoded bytes plus what they carry, for status and tests."""
+
+    type_url: str
+    nonce: str
+    version: str
+    payload: bytes
+    names: tuple[str, ...]
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A NACK: the version Envoy refused and Envoy's own error text."""
+
+    version: str
+    nonce: str
+    message: str
+    code: int
+    at: float
+
+
+@dataclass(slots=True)
+class _Claimed:
+    """A resource a reconnecting client says it holds, known to us only by version."""
+
+    name: str
+    version: str
+    refs: Any = None
+
+
+@dataclass(slots=True)
+class TypeState:
+    type_url: str
+    opened: bool = False
+    wildcard: bool = False
+    names: frozenset[str] = frozenset()
+    known: Mapping[str, Resource | _Claimed] = field(default_factory=dict)
+    known_shared: bool = False  # `known` is a snapshot's map: copy before changing it
+    client_version: str | None = None  # SotW version_info of the first request (reconnects)
+    anticipated: set[str] = field(default_factory=set)
+    force: set[str] = field(default_factory=set)
+    nonce: str | None = None
+    in_flight: bool = False
+    sent_version: str = ""
+    sent_at: float | None = None
+    acked_version: str = ""
+    acked_at: float | None = None
+    rejection: Rejection | None = None
+    responses: int = 0
+    acks: int = 0
+    nacks: int = 0
+    resources_sent: int = 0
+
+    @property
+    def status(self) -> str:
+        """SYNCED, PENDING (a response awaits its answer), NACKED or NOT_SENT."""
+        if self.in_flight:
+            return "PENDING"
+        if not self.responses:
+            return "NOT_SENT"
+        if self.rejection is not None and self.rejection.version == self.sent_version:
+            return "NACKED"
+        return "SYNCED"
+
+    def _own_known(self) -> dict[str, Resource | _Claimed]:
+        if self.known_shared or not isinstance(self.known, dict):
+            self.known = dict(self.known)
+            self.known_shared = False
+        return self.known  # type: ignore[return-value]
+
+    def forget(self, names: set[str] | frozenset[str]) -> None:
+        if any(n in self.known for n in names):
+            known = self._own_known()
+            for name in names:
+                known.pop(name, None)
+
+
+@dataclass(slots=True)
+class _Plan:
+    desired: Mapping[str, Resource | _Claimed]
+    version: str
+    send: list[Resource]
+    removed: list[str]
+    changed: list[str]  # names whose content the client did not have before
+
+
+class XdsStream:
+    """One Envoy's xDS stream: SotW or delta, aggregated (ADS) or for a single type."""
+
+    def __init__(self, *, delta: bool, ads: bool, type_url: str | None = None,
+                 control_plane_id: str = "meshpilot"):
+        if not ads and type_url is None:
+            raise ValueError("a non-ADS stream serves exactly one type_url")
+        self.delta = delta
+        self.ads = ads
+        self.only_type = type_url
+        self.node: Any = None
+        self.snapshot: Snapshot | None = None
+        self.types: dict[str, TypeState] = {}
+        self._nonce = 0
+        self._control_plane = wire.control_plane(control_plane_id)
+
+    # ---- inputs -------------------------------------------------------------------------------
+
+    def on_request(self, request: Any, now: float) -> tuple[str, RequestKind]:
+        """Feed a DiscoveryRequest (or DeltaDiscoveryRequest); returns its type and what it was."""
+        if self.node is None:
+            if not request.HasField("node"):
+                raise ProtocolError("the first request on a stream must carry the node")
+            self.node = request.node
+        type_url = request.type_url or self.only_type
+        if not type_url:
+            raise ProtocolError("an ADS request must name its type_url")
+        if self.only_type is not None and type_url != self.only_type:
+            raise ProtocolError(f"this stream serves {self.only_type}, not {type_url}")
+        state = self.types.get(type_url)
+        if state is None:
+            state = self.types[type_url] = TypeState(type_url)
+        if self.delta:
+            return type_url, self._on_delta_request(state, request, now)
+        return type_url, self._on_sotw_request(state, request, now)
+
+    def on_snapshot(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+
+    # ---- SotW requests ------------------------------------------------------------------------
+
+    def _on_sotw_request(self, state: TypeState, request: Any, now: float) -> RequestKind:
+        nonce = request.response_nonce
+        if nonce and nonce != state.nonce:
+            return RequestKind.STALE
+        kind = RequestKind.SUBSCRIBE
+        if nonce and state.in_flight:
+            kind = self._answer(state, request, now)
+        names = frozenset(request.resource_names)
+        if not state.opened:
+            state.opened = True
+            state.client_version = request.version_info or None
+            state.wildcard = WILDCARD in names or (
+                not names and state.type_url in types.WILDCARD_TYPES)
+        elif names:
+            state.wildcard = WILDCARD in names
+        elif state.type_url not in types.WILDCARD_TYPES:
+            state.wildcard = False
+        names -= {WILDCARD}
+        if kind is not RequestKind.SUBSCRIBE:
+            # The client answered a response that carried what we anticipated for it: what it
+            # does not name now, it does not want.
+            state.anticipated &= names
+        state.anticipated -= names  # confirmed: already sent, nothing more to do
+        dropped = state.names - names - state.anticipated
+        if dropped:
+            state.forget(dropped)
+        state.names = names | frozenset(state.anticipated)
+        return kind
+
+    # ---- delta requests -----------------------------------------------------------------------
+
+    def _on_delta_request(self, state: TypeState, request: Any, now: float) -> RequestKind:
+        subscribe = set(request.resource_names_subscribe)
+        unsubscribe = set(request.resource_names_unsubscribe)
+        if not state.opened:
+            state.opened = True
+            state.wildcard = WILDCARD in subscribe or (
+                not subscribe and state.type_url in types.WILDCARD_TYPES)
+            state.names = frozenset(subscribe - {WILDCARD})
+            initial = dict(request.initial_resource_versions)
+            if initial:
+                state.known = {n: _Claimed(n, v) for n, v in initial.items()}
+                state.known_shared = False
+        else:
+            if WILDCARD in subscribe:
+                state.wildcard = True
+            if WILDCARD in unsubscribe:
+                state.wildcard = False
+            added = subscribe - {WILDCARD}
+            removed = unsubscribe - {WILDCARD}
+            confirmed = added & state.anticipated
+            state.anticipated -= confirmed
+            fresh = added - confirmed
+            if fresh:
+                # A (re)subscription asks for the resource whatever we think the client has.
+                state.forget(fresh)
+            state.names = (state.names | added) - removed
+            state.anticipated -= removed
+            if removed:
+                state.forget(removed)
+        nonce = request.response_nonce
+        if not nonce:
+            return RequestKind.SUBSCRIBE
+        if nonce != state.nonce:
+            return RequestKind.STALE
+        if not state.in_flight:
+            return RequestKind.SUBSCRIBE  # the same nonce again: a change of interest only
+        return self._answer(state, request, now)
+
+    # ---- ACK / NACK ---------------------------------------------------------------------------
+
+    def _answer(self, state: TypeState, request: Any, now: float) -> RequestKind:
+        state.in_flight = False
+        if request.HasField("error_detail"):
+            state.nacks += 1
+            state.rejection = Rejection(version=state.sent_version, nonce=state.nonce or "",
+                                        message=request.error_detail.message,
+                                        code=request.error_detail.code, at=now)
+            return RequestKind.NACK
+        state.acks += 1
+        state.acked_version = state.sent_version
+        state.acked_at = now
+        return RequestKind.ACK
+
+    # ---- outputs ------------------------------------------------------------------------------
+
+    def responses(self, now: float) -> list[Outbound]:
+        """Everything that should be written now, in order. Call after every input."""
+        if self.snapshot is None or self.node is None:
+            return []
+        out: list[Outbound] = []
+        held = False
+        for type_url in self._order():
+            state = self.types[type_url]
+            plan = self._plan(state)
+            if plan is None:
+                continue
+            if state.in_flight or held:
+                held = True  # a later type must not overtake this one's pending change
+                continue
+            out.append(self._send(state, plan, now))
+            self._after_send(state, plan)
+        return out
+
+    def _order(self) -> list[str]:
+        opened = [t for t, s in self.types.items() if s.opened]
+        ordered = [t for t in types.ADS_ORDER if t in opened]
+        return ordered + sorted(t for t in opened if t not in types.ADS_ORDER)
+
+    def _desired(self, state: TypeState) -> tuple[Mapping[str, Resource | _Claimed], str]:
+        assert self.snapshot is not None
+        current = self.snapshot.get(state.type_url)
+        if state.wildcard or _covers(state.names, current):
+            base: Mapping[str, Resource | _Claimed] = current
+        else:
+            base = {n: current[n] for n in sorted(state.names) if n in current}
+        retained = self._retained_clusters(state, current) if state.wildcard else {}
+        if retained:
+            merged = dict(base)
+            merged.update(retained)
+            return merged, set_version(merged)  # type: ignore[arg-type]
+        if isinstance(base, ResourceMap):
+            return base, base.version
+        return base, set_version(base)  # type: ignore[arg-type]
+
+    def _plan(self, state: TypeState) -> _Plan | None:
+        desired, version = self._desired(state)
+        if not state.responses and state.client_version == version:
+            # A reconnecting SotW client already holds exactly this: send nothing.
+            self._adopt(state, desired, version)
+            return None
+        changed = _changed(desired, state.known)
+        forced = [n for n in state.force if n in desired and n not in changed]
+        state.force.intersection_update(desired)
+        removed: list[str] = []
+        if state.wildcard and (self.delta or state.type_url in types.WILDCARD_TYPES):
+            removed = [n for n in state.known if n not in desired]
+        if self.delta:
+            if not (changed or forced or removed):
+                return None
+            send = [desired[n] for n in changed + forced]
+        elif state.type_url in types.WILDCARD_TYPES or state.wildcard:
+            # SotW CDS and LDS carry the whole state of the world every time.
+            if version == state.sent_version and not forced:
+                return None
+            if state.rejection is not None and version == state.rejection.version:
+                return None
+            send = list(desired.values())
+        else:
+            if not (changed or forced):
+                if not removed:
+                    self._adopt(state, desired, state.sent_version)
+                return None
+            send = [desired[n] for n in changed + forced]
+        return _Plan(desired, version, send, removed, changed)  # type: ignore[arg-type]
+
+    def _adopt(self, state: TypeState, desired: Mapping[str, Resource | _Claimed],
+               version: str) -> None:
+        state.known = desired
+        state.known_shared = isinstance(desired, ResourceMap)
+        if not state.responses and state.client_version == version:
+            state.sent_version = state.acked_version = version
+
+    def _send(self, state: TypeState, plan: _Plan, now: float) -> Outbound:
+        self._nonce += 1
+        nonce = str(self._nonce)
+        if self.delta:
+            payload = wire.delta_response(
+                system_version=plan.version, type_url=state.type_url,
+                entries=(r.delta_entry for r in plan.send), removed=plan.removed, nonce=nonce,
+                control_plane_bytes=self._control_plane)
+        else:
+            body = (plan.desired.sotw_body() if isinstance(plan.desired, ResourceMap)
+                    and len(plan.send) == len(plan.desired)
+                    else b"".join(r.sotw_entry for r in plan.send))
+            payload = wire.sotw_response(version=plan.version, type_url=state.type_url,
+                                         resources_body=body, nonce=nonce,
+                                         control_plane_bytes=self._control_plane)
+        state.known = plan.desired
+        state.known_shared = isinstance(plan.desired, ResourceMap)
+        state.force.clear()
+        state.nonce = nonce
+        state.in_flight = True
+        state.sent_version = plan.version
+        state.sent_at = now
+        state.responses += 1
+        state.resources_sent += len(plan.send)
+        return Outbound(state.type_url, nonce, plan.version, payload,
+                        tuple(r.name for r in plan.send), tuple(plan.removed))
+
+    def _after_send(self, state: TypeState, plan: _Plan) -> None:
+        """Queue the dependents of what was just sent, so they are not left warming."""
+        if state.type_url == types.CLUSTER:
+            wanted = {plan.desired[n].refs.eds_name for n in plan.changed}
+            self._anticipate(types.ENDPOINT, {w for w in wanted if w})
+        elif state.type_url == types.LISTENER:
+            routes: set[str] = set()
+            for name in plan.changed:
+                routes |= plan.desired[name].refs.routes
+            self._anticipate(types.ROUTE, routes)
+
+    def _anticipate(self, type_url: str, names: set[str]) -> None:
+        state = self.types.get(type_url)
+        if state is None or not state.opened or not names:
+            return
+        state.force |= names
+        unseen = {n for n in names if n not in state.names}
+        if unseen and not state.wildcard:
+            state.anticipated |= unseen
+            state.names = state.names | unseen
+
+    def _retained_clusters(self, state: TypeState,
+                           current: ResourceMap) -> dict[str, Resource | _Claimed]:
+        """Clusters gone from the snapshot that a route or listener the client holds still names."""
+        if not self.ads or state.type_url != types.CLUSTER or not state.known:
+            return {}
+        if isinstance(state.known, ResourceMap):
+            _, gone = current.diff_from(state.known)
+        else:
+            gone = tuple(n for n in state.known if n not in current)
+        if not gone:
+            return {}
+        assert self.snapshot is not None
+        still_named: set[str] = set()
+        for holder_type in (types.ROUTE, types.LISTENER):
+            holder = self.types.get(holder_type)
+            if holder is None:
+                continue
+            newest = self.snapshot.get(holder_type)
+            for name, held in holder.known.items():
+                fresh = newest.get(name)
+                if fresh is not None and fresh.version == held.version:
+                    continue  # the client holds the current one; it names what it should
+                if held.refs is not None:
+                    still_named |= held.refs.clusters
+        return {n: state.known[n] for n in gone if n in still_named}
+
+
+def _covers(names: frozenset[str], current: ResourceMap) -> bool:
+    return len(names) == len(current) and all(n in names for n in current)
+
+
+def _changed(desired: Mapping[str, Resource | _Claimed],
+             known: Mapping[str, Resource | _Claimed]) -> list[str]:
+    if isinstance(desired, ResourceMap) and isinstance(known, ResourceMap):
+        return list(desired.diff_from(known)[0])
+    return [n for n, r in desired.items()
+            if (k := known.get(n)) is None or k.version != r.version]

@@ -1,0 +1,80 @@
+"""Hand-assembled protobuf wire encoding for discovery responses.
+
+Responses are built from pre-encoded fragments so that the bytes of a resource are produced once
+and reused by every stream (facts.md: a real Envoy accepts and ACKs such responses). Field numbers
+come from envoy/service/discovery/v3/discovery.proto and google/protobuf/any.proto.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+_ANY_TYPE_URL, _ANY_VALUE = 1, 2
+# DiscoveryResponse
+_SOTW_VERSION, _SOTW_RESOURCES, _SOTW_TYPE_URL, _SOTW_NONCE, _SOTW_CONTROL_PLANE = 1, 2, 4, 5, 6
+# DeltaDiscoveryResponse
+_DELTA_SYSTEM_VERSION, _DELTA_RESOURCES, _DELTA_TYPE_URL = 1, 2, 4
+_DELTA_NONCE, _DELTA_REMOVED, _DELTA_CONTROL_PLANE = 5, 6, 7
+# discovery.v3.Resource
+_RES_VERSION, _RES_ANY, _RES_NAME = 1, 2, 3
+# config.core.v3.ControlPlane
+_CONTROL_PLANE_IDENTIFIER = 1
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    return varint((field_number << 3) | 2) + varint(len(payload)) + payload
+
+
+def string_field(field_number: int, text: str) -> bytes:
+    return length_delimited(field_number, text.encode())
+
+
+def any_bytes(type_url: str, body: bytes) -> bytes:
+    return string_field(_ANY_TYPE_URL, type_url) + length_delimited(_ANY_VALUE, body)
+
+
+def sotw_resource_entry(any_encoded: bytes) -> bytes:
+    return length_delimited(_SOTW_RESOURCES, any_encoded)
+
+
+def delta_resource_entry(name: str, version: str, any_encoded: bytes) -> bytes:
+    resource = (string_field(_RES_VERSION, version) + length_delimited(_RES_ANY, any_encoded)
+                + string_field(_RES_NAME, name))
+    return length_delimited(_DELTA_RESOURCES, resource)
+
+
+def control_plane(identifier: str) -> bytes:
+    return string_field(_CONTROL_PLANE_IDENTIFIER, identifier)
+
+
+def sotw_response(*, version: str, type_url: str, resources_body: bytes, nonce: str,
+                  control_plane_bytes: bytes = b"") -> bytes:
+    """A DiscoveryResponse; `resources_body` is already-encoded `resources` entries."""
+    out = [string_field(_SOTW_VERSION, version), resources_body,
+           string_field(_SOTW_TYPE_URL, type_url), string_field(_SOTW_NONCE, nonce)]
+    if control_plane_bytes:
+        out.append(length_delimited(_SOTW_CONTROL_PLANE, control_plane_bytes))
+    return b"".join(out)
+
+
+def delta_response(*, system_version: str, type_url: str, entries: Iterable[bytes],
+                   removed: Iterable[str], nonce: str, control_plane_bytes: bytes = b"") -> bytes:
+    out = [string_field(_DELTA_SYSTEM_VERSION, system_version), *entries,
+           string_field(_DELTA_TYPE_URL, type_url)]
+    out.extend(string_field(_DELTA_REMOVED, name) for name in removed)
+    out.append(string_field(_DELTA_NONCE, nonce))
+    if control_plane_bytes:
+        out.append(length_delimited(_DELTA_CONTROL_PLANE, control_plane_bytes))
+    return b"".join(out)
