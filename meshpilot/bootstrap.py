@@ -1,0 +1,193 @@
+"""Envoy bootstrap rendering: the static config an Envoy needs to find meshpilot over ADS.
+
+This module owns the shape of the bootstrap every meshpilot-managed Envoy starts from: node
+identity, the admin listener, ADS (state-of-the-world or delta) for CDS and LDS, and the static
+cluster that points at the meshpilot xDS replicas. Everything else (listeners, routes, clusters,
+endpoints) arrives over xDS. Pure functions, no I/O: callers write the result where they like.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+from typing import Any
+
+import yaml
+
+__all__ = ["bootstrap_yaml", "render_bootstrap"]
+
+_HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+# xDS is a handful of long-lived gRPC streams per Envoy, so Envoy's default circuit breaker
+# (1024) is never the bottleneck for one proxy; a generous explicit limit documents that intent
+# and keeps a future default change, or a burst of reconnects, from throttling configuration.
+_XDS_CIRCUIT_BREAKER_LIMIT = 100_000
+
+# A short connect timeout lets Envoy move to another replica quickly when one is down.
+_XDS_CONNECT_TIMEOUT = "1s"
+
+# HTTP/2 PINGs detect a dead control-plane connection (for example a replica whose node vanished
+# without sending a FIN) long before TCP would, so Envoy reconnects to a live replica.
+_XDS_KEEPALIVE = {"interval": "30s", "timeout": "5s"}
+
+
+def render_bootstrap(
+    *,
+    node_id: str,
+    node_cluster: str,
+    xds_addresses: list[tuple[str, int]],
+    admin_address: tuple[str, int],
+    delta: bool = False,
+    xds_cluster_name: str = "meshpilot_xds",
+    node_metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Return an Envoy v3 bootstrap that takes CDS and LDS from meshpilot over one ADS stream.
+
+    `xds_addresses` lists the meshpilot replicas as (host, port); hosts may be IP literals
+    (cluster type STATIC) or DNS names (STRICT_DNS, every resolved address becomes a host).
+    `delta` selects incremental xDS (DELTA_GRPC) instead of state-of-the-world (GRPC).
+    """
+    if not node_id:
+        raise ValueError("node_id must not be empty")
+    if not node_cluster:
+        raise ValueError("node_cluster must not be empty")
+    if not xds_addresses:
+        raise ValueError("xds_addresses must list at least one (host, port)")
+    for host, port in [*xds_addresses, admin_address]:
+        _check_address(host, port)
+
+    return {
+        "node": _node(node_id, node_cluster, node_metadata),
+        "admin": {"address": _socket_address(*admin_address)},
+        "dynamic_resources": _dynamic_resources(xds_cluster_name, delta),
+        "static_resources": {"clusters": [_xds_cluster(xds_cluster_name, xds_addresses)]},
+    }
+
+
+def bootstrap_yaml(
+    *,
+    node_id: str,
+    node_cluster: str,
+    xds_addresses: list[tuple[str, int]],
+    admin_address: tuple[str, int],
+    delta: bool = False,
+    xds_cluster_name: str = "meshpilot_xds",
+    node_metadata: dict[str, Any] | None = None,
+) -> str:
+    """Render the same bootstrap as `render_bootstrap` as YAML text.
+
+    Keys keep the order `render_bootstrap` builds them in (node, admin, dynamic, static), which is
+    deterministic, so the text is stable across runs and reads top-down.
+    """
+    bootstrap = render_bootstrap(
+        node_id=node_id,
+        node_cluster=node_cluster,
+        xds_addresses=xds_addresses,
+        admin_address=admin_address,
+        delta=delta,
+        xds_cluster_name=xds_cluster_name,
+        node_metadata=node_metadata,
+    )
+    return yaml.dump(bootstrap, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
+
+
+class _PlainDumper(yaml.SafeDumper):
+    """SafeDumper without anchors/aliases: a metadata object reused twice is written out twice."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _check_address(host: str, port: int) -> None:
+    if not host:
+        raise ValueError("address host must not be empty")
+    # Port 0 is allowed: Envoy then picks a free port (useful for admin in tests).
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range for {host}: {port}")
+
+
+def _node(node_id: str, node_cluster: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    node: dict[str, Any] = {"id": node_id, "cluster": node_cluster}
+    if metadata:
+        node["metadata"] = copy.deepcopy(metadata)
+    return node
+
+
+def _socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _ads_source() -> dict[str, Any]:
+    return {"ads": {}, "resource_api_version": "V3"}
+
+
+def _dynamic_resources(xds_cluster_name: str, delta: bool) -> dict[str, Any]:
+    return {
+        "ads_config": {
+            "api_type": "DELTA_GRPC" if delta else "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": xds_cluster_name}}],
+            # The node is large (metadata, extensions list); sending it once per stream is enough.
+            "set_node_on_first_message_only": True,
+        },
+        "cds_config": _ads_source(),
+        "lds_config": _ads_source(),
+    }
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _xds_cluster(name: str, addresses: list[tuple[str, int]]) -> dict[str, Any]:
+    all_ips = all(_is_ip_literal(host) for host, _ in addresses)
+    thresholds = {
+        "max_connections": _XDS_CIRCUIT_BREAKER_LIMIT,
+        "max_pending_requests": _XDS_CIRCUIT_BREAKER_LIMIT,
+        "max_requests": _XDS_CIRCUIT_BREAKER_LIMIT,
+        "max_retries": _XDS_CIRCUIT_BREAKER_LIMIT,
+    }
+    cluster: dict[str, Any] = {
+        "name": name,
+        # STATIC needs IP literals; STRICT_DNS resolves names (a headless Service gives one
+        # address per replica) and keeps re-resolving as replicas come and go.
+        "type": "STATIC" if all_ips else "STRICT_DNS",
+        "connect_timeout": _XDS_CONNECT_TIMEOUT,
+        "lb_policy": "ROUND_ROBIN",
+        "typed_extension_protocol_options": {
+            _HTTP_PROTOCOL_OPTIONS: {
+                "@type": f"type.googleapis.com/{_HTTP_PROTOCOL_OPTIONS}",
+                # gRPC needs HTTP/2; without this Envoy speaks HTTP/1.1 and ADS never starts.
+                "explicit_http_config": {
+                    "http2_protocol_options": {"connection_keepalive": dict(_XDS_KEEPALIVE)},
+                },
+            },
+        },
+        "circuit_breakers": {
+            "thresholds": [
+                {"priority": "DEFAULT", **thresholds},
+                {"priority": "HIGH", **thresholds},
+            ],
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {"endpoint": {"address": _socket_address(host, port)}}
+                        for host, port in addresses
+                    ],
+                },
+            ],
+        },
+    }
+    if not all_ips:
+        # Envoy's default (AUTO) prefers IPv6: c-ares answers ::1 for `localhost`, and a
+        # dual-stack name would be dialled on IPv6 while servers commonly bind 0.0.0.0.
+        # V4_PREFERRED still falls back to IPv6 on IPv6-only networks.
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+    return cluster

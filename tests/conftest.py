@@ -1,0 +1,92 @@
+"""Shared fixtures for the whole test suite.
+
+Rules every fixture here keeps: bind 127.0.0.1 only, take ports from the OS, bound every wait,
+and stop everything it started at teardown (even when the test fails).
+
+Sections: ports, work directories, real Envoy processes, echo backends. Add new shared fixtures
+under a section of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshpilot.demo.echo import EchoServer
+from meshpilot.envoy_process import EnvoyProcess
+from meshpilot.netutil import free_port as _free_port
+
+# ----- ports ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def free_port() -> Callable[[], int]:
+    """A function returning a free TCP port on 127.0.0.1 each time it is called."""
+    return _free_port
+
+
+# ----- work directories -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tmp_work(tmp_path: Path) -> Path:
+    """A per-test scratch directory for config files, logs and sockets."""
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+# ----- real Envoy processes ---------------------------------------------------------------------
+
+EnvoyFactory = Callable[..., EnvoyProcess]
+
+
+@pytest.fixture
+def envoy_factory(tmp_path: Path) -> Iterator[EnvoyFactory]:
+    """`start(bootstrap, **kwargs) -> EnvoyProcess`: starts a real Envoy and waits until ready.
+
+    `ready_timeout` (seconds, default 15) bounds the wait; other keyword arguments go to
+    EnvoyProcess (name, log_level, base_id, extra_args, ...). Each Envoy gets
+    its own work directory; all are stopped at teardown, and their log tails are printed, which
+    pytest shows only when the test failed.
+    """
+    started: list[EnvoyProcess] = []
+
+    def start(
+        bootstrap: Mapping[str, Any], *, ready_timeout: float = 15.0, **kwargs: Any
+    ) -> EnvoyProcess:
+        name = kwargs.pop("name", f"envoy-{len(started)}")
+        envoy = EnvoyProcess(bootstrap, tmp_path / name, name=name, **kwargs)
+        started.append(envoy)  # before start(): a failed start is still stopped at teardown
+        envoy.start()
+        envoy.wait_ready(timeout=ready_timeout)
+        return envoy
+
+    yield start
+
+    for envoy in started:
+        envoy.stop()
+        print(f"--- {envoy.name} (exit {envoy.returncode}) log tail ---\n{envoy.log_tail(20)}")
+
+
+# ----- echo backends ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def echo_factory() -> Iterator[Callable[[str], EchoServer]]:
+    """`start(name) -> EchoServer`: a running echo backend on 127.0.0.1; stopped at teardown."""
+    started: list[EchoServer] = []
+
+    def start(name: str) -> EchoServer:
+        server = EchoServer(name)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+
+    for server in started:
+        server.stop()
