@@ -27,12 +27,15 @@ class SnapshotCache:
     def get(self, view: str) -> Snapshot | None:
         return self._snapshots.get(view)
 
-    def get_or_build(self, view: str) -> Snapshot:
-        """The view's snapshot, built on first use: views no proxy has asked for cost nothing."""
+    def get_or_build(self, view: str) -> Snapshot | None:
+        """The view's snapshot, built on first use: views no proxy has asked for cost nothing.
+
+        None until a builder exists (no valid policy loaded yet): an Envoy is then sent nothing,
+        rather than an empty config that would wipe what it already serves.
+        """
         found = self._snapshots.get(view)
-        if found is None:
-            found = self._builder(view) if self._builder else Snapshot(view, {})
-            self._snapshots[view] = found
+        if found is None and self._builder is not None:
+            found = self._snapshots[view] = self._builder(view)
         return found
 
     def set(self, snapshot: Snapshot) -> bool:
@@ -50,6 +53,10 @@ class SnapshotCache:
 
     def watched_views(self) -> tuple[str, ...]:
         return tuple(sorted(v for v, w in self._watchers.items() if w))
+
+    def all_views(self) -> tuple[str, ...]:
+        """Views with a snapshot or with streams waiting for one."""
+        return tuple(sorted(set(self._snapshots) | set(self.watched_views())))
 
     def watch(self, view: str, wake: Callable[[], None]) -> Callable[[], None]:
         """Call `wake()` whenever `view` changes; returns a function that stops watching."""

@@ -50,7 +50,10 @@ def _messages(message: Message) -> Iterator[Message]:
                 continue
             if field.message_type.GetOptions().map_entry:
                 stack.extend(v for v in value.values() if isinstance(v, Message))
-            elif field.label == FieldDescriptor.LABEL_REPEATED:
+            # Fix: protobuf 7 removed FieldDescriptor.label (AttributeError on every listener or
+            # route walk); `is_repeated` replaces it, `label` stays for older protobuf releases.
+            elif (field.is_repeated if hasattr(field, "is_repeated")
+                  else field.label == FieldDescriptor.LABEL_REPEATED):
                 stack.extend(value)
             else:
                 stack.append(value)

@@ -127,8 +127,12 @@ class XdsServer:
                         return
                     if item is _WAKE:
                         woken = False
-                        if conn.view is not None:
-                            stream.on_snapshot(self.cache.get_or_build(conn.view))
+                        # Fix: `is not None`, not truthiness: a node with an empty cluster has
+                        # view "" (served its first snapshot), and must get the updates too.
+                        snapshot = (self.cache.get(conn.view) if conn.view is not None
+                                    else None)
+                        if snapshot is not None:
+                            stream.on_snapshot(snapshot)
                         continue
                     try:
                         type_url, kind = stream.on_request(item, time.time())
@@ -139,7 +143,9 @@ class XdsServer:
                     if conn.view is None:
                         conn.view = self.view_of(stream.node)
                         unwatch = self.cache.watch(conn.view, wake)
-                        stream.on_snapshot(self.cache.get_or_build(conn.view))
+                        snapshot = self.cache.get_or_build(conn.view)
+                        if snapshot is not None:
+                            stream.on_snapshot(snapshot)
                         log.info("%s connected: node %r view %r (%s)", conn.peer,
                                  conn.node_id, conn.view, variant)
                 for out in stream.responses(time.time()):

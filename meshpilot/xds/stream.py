@@ -96,6 +96,7 @@ class TypeState:
     known: Mapping[str, Resource | _Claimed] = field(default_factory=dict)
     known_shared: bool = False  # `known` is a snapshot's map: copy before changing it
     client_version: str | None = None  # SotW version_info of the first request (reconnects)
+    claimed: bool = False  # delta: the first request listed initial_resource_versions
     anticipated: set[str] = field(default_factory=set)
     force: set[str] = field(default_factory=set)
     nonce: str | None = None
@@ -225,6 +226,7 @@ class XdsStream:
             state.names = frozenset(subscribe - {WILDCARD})
             initial = dict(request.initial_resource_versions)
             if initial:
+                state.claimed = True
                 state.known = {n: _Claimed(n, v) for n, v in initial.items()}
                 state.known_shared = False
         else:
@@ -322,14 +324,21 @@ class XdsStream:
         if state.wildcard and (self.delta or state.type_url in types.WILDCARD_TYPES):
             removed = [n for n in state.known if n not in desired]
         if self.delta:
-            if not (changed or forced or removed):
+            # A wildcard subscription is always answered once, even when empty: Envoy holds its
+            # initialization (and LDS) until the first CDS response, or until a 15 s timeout.
+            first_wildcard = state.wildcard and not state.responses and not state.claimed
+            if not (changed or forced or removed or first_wildcard):
                 return None
             send = [desired[n] for n in changed + forced]
         elif state.type_url in types.WILDCARD_TYPES or state.wildcard:
             # SotW CDS and LDS carry the whole state of the world every time.
             if version == state.sent_version and not forced:
                 return None
-            if state.rejection is not None and version == state.rejection.version:
+            # Fix: hold back a rejected version only while it is the last one sent. Once the
+            # client accepted another version, going back to the rejected content is a change
+            # it must be sent (as delta and named SotW types do), not a silent divergence.
+            if (state.rejection is not None and version == state.rejection.version
+                    and state.sent_version == state.rejection.version):
                 return None
             send = list(desired.values())
         else:

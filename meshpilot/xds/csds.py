@@ -1,0 +1,105 @@
+"""The Client Status Discovery Service: what each connected Envoy was sent and how it answered.
+
+For every connected proxy matching the request's node matchers, one `ClientConfig` with a
+`GenericXdsConfig` per resource the proxy holds by our account: its version, its contents (unless
+`exclude_resource_contents`), whether it was ACKed or NACKed (with Envoy's message) and whether
+it matches the newest snapshot (SYNCED) or not yet (STALE).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.admin.v3 import config_dump_shared_pb2 as dump
+from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
+from google.protobuf import any_pb2
+
+from meshpilot.xds.resources import Resource
+from meshpilot.xds.status import Connection, ProxyRegistry
+
+
+def _string_matches(matcher: Any, value: str) -> bool:
+    kind = matcher.WhichOneof("match_pattern")
+    if kind is None:
+        return True
+    subject = value.lower() if matcher.ignore_case else value
+
+    def norm(text: str) -> str:
+        return text.lower() if matcher.ignore_case else text
+
+    if kind == "exact":
+        return subject == norm(matcher.exact)
+    if kind == "prefix":
+        return subject.startswith(norm(matcher.prefix))
+    if kind == "suffix":
+        return subject.endswith(norm(matcher.suffix))
+    if kind == "contains":
+        return norm(matcher.contains) in subject
+    if kind == "safe_regex":
+        return re.fullmatch(matcher.safe_regex.regex, value) is not None
+    return False
+
+
+def _selected(request: Any, conn: Connection) -> bool:
+    if not request.node_matchers:
+        return True
+    return any(not m.HasField("node_id") or _string_matches(m.node_id, conn.node_id)
+               for m in request.node_matchers)
+
+
+def client_config(conn: Connection, *, include_contents: bool = True) -> Any:
+    stream = conn.stream
+    config = csds_pb2.ClientConfig(node=stream.node)
+    snapshot = stream.snapshot
+    for type_url, state in stream.types.items():
+        newest = snapshot.get(type_url) if snapshot else None
+        rejection = state.rejection
+        nacked = rejection is not None and rejection.version == state.sent_version
+        for name, held in state.known.items():
+            entry = config.generic_xds_configs.add(type_url=type_url, name=name,
+                                                   version_info=held.version)
+            if include_contents and isinstance(held, Resource):
+                entry.xds_config.CopyFrom(any_pb2.Any(type_url=type_url, value=held.body))
+            if state.in_flight:
+                entry.client_status = dump.REQUESTED
+            elif nacked:
+                entry.client_status = dump.NACKED
+                entry.error_state.details = rejection.message  # type: ignore[union-attr]
+                entry.error_state.version_info = rejection.version  # type: ignore[union-attr]
+            else:
+                entry.client_status = dump.ACKED
+            fresh = newest.get(name) if newest is not None else None
+            entry.config_status = (csds_pb2.SYNCED if fresh is not None
+                                   and fresh.version == held.version else csds_pb2.STALE)
+            if nacked:
+                entry.config_status = csds_pb2.ERROR
+    return config
+
+
+class ClientStatusService(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):
+    def __init__(self, registry: ProxyRegistry):
+        self.registry = registry
+
+    def _respond(self, request: Any) -> Any:
+        response = csds_pb2.ClientStatusResponse()
+        for conn in self.registry.connections():
+            if conn.stream.node is not None and _selected(request, conn):
+                response.config.append(client_config(
+                    conn, include_contents=not request.exclude_resource_contents))
+        return response
+
+    async def FetchClientStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self._respond(request)
+
+    async def StreamClientStatus(self, request_iterator: AsyncIterator[Any],
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async for request in request_iterator:
+            yield self._respond(request)
+
+
+def add_csds(server: grpc.aio.Server, registry: ProxyRegistry) -> None:
+    csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
+        ClientStatusService(registry), server)
