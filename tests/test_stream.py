@@ -541,6 +541,8 @@ def test_delta_initial_resource_versions_all_current_sends_nothing() -> None:
     snap = snapshot_of(VIEW, *clusters("a", "b"))
     h = Harness(snap, delta=True)
     assert h.request(delta(CDS, initial={n: snap.get(CDS)[n].version for n in "ab"})) == []
+    state = h.stream.types[CDS]
+    assert state.status == "SYNCED" and state.acked_version == snap.get(CDS).version
     changed = only(h.set(snapshot_of(VIEW, eds_cluster("a"), eds_cluster("b", connect_timeout_ms=7))))
     assert changed.names == ["b"]
 

@@ -117,7 +117,7 @@ class TypeState:
         if self.in_flight:
             return "PENDING"
         if not self.responses:
-            return "NOT_SENT"
+            return "SYNCED" if self.acked_version else "NOT_SENT"
         if self.rejection is not None and self.rejection.version == self.sent_version:
             return "NACKED"
         return "SYNCED"
@@ -328,6 +328,10 @@ class XdsStream:
             # initialization (and LDS) until the first CDS response, or until a 15 s timeout.
             first_wildcard = state.wildcard and not state.responses and not state.claimed
             if not (changed or forced or removed or first_wildcard):
+                if state.claimed and not state.responses:
+                    # A reconnecting client that holds all of it: in sync without a response.
+                    state.known, state.known_shared = desired, isinstance(desired, ResourceMap)
+                    state.sent_version = state.acked_version = version
                 return None
             send = [desired[n] for n in changed + forced]
         elif state.type_url in types.WILDCARD_TYPES or state.wildcard:

@@ -1,0 +1,5 @@
+import sys
+
+from meshpilot.cli import main
+
+sys.exit(main())

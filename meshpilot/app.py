@@ -1,0 +1,114 @@
+"""One meshpilot process: policy controller, snapshot cache, xDS gRPC server, admin HTTP server
+and the folder watcher, started and stopped together on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from meshpilot.admin.server import make_app
+from meshpilot.controller import Controller
+from meshpilot.metrics import Metrics
+from meshpilot.watch import Debouncer, PolicyWatcher
+from meshpilot.xds.cache import SnapshotCache
+from meshpilot.xds.csds import add_csds
+from meshpilot.xds.server import XdsServer
+from meshpilot.xds.status import ProxyRegistry
+
+log = logging.getLogger("meshpilot")
+
+# Envoy's xDS client sends keepalive pings; accept them, and find dead peers ourselves.
+_GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_concurrent_streams", 100_000),
+]
+
+
+@dataclass
+class Settings:
+    policy: Path
+    xds_address: str = "127.0.0.1:18000"
+    admin_address: str = "127.0.0.1:18001"
+    debounce_quiet: float = 0.1
+    debounce_max: float = 10.0
+    watch: bool = True
+    control_plane_id: str = "meshpilot"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class Meshpilot:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.cache = SnapshotCache()
+        self.registry = ProxyRegistry()
+        self.controller = Controller(settings.policy, self.cache, self.metrics)
+        self.xds = XdsServer(self.cache, registry=self.registry, metrics=self.metrics,
+                             control_plane_id=settings.control_plane_id)
+        self.serving = False
+        self.xds_address = settings.xds_address
+        self.admin_address = settings.admin_address
+        self._grpc: grpc.aio.Server | None = None
+        self._admin: web.AppRunner | None = None
+        self._watcher: PolicyWatcher | None = None
+
+    async def start(self) -> None:
+        """Load the policy, then serve xDS and admin. Port 0 in an address picks a free port."""
+        self.controller.reload()
+        loop = asyncio.get_running_loop()
+        self._grpc = grpc.aio.server(options=_GRPC_OPTIONS)
+        self._grpc.add_generic_rpc_handlers(self.xds.handlers())
+        add_csds(self._grpc, self.registry)
+        host, port = split_address(self.settings.xds_address)
+        bound = self._grpc.add_insecure_port(f"{host}:{port}")
+        self.xds_address = f"{host}:{bound}"
+        await self._grpc.start()
+
+        self._admin = web.AppRunner(make_app(self), access_log=None)
+        await self._admin.setup()
+        host, port = split_address(self.settings.admin_address)
+        site = web.TCPSite(self._admin, host, port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        if sockets:
+            self.admin_address = f"{host}:{sockets[0].getsockname()[1]}"
+
+        if self.settings.watch:
+            debouncer = Debouncer(self.controller.reload, quiet=self.settings.debounce_quiet,
+                                  max_wait=self.settings.debounce_max, loop=loop)
+            self._watcher = PolicyWatcher(self.settings.policy, debouncer, loop)
+            self._watcher.start()
+        self.serving = True
+        log.info("xDS on %s, admin on http://%s", self.xds_address, self.admin_address)
+
+    async def stop(self) -> None:
+        self.serving = False
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=0.5)
+        if self._admin is not None:
+            await self._admin.cleanup()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()

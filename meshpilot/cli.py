@@ -1,0 +1,203 @@
+"""The `meshpilot` command. Each subcommand parses arguments and calls library code; no logic here
+that a library user could not call directly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from meshpilot import __version__
+from meshpilot.app import Meshpilot, Settings, split_address
+from meshpilot.bootstrap import bootstrap_yaml
+from meshpilot.errors import PolicyError
+from meshpilot.policy.loader import load_policy
+from meshpilot.translators import Translation
+from meshpilot.units import parse_duration
+from meshpilot.xds.render import snapshot_to_dict
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _address(text: str) -> str:
+    try:
+        split_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    settings = Settings(policy=Path(args.policy), xds_address=args.xds_address,
+                        admin_address=args.admin_address, debounce_quiet=args.debounce_quiet,
+                        debounce_max=args.debounce_max, watch=not args.no_watch)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(Meshpilot(settings).run_forever())
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        model = load_policy(args.policy)
+    except PolicyError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        print(f"{len(e.issues)} problem(s); nothing would be applied", file=sys.stderr)
+        return 1
+    print(f"ok: {len(model.files)} file(s), {len(model.raw)} raw resource(s)")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    try:
+        model = load_policy(args.policy)
+    except PolicyError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return 1
+    data = snapshot_to_dict(Translation(model).snapshot(args.node_cluster))
+    if args.format == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+    return 0
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    text = bootstrap_yaml(node_id=args.node_id, node_cluster=args.node_cluster,
+                          xds_addresses=[split_address(a) for a in args.xds_address],
+                          admin_address=split_address(args.admin_address), delta=args.delta)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    base = f"http://{args.admin_address}"
+    try:
+        with urllib.request.urlopen(f"{base}/debug/proxies", timeout=5) as r:
+            proxies = json.load(r)["proxies"]
+        with urllib.request.urlopen(f"{base}/debug/status", timeout=5) as r:
+            status = json.load(r)
+    except (urllib.error.URLError, OSError) as e:
+        print(f"cannot reach meshpilot admin at {base}: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"status": status, "proxies": proxies}, indent=2))
+        return 0
+    policy = status["policy"]
+    print(f"policy {policy['path']}: {'ok' if policy['ok'] else 'REJECTED'}")
+    for line in policy["errors"]:
+        print(f"  {line}")
+    print(f"{'NODE':24} {'VIEW':16} {'VARIANT':12} {'TYPE':10} {'STATUS':9} {'SENT':17} ACKED")
+    for p in proxies:
+        for short, t in sorted(p["types"].items()):
+            print(f"{p['node_id'][:24]:24} {str(p['view'])[:16]:16} {p['variant']:12} {short:10} "
+                  f"{t['status']:9} {t['version_sent']!s:17} {t['version_acked']}")
+            if t["last_rejection"]:
+                print(f"{'':24} rejected {t['last_rejection']['version']}: "
+                      f"{t['last_rejection']['message']}")
+    return 0 if policy["ok"] and not any(
+        t["status"] == "NACKED" for p in proxies for t in p["types"].values()) else 1
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from meshpilot.up import run_up
+
+    _setup_logging(args.log_level)
+    policy = Path(args.policy)
+    if not policy.exists():
+        print(f"no policy at {policy}; run from the repository root or give a folder",
+              file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run_up(policy, node_cluster=args.node_cluster,
+                           xds_address=args.xds_address, admin_address=args.admin_address,
+                           envoy_admin_port=args.envoy_admin_port))
+    print("stopped.")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meshpilot", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"meshpilot {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="serve xDS from a policy folder, reloading it on change")
+    p.add_argument("--policy", required=True, help="policy folder (or one file)")
+    p.add_argument("--xds-address", type=_address, default="127.0.0.1:18000")
+    p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
+    p.add_argument("--debounce-quiet", type=_duration, default=0.1, metavar="DURATION",
+                   help="apply a burst of file changes after this long without one (100ms)")
+    p.add_argument("--debounce-max", type=_duration, default=10.0, metavar="DURATION",
+                   help="apply a burst at most this long after its first change (10s)")
+    p.add_argument("--no-watch", action="store_true", help="load once; do not watch the folder")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("validate", help="check a policy folder; print every problem")
+    p.add_argument("policy")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("render", help="print the Envoy resources one view would receive")
+    p.add_argument("policy")
+    p.add_argument("--node-cluster", required=True, help="the view (an Envoy's node cluster)")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("bootstrap", help="print an Envoy bootstrap that points at meshpilot")
+    p.add_argument("--node-id", required=True)
+    p.add_argument("--node-cluster", required=True)
+    p.add_argument("--xds-address", type=_address, action="append", required=True,
+                   help="HOST:PORT of meshpilot; repeat for several replicas")
+    p.add_argument("--admin-address", type=_address, required=True,
+                   help="HOST:PORT for Envoy's own admin")
+    p.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
+    p.add_argument("--output", "-o", help="write to this file instead of stdout")
+    p.set_defaults(func=cmd_bootstrap)
+
+    p = sub.add_parser("status", help="connected Envoys and where each stands")
+    p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("up", help="control plane + real Envoy + demo backends, for a first try")
+    p.add_argument("policy", nargs="?", default="examples/quickstart")
+    p.add_argument("--node-cluster", default="edge")
+    p.add_argument("--xds-address", type=_address, default="127.0.0.1:18000")
+    p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
+    p.add_argument("--envoy-admin-port", type=int, default=19000)
+    p.add_argument("--log-level", default="warning",
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_up)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

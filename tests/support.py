@@ -1,0 +1,187 @@
+"""Test support: a real `meshpilot serve` process, raw-policy writers and bounded polling.
+
+Kept apart from conftest.py so tests can import these helpers by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from meshpilot.bootstrap import render_bootstrap
+from meshpilot.netutil import free_port
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T], *, timeout: float = 15.0, interval: float = 0.05,
+               what: str = "condition") -> T:
+    """Poll `check` until it returns a truthy value (returned) or raise with its last error."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            last = result
+        except Exception as e:  # any failure means "not yet"
+            last = e
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+        time.sleep(interval)
+
+
+def http_get(url: str, headers: dict[str, str] | None = None,
+             timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def backend_of(port: int, path: str = "/", headers: dict[str, str] | None = None) -> str | None:
+    """Which echo backend answered a request through an Envoy listener (None if not 200)."""
+    status, _, body = http_get(f"http://127.0.0.1:{port}{path}", headers)
+    return json.loads(body)["backend"] if status == 200 else None
+
+
+class MeshpilotProcess:
+    """`meshpilot serve` as a user runs it, on free loopback ports; stopped by its fixture."""
+
+    def __init__(self, policy: Path, log_dir: Path, *, xds_port: int | None = None,
+                 extra_args: tuple[str, ...] = ()):
+        self.policy = policy
+        self.xds_port = xds_port or free_port()
+        self.admin_port = free_port()
+        self.log_path = log_dir / f"meshpilot-{self.xds_port}.log"
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, timeout: float = 30.0) -> MeshpilotProcess:
+        log = self.log_path.open("ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "meshpilot", "serve", "--policy", str(self.policy),
+             "--xds-address", f"127.0.0.1:{self.xds_port}",
+             "--admin-address", f"127.0.0.1:{self.admin_port}",
+             "--debounce-quiet", "50ms", "--log-level", "info", *self.extra_args],
+            stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        eventually(self._healthy, timeout=timeout, what=f"meshpilot admin on {self.admin}")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"meshpilot exited {self.proc.returncode}:\n{self.log_tail()}")
+        return http_get(f"{self.admin}/healthz", timeout=1)[0] == 200
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def get_json(self, path: str) -> Any:
+        status, _, body = http_get(f"{self.admin}{path}")
+        assert status == 200, f"{path}: {status} {body[:300]!r}"
+        return json.loads(body)
+
+    def proxies(self) -> list[dict[str, Any]]:
+        return self.get_json("/debug/proxies")["proxies"]
+
+    def status(self) -> dict[str, Any]:
+        return self.get_json("/debug/status")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a Prometheus sample over series whose labels include `labels`."""
+        _, _, body = http_get(f"{self.admin}/metrics")
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            series, value = line.rsplit(" ", 1)
+            metric_name, _, label_text = series.partition("{")
+            if metric_name != name:
+                continue
+            if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return "(no log)"
+
+    def bootstrap(self, node_id: str, node_cluster: str, *, delta: bool = False) -> dict:
+        return render_bootstrap(node_id=node_id, node_cluster=node_cluster,
+                                xds_addresses=[("127.0.0.1", self.xds_port)],
+                                admin_address=("127.0.0.1", 0), delta=delta)
+
+
+def raw_policy(*, backends: dict[str, int], route_to: str | dict[str, int],
+               listener_port: int = 0, extra_clusters: str = "", extra_routes: str = "") -> str:
+    """A raw EnvoyResources policy: one EDS cluster per echo backend, one HTTP listener (port 0:
+    each Envoy binds its own) whose RDS config sends `/` to one cluster or a weighted split."""
+    clusters = "".join(f"""
+  - name: {name}
+    type: EDS
+    connect_timeout: 1s
+    eds_cluster_config: {{eds_config: {{ads: {{}}, resource_api_version: V3}}}}""" for name in backends)
+    endpoints = "".join(f"""
+  - cluster_name: {name}
+    endpoints:
+      - lb_endpoints:
+          - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {port}}}}}}}"""
+                        for name, port in backends.items())
+    if isinstance(route_to, str):
+        action = f"{{cluster: {route_to}}}"
+    else:
+        weights = ", ".join(f"{{name: {n}, weight: {w}}}" for n, w in route_to.items())
+        action = f"{{weighted_clusters: {{clusters: [{weights}]}}}}"
+    return f"""kind: EnvoyResources
+name: e2e
+clusters:{clusters}{extra_clusters}
+endpoints:{endpoints}
+listeners:
+  - name: http
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {listener_port}}}}}
+    filter_chains:
+      - filters:
+          - name: envoy.filters.network.http_connection_manager
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+              stat_prefix: e2e
+              rds: {{route_config_name: routes, config_source: {{ads: {{}}, resource_api_version: V3}}}}
+              http_filters:
+                - name: envoy.filters.http.router
+                  typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+routes:
+  - name: routes
+    virtual_hosts:
+      - name: all
+        domains: ["*"]
+        routes:{extra_routes}
+          - match: {{prefix: /}}
+            route: {action}
+"""
