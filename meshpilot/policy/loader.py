@@ -1,0 +1,269 @@
+"""Loading a policy folder (or one file) into a `Model`, all of it or none of it.
+
+This module owns finding the policy files, the rules every document shares (a mapping with a
+string `kind` and `name`, no two documents with the same kind and name), dispatching each document
+to its kind's parser, and collecting every issue from every file into one `PolicyError`. It must
+not know what any kind means: kinds plug in through `KIND_PARSERS`, and the model parts they return
+are sorted into the `Model` by `build_model`. It never raises anything but `PolicyError` for bad
+input, and holds no state between loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gc
+import os
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from meshpilot.errors import PolicyError, PolicyIssue, Position
+from meshpilot.policy.envoy_resources import KIND as ENVOY_RESOURCES
+from meshpilot.policy.envoy_resources import parse_envoy_resources
+from meshpilot.policy.model import Model, RawResource
+from meshpilot.policy.yamlsource import FieldPath, Located, format_path, parse_yaml, read_yaml_file
+from meshpilot.xds.types import ADS_ORDER
+
+POLICY_SUFFIXES = (".yaml", ".yml")
+
+# What a kind's parser may return. Later kinds add their model classes here and in build_model.
+ModelPart = RawResource
+
+
+@dataclass(slots=True)
+class LoadContext:
+    """State shared by every document of one load: the issues, and where names were defined."""
+
+    issues: list[PolicyIssue] = field(default_factory=list)
+    definitions: dict[Hashable, Position] = field(default_factory=dict)
+
+    def first_definition(self, key: Hashable, position: Position) -> Position | None:
+        """Record `key` as defined at `position`; if it was defined before, where that was."""
+        if key in self.definitions:
+            return self.definitions[key]
+        self.definitions[key] = position
+        return None
+
+
+@dataclass(slots=True)
+class DocumentContext:
+    """What a kind's parser gets besides the document: a way to report issues about it."""
+
+    load: LoadContext
+    document: Located
+    kind: str
+    name: str | None
+
+    def report(self, path: FieldPath, message: str, *, at_value: bool = False,
+               position: Position | None = None) -> None:
+        """Record an issue about the field at `path`.
+
+        The position is the field's key (or list item) unless `at_value` asks for its value or
+        `position` is given; a path that does not exist falls back to its nearest ancestor.
+        """
+        if position is None:
+            locate = self.document.value_position_of if at_value else self.document.position_of
+            position = locate(path)
+        self.load.issues.append(PolicyIssue(message, position, self.kind, self.name,
+                                            format_path(path)))
+
+    def first_definition(self, key: Hashable, position: Position) -> Position | None:
+        return self.load.first_definition(key, position)
+
+
+KindParser = Callable[[Located, DocumentContext], Iterable[ModelPart]]
+
+# kind -> parser. A parser reports problems through its context (never raises for bad input)
+# and returns the model parts of the document's valid parts.
+KIND_PARSERS: dict[str, KindParser] = {
+    ENVOY_RESOURCES: parse_envoy_resources,
+}
+
+
+def load_policy(path: str | Path) -> Model:
+    """Load a policy folder (every `*.yaml`/`*.yml` below it) or a single file.
+
+    Raises `PolicyError` listing every issue, sorted by file, line and column, if anything is
+    wrong anywhere; otherwise returns the whole model.
+    """
+    root = Path(path)
+    load = LoadContext()
+    parts: list[ModelPart] = []
+    with _garbage_collection_paused():
+        files = _policy_files(root, load)
+        for file_path, shown_name in files:
+            documents, issues = read_yaml_file(file_path, shown_name)
+            load.issues.extend(issues)
+            for document in documents:
+                parts.extend(_load_document(document, load))
+    return _finish(load, parts, tuple(shown_name for _, shown_name in files))
+
+
+def load_policy_text(text: str | bytes, file: str = "policy.yaml") -> Model:
+    """Load policy given as text, as if it were the file `file` (for tools and tests)."""
+    load = LoadContext()
+    parts: list[ModelPart] = []
+    with _garbage_collection_paused():
+        documents, issues = parse_yaml(text, file)
+        load.issues.extend(issues)
+        for document in documents:
+            parts.extend(_load_document(document, load))
+    return _finish(load, parts, (file,))
+
+
+@contextmanager
+def _garbage_collection_paused() -> Iterator[None]:
+    """Loading builds hundreds of thousands of long-lived objects and no garbage cycles worth
+    collecting; left on, the cycle collector re-scans the growing heap over and over, which
+    doubles load time. Only switched back on if it was on (another thread may have paused it
+    too: the worst outcome of that race is a slower load, never a wrong one)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _finish(load: LoadContext, parts: list[ModelPart], files: tuple[str, ...]) -> Model:
+    if load.issues:
+        raise PolicyError(sorted(load.issues, key=_issue_order))
+    return build_model(parts, files)
+
+
+def build_model(parts: Iterable[ModelPart], files: tuple[str, ...]) -> Model:
+    """The model of a valid policy, in a deterministic order (translators rely on it)."""
+    raw = [part for part in parts if isinstance(part, RawResource)]
+    raw.sort(key=lambda resource: (_ads_rank(resource.type_url), resource.name))
+    return Model(raw=tuple(raw), files=files)
+
+
+def _ads_rank(type_url: str) -> int:
+    return ADS_ORDER.index(type_url) if type_url in ADS_ORDER else len(ADS_ORDER)
+
+
+def _issue_order(issue: PolicyIssue) -> tuple[str, int, int]:
+    position = issue.position
+    return ("", 0, 0) if position is None else (position.file, position.line, position.column)
+
+
+# ---------------------------------------------------------------------------------------------
+# Documents.
+
+
+def _load_document(document: Located, load: LoadContext) -> Iterable[ModelPart]:
+    identity = _document_identity(document, load)
+    if identity is None:
+        return ()
+    kind, name = identity
+    ctx = DocumentContext(load, document, kind, name)
+    first = load.first_definition(("document", kind, name), document.position_of(("name",)))
+    if first is not None:
+        ctx.report(("name",), f'another {kind} is named "{name}" (at {first})', at_value=True)
+    return KIND_PARSERS[kind](document, ctx)
+
+
+def _document_identity(document: Located, load: LoadContext) -> tuple[str, str] | None:
+    """The document's (kind, name) if both are usable; otherwise report why and return None."""
+    body = document.value
+    if not isinstance(body, dict):
+        _report_bare(load, document.position, "a policy document must be a mapping with "
+                                              "kind and name")
+        return None
+    kind = body.get("kind")
+    if not isinstance(kind, str) or not kind:
+        if "kind" in body:
+            _report_bare(load, document.value_position_of(("kind",)),
+                         '"kind" must be a non-empty string', field="kind")
+        else:
+            _report_bare(load, document.position, 'missing "kind"', field="kind")
+        return None
+    if kind not in KIND_PARSERS:
+        _report_bare(load, document.value_position_of(("kind",)), _unknown_kind(kind),
+                     field="kind")
+        return None
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        ctx = DocumentContext(load, document, kind, None)
+        if "name" in body:
+            ctx.report(("name",), '"name" must be a non-empty string', at_value=True)
+        else:
+            ctx.report(("name",), 'missing "name"')
+        return None
+    return kind, name
+
+
+def _unknown_kind(kind: str) -> str:
+    known = sorted(KIND_PARSERS)
+    matches = difflib.get_close_matches(kind, known, n=1, cutoff=0.6)
+    hint = f' (did you mean "{matches[0]}"?)' if matches else f"; known kinds: {', '.join(known)}"
+    shown = kind if len(kind) <= 80 and kind.isprintable() else kind[:80].encode(
+        "unicode_escape").decode("ascii") + "..."
+    return f'unknown kind "{shown}"{hint}'
+
+
+def _report_bare(load: LoadContext, position: Position, message: str, field: str = "") -> None:
+    load.issues.append(PolicyIssue(message, position, field=field))
+
+
+# ---------------------------------------------------------------------------------------------
+# Files.
+
+
+def _policy_files(root: Path, load: LoadContext) -> list[tuple[Path, str]]:
+    """(path to read, name shown in positions) of every policy file, in sorted path order.
+
+    A directory contributes every `*.yaml`/`*.yml` below it, except hidden files and folders
+    (editors' lock and swap files start with a dot) and symlinked folders (not followed, so a
+    link cannot loop). A single file is loaded whatever its name.
+    """
+    try:
+        is_directory = root.is_dir()
+        exists = is_directory or root.exists()
+    except OSError as error:
+        load.issues.append(PolicyIssue(f"cannot read policy {root}: {error.strerror or error}"))
+        return []
+    if not exists:
+        load.issues.append(PolicyIssue(f"policy path {root} does not exist"))
+        return []
+    if not is_directory:
+        return [(root, str(root))]
+    found: list[tuple[tuple[str, ...], Path]] = []
+
+    def unreadable(error: OSError) -> None:
+        where = _relative_name(Path(error.filename or root), root)
+        load.issues.append(PolicyIssue(f"cannot read folder: {error.strerror or error}",
+                                       Position(where, 1, 1)))
+
+    for directory, folders, names in os.walk(root, onerror=unreadable):
+        folders[:] = [folder for folder in folders if not _is_hidden(folder)]
+        for name in names:
+            if _is_policy_file_name(name):
+                path = Path(directory, name)
+                found.append((PurePosixPath(_relative_name(path, root)).parts, path))
+    found.sort()
+    return [(path, "/".join(parts)) for parts, path in found]
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _is_policy_file_name(name: str) -> bool:
+    return (not _is_hidden(name) and name.lower().endswith(POLICY_SUFFIXES)
+            and not name.endswith("~"))
+
+
+def _relative_name(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def policy_file_names(path: str | Path) -> list[str]:
+    """The names `load_policy` would read (as shown in positions), for watchers and tools."""
+    files = _policy_files(Path(path), LoadContext())
+    return [shown_name for _, shown_name in files]
