@@ -224,3 +224,55 @@ def test_restarted_meshpilot_resyncs_without_resending(delta, policy_dir, echo_f
     # Only the route configuration changed, and only it was sent.
     assert second.metric("meshpilot_xds_resources_sent_total", type="routes") == 2
     assert second.metric("meshpilot_xds_resources_sent_total", type="clusters") == 0
+
+
+@pytest.mark.parametrize("delta", MODES)
+def test_swapping_clusters_under_load_loses_no_request(delta, policy_dir, echo_factory,
+                                                       envoy_factory, meshpilot_factory):
+    """One save adds a cluster, routes to it and deletes the old one: make before break means
+    the new cluster is warm before the route names it, and the old one outlives the old route."""
+    import threading
+    import urllib.request
+
+    backend = echo_factory("app")
+    policy = policy_dir / "edge.yaml"
+    write(policy, raw_policy(backends={"gen-0": backend.port}, route_to="gen-0"))
+    mp = meshpilot_factory(policy_dir)
+    envoy = start_envoys(envoy_factory, mp, 1, delta=delta)[0]
+    port = listener_port(envoy)
+    assert eventually(lambda: backend_of(port) == "app", what="traffic")
+
+    failures: list[str] = []
+    done = threading.Event()
+    count = 0
+
+    def load() -> None:
+        nonlocal count
+        while not done.is_set():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                    r.read()
+            except Exception as e:  # any non-2xx or connection error is a failure
+                failures.append(repr(e))
+            count += 1
+
+    worker = threading.Thread(target=load)
+    worker.start()
+    try:
+        for generation in range(1, 9):
+            name = f"gen-{generation}"
+            write(policy, raw_policy(backends={name: backend.port}, route_to=name))
+            eventually(lambda n=name: any(c["name"] == n for c in _dynamic_clusters(envoy))
+                       and len(_dynamic_clusters(envoy)) == 1, timeout=10,
+                       what=f"{name} to replace the previous cluster")
+    finally:
+        done.set()
+        worker.join(timeout=10)
+    assert count > 50, count
+    assert failures == [], failures[:5]
+    assert envoy.stats().get("cluster_manager.warming_clusters", 0) == 0
+
+
+def _dynamic_clusters(envoy: EnvoyProcess) -> list[dict]:
+    dump = envoy.config_dump(resource="dynamic_active_clusters")
+    return [c["cluster"] for c in dump.get("configs", [])]
