@@ -40,12 +40,14 @@ def render_bootstrap(
     delta: bool = False,
     xds_cluster_name: str = "meshpilot_xds",
     node_metadata: dict[str, Any] | None = None,
+    ads: bool = True,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap that takes CDS and LDS from meshpilot over one ADS stream.
 
     `xds_addresses` lists the meshpilot replicas as (host, port); hosts may be IP literals
     (cluster type STATIC) or DNS names (STRICT_DNS, every resolved address becomes a host).
     `delta` selects incremental xDS (DELTA_GRPC) instead of state-of-the-world (GRPC).
+    `ads=False` gives CDS and LDS a stream each (per-type services) instead of one ADS stream.
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -59,35 +61,18 @@ def render_bootstrap(
     return {
         "node": _node(node_id, node_cluster, node_metadata),
         "admin": {"address": _socket_address(*admin_address)},
-        "dynamic_resources": _dynamic_resources(xds_cluster_name, delta),
+        "dynamic_resources": _dynamic_resources(xds_cluster_name, delta, ads),
         "static_resources": {"clusters": [_xds_cluster(xds_cluster_name, xds_addresses)]},
     }
 
 
-def bootstrap_yaml(
-    *,
-    node_id: str,
-    node_cluster: str,
-    xds_addresses: list[tuple[str, int]],
-    admin_address: tuple[str, int],
-    delta: bool = False,
-    xds_cluster_name: str = "meshpilot_xds",
-    node_metadata: dict[str, Any] | None = None,
-) -> str:
-    """Render the same bootstrap as `render_bootstrap` as YAML text.
+def bootstrap_yaml(**kwargs: Any) -> str:
+    """The bootstrap of `render_bootstrap` (same keyword arguments) as YAML text.
 
     Keys keep the order `render_bootstrap` builds them in (node, admin, dynamic, static), which is
     deterministic, so the text is stable across runs and reads top-down.
     """
-    bootstrap = render_bootstrap(
-        node_id=node_id,
-        node_cluster=node_cluster,
-        xds_addresses=xds_addresses,
-        admin_address=admin_address,
-        delta=delta,
-        xds_cluster_name=xds_cluster_name,
-        node_metadata=node_metadata,
-    )
+    bootstrap = render_bootstrap(**kwargs)
     return yaml.dump(bootstrap, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False)
 
 
@@ -121,7 +106,24 @@ def _ads_source() -> dict[str, Any]:
     return {"ads": {}, "resource_api_version": "V3"}
 
 
-def _dynamic_resources(xds_cluster_name: str, delta: bool) -> dict[str, Any]:
+def api_config_source(xds_cluster_name: str, delta: bool) -> dict[str, Any]:
+    """A config source for one xDS type on its own gRPC stream (no ADS): no ordering across
+    types is guaranteed then, which is why ADS is the default."""
+    return {
+        "api_config_source": {
+            "api_type": "DELTA_GRPC" if delta else "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": xds_cluster_name}}],
+            "set_node_on_first_message_only": True,
+        },
+        "resource_api_version": "V3",
+    }
+
+
+def _dynamic_resources(xds_cluster_name: str, delta: bool, ads: bool = True) -> dict[str, Any]:
+    if not ads:
+        source = api_config_source(xds_cluster_name, delta)
+        return {"cds_config": source, "lds_config": source}
     return {
         "ads_config": {
             "api_type": "DELTA_GRPC" if delta else "GRPC",

@@ -85,7 +85,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     text = bootstrap_yaml(node_id=args.node_id, node_cluster=args.node_cluster,
                           xds_addresses=[split_address(a) for a in args.xds_address],
-                          admin_address=split_address(args.admin_address), delta=args.delta)
+                          admin_address=split_address(args.admin_address), delta=args.delta,
+                          ads=not args.no_ads)
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -174,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-address", type=_address, required=True,
                    help="HOST:PORT for Envoy's own admin")
     p.add_argument("--delta", action="store_true", help="incremental (delta) xDS")
+    p.add_argument("--no-ads", action="store_true",
+                   help="a stream per type (CDS, LDS, ...) instead of one ADS stream; resources "
+                        "must then name meshpilot as their config source (not ads: {})")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_bootstrap)
 

@@ -133,21 +133,29 @@ class MeshpilotProcess:
         except OSError:
             return "(no log)"
 
-    def bootstrap(self, node_id: str, node_cluster: str, *, delta: bool = False) -> dict:
+    def bootstrap(self, node_id: str, node_cluster: str, *, delta: bool = False,
+                  ads: bool = True) -> dict:
         return render_bootstrap(node_id=node_id, node_cluster=node_cluster,
                                 xds_addresses=[("127.0.0.1", self.xds_port)],
-                                admin_address=("127.0.0.1", 0), delta=delta)
+                                admin_address=("127.0.0.1", 0), delta=delta, ads=ads)
+
+
+ADS_SOURCE = "{ads: {}, resource_api_version: V3}"
+# The per-type services: each of EDS and RDS on a gRPC stream of its own to meshpilot.
+GRPC_SOURCE = ("{api_config_source: {api_type: %s, transport_api_version: V3, grpc_services: "
+               "[{envoy_grpc: {cluster_name: meshpilot_xds}}]}, resource_api_version: V3}")
 
 
 def raw_policy(*, backends: dict[str, int], route_to: str | dict[str, int],
-               listener_port: int = 0, extra_clusters: str = "", extra_routes: str = "") -> str:
+               listener_port: int = 0, extra_clusters: str = "", extra_routes: str = "",
+               config_source: str = ADS_SOURCE) -> str:
     """A raw EnvoyResources policy: one EDS cluster per echo backend, one HTTP listener (port 0:
     each Envoy binds its own) whose RDS config sends `/` to one cluster or a weighted split."""
     clusters = "".join(f"""
   - name: {name}
     type: EDS
     connect_timeout: 1s
-    eds_cluster_config: {{eds_config: {{ads: {{}}, resource_api_version: V3}}}}""" for name in backends)
+    eds_cluster_config: {{eds_config: {config_source}}}""" for name in backends)
     endpoints = "".join(f"""
   - cluster_name: {name}
     endpoints:
@@ -172,7 +180,7 @@ listeners:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
               stat_prefix: e2e
-              rds: {{route_config_name: routes, config_source: {{ads: {{}}, resource_api_version: V3}}}}
+              rds: {{route_config_name: routes, config_source: {config_source}}}
               http_filters:
                 - name: envoy.filters.http.router
                   typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}

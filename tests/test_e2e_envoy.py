@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import MeshpilotProcess, backend_of, eventually, raw_policy
+from support import GRPC_SOURCE, MeshpilotProcess, backend_of, eventually, raw_policy
 
 from meshpilot.envoy_process import EnvoyProcess
 
@@ -276,3 +276,26 @@ def test_swapping_clusters_under_load_loses_no_request(delta, policy_dir, echo_f
 def _dynamic_clusters(envoy: EnvoyProcess) -> list[dict]:
     dump = envoy.config_dump(resource="dynamic_active_clusters")
     return [c["cluster"] for c in dump.get("configs", [])]
+
+
+@pytest.mark.parametrize("delta", MODES)
+def test_per_type_services_without_ads(delta, policy_dir, echo_factory, envoy_factory,
+                                       meshpilot_factory):
+    """CDS, EDS, LDS and RDS each on a gRPC stream of its own (no ADS)."""
+    v1, v2 = echo_factory("v1"), echo_factory("v2")
+    source = GRPC_SOURCE % ("DELTA_GRPC" if delta else "GRPC")
+    policy = policy_dir / "edge.yaml"
+    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v1",
+                             config_source=source))
+    mp = meshpilot_factory(policy_dir)
+    envoy = envoy_factory(mp.bootstrap("edge-0", "edge", delta=delta, ads=False))
+    port = listener_port(envoy)
+    assert eventually(lambda: backend_of(port) == "v1", what="traffic to v1")
+    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v2",
+                             config_source=source))
+    eventually(lambda: backend_of(port) == "v2", timeout=10, what="the edit over per-type streams")
+    kind = "delta" if delta else "sotw"
+    # Envoy may open one EDS stream per cluster; every type has at least one stream of its own.
+    variants = {p["variant"] for p in mp.proxies()}
+    assert variants == {f"{kind}-{t}" for t in ("clusters", "endpoints", "listeners", "routes")}
+    assert all(t["status"] == "SYNCED" for p in mp.proxies() for t in p["types"].values())
