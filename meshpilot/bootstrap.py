@@ -106,18 +106,20 @@ def _ads_source() -> dict[str, Any]:
     return {"ads": {}, "resource_api_version": "V3"}
 
 
+def _grpc_api(xds_cluster_name: str, delta: bool) -> dict[str, Any]:
+    return {
+        "api_type": "DELTA_GRPC" if delta else "GRPC",
+        "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": xds_cluster_name}}],
+        # The node is large (metadata, extensions list); sending it once per stream is enough.
+        "set_node_on_first_message_only": True,
+    }
+
+
 def api_config_source(xds_cluster_name: str, delta: bool) -> dict[str, Any]:
     """A config source for one xDS type on its own gRPC stream (no ADS): no ordering across
     types is guaranteed then, which is why ADS is the default."""
-    return {
-        "api_config_source": {
-            "api_type": "DELTA_GRPC" if delta else "GRPC",
-            "transport_api_version": "V3",
-            "grpc_services": [{"envoy_grpc": {"cluster_name": xds_cluster_name}}],
-            "set_node_on_first_message_only": True,
-        },
-        "resource_api_version": "V3",
-    }
+    return {"api_config_source": _grpc_api(xds_cluster_name, delta), "resource_api_version": "V3"}
 
 
 def _dynamic_resources(xds_cluster_name: str, delta: bool, ads: bool = True) -> dict[str, Any]:
@@ -125,13 +127,7 @@ def _dynamic_resources(xds_cluster_name: str, delta: bool, ads: bool = True) -> 
         source = api_config_source(xds_cluster_name, delta)
         return {"cds_config": source, "lds_config": source}
     return {
-        "ads_config": {
-            "api_type": "DELTA_GRPC" if delta else "GRPC",
-            "transport_api_version": "V3",
-            "grpc_services": [{"envoy_grpc": {"cluster_name": xds_cluster_name}}],
-            # The node is large (metadata, extensions list); sending it once per stream is enough.
-            "set_node_on_first_message_only": True,
-        },
+        "ads_config": _grpc_api(xds_cluster_name, delta),
         "cds_config": _ads_source(),
         "lds_config": _ads_source(),
     }

@@ -20,6 +20,7 @@ from meshpilot.app import Meshpilot, Settings, split_address
 from meshpilot.bootstrap import bootstrap_yaml
 from meshpilot.errors import PolicyError
 from meshpilot.policy.loader import load_policy
+from meshpilot.policy.model import Model
 from meshpilot.translators import Translation
 from meshpilot.units import parse_duration
 from meshpilot.xds.render import snapshot_to_dict
@@ -55,24 +56,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def _load(policy: str) -> Model | None:
+    """The policy's model, or None after printing every problem to stderr."""
     try:
-        model = load_policy(args.policy)
+        return load_policy(policy)
     except PolicyError as e:
         for issue in e.issues:
             print(issue, file=sys.stderr)
         print(f"{len(e.issues)} problem(s); nothing would be applied", file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    model = _load(args.policy)
+    if model is None:
         return 1
     print(f"ok: {len(model.files)} file(s), {len(model.raw)} raw resource(s)")
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    try:
-        model = load_policy(args.policy)
-    except PolicyError as e:
-        for issue in e.issues:
-            print(issue, file=sys.stderr)
+    model = _load(args.policy)
+    if model is None:
         return 1
     data = snapshot_to_dict(Translation(model).snapshot(args.node_cluster))
     if args.format == "json":
