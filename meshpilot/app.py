@@ -67,10 +67,11 @@ class Meshpilot:
         self._grpc: grpc.aio.Server | None = None
         self._admin: web.AppRunner | None = None
         self._watcher: PolicyWatcher | None = None
+        self._tasks: set[asyncio.Task[bool]] = set()
 
     async def start(self) -> None:
         """Load the policy, then serve xDS and admin. Port 0 in an address picks a free port."""
-        self.controller.reload()
+        await self.controller.reload_async()
         loop = asyncio.get_running_loop()
         self._grpc = grpc.aio.server(options=_GRPC_OPTIONS)
         self._grpc.add_generic_rpc_handlers(self.xds.handlers())
@@ -90,17 +91,24 @@ class Meshpilot:
             self.admin_address = f"{host}:{sockets[0].getsockname()[1]}"
 
         if self.settings.watch:
-            debouncer = Debouncer(self.controller.reload, quiet=self.settings.debounce_quiet,
+            debouncer = Debouncer(self._schedule_reload, quiet=self.settings.debounce_quiet,
                                   max_wait=self.settings.debounce_max, loop=loop)
             self._watcher = PolicyWatcher(self.settings.policy, debouncer, loop)
             self._watcher.start()
         self.serving = True
         log.info("xDS on %s, admin on http://%s", self.xds_address, self.admin_address)
 
+    def _schedule_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.controller.reload_async())
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
     async def stop(self) -> None:
         self.serving = False
         if self._watcher is not None:
             self._watcher.stop()
+        for task in tuple(self._tasks):
+            task.cancel()
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
         if self._admin is not None:

@@ -6,6 +6,7 @@ logged, counted and shown in `/debug/status`, and every Envoy keeps the snapshot
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from meshpilot.policy.loader import load_policy
 from meshpilot.policy.model import Model
 from meshpilot.translators import Translation
 from meshpilot.xds.cache import SnapshotCache
+from meshpilot.xds.snapshot import Snapshot
 
 log = logging.getLogger("meshpilot.controller")
 
@@ -41,6 +43,15 @@ class PolicyStatus:
         }
 
 
+@dataclass
+class _Prepared:
+    issues: tuple[PolicyIssue, ...] = ()
+    model: Model | None = None
+    translation: Translation | None = None
+    snapshots: list[Snapshot] = field(default_factory=list)
+    seconds: float = 0.0
+
+
 class Controller:
     def __init__(self, policy_path: str | Path, cache: SnapshotCache,
                  metrics: Metrics | None = None):
@@ -50,6 +61,8 @@ class Controller:
         self.status = PolicyStatus(str(self.policy_path))
         self.model: Model | None = None
         self.translation: Translation | None = None
+        self._reloading = False
+        self._reload_again = False
 
     @property
     def ready(self) -> bool:
@@ -57,34 +70,66 @@ class Controller:
 
     def reload(self) -> bool:
         """Load the policy; apply it to every view if valid. True if the new policy is serving."""
-        self.status.loads += 1
-        self.status.last_attempt = time.time()
+        prepared = self._prepare(self.cache.all_views())
+        return self._apply_prepared(prepared)
+
+    async def reload_async(self) -> bool:
+        """`reload()` with loading and translation on a worker thread, so xDS streams keep being
+        served meanwhile. Reloads never overlap: one requested while another runs is done after
+        it, once, with the newest files."""
+        if self._reloading:
+            self._reload_again = True
+            return False
+        self._reloading = True
+        try:
+            while True:
+                self._reload_again = False
+                prepared = await asyncio.to_thread(self._prepare, self.cache.all_views())
+                applied = self._apply_prepared(prepared)
+                if not self._reload_again:
+                    return applied
+        finally:
+            self._reloading = False
+
+    def _prepare(self, views: tuple[str, ...]) -> _Prepared:
+        """The CPU-heavy half of a reload: load, translate, build every known view's snapshot."""
+        started = time.perf_counter()
         try:
             model = load_policy(self.policy_path)
         except PolicyError as e:
-            self._reject(e.issues)
-            return False
-        started = time.perf_counter()
+            return _Prepared(issues=e.issues)
         translation = Translation(model)
-        self.apply(translation)
-        self.metrics.snapshot_builds.observe(time.perf_counter() - started)
-        self.model = model
+        snapshots = [translation.snapshot(view) for view in views]
+        return _Prepared(model=model, translation=translation, snapshots=snapshots,
+                         seconds=time.perf_counter() - started)
+
+    def _apply_prepared(self, prepared: _Prepared) -> bool:
+        """The cheap half, on the event loop: swap the cache's snapshots in."""
+        self.status.loads += 1
+        self.status.last_attempt = time.time()
+        if prepared.translation is None or prepared.model is None:
+            self._reject(prepared.issues)
+            return False
+        self.translation = prepared.translation
+        self.cache.set_builder(prepared.translation.snapshot)
+        built = {s.view for s in prepared.snapshots}
+        for snapshot in prepared.snapshots:
+            self.cache.set(snapshot)
+        for view in self.cache.all_views():  # a view first asked for while we were translating
+            if view not in built:
+                self.cache.set(prepared.translation.snapshot(view))
+        self.metrics.views.set(len(self.cache.views()))
+        self.metrics.snapshot_builds.observe(prepared.seconds)
+        self.model = prepared.model
         self.status.last_success = time.time()
-        self.status.applied_files = model.files
+        self.status.applied_files = prepared.model.files
         self.status.error = []
         self.metrics.policy_loads.labels("ok").inc()
         self.metrics.policy_valid.set(1)
-        log.info("policy applied: %d files, %d raw resources, views %s", len(model.files),
-                 len(model.raw), list(self.cache.views()) or "(none yet)")
+        log.info("policy applied in %.3fs: %d files, %d raw resources, views %s",
+                 prepared.seconds, len(prepared.model.files), len(prepared.model.raw),
+                 list(self.cache.views()) or "(none yet)")
         return True
-
-    def apply(self, translation: Translation) -> None:
-        """Make `translation` the source of every view's snapshot, rebuilding each view once."""
-        self.translation = translation
-        self.cache.set_builder(translation.snapshot)
-        for view in self.cache.all_views():
-            self.cache.set(translation.snapshot(view))
-        self.metrics.views.set(len(self.cache.views()))
 
     def _reject(self, issues: tuple[PolicyIssue, ...]) -> None:
         self.status.rejected += 1

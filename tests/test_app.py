@@ -200,3 +200,24 @@ def test_policy_file_filter() -> None:
     assert is_policy_file("/p/a.yaml") and is_policy_file("/p/b.yml")
     assert not is_policy_file("/p/.a.yaml.swp") and not is_policy_file("/p/a.yaml~")
     assert not is_policy_file("/p/.hidden.yaml") and not is_policy_file("/p/notes.txt")
+
+
+def test_reloads_never_overlap_and_the_newest_files_win(tmp_path: Path) -> None:
+    from meshpilot.controller import Controller
+    from meshpilot.xds.cache import SnapshotCache
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    save(policy / "c.yaml", clusters_yaml("old"))
+    controller = Controller(policy, SnapshotCache())
+
+    async def scenario() -> None:
+        first = asyncio.create_task(controller.reload_async())
+        await asyncio.sleep(0)  # the first reload is now loading on its worker thread
+        save(policy / "c.yaml", clusters_yaml("new"))
+        assert await controller.reload_async() is False  # folded into the running one
+        assert await first is True
+
+    asyncio.run(scenario())
+    assert controller.status.loads == 2  # the running reload went round once more
+    assert [r.name for r in controller.model.raw] == ["new"]
