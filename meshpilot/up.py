@@ -24,8 +24,17 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def loopback_endpoints(model: Model) -> list[tuple[str, int]]:
-    """(cluster name, port) of every loopback socket address in clusters and endpoints."""
+    """(backend name, port) of every loopback address the policy sends traffic to: Service
+    endpoints (named `service:port`, or `service-subset:port` when exactly one subset selects
+    the endpoint, so a canary split shows which version answered) and raw endpoints."""
     found: dict[int, str] = {}
+    for service in model.services:
+        for endpoint in service.endpoints:
+            if endpoint.host in _LOOPBACK:
+                subsets = [n for n, sel in service.subsets if all(kv in endpoint.labels
+                                                                 for kv in sel)]
+                label = f"{service.name}-{subsets[0]}" if len(subsets) == 1 else service.name
+                found.setdefault(endpoint.port, f"{label}:{endpoint.port}")
     for raw in model.raw:
         assignment: Any = None
         if raw.type_url == types.ENDPOINT:
@@ -48,9 +57,15 @@ def _listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def listener_ports(model: Model) -> list[int]:
-    return sorted(r.message.address.socket_address.port_value  # type: ignore[attr-defined]
-                  for r in model.raw if r.type_url == types.LISTENER)
+def listener_ports(model: Model, view: str) -> list[int]:
+    """The ports Envoy listens on for `view`: its Gateway's listeners and raw listeners."""
+    ports = {r.message.address.socket_address.port_value  # type: ignore[attr-defined]
+             for r in model.raw if r.type_url == types.LISTENER
+             and (r.views is None or view in r.views)}
+    gateway = model.gateway(view)
+    if gateway is not None:
+        ports.update(listener.port for listener in gateway.listeners)
+    return sorted(ports)
 
 
 async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_address: str,
@@ -76,7 +91,7 @@ async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_add
             envoy = EnvoyProcess(bootstrap, work, name="envoy", envoy_path=envoy_path)
             await asyncio.to_thread(envoy.start)
             await asyncio.to_thread(envoy.wait_ready, 30.0)
-            ports = listener_ports(mp.controller.model)
+            ports = listener_ports(mp.controller.model, node_cluster)
             print_fn(_banner(mp, envoy, backends, ports, policy))
             if ready is not None:
                 ready.set()

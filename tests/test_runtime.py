@@ -407,3 +407,22 @@ def test_admin_errors_and_stop_are_clean(
     assert envoy.stop() == 0
     assert envoy.stop() == 0  # idempotent
     assert not envoy.is_running()
+
+
+def test_echo_answers_slowly_or_with_a_status_on_request(echo_factory) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    echo = echo_factory("slow")
+    url = f"http://127.0.0.1:{echo.port}/x"
+    started = time.monotonic()
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"x-echo-delay-ms": "150"})):
+        pass
+    assert time.monotonic() - started >= 0.15
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(urllib.request.Request(url, headers={"x-echo-status": "503"}))
+    assert failed.value.code == 503
+    with pytest.raises(urllib.error.HTTPError) as bad:
+        urllib.request.urlopen(urllib.request.Request(url, headers={"x-echo-status": "nope"}))
+    assert bad.value.code == 400

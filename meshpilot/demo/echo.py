@@ -15,6 +15,7 @@ import contextlib
 import json
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
@@ -91,6 +92,9 @@ class EchoServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+_MAX_DELAY_MS = 30_000  # a demo backend never holds a thread longer
 
 
 class _Counter:
@@ -186,14 +190,27 @@ class _EchoHandler(BaseHTTPRequestHandler):
                 "headers": self._lowercased_headers(),
                 "body_bytes": body_bytes,
             }
+        delay_ms, status = self._requested_behaviour()
+        if delay_ms:
+            time.sleep(delay_ms / 1000)
         data = json.dumps(payload).encode()
-        self.send_response(200)
+        self.send_response(status)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
         self.send_header("x-backend", self.server.backend_name)
         self.end_headers()
         if send_body:
             self.wfile.write(data)
+
+    def _requested_behaviour(self) -> tuple[int, int]:
+        """Tests and demos ask for a slow or failing answer: `x-echo-delay-ms: 300` waits before
+        answering (timeouts), `x-echo-status: 503` answers with that status (retries, faults)."""
+        try:
+            delay_ms = min(int(self.headers.get("x-echo-delay-ms", "0")), _MAX_DELAY_MS)
+            status = int(self.headers.get("x-echo-status", "200"))
+        except ValueError:
+            return 0, 400
+        return max(delay_ms, 0), status if 200 <= status <= 599 else 400
 
     def _lowercased_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
