@@ -1,0 +1,353 @@
+"""Scenario `convergence`: a saved route edit until every real Envoy serves it.
+
+`meshpilot serve` runs as a subprocess (as a user runs it), with two echo backends (subprocesses)
+and ten real Envoys (one view, `node.cluster=edge`, ADS; SotW, then delta). Each edit flips the
+route `/` between the backends with a write-aside-and-rename save; t0 is taken just before
+`os.replace`. One poller thread per Envoy sends HTTP requests through that Envoy's listener on a
+keep-alive connection, every `poll_ms` (a few ms), from just before the save until the answer
+comes from the new backend. The edit's convergence time is the latest of those first answers
+across the Envoys, minus t0: save -> file event -> debounce quiet period -> load + translate ->
+push -> Envoy applies RDS -> served. Resolution: one poll interval plus one request round trip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    child_env,
+    now_ns,
+    save_aside,
+    stop_process,
+    tail,
+    wait_for,
+)
+from benchmarks.policies import route_flip_policy
+from benchmarks.stats import summarize
+from meshpilot.bootstrap import render_bootstrap
+from meshpilot.envoy_process import EnvoyProcess
+
+_LISTENING = re.compile(rb"xDS on ([\d.]+):(\d+), admin on http://([\d.]+):(\d+)")
+
+
+@dataclass
+class ConvergenceConfig:
+    envoys: int = 10
+    edits: int = 20
+    debounces: tuple[str, ...] = ("10ms", "100ms")
+    modes: tuple[str, ...] = ("sotw", "delta")
+    poll_ms: float = 3.0
+    request_timeout_s: float = 0.25
+    edit_timeout_s: float = 10.0
+    settle_s: float = 0.3  # quiet time between edits, beyond the debounce period
+
+    @classmethod
+    def quick(cls) -> ConvergenceConfig:
+        return cls(edits=3, debounces=("10ms",))
+
+
+# ----- one HTTP/1.1 keep-alive connection, cheap enough to poll with ----------------------------
+
+
+class _Probe:
+    """GET / through one Envoy listener; returns the `x-backend` of the answer (None if none)."""
+
+    _REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: meshpilot-bench\r\n\r\n"
+
+    def __init__(self, port: int, timeout: float):
+        self.port = port
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self.errors = 0
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    def get_backend(self) -> str | None:
+        try:
+            if self._sock is None:
+                self._sock = self._connect()
+            self._sock.sendall(self._REQUEST)
+            return self._read_response(self._sock)
+        except (OSError, ValueError):
+            self.errors += 1
+            self.close()
+            return None
+
+    def _read_response(self, sock: socket.socket) -> str | None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ValueError("connection closed")
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = lines[0].split(b" ", 2)[1]
+        headers = {}
+        for line in lines[1:]:
+            key, _, value = line.partition(b":")
+            headers[key.strip().lower()] = value.strip()
+        length = int(headers.get(b"content-length", b"0"))
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ValueError("connection closed")
+            body += chunk
+        if headers.get(b"connection", b"").lower() == b"close":
+            self.close()
+        if status != b"200":
+            return None
+        backend = headers.get(b"x-backend")
+        return backend.decode() if backend is not None else None
+
+
+class _Poller(threading.Thread):
+    """Polls one Envoy while armed; records when it first answers from the target backend."""
+
+    def __init__(self, index: int, port: int, cfg: ConvergenceConfig):
+        super().__init__(name=f"poll-envoy-{index}", daemon=True)
+        self.index = index
+        self.probe = _Probe(port, cfg.request_timeout_s)
+        self.interval = cfg.poll_ms / 1000.0
+        self._armed = threading.Event()
+        self._stopping = threading.Event()
+        self.done = threading.Event()
+        self.target = ""
+        self.deadline = 0.0
+        self.sent_ns = 0
+        self.seen_ns = 0
+        self.requests = 0
+
+    def arm(self, target: str, timeout: float) -> None:
+        self.target = target
+        self.deadline = time.monotonic() + timeout
+        self.sent_ns = self.seen_ns = 0
+        self.requests = 0
+        self.done.clear()
+        self._armed.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._armed.set()
+
+    def run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                self._armed.wait(timeout=1.0)
+                if self._stopping.is_set() or not self._armed.is_set():
+                    continue
+                while time.monotonic() < self.deadline and not self._stopping.is_set():
+                    sent = now_ns()
+                    backend = self.probe.get_backend()
+                    seen = now_ns()
+                    self.requests += 1
+                    if backend == self.target:
+                        self.sent_ns, self.seen_ns = sent, seen
+                        break
+                    time.sleep(self.interval)
+                self._armed.clear()
+                self.done.set()
+        finally:
+            self.probe.close()
+
+
+# ----- processes ----------------------------------------------------------------------------------
+
+
+def _start_echo(name: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], int]:
+    log = open(log_dir / f"echo-{name}.log", "wb")  # noqa: SIM115 - closed below
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "meshpilot.demo.echo", "--name", name, "--port", "0"],
+            stdout=subprocess.PIPE, stderr=log, env=child_env())
+    finally:
+        log.close()
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 15)
+    line = proc.stdout.readline() if ready else b""
+    match = re.search(rb":(\d+)\s*$", line)
+    if not match:
+        stop_process(proc)
+        raise RuntimeError(f"echo backend {name} did not start: {line!r}")
+    return proc, int(match.group(1))
+
+
+class _Serve:
+    """`meshpilot serve` on port 0 (xDS and admin); addresses read from its log."""
+
+    def __init__(self, policy_dir: Path, log_path: Path, debounce: str):
+        self.log_path = log_path
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "meshpilot", "serve", "--policy", str(policy_dir),
+                 "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
+                 "--debounce-quiet", debounce, "--log-level", "info"],
+                stdout=log, stderr=subprocess.STDOUT, env=child_env())
+        match = wait_for(self._listening, timeout=30, what="meshpilot serve to listen")
+        self.xds_port = int(match.group(2))
+        self.admin_port = int(match.group(4))
+
+    def _listening(self) -> re.Match[bytes] | None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"meshpilot exited {self.proc.returncode}:\n{tail(self.log_path)}")
+        return _LISTENING.search(self.log_path.read_bytes())
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+
+
+@dataclass
+class _Variant:
+    mode: str
+    debounce: str
+    samples_ms: list[float] = field(default_factory=list)
+    first_ms: list[float] = field(default_factory=list)  # fastest Envoy per edit
+    per_envoy_ms: list[list[float]] = field(default_factory=list)
+    timeouts: int = 0
+    probe_errors: int = 0
+    requests: int = 0
+    startup_s: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}, debounce {self.debounce}"
+
+
+def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
+                 backends: dict[str, int], log: Any) -> _Variant:
+    variant = _Variant(mode, debounce)
+    vdir = work / f"{mode}-{debounce}"
+    policy_dir = vdir / "policy"
+    policy_dir.mkdir(parents=True)
+    policy = policy_dir / "edge.yaml"
+    save_aside(policy, route_flip_policy(backends=backends, route_to="v1"))
+    serve: _Serve | None = None
+    envoys: list[EnvoyProcess] = []
+    pollers: list[_Poller] = []
+    try:
+        started = time.monotonic()
+        serve = _Serve(policy_dir, vdir / "meshpilot.log", debounce)
+        for i in range(cfg.envoys):
+            bootstrap = render_bootstrap(node_id=f"bench-{i}", node_cluster="edge",
+                                         xds_addresses=[("127.0.0.1", serve.xds_port)],
+                                         admin_address=("127.0.0.1", 0), delta=mode == "delta")
+            envoys.append(EnvoyProcess(bootstrap, vdir / f"envoy-{i}", name=f"envoy-{i}"))
+        for envoy in envoys:
+            envoy.start()
+        with ThreadPoolExecutor(max_workers=cfg.envoys) as pool:
+            list(pool.map(lambda e: e.wait_ready(timeout=60), envoys))
+            ports = list(pool.map(lambda e: wait_for(
+                lambda: e.listener_addresses().get("http", (None, 0))[1], timeout=30,
+                what=f"{e.name}'s listener"), envoys))
+        for i, port in enumerate(ports):
+            probe = _Probe(port, 1.0)
+            wait_for(lambda p=probe: p.get_backend() == "v1", timeout=30,
+                     what=f"envoy-{i} to serve v1")
+            probe.close()
+        variant.startup_s = time.monotonic() - started
+        pollers = [_Poller(i, port, cfg) for i, port in enumerate(ports)]
+        for poller in pollers:
+            poller.start()
+
+        current = "v1"
+        for edit in range(cfg.edits):
+            target = "v2" if current == "v1" else "v1"
+            for poller in pollers:
+                poller.arm(target, cfg.edit_timeout_s)
+            t0 = 0
+
+            def stamp() -> None:
+                nonlocal t0
+                t0 = now_ns()
+
+            save_aside(policy, route_flip_policy(backends=backends, route_to=target), stamp)
+            for poller in pollers:
+                poller.done.wait(cfg.edit_timeout_s + 2)
+            seen = [p.seen_ns for p in pollers]
+            variant.requests += sum(p.requests for p in pollers)
+            if not all(seen):
+                variant.timeouts += 1
+                log(f"    edit {edit + 1}: {seen.count(0)} Envoys did not serve {target} "
+                    f"within {cfg.edit_timeout_s:.0f}s")
+                raise RuntimeError("convergence timed out; see " + str(vdir))
+            per_envoy = [round((s - t0) / 1e6, 3) for s in seen]
+            variant.per_envoy_ms.append(per_envoy)
+            variant.samples_ms.append(max(per_envoy))
+            variant.first_ms.append(min(per_envoy))
+            current = target
+            time.sleep(cfg.settle_s)
+        variant.probe_errors = sum(p.probe.errors for p in pollers)
+        return variant
+    finally:
+        # Every step on its own: a failure in one must not leave processes running.
+        for poller in pollers:
+            poller.stop()
+        for poller in pollers:
+            poller.join(timeout=5)
+        with ThreadPoolExecutor(max_workers=max(1, len(envoys))) as pool:
+            for done in [pool.submit(e.stop) for e in envoys]:
+                with contextlib.suppress(Exception):
+                    done.result(timeout=30)
+        if serve is not None:
+            serve.stop()
+
+
+def run(cfg: ConvergenceConfig, work: Path, log: Any = print) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    echoes: list[subprocess.Popen[bytes]] = []
+    variants: list[_Variant] = []
+    try:
+        backends = {}
+        for name in ("v1", "v2"):
+            proc, port = _start_echo(name, work)
+            echoes.append(proc)
+            backends[name] = port
+        for debounce in cfg.debounces:
+            for mode in cfg.modes:
+                log(f"  convergence: {cfg.envoys} Envoys, {mode}, --debounce-quiet {debounce}, "
+                    f"{cfg.edits} edits")
+                v = _run_variant(cfg, work, mode, debounce, backends, log)
+                s = summarize(v.samples_ms)
+                log(f"    median {s['median']:.1f} ms, p90 {s['p90']:.1f}, max {s['max']:.1f} "
+                    f"(startup {v.startup_s:.1f}s)")
+                variants.append(v)
+    finally:
+        for proc in echoes:
+            stop_process(proc)
+    return {
+        "scenario": "convergence",
+        "what": "file save (just before os.replace) until ALL Envoys serve the new backend, "
+                "observed by HTTP requests through each Envoy's listener",
+        "config": {"envoys": cfg.envoys, "edits": cfg.edits, "poll_ms": cfg.poll_ms,
+                   "request_timeout_s": cfg.request_timeout_s, "settle_s": cfg.settle_s,
+                   "server": "meshpilot serve subprocess", "envoy_concurrency": 1,
+                   "policy": "raw EnvoyResources: 2 EDS clusters, 1 listener, 1 RDS route"},
+        "variants": [
+            {"name": v.name, "mode": v.mode, "debounce_quiet": v.debounce,
+             "samples_ms": v.samples_ms, "summary": summarize(v.samples_ms),
+             "first_envoy_ms": v.first_ms, "first_envoy_summary": summarize(v.first_ms),
+             "per_envoy_ms": v.per_envoy_ms, "timeouts": v.timeouts,
+             "probe_errors": v.probe_errors, "poll_requests": v.requests,
+             "startup_s": v.startup_s}
+            for v in variants
+        ],
+    }

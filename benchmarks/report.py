@@ -1,0 +1,142 @@
+"""Turning scenario results into the printed tables and `report.md`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks.stats import table
+
+ANCHORS = ("Published anchors (other systems, other machines; orders of magnitude only): "
+           "route change to served, Istio 120-300 ms, Envoy Gateway ~600 ms; "
+           "memory per connected proxy, istiod 1.3-2 MB.")
+
+
+def _convergence(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    cfg = result["config"]
+    headers = ["variant", "n", "median ms", "p90", "p99", "min", "max", "first Envoy median"]
+    rows = []
+    for v in result["variants"]:
+        s = v["summary"]
+        rows.append([v["name"], s["n"], s["median"], s["p90"], s["p99"], s["min"], s["max"],
+                     v["first_envoy_summary"]["median"]])
+    title = (f"convergence: save -> all {cfg['envoys']} Envoys serve the edit "
+             f"(meshpilot serve subprocess, real Envoys, HTTP probes every {cfg['poll_ms']:g} ms)")
+    note = ("Each sample is one edit: from just before os.replace until the LAST Envoy answered "
+            "from the new backend; it includes the --debounce-quiet period.")
+    return title, headers, rows, note
+
+
+def _fanout(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    headers = ["mode", "streams", "clusters", "recv p50 ms", "recv p99", "recv max",
+               "all ACKs recorded", "server CPU s", "bytes/stream", "RSS/stream KiB",
+               "initial sync s"]
+    rows = []
+    for m in result["modes"]:
+        s = m["summary"]
+        rows.append([m["mode"], m["streams"], m["clusters"], s["receive_p50_ms"],
+                     s["receive_p99_ms"], s["receive_max_ms"], s["ack_recorded_max_ms"],
+                     f"{s['server_cpu_s']:.2f}", int(s["bytes_per_stream"]),
+                     m["rss_per_stream_bytes"] / 1024, m["initial_sync_s"]])
+    cfg = result["config"]
+    title = (f"fanout: one changed cluster to {cfg['streams']} simulated ADS streams "
+             f"({cfg['client_processes']} client processes), {cfg['clusters']} EDS clusters")
+    note = (f"Medians over {cfg['changes']} changes of the per-change p50/p99/max across streams; "
+            "times from cache.set(). bytes/stream: everything a stream received for the change "
+            "(CDS + the changed cluster's endpoints). RSS/stream: server RSS growth from before "
+            "the first stream to all streams in sync, divided by streams.")
+    return title, headers, rows, note
+
+
+def _translation(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    headers = ["clusters", "YAML MB", "load s", "translate s", "snapshot s", "bodies s",
+               "total s", "peak RSS +MiB", "tracemalloc peak MiB"]
+    rows = []
+    for e in result["sizes"]:
+        s = e["summary"]
+        rows.append([e["clusters"], e["yaml_bytes"] / 1e6, s["load_s"]["median"],
+                     s["translate_s"]["median"], s["snapshot_s"]["median"],
+                     s["bodies_s"]["median"], s["total_s"]["median"],
+                     e["peak_rss_delta_bytes"]["median"] / 2**20,
+                     e["tracemalloc_peak_bytes"] / 2**20])
+    runs = result["config"]["runs"]
+    title = f"translation: policy files to serialized xDS, cold process (median of {runs})"
+    note = "Clusters with one endpoint each (EDS + ClusterLoadAssignment)."
+    return title, headers, rows, note
+
+
+_BUILDERS = {"convergence": _convergence, "fanout": _fanout, "translation": _translation}
+_DIGITS = {"convergence": 1, "fanout": 1, "translation": 3}
+
+
+def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any]], str]]:
+    out = []
+    for name in ("convergence", "fanout", "translation"):
+        if name in results:
+            out.append((name, *_BUILDERS[name](results[name])))
+    return out
+
+
+def text_tables(results: dict[str, Any]) -> str:
+    parts = []
+    for name, title, headers, rows, _note in _sections(results):
+        parts.append(title)
+        parts.append(table(headers, rows, digits=_DIGITS[name]))
+        parts.append("")
+    parts.append(ANCHORS)
+    return "\n".join(parts)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    parts = ["# meshpilot benchmark report", ""]
+    meta = next((r.get("meta") for r in results.values() if r.get("meta")), None)
+    if meta:
+        parts.append(f"Run {meta['started']} ({'quick' if meta['quick'] else 'full'}), "
+                     f"Python {meta['python']}, {meta['cpus']} CPUs, kernel {meta['kernel']}. "
+                     "The load generators share the CPUs with the server: expect noise.")
+        parts.append("")
+    for name, title, headers, rows, note in _sections(results):
+        run = results[name].get("meta") or {}
+        when = (f"Measured {run['started']} ({'quick' if run['quick'] else 'full'} run, "
+                f"{run['duration_s']:.0f} s). " if run else "")
+        parts += [f"## {title}", "", table(headers, rows, markdown=True, digits=_DIGITS[name]),
+                  "", when + note, ""]
+        if name == "fanout":
+            parts += _fanout_details(results[name])
+    parts += [ANCHORS, ""]
+    return "\n".join(parts)
+
+
+def _fanout_details(result: dict[str, Any]) -> list[str]:
+    lines = []
+    for m in result["modes"]:
+        trimmed = m.get("rss_per_stream_trimmed_bytes")
+        lines.append(
+            f"- {m['mode']}: server RSS {m['server_rss_before_connect'] / 2**20:.0f} MiB before "
+            f"any stream, {m['server_rss_after_sync'] / 2**20:.0f} MiB with all in sync "
+            f"({m['rss_per_stream_bytes'] / 1024:.0f} KiB/stream"
+            + (f", {trimmed / 1024:.0f} KiB after malloc_trim" if trimmed else "")
+            + f"; subscribed-name sets alone {m['stream_state_bytes_per_stream'] / 1024:.0f} "
+            f"KiB/stream); initial sync of all streams {m['initial_sync_s']:.1f} s "
+            f"(server CPU {m['initial_sync_server_cpu_s']:.1f} s).")
+        profiled = [c for c in m["changes"] if c.get("profile")]
+        if profiled:
+            top = profiled[0]["profile"]["top"][:6]
+            hot = "; ".join(
+                f"`{t['function']}` {t['tottime_s']:.2f}s"
+                + (f" (`{t['source']}`)" if t.get("source") and "(<" in t["function"] else "")
+                for t in top)
+            total = profiled[0]["profile"]["total_tottime_s"]
+            lines.append(f"  - cProfile of one extra change (event-loop thread, {total:.1f}s "
+                         f"busy under the profiler; top by own time): {hot}")
+    by_mode = {m["mode"]: m["summary"] for m in result["modes"]}
+    if "sotw" in by_mode and "delta" in by_mode:
+        s, d = by_mode["sotw"], by_mode["delta"]
+
+        def ratio(key: str) -> str:
+            return f"{s[key] / d[key]:.1f}x" if s.get(key) and d.get(key) else "-"
+
+        lines.append(f"- SotW / delta in this run: last stream received {ratio('receive_max_ms')},"
+                     f" all ACKs recorded {ratio('ack_recorded_max_ms')}, server CPU "
+                     f"{ratio('server_cpu_s')}, bytes per stream {ratio('bytes_per_stream')}.")
+    lines.append("")
+    return lines

@@ -1,0 +1,133 @@
+"""meshpilot benchmarks: one command runs the scenarios, prints tables, writes JSON and Markdown.
+
+    python benchmarks/run.py [--quick] [--only NAME ...] [--out benchmarks/results]
+
+Scenarios (see docs/benchmarks.md): convergence (real Envoys, a saved edit until all serve it),
+fanout (simulated ADS streams, one changed cluster), translation (policy to serialized xDS, cold).
+Writes `<out>/<scenario>.json` (raw samples and summaries) and `<out>/report.md`.
+`--quick` is a smoke run (small sizes, under a minute); the default run takes several minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SCENARIOS = ("convergence", "fanout", "translation")
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="benchmarks/run.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run (< 1 min)")
+    parser.add_argument("--only", action="append", choices=SCENARIOS, metavar="NAME",
+                        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
+    parser.add_argument("--out", default=None,
+                        help="results folder (benchmarks/results; with --quick, "
+                             "benchmarks/results/quick)")
+    parser.add_argument("--keep-work", action="store_true",
+                        help="keep the scratch folder (logs, policies) for inspection")
+    parser.add_argument("--edits", type=int, help="convergence: edits per variant")
+    parser.add_argument("--streams", type=int, help="fanout: simulated ADS streams")
+    parser.add_argument("--clusters", type=int, help="fanout: clusters in the snapshot")
+    parser.add_argument("--poll-ms", type=float, help="convergence: ms between probes")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    # SIGTERM unwinds like Ctrl-C, so every `finally` stops the processes it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    root = Path(__file__).resolve().parent.parent
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks import convergence, fanout, report, translation
+    from benchmarks.common import write_json
+
+    # A smoke run must not overwrite the figures of a full run: it has its own default folder.
+    default_out = root / "benchmarks" / "results" / ("quick" if args.quick else "")
+    out = Path(args.out) if args.out else default_out
+    out.mkdir(parents=True, exist_ok=True)
+    selected = args.only or list(SCENARIOS)
+    work = Path(tempfile.mkdtemp(prefix="meshpilot-bench-"))
+    meta = {
+        "quick": args.quick, "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "python": platform.python_version(), "machine": platform.machine(),
+        "cpus": _cpus(), "kernel": platform.release(),
+    }
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    log(f"meshpilot benchmarks ({'quick' if args.quick else 'full'}): {', '.join(selected)}; "
+        f"{meta['cpus']} CPUs; scratch {work}")
+    results: dict[str, Any] = {}
+    failed: list[str] = []
+    try:
+        for name in selected:
+            started = time.monotonic()
+            log(f"\n== {name}")
+            try:
+                if name == "convergence":
+                    ccfg = (convergence.ConvergenceConfig.quick() if args.quick
+                            else convergence.ConvergenceConfig())
+                    if args.edits:
+                        ccfg.edits = args.edits
+                    if args.poll_ms:
+                        ccfg.poll_ms = args.poll_ms
+                    result = convergence.run(ccfg, work / "convergence", log)
+                elif name == "fanout":
+                    fcfg = fanout.FanoutConfig.quick() if args.quick else fanout.FanoutConfig()
+                    if args.streams:
+                        fcfg.streams = args.streams
+                    if args.clusters:
+                        fcfg.clusters = args.clusters
+                    result = fanout.run(fcfg, work / "fanout", out, log)
+                else:
+                    tcfg = (translation.TranslationConfig.quick() if args.quick
+                            else translation.TranslationConfig())
+                    result = translation.run(tcfg, work / "translation", log)
+            except Exception as e:  # report, go on with the next scenario
+                failed.append(name)
+                log(f"!! {name} failed: {type(e).__name__}: {e}")
+                continue
+            result["meta"] = {**meta, "duration_s": time.monotonic() - started}
+            write_json(out / f"{name}.json", result)
+            results[name] = result
+            log(f"-- {name}: {result['meta']['duration_s']:.0f}s, wrote {out / (name + '.json')}")
+    finally:
+        if args.keep_work or failed:
+            log(f"\nscratch kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    # The report covers every scenario with a result on disk (this run's or an earlier one's).
+    for name in SCENARIOS:
+        path = out / f"{name}.json"
+        if name not in results and path.exists():
+            results[name] = json.loads(path.read_text())
+    log("")
+    log(report.text_tables(results))
+    (out / "report.md").write_text(report.markdown(results))
+    log(f"\nwrote {out / 'report.md'}")
+    if failed:
+        log(f"FAILED: {', '.join(failed)}")
+        return 1
+    return 0
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
