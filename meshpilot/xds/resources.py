@@ -66,7 +66,8 @@ def set_version(resources: Mapping[str, Resource]) -> str:
 class ResourceMap(Mapping[str, Resource]):
     """All resources of one type in one view: immutable, content-versioned, shared by streams."""
 
-    __slots__ = ("_diffs", "_items", "_sotw_body", "names_version", "type_url", "version")
+    __slots__ = ("_diffs", "_items", "_name_set", "_names", "_sotw_body", "names_version",
+                 "type_url", "version")
 
     def __init__(self, type_url: str, resources: Iterable[Resource] = ()):
         self.type_url = type_url
@@ -77,6 +78,8 @@ class ResourceMap(Mapping[str, Resource]):
         self.version = _hash_pairs((r.name, r.version) for r in items)
         self.names_version = _hash_pairs((r.name, "") for r in items)
         self._sotw_body: bytes | None = None
+        self._names: tuple[str, ...] | None = None
+        self._name_set: frozenset[str] | None = None
         self._diffs: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
     def __getitem__(self, name: str) -> Resource:
@@ -93,6 +96,18 @@ class ResourceMap(Mapping[str, Resource]):
 
     def get(self, name: str, default: Resource | None = None) -> Resource | None:  # type: ignore[override]
         return self._items.get(name, default)
+
+    def names(self) -> tuple[str, ...]:
+        if self._names is None:
+            self._names = tuple(self._items)
+        return self._names
+
+    def name_set(self) -> frozenset[str]:
+        """The names as one shared frozenset: streams subscribed to exactly these hold this
+        object instead of a copy each (5,000 names are ~0.5 MiB per stream otherwise)."""
+        if self._name_set is None:
+            self._name_set = frozenset(self._items)
+        return self._name_set
 
     def sotw_body(self) -> bytes:
         """Every resource as SotW `resources` entries, encoded once and shared by all streams."""

@@ -33,7 +33,7 @@ ACK/NACK record. `responses()` plans, for every type the client has opened, what
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,7 +140,7 @@ class TypeState:
 class _Plan:
     desired: Mapping[str, Resource | _Claimed]
     version: str
-    send: list[Resource]
+    send: Collection[Resource]  # the resources to carry (a map's values view: all of them)
     removed: list[str]
     changed: list[str]  # names whose content the client did not have before
 
@@ -212,8 +212,20 @@ class XdsStream:
         dropped = state.names - names - state.anticipated
         if dropped:
             state.forget(dropped)
-        state.names = names | frozenset(state.anticipated)
+        self._set_names(state, names | state.anticipated if state.anticipated else names)
         return kind
+
+    def _set_names(self, state: TypeState, names: frozenset[str]) -> None:
+        """Replace the subscription, keeping the same object when nothing changed and sharing
+        the snapshot's own name set when it is the same: memos keyed on the object keep
+        hitting, and a thousand streams subscribed to everything hold one set, not a thousand."""
+        if names == state.names:
+            return
+        if self.snapshot is not None:
+            canonical = self.snapshot.get(state.type_url).name_set()
+            if names == canonical:
+                names = canonical
+        state.names = names
 
     # ---- delta requests -----------------------------------------------------------------------
 
@@ -224,7 +236,7 @@ class XdsStream:
             state.opened = True
             state.wildcard = WILDCARD in subscribe or (
                 not subscribe and state.type_url in types.WILDCARD_TYPES)
-            state.names = frozenset(subscribe - {WILDCARD})
+            self._set_names(state, frozenset(subscribe - {WILDCARD}))
             initial = dict(request.initial_resource_versions)
             if initial:
                 state.claimed = True
@@ -243,7 +255,8 @@ class XdsStream:
             if fresh:
                 # A (re)subscription asks for the resource whatever we think the client has.
                 state.forget(fresh)
-            state.names = (state.names | added) - removed
+            if added or removed:
+                self._set_names(state, (state.names | added) - removed)
             state.anticipated -= removed
             if removed:
                 state.forget(removed)
@@ -317,6 +330,8 @@ class XdsStream:
         """Whether the subscription names exactly the snapshot's resources (the common case:
         Envoy asks for the endpoints of every cluster), so the shared map can be used as is.
         Memoized on the names object and the map's name set: O(1) per push when neither moved."""
+        if state.names is current.name_set():
+            return True
         memo = state.cover_memo
         if memo is not None and memo[0] is state.names and memo[1] == current.names_version:
             return memo[2]
@@ -332,12 +347,13 @@ class XdsStream:
             self._adopt(state, desired, version)
             return None
         changed = _changed(desired, state.known)
-        forced = [n for n in state.force if n in desired and n not in changed]
-        state.force.intersection_update(desired)
-        removed: list[str] = []
-        if state.wildcard and (self.delta or state.type_url in types.WILDCARD_TYPES):
-            removed = [n for n in state.known if n not in desired]
+        forced: list[str] = []
+        if state.force:
+            forced = [n for n in state.force if n in desired and n not in changed]
+            state.force.intersection_update(desired)
         if self.delta:
+            # Delta tells a wildcard subscriber what is gone; SotW CDS/LDS say it by omission.
+            removed = _removed(desired, state.known) if state.wildcard else []
             # A wildcard subscription is always answered once, even when empty: Envoy holds its
             # initialization (and LDS) until the first CDS response, or until a 15 s timeout.
             first_wildcard = state.wildcard and not state.responses and not state.claimed
@@ -358,13 +374,13 @@ class XdsStream:
             if (state.rejection is not None and version == state.rejection.version
                     and state.sent_version == state.rejection.version):
                 return None
-            send = list(desired.values())
+            return _Plan(desired, version, desired.values(), [], changed)  # type: ignore[arg-type]
         else:
             if not (changed or forced):
-                if not removed:
-                    self._adopt(state, desired, state.sent_version)
+                self._adopt(state, desired, state.sent_version)
                 return None
             send = [desired[n] for n in changed + forced]
+            removed = []
         return _Plan(desired, version, send, removed, changed)  # type: ignore[arg-type]
 
     def _adopt(self, state: TypeState, desired: Mapping[str, Resource | _Claimed],
@@ -377,14 +393,14 @@ class XdsStream:
     def _send(self, state: TypeState, plan: _Plan, now: float) -> Outbound:
         self._nonce += 1
         nonce = str(self._nonce)
+        full = isinstance(plan.desired, ResourceMap) and len(plan.send) == len(plan.desired)
         if self.delta:
             payload = wire.delta_response(
                 system_version=plan.version, type_url=state.type_url,
                 entries=(r.delta_entry for r in plan.send), removed=plan.removed, nonce=nonce,
                 control_plane_bytes=self._control_plane)
         else:
-            body = (plan.desired.sotw_body() if isinstance(plan.desired, ResourceMap)
-                    and len(plan.send) == len(plan.desired)
+            body = (plan.desired.sotw_body() if full  # type: ignore[union-attr]
                     else b"".join(r.sotw_entry for r in plan.send))
             payload = wire.sotw_response(version=plan.version, type_url=state.type_url,
                                          resources_body=body, nonce=nonce,
@@ -398,8 +414,9 @@ class XdsStream:
         state.sent_at = now
         state.responses += 1
         state.resources_sent += len(plan.send)
-        return Outbound(state.type_url, nonce, plan.version, payload,
-                        tuple(r.name for r in plan.send), tuple(plan.removed))
+        names = (plan.desired.names() if full  # type: ignore[union-attr]
+                 else tuple(r.name for r in plan.send))
+        return Outbound(state.type_url, nonce, plan.version, payload, names, tuple(plan.removed))
 
     def _after_send(self, state: TypeState, plan: _Plan) -> None:
         """Queue the dependents of what was just sent, so they are not left warming."""
@@ -420,7 +437,7 @@ class XdsStream:
         unseen = {n for n in names if n not in state.names}
         if unseen and not state.wildcard:
             state.anticipated |= unseen
-            state.names = state.names | unseen
+            self._set_names(state, state.names | unseen)
 
     def _retained_clusters(self, state: TypeState,
                            current: ResourceMap) -> dict[str, Resource | _Claimed]:
@@ -453,7 +470,18 @@ class XdsStream:
 
 def _changed(desired: Mapping[str, Resource | _Claimed],
              known: Mapping[str, Resource | _Claimed]) -> list[str]:
+    if desired is known:
+        return []
     if isinstance(desired, ResourceMap) and isinstance(known, ResourceMap):
         return list(desired.diff_from(known)[0])
     return [n for n, r in desired.items()
             if (k := known.get(n)) is None or k.version != r.version]
+
+
+def _removed(desired: Mapping[str, Resource | _Claimed],
+             known: Mapping[str, Resource | _Claimed]) -> list[str]:
+    if desired is known:
+        return []
+    if isinstance(desired, ResourceMap) and isinstance(known, ResourceMap):
+        return list(desired.diff_from(known)[1])
+    return [n for n in known if n not in desired]
