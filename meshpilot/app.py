@@ -4,6 +4,7 @@ and the folder watcher, started and stopped together on one event loop."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,10 @@ class Meshpilot:
                                   max_wait=self.settings.debounce_max, loop=loop)
             self._watcher = PolicyWatcher(self.settings.policy, debouncer, loop)
             self._watcher.start()
+        # Everything alive now (modules, protobuf descriptors, the first model) lives as long as
+        # the process: keep it out of the collector's full passes, which otherwise cost ~35 ms
+        # in the middle of a reload (seen in the convergence benchmark's tail).
+        gc.freeze()
         self.serving = True
         log.info("xDS on %s, admin on http://%s", self.xds_address, self.admin_address)
 
