@@ -2,10 +2,11 @@
 
 This module owns finding the policy files, the rules every document shares (a mapping with a
 string `kind` and `name`, no two documents with the same kind and name), dispatching each document
-to its kind's parser, and collecting every issue from every file into one `PolicyError`. It must
-not know what any kind means: kinds plug in through `KIND_PARSERS`, and the model parts they return
-are sorted into the `Model` by `build_model`. It never raises anything but `PolicyError` for bad
-input, and holds no state between loads.
+to its kind's parser, running the checks across documents (`references.py`) once all are read, and
+collecting every issue from every file into one `PolicyError`. It must not know what any kind
+means: kinds plug in through `KIND_PARSERS`, and the model parts they return are sorted into the
+`Model` by `build_model`. It never raises anything but `PolicyError` for bad input, and holds no
+state between loads.
 """
 
 from __future__ import annotations
@@ -17,18 +18,21 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from meshpilot.errors import PolicyError, PolicyIssue, Position
 from meshpilot.policy.envoy_resources import KIND as ENVOY_RESOURCES
 from meshpilot.policy.envoy_resources import parse_envoy_resources
-from meshpilot.policy.model import Model, RawResource
+from meshpilot.policy.kinds import gateway, route, service
+from meshpilot.policy.model import Gateway, Model, RawResource, Route, Service
+from meshpilot.policy.references import validate_references
 from meshpilot.policy.yamlsource import FieldPath, Located, format_path, parse_yaml, read_yaml_file
 from meshpilot.xds.types import ADS_ORDER
 
 POLICY_SUFFIXES = (".yaml", ".yml")
 
-# What a kind's parser may return. Later kinds add their model classes here and in build_model.
-ModelPart = RawResource
+# What a kind's parser may return. A new kind adds its model class here and in build_model.
+ModelPart = RawResource | Service | Gateway | Route
 
 
 @dataclass(slots=True)
@@ -72,12 +76,26 @@ class DocumentContext:
         return self.load.first_definition(key, position)
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedDocument:
+    """One document with a usable kind and name: its context (so later checks can report
+    about it) and the model parts its parser returned."""
+
+    context: DocumentContext
+    parts: tuple[ModelPart, ...]
+
+
 KindParser = Callable[[Located, DocumentContext], Iterable[ModelPart]]
 
 # kind -> parser. A parser reports problems through its context (never raises for bad input)
-# and returns the model parts of the document's valid parts.
+# and returns the model parts of the document's valid parts. Service, Gateway and Route return
+# nothing for a document with any issue, so the checks across documents (references.py) only
+# ever see clean parts and never echo a document's own error as a broken reference.
 KIND_PARSERS: dict[str, KindParser] = {
     ENVOY_RESOURCES: parse_envoy_resources,
+    service.KIND: service.parse_service,
+    gateway.KIND: gateway.parse_gateway,
+    route.KIND: route.parse_route,
 }
 
 
@@ -89,27 +107,25 @@ def load_policy(path: str | Path) -> Model:
     """
     root = Path(path)
     load = LoadContext()
-    parts: list[ModelPart] = []
+    parsed: list[ParsedDocument] = []
     with _garbage_collection_paused():
         files = _policy_files(root, load)
         for file_path, shown_name in files:
             documents, issues = read_yaml_file(file_path, shown_name)
             load.issues.extend(issues)
-            for document in documents:
-                parts.extend(_load_document(document, load))
-    return _finish(load, parts, tuple(shown_name for _, shown_name in files))
+            _load_documents(documents, load, parsed)
+        return _finish(load, parsed, tuple(shown_name for _, shown_name in files))
 
 
 def load_policy_text(text: str | bytes, file: str = "policy.yaml") -> Model:
     """Load policy given as text, as if it were the file `file` (for tools and tests)."""
     load = LoadContext()
-    parts: list[ModelPart] = []
+    parsed: list[ParsedDocument] = []
     with _garbage_collection_paused():
         documents, issues = parse_yaml(text, file)
         load.issues.extend(issues)
-        for document in documents:
-            parts.extend(_load_document(document, load))
-    return _finish(load, parts, (file,))
+        _load_documents(documents, load, parsed)
+        return _finish(load, parsed, (file,))
 
 
 @contextmanager
@@ -127,17 +143,40 @@ def _garbage_collection_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _finish(load: LoadContext, parts: list[ModelPart], files: tuple[str, ...]) -> Model:
+def _finish(load: LoadContext, parsed: list[ParsedDocument], files: tuple[str, ...]) -> Model:
+    # References are checked even when documents had issues: every problem is reported in one
+    # pass, and a document with issues gave no parts, so its errors are not echoed here.
+    validate_references(parsed, load)
     if load.issues:
         raise PolicyError(sorted(load.issues, key=_issue_order))
-    return build_model(parts, files)
+    return build_model((part for document in parsed for part in document.parts), files)
 
 
 def build_model(parts: Iterable[ModelPart], files: tuple[str, ...]) -> Model:
     """The model of a valid policy, in a deterministic order (translators rely on it)."""
-    raw = [part for part in parts if isinstance(part, RawResource)]
+    raw: list[RawResource] = []
+    services: list[Service] = []
+    gateways: list[Gateway] = []
+    routes: list[Route] = []
+    for part in parts:
+        if isinstance(part, RawResource):
+            raw.append(part)
+        elif isinstance(part, Service):
+            services.append(part)
+        elif isinstance(part, Gateway):
+            gateways.append(part)
+        else:
+            routes.append(part)
     raw.sort(key=lambda resource: (_ads_rank(resource.type_url), resource.name))
-    return Model(raw=tuple(raw), files=files)
+    return Model(raw=tuple(raw), services=_by_name(services), gateways=_by_name(gateways),
+                 routes=_by_name(routes), files=files)
+
+
+_Named = TypeVar("_Named", Service, Gateway, Route)
+
+
+def _by_name(parts: list[_Named]) -> tuple[_Named, ...]:
+    return tuple(sorted(parts, key=lambda part: part.name))
 
 
 def _ads_rank(type_url: str) -> int:
@@ -153,16 +192,24 @@ def _issue_order(issue: PolicyIssue) -> tuple[str, int, int]:
 # Documents.
 
 
-def _load_document(document: Located, load: LoadContext) -> Iterable[ModelPart]:
+def _load_documents(documents: list[Located], load: LoadContext,
+                    parsed: list[ParsedDocument]) -> None:
+    for document in documents:
+        loaded = _load_document(document, load)
+        if loaded is not None:
+            parsed.append(loaded)
+
+
+def _load_document(document: Located, load: LoadContext) -> ParsedDocument | None:
     identity = _document_identity(document, load)
     if identity is None:
-        return ()
+        return None
     kind, name = identity
     ctx = DocumentContext(load, document, kind, name)
     first = load.first_definition(("document", kind, name), document.position_of(("name",)))
     if first is not None:
         ctx.report(("name",), f'another {kind} is named "{name}" (at {first})', at_value=True)
-    return KIND_PARSERS[kind](document, ctx)
+    return ParsedDocument(ctx, tuple(KIND_PARSERS[kind](document, ctx)))
 
 
 def _document_identity(document: Located, load: LoadContext) -> tuple[str, str] | None:

@@ -34,6 +34,13 @@ class References:
 NONE = References()
 
 
+def is_repeated(field: FieldDescriptor) -> bool:
+    # protobuf 7 removed FieldDescriptor.label; `is_repeated` replaces it (older releases lack it).
+    if hasattr(field, "is_repeated"):
+        return bool(field.is_repeated)
+    return bool(field.label == FieldDescriptor.LABEL_REPEATED)
+
+
 def _messages(message: Message) -> Iterator[Message]:
     """Every message nested in `message`, itself included, looking inside typed `Any` fields."""
     stack = [message]
@@ -50,10 +57,7 @@ def _messages(message: Message) -> Iterator[Message]:
                 continue
             if field.message_type.GetOptions().map_entry:
                 stack.extend(v for v in value.values() if isinstance(v, Message))
-            # Fix: protobuf 7 removed FieldDescriptor.label (AttributeError on every listener or
-            # route walk); `is_repeated` replaces it, `label` stays for older protobuf releases.
-            elif (field.is_repeated if hasattr(field, "is_repeated")
-                  else field.label == FieldDescriptor.LABEL_REPEATED):
+            elif is_repeated(field):
                 stack.extend(value)
             else:
                 stack.append(value)

@@ -8,6 +8,7 @@ from google.protobuf import json_format, symbol_database
 from google.protobuf.message import Message
 
 from meshpilot.xds import types
+from meshpilot.xds.deps import is_repeated
 from meshpilot.xds.resources import Resource
 from meshpilot.xds.snapshot import Snapshot
 
@@ -25,8 +26,48 @@ def message_of(resource: Resource) -> Message:
 
 
 def to_dict(resource: Resource) -> dict[str, Any]:
-    data = json_format.MessageToDict(message_of(resource), preserving_proto_field_name=True)
-    return redact(data)
+    message = message_of(resource)
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return redact(_sort_maps(message, data))
+
+
+def _sort_maps(message: Message, data: Any) -> Any:
+    """`data` (the JSON form of `message`) with the keys of its maps and Structs sorted.
+
+    The bytes are deterministic, but upb iterates a map (a Struct's fields, say endpoint labels)
+    in a per-process hash order when converting to JSON, so the same resource would render
+    differently from run to run. Message fields keep their declaration order, which reads best.
+    """
+    if message.DESCRIPTOR.full_name == "google.protobuf.Struct":
+        return _sorted_deep(data)
+    if not isinstance(data, dict):
+        return data  # a well-known type rendered as a scalar: a duration, a wrapped number
+    if message.DESCRIPTOR.full_name == "google.protobuf.Any":
+        inner = symbol_database.Default().GetSymbol(message.TypeName())()  # type: ignore[attr-defined]
+        message.Unpack(inner)  # type: ignore[attr-defined]
+        message = inner
+    for field, value in message.ListFields():
+        if field.name not in data or field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            entries = data[field.name]
+            if field.message_type.fields_by_name["value"].message_type is not None:
+                entries = {key: _sort_maps(value[key], entries[key]) for key in entries}
+            data[field.name] = dict(sorted(entries.items()))
+        elif is_repeated(field):
+            data[field.name] = [_sort_maps(item, item_data)
+                                for item, item_data in zip(value, data[field.name], strict=True)]
+        else:
+            data[field.name] = _sort_maps(value, data[field.name])
+    return data
+
+
+def _sorted_deep(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted_deep(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_deep(item) for item in value]
+    return value
 
 
 def redact(value: Any, secret: bool = False) -> Any:

@@ -1,0 +1,495 @@
+"""`kind: Route`: how requests arriving at a Gateway are matched and handled, as `model.Route`.
+
+This module owns the Route document's shape and everything that can be checked within one
+Route: matches (paths, methods, headers, query parameters), regexes (they must compile with
+Python's `re` and suit Envoy's RE2), exactly one action per rule, rewrites, header changes,
+timeouts and retries. It must not look at other documents: whether the gateway, its listeners,
+the services and their subsets exist, and whether two Routes claim the same host, is checked over
+the whole folder by `references.py`.
+
+Shape:
+
+    kind: Route
+    name: shop
+    gateway: edge
+    listeners: [http]                   # some of the gateway's listeners (default: all)
+    hosts: [shop.example.com, "*.shop.example.com"]   # default ["*"]: every host
+    rules:                              # first match wins, in the order written
+      - match:                          # a mapping, or a list of them (any may match)
+          path: {prefix: /api/}         # or {exact: /x} or {regex: "/v[0-9]+/.*"}
+          methods: [GET, POST]          # or method: GET
+          headers: {x-canary: "true", x-user: {prefix: a}, x-debug: {present: true}}
+          query: {preview: {absent: true}}    # value forms: "text" | {exact|prefix|regex: v}
+                                              #   | {present: true} | {absent: true}
+        backends:                       # exactly one of backends, redirect, direct_response
+          - {service: reviews, subset: v2, weight: 10}   # or just: reviews
+        rewrite: {path: {prefix: /}, host: internal.example.com}   # backends only
+                                        # or path: {regex: "^/v1/(.*)", substitution: "/\\1"}
+        request_headers: {add: {x-a: "1"}, set: {x-b: "2"}, remove: [x-c]}
+        response_headers: {set: {cache-control: no-store}}
+        timeout: 2s                     # backends only; 0s disables Envoy's 15 s default
+        retries: {attempts: 3, on: [5xx, reset], per_try_timeout: 500ms}   # backends only
+      - redirect: {scheme: https, host: a.example.com, port: 8443, path: /x, status: 301}
+                                        # path or prefix; status 301|302|303|307|308 (302)
+      - direct_response: {status: 404, body: "not here"}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from meshpilot.policy import fields
+from meshpilot.policy.fields import (
+    Fields,
+    Invalid,
+    issue_count,
+    reported_since,
+    written_before,
+)
+from meshpilot.policy.model import (
+    Backend,
+    DirectResponse,
+    HeaderOps,
+    Match,
+    PathRewrite,
+    Redirect,
+    Retries,
+    Route,
+    Rule,
+    StringMatch,
+)
+from meshpilot.policy.yamlsource import FieldPath, Located
+
+if TYPE_CHECKING:
+    from meshpilot.policy.loader import DocumentContext
+
+KIND = "Route"
+
+ROUTE_KEYS = ("kind", "name", "gateway", "listeners", "hosts", "rules")
+ACTIONS = ("backends", "redirect", "direct_response")
+BACKEND_ONLY = ("rewrite", "timeout", "retries")  # Envoy's RouteAction settings
+RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers")
+MATCH_KEYS = ("path", "method", "methods", "headers", "query")
+PATH_MATCHES = ("prefix", "exact", "regex")
+VALUE_MATCHES = ("exact", "prefix", "regex", "present", "absent")
+BACKEND_KEYS = ("service", "subset", "weight")
+REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "status")
+REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix")
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+REDIRECT_SCHEMES = ("http", "https")
+DIRECT_RESPONSE_KEYS = ("status", "body")
+REWRITE_KEYS = ("path", "host")
+PATH_REWRITE_KEYS = ("prefix", "regex", "substitution")
+HEADER_OPS_KEYS = ("add", "set", "remove")
+RETRIES_KEYS = ("attempts", "on", "per_try_timeout")
+
+# Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names.
+RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
+            "refused-stream", "retriable-status-codes", "retriable-headers",
+            "envoy-ratelimited", "http3-post-connect-failure",
+            "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
+DEFAULT_RETRY_ON = Retries(attempts=1).on
+
+# Accepted method names. A misspelt method would silently never match, so the list is closed:
+# the standard methods plus the common extension ones.
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+           "PURGE", "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK")
+
+# Envoy's default max_direct_response_body_size_bytes: a longer body is rejected.
+MAX_DIRECT_RESPONSE_BODY = 4096
+BACKEND_WEIGHT = fields.integer(0, 1_000_000)
+RETRY_ATTEMPTS = fields.integer(1, 100)
+
+_DIRECT_STATUS = fields.integer(200, 599)  # Envoy's range for direct responses
+_REDIRECT_STATUS = fields.int_choice(REDIRECT_STATUSES)
+_SCHEME = fields.choice(REDIRECT_SCHEMES)
+_RETRY_ON = fields.choice(RETRY_ON)
+_METHOD = fields.choice(METHODS)
+_TIMEOUT = fields.duration(allow_zero=True)
+_PER_TRY_TIMEOUT = fields.duration()
+
+
+def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
+    """The document's Route, or nothing if anything in it was reported."""
+    mark = issue_count(ctx)
+    doc = Fields(ctx, document.value)
+    doc.check_keys(ROUTE_KEYS, "a Route")
+    name = doc.get("name", fields.name)
+    gateway = doc.get("gateway", fields.name, required=True)
+    listeners = _unique_list(doc, "listeners", "listener name", fields.name)
+    hosts = _unique_list(doc, "hosts", "host", fields.host_pattern)
+    rules = _rules(doc)
+    if reported_since(ctx, mark) or name is None or gateway is None:
+        return []
+    return [Route(name=name, position=document.position, gateway=gateway,
+                  hosts=hosts or ("*",), rules=rules, listeners=listeners)]
+
+
+def _unique_list(doc: Fields, key: str, what: str,
+                 convert: fields.Converter[str]) -> tuple[str, ...]:
+    """A list of converted strings, each written once (compared after conversion)."""
+    items = doc.items(key, what)
+    if items is None:
+        return ()
+    seen: dict[Hashable, FieldPath] = {}
+    result: list[str] = []
+    for index, item in enumerate(items):
+        path = (*doc.path, key, index)
+        value = fields.convert_at(doc.ctx, item, path, convert)
+        if value is None:
+            continue
+        first = written_before(doc.ctx, seen, value, path)
+        if first is not None:
+            fields.report_at(doc.ctx, path, f"{what} {fields.quoted(value)} is listed twice "
+                                            f"(first at {first})")
+            continue
+        result.append(value)
+    return tuple(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules.
+
+
+def _rules(doc: Fields) -> tuple[Rule, ...]:
+    items = doc.items("rules", "rule", required=True)
+    if items is None:
+        return ()
+    rules = (_rule(doc.ctx, item, ("rules", index)) for index, item in enumerate(items))
+    return tuple(rule for rule in rules if rule is not None)
+
+
+def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
+    rule = Fields.at(ctx, item, path, "a rule mapping such as {match: {path: {prefix: /}}, "
+                                      "backends: [...]}")
+    if rule is None:
+        return None
+    rule.check_keys(RULE_KEYS, "a rule")
+    action = rule.exclusive(ACTIONS, required=True, what="a rule")
+    for key in BACKEND_ONLY:
+        if key in rule.value and action not in (None, "backends"):
+            rule.report(key, f"{key} applies to rules with backends only (this rule has "
+                             f"{action})", at_value=False)
+    rewrite_path, rewrite_host = _rewrite(rule)
+    return Rule(
+        position=ctx.document.position_of(path),
+        matches=_matches(rule),
+        backends=_backends(rule) if action == "backends" else (),
+        redirect=_redirect(rule) if action == "redirect" else None,
+        direct_response=_direct_response(rule) if action == "direct_response" else None,
+        rewrite_path=rewrite_path,
+        rewrite_host=rewrite_host,
+        request_headers=_header_ops(rule, "request_headers"),
+        response_headers=_header_ops(rule, "response_headers"),
+        timeout=rule.get("timeout", _TIMEOUT),
+        retries=_retries(rule),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Matches.
+
+
+def _matches(rule: Fields) -> tuple[Match, ...]:
+    """`match` as a mapping, or a list of mappings of which any may match; absent: all."""
+    value = rule.value.get("match")
+    path = (*rule.path, "match")
+    if value is None:
+        return (Match(),)
+    if not isinstance(value, list):
+        match = _match(rule.ctx, value, path)
+        return () if match is None else (match,)
+    if not value:
+        rule.report("match", "must list at least one match (or leave match out to match every "
+                             "request)")
+    matches = (_match(rule.ctx, item, (*path, index)) for index, item in enumerate(value))
+    return tuple(match for match in matches if match is not None)
+
+
+def _match(ctx: DocumentContext, item: Any, path: FieldPath) -> Match | None:
+    entry = Fields.at(ctx, item, path, "a match mapping such as {path: {prefix: /api/}}")
+    if entry is None:
+        return None
+    entry.check_keys(MATCH_KEYS, "a match")
+    return Match(path=_path_match(entry), methods=_methods(entry),
+                 headers=_value_matches(entry, "headers"), query=_value_matches(entry, "query"))
+
+
+def _path_match(entry: Fields) -> StringMatch | None:
+    spec = entry.mapping("path", "a mapping with one of prefix, exact or regex, e.g. "
+                                 "{prefix: /api/}")
+    if spec is None:
+        return None
+    spec.check_keys(PATH_MATCHES, "a path match")
+    kind = spec.exclusive(PATH_MATCHES, required=True, what="a path match")
+    if kind is None:
+        return None
+    value = spec.get(kind, fields.regex if kind == "regex" else fields.url_path, required=True)
+    return None if value is None else StringMatch(cast(_MatchKind, kind), value)
+
+
+_MatchKind = Literal["exact", "prefix", "regex", "present", "absent"]
+
+
+def _methods(entry: Fields) -> tuple[str, ...]:
+    """`method: GET` or `methods: [GET, POST]`, in upper case as HTTP spells them (methods
+    are case-sensitive; `get` is refused with a suggestion rather than guessed)."""
+    key = entry.exclusive(("method", "methods"), required=False, what="a match")
+    if key == "method":
+        method = entry.get("method", _METHOD)
+        return () if method is None else (method,)
+    if key == "methods":
+        return _unique_list(entry, "methods", "method", _METHOD)
+    return ()
+
+
+def _value_matches(entry: Fields, key: str) -> tuple[tuple[str, StringMatch], ...]:
+    """`headers` or `query`: name -> "text" | {exact|prefix|regex: v} | {present|absent: true}.
+    Header names are compared lower-cased (HTTP ignores their case); query names as written."""
+    spec = entry.mapping(key, f"a mapping of {'header' if key == 'headers' else 'parameter'} "
+                              "names to values or matches")
+    if spec is None:
+        return ()
+    result: list[tuple[str, StringMatch]] = []
+    seen: dict[str, str] = {}
+    for written in spec.value:
+        path = (*spec.path, written)
+        name = _match_name(spec.ctx, written, path, header=key == "headers")
+        match = _value_match(spec.ctx, spec.value[written], path)
+        if name is None or match is None:
+            continue
+        if name in seen:  # only headers: YAML itself refuses a key written twice
+            spec.ctx.report(path, f"header {fields.quoted(name)} is already matched (as "
+                                  f"{fields.quoted(seen[name])}; header names ignore case)")
+            continue
+        seen[name] = written
+        result.append((name, match))
+    return tuple(result)
+
+
+def _match_name(ctx: DocumentContext, written: str, path: FieldPath,
+                header: bool) -> str | None:
+    if header:
+        return fields.convert_at(ctx, written, path, _header_name_key)
+    if not written:
+        ctx.report(path, "a query parameter name must not be empty")
+        return None
+    return written
+
+
+def _header_name_key(value: str) -> str:
+    try:
+        return fields.header_name(value)
+    except Invalid as problem:  # the name is a key: point at it
+        raise Invalid(problem.message, at_key=True) from None
+
+
+def _value_match(ctx: DocumentContext, value: Any, path: FieldPath) -> StringMatch | None:
+    if isinstance(value, str):
+        return StringMatch("exact", value)
+    spec = Fields.at(ctx, value, path, 'a string, or a mapping with one of exact, prefix, '
+                                       'regex, present or absent (quote "true" to match the '
+                                       "text)")
+    if spec is None:
+        return None
+    spec.check_keys(VALUE_MATCHES, "a value match")
+    kind = spec.exclusive(VALUE_MATCHES, required=True, what="a value match")
+    if kind is None:
+        return None
+    convert = _VALUE_CONVERTERS[kind]
+    matched = spec.get(kind, convert, required=True)
+    if matched is None:
+        return None
+    return StringMatch(cast(_MatchKind, kind), "" if kind in ("present", "absent")
+                       else cast(str, matched))
+
+
+_VALUE_CONVERTERS: dict[str, fields.Converter[Any]] = {
+    "exact": fields.any_string, "prefix": fields.string, "regex": fields.regex,
+    "present": fields.true_only, "absent": fields.true_only,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions.
+
+
+def _backends(rule: Fields) -> tuple[Backend, ...]:
+    items = rule.items("backends", "backend", required=True)
+    if items is None:
+        return ()
+    backends: list[Backend] = []
+    seen: dict[Hashable, FieldPath] = {}
+    for index, item in enumerate(items):
+        path = (*rule.path, "backends", index)
+        backend = _backend(rule.ctx, item, path)
+        if backend is None:
+            continue
+        first = written_before(rule.ctx, seen, (backend.service, backend.subset), path)
+        if first is not None:
+            shown = backend.service + (f" (subset {backend.subset})" if backend.subset else "")
+            fields.report_at(rule.ctx, path, f"{shown} is listed twice (first at {first})")
+            continue
+        backends.append(backend)
+    if backends and len(backends) == len(items) and not any(b.weight for b in backends):
+        rule.report("backends", "at least one backend needs a weight above 0")
+    return tuple(backends)
+
+
+def _backend(ctx: DocumentContext, item: Any, path: FieldPath) -> Backend | None:
+    if isinstance(item, str):
+        service = fields.convert_at(ctx, item, path, fields.name)
+        return None if service is None else Backend(service=service)
+    entry = Fields.at(ctx, item, path, "a service name or a mapping such as {service: reviews, "
+                                       "subset: v1, weight: 90}")
+    if entry is None:
+        return None
+    entry.check_keys(BACKEND_KEYS, "a backend")
+    service = entry.get("service", fields.name, required=True)
+    subset = entry.get("subset", fields.name)
+    weight = entry.get("weight", BACKEND_WEIGHT)
+    if service is None:
+        return None
+    return Backend(service=service, subset=subset, weight=1 if weight is None else weight)
+
+
+def _redirect(rule: Fields) -> Redirect | None:
+    spec = rule.mapping("redirect", "a mapping such as {scheme: https} or {path: /new}",
+                        required=True)
+    if spec is None:
+        return None
+    spec.check_keys(REDIRECT_KEYS, "a redirect")
+    if not any(key in spec.value for key in REDIRECT_TARGETS):
+        rule.report("redirect", f"a redirect needs at least one of "
+                                f"{fields.one_of_words(REDIRECT_TARGETS)} (or it would send "
+                                "the client back to the same URL)")
+    spec.exclusive(("path", "prefix"), required=False, what="a redirect")
+    status = spec.get("status", _REDIRECT_STATUS)
+    return Redirect(
+        scheme=spec.get("scheme", _SCHEME),
+        host=spec.get("host", fields.dns_name),
+        port=spec.get("port", fields.PORT),
+        path=spec.get("path", fields.url_path),
+        prefix=spec.get("prefix", fields.url_path),
+        status=302 if status is None else status,
+    )
+
+
+def _direct_response(rule: Fields) -> DirectResponse | None:
+    spec = rule.mapping("direct_response", "a mapping such as {status: 404, body: not found}",
+                        required=True)
+    if spec is None:
+        return None
+    spec.check_keys(DIRECT_RESPONSE_KEYS, "a direct response")
+    status = spec.get("status", _DIRECT_STATUS, required=True)
+    body = spec.get("body", _body)
+    return None if status is None else DirectResponse(status=status, body=body or "")
+
+
+def _body(value: Any) -> str:
+    text = fields.any_string(value)
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_DIRECT_RESPONSE_BODY:
+        raise Invalid(f"a direct response body is limited to {MAX_DIRECT_RESPONSE_BODY} bytes "
+                      "by Envoy")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# What happens on the way: rewrites, header changes, retries.
+
+
+def _rewrite(rule: Fields) -> tuple[PathRewrite | None, str | None]:
+    rewrite = rule.mapping("rewrite", "a mapping such as {path: {prefix: /}} or "
+                                      "{host: example.com}")
+    if rewrite is None:
+        return None, None
+    rewrite.check_keys(REWRITE_KEYS, "rewrite")
+    return _path_rewrite(rewrite), rewrite.get("host", fields.dns_name)
+
+
+def _path_rewrite(rewrite: Fields) -> PathRewrite | None:
+    spec = rewrite.mapping("path", "a mapping such as {prefix: /} or {regex: \"^/v1/(.*)\", "
+                                   "substitution: \"/\\1\"}")
+    if spec is None:
+        return None
+    spec.check_keys(PATH_REWRITE_KEYS, "a path rewrite")
+    kind = spec.exclusive(("prefix", "regex"), required=True, what="a path rewrite")
+    if kind == "prefix":
+        if "substitution" in spec.value:
+            spec.report("substitution", 'substitution goes with "regex", not "prefix"',
+                        at_value=False)
+        prefix = spec.get("prefix", fields.url_path, required=True)
+        return None if prefix is None else PathRewrite(prefix=prefix)
+    if kind == "regex":
+        pattern = spec.get("regex", fields.regex, required=True)
+        if pattern is None:
+            return None
+        replacement = spec.get("substitution", fields.substitution(pattern), required=True)
+        return PathRewrite(regex=pattern, substitution=replacement or "")
+    return None
+
+
+def _header_ops(rule: Fields, key: str) -> HeaderOps:
+    spec = rule.mapping(key, "a mapping such as {add: {x-a: \"1\"}, set: {x-b: \"2\"}, "
+                             "remove: [x-c]}")
+    if spec is None:
+        return HeaderOps()
+    spec.check_keys(HEADER_OPS_KEYS, key)
+    added = _header_values(spec, "add")
+    replaced = _header_values(spec, "set")
+    removed = _unique_list(spec, "remove", "header", _modifiable_header)
+    for index, header in enumerate(removed):
+        if any(header == name for name, _ in (*added, *replaced)):
+            fields.report_at(spec.ctx, (*spec.path, "remove", index),
+                             f'header "{header}" is both removed and added or set')
+    return HeaderOps(add=added, set=replaced, remove=removed)
+
+
+def _header_values(spec: Fields, key: str) -> tuple[tuple[str, str], ...]:
+    values = spec.mapping(key, "a mapping of header names to values")
+    if values is None:
+        return ()
+    result: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for written, value in values.value.items():
+        path = (*values.path, written)
+        name = fields.convert_at(spec.ctx, written, path, _modifiable_header_key)
+        text = fields.convert_at(spec.ctx, value, path, fields.any_string)
+        if name is None or text is None:
+            continue
+        if name in seen:
+            spec.ctx.report(path, f'header "{name}" is written twice (header names ignore case)')
+            continue
+        seen.add(name)
+        result.append((name, text))
+    return tuple(result)
+
+
+def _modifiable_header(value: Any) -> str:
+    name = fields.header_name(value)
+    # Envoy refuses to add, set or remove pseudo-headers and Host through header changes.
+    if name.startswith(":") or name == "host":
+        raise Invalid(f'"{name}" cannot be changed here (use rewrite: {{host: ...}} for the '
+                      "host)" if name in ("host", ":authority") else
+                      f'"{name}" cannot be changed here')
+    return name
+
+
+def _modifiable_header_key(value: str) -> str:
+    try:
+        return _modifiable_header(value)
+    except Invalid as problem:
+        raise Invalid(problem.message, at_key=True) from None
+
+
+def _retries(rule: Fields) -> Retries | None:
+    spec = rule.mapping("retries", "a mapping such as {attempts: 3, on: [5xx, reset]}")
+    if spec is None:
+        return None
+    spec.check_keys(RETRIES_KEYS, "retries")
+    attempts = spec.get("attempts", RETRY_ATTEMPTS)
+    conditions = _unique_list(spec, "on", "retry condition", _RETRY_ON)
+    return Retries(attempts=1 if attempts is None else attempts,
+                   on=conditions or DEFAULT_RETRY_ON,
+                   per_try_timeout=spec.get("per_try_timeout", _PER_TRY_TIMEOUT))

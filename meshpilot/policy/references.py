@@ -1,0 +1,230 @@
+"""Checks across documents, run once every document of a load has been parsed.
+
+This module owns the rules no single document can check: a Route's gateway, listeners, services
+and subsets exist; no two Routes claim the same host on the same listener; no two gateway
+listeners bind the same port on overlapping addresses; and no Service shares its name with a
+Gateway (each name is the node cluster of its Envoys, so the two would be one view).
+
+It sees only parts that parsed cleanly (a kind's parser returns nothing for a document with any
+issue), so it never repeats a document's own error as a broken reference: a reference to a
+document that exists but failed is not reported again. Model parts are index-aligned with their
+documents (rule 1 of a Route is `rules[1]`), which is how issues find their positions. It must
+not change any part, and reports through the documents' contexts like the parsers do (at the
+field's key, as in `routes.yaml:14:7: Route shop: rules[1].backends[0].service: no Service
+named "reveiws" (did you mean "reviews"?)`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from meshpilot.errors import Position
+from meshpilot.policy.fields import did_you_mean, quoted
+from meshpilot.policy.model import Gateway, Route, Service
+
+if TYPE_CHECKING:
+    from meshpilot.policy.loader import DocumentContext, LoadContext, ParsedDocument
+
+# Suggestions compare a missing name with every name of its kind (about 2 us each): fine for a
+# few typos, but thousands of broken references to thousands of services would spend minutes in
+# difflib. Past this many comparisons in one load (about half a second), messages go without a
+# "did you mean".
+SUGGESTION_BUDGET = 250_000
+MAX_LISTED_NAMES = 8  # a miss lists the candidates when nothing is close and there are this few
+
+
+def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) -> None:
+    """Report every broken reference and every conflict between documents into `load`."""
+    index = _Index.of(documents, load)
+    for route, ctx in index.routes:
+        _check_route(route, ctx, index)
+    _check_hosts(index)
+    _check_ports(index)
+    _check_view_names(documents)
+
+
+@dataclass(slots=True)
+class _Index:
+    """The clean parts of a load, by name, with the contexts of their documents."""
+
+    load: LoadContext
+    services: dict[str, Service]
+    gateways: dict[str, Gateway]
+    routes: list[tuple[Route, DocumentContext]]
+    gateway_documents: list[tuple[Gateway, DocumentContext]]
+    names: dict[str, list[str]]  # kind -> names of its documents, clean or not (suggestions)
+    suggestions: dict[tuple[str, str], str]
+    compared: int = 0  # names compared for suggestions so far: see SUGGESTION_BUDGET
+
+    @classmethod
+    def of(cls, documents: Sequence[ParsedDocument], load: LoadContext) -> _Index:
+        index = cls(load, {}, {}, [], [], {}, {})
+        for document in documents:
+            if document.context.name is not None:
+                index.names.setdefault(document.context.kind, []).append(document.context.name)
+            for part in document.parts:
+                if isinstance(part, Service):
+                    index.services.setdefault(part.name, part)
+                elif isinstance(part, Gateway):
+                    index.gateways.setdefault(part.name, part)
+                    index.gateway_documents.append((part, document.context))
+                elif isinstance(part, Route):
+                    index.routes.append((part, document.context))
+        return index
+
+    def declared(self, kind: str, name: str) -> bool:
+        """Whether a document of `kind` named `name` exists, even one that failed to parse."""
+        return ("document", kind, name) in self.load.definitions
+
+    def did_you_mean(self, kind: str, name: str, candidates: Iterable[str], *,
+                     list_few: bool = False) -> str:
+        """` (did you mean "x"?)`; or, if nothing is close, `list_few` and there are few
+        candidates (a gateway's listeners, a service's subsets), `; it has: a, b`."""
+        key = (kind, name)
+        if key in self.suggestions:
+            return self.suggestions[key]
+        names = list(dict.fromkeys(candidates))
+        if self.compared + len(names) > SUGGESTION_BUDGET:
+            return ""
+        self.compared += len(names)
+        hint = did_you_mean(name, names)
+        if not hint and list_few and 0 < len(names) <= MAX_LISTED_NAMES:
+            hint = f"; it has: {', '.join(names)}"
+        self.suggestions[key] = hint
+        return hint
+
+
+# ---------------------------------------------------------------------------------------------
+# What a Route refers to.
+
+
+def _check_route(route: Route, ctx: DocumentContext, index: _Index) -> None:
+    gateway = index.gateways.get(route.gateway)
+    if gateway is None:
+        if not index.declared("Gateway", route.gateway):
+            hint = index.did_you_mean("Gateway", route.gateway, index.names.get("Gateway", []))
+            ctx.report(("gateway",), f"no Gateway named {quoted(route.gateway)}{hint}")
+    else:
+        _check_listeners(route, gateway, ctx, index)
+    for rule_index, rule in enumerate(route.rules):
+        for backend_index, backend in enumerate(rule.backends):
+            path = ("rules", rule_index, "backends", backend_index)
+            _check_backend(backend.service, backend.subset, path, ctx, index)
+
+
+def _check_listeners(route: Route, gateway: Gateway, ctx: DocumentContext,
+                     index: _Index) -> None:
+    names = [listener.name for listener in gateway.listeners]
+    for listener_index, name in enumerate(route.listeners):
+        if name not in names:
+            hint = index.did_you_mean(f"listener of {gateway.name}", name, names, list_few=True)
+            ctx.report(("listeners", listener_index), f"Gateway {gateway.name} has no listener "
+                                                      f"named {quoted(name)}{hint}")
+
+
+def _check_backend(service_name: str, subset: str | None, path: tuple[str | int, ...],
+                   ctx: DocumentContext, index: _Index) -> None:
+    service = index.services.get(service_name)
+    if service is None:
+        if not index.declared("Service", service_name):
+            hint = index.did_you_mean("Service", service_name, index.names.get("Service", []))
+            ctx.report((*path, "service"), f"no Service named {quoted(service_name)}{hint}")
+        return
+    if subset is not None and service.subset(subset) is None:
+        names = [name for name, _ in service.subsets]
+        hint = index.did_you_mean(f"subset of {service.name}", subset, names, list_few=True) \
+            if names else " (it defines no subsets)"
+        ctx.report((*path, "subset"), f"Service {service.name} has no subset named "
+                                      f"{quoted(subset)}{hint}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Conflicts.
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    route: str
+    position: Position
+
+
+def _check_hosts(index: _Index) -> None:
+    """Two Routes on one listener of one gateway must not claim the same host: Envoy would
+    see two virtual hosts with one domain and refuse the whole route configuration."""
+    claims: dict[tuple[str, str, str], _Claim] = {}
+    for route, ctx in index.routes:
+        gateway = index.gateways.get(route.gateway)
+        if gateway is None:
+            continue
+        names = [listener.name for listener in gateway.listeners]
+        attached = [name for name in route.listeners or names if name in names]
+        written = ctx.document.value.get("hosts") is not None
+        for host_index, host in enumerate(route.hosts):
+            path = ("hosts", host_index) if written else ("hosts",)
+            claim = _Claim(route.name, ctx.document.value_position_of(path) if written
+                           else ctx.document.position)
+            for listener in attached:
+                first = claims.setdefault((gateway.name, listener, host), claim)
+                if first is not claim:
+                    shown = quoted(host) if written else \
+                        f"{quoted(host)} (the default when hosts is left out)"
+                    ctx.report(path, f"host {shown} on listener {quoted(listener)} of Gateway "
+                                     f"{gateway.name} is already claimed by Route "
+                                     f"{first.route} (at {first.position})",
+                               position=claim.position)
+                    break
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    gateway: str
+    listener: str
+    position: Position
+
+
+def _check_ports(index: _Index) -> None:
+    """No two gateway listeners may bind one port on overlapping addresses (the same address,
+    or a wildcard of the same IP family): all gateways are checked together, as they may run
+    on one machine (`meshpilot up`, docker-compose)."""
+    bound: dict[int, list[_Binding]] = {}
+    for gateway, ctx in index.gateway_documents:
+        for listener_index, listener in enumerate(gateway.listeners):
+            path = ("listeners", listener_index, "port")
+            binding = _Binding(ipaddress.ip_address(listener.address), gateway.name,
+                               listener.name, ctx.document.position_of(path))
+            other = next((b for b in bound.get(listener.port, ()) if _overlap(b, binding)),
+                         None)
+            if other is None:
+                bound.setdefault(listener.port, []).append(binding)
+                continue
+            owner = "this Gateway" if other.gateway == gateway.name else \
+                f"Gateway {other.gateway}"
+            ctx.report(path, f"port {listener.port} on {listener.address} is already bound by "
+                             f"listener {quoted(other.listener)} of {owner} on {other.address} "
+                             f"(at {other.position})")
+
+
+def _overlap(a: _Binding, b: _Binding) -> bool:
+    if a.address.version != b.address.version:
+        return False  # Envoy binds IPv6 wildcards v6-only unless told otherwise
+    return a.address == b.address or a.address.is_unspecified or b.address.is_unspecified
+
+
+def _check_view_names(documents: Sequence[ParsedDocument]) -> None:
+    """A Service and a Gateway may not share a name: both name a view (an Envoy node cluster),
+    and an Envoy cannot be told which of the two it is."""
+    first: dict[str, tuple[str, Position]] = {}
+    for document in documents:
+        ctx = document.context
+        if ctx.kind not in ("Service", "Gateway") or ctx.name is None:
+            continue
+        position = ctx.document.position_of(("name",))
+        kind, where = first.setdefault(ctx.name, (ctx.kind, position))
+        if kind != ctx.kind:
+            ctx.report(("name",), f"a {kind} is also named {quoted(ctx.name)} (at {where}); a "
+                                  "Service and a Gateway cannot share a name, as each name is "
+                                  "the node cluster of its Envoys", at_value=True)

@@ -1,0 +1,341 @@
+"""The JSON Schema (draft 2020-12) of one policy document, for editors and other tools.
+
+This module owns describing the language's shape to tools that never run meshpilot: a `oneOf`
+over the kinds, each told apart by its `kind` constant, every field with its description and,
+where the loader accepts a closed set of values, its enum. It must stay a description: the loader
+is the judge (it checks what a schema cannot say, such as references between documents, and gives
+better messages), so the schema may be looser than the loader but should not be stricter. The one
+exception is null: the loader reads a member written as null (`endpoints:` with everything under
+it commented out) as left out, while the schema flags it, which helps in an editor. Tests check
+that its fields match the keys each kind's parser accepts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from meshpilot.policy.envoy_resources import KIND as ENVOY_RESOURCES
+from meshpilot.policy.envoy_resources import RESOURCE_LISTS
+from meshpilot.policy.kinds import route, service
+
+Schema = dict[str, Any]
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+
+_DNS_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DNS_NAME = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
+
+
+def json_schema() -> Schema:
+    """The schema of one policy document (a YAML file holds several, each checked alone)."""
+    kinds = {"Service": _service(), "Gateway": _gateway(), "Route": _route(),
+             ENVOY_RESOURCES: _envoy_resources()}
+    return {
+        "$schema": DRAFT,
+        "title": "meshpilot policy document",
+        "description": "One document of a meshpilot policy folder: a Service, a Gateway, a "
+                       "Route, or raw Envoy resources. Every document has a kind and a name.",
+        "oneOf": [{"$ref": f"#/$defs/{kind}"} for kind in kinds],
+        "$defs": {**kinds, **_shared()},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks.
+
+
+def _ref(name: str, description: str | None = None) -> Schema:
+    schema: Schema = {"$ref": f"#/$defs/{name}"}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _object(description: str, properties: dict[str, Schema], *,
+            required: tuple[str, ...] = ()) -> Schema:
+    schema: Schema = {"type": "object", "description": description, "properties": properties,
+                      "additionalProperties": False}
+    if required:
+        schema["required"] = list(required)
+    return schema
+
+
+def _document(kind: str, description: str, properties: dict[str, Schema], *,
+              required: tuple[str, ...] = ()) -> Schema:
+    return _object(description, {
+        "kind": {"const": kind, "description": "What this document describes."},
+        "name": _ref("name", f"The {kind}'s name, unique among {kind}s."),
+        **properties,
+    }, required=("kind", "name", *required))
+
+
+def _integer(description: str, minimum: int, maximum: int) -> Schema:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum,
+            "description": description}
+
+
+def _enum(description: str, values: tuple[Any, ...], default: Any = None) -> Schema:
+    schema: Schema = {"enum": list(values), "description": description}
+    if default is not None:
+        schema["default"] = default
+    return schema
+
+
+def _list(description: str, items: Schema, *, unique: bool = False) -> Schema:
+    schema: Schema = {"type": "array", "description": description, "items": items,
+                      "minItems": 1}
+    if unique:
+        schema["uniqueItems"] = True
+    return schema
+
+
+def _exactly_one(*keys: str) -> list[Schema]:
+    return [{"required": [key]} for key in keys]
+
+
+def _shared() -> dict[str, Schema]:
+    return {
+        "name": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$",
+                 "description": "Letters, digits, '.', '_' and '-', starting with a letter or "
+                                "digit."},
+        "duration": {"type": "string",
+                     "pattern": r"^\s*([0-9]+(\.[0-9]+)?(us|ms|s|m|h))+\s*$",
+                     "description": "A duration with units: 250ms, 2s, 1m, 1h30m."},
+        "address": {"type": "string",
+                    "pattern": r"^(\[[^\]]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}$",
+                    "description": "host:port: an IPv4 address, [IPv6] or a DNS name, and a "
+                                   "port from 1 to 65535."},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"},
+                   "propertyNames": {"minLength": 1},
+                   "description": "Label names and their (string) values."},
+        "hostName": {"type": "string", "pattern": f"^{_DNS_NAME}$",
+                     "description": "A DNS host name."},
+        "urlPath": {"type": "string", "pattern": r"^/\S*$",
+                    "description": "A URL path, starting with /."},
+        "regex": {"type": "string", "minLength": 1,
+                  "description": "A regular expression in RE2 syntax (Envoy's engine): no "
+                                 "backreferences or lookarounds."},
+        "headerName": {"type": "string",
+                       "pattern": r"^(:authority|:method|:path|:scheme|"
+                                  r"[!#$%&'*+.^_`|~0-9A-Za-z-]+)$",
+                       "description": "An HTTP header name (case does not matter)."},
+        "valueMatch": _value_match(),
+        "headerOps": _header_ops(),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The kinds.
+
+
+def _service() -> Schema:
+    endpoint = {"oneOf": [
+        _ref("address", "An endpoint's address, host:port."),
+        _object("An endpoint with labels (selected by subsets) and a weight.", {
+            "address": _ref("address"),
+            "labels": _ref("labels", "Labels that subsets select endpoints by."),
+            "weight": _integer("Load-balancing weight.", 1, 128),
+        }, required=("address",)),
+    ]}
+    return _document("Service", "A service: its endpoints and how Envoy reaches them.", {
+        "protocol": _enum("What the endpoints speak.", service.PROTOCOLS, "http"),
+        "endpoints": _list("Static endpoints (discovered ones come from elsewhere).", endpoint),
+        "subsets": {"type": "object", "minProperties": 1,
+                    "additionalProperties": {"allOf": [_ref("labels"), {"minProperties": 1}]},
+                    "propertyNames": _ref("name"),
+                    "description": "Named groups of endpoints, each selected by labels; each "
+                                   "must select at least one endpoint."},
+        "load_balancer": _enum("How requests are spread over the endpoints.",
+                               service.LOAD_BALANCERS, "round_robin"),
+        "health_check": _health_check(),
+        "circuit_breaker": _object("Limits beyond which Envoy fails fast.", {
+            key: _integer(f"{key.replace('_', ' ').capitalize()}.", 0, 2**32 - 1)
+            for key in service.CIRCUIT_BREAKER_KEYS}),
+        "outlier_detection": _object("Ejecting endpoints that keep failing.", {
+            "consecutive_5xx": _integer("5xx responses in a row that eject an endpoint.", 0,
+                                        2**32 - 1),
+            "consecutive_gateway_errors": _integer("502, 503 or 504 responses in a row that "
+                                                   "eject an endpoint.", 0, 2**32 - 1),
+            "interval": _ref("duration", "How often ejection is evaluated."),
+            "base_ejection_time": _ref("duration", "How long an endpoint is ejected, times the "
+                                                   "number of ejections."),
+            "max_ejection_percent": _integer("At most this share of endpoints is ejected.", 0,
+                                             100),
+        }),
+        "connect_timeout": _ref("duration", "Timeout for new connections (default 1s)."),
+    })
+
+
+def _health_check() -> Schema:
+    schema = _object("Active health checking: exactly one of http, tcp or grpc.", {
+        "http": _ref("urlPath", "Check with an HTTP GET of this path."),
+        "tcp": {"const": True, "description": "Check by connecting."},
+        "grpc": {"const": True, "description": "Check with the gRPC health service (needs "
+                                               "protocol grpc or http2)."},
+        "interval": _ref("duration", "Time between checks (default 5s)."),
+        "timeout": _ref("duration", "Time to wait for a check (default 1s)."),
+        "unhealthy_threshold": _integer("Failed checks before an endpoint is unhealthy "
+                                        "(default 3).", 1, 1_000_000),
+        "healthy_threshold": _integer("Passed checks before an endpoint is healthy again "
+                                      "(default 1).", 1, 1_000_000),
+        "expected_statuses": _list("HTTP statuses that pass (default 200): codes or ranges "
+                                   "like \"200-299\".", {"oneOf": [
+                                       {"type": "integer", "minimum": 100, "maximum": 599},
+                                       {"type": "string",
+                                        "pattern": r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?$"}]}),
+    })
+    schema["oneOf"] = _exactly_one(*service.HEALTH_CHECK_KINDS)
+    return schema
+
+
+def _gateway() -> Schema:
+    listener = _object("A port the gateway's Envoy listens on.", {
+        "name": _ref("name", "Unique within the gateway; Routes may attach to it by name."),
+        "port": _integer("The port.", 1, 65535),
+        "address": {"type": "string", "description": "The IP address to bind (default "
+                                                     "0.0.0.0)."},
+        "protocol": _enum("What the listener speaks.", ("http",), "http"),
+    }, required=("name", "port"))
+    return _document("Gateway", "An edge Envoy (its node cluster is the gateway's name) and "
+                                "its listeners.", {
+        "listeners": _list("The gateway's listeners.", listener),
+    }, required=("listeners",))
+
+
+def _route() -> Schema:
+    return _document("Route", "How requests arriving at a gateway are matched and handled.", {
+        "gateway": _ref("name", "The Gateway this Route attaches to."),
+        "listeners": _list("Attach to these listeners of the gateway only (default: all).",
+                           _ref("name"), unique=True),
+        "hosts": _list("Host names this Route serves: exact names, *.suffix wildcards, or "
+                       "\"*\" (every host, the default).", {
+                           "type": "string", "pattern": rf"^(\*|(\*\.)?{_DNS_NAME})$"},
+                       unique=True),
+        "rules": _list("Rules, tried in order; the first that matches handles the request.",
+                       _rule()),
+    }, required=("gateway", "rules"))
+
+
+def _rule() -> Schema:
+    match = _match()
+    schema = _object("A rule: when it matches, and exactly one of backends, redirect or "
+                     "direct_response.", {
+        "match": {"oneOf": [match, _list("Any of these matches.", match)],
+                  "description": "When this rule applies (default: every request)."},
+        "backends": _list("Services to send the request to, split by weight.", {"oneOf": [
+            _ref("name", "A service name."),
+            _object("A service (or one of its subsets) and its share of requests.", {
+                "service": _ref("name", "A Service's name."),
+                "subset": _ref("name", "One of the Service's subsets."),
+                "weight": _integer("Relative share of requests (default 1).", 0, 1_000_000),
+            }, required=("service",))]}),
+        "redirect": _redirect(),
+        "direct_response": _object("Answer directly.", {
+            "status": _integer("HTTP status.", 200, 599),
+            "body": {"type": "string", "maxLength": route.MAX_DIRECT_RESPONSE_BODY,
+                     "description": "Response body."},
+        }, required=("status",)),
+        "rewrite": _rewrite(),
+        "request_headers": _ref("headerOps", "Changes to the request's headers."),
+        "response_headers": _ref("headerOps", "Changes to the response's headers."),
+        "timeout": _ref("duration", "Timeout for the whole request (backends only); 0s "
+                                    "disables it."),
+        "retries": _object("Retrying failed requests (backends only).", {
+            "attempts": _integer("Retries at most (default 1).", 1, 100),
+            "on": _list("When to retry.", _enum("Envoy's retry_on name.", route.RETRY_ON),
+                        unique=True),
+            "per_try_timeout": _ref("duration", "Timeout for each try."),
+        }),
+    })
+    schema["oneOf"] = _exactly_one(*route.ACTIONS)
+    return schema
+
+
+def _match() -> Schema:
+    path = {"oneOf": [
+        _object("Paths starting with this.", {"prefix": _ref("urlPath")}, required=("prefix",)),
+        _object("Exactly this path.", {"exact": _ref("urlPath")}, required=("exact",)),
+        _object("Paths matching this regex.", {"regex": _ref("regex")}, required=("regex",)),
+    ], "description": "The request path: one of prefix, exact or regex."}
+    method = _enum("An HTTP method.", route.METHODS)
+    schema = _object("Conditions that must all hold.", {
+        "path": path,
+        "method": method,
+        "methods": _list("Any of these methods.", method, unique=True),
+        "headers": {"type": "object", "propertyNames": _ref("headerName"),
+                    "additionalProperties": _ref("valueMatch"),
+                    "description": "Request headers and how their values must match."},
+        "query": {"type": "object", "propertyNames": {"minLength": 1},
+                  "additionalProperties": _ref("valueMatch"),
+                  "description": "Query parameters and how their values must match."},
+    })
+    schema["not"] = {"required": ["method", "methods"]}
+    return schema
+
+
+def _value_match() -> Schema:
+    return {"description": "A value: exactly this text, or one of exact, prefix, regex, "
+                           "present or absent.", "oneOf": [
+        {"type": "string", "description": "Exactly this text."},
+        _object("Exactly this text.", {"exact": {"type": "string"}}, required=("exact",)),
+        _object("Starting with this.", {"prefix": {"type": "string", "minLength": 1}},
+                required=("prefix",)),
+        _object("Matching this regex.", {"regex": _ref("regex")}, required=("regex",)),
+        _object("Present, whatever the value.", {"present": {"const": True}},
+                required=("present",)),
+        _object("Not present.", {"absent": {"const": True}}, required=("absent",)),
+    ]}
+
+
+def _redirect() -> Schema:
+    schema = _object("Redirect the client; what is not given stays as in the request.", {
+        "scheme": _enum("New scheme.", route.REDIRECT_SCHEMES),
+        "host": _ref("hostName", "New host."),
+        "port": _integer("New port.", 1, 65535),
+        "path": _ref("urlPath", "New path (the whole path)."),
+        "prefix": _ref("urlPath", "Replaces the matched prefix."),
+        "status": _enum("Redirect status.", route.REDIRECT_STATUSES, 302),
+    })
+    schema["anyOf"] = [{"required": [key]} for key in route.REDIRECT_TARGETS]
+    schema["not"] = {"required": ["path", "prefix"]}
+    return schema
+
+
+def _rewrite() -> Schema:
+    return _object("Rewrite the request before it is sent to the backends.", {
+        "path": {"oneOf": [
+            _object("Replace the matched prefix with this.", {"prefix": _ref("urlPath")},
+                    required=("prefix",)),
+            _object("Replace what the regex matches with the substitution (\\1 for groups).", {
+                "regex": _ref("regex"), "substitution": {"type": "string"},
+            }, required=("regex", "substitution")),
+        ], "description": "How the path is rewritten."},
+        "host": _ref("hostName", "The Host header sent to the backends."),
+    })
+
+
+def _header_ops() -> Schema:
+    values = {"type": "object", "propertyNames": _ref("headerName"),
+              "additionalProperties": {"type": "string"}}
+    return _object("Header changes.", {
+        "add": {**values, "description": "Headers to append (a header may then repeat)."},
+        "set": {**values, "description": "Headers to set, replacing any value."},
+        "remove": _list("Headers to remove.", _ref("headerName"), unique=True),
+    })
+
+
+def _envoy_resources() -> Schema:
+    lists = {key: {"type": "array", "items": {"type": "object"},
+                   "description": f"Envoy v3 {spec.message.DESCRIPTOR.name} resources, in "
+                                  "Envoy's own field names (checked against Envoy's schema)."}
+             for key, spec in RESOURCE_LISTS.items()}
+    schema = _document(ENVOY_RESOURCES, "Raw Envoy resources, for what the language does not "
+                                        "say yet.", {
+        "views": _list("Send these resources only to these views (node clusters); default: "
+                       "every view.", {"type": "string", "minLength": 1}),
+        **lists,
+    })
+    schema["properties"]["name"] = {"type": "string", "minLength": 1,
+                                    "description": "The document's name, unique among "
+                                                   f"{ENVOY_RESOURCES} documents."}
+    return schema

@@ -1,0 +1,147 @@
+"""Clusters: one Envoy Cluster per service, and one per service subset a route sends traffic to.
+
+This module owns the mapping of a `Service` to a `Cluster`: discovery type (EDS for static IPs,
+STRICT_DNS when any endpoint is a DNS name), connect timeout, load balancer, upstream HTTP
+protocol, active health checks, circuit breakers and outlier detection. It must not decide
+which clusters a view receives (the `Translation` does, from the routes) nor name anything
+itself (`names.py` does).
+"""
+
+from __future__ import annotations
+
+from envoy.config.cluster.v3.circuit_breaker_pb2 import CircuitBreakers
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.cluster.v3.outlier_detection_pb2 import OutlierDetection as EnvoyOutlier
+from envoy.config.core.v3.health_check_pb2 import HealthCheck as EnvoyHealthCheck
+from envoy.config.core.v3.protocol_pb2 import Http2ProtocolOptions
+from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
+from envoy.type.v3.http_pb2 import CodecClientType
+from envoy.type.v3.range_pb2 import Int64Range
+from google.protobuf.any_pb2 import Any
+from google.protobuf.wrappers_pb2 import UInt32Value
+
+from meshpilot.policy.model import (
+    CircuitBreaker,
+    HealthCheck,
+    LoadBalancer,
+    OutlierDetection,
+    Service,
+)
+from meshpilot.translators import endpoints, names
+from meshpilot.translators.protos import ads_config_source, duration
+
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+_LB_POLICIES: dict[LoadBalancer, Cluster.LbPolicy.ValueType] = {
+    "round_robin": Cluster.ROUND_ROBIN,
+    "least_request": Cluster.LEAST_REQUEST,
+    "random": Cluster.RANDOM,
+    "ring_hash": Cluster.RING_HASH,
+    "maglev": Cluster.MAGLEV,
+}
+
+# Protocols whose upstream connections must speak HTTP/2 (gRPC is HTTP/2 only).
+_HTTP2_PROTOCOLS = frozenset({"http2", "grpc"})
+
+# Outlier detection ejects on gateway errors only when told to enforce it (Envoy's default
+# enforcement for that detector is 0%, i.e. stats only): a policy that asks for it means it.
+_ENFORCE_FULLY = 100
+
+
+def uses_dns(service: Service) -> bool:
+    """Whether Envoy resolves the service's endpoints itself. Decided per service, not per
+    subset, so a service's clusters all have the same type."""
+    return any(endpoint.is_dns for endpoint in service.endpoints)
+
+
+def cluster(service: Service, subset: str | None = None) -> Cluster:
+    """The cluster of the whole service, or of one subset (only that subset's endpoints)."""
+    name = names.cluster(service.name, subset)
+    result = Cluster(name=name, connect_timeout=duration(service.connect_timeout),
+                     lb_policy=_LB_POLICIES[service.load_balancer])
+    if uses_dns(service):
+        result.type = Cluster.STRICT_DNS
+        result.dns_lookup_family = Cluster.V4_PREFERRED
+        result.load_assignment.CopyFrom(
+            endpoints.load_assignment(name, service.endpoints_of(subset)))
+    else:
+        # EDS over ADS: an endpoint change is then an EDS-only push, the cluster (and its
+        # connection pools and health state) is left alone.
+        result.type = Cluster.EDS
+        result.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
+        result.eds_cluster_config.service_name = names.eds_service(name)
+    if service.protocol in _HTTP2_PROTOCOLS:
+        result.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_http2_options())
+    if service.health_check is not None:
+        result.health_checks.append(health_check(service.health_check, service))
+    if service.circuit_breaker is not None:
+        result.circuit_breakers.CopyFrom(circuit_breakers(service.circuit_breaker))
+    if service.outlier_detection is not None:
+        result.outlier_detection.CopyFrom(outlier_detection(service.outlier_detection))
+    return result
+
+
+
+def health_check(check: HealthCheck, service: Service) -> EnvoyHealthCheck:
+    result = EnvoyHealthCheck(
+        interval=duration(check.interval),
+        timeout=duration(check.timeout),
+        unhealthy_threshold=UInt32Value(value=check.unhealthy_threshold),
+        healthy_threshold=UInt32Value(value=check.healthy_threshold),
+    )
+    http2 = service.protocol in _HTTP2_PROTOCOLS
+    if check.kind == "http":
+        http = result.http_health_check
+        # Envoy's default Host/authority is the cluster name, which for a subset ("reviews/v2")
+        # is no valid authority: send the service's name instead.
+        http.host = service.name
+        http.path = check.path or "/"
+        http.expected_statuses.extend(Int64Range(start=start, end=end)
+                                      for start, end in check.expected_statuses)
+        if http2:
+            http.codec_client_type = CodecClientType.HTTP2
+    elif check.kind == "grpc":
+        result.grpc_health_check.authority = service.name
+    else:
+        # An empty TCP check is a connect-only check: healthy when the connection opens.
+        result.tcp_health_check.SetInParent()
+    return result
+
+
+def circuit_breakers(breaker: CircuitBreaker) -> CircuitBreakers:
+    """The DEFAULT-priority thresholds; a limit left out keeps Envoy's default (1024, 3 retries)."""
+    thresholds = CircuitBreakers.Thresholds()
+    for field in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
+        value = getattr(breaker, field)
+        if value is not None:
+            getattr(thresholds, field).CopyFrom(UInt32Value(value=value))
+    return CircuitBreakers(thresholds=[thresholds])
+
+
+def outlier_detection(outlier: OutlierDetection) -> EnvoyOutlier:
+    result = EnvoyOutlier()
+    if outlier.consecutive_5xx is not None:
+        result.consecutive_5xx.CopyFrom(UInt32Value(value=outlier.consecutive_5xx))
+    if outlier.consecutive_gateway_errors is not None:
+        result.consecutive_gateway_failure.CopyFrom(
+            UInt32Value(value=outlier.consecutive_gateway_errors))
+        result.enforcing_consecutive_gateway_failure.CopyFrom(UInt32Value(value=_ENFORCE_FULLY))
+    if outlier.interval is not None:
+        result.interval.CopyFrom(duration(outlier.interval))
+    if outlier.base_ejection_time is not None:
+        result.base_ejection_time.CopyFrom(duration(outlier.base_ejection_time))
+    if outlier.max_ejection_percent is not None:
+        result.max_ejection_percent.CopyFrom(UInt32Value(value=outlier.max_ejection_percent))
+    # Even empty, the message turns outlier detection on with Envoy's defaults (5 consecutive
+    # 5xx), which is what a bare `outlier_detection: {}` in the policy asks for: the caller sets
+    # it with CopyFrom, which marks it present.
+    return result
+
+
+def _http2_options() -> Any:
+    options = HttpProtocolOptions()
+    options.explicit_http_config.http2_protocol_options.CopyFrom(Http2ProtocolOptions())
+    packed = Any()
+    packed.Pack(options, deterministic=True)
+    return packed
+

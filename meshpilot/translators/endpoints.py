@@ -1,0 +1,65 @@
+"""Endpoints: the ClusterLoadAssignment of a service's (or a subset's) endpoints.
+
+This module owns how the model's endpoints become Envoy `LbEndpoint`s: address, load-balancing
+weight and labels as endpoint metadata, in a deterministic order. EDS clusters are sent the
+assignment over ADS; DNS clusters carry it inline as their `load_assignment` (`clusters.py`
+decides which). It must not decide which endpoints belong to a cluster (the model's
+`Service.endpoints_of` does) nor which view receives them (the `Translation` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from envoy.config.core.v3.address_pb2 import Address, SocketAddress
+from envoy.config.core.v3.base_pb2 import Metadata
+from envoy.config.endpoint.v3.endpoint_components_pb2 import (
+    Endpoint as EnvoyEndpoint,
+)
+from envoy.config.endpoint.v3.endpoint_components_pb2 import (
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.wrappers_pb2 import UInt32Value
+
+from meshpilot.policy.model import Endpoint
+
+# The filter_metadata namespace endpoint labels are published under: subset load balancing and
+# access logs can select on them, and config dumps show where an endpoint's labels came from.
+METADATA_NAMESPACE = "meshpilot"
+
+
+def load_assignment(cluster_name: str, endpoints: Iterable[Endpoint]) -> ClusterLoadAssignment:
+    """All `endpoints` in one locality (the model has no localities yet), sorted so that the
+    same endpoints written in another order give the same bytes and version."""
+    lb_endpoints = [lb_endpoint(e) for e in sorted(endpoints, key=_endpoint_order)]
+    assignment = ClusterLoadAssignment(cluster_name=cluster_name)
+    if lb_endpoints:
+        # An empty locality is noise in config dumps; no endpoints is no locality.
+        assignment.endpoints.append(LocalityLbEndpoints(lb_endpoints=lb_endpoints))
+    return assignment
+
+
+def lb_endpoint(endpoint: Endpoint) -> LbEndpoint:
+    address = Address(socket_address=SocketAddress(address=endpoint.host,
+                                                   port_value=endpoint.port))
+    result = LbEndpoint(endpoint=EnvoyEndpoint(address=address))
+    if endpoint.weight is not None:
+        result.load_balancing_weight.CopyFrom(UInt32Value(value=endpoint.weight))
+    if endpoint.labels:
+        result.metadata.CopyFrom(_labels_metadata(endpoint))
+    return result
+
+
+def _labels_metadata(endpoint: Endpoint) -> Metadata:
+    labels = Struct()
+    labels.update(dict(endpoint.labels))
+    metadata = Metadata()
+    metadata.filter_metadata[METADATA_NAMESPACE].CopyFrom(labels)
+    return metadata
+
+
+def _endpoint_order(endpoint: Endpoint) -> tuple[str, int, tuple[tuple[str, str], ...], int]:
+    return endpoint.host, endpoint.port, endpoint.labels, endpoint.weight or 0

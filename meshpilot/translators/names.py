@@ -1,0 +1,62 @@
+"""The names of generated Envoy resources: the one place they are made.
+
+Every translator asks this module for a name, and so does any reader that needs to find a
+generated resource again (a route names its cluster, a cluster names its EDS assignment, a
+listener names its route configuration). Names are readable and stable: they come from the
+policy's own names, never from hashes or counters, so a resource keeps its name (and Envoy keeps
+its state: stats, connection pools, health) when the rest of the policy changes.
+
+It must not build messages or look at anything but the names it is given.
+
+    cluster of service `reviews`                      reviews
+    cluster of subset `v2` of `reviews`               reviews/v2
+    EDS service name of a cluster                     the cluster's name
+    listener `http` of gateway `edge`                 edge/http
+    route configuration of that listener              edge/http
+    HTTP connection manager stat prefix               edge/http
+    virtual host of Route `shop`                      shop
+    route entry of rule 0 of `shop`                   shop/rules[0]
+    ... of its match 1, when the rule has several     shop/rules[0]/match[1]
+"""
+
+from __future__ import annotations
+
+# Names stay unique only while the separator is kept out of policy names: a service named "a/b"
+# would clash with subset "b" of service "a". The policy language must reject "/" in names.
+SEPARATOR = "/"
+
+
+def cluster(service: str, subset: str | None = None) -> str:
+    """The cluster of a whole service, or of one of its subsets."""
+    return service if subset is None else f"{service}{SEPARATOR}{subset}"
+
+
+def eds_service(cluster_name: str) -> str:
+    """The ClusterLoadAssignment an EDS cluster asks for: named like the cluster, so the two are
+    found together in config dumps and an endpoint change pushes exactly one assignment."""
+    return cluster_name
+
+
+def listener(gateway: str, listener_name: str) -> str:
+    return f"{gateway}{SEPARATOR}{listener_name}"
+
+
+def route_config(gateway: str, listener_name: str) -> str:
+    """One route configuration per listener, named like it."""
+    return listener(gateway, listener_name)
+
+
+def stat_prefix(gateway: str, listener_name: str) -> str:
+    """The HTTP connection manager's stat prefix: the listener's name, so its stats
+    (`http.edge/http.downstream_rq_2xx`) point at the listener they are about."""
+    return listener(gateway, listener_name)
+
+
+def virtual_host(route: str) -> str:
+    return route
+
+
+def route_entry(route: str, rule_index: int, match_index: int | None = None) -> str:
+    """A route entry: a rule of a Route, and which of its matches when it has several."""
+    name = f"{route}{SEPARATOR}rules[{rule_index}]"
+    return name if match_index is None else f"{name}{SEPARATOR}match[{match_index}]"

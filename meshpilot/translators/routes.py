@@ -1,0 +1,293 @@
+"""Routes: one RouteConfiguration per gateway listener, one VirtualHost per attached Route.
+
+This module owns how a Route's rules become Envoy route entries: matches (path, methods, headers,
+query parameters), what happens to a matching request (backends, a redirect or a direct
+response), path and host rewrites, header changes, timeouts and retries. Rule order is the order
+written, and Envoy takes the first route entry that matches, so "first match wins" holds as is.
+It must not decide which views receive a configuration (the `Translation` does) nor build the
+clusters the entries name (`clusters.py` does; a cluster name comes from `names.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from envoy.config.core.v3.base_pb2 import DataSource, HeaderValue, HeaderValueOption
+from envoy.config.route.v3.route_components_pb2 import (
+    DirectResponseAction,
+    HeaderMatcher,
+    QueryParameterMatcher,
+    RedirectAction,
+    RetryPolicy,
+    RouteAction,
+    RouteMatch,
+    VirtualHost,
+    WeightedCluster,
+)
+from envoy.config.route.v3.route_components_pb2 import Route as EnvoyRoute
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.type.matcher.v3.regex_pb2 import RegexMatchAndSubstitute, RegexMatcher
+from envoy.type.matcher.v3.string_pb2 import StringMatcher
+from google.protobuf.wrappers_pb2 import UInt32Value
+
+from meshpilot.policy.model import (
+    Backend,
+    DirectResponse,
+    Gateway,
+    GatewayListener,
+    HeaderOps,
+    Match,
+    Redirect,
+    Retries,
+    Route,
+    Rule,
+    StringMatch,
+)
+from meshpilot.translators import names
+from meshpilot.translators.protos import duration
+
+# Clients leave the port out of Host for the scheme's default port; any other port is in it.
+DEFAULT_HTTP_PORT = 80
+
+_REDIRECT_CODES: dict[int, RedirectAction.RedirectResponseCode.ValueType] = {
+    301: RedirectAction.MOVED_PERMANENTLY,
+    302: RedirectAction.FOUND,
+    303: RedirectAction.SEE_OTHER,
+    307: RedirectAction.TEMPORARY_REDIRECT,
+    308: RedirectAction.PERMANENT_REDIRECT,
+}
+
+_ADD = HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+_SET = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def attaches(route: Route, spec: GatewayListener) -> bool:
+    """Whether `route` is served on listener `spec` of its gateway (no listeners named: all)."""
+    return not route.listeners or spec.name in route.listeners
+
+
+def route_configuration(gateway: Gateway, spec: GatewayListener,
+                        routes: Iterable[Route]) -> RouteConfiguration:
+    """The routes of one listener: a virtual host per attached Route, in Route name order.
+
+    Always built, even with no Route attached: the listener waits for it over RDS, and an empty
+    configuration answers 404 rather than leaving the listener warming.
+    """
+    config = RouteConfiguration(name=names.route_config(gateway.name, spec.name))
+    taken: set[str] = set()
+    for route in sorted((r for r in routes if attaches(r, spec)), key=lambda r: r.name):
+        vhost = virtual_host(route, spec.port, taken)
+        if vhost is not None:
+            config.virtual_hosts.append(vhost)
+    return config
+
+
+def virtual_host(route: Route, port: int, taken: set[str]) -> VirtualHost | None:
+    """The virtual host of `route` on a listener at `port`; None when every domain is taken.
+
+    Envoy rejects a whole route configuration in which two virtual hosts share a domain. The
+    policy loader refuses two Routes claiming one host on one listener; should a model built
+    some other way hold them, the Route first by name keeps the domain, so the rest of the
+    configuration still reaches Envoy instead of being NACKed as a whole.
+    """
+    own = [d for d in domains(route.hosts, port) if d not in taken]
+    if not own:
+        return None
+    taken.update(own)
+    return VirtualHost(name=names.virtual_host(route.name), domains=own,
+                       routes=list(route_entries(route)))
+
+
+def domains(hosts: Sequence[str], port: int) -> list[str]:
+    """The route's hosts, plus `host:port` for a non-default port (a client sends
+    `Host: shop.example.com:8080` there, which Envoy compares as written). Sorted: Envoy picks
+    exact names before wildcards whatever the order, so order carries no meaning."""
+    found = set(hosts)
+    if port != DEFAULT_HTTP_PORT:
+        found.update(f"{host}:{port}" for host in hosts if host != "*")
+    return sorted(found)
+
+
+def route_entries(route: Route) -> Iterable[EnvoyRoute]:
+    """Every rule's entries, in the order written: one per match of the rule."""
+    for index, rule in enumerate(route.rules):
+        several = len(rule.matches) > 1
+        for match_index, match in enumerate(rule.matches):
+            name = names.route_entry(route.name, index, match_index if several else None)
+            yield route_entry(name, match, rule)
+
+
+def route_entry(name: str, match: Match, rule: Rule) -> EnvoyRoute:
+    entry = EnvoyRoute(name=name, match=route_match(match))
+    if rule.redirect is not None:
+        entry.redirect.CopyFrom(redirect_action(rule.redirect))
+    elif rule.direct_response is not None:
+        entry.direct_response.CopyFrom(direct_response_action(rule.direct_response))
+    else:
+        entry.route.CopyFrom(route_action(rule))
+    _add_header_ops(entry, rule.request_headers, rule.response_headers)
+    return entry
+
+
+# ---- matches ------------------------------------------------------------------------------------
+
+
+def route_match(match: Match) -> RouteMatch:
+    result = RouteMatch()
+    path = match.path
+    if path is None or path.kind == "prefix":
+        result.prefix = "/" if path is None else path.value
+    elif path.kind == "exact":
+        result.path = path.value
+    else:
+        result.safe_regex.CopyFrom(RegexMatcher(regex=path.value))
+    matchers = [*_method_matchers(match.methods),
+                *(header_matcher(name, how) for name, how in match.headers),
+                *(m for name, how in match.query if (m := _absent_query_matcher(name, how)))]
+    # All must hold, so their order means nothing: sorted by name (stable for repeats).
+    result.headers.extend(sorted(matchers, key=lambda m: m.name))
+    result.query_parameters.extend(
+        sorted((query_matcher(name, how) for name, how in match.query if how.kind != "absent"),
+               key=lambda m: m.name))
+    return result
+
+
+def _method_matchers(methods: Sequence[str]) -> list[HeaderMatcher]:
+    unique = sorted(set(methods))
+    if not unique:
+        return []
+    if len(unique) == 1:
+        return [HeaderMatcher(name=":method", string_match=StringMatcher(exact=unique[0]))]
+    # Envoy's safe_regex matches the whole value, so a plain alternation needs no anchors.
+    alternation = "|".join(_re2_literal(method) for method in unique)
+    return [HeaderMatcher(name=":method",
+                          string_match=StringMatcher(safe_regex=RegexMatcher(regex=alternation)))]
+
+
+def header_matcher(name: str, how: StringMatch) -> HeaderMatcher:
+    if how.kind == "present":
+        return HeaderMatcher(name=name, present_match=True)
+    if how.kind == "absent":
+        return HeaderMatcher(name=name, present_match=True, invert_match=True)
+    return HeaderMatcher(name=name, string_match=string_matcher(how))
+
+
+def query_matcher(name: str, how: StringMatch) -> QueryParameterMatcher:
+    if how.kind == "present":
+        return QueryParameterMatcher(name=name, present_match=True)
+    return QueryParameterMatcher(name=name, string_match=string_matcher(how))
+
+
+def _absent_query_matcher(name: str, how: StringMatch) -> HeaderMatcher | None:
+    """Envoy's query parameter matcher cannot be inverted, so "absent" is said on `:path`
+    (which holds the query string): it must not have `name` as a parameter."""
+    if how.kind != "absent":
+        return None
+    has_parameter = rf"[^?]*\?(.*&)?{_re2_literal(name)}([=&].*)?"
+    return HeaderMatcher(name=":path", invert_match=True,
+                         string_match=StringMatcher(safe_regex=RegexMatcher(regex=has_parameter)))
+
+
+def string_matcher(how: StringMatch) -> StringMatcher:
+    if how.kind == "exact":
+        return StringMatcher(exact=how.value)
+    if how.kind == "prefix":
+        return StringMatcher(prefix=how.value)
+    return StringMatcher(safe_regex=RegexMatcher(regex=how.value))
+
+
+def _re2_literal(text: str) -> str:
+    """`text` as an RE2 pattern matching itself (RE2 accepts a backslash before punctuation)."""
+    return "".join(f"\\{c}" if c.isascii() and not c.isalnum() and c != "_" else c
+                   for c in text)
+
+
+# ---- actions ------------------------------------------------------------------------------------
+
+
+def route_action(rule: Rule) -> RouteAction:
+    action = RouteAction()
+    _set_backends(action, rule.backends)
+    rewrite = rule.rewrite_path
+    if rewrite is not None and rewrite.prefix is not None:
+        action.prefix_rewrite = rewrite.prefix
+    elif rewrite is not None and rewrite.regex is not None:
+        action.regex_rewrite.CopyFrom(RegexMatchAndSubstitute(
+            pattern=RegexMatcher(regex=rewrite.regex), substitution=rewrite.substitution))
+    if rule.rewrite_host is not None:
+        action.host_rewrite_literal = rule.rewrite_host
+    if rule.timeout is not None:
+        # Set even when 0: an explicit 0s is how Envoy is told "no timeout".
+        action.timeout.CopyFrom(duration(rule.timeout))
+    if rule.retries is not None:
+        action.retry_policy.CopyFrom(retry_policy(rule.retries))
+    return action
+
+
+def _set_backends(action: RouteAction, backends: Sequence[Backend]) -> None:
+    if len(backends) == 1:
+        action.cluster = _cluster_of(backends[0])
+        return
+    # Several backends split traffic by their weights, as written (order kept, so the config
+    # reads like the policy).
+    action.weighted_clusters.CopyFrom(WeightedCluster(clusters=[
+        WeightedCluster.ClusterWeight(name=_cluster_of(b), weight=UInt32Value(value=b.weight))
+        for b in backends
+    ]))
+
+
+def _cluster_of(backend: Backend) -> str:
+    return names.cluster(backend.service, backend.subset)
+
+
+def retry_policy(retries: Retries) -> RetryPolicy:
+    # HTTP and gRPC retry conditions share Envoy's retry_on; duplicates are dropped, order kept.
+    policy = RetryPolicy(retry_on=",".join(dict.fromkeys(retries.on)),
+                         num_retries=UInt32Value(value=retries.attempts))
+    if retries.per_try_timeout is not None:
+        policy.per_try_timeout.CopyFrom(duration(retries.per_try_timeout))
+    return policy
+
+
+def redirect_action(redirect: Redirect) -> RedirectAction:
+    action = RedirectAction(response_code=_REDIRECT_CODES[redirect.status])
+    if redirect.scheme is not None:
+        action.scheme_redirect = redirect.scheme
+    if redirect.host is not None:
+        action.host_redirect = redirect.host
+    if redirect.port is not None:
+        action.port_redirect = redirect.port
+    if redirect.path is not None:
+        action.path_redirect = redirect.path
+    elif redirect.prefix is not None:
+        action.prefix_rewrite = redirect.prefix
+    return action
+
+
+def direct_response_action(response: DirectResponse) -> DirectResponseAction:
+    action = DirectResponseAction(status=response.status)
+    if response.body:
+        action.body.CopyFrom(DataSource(inline_string=response.body))
+    return action
+
+
+# ---- header changes -----------------------------------------------------------------------------
+
+
+def _add_header_ops(entry: EnvoyRoute, request: HeaderOps, response: HeaderOps) -> None:
+    entry.request_headers_to_add.extend(header_options(request))
+    entry.request_headers_to_remove.extend(request.remove)
+    entry.response_headers_to_add.extend(header_options(response))
+    entry.response_headers_to_remove.extend(response.remove)
+
+
+def header_options(ops: HeaderOps) -> list[HeaderValueOption]:
+    """`set`s first, then `add`s, each in the order written: Envoy applies them in list order,
+    so a header both set and added ends with the set value plus the added ones."""
+    return [
+        *(HeaderValueOption(header=HeaderValue(key=k, value=v), append_action=_SET)
+          for k, v in ops.set),
+        *(HeaderValueOption(header=HeaderValue(key=k, value=v), append_action=_ADD)
+          for k, v in ops.add),
+    ]
+
