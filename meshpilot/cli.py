@@ -21,6 +21,7 @@ from meshpilot.bootstrap import bootstrap_yaml
 from meshpilot.errors import PolicyError
 from meshpilot.policy.loader import load_policy
 from meshpilot.policy.model import Model
+from meshpilot.policy.schema import json_schema
 from meshpilot.translators import Translation
 from meshpilot.units import parse_duration
 from meshpilot.xds.render import snapshot_to_dict
@@ -71,7 +72,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     model = _load(args.policy)
     if model is None:
         return 1
-    print(f"ok: {len(model.files)} file(s), {len(model.raw)} raw resource(s)")
+    print(f"ok: {len(model.files)} file(s): {len(model.services)} service(s), "
+          f"{len(model.gateways)} gateway(s), {len(model.routes)} route(s), "
+          f"{len(model.raw)} raw resource(s)")
     return 0
 
 
@@ -84,6 +87,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
         print(yaml.safe_dump(data, sort_keys=False), end="")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2, sort_keys=False))
     return 0
 
 
@@ -171,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-cluster", required=True, help="the view (an Envoy's node cluster)")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of the policy language (for editors)")
+    p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("bootstrap", help="print an Envoy bootstrap that points at meshpilot")
     p.add_argument("--node-id", required=True)

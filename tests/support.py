@@ -41,11 +41,20 @@ def eventually(check: Callable[[], T], *, timeout: float = 15.0, interval: float
         time.sleep(interval)
 
 
-def http_get(url: str, headers: dict[str, str] | None = None,
-             timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # a test looks at the redirect itself
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0,
+             method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    """(status, lower-cased headers, body); redirects are returned, not followed."""
+    request = urllib.request.Request(url, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as r:
+        with _OPENER.open(request, timeout=timeout) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()

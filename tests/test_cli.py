@@ -30,7 +30,8 @@ def meshpilot(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
 def test_validate_accepts_the_quickstart() -> None:
     result = meshpilot("validate", str(QUICKSTART))
     assert result.returncode == 0, result.stderr
-    assert "ok: 1 file(s), 6 raw resource(s)" in result.stdout
+    assert "ok: 1 file(s): 1 service(s), 1 gateway(s), 1 route(s), 0 raw resource(s)" \
+        in result.stdout
 
 
 def test_validate_reports_every_problem_with_its_position(tmp_path: Path) -> None:
@@ -100,37 +101,55 @@ def test_status_shows_the_policy_and_proxies(tmp_path: Path, envoy_factory) -> N
     assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
 
 
+def copy_with_free_ports(source: Path, target: Path, ports: list[int]) -> dict[int, int]:
+    """Copy an example folder, replacing each of its fixed `ports` with a free one."""
+    mapping = {port: free_port() for port in ports}
+    target.mkdir()
+    for file in source.glob("*.yaml"):
+        text = file.read_text()
+        for old, new in mapping.items():
+            text = re.sub(rf"\b{old}\b", str(new), text)
+        (target / file.name).write_text(text)
+    return mapping
+
+
+class Up:
+    """`meshpilot up DIR` as a subprocess; stopped with Ctrl-C (SIGINT) like a user would."""
+
+    def __init__(self, policy: Path, log: Path):
+        self.log = log
+        with log.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "meshpilot", "up", str(policy), "--xds-address",
+                 "127.0.0.1:0", "--admin-address", "127.0.0.1:0", "--envoy-admin-port", "0"],
+                stdout=out, stderr=subprocess.STDOUT, text=True)
+        eventually(lambda: "meshpilot is up." in log.read_text() or self.proc.poll() is not None,
+                   timeout=60, what="`meshpilot up` to start")
+        assert self.proc.poll() is None, log.read_text()
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+
 def test_up_runs_the_quickstart_with_a_canary_split(tmp_path: Path) -> None:
-    # The bundled example with its fixed ports swapped for free ones.
-    text = (QUICKSTART / "edge.yaml").read_text()
-    listen, v1, v2 = free_port(), free_port(), free_port()
-    text = text.replace("10000", str(listen)).replace("9081", str(v1)).replace("9082", str(v2))
-    policy = tmp_path / "quickstart"
-    policy.mkdir()
-    (policy / "edge.yaml").write_text(text)
-    log = tmp_path / "up.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "meshpilot", "up", str(policy), "--xds-address",
-             "127.0.0.1:0", "--admin-address", "127.0.0.1:0", "--envoy-admin-port", "0"],
-            stdout=out, stderr=subprocess.STDOUT, text=True)
+    ports = copy_with_free_ports(QUICKSTART, tmp_path / "quickstart", [10000, 9081, 9082])
+    listen, v1, v2 = ports[10000], ports[9081], ports[9082]
+    up = Up(tmp_path / "quickstart", tmp_path / "up.log")
     try:
-        eventually(lambda: "meshpilot is up." in log.read_text(), timeout=60,
-                   what=f"`meshpilot up` to start:\n{log.read_text()}")
-        assert f"curl -s http://127.0.0.1:{listen}/" in log.read_text()
+        assert f"curl -s http://127.0.0.1:{listen}/" in up.log.read_text()
         seen = collections.Counter(backend_of(listen) for _ in range(200))
         assert set(seen) == {f"reviews-v1:{v1}", f"reviews-v2:{v2}"}, seen
         assert seen[f"reviews-v1:{v1}"] > seen[f"reviews-v2:{v2}"]  # a 90/10 split
         assert backend_of(listen, headers={"x-canary": "true"}) == f"reviews-v2:{v2}"
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            code = proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    assert code == 0, log.read_text()
-    assert "stopped." in log.read_text()
+        code = up.stop()
+    assert code == 0, up.log.read_text()
+    assert "stopped." in up.log.read_text()
     time.sleep(0.2)
     with pytest.raises(OSError):
         backend_of(listen)  # Envoy is gone with it

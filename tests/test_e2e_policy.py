@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from support import MeshpilotProcess, eventually
+from support import MeshpilotProcess, eventually, http_get
 
 from meshpilot.demo.echo import EchoServer
 from meshpilot.envoy_process import EnvoyProcess
@@ -87,33 +87,13 @@ class Env:
 
     def get(self, path: str, host: str = "shop.example.com", method: str = "GET",
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        import urllib.request
-
-        all_headers = {"Host": host, **(headers or {})}
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}",
-                                         headers=all_headers, method=method)
-        return _open(request)
+        return http_get(f"http://127.0.0.1:{self.port}{path}", {"Host": host, **(headers or {})},
+                        method=method)
 
     def echo(self, path: str, **kwargs) -> dict:
         status, _, body = self.get(path, **kwargs)
         assert status == 200, (status, body[:200])
         return json.loads(body)
-
-
-def _open(request) -> tuple[int, dict[str, str], bytes]:
-    import urllib.error
-    import urllib.request
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args, **kwargs):
-            return None
-
-    opener = urllib.request.build_opener(NoRedirect)
-    try:
-        with opener.open(request, timeout=5) as r:
-            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
 
 
 @pytest.fixture(scope="module")
