@@ -101,3 +101,27 @@ def many_clusters_policy(count: int, *, endpoints_per_cluster: int = 1,
             lines.append(f"          - {{match: {{prefix: /{cluster_name(i)}/}},"
                          f" route: {{cluster: {cluster_name(i)}}}}}")
     return "\n".join(lines) + "\n"
+
+
+def services_policy(count: int, *, first: int = 0) -> str:
+    """`count` Services (`svc-00000`...), each with two endpoints in subsets v1 and v2, and a Route
+    each on one Gateway (host `svc-00000.example.com`) splitting 90/10 between the subsets: the
+    policy language's own workload, as the issue's "N services with a route each"."""
+    docs = []
+    if first == 0:
+        docs.append("kind: Gateway\nname: edge\nlisteners:\n  - {name: http, port: 10000}\n")
+    for i in range(first, first + count):
+        name = cluster_name(i)
+        a, b = f"127.0.{(i >> 8) & 255}.{i & 255}", f"127.1.{(i >> 8) & 255}.{i & 255}"
+        docs.append(
+            f"kind: Service\nname: {name}\nendpoints:\n"
+            f"  - {{address: '{a}:8000', labels: {{version: v1}}}}\n"
+            f"  - {{address: '{b}:8000', labels: {{version: v2}}}}\n"
+            f"subsets: {{v1: {{version: v1}}, v2: {{version: v2}}}}\n")
+        docs.append(
+            f"kind: Route\nname: {name}\ngateway: edge\nhosts: [{name}.example.com]\nrules:\n"
+            f"  - match: {{path: {{prefix: /}}}}\n"
+            f"    backends: [{{service: {name}, subset: v1, weight: 90}},"
+            f" {{service: {name}, subset: v2, weight: 10}}]\n"
+            f"    timeout: 2s\n")
+    return "---\n".join(docs)

@@ -32,11 +32,32 @@ from benchmarks.stats import summarize
 @dataclass
 class TranslationConfig:
     sizes: tuple[int, ...] = (1000, 5000)
+    service_sizes: tuple[int, ...] = (1000, 10000)
     runs: int = 5
 
     @classmethod
     def quick(cls) -> TranslationConfig:
-        return cls(sizes=(200, 1000), runs=2)
+        return cls(sizes=(200, 1000), service_sizes=(200,), runs=2)
+
+
+def write_services_policy(folder: Path, count: int, per_file: int = 1000) -> None:
+    from benchmarks.policies import services_policy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for first in range(0, count, per_file):
+        (folder / f"services-{first:06d}.yaml").write_text(
+            services_policy(min(per_file, count - first), first=first))
+
+
+def _validate_seconds(policy: Path) -> float:
+    """Wall time of `meshpilot validate DIR`, the command a user or CI runs (imports included)."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "meshpilot", "validate", str(policy)],
+                          capture_output=True, text=True, timeout=600, env=child_env(),
+                          cwd=str(ROOT), check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"validate failed:\n{done.stderr[-2000:]}")
+    return time.perf_counter() - started
 
 
 def _worker(policy: str, traced: bool) -> dict[str, Any]:
@@ -112,7 +133,27 @@ def run(cfg: TranslationConfig, work: Path, log: Any = print) -> dict[str, Any]:
             f"{summary['snapshot_s']['median']:.3f}s, total {summary['total_s']['median']:.2f}s "
             f"(median of {cfg.runs}); peak RSS +{rss_delta['median'] / 2**20:.0f} MiB, "
             f"tracemalloc peak {traced['traced_peak'] / 2**20:.0f} MiB")
+    services = []
+    for size in cfg.service_sizes:
+        policy = work / f"services-{size}"
+        write_services_policy(policy, size)
+        yaml_bytes = sum(p.stat().st_size for p in policy.glob("*.yaml"))
+        runs = [_one_run(policy, traced=False) for _ in range(cfg.runs)]
+        validate = summarize(_validate_seconds(policy) for _ in range(cfg.runs))
+        keys = ("load_s", "translate_s", "snapshot_s", "total_s")
+        summary = {k: summarize(r[k] for r in runs) for k in keys}
+        rss_delta = summarize(r["peak_rss"] - r["rss_before"] for r in runs)
+        services.append({"services": size, "yaml_bytes": yaml_bytes, "counts": runs[0]["counts"],
+                         "runs": runs, "summary": summary, "validate_s": validate,
+                         "peak_rss_delta_bytes": rss_delta})
+        log(f"  translation: {size} Services + {size} Routes ({yaml_bytes / 1e6:.1f} MB YAML): "
+            f"meshpilot validate {validate['median']:.2f}s; load "
+            f"{summary['load_s']['median']:.2f}s, translate+snapshot "
+            f"{summary['translate_s']['median'] + summary['snapshot_s']['median']:.3f}s, "
+            f"total {summary['total_s']['median']:.2f}s (median of {cfg.runs}); "
+            f"peak RSS +{rss_delta['median'] / 2**20:.0f} MiB; {runs[0]['counts']}")
     return {
+        "services": services,
         "scenario": "translation",
         "what": "cold (fresh process): load_policy + Translation + snapshot(view) + SotW bodies",
         "config": {"sizes": list(cfg.sizes), "runs": cfg.runs,
