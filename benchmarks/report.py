@@ -113,7 +113,8 @@ def markdown(results: dict[str, Any]) -> str:
                      "The load generators share the CPUs with the server: expect noise.")
         parts.append("")
     for name, title, headers, rows, note in _sections(results):
-        run = results[name].get("meta") or {}
+        # The policy-language table is part of the translation scenario's result.
+        run = (results.get(name) or results.get("translation") or {}).get("meta") or {}
         when = (f"Measured {run['started']} ({'quick' if run['quick'] else 'full'} run, "
                 f"{run['duration_s']:.0f} s). " if run else "")
         parts += [f"## {title}", "", table(headers, rows, markdown=True, digits=_DIGITS[name]),
