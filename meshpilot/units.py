@@ -1,4 +1,4 @@
-"""Durations and sizes as people write them: `250ms`, `2s`, `1m`, `1h30m`; `64KiB`, `1MB`."""
+"""Durations as people write them: `250ms`, `2s`, `1m`, `1h30m`."""
 
 from __future__ import annotations
 

@@ -249,7 +249,8 @@ rules:
     redirect: {path: /}
   - direct_response: {status: 404, body: nothing here}
     response_headers: {add: {x-why: missing}}
-  - backends: [{service: web}]
+  - match: {path: {prefix: /web/}}
+    backends: [{service: web}]
     rewrite: {path: {prefix: /}}
     retries: {attempts: 5}
 """
@@ -726,7 +727,7 @@ def test_exactly_one_action() -> None:
      "the client back to the same URL)"),
     ("{redirect: {path: /a, status: 300}}", "redirect.status",
      "expected one of 301, 302, 303, 307, 308, found 300"),
-    ("{redirect: {path: /a, prefix: /b}}", "redirect.prefix",
+    ("{match: {path: {prefix: /}}, redirect: {path: /a, prefix: /b}}", "redirect.prefix",
      '"prefix" cannot be used together with "path" (a redirect has exactly one of path or '
      "prefix)"),
     ("{redirect: {scheme: ftp}}", "redirect.scheme",
@@ -740,7 +741,7 @@ def test_exactly_one_action() -> None:
      "rewrite.path.substitution", "\\2 refers to group 2, but the regex has 1 group"),
     ("{backends: [reviews], rewrite: {path: {regex: a}}}", "rewrite.path.substitution",
      'missing "substitution"'),
-    ("{backends: [reviews], rewrite: {path: {prefix: /, substitution: x}}}",
+    ("{match: {path: {prefix: /}}, backends: [reviews], rewrite: {path: {prefix: /, substitution: x}}}",
      "rewrite.path.substitution", 'substitution goes with "regex", not "prefix"'),
     ("{backends: [reviews], request_headers: {set: {host: x}}}", "request_headers.set.host",
      '"host" cannot be changed here (use rewrite: {host: ...} for the host)'),
@@ -1183,3 +1184,41 @@ def test_fuzz_addresses(text: str) -> None:
 def test_huge_values_are_issues_not_crashes(text: str) -> None:
     with pytest.raises(PolicyError):
         load_policy_text(text)
+
+
+def _issues_of(text: str) -> list[str]:
+    with pytest.raises(PolicyError) as failed:
+        load_policy_text(textwrap.dedent(text))
+    return [str(issue) for issue in failed.value.issues]
+
+
+_BASE = """
+kind: Service
+name: web
+endpoints: ["10.0.0.1:80"]
+---
+kind: Gateway
+name: edge
+listeners: [{name: http, port: 80}]
+---
+"""
+
+
+@pytest.mark.parametrize("rule, field", [
+    ("{match: {path: {exact: /a}}, backends: [web], rewrite: {path: {prefix: /b}}}", "rewrite"),
+    ("{match: {path: {regex: /a.*}}, backends: [web], rewrite: {path: {prefix: /b}}}", "rewrite"),
+    ("{backends: [web], rewrite: {path: {prefix: /b}}}", "rewrite"),
+    ("{match: [{path: {prefix: /a}}, {path: {exact: /c}}], redirect: {prefix: /b}}", "redirect"),
+])
+def test_prefix_replacement_needs_prefix_matches(rule: str, field: str) -> None:
+    issues = _issues_of(_BASE + f"kind: Route\nname: r\ngateway: edge\nrules:\n  - {rule}\n")
+    assert len(issues) == 1, issues
+    assert f"Route r: rules[0].{field}: replacing a prefix needs every match" in issues[0]
+
+
+def test_http_route_to_a_tcp_service_is_refused() -> None:
+    issues = _issues_of(_BASE.replace('endpoints: ["10.0.0.1:80"]',
+                                      'protocol: tcp\nendpoints: ["10.0.0.1:80"]')
+                        + "kind: Route\nname: r\ngateway: edge\nrules:\n  - backends: [web]\n")
+    assert issues == ["policy.yaml:15:16: Route r: rules[0].backends[0].service: Service web "
+                      "speaks protocol tcp; an HTTP route cannot send requests to it"], issues

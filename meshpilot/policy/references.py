@@ -133,6 +133,10 @@ def _check_backend(service_name: str, subset: str | None, path: tuple[str | int,
             hint = index.did_you_mean("Service", service_name, index.names.get("Service", []))
             ctx.report((*path, "service"), f"no Service named {quoted(service_name)}{hint}")
         return
+    if service.protocol == "tcp":
+        ctx.report((*path, "service"), f"Service {service.name} speaks protocol tcp; an HTTP "
+                                       "route cannot send requests to it")
+        return
     if subset is not None and service.subset(subset) is None:
         names = [name for name, _ in service.subsets]
         hint = index.did_you_mean(f"subset of {service.name}", subset, names, list_few=True) \

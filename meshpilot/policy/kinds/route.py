@@ -172,9 +172,11 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
             rule.report(key, f"{key} applies to rules with backends only (this rule has "
                              f"{action})", at_value=False)
     rewrite_path, rewrite_host = _rewrite(rule)
+    matches = _matches(rule)
+    _check_prefix_replacement(rule, matches, rewrite_path, action)
     return Rule(
         position=ctx.document.position_of(path),
-        matches=_matches(rule),
+        matches=matches,
         backends=_backends(rule) if action == "backends" else (),
         redirect=_redirect(rule) if action == "redirect" else None,
         direct_response=_direct_response(rule) if action == "direct_response" else None,
@@ -185,6 +187,23 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
         timeout=rule.get("timeout", _TIMEOUT),
         retries=_retries(rule),
     )
+
+
+def _check_prefix_replacement(rule: Fields, matches: tuple[Match, ...],
+                              rewrite_path: PathRewrite | None, action: str | None) -> None:
+    """Replacing "the matched prefix" needs a matched prefix: on an exact or regex match (or none)
+    Envoy replaces the whole path instead, silently (Gateway API forbids it for the same reason)."""
+    uses_prefix = ((rewrite_path is not None and rewrite_path.prefix is not None)
+                   or (action == "redirect" and isinstance(rule.value.get("redirect"), dict)
+                       and "prefix" in rule.value["redirect"]))
+    if not uses_prefix:
+        return
+    if any(m.path is None or m.path.kind != "prefix" for m in matches):
+        where = "rewrite" if rewrite_path is not None and rewrite_path.prefix is not None \
+            else "redirect"
+        rule.report(where, "replacing a prefix needs every match of the rule to be a path "
+                           "prefix match (match: {path: {prefix: ...}}); otherwise Envoy would "
+                           "replace the whole path", at_value=False)
 
 
 # ---------------------------------------------------------------------------------------------
