@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from aiohttp import web
 from meshpilot.admin.server import make_app
 from meshpilot.controller import Controller
 from meshpilot.metrics import Metrics
+from meshpilot.plugins import load_plugins
 from meshpilot.watch import Debouncer, PolicyWatcher
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
@@ -44,6 +46,7 @@ class Settings:
     debounce_max: float = 10.0
     watch: bool = True
     control_plane_id: str = "meshpilot"
+    plugins: tuple[str, ...] = ()  # entry point names (group `meshpilot.plugins`), in order
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -54,12 +57,15 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Meshpilot:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, plugins: Iterable[object] = ()):
+        """`plugins`: plugin objects or functions, run after those named in `settings`. A named
+        plugin that is not installed or fails to import raises `PluginError` here."""
         self.settings = settings
         self.metrics = Metrics()
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
-        self.controller = Controller(settings.policy, self.cache, self.metrics)
+        self.controller = Controller(settings.policy, self.cache, self.metrics,
+                                     plugins=[*load_plugins(settings.plugins), *plugins])
         self.xds = XdsServer(self.cache, registry=self.registry, metrics=self.metrics,
                              control_plane_id=settings.control_plane_id)
         self.serving = False

@@ -19,6 +19,7 @@ from meshpilot import __version__
 from meshpilot.app import Meshpilot, Settings, split_address
 from meshpilot.bootstrap import bootstrap_yaml
 from meshpilot.errors import PolicyError
+from meshpilot.plugins import PluginError, load_plugins
 from meshpilot.policy.loader import load_policy
 from meshpilot.policy.model import Model
 from meshpilot.policy.schema import json_schema
@@ -47,13 +48,22 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def serve_settings(args: argparse.Namespace) -> Settings:
+    return Settings(policy=Path(args.policy), xds_address=args.xds_address,
+                    admin_address=args.admin_address, debounce_quiet=args.debounce_quiet,
+                    debounce_max=args.debounce_max, watch=not args.no_watch,
+                    plugins=tuple(args.plugin))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
-    settings = Settings(policy=Path(args.policy), xds_address=args.xds_address,
-                        admin_address=args.admin_address, debounce_quiet=args.debounce_quiet,
-                        debounce_max=args.debounce_max, watch=not args.no_watch)
+    try:
+        app = Meshpilot(serve_settings(args))
+    except PluginError as e:
+        print(e, file=sys.stderr)
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(Meshpilot(settings).run_forever())
+        asyncio.run(app.run_forever())
     return 0
 
 
@@ -82,7 +92,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     model = _load(args.policy)
     if model is None:
         return 1
-    data = snapshot_to_dict(Translation(model).snapshot(args.node_cluster))
+    try:
+        snapshot = Translation(model, load_plugins(args.plugin)).snapshot(args.node_cluster)
+    except PluginError as e:
+        print(e, file=sys.stderr)
+        return 1
+    data = snapshot_to_dict(snapshot)
     if args.format == "json":
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
@@ -167,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debounce-max", type=_duration, default=10.0, metavar="DURATION",
                    help="apply a burst at most this long after its first change (10s)")
     p.add_argument("--no-watch", action="store_true", help="load once; do not watch the folder")
+    p.add_argument("--plugin", action="append", default=[], metavar="NAME",
+                   help="run this plugin (an entry point of group meshpilot.plugins); repeat "
+                        "for several, applied in order. None by default")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
@@ -178,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("policy")
     p.add_argument("--node-cluster", required=True, help="the view (an Envoy's node cluster)")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    p.add_argument("--plugin", action="append", default=[], metavar="NAME",
+                   help="as for serve: include this plugin's resources")
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the policy language (for editors)")

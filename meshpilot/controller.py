@@ -1,20 +1,24 @@
 """The controller: policy on disk in, snapshots in the cache out, the last good config kept.
 
 A reload either replaces the whole model (every document valid) or changes nothing: the error is
-logged, counted and shown in `/debug/status`, and every Envoy keeps the snapshot it had.
+logged, counted and shown in `/debug/status`, and every Envoy keeps the snapshot it had. A plugin
+failing for a view counts as a policy error (`PluginError`), with the same outcome.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from meshpilot.errors import PolicyError, PolicyIssue
 from meshpilot.metrics import Metrics
+from meshpilot.plugins import Plugin, as_plugins
 from meshpilot.policy.loader import load_policy
 from meshpilot.policy.model import Model
 from meshpilot.translators import Translation
@@ -54,8 +58,9 @@ class _Prepared:
 
 class Controller:
     def __init__(self, policy_path: str | Path, cache: SnapshotCache,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, plugins: Iterable[Plugin | object] = ()):
         self.policy_path = Path(policy_path)
+        self.plugins = as_plugins(plugins)  # made once: their conversion caches outlive reloads
         self.cache = cache
         self.metrics = metrics or Metrics()
         self.status = PolicyStatus(str(self.policy_path))
@@ -96,10 +101,10 @@ class Controller:
         started = time.perf_counter()
         try:
             model = load_policy(self.policy_path)
-        except PolicyError as e:
+            translation = Translation(model, self.plugins)
+            snapshots = [translation.snapshot(view) for view in views]
+        except PolicyError as e:  # PluginError too: a plugin failing refuses the whole reload
             return _Prepared(issues=e.issues)
-        translation = Translation(model)
-        snapshots = [translation.snapshot(view) for view in views]
         return _Prepared(model=model, translation=translation, snapshots=snapshots,
                          seconds=time.perf_counter() - started)
 
@@ -111,25 +116,43 @@ class Controller:
             self._reject(prepared.issues)
             return False
         self.translation = prepared.translation
-        self.cache.set_builder(prepared.translation.snapshot)
+        self.status.error = []  # before building views: one failing to build reports here
+        self.cache.set_builder(self._build_view)
         built = {s.view for s in prepared.snapshots}
         for snapshot in prepared.snapshots:
             self.cache.set(snapshot)
         for view in self.cache.all_views():  # a view first asked for while we were translating
             if view not in built:
-                self.cache.set(prepared.translation.snapshot(view))
+                with contextlib.suppress(PolicyError):  # reported; the other views are served
+                    self.cache.set(self._build_view(view))
         self.metrics.views.set(len(self.cache.views()))
         self.metrics.snapshot_builds.observe(prepared.seconds)
         self.model = prepared.model
         self.status.last_success = time.time()
         self.status.applied_files = prepared.model.files
-        self.status.error = []
         self.metrics.policy_loads.labels("ok").inc()
         self.metrics.policy_valid.set(1)
         log.info("policy applied in %.3fs: %d files, %d raw resources, views %s",
                  prepared.seconds, len(prepared.model.files), len(prepared.model.raw),
                  list(self.cache.views()) or "(none yet)")
         return True
+
+    def _build_view(self, view: str) -> Snapshot:
+        """The cache's builder, for a view first asked for after the newest reload.
+
+        The reload is already serving, so a plugin failing for this view cannot refuse it: the
+        error is shown in `/debug/status` and raised, so this view is sent nothing (its stream
+        ends with the error and Envoy retries) rather than a config without the plugin's part.
+        """
+        assert self.translation is not None, "no builder is set before a reload succeeds"
+        try:
+            return self.translation.snapshot(view)
+        except PolicyError as e:
+            new = [str(issue) for issue in e.issues if str(issue) not in self.status.error]
+            self.status.error.extend(new)
+            log.error("view %r cannot be built; nothing is sent to it:\n  %s", view,
+                      "\n  ".join(str(issue) for issue in e.issues))
+            raise
 
     def _reject(self, issues: tuple[PolicyIssue, ...]) -> None:
         self.status.rejected += 1

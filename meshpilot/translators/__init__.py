@@ -19,12 +19,16 @@ What a view receives:
 - Every view: the raw EnvoyResources addressed to it. Escape hatch: a raw resource with the same
   type and name as a generated one replaces it, so a hand-written cluster `reviews` overrides
   the generated one while everything else stays generated.
+- Then the plugins' resources (`meshpilot.plugins`), in plugin order: each adds resources or
+  replaces (patches) one of the same type and name, whether raw, generated or an earlier
+  plugin's. So the order is raw -> generated -> plugins, and the last word is a plugin's.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
+from meshpilot.plugins import Plugin, apply_plugins, as_plugins
 from meshpilot.policy.model import Gateway, Model, Route, Service
 from meshpilot.translators import clusters, endpoints, listeners, names, raw, routes
 from meshpilot.xds import types
@@ -38,10 +42,15 @@ class Translation:
     Clusters and their endpoints are built on first use and kept, so a service that many
     gateways route to is translated and serialized once. `snapshot` may be called from several
     threads: two racing on the same cluster build equal bytes, and either result is kept.
+
+    `plugins` (`Plugin`s, or plugin objects and functions) run for every view, after raw and
+    generated resources; a plugin's failure raises `PluginError`. Pass the same `Plugin`s to
+    every Translation of a process: their conversion caches live on them.
     """
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, plugins: Iterable[Plugin | object] = ()):
         self.model = model
+        self.plugins = as_plugins(plugins)
         self._raw = raw.encode(model)
         self._routes_of: dict[str, list[Route]] = {}
         for route in model.routes:  # sorted by name in the model, so kept in name order here
@@ -53,7 +62,10 @@ class Translation:
         overridden = {(r.type_url, r.name) for r in handwritten}
         generated = [r for r in self._generated(view)
                      if (r.type_url, r.name) not in overridden]
-        return Snapshot.from_resources(view, handwritten + generated)
+        assembled = handwritten + generated
+        if self.plugins:
+            assembled = apply_plugins(self.plugins, self.model, view, assembled)
+        return Snapshot.from_resources(view, assembled)
 
     def _generated(self, view: str) -> list[Resource]:
         gateway = self.model.gateway(view)
