@@ -13,6 +13,7 @@ push -> Envoy applies RDS -> served. Resolution: one poll interval plus one requ
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import select
 import socket
@@ -33,7 +34,7 @@ from benchmarks.common import (
     tail,
     wait_for,
 )
-from benchmarks.policies import route_flip_policy
+from benchmarks.policies import language_flip_policy, route_flip_policy
 from benchmarks.stats import summarize
 from meshpilot.bootstrap import render_bootstrap
 from meshpilot.envoy_process import EnvoyProcess
@@ -47,6 +48,8 @@ class ConvergenceConfig:
     edits: int = 20
     debounces: tuple[str, ...] = ("10ms", "100ms")
     modes: tuple[str, ...] = ("sotw", "delta")
+    # raw: EnvoyResources; language: Service + Gateway + Route (the translators in the path)
+    policies: tuple[str, ...] = ("raw", "language")
     poll_ms: float = 3.0
     request_timeout_s: float = 0.25
     edit_timeout_s: float = 10.0
@@ -54,7 +57,7 @@ class ConvergenceConfig:
 
     @classmethod
     def quick(cls) -> ConvergenceConfig:
-        return cls(edits=3, debounces=("10ms",))
+        return cls(edits=3, debounces=("10ms",), policies=("language",))
 
 
 # ----- one HTTP/1.1 keep-alive connection, cheap enough to poll with ----------------------------
@@ -219,6 +222,7 @@ class _Serve:
 class _Variant:
     mode: str
     debounce: str
+    policy: str = "raw"
     samples_ms: list[float] = field(default_factory=list)
     first_ms: list[float] = field(default_factory=list)  # fastest Envoy per edit
     per_envoy_ms: list[list[float]] = field(default_factory=list)
@@ -229,17 +233,21 @@ class _Variant:
 
     @property
     def name(self) -> str:
-        return f"{self.mode}, debounce {self.debounce}"
+        return f"{self.policy} policy, {self.mode}, debounce {self.debounce}"
+
+
+_FLIPS = {"raw": (route_flip_policy, "http"), "language": (language_flip_policy, "edge/http")}
 
 
 def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
-                 backends: dict[str, int], log: Any) -> _Variant:
-    variant = _Variant(mode, debounce)
-    vdir = work / f"{mode}-{debounce}"
+                 backends: dict[str, int], log: Any, policy_kind: str = "raw") -> _Variant:
+    variant = _Variant(mode, debounce, policy_kind)
+    flip, listener = _FLIPS[policy_kind]
+    vdir = work / f"{policy_kind}-{mode}-{debounce}"
     policy_dir = vdir / "policy"
     policy_dir.mkdir(parents=True)
     policy = policy_dir / "edge.yaml"
-    save_aside(policy, route_flip_policy(backends=backends, route_to="v1"))
+    save_aside(policy, flip(backends=backends, route_to="v1"))
     serve: _Serve | None = None
     envoys: list[EnvoyProcess] = []
     pollers: list[_Poller] = []
@@ -256,7 +264,7 @@ def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
         with ThreadPoolExecutor(max_workers=cfg.envoys) as pool:
             list(pool.map(lambda e: e.wait_ready(timeout=60), envoys))
             ports = list(pool.map(lambda e: wait_for(
-                lambda: e.listener_addresses().get("http", (None, 0))[1], timeout=30,
+                lambda: e.listener_addresses().get(listener, (None, 0))[1], timeout=30,
                 what=f"{e.name}'s listener"), envoys))
         for i, port in enumerate(ports):
             probe = _Probe(port, 1.0)
@@ -279,7 +287,7 @@ def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
                 nonlocal t0
                 t0 = now_ns()
 
-            save_aside(policy, route_flip_policy(backends=backends, route_to=target), stamp)
+            save_aside(policy, flip(backends=backends, route_to=target), stamp)
             for poller in pollers:
                 poller.done.wait(cfg.edit_timeout_s + 2)
             seen = [p.seen_ns for p in pollers]
@@ -321,15 +329,15 @@ def run(cfg: ConvergenceConfig, work: Path, log: Any = print) -> dict[str, Any]:
             proc, port = _start_echo(name, work)
             echoes.append(proc)
             backends[name] = port
-        for debounce in cfg.debounces:
-            for mode in cfg.modes:
-                log(f"  convergence: {cfg.envoys} Envoys, {mode}, --debounce-quiet {debounce}, "
-                    f"{cfg.edits} edits")
-                v = _run_variant(cfg, work, mode, debounce, backends, log)
-                s = summarize(v.samples_ms)
-                log(f"    median {s['median']:.1f} ms, p90 {s['p90']:.1f}, max {s['max']:.1f} "
-                    f"(startup {v.startup_s:.1f}s)")
-                variants.append(v)
+        for policy_kind, debounce, mode in itertools.product(cfg.policies, cfg.debounces,
+                                                             cfg.modes):
+            log(f"  convergence: {cfg.envoys} Envoys, {policy_kind} policy, {mode}, "
+                f"--debounce-quiet {debounce}, {cfg.edits} edits")
+            v = _run_variant(cfg, work, mode, debounce, backends, log, policy_kind)
+            s = summarize(v.samples_ms)
+            log(f"    median {s['median']:.1f} ms, p90 {s['p90']:.1f}, max {s['max']:.1f} "
+                f"(startup {v.startup_s:.1f}s)")
+            variants.append(v)
     finally:
         for proc in echoes:
             stop_process(proc)
@@ -340,7 +348,9 @@ def run(cfg: ConvergenceConfig, work: Path, log: Any = print) -> dict[str, Any]:
         "config": {"envoys": cfg.envoys, "edits": cfg.edits, "poll_ms": cfg.poll_ms,
                    "request_timeout_s": cfg.request_timeout_s, "settle_s": cfg.settle_s,
                    "server": "meshpilot serve subprocess", "envoy_concurrency": 1,
-                   "policy": "raw EnvoyResources: 2 EDS clusters, 1 listener, 1 RDS route"},
+                   "policy": {"raw": "EnvoyResources: 2 EDS clusters, 1 listener, 1 RDS route",
+                              "language": "Service (2 subsets) + Gateway + Route; the gateway "
+                                          "listener replaced by a raw one on port 0"}},
         "variants": [
             {"name": v.name, "mode": v.mode, "debounce_quiet": v.debounce,
              "samples_ms": v.samples_ms, "summary": summarize(v.samples_ms),

@@ -125,3 +125,43 @@ def services_policy(count: int, *, first: int = 0) -> str:
             f" {{service: {name}, subset: v2, weight: 10}}]\n"
             f"    timeout: 2s\n")
     return "---\n".join(docs)
+
+
+def language_flip_policy(*, backends: dict[str, int], route_to: str) -> str:
+    """The same flip in the policy language: a Service with one subset per backend, a Gateway and
+    a Route to subset `route_to`. The Gateway's listener is replaced (the raw-resource escape
+    hatch) by one on port 0 of the same name, so that ten Envoys on one machine can each bind."""
+    endpoints = "".join(f"\n  - {{address: 127.0.0.1:{port}, labels: {{version: {name}}}}}"
+                        for name, port in backends.items())
+    subsets = ", ".join(f"{name}: {{version: {name}}}" for name in backends)
+    return f"""kind: Service
+name: app
+endpoints:{endpoints}
+subsets: {{{subsets}}}
+---
+kind: Gateway
+name: edge
+listeners: [{{name: http, port: 10000}}]
+---
+kind: Route
+name: flip
+gateway: edge
+rules:
+  - backends: [{{service: app, subset: {route_to}}}]
+---
+kind: EnvoyResources
+name: listener-on-port-0
+listeners:
+  - name: edge/http
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+      - filters:
+          - name: envoy.filters.network.http_connection_manager
+            typed_config:
+              "@type": {_HCM}
+              stat_prefix: edge
+              rds: {{route_config_name: edge/http, config_source: {_ADS}}}
+              http_filters:
+                - name: envoy.filters.http.router
+                  typed_config: {{"@type": {_ROUTER}}}
+"""
