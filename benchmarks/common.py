@@ -214,3 +214,28 @@ class JsonLineProcess:
             with contextlib.suppress(OSError, ValueError):
                 if stream is not None:
                     stream.close()
+
+
+def control_channel(loop: Any) -> tuple[Any, Callable[[dict[str, Any]], None]]:
+    """A benchmark child's control channel: JSON lines from the parent on stdin become items of
+    the returned asyncio queue (None at EOF); `answer(dict)` writes one JSON line to stdout."""
+    import asyncio
+    import json
+    import sys
+    import threading
+
+    commands: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def read_stdin() -> None:
+        for line in sys.stdin:
+            if line.strip():
+                loop.call_soon_threadsafe(commands.put_nowait, json.loads(line))
+        loop.call_soon_threadsafe(commands.put_nowait, None)
+
+    threading.Thread(target=read_stdin, name="control", daemon=True).start()
+
+    def answer(data: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(data) + "\n")
+        sys.stdout.flush()
+
+    return commands, answer

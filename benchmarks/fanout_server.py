@@ -33,13 +33,11 @@ import cProfile
 import ctypes
 import gc
 import io
-import json
 import linecache
 import logging
 import os
 import pstats
 import sys
-import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -48,6 +46,7 @@ from typing import Any
 from envoy.config.cluster.v3 import cluster_pb2
 
 from benchmarks.common import (
+    control_channel,
     now_ns,
     proc_peak_rss_bytes,
     proc_rss_bytes,
@@ -236,19 +235,7 @@ async def serve(args: argparse.Namespace) -> None:
     gc.collect()
 
     loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            if line.strip():
-                loop.call_soon_threadsafe(commands.put_nowait, json.loads(line))
-        loop.call_soon_threadsafe(commands.put_nowait, None)
-
-    threading.Thread(target=read_stdin, name="control", daemon=True).start()
-
-    def answer(data: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(data) + "\n")
-        sys.stdout.flush()
+    commands, answer = control_channel(loop)
 
     answer({"ready": True, "xds_address": mp.xds_address, "pid": os.getpid(),
             "rss_start": rss_start, "counts": snapshot.counts(),

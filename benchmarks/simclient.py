@@ -26,9 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
-import threading
 import time
 from typing import Any
 
@@ -36,7 +34,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
-from benchmarks.common import now_ns, proc_rss_bytes, self_cpu_seconds
+from benchmarks.common import control_channel, now_ns, proc_rss_bytes, self_cpu_seconds
 from meshpilot.xds import types
 
 CDS, EDS = types.CLUSTER, types.ENDPOINT
@@ -255,19 +253,7 @@ class Client:
 async def main_async(args: argparse.Namespace) -> None:
     client = Client(args)
     loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-
-    def read_stdin() -> None:
-        for line in sys.stdin:
-            if line.strip():
-                loop.call_soon_threadsafe(commands.put_nowait, json.loads(line))
-        loop.call_soon_threadsafe(commands.put_nowait, None)
-
-    threading.Thread(target=read_stdin, name="control", daemon=True).start()
-
-    def answer(data: dict[str, Any]) -> None:
-        sys.stdout.write(json.dumps(data) + "\n")
-        sys.stdout.flush()
+    commands, answer = control_channel(loop)
 
     try:
         while True:
