@@ -426,3 +426,27 @@ def test_echo_answers_slowly_or_with_a_status_on_request(echo_factory) -> None:
     with pytest.raises(urllib.error.HTTPError) as bad:
         urllib.request.urlopen(urllib.request.Request(url, headers={"x-echo-status": "nope"}))
     assert bad.value.code == 400
+
+
+def test_echo_fails_the_first_requests_per_key_and_can_be_forced_down(echo_factory) -> None:
+    import urllib.error
+    import urllib.request
+
+    echo = echo_factory("flaky")
+
+    def status(path: str = "/", **headers: str) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{echo.port}{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    flaky = {"x-echo-fail-first": "2", "x-echo-key": "a"}
+    assert [status(**flaky) for _ in range(4)] == [503, 503, 200, 200]
+    assert status(**{**flaky, "x-echo-key": "b"}) == 503  # keys count apart
+    assert status("/healthz") == 200
+    echo.forced_status = 500
+    assert status("/healthz") == 500 and status() == 500
+    echo.forced_status = None
+    assert status() == 200

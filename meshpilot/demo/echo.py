@@ -54,6 +54,18 @@ class EchoServer:
         self._thread.start()
         return self.port
 
+    @property
+    def forced_status(self) -> int | None:
+        """When set, every request (health checks included) is answered with this status: a
+        backend that has gone bad, for health checking and outlier detection."""
+        return self._httpd.forced_status if self._httpd is not None else None
+
+    @forced_status.setter
+    def forced_status(self, status: int | None) -> None:
+        if self._httpd is None:
+            raise RuntimeError(f"echo server {self.name} is not running")
+        self._httpd.forced_status = status
+
     def stop(self) -> None:
         """Stop serving, close open keep-alive connections and release the port. Idempotent."""
         httpd, self._httpd = self._httpd, None
@@ -125,6 +137,10 @@ class _EchoHTTPServer(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], name: str) -> None:
         self.backend_name = name
         self.counter = _Counter()
+        self.forced_status: int | None = None
+        # x-echo-fail-first: requests seen so far per x-echo-key, to fail the first N of them.
+        self.attempts: dict[str, int] = {}
+        self.attempts_lock = threading.Lock()
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         super().__init__(address, _EchoHandler)
@@ -204,13 +220,29 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
     def _requested_behaviour(self) -> tuple[int, int]:
         """Tests and demos ask for a slow or failing answer: `x-echo-delay-ms: 300` waits before
-        answering (timeouts), `x-echo-status: 503` answers with that status (retries, faults)."""
+        answering (timeouts), `x-echo-status: 503` answers with that status (faults), and
+        `x-echo-fail-first: 2` with `x-echo-key: k` fails the first two requests carrying key k
+        with 503 (or x-echo-status) and answers the rest 200: an upstream that recovers, for
+        retries. A server-wide `forced_status` overrides everything."""
+        if self.server.forced_status is not None:
+            return 0, self.server.forced_status
         try:
             delay_ms = min(int(self.headers.get("x-echo-delay-ms", "0")), _MAX_DELAY_MS)
             status = int(self.headers.get("x-echo-status", "200"))
+            fail_first = int(self.headers.get("x-echo-fail-first", "0"))
         except ValueError:
             return 0, 400
-        return max(delay_ms, 0), status if 200 <= status <= 599 else 400
+        if not 200 <= status <= 599:
+            return 0, 400
+        if fail_first > 0:
+            key = self.headers.get("x-echo-key", "")
+            with self.server.attempts_lock:
+                seen = self.server.attempts.get(key, 0)
+                self.server.attempts[key] = seen + 1
+            if seen >= fail_first:
+                return max(delay_ms, 0), 200
+            return max(delay_ms, 0), status if status != 200 else 503
+        return max(delay_ms, 0), status
 
     def _lowercased_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
