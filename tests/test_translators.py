@@ -281,7 +281,8 @@ def test_listener_serves_http_through_rds_over_ads() -> None:
     assert manager.rds.route_config_name == "edge/http"
     assert manager.rds.config_source.HasField("ads")
     assert manager.rds.config_source.resource_api_version == 2  # V3
-    assert [f.name for f in manager.http_filters] == ["envoy.filters.http.router"]
+    assert [f.name for f in manager.http_filters] == [
+        "envoy.filters.http.cors", "envoy.filters.http.fault", "envoy.filters.http.router"]
     assert manager.use_remote_address.value
     assert manager.normalize_path.value
     assert manager.merge_slashes

@@ -11,6 +11,8 @@ from __future__ import annotations
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.filters.http.cors.v3.cors_pb2 import Cors
+from envoy.extensions.filters.http.fault.v3.fault_pb2 import HTTPFault
 from envoy.extensions.filters.http.router.v3.router_pb2 import Router
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
@@ -25,6 +27,11 @@ from meshpilot.translators.protos import ads_config_source
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
+# Filters configured per route (typed_per_filter_config) by routes.py; in the chain of every
+# listener, they do nothing for a route that does not configure them. Order matters: CORS
+# answers preflights before anything else runs; faults are injected before the router.
+CORS = "envoy.filters.http.cors"
+FAULT = "envoy.filters.http.fault"
 
 HttpConnectionManager = hcm.HttpConnectionManager
 
@@ -44,7 +51,7 @@ def http_connection_manager(gateway: Gateway, spec: GatewayListener) -> HttpConn
         stat_prefix=names.stat_prefix(gateway.name, spec.name),
         rds=hcm.Rds(config_source=ads_config_source(),
                 route_config_name=names.route_config(gateway.name, spec.name)),
-        http_filters=[hcm.HttpFilter(name=ROUTER, typed_config=_pack(Router()))],
+        http_filters=http_filters(),
         # An edge proxy: the client is the peer Envoy sees, and x-forwarded-for is appended to,
         # not trusted (Envoy's default would trust whatever the client wrote).
         use_remote_address=BoolValue(value=True),
@@ -55,6 +62,15 @@ def http_connection_manager(gateway: Gateway, spec: GatewayListener) -> HttpConn
         path_with_escaped_slashes_action=HttpConnectionManager.UNESCAPE_AND_REDIRECT,
         # generate_request_id is left unset: Envoy's default (true) generates x-request-id.
     )
+
+
+def http_filters() -> list[hcm.HttpFilter]:
+    """The HTTP filter chain of every gateway listener, in order."""
+    return [
+        hcm.HttpFilter(name=CORS, typed_config=_pack(Cors())),
+        hcm.HttpFilter(name=FAULT, typed_config=_pack(HTTPFault())),
+        hcm.HttpFilter(name=ROUTER, typed_config=_pack(Router())),
+    ]
 
 
 def _pack(message: Message) -> Any:
