@@ -203,7 +203,8 @@ class XdsStream:
             state.wildcard = WILDCARD in names
         elif state.type_url not in types.WILDCARD_TYPES:
             state.wildcard = False
-        names -= {WILDCARD}
+        if WILDCARD in names:  # (a copy of thousands of names per ACK otherwise)
+            names -= {WILDCARD}
         if kind is not RequestKind.SUBSCRIBE:
             # The client answered a response that carried what we anticipated for it: what it
             # does not name now, it does not want.
