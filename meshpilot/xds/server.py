@@ -51,8 +51,28 @@ _END = object()
 _WAKE = object()
 
 
-def _identity(payload: bytes) -> bytes:
-    return payload
+class _Box:
+    """A message passed through gRPC and emptied by whoever takes it. gRPC's loops keep the last
+    message they handled referenced until the next one (their own loop variables): the last
+    response sent (~0.6 MiB for a 5,000-cluster initial sync) and, in SotW, the last request (an
+    ACK naming all 5,000 resources). Boxed, only an empty box stays behind."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def take(self) -> Any:
+        value, self.value = self.value, None
+        return value
+
+
+def _take_bytes(box: _Box) -> bytes:
+    return box.take()  # type: ignore[no-any-return]
+
+
+def _boxed(parse: Callable[[bytes], Any]) -> Callable[[bytes], _Box]:
+    return lambda data: _Box(parse(data))
 
 
 class XdsServer:
@@ -73,12 +93,12 @@ class XdsServer:
             methods = {
                 sotw_method: grpc.stream_stream_rpc_method_handler(
                     self._handler(delta=False, type_url=type_url),
-                    request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                    response_serializer=_identity),
+                    request_deserializer=_boxed(discovery_pb2.DiscoveryRequest.FromString),
+                    response_serializer=_take_bytes),
                 delta_method: grpc.stream_stream_rpc_method_handler(
                     self._handler(delta=True, type_url=type_url),
-                    request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                    response_serializer=_identity),
+                    request_deserializer=_boxed(discovery_pb2.DeltaDiscoveryRequest.FromString),
+                    response_serializer=_take_bytes),
             }
             out.append(grpc.method_handlers_generic_handler(service, methods))
         return out
@@ -88,7 +108,7 @@ class XdsServer:
             stream = XdsStream(delta=delta, ads=type_url is None, type_url=type_url,
                                control_plane_id=self.control_plane_id)
             async for payload in self._serve(stream, requests, context):
-                yield payload
+                yield _Box(payload)
                 # Between pushes, hold no reference to the last response: with 5,000 clusters
                 # that is ~0.5 MiB per stream kept alive for nothing.
                 del payload
@@ -108,9 +128,8 @@ class XdsServer:
 
         async def read() -> None:
             try:
-                async for request in requests:
-                    inbox.put_nowait(request)
-                    del request  # the inbox owns it now; do not keep the last one alive
+                async for box in requests:
+                    inbox.put_nowait(box.take())  # the inbox owns it now; gRPC keeps the box
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
             finally:
