@@ -395,7 +395,7 @@ def test_unknown_key_suggests_the_closest() -> None:
     assert issues(service_doc("s", "health_check: {http: /, zzz: 1}\n")) == [
         'policy.yaml:3:25: Service s: health_check.zzz: unknown key "zzz"; health_check has: '
         "http, tcp, grpc, interval, timeout, unhealthy_threshold, healthy_threshold, "
-        "expected_statuses"
+        "expected_statuses, no_traffic_interval, unhealthy_interval"
     ]
 
 
@@ -845,8 +845,10 @@ def test_service_errors(extra: str, message: str) -> None:
                                               "found 65536"),
     ("listeners: [{name: a, port: 1, address: localhost}]\n",
      'listeners[0].address: invalid IP address "localhost"'),
+    ("listeners: [{name: a, port: 1, protocol: udp}]\n",
+     'listeners[0].protocol: unknown value "udp"; expected one of: http, tcp'),
     ("listeners: [{name: a, port: 1, protocol: tcp}]\n",
-     'listeners[0].protocol: unknown value "tcp"; expected one of: http'),
+     'listeners[0].service: missing "service"'),
     ("listeners: [{port: 1}]\n", 'listeners[0].name: missing "name"'),
     ("listeners: [http]\n", "listeners[0]: expected a listener mapping such as {name: http, "
                             "port: 8080}, found a string"),

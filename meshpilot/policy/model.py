@@ -47,6 +47,9 @@ class Endpoint:
     port: int
     labels: Labels = ()
     weight: int | None = None  # load-balancing weight, 1..128 (Envoy's range)
+    region: str | None = None  # locality: endpoints are grouped by (priority, region, zone)
+    zone: str | None = None
+    priority: int = 0  # 0 is preferred; higher priorities get traffic when lower ones fail
 
     @property
     def is_dns(self) -> bool:
@@ -66,6 +69,14 @@ class HealthCheck:
     unhealthy_threshold: int = 3
     healthy_threshold: int = 1
     expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end) ranges, http
+    no_traffic_interval: float | None = None  # None: the interval (checks run before traffic)
+    unhealthy_interval: float | None = None  # None: the interval
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    percent: float | None = None  # share of active requests that may be retries (Envoy: 20)
+    min_concurrency: int | None = None  # retries always allowed this many at once (Envoy: 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +85,7 @@ class CircuitBreaker:
     max_pending_requests: int | None = None
     max_requests: int | None = None
     max_retries: int | None = None
+    retry_budget: RetryBudget | None = None  # replaces max_retries when set
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +95,24 @@ class OutlierDetection:
     interval: float | None = None
     base_ejection_time: float | None = None
     max_ejection_percent: int | None = None
+    success_rate: SuccessRate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SuccessRate:
+    minimum_hosts: int | None = None  # Envoy: 5
+    request_volume: int | None = None  # Envoy: 100
+    stdev_factor: float | None = None  # Envoy: 1.9
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancerOptions:
+    """Settings of the chosen load balancer; each applies to one policy only."""
+
+    choice_count: int | None = None  # least_request
+    minimum_ring_size: int | None = None  # ring_hash
+    maximum_ring_size: int | None = None  # ring_hash
+    table_size: int | None = None  # maglev (a prime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +123,7 @@ class Service:
     endpoints: tuple[Endpoint, ...] = ()
     subsets: tuple[tuple[str, Labels], ...] = ()  # (subset name, label selector), as written
     load_balancer: LoadBalancer = "round_robin"
+    load_balancer_options: LoadBalancerOptions = LoadBalancerOptions()
     connect_timeout: float = 1.0
     health_check: HealthCheck | None = None
     circuit_breaker: CircuitBreaker | None = None
@@ -113,11 +144,32 @@ class Service:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLog:
+    path: str  # an absolute file path (/dev/stdout included)
+    format: Literal["json", "text"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Compression:
+    """gzip compression of responses (the only algorithm yet)."""
+
+    min_content_length: int | None = None  # None: Envoy's default (30 bytes)
+    content_types: tuple[str, ...] = ()  # empty: Envoy's default list
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayListener:
     name: str
     port: int
     address: str = "0.0.0.0"
-    protocol: Literal["http"] = "http"
+    protocol: Literal["http", "tcp"] = "http"
+    service: str | None = None  # tcp: the Service (protocol tcp) every connection goes to
+    access_log: AccessLog | None = None  # the gateway-wide one already filled in
+    # http only:
+    trust_request_id: bool = False  # keep a client's x-request-id (default: replace it)
+    request_id_in_response: bool = False
+    compression: Compression | None = None
+    websocket: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +236,66 @@ class HeaderOps:
 
 
 @dataclass(frozen=True, slots=True)
+class Backoff:
+    base: float  # seconds; Envoy's retry_back_off.base_interval
+    max: float | None = None  # None: Envoy's default, 10 times base
+
+
+@dataclass(frozen=True, slots=True)
 class Retries:
-    attempts: int
+    attempts: int  # retries after the first try (Envoy's num_retries, Istio's meaning)
     on: tuple[str, ...] = ("5xx", "reset", "connect-failure")  # Envoy's retry_on names
     per_try_timeout: float | None = None
+    backoff: Backoff | None = None
+    retriable_status_codes: tuple[int, ...] = ()  # "retriable-status-codes" is then in `on`
+    avoid_same_host: bool = False  # retry on another host than the ones already tried
+
+
+@dataclass(frozen=True, slots=True)
+class FaultDelay:
+    fixed: float  # seconds
+    percentage: float = 100.0  # of matching requests, 0 to 100
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAbort:
+    status: int | None = None  # exactly one of an HTTP status ...
+    grpc_status: int | None = None  # ... or a gRPC status code
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    headers: tuple[tuple[str, StringMatch], ...] = ()  # only requests with these headers
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    service: str
+    subset: str | None = None
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class HashOn:
+    """One input of a consistent hash (ring_hash, maglev): tried in the order written."""
+
+    kind: Literal["header", "cookie", "source_ip", "query"]
+    name: str = ""  # the header, cookie or query parameter; empty for source_ip
+    ttl: float | None = None  # cookie: Envoy sets the cookie when absent (0: a session cookie)
+    path: str | None = None  # cookie: its Path attribute
+
+
+@dataclass(frozen=True, slots=True)
+class Cors:
+    allow_origins: tuple[StringMatch, ...]  # exact (case ignored) or regex origins
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: float | None = None  # seconds
+    allow_credentials: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +314,11 @@ class Rule:
     response_headers: HeaderOps = field(default_factory=HeaderOps)
     timeout: float | None = None  # None: Envoy's default (15 s); 0 disables
     retries: Retries | None = None
+    idle_timeout: float | None = None  # None: Envoy's default; 0 disables
+    grpc_max_timeout: float | None = None  # honour grpc-timeout up to this; 0: uncapped
+    fault: Fault | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    hash_on: tuple[HashOn, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +329,7 @@ class Route:
     hosts: tuple[str, ...] = ("*",)  # exact names and "*.suffix" wildcards; "*" is every host
     rules: tuple[Rule, ...] = ()
     listeners: tuple[str, ...] = ()  # attach to these listeners of the gateway; empty: all
+    cors: Cors | None = None  # for the Route's virtual host
 
 
 # ---- the whole model ----------------------------------------------------------------------------

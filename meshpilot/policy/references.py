@@ -41,6 +41,8 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     index = _Index.of(documents, load)
     for route, ctx in index.routes:
         _check_route(route, ctx, index)
+    for gateway, ctx in index.gateway_documents:
+        _check_tcp_listeners(gateway, ctx, index)
     _check_hosts(index)
     _check_ports(index)
     _check_view_names(documents)
@@ -113,13 +115,50 @@ def _check_route(route: Route, ctx: DocumentContext, index: _Index) -> None:
         for backend_index, backend in enumerate(rule.backends):
             path = ("rules", rule_index, "backends", backend_index)
             _check_backend(backend.service, backend.subset, path, ctx, index)
+        _check_mirrors(route, rule_index, ctx, index)
+        _check_hash_on(route, rule_index, ctx, index)
+
+
+def _check_mirrors(route: Route, rule_index: int, ctx: DocumentContext, index: _Index) -> None:
+    """A mirror names a service (and subset) like a backend does; `mirror` may be written as
+    one mapping or as a list of them."""
+    written = ctx.document.value["rules"][rule_index].get("mirror")
+    for mirror_index, mirror in enumerate(route.rules[rule_index].mirrors):
+        path: tuple[str | int, ...] = ("rules", rule_index, "mirror")
+        if isinstance(written, list):
+            path = (*path, mirror_index)
+        _check_backend(mirror.service, mirror.subset, path, ctx, index)
+
+
+def _check_hash_on(route: Route, rule_index: int, ctx: DocumentContext, index: _Index) -> None:
+    """A hash policy only steers a consistent-hash load balancer: with any other, it would
+    silently do nothing."""
+    rule = route.rules[rule_index]
+    if not rule.hash_on:
+        return
+    for backend in rule.backends:
+        service = index.services.get(backend.service)
+        if service is not None and service.load_balancer not in ("ring_hash", "maglev"):
+            ctx.report(("rules", rule_index, "hash_on"),
+                       f"hash_on needs backends whose Service balances with ring_hash or "
+                       f"maglev; Service {service.name} uses {service.load_balancer}, where "
+                       "it would do nothing", at_value=False)
+            return
 
 
 def _check_listeners(route: Route, gateway: Gateway, ctx: DocumentContext,
                      index: _Index) -> None:
     names = [listener.name for listener in gateway.listeners]
+    tcp = {listener.name for listener in gateway.listeners if listener.protocol == "tcp"}
+    if not route.listeners and len(tcp) == len(names):
+        ctx.report(("gateway",), f"Gateway {gateway.name} has no HTTP listener to attach to "
+                                 "(its listeners have protocol tcp)")
     for listener_index, name in enumerate(route.listeners):
-        if name not in names:
+        if name in tcp:
+            ctx.report(("listeners", listener_index), f"listener {quoted(name)} of Gateway "
+                                                      f"{gateway.name} has protocol tcp; a "
+                                                      "Route attaches to HTTP listeners only")
+        elif name not in names:
             hint = index.did_you_mean(f"listener of {gateway.name}", name, names, list_few=True)
             ctx.report(("listeners", listener_index), f"Gateway {gateway.name} has no listener "
                                                       f"named {quoted(name)}{hint}")
@@ -145,6 +184,23 @@ def _check_backend(service_name: str, subset: str | None, path: tuple[str | int,
                                       f"{quoted(subset)}{hint}")
 
 
+def _check_tcp_listeners(gateway: Gateway, ctx: DocumentContext, index: _Index) -> None:
+    """A tcp listener's service exists and speaks tcp."""
+    for listener_index, listener in enumerate(gateway.listeners):
+        if listener.service is None:
+            continue
+        path = ("listeners", listener_index, "service")
+        service = index.services.get(listener.service)
+        if service is None:
+            if not index.declared("Service", listener.service):
+                hint = index.did_you_mean("Service", listener.service,
+                                          index.names.get("Service", []))
+                ctx.report(path, f"no Service named {quoted(listener.service)}{hint}")
+        elif service.protocol != "tcp":
+            ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; a "
+                             "tcp listener needs a Service with protocol tcp")
+
+
 # ---------------------------------------------------------------------------------------------
 # Conflicts.
 
@@ -163,7 +219,7 @@ def _check_hosts(index: _Index) -> None:
         gateway = index.gateways.get(route.gateway)
         if gateway is None:
             continue
-        names = [listener.name for listener in gateway.listeners]
+        names = [listener.name for listener in gateway.listeners if listener.protocol == "http"]
         attached = [name for name in route.listeners or names if name in names]
         written = ctx.document.value.get("hosts") is not None
         for host_index, host in enumerate(route.hosts):

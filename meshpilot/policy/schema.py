@@ -16,7 +16,7 @@ from typing import Any
 
 from meshpilot.policy.envoy_resources import KIND as ENVOY_RESOURCES
 from meshpilot.policy.envoy_resources import RESOURCE_LISTS
-from meshpilot.policy.kinds import route, service
+from meshpilot.policy.kinds import gateway, route, service
 
 Schema = dict[str, Any]
 
@@ -135,8 +135,25 @@ def _service() -> Schema:
             "address": _ref("address"),
             "labels": _ref("labels", "Labels that subsets select endpoints by."),
             "weight": _integer("Load-balancing weight.", 1, 128),
+            "region": _ref("name", "The endpoint's region (its locality, with zone)."),
+            "zone": _ref("name", "The endpoint's zone (its locality, with region)."),
+            "priority": _integer("Failover level: 0 is preferred, 1 takes over when 0 fails "
+                                 "(default 0).", 0, service.MAX_PRIORITY),
         }, required=("address",)),
     ]}
+    lb_settings = _object("A load balancer with settings.", {
+        "policy": _enum("The load balancer.", service.LOAD_BALANCERS),
+        "choice_count": _integer("least_request: endpoints compared per pick (default 2).", 2,
+                                 1000),
+        "minimum_ring_size": _integer("ring_hash: smallest ring (default 1024).", 1,
+                                      service.MAX_RING_SIZE),
+        "maximum_ring_size": _integer("ring_hash: largest ring (default 8M).", 1,
+                                      service.MAX_RING_SIZE),
+        "table_size": _integer("maglev: lookup table size, a prime (default 65537).", 2,
+                               service.MAX_MAGLEV_TABLE),
+    }, required=("policy",))
+    limit = {key: _integer(f"{key.replace('_', ' ').capitalize()}.", 0, 2**32 - 1)
+             for key in service.CIRCUIT_BREAKER_LIMITS}
     return _document("Service", "A service: its endpoints and how Envoy reaches them.", {
         "protocol": _enum("What the endpoints speak.", service.PROTOCOLS, "http"),
         "endpoints": _list("Static endpoints (discovered ones come from elsewhere).", endpoint),
@@ -145,12 +162,20 @@ def _service() -> Schema:
                     "propertyNames": _ref("name"),
                     "description": "Named groups of endpoints, each selected by labels; each "
                                    "must select at least one endpoint."},
-        "load_balancer": _enum("How requests are spread over the endpoints.",
-                               service.LOAD_BALANCERS, "round_robin"),
+        "load_balancer": {"oneOf": [
+            _enum("How requests are spread over the endpoints.", service.LOAD_BALANCERS,
+                  "round_robin"),
+            lb_settings], "description": "How requests are spread over the endpoints."},
         "health_check": _health_check(),
         "circuit_breaker": _object("Limits beyond which Envoy fails fast.", {
-            key: _integer(f"{key.replace('_', ' ').capitalize()}.", 0, 2**32 - 1)
-            for key in service.CIRCUIT_BREAKER_KEYS}),
+            **limit,
+            "retry_budget": _object("Retries allowed as a share of active requests (replaces "
+                                    "max_retries).", {
+                "percent": {"type": "number", "minimum": 0, "maximum": 100,
+                            "description": "Share of active requests (default 20)."},
+                "min_concurrency": _integer("Retries always allowed at once (default 3).", 0,
+                                            2**32 - 1),
+            })}),
         "outlier_detection": _object("Ejecting endpoints that keep failing.", {
             "consecutive_5xx": _integer("5xx responses in a row that eject an endpoint.", 0,
                                         2**32 - 1),
@@ -161,6 +186,16 @@ def _service() -> Schema:
                                                    "number of ejections."),
             "max_ejection_percent": _integer("At most this share of endpoints is ejected.", 0,
                                              100),
+            "success_rate": _object("Ejecting endpoints whose success rate is far below the "
+                                    "others'.", {
+                "minimum_hosts": _integer("Endpoints with enough requests needed (default 5).",
+                                          0, 2**32 - 1),
+                "request_volume": _integer("Requests per interval an endpoint needs to count "
+                                           "(default 100).", 0, 2**32 - 1),
+                "stdev_factor": {"type": "number", "minimum": 0.001, "maximum": 1_000_000,
+                                 "description": "Eject below mean - factor x stdev (default "
+                                                "1.9)."},
+            }),
         }),
         "connect_timeout": _ref("duration", "Timeout for new connections (default 1s)."),
     })
@@ -183,21 +218,55 @@ def _health_check() -> Schema:
                                        {"type": "integer", "minimum": 100, "maximum": 599},
                                        {"type": "string",
                                         "pattern": r"^[1-5][0-9]{2}(-[1-5][0-9]{2})?$"}]}),
+        "no_traffic_interval": _ref("duration", "Time between checks while the cluster has "
+                                                "had no traffic (default: the interval)."),
+        "unhealthy_interval": _ref("duration", "Time between checks of an unhealthy endpoint "
+                                               "(default: the interval)."),
     })
     schema["oneOf"] = _exactly_one(*service.HEALTH_CHECK_KINDS)
     return schema
 
 
 def _gateway() -> Schema:
+    access_log = _object("An access log file, one line per request (or connection).", {
+        "path": {"type": "string", "pattern": "^/",
+                 "description": "An absolute file path, /dev/stdout included."},
+        "format": _enum("One JSON object per line, or Envoy's default text line.",
+                        gateway.ACCESS_LOG_FORMATS, "json"),
+    }, required=("path",))
     listener = _object("A port the gateway's Envoy listens on.", {
         "name": _ref("name", "Unique within the gateway; Routes may attach to it by name."),
         "port": _integer("The port.", 1, 65535),
         "address": {"type": "string", "description": "The IP address to bind (default "
                                                      "0.0.0.0)."},
-        "protocol": _enum("What the listener speaks.", ("http",), "http"),
+        "protocol": _enum("What the listener speaks: HTTP (Routes attach to it) or TCP "
+                          "(proxied to one service).", gateway.LISTENER_PROTOCOLS, "http"),
+        "service": _ref("name", "protocol tcp: the Service (protocol tcp) every connection "
+                                "goes to."),
+        "access_log": {**access_log, "description": "This listener's access log (default: the "
+                                                    "gateway's)."},
+        "trust_request_id": {"type": "boolean", "default": False,
+                             "description": "Keep an x-request-id the client sent (default: "
+                                            "Envoy replaces it with a new one)."},
+        "request_id_in_response": {"type": "boolean", "default": False,
+                                   "description": "Send x-request-id back in every response."},
+        "compression": _object("gzip responses for clients that accept it.", {
+            "gzip": {"const": True, "description": "Compress with gzip."},
+            "min_content_length": _integer("Smaller responses are not compressed (default "
+                                           "30).", 0, 2**32 - 1),
+            "content_types": _list("Content types to compress (default: Envoy's list of "
+                                   "text, JSON, XML and JavaScript types).",
+                                   {"type": "string", "pattern": "^[^/\\s]+/[^/\\s]+$"}),
+        }, required=("gzip",)),
+        "websocket": {"type": "boolean", "default": False,
+                      "description": "Allow websocket upgrades."},
     }, required=("name", "port"))
+    listener["if"] = {"properties": {"protocol": {"const": "tcp"}}, "required": ["protocol"]}
+    listener["then"] = {"required": ["service"]}
     return _document("Gateway", "An edge Envoy (its node cluster is the gateway's name) and "
                                 "its listeners.", {
+        "access_log": {**access_log, "description": "The default access log of every "
+                                                    "listener."},
         "listeners": _list("The gateway's listeners.", listener),
     }, required=("listeners",))
 
@@ -211,9 +280,88 @@ def _route() -> Schema:
                        "\"*\" (every host, the default).", {
                            "type": "string", "pattern": rf"^(\*|(\*\.)?{_DNS_NAME})$"},
                        unique=True),
+        "cors": _cors(),
         "rules": _list("Rules, tried in order; the first that matches handles the request.",
                        _rule()),
     }, required=("gateway", "rules"))
+
+
+def _percentage(description: str) -> Schema:
+    return {"type": "number", "minimum": 0, "maximum": 100,
+            "description": f"{description} (0 to 100, default 100)."}
+
+
+def _cors() -> Schema:
+    headers = _list("Header names.", _ref("headerName"), unique=True)
+    return _object("CORS for this Route's hosts: Envoy answers preflights and adds the "
+                   "Access-Control headers.", {
+        "allow_origins": _list("Allowed origins: \"https://a.example\" (exactly), "
+                               "\"a.example\" (http or https), \"*.b.example\" (any "
+                               "subdomain), or \"*\" (any origin).",
+                               {"type": "string", "minLength": 1}, unique=True),
+        "allow_methods": _list("Allowed methods (Access-Control-Allow-Methods).",
+                               _enum("An HTTP method.", route.METHODS), unique=True),
+        "allow_headers": {**headers, "description": "Request headers a page may send "
+                                                    "(Access-Control-Allow-Headers)."},
+        "expose_headers": {**headers, "description": "Response headers a page may read "
+                                                     "(Access-Control-Expose-Headers)."},
+        "max_age": _ref("duration", "How long browsers may cache a preflight answer (whole "
+                                    "seconds)."),
+        "allow_credentials": {"type": "boolean", "description": "Allow cookies and "
+                                                                "credentials (not with \"*\")."},
+    }, required=("allow_origins",))
+
+
+def _fault() -> Schema:
+    schema = _object("Inject faults before the request reaches the backends.", {
+        "delay": _object("Delay requests.", {
+            "fixed": _ref("duration", "How long."),
+            "percentage": _percentage("Share of requests delayed"),
+        }, required=("fixed",)),
+        "abort": {**_object("Answer with an error instead of forwarding.", {
+            "status": _integer("HTTP status to answer with.", 200, 599),
+            "grpc_status": _integer("gRPC status code to answer with (14: unavailable).", 1,
+                                    16),
+            "percentage": _percentage("Share of requests aborted"),
+        }), "oneOf": _exactly_one("status", "grpc_status")},
+        "headers": {"type": "object", "propertyNames": _ref("headerName"),
+                    "additionalProperties": _ref("valueMatch"),
+                    "description": "Only requests with these headers get the fault."},
+    })
+    schema["anyOf"] = [{"required": ["delay"]}, {"required": ["abort"]}]
+    return schema
+
+
+def _mirror() -> Schema:
+    mirror = _object("A service (or subset) that receives a copy of each request; its answer "
+                     "is ignored.", {
+        "service": _ref("name", "A Service's name."),
+        "subset": _ref("name", "One of the Service's subsets."),
+        "percentage": _percentage("Share of requests copied"),
+    }, required=("service",))
+    return {"oneOf": [mirror, _list("Several mirrors.", mirror)],
+            "description": "Copy requests to other services (backends only)."}
+
+
+def _hash_on() -> Schema:
+    cookie = {"oneOf": [
+        {"type": "string", "minLength": 1, "description": "The cookie's name."},
+        _object("A cookie; with a ttl, Envoy sets it when the request has none.", {
+            "name": {"type": "string", "minLength": 1, "description": "The cookie's name."},
+            "ttl": _ref("duration", "Lifetime of the cookie Envoy sets (0s: a session "
+                                    "cookie)."),
+            "path": _ref("urlPath", "Path attribute of the cookie Envoy sets."),
+        }, required=("name",))]}
+    item = _object("One hash input: exactly one of header, cookie, source_ip or query.", {
+        "header": _ref("headerName", "Hash this request header."),
+        "cookie": {**cookie, "description": "Hash this cookie."},
+        "source_ip": {"const": True, "description": "Hash the client's address."},
+        "query": {"type": "string", "minLength": 1, "description": "Hash this query "
+                                                                   "parameter."},
+    })
+    item["oneOf"] = _exactly_one(*route.HASH_KINDS)
+    return _list("What a ring_hash or maglev Service hashes, tried in order (backends only).",
+                 item)
 
 
 def _rule() -> Schema:
@@ -241,11 +389,31 @@ def _rule() -> Schema:
         "timeout": _ref("duration", "Timeout for the whole request (backends only); 0s "
                                     "disables it."),
         "retries": _object("Retrying failed requests (backends only).", {
-            "attempts": _integer("Retries at most (default 1).", 1, 100),
+            "attempts": _integer("Retries after the first try, at most (default 1).", 1,
+                                 100),
             "on": _list("When to retry.", _enum("Envoy's retry_on name.", route.RETRY_ON),
                         unique=True),
             "per_try_timeout": _ref("duration", "Timeout for each try."),
+            "backoff": _object("Wait between tries: random, growing from base up to max.", {
+                "base": _ref("duration", "The first wait's upper bound."),
+                "max": _ref("duration", "The longest wait (default 10 times base)."),
+            }, required=("base",)),
+            "retriable_status_codes": _list("Retry on these statuses too (implies the "
+                                            "retriable-status-codes condition).",
+                                            {"type": "integer", "minimum": 100,
+                                             "maximum": 599}, unique=True),
+            "avoid_same_host": {"type": "boolean", "description": "Retry on another endpoint "
+                                                                  "than those already tried."},
         }),
+        "idle_timeout": _ref("duration", "Close a request's stream after this long without "
+                                         "activity (backends only); 0s disables it."),
+        "grpc": _object("gRPC settings (backends only).", {
+            "max_timeout": _ref("duration", "Use the client's grpc-timeout as the request's "
+                                            "timeout, capped at this; 0s: uncapped."),
+        }, required=("max_timeout",)),
+        "fault": _fault(),
+        "mirror": _mirror(),
+        "hash_on": _hash_on(),
     })
     schema["oneOf"] = _exactly_one(*route.ACTIONS)
     return schema

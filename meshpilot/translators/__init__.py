@@ -11,10 +11,10 @@ versions do not churn). One module per resource family; this module assembles th
     raw.py        `kind: EnvoyResources`, passed through
 
 What a view receives:
-- A view named like a Gateway: a Listener and a RouteConfiguration per gateway listener, and only
-  the clusters its Routes send traffic to (a whole service or a subset), with the
-  ClusterLoadAssignment of each EDS cluster. A gateway never receives a large mesh's every
-  service.
+- A view named like a Gateway: a Listener and a RouteConfiguration per gateway listener (a tcp
+  listener has no routes), and only the clusters its Routes and tcp listeners send traffic to
+  (a whole service or a subset), with the ClusterLoadAssignment of each EDS cluster. A gateway
+  never receives a large mesh's every service.
 - Any other view: no service-derived resources yet (sidecars come later).
 - Every view: the raw EnvoyResources addressed to it. Escape hatch: a raw resource with the same
   type and name as a generated one replaces it, so a hand-written cluster `reviews` overrides
@@ -76,6 +76,8 @@ class Translation:
         for spec in gateway.listeners:
             listener = listeners.listener(gateway, spec)
             resources.append(Resource.from_message(types.LISTENER, listener.name, listener))
+            if spec.protocol == "tcp":
+                continue  # a TCP proxy: no routes
             config = routes.route_configuration(gateway, spec, attached)
             resources.append(Resource.from_message(types.ROUTE, config.name, config))
         # No sorting needed here: a snapshot orders each type's resources by name.
@@ -95,13 +97,18 @@ class Translation:
 
 def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, str | None]]:
     """(service, subset) of every backend of the Routes served on some listener of `gateway`,
-    each once."""
+    and the service of every tcp listener, each once."""
     seen: set[tuple[str, str | None]] = set()
+    http = [spec for spec in gateway.listeners if spec.protocol == "http"]
+    for spec in gateway.listeners:
+        if spec.service is not None and (spec.service, None) not in seen:
+            seen.add((spec.service, None))
+            yield spec.service, None
     for route in attached:
-        if not any(routes.attaches(route, spec) for spec in gateway.listeners):
+        if not any(routes.attaches(route, spec) for spec in http):
             continue
         for rule in route.rules:
-            for backend in rule.backends:
+            for backend in (*rule.backends, *rule.mirrors):  # a mirror needs its cluster too
                 key = (backend.service, backend.subset)
                 if key not in seen:
                     seen.add(key)

@@ -16,9 +16,10 @@ from envoy.config.core.v3.health_check_pb2 import HealthCheck as EnvoyHealthChec
 from envoy.config.core.v3.protocol_pb2 import Http2ProtocolOptions
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 from envoy.type.v3.http_pb2 import CodecClientType
+from envoy.type.v3.percent_pb2 import Percent
 from envoy.type.v3.range_pb2 import Int64Range
 from google.protobuf.any_pb2 import Any
-from google.protobuf.wrappers_pb2 import UInt32Value
+from google.protobuf.wrappers_pb2 import UInt32Value, UInt64Value
 
 from meshpilot.policy.model import (
     CircuitBreaker,
@@ -59,6 +60,7 @@ def cluster(service: Service, subset: str | None = None) -> Cluster:
     name = names.cluster(service.name, subset)
     result = Cluster(name=name, connect_timeout=duration(service.connect_timeout),
                      lb_policy=_LB_POLICIES[service.load_balancer])
+    _load_balancer_options(result, service)
     if uses_dns(service):
         result.type = Cluster.STRICT_DNS
         result.dns_lookup_family = Cluster.V4_PREFERRED
@@ -81,6 +83,21 @@ def cluster(service: Service, subset: str | None = None) -> Cluster:
     return result
 
 
+def _load_balancer_options(result: Cluster, service: Service) -> None:
+    """The chosen load balancer's settings (the loader allows each only with its policy)."""
+    options = service.load_balancer_options
+    if options.choice_count is not None:
+        result.least_request_lb_config.choice_count.CopyFrom(
+            UInt32Value(value=options.choice_count))
+    if options.minimum_ring_size is not None:
+        result.ring_hash_lb_config.minimum_ring_size.CopyFrom(
+            UInt64Value(value=options.minimum_ring_size))
+    if options.maximum_ring_size is not None:
+        result.ring_hash_lb_config.maximum_ring_size.CopyFrom(
+            UInt64Value(value=options.maximum_ring_size))
+    if options.table_size is not None:
+        result.maglev_lb_config.table_size.CopyFrom(UInt64Value(value=options.table_size))
+
 
 def health_check(check: HealthCheck, service: Service) -> EnvoyHealthCheck:
     result = EnvoyHealthCheck(
@@ -88,7 +105,12 @@ def health_check(check: HealthCheck, service: Service) -> EnvoyHealthCheck:
         timeout=duration(check.timeout),
         unhealthy_threshold=UInt32Value(value=check.unhealthy_threshold),
         healthy_threshold=UInt32Value(value=check.healthy_threshold),
+        # Envoy's default is 60s for a cluster no request has used yet: an endpoint that is down
+        # would then be found out only a minute after the first request. Check at the interval.
+        no_traffic_interval=duration(check.no_traffic_interval or check.interval),
     )
+    if check.unhealthy_interval is not None:
+        result.unhealthy_interval.CopyFrom(duration(check.unhealthy_interval))
     http2 = service.protocol in _HTTP2_PROTOCOLS
     if check.kind == "http":
         http = result.http_health_check
@@ -115,6 +137,15 @@ def circuit_breakers(breaker: CircuitBreaker) -> CircuitBreakers:
         value = getattr(breaker, field)
         if value is not None:
             getattr(thresholds, field).CopyFrom(UInt32Value(value=value))
+    budget = breaker.retry_budget
+    if budget is not None:
+        # Present even when empty: that alone turns the budget on (20%, at least 3 retries).
+        thresholds.retry_budget.SetInParent()
+        if budget.percent is not None:
+            thresholds.retry_budget.budget_percent.CopyFrom(Percent(value=budget.percent))
+        if budget.min_concurrency is not None:
+            thresholds.retry_budget.min_retry_concurrency.CopyFrom(
+                UInt32Value(value=budget.min_concurrency))
     return CircuitBreakers(thresholds=[thresholds])
 
 
@@ -132,6 +163,18 @@ def outlier_detection(outlier: OutlierDetection) -> EnvoyOutlier:
         result.base_ejection_time.CopyFrom(duration(outlier.base_ejection_time))
     if outlier.max_ejection_percent is not None:
         result.max_ejection_percent.CopyFrom(UInt32Value(value=outlier.max_ejection_percent))
+    rate = outlier.success_rate
+    if rate is not None:
+        if rate.minimum_hosts is not None:
+            result.success_rate_minimum_hosts.CopyFrom(UInt32Value(value=rate.minimum_hosts))
+        if rate.request_volume is not None:
+            result.success_rate_request_volume.CopyFrom(UInt32Value(value=rate.request_volume))
+        if rate.stdev_factor is not None:
+            # Envoy reads the factor in thousandths: 1900 is 1.9.
+            result.success_rate_stdev_factor.CopyFrom(
+                UInt32Value(value=round(rate.stdev_factor * 1000)))
+        # Envoy's default, written out: a policy that configures the detector means it.
+        result.enforcing_success_rate.CopyFrom(UInt32Value(value=_ENFORCE_FULLY))
     # Even empty, the message turns outlier detection on with Envoy's defaults (5 consecutive
     # 5xx), which is what a bare `outlier_detection: {}` in the policy asks for: the caller sets
     # it with CopyFrom, which marks it present.

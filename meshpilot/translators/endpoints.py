@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
-from envoy.config.core.v3.base_pb2 import Metadata
+from envoy.config.core.v3.base_pb2 import Locality, Metadata
 from envoy.config.endpoint.v3.endpoint_components_pb2 import (
     Endpoint as EnvoyEndpoint,
 )
@@ -32,13 +32,23 @@ METADATA_NAMESPACE = "meshpilot"
 
 
 def load_assignment(cluster_name: str, endpoints: Iterable[Endpoint]) -> ClusterLoadAssignment:
-    """All `endpoints` in one locality (the model has no localities yet), sorted so that the
-    same endpoints written in another order give the same bytes and version."""
-    lb_endpoints = [lb_endpoint(e) for e in sorted(endpoints, key=_endpoint_order)]
+    """`endpoints` grouped into one `LocalityLbEndpoints` per (priority, region, zone), groups
+    and endpoints sorted so that the same endpoints written in another order give the same
+    bytes and version. Endpoints without region, zone or priority share one group, as before
+    localities existed: a policy that does not use them gets the same bytes."""
+    groups: dict[tuple[int, str, str], list[Endpoint]] = {}
+    for endpoint in endpoints:
+        key = (endpoint.priority, endpoint.region or "", endpoint.zone or "")
+        groups.setdefault(key, []).append(endpoint)
     assignment = ClusterLoadAssignment(cluster_name=cluster_name)
-    if lb_endpoints:
-        # An empty locality is noise in config dumps; no endpoints is no locality.
-        assignment.endpoints.append(LocalityLbEndpoints(lb_endpoints=lb_endpoints))
+    # An empty locality is noise in config dumps; no endpoints is no locality.
+    for (priority, region, zone), members in sorted(groups.items()):
+        group = LocalityLbEndpoints(
+            lb_endpoints=[lb_endpoint(e) for e in sorted(members, key=_endpoint_order)],
+            priority=priority)
+        if region or zone:
+            group.locality.CopyFrom(Locality(region=region, zone=zone))
+        assignment.endpoints.append(group)
     return assignment
 
 

@@ -1,37 +1,84 @@
-"""Listeners: one Envoy Listener per listener of a Gateway, serving HTTP through RDS.
+"""Listeners: one Envoy Listener per listener of a Gateway, serving HTTP through RDS, or
+proxying TCP to one service.
 
 This module owns the listener side of a gateway: its address, the HTTP connection manager and
-its request-handling defaults (path normalization, client address, request ids), and the router
-filter. The routes themselves are a separate RouteConfiguration fetched over ADS (`routes.py`),
-so a route change never drains a listener's connections. It must not look at Routes.
+its request-handling defaults (path normalization, client address, request ids), listener-wide
+options (access logs, compression, websockets), the HTTP filter chain, and the TCP proxy of a
+`protocol: tcp` listener. The routes themselves are a separate RouteConfiguration fetched over
+ADS (`routes.py`), so a route change never drains a listener's connections. It must not look at
+Routes.
 """
 
 from __future__ import annotations
 
+from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog as EnvoyAccessLog
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
+from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
+from envoy.config.core.v3.substitution_format_string_pb2 import SubstitutionFormatString
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.access_loggers.file.v3.file_pb2 import FileAccessLog
+from envoy.extensions.compression.gzip.compressor.v3.gzip_pb2 import Gzip
+from envoy.extensions.filters.http.compressor.v3.compressor_pb2 import Compressor
 from envoy.extensions.filters.http.cors.v3.cors_pb2 import Cors
 from envoy.extensions.filters.http.fault.v3.fault_pb2 import HTTPFault
 from envoy.extensions.filters.http.router.v3.router_pb2 import Router
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
+from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
-from google.protobuf.wrappers_pb2 import BoolValue
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
-from meshpilot.policy.model import Gateway, GatewayListener
+from meshpilot.policy.model import AccessLog, Compression, Gateway, GatewayListener
 from meshpilot.translators import names
 from meshpilot.translators.protos import ads_config_source
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
+TCP_PROXY = "envoy.filters.network.tcp_proxy"
 ROUTER = "envoy.filters.http.router"
 # Filters configured per route (typed_per_filter_config) by routes.py; in the chain of every
 # listener, they do nothing for a route that does not configure them. Order matters: CORS
 # answers preflights before anything else runs; faults are injected before the router.
 CORS = "envoy.filters.http.cors"
 FAULT = "envoy.filters.http.fault"
+# Only on a listener with `compression`: after CORS and faults (an aborted request's short local
+# reply is not worth compressing), right before the router whose responses it compresses.
+COMPRESSOR = "envoy.filters.http.compressor"
+GZIP = "envoy.compression.gzip.compressor"
+FILE_ACCESS_LOG = "envoy.access_loggers.file"
+
+# The fields of a JSON access log line, documented in docs/policy.md (Gateway, access_log).
+# A value that is a single command keeps its type (status is a number); a missing one is null.
+HTTP_LOG_FIELDS = (
+    ("start_time", "%START_TIME%"),
+    ("method", "%REQ(:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("protocol", "%PROTOCOL%"),
+    ("authority", "%REQ(:AUTHORITY)%"),
+    ("status", "%RESPONSE_CODE%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("duration_ms", "%DURATION%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+    ("user_agent", "%REQ(USER-AGENT)%"),
+    ("client_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+)
+TCP_LOG_FIELDS = (
+    ("start_time", "%START_TIME%"),
+    ("response_flags", "%RESPONSE_FLAGS%"),
+    ("duration_ms", "%DURATION%"),
+    ("bytes_received", "%BYTES_RECEIVED%"),
+    ("bytes_sent", "%BYTES_SENT%"),
+    ("upstream_cluster", "%UPSTREAM_CLUSTER%"),
+    ("upstream_host", "%UPSTREAM_HOST%"),
+    ("client_address", "%DOWNSTREAM_REMOTE_ADDRESS%"),
+)
 
 HttpConnectionManager = hcm.HttpConnectionManager
 
@@ -40,18 +87,31 @@ def listener(gateway: Gateway, spec: GatewayListener) -> Listener:
     name = names.listener(gateway.name, spec.name)
     address = Address(socket_address=SocketAddress(address=spec.address,
                                                    port_value=spec.port))
-    manager = Filter(name=HTTP_CONNECTION_MANAGER,
-                     typed_config=_pack(http_connection_manager(gateway, spec)))
-    chain = FilterChain(filters=[manager])
+    if spec.protocol == "tcp":
+        network_filter = Filter(name=TCP_PROXY, typed_config=_pack(tcp_proxy(gateway, spec)))
+    else:
+        network_filter = Filter(name=HTTP_CONNECTION_MANAGER,
+                                typed_config=_pack(http_connection_manager(gateway, spec)))
+    chain = FilterChain(filters=[network_filter])
     return Listener(name=name, address=address, filter_chains=[chain])
 
 
+def tcp_proxy(gateway: Gateway, spec: GatewayListener) -> TcpProxy:
+    """Every connection to the listener's service (its whole-service cluster)."""
+    assert spec.service is not None  # the loader requires one for protocol tcp
+    proxy = TcpProxy(stat_prefix=names.stat_prefix(gateway.name, spec.name),
+                     cluster=names.cluster(spec.service))
+    if spec.access_log is not None:
+        proxy.access_log.append(access_log(spec.access_log, TCP_LOG_FIELDS))
+    return proxy
+
+
 def http_connection_manager(gateway: Gateway, spec: GatewayListener) -> HttpConnectionManager:
-    return HttpConnectionManager(
+    manager = HttpConnectionManager(
         stat_prefix=names.stat_prefix(gateway.name, spec.name),
         rds=hcm.Rds(config_source=ads_config_source(),
                 route_config_name=names.route_config(gateway.name, spec.name)),
-        http_filters=http_filters(),
+        http_filters=http_filters(spec),
         # An edge proxy: the client is the peer Envoy sees, and x-forwarded-for is appended to,
         # not trusted (Envoy's default would trust whatever the client wrote).
         use_remote_address=BoolValue(value=True),
@@ -61,16 +121,51 @@ def http_connection_manager(gateway: Gateway, spec: GatewayListener) -> HttpConn
         merge_slashes=True,
         path_with_escaped_slashes_action=HttpConnectionManager.UNESCAPE_AND_REDIRECT,
         # generate_request_id is left unset: Envoy's default (true) generates x-request-id.
+        # At the edge (use_remote_address) Envoy replaces a client's x-request-id unless told
+        # to preserve it: a client must not choose the id the logs and traces are keyed on.
+        preserve_external_request_id=spec.trust_request_id,
+        always_set_request_id_in_response=spec.request_id_in_response,
     )
+    if spec.access_log is not None:
+        manager.access_log.append(access_log(spec.access_log, HTTP_LOG_FIELDS))
+    if spec.websocket:
+        manager.upgrade_configs.append(HttpConnectionManager.UpgradeConfig(
+            upgrade_type="websocket"))
+    return manager
 
 
-def http_filters() -> list[hcm.HttpFilter]:
-    """The HTTP filter chain of every gateway listener, in order."""
-    return [
+def http_filters(spec: GatewayListener | None = None) -> list[hcm.HttpFilter]:
+    """The HTTP filter chain of a gateway listener, in order."""
+    chain = [
         hcm.HttpFilter(name=CORS, typed_config=_pack(Cors())),
         hcm.HttpFilter(name=FAULT, typed_config=_pack(HTTPFault())),
-        hcm.HttpFilter(name=ROUTER, typed_config=_pack(Router())),
     ]
+    if spec is not None and spec.compression is not None:
+        chain.append(hcm.HttpFilter(name=COMPRESSOR,
+                                    typed_config=_pack(compressor(spec.compression))))
+    chain.append(hcm.HttpFilter(name=ROUTER, typed_config=_pack(Router())))
+    return chain
+
+
+def compressor(compression: Compression) -> Compressor:
+    """gzip for responses whose client accepts it (Accept-Encoding), of the listed content
+    types (Envoy's default list if none), at least `min_content_length` bytes long."""
+    common = Compressor.CommonDirectionConfig(content_type=list(compression.content_types))
+    if compression.min_content_length is not None:
+        common.min_content_length.CopyFrom(UInt32Value(value=compression.min_content_length))
+    return Compressor(
+        compressor_library=TypedExtensionConfig(name=GZIP, typed_config=_pack(Gzip())),
+        response_direction_config=Compressor.ResponseDirectionConfig(common_config=common))
+
+
+def access_log(spec: AccessLog, log_fields: tuple[tuple[str, str], ...]) -> EnvoyAccessLog:
+    """A file access log: one JSON object per line (`log_fields`), or Envoy's default text."""
+    config = FileAccessLog(path=spec.path)
+    if spec.format == "json":
+        line = Struct()
+        line.update(dict(log_fields))
+        config.log_format.CopyFrom(SubstitutionFormatString(json_format=line))
+    return EnvoyAccessLog(name=FILE_ACCESS_LOG, typed_config=_pack(config))
 
 
 def _pack(message: Message) -> Any:

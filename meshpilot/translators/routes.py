@@ -2,7 +2,9 @@
 
 This module owns how a Route's rules become Envoy route entries: matches (path, methods, headers,
 query parameters), what happens to a matching request (backends, a redirect or a direct
-response), path and host rewrites, header changes, timeouts and retries. Rule order is the order
+response), path and host rewrites, header changes, timeouts, retries, fault injection (the fault
+filter's per-route config), mirroring, hash policies, and a Route's CORS policy (the CORS filter's
+per-virtual-host config). Rule order is the order
 written, and Envoy takes the first route entry that matches, so "first match wins" holds as is.
 It must not decide which views receive a configuration (the `Translation` does) nor build the
 clusters the entries name (`clusters.py` does; a cluster name comes from `names.py`).
@@ -12,7 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from envoy.config.core.v3.base_pb2 import DataSource, HeaderValue, HeaderValueOption
+from envoy.config.core.v3.base_pb2 import (
+    DataSource,
+    HeaderValue,
+    HeaderValueOption,
+    RuntimeFractionalPercent,
+)
 from envoy.config.route.v3.route_components_pb2 import (
     DirectResponseAction,
     HeaderMatcher,
@@ -26,17 +33,30 @@ from envoy.config.route.v3.route_components_pb2 import (
 )
 from envoy.config.route.v3.route_components_pb2 import Route as EnvoyRoute
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.filters.common.fault.v3.fault_pb2 import FaultDelay
+from envoy.extensions.filters.http.cors.v3.cors_pb2 import CorsPolicy
+from envoy.extensions.filters.http.fault.v3.fault_pb2 import FaultAbort, HTTPFault
+from envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2 import (
+    PreviousHostsPredicate,
+)
 from envoy.type.matcher.v3.regex_pb2 import RegexMatchAndSubstitute, RegexMatcher
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
-from google.protobuf.wrappers_pb2 import UInt32Value
+from envoy.type.v3.percent_pb2 import FractionalPercent
+from google.protobuf.any_pb2 import Any
+from google.protobuf.message import Message
+from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
 from meshpilot.policy.model import (
     Backend,
+    Cors,
     DirectResponse,
+    Fault,
     Gateway,
     GatewayListener,
+    HashOn,
     HeaderOps,
     Match,
+    Mirror,
     Redirect,
     Retries,
     Route,
@@ -44,6 +64,7 @@ from meshpilot.policy.model import (
     StringMatch,
 )
 from meshpilot.translators import names
+from meshpilot.translators.listeners import CORS, FAULT
 from meshpilot.translators.protos import duration
 
 # Clients leave the port out of Host for the scheme's default port; any other port is in it.
@@ -59,6 +80,10 @@ _REDIRECT_CODES: dict[int, RedirectAction.RedirectResponseCode.ValueType] = {
 
 _ADD = HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
 _SET = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+# How often Envoy picks a host again when the predicate refuses one (Istio's value).
+HOST_SELECTION_ATTEMPTS = 5
 
 
 def attaches(route: Route, spec: GatewayListener) -> bool:
@@ -94,8 +119,11 @@ def virtual_host(route: Route, port: int, taken: set[str]) -> VirtualHost | None
     if not own:
         return None
     taken.update(own)
-    return VirtualHost(name=names.virtual_host(route.name), domains=own,
-                       routes=list(route_entries(route)))
+    vhost = VirtualHost(name=names.virtual_host(route.name), domains=own,
+                        routes=list(route_entries(route)))
+    if route.cors is not None:
+        vhost.typed_per_filter_config[CORS].CopyFrom(_pack(cors_policy(route.cors)))
+    return vhost
 
 
 def domains(hosts: Sequence[str], port: int) -> list[str]:
@@ -125,6 +153,8 @@ def route_entry(name: str, match: Match, rule: Rule) -> EnvoyRoute:
         entry.direct_response.CopyFrom(direct_response_action(rule.direct_response))
     else:
         entry.route.CopyFrom(route_action(rule))
+        if rule.fault is not None:
+            entry.typed_per_filter_config[FAULT].CopyFrom(_pack(http_fault(rule.fault)))
     _add_header_ops(entry, rule.request_headers, rule.response_headers)
     return entry
 
@@ -219,8 +249,15 @@ def route_action(rule: Rule) -> RouteAction:
     if rule.timeout is not None:
         # Set even when 0: an explicit 0s is how Envoy is told "no timeout".
         action.timeout.CopyFrom(duration(rule.timeout))
+    if rule.idle_timeout is not None:
+        action.idle_timeout.CopyFrom(duration(rule.idle_timeout))
+    if rule.grpc_max_timeout is not None:
+        action.max_stream_duration.grpc_timeout_header_max.CopyFrom(
+            duration(rule.grpc_max_timeout))
     if rule.retries is not None:
         action.retry_policy.CopyFrom(retry_policy(rule.retries))
+    action.request_mirror_policies.extend(mirror_policy(m) for m in rule.mirrors)
+    action.hash_policy.extend(hash_policy(h) for h in rule.hash_on)
     return action
 
 
@@ -246,7 +283,92 @@ def retry_policy(retries: Retries) -> RetryPolicy:
                          num_retries=UInt32Value(value=retries.attempts))
     if retries.per_try_timeout is not None:
         policy.per_try_timeout.CopyFrom(duration(retries.per_try_timeout))
+    if retries.backoff is not None:
+        policy.retry_back_off.base_interval.CopyFrom(duration(retries.backoff.base))
+        if retries.backoff.max is not None:
+            policy.retry_back_off.max_interval.CopyFrom(duration(retries.backoff.max))
+    policy.retriable_status_codes.extend(retries.retriable_status_codes)
+    if retries.avoid_same_host:
+        policy.retry_host_predicate.append(RetryPolicy.RetryHostPredicate(
+            name=PREVIOUS_HOSTS, typed_config=_pack(PreviousHostsPredicate())))
+        policy.host_selection_retry_max_attempts = HOST_SELECTION_ATTEMPTS
     return policy
+
+
+def mirror_policy(mirror: Mirror) -> RouteAction.RequestMirrorPolicy:
+    # Envoy sends the copy without waiting for, or looking at, its answer; the copy's Host gets
+    # "-shadow" appended.
+    return RouteAction.RequestMirrorPolicy(
+        cluster=names.cluster(mirror.service, mirror.subset),
+        runtime_fraction=RuntimeFractionalPercent(
+            default_value=fractional_percent(mirror.percentage)))
+
+
+def hash_policy(hash_on: HashOn) -> RouteAction.HashPolicy:
+    policy = RouteAction.HashPolicy()
+    if hash_on.kind == "header":
+        policy.header.header_name = hash_on.name
+    elif hash_on.kind == "query":
+        policy.query_parameter.name = hash_on.name
+    elif hash_on.kind == "source_ip":
+        policy.connection_properties.source_ip = True
+    else:
+        policy.cookie.name = hash_on.name
+        if hash_on.ttl is not None:  # with a ttl, Envoy sets the cookie when it is missing
+            policy.cookie.ttl.CopyFrom(duration(hash_on.ttl))
+        if hash_on.path is not None:
+            policy.cookie.path = hash_on.path
+    return policy
+
+
+def fractional_percent(percent: float) -> FractionalPercent:
+    """A percentage as Envoy's fraction: per hundred when whole, else per million."""
+    if percent == int(percent):
+        return FractionalPercent(numerator=int(percent), denominator=FractionalPercent.HUNDRED)
+    return FractionalPercent(numerator=round(percent * 10_000),
+                             denominator=FractionalPercent.MILLION)
+
+
+def http_fault(fault: Fault) -> HTTPFault:
+    """The fault filter's per-route config, which replaces the (empty) listener-wide one."""
+    config = HTTPFault(headers=[header_matcher(name, how) for name, how in fault.headers])
+    if fault.delay is not None:
+        config.delay.CopyFrom(FaultDelay(fixed_delay=duration(fault.delay.fixed),
+                                         percentage=fractional_percent(fault.delay.percentage)))
+    if fault.abort is not None:
+        abort = FaultAbort(percentage=fractional_percent(fault.abort.percentage))
+        if fault.abort.grpc_status is not None:
+            abort.grpc_status = fault.abort.grpc_status
+        else:
+            abort.http_status = fault.abort.status or 503
+        config.abort.CopyFrom(abort)
+    return config
+
+
+def cors_policy(cors: Cors) -> CorsPolicy:
+    policy = CorsPolicy(
+        allow_origin_string_match=[_origin_matcher(origin) for origin in cors.allow_origins],
+        allow_methods=",".join(cors.allow_methods),
+        allow_headers=",".join(cors.allow_headers),
+        expose_headers=",".join(cors.expose_headers),
+    )
+    if cors.max_age is not None:
+        policy.max_age = str(int(cors.max_age))
+    if cors.allow_credentials is not None:
+        policy.allow_credentials.CopyFrom(BoolValue(value=cors.allow_credentials))
+    return policy
+
+
+def _origin_matcher(origin: StringMatch) -> StringMatcher:
+    if origin.kind == "exact":  # origins are compared ignoring case (scheme and host are)
+        return StringMatcher(exact=origin.value, ignore_case=True)
+    return StringMatcher(safe_regex=RegexMatcher(regex=f"(?i){origin.value}"))
+
+
+def _pack(message: Message) -> Any:
+    packed = Any()
+    packed.Pack(message, deterministic=True)
+    return packed
 
 
 def redirect_action(redirect: Redirect) -> RedirectAction:

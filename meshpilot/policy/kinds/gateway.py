@@ -1,28 +1,47 @@
 """`kind: Gateway`: the listeners of one edge Envoy, as one `model.Gateway`.
 
 This module owns the Gateway document's shape and what can be checked within it (listener names
-unique in the gateway). It must not look at other documents: port conflicts, between the
-gateway's own listeners or with other gateways, are checked over the whole folder by
-`references.py`, and the Routes that attach to a gateway are checked there too.
+unique in the gateway, which options go with which protocol). It must not look at other
+documents: port conflicts, between the gateway's own listeners or with other gateways, are
+checked over the whole folder by `references.py`, and so are a tcp listener's service and the
+Routes that attach to a gateway.
 
 Shape:
 
     kind: Gateway
     name: edge                       # also the node cluster of the gateway's Envoys
+    access_log: {path: /dev/stdout}  # optional: every listener's default (format: json | text)
     listeners:                       # at least one
       - {name: http, port: 8080}
-      - {name: admin-api, port: 9000, address: 127.0.0.1, protocol: http}
-                                     # address: an IP to bind (default 0.0.0.0); protocol: http
+      - name: api
+        port: 9000
+        address: 127.0.0.1           # an IP to bind (default 0.0.0.0)
+        protocol: http               # http (default) | tcp
+        trust_request_id: true       # keep a client's x-request-id (default: Envoy replaces it)
+        request_id_in_response: true # x-request-id in every response
+        access_log: {path: /var/log/envoy/api.log, format: json}
+        compression: {gzip: true, min_content_length: 100, content_types: [application/json]}
+        websocket: true              # allow websocket upgrades
+      - {name: db, port: 5432, protocol: tcp, service: postgres}
+                                     # tcp: every connection to the Service (protocol tcp)
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from meshpilot.policy import fields
-from meshpilot.policy.fields import Fields, issue_count, reported_since, written_before
-from meshpilot.policy.model import Gateway, GatewayListener
+from meshpilot.policy.fields import (
+    Fields,
+    Invalid,
+    convert_at,
+    issue_count,
+    reported_since,
+    written_before,
+)
+from meshpilot.policy.model import AccessLog, Compression, Gateway, GatewayListener
 from meshpilot.policy.yamlsource import FieldPath, Located
 
 if TYPE_CHECKING:
@@ -30,11 +49,19 @@ if TYPE_CHECKING:
 
 KIND = "Gateway"
 
-GATEWAY_KEYS = ("kind", "name", "listeners")
-LISTENER_KEYS = ("name", "port", "address", "protocol")
-LISTENER_PROTOCOLS = ("http",)
+GATEWAY_KEYS = ("kind", "name", "access_log", "listeners")
+LISTENER_KEYS = ("name", "port", "address", "protocol", "service", "access_log",
+                 "trust_request_id", "request_id_in_response", "compression", "websocket")
+LISTENER_PROTOCOLS = ("http", "tcp")
+HTTP_ONLY_KEYS = ("trust_request_id", "request_id_in_response", "compression", "websocket")
+ACCESS_LOG_KEYS = ("path", "format")
+ACCESS_LOG_FORMATS = ("json", "text")
+COMPRESSION_KEYS = ("gzip", "min_content_length", "content_types")
 
 _LISTENER_PROTOCOL = fields.choice(LISTENER_PROTOCOLS)
+_ACCESS_LOG_FORMAT = fields.choice(ACCESS_LOG_FORMATS)
+# type/subtype, as a Content-Type header starts (RFC 9110 token characters).
+_MEDIA_TYPE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+/[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
 
 def parse_gateway(document: Located, ctx: DocumentContext) -> list[Gateway]:
@@ -43,20 +70,21 @@ def parse_gateway(document: Located, ctx: DocumentContext) -> list[Gateway]:
     doc = Fields(ctx, document.value)
     doc.check_keys(GATEWAY_KEYS, "a Gateway")
     name = doc.get("name", fields.name)
-    listeners = _listeners(doc)
+    default_log = _access_log(doc)
+    listeners = _listeners(doc, default_log)
     if reported_since(ctx, mark) or name is None:
         return []
     return [Gateway(name=name, position=document.position, listeners=listeners)]
 
 
-def _listeners(doc: Fields) -> tuple[GatewayListener, ...]:
+def _listeners(doc: Fields, default_log: AccessLog | None) -> tuple[GatewayListener, ...]:
     items = doc.items("listeners", "listener", required=True)
     if items is None:
         return ()
     listeners: list[GatewayListener] = []
     seen: dict[Hashable, FieldPath] = {}
     for index, item in enumerate(items):
-        listener = _listener(doc.ctx, item, ("listeners", index))
+        listener = _listener(doc.ctx, item, ("listeners", index), default_log)
         if listener is None:
             continue
         path = ("listeners", index, "name")
@@ -69,8 +97,8 @@ def _listeners(doc: Fields) -> tuple[GatewayListener, ...]:
     return tuple(listeners)
 
 
-def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...]
-              ) -> GatewayListener | None:
+def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
+              default_log: AccessLog | None) -> GatewayListener | None:
     entry = Fields.at(ctx, item, path, "a listener mapping such as {name: http, port: 8080}")
     if entry is None:
         return None
@@ -79,7 +107,74 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...]
     port = entry.get("port", fields.PORT, required=True)
     address = entry.get("address", fields.ip_address) or "0.0.0.0"
     protocol = entry.get("protocol", _LISTENER_PROTOCOL) or "http"
+    access_log = _access_log(entry) or default_log
+    if protocol == "tcp":
+        service = entry.get("service", fields.name, required=True)
+        for key in HTTP_ONLY_KEYS:
+            if key in entry.value:
+                entry.report(key, f'"{key}" is an HTTP option; this listener has protocol tcp',
+                             at_value=False)
+        if name is None or port is None or service is None:
+            return None
+        return GatewayListener(name=name, port=port, address=address, protocol="tcp",
+                               service=service, access_log=access_log)
+    if "service" in entry.value:
+        entry.report("service", '"service" is for protocol tcp listeners; an HTTP listener '
+                                "serves the Routes attached to it", at_value=False)
+    trust = entry.get("trust_request_id", fields.boolean) or False
+    in_response = entry.get("request_id_in_response", fields.boolean) or False
+    compression = _compression(entry)
+    websocket = entry.get("websocket", fields.boolean) or False
     if name is None or port is None:
         return None
     return GatewayListener(name=name, port=port, address=address,
-                           protocol=cast(Literal["http"], protocol))
+                           protocol=cast(Literal["http"], protocol), access_log=access_log,
+                           trust_request_id=trust, request_id_in_response=in_response,
+                           compression=compression, websocket=websocket)
+
+
+def _log_path(value: Any) -> str:
+    text = fields.string(value)
+    if not text.startswith("/"):
+        raise Invalid(f"an access log path must be absolute (start with \"/\"), found "
+                      f"{fields.quoted(text)}")
+    if not text.isprintable() or "\x00" in text:
+        raise Invalid(f"invalid path {fields.quoted(text)}")
+    return text
+
+
+def _access_log(parent: Fields) -> AccessLog | None:
+    entry = parent.mapping("access_log", "a mapping such as {path: /dev/stdout, format: json}")
+    if entry is None:
+        return None
+    entry.check_keys(ACCESS_LOG_KEYS, "an access_log")
+    path = entry.get("path", _log_path, required=True)
+    log_format = entry.get("format", _ACCESS_LOG_FORMAT) or "json"
+    if path is None:
+        return None
+    return AccessLog(path=path, format=cast(Literal["json", "text"], log_format))
+
+
+def _media_type(value: Any) -> str:
+    text = fields.string(value)
+    if not _MEDIA_TYPE.match(text):
+        raise Invalid(f"invalid content type {fields.quoted(text)}: expected type/subtype, "
+                      "e.g. application/json")
+    return text.lower()
+
+
+def _compression(parent: Fields) -> Compression | None:
+    entry = parent.mapping("compression", "a mapping such as {gzip: true}")
+    if entry is None:
+        return None
+    entry.check_keys(COMPRESSION_KEYS, "compression")
+    entry.get("gzip", fields.true_only, required=True)
+    minimum = entry.get("min_content_length", fields.UINT32)
+    types: list[str] = []
+    items = entry.items("content_types", "content type")
+    for index, item in enumerate(items or ()):
+        converted = convert_at(entry.ctx, item, (*entry.path, "content_types", index),
+                               _media_type)
+        if converted is not None:
+            types.append(converted)
+    return Compression(min_content_length=minimum, content_types=tuple(types))

@@ -14,6 +14,9 @@ Shape:
     gateway: edge
     listeners: [http]                   # some of the gateway's listeners (default: all)
     hosts: [shop.example.com, "*.shop.example.com"]   # default ["*"]: every host
+    cors: {allow_origins: ["https://a.example", "*.b.example"], allow_methods: [GET],
+           allow_headers: [x-user], expose_headers: [x-id], max_age: 10m,
+           allow_credentials: true}
     rules:                              # first match wins, in the order written
       - match:                          # a mapping, or a list of them (any may match)
           path: {prefix: /api/}         # or {exact: /x} or {regex: "/v[0-9]+/.*"}
@@ -28,7 +31,16 @@ Shape:
         request_headers: {add: {x-a: "1"}, set: {x-b: "2"}, remove: [x-c]}
         response_headers: {set: {cache-control: no-store}}
         timeout: 2s                     # backends only; 0s disables Envoy's 15 s default
-        retries: {attempts: 3, on: [5xx, reset], per_try_timeout: 500ms}   # backends only
+        idle_timeout: 30s               # backends only; 0s disables
+        grpc: {max_timeout: 30s}        # backends only; honour grpc-timeout, capped
+        retries: {attempts: 3, on: [5xx, reset], per_try_timeout: 500ms,   # backends only
+                  backoff: {base: 25ms, max: 250ms}, retriable_status_codes: [429],
+                  avoid_same_host: true}
+        fault: {delay: {fixed: 500ms, percentage: 10}, abort: {status: 503},  # backends only
+                headers: {end-user: jason}}
+        mirror: {service: reviews, subset: v3, percentage: 5}    # or a list; backends only
+        hash_on: [{header: x-user}, {cookie: {name: s, ttl: 1h, path: /}}, {source_ip: true},
+                  {query: user}]        # backends only (ring_hash and maglev services)
       - redirect: {scheme: https, host: a.example.com, port: 8443, path: /x, status: 301}
                                         # path or prefix; status 301|302|303|307|308 (302)
       - direct_response: {status: 404, body: "not here"}
@@ -36,6 +48,7 @@ Shape:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -49,9 +62,16 @@ from meshpilot.policy.fields import (
 )
 from meshpilot.policy.model import (
     Backend,
+    Backoff,
+    Cors,
     DirectResponse,
+    Fault,
+    FaultAbort,
+    FaultDelay,
+    HashOn,
     HeaderOps,
     Match,
+    Mirror,
     PathRewrite,
     Redirect,
     Retries,
@@ -66,9 +86,11 @@ if TYPE_CHECKING:
 
 KIND = "Route"
 
-ROUTE_KEYS = ("kind", "name", "gateway", "listeners", "hosts", "rules")
+ROUTE_KEYS = ("kind", "name", "gateway", "listeners", "hosts", "cors", "rules")
 ACTIONS = ("backends", "redirect", "direct_response")
-BACKEND_ONLY = ("rewrite", "timeout", "retries")  # Envoy's RouteAction settings
+# Envoy's RouteAction settings (and the fault filter's, which acts before the router).
+BACKEND_ONLY = ("rewrite", "timeout", "idle_timeout", "grpc", "retries", "fault", "mirror",
+                "hash_on")
 RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers")
 MATCH_KEYS = ("path", "method", "methods", "headers", "query")
 PATH_MATCHES = ("prefix", "exact", "regex")
@@ -82,7 +104,19 @@ DIRECT_RESPONSE_KEYS = ("status", "body")
 REWRITE_KEYS = ("path", "host")
 PATH_REWRITE_KEYS = ("prefix", "regex", "substitution")
 HEADER_OPS_KEYS = ("add", "set", "remove")
-RETRIES_KEYS = ("attempts", "on", "per_try_timeout")
+RETRIES_KEYS = ("attempts", "on", "per_try_timeout", "backoff", "retriable_status_codes",
+                "avoid_same_host")
+BACKOFF_KEYS = ("base", "max")
+GRPC_KEYS = ("max_timeout",)
+FAULT_KEYS = ("delay", "abort", "headers")
+FAULT_DELAY_KEYS = ("fixed", "percentage")
+FAULT_ABORT_KEYS = ("status", "grpc_status", "percentage")
+MIRROR_KEYS = ("service", "subset", "percentage")
+HASH_KINDS = ("header", "cookie", "source_ip", "query")
+HASH_COOKIE_KEYS = ("name", "ttl", "path")
+CORS_KEYS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers", "max_age",
+             "allow_credentials")
+RETRIABLE_STATUS_CODES = "retriable-status-codes"
 
 # Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names.
 RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
@@ -108,6 +142,9 @@ _RETRY_ON = fields.choice(RETRY_ON)
 _METHOD = fields.choice(METHODS)
 _TIMEOUT = fields.duration(allow_zero=True)
 _PER_TRY_TIMEOUT = fields.duration()
+_STATUS_CODE = fields.integer(100, 599)
+_ABORT_STATUS = fields.integer(200, 599)  # Envoy's range for an injected abort
+_GRPC_STATUS = fields.integer(1, 16)  # 0 is OK: not an abort
 
 
 def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
@@ -119,11 +156,12 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
     gateway = doc.get("gateway", fields.name, required=True)
     listeners = _unique_list(doc, "listeners", "listener name", fields.name)
     hosts = _unique_list(doc, "hosts", "host", fields.host_pattern)
+    cors = _cors(doc)
     rules = _rules(doc)
     if reported_since(ctx, mark) or name is None or gateway is None:
         return []
     return [Route(name=name, position=document.position, gateway=gateway,
-                  hosts=hosts or ("*",), rules=rules, listeners=listeners)]
+                  hosts=hosts or ("*",), rules=rules, listeners=listeners, cors=cors)]
 
 
 def _unique_list(doc: Fields, key: str, what: str,
@@ -186,6 +224,11 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
         response_headers=_header_ops(rule, "response_headers"),
         timeout=rule.get("timeout", _TIMEOUT),
         retries=_retries(rule),
+        idle_timeout=rule.get("idle_timeout", _TIMEOUT),
+        grpc_max_timeout=_grpc_max_timeout(rule),
+        fault=_fault(rule),
+        mirrors=_mirrors(rule),
+        hash_on=_hash_on(rule),
     )
 
 
@@ -509,6 +552,297 @@ def _retries(rule: Fields) -> Retries | None:
     spec.check_keys(RETRIES_KEYS, "retries")
     attempts = spec.get("attempts", RETRY_ATTEMPTS)
     conditions = _unique_list(spec, "on", "retry condition", _RETRY_ON)
+    codes = _status_codes(spec)
+    if codes:
+        # Codes retry nothing unless "retriable-status-codes" is a condition: implied.
+        conditions = (*(conditions or DEFAULT_RETRY_ON), RETRIABLE_STATUS_CODES)
+    elif RETRIABLE_STATUS_CODES in conditions and "retriable_status_codes" not in spec.value:
+        spec.report("on", f'"{RETRIABLE_STATUS_CODES}" needs the codes to retry on: write '
+                          "retriable_status_codes: [503, ...] (which implies it)")
     return Retries(attempts=1 if attempts is None else attempts,
-                   on=conditions or DEFAULT_RETRY_ON,
-                   per_try_timeout=spec.get("per_try_timeout", _PER_TRY_TIMEOUT))
+                   on=tuple(dict.fromkeys(conditions)) or DEFAULT_RETRY_ON,
+                   per_try_timeout=spec.get("per_try_timeout", _PER_TRY_TIMEOUT),
+                   backoff=_backoff(spec),
+                   retriable_status_codes=codes,
+                   avoid_same_host=bool(spec.get("avoid_same_host", fields.boolean)))
+
+
+def _status_codes(spec: Fields) -> tuple[int, ...]:
+    items = spec.items("retriable_status_codes", "status code")
+    if items is None:
+        return ()
+    codes: list[int] = []
+    seen: dict[Hashable, FieldPath] = {}
+    for index, item in enumerate(items):
+        path = (*spec.path, "retriable_status_codes", index)
+        code = fields.convert_at(spec.ctx, item, path, _STATUS_CODE)
+        if code is None:
+            continue
+        first = written_before(spec.ctx, seen, code, path)
+        if first is not None:
+            fields.report_at(spec.ctx, path, f"status {code} is listed twice (first at {first})")
+            continue
+        codes.append(code)
+    return tuple(codes)
+
+
+def _backoff(spec: Fields) -> Backoff | None:
+    backoff = spec.mapping("backoff", "a mapping such as {base: 25ms, max: 250ms}")
+    if backoff is None:
+        return None
+    backoff.check_keys(BACKOFF_KEYS, "backoff")
+    base = backoff.get("base", _PER_TRY_TIMEOUT, required=True)
+    longest = backoff.get("max", _PER_TRY_TIMEOUT)
+    if base is None:
+        return None
+    if longest is not None and longest < base:
+        backoff.report("max", "must not be shorter than base")
+        return None
+    return Backoff(base=base, max=longest)
+
+
+def _grpc_max_timeout(rule: Fields) -> float | None:
+    spec = rule.mapping("grpc", "a mapping such as {max_timeout: 30s}")
+    if spec is None:
+        return None
+    spec.check_keys(GRPC_KEYS, "grpc")
+    return spec.get("max_timeout", _TIMEOUT, required=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault injection, mirroring, consistent hashing.
+
+
+def percentage(value: Any) -> float:
+    """A share of requests, 0 to 100, with at most 4 decimals (Envoy counts per million)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid(f"expected a percentage from 0 to 100, found {fields.describe(value)}")
+    if not 0 <= value <= 100:
+        raise Invalid(f"must be from 0 to 100, found {value}")
+    if round(value * 10_000) != value * 10_000:
+        raise Invalid(f"{value} has too many decimals: Envoy counts in millionths (4 decimals "
+                      "of a percent)")
+    return float(value)
+
+
+def _fault(rule: Fields) -> Fault | None:
+    spec = rule.mapping("fault", "a mapping such as {abort: {status: 503, percentage: 10}}")
+    if spec is None:
+        return None
+    spec.check_keys(FAULT_KEYS, "fault")
+    if "delay" not in spec.value and "abort" not in spec.value:
+        rule.report("fault", "a fault needs a delay, an abort or both")
+    return Fault(delay=_fault_delay(spec), abort=_fault_abort(spec),
+                 headers=_value_matches(spec, "headers"))
+
+
+def _fault_delay(spec: Fields) -> FaultDelay | None:
+    delay = spec.mapping("delay", "a mapping such as {fixed: 500ms, percentage: 10}")
+    if delay is None:
+        return None
+    delay.check_keys(FAULT_DELAY_KEYS, "a fault delay")
+    fixed = delay.get("fixed", _PER_TRY_TIMEOUT, required=True)
+    share = delay.get("percentage", percentage)
+    return None if fixed is None else FaultDelay(fixed=fixed,
+                                                 percentage=100.0 if share is None else share)
+
+
+def _fault_abort(spec: Fields) -> FaultAbort | None:
+    abort = spec.mapping("abort", "a mapping such as {status: 503, percentage: 10}")
+    if abort is None:
+        return None
+    abort.check_keys(FAULT_ABORT_KEYS, "a fault abort")
+    kind = abort.exclusive(("status", "grpc_status"), required=True, what="a fault abort")
+    share = abort.get("percentage", percentage)
+    share = 100.0 if share is None else share
+    if kind == "status":
+        status = abort.get("status", _ABORT_STATUS, required=True)
+        return None if status is None else FaultAbort(status=status, percentage=share)
+    if kind == "grpc_status":
+        code = abort.get("grpc_status", _GRPC_STATUS, required=True)
+        return None if code is None else FaultAbort(grpc_status=code, percentage=share)
+    return None
+
+
+def _mirrors(rule: Fields) -> tuple[Mirror, ...]:
+    """`mirror`: one mapping, or a list of them (each mirrored service gets a copy)."""
+    value = rule.value.get("mirror")
+    if value is None:
+        return ()
+    path = (*rule.path, "mirror")
+    if not isinstance(value, list):
+        mirror = _mirror(rule.ctx, value, path)
+        return () if mirror is None else (mirror,)
+    items = rule.items("mirror", "mirror")
+    if items is None:
+        return ()
+    mirrors: list[Mirror] = []
+    seen: dict[Hashable, FieldPath] = {}
+    for index, item in enumerate(items):
+        mirror = _mirror(rule.ctx, item, (*path, index))
+        if mirror is None:
+            continue
+        first = written_before(rule.ctx, seen, (mirror.service, mirror.subset), (*path, index))
+        if first is not None:
+            shown = mirror.service + (f" (subset {mirror.subset})" if mirror.subset else "")
+            fields.report_at(rule.ctx, (*path, index), f"{shown} is mirrored twice (first at "
+                                                       f"{first})")
+            continue
+        mirrors.append(mirror)
+    return tuple(mirrors)
+
+
+def _mirror(ctx: DocumentContext, item: Any, path: FieldPath) -> Mirror | None:
+    entry = Fields.at(ctx, item, path, "a mapping such as {service: reviews, subset: v3, "
+                                       "percentage: 10}")
+    if entry is None:
+        return None
+    entry.check_keys(MIRROR_KEYS, "a mirror")
+    service = entry.get("service", fields.name, required=True)
+    subset = entry.get("subset", fields.name)
+    share = entry.get("percentage", percentage)
+    if service is None:
+        return None
+    return Mirror(service=service, subset=subset, percentage=100.0 if share is None else share)
+
+
+def _hash_on(rule: Fields) -> tuple[HashOn, ...]:
+    items = rule.items("hash_on", "hash input")
+    if items is None:
+        return ()
+    found = (_hash_input(rule.ctx, item, (*rule.path, "hash_on", index))
+             for index, item in enumerate(items))
+    return tuple(item for item in found if item is not None)
+
+
+def _hash_input(ctx: DocumentContext, item: Any, path: FieldPath) -> HashOn | None:
+    entry = Fields.at(ctx, item, path, "a mapping such as {header: x-user}, {cookie: {name: "
+                                       "session}}, {source_ip: true} or {query: user}")
+    if entry is None:
+        return None
+    entry.check_keys(HASH_KINDS, "a hash input")
+    kind = entry.exclusive(HASH_KINDS, required=True, what="a hash input")
+    if kind == "header":
+        header = entry.get("header", fields.header_name, required=True)
+        return None if header is None else HashOn("header", header)
+    if kind == "query":
+        parameter = entry.get("query", fields.string, required=True)
+        return None if parameter is None else HashOn("query", parameter)
+    if kind == "source_ip":
+        return None if entry.get("source_ip", fields.true_only, required=True) is None \
+            else HashOn("source_ip")
+    if kind == "cookie":
+        return _hash_cookie(entry)
+    return None
+
+
+def _hash_cookie(entry: Fields) -> HashOn | None:
+    if isinstance(entry.value.get("cookie"), str):  # {cookie: session}
+        cookie = entry.get("cookie", _cookie_name, required=True)
+        return None if cookie is None else HashOn("cookie", cookie)
+    spec = entry.mapping("cookie", "a cookie name or a mapping such as {name: session, "
+                                   "ttl: 1h, path: /}", required=True)
+    if spec is None:
+        return None
+    spec.check_keys(HASH_COOKIE_KEYS, "a hash cookie")
+    cookie = spec.get("name", _cookie_name, required=True)
+    ttl = spec.get("ttl", _TIMEOUT)
+    where = spec.get("path", fields.url_path)
+    if where is not None and ttl is None:
+        spec.report("path", "path is the generated cookie's Path: it needs a ttl (Envoy only "
+                            "creates the cookie when a ttl is given)", at_value=False)
+    return None if cookie is None else HashOn("cookie", cookie, ttl=ttl, path=where)
+
+
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # an RFC 6265 token
+
+
+def _cookie_name(value: Any) -> str:
+    text = fields.string(value)
+    if not _COOKIE_NAME.match(text):
+        raise Invalid(f"invalid cookie name {fields.quoted(text)}: use letters, digits and "
+                      "-_.!#$%&'*+^`|~")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# CORS (per Route: its virtual host).
+
+
+def _cors(doc: Fields) -> Cors | None:
+    spec = doc.mapping("cors", 'a mapping such as {allow_origins: ["https://a.example"]}')
+    if spec is None:
+        return None
+    spec.check_keys(CORS_KEYS, "cors")
+    origins = _unique_list(spec, "allow_origins", "origin", _origin_text)
+    if spec.value.get("allow_origins") is None:
+        spec.missing("allow_origins")
+    credentials = spec.get("allow_credentials", fields.boolean)
+    if credentials and "*" in origins:
+        spec.report("allow_credentials", 'allow_credentials cannot be used with the origin "*": '
+                                         "any web site could then make requests with the "
+                                         "user's cookies; list the origins",
+                    at_value=False)
+    max_age = spec.get("max_age", fields.duration())
+    if max_age is not None and max_age != int(max_age):
+        spec.report("max_age", "max_age is sent in whole seconds")
+    return Cors(
+        allow_origins=tuple(origin_match(origin) for origin in origins),
+        allow_methods=_unique_list(spec, "allow_methods", "method", _METHOD),
+        allow_headers=_unique_list(spec, "allow_headers", "header", fields.header_name),
+        expose_headers=_unique_list(spec, "expose_headers", "header", fields.header_name),
+        max_age=max_age, allow_credentials=credentials)
+
+
+# [scheme://][*.]host[:port], or "*".
+_ORIGIN = re.compile(r"(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<wild>\*\.)?(?P<host>[^:/*]+)"
+                     r"(?::(?P<port>[0-9]{1,5}))?\Z")
+
+
+def _origin_text(value: Any) -> str:
+    """An allowed origin as written, lower-cased: `https://a.example`, `a.example` (http or
+    https), `*.b.example` (any subdomain), with an optional `:port`; or `*`."""
+    text = fields.string(value).lower()
+    if text == "*":
+        return text
+    found = _ORIGIN.match(text)
+    host = found.group("host") if found else ""
+    if found is None or not (_is_dns_name(host) or _is_ip(host)):
+        raise Invalid(f"invalid origin {fields.quoted(text)}: expected an origin such as "
+                      '"https://a.example", "*.b.example" (any subdomain) or "*" (any origin)')
+    if found.group("port") is not None:
+        fields.port_text(found.group("port"))
+    return text
+
+
+def _is_dns_name(text: str) -> bool:
+    try:
+        fields.dns_name(text)
+    except Invalid:
+        return False
+    return True
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        fields.ip_address(text)
+    except Invalid:
+        return False
+    return True
+
+
+def origin_match(origin: str) -> StringMatch:
+    """How Envoy matches an origin written as `_origin_text` accepts it: a full origin exactly,
+    anything else with a regex (a missing scheme is http or https; `*.` is one or more labels;
+    no port written matches only the default port)."""
+    if origin == "*":
+        return StringMatch("regex", ".*")
+    found = _ORIGIN.match(origin)
+    assert found is not None
+    if found.group("scheme") and not found.group("wild"):
+        return StringMatch("exact", origin)
+    scheme = re.escape(found.group("scheme")) if found.group("scheme") else "https?"
+    wild = r"[a-z0-9-]+(\.[a-z0-9-]+)*\." if found.group("wild") else ""
+    port = f":{found.group('port')}" if found.group("port") else ""
+    return StringMatch("regex", f"{scheme}://{wild}{re.escape(found.group('host'))}"
+                                f"{re.escape(port)}")

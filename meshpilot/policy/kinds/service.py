@@ -11,18 +11,22 @@ Shape:
     kind: Service
     name: reviews
     protocol: http                       # http | http2 | grpc | tcp (default http)
-    endpoints:                           # host:port, or {address, labels, weight}
-      - 10.0.0.1:9080
-      - {address: reviews-v2.internal:9080, labels: {version: v2}, weight: 10}
+    endpoints:                           # host:port, or {address, labels, weight, region,
+      - 10.0.0.1:9080                    #                 zone, priority}
+      - {address: reviews-v2.internal:9080, labels: {version: v2}, weight: 10, zone: b,
+         priority: 1}
     subsets: {v2: {version: v2}}         # name -> label selector
     load_balancer: round_robin           # round_robin | least_request | random | ring_hash | maglev
+                                         # or {policy: ring_hash, minimum_ring_size: 1024, ...}
     health_check: {http: /healthz, interval: 5s, timeout: 1s, unhealthy_threshold: 3,
-                   healthy_threshold: 1, expected_statuses: [200, "200-299"]}
+                   healthy_threshold: 1, expected_statuses: [200, "200-299"],
+                   no_traffic_interval: 5s, unhealthy_interval: 5s}
                                          # or {tcp: true} or {grpc: true}
     circuit_breaker: {max_connections: 1000, max_pending_requests: 100, max_requests: 1000,
-                      max_retries: 3}
+                      max_retries: 3}    # or retry_budget: {percent: 20, min_concurrency: 3}
     outlier_detection: {consecutive_5xx: 5, consecutive_gateway_errors: 5, interval: 10s,
-                        base_ejection_time: 30s, max_ejection_percent: 10}
+                        base_ejection_time: 30s, max_ejection_percent: 10,
+                        success_rate: {minimum_hosts: 5, request_volume: 100, stdev_factor: 1.9}}
     connect_timeout: 1s                  # default 1s
 """
 
@@ -46,9 +50,12 @@ from meshpilot.policy.model import (
     HealthCheck,
     Labels,
     LoadBalancer,
+    LoadBalancerOptions,
     OutlierDetection,
     Protocol,
+    RetryBudget,
     Service,
+    SuccessRate,
 )
 from meshpilot.policy.yamlsource import FieldPath, Located
 
@@ -65,13 +72,29 @@ HEALTH_CHECK_KINDS: tuple[HealthCheckKind, ...] = ("http", "tcp", "grpc")
 
 SERVICE_KEYS = ("kind", "name", "protocol", "endpoints", "subsets", "load_balancer",
                 "health_check", "circuit_breaker", "outlier_detection", "connect_timeout")
-ENDPOINT_KEYS = ("address", "labels", "weight")
+ENDPOINT_KEYS = ("address", "labels", "weight", "region", "zone", "priority")
 HEALTH_CHECK_KEYS = (*HEALTH_CHECK_KINDS, "interval", "timeout", "unhealthy_threshold",
-                     "healthy_threshold", "expected_statuses")
-CIRCUIT_BREAKER_KEYS = ("max_connections", "max_pending_requests", "max_requests",
-                        "max_retries")
+                     "healthy_threshold", "expected_statuses", "no_traffic_interval",
+                     "unhealthy_interval")
+CIRCUIT_BREAKER_LIMITS = ("max_connections", "max_pending_requests", "max_requests",
+                          "max_retries")
+CIRCUIT_BREAKER_KEYS = (*CIRCUIT_BREAKER_LIMITS, "retry_budget")
+RETRY_BUDGET_KEYS = ("percent", "min_concurrency")
 OUTLIER_DETECTION_KEYS = ("consecutive_5xx", "consecutive_gateway_errors", "interval",
-                          "base_ejection_time", "max_ejection_percent")
+                          "base_ejection_time", "max_ejection_percent", "success_rate")
+SUCCESS_RATE_KEYS = ("minimum_hosts", "request_volume", "stdev_factor")
+# Each load balancer setting, and the one policy it applies to.
+LOAD_BALANCER_SETTINGS: dict[str, LoadBalancer] = {
+    "choice_count": "least_request",
+    "minimum_ring_size": "ring_hash",
+    "maximum_ring_size": "ring_hash",
+    "table_size": "maglev",
+}
+LOAD_BALANCER_KEYS = ("policy", *LOAD_BALANCER_SETTINGS)
+
+MAX_PRIORITY = 127
+MAX_RING_SIZE = 8_388_608  # Envoy's limit for both ring sizes
+MAX_MAGLEV_TABLE = 5_000_011  # Envoy's limit; the table size must be a prime
 
 ENDPOINT_WEIGHT = fields.integer(1, 128)  # the model's documented range
 THRESHOLD = fields.integer(1, 1_000_000)
@@ -81,6 +104,9 @@ _PROTOCOL = fields.choice(PROTOCOLS)
 _LOAD_BALANCER = fields.choice(LOAD_BALANCERS)
 _DURATION = fields.duration()
 _PERCENT = fields.integer(0, 100)
+_PRIORITY = fields.integer(0, MAX_PRIORITY)
+_CHOICE_COUNT = fields.integer(2, 1000)
+_RING_SIZE = fields.integer(1, MAX_RING_SIZE)
 
 
 def parse_service(document: Located, ctx: DocumentContext) -> list[Service]:
@@ -95,14 +121,15 @@ def parse_service(document: Located, ctx: DocumentContext) -> list[Service]:
     # A subset is checked against the endpoints only if they all loaded: otherwise "selects
     # no endpoint" could be an echo of an endpoint's own error.
     subsets = _subsets(doc, endpoints, check_selection=not reported_since(ctx, endpoints_mark))
+    load_balancer, load_balancer_options = _load_balancer(doc)
     service = Service(
         name=name or "",
         position=document.position,
         protocol=cast(Protocol, protocol),
         endpoints=endpoints,
         subsets=subsets,
-        load_balancer=cast(LoadBalancer, doc.get("load_balancer", _LOAD_BALANCER)
-                           or "round_robin"),
+        load_balancer=load_balancer,
+        load_balancer_options=load_balancer_options,
         connect_timeout=_or(doc.get("connect_timeout", _DURATION), 1.0),
         health_check=_health_check(doc, protocol),
         circuit_breaker=_circuit_breaker(doc),
@@ -139,7 +166,25 @@ def _endpoints(doc: Fields) -> tuple[Endpoint, ...]:
                                  f"at {first})", at_value=True)
             continue
         endpoints.append(endpoint)
+    _check_priorities(doc, items, endpoints)
     return tuple(endpoints)
+
+
+def _check_priorities(doc: Fields, items: list[Any], endpoints: list[Endpoint]) -> None:
+    """Envoy fails over from priority 0 to 1, then 2 ...: a priority no endpoint has would be
+    an empty level, which is a typo more often than a plan."""
+    present = {endpoint.priority for endpoint in endpoints}
+    missing = sorted(set(range(max(present, default=0))) - present)
+    if not missing:
+        return
+    for index, item in enumerate(items):
+        if isinstance(item, dict) and isinstance(item.get("priority"), int) \
+                and item["priority"] > missing[0]:
+            doc.ctx.report(("endpoints", index, "priority"),
+                           f"no endpoint has priority {missing[0]}: priorities must run from 0 "
+                           f"without gaps (0 is preferred, 1 takes over when it fails, ...)",
+                           at_value=True)
+            return
 
 
 def _shown_address(endpoint: Endpoint) -> str:
@@ -159,9 +204,13 @@ def _endpoint(ctx: DocumentContext, item: Any, path: FieldPath) -> Endpoint | No
     address = entry.get("address", fields.address, required=True)
     endpoint_labels = entry.get("labels", fields.labels) or ()
     weight = entry.get("weight", ENDPOINT_WEIGHT)
+    region = entry.get("region", fields.name)
+    zone = entry.get("zone", fields.name)
+    priority = entry.get("priority", _PRIORITY)
     if address is None:
         return None
-    return Endpoint(host=address[0], port=address[1], labels=endpoint_labels, weight=weight)
+    return Endpoint(host=address[0], port=address[1], labels=endpoint_labels, weight=weight,
+                    region=region, zone=zone, priority=priority or 0)
 
 
 def _subsets(doc: Fields, endpoints: tuple[Endpoint, ...],
@@ -234,6 +283,8 @@ def _health_check(doc: Fields, protocol: str) -> HealthCheck | None:
         unhealthy_threshold=_or(check.get("unhealthy_threshold", THRESHOLD), 3),
         healthy_threshold=_or(check.get("healthy_threshold", THRESHOLD), 1),
         expected_statuses=statuses or ((200, 201),),
+        no_traffic_interval=check.get("no_traffic_interval", _DURATION),
+        unhealthy_interval=check.get("unhealthy_interval", _DURATION),
     )
 
 
@@ -275,8 +326,40 @@ def _circuit_breaker(doc: Fields) -> CircuitBreaker | None:
     if limits is None:
         return None
     limits.check_keys(CIRCUIT_BREAKER_KEYS, "circuit_breaker")
-    return CircuitBreaker(**{key: limits.get(key, fields.UINT32)
-                             for key in CIRCUIT_BREAKER_KEYS})
+    values = {key: limits.get(key, fields.UINT32) for key in CIRCUIT_BREAKER_LIMITS}
+    budget = limits.mapping("retry_budget", "a mapping such as {percent: 20, min_concurrency: 3}")
+    retry_budget = None
+    if budget is not None:
+        if "max_retries" in limits.value:
+            limits.report("retry_budget", 'retry_budget cannot be used together with '
+                                          '"max_retries" (a retry budget replaces the fixed '
+                                          'limit)', at_value=False)
+        budget.check_keys(RETRY_BUDGET_KEYS, "retry_budget")
+        retry_budget = RetryBudget(percent=budget.get("percent", _percent_number),
+                                   min_concurrency=budget.get("min_concurrency", fields.UINT32))
+    return CircuitBreaker(**values, retry_budget=retry_budget)
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid(f"expected a number, found {fields.describe(value)}")
+    return float(value)
+
+
+def _percent_number(value: Any) -> float:
+    """A percentage, 0 to 100, decimals allowed (12.5)."""
+    number = _number(value)
+    if not 0 <= number <= 100:
+        raise Invalid(f"must be from 0 to 100, found {value}")
+    return number
+
+
+def _stdev_factor(value: Any) -> float:
+    """Envoy keeps the factor in thousandths: 1.9 is 1900."""
+    number = _number(value)
+    if not 0.001 <= number <= 1_000_000:
+        raise Invalid(f"must be from 0.001 to 1000000, found {value}")
+    return round(number * 1000) / 1000
 
 
 def _outlier_detection(doc: Fields) -> OutlierDetection | None:
@@ -290,4 +373,59 @@ def _outlier_detection(doc: Fields) -> OutlierDetection | None:
         interval=detection.get("interval", _DURATION),
         base_ejection_time=detection.get("base_ejection_time", _DURATION),
         max_ejection_percent=detection.get("max_ejection_percent", _PERCENT),
+        success_rate=_success_rate(detection),
     )
+
+
+def _success_rate(detection: Fields) -> SuccessRate | None:
+    rate = detection.mapping("success_rate", "a mapping such as {minimum_hosts: 5, "
+                                             "request_volume: 100, stdev_factor: 1.9}")
+    if rate is None:
+        return None
+    rate.check_keys(SUCCESS_RATE_KEYS, "success_rate")
+    return SuccessRate(minimum_hosts=rate.get("minimum_hosts", fields.UINT32),
+                       request_volume=rate.get("request_volume", fields.UINT32),
+                       stdev_factor=rate.get("stdev_factor", _stdev_factor))
+
+
+# ---------------------------------------------------------------------------------------------
+# Load balancing.
+
+
+def _load_balancer(doc: Fields) -> tuple[LoadBalancer, LoadBalancerOptions]:
+    """`load_balancer: ring_hash`, or `{policy: ring_hash, minimum_ring_size: 1024}`."""
+    written = doc.value.get("load_balancer")
+    if not isinstance(written, dict):
+        return (cast(LoadBalancer, doc.get("load_balancer", _LOAD_BALANCER) or "round_robin"),
+                LoadBalancerOptions())
+    settings = doc.mapping("load_balancer", "a load balancer")
+    assert settings is not None
+    settings.check_keys(LOAD_BALANCER_KEYS, "load_balancer")
+    policy = cast(LoadBalancer | None, settings.get("policy", _LOAD_BALANCER, required=True))
+    for key, owner in LOAD_BALANCER_SETTINGS.items():
+        if key in settings.value and policy is not None and policy != owner:
+            settings.report(key, f"{key} applies to policy {owner} only (this load balancer "
+                                 f"is {policy})", at_value=False)
+    minimum = settings.get("minimum_ring_size", _RING_SIZE)
+    maximum = settings.get("maximum_ring_size", _RING_SIZE)
+    if minimum is not None and maximum is not None and minimum > maximum:
+        settings.report("maximum_ring_size", f"must not be smaller than minimum_ring_size "
+                                             f"({minimum})")
+    options = LoadBalancerOptions(choice_count=settings.get("choice_count", _CHOICE_COUNT),
+                                  minimum_ring_size=minimum, maximum_ring_size=maximum,
+                                  table_size=settings.get("table_size", _maglev_table_size))
+    return policy or "round_robin", options
+
+
+def _maglev_table_size(value: Any) -> int:
+    size = fields.integer(2, MAX_MAGLEV_TABLE)(value)
+    if not _is_prime(size):
+        raise Invalid(f"a Maglev table size must be a prime number (such as 65537 or 5000011), "
+                      f"found {size}")
+    return size
+
+
+def _is_prime(number: int) -> bool:
+    if number < 2:
+        return False
+    return all(number % divisor for divisor in range(2, int(number ** 0.5) + 1))
