@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup up test lint bench clean
+.PHONY: setup up test lint bench clean docker-engine
 
 $(BIN)/meshpilot: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ up: setup
 lint: setup
 	$(BIN)/ruff check meshpilot tests benchmarks
 
-test: lint
-	$(BIN)/pytest -n auto -q
+# Best effort: the Docker discovery test needs an engine (see scripts/docker-engine.sh).
+docker-engine:
+	@bash scripts/docker-engine.sh
+
+test: lint docker-engine
+	$(BIN)/pytest -n auto -q -rs
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

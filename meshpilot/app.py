@@ -15,6 +15,8 @@ from aiohttp import web
 
 from meshpilot.admin.server import make_app
 from meshpilot.controller import Controller
+from meshpilot.discovery.docker_source import DockerSource
+from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.metrics import Metrics
 from meshpilot.plugins import load_plugins
 from meshpilot.watch import Debouncer, PolicyWatcher
@@ -47,6 +49,10 @@ class Settings:
     watch: bool = True
     control_plane_id: str = "meshpilot"
     plugins: tuple[str, ...] = ()  # entry point names (group `meshpilot.plugins`), in order
+    # discovery (docs/discovery.md)
+    docker: bool = False  # containers labelled meshpilot.service/meshpilot.port are instances
+    docker_network: str | None = None  # their IP on this network; None: published host ports
+    discovery_sweep: float = 0.25  # seconds between sweeps of lapsed registrations (TTLs)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -64,8 +70,14 @@ class Meshpilot:
         self.metrics = Metrics()
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
+        self.endpoints = EndpointRegistry()  # discovered instances (registrations, Docker)
         self.controller = Controller(settings.policy, self.cache, self.metrics,
-                                     plugins=[*load_plugins(settings.plugins), *plugins])
+                                     plugins=[*load_plugins(settings.plugins), *plugins],
+                                     endpoints=self.endpoints)
+        self.docker: DockerSource | None = None
+        if settings.docker:
+            self.docker = DockerSource(self.endpoints, network=settings.docker_network)
+        self._sweeper: asyncio.Task[None] | None = None
         self.xds = XdsServer(self.cache, registry=self.registry, metrics=self.metrics,
                              control_plane_id=settings.control_plane_id)
         self.serving = False
@@ -78,6 +90,10 @@ class Meshpilot:
 
     async def start(self) -> None:
         """Load the policy, then serve xDS and admin. Port 0 in an address picks a free port."""
+        self.controller.watch_endpoints(asyncio.get_running_loop())
+        if self.docker is not None:
+            self.docker.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         await self.controller.reload_async()
         loop = asyncio.get_running_loop()
         self._grpc = grpc.aio.server(options=_GRPC_OPTIONS)
@@ -102,6 +118,7 @@ class Meshpilot:
                                   max_wait=self.settings.debounce_max, loop=loop)
             self._watcher = PolicyWatcher(self.settings.policy, debouncer, loop)
             self._watcher.start()
+            self._watch_tls_files()
         # Everything alive now (modules, protobuf descriptors, the first model) lives as long as
         # the process: keep it out of the collector's full passes, which otherwise cost ~35 ms
         # in the middle of a reload (seen in the convergence benchmark's tail).
@@ -113,9 +130,28 @@ class Meshpilot:
         task = asyncio.get_running_loop().create_task(self.controller.reload_async())
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._watch_tls_files())
+
+    def _watch_tls_files(self) -> None:
+        """Certificates and keys live outside the policy folder: watch the ones the newest load
+        read, so replacing one reloads (a Secret-only change, pushed over SDS)."""
+        if self._watcher is not None:
+            self._watcher.watch_files(self.controller.tls_files)
+
+    async def _sweep(self) -> None:
+        """Remove registrations whose TTL lapsed, every `discovery_sweep` seconds."""
+        while True:
+            await asyncio.sleep(self.settings.discovery_sweep)
+            for instance in self.endpoints.expire():
+                log.info("registration %s of %s (%s) expired", instance.id, instance.service,
+                         instance.address)
 
     async def stop(self) -> None:
         self.serving = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self.docker is not None:
+            await asyncio.to_thread(self.docker.stop)
         if self._watcher is not None:
             self._watcher.stop()
         for task in tuple(self._tasks):

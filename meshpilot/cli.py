@@ -52,7 +52,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
     return Settings(policy=Path(args.policy), xds_address=args.xds_address,
                     admin_address=args.admin_address, debounce_quiet=args.debounce_quiet,
                     debounce_max=args.debounce_max, watch=not args.no_watch,
-                    plugins=tuple(args.plugin))
+                    plugins=tuple(args.plugin), docker=args.docker,
+                    docker_network=args.docker_network)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -185,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", default=[], metavar="NAME",
                    help="run this plugin (an entry point of group meshpilot.plugins); repeat "
                         "for several, applied in order. None by default")
+    p.add_argument("--docker", action="store_true",
+                   help="discover containers labelled meshpilot.service and meshpilot.port "
+                        "(docs/discovery.md); the engine from DOCKER_HOST or the local socket")
+    p.add_argument("--docker-network", metavar="NAME", default=None,
+                   help="with --docker: reach containers at their IP on this network (default: "
+                        "the host port meshpilot.port is published on)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshpilot import tls
+from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.errors import PolicyError, PolicyIssue
 from meshpilot.metrics import Metrics
 from meshpilot.plugins import Plugin, as_plugins
@@ -58,7 +60,8 @@ class _Prepared:
 
 class Controller:
     def __init__(self, policy_path: str | Path, cache: SnapshotCache,
-                 metrics: Metrics | None = None, plugins: Iterable[Plugin | object] = ()):
+                 metrics: Metrics | None = None, plugins: Iterable[Plugin | object] = (),
+                 endpoints: EndpointRegistry | None = None):
         self.policy_path = Path(policy_path)
         self.plugins = as_plugins(plugins)  # made once: their conversion caches outlive reloads
         self.cache = cache
@@ -68,6 +71,11 @@ class Controller:
         self.translation: Translation | None = None
         self._reloading = False
         self._reload_again = False
+        self.tls_files: frozenset[str] = frozenset()  # TLS files the policy names (absolute)
+        # Discovered instances (meshpilot.discovery), added to the policy's endpoints.
+        self.endpoints = endpoints
+        self._endpoints_pending = False
+        self._sources_seen: set[str] = set()
 
     @property
     def ready(self) -> bool:
@@ -100,13 +108,27 @@ class Controller:
         """The CPU-heavy half of a reload: load, translate, build every known view's snapshot."""
         started = time.perf_counter()
         try:
-            model = load_policy(self.policy_path)
-            translation = Translation(model, self.plugins)
+            model = self._load()
+            discovered = self.endpoints.endpoints() if self.endpoints is not None else {}
+            translation = Translation(model, self.plugins, discovered=discovered)
             snapshots = [translation.snapshot(view) for view in views]
         except PolicyError as e:  # PluginError too: a plugin failing refuses the whole reload
             return _Prepared(issues=e.issues)
         return _Prepared(model=model, translation=translation, snapshots=snapshots,
                          seconds=time.perf_counter() - started)
+
+    def _load(self) -> Model:
+        """`load_policy`, recording the certificate, key and CA files it read (`tls_files`, which
+        app.py watches too). After a failed load, the files it tried are added to the last good
+        ones: a certificate that was missing triggers a reload when it appears."""
+        with tls.recording() as files:
+            try:
+                model = load_policy(self.policy_path)
+            except PolicyError:
+                self.tls_files = self.tls_files | files
+                raise
+        self.tls_files = frozenset(files)
+        return model
 
     def _apply_prepared(self, prepared: _Prepared) -> bool:
         """The cheap half, on the event loop: swap the cache's snapshots in."""
@@ -135,7 +157,64 @@ class Controller:
         log.info("policy applied in %.3fs: %d files, %d raw resources, views %s",
                  prepared.seconds, len(prepared.model.files), len(prepared.model.raw),
                  list(self.cache.views()) or "(none yet)")
+        self.apply_endpoints()  # what was discovered while this reload was being prepared
         return True
+
+    def watch_endpoints(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Apply discovered endpoint changes on `loop` (they may come from any thread),
+        coalesced: a burst of changes is one push."""
+        assert self.endpoints is not None
+
+        def changed(_: frozenset[str]) -> None:
+            if not self._endpoints_pending:
+                self._endpoints_pending = True
+                loop.call_soon_threadsafe(self._apply_pending_endpoints)
+
+        self.endpoints.on_change(changed)
+
+    def _apply_pending_endpoints(self) -> None:
+        self._endpoints_pending = False  # first: a change from now on schedules another run
+        self.apply_endpoints()
+
+    def apply_endpoints(self) -> set[str]:
+        """The EDS fast path, on the event loop: the registry's endpoints into every view.
+
+        No policy load, no listener/route/cluster translation: only the services whose
+        discovered endpoints changed get new ClusterLoadAssignments, and each view's new
+        snapshot reuses every other ResourceMap object, so streams see an EDS-only change.
+        Returns the services that changed."""
+        if self.endpoints is None:
+            return set()
+        for source, count in self.endpoints.counts().items():
+            self.metrics.discovered_instances.labels(source).set(count)
+        for source in self._sources_seen - set(self.endpoints.counts()):
+            self.metrics.discovered_instances.labels(source).set(0)
+        self._sources_seen |= set(self.endpoints.counts())
+        if self.translation is None:
+            return set()  # the first reload reads the registry itself
+        discovered = self.endpoints.endpoints()
+        changed = self.translation.changed_services(discovered)
+        if not changed:
+            return changed
+        started = time.perf_counter()
+        translation = self.translation = self.translation.with_endpoints(discovered)
+        views = 0
+        for view in self.cache.views():
+            previous = self.cache.get(view)
+            if previous is None:
+                continue
+            try:
+                snapshot = translation.refresh_endpoints(previous, changed)
+            except PolicyError as e:  # a plugin failing on the view: it keeps its snapshot
+                log.error("view %r: discovered endpoints not applied: %s", view,
+                          "; ".join(str(issue) for issue in e.issues))
+                continue
+            if snapshot is not previous and self.cache.set(snapshot):
+                views += 1
+        self.metrics.discovery_updates.inc()
+        log.info("discovered endpoints of %s applied to %d view(s) in %.4fs",
+                 sorted(changed), views, time.perf_counter() - started)
+        return changed
 
     def _build_view(self, view: str) -> Snapshot:
         """The cache's builder, for a view first asked for after the newest reload.

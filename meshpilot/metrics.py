@@ -34,3 +34,9 @@ class Metrics:
                                          buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
                                                   5, 10))
         self.views = Gauge("meshpilot_views", "Views with a snapshot", registry=r)
+        self.discovered_instances = Gauge("meshpilot_discovered_instances",
+                                          "Discovered service instances, by source",
+                                          ["source"], registry=r)
+        self.discovery_updates = Counter("meshpilot_discovery_updates_total",
+                                         "Discovered endpoint changes applied (EDS fast path)",
+                                         registry=r)

@@ -71,14 +71,53 @@ class _Handler(FileSystemEventHandler):
             self._notify()
 
 
+class _FilesHandler(FileSystemEventHandler):
+    """Events in a folder holding files the policy names (certificates and keys, outside the
+    policy folder or not): only those files count, and Kubernetes' atomic swap of a mounted
+    Secret (`..data` renamed into place, the files being links through it)."""
+
+    def __init__(self, files: Callable[[], frozenset[str]], notify: Callable[[], None]):
+        self._files = files
+        self._notify = notify
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        watched = self._files()
+        for path in (str(event.src_path), str(getattr(event, "dest_path", "") or "")):
+            if path and (path in watched or Path(path).name.startswith("..")):
+                self._notify()
+                return
+
+
 class PolicyWatcher:
-    """Watch a folder (or one file's folder) recursively; poke a Debouncer from the loop."""
+    """Watch a folder (or one file's folder) recursively; poke a Debouncer from the loop.
+    `watch_files` adds files named by the policy (TLS certificates and keys) wherever they are."""
 
     def __init__(self, path: Path, debouncer: Debouncer, loop: asyncio.AbstractEventLoop):
         self._path = path if path.is_dir() else path.parent
         self._debouncer = debouncer
         self._loop = loop
         self._observer = Observer()
+        self._files: frozenset[str] = frozenset()
+        self._folders: set[str] = set()
+        self._files_handler = _FilesHandler(lambda: self._files, self._poke)
+
+    def _poke(self) -> None:
+        self._loop.call_soon_threadsafe(self._debouncer.poke)
+
+    def watch_files(self, files: frozenset[str]) -> None:
+        """Also reload when one of `files` (absolute paths) is written, replaced or removed.
+        A folder that does not exist yet is tried again at the next call (the next reload)."""
+        self._files = frozenset(files)
+        for folder in sorted({str(Path(file).parent) for file in self._files} - self._folders):
+            try:
+                self._observer.schedule(self._files_handler, folder, recursive=False)
+            except OSError as error:
+                log.warning("cannot watch %s: %s", folder, error.strerror or error)
+                continue
+            self._folders.add(folder)
+            log.info("watching TLS files in %s", folder)
 
     def start(self) -> None:
         handler = _Handler(lambda: self._loop.call_soon_threadsafe(self._debouncer.poke))

@@ -160,3 +160,40 @@ def test_endpoints_are_grouped_by_priority_and_locality() -> None:
     assert groups == [(0, "", "", ["10.0.0.9"]), (0, "r", "a", ["10.0.0.1", "10.0.0.2"]),
                       (1, "", "b", ["10.0.0.3"])]
     assert not assignment.endpoints[0].HasField("locality")
+
+
+ZONED = """\
+kind: Service
+name: search
+endpoints:
+  - {address: 10.0.0.1:80, zone: a}
+  - {address: 10.0.0.2:80, zone: a}
+  - {address: 10.0.0.3:80, zone: b}
+zone_weights: {a: 80, b: 20}
+"""
+
+
+def test_zone_weights_become_locality_weights() -> None:
+    service = load_policy_text(ZONED).services[0]
+    assert service.zone_weights == (("a", 80), ("b", 20))
+    cluster = clusters.cluster(service, None)
+    assert cluster.common_lb_config.HasField("locality_weighted_lb_config")
+    assignment = endpoints.load_assignment("search", service.endpoints, dict(service.zone_weights))
+    weights = {g.locality.zone: g.load_balancing_weight.value for g in assignment.endpoints}
+    assert weights == {"a": 80, "b": 20}
+    plain = load_policy_text(ZONED.replace("zone_weights: {a: 80, b: 20}\n", "")).services[0]
+    assert not clusters.cluster(plain, None).HasField("common_lb_config")
+
+
+@pytest.mark.parametrize("weights, expected", [
+    ("{a: 80}", 'policy.yaml:7:1: Service search: zone_weights: zone "b" has endpoints but no '
+                "weight: Envoy would send it nothing"),
+    ("{a: 80, b: 20, c: 5}", 'policy.yaml:7:30: Service search: zone_weights.c: no endpoint is '
+                             'in zone "c"'),
+    ("{a: 80, b: 0}", "policy.yaml:7:26: Service search: zone_weights.b:"),
+])
+def test_zone_weights_errors(weights: str, expected: str) -> None:
+    with pytest.raises(PolicyError) as failed:
+        load_policy_text(ZONED.replace("{a: 80, b: 20}", weights))
+    assert any(str(issue).startswith(expected) for issue in failed.value.issues), \
+        [str(i) for i in failed.value.issues]

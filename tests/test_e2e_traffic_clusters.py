@@ -20,7 +20,8 @@ from meshpilot.netutil import free_port
 
 pytestmark = pytest.mark.envoy
 
-BACKENDS = ("breaker", "od-good", "od-bad", "hc-a", "hc-b", "p0", "p1", "idle")
+BACKENDS = ("breaker", "od-good", "od-bad", "hc-a", "hc-b", "p0", "p1", "idle", "za-1", "za-2",
+            "zb-1")
 
 # Short intervals (the test's, not defaults): a check every 200ms finds a bad endpoint in
 # well under a second even on a loaded machine.
@@ -58,6 +59,14 @@ name: idle
 endpoints: ["127.0.0.1:{idle}"]
 health_check: {{http: /healthz, interval: 200ms, unhealthy_threshold: 1}}
 ---
+kind: Service
+name: zoned
+endpoints:
+  - {{address: "127.0.0.1:{za-1}", zone: a}}
+  - {{address: "127.0.0.1:{za-2}", zone: a}}
+  - {{address: "127.0.0.1:{zb-1}", zone: b}}
+zone_weights: {{a: 20, b: 80}}
+---
 kind: Gateway
 name: edge
 listeners:
@@ -75,6 +84,8 @@ rules:
     backends: [checked]
   - match: {{path: {{prefix: /idle}}}}
     backends: [idle]
+  - match: {{path: {{prefix: /zoned}}}}
+    backends: [zoned]
   - backends: [failover]
 """
 
@@ -229,3 +240,12 @@ def test_health_checks_run_at_the_interval_before_any_traffic(env: Env) -> None:
         assert env.echoes["idle"].requests_seen == 0
     finally:
         env.echoes["idle"].forced_status = None
+
+
+def test_zone_weights_split_traffic_by_zone_not_by_endpoint_count(env: Env) -> None:
+    # Zone a has two endpoints, zone b one: by endpoint count b would get a third; weighted by
+    # zone it gets 80%.
+    seen = collections.Counter(env.backends("/zoned", 300))
+    zone_b = seen["zb-1"]
+    assert zone_b + seen["za-1"] + seen["za-2"] == 300, seen
+    assert 200 <= zone_b <= 270, seen  # 80% of 300 is 240 (binomial sd ~7)

@@ -846,7 +846,7 @@ def test_service_errors(extra: str, message: str) -> None:
     ("listeners: [{name: a, port: 1, address: localhost}]\n",
      'listeners[0].address: invalid IP address "localhost"'),
     ("listeners: [{name: a, port: 1, protocol: udp}]\n",
-     'listeners[0].protocol: unknown value "udp"; expected one of: http, tcp'),
+     'listeners[0].protocol: unknown value "udp"; expected one of: http, https, tcp'),
     ("listeners: [{name: a, port: 1, protocol: tcp}]\n",
      'listeners[0].service: missing "service"'),
     ("listeners: [{port: 1}]\n", 'listeners[0].name: missing "name"'),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from meshpilot.discovery.http_api import add_registration_routes
 from meshpilot.xds.render import snapshot_to_dict
 
 if TYPE_CHECKING:
@@ -70,6 +71,9 @@ def make_app(mp: Meshpilot) -> web.Application:
         if snapshot is None:
             return _json({"error": "no valid policy loaded yet"}, 503)
         return _json(snapshot_to_dict(snapshot))
+
+    # Self-registration (/v1/registrations) and /debug/discovery: docs/discovery.md.
+    add_registration_routes(routes, mp.endpoints)
 
     app = web.Application()
     app.add_routes(routes)

@@ -116,6 +116,67 @@ class LoadBalancerOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class Call:
+    """A service a sidecar's application calls, and how it reaches it: through a local port
+    of its own (`local_port`), or through the sidecar's Host-routed outbound port."""
+
+    service: str
+    local_port: int | None = None  # a listener on 127.0.0.1:local_port sending to `service`
+
+
+# The application's default address behind its sidecar (docs/mesh.md).
+DEFAULT_APP_HOST = "127.0.0.1"
+DEFAULT_APP_PORT = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class Sidecar:
+    """The mesh side of a Service: the Envoy next to each of its instances (node cluster = the
+    Service's name). The Service's `endpoints` are then its sidecars' inbound addresses."""
+
+    port: int | None = None  # inbound: mesh traffic in, forwarded to the app; None: no inbound
+    address: str = "0.0.0.0"  # the inbound listener's bind address
+    app_host: str = DEFAULT_APP_HOST  # where the local application listens
+    app_port: int = DEFAULT_APP_PORT
+    outbound_port: int | None = None  # one HTTP listener on 127.0.0.1 routing by Host
+    calls: tuple[Call, ...] = ()  # the services it may call: all it receives (scoping)
+
+
+# ---- TLS (files read by the loader, delivered to Envoy as SDS Secrets) -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    """A certificate chain and its private key, read from the files the policy names. The key
+    is kept out of repr() so that no log line or error can show it."""
+
+    cert_path: str  # as written in the policy
+    key_path: str
+    certificate_chain: bytes = field(repr=False)  # PEM
+    private_key: bytes = field(repr=False)  # PEM; never logged, redacted in every dump
+    position: Position | None = field(default=None, compare=False)  # the `cert:` field
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """TLS termination on a gateway listener (protocol https)."""
+
+    certificates: tuple[TlsCertificate, ...]  # Envoy picks by SNI against each SAN; first: default
+    min_version: Literal["1.2", "1.3"] | None = None  # None: Envoy's default (1.2)
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """TLS origination from Envoy to a Service's endpoints."""
+
+    sni: str | None = None
+    verify: bool = True  # check the endpoint's certificate against `ca` (and its SAN against sni)
+    ca_path: str | None = None
+    ca: bytes | None = field(default=None, repr=False)  # PEM of the trusted CA certificates
+
+
+@dataclass(frozen=True, slots=True)
 class Service:
     name: str
     position: Position
@@ -128,6 +189,10 @@ class Service:
     health_check: HealthCheck | None = None
     circuit_breaker: CircuitBreaker | None = None
     outlier_detection: OutlierDetection | None = None
+    # Locality-weighted balancing: each zone's share of traffic (zone name, weight), sorted.
+    zone_weights: tuple[tuple[str, int], ...] = ()
+    sidecar: Sidecar | None = None  # None: no sidecar (the service may still be called)
+    tls: UpstreamTls | None = None  # None: plain connections to the endpoints
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)
@@ -162,7 +227,7 @@ class GatewayListener:
     name: str
     port: int
     address: str = "0.0.0.0"
-    protocol: Literal["http", "tcp"] = "http"
+    protocol: Literal["http", "tcp"] = "http"  # `protocol: https` is http with `tls` set
     service: str | None = None  # tcp: the Service (protocol tcp) every connection goes to
     access_log: AccessLog | None = None  # the gateway-wide one already filled in
     # http only:
@@ -170,6 +235,8 @@ class GatewayListener:
     request_id_in_response: bool = False
     compression: Compression | None = None
     websocket: bool = False
+    tls: ListenerTls | None = None  # set: the listener terminates TLS (protocol https)
+    redirect_to_https: int | None = None  # set: answer everything with a 301 to https on this port
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +365,97 @@ class Cors:
     allow_credentials: bool | None = None
 
 
+# ---- Route and rule security (translators/auth.py) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Jwks:
+    """Where a JWT provider's public keys are: exactly one of file, inline or uri."""
+
+    file: str | None = None  # an absolute path, read by Envoy
+    inline: str | None = None  # the JWKS JSON text
+    uri: str | None = None  # https://..., fetched by Envoy through `service`'s cluster
+    service: str | None = None
+    cache: float | None = None  # seconds the fetched keys are kept (None: Envoy's 5 minutes)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtProvider:
+    name: str
+    issuer: str | None
+    jwks: Jwks
+    audiences: tuple[str, ...] = ()
+    forward_claims: tuple[tuple[str, str], ...] = ()  # (claim, header), as written
+
+
+@dataclass(frozen=True, slots=True)
+class Jwt:
+    providers: tuple[JwtProvider, ...]
+    required: bool = True  # False: a request without a token passes (a bad token never does)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeys:
+    source: Literal["header", "query", "cookie"]
+    name: str  # the header, query parameter or cookie carrying the key
+    keys: tuple[tuple[str, str], ...] = field(repr=False)  # (client, key): never printed
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    users_file: str  # an absolute path to an htpasswd file of {SHA} hashes, read by Envoy
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthz:
+    service: str
+    protocol: Literal["http", "grpc"] = "http"
+    timeout: float = 0.2
+    failure_mode_allow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRule:
+    """One rule of an authorization policy: every condition given must hold (Istio's AND within
+    a rule); each list is any of its items."""
+
+    paths: tuple[StringMatch, ...] = ()
+    methods: tuple[str, ...] = ()
+    headers: tuple[tuple[str, StringMatch], ...] = ()
+    source_ips: tuple[str, ...] = ()  # CIDRs, normalized (10.0.0.0/8)
+    claims: tuple[tuple[str, str], ...] = ()  # (claim, value): the JWT's claim holds the value
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    action: Literal["ALLOW", "DENY"]
+    rules: tuple[AuthzRule, ...] = ()  # ALLOW with no rules denies everything (Istio)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests: int
+    per: float  # seconds
+    by: Literal["route", "host", "header", "source_ip"] = "route"
+    header: str | None = None  # by header
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """Request-level security of a Route (its virtual host) or of one rule (replacing the
+    Route's setting of the same feature for that rule)."""
+
+    jwt: Jwt | None = None
+    api_keys: ApiKeys | None = None
+    basic_auth: BasicAuth | None = None
+    ext_authz: ExtAuthz | None = None
+    authorization: tuple[Authorization, ...] | None = None  # DENY first, then ALLOW
+    rate_limit: RateLimit | None = None
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, name) is not None for name in self.__slots__)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One rule of a Route: first match wins, in the order written. Exactly one of
@@ -319,17 +477,20 @@ class Rule:
     fault: Fault | None = None
     mirrors: tuple[Mirror, ...] = ()
     hash_on: tuple[HashOn, ...] = ()
+    security: Security = field(default_factory=Security)
 
 
 @dataclass(frozen=True, slots=True)
 class Route:
     name: str
     position: Position
-    gateway: str
+    gateway: str | None  # exactly one of gateway and service is set
     hosts: tuple[str, ...] = ("*",)  # exact names and "*.suffix" wildcards; "*" is every host
     rules: tuple[Rule, ...] = ()
     listeners: tuple[str, ...] = ()  # attach to these listeners of the gateway; empty: all
     cors: Cors | None = None  # for the Route's virtual host
+    security: Security = field(default_factory=Security)  # for the Route's virtual host
+    service: str | None = None  # attached to a Service: its virtual host in its callers' sidecars
 
 
 # ---- the whole model ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from meshpilot.errors import Position
 from meshpilot.policy.fields import did_you_mean, quoted
-from meshpilot.policy.model import Gateway, Route, Service
+from meshpilot.policy.model import Gateway, Route, Security, Service
 
 if TYPE_CHECKING:
     from meshpilot.policy.loader import DocumentContext, LoadContext, ParsedDocument
@@ -46,6 +46,7 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     _check_hosts(index)
     _check_ports(index)
     _check_view_names(documents)
+    _check_mesh(documents, index)
 
 
 @dataclass(slots=True)
@@ -104,19 +105,36 @@ class _Index:
 
 
 def _check_route(route: Route, ctx: DocumentContext, index: _Index) -> None:
-    gateway = index.gateways.get(route.gateway)
-    if gateway is None:
+    gateway = index.gateways.get(route.gateway) if route.gateway is not None else None
+    if route.gateway is None:
+        pass  # attached to a service: checked by _check_mesh
+    elif gateway is None:
         if not index.declared("Gateway", route.gateway):
             hint = index.did_you_mean("Gateway", route.gateway, index.names.get("Gateway", []))
             ctx.report(("gateway",), f"no Gateway named {quoted(route.gateway)}{hint}")
     else:
         _check_listeners(route, gateway, ctx, index)
+    _check_security_services(route.security, (), ctx, index)
     for rule_index, rule in enumerate(route.rules):
         for backend_index, backend in enumerate(rule.backends):
             path = ("rules", rule_index, "backends", backend_index)
             _check_backend(backend.service, backend.subset, path, ctx, index)
         _check_mirrors(route, rule_index, ctx, index)
+        _check_security_services(route.rules[rule_index].security, ("rules", rule_index), ctx,
+                                 index)
         _check_hash_on(route, rule_index, ctx, index)
+
+
+def _check_security_services(security: Security, path: tuple[str | int, ...],
+                             ctx: DocumentContext, index: _Index) -> None:
+    """The Services a Route's security calls: a JWKS server, an authorization service."""
+    if security.jwt is not None:
+        for provider_index, provider in enumerate(security.jwt.providers):
+            if provider.jwks.service is not None:
+                _check_backend(provider.jwks.service, None,
+                               (*path, "jwt", "providers", provider_index, "jwks"), ctx, index)
+    if security.ext_authz is not None:
+        _check_backend(security.ext_authz.service, None, (*path, "ext_authz"), ctx, index)
 
 
 def _check_mirrors(route: Route, rule_index: int, ctx: DocumentContext, index: _Index) -> None:
@@ -153,11 +171,18 @@ def _check_listeners(route: Route, gateway: Gateway, ctx: DocumentContext,
     if not route.listeners and len(tcp) == len(names):
         ctx.report(("gateway",), f"Gateway {gateway.name} has no HTTP listener to attach to "
                                  "(its listeners have protocol tcp)")
+    redirecting = {listener.name for listener in gateway.listeners
+                   if listener.redirect_to_https is not None}
     for listener_index, name in enumerate(route.listeners):
         if name in tcp:
             ctx.report(("listeners", listener_index), f"listener {quoted(name)} of Gateway "
                                                       f"{gateway.name} has protocol tcp; a "
                                                       "Route attaches to HTTP listeners only")
+        elif name in redirecting:
+            ctx.report(("listeners", listener_index), f"listener {quoted(name)} of Gateway "
+                                                      f"{gateway.name} redirects every request "
+                                                      "to https (redirect_to_https): no Route "
+                                                      "is served there")
         elif name not in names:
             hint = index.did_you_mean(f"listener of {gateway.name}", name, names, list_few=True)
             ctx.report(("listeners", listener_index), f"Gateway {gateway.name} has no listener "
@@ -288,3 +313,54 @@ def _check_view_names(documents: Sequence[ParsedDocument]) -> None:
             ctx.report(("name",), f"a {kind} is also named {quoted(ctx.name)} (at {where}); a "
                                   "Service and a Gateway cannot share a name, as each name is "
                                   "the node cluster of its Envoys", at_value=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The mesh: sidecars' calls and Routes attached to a service (docs/mesh.md).
+
+
+def _check_mesh(documents: Sequence[ParsedDocument], index: _Index) -> None:
+    """A called service exists (and a tcp one has a local port: the Host-routed outbound port
+    speaks HTTP); a Route attached to a service names an HTTP Service, one Route per service."""
+    for document in documents:
+        for part in document.parts:
+            if isinstance(part, Service) and part.sidecar is not None:
+                _check_calls(part, document.context, index)
+    attached: dict[str, Route] = {}
+    for route, ctx in index.routes:
+        if route.service is None:
+            continue
+        service = index.services.get(route.service)
+        if service is None:
+            if not index.declared("Service", route.service):
+                hint = index.did_you_mean("Service", route.service,
+                                          index.names.get("Service", []))
+                ctx.report(("service",), f"no Service named {quoted(route.service)}{hint}")
+            continue
+        if service.protocol == "tcp":
+            ctx.report(("service",), f"Service {service.name} speaks protocol tcp; HTTP rules "
+                                     "cannot apply to it")
+            continue
+        first = attached.setdefault(service.name, route)
+        if first is not route:
+            ctx.report(("service",), f"Service {service.name} already has Route {first.name} "
+                                     f"attached (at {first.position}); write all of its rules "
+                                     "in one Route")
+
+
+def _check_calls(service: Service, ctx: DocumentContext, index: _Index) -> None:
+    assert service.sidecar is not None
+    written = ctx.document.value["sidecar"]["calls"] if service.sidecar.calls else []
+    for call_index, call in enumerate(service.sidecar.calls):
+        path: tuple[str | int, ...] = ("sidecar", "calls", call_index)
+        if isinstance(written[call_index], dict):
+            path = (*path, "service")
+        callee = index.services.get(call.service)
+        if callee is None:
+            if not index.declared("Service", call.service):
+                hint = index.did_you_mean("Service", call.service,
+                                          index.names.get("Service", []))
+                ctx.report(path, f"no Service named {quoted(call.service)}{hint}")
+        elif callee.protocol == "tcp" and call.local_port is None:
+            ctx.report(path, f"Service {callee.name} speaks protocol tcp: the outbound_port "
+                             "routes HTTP by Host, so a tcp service needs a local_port")

@@ -16,7 +16,7 @@ from typing import Any
 
 from meshpilot.policy.envoy_resources import KIND as ENVOY_RESOURCES
 from meshpilot.policy.envoy_resources import RESOURCE_LISTS
-from meshpilot.policy.kinds import gateway, route, service
+from meshpilot.policy.kinds import gateway, route, security, service, tls
 
 Schema = dict[str, Any]
 
@@ -197,7 +197,37 @@ def _service() -> Schema:
                                                 "1.9)."},
             }),
         }),
+        "zone_weights": {"type": "object", "description": "Locality-weighted balancing: each "
+                         "zone's weight (every zone the endpoints use needs one).",
+                         "additionalProperties": _integer("The zone's weight.", 1, 1_000_000)},
         "connect_timeout": _ref("duration", "Timeout for new connections (default 1s)."),
+        "sidecar": _sidecar(),
+        "tls": _upstream_tls(),
+    })
+
+
+def _sidecar() -> Schema:
+    port = {"type": "integer", "minimum": 1, "maximum": 65535}
+    call = {"oneOf": [
+        _ref("name", "A Service, reached through the outbound_port (by Host)."),
+        _object("A Service with a local port of its own.", {
+            "service": _ref("name", "The called Service."),
+            "local_port": {**port, "description": "The application sends to 127.0.0.1:this "
+                                                  "port, whatever the Host."},
+        }, required=("service",)),
+    ]}
+    return _object("The mesh side: this Service's sidecar Envoy (node cluster = its name); "
+                   "its endpoints are then the sidecars' inbound addresses.", {
+        "port": {**port, "description": "Inbound: mesh traffic to this service, forwarded to "
+                                        "the application."},
+        "address": {"type": "string", "description": "The inbound listener's bind address "
+                                                     "(default 0.0.0.0)."},
+        "app": {"oneOf": [_ref("address"), port],
+                "description": "Where the application listens, host:port or a port on "
+                               "127.0.0.1 (default 127.0.0.1:8080)."},
+        "outbound_port": {**port, "description": "One HTTP port on 127.0.0.1 for every called "
+                                                 "service, picked by the Host header."},
+        "calls": _list("The services the application calls: all the sidecar receives.", call),
     })
 
 
@@ -227,6 +257,36 @@ def _health_check() -> Schema:
     return schema
 
 
+def _tls_file(description: str) -> Schema:
+    return {"type": "string", "minLength": 1, "description": description}
+
+
+def _listener_tls() -> Schema:
+    certificate = _object("A certificate chain and its private key (PEM files).", {
+        "cert": _tls_file("The certificate chain file (leaf first)."),
+        "key": _tls_file("Its unencrypted private key file; never shown by meshpilot."),
+    }, required=("cert", "key"))
+    return _object("protocol https: TLS termination, certificates delivered by SDS.", {
+        "certificates": _list("One or more; Envoy picks the one whose SAN matches the "
+                              "client's SNI, the first when none does.", certificate),
+        "min_version": _enum("Lowest TLS version accepted (default 1.2).", tls.TLS_VERSIONS),
+        "alpn": _list("ALPN protocols offered (default [h2, http/1.1]).",
+                      {"enum": list(tls.ALPN_PROTOCOLS)}, unique=True),
+    }, required=("certificates",))
+
+
+def _upstream_tls() -> Schema:
+    return _object("TLS from Envoy to the endpoints.", {
+        "sni": {"type": "string", "pattern": rf"^{_DNS_NAME}$",
+                "description": "Server name sent (SNI), and expected in the endpoints' "
+                               "certificates when verifying."},
+        "ca": _tls_file("PEM file of the CA certificates trusted to sign the endpoints' "
+                        "certificates (needed when verify is true)."),
+        "verify": {"type": "boolean", "default": True,
+                   "description": "Verify the endpoints' certificates (default true)."},
+    })
+
+
 def _gateway() -> Schema:
     access_log = _object("An access log file, one line per request (or connection).", {
         "path": {"type": "string", "pattern": "^/",
@@ -239,8 +299,15 @@ def _gateway() -> Schema:
         "port": _integer("The port.", 1, 65535),
         "address": {"type": "string", "description": "The IP address to bind (default "
                                                      "0.0.0.0)."},
-        "protocol": _enum("What the listener speaks: HTTP (Routes attach to it) or TCP "
-                          "(proxied to one service).", gateway.LISTENER_PROTOCOLS, "http"),
+        "protocol": _enum("What the listener speaks: HTTP (Routes attach to it), HTTPS (the "
+                          "same over TLS: needs tls) or TCP (proxied to one service).",
+                          gateway.LISTENER_PROTOCOLS, "http"),
+        "tls": _listener_tls(),
+        "redirect_to_https": {"oneOf": [{"const": True}, {"type": "integer", "minimum": 1,
+                                                          "maximum": 65535}],
+                              "description": "Answer every request with a 301 to the same "
+                                             "URL over https: true (port 443) or the https "
+                                             "port. The listener then serves no Routes."},
         "service": _ref("name", "protocol tcp: the Service (protocol tcp) every connection "
                                 "goes to."),
         "access_log": {**access_log, "description": "This listener's access log (default: the "
@@ -272,8 +339,11 @@ def _gateway() -> Schema:
 
 
 def _route() -> Schema:
-    return _document("Route", "How requests arriving at a gateway are matched and handled.", {
+    schema = _document("Route", "How requests arriving at a gateway, or sent to a service in "
+                                "the mesh, are matched and handled.", {
         "gateway": _ref("name", "The Gateway this Route attaches to."),
+        "service": _ref("name", "Or: the Service this Route attaches to; its rules apply to "
+                                "every caller's sidecar (no listeners or hosts then)."),
         "listeners": _list("Attach to these listeners of the gateway only (default: all).",
                            _ref("name"), unique=True),
         "hosts": _list("Host names this Route serves: exact names, *.suffix wildcards, or "
@@ -281,9 +351,12 @@ def _route() -> Schema:
                            "type": "string", "pattern": rf"^(\*|(\*\.)?{_DNS_NAME})$"},
                        unique=True),
         "cors": _cors(),
+        **_security("this Route's hosts"),
         "rules": _list("Rules, tried in order; the first that matches handles the request.",
                        _rule()),
-    }, required=("gateway", "rules"))
+    }, required=("rules",))
+    schema["oneOf"] = _exactly_one("gateway", "service")
+    return schema
 
 
 def _percentage(description: str) -> Schema:
@@ -414,6 +487,7 @@ def _rule() -> Schema:
         "fault": _fault(),
         "mirror": _mirror(),
         "hash_on": _hash_on(),
+        **_security("this rule (replacing the Route's setting)"),
     })
     schema["oneOf"] = _exactly_one(*route.ACTIONS)
     return schema
@@ -507,3 +581,81 @@ def _envoy_resources() -> Schema:
                                     "description": "The document's name, unique among "
                                                    f"{ENVOY_RESOURCES} documents."}
     return schema
+
+
+def _security(scope: str) -> dict[str, Schema]:
+    """Request-level security (kinds/security.py), for a Route or a rule."""
+    path = {"type": "string", "pattern": "^/", "description": "An absolute file path."}
+    jwks = _object("Where the provider's public keys are: exactly one of file, inline or uri.", {
+        "file": path,
+        "inline": {"type": "string", "description": "The JWKS JSON text."},
+        "uri": {"type": "string", "pattern": "^https?://",
+                "description": "A URL Envoy fetches the JWKS from."},
+        "service": _ref("name", "The Service the uri is fetched through."),
+        "cache": _ref("duration", "How long fetched keys are kept (default 5m)."),
+    })
+    jwks["oneOf"] = _exactly_one(*security.JWKS_SOURCES)
+    provider = _object("A token issuer.", {
+        "name": _ref("name", "Unique within the providers."),
+        "issuer": {"type": "string", "description": "The iss claim required."},
+        "audiences": _list("Accepted aud values (default: any).", {"type": "string"}),
+        "jwks": jwks,
+        "forward_claims": {"type": "object", "additionalProperties": _ref("headerName"),
+                           "description": "Claims copied to request headers: claim -> header."},
+    }, required=("name", "jwks"))
+    key = {"oneOf": [{"type": "string", "minLength": 1, "description": "The key itself."},
+                     _object("A file holding the key.", {"file": path}, required=("file",))]}
+    api_keys = _object(f"API keys required on {scope}: exactly one of header, query, cookie.", {
+        "header": _ref("headerName", "The header carrying the key."),
+        "query": {"type": "string", "minLength": 1, "description": "The query parameter."},
+        "cookie": {"type": "string", "minLength": 1, "description": "The cookie."},
+        "keys": {"type": "object", "additionalProperties": key,
+                 "description": "Client name -> key (never shown in messages or dumps)."},
+    }, required=("keys",))
+    api_keys["oneOf"] = _exactly_one(*security.API_KEY_SOURCES)
+    authz_rule = _object("Every condition given must hold; each list is any of its items.", {
+        "paths": _list("\"/exact\", \"/prefix/*\" or \"*\".", {"type": "string"}),
+        "methods": _list("HTTP methods.", _enum("An HTTP method.", route.METHODS)),
+        "headers": {"type": "object", "propertyNames": _ref("headerName"),
+                    "additionalProperties": _ref("valueMatch"),
+                    "description": "Request headers and how their values must match."},
+        "source_ips": _list("Client addresses or CIDR ranges.", {"type": "string"}),
+        "claims": {"type": "object", "additionalProperties": {"type": "string"},
+                   "description": "JWT claims and a value each must equal (or hold)."},
+    })
+    policy = _object("ALLOW: only matching requests pass (no rules: none); DENY: matching "
+                     "requests are refused (evaluated first).", {
+        "action": _enum("What a matching request gets.", security.AUTHZ_ACTIONS, "ALLOW"),
+        "rules": _list("Any of these rules.", authz_rule),
+    })
+    return {
+        "jwt": _object(f"JWT validation on {scope}.", {
+            "providers": _list("Accepted token issuers.", provider),
+            "required": {"type": "boolean", "default": True,
+                         "description": "false: requests without a token pass too."},
+        }, required=("providers",)),
+        "api_keys": api_keys,
+        "basic_auth": _object(f"HTTP basic authentication on {scope}.", {
+            "users": _object("The users.", {"file": {**path, "description": "An htpasswd "
+                                                     "file of {SHA} hashes."}},
+                             required=("file",)),
+        }, required=("users",)),
+        "ext_authz": _object(f"Ask an authorization service about each request to {scope}.", {
+            "service": _ref("name", "The authorization Service."),
+            "protocol": _enum("How it is asked.", security.EXT_AUTHZ_PROTOCOLS, "http"),
+            "timeout": _ref("duration", "How long to wait for its answer (default 200ms)."),
+            "failure_mode_allow": {"type": "boolean", "default": False,
+                                   "description": "Let requests through when it fails."},
+        }, required=("service",)),
+        "authorization": {"oneOf": [policy, _list("Policies (one per action).", policy)],
+                          "description": f"Who may do what on {scope} (Istio's semantics)."},
+        "rate_limit": _object(f"A local token-bucket rate limit on {scope}.", {
+            "requests": _integer("Requests allowed per window.", 1, 1_000_000_000),
+            "per": _ref("duration", "The window (at least 50ms)."),
+            "by": {"oneOf": [_enum("One bucket for the route, per Host, or per client "
+                                   "address.", security.RATE_LIMIT_BY, "route"),
+                             _object("One bucket per value of a header.",
+                                     {"header": _ref("headerName")}, required=("header",))],
+                   "description": "Whose requests share a bucket (default route)."},
+        }, required=("requests", "per")),
+    }

@@ -8,6 +8,7 @@ versions do not churn). One module per resource family; this module assembles th
     endpoints.py  endpoints -> ClusterLoadAssignment
     listeners.py  Gateway listener -> Listener (HTTP connection manager, RDS over ADS)
     routes.py     Routes attached to a listener -> RouteConfiguration
+    secrets.py    TLS: certificates and CAs -> SDS Secrets, and the contexts that name them
     raw.py        `kind: EnvoyResources`, passed through
 
 What a view receives:
@@ -15,7 +16,9 @@ What a view receives:
   listener has no routes), and only the clusters its Routes and tcp listeners send traffic to
   (a whole service or a subset), with the ClusterLoadAssignment of each EDS cluster. A gateway
   never receives a large mesh's every service.
-- Any other view: no service-derived resources yet (sidecars come later).
+- A view named like a Service with `sidecar:`: its inbound listener and application cluster,
+  and outbound listeners, routes, clusters and endpoints for the services it calls only
+  (translators/sidecar.py, docs/mesh.md). Any other view: no generated resources.
 - Every view: the raw EnvoyResources addressed to it. Escape hatch: a raw resource with the same
   type and name as a generated one replaces it, so a hand-written cluster `reviews` overrides
   the generated one while everything else stays generated.
@@ -26,13 +29,25 @@ What a view receives:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import copy
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 
 from meshpilot.plugins import Plugin, apply_plugins, as_plugins
-from meshpilot.policy.model import Gateway, Model, Route, Service
-from meshpilot.translators import clusters, endpoints, listeners, names, raw, routes
+from meshpilot.policy.model import Endpoint, Gateway, Model, Route, Service
+from meshpilot.translators import (
+    auth,
+    clusters,
+    endpoints,
+    listeners,
+    names,
+    raw,
+    routes,
+    secrets,
+    sidecar,
+)
 from meshpilot.xds import types
-from meshpilot.xds.resources import Resource
+from meshpilot.xds.resources import Resource, ResourceMap
 from meshpilot.xds.snapshot import Snapshot
 
 
@@ -48,20 +63,28 @@ class Translation:
     every Translation of a process: their conversion caches live on them.
     """
 
-    def __init__(self, model: Model, plugins: Iterable[Plugin | object] = ()):
+    def __init__(self, model: Model, plugins: Iterable[Plugin | object] = (),
+                 discovered: Mapping[str, tuple[Endpoint, ...]] | None = None):
         self.model = model
         self.plugins = as_plugins(plugins)
+        # Endpoints found at run time (meshpilot.discovery), per service: added to the policy's.
+        self.discovered: dict[str, tuple[Endpoint, ...]] = dict(discovered or {})
         self._raw = raw.encode(model)
         self._routes_of: dict[str, list[Route]] = {}
         for route in model.routes:  # sorted by name in the model, so kept in name order here
-            self._routes_of.setdefault(route.gateway, []).append(route)
+            if route.gateway is not None:  # else attached to a service: the mesh's
+                self._routes_of.setdefault(route.gateway, []).append(route)
         self._clusters: dict[str, tuple[Resource, ...]] = {}
+        self._secrets: dict[str, tuple[Resource, ...]] = {}  # per service: its CA Secret
+        self._mesh = sidecar.Mesh(model, self._cluster_resources)
 
     def snapshot(self, view: str) -> Snapshot:
         handwritten: list[Resource] = raw.for_view(self._raw, view)
         overridden = {(r.type_url, r.name) for r in handwritten}
-        generated = [r for r in self._generated(view)
-                     if (r.type_url, r.name) not in overridden]
+        generated = self._generated(view)
+        # TLS to a Service's endpoints: its CA Secret wherever one of its clusters goes.
+        generated += secrets.cluster_secret_resources(generated, self.model, self._secrets)
+        generated = [r for r in generated if (r.type_url, r.name) not in overridden]
         assembled = handwritten + generated
         if self.plugins:
             assembled = apply_plugins(self.plugins, self.model, view, assembled)
@@ -70,14 +93,19 @@ class Translation:
     def _generated(self, view: str) -> list[Resource]:
         gateway = self.model.gateway(view)
         if gateway is None:
-            return []
+            service = self.model.service(view)  # a sidecar's view: translators/sidecar.py
+            return [] if service is None else self._mesh.resources(service)
         attached = self._routes_of.get(gateway.name, [])
         resources: list[Resource] = []
         for spec in gateway.listeners:
             listener = listeners.listener(gateway, spec)
+            if spec.protocol != "tcp" and spec.redirect_to_https is None:  # auth.py
+                listener = auth.with_security_filters(
+                    listener, [r for r in attached if routes.attaches(r, spec)])
             resources.append(Resource.from_message(types.LISTENER, listener.name, listener))
-            if spec.protocol == "tcp":
-                continue  # a TCP proxy: no routes
+            resources.extend(secrets.listener_resources(gateway.name, spec))  # https: its certs
+            if spec.protocol == "tcp" or spec.redirect_to_https is not None:
+                continue  # a TCP proxy, or a listener redirecting to https: no routes
             config = routes.route_configuration(gateway, spec, attached)
             resources.append(Resource.from_message(types.ROUTE, config.name, config))
         # No sorting needed here: a snapshot orders each type's resources by name.
@@ -90,16 +118,81 @@ class Translation:
         name = names.cluster(service_name, subset)
         found = self._clusters.get(name)
         if found is None:
-            found = self._clusters[name] = _translate_cluster(self.model.service(service_name),
+            found = self._clusters[name] = _translate_cluster(self.service(service_name),
                                                               subset)
         return found
+
+    # ---- discovered endpoints: the EDS fast path -----------------------------------------------
+
+    def service(self, name: str) -> Service | None:
+        """The policy's Service with its discovered endpoints added (an address already written
+        in the policy is not added twice). Discovered endpoints are IPs, so they never change a
+        service's cluster type; a service with none at all still gets its (EDS) cluster."""
+        service = self.model.service(name)
+        found = self.discovered.get(name)
+        if service is None or not found:
+            return service
+        static = {(e.host, e.port) for e in service.endpoints}
+        extra = tuple(e for e in found if (e.host, e.port) not in static)
+        return replace(service, endpoints=service.endpoints + extra) if extra else service
+
+    def with_endpoints(self, discovered: Mapping[str, tuple[Endpoint, ...]]) -> Translation:
+        """This translation with other discovered endpoints: the model, raw resources and every
+        cluster of an unaffected service are shared, nothing is loaded or re-validated."""
+        new = copy.copy(self)
+        new.discovered = dict(discovered)
+        changed = self.changed_services(discovered)
+        new._clusters = {name: built for name, built in self._clusters.items()
+                         if name.partition(names.SEPARATOR)[0] not in changed}
+        mesh = getattr(self, "_mesh", None)
+        if mesh is not None:  # the sidecars' Mesh must build clusters through the new cache
+            new._mesh = copy.copy(mesh)
+            new._mesh._cluster_resources = new._cluster_resources
+        return new
+
+    def changed_services(self, discovered: Mapping[str, tuple[Endpoint, ...]]) -> set[str]:
+        return {s for s in set(self.discovered) | set(discovered)
+                if self.discovered.get(s, ()) != discovered.get(s, ())}
+
+    def refresh_endpoints(self, previous: Snapshot, services: set[str]) -> Snapshot:
+        """`previous` (this view's snapshot from an earlier Translation of the same model) with
+        the clusters and assignments of `services` rebuilt. Listeners, routes and every other
+        resource are not translated again, and each type whose content did not change keeps its
+        `ResourceMap` object: for an EDS service only the endpoints map changes. With plugins
+        (which may patch anything) the view is assembled again, still reusing unchanged maps."""
+        view = previous.view
+        if self.plugins:
+            fresh = self.snapshot(view)
+            every = set(fresh.type_urls()) | set(previous.type_urls())
+            maps = {t: (previous.get(t) if previous.get(t).version == fresh.get(t).version
+                        else fresh.get(t)) for t in every}
+            return Snapshot(view, {t: m for t, m in maps.items() if len(m)})
+        overridden = {(r.type_url, r.name) for r in raw.for_view(self._raw, view)}
+        updates: dict[str, dict[str, Resource]] = {}
+        for name in previous.get(types.CLUSTER):
+            service, _, subset = name.partition(names.SEPARATOR)
+            if service not in services:
+                continue
+            for resource in self._cluster_resources(service, subset or None):
+                if (resource.type_url, resource.name) in overridden:
+                    continue
+                old = previous.get(resource.type_url).get(resource.name)
+                if old is None or old.version != resource.version:
+                    updates.setdefault(resource.type_url, {})[resource.name] = resource
+        if not updates:
+            return previous
+        maps = {t: previous.get(t) for t in previous.type_urls()}
+        for type_url, changed in updates.items():
+            maps[type_url] = ResourceMap(type_url, {**maps.get(type_url, {}), **changed}.values())
+        return Snapshot(view, maps)
 
 
 def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, str | None]]:
     """(service, subset) of every backend of the Routes served on some listener of `gateway`,
     and the service of every tcp listener, each once."""
     seen: set[tuple[str, str | None]] = set()
-    http = [spec for spec in gateway.listeners if spec.protocol == "http"]
+    http = [spec for spec in gateway.listeners
+            if spec.protocol == "http" and spec.redirect_to_https is None]
     for spec in gateway.listeners:
         if spec.service is not None and (spec.service, None) not in seen:
             seen.add((spec.service, None))
@@ -107,6 +200,10 @@ def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, st
     for route in attached:
         if not any(routes.attaches(route, spec) for spec in http):
             continue
+        for service in auth.services_of(route):  # a JWKS server, an authorization service
+            if (service, None) not in seen:
+                seen.add((service, None))
+                yield service, None
         for rule in route.rules:
             for backend in (*rule.backends, *rule.mirrors):  # a mirror needs its cluster too
                 key = (backend.service, backend.subset)
@@ -125,6 +222,7 @@ def _translate_cluster(service: Service | None, subset: str | None) -> tuple[Res
     built = [Resource.from_message(types.CLUSTER, cluster.name, cluster)]
     if not clusters.uses_dns(service):
         assignment = endpoints.load_assignment(names.eds_service(cluster.name),
-                                               service.endpoints_of(subset))
+                                               service.endpoints_of(subset),
+                                               dict(service.zone_weights))
         built.append(Resource.from_message(types.ENDPOINT, assignment.cluster_name, assignment))
     return tuple(built)

@@ -28,7 +28,7 @@ from meshpilot.policy.model import (
     OutlierDetection,
     Service,
 )
-from meshpilot.translators import endpoints, names
+from meshpilot.translators import endpoints, names, secrets
 from meshpilot.translators.protos import ads_config_source, duration
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -61,11 +61,14 @@ def cluster(service: Service, subset: str | None = None) -> Cluster:
     result = Cluster(name=name, connect_timeout=duration(service.connect_timeout),
                      lb_policy=_LB_POLICIES[service.load_balancer])
     _load_balancer_options(result, service)
+    if service.zone_weights:
+        result.common_lb_config.locality_weighted_lb_config.SetInParent()
     if uses_dns(service):
         result.type = Cluster.STRICT_DNS
         result.dns_lookup_family = Cluster.V4_PREFERRED
         result.load_assignment.CopyFrom(
-            endpoints.load_assignment(name, service.endpoints_of(subset)))
+            endpoints.load_assignment(name, service.endpoints_of(subset),
+                                      dict(service.zone_weights)))
     else:
         # EDS over ADS: an endpoint change is then an EDS-only push, the cluster (and its
         # connection pools and health state) is left alone.
@@ -80,6 +83,9 @@ def cluster(service: Service, subset: str | None = None) -> Cluster:
         result.circuit_breakers.CopyFrom(circuit_breakers(service.circuit_breaker))
     if service.outlier_detection is not None:
         result.outlier_detection.CopyFrom(outlier_detection(service.outlier_detection))
+    if service.tls is not None:
+        # TLS to the endpoints; the trusted CA is an SDS Secret (secrets.py), not inline.
+        result.transport_socket.CopyFrom(secrets.upstream_transport_socket(service))
     return result
 
 

@@ -9,7 +9,7 @@ decides which). It must not decide which endpoints belong to a cluster (the mode
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from envoy.config.core.v3.base_pb2 import Locality, Metadata
@@ -31,7 +31,8 @@ from meshpilot.policy.model import Endpoint
 METADATA_NAMESPACE = "meshpilot"
 
 
-def load_assignment(cluster_name: str, endpoints: Iterable[Endpoint]) -> ClusterLoadAssignment:
+def load_assignment(cluster_name: str, endpoints: Iterable[Endpoint],
+                    zone_weights: Mapping[str, int] | None = None) -> ClusterLoadAssignment:
     """`endpoints` grouped into one `LocalityLbEndpoints` per (priority, region, zone), groups
     and endpoints sorted so that the same endpoints written in another order give the same
     bytes and version. Endpoints without region, zone or priority share one group, as before
@@ -48,6 +49,11 @@ def load_assignment(cluster_name: str, endpoints: Iterable[Endpoint]) -> Cluster
             priority=priority)
         if region or zone:
             group.locality.CopyFrom(Locality(region=region, zone=zone))
+        if zone_weights:
+            # Locality-weighted balancing: a locality's share is its weight over the sum of the
+            # weights of the healthy localities of the same priority (the loader requires a
+            # weight for every zone in use, as Envoy sends nothing to an unweighted locality).
+            group.load_balancing_weight.CopyFrom(UInt32Value(value=zone_weights.get(zone, 0)))
         assignment.endpoints.append(group)
     return assignment
 

@@ -33,7 +33,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
 from meshpilot.policy.model import AccessLog, Compression, Gateway, GatewayListener
-from meshpilot.translators import names
+from meshpilot.translators import names, secrets
 from meshpilot.translators.protos import ads_config_source
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
@@ -90,9 +90,16 @@ def listener(gateway: Gateway, spec: GatewayListener) -> Listener:
     if spec.protocol == "tcp":
         network_filter = Filter(name=TCP_PROXY, typed_config=_pack(tcp_proxy(gateway, spec)))
     else:
-        network_filter = Filter(name=HTTP_CONNECTION_MANAGER,
-                                typed_config=_pack(http_connection_manager(gateway, spec)))
+        manager = http_connection_manager(gateway, spec)
+        if spec.redirect_to_https is not None:
+            # Serves no Routes: one inline route answering every request with a 301 to https.
+            manager.ClearField("rds")
+            manager.route_config.CopyFrom(secrets.https_redirect(name, spec.redirect_to_https))
+        network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=_pack(manager))
     chain = FilterChain(filters=[network_filter])
+    if spec.tls is not None:
+        # Certificates by SDS name only (secrets.py): never inline in the listener.
+        chain.transport_socket.CopyFrom(secrets.downstream_transport_socket(gateway.name, spec))
     return Listener(name=name, address=address, filter_chains=[chain])
 
 

@@ -60,3 +60,34 @@ def route_entry(route: str, rule_index: int, match_index: int | None = None) -> 
     """A route entry: a rule of a Route, and which of its matches when it has several."""
     name = f"{route}{SEPARATOR}rules[{rule_index}]"
     return name if match_index is None else f"{name}{SEPARATOR}match[{match_index}]"
+
+
+# ---- sidecars (translators/sidecar.py, docs/mesh.md) --------------------------------------------
+#
+#     inbound listener of the sidecar of `reviews`      inbound/reviews   (and its stat prefix
+#                                                                          and inline routes)
+#     cluster of the local application of `reviews`     inbound|reviews   ("|" is never in a
+#                                                                          policy name: no clash
+#                                                                          with a subset cluster)
+#     local-port listener for called service `ratings`  outbound/ratings  (and its route config)
+#     Host-routed outbound listener                     outbound          (and its route config)
+#     virtual host of a called service `ratings`        ratings
+#     route entry when no Route is attached to ratings  ratings/default
+
+OUTBOUND = "outbound"
+
+
+def inbound(service: str) -> str:
+    return f"inbound{SEPARATOR}{service}"
+
+
+def inbound_cluster(service: str) -> str:
+    return f"inbound|{service}"
+
+
+def outbound(service: str) -> str:
+    return f"{OUTBOUND}{SEPARATOR}{service}"
+
+
+def default_route_entry(service: str) -> str:
+    return f"{service}{SEPARATOR}default"

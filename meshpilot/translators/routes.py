@@ -63,7 +63,7 @@ from meshpilot.policy.model import (
     Rule,
     StringMatch,
 )
-from meshpilot.translators import names
+from meshpilot.translators import auth, names
 from meshpilot.translators.listeners import CORS, FAULT
 from meshpilot.translators.protos import duration
 
@@ -123,6 +123,7 @@ def virtual_host(route: Route, port: int, taken: set[str]) -> VirtualHost | None
                         routes=list(route_entries(route)))
     if route.cors is not None:
         vhost.typed_per_filter_config[CORS].CopyFrom(_pack(cors_policy(route.cors)))
+    auth.add_virtual_host_security(vhost, route)
     return vhost
 
 
@@ -142,7 +143,9 @@ def route_entries(route: Route) -> Iterable[EnvoyRoute]:
         several = len(rule.matches) > 1
         for match_index, match in enumerate(rule.matches):
             name = names.route_entry(route.name, index, match_index if several else None)
-            yield route_entry(name, match, rule)
+            entry = route_entry(name, match, rule)
+            auth.add_route_security(entry, route, rule.security)
+            yield entry
 
 
 def route_entry(name: str, match: Match, rule: Rule) -> EnvoyRoute:

@@ -15,7 +15,8 @@ from meshpilot.xds.snapshot import Snapshot
 REDACTED = "[redacted]"
 # DataSource fields that hold key material inline; file paths and SDS names are not secret.
 _SECRET_DATA_FIELDS = ("private_key", "password", "secret", "session_ticket_keys", "generic_secret",
-                       "hmac_secret", "keys")
+                       "hmac_secret", "keys",
+                       "users")  # basic_auth's htpasswd (translators/auth.py)
 
 
 def message_of(resource: Resource) -> Message:
@@ -77,6 +78,9 @@ def redact(value: Any, secret: bool = False) -> Any:
         for key, item in value.items():
             if secret and key in ("inline_string", "inline_bytes"):
                 out[key] = REDACTED
+            elif key == "credentials" and isinstance(item, list):  # api_key_auth's keys
+                out[key] = [{**c, "key": f"{REDACTED}:{c.get('client', '')}"}
+                            if isinstance(c, dict) and "key" in c else c for c in item]
             else:
                 out[key] = redact(item, secret or key in _SECRET_DATA_FIELDS)
         return out

@@ -24,6 +24,16 @@ Shape:
         websocket: true              # allow websocket upgrades
       - {name: db, port: 5432, protocol: tcp, service: postgres}
                                      # tcp: every connection to the Service (protocol tcp)
+      - name: https
+        port: 8443
+        protocol: https              # http over TLS: needs tls
+        tls:
+          certificates:              # Envoy picks by SNI (the certificates' SANs); first: default
+            - {cert: /etc/tls/shop.pem, key: /etc/tls/shop.key}
+          min_version: "1.3"         # "1.2" (Envoy's default) | "1.3"
+          alpn: [h2, http/1.1]       # the default
+      - {name: plain, port: 8080, redirect_to_https: 8443}
+                                     # every request: 301 to https://host:8443/path (true: 443)
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from meshpilot.policy.fields import (
     reported_since,
     written_before,
 )
+from meshpilot.policy.kinds import tls
 from meshpilot.policy.model import AccessLog, Compression, Gateway, GatewayListener
 from meshpilot.policy.yamlsource import FieldPath, Located
 
@@ -51,9 +62,11 @@ KIND = "Gateway"
 
 GATEWAY_KEYS = ("kind", "name", "access_log", "listeners")
 LISTENER_KEYS = ("name", "port", "address", "protocol", "service", "access_log",
-                 "trust_request_id", "request_id_in_response", "compression", "websocket")
-LISTENER_PROTOCOLS = ("http", "tcp")
-HTTP_ONLY_KEYS = ("trust_request_id", "request_id_in_response", "compression", "websocket")
+                 "trust_request_id", "request_id_in_response", "compression", "websocket",
+                 "tls", "redirect_to_https")
+LISTENER_PROTOCOLS = ("http", "https", "tcp")
+HTTP_ONLY_KEYS = ("trust_request_id", "request_id_in_response", "compression", "websocket",
+                  "tls", "redirect_to_https")
 ACCESS_LOG_KEYS = ("path", "format")
 ACCESS_LOG_FORMATS = ("json", "text")
 COMPRESSION_KEYS = ("gzip", "min_content_length", "content_types")
@@ -125,12 +138,15 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
     in_response = entry.get("request_id_in_response", fields.boolean) or False
     compression = _compression(entry)
     websocket = entry.get("websocket", fields.boolean) or False
+    listener_tls, redirect = tls.listener_tls(entry, protocol)
     if name is None or port is None:
         return None
+    # `protocol: https` is an HTTP listener that terminates TLS: Routes attach to it alike.
     return GatewayListener(name=name, port=port, address=address,
-                           protocol=cast(Literal["http"], protocol), access_log=access_log,
+                           protocol=cast(Literal["http"], "http"), access_log=access_log,
                            trust_request_id=trust, request_id_in_response=in_response,
-                           compression=compression, websocket=websocket)
+                           compression=compression, websocket=websocket, tls=listener_tls,
+                           redirect_to_https=redirect)
 
 
 def _log_path(value: Any) -> str:

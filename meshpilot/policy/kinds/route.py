@@ -11,7 +11,9 @@ Shape:
 
     kind: Route
     name: shop
-    gateway: edge
+    gateway: edge                       # or service: reviews (exactly one): the rules then
+                                        # apply to every caller of reviews in the mesh, and
+                                        # listeners and hosts are not written (docs/mesh.md)
     listeners: [http]                   # some of the gateway's listeners (default: all)
     hosts: [shop.example.com, "*.shop.example.com"]   # default ["*"]: every host
     cors: {allow_origins: ["https://a.example", "*.b.example"], allow_methods: [GET],
@@ -44,6 +46,9 @@ Shape:
       - redirect: {scheme: https, host: a.example.com, port: 8443, path: /x, status: 301}
                                         # path or prefix; status 301|302|303|307|308 (302)
       - direct_response: {status: 404, body: "not here"}
+
+    Security (kinds/security.py), on the Route or on a rule: jwt, api_keys, basic_auth,
+    ext_authz, authorization, rate_limit.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from meshpilot.policy.fields import (
     reported_since,
     written_before,
 )
+from meshpilot.policy.kinds.security import SECURITY_KEYS, check_claims, parse_security
 from meshpilot.policy.model import (
     Backend,
     Backoff,
@@ -86,12 +92,17 @@ if TYPE_CHECKING:
 
 KIND = "Route"
 
-ROUTE_KEYS = ("kind", "name", "gateway", "listeners", "hosts", "cors", "rules")
+ROUTE_KEYS = ("kind", "name", "gateway", "service", "listeners", "hosts", "cors", "rules",
+              *SECURITY_KEYS)
+# A Route attached to a Service (its virtual host in every caller's sidecar, docs/mesh.md):
+# the mesh decides the hosts, and a sidecar has no named listeners.
+GATEWAY_ONLY = ("listeners", "hosts")
 ACTIONS = ("backends", "redirect", "direct_response")
 # Envoy's RouteAction settings (and the fault filter's, which acts before the router).
 BACKEND_ONLY = ("rewrite", "timeout", "idle_timeout", "grpc", "retries", "fault", "mirror",
                 "hash_on")
-RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers")
+RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers",
+             *SECURITY_KEYS)
 MATCH_KEYS = ("path", "method", "methods", "headers", "query")
 PATH_MATCHES = ("prefix", "exact", "regex")
 VALUE_MATCHES = ("exact", "prefix", "regex", "present", "absent")
@@ -153,15 +164,30 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
     doc = Fields(ctx, document.value)
     doc.check_keys(ROUTE_KEYS, "a Route")
     name = doc.get("name", fields.name)
-    gateway = doc.get("gateway", fields.name, required=True)
+    attach = doc.exclusive(("gateway", "service"), required=True, what="a Route")
+    gateway = doc.get("gateway", fields.name, required=True) if attach == "gateway" else None
+    service = doc.get("service", fields.name, required=True) if attach == "service" else None
+    for key in GATEWAY_ONLY:
+        if attach == "service" and key in doc.value:
+            doc.report(key, f'"{key}" applies to a Route attached to a gateway; a Route '
+                            "attached to a service serves every caller of that service",
+                       at_value=False)
     listeners = _unique_list(doc, "listeners", "listener name", fields.name)
     hosts = _unique_list(doc, "hosts", "host", fields.host_pattern)
     cors = _cors(doc)
+    security = parse_security(doc)
     rules = _rules(doc)
-    if reported_since(ctx, mark) or name is None or gateway is None:
+    if attach == "service" and (security or any(rule.security for rule in rules)):
+        doc.report("service", "jwt, api_keys, basic_auth, ext_authz, authorization and "
+                              "rate_limit apply to Routes attached to a gateway (not yet to "
+                              "sidecars)", at_value=False)
+    if not reported_since(ctx, mark):
+        check_claims(ctx, security, [(("rules", i), r.security) for i, r in enumerate(rules)])
+    if reported_since(ctx, mark) or name is None or (gateway is None and service is None):
         return []
     return [Route(name=name, position=document.position, gateway=gateway,
-                  hosts=hosts or ("*",), rules=rules, listeners=listeners, cors=cors)]
+                  hosts=hosts or ("*",), rules=rules, listeners=listeners, cors=cors,
+                  service=service, security=security)]
 
 
 def _unique_list(doc: Fields, key: str, what: str,
@@ -229,6 +255,7 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
         fault=_fault(rule),
         mirrors=_mirrors(rule),
         hash_on=_hash_on(rule),
+        security=parse_security(rule),
     )
 
 

@@ -28,6 +28,10 @@ Shape:
                         base_ejection_time: 30s, max_ejection_percent: 10,
                         success_rate: {minimum_hosts: 5, request_volume: 100, stdev_factor: 1.9}}
     connect_timeout: 1s                  # default 1s
+    sidecar: {port: 15006, app: 127.0.0.1:8080, outbound_port: 15001,   # the mesh side: see
+              calls: [ratings, {service: details, local_port: 9001}]}   # kinds/sidecar.py
+    tls: {sni: reviews.internal, ca: /etc/tls/ca.pem, verify: true}     # TLS to the endpoints:
+                                                                        # see kinds/tls.py
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from meshpilot.policy.fields import (
     reported_since,
     written_before,
 )
+from meshpilot.policy.kinds.sidecar import parse_sidecar
+from meshpilot.policy.kinds.tls import upstream_tls
 from meshpilot.policy.model import (
     CircuitBreaker,
     Endpoint,
@@ -71,7 +77,8 @@ HealthCheckKind = Literal["http", "tcp", "grpc"]
 HEALTH_CHECK_KINDS: tuple[HealthCheckKind, ...] = ("http", "tcp", "grpc")
 
 SERVICE_KEYS = ("kind", "name", "protocol", "endpoints", "subsets", "load_balancer",
-                "health_check", "circuit_breaker", "outlier_detection", "connect_timeout")
+                "health_check", "circuit_breaker", "outlier_detection", "connect_timeout",
+                "zone_weights", "sidecar", "tls")
 ENDPOINT_KEYS = ("address", "labels", "weight", "region", "zone", "priority")
 HEALTH_CHECK_KEYS = (*HEALTH_CHECK_KINDS, "interval", "timeout", "unhealthy_threshold",
                      "healthy_threshold", "expected_statuses", "no_traffic_interval",
@@ -134,8 +141,38 @@ def parse_service(document: Located, ctx: DocumentContext) -> list[Service]:
         health_check=_health_check(doc, protocol),
         circuit_breaker=_circuit_breaker(doc),
         outlier_detection=_outlier_detection(doc),
+        zone_weights=_zone_weights(doc, endpoints),
+        sidecar=parse_sidecar(doc),
+        tls=upstream_tls(doc),
     )
     return [] if reported_since(ctx, mark) or name is None else [service]
+
+
+def _zone_weights(doc: Fields, endpoints: tuple[Endpoint, ...]) -> tuple[tuple[str, int], ...]:
+    """`zone_weights: {a: 80, b: 20}`: locality-weighted balancing across the endpoints' zones.
+
+    Envoy sends nothing to a locality without a weight, so every zone the endpoints use needs
+    one, and a weight for a zone no endpoint is in is a typo."""
+    weights = doc.mapping("zone_weights",
+                          "a mapping of zone name to weight, such as {a: 80, b: 20}")
+    if weights is None:
+        return ()
+    result = {}
+    for zone in weights.value:
+        weight = weights.get(zone, fields.integer(1, 1_000_000))
+        if weight is not None:
+            result[str(zone)] = weight
+    used = {e.zone for e in endpoints if e.zone}
+    for zone in sorted(set(result) - used):
+        weights.report(zone, f"no endpoint is in zone {fields.quoted(zone)}"
+                             f"{fields.did_you_mean(zone, sorted(used))}", at_value=False)
+    for zone in sorted(used - set(result)):
+        doc.report("zone_weights", f"zone {fields.quoted(zone)} has endpoints but no weight: "
+                                   "Envoy would send it nothing", at_value=False)
+    if endpoints and any(e.zone is None for e in endpoints):
+        doc.report("zone_weights", "every endpoint needs a zone when zone_weights is set",
+                   at_value=False)
+    return tuple(sorted(result.items()))
 
 
 _T = TypeVar("_T")

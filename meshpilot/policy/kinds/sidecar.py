@@ -1,0 +1,136 @@
+"""A Service's `sidecar:` block: the mesh side of a Service, as `model.Sidecar`.
+
+This module owns the shape of `sidecar:` and what can be checked within it: ports, the
+application's address, the list of called services (each once, each reachable by the
+application: through a `local_port` or the sidecar's `outbound_port`), and that no two of the
+sidecar's own listeners share a port. Whether a called service exists is `references.py`'s job;
+what Envoy receives is `translators/sidecar.py`'s. See docs/mesh.md.
+
+Shape (inside a `kind: Service` document):
+
+    sidecar:
+      port: 15006                 # inbound: mesh traffic to this service (optional: a client-only
+                                  #   workload has no inbound listener)
+      address: 0.0.0.0            # the inbound listener's bind address (default 0.0.0.0)
+      app: 127.0.0.1:8080         # where the application listens (default 127.0.0.1:8080);
+                                  #   a bare port means 127.0.0.1:port
+      outbound_port: 15001        # one HTTP port on 127.0.0.1: the Host header picks the service
+      calls:                      # the services the application calls: all the sidecar receives
+        - ratings                 # through outbound_port only
+        - {service: details, local_port: 9001}   # also on 127.0.0.1:9001, whatever the Host
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any
+
+from meshpilot.policy import fields
+from meshpilot.policy.fields import Fields, written_before
+from meshpilot.policy.model import DEFAULT_APP_HOST, DEFAULT_APP_PORT, Call, Sidecar
+from meshpilot.policy.yamlsource import FieldPath
+
+if TYPE_CHECKING:
+    from meshpilot.policy.loader import DocumentContext
+
+SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls")
+CALL_KEYS = ("service", "local_port")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def parse_sidecar(doc: Fields) -> Sidecar | None:
+    """The Service's `sidecar:` block, or None when it has none (issues are reported)."""
+    spec = doc.mapping("sidecar", "a mapping such as {port: 15006, app: 127.0.0.1:8080, "
+                                  "calls: [reviews]}")
+    if spec is None:
+        return None
+    spec.check_keys(SIDECAR_KEYS, "sidecar")
+    port = spec.get("port", fields.PORT)
+    address = spec.get("address", fields.ip_address) or "0.0.0.0"
+    app = spec.get("app", _app_address)
+    outbound_port = spec.get("outbound_port", fields.PORT)
+    calls = _calls(spec)
+    if "port" not in spec.value and "calls" not in spec.value:
+        doc.report("sidecar", "a sidecar needs a port (inbound traffic to this service), calls "
+                              "(the services it calls) or both", at_value=False)
+    if "address" in spec.value and "port" not in spec.value:
+        spec.report("address", "address is the inbound listener's; it needs a port",
+                    at_value=False)
+    app_host, app_port = app or (DEFAULT_APP_HOST, DEFAULT_APP_PORT)
+    if port is not None and app_port == port and (
+            app_host in LOOPBACK_HOSTS or app_host == address or address in ("0.0.0.0", "::")):
+        spec.report("app" if "app" in spec.value else "port",
+                    f"the application cannot listen on the sidecar's own inbound port {port}: "
+                    "the sidecar would forward to itself")
+    _check_ports(spec, port, outbound_port, calls)
+    return Sidecar(port=port, address=address, app_host=app_host, app_port=app_port,
+                   outbound_port=outbound_port, calls=calls)
+
+
+def _app_address(value: Any) -> tuple[str, int]:
+    """`host:port`, or a bare port on 127.0.0.1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return DEFAULT_APP_HOST, fields.PORT(value)
+    return fields.address(value)
+
+
+def _calls(spec: Fields) -> tuple[Call, ...]:
+    items = spec.items("calls", "called service")
+    if items is None:
+        return ()
+    calls: list[Call] = []
+    seen: dict[Hashable, FieldPath] = {}
+    for index, item in enumerate(items):
+        path = (*spec.path, "calls", index)
+        call = _call(spec.ctx, item, path)
+        if call is None:
+            continue
+        first = written_before(spec.ctx, seen, call.service, path)
+        if first is not None:
+            fields.report_at(spec.ctx, path, f"service {fields.quoted(call.service)} is listed "
+                                             f"twice (first at {first})")
+            continue
+        if call.local_port is None and "outbound_port" not in spec.value:
+            fields.report_at(spec.ctx, path, f"the application could not reach "
+                                             f"{call.service}: give it a local_port "
+                                             f"({{service: {call.service}, local_port: 9001}}) "
+                                             "or give the sidecar an outbound_port")
+        calls.append(call)
+    return tuple(calls)
+
+
+def _call(ctx: DocumentContext, item: Any, path: FieldPath) -> Call | None:
+    if isinstance(item, str):
+        service = fields.convert_at(ctx, item, path, fields.name)
+        return None if service is None else Call(service)
+    entry = Fields.at(ctx, item, path, "a service name or a mapping such as {service: reviews, "
+                                       "local_port: 9001}")
+    if entry is None:
+        return None
+    entry.check_keys(CALL_KEYS, "a call")
+    service = entry.get("service", fields.name, required=True)
+    local_port = entry.get("local_port", fields.PORT)
+    return None if service is None else Call(service, local_port)
+
+
+def _check_ports(spec: Fields, port: int | None, outbound_port: int | None,
+                 calls: tuple[Call, ...]) -> None:
+    """The sidecar's listeners share one machine (its outbound ones on 127.0.0.1, which the
+    default inbound 0.0.0.0 covers): each needs a port of its own."""
+    taken: dict[int, str] = {}
+    if port is not None:
+        taken[port] = "the inbound port"
+    if outbound_port is not None:
+        if outbound_port in taken:
+            spec.report("outbound_port", f"port {outbound_port} is already {taken[outbound_port]}")
+        taken.setdefault(outbound_port, "the outbound_port")
+    for index, call in enumerate(calls):
+        if call.local_port is None:
+            continue
+        if call.local_port in taken:
+            path = (*spec.path, "calls", index, "local_port")
+            fields.report_at(spec.ctx, path, f"port {call.local_port} is already "
+                                             f"{taken[call.local_port]}")
+            continue
+        taken[call.local_port] = f"the local_port of {call.service}"
+

@@ -1,0 +1,180 @@
+"""Secrets: TLS material as SDS `Secret`s, and the transport sockets that name them.
+
+This module owns TLS on both sides of an Envoy: the DownstreamTlsContext of a `protocol: https`
+gateway listener, the UpstreamTlsContext of a Service with `tls`, and the Secrets they reference.
+Certificates, keys and CAs are never inlined in a Listener or Cluster: each context names its
+Secrets, fetched over ADS (`sds_config: {ads: {}}`), so replacing a certificate file changes one
+Secret only; Envoy swaps it in place, without draining the listener or its connections.
+
+Names are stable and readable, made from the policy's names and never from the file's content
+(the version, a hash of the bytes, changes with the content instead):
+
+    certificate 0 of listener `https` of gateway `edge`     edge/https/tls[0]
+    trusted CA of Service `api`                           api/ca
+
+Several certificates on one listener go into one DownstreamTlsContext (one filter chain): Envoy
+(1.22 and later) selects the certificate whose SAN (or CN) matches the client's SNI, wildcards
+included, and falls back to the first when none matches or the client sends no SNI. That needs
+no TLS inspector and no filter chain per certificate, and the listener does not depend on what
+the certificates say: a renewed certificate with another SAN is still a Secret-only change.
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3.base_pb2 import DataSource, TransportSocket
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.type.matcher.v3.string_pb2 import StringMatcher
+from google.protobuf.any_pb2 import Any
+
+from meshpilot.policy.model import GatewayListener, ListenerTls, Model, Service, TlsCertificate
+from meshpilot.translators import names
+from meshpilot.translators.protos import ads_config_source
+from meshpilot.xds import types
+from meshpilot.xds.resources import Resource
+
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+HTTPS_PORT = 443
+
+_VERSIONS = {"1.2": common_pb2.TlsParameters.TLSv1_2, "1.3": common_pb2.TlsParameters.TLSv1_3}
+
+Secret = secret_pb2.Secret
+
+
+# ---- names ----------------------------------------------------------------------------------
+
+
+def listener_certificate(gateway: str, listener: str, index: int) -> str:
+    return f"{names.listener(gateway, listener)}{names.SEPARATOR}tls[{index}]"
+
+
+def service_ca(service: str) -> str:
+    return f"{service}{names.SEPARATOR}ca"
+
+
+# ---- secrets --------------------------------------------------------------------------------
+
+
+def certificate_secret(name: str, certificate: TlsCertificate) -> Secret:
+    """A certificate chain and its key. Dumps redact `private_key` (xds/render.py)."""
+    return Secret(name=name, tls_certificate=common_pb2.TlsCertificate(
+        certificate_chain=DataSource(inline_string=certificate.certificate_chain.decode()),
+        private_key=DataSource(inline_string=certificate.private_key.decode())))
+
+
+def ca_secret(name: str, ca: bytes) -> Secret:
+    """Trusted CA certificates (not secret, but delivered the same way, so they rotate alike)."""
+    return Secret(name=name, validation_context=common_pb2.CertificateValidationContext(
+        trusted_ca=DataSource(inline_string=ca.decode())))
+
+
+def listener_secrets(gateway: str, spec: GatewayListener) -> list[Secret]:
+    if spec.tls is None:
+        return []
+    return [certificate_secret(listener_certificate(gateway, spec.name, index), certificate)
+            for index, certificate in enumerate(spec.tls.certificates)]
+
+
+def service_secrets(service: Service) -> list[Secret]:
+    if service.tls is None or service.tls.ca is None:
+        return []
+    return [ca_secret(service_ca(service.name), service.tls.ca)]
+
+
+# ---- transport sockets ----------------------------------------------------------------------
+
+
+def _sds(name: str) -> secret_pb2.SdsSecretConfig:
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=ads_config_source())
+
+
+def downstream_context(gateway: str, spec: GatewayListener) -> tls_pb2.DownstreamTlsContext:
+    settings: ListenerTls | None = spec.tls
+    assert settings is not None
+    common = tls_pb2.CommonTlsContext(
+        tls_certificate_sds_secret_configs=[
+            _sds(listener_certificate(gateway, spec.name, index))
+            for index in range(len(settings.certificates))],
+        alpn_protocols=list(settings.alpn))
+    if settings.min_version is not None:
+        common.tls_params.tls_minimum_protocol_version = _VERSIONS[settings.min_version]
+    return tls_pb2.DownstreamTlsContext(common_tls_context=common)
+
+
+def downstream_transport_socket(gateway: str, spec: GatewayListener) -> TransportSocket:
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET,
+                           typed_config=_pack(downstream_context(gateway, spec)))
+
+
+def upstream_context(service: Service) -> tls_pb2.UpstreamTlsContext:
+    """SNI, and when verifying: the CA from SDS plus the SNI as the SAN to expect."""
+    settings = service.tls
+    assert settings is not None
+    context = tls_pb2.UpstreamTlsContext(sni=settings.sni or "")
+    if settings.verify and settings.ca is not None:
+        combined = context.common_tls_context.combined_validation_context
+        if settings.sni:
+            combined.default_validation_context.match_typed_subject_alt_names.append(
+                common_pb2.SubjectAltNameMatcher(
+                    san_type=common_pb2.SubjectAltNameMatcher.DNS,
+                    matcher=StringMatcher(exact=settings.sni)))
+        else:
+            combined.default_validation_context.SetInParent()
+        combined.validation_context_sds_secret_config.CopyFrom(_sds(service_ca(service.name)))
+    return context
+
+
+def upstream_transport_socket(service: Service) -> TransportSocket:
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=_pack(upstream_context(service)))
+
+
+def _pack(message: object) -> Any:
+    packed = Any()
+    packed.Pack(message, deterministic=True)  # type: ignore[arg-type]
+    return packed
+
+
+# ---- redirecting plain http to https --------------------------------------------------------
+
+
+def https_redirect(name: str, port: int) -> route_pb2.RouteConfiguration:
+    """Every request answered with a 301 to the same host and path over https on `port`
+    (inline in the listener: a redirecting listener serves no Routes)."""
+    redirect = route_components_pb2.RedirectAction(
+        https_redirect=True, response_code=route_components_pb2.RedirectAction.MOVED_PERMANENTLY)
+    if port != HTTPS_PORT:
+        redirect.port_redirect = port
+    return route_pb2.RouteConfiguration(name=name, virtual_hosts=[
+        route_components_pb2.VirtualHost(name="redirect_to_https", domains=["*"], routes=[
+            route_components_pb2.Route(name="redirect_to_https",
+                                       match=route_components_pb2.RouteMatch(prefix="/"),
+                                       redirect=redirect)])])
+
+
+# ---- what a view receives -------------------------------------------------------------------
+
+
+def listener_resources(gateway: str, spec: GatewayListener) -> list[Resource]:
+    return [Resource.from_message(types.SECRET, secret.name, secret)
+            for secret in listener_secrets(gateway, spec)]
+
+
+def cluster_secret_resources(resources: list[Resource], model: Model,
+                             built: dict[str, tuple[Resource, ...]]) -> list[Resource]:
+    """The CA Secret of every Service with upstream TLS that one of `resources`' clusters
+    belongs to (whatever kind of view assembled them), each once; `built` caches them per
+    service across the views of one translation."""
+    wanted: dict[str, None] = {}
+    for resource in resources:
+        if resource.type_url == types.CLUSTER:
+            wanted[resource.name.partition(names.SEPARATOR)[0]] = None
+    found: list[Resource] = []
+    for service_name in wanted:
+        secrets = built.get(service_name)
+        if secrets is None:
+            service = model.service(service_name)
+            secrets = built[service_name] = () if service is None else tuple(
+                Resource.from_message(types.SECRET, secret.name, secret)
+                for secret in service_secrets(service))
+        found.extend(secrets)
+    return found

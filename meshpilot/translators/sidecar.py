@@ -1,0 +1,259 @@
+"""Sidecars: the view of a Service's own Envoy (node cluster = the Service's name).
+
+This module owns what a sidecar receives (docs/mesh.md):
+
+- inbound (when the sidecar has a `port`): a listener `inbound/<service>` on address:port that
+  terminates mesh traffic and forwards it to the local application, cluster `inbound|<service>`
+  (a STATIC cluster, or STRICT_DNS for a named app host). HTTP services get an HTTP connection
+  manager (stats `http.inbound/<service>.*`) with no route timeout of its own (the caller's
+  outbound route decides); tcp services a TCP proxy.
+- outbound, for the services it `calls` and nothing else (scoping: a mesh of a thousand services
+  does not send a thousand clusters to every sidecar):
+  - per call with a `local_port`: a listener `outbound/<callee>` on 127.0.0.1:local_port whose
+    route configuration `outbound/<callee>` (one virtual host, every Host) sends to the callee;
+    for a tcp callee, a TCP proxy;
+  - with an `outbound_port`: one listener `outbound` on 127.0.0.1:outbound_port whose route
+    configuration `outbound` has one virtual host per HTTP callee, picked by the Host header
+    (`<callee>`, `<callee>:<outbound_port>`, and `<callee>:<callee's sidecar port>`);
+  - the clusters (and EDS assignments) those virtual hosts send to. A callee's endpoints are its
+    instances' sidecar inbound addresses, so the request crosses both sidecars.
+- A Route attached to a callee (`service: <callee>`) becomes that callee's virtual host, in both
+  styles and in every caller; without one, the virtual host sends everything to the callee's
+  whole-service cluster.
+
+The callee's route configuration for local ports is the same for every caller: built once per
+Translation and shared. It must not decide which view is a sidecar (the `Translation` does) nor
+name anything itself (`names.py` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.core.v3.address_pb2 import Address, SocketAddress
+from envoy.config.core.v3.protocol_pb2 import Http2ProtocolOptions
+from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3.route_components_pb2 import Route as EnvoyRoute
+from envoy.config.route.v3.route_components_pb2 import (
+    RouteAction,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.filters.http.cors.v3.cors_pb2 import Cors
+from envoy.extensions.filters.http.fault.v3.fault_pb2 import HTTPFault
+from envoy.extensions.filters.http.router.v3.router_pb2 import Router
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
+from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
+from google.protobuf.any_pb2 import Any
+from google.protobuf.message import Message
+
+from meshpilot.policy.model import Endpoint, Model, Route, Service
+from meshpilot.translators import endpoints, names
+from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
+from meshpilot.translators.listeners import (
+    CORS,
+    FAULT,
+    HTTP_CONNECTION_MANAGER,
+    ROUTER,
+    TCP_PROXY,
+)
+from meshpilot.translators.protos import ads_config_source, duration
+from meshpilot.translators.routes import cors_policy, route_entries
+from meshpilot.xds import types
+from meshpilot.xds.resources import Resource
+
+# Outbound listeners are for the local application only.
+LOOPBACK = "127.0.0.1"
+
+_HTTP2_PROTOCOLS = frozenset({"http2", "grpc"})
+
+ClusterResources = Callable[[str, str | None], tuple[Resource, ...]]
+
+
+class Mesh:
+    """The sidecar views of one model. `cluster_resources(service, subset)` is the
+    Translation's (built once, shared with gateways, discovered endpoints included)."""
+
+    def __init__(self, model: Model, cluster_resources: ClusterResources):
+        self.model = model
+        self._cluster_resources = cluster_resources
+        self._route_of: dict[str, Route] = {}
+        for route in model.routes:  # sorted by name: the first one wins, should two slip in
+            if route.service is not None:
+                self._route_of.setdefault(route.service, route)
+        self._outbound: dict[str, tuple[Resource, ...]] = {}  # local-port route configs
+
+    def resources(self, service: Service) -> list[Resource]:
+        """Everything the sidecar of `service` receives (nothing without `sidecar:`)."""
+        sidecar = service.sidecar
+        if sidecar is None:
+            return []
+        built: list[Resource] = []
+        if sidecar.port is not None:
+            listener = inbound_listener(service)
+            built.append(Resource.from_message(types.LISTENER, listener.name, listener))
+            cluster = inbound_cluster(service)
+            built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
+        callees: list[Service] = []
+        for call in sidecar.calls:
+            callee = self.model.service(call.service)
+            if callee is None:  # the loader refuses it; if one got through, send nothing
+                continue
+            callees.append(callee)
+            if call.local_port is not None:
+                listener = local_port_listener(callee, call.local_port)
+                built.append(Resource.from_message(types.LISTENER, listener.name, listener))
+                if callee.protocol != "tcp":
+                    built.extend(self._local_port_routes(callee))
+        http_callees = [c for c in callees if c.protocol != "tcp"]
+        if sidecar.outbound_port is not None:
+            listener = outbound_listener(sidecar.outbound_port)
+            built.append(Resource.from_message(types.LISTENER, listener.name, listener))
+            config = RouteConfiguration(name=names.OUTBOUND, virtual_hosts=[
+                self.virtual_host(callee, host_domains(callee, sidecar.outbound_port))
+                for callee in sorted(http_callees, key=lambda c: c.name)])
+            built.append(Resource.from_message(types.ROUTE, config.name, config))
+        for name, subset in self._upstreams(callees):
+            built.extend(self._cluster_resources(name, subset))
+        return built
+
+    def _local_port_routes(self, callee: Service) -> tuple[Resource, ...]:
+        found = self._outbound.get(callee.name)
+        if found is None:
+            config = RouteConfiguration(name=names.outbound(callee.name),
+                                        virtual_hosts=[self.virtual_host(callee, ["*"])])
+            found = self._outbound[callee.name] = (
+                Resource.from_message(types.ROUTE, config.name, config),)
+        return found
+
+    def virtual_host(self, callee: Service, domains: list[str]) -> VirtualHost:
+        """The callee's virtual host: its attached Route's rules, or everything to it."""
+        route = self._route_of.get(callee.name)
+        vhost = VirtualHost(name=names.virtual_host(callee.name), domains=domains)
+        if route is None:
+            vhost.routes.append(EnvoyRoute(
+                name=names.default_route_entry(callee.name), match=RouteMatch(prefix="/"),
+                route=RouteAction(cluster=names.cluster(callee.name))))
+            return vhost
+        vhost.routes.extend(route_entries(route))
+        if route.cors is not None:
+            vhost.typed_per_filter_config[CORS].CopyFrom(_pack(cors_policy(route.cors)))
+        return vhost
+
+    def _upstreams(self, callees: Iterable[Service]) -> Iterator[tuple[str, str | None]]:
+        """(service, subset) of every cluster the callees' virtual hosts send to, each once."""
+        seen: set[tuple[str, str | None]] = set()
+        for callee in callees:
+            route = self._route_of.get(callee.name) if callee.protocol != "tcp" else None
+            wanted: list[tuple[str, str | None]] = [(callee.name, None)] if route is None else [
+                (backend.service, backend.subset)
+                for rule in route.rules for backend in (*rule.backends, *rule.mirrors)]
+            for key in wanted:
+                if key not in seen:
+                    seen.add(key)
+                    yield key
+
+
+def host_domains(callee: Service, outbound_port: int) -> list[str]:
+    """The Host values that pick `callee` on the outbound port: its name, with the outbound
+    port, and with its own sidecar's port (what a client writes in `http://reviews:15006/`)."""
+    found = {callee.name, f"{callee.name}:{outbound_port}"}
+    if callee.sidecar is not None and callee.sidecar.port is not None:
+        found.add(f"{callee.name}:{callee.sidecar.port}")
+    return sorted(found)
+
+
+# ---- inbound ------------------------------------------------------------------------------------
+
+
+def inbound_listener(service: Service) -> Listener:
+    sidecar = service.sidecar
+    assert sidecar is not None and sidecar.port is not None
+    name = names.inbound(service.name)
+    cluster = names.inbound_cluster(service.name)
+    if service.protocol == "tcp":
+        network_filter = Filter(name=TCP_PROXY, typed_config=_pack(
+            TcpProxy(stat_prefix=name, cluster=cluster)))
+    else:
+        # The caller's sidecar already applied the route's timeout and retries: inbound has no
+        # timeout of its own (0s), so a slow answer is the caller's policy to cut short.
+        action = RouteAction(cluster=cluster, timeout=duration(0))
+        routes = RouteConfiguration(name=name, virtual_hosts=[VirtualHost(
+            name=name, domains=["*"],
+            routes=[EnvoyRoute(name=name, match=RouteMatch(prefix="/"), route=action)])])
+        manager = hcm.HttpConnectionManager(
+            stat_prefix=name, route_config=routes,
+            http_filters=[hcm.HttpFilter(name=ROUTER, typed_config=_pack(Router()))])
+        network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=_pack(manager))
+    return Listener(name=name, address=_address(sidecar.address, sidecar.port),
+                    filter_chains=[FilterChain(filters=[network_filter])])
+
+
+def inbound_cluster(service: Service) -> Cluster:
+    """The local application: a fixed address, so a static cluster (DNS for a host name)."""
+    sidecar = service.sidecar
+    assert sidecar is not None
+    name = names.inbound_cluster(service.name)
+    app = Endpoint(host=sidecar.app_host, port=sidecar.app_port)
+    cluster = Cluster(name=name, connect_timeout=duration(service.connect_timeout),
+                      type=Cluster.STRICT_DNS if app.is_dns else Cluster.STATIC,
+                      load_assignment=endpoints.load_assignment(name, [app]))
+    if app.is_dns:
+        cluster.dns_lookup_family = Cluster.V4_PREFERRED
+    if service.protocol in _HTTP2_PROTOCOLS:
+        options = HttpProtocolOptions()
+        options.explicit_http_config.http2_protocol_options.CopyFrom(Http2ProtocolOptions())
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_pack(options))
+    return cluster
+
+
+# ---- outbound -----------------------------------------------------------------------------------
+
+
+def local_port_listener(callee: Service, port: int) -> Listener:
+    """127.0.0.1:port, all of it for `callee`: the Consul Connect style upstream."""
+    name = names.outbound(callee.name)
+    if callee.protocol == "tcp":
+        network_filter = Filter(name=TCP_PROXY, typed_config=_pack(
+            TcpProxy(stat_prefix=name, cluster=names.cluster(callee.name))))
+    else:
+        network_filter = Filter(name=HTTP_CONNECTION_MANAGER,
+                                typed_config=_pack(outbound_manager(name)))
+    return Listener(name=name, address=_address(LOOPBACK, port),
+                    filter_chains=[FilterChain(filters=[network_filter])])
+
+
+def outbound_listener(port: int) -> Listener:
+    """127.0.0.1:port for every HTTP callee, chosen by Host: the HTTP-proxy style."""
+    manager = outbound_manager(names.OUTBOUND)
+    return Listener(name=names.OUTBOUND, address=_address(LOOPBACK, port),
+                    filter_chains=[FilterChain(filters=[Filter(
+                        name=HTTP_CONNECTION_MANAGER, typed_config=_pack(manager))])])
+
+
+def outbound_manager(name: str) -> hcm.HttpConnectionManager:
+    """Routes over ADS (`name`), with the filters a Route's rules configure per route."""
+    return hcm.HttpConnectionManager(
+        stat_prefix=name,
+        rds=hcm.Rds(config_source=ads_config_source(), route_config_name=name),
+        http_filters=[
+            hcm.HttpFilter(name=CORS, typed_config=_pack(Cors())),
+            hcm.HttpFilter(name=FAULT, typed_config=_pack(HTTPFault())),
+            hcm.HttpFilter(name=ROUTER, typed_config=_pack(Router())),
+        ])
+
+
+def _address(host: str, port: int) -> Address:
+    return Address(socket_address=SocketAddress(address=host, port_value=port))
+
+
+def _pack(message: Message) -> Any:
+    packed = Any()
+    packed.Pack(message, deterministic=True)
+    return packed
