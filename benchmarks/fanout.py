@@ -46,6 +46,19 @@ class FanoutConfig:
     sync_timeout_s: float = 300.0
     change_timeout_s: float = 120.0
     quiet_s: float = 0.5
+    storms: int = 0  # reconnect storms after the changes (scenario `storm`)
+
+    @classmethod
+    def storm(cls, quick: bool = False) -> FanoutConfig:
+        """Scenario `storm`: 1,000 clusters (5,000 streams x 5,000 clusters would need about
+        5 GB of server RSS and minutes of initial sync on 2 cores), 3 changes, 3 storms; each
+        client process holds at most about 1,250 streams."""
+        if quick:
+            return cls(streams=100, clusters=300, processes=2, channels_per_process=4,
+                       changes=1, profile=False, storms=1, sync_timeout_s=60.0,
+                       change_timeout_s=30.0, quiet_s=0.3)
+        return cls(clusters=1000, processes=4, channels_per_process=20, changes=3,
+                   profile=False, storms=3, sync_timeout_s=600.0, change_timeout_s=300.0)
 
     @classmethod
     def quick(cls) -> FanoutConfig:
@@ -165,6 +178,7 @@ def _run_mode(cfg: FanoutConfig, mode: str, policy: Path, work: Path, out_dir: P
                 f" ({entry['server_loop_thread_cpu_s']:.2f}s on the event loop);"
                 f" {entry['bytes_per_stream']['total']['median'] / 1e3:.1f} kB/stream")
         timed = [c for c in changes if not c["profiled"]]
+        storms = [_storm(cfg, server, clients, mode, s, log) for s in range(cfg.storms)]
 
         def med(key: str, stat: str) -> float | None:
             return summarize(c[key][stat] for c in timed)["median"]
@@ -204,11 +218,95 @@ def _run_mode(cfg: FanoutConfig, mode: str, policy: Path, work: Path, out_dir: P
                 "changes": len(timed),
             },
             "changes": changes,
+            "storms": storms,
+            "storm_summary": {
+                "all_in_sync_ms": summarize(s["all_in_sync_ms"] for s in storms),
+                "bytes_per_stream": summarize(s["bytes_per_stream"]["median"] for s in storms),
+                "bytes_all_streams": summarize(s["bytes_all_streams"] for s in storms),
+                "server_cpu_s": summarize(s["server_cpu_s"] for s in storms),
+            } if storms else None,
         }
     finally:
         for client in clients:
             client.close()
         server.close(timeout=30)
+
+
+def _storm(cfg: FanoutConfig, server: JsonLineProcess, clients: list[JsonLineProcess],
+           mode: str, index: int, log: Any) -> dict[str, Any]:
+    """Every stream drops (and its TCP connection) and reconnects at once, claiming what it held.
+
+    From the first drop until the server sees every new stream in sync (polled every 10 ms), and
+    the bytes each stream was sent after reconnecting (0 when the claim is honoured)."""
+    before = server.call(30, cmd="forget_streams")
+    server.send(cmd="wait_synced", count=cfg.streams, timeout=cfg.sync_timeout_s, interval=0.01)
+    for client in clients:
+        client.send(cmd="reconnect", timeout=cfg.sync_timeout_s)
+    reconnected = [c.receive(cfg.sync_timeout_s + 30) for c in clients]
+    synced = server.receive(cfg.sync_timeout_s + 30)
+    drop_ns = min(r["drop_ns"] for r in reconnected)
+    time.sleep(cfg.quiet_s)  # anything (re)sent after the sync is still counted
+    resent = [c.call(30, cmd="resent") for c in clients]
+    per_stream = [b for r in resent for b in r["bytes"]]
+    responses = [n for r in resent for n in r["responses"]]
+    entry = {
+        "all_in_sync_ms": (synced["synced_ns"] - drop_ns) / 1e6,
+        "all_dropped_ms": (max(r["dropped_ns"] for r in reconnected) - drop_ns) / 1e6,
+        "requests_written_ms": (max(r["requests_written_ns"] for r in reconnected)
+                                - drop_ns) / 1e6,
+        "server_cpu_s": synced["cpu"] - before["cpu"],
+        "bytes_per_stream": summarize(per_stream),
+        "bytes_all_streams": sum(per_stream),
+        "responses_per_stream": summarize(responses),
+        "streams_sent_anything": sum(1 for b in per_stream if b),
+    }
+    log(f"    reconnect storm {index + 1} ({mode}): all {cfg.streams} streams in sync again "
+        f"{entry['all_in_sync_ms']:.0f} ms after the drop (dropped in "
+        f"{entry['all_dropped_ms']:.0f} ms, requests written at "
+        f"{entry['requests_written_ms']:.0f} ms); re-sent {entry['bytes_all_streams']:,} bytes "
+        f"in total, {entry['streams_sent_anything']} streams sent anything; server CPU "
+        f"{entry['server_cpu_s']:.2f}s")
+    return entry
+
+
+def run_storm(cfg: FanoutConfig, stream_counts: tuple[int, ...], work: Path, out_dir: Path,
+              log: Any = print) -> dict[str, Any]:
+    """Scenario `storm`: the fan-out at several stream counts, each followed by reconnect
+    storms (SotW and delta, a fresh server each)."""
+    policy = work / "policy"
+    write_policy(policy, cfg.clusters)
+    runs: list[dict[str, Any]] = []
+    failed: list[str] = []
+    base_processes = cfg.processes
+    for streams in stream_counts:
+        cfg.streams = streams
+        # At most about 625 streams per client process: with 1,250 per process, grpc's client
+        # core failed streams at 5,000 ("INTERNAL: Internal error from Core", 300-500 of them).
+        cfg.processes = max(base_processes, -(-streams // 625))
+        for mode in cfg.modes:
+            log(f"  storm: {streams} {mode} ADS streams ({cfg.processes} client processes x "
+                f"{cfg.channels_per_process} channels), {cfg.clusters} EDS clusters; "
+                f"{cfg.changes} changes, {cfg.storms} reconnect storms")
+            try:
+                runs.append(_run_mode(cfg, mode, policy, work / f"{mode}-{streams}", out_dir,
+                                      log))
+            except Exception as e:  # keep what was measured; the report names what failed
+                failed.append(f"{mode}, {streams} streams: {type(e).__name__}: {e}"[:2000])
+                log(f"    !! {failed[-1][:300]}")
+    if not runs:
+        raise RuntimeError("every storm run failed: " + " | ".join(failed))
+    return {
+        "failed": failed,
+        "scenario": "storm",
+        "what": "one changed cluster to N simulated streams, then every stream drops and "
+                "reconnects at once claiming what it held (SotW version_info, delta "
+                "initial_resource_versions)",
+        "config": {"stream_counts": list(stream_counts), "clusters": cfg.clusters,
+                   "client_processes": cfg.processes,
+                   "channels_per_process": cfg.channels_per_process, "changes": cfg.changes,
+                   "storms": cfg.storms},
+        "modes": runs,
+    }
 
 
 def run(cfg: FanoutConfig, work: Path, out_dir: Path, log: Any = print) -> dict[str, Any]:

@@ -67,12 +67,21 @@ class Server:
         self.profile: cProfile.Profile | None = None
         self._frozen: list[Any] | None = None  # the streams, once all are in sync
         self._heap_mark: tracemalloc.Snapshot | None = None
+        self._old: list[Any] = []  # streams from before a reconnect storm (kept: ids stay unique)
 
     def _streams(self) -> list[Any]:
         if self._frozen is not None:
             return self._frozen
         # Frozen once all are in sync: connections() sorts on every call, and wait_acked polls.
-        return [c.stream for c in self.mp.registry.connections() if c.view == self.view]
+        old = {id(s) for s in self._old}
+        return [c.stream for c in self.mp.registry.connections()
+                if c.view == self.view and id(c.stream) not in old]
+
+    def forget_streams(self) -> dict[str, Any]:
+        """Before a reconnect storm: from now on only streams opened later count."""
+        self._old = [c.stream for c in self.mp.registry.connections()]
+        self._frozen = None
+        return self.stats()
 
     def snapshot(self) -> Snapshot:
         snapshot = self.mp.cache.get(self.view)
@@ -95,15 +104,17 @@ class Server:
                 "cpu": self_cpu_seconds(), "now_ns": now_ns(),
                 "connections": len(self.mp.registry.connections()), "synced": self.synced()}
 
-    async def wait_synced(self, count: int, timeout: float) -> dict[str, Any]:
+    async def wait_synced(self, count: int, timeout: float,
+                          interval: float = 0.1) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while self.synced() < count:
             if time.monotonic() > deadline:
                 return {"error": f"only {self.synced()} of {count} streams in sync after "
                                  f"{timeout:.0f}s ({len(self._streams())} connected)"}
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(interval)
         self._frozen = self._streams()
-        return self.stats()
+        synced_ns = now_ns()
+        return {**self.stats(), "synced_ns": synced_ns}
 
     def change(self, marker: str, index: int, profile: bool = False) -> dict[str, Any]:
         old = self.snapshot()
@@ -256,6 +267,8 @@ async def serve(args: argparse.Namespace) -> None:
                     answer(server.change(**command))
                 elif cmd == "wait_acked":
                     answer(await server.wait_acked(**command))
+                elif cmd == "forget_streams":
+                    answer(server.forget_streams())
                 elif cmd == "memory":
                     answer(server.memory())
                 elif cmd == "profile_stop":

@@ -79,9 +79,81 @@ def _policy_language(result: dict[str, Any]) -> tuple[str, list[str], list[list[
     return title, headers, rows, note
 
 
+def _incremental(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    headers = ["services + routes", "full reload ms", "load ms", "translate ms", "snapshot ms",
+               "target ms", "x over target", "changed resources", "changed kB"]
+    rows = []
+    for e in result["sizes"]:
+        s = e["summary"]
+        rows.append([e["services"], s["reload_s"]["median"] * 1000, s["load_s"]["median"] * 1000,
+                     s["translate_s"]["median"] * 1000, s["snapshot_s"]["median"] * 1000,
+                     e["target_ms"], e["over_target"], e["changed_count"],
+                     e["changed_bytes"] / 1e3])
+    title = "incremental: one Route edited, warm process, what the reload costs today"
+    note = (f"Median of {result['config']['edits']} edits. meshpilot re-reads and re-translates "
+            "everything on a reload; the changed resource is the gateway's one "
+            "RouteConfiguration, which holds every virtual host.")
+    return title, headers, rows, note
+
+
+def _storm(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    headers = ["mode", "streams", "clusters", "recv p50 ms", "recv max", "all ACKs",
+               "initial sync s", "RSS/stream KiB", "storm: all in sync ms",
+               "storm: bytes re-sent (all)", "storm: server CPU s"]
+    rows = []
+    for m in result["modes"]:
+        s, st = m["summary"], m.get("storm_summary") or {}
+        rows.append([m["mode"], m["streams"], m["clusters"], s["receive_p50_ms"],
+                     s["receive_max_ms"], s["ack_recorded_max_ms"], m["initial_sync_s"],
+                     m["rss_per_stream_bytes"] / 1024,
+                     (st.get("all_in_sync_ms") or {}).get("median"),
+                     (st.get("bytes_all_streams") or {}).get("median"),
+                     (st.get("server_cpu_s") or {}).get("median")])
+    cfg = result["config"]
+    title = (f"storm: fan-out at {', '.join(f'{n:,}' for n in cfg['stream_counts'])} streams, "
+             "then reconnect storms")
+    note = (f"{cfg['changes']} changes and {cfg['storms']} storms per row (medians). Storm: every "
+            "stream and TCP connection dropped at once, all reconnect claiming what they held; "
+            "from the first drop until the server saw every new stream in sync.")
+    return title, headers, rows, note
+
+
+def _traffic(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    headers = ["mode", "engine", "edits", "requests", "non-2xx", "connection errors",
+               "Envoy 5xx", "reloads applied"]
+    rows = [[m["mode"], m["engine"], m["edits"], m["requests"], m["non_2xx"],
+             m["connection_errors"], m["envoy_counters"].get("downstream_rq_5xx"),
+             m["reloads_applied"]] for m in result["modes"]]
+    cfg = result["config"]
+    title = "traffic: steady load through a real Envoy during route and weight edits"
+    note = (f"An edit every {cfg['interval_s']:g} s (3 of 4 change the v1/v2 weights, every "
+            f"4th flips the target to another Service and the next flips it back); "
+            f"{cfg['connections']} keep-alive connections. Goal: 0 non-2xx, 0 errors.")
+    return title, headers, rows, note
+
+
+def _sidebyside(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    headers = ["variant", "n", "start -> first 200, median ms", "p90", "max", "x static",
+               "change -> served, median ms"]
+    rows = []
+    for v, s in result["summary"].items():
+        change = result.get("change_summary", {}).get(v, {})
+        rows.append([v, s["n"], s["median"], s["p90"], s["max"],
+                     result["ratio_to_static"].get(v), change.get("median")])
+    title = "sidebyside: Envoy start to first served request (same config)"
+    note = ("static: the resources as a static bootstrap (no control plane); meshpilot: ADS, "
+            "warm server; sovereign: REST/JSON polling (refresh "
+            f"{result['config']['sovereign_refresh_s']:g} s).")
+    if result.get("sovereign_error"):
+        note += f" sovereign failed: {result['sovereign_error'][:300]}"
+    return title, headers, rows, note
+
+
 _BUILDERS = {"convergence": _convergence, "fanout": _fanout, "translation": _translation,
-             "policy_language": _policy_language}
-_DIGITS = {"convergence": 1, "fanout": 1, "translation": 3, "policy_language": 3}
+             "policy_language": _policy_language, "incremental": _incremental,
+             "storm": _storm, "traffic": _traffic, "sidebyside": _sidebyside}
+_DIGITS = {"convergence": 1, "fanout": 1, "translation": 3, "policy_language": 3,
+           "incremental": 1, "storm": 1, "traffic": 0, "sidebyside": 1}
 
 
 def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any]], str]]:
@@ -91,6 +163,9 @@ def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[l
             out.append((name, *_BUILDERS[name](results[name])))
     if results.get("translation", {}).get("services"):
         out.append(("policy_language", *_policy_language(results["translation"])))
+    for name in ("incremental", "storm", "traffic", "sidebyside"):
+        if name in results:
+            out.append((name, *_BUILDERS[name](results[name])))
     return out
 
 
@@ -104,7 +179,7 @@ def text_tables(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def markdown(results: dict[str, Any]) -> str:
+def markdown(results: dict[str, Any], plots: list[str] | tuple[str, ...] = ()) -> str:
     parts = ["# meshpilot benchmark report", ""]
     meta = next((r.get("meta") for r in results.values() if r.get("meta")), None)
     if meta:
@@ -121,6 +196,8 @@ def markdown(results: dict[str, Any]) -> str:
                   "", when + note, ""]
         if name == "fanout":
             parts += _fanout_details(results[name])
+    if plots:
+        parts += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     parts += [ANCHORS, ""]
     return "\n".join(parts)
 

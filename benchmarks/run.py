@@ -3,7 +3,11 @@
     python benchmarks/run.py [--quick] [--only NAME ...] [--out benchmarks/results]
 
 Scenarios (see docs/benchmarks.md): convergence (real Envoys, a saved edit until all serve it),
-fanout (simulated ADS streams, one changed cluster), translation (policy to serialized xDS, cold).
+fanout (simulated ADS streams, one changed cluster), translation (policy to serialized xDS, cold),
+incremental (one Service edited: the full reload it costs today), storm (1,000 and 5,000 streams,
+then a reconnect storm), traffic (steady load through a real Envoy during 100 route/weight edits),
+sidebyside (start-to-first-served-request: static bootstrap vs meshpilot vs sovereign).
+PNG plots are written next to report.md when matplotlib is installed (the `bench` extra).
 Writes `<out>/<scenario>.json` (raw samples and summaries) and `<out>/report.md`.
 `--quick` is a smoke run (small sizes, under a minute); the default run takes several minutes.
 """
@@ -21,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ("convergence", "fanout", "translation")
+SCENARIOS = ("convergence", "fanout", "translation", "incremental", "storm", "traffic",
+             "sidebyside")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -38,6 +43,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, help="fanout: simulated ADS streams")
     parser.add_argument("--clusters", type=int, help="fanout: clusters in the snapshot")
     parser.add_argument("--poll-ms", type=float, help="convergence: ms between probes")
+    parser.add_argument("--storm-streams", type=int, action="append", metavar="N",
+                        help="storm: stream counts (repeatable; default 1000 and 5000)")
+    parser.add_argument("--traffic-edits", type=int, help="traffic: edits under load")
+    parser.add_argument("--sovereign", metavar="PYTHON",
+                        help="sidebyside: the python of a virtualenv with sovereign installed "
+                             "(default: .sovereign-venv/bin/python if it exists)")
     return parser.parse_args(argv)
 
 
@@ -48,7 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(__file__).resolve().parent.parent
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-    from benchmarks import convergence, fanout, report, translation
+    from benchmarks import (
+        convergence,
+        fanout,
+        incremental,
+        plots,
+        report,
+        sidebyside,
+        traffic,
+        translation,
+    )
     from benchmarks.common import write_json
 
     # A smoke run must not overwrite the figures of a full run: it has its own default folder.
@@ -90,10 +110,33 @@ def main(argv: list[str] | None = None) -> int:
                     if args.clusters:
                         fcfg.clusters = args.clusters
                     result = fanout.run(fcfg, work / "fanout", out, log)
-                else:
+                elif name == "translation":
                     tcfg = (translation.TranslationConfig.quick() if args.quick
                             else translation.TranslationConfig())
                     result = translation.run(tcfg, work / "translation", log)
+                elif name == "incremental":
+                    icfg = (incremental.IncrementalConfig.quick() if args.quick
+                            else incremental.IncrementalConfig())
+                    result = incremental.run(icfg, work / "incremental", log)
+                elif name == "storm":
+                    scfg = fanout.FanoutConfig.storm(quick=args.quick)
+                    if args.clusters:
+                        scfg.clusters = args.clusters
+                    counts = tuple(args.storm_streams or ((100,) if args.quick
+                                                          else (1000, 5000)))
+                    result = fanout.run_storm(scfg, counts, work / "storm", out, log)
+                elif name == "traffic":
+                    rcfg = (traffic.TrafficConfig.quick() if args.quick
+                            else traffic.TrafficConfig())
+                    if args.traffic_edits:
+                        rcfg.edits = args.traffic_edits
+                    result = traffic.run(rcfg, work / "traffic", log)
+                else:
+                    bcfg = (sidebyside.SideBySideConfig.quick() if args.quick
+                            else sidebyside.SideBySideConfig())
+                    if args.sovereign:
+                        bcfg.sovereign_python = args.sovereign
+                    result = sidebyside.run(bcfg, work / "sidebyside", log)
             except Exception as e:  # report, go on with the next scenario
                 failed.append(name)
                 log(f"!! {name} failed: {type(e).__name__}: {e}")
@@ -115,7 +158,13 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = json.loads(path.read_text())
     log("")
     log(report.text_tables(results))
-    (out / "report.md").write_text(report.markdown(results))
+    try:
+        pngs = plots.write_all(results, out)
+        log("plots: " + (", ".join(p.name for p in pngs) or "none"))
+    except ImportError as e:  # matplotlib is in the `bench` extra
+        pngs = []
+        log(f"no plots ({e}); pip install -e '.[bench]'")
+    (out / "report.md").write_text(report.markdown(results, [p.name for p in pngs]))
     log(f"\nwrote {out / 'report.md'}")
     if failed:
         log(f"FAILED: {', '.join(failed)}")

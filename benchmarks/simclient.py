@@ -18,6 +18,8 @@ Commands on stdin, one JSON object per line, each answered with one JSON line:
 - `collect {timeout, quiet}`: wait until every stream has received and ACKed the response that
   carries the marker, then `quiet` seconds more (trailing responses, e.g. the changed cluster's
   endpoints); answer per-stream receive/ACK stamps and bytes.
+- `reconnect {timeout}`: drop every stream and channel, reconnect them all claiming what they
+  held (SotW `version_info`, delta `initial_resource_versions`); `resent`: bytes received since.
 - `stats`, `quit`.
 """
 
@@ -77,6 +79,11 @@ class SimStream:
         self._call = channel.stream_stream(method, request_serializer=_identity,
                                            response_deserializer=_identity)()
         self.names_blob = b""  # SotW: the EDS resource_names, encoded once, reused in each ACK
+        self.names: list[str] = []  # EDS names subscribed
+        # What a reconnect resumes from: SotW version_info per type; delta versions per resource.
+        self.versions: dict[str, str] = {}
+        self.resource_versions: dict[str, dict[str, str]] = {CDS: {}, EDS: {}}
+        self.resume = False  # this stream is a reconnect that claims what it holds
         self.cds_acked = self.eds_acked = False
         self.synced = asyncio.Event()
         self.sync_ns = 0
@@ -105,9 +112,39 @@ class SimStream:
             return discovery_pb2.DeltaDiscoveryRequest(**fields).SerializeToString()
         return discovery_pb2.DiscoveryRequest(**fields).SerializeToString()
 
+    def resume_from(self, old: SimStream) -> None:
+        """Reconnect as Envoy does: claim what the dropped stream held (SotW `version_info`,
+        delta `initial_resource_versions`) and re-send both subscriptions at once."""
+        self.resume = True
+        self.names_blob, self.names = old.names_blob, old.names
+        self.versions = dict(old.versions)
+        self.resource_versions = {t: dict(v) for t, v in old.resource_versions.items()}
+        self.cds_acked = self.eds_acked = True
+        self.armed = True  # count every byte received after the reconnect
+        self.change_bytes, self.change_responses = {}, {}
+
+    async def _resume_requests(self) -> None:
+        if self.delta:
+            await self._call.write(self._request(
+                node=self.node, type_url=CDS,
+                initial_resource_versions=self.resource_versions[CDS]))
+            await self._call.write(self._request(
+                type_url=EDS, resource_names_subscribe=self.names,
+                initial_resource_versions=self.resource_versions[EDS]))
+        else:
+            await self._call.write(self._request(node=self.node, type_url=CDS,
+                                                 version_info=self.versions.get(CDS, "")))
+            await self._call.write(self.names_blob + self._request(
+                type_url=EDS, version_info=self.versions.get(EDS, "")))
+        self.sync_ns = now_ns()
+        self.synced.set()
+
     async def run(self) -> None:
         try:
-            await self._call.write(self._request(node=self.node, type_url=CDS))
+            if self.resume:
+                await self._resume_requests()
+            else:
+                await self._call.write(self._request(node=self.node, type_url=CDS))
             while True:
                 data = await self._call.read()
                 if data is grpc.aio.EOF:
@@ -140,7 +177,13 @@ class SimStream:
         first_cds = type_url == CDS and not self.cds_acked
         if self.delta:
             ack = self._request(type_url=type_url, response_nonce=response.nonce)
+            held = self.resource_versions.setdefault(type_url, {})
+            for r in response.resources:
+                held[r.name] = r.version
+            for name in response.removed_resources:
+                held.pop(name, None)
         else:
+            self.versions[type_url] = response.version_info
             ack = self._request(type_url=type_url, response_nonce=response.nonce,
                                 version_info=response.version_info)
             if type_url == EDS:
@@ -155,10 +198,12 @@ class SimStream:
             self.cds_acked = True
             if self.delta:
                 names = [r.name for r in response.resources]
+                self.names = names
                 await self._call.write(self._request(type_url=EDS,
                                                      resource_names_subscribe=names))
             else:
                 names = [_first_string_field(a.value) for a in response.resources]
+                self.names = names
                 self.names_blob = discovery_pb2.DiscoveryRequest(
                     resource_names=names).SerializeToString()
                 await self._call.write(self.names_blob + self._request(type_url=EDS))
@@ -205,6 +250,51 @@ class Client:
             return {"error": f"{len(errors)} streams failed: {errors[0]}"}
         return {"synced": len(self.streams), "start_ns": self.start_ns,
                 "sync_ns": [s.sync_ns for s in self.streams], **self.stats()}
+
+    async def reconnect(self, timeout: float) -> dict[str, Any]:
+        """Drop every stream and its TCP connection, then reconnect them all at once, each
+        claiming what it held. Answers when every new stream has written its requests; the
+        server says when they are in sync (a resumed stream may be sent nothing at all)."""
+        args = self.args
+        old_streams = self.streams
+        drop_ns = now_ns()
+        for stream in old_streams:
+            stream.cancel()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for channel in self.channels:
+            with contextlib.suppress(Exception):
+                await channel.close()
+        dropped_ns = now_ns()
+        self.channels = [grpc.aio.insecure_channel(args.address, options=_OPTIONS)
+                         for _ in range(args.channels)]
+        for channel in self.channels:
+            await asyncio.wait_for(channel.channel_ready(), timeout)
+        loop = asyncio.get_running_loop()
+        self.streams, self.tasks = [], []
+        for i, old in enumerate(old_streams):
+            stream = SimStream(old.index, self.channels[i % len(self.channels)], args.delta,
+                               f"sim-{old.index}", args.view)
+            stream.resume_from(old)
+            self.streams.append(stream)
+            self.tasks.append(loop.create_task(stream.run()))
+        try:
+            await asyncio.wait_for(asyncio.gather(*(s.synced.wait() for s in self.streams)),
+                                   timeout)
+        except TimeoutError:
+            return {"error": f"reconnect: requests not written within {timeout:.0f}s"}
+        return {"drop_ns": drop_ns, "dropped_ns": dropped_ns,
+                "requests_written_ns": max(s.sync_ns for s in self.streams), **self.stats()}
+
+    def resent(self) -> dict[str, Any]:
+        """Bytes and responses each stream received since the reconnect."""
+        errors = [s.error for s in self.streams if s.error]
+        if errors:
+            return {"error": f"{len(errors)} streams failed: {errors[0]}"}
+        return {"bytes": [sum(s.change_bytes.values()) for s in self.streams],
+                "responses": [sum(s.change_responses.values()) for s in self.streams],
+                **self.stats()}
 
     def arm(self, marker: str) -> dict[str, Any]:
         for stream in self.streams:
@@ -267,6 +357,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 answer(client.arm(**command))
             elif cmd == "collect":
                 answer(await client.collect(**command))
+            elif cmd == "reconnect":
+                answer(await client.reconnect(**command))
+            elif cmd == "resent":
+                answer(client.resent())
             elif cmd == "stats":
                 answer(client.stats())
             else:
