@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup up test lint bench clean docker-engine
+.PHONY: setup up test lint bench clean docker-engine compose-test
 
 $(BIN)/meshpilot: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ docker-engine:
 
 test: lint docker-engine
 	$(BIN)/pytest -n auto -q -rs
+
+# The docker-compose stack (compose/) on the local engine, images built locally (no pulls).
+compose-test: setup docker-engine
+	$(BIN)/pytest tests/test_compose.py -q -rs
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

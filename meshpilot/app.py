@@ -14,6 +14,7 @@ import grpc
 from aiohttp import web
 
 from meshpilot.admin.server import make_app
+from meshpilot.ca import CertificateAuthority, WorkloadIdentities
 from meshpilot.controller import Controller
 from meshpilot.discovery.docker_source import DockerSource
 from meshpilot.discovery.registry import EndpointRegistry
@@ -22,6 +23,12 @@ from meshpilot.plugins import load_plugins
 from meshpilot.watch import Debouncer, PolicyWatcher
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
+from meshpilot.xds.security import (
+    ServerCertificates,
+    check_settings,
+    is_loopback,
+    make_authorize,
+)
 from meshpilot.xds.server import XdsServer
 from meshpilot.xds.status import ProxyRegistry
 
@@ -53,6 +60,15 @@ class Settings:
     docker: bool = False  # containers labelled meshpilot.service/meshpilot.port are instances
     docker_network: str | None = None  # their IP on this network; None: published host ports
     discovery_sweep: float = 0.25  # seconds between sweeps of lapsed registrations (TTLs)
+    # the mesh CA (docs/security.md)
+    ca_dir: Path | None = None  # root created here on first start, else loaded; None: in memory
+    trust_domain: str = "cluster.local"
+    cert_ttl: float = 24 * 3600.0  # workload certificates; renewed at half-life
+    # securing the xDS port (docs/operations.md, "Securing the control plane")
+    xds_tls_cert: str | None = None  # PEM certificate (chain) meshpilot presents; with the key
+    xds_tls_key: str | None = None
+    xds_client_ca: str | None = None  # set: mutual TLS, clients need a certificate it signed
+    xds_identity_check: str | None = None  # "strict" | "off"; None: strict iff a client CA
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -71,15 +87,27 @@ class Meshpilot:
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
         self.endpoints = EndpointRegistry()  # discovered instances (registrations, Docker)
+        # The mesh CA: workload certificates per view, renewed by `_rotate_certificates`.
+        self.identities = WorkloadIdentities(
+            CertificateAuthority.load_or_create(settings.ca_dir, settings.trust_domain),
+            ttl=settings.cert_ttl)
         self.controller = Controller(settings.policy, self.cache, self.metrics,
                                      plugins=[*load_plugins(settings.plugins), *plugins],
-                                     endpoints=self.endpoints)
+                                     endpoints=self.endpoints,
+                                     identities=self.identities)
         self.docker: DockerSource | None = None
         if settings.docker:
             self.docker = DockerSource(self.endpoints, network=settings.docker_network)
         self._sweeper: asyncio.Task[None] | None = None
+        self._rotator: asyncio.Task[None] | None = None
+        tls, self.identity_check = check_settings(settings.xds_tls_cert, settings.xds_tls_key,
+                                                  settings.xds_client_ca,
+                                                  settings.xds_identity_check)
+        # Read now: a missing or mismatched file refuses to start (XdsSecurityError).
+        self.xds_certificates = ServerCertificates(tls) if tls is not None else None
         self.xds = XdsServer(self.cache, registry=self.registry, metrics=self.metrics,
-                             control_plane_id=settings.control_plane_id)
+                             control_plane_id=settings.control_plane_id,
+                             authorize=make_authorize(self.identity_check))
         self.serving = False
         self.xds_address = settings.xds_address
         self.admin_address = settings.admin_address
@@ -94,19 +122,35 @@ class Meshpilot:
         if self.docker is not None:
             self.docker.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._rotator = asyncio.get_running_loop().create_task(self._rotate_certificates())
         await self.controller.reload_async()
         loop = asyncio.get_running_loop()
         self._grpc = grpc.aio.server(options=_GRPC_OPTIONS)
         self._grpc.add_generic_rpc_handlers(self.xds.handlers())
         add_csds(self._grpc, self.registry)
         host, port = split_address(self.settings.xds_address)
-        bound = self._grpc.add_insecure_port(f"{host}:{port}")
+        if self.xds_certificates is not None:
+            bound = self._grpc.add_secure_port(f"{host}:{port}",
+                                               self.xds_certificates.credentials())
+            log.info("xDS %s; identity check %s", self.xds_certificates.describe(),
+                     self.identity_check)
+        else:
+            bound = self._grpc.add_insecure_port(f"{host}:{port}")
+            if not is_loopback(host):
+                log.warning("xDS on %s:%s is PLAINTEXT and reachable beyond this host: anyone "
+                            "who can connect may claim any node cluster and receive its config "
+                            "and secrets; use --xds-tls-cert/--xds-tls-key and --xds-client-ca",
+                            host, bound)
         self.xds_address = f"{host}:{bound}"
         await self._grpc.start()
 
         self._admin = web.AppRunner(make_app(self), access_log=None)
         await self._admin.setup()
         host, port = split_address(self.settings.admin_address)
+        if not is_loopback(host):
+            log.warning("admin API on %s:%s is reachable beyond this host and has NO "
+                        "authentication (config dumps, status, registrations); bind it to "
+                        "127.0.0.1 unless a proxy in front of it authenticates", host, port)
         site = web.TCPSite(self._admin, host, port)
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
@@ -138,6 +182,20 @@ class Meshpilot:
         if self._watcher is not None:
             self._watcher.watch_files(self.controller.tls_files)
 
+    async def _rotate_certificates(self) -> None:
+        """Renew each workload certificate at half-life and push it (SDS only) to its view.
+        Polls at least every quarter TTL, so certificates issued meanwhile are never missed."""
+        identities = self.identities
+        while True:
+            due = identities.next_renewal()
+            wait = min(30.0, identities.ttl / 4)
+            if due is not None:
+                wait = min(wait, due - identities.clock())
+            await asyncio.sleep(max(0.05, wait))
+            renewed = identities.renew_due(keep=self.cache.views())
+            if renewed:
+                self.controller.refresh_identities(renewed)
+
     async def _sweep(self) -> None:
         """Remove registrations whose TTL lapsed, every `discovery_sweep` seconds."""
         while True:
@@ -150,6 +208,8 @@ class Meshpilot:
         self.serving = False
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._rotator is not None:
+            self._rotator.cancel()
         if self.docker is not None:
             await asyncio.to_thread(self.docker.stop)
         if self._watcher is not None:

@@ -41,6 +41,10 @@ def render_bootstrap(
     xds_cluster_name: str = "meshpilot_xds",
     node_metadata: dict[str, Any] | None = None,
     ads: bool = True,
+    xds_tls_ca: str | None = None,
+    xds_tls_cert: str | None = None,
+    xds_tls_key: str | None = None,
+    xds_sni: str | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap that takes CDS and LDS from meshpilot over one ADS stream.
 
@@ -48,6 +52,10 @@ def render_bootstrap(
     (cluster type STATIC) or DNS names (STRICT_DNS, every resolved address becomes a host).
     `delta` selects incremental xDS (DELTA_GRPC) instead of state-of-the-world (GRPC).
     `ads=False` gives CDS and LDS a stream each (per-type services) instead of one ADS stream.
+    `xds_tls_ca` (a file path, read by Envoy) makes the xDS cluster speak TLS and trust that CA;
+    `xds_tls_cert`/`xds_tls_key` add a client certificate (mutual TLS); `xds_sni` is sent as SNI
+    and required as a DNS SAN of meshpilot's certificate (default: the xDS host, if every
+    address names the same DNS host; with IP addresses only the CA is checked).
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -57,13 +65,44 @@ def render_bootstrap(
         raise ValueError("xds_addresses must list at least one (host, port)")
     for host, port in [*xds_addresses, admin_address]:
         _check_address(host, port)
+    if (xds_tls_cert is None) != (xds_tls_key is None):
+        raise ValueError("xds_tls_cert and xds_tls_key go together")
+    if xds_tls_ca is None and (xds_tls_cert or xds_sni):
+        raise ValueError("a client certificate or SNI for xDS needs xds_tls_ca")
 
+    cluster = _xds_cluster(xds_cluster_name, xds_addresses)
+    if xds_tls_ca is not None:
+        hosts = {host for host, _ in xds_addresses}
+        if xds_sni is None and len(hosts) == 1 and not _is_ip_literal(next(iter(hosts))):
+            xds_sni = next(iter(hosts))
+        cluster["transport_socket"] = _xds_tls(xds_tls_ca, xds_tls_cert, xds_tls_key, xds_sni)
     return {
         "node": _node(node_id, node_cluster, node_metadata),
         "admin": {"address": _socket_address(*admin_address)},
         "dynamic_resources": _dynamic_resources(xds_cluster_name, delta, ads),
-        "static_resources": {"clusters": [_xds_cluster(xds_cluster_name, xds_addresses)]},
+        "static_resources": {"clusters": [cluster]},
     }
+
+
+_UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def _xds_tls(ca: str, cert: str | None, key: str | None, sni: str | None) -> dict[str, Any]:
+    """TLS to meshpilot: files by path (this is Envoy's own bootstrap, read before any xDS);
+    ALPN h2, which gRPC servers require."""
+    validation: dict[str, Any] = {"trusted_ca": {"filename": ca}}
+    if sni:
+        validation["match_typed_subject_alt_names"] = [
+            {"san_type": "DNS", "matcher": {"exact": sni}}]
+    common: dict[str, Any] = {"alpn_protocols": ["h2"], "validation_context": validation}
+    if cert is not None and key is not None:
+        common["tls_certificates"] = [{"certificate_chain": {"filename": cert},
+                                       "private_key": {"filename": key}}]
+    context: dict[str, Any] = {"@type": f"type.googleapis.com/{_UPSTREAM_TLS}",
+                               "common_tls_context": common}
+    if sni:
+        context["sni"] = sni
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
 
 
 def bootstrap_yaml(**kwargs: Any) -> str:

@@ -18,6 +18,7 @@ import yaml
 from meshpilot import __version__
 from meshpilot.app import Meshpilot, Settings, split_address
 from meshpilot.bootstrap import bootstrap_yaml
+from meshpilot.ca.authority import CaError, check_trust_domain
 from meshpilot.errors import PolicyError
 from meshpilot.plugins import PluginError, load_plugins
 from meshpilot.policy.loader import load_policy
@@ -26,6 +27,7 @@ from meshpilot.policy.schema import json_schema
 from meshpilot.translators import Translation
 from meshpilot.units import parse_duration
 from meshpilot.xds.render import snapshot_to_dict
+from meshpilot.xds.security import XdsSecurityError
 
 
 def _duration(text: str) -> float:
@@ -43,6 +45,13 @@ def _address(text: str) -> str:
     return text
 
 
+def _trust_domain(text: str) -> str:
+    try:
+        return check_trust_domain(text)
+    except CaError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -53,14 +62,18 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     admin_address=args.admin_address, debounce_quiet=args.debounce_quiet,
                     debounce_max=args.debounce_max, watch=not args.no_watch,
                     plugins=tuple(args.plugin), docker=args.docker,
-                    docker_network=args.docker_network)
+                    docker_network=args.docker_network, xds_tls_cert=args.xds_tls_cert,
+                    xds_tls_key=args.xds_tls_key, xds_client_ca=args.xds_client_ca,
+                    xds_identity_check=args.xds_identity_check,
+                    ca_dir=Path(args.ca_dir) if args.ca_dir else None,
+                    trust_domain=args.trust_domain, cert_ttl=args.cert_ttl)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     try:
         app = Meshpilot(serve_settings(args))
-    except PluginError as e:
+    except (PluginError, XdsSecurityError, CaError) as e:
         print(e, file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
@@ -112,10 +125,16 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    text = bootstrap_yaml(node_id=args.node_id, node_cluster=args.node_cluster,
-                          xds_addresses=[split_address(a) for a in args.xds_address],
-                          admin_address=split_address(args.admin_address), delta=args.delta,
-                          ads=not args.no_ads)
+    try:
+        text = bootstrap_yaml(node_id=args.node_id, node_cluster=args.node_cluster,
+                              xds_addresses=[split_address(a) for a in args.xds_address],
+                              admin_address=split_address(args.admin_address), delta=args.delta,
+                              ads=not args.no_ads, xds_tls_ca=args.xds_tls_ca,
+                              xds_tls_cert=args.xds_tls_cert, xds_tls_key=args.xds_tls_key,
+                              xds_sni=args.xds_sni)
+    except ValueError as e:
+        print(f"meshpilot bootstrap: {e}", file=sys.stderr)
+        return 2
     if args.output:
         Path(args.output).write_text(text)
     else:
@@ -183,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debounce-max", type=_duration, default=10.0, metavar="DURATION",
                    help="apply a burst at most this long after its first change (10s)")
     p.add_argument("--no-watch", action="store_true", help="load once; do not watch the folder")
+    p.add_argument("--ca-dir", metavar="DIR", default=None,
+                   help="the mesh CA's root (ca.crt, ca.key): created here on first start, "
+                        "loaded afterwards; default: a root in memory (docs/security.md)")
+    p.add_argument("--trust-domain", type=_trust_domain, default="cluster.local",
+                   help="SPIFFE trust domain of workload identities (cluster.local)")
+    p.add_argument("--cert-ttl", type=_duration, default=24 * 3600.0, metavar="DURATION",
+                   help="lifetime of workload certificates, renewed at half-life (24h)")
     p.add_argument("--plugin", action="append", default=[], metavar="NAME",
                    help="run this plugin (an entry point of group meshpilot.plugins); repeat "
                         "for several, applied in order. None by default")
@@ -192,6 +218,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docker-network", metavar="NAME", default=None,
                    help="with --docker: reach containers at their IP on this network (default: "
                         "the host port meshpilot.port is published on)")
+    p.add_argument("--xds-tls-cert", metavar="FILE", default=None,
+                   help="serve xDS over TLS with this PEM certificate (chain); re-read when it "
+                        "changes, for new connections")
+    p.add_argument("--xds-tls-key", metavar="FILE", default=None,
+                   help="the private key of --xds-tls-cert")
+    p.add_argument("--xds-client-ca", metavar="FILE", default=None,
+                   help="mutual TLS: clients must present a certificate signed by this CA")
+    p.add_argument("--xds-identity-check", choices=["strict", "off"], default=None,
+                   help="strict: a node's cluster (its view) must be an identity its client "
+                        "certificate proves (SPIFFE sa name, else DNS SAN, else CN), or the "
+                        "stream is refused. Default: strict with --xds-client-ca, else off")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
@@ -221,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ads", action="store_true",
                    help="a stream per type (CDS, LDS, ...) instead of one ADS stream; resources "
                         "must then name meshpilot as their config source (not ads: {})")
+    p.add_argument("--xds-tls-ca", metavar="FILE", default=None,
+                   help="connect to meshpilot over TLS, trusting this CA (path read by Envoy)")
+    p.add_argument("--xds-tls-cert", metavar="FILE", default=None,
+                   help="with --xds-tls-ca: Envoy's client certificate (mutual TLS)")
+    p.add_argument("--xds-tls-key", metavar="FILE", default=None,
+                   help="the private key of --xds-tls-cert (path read by Envoy)")
+    p.add_argument("--xds-sni", metavar="NAME", default=None,
+                   help="SNI sent to meshpilot and the DNS name its certificate must carry "
+                        "(default: the --xds-address host when it is a DNS name)")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_bootstrap)
 

@@ -24,6 +24,7 @@ from meshpilot.plugins import Plugin, as_plugins
 from meshpilot.policy.loader import load_policy
 from meshpilot.policy.model import Model
 from meshpilot.translators import Translation
+from meshpilot.translators.mtls import IdentitySource
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.snapshot import Snapshot
 
@@ -61,8 +62,11 @@ class _Prepared:
 class Controller:
     def __init__(self, policy_path: str | Path, cache: SnapshotCache,
                  metrics: Metrics | None = None, plugins: Iterable[Plugin | object] = (),
-                 endpoints: EndpointRegistry | None = None):
+                 endpoints: EndpointRegistry | None = None,
+                 identities: IdentitySource | None = None):
         self.policy_path = Path(policy_path)
+        # The mesh CA's workload certificates (meshpilot.ca.WorkloadIdentities), or None.
+        self.identities = identities
         self.plugins = as_plugins(plugins)  # made once: their conversion caches outlive reloads
         self.cache = cache
         self.metrics = metrics or Metrics()
@@ -110,7 +114,8 @@ class Controller:
         try:
             model = self._load()
             discovered = self.endpoints.endpoints() if self.endpoints is not None else {}
-            translation = Translation(model, self.plugins, discovered=discovered)
+            translation = Translation(model, self.plugins, discovered=discovered,
+                                      identities=self.identities)
             snapshots = [translation.snapshot(view) for view in views]
         except PolicyError as e:  # PluginError too: a plugin failing refuses the whole reload
             return _Prepared(issues=e.issues)
@@ -215,6 +220,30 @@ class Controller:
         log.info("discovered endpoints of %s applied to %d view(s) in %.4fs",
                  sorted(changed), views, time.perf_counter() - started)
         return changed
+
+    def refresh_identities(self, renewed: set[str]) -> int:
+        """Push the renewed certificates (by view name) of the mesh CA: on the event loop, an
+        SDS-only change per view, nothing loaded or translated again. Returns the views
+        updated."""
+        if self.translation is None or not renewed:
+            return 0
+        updated = 0
+        for view in self.cache.views():
+            previous = self.cache.get(view)
+            if view not in renewed or previous is None:
+                continue
+            try:
+                snapshot = self.translation.refresh_identity(previous)
+            except PolicyError as e:
+                log.error("view %r: renewed certificate not applied: %s", view,
+                          "; ".join(str(issue) for issue in e.issues))
+                continue
+            if snapshot is not previous and self.cache.set(snapshot):
+                updated += 1
+        if updated:
+            log.info("renewed workload certificates of %s pushed to %d view(s)",
+                     sorted(renewed), updated)
+        return updated
 
     def _build_view(self, view: str) -> Snapshot:
         """The cache's builder, for a view first asked for after the newest reload.

@@ -2,7 +2,7 @@
 # Best effort: make a Docker engine reachable for the Docker discovery tests.
 # - an engine already answers: nothing to do;
 # - dockerd is installed and we are root: start it in the background;
-# - under CI (CI=true) as root with apt-get: install Debian's docker.io first.
+# - under CI (CI=true) as root with apt-get: install Debian's docker.io (and docker-compose).
 # Never fails the build: without an engine, the Docker tests are skipped with the reason.
 set -u
 docker info >/dev/null 2>&1 && exit 0
@@ -10,8 +10,9 @@ docker info >/dev/null 2>&1 && exit 0
 if ! command -v dockerd >/dev/null 2>&1; then
   if [ "${CI:-}" = "true" ] && command -v apt-get >/dev/null 2>&1; then
     echo "docker-engine: installing docker.io"
-    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io) \
-        >/tmp/meshpilot-docker-install.log 2>&1; then
+    # docker-compose too: the compose test prefers the real tool to its Docker SDK fallback.
+    if ! (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+          docker.io docker-compose) >/tmp/meshpilot-docker-install.log 2>&1; then
       echo "docker-engine: docker.io could not be installed; Docker tests will be skipped"
       exit 0
     fi

@@ -140,6 +140,13 @@ class Sidecar:
     app_port: int = DEFAULT_APP_PORT
     outbound_port: int | None = None  # one HTTP listener on 127.0.0.1 routing by Host
     calls: tuple[Call, ...] = ()  # the services it may call: all it receives (scoping)
+    # Mesh security (docs/security.md): mTLS on inbound with certificates from meshpilot's CA,
+    # and callers' mTLS to this service; authorization of callers by SPIFFE identity.
+    mtls: MtlsMode = "off"
+    authorization: Authorization | None = None  # rules' `principals`: names or SPIFFE IDs
+
+
+MtlsMode = Literal["strict", "permissive", "off"]
 
 
 # ---- TLS (files read by the loader, delivered to Envoy as SDS Secrets) -------------------------
@@ -424,6 +431,9 @@ class AuthzRule:
     headers: tuple[tuple[str, StringMatch], ...] = ()
     source_ips: tuple[str, ...] = ()  # CIDRs, normalized (10.0.0.0/8)
     claims: tuple[tuple[str, str], ...] = ()  # (claim, value): the JWT's claim holds the value
+    # Mesh callers (a sidecar's `from`): Service names or SPIFFE IDs, as written; the
+    # translator makes SPIFFE IDs of names (authenticated principal, exact).
+    principals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

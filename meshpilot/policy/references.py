@@ -326,6 +326,7 @@ def _check_mesh(documents: Sequence[ParsedDocument], index: _Index) -> None:
         for part in document.parts:
             if isinstance(part, Service) and part.sidecar is not None:
                 _check_calls(part, document.context, index)
+                _check_callers(part, document.context, index)
     attached: dict[str, Route] = {}
     for route, ctx in index.routes:
         if route.service is None:
@@ -346,6 +347,23 @@ def _check_mesh(documents: Sequence[ParsedDocument], index: _Index) -> None:
             ctx.report(("service",), f"Service {service.name} already has Route {first.name} "
                                      f"attached (at {first.position}); write all of its rules "
                                      "in one Route")
+
+
+def _check_callers(service: Service, ctx: DocumentContext, index: _Index) -> None:
+    """Each caller a sidecar's authorization names (`from`) is a Service or a Gateway (both
+    have identities, docs/security.md); SPIFFE IDs are taken as written."""
+    assert service.sidecar is not None
+    if service.sidecar.authorization is None:
+        return
+    for rule_index, rule in enumerate(service.sidecar.authorization.rules):
+        for caller_index, caller in enumerate(rule.principals):
+            if caller.startswith("spiffe://") or index.declared("Service", caller) or \
+                    index.declared("Gateway", caller):
+                continue
+            known = [*index.names.get("Service", []), *index.names.get("Gateway", [])]
+            ctx.report(("sidecar", "authorization", "rules", rule_index, "from", caller_index),
+                       f"no Service or Gateway named {quoted(caller)}"
+                       f"{index.did_you_mean('Service', caller, known)}")
 
 
 def _check_calls(service: Service, ctx: DocumentContext, index: _Index) -> None:

@@ -228,6 +228,22 @@ def _sidecar() -> Schema:
         "outbound_port": {**port, "description": "One HTTP port on 127.0.0.1 for every called "
                                                  "service, picked by the Host header."},
         "calls": _list("The services the application calls: all the sidecar receives.", call),
+        "mtls": {"enum": ["strict", "permissive", "off"],
+                 "description": "Mesh mTLS with the CA's certificates (default off): strict "
+                                "refuses plaintext, permissive accepts both (docs/security.md)."},
+        "authorization": _object("Callers allowed (ALLOW) or refused (DENY) on inbound, by "
+                                 "identity (needs mtls), path and method; ALLOW with no rules "
+                                 "refuses everyone.", {
+            "action": {"enum": ["ALLOW", "DENY"], "description": "Default ALLOW."},
+            "rules": _list("Any rule matches; within a rule, every field given must.",
+                           _object("One rule.", {
+                               "from": _list("Callers: Service or Gateway names, or SPIFFE "
+                                             "IDs.", {"type": "string"}),
+                               "paths": _list("\"/exact\", \"/prefix/*\" or \"*\".",
+                                              {"type": "string"}),
+                               "methods": _list("HTTP methods.", {"type": "string"}),
+                           })),
+        }),
     })
 
 

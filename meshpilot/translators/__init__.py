@@ -40,6 +40,7 @@ from meshpilot.translators import (
     clusters,
     endpoints,
     listeners,
+    mtls,
     names,
     raw,
     routes,
@@ -64,8 +65,12 @@ class Translation:
     """
 
     def __init__(self, model: Model, plugins: Iterable[Plugin | object] = (),
-                 discovered: Mapping[str, tuple[Endpoint, ...]] | None = None):
+                 discovered: Mapping[str, tuple[Endpoint, ...]] | None = None,
+                 identities: mtls.IdentitySource | None = None):
         self.model = model
+        # Mesh mTLS: the CA's certificates per view (None: no identity Secrets; mtls.py).
+        self.identities = identities
+        self.trust = mtls.TrustDomain.of(identities)
         self.plugins = as_plugins(plugins)
         # Endpoints found at run time (meshpilot.discovery), per service: added to the policy's.
         self.discovered: dict[str, tuple[Endpoint, ...]] = dict(discovered or {})
@@ -76,7 +81,7 @@ class Translation:
                 self._routes_of.setdefault(route.gateway, []).append(route)
         self._clusters: dict[str, tuple[Resource, ...]] = {}
         self._secrets: dict[str, tuple[Resource, ...]] = {}  # per service: its CA Secret
-        self._mesh = sidecar.Mesh(model, self._cluster_resources)
+        self._mesh = sidecar.Mesh(model, self._cluster_resources, self.trust)
 
     def snapshot(self, view: str) -> Snapshot:
         handwritten: list[Resource] = raw.for_view(self._raw, view)
@@ -84,6 +89,7 @@ class Translation:
         generated = self._generated(view)
         # TLS to a Service's endpoints: its CA Secret wherever one of its clusters goes.
         generated += secrets.cluster_secret_resources(generated, self.model, self._secrets)
+        generated += self._identity_secrets(view, generated)  # mesh mTLS: mtls.py
         generated = [r for r in generated if (r.type_url, r.name) not in overridden]
         assembled = handwritten + generated
         if self.plugins:
@@ -113,13 +119,30 @@ class Translation:
             resources.extend(self._cluster_resources(service, subset))
         return resources
 
+    def _identity_secrets(self, view: str, generated: list[Resource]) -> list[Resource]:
+        if self.identities is None or not mtls.needs_identity(self.model, view, generated):
+            return []
+        return mtls.identity_secrets(self.identities, view)
+
+    def refresh_identity(self, previous: Snapshot) -> Snapshot:
+        """`previous` with the view's rotated certificate: an SDS-only change. With plugins
+        (which may patch anything) the view is assembled again."""
+        if self.plugins:
+            return self.snapshot(previous.view)
+        overridden = {(r.type_url, r.name) for r in raw.for_view(self._raw, previous.view)}
+        if self.identities is None or mtls.IDENTITY_SECRET not in previous.get(types.SECRET) \
+                or (types.SECRET, mtls.IDENTITY_SECRET) in overridden:
+            return previous
+        return mtls.refresh_identity(previous,
+                                     mtls.identity_secrets(self.identities, previous.view))
+
     def _cluster_resources(self, service_name: str, subset: str | None) -> tuple[Resource, ...]:
         """The cluster (and, for EDS, its assignment) of a service or subset, built once."""
         name = names.cluster(service_name, subset)
         found = self._clusters.get(name)
         if found is None:
             found = self._clusters[name] = _translate_cluster(self.service(service_name),
-                                                              subset)
+                                                              subset, self.trust)
         return found
 
     # ---- discovered endpoints: the EDS fast path -----------------------------------------------
@@ -212,13 +235,15 @@ def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, st
                     yield key
 
 
-def _translate_cluster(service: Service | None, subset: str | None) -> tuple[Resource, ...]:
+def _translate_cluster(service: Service | None, subset: str | None,
+                       trust: mtls.TrustDomain | None = None) -> tuple[Resource, ...]:
     # The loader rejects a backend naming an unknown service or subset; if one got through
     # anyway, sending no cluster (Envoy answers 503) beats a subset cluster holding every
     # endpoint of the service.
     if service is None or (subset is not None and service.subset(subset) is None):
         return ()
-    cluster = clusters.cluster(service, subset)
+    cluster = mtls.secure_cluster(clusters.cluster(service, subset), service,
+                                  trust or mtls.TrustDomain())
     built = [Resource.from_message(types.CLUSTER, cluster.name, cluster)]
     if not clusters.uses_dns(service):
         assignment = endpoints.load_assignment(names.eds_service(cluster.name),

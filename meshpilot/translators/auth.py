@@ -387,6 +387,9 @@ def _policy(rule: AuthzRule) -> Policy:
         principals.append(_any_principal([_cidr_principal(c) for c in rule.source_ips]))
     for claim, value in rule.claims:
         principals.append(_claim_principal(claim, value))
+    if rule.principals:  # a sidecar's `from`: SPIFFE IDs by now (translators/mtls.py)
+        principals.append(_any_principal([_authenticated_principal(p)
+                                          for p in rule.principals]))
     return Policy(
         permissions=[_all_permission(permissions) if permissions else Permission(any=True)],
         principals=[_all_principal(principals) if principals else Principal(any=True)])
@@ -431,6 +434,13 @@ def _cidr_principal(cidr: str) -> Principal:
     principal = Principal()
     principal.direct_remote_ip.address_prefix = address
     principal.direct_remote_ip.prefix_len.value = int(length)
+    return principal
+
+
+def _authenticated_principal(spiffe_id: str) -> Principal:
+    """The peer certificate's URI SAN is exactly `spiffe_id` (mTLS in the mesh)."""
+    principal = Principal()
+    principal.authenticated.principal_name.exact = spiffe_id
     return principal
 
 

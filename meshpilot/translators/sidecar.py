@@ -54,7 +54,7 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 
 from meshpilot.policy.model import Endpoint, Model, Route, Service
-from meshpilot.translators import endpoints, names
+from meshpilot.translators import endpoints, mtls, names
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.listeners import (
     CORS,
@@ -80,8 +80,10 @@ class Mesh:
     """The sidecar views of one model. `cluster_resources(service, subset)` is the
     Translation's (built once, shared with gateways, discovered endpoints included)."""
 
-    def __init__(self, model: Model, cluster_resources: ClusterResources):
+    def __init__(self, model: Model, cluster_resources: ClusterResources,
+                 trust: mtls.TrustDomain | None = None):
         self.model = model
+        self.trust = trust or mtls.TrustDomain()  # SPIFFE IDs (translators/mtls.py)
         self._cluster_resources = cluster_resources
         self._route_of: dict[str, Route] = {}
         for route in model.routes:  # sorted by name: the first one wins, should two slip in
@@ -96,7 +98,7 @@ class Mesh:
             return []
         built: list[Resource] = []
         if sidecar.port is not None:
-            listener = inbound_listener(service)
+            listener = mtls.secure_inbound(inbound_listener(service), service, self.trust)
             built.append(Resource.from_message(types.LISTENER, listener.name, listener))
             cluster = inbound_cluster(service)
             built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))

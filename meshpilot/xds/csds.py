@@ -17,6 +17,7 @@ from envoy.admin.v3 import config_dump_shared_pb2 as dump
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.protobuf import any_pb2
 
+from meshpilot.xds import types
 from meshpilot.xds.resources import Resource
 from meshpilot.xds.status import Connection, ProxyRegistry
 
@@ -61,7 +62,9 @@ def client_config(conn: Connection, *, include_contents: bool = True) -> Any:
         for name, held in state.known.items():
             entry = config.generic_xds_configs.add(type_url=type_url, name=name,
                                                    version_info=held.version)
-            if include_contents and isinstance(held, Resource):
+            # A Secret's contents are key material: CSDS reports its version and status only
+            # (any client of the xDS port may call CSDS; see "Securing the control plane").
+            if include_contents and isinstance(held, Resource) and type_url != types.SECRET:
                 entry.xds_config.CopyFrom(any_pb2.Any(type_url=type_url, value=held.body))
             if state.in_flight:
                 entry.client_status = dump.REQUESTED

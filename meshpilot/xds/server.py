@@ -25,6 +25,7 @@ from meshpilot.xds.stream import ProtocolError, RequestKind, XdsStream
 log = logging.getLogger("meshpilot.xds")
 
 ViewOf = Callable[[Any], str]
+Authorize = Callable[[Any, str, grpc.aio.ServicerContext], "str | None"]
 
 
 def view_of_node_cluster(node: Any) -> str:
@@ -79,13 +80,17 @@ class XdsServer:
     def __init__(self, cache: SnapshotCache, *, registry: ProxyRegistry | None = None,
                  metrics: Metrics | None = None, view_of: ViewOf = view_of_node_cluster,
                  control_plane_id: str = "meshpilot",
-                 on_nack: Callable[[Connection, str, str], None] | None = None):
+                 on_nack: Callable[[Connection, str, str], None] | None = None,
+                 authorize: Authorize | None = None):
+        """`authorize(node, view, context)`: None lets a stream have that view, a string refuses
+        it (PERMISSION_DENIED with that text); see `meshpilot.xds.security.IdentityCheck`."""
         self.cache = cache
         self.registry = registry or ProxyRegistry()
         self.metrics = metrics or Metrics()
         self.view_of = view_of
         self.control_plane_id = control_plane_id
         self.on_nack = on_nack
+        self.authorize = authorize
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         out = []
@@ -164,7 +169,15 @@ class XdsServer:
                         return
                     self._count(conn, type_url, kind)
                     if conn.view is None:
-                        conn.view = self.view_of(stream.node)
+                        view = self.view_of(stream.node)
+                        refusal = (self.authorize(stream.node, view, context)
+                                   if self.authorize is not None else None)
+                        if refusal is not None:
+                            log.warning("%s refused: node %r: %s", conn.peer, conn.node_id,
+                                        refusal)
+                            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
+                            return
+                        conn.view = view
                         unwatch = self.cache.watch(conn.view, wake)
                         snapshot = self.cache.get_or_build(conn.view)
                         if snapshot is not None:

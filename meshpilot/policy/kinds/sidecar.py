@@ -18,22 +18,37 @@ Shape (inside a `kind: Service` document):
       calls:                      # the services the application calls: all the sidecar receives
         - ratings                 # through outbound_port only
         - {service: details, local_port: 9001}   # also on 127.0.0.1:9001, whatever the Host
+      mtls: strict                # strict | permissive | off (default off): docs/security.md
+      authorization:              # callers by identity (needs mtls strict or permissive)
+        action: ALLOW             # ALLOW (no rules: nobody) or DENY
+        rules: [{from: [productpage, "spiffe://cluster.local/ns/default/sa/edge"],
+                 paths: [/api/*], methods: [GET]}]
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from meshpilot.policy import fields
 from meshpilot.policy.fields import Fields, written_before
-from meshpilot.policy.model import DEFAULT_APP_HOST, DEFAULT_APP_PORT, Call, Sidecar
+from meshpilot.policy.model import (
+    DEFAULT_APP_HOST,
+    DEFAULT_APP_PORT,
+    Authorization,
+    AuthzRule,
+    Call,
+    Sidecar,
+)
 from meshpilot.policy.yamlsource import FieldPath
 
 if TYPE_CHECKING:
     from meshpilot.policy.loader import DocumentContext
 
-SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls")
+SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization")
+MTLS_MODES = ("strict", "permissive", "off")
+SIDECAR_AUTHORIZATION_KEYS = ("action", "rules")
+SIDECAR_RULE_KEYS = ("from", "paths", "methods")
 CALL_KEYS = ("service", "local_port")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
@@ -63,8 +78,63 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
                     f"the application cannot listen on the sidecar's own inbound port {port}: "
                     "the sidecar would forward to itself")
     _check_ports(spec, port, outbound_port, calls)
+    mtls = spec.get("mtls", fields.choice(MTLS_MODES)) or "off"
+    authorization = _authorization(spec)
+    if mtls != "off" and "tls" in doc.value:
+        doc.report("tls", "a Service in the mesh with mtls gets its TLS from the mesh CA; "
+                          "remove tls or set sidecar.mtls: off", at_value=False)
+    if authorization is not None:
+        if doc.value.get("protocol") == "tcp":
+            spec.report("authorization", "authorization by path, method and caller needs an "
+                                         "HTTP service; this one speaks tcp", at_value=False)
+        if port is None:
+            spec.report("authorization", "authorization applies to inbound traffic; the sidecar "
+                                         "needs a port", at_value=False)
+        if mtls == "off" and any(r.principals for r in authorization.rules):
+            spec.report("authorization", "rules with `from` need mtls strict or permissive: "
+                                         "without a client certificate no caller has an "
+                                         "identity", at_value=False)
     return Sidecar(port=port, address=address, app_host=app_host, app_port=app_port,
-                   outbound_port=outbound_port, calls=calls)
+                   outbound_port=outbound_port, calls=calls, mtls=cast(Any, mtls),
+                   authorization=authorization)
+
+
+def _authorization(spec: Fields) -> Authorization | None:
+    """`authorization: {action, rules: [{from, paths, methods}]}` with Istio's semantics."""
+    from meshpilot.policy.kinds.route import _METHOD, _unique_list
+    from meshpilot.policy.kinds.security import _ACTION, _istio_path, _path_match
+
+    entry = spec.mapping("authorization", "a mapping such as {action: ALLOW, rules: "
+                                          "[{from: [frontend]}]}")
+    if entry is None:
+        return None
+    entry.check_keys(SIDECAR_AUTHORIZATION_KEYS, "authorization")
+    action = entry.get("action", _ACTION) or "ALLOW"
+    items = entry.items("rules", "rule") or []
+    rules: list[AuthzRule] = []
+    for index, item in enumerate(items):
+        rule = Fields.at(spec.ctx, item, (*entry.path, "rules", index),
+                         "a mapping such as {from: [frontend], paths: [/api/*], methods: [GET]}")
+        if rule is None:
+            continue
+        rule.check_keys(SIDECAR_RULE_KEYS, "an authorization rule")
+        rules.append(AuthzRule(
+            principals=_unique_list(rule, "from", "caller", _caller),
+            paths=tuple(_path_match(p) for p in _unique_list(rule, "paths", "path",
+                                                             _istio_path)),
+            methods=_unique_list(rule, "methods", "method", _METHOD)))
+    return Authorization(action=cast(Any, action), rules=tuple(rules))
+
+
+def _caller(value: Any) -> str:
+    """A Service (or Gateway) name, or a SPIFFE ID (`spiffe://trust-domain/...`)."""
+    text = fields.string(value)
+    if text.startswith("spiffe://"):
+        if len(text) > 2048 or any(c.isspace() for c in text) or "/" not in text[9:]:
+            raise fields.Invalid(f"invalid SPIFFE ID {fields.quoted(fields.clip(text))}: "
+                                 "expected spiffe://trust-domain/path")
+        return text
+    return fields.name(text)
 
 
 def _app_address(value: Any) -> tuple[str, int]:

@@ -1,0 +1,77 @@
+"""The current workload certificate of each identity: issued on first use, renewed at
+half-life by the caller's timer (`renew_due`), forgotten when no view needs it any more.
+
+Thread-safe: views are built on the reload's worker thread while the rotation timer runs on the
+event loop. The clock is injected (`clock`, POSIX seconds), so the schedule is testable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from meshpilot.ca.authority import DEFAULT_NAMESPACE, CertificateAuthority, WorkloadCertificate
+
+DEFAULT_TTL = 24 * 3600.0
+
+
+class WorkloadIdentities:
+    """What translators ask for a view's identity (`translators/mtls.py`'s IdentitySource)."""
+
+    def __init__(self, ca: CertificateAuthority, ttl: float = DEFAULT_TTL,
+                 clock: Callable[[], float] = time.time, namespace: str = DEFAULT_NAMESPACE):
+        if ttl <= 0:
+            raise ValueError("the certificate TTL must be positive")
+        self.ca = ca
+        self.ttl = ttl
+        self.clock = clock
+        self.namespace = namespace
+        self._current: dict[str, WorkloadCertificate] = {}  # by name (a service or gateway)
+        self._lock = threading.Lock()
+
+    @property
+    def trust_domain(self) -> str:
+        return self.ca.trust_domain
+
+    @property
+    def trust_bundle(self) -> bytes:
+        return self.ca.trust_bundle
+
+    def spiffe_id(self, name: str) -> str:
+        return self.ca.spiffe_id(name, self.namespace)
+
+    def certificate(self, name: str) -> WorkloadCertificate:
+        """The current certificate of `name`, issued now if it has none (or only an expired
+        one). Renewal before expiry is `renew_due`'s, so that it is pushed to every view."""
+        with self._lock:
+            found = self._current.get(name)
+            now = self.clock()
+            if found is None or now >= found.not_after:
+                found = self._current[name] = self.ca.issue(self.spiffe_id(name), now, self.ttl)
+            return found
+
+    def names(self) -> frozenset[str]:
+        with self._lock:
+            return frozenset(self._current)
+
+    def next_renewal(self) -> float | None:
+        """When the next certificate is due for renewal (None: none issued)."""
+        with self._lock:
+            return min((c.renew_at for c in self._current.values()), default=None)
+
+    def renew_due(self, keep: Iterable[str] | None = None) -> set[str]:
+        """Re-issue every certificate past its half-life; forget identities not in `keep` (no
+        view needs them). Returns the names whose certificate changed."""
+        now = self.clock()
+        renewed: set[str] = set()
+        with self._lock:
+            if keep is not None:
+                wanted = set(keep)
+                for name in [n for n in self._current if n not in wanted]:
+                    del self._current[name]
+            for name, current in list(self._current.items()):
+                if now >= current.renew_at:
+                    self._current[name] = self.ca.issue(self.spiffe_id(name), now, self.ttl)
+                    renewed.add(name)
+        return renewed

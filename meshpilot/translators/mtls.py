@@ -1,0 +1,237 @@
+"""Mesh security: mTLS between sidecars with the built-in CA's certificates, and authorization
+of callers by SPIFFE identity (docs/security.md).
+
+This module owns:
+
+- the two Secrets of a view's identity, fetched over SDS (ADS):
+      spiffe/identity       the view's own workload certificate and key (a sidecar's Service, or
+                            a Gateway calling mesh services): never another view's
+      spiffe/trust-bundle   the CA root, to verify peers
+  The names do not depend on the view, so a callee's cluster is the same bytes for every caller
+  and every gateway (built once, shared), and a rotation changes one Secret per view only.
+- the inbound side of a Service with `sidecar.mtls`: strict, a DownstreamTlsContext requiring a
+  client certificate signed by the trust bundle (plaintext is refused); permissive, a TLS
+  inspector and two filter chains (`tls`: mTLS; `raw_buffer`: plaintext). The HTTP connection
+  manager sets `x-forwarded-client-cert` (the caller's URI) for the application, and runs the
+  sidecar's `authorization` as an RBAC filter (principals: authenticated URI SAN, exact).
+- the outbound side: a cluster of a Service whose sidecar has mtls (strict or permissive, as
+  Istio's auto mTLS does) originates mTLS with the caller's identity and accepts only the
+  callee's SPIFFE ID (`match_typed_subject_alt_names`, URI, exact).
+
+Pure: the certificates come from an `IdentitySource` (meshpilot.ca.WorkloadIdentities, which
+holds the clock); without one (`meshpilot render`, golden files) no identity Secrets are made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from typing import Protocol
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.core.v3.base_pb2 import DataSource, TransportSocket
+from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain, ListenerFilter
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2 import TlsInspector
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm,
+)
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
+from envoy.type.matcher.v3.string_pb2 import StringMatcher
+from google.protobuf.any_pb2 import Any
+from google.protobuf.message import Message
+
+from meshpilot.ca.authority import DEFAULT_NAMESPACE, DEFAULT_TRUST_DOMAIN, WorkloadCertificate
+from meshpilot.ca.authority import spiffe_id as make_spiffe_id
+from meshpilot.policy.model import Authorization, Model, Service
+from meshpilot.translators import auth, names
+from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, ROUTER
+from meshpilot.translators.protos import ads_config_source
+from meshpilot.xds import types
+from meshpilot.xds.resources import Resource, ResourceMap
+from meshpilot.xds.snapshot import Snapshot
+
+IDENTITY_SECRET = "spiffe/identity"
+TRUST_BUNDLE_SECRET = "spiffe/trust-bundle"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+RBAC_FILTER = "envoy.filters.http.rbac"
+INBOUND_ALPN = ("h2", "http/1.1")
+
+
+class IdentitySource(Protocol):
+    """Where a view's certificate comes from (meshpilot.ca.WorkloadIdentities)."""
+
+    @property
+    def trust_domain(self) -> str: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def trust_bundle(self) -> bytes: ...
+    def certificate(self, name: str) -> WorkloadCertificate: ...
+
+
+class TrustDomain:
+    """SPIFFE IDs of mesh names: `spiffe://<trust domain>/ns/<namespace>/sa/<name>`."""
+
+    def __init__(self, trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                 namespace: str = DEFAULT_NAMESPACE):
+        self.trust_domain, self.namespace = trust_domain, namespace
+
+    @classmethod
+    def of(cls, source: IdentitySource | None) -> TrustDomain:
+        return cls() if source is None else cls(source.trust_domain, source.namespace)
+
+    def spiffe_id(self, name: str) -> str:
+        return name if name.startswith("spiffe://") else make_spiffe_id(
+            self.trust_domain, name, self.namespace)
+
+
+def has_mtls(service: Service | None) -> bool:
+    """Whether callers of `service` speak mTLS to it (its sidecar has an inbound port and mtls
+    strict or permissive)."""
+    return (service is not None and service.sidecar is not None
+            and service.sidecar.port is not None and service.sidecar.mtls != "off")
+
+
+# ---- secrets ------------------------------------------------------------------------------------
+
+
+def _sds(name: str) -> secret_pb2.SdsSecretConfig:
+    return secret_pb2.SdsSecretConfig(name=name, sds_config=ads_config_source())
+
+
+def identity_secrets(source: IdentitySource, view: str) -> list[Resource]:
+    """The view's own certificate and key, and the trust bundle. Dumps redact the key."""
+    current = source.certificate(view)
+    identity = secret_pb2.Secret(name=IDENTITY_SECRET, tls_certificate=common_pb2.TlsCertificate(
+        certificate_chain=DataSource(inline_string=current.certificate_chain.decode()),
+        private_key=DataSource(inline_string=current.private_key.decode())))
+    bundle = secret_pb2.Secret(name=TRUST_BUNDLE_SECRET,
+                               validation_context=common_pb2.CertificateValidationContext(
+                                   trusted_ca=DataSource(
+                                       inline_string=source.trust_bundle.decode())))
+    return [Resource.from_message(types.SECRET, s.name, s) for s in (identity, bundle)]
+
+
+def needs_identity(model: Model, view: str, resources: Iterable[Resource]) -> bool:
+    """A sidecar with mtls on its inbound, or any view holding a cluster that originates mTLS
+    (a caller's sidecar, a gateway)."""
+    service = model.service(view)
+    if has_mtls(service):
+        return True
+    return any(resource.type_url == types.CLUSTER
+               and has_mtls(model.service(resource.name.partition(names.SEPARATOR)[0]))
+               for resource in resources)
+
+
+def refresh_identity(previous: Snapshot, secrets: list[Resource]) -> Snapshot:
+    """`previous` with its identity Secrets replaced: every other ResourceMap object is kept,
+    so a rotation is an SDS-only push (and nothing at all if the bytes did not change)."""
+    old = previous.get(types.SECRET)
+    changed = {r.name: r for r in secrets
+               if r.name in old and old[r.name].version != r.version}
+    if not changed:
+        return previous
+    maps = {t: previous.get(t) for t in previous.type_urls()}
+    maps[types.SECRET] = ResourceMap(types.SECRET, {**old, **changed}.values())
+    return Snapshot(previous.view, maps)
+
+
+# ---- outbound: a caller's cluster to a mesh service --------------------------------------------
+
+
+def upstream_transport_socket(callee: str, trust: TrustDomain) -> TransportSocket:
+    context = tls_pb2.UpstreamTlsContext()
+    common = context.common_tls_context
+    common.tls_certificate_sds_secret_configs.append(_sds(IDENTITY_SECRET))
+    combined = common.combined_validation_context
+    combined.default_validation_context.match_typed_subject_alt_names.append(
+        common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI,
+                                         matcher=StringMatcher(exact=trust.spiffe_id(callee))))
+    combined.validation_context_sds_secret_config.CopyFrom(_sds(TRUST_BUNDLE_SECRET))
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=_pack(context))
+
+
+def secure_cluster(cluster: Cluster, service: Service, trust: TrustDomain) -> Cluster:
+    """The cluster of (a subset of) `service`, originating mTLS if its sidecar wants it."""
+    if has_mtls(service):
+        cluster.transport_socket.CopyFrom(upstream_transport_socket(service.name, trust))
+    return cluster
+
+
+# ---- inbound ----------------------------------------------------------------------------------
+
+
+def downstream_transport_socket() -> TransportSocket:
+    context = tls_pb2.DownstreamTlsContext()
+    context.require_client_certificate.value = True
+    common = context.common_tls_context
+    common.tls_certificate_sds_secret_configs.append(_sds(IDENTITY_SECRET))
+    common.validation_context_sds_secret_config.CopyFrom(_sds(TRUST_BUNDLE_SECRET))
+    common.alpn_protocols.extend(INBOUND_ALPN)
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=_pack(context))
+
+
+def authorization(policy: Authorization, trust: TrustDomain) -> Authorization:
+    """The policy with every caller written as a name turned into its SPIFFE ID."""
+    return replace(policy, rules=tuple(
+        replace(rule, principals=tuple(trust.spiffe_id(p) for p in rule.principals))
+        for rule in policy.rules))
+
+
+def secure_inbound(listener: Listener, service: Service, trust: TrustDomain) -> Listener:
+    """The inbound listener of `service` with its mTLS mode and authorization applied."""
+    sidecar = service.sidecar
+    assert sidecar is not None
+    chain = listener.filter_chains[0]
+    if sidecar.mtls != "off" or sidecar.authorization is not None:
+        _secure_manager(chain, sidecar.mtls != "off", sidecar.authorization, trust)
+    if sidecar.mtls == "off":
+        return listener
+    if sidecar.mtls == "strict":
+        chain.transport_socket.CopyFrom(downstream_transport_socket())
+        return listener
+    # permissive: mTLS when the caller speaks TLS, plaintext otherwise (migration)
+    plaintext = FilterChain()
+    plaintext.CopyFrom(chain)
+    plaintext.name = "plaintext"
+    plaintext.filter_chain_match.transport_protocol = "raw_buffer"
+    chain.name = "mtls"
+    chain.filter_chain_match.transport_protocol = "tls"
+    chain.transport_socket.CopyFrom(downstream_transport_socket())
+    listener.filter_chains.append(plaintext)
+    listener.listener_filters.append(ListenerFilter(name=TLS_INSPECTOR,
+                                                    typed_config=_pack(TlsInspector())))
+    return listener
+
+
+def _secure_manager(chain: FilterChain, mtls: bool, policy: Authorization | None,
+                    trust: TrustDomain) -> None:
+    network: Filter = chain.filters[0]
+    if network.name != HTTP_CONNECTION_MANAGER:
+        return  # a TCP proxy: TLS only (authorization needs HTTP: the loader says so)
+    manager = hcm.HttpConnectionManager()
+    network.typed_config.Unpack(manager)
+    if mtls:  # the application learns who called: x-forwarded-client-cert, URI=<caller>
+        manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
+        manager.set_current_client_cert_details.uri = True
+    if policy is not None:
+        router = [f for f in manager.http_filters if f.name == ROUTER]
+        kept = [f for f in manager.http_filters if f.name != ROUTER]
+        rbac = hcm.HttpFilter(name=RBAC_FILTER, typed_config=_pack(
+            auth.rbac(authorization(policy, trust))))
+        del manager.http_filters[:]
+        manager.http_filters.extend([*kept, rbac, *router])
+    network.typed_config.CopyFrom(_pack(manager))
+
+
+def _pack(message: Message) -> Any:
+    packed = Any()
+    packed.Pack(message, deterministic=True)
+    return packed
+
+
+__all__ = ["IDENTITY_SECRET", "TRUST_BUNDLE_SECRET", "IdentitySource", "TrustDomain",
+           "has_mtls", "identity_secrets", "needs_identity", "refresh_identity",
+           "secure_cluster", "secure_inbound"]
