@@ -10,7 +10,6 @@ and is not counted in `requests_seen`, so Envoy health checks do not skew load-b
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import socket
@@ -21,12 +20,15 @@ from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
 
+from meshpilot.demo.runner import run_until_interrupted
+
 __all__ = ["EchoServer", "main"]
 
 HEALTH_PATH = "/healthz"
 
 # A keep-alive connection idle this long is closed, so a forgotten client cannot pin a thread.
 _IDLE_TIMEOUT_S = 60.0
+
 
 
 class EchoServer:
@@ -275,21 +277,11 @@ class _EchoHandler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run one echo backend in the foreground until interrupted."""
-    parser = argparse.ArgumentParser(description="meshpilot demo echo backend")
-    parser.add_argument("--name", required=True, help="backend name echoed in every answer")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    args = parser.parse_args(argv)
-    server = EchoServer(args.name, host=args.host, port=args.port)
-    port = server.start()
-    print(f"echo {args.name} listening on http://{args.host}:{port}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    """Run one EchoServer in the foreground until interrupted."""
+    run_until_interrupted(
+        argv, description="meshpilot demo echo backend",
+        build=lambda name, host, port: EchoServer(name, host=host, port=port),
+        banner=lambda name, host, port: f"echo {name} listening on http://{host}:{port}")
 
 
 if __name__ == "__main__":

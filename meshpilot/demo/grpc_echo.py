@@ -11,7 +11,6 @@ directory keyed by the proto's content and the grpcio-tools version (`$MESHPILOT
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import importlib
@@ -27,6 +26,8 @@ from typing import Any, Self
 
 import grpc
 
+from meshpilot.demo.runner import run_until_interrupted
+
 __all__ = ["GrpcEchoServer", "load_stubs", "main"]
 
 PROTO = Path(__file__).with_name("protos") / "echo.proto"
@@ -34,6 +35,7 @@ SERVICE = "meshpilot.demo.Echo"
 
 _lock = threading.Lock()
 _stubs: tuple[ModuleType, ModuleType] | None = None
+
 
 
 def cache_dir() -> Path:
@@ -148,20 +150,12 @@ class GrpcEchoServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="meshpilot demo gRPC echo upstream")
-    parser.add_argument("--name", required=True, help="upstream name echoed in every answer")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    args = parser.parse_args(argv)
-    server = GrpcEchoServer(args.name, host=args.host, port=args.port)
-    port = server.start()
-    print(f"grpc echo {args.name} listening on {args.host}:{port} ({SERVICE}/Say)", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    """Run one GrpcEchoServer in the foreground until interrupted."""
+    run_until_interrupted(
+        argv, description="meshpilot demo gRPC echo upstream",
+        build=lambda name, host, port: GrpcEchoServer(name, host=host, port=port),
+        banner=lambda name, host, port: (f"grpc echo {name} listening on {host}:{port} "
+                                         f"({SERVICE}/Say)"))
 
 
 if __name__ == "__main__":

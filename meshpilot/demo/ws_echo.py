@@ -9,7 +9,6 @@ proxy. Any other path answers 200 with the name. Serves on its own event loop in
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import threading
@@ -18,9 +17,12 @@ from typing import Self
 
 from aiohttp import WSMsgType, web
 
+from meshpilot.demo.runner import run_until_interrupted
+
 __all__ = ["WsEchoServer", "main"]
 
 WS_PATH = "/ws"
+
 
 
 class WsEchoServer:
@@ -115,20 +117,11 @@ class WsEchoServer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="meshpilot demo websocket echo upstream")
-    parser.add_argument("--name", required=True, help="upstream name prefixed to every answer")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    args = parser.parse_args(argv)
-    server = WsEchoServer(args.name, host=args.host, port=args.port)
-    port = server.start()
-    print(f"websocket echo {args.name} on ws://{args.host}:{port}{WS_PATH}", flush=True)
-    try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+    """Run one WsEchoServer in the foreground until interrupted."""
+    run_until_interrupted(
+        argv, description="meshpilot demo websocket echo upstream",
+        build=lambda name, host, port: WsEchoServer(name, host=host, port=port),
+        banner=lambda name, host, port: f"websocket echo {name} on ws://{host}:{port}{WS_PATH}")
 
 
 if __name__ == "__main__":
