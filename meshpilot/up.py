@@ -113,7 +113,10 @@ def _banner(mp: Meshpilot, envoy: EnvoyProcess, backends: list[EchoServer], port
              f"  demo backends  {', '.join(f'{b.name}' for b in backends) or '(none)'}", ""]
     for port in ports:
         lines.append(f"  try:   curl -s http://127.0.0.1:{port}/")
-    lines += [f"  edit:  {policy} (changes apply on save; a bad edit is refused, see the log)",
+    files = sorted(policy.glob("*.y*ml")) if policy.is_dir() else [policy]
+    shown = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
+    lines += [f"  edit:  {shown or policy} (changes apply on save; a bad edit is refused, "
+              "see the log)",
               f"  see:   curl -s http://{mp.admin_address}/debug/proxies", "",
               "Ctrl-C stops everything.", ""]
     return "\n".join(lines)
