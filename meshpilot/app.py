@@ -43,6 +43,16 @@ _GRPC_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_concurrent_streams", 100_000),
+    # gRPC core queues a new call until the application asks for it; grpc.aio asks for one
+    # call at a time, from the event loop, so a burst of new streams (thousands of Envoys
+    # connecting or reconnecting at once) waits there while the loop sends initial syncs. Past
+    # `max_pending_requests` queued calls (default 1,000) core drops new ones at random, all of
+    # them at the hard limit (default 3,000), logging nothing: the client sees CANCELLED (or,
+    # from grpc.aio, INTERNAL "Failed execute_batch" on its first send). That capped one process
+    # at ~2,200 streams opened together (docs/benchmarks.md). Every queued call is served
+    # within seconds, so let the queue hold any realistic burst.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
 ]
 
 
