@@ -1,8 +1,10 @@
 """Scenario `incremental`: what ONE changed Service costs, in a warm process, today.
 
 Issue 4's target: re-translating after one service changes takes at most 10 ms at 10k services.
-meshpilot has no incremental path yet: a reload re-reads every file and re-translates the whole
-model. This scenario measures that honestly, end to end, in one warm worker process per size
+A reload re-parses only the files whose content changed and reuses every translated resource
+whose inputs are equal (the controller's `PolicyLoader` and `Translation(previous=...)`), but the
+edited file is re-parsed whole and a gateway's route configuration is rebuilt whole. This
+scenario measures a reload honestly, end to end, in one warm worker process per size
 (`python -m benchmarks.incremental --worker DIR --edits N`):
 
 1. `Controller(DIR, SnapshotCache())` + `reload()` + `cache.get_or_build("edge")` (the gateway view

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from meshpilot import tls
 from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.errors import PolicyError, PolicyIssue
 from meshpilot.metrics import Metrics
 from meshpilot.plugins import Plugin, as_plugins
-from meshpilot.policy.loader import load_policy
+from meshpilot.policy.loader import PolicyLoader
 from meshpilot.policy.model import Model
 from meshpilot.translators import Translation
 from meshpilot.translators.mtls import IdentitySource
@@ -65,6 +64,8 @@ class Controller:
                  endpoints: EndpointRegistry | None = None,
                  identities: IdentitySource | None = None):
         self.policy_path = Path(policy_path)
+        # Keeps each file's parse between reloads: only changed files are parsed again.
+        self.loader = PolicyLoader(self.policy_path)
         # The mesh CA's workload certificates (meshpilot.ca.WorkloadIdentities), or None.
         self.identities = identities
         self.plugins = as_plugins(plugins)  # made once: their conversion caches outlive reloads
@@ -114,25 +115,28 @@ class Controller:
         try:
             model = self._load()
             discovered = self.endpoints.endpoints() if self.endpoints is not None else {}
+            # The serving translation and snapshots are reused where their inputs are equal:
+            # a reload costs what changed (the result is the same as a cold translation's).
             translation = Translation(model, self.plugins, discovered=discovered,
-                                      identities=self.identities)
-            snapshots = [translation.snapshot(view) for view in views]
+                                      identities=self.identities, previous=self.translation)
+            snapshots = [translation.snapshot(view, previous=self.cache.get(view))
+                         for view in views]
         except PolicyError as e:  # PluginError too: a plugin failing refuses the whole reload
             return _Prepared(issues=e.issues)
         return _Prepared(model=model, translation=translation, snapshots=snapshots,
                          seconds=time.perf_counter() - started)
 
     def _load(self) -> Model:
-        """`load_policy`, recording the certificate, key and CA files it read (`tls_files`, which
-        app.py watches too). After a failed load, the files it tried are added to the last good
-        ones: a certificate that was missing triggers a reload when it appears."""
-        with tls.recording() as files:
-            try:
-                model = load_policy(self.policy_path)
-            except PolicyError:
-                self.tls_files = self.tls_files | files
-                raise
-        self.tls_files = frozenset(files)
+        """The policy (`PolicyLoader`: what `load_policy` gives, parsing changed files only),
+        recording the certificate, key and CA files it read (`tls_files`, which app.py watches
+        too). After a failed load, the files it tried are added to the last good ones: a
+        certificate that was missing triggers a reload when it appears."""
+        try:
+            model = self.loader.load()
+        except PolicyError:
+            self.tls_files = self.tls_files | self.loader.tls_files
+            raise
+        self.tls_files = self.loader.tls_files
         return model
 
     def _apply_prepared(self, prepared: _Prepared) -> bool:

@@ -5,14 +5,20 @@ string `kind` and `name`, no two documents with the same kind and name), dispatc
 to its kind's parser, running the checks across documents (`references.py`) once all are read, and
 collecting every issue from every file into one `PolicyError`. It must not know what any kind
 means: kinds plug in through `KIND_PARSERS`, and the model parts they return are sorted into the
-`Model` by `build_model`. It never raises anything but `PolicyError` for bad input, and holds no
-state between loads.
+`Model` by `build_model`. It never raises anything but `PolicyError` for bad input.
+
+`load_policy` holds no state between loads. `PolicyLoader` (what the controller keeps) caches,
+per file, what parsing it gave, keyed by the file's name and the BLAKE2b hash of its bytes, so a
+reload only parses the files that changed; the checks across documents still run over the whole
+set. Any issue anywhere makes it load the folder again
+the stateless way, so error messages and positions are exactly `load_policy`'s.
 """
 
 from __future__ import annotations
 
 import difflib
 import gc
+import hashlib
 import os
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
@@ -20,13 +26,21 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TypeVar
 
+from meshpilot import tls
 from meshpilot.errors import PolicyError, PolicyIssue, Position
 from meshpilot.policy.envoy_resources import KIND as ENVOY_RESOURCES
 from meshpilot.policy.envoy_resources import parse_envoy_resources
 from meshpilot.policy.kinds import gateway, route, service
 from meshpilot.policy.model import Gateway, Model, RawResource, Route, Service
 from meshpilot.policy.references import validate_references
-from meshpilot.policy.yamlsource import FieldPath, Located, format_path, parse_yaml, read_yaml_file
+from meshpilot.policy.yamlsource import (
+    FieldPath,
+    Located,
+    _read_limited,
+    format_path,
+    parse_yaml,
+    read_yaml_file,
+)
 from meshpilot.xds.types import ADS_ORDER
 
 POLICY_SUFFIXES = (".yaml", ".yml")
@@ -115,6 +129,116 @@ def load_policy(path: str | Path) -> Model:
             load.issues.extend(issues)
             _load_documents(documents, load, parsed)
         return _finish(load, parsed, tuple(shown_name for _, shown_name in files))
+
+
+@dataclass(slots=True)
+class _CachedFile:
+    """What parsing one file gave, in a context of its own (no other file's definitions)."""
+
+    digest: bytes  # BLAKE2b of the file's bytes
+    parsed: list[ParsedDocument]
+    definitions: dict[Hashable, Position]  # in the order they were made
+    clean: bool  # no issue at all (YAML, identity, kind parser)
+    # TLS files its parsers read: such a file is parsed again on every load, since a
+    # certificate may change under an unchanged policy file (and hashing it after the parser
+    # read it could miss a change in between).
+    tls_files: tuple[str, ...]
+
+
+class PolicyLoader:
+    """`load_policy(path)` for a process that loads the same folder again and again.
+
+    Each file's parse (documents, model parts, the definitions they made, their issues) is kept,
+    keyed by the file's shown name and content hash (a file whose parsers read TLS files is
+    parsed every time: certificates change under unchanged policy files). An unchanged file is
+    neither YAML-parsed nor kind-parsed again, and gives the very same model part objects as
+    before (the Translation reuses resources by them). Then the definitions are replayed in file
+    order and `references.py` runs over the whole set, as in a cold load. If any issue is found
+    anywhere, the folder is loaded once more by `load_policy` itself, so a rejected load reports
+    exactly what a cold one reports.
+
+    `tls_files` is the set of TLS files (absolute) the newest attempt depended on, successful or
+    not. Not thread-safe: one load at a time (the controller never overlaps reloads).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.tls_files: frozenset[str] = frozenset()
+        self._files: dict[str, _CachedFile] = {}
+        self._cwd = os.getcwd()  # TLS paths in the policy may be relative to it
+        self.parsed_files = 0  # files parsed by the newest load (for tests and metrics)
+
+    def load(self) -> Model:
+        cwd = os.getcwd()
+        if cwd != self._cwd:
+            self._files.clear()
+            self._cwd = cwd
+        with _garbage_collection_paused():
+            model = self._load_cached()
+            if model is not None:
+                return model
+            with tls.recording() as files:
+                try:
+                    return load_policy(self.path)
+                finally:
+                    self.tls_files = frozenset(files)
+
+    def _load_cached(self) -> Model | None:
+        """The model, or None if anything is wrong (then the caller loads cold, for the
+        exact issues)."""
+        load = LoadContext()
+        files = _policy_files(self.path, load)
+        self.parsed_files = 0
+        if load.issues:
+            return None
+        entries: list[_CachedFile] = []
+        kept: dict[str, _CachedFile] = {}
+        clean = True
+        for file_path, shown_name in files:
+            entry = self._entry(file_path, shown_name)
+            if entry is None:
+                clean = False
+                continue
+            kept[shown_name] = entry
+            entries.append(entry)
+            clean = clean and entry.clean
+        self._files = kept  # a deleted or renamed file's entry goes
+        self.tls_files = frozenset(path for entry in entries for path in entry.tls_files)
+        if not clean:
+            return None
+        parsed: list[ParsedDocument] = []
+        for entry in entries:
+            for key, position in entry.definitions.items():
+                if load.first_definition(key, position) is not None:
+                    return None  # defined in two files: a cold load words the issue
+            for document in entry.parsed:
+                old = document.context
+                parsed.append(ParsedDocument(DocumentContext(load, old.document, old.kind,
+                                                             old.name), document.parts))
+        validate_references(parsed, load)
+        if load.issues:
+            return None
+        return build_model((part for document in parsed for part in document.parts),
+                           tuple(shown_name for _, shown_name in files))
+
+    def _entry(self, file_path: Path, shown_name: str) -> _CachedFile | None:
+        try:
+            data = _read_limited(file_path)
+        except Exception:  # too large, not a regular file, unreadable: a cold load says so
+            return None
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        entry = self._files.get(shown_name)
+        if entry is not None and entry.digest == digest and not entry.tls_files:
+            return entry
+        self.parsed_files += 1
+        local = LoadContext()
+        parsed: list[ParsedDocument] = []
+        with tls.recording() as read:
+            documents, issues = parse_yaml(data, shown_name)
+            local.issues.extend(issues)
+            _load_documents(documents, local, parsed)
+        return _CachedFile(digest, parsed, local.definitions, not local.issues,
+                           tuple(sorted(read)))
 
 
 def load_policy_text(text: str | bytes, file: str = "policy.yaml") -> Model:

@@ -31,10 +31,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from meshpilot.plugins import Plugin, apply_plugins, as_plugins
-from meshpilot.policy.model import Endpoint, Gateway, Model, Route, Service
+from meshpilot.policy.model import (
+    Endpoint,
+    Gateway,
+    GatewayListener,
+    Model,
+    RawResource,
+    Route,
+    Service,
+)
 from meshpilot.translators import (
     auth,
     clusters,
@@ -62,11 +70,21 @@ class Translation:
     `plugins` (`Plugin`s, or plugin objects and functions) run for every view, after raw and
     generated resources; a plugin's failure raises `PluginError`. Pass the same `Plugin`s to
     every Translation of a process: their conversion caches live on them.
+
+    `previous` (the Translation of an earlier model, usually sharing most model objects with
+    this one after a reload) lends its Resources where their inputs are equal: a raw resource
+    that is the same object, the clusters and assignments of a Service (with its discovered
+    endpoints) equal to the earlier one, and a gateway listener's Listener, Secrets and
+    RouteConfiguration when the Gateway and the Routes attached to that listener are equal.
+    Frozen model dataclasses compare by value, so the result is exactly what a Translation
+    without `previous` builds; only the time differs. No reference to `previous` itself is
+    kept (so translations do not chain), only its caches and its model.
     """
 
     def __init__(self, model: Model, plugins: Iterable[Plugin | object] = (),
                  discovered: Mapping[str, tuple[Endpoint, ...]] | None = None,
-                 identities: mtls.IdentitySource | None = None):
+                 identities: mtls.IdentitySource | None = None,
+                 previous: Translation | None = None):
         self.model = model
         # Mesh mTLS: the CA's certificates per view (None: no identity Secrets; mtls.py).
         self.identities = identities
@@ -74,16 +92,38 @@ class Translation:
         self.plugins = as_plugins(plugins)
         # Endpoints found at run time (meshpilot.discovery), per service: added to the policy's.
         self.discovered: dict[str, tuple[Endpoint, ...]] = dict(discovered or {})
-        self._raw = raw.encode(model)
+        self._reuse = _Reuse.of(previous, self.trust) if previous is not None else None
+        self._raw = self._encode_raw(model)
         self._routes_of: dict[str, list[Route]] = {}
         for route in model.routes:  # sorted by name in the model, so kept in name order here
             if route.gateway is not None:  # else attached to a service: the mesh's
                 self._routes_of.setdefault(route.gateway, []).append(route)
         self._clusters: dict[str, tuple[Resource, ...]] = {}
         self._secrets: dict[str, tuple[Resource, ...]] = {}  # per service: its CA Secret
+        # (gateway, listener) -> the inputs and resources of that gateway listener
+        self._listeners: dict[tuple[str, str], _ListenerParts] = {}
         self._mesh = sidecar.Mesh(model, self._cluster_resources, self.trust)
 
-    def snapshot(self, view: str) -> Snapshot:
+    def _encode_raw(self, model: Model) -> list[tuple[RawResource, Resource]]:
+        if self._reuse is None:
+            return raw.encode(model)
+        earlier = self._reuse.raw
+        encoded = []
+        for resource in model.raw:
+            found = earlier.get(id(resource))  # kept alive by the earlier list: ids are stable
+            if found is not None and found[0] is resource:
+                encoded.append(found)
+            else:
+                encoded.append((resource, Resource.from_message(resource.type_url,
+                                                                resource.name,
+                                                                resource.message)))
+        return encoded
+
+    def snapshot(self, view: str, previous: Snapshot | None = None) -> Snapshot:
+        """The view's snapshot. With `previous` (an earlier snapshot of the view), each type
+        whose resources are the very objects `previous` holds keeps its `ResourceMap` object
+        (so diffs against it cost nothing), and `previous` itself is returned if nothing
+        changed; the content is the same either way."""
         handwritten: list[Resource] = raw.for_view(self._raw, view)
         overridden = {(r.type_url, r.name) for r in handwritten}
         generated = self._generated(view)
@@ -94,7 +134,9 @@ class Translation:
         assembled = handwritten + generated
         if self.plugins:
             assembled = apply_plugins(self.plugins, self.model, view, assembled)
-        return Snapshot.from_resources(view, assembled)
+        if previous is None or previous.view != view:
+            return Snapshot.from_resources(view, assembled)
+        return _reusing(previous, assembled)
 
     def _generated(self, view: str) -> list[Resource]:
         gateway = self.model.gateway(view)
@@ -104,20 +146,46 @@ class Translation:
         attached = self._routes_of.get(gateway.name, [])
         resources: list[Resource] = []
         for spec in gateway.listeners:
-            listener = listeners.listener(gateway, spec)
-            if spec.protocol != "tcp" and spec.redirect_to_https is None:  # auth.py
-                listener = auth.with_security_filters(
-                    listener, [r for r in attached if routes.attaches(r, spec)])
-            resources.append(Resource.from_message(types.LISTENER, listener.name, listener))
-            resources.extend(secrets.listener_resources(gateway.name, spec))  # https: its certs
-            if spec.protocol == "tcp" or spec.redirect_to_https is not None:
-                continue  # a TCP proxy, or a listener redirecting to https: no routes
-            config = routes.route_configuration(gateway, spec, attached)
-            resources.append(Resource.from_message(types.ROUTE, config.name, config))
+            parts = self._listener_resources(gateway, spec, attached)
+            resources.extend(parts.front)
+            resources.extend(parts.config)
         # No sorting needed here: a snapshot orders each type's resources by name.
         for service, subset in _backends(gateway, attached):
             resources.extend(self._cluster_resources(service, subset))
         return resources
+
+    def _listener_resources(self, gateway: Gateway, spec: GatewayListener,
+                            attached: list[Route]) -> _ListenerParts:
+        """A gateway listener's Listener, its certificates' Secrets and its RouteConfiguration:
+        built once per Translation, or taken from the previous one when their inputs are equal
+        (the Listener: the Gateway and the security of the Routes served there, which is all
+        auth.py reads; the RouteConfiguration: the Gateway and those Routes)."""
+        key = (gateway.name, spec.name)
+        found = self._listeners.get(key)
+        if found is not None:
+            return found
+        served = tuple(r for r in attached if routes.attaches(r, spec))
+        has_routes = spec.protocol != "tcp" and spec.redirect_to_https is None
+        security = tuple(_security_key(r) for r in served) if has_routes else ()
+        earlier = self._reuse.listeners.get(key) if self._reuse is not None else None
+        if earlier is not None and not (earlier.gateway is gateway or earlier.gateway == gateway):
+            earlier = None
+        if earlier is not None and earlier.security == security:
+            front = earlier.front
+        else:
+            listener = listeners.listener(gateway, spec)
+            if has_routes:  # auth.py
+                listener = auth.with_security_filters(listener, list(served))
+            front = (Resource.from_message(types.LISTENER, listener.name, listener),
+                     *secrets.listener_resources(gateway.name, spec))  # https: its certs
+        config: tuple[Resource, ...] = ()
+        if earlier is not None and earlier.routes == served:  # identity first, then by value
+            config = earlier.config
+        elif has_routes:  # else a TCP proxy, or a listener redirecting to https: no routes
+            built = routes.route_configuration(gateway, spec, served)
+            config = (Resource.from_message(types.ROUTE, built.name, built),)
+        parts = self._listeners[key] = _ListenerParts(gateway, served, security, front, config)
+        return parts
 
     def _identity_secrets(self, view: str, generated: list[Resource]) -> list[Resource]:
         if self.identities is None or not mtls.needs_identity(self.model, view, generated):
@@ -141,8 +209,12 @@ class Translation:
         name = names.cluster(service_name, subset)
         found = self._clusters.get(name)
         if found is None:
-            found = self._clusters[name] = _translate_cluster(self.service(service_name),
-                                                              subset, self.trust)
+            service = self.service(service_name)
+            if self._reuse is not None:
+                found = self._reuse.cluster(name, service_name, service)
+            if found is None:
+                found = _translate_cluster(service, subset, self.trust)
+            self._clusters[name] = found
         return found
 
     # ---- discovered endpoints: the EDS fast path -----------------------------------------------
@@ -151,13 +223,7 @@ class Translation:
         """The policy's Service with its discovered endpoints added (an address already written
         in the policy is not added twice). Discovered endpoints are IPs, so they never change a
         service's cluster type; a service with none at all still gets its (EDS) cluster."""
-        service = self.model.service(name)
-        found = self.discovered.get(name)
-        if service is None or not found:
-            return service
-        static = {(e.host, e.port) for e in service.endpoints}
-        extra = tuple(e for e in found if (e.host, e.port) not in static)
-        return replace(service, endpoints=service.endpoints + extra) if extra else service
+        return _with_discovered(self.model, self.discovered, name)
 
     def with_endpoints(self, discovered: Mapping[str, tuple[Endpoint, ...]]) -> Translation:
         """This translation with other discovered endpoints: the model, raw resources and every
@@ -208,6 +274,84 @@ class Translation:
         for type_url, changed in updates.items():
             maps[type_url] = ResourceMap(type_url, {**maps.get(type_url, {}), **changed}.values())
         return Snapshot(view, maps)
+
+
+def _with_discovered(model: Model, discovered: Mapping[str, tuple[Endpoint, ...]],
+                     name: str) -> Service | None:
+    service = model.service(name)
+    found = discovered.get(name)
+    if service is None or not found:
+        return service
+    static = {(e.host, e.port) for e in service.endpoints}
+    extra = tuple(e for e in found if (e.host, e.port) not in static)
+    return replace(service, endpoints=service.endpoints + extra) if extra else service
+
+
+@dataclass(frozen=True, slots=True)
+class _ListenerParts:
+    """One gateway listener's resources and what they were built from."""
+
+    gateway: Gateway
+    routes: tuple[Route, ...]  # the Routes served on the listener, in name order
+    security: tuple[object, ...]  # what auth.py reads of those Routes (_security_key)
+    front: tuple[Resource, ...]  # the Listener, then its certificates' Secrets
+    config: tuple[Resource, ...]  # its RouteConfiguration (none for tcp or a redirect)
+
+
+def _security_key(route: Route) -> tuple[object, ...]:
+    """What the listener's security filters are made of, of one Route (auth.py reads its name,
+    its and its rules' security, and how many matches each rule has)."""
+    return (route.name, route.security,
+            tuple((rule.security, len(rule.matches)) for rule in route.rules))
+
+
+@dataclass(frozen=True, slots=True)
+class _Reuse:
+    """What a Translation may take from the one before it: its caches and its inputs."""
+
+    model: Model
+    discovered: Mapping[str, tuple[Endpoint, ...]]
+    clusters: Mapping[str, tuple[Resource, ...]]
+    listeners: Mapping[tuple[str, str], _ListenerParts]
+    raw: Mapping[int, tuple[RawResource, Resource]]  # id(raw resource) -> (it, its Resource)
+    same_trust: bool
+
+    @classmethod
+    def of(cls, previous: Translation, trust: mtls.TrustDomain) -> _Reuse:
+        same_trust = (previous.trust.trust_domain, previous.trust.namespace) == \
+            (trust.trust_domain, trust.namespace)
+        return cls(previous.model, previous.discovered, previous._clusters,
+                   previous._listeners, {id(r): (r, res) for r, res in previous._raw},
+                   same_trust)
+
+    def cluster(self, name: str, service_name: str,
+                service: Service | None) -> tuple[Resource, ...] | None:
+        """The earlier cluster (and assignment) `name`, if its Service is equal."""
+        if not self.same_trust:
+            return None
+        found = self.clusters.get(name)
+        if found is None:
+            return None
+        earlier = _with_discovered(self.model, self.discovered, service_name)
+        return found if earlier is service or earlier == service else None
+
+
+def _reusing(previous: Snapshot, assembled: list[Resource]) -> Snapshot:
+    """`Snapshot.from_resources(previous.view, assembled)`, keeping each of `previous`'s maps
+    whose resources are exactly the objects assembled (same content, so same version)."""
+    by_type: dict[str, list[Resource]] = {}
+    for resource in assembled:
+        by_type.setdefault(resource.type_url, []).append(resource)
+    maps: dict[str, ResourceMap] = {}
+    unchanged = set(by_type) == set(previous.type_urls())
+    for type_url, resources in by_type.items():
+        earlier = previous.get(type_url)
+        if len(earlier) == len(resources) and all(earlier.get(r.name) is r for r in resources):
+            maps[type_url] = earlier  # equal length and each name found: no duplicates either
+        else:
+            maps[type_url] = ResourceMap(type_url, resources)
+            unchanged = False
+    return previous if unchanged else Snapshot(previous.view, maps)
 
 
 def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, str | None]]:
