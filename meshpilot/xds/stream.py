@@ -97,6 +97,8 @@ class TypeState:
     known_shared: bool = False  # `known` is a snapshot's map: copy before changing it
     client_version: str | None = None  # SotW version_info of the first request (reconnects)
     claimed: bool = False  # delta: the first request listed initial_resource_versions
+    # Those versions, until the first plan compares them with the snapshot (name -> version).
+    claims: dict[str, str] | None = None
     anticipated: set[str] = field(default_factory=set)
     force: set[str] = field(default_factory=set)
     nonce: str | None = None
@@ -130,6 +132,9 @@ class TypeState:
         return self.known  # type: ignore[return-value]
 
     def forget(self, names: set[str] | frozenset[str]) -> None:
+        if self.claims is not None:
+            for name in names:
+                self.claims.pop(name, None)
         if any(n in self.known for n in names):
             known = self._own_known()
             for name in names:
@@ -241,7 +246,7 @@ class XdsStream:
             initial = dict(request.initial_resource_versions)
             if initial:
                 state.claimed = True
-                state.known = {n: _Claimed(n, v) for n, v in initial.items()}
+                state.claims = initial  # settled against the snapshot by the first plan
                 state.known_shared = False
         else:
             if WILDCARD in subscribe:
@@ -343,6 +348,8 @@ class XdsStream:
 
     def _plan(self, state: TypeState) -> _Plan | None:
         desired, version = self._desired(state)
+        if state.claims is not None:
+            self._settle_claims(state, desired)
         if not state.responses and state.client_version == version:
             # A reconnecting SotW client already holds exactly this: send nothing.
             self._adopt(state, desired, version)
@@ -383,6 +390,21 @@ class XdsStream:
             send = [desired[n] for n in changed + forced]
             removed = []
         return _Plan(desired, version, send, removed, changed)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _settle_claims(state: TypeState, desired: Mapping[str, Resource | _Claimed]) -> None:
+        """What a resuming delta client holds, from its initial_resource_versions. Usually it
+        holds exactly the snapshot (a reconnect, a restarted or other replica): then it shares the
+        snapshot's map, checked in one pass without an object per claim (a reconnect storm of
+        thousands of streams claiming thousands of resources each). Otherwise, the claims."""
+        claims, state.claims = state.claims or {}, None
+        if len(claims) == len(desired) and all(
+                (held := desired.get(name)) is not None and held.version == version
+                for name, version in claims.items()):
+            state.known, state.known_shared = desired, isinstance(desired, ResourceMap)
+        else:
+            state.known = {n: _Claimed(n, v) for n, v in claims.items()}
+            state.known_shared = False
 
     def _adopt(self, state: TypeState, desired: Mapping[str, Resource | _Claimed],
                version: str) -> None:
