@@ -32,6 +32,9 @@ MAX_FILE_BYTES = 1 << 20  # a certificate chain or key is a few kB; refuse to sl
 
 _recorded: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
     "meshpilot_tls_files", default=None)
+# The policy folder of the load in progress: relative paths are resolved against it.
+_base: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "meshpilot_tls_base", default=None)
 
 
 class TlsFileError(ValueError):
@@ -58,9 +61,25 @@ def recording() -> Iterator[set[str]]:
         _recorded.reset(token)
 
 
+@contextmanager
+def paths_relative_to(folder: Path) -> Iterator[None]:
+    """Resolve relative paths read in this context (a load) against `folder`: the policy folder,
+    so `cert: certs/edge.pem` means the same file whatever directory meshpilot was started in."""
+    token = _base.set(folder)
+    try:
+        yield
+    finally:
+        _base.reset(token)
+
+
 def resolve(path: str) -> Path:
-    """A path as written in the policy: absolute, or relative to the working directory."""
-    return Path(path).expanduser().absolute()
+    """A path as written in the policy: absolute (`~` expanded), or relative to the policy
+    folder being loaded (outside a load: to the working directory)."""
+    written = Path(path).expanduser()
+    base = _base.get()
+    if not written.is_absolute() and base is not None:
+        written = base / written
+    return written.absolute()
 
 
 def _read(path: str, what: str) -> bytes:

@@ -322,3 +322,25 @@ def test_the_schema_knows_the_tls_keys() -> None:
     assert set(certificate["properties"]) == set(tls_kind.CERTIFICATE_KEYS)
     assert set(defs["Service"]["properties"]["tls"]["properties"]) == \
         set(tls_kind.UPSTREAM_TLS_KEYS)
+
+
+def test_relative_certificate_paths_are_relative_to_the_policy_folder(
+        tmp_path: Path, certs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshpilot.policy.loader import PolicyLoader, load_policy
+
+    policy = tmp_path / "policy"
+    (policy / "tls").mkdir(parents=True)
+    for name in ("a.pem", "a.key"):
+        (policy / "tls" / name).write_bytes((certs / name).read_bytes())
+    (policy / "edge.yaml").write_text(
+        gateway(certs, certificates='[{cert: tls/a.pem, key: tls/a.key}]'))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # not where the files are: the policy folder is what counts
+    loader = PolicyLoader(policy)
+    for model in (load_policy(policy), loader.load(), load_policy(policy / "edge.yaml")):
+        (certificate,) = model.gateways[0].listeners[0].tls.certificates
+        assert certificate.certificate_chain == (certs / "a.pem").read_bytes()
+        assert certificate.cert_path == "tls/a.pem"  # as written, for messages
+    # What is watched for rotation is the file actually read.
+    assert str(policy / "tls" / "a.pem") in loader.tls_files

@@ -113,6 +113,11 @@ KIND_PARSERS: dict[str, KindParser] = {
 }
 
 
+def policy_folder(path: Path) -> Path:
+    """The folder relative paths in the policy are resolved against (certificates, keys)."""
+    return path if path.is_dir() else path.parent
+
+
 def load_policy(path: str | Path) -> Model:
     """Load a policy folder (every `*.yaml`/`*.yml` below it) or a single file.
 
@@ -122,7 +127,7 @@ def load_policy(path: str | Path) -> Model:
     root = Path(path)
     load = LoadContext()
     parsed: list[ParsedDocument] = []
-    with _garbage_collection_paused():
+    with _garbage_collection_paused(), tls.paths_relative_to(policy_folder(root)):
         files = _policy_files(root, load)
         for file_path, shown_name in files:
             documents, issues = read_yaml_file(file_path, shown_name)
@@ -165,15 +170,10 @@ class PolicyLoader:
         self.path = Path(path)
         self.tls_files: frozenset[str] = frozenset()
         self._files: dict[str, _CachedFile] = {}
-        self._cwd = os.getcwd()  # TLS paths in the policy may be relative to it
         self.parsed_files = 0  # files parsed by the newest load (for tests and metrics)
 
     def load(self) -> Model:
-        cwd = os.getcwd()
-        if cwd != self._cwd:
-            self._files.clear()
-            self._cwd = cwd
-        with _garbage_collection_paused():
+        with _garbage_collection_paused(), tls.paths_relative_to(policy_folder(self.path)):
             model = self._load_cached()
             if model is not None:
                 return model

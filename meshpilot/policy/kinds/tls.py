@@ -4,7 +4,7 @@
 The files named here are read now, while the policy loads (`meshpilot.tls`): a missing or
 unreadable file, a file that holds no PEM certificate, or a key that does not belong to its
 certificate is reported at the field naming it, and the load is refused. Paths are absolute or
-relative to meshpilot's working directory.
+relative to the policy folder (meshpilot.tls.resolve).
 
 Shapes:
 
