@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,8 +233,24 @@ class Meshpilot:
             await self._admin.cleanup()
 
     async def run_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop cleanly: streams are closed, not cut, so
+        Envoys reconnect at once (to another replica, say) instead of waiting for a timeout."""
         await self.start()
         try:
-            await asyncio.Event().wait()
+            await until_terminated()
         finally:
             await self.stop()
+
+
+async def until_terminated() -> None:
+    """Wait for SIGTERM or SIGINT (docker stop, systemd, Ctrl-C)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from meshpilot.app import Meshpilot, Settings
+from meshpilot.app import Meshpilot, Settings, until_terminated
 from meshpilot.bootstrap import render_bootstrap
 from meshpilot.demo.echo import EchoServer
 from meshpilot.envoy_process import EnvoyProcess
@@ -95,7 +95,7 @@ async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_add
             print_fn(_banner(mp, envoy, backends, ports, policy))
             if ready is not None:
                 ready.set()
-            await asyncio.Event().wait()
+            await until_terminated()
         finally:
             if envoy is not None:
                 await asyncio.to_thread(envoy.stop)

@@ -153,3 +153,16 @@ def test_up_runs_the_quickstart_with_a_canary_split(tmp_path: Path) -> None:
     time.sleep(0.2)
     with pytest.raises(OSError):
         backend_of(listen)  # Envoy is gone with it
+
+
+def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """docker stop and systemd send SIGTERM: streams are closed, not cut, and the exit is 0."""
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "c.yaml").write_text(
+        "kind: EnvoyResources\nname: c\nclusters: [{name: a, type: STATIC, connect_timeout: 1s}]\n")
+    mp = MeshpilotProcess(policy, tmp_path).start()
+    assert mp.proc is not None
+    mp.proc.send_signal(signal.SIGTERM)
+    assert mp.proc.wait(timeout=15) == 0, mp.log_tail()
+    assert "meshpilot: stopping" in mp.log_tail()
