@@ -54,7 +54,7 @@ Shape:
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 from meshpilot.policy import fields
@@ -834,7 +834,8 @@ def _origin_text(value: Any) -> str:
         return text
     found = _ORIGIN.match(text)
     host = found.group("host") if found else ""
-    if found is None or not (_is_dns_name(host) or _is_ip(host)):
+    if found is None or not (_accepted(fields.dns_name, host)
+                             or _accepted(fields.ip_address, host)):
         raise Invalid(f"invalid origin {fields.quoted(text)}: expected an origin such as "
                       '"https://a.example", "*.b.example" (any subdomain) or "*" (any origin)')
     if found.group("port") is not None:
@@ -842,17 +843,9 @@ def _origin_text(value: Any) -> str:
     return text
 
 
-def _is_dns_name(text: str) -> bool:
+def _accepted(convert: Callable[[str], object], text: str) -> bool:
     try:
-        fields.dns_name(text)
-    except Invalid:
-        return False
-    return True
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        fields.ip_address(text)
+        convert(text)
     except Invalid:
         return False
     return True
