@@ -127,6 +127,27 @@ def services_policy(count: int, *, first: int = 0) -> str:
     return "---\n".join(docs)
 
 
+# The escape hatch that lets ten Envoys of one gateway view share a machine: a raw listener of the
+# generated listener's name (`edge/http`) replaces it, bound to port 0 (each Envoy its own port).
+GATEWAY_LISTENER_ON_PORT_0 = f"""---
+kind: EnvoyResources
+name: listener-on-port-0
+listeners:
+  - name: edge/http
+    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
+    filter_chains:
+      - filters:
+          - name: envoy.filters.network.http_connection_manager
+            typed_config:
+              "@type": {_HCM}
+              stat_prefix: edge
+              rds: {{route_config_name: edge/http, config_source: {_ADS}}}
+              http_filters:
+                - name: envoy.filters.http.router
+                  typed_config: {{"@type": {_ROUTER}}}
+"""
+
+
 def language_flip_policy(*, backends: dict[str, int], route_to: str) -> str:
     """The same flip in the policy language: a Service with one subset per backend, a Gateway and
     a Route to subset `route_to`. The Gateway's listener is replaced (the raw-resource escape
@@ -148,20 +169,4 @@ name: flip
 gateway: edge
 rules:
   - backends: [{{service: app, subset: {route_to}}}]
----
-kind: EnvoyResources
-name: listener-on-port-0
-listeners:
-  - name: edge/http
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-      - filters:
-          - name: envoy.filters.network.http_connection_manager
-            typed_config:
-              "@type": {_HCM}
-              stat_prefix: edge
-              rds: {{route_config_name: edge/http, config_source: {_ADS}}}
-              http_filters:
-                - name: envoy.filters.http.router
-                  typed_config: {{"@type": {_ROUTER}}}
-"""
+""" + GATEWAY_LISTENER_ON_PORT_0

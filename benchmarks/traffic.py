@@ -30,11 +30,9 @@ from typing import Any
 
 from benchmarks.common import save_aside, stop_process, wait_for
 from benchmarks.convergence import _Probe, _Serve, _start_echo
-from benchmarks.policies import _HCM, _ROUTER
+from benchmarks.policies import GATEWAY_LISTENER_ON_PORT_0
 from meshpilot.bootstrap import render_bootstrap
 from meshpilot.envoy_process import EnvoyProcess
-
-_ADS = "{ads: {}, resource_api_version: V3}"
 
 
 @dataclass
@@ -76,23 +74,7 @@ name: flip
 gateway: edge
 rules:
   - backends: {rule}
----
-kind: EnvoyResources
-name: listener-on-port-0
-listeners:
-  - name: edge/http
-    address: {{socket_address: {{address: 127.0.0.1, port_value: 0}}}}
-    filter_chains:
-      - filters:
-          - name: envoy.filters.network.http_connection_manager
-            typed_config:
-              "@type": {_HCM}
-              stat_prefix: edge
-              rds: {{route_config_name: edge/http, config_source: {_ADS}}}
-              http_filters:
-                - name: envoy.filters.http.router
-                  typed_config: {{"@type": {_ROUTER}}}
-"""
+""" + GATEWAY_LISTENER_ON_PORT_0
 
 
 def _split(w: int) -> str:
