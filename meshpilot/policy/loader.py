@@ -9,8 +9,9 @@ means: kinds plug in through `KIND_PARSERS`, and the model parts they return are
 
 `load_policy` holds no state between loads. `PolicyLoader` (what the controller keeps) caches,
 per file, what parsing it gave, keyed by the file's name and the BLAKE2b hash of its bytes, so a
-reload only parses the files that changed; the checks across documents still run over the whole
-set. Any issue anywhere makes it load the folder again
+reload only parses the files that changed, and inside a changed file only the documents whose
+text (between document start markers) or line offset changed; the checks across documents still
+run over the whole set. Any issue anywhere makes it load the folder again
 the stateless way, so error messages and positions are exactly `load_policy`'s.
 """
 
@@ -34,12 +35,15 @@ from meshpilot.policy.kinds import gateway, route, service
 from meshpilot.policy.model import Gateway, Model, RawResource, Route, Service
 from meshpilot.policy.references import validate_references
 from meshpilot.policy.yamlsource import (
+    MAX_NODES,
     FieldPath,
     Located,
     _read_limited,
     format_path,
     parse_yaml,
+    parse_yaml_text,
     read_yaml_file,
+    split_documents,
 )
 from meshpilot.xds.types import ADS_ORDER
 
@@ -137,6 +141,18 @@ def load_policy(path: str | Path) -> Model:
 
 
 @dataclass(slots=True)
+class _CachedPiece:
+    """What parsing one piece of a file (the text of its documents between two document start
+    markers, `split_documents`) gave, in a context of its own, at its line offset."""
+
+    parsed: list[ParsedDocument]
+    definitions: dict[Hashable, Position]  # in the order they were made
+    clean: bool
+    nodes: int  # YAML nodes counted, towards the file's MAX_NODES
+    tls_files: tuple[str, ...]
+
+
+@dataclass(slots=True)
 class _CachedFile:
     """What parsing one file gave, in a context of its own (no other file's definitions)."""
 
@@ -148,6 +164,8 @@ class _CachedFile:
     # certificate may change under an unchanged policy file (and hashing it after the parser
     # read it could miss a change in between).
     tls_files: tuple[str, ...]
+    # (line offset, text) -> its parse, for every piece of a file that could be split
+    pieces: dict[tuple[int, str], _CachedPiece] = field(default_factory=dict)
 
 
 class PolicyLoader:
@@ -157,7 +175,10 @@ class PolicyLoader:
     keyed by the file's shown name and content hash (a file whose parsers read TLS files is
     parsed every time: certificates change under unchanged policy files). An unchanged file is
     neither YAML-parsed nor kind-parsed again, and gives the very same model part objects as
-    before (the Translation reuses resources by them). Then the definitions are replayed in file
+    before (the Translation reuses resources by them). Inside a changed file, the same holds
+    per piece of text between document start markers (`split_documents`), keyed by its text
+    and line offset (model parts carry positions, so a piece that moved is parsed again); a
+    file that cannot be split safely is parsed whole. Then the definitions are replayed in file
     order and `references.py` runs over the whole set, as in a cold load. If any issue is found
     anywhere, the folder is loaded once more by `load_policy` itself, so a rejected load reports
     exactly what a cold one reports.
@@ -171,6 +192,7 @@ class PolicyLoader:
         self.tls_files: frozenset[str] = frozenset()
         self._files: dict[str, _CachedFile] = {}
         self.parsed_files = 0  # files parsed by the newest load (for tests and metrics)
+        self.parsed_pieces = 0  # pieces of those files parsed (a file parsed whole counts 1)
 
     def load(self) -> Model:
         with _garbage_collection_paused(), tls.paths_relative_to(policy_folder(self.path)):
@@ -188,7 +210,7 @@ class PolicyLoader:
         exact issues)."""
         load = LoadContext()
         files = _policy_files(self.path, load)
-        self.parsed_files = 0
+        self.parsed_files = self.parsed_pieces = 0
         if load.issues:
             return None
         entries: list[_CachedFile] = []
@@ -231,14 +253,53 @@ class PolicyLoader:
         if entry is not None and entry.digest == digest and not entry.tls_files:
             return entry
         self.parsed_files += 1
+        pieces = split_documents(data)
+        if pieces is None:  # parsed whole, as load_policy does
+            self.parsed_pieces += 1
+            local = LoadContext()
+            parsed: list[ParsedDocument] = []
+            with tls.recording() as read:
+                documents, issues = parse_yaml(data, shown_name)
+                local.issues.extend(issues)
+                _load_documents(documents, local, parsed)
+            return _CachedFile(digest, parsed, local.definitions, not local.issues,
+                               tuple(sorted(read)))
+        earlier = entry.pieces if entry is not None else {}
+        kept: dict[tuple[int, str], _CachedPiece] = {}
+        parsed = []
+        definitions: dict[Hashable, Position] = {}
+        clean = True
+        nodes = 0
+        read_files: set[str] = set()
+        for key in pieces:
+            piece = earlier.get(key)
+            if piece is None or piece.tls_files:
+                piece = self._parse_piece(key, shown_name)
+            kept[key] = piece
+            parsed.extend(piece.parsed)
+            for name, position in piece.definitions.items():
+                if name in definitions:  # defined twice in the file: a cold load words it
+                    clean = False
+                else:
+                    definitions[name] = position
+            clean = clean and piece.clean
+            nodes += piece.nodes
+            read_files.update(piece.tls_files)
+        if nodes > MAX_NODES:  # the file as a whole is refused: a cold load says so
+            clean = False
+        return _CachedFile(digest, parsed, definitions, clean, tuple(sorted(read_files)), kept)
+
+    def _parse_piece(self, key: tuple[int, str], shown_name: str) -> _CachedPiece:
+        line_offset, text = key
+        self.parsed_pieces += 1
         local = LoadContext()
         parsed: list[ParsedDocument] = []
         with tls.recording() as read:
-            documents, issues = parse_yaml(data, shown_name)
+            documents, issues, nodes = parse_yaml_text(text, shown_name, line_offset)
             local.issues.extend(issues)
             _load_documents(documents, local, parsed)
-        return _CachedFile(digest, parsed, local.definitions, not local.issues,
-                           tuple(sorted(read)))
+        return _CachedPiece(parsed, local.definitions, not local.issues, nodes,
+                            tuple(sorted(read)))
 
 
 def load_policy_text(text: str | bytes, file: str = "policy.yaml") -> Model:

@@ -238,19 +238,68 @@ def parse_yaml(data: bytes | str, file: str) -> tuple[list[Located], list[Policy
     except UnicodeDecodeError as error:
         return [], [_offset_issue(data, error.start, file, "file is not valid UTF-8")]
     text = text.removeprefix("\ufeff")
-    builder = _DocumentBuilder(file)
+    documents, issues, _ = parse_yaml_text(text, file)
+    return documents, issues
+
+
+def parse_yaml_text(text: str, file: str,
+                    line_offset: int = 0) -> tuple[list[Located], list[PolicyIssue], int]:
+    """`parse_yaml` of decoded text (no BOM), which starts `line_offset` lines into `file`:
+    every position is shifted by it. Also returns how many nodes the text counted (towards the
+    file's `MAX_NODES`)."""
+    builder = _DocumentBuilder(file, line_offset)
     try:
         builder.run(yaml.CSafeLoader(text))
     except _Abandon:
         pass
     except yaml.reader.ReaderError as error:
-        builder.issues.append(_offset_issue(text.encode("utf-8"), error.position, file,
-                                            _reader_problem(error)))
+        issue = _offset_issue(text.encode("utf-8"), error.position, file, _reader_problem(error))
+        if line_offset and issue.position is not None:
+            issue = PolicyIssue(issue.message, Position(file, issue.position.line + line_offset,
+                                                        issue.position.column))
+        builder.issues.append(issue)
     except yaml.MarkedYAMLError as error:
-        builder.issues.append(_syntax_issue(error, file))
+        builder.issues.append(_syntax_issue(error, file, line_offset))
     except yaml.YAMLError as error:  # no mark: report at the top of the file
         builder.issues.append(_file_issue(file, f"YAML syntax error: {type(error).__name__}"))
-    return builder.documents, builder.issues
+    return builder.documents, builder.issues, builder.nodes
+
+
+# A document start marker: `---` at the start of a line, then a blank or the end. libyaml always
+# reads it as one there: a block scalar's content is indented at least one column, a plain
+# scalar ends before it, and a quoted scalar or flow collection spanning it is an error (so the
+# split text has an error too, and the caller parses the file whole).
+_DOCUMENT_START = re.compile(r"^---(?=[ \t\n]|\Z)", re.M)
+# What makes splitting at `---` lines unsafe: directives and document end markers (which belong
+# to the next or the previous document), and line breaks or BOMs other than `\n` / the first.
+_UNSPLITTABLE = re.compile(r"^(?:%|\.\.\.(?=[ \t\n]|\Z))|[\r\x85\u2028\u2029\ufeff]", re.M)
+
+
+def split_documents(data: bytes) -> list[tuple[int, str]] | None:
+    """The text of a policy file cut before every document start marker, as (line offset,
+    text) pairs, so each piece can be parsed alone (`parse_yaml_text(text, file, offset)`) and
+    give the very documents, and positions, a parse of the whole file gives; the pieces' node
+    counts add up to the file's. None when the file cannot be cut safely (not UTF-8, too large,
+    directives, `...`, `\r` line breaks): then parse it whole."""
+    if len(data) > MAX_FILE_BYTES:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    text = text.removeprefix("\ufeff")
+    if _UNSPLITTABLE.search(text):
+        return None
+    pieces: list[tuple[int, str]] = []
+    start = line = 0
+    for found in _DOCUMENT_START.finditer(text):
+        cut = found.start()
+        if cut > start:
+            pieces.append((line, text[start:cut]))
+            line += text.count("\n", start, cut)
+            start = cut
+    pieces.append((line, text[start:]))
+    return pieces
 
 
 def _offset_issue(data: bytes, offset: int, file: str, message: str) -> PolicyIssue:
@@ -268,9 +317,10 @@ def _reader_problem(error: yaml.reader.ReaderError) -> str:
     return f"unacceptable character: {error.reason}"
 
 
-def _syntax_issue(error: yaml.MarkedYAMLError, file: str) -> PolicyIssue:
+def _syntax_issue(error: yaml.MarkedYAMLError, file: str, line_offset: int = 0) -> PolicyIssue:
     mark = error.problem_mark or error.context_mark
-    position = Position(file, mark.line + 1, mark.column + 1) if mark else Position(file, 1, 1)
+    position = (Position(file, mark.line + 1 + line_offset, mark.column + 1) if mark
+                else Position(file, 1 + line_offset, 1))
     problem = error.problem or "invalid YAML"
     if error.context:
         problem = f"{problem} ({error.context})"
@@ -325,8 +375,9 @@ class _SeqFrame:
 class _DocumentBuilder:
     """Turns one stream of libyaml events into `Located` documents and issues."""
 
-    def __init__(self, file: str):
+    def __init__(self, file: str, line_offset: int = 0):
         self.file = file
+        self._line_offset = line_offset
         self.documents: list[Located] = []
         self.issues: list[PolicyIssue] = []
         self._stack: list[_MapFrame | _SeqFrame] = []
@@ -354,10 +405,13 @@ class _DocumentBuilder:
         finally:
             loader.dispose()
 
-    @staticmethod
-    def _mark_of(event: yaml.Event) -> _Mark:
+    @property
+    def nodes(self) -> int:
+        return self._nodes
+
+    def _mark_of(self, event: yaml.Event) -> _Mark:
         mark = event.start_mark
-        return _mark(mark.line + 1, mark.column + 1)
+        return _mark(mark.line + 1 + self._line_offset, mark.column + 1)
 
     def _on_document_start(self, _: yaml.DocumentStartEvent) -> None:
         self._anchors.clear()  # anchors do not cross documents

@@ -102,6 +102,8 @@ class Translation:
         self._secrets: dict[str, tuple[Resource, ...]] = {}  # per service: its CA Secret
         # (gateway, listener) -> the inputs and resources of that gateway listener
         self._listeners: dict[tuple[str, str], _ListenerParts] = {}
+        # Serialized VirtualHosts of the Routes used by this Translation (routes.py)
+        self._virtual_hosts: routes.VirtualHostCache = {}
         self._mesh = sidecar.Mesh(model, self._cluster_resources, self.trust)
 
     def _encode_raw(self, model: Model) -> list[tuple[RawResource, Resource]]:
@@ -181,9 +183,17 @@ class Translation:
         config: tuple[Resource, ...] = ()
         if earlier is not None and earlier.routes == served:  # identity first, then by value
             config = earlier.config
+            if has_routes and self._reuse is not None:  # kept for the next Translation
+                hosts, kept = self._reuse.virtual_hosts, self._virtual_hosts
+                for route in served:
+                    found = hosts.get((id(route), spec.port))
+                    if found is not None and found[0] is route:
+                        kept[(id(route), spec.port)] = found
         elif has_routes:  # else a TCP proxy, or a listener redirecting to https: no routes
-            built = routes.route_configuration(gateway, spec, served)
-            config = (Resource.from_message(types.ROUTE, built.name, built),)
+            # Only the virtual hosts of Routes that are not the previous objects are serialized.
+            earlier_hosts = self._reuse.virtual_hosts if self._reuse is not None else {}
+            config = (routes.route_configuration_resource(gateway, spec, served, earlier_hosts,
+                                                          self._virtual_hosts),)
         parts = self._listeners[key] = _ListenerParts(gateway, served, security, front, config)
         return parts
 
@@ -315,6 +325,7 @@ class _Reuse:
     listeners: Mapping[tuple[str, str], _ListenerParts]
     raw: Mapping[int, tuple[RawResource, Resource]]  # id(raw resource) -> (it, its Resource)
     same_trust: bool
+    virtual_hosts: Mapping[tuple[int, int], routes.VirtualHostBytes]
 
     @classmethod
     def of(cls, previous: Translation, trust: mtls.TrustDomain) -> _Reuse:
@@ -322,7 +333,7 @@ class _Reuse:
             (trust.trust_domain, trust.namespace)
         return cls(previous.model, previous.discovered, previous._clusters,
                    previous._listeners, {id(r): (r, res) for r, res in previous._raw},
-                   same_trust)
+                   same_trust, previous._virtual_hosts)
 
     def cluster(self, name: str, service_name: str,
                 service: Service | None) -> tuple[Resource, ...] | None:

@@ -12,7 +12,7 @@ clusters the entries name (`clusters.py` does; a cluster name comes from `names.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from envoy.config.core.v3.base_pb2 import (
     DataSource,
@@ -66,6 +66,9 @@ from meshpilot.policy.model import (
 from meshpilot.translators import auth, names
 from meshpilot.translators.listeners import CORS, FAULT
 from meshpilot.translators.protos import duration
+from meshpilot.xds import types
+from meshpilot.xds.deps import References, references_of
+from meshpilot.xds.resources import Resource
 
 # Clients leave the port out of Host for the scheme's default port; any other port is in it.
 DEFAULT_HTTP_PORT = 80
@@ -105,6 +108,72 @@ def route_configuration(gateway: Gateway, spec: GatewayListener,
         if vhost is not None:
             config.virtual_hosts.append(vhost)
     return config
+
+
+# (id(route), port) -> (the Route, its domains there, its VirtualHost's bytes, the clusters the
+# VirtualHost names). The Route is kept so the id stays its own while the entry lives.
+VirtualHostBytes = tuple[Route, tuple[str, ...], bytes, frozenset[str]]
+VirtualHostCache = dict[tuple[int, int], VirtualHostBytes]
+
+
+def route_configuration_resource(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route],
+                                 earlier: Mapping[tuple[int, int], VirtualHostBytes],
+                                 cache: VirtualHostCache) -> Resource:
+    """`Resource.from_message` of `route_configuration(gateway, spec, routes)`, byte for byte,
+    serializing only the virtual hosts of Routes not found in `earlier` or `cache` (by identity,
+    at this port): a RouteConfiguration holding only `name` and `virtual_hosts` serializes as
+    its name field then each VirtualHost's own bytes as a length-delimited field 2, so the
+    cached bytes are concatenated. Every virtual host used is put in `cache`."""
+    name = names.route_config(gateway.name, spec.name)
+    port = spec.port
+    parts = [_length_delimited(1, name.encode("utf-8"))] if name else []
+    clusters: set[str] = set()
+    taken: set[str] = set()
+    for route in sorted((r for r in routes if attaches(r, spec)), key=lambda r: r.name):
+        key = (id(route), port)
+        found = cache.get(key) or earlier.get(key)
+        if found is None or found[0] is not route:
+            own = tuple(domains(route.hosts, port))
+            found = (route, own, b"", frozenset())
+            if own and not taken.intersection(own):
+                vhost = virtual_host(route, port, set())
+                assert vhost is not None
+                found = (route, own, vhost.SerializeToString(deterministic=True),
+                         _vhost_clusters(vhost))
+        route_domains = found[1]
+        if not route_domains:
+            continue
+        if taken.intersection(route_domains):  # some domain is taken: built here, not cached
+            vhost = virtual_host(route, port, taken)
+            if vhost is not None:
+                parts.append(_length_delimited(2, vhost.SerializeToString(deterministic=True)))
+                clusters.update(_vhost_clusters(vhost))
+            continue
+        cache[key] = found
+        taken.update(route_domains)
+        parts.append(_length_delimited(2, found[2]))
+        clusters.update(found[3])
+    return Resource(types.ROUTE, name, b"".join(parts), References(clusters=frozenset(clusters)))
+
+
+def _length_delimited(field_number: int, payload: bytes) -> bytes:
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _vhost_clusters(vhost: VirtualHost) -> frozenset[str]:
+    """The clusters a virtual host's route entries name (as `deps._route_config_refs`)."""
+    config = RouteConfiguration()
+    config.virtual_hosts.append(vhost)
+    return references_of(types.ROUTE, config).clusters
 
 
 def virtual_host(route: Route, port: int, taken: set[str]) -> VirtualHost | None:
