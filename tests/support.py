@@ -13,11 +13,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 from meshpilot.bootstrap import render_bootstrap
+from meshpilot.envoy_process import EnvoyProcess
 from meshpilot.netutil import free_port
 
 T = TypeVar("T")
@@ -64,6 +66,26 @@ def backend_of(port: int, path: str = "/", headers: dict[str, str] | None = None
     """Which echo backend answered a request through an Envoy listener (None if not 200)."""
     status, _, body = http_get(f"http://127.0.0.1:{port}{path}", headers)
     return json.loads(body)["backend"] if status == 200 else None
+
+
+@contextmanager
+def meshpilot_and_gateway(policy: Path, work: Path,
+                          view: str = "edge") -> Iterator[tuple[MeshpilotProcess, EnvoyProcess]]:
+    """`meshpilot serve` on `policy` and one real Envoy of `view`, ready; both stopped on exit,
+    meshpilot's log tail printed (pytest shows it when a test failed)."""
+    mp = MeshpilotProcess(policy, work)
+    envoy: EnvoyProcess | None = None
+    try:
+        mp.start()
+        envoy = EnvoyProcess(mp.bootstrap(f"{view}-1", view), work / "envoy", name=view)
+        envoy.start()
+        envoy.wait_ready(30)
+        yield mp, envoy
+    finally:
+        if envoy is not None:
+            envoy.stop()
+        mp.stop()
+        print(mp.log_tail(30))
 
 
 class MeshpilotProcess:

@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from support import MeshpilotProcess, eventually, http_get
+from support import MeshpilotProcess, eventually, http_get, meshpilot_and_gateway
 
 from meshpilot.demo.echo import EchoServer
-from meshpilot.envoy_process import EnvoyProcess
 from meshpilot.netutil import free_port
 
 pytestmark = pytest.mark.envoy
@@ -209,21 +208,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     (policy / "users.htpasswd").write_text(f"alice:{{SHA}}{digest}\n")
     (policy / "auth.yaml").write_text(POLICY.format(port=port, api=api_port, authz=authz_port,
                                                     issuer=ISSUER, policy=policy))
-    mp = MeshpilotProcess(policy, work).start()
-    envoy = EnvoyProcess(mp.bootstrap("edge-1", "edge"), work / "envoy", name="edge")
     try:
-        envoy.start()
-        envoy.wait_ready(30)
-        environment = Env(port, signer, authz, mp)
-        eventually(lambda: environment.get("/public/x", "rbac.example.com")[0] == 200,
-                   timeout=30, what="the gateway to serve")
-        yield environment
+        with meshpilot_and_gateway(policy, work) as (mp, _):
+            environment = Env(port, signer, authz, mp)
+            eventually(lambda: environment.get("/public/x", "rbac.example.com")[0] == 200,
+                       timeout=30, what="the gateway to serve")
+            yield environment
     finally:
-        envoy.stop()
-        mp.stop()
         authz.stop()
         api.stop()
-        print(mp.log_tail(30))
 
 
 def seen_headers(body: bytes) -> dict[str, str]:

@@ -26,7 +26,7 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2, status_pb2
-from support import MeshpilotProcess, eventually, http_get
+from support import MeshpilotProcess, eventually, http_get, meshpilot_and_gateway
 from test_e2e_auth import ISSUER, Signer
 from tls_material import CA, Pair
 
@@ -217,27 +217,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     api = EchoServer("api")
     jwks = JwksServer(signer.jwks, ca.issue("jwks.internal"), certs)
     authz = GrpcAuthz()
-    mp = envoy = None
     try:
         ports = {"api": api.start(), "jwks": jwks.start(), "authz": authz.start(),
                  "port": free_port()}
         policy = work / "policy"
         policy.mkdir()
         (policy / "remote.yaml").write_text(POLICY.format(certs=certs, issuer=ISSUER, **ports))
-        mp = MeshpilotProcess(policy, work).start()
-        envoy = EnvoyProcess(mp.bootstrap("edge-1", "edge"), work / "envoy", name="edge")
-        envoy.start()
-        envoy.wait_ready(30)
-        environment = Env(ports["port"], signer, api, jwks, authz, mp, envoy)
-        eventually(lambda: environment.get("/", "open.example.com")[0] == 200,
-                   timeout=30, what="the gateway to serve")
-        yield environment
+        with meshpilot_and_gateway(policy, work) as (mp, envoy):
+            environment = Env(ports["port"], signer, api, jwks, authz, mp, envoy)
+            eventually(lambda: environment.get("/", "open.example.com")[0] == 200,
+                       timeout=30, what="the gateway to serve")
+            yield environment
     finally:
-        if envoy is not None:
-            envoy.stop()
-        if mp is not None:
-            mp.stop()
-            print(mp.log_tail(30))
         authz.stop()
         jwks.stop()
         api.stop()

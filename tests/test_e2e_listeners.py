@@ -17,7 +17,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import MeshpilotProcess, eventually, http_get
+from support import eventually, http_get, meshpilot_and_gateway
 
 from meshpilot.demo.echo import EchoServer
 from meshpilot.demo.ws_echo import WsEchoServer
@@ -114,7 +114,6 @@ def env(tmp_path_factory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("listeners-e2e")
     api, ws, tcp = EchoServer("api"), WsEchoServer("ws1"), TcpEcho()
     started: list = []
-    mp = envoy = None
     try:
         ports = {"api": api.start()}
         started.append(api)
@@ -127,21 +126,13 @@ def env(tmp_path_factory) -> Iterator[Env]:
         policy = work / "policy"
         policy.mkdir()
         (policy / "edge.yaml").write_text(POLICY.format(log=log, **ports))
-        mp = MeshpilotProcess(policy, work).start()
-        envoy = EnvoyProcess(mp.bootstrap("edge-1", "edge"), work / "envoy", name="edge")
-        envoy.start()
-        envoy.wait_ready(30)
-        environment = Env(ports, log, envoy)
-        for listener in ("plain", "features"):
-            eventually(lambda listener=listener: environment.get(listener)[0] == 200,
-                       timeout=30, what=f"listener {listener} to serve")
-        yield environment
+        with meshpilot_and_gateway(policy, work) as (_, envoy):
+            environment = Env(ports, log, envoy)
+            for listener in ("plain", "features"):
+                eventually(lambda listener=listener: environment.get(listener)[0] == 200,
+                           timeout=30, what=f"listener {listener} to serve")
+            yield environment
     finally:
-        if envoy is not None:
-            envoy.stop()
-        if mp is not None:
-            mp.stop()
-            print(mp.log_tail(30))
         for server in started:
             server.stop()
 

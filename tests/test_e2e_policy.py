@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from support import MeshpilotProcess, eventually, http_get
+from support import MeshpilotProcess, eventually, http_get, meshpilot_and_gateway
 
 from meshpilot.demo.echo import EchoServer
 from meshpilot.envoy_process import EnvoyProcess
@@ -105,20 +105,14 @@ def env(tmp_path_factory) -> Iterator[Env]:
     policy = work / "policy"
     policy.mkdir()
     (policy / "shop.yaml").write_text(POLICY.format(port=port, **ports))
-    mp = MeshpilotProcess(policy, work).start()
-    envoy = EnvoyProcess(mp.bootstrap("edge-1", "edge"), work / "envoy", name="edge")
     try:
-        envoy.start()
-        envoy.wait_ready(30)
-        environment = Env(port, envoy, mp, echoes)
-        eventually(lambda: environment.get("/")[0] == 200, what="the gateway to serve")
-        yield environment
+        with meshpilot_and_gateway(policy, work) as (mp, envoy):
+            environment = Env(port, envoy, mp, echoes)
+            eventually(lambda: environment.get("/")[0] == 200, what="the gateway to serve")
+            yield environment
     finally:
-        envoy.stop()
-        mp.stop()
         for echo in echoes.values():
             echo.stop()
-        print(mp.log_tail(30))
 
 
 def test_header_match_sends_canaries_to_v2(env: Env) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from support import MeshpilotProcess, eventually, http_get
+from support import MeshpilotProcess, eventually, http_get, meshpilot_and_gateway
 from tls_material import CA, Pair
 
 from meshpilot.demo.echo import EchoServer
@@ -147,27 +147,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     ca.issue("b.example.com", "*.b.example.com").write(certs, "b")
     api = EchoServer("api")
     upstream = TlsEcho(ca.issue("upstream.internal"), certs)
-    mp = envoy = None
     try:
         ports = {"api": api.start(), "upstream": upstream.start(), "https": free_port(),
                  "modern": free_port(), "plain": free_port()}
         policy = work / "policy"
         policy.mkdir()
         (policy / "edge.yaml").write_text(POLICY.format(certs=certs, **ports))
-        mp = MeshpilotProcess(policy, work).start()
-        envoy = EnvoyProcess(mp.bootstrap("edge-1", "edge"), work / "envoy", name="edge")
-        envoy.start()
-        envoy.wait_ready(30)
-        environment = Env(ports, certs, ca, mp, envoy, upstream)
-        eventually(lambda: https_get(environment, "https", "a.example.com")[0] == 200,
-                   timeout=30, what="the https listener to serve")
-        yield environment
+        with meshpilot_and_gateway(policy, work) as (mp, envoy):
+            environment = Env(ports, certs, ca, mp, envoy, upstream)
+            eventually(lambda: https_get(environment, "https", "a.example.com")[0] == 200,
+                       timeout=30, what="the https listener to serve")
+            yield environment
     finally:
-        if envoy is not None:
-            envoy.stop()
-        if mp is not None:
-            mp.stop()
-            print(mp.log_tail(30))
         upstream.stop()
         api.stop()
 

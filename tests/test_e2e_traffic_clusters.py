@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from support import MeshpilotProcess, eventually, http_get
+from support import eventually, http_get, meshpilot_and_gateway
 
 from meshpilot.demo.echo import EchoServer
 from meshpilot.envoy_process import EnvoyProcess
@@ -126,20 +126,15 @@ def env(tmp_path_factory) -> Iterator[Env]:
     policy = work / "policy"
     policy.mkdir()
     (policy / "policy.yaml").write_text(POLICY.format(port=port, **ports))
-    mp = MeshpilotProcess(policy, work).start()
-    envoy = EnvoyProcess(mp.bootstrap("edge-1", "edge"), work / "envoy", name="edge")
     try:
-        envoy.start()
-        envoy.wait_ready(30)
-        environment = Env(port, envoy, echoes)
-        eventually(lambda: environment.get("/breaker")[0] == 200, what="the gateway to serve")
-        yield environment
+        with meshpilot_and_gateway(policy, work) as (_, envoy):
+            environment = Env(port, envoy, echoes)
+            eventually(lambda: environment.get("/breaker")[0] == 200,
+                       what="the gateway to serve")
+            yield environment
     finally:
-        envoy.stop()
-        mp.stop()
         for echo in echoes.values():
             echo.stop()
-        print(mp.log_tail(30))
 
 
 def test_circuit_breaker_refuses_a_flood_with_overloaded(env: Env) -> None:

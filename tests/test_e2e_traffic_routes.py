@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import MeshpilotProcess, eventually, http_get
+from support import MeshpilotProcess, eventually, http_get, meshpilot_and_gateway
 
 from meshpilot.demo.echo import EchoServer
 from meshpilot.envoy_process import EnvoyProcess
@@ -180,24 +180,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         port=port, shadow=shadow_port, **{k: v for k, v in ports.items() if k in
                                           ("api", "c1", "c2", "c3")}))
     write_canary(policy, echoes, 90, 10)
-    mp = MeshpilotProcess(policy, work).start()
-    envoy = EnvoyProcess(mp.bootstrap("edge-1", "edge"), work / "envoy", name="edge")
     try:
-        envoy.start()
-        envoy.wait_ready(30)
-        environment = Env(port, envoy, mp, echoes, shadow, policy)
-        eventually(lambda: environment.get("/")[0] == 200, timeout=30,
-                   what="the gateway to serve")
-        eventually(lambda: environment.get("/", host="canary.example.com")[0] == 200,
-                   timeout=30, what="the canary route to serve")
-        yield environment
+        with meshpilot_and_gateway(policy, work) as (mp, envoy):
+            environment = Env(port, envoy, mp, echoes, shadow, policy)
+            eventually(lambda: environment.get("/")[0] == 200, timeout=30,
+                       what="the gateway to serve")
+            eventually(lambda: environment.get("/", host="canary.example.com")[0] == 200,
+                       timeout=30, what="the canary route to serve")
+            yield environment
     finally:
-        envoy.stop()
-        mp.stop()
         shadow.stop()
         for echo in echoes.values():
             echo.stop()
-        print(mp.log_tail(30))
 
 
 def flaky(failures: int, **extra: str) -> dict[str, str]:

@@ -11,10 +11,9 @@ from typing import Any
 
 import grpc
 import pytest
-from support import MeshpilotProcess, eventually, http_get
+from support import eventually, http_get, meshpilot_and_gateway
 
 from meshpilot.demo.grpc_echo import GrpcEchoServer, load_stubs
-from meshpilot.envoy_process import EnvoyProcess
 from meshpilot.netutil import free_port
 
 pytestmark = pytest.mark.envoy
@@ -56,26 +55,17 @@ async def call(port: int, message: str, metadata: tuple[tuple[str, str], ...] = 
 def gateway(tmp_path_factory) -> Iterator[tuple[int, GrpcEchoServer]]:
     work = tmp_path_factory.mktemp("grpc-e2e")
     upstream = GrpcEchoServer("g1")
-    mp = envoy = None
     try:
         g1 = upstream.start()
         port = free_port()
         policy = work / "policy"
         policy.mkdir()
         (policy / "grpc.yaml").write_text(POLICY.format(g1=g1, port=port))
-        mp = MeshpilotProcess(policy, work).start()
-        envoy = EnvoyProcess(mp.bootstrap("edge-1", "edge"), work / "envoy", name="edge")
-        envoy.start()
-        envoy.wait_ready(30)
-        eventually(lambda: asyncio.run(call(port, "ping"))[0].backend == "g1", timeout=30,
-                   what="a gRPC call through the gateway")
-        yield port, upstream
+        with meshpilot_and_gateway(policy, work):
+            eventually(lambda: asyncio.run(call(port, "ping"))[0].backend == "g1", timeout=30,
+                       what="a gRPC call through the gateway")
+            yield port, upstream
     finally:
-        if envoy is not None:
-            envoy.stop()
-        if mp is not None:
-            mp.stop()
-            print(mp.log_tail(30))
         upstream.stop()
 
 
