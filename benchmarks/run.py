@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         log("plots: " + (", ".join(p.name for p in pngs) or "none"))
     except ImportError as e:  # matplotlib is in the `bench` extra
         pngs = []
-        log(f"no plots ({e}); pip install -e '.[bench]'")
+        log(f"no plots ({e}); make setup installs the bench extra")
     (out / "report.md").write_text(report.markdown(results, [p.name for p in pngs]))
     log(f"\nwrote {out / 'report.md'}")
     if failed:

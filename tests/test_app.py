@@ -122,6 +122,16 @@ def test_watcher_applies_new_deleted_and_renamed_files(tmp_path: Path) -> None:
             assert clusters() == ["b", "c"]
             (policy / "nested" / "b.yaml").write_text(half)
             await until(lambda: has(["b", "c", "d"]))
+            # A hostile edit, nested 200,000 levels deep: refused at its position (whichever YAML
+            # layer refuses it first), and the last good config keeps serving.
+            save(policy / "deep.yaml", "[" * 200_000)
+            await until(lambda: _rejected(mp))
+            (issue,) = mp.controller.status.error
+            assert issue.startswith("deep.yaml:1:"), issue
+            assert clusters() == ["b", "c", "d"]
+            (policy / "deep.yaml").unlink()
+            await until(lambda: _accepted(mp))
+            assert clusters() == ["b", "c", "d"]
         finally:
             await mp.stop()
 
@@ -130,6 +140,10 @@ def test_watcher_applies_new_deleted_and_renamed_files(tmp_path: Path) -> None:
 
 async def _rejected(mp: Meshpilot) -> bool:
     return bool(mp.controller.status.error)
+
+
+async def _accepted(mp: Meshpilot) -> bool:
+    return not mp.controller.status.error
 
 
 def test_admin_endpoints_and_config_dump_redacts_secrets(tmp_path: Path) -> None:

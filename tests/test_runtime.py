@@ -183,7 +183,8 @@ def test_validate_reports_envoys_message(tmp_work: Path) -> None:
     broken = static_proxy_bootstrap(80, backend_host="not-an-ip")
     path = tmp_work / "broken.yaml"
     path.write_text(yaml.safe_dump(broken))
-    with pytest.raises(EnvoyError, match="malformed IP address: not-an-ip"):
+    # Envoy's own text is passed on; its wording is Envoy's, the offending value is in it.
+    with pytest.raises(EnvoyError, match="not-an-ip"):
         validate_config(path)
 
 
@@ -393,7 +394,7 @@ def test_wait_ready_reports_envoys_own_error(tmp_work: Path) -> None:
         pass
     message = str(caught.value)
     assert "exited with code" in message
-    assert "malformed IP address: not-an-ip" in message
+    assert "not-an-ip" in message  # Envoy's own text, passed on
     assert not envoy.is_running()
 
 
