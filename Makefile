@@ -55,7 +55,7 @@ test-latest: $(UV)
 
 # The docker-compose stack (compose/) on the local engine, images built locally (no pulls).
 compose-test: setup docker-engine
-	$(BIN)/pytest tests/test_compose.py -q -rs
+	$(BIN)/pytest tests/e2e/test_compose.py -q -rs
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

@@ -36,8 +36,8 @@ from benchmarks.common import (
 )
 from benchmarks.policies import language_flip_policy, route_flip_policy
 from benchmarks.stats import summarize
-from meshpilot.bootstrap import render_bootstrap
-from meshpilot.envoy_process import EnvoyProcess
+from meshpilot.local.bootstrap import render_bootstrap
+from meshpilot.local.envoy_process import EnvoyProcess
 
 _LISTENING = re.compile(rb"xDS on ([\d.]+):(\d+), admin on http://([\d.]+):(\d+)")
 
@@ -180,7 +180,7 @@ def _start_echo(name: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], int]
     log = open(log_dir / f"echo-{name}.log", "wb")  # noqa: SIM115 - closed below
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "meshpilot.demo.echo", "--name", name, "--port", "0"],
+            [sys.executable, "-m", "meshpilot.local.demo.echo", "--name", name, "--port", "0"],
             stdout=subprocess.PIPE, stderr=log, env=child_env())
     finally:
         log.close()

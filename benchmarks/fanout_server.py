@@ -54,8 +54,8 @@ from benchmarks.common import (
     self_cpu_seconds,
 )
 from benchmarks.policies import cluster_name
-from meshpilot.app import Meshpilot, Settings
-from meshpilot.xds import types
+from meshpilot.base import types
+from meshpilot.runtime.app import Meshpilot, Settings
 from meshpilot.xds.resources import Resource, ResourceMap
 from meshpilot.xds.snapshot import Snapshot
 

@@ -62,8 +62,8 @@ def _worker(policy: str, edits: int) -> dict[str, Any]:
     import gc
 
     from benchmarks.common import proc_rss_bytes
-    from meshpilot.controller import Controller
-    from meshpilot.policy.loader import load_policy
+    from meshpilot.inputs.loader import load_policy
+    from meshpilot.runtime.controller import Controller
     from meshpilot.translators import Translation
     from meshpilot.xds.cache import SnapshotCache
 

@@ -8,7 +8,7 @@ backend each), Gateway `edge` (one HTTP listener on a free port P picked here) a
   their ClusterLoadAssignment inline, the listener's RDS replaced by the route configuration
   inline): no control plane at all;
 - `meshpilot`: `meshpilot serve` (already running, warm) over ADS (SotW), Envoy bootstrap from
-  `meshpilot.bootstrap.render_bootstrap`;
+  `meshpilot.local.bootstrap.render_bootstrap`;
 - `sovereign` (optional; a separate virtualenv with `pip install sovereign`, never a meshpilot
   dependency): sovereign serving the static form of the same clusters and listener from Python
   templates over REST/JSON xDS (`api_config_source: REST`, `refresh_delay` `sovereign_refresh_s`).
@@ -40,8 +40,8 @@ from typing import Any
 from benchmarks.common import ROOT, now_ns, save_aside, stop_process, tail, wait_for
 from benchmarks.convergence import _Probe, _Serve, _start_echo
 from benchmarks.stats import summarize
-from meshpilot.bootstrap import render_bootstrap
-from meshpilot.envoy_process import EnvoyProcess
+from meshpilot.local.bootstrap import render_bootstrap
+from meshpilot.local.envoy_process import EnvoyProcess
 
 _HCM = ("type.googleapis.com/"
         "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager")
@@ -93,9 +93,9 @@ def static_resources(policy_dir: Path) -> dict[str, list[dict[str, Any]]]:
     from google.protobuf import descriptor_pool, message_factory
     from google.protobuf.json_format import MessageToDict
 
-    from meshpilot.policy.loader import load_policy
+    from meshpilot.base import types
+    from meshpilot.inputs.loader import load_policy
     from meshpilot.translators import Translation
-    from meshpilot.xds import types
 
     snapshot = Translation(load_policy(policy_dir)).snapshot("edge")
 

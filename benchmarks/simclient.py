@@ -37,7 +37,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from benchmarks.common import control_channel, now_ns, proc_rss_bytes, self_cpu_seconds
-from meshpilot.xds import types
+from meshpilot.base import types
 
 CDS, EDS = types.CLUSTER, types.ENDPOINT
 _ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"

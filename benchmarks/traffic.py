@@ -31,8 +31,8 @@ from typing import Any
 from benchmarks.common import save_aside, stop_process, wait_for
 from benchmarks.convergence import _Probe, _Serve, _start_echo
 from benchmarks.policies import GATEWAY_LISTENER_ON_PORT_0
-from meshpilot.bootstrap import render_bootstrap
-from meshpilot.envoy_process import EnvoyProcess
+from meshpilot.local.bootstrap import render_bootstrap
+from meshpilot.local.envoy_process import EnvoyProcess
 
 
 @dataclass

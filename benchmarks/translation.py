@@ -2,7 +2,7 @@
 
 Each run is a fresh Python process (`python -m benchmarks.translation --worker ...`), so nothing is
 warm: after the imports (timed apart), it times
-- load: `meshpilot.policy.loader.load_policy(dir)` (YAML with positions, schema walk, ParseDict);
+- load: `meshpilot.inputs.loader.load_policy(dir)` (YAML with positions, schema walk, ParseDict);
 - translate: `Translation(model)`, which serializes every resource once (bytes, hash, wire
   fragments);
 - snapshot: `translation.snapshot(view)` (the view's immutable, content-versioned maps);
@@ -65,7 +65,7 @@ def _worker(policy: str, traced: bool) -> dict[str, Any]:
     import tracemalloc
 
     from benchmarks.common import proc_peak_rss_bytes, proc_rss_bytes
-    from meshpilot.policy.loader import load_policy
+    from meshpilot.inputs.loader import load_policy
     from meshpilot.translators import Translation
 
     imported = time.perf_counter()

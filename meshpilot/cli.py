@@ -16,16 +16,16 @@ from pathlib import Path
 import yaml
 
 from meshpilot import __version__
-from meshpilot.app import Meshpilot, Settings, split_address
-from meshpilot.bootstrap import bootstrap_yaml
+from meshpilot.base.errors import PolicyError
+from meshpilot.base.units import parse_duration
 from meshpilot.ca.authority import CaError, check_trust_domain
-from meshpilot.errors import PolicyError
-from meshpilot.plugins import PluginError, load_plugins
-from meshpilot.policy.loader import load_policy
-from meshpilot.policy.model import Model
-from meshpilot.policy.schema import json_schema
+from meshpilot.inputs.loader import load_policy
+from meshpilot.inputs.native.schema import json_schema
+from meshpilot.ir.model import Model
+from meshpilot.local.bootstrap import bootstrap_yaml
+from meshpilot.runtime.app import Meshpilot, Settings, split_address
 from meshpilot.translators import Translation
-from meshpilot.units import parse_duration
+from meshpilot.translators.plugins import PluginError, load_plugins
 from meshpilot.xds.render import snapshot_to_dict
 from meshpilot.xds.security import XdsSecurityError
 
@@ -172,7 +172,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from meshpilot.up import run_up
+    from meshpilot.local.up import run_up
 
     _setup_logging(args.log_level)
     policy = Path(args.policy)

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from meshpilot.demo.echo import EchoServer
-from meshpilot.envoy_process import EnvoyProcess
-from meshpilot.netutil import free_port as _free_port
+from meshpilot.base.netutil import free_port as _free_port
+from meshpilot.local.demo.echo import EchoServer
+from meshpilot.local.envoy_process import EnvoyProcess
 
 # ----- ports ------------------------------------------------------------------------------------
 

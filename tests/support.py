@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from meshpilot.bootstrap import render_bootstrap
-from meshpilot.envoy_process import EnvoyProcess
-from meshpilot.netutil import free_port
+from meshpilot.base.netutil import free_port
+from meshpilot.local.bootstrap import render_bootstrap
+from meshpilot.local.envoy_process import EnvoyProcess
 
 T = TypeVar("T")
 

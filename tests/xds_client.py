@@ -35,7 +35,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import status_pb2
 
-from meshpilot.xds import types
+from meshpilot.base import types
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
 from meshpilot.xds.server import XdsServer

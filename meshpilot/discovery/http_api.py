@@ -20,8 +20,8 @@ from typing import Any
 
 from aiohttp import web
 
+from meshpilot.base.units import parse_duration
 from meshpilot.discovery.registry import EndpointRegistry, Instance, check_host
-from meshpilot.units import parse_duration
 
 SOURCE = "registration"
 DEFAULT_TTL = 30.0
@@ -29,7 +29,7 @@ MIN_TTL = 0.1
 MAX_TTL = 24 * 3600.0
 MAX_LABELS = 64
 
-# The policy's rule for names (meshpilot.policy.fields.name): a registration names a Service.
+# The policy's rule for names (meshpilot.inputs.native.fields.name): a registration names a Service.
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})\Z")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,252})\Z")
 _KEYS = ("service", "address", "labels", "ttl")

@@ -22,7 +22,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from meshpilot.policy.model import Endpoint, Labels
+from meshpilot.ir.model import Endpoint, Labels
 
 ChangeCallback = Callable[[frozenset[str]], None]
 Clock = Callable[[], float]

@@ -22,7 +22,7 @@ What a view receives:
 - Every view: the raw EnvoyResources addressed to it. Escape hatch: a raw resource with the same
   type and name as a generated one replaces it, so a hand-written cluster `reviews` overrides
   the generated one while everything else stays generated.
-- Then the plugins' resources (`meshpilot.plugins`), in plugin order: each adds resources or
+- Then the plugins' resources (`translators/plugins.py`), in plugin order: each adds resources or
   replaces (patches) one of the same type and name, whether raw, generated or an earlier
   plugin's. So the order is raw -> generated -> plugins, and the last word is a plugin's.
 """
@@ -33,8 +33,8 @@ import copy
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
-from meshpilot.plugins import Plugin, apply_plugins, as_plugins
-from meshpilot.policy.model import (
+from meshpilot.base import types
+from meshpilot.ir.model import (
     Endpoint,
     Gateway,
     GatewayListener,
@@ -55,7 +55,7 @@ from meshpilot.translators import (
     secrets,
     sidecar,
 )
-from meshpilot.xds import types
+from meshpilot.translators.plugins import Plugin, apply_plugins, as_plugins
 from meshpilot.xds.resources import Resource, ResourceMap
 from meshpilot.xds.snapshot import Snapshot
 

@@ -80,7 +80,7 @@ from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
-from meshpilot.policy.model import (
+from meshpilot.ir.model import (
     ApiKeys,
     Authorization,
     AuthzRule,
@@ -90,7 +90,7 @@ from meshpilot.policy.model import (
     Security,
     StringMatch,
 )
-from meshpilot.policy.model import (
+from meshpilot.ir.model import (
     ExtAuthz as ExtAuthzSpec,
 )
 from meshpilot.translators import names

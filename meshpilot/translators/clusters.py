@@ -21,7 +21,7 @@ from envoy.type.v3.range_pb2 import Int64Range
 from google.protobuf.any_pb2 import Any
 from google.protobuf.wrappers_pb2 import UInt32Value, UInt64Value
 
-from meshpilot.policy.model import (
+from meshpilot.ir.model import (
     CircuitBreaker,
     HealthCheck,
     LoadBalancer,

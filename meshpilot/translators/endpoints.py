@@ -24,7 +24,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import UInt32Value
 
-from meshpilot.policy.model import Endpoint
+from meshpilot.ir.model import Endpoint
 
 # The filter_metadata namespace endpoint labels are published under: subset load balancing and
 # access logs can select on them, and config dumps show where an endpoint's labels came from.

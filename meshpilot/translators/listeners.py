@@ -32,7 +32,7 @@ from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
-from meshpilot.policy.model import AccessLog, Compression, Gateway, GatewayListener
+from meshpilot.ir.model import AccessLog, Compression, Gateway, GatewayListener
 from meshpilot.translators import names, secrets
 from meshpilot.translators.protos import ads_config_source
 

@@ -41,13 +41,13 @@ from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 
+from meshpilot.base import types
 from meshpilot.ca.authority import DEFAULT_NAMESPACE, DEFAULT_TRUST_DOMAIN, WorkloadCertificate
 from meshpilot.ca.authority import spiffe_id as make_spiffe_id
-from meshpilot.policy.model import Authorization, Model, Service
+from meshpilot.ir.model import Authorization, Model, Service
 from meshpilot.translators import auth, names
 from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, ROUTER
 from meshpilot.translators.protos import ads_config_source
-from meshpilot.xds import types
 from meshpilot.xds.resources import Resource, ResourceMap
 from meshpilot.xds.snapshot import Snapshot
 

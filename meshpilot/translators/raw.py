@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meshpilot.policy.model import Model, RawResource
+from meshpilot.ir.model import Model, RawResource
 from meshpilot.xds.resources import Resource
 
 

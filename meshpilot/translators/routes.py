@@ -46,7 +46,8 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
-from meshpilot.policy.model import (
+from meshpilot.base import types
+from meshpilot.ir.model import (
     Backend,
     Cors,
     DirectResponse,
@@ -66,7 +67,6 @@ from meshpilot.policy.model import (
 from meshpilot.translators import auth, names
 from meshpilot.translators.listeners import CORS, FAULT
 from meshpilot.translators.protos import duration
-from meshpilot.xds import types
 from meshpilot.xds.deps import References, references_of
 from meshpilot.xds.resources import Resource
 

@@ -27,10 +27,10 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from google.protobuf.any_pb2 import Any
 
-from meshpilot.policy.model import GatewayListener, ListenerTls, Model, Service, TlsCertificate
+from meshpilot.base import types
+from meshpilot.ir.model import GatewayListener, ListenerTls, Model, Service, TlsCertificate
 from meshpilot.translators import names
 from meshpilot.translators.protos import ads_config_source
-from meshpilot.xds import types
 from meshpilot.xds.resources import Resource
 
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"

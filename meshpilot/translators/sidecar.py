@@ -53,7 +53,8 @@ from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpPro
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 
-from meshpilot.policy.model import Endpoint, Model, Route, Service
+from meshpilot.base import types
+from meshpilot.ir.model import Endpoint, Model, Route, Service
 from meshpilot.translators import endpoints, mtls, names
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.listeners import (
@@ -65,7 +66,6 @@ from meshpilot.translators.listeners import (
 )
 from meshpilot.translators.protos import ads_config_source, duration
 from meshpilot.translators.routes import cors_policy, route_entries
-from meshpilot.xds import types
 from meshpilot.xds.resources import Resource
 
 # Outbound listeners are for the local application only.

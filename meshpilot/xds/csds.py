@@ -17,7 +17,7 @@ from envoy.admin.v3 import config_dump_shared_pb2 as dump
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.protobuf import any_pb2
 
-from meshpilot.xds import types
+from meshpilot.base import types
 from meshpilot.xds.resources import Resource
 from meshpilot.xds.status import Connection, ProxyRegistry
 

@@ -14,7 +14,7 @@ from google.protobuf import any_pb2, symbol_database
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from meshpilot.xds import types
+from meshpilot.base import types
 
 _ROUTE_ACTION = "envoy.config.route.v3.RouteAction"
 _TCP_PROXY = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"

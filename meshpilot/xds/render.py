@@ -7,7 +7,7 @@ from typing import Any
 from google.protobuf import json_format, symbol_database
 from google.protobuf.message import Message
 
-from meshpilot.xds import types
+from meshpilot.base import types
 from meshpilot.xds.deps import is_repeated
 from meshpilot.xds.resources import Resource
 from meshpilot.xds.snapshot import Snapshot

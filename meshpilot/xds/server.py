@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
-from meshpilot.metrics import Metrics
-from meshpilot.xds import types
+from meshpilot.base import types
+from meshpilot.runtime.metrics import Metrics
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.status import Connection, ProxyRegistry
 from meshpilot.xds.stream import ProtocolError, RequestKind, XdsStream

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Mapping
 
 from google.protobuf.message import Message
 
-from meshpilot.xds import types
+from meshpilot.base import types
 from meshpilot.xds.resources import Resource, ResourceMap
 
 

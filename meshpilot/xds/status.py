@@ -7,7 +7,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshpilot.xds import types
+from meshpilot.base import types
 from meshpilot.xds.stream import XdsStream
 
 

@@ -37,7 +37,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshpilot.xds import types, wire
+from meshpilot.base import types
+from meshpilot.xds import wire
 from meshpilot.xds.resources import Resource, ResourceMap, set_version
 from meshpilot.xds.snapshot import Snapshot
 

@@ -1,0 +1,868 @@
+"""`kind: Route`: how requests arriving at a Gateway are matched and handled, as `model.Route`.
+
+This module owns the Route document's shape and everything that can be checked within one
+Route: matches (paths, methods, headers, query parameters), regexes (they must compile with
+Python's `re` and suit Envoy's RE2), exactly one action per rule, rewrites, header changes,
+timeouts and retries. It must not look at other documents: whether the gateway, its listeners,
+the services and their subsets exist, and whether two Routes claim the same host, is checked over
+the whole folder by `references.py`.
+
+Shape:
+
+    kind: Route
+    name: shop
+    gateway: edge                       # or service: reviews (exactly one): the rules then
+                                        # apply to every caller of reviews in the mesh, and
+                                        # listeners and hosts are not written (docs/mesh.md)
+    listeners: [http]                   # some of the gateway's listeners (default: all)
+    hosts: [shop.example.com, "*.shop.example.com"]   # default ["*"]: every host
+    cors: {allow_origins: ["https://a.example", "*.b.example"], allow_methods: [GET],
+           allow_headers: [x-user], expose_headers: [x-id], max_age: 10m,
+           allow_credentials: true}
+    rules:                              # first match wins, in the order written
+      - match:                          # a mapping, or a list of them (any may match)
+          path: {prefix: /api/}         # or {exact: /x} or {regex: "/v[0-9]+/.*"}
+          methods: [GET, POST]          # or method: GET
+          headers: {x-canary: "true", x-user: {prefix: a}, x-debug: {present: true}}
+          query: {preview: {absent: true}}    # value forms: "text" | {exact|prefix|regex: v}
+                                              #   | {present: true} | {absent: true}
+        backends:                       # exactly one of backends, redirect, direct_response
+          - {service: reviews, subset: v2, weight: 10}   # or just: reviews
+        rewrite: {path: {prefix: /}, host: internal.example.com}   # backends only
+                                        # or path: {regex: "^/v1/(.*)", substitution: "/\\1"}
+        request_headers: {add: {x-a: "1"}, set: {x-b: "2"}, remove: [x-c]}
+        response_headers: {set: {cache-control: no-store}}
+        timeout: 2s                     # backends only; 0s disables Envoy's 15 s default
+        idle_timeout: 30s               # backends only; 0s disables
+        grpc: {max_timeout: 30s}        # backends only; honour grpc-timeout, capped
+        retries: {attempts: 3, on: [5xx, reset], per_try_timeout: 500ms,   # backends only
+                  backoff: {base: 25ms, max: 250ms}, retriable_status_codes: [429],
+                  avoid_same_host: true}
+        fault: {delay: {fixed: 500ms, percentage: 10}, abort: {status: 503},  # backends only
+                headers: {end-user: jason}}
+        mirror: {service: reviews, subset: v3, percentage: 5}    # or a list; backends only
+        hash_on: [{header: x-user}, {cookie: {name: s, ttl: 1h, path: /}}, {source_ip: true},
+                  {query: user}]        # backends only (ring_hash and maglev services)
+      - redirect: {scheme: https, host: a.example.com, port: 8443, path: /x, status: 301}
+                                        # path or prefix; status 301|302|303|307|308 (302)
+      - direct_response: {status: 404, body: "not here"}
+
+    Security (kinds/security.py), on the Route or on a rule: jwt, api_keys, basic_auth,
+    ext_authz, authorization, rate_limit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from meshpilot.inputs.native import fields
+from meshpilot.inputs.native.fields import (
+    Fields,
+    Invalid,
+    issue_count,
+    reported_since,
+    written_before,
+)
+from meshpilot.inputs.native.security import SECURITY_KEYS, check_claims, parse_security
+from meshpilot.inputs.yamlsource import FieldPath, Located
+from meshpilot.ir.model import (
+    Backend,
+    Backoff,
+    Cors,
+    DirectResponse,
+    Fault,
+    FaultAbort,
+    FaultDelay,
+    HashOn,
+    HeaderOps,
+    Match,
+    Mirror,
+    PathRewrite,
+    Redirect,
+    Retries,
+    Route,
+    Rule,
+    StringMatch,
+)
+
+if TYPE_CHECKING:
+    from meshpilot.inputs.loader import DocumentContext
+
+KIND = "Route"
+
+ROUTE_KEYS = ("kind", "name", "gateway", "service", "listeners", "hosts", "cors", "rules",
+              *SECURITY_KEYS)
+# A Route attached to a Service (its virtual host in every caller's sidecar, docs/mesh.md):
+# the mesh decides the hosts, and a sidecar has no named listeners.
+GATEWAY_ONLY = ("listeners", "hosts")
+ACTIONS = ("backends", "redirect", "direct_response")
+# Envoy's RouteAction settings (and the fault filter's, which acts before the router).
+BACKEND_ONLY = ("rewrite", "timeout", "idle_timeout", "grpc", "retries", "fault", "mirror",
+                "hash_on")
+RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers",
+             *SECURITY_KEYS)
+MATCH_KEYS = ("path", "method", "methods", "headers", "query")
+PATH_MATCHES = ("prefix", "exact", "regex")
+VALUE_MATCHES = ("exact", "prefix", "regex", "present", "absent")
+BACKEND_KEYS = ("service", "subset", "weight")
+REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "status")
+REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix")
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+REDIRECT_SCHEMES = ("http", "https")
+DIRECT_RESPONSE_KEYS = ("status", "body")
+REWRITE_KEYS = ("path", "host")
+PATH_REWRITE_KEYS = ("prefix", "regex", "substitution")
+HEADER_OPS_KEYS = ("add", "set", "remove")
+RETRIES_KEYS = ("attempts", "on", "per_try_timeout", "backoff", "retriable_status_codes",
+                "avoid_same_host")
+BACKOFF_KEYS = ("base", "max")
+GRPC_KEYS = ("max_timeout",)
+FAULT_KEYS = ("delay", "abort", "headers")
+FAULT_DELAY_KEYS = ("fixed", "percentage")
+FAULT_ABORT_KEYS = ("status", "grpc_status", "percentage")
+MIRROR_KEYS = ("service", "subset", "percentage")
+HASH_KINDS = ("header", "cookie", "source_ip", "query")
+HASH_COOKIE_KEYS = ("name", "ttl", "path")
+CORS_KEYS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers", "max_age",
+             "allow_credentials")
+RETRIABLE_STATUS_CODES = "retriable-status-codes"
+
+# Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names.
+RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
+            "refused-stream", "retriable-status-codes", "retriable-headers",
+            "envoy-ratelimited", "http3-post-connect-failure",
+            "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
+DEFAULT_RETRY_ON = Retries(attempts=1).on
+
+# Accepted method names. A misspelt method would silently never match, so the list is closed:
+# the standard methods plus the common extension ones.
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+           "PURGE", "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK")
+
+# Envoy's default max_direct_response_body_size_bytes: a longer body is rejected.
+MAX_DIRECT_RESPONSE_BODY = 4096
+BACKEND_WEIGHT = fields.integer(0, 1_000_000)
+RETRY_ATTEMPTS = fields.integer(1, 100)
+
+_DIRECT_STATUS = fields.integer(200, 599)  # Envoy's range for direct responses
+_REDIRECT_STATUS = fields.int_choice(REDIRECT_STATUSES)
+_SCHEME = fields.choice(REDIRECT_SCHEMES)
+_RETRY_ON = fields.choice(RETRY_ON)
+_METHOD = fields.choice(METHODS)
+_TIMEOUT = fields.duration(allow_zero=True)
+_PER_TRY_TIMEOUT = fields.duration()
+_STATUS_CODE = fields.integer(100, 599)
+_ABORT_STATUS = fields.integer(200, 599)  # Envoy's range for an injected abort
+_GRPC_STATUS = fields.integer(1, 16)  # 0 is OK: not an abort
+
+
+def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
+    """The document's Route, or nothing if anything in it was reported."""
+    mark = issue_count(ctx)
+    doc = Fields(ctx, document.value)
+    doc.check_keys(ROUTE_KEYS, "a Route")
+    name = doc.get("name", fields.name)
+    attach = doc.exclusive(("gateway", "service"), required=True, what="a Route")
+    gateway = doc.get("gateway", fields.name, required=True) if attach == "gateway" else None
+    service = doc.get("service", fields.name, required=True) if attach == "service" else None
+    for key in GATEWAY_ONLY:
+        if attach == "service" and key in doc.value:
+            doc.report(key, f'"{key}" applies to a Route attached to a gateway; a Route '
+                            "attached to a service serves every caller of that service",
+                       at_value=False)
+    listeners = _unique_list(doc, "listeners", "listener name", fields.name)
+    hosts = _unique_list(doc, "hosts", "host", fields.host_pattern)
+    cors = _cors(doc)
+    security = parse_security(doc)
+    rules = _rules(doc)
+    if attach == "service" and (security or any(rule.security for rule in rules)):
+        doc.report("service", "jwt, api_keys, basic_auth, ext_authz, authorization and "
+                              "rate_limit apply to Routes attached to a gateway (not yet to "
+                              "sidecars)", at_value=False)
+    if not reported_since(ctx, mark):
+        check_claims(ctx, security, [(("rules", i), r.security) for i, r in enumerate(rules)])
+    if reported_since(ctx, mark) or name is None or (gateway is None and service is None):
+        return []
+    return [Route(name=name, position=document.position, gateway=gateway,
+                  hosts=hosts or ("*",), rules=rules, listeners=listeners, cors=cors,
+                  service=service, security=security)]
+
+
+def _unique_list(doc: Fields, key: str, what: str,
+                 convert: fields.Converter[str]) -> tuple[str, ...]:
+    """A list of converted strings, each written once (compared after conversion)."""
+    items = doc.items(key, what)
+    if items is None:
+        return ()
+    seen: dict[Hashable, FieldPath] = {}
+    result: list[str] = []
+    for index, item in enumerate(items):
+        path = (*doc.path, key, index)
+        value = fields.convert_at(doc.ctx, item, path, convert)
+        if value is None:
+            continue
+        first = written_before(doc.ctx, seen, value, path)
+        if first is not None:
+            fields.report_at(doc.ctx, path, f"{what} {fields.quoted(value)} is listed twice "
+                                            f"(first at {first})")
+            continue
+        result.append(value)
+    return tuple(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules.
+
+
+def _rules(doc: Fields) -> tuple[Rule, ...]:
+    items = doc.items("rules", "rule", required=True)
+    if items is None:
+        return ()
+    rules = (_rule(doc.ctx, item, ("rules", index)) for index, item in enumerate(items))
+    return tuple(rule for rule in rules if rule is not None)
+
+
+def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
+    rule = Fields.at(ctx, item, path, "a rule mapping such as {match: {path: {prefix: /}}, "
+                                      "backends: [...]}")
+    if rule is None:
+        return None
+    rule.check_keys(RULE_KEYS, "a rule")
+    action = rule.exclusive(ACTIONS, required=True, what="a rule")
+    for key in BACKEND_ONLY:
+        if key in rule.value and action not in (None, "backends"):
+            rule.report(key, f"{key} applies to rules with backends only (this rule has "
+                             f"{action})", at_value=False)
+    rewrite_path, rewrite_host = _rewrite(rule)
+    matches = _matches(rule)
+    _check_prefix_replacement(rule, matches, rewrite_path, action)
+    return Rule(
+        position=ctx.document.position_of(path),
+        matches=matches,
+        backends=_backends(rule) if action == "backends" else (),
+        redirect=_redirect(rule) if action == "redirect" else None,
+        direct_response=_direct_response(rule) if action == "direct_response" else None,
+        rewrite_path=rewrite_path,
+        rewrite_host=rewrite_host,
+        request_headers=_header_ops(rule, "request_headers"),
+        response_headers=_header_ops(rule, "response_headers"),
+        timeout=rule.get("timeout", _TIMEOUT),
+        retries=_retries(rule),
+        idle_timeout=rule.get("idle_timeout", _TIMEOUT),
+        grpc_max_timeout=_grpc_max_timeout(rule),
+        fault=_fault(rule),
+        mirrors=_mirrors(rule),
+        hash_on=_hash_on(rule),
+        security=parse_security(rule),
+    )
+
+
+def _check_prefix_replacement(rule: Fields, matches: tuple[Match, ...],
+                              rewrite_path: PathRewrite | None, action: str | None) -> None:
+    """Replacing "the matched prefix" needs a matched prefix: on an exact or regex match (or none)
+    Envoy replaces the whole path instead, silently (Gateway API forbids it for the same reason)."""
+    uses_prefix = ((rewrite_path is not None and rewrite_path.prefix is not None)
+                   or (action == "redirect" and isinstance(rule.value.get("redirect"), dict)
+                       and "prefix" in rule.value["redirect"]))
+    if not uses_prefix:
+        return
+    if any(m.path is None or m.path.kind != "prefix" for m in matches):
+        where = "rewrite" if rewrite_path is not None and rewrite_path.prefix is not None \
+            else "redirect"
+        rule.report(where, "replacing a prefix needs every match of the rule to be a path "
+                           "prefix match (match: {path: {prefix: ...}}); otherwise Envoy would "
+                           "replace the whole path", at_value=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Matches.
+
+
+def _matches(rule: Fields) -> tuple[Match, ...]:
+    """`match` as a mapping, or a list of mappings of which any may match; absent: all."""
+    value = rule.value.get("match")
+    path = (*rule.path, "match")
+    if value is None:
+        return (Match(),)
+    if not isinstance(value, list):
+        match = _match(rule.ctx, value, path)
+        return () if match is None else (match,)
+    if not value:
+        rule.report("match", "must list at least one match (or leave match out to match every "
+                             "request)")
+    matches = (_match(rule.ctx, item, (*path, index)) for index, item in enumerate(value))
+    return tuple(match for match in matches if match is not None)
+
+
+def _match(ctx: DocumentContext, item: Any, path: FieldPath) -> Match | None:
+    entry = Fields.at(ctx, item, path, "a match mapping such as {path: {prefix: /api/}}")
+    if entry is None:
+        return None
+    entry.check_keys(MATCH_KEYS, "a match")
+    return Match(path=_path_match(entry), methods=_methods(entry),
+                 headers=_value_matches(entry, "headers"), query=_value_matches(entry, "query"))
+
+
+def _path_match(entry: Fields) -> StringMatch | None:
+    spec = entry.mapping("path", "a mapping with one of prefix, exact or regex, e.g. "
+                                 "{prefix: /api/}")
+    if spec is None:
+        return None
+    spec.check_keys(PATH_MATCHES, "a path match")
+    kind = spec.exclusive(PATH_MATCHES, required=True, what="a path match")
+    if kind is None:
+        return None
+    value = spec.get(kind, fields.regex if kind == "regex" else fields.url_path, required=True)
+    return None if value is None else StringMatch(cast(_MatchKind, kind), value)
+
+
+_MatchKind = Literal["exact", "prefix", "regex", "present", "absent"]
+
+
+def _methods(entry: Fields) -> tuple[str, ...]:
+    """`method: GET` or `methods: [GET, POST]`, in upper case as HTTP spells them (methods
+    are case-sensitive; `get` is refused with a suggestion rather than guessed)."""
+    key = entry.exclusive(("method", "methods"), required=False, what="a match")
+    if key == "method":
+        method = entry.get("method", _METHOD)
+        return () if method is None else (method,)
+    if key == "methods":
+        return _unique_list(entry, "methods", "method", _METHOD)
+    return ()
+
+
+def _value_matches(entry: Fields, key: str) -> tuple[tuple[str, StringMatch], ...]:
+    """`headers` or `query`: name -> "text" | {exact|prefix|regex: v} | {present|absent: true}.
+    Header names are compared lower-cased (HTTP ignores their case); query names as written."""
+    spec = entry.mapping(key, f"a mapping of {'header' if key == 'headers' else 'parameter'} "
+                              "names to values or matches")
+    if spec is None:
+        return ()
+    result: list[tuple[str, StringMatch]] = []
+    seen: dict[str, str] = {}
+    for written in spec.value:
+        path = (*spec.path, written)
+        name = _match_name(spec.ctx, written, path, header=key == "headers")
+        match = _value_match(spec.ctx, spec.value[written], path)
+        if name is None or match is None:
+            continue
+        if name in seen:  # only headers: YAML itself refuses a key written twice
+            spec.ctx.report(path, f"header {fields.quoted(name)} is already matched (as "
+                                  f"{fields.quoted(seen[name])}; header names ignore case)")
+            continue
+        seen[name] = written
+        result.append((name, match))
+    return tuple(result)
+
+
+def _match_name(ctx: DocumentContext, written: str, path: FieldPath,
+                header: bool) -> str | None:
+    if header:
+        return fields.convert_at(ctx, written, path, _header_name_key)
+    if not written:
+        ctx.report(path, "a query parameter name must not be empty")
+        return None
+    return written
+
+
+def _header_name_key(value: str) -> str:
+    try:
+        return fields.header_name(value)
+    except Invalid as problem:  # the name is a key: point at it
+        raise Invalid(problem.message, at_key=True) from None
+
+
+def _value_match(ctx: DocumentContext, value: Any, path: FieldPath) -> StringMatch | None:
+    if isinstance(value, str):
+        return StringMatch("exact", value)
+    spec = Fields.at(ctx, value, path, 'a string, or a mapping with one of exact, prefix, '
+                                       'regex, present or absent (quote "true" to match the '
+                                       "text)")
+    if spec is None:
+        return None
+    spec.check_keys(VALUE_MATCHES, "a value match")
+    kind = spec.exclusive(VALUE_MATCHES, required=True, what="a value match")
+    if kind is None:
+        return None
+    convert = _VALUE_CONVERTERS[kind]
+    matched = spec.get(kind, convert, required=True)
+    if matched is None:
+        return None
+    return StringMatch(cast(_MatchKind, kind), "" if kind in ("present", "absent")
+                       else cast(str, matched))
+
+
+_VALUE_CONVERTERS: dict[str, fields.Converter[Any]] = {
+    "exact": fields.any_string, "prefix": fields.string, "regex": fields.regex,
+    "present": fields.true_only, "absent": fields.true_only,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions.
+
+
+def _backends(rule: Fields) -> tuple[Backend, ...]:
+    items = rule.items("backends", "backend", required=True)
+    if items is None:
+        return ()
+    backends: list[Backend] = []
+    seen: dict[Hashable, FieldPath] = {}
+    for index, item in enumerate(items):
+        path = (*rule.path, "backends", index)
+        backend = _backend(rule.ctx, item, path)
+        if backend is None:
+            continue
+        first = written_before(rule.ctx, seen, (backend.service, backend.subset), path)
+        if first is not None:
+            shown = backend.service + (f" (subset {backend.subset})" if backend.subset else "")
+            fields.report_at(rule.ctx, path, f"{shown} is listed twice (first at {first})")
+            continue
+        backends.append(backend)
+    if backends and len(backends) == len(items) and not any(b.weight for b in backends):
+        rule.report("backends", "at least one backend needs a weight above 0")
+    return tuple(backends)
+
+
+def _backend(ctx: DocumentContext, item: Any, path: FieldPath) -> Backend | None:
+    if isinstance(item, str):
+        service = fields.convert_at(ctx, item, path, fields.name)
+        return None if service is None else Backend(service=service)
+    entry = Fields.at(ctx, item, path, "a service name or a mapping such as {service: reviews, "
+                                       "subset: v1, weight: 90}")
+    if entry is None:
+        return None
+    entry.check_keys(BACKEND_KEYS, "a backend")
+    service = entry.get("service", fields.name, required=True)
+    subset = entry.get("subset", fields.name)
+    weight = entry.get("weight", BACKEND_WEIGHT)
+    if service is None:
+        return None
+    return Backend(service=service, subset=subset, weight=1 if weight is None else weight)
+
+
+def _redirect(rule: Fields) -> Redirect | None:
+    spec = rule.mapping("redirect", "a mapping such as {scheme: https} or {path: /new}",
+                        required=True)
+    if spec is None:
+        return None
+    spec.check_keys(REDIRECT_KEYS, "a redirect")
+    if not any(key in spec.value for key in REDIRECT_TARGETS):
+        rule.report("redirect", f"a redirect needs at least one of "
+                                f"{fields.one_of_words(REDIRECT_TARGETS)} (or it would send "
+                                "the client back to the same URL)")
+    spec.exclusive(("path", "prefix"), required=False, what="a redirect")
+    status = spec.get("status", _REDIRECT_STATUS)
+    return Redirect(
+        scheme=spec.get("scheme", _SCHEME),
+        host=spec.get("host", fields.dns_name),
+        port=spec.get("port", fields.PORT),
+        path=spec.get("path", fields.url_path),
+        prefix=spec.get("prefix", fields.url_path),
+        status=302 if status is None else status,
+    )
+
+
+def _direct_response(rule: Fields) -> DirectResponse | None:
+    spec = rule.mapping("direct_response", "a mapping such as {status: 404, body: not found}",
+                        required=True)
+    if spec is None:
+        return None
+    spec.check_keys(DIRECT_RESPONSE_KEYS, "a direct response")
+    status = spec.get("status", _DIRECT_STATUS, required=True)
+    body = spec.get("body", _body)
+    return None if status is None else DirectResponse(status=status, body=body or "")
+
+
+def _body(value: Any) -> str:
+    text = fields.any_string(value)
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_DIRECT_RESPONSE_BODY:
+        raise Invalid(f"a direct response body is limited to {MAX_DIRECT_RESPONSE_BODY} bytes "
+                      "by Envoy")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# What happens on the way: rewrites, header changes, retries.
+
+
+def _rewrite(rule: Fields) -> tuple[PathRewrite | None, str | None]:
+    rewrite = rule.mapping("rewrite", "a mapping such as {path: {prefix: /}} or "
+                                      "{host: example.com}")
+    if rewrite is None:
+        return None, None
+    rewrite.check_keys(REWRITE_KEYS, "rewrite")
+    return _path_rewrite(rewrite), rewrite.get("host", fields.dns_name)
+
+
+def _path_rewrite(rewrite: Fields) -> PathRewrite | None:
+    spec = rewrite.mapping("path", "a mapping such as {prefix: /} or {regex: \"^/v1/(.*)\", "
+                                   "substitution: \"/\\1\"}")
+    if spec is None:
+        return None
+    spec.check_keys(PATH_REWRITE_KEYS, "a path rewrite")
+    kind = spec.exclusive(("prefix", "regex"), required=True, what="a path rewrite")
+    if kind == "prefix":
+        if "substitution" in spec.value:
+            spec.report("substitution", 'substitution goes with "regex", not "prefix"',
+                        at_value=False)
+        prefix = spec.get("prefix", fields.url_path, required=True)
+        return None if prefix is None else PathRewrite(prefix=prefix)
+    if kind == "regex":
+        pattern = spec.get("regex", fields.regex, required=True)
+        if pattern is None:
+            return None
+        replacement = spec.get("substitution", fields.substitution(pattern), required=True)
+        return PathRewrite(regex=pattern, substitution=replacement or "")
+    return None
+
+
+def _header_ops(rule: Fields, key: str) -> HeaderOps:
+    spec = rule.mapping(key, "a mapping such as {add: {x-a: \"1\"}, set: {x-b: \"2\"}, "
+                             "remove: [x-c]}")
+    if spec is None:
+        return HeaderOps()
+    spec.check_keys(HEADER_OPS_KEYS, key)
+    added = _header_values(spec, "add")
+    replaced = _header_values(spec, "set")
+    removed = _unique_list(spec, "remove", "header", _modifiable_header)
+    for index, header in enumerate(removed):
+        if any(header == name for name, _ in (*added, *replaced)):
+            fields.report_at(spec.ctx, (*spec.path, "remove", index),
+                             f'header "{header}" is both removed and added or set')
+    return HeaderOps(add=added, set=replaced, remove=removed)
+
+
+def _header_values(spec: Fields, key: str) -> tuple[tuple[str, str], ...]:
+    values = spec.mapping(key, "a mapping of header names to values")
+    if values is None:
+        return ()
+    result: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for written, value in values.value.items():
+        path = (*values.path, written)
+        name = fields.convert_at(spec.ctx, written, path, _modifiable_header_key)
+        text = fields.convert_at(spec.ctx, value, path, fields.any_string)
+        if name is None or text is None:
+            continue
+        if name in seen:
+            spec.ctx.report(path, f'header "{name}" is written twice (header names ignore case)')
+            continue
+        seen.add(name)
+        result.append((name, text))
+    return tuple(result)
+
+
+def _modifiable_header(value: Any) -> str:
+    name = fields.header_name(value)
+    # Envoy refuses to add, set or remove pseudo-headers and Host through header changes.
+    if name.startswith(":") or name == "host":
+        raise Invalid(f'"{name}" cannot be changed here (use rewrite: {{host: ...}} for the '
+                      "host)" if name in ("host", ":authority") else
+                      f'"{name}" cannot be changed here')
+    return name
+
+
+def _modifiable_header_key(value: str) -> str:
+    try:
+        return _modifiable_header(value)
+    except Invalid as problem:
+        raise Invalid(problem.message, at_key=True) from None
+
+
+def _retries(rule: Fields) -> Retries | None:
+    spec = rule.mapping("retries", "a mapping such as {attempts: 3, on: [5xx, reset]}")
+    if spec is None:
+        return None
+    spec.check_keys(RETRIES_KEYS, "retries")
+    attempts = spec.get("attempts", RETRY_ATTEMPTS)
+    conditions = _unique_list(spec, "on", "retry condition", _RETRY_ON)
+    codes = _status_codes(spec)
+    if codes:
+        # Codes retry nothing unless "retriable-status-codes" is a condition: implied.
+        conditions = (*(conditions or DEFAULT_RETRY_ON), RETRIABLE_STATUS_CODES)
+    elif RETRIABLE_STATUS_CODES in conditions and "retriable_status_codes" not in spec.value:
+        spec.report("on", f'"{RETRIABLE_STATUS_CODES}" needs the codes to retry on: write '
+                          "retriable_status_codes: [503, ...] (which implies it)")
+    return Retries(attempts=1 if attempts is None else attempts,
+                   on=tuple(dict.fromkeys(conditions)) or DEFAULT_RETRY_ON,
+                   per_try_timeout=spec.get("per_try_timeout", _PER_TRY_TIMEOUT),
+                   backoff=_backoff(spec),
+                   retriable_status_codes=codes,
+                   avoid_same_host=bool(spec.get("avoid_same_host", fields.boolean)))
+
+
+def _status_codes(spec: Fields) -> tuple[int, ...]:
+    items = spec.items("retriable_status_codes", "status code")
+    if items is None:
+        return ()
+    codes: list[int] = []
+    seen: dict[Hashable, FieldPath] = {}
+    for index, item in enumerate(items):
+        path = (*spec.path, "retriable_status_codes", index)
+        code = fields.convert_at(spec.ctx, item, path, _STATUS_CODE)
+        if code is None:
+            continue
+        first = written_before(spec.ctx, seen, code, path)
+        if first is not None:
+            fields.report_at(spec.ctx, path, f"status {code} is listed twice (first at {first})")
+            continue
+        codes.append(code)
+    return tuple(codes)
+
+
+def _backoff(spec: Fields) -> Backoff | None:
+    backoff = spec.mapping("backoff", "a mapping such as {base: 25ms, max: 250ms}")
+    if backoff is None:
+        return None
+    backoff.check_keys(BACKOFF_KEYS, "backoff")
+    base = backoff.get("base", _PER_TRY_TIMEOUT, required=True)
+    longest = backoff.get("max", _PER_TRY_TIMEOUT)
+    if base is None:
+        return None
+    if longest is not None and longest < base:
+        backoff.report("max", "must not be shorter than base")
+        return None
+    return Backoff(base=base, max=longest)
+
+
+def _grpc_max_timeout(rule: Fields) -> float | None:
+    spec = rule.mapping("grpc", "a mapping such as {max_timeout: 30s}")
+    if spec is None:
+        return None
+    spec.check_keys(GRPC_KEYS, "grpc")
+    return spec.get("max_timeout", _TIMEOUT, required=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault injection, mirroring, consistent hashing.
+
+
+def percentage(value: Any) -> float:
+    """A share of requests, 0 to 100, with at most 4 decimals (Envoy counts per million)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid(f"expected a percentage from 0 to 100, found {fields.describe(value)}")
+    if not 0 <= value <= 100:
+        raise Invalid(f"must be from 0 to 100, found {value}")
+    if round(value * 10_000) != value * 10_000:
+        raise Invalid(f"{value} has too many decimals: Envoy counts in millionths (4 decimals "
+                      "of a percent)")
+    return float(value)
+
+
+def _fault(rule: Fields) -> Fault | None:
+    spec = rule.mapping("fault", "a mapping such as {abort: {status: 503, percentage: 10}}")
+    if spec is None:
+        return None
+    spec.check_keys(FAULT_KEYS, "fault")
+    if "delay" not in spec.value and "abort" not in spec.value:
+        rule.report("fault", "a fault needs a delay, an abort or both")
+    return Fault(delay=_fault_delay(spec), abort=_fault_abort(spec),
+                 headers=_value_matches(spec, "headers"))
+
+
+def _fault_delay(spec: Fields) -> FaultDelay | None:
+    delay = spec.mapping("delay", "a mapping such as {fixed: 500ms, percentage: 10}")
+    if delay is None:
+        return None
+    delay.check_keys(FAULT_DELAY_KEYS, "a fault delay")
+    fixed = delay.get("fixed", _PER_TRY_TIMEOUT, required=True)
+    share = delay.get("percentage", percentage)
+    return None if fixed is None else FaultDelay(fixed=fixed,
+                                                 percentage=100.0 if share is None else share)
+
+
+def _fault_abort(spec: Fields) -> FaultAbort | None:
+    abort = spec.mapping("abort", "a mapping such as {status: 503, percentage: 10}")
+    if abort is None:
+        return None
+    abort.check_keys(FAULT_ABORT_KEYS, "a fault abort")
+    kind = abort.exclusive(("status", "grpc_status"), required=True, what="a fault abort")
+    share = abort.get("percentage", percentage)
+    share = 100.0 if share is None else share
+    if kind == "status":
+        status = abort.get("status", _ABORT_STATUS, required=True)
+        return None if status is None else FaultAbort(status=status, percentage=share)
+    if kind == "grpc_status":
+        code = abort.get("grpc_status", _GRPC_STATUS, required=True)
+        return None if code is None else FaultAbort(grpc_status=code, percentage=share)
+    return None
+
+
+def _mirrors(rule: Fields) -> tuple[Mirror, ...]:
+    """`mirror`: one mapping, or a list of them (each mirrored service gets a copy)."""
+    value = rule.value.get("mirror")
+    if value is None:
+        return ()
+    path = (*rule.path, "mirror")
+    if not isinstance(value, list):
+        mirror = _mirror(rule.ctx, value, path)
+        return () if mirror is None else (mirror,)
+    items = rule.items("mirror", "mirror")
+    if items is None:
+        return ()
+    mirrors: list[Mirror] = []
+    seen: dict[Hashable, FieldPath] = {}
+    for index, item in enumerate(items):
+        mirror = _mirror(rule.ctx, item, (*path, index))
+        if mirror is None:
+            continue
+        first = written_before(rule.ctx, seen, (mirror.service, mirror.subset), (*path, index))
+        if first is not None:
+            shown = mirror.service + (f" (subset {mirror.subset})" if mirror.subset else "")
+            fields.report_at(rule.ctx, (*path, index), f"{shown} is mirrored twice (first at "
+                                                       f"{first})")
+            continue
+        mirrors.append(mirror)
+    return tuple(mirrors)
+
+
+def _mirror(ctx: DocumentContext, item: Any, path: FieldPath) -> Mirror | None:
+    entry = Fields.at(ctx, item, path, "a mapping such as {service: reviews, subset: v3, "
+                                       "percentage: 10}")
+    if entry is None:
+        return None
+    entry.check_keys(MIRROR_KEYS, "a mirror")
+    service = entry.get("service", fields.name, required=True)
+    subset = entry.get("subset", fields.name)
+    share = entry.get("percentage", percentage)
+    if service is None:
+        return None
+    return Mirror(service=service, subset=subset, percentage=100.0 if share is None else share)
+
+
+def _hash_on(rule: Fields) -> tuple[HashOn, ...]:
+    items = rule.items("hash_on", "hash input")
+    if items is None:
+        return ()
+    found = (_hash_input(rule.ctx, item, (*rule.path, "hash_on", index))
+             for index, item in enumerate(items))
+    return tuple(item for item in found if item is not None)
+
+
+def _hash_input(ctx: DocumentContext, item: Any, path: FieldPath) -> HashOn | None:
+    entry = Fields.at(ctx, item, path, "a mapping such as {header: x-user}, {cookie: {name: "
+                                       "session}}, {source_ip: true} or {query: user}")
+    if entry is None:
+        return None
+    entry.check_keys(HASH_KINDS, "a hash input")
+    kind = entry.exclusive(HASH_KINDS, required=True, what="a hash input")
+    if kind == "header":
+        header = entry.get("header", fields.header_name, required=True)
+        return None if header is None else HashOn("header", header)
+    if kind == "query":
+        parameter = entry.get("query", fields.string, required=True)
+        return None if parameter is None else HashOn("query", parameter)
+    if kind == "source_ip":
+        return None if entry.get("source_ip", fields.true_only, required=True) is None \
+            else HashOn("source_ip")
+    if kind == "cookie":
+        return _hash_cookie(entry)
+    return None
+
+
+def _hash_cookie(entry: Fields) -> HashOn | None:
+    if isinstance(entry.value.get("cookie"), str):  # {cookie: session}
+        cookie = entry.get("cookie", _cookie_name, required=True)
+        return None if cookie is None else HashOn("cookie", cookie)
+    spec = entry.mapping("cookie", "a cookie name or a mapping such as {name: session, "
+                                   "ttl: 1h, path: /}", required=True)
+    if spec is None:
+        return None
+    spec.check_keys(HASH_COOKIE_KEYS, "a hash cookie")
+    cookie = spec.get("name", _cookie_name, required=True)
+    ttl = spec.get("ttl", _TIMEOUT)
+    where = spec.get("path", fields.url_path)
+    if where is not None and ttl is None:
+        spec.report("path", "path is the generated cookie's Path: it needs a ttl (Envoy only "
+                            "creates the cookie when a ttl is given)", at_value=False)
+    return None if cookie is None else HashOn("cookie", cookie, ttl=ttl, path=where)
+
+
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # an RFC 6265 token
+
+
+def _cookie_name(value: Any) -> str:
+    text = fields.string(value)
+    if not _COOKIE_NAME.match(text):
+        raise Invalid(f"invalid cookie name {fields.quoted(text)}: use letters, digits and "
+                      "-_.!#$%&'*+^`|~")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# CORS (per Route: its virtual host).
+
+
+def _cors(doc: Fields) -> Cors | None:
+    spec = doc.mapping("cors", 'a mapping such as {allow_origins: ["https://a.example"]}')
+    if spec is None:
+        return None
+    spec.check_keys(CORS_KEYS, "cors")
+    origins = _unique_list(spec, "allow_origins", "origin", _origin_text)
+    if spec.value.get("allow_origins") is None:
+        spec.missing("allow_origins")
+    credentials = spec.get("allow_credentials", fields.boolean)
+    if credentials and "*" in origins:
+        spec.report("allow_credentials", 'allow_credentials cannot be used with the origin "*": '
+                                         "any web site could then make requests with the "
+                                         "user's cookies; list the origins",
+                    at_value=False)
+    max_age = spec.get("max_age", fields.duration())
+    if max_age is not None and max_age != int(max_age):
+        spec.report("max_age", "max_age is sent in whole seconds")
+    return Cors(
+        allow_origins=tuple(origin_match(origin) for origin in origins),
+        allow_methods=_unique_list(spec, "allow_methods", "method", _METHOD),
+        allow_headers=_unique_list(spec, "allow_headers", "header", fields.header_name),
+        expose_headers=_unique_list(spec, "expose_headers", "header", fields.header_name),
+        max_age=max_age, allow_credentials=credentials)
+
+
+# [scheme://][*.]host[:port], or "*".
+_ORIGIN = re.compile(r"(?:(?P<scheme>[a-z][a-z0-9+.-]*)://)?(?P<wild>\*\.)?(?P<host>[^:/*]+)"
+                     r"(?::(?P<port>[0-9]{1,5}))?\Z")
+
+
+def _origin_text(value: Any) -> str:
+    """An allowed origin as written, lower-cased: `https://a.example`, `a.example` (http or
+    https), `*.b.example` (any subdomain), with an optional `:port`; or `*`."""
+    text = fields.string(value).lower()
+    if text == "*":
+        return text
+    found = _ORIGIN.match(text)
+    host = found.group("host") if found else ""
+    if found is None or not (_accepted(fields.dns_name, host)
+                             or _accepted(fields.ip_address, host)):
+        raise Invalid(f"invalid origin {fields.quoted(text)}: expected an origin such as "
+                      '"https://a.example", "*.b.example" (any subdomain) or "*" (any origin)')
+    if found.group("port") is not None:
+        fields.port_text(found.group("port"))
+    return text
+
+
+def _accepted(convert: Callable[[str], object], text: str) -> bool:
+    try:
+        convert(text)
+    except Invalid:
+        return False
+    return True
+
+
+def origin_match(origin: str) -> StringMatch:
+    """How Envoy matches an origin written as `_origin_text` accepts it: a full origin exactly,
+    anything else with a regex (a missing scheme is http or https; `*.` is one or more labels;
+    no port written matches only the default port)."""
+    if origin == "*":
+        return StringMatch("regex", ".*")
+    found = _ORIGIN.match(origin)
+    assert found is not None
+    if found.group("scheme") and not found.group("wild"):
+        return StringMatch("exact", origin)
+    scheme = re.escape(found.group("scheme")) if found.group("scheme") else "https?"
+    wild = r"[a-z0-9-]+(\.[a-z0-9-]+)*\." if found.group("wild") else ""
+    port = f":{found.group('port')}" if found.group("port") else ""
+    return StringMatch("regex", f"{scheme}://{wild}{re.escape(found.group('host'))}"
+                                f"{re.escape(port)}")

@@ -1,0 +1,493 @@
+"""Request-level security of a Route or of one of its rules, as `model.Security`.
+
+The same keys are accepted on a Route (its whole virtual host) and on a rule (that rule only,
+replacing the Route's setting of the same feature):
+
+    jwt:
+      required: true                    # false: no token passes, a bad token never does
+      providers:
+        - name: corp
+          issuer: https://issuer.example
+          audiences: [shop]
+          jwks: {file: /etc/keys/jwks.json}  # or {inline: "..."} or {uri: https://idp/jwks,
+                                        #    service: idp, cache: 5m}
+          forward_claims: {sub: x-user} # claim -> request header
+    api_keys: {header: x-api-key, keys: {client-a: {file: /k/a.txt}, client-b: "literal"}}
+                                        # or query: key, or cookie: k
+    basic_auth: {users: {file: /etc/users.htpasswd}}  # {SHA} hashes (htpasswd -s)
+    ext_authz: {service: authz, protocol: http, timeout: 200ms, failure_mode_allow: false}
+    authorization:                      # a mapping, or a list of them (one per action)
+      action: ALLOW                     # or DENY; DENY is evaluated first
+      rules:                            # any rule; within a rule, every condition
+        - paths: [/api/*, /exact]       # "/x" exactly, "/x/*" a prefix, "*" any
+          methods: [GET]
+          headers: {x-team: blue}
+          source_ips: [10.0.0.0/8]
+          claims: {group: admins}       # needs jwt on the Route or the rule
+    rate_limit: {requests: 100, per: 1m, by: route}    # or host, source_ip, {header: x-client}
+
+File paths are absolute. Key values are never shown in messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from meshpilot.inputs.native import fields
+from meshpilot.inputs.native.fields import Fields, Invalid
+from meshpilot.ir.model import (
+    ApiKeys,
+    Authorization,
+    AuthzRule,
+    BasicAuth,
+    ExtAuthz,
+    Jwks,
+    Jwt,
+    JwtProvider,
+    RateLimit,
+    Security,
+    StringMatch,
+)
+
+if TYPE_CHECKING:
+    from meshpilot.inputs.loader import DocumentContext
+
+SECURITY_KEYS = ("jwt", "api_keys", "basic_auth", "ext_authz", "authorization", "rate_limit")
+JWT_KEYS = ("providers", "required")
+PROVIDER_KEYS = ("name", "issuer", "audiences", "jwks", "forward_claims")
+JWKS_SOURCES = ("file", "inline", "uri")
+JWKS_KEYS = ("file", "inline", "uri", "service", "cache")
+API_KEY_SOURCES = ("header", "query", "cookie")
+API_KEYS_KEYS = (*API_KEY_SOURCES, "keys")
+BASIC_AUTH_KEYS = ("users",)
+EXT_AUTHZ_KEYS = ("service", "protocol", "timeout", "failure_mode_allow")
+EXT_AUTHZ_PROTOCOLS = ("http", "grpc")
+AUTHORIZATION_KEYS = ("action", "rules")
+AUTHZ_ACTIONS = ("ALLOW", "DENY")
+AUTHZ_RULE_KEYS = ("paths", "methods", "headers", "source_ips", "claims")
+RATE_LIMIT_KEYS = ("requests", "per", "by")
+RATE_LIMIT_BY = ("route", "host", "source_ip")
+MIN_RATE_WINDOW = 0.05  # Envoy's smallest token bucket fill interval (50 ms)
+MAX_FILE_BYTES = 1 << 20
+DEFAULT_EXT_AUTHZ_TIMEOUT = 0.2
+
+_REQUESTS = fields.integer(1, 1_000_000_000)
+_ACTION = fields.choice(AUTHZ_ACTIONS)
+_PROTOCOL = fields.choice(EXT_AUTHZ_PROTOCOLS)
+_HTPASSWD_LINE = re.compile(r"([^:\s]+):\{SHA\}([A-Za-z0-9+/]{27}=)\Z")
+
+
+def parse_security(spec: Fields) -> Security:
+    """The security keys of a Route or rule mapping (the caller checks which keys exist)."""
+    return Security(jwt=_jwt(spec), api_keys=_api_keys(spec), basic_auth=_basic_auth(spec),
+                    ext_authz=_ext_authz(spec), authorization=_authorization(spec),
+                    rate_limit=_rate_limit(spec))
+
+
+def check_claims(ctx: DocumentContext, route: Security, rules: list[tuple[Any, Security]]) -> None:
+    """An authorization rule on claims needs a JWT to read them from (the Route's or the
+    rule's): without one, it could never match."""
+    for path, security in [((), route), *rules]:
+        jwt = security.jwt or route.jwt
+        if security.authorization is None or jwt is not None:
+            continue
+        if any(r.claims for policy in security.authorization for r in policy.rules):
+            ctx.report((*path, "authorization"), "claims need a jwt on the Route or on the "
+                                                 "rule (a request has no claims without one)")
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+
+def _file(ctx: DocumentContext) -> fields.Converter[str]:
+    """A readable file, written as an absolute path (Envoy reads some of them itself)."""
+    del ctx
+
+    def convert(value: Any) -> str:
+        text = fields.string(value)
+        path = Path(text)
+        if not path.is_absolute():
+            raise Invalid(f"expected an absolute path, found {fields.quoted(fields.clip(text))}")
+        if not path.is_file():
+            raise Invalid(f"no file {fields.quoted(str(path))}")
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise Invalid(f"{fields.quoted(str(path))} is larger than 1 MiB")
+            path.read_bytes()
+        except OSError as problem:
+            raise Invalid(f"cannot read {fields.quoted(str(path))}: {problem.strerror}") \
+                from None
+        return str(path)
+    return convert
+
+
+# ---- jwt --------------------------------------------------------------------------------------
+
+
+def _jwt(spec: Fields) -> Jwt | None:
+    jwt = spec.mapping("jwt", "a mapping such as {providers: [{name: corp, issuer: ..., "
+                              "jwks: {file: jwks.json}}]}")
+    if jwt is None:
+        return None
+    jwt.check_keys(JWT_KEYS, "jwt")
+    items = jwt.items("providers", "provider", required=True) or []
+    providers: list[JwtProvider] = []
+    seen: dict[str, Any] = {}
+    for index, item in enumerate(items):
+        provider = _provider(jwt.ctx, item, (*jwt.path, "providers", index))
+        if provider is None:
+            continue
+        first = fields.written_before(jwt.ctx, seen, provider.name,
+                                      (*jwt.path, "providers", index))
+        if first is not None:
+            fields.report_at(jwt.ctx, (*jwt.path, "providers", index, "name"),
+                             f"provider {provider.name} is defined twice (first at {first})")
+            continue
+        providers.append(provider)
+    required = jwt.get("required", fields.boolean)
+    return Jwt(providers=tuple(providers), required=True if required is None else required)
+
+
+def _provider(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> JwtProvider | None:
+    entry = Fields.at(ctx, item, path, "a provider mapping such as {name: corp, issuer: ..., "
+                                       "jwks: {file: jwks.json}}")
+    if entry is None:
+        return None
+    entry.check_keys(PROVIDER_KEYS, "a jwt provider")
+    name = entry.get("name", fields.name, required=True)
+    issuer = entry.get("issuer", fields.string)
+    audiences = _strings(entry, "audiences", "audience")
+    jwks = _jwks(entry)
+    claims = _forward_claims(entry)
+    if name is None or jwks is None:
+        return None
+    return JwtProvider(name=name, issuer=issuer, jwks=jwks, audiences=audiences,
+                       forward_claims=claims)
+
+
+def _strings(spec: Fields, key: str, what: str) -> tuple[str, ...]:
+    items = spec.items(key, what) or []
+    found = (fields.convert_at(spec.ctx, item, (*spec.path, key, i), fields.string)
+             for i, item in enumerate(items))
+    return tuple(dict.fromkeys(s for s in found if s is not None))
+
+
+def _jwks_text(value: Any) -> str:
+    text = fields.string(value)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise Invalid("is not JSON: expected a JWKS such as {\"keys\": [...]}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list) or not data["keys"]:
+        raise Invalid("expected a JWKS: a JSON object with a non-empty \"keys\" list")
+    return text
+
+
+def _jwks(entry: Fields) -> Jwks | None:
+    spec = entry.mapping("jwks", "a mapping with one of file, inline or uri", required=True)
+    if spec is None:
+        return None
+    spec.check_keys(JWKS_KEYS, "jwks")
+    kind = spec.exclusive(JWKS_SOURCES, required=True, what="jwks")
+    if kind != "uri":
+        for key in ("service", "cache"):
+            if key in spec.value:
+                spec.report(key, f"{key} applies to a jwks uri only", at_value=False)
+    if kind == "file":
+        path = spec.get("file", _file(spec.ctx), required=True)
+        if path is None:
+            return None
+        try:
+            _jwks_text(Path(path).read_text(encoding="utf-8", errors="replace"))
+        except Invalid as problem:
+            spec.report("file", f"{fields.quoted(path)} {problem.message}")
+            return None
+        return Jwks(file=path)
+    if kind == "inline":
+        inline = spec.get("inline", _jwks_text, required=True)
+        return None if inline is None else Jwks(inline=inline)
+    if kind == "uri":
+        uri = spec.get("uri", _https_uri, required=True)
+        service = spec.get("service", fields.name, required=True)
+        cache = spec.get("cache", fields.duration())
+        if uri is None or service is None:
+            return None
+        return Jwks(uri=uri, service=service, cache=cache)
+    return None
+
+
+def _https_uri(value: Any) -> str:
+    text = fields.string(value)
+    if not re.match(r"https?://[^/\s]+(/\S*)?\Z", text):
+        raise Invalid(f"expected an http(s) URL such as https://idp.example/jwks, found "
+                      f"{fields.quoted(fields.clip(text))}")
+    return text
+
+
+def _forward_claims(entry: Fields) -> tuple[tuple[str, str], ...]:
+    spec = entry.mapping("forward_claims", "a mapping of claim names to header names, such as "
+                                           "{sub: x-user}")
+    if spec is None:
+        return ()
+    result: list[tuple[str, str]] = []
+    headers: set[str] = set()
+    for claim, value in spec.value.items():
+        header = fields.convert_at(spec.ctx, value, (*spec.path, claim), _claim_header)
+        if header is None:
+            continue
+        if header in headers:
+            fields.report_at(spec.ctx, (*spec.path, claim), f'header "{header}" receives two '
+                                                           "claims")
+            continue
+        headers.add(header)
+        result.append((claim, header))
+    return tuple(result)
+
+
+def _claim_header(value: Any) -> str:
+    name = fields.header_name(value)
+    if name.startswith(":") or name == "host":
+        raise Invalid(f'"{name}" cannot receive a claim')
+    return name
+
+
+# ---- api keys, basic auth -----------------------------------------------------------------------
+
+
+def _api_keys(spec: Fields) -> ApiKeys | None:
+    keys = spec.mapping("api_keys", "a mapping such as {header: x-api-key, keys: {client-a: "
+                                    "{file: a.key}}}")
+    if keys is None:
+        return None
+    keys.check_keys(API_KEYS_KEYS, "api_keys")
+    source = keys.exclusive(API_KEY_SOURCES, required=True, what="api_keys")
+    name = None
+    if source == "header":
+        name = keys.get("header", fields.header_name, required=True)
+    elif source is not None:
+        name = keys.get(source, fields.string, required=True)
+    clients = keys.mapping("keys", "a mapping of client names to keys ({file: path} or the "
+                                   "key itself)", required=True)
+    found: list[tuple[str, str]] = []
+    if clients is not None:
+        if not clients.value:
+            keys.report("keys", "must name at least one client")
+        owners: dict[str, str] = {}
+        for client, value in clients.value.items():
+            path = (*clients.path, client)
+            if fields.convert_at(keys.ctx, client, path, _client_name) is None:
+                continue
+            key = _key_value(keys.ctx, value, path)
+            if key is None:
+                continue
+            if key in owners:  # never show the key itself
+                keys.ctx.report(path, f"client {client} has the same key as client "
+                                      f"{owners[key]}")
+                continue
+            owners[key] = client
+            found.append((client, key))
+    if source is None or name is None:
+        return None
+    return ApiKeys(source=cast(Any, source), name=name, keys=tuple(found))
+
+
+def _client_name(value: Any) -> str:
+    try:
+        return fields.name(value)
+    except Invalid as problem:
+        raise Invalid(problem.message, at_key=True) from None
+
+
+def _key_value(ctx: DocumentContext, value: Any, path: fields.FieldPath) -> str | None:
+    """A key written inline or read from a file; problems never quote the key."""
+    if isinstance(value, dict):
+        spec = Fields(ctx, value, path)
+        spec.check_keys(("file",), "a key")
+        file = spec.get("file", _file(ctx), required=True)
+        if file is None:
+            return None
+        text = Path(file).read_text(encoding="utf-8", errors="replace").strip()
+    elif isinstance(value, str):
+        text = value
+    else:
+        fields.report_at(ctx, path, f"expected the key (a string) or {{file: path}}, found "
+                                    f"{fields.describe(value)}")
+        return None
+    if not text or any(c.isspace() or not c.isprintable() for c in text):
+        fields.report_at(ctx, path, "a key must be non-empty, printable, without spaces")
+        return None
+    return text
+
+
+def _basic_auth(spec: Fields) -> BasicAuth | None:
+    auth = spec.mapping("basic_auth", "a mapping such as {users: {file: users.htpasswd}}")
+    if auth is None:
+        return None
+    auth.check_keys(BASIC_AUTH_KEYS, "basic_auth")
+    users = auth.mapping("users", "a mapping such as {file: users.htpasswd}", required=True)
+    if users is None:
+        return None
+    users.check_keys(("file",), "users")
+    path = users.get("file", _file(users.ctx), required=True)
+    if path is None:
+        return None
+    lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines()]
+    entries = [(n, line) for n, line in enumerate(lines, 1) if line and not line.startswith("#")]
+    if not entries:
+        users.report("file", f"{fields.quoted(path)} lists no users")
+        return None
+    for number, line in entries:
+        found = _HTPASSWD_LINE.match(line)
+        if found is None or len(base64.b64decode(found.group(2))) != 20:
+            users.report("file", f"{path}:{number}: expected user:{{SHA}}hash (htpasswd -s); "
+                                 "Envoy accepts SHA-1 hashes only")
+            return None
+    return BasicAuth(users_file=path)
+
+
+# ---- ext_authz ----------------------------------------------------------------------------------
+
+
+def _ext_authz(spec: Fields) -> ExtAuthz | None:
+    authz = spec.mapping("ext_authz", "a mapping such as {service: authz, protocol: http}")
+    if authz is None:
+        return None
+    authz.check_keys(EXT_AUTHZ_KEYS, "ext_authz")
+    service = authz.get("service", fields.name, required=True)
+    protocol = authz.get("protocol", _PROTOCOL) or "http"
+    timeout = authz.get("timeout", fields.duration())
+    fail_open = authz.get("failure_mode_allow", fields.boolean)
+    if service is None:
+        return None
+    return ExtAuthz(service=service, protocol=cast(Any, protocol),
+                    timeout=DEFAULT_EXT_AUTHZ_TIMEOUT if timeout is None else timeout,
+                    failure_mode_allow=bool(fail_open))
+
+
+# ---- authorization ------------------------------------------------------------------------------
+
+
+def _authorization(spec: Fields) -> tuple[Authorization, ...] | None:
+    """One policy, or a list of them; policies of the same action are merged (any rule)."""
+    value = spec.value.get("authorization")
+    if value is None:
+        return None
+    path = (*spec.path, "authorization")
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list) and not value:
+        spec.report("authorization", "must list at least one policy")
+    policies = [_policy(spec.ctx, item, (*path, i) if isinstance(value, list) else path)
+                for i, item in enumerate(items)]
+    by_action: dict[str, list[AuthzRule]] = {}
+    for policy in policies:
+        if policy is not None:
+            by_action.setdefault(policy.action, []).extend(policy.rules)
+    found = tuple(Authorization(action=cast(Any, action), rules=tuple(rules))
+                  for action, rules in sorted(by_action.items(), key=lambda kv: kv[0] != "DENY"))
+    return found or None
+
+
+def _policy(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Authorization | None:
+    entry = Fields.at(ctx, item, path, "a mapping such as {action: ALLOW, rules: [{paths: "
+                                       "[/api/*]}]}")
+    if entry is None:
+        return None
+    entry.check_keys(AUTHORIZATION_KEYS, "authorization")
+    action = entry.get("action", _ACTION) or "ALLOW"
+    value = entry.value.get("rules")
+    rules: list[AuthzRule] = []
+    if value is not None:
+        if not isinstance(value, list):
+            entry.report("rules", f"expected a list, found {fields.describe(value)}")
+        else:
+            for index, item2 in enumerate(value):
+                rule = _authz_rule(ctx, item2, (*path, "rules", index))
+                if rule is not None:
+                    rules.append(rule)
+    return Authorization(action=cast(Any, action), rules=tuple(rules))
+
+
+def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> AuthzRule | None:
+    from meshpilot.inputs.native.route import _METHOD, _unique_list, _value_matches
+
+    entry = Fields.at(ctx, item, path, "a mapping such as {paths: [/admin/*], methods: [GET]}")
+    if entry is None:
+        return None
+    entry.check_keys(AUTHZ_RULE_KEYS, "an authorization rule")
+    paths = _unique_list(entry, "paths", "path", _istio_path)
+    ips = _unique_list(entry, "source_ips", "source IP range", _cidr)
+    claims = entry.mapping("claims", "a mapping of claim names to values, such as "
+                                     "{group: admins}")
+    claim_values: list[tuple[str, str]] = []
+    if claims is not None:
+        for claim, value in claims.value.items():
+            text = fields.convert_at(ctx, value, (*claims.path, claim), fields.any_string)
+            if text is not None:
+                claim_values.append((claim, text))
+    return AuthzRule(paths=tuple(_path_match(p) for p in paths),
+                     methods=_unique_list(entry, "methods", "method", _METHOD),
+                     headers=_value_matches(entry, "headers"), source_ips=ips,
+                     claims=tuple(claim_values))
+
+
+def _istio_path(value: Any) -> str:
+    text = fields.string(value)
+    if text == "*":
+        return text
+    core = text[:-1] if text.endswith("*") else text
+    if "*" in core or not core.startswith("/"):
+        raise Invalid(f"invalid path {fields.quoted(fields.clip(text))}: expected \"/exact\", "
+                      "\"/prefix/*\" or \"*\"")
+    return text
+
+
+def _path_match(text: str) -> StringMatch:
+    if text == "*":
+        return StringMatch("present")
+    if text.endswith("*"):
+        return StringMatch("prefix", text[:-1])
+    return StringMatch("exact", text)
+
+
+def _cidr(value: Any) -> str:
+    import ipaddress
+
+    text = fields.string(value)
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise Invalid(f"invalid address or CIDR range {fields.quoted(fields.clip(text))}") \
+            from None
+
+
+# ---- rate limit ---------------------------------------------------------------------------------
+
+
+def _rate_limit(spec: Fields) -> RateLimit | None:
+    limit = spec.mapping("rate_limit", "a mapping such as {requests: 100, per: 1m}")
+    if limit is None:
+        return None
+    limit.check_keys(RATE_LIMIT_KEYS, "rate_limit")
+    requests = limit.get("requests", _REQUESTS, required=True)
+    per = limit.get("per", fields.duration(), required=True)
+    if per is not None and per < MIN_RATE_WINDOW:
+        limit.report("per", "must be at least 50ms (Envoy's smallest refill interval)")
+        per = None
+    by, header = "route", None
+    value = limit.value.get("by")
+    if isinstance(value, dict):
+        how = Fields(limit.ctx, value, (*limit.path, "by"))
+        how.check_keys(("header",), "by")
+        header = how.get("header", fields.header_name, required=True)
+        by = "header"
+        if header is None:
+            return None
+    elif value is not None:
+        by = limit.get("by", fields.choice(RATE_LIMIT_BY)) or "route"
+    if requests is None or per is None:
+        return None
+    return RateLimit(requests=requests, per=per, by=cast(Any, by), header=header)

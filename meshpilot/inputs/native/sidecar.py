@@ -1,0 +1,206 @@
+"""A Service's `sidecar:` block: the mesh side of a Service, as `model.Sidecar`.
+
+This module owns the shape of `sidecar:` and what can be checked within it: ports, the
+application's address, the list of called services (each once, each reachable by the
+application: through a `local_port` or the sidecar's `outbound_port`), and that no two of the
+sidecar's own listeners share a port. Whether a called service exists is `references.py`'s job;
+what Envoy receives is `translators/sidecar.py`'s. See docs/mesh.md.
+
+Shape (inside a `kind: Service` document):
+
+    sidecar:
+      port: 15006                 # inbound: mesh traffic to this service (optional: a client-only
+                                  #   workload has no inbound listener)
+      address: 0.0.0.0            # the inbound listener's bind address (default 0.0.0.0)
+      app: 127.0.0.1:8080         # where the application listens (default 127.0.0.1:8080);
+                                  #   a bare port means 127.0.0.1:port
+      outbound_port: 15001        # one HTTP port on 127.0.0.1: the Host header picks the service
+      calls:                      # the services the application calls: all the sidecar receives
+        - ratings                 # through outbound_port only
+        - {service: details, local_port: 9001}   # also on 127.0.0.1:9001, whatever the Host
+      mtls: strict                # strict | permissive | off (default off): docs/security.md
+      authorization:              # callers by identity (needs mtls strict or permissive)
+        action: ALLOW             # ALLOW (no rules: nobody) or DENY
+        rules: [{from: [productpage, "spiffe://cluster.local/ns/default/sa/edge"],
+                 paths: [/api/*], methods: [GET]}]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, cast
+
+from meshpilot.inputs.native import fields
+from meshpilot.inputs.native.fields import Fields, written_before
+from meshpilot.inputs.yamlsource import FieldPath
+from meshpilot.ir.model import (
+    DEFAULT_APP_HOST,
+    DEFAULT_APP_PORT,
+    Authorization,
+    AuthzRule,
+    Call,
+    Sidecar,
+)
+
+if TYPE_CHECKING:
+    from meshpilot.inputs.loader import DocumentContext
+
+SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization")
+MTLS_MODES = ("strict", "permissive", "off")
+SIDECAR_AUTHORIZATION_KEYS = ("action", "rules")
+SIDECAR_RULE_KEYS = ("from", "paths", "methods")
+CALL_KEYS = ("service", "local_port")
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def parse_sidecar(doc: Fields) -> Sidecar | None:
+    """The Service's `sidecar:` block, or None when it has none (issues are reported)."""
+    spec = doc.mapping("sidecar", "a mapping such as {port: 15006, app: 127.0.0.1:8080, "
+                                  "calls: [reviews]}")
+    if spec is None:
+        return None
+    spec.check_keys(SIDECAR_KEYS, "sidecar")
+    port = spec.get("port", fields.PORT)
+    address = spec.get("address", fields.ip_address) or "0.0.0.0"
+    app = spec.get("app", _app_address)
+    outbound_port = spec.get("outbound_port", fields.PORT)
+    calls = _calls(spec)
+    if "port" not in spec.value and "calls" not in spec.value:
+        doc.report("sidecar", "a sidecar needs a port (inbound traffic to this service), calls "
+                              "(the services it calls) or both", at_value=False)
+    if "address" in spec.value and "port" not in spec.value:
+        spec.report("address", "address is the inbound listener's; it needs a port",
+                    at_value=False)
+    app_host, app_port = app or (DEFAULT_APP_HOST, DEFAULT_APP_PORT)
+    if port is not None and app_port == port and (
+            app_host in LOOPBACK_HOSTS or app_host == address or address in ("0.0.0.0", "::")):
+        spec.report("app" if "app" in spec.value else "port",
+                    f"the application cannot listen on the sidecar's own inbound port {port}: "
+                    "the sidecar would forward to itself")
+    _check_ports(spec, port, outbound_port, calls)
+    mtls = spec.get("mtls", fields.choice(MTLS_MODES)) or "off"
+    authorization = _authorization(spec)
+    if mtls != "off" and "tls" in doc.value:
+        doc.report("tls", "a Service in the mesh with mtls gets its TLS from the mesh CA; "
+                          "remove tls or set sidecar.mtls: off", at_value=False)
+    if authorization is not None:
+        if doc.value.get("protocol") == "tcp":
+            spec.report("authorization", "authorization by path, method and caller needs an "
+                                         "HTTP service; this one speaks tcp", at_value=False)
+        if port is None:
+            spec.report("authorization", "authorization applies to inbound traffic; the sidecar "
+                                         "needs a port", at_value=False)
+        if mtls == "off" and any(r.principals for r in authorization.rules):
+            spec.report("authorization", "rules with `from` need mtls strict or permissive: "
+                                         "without a client certificate no caller has an "
+                                         "identity", at_value=False)
+    return Sidecar(port=port, address=address, app_host=app_host, app_port=app_port,
+                   outbound_port=outbound_port, calls=calls, mtls=cast(Any, mtls),
+                   authorization=authorization)
+
+
+def _authorization(spec: Fields) -> Authorization | None:
+    """`authorization: {action, rules: [{from, paths, methods}]}` with Istio's semantics."""
+    from meshpilot.inputs.native.route import _METHOD, _unique_list
+    from meshpilot.inputs.native.security import _ACTION, _istio_path, _path_match
+
+    entry = spec.mapping("authorization", "a mapping such as {action: ALLOW, rules: "
+                                          "[{from: [frontend]}]}")
+    if entry is None:
+        return None
+    entry.check_keys(SIDECAR_AUTHORIZATION_KEYS, "authorization")
+    action = entry.get("action", _ACTION) or "ALLOW"
+    items = entry.items("rules", "rule") or []
+    rules: list[AuthzRule] = []
+    for index, item in enumerate(items):
+        rule = Fields.at(spec.ctx, item, (*entry.path, "rules", index),
+                         "a mapping such as {from: [frontend], paths: [/api/*], methods: [GET]}")
+        if rule is None:
+            continue
+        rule.check_keys(SIDECAR_RULE_KEYS, "an authorization rule")
+        rules.append(AuthzRule(
+            principals=_unique_list(rule, "from", "caller", _caller),
+            paths=tuple(_path_match(p) for p in _unique_list(rule, "paths", "path",
+                                                             _istio_path)),
+            methods=_unique_list(rule, "methods", "method", _METHOD)))
+    return Authorization(action=cast(Any, action), rules=tuple(rules))
+
+
+def _caller(value: Any) -> str:
+    """A Service (or Gateway) name, or a SPIFFE ID (`spiffe://trust-domain/...`)."""
+    text = fields.string(value)
+    if text.startswith("spiffe://"):
+        if len(text) > 2048 or any(c.isspace() for c in text) or "/" not in text[9:]:
+            raise fields.Invalid(f"invalid SPIFFE ID {fields.quoted(fields.clip(text))}: "
+                                 "expected spiffe://trust-domain/path")
+        return text
+    return fields.name(text)
+
+
+def _app_address(value: Any) -> tuple[str, int]:
+    """`host:port`, or a bare port on 127.0.0.1."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return DEFAULT_APP_HOST, fields.PORT(value)
+    return fields.address(value)
+
+
+def _calls(spec: Fields) -> tuple[Call, ...]:
+    items = spec.items("calls", "called service")
+    if items is None:
+        return ()
+    calls: list[Call] = []
+    seen: dict[Hashable, FieldPath] = {}
+    for index, item in enumerate(items):
+        path = (*spec.path, "calls", index)
+        call = _call(spec.ctx, item, path)
+        if call is None:
+            continue
+        first = written_before(spec.ctx, seen, call.service, path)
+        if first is not None:
+            fields.report_at(spec.ctx, path, f"service {fields.quoted(call.service)} is listed "
+                                             f"twice (first at {first})")
+            continue
+        if call.local_port is None and "outbound_port" not in spec.value:
+            fields.report_at(spec.ctx, path, f"the application could not reach "
+                                             f"{call.service}: give it a local_port "
+                                             f"({{service: {call.service}, local_port: 9001}}) "
+                                             "or give the sidecar an outbound_port")
+        calls.append(call)
+    return tuple(calls)
+
+
+def _call(ctx: DocumentContext, item: Any, path: FieldPath) -> Call | None:
+    if isinstance(item, str):
+        service = fields.convert_at(ctx, item, path, fields.name)
+        return None if service is None else Call(service)
+    entry = Fields.at(ctx, item, path, "a service name or a mapping such as {service: reviews, "
+                                       "local_port: 9001}")
+    if entry is None:
+        return None
+    entry.check_keys(CALL_KEYS, "a call")
+    service = entry.get("service", fields.name, required=True)
+    local_port = entry.get("local_port", fields.PORT)
+    return None if service is None else Call(service, local_port)
+
+
+def _check_ports(spec: Fields, port: int | None, outbound_port: int | None,
+                 calls: tuple[Call, ...]) -> None:
+    """The sidecar's listeners share one machine (its outbound ones on 127.0.0.1, which the
+    default inbound 0.0.0.0 covers): each needs a port of its own."""
+    taken: dict[int, str] = {}
+    if port is not None:
+        taken[port] = "the inbound port"
+    if outbound_port is not None:
+        if outbound_port in taken:
+            spec.report("outbound_port", f"port {outbound_port} is already {taken[outbound_port]}")
+        taken.setdefault(outbound_port, "the outbound_port")
+    for index, call in enumerate(calls):
+        if call.local_port is None:
+            continue
+        if call.local_port in taken:
+            path = (*spec.path, "calls", index, "local_port")
+            fields.report_at(spec.ctx, path, f"port {call.local_port} is already "
+                                             f"{taken[call.local_port]}")
+            continue
+        taken[call.local_port] = f"the local_port of {call.service}"
+

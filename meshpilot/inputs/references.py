@@ -1,0 +1,384 @@
+"""Checks across documents, run once every document of a load has been parsed.
+
+This module owns the rules no single document can check: a Route's gateway, listeners, services
+and subsets exist; no two Routes claim the same host on the same listener; no two gateway
+listeners bind the same port on overlapping addresses; and no Service shares its name with a
+Gateway (each name is the node cluster of its Envoys, so the two would be one view).
+
+It sees only parts that parsed cleanly (a kind's parser returns nothing for a document with any
+issue), so it never repeats a document's own error as a broken reference: a reference to a
+document that exists but failed is not reported again. Model parts are index-aligned with their
+documents (rule 1 of a Route is `rules[1]`), which is how issues find their positions. It must
+not change any part, and reports through the documents' contexts like the parsers do (at the
+field's key, as in `routes.yaml:14:7: Route shop: rules[1].backends[0].service: no Service
+named "reveiws" (did you mean "reviews"?)`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from meshpilot.base.errors import Position
+from meshpilot.inputs.native.fields import did_you_mean, quoted
+from meshpilot.ir.model import Gateway, Route, Security, Service
+
+if TYPE_CHECKING:
+    from meshpilot.inputs.loader import DocumentContext, LoadContext, ParsedDocument
+
+# Suggestions compare a missing name with every name of its kind (about 2 us each): fine for a
+# few typos, but thousands of broken references to thousands of services would spend minutes in
+# difflib. Past this many comparisons in one load (about half a second), messages go without a
+# "did you mean".
+SUGGESTION_BUDGET = 250_000
+MAX_LISTED_NAMES = 8  # a miss lists the candidates when nothing is close and there are this few
+
+
+def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) -> None:
+    """Report every broken reference and every conflict between documents into `load`."""
+    index = _Index.of(documents, load)
+    for route, ctx in index.routes:
+        _check_route(route, ctx, index)
+    for gateway, ctx in index.gateway_documents:
+        _check_tcp_listeners(gateway, ctx, index)
+    _check_hosts(index)
+    _check_ports(index)
+    _check_view_names(documents)
+    _check_mesh(documents, index)
+
+
+@dataclass(slots=True)
+class _Index:
+    """The clean parts of a load, by name, with the contexts of their documents."""
+
+    load: LoadContext
+    services: dict[str, Service]
+    gateways: dict[str, Gateway]
+    routes: list[tuple[Route, DocumentContext]]
+    gateway_documents: list[tuple[Gateway, DocumentContext]]
+    names: dict[str, list[str]]  # kind -> names of its documents, clean or not (suggestions)
+    suggestions: dict[tuple[str, str], str]
+    compared: int = 0  # names compared for suggestions so far: see SUGGESTION_BUDGET
+
+    @classmethod
+    def of(cls, documents: Sequence[ParsedDocument], load: LoadContext) -> _Index:
+        index = cls(load, {}, {}, [], [], {}, {})
+        for document in documents:
+            if document.context.name is not None:
+                index.names.setdefault(document.context.kind, []).append(document.context.name)
+            for part in document.parts:
+                if isinstance(part, Service):
+                    index.services.setdefault(part.name, part)
+                elif isinstance(part, Gateway):
+                    index.gateways.setdefault(part.name, part)
+                    index.gateway_documents.append((part, document.context))
+                elif isinstance(part, Route):
+                    index.routes.append((part, document.context))
+        return index
+
+    def declared(self, kind: str, name: str) -> bool:
+        """Whether a document of `kind` named `name` exists, even one that failed to parse."""
+        return ("document", kind, name) in self.load.definitions
+
+    def did_you_mean(self, kind: str, name: str, candidates: Iterable[str], *,
+                     list_few: bool = False) -> str:
+        """` (did you mean "x"?)`; or, if nothing is close, `list_few` and there are few
+        candidates (a gateway's listeners, a service's subsets), `; it has: a, b`."""
+        key = (kind, name)
+        if key in self.suggestions:
+            return self.suggestions[key]
+        names = list(dict.fromkeys(candidates))
+        if self.compared + len(names) > SUGGESTION_BUDGET:
+            return ""
+        self.compared += len(names)
+        hint = did_you_mean(name, names)
+        if not hint and list_few and 0 < len(names) <= MAX_LISTED_NAMES:
+            hint = f"; it has: {', '.join(names)}"
+        self.suggestions[key] = hint
+        return hint
+
+
+# ---------------------------------------------------------------------------------------------
+# What a Route refers to.
+
+
+def _check_route(route: Route, ctx: DocumentContext, index: _Index) -> None:
+    gateway = index.gateways.get(route.gateway) if route.gateway is not None else None
+    if route.gateway is None:
+        pass  # attached to a service: checked by _check_mesh
+    elif gateway is None:
+        if not index.declared("Gateway", route.gateway):
+            hint = index.did_you_mean("Gateway", route.gateway, index.names.get("Gateway", []))
+            ctx.report(("gateway",), f"no Gateway named {quoted(route.gateway)}{hint}")
+    else:
+        _check_listeners(route, gateway, ctx, index)
+    _check_security_services(route.security, (), ctx, index)
+    for rule_index, rule in enumerate(route.rules):
+        for backend_index, backend in enumerate(rule.backends):
+            path = ("rules", rule_index, "backends", backend_index)
+            _check_backend(backend.service, backend.subset, path, ctx, index)
+        _check_mirrors(route, rule_index, ctx, index)
+        _check_security_services(route.rules[rule_index].security, ("rules", rule_index), ctx,
+                                 index)
+        _check_hash_on(route, rule_index, ctx, index)
+
+
+def _check_security_services(security: Security, path: tuple[str | int, ...],
+                             ctx: DocumentContext, index: _Index) -> None:
+    """The Services a Route's security calls: a JWKS server, an authorization service."""
+    if security.jwt is not None:
+        for provider_index, provider in enumerate(security.jwt.providers):
+            if provider.jwks.service is not None:
+                _check_backend(provider.jwks.service, None,
+                               (*path, "jwt", "providers", provider_index, "jwks"), ctx, index)
+    if security.ext_authz is not None:
+        _check_backend(security.ext_authz.service, None, (*path, "ext_authz"), ctx, index)
+
+
+def _check_mirrors(route: Route, rule_index: int, ctx: DocumentContext, index: _Index) -> None:
+    """A mirror names a service (and subset) like a backend does; `mirror` may be written as
+    one mapping or as a list of them."""
+    written = ctx.document.value["rules"][rule_index].get("mirror")
+    for mirror_index, mirror in enumerate(route.rules[rule_index].mirrors):
+        path: tuple[str | int, ...] = ("rules", rule_index, "mirror")
+        if isinstance(written, list):
+            path = (*path, mirror_index)
+        _check_backend(mirror.service, mirror.subset, path, ctx, index)
+
+
+def _check_hash_on(route: Route, rule_index: int, ctx: DocumentContext, index: _Index) -> None:
+    """A hash policy only steers a consistent-hash load balancer: with any other, it would
+    silently do nothing."""
+    rule = route.rules[rule_index]
+    if not rule.hash_on:
+        return
+    for backend in rule.backends:
+        service = index.services.get(backend.service)
+        if service is not None and service.load_balancer not in ("ring_hash", "maglev"):
+            ctx.report(("rules", rule_index, "hash_on"),
+                       f"hash_on needs backends whose Service balances with ring_hash or "
+                       f"maglev; Service {service.name} uses {service.load_balancer}, where "
+                       "it would do nothing", at_value=False)
+            return
+
+
+def _check_listeners(route: Route, gateway: Gateway, ctx: DocumentContext,
+                     index: _Index) -> None:
+    names = [listener.name for listener in gateway.listeners]
+    tcp = {listener.name for listener in gateway.listeners if listener.protocol == "tcp"}
+    if not route.listeners and len(tcp) == len(names):
+        ctx.report(("gateway",), f"Gateway {gateway.name} has no HTTP listener to attach to "
+                                 "(its listeners have protocol tcp)")
+    redirecting = {listener.name for listener in gateway.listeners
+                   if listener.redirect_to_https is not None}
+    for listener_index, name in enumerate(route.listeners):
+        if name in tcp:
+            ctx.report(("listeners", listener_index), f"listener {quoted(name)} of Gateway "
+                                                      f"{gateway.name} has protocol tcp; a "
+                                                      "Route attaches to HTTP listeners only")
+        elif name in redirecting:
+            ctx.report(("listeners", listener_index), f"listener {quoted(name)} of Gateway "
+                                                      f"{gateway.name} redirects every request "
+                                                      "to https (redirect_to_https): no Route "
+                                                      "is served there")
+        elif name not in names:
+            hint = index.did_you_mean(f"listener of {gateway.name}", name, names, list_few=True)
+            ctx.report(("listeners", listener_index), f"Gateway {gateway.name} has no listener "
+                                                      f"named {quoted(name)}{hint}")
+
+
+def _check_backend(service_name: str, subset: str | None, path: tuple[str | int, ...],
+                   ctx: DocumentContext, index: _Index) -> None:
+    service = index.services.get(service_name)
+    if service is None:
+        if not index.declared("Service", service_name):
+            hint = index.did_you_mean("Service", service_name, index.names.get("Service", []))
+            ctx.report((*path, "service"), f"no Service named {quoted(service_name)}{hint}")
+        return
+    if service.protocol == "tcp":
+        ctx.report((*path, "service"), f"Service {service.name} speaks protocol tcp; an HTTP "
+                                       "route cannot send requests to it")
+        return
+    if subset is not None and service.subset(subset) is None:
+        names = [name for name, _ in service.subsets]
+        hint = index.did_you_mean(f"subset of {service.name}", subset, names, list_few=True) \
+            if names else " (it defines no subsets)"
+        ctx.report((*path, "subset"), f"Service {service.name} has no subset named "
+                                      f"{quoted(subset)}{hint}")
+
+
+def _check_tcp_listeners(gateway: Gateway, ctx: DocumentContext, index: _Index) -> None:
+    """A tcp listener's service exists and speaks tcp."""
+    for listener_index, listener in enumerate(gateway.listeners):
+        if listener.service is None:
+            continue
+        path = ("listeners", listener_index, "service")
+        service = index.services.get(listener.service)
+        if service is None:
+            if not index.declared("Service", listener.service):
+                hint = index.did_you_mean("Service", listener.service,
+                                          index.names.get("Service", []))
+                ctx.report(path, f"no Service named {quoted(listener.service)}{hint}")
+        elif service.protocol != "tcp":
+            ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; a "
+                             "tcp listener needs a Service with protocol tcp")
+
+
+# ---------------------------------------------------------------------------------------------
+# Conflicts.
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    route: str
+    position: Position
+
+
+def _check_hosts(index: _Index) -> None:
+    """Two Routes on one listener of one gateway must not claim the same host: Envoy would
+    see two virtual hosts with one domain and refuse the whole route configuration."""
+    claims: dict[tuple[str, str, str], _Claim] = {}
+    for route, ctx in index.routes:
+        gateway = index.gateways.get(route.gateway)
+        if gateway is None:
+            continue
+        names = [listener.name for listener in gateway.listeners if listener.protocol == "http"]
+        attached = [name for name in route.listeners or names if name in names]
+        written = ctx.document.value.get("hosts") is not None
+        for host_index, host in enumerate(route.hosts):
+            path = ("hosts", host_index) if written else ("hosts",)
+            claim = _Claim(route.name, ctx.document.value_position_of(path) if written
+                           else ctx.document.position)
+            for listener in attached:
+                first = claims.setdefault((gateway.name, listener, host), claim)
+                if first is not claim:
+                    shown = quoted(host) if written else \
+                        f"{quoted(host)} (the default when hosts is left out)"
+                    ctx.report(path, f"host {shown} on listener {quoted(listener)} of Gateway "
+                                     f"{gateway.name} is already claimed by Route "
+                                     f"{first.route} (at {first.position})",
+                               position=claim.position)
+                    break
+
+
+@dataclass(frozen=True, slots=True)
+class _Binding:
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
+    gateway: str
+    listener: str
+    position: Position
+
+
+def _check_ports(index: _Index) -> None:
+    """No two gateway listeners may bind one port on overlapping addresses (the same address,
+    or a wildcard of the same IP family): all gateways are checked together, as they may run
+    on one machine (`meshpilot up`, docker-compose)."""
+    bound: dict[int, list[_Binding]] = {}
+    for gateway, ctx in index.gateway_documents:
+        for listener_index, listener in enumerate(gateway.listeners):
+            path = ("listeners", listener_index, "port")
+            binding = _Binding(ipaddress.ip_address(listener.address), gateway.name,
+                               listener.name, ctx.document.position_of(path))
+            other = next((b for b in bound.get(listener.port, ()) if _overlap(b, binding)),
+                         None)
+            if other is None:
+                bound.setdefault(listener.port, []).append(binding)
+                continue
+            owner = "this Gateway" if other.gateway == gateway.name else \
+                f"Gateway {other.gateway}"
+            ctx.report(path, f"port {listener.port} on {listener.address} is already bound by "
+                             f"listener {quoted(other.listener)} of {owner} on {other.address} "
+                             f"(at {other.position})")
+
+
+def _overlap(a: _Binding, b: _Binding) -> bool:
+    if a.address.version != b.address.version:
+        return False  # Envoy binds IPv6 wildcards v6-only unless told otherwise
+    return a.address == b.address or a.address.is_unspecified or b.address.is_unspecified
+
+
+def _check_view_names(documents: Sequence[ParsedDocument]) -> None:
+    """A Service and a Gateway may not share a name: both name a view (an Envoy node cluster),
+    and an Envoy cannot be told which of the two it is."""
+    first: dict[str, tuple[str, Position]] = {}
+    for document in documents:
+        ctx = document.context
+        if ctx.kind not in ("Service", "Gateway") or ctx.name is None:
+            continue
+        position = ctx.document.position_of(("name",))
+        kind, where = first.setdefault(ctx.name, (ctx.kind, position))
+        if kind != ctx.kind:
+            ctx.report(("name",), f"a {kind} is also named {quoted(ctx.name)} (at {where}); a "
+                                  "Service and a Gateway cannot share a name, as each name is "
+                                  "the node cluster of its Envoys", at_value=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The mesh: sidecars' calls and Routes attached to a service (docs/mesh.md).
+
+
+def _check_mesh(documents: Sequence[ParsedDocument], index: _Index) -> None:
+    """A called service exists (and a tcp one has a local port: the Host-routed outbound port
+    speaks HTTP); a Route attached to a service names an HTTP Service, one Route per service."""
+    for document in documents:
+        for part in document.parts:
+            if isinstance(part, Service) and part.sidecar is not None:
+                _check_calls(part, document.context, index)
+                _check_callers(part, document.context, index)
+    attached: dict[str, Route] = {}
+    for route, ctx in index.routes:
+        if route.service is None:
+            continue
+        service = index.services.get(route.service)
+        if service is None:
+            if not index.declared("Service", route.service):
+                hint = index.did_you_mean("Service", route.service,
+                                          index.names.get("Service", []))
+                ctx.report(("service",), f"no Service named {quoted(route.service)}{hint}")
+            continue
+        if service.protocol == "tcp":
+            ctx.report(("service",), f"Service {service.name} speaks protocol tcp; HTTP rules "
+                                     "cannot apply to it")
+            continue
+        first = attached.setdefault(service.name, route)
+        if first is not route:
+            ctx.report(("service",), f"Service {service.name} already has Route {first.name} "
+                                     f"attached (at {first.position}); write all of its rules "
+                                     "in one Route")
+
+
+def _check_callers(service: Service, ctx: DocumentContext, index: _Index) -> None:
+    """Each caller a sidecar's authorization names (`from`) is a Service or a Gateway (both
+    have identities, docs/security.md); SPIFFE IDs are taken as written."""
+    assert service.sidecar is not None
+    if service.sidecar.authorization is None:
+        return
+    for rule_index, rule in enumerate(service.sidecar.authorization.rules):
+        for caller_index, caller in enumerate(rule.principals):
+            if caller.startswith("spiffe://") or index.declared("Service", caller) or \
+                    index.declared("Gateway", caller):
+                continue
+            known = [*index.names.get("Service", []), *index.names.get("Gateway", [])]
+            ctx.report(("sidecar", "authorization", "rules", rule_index, "from", caller_index),
+                       f"no Service or Gateway named {quoted(caller)}"
+                       f"{index.did_you_mean('Service', caller, known)}")
+
+
+def _check_calls(service: Service, ctx: DocumentContext, index: _Index) -> None:
+    assert service.sidecar is not None
+    written = ctx.document.value["sidecar"]["calls"] if service.sidecar.calls else []
+    for call_index, call in enumerate(service.sidecar.calls):
+        path: tuple[str | int, ...] = ("sidecar", "calls", call_index)
+        if isinstance(written[call_index], dict):
+            path = (*path, "service")
+        callee = index.services.get(call.service)
+        if callee is None:
+            if not index.declared("Service", call.service):
+                hint = index.did_you_mean("Service", call.service,
+                                          index.names.get("Service", []))
+                ctx.report(path, f"no Service named {quoted(call.service)}{hint}")
+        elif callee.protocol == "tcp" and call.local_port is None:
+            ctx.report(path, f"Service {callee.name} speaks protocol tcp: the outbound_port "
+                             "routes HTTP by Host, so a tcp service needs a local_port")

@@ -1,0 +1,528 @@
+"""The model: the immutable intermediate representation every input format is loaded into.
+
+Translators read only this. It holds no I/O handles and is never mutated after loading, so one
+model can be shared by every view and every thread. Every value here is already validated and
+normalized (durations in seconds, addresses split, defaults filled in): translators never
+re-check user input. Positions are kept so that later stages (Envoy's NACKs) can point back at
+the file and line a resource came from.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+from google.protobuf.message import Message
+
+from meshpilot.base.errors import Position
+
+Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: hashable and deterministic
+Protocol = Literal["http", "http2", "grpc", "tcp"]
+LoadBalancer = Literal["round_robin", "least_request", "random", "ring_hash", "maglev"]
+
+
+@dataclass(frozen=True, slots=True)
+class RawResource:
+    """An Envoy resource written by hand in a `kind: EnvoyResources` document.
+
+    `message` is a parsed, schema-checked protobuf; treat it as read-only. `views` restricts which
+    node views receive it (None: every view).
+    """
+
+    type_url: str
+    name: str
+    message: Message
+    position: Position
+    document: str  # the EnvoyResources document's name
+    views: frozenset[str] | None = None
+
+
+# ---- Service ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str  # an IP literal, or a DNS name (the service's endpoints are then resolved by Envoy)
+    port: int
+    labels: Labels = ()
+    weight: int | None = None  # load-balancing weight, 1..128 (Envoy's range)
+    region: str | None = None  # locality: endpoints are grouped by (priority, region, zone)
+    zone: str | None = None
+    priority: int = 0  # 0 is preferred; higher priorities get traffic when lower ones fail
+
+    @property
+    def is_dns(self) -> bool:
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    kind: Literal["http", "tcp", "grpc"]
+    path: str | None = None  # http
+    interval: float = 5.0
+    timeout: float = 1.0
+    unhealthy_threshold: int = 3
+    healthy_threshold: int = 1
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end) ranges, http
+    no_traffic_interval: float | None = None  # None: the interval (checks run before traffic)
+    unhealthy_interval: float | None = None  # None: the interval
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    percent: float | None = None  # share of active requests that may be retries (Envoy: 20)
+    min_concurrency: int | None = None  # retries always allowed this many at once (Envoy: 3)
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreaker:
+    max_connections: int | None = None
+    max_pending_requests: int | None = None
+    max_requests: int | None = None
+    max_retries: int | None = None
+    retry_budget: RetryBudget | None = None  # replaces max_retries when set
+
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    consecutive_5xx: int | None = None
+    consecutive_gateway_errors: int | None = None
+    interval: float | None = None
+    base_ejection_time: float | None = None
+    max_ejection_percent: int | None = None
+    success_rate: SuccessRate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SuccessRate:
+    minimum_hosts: int | None = None  # Envoy: 5
+    request_volume: int | None = None  # Envoy: 100
+    stdev_factor: float | None = None  # Envoy: 1.9
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancerOptions:
+    """Settings of the chosen load balancer; each applies to one policy only."""
+
+    choice_count: int | None = None  # least_request
+    minimum_ring_size: int | None = None  # ring_hash
+    maximum_ring_size: int | None = None  # ring_hash
+    table_size: int | None = None  # maglev (a prime)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """A service a sidecar's application calls, and how it reaches it: through a local port
+    of its own (`local_port`), or through the sidecar's Host-routed outbound port."""
+
+    service: str
+    local_port: int | None = None  # a listener on 127.0.0.1:local_port sending to `service`
+
+
+# The application's default address behind its sidecar (docs/mesh.md).
+DEFAULT_APP_HOST = "127.0.0.1"
+DEFAULT_APP_PORT = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class Sidecar:
+    """The mesh side of a Service: the Envoy next to each of its instances (node cluster = the
+    Service's name). The Service's `endpoints` are then its sidecars' inbound addresses."""
+
+    port: int | None = None  # inbound: mesh traffic in, forwarded to the app; None: no inbound
+    address: str = "0.0.0.0"  # the inbound listener's bind address
+    app_host: str = DEFAULT_APP_HOST  # where the local application listens
+    app_port: int = DEFAULT_APP_PORT
+    outbound_port: int | None = None  # one HTTP listener on 127.0.0.1 routing by Host
+    calls: tuple[Call, ...] = ()  # the services it may call: all it receives (scoping)
+    # Mesh security (docs/security.md): mTLS on inbound with certificates from meshpilot's CA,
+    # and callers' mTLS to this service; authorization of callers by SPIFFE identity.
+    mtls: MtlsMode = "off"
+    authorization: Authorization | None = None  # rules' `principals`: names or SPIFFE IDs
+
+
+MtlsMode = Literal["strict", "permissive", "off"]
+
+
+# ---- TLS (files read by the loader, delivered to Envoy as SDS Secrets) -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    """A certificate chain and its private key, read from the files the policy names. The key
+    is kept out of repr() so that no log line or error can show it."""
+
+    cert_path: str  # as written in the policy
+    key_path: str
+    certificate_chain: bytes = field(repr=False)  # PEM
+    private_key: bytes = field(repr=False)  # PEM; never logged, redacted in every dump
+    position: Position | None = field(default=None, compare=False)  # the `cert:` field
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerTls:
+    """TLS termination on a gateway listener (protocol https)."""
+
+    certificates: tuple[TlsCertificate, ...]  # Envoy picks by SNI against each SAN; first: default
+    min_version: Literal["1.2", "1.3"] | None = None  # None: Envoy's default (1.2)
+    alpn: tuple[str, ...] = ("h2", "http/1.1")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """TLS origination from Envoy to a Service's endpoints."""
+
+    sni: str | None = None
+    verify: bool = True  # check the endpoint's certificate against `ca` (and its SAN against sni)
+    ca_path: str | None = None
+    ca: bytes | None = field(default=None, repr=False)  # PEM of the trusted CA certificates
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    position: Position
+    protocol: Protocol = "http"
+    endpoints: tuple[Endpoint, ...] = ()
+    subsets: tuple[tuple[str, Labels], ...] = ()  # (subset name, label selector), as written
+    load_balancer: LoadBalancer = "round_robin"
+    load_balancer_options: LoadBalancerOptions = LoadBalancerOptions()
+    connect_timeout: float = 1.0
+    health_check: HealthCheck | None = None
+    circuit_breaker: CircuitBreaker | None = None
+    outlier_detection: OutlierDetection | None = None
+    # Locality-weighted balancing: each zone's share of traffic (zone name, weight), sorted.
+    zone_weights: tuple[tuple[str, int], ...] = ()
+    sidecar: Sidecar | None = None  # None: no sidecar (the service may still be called)
+    tls: UpstreamTls | None = None  # None: plain connections to the endpoints
+
+    def subset(self, name: str) -> Labels | None:
+        return next((selector for n, selector in self.subsets if n == name), None)
+
+    def endpoints_of(self, subset: str | None) -> tuple[Endpoint, ...]:
+        """The endpoints of the whole service, or of one subset (all selector labels match)."""
+        if subset is None:
+            return self.endpoints
+        selector = self.subset(subset) or ()
+        return tuple(e for e in self.endpoints if all(kv in e.labels for kv in selector))
+
+
+# ---- Gateway ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLog:
+    path: str  # an absolute file path (/dev/stdout included)
+    format: Literal["json", "text"] = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Compression:
+    """gzip compression of responses (the only algorithm yet)."""
+
+    min_content_length: int | None = None  # None: Envoy's default (30 bytes)
+    content_types: tuple[str, ...] = ()  # empty: Envoy's default list
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayListener:
+    name: str
+    port: int
+    address: str = "0.0.0.0"
+    protocol: Literal["http", "tcp"] = "http"  # `protocol: https` is http with `tls` set
+    service: str | None = None  # tcp: the Service (protocol tcp) every connection goes to
+    access_log: AccessLog | None = None  # the gateway-wide one already filled in
+    # http only:
+    trust_request_id: bool = False  # keep a client's x-request-id (default: replace it)
+    request_id_in_response: bool = False
+    compression: Compression | None = None
+    websocket: bool = False
+    tls: ListenerTls | None = None  # set: the listener terminates TLS (protocol https)
+    redirect_to_https: int | None = None  # set: answer everything with a 301 to https on this port
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    name: str
+    position: Position
+    listeners: tuple[GatewayListener, ...] = ()
+
+
+# ---- Route --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StringMatch:
+    """How one value (a path, a header, a query parameter) is matched."""
+
+    kind: Literal["exact", "prefix", "regex", "present", "absent"]
+    value: str = ""  # empty for present/absent
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    path: StringMatch | None = None  # exact | prefix | regex; None matches every path
+    methods: tuple[str, ...] = ()  # upper case; empty matches every method
+    headers: tuple[tuple[str, StringMatch], ...] = ()  # (lower-case name, match), all must hold
+    query: tuple[tuple[str, StringMatch], ...] = ()  # (name, match), all must hold
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    service: str
+    subset: str | None = None
+    weight: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PathRewrite:
+    prefix: str | None = None  # replace the matched prefix with this
+    regex: str | None = None  # or: replace what this regex matches ...
+    substitution: str = ""  # ... with this (\1 style groups)
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    scheme: str | None = None
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None  # replaces the whole path
+    prefix: str | None = None  # replaces the matched prefix
+    status: int = 302  # 301, 302, 303, 307, 308
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponse:
+    status: int
+    body: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderOps:
+    add: tuple[tuple[str, str], ...] = ()  # appended (a header may then have several values)
+    set: tuple[tuple[str, str], ...] = ()  # replaces any value
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    base: float  # seconds; Envoy's retry_back_off.base_interval
+    max: float | None = None  # None: Envoy's default, 10 times base
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    attempts: int  # retries after the first try (Envoy's num_retries, Istio's meaning)
+    on: tuple[str, ...] = ("5xx", "reset", "connect-failure")  # Envoy's retry_on names
+    per_try_timeout: float | None = None
+    backoff: Backoff | None = None
+    retriable_status_codes: tuple[int, ...] = ()  # "retriable-status-codes" is then in `on`
+    avoid_same_host: bool = False  # retry on another host than the ones already tried
+
+
+@dataclass(frozen=True, slots=True)
+class FaultDelay:
+    fixed: float  # seconds
+    percentage: float = 100.0  # of matching requests, 0 to 100
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAbort:
+    status: int | None = None  # exactly one of an HTTP status ...
+    grpc_status: int | None = None  # ... or a gRPC status code
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    delay: FaultDelay | None = None
+    abort: FaultAbort | None = None
+    headers: tuple[tuple[str, StringMatch], ...] = ()  # only requests with these headers
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    service: str
+    subset: str | None = None
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class HashOn:
+    """One input of a consistent hash (ring_hash, maglev): tried in the order written."""
+
+    kind: Literal["header", "cookie", "source_ip", "query"]
+    name: str = ""  # the header, cookie or query parameter; empty for source_ip
+    ttl: float | None = None  # cookie: Envoy sets the cookie when absent (0: a session cookie)
+    path: str | None = None  # cookie: its Path attribute
+
+
+@dataclass(frozen=True, slots=True)
+class Cors:
+    allow_origins: tuple[StringMatch, ...]  # exact (case ignored) or regex origins
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: float | None = None  # seconds
+    allow_credentials: bool | None = None
+
+
+# ---- Route and rule security (translators/auth.py) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Jwks:
+    """Where a JWT provider's public keys are: exactly one of file, inline or uri."""
+
+    file: str | None = None  # an absolute path, read by Envoy
+    inline: str | None = None  # the JWKS JSON text
+    uri: str | None = None  # https://..., fetched by Envoy through `service`'s cluster
+    service: str | None = None
+    cache: float | None = None  # seconds the fetched keys are kept (None: Envoy's 5 minutes)
+
+
+@dataclass(frozen=True, slots=True)
+class JwtProvider:
+    name: str
+    issuer: str | None
+    jwks: Jwks
+    audiences: tuple[str, ...] = ()
+    forward_claims: tuple[tuple[str, str], ...] = ()  # (claim, header), as written
+
+
+@dataclass(frozen=True, slots=True)
+class Jwt:
+    providers: tuple[JwtProvider, ...]
+    required: bool = True  # False: a request without a token passes (a bad token never does)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeys:
+    source: Literal["header", "query", "cookie"]
+    name: str  # the header, query parameter or cookie carrying the key
+    keys: tuple[tuple[str, str], ...] = field(repr=False)  # (client, key): never printed
+
+
+@dataclass(frozen=True, slots=True)
+class BasicAuth:
+    users_file: str  # an absolute path to an htpasswd file of {SHA} hashes, read by Envoy
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthz:
+    service: str
+    protocol: Literal["http", "grpc"] = "http"
+    timeout: float = 0.2
+    failure_mode_allow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRule:
+    """One rule of an authorization policy: every condition given must hold (Istio's AND within
+    a rule); each list is any of its items."""
+
+    paths: tuple[StringMatch, ...] = ()
+    methods: tuple[str, ...] = ()
+    headers: tuple[tuple[str, StringMatch], ...] = ()
+    source_ips: tuple[str, ...] = ()  # CIDRs, normalized (10.0.0.0/8)
+    claims: tuple[tuple[str, str], ...] = ()  # (claim, value): the JWT's claim holds the value
+    # Mesh callers (a sidecar's `from`): Service names or SPIFFE IDs, as written; the
+    # translator makes SPIFFE IDs of names (authenticated principal, exact).
+    principals: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    action: Literal["ALLOW", "DENY"]
+    rules: tuple[AuthzRule, ...] = ()  # ALLOW with no rules denies everything (Istio)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests: int
+    per: float  # seconds
+    by: Literal["route", "host", "header", "source_ip"] = "route"
+    header: str | None = None  # by header
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    """Request-level security of a Route (its virtual host) or of one rule (replacing the
+    Route's setting of the same feature for that rule)."""
+
+    jwt: Jwt | None = None
+    api_keys: ApiKeys | None = None
+    basic_auth: BasicAuth | None = None
+    ext_authz: ExtAuthz | None = None
+    authorization: tuple[Authorization, ...] | None = None  # DENY first, then ALLOW
+    rate_limit: RateLimit | None = None
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, name) is not None for name in self.__slots__)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One rule of a Route: first match wins, in the order written. Exactly one of
+    backends, redirect or direct_response says what happens to a matching request."""
+
+    position: Position
+    matches: tuple[Match, ...] = (Match(),)  # any of them (a request matching one is taken)
+    backends: tuple[Backend, ...] = ()
+    redirect: Redirect | None = None
+    direct_response: DirectResponse | None = None
+    rewrite_path: PathRewrite | None = None
+    rewrite_host: str | None = None
+    request_headers: HeaderOps = field(default_factory=HeaderOps)
+    response_headers: HeaderOps = field(default_factory=HeaderOps)
+    timeout: float | None = None  # None: Envoy's default (15 s); 0 disables
+    retries: Retries | None = None
+    idle_timeout: float | None = None  # None: Envoy's default; 0 disables
+    grpc_max_timeout: float | None = None  # honour grpc-timeout up to this; 0: uncapped
+    fault: Fault | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    hash_on: tuple[HashOn, ...] = ()
+    security: Security = field(default_factory=Security)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    position: Position
+    gateway: str | None  # exactly one of gateway and service is set
+    hosts: tuple[str, ...] = ("*",)  # exact names and "*.suffix" wildcards; "*" is every host
+    rules: tuple[Rule, ...] = ()
+    listeners: tuple[str, ...] = ()  # attach to these listeners of the gateway; empty: all
+    cors: Cors | None = None  # for the Route's virtual host
+    security: Security = field(default_factory=Security)  # for the Route's virtual host
+    service: str | None = None  # attached to a Service: its virtual host in its callers' sidecars
+
+
+# ---- the whole model ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    raw: tuple[RawResource, ...] = ()
+    services: tuple[Service, ...] = ()  # sorted by name
+    gateways: tuple[Gateway, ...] = ()  # sorted by name
+    routes: tuple[Route, ...] = ()  # sorted by name
+    files: tuple[str, ...] = ()
+    _services: dict[str, Service] = field(default_factory=dict, compare=False, repr=False)
+    _gateways: dict[str, Gateway] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Lookups by name are on every translator's path: index once (10k services).
+        self._services.update((s.name, s) for s in self.services)
+        self._gateways.update((g.name, g) for g in self.gateways)
+
+    def service(self, name: str) -> Service | None:
+        return self._services.get(name)
+
+    def gateway(self, name: str) -> Gateway | None:
+        return self._gateways.get(name)

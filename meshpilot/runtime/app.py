@@ -1,0 +1,256 @@
+"""One meshpilot process: policy controller, snapshot cache, xDS gRPC server, admin HTTP server
+and the folder watcher, started and stopped together on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from aiohttp import web
+
+from meshpilot.ca import CertificateAuthority, WorkloadIdentities
+from meshpilot.discovery.docker_source import DockerSource
+from meshpilot.discovery.registry import EndpointRegistry
+from meshpilot.runtime.admin import make_app
+from meshpilot.runtime.controller import Controller
+from meshpilot.runtime.metrics import Metrics
+from meshpilot.runtime.watch import Debouncer, PolicyWatcher
+from meshpilot.translators.plugins import load_plugins
+from meshpilot.xds.cache import SnapshotCache
+from meshpilot.xds.csds import add_csds
+from meshpilot.xds.security import (
+    ServerCertificates,
+    check_settings,
+    is_loopback,
+    make_authorize,
+)
+from meshpilot.xds.server import XdsServer
+from meshpilot.xds.status import ProxyRegistry
+
+log = logging.getLogger("meshpilot")
+
+# Envoy's xDS client sends keepalive pings; accept them, and find dead peers ourselves.
+_GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_concurrent_streams", 100_000),
+    # gRPC core queues a new call until the application asks for it; grpc.aio asks for one
+    # call at a time, from the event loop, so a burst of new streams (thousands of Envoys
+    # connecting or reconnecting at once) waits there while the loop sends initial syncs. Past
+    # `max_pending_requests` queued calls (default 1,000) core drops new ones at random, all of
+    # them at the hard limit (default 3,000), logging nothing: the client sees CANCELLED (or,
+    # from grpc.aio, INTERNAL "Failed execute_batch" on its first send). That capped one process
+    # at ~2,200 streams opened together (docs/benchmarks.md). Every queued call is served
+    # within seconds, so let the queue hold any realistic burst.
+    ("grpc.server.max_pending_requests", 20_000),
+    ("grpc.server.max_pending_requests_hard_limit", 40_000),
+]
+
+
+@dataclass
+class Settings:
+    policy: Path
+    xds_address: str = "127.0.0.1:18000"
+    admin_address: str = "127.0.0.1:18001"
+    debounce_quiet: float = 0.1
+    debounce_max: float = 10.0
+    watch: bool = True
+    control_plane_id: str = "meshpilot"
+    plugins: tuple[str, ...] = ()  # entry point names (group `meshpilot.plugins`), in order
+    # discovery (docs/discovery.md)
+    docker: bool = False  # containers labelled meshpilot.service/meshpilot.port are instances
+    docker_network: str | None = None  # their IP on this network; None: published host ports
+    discovery_sweep: float = 0.25  # seconds between sweeps of lapsed registrations (TTLs)
+    # the mesh CA (docs/security.md)
+    ca_dir: Path | None = None  # root created here on first start, else loaded; None: in memory
+    trust_domain: str = "cluster.local"
+    cert_ttl: float = 24 * 3600.0  # workload certificates; renewed at half-life
+    # securing the xDS port (docs/operations.md, "Securing the control plane")
+    xds_tls_cert: str | None = None  # PEM certificate (chain) meshpilot presents; with the key
+    xds_tls_key: str | None = None
+    xds_client_ca: str | None = None  # set: mutual TLS, clients need a certificate it signed
+    xds_identity_check: str | None = None  # "strict" | "off"; None: strict iff a client CA
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {address!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class Meshpilot:
+    def __init__(self, settings: Settings, plugins: Iterable[object] = ()):
+        """`plugins`: plugin objects or functions, run after those named in `settings`. A named
+        plugin that is not installed or fails to import raises `PluginError` here."""
+        self.settings = settings
+        self.metrics = Metrics()
+        self.cache = SnapshotCache()
+        self.registry = ProxyRegistry()
+        self.endpoints = EndpointRegistry()  # discovered instances (registrations, Docker)
+        # The mesh CA: workload certificates per view, renewed by `_rotate_certificates`.
+        self.identities = WorkloadIdentities(
+            CertificateAuthority.load_or_create(settings.ca_dir, settings.trust_domain),
+            ttl=settings.cert_ttl)
+        self.controller = Controller(settings.policy, self.cache, self.metrics,
+                                     plugins=[*load_plugins(settings.plugins), *plugins],
+                                     endpoints=self.endpoints,
+                                     identities=self.identities)
+        self.docker: DockerSource | None = None
+        if settings.docker:
+            self.docker = DockerSource(self.endpoints, network=settings.docker_network)
+        self._sweeper: asyncio.Task[None] | None = None
+        self._rotator: asyncio.Task[None] | None = None
+        tls, self.identity_check = check_settings(settings.xds_tls_cert, settings.xds_tls_key,
+                                                  settings.xds_client_ca,
+                                                  settings.xds_identity_check)
+        # Read now: a missing or mismatched file refuses to start (XdsSecurityError).
+        self.xds_certificates = ServerCertificates(tls) if tls is not None else None
+        self.xds = XdsServer(self.cache, registry=self.registry, metrics=self.metrics,
+                             control_plane_id=settings.control_plane_id,
+                             authorize=make_authorize(self.identity_check))
+        self.serving = False
+        self.xds_address = settings.xds_address
+        self.admin_address = settings.admin_address
+        self._grpc: grpc.aio.Server | None = None
+        self._admin: web.AppRunner | None = None
+        self._watcher: PolicyWatcher | None = None
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    async def start(self) -> None:
+        """Load the policy, then serve xDS and admin. Port 0 in an address picks a free port."""
+        self.controller.watch_endpoints(asyncio.get_running_loop())
+        if self.docker is not None:
+            self.docker.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._rotator = asyncio.get_running_loop().create_task(self._rotate_certificates())
+        await self.controller.reload_async()
+        loop = asyncio.get_running_loop()
+        self._grpc = grpc.aio.server(options=_GRPC_OPTIONS)
+        self._grpc.add_generic_rpc_handlers(self.xds.handlers())
+        add_csds(self._grpc, self.registry)
+        host, port = split_address(self.settings.xds_address)
+        if self.xds_certificates is not None:
+            bound = self._grpc.add_secure_port(f"{host}:{port}",
+                                               self.xds_certificates.credentials())
+            log.info("xDS %s; identity check %s", self.xds_certificates.describe(),
+                     self.identity_check)
+        else:
+            bound = self._grpc.add_insecure_port(f"{host}:{port}")
+            if not is_loopback(host):
+                log.warning("xDS on %s:%s is PLAINTEXT and reachable beyond this host: anyone "
+                            "who can connect may claim any node cluster and receive its config "
+                            "and secrets; use --xds-tls-cert/--xds-tls-key and --xds-client-ca",
+                            host, bound)
+        self.xds_address = f"{host}:{bound}"
+        await self._grpc.start()
+
+        self._admin = web.AppRunner(make_app(self), access_log=None)
+        await self._admin.setup()
+        host, port = split_address(self.settings.admin_address)
+        if not is_loopback(host):
+            log.warning("admin API on %s:%s is reachable beyond this host and has NO "
+                        "authentication (config dumps, status, registrations); bind it to "
+                        "127.0.0.1 unless a proxy in front of it authenticates", host, port)
+        site = web.TCPSite(self._admin, host, port)
+        await site.start()
+        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
+        if sockets:
+            self.admin_address = f"{host}:{sockets[0].getsockname()[1]}"
+
+        if self.settings.watch:
+            debouncer = Debouncer(self._schedule_reload, quiet=self.settings.debounce_quiet,
+                                  max_wait=self.settings.debounce_max, loop=loop)
+            self._watcher = PolicyWatcher(self.settings.policy, debouncer, loop)
+            self._watcher.start()
+            self._watch_tls_files()
+        # Everything alive now (modules, protobuf descriptors, the first model) lives as long as
+        # the process: keep it out of the collector's full passes, which otherwise cost ~35 ms
+        # in the middle of a reload (seen in the convergence benchmark's tail).
+        gc.freeze()
+        self.serving = True
+        log.info("xDS on %s, admin on http://%s", self.xds_address, self.admin_address)
+
+    def _schedule_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.controller.reload_async())
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(lambda _: self._watch_tls_files())
+
+    def _watch_tls_files(self) -> None:
+        """Certificates and keys live outside the policy folder: watch the ones the newest load
+        read, so replacing one reloads (a Secret-only change, pushed over SDS)."""
+        if self._watcher is not None:
+            self._watcher.watch_files(self.controller.tls_files)
+
+    async def _rotate_certificates(self) -> None:
+        """Renew each workload certificate at half-life and push it (SDS only) to its view.
+        Polls at least every quarter TTL, so certificates issued meanwhile are never missed."""
+        identities = self.identities
+        while True:
+            due = identities.next_renewal()
+            wait = min(30.0, identities.ttl / 4)
+            if due is not None:
+                wait = min(wait, due - identities.clock())
+            await asyncio.sleep(max(0.05, wait))
+            renewed = identities.renew_due(keep=self.cache.views())
+            if renewed:
+                self.controller.refresh_identities(renewed)
+
+    async def _sweep(self) -> None:
+        """Remove registrations whose TTL lapsed, every `discovery_sweep` seconds."""
+        while True:
+            await asyncio.sleep(self.settings.discovery_sweep)
+            for instance in self.endpoints.expire():
+                log.info("registration %s of %s (%s) expired", instance.id, instance.service,
+                         instance.address)
+
+    async def stop(self) -> None:
+        self.serving = False
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._rotator is not None:
+            self._rotator.cancel()
+        if self.docker is not None:
+            await asyncio.to_thread(self.docker.stop)
+        if self._watcher is not None:
+            self._watcher.stop()
+        for task in tuple(self._tasks):
+            task.cancel()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=0.5)
+        if self._admin is not None:
+            await self._admin.cleanup()
+
+    async def run_forever(self) -> None:
+        """Serve until SIGTERM or SIGINT, then stop cleanly: streams are closed, not cut, so
+        Envoys reconnect at once (to another replica, say) instead of waiting for a timeout."""
+        await self.start()
+        try:
+            await until_terminated()
+        finally:
+            await self.stop()
+
+
+async def until_terminated() -> None:
+    """Wait for SIGTERM or SIGINT (docker stop, systemd, Ctrl-C)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,276 @@
+"""The controller: policy on disk in, snapshots in the cache out, the last good config kept.
+
+A reload either replaces the whole model (every document valid) or changes nothing: the error is
+logged, counted and shown in `/debug/status`, and every Envoy keeps the snapshot it had. A plugin
+failing for a view counts as a policy error (`PluginError`), with the same outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meshpilot.base.errors import PolicyError, PolicyIssue
+from meshpilot.discovery.registry import EndpointRegistry
+from meshpilot.inputs.loader import PolicyLoader
+from meshpilot.ir.model import Model
+from meshpilot.runtime.metrics import Metrics
+from meshpilot.translators import Translation
+from meshpilot.translators.mtls import IdentitySource
+from meshpilot.translators.plugins import Plugin, as_plugins
+from meshpilot.xds.cache import SnapshotCache
+from meshpilot.xds.snapshot import Snapshot
+
+log = logging.getLogger("meshpilot.runtime.controller")
+
+
+@dataclass
+class PolicyStatus:
+    path: str
+    loads: int = 0
+    rejected: int = 0
+    last_attempt: float | None = None
+    last_success: float | None = None
+    applied_files: tuple[str, ...] = ()
+    error: list[str] = field(default_factory=list)  # issues of the newest attempt, if it failed
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": self.path, "loads": self.loads, "rejected": self.rejected,
+            "last_attempt": self.last_attempt, "last_success": self.last_success,
+            "ok": not self.error and self.last_success is not None,
+            "applied_files": list(self.applied_files), "errors": list(self.error),
+        }
+
+
+@dataclass
+class _Prepared:
+    issues: tuple[PolicyIssue, ...] = ()
+    model: Model | None = None
+    translation: Translation | None = None
+    snapshots: list[Snapshot] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Controller:
+    def __init__(self, policy_path: str | Path, cache: SnapshotCache,
+                 metrics: Metrics | None = None, plugins: Iterable[Plugin | object] = (),
+                 endpoints: EndpointRegistry | None = None,
+                 identities: IdentitySource | None = None):
+        self.policy_path = Path(policy_path)
+        # Keeps each file's parse between reloads: only changed files are parsed again.
+        self.loader = PolicyLoader(self.policy_path)
+        # The mesh CA's workload certificates (meshpilot.ca.WorkloadIdentities), or None.
+        self.identities = identities
+        self.plugins = as_plugins(plugins)  # made once: their conversion caches outlive reloads
+        self.cache = cache
+        self.metrics = metrics or Metrics()
+        self.status = PolicyStatus(str(self.policy_path))
+        self.model: Model | None = None
+        self.translation: Translation | None = None
+        self._reloading = False
+        self._reload_again = False
+        self.tls_files: frozenset[str] = frozenset()  # TLS files the policy names (absolute)
+        # Discovered instances (meshpilot.discovery), added to the policy's endpoints.
+        self.endpoints = endpoints
+        self._endpoints_pending = False
+        self._sources_seen: set[str] = set()
+
+    @property
+    def ready(self) -> bool:
+        return self.translation is not None
+
+    def reload(self) -> bool:
+        """Load the policy; apply it to every view if valid. True if the new policy is serving."""
+        prepared = self._prepare(self.cache.all_views())
+        return self._apply_prepared(prepared)
+
+    async def reload_async(self) -> bool:
+        """`reload()` with loading and translation on a worker thread, so xDS streams keep being
+        served meanwhile. Reloads never overlap: one requested while another runs is done after
+        it, once, with the newest files."""
+        if self._reloading:
+            self._reload_again = True
+            return False
+        self._reloading = True
+        try:
+            while True:
+                self._reload_again = False
+                prepared = await asyncio.to_thread(self._prepare, self.cache.all_views())
+                applied = self._apply_prepared(prepared)
+                if not self._reload_again:
+                    return applied
+        finally:
+            self._reloading = False
+
+    def _prepare(self, views: tuple[str, ...]) -> _Prepared:
+        """The CPU-heavy half of a reload: load, translate, build every known view's snapshot."""
+        started = time.perf_counter()
+        try:
+            model = self._load()
+            discovered = self.endpoints.endpoints() if self.endpoints is not None else {}
+            # The serving translation and snapshots are reused where their inputs are equal:
+            # a reload costs what changed (the result is the same as a cold translation's).
+            translation = Translation(model, self.plugins, discovered=discovered,
+                                      identities=self.identities, previous=self.translation)
+            snapshots = [translation.snapshot(view, previous=self.cache.get(view))
+                         for view in views]
+        except PolicyError as e:  # PluginError too: a plugin failing refuses the whole reload
+            return _Prepared(issues=e.issues)
+        return _Prepared(model=model, translation=translation, snapshots=snapshots,
+                         seconds=time.perf_counter() - started)
+
+    def _load(self) -> Model:
+        """The policy (`PolicyLoader`: what `load_policy` gives, parsing changed files only),
+        recording the certificate, key and CA files it read (`tls_files`, which app.py watches
+        too). After a failed load, the files it tried are added to the last good ones: a
+        certificate that was missing triggers a reload when it appears."""
+        try:
+            model = self.loader.load()
+        except PolicyError:
+            self.tls_files = self.tls_files | self.loader.tls_files
+            raise
+        self.tls_files = self.loader.tls_files
+        return model
+
+    def _apply_prepared(self, prepared: _Prepared) -> bool:
+        """The cheap half, on the event loop: swap the cache's snapshots in."""
+        self.status.loads += 1
+        self.status.last_attempt = time.time()
+        if prepared.translation is None or prepared.model is None:
+            self._reject(prepared.issues)
+            return False
+        self.translation = prepared.translation
+        self.status.error = []  # before building views: one failing to build reports here
+        self.cache.set_builder(self._build_view)
+        built = {s.view for s in prepared.snapshots}
+        for snapshot in prepared.snapshots:
+            self.cache.set(snapshot)
+        for view in self.cache.all_views():  # a view first asked for while we were translating
+            if view not in built:
+                with contextlib.suppress(PolicyError):  # reported; the other views are served
+                    self.cache.set(self._build_view(view))
+        self.metrics.views.set(len(self.cache.views()))
+        self.metrics.snapshot_builds.observe(prepared.seconds)
+        self.model = prepared.model
+        self.status.last_success = time.time()
+        self.status.applied_files = prepared.model.files
+        self.metrics.policy_loads.labels("ok").inc()
+        self.metrics.policy_valid.set(1)
+        log.info("policy applied in %.3fs: %d files, %d raw resources, views %s",
+                 prepared.seconds, len(prepared.model.files), len(prepared.model.raw),
+                 list(self.cache.views()) or "(none yet)")
+        self.apply_endpoints()  # what was discovered while this reload was being prepared
+        return True
+
+    def watch_endpoints(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Apply discovered endpoint changes on `loop` (they may come from any thread),
+        coalesced: a burst of changes is one push."""
+        assert self.endpoints is not None
+
+        def changed(_: frozenset[str]) -> None:
+            if not self._endpoints_pending:
+                self._endpoints_pending = True
+                loop.call_soon_threadsafe(self._apply_pending_endpoints)
+
+        self.endpoints.on_change(changed)
+
+    def _apply_pending_endpoints(self) -> None:
+        self._endpoints_pending = False  # first: a change from now on schedules another run
+        self.apply_endpoints()
+
+    def apply_endpoints(self) -> set[str]:
+        """The EDS fast path, on the event loop: the registry's endpoints into every view.
+
+        No policy load, no listener/route/cluster translation: only the services whose
+        discovered endpoints changed get new ClusterLoadAssignments, and each view's new
+        snapshot reuses every other ResourceMap object, so streams see an EDS-only change.
+        Returns the services that changed."""
+        if self.endpoints is None:
+            return set()
+        for source, count in self.endpoints.counts().items():
+            self.metrics.discovered_instances.labels(source).set(count)
+        for source in self._sources_seen - set(self.endpoints.counts()):
+            self.metrics.discovered_instances.labels(source).set(0)
+        self._sources_seen |= set(self.endpoints.counts())
+        if self.translation is None:
+            return set()  # the first reload reads the registry itself
+        discovered = self.endpoints.endpoints()
+        changed = self.translation.changed_services(discovered)
+        if not changed:
+            return changed
+        started = time.perf_counter()
+        translation = self.translation = self.translation.with_endpoints(discovered)
+        views = 0
+        for view in self.cache.views():
+            previous = self.cache.get(view)
+            if previous is None:
+                continue
+            try:
+                snapshot = translation.refresh_endpoints(previous, changed)
+            except PolicyError as e:  # a plugin failing on the view: it keeps its snapshot
+                log.error("view %r: discovered endpoints not applied: %s", view,
+                          "; ".join(str(issue) for issue in e.issues))
+                continue
+            if snapshot is not previous and self.cache.set(snapshot):
+                views += 1
+        self.metrics.discovery_updates.inc()
+        log.info("discovered endpoints of %s applied to %d view(s) in %.4fs",
+                 sorted(changed), views, time.perf_counter() - started)
+        return changed
+
+    def refresh_identities(self, renewed: set[str]) -> int:
+        """Push the renewed certificates (by view name) of the mesh CA: on the event loop, an
+        SDS-only change per view, nothing loaded or translated again. Returns the views
+        updated."""
+        if self.translation is None or not renewed:
+            return 0
+        updated = 0
+        for view in self.cache.views():
+            previous = self.cache.get(view)
+            if view not in renewed or previous is None:
+                continue
+            try:
+                snapshot = self.translation.refresh_identity(previous)
+            except PolicyError as e:
+                log.error("view %r: renewed certificate not applied: %s", view,
+                          "; ".join(str(issue) for issue in e.issues))
+                continue
+            if snapshot is not previous and self.cache.set(snapshot):
+                updated += 1
+        if updated:
+            log.info("renewed workload certificates of %s pushed to %d view(s)",
+                     sorted(renewed), updated)
+        return updated
+
+    def _build_view(self, view: str) -> Snapshot:
+        """The cache's builder, for a view first asked for after the newest reload.
+
+        The reload is already serving, so a plugin failing for this view cannot refuse it: the
+        error is shown in `/debug/status` and raised, so this view is sent nothing (its stream
+        ends with the error and Envoy retries) rather than a config without the plugin's part.
+        """
+        assert self.translation is not None, "no builder is set before a reload succeeds"
+        try:
+            return self.translation.snapshot(view)
+        except PolicyError as e:
+            new = [str(issue) for issue in e.issues if str(issue) not in self.status.error]
+            self.status.error.extend(new)
+            log.error("view %r cannot be built; nothing is sent to it:\n  %s", view,
+                      "\n  ".join(str(issue) for issue in e.issues))
+            raise
+
+    def _reject(self, issues: tuple[PolicyIssue, ...]) -> None:
+        self.status.rejected += 1
+        self.status.error = [str(issue) for issue in issues]
+        self.metrics.policy_loads.labels("rejected").inc()
+        self.metrics.policy_valid.set(0)
+        kept = "the last good config keeps serving" if self.ready else "nothing is served yet"
+        log.error("policy rejected (%d problems); %s:\n  %s", len(issues), kept,
+                  "\n  ".join(self.status.error))

@@ -1,0 +1,232 @@
+"""Discovery end to end: `meshpilot serve`, a real Envoy and real traffic.
+
+- A self-registered echo backend receives traffic through a gateway route; when its TTL lapses
+  (no more heartbeats) it stops receiving it; both pushes are EDS only (meshpilot's
+  `meshpilot_xds_responses_total{type=...}`: endpoints grows, clusters/listeners/routes don't).
+- Docker: a real engine, if one is reachable (skipped otherwise, and only then): a labelled
+  container becomes an instance, and leaves within a second of being stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from support import MeshpilotProcess, backend_of, eventually, http_get
+
+from meshpilot.base.netutil import free_port
+
+pytestmark = pytest.mark.envoy
+
+POLICY = """
+kind: Service
+name: api
+---
+kind: Gateway
+name: edge
+listeners: [{{name: http, port: {port}, address: 127.0.0.1}}]
+---
+kind: Route
+name: shop
+gateway: edge
+rules:
+  - backends: [{{service: api}}]
+"""
+
+TYPES = ("clusters", "endpoints", "listeners", "routes")
+
+
+@pytest.fixture
+def meshpilot_factory(tmp_path: Path) -> Iterator[Callable[..., MeshpilotProcess]]:
+    started: list[MeshpilotProcess] = []
+
+    def start(policy: Path, **kwargs) -> MeshpilotProcess:
+        mp = MeshpilotProcess(policy, tmp_path, **kwargs)
+        started.append(mp)
+        return mp.start()
+
+    yield start
+    for mp in started:
+        mp.stop()
+        print(f"--- meshpilot log tail ---\n{mp.log_tail(30)}")
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def responses(mp: MeshpilotProcess) -> dict[str, float]:
+    return {t: mp.metric("meshpilot_xds_responses_total", type=t) for t in TYPES}
+
+
+def synced(mp: MeshpilotProcess) -> bool:
+    proxies = mp.proxies()
+    return len(proxies) == 1 and all(
+        proxies[0]["types"].get(t, {}).get("status") == "SYNCED" for t in TYPES)
+
+
+def listening(port: int) -> bool:
+    try:
+        http_get(f"http://127.0.0.1:{port}/", timeout=2)
+        return True
+    except OSError:
+        return False
+
+
+def start_gateway(tmp_path: Path, meshpilot_factory, envoy_factory,
+                  extra_args: tuple[str, ...] = (),
+                  empty: bool = True) -> tuple[MeshpilotProcess, int]:
+    port = free_port()
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    (policy / "edge.yaml").write_text(POLICY.format(port=port))
+    mp = meshpilot_factory(policy, extra_args=extra_args)
+    envoy_factory(mp.bootstrap("edge-1", "edge"), ready_timeout=30)
+    eventually(lambda: listening(port), timeout=15, what="the gateway listener")
+    if empty:  # no endpoints yet: the (EDS) cluster exists, the route answers 503
+        eventually(lambda: http_get(f"http://127.0.0.1:{port}/")[0] == 503, timeout=15,
+                   what="the gateway to answer 503 without endpoints")
+    eventually(lambda: synced(mp), timeout=10, what="Envoy to ACK every type")
+    return mp, port
+
+
+def test_a_registered_instance_gets_traffic_until_its_ttl_lapses(tmp_path, echo_factory,
+                                                                  envoy_factory,
+                                                                  meshpilot_factory):
+    echo = echo_factory("registered")
+    mp, port = start_gateway(tmp_path, meshpilot_factory, envoy_factory)
+    before = responses(mp)
+
+    status, body = post(f"{mp.admin}/v1/registrations",
+                        {"service": "api", "address": f"127.0.0.1:{echo.port}",
+                         "labels": {"version": "v1"}, "ttl": "1s"})
+    assert status == 201, body
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(0.25):
+            http_get(f"{mp.admin}/v1/registrations/{body['id']}", method="PUT", timeout=2)
+
+    beats = threading.Thread(target=heartbeat, daemon=True)
+    beats.start()
+    try:
+        eventually(lambda: backend_of(port) == "registered", timeout=10,
+                   what="traffic to the registered instance")
+        time.sleep(1.5)  # longer than the TTL: the heartbeats keep it
+        assert backend_of(port) == "registered"
+        eventually(lambda: synced(mp), timeout=10, what="Envoy to ACK the push")
+        after = responses(mp)
+        assert after["endpoints"] > before["endpoints"], (before, after)
+        for t in ("clusters", "listeners", "routes"):
+            assert after[t] == before[t], (t, before, after)
+    finally:
+        stop.set()
+        beats.join(timeout=5)
+
+    # No more heartbeats: within the TTL plus a sweep, Envoy stops sending it traffic.
+    lapsed = time.monotonic()
+    eventually(lambda: http_get(f"http://127.0.0.1:{port}/")[0] == 503, timeout=5,
+               what="the instance to leave after its TTL")
+    assert time.monotonic() - lapsed < 3.0
+    eventually(lambda: synced(mp), timeout=10, what="Envoy to ACK the removal")
+    final = responses(mp)
+    assert final["endpoints"] > after["endpoints"]
+    for t in ("clusters", "listeners", "routes"):
+        assert final[t] == before[t], (t, before, final)
+    assert mp.metric("meshpilot_policy_loads_total") == 1  # never re-loaded
+
+
+# ---- Docker, with a real engine --------------------------------------------------------------
+
+IMAGE = "meshpilot-test-echo:1"
+
+
+def docker_client():
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+        return client
+    except Exception as e:  # no SDK, no socket, no daemon: the same answer
+        pytest.skip(f"no Docker engine reachable: {e}")
+
+
+def ensure_image(client, work: Path) -> None:
+    """An image cannot be pulled here: import a root filesystem holding only /bin/sleep and the
+    libraries it needs; the test's Python and meshpilot are bind-mounted read-only."""
+    import docker.errors
+
+    try:
+        client.images.get(IMAGE)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    out = subprocess.run(["ldd", sleep], capture_output=True, text=True, check=True).stdout
+    files = [sleep] + [p for line in out.splitlines() for p in line.split() if p.startswith("/")]
+    tarball = work / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for path in files:
+            tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
+    with tarball.open("rb") as f:
+        client.api.import_image_from_data(f.read(), repository=IMAGE.split(":")[0],
+                                          tag=IMAGE.split(":")[1])
+
+
+def test_docker_containers_are_discovered_and_leave_when_stopped(tmp_path, envoy_factory,
+                                                                  meshpilot_factory):
+    client = docker_client()
+    ensure_image(client, tmp_path)
+    python = os.path.realpath(shutil.which("python3") or "/usr/bin/python3")
+    prefix = str(Path(python).parents[1])
+    repo = str(Path(__file__).resolve().parents[2])
+    volumes = {p: {"bind": p, "mode": "ro"} for p in (prefix, repo, "/lib", "/lib64", "/usr")
+               if os.path.isdir(p)}
+    container = client.containers.run(
+        IMAGE, [python, "-m", "meshpilot.local.demo.echo", "--name", "container", "--host", "0.0.0.0",
+                "--port", "9080"],
+        detach=True, remove=True, volumes=volumes, environment={"PYTHONPATH": repo},
+        ports={"9080/tcp": ("127.0.0.1", None)},
+        labels={"meshpilot.service": "api", "meshpilot.port": "9080",
+                "meshpilot.label.version": "v1"})
+    try:
+        mp, port = start_gateway(tmp_path, meshpilot_factory, envoy_factory,
+                                 extra_args=("--docker",), empty=False)
+        eventually(lambda: backend_of(port) == "container", timeout=15,
+                   what="traffic to the container through Envoy")
+        # Only service "api": other labelled containers on this engine (tests/e2e/test_compose.py
+        # running in parallel) are discovered too.
+        found = [i for i in mp.get_json("/debug/discovery")["instances"] if i["service"] == "api"]
+        assert [(i["service"], i["source"], i["labels"]) for i in found] == [
+            ("api", "docker", {"version": "v1"})]
+        container.stop(timeout=1)
+        stopped = time.monotonic()
+        eventually(lambda: not [i for i in mp.get_json("/debug/discovery")["instances"]
+                                if i["service"] == "api"], timeout=5,
+                   interval=0.02, what="the stopped container to leave")
+        assert time.monotonic() - stopped < 1.0
+        eventually(lambda: http_get(f"http://127.0.0.1:{port}/")[0] == 503, timeout=5,
+                   what="the gateway to stop routing to it")
+    finally:
+        with contextlib.suppress(Exception):  # removed already (--rm)
+            container.remove(force=True)
+        client.close()

@@ -1,0 +1,237 @@
+"""The meshpilot process in-process: readiness, the admin API, hot reload through the watcher,
+and what an Envoy is (not) sent while no valid policy exists."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import aiohttp
+from xds_client import XdsClient, names_of, node
+
+from meshpilot.base import types
+from meshpilot.runtime.app import Meshpilot, Settings
+from meshpilot.runtime.watch import Debouncer, is_policy_file
+
+CLUSTERS = """kind: EnvoyResources
+name: base
+clusters:
+{items}
+"""
+
+SECRET = """kind: EnvoyResources
+name: certs
+secrets:
+  - name: edge-cert
+    tls_certificate:
+      certificate_chain: {inline_string: "-----BEGIN CERTIFICATE-----PUBLICPART"}
+      private_key: {inline_string: "-----BEGIN PRIVATE KEY-----TOPSECRETKEY"}
+"""
+
+
+def clusters_yaml(*names: str) -> str:
+    items = "\n".join(f"  - {{name: {n}, type: STATIC, connect_timeout: 1s}}" for n in names)
+    return CLUSTERS.format(items=items)
+
+
+def save(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.swp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def get(mp: Meshpilot, path: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://{mp.admin_address}{path}") as r:
+        return r.status, await r.text()
+
+
+def settings(policy: Path) -> Settings:
+    return Settings(policy=policy, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
+                    debounce_quiet=0.02, debounce_max=1.0)
+
+
+async def until(check, timeout: float = 10.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out; last result {result!r}")
+        await asyncio.sleep(0.02)
+
+
+def test_nothing_is_sent_before_a_first_valid_policy(tmp_path: Path) -> None:
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    save(policy / "c.yaml", "kind: EnvoyResources\nname: x\nclusters: [{name: a, tipe: STATIC}]\n")
+
+    async def scenario() -> None:
+        mp = Meshpilot(settings(policy))
+        await mp.start()
+        try:
+            assert (await get(mp, "/readyz"))[0] == 503
+            status = json.loads((await get(mp, "/debug/status"))[1])
+            assert status["policy"]["ok"] is False
+            assert any("c.yaml:3:" in e and '"tipe"' in e for e in status["policy"]["errors"])
+            async with XdsClient(mp.xds_address) as client:
+                await client.send(node=node("n1", "edge"), type_url=types.CLUSTER)
+                # An empty CDS response would wipe a reconnecting Envoy's clusters: send nothing.
+                await client.expect_silence(0.5)
+                save(policy / "c.yaml", clusters_yaml("a", "b"))
+                response = await client.recv(timeout=10)
+                assert sorted(names_of(response)) == ["a", "b"]
+            assert (await get(mp, "/readyz"))[0] == 200
+        finally:
+            await mp.stop()
+
+    asyncio.run(scenario())
+
+
+def test_watcher_applies_new_deleted_and_renamed_files(tmp_path: Path) -> None:
+    policy = tmp_path / "policy"
+    (policy / "nested").mkdir(parents=True)
+    save(policy / "a.yaml", clusters_yaml("a"))
+
+    async def scenario() -> None:
+        mp = Meshpilot(settings(policy))
+        await mp.start()
+        try:
+            def clusters() -> list[str]:
+                snapshot = mp.cache.get_or_build("edge")
+                return sorted(snapshot.get(types.CLUSTER)) if snapshot else []
+
+            async def has(expected: list[str]) -> bool:
+                return clusters() == expected
+
+            assert clusters() == ["a"]
+            (policy / "nested" / "b.yaml").write_text(clusters_yaml("b").replace("base", "more"))
+            await until(lambda: has(["a", "b"]))
+            (policy / "a.yaml").unlink()
+            await until(lambda: has(["b"]))
+            # Editors' temporary files are ignored; the rename into place is seen.
+            save(policy / "nested" / "b.yaml", clusters_yaml("b", "c").replace("base", "more"))
+            await until(lambda: has(["b", "c"]))
+            # A half-written file is refused, then applied once complete.
+            half = clusters_yaml("b", "c", "d").replace("base", "more")
+            (policy / "nested" / "b.yaml").write_text(half[: len(half) // 2 + 7])
+            await until(lambda: _rejected(mp))
+            assert clusters() == ["b", "c"]
+            (policy / "nested" / "b.yaml").write_text(half)
+            await until(lambda: has(["b", "c", "d"]))
+            # A hostile edit, nested 200,000 levels deep: refused at its position (whichever YAML
+            # layer refuses it first), and the last good config keeps serving.
+            save(policy / "deep.yaml", "[" * 200_000)
+            await until(lambda: _rejected(mp))
+            (issue,) = mp.controller.status.error
+            assert issue.startswith("deep.yaml:1:"), issue
+            assert clusters() == ["b", "c", "d"]
+            (policy / "deep.yaml").unlink()
+            await until(lambda: _accepted(mp))
+            assert clusters() == ["b", "c", "d"]
+        finally:
+            await mp.stop()
+
+    asyncio.run(scenario())
+
+
+async def _rejected(mp: Meshpilot) -> bool:
+    return bool(mp.controller.status.error)
+
+
+async def _accepted(mp: Meshpilot) -> bool:
+    return not mp.controller.status.error
+
+
+def test_admin_endpoints_and_config_dump_redacts_secrets(tmp_path: Path) -> None:
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    save(policy / "c.yaml", clusters_yaml("a"))
+    save(policy / "s.yaml", SECRET)
+
+    async def scenario() -> None:
+        mp = Meshpilot(settings(policy))
+        await mp.start()
+        try:
+            assert await get(mp, "/healthz") == (200, "ok\n")
+            assert (await get(mp, "/readyz"))[0] == 200
+            async with XdsClient(mp.xds_address) as client:
+                await client.send(node=node("edge-1", "edge"), type_url=types.CLUSTER)
+                await client.ack(await client.recv())
+                await until(lambda: _acked(mp))
+                status, body = await get(mp, "/debug/proxies")
+                proxy = json.loads(body)["proxies"][0]
+                assert proxy["node_id"] == "edge-1" and proxy["view"] == "edge"
+                assert proxy["types"]["clusters"]["status"] == "SYNCED"
+                status, body = await get(mp, "/debug/config_dump?node=edge-1")
+                assert status == 200
+                dump = json.loads(body)
+                assert [c["name"] for c in dump["resources"]["clusters"]] == ["a"]
+                assert "TOPSECRETKEY" not in body and "[redacted]" in body
+                assert "PUBLICPART" in body  # certificates are not secret
+            status, metrics = await get(mp, "/metrics")
+            assert "meshpilot_xds_acks_total" in metrics and "meshpilot_policy_loads_total" in metrics
+            assert (await get(mp, "/debug/config_dump?node=nobody"))[0] == 404
+        finally:
+            await mp.stop()
+
+    asyncio.run(scenario())
+
+
+async def _acked(mp: Meshpilot) -> bool:
+    proxies = mp.registry.describe()
+    return bool(proxies) and proxies[0]["types"]["clusters"]["acks"] == 1
+
+
+def test_debouncer_waits_for_quiet_but_not_past_max_wait() -> None:
+    async def scenario() -> tuple[list[float], list[float]]:
+        loop = asyncio.get_running_loop()
+        fired: list[float] = []
+        d = Debouncer(lambda: fired.append(loop.time()), quiet=0.05, max_wait=0.3, loop=loop)
+        start = loop.time()
+        for _ in range(5):  # a burst: one reload
+            d.poke()
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.15)
+        burst = [t - start for t in fired]
+        fired.clear()
+        start = loop.time()
+        for _ in range(30):  # never quiet: fired by max_wait, then again after the end
+            d.poke()
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.15)
+        return burst, [t - start for t in fired]
+
+    burst, endless = asyncio.run(scenario())
+    assert len(burst) == 1
+    assert len(endless) >= 2 and endless[0] < 0.5
+
+
+def test_policy_file_filter() -> None:
+    assert is_policy_file("/p/a.yaml") and is_policy_file("/p/b.yml")
+    assert not is_policy_file("/p/.a.yaml.swp") and not is_policy_file("/p/a.yaml~")
+    assert not is_policy_file("/p/.hidden.yaml") and not is_policy_file("/p/notes.txt")
+
+
+def test_reloads_never_overlap_and_the_newest_files_win(tmp_path: Path) -> None:
+    from meshpilot.runtime.controller import Controller
+    from meshpilot.xds.cache import SnapshotCache
+
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    save(policy / "c.yaml", clusters_yaml("old"))
+    controller = Controller(policy, SnapshotCache())
+
+    async def scenario() -> None:
+        first = asyncio.create_task(controller.reload_async())
+        await asyncio.sleep(0)  # the first reload is now loading on its worker thread
+        save(policy / "c.yaml", clusters_yaml("new"))
+        assert await controller.reload_async() is False  # folded into the running one
+        assert await first is True
+
+    asyncio.run(scenario())
+    assert controller.status.loads == 2  # the running reload went round once more
+    assert [r.name for r in controller.model.raw] == ["new"]
