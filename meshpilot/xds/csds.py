@@ -2,8 +2,9 @@
 
 For every connected proxy matching the request's node matchers, one `ClientConfig` with a
 `GenericXdsConfig` per resource the proxy holds by our account: its version, its contents (unless
-`exclude_resource_contents`), whether it was ACKed or NACKed (with Envoy's message) and whether
-it matches the newest snapshot (SYNCED) or not yet (STALE).
+`exclude_resource_contents`; every secret value replaced by its fingerprint, xds/redact.py),
+whether it was ACKed or NACKed (with Envoy's message) and whether it matches the newest snapshot
+(SYNCED) or not yet (STALE).
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 import grpc
 from envoy.admin.v3 import config_dump_shared_pb2 as dump
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
-from google.protobuf import any_pb2
 
-from meshpilot.base import types
+from meshpilot.xds.redact import redacted
+from meshpilot.xds.render import message_of
 from meshpilot.xds.resources import Resource
 from meshpilot.xds.status import Connection, ProxyRegistry
 
@@ -62,10 +63,10 @@ def client_config(conn: Connection, *, include_contents: bool = True) -> Any:
         for name, held in state.known.items():
             entry = config.generic_xds_configs.add(type_url=type_url, name=name,
                                                    version_info=held.version)
-            # A Secret's contents are key material: CSDS reports its version and status only
-            # (any client of the xDS port may call CSDS; see "Securing the control plane").
-            if include_contents and isinstance(held, Resource) and type_url != types.SECRET:
-                entry.xds_config.CopyFrom(any_pb2.Any(type_url=type_url, value=held.body))
+            # Contents with every secret value (keys, API keys, password hashes, JWT keys)
+            # replaced by its fingerprint: a change still shows, the value never leaves.
+            if include_contents and isinstance(held, Resource):
+                entry.xds_config.Pack(redacted(message_of(held)))
             if state.in_flight:
                 entry.client_status = dump.REQUESTED
             elif nacked:

@@ -1,4 +1,5 @@
-"""Resources as JSON-able dicts for config dumps and `meshpilot render`, secrets redacted."""
+"""Resources as JSON-able dicts for config dumps and `meshpilot render`, secrets redacted
+(each secret value replaced by its fingerprint, xds/redact.py)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,9 @@ from google.protobuf.message import Message
 
 from meshpilot.base import types
 from meshpilot.xds.deps import is_repeated
+from meshpilot.xds.redact import redacted
 from meshpilot.xds.resources import Resource
 from meshpilot.xds.snapshot import Snapshot
-
-REDACTED = "[redacted]"
-# DataSource fields that hold key material inline; file paths and SDS names are not secret.
-_SECRET_DATA_FIELDS = ("private_key", "password", "secret", "session_ticket_keys", "generic_secret",
-                       "hmac_secret", "keys",
-                       "users")  # basic_auth's htpasswd (translators/auth.py)
 
 
 def message_of(resource: Resource) -> Message:
@@ -27,9 +23,19 @@ def message_of(resource: Resource) -> Message:
 
 
 def to_dict(resource: Resource) -> dict[str, Any]:
-    message = message_of(resource)
+    message = redacted(message_of(resource))
     data = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return redact(_sort_maps(message, data))
+    return _plain(_sort_maps(message, data))
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists all the way down (MessageToDict gives an Any an OrderedDict), so
+    that every dumper (json, yaml.safe_dump) takes the result."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _sort_maps(message: Message, data: Any) -> Any:
@@ -68,24 +74,6 @@ def _sorted_deep(value: Any) -> Any:
         return {key: _sorted_deep(value[key]) for key in sorted(value)}
     if isinstance(value, list):
         return [_sorted_deep(item) for item in value]
-    return value
-
-
-def redact(value: Any, secret: bool = False) -> Any:
-    """Replace inline key material (inline_string/inline_bytes under secret fields) everywhere."""
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if secret and key in ("inline_string", "inline_bytes"):
-                out[key] = REDACTED
-            elif key == "credentials" and isinstance(item, list):  # api_key_auth's keys
-                out[key] = [{**c, "key": f"{REDACTED}:{c.get('client', '')}"}
-                            if isinstance(c, dict) and "key" in c else c for c in item]
-            else:
-                out[key] = redact(item, secret or key in _SECRET_DATA_FIELDS)
-        return out
-    if isinstance(value, list):
-        return [redact(v, secret) for v in value]
     return value
 
 

@@ -22,7 +22,8 @@ from meshpilot.runtime.app import Meshpilot, Settings
 from meshpilot.runtime.controller import Controller
 from meshpilot.translators import Translation
 from meshpilot.xds.cache import SnapshotCache
-from meshpilot.xds.render import REDACTED, snapshot_to_dict
+from meshpilot.xds.redact import MARKER, fingerprint
+from meshpilot.xds.render import snapshot_to_dict
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +186,7 @@ def test_certificates_are_sds_secrets_never_inline_in_listeners_or_clusters(cert
     pem = (certs / "a.pem").read_text()
     assert secrets["edge/https/tls[0]"]["tls_certificate"] == {
         "certificate_chain": {"inline_string": pem},
-        "private_key": {"inline_string": REDACTED}}
+        "private_key": {"inline_string": fingerprint((certs / "a.key").read_bytes())}}
     (cluster,) = rendered["resources"]["clusters"]
     upstream = cluster["transport_socket"]["typed_config"]
     assert upstream["sni"] == "api.internal"
@@ -220,7 +221,7 @@ def test_render_and_the_admin_dump_redact_private_keys(certs: Path, tmp_path: Pa
                              "--node-cluster", "edge"], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "edge/https/tls[1]" in result.stdout and REDACTED in result.stdout
+    assert "edge/https/tls[1]" in result.stdout and MARKER in result.stdout
     assert "PRIVATE KEY" not in result.stdout + result.stderr
 
     async def scenario() -> None:
@@ -234,7 +235,7 @@ def test_render_and_the_admin_dump_redact_private_keys(certs: Path, tmp_path: Pa
                 text = await response.text()
         finally:
             await mp.stop()
-        assert "edge/https/tls[0]" in text and REDACTED in text
+        assert "edge/https/tls[0]" in text and MARKER in text
         assert "PRIVATE KEY" not in text
 
     asyncio.run(scenario())

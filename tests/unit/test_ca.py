@@ -18,6 +18,7 @@ from meshpilot.base.errors import PolicyError
 from meshpilot.ca import CaError, CertificateAuthority, WorkloadIdentities, spiffe_id
 from meshpilot.inputs.loader import load_policy
 from meshpilot.translators import Translation, mtls
+from meshpilot.xds.redact import fingerprint
 from meshpilot.xds.render import snapshot_to_dict
 
 NOW = 1_700_000_000.0
@@ -183,7 +184,8 @@ def test_each_view_gets_only_its_own_identity(tmp_path: Path, ca: CertificateAut
             identity["tls_certificate"]["certificate_chain"]["inline_string"].encode())
         assert _uris(cert) == [f"spiffe://example.org/ns/default/sa/{view}"]
         # Redacted in every dump (debug/config_dump, meshpilot render).
-        assert identity["tls_certificate"]["private_key"]["inline_string"] == "[redacted]"
+        assert identity["tls_certificate"]["private_key"]["inline_string"] == fingerprint(
+            identities.certificate(view).private_key)
         assert "PRIVATE KEY" not in str(snapshot_to_dict(snapshot))
         keys[view] = identities.certificate(view).private_key
         # The raw bytes sent to this view hold its own key and no other view's.
