@@ -10,6 +10,13 @@
 
 An instance not renewed within its TTL is removed by the application's periodic sweep. Every
 invalid request is answered 400 with {"error": "..."} naming the field.
+
+With a token authority (the default of `meshpilot serve`), every call needs
+`Authorization: Bearer TOKEN`: a registration token names one Service and allows only that
+Service's registrations (register, renew, delete, list); an operator token allows all. Without
+one: 401; for another Service: 403. Writes take only `application/json` bodies (415 otherwise),
+which a cross-origin page cannot send without the browser asking first. Per-Service limits
+(discovery.registry.Limits) answer 409 (too many endpoints) or 429 with Retry-After (too fast).
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from meshpilot.base.units import parse_duration
-from meshpilot.discovery.registry import EndpointRegistry, Instance, check_host
+from meshpilot.ca.tokens import TokenAuthority, TokenError, bearer
+from meshpilot.discovery.registry import EndpointRegistry, Instance, LimitExceeded, check_host
 
 SOURCE = "registration"
 DEFAULT_TTL = 30.0
@@ -113,16 +121,74 @@ def _ttl(value: Any) -> float:
     return seconds
 
 
-def add_registration_routes(routes: web.RouteTableDef, registry: EndpointRegistry) -> None:
+class Refused(Exception):
+    def __init__(self, response: web.Response):
+        super().__init__(response.status)
+        self.response = response
+
+
+def _allowed_service(request: web.Request, tokens: TokenAuthority | None) -> str | None:
+    """The Service the caller may act for; None: every Service (an operator, or no token
+    authority at all). Refused (401) without a valid token."""
+    if tokens is None:
+        return None
+    token = bearer(request.headers.get("Authorization"))
+    if token is None:
+        raise Refused(_unauthorized("a token is required (Authorization: Bearer TOKEN; "
+                                    "`meshpilot token create registration SERVICE`)"))
+    try:
+        return tokens.verify(token, "registration").subject
+    except TokenError as registration_error:
+        try:
+            tokens.verify(token, "operator")
+            return None
+        except TokenError:
+            raise Refused(_unauthorized(str(registration_error))) from None
+
+
+def _unauthorized(message: str) -> web.Response:
+    response = _error(message, 401)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="meshpilot"'
+    return response
+
+
+def _check_service(allowed: str | None, service: str) -> None:
+    if allowed is not None and allowed != service:
+        raise Refused(_error(f"this token is for Service {allowed!r}, not {service!r}", 403))
+
+
+def add_registration_routes(routes: web.RouteTableDef, registry: EndpointRegistry,
+                            tokens: TokenAuthority | None = None) -> None:
+    """`tokens`: None serves the API without authentication (`--insecure-admin`)."""
+
     def describe(instance: Instance) -> dict[str, object]:
         return instance.describe(registry.clock())
 
-    def owned(request: web.Request) -> Instance | None:
+    def owned(request: web.Request) -> Instance:
+        """The registration the request names, if the caller may act on it; else Refused (an
+        unknown id and another Service's id look the same: 404, nothing to probe with)."""
+        allowed = _allowed_service(request, tokens)
         instance = registry.get(request.match_info["id"])
-        return instance if instance is not None and instance.source == SOURCE else None
+        if instance is None or instance.source != SOURCE \
+                or (allowed is not None and allowed != instance.service):
+            raise Refused(_error("no such registration (expired or deleted): register again",
+                                 404))
+        return instance
+
+    def guarded(handler):  # type: ignore[no-untyped-def]
+        async def run(request: web.Request) -> web.Response:
+            try:
+                return await handler(request)
+            except Refused as refused:
+                return refused.response
+        return run
 
     @routes.post("/v1/registrations")
+    @guarded
     async def register(request: web.Request) -> web.Response:
+        allowed = _allowed_service(request, tokens)
+        if request.content_type != "application/json":
+            return _error("the body must be JSON, sent as Content-Type: application/json", 415)
         try:
             data = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -131,13 +197,22 @@ def add_registration_routes(routes: web.RouteTableDef, registry: EndpointRegistr
             service, host, port, labels, ttl = parse_registration(data)
         except Invalid as e:
             return _error(str(e))
-        instance, created = registry.register(service, host, port, labels, source=SOURCE, ttl=ttl)
+        _check_service(allowed, service)
+        try:
+            instance, created = registry.register(service, host, port, labels, source=SOURCE,
+                                                  ttl=ttl)
+        except LimitExceeded as e:
+            if e.retry_after is None:
+                return _error(str(e), 409)
+            response = _error(str(e), 429)
+            response.headers["Retry-After"] = str(max(1, round(e.retry_after + 0.5)))
+            return response
         return _json(describe(instance), 201 if created else 200)
 
     @routes.put("/v1/registrations/{id}")
+    @guarded
     async def heartbeat(request: web.Request) -> web.Response:
-        if owned(request) is None:
-            return _error("no such registration (expired or deleted): register again", 404)
+        owned(request)
         try:
             instance = registry.renew(request.match_info["id"])
         except KeyError:
@@ -145,14 +220,21 @@ def add_registration_routes(routes: web.RouteTableDef, registry: EndpointRegistr
         return _json(describe(instance))
 
     @routes.delete("/v1/registrations/{id}")
+    @guarded
     async def deregister(request: web.Request) -> web.Response:
-        if owned(request) is None or registry.remove(request.match_info["id"]) is None:
+        owned(request)
+        if registry.remove(request.match_info["id"]) is None:
             return _error("no such registration", 404)
         return web.Response(status=204)
 
     @routes.get("/v1/registrations")
+    @guarded
     async def registrations(request: web.Request) -> web.Response:
+        allowed = _allowed_service(request, tokens)
         service = request.query.get("service")
+        if allowed is not None:
+            _check_service(allowed, service or allowed)
+            service = allowed
         return _json({"registrations": [describe(i) for i in
                                         registry.instances(service=service, source=SOURCE)]})
 

@@ -15,6 +15,7 @@ removes the lapsed ones and is called periodically by the application.
 
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import threading
 import time
@@ -62,11 +63,61 @@ def check_host(host: str) -> str:
     return str(ipaddress.ip_address(host.strip("[]")))
 
 
+class LimitExceeded(ValueError):
+    """A registration refused by a per-Service limit; `retry_after` is set when waiting helps
+    (the rate), None when it does not (the number of endpoints)."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-Service bounds on what one source may add, so that a runaway or hostile registrant
+    can neither grow a Service without bound nor flood the control plane with pushes."""
+
+    max_instances: int = 1000  # instances of one Service from one source
+    rate: float = 50.0  # new instances per second and Service, sustained...
+    burst: int = 200  # ...after a burst of this many
+
+
+class _Bucket:
+    """A token bucket: `burst` at once, then `rate` per second."""
+
+    __slots__ = ("level", "stamp")
+
+    def __init__(self, burst: int, now: float):
+        self.level, self.stamp = float(burst), now
+
+    def take(self, limits: Limits, now: float) -> float:
+        """0 if a token was taken, else the seconds until one is there."""
+        self.level = min(float(limits.burst), self.level + (now - self.stamp) * limits.rate)
+        self.stamp = now
+        if self.level >= 1.0:
+            self.level -= 1.0
+            return 0.0
+        return (1.0 - self.level) / limits.rate
+
+
+_AddressKey = tuple[str, str, str, int]  # (source, service, host, port)
+
+
 class EndpointRegistry:
-    def __init__(self, clock: Clock = time.monotonic):
+    def __init__(self, clock: Clock = time.monotonic, limits: Mapping[str, Limits] | None = None):
+        """`limits`: per source (e.g. {"registration": Limits()}); a source without limits
+        (Docker, which reports what the engine runs) is not limited."""
         self.clock = clock
+        self.limits = dict(limits or {})
         self._lock = threading.Lock()
         self._instances: dict[str, Instance] = {}
+        # Indexes, so that a registration costs the same whatever the size of its Service.
+        self._by_address: dict[_AddressKey, str] = {}
+        self._counts: dict[tuple[str, str], int] = {}  # (source, service) -> instances
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        # (expires_at, id) of every instance with a TTL; stale entries (renewed or removed
+        # since) are skipped when they come up, so a sweep costs what lapsed, not what lives.
+        self._expiries: list[tuple[float, str]] = []
         self._callbacks: list[ChangeCallback] = []
         self.generation = 0  # bumped on every change
 
@@ -94,18 +145,21 @@ class EndpointRegistry:
             raise ValueError(f"port {port} is out of range 1-65535")
         pairs = tuple(sorted(labels.items() if isinstance(labels, Mapping) else labels))
         with self._lock:
-            existing = next((i for i in self._instances.values()
-                             if i.source == source and i.service == service
-                             and i.host == host and i.port == port), None)
+            existing_id = self._by_address.get((source, service, host, port))
+            existing = self._instances.get(existing_id) if existing_id is not None else None
             if existing is not None and id is not None and existing.id != id:
-                self._instances.pop(existing.id)
+                self._drop(existing.id)
                 existing = None
             instance_id = existing.id if existing is not None else (id or uuid.uuid4().hex)
+            previous = self._instances.get(instance_id)
+            if previous is None:
+                self._check_limits(source, service)
             instance = Instance(id=instance_id, service=service, host=host, port=port,
                                 labels=pairs, source=source, ttl=ttl,
                                 expires_at=None if ttl is None else self.clock() + ttl)
-            previous = self._instances.get(instance_id)
-            self._instances[instance_id] = instance
+            if previous is not None:
+                self._drop(instance_id)
+            self._put(instance)
             visible = previous is None or previous.endpoint() != instance.endpoint() \
                 or previous.service != instance.service
             if visible:
@@ -114,6 +168,46 @@ class EndpointRegistry:
             self._changed({service} | ({previous.service} if previous else set()))
         return instance, existing is None
 
+    def _check_limits(self, source: str, service: str) -> None:
+        """Raise LimitExceeded if `source` may not add another instance of `service` now."""
+        limits = self.limits.get(source)
+        if limits is None:
+            return
+        key = (source, service)
+        if self._counts.get(key, 0) >= limits.max_instances:
+            raise LimitExceeded(f"{service} has {limits.max_instances} endpoints from "
+                                f"{source}, the most allowed; deregister one first")
+        now = self.clock()
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(limits.burst, now)
+        wait = bucket.take(limits, now)
+        if wait:
+            raise LimitExceeded(f"too many new endpoints of {service} from {source} "
+                                f"(at most {limits.rate:g}/s after {limits.burst})", wait)
+
+    def _put(self, instance: Instance) -> None:
+        self._instances[instance.id] = instance
+        if instance.expires_at is not None:
+            heapq.heappush(self._expiries, (instance.expires_at, instance.id))
+        self._by_address[(instance.source, instance.service, instance.host, instance.port)] = \
+            instance.id
+        key = (instance.source, instance.service)
+        self._counts[key] = self._counts.get(key, 0) + 1
+
+    def _drop(self, instance_id: str) -> Instance | None:
+        instance = self._instances.pop(instance_id, None)
+        if instance is None:
+            return None
+        address = (instance.source, instance.service, instance.host, instance.port)
+        if self._by_address.get(address) == instance_id:
+            del self._by_address[address]
+        key = (instance.source, instance.service)
+        self._counts[key] -= 1
+        if not self._counts[key]:
+            del self._counts[key]
+        return instance
+
     def renew(self, instance_id: str) -> Instance:
         """A heartbeat: push the instance's expiry one TTL ahead. KeyError if it is gone."""
         with self._lock:
@@ -121,11 +215,12 @@ class EndpointRegistry:
             if instance.ttl is not None:
                 instance = self._instances[instance_id] = replace(
                     instance, expires_at=self.clock() + instance.ttl)
+                heapq.heappush(self._expiries, (instance.expires_at, instance_id))  # type: ignore[arg-type]
             return instance
 
     def remove(self, instance_id: str) -> Instance | None:
         with self._lock:
-            instance = self._instances.pop(instance_id, None)
+            instance = self._drop(instance_id)
             if instance is not None:
                 self.generation += 1
         if instance is not None:
@@ -140,8 +235,9 @@ class EndpointRegistry:
             changed = {i.service for k, i in old.items() if new.get(k) != i}
             changed |= {i.service for k, i in new.items() if old.get(k) != i}
             for k in old:
-                del self._instances[k]
-            self._instances.update(new)
+                self._drop(k)
+            for instance in new.values():
+                self._put(instance)
             if changed:
                 self.generation += 1
         self._changed(changed)
@@ -150,10 +246,13 @@ class EndpointRegistry:
         """Remove every instance whose TTL lapsed; returns them."""
         now = self.clock() if now is None else now
         with self._lock:
-            lapsed = [i for i in self._instances.values()
-                      if i.expires_at is not None and i.expires_at <= now]
-            for instance in lapsed:
-                del self._instances[instance.id]
+            lapsed = []
+            while self._expiries and self._expiries[0][0] <= now:
+                expires_at, instance_id = heapq.heappop(self._expiries)
+                instance = self._instances.get(instance_id)
+                if instance is not None and instance.expires_at == expires_at:
+                    lapsed.append(instance)
+                    self._drop(instance_id)
             if lapsed:
                 self.generation += 1
         self._changed(i.service for i in lapsed)

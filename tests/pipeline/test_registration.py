@@ -22,8 +22,10 @@ def settings(policy: Path) -> Settings:
 
 
 async def call(session: aiohttp.ClientSession, mp: Meshpilot, method: str, path: str,
-               body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
+               body: Any = None, raw: bytes | None = None,
+               headers: dict[str, str] | None = None) -> tuple[int, Any]:
     kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
+    kwargs["headers"] = headers or {}
     async with session.request(method, f"http://{mp.admin_address}{path}", **kwargs) as r:
         text = await r.text()
         return r.status, (json.loads(text) if text.strip() else None)
@@ -65,8 +67,14 @@ def test_registration_api_validates_and_manages_instances(tmp_path: Path) -> Non
                 status, body = await call(s, mp, "POST", "/v1/registrations",
                                           {"service": "ratings", "address": "db:80"})
                 assert status == 400 and "not an IP address" in body["error"]
-                status, body = await call(s, mp, "POST", "/v1/registrations", raw=b"{nope")
+                status, body = await call(s, mp, "POST", "/v1/registrations", raw=b"{nope",
+                                          headers={"Content-Type": "application/json"})
                 assert (status, body["error"]) == (400, "the body must be JSON")
+                # What any web page may send cross-origin without asking first: refused.
+                status, body = await call(s, mp, "POST", "/v1/registrations",
+                                          raw=b'{"service": "ratings", "address": "10.9.9.9:80"}',
+                                          headers={"Content-Type": "text/plain"})
+                assert status == 415 and "application/json" in body["error"]
                 status, body = await call(s, mp, "POST", "/v1/registrations",
                                           {"service": "ratings", "address": "10.0.0.1:1",
                                            "ttl": "forever"})

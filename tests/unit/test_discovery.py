@@ -17,7 +17,7 @@ from support import eventually
 from meshpilot.base import types
 from meshpilot.discovery.docker_source import DockerSource, instance_of
 from meshpilot.discovery.http_api import Invalid, parse_registration
-from meshpilot.discovery.registry import EndpointRegistry
+from meshpilot.discovery.registry import EndpointRegistry, LimitExceeded, Limits
 from meshpilot.inputs.loader import load_policy
 from meshpilot.ir.model import Endpoint
 from meshpilot.runtime.controller import Controller
@@ -107,6 +107,64 @@ def test_registry_is_thread_safe() -> None:
 
 
 # ---- the registration body ----------------------------------------------------------------------
+
+
+def test_per_service_limits_bound_count_and_rate_for_limited_sources_only() -> None:
+    clock = Clock()
+    registry = EndpointRegistry(clock=clock, limits={
+        "registration": Limits(max_instances=3, rate=2.0, burst=2)})
+    registry.register("a", "10.0.0.1", 80)
+    registry.register("a", "10.0.0.2", 80)
+    with pytest.raises(LimitExceeded) as too_fast:
+        registry.register("a", "10.0.0.3", 80)
+    assert too_fast.value.retry_after == pytest.approx(0.5)
+    registry.register("b", "10.0.0.3", 80)  # another Service has a bucket of its own
+    registry.register("a", "10.0.0.1", 80, labels={"v": "2"})  # an update is not a new one
+    clock.now += 0.5
+    registry.register("a", "10.0.0.3", 80)
+    clock.now += 10
+    with pytest.raises(LimitExceeded) as too_many:
+        registry.register("a", "10.0.0.4", 80)
+    assert too_many.value.retry_after is None and "3 endpoints" in str(too_many.value)
+    (gone,) = [i for i in registry.instances("a") if i.host == "10.0.0.2"]
+    registry.remove(gone.id)
+    registry.register("a", "10.0.0.4", 80)  # room again
+    for n in range(10):  # Docker reports what runs: never limited
+        registry.register("a", f"10.1.0.{n}", 80, source="docker")
+    assert len(registry.instances("a")) == 13
+
+
+def test_the_address_index_follows_every_kind_of_change() -> None:
+    clock = Clock()
+    registry = EndpointRegistry(clock=clock)
+    first, created = registry.register("a", "10.0.0.1", 80, ttl=5)
+    assert created
+    again, created = registry.register("a", "10.0.0.1", 80, ttl=5)
+    assert (again.id, created) == (first.id, False)
+    clock.now += 6
+    assert [i.id for i in registry.expire()] == [first.id]
+    third, created = registry.register("a", "10.0.0.1", 80)
+    assert created and third.id != first.id
+    registry.replace_source("registration", [])
+    assert registry.instances() == ()
+    _, created = registry.register("a", "10.0.0.1", 80)
+    assert created
+
+
+def test_expiry_skips_renewed_and_removed_instances() -> None:
+    clock = Clock()
+    registry = EndpointRegistry(clock=clock)
+    kept, _ = registry.register("a", "10.0.0.1", 80, ttl=5)
+    removed, _ = registry.register("a", "10.0.0.2", 80, ttl=5)
+    lapsing, _ = registry.register("a", "10.0.0.3", 80, ttl=5)
+    clock.now += 4
+    registry.renew(kept.id)
+    registry.remove(removed.id)
+    clock.now += 2
+    assert [i.id for i in registry.expire()] == [lapsing.id]
+    clock.now += 4
+    assert [i.id for i in registry.expire()] == [kept.id]
+    assert registry.expire() == []
 
 
 def test_registration_body_is_parsed() -> None:

@@ -1,0 +1,140 @@
+"""Signed, scoped, expiring credentials: what a caller that is not a certificate presents.
+
+A token is a JWT (HS256) signed with the control plane's token key, a 256-bit random secret kept
+beside the CA root (`token.key`, mode 0600) and shared by the replicas that share the CA. Its
+claims say what it allows, and nothing else does:
+
+- `kind` "operator": the admin API's debug, config and write endpoints, and CSDS;
+- `kind` "registration", `sub` a Service name: self-registration of that Service's endpoints only
+  (docs/discovery.md);
+- `kind` "node", `sub` a view: an Envoy's xDS stream for that view only.
+
+Every token carries `iss` "meshpilot", `iat`, `exp` (required; at most `MAX_TTL` ahead) and a
+random `jti`. Verification refuses anything else: another algorithm (no "none", no RS/HS
+confusion), a missing claim, an expired token, another kind. Tokens cannot be revoked one by
+one: rotating the key (`meshpilot token rotate-key`) invalidates every token at once, which is
+the answer to a leak (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import jwt
+
+KINDS = ("operator", "registration", "node")
+ISSUER = "meshpilot"
+ALGORITHM = "HS256"
+KEY_FILE = "token.key"
+MAX_TTL = 366 * 24 * 3600.0
+_KEY_BYTES = 32
+_LEEWAY = 5.0  # seconds of clock skew between the replica that signed and the one that checks
+
+
+class TokenError(Exception):
+    """A token that does not allow what it was presented for; the message says why, without
+    echoing the token."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a verified token allows."""
+
+    kind: str
+    subject: str  # the Service (registration), the view (node); "" for an operator
+    expires_at: float
+    token_id: str
+
+
+class TokenAuthority:
+    def __init__(self, key: bytes, clock: Callable[[], float] = time.time):
+        if len(key) < _KEY_BYTES:
+            raise ValueError(f"a token key needs at least {_KEY_BYTES} bytes")
+        self._key = key
+        self.clock = clock
+
+    # ---- the key -------------------------------------------------------------------------------
+
+    @classmethod
+    def load_or_create(cls, directory: Path | None) -> TokenAuthority:
+        """The key in `directory` (created there on first start); None: a key in memory, so
+        tokens issued by this process stop working when it stops."""
+        if directory is None:
+            return cls(secrets.token_bytes(_KEY_BYTES))
+        path = Path(directory) / KEY_FILE
+        if not path.exists():
+            write_key(path, secrets.token_bytes(_KEY_BYTES))
+        key = path.read_bytes()
+        if path.stat().st_mode & 0o077:
+            raise TokenError(f"{path} is readable by others (mode "
+                             f"{path.stat().st_mode & 0o777:o}): chmod 600 it")
+        return cls(key)
+
+    # ---- issuing and checking ----------------------------------------------------------------
+
+    def issue(self, kind: str, subject: str = "", ttl: float = 24 * 3600.0) -> str:
+        if kind not in KINDS:
+            raise TokenError(f"unknown token kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if (kind == "operator") != (subject == ""):
+            raise TokenError("an operator token has no subject; registration and node tokens "
+                             "name their Service or view")
+        if not 0 < ttl <= MAX_TTL:
+            raise TokenError(f"ttl must be positive and at most {MAX_TTL / 86400:.0f} days")
+        now = self.clock()
+        claims = {"iss": ISSUER, "kind": kind, "sub": subject, "iat": int(now),
+                  "exp": int(now + ttl), "jti": secrets.token_hex(8)}
+        return jwt.encode(claims, self._key, algorithm=ALGORITHM)
+
+    def verify(self, token: str, kind: str) -> Grant:
+        """The grant of a token of `kind`; TokenError if it is not one, or is no longer valid."""
+        try:
+            # Times are checked below against this authority's clock, not PyJWT's.
+            claims = jwt.decode(
+                token, self._key, algorithms=[ALGORITHM], issuer=ISSUER,
+                options={"require": ["iss", "exp", "iat", "sub", "jti"], "verify_sub": False,
+                         "verify_exp": False, "verify_iat": False, "verify_nbf": False})
+        except jwt.PyJWTError as e:
+            raise TokenError(f"not a valid meshpilot token ({type(e).__name__})") from None
+        if not all(isinstance(claims[c], int | float) for c in ("iat", "exp")):
+            raise TokenError("not a valid meshpilot token (iat, exp)")
+        now = self.clock()
+        if now > claims["exp"] + _LEEWAY:
+            raise TokenError("the token has expired")
+        if claims["iat"] > now + _LEEWAY:
+            raise TokenError("the token was issued in the future (check the clocks)")
+        if claims.get("kind") != kind:
+            raise TokenError(f"a {claims.get('kind')!r} token does not grant {kind!r} access")
+        if not isinstance(claims["sub"], str):
+            raise TokenError("not a valid meshpilot token (sub)")
+        if claims["exp"] - claims["iat"] > MAX_TTL + _LEEWAY:
+            raise TokenError("the token's lifetime is longer than meshpilot ever issues")
+        return Grant(kind=kind, subject=claims["sub"], expires_at=float(claims["exp"]),
+                     token_id=str(claims["jti"]))
+
+
+def write_key(path: Path, key: bytes) -> None:
+    """Write a new key file readable by its owner only, atomically (a reader never sees half)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    os.replace(temporary, path)
+
+
+def rotate_key(directory: Path) -> None:
+    """A new key: every token issued so far stops working."""
+    write_key(Path(directory) / KEY_FILE, secrets.token_bytes(_KEY_BYTES))
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer ...` header, else None."""
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
