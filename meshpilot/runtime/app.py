@@ -17,7 +17,7 @@ from aiohttp import web
 from meshpilot.ca import CertificateAuthority, WorkloadIdentities
 from meshpilot.discovery.docker_source import DockerSource
 from meshpilot.discovery.registry import EndpointRegistry
-from meshpilot.runtime.admin import make_app
+from meshpilot.runtime.admin import AdminSources, make_app
 from meshpilot.runtime.controller import Controller
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
@@ -31,6 +31,7 @@ from meshpilot.xds.security import (
     make_authorize,
 )
 from meshpilot.xds.server import XdsServer
+from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.status import ProxyRegistry
 
 log = logging.getLogger("meshpilot")
@@ -155,7 +156,7 @@ class Meshpilot:
         self.xds_address = f"{host}:{bound}"
         await self._grpc.start()
 
-        self._admin = web.AppRunner(make_app(self), access_log=None)
+        self._admin = web.AppRunner(make_app(self.admin_sources()), access_log=None)
         await self._admin.setup()
         host, port = split_address(self.settings.admin_address)
         if not is_loopback(host):
@@ -180,6 +181,21 @@ class Meshpilot:
         gc.freeze()
         self.serving = True
         log.info("xDS on %s, admin on http://%s", self.xds_address, self.admin_address)
+
+    def admin_sources(self) -> AdminSources:
+        """What the admin API may read of this process (and nothing else of it)."""
+        return AdminSources(
+            is_ready=lambda: self.controller.ready and self.serving,
+            policy_status=lambda: self.controller.status.describe(),
+            addresses=lambda: {"xds_address": self.xds_address,
+                               "admin_address": self.admin_address},
+            cache=self.cache, snapshot_of=self.snapshot_of, proxies=self.registry,
+            endpoints=self.endpoints, metrics=self.metrics.registry)
+
+    async def snapshot_of(self, view: str) -> Snapshot | None:
+        """The view's snapshot, built if no one asked for it yet; None before a first valid
+        policy. PolicyError if the view cannot be built (a plugin failing for it)."""
+        return self.cache.get(view) or self.cache.get_or_build(view)
 
     def _schedule_reload(self) -> None:
         task = asyncio.get_running_loop().create_task(self.controller.reload_async())
