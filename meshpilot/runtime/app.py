@@ -20,8 +20,8 @@ from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.runtime.admin import AdminSources, make_app
 from meshpilot.runtime.controller import Controller
 from meshpilot.runtime.metrics import Metrics
+from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
-from meshpilot.translators.plugins import load_plugins
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
 from meshpilot.xds.security import (

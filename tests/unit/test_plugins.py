@@ -38,10 +38,12 @@ from meshpilot.ir.model import (
     Service,
 )
 from meshpilot.ir.model import Endpoint as ModelEndpoint
+from meshpilot.runtime import plugin_loader
 from meshpilot.runtime.app import Meshpilot
 from meshpilot.runtime.controller import Controller
+from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.translators import Translation, plugins
-from meshpilot.translators.plugins import CurrentResources, Plugin, PluginError, load_plugins
+from meshpilot.translators.plugins import CurrentResources, Plugin, PluginError
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.render import message_of
 
@@ -368,7 +370,7 @@ def test_load_plugins_finds_an_entry_point_by_name(installed_demo: str) -> None:
     assert plugin.name == "demo"
     snapshot = Translation(Model(), plugins=[plugin]).snapshot("edge")
     assert list(snapshot.get(types.CLUSTER)) == ["demo-edge"]
-    assert {"demo", "broken"} <= set(plugins.installed())
+    assert {"demo", "broken"} <= set(plugin_loader.installed())
 
 
 def test_load_errors_name_the_plugin(installed_demo: str) -> None:
