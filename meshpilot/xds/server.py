@@ -15,9 +15,9 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from meshpilot.base import types
-from meshpilot.runtime.metrics import Metrics
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.status import Connection, ProxyRegistry
 from meshpilot.xds.stream import ProtocolError, RequestKind, XdsStream
@@ -26,6 +26,27 @@ log = logging.getLogger("meshpilot.xds")
 
 ViewOf = Callable[[Any], str]
 Authorize = Callable[[Any, str, grpc.aio.ServicerContext], "str | None"]
+
+
+class XdsMetrics:
+    """The streams' Prometheus metrics, in `registry` (a new one by default: several servers in
+    one process never share counters). The process's `Metrics` adds its own to these."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry if registry is not None else CollectorRegistry()
+        self.connected = Gauge("meshpilot_xds_connected_streams",
+                               "xDS streams open now", ["variant"], registry=r)
+        self.responses = Counter("meshpilot_xds_responses_total",
+                                 "Discovery responses sent", ["type"], registry=r)
+        self.resources_sent = Counter("meshpilot_xds_resources_sent_total",
+                                      "Resources carried by responses", ["type"], registry=r)
+        self.bytes_sent = Counter("meshpilot_xds_bytes_sent_total",
+                                  "Bytes of discovery responses sent", ["type"], registry=r)
+        self.acks = Counter("meshpilot_xds_acks_total", "ACKs received", ["type"], registry=r)
+        self.nacks = Counter("meshpilot_xds_nacks_total", "NACKs received (Envoy rejected config)",
+                             ["type"], registry=r)
+        self.stale = Counter("meshpilot_xds_stale_requests_total",
+                             "Requests ignored for a stale nonce", ["type"], registry=r)
 
 
 def view_of_node_cluster(node: Any) -> str:
@@ -78,7 +99,7 @@ def _boxed(parse: Callable[[bytes], Any]) -> Callable[[bytes], _Box]:
 
 class XdsServer:
     def __init__(self, cache: SnapshotCache, *, registry: ProxyRegistry | None = None,
-                 metrics: Metrics | None = None, view_of: ViewOf = view_of_node_cluster,
+                 metrics: XdsMetrics | None = None, view_of: ViewOf = view_of_node_cluster,
                  control_plane_id: str = "meshpilot",
                  on_nack: Callable[[Connection, str, str], None] | None = None,
                  authorize: Authorize | None = None):
@@ -86,7 +107,7 @@ class XdsServer:
         it (PERMISSION_DENIED with that text); see `meshpilot.xds.security.IdentityCheck`."""
         self.cache = cache
         self.registry = registry or ProxyRegistry()
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or XdsMetrics()
         self.view_of = view_of
         self.control_plane_id = control_plane_id
         self.on_nack = on_nack
