@@ -119,7 +119,8 @@ class Meshpilot:
         self.xds_certificates = ServerCertificates(tls) if tls is not None else None
         self.xds = XdsServer(self.cache, registry=self.registry, metrics=self.metrics,
                              control_plane_id=settings.control_plane_id,
-                             authorize=make_authorize(self.identity_check))
+                             authorize=make_authorize(self.identity_check),
+                             request_view=self.controller.views.snapshot_of)
         self.serving = False
         self.xds_address = settings.xds_address
         self.admin_address = settings.admin_address
@@ -193,9 +194,10 @@ class Meshpilot:
             endpoints=self.endpoints, metrics=self.metrics.registry)
 
     async def snapshot_of(self, view: str) -> Snapshot | None:
-        """The view's snapshot, built if no one asked for it yet; None before a first valid
-        policy. PolicyError if the view cannot be built (a plugin failing for it)."""
-        return self.cache.get(view) or self.cache.get_or_build(view)
+        """The view's snapshot, built (on a worker thread) if no one asked for it yet; None
+        before a first valid policy. PolicyError if the view cannot be built (a plugin failing
+        for it)."""
+        return await self.controller.views.snapshot_of(view)
 
     def _schedule_reload(self) -> None:
         task = asyncio.get_running_loop().create_task(self.controller.reload_async())
