@@ -245,6 +245,7 @@ class Meshpilot:
             self._watcher.stop()
         for task in tuple(self._tasks):
             task.cancel()
+        self.controller.views.cancel()
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
         if self._admin is not None:

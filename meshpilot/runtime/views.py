@@ -65,6 +65,12 @@ class ViewBuilds:
     def building(self) -> tuple[str, ...]:
         return tuple(sorted(self._pending))
 
+    def cancel(self) -> None:
+        """Stop waiting for the builds under way (the process stops); their threads finish on
+        their own, and what they built is dropped."""
+        for task in tuple(self._pending.values()):
+            task.cancel()
+
     def _build_soon(self, view: str) -> asyncio.Task[Snapshot | None]:
         task = self._pending.get(view)
         if task is None:
