@@ -239,7 +239,7 @@ async def serve(args: argparse.Namespace) -> None:
     server = Server(mp, args.view)
     # The view's snapshot and its shared SotW bodies exist before anyone connects, so the
     # "before" RSS holds the whole shared config and the per-stream delta is only the streams'.
-    snapshot = mp.cache.get_or_build(args.view)
+    snapshot = await mp.snapshot_of(args.view)
     assert snapshot is not None
     for type_url in snapshot.type_urls():
         snapshot.get(type_url).sotw_body()

@@ -7,8 +7,9 @@ edited file is re-parsed whole and a gateway's route configuration is rebuilt wh
 scenario measures a reload honestly, end to end, in one warm worker process per size
 (`python -m benchmarks.incremental --worker DIR --edits N`):
 
-1. `Controller(DIR, SnapshotCache())` + `reload()` + `cache.get_or_build("edge")` (the gateway view
-   exists, as it does once an Envoy asked for it), then `gc.freeze()` as `meshpilot serve` does;
+1. `Controller(DIR, SnapshotCache())` + `reload()` + `controller.snapshot_blocking("edge")` (the
+   gateway view exists, as it does once an Envoy asked for it), then `gc.freeze()` as `meshpilot
+   serve` does;
 2. each edit rewrites ONE file (the first, holding `svc-00000` and 999 others) with the route of
    ONE service changed (its 90/10 split becomes another split), then times `controller.reload()`
    (load every file + translate + snapshot of every known view + `cache.set`), which is exactly
@@ -75,7 +76,7 @@ def _worker(policy: str, edits: int) -> dict[str, Any]:
     t = time.perf_counter()
     assert controller.reload()
     cold_reload_s = time.perf_counter() - t
-    before = cache.get_or_build("edge")
+    before = controller.snapshot_blocking("edge")
     assert before is not None
     gc.collect()
     gc.freeze()

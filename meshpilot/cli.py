@@ -24,8 +24,9 @@ from meshpilot.inputs.native.schema import json_schema
 from meshpilot.ir.model import Model
 from meshpilot.local.bootstrap import bootstrap_yaml
 from meshpilot.runtime.app import Meshpilot, Settings, split_address
+from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.translators import Translation
-from meshpilot.translators.plugins import PluginError, load_plugins
+from meshpilot.translators.plugins import PluginError
 from meshpilot.xds.render import snapshot_to_dict
 from meshpilot.xds.security import XdsSecurityError
 

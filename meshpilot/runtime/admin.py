@@ -1,21 +1,43 @@
 """The admin HTTP API: health, readiness, Prometheus metrics, proxy status and config dumps.
 
 Binds to loopback by default: config dumps describe the fleet, and nothing here needs the network.
+The API sees the process only through `AdminSources` (built by app.py), not the process object:
+what it reads is listed in one place, and this module does not depend on the application.
 """
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from meshpilot.discovery.http_api import add_registration_routes
+from meshpilot.discovery.registry import EndpointRegistry
+from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.render import snapshot_to_dict
+from meshpilot.xds.snapshot import Snapshot
+from meshpilot.xds.status import ProxyRegistry
 
-if TYPE_CHECKING:
-    from meshpilot.runtime.app import Meshpilot
+
+@dataclass(frozen=True)
+class AdminSources:
+    """Exactly what the admin API reads or calls. Callables, where the value changes while the
+    process runs (readiness, the policy's status, the addresses once their ports are bound)."""
+
+    is_ready: Callable[[], bool]  # a valid policy is serving
+    policy_status: Callable[[], dict[str, Any]]  # PolicyStatus.describe()
+    addresses: Callable[[], dict[str, str]]  # {"xds_address": ..., "admin_address": ...}
+    cache: SnapshotCache  # views and their newest snapshots
+    # A view's snapshot, built (off the event loop) if no one asked for it yet; None before a
+    # first valid policy. Raises PolicyError if the view cannot be built.
+    snapshot_of: Callable[[str], Awaitable[Snapshot | None]]
+    proxies: ProxyRegistry  # connected Envoys
+    endpoints: EndpointRegistry  # the self-registration routes' registry
+    metrics: CollectorRegistry
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -23,8 +45,9 @@ def _json(data: Any, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-def make_app(mp: Meshpilot) -> web.Application:
+def make_app(sources: AdminSources) -> web.Application:
     routes = web.RouteTableDef()
+    cache = sources.cache
 
     @routes.get("/healthz")
     async def healthz(_: web.Request) -> web.Response:
@@ -32,27 +55,27 @@ def make_app(mp: Meshpilot) -> web.Application:
 
     @routes.get("/readyz")
     async def readyz(_: web.Request) -> web.Response:
-        if mp.controller.ready and mp.serving:
+        if sources.is_ready():
             return web.Response(text="ready\n")
         return web.Response(text="not ready: no valid policy loaded yet\n", status=503)
 
     @routes.get("/metrics")
     async def metrics(_: web.Request) -> web.Response:
-        body = generate_latest(mp.metrics.registry)
+        body = generate_latest(sources.metrics)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     @routes.get("/debug/proxies")
     async def proxies(_: web.Request) -> web.Response:
-        return _json({"proxies": mp.registry.describe()})
+        return _json({"proxies": sources.proxies.describe()})
 
     @routes.get("/debug/status")
     async def status(_: web.Request) -> web.Response:
         return _json({
-            "policy": mp.controller.status.describe(),
-            "views": {v: (s.version if (s := mp.cache.get(v)) else None)
-                      for v in mp.cache.all_views()},
-            "proxies": len(mp.registry.describe()),
-            "xds_address": mp.xds_address, "admin_address": mp.admin_address,
+            "policy": sources.policy_status(),
+            "views": {v: (s.version if (s := cache.get(v)) else None)
+                      for v in cache.all_views()},
+            "proxies": len(sources.proxies.describe()),
+            **sources.addresses(),
         })
 
     @routes.get("/debug/config_dump")
@@ -60,20 +83,20 @@ def make_app(mp: Meshpilot) -> web.Application:
         node = request.query.get("node")
         view = request.query.get("view")
         if node:
-            conns = [c for c in mp.registry.by_node(node) if c.view is not None]
+            conns = [c for c in sources.proxies.by_node(node) if c.view is not None]
             if not conns:
                 return _json({"error": f"no connected proxy with node id {node!r}"}, 404)
             view = conns[0].view
         if not view:
-            return _json({"error": "give ?node=ID or ?view=NAME", "views": mp.cache.all_views()},
+            return _json({"error": "give ?node=ID or ?view=NAME", "views": cache.all_views()},
                          400)
-        snapshot = mp.cache.get(view) or mp.cache.get_or_build(view)
+        snapshot = await sources.snapshot_of(view)
         if snapshot is None:
             return _json({"error": "no valid policy loaded yet"}, 503)
         return _json(snapshot_to_dict(snapshot))
 
     # Self-registration (/v1/registrations) and /debug/discovery: docs/discovery.md.
-    add_registration_routes(routes, mp.endpoints)
+    add_registration_routes(routes, sources.endpoints)
 
     app = web.Application()
     app.add_routes(routes)

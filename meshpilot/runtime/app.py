@@ -17,11 +17,11 @@ from aiohttp import web
 from meshpilot.ca import CertificateAuthority, WorkloadIdentities
 from meshpilot.discovery.docker_source import DockerSource
 from meshpilot.discovery.registry import EndpointRegistry
-from meshpilot.runtime.admin import make_app
+from meshpilot.runtime.admin import AdminSources, make_app
 from meshpilot.runtime.controller import Controller
 from meshpilot.runtime.metrics import Metrics
+from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
-from meshpilot.translators.plugins import load_plugins
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
 from meshpilot.xds.security import (
@@ -31,6 +31,7 @@ from meshpilot.xds.security import (
     make_authorize,
 )
 from meshpilot.xds.server import XdsServer
+from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.status import ProxyRegistry
 
 log = logging.getLogger("meshpilot")
@@ -118,7 +119,8 @@ class Meshpilot:
         self.xds_certificates = ServerCertificates(tls) if tls is not None else None
         self.xds = XdsServer(self.cache, registry=self.registry, metrics=self.metrics,
                              control_plane_id=settings.control_plane_id,
-                             authorize=make_authorize(self.identity_check))
+                             authorize=make_authorize(self.identity_check),
+                             request_view=self.controller.views.snapshot_of)
         self.serving = False
         self.xds_address = settings.xds_address
         self.admin_address = settings.admin_address
@@ -155,7 +157,7 @@ class Meshpilot:
         self.xds_address = f"{host}:{bound}"
         await self._grpc.start()
 
-        self._admin = web.AppRunner(make_app(self), access_log=None)
+        self._admin = web.AppRunner(make_app(self.admin_sources()), access_log=None)
         await self._admin.setup()
         host, port = split_address(self.settings.admin_address)
         if not is_loopback(host):
@@ -180,6 +182,22 @@ class Meshpilot:
         gc.freeze()
         self.serving = True
         log.info("xDS on %s, admin on http://%s", self.xds_address, self.admin_address)
+
+    def admin_sources(self) -> AdminSources:
+        """What the admin API may read of this process (and nothing else of it)."""
+        return AdminSources(
+            is_ready=lambda: self.controller.ready and self.serving,
+            policy_status=lambda: self.controller.status.describe(),
+            addresses=lambda: {"xds_address": self.xds_address,
+                               "admin_address": self.admin_address},
+            cache=self.cache, snapshot_of=self.snapshot_of, proxies=self.registry,
+            endpoints=self.endpoints, metrics=self.metrics.registry)
+
+    async def snapshot_of(self, view: str) -> Snapshot | None:
+        """The view's snapshot, built (on a worker thread) if no one asked for it yet; None
+        before a first valid policy. PolicyError if the view cannot be built (a plugin failing
+        for it)."""
+        return await self.controller.views.snapshot_of(view)
 
     def _schedule_reload(self) -> None:
         task = asyncio.get_running_loop().create_task(self.controller.reload_async())
@@ -227,6 +245,7 @@ class Meshpilot:
             self._watcher.stop()
         for task in tuple(self._tasks):
             task.cancel()
+        self.controller.views.cancel()
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
         if self._admin is not None:

@@ -3,12 +3,14 @@
 A reload either replaces the whole model (every document valid) or changes nothing: the error is
 logged, counted and shown in `/debug/status`, and every Envoy keeps the snapshot it had. A plugin
 failing for a view counts as a policy error (`PluginError`), with the same outcome.
+
+Loading and translating run on worker threads, never on the event loop: a reload's on its own
+thread, a view first asked for after a reload by `views` (`ViewBuilds`, runtime/views.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -21,6 +23,7 @@ from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.inputs.loader import PolicyLoader
 from meshpilot.ir.model import Model
 from meshpilot.runtime.metrics import Metrics
+from meshpilot.runtime.views import ViewBuilds
 from meshpilot.translators import Translation
 from meshpilot.translators.mtls import IdentitySource
 from meshpilot.translators.plugins import Plugin, as_plugins
@@ -74,6 +77,10 @@ class Controller:
         self.status = PolicyStatus(str(self.policy_path))
         self.model: Model | None = None
         self.translation: Translation | None = None
+        # Counts changes of `translation` or of the snapshots made from it: a view built on
+        # demand is only stored if none happened meanwhile (ViewBuilds).
+        self.generation = 0
+        self.views = ViewBuilds(self, cache)  # views first asked for after a reload
         self._reloading = False
         self._reload_again = False
         self.tls_files: frozenset[str] = frozenset()  # TLS files the policy names (absolute)
@@ -104,6 +111,10 @@ class Controller:
                 self._reload_again = False
                 prepared = await asyncio.to_thread(self._prepare, self.cache.all_views())
                 applied = self._apply_prepared(prepared)
+                if applied:
+                    # Views first asked for while this reload was being prepared (streams that
+                    # connected meanwhile): built on demand now, from the new translation.
+                    self.views.build_soon(self.cache.watched_views())
                 if not self._reload_again:
                     return applied
         finally:
@@ -147,15 +158,10 @@ class Controller:
             self._reject(prepared.issues)
             return False
         self.translation = prepared.translation
+        self.generation += 1
         self.status.error = []  # before building views: one failing to build reports here
-        self.cache.set_builder(self._build_view)
-        built = {s.view for s in prepared.snapshots}
         for snapshot in prepared.snapshots:
             self.cache.set(snapshot)
-        for view in self.cache.all_views():  # a view first asked for while we were translating
-            if view not in built:
-                with contextlib.suppress(PolicyError):  # reported; the other views are served
-                    self.cache.set(self._build_view(view))
         self.metrics.views.set(len(self.cache.views()))
         self.metrics.snapshot_builds.observe(prepared.seconds)
         self.model = prepared.model
@@ -207,6 +213,7 @@ class Controller:
             return changed
         started = time.perf_counter()
         translation = self.translation = self.translation.with_endpoints(discovered)
+        self.generation += 1
         views = 0
         for view in self.cache.views():
             previous = self.cache.get(view)
@@ -231,6 +238,7 @@ class Controller:
         updated."""
         if self.translation is None or not renewed:
             return 0
+        self.generation += 1  # a view being built meanwhile may hold a certificate just renewed
         updated = 0
         for view in self.cache.views():
             previous = self.cache.get(view)
@@ -249,22 +257,33 @@ class Controller:
                      sorted(renewed), updated)
         return updated
 
-    def _build_view(self, view: str) -> Snapshot:
-        """The cache's builder, for a view first asked for after the newest reload.
+    def snapshot_blocking(self, view: str) -> Snapshot | None:
+        """The view's snapshot, built now on the calling thread if it has none, and put in the
+        cache: for scripts, tests and benchmarks driving a Controller without an event loop. On
+        the loop, `await controller.views.snapshot_of(view)` builds on a worker thread instead.
+        None before a first valid policy; PolicyError (reported) if the view cannot be built."""
+        found = self.cache.get(view)
+        if found is not None or self.translation is None:
+            return found
+        try:
+            snapshot = self.translation.snapshot(view)
+        except PolicyError as e:
+            self.view_failed(view, e)
+            raise
+        self.cache.set(snapshot)
+        return snapshot
+
+    def view_failed(self, view: str, error: PolicyError) -> None:
+        """A view first asked for after the newest reload cannot be built.
 
         The reload is already serving, so a plugin failing for this view cannot refuse it: the
-        error is shown in `/debug/status` and raised, so this view is sent nothing (its stream
-        ends with the error and Envoy retries) rather than a config without the plugin's part.
+        error is shown in `/debug/status` (until the next reload) and this view is sent nothing,
+        rather than a config without the plugin's part.
         """
-        assert self.translation is not None, "no builder is set before a reload succeeds"
-        try:
-            return self.translation.snapshot(view)
-        except PolicyError as e:
-            new = [str(issue) for issue in e.issues if str(issue) not in self.status.error]
-            self.status.error.extend(new)
-            log.error("view %r cannot be built; nothing is sent to it:\n  %s", view,
-                      "\n  ".join(str(issue) for issue in e.issues))
-            raise
+        new = [str(issue) for issue in error.issues if str(issue) not in self.status.error]
+        self.status.error.extend(new)
+        log.error("view %r cannot be built; nothing is sent to it:\n  %s", view,
+                  "\n  ".join(str(issue) for issue in error.issues))
 
     def _reject(self, issues: tuple[PolicyIssue, ...]) -> None:
         self.status.rejected += 1

@@ -1,28 +1,22 @@
 """Prometheus metrics of one meshpilot process, in a registry of its own (not the global one),
-so that several servers in one process (tests, benchmarks) never share counters."""
+so that several servers in one process (tests, benchmarks) never share counters.
+
+The xDS streams' metrics are defined next to the code that records them (`XdsMetrics`,
+meshpilot/xds/server.py); these are the policy's, the views' and discovery's, in the same
+registry.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+
+from meshpilot.xds.server import XdsMetrics
 
 
-class Metrics:
+class Metrics(XdsMetrics):
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        super().__init__()
         r = self.registry
-        self.connected = Gauge("meshpilot_xds_connected_streams",
-                               "xDS streams open now", ["variant"], registry=r)
-        self.responses = Counter("meshpilot_xds_responses_total",
-                                 "Discovery responses sent", ["type"], registry=r)
-        self.resources_sent = Counter("meshpilot_xds_resources_sent_total",
-                                      "Resources carried by responses", ["type"], registry=r)
-        self.bytes_sent = Counter("meshpilot_xds_bytes_sent_total",
-                                  "Bytes of discovery responses sent", ["type"], registry=r)
-        self.acks = Counter("meshpilot_xds_acks_total", "ACKs received", ["type"], registry=r)
-        self.nacks = Counter("meshpilot_xds_nacks_total", "NACKs received (Envoy rejected config)",
-                             ["type"], registry=r)
-        self.stale = Counter("meshpilot_xds_stale_requests_total",
-                             "Requests ignored for a stale nonce", ["type"], registry=r)
         self.policy_loads = Counter("meshpilot_policy_loads_total",
                                     "Policy loads by result (ok, rejected)", ["result"], registry=r)
         self.policy_valid = Gauge("meshpilot_policy_last_load_ok",

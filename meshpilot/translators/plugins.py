@@ -1,8 +1,9 @@
-"""Python plugins: code found by entry point that adds or patches Envoy resources per view.
+"""Python plugins: code that adds or patches Envoy resources per view.
 
-This module owns the extension boundary: finding plugins (entry point group `meshpilot.plugins`),
-calling them for a view, checking what they return, and turning each returned message into a
-`Resource`. What a plugin returns may be
+This module owns the extension boundary the translators use: calling a plugin for a view,
+checking what it returns, and turning each returned message into a `Resource`. Finding and
+importing plugins (entry point group `meshpilot.plugins`) is the runtime's job:
+`meshpilot.runtime.plugin_loader`. What a plugin returns may be
 
 - a protobuf message (upb, from `xds-protos`) of a served type: Cluster, ClusterLoadAssignment,
   Listener, RouteConfiguration or Secret; or
@@ -34,7 +35,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -52,8 +52,6 @@ from meshpilot.xds.resources import Resource
 
 log = logging.getLogger("meshpilot.translators.plugins")
 
-GROUP = "meshpilot.plugins"
-
 
 # ---- the protocol ------------------------------------------------------------------------------
 
@@ -68,8 +66,8 @@ class ResourcePlugin(Protocol):
     object. Returning None adds nothing.
 
     A plugin must be deterministic (the same model gives the same resources, or versions churn)
-    and may be called from several threads at once: reloads translate on a worker thread, and a
-    view first asked for after a reload is built on the event loop, so it should also be quick.
+    and may be called from several threads at once: views are built on worker threads (every
+    view at a reload, and each view first asked for after it), several of them concurrently.
     """
 
     def resources(self, model: Model, view: str, /) -> Iterable[Any] | None: ...
@@ -440,34 +438,3 @@ def apply_plugins(plugins: Sequence[Plugin], model: Model, view: str,
         for resource in plugin.resources(model, view, CurrentResources(by_type)):
             by_type.setdefault(resource.type_url, {})[resource.name] = resource
     return [resource for named in by_type.values() for resource in named.values()]
-
-
-# ---- discovery ---------------------------------------------------------------------------------
-
-
-def installed() -> dict[str, EntryPoint]:
-    """Every plugin entry point installed, by name (the first one found wins a name)."""
-    found: dict[str, EntryPoint] = {}
-    for entry_point in entry_points(group=GROUP):
-        found.setdefault(entry_point.name, entry_point)
-    return found
-
-
-def load_plugins(names: Iterable[str] | None = None) -> list[Plugin]:
-    """Load the plugins named (entry point names, in that order), or every installed one (by name)
-    for None. PluginError if one is not installed or cannot be imported."""
-    available = installed()
-    wanted = sorted(available) if names is None else list(dict.fromkeys(names))
-    return [_load(name, available) for name in wanted]
-
-
-def _load(name: str, available: Mapping[str, EntryPoint]) -> Plugin:
-    entry_point = available.get(name)
-    if entry_point is None:
-        have = ", ".join(sorted(available)) or "none"
-        raise PluginError(name, f"no entry point {name!r} in group {GROUP} (installed: {have})")
-    try:
-        target = entry_point.load()
-    except Exception as e:
-        raise PluginError(name, f"cannot load {entry_point.value}: {type(e).__name__}: {e}") from e
-    return Plugin(target, name)

@@ -4,6 +4,9 @@ The cache and the protocol meet at a narrow interface (go-control-plane's split)
 snapshot in, `watch()` registers a callback that is called (on the event loop, never while holding
 anything) when a view's snapshot changes. Streams fetch the newest snapshot when they wake, so
 several changes in a row reach a slow stream as one.
+
+It stores snapshots; it never makes one. A view with no snapshot yet is built by whoever owns the
+translation (meshpilot.runtime: on a worker thread), which then `set()`s it, waking its streams.
 """
 
 from __future__ import annotations
@@ -12,31 +15,17 @@ from collections.abc import Callable
 
 from meshpilot.xds.snapshot import Snapshot
 
-ViewBuilder = Callable[[str], Snapshot]
-
 
 class SnapshotCache:
-    def __init__(self, builder: ViewBuilder | None = None):
+    def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
         self._watchers: dict[str, set[Callable[[], None]]] = {}
-        self._builder = builder
-
-    def set_builder(self, builder: ViewBuilder) -> None:
-        self._builder = builder
 
     def get(self, view: str) -> Snapshot | None:
+        """The view's newest snapshot; None if none was set (not built yet, or no valid policy
+        yet: an Envoy is then sent nothing, rather than an empty config that would wipe what it
+        already serves)."""
         return self._snapshots.get(view)
-
-    def get_or_build(self, view: str) -> Snapshot | None:
-        """The view's snapshot, built on first use: views no proxy has asked for cost nothing.
-
-        None until a builder exists (no valid policy loaded yet): an Envoy is then sent nothing,
-        rather than an empty config that would wipe what it already serves.
-        """
-        found = self._snapshots.get(view)
-        if found is None and self._builder is not None:
-            found = self._snapshots[view] = self._builder(view)
-        return found
 
     def set(self, snapshot: Snapshot) -> bool:
         """Store a view's snapshot; wake its streams if its content changed. True if it did."""

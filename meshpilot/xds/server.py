@@ -10,15 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from meshpilot.base import types
-from meshpilot.runtime.metrics import Metrics
 from meshpilot.xds.cache import SnapshotCache
+from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.status import Connection, ProxyRegistry
 from meshpilot.xds.stream import ProtocolError, RequestKind, XdsStream
 
@@ -26,6 +27,31 @@ log = logging.getLogger("meshpilot.xds")
 
 ViewOf = Callable[[Any], str]
 Authorize = Callable[[Any, str, grpc.aio.ServicerContext], "str | None"]
+# Asked for a view the cache has no snapshot of when a stream first names it: returns once the
+# snapshot is in the cache (None: there is none to send yet, the stream waits for a `set`).
+# Raising ends the stream with the error.
+RequestView = Callable[[str], Awaitable[Snapshot | None]]
+
+
+class XdsMetrics:
+    """The streams' Prometheus metrics, in `registry` (a new one by default: several servers in
+    one process never share counters). The process's `Metrics` adds its own to these."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry if registry is not None else CollectorRegistry()
+        self.connected = Gauge("meshpilot_xds_connected_streams",
+                               "xDS streams open now", ["variant"], registry=r)
+        self.responses = Counter("meshpilot_xds_responses_total",
+                                 "Discovery responses sent", ["type"], registry=r)
+        self.resources_sent = Counter("meshpilot_xds_resources_sent_total",
+                                      "Resources carried by responses", ["type"], registry=r)
+        self.bytes_sent = Counter("meshpilot_xds_bytes_sent_total",
+                                  "Bytes of discovery responses sent", ["type"], registry=r)
+        self.acks = Counter("meshpilot_xds_acks_total", "ACKs received", ["type"], registry=r)
+        self.nacks = Counter("meshpilot_xds_nacks_total", "NACKs received (Envoy rejected config)",
+                             ["type"], registry=r)
+        self.stale = Counter("meshpilot_xds_stale_requests_total",
+                             "Requests ignored for a stale nonce", ["type"], registry=r)
 
 
 def view_of_node_cluster(node: Any) -> str:
@@ -78,19 +104,22 @@ def _boxed(parse: Callable[[bytes], Any]) -> Callable[[bytes], _Box]:
 
 class XdsServer:
     def __init__(self, cache: SnapshotCache, *, registry: ProxyRegistry | None = None,
-                 metrics: Metrics | None = None, view_of: ViewOf = view_of_node_cluster,
+                 metrics: XdsMetrics | None = None, view_of: ViewOf = view_of_node_cluster,
                  control_plane_id: str = "meshpilot",
                  on_nack: Callable[[Connection, str, str], None] | None = None,
-                 authorize: Authorize | None = None):
+                 authorize: Authorize | None = None, request_view: RequestView | None = None):
         """`authorize(node, view, context)`: None lets a stream have that view, a string refuses
-        it (PERMISSION_DENIED with that text); see `meshpilot.xds.security.IdentityCheck`."""
+        it (PERMISSION_DENIED with that text); see `meshpilot.xds.security.IdentityCheck`.
+        `request_view(view)`: builds a view that has no snapshot yet (the runtime translates it,
+        off the event loop); without it, a stream waits until its view's snapshot is set."""
         self.cache = cache
         self.registry = registry or ProxyRegistry()
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or XdsMetrics()
         self.view_of = view_of
         self.control_plane_id = control_plane_id
         self.on_nack = on_nack
         self.authorize = authorize
+        self.request_view = request_view
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         out = []
@@ -179,7 +208,9 @@ class XdsServer:
                             return
                         conn.view = view
                         unwatch = self.cache.watch(conn.view, wake)
-                        snapshot = self.cache.get_or_build(conn.view)
+                        snapshot = self.cache.get(conn.view)
+                        if snapshot is None and self.request_view is not None:
+                            snapshot = await self.request_view(conn.view)
                         if snapshot is not None:
                             stream.on_snapshot(snapshot)
                         log.info("%s connected: node %r view %r (%s)", conn.peer,

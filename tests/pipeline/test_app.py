@@ -6,14 +6,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from pathlib import Path
 
 import aiohttp
+import grpc
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from xds_client import XdsClient, names_of, node
 
 from meshpilot.base import types
+from meshpilot.ir.model import Model
 from meshpilot.runtime.app import Meshpilot, Settings
 from meshpilot.runtime.watch import Debouncer, is_policy_file
+from meshpilot.translators.plugins import Plugin
 from meshpilot.xds.redact import fingerprint
 
 CLUSTERS = """kind: EnvoyResources
@@ -101,14 +106,14 @@ def test_watcher_applies_new_deleted_and_renamed_files(tmp_path: Path) -> None:
         mp = Meshpilot(settings(policy))
         await mp.start()
         try:
-            def clusters() -> list[str]:
-                snapshot = mp.cache.get_or_build("edge")
+            async def clusters() -> list[str]:
+                snapshot = await mp.snapshot_of("edge")  # built on a worker thread if need be
                 return sorted(snapshot.get(types.CLUSTER)) if snapshot else []
 
             async def has(expected: list[str]) -> bool:
-                return clusters() == expected
+                return await clusters() == expected
 
-            assert clusters() == ["a"]
+            assert await clusters() == ["a"]
             (policy / "nested" / "b.yaml").write_text(clusters_yaml("b").replace("base", "more"))
             await until(lambda: has(["a", "b"]))
             (policy / "a.yaml").unlink()
@@ -120,7 +125,7 @@ def test_watcher_applies_new_deleted_and_renamed_files(tmp_path: Path) -> None:
             half = clusters_yaml("b", "c", "d").replace("base", "more")
             (policy / "nested" / "b.yaml").write_text(half[: len(half) // 2 + 7])
             await until(lambda: _rejected(mp))
-            assert clusters() == ["b", "c"]
+            assert await clusters() == ["b", "c"]
             (policy / "nested" / "b.yaml").write_text(half)
             await until(lambda: has(["b", "c", "d"]))
             # A hostile edit, nested 200,000 levels deep: refused at its position (whichever YAML
@@ -129,10 +134,10 @@ def test_watcher_applies_new_deleted_and_renamed_files(tmp_path: Path) -> None:
             await until(lambda: _rejected(mp))
             (issue,) = mp.controller.status.error
             assert issue.startswith("deep.yaml:1:"), issue
-            assert clusters() == ["b", "c", "d"]
+            assert await clusters() == ["b", "c", "d"]
             (policy / "deep.yaml").unlink()
             await until(lambda: _accepted(mp))
-            assert clusters() == ["b", "c", "d"]
+            assert await clusters() == ["b", "c", "d"]
         finally:
             await mp.stop()
 
@@ -186,6 +191,57 @@ def test_admin_endpoints_and_config_dump_redacts_secrets(tmp_path: Path) -> None
 async def _acked(mp: Meshpilot) -> bool:
     proxies = mp.registry.describe()
     return bool(proxies) and proxies[0]["types"]["clusters"]["acks"] == 1
+
+
+def test_views_first_asked_for_are_built_once_off_the_event_loop(tmp_path: Path) -> None:
+    """A view is translated only when a stream (or a config dump) asks for it, on a worker
+    thread, once however many streams ask at the same time; a view a plugin fails for ends its
+    streams with the error, is shown in /debug/status, and is sent nothing."""
+    policy = tmp_path / "policy"
+    policy.mkdir()
+    save(policy / "c.yaml", clusters_yaml("a"))
+    calls: list[tuple[str, threading.Thread]] = []
+
+    def plugin(model: Model, view: str) -> list[Cluster]:
+        calls.append((view, threading.current_thread()))
+        if view == "bad":
+            raise ValueError("no such tenant")
+        return [Cluster(name=f"for-{view}", type=Cluster.STATIC)]
+
+    async def scenario() -> None:
+        mp = Meshpilot(settings(policy), plugins=[Plugin(plugin, "tenants")])
+        await mp.start()
+        try:
+            assert calls == []  # no view asked for: none computed
+            clients = [XdsClient(mp.xds_address) for _ in range(3)]
+            for client in clients:
+                await client.__aenter__()
+            try:
+                await asyncio.gather(*(c.send(node=node(f"n{i}", "edge"), type_url=types.CLUSTER)
+                                       for i, c in enumerate(clients)))
+                for client in clients:
+                    assert sorted(names_of(await client.recv())) == ["a", "for-edge"]
+            finally:
+                for client in clients:
+                    await client.close()
+            assert [view for view, _ in calls] == ["edge"]  # one build for the three streams
+
+            async with XdsClient(mp.xds_address) as client:
+                await client.send(node=node("b1", "bad"), type_url=types.CLUSTER)
+                assert await client.wait_closed() == grpc.StatusCode.UNKNOWN
+            status = json.loads((await get(mp, "/debug/status"))[1])
+            assert status["policy"]["errors"] == [
+                "Plugin tenants: view 'bad': raised ValueError: no such tenant"]
+            assert status["views"]["edge"] is not None and "bad" not in status["views"]
+
+            # A config dump builds a view no stream asked for, the same way.
+            code, body = await get(mp, "/debug/config_dump?view=other")
+            assert code == 200 and "for-other" in body
+            assert all(thread is not threading.main_thread() for _, thread in calls)
+        finally:
+            await mp.stop()
+
+    asyncio.run(scenario())
 
 
 def test_debouncer_waits_for_quiet_but_not_past_max_wait() -> None:

@@ -280,8 +280,7 @@ def test_replacing_a_certificate_outside_the_policy_folder_reloads_the_secret(
                                 debounce_max=1.0))
         await mp.start()
         try:
-            mp.cache.get_or_build("edge")
-            old = mp.cache.get("edge")
+            old = await mp.snapshot_of("edge")
             assert old is not None
             replacement = ca.issue("b.example.com")
             replacement.write(certs, "b")

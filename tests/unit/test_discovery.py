@@ -252,7 +252,7 @@ def test_controller_applies_registry_changes_to_every_view(policy: Path) -> None
     controller = Controller(policy, cache, endpoints=registry)
     registry.register("ratings", "10.0.0.5", 8080, ttl=1.0)  # before the first load
     assert controller.reload()
-    cache.get_or_build("edge")
+    controller.snapshot_blocking("edge")
     assert assignment_hosts(cache.get("edge"), "ratings") == [("10.0.0.5", 8080)]
     registry.register("ratings", "10.0.0.6", 8080)
     first = cache.get("edge")

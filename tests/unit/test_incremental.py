@@ -391,7 +391,7 @@ def test_reload_reuses_resources_and_maps(tmp_path: Path) -> None:
     cache = SnapshotCache()
     controller = Controller(tmp_path, cache)
     assert controller.reload()
-    before = cache.get_or_build("edge")
+    before = controller.snapshot_blocking("edge")
     assert before is not None
     assert controller.reload()  # nothing changed: the very same snapshot
     assert cache.get("edge") is before

@@ -38,10 +38,12 @@ from meshpilot.ir.model import (
     Service,
 )
 from meshpilot.ir.model import Endpoint as ModelEndpoint
+from meshpilot.runtime import plugin_loader
 from meshpilot.runtime.app import Meshpilot
 from meshpilot.runtime.controller import Controller
+from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.translators import Translation, plugins
-from meshpilot.translators.plugins import CurrentResources, Plugin, PluginError, load_plugins
+from meshpilot.translators.plugins import CurrentResources, Plugin, PluginError
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.render import message_of
 
@@ -231,7 +233,7 @@ def test_the_controller_keeps_conversions_across_reloads(
     cache = SnapshotCache()
     controller = Controller(policy_folder(tmp_path), cache, plugins=[add])
     assert controller.reload()
-    assert cache.get_or_build("edge") is not None
+    assert controller.snapshot_blocking("edge") is not None
     assert controller.reload()
     assert controller.reload()
     assert len(conversions) == 1
@@ -302,7 +304,7 @@ def test_a_plugin_raising_refuses_the_reload_and_the_last_good_snapshot_stays(
     cache = SnapshotCache()
     controller = Controller(policy_folder(tmp_path), cache, plugins=[Plugin(flaky, "flaky")])
     assert controller.reload()
-    good = cache.get_or_build("edge")
+    good = controller.snapshot_blocking("edge")
     assert good is not None and "ext" in good.get(types.CLUSTER)
 
     failing[0] = True
@@ -328,9 +330,9 @@ def test_a_plugin_failing_for_a_view_first_asked_for_later_sends_it_nothing(
     cache = SnapshotCache()
     controller = Controller(policy_folder(tmp_path), cache, plugins=[Plugin(picky, "picky")])
     assert controller.reload()
-    assert cache.get_or_build("edge") is not None
+    assert controller.snapshot_blocking("edge") is not None
     with pytest.raises(PluginError):
-        cache.get_or_build("bad")
+        controller.snapshot_blocking("bad")
     assert cache.get("bad") is None
     assert controller.status.describe()["errors"] == [
         "Plugin picky: view 'bad': raised ValueError: no such tenant"]
@@ -368,7 +370,7 @@ def test_load_plugins_finds_an_entry_point_by_name(installed_demo: str) -> None:
     assert plugin.name == "demo"
     snapshot = Translation(Model(), plugins=[plugin]).snapshot("edge")
     assert list(snapshot.get(types.CLUSTER)) == ["demo-edge"]
-    assert {"demo", "broken"} <= set(plugins.installed())
+    assert {"demo", "broken"} <= set(plugin_loader.installed())
 
 
 def test_load_errors_name_the_plugin(installed_demo: str) -> None:
@@ -388,7 +390,7 @@ def test_serve_plugin_option_reaches_the_controller(installed_demo: str, tmp_pat
     app = Meshpilot(settings)
     assert [p.name for p in app.controller.plugins] == ["demo"]
     assert app.controller.reload()
-    built = app.cache.get_or_build("edge")
+    built = app.controller.snapshot_blocking("edge")
     assert built is not None and "demo-edge" in built.get(types.CLUSTER)
 
     no_plugins = serve_settings(build_parser().parse_args(["serve", "--policy", str(policy)]))
