@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from support import eventually, http_get, meshpilot_and_gateway
+from support import eventually, http_get, meshpilot_and_gateway, serving, write_policy
 
 from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
@@ -121,20 +121,14 @@ class Env:
 def env(tmp_path_factory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("traffic-clusters")
     echoes = {name: EchoServer(name) for name in BACKENDS}
-    ports = {name: echo.start() for name, echo in echoes.items()}
-    port = free_port()
-    policy = work / "policy"
-    policy.mkdir()
-    (policy / "policy.yaml").write_text(POLICY.format(port=port, **ports))
-    try:
+    with serving(echoes) as ports:
+        port = free_port()
+        policy = write_policy(work, "policy.yaml", POLICY.format(port=port, **ports))
         with meshpilot_and_gateway(policy, work) as (_, envoy):
             environment = Env(port, envoy, echoes)
             eventually(lambda: environment.get("/breaker")[0] == 200,
                        what="the gateway to serve")
             yield environment
-    finally:
-        for echo in echoes.values():
-            echo.stop()
 
 
 def test_circuit_breaker_refuses_a_flood_with_overloaded(env: Env) -> None:
