@@ -16,8 +16,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -86,9 +87,10 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def write_policy(work: Path, filename: str, text: str) -> Path:
-    """A fresh policy folder `work/policy` holding one file; the folder (what meshpilot serves)."""
+    """`text` as `filename` in the policy folder `work/policy` (made if need be, so a test can
+    put the files a policy names there first); the folder, which is what meshpilot serves."""
     folder = work / "policy"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     (folder / filename).write_text(text)
     return folder
 
@@ -127,6 +129,42 @@ def meshpilot_and_gateway(policy: Path, work: Path,
     meshpilot's log tail printed (pytest shows it when a test failed)."""
     with meshpilot_and_envoys(policy, work, {view: view}) as (mp, envoys):
         yield mp, envoys[view]
+
+
+@dataclass
+class Served:
+    """What `served_policy` runs: meshpilot, its Envoys by view, every port the policy names."""
+
+    mp: MeshpilotProcess
+    envoys: dict[str, EnvoyProcess]
+    ports: dict[str, int]
+    policy: Path  # the folder meshpilot serves
+
+    @property
+    def envoy(self) -> EnvoyProcess:
+        """The Envoy, when there is one."""
+        (only,) = self.envoys.values()
+        return only
+
+
+@contextmanager
+def served_policy(work: Path, filename: str, template: str, servers: Mapping[str, Server], *,
+                  free_ports: Sequence[str] = ("port",),
+                  envoys: Mapping[str, str] | None = None, extra_args: tuple[str, ...] = (),
+                  **values: Any) -> Iterator[Served]:
+    """The set-up of a policy-driven end-to-end test, torn down in reverse on exit.
+
+    Starts `servers` (the upstreams: {name: server}), takes a free loopback port for each name
+    in `free_ports` (the policy's listeners), writes `template` formatted with all those ports
+    and `values` as `filename` in work/policy, and runs `meshpilot serve` on it to the Envoys
+    `envoys` ({view: process name}; by default one edge gateway), all ready.
+    """
+    with serving(servers) as ports:
+        ports.update({name: free_port() for name in free_ports})
+        policy = write_policy(work, filename, template.format(**ports, **values))
+        with meshpilot_and_envoys(policy, work, envoys or {"edge": "edge"},
+                                  extra_args=extra_args) as (mp, started):
+            yield Served(mp, started, ports, policy)
 
 
 def listener_port(envoy: EnvoyProcess, listener: str = "http") -> int:
@@ -193,6 +231,8 @@ class LoopbackHttpServer:
     With `tls=(certificate, key)` it speaks HTTPS and records the SNI each client sent, in
     order, in `server_names`. `stop()` is idempotent and harmless before `start()`.
     """
+
+    Handler = QuietHandler  # what a test's handler derives from
 
     def __init__(self, handler: type[BaseHTTPRequestHandler], *,
                  tls: tuple[Path, Path] | None = None):

@@ -18,17 +18,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from support import (
-    LoopbackHttpServer,
-    MeshpilotProcess,
-    QuietHandler,
-    eventually,
-    http_get,
-    meshpilot_and_gateway,
-    serving,
-)
+from support import LoopbackHttpServer, MeshpilotProcess, eventually, http_get, served_policy
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 
 pytestmark = pytest.mark.envoy
@@ -156,7 +147,7 @@ class AuthzServer(LoopbackHttpServer):
         server = self
         self.checks = 0
 
-        class Handler(QuietHandler):
+        class Handler(LoopbackHttpServer.Handler):
             def _answer(self) -> None:
                 server.checks += 1
                 self.reply(200 if self.headers.get("x-allow") == "yes" else 403)
@@ -184,21 +175,18 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("auth-e2e")
     signer = Signer()
     authz = AuthzServer()
-    with serving({"api": EchoServer("api"), "authz": authz}) as ports:
-        port = free_port()
-        policy = work / "policy"
-        policy.mkdir()
-        (policy / "jwks.json").write_text(json.dumps(signer.jwks))
-        (policy / "a.key").write_text("key-of-a-from-a-file\n")
-        digest = base64.b64encode(sha1(b"s3cret").digest()).decode()
-        (policy / "users.htpasswd").write_text(f"alice:{{SHA}}{digest}\n")
-        (policy / "auth.yaml").write_text(POLICY.format(port=port, issuer=ISSUER, policy=policy,
-                                                        **ports))
-        with meshpilot_and_gateway(policy, work) as (mp, _):
-            environment = Env(port, signer, authz, mp)
-            eventually(lambda: environment.get("/public/x", "rbac.example.com")[0] == 200,
-                       timeout=30, what="the gateway to serve")
-            yield environment
+    policy = work / "policy"  # the files the policy names, beside it
+    policy.mkdir()
+    (policy / "jwks.json").write_text(json.dumps(signer.jwks))
+    (policy / "a.key").write_text("key-of-a-from-a-file\n")
+    digest = base64.b64encode(sha1(b"s3cret").digest()).decode()
+    (policy / "users.htpasswd").write_text(f"alice:{{SHA}}{digest}\n")
+    with served_policy(work, "auth.yaml", POLICY, {"api": EchoServer("api"), "authz": authz},
+                       issuer=ISSUER, policy=policy) as served:
+        environment = Env(served.ports["port"], signer, authz, served.mp)
+        eventually(lambda: environment.get("/public/x", "rbac.example.com")[0] == 200,
+                   timeout=30, what="the gateway to serve")
+        yield environment
 
 
 def seen_headers(body: bytes) -> dict[str, str]:

@@ -22,20 +22,10 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2, status_pb2
-from support import (
-    LoopbackHttpServer,
-    MeshpilotProcess,
-    QuietHandler,
-    eventually,
-    http_get,
-    meshpilot_and_gateway,
-    serving,
-    write_policy,
-)
+from support import LoopbackHttpServer, MeshpilotProcess, eventually, http_get, served_policy
 from test_auth import ISSUER, Signer
 from tls_material import CA, Pair
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.demo.server import LoopThread
 from meshpilot.local.envoy_process import EnvoyProcess
@@ -103,7 +93,7 @@ class JwksServer(LoopbackHttpServer):
         self.requests: list[tuple[str, str, str | None, str | None]] = []
         server = self
 
-        class Handler(QuietHandler):
+        class Handler(LoopbackHttpServer.Handler):
             def do_GET(self) -> None:
                 server.requests.append(("GET", self.path, self.headers.get("host"),
                                         server.server_names[-1] if server.server_names else None))
@@ -188,15 +178,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     api = EchoServer("api")
     jwks = JwksServer(signer.jwks, ca.issue("jwks.internal"), certs)
     authz = GrpcAuthz()
-    with serving({"api": api, "jwks": jwks, "authz": authz}) as ports:
-        port = free_port()
-        policy = write_policy(work, "remote.yaml", POLICY.format(certs=certs, issuer=ISSUER,
-                                                                 port=port, **ports))
-        with meshpilot_and_gateway(policy, work) as (mp, envoy):
-            environment = Env(port, signer, api, jwks, authz, mp, envoy)
-            eventually(lambda: environment.get("/", "open.example.com")[0] == 200,
-                       timeout=30, what="the gateway to serve")
-            yield environment
+    with served_policy(work, "remote.yaml", POLICY, {"api": api, "jwks": jwks, "authz": authz},
+                       certs=certs, issuer=ISSUER) as served:
+        environment = Env(served.ports["port"], signer, api, jwks, authz, served.mp,
+                          served.envoy)
+        eventually(lambda: environment.get("/", "open.example.com")[0] == 200,
+                   timeout=30, what="the gateway to serve")
+        yield environment
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -20,14 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import (
-    MeshpilotProcess,
-    backend_of,
-    docker_client,
-    eventually,
-    http_get,
-    write_policy,
-)
+from support import MeshpilotProcess, backend_of, docker_client, eventually, http_get, write_policy
 
 from meshpilot.base.netutil import free_port
 

@@ -25,19 +25,9 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from support import (
-    LoopbackHttpServer,
-    MeshpilotProcess,
-    QuietHandler,
-    eventually,
-    http_get,
-    meshpilot_and_gateway,
-    serving,
-    write_policy,
-)
+from support import LoopbackHttpServer, MeshpilotProcess, eventually, http_get, served_policy
 from tls_material import CA, Pair
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -90,7 +80,7 @@ class TlsEcho(LoopbackHttpServer):
     def __init__(self, pair: Pair, folder: Path):
         server = self
 
-        class Handler(QuietHandler):
+        class Handler(LoopbackHttpServer.Handler):
             def do_GET(self) -> None:
                 body = json.dumps({"backend": "tls-echo", "sni": server.server_names[-1:],
                                    "tls": isinstance(self.connection, ssl.SSLSocket)}).encode()
@@ -118,14 +108,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     ca.issue("a.example.com").write(certs, "a")
     ca.issue("b.example.com", "*.b.example.com").write(certs, "b")
     upstream = TlsEcho(ca.issue("upstream.internal"), certs)
-    with serving({"api": EchoServer("api"), "upstream": upstream}) as ports:
-        ports.update(https=free_port(), modern=free_port(), plain=free_port())
-        policy = write_policy(work, "edge.yaml", POLICY.format(certs=certs, **ports))
-        with meshpilot_and_gateway(policy, work) as (mp, envoy):
-            environment = Env(ports, certs, ca, mp, envoy, upstream)
-            eventually(lambda: https_get(environment, "https", "a.example.com")[0] == 200,
-                       timeout=30, what="the https listener to serve")
-            yield environment
+    with served_policy(work, "edge.yaml", POLICY, {"api": EchoServer("api"), "upstream": upstream},
+                       free_ports=("https", "modern", "plain"), certs=certs) as served:
+        environment = Env(served.ports, certs, ca, served.mp, served.envoy, upstream)
+        eventually(lambda: https_get(environment, "https", "a.example.com")[0] == 200,
+                   timeout=30, what="the https listener to serve")
+        yield environment
 
 
 # ---- clients --------------------------------------------------------------------------------

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from support import eventually, http_get, meshpilot_and_gateway, serving, write_policy
+from support import eventually, http_get, served_policy
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.demo.server import LoopThread
 from meshpilot.local.demo.ws_echo import WsEchoServer
@@ -109,16 +108,15 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("listeners-e2e")
-    with serving({"api": EchoServer("api"), "ws": WsEchoServer("ws1"), "tcp": TcpEcho()}) as ports:
-        ports.update(plain=free_port(), features=free_port(), raw=free_port())
-        log = work / "access.log"
-        policy = write_policy(work, "edge.yaml", POLICY.format(log=log, **ports))
-        with meshpilot_and_gateway(policy, work) as (_, envoy):
-            environment = Env(ports, log, envoy)
-            for listener in ("plain", "features"):
-                eventually(lambda listener=listener: environment.get(listener)[0] == 200,
-                           timeout=30, what=f"listener {listener} to serve")
-            yield environment
+    log = work / "access.log"
+    upstreams = {"api": EchoServer("api"), "ws": WsEchoServer("ws1"), "tcp": TcpEcho()}
+    with served_policy(work, "edge.yaml", POLICY, upstreams,
+                       free_ports=("plain", "features", "raw"), log=log) as served:
+        environment = Env(served.ports, log, served.envoy)
+        for listener in ("plain", "features"):
+            eventually(lambda listener=listener: environment.get(listener)[0] == 200,
+                       timeout=30, what=f"listener {listener} to serve")
+        yield environment
 
 
 def seen_by_upstream(response: tuple[int, dict[str, str], bytes]) -> dict:

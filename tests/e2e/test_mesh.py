@@ -9,16 +9,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from support import (
-    MeshpilotProcess,
-    eventually,
-    http_get,
-    meshpilot_and_envoys,
-    serving,
-    write_policy,
-)
+from support import MeshpilotProcess, eventually, http_get, served_policy
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -81,15 +73,14 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory) -> Iterator[Mesh]:
     work = tmp_path_factory.mktemp("mesh-e2e")
-    with serving({f"app_{name}": EchoServer(name) for name in ("a", "b", "c")}) as ports:
-        ports.update({name: free_port() for name in ("a_in", "b_in", "a_out", "a_to_b")})
-        policy = write_policy(work, "mesh.yaml", POLICY.format(**ports))
-        with meshpilot_and_envoys(policy, work, {"a": "sidecar-a", "b": "sidecar-b"}) \
-                as (mp, sidecars):
-            environment = Mesh(ports, sidecars, mp)
-            eventually(lambda: environment.get("a_to_b")[0] == 200, timeout=20,
-                       what="A's sidecar to reach B through B's sidecar")
-            yield environment
+    apps = {f"app_{name}": EchoServer(name) for name in ("a", "b", "c")}
+    with served_policy(work, "mesh.yaml", POLICY, apps,
+                       free_ports=("a_in", "b_in", "a_out", "a_to_b"),
+                       envoys={"a": "sidecar-a", "b": "sidecar-b"}) as served:
+        environment = Mesh(served.ports, served.envoys, served.mp)
+        eventually(lambda: environment.get("a_to_b")[0] == 200, timeout=20,
+                   what="A's sidecar to reach B through B's sidecar")
+        yield environment
 
 
 def test_local_port_reaches_b_through_both_sidecars(mesh: Mesh) -> None:

@@ -10,10 +10,9 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from support import eventually, meshpilot_and_envoys, serving, write_policy
+from support import eventually, served_policy
 from test_grpc import OPTIONS
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.grpc_echo import GrpcEchoServer, load_stubs
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -50,14 +49,13 @@ async def say(port: int, message: str):
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory) -> Iterator[tuple[dict[str, int], dict[str, EnvoyProcess]]]:
     work = tmp_path_factory.mktemp("mesh-grpc")
-    with serving({"app": GrpcEchoServer("greeter-1")}) as ports:
-        ports.update(greeter_in=free_port(), to_greeter=free_port())
-        policy = write_policy(work, "mesh.yaml", POLICY.format(**ports))
-        with meshpilot_and_envoys(policy, work, {"frontend": "frontend", "greeter": "greeter"}
-                                  ) as (_, sidecars):
-            eventually(lambda: asyncio.run(say(ports["to_greeter"], "ping")).backend
-                       == "greeter-1", timeout=30, what="a gRPC call through both sidecars")
-            yield ports, sidecars
+    with served_policy(work, "mesh.yaml", POLICY, {"app": GrpcEchoServer("greeter-1")},
+                       free_ports=("greeter_in", "to_greeter"),
+                       envoys={"frontend": "frontend", "greeter": "greeter"}) as served:
+        ports = served.ports
+        eventually(lambda: asyncio.run(say(ports["to_greeter"], "ping")).backend
+                   == "greeter-1", timeout=30, what="a gRPC call through both sidecars")
+        yield ports, served.envoys
 
 
 def test_grpc_call_crosses_both_sidecars_over_http2(mesh) -> None:

@@ -20,16 +20,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from support import (
-    MeshpilotProcess,
-    eventually,
-    http_get,
-    meshpilot_and_envoys,
-    serving,
-    write_policy,
-)
+from support import MeshpilotProcess, eventually, http_get, served_policy
 
-from meshpilot.base.netutil import free_port
 from meshpilot.ca import CertificateAuthority
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
@@ -126,17 +118,14 @@ def mesh(tmp_path_factory) -> Iterator[Mesh]:
     work = tmp_path_factory.mktemp("mesh-mtls-e2e")
     ca = CertificateAuthority.load_or_create(work / "ca")  # meshpilot loads the same root
     names = ("a", "b", "c", "p")
-    with serving({f"app_{name}": EchoServer(name) for name in names}) as ports:
-        ports.update({name: free_port() for name in
-                      ("a_in", "b_in", "c_in", "p_in", "a_to_b", "a_to_p", "c_to_b")})
-        policy = write_policy(work, "mesh.yaml", POLICY.format(**ports))
-        with meshpilot_and_envoys(policy, work, {name: f"sidecar-{name}" for name in names},
-                                  extra_args=("--ca-dir", str(work / "ca"), "--cert-ttl", TTL)
-                                  ) as (mp, sidecars):
-            environment = Mesh(ports, sidecars, mp, ca, work)
-            eventually(lambda: environment.get("a_to_b")[0] == 200, timeout=20,
-                       what="A's sidecar to reach B over mTLS")
-            yield environment
+    with served_policy(work, "mesh.yaml", POLICY, {f"app_{n}": EchoServer(n) for n in names},
+                       free_ports=("a_in", "b_in", "c_in", "p_in", "a_to_b", "a_to_p", "c_to_b"),
+                       envoys={name: f"sidecar-{name}" for name in names},
+                       extra_args=("--ca-dir", str(work / "ca"), "--cert-ttl", TTL)) as served:
+        environment = Mesh(served.ports, served.envoys, served.mp, ca, work)
+        eventually(lambda: environment.get("a_to_b")[0] == 200, timeout=20,
+                   what="A's sidecar to reach B over mTLS")
+        yield environment
 
 
 def _listener_stat(mesh: Mesh, sidecar: str, port: str, name: str) -> int:

@@ -9,17 +9,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from support import (
-    MeshpilotProcess,
-    eventually,
-    http_get,
-    meshpilot_and_gateway,
-    serving,
-    write_atomically,
-    write_policy,
-)
+from support import MeshpilotProcess, eventually, http_get, served_policy, write_atomically
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -107,13 +98,10 @@ class Env:
 def env(tmp_path_factory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("policy-e2e")
     echoes = {name: EchoServer(name) for name in ("v1", "v2", "api")}
-    with serving(echoes) as ports:
-        port = free_port()
-        policy = write_policy(work, "shop.yaml", POLICY.format(port=port, **ports))
-        with meshpilot_and_gateway(policy, work) as (mp, envoy):
-            environment = Env(port, envoy, mp, echoes)
-            eventually(lambda: environment.get("/")[0] == 200, what="the gateway to serve")
-            yield environment
+    with served_policy(work, "shop.yaml", POLICY, echoes) as served:
+        environment = Env(served.ports["port"], served.envoy, served.mp, echoes)
+        eventually(lambda: environment.get("/")[0] == 200, what="the gateway to serve")
+        yield environment
 
 
 def test_header_match_sends_canaries_to_v2(env: Env) -> None:

@@ -12,9 +12,8 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from support import eventually, http_get, meshpilot_and_gateway, serving, write_policy
+from support import eventually, http_get, served_policy
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -121,14 +120,11 @@ class Env:
 def env(tmp_path_factory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("traffic-clusters")
     echoes = {name: EchoServer(name) for name in BACKENDS}
-    with serving(echoes) as ports:
-        port = free_port()
-        policy = write_policy(work, "policy.yaml", POLICY.format(port=port, **ports))
-        with meshpilot_and_gateway(policy, work) as (_, envoy):
-            environment = Env(port, envoy, echoes)
-            eventually(lambda: environment.get("/breaker")[0] == 200,
-                       what="the gateway to serve")
-            yield environment
+    with served_policy(work, "policy.yaml", POLICY, echoes) as served:
+        environment = Env(served.ports["port"], served.envoy, echoes)
+        eventually(lambda: environment.get("/breaker")[0] == 200,
+                   what="the gateway to serve")
+        yield environment
 
 
 def test_circuit_breaker_refuses_a_flood_with_overloaded(env: Env) -> None:

@@ -24,16 +24,12 @@ import pytest
 from support import (
     LoopbackHttpServer,
     MeshpilotProcess,
-    QuietHandler,
     eventually,
     http_get,
-    meshpilot_and_gateway,
-    serving,
+    served_policy,
     write_atomically,
-    write_policy,
 )
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -123,7 +119,7 @@ class Recorder(LoopbackHttpServer):
         self.seen: list[tuple[str, str]] = []
         recorder = self
 
-        class Handler(QuietHandler):
+        class Handler(LoopbackHttpServer.Handler):
             def do_GET(self) -> None:
                 recorder.seen.append((self.path, self.headers.get("host", "")))
                 self.reply(200, b'{"backend": "recorder"}')
@@ -158,17 +154,15 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("traffic-e2e")
     echoes = {name: EchoServer(name) for name in ("api", "c1", "c2", "c3", "v1", "v2")}
     shadow = Recorder()
-    with serving({**echoes, "shadow": shadow}) as ports:
-        port = free_port()
-        policy = write_policy(work, "traffic.yaml", POLICY.format(port=port, **ports))
-        write_canary(policy, echoes, 90, 10)
-        with meshpilot_and_gateway(policy, work) as (mp, envoy):
-            environment = Env(port, envoy, mp, echoes, shadow, policy)
-            eventually(lambda: environment.get("/")[0] == 200, timeout=30,
-                       what="the gateway to serve")
-            eventually(lambda: environment.get("/", host="canary.example.com")[0] == 200,
-                       timeout=30, what="the canary route to serve")
-            yield environment
+    with served_policy(work, "traffic.yaml", POLICY, {**echoes, "shadow": shadow}) as served:
+        write_canary(served.policy, echoes, 90, 10)
+        environment = Env(served.ports["port"], served.envoy, served.mp, echoes, shadow,
+                          served.policy)
+        eventually(lambda: environment.get("/")[0] == 200, timeout=30,
+                   what="the gateway to serve")
+        eventually(lambda: environment.get("/", host="canary.example.com")[0] == 200,
+                   timeout=30, what="the canary route to serve")
+        yield environment
 
 
 def flaky(failures: int, **extra: str) -> dict[str, str]:
