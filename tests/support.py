@@ -142,7 +142,7 @@ class Served:
 
     @property
     def envoy(self) -> EnvoyProcess:
-        """The Envoy, when there is one."""
+        """The one Envoy (served_policy's default: one edge gateway)."""
         (only,) = self.envoys.values()
         return only
 
@@ -171,19 +171,6 @@ def listener_port(envoy: EnvoyProcess, listener: str = "http") -> int:
     """The port Envoy bound for `listener` (a policy's port 0: each Envoy binds its own)."""
     return eventually(lambda: envoy.listener_addresses().get(listener, (None, 0))[1],
                       what=f"Envoy's listener {listener!r} to be bound")
-
-
-def docker_client(timeout: float) -> Any:
-    """A docker.DockerClient to a reachable engine, else the test is skipped (and only then).
-    The SDK is imported here, so tests that never reach Docker do not need it."""
-    try:
-        import docker
-
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-        return client
-    except Exception as e:  # no SDK, no socket, no daemon: the same answer
-        pytest.skip(f"no Docker engine reachable: {e}")
 
 
 # ---- small servers a test makes --------------------------------------------------------------
@@ -264,6 +251,25 @@ class LoopbackHttpServer:
             self.httpd.shutdown()
             self._thread.join(timeout=5)
         self.httpd.server_close()
+
+
+# ---- Docker --------------------------------------------------------------------------------
+
+
+def docker_client(timeout: float) -> Any:
+    """A docker.DockerClient to a reachable engine, else the test is skipped (and only then).
+    The SDK is imported here, so tests that never reach Docker do not need it."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except Exception as e:  # no SDK, no socket, no daemon: the same answer
+        pytest.skip(f"no Docker engine reachable: {e}")
+
+
+# ---- the meshpilot process -----------------------------------------------------------------
 
 
 class MeshpilotProcess:
@@ -348,6 +354,8 @@ class MeshpilotProcess:
                                 xds_addresses=[("127.0.0.1", self.xds_port)],
                                 admin_address=("127.0.0.1", 0), delta=delta, ads=ads)
 
+
+# ---- raw EnvoyResources policies ----------------------------------------------------------
 
 ADS_SOURCE = "{ads: {}, resource_api_version: V3}"
 # The per-type services: each of EDS and RDS on a gRPC stream of its own to meshpilot.
