@@ -3,8 +3,8 @@
 Rules every fixture here keeps: bind 127.0.0.1 only, take ports from the OS, bound every wait,
 and stop everything it started at teardown (even when the test fails).
 
-Sections: ports, work directories, real Envoy processes, echo backends. Add new shared fixtures
-under a section of their own.
+Sections: ports, work directories, meshpilot processes, real Envoy processes, echo backends. Add
+new shared fixtures under a section of their own.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import MeshpilotProcess
 
 from meshpilot.base.netutil import free_port as _free_port
 from meshpilot.local.demo.echo import EchoServer
@@ -37,6 +38,30 @@ def tmp_work(tmp_path: Path) -> Path:
     work = tmp_path / "work"
     work.mkdir()
     return work
+
+
+# ----- meshpilot processes ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def meshpilot_factory(tmp_path: Path) -> Iterator[Callable[..., MeshpilotProcess]]:
+    """`start(policy, **kwargs) -> MeshpilotProcess`: `meshpilot serve` on `policy`, healthy.
+
+    Keyword arguments go to MeshpilotProcess (xds_port, extra_args). All are stopped at
+    teardown and their log tails printed, which pytest shows only when the test failed.
+    """
+    started: list[MeshpilotProcess] = []
+
+    def start(policy: Path, **kwargs: Any) -> MeshpilotProcess:
+        mp = MeshpilotProcess(policy, tmp_path, **kwargs)
+        started.append(mp)  # before start(): a failed start is still stopped at teardown
+        return mp.start()
+
+    yield start
+
+    for mp in started:
+        mp.stop()
+        print(f"--- meshpilot log tail ---\n{mp.log_tail(30)}")
 
 
 # ----- real Envoy processes ---------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Test support: a real `meshpilot serve` process, raw-policy writers and bounded polling.
+"""Test support: a real `meshpilot serve` process with the Envoys it feeds, the small servers
+tests make (loopback HTTP/HTTPS, started and stopped together), policy writers and bounded polling.
 
 Kept apart from conftest.py so tests can import these helpers by name.
 """
@@ -8,15 +9,21 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+
+import pytest
 
 from meshpilot.base.netutil import free_port
 from meshpilot.local.bootstrap import render_bootstrap
@@ -68,24 +75,201 @@ def backend_of(port: int, path: str = "/", headers: dict[str, str] | None = None
     return json.loads(body)["backend"] if status == 200 else None
 
 
+# ---- policy files --------------------------------------------------------------------------
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace a file the way careful editors do: write aside, then rename into place, so a
+    watcher never reads half a file."""
+    aside = path.with_name(f".{path.name}.tmp")
+    aside.write_text(text)
+    os.replace(aside, path)
+
+
+def write_policy(work: Path, filename: str, text: str) -> Path:
+    """`text` as `filename` in the policy folder `work/policy` (made if need be, so a test can
+    put the files a policy names there first); the folder, which is what meshpilot serves."""
+    folder = work / "policy"
+    folder.mkdir(exist_ok=True)
+    (folder / filename).write_text(text)
+    return folder
+
+
+# ---- meshpilot with real Envoys --------------------------------------------------------------
+
+
+@contextmanager
+def meshpilot_and_envoys(policy: Path, work: Path, names: Mapping[str, str], *,
+                         extra_args: tuple[str, ...] = ()
+                         ) -> Iterator[tuple[MeshpilotProcess, dict[str, EnvoyProcess]]]:
+    """`meshpilot serve` on `policy` and one real Envoy per view (`names`: view -> process
+    name; node id `VIEW-1`, node cluster VIEW), all ready; every one stopped on exit, meshpilot's
+    log tail printed (pytest shows it when a test failed)."""
+    mp = MeshpilotProcess(policy, work, extra_args=extra_args)
+    envoys: dict[str, EnvoyProcess] = {}
+    try:
+        mp.start()
+        for view, name in names.items():
+            envoys[view] = EnvoyProcess(mp.bootstrap(f"{view}-1", view), work / name, name=name)
+            envoys[view].start()  # all started before any is waited for: they boot together
+        for envoy in envoys.values():
+            envoy.wait_ready(30)
+        yield mp, envoys
+    finally:
+        for envoy in envoys.values():
+            envoy.stop()
+        mp.stop()
+        print(mp.log_tail(30))
+
+
 @contextmanager
 def meshpilot_and_gateway(policy: Path, work: Path,
                           view: str = "edge") -> Iterator[tuple[MeshpilotProcess, EnvoyProcess]]:
     """`meshpilot serve` on `policy` and one real Envoy of `view`, ready; both stopped on exit,
     meshpilot's log tail printed (pytest shows it when a test failed)."""
-    mp = MeshpilotProcess(policy, work)
-    envoy: EnvoyProcess | None = None
+    with meshpilot_and_envoys(policy, work, {view: view}) as (mp, envoys):
+        yield mp, envoys[view]
+
+
+@dataclass
+class Served:
+    """What `served_policy` runs: meshpilot, its Envoys by view, every port the policy names."""
+
+    mp: MeshpilotProcess
+    envoys: dict[str, EnvoyProcess]
+    ports: dict[str, int]
+    policy: Path  # the folder meshpilot serves
+
+    @property
+    def envoy(self) -> EnvoyProcess:
+        """The one Envoy (served_policy's default: one edge gateway)."""
+        (only,) = self.envoys.values()
+        return only
+
+
+@contextmanager
+def served_policy(work: Path, filename: str, template: str, servers: Mapping[str, Server], *,
+                  free_ports: Sequence[str] = ("port",),
+                  envoys: Mapping[str, str] | None = None, extra_args: tuple[str, ...] = (),
+                  **values: Any) -> Iterator[Served]:
+    """The set-up of a policy-driven end-to-end test, torn down in reverse on exit.
+
+    Starts `servers` (the upstreams: {name: server}), takes a free loopback port for each name
+    in `free_ports` (the policy's listeners), writes `template` formatted with all those ports
+    and `values` as `filename` in work/policy, and runs `meshpilot serve` on it to the Envoys
+    `envoys` ({view: process name}; by default one edge gateway), all ready.
+    """
+    with serving(servers) as ports:
+        ports.update({name: free_port() for name in free_ports})
+        policy = write_policy(work, filename, template.format(**ports, **values))
+        with meshpilot_and_envoys(policy, work, envoys or {"edge": "edge"},
+                                  extra_args=extra_args) as (mp, started):
+            yield Served(mp, started, ports, policy)
+
+
+def listener_port(envoy: EnvoyProcess, listener: str = "http") -> int:
+    """The port Envoy bound for `listener` (a policy's port 0: each Envoy binds its own)."""
+    return eventually(lambda: envoy.listener_addresses().get(listener, (None, 0))[1],
+                      what=f"Envoy's listener {listener!r} to be bound")
+
+
+# ---- small servers a test makes --------------------------------------------------------------
+
+
+class Server(Protocol):
+    """What `serving` starts: echo backends, demo upstreams and the servers below."""
+
+    def start(self) -> int: ...
+    def stop(self) -> None: ...
+
+
+@contextmanager
+def serving(servers: Mapping[str, Server]) -> Iterator[dict[str, int]]:
+    """Start every server, yield {name: bound port}; on exit stop each one, even when a later
+    one failed to start or the body raised (every Server's stop() is harmless before start)."""
+    with ExitStack() as stack:
+        ports: dict[str, int] = {}
+        for name, server in servers.items():
+            stack.callback(server.stop)
+            ports[name] = server.start()
+        yield ports
+
+
+class QuietHandler(BaseHTTPRequestHandler):
+    """The request handler of a test's own server: HTTP/1.1 keep-alive and no log lines."""
+
+    protocol_version = "HTTP/1.1"  # every answer carries its Content-Length
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # no line per request on stderr
+
+    def reply(self, status: int, body: bytes = b"", content_type: str | None = None) -> None:
+        self.send_response(status)
+        if content_type is not None:
+            self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+class LoopbackHttpServer:
+    """`handler` on a ThreadingHTTPServer at 127.0.0.1 (port from the OS), in a daemon thread.
+
+    With `tls=(certificate, key)` it speaks HTTPS and records the SNI each client sent, in
+    order, in `server_names`. `stop()` is idempotent and harmless before `start()`.
+    """
+
+    Handler = QuietHandler  # what a test's handler derives from
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler], *,
+                 tls: tuple[Path, Path] | None = None):
+        self.server_names: list[str | None] = []
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            context.sni_callback = self._record_server_name
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.1}, daemon=True)
+
+    def _record_server_name(self, connection: ssl.SSLObject, name: str | None,
+                            context: ssl.SSLContext) -> None:
+        self.server_names.append(name)
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_address[1])
+
+    def start(self) -> int:
+        self._thread.start()
+        return self.port
+
+    def stop(self) -> None:
+        if self._thread.is_alive():  # shutdown() would wait forever for a loop never started
+            self.httpd.shutdown()
+            self._thread.join(timeout=5)
+        self.httpd.server_close()
+
+
+# ---- Docker --------------------------------------------------------------------------------
+
+
+def docker_client(timeout: float) -> Any:
+    """A docker.DockerClient to a reachable engine, else the test is skipped (and only then).
+    The SDK is imported here, so tests that never reach Docker do not need it."""
     try:
-        mp.start()
-        envoy = EnvoyProcess(mp.bootstrap(f"{view}-1", view), work / "envoy", name=view)
-        envoy.start()
-        envoy.wait_ready(30)
-        yield mp, envoy
-    finally:
-        if envoy is not None:
-            envoy.stop()
-        mp.stop()
-        print(mp.log_tail(30))
+        import docker
+
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except Exception as e:  # no SDK, no socket, no daemon: the same answer
+        pytest.skip(f"no Docker engine reachable: {e}")
+
+
+# ---- the meshpilot process -----------------------------------------------------------------
 
 
 class MeshpilotProcess:
@@ -170,6 +354,8 @@ class MeshpilotProcess:
                                 xds_addresses=[("127.0.0.1", self.xds_port)],
                                 admin_address=("127.0.0.1", 0), delta=delta, ads=ads)
 
+
+# ---- raw EnvoyResources policies ----------------------------------------------------------
 
 ADS_SOURCE = "{ads: {}, resource_api_version: V3}"
 # The per-type services: each of EDS and RDS on a gRPC stream of its own to meshpilot.

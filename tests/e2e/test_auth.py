@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
 from collections.abc import Iterator
 from hashlib import sha1
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from support import MeshpilotProcess, eventually, http_get, meshpilot_and_gateway
+from support import LoopbackHttpServer, MeshpilotProcess, eventually, http_get, served_policy
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 
 pytestmark = pytest.mark.envoy
@@ -143,39 +140,21 @@ class Signer:
 # ---- a tiny HTTP authorization service ----------------------------------------------------------
 
 
-class AuthzServer:
+class AuthzServer(LoopbackHttpServer):
     """Allows (200) a request whose copy carries `x-allow: yes`; refuses (403) anything else."""
 
     def __init__(self) -> None:
         server = self
         self.checks = 0
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(LoopbackHttpServer.Handler):
             def _answer(self) -> None:
                 server.checks += 1
-                allowed = self.headers.get("x-allow") == "yes"
-                self.send_response(200 if allowed else 403)
-                self.send_header("content-length", "0")
-                self.end_headers()
+                self.reply(200 if self.headers.get("x-allow") == "yes" else 403)
 
             do_GET = do_POST = do_HEAD = _answer
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def start(self) -> int:
-        self.thread.start()
-        return int(self.httpd.server_address[1])
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 # ---- the environment ----------------------------------------------------------------------------
@@ -195,28 +174,19 @@ class Env:
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("auth-e2e")
     signer = Signer()
-    api = EchoServer("api")
-    api_port = api.start()
     authz = AuthzServer()
-    authz_port = authz.start()
-    port = free_port()
-    policy = work / "policy"
+    policy = work / "policy"  # the files the policy names, beside it
     policy.mkdir()
     (policy / "jwks.json").write_text(json.dumps(signer.jwks))
     (policy / "a.key").write_text("key-of-a-from-a-file\n")
     digest = base64.b64encode(sha1(b"s3cret").digest()).decode()
     (policy / "users.htpasswd").write_text(f"alice:{{SHA}}{digest}\n")
-    (policy / "auth.yaml").write_text(POLICY.format(port=port, api=api_port, authz=authz_port,
-                                                    issuer=ISSUER, policy=policy))
-    try:
-        with meshpilot_and_gateway(policy, work) as (mp, _):
-            environment = Env(port, signer, authz, mp)
-            eventually(lambda: environment.get("/public/x", "rbac.example.com")[0] == 200,
-                       timeout=30, what="the gateway to serve")
-            yield environment
-    finally:
-        authz.stop()
-        api.stop()
+    with served_policy(work, "auth.yaml", POLICY, {"api": EchoServer("api"), "authz": authz},
+                       issuer=ISSUER, policy=policy) as served:
+        environment = Env(served.ports["port"], signer, authz, served.mp)
+        eventually(lambda: environment.get("/public/x", "rbac.example.com")[0] == 200,
+                   timeout=30, what="the gateway to serve")
+        yield environment
 
 
 def seen_headers(body: bytes) -> dict[str, str]:

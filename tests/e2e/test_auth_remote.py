@@ -12,13 +12,9 @@ in front of an echo backend, with the remote parties made here.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +22,12 @@ import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2, status_pb2
-from support import MeshpilotProcess, eventually, http_get, meshpilot_and_gateway
+from support import LoopbackHttpServer, MeshpilotProcess, eventually, http_get, served_policy
 from test_auth import ISSUER, Signer
 from tls_material import CA, Pair
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
+from meshpilot.local.demo.server import LoopThread
 from meshpilot.local.envoy_process import EnvoyProcess
 
 pytestmark = pytest.mark.envoy
@@ -88,56 +84,23 @@ rules:
 # ---- a tiny HTTPS JWKS server -------------------------------------------------------------------
 
 
-class JwksServer:
+class JwksServer(LoopbackHttpServer):
     """Serves a JWKS at /jwks.json over HTTPS (404 elsewhere); records each request as
     (method, path, Host header, SNI of its connection)."""
 
     def __init__(self, jwks: dict[str, Any], pair: Pair, folder: Path):
-        cert, key = pair.write(folder, "jwks")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        context.sni_callback = self._sni
-        self.body = json.dumps(jwks).encode()
-        self.names: list[str | None] = []
+        body = json.dumps(jwks).encode()
         self.requests: list[tuple[str, str, str | None, str | None]] = []
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.1}, daemon=True)
-
-    def _sni(self, connection: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
-        self.names.append(name)
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(LoopbackHttpServer.Handler):
             def do_GET(self) -> None:
                 server.requests.append(("GET", self.path, self.headers.get("host"),
-                                        server.names[-1] if server.names else None))
+                                        server.server_names[-1] if server.server_names else None))
                 found = self.path == "/jwks.json"
-                body = server.body if found else b"{}"
-                self.send_response(200 if found else 404)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200 if found else 404, body if found else b"{}", "application/json")
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
-
-    def start(self) -> int:
-        self.thread.start()
-        return int(self.httpd.server_address[1])
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, tls=pair.write(folder, "jwks"))
 
 
 # ---- a grpc.aio authorization service -----------------------------------------------------------
@@ -157,13 +120,12 @@ class GrpcAuthz:
 
     def __init__(self) -> None:
         self.calls: list[Check] = []
-        self.loop = asyncio.new_event_loop()
+        self._loop = LoopThread("grpc-authz")
         self._server: grpc.aio.Server | None = None
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> int:
-        self._thread.start()
-        return asyncio.run_coroutine_threadsafe(self._serve(), self.loop).result(timeout=10)
+        self._loop.start()
+        return self._loop.run(self._serve(), timeout=10)
 
     async def _serve(self) -> int:
         owner = self
@@ -184,9 +146,8 @@ class GrpcAuthz:
 
     def stop(self) -> None:
         if self._server is not None:
-            asyncio.run_coroutine_threadsafe(self._server.stop(None), self.loop).result(timeout=5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
+            self._loop.run(self._server.stop(None), timeout=5)
+        self._loop.stop()
 
 
 # ---- the environment ----------------------------------------------------------------------------
@@ -217,21 +178,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     api = EchoServer("api")
     jwks = JwksServer(signer.jwks, ca.issue("jwks.internal"), certs)
     authz = GrpcAuthz()
-    try:
-        ports = {"api": api.start(), "jwks": jwks.start(), "authz": authz.start(),
-                 "port": free_port()}
-        policy = work / "policy"
-        policy.mkdir()
-        (policy / "remote.yaml").write_text(POLICY.format(certs=certs, issuer=ISSUER, **ports))
-        with meshpilot_and_gateway(policy, work) as (mp, envoy):
-            environment = Env(ports["port"], signer, api, jwks, authz, mp, envoy)
-            eventually(lambda: environment.get("/", "open.example.com")[0] == 200,
-                       timeout=30, what="the gateway to serve")
-            yield environment
-    finally:
-        authz.stop()
-        jwks.stop()
-        api.stop()
+    with served_policy(work, "remote.yaml", POLICY, {"api": api, "jwks": jwks, "authz": authz},
+                       certs=certs, issuer=ISSUER) as served:
+        environment = Env(served.ports["port"], signer, api, jwks, authz, served.mp,
+                          served.envoy)
+        eventually(lambda: environment.get("/", "open.example.com")[0] == 200,
+                   timeout=30, what="the gateway to serve")
+        yield environment
 
 
 def bearer(token: str) -> dict[str, str]:

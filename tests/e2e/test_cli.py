@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import MeshpilotProcess, backend_of, eventually
+from support import backend_of, eventually, write_policy
 
 from meshpilot.base.netutil import free_port
 from meshpilot.local.envoy_process import validate_config
@@ -81,22 +81,22 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, delta: bool) -> None:
     validate_config(tmp_path / "b.yaml")
 
 
-def test_status_shows_the_policy_and_proxies(tmp_path: Path, envoy_factory) -> None:
-    policy = tmp_path / "policy"
-    policy.mkdir()
-    (policy / "c.yaml").write_text(
-        "kind: EnvoyResources\nname: c\nclusters: [{name: a, type: STATIC, connect_timeout: 1s}]\n")
-    mp = MeshpilotProcess(policy, tmp_path).start()
-    try:
-        envoy_factory(mp.bootstrap("edge-1", "edge"))
-        eventually(lambda: mp.proxies() and mp.proxies()[0]["types"]["clusters"]["status"]
-                   == "SYNCED", what="the Envoy to ACK")
-        result = meshpilot("status", "--admin-address", f"127.0.0.1:{mp.admin_port}")
-        assert result.returncode == 0, result.stdout + result.stderr
-        assert "ok" in result.stdout.splitlines()[0]
-        assert re.search(r"edge-1\s+edge\s+sotw-ads\s+clusters\s+SYNCED", result.stdout)
-    finally:
-        mp.stop()
+# One static cluster: enough for meshpilot to serve and an Envoy to ACK.
+ONE_CLUSTER = ("kind: EnvoyResources\nname: c\n"
+               "clusters: [{name: a, type: STATIC, connect_timeout: 1s}]\n")
+
+
+def test_status_shows_the_policy_and_proxies(tmp_path: Path, envoy_factory,
+                                             meshpilot_factory) -> None:
+    mp = meshpilot_factory(write_policy(tmp_path, "c.yaml", ONE_CLUSTER))
+    envoy_factory(mp.bootstrap("edge-1", "edge"))
+    eventually(lambda: mp.proxies() and mp.proxies()[0]["types"]["clusters"]["status"]
+               == "SYNCED", what="the Envoy to ACK")
+    result = meshpilot("status", "--admin-address", f"127.0.0.1:{mp.admin_port}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok" in result.stdout.splitlines()[0]
+    assert re.search(r"edge-1\s+edge\s+sotw-ads\s+clusters\s+SYNCED", result.stdout)
+    mp.stop()
     unreachable = meshpilot("status", "--admin-address", f"127.0.0.1:{free_port()}")
     assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr
 
@@ -155,13 +155,9 @@ def test_up_runs_the_quickstart_with_a_canary_split(tmp_path: Path) -> None:
         backend_of(listen)  # Envoy is gone with it
 
 
-def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+def test_serve_stops_cleanly_on_sigterm(tmp_path: Path, meshpilot_factory) -> None:
     """docker stop and systemd send SIGTERM: streams are closed, not cut, and the exit is 0."""
-    policy = tmp_path / "policy"
-    policy.mkdir()
-    (policy / "c.yaml").write_text(
-        "kind: EnvoyResources\nname: c\nclusters: [{name: a, type: STATIC, connect_timeout: 1s}]\n")
-    mp = MeshpilotProcess(policy, tmp_path).start()
+    mp = meshpilot_factory(write_policy(tmp_path, "c.yaml", ONE_CLUSTER))
     assert mp.proc is not None
     mp.proc.send_signal(signal.SIGTERM)
     assert mp.proc.wait(timeout=15) == 0, mp.log_tail()

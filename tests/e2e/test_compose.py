@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import eventually, http_get
+from support import docker_client, eventually, http_get
 
 from meshpilot.base.netutil import free_port
 
@@ -47,17 +47,6 @@ IMAGE = "meshpilot-compose-test:1"
 
 CALL = re.compile(r'data-service="(?P<service>[a-z]+)" data-version="(?P<version>[a-z0-9]+)"'
                   r'(?: data-instance="(?P<instance>[^"]+)")?')
-
-
-def docker_client():
-    try:
-        import docker
-
-        client = docker.from_env(timeout=10)
-        client.ping()
-        return client
-    except Exception as e:  # no SDK, no socket, no daemon: the same answer
-        pytest.skip(f"no Docker engine reachable: {e}")
 
 
 def compose_tool() -> list[str]:
@@ -254,7 +243,7 @@ class Stack:
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    client = docker_client()
+    client = docker_client(timeout=10)
     tool = compose_tool()
     ensure_image(client)
     s = Stack(client, tool, tmp_path)

@@ -17,11 +17,10 @@ import subprocess
 import tarfile
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import MeshpilotProcess, backend_of, eventually, http_get
+from support import MeshpilotProcess, backend_of, docker_client, eventually, http_get, write_policy
 
 from meshpilot.base.netutil import free_port
 
@@ -43,21 +42,6 @@ rules:
 """
 
 TYPES = ("clusters", "endpoints", "listeners", "routes")
-
-
-@pytest.fixture
-def meshpilot_factory(tmp_path: Path) -> Iterator[Callable[..., MeshpilotProcess]]:
-    started: list[MeshpilotProcess] = []
-
-    def start(policy: Path, **kwargs) -> MeshpilotProcess:
-        mp = MeshpilotProcess(policy, tmp_path, **kwargs)
-        started.append(mp)
-        return mp.start()
-
-    yield start
-    for mp in started:
-        mp.stop()
-        print(f"--- meshpilot log tail ---\n{mp.log_tail(30)}")
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:
@@ -95,9 +79,7 @@ def start_gateway(tmp_path: Path, meshpilot_factory, envoy_factory,
                   extra_args: tuple[str, ...] = (),
                   empty: bool = True) -> tuple[MeshpilotProcess, int]:
     port = free_port()
-    policy = tmp_path / "policy"
-    policy.mkdir()
-    (policy / "edge.yaml").write_text(POLICY.format(port=port))
+    policy = write_policy(tmp_path, "edge.yaml", POLICY.format(port=port))
     mp = meshpilot_factory(policy, extra_args=extra_args)
     envoy_factory(mp.bootstrap("edge-1", "edge"), ready_timeout=30)
     eventually(lambda: listening(port), timeout=15, what="the gateway listener")
@@ -159,17 +141,6 @@ def test_a_registered_instance_gets_traffic_until_its_ttl_lapses(tmp_path, echo_
 IMAGE = "meshpilot-test-echo:1"
 
 
-def docker_client():
-    try:
-        import docker
-
-        client = docker.from_env(timeout=5)
-        client.ping()
-        return client
-    except Exception as e:  # no SDK, no socket, no daemon: the same answer
-        pytest.skip(f"no Docker engine reachable: {e}")
-
-
 def ensure_image(client, work: Path) -> None:
     """An image cannot be pulled here: import a root filesystem holding only /bin/sleep and the
     libraries it needs; the test's Python and meshpilot are bind-mounted read-only."""
@@ -194,7 +165,7 @@ def ensure_image(client, work: Path) -> None:
 
 def test_docker_containers_are_discovered_and_leave_when_stopped(tmp_path, envoy_factory,
                                                                   meshpilot_factory):
-    client = docker_client()
+    client = docker_client(timeout=5)
     ensure_image(client, tmp_path)
     python = os.path.realpath(shutil.which("python3") or "/usr/bin/python3")
     prefix = str(Path(python).parents[1])

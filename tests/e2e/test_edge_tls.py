@@ -18,19 +18,16 @@ import http.client
 import json
 import socket
 import ssl
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography import x509
-from support import MeshpilotProcess, eventually, http_get, meshpilot_and_gateway
+from support import LoopbackHttpServer, MeshpilotProcess, eventually, http_get, served_policy
 from tls_material import CA, Pair
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -77,54 +74,19 @@ rules:
 """
 
 
-class TlsEcho:
+class TlsEcho(LoopbackHttpServer):
     """An HTTPS upstream answering every GET with JSON naming the SNI its client sent."""
 
     def __init__(self, pair: Pair, folder: Path):
-        cert, key = pair.write(folder, "upstream")
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        self.names: list[str | None] = []
-        context.sni_callback = self._sni
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever,
-                                       kwargs={"poll_interval": 0.1}, daemon=True)
-
-    def _sni(self, connection: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
-        self.names.append(name)
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(LoopbackHttpServer.Handler):
             def do_GET(self) -> None:
-                body = json.dumps({"backend": "tls-echo", "sni": server.names[-1:],
+                body = json.dumps({"backend": "tls-echo", "sni": server.server_names[-1:],
                                    "tls": isinstance(self.connection, ssl.SSLSocket)}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200, body, "application/json")
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
-
-    @property
-    def port(self) -> int:
-        return int(self.httpd.server_address[1])
-
-    def start(self) -> int:
-        self.thread.start()
-        return self.port
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, tls=pair.write(folder, "upstream"))
 
 
 @dataclass
@@ -145,22 +107,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     ca.write(certs / "ca.pem")
     ca.issue("a.example.com").write(certs, "a")
     ca.issue("b.example.com", "*.b.example.com").write(certs, "b")
-    api = EchoServer("api")
     upstream = TlsEcho(ca.issue("upstream.internal"), certs)
-    try:
-        ports = {"api": api.start(), "upstream": upstream.start(), "https": free_port(),
-                 "modern": free_port(), "plain": free_port()}
-        policy = work / "policy"
-        policy.mkdir()
-        (policy / "edge.yaml").write_text(POLICY.format(certs=certs, **ports))
-        with meshpilot_and_gateway(policy, work) as (mp, envoy):
-            environment = Env(ports, certs, ca, mp, envoy, upstream)
-            eventually(lambda: https_get(environment, "https", "a.example.com")[0] == 200,
-                       timeout=30, what="the https listener to serve")
-            yield environment
-    finally:
-        upstream.stop()
-        api.stop()
+    with served_policy(work, "edge.yaml", POLICY, {"api": EchoServer("api"), "upstream": upstream},
+                       free_ports=("https", "modern", "plain"), certs=certs) as served:
+        environment = Env(served.ports, certs, ca, served.mp, served.envoy, upstream)
+        eventually(lambda: https_get(environment, "https", "a.example.com")[0] == 200,
+                   timeout=30, what="the https listener to serve")
+        yield environment
 
 
 # ---- clients --------------------------------------------------------------------------------

@@ -7,12 +7,20 @@ what a client sees through Envoy, on Envoy's admin (config dump, stats) and on m
 from __future__ import annotations
 
 import concurrent.futures
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import GRPC_SOURCE, MeshpilotProcess, backend_of, eventually, raw_policy
+from support import (
+    GRPC_SOURCE,
+    MeshpilotProcess,
+    backend_of,
+    eventually,
+    listener_port,
+    raw_policy,
+    write_atomically,
+)
 
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -28,33 +36,6 @@ def policy_dir(tmp_path: Path) -> Path:
     return d
 
 
-@pytest.fixture
-def meshpilot_factory(tmp_path: Path) -> Iterator[Callable[..., MeshpilotProcess]]:
-    started: list[MeshpilotProcess] = []
-
-    def start(policy: Path, **kwargs) -> MeshpilotProcess:
-        mp = MeshpilotProcess(policy, tmp_path, **kwargs)
-        started.append(mp)
-        return mp.start()
-
-    yield start
-    for mp in started:
-        mp.stop()
-        print(f"--- meshpilot log tail ---\n{mp.log_tail(30)}")
-
-
-def write(path: Path, text: str) -> None:
-    """Replace a policy file the way careful editors do: write aside, then rename into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def listener_port(envoy: EnvoyProcess) -> int:
-    return eventually(lambda: envoy.listener_addresses().get("http", (None, 0))[1],
-                      what="Envoy's listener 'http' to be bound")
-
-
 def start_envoys(envoy_factory, mp: MeshpilotProcess, count: int, *, delta: bool,
                  cluster: str = "edge") -> list[EnvoyProcess]:
     def one(i: int) -> EnvoyProcess:
@@ -65,16 +46,41 @@ def start_envoys(envoy_factory, mp: MeshpilotProcess, count: int, *, delta: bool
         return list(pool.map(one, range(count)))
 
 
+@dataclass
+class Edge:
+    policy: Path  # the policy file meshpilot serves (its folder is the policy)
+    mp: MeshpilotProcess
+    envoys: list[EnvoyProcess]
+    ports: list[int]  # each Envoy's listener `http`, in the order of `envoys`
+
+
+@pytest.fixture
+def start_edge(policy_dir, envoy_factory, meshpilot_factory) -> Callable[..., Edge]:
+    """`start(text, envoys=1, delta=False, answering="v1") -> Edge`: `text` saved as edge.yaml,
+    meshpilot serving it to `envoys` edge Envoys; returns once every Envoy's listener answers
+    from the echo backend `answering`. Everything is stopped by the fixtures it uses."""
+
+    def start(text: str, *, envoys: int = 1, delta: bool = False,
+              answering: str = "v1") -> Edge:
+        policy = policy_dir / "edge.yaml"
+        write_atomically(policy, text)
+        mp = meshpilot_factory(policy_dir)
+        started = start_envoys(envoy_factory, mp, envoys, delta=delta)
+        ports = [listener_port(envoy) for envoy in started]
+        for port in ports:
+            assert eventually(lambda p=port: backend_of(p) == answering,
+                              what=f"each Envoy's traffic to reach {answering}")
+        return Edge(policy, mp, started, ports)
+
+    return start
+
+
 @pytest.mark.parametrize("delta", MODES)
-def test_one_envoy_serves_and_follows_an_edit(delta, policy_dir, echo_factory, envoy_factory,
-                                              meshpilot_factory):
+def test_one_envoy_serves_and_follows_an_edit(delta, echo_factory, start_edge):
     v1, v2 = echo_factory("v1"), echo_factory("v2")
-    policy = policy_dir / "edge.yaml"
-    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v1"))
-    mp = meshpilot_factory(policy_dir)
-    envoy = start_envoys(envoy_factory, mp, 1, delta=delta)[0]
-    port = listener_port(envoy)
-    assert eventually(lambda: backend_of(port) == "v1", what="traffic to v1")
+    edge = start_edge(raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v1"),
+                      delta=delta)
+    (envoy,), (port,), mp = edge.envoys, edge.ports, edge.mp
 
     dump = envoy.config_dump()
     dumped = str(dump)
@@ -82,7 +88,8 @@ def test_one_envoy_serves_and_follows_an_edit(delta, policy_dir, echo_factory, e
     stats = envoy.stats()
     assert stats.get("control_plane.connected_state") == 1
 
-    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v2"))
+    write_atomically(edge.policy, raw_policy(backends={"v1": v1.port, "v2": v2.port},
+                                             route_to="v2"))
     eventually(lambda: backend_of(port) == "v2", timeout=10, what="the edit to reach Envoy")
 
     proxies = mp.proxies()
@@ -95,22 +102,17 @@ def test_one_envoy_serves_and_follows_an_edit(delta, policy_dir, echo_factory, e
 
 
 @pytest.mark.parametrize("delta", MODES)
-def test_ten_envoys_converge_on_an_edit(delta, policy_dir, echo_factory, envoy_factory,
-                                        meshpilot_factory):
+def test_ten_envoys_converge_on_an_edit(delta, echo_factory, start_edge):
     v1, v2 = echo_factory("v1"), echo_factory("v2")
-    policy = policy_dir / "edge.yaml"
-    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v1"))
-    mp = meshpilot_factory(policy_dir)
-    envoys = start_envoys(envoy_factory, mp, 10, delta=delta)
-    ports = [listener_port(e) for e in envoys]
-    for port in ports:
-        assert eventually(lambda p=port: backend_of(p) == "v1", what="each Envoy serving v1")
+    edge = start_edge(raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v1"),
+                      envoys=10, delta=delta)
 
-    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v2"))
-    for port in ports:
+    write_atomically(edge.policy, raw_policy(backends={"v1": v1.port, "v2": v2.port},
+                                             route_to="v2"))
+    for port in edge.ports:
         eventually(lambda p=port: backend_of(p) == "v2", timeout=15,
                    what=f"Envoy on {port} to serve the edit")
-    proxies = mp.proxies()
+    proxies = edge.mp.proxies()
     assert len(proxies) == 10
     assert {p["view"] for p in proxies} == {"edge"}
     # One view, computed once: every Envoy holds the same snapshot version.
@@ -118,16 +120,11 @@ def test_ten_envoys_converge_on_an_edit(delta, policy_dir, echo_factory, envoy_f
 
 
 @pytest.mark.parametrize("delta", MODES)
-def test_envoy_rejection_is_recorded_and_traffic_keeps_flowing(delta, policy_dir, echo_factory,
-                                                               envoy_factory, meshpilot_factory):
+def test_envoy_rejection_is_recorded_and_traffic_keeps_flowing(delta, echo_factory, start_edge):
     v1 = echo_factory("v1")
-    policy = policy_dir / "edge.yaml"
     good = raw_policy(backends={"v1": v1.port}, route_to="v1")
-    write(policy, good)
-    mp = meshpilot_factory(policy_dir)
-    envoy = start_envoys(envoy_factory, mp, 1, delta=delta)[0]
-    port = listener_port(envoy)
-    assert eventually(lambda: backend_of(port) == "v1", what="traffic to v1")
+    edge = start_edge(good, delta=delta)
+    (envoy,), (port,), mp, policy = edge.envoys, edge.ports, edge.mp, edge.policy
 
     # Valid for the schema, refused by Envoy: a STATIC cluster whose address is not an IP.
     bad_cluster = """
@@ -137,7 +134,8 @@ def test_envoy_rejection_is_recorded_and_traffic_keeps_flowing(delta, policy_dir
     load_assignment:
       cluster_name: broken
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: not-an-ip, port_value: 80}}}}]}]"""
-    write(policy, raw_policy(backends={"v1": v1.port}, route_to="v1", extra_clusters=bad_cluster))
+    write_atomically(policy, raw_policy(backends={"v1": v1.port}, route_to="v1",
+                                        extra_clusters=bad_cluster))
 
     def rejection():
         t = mp.proxies()[0]["types"]["clusters"]
@@ -151,26 +149,21 @@ def test_envoy_rejection_is_recorded_and_traffic_keeps_flowing(delta, policy_dir
 
     # The rejected version is never sent again; fixing the file clears the rejection.
     sent_before = mp.proxies()[0]["types"]["clusters"]["responses"]
-    write(policy, good)
+    write_atomically(policy, good)
     eventually(lambda: mp.proxies()[0]["types"]["clusters"]["status"] == "SYNCED", timeout=10,
                what="the fixed policy to be ACKed")
     assert mp.proxies()[0]["types"]["clusters"]["responses"] == sent_before + 1
     assert backend_of(port) == "v1"
 
 
-def test_broken_policy_is_refused_and_last_good_keeps_serving(policy_dir, echo_factory,
-                                                              envoy_factory, meshpilot_factory):
+def test_broken_policy_is_refused_and_last_good_keeps_serving(echo_factory, start_edge):
     v1, v2 = echo_factory("v1"), echo_factory("v2")
-    policy = policy_dir / "edge.yaml"
-    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v1"))
-    mp = meshpilot_factory(policy_dir)
-    envoy = start_envoys(envoy_factory, mp, 1, delta=False)[0]
-    port = listener_port(envoy)
-    assert eventually(lambda: backend_of(port) == "v1", what="traffic to v1")
+    edge = start_edge(raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v1"))
+    (port,), mp, policy = edge.ports, edge.mp, edge.policy
     version = mp.proxies()[0]["snapshot_version"]
 
     broken_yaml = raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v2")
-    write(policy, broken_yaml.replace("connect_timeout: 1s", "conect_timeout: 1s", 1))
+    write_atomically(policy, broken_yaml.replace("connect_timeout: 1s", "conect_timeout: 1s", 1))
 
     def refused():
         errors = mp.status()["policy"]["errors"]
@@ -184,33 +177,29 @@ def test_broken_policy_is_refused_and_last_good_keeps_serving(policy_dir, echo_f
     assert backend_of(port) == "v1"
     assert mp.proxies()[0]["snapshot_version"] == version
 
-    write(policy, "kind: EnvoyResources\nname: [unclosed\n")  # not even YAML
+    write_atomically(policy, "kind: EnvoyResources\nname: [unclosed\n")  # not even YAML
     eventually(lambda: any("edge.yaml:" in e for e in mp.status()["policy"]["errors"])
                and mp.metric("meshpilot_policy_loads_total", result="rejected") >= 2,
                timeout=10, what="the YAML error to be refused")
     assert backend_of(port) == "v1"
 
-    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v2"))
+    write_atomically(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v2"))
     eventually(lambda: backend_of(port) == "v2", timeout=10, what="the fixed file to apply")
     assert mp.status()["policy"]["ok"] is True
 
 
 @pytest.mark.parametrize("delta", MODES)
-def test_restarted_meshpilot_resyncs_without_resending(delta, policy_dir, echo_factory,
-                                                       envoy_factory, meshpilot_factory):
+def test_restarted_meshpilot_resyncs_without_resending(delta, echo_factory, start_edge,
+                                                       meshpilot_factory):
     v1, v2 = echo_factory("v1"), echo_factory("v2")
-    policy = policy_dir / "edge.yaml"
-    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v1"))
-    first = meshpilot_factory(policy_dir)
-    envoys = start_envoys(envoy_factory, first, 2, delta=delta)
-    ports = [listener_port(e) for e in envoys]
-    for port in ports:
-        assert eventually(lambda p=port: backend_of(p) == "v1", what="traffic to v1")
+    edge = start_edge(raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v1"),
+                      envoys=2, delta=delta)
+    first, ports, policy = edge.mp, edge.ports, edge.policy
     first.stop()
     for port in ports:
         assert backend_of(port) == "v1"  # Envoy keeps its config while the control plane is away
 
-    second = meshpilot_factory(policy_dir, xds_port=first.xds_port)
+    second = meshpilot_factory(policy.parent, xds_port=first.xds_port)
     eventually(lambda: len(second.proxies()) == 2
                and all(t["status"] != "PENDING" and t["version_acked"]
                        for p in second.proxies() for t in p["types"].values()),
@@ -218,7 +207,7 @@ def test_restarted_meshpilot_resyncs_without_resending(delta, policy_dir, echo_f
     # Content-hash versions: the new process recognizes what each Envoy already holds.
     assert second.metric("meshpilot_xds_resources_sent_total") == 0, second.proxies()
 
-    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v2"))
+    write_atomically(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v2"))
     for port in ports:
         eventually(lambda p=port: backend_of(p) == "v2", timeout=10, what="the edit after restart")
     # Only the route configuration changed, and only it was sent.
@@ -227,20 +216,16 @@ def test_restarted_meshpilot_resyncs_without_resending(delta, policy_dir, echo_f
 
 
 @pytest.mark.parametrize("delta", MODES)
-def test_swapping_clusters_under_load_loses_no_request(delta, policy_dir, echo_factory,
-                                                       envoy_factory, meshpilot_factory):
+def test_swapping_clusters_under_load_loses_no_request(delta, echo_factory, start_edge):
     """One save adds a cluster, routes to it and deletes the old one: make before break means
     the new cluster is warm before the route names it, and the old one outlives the old route."""
     import threading
     import urllib.request
 
     backend = echo_factory("app")
-    policy = policy_dir / "edge.yaml"
-    write(policy, raw_policy(backends={"gen-0": backend.port}, route_to="gen-0"))
-    mp = meshpilot_factory(policy_dir)
-    envoy = start_envoys(envoy_factory, mp, 1, delta=delta)[0]
-    port = listener_port(envoy)
-    assert eventually(lambda: backend_of(port) == "app", what="traffic")
+    edge = start_edge(raw_policy(backends={"gen-0": backend.port}, route_to="gen-0"),
+                      delta=delta, answering="app")
+    (envoy,), (port,), policy = edge.envoys, edge.ports, edge.policy
 
     failures: list[str] = []
     done = threading.Event()
@@ -261,7 +246,7 @@ def test_swapping_clusters_under_load_loses_no_request(delta, policy_dir, echo_f
     try:
         for generation in range(1, 9):
             name = f"gen-{generation}"
-            write(policy, raw_policy(backends={name: backend.port}, route_to=name))
+            write_atomically(policy, raw_policy(backends={name: backend.port}, route_to=name))
             eventually(lambda n=name: any(c["name"] == n for c in _dynamic_clusters(envoy))
                        and len(_dynamic_clusters(envoy)) == 1, timeout=10,
                        what=f"{name} to replace the previous cluster")
@@ -285,14 +270,14 @@ def test_per_type_services_without_ads(delta, policy_dir, echo_factory, envoy_fa
     v1, v2 = echo_factory("v1"), echo_factory("v2")
     source = GRPC_SOURCE % ("DELTA_GRPC" if delta else "GRPC")
     policy = policy_dir / "edge.yaml"
-    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v1",
-                             config_source=source))
+    write_atomically(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port},
+                                        route_to="v1", config_source=source))
     mp = meshpilot_factory(policy_dir)
     envoy = envoy_factory(mp.bootstrap("edge-0", "edge", delta=delta, ads=False))
     port = listener_port(envoy)
     assert eventually(lambda: backend_of(port) == "v1", what="traffic to v1")
-    write(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port}, route_to="v2",
-                             config_source=source))
+    write_atomically(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port},
+                                        route_to="v2", config_source=source))
     eventually(lambda: backend_of(port) == "v2", timeout=10, what="the edit over per-type streams")
     kind = "delta" if delta else "sotw"
     # Envoy may open one EDS stream per cluster; every type has at least one stream of its own.

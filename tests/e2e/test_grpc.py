@@ -11,9 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
-from support import eventually, http_get, meshpilot_and_gateway
+from support import eventually, http_get, served_policy
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.grpc_echo import GrpcEchoServer, load_stubs
 
 pytestmark = pytest.mark.envoy
@@ -55,18 +54,11 @@ async def call(port: int, message: str, metadata: tuple[tuple[str, str], ...] = 
 def gateway(tmp_path_factory) -> Iterator[tuple[int, GrpcEchoServer]]:
     work = tmp_path_factory.mktemp("grpc-e2e")
     upstream = GrpcEchoServer("g1")
-    try:
-        g1 = upstream.start()
-        port = free_port()
-        policy = work / "policy"
-        policy.mkdir()
-        (policy / "grpc.yaml").write_text(POLICY.format(g1=g1, port=port))
-        with meshpilot_and_gateway(policy, work):
-            eventually(lambda: asyncio.run(call(port, "ping"))[0].backend == "g1", timeout=30,
-                       what="a gRPC call through the gateway")
-            yield port, upstream
-    finally:
-        upstream.stop()
+    with served_policy(work, "grpc.yaml", POLICY, {"g1": upstream}) as served:
+        port = served.ports["port"]
+        eventually(lambda: asyncio.run(call(port, "ping"))[0].backend == "g1", timeout=30,
+                   what="a gRPC call through the gateway")
+        yield port, upstream
 
 
 def test_grpc_call_through_the_gateway_reaches_the_upstream(gateway) -> None:

@@ -10,17 +10,16 @@ import gzip
 import json
 import re
 import socket
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
-from support import eventually, http_get, meshpilot_and_gateway
+from support import eventually, http_get, served_policy
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
+from meshpilot.local.demo.server import LoopThread
 from meshpilot.local.demo.ws_echo import WsEchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -70,15 +69,13 @@ class TcpEcho:
     """A raw TCP echo upstream: an asyncio server on a loop of its own, in a daemon thread."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
         self.port = 0
+        self._loop = LoopThread("tcp-echo")
         self._server: asyncio.Server | None = None
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self) -> int:
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._serve(), self.loop)
-        self.port = future.result(timeout=10)
+        self._loop.start()
+        self.port = self._loop.run(self._serve(), timeout=10)
         return self.port
 
     async def _serve(self) -> int:
@@ -95,9 +92,8 @@ class TcpEcho:
 
     def stop(self) -> None:
         if self._server is not None:
-            self.loop.call_soon_threadsafe(self._server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
+            self._loop.loop.call_soon_threadsafe(self._server.close)
+        self._loop.stop()
 
 
 class Env:
@@ -112,29 +108,15 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("listeners-e2e")
-    api, ws, tcp = EchoServer("api"), WsEchoServer("ws1"), TcpEcho()
-    started: list = []
-    try:
-        ports = {"api": api.start()}
-        started.append(api)
-        ports["ws"] = ws.start()
-        started.append(ws)
-        ports["tcp"] = tcp.start()
-        started.append(tcp)
-        ports.update(plain=free_port(), features=free_port(), raw=free_port())
-        log = work / "access.log"
-        policy = work / "policy"
-        policy.mkdir()
-        (policy / "edge.yaml").write_text(POLICY.format(log=log, **ports))
-        with meshpilot_and_gateway(policy, work) as (_, envoy):
-            environment = Env(ports, log, envoy)
-            for listener in ("plain", "features"):
-                eventually(lambda listener=listener: environment.get(listener)[0] == 200,
-                           timeout=30, what=f"listener {listener} to serve")
-            yield environment
-    finally:
-        for server in started:
-            server.stop()
+    log = work / "access.log"
+    upstreams = {"api": EchoServer("api"), "ws": WsEchoServer("ws1"), "tcp": TcpEcho()}
+    with served_policy(work, "edge.yaml", POLICY, upstreams,
+                       free_ports=("plain", "features", "raw"), log=log) as served:
+        environment = Env(served.ports, log, served.envoy)
+        for listener in ("plain", "features"):
+            eventually(lambda listener=listener: environment.get(listener)[0] == 200,
+                       timeout=30, what=f"listener {listener} to serve")
+        yield environment
 
 
 def seen_by_upstream(response: tuple[int, dict[str, str], bytes]) -> dict:

@@ -9,9 +9,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from support import MeshpilotProcess, eventually, http_get
+from support import MeshpilotProcess, eventually, http_get, served_policy
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -74,31 +73,14 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory) -> Iterator[Mesh]:
     work = tmp_path_factory.mktemp("mesh-e2e")
-    apps = {name: EchoServer(name) for name in ("a", "b", "c")}
-    ports = {f"app_{name}": app.start() for name, app in apps.items()}
-    ports.update({name: free_port() for name in ("a_in", "b_in", "a_out", "a_to_b")})
-    policy = work / "policy"
-    policy.mkdir()
-    (policy / "mesh.yaml").write_text(POLICY.format(**ports))
-    mp = MeshpilotProcess(policy, work).start()
-    sidecars = {name: EnvoyProcess(mp.bootstrap(f"{name}-1", name), work / f"envoy-{name}",
-                                   name=f"sidecar-{name}") for name in ("a", "b")}
-    try:
-        for envoy in sidecars.values():
-            envoy.start()
-        for envoy in sidecars.values():
-            envoy.wait_ready(30)
-        environment = Mesh(ports, sidecars, mp)
+    apps = {f"app_{name}": EchoServer(name) for name in ("a", "b", "c")}
+    with served_policy(work, "mesh.yaml", POLICY, apps,
+                       free_ports=("a_in", "b_in", "a_out", "a_to_b"),
+                       envoys={"a": "sidecar-a", "b": "sidecar-b"}) as served:
+        environment = Mesh(served.ports, served.envoys, served.mp)
         eventually(lambda: environment.get("a_to_b")[0] == 200, timeout=20,
                    what="A's sidecar to reach B through B's sidecar")
         yield environment
-    finally:
-        for envoy in sidecars.values():
-            envoy.stop()
-        mp.stop()
-        for app in apps.values():
-            app.stop()
-        print(mp.log_tail(30))
 
 
 def test_local_port_reaches_b_through_both_sidecars(mesh: Mesh) -> None:

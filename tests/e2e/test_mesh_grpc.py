@@ -10,10 +10,9 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from support import MeshpilotProcess, eventually
+from support import eventually, served_policy
 from test_grpc import OPTIONS
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.grpc_echo import GrpcEchoServer, load_stubs
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -50,28 +49,13 @@ async def say(port: int, message: str):
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory) -> Iterator[tuple[dict[str, int], dict[str, EnvoyProcess]]]:
     work = tmp_path_factory.mktemp("mesh-grpc")
-    upstream = GrpcEchoServer("greeter-1")
-    ports = {"app": upstream.start(), "greeter_in": free_port(), "to_greeter": free_port()}
-    policy = work / "policy"
-    policy.mkdir()
-    (policy / "mesh.yaml").write_text(POLICY.format(**ports))
-    mp = MeshpilotProcess(policy, work).start()
-    sidecars = {name: EnvoyProcess(mp.bootstrap(f"{name}-1", name), work / name, name=name)
-                for name in ("frontend", "greeter")}
-    try:
-        for envoy in sidecars.values():
-            envoy.start()
-        for envoy in sidecars.values():
-            envoy.wait_ready(30)
-        eventually(lambda: asyncio.run(say(ports["to_greeter"], "ping")).backend == "greeter-1",
-                   timeout=30, what="a gRPC call through both sidecars")
-        yield ports, sidecars
-    finally:
-        for envoy in sidecars.values():
-            envoy.stop()
-        mp.stop()
-        upstream.stop()
-        print(mp.log_tail(30))
+    with served_policy(work, "mesh.yaml", POLICY, {"app": GrpcEchoServer("greeter-1")},
+                       free_ports=("greeter_in", "to_greeter"),
+                       envoys={"frontend": "frontend", "greeter": "greeter"}) as served:
+        ports = served.ports
+        eventually(lambda: asyncio.run(say(ports["to_greeter"], "ping")).backend
+                   == "greeter-1", timeout=30, what="a gRPC call through both sidecars")
+        yield ports, served.envoys
 
 
 def test_grpc_call_crosses_both_sidecars_over_http2(mesh) -> None:

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from support import MeshpilotProcess, eventually, http_get
+from support import MeshpilotProcess, eventually, http_get, served_policy
 
-from meshpilot.base.netutil import free_port
 from meshpilot.ca import CertificateAuthority
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
@@ -118,33 +117,15 @@ class Mesh:
 def mesh(tmp_path_factory) -> Iterator[Mesh]:
     work = tmp_path_factory.mktemp("mesh-mtls-e2e")
     ca = CertificateAuthority.load_or_create(work / "ca")  # meshpilot loads the same root
-    apps = {name: EchoServer(name) for name in ("a", "b", "c", "p")}
-    ports = {f"app_{name}": app.start() for name, app in apps.items()}
-    ports.update({name: free_port() for name in
-                  ("a_in", "b_in", "c_in", "p_in", "a_to_b", "a_to_p", "c_to_b")})
-    policy = work / "policy"
-    policy.mkdir()
-    (policy / "mesh.yaml").write_text(POLICY.format(**ports))
-    mp = MeshpilotProcess(policy, work, extra_args=("--ca-dir", str(work / "ca"),
-                                                    "--cert-ttl", TTL)).start()
-    sidecars = {name: EnvoyProcess(mp.bootstrap(f"{name}-1", name), work / f"envoy-{name}",
-                                   name=f"sidecar-{name}") for name in ("a", "b", "c", "p")}
-    try:
-        for envoy in sidecars.values():
-            envoy.start()
-        for envoy in sidecars.values():
-            envoy.wait_ready(30)
-        environment = Mesh(ports, sidecars, mp, ca, work)
+    names = ("a", "b", "c", "p")
+    with served_policy(work, "mesh.yaml", POLICY, {f"app_{n}": EchoServer(n) for n in names},
+                       free_ports=("a_in", "b_in", "c_in", "p_in", "a_to_b", "a_to_p", "c_to_b"),
+                       envoys={name: f"sidecar-{name}" for name in names},
+                       extra_args=("--ca-dir", str(work / "ca"), "--cert-ttl", TTL)) as served:
+        environment = Mesh(served.ports, served.envoys, served.mp, ca, work)
         eventually(lambda: environment.get("a_to_b")[0] == 200, timeout=20,
                    what="A's sidecar to reach B over mTLS")
         yield environment
-    finally:
-        for envoy in sidecars.values():
-            envoy.stop()
-        mp.stop()
-        for app in apps.values():
-            app.stop()
-        print(mp.log_tail(30))
 
 
 def _listener_stat(mesh: Mesh, sidecar: str, port: str, name: str) -> int:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
-from support import MeshpilotProcess, eventually, http_get, meshpilot_and_gateway
+from support import MeshpilotProcess, eventually, http_get, served_policy, write_atomically
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -100,19 +98,10 @@ class Env:
 def env(tmp_path_factory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("policy-e2e")
     echoes = {name: EchoServer(name) for name in ("v1", "v2", "api")}
-    ports = {name: echo.start() for name, echo in echoes.items()}
-    port = free_port()
-    policy = work / "policy"
-    policy.mkdir()
-    (policy / "shop.yaml").write_text(POLICY.format(port=port, **ports))
-    try:
-        with meshpilot_and_gateway(policy, work) as (mp, envoy):
-            environment = Env(port, envoy, mp, echoes)
-            eventually(lambda: environment.get("/")[0] == 200, what="the gateway to serve")
-            yield environment
-    finally:
-        for echo in echoes.values():
-            echo.stop()
+    with served_policy(work, "shop.yaml", POLICY, echoes) as served:
+        environment = Env(served.ports["port"], served.envoy, served.mp, echoes)
+        eventually(lambda: environment.get("/")[0] == 200, what="the gateway to serve")
+        yield environment
 
 
 def test_header_match_sends_canaries_to_v2(env: Env) -> None:
@@ -192,21 +181,18 @@ def test_edit_changes_routing_and_bad_edit_keeps_serving(env: Env) -> None:
     policy = env.mp.policy / "shop.yaml"
     original = policy.read_text()
     try:
-        tmp = policy.with_name(".shop.yaml.tmp")
-        tmp.write_text(original.replace("backends: [{service: reviews, subset: v1}]\n---",
-                                        "backends: [{service: reviews, subset: v2}]\n---"))
-        os.replace(tmp, policy)
+        write_atomically(policy, original.replace(
+            "backends: [{service: reviews, subset: v1}]\n---",
+            "backends: [{service: reviews, subset: v2}]\n---"))
         eventually(lambda: env.echo("/anything")["backend"] == "v2", timeout=10,
                    what="the catch-all to move to v2")
-        tmp.write_text(original.replace("service: api}]\n    timeout", "service: apii}]\n    timeout"))
-        os.replace(tmp, policy)
+        write_atomically(policy, original.replace("service: api}]\n    timeout",
+                                                  "service: apii}]\n    timeout"))
         errors = eventually(lambda: env.mp.status()["policy"]["errors"], timeout=10,
                             what="the bad reference to be refused")
         assert any('no Service named "apii"' in e and 'did you mean "api"' in e for e in errors)
         assert env.echo("/anything")["backend"] == "v2"  # the last good config keeps serving
     finally:
-        tmp = policy.with_name(".shop.yaml.tmp")
-        tmp.write_text(original)
-        os.replace(tmp, policy)
+        write_atomically(policy, original)
         eventually(lambda: env.echo("/anything")["backend"] == "v1", timeout=10,
                    what="the original policy to be back")

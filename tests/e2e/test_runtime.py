@@ -212,21 +212,31 @@ class StubADS(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self) -> None:
         self.requests: list[Any] = []  # list.append is atomic; streams run on pool threads
 
-    def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> Iterator[Any]:
-        for request in request_iterator:
+    def _answer_first_requests(
+        self, requests: Iterator[Any], empty_response: Callable[[str], Any]
+    ) -> Iterator[Any]:
+        """Record every request; answer each one without a nonce (a type's first, not an ACK)
+        with `empty_response(type_url)`."""
+        for request in requests:
             self.requests.append(request)
             if not request.response_nonce:
-                yield discovery_pb2.DiscoveryResponse(
-                    version_info="1", type_url=request.type_url, nonce="1"
-                )
+                yield empty_response(request.type_url)
+
+    def StreamAggregatedResources(self, request_iterator: Any, context: Any) -> Iterator[Any]:
+        return self._answer_first_requests(
+            request_iterator,
+            lambda type_url: discovery_pb2.DiscoveryResponse(
+                version_info="1", type_url=type_url, nonce="1"
+            ),
+        )
 
     def DeltaAggregatedResources(self, request_iterator: Any, context: Any) -> Iterator[Any]:
-        for request in request_iterator:
-            self.requests.append(request)
-            if not request.response_nonce:
-                yield discovery_pb2.DeltaDiscoveryResponse(
-                    system_version_info="1", type_url=request.type_url, nonce="1"
-                )
+        return self._answer_first_requests(
+            request_iterator,
+            lambda type_url: discovery_pb2.DeltaDiscoveryResponse(
+                system_version_info="1", type_url=type_url, nonce="1"
+            ),
+        )
 
 
 @pytest.fixture

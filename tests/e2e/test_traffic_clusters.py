@@ -10,11 +10,11 @@ import collections
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
-from support import eventually, http_get, meshpilot_and_gateway
+from support import eventually, http_get, served_policy
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -117,24 +117,27 @@ class Env:
         raise AssertionError(f"no endpoint of {echo} in cluster {cluster}")
 
 
+@contextmanager
+def answering(echo: EchoServer, status: int) -> Iterator[None]:
+    """`echo` answers every request (health checks too) with `status` inside the block: a
+    backend gone bad; healthy again afterwards, even when the block failed (the module's
+    backends are shared by every test)."""
+    echo.forced_status = status
+    try:
+        yield
+    finally:
+        echo.forced_status = None
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("traffic-clusters")
     echoes = {name: EchoServer(name) for name in BACKENDS}
-    ports = {name: echo.start() for name, echo in echoes.items()}
-    port = free_port()
-    policy = work / "policy"
-    policy.mkdir()
-    (policy / "policy.yaml").write_text(POLICY.format(port=port, **ports))
-    try:
-        with meshpilot_and_gateway(policy, work) as (_, envoy):
-            environment = Env(port, envoy, echoes)
-            eventually(lambda: environment.get("/breaker")[0] == 200,
-                       what="the gateway to serve")
-            yield environment
-    finally:
-        for echo in echoes.values():
-            echo.stop()
+    with served_policy(work, "policy.yaml", POLICY, echoes) as served:
+        environment = Env(served.ports["port"], served.envoy, echoes)
+        eventually(lambda: environment.get("/breaker")[0] == 200,
+                   what="the gateway to serve")
+        yield environment
 
 
 def test_circuit_breaker_refuses_a_flood_with_overloaded(env: Env) -> None:
@@ -162,8 +165,7 @@ def test_circuit_breaker_refuses_a_flood_with_overloaded(env: Env) -> None:
 
 def test_outlier_detection_ejects_the_failing_endpoint(env: Env) -> None:
     bad = env.echoes["od-bad"]
-    bad.forced_status = 503
-    try:
+    with answering(bad, 503):
         # Round robin sends every other request to the bad endpoint: its third 503 in a row
         # ejects it (consecutive_5xx: 3).
         def ejected_after_one_more_request() -> bool:
@@ -177,21 +179,16 @@ def test_outlier_detection_ejects_the_failing_endpoint(env: Env) -> None:
         assert env.backends("/outlier", 20) == ["od-good"] * 20
         assert bad.requests_seen == seen_by_bad  # not one request reached it
         assert "failed_outlier_check" in env.health_flags("outlier", "od-bad")
-    finally:
-        bad.forced_status = None
 
 
 def test_health_check_removes_and_restores_an_endpoint(env: Env) -> None:
     # Both endpoints serve, and checks run before any traffic (no_traffic_interval).
     eventually(lambda: set(env.backends("/checked", 10)) == {"hc-a", "hc-b"}, timeout=15,
                what="both checked endpoints to serve")
-    env.echoes["hc-b"].forced_status = 503
-    try:
+    with answering(env.echoes["hc-b"], 503):
         eventually(lambda: "failed_active_hc" in env.health_flags("checked", "hc-b"),
                    timeout=10, what="hc-b to fail its health checks")
         assert env.backends("/checked", 20) == ["hc-a"] * 20
-    finally:
-        env.echoes["hc-b"].forced_status = None
     eventually(lambda: env.health_flags("checked", "hc-b") == "healthy", timeout=10,
                what="hc-b to pass its health checks again")
     # Workers pick up the host's new health a moment after the admin shows it.
@@ -202,13 +199,10 @@ def test_health_check_removes_and_restores_an_endpoint(env: Env) -> None:
 def test_priority_failover_and_back(env: Env) -> None:
     eventually(lambda: env.backends("/", 1) == ["p0"], timeout=10, what="p0 to serve")
     assert env.backends("/", 20) == ["p0"] * 20  # priority 1 gets nothing while 0 is healthy
-    env.echoes["p0"].forced_status = 503
-    try:
+    with answering(env.echoes["p0"], 503):
         eventually(lambda: "failed_active_hc" in env.health_flags("failover", "p0"),
                    timeout=10, what="p0 to fail its health checks")
         assert env.backends("/", 20) == ["p1"] * 20
-    finally:
-        env.echoes["p0"].forced_status = None
     eventually(lambda: env.backends("/", 10) == ["p0"] * 10, timeout=10,
                what="traffic to return to priority 0")
 
@@ -227,14 +221,11 @@ def test_health_checks_run_at_the_interval_before_any_traffic(env: Env) -> None:
     # (its default: 60s); meshpilot sets it to the interval, so a failure shows within seconds.
     eventually(lambda: env.health_flags("idle", "idle") == "healthy", timeout=10,
                what="the idle endpoint's first check to pass")
-    env.echoes["idle"].forced_status = 503
-    try:
+    with answering(env.echoes["idle"], 503):
         eventually(lambda: "failed_active_hc" in env.health_flags("idle", "idle"), timeout=10,
                    what="the idle endpoint to fail its checks without traffic")
         assert env.stat("cluster.idle.upstream_rq_total") == 0
         assert env.echoes["idle"].requests_seen == 0
-    finally:
-        env.echoes["idle"].forced_status = None
 
 
 def test_zone_weights_split_traffic_by_zone_not_by_endpoint_count(env: Env) -> None:

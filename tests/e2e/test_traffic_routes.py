@@ -13,19 +13,23 @@ the upstream; without a hash policy a ring_hash cluster picks endpoints at rando
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import MeshpilotProcess, eventually, http_get, meshpilot_and_gateway
+from support import (
+    LoopbackHttpServer,
+    MeshpilotProcess,
+    eventually,
+    http_get,
+    served_policy,
+    write_atomically,
+)
 
-from meshpilot.base.netutil import free_port
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -108,38 +112,19 @@ rules:
 """
 
 
-class Recorder:
+class Recorder(LoopbackHttpServer):
     """A backend that records the path and Host of every request (for the mirror)."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
         recorder = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
+        class Handler(LoopbackHttpServer.Handler):
             def do_GET(self) -> None:
                 recorder.seen.append((self.path, self.headers.get("host", "")))
-                body = b'{"backend": "recorder"}'
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.reply(200, b'{"backend": "recorder"}')
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def start(self) -> int:
-        self.thread.start()
-        return int(self.httpd.server_address[1])
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
 
 class Env:
@@ -160,38 +145,24 @@ class Env:
 
 
 def write_canary(policy: Path, echoes: dict[str, EchoServer], w1: int, w2: int) -> None:
-    target = policy / "canary.yaml"
-    tmp = policy / ".canary.yaml.tmp"
-    tmp.write_text(CANARY.format(v1=echoes["v1"].port, v2=echoes["v2"].port, w1=w1, w2=w2))
-    os.replace(tmp, target)  # one atomic save, as editors do
+    write_atomically(policy / "canary.yaml",  # one atomic save, as editors do
+                     CANARY.format(v1=echoes["v1"].port, v2=echoes["v2"].port, w1=w1, w2=w2))
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("traffic-e2e")
     echoes = {name: EchoServer(name) for name in ("api", "c1", "c2", "c3", "v1", "v2")}
-    ports = {name: echo.start() for name, echo in echoes.items()}
     shadow = Recorder()
-    shadow_port = shadow.start()
-    port = free_port()
-    policy = work / "policy"
-    policy.mkdir()
-    (policy / "traffic.yaml").write_text(POLICY.format(
-        port=port, shadow=shadow_port, **{k: v for k, v in ports.items() if k in
-                                          ("api", "c1", "c2", "c3")}))
-    write_canary(policy, echoes, 90, 10)
-    try:
-        with meshpilot_and_gateway(policy, work) as (mp, envoy):
-            environment = Env(port, envoy, mp, echoes, shadow, policy)
-            eventually(lambda: environment.get("/")[0] == 200, timeout=30,
-                       what="the gateway to serve")
-            eventually(lambda: environment.get("/", host="canary.example.com")[0] == 200,
-                       timeout=30, what="the canary route to serve")
-            yield environment
-    finally:
-        shadow.stop()
-        for echo in echoes.values():
-            echo.stop()
+    with served_policy(work, "traffic.yaml", POLICY, {**echoes, "shadow": shadow}) as served:
+        write_canary(served.policy, echoes, 90, 10)
+        environment = Env(served.ports["port"], served.envoy, served.mp, echoes, shadow,
+                          served.policy)
+        eventually(lambda: environment.get("/")[0] == 200, timeout=30,
+                   what="the gateway to serve")
+        eventually(lambda: environment.get("/", host="canary.example.com")[0] == 200,
+                   timeout=30, what="the canary route to serve")
+        yield environment
 
 
 def flaky(failures: int, **extra: str) -> dict[str, str]:

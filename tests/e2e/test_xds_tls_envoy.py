@@ -13,15 +13,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from support import MeshpilotProcess, backend_of, eventually, raw_policy
+from support import (
+    MeshpilotProcess,
+    backend_of,
+    eventually,
+    listener_port,
+    raw_policy,
+    write_policy,
+)
 from tls_material import CA
-
-from meshpilot.local.envoy_process import EnvoyProcess
 
 pytestmark = pytest.mark.envoy
 
@@ -38,26 +42,9 @@ def material(tmp_path: Path) -> dict[str, Path]:
     return out
 
 
-@pytest.fixture
-def meshpilot_factory(tmp_path: Path) -> Iterator[Callable[..., MeshpilotProcess]]:
-    started: list[MeshpilotProcess] = []
-
-    def start(policy: Path, **kwargs) -> MeshpilotProcess:
-        mp = MeshpilotProcess(policy, tmp_path, **kwargs)
-        started.append(mp)
-        return mp.start()
-
-    yield start
-    for mp in started:
-        mp.stop()
-        print(f"--- meshpilot log tail ---\n{mp.log_tail(30)}")
-
-
 def policy_with(tmp_path: Path, backend_port: int) -> Path:
-    d = tmp_path / "policy"
-    d.mkdir()
-    (d / "edge.yaml").write_text(raw_policy(backends={"v1": backend_port}, route_to="v1"))
-    return d
+    return write_policy(tmp_path, "edge.yaml",
+                        raw_policy(backends={"v1": backend_port}, route_to="v1"))
 
 
 def cli_bootstrap(mp: MeshpilotProcess, node_id: str, cluster: str, *extra: str) -> dict:
@@ -73,11 +60,6 @@ def cli_bootstrap(mp: MeshpilotProcess, node_id: str, cluster: str, *extra: str)
     for source in ("cds_config", "lds_config"):
         bootstrap["dynamic_resources"][source]["initial_fetch_timeout"] = "1s"
     return bootstrap
-
-
-def listener_port(envoy: EnvoyProcess) -> int:
-    return eventually(lambda: envoy.listener_addresses().get("http", (None, 0))[1],
-                      what="Envoy's listener 'http' to be bound")
 
 
 def test_envoy_gets_config_over_tls(tmp_path, material, echo_factory, envoy_factory,

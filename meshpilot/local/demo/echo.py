@@ -16,11 +16,11 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit
 
 from meshpilot.local.demo.runner import run_until_interrupted
+from meshpilot.local.demo.server import DemoServer
 
 __all__ = ["EchoServer", "main"]
 
@@ -30,21 +30,17 @@ HEALTH_PATH = "/healthz"
 _IDLE_TIMEOUT_S = 60.0
 
 
-
-class EchoServer:
+class EchoServer(DemoServer):
     """An echo backend on (host, port); port 0 picks a free one. Serves in a daemon thread."""
 
+    kind = "echo server"
+
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.name = name
-        self.host = host
-        self._requested_port = port
+        super().__init__(name, host, port)
         self._httpd: _EchoHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> int:
-        """Bind, start serving in a daemon thread and return the bound port."""
-        if self._httpd is not None:
-            raise RuntimeError(f"echo server {self.name} is already running")
+    def _serve(self) -> int:
         httpd = _EchoHTTPServer((self.host, self._requested_port), self.name)
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -54,7 +50,7 @@ class EchoServer:
             daemon=True,
         )
         self._thread.start()
-        return self.port
+        return int(httpd.server_address[1])
 
     @property
     def forced_status(self) -> int | None:
@@ -68,23 +64,15 @@ class EchoServer:
             raise RuntimeError(f"echo server {self.name} is not running")
         self._httpd.forced_status = status
 
-    def stop(self) -> None:
-        """Stop serving, close open keep-alive connections and release the port. Idempotent."""
+    def _shutdown(self) -> None:
+        """Stop serving, close open keep-alive connections and release the port."""
         httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
+        assert httpd is not None
         httpd.shutdown()
         httpd.close_connections()
         httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-    @property
-    def port(self) -> int:
-        """The bound port once started, else the port asked for."""
-        if self._httpd is None:
-            return self._requested_port
-        return int(self._httpd.server_address[1])
 
     @property
     def url(self) -> str:
@@ -94,18 +82,6 @@ class EchoServer:
     def requests_seen(self) -> int:
         """Requests answered so far, health checks excluded."""
         return 0 if self._httpd is None else self._httpd.counter.value
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 _MAX_DELAY_MS = 30_000  # a demo backend never holds a thread longer
@@ -280,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run one EchoServer in the foreground until interrupted."""
     run_until_interrupted(
         argv, description="meshpilot demo echo backend",
-        build=lambda name, host, port: EchoServer(name, host=host, port=port),
+        build=EchoServer,
         banner=lambda name, host, port: f"echo {name} listening on http://{host}:{port}")
 
 

@@ -21,12 +21,13 @@ import tempfile
 import threading
 from concurrent import futures
 from pathlib import Path
-from types import ModuleType, TracebackType
-from typing import Any, Self
+from types import ModuleType
+from typing import Any
 
 import grpc
 
 from meshpilot.local.demo.runner import run_until_interrupted
+from meshpilot.local.demo.server import DemoServer
 
 __all__ = ["GrpcEchoServer", "load_stubs", "main"]
 
@@ -35,7 +36,6 @@ SERVICE = "meshpilot.demo.Echo"
 
 _lock = threading.Lock()
 _stubs: tuple[ModuleType, ModuleType] | None = None
-
 
 
 def cache_dir() -> Path:
@@ -96,20 +96,17 @@ def _distribution_version(name: str) -> str:
         return ""
 
 
-class GrpcEchoServer:
+class GrpcEchoServer(DemoServer):
     """The echo service on (host, port); port 0 picks a free one. Plaintext HTTP/2 (h2c)."""
 
+    kind = "grpc echo server"
+
     def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.name = name
-        self.host = host
-        self._requested_port = port
-        self._port: int | None = None
+        super().__init__(name, host, port)
         self._server: grpc.Server | None = None
         self.calls = 0
 
-    def start(self) -> int:
-        if self._server is not None:
-            raise RuntimeError(f"grpc echo server {self.name} is already running")
+    def _serve(self) -> int:
         pb2, pb2_grpc = load_stubs()
         owner = self
 
@@ -128,32 +125,20 @@ class GrpcEchoServer:
             raise RuntimeError(f"grpc echo server {self.name} could not bind "
                                f"{self.host}:{self._requested_port}")
         server.start()
-        self._server, self._port = server, port
+        self._server = server
         return port
 
-    @property
-    def port(self) -> int:
-        return self._port if self._port is not None else self._requested_port
-
-    def stop(self) -> None:
+    def _shutdown(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             server.stop(grace=None).wait(5)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run one GrpcEchoServer in the foreground until interrupted."""
     run_until_interrupted(
         argv, description="meshpilot demo gRPC echo upstream",
-        build=lambda name, host, port: GrpcEchoServer(name, host=host, port=port),
+        build=GrpcEchoServer,
         banner=lambda name, host, port: (f"grpc echo {name} listening on {host}:{port} "
                                          f"({SERVICE}/Say)"))
 

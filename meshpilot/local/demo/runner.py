@@ -5,12 +5,8 @@ from __future__ import annotations
 import argparse
 import threading
 from collections.abc import Callable
-from typing import Protocol
 
-
-class DemoServer(Protocol):
-    def start(self) -> int: ...
-    def stop(self) -> None: ...
+from meshpilot.local.demo.server import DemoServer
 
 
 def run_until_interrupted(argv: list[str] | None, *, description: str,
