@@ -247,5 +247,5 @@ def test_keys_are_never_in_meshpilot_dumps_or_logs(mesh: Mesh) -> None:
         status, _, body = http_get(f"{mesh.mp.admin}/debug/config_dump?node={node}")
         assert status == 200
         assert b"PRIVATE KEY" not in body
-        assert b"spiffe/identity" in body and b"[redacted]" in body
+        assert b"spiffe/identity" in body and b"[redacted sha256:" in body
     assert "PRIVATE KEY" not in mesh.mp.log_path.read_text(errors="replace")
