@@ -30,16 +30,15 @@ from typing import TypeVar
 from meshpilot.base.errors import PolicyError, PolicyIssue, Position
 from meshpilot.base.types import ADS_ORDER
 from meshpilot.inputs import tlsfiles as tls
+from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
 from meshpilot.inputs.native import gateway, route, service
 from meshpilot.inputs.native.envoy_resources import KIND as ENVOY_RESOURCES
 from meshpilot.inputs.native.envoy_resources import parse_envoy_resources
 from meshpilot.inputs.references import validate_references
 from meshpilot.inputs.yamlsource import (
     MAX_NODES,
-    FieldPath,
     Located,
     _read_limited,
-    format_path,
     parse_yaml,
     parse_yaml_text,
     read_yaml_file,
@@ -48,60 +47,6 @@ from meshpilot.inputs.yamlsource import (
 from meshpilot.ir.model import Gateway, Model, RawResource, Route, Service
 
 POLICY_SUFFIXES = (".yaml", ".yml")
-
-# What a kind's parser may return. A new kind adds its model class here and in build_model.
-ModelPart = RawResource | Service | Gateway | Route
-
-
-@dataclass(slots=True)
-class LoadContext:
-    """State shared by every document of one load: the issues, and where names were defined."""
-
-    issues: list[PolicyIssue] = field(default_factory=list)
-    definitions: dict[Hashable, Position] = field(default_factory=dict)
-
-    def first_definition(self, key: Hashable, position: Position) -> Position | None:
-        """Record `key` as defined at `position`; if it was defined before, where that was."""
-        if key in self.definitions:
-            return self.definitions[key]
-        self.definitions[key] = position
-        return None
-
-
-@dataclass(slots=True)
-class DocumentContext:
-    """What a kind's parser gets besides the document: a way to report issues about it."""
-
-    load: LoadContext
-    document: Located
-    kind: str
-    name: str | None
-
-    def report(self, path: FieldPath, message: str, *, at_value: bool = False,
-               position: Position | None = None) -> None:
-        """Record an issue about the field at `path`.
-
-        The position is the field's key (or list item) unless `at_value` asks for its value or
-        `position` is given; a path that does not exist falls back to its nearest ancestor.
-        """
-        if position is None:
-            locate = self.document.value_position_of if at_value else self.document.position_of
-            position = locate(path)
-        self.load.issues.append(PolicyIssue(message, position, self.kind, self.name,
-                                            format_path(path)))
-
-    def first_definition(self, key: Hashable, position: Position) -> Position | None:
-        return self.load.first_definition(key, position)
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedDocument:
-    """One document with a usable kind and name: its context (so later checks can report
-    about it) and the model parts its parser returned."""
-
-    context: DocumentContext
-    parts: tuple[ModelPart, ...]
-
 
 KindParser = Callable[[Located, DocumentContext], Iterable[ModelPart]]
 

@@ -22,15 +22,13 @@ import re
 import re._constants as sre_constants  # private, see _UNSAFE_OPS
 import re._parser as sre_parser
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from meshpilot.base.errors import Position
 from meshpilot.base.units import parse_duration
+from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.yamlsource import FieldPath
 from meshpilot.ir.model import Labels
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
 
 T = TypeVar("T")
 Converter = Callable[[Any], T]
@@ -652,3 +650,24 @@ def issue_count(ctx: DocumentContext) -> int:
 
 def reported_since(ctx: DocumentContext, mark: int) -> bool:
     return len(ctx.load.issues) > mark
+
+
+def unique_list(doc: Fields, key: str, what: str, convert: Converter[str]) -> tuple[str, ...]:
+    """A list of converted strings, each written once (compared after conversion)."""
+    items = doc.items(key, what)
+    if items is None:
+        return ()
+    seen: dict[Hashable, FieldPath] = {}
+    result: list[str] = []
+    for index, item in enumerate(items):
+        path = (*doc.path, key, index)
+        value = convert_at(doc.ctx, item, path, convert)
+        if value is None:
+            continue
+        first = written_before(doc.ctx, seen, value, path)
+        if first is not None:
+            report_at(doc.ctx, path, f"{what} {quoted(value)} is listed twice "
+                                     f"(first at {first})")
+            continue
+        result.append(value)
+    return tuple(result)

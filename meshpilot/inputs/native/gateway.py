@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
+from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields, tls
 from meshpilot.inputs.native.fields import (
     Fields,
@@ -53,9 +54,6 @@ from meshpilot.inputs.native.fields import (
 )
 from meshpilot.inputs.yamlsource import FieldPath, Located
 from meshpilot.ir.model import AccessLog, Compression, Gateway, GatewayListener
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
 
 KIND = "Gateway"
 

@@ -55,9 +55,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, cast
 
-from meshpilot.inputs.native import fields
+from meshpilot.inputs.context import DocumentContext
+from meshpilot.inputs.native import fields, matches
 from meshpilot.inputs.native.fields import (
     Fields,
     Invalid,
@@ -65,6 +66,7 @@ from meshpilot.inputs.native.fields import (
     reported_since,
     written_before,
 )
+from meshpilot.inputs.native.matches import METHOD, MatchKind, methods, value_matches
 from meshpilot.inputs.native.security import SECURITY_KEYS, check_claims, parse_security
 from meshpilot.inputs.yamlsource import FieldPath, Located
 from meshpilot.ir.model import (
@@ -87,9 +89,6 @@ from meshpilot.ir.model import (
     StringMatch,
 )
 
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
-
 KIND = "Route"
 
 ROUTE_KEYS = ("kind", "name", "gateway", "service", "listeners", "hosts", "cors", "rules",
@@ -104,8 +103,10 @@ BACKEND_ONLY = ("rewrite", "timeout", "idle_timeout", "grpc", "retries", "fault"
 RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers",
              *SECURITY_KEYS)
 MATCH_KEYS = ("path", "method", "methods", "headers", "query")
+# Part of a Route's shape too, shared with authorization rules: parsed in matches.py.
+METHODS = matches.METHODS
+VALUE_MATCHES = matches.VALUE_MATCHES
 PATH_MATCHES = ("prefix", "exact", "regex")
-VALUE_MATCHES = ("exact", "prefix", "regex", "present", "absent")
 BACKEND_KEYS = ("service", "subset", "weight")
 REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "status")
 REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix")
@@ -136,10 +137,6 @@ RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
             "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 DEFAULT_RETRY_ON = Retries(attempts=1).on
 
-# Accepted method names. A misspelt method would silently never match, so the list is closed:
-# the standard methods plus the common extension ones.
-METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-           "PURGE", "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK")
 
 # Envoy's default max_direct_response_body_size_bytes: a longer body is rejected.
 MAX_DIRECT_RESPONSE_BODY = 4096
@@ -150,7 +147,6 @@ _DIRECT_STATUS = fields.integer(200, 599)  # Envoy's range for direct responses
 _REDIRECT_STATUS = fields.int_choice(REDIRECT_STATUSES)
 _SCHEME = fields.choice(REDIRECT_SCHEMES)
 _RETRY_ON = fields.choice(RETRY_ON)
-_METHOD = fields.choice(METHODS)
 _TIMEOUT = fields.duration(allow_zero=True)
 _PER_TRY_TIMEOUT = fields.duration()
 _STATUS_CODE = fields.integer(100, 599)
@@ -172,8 +168,8 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
             doc.report(key, f'"{key}" applies to a Route attached to a gateway; a Route '
                             "attached to a service serves every caller of that service",
                        at_value=False)
-    listeners = _unique_list(doc, "listeners", "listener name", fields.name)
-    hosts = _unique_list(doc, "hosts", "host", fields.host_pattern)
+    listeners = fields.unique_list(doc, "listeners", "listener name", fields.name)
+    hosts = fields.unique_list(doc, "hosts", "host", fields.host_pattern)
     cors = _cors(doc)
     security = parse_security(doc)
     rules = _rules(doc)
@@ -188,28 +184,6 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
     return [Route(name=name, position=document.position, gateway=gateway,
                   hosts=hosts or ("*",), rules=rules, listeners=listeners, cors=cors,
                   service=service, security=security)]
-
-
-def _unique_list(doc: Fields, key: str, what: str,
-                 convert: fields.Converter[str]) -> tuple[str, ...]:
-    """A list of converted strings, each written once (compared after conversion)."""
-    items = doc.items(key, what)
-    if items is None:
-        return ()
-    seen: dict[Hashable, FieldPath] = {}
-    result: list[str] = []
-    for index, item in enumerate(items):
-        path = (*doc.path, key, index)
-        value = fields.convert_at(doc.ctx, item, path, convert)
-        if value is None:
-            continue
-        first = written_before(doc.ctx, seen, value, path)
-        if first is not None:
-            fields.report_at(doc.ctx, path, f"{what} {fields.quoted(value)} is listed twice "
-                                            f"(first at {first})")
-            continue
-        result.append(value)
-    return tuple(result)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -302,7 +276,7 @@ def _match(ctx: DocumentContext, item: Any, path: FieldPath) -> Match | None:
         return None
     entry.check_keys(MATCH_KEYS, "a match")
     return Match(path=_path_match(entry), methods=_methods(entry),
-                 headers=_value_matches(entry, "headers"), query=_value_matches(entry, "query"))
+                 headers=value_matches(entry, "headers"), query=value_matches(entry, "query"))
 
 
 def _path_match(entry: Fields) -> StringMatch | None:
@@ -315,10 +289,7 @@ def _path_match(entry: Fields) -> StringMatch | None:
     if kind is None:
         return None
     value = spec.get(kind, fields.regex if kind == "regex" else fields.url_path, required=True)
-    return None if value is None else StringMatch(cast(_MatchKind, kind), value)
-
-
-_MatchKind = Literal["exact", "prefix", "regex", "present", "absent"]
+    return None if value is None else StringMatch(cast(MatchKind, kind), value)
 
 
 def _methods(entry: Fields) -> tuple[str, ...]:
@@ -326,78 +297,11 @@ def _methods(entry: Fields) -> tuple[str, ...]:
     are case-sensitive; `get` is refused with a suggestion rather than guessed)."""
     key = entry.exclusive(("method", "methods"), required=False, what="a match")
     if key == "method":
-        method = entry.get("method", _METHOD)
+        method = entry.get("method", METHOD)
         return () if method is None else (method,)
     if key == "methods":
-        return _unique_list(entry, "methods", "method", _METHOD)
+        return methods(entry)
     return ()
-
-
-def _value_matches(entry: Fields, key: str) -> tuple[tuple[str, StringMatch], ...]:
-    """`headers` or `query`: name -> "text" | {exact|prefix|regex: v} | {present|absent: true}.
-    Header names are compared lower-cased (HTTP ignores their case); query names as written."""
-    spec = entry.mapping(key, f"a mapping of {'header' if key == 'headers' else 'parameter'} "
-                              "names to values or matches")
-    if spec is None:
-        return ()
-    result: list[tuple[str, StringMatch]] = []
-    seen: dict[str, str] = {}
-    for written in spec.value:
-        path = (*spec.path, written)
-        name = _match_name(spec.ctx, written, path, header=key == "headers")
-        match = _value_match(spec.ctx, spec.value[written], path)
-        if name is None or match is None:
-            continue
-        if name in seen:  # only headers: YAML itself refuses a key written twice
-            spec.ctx.report(path, f"header {fields.quoted(name)} is already matched (as "
-                                  f"{fields.quoted(seen[name])}; header names ignore case)")
-            continue
-        seen[name] = written
-        result.append((name, match))
-    return tuple(result)
-
-
-def _match_name(ctx: DocumentContext, written: str, path: FieldPath,
-                header: bool) -> str | None:
-    if header:
-        return fields.convert_at(ctx, written, path, _header_name_key)
-    if not written:
-        ctx.report(path, "a query parameter name must not be empty")
-        return None
-    return written
-
-
-def _header_name_key(value: str) -> str:
-    try:
-        return fields.header_name(value)
-    except Invalid as problem:  # the name is a key: point at it
-        raise Invalid(problem.message, at_key=True) from None
-
-
-def _value_match(ctx: DocumentContext, value: Any, path: FieldPath) -> StringMatch | None:
-    if isinstance(value, str):
-        return StringMatch("exact", value)
-    spec = Fields.at(ctx, value, path, 'a string, or a mapping with one of exact, prefix, '
-                                       'regex, present or absent (quote "true" to match the '
-                                       "text)")
-    if spec is None:
-        return None
-    spec.check_keys(VALUE_MATCHES, "a value match")
-    kind = spec.exclusive(VALUE_MATCHES, required=True, what="a value match")
-    if kind is None:
-        return None
-    convert = _VALUE_CONVERTERS[kind]
-    matched = spec.get(kind, convert, required=True)
-    if matched is None:
-        return None
-    return StringMatch(cast(_MatchKind, kind), "" if kind in ("present", "absent")
-                       else cast(str, matched))
-
-
-_VALUE_CONVERTERS: dict[str, fields.Converter[Any]] = {
-    "exact": fields.any_string, "prefix": fields.string, "regex": fields.regex,
-    "present": fields.true_only, "absent": fields.true_only,
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,7 +431,7 @@ def _header_ops(rule: Fields, key: str) -> HeaderOps:
     spec.check_keys(HEADER_OPS_KEYS, key)
     added = _header_values(spec, "add")
     replaced = _header_values(spec, "set")
-    removed = _unique_list(spec, "remove", "header", _modifiable_header)
+    removed = fields.unique_list(spec, "remove", "header", _modifiable_header)
     for index, header in enumerate(removed):
         if any(header == name for name, _ in (*added, *replaced)):
             fields.report_at(spec.ctx, (*spec.path, "remove", index),
@@ -578,7 +482,7 @@ def _retries(rule: Fields) -> Retries | None:
         return None
     spec.check_keys(RETRIES_KEYS, "retries")
     attempts = spec.get("attempts", RETRY_ATTEMPTS)
-    conditions = _unique_list(spec, "on", "retry condition", _RETRY_ON)
+    conditions = fields.unique_list(spec, "on", "retry condition", _RETRY_ON)
     codes = _status_codes(spec)
     if codes:
         # Codes retry nothing unless "retriable-status-codes" is a condition: implied.
@@ -660,7 +564,7 @@ def _fault(rule: Fields) -> Fault | None:
     if "delay" not in spec.value and "abort" not in spec.value:
         rule.report("fault", "a fault needs a delay, an abort or both")
     return Fault(delay=_fault_delay(spec), abort=_fault_abort(spec),
-                 headers=_value_matches(spec, "headers"))
+                 headers=value_matches(spec, "headers"))
 
 
 def _fault_delay(spec: Fields) -> FaultDelay | None:
@@ -801,7 +705,7 @@ def _cors(doc: Fields) -> Cors | None:
     if spec is None:
         return None
     spec.check_keys(CORS_KEYS, "cors")
-    origins = _unique_list(spec, "allow_origins", "origin", _origin_text)
+    origins = fields.unique_list(spec, "allow_origins", "origin", _origin_text)
     if spec.value.get("allow_origins") is None:
         spec.missing("allow_origins")
     credentials = spec.get("allow_credentials", fields.boolean)
@@ -815,9 +719,9 @@ def _cors(doc: Fields) -> Cors | None:
         spec.report("max_age", "max_age is sent in whole seconds")
     return Cors(
         allow_origins=tuple(origin_match(origin) for origin in origins),
-        allow_methods=_unique_list(spec, "allow_methods", "method", _METHOD),
-        allow_headers=_unique_list(spec, "allow_headers", "header", fields.header_name),
-        expose_headers=_unique_list(spec, "expose_headers", "header", fields.header_name),
+        allow_methods=methods(spec, "allow_methods"),
+        allow_headers=fields.unique_list(spec, "allow_headers", "header", fields.header_name),
+        expose_headers=fields.unique_list(spec, "expose_headers", "header", fields.header_name),
         max_age=max_age, allow_credentials=credentials)
 
 

@@ -32,13 +32,16 @@ File paths are absolute. Key values are never shown in messages.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
+from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, Invalid
+from meshpilot.inputs.native.matches import istio_paths, methods, value_matches
 from meshpilot.ir.model import (
     ApiKeys,
     Authorization,
@@ -50,11 +53,7 @@ from meshpilot.ir.model import (
     JwtProvider,
     RateLimit,
     Security,
-    StringMatch,
 )
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
 
 SECURITY_KEYS = ("jwt", "api_keys", "basic_auth", "ext_authz", "authorization", "rate_limit")
 JWT_KEYS = ("providers", "required")
@@ -76,7 +75,7 @@ MAX_FILE_BYTES = 1 << 20
 DEFAULT_EXT_AUTHZ_TIMEOUT = 0.2
 
 _REQUESTS = fields.integer(1, 1_000_000_000)
-_ACTION = fields.choice(AUTHZ_ACTIONS)
+AUTHZ_ACTION = fields.choice(AUTHZ_ACTIONS)
 _PROTOCOL = fields.choice(EXT_AUTHZ_PROTOCOLS)
 _HTPASSWD_LINE = re.compile(r"([^:\s]+):\{SHA\}([A-Za-z0-9+/]{27}=)\Z")
 
@@ -397,7 +396,7 @@ def _policy(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Authoriz
     if entry is None:
         return None
     entry.check_keys(AUTHORIZATION_KEYS, "authorization")
-    action = entry.get("action", _ACTION) or "ALLOW"
+    action = entry.get("action", AUTHZ_ACTION) or "ALLOW"
     value = entry.value.get("rules")
     rules: list[AuthzRule] = []
     if value is not None:
@@ -412,14 +411,12 @@ def _policy(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Authoriz
 
 
 def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> AuthzRule | None:
-    from meshpilot.inputs.native.route import _METHOD, _unique_list, _value_matches
-
     entry = Fields.at(ctx, item, path, "a mapping such as {paths: [/admin/*], methods: [GET]}")
     if entry is None:
         return None
     entry.check_keys(AUTHZ_RULE_KEYS, "an authorization rule")
-    paths = _unique_list(entry, "paths", "path", _istio_path)
-    ips = _unique_list(entry, "source_ips", "source IP range", _cidr)
+    paths = istio_paths(entry)
+    ips = fields.unique_list(entry, "source_ips", "source IP range", _cidr)
     claims = entry.mapping("claims", "a mapping of claim names to values, such as "
                                      "{group: admins}")
     claim_values: list[tuple[str, str]] = []
@@ -428,34 +425,12 @@ def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Auth
             text = fields.convert_at(ctx, value, (*claims.path, claim), fields.any_string)
             if text is not None:
                 claim_values.append((claim, text))
-    return AuthzRule(paths=tuple(_path_match(p) for p in paths),
-                     methods=_unique_list(entry, "methods", "method", _METHOD),
-                     headers=_value_matches(entry, "headers"), source_ips=ips,
+    return AuthzRule(paths=paths, methods=methods(entry),
+                     headers=value_matches(entry, "headers"), source_ips=ips,
                      claims=tuple(claim_values))
 
 
-def _istio_path(value: Any) -> str:
-    text = fields.string(value)
-    if text == "*":
-        return text
-    core = text[:-1] if text.endswith("*") else text
-    if "*" in core or not core.startswith("/"):
-        raise Invalid(f"invalid path {fields.quoted(fields.clip(text))}: expected \"/exact\", "
-                      "\"/prefix/*\" or \"*\"")
-    return text
-
-
-def _path_match(text: str) -> StringMatch:
-    if text == "*":
-        return StringMatch("present")
-    if text.endswith("*"):
-        return StringMatch("prefix", text[:-1])
-    return StringMatch("exact", text)
-
-
 def _cidr(value: Any) -> str:
-    import ipaddress
-
     text = fields.string(value)
     try:
         return str(ipaddress.ip_network(text, strict=False))

@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
+from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import (
     Fields,
@@ -64,9 +65,6 @@ from meshpilot.ir.model import (
     Service,
     SuccessRate,
 )
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
 
 KIND = "Service"
 
