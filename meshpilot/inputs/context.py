@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from meshpilot.base.errors import PolicyIssue, Position
 from meshpilot.inputs.yamlsource import FieldPath, Located, format_path
-from meshpilot.ir.model import Gateway, RawResource, Route, Service
+from meshpilot.ir.model import Gateway, Origin, RawResource, Route, Service
 
 # What a document parser may return. A new top-level model class is added here and sorted into
 # the Model by `assembly.build_model`.
@@ -58,6 +58,12 @@ class DocumentContext:
 
     def first_definition(self, key: Hashable, position: Position) -> Position | None:
         return self.load.first_definition(key, position)
+
+    def origin(self, path: FieldPath = ()) -> Origin:
+        """Where the field at `path` was written (its key, or list item), for the model element
+        read from it; () is the document itself."""
+        position = self.document.position_of(path) if path else self.document.position
+        return Origin(position, self.kind, self.name, format_path(path))
 
 
 @dataclass(frozen=True, slots=True)

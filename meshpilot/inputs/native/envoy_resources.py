@@ -131,7 +131,7 @@ def _parse_resource(item: Any, spec: ResourceList, path: FieldPath,
         return None
     return RawResource(type_url=spec.type_url, name=name, message=message,
                        position=ctx.document.position_of(path), document=ctx.name or "",
-                       views=views)
+                       views=views, origin=ctx.origin(path))
 
 
 def _claim_name(item: dict[str, Any], spec: ResourceList, path: FieldPath,

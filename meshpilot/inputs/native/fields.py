@@ -28,7 +28,7 @@ from meshpilot.base.errors import Position
 from meshpilot.base.units import parse_duration
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.yamlsource import FieldPath
-from meshpilot.ir.model import Labels
+from meshpilot.ir.model import Labels, Origin
 
 T = TypeVar("T")
 Converter = Callable[[Any], T]
@@ -548,6 +548,10 @@ class Fields:
 
     def report(self, key: str, message: str, *, at_value: bool = True) -> None:
         self.ctx.report((*self.path, key), message, at_value=at_value)
+
+    def origin(self, key: str | None = None) -> Origin:
+        """Where this mapping (or its member `key`) was written, for the element read from it."""
+        return self.ctx.origin(self.path if key is None else (*self.path, key))
 
     def check_keys(self, allowed: Sequence[str], what: str) -> None:
         """Report every member not in `allowed`, suggesting the closest allowed key (or, if

@@ -183,7 +183,7 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
         return []
     return [Route(name=name, position=document.position, gateway=gateway,
                   hosts=hosts or ("*",), rules=rules, listeners=listeners, cors=cors,
-                  service=service, security=security)]
+                  service=service, security=security, origin=ctx.origin())]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,6 +214,7 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
     _check_prefix_replacement(rule, matches, rewrite_path, action)
     return Rule(
         position=ctx.document.position_of(path),
+        origin=ctx.origin(path),
         matches=matches,
         backends=_backends(rule) if action == "backends" else (),
         redirect=_redirect(rule) if action == "redirect" else None,
@@ -276,7 +277,8 @@ def _match(ctx: DocumentContext, item: Any, path: FieldPath) -> Match | None:
         return None
     entry.check_keys(MATCH_KEYS, "a match")
     return Match(path=_path_match(entry), methods=_methods(entry),
-                 headers=value_matches(entry, "headers"), query=value_matches(entry, "query"))
+                 headers=value_matches(entry, "headers"), query=value_matches(entry, "query"),
+                 origin=entry.origin())
 
 
 def _path_match(entry: Fields) -> StringMatch | None:
@@ -333,7 +335,7 @@ def _backends(rule: Fields) -> tuple[Backend, ...]:
 def _backend(ctx: DocumentContext, item: Any, path: FieldPath) -> Backend | None:
     if isinstance(item, str):
         service = fields.convert_at(ctx, item, path, fields.name)
-        return None if service is None else Backend(service=service)
+        return None if service is None else Backend(service=service, origin=ctx.origin(path))
     entry = Fields.at(ctx, item, path, "a service name or a mapping such as {service: reviews, "
                                        "subset: v1, weight: 90}")
     if entry is None:
@@ -344,7 +346,8 @@ def _backend(ctx: DocumentContext, item: Any, path: FieldPath) -> Backend | None
     weight = entry.get("weight", BACKEND_WEIGHT)
     if service is None:
         return None
-    return Backend(service=service, subset=subset, weight=1 if weight is None else weight)
+    return Backend(service=service, subset=subset, weight=1 if weight is None else weight,
+                   origin=entry.origin())
 
 
 def _redirect(rule: Fields) -> Redirect | None:
@@ -366,6 +369,7 @@ def _redirect(rule: Fields) -> Redirect | None:
         path=spec.get("path", fields.url_path),
         prefix=spec.get("prefix", fields.url_path),
         status=302 if status is None else status,
+        origin=spec.origin(),
     )
 
 
@@ -377,7 +381,9 @@ def _direct_response(rule: Fields) -> DirectResponse | None:
     spec.check_keys(DIRECT_RESPONSE_KEYS, "a direct response")
     status = spec.get("status", _DIRECT_STATUS, required=True)
     body = spec.get("body", _body)
-    return None if status is None else DirectResponse(status=status, body=body or "")
+    if status is None:
+        return None
+    return DirectResponse(status=status, body=body or "", origin=spec.origin())
 
 
 def _body(value: Any) -> str:
@@ -413,13 +419,13 @@ def _path_rewrite(rewrite: Fields) -> PathRewrite | None:
             spec.report("substitution", 'substitution goes with "regex", not "prefix"',
                         at_value=False)
         prefix = spec.get("prefix", fields.url_path, required=True)
-        return None if prefix is None else PathRewrite(prefix=prefix)
+        return None if prefix is None else PathRewrite(prefix=prefix, origin=spec.origin())
     if kind == "regex":
         pattern = spec.get("regex", fields.regex, required=True)
         if pattern is None:
             return None
         replacement = spec.get("substitution", fields.substitution(pattern), required=True)
-        return PathRewrite(regex=pattern, substitution=replacement or "")
+        return PathRewrite(regex=pattern, substitution=replacement or "", origin=spec.origin())
     return None
 
 
@@ -495,7 +501,8 @@ def _retries(rule: Fields) -> Retries | None:
                    per_try_timeout=spec.get("per_try_timeout", _PER_TRY_TIMEOUT),
                    backoff=_backoff(spec),
                    retriable_status_codes=codes,
-                   avoid_same_host=bool(spec.get("avoid_same_host", fields.boolean)))
+                   avoid_same_host=bool(spec.get("avoid_same_host", fields.boolean)),
+                   origin=spec.origin())
 
 
 def _status_codes(spec: Fields) -> tuple[int, ...]:
@@ -564,7 +571,7 @@ def _fault(rule: Fields) -> Fault | None:
     if "delay" not in spec.value and "abort" not in spec.value:
         rule.report("fault", "a fault needs a delay, an abort or both")
     return Fault(delay=_fault_delay(spec), abort=_fault_abort(spec),
-                 headers=value_matches(spec, "headers"))
+                 headers=value_matches(spec, "headers"), origin=spec.origin())
 
 
 def _fault_delay(spec: Fields) -> FaultDelay | None:
@@ -634,7 +641,8 @@ def _mirror(ctx: DocumentContext, item: Any, path: FieldPath) -> Mirror | None:
     share = entry.get("percentage", percentage)
     if service is None:
         return None
-    return Mirror(service=service, subset=subset, percentage=100.0 if share is None else share)
+    return Mirror(service=service, subset=subset, percentage=100.0 if share is None else share,
+                  origin=entry.origin())
 
 
 def _hash_on(rule: Fields) -> tuple[HashOn, ...]:
@@ -655,13 +663,13 @@ def _hash_input(ctx: DocumentContext, item: Any, path: FieldPath) -> HashOn | No
     kind = entry.exclusive(HASH_KINDS, required=True, what="a hash input")
     if kind == "header":
         header = entry.get("header", fields.header_name, required=True)
-        return None if header is None else HashOn("header", header)
+        return None if header is None else HashOn("header", header, origin=entry.origin())
     if kind == "query":
         parameter = entry.get("query", fields.string, required=True)
-        return None if parameter is None else HashOn("query", parameter)
+        return None if parameter is None else HashOn("query", parameter, origin=entry.origin())
     if kind == "source_ip":
         return None if entry.get("source_ip", fields.true_only, required=True) is None \
-            else HashOn("source_ip")
+            else HashOn("source_ip", origin=entry.origin())
     if kind == "cookie":
         return _hash_cookie(entry)
     return None
@@ -670,7 +678,7 @@ def _hash_input(ctx: DocumentContext, item: Any, path: FieldPath) -> HashOn | No
 def _hash_cookie(entry: Fields) -> HashOn | None:
     if isinstance(entry.value.get("cookie"), str):  # {cookie: session}
         cookie = entry.get("cookie", _cookie_name, required=True)
-        return None if cookie is None else HashOn("cookie", cookie)
+        return None if cookie is None else HashOn("cookie", cookie, origin=entry.origin())
     spec = entry.mapping("cookie", "a cookie name or a mapping such as {name: session, "
                                    "ttl: 1h, path: /}", required=True)
     if spec is None:
@@ -682,7 +690,9 @@ def _hash_cookie(entry: Fields) -> HashOn | None:
     if where is not None and ttl is None:
         spec.report("path", "path is the generated cookie's Path: it needs a ttl (Envoy only "
                             "creates the cookie when a ttl is given)", at_value=False)
-    return None if cookie is None else HashOn("cookie", cookie, ttl=ttl, path=where)
+    if cookie is None:
+        return None
+    return HashOn("cookie", cookie, ttl=ttl, path=where, origin=entry.origin())
 
 
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # an RFC 6265 token
@@ -722,7 +732,7 @@ def _cors(doc: Fields) -> Cors | None:
         allow_methods=methods(spec, "allow_methods"),
         allow_headers=fields.unique_list(spec, "allow_headers", "header", fields.header_name),
         expose_headers=fields.unique_list(spec, "expose_headers", "header", fields.header_name),
-        max_age=max_age, allow_credentials=credentials)
+        max_age=max_age, allow_credentials=credentials, origin=spec.origin())
 
 
 # [scheme://][*.]host[:port], or "*".

@@ -148,7 +148,8 @@ def _jwt(spec: Fields) -> Jwt | None:
             continue
         providers.append(provider)
     required = jwt.get("required", fields.boolean)
-    return Jwt(providers=tuple(providers), required=True if required is None else required)
+    return Jwt(providers=tuple(providers), required=True if required is None else required,
+               origin=jwt.origin())
 
 
 def _provider(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> JwtProvider | None:
@@ -165,7 +166,7 @@ def _provider(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> JwtPro
     if name is None or jwks is None:
         return None
     return JwtProvider(name=name, issuer=issuer, jwks=jwks, audiences=audiences,
-                       forward_claims=claims)
+                       forward_claims=claims, origin=entry.origin())
 
 
 def _strings(spec: Fields, key: str, what: str) -> tuple[str, ...]:
@@ -291,7 +292,7 @@ def _api_keys(spec: Fields) -> ApiKeys | None:
             found.append((client, key))
     if source is None or name is None:
         return None
-    return ApiKeys(source=cast(Any, source), name=name, keys=tuple(found))
+    return ApiKeys(source=cast(Any, source), name=name, keys=tuple(found), origin=keys.origin())
 
 
 def _client_name(value: Any) -> str:
@@ -345,7 +346,7 @@ def _basic_auth(spec: Fields) -> BasicAuth | None:
             users.report("file", f"{path}:{number}: expected user:{{SHA}}hash (htpasswd -s); "
                                  "Envoy accepts SHA-1 hashes only")
             return None
-    return BasicAuth(users_file=path)
+    return BasicAuth(users_file=path, origin=auth.origin())
 
 
 # ---- ext_authz ----------------------------------------------------------------------------------
@@ -364,7 +365,7 @@ def _ext_authz(spec: Fields) -> ExtAuthz | None:
         return None
     return ExtAuthz(service=service, protocol=cast(Any, protocol),
                     timeout=DEFAULT_EXT_AUTHZ_TIMEOUT if timeout is None else timeout,
-                    failure_mode_allow=bool(fail_open))
+                    failure_mode_allow=bool(fail_open), origin=authz.origin())
 
 
 # ---- authorization ------------------------------------------------------------------------------
@@ -385,7 +386,10 @@ def _authorization(spec: Fields) -> tuple[Authorization, ...] | None:
     for policy in policies:
         if policy is not None:
             by_action.setdefault(policy.action, []).extend(policy.rules)
-    found = tuple(Authorization(action=cast(Any, action), rules=tuple(rules))
+    # Policies of one action merge into one: it was written at `authorization` (its rules
+    # keep where each was written).
+    origin = spec.origin("authorization")
+    found = tuple(Authorization(action=cast(Any, action), rules=tuple(rules), origin=origin)
                   for action, rules in sorted(by_action.items(), key=lambda kv: kv[0] != "DENY"))
     return found or None
 
@@ -407,7 +411,7 @@ def _policy(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Authoriz
                 rule = _authz_rule(ctx, item2, (*path, "rules", index))
                 if rule is not None:
                     rules.append(rule)
-    return Authorization(action=cast(Any, action), rules=tuple(rules))
+    return Authorization(action=cast(Any, action), rules=tuple(rules), origin=entry.origin())
 
 
 def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> AuthzRule | None:
@@ -427,7 +431,7 @@ def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Auth
                 claim_values.append((claim, text))
     return AuthzRule(paths=paths, methods=methods(entry),
                      headers=value_matches(entry, "headers"), source_ips=ips,
-                     claims=tuple(claim_values))
+                     claims=tuple(claim_values), origin=entry.origin())
 
 
 def _cidr(value: Any) -> str:
@@ -465,4 +469,5 @@ def _rate_limit(spec: Fields) -> RateLimit | None:
         by = limit.get("by", fields.choice(RATE_LIMIT_BY)) or "route"
     if requests is None or per is None:
         return None
-    return RateLimit(requests=requests, per=per, by=cast(Any, by), header=header)
+    return RateLimit(requests=requests, per=per, by=cast(Any, by), header=header,
+                     origin=limit.origin())

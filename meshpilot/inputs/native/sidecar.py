@@ -96,7 +96,7 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
                                          "identity", at_value=False)
     return Sidecar(port=port, address=address, app_host=app_host, app_port=app_port,
                    outbound_port=outbound_port, calls=calls, mtls=cast(Any, mtls),
-                   authorization=authorization)
+                   authorization=authorization, origin=spec.origin())
 
 
 def _authorization(spec: Fields) -> Authorization | None:
@@ -118,8 +118,9 @@ def _authorization(spec: Fields) -> Authorization | None:
         rules.append(AuthzRule(
             principals=fields.unique_list(rule, "from", "caller", _caller),
             paths=istio_paths(rule),
-            methods=methods(rule)))
-    return Authorization(action=cast(Any, action), rules=tuple(rules))
+            methods=methods(rule),
+            origin=rule.origin()))
+    return Authorization(action=cast(Any, action), rules=tuple(rules), origin=entry.origin())
 
 
 def _caller(value: Any) -> str:
@@ -168,7 +169,7 @@ def _calls(spec: Fields) -> tuple[Call, ...]:
 def _call(ctx: DocumentContext, item: Any, path: FieldPath) -> Call | None:
     if isinstance(item, str):
         service = fields.convert_at(ctx, item, path, fields.name)
-        return None if service is None else Call(service)
+        return None if service is None else Call(service, origin=ctx.origin(path))
     entry = Fields.at(ctx, item, path, "a service name or a mapping such as {service: reviews, "
                                        "local_port: 9001}")
     if entry is None:
@@ -176,7 +177,7 @@ def _call(ctx: DocumentContext, item: Any, path: FieldPath) -> Call | None:
     entry.check_keys(CALL_KEYS, "a call")
     service = entry.get("service", fields.name, required=True)
     local_port = entry.get("local_port", fields.PORT)
-    return None if service is None else Call(service, local_port)
+    return None if service is None else Call(service, local_port, origin=entry.origin())
 
 
 def _check_ports(spec: Fields, port: int | None, outbound_port: int | None,
