@@ -32,9 +32,9 @@ from meshpilot.inputs.files import policy_files
 from meshpilot.inputs.references import validate_references
 from meshpilot.inputs.yamlsource import (
     MAX_NODES,
-    _read_limited,
     parse_yaml,
     parse_yaml_text,
+    read_limited,
     split_documents,
 )
 from meshpilot.ir.model import Model
@@ -120,7 +120,7 @@ class ParseCache:
 
     def _entry(self, file_path: Path, shown_name: str) -> _CachedFile | None:
         try:
-            data = _read_limited(file_path)
+            data = read_limited(file_path)
         except Exception:  # too large, not a regular file, unreadable: a cold load says so
             return None
         digest = hashlib.blake2b(data, digest_size=16).digest()

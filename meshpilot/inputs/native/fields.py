@@ -9,7 +9,7 @@ This module owns the small, reusable pieces every kind's parser is built from:
   and report any `Invalid` at that member's exact position through the document's context, plus
   the "unknown key" check with its "did you mean".
 
-It must not know any kind's meaning (which keys a Service has is `kinds/service.py`'s business),
+It must not know any kind's meaning (which keys a Service has is `native/service.py`'s business),
 and it never raises for bad input: an invalid field is reported and read as None, so a parser can
 carry on and report every problem of a document in one pass.
 """

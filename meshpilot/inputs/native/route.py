@@ -47,7 +47,7 @@ Shape:
                                         # path or prefix; status 301|302|303|307|308 (302)
       - direct_response: {status: 404, body: "not here"}
 
-    Security (kinds/security.py), on the Route or on a rule: jwt, api_keys, basic_auth,
+    Security (native/security.py), on the Route or on a rule: jwt, api_keys, basic_auth,
     ext_authz, authorization, rate_limit.
 """
 

@@ -600,7 +600,7 @@ def _envoy_resources() -> Schema:
 
 
 def _security(scope: str) -> dict[str, Schema]:
-    """Request-level security (kinds/security.py), for a Route or a rule."""
+    """Request-level security (native/security.py), for a Route or a rule."""
     path = {"type": "string", "pattern": "^/", "description": "An absolute file path."}
     jwks = _object("Where the provider's public keys are: exactly one of file, inline or uri.", {
         "file": path,

@@ -29,9 +29,9 @@ Shape:
                         success_rate: {minimum_hosts: 5, request_volume: 100, stdev_factor: 1.9}}
     connect_timeout: 1s                  # default 1s
     sidecar: {port: 15006, app: 127.0.0.1:8080, outbound_port: 15001,   # the mesh side: see
-              calls: [ratings, {service: details, local_port: 9001}]}   # kinds/sidecar.py
+              calls: [ratings, {service: details, local_port: 9001}]}   # native/sidecar.py
     tls: {sni: reviews.internal, ca: /etc/tls/ca.pem, verify: true}     # TLS to the endpoints:
-                                                                        # see kinds/tls.py
+                                                                        # see native/tls.py
 """
 
 from __future__ import annotations
