@@ -16,7 +16,7 @@ from meshpilot.base.errors import PolicyIssue, Position
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
 from meshpilot.inputs.formats import DocumentParser, DocumentType, FormatRegistry
 from meshpilot.inputs.native.format import NATIVE
-from meshpilot.inputs.yamlsource import Located, format_path
+from meshpilot.inputs.yamlsource import FieldPath, Located, format_path
 
 # The formats a load reads. A new format is added here.
 FORMATS = FormatRegistry((NATIVE,))
@@ -45,7 +45,7 @@ def _load_document(document: Located, load: LoadContext,
     return ParsedDocument(ctx, tuple(parser(document, ctx)))
 
 
-_Identity = tuple[DocumentParser, str, str, tuple[str, ...]]
+_Identity = tuple[DocumentParser, str, str, FieldPath]
 
 
 def _document_identity(document: Located, load: LoadContext,
@@ -80,7 +80,7 @@ def _document_identity(document: Located, load: LoadContext,
         _report_bare(load, document.value_position_of(("kind",)),
                      _unknown_kind(kind, formats.kinds_of(api_version)), field="kind")
         return None
-    name_path = tuple(str(step) for step in input_format.name_path)
+    name_path = input_format.name_path
     name = _member(body, name_path)
     if not isinstance(name, str) or not name:
         ctx = DocumentContext(load, document, kind, None)
@@ -96,7 +96,7 @@ def _document_identity(document: Located, load: LoadContext,
 _MISSING = object()
 
 
-def _member(body: dict[str, Any], path: tuple[str, ...]) -> Any:
+def _member(body: dict[str, Any], path: FieldPath) -> Any:
     """The value at `path` in nested mappings; `_MISSING` if any step is missing."""
     value: Any = body
     for step in path:
