@@ -19,14 +19,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from meshpilot.base.errors import Position
+from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
 from meshpilot.inputs.native.fields import did_you_mean, quoted
 from meshpilot.ir.model import Gateway, Route, Security, Service
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext, LoadContext, ParsedDocument
 
 # Suggestions compare a missing name with every name of its kind (about 2 us each): fine for a
 # few typos, but thousands of broken references to thousands of services would spend minutes in

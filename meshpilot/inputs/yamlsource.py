@@ -167,7 +167,7 @@ def read_yaml_file(path: Path, file: str) -> tuple[list[Located], list[PolicyIss
     cannot hang or flood the loader; at most `MAX_FILE_BYTES` + 1 bytes are read.
     """
     try:
-        data = _read_limited(path)
+        data = read_limited(path)
     except _TooLarge:
         return [], [_file_issue(file, f"file is larger than {MAX_FILE_BYTES} bytes")]
     except _NotRegular:
@@ -185,7 +185,8 @@ class _NotRegular(Exception):
     pass
 
 
-def _read_limited(path: Path) -> bytes:
+def read_limited(path: Path) -> bytes:
+    """A policy file's bytes; refuses (raises) what is not a regular file or is too large."""
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     descriptor = os.open(path, flags)
     try:

@@ -3,8 +3,14 @@
 Translators read only this. It holds no I/O handles and is never mutated after loading, so one
 model can be shared by every view and every thread. Every value here is already validated and
 normalized (durations in seconds, addresses split, defaults filled in): translators never
-re-check user input. Positions are kept so that later stages (Envoy's NACKs) can point back at
-the file and line a resource came from.
+re-check user input.
+
+Elements carry their `Origin` (file, line, column, the document and the field path they were
+written at), so that later stages (a check across documents, Envoy's NACK) can point back at the
+place, whatever format it was written in. Origins are left out of equality and hashing
+(`compare=False`): two elements that say the same thing are equal wherever they were written,
+and model equality (incremental loads equal cold ones) stays about meaning. An element made by
+code rather than read from a document (a default, a discovered endpoint) has no origin.
 """
 
 from __future__ import annotations
@@ -15,7 +21,27 @@ from typing import Literal
 
 from google.protobuf.message import Message
 
-from meshpilot.base.errors import Position
+from meshpilot.base.errors import PolicyIssue, Position
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an element was written: the position of its field, the document it is part of
+    (kind and name) and the field's path in that document, as issues show it."""
+
+    position: Position
+    kind: str  # the document's kind: "Route"
+    name: str | None  # the document's name: "shop"
+    field: str = ""  # "rules[1].backends[0]"; empty: the document itself
+
+    def issue(self, message: str) -> PolicyIssue:
+        """An issue about this element, worded as the parsers word theirs
+        (`routes.yaml:14:7: Route shop: rules[1].backends[0]: message`)."""
+        return PolicyIssue(message, self.position, self.kind, self.name, self.field)
+
+    def __str__(self) -> str:
+        return str(self.position)
+
 
 Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: hashable and deterministic
 Protocol = Literal["http", "http2", "grpc", "tcp"]
@@ -36,6 +62,7 @@ class RawResource:
     position: Position
     document: str  # the EnvoyResources document's name
     views: frozenset[str] | None = None
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 # ---- Service ------------------------------------------------------------------------------------
@@ -50,6 +77,7 @@ class Endpoint:
     region: str | None = None  # locality: endpoints are grouped by (priority, region, zone)
     zone: str | None = None
     priority: int = 0  # 0 is preferred; higher priorities get traffic when lower ones fail
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_dns(self) -> bool:
@@ -71,6 +99,7 @@ class HealthCheck:
     expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)  # [start, end) ranges, http
     no_traffic_interval: float | None = None  # None: the interval (checks run before traffic)
     unhealthy_interval: float | None = None  # None: the interval
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +115,7 @@ class CircuitBreaker:
     max_requests: int | None = None
     max_retries: int | None = None
     retry_budget: RetryBudget | None = None  # replaces max_retries when set
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +126,7 @@ class OutlierDetection:
     base_ejection_time: float | None = None
     max_ejection_percent: int | None = None
     success_rate: SuccessRate | None = None
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +153,7 @@ class Call:
 
     service: str
     local_port: int | None = None  # a listener on 127.0.0.1:local_port sending to `service`
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 # The application's default address behind its sidecar (docs/mesh.md).
@@ -144,6 +176,7 @@ class Sidecar:
     # and callers' mTLS to this service; authorization of callers by SPIFFE identity.
     mtls: MtlsMode = "off"
     authorization: Authorization | None = None  # rules' `principals`: names or SPIFFE IDs
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 MtlsMode = Literal["strict", "permissive", "off"]
@@ -162,6 +195,7 @@ class TlsCertificate:
     certificate_chain: bytes = field(repr=False)  # PEM
     private_key: bytes = field(repr=False)  # PEM; never logged, redacted in every dump
     position: Position | None = field(default=None, compare=False)  # the `cert:` field
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +205,7 @@ class ListenerTls:
     certificates: tuple[TlsCertificate, ...]  # Envoy picks by SNI against each SAN; first: default
     min_version: Literal["1.2", "1.3"] | None = None  # None: Envoy's default (1.2)
     alpn: tuple[str, ...] = ("h2", "http/1.1")
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +216,7 @@ class UpstreamTls:
     verify: bool = True  # check the endpoint's certificate against `ca` (and its SAN against sni)
     ca_path: str | None = None
     ca: bytes | None = field(default=None, repr=False)  # PEM of the trusted CA certificates
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +236,7 @@ class Service:
     zone_weights: tuple[tuple[str, int], ...] = ()
     sidecar: Sidecar | None = None  # None: no sidecar (the service may still be called)
     tls: UpstreamTls | None = None  # None: plain connections to the endpoints
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)
@@ -219,6 +256,7 @@ class Service:
 class AccessLog:
     path: str  # an absolute file path (/dev/stdout included)
     format: Literal["json", "text"] = "json"
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +265,7 @@ class Compression:
 
     min_content_length: int | None = None  # None: Envoy's default (30 bytes)
     content_types: tuple[str, ...] = ()  # empty: Envoy's default list
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +283,7 @@ class GatewayListener:
     websocket: bool = False
     tls: ListenerTls | None = None  # set: the listener terminates TLS (protocol https)
     redirect_to_https: int | None = None  # set: answer everything with a 301 to https on this port
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +291,7 @@ class Gateway:
     name: str
     position: Position
     listeners: tuple[GatewayListener, ...] = ()
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 # ---- Route --------------------------------------------------------------------------------------
@@ -270,6 +311,7 @@ class Match:
     methods: tuple[str, ...] = ()  # upper case; empty matches every method
     headers: tuple[tuple[str, StringMatch], ...] = ()  # (lower-case name, match), all must hold
     query: tuple[tuple[str, StringMatch], ...] = ()  # (name, match), all must hold
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +319,7 @@ class Backend:
     service: str
     subset: str | None = None
     weight: int = 1
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +327,7 @@ class PathRewrite:
     prefix: str | None = None  # replace the matched prefix with this
     regex: str | None = None  # or: replace what this regex matches ...
     substitution: str = ""  # ... with this (\1 style groups)
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,12 +338,14 @@ class Redirect:
     path: str | None = None  # replaces the whole path
     prefix: str | None = None  # replaces the matched prefix
     status: int = 302  # 301, 302, 303, 307, 308
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class DirectResponse:
     status: int
     body: str = ""
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +369,7 @@ class Retries:
     backoff: Backoff | None = None
     retriable_status_codes: tuple[int, ...] = ()  # "retriable-status-codes" is then in `on`
     avoid_same_host: bool = False  # retry on another host than the ones already tried
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +390,7 @@ class Fault:
     delay: FaultDelay | None = None
     abort: FaultAbort | None = None
     headers: tuple[tuple[str, StringMatch], ...] = ()  # only requests with these headers
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,6 +398,7 @@ class Mirror:
     service: str
     subset: str | None = None
     percentage: float = 100.0
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +409,7 @@ class HashOn:
     name: str = ""  # the header, cookie or query parameter; empty for source_ip
     ttl: float | None = None  # cookie: Envoy sets the cookie when absent (0: a session cookie)
     path: str | None = None  # cookie: its Path attribute
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +420,7 @@ class Cors:
     expose_headers: tuple[str, ...] = ()
     max_age: float | None = None  # seconds
     allow_credentials: bool | None = None
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 # ---- Route and rule security (translators/auth.py) ------------------------------------------
@@ -393,12 +444,14 @@ class JwtProvider:
     jwks: Jwks
     audiences: tuple[str, ...] = ()
     forward_claims: tuple[tuple[str, str], ...] = ()  # (claim, header), as written
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Jwt:
     providers: tuple[JwtProvider, ...]
     required: bool = True  # False: a request without a token passes (a bad token never does)
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -406,11 +459,13 @@ class ApiKeys:
     source: Literal["header", "query", "cookie"]
     name: str  # the header, query parameter or cookie carrying the key
     keys: tuple[tuple[str, str], ...] = field(repr=False)  # (client, key): never printed
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class BasicAuth:
     users_file: str  # an absolute path to an htpasswd file of {SHA} hashes, read by Envoy
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,6 +474,7 @@ class ExtAuthz:
     protocol: Literal["http", "grpc"] = "http"
     timeout: float = 0.2
     failure_mode_allow: bool = False
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,12 +490,14 @@ class AuthzRule:
     # Mesh callers (a sidecar's `from`): Service names or SPIFFE IDs, as written; the
     # translator makes SPIFFE IDs of names (authenticated principal, exact).
     principals: tuple[str, ...] = ()
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Authorization:
     action: Literal["ALLOW", "DENY"]
     rules: tuple[AuthzRule, ...] = ()  # ALLOW with no rules denies everything (Istio)
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +506,7 @@ class RateLimit:
     per: float  # seconds
     by: Literal["route", "host", "header", "source_ip"] = "route"
     header: str | None = None  # by header
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +547,7 @@ class Rule:
     mirrors: tuple[Mirror, ...] = ()
     hash_on: tuple[HashOn, ...] = ()
     security: Security = field(default_factory=Security)
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -501,6 +561,7 @@ class Route:
     cors: Cors | None = None  # for the Route's virtual host
     security: Security = field(default_factory=Security)  # for the Route's virtual host
     service: str | None = None  # attached to a Service: its virtual host in its callers' sidecars
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 # ---- the whole model ----------------------------------------------------------------------------

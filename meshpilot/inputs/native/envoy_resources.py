@@ -23,7 +23,7 @@ import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -35,11 +35,9 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import Message
 
 from meshpilot.base import types
+from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.yamlsource import FieldPath, Located
 from meshpilot.ir.model import RawResource
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
 
 KIND = "EnvoyResources"
 
@@ -133,7 +131,7 @@ def _parse_resource(item: Any, spec: ResourceList, path: FieldPath,
         return None
     return RawResource(type_url=spec.type_url, name=name, message=message,
                        position=ctx.document.position_of(path), document=ctx.name or "",
-                       views=views)
+                       views=views, origin=ctx.origin(path))
 
 
 def _claim_name(item: dict[str, Any], spec: ResourceList, path: FieldPath,

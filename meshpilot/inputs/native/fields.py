@@ -9,7 +9,7 @@ This module owns the small, reusable pieces every kind's parser is built from:
   and report any `Invalid` at that member's exact position through the document's context, plus
   the "unknown key" check with its "did you mean".
 
-It must not know any kind's meaning (which keys a Service has is `kinds/service.py`'s business),
+It must not know any kind's meaning (which keys a Service has is `native/service.py`'s business),
 and it never raises for bad input: an invalid field is reported and read as None, so a parser can
 carry on and report every problem of a document in one pass.
 """
@@ -22,15 +22,13 @@ import re
 import re._constants as sre_constants  # private, see _UNSAFE_OPS
 import re._parser as sre_parser
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from meshpilot.base.errors import Position
 from meshpilot.base.units import parse_duration
+from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.yamlsource import FieldPath
-from meshpilot.ir.model import Labels
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
+from meshpilot.ir.model import Labels, Origin
 
 T = TypeVar("T")
 Converter = Callable[[Any], T]
@@ -551,6 +549,10 @@ class Fields:
     def report(self, key: str, message: str, *, at_value: bool = True) -> None:
         self.ctx.report((*self.path, key), message, at_value=at_value)
 
+    def origin(self, key: str | None = None) -> Origin:
+        """Where this mapping (or its member `key`) was written, for the element read from it."""
+        return self.ctx.origin(self.path if key is None else (*self.path, key))
+
     def check_keys(self, allowed: Sequence[str], what: str) -> None:
         """Report every member not in `allowed`, suggesting the closest allowed key (or, if
         none is close, listing them: `; {what} has: a, b`)."""
@@ -652,3 +654,24 @@ def issue_count(ctx: DocumentContext) -> int:
 
 def reported_since(ctx: DocumentContext, mark: int) -> bool:
     return len(ctx.load.issues) > mark
+
+
+def unique_list(doc: Fields, key: str, what: str, convert: Converter[str]) -> tuple[str, ...]:
+    """A list of converted strings, each written once (compared after conversion)."""
+    items = doc.items(key, what)
+    if items is None:
+        return ()
+    seen: dict[Hashable, FieldPath] = {}
+    result: list[str] = []
+    for index, item in enumerate(items):
+        path = (*doc.path, key, index)
+        value = convert_at(doc.ctx, item, path, convert)
+        if value is None:
+            continue
+        first = written_before(doc.ctx, seen, value, path)
+        if first is not None:
+            report_at(doc.ctx, path, f"{what} {quoted(value)} is listed twice "
+                                     f"(first at {first})")
+            continue
+        result.append(value)
+    return tuple(result)

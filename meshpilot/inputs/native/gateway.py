@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, Literal, cast
 
+from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields, tls
 from meshpilot.inputs.native.fields import (
     Fields,
@@ -53,9 +54,6 @@ from meshpilot.inputs.native.fields import (
 )
 from meshpilot.inputs.yamlsource import FieldPath, Located
 from meshpilot.ir.model import AccessLog, Compression, Gateway, GatewayListener
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
 
 KIND = "Gateway"
 
@@ -86,7 +84,8 @@ def parse_gateway(document: Located, ctx: DocumentContext) -> list[Gateway]:
     listeners = _listeners(doc, default_log)
     if reported_since(ctx, mark) or name is None:
         return []
-    return [Gateway(name=name, position=document.position, listeners=listeners)]
+    return [Gateway(name=name, position=document.position, listeners=listeners,
+                    origin=ctx.origin())]
 
 
 def _listeners(doc: Fields, default_log: AccessLog | None) -> tuple[GatewayListener, ...]:
@@ -129,7 +128,7 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
         if name is None or port is None or service is None:
             return None
         return GatewayListener(name=name, port=port, address=address, protocol="tcp",
-                               service=service, access_log=access_log)
+                               service=service, access_log=access_log, origin=entry.origin())
     if "service" in entry.value:
         entry.report("service", '"service" is for protocol tcp listeners; an HTTP listener '
                                 "serves the Routes attached to it", at_value=False)
@@ -145,7 +144,7 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
                            protocol=cast(Literal["http"], "http"), access_log=access_log,
                            trust_request_id=trust, request_id_in_response=in_response,
                            compression=compression, websocket=websocket, tls=listener_tls,
-                           redirect_to_https=redirect)
+                           redirect_to_https=redirect, origin=entry.origin())
 
 
 def _log_path(value: Any) -> str:
@@ -167,7 +166,8 @@ def _access_log(parent: Fields) -> AccessLog | None:
     log_format = entry.get("format", _ACCESS_LOG_FORMAT) or "json"
     if path is None:
         return None
-    return AccessLog(path=path, format=cast(Literal["json", "text"], log_format))
+    return AccessLog(path=path, format=cast(Literal["json", "text"], log_format),
+                     origin=entry.origin())
 
 
 def _media_type(value: Any) -> str:
@@ -192,4 +192,5 @@ def _compression(parent: Fields) -> Compression | None:
                                _media_type)
         if converted is not None:
             types.append(converted)
-    return Compression(min_content_length=minimum, content_types=tuple(types))
+    return Compression(min_content_length=minimum, content_types=tuple(types),
+                       origin=entry.origin())

@@ -47,7 +47,7 @@ Shape:
                                         # path or prefix; status 301|302|303|307|308 (302)
       - direct_response: {status: 404, body: "not here"}
 
-    Security (kinds/security.py), on the Route or on a rule: jwt, api_keys, basic_auth,
+    Security (native/security.py), on the Route or on a rule: jwt, api_keys, basic_auth,
     ext_authz, authorization, rate_limit.
 """
 
@@ -55,9 +55,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Hashable
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import Any, cast
 
-from meshpilot.inputs.native import fields
+from meshpilot.inputs.context import DocumentContext
+from meshpilot.inputs.native import fields, matches
 from meshpilot.inputs.native.fields import (
     Fields,
     Invalid,
@@ -65,6 +66,7 @@ from meshpilot.inputs.native.fields import (
     reported_since,
     written_before,
 )
+from meshpilot.inputs.native.matches import METHOD, MatchKind, methods, value_matches
 from meshpilot.inputs.native.security import SECURITY_KEYS, check_claims, parse_security
 from meshpilot.inputs.yamlsource import FieldPath, Located
 from meshpilot.ir.model import (
@@ -87,9 +89,6 @@ from meshpilot.ir.model import (
     StringMatch,
 )
 
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
-
 KIND = "Route"
 
 ROUTE_KEYS = ("kind", "name", "gateway", "service", "listeners", "hosts", "cors", "rules",
@@ -104,8 +103,10 @@ BACKEND_ONLY = ("rewrite", "timeout", "idle_timeout", "grpc", "retries", "fault"
 RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers",
              *SECURITY_KEYS)
 MATCH_KEYS = ("path", "method", "methods", "headers", "query")
+# Part of a Route's shape too, shared with authorization rules: parsed in matches.py.
+METHODS = matches.METHODS
+VALUE_MATCHES = matches.VALUE_MATCHES
 PATH_MATCHES = ("prefix", "exact", "regex")
-VALUE_MATCHES = ("exact", "prefix", "regex", "present", "absent")
 BACKEND_KEYS = ("service", "subset", "weight")
 REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "status")
 REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix")
@@ -136,10 +137,6 @@ RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
             "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 DEFAULT_RETRY_ON = Retries(attempts=1).on
 
-# Accepted method names. A misspelt method would silently never match, so the list is closed:
-# the standard methods plus the common extension ones.
-METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-           "PURGE", "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK")
 
 # Envoy's default max_direct_response_body_size_bytes: a longer body is rejected.
 MAX_DIRECT_RESPONSE_BODY = 4096
@@ -150,7 +147,6 @@ _DIRECT_STATUS = fields.integer(200, 599)  # Envoy's range for direct responses
 _REDIRECT_STATUS = fields.int_choice(REDIRECT_STATUSES)
 _SCHEME = fields.choice(REDIRECT_SCHEMES)
 _RETRY_ON = fields.choice(RETRY_ON)
-_METHOD = fields.choice(METHODS)
 _TIMEOUT = fields.duration(allow_zero=True)
 _PER_TRY_TIMEOUT = fields.duration()
 _STATUS_CODE = fields.integer(100, 599)
@@ -172,8 +168,8 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
             doc.report(key, f'"{key}" applies to a Route attached to a gateway; a Route '
                             "attached to a service serves every caller of that service",
                        at_value=False)
-    listeners = _unique_list(doc, "listeners", "listener name", fields.name)
-    hosts = _unique_list(doc, "hosts", "host", fields.host_pattern)
+    listeners = fields.unique_list(doc, "listeners", "listener name", fields.name)
+    hosts = fields.unique_list(doc, "hosts", "host", fields.host_pattern)
     cors = _cors(doc)
     security = parse_security(doc)
     rules = _rules(doc)
@@ -187,29 +183,7 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
         return []
     return [Route(name=name, position=document.position, gateway=gateway,
                   hosts=hosts or ("*",), rules=rules, listeners=listeners, cors=cors,
-                  service=service, security=security)]
-
-
-def _unique_list(doc: Fields, key: str, what: str,
-                 convert: fields.Converter[str]) -> tuple[str, ...]:
-    """A list of converted strings, each written once (compared after conversion)."""
-    items = doc.items(key, what)
-    if items is None:
-        return ()
-    seen: dict[Hashable, FieldPath] = {}
-    result: list[str] = []
-    for index, item in enumerate(items):
-        path = (*doc.path, key, index)
-        value = fields.convert_at(doc.ctx, item, path, convert)
-        if value is None:
-            continue
-        first = written_before(doc.ctx, seen, value, path)
-        if first is not None:
-            fields.report_at(doc.ctx, path, f"{what} {fields.quoted(value)} is listed twice "
-                                            f"(first at {first})")
-            continue
-        result.append(value)
-    return tuple(result)
+                  service=service, security=security, origin=ctx.origin())]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +214,7 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
     _check_prefix_replacement(rule, matches, rewrite_path, action)
     return Rule(
         position=ctx.document.position_of(path),
+        origin=ctx.origin(path),
         matches=matches,
         backends=_backends(rule) if action == "backends" else (),
         redirect=_redirect(rule) if action == "redirect" else None,
@@ -302,7 +277,8 @@ def _match(ctx: DocumentContext, item: Any, path: FieldPath) -> Match | None:
         return None
     entry.check_keys(MATCH_KEYS, "a match")
     return Match(path=_path_match(entry), methods=_methods(entry),
-                 headers=_value_matches(entry, "headers"), query=_value_matches(entry, "query"))
+                 headers=value_matches(entry, "headers"), query=value_matches(entry, "query"),
+                 origin=entry.origin())
 
 
 def _path_match(entry: Fields) -> StringMatch | None:
@@ -315,10 +291,7 @@ def _path_match(entry: Fields) -> StringMatch | None:
     if kind is None:
         return None
     value = spec.get(kind, fields.regex if kind == "regex" else fields.url_path, required=True)
-    return None if value is None else StringMatch(cast(_MatchKind, kind), value)
-
-
-_MatchKind = Literal["exact", "prefix", "regex", "present", "absent"]
+    return None if value is None else StringMatch(cast(MatchKind, kind), value)
 
 
 def _methods(entry: Fields) -> tuple[str, ...]:
@@ -326,78 +299,11 @@ def _methods(entry: Fields) -> tuple[str, ...]:
     are case-sensitive; `get` is refused with a suggestion rather than guessed)."""
     key = entry.exclusive(("method", "methods"), required=False, what="a match")
     if key == "method":
-        method = entry.get("method", _METHOD)
+        method = entry.get("method", METHOD)
         return () if method is None else (method,)
     if key == "methods":
-        return _unique_list(entry, "methods", "method", _METHOD)
+        return methods(entry)
     return ()
-
-
-def _value_matches(entry: Fields, key: str) -> tuple[tuple[str, StringMatch], ...]:
-    """`headers` or `query`: name -> "text" | {exact|prefix|regex: v} | {present|absent: true}.
-    Header names are compared lower-cased (HTTP ignores their case); query names as written."""
-    spec = entry.mapping(key, f"a mapping of {'header' if key == 'headers' else 'parameter'} "
-                              "names to values or matches")
-    if spec is None:
-        return ()
-    result: list[tuple[str, StringMatch]] = []
-    seen: dict[str, str] = {}
-    for written in spec.value:
-        path = (*spec.path, written)
-        name = _match_name(spec.ctx, written, path, header=key == "headers")
-        match = _value_match(spec.ctx, spec.value[written], path)
-        if name is None or match is None:
-            continue
-        if name in seen:  # only headers: YAML itself refuses a key written twice
-            spec.ctx.report(path, f"header {fields.quoted(name)} is already matched (as "
-                                  f"{fields.quoted(seen[name])}; header names ignore case)")
-            continue
-        seen[name] = written
-        result.append((name, match))
-    return tuple(result)
-
-
-def _match_name(ctx: DocumentContext, written: str, path: FieldPath,
-                header: bool) -> str | None:
-    if header:
-        return fields.convert_at(ctx, written, path, _header_name_key)
-    if not written:
-        ctx.report(path, "a query parameter name must not be empty")
-        return None
-    return written
-
-
-def _header_name_key(value: str) -> str:
-    try:
-        return fields.header_name(value)
-    except Invalid as problem:  # the name is a key: point at it
-        raise Invalid(problem.message, at_key=True) from None
-
-
-def _value_match(ctx: DocumentContext, value: Any, path: FieldPath) -> StringMatch | None:
-    if isinstance(value, str):
-        return StringMatch("exact", value)
-    spec = Fields.at(ctx, value, path, 'a string, or a mapping with one of exact, prefix, '
-                                       'regex, present or absent (quote "true" to match the '
-                                       "text)")
-    if spec is None:
-        return None
-    spec.check_keys(VALUE_MATCHES, "a value match")
-    kind = spec.exclusive(VALUE_MATCHES, required=True, what="a value match")
-    if kind is None:
-        return None
-    convert = _VALUE_CONVERTERS[kind]
-    matched = spec.get(kind, convert, required=True)
-    if matched is None:
-        return None
-    return StringMatch(cast(_MatchKind, kind), "" if kind in ("present", "absent")
-                       else cast(str, matched))
-
-
-_VALUE_CONVERTERS: dict[str, fields.Converter[Any]] = {
-    "exact": fields.any_string, "prefix": fields.string, "regex": fields.regex,
-    "present": fields.true_only, "absent": fields.true_only,
-}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +335,7 @@ def _backends(rule: Fields) -> tuple[Backend, ...]:
 def _backend(ctx: DocumentContext, item: Any, path: FieldPath) -> Backend | None:
     if isinstance(item, str):
         service = fields.convert_at(ctx, item, path, fields.name)
-        return None if service is None else Backend(service=service)
+        return None if service is None else Backend(service=service, origin=ctx.origin(path))
     entry = Fields.at(ctx, item, path, "a service name or a mapping such as {service: reviews, "
                                        "subset: v1, weight: 90}")
     if entry is None:
@@ -440,7 +346,8 @@ def _backend(ctx: DocumentContext, item: Any, path: FieldPath) -> Backend | None
     weight = entry.get("weight", BACKEND_WEIGHT)
     if service is None:
         return None
-    return Backend(service=service, subset=subset, weight=1 if weight is None else weight)
+    return Backend(service=service, subset=subset, weight=1 if weight is None else weight,
+                   origin=entry.origin())
 
 
 def _redirect(rule: Fields) -> Redirect | None:
@@ -462,6 +369,7 @@ def _redirect(rule: Fields) -> Redirect | None:
         path=spec.get("path", fields.url_path),
         prefix=spec.get("prefix", fields.url_path),
         status=302 if status is None else status,
+        origin=spec.origin(),
     )
 
 
@@ -473,7 +381,9 @@ def _direct_response(rule: Fields) -> DirectResponse | None:
     spec.check_keys(DIRECT_RESPONSE_KEYS, "a direct response")
     status = spec.get("status", _DIRECT_STATUS, required=True)
     body = spec.get("body", _body)
-    return None if status is None else DirectResponse(status=status, body=body or "")
+    if status is None:
+        return None
+    return DirectResponse(status=status, body=body or "", origin=spec.origin())
 
 
 def _body(value: Any) -> str:
@@ -509,13 +419,13 @@ def _path_rewrite(rewrite: Fields) -> PathRewrite | None:
             spec.report("substitution", 'substitution goes with "regex", not "prefix"',
                         at_value=False)
         prefix = spec.get("prefix", fields.url_path, required=True)
-        return None if prefix is None else PathRewrite(prefix=prefix)
+        return None if prefix is None else PathRewrite(prefix=prefix, origin=spec.origin())
     if kind == "regex":
         pattern = spec.get("regex", fields.regex, required=True)
         if pattern is None:
             return None
         replacement = spec.get("substitution", fields.substitution(pattern), required=True)
-        return PathRewrite(regex=pattern, substitution=replacement or "")
+        return PathRewrite(regex=pattern, substitution=replacement or "", origin=spec.origin())
     return None
 
 
@@ -527,7 +437,7 @@ def _header_ops(rule: Fields, key: str) -> HeaderOps:
     spec.check_keys(HEADER_OPS_KEYS, key)
     added = _header_values(spec, "add")
     replaced = _header_values(spec, "set")
-    removed = _unique_list(spec, "remove", "header", _modifiable_header)
+    removed = fields.unique_list(spec, "remove", "header", _modifiable_header)
     for index, header in enumerate(removed):
         if any(header == name for name, _ in (*added, *replaced)):
             fields.report_at(spec.ctx, (*spec.path, "remove", index),
@@ -578,7 +488,7 @@ def _retries(rule: Fields) -> Retries | None:
         return None
     spec.check_keys(RETRIES_KEYS, "retries")
     attempts = spec.get("attempts", RETRY_ATTEMPTS)
-    conditions = _unique_list(spec, "on", "retry condition", _RETRY_ON)
+    conditions = fields.unique_list(spec, "on", "retry condition", _RETRY_ON)
     codes = _status_codes(spec)
     if codes:
         # Codes retry nothing unless "retriable-status-codes" is a condition: implied.
@@ -591,7 +501,8 @@ def _retries(rule: Fields) -> Retries | None:
                    per_try_timeout=spec.get("per_try_timeout", _PER_TRY_TIMEOUT),
                    backoff=_backoff(spec),
                    retriable_status_codes=codes,
-                   avoid_same_host=bool(spec.get("avoid_same_host", fields.boolean)))
+                   avoid_same_host=bool(spec.get("avoid_same_host", fields.boolean)),
+                   origin=spec.origin())
 
 
 def _status_codes(spec: Fields) -> tuple[int, ...]:
@@ -660,7 +571,7 @@ def _fault(rule: Fields) -> Fault | None:
     if "delay" not in spec.value and "abort" not in spec.value:
         rule.report("fault", "a fault needs a delay, an abort or both")
     return Fault(delay=_fault_delay(spec), abort=_fault_abort(spec),
-                 headers=_value_matches(spec, "headers"))
+                 headers=value_matches(spec, "headers"), origin=spec.origin())
 
 
 def _fault_delay(spec: Fields) -> FaultDelay | None:
@@ -730,7 +641,8 @@ def _mirror(ctx: DocumentContext, item: Any, path: FieldPath) -> Mirror | None:
     share = entry.get("percentage", percentage)
     if service is None:
         return None
-    return Mirror(service=service, subset=subset, percentage=100.0 if share is None else share)
+    return Mirror(service=service, subset=subset, percentage=100.0 if share is None else share,
+                  origin=entry.origin())
 
 
 def _hash_on(rule: Fields) -> tuple[HashOn, ...]:
@@ -751,13 +663,13 @@ def _hash_input(ctx: DocumentContext, item: Any, path: FieldPath) -> HashOn | No
     kind = entry.exclusive(HASH_KINDS, required=True, what="a hash input")
     if kind == "header":
         header = entry.get("header", fields.header_name, required=True)
-        return None if header is None else HashOn("header", header)
+        return None if header is None else HashOn("header", header, origin=entry.origin())
     if kind == "query":
         parameter = entry.get("query", fields.string, required=True)
-        return None if parameter is None else HashOn("query", parameter)
+        return None if parameter is None else HashOn("query", parameter, origin=entry.origin())
     if kind == "source_ip":
         return None if entry.get("source_ip", fields.true_only, required=True) is None \
-            else HashOn("source_ip")
+            else HashOn("source_ip", origin=entry.origin())
     if kind == "cookie":
         return _hash_cookie(entry)
     return None
@@ -766,7 +678,7 @@ def _hash_input(ctx: DocumentContext, item: Any, path: FieldPath) -> HashOn | No
 def _hash_cookie(entry: Fields) -> HashOn | None:
     if isinstance(entry.value.get("cookie"), str):  # {cookie: session}
         cookie = entry.get("cookie", _cookie_name, required=True)
-        return None if cookie is None else HashOn("cookie", cookie)
+        return None if cookie is None else HashOn("cookie", cookie, origin=entry.origin())
     spec = entry.mapping("cookie", "a cookie name or a mapping such as {name: session, "
                                    "ttl: 1h, path: /}", required=True)
     if spec is None:
@@ -778,7 +690,9 @@ def _hash_cookie(entry: Fields) -> HashOn | None:
     if where is not None and ttl is None:
         spec.report("path", "path is the generated cookie's Path: it needs a ttl (Envoy only "
                             "creates the cookie when a ttl is given)", at_value=False)
-    return None if cookie is None else HashOn("cookie", cookie, ttl=ttl, path=where)
+    if cookie is None:
+        return None
+    return HashOn("cookie", cookie, ttl=ttl, path=where, origin=entry.origin())
 
 
 _COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # an RFC 6265 token
@@ -801,7 +715,7 @@ def _cors(doc: Fields) -> Cors | None:
     if spec is None:
         return None
     spec.check_keys(CORS_KEYS, "cors")
-    origins = _unique_list(spec, "allow_origins", "origin", _origin_text)
+    origins = fields.unique_list(spec, "allow_origins", "origin", _origin_text)
     if spec.value.get("allow_origins") is None:
         spec.missing("allow_origins")
     credentials = spec.get("allow_credentials", fields.boolean)
@@ -815,10 +729,10 @@ def _cors(doc: Fields) -> Cors | None:
         spec.report("max_age", "max_age is sent in whole seconds")
     return Cors(
         allow_origins=tuple(origin_match(origin) for origin in origins),
-        allow_methods=_unique_list(spec, "allow_methods", "method", _METHOD),
-        allow_headers=_unique_list(spec, "allow_headers", "header", fields.header_name),
-        expose_headers=_unique_list(spec, "expose_headers", "header", fields.header_name),
-        max_age=max_age, allow_credentials=credentials)
+        allow_methods=methods(spec, "allow_methods"),
+        allow_headers=fields.unique_list(spec, "allow_headers", "header", fields.header_name),
+        expose_headers=fields.unique_list(spec, "expose_headers", "header", fields.header_name),
+        max_age=max_age, allow_credentials=credentials, origin=spec.origin())
 
 
 # [scheme://][*.]host[:port], or "*".

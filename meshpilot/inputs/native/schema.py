@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshpilot.inputs.native import gateway, route, security, service, tls
+from meshpilot.inputs.native import gateway, matches, route, security, service, tls
 from meshpilot.inputs.native.envoy_resources import KIND as ENVOY_RESOURCES
 from meshpilot.inputs.native.envoy_resources import RESOURCE_LISTS
 
@@ -389,7 +389,7 @@ def _cors() -> Schema:
                                "subdomain), or \"*\" (any origin).",
                                {"type": "string", "minLength": 1}, unique=True),
         "allow_methods": _list("Allowed methods (Access-Control-Allow-Methods).",
-                               _enum("An HTTP method.", route.METHODS), unique=True),
+                               _enum("An HTTP method.", matches.METHODS), unique=True),
         "allow_headers": {**headers, "description": "Request headers a page may send "
                                                     "(Access-Control-Allow-Headers)."},
         "expose_headers": {**headers, "description": "Response headers a page may read "
@@ -515,7 +515,7 @@ def _match() -> Schema:
         _object("Exactly this path.", {"exact": _ref("urlPath")}, required=("exact",)),
         _object("Paths matching this regex.", {"regex": _ref("regex")}, required=("regex",)),
     ], "description": "The request path: one of prefix, exact or regex."}
-    method = _enum("An HTTP method.", route.METHODS)
+    method = _enum("An HTTP method.", matches.METHODS)
     schema = _object("Conditions that must all hold.", {
         "path": path,
         "method": method,
@@ -600,7 +600,7 @@ def _envoy_resources() -> Schema:
 
 
 def _security(scope: str) -> dict[str, Schema]:
-    """Request-level security (kinds/security.py), for a Route or a rule."""
+    """Request-level security (native/security.py), for a Route or a rule."""
     path = {"type": "string", "pattern": "^/", "description": "An absolute file path."}
     jwks = _object("Where the provider's public keys are: exactly one of file, inline or uri.", {
         "file": path,
@@ -631,7 +631,7 @@ def _security(scope: str) -> dict[str, Schema]:
     api_keys["oneOf"] = _exactly_one(*security.API_KEY_SOURCES)
     authz_rule = _object("Every condition given must hold; each list is any of its items.", {
         "paths": _list("\"/exact\", \"/prefix/*\" or \"*\".", {"type": "string"}),
-        "methods": _list("HTTP methods.", _enum("An HTTP method.", route.METHODS)),
+        "methods": _list("HTTP methods.", _enum("An HTTP method.", matches.METHODS)),
         "headers": {"type": "object", "propertyNames": _ref("headerName"),
                     "additionalProperties": _ref("valueMatch"),
                     "description": "Request headers and how their values must match."},

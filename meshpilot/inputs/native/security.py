@@ -32,13 +32,16 @@ File paths are absolute. Key values are never shown in messages.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
+from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, Invalid
+from meshpilot.inputs.native.matches import istio_paths, methods, value_matches
 from meshpilot.ir.model import (
     ApiKeys,
     Authorization,
@@ -50,11 +53,7 @@ from meshpilot.ir.model import (
     JwtProvider,
     RateLimit,
     Security,
-    StringMatch,
 )
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
 
 SECURITY_KEYS = ("jwt", "api_keys", "basic_auth", "ext_authz", "authorization", "rate_limit")
 JWT_KEYS = ("providers", "required")
@@ -76,7 +75,7 @@ MAX_FILE_BYTES = 1 << 20
 DEFAULT_EXT_AUTHZ_TIMEOUT = 0.2
 
 _REQUESTS = fields.integer(1, 1_000_000_000)
-_ACTION = fields.choice(AUTHZ_ACTIONS)
+AUTHZ_ACTION = fields.choice(AUTHZ_ACTIONS)
 _PROTOCOL = fields.choice(EXT_AUTHZ_PROTOCOLS)
 _HTPASSWD_LINE = re.compile(r"([^:\s]+):\{SHA\}([A-Za-z0-9+/]{27}=)\Z")
 
@@ -149,7 +148,8 @@ def _jwt(spec: Fields) -> Jwt | None:
             continue
         providers.append(provider)
     required = jwt.get("required", fields.boolean)
-    return Jwt(providers=tuple(providers), required=True if required is None else required)
+    return Jwt(providers=tuple(providers), required=True if required is None else required,
+               origin=jwt.origin())
 
 
 def _provider(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> JwtProvider | None:
@@ -166,7 +166,7 @@ def _provider(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> JwtPro
     if name is None or jwks is None:
         return None
     return JwtProvider(name=name, issuer=issuer, jwks=jwks, audiences=audiences,
-                       forward_claims=claims)
+                       forward_claims=claims, origin=entry.origin())
 
 
 def _strings(spec: Fields, key: str, what: str) -> tuple[str, ...]:
@@ -292,7 +292,7 @@ def _api_keys(spec: Fields) -> ApiKeys | None:
             found.append((client, key))
     if source is None or name is None:
         return None
-    return ApiKeys(source=cast(Any, source), name=name, keys=tuple(found))
+    return ApiKeys(source=cast(Any, source), name=name, keys=tuple(found), origin=keys.origin())
 
 
 def _client_name(value: Any) -> str:
@@ -346,7 +346,7 @@ def _basic_auth(spec: Fields) -> BasicAuth | None:
             users.report("file", f"{path}:{number}: expected user:{{SHA}}hash (htpasswd -s); "
                                  "Envoy accepts SHA-1 hashes only")
             return None
-    return BasicAuth(users_file=path)
+    return BasicAuth(users_file=path, origin=auth.origin())
 
 
 # ---- ext_authz ----------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ def _ext_authz(spec: Fields) -> ExtAuthz | None:
         return None
     return ExtAuthz(service=service, protocol=cast(Any, protocol),
                     timeout=DEFAULT_EXT_AUTHZ_TIMEOUT if timeout is None else timeout,
-                    failure_mode_allow=bool(fail_open))
+                    failure_mode_allow=bool(fail_open), origin=authz.origin())
 
 
 # ---- authorization ------------------------------------------------------------------------------
@@ -386,7 +386,10 @@ def _authorization(spec: Fields) -> tuple[Authorization, ...] | None:
     for policy in policies:
         if policy is not None:
             by_action.setdefault(policy.action, []).extend(policy.rules)
-    found = tuple(Authorization(action=cast(Any, action), rules=tuple(rules))
+    # Policies of one action merge into one: it was written at `authorization` (its rules
+    # keep where each was written).
+    origin = spec.origin("authorization")
+    found = tuple(Authorization(action=cast(Any, action), rules=tuple(rules), origin=origin)
                   for action, rules in sorted(by_action.items(), key=lambda kv: kv[0] != "DENY"))
     return found or None
 
@@ -397,7 +400,7 @@ def _policy(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Authoriz
     if entry is None:
         return None
     entry.check_keys(AUTHORIZATION_KEYS, "authorization")
-    action = entry.get("action", _ACTION) or "ALLOW"
+    action = entry.get("action", AUTHZ_ACTION) or "ALLOW"
     value = entry.value.get("rules")
     rules: list[AuthzRule] = []
     if value is not None:
@@ -408,18 +411,16 @@ def _policy(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Authoriz
                 rule = _authz_rule(ctx, item2, (*path, "rules", index))
                 if rule is not None:
                     rules.append(rule)
-    return Authorization(action=cast(Any, action), rules=tuple(rules))
+    return Authorization(action=cast(Any, action), rules=tuple(rules), origin=entry.origin())
 
 
 def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> AuthzRule | None:
-    from meshpilot.inputs.native.route import _METHOD, _unique_list, _value_matches
-
     entry = Fields.at(ctx, item, path, "a mapping such as {paths: [/admin/*], methods: [GET]}")
     if entry is None:
         return None
     entry.check_keys(AUTHZ_RULE_KEYS, "an authorization rule")
-    paths = _unique_list(entry, "paths", "path", _istio_path)
-    ips = _unique_list(entry, "source_ips", "source IP range", _cidr)
+    paths = istio_paths(entry)
+    ips = fields.unique_list(entry, "source_ips", "source IP range", _cidr)
     claims = entry.mapping("claims", "a mapping of claim names to values, such as "
                                      "{group: admins}")
     claim_values: list[tuple[str, str]] = []
@@ -428,34 +429,12 @@ def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Auth
             text = fields.convert_at(ctx, value, (*claims.path, claim), fields.any_string)
             if text is not None:
                 claim_values.append((claim, text))
-    return AuthzRule(paths=tuple(_path_match(p) for p in paths),
-                     methods=_unique_list(entry, "methods", "method", _METHOD),
-                     headers=_value_matches(entry, "headers"), source_ips=ips,
-                     claims=tuple(claim_values))
-
-
-def _istio_path(value: Any) -> str:
-    text = fields.string(value)
-    if text == "*":
-        return text
-    core = text[:-1] if text.endswith("*") else text
-    if "*" in core or not core.startswith("/"):
-        raise Invalid(f"invalid path {fields.quoted(fields.clip(text))}: expected \"/exact\", "
-                      "\"/prefix/*\" or \"*\"")
-    return text
-
-
-def _path_match(text: str) -> StringMatch:
-    if text == "*":
-        return StringMatch("present")
-    if text.endswith("*"):
-        return StringMatch("prefix", text[:-1])
-    return StringMatch("exact", text)
+    return AuthzRule(paths=paths, methods=methods(entry),
+                     headers=value_matches(entry, "headers"), source_ips=ips,
+                     claims=tuple(claim_values), origin=entry.origin())
 
 
 def _cidr(value: Any) -> str:
-    import ipaddress
-
     text = fields.string(value)
     try:
         return str(ipaddress.ip_network(text, strict=False))
@@ -490,4 +469,5 @@ def _rate_limit(spec: Fields) -> RateLimit | None:
         by = limit.get("by", fields.choice(RATE_LIMIT_BY)) or "route"
     if requests is None or per is None:
         return None
-    return RateLimit(requests=requests, per=per, by=cast(Any, by), header=header)
+    return RateLimit(requests=requests, per=per, by=cast(Any, by), header=header,
+                     origin=limit.origin())

@@ -29,17 +29,18 @@ Shape:
                         success_rate: {minimum_hosts: 5, request_volume: 100, stdev_factor: 1.9}}
     connect_timeout: 1s                  # default 1s
     sidecar: {port: 15006, app: 127.0.0.1:8080, outbound_port: 15001,   # the mesh side: see
-              calls: [ratings, {service: details, local_port: 9001}]}   # kinds/sidecar.py
+              calls: [ratings, {service: details, local_port: 9001}]}   # native/sidecar.py
     tls: {sni: reviews.internal, ca: /etc/tls/ca.pem, verify: true}     # TLS to the endpoints:
-                                                                        # see kinds/tls.py
+                                                                        # see native/tls.py
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
+from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import (
     Fields,
@@ -64,9 +65,6 @@ from meshpilot.ir.model import (
     Service,
     SuccessRate,
 )
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
 
 KIND = "Service"
 
@@ -144,6 +142,7 @@ def parse_service(document: Located, ctx: DocumentContext) -> list[Service]:
         zone_weights=_zone_weights(doc, endpoints),
         sidecar=parse_sidecar(doc),
         tls=upstream_tls(doc),
+        origin=ctx.origin(),
     )
     return [] if reported_since(ctx, mark) or name is None else [service]
 
@@ -233,7 +232,9 @@ def _endpoint(ctx: DocumentContext, item: Any, path: FieldPath) -> Endpoint | No
     """An endpoint written as `host:port`, or as a mapping with `address`."""
     if isinstance(item, str):
         address = fields.convert_at(ctx, item, path, fields.address)
-        return None if address is None else Endpoint(host=address[0], port=address[1])
+        if address is None:
+            return None
+        return Endpoint(host=address[0], port=address[1], origin=ctx.origin(path))
     entry = Fields.at(ctx, item, path, "host:port or a mapping {address: host:port, ...}")
     if entry is None:
         return None
@@ -247,7 +248,7 @@ def _endpoint(ctx: DocumentContext, item: Any, path: FieldPath) -> Endpoint | No
     if address is None:
         return None
     return Endpoint(host=address[0], port=address[1], labels=endpoint_labels, weight=weight,
-                    region=region, zone=zone, priority=priority or 0)
+                    region=region, zone=zone, priority=priority or 0, origin=entry.origin())
 
 
 def _subsets(doc: Fields, endpoints: tuple[Endpoint, ...],
@@ -322,6 +323,7 @@ def _health_check(doc: Fields, protocol: str) -> HealthCheck | None:
         expected_statuses=statuses or ((200, 201),),
         no_traffic_interval=check.get("no_traffic_interval", _DURATION),
         unhealthy_interval=check.get("unhealthy_interval", _DURATION),
+        origin=check.origin(),
     )
 
 
@@ -374,7 +376,7 @@ def _circuit_breaker(doc: Fields) -> CircuitBreaker | None:
         budget.check_keys(RETRY_BUDGET_KEYS, "retry_budget")
         retry_budget = RetryBudget(percent=budget.get("percent", _percent_number),
                                    min_concurrency=budget.get("min_concurrency", fields.UINT32))
-    return CircuitBreaker(**values, retry_budget=retry_budget)
+    return CircuitBreaker(**values, retry_budget=retry_budget, origin=limits.origin())
 
 
 def _number(value: Any) -> float:
@@ -411,6 +413,7 @@ def _outlier_detection(doc: Fields) -> OutlierDetection | None:
         base_ejection_time=detection.get("base_ejection_time", _DURATION),
         max_ejection_percent=detection.get("max_ejection_percent", _PERCENT),
         success_rate=_success_rate(detection),
+        origin=detection.origin(),
     )
 
 

@@ -28,10 +28,13 @@ Shape (inside a `kind: Service` document):
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
+from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, written_before
+from meshpilot.inputs.native.matches import istio_paths, methods
+from meshpilot.inputs.native.security import AUTHZ_ACTION
 from meshpilot.inputs.yamlsource import FieldPath
 from meshpilot.ir.model import (
     DEFAULT_APP_HOST,
@@ -41,9 +44,6 @@ from meshpilot.ir.model import (
     Call,
     Sidecar,
 )
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.loader import DocumentContext
 
 SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization")
 MTLS_MODES = ("strict", "permissive", "off")
@@ -96,20 +96,17 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
                                          "identity", at_value=False)
     return Sidecar(port=port, address=address, app_host=app_host, app_port=app_port,
                    outbound_port=outbound_port, calls=calls, mtls=cast(Any, mtls),
-                   authorization=authorization)
+                   authorization=authorization, origin=spec.origin())
 
 
 def _authorization(spec: Fields) -> Authorization | None:
     """`authorization: {action, rules: [{from, paths, methods}]}` with Istio's semantics."""
-    from meshpilot.inputs.native.route import _METHOD, _unique_list
-    from meshpilot.inputs.native.security import _ACTION, _istio_path, _path_match
-
     entry = spec.mapping("authorization", "a mapping such as {action: ALLOW, rules: "
                                           "[{from: [frontend]}]}")
     if entry is None:
         return None
     entry.check_keys(SIDECAR_AUTHORIZATION_KEYS, "authorization")
-    action = entry.get("action", _ACTION) or "ALLOW"
+    action = entry.get("action", AUTHZ_ACTION) or "ALLOW"
     items = entry.items("rules", "rule") or []
     rules: list[AuthzRule] = []
     for index, item in enumerate(items):
@@ -119,11 +116,11 @@ def _authorization(spec: Fields) -> Authorization | None:
             continue
         rule.check_keys(SIDECAR_RULE_KEYS, "an authorization rule")
         rules.append(AuthzRule(
-            principals=_unique_list(rule, "from", "caller", _caller),
-            paths=tuple(_path_match(p) for p in _unique_list(rule, "paths", "path",
-                                                             _istio_path)),
-            methods=_unique_list(rule, "methods", "method", _METHOD)))
-    return Authorization(action=cast(Any, action), rules=tuple(rules))
+            principals=fields.unique_list(rule, "from", "caller", _caller),
+            paths=istio_paths(rule),
+            methods=methods(rule),
+            origin=rule.origin()))
+    return Authorization(action=cast(Any, action), rules=tuple(rules), origin=entry.origin())
 
 
 def _caller(value: Any) -> str:
@@ -172,7 +169,7 @@ def _calls(spec: Fields) -> tuple[Call, ...]:
 def _call(ctx: DocumentContext, item: Any, path: FieldPath) -> Call | None:
     if isinstance(item, str):
         service = fields.convert_at(ctx, item, path, fields.name)
-        return None if service is None else Call(service)
+        return None if service is None else Call(service, origin=ctx.origin(path))
     entry = Fields.at(ctx, item, path, "a service name or a mapping such as {service: reviews, "
                                        "local_port: 9001}")
     if entry is None:
@@ -180,7 +177,7 @@ def _call(ctx: DocumentContext, item: Any, path: FieldPath) -> Call | None:
     entry.check_keys(CALL_KEYS, "a call")
     service = entry.get("service", fields.name, required=True)
     local_port = entry.get("local_port", fields.PORT)
-    return None if service is None else Call(service, local_port)
+    return None if service is None else Call(service, local_port, origin=entry.origin())
 
 
 def _check_ports(spec: Fields, port: int | None, outbound_port: int | None,

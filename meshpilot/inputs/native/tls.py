@@ -68,7 +68,7 @@ def listener_tls(entry: Fields, protocol: str) -> tuple[ListenerTls | None, int 
         return None, None
     return ListenerTls(certificates=certificates,
                        min_version=cast(Literal["1.2", "1.3"] | None, min_version),
-                       alpn=alpn or ("h2", "http/1.1")), None
+                       alpn=alpn or ("h2", "http/1.1"), origin=settings.origin()), None
 
 
 def _redirect_port(value: object) -> int:
@@ -128,7 +128,8 @@ def _certificates(settings: Fields) -> tuple[TlsCertificate, ...]:
             continue
         certificates.append(TlsCertificate(
             cert_path=cert_path, key_path=key_path, certificate_chain=chain, private_key=key,
-            position=settings.ctx.document.value_position_of((*path, "cert"))))
+            position=settings.ctx.document.value_position_of((*path, "cert")),
+            origin=entry.origin()))
     return tuple(certificates)
 
 
@@ -159,4 +160,5 @@ def upstream_tls(doc: Fields) -> UpstreamTls | None:
         settings.ctx.report((*settings.path, "ca"),
                             'missing "ca": verify needs the CA certificates that sign the '
                             "endpoints' certificates (or write verify: false)")
-    return UpstreamTls(sni=sni, verify=verify, ca_path=ca_path, ca=ca if verify else None)
+    return UpstreamTls(sni=sni, verify=verify, ca_path=ca_path, ca=ca if verify else None,
+                       origin=settings.origin())

@@ -1,0 +1,59 @@
+"""The last step of every load: the checks across documents, then the model or the error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+from meshpilot.base.errors import PolicyError, PolicyIssue
+from meshpilot.base.types import ADS_ORDER
+from meshpilot.inputs.context import LoadContext, ModelPart, ParsedDocument
+from meshpilot.inputs.references import validate_references
+from meshpilot.ir.model import Gateway, Model, RawResource, Route, Service
+
+
+def finish(load: LoadContext, parsed: list[ParsedDocument], files: tuple[str, ...]) -> Model:
+    """The model of the parsed documents; `PolicyError` with every issue, in file order, if
+    any document or any check across documents had one."""
+    # References are checked even when documents had issues: every problem is reported in one
+    # pass, and a document with issues gave no parts, so its errors are not echoed here.
+    validate_references(parsed, load)
+    if load.issues:
+        raise PolicyError(sorted(load.issues, key=_issue_order))
+    return build_model((part for document in parsed for part in document.parts), files)
+
+
+def build_model(parts: Iterable[ModelPart], files: tuple[str, ...]) -> Model:
+    """The model of a valid policy, in a deterministic order (translators rely on it)."""
+    raw: list[RawResource] = []
+    services: list[Service] = []
+    gateways: list[Gateway] = []
+    routes: list[Route] = []
+    for part in parts:
+        if isinstance(part, RawResource):
+            raw.append(part)
+        elif isinstance(part, Service):
+            services.append(part)
+        elif isinstance(part, Gateway):
+            gateways.append(part)
+        else:
+            routes.append(part)
+    raw.sort(key=lambda resource: (_ads_rank(resource.type_url), resource.name))
+    return Model(raw=tuple(raw), services=_by_name(services), gateways=_by_name(gateways),
+                 routes=_by_name(routes), files=files)
+
+
+_Named = TypeVar("_Named", Service, Gateway, Route)
+
+
+def _by_name(parts: list[_Named]) -> tuple[_Named, ...]:
+    return tuple(sorted(parts, key=lambda part: part.name))
+
+
+def _ads_rank(type_url: str) -> int:
+    return ADS_ORDER.index(type_url) if type_url in ADS_ORDER else len(ADS_ORDER)
+
+
+def _issue_order(issue: PolicyIssue) -> tuple[str, int, int]:
+    position = issue.position
+    return ("", 0, 0) if position is None else (position.file, position.line, position.column)

@@ -1,0 +1,75 @@
+"""What every document parser of one load shares: where issues go and where names were defined.
+
+This is the only thing a format's parsers need from the loading machinery, so it lives apart
+from the loader: kinds import this module (and `fields`), never `loader.py`, and the loader
+imports the kinds, so no import runs in a circle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from meshpilot.base.errors import PolicyIssue, Position
+from meshpilot.inputs.yamlsource import FieldPath, Located, format_path
+from meshpilot.ir.model import Gateway, Origin, RawResource, Route, Service
+
+# What a document parser may return. A new top-level model class is added here and sorted into
+# the Model by `assembly.build_model`.
+ModelPart = RawResource | Service | Gateway | Route
+
+
+@dataclass(slots=True)
+class LoadContext:
+    """State shared by every document of one load: the issues, and where names were defined."""
+
+    issues: list[PolicyIssue] = field(default_factory=list)
+    definitions: dict[Hashable, Position] = field(default_factory=dict)
+
+    def first_definition(self, key: Hashable, position: Position) -> Position | None:
+        """Record `key` as defined at `position`; if it was defined before, where that was."""
+        if key in self.definitions:
+            return self.definitions[key]
+        self.definitions[key] = position
+        return None
+
+
+@dataclass(slots=True)
+class DocumentContext:
+    """What a kind's parser gets besides the document: a way to report issues about it."""
+
+    load: LoadContext
+    document: Located
+    kind: str
+    name: str | None
+
+    def report(self, path: FieldPath, message: str, *, at_value: bool = False,
+               position: Position | None = None) -> None:
+        """Record an issue about the field at `path`.
+
+        The position is the field's key (or list item) unless `at_value` asks for its value or
+        `position` is given; a path that does not exist falls back to its nearest ancestor.
+        """
+        if position is None:
+            locate = self.document.value_position_of if at_value else self.document.position_of
+            position = locate(path)
+        self.load.issues.append(PolicyIssue(message, position, self.kind, self.name,
+                                            format_path(path)))
+
+    def first_definition(self, key: Hashable, position: Position) -> Position | None:
+        return self.load.first_definition(key, position)
+
+    def origin(self, path: FieldPath = ()) -> Origin:
+        """Where the field at `path` was written (its key, or list item), for the model element
+        read from it; () is the document itself."""
+        position = self.document.position_of(path) if path else self.document.position
+        return Origin(position, self.kind, self.name, format_path(path))
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedDocument:
+    """One document with a usable kind and name: its context (so later checks can report
+    about it) and the model parts its parser returned."""
+
+    context: DocumentContext
+    parts: tuple[ModelPart, ...]

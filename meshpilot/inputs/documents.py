@@ -1,0 +1,137 @@
+"""From YAML documents to parsed documents: the rules every document shares, and dispatch.
+
+Every document must be a mapping with a string `kind`, an optional string `apiVersion` and a
+string name (where its format keeps names); no two documents of a kind may share a name. The
+document's `(apiVersion, kind)` picks its format's parser (`formats.py`), which reports through
+the document's context and returns model parts. This module must not know what any kind means.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any
+
+from meshpilot.base.errors import PolicyIssue, Position
+from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
+from meshpilot.inputs.formats import DocumentParser, DocumentType, FormatRegistry
+from meshpilot.inputs.native.format import NATIVE
+from meshpilot.inputs.yamlsource import FieldPath, Located, format_path
+
+# The formats a load reads. A new format is added here.
+FORMATS = FormatRegistry((NATIVE,))
+
+
+def load_documents(documents: Iterable[Located], load: LoadContext,
+                   parsed: list[ParsedDocument], formats: FormatRegistry = FORMATS) -> None:
+    """Parse each document with its format's parser; report into `load`, append to `parsed`
+    every document with a usable identity (even one with issues: later checks need it)."""
+    for document in documents:
+        loaded = _load_document(document, load, formats)
+        if loaded is not None:
+            parsed.append(loaded)
+
+
+def _load_document(document: Located, load: LoadContext,
+                   formats: FormatRegistry) -> ParsedDocument | None:
+    identity = _document_identity(document, load, formats)
+    if identity is None:
+        return None
+    parser, kind, name, name_path = identity
+    ctx = DocumentContext(load, document, kind, name)
+    first = load.first_definition(("document", kind, name), document.position_of(name_path))
+    if first is not None:
+        ctx.report(name_path, f'another {kind} is named "{name}" (at {first})', at_value=True)
+    return ParsedDocument(ctx, tuple(parser(document, ctx)))
+
+
+_Identity = tuple[DocumentParser, str, str, FieldPath]
+
+
+def _document_identity(document: Located, load: LoadContext,
+                       formats: FormatRegistry) -> _Identity | None:
+    """The document's parser, kind, name and where the name is, if all are usable; otherwise
+    report why and return None."""
+    body = document.value
+    if not isinstance(body, dict):
+        _report_bare(load, document.position, "a policy document must be a mapping with "
+                                              "kind and name")
+        return None
+    api_version = body.get("apiVersion")
+    if "apiVersion" in body and (not isinstance(api_version, str) or not api_version):
+        _report_bare(load, document.value_position_of(("apiVersion",)),
+                     '"apiVersion" must be a non-empty string', field="apiVersion")
+        return None
+    input_format = formats.format_of(api_version)
+    if input_format is None:
+        _report_bare(load, document.value_position_of(("apiVersion",)),
+                     _unknown_api_version(str(api_version), formats), field="apiVersion")
+        return None
+    kind = body.get("kind")
+    if not isinstance(kind, str) or not kind:
+        if "kind" in body:
+            _report_bare(load, document.value_position_of(("kind",)),
+                         '"kind" must be a non-empty string', field="kind")
+        else:
+            _report_bare(load, document.position, 'missing "kind"', field="kind")
+        return None
+    parser = formats.parser_of(DocumentType(api_version, kind))
+    if parser is None:
+        _report_bare(load, document.value_position_of(("kind",)),
+                     _unknown_kind(kind, formats.kinds_of(api_version)), field="kind")
+        return None
+    name_path = input_format.name_path
+    name = _member(body, name_path)
+    if not isinstance(name, str) or not name:
+        ctx = DocumentContext(load, document, kind, None)
+        shown = format_path(name_path)
+        if name is not _MISSING:
+            ctx.report(name_path, f'"{shown}" must be a non-empty string', at_value=True)
+        else:
+            ctx.report(name_path, f'missing "{shown}"')
+        return None
+    return parser, kind, name, name_path
+
+
+_MISSING = object()
+
+
+def _member(body: dict[str, Any], path: FieldPath) -> Any:
+    """The value at `path` in nested mappings; `_MISSING` if any step is missing."""
+    value: Any = body
+    for step in path:
+        if not isinstance(value, dict) or step not in value:
+            return _MISSING
+        value = value[step]
+    return value
+
+
+def _unknown_kind(kind: str, known: list[str]) -> str:
+    matches = difflib.get_close_matches(kind, known, n=1, cutoff=0.6)
+    hint = f' (did you mean "{matches[0]}"?)' if matches else f"; known kinds: {', '.join(known)}"
+    return f'unknown kind "{_shown(kind)}"{hint}'
+
+
+def _unknown_api_version(api_version: str, formats: FormatRegistry) -> str:
+    known = formats.api_versions()
+    matches = difflib.get_close_matches(api_version, known, n=1, cutoff=0.6)
+    if matches:
+        hint = f' (did you mean "{matches[0]}"?)'
+    elif known:
+        hint = f"; known apiVersions: {', '.join(known)}"
+    else:
+        hint = "; no input format reads it"
+    if formats.format_of(None) is not None:
+        hint += " (meshpilot's own kinds are written without apiVersion)"
+    return f'unknown apiVersion "{_shown(api_version)}"{hint}'
+
+
+def _shown(text: str) -> str:
+    """User text in a message: clipped, and escaped if it is not printable."""
+    if len(text) <= 80 and text.isprintable():
+        return text
+    return text[:80].encode("unicode_escape").decode("ascii") + "..."
+
+
+def _report_bare(load: LoadContext, position: Position, message: str, field: str = "") -> None:
+    load.issues.append(PolicyIssue(message, position, field=field))

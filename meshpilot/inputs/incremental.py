@@ -1,0 +1,177 @@
+"""An optimisation of loading: reuse what parsing unchanged files (and documents) gave last time.
+
+The core is the cold load (`loader.load_policy`); this module only makes repeated loads of the
+same folder cheaper and must give exactly the same model. `ParseCache` keeps, per file, what
+parsing it gave, keyed by the file's shown name and the BLAKE2b hash of its bytes, so a reload
+only parses the files that changed, and inside a changed file only the pieces of text (between
+document start markers, `split_documents`) whose text or line offset changed: model parts carry
+positions, so a piece that moved is parsed again. A file that cannot be split safely is parsed
+whole. The definitions are then replayed in file order and the checks across documents run over
+the whole set, as in a cold load.
+
+Whenever anything is wrong (any issue anywhere, a file that cannot be read), `try_load` gives
+up and returns None: the caller then loads cold, so a rejected load reports exactly what a cold
+one reports. A file whose parsers read TLS files is parsed on every load, since a certificate
+may change under an unchanged policy file (and hashing it after the parser read it could miss
+a change in between).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshpilot.base.errors import Position
+from meshpilot.inputs import tlsfiles as tls
+from meshpilot.inputs.assembly import build_model
+from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
+from meshpilot.inputs.documents import load_documents
+from meshpilot.inputs.files import policy_files
+from meshpilot.inputs.references import validate_references
+from meshpilot.inputs.yamlsource import (
+    MAX_NODES,
+    parse_yaml,
+    parse_yaml_text,
+    read_limited,
+    split_documents,
+)
+from meshpilot.ir.model import Model
+
+
+@dataclass(slots=True)
+class _CachedPiece:
+    """What parsing one piece of a file (the text of its documents between two document start
+    markers, `split_documents`) gave, in a context of its own, at its line offset."""
+
+    parsed: list[ParsedDocument]
+    definitions: dict[Hashable, Position]  # in the order they were made
+    clean: bool
+    nodes: int  # YAML nodes counted, towards the file's MAX_NODES
+    tls_files: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _CachedFile:
+    """What parsing one file gave, in a context of its own (no other file's definitions)."""
+
+    digest: bytes  # BLAKE2b of the file's bytes
+    parsed: list[ParsedDocument]
+    definitions: dict[Hashable, Position]  # in the order they were made
+    clean: bool  # no issue at all (YAML, identity, kind parser)
+    tls_files: tuple[str, ...]  # TLS files its parsers read: then parsed again on every load
+    # (line offset, text) -> its parse, for every piece of a file that could be split
+    pieces: dict[tuple[int, str], _CachedPiece] = field(default_factory=dict)
+
+
+class ParseCache:
+    """The parses of one policy folder's files, kept from load to load.
+
+    An unchanged file is neither YAML-parsed nor kind-parsed again, and gives the very same
+    model part objects as before (the Translation reuses resources by them). `tls_files` is the
+    set of TLS files (absolute) the newest attempt depended on. Not thread-safe.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.tls_files: frozenset[str] = frozenset()
+        self._files: dict[str, _CachedFile] = {}
+        self.parsed_files = 0  # files parsed by the newest load (for tests and metrics)
+        self.parsed_pieces = 0  # pieces of those files parsed (a file parsed whole counts 1)
+
+    def try_load(self) -> Model | None:
+        """The model, or None if anything is wrong (then the caller loads cold, for the
+        exact issues). Must run with TLS paths relative to the policy folder."""
+        load = LoadContext()
+        files = policy_files(self.path, load)
+        self.parsed_files = self.parsed_pieces = 0
+        if load.issues:
+            return None
+        entries: list[_CachedFile] = []
+        kept: dict[str, _CachedFile] = {}
+        clean = True
+        for file_path, shown_name in files:
+            entry = self._entry(file_path, shown_name)
+            if entry is None:
+                clean = False
+                continue
+            kept[shown_name] = entry
+            entries.append(entry)
+            clean = clean and entry.clean
+        self._files = kept  # a deleted or renamed file's entry goes
+        self.tls_files = frozenset(path for entry in entries for path in entry.tls_files)
+        if not clean:
+            return None
+        parsed: list[ParsedDocument] = []
+        for entry in entries:
+            for key, position in entry.definitions.items():
+                if load.first_definition(key, position) is not None:
+                    return None  # defined in two files: a cold load words the issue
+            for document in entry.parsed:
+                old = document.context
+                parsed.append(ParsedDocument(DocumentContext(load, old.document, old.kind,
+                                                             old.name), document.parts))
+        validate_references(parsed, load)
+        if load.issues:
+            return None
+        return build_model((part for document in parsed for part in document.parts),
+                           tuple(shown_name for _, shown_name in files))
+
+    def _entry(self, file_path: Path, shown_name: str) -> _CachedFile | None:
+        try:
+            data = read_limited(file_path)
+        except Exception:  # too large, not a regular file, unreadable: a cold load says so
+            return None
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        entry = self._files.get(shown_name)
+        if entry is not None and entry.digest == digest and not entry.tls_files:
+            return entry
+        self.parsed_files += 1
+        pieces = split_documents(data)
+        if pieces is None:  # parsed whole, as load_policy does
+            self.parsed_pieces += 1
+            local = LoadContext()
+            parsed: list[ParsedDocument] = []
+            with tls.recording() as read:
+                documents, issues = parse_yaml(data, shown_name)
+                local.issues.extend(issues)
+                load_documents(documents, local, parsed)
+            return _CachedFile(digest, parsed, local.definitions, not local.issues,
+                               tuple(sorted(read)))
+        earlier = entry.pieces if entry is not None else {}
+        kept: dict[tuple[int, str], _CachedPiece] = {}
+        parsed = []
+        definitions: dict[Hashable, Position] = {}
+        clean = True
+        nodes = 0
+        read_files: set[str] = set()
+        for key in pieces:
+            piece = earlier.get(key)
+            if piece is None or piece.tls_files:
+                piece = self._parse_piece(key, shown_name)
+            kept[key] = piece
+            parsed.extend(piece.parsed)
+            for name, position in piece.definitions.items():
+                if name in definitions:  # defined twice in the file: a cold load words it
+                    clean = False
+                else:
+                    definitions[name] = position
+            clean = clean and piece.clean
+            nodes += piece.nodes
+            read_files.update(piece.tls_files)
+        if nodes > MAX_NODES:  # the file as a whole is refused: a cold load says so
+            clean = False
+        return _CachedFile(digest, parsed, definitions, clean, tuple(sorted(read_files)), kept)
+
+    def _parse_piece(self, key: tuple[int, str], shown_name: str) -> _CachedPiece:
+        line_offset, text = key
+        self.parsed_pieces += 1
+        local = LoadContext()
+        parsed: list[ParsedDocument] = []
+        with tls.recording() as read:
+            documents, issues, nodes = parse_yaml_text(text, shown_name, line_offset)
+            local.issues.extend(issues)
+            load_documents(documents, local, parsed)
+        return _CachedPiece(parsed, local.definitions, not local.issues, nodes,
+                            tuple(sorted(read)))
