@@ -23,8 +23,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from meshpilot.base import tlsfiles as tls
 from meshpilot.base.errors import Position
-from meshpilot.inputs import tlsfiles as tls
 from meshpilot.inputs.assembly import build_model
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
 from meshpilot.inputs.documents import load_documents

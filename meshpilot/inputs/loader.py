@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from meshpilot.inputs import tlsfiles as tls
+from meshpilot.base import tlsfiles as tls
 from meshpilot.inputs.assembly import finish
 from meshpilot.inputs.context import LoadContext, ParsedDocument
 from meshpilot.inputs.documents import load_documents

@@ -33,7 +33,7 @@ import grpc
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from meshpilot.inputs.tlsfiles import TlsFileError, read_ca, read_certificate
+from meshpilot.base.tlsfiles import TlsFileError, read_ca, read_certificate
 
 log = logging.getLogger("meshpilot.xds.security")
 

@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 from tls_material import CA
 
+from meshpilot.base import tlsfiles as tls
 from meshpilot.base import types
 from meshpilot.base.errors import PolicyError
-from meshpilot.inputs import tlsfiles as tls
 from meshpilot.inputs.loader import load_policy_text
 from meshpilot.runtime.app import Meshpilot, Settings
 from meshpilot.runtime.controller import Controller

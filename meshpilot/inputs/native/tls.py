@@ -1,10 +1,10 @@
 """TLS in policy documents: `tls` on a Gateway listener (termination) and on a Service
 (origination), as `model.ListenerTls` and `model.UpstreamTls`.
 
-The files named here are read now, while the policy loads (`inputs/tlsfiles.py`): a missing or
+The files named here are read now, while the policy loads (`base/tlsfiles.py`): a missing or
 unreadable file, a file that holds no PEM certificate, or a key that does not belong to its
 certificate is reported at the field naming it, and the load is refused. Paths are absolute or
-relative to the policy folder (meshpilot.inputs.tlsfiles.resolve).
+relative to the policy folder (meshpilot.base.tlsfiles.resolve).
 
 Shapes:
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Literal, cast
 
-from meshpilot.inputs import tlsfiles as tls_files
+from meshpilot.base import tlsfiles as tls_files
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, Invalid, convert_at, written_before
 from meshpilot.inputs.yamlsource import FieldPath
