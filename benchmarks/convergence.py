@@ -203,7 +203,8 @@ class _Serve:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meshpilot", "serve", "--policy", str(policy_dir),
                  "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
-                 "--debounce-quiet", debounce, "--log-level", "info"],
+                 "--debounce-quiet", debounce, "--log-level", "info",
+                 "--state-dir", str(log_path.parent / "meshpilot-state")],
                 stdout=log, stderr=subprocess.STDOUT, env=child_env())
         match = wait_for(self._listening, timeout=30, what="meshpilot serve to listen")
         self.xds_port = int(match.group(2))

@@ -67,6 +67,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     xds_tls_key=args.xds_tls_key, xds_client_ca=args.xds_client_ca,
                     xds_identity_check=args.xds_identity_check,
                     ca_dir=Path(args.ca_dir) if args.ca_dir else None,
+                    state_dir=Path(args.state_dir), insecure_xds=args.insecure_xds,
+                    insecure_admin=args.insecure_admin,
                     trust_domain=args.trust_domain, cert_ttl=args.cert_ttl)
 
 
@@ -203,9 +205,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debounce-max", type=_duration, default=10.0, metavar="DURATION",
                    help="apply a burst at most this long after its first change (10s)")
     p.add_argument("--no-watch", action="store_true", help="load once; do not watch the folder")
+    p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
+                   help="meshpilot's credentials: the token key (token.key) and the mesh CA's "
+                        "root (ca.crt, ca.key), created here on first start (.meshpilot)")
+    p.add_argument("--insecure-xds", action="store_true",
+                   help="serve xDS in plaintext to anyone who connects: no TLS, no "
+                        "authentication, every view's config and keys to any client. Warned "
+                        "about at start and in /readyz")
+    p.add_argument("--insecure-admin", action="store_true",
+                   help="open the admin API's debug, config and write endpoints to anyone "
+                        "who can reach it, without a token. Warned about at start and in /readyz")
     p.add_argument("--ca-dir", metavar="DIR", default=None,
-                   help="the mesh CA's root (ca.crt, ca.key): created here on first start, "
-                        "loaded afterwards; default: a root in memory (docs/security.md)")
+                   help="the mesh CA's root (ca.crt, ca.key), if not in --state-dir: created "
+                        "here on first start, loaded afterwards (docs/security.md)")
     p.add_argument("--trust-domain", type=_trust_domain, default="cluster.local",
                    help="SPIFFE trust domain of workload identities (cluster.local)")
     p.add_argument("--cert-ttl", type=_duration, default=24 * 3600.0, metavar="DURATION",

@@ -295,7 +295,8 @@ class MeshpilotProcess:
             [sys.executable, "-m", "meshpilot", "serve", "--policy", str(self.policy),
              "--xds-address", f"127.0.0.1:{self.xds_port}",
              "--admin-address", f"127.0.0.1:{self.admin_port}",
-             "--debounce-quiet", "50ms", "--log-level", "info", *self.extra_args],
+             "--debounce-quiet", "50ms", "--log-level", "info",
+             "--state-dir", str(self.log_path.parent / "meshpilot-state"), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         eventually(self._healthy, timeout=timeout, what=f"meshpilot admin on {self.admin}")

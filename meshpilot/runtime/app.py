@@ -15,6 +15,7 @@ import grpc
 from aiohttp import web
 
 from meshpilot.ca import CertificateAuthority, WorkloadIdentities
+from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.discovery.docker_source import DockerSource
 from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.runtime.admin import AdminSources, make_app
@@ -72,8 +73,15 @@ class Settings:
     docker: bool = False  # containers labelled meshpilot.service/meshpilot.port are instances
     docker_network: str | None = None  # their IP on this network; None: published host ports
     discovery_sweep: float = 0.25  # seconds between sweeps of lapsed registrations (TTLs)
+    # credentials (docs/security.md): the token key (ca/tokens.py), and the mesh CA's root
+    # unless ca_dir names another folder; None: both in memory, lost when the process stops
+    state_dir: Path | None = None
+    # Explicit opt-outs, each warned about at start and in /readyz: plaintext, unauthenticated
+    # xDS; an admin API whose debug, config and write endpoints need no token.
+    insecure_xds: bool = False
+    insecure_admin: bool = False
     # the mesh CA (docs/security.md)
-    ca_dir: Path | None = None  # root created here on first start, else loaded; None: in memory
+    ca_dir: Path | None = None  # root created here on first start, else loaded; None: state_dir
     trust_domain: str = "cluster.local"
     cert_ttl: float = 24 * 3600.0  # workload certificates; renewed at half-life
     # securing the xDS port (docs/operations.md, "Securing the control plane")
@@ -100,8 +108,11 @@ class Meshpilot:
         self.registry = ProxyRegistry()
         self.endpoints = EndpointRegistry()  # discovered instances (registrations, Docker)
         # The mesh CA: workload certificates per view, renewed by `_rotate_certificates`.
+        # Signs and checks the operator, registration and node tokens (ca/tokens.py).
+        self.tokens = TokenAuthority.load_or_create(settings.state_dir)
         self.identities = WorkloadIdentities(
-            CertificateAuthority.load_or_create(settings.ca_dir, settings.trust_domain),
+            CertificateAuthority.load_or_create(settings.ca_dir or settings.state_dir,
+                                                settings.trust_domain),
             ttl=settings.cert_ttl)
         self.controller = Controller(settings.policy, self.cache, self.metrics,
                                      plugins=[*load_plugins(settings.plugins), *plugins],
