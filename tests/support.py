@@ -281,6 +281,7 @@ class MeshpilotProcess:
         self.xds_port = xds_port or free_port()
         self.admin_port = free_port()
         self.log_path = log_dir / f"meshpilot-{self.xds_port}.log"
+        self.state_dir = log_dir / f"meshpilot-state-{self.xds_port}"  # its token key and CA
         self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -296,7 +297,7 @@ class MeshpilotProcess:
              "--xds-address", f"127.0.0.1:{self.xds_port}",
              "--admin-address", f"127.0.0.1:{self.admin_port}",
              "--debounce-quiet", "50ms", "--log-level", "info",
-             "--state-dir", str(self.log_path.parent / "meshpilot-state"), *self.extra_args],
+             "--state-dir", str(self.state_dir), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         eventually(self._healthy, timeout=timeout, what=f"meshpilot admin on {self.admin}")
