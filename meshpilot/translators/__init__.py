@@ -44,9 +44,9 @@ from meshpilot.ir.model import (
     Service,
 )
 from meshpilot.translators import (
-    auth,
     clusters,
     endpoints,
+    httpfilters,
     listeners,
     mtls,
     names,
@@ -175,9 +175,7 @@ class Translation:
         if earlier is not None and earlier.security == security:
             front = earlier.front
         else:
-            listener = listeners.listener(gateway, spec)
-            if has_routes:  # auth.py
-                listener = auth.with_security_filters(listener, list(served))
+            listener = listeners.listener(gateway, spec, served)
             front = (Resource.from_message(types.LISTENER, listener.name, listener),
                      *secrets.listener_resources(gateway.name, spec))  # https: its certs
         config: tuple[Resource, ...] = ()
@@ -378,7 +376,7 @@ def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, st
     for route in attached:
         if not any(routes.attaches(route, spec) for spec in http):
             continue
-        for service in auth.services_of(route):  # a JWKS server, an authorization service
+        for service in httpfilters.services_of(route):  # a JWKS server, an authorization service
             if (service, None) not in seen:
                 seen.add((service, None))
                 yield service, None
