@@ -24,6 +24,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import BoolValue
 
@@ -77,14 +78,12 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
                                                    port_value=spec.port))
     if spec.protocol == "tcp":
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(tcp_proxy(gateway, spec)))
-    elif spec.redirect_to_https is not None:
-        # Serves no Routes: one inline route answering every request with a 301 to https.
-        manager = http_connection_manager(gateway, spec, ())
-        manager.ClearField("rds")
-        manager.route_config.CopyFrom(secrets.https_redirect(name, spec.redirect_to_https))
-        network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
     else:
         manager = http_connection_manager(gateway, spec, routes)
+        if spec.redirect_to_https is not None:
+            # Serves no Routes: one inline route answering every request with a 301 to https.
+            manager.ClearField("rds")
+            manager.route_config.CopyFrom(secrets.https_redirect(name, spec.redirect_to_https))
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
     chain = FilterChain(filters=[network_filter])
     if spec.tls is not None:
@@ -94,8 +93,15 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
 
 
 def chain_inputs(spec: GatewayListener, routes: Iterable[Route]) -> ChainInputs:
-    """What the HTTP filter chain of `spec` serving `routes` is built from."""
-    return ChainInputs.gateway(routes, spec.compression)
+    """What the HTTP filter chain of `spec` serving `routes` is built from (a listener
+    redirecting to https serves no Routes)."""
+    served = routes if spec.redirect_to_https is None else ()
+    return ChainInputs.gateway(served, spec.compression)
+
+
+def filter_secrets(spec: GatewayListener, routes: Iterable[Route]) -> list[Secret]:
+    """The SDS Secrets the HTTP filters of `spec` name (none for a TCP proxy)."""
+    return [] if spec.protocol == "tcp" else httpfilters.chain_secrets(chain_inputs(spec, routes))
 
 
 def tcp_proxy(gateway: Gateway, spec: GatewayListener) -> TcpProxy:

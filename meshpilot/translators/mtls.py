@@ -47,8 +47,7 @@ from meshpilot.ir.model import Authorization, Model, Service
 from meshpilot.translators import names
 from meshpilot.translators.httpfilters.mesh_authorization import RBAC_FILTER
 from meshpilot.translators.protos import ads_config_source, pack
-from meshpilot.xds.resources import Resource, ResourceMap
-from meshpilot.xds.snapshot import Snapshot
+from meshpilot.xds.resources import Resource
 
 IDENTITY_SECRET = "spiffe/identity"
 TRUST_BUNDLE_SECRET = "spiffe/trust-bundle"
@@ -123,17 +122,6 @@ def needs_identity(model: Model, view: str, resources: Iterable[Resource]) -> bo
                for resource in resources)
 
 
-def refresh_identity(previous: Snapshot, secrets: list[Resource]) -> Snapshot:
-    """`previous` with its identity Secrets replaced: every other ResourceMap object is kept,
-    so a rotation is an SDS-only push (and nothing at all if the bytes did not change)."""
-    old = previous.get(types.SECRET)
-    changed = {r.name: r for r in secrets
-               if r.name in old and old[r.name].version != r.version}
-    if not changed:
-        return previous
-    maps = {t: previous.get(t) for t in previous.type_urls()}
-    maps[types.SECRET] = ResourceMap(types.SECRET, {**old, **changed}.values())
-    return Snapshot(previous.view, maps)
 
 
 # ---- outbound: a caller's cluster to a mesh service --------------------------------------------
@@ -214,5 +202,4 @@ def secure_inbound(listener: Listener, service: Service) -> Listener:
 # kept here for code that reads a sidecar's inbound chain.
 __all__ = ["IDENTITY_SECRET", "RBAC_FILTER", "TRUST_BUNDLE_SECRET", "IdentitySource",
            "TrustDomain", "authorization", "forward_client_identity", "has_mtls",
-           "identity_secrets", "needs_identity", "refresh_identity", "secure_cluster",
-           "secure_inbound"]
+           "identity_secrets", "needs_identity", "secure_cluster", "secure_inbound"]
