@@ -122,8 +122,6 @@ def needs_identity(model: Model, view: str, resources: Iterable[Resource]) -> bo
                for resource in resources)
 
 
-
-
 # ---- outbound: a caller's cluster to a mesh service --------------------------------------------
 
 

@@ -6,7 +6,8 @@ This module owns what a sidecar receives (docs/mesh.md):
   terminates mesh traffic and forwards it to the local application, cluster `inbound|<service>`
   (a STATIC cluster, or STRICT_DNS for a named app host). HTTP services get an HTTP connection
   manager (stats `http.inbound/<service>.*`) with no route timeout of its own (the caller's
-  outbound route decides); tcp services a TCP proxy.
+  outbound route decides), the filters of the sidecar's `authorization` (`httpfilters/`) and,
+  with mtls, the caller's identity for the application (`mtls.py`); tcp services a TCP proxy.
 - outbound, for the services it `calls` and nothing else (scoping: a mesh of a thousand services
   does not send a thousand clusters to every sidecar):
   - per call with a `local_port`: a listener `outbound/<callee>` on 127.0.0.1:local_port whose
@@ -177,7 +178,7 @@ def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None) ->
     assert sidecar is not None and sidecar.port is not None
     name = names.inbound(service.name)
     cluster = names.inbound_cluster(service.name)
-    if service.protocol == "tcp":
+    if service.protocol == "tcp":  # TLS only: authorization needs HTTP (the loader says so)
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(
             TcpProxy(stat_prefix=name, cluster=cluster)))
     else:
@@ -187,9 +188,9 @@ def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None) ->
         routes = RouteConfiguration(name=name, virtual_hosts=[VirtualHost(
             name=name, domains=["*"],
             routes=[EnvoyRoute(name=name, match=RouteMatch(prefix="/"), route=action)])])
-        callers = sidecar.authorization  # service names -> SPIFFE IDs
-        if callers is not None:
-            callers = mtls.authorization(callers, trust or mtls.TrustDomain())
+        # `authorization` names callers as services; the peer certificate says SPIFFE IDs.
+        callers = None if sidecar.authorization is None else mtls.authorization(
+            sidecar.authorization, trust or mtls.TrustDomain())
         manager = hcm.HttpConnectionManager(
             stat_prefix=name, route_config=routes,
             http_filters=httpfilters.http_filters(ChainInputs.sidecar_inbound(callers)))
