@@ -3,8 +3,8 @@
 This module owns the mapping of a `Service` to a `Cluster`: discovery type (EDS for static IPs,
 STRICT_DNS when any endpoint is a DNS name), connect timeout, load balancer, upstream HTTP
 protocol, active health checks, circuit breakers and outlier detection. It must not decide
-which clusters a view receives (the `Translation` does, from the routes) nor name anything
-itself (`names.py` does).
+which clusters a view receives (the views do, from the routes: `gateway.py`, `sidecar.py`) nor
+name anything itself (`names.py` does).
 """
 
 from __future__ import annotations

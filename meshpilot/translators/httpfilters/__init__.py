@@ -5,7 +5,9 @@ meshpilot generates (a gateway listener, a sidecar's outbound listeners, a sidec
 listener) gets its filters from `http_filters(ChainInputs...)`, before anything is packed; every
 virtual host and route entry gets the features' `typed_per_filter_config` from
 `add_virtual_host_configs` and `add_route_configs`; the views ask `services_of` which clusters
-the features call. Nothing else knows which features exist.
+the features call. Nothing else knows which features exist. (What a route entry does by its
+own fields, not through a filter, stays in `routes.py`: header edits, rewrites, retries,
+timeouts, mirroring, hash policies.)
 
 Each feature module holds an `HttpFeature` (`feature.py`) named `FEATURE` that says
 - `filters(chain)`: its filters (name and typed config) in a chain of the given inputs, if any;
@@ -13,18 +15,21 @@ Each feature module holds an `HttpFeature` (`feature.py`) named `FEATURE` that s
   per-route config (filter name -> message), if any;
 - `services(security)`: the Services whose clusters it needs (a JWKS server, an authorization
   service), and `secrets(chain)`: the SDS Secrets its filters name;
-- `route_inputs`: what of a Route its listener-level config reads, so that a gateway listener
-  is built again exactly when that changes.
+- `route_inputs`: what of a Route its listener-level config (`filters`) reads. A gateway
+  listener is taken from the previous Translation while these stay equal, so a feature whose
+  filters read a Route must set it (the request security features share `security_inputs`).
 
 Adding a feature:
 
 1. Write `httpfilters/<feature>.py`: its filter name, an `HttpFeature` subclass overriding the
    hooks it needs (most features are a disabled filter in the chain, switched on per virtual
-   host or route entry), and `FEATURE = <that class>()`. It may import `feature.py`,
-   `translators.matchers`, `names` and `protos`, never the views or `routes.py`.
+   host or route entry), and `FEATURE = <that class>()`. It may import `feature.py`, other
+   features' names, `translators.matchers`, `names` and `protos`; never the views, `routes.py`
+   or `listeners.py` (they import this package).
 2. Put `<feature>.FEATURE` into `ORDER` below, where its filter must run.
-3. Add a golden case (`tests/golden/<case>/policy.yaml`, generated with
-   `MESHPILOT_UPDATE_GOLDEN=1`) and review the rendered Envoy config.
+3. Add a golden case (`tests/golden/<case>/policy.yaml`, its `<view>.yaml` files generated
+   with `MESHPILOT_UPDATE_GOLDEN=1 .venv/bin/pytest tests/golden`) and review the rendered
+   Envoy config; `envoy --mode validate` checks it in the same test run.
 
 (The policy side, the field in `inputs/` and the model in `ir/`, is a separate change.)
 """
