@@ -3,8 +3,8 @@
 This module owns the mapping of a `Service` to a `Cluster`: discovery type (EDS for static IPs,
 STRICT_DNS when any endpoint is a DNS name), connect timeout, load balancer, upstream HTTP
 protocol, active health checks, circuit breakers and outlier detection. It must not decide
-which clusters a view receives (the `Translation` does, from the routes) nor name anything
-itself (`names.py` does).
+which clusters a view receives (the views do, from the routes: `gateway.py`, `sidecar.py`) nor
+name anything itself (`names.py` does).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from meshpilot.ir.model import (
     Service,
 )
 from meshpilot.translators import endpoints, names, secrets
-from meshpilot.translators.protos import ads_config_source, duration
+from meshpilot.translators.protos import ads_config_source, duration, pack
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -190,7 +190,5 @@ def outlier_detection(outlier: OutlierDetection) -> EnvoyOutlier:
 def _http2_options() -> Any:
     options = HttpProtocolOptions()
     options.explicit_http_config.http2_protocol_options.CopyFrom(Http2ProtocolOptions())
-    packed = Any()
-    packed.Pack(options, deterministic=True)
-    return packed
+    return pack(options)
 

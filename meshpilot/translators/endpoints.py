@@ -4,7 +4,8 @@ This module owns how the model's endpoints become Envoy `LbEndpoint`s: address, 
 weight and labels as endpoint metadata, in a deterministic order. EDS clusters are sent the
 assignment over ADS; DNS clusters carry it inline as their `load_assignment` (`clusters.py`
 decides which). It must not decide which endpoints belong to a cluster (the model's
-`Service.endpoints_of` does) nor which view receives them (the `Translation` does).
+`Service.endpoints_of` does) nor which view receives them (the views do; `upstreams.py` builds
+them once for all).
 """
 
 from __future__ import annotations

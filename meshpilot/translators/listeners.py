@@ -3,51 +3,38 @@ proxying TCP to one service.
 
 This module owns the listener side of a gateway: its address, the HTTP connection manager and
 its request-handling defaults (path normalization, client address, request ids), listener-wide
-options (access logs, compression, websockets), the HTTP filter chain, and the TCP proxy of a
-`protocol: tcp` listener. The routes themselves are a separate RouteConfiguration fetched over
-ADS (`routes.py`), so a route change never drains a listener's connections. It must not look at
-Routes.
+options (access logs, websockets), and the TCP proxy of a `protocol: tcp` listener. Its HTTP
+filter chain comes from `httpfilters` (compression and the Routes' request security decide
+which filters are in it); the routes themselves are a separate RouteConfiguration fetched over
+ADS (`routes.py`), so a route change never drains a listener's connections. It reads nothing of
+the Routes itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog as EnvoyAccessLog
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
-from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
 from envoy.config.core.v3.substitution_format_string_pb2 import SubstitutionFormatString
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.access_loggers.file.v3.file_pb2 import FileAccessLog
-from envoy.extensions.compression.gzip.compressor.v3.gzip_pb2 import Gzip
-from envoy.extensions.filters.http.compressor.v3.compressor_pb2 import Compressor
-from envoy.extensions.filters.http.cors.v3.cors_pb2 import Cors
-from envoy.extensions.filters.http.fault.v3.fault_pb2 import HTTPFault
-from envoy.extensions.filters.http.router.v3.router_pb2 import Router
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
-from google.protobuf.any_pb2 import Any
-from google.protobuf.message import Message
+from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.struct_pb2 import Struct
-from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
+from google.protobuf.wrappers_pb2 import BoolValue
 
-from meshpilot.ir.model import AccessLog, Compression, Gateway, GatewayListener
-from meshpilot.translators import names, secrets
-from meshpilot.translators.protos import ads_config_source
+from meshpilot.ir.model import AccessLog, Gateway, GatewayListener, Route
+from meshpilot.translators import httpfilters, names, secrets
+from meshpilot.translators.httpfilters import ChainInputs
+from meshpilot.translators.protos import ads_config_source, pack
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
-ROUTER = "envoy.filters.http.router"
-# Filters configured per route (typed_per_filter_config) by routes.py; in the chain of every
-# listener, they do nothing for a route that does not configure them. Order matters: CORS
-# answers preflights before anything else runs; faults are injected before the router.
-CORS = "envoy.filters.http.cors"
-FAULT = "envoy.filters.http.fault"
-# Only on a listener with `compression`: after CORS and faults (an aborted request's short local
-# reply is not worth compressing), right before the router whose responses it compresses.
-COMPRESSOR = "envoy.filters.http.compressor"
-GZIP = "envoy.compression.gzip.compressor"
 FILE_ACCESS_LOG = "envoy.access_loggers.file"
 
 # The fields of a JSON access log line, documented in docs/policy.md (Gateway, access_log).
@@ -83,24 +70,38 @@ TCP_LOG_FIELDS = (
 HttpConnectionManager = hcm.HttpConnectionManager
 
 
-def listener(gateway: Gateway, spec: GatewayListener) -> Listener:
+def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = ()) -> Listener:
+    """The Listener of `spec`; `routes` are the Routes served there, whose request security
+    puts filters in the chain (`httpfilters`)."""
     name = names.listener(gateway.name, spec.name)
     address = Address(socket_address=SocketAddress(address=spec.address,
                                                    port_value=spec.port))
     if spec.protocol == "tcp":
-        network_filter = Filter(name=TCP_PROXY, typed_config=_pack(tcp_proxy(gateway, spec)))
+        network_filter = Filter(name=TCP_PROXY, typed_config=pack(tcp_proxy(gateway, spec)))
     else:
-        manager = http_connection_manager(gateway, spec)
+        manager = http_connection_manager(gateway, spec, routes)
         if spec.redirect_to_https is not None:
             # Serves no Routes: one inline route answering every request with a 301 to https.
             manager.ClearField("rds")
             manager.route_config.CopyFrom(secrets.https_redirect(name, spec.redirect_to_https))
-        network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=_pack(manager))
+        network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
     chain = FilterChain(filters=[network_filter])
     if spec.tls is not None:
         # Certificates by SDS name only (secrets.py): never inline in the listener.
         chain.transport_socket.CopyFrom(secrets.downstream_transport_socket(gateway.name, spec))
     return Listener(name=name, address=address, filter_chains=[chain])
+
+
+def chain_inputs(spec: GatewayListener, routes: Iterable[Route]) -> ChainInputs:
+    """What the HTTP filter chain of `spec` serving `routes` is built from (a listener
+    redirecting to https serves no Routes)."""
+    served = routes if spec.redirect_to_https is None else ()
+    return ChainInputs.gateway(served, spec.compression)
+
+
+def filter_secrets(spec: GatewayListener, routes: Iterable[Route]) -> list[Secret]:
+    """The SDS Secrets the HTTP filters of `spec` name (none for a TCP proxy)."""
+    return [] if spec.protocol == "tcp" else httpfilters.chain_secrets(chain_inputs(spec, routes))
 
 
 def tcp_proxy(gateway: Gateway, spec: GatewayListener) -> TcpProxy:
@@ -113,12 +114,13 @@ def tcp_proxy(gateway: Gateway, spec: GatewayListener) -> TcpProxy:
     return proxy
 
 
-def http_connection_manager(gateway: Gateway, spec: GatewayListener) -> HttpConnectionManager:
+def http_connection_manager(gateway: Gateway, spec: GatewayListener,
+                            routes: Iterable[Route]) -> HttpConnectionManager:
     manager = HttpConnectionManager(
         stat_prefix=names.stat_prefix(gateway.name, spec.name),
         rds=hcm.Rds(config_source=ads_config_source(),
                 route_config_name=names.route_config(gateway.name, spec.name)),
-        http_filters=http_filters(spec),
+        http_filters=httpfilters.http_filters(chain_inputs(spec, routes)),
         # An edge proxy: the client is the peer Envoy sees, and x-forwarded-for is appended to,
         # not trusted (Envoy's default would trust whatever the client wrote).
         use_remote_address=BoolValue(value=True),
@@ -141,30 +143,6 @@ def http_connection_manager(gateway: Gateway, spec: GatewayListener) -> HttpConn
     return manager
 
 
-def http_filters(spec: GatewayListener | None = None) -> list[hcm.HttpFilter]:
-    """The HTTP filter chain of a gateway listener, in order."""
-    chain = [
-        hcm.HttpFilter(name=CORS, typed_config=_pack(Cors())),
-        hcm.HttpFilter(name=FAULT, typed_config=_pack(HTTPFault())),
-    ]
-    if spec is not None and spec.compression is not None:
-        chain.append(hcm.HttpFilter(name=COMPRESSOR,
-                                    typed_config=_pack(compressor(spec.compression))))
-    chain.append(hcm.HttpFilter(name=ROUTER, typed_config=_pack(Router())))
-    return chain
-
-
-def compressor(compression: Compression) -> Compressor:
-    """gzip for responses whose client accepts it (Accept-Encoding), of the listed content
-    types (Envoy's default list if none), at least `min_content_length` bytes long."""
-    common = Compressor.CommonDirectionConfig(content_type=list(compression.content_types))
-    if compression.min_content_length is not None:
-        common.min_content_length.CopyFrom(UInt32Value(value=compression.min_content_length))
-    return Compressor(
-        compressor_library=TypedExtensionConfig(name=GZIP, typed_config=_pack(Gzip())),
-        response_direction_config=Compressor.ResponseDirectionConfig(common_config=common))
-
-
 def access_log(spec: AccessLog, log_fields: tuple[tuple[str, str], ...]) -> EnvoyAccessLog:
     """A file access log: one JSON object per line (`log_fields`), or Envoy's default text."""
     config = FileAccessLog(path=spec.path)
@@ -172,10 +150,4 @@ def access_log(spec: AccessLog, log_fields: tuple[tuple[str, str], ...]) -> Envo
         line = Struct()
         line.update(dict(log_fields))
         config.log_format.CopyFrom(SubstitutionFormatString(json_format=line))
-    return EnvoyAccessLog(name=FILE_ACCESS_LOG, typed_config=_pack(config))
-
-
-def _pack(message: Message) -> Any:
-    packed = Any()
-    packed.Pack(message, deterministic=True)
-    return packed
+    return EnvoyAccessLog(name=FILE_ACCESS_LOG, typed_config=pack(config))

@@ -12,8 +12,9 @@ This module owns:
 - the inbound side of a Service with `sidecar.mtls`: strict, a DownstreamTlsContext requiring a
   client certificate signed by the trust bundle (plaintext is refused); permissive, a TLS
   inspector and two filter chains (`tls`: mTLS; `raw_buffer`: plaintext). The HTTP connection
-  manager sets `x-forwarded-client-cert` (the caller's URI) for the application, and runs the
-  sidecar's `authorization` as an RBAC filter (principals: authenticated URI SAN, exact).
+  manager sets `x-forwarded-client-cert` (the caller's URI) for the application
+  (`forward_client_identity`), and the sidecar's `authorization` names callers by SPIFFE ID
+  (`authorization`), checked by an RBAC filter (httpfilters/mesh_authorization.py).
 - the outbound side: a cluster of a Service whose sidecar has mtls (strict or permissive, as
   Istio's auto mTLS does) originates mTLS with the caller's identity and accepts only the
   callee's SPIFFE ID (`match_typed_subject_alt_names`, URI, exact).
@@ -30,7 +31,7 @@ from typing import Protocol
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.base_pb2 import DataSource, TransportSocket
-from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain, ListenerFilter
+from envoy.config.listener.v3.listener_components_pb2 import FilterChain, ListenerFilter
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2 import TlsInspector
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -38,24 +39,20 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 )
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
-from google.protobuf.any_pb2 import Any
-from google.protobuf.message import Message
 
 from meshpilot.base import types
 from meshpilot.ca.authority import DEFAULT_NAMESPACE, DEFAULT_TRUST_DOMAIN, WorkloadCertificate
 from meshpilot.ca.authority import spiffe_id as make_spiffe_id
 from meshpilot.ir.model import Authorization, Model, Service
-from meshpilot.translators import auth, names
-from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, ROUTER
-from meshpilot.translators.protos import ads_config_source
-from meshpilot.xds.resources import Resource, ResourceMap
-from meshpilot.xds.snapshot import Snapshot
+from meshpilot.translators import names
+from meshpilot.translators.httpfilters.mesh_authorization import RBAC_FILTER
+from meshpilot.translators.protos import ads_config_source, pack
+from meshpilot.xds.resources import Resource
 
 IDENTITY_SECRET = "spiffe/identity"
 TRUST_BUNDLE_SECRET = "spiffe/trust-bundle"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
-RBAC_FILTER = "envoy.filters.http.rbac"
 INBOUND_ALPN = ("h2", "http/1.1")
 
 
@@ -125,19 +122,6 @@ def needs_identity(model: Model, view: str, resources: Iterable[Resource]) -> bo
                for resource in resources)
 
 
-def refresh_identity(previous: Snapshot, secrets: list[Resource]) -> Snapshot:
-    """`previous` with its identity Secrets replaced: every other ResourceMap object is kept,
-    so a rotation is an SDS-only push (and nothing at all if the bytes did not change)."""
-    old = previous.get(types.SECRET)
-    changed = {r.name: r for r in secrets
-               if r.name in old and old[r.name].version != r.version}
-    if not changed:
-        return previous
-    maps = {t: previous.get(t) for t in previous.type_urls()}
-    maps[types.SECRET] = ResourceMap(types.SECRET, {**old, **changed}.values())
-    return Snapshot(previous.view, maps)
-
-
 # ---- outbound: a caller's cluster to a mesh service --------------------------------------------
 
 
@@ -150,7 +134,7 @@ def upstream_transport_socket(callee: str, trust: TrustDomain) -> TransportSocke
         common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI,
                                          matcher=StringMatcher(exact=trust.spiffe_id(callee))))
     combined.validation_context_sds_secret_config.CopyFrom(_sds(TRUST_BUNDLE_SECRET))
-    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=_pack(context))
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
 
 
 def secure_cluster(cluster: Cluster, service: Service, trust: TrustDomain) -> Cluster:
@@ -170,7 +154,7 @@ def downstream_transport_socket() -> TransportSocket:
     common.tls_certificate_sds_secret_configs.append(_sds(IDENTITY_SECRET))
     common.validation_context_sds_secret_config.CopyFrom(_sds(TRUST_BUNDLE_SECRET))
     common.alpn_protocols.extend(INBOUND_ALPN)
-    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=_pack(context))
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
 
 
 def authorization(policy: Authorization, trust: TrustDomain) -> Authorization:
@@ -180,15 +164,21 @@ def authorization(policy: Authorization, trust: TrustDomain) -> Authorization:
         for rule in policy.rules))
 
 
-def secure_inbound(listener: Listener, service: Service, trust: TrustDomain) -> Listener:
-    """The inbound listener of `service` with its mTLS mode and authorization applied."""
+def forward_client_identity(manager: hcm.HttpConnectionManager) -> None:
+    """The application learns who called: `x-forwarded-client-cert` with the caller's URI
+    (whatever a caller wrote there is replaced)."""
+    manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
+    manager.set_current_client_cert_details.uri = True
+
+
+def secure_inbound(listener: Listener, service: Service) -> Listener:
+    """The inbound listener of `service` with its mTLS mode applied to its filter chain (the
+    chain's HTTP side, identity headers and authorization, is built by `sidecar.py`)."""
     sidecar = service.sidecar
     assert sidecar is not None
-    chain = listener.filter_chains[0]
-    if sidecar.mtls != "off" or sidecar.authorization is not None:
-        _secure_manager(chain, sidecar.mtls != "off", sidecar.authorization, trust)
     if sidecar.mtls == "off":
         return listener
+    chain = listener.filter_chains[0]
     if sidecar.mtls == "strict":
         chain.transport_socket.CopyFrom(downstream_transport_socket())
         return listener
@@ -202,36 +192,12 @@ def secure_inbound(listener: Listener, service: Service, trust: TrustDomain) -> 
     chain.transport_socket.CopyFrom(downstream_transport_socket())
     listener.filter_chains.append(plaintext)
     listener.listener_filters.append(ListenerFilter(name=TLS_INSPECTOR,
-                                                    typed_config=_pack(TlsInspector())))
+                                                    typed_config=pack(TlsInspector())))
     return listener
 
 
-def _secure_manager(chain: FilterChain, mtls: bool, policy: Authorization | None,
-                    trust: TrustDomain) -> None:
-    network: Filter = chain.filters[0]
-    if network.name != HTTP_CONNECTION_MANAGER:
-        return  # a TCP proxy: TLS only (authorization needs HTTP: the loader says so)
-    manager = hcm.HttpConnectionManager()
-    network.typed_config.Unpack(manager)
-    if mtls:  # the application learns who called: x-forwarded-client-cert, URI=<caller>
-        manager.forward_client_cert_details = hcm.HttpConnectionManager.SANITIZE_SET
-        manager.set_current_client_cert_details.uri = True
-    if policy is not None:
-        router = [f for f in manager.http_filters if f.name == ROUTER]
-        kept = [f for f in manager.http_filters if f.name != ROUTER]
-        rbac = hcm.HttpFilter(name=RBAC_FILTER, typed_config=_pack(
-            auth.rbac(authorization(policy, trust))))
-        del manager.http_filters[:]
-        manager.http_filters.extend([*kept, rbac, *router])
-    network.typed_config.CopyFrom(_pack(manager))
-
-
-def _pack(message: Message) -> Any:
-    packed = Any()
-    packed.Pack(message, deterministic=True)
-    return packed
-
-
-__all__ = ["IDENTITY_SECRET", "TRUST_BUNDLE_SECRET", "IdentitySource", "TrustDomain",
-           "has_mtls", "identity_secrets", "needs_identity", "refresh_identity",
-           "secure_cluster", "secure_inbound"]
+# RBAC_FILTER: the callers' authorization filter's name (httpfilters/mesh_authorization.py),
+# kept here for code that reads a sidecar's inbound chain.
+__all__ = ["IDENTITY_SECRET", "RBAC_FILTER", "TRUST_BUNDLE_SECRET", "IdentitySource",
+           "TrustDomain", "authorization", "forward_client_identity", "has_mtls",
+           "identity_secrets", "needs_identity", "secure_cluster", "secure_inbound"]

@@ -1,13 +1,14 @@
 """Routes: one RouteConfiguration per gateway listener, one VirtualHost per attached Route.
 
 This module owns how a Route's rules become Envoy route entries: matches (path, methods, headers,
-query parameters), what happens to a matching request (backends, a redirect or a direct
-response), path and host rewrites, header changes, timeouts, retries, fault injection (the fault
-filter's per-route config), mirroring, hash policies, and a Route's CORS policy (the CORS filter's
-per-virtual-host config). Rule order is the order
-written, and Envoy takes the first route entry that matches, so "first match wins" holds as is.
-It must not decide which views receive a configuration (the `Translation` does) nor build the
-clusters the entries name (`clusters.py` does; a cluster name comes from `names.py`).
+query parameters; the matchers themselves are `matchers.py`), what happens to a matching request
+(backends, a redirect or a direct response), path and host rewrites, header changes, timeouts,
+retries, mirroring and hash policies. What HTTP filters do per virtual host or route entry (CORS,
+fault injection, request security) is their `typed_per_filter_config`, which the features in
+`httpfilters/` write. Rule order is the order written, and Envoy takes the first route entry that
+matches, so "first match wins" holds as is. It must not decide which views receive a
+configuration (the views do) nor build the clusters the entries name (`clusters.py` does; a
+cluster name comes from `names.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from envoy.config.core.v3.base_pb2 import (
 from envoy.config.route.v3.route_components_pb2 import (
     DirectResponseAction,
     HeaderMatcher,
-    QueryParameterMatcher,
     RedirectAction,
     RetryPolicy,
     RouteAction,
@@ -33,25 +33,17 @@ from envoy.config.route.v3.route_components_pb2 import (
 )
 from envoy.config.route.v3.route_components_pb2 import Route as EnvoyRoute
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
-from envoy.extensions.filters.common.fault.v3.fault_pb2 import FaultDelay
-from envoy.extensions.filters.http.cors.v3.cors_pb2 import CorsPolicy
-from envoy.extensions.filters.http.fault.v3.fault_pb2 import FaultAbort, HTTPFault
 from envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2 import (
     PreviousHostsPredicate,
 )
 from envoy.type.matcher.v3.regex_pb2 import RegexMatchAndSubstitute, RegexMatcher
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
-from envoy.type.v3.percent_pb2 import FractionalPercent
-from google.protobuf.any_pb2 import Any
-from google.protobuf.message import Message
-from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
+from google.protobuf.wrappers_pb2 import UInt32Value
 
 from meshpilot.base import types
 from meshpilot.ir.model import (
     Backend,
-    Cors,
     DirectResponse,
-    Fault,
     Gateway,
     GatewayListener,
     HashOn,
@@ -64,9 +56,13 @@ from meshpilot.ir.model import (
     Rule,
     StringMatch,
 )
-from meshpilot.translators import auth, names
-from meshpilot.translators.listeners import CORS, FAULT
-from meshpilot.translators.protos import duration
+from meshpilot.translators import httpfilters, names
+from meshpilot.translators.matchers import (
+    header_matcher,
+    query_matcher,
+    re2_literal,
+)
+from meshpilot.translators.protos import duration, fractional_percent, pack
 from meshpilot.xds.deps import References, references_of
 from meshpilot.xds.resources import Resource
 
@@ -190,9 +186,7 @@ def virtual_host(route: Route, port: int, taken: set[str]) -> VirtualHost | None
     taken.update(own)
     vhost = VirtualHost(name=names.virtual_host(route.name), domains=own,
                         routes=list(route_entries(route)))
-    if route.cors is not None:
-        vhost.typed_per_filter_config[CORS].CopyFrom(_pack(cors_policy(route.cors)))
-    auth.add_virtual_host_security(vhost, route)
+    httpfilters.add_virtual_host_configs(vhost, route)
     return vhost
 
 
@@ -213,7 +207,7 @@ def route_entries(route: Route) -> Iterable[EnvoyRoute]:
         for match_index, match in enumerate(rule.matches):
             name = names.route_entry(route.name, index, match_index if several else None)
             entry = route_entry(name, match, rule)
-            auth.add_route_security(entry, route, rule.security)
+            httpfilters.add_route_configs(entry, route, rule)  # CORS, faults, security
             yield entry
 
 
@@ -225,8 +219,6 @@ def route_entry(name: str, match: Match, rule: Rule) -> EnvoyRoute:
         entry.direct_response.CopyFrom(direct_response_action(rule.direct_response))
     else:
         entry.route.CopyFrom(route_action(rule))
-        if rule.fault is not None:
-            entry.typed_per_filter_config[FAULT].CopyFrom(_pack(http_fault(rule.fault)))
     _add_header_ops(entry, rule.request_headers, rule.response_headers)
     return entry
 
@@ -261,23 +253,13 @@ def _method_matchers(methods: Sequence[str]) -> list[HeaderMatcher]:
     if len(unique) == 1:
         return [HeaderMatcher(name=":method", string_match=StringMatcher(exact=unique[0]))]
     # Envoy's safe_regex matches the whole value, so a plain alternation needs no anchors.
-    alternation = "|".join(_re2_literal(method) for method in unique)
+    alternation = "|".join(re2_literal(method) for method in unique)
     return [HeaderMatcher(name=":method",
                           string_match=StringMatcher(safe_regex=RegexMatcher(regex=alternation)))]
 
 
-def header_matcher(name: str, how: StringMatch) -> HeaderMatcher:
-    if how.kind == "present":
-        return HeaderMatcher(name=name, present_match=True)
-    if how.kind == "absent":
-        return HeaderMatcher(name=name, present_match=True, invert_match=True)
-    return HeaderMatcher(name=name, string_match=string_matcher(how))
 
 
-def query_matcher(name: str, how: StringMatch) -> QueryParameterMatcher:
-    if how.kind == "present":
-        return QueryParameterMatcher(name=name, present_match=True)
-    return QueryParameterMatcher(name=name, string_match=string_matcher(how))
 
 
 def _absent_query_matcher(name: str, how: StringMatch) -> HeaderMatcher | None:
@@ -285,23 +267,13 @@ def _absent_query_matcher(name: str, how: StringMatch) -> HeaderMatcher | None:
     (which holds the query string): it must not have `name` as a parameter."""
     if how.kind != "absent":
         return None
-    has_parameter = rf"[^?]*\?(.*&)?{_re2_literal(name)}([=&].*)?"
+    has_parameter = rf"[^?]*\?(.*&)?{re2_literal(name)}([=&].*)?"
     return HeaderMatcher(name=":path", invert_match=True,
                          string_match=StringMatcher(safe_regex=RegexMatcher(regex=has_parameter)))
 
 
-def string_matcher(how: StringMatch) -> StringMatcher:
-    if how.kind == "exact":
-        return StringMatcher(exact=how.value)
-    if how.kind == "prefix":
-        return StringMatcher(prefix=how.value)
-    return StringMatcher(safe_regex=RegexMatcher(regex=how.value))
 
 
-def _re2_literal(text: str) -> str:
-    """`text` as an RE2 pattern matching itself (RE2 accepts a backslash before punctuation)."""
-    return "".join(f"\\{c}" if c.isascii() and not c.isalnum() and c != "_" else c
-                   for c in text)
 
 
 # ---- actions ------------------------------------------------------------------------------------
@@ -362,7 +334,7 @@ def retry_policy(retries: Retries) -> RetryPolicy:
     policy.retriable_status_codes.extend(retries.retriable_status_codes)
     if retries.avoid_same_host:
         policy.retry_host_predicate.append(RetryPolicy.RetryHostPredicate(
-            name=PREVIOUS_HOSTS, typed_config=_pack(PreviousHostsPredicate())))
+            name=PREVIOUS_HOSTS, typed_config=pack(PreviousHostsPredicate())))
         policy.host_selection_retry_max_attempts = HOST_SELECTION_ATTEMPTS
     return policy
 
@@ -393,54 +365,14 @@ def hash_policy(hash_on: HashOn) -> RouteAction.HashPolicy:
     return policy
 
 
-def fractional_percent(percent: float) -> FractionalPercent:
-    """A percentage as Envoy's fraction: per hundred when whole, else per million."""
-    if percent == int(percent):
-        return FractionalPercent(numerator=int(percent), denominator=FractionalPercent.HUNDRED)
-    return FractionalPercent(numerator=round(percent * 10_000),
-                             denominator=FractionalPercent.MILLION)
 
 
-def http_fault(fault: Fault) -> HTTPFault:
-    """The fault filter's per-route config, which replaces the (empty) listener-wide one."""
-    config = HTTPFault(headers=[header_matcher(name, how) for name, how in fault.headers])
-    if fault.delay is not None:
-        config.delay.CopyFrom(FaultDelay(fixed_delay=duration(fault.delay.fixed),
-                                         percentage=fractional_percent(fault.delay.percentage)))
-    if fault.abort is not None:
-        abort = FaultAbort(percentage=fractional_percent(fault.abort.percentage))
-        if fault.abort.grpc_status is not None:
-            abort.grpc_status = fault.abort.grpc_status
-        else:
-            abort.http_status = fault.abort.status or 503
-        config.abort.CopyFrom(abort)
-    return config
 
 
-def cors_policy(cors: Cors) -> CorsPolicy:
-    policy = CorsPolicy(
-        allow_origin_string_match=[_origin_matcher(origin) for origin in cors.allow_origins],
-        allow_methods=",".join(cors.allow_methods),
-        allow_headers=",".join(cors.allow_headers),
-        expose_headers=",".join(cors.expose_headers),
-    )
-    if cors.max_age is not None:
-        policy.max_age = str(int(cors.max_age))
-    if cors.allow_credentials is not None:
-        policy.allow_credentials.CopyFrom(BoolValue(value=cors.allow_credentials))
-    return policy
 
 
-def _origin_matcher(origin: StringMatch) -> StringMatcher:
-    if origin.kind == "exact":  # origins are compared ignoring case (scheme and host are)
-        return StringMatcher(exact=origin.value, ignore_case=True)
-    return StringMatcher(safe_regex=RegexMatcher(regex=f"(?i){origin.value}"))
 
 
-def _pack(message: Message) -> Any:
-    packed = Any()
-    packed.Pack(message, deterministic=True)
-    return packed
 
 
 def redirect_action(redirect: Redirect) -> RedirectAction:

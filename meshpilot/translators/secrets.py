@@ -25,12 +25,11 @@ from envoy.config.core.v3.base_pb2 import DataSource, TransportSocket
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tls_pb2
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
-from google.protobuf.any_pb2 import Any
 
 from meshpilot.base import types
 from meshpilot.ir.model import GatewayListener, ListenerTls, Model, Service, TlsCertificate
 from meshpilot.translators import names
-from meshpilot.translators.protos import ads_config_source
+from meshpilot.translators.protos import ads_config_source, pack
 from meshpilot.xds.resources import Resource
 
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
@@ -103,7 +102,7 @@ def downstream_context(gateway: str, spec: GatewayListener) -> tls_pb2.Downstrea
 
 def downstream_transport_socket(gateway: str, spec: GatewayListener) -> TransportSocket:
     return TransportSocket(name=TLS_TRANSPORT_SOCKET,
-                           typed_config=_pack(downstream_context(gateway, spec)))
+                           typed_config=pack(downstream_context(gateway, spec)))
 
 
 def upstream_context(service: Service) -> tls_pb2.UpstreamTlsContext:
@@ -125,13 +124,7 @@ def upstream_context(service: Service) -> tls_pb2.UpstreamTlsContext:
 
 
 def upstream_transport_socket(service: Service) -> TransportSocket:
-    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=_pack(upstream_context(service)))
-
-
-def _pack(message: object) -> Any:
-    packed = Any()
-    packed.Pack(message, deterministic=True)  # type: ignore[arg-type]
-    return packed
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(upstream_context(service)))
 
 
 # ---- redirecting plain http to https --------------------------------------------------------

@@ -6,7 +6,8 @@ This module owns what a sidecar receives (docs/mesh.md):
   terminates mesh traffic and forwards it to the local application, cluster `inbound|<service>`
   (a STATIC cluster, or STRICT_DNS for a named app host). HTTP services get an HTTP connection
   manager (stats `http.inbound/<service>.*`) with no route timeout of its own (the caller's
-  outbound route decides); tcp services a TCP proxy.
+  outbound route decides), the filters of the sidecar's `authorization` (`httpfilters/`) and,
+  with mtls, the caller's identity for the application (`mtls.py`); tcp services a TCP proxy.
 - outbound, for the services it `calls` and nothing else (scoping: a mesh of a thousand services
   does not send a thousand clusters to every sidecar):
   - per call with a `local_port`: a listener `outbound/<callee>` on 127.0.0.1:local_port whose
@@ -42,30 +43,20 @@ from envoy.config.route.v3.route_components_pb2 import (
     VirtualHost,
 )
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
-from envoy.extensions.filters.http.cors.v3.cors_pb2 import Cors
-from envoy.extensions.filters.http.fault.v3.fault_pb2 import HTTPFault
-from envoy.extensions.filters.http.router.v3.router_pb2 import Router
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
-from google.protobuf.any_pb2 import Any
-from google.protobuf.message import Message
 
 from meshpilot.base import types
 from meshpilot.ir.model import Endpoint, Model, Route, Service
-from meshpilot.translators import endpoints, mtls, names
+from meshpilot.translators import endpoints, httpfilters, mtls, names
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
-from meshpilot.translators.listeners import (
-    CORS,
-    FAULT,
-    HTTP_CONNECTION_MANAGER,
-    ROUTER,
-    TCP_PROXY,
-)
-from meshpilot.translators.protos import ads_config_source, duration
-from meshpilot.translators.routes import cors_policy, route_entries
+from meshpilot.translators.httpfilters import ChainInputs
+from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
+from meshpilot.translators.protos import ads_config_source, duration, pack
+from meshpilot.translators.routes import route_entries
 from meshpilot.xds.resources import Resource
 
 # Outbound listeners are for the local application only.
@@ -91,6 +82,14 @@ class Mesh:
                 self._route_of.setdefault(route.service, route)
         self._outbound: dict[str, tuple[Resource, ...]] = {}  # local-port route configs
 
+    def with_clusters(self, cluster_resources: ClusterResources) -> Mesh:
+        """These sidecar views building clusters through `cluster_resources` (other discovered
+        endpoints): the route configurations built so far are shared, since no route depends
+        on endpoints."""
+        mesh = Mesh(self.model, cluster_resources, self.trust)
+        mesh._outbound = self._outbound
+        return mesh
+
     def resources(self, service: Service) -> list[Resource]:
         """Everything the sidecar of `service` receives (nothing without `sidecar:`)."""
         sidecar = service.sidecar
@@ -98,7 +97,7 @@ class Mesh:
             return []
         built: list[Resource] = []
         if sidecar.port is not None:
-            listener = mtls.secure_inbound(inbound_listener(service), service, self.trust)
+            listener = mtls.secure_inbound(inbound_listener(service, self.trust), service)
             built.append(Resource.from_message(types.LISTENER, listener.name, listener))
             cluster = inbound_cluster(service)
             built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
@@ -144,8 +143,7 @@ class Mesh:
                 route=RouteAction(cluster=names.cluster(callee.name))))
             return vhost
         vhost.routes.extend(route_entries(route))
-        if route.cors is not None:
-            vhost.typed_per_filter_config[CORS].CopyFrom(_pack(cors_policy(route.cors)))
+        httpfilters.add_virtual_host_configs(vhost, route)
         return vhost
 
     def _upstreams(self, callees: Iterable[Service]) -> Iterator[tuple[str, str | None]]:
@@ -174,13 +172,14 @@ def host_domains(callee: Service, outbound_port: int) -> list[str]:
 # ---- inbound ------------------------------------------------------------------------------------
 
 
-def inbound_listener(service: Service) -> Listener:
+def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None) -> Listener:
+    """The sidecar's inbound listener, in plaintext (`mtls.secure_inbound` adds TLS)."""
     sidecar = service.sidecar
     assert sidecar is not None and sidecar.port is not None
     name = names.inbound(service.name)
     cluster = names.inbound_cluster(service.name)
-    if service.protocol == "tcp":
-        network_filter = Filter(name=TCP_PROXY, typed_config=_pack(
+    if service.protocol == "tcp":  # TLS only: authorization needs HTTP (the loader says so)
+        network_filter = Filter(name=TCP_PROXY, typed_config=pack(
             TcpProxy(stat_prefix=name, cluster=cluster)))
     else:
         # The caller's sidecar already applied the route's timeout and retries: inbound has no
@@ -189,10 +188,15 @@ def inbound_listener(service: Service) -> Listener:
         routes = RouteConfiguration(name=name, virtual_hosts=[VirtualHost(
             name=name, domains=["*"],
             routes=[EnvoyRoute(name=name, match=RouteMatch(prefix="/"), route=action)])])
+        # `authorization` names callers as services; the peer certificate says SPIFFE IDs.
+        callers = None if sidecar.authorization is None else mtls.authorization(
+            sidecar.authorization, trust or mtls.TrustDomain())
         manager = hcm.HttpConnectionManager(
             stat_prefix=name, route_config=routes,
-            http_filters=[hcm.HttpFilter(name=ROUTER, typed_config=_pack(Router()))])
-        network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=_pack(manager))
+            http_filters=httpfilters.http_filters(ChainInputs.sidecar_inbound(callers)))
+        if sidecar.mtls != "off":
+            mtls.forward_client_identity(manager)
+        network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
     return Listener(name=name, address=_address(sidecar.address, sidecar.port),
                     filter_chains=[FilterChain(filters=[network_filter])])
 
@@ -211,7 +215,7 @@ def inbound_cluster(service: Service) -> Cluster:
     if service.protocol in _HTTP2_PROTOCOLS:
         options = HttpProtocolOptions()
         options.explicit_http_config.http2_protocol_options.CopyFrom(Http2ProtocolOptions())
-        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_pack(options))
+        cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(options))
     return cluster
 
 
@@ -222,11 +226,11 @@ def local_port_listener(callee: Service, port: int) -> Listener:
     """127.0.0.1:port, all of it for `callee`: the Consul Connect style upstream."""
     name = names.outbound(callee.name)
     if callee.protocol == "tcp":
-        network_filter = Filter(name=TCP_PROXY, typed_config=_pack(
+        network_filter = Filter(name=TCP_PROXY, typed_config=pack(
             TcpProxy(stat_prefix=name, cluster=names.cluster(callee.name))))
     else:
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER,
-                                typed_config=_pack(outbound_manager(name)))
+                                typed_config=pack(outbound_manager(name)))
     return Listener(name=name, address=_address(LOOPBACK, port),
                     filter_chains=[FilterChain(filters=[network_filter])])
 
@@ -236,7 +240,7 @@ def outbound_listener(port: int) -> Listener:
     manager = outbound_manager(names.OUTBOUND)
     return Listener(name=names.OUTBOUND, address=_address(LOOPBACK, port),
                     filter_chains=[FilterChain(filters=[Filter(
-                        name=HTTP_CONNECTION_MANAGER, typed_config=_pack(manager))])])
+                        name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))])])
 
 
 def outbound_manager(name: str) -> hcm.HttpConnectionManager:
@@ -244,18 +248,8 @@ def outbound_manager(name: str) -> hcm.HttpConnectionManager:
     return hcm.HttpConnectionManager(
         stat_prefix=name,
         rds=hcm.Rds(config_source=ads_config_source(), route_config_name=name),
-        http_filters=[
-            hcm.HttpFilter(name=CORS, typed_config=_pack(Cors())),
-            hcm.HttpFilter(name=FAULT, typed_config=_pack(HTTPFault())),
-            hcm.HttpFilter(name=ROUTER, typed_config=_pack(Router())),
-        ])
+        http_filters=httpfilters.http_filters(ChainInputs.sidecar_outbound()))
 
 
 def _address(host: str, port: int) -> Address:
     return Address(socket_address=SocketAddress(address=host, port_value=port))
-
-
-def _pack(message: Message) -> Any:
-    packed = Any()
-    packed.Pack(message, deterministic=True)
-    return packed

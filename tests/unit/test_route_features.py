@@ -29,7 +29,8 @@ from meshpilot.ir.model import (
     StringMatch,
 )
 from meshpilot.translators import Translation, routes
-from meshpilot.translators.listeners import CORS, FAULT
+from meshpilot.translators.httpfilters.cors import CORS
+from meshpilot.translators.httpfilters.fault import FAULT
 from meshpilot.xds.render import message_of
 
 HEAD = """\

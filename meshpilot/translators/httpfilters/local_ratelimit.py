@@ -1,0 +1,98 @@
+"""Local rate limits: a Route's or a rule's `rate_limit`, by Envoy's local_ratelimit filter.
+
+On a gateway listener with a Route that limits; disabled there and switched on per virtual host
+or route entry. First of the request security filters, so credential guessing is limited too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from envoy.config.core.v3.base_pb2 import RuntimeFractionalPercent
+from envoy.config.route.v3.route_components_pb2 import RateLimit as RouteRateLimit
+from envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import (
+    LocalRateLimitDescriptor,
+    RateLimitDescriptor,
+)
+from envoy.extensions.filters.http.local_ratelimit.v3.local_rate_limit_pb2 import LocalRateLimit
+from envoy.type.v3.percent_pb2 import FractionalPercent
+from envoy.type.v3.token_bucket_pb2 import TokenBucket
+from google.protobuf.message import Message
+from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
+
+from meshpilot.ir.model import RateLimit, Route, Rule
+from meshpilot.translators.httpfilters.feature import (
+    ChainInputs,
+    HttpFeature,
+    HttpFilter,
+    http_filter,
+    securities,
+    security_inputs,
+)
+from meshpilot.translators.protos import duration
+
+LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
+RATE_LIMIT_STATS = "http_local_rate_limiter"
+# Distinct clients tracked per rate limit (least recently seen forgotten first).
+MAX_CLIENTS = 10_000
+RATE_LIMIT_KEY = "client"
+
+
+class LocalRateLimitFeature(HttpFeature):
+    route_inputs = staticmethod(security_inputs)
+
+    def filters(self, chain: ChainInputs) -> list[HttpFilter]:
+        if not any(s.rate_limit for route in chain.routes for s in securities(route)):
+            return []
+        return [http_filter(LOCAL_RATELIMIT, LocalRateLimit(stat_prefix=RATE_LIMIT_STATS),
+                            disabled=True)]
+
+    def virtual_host_config(self, route: Route) -> Mapping[str, Message]:
+        return _config(route.security.rate_limit)
+
+    def route_config(self, route: Route, rule: Rule, entry: str) -> Mapping[str, Message]:
+        return _config(rule.security.rate_limit)
+
+
+FEATURE = LocalRateLimitFeature()
+
+
+def _config(limit: RateLimit | None) -> Mapping[str, Message]:
+    return {} if limit is None else {LOCAL_RATELIMIT: local_rate_limit(limit)}
+
+
+def _percent_100() -> RuntimeFractionalPercent:
+    return RuntimeFractionalPercent(default_value=FractionalPercent(
+        numerator=100, denominator=FractionalPercent.HUNDRED))
+
+
+def local_rate_limit(limit: RateLimit) -> LocalRateLimit:
+    """A token bucket of `requests` tokens refilled every `per`: one for the route, or one per
+    client (host, header value or source address) up to MAX_CLIENTS, via dynamic descriptors.
+    A request without the client attribute (no such header) shares the route's bucket."""
+    def bucket() -> TokenBucket:
+        return TokenBucket(max_tokens=limit.requests,
+                           tokens_per_fill=UInt32Value(value=limit.requests),
+                           fill_interval=duration(limit.per))
+
+    config = LocalRateLimit(
+        stat_prefix=RATE_LIMIT_STATS, token_bucket=bucket(),
+        filter_enabled=_percent_100(), filter_enforced=_percent_100(),
+        enable_x_ratelimit_headers=LocalRateLimit.DESCRIPTOR.fields_by_name[
+            "enable_x_ratelimit_headers"].enum_type.values_by_name["DRAFT_VERSION_03"].number)
+    if limit.by == "route":
+        return config
+    action = RouteRateLimit.Action()
+    if limit.by == "source_ip":
+        action.remote_address.SetInParent()
+        key = "remote_address"
+    else:
+        action.request_headers.header_name = limit.header if limit.by == "header" \
+            else ":authority"
+        action.request_headers.descriptor_key = key = RATE_LIMIT_KEY
+    config.rate_limits.append(RouteRateLimit(actions=[action]))
+    config.descriptors.append(LocalRateLimitDescriptor(
+        entries=[RateLimitDescriptor.Entry(key=key, value="")], token_bucket=bucket()))
+    config.always_consume_default_token_bucket.CopyFrom(BoolValue(value=False))
+    config.max_dynamic_descriptors.CopyFrom(UInt32Value(value=MAX_CLIENTS))
+    return config

@@ -1,0 +1,144 @@
+"""Authorization: a Route's or a rule's `authorization` (Istio's semantics), by RBAC filters.
+
+On a gateway listener with a Route that uses it: one filter for DENY policies, then one for
+ALLOW, after the authentications whose results (JWT claims) they read. A rule's authorization
+replaces both of the Route's policies for its entries. `rbac()` is also how a sidecar's
+callers are checked (`mesh_authorization.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from envoy.config.rbac.v3.rbac_pb2 import RBAC as RbacRules
+from envoy.config.rbac.v3.rbac_pb2 import Permission, Policy, Principal
+from envoy.extensions.filters.http.rbac.v3.rbac_pb2 import RBAC, RBACPerRoute
+from envoy.type.matcher.v3.metadata_pb2 import MetadataMatcher
+from envoy.type.matcher.v3.path_pb2 import PathMatcher
+from envoy.type.matcher.v3.string_pb2 import StringMatcher
+from envoy.type.matcher.v3.value_pb2 import ListMatcher, ValueMatcher
+from google.protobuf.message import Message
+
+from meshpilot.ir.model import Authorization, AuthzRule, Route, Rule, StringMatch
+from meshpilot.translators.httpfilters.feature import (
+    ChainInputs,
+    HttpFeature,
+    HttpFilter,
+    http_filter,
+    securities,
+    security_inputs,
+)
+from meshpilot.translators.httpfilters.jwt_authn import JWT_AUTHN, JWT_PAYLOAD
+from meshpilot.translators.matchers import header_matcher, string_matcher
+
+RBAC_DENY = "envoy.filters.http.rbac/deny"
+RBAC_ALLOW = "envoy.filters.http.rbac/allow"
+
+
+class RbacFeature(HttpFeature):
+    route_inputs = staticmethod(security_inputs)
+
+    def filters(self, chain: ChainInputs) -> list[HttpFilter]:
+        actions = {p.action for route in chain.routes for s in securities(route)
+                   for p in s.authorization or ()}
+        return [http_filter(name, RBAC(), disabled=True)
+                for name, action in ((RBAC_DENY, "DENY"), (RBAC_ALLOW, "ALLOW"))
+                if action in actions]
+
+    def virtual_host_config(self, route: Route) -> Mapping[str, Message]:
+        return _policies(route.security.authorization)
+
+    def route_config(self, route: Route, rule: Rule, entry: str) -> Mapping[str, Message]:
+        policies = rule.security.authorization
+        if policies is None:
+            return {}
+        # Replaces both of the Route's policies: one the rule does not have is switched off.
+        return {RBAC_DENY: RBACPerRoute(), RBAC_ALLOW: RBACPerRoute(), **_policies(policies)}
+
+
+FEATURE = RbacFeature()
+
+
+def _policies(policies: tuple[Authorization, ...] | None) -> dict[str, Message]:
+    return {RBAC_DENY if policy.action == "DENY" else RBAC_ALLOW: RBACPerRoute(rbac=rbac(policy))
+            for policy in policies or ()}
+
+
+def rbac(policy: Authorization) -> RBAC:
+    """ALLOW: requests matching a rule pass, the rest are refused (no rules: all refused).
+    DENY: requests matching a rule are refused (no rules: none)."""
+    action = RbacRules.ALLOW if policy.action == "ALLOW" else RbacRules.DENY
+    rules = RbacRules(action=action)
+    for index, rule in enumerate(policy.rules):
+        rules.policies[f"rules[{index}]"].CopyFrom(_policy(rule))
+    return RBAC(rules=rules)
+
+
+def _policy(rule: AuthzRule) -> Policy:
+    permissions: list[Permission] = []
+    if rule.paths and not any(p.kind == "present" for p in rule.paths):  # "*": any path
+        permissions.append(_any_permission([Permission(url_path=PathMatcher(
+            path=string_matcher(p))) for p in rule.paths]))
+    if rule.methods:
+        permissions.append(_any_permission([
+            Permission(header=header_matcher(":method", StringMatch("exact", m)))
+            for m in rule.methods]))
+    for name, how in rule.headers:
+        permissions.append(Permission(header=header_matcher(name, how)))
+    principals: list[Principal] = []
+    if rule.source_ips:
+        principals.append(_any_principal([_cidr_principal(c) for c in rule.source_ips]))
+    for claim, value in rule.claims:
+        principals.append(_claim_principal(claim, value))
+    if rule.principals:  # a sidecar's `from`: SPIFFE IDs by now (translators/mtls.py)
+        principals.append(_any_principal([_authenticated_principal(p)
+                                          for p in rule.principals]))
+    return Policy(
+        permissions=[_all_permission(permissions) if permissions else Permission(any=True)],
+        principals=[_all_principal(principals) if principals else Principal(any=True)])
+
+
+def _any_permission(items: list[Permission]) -> Permission:
+    return items[0] if len(items) == 1 else Permission(or_rules=Permission.Set(rules=items))
+
+
+def _all_permission(items: list[Permission]) -> Permission:
+    return items[0] if len(items) == 1 else Permission(and_rules=Permission.Set(rules=items))
+
+
+def _any_principal(items: list[Principal]) -> Principal:
+    return items[0] if len(items) == 1 else Principal(or_ids=Principal.Set(ids=items))
+
+
+def _all_principal(items: list[Principal]) -> Principal:
+    return items[0] if len(items) == 1 else Principal(and_ids=Principal.Set(ids=items))
+
+
+def _cidr_principal(cidr: str) -> Principal:
+    address, _, length = cidr.partition("/")
+    principal = Principal()
+    principal.direct_remote_ip.address_prefix = address
+    principal.direct_remote_ip.prefix_len.value = int(length)
+    return principal
+
+
+def _authenticated_principal(spiffe_id: str) -> Principal:
+    """The peer certificate's URI SAN is exactly `spiffe_id` (mTLS in the mesh)."""
+    principal = Principal()
+    principal.authenticated.principal_name.exact = spiffe_id
+    return principal
+
+
+def _claim_principal(claim: str, value: str) -> Principal:
+    """The claim equals `value`, or is a list holding it (Istio's request.auth.claims)."""
+    def matcher(value_matcher: ValueMatcher) -> Principal:
+        principal = Principal()
+        principal.sourced_metadata.metadata_matcher.CopyFrom(MetadataMatcher(
+            filter=JWT_AUTHN, path=[MetadataMatcher.PathSegment(key=JWT_PAYLOAD),
+                                    MetadataMatcher.PathSegment(key=claim)],
+            value=value_matcher))
+        return principal
+
+    exact = ValueMatcher(string_match=StringMatcher(exact=value))
+    return _any_principal([matcher(exact),
+                           matcher(ValueMatcher(list_match=ListMatcher(one_of=exact)))])

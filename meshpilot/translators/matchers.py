@@ -1,0 +1,43 @@
+"""Matchers: how a policy's `StringMatch` (a path, a header, a query parameter) becomes Envoy's.
+
+One module for every translator that matches requests: route entries (`routes.py`), fault
+injection's header conditions and authorization rules (`httpfilters/`), so a kind of match
+means the same thing wherever the policy writes it.
+"""
+
+from __future__ import annotations
+
+from envoy.config.route.v3.route_components_pb2 import HeaderMatcher, QueryParameterMatcher
+from envoy.type.matcher.v3.regex_pb2 import RegexMatcher
+from envoy.type.matcher.v3.string_pb2 import StringMatcher
+
+from meshpilot.ir.model import StringMatch
+
+
+def string_matcher(how: StringMatch) -> StringMatcher:
+    """exact, prefix or regex (`present` and `absent` are said by the matcher holding it)."""
+    if how.kind == "exact":
+        return StringMatcher(exact=how.value)
+    if how.kind == "prefix":
+        return StringMatcher(prefix=how.value)
+    return StringMatcher(safe_regex=RegexMatcher(regex=how.value))
+
+
+def header_matcher(name: str, how: StringMatch) -> HeaderMatcher:
+    if how.kind == "present":
+        return HeaderMatcher(name=name, present_match=True)
+    if how.kind == "absent":
+        return HeaderMatcher(name=name, present_match=True, invert_match=True)
+    return HeaderMatcher(name=name, string_match=string_matcher(how))
+
+
+def query_matcher(name: str, how: StringMatch) -> QueryParameterMatcher:
+    if how.kind == "present":
+        return QueryParameterMatcher(name=name, present_match=True)
+    return QueryParameterMatcher(name=name, string_match=string_matcher(how))
+
+
+def re2_literal(text: str) -> str:
+    """`text` as an RE2 pattern matching itself (RE2 accepts a backslash before punctuation)."""
+    return "".join(f"\\{c}" if c.isascii() and not c.isalnum() and c != "_" else c
+                   for c in text)

@@ -1,0 +1,95 @@
+"""Cross-translation reuse: what a Translation lends the next one (the incremental path).
+
+After a reload, most model objects are the ones the previous load made (inputs/ re-parses only
+the edited document), so most resources can be taken from the previous Translation instead of
+built and serialized again. An `Earlier` holds the previous Translation's records (never the
+Translation itself, so translations do not chain) and answers one question per kind of
+resource: were these built from inputs equal to mine? Frozen model dataclasses compare by value
+(identity first, so an untouched object costs nothing), so a Translation with an `Earlier` builds
+exactly what one without builds; only the time differs.
+
+    raw resources        the same RawResource object
+    a cluster            the same Service (with its discovered endpoints) and trust domain
+    a gateway listener   the same Gateway, and equal inputs of its HTTP features' filters
+    its routes           the same Gateway and Routes served there; virtual hosts by Route
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from meshpilot.ir.model import Gateway, RawResource, Route, Service
+from meshpilot.translators.routes import VirtualHostBytes, VirtualHostCache
+from meshpilot.xds.resources import Resource
+
+# (gateway name, listener name)
+ListenerKey = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltCluster:
+    """The cluster (and, for EDS, the assignment) of a service or subset, and its Service."""
+
+    service: Service | None  # with its discovered endpoints
+    resources: tuple[Resource, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltListener:
+    """One gateway listener's resources and what they were built from."""
+
+    gateway: Gateway
+    routes: tuple[Route, ...]  # the Routes served on the listener, in name order
+    filter_inputs: tuple[object, ...]  # what its HTTP filters read of them (httpfilters)
+    front: tuple[Resource, ...]  # the Listener, then the Secrets it names
+    config: tuple[Resource, ...]  # its RouteConfiguration (none for tcp or a redirect)
+
+
+@dataclass(frozen=True, slots=True)
+class Earlier:
+    """The records of the previous Translation; `Earlier()` lends nothing (a cold start)."""
+
+    raw: Mapping[int, tuple[RawResource, Resource]] = field(default_factory=dict)  # by id()
+    clusters: Mapping[str, BuiltCluster] = field(default_factory=dict)
+    listeners: Mapping[ListenerKey, BuiltListener] = field(default_factory=dict)
+    virtual_hosts: Mapping[tuple[int, int], VirtualHostBytes] = field(default_factory=dict)
+
+    def raw_resource(self, resource: RawResource) -> Resource | None:
+        found = self.raw.get(id(resource))  # kept alive by the earlier record: ids are stable
+        return found[1] if found is not None and found[0] is resource else None
+
+    def cluster(self, name: str, service: Service | None) -> tuple[Resource, ...] | None:
+        found = self.clusters.get(name)
+        if found is None or not (found.service is service or found.service == service):
+            return None
+        return found.resources
+
+    def listener_front(self, key: ListenerKey, gateway: Gateway,
+                       filter_inputs: tuple[object, ...]) -> tuple[Resource, ...] | None:
+        """The Listener (and its Secrets), if the Gateway and its filters' inputs are equal."""
+        found = self._listener(key, gateway)
+        return found.front if found is not None and found.filter_inputs == filter_inputs \
+            else None
+
+    def route_config(self, key: ListenerKey, gateway: Gateway, served: tuple[Route, ...],
+                     port: int, keep: VirtualHostCache) -> tuple[Resource, ...] | None:
+        """The RouteConfiguration, if the Gateway and the Routes served are equal; the virtual
+        hosts of those Routes are then put in `keep`, for the Translation after this one."""
+        found = self._listener(key, gateway)
+        if found is None or found.routes != served:  # identity first, then by value
+            return None
+        for route in served:
+            host = self.virtual_hosts.get((id(route), port))
+            if host is not None and host[0] is route:
+                keep[(id(route), port)] = host
+        return found.config
+
+    def _listener(self, key: ListenerKey, gateway: Gateway) -> BuiltListener | None:
+        found = self.listeners.get(key)
+        if found is None or not (found.gateway is gateway or found.gateway == gateway):
+            return None
+        return found
+
+
+NOTHING = Earlier()
