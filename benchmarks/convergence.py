@@ -36,6 +36,7 @@ from benchmarks.common import (
 )
 from benchmarks.policies import language_flip_policy, route_flip_policy
 from benchmarks.stats import summarize
+from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.local.bootstrap import render_bootstrap
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -199,12 +200,13 @@ class _Serve:
 
     def __init__(self, policy_dir: Path, log_path: Path, debounce: str):
         self.log_path = log_path
+        self.state_dir = log_path.parent / "meshpilot-state"
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meshpilot", "serve", "--policy", str(policy_dir),
                  "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
                  "--debounce-quiet", debounce, "--log-level", "info",
-                 "--state-dir", str(log_path.parent / "meshpilot-state")],
+                 "--state-dir", str(self.state_dir)],
                 stdout=log, stderr=subprocess.STDOUT, env=child_env())
         match = wait_for(self._listening, timeout=30, what="meshpilot serve to listen")
         self.xds_port = int(match.group(2))
@@ -214,6 +216,12 @@ class _Serve:
         if self.proc.poll() is not None:
             raise RuntimeError(f"meshpilot exited {self.proc.returncode}:\n{tail(self.log_path)}")
         return _LISTENING.search(self.log_path.read_bytes())
+
+    def security(self, view: str) -> dict[str, str]:
+        """The bootstrap settings `meshpilot bootstrap --state-dir` writes by default: TLS
+        trusting the mesh CA, and a node token for the view (authenticated xDS, as deployed)."""
+        return {"xds_tls_ca": str(self.state_dir / "ca.crt"), "xds_sni": "meshpilot",
+                "xds_token": TokenAuthority.load_or_create(self.state_dir).issue("node", view)}
 
     def stop(self) -> None:
         stop_process(self.proc)
@@ -258,7 +266,8 @@ def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
         for i in range(cfg.envoys):
             bootstrap = render_bootstrap(node_id=f"bench-{i}", node_cluster="edge",
                                          xds_addresses=[("127.0.0.1", serve.xds_port)],
-                                         admin_address=("127.0.0.1", 0), delta=mode == "delta")
+                                         admin_address=("127.0.0.1", 0), delta=mode == "delta",
+                                         **serve.security("edge"))
             envoys.append(EnvoyProcess(bootstrap, vdir / f"envoy-{i}", name=f"envoy-{i}"))
         for envoy in envoys:
             envoy.start()

@@ -231,8 +231,10 @@ class Server:
 
 
 async def serve(args: argparse.Namespace) -> None:
+    # Plaintext and unauthenticated: the simulated clients measure fan-out, not TLS (the real
+    # Envoys of convergence, traffic and sidebyside run the authenticated default).
     settings = Settings(policy=Path(args.policy), xds_address="127.0.0.1:0",
-                        admin_address="127.0.0.1:0", watch=False)
+                        admin_address="127.0.0.1:0", watch=False, insecure_xds=True)
     mp = Meshpilot(settings)
     rss_start = proc_rss_bytes()
     await mp.start()

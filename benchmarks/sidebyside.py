@@ -289,7 +289,7 @@ def run(cfg: SideBySideConfig, work: Path, log: Any = print) -> dict[str, Any]:
         serve = _Serve(policy_dir, work / "meshpilot.log", "10ms")
         xds = render_bootstrap(node_id="mp-0", node_cluster="edge",
                                xds_addresses=[("127.0.0.1", serve.xds_port)],
-                               admin_address=("127.0.0.1", 0))
+                               admin_address=("127.0.0.1", 0), **serve.security("edge"))
         if Path(sov_python).exists():
             try:
                 sovereign = _Sovereign(sov_python, work / "sovereign", resources)

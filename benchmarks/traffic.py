@@ -220,7 +220,8 @@ def _run_mode(cfg: TrafficConfig, mode: str, work: Path, backends: dict[str, int
         serve = _Serve(policy_dir, vdir / "meshpilot.log", "10ms")
         bootstrap = render_bootstrap(node_id="traffic-0", node_cluster="edge",
                                      xds_addresses=[("127.0.0.1", serve.xds_port)],
-                                     admin_address=("127.0.0.1", 0), delta=mode == "delta")
+                                     admin_address=("127.0.0.1", 0), delta=mode == "delta",
+                                     **serve.security("edge"))
         envoy = EnvoyProcess(bootstrap, vdir / "envoy", name="envoy")
         envoy.start()
         envoy.wait_ready(timeout=60)

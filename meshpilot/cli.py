@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -18,7 +19,8 @@ import yaml
 from meshpilot import __version__
 from meshpilot.base.errors import PolicyError
 from meshpilot.base.units import parse_duration
-from meshpilot.ca.authority import CaError, check_trust_domain
+from meshpilot.ca.authority import ROOT_CERT, CaError, check_trust_domain
+from meshpilot.ca.tokens import KEY_FILE, TokenAuthority
 from meshpilot.inputs.loader import load_policy
 from meshpilot.inputs.native.schema import json_schema
 from meshpilot.ir.model import Model
@@ -29,6 +31,13 @@ from meshpilot.translators import Translation
 from meshpilot.translators.plugins import PluginError
 from meshpilot.xds.render import snapshot_to_dict
 from meshpilot.xds.security import XdsSecurityError
+
+
+def _view_and_folder(text: str) -> tuple[str, Path]:
+    view, sep, folder = text.partition("=")
+    if not sep or not view or not folder:
+        raise argparse.ArgumentTypeError(f"expected VIEW=DIR, got {text!r}")
+    return view, Path(folder)
 
 
 def _duration(text: str) -> float:
@@ -68,6 +77,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     xds_identity_check=args.xds_identity_check,
                     ca_dir=Path(args.ca_dir) if args.ca_dir else None,
                     state_dir=Path(args.state_dir), insecure_xds=args.insecure_xds,
+                    xds_server_names=tuple(args.xds_server_name),
+                    node_credentials=tuple(args.write_node_credentials),
                     insecure_admin=args.insecure_admin,
                     trust_domain=args.trust_domain, cert_ttl=args.cert_ttl)
 
@@ -127,19 +138,57 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def bootstrap_security(args: argparse.Namespace) -> dict[str, str | None]:
+    """How the Envoy reaches meshpilot: by default over TLS, trusting the mesh CA of
+    --state-dir (or --ca-dir), with a node token for its view (read from --token-file, else
+    signed here with the state folder's key); nothing of that with --insecure-xds.
+    ValueError (or TokenError) says what is missing."""
+    if args.insecure_xds:
+        if args.xds_tls_ca or args.token_file:
+            raise ValueError("--insecure-xds connects in plaintext without a token: it cannot "
+                             "go with --xds-tls-ca or --token-file")
+        return {"xds_tls_ca": None, "xds_sni": None, "xds_token": None}
+    state = Path(args.state_dir)
+    ca, sni = args.xds_tls_ca, args.xds_sni
+    if args.xds_tls_cert:  # mutual TLS: the client certificate proves the view, no token
+        token = Path(args.token_file).read_text().strip() if args.token_file else None
+        return {"xds_tls_ca": ca, "xds_sni": sni, "xds_token": token}
+    if ca is None:
+        ca_file = Path(args.ca_dir or state) / ROOT_CERT
+        if not ca_file.is_file():
+            raise ValueError(f"no {ca_file}: start `meshpilot serve --state-dir {state}` once "
+                             f"(it creates the CA), or pass --xds-tls-ca")
+        ca = str(ca_file.resolve())
+        sni = sni or "meshpilot"  # a name on the certificate meshpilot issues itself
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+    else:
+        tokens = TokenAuthority.load_or_create(state) if (state / KEY_FILE).is_file() else None
+        if tokens is None:
+            raise ValueError(f"no token key in {state}: pass --token-file (from `meshpilot "
+                             f"token create node {args.node_cluster}`) or --state-dir")
+        token = tokens.issue("node", args.node_cluster, ttl=args.token_ttl)
+    return {"xds_tls_ca": ca, "xds_sni": sni, "xds_token": token}
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     try:
+        security = bootstrap_security(args)
         text = bootstrap_yaml(node_id=args.node_id, node_cluster=args.node_cluster,
                               xds_addresses=[split_address(a) for a in args.xds_address],
                               admin_address=split_address(args.admin_address), delta=args.delta,
-                              ads=not args.no_ads, xds_tls_ca=args.xds_tls_ca,
-                              xds_tls_cert=args.xds_tls_cert, xds_tls_key=args.xds_tls_key,
-                              xds_sni=args.xds_sni)
-    except ValueError as e:
+                              ads=not args.no_ads, xds_tls_cert=args.xds_tls_cert,
+                              xds_tls_key=args.xds_tls_key, **security)
+    except (ValueError, OSError) as e:
         print(f"meshpilot bootstrap: {e}", file=sys.stderr)
         return 2
     if args.output:
-        Path(args.output).write_text(text)
+        # It holds the node token: readable by its owner only, like a key file.
+        output = Path(args.output)
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        output.chmod(0o600)
     else:
         print(text, end="")
     return 0
@@ -186,7 +235,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_up(policy, node_cluster=args.node_cluster,
                            xds_address=args.xds_address, admin_address=args.admin_address,
-                           envoy_admin_port=args.envoy_admin_port))
+                           envoy_admin_port=args.envoy_admin_port,
+                           state_dir=Path(args.state_dir)))
     print("stopped.")
     return 0
 
@@ -231,9 +281,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docker-network", metavar="NAME", default=None,
                    help="with --docker: reach containers at their IP on this network (default: "
                         "the host port meshpilot.port is published on)")
+    p.add_argument("--write-node-credentials", action="append", default=[],
+                   type=_view_and_folder, metavar="VIEW=DIR",
+                   help="at start, write a node token for VIEW and the CA root into DIR "
+                        "(token, ca.crt), for an Envoy that reads them there (`meshpilot "
+                        "bootstrap --token-file DIR/token --xds-tls-ca DIR/ca.crt`); repeatable")
+    p.add_argument("--xds-server-name", action="append", default=[], metavar="NAME",
+                   help="a DNS name Envoys reach meshpilot by, put on the certificate it issues "
+                        "itself (besides meshpilot and localhost); repeatable")
     p.add_argument("--xds-tls-cert", metavar="FILE", default=None,
-                   help="serve xDS over TLS with this PEM certificate (chain); re-read when it "
-                        "changes, for new connections")
+                   help="serve xDS over TLS with this PEM certificate (chain) instead of one "
+                        "issued by the mesh CA; re-read when it changes, for new connections")
     p.add_argument("--xds-tls-key", metavar="FILE", default=None,
                    help="the private key of --xds-tls-cert")
     p.add_argument("--xds-client-ca", metavar="FILE", default=None,
@@ -271,8 +329,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ads", action="store_true",
                    help="a stream per type (CDS, LDS, ...) instead of one ADS stream; resources "
                         "must then name meshpilot as their config source (not ads: {})")
+    p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
+                   help="meshpilot's state folder (as given to serve): the CA root the Envoy "
+                        "trusts, and the key that signs its node token (.meshpilot)")
+    p.add_argument("--ca-dir", metavar="DIR", default=None,
+                   help="the mesh CA's folder, if serve was given --ca-dir")
+    p.add_argument("--token-file", metavar="FILE", default=None,
+                   help="the node token (`meshpilot token create node VIEW`), instead of "
+                        "signing one with --state-dir's key")
+    p.add_argument("--token-ttl", type=_duration, default=365 * 24 * 3600.0, metavar="DURATION",
+                   help="lifetime of the node token signed here (365d; Envoy sends the one "
+                        "in its bootstrap until restarted with a new one)")
+    p.add_argument("--insecure-xds", action="store_true",
+                   help="plaintext, no token: for a meshpilot serving with --insecure-xds")
     p.add_argument("--xds-tls-ca", metavar="FILE", default=None,
-                   help="connect to meshpilot over TLS, trusting this CA (path read by Envoy)")
+                   help="trust this CA for meshpilot's certificate (path read by Envoy) "
+                        "instead of the mesh CA of --state-dir")
     p.add_argument("--xds-tls-cert", metavar="FILE", default=None,
                    help="with --xds-tls-ca: Envoy's client certificate (mutual TLS)")
     p.add_argument("--xds-tls-key", metavar="FILE", default=None,
@@ -294,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xds-address", type=_address, default="127.0.0.1:18000")
     p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
     p.add_argument("--envoy-admin-port", type=int, default=19000)
+    p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
+                   help="the token key and the mesh CA's root, as for serve (.meshpilot)")
     p.add_argument("--log-level", default="warning",
                    choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_up)

@@ -26,6 +26,7 @@ from typing import Any, Protocol, TypeVar
 import pytest
 
 from meshpilot.base.netutil import free_port
+from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.local.bootstrap import render_bootstrap
 from meshpilot.local.envoy_process import EnvoyProcess
 
@@ -350,19 +351,43 @@ class MeshpilotProcess:
         except OSError:
             return "(no log)"
 
+    @property
+    def insecure_xds(self) -> bool:
+        return "--insecure-xds" in self.extra_args
+
+    def node_token(self, view: str) -> str:
+        """A node token for `view`, signed with this server's key (as `meshpilot bootstrap
+        --state-dir` signs one)."""
+        return TokenAuthority.load_or_create(self.state_dir).issue("node", view)
+
     def bootstrap(self, node_id: str, node_cluster: str, *, delta: bool = False,
                   ads: bool = True) -> dict:
+        """The bootstrap `meshpilot bootstrap --state-dir` writes: TLS trusting the mesh CA,
+        and a node token for the view (plaintext and no token with --insecure-xds)."""
+        security: dict[str, Any] = {}
+        if not self.insecure_xds:
+            args = list(self.extra_args)
+            ca_dir = Path(args[args.index("--ca-dir") + 1]) if "--ca-dir" in args \
+                else self.state_dir
+            security = {"xds_tls_ca": str(ca_dir / "ca.crt"), "xds_sni": "meshpilot",
+                        "xds_token": self.node_token(node_cluster)}
         return render_bootstrap(node_id=node_id, node_cluster=node_cluster,
                                 xds_addresses=[("127.0.0.1", self.xds_port)],
-                                admin_address=("127.0.0.1", 0), delta=delta, ads=ads)
+                                admin_address=("127.0.0.1", 0), delta=delta, ads=ads,
+                                **security)
 
 
 # ---- raw EnvoyResources policies ----------------------------------------------------------
 
 ADS_SOURCE = "{ads: {}, resource_api_version: V3}"
-# The per-type services: each of EDS and RDS on a gRPC stream of its own to meshpilot.
-GRPC_SOURCE = ("{api_config_source: {api_type: %s, transport_api_version: V3, grpc_services: "
-               "[{envoy_grpc: {cluster_name: meshpilot_xds}}]}, resource_api_version: V3}")
+
+
+def grpc_source(api_type: str, token: str) -> str:
+    """A config source for EDS or RDS on a gRPC stream of its own to meshpilot (no ADS): like
+    the bootstrap's own streams, it must carry the node token."""
+    return (f"{{api_config_source: {{api_type: {api_type}, transport_api_version: V3, "
+            f"grpc_services: [{{envoy_grpc: {{cluster_name: meshpilot_xds}}, initial_metadata: "
+            f"[{{key: authorization, value: 'Bearer {token}'}}]}}]}}, resource_api_version: V3}}")
 
 
 def raw_policy(*, backends: dict[str, int], route_to: str | dict[str, int],

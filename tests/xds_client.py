@@ -29,6 +29,7 @@ from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -68,6 +69,7 @@ _MESSAGE_TYPES: dict[str, type[Message]] = {
     EDS: endpoint_pb2.ClusterLoadAssignment,
     LDS: listener_pb2.Listener,
     RDS: route_pb2.RouteConfiguration,
+    SDS: secret_pb2.Secret,
 }
 
 _END = object()
@@ -125,8 +127,10 @@ class XdsClient:
 
     def __init__(self, address: str, *, delta: bool = False, service: str = "ads",
                  node_id: str = "envoy-1", cluster: str = "edge",
-                 channel: grpc.aio.Channel | None = None):
+                 channel: grpc.aio.Channel | None = None, token: str | None = None):
+        """`token`: sent as `authorization: Bearer` metadata, as Envoy sends its node token."""
         self.address = address
+        self.token = token
         self.delta = delta
         self.service = service
         self.node = node(node_id, cluster)
@@ -158,7 +162,8 @@ class XdsClient:
             method = self._channel.stream_stream(
                 sotw_path, request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
                 response_deserializer=discovery_pb2.DiscoveryResponse.FromString)
-        self._call = method()
+        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else None
+        self._call = method(metadata=metadata)
         self._reader = asyncio.get_running_loop().create_task(self._read())
         return self
 
@@ -377,12 +382,19 @@ async def eventually(predicate: Callable[[], Any], timeout: float = RECV_TIMEOUT
         await asyncio.sleep(0.01)
 
 
-async def fetch_client_status(address: str, **fields: Any) -> csds_pb2.ClientStatusResponse:
-    """One CSDS FetchClientStatus call."""
-    async with grpc.aio.insecure_channel(address) as channel:
+async def fetch_client_status(address: str, *, token: str | None = None,
+                              credentials: grpc.ChannelCredentials | None = None,
+                              server_name: str | None = None,
+                              **fields: Any) -> csds_pb2.ClientStatusResponse:
+    """One CSDS FetchClientStatus call (over TLS with `credentials`, with an operator token)."""
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else None
+    channel = (grpc.aio.secure_channel(address, credentials, options=options)
+               if credentials is not None else grpc.aio.insecure_channel(address))
+    metadata = (("authorization", f"Bearer {token}"),) if token else None
+    async with channel:
         stub = csds_pb2_grpc.ClientStatusDiscoveryServiceStub(channel)
         return await stub.FetchClientStatus(csds_pb2.ClientStatusRequest(**fields),
-                                            timeout=RECV_TIMEOUT)
+                                            timeout=RECV_TIMEOUT, metadata=metadata)
 
 
 # ----- the in-process server ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ a parameter: nothing here reads a clock. Private keys are kept out of repr() and
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import logging
 import os
 import re
@@ -152,6 +153,48 @@ class CertificateAuthority:
             log.warning("%s is readable by others (mode %o): chmod 600 it", key_path,
                         key_path.stat().st_mode & 0o777)
         return cls(key, cert, trust_domain)
+
+    # ---- the control plane's own serving certificate -----------------------------------------
+
+    def issue_server(self, dns_names: list[str], ip_addresses: list[str], now: float,
+                     ttl: float) -> WorkloadCertificate:
+        """A key and a TLS server certificate for meshpilot's own xDS port: DNS and IP SANs, no
+        SPIFFE ID (it is no workload), server authentication only. Envoys trust it through
+        the CA root (`ca.crt`) their bootstrap names."""
+        if not dns_names and not ip_addresses:
+            raise ValueError("a server certificate needs at least one name or address")
+        if ttl <= 0:
+            raise ValueError("the certificate TTL must be positive")
+        key = ec.generate_private_key(ec.SECP256R1())
+        start = dt.datetime.fromtimestamp(now, dt.UTC)
+        not_before, not_after = start - BACKDATE, start + dt.timedelta(seconds=ttl)
+        serial = x509.random_serial_number()
+        names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
+        names += [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshpilot"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, (dns_names or ip_addresses)[0])]))
+                .issuer_name(self.root.subject).public_key(key.public_key())
+                .serial_number(serial).not_valid_before(not_before).not_valid_after(not_after)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=True, key_cert_sign=False,
+                    crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                               critical=False)
+                .add_extension(x509.SubjectAlternativeName(names), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    self._key.public_key()), critical=False)
+                .sign(self._key, hashes.SHA256()))
+        return WorkloadCertificate(
+            spiffe_id="", serial=serial, not_before=not_before.timestamp(),
+            not_after=not_after.timestamp(), issued_at=now,
+            certificate_chain=cert.public_bytes(serialization.Encoding.PEM),
+            private_key=key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
 
     # ---- workload certificates -------------------------------------------------------------
 

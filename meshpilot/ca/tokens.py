@@ -36,7 +36,7 @@ _KEY_BYTES = 32
 _LEEWAY = 5.0  # seconds of clock skew between the replica that signed and the one that checks
 
 
-class TokenError(Exception):
+class TokenError(ValueError):
     """A token that does not allow what it was presented for; the message says why, without
     echoing the token."""
 

@@ -45,6 +45,7 @@ def render_bootstrap(
     xds_tls_cert: str | None = None,
     xds_tls_key: str | None = None,
     xds_sni: str | None = None,
+    xds_token: str | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap that takes CDS and LDS from meshpilot over one ADS stream.
 
@@ -56,6 +57,9 @@ def render_bootstrap(
     `xds_tls_cert`/`xds_tls_key` add a client certificate (mutual TLS); `xds_sni` is sent as SNI
     and required as a DNS SAN of meshpilot's certificate (default: the xDS host, if every
     address names the same DNS host; with IP addresses only the CA is checked).
+    `xds_token` (a node token, `meshpilot token create node VIEW`) is sent on every xDS stream
+    as `authorization: Bearer` metadata: the bootstrap then holds a credential, so write it
+    where only the Envoy can read it.
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -79,7 +83,7 @@ def render_bootstrap(
     return {
         "node": _node(node_id, node_cluster, node_metadata),
         "admin": {"address": _socket_address(*admin_address)},
-        "dynamic_resources": _dynamic_resources(xds_cluster_name, delta, ads),
+        "dynamic_resources": _dynamic_resources(xds_cluster_name, delta, ads, xds_token),
         "static_resources": {"clusters": [cluster]},
     }
 
@@ -145,28 +149,34 @@ def _ads_source() -> dict[str, Any]:
     return {"ads": {}, "resource_api_version": "V3"}
 
 
-def _grpc_api(xds_cluster_name: str, delta: bool) -> dict[str, Any]:
+def _grpc_api(xds_cluster_name: str, delta: bool, token: str | None = None) -> dict[str, Any]:
+    service: dict[str, Any] = {"envoy_grpc": {"cluster_name": xds_cluster_name}}
+    if token is not None:
+        service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {token}"}]
     return {
         "api_type": "DELTA_GRPC" if delta else "GRPC",
         "transport_api_version": "V3",
-        "grpc_services": [{"envoy_grpc": {"cluster_name": xds_cluster_name}}],
+        "grpc_services": [service],
         # The node is large (metadata, extensions list); sending it once per stream is enough.
         "set_node_on_first_message_only": True,
     }
 
 
-def api_config_source(xds_cluster_name: str, delta: bool) -> dict[str, Any]:
+def api_config_source(xds_cluster_name: str, delta: bool,
+                      token: str | None = None) -> dict[str, Any]:
     """A config source for one xDS type on its own gRPC stream (no ADS): no ordering across
     types is guaranteed then, which is why ADS is the default."""
-    return {"api_config_source": _grpc_api(xds_cluster_name, delta), "resource_api_version": "V3"}
+    return {"api_config_source": _grpc_api(xds_cluster_name, delta, token),
+            "resource_api_version": "V3"}
 
 
-def _dynamic_resources(xds_cluster_name: str, delta: bool, ads: bool = True) -> dict[str, Any]:
+def _dynamic_resources(xds_cluster_name: str, delta: bool, ads: bool = True,
+                       token: str | None = None) -> dict[str, Any]:
     if not ads:
-        source = api_config_source(xds_cluster_name, delta)
+        source = api_config_source(xds_cluster_name, delta, token)
         return {"cds_config": source, "lds_config": source}
     return {
-        "ads_config": _grpc_api(xds_cluster_name, delta),
+        "ads_config": _grpc_api(xds_cluster_name, delta, token),
         "cds_config": _ads_source(),
         "lds_config": _ads_source(),
     }

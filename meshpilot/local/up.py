@@ -70,8 +70,13 @@ def listener_ports(model: Model, view: str) -> list[int]:
 
 async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_address: str,
                  envoy_admin_port: int, envoy_path: str | None = None,
-                 ready: asyncio.Event | None = None, print_fn=print) -> None:
-    mp = Meshpilot(Settings(policy=policy, xds_address=xds_address, admin_address=admin_address))
+                 ready: asyncio.Event | None = None, print_fn=print,
+                 state_dir: Path | None = Path(".meshpilot")) -> None:
+    """Secure as `meshpilot serve` is by default: the Envoy reaches xDS over TLS, trusting the
+    mesh CA, with a node token for its view (both kept in `state_dir`, so `meshpilot status`
+    and `meshpilot token` work beside it)."""
+    mp = Meshpilot(Settings(policy=policy, xds_address=xds_address, admin_address=admin_address,
+                            state_dir=state_dir))
     backends: list[EchoServer] = []
     envoy: EnvoyProcess | None = None
     with tempfile.TemporaryDirectory(prefix="meshpilot-up-") as work:
@@ -85,9 +90,13 @@ async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_add
                     backend.start()
                     backends.append(backend)
             host, port = mp.xds_address.rsplit(":", 1)
+            ca = Path(work) / "meshpilot-ca.crt"
+            ca.write_bytes(mp.xds_ca_pem or b"")
             bootstrap = render_bootstrap(node_id=f"{node_cluster}-1", node_cluster=node_cluster,
                                          xds_addresses=[(host, int(port))],
-                                         admin_address=("127.0.0.1", envoy_admin_port))
+                                         admin_address=("127.0.0.1", envoy_admin_port),
+                                         xds_tls_ca=str(ca), xds_sni="meshpilot",
+                                         xds_token=mp.tokens.issue("node", node_cluster))
             envoy = EnvoyProcess(bootstrap, work, name="envoy", envoy_path=envoy_path)
             await asyncio.to_thread(envoy.start)
             await asyncio.to_thread(envoy.wait_ready, 30.0)

@@ -4,9 +4,13 @@ and the folder watcher, started and stopped together on one event loop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import ipaddress
 import logging
+import os
 import signal
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +19,7 @@ import grpc
 from aiohttp import web
 
 from meshpilot.ca import CertificateAuthority, WorkloadIdentities
+from meshpilot.ca.authority import WorkloadCertificate
 from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.discovery.docker_source import DockerSource
 from meshpilot.discovery.registry import EndpointRegistry
@@ -26,16 +31,38 @@ from meshpilot.runtime.watch import Debouncer, PolicyWatcher
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
 from meshpilot.xds.security import (
+    NodeTokenCheck,
+    OperatorCheck,
     ServerCertificates,
+    XdsSecurityError,
     check_settings,
     is_loopback,
     make_authorize,
 )
-from meshpilot.xds.server import XdsServer
+from meshpilot.xds.server import Authorize, XdsServer
 from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.status import ProxyRegistry
 
 log = logging.getLogger("meshpilot")
+
+_XDS_CERT_TTL = 366 * 24 * 3600.0
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(temporary, path)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
 
 # Envoy's xDS client sends keepalive pings; accept them, and find dead peers ourselves.
 _GRPC_OPTIONS = [
@@ -89,6 +116,13 @@ class Settings:
     xds_tls_key: str | None = None
     xds_client_ca: str | None = None  # set: mutual TLS, clients need a certificate it signed
     xds_identity_check: str | None = None  # "strict" | "off"; None: strict iff a client CA
+    # DNS names (besides meshpilot and localhost) on the serving certificate meshpilot issues
+    # itself from the mesh CA when no --xds-tls-cert is given: the names Envoys dial it by.
+    xds_server_names: tuple[str, ...] = ()
+    # (view, folder) pairs: at start, write a node token for the view and the CA root there
+    # (`token`, `ca.crt`), for Envoys that get their credentials from a shared folder or
+    # volume (the compose stack: one volume per service, mounted only into that service).
+    node_credentials: tuple[tuple[str, Path], ...] = ()
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -126,11 +160,20 @@ class Meshpilot:
         tls, self.identity_check = check_settings(settings.xds_tls_cert, settings.xds_tls_key,
                                                   settings.xds_client_ca,
                                                   settings.xds_identity_check)
+        if settings.insecure_xds and tls is not None:
+            raise XdsSecurityError("--insecure-xds serves plaintext: it cannot go with "
+                                   "--xds-tls-cert, --xds-tls-key or --xds-client-ca")
         # Read now: a missing or mismatched file refuses to start (XdsSecurityError).
         self.xds_certificates = ServerCertificates(tls) if tls is not None else None
+        # Secure by default: without certificate files, TLS with a certificate this process
+        # issues itself from the mesh CA (Envoys trust the CA root, `ca.crt`).
+        self.xds_self_issued: WorkloadCertificate | None = None
+        if not settings.insecure_xds and tls is None:
+            self.xds_self_issued = self._issue_xds_certificate()
+        self.xds_auth, authorize = self._xds_authorization()
         self.xds = XdsServer(self.cache, registry=self.registry, metrics=self.metrics,
                              control_plane_id=settings.control_plane_id,
-                             authorize=make_authorize(self.identity_check),
+                             authorize=authorize,
                              request_view=self.controller.views.snapshot_of)
         self.serving = False
         self.xds_address = settings.xds_address
@@ -140,8 +183,19 @@ class Meshpilot:
         self._watcher: PolicyWatcher | None = None
         self._tasks: set[asyncio.Task[bool]] = set()
 
+    def write_node_credentials(self) -> None:
+        """Each (view, folder) of `settings.node_credentials`: a node token and the CA root,
+        written atomically, readable by their owner only."""
+        for view, folder in self.settings.node_credentials:
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_private(folder / "ca.crt", self.xds_ca_pem or self.identities.ca.trust_bundle)
+            _write_private(folder / "token",
+                           (self.tokens.issue("node", view, ttl=_XDS_CERT_TTL) + "\n").encode())
+            log.info("node credentials of view %r written to %s", view, folder)
+
     async def start(self) -> None:
         """Load the policy, then serve xDS and admin. Port 0 in an address picks a free port."""
+        self.write_node_credentials()
         self.controller.watch_endpoints(asyncio.get_running_loop())
         if self.docker is not None:
             self.docker.start()
@@ -151,20 +205,26 @@ class Meshpilot:
         loop = asyncio.get_running_loop()
         self._grpc = grpc.aio.server(options=_GRPC_OPTIONS)
         self._grpc.add_generic_rpc_handlers(self.xds.handlers())
-        add_csds(self._grpc, self.registry)
+        add_csds(self._grpc, self.registry, None if self.settings.insecure_xds else
+                 OperatorCheck(lambda token: self.tokens.verify(token, "operator")))
         host, port = split_address(self.settings.xds_address)
         if self.xds_certificates is not None:
             bound = self._grpc.add_secure_port(f"{host}:{port}",
                                                self.xds_certificates.credentials())
-            log.info("xDS %s; identity check %s", self.xds_certificates.describe(),
-                     self.identity_check)
+            log.info("xDS %s; Envoys authenticate with %s", self.xds_certificates.describe(),
+                     self.xds_auth)
+        elif self.xds_self_issued is not None:
+            credentials = grpc.ssl_server_credentials([(
+                self.xds_self_issued.private_key, self.xds_self_issued.certificate_chain)])
+            bound = self._grpc.add_secure_port(f"{host}:{port}", credentials)
+            log.info("xDS over TLS, with a certificate from the mesh CA; Envoys authenticate "
+                     "with %s", self.xds_auth)
         else:
             bound = self._grpc.add_insecure_port(f"{host}:{port}")
-            if not is_loopback(host):
-                log.warning("xDS on %s:%s is PLAINTEXT and reachable beyond this host: anyone "
-                            "who can connect may claim any node cluster and receive its config "
-                            "and secrets; use --xds-tls-cert/--xds-tls-key and --xds-client-ca",
-                            host, bound)
+            log.warning("xDS on %s:%s is PLAINTEXT and UNAUTHENTICATED (--insecure-xds): "
+                        "anyone who can connect may claim any view and receive its config and "
+                        "keys%s", host, bound,
+                        "" if is_loopback(host) else ", and it is reachable beyond this host")
         self.xds_address = f"{host}:{bound}"
         await self._grpc.start()
 
@@ -193,6 +253,35 @@ class Meshpilot:
         gc.freeze()
         self.serving = True
         log.info("xDS on %s, admin on http://%s", self.xds_address, self.admin_address)
+
+    @property
+    def xds_ca_pem(self) -> bytes | None:
+        """The CA root an Envoy must trust to reach this xDS port: the mesh CA's, when this
+        process issued its own serving certificate; None for plaintext or given files."""
+        return self.identities.ca.trust_bundle if self.xds_self_issued is not None else None
+
+    def _issue_xds_certificate(self) -> WorkloadCertificate:
+        host, _ = split_address(self.settings.xds_address)
+        names = ["meshpilot", "localhost", *self.settings.xds_server_names]
+        ips = ["127.0.0.1", "::1"]
+        with contextlib.suppress(ValueError):
+            address = ipaddress.ip_address(host)
+            if not address.is_unspecified and str(address) not in ips:
+                ips.append(str(address))
+        if not _is_ip(host) and host not in names:
+            names.append(host)
+        # Issued at every start, so its lifetime only has to outlast one process's uptime.
+        return self.identities.ca.issue_server(names, ips, time.time(), _XDS_CERT_TTL)
+
+    def _xds_authorization(self) -> tuple[str, Authorize | None]:
+        """(what authenticates an Envoy, in words; the XdsServer's authorize hook)."""
+        if self.settings.insecure_xds:
+            return "none (--insecure-xds)", None
+        if self.settings.xds_client_ca is not None:
+            return (f"client certificates, identity check {self.identity_check}",
+                    make_authorize(self.identity_check))
+        return "node tokens", NodeTokenCheck(
+            lambda token: self.tokens.verify(token, "node").subject)
 
     def admin_sources(self) -> AdminSources:
         """What the admin API may read of this process (and nothing else of it)."""

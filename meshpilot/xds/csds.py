@@ -10,7 +10,7 @@ whether it was ACKed or NACKed (with Envoy's message) and whether it matches the
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -84,8 +84,17 @@ def client_config(conn: Connection, *, include_contents: bool = True) -> Any:
 
 
 class ClientStatusService(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):
-    def __init__(self, registry: ProxyRegistry):
+    def __init__(self, registry: ProxyRegistry,
+                 authorize: Callable[[grpc.aio.ServicerContext], str | None] | None = None):
+        """`authorize(context)`: None lets the call through, a string refuses it
+        (UNAUTHENTICATED with that text); None: everyone may call (`--insecure-xds`)."""
         self.registry = registry
+        self.authorize = authorize
+
+    async def _check(self, context: grpc.aio.ServicerContext) -> None:
+        refusal = self.authorize(context) if self.authorize is not None else None
+        if refusal is not None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
 
     def _respond(self, request: Any) -> Any:
         response = csds_pb2.ClientStatusResponse()
@@ -96,14 +105,17 @@ class ClientStatusService(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):
         return response
 
     async def FetchClientStatus(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._check(context)
         return self._respond(request)
 
     async def StreamClientStatus(self, request_iterator: AsyncIterator[Any],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await self._check(context)
         async for request in request_iterator:
             yield self._respond(request)
 
 
-def add_csds(server: grpc.aio.Server, registry: ProxyRegistry) -> None:
+def add_csds(server: grpc.aio.Server, registry: ProxyRegistry,
+             authorize: Callable[[grpc.aio.ServicerContext], str | None] | None = None) -> None:
     csds_pb2_grpc.add_ClientStatusDiscoveryServiceServicer_to_server(
-        ClientStatusService(registry), server)
+        ClientStatusService(registry, authorize), server)

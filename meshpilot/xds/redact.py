@@ -43,6 +43,9 @@ _SECRET_JWK_MEMBERS = ("k", "d", "p", "q", "dp", "dq", "qi", "oth")
 SECRET_FIELDS_OF = {
     "envoy.extensions.filters.http.api_key_auth.v3.Credential": frozenset({"key"}),
 }
+# What a gRPC service sends with every call (GrpcService.initial_metadata): a node token, an
+# API key. A HeaderValue elsewhere (a header added to requests) is policy, shown as written.
+_SECRET_HEADER_LISTS = frozenset({"initial_metadata"})
 _DATA_SOURCE = "envoy.config.core.v3.DataSource"
 
 
@@ -91,7 +94,12 @@ def _redact(message: Message) -> None:
         else:
             items = [value]
         for item in items:
-            if field.name == _JWKS_FIELD and item.DESCRIPTOR.full_name == _DATA_SOURCE:
+            if field.name in _SECRET_HEADER_LISTS:
+                for name in ("value", "raw_value"):
+                    if getattr(item, name, None):
+                        setattr(item, name, fingerprint(getattr(item, name))
+                                if name == "value" else fingerprint(item.raw_value).encode())
+            elif field.name == _JWKS_FIELD and item.DESCRIPTOR.full_name == _DATA_SOURCE:
                 _redact_jwks(item)
             elif secret and item.DESCRIPTOR.full_name == _DATA_SOURCE:
                 _redact_data_source(item)

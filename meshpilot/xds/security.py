@@ -207,6 +207,60 @@ def make_authorize(mode: str) -> Callable[[Any, str, Any], str | None] | None:
     return IdentityCheck(mode) if mode != "off" else None
 
 
+def _bearer_of(context: Any) -> str | None:
+    """The token of the call's `authorization: Bearer ...` metadata, if any."""
+    for key, value in context.invocation_metadata() or ():
+        if key.lower() == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+class NodeTokenCheck:
+    """The `authorize` hook of `XdsServer` for token-authenticated xDS (the default): the stream
+    must carry `authorization: Bearer TOKEN` metadata (Envoy's bootstrap sends it as the
+    `initial_metadata` of its xDS gRPC service), a node token whose subject is the node's view.
+
+    `verify(token)` returns the view a node token grants, or raises ValueError saying why not
+    (meshpilot.ca.tokens, given by the runtime: xds/ knows no keys)."""
+
+    def __init__(self, verify: Callable[[str], str]):
+        self.verify = verify
+
+    def __call__(self, node: Any, view: str, context: Any) -> str | None:
+        token = _bearer_of(context)
+        if token is None:
+            return (f"view {view!r} needs a node token (authorization: Bearer metadata; "
+                    f"`meshpilot bootstrap` writes it); none was sent")
+        try:
+            granted = self.verify(token)
+        except ValueError as e:
+            return f"node token refused: {e}"
+        if granted != view:
+            return f"the node token is for view {granted!r}, not {view!r}"
+        return None
+
+
+class OperatorCheck:
+    """Who may call CSDS, which shows every node's configuration: a caller with an operator
+    token (`meshpilot token create operator`). `verify(token)` raises ValueError if the token
+    is not a valid operator token."""
+
+    def __init__(self, verify: Callable[[str], object]):
+        self.verify = verify
+
+    def __call__(self, context: Any) -> str | None:
+        token = _bearer_of(context)
+        if token is None:
+            return "CSDS needs an operator token (authorization: Bearer metadata)"
+        try:
+            self.verify(token)
+        except ValueError as e:
+            return f"operator token refused: {e}"
+        return None
+
+
 def is_loopback(host: str) -> bool:
     """Whether a bind address keeps a port on this machine (127.0.0.0/8, ::1, localhost)."""
     if host == "localhost":

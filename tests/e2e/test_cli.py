@@ -16,6 +16,8 @@ import yaml
 from support import backend_of, eventually, write_policy
 
 from meshpilot.base.netutil import free_port
+from meshpilot.ca import CertificateAuthority
+from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.local.envoy_process import validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,16 +71,44 @@ def test_render_is_deterministic_and_selects_by_view(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("delta", [False, True])
 def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, delta: bool) -> None:
+    state = tmp_path / "state"
+    CertificateAuthority.load_or_create(state)  # what `meshpilot serve --state-dir` creates
+    tokens = TokenAuthority.load_or_create(state)
     args = ["bootstrap", "--node-id", "edge-1", "--node-cluster", "edge",
             "--xds-address", "127.0.0.1:18000", "--xds-address", "127.0.0.1:18002",
-            "--admin-address", "127.0.0.1:19000", "-o", str(tmp_path / "b.yaml")]
+            "--admin-address", "127.0.0.1:19000", "-o", str(tmp_path / "b.yaml"),
+            "--state-dir", str(state)]
     result = meshpilot(*args, *(["--delta"] if delta else []))
     assert result.returncode == 0, result.stderr
+    # It holds a credential: readable by its owner only.
+    assert (tmp_path / "b.yaml").stat().st_mode & 0o777 == 0o600
     bootstrap = yaml.safe_load((tmp_path / "b.yaml").read_text())
     assert bootstrap["node"] == {"id": "edge-1", "cluster": "edge"}
     ads = bootstrap["dynamic_resources"]["ads_config"]
     assert ads["api_type"] == ("DELTA_GRPC" if delta else "GRPC")
+    # Secure by default: TLS trusting the mesh CA, and a node token for the view.
+    (metadata,) = ads["grpc_services"][0]["initial_metadata"]
+    assert metadata["key"] == "authorization" and metadata["value"].startswith("Bearer ")
+    assert tokens.verify(metadata["value"].split(" ", 1)[1], "node").subject == "edge"
+    (cluster,) = bootstrap["static_resources"]["clusters"]
+    tls = cluster["transport_socket"]["typed_config"]
+    assert tls["sni"] == "meshpilot"
+    assert tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"] == \
+        str((state / "ca.crt").resolve())
     validate_config(tmp_path / "b.yaml")
+
+
+def test_bootstrap_needs_the_state_folder_or_an_explicit_insecure_choice(tmp_path: Path) -> None:
+    base = ["bootstrap", "--node-id", "edge-1", "--node-cluster", "edge",
+            "--xds-address", "127.0.0.1:18000", "--admin-address", "127.0.0.1:19000"]
+    missing = meshpilot(*base, "--state-dir", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2 and "ca.crt" in missing.stderr
+    plain = meshpilot(*base, "--insecure-xds")
+    assert plain.returncode == 0, plain.stderr
+    bootstrap = yaml.safe_load(plain.stdout)
+    assert "initial_metadata" not in bootstrap["dynamic_resources"]["ads_config"][
+        "grpc_services"][0]
+    assert "transport_socket" not in bootstrap["static_resources"]["clusters"][0]
 
 
 # One static cluster: enough for meshpilot to serve and an Envoy to ACK.

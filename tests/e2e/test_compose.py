@@ -115,7 +115,13 @@ class SdkCompose:
                 volumes = {v.split(":")[1]: v for v in merged.get("volumes", [])}
                 volumes.update({v.split(":")[1]: v for v in service.get("volumes", [])})
                 merged.update(service)
-                merged["volumes"] = list(volumes.values())
+                merged["volumes"] = [self._named(v) for v in volumes.values()]
+
+    def _named(self, volume: str) -> str:
+        """A named volume (`name:/path`) under the project's prefix, as compose names it."""
+        source = volume.split(":")[0]
+        return volume if source.startswith(("/", ".", "$")) or source.startswith(self.project) \
+            else f"{self.project}_{volume}"
 
     def _interpolate(self, value, env: dict[str, str]):
         if isinstance(value, dict):
@@ -217,14 +223,17 @@ class Stack:
     def down(self) -> None:
         """Everything this project created goes, even if the compose tool fails."""
         if self.tool:
-            with contextlib.suppress(Exception):
-                self.compose("down", "-t", "1", "--remove-orphans", timeout=60)
+            with contextlib.suppress(Exception):  # -v: the state and credential volumes too
+                self.compose("down", "-v", "-t", "1", "--remove-orphans", timeout=60)
         for container in self.containers():
             with contextlib.suppress(Exception):
                 container.remove(force=True)
         for network in self.client.networks.list(names=[self.network]):
             with contextlib.suppress(Exception):
                 network.remove()
+        for volume in self.client.volumes.list(filters={"name": self.project}):
+            with contextlib.suppress(Exception):
+                volume.remove(force=True)
 
     def page(self, headers: dict[str, str] | None = None) -> dict[str, tuple[str, str | None]]:
         """productpage through the edge: per service, (version, instance) that answered."""

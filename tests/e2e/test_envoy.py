@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from support import (
-    GRPC_SOURCE,
     MeshpilotProcess,
     backend_of,
     eventually,
+    grpc_source,
     listener_port,
     raw_policy,
     write_atomically,
@@ -268,11 +268,11 @@ def test_per_type_services_without_ads(delta, policy_dir, echo_factory, envoy_fa
                                        meshpilot_factory):
     """CDS, EDS, LDS and RDS each on a gRPC stream of its own (no ADS)."""
     v1, v2 = echo_factory("v1"), echo_factory("v2")
-    source = GRPC_SOURCE % ("DELTA_GRPC" if delta else "GRPC")
+    mp = meshpilot_factory(policy_dir)  # its key signs the token the streams carry
+    source = grpc_source("DELTA_GRPC" if delta else "GRPC", mp.node_token("edge"))
     policy = policy_dir / "edge.yaml"
     write_atomically(policy, raw_policy(backends={"v1": v1.port, "v2": v2.port},
                                         route_to="v1", config_source=source))
-    mp = meshpilot_factory(policy_dir)
     envoy = envoy_factory(mp.bootstrap("edge-0", "edge", delta=delta, ads=False))
     port = listener_port(envoy)
     assert eventually(lambda: backend_of(port) == "v1", what="traffic to v1")

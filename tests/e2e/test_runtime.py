@@ -38,13 +38,23 @@ _EXAMPLE_COMMON: dict[str, Any] = {
     "node_cluster": "edge",
     "admin_address": ("127.0.0.1", 19000),
 }
+# What `meshpilot bootstrap` writes by default: TLS trusting the mesh CA of the state folder,
+# and a node token (a placeholder here: an example must not hold a real credential).
+_EXAMPLE_SECURE: dict[str, Any] = {
+    "xds_tls_ca": ".meshpilot/ca.crt",
+    "xds_sni": "meshpilot",
+    "xds_token": "REPLACE-WITH-THE-OUTPUT-OF:meshpilot-token-create-node-edge",
+}
 EXAMPLES: dict[str, dict[str, Any]] = {
-    "ads-sotw.yaml": {**_EXAMPLE_COMMON, "xds_addresses": [("127.0.0.1", 18000)]},
-    "ads-delta.yaml": {**_EXAMPLE_COMMON, "xds_addresses": [("127.0.0.1", 18000)], "delta": True},
+    "ads-sotw.yaml": {**_EXAMPLE_COMMON, **_EXAMPLE_SECURE,
+                      "xds_addresses": [("127.0.0.1", 18000)]},
+    "ads-delta.yaml": {**_EXAMPLE_COMMON, **_EXAMPLE_SECURE,
+                       "xds_addresses": [("127.0.0.1", 18000)], "delta": True},
     "ads-replicas.yaml": {
-        **_EXAMPLE_COMMON,
+        **_EXAMPLE_COMMON, **_EXAMPLE_SECURE, "xds_sni": "meshpilot.meshpilot",
         "xds_addresses": [(f"meshpilot-{i}.meshpilot", 18000) for i in range(3)],
     },
+    "ads-insecure.yaml": {**_EXAMPLE_COMMON, "xds_addresses": [("127.0.0.1", 18000)]},
 }
 
 # No proxy handling: http_proxy in the environment must not capture requests to 127.0.0.1.
@@ -131,11 +141,22 @@ def test_bootstrap_sotw_shape() -> None:
     assert ads["api_type"] == "GRPC"
     assert ads["transport_api_version"] == "V3"
     assert ads["set_node_on_first_message_only"] is True
-    assert ads["grpc_services"] == [{"envoy_grpc": {"cluster_name": "meshpilot_xds"}}]
+    assert ads["grpc_services"] == [{
+        "envoy_grpc": {"cluster_name": "meshpilot_xds"},
+        "initial_metadata": [{"key": "authorization",
+                              "value": f"Bearer {EXAMPLES['ads-sotw.yaml']['xds_token']}"}]}]
+    insecure = render_bootstrap(**EXAMPLES["ads-insecure.yaml"])
+    assert insecure["dynamic_resources"]["ads_config"]["grpc_services"] == [
+        {"envoy_grpc": {"cluster_name": "meshpilot_xds"}}]
+    assert "transport_socket" not in insecure["static_resources"]["clusters"][0]
     for source in ("cds_config", "lds_config"):
         assert boot["dynamic_resources"][source] == {"ads": {}, "resource_api_version": "V3"}
     (cluster,) = boot["static_resources"]["clusters"]
     assert cluster["type"] == "STATIC"
+    tls = cluster["transport_socket"]["typed_config"]
+    assert tls["sni"] == "meshpilot"
+    assert tls["common_tls_context"]["validation_context"]["trusted_ca"] == {
+        "filename": ".meshpilot/ca.crt"}
     options = cluster["typed_extension_protocol_options"][
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     ]

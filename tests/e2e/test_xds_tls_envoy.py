@@ -52,7 +52,7 @@ def cli_bootstrap(mp: MeshpilotProcess, node_id: str, cluster: str, *extra: str)
     out = subprocess.run(
         [sys.executable, "-m", "meshpilot", "bootstrap", "--node-id", node_id,
          "--node-cluster", cluster, "--xds-address", f"127.0.0.1:{mp.xds_port}",
-         "--admin-address", "127.0.0.1:0", *extra],
+         "--admin-address", "127.0.0.1:0", "--state-dir", str(mp.state_dir), *extra],
         check=True, capture_output=True, text=True, timeout=30).stdout
     bootstrap = yaml.safe_load(out)
     # Envoy waits for its first CDS/LDS up to initial_fetch_timeout (15s) before /ready says

@@ -55,7 +55,10 @@ async def get(mp: Meshpilot, path: str) -> tuple[int, str]:
 
 
 def settings(policy: Path) -> Settings:
+    # Plaintext, unauthenticated xDS on purpose: these tests are about reloads and the admin
+    # API; tests/pipeline/test_xds_auth.py is about who may connect.
     return Settings(policy=policy, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
+                    insecure_xds=True,
                     debounce_quiet=0.02, debounce_max=1.0)
 
 

@@ -82,7 +82,8 @@ def test_thousands_of_streams_opened_at_once_are_all_served(tmp_path: Path) -> N
     policy = tmp_path / "policy"
     policy.mkdir()
     (policy / "many.yaml").write_text(_policy(500))
-    mp = MeshpilotProcess(policy, tmp_path).start()
+    # Plaintext on purpose: this is gRPC core's limits on a burst of calls, not authentication.
+    mp = MeshpilotProcess(policy, tmp_path, extra_args=("--insecure-xds",)).start()
     try:
         results = asyncio.run(_open_streams(f"127.0.0.1:{mp.xds_port}", STREAMS, CHANNELS))
         assert results == Counter(ok=STREAMS), f"{results}\n{mp.log_tail()}"

@@ -18,6 +18,7 @@ from meshpilot.runtime.app import Meshpilot, Settings
 
 def settings(policy: Path) -> Settings:
     return Settings(policy=policy, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
+                    insecure_xds=True,  # xDS security is tests/pipeline/test_xds_auth.py's
                     debounce_quiet=0.02, debounce_max=1.0, discovery_sweep=0.05)
 
 

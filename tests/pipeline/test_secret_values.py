@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 import aiohttp
+import grpc
 import pytest
 from xds_client import XdsClient, fetch_client_status, node
 
@@ -86,10 +87,16 @@ def test_no_secret_value_in_any_output(tmp_path: Path, caplog: pytest.LogCapture
 
     async def scenario() -> None:
         mp = Meshpilot(Settings(policy=policy, xds_address="127.0.0.1:0",
-                                admin_address="127.0.0.1:0", watch=False))
+                                admin_address="127.0.0.1:0", watch=False,
+                                state_dir=tmp_path / "state"))
         await mp.start()
+        credentials = grpc.ssl_channel_credentials(mp.xds_ca_pem)
+        channel = grpc.aio.secure_channel(mp.xds_address, credentials,
+                                          options=[("grpc.ssl_target_name_override",
+                                                    "meshpilot")])
         try:
-            async with XdsClient(mp.xds_address) as xds:
+            async with XdsClient(mp.xds_address, channel=channel,
+                                 token=mp.tokens.issue("node", "edge")) as xds:
                 # Hold every type, so CSDS has each resource's contents to show.
                 await xds.send(node=node("edge-1", "edge"), type_url=types.LISTENER)
                 listeners = await xds.recv_type(types.LISTENER)
@@ -102,7 +109,9 @@ def test_no_secret_value_in_any_output(tmp_path: Path, caplog: pytest.LogCapture
                 assert GENERIC.encode() in secrets.resources[0].value
                 await xds.ack(secrets, resource_names=["shared-token"])
                 await asyncio.sleep(0.2)
-                status = await fetch_client_status(mp.xds_address)
+                status = await fetch_client_status(
+                    mp.xds_address, token=mp.tokens.issue("operator"), credentials=credentials,
+                    server_name="meshpilot")
                 seen["csds"] = str(status)
                 base = f"http://{mp.admin_address}"
                 async with aiohttp.ClientSession() as session:
@@ -119,6 +128,7 @@ def test_no_secret_value_in_any_output(tmp_path: Path, caplog: pytest.LogCapture
                     async with session.get(base + "/debug/status") as response:
                         seen["status after a refused edit"] = await response.text()
         finally:
+            await channel.close()
             await mp.stop()
 
     with caplog.at_level(logging.DEBUG):

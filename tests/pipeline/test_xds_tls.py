@@ -196,10 +196,12 @@ class Material:
 
 
 async def _first_clusters(mp: Meshpilot, material: Material, client: Pair | None,
-                          cluster: str) -> tuple[list[str] | None, grpc.StatusCode | None]:
+                          cluster: str, token: str | None = None,
+                          ) -> tuple[list[str] | None, grpc.StatusCode | None]:
     """(cluster names received, None) or (None, the status the stream ended with)."""
     async with material.channel(mp, client) as channel:
-        xds = XdsClient(mp.xds_address, channel=channel, node_id=f"{cluster}-1", cluster=cluster)
+        xds = XdsClient(mp.xds_address, channel=channel, node_id=f"{cluster}-1", cluster=cluster,
+                        token=token)
         await xds.connect()
         try:
             await xds.send(type_url=CDS)
@@ -257,8 +259,10 @@ def test_identity_check_off_and_plain_tls(tmp_path: Path) -> None:
             await mp.stop()
         mp = Meshpilot(material.settings(client_ca=False))
         await mp.start()
-        try:  # TLS only: no client certificate needed, no identity
-            assert (await _first_clusters(mp, material, None, "edge"))[0] == ["api"]
+        try:  # TLS without client certificates: a node token proves the view instead
+            assert (await _first_clusters(mp, material, None, "edge"))[1] is not None
+            token = mp.tokens.issue("node", "edge")
+            assert (await _first_clusters(mp, material, None, "edge", token))[0] == ["api"]
             # A plaintext client cannot talk to a TLS port.
             async with grpc.aio.insecure_channel(mp.xds_address) as channel:
                 xds = XdsClient(mp.xds_address, channel=channel)
@@ -341,7 +345,7 @@ def test_exposed_admin_and_plaintext_xds_are_warned_about(
         await mp.stop()
 
     plain = Settings(policy=policy, xds_address="127.0.0.1:0", admin_address="127.0.0.1:0",
-                     watch=False)
+                     watch=False, insecure_xds=True)
     with caplog.at_level(logging.WARNING):
         asyncio.run(start_stop(plain))
     assert not [r for r in caplog.records if "reachable beyond" in r.getMessage()]

@@ -111,3 +111,16 @@ def test_jwks_secret_members_go_public_keys_stay() -> None:
 def test_an_any_of_an_unknown_type_shows_nothing() -> None:
     unknown = any_pb2.Any(type_url="type.googleapis.com/no.such.Type", value=b"SECRET")
     assert redacted(unknown).value == b""
+
+
+def test_grpc_metadata_is_secret_other_headers_are_policy() -> None:
+    from envoy.config.core.v3 import grpc_service_pb2
+
+    service = grpc_service_pb2.GrpcService(
+        envoy_grpc=grpc_service_pb2.GrpcService.EnvoyGrpc(cluster_name="meshpilot_xds"),
+        initial_metadata=[base_pb2.HeaderValue(key="authorization", value="Bearer NODE-TOKEN")])
+    out = redacted(service)
+    assert out.initial_metadata[0].key == "authorization"
+    assert out.initial_metadata[0].value == fingerprint("Bearer NODE-TOKEN")
+    added = base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key="x-team", value="blue"))
+    assert redacted(added).header.value == "blue"

@@ -36,9 +36,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 __all__ = ["ROLES", "BookinfoServer", "main"]
@@ -178,15 +180,33 @@ def _render(page: dict[str, Any]) -> str:
 
 # ---- a container's entrypoint: the application and its sidecar Envoy -------------------------
 
+CREDENTIALS_WAIT = 60.0  # seconds for meshpilot to write this service's credentials
+
+
 def write_bootstrap(node_cluster: str, xds_addresses: list[str], admin_address: str,
-                    path: str) -> None:
-    """The bootstrap comes from `meshpilot bootstrap`, exactly as a user would make it."""
+                    path: str, credentials: str | None = None) -> None:
+    """The bootstrap comes from `meshpilot bootstrap`, exactly as a user would make it: with
+    the node token and CA root that meshpilot wrote into `credentials` (`serve
+    --write-node-credentials`), waiting for them if meshpilot has not started yet; without a
+    folder, plaintext (for a meshpilot serving with --insecure-xds)."""
     node_id = f"{node_cluster}-{instance_name()}"
     command = [sys.executable, "-m", "meshpilot", "bootstrap", "--node-id", node_id,
                "--node-cluster", node_cluster, "--admin-address", admin_address,
                "--output", path]
     for address in xds_addresses:
         command += ["--xds-address", address]
+    if credentials is None:
+        command.append("--insecure-xds")
+    else:
+        folder = Path(credentials)
+        deadline = time.monotonic() + CREDENTIALS_WAIT
+        while not ((folder / "token").is_file() and (folder / "ca.crt").is_file()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bookinfo: no token and ca.crt in {folder} after "
+                                 f"{CREDENTIALS_WAIT:.0f}s (is meshpilot writing them?)")
+            time.sleep(0.2)
+        command += ["--token-file", str(folder / "token"), "--xds-tls-ca",
+                    str(folder / "ca.crt"), "--xds-sni", "meshpilot"]
     subprocess.run(command, check=True)
 
 
@@ -214,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     bootstrap = os.path.join(tempfile.mkdtemp(prefix="sidecar-"), "envoy.yaml")
     write_bootstrap(args.service, args.xds_address or ["meshpilot:18000"],
-                    args.admin_address, bootstrap)
+                    args.admin_address, bootstrap, credentials=args.credentials)
     code = 0
     if not stopping.is_set():
         proxy = subprocess.Popen([envoy, "-c", bootstrap, "--concurrency",
@@ -256,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--envoy", default=None, help="the Envoy binary (default: envoy on PATH)")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--envoy-log-level", default="warning")
+    p.add_argument("--credentials", metavar="DIR", default=None,
+                   help="the folder meshpilot writes this Envoy's node token and CA root into "
+                        "(serve --write-node-credentials); without it, plaintext xDS")
 
     args = parser.parse_args(argv)
     if args.command == "run":
