@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subject", nargs="?", default="", metavar="SERVICE|VIEW",
                    help="the Service (registration) or view (node); none for operator")
     p.add_argument("--ttl", type=_duration, default=24 * 3600.0, metavar="DURATION",
-                   help="how long the token works (24h; at most 366d)")
+                   help="how long the token works (24h; at most 366 days, 8784h)")
     p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
                    help="the folder of the server's token.key, as given to serve (.meshpilot)")
     p.set_defaults(func=cmd_token_create)

@@ -68,9 +68,9 @@ def split_authority(text: str, default_port: int | None = None) -> tuple[str, in
         host, sep, rest = text[1:].partition("]")
         if not sep or (rest and not rest.startswith(":")):
             raise ValueError(text)
-        port_text = rest[1:] if rest else None
+        host, port_text = str(ipaddress.IPv6Address(host)), rest[1:] if rest else None
     elif text.count(":") > 1:  # a bare IPv6 address, as an admin address may be written
-        host = text
+        host = str(ipaddress.IPv6Address(text))
     elif ":" in text:
         host, port_text = text.split(":")
     else:
