@@ -23,6 +23,7 @@ from meshpilot.inputs.native.schema import json_schema
 from meshpilot.ir.model import Model
 from meshpilot.local.bootstrap import bootstrap_yaml
 from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
+from meshpilot.runtime.admin_guard import split_authority
 from meshpilot.runtime.app import Meshpilot, Settings, split_address
 from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.translators import Translation
@@ -43,6 +44,14 @@ def _address(text: str) -> str:
         split_address(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _admin_host(text: str) -> str:
+    try:
+        split_authority(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME:PORT, got {text!r}") from None
     return text
 
 
@@ -246,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-admin", action="store_true",
                    help="open the admin API's debug, config and write endpoints to anyone "
                         "who can reach it, without a token. Warned about at start and in /readyz")
-    p.add_argument("--admin-host", action="append", default=[], metavar="NAME",
+    p.add_argument("--admin-host", type=_admin_host, action="append", default=[], metavar="NAME",
                    help="also answer admin requests whose Host header is NAME (any port) or "
                         "NAME:PORT; repeat for several. Others are refused (DNS rebinding)")
     p.add_argument("--ca-dir", metavar="DIR", default=None,

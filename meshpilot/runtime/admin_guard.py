@@ -99,7 +99,9 @@ class HostRules:
     """Which `Host` values (and so which origins) are meshpilot's own."""
 
     def __init__(self, address: str, names: tuple[str, ...] = ()):
-        host, port = split_authority(address)
+        # The address as app.py writes it: HOST:PORT with an IPv6 host unbracketed ("::1:80").
+        bound, _, port_text = address.rpartition(":")
+        host, port = split_authority(bound.strip("[]") or "0.0.0.0")[0], int(port_text)
         self.exact: set[tuple[str, int | None]] = {(host, port)}
         if _is_loopback_or_any(host):
             self.exact.update((name, port) for name in _LOOPBACK_NAMES)

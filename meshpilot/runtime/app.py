@@ -19,6 +19,7 @@ from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.discovery.docker_source import DockerSource
 from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.runtime.admin import AdminSources, make_app
+from meshpilot.runtime.admin_guard import HostRules
 from meshpilot.runtime.controller import Controller
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
@@ -117,6 +118,9 @@ class Meshpilot:
         # The mesh CA: workload certificates per view, renewed by `_rotate_certificates`.
         # Signs and checks the operator, registration and node tokens (ca/tokens.py).
         self.tokens = TokenAuthority.load_or_create(settings.state_dir)
+        # A malformed admin address or --admin-host (ValueError) refuses to start, rather than
+        # failing every admin request later.
+        HostRules(settings.admin_address, settings.admin_hosts)
         self.identities = WorkloadIdentities(
             CertificateAuthority.load_or_create(settings.ca_dir or settings.state_dir,
                                                 settings.trust_domain),

@@ -274,6 +274,17 @@ def test_secure_readyz_has_no_warning(tmp_path: Path) -> None:
     run(mp, scenario)
 
 
+def test_a_malformed_admin_host_refuses_to_start(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from meshpilot.cli import main
+
+    with pytest.raises(ValueError):
+        make(tmp_path, admin_hosts=("[nope",))
+    with pytest.raises(SystemExit):
+        main(["serve", "--policy", str(tmp_path), "--admin-host", "a:b"])
+    assert "expected NAME or NAME:PORT" in capsys.readouterr().err
+
+
 def test_host_rules() -> None:
     assert split_authority("[::1]:80") == ("::1", 80)
     assert split_authority("Example.COM.") == ("example.com", None)
@@ -288,6 +299,9 @@ def test_host_rules() -> None:
     assert anywhere.allows_host_header("127.0.0.1:18001")
     assert anywhere.allows_host_header("10.0.0.7:18001")
     assert not anywhere.allows_host_header("0.0.0.0:18002")
+    for v6 in ("::1:18001", "[::1]:18001"):  # as app.py and as a user write it
+        assert HostRules(v6).allows_host_header("[::1]:18001")
+        assert HostRules(v6).allows_host_header("localhost:18001")
     public = HostRules("10.0.0.7:18001")
     assert not public.allows_host_header("127.0.0.1:18001")
     assert public.allows_origin("http://10.0.0.7:18001")
