@@ -10,8 +10,6 @@ import json
 import logging
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
@@ -20,11 +18,13 @@ from meshpilot import __version__
 from meshpilot.base.errors import PolicyError
 from meshpilot.base.units import parse_duration
 from meshpilot.ca.authority import ROOT_CERT, CaError, check_trust_domain
-from meshpilot.ca.tokens import KEY_FILE, TokenAuthority
+from meshpilot.ca.tokens import KEY_FILE, TokenAuthority, TokenError, rotate_key
 from meshpilot.inputs.loader import load_policy
 from meshpilot.inputs.native.schema import json_schema
 from meshpilot.ir.model import Model
 from meshpilot.local.bootstrap import bootstrap_yaml
+from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
+from meshpilot.runtime.admin_guard import split_authority
 from meshpilot.runtime.app import Meshpilot, Settings, split_address
 from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.translators import Translation
@@ -55,6 +55,14 @@ def _address(text: str) -> str:
     return text
 
 
+def _admin_host(text: str) -> str:
+    try:
+        split_authority(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME:PORT, got {text!r}") from None
+    return text
+
+
 def _trust_domain(text: str) -> str:
     try:
         return check_trust_domain(text)
@@ -80,7 +88,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     xds_server_names=tuple(args.xds_server_name),
                     node_credentials=tuple(args.write_node_credentials),
                     insecure_admin=args.insecure_admin,
-                    trust_domain=args.trust_domain, cert_ttl=args.cert_ttl)
+                    trust_domain=args.trust_domain, cert_ttl=args.cert_ttl,
+                    admin_hosts=tuple(args.admin_host))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -194,16 +203,21 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def admin_client(args: argparse.Namespace) -> AdminClient:
+    """The admin API as the commands that call it (status, ...) reach it: with --token-file,
+    else $MESHPILOT_TOKEN, else a token minted from --state-dir's key (docs/operations.md)."""
+    token, source = find_token(args.token_file, args.state_dir)
+    return AdminClient(args.admin_address, token, source=source)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    base = f"http://{args.admin_address}"
     try:
-        with urllib.request.urlopen(f"{base}/debug/proxies", timeout=5) as r:
-            proxies = json.load(r)["proxies"]
-        with urllib.request.urlopen(f"{base}/debug/status", timeout=5) as r:
-            status = json.load(r)
-    except (urllib.error.URLError, OSError) as e:
-        print(f"cannot reach meshpilot admin at {base}: {e}", file=sys.stderr)
-        return 2
+        admin = admin_client(args)
+        proxies = admin.get_json("/debug/proxies")["proxies"]
+        status = admin.get_json("/debug/status")
+    except AdminError as e:
+        print(e, file=sys.stderr)
+        return e.code
     if args.json:
         print(json.dumps({"status": status, "proxies": proxies}, indent=2))
         return 0
@@ -221,6 +235,31 @@ def cmd_status(args: argparse.Namespace) -> int:
                       f"{t['last_rejection']['message']}")
     return 0 if policy["ok"] and not any(
         t["status"] == "NACKED" for p in proxies for t in p["types"].values()) else 1
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    try:
+        # The key must exist already: a token signed with a key that no server holds (a
+        # mistyped --state-dir) would only fail later, at the server.
+        tokens = TokenAuthority.load(Path(args.state_dir))
+        print(tokens.issue(args.kind, args.subject or "", ttl=args.ttl))
+    except TokenError as e:
+        print(f"meshpilot token create: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_token_rotate_key(args: argparse.Namespace) -> int:
+    try:
+        TokenAuthority.load(Path(args.state_dir))  # the folder a server made, not a typo
+        rotate_key(Path(args.state_dir))
+    except (TokenError, OSError) as e:
+        print(f"meshpilot token rotate-key: {e}", file=sys.stderr)
+        return 2
+    print(f"new token key in {Path(args.state_dir) / 'token.key'}: every token issued so far "
+          "no longer works (running servers use the new key at their next request)",
+          file=sys.stderr)
+    return 0
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -265,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-admin", action="store_true",
                    help="open the admin API's debug, config and write endpoints to anyone "
                         "who can reach it, without a token. Warned about at start and in /readyz")
+    p.add_argument("--admin-host", type=_admin_host, action="append", default=[], metavar="NAME",
+                   help="also answer admin requests whose Host header is NAME (any port) or "
+                        "NAME:PORT; repeat for several. Others are refused (DNS rebinding)")
     p.add_argument("--ca-dir", metavar="DIR", default=None,
                    help="the mesh CA's root (ca.crt, ca.key), if not in --state-dir: created "
                         "here on first start, loaded afterwards (docs/security.md)")
@@ -357,8 +399,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="connected Envoys and where each stands")
     p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
+    _admin_client_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("token", help="issue tokens for the admin API and xDS; rotate their key")
+    token = p.add_subparsers(dest="token_command", required=True)
+    p = token.add_parser("create", help="print a new token signed with --state-dir's key")
+    p.add_argument("kind", choices=["operator", "registration", "node"],
+                   help="operator: the whole admin API; registration SERVICE: that Service's "
+                        "self-registrations; node VIEW: an Envoy's xDS stream for that view")
+    p.add_argument("subject", nargs="?", default="", metavar="SERVICE|VIEW",
+                   help="the Service (registration) or view (node); none for operator")
+    p.add_argument("--ttl", type=_duration, default=24 * 3600.0, metavar="DURATION",
+                   help="how long the token works (24h; at most 366 days, 8784h)")
+    p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
+                   help="the folder of the server's token.key, as given to serve (.meshpilot)")
+    p.set_defaults(func=cmd_token_create)
+    p = token.add_parser("rotate-key", help="a new token key: every token stops working")
+    p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
+                   help="the folder of the server's token.key, as given to serve (.meshpilot)")
+    p.set_defaults(func=cmd_token_rotate_key)
 
     p = sub.add_parser("up", help="control plane + real Envoy + demo backends, for a first try")
     p.add_argument("policy", nargs="?", default="examples/quickstart")
@@ -372,6 +433,15 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_up)
     return parser
+
+
+def _admin_client_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--token-file", metavar="FILE", default=None,
+                   help="send the token in FILE (default: $MESHPILOT_TOKEN, else one minted "
+                        "for 5 minutes with the key in --state-dir, if readable)")
+    p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
+                   help="the server's --state-dir, whose token key signs a token for this "
+                        "command when no other is given (.meshpilot)")
 
 
 def main(argv: list[str] | None = None) -> int:

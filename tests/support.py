@@ -319,8 +319,22 @@ class MeshpilotProcess:
             self.proc.kill()
             self.proc.wait(timeout=10)
 
+    def operator_token(self) -> str:
+        """An operator token signed with this process's key (in its state folder, made at
+        start): what an operator on this machine uses for the admin API."""
+        return TokenAuthority.load(self.state_dir).issue("operator", ttl=3600)
+
+    def admin_headers(self, token: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token or self.operator_token()}"}
+
+    def admin_get(self, path: str, method: str = "GET",
+                  timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+        """`http_get` of an admin path, as an operator."""
+        return http_get(f"{self.admin}{path}", self.admin_headers(), timeout=timeout,
+                        method=method)
+
     def get_json(self, path: str) -> Any:
-        status, _, body = http_get(f"{self.admin}{path}")
+        status, _, body = self.admin_get(path)
         assert status == 200, f"{path}: {status} {body[:300]!r}"
         return json.loads(body)
 

@@ -41,6 +41,8 @@ MAX_LABELS = 64
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})\Z")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._/-]{0,252})\Z")
 _KEYS = ("service", "address", "labels", "ttl")
+# The routes a registration token may call (the admin API's guard lets it through to them only).
+REGISTRATION_PATHS = ("/v1/registrations", "/v1/registrations/{id}")
 
 
 class Invalid(ValueError):

@@ -1,6 +1,8 @@
 """The admin HTTP API: health, readiness, Prometheus metrics, proxy status and config dumps.
 
 Binds to loopback by default: config dumps describe the fleet, and nothing here needs the network.
+Every request passes admin_guard first (Host, Origin, token, JSON bodies); `ACCESS` says which
+routes are open and which take registration tokens, everything else needs an operator token.
 The API sees the process only through `AdminSources` (built by app.py), not the process object:
 what it reads is listed in one place, and this module does not depend on the application.
 """
@@ -8,15 +10,17 @@ what it reads is listed in one place, and this module does not depend on the app
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from meshpilot.discovery.http_api import add_registration_routes
+from meshpilot.ca.tokens import TokenAuthority
+from meshpilot.discovery.http_api import REGISTRATION_PATHS, add_registration_routes
 from meshpilot.discovery.registry import EndpointRegistry
+from meshpilot.runtime.admin_guard import Access, GuardSettings, guard
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.render import snapshot_to_dict
 from meshpilot.xds.snapshot import Snapshot
@@ -38,6 +42,17 @@ class AdminSources:
     proxies: ProxyRegistry  # connected Envoys
     endpoints: EndpointRegistry  # the self-registration routes' registry
     metrics: CollectorRegistry
+    tokens: TokenAuthority | None  # checks the callers' tokens; None: --insecure-admin
+    admin_hosts: tuple[str, ...] = ()  # --admin-host: more names the Host header may carry
+    # The opt-outs in force (--insecure-admin, ...), one sentence each: /readyz shows them.
+    warnings: Callable[[], Sequence[str]] = field(default=lambda: ())
+
+
+# Who may call what without an operator token (admin_guard); every other route needs one.
+ACCESS: dict[str, Access] = {
+    "/healthz": Access.OPEN, "/readyz": Access.OPEN, "/metrics": Access.OPEN,
+    **{path: Access.REGISTRATION for path in REGISTRATION_PATHS},
+}
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -55,9 +70,11 @@ def make_app(sources: AdminSources) -> web.Application:
 
     @routes.get("/readyz")
     async def readyz(_: web.Request) -> web.Response:
+        # Opt-outs are shown where every probe and every operator looks, not only in the log.
+        warned = "".join(f"WARNING: {warning}\n" for warning in sources.warnings())
         if sources.is_ready():
-            return web.Response(text="ready\n")
-        return web.Response(text="not ready: no valid policy loaded yet\n", status=503)
+            return web.Response(text="ready\n" + warned)
+        return web.Response(text="not ready: no valid policy loaded yet\n" + warned, status=503)
 
     @routes.get("/metrics")
     async def metrics(_: web.Request) -> web.Response:
@@ -96,8 +113,10 @@ def make_app(sources: AdminSources) -> web.Application:
         return _json(snapshot_to_dict(snapshot))
 
     # Self-registration (/v1/registrations) and /debug/discovery: docs/discovery.md.
-    add_registration_routes(routes, sources.endpoints)
+    add_registration_routes(routes, sources.endpoints, sources.tokens)
 
-    app = web.Application()
+    app = web.Application(middlewares=[guard(GuardSettings(
+        tokens=sources.tokens, address=lambda: sources.addresses()["admin_address"],
+        hosts=sources.admin_hosts, access=ACCESS))])
     app.add_routes(routes)
     return app

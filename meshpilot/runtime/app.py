@@ -24,6 +24,7 @@ from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.discovery.docker_source import DockerSource
 from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.runtime.admin import AdminSources, make_app
+from meshpilot.runtime.admin_guard import HostRules
 from meshpilot.runtime.controller import Controller
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
@@ -85,6 +86,10 @@ _GRPC_OPTIONS = [
     ("grpc.server.max_pending_requests_hard_limit", 40_000),
 ]
 
+_OPEN_ADMIN = ("the admin API is open (--insecure-admin): its debug, config and registration "
+               "endpoints need no token, so anyone who can reach it may read the fleet's "
+               "config and register endpoints")
+
 
 @dataclass
 class Settings:
@@ -107,6 +112,9 @@ class Settings:
     # xDS; an admin API whose debug, config and write endpoints need no token.
     insecure_xds: bool = False
     insecure_admin: bool = False
+    # More names the admin API answers to (its Host header; "NAME" at any port, or NAME:PORT),
+    # beyond its address and, on loopback, 127.0.0.1/localhost/[::1] (runtime/admin_guard.py).
+    admin_hosts: tuple[str, ...] = ()
     # the mesh CA (docs/security.md)
     ca_dir: Path | None = None  # root created here on first start, else loaded; None: state_dir
     trust_domain: str = "cluster.local"
@@ -144,6 +152,9 @@ class Meshpilot:
         # The mesh CA: workload certificates per view, renewed by `_rotate_certificates`.
         # Signs and checks the operator, registration and node tokens (ca/tokens.py).
         self.tokens = TokenAuthority.load_or_create(settings.state_dir)
+        # A malformed admin address or --admin-host (ValueError) refuses to start, rather than
+        # failing every admin request later.
+        HostRules(settings.admin_address, settings.admin_hosts)
         self.identities = WorkloadIdentities(
             CertificateAuthority.load_or_create(settings.ca_dir or settings.state_dir,
                                                 settings.trust_domain),
@@ -231,10 +242,7 @@ class Meshpilot:
         self._admin = web.AppRunner(make_app(self.admin_sources()), access_log=None)
         await self._admin.setup()
         host, port = split_address(self.settings.admin_address)
-        if not is_loopback(host):
-            log.warning("admin API on %s:%s is reachable beyond this host and has NO "
-                        "authentication (config dumps, status, registrations); bind it to "
-                        "127.0.0.1 unless a proxy in front of it authenticates", host, port)
+        self._warn_about_admin(host, port)
         site = web.TCPSite(self._admin, host, port)
         await site.start()
         sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
@@ -283,6 +291,24 @@ class Meshpilot:
         return "node tokens", NodeTokenCheck(
             lambda token: self.tokens.verify(token, "node").subject)
 
+    def _warn_about_admin(self, host: str, port: int) -> None:
+        if self.settings.insecure_admin:
+            log.warning("admin API: %s", _OPEN_ADMIN)
+        if is_loopback(host):
+            return
+        if self.settings.insecure_admin:
+            log.warning("admin API on %s:%s is reachable beyond this host and has NO "
+                        "authentication (config dumps, status, registrations); bind it to "
+                        "127.0.0.1 unless a proxy in front of it authenticates", host, port)
+        else:
+            log.warning("admin API on %s:%s is reachable beyond this host over plain HTTP: "
+                        "its tokens cross the network unencrypted; put a TLS proxy in front "
+                        "of it or bind it to 127.0.0.1", host, port)
+
+    def admin_warnings(self) -> list[str]:
+        """The opt-outs in force, as /readyz shows them."""
+        return [_OPEN_ADMIN] if self.settings.insecure_admin else []
+
     def admin_sources(self) -> AdminSources:
         """What the admin API may read of this process (and nothing else of it)."""
         return AdminSources(
@@ -291,7 +317,9 @@ class Meshpilot:
             addresses=lambda: {"xds_address": self.xds_address,
                                "admin_address": self.admin_address},
             cache=self.cache, snapshot_of=self.snapshot_of, proxies=self.registry,
-            endpoints=self.endpoints, metrics=self.metrics.registry)
+            endpoints=self.endpoints, metrics=self.metrics.registry,
+            tokens=None if self.settings.insecure_admin else self.tokens,
+            admin_hosts=self.settings.admin_hosts, warnings=self.admin_warnings)
 
     async def snapshot_of(self, view: str) -> Snapshot | None:
         """The view's snapshot, built (on a worker thread) if no one asked for it yet; None

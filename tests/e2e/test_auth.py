@@ -306,7 +306,7 @@ def test_rate_limit_per_client(env: Env) -> None:
 
 
 def test_key_values_are_not_in_meshpilots_config_dump(env: Env) -> None:
-    status, _, body = http_get(f"{env.mp.admin}/debug/config_dump?node=edge-1")
+    status, _, body = env.mp.admin_get("/debug/config_dump?node=edge-1")
     assert status == 200
     assert b"api_key_auth" in body
     assert b"value-of-b" not in body and b"key-of-a-from-a-file" not in body

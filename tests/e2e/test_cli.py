@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import signal
 import subprocess
@@ -24,9 +25,12 @@ ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart"
 
 
-def meshpilot(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def meshpilot(*args: str, timeout: float = 60,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`env`: variables added to this process's environment (MESHPILOT_TOKEN never inherited)."""
+    environment = {k: v for k, v in os.environ.items() if k != "MESHPILOT_TOKEN"}
     return subprocess.run([sys.executable, "-m", "meshpilot", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env={**environment, **(env or {})})
 
 
 def test_validate_accepts_the_quickstart() -> None:
@@ -122,10 +126,37 @@ def test_status_shows_the_policy_and_proxies(tmp_path: Path, envoy_factory,
     envoy_factory(mp.bootstrap("edge-1", "edge"))
     eventually(lambda: mp.proxies() and mp.proxies()[0]["types"]["clusters"]["status"]
                == "SYNCED", what="the Envoy to ACK")
-    result = meshpilot("status", "--admin-address", f"127.0.0.1:{mp.admin_port}")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "ok" in result.stdout.splitlines()[0]
-    assert re.search(r"edge-1\s+edge\s+sotw-ads\s+clusters\s+SYNCED", result.stdout)
+    address = ("--admin-address", f"127.0.0.1:{mp.admin_port}")
+    # Each of the three token sources: a token file, $MESHPILOT_TOKEN, the state folder's key.
+    created = meshpilot("token", "create", "operator", "--ttl", "10m",
+                        "--state-dir", str(mp.state_dir))
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    (tmp_path / "operator.token").write_text(token + "\n")
+    for result in (meshpilot("status", *address, "--token-file", str(tmp_path / "operator.token"),
+                             "--state-dir", str(tmp_path / "none")),
+                   meshpilot("status", *address, "--state-dir", str(tmp_path / "none"),
+                             env={"MESHPILOT_TOKEN": token}),
+                   meshpilot("status", *address, "--state-dir", str(mp.state_dir))):
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "ok" in result.stdout.splitlines()[0]
+        assert re.search(r"edge-1\s+edge\s+sotw-ads\s+clusters\s+SYNCED", result.stdout)
+    # No token, or one that does not grant operator access: refused, and the token not shown.
+    anonymous = meshpilot("status", *address, "--state-dir", str(tmp_path / "none"))
+    assert anonymous.returncode == 2 and "refused (401)" in anonymous.stderr, anonymous.stderr
+    registration = meshpilot("token", "create", "registration", "api",
+                             "--state-dir", str(mp.state_dir)).stdout.strip()
+    wrong = meshpilot("status", *address, "--state-dir", str(tmp_path / "none"),
+                      env={"MESHPILOT_TOKEN": registration})
+    assert wrong.returncode == 2 and "refused (403)" in wrong.stderr, wrong.stderr
+    assert "$MESHPILOT_TOKEN" in wrong.stderr and registration not in wrong.stderr
+    # A rotated key: every token stops working, at once, without restarting the server.
+    assert meshpilot("token", "rotate-key", "--state-dir", str(mp.state_dir)).returncode == 0
+    rotated = meshpilot("status", *address, "--state-dir", str(tmp_path / "none"),
+                        env={"MESHPILOT_TOKEN": token})
+    assert rotated.returncode == 2 and "refused (401)" in rotated.stderr
+    assert token not in rotated.stderr + rotated.stdout
+    assert meshpilot("status", *address, "--state-dir", str(mp.state_dir)).returncode == 0
     mp.stop()
     unreachable = meshpilot("status", "--admin-address", f"127.0.0.1:{free_port()}")
     assert unreachable.returncode == 2 and "cannot reach" in unreachable.stderr

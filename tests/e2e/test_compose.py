@@ -172,6 +172,8 @@ class Stack:
         self.network = f"meshpilot-test-{suffix}"
         self.policy = work / "policy"
         shutil.copytree(COMPOSE_DIR / "policy", self.policy)
+        self.state = work / "state"  # meshpilot's: `meshpilot status` signs a token with its key
+        self.state.mkdir(mode=0o700)
         self.edge_port, self.admin_port = free_port(), free_port()
         python_prefix = Path(os.path.realpath(sys.base_prefix))
         self.env = {**os.environ,
@@ -181,6 +183,7 @@ class Stack:
                     "MESHPILOT_TEST_POLICY": str(self.policy),
                     "EDGE_PORT": str(self.edge_port),
                     "MESHPILOT_ADMIN_PORT": str(self.admin_port),
+                    "MESHPILOT_TEST_STATE": str(self.state),
                     "MESH_NETWORK": self.network}
         self.sdk = None if tool else SdkCompose(client, self.project, FILES, self.env)
 
@@ -322,8 +325,8 @@ def test_the_compose_stack_routes_discovers_and_reloads(stack: Stack):
     # `meshpilot status` against the published admin port: every Envoy ACKed the new config.
     def all_synced() -> bool:
         done = subprocess.run([sys.executable, "-m", "meshpilot", "status", "--admin-address",
-                               f"127.0.0.1:{stack.admin_port}"], capture_output=True,
-                              text=True, timeout=10)
+                               f"127.0.0.1:{stack.admin_port}", "--state-dir", str(stack.state)],
+                              capture_output=True, text=True, timeout=10)
         return done.returncode == 0 and "policy /policy: ok" in done.stdout and all(
             f" {view} " in done.stdout for view in ("edge", "productpage", "details", "reviews"))
 

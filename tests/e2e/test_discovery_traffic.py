@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -44,12 +45,13 @@ rules:
 TYPES = ("clusters", "endpoints", "listeners", "routes")
 
 
-def post(url: str, body: dict) -> tuple[int, dict]:
+def post(url: str, body: dict, token: str) -> tuple[int, dict]:
     import urllib.error
     import urllib.request
 
     request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json",
+                                              "Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=5) as r:
             return r.status, json.load(r)
@@ -97,15 +99,20 @@ def test_a_registered_instance_gets_traffic_until_its_ttl_lapses(tmp_path, echo_
     mp, port = start_gateway(tmp_path, meshpilot_factory, envoy_factory)
     before = responses(mp)
 
+    # What an instance is given: a registration token for its own Service.
+    token = subprocess.run([sys.executable, "-m", "meshpilot", "token", "create",
+                            "registration", "api", "--state-dir", str(mp.state_dir)],
+                           capture_output=True, text=True, check=True).stdout.strip()
     status, body = post(f"{mp.admin}/v1/registrations",
                         {"service": "api", "address": f"127.0.0.1:{echo.port}",
-                         "labels": {"version": "v1"}, "ttl": "1s"})
+                         "labels": {"version": "v1"}, "ttl": "1s"}, token)
     assert status == 201, body
     stop = threading.Event()
 
     def heartbeat() -> None:
         while not stop.wait(0.25):
-            http_get(f"{mp.admin}/v1/registrations/{body['id']}", method="PUT", timeout=2)
+            http_get(f"{mp.admin}/v1/registrations/{body['id']}", mp.admin_headers(token),
+                     method="PUT", timeout=2)
 
     beats = threading.Thread(target=heartbeat, daemon=True)
     beats.start()

@@ -233,7 +233,7 @@ def test_tls_origination_sends_the_sni_and_verifies_the_upstream(env: Env) -> No
 def test_private_keys_are_in_no_dump_and_no_log(env: Env) -> None:
     keys = [(env.certs / f"{stem}.key").read_text() for stem in ("a", "b")]
     bodies = [key.split("-----")[2].strip().splitlines()[0] for key in keys]
-    _, _, dump = http_get(f"{env.mp.admin}/debug/config_dump?node=edge-1")
+    _, _, dump = env.mp.admin_get("/debug/config_dump?node=edge-1")
     assert b"edge/https/tls[0]" in dump  # the secrets are there ...
     texts = [dump.decode(), env.mp.log_path.read_text(),
              json.dumps(env.envoy.config_dump())]

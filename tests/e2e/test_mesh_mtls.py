@@ -244,7 +244,7 @@ def test_each_sidecar_holds_only_its_own_identity(mesh: Mesh) -> None:
 
 def test_keys_are_never_in_meshpilot_dumps_or_logs(mesh: Mesh) -> None:
     for node in ("a-1", "b-1"):
-        status, _, body = http_get(f"{mesh.mp.admin}/debug/config_dump?node={node}")
+        status, _, body = mesh.mp.admin_get(f"/debug/config_dump?node={node}")
         assert status == 200
         assert b"PRIVATE KEY" not in body
         assert b"spiffe/identity" in body and b"[redacted sha256:" in body

@@ -49,8 +49,10 @@ def save(path: Path, text: str) -> None:
 
 
 async def get(mp: Meshpilot, path: str) -> tuple[int, str]:
+    """GET as an operator (the admin API's debug endpoints need an operator token)."""
+    headers = {"Authorization": f"Bearer {mp.tokens.issue('operator')}"}
     async with aiohttp.ClientSession() as session, \
-            session.get(f"http://{mp.admin_address}{path}") as r:
+            session.get(f"http://{mp.admin_address}{path}", headers=headers) as r:
         return r.status, await r.text()
 
 

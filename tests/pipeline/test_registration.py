@@ -24,9 +24,15 @@ def settings(policy: Path) -> Settings:
 
 async def call(session: aiohttp.ClientSession, mp: Meshpilot, method: str, path: str,
                body: Any = None, raw: bytes | None = None,
-               headers: dict[str, str] | None = None) -> tuple[int, Any]:
+               headers: dict[str, str] | None = None,
+               token: str | None = "operator") -> tuple[int, Any]:
+    """`token`: "operator" (the default) sends one of the process's operator tokens; None
+    sends none; anything else is sent as the token."""
     kwargs: dict[str, Any] = {"data": raw} if raw is not None else {"json": body}
-    kwargs["headers"] = headers or {}
+    if token == "operator":
+        token = mp.tokens.issue("operator")
+    auth = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    kwargs["headers"] = {**auth, **(headers or {})}
     async with session.request(method, f"http://{mp.admin_address}{path}", **kwargs) as r:
         text = await r.text()
         return r.status, (json.loads(text) if text.strip() else None)

@@ -114,7 +114,8 @@ def test_no_secret_value_in_any_output(tmp_path: Path, caplog: pytest.LogCapture
                     server_name="meshpilot")
                 seen["csds"] = str(status)
                 base = f"http://{mp.admin_address}"
-                async with aiohttp.ClientSession() as session:
+                operator = {"Authorization": f"Bearer {mp.tokens.issue('operator')}"}
+                async with aiohttp.ClientSession(headers=operator) as session:
                     for path in ("/debug/config_dump?view=edge", "/debug/config_dump?node=edge-1",
                                  "/debug/proxies", "/debug/status", "/metrics"):
                         async with session.get(base + path) as response:

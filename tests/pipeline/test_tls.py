@@ -230,7 +230,9 @@ def test_render_and_the_admin_dump_redact_private_keys(certs: Path, tmp_path: Pa
         await mp.start()
         try:
             async with aiohttp.ClientSession() as session, session.get(
-                    f"http://{mp.admin_address}/debug/config_dump?view=edge") as response:
+                    f"http://{mp.admin_address}/debug/config_dump?view=edge",
+                    headers={"Authorization": f"Bearer {mp.tokens.issue('operator')}"}
+            ) as response:
                 assert response.status == 200
                 text = await response.text()
         finally:

@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import ssl
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -354,8 +355,13 @@ def test_exposed_admin_and_plaintext_xds_are_warned_about(
     with caplog.at_level(logging.WARNING):
         asyncio.run(start_stop(plain))
     warnings = [r.getMessage() for r in caplog.records if "reachable beyond" in r.getMessage()]
-    assert any("admin API" in w and "NO authentication" in w for w in warnings), warnings
+    assert any("admin API" in w and "plain HTTP" in w for w in warnings), warnings
     assert any("PLAINTEXT" in w for w in warnings), warnings
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(start_stop(replace(plain, insecure_admin=True)))
+    warnings = [r.getMessage() for r in caplog.records if "reachable beyond" in r.getMessage()]
+    assert any("admin API" in w and "NO authentication" in w for w in warnings), warnings
 
 
 # ----- keys never leak ---------------------------------------------------------------------------
@@ -389,7 +395,8 @@ def test_private_keys_appear_nowhere(tmp_path: Path, caplog: pytest.LogCaptureFi
                 assert any(c.stream.types[SDS].known for c in conns)  # CSDS has it to show
                 seen["csds"] = str([client_config(c) for c in conns])
                 base = f"http://{mp.admin_address}"
-                async with aiohttp.ClientSession() as session:
+                operator = {"Authorization": f"Bearer {mp.tokens.issue('operator')}"}
+                async with aiohttp.ClientSession(headers=operator) as session:
                     for path in ("/debug/config_dump?view=edge", "/debug/config_dump?node=edge-1",
                                  "/debug/proxies", "/debug/status"):
                         async with session.get(base + path) as r:

@@ -15,6 +15,7 @@ from meshpilot.ca.tokens import (
     MAX_TTL,
     TokenAuthority,
     TokenError,
+    WrongKind,
     bearer,
     rotate_key,
 )
@@ -42,8 +43,11 @@ def test_a_token_grants_only_its_own_kind() -> None:
     tokens = TokenAuthority(KEY)
     with pytest.raises(TokenError, match="'registration' token does not grant 'operator'"):
         tokens.verify(tokens.issue("registration", "reviews"), "operator")
-    with pytest.raises(TokenError):
+    with pytest.raises(WrongKind):  # genuine but of another kind: a 403, not a 401
         tokens.verify(tokens.issue("node", "edge"), "registration")
+    with pytest.raises(TokenError) as caught:  # not genuine: never WrongKind
+        TokenAuthority(b"o" * 32).verify(tokens.issue("node", "edge"), "registration")
+    assert not isinstance(caught.value, WrongKind)
 
 
 def test_subjects_are_required_where_they_scope() -> None:
@@ -138,3 +142,25 @@ def test_bearer_header() -> None:
     assert bearer("Basic abc") is None
     assert bearer("Bearer") is None
     assert bearer(None) is None
+
+
+def test_a_running_authority_picks_up_a_rotated_key(tmp_path: Path, caplog) -> None:
+    running = TokenAuthority.load_or_create(tmp_path)
+    old = running.issue("operator")
+    rotate_key(tmp_path)
+    with pytest.raises(TokenError):  # no restart needed: the next check reads the new key
+        running.verify(old, "operator")
+    new = TokenAuthority.load(tmp_path).issue("operator")
+    assert running.verify(new, "operator").kind == "operator"
+    # A replacement that cannot be used (too short) is logged; the key in use stays.
+    (tmp_path / KEY_FILE).write_bytes(b"short")
+    assert running.verify(new, "operator").kind == "operator"
+    assert "cannot be used" in caplog.text
+
+
+def test_load_needs_an_existing_key(tmp_path: Path) -> None:
+    with pytest.raises(TokenError, match="cannot read the token key"):
+        TokenAuthority.load(tmp_path / "nowhere")
+    TokenAuthority.load_or_create(tmp_path)
+    TokenAuthority.load(tmp_path).verify(TokenAuthority.load(tmp_path).issue("operator"),
+                                         "operator")
