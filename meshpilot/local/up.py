@@ -101,7 +101,7 @@ async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_add
             await asyncio.to_thread(envoy.start)
             await asyncio.to_thread(envoy.wait_ready, 30.0)
             ports = listener_ports(mp.controller.model, node_cluster)
-            print_fn(_banner(mp, envoy, backends, ports, policy))
+            print_fn(_banner(mp, envoy, backends, ports, policy, state_dir))
             if ready is not None:
                 ready.set()
             await until_terminated()
@@ -115,7 +115,7 @@ async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_add
 
 
 def _banner(mp: Meshpilot, envoy: EnvoyProcess, backends: list[EchoServer], ports: list[int],
-            policy: Path) -> str:
+            policy: Path, state_dir: Path | None) -> str:
     lines = ["", "meshpilot is up.",
              f"  control plane  xDS {mp.xds_address}, admin http://{mp.admin_address}",
              f"  envoy          admin {envoy.admin_url}",
@@ -126,6 +126,8 @@ def _banner(mp: Meshpilot, envoy: EnvoyProcess, backends: list[EchoServer], port
     shown = ", ".join(str(f) for f in files[:3]) + (" ..." if len(files) > 3 else "")
     lines += [f"  edit:  {shown or policy} (changes apply on save; a bad edit is refused, "
               "see the log)",
-              f"  see:   curl -s http://{mp.admin_address}/debug/proxies", "",
+              f"  see:   meshpilot status --admin-address {mp.admin_address}"
+              + (f" --state-dir {state_dir}" if state_dir not in (None, Path(".meshpilot"))
+                 else ""), "",
               "Ctrl-C stops everything.", ""]
     return "\n".join(lines)

@@ -86,6 +86,9 @@ _GRPC_OPTIONS = [
     ("grpc.server.max_pending_requests_hard_limit", 40_000),
 ]
 
+_OPEN_XDS = ("xDS is plaintext and unauthenticated (--insecure-xds): anyone who can connect may "
+             "claim any view and receive its config and keys, and read every node's through "
+             "CSDS")
 _OPEN_ADMIN = ("the admin API is open (--insecure-admin): its debug, config and registration "
                "endpoints need no token, so anyone who can reach it may read the fleet's "
                "config and register endpoints")
@@ -307,7 +310,8 @@ class Meshpilot:
 
     def admin_warnings(self) -> list[str]:
         """The opt-outs in force, as /readyz shows them."""
-        return [_OPEN_ADMIN] if self.settings.insecure_admin else []
+        warnings = [_OPEN_XDS] if self.settings.insecure_xds else []
+        return warnings + ([_OPEN_ADMIN] if self.settings.insecure_admin else [])
 
     def admin_sources(self) -> AdminSources:
         """What the admin API may read of this process (and nothing else of it)."""

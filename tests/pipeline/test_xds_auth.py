@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
 from xds_client import CDS, EDS, LDS, RDS, SDS, XdsClient, fetch_client_status, names_of
@@ -197,6 +198,10 @@ def test_insecure_xds_is_explicit_plaintext_and_warned_about(
                 await xds.ack(await xds.recv_type(CDS))
                 status = await fetch_client_status(mp.xds_address)  # CSDS too: anyone
             assert "edge-1" in str(status)
+            async with aiohttp.ClientSession() as session, \
+                    session.get(f"http://{mp.admin_address}/readyz") as response:
+                readyz = await response.text()
+            assert response.status == 200 and "--insecure-xds" in readyz
 
     with caplog.at_level(logging.WARNING):
         asyncio.run(run())
