@@ -33,6 +33,13 @@ from meshpilot.xds.render import snapshot_to_dict
 from meshpilot.xds.security import XdsSecurityError
 
 
+def _allow_files_from(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-files-from", action="append", default=[], metavar="DIR",
+                        help="a folder besides the policy folder whose files (certificates, keys, "
+                             "API keys, JWKS, htpasswd) the policy may name; repeatable. A file "
+                             "anywhere else is refused")
+
+
 def _view_and_folder(text: str) -> tuple[str, Path]:
     view, sep, folder = text.partition("=")
     if not sep or not view or not folder:
@@ -86,6 +93,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     ca_dir=Path(args.ca_dir) if args.ca_dir else None,
                     state_dir=Path(args.state_dir), insecure_xds=args.insecure_xds,
                     xds_server_names=tuple(args.xds_server_name),
+                    allowed_files=tuple(Path(d) for d in args.allow_files_from),
                     node_credentials=tuple(args.write_node_credentials),
                     insecure_admin=args.insecure_admin,
                     trust_domain=args.trust_domain, cert_ttl=args.cert_ttl,
@@ -104,10 +112,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(policy: str) -> Model | None:
+def _load(policy: str, allowed_files: list[str]) -> Model | None:
     """The policy's model, or None after printing every problem to stderr."""
     try:
-        return load_policy(policy)
+        return load_policy(policy, [Path(d) for d in allowed_files])
     except PolicyError as e:
         for issue in e.issues:
             print(issue, file=sys.stderr)
@@ -116,7 +124,7 @@ def _load(policy: str) -> Model | None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    model = _load(args.policy)
+    model = _load(args.policy, args.allow_files_from)
     if model is None:
         return 1
     print(f"ok: {len(model.files)} file(s): {len(model.services)} service(s), "
@@ -126,7 +134,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    model = _load(args.policy)
+    model = _load(args.policy, args.allow_files_from)
     if model is None:
         return 1
     try:
@@ -323,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docker-network", metavar="NAME", default=None,
                    help="with --docker: reach containers at their IP on this network (default: "
                         "the host port meshpilot.port is published on)")
+    _allow_files_from(p)
     p.add_argument("--write-node-credentials", action="append", default=[],
                    type=_view_and_folder, metavar="VIEW=DIR",
                    help="at start, write a node token for VIEW and the CA root into DIR "
@@ -347,10 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a policy folder; print every problem")
     p.add_argument("policy")
+    _allow_files_from(p)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print the Envoy resources one view would receive")
     p.add_argument("policy")
+    _allow_files_from(p)
     p.add_argument("--node-cluster", required=True, help="the view (an Envoy's node cluster)")
     p.add_argument("--format", choices=["yaml", "json"], default="yaml")
     p.add_argument("--plugin", action="append", default=[], metavar="NAME",

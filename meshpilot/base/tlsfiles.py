@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,9 @@ _recorded: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
 # The policy folder of the load in progress: relative paths are resolved against it.
 _base: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
     "meshpilot_tls_base", default=None)
+# The folders (resolved) the load in progress may read files from; None: not confined.
+_roots: contextvars.ContextVar[tuple[Path, ...] | None] = contextvars.ContextVar(
+    "meshpilot_file_roots", default=None)
 
 
 class TlsFileError(ValueError):
@@ -62,14 +65,39 @@ def recording() -> Iterator[set[str]]:
 
 
 @contextmanager
-def paths_relative_to(folder: Path) -> Iterator[None]:
+def paths_relative_to(folder: Path, allowed: Iterable[Path] = ()) -> Iterator[None]:
     """Resolve relative paths read in this context (a load) against `folder`: the policy folder,
-    so `cert: certs/edge.pem` means the same file whatever directory meshpilot was started in."""
+    so `cert: certs/edge.pem` means the same file whatever directory meshpilot was started in.
+
+    And confine them: a file the policy names must be inside `folder` or one of the `allowed`
+    folders (`--allow-files-from`), after following symbolic links, or reading it is an error
+    (`confined`). Otherwise a policy edit could make meshpilot read, and push to Envoys, any
+    file it can read: its own CA key, another tenant's certificates, /etc/shadow."""
     token = _base.set(folder)
+    roots = _roots.set((folder.resolve(), *(Path(p).resolve() for p in allowed)))
     try:
         yield
     finally:
+        _roots.reset(roots)
         _base.reset(token)
+
+
+def confined(path: Path, shown: str) -> Path:
+    """`path` if the load may read it (see `paths_relative_to`); FileOutsideError if not.
+    Outside a load (a tool reading a file it was given), nothing is confined."""
+    roots = _roots.get()
+    if roots is None:
+        return path
+    real = path.resolve()  # a link inside the folder that points outside it is outside
+    if any(real.is_relative_to(root) for root in roots):
+        return path
+    where = "the policy folder" + (" or the folders of --allow-files-from" if len(roots) > 1
+                                   else " (--allow-files-from DIR allows another folder)")
+    raise FileOutsideError(f"{shown} is outside {where}: meshpilot reads no file elsewhere")
+
+
+class FileOutsideError(ValueError):
+    """A file reference outside the folders a load may read; the message is safe to show."""
 
 
 def resolve(path: str) -> Path:
@@ -84,6 +112,10 @@ def resolve(path: str) -> Path:
 
 def _read(path: str, what: str) -> bytes:
     resolved = resolve(path)
+    try:
+        confined(resolved, f"{what} file {path}")
+    except FileOutsideError as outside:
+        raise TlsFileError(str(outside)) from None
     recorded = _recorded.get()
     if recorded is not None:
         recorded.add(str(resolved))

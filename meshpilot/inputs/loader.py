@@ -19,7 +19,7 @@ files gave last time (`incremental.py`, an optimisation) and falls back to the c
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -33,16 +33,19 @@ from meshpilot.inputs.yamlsource import parse_yaml, read_yaml_file
 from meshpilot.ir.model import Model
 
 
-def load_policy(path: str | Path) -> Model:
+def load_policy(path: str | Path, allowed_files: Iterable[Path] = ()) -> Model:
     """Load a policy folder (every `*.yaml`/`*.yml` below it) or a single file.
 
+    Files the policy names (certificates, keys, API keys, JWKS, htpasswd) must lie inside the
+    policy folder or one of `allowed_files` (folders); anything else is an issue at the field.
     Raises `PolicyError` listing every issue, sorted by file, line and column, if anything is
     wrong anywhere; otherwise returns the whole model.
     """
     root = Path(path)
     load = LoadContext()
     parsed: list[ParsedDocument] = []
-    with _garbage_collection_paused(), tls.paths_relative_to(policy_folder(root)):
+    with _garbage_collection_paused(), \
+            tls.paths_relative_to(policy_folder(root), allowed_files):
         files = policy_files(root, load)
         for file_path, shown_name in files:
             documents, issues = read_yaml_file(file_path, shown_name)
@@ -74,8 +77,9 @@ class PolicyLoader:
     not. Not thread-safe: one load at a time (the controller never overlaps reloads).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, allowed_files: Iterable[Path] = ()):
         self.path = Path(path)
+        self.allowed_files = tuple(allowed_files)
         self.tls_files: frozenset[str] = frozenset()
         self._cache = ParseCache(self.path)
 
@@ -90,14 +94,15 @@ class PolicyLoader:
         return self._cache.parsed_pieces
 
     def load(self) -> Model:
-        with _garbage_collection_paused(), tls.paths_relative_to(policy_folder(self.path)):
+        with _garbage_collection_paused(), \
+                tls.paths_relative_to(policy_folder(self.path), self.allowed_files):
             model = self._cache.try_load()
             if model is not None:
                 self.tls_files = self._cache.tls_files
                 return model
             with tls.recording() as files:
                 try:
-                    return load_policy(self.path)
+                    return load_policy(self.path, self.allowed_files)
                 finally:
                     self.tls_files = frozenset(files)
 

@@ -130,6 +130,9 @@ class Settings:
     # DNS names (besides meshpilot and localhost) on the serving certificate meshpilot issues
     # itself from the mesh CA when no --xds-tls-cert is given: the names Envoys dial it by.
     xds_server_names: tuple[str, ...] = ()
+    # Folders besides the policy folder whose files (certificates, keys, API keys, JWKS,
+    # htpasswd) the policy may name; a file anywhere else is a policy error.
+    allowed_files: tuple[Path, ...] = ()
     # (view, folder) pairs: at start, write a node token for the view and the CA root there
     # (`token`, `ca.crt`), for Envoys that get their credentials from a shared folder or
     # volume (the compose stack: one volume per service, mounted only into that service).
@@ -165,7 +168,8 @@ class Meshpilot:
         self.controller = Controller(settings.policy, self.cache, self.metrics,
                                      plugins=[*load_plugins(settings.plugins), *plugins],
                                      endpoints=self.endpoints,
-                                     identities=self.identities)
+                                     identities=self.identities,
+                                     allowed_files=settings.allowed_files)
         self.docker: DockerSource | None = None
         if settings.docker:
             self.docker = DockerSource(self.endpoints, network=settings.docker_network)

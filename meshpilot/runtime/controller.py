@@ -65,10 +65,12 @@ class Controller:
     def __init__(self, policy_path: str | Path, cache: SnapshotCache,
                  metrics: Metrics | None = None, plugins: Iterable[Plugin | object] = (),
                  endpoints: EndpointRegistry | None = None,
-                 identities: IdentitySource | None = None):
+                 identities: IdentitySource | None = None,
+                 allowed_files: Iterable[Path] = ()):
+        """`allowed_files`: folders besides the policy folder the policy may name files in."""
         self.policy_path = Path(policy_path)
         # Keeps each file's parse between reloads: only changed files are parsed again.
-        self.loader = PolicyLoader(self.policy_path)
+        self.loader = PolicyLoader(self.policy_path, allowed_files)
         # The mesh CA's workload certificates (meshpilot.ca.WorkloadIdentities), or None.
         self.identities = identities
         self.plugins = as_plugins(plugins)  # made once: their conversion caches outlive reloads

@@ -179,7 +179,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     jwks = JwksServer(signer.jwks, ca.issue("jwks.internal"), certs)
     authz = GrpcAuthz()
     with served_policy(work, "remote.yaml", POLICY, {"api": api, "jwks": jwks, "authz": authz},
-                       certs=certs, issuer=ISSUER) as served:
+                       certs=certs, issuer=ISSUER,
+                       extra_args=("--allow-files-from", str(certs))) as served:
         environment = Env(served.ports["port"], signer, api, jwks, authz, served.mp,
                           served.envoy)
         eventually(lambda: environment.get("/", "open.example.com")[0] == 200,

@@ -109,7 +109,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     ca.issue("b.example.com", "*.b.example.com").write(certs, "b")
     upstream = TlsEcho(ca.issue("upstream.internal"), certs)
     with served_policy(work, "edge.yaml", POLICY, {"api": EchoServer("api"), "upstream": upstream},
-                       free_ports=("https", "modern", "plain"), certs=certs) as served:
+                       free_ports=("https", "modern", "plain"), certs=certs,
+                       extra_args=("--allow-files-from", str(certs))) as served:
         environment = Env(served.ports, certs, ca, served.mp, served.envoy, upstream)
         eventually(lambda: https_get(environment, "https", "a.example.com")[0] == 200,
                    timeout=30, what="the https listener to serve")

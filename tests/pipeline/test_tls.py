@@ -218,15 +218,16 @@ def test_render_and_the_admin_dump_redact_private_keys(certs: Path, tmp_path: Pa
     policy.mkdir()
     (policy / "edge.yaml").write_text(gateway(certs))
     result = subprocess.run([sys.executable, "-m", "meshpilot", "render", str(policy),
-                             "--node-cluster", "edge"], capture_output=True, text=True,
-                            timeout=60)
+                             "--node-cluster", "edge", "--allow-files-from", str(certs)],
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "edge/https/tls[1]" in result.stdout and MARKER in result.stdout
     assert "PRIVATE KEY" not in result.stdout + result.stderr
 
     async def scenario() -> None:
         mp = Meshpilot(Settings(policy=policy, xds_address="127.0.0.1:0",
-                                admin_address="127.0.0.1:0", watch=False))
+                                admin_address="127.0.0.1:0", watch=False,
+                                allowed_files=(certs,)))
         await mp.start()
         try:
             async with aiohttp.ClientSession() as session, session.get(
@@ -251,7 +252,7 @@ def test_the_controller_records_the_tls_files_even_when_the_load_fails(certs: Pa
     policy = tmp_path / "policy"
     policy.mkdir()
     (policy / "edge.yaml").write_text(gateway(certs))
-    controller = Controller(policy, SnapshotCache())
+    controller = Controller(policy, SnapshotCache(), allowed_files=(certs,))
     assert controller.reload()
     expected = {str(certs / name) for name in ("a.pem", "a.key", "b.pem", "b.key")}
     assert controller.tls_files == expected
@@ -279,7 +280,7 @@ def test_replacing_a_certificate_outside_the_policy_folder_reloads_the_secret(
     async def scenario() -> None:
         mp = Meshpilot(Settings(policy=policy, xds_address="127.0.0.1:0",
                                 admin_address="127.0.0.1:0", debounce_quiet=0.02,
-                                debounce_max=1.0))
+                                debounce_max=1.0, allowed_files=(certs,)))
         await mp.start()
         try:
             old = await mp.snapshot_of("edge")

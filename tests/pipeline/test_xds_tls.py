@@ -187,7 +187,7 @@ class Material:
                         admin_address="127.0.0.1:0", debounce_quiet=0.02, debounce_max=1.0,
                         xds_tls_cert=str(self.cert), xds_tls_key=str(self.key),
                         xds_client_ca=str(self.ca_path) if client_ca else None,
-                        **kwargs)  # type: ignore[arg-type]
+                        allowed_files=(self.dir,), **kwargs)  # type: ignore[arg-type]
 
     def channel(self, mp: Meshpilot, client: Pair | None) -> grpc.aio.Channel:
         creds = grpc.ssl_channel_credentials(
@@ -431,7 +431,8 @@ def test_private_keys_appear_nowhere(tmp_path: Path, caplog: pytest.LogCaptureFi
     assert "site.key" in seen["log"]  # the refusals were logged, by file name
     capsys.readouterr()
     (material.dir / "site.key").write_bytes(material.site.key_pem)
-    assert cli_main(["render", str(material.policy), "--node-cluster", "edge"]) == 0
+    assert cli_main(["render", str(material.policy), "--node-cluster", "edge",
+                     "--allow-files-from", str(material.dir)]) == 0
     seen["render"] = capsys.readouterr().out
     assert fingerprint(material.site.key_pem) in seen["render"]
     for where, text in seen.items():

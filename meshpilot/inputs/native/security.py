@@ -38,6 +38,7 @@ import re
 from pathlib import Path
 from typing import Any, cast
 
+from meshpilot.base import tlsfiles as tls_files
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, Invalid
@@ -111,6 +112,10 @@ def _file(ctx: DocumentContext) -> fields.Converter[str]:
         path = Path(text)
         if not path.is_absolute():
             raise Invalid(f"expected an absolute path, found {fields.quoted(fields.clip(text))}")
+        try:
+            tls_files.confined(path, fields.quoted(str(path)))
+        except tls_files.FileOutsideError as outside:
+            raise Invalid(str(outside)) from None
         if not path.is_file():
             raise Invalid(f"no file {fields.quoted(str(path))}")
         try:
