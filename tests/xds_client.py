@@ -46,7 +46,7 @@ CDS, EDS, LDS, RDS, SDS = (types.CLUSTER, types.ENDPOINT, types.LISTENER, types.
                            types.SECRET)
 
 # gRPC method paths: (SotW, delta) per service; "ads" or a type URL.
-_METHODS: dict[str, tuple[str, str]] = {
+METHODS: dict[str, tuple[str, str]] = {
     "ads": ("/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources",
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"),
     CDS: ("/envoy.service.cluster.v3.ClusterDiscoveryService/StreamClusters",
@@ -153,7 +153,7 @@ class XdsClient:
     async def connect(self) -> XdsClient:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(self.address)
-        sotw_path, delta_path = _METHODS[self.service]
+        sotw_path, delta_path = METHODS[self.service]
         if self.delta:
             method = self._channel.stream_stream(
                 delta_path, request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
