@@ -357,9 +357,16 @@ class Meshpilot:
             if due is not None:
                 wait = min(wait, due - identities.clock())
             await asyncio.sleep(max(0.05, wait))
-            renewed = identities.renew_due(keep=self.cache.views())
-            if renewed:
-                self.controller.refresh_identities(renewed)
+            # Issuing keys and certificates, then the views' new Secrets: off the loop; only
+            # the swap into the cache runs on it. If a reload or an endpoint push replaced
+            # the snapshots meanwhile, prepare again from theirs (they may hold the old key).
+            renewed = await asyncio.to_thread(identities.renew_due, keep=self.cache.views())
+            while renewed:
+                generation = self.controller.generation
+                prepared = await asyncio.to_thread(self.controller.prepare_identities, renewed)
+                if self.controller.generation == generation:
+                    self.controller.commit_identities(renewed, prepared)
+                    break
 
     async def _sweep(self) -> None:
         """Remove registrations whose TTL lapsed, every `discovery_sweep` seconds."""
@@ -382,6 +389,7 @@ class Meshpilot:
         for task in tuple(self._tasks):
             task.cancel()
         self.controller.views.cancel()
+        self.controller.cancel_endpoint_updates()
         if self._grpc is not None:
             await self._grpc.stop(grace=0.5)
         if self._admin is not None:

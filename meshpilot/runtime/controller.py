@@ -61,6 +61,17 @@ class _Prepared:
     seconds: float = 0.0
 
 
+@dataclass
+class PreparedEndpoints:
+    """Discovered endpoints made into snapshots off the loop, to be swapped in on it."""
+
+    counts: dict[str, int] = field(default_factory=dict)  # instances per source
+    changed: set[str] = field(default_factory=set)  # services whose endpoints changed
+    translation: Translation | None = None  # with the new endpoints; None: nothing to apply
+    snapshots: list[tuple[Snapshot, Snapshot]] = field(default_factory=list)  # (old, new)
+    seconds: float = 0.0
+
+
 class Controller:
     def __init__(self, policy_path: str | Path, cache: SnapshotCache,
                  metrics: Metrics | None = None, plugins: Iterable[Plugin | object] = (),
@@ -89,6 +100,8 @@ class Controller:
         # Discovered instances (meshpilot.discovery), added to the policy's endpoints.
         self.endpoints = endpoints
         self._endpoints_pending = False
+        self._endpoints_lock = asyncio.Lock()
+        self._endpoint_tasks: set[asyncio.Task[None]] = set()
         self._sources_seen: set[str] = set()
 
     @property
@@ -178,81 +191,137 @@ class Controller:
         return True
 
     def watch_endpoints(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Apply discovered endpoint changes on `loop` (they may come from any thread),
-        coalesced: a burst of changes is one push."""
+        """Apply discovered endpoint changes (they may come from any thread), coalesced: a
+        burst of changes is one push. The new assignments are built on a worker thread; only
+        the swap into the cache runs on `loop`."""
         assert self.endpoints is not None
 
         def changed(_: frozenset[str]) -> None:
             if not self._endpoints_pending:
                 self._endpoints_pending = True
-                loop.call_soon_threadsafe(self._apply_pending_endpoints)
+                loop.call_soon_threadsafe(self._schedule_endpoints, loop)
 
         self.endpoints.on_change(changed)
 
-    def _apply_pending_endpoints(self) -> None:
-        self._endpoints_pending = False  # first: a change from now on schedules another run
-        self.apply_endpoints()
+    def _schedule_endpoints(self, loop: asyncio.AbstractEventLoop) -> None:
+        task = loop.create_task(self._apply_pending_endpoints())
+        self._endpoint_tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._endpoint_tasks.discard)
+
+    async def _apply_pending_endpoints(self) -> None:
+        async with self._endpoints_lock:  # one at a time, in order
+            self._endpoints_pending = False  # first: a change from now on schedules another
+            while True:
+                generation = self.generation
+                prepared = await asyncio.to_thread(self.prepare_endpoints)
+                if self.generation == generation:
+                    self.commit_endpoints(prepared)
+                    return
+                # A reload or a renewal landed meanwhile: prepare again from what it made.
+
+    def cancel_endpoint_updates(self) -> None:
+        """Stopping: drop endpoint pushes being prepared (their worker thread finishes alone)."""
+        for task in tuple(self._endpoint_tasks):
+            task.cancel()
 
     def apply_endpoints(self) -> set[str]:
-        """The EDS fast path, on the event loop: the registry's endpoints into every view.
+        """The EDS fast path in one step (after a reload, and for tests): the registry's
+        endpoints into every view. Returns the services that changed."""
+        return self.commit_endpoints(self.prepare_endpoints())
+
+    def prepare_endpoints(self) -> PreparedEndpoints:
+        """The registry's endpoints as new snapshots: pure, so it may run on a worker thread.
 
         No policy load, no listener/route/cluster translation: only the services whose
         discovered endpoints changed get new ClusterLoadAssignments, and each view's new
-        snapshot reuses every other ResourceMap object, so streams see an EDS-only change.
-        Returns the services that changed."""
-        if self.endpoints is None:
-            return set()
-        for source, count in self.endpoints.counts().items():
-            self.metrics.discovered_instances.labels(source).set(count)
-        for source in self._sources_seen - set(self.endpoints.counts()):
-            self.metrics.discovered_instances.labels(source).set(0)
-        self._sources_seen |= set(self.endpoints.counts())
-        if self.translation is None:
-            return set()  # the first reload reads the registry itself
-        discovered = self.endpoints.endpoints()
-        changed = self.translation.changed_services(discovered)
-        if not changed:
-            return changed
+        snapshot reuses every other ResourceMap object, so streams see an EDS-only change."""
         started = time.perf_counter()
-        translation = self.translation = self.translation.with_endpoints(discovered)
-        self.generation += 1
-        views = 0
+        prepared = PreparedEndpoints()
+        if self.endpoints is None:
+            return prepared
+        prepared.counts = self.endpoints.counts()
+        translation = self.translation
+        if translation is None:
+            return prepared  # the first reload reads the registry itself
+        discovered = self.endpoints.endpoints()
+        prepared.changed = translation.changed_services(discovered)
+        if not prepared.changed:
+            return prepared
+        prepared.translation = translation.with_endpoints(discovered)
         for view in self.cache.views():
             previous = self.cache.get(view)
             if previous is None:
                 continue
             try:
-                snapshot = translation.refresh_endpoints(previous, changed)
+                snapshot = prepared.translation.refresh_endpoints(previous, prepared.changed)
             except PolicyError as e:  # a plugin failing on the view: it keeps its snapshot
                 log.error("view %r: discovered endpoints not applied: %s", view,
                           "; ".join(str(issue) for issue in e.issues))
                 continue
-            if snapshot is not previous and self.cache.set(snapshot):
+            if snapshot is not previous:
+                prepared.snapshots.append((previous, snapshot))
+        prepared.seconds = time.perf_counter() - started
+        return prepared
+
+    def commit_endpoints(self, prepared: PreparedEndpoints) -> set[str]:
+        """Swap prepared assignments into the cache, on the event loop; a view whose snapshot
+        changed since they were prepared (built or renewed meanwhile) is left for the next
+        round. Returns the services that changed."""
+        for source, count in prepared.counts.items():
+            self.metrics.discovered_instances.labels(source).set(count)
+        for source in self._sources_seen - set(prepared.counts):
+            self.metrics.discovered_instances.labels(source).set(0)
+        self._sources_seen |= set(prepared.counts)
+        if prepared.translation is None:
+            return prepared.changed
+        self.translation = prepared.translation
+        self.generation += 1
+        views = 0
+        for previous, snapshot in prepared.snapshots:
+            if self.cache.get(snapshot.view) is previous and self.cache.set(snapshot):
                 views += 1
         self.metrics.discovery_updates.inc()
-        log.info("discovered endpoints of %s applied to %d view(s) in %.4fs",
-                 sorted(changed), views, time.perf_counter() - started)
-        return changed
+        log.info("discovered endpoints of %s applied to %d view(s), prepared in %.4fs",
+                 sorted(prepared.changed), views, prepared.seconds)
+        return prepared.changed
 
     def refresh_identities(self, renewed: set[str]) -> int:
-        """Push the renewed certificates (by view name) of the mesh CA: on the event loop, an
+        """Push the renewed certificates (by view name) of the mesh CA, in one step: an
         SDS-only change per view, nothing loaded or translated again. Returns the views
-        updated."""
-        if self.translation is None or not renewed:
-            return 0
-        self.generation += 1  # a view being built meanwhile may hold a certificate just renewed
-        updated = 0
+        updated. The runtime prepares (`prepare_identities`, a worker thread) and commits
+        (`commit_identities`, the loop) separately."""
+        return self.commit_identities(renewed, self.prepare_identities(renewed))
+
+    def prepare_identities(self, renewed: set[str]) -> list[tuple[Snapshot, Snapshot]]:
+        """(old, new) snapshots of the views whose certificate was renewed: pure."""
+        translation = self.translation
+        if translation is None or not renewed:
+            return []
+        prepared = []
         for view in self.cache.views():
             previous = self.cache.get(view)
             if view not in renewed or previous is None:
                 continue
             try:
-                snapshot = self.translation.refresh_identity(previous)
+                snapshot = translation.refresh_identity(previous)
             except PolicyError as e:
                 log.error("view %r: renewed certificate not applied: %s", view,
                           "; ".join(str(issue) for issue in e.issues))
                 continue
-            if snapshot is not previous and self.cache.set(snapshot):
+            if snapshot is not previous:
+                prepared.append((previous, snapshot))
+        return prepared
+
+    def commit_identities(self, renewed: set[str],
+                          prepared: list[tuple[Snapshot, Snapshot]]) -> int:
+        """Swap renewed certificates into the cache (the loop); a view whose snapshot changed
+        meanwhile gets its certificate from the rebuild that changed it."""
+        if not renewed:
+            return 0
+        self.generation += 1  # a view being built meanwhile may hold a certificate just renewed
+        updated = 0
+        for previous, snapshot in prepared:
+            if self.cache.get(snapshot.view) is previous and self.cache.set(snapshot):
                 updated += 1
         if updated:
             log.info("renewed workload certificates of %s pushed to %d view(s)",

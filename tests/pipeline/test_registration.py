@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,44 @@ def test_a_registration_and_its_expiry_push_endpoints_only(tmp_path: Path) -> No
                 await xds.expect_silence(0.3)
             assert mp.controller.status.loads == 1  # the policy was never loaded again
             assert mp.metrics.discovery_updates._value.get() >= 2
+        finally:
+            await mp.stop()
+
+    asyncio.run(scenario())
+
+
+def test_endpoint_pushes_are_prepared_off_the_event_loop_and_redone_after_a_reload(
+        tmp_path: Path) -> None:
+    async def scenario() -> None:
+        mp = start(tmp_path)
+        await mp.start()
+        threads: list[str] = []
+        original = mp.controller.prepare_endpoints
+        reloaded = asyncio.Event()
+
+        def prepare():  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread().name)
+            prepared = original()
+            if len(threads) == 1:  # a reload lands while the first push is being prepared
+                mp.controller.generation += 1
+                reloaded.set()
+            return prepared
+
+        mp.controller.prepare_endpoints = prepare  # type: ignore[method-assign]
+        try:
+            assert await mp.snapshot_of("edge") is not None  # a view someone asked for
+            mp.endpoints.register("ratings", "10.0.0.7", 8080, source="test")
+            await asyncio.wait_for(reloaded.wait(), 5)
+            for _ in range(200):
+                snapshot = mp.cache.get("edge")
+                assignment = snapshot.get(types.ENDPOINT).get("ratings") if snapshot else None
+                if assignment is not None and b"10.0.0.7" in assignment.body:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the registration never reached the edge view")
+            assert len(threads) == 2  # overtaken once, prepared again, then applied
+            assert threading.main_thread().name not in threads
         finally:
             await mp.stop()
 
