@@ -55,6 +55,7 @@ class ConvergenceConfig:
     request_timeout_s: float = 0.25
     edit_timeout_s: float = 10.0
     settle_s: float = 0.3  # quiet time between edits, beyond the debounce period
+    auth_compare: bool = True  # run the first variant also with --insecure-xds, beside it
 
     @classmethod
     def quick(cls) -> ConvergenceConfig:
@@ -198,15 +199,19 @@ def _start_echo(name: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], int]
 class _Serve:
     """`meshpilot serve` on port 0 (xDS and admin); addresses read from its log."""
 
-    def __init__(self, policy_dir: Path, log_path: Path, debounce: str):
+    def __init__(self, policy_dir: Path, log_path: Path, debounce: str, insecure: bool = False):
+        """`insecure`: plaintext, unauthenticated xDS (--insecure-xds), to measure what the
+        default's TLS and node tokens cost beside it."""
         self.log_path = log_path
+        self.insecure = insecure
         self.state_dir = log_path.parent / "meshpilot-state"
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meshpilot", "serve", "--policy", str(policy_dir),
                  "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
                  "--debounce-quiet", debounce, "--log-level", "info",
-                 "--state-dir", str(self.state_dir)],
+                 "--state-dir", str(self.state_dir),
+                 *(["--insecure-xds"] if insecure else [])],
                 stdout=log, stderr=subprocess.STDOUT, env=child_env())
         match = wait_for(self._listening, timeout=30, what="meshpilot serve to listen")
         self.xds_port = int(match.group(2))
@@ -219,7 +224,10 @@ class _Serve:
 
     def security(self, view: str) -> dict[str, str]:
         """The bootstrap settings `meshpilot bootstrap --state-dir` writes by default: TLS
-        trusting the mesh CA, and a node token for the view (authenticated xDS, as deployed)."""
+        trusting the mesh CA, and a node token for the view (authenticated xDS, as deployed);
+        none with --insecure-xds."""
+        if self.insecure:
+            return {}
         return {"xds_tls_ca": str(self.state_dir / "ca.crt"), "xds_sni": "meshpilot",
                 "xds_token": TokenAuthority.load_or_create(self.state_dir).issue("node", view)}
 
@@ -232,6 +240,7 @@ class _Variant:
     mode: str
     debounce: str
     policy: str = "raw"
+    auth: str = "token"  # "token": the authenticated default; "insecure": --insecure-xds
     samples_ms: list[float] = field(default_factory=list)
     first_ms: list[float] = field(default_factory=list)  # fastest Envoy per edit
     per_envoy_ms: list[list[float]] = field(default_factory=list)
@@ -242,17 +251,19 @@ class _Variant:
 
     @property
     def name(self) -> str:
-        return f"{self.policy} policy, {self.mode}, debounce {self.debounce}"
+        auth = "" if self.auth == "token" else ", --insecure-xds"
+        return f"{self.policy} policy, {self.mode}, debounce {self.debounce}{auth}"
 
 
 _FLIPS = {"raw": (route_flip_policy, "http"), "language": (language_flip_policy, "edge/http")}
 
 
 def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
-                 backends: dict[str, int], log: Any, policy_kind: str = "raw") -> _Variant:
-    variant = _Variant(mode, debounce, policy_kind)
+                 backends: dict[str, int], log: Any, policy_kind: str = "raw",
+                 auth: str = "token") -> _Variant:
+    variant = _Variant(mode, debounce, policy_kind, auth)
     flip, listener = _FLIPS[policy_kind]
-    vdir = work / f"{policy_kind}-{mode}-{debounce}"
+    vdir = work / f"{policy_kind}-{mode}-{debounce}-{auth}"
     policy_dir = vdir / "policy"
     policy_dir.mkdir(parents=True)
     policy = policy_dir / "edge.yaml"
@@ -262,7 +273,7 @@ def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
     pollers: list[_Poller] = []
     try:
         started = time.monotonic()
-        serve = _Serve(policy_dir, vdir / "meshpilot.log", debounce)
+        serve = _Serve(policy_dir, vdir / "meshpilot.log", debounce, insecure=auth == "insecure")
         for i in range(cfg.envoys):
             bootstrap = render_bootstrap(node_id=f"bench-{i}", node_cluster="edge",
                                          xds_addresses=[("127.0.0.1", serve.xds_port)],
@@ -339,11 +350,16 @@ def run(cfg: ConvergenceConfig, work: Path, log: Any = print) -> dict[str, Any]:
             proc, port = _start_echo(name, work)
             echoes.append(proc)
             backends[name] = port
-        for policy_kind, debounce, mode in itertools.product(cfg.policies, cfg.debounces,
-                                                             cfg.modes):
+        combos = [(p, d, m, "token") for p, d, m in
+                  itertools.product(cfg.policies, cfg.debounces, cfg.modes)]
+        # The cost of authentication: the first combination once more with --insecure-xds.
+        if cfg.auth_compare and combos:
+            combos.insert(1, (*combos[0][:3], "insecure"))
+        for policy_kind, debounce, mode, auth in combos:
             log(f"  convergence: {cfg.envoys} Envoys, {policy_kind} policy, {mode}, "
-                f"--debounce-quiet {debounce}, {cfg.edits} edits")
-            v = _run_variant(cfg, work, mode, debounce, backends, log, policy_kind)
+                f"--debounce-quiet {debounce}, {cfg.edits} edits"
+                + (", --insecure-xds" if auth == "insecure" else ""))
+            v = _run_variant(cfg, work, mode, debounce, backends, log, policy_kind, auth)
             s = summarize(v.samples_ms)
             log(f"    median {s['median']:.1f} ms, p90 {s['p90']:.1f}, max {s['max']:.1f} "
                 f"(startup {v.startup_s:.1f}s)")
@@ -362,7 +378,7 @@ def run(cfg: ConvergenceConfig, work: Path, log: Any = print) -> dict[str, Any]:
                               "language": "Service (2 subsets) + Gateway + Route; the gateway "
                                           "listener replaced by a raw one on port 0"}},
         "variants": [
-            {"name": v.name, "mode": v.mode, "debounce_quiet": v.debounce,
+            {"name": v.name, "mode": v.mode, "debounce_quiet": v.debounce, "auth": v.auth,
              "samples_ms": v.samples_ms, "summary": summarize(v.samples_ms),
              "first_envoy_ms": v.first_ms, "first_envoy_summary": summarize(v.first_ms),
              "per_envoy_ms": v.per_envoy_ms, "timeouts": v.timeouts,

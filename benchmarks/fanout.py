@@ -40,7 +40,9 @@ class FanoutConfig:
     clusters: int = 5000
     processes: int = 4
     channels_per_process: int = 10
-    modes: tuple[str, ...] = ("sotw", "delta")
+    # "+auth": the default, authenticated xDS (TLS, a node token on every stream), run beside
+    # the plaintext one so the cost of authentication is measured in the same sitting.
+    modes: tuple[str, ...] = ("sotw", "delta", "sotw+auth", "delta+auth")
     changes: int = 5
     profile: bool = True
     sync_timeout_s: float = 300.0
@@ -56,14 +58,16 @@ class FanoutConfig:
         if quick:
             return cls(streams=100, clusters=300, processes=2, channels_per_process=4,
                        changes=1, profile=False, storms=1, sync_timeout_s=60.0,
-                       change_timeout_s=30.0, quiet_s=0.3)
+                       change_timeout_s=30.0, quiet_s=0.3, modes=("sotw", "delta"))
         return cls(clusters=1000, processes=4, channels_per_process=20, changes=3,
+                   modes=("sotw", "delta"),
                    profile=False, storms=3, sync_timeout_s=600.0, change_timeout_s=300.0)
 
     @classmethod
     def quick(cls) -> FanoutConfig:
         return cls(streams=100, clusters=500, processes=2, channels_per_process=4, changes=2,
-                   sync_timeout_s=60.0, change_timeout_s=30.0, quiet_s=0.3)
+                   sync_timeout_s=60.0, change_timeout_s=30.0, quiet_s=0.3,
+                   modes=("sotw", "sotw+auth"))
 
 
 def write_policy(directory: Path, clusters: int) -> None:
@@ -84,8 +88,10 @@ def _ms_list(stamps: list[int], t0: int) -> list[float]:
 
 def _run_mode(cfg: FanoutConfig, mode: str, policy: Path, work: Path, out_dir: Path,
               log: Any) -> dict[str, Any]:
+    protocol, _, auth = mode.partition("+")
+    secure = ["--secure", str(work / f"state-{mode}")] if auth else []
     server = JsonLineProcess(python_module_cmd("benchmarks.fanout_server", "--policy",
-                                               str(policy)),
+                                               str(policy), *secure),
                              work / f"server-{mode}.log", name=f"fanout server ({mode})")
     clients: list[JsonLineProcess] = []
     try:
@@ -97,8 +103,10 @@ def _run_mode(cfg: FanoutConfig, mode: str, policy: Path, work: Path, out_dir: P
             args = ["--address", ready["xds_address"], "--streams", str(count),
                     "--channels", str(min(cfg.channels_per_process, count)),
                     "--first-id", str(first_id)]
-            if mode == "delta":
+            if protocol == "delta":
                 args.append("--delta")
+            if auth:
+                args += ["--ca-file", ready["ca_file"], "--token", ready["token"]]
             clients.append(JsonLineProcess(python_module_cmd("benchmarks.simclient", *args),
                                            work / f"client-{mode}-{p}.log",
                                            name=f"simclient {p} ({mode})"))

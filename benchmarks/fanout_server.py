@@ -231,10 +231,13 @@ class Server:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    # Plaintext and unauthenticated: the simulated clients measure fan-out, not TLS (the real
-    # Envoys of convergence, traffic and sidebyside run the authenticated default).
+    # --secure DIR: the default, authenticated xDS (TLS from the mesh CA, a node token per
+    # stream), its state in DIR; without it plaintext and unauthenticated, so the two can be
+    # compared side by side (the cost of authentication).
+    secure = Path(args.secure) if args.secure else None
     settings = Settings(policy=Path(args.policy), xds_address="127.0.0.1:0",
-                        admin_address="127.0.0.1:0", watch=False, insecure_xds=True)
+                        admin_address="127.0.0.1:0", watch=False, insecure_xds=secure is None,
+                        state_dir=secure)
     mp = Meshpilot(settings)
     rss_start = proc_rss_bytes()
     await mp.start()
@@ -250,7 +253,12 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     commands, answer = control_channel(loop)
 
-    answer({"ready": True, "xds_address": mp.xds_address, "pid": os.getpid(),
+    credentials = {}
+    if secure is not None:
+        (secure / "xds-ca.crt").write_bytes(mp.xds_ca_pem or b"")
+        credentials = {"ca_file": str(secure / "xds-ca.crt"),
+                       "token": mp.tokens.issue("node", args.view)}
+    answer({"ready": True, "xds_address": mp.xds_address, "pid": os.getpid(), **credentials,
             "rss_start": rss_start, "counts": snapshot.counts(),
             "cds_sotw_bytes": len(snapshot.get(types.CLUSTER).sotw_body()),
             "eds_sotw_bytes": len(snapshot.get(types.ENDPOINT).sotw_body()), **server.stats()})
@@ -288,6 +296,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--policy", required=True)
     parser.add_argument("--view", default="edge")
+    parser.add_argument("--secure", metavar="DIR", default=None,
+                        help="authenticated xDS (the default of meshpilot serve), state in DIR")
     parser.add_argument("--tracemalloc", action="store_true",
                         help="diagnostics: trace Python allocations (slows everything down)")
     args = parser.parse_args()

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -47,6 +48,16 @@ _OPTIONS = [
     # Each channel its own TCP connection (the global subchannel pool would share one).
     ("grpc.use_local_subchannel_pool", 1),
 ]
+
+
+def _channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """Plaintext, or with --ca-file TLS trusting meshpilot's CA (its certificate is issued for
+    the name meshpilot), as a bootstrapped Envoy connects."""
+    if not args.ca_file:
+        return grpc.aio.insecure_channel(args.address, options=_OPTIONS)
+    credentials = grpc.ssl_channel_credentials(Path(args.ca_file).read_bytes())
+    return grpc.aio.secure_channel(args.address, credentials, options=[
+        *_OPTIONS, ("grpc.ssl_target_name_override", "meshpilot")])
 
 
 def _identity(data: bytes) -> bytes:
@@ -71,13 +82,15 @@ def _first_string_field(encoded: bytes) -> str:
 
 class SimStream:
     def __init__(self, index: int, channel: grpc.aio.Channel, delta: bool, node_id: str,
-                 cluster: str):
+                 cluster: str, token: str | None = None):
         self.index = index
         self.delta = delta
         self.node = base_pb2.Node(id=node_id, cluster=cluster)
         method = _ADS + ("DeltaAggregatedResources" if delta else "StreamAggregatedResources")
+        # A node token, as Envoy sends the one in its bootstrap: on every stream.
+        metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._call = channel.stream_stream(method, request_serializer=_identity,
-                                           response_deserializer=_identity)()
+                                           response_deserializer=_identity)(metadata=metadata)
         self.names_blob = b""  # SotW: the EDS resource_names, encoded once, reused in each ACK
         self.names: list[str] = []  # EDS names subscribed
         # What a reconnect resumes from: SotW version_info per type; delta versions per resource.
@@ -226,8 +239,7 @@ class Client:
 
     async def start(self, timeout: float) -> dict[str, Any]:
         args = self.args
-        self.channels = [grpc.aio.insecure_channel(args.address, options=_OPTIONS)
-                         for _ in range(args.channels)]
+        self.channels = [_channel(args) for _ in range(args.channels)]
         for channel in self.channels:
             await asyncio.wait_for(channel.channel_ready(), timeout)
         self.start_ns = now_ns()
@@ -235,7 +247,7 @@ class Client:
         for i in range(args.streams):
             index = args.first_id + i
             stream = SimStream(index, self.channels[i % len(self.channels)], args.delta,
-                               f"sim-{index}", args.view)
+                               f"sim-{index}", args.view, args.token)
             self.streams.append(stream)
             self.tasks.append(loop.create_task(stream.run()))
         try:
@@ -267,15 +279,14 @@ class Client:
             with contextlib.suppress(Exception):
                 await channel.close()
         dropped_ns = now_ns()
-        self.channels = [grpc.aio.insecure_channel(args.address, options=_OPTIONS)
-                         for _ in range(args.channels)]
+        self.channels = [_channel(args) for _ in range(args.channels)]
         for channel in self.channels:
             await asyncio.wait_for(channel.channel_ready(), timeout)
         loop = asyncio.get_running_loop()
         self.streams, self.tasks = [], []
         for i, old in enumerate(old_streams):
             stream = SimStream(old.index, self.channels[i % len(self.channels)], args.delta,
-                               f"sim-{old.index}", args.view)
+                               f"sim-{old.index}", args.view, args.token)
             stream.resume_from(old)
             self.streams.append(stream)
             self.tasks.append(loop.create_task(stream.run()))
@@ -377,6 +388,8 @@ def main() -> None:
     parser.add_argument("--first-id", type=int, default=0)
     parser.add_argument("--view", default="edge")
     parser.add_argument("--delta", action="store_true")
+    parser.add_argument("--ca-file", default=None, help="TLS, trusting this CA")
+    parser.add_argument("--token", default=None, help="the node token sent on every stream")
     args = parser.parse_args()
     started = time.monotonic()
     asyncio.run(main_async(args))
