@@ -18,12 +18,11 @@ files gave last time (`incremental.py`, an optimisation) and falls back to the c
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 from meshpilot.base import tlsfiles as tls
+from meshpilot.base.gcpause import collection_paused
 from meshpilot.inputs.assembly import finish
 from meshpilot.inputs.context import LoadContext, ParsedDocument
 from meshpilot.inputs.documents import load_documents
@@ -44,7 +43,7 @@ def load_policy(path: str | Path, allowed_files: Iterable[Path] = ()) -> Model:
     root = Path(path)
     load = LoadContext()
     parsed: list[ParsedDocument] = []
-    with _garbage_collection_paused(), \
+    with collection_paused(), \
             tls.paths_relative_to(policy_folder(root), allowed_files):
         files = policy_files(root, load)
         for file_path, shown_name in files:
@@ -58,7 +57,7 @@ def load_policy_text(text: str | bytes, file: str = "policy.yaml") -> Model:
     """Load policy given as text, as if it were the file `file` (for tools and tests)."""
     load = LoadContext()
     parsed: list[ParsedDocument] = []
-    with _garbage_collection_paused():
+    with collection_paused():
         documents, issues = parse_yaml(text, file)
         load.issues.extend(issues)
         load_documents(documents, load, parsed)
@@ -94,7 +93,7 @@ class PolicyLoader:
         return self._cache.parsed_pieces
 
     def load(self) -> Model:
-        with _garbage_collection_paused(), \
+        with collection_paused(), \
                 tls.paths_relative_to(policy_folder(self.path), self.allowed_files):
             model = self._cache.try_load()
             if model is not None:
@@ -105,18 +104,3 @@ class PolicyLoader:
                     return load_policy(self.path, self.allowed_files)
                 finally:
                     self.tls_files = frozenset(files)
-
-
-@contextmanager
-def _garbage_collection_paused() -> Iterator[None]:
-    """Loading builds hundreds of thousands of long-lived objects and no garbage cycles worth
-    collecting; left on, the cycle collector re-scans the growing heap over and over, which
-    doubles load time. Only switched back on if it was on (another thread may have paused it
-    too: the worst outcome of that race is a slower load, never a wrong one)."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()

@@ -37,6 +37,7 @@ import copy
 from collections.abc import Iterable, Mapping
 
 from meshpilot.base import types
+from meshpilot.base.gcpause import collection_paused
 from meshpilot.ir.model import Endpoint, Model, Service
 from meshpilot.translators import mtls, raw, reuse, sidecar, snapshots
 from meshpilot.translators.gateway import GatewayViews
@@ -89,10 +90,12 @@ class Translation:
         whose resources are the very objects `previous` holds keeps its `ResourceMap` object
         (so diffs against it cost nothing), and `previous` itself is returned if nothing
         changed; the content is the same either way."""
-        assembled = self._assembled(view)
-        if previous is None or previous.view != view:
-            return Snapshot.from_resources(view, assembled)
-        return snapshots.reusing(previous, assembled)
+        # A view's resources are many long-lived objects in no cycle (base/gcpause.py).
+        with collection_paused():
+            assembled = self._assembled(view)
+            if previous is None or previous.view != view:
+                return Snapshot.from_resources(view, assembled)
+            return snapshots.reusing(previous, assembled)
 
     def _assembled(self, view: str) -> list[Resource]:
         """raw -> generated -> plugins."""
