@@ -16,39 +16,28 @@ from envoy.extensions.filters.http.api_key_auth.v3.api_key_auth_pb2 import (
 )
 from google.protobuf.message import Message
 
-from meshpilot.ir.model import ApiKeys, Route, Rule
+from meshpilot.ir.model import ApiKeys, Security
 from meshpilot.translators.httpfilters.feature import (
-    ChainInputs,
-    HttpFeature,
     HttpFilter,
+    PerRouteSecurity,
     http_filter,
-    securities,
-    security_inputs,
 )
 
 API_KEY_AUTH = "envoy.filters.http.api_key_auth"
 
 
-class ApiKeyFeature(HttpFeature):
-    route_inputs = staticmethod(security_inputs)
+class ApiKeyFeature(PerRouteSecurity):
+    def setting(self, security: Security) -> ApiKeys | None:
+        return security.api_keys
 
-    def filters(self, chain: ChainInputs) -> list[HttpFilter]:
-        if not any(s.api_keys for route in chain.routes for s in securities(route)):
-            return []
-        return [http_filter(API_KEY_AUTH, ApiKeyAuth(), disabled=True)]
+    def disabled_filter(self, first: ApiKeys) -> HttpFilter:
+        return http_filter(API_KEY_AUTH, ApiKeyAuth(), disabled=True)
 
-    def virtual_host_config(self, route: Route) -> Mapping[str, Message]:
-        return _keys(route.security.api_keys)
-
-    def route_config(self, route: Route, rule: Rule, entry: str) -> Mapping[str, Message]:
-        return _keys(rule.security.api_keys)
+    def per_route(self, keys: ApiKeys) -> Mapping[str, Message]:
+        return {API_KEY_AUTH: api_key_auth(keys)}
 
 
 FEATURE = ApiKeyFeature()
-
-
-def _keys(keys: ApiKeys | None) -> Mapping[str, Message]:
-    return {} if keys is None else {API_KEY_AUTH: api_key_auth(keys)}
 
 
 def api_key_auth(keys: ApiKeys) -> ApiKeyAuthPerRoute:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
@@ -100,3 +101,34 @@ def security_inputs(route: Route) -> tuple[object, ...]:
     after it), its and its rules' security, and how many matches each rule has (entries)."""
     return (route.name, route.security,
             tuple((rule.security, len(rule.matches)) for rule in route.rules))
+
+
+class PerRouteSecurity(HttpFeature):
+    """A request-security feature that one Security field drives (`setting`): its filter sits
+    disabled in a chain where some Route or rule sets that field (`disabled_filter`, given the
+    first such setting), and the virtual host or route entry that sets it switches it on with
+    `per_route(setting)`. The shape of api_key_auth, basic_auth and local_ratelimit."""
+
+    route_inputs = staticmethod(security_inputs)
+
+    def setting(self, security: Security) -> Any:
+        raise NotImplementedError
+
+    def disabled_filter(self, first: Any) -> HttpFilter:
+        raise NotImplementedError
+
+    def per_route(self, setting: Any) -> Mapping[str, Message]:
+        raise NotImplementedError
+
+    def filters(self, chain: ChainInputs) -> list[HttpFilter]:
+        first = next((found for route in chain.routes for security in securities(route)
+                      if (found := self.setting(security))), None)
+        return [] if first is None else [self.disabled_filter(first)]
+
+    def virtual_host_config(self, route: Route) -> Mapping[str, Message]:
+        setting = self.setting(route.security)
+        return self.per_route(setting) if setting is not None else {}
+
+    def route_config(self, route: Route, rule: Rule, entry: str) -> Mapping[str, Message]:
+        setting = self.setting(rule.security)
+        return self.per_route(setting) if setting is not None else {}

@@ -20,14 +20,11 @@ from envoy.type.v3.token_bucket_pb2 import TokenBucket
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
-from meshpilot.ir.model import RateLimit, Route, Rule
+from meshpilot.ir.model import RateLimit, Security
 from meshpilot.translators.httpfilters.feature import (
-    ChainInputs,
-    HttpFeature,
     HttpFilter,
+    PerRouteSecurity,
     http_filter,
-    securities,
-    security_inputs,
 )
 from meshpilot.translators.protos import duration
 
@@ -38,27 +35,19 @@ MAX_CLIENTS = 10_000
 RATE_LIMIT_KEY = "client"
 
 
-class LocalRateLimitFeature(HttpFeature):
-    route_inputs = staticmethod(security_inputs)
+class LocalRateLimitFeature(PerRouteSecurity):
+    def setting(self, security: Security) -> RateLimit | None:
+        return security.rate_limit
 
-    def filters(self, chain: ChainInputs) -> list[HttpFilter]:
-        if not any(s.rate_limit for route in chain.routes for s in securities(route)):
-            return []
-        return [http_filter(LOCAL_RATELIMIT, LocalRateLimit(stat_prefix=RATE_LIMIT_STATS),
-                            disabled=True)]
+    def disabled_filter(self, first: RateLimit) -> HttpFilter:
+        return http_filter(LOCAL_RATELIMIT, LocalRateLimit(stat_prefix=RATE_LIMIT_STATS),
+                           disabled=True)
 
-    def virtual_host_config(self, route: Route) -> Mapping[str, Message]:
-        return _config(route.security.rate_limit)
-
-    def route_config(self, route: Route, rule: Rule, entry: str) -> Mapping[str, Message]:
-        return _config(rule.security.rate_limit)
+    def per_route(self, limit: RateLimit) -> Mapping[str, Message]:
+        return {LOCAL_RATELIMIT: local_rate_limit(limit)}
 
 
 FEATURE = LocalRateLimitFeature()
-
-
-def _config(limit: RateLimit | None) -> Mapping[str, Message]:
-    return {} if limit is None else {LOCAL_RATELIMIT: local_rate_limit(limit)}
 
 
 def _percent_100() -> RuntimeFractionalPercent:
