@@ -24,9 +24,9 @@ Adding a feature:
 1. Write `httpfilters/<feature>.py`: its filter name, an `HttpFeature` subclass overriding the
    hooks it needs (most features are a disabled filter in the chain, switched on per virtual
    host or route entry: subclass `PerRouteSecurity` then, and say only which Security field
-   drives it, its disabled filter and its per-route config), and `FEATURE = <that class>()`. It may import `feature.py`, other
-   features' names, `translators.matchers`, `names` and `protos`; never the views, `routes.py`
-   or `listeners.py` (they import this package).
+   drives it, its disabled filter and its per-route config), and `FEATURE = <that class>()`.
+   It may import `feature.py`, other features' names, `translators.matchers`, `names` and
+   `protos`; never the views, `routes.py` or `listeners.py` (they import this package).
 2. Put `<feature>.FEATURE` into `ORDER` below, where its filter must run.
 3. Add a golden case (`tests/golden/<case>/policy.yaml`, its `<view>.yaml` files generated
    with `MESHPILOT_UPDATE_GOLDEN=1 .venv/bin/pytest tests/golden`) and review the rendered
