@@ -79,3 +79,15 @@ def test_origins_leave_equality_and_hashing_alone() -> None:
     assert "origin" not in repr(Backend("reviews", origin=somewhere))
     assert Model(services=(Service("a", here),)) == Model(
         services=(Service("a", here, origin=somewhere),))
+
+
+def test_security_is_truthy_for_each_of_its_fields_and_only_then() -> None:
+    # Security.__bool__ names its fields one by one (it is on every feature's path): a field
+    # added to Security must be added there too.
+    from dataclasses import fields
+
+    from meshpilot.ir.model import Security
+
+    assert not Security()
+    for field in fields(Security):
+        assert Security(**{field.name: object()}), field.name

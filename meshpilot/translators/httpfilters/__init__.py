@@ -111,11 +111,15 @@ def add_route_configs(entry: EnvoyRoute, route: Route, rule: Rule) -> None:
             entry.typed_per_filter_config[name].CopyFrom(pack(config))
 
 
+# The features that call Services (the others inherit HttpFeature.services, which names none).
+_CALLERS = tuple(f for f in ORDER if type(f).services is not HttpFeature.services)
+
+
 def services_of(route: Route) -> Iterator[str]:
     """The Services a Route's features call, per security setting (the Route's, then each
     rule's), in `ORDER`; a service may come more than once."""
     for security in securities(route):
-        for feature in ORDER:
+        for feature in _CALLERS:
             yield from feature.services(security)
 
 
