@@ -97,7 +97,8 @@ def route_configuration(gateway: Gateway, spec: GatewayListener,
     Always built, even with no Route attached: the listener waits for it over RDS, and an empty
     configuration answers 404 rather than leaving the listener warming.
     """
-    config = RouteConfiguration(name=names.route_config(gateway.name, spec.name))
+    config = RouteConfiguration(name=names.route_config(gateway.name, spec.name),
+                                ignore_port_in_host_matching=True)
     taken: set[str] = set()
     for route in sorted((r for r in routes if attaches(r, spec)), key=lambda r: r.name):
         vhost = virtual_host(route, spec.port, taken)
@@ -117,9 +118,10 @@ def route_configuration_resource(gateway: Gateway, spec: GatewayListener, routes
                                  cache: VirtualHostCache) -> Resource:
     """`Resource.from_message` of `route_configuration(gateway, spec, routes)`, byte for byte,
     serializing only the virtual hosts of Routes not found in `earlier` or `cache` (by identity,
-    at this port): a RouteConfiguration holding only `name` and `virtual_hosts` serializes as
-    its name field then each VirtualHost's own bytes as a length-delimited field 2, so the
-    cached bytes are concatenated. Every virtual host used is put in `cache`."""
+    at this port): a RouteConfiguration holding `name`, `virtual_hosts` and
+    `ignore_port_in_host_matching` serializes as its name field, each VirtualHost's own bytes
+    as a length-delimited field 2, then field 14, so the cached bytes are concatenated. Every
+    virtual host used is put in `cache`."""
     name = names.route_config(gateway.name, spec.name)
     port = spec.port
     parts = [_length_delimited(1, name.encode("utf-8"))] if name else []
@@ -149,7 +151,12 @@ def route_configuration_resource(gateway: Gateway, spec: GatewayListener, routes
         taken.update(route_domains)
         parts.append(_length_delimited(2, found[2]))
         clusters.update(found[3])
+    parts.append(_IGNORE_PORT_IN_HOST_MATCHING)  # field 14, after the virtual hosts (field 2)
     return Resource(types.ROUTE, name, b"".join(parts), References(clusters=frozenset(clusters)))
+
+
+# RouteConfiguration.ignore_port_in_host_matching (field 14, a varint) = true, as serialized.
+_IGNORE_PORT_IN_HOST_MATCHING = bytes([14 << 3 | 0, 1])
 
 
 def _length_delimited(field_number: int, payload: bytes) -> bytes:
@@ -191,13 +198,12 @@ def virtual_host(route: Route, port: int, taken: set[str]) -> VirtualHost | None
 
 
 def domains(hosts: Sequence[str], port: int) -> list[str]:
-    """The route's hosts, plus `host:port` for a non-default port (a client sends
-    `Host: shop.example.com:8080` there, which Envoy compares as written). Sorted: Envoy picks
-    exact names before wildcards whatever the order, so order carries no meaning."""
-    found = set(hosts)
-    if port != DEFAULT_HTTP_PORT:
-        found.update(f"{host}:{port}" for host in hosts if host != "*")
-    return sorted(found)
+    """The route's hosts. A `Host` header's port, whatever it is (the listener's, or another
+    one a proxy or NAT in front put there), is not compared: the gateway's route configurations
+    set `ignore_port_in_host_matching`. Sorted: Envoy picks exact names before wildcards
+    whatever the order, so order carries no meaning. (`port` is kept for the cache key.)"""
+    del port
+    return sorted(set(hosts))
 
 
 def route_entries(route: Route) -> Iterable[EnvoyRoute]:

@@ -253,13 +253,30 @@ def test_envoy_answers_preflights_of_allowed_origins(env: Env) -> None:
 
 
 def test_a_disallowed_origin_gets_no_allow_origin(env: Env) -> None:
+    api = env.echoes["api"]
+    before = api.requests_seen
     for origin in ("https://evil.example", "https://b.example", "https://a.example.evil.com"):
         _, headers, _ = preflight(env, origin)
         assert "access-control-allow-origin" not in headers, (origin, headers)
+    # Answered by Envoy, never forwarded: a backend cannot answer them permissively (issue 14,
+    # bug 5: Envoy forwards preflights of origins it does not allow unless told not to).
+    assert api.requests_seen == before
     # A simple (non-preflight) request from an allowed origin gets the header on the answer.
     status, headers, _ = env.get("/x", host="cors.example.com",
                                  headers={"Origin": "https://a.example"})
     assert status == 200 and headers.get("access-control-allow-origin") == "https://a.example"
+
+
+# ---- hosts -------------------------------------------------------------------------------------
+
+
+def test_a_host_header_with_any_port_matches_the_host(env: Env) -> None:
+    # A proxy or NAT in front may leave its own port in Host (issue 14, bug 3: it was a 404).
+    for host in ("cors.example.com", f"cors.example.com:{env.port}", "cors.example.com:1234"):
+        status, _, _ = env.get("/x", host=host)
+        assert status == 200, host
+    status, _, _ = env.get("/x", host="nowhere.example.com:1234")
+    assert status == 404
 
 
 # ---- consistent hashing -------------------------------------------------------------------------

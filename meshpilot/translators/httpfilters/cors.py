@@ -44,6 +44,9 @@ def cors_policy(cors: CorsSpec) -> CorsPolicy:
         allow_methods=",".join(cors.allow_methods),
         allow_headers=",".join(cors.allow_headers),
         expose_headers=",".join(cors.expose_headers),
+        # A preflight from an origin not allowed is answered by Envoy, never forwarded (the
+        # default forwards it to the backend, which may answer it permissively).
+        forward_not_matching_preflights=BoolValue(value=False),
     )
     if cors.max_age is not None:
         policy.max_age = str(int(cors.max_age))
