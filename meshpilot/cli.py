@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import yaml
 
 from meshpilot import __version__
 from meshpilot.base.errors import PolicyError
+from meshpilot.base.privatefiles import write_private
 from meshpilot.base.units import parse_duration
 from meshpilot.ca.authority import ROOT_CERT, CaError, check_trust_domain
 from meshpilot.ca.tokens import KEY_FILE, TokenAuthority, TokenError, rotate_key
@@ -180,11 +180,10 @@ def bootstrap_security(args: argparse.Namespace) -> dict[str, str | None]:
     if args.token_file:
         token = Path(args.token_file).read_text().strip()
     else:
-        tokens = TokenAuthority.load_or_create(state) if (state / KEY_FILE).is_file() else None
-        if tokens is None:
+        if not (state / KEY_FILE).is_file():  # never create one here: no server would hold it
             raise ValueError(f"no token key in {state}: pass --token-file (from `meshpilot "
                              f"token create node {args.node_cluster}`) or --state-dir")
-        token = tokens.issue("node", args.node_cluster, ttl=args.token_ttl)
+        token = TokenAuthority.load(state).issue("node", args.node_cluster, ttl=args.token_ttl)
     return {"xds_tls_ca": ca, "xds_sni": sni, "xds_token": token}
 
 
@@ -201,11 +200,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         return 2
     if args.output:
         # It holds the node token: readable by its owner only, like a key file.
-        output = Path(args.output)
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        output.chmod(0o600)
+        write_private(Path(args.output), text.encode())
     else:
         print(text, end="")
     return 0

@@ -20,7 +20,6 @@ at its next issue or check (a `stat` per call), so a running server needs no res
 from __future__ import annotations
 
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
+
+from meshpilot.base.privatefiles import write_private
 
 KINDS = ("operator", "registration", "node")
 ISSUER = "meshpilot"
@@ -165,11 +166,7 @@ class TokenAuthority:
 def write_key(path: Path, key: bytes) -> None:
     """Write a new key file readable by its owner only, atomically (a reader never sees half)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(key)
-    os.replace(temporary, path)
+    write_private(path, key)
 
 
 def _read_key(path: Path) -> bytes:

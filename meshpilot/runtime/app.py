@@ -4,11 +4,9 @@ and the folder watcher, started and stopped together on one event loop."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import ipaddress
 import logging
-import os
 import signal
 import time
 from collections.abc import Iterable
@@ -18,6 +16,7 @@ from pathlib import Path
 import grpc
 from aiohttp import web
 
+from meshpilot.base.privatefiles import write_private
 from meshpilot.ca import CertificateAuthority, WorkloadIdentities
 from meshpilot.ca.authority import WorkloadCertificate
 from meshpilot.ca.tokens import TokenAuthority
@@ -47,22 +46,9 @@ from meshpilot.xds.status import ProxyRegistry
 log = logging.getLogger("meshpilot")
 
 _XDS_CERT_TTL = 366 * 24 * 3600.0
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(temporary, path)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+# Node tokens written by --write-node-credentials are written again at every start; an Envoy
+# keeps the one in its bootstrap until restarted, so they live as long as `bootstrap`'s do.
+_NODE_CREDENTIALS_TTL = 365 * 24 * 3600.0
 
 
 # Envoy's xDS client sends keepalive pings; accept them, and find dead peers ourselves.
@@ -206,9 +192,9 @@ class Meshpilot:
         written atomically, readable by their owner only."""
         for view, folder in self.settings.node_credentials:
             folder.mkdir(parents=True, exist_ok=True)
-            _write_private(folder / "ca.crt", self.xds_ca_pem or self.identities.ca.trust_bundle)
-            _write_private(folder / "token",
-                           (self.tokens.issue("node", view, ttl=_XDS_CERT_TTL) + "\n").encode())
+            write_private(folder / "ca.crt", self.xds_ca_pem or self.identities.ca.trust_bundle)
+            token = self.tokens.issue("node", view, ttl=_NODE_CREDENTIALS_TTL)
+            write_private(folder / "token", (token + "\n").encode())
             log.info("node credentials of view %r written to %s", view, folder)
 
     async def start(self) -> None:
@@ -279,12 +265,14 @@ class Meshpilot:
         host, _ = split_address(self.settings.xds_address)
         names = ["meshpilot", "localhost", *self.settings.xds_server_names]
         ips = ["127.0.0.1", "::1"]
-        with contextlib.suppress(ValueError):
+        try:
             address = ipaddress.ip_address(host)
+        except ValueError:  # a DNS name: the name Envoys dial
+            if host not in names:
+                names.append(host)
+        else:
             if not address.is_unspecified and str(address) not in ips:
                 ips.append(str(address))
-        if not _is_ip(host) and host not in names:
-            names.append(host)
         # Issued at every start, so its lifetime only has to outlast one process's uptime.
         return self.identities.ca.issue_server(names, ips, time.time(), _XDS_CERT_TTL)
 
