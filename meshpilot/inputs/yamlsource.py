@@ -142,18 +142,21 @@ class Located:
         return _position(self.file, self._locate(path, want_key=False))
 
     def _locate(self, path: FieldPath, want_key: bool) -> _Mark:
+        # Called for the origin of every IR element: exact type tests (no subclasses exist)
+        # and one length, rather than isinstance chains.
         tree = self._marks
+        last = len(path) - 1
         for index, step in enumerate(path):
-            if isinstance(tree, _MapMarks) and isinstance(step, str) and step in tree.keys:
-                if want_key and index == len(path) - 1:
+            kind = type(tree)
+            if kind is _MapMarks and type(step) is str and step in tree.keys:
+                if want_key and index == last:
                     return tree.keys[step]
                 tree = tree.values[step]
-            elif (isinstance(tree, _SeqMarks) and isinstance(step, int)
-                  and 0 <= step < len(tree.items)):
+            elif kind is _SeqMarks and type(step) is int and 0 <= step < len(tree.items):
                 tree = tree.items[step]
             else:
                 break
-        return _start_of(tree)
+        return tree if type(tree) is int else tree.start
 
 
 # ---------------------------------------------------------------------------------------------
