@@ -34,6 +34,7 @@ import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ _CONSTRUCTOR = SafeConstructor()
 _IDENTIFIER = re.compile(r"[A-Za-z_@][A-Za-z0-9_@\-]*\Z")
 
 
+@lru_cache(maxsize=8192)  # the origin of every element: the same paths recur in every document
 def format_path(path: FieldPath) -> str:
     """`("clusters", 0, "load_assignment")` -> `clusters[0].load_assignment`.
 
