@@ -429,10 +429,15 @@ class _DocumentBuilder:
             self.documents.append(Located(root.value, self.file, root.marks))
 
     def _on_scalar(self, event: yaml.ScalarEvent) -> None:
-        mark = self._mark_of(event)
-        self._count(1, mark)
+        # Every key and value of every file comes through here: the mark and the node count
+        # are written out rather than called (_mark_of, _count), the frame's type tested exactly.
+        start = event.start_mark
+        mark = (start.line + 1 + self._line_offset) << _COLUMN_BITS | (start.column + 1)
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            self._count(0, mark)  # reports and abandons the file
         frame = self._stack[-1] if self._stack else None
-        if isinstance(frame, _MapFrame) and frame.key is None:
+        if type(frame) is _MapFrame and frame.key is None:
             frame.size += 1
             self._set_key(frame, event, mark)
             if event.anchor is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 from google.protobuf.message import Message
@@ -81,11 +82,16 @@ class Endpoint:
 
     @property
     def is_dns(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return True
+        return not _is_ip_literal(self.host)
+
+
+@lru_cache(maxsize=65536)  # asked several times per endpoint per translation; hosts recur
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
         return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
