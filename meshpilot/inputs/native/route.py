@@ -754,6 +754,11 @@ def _origin_text(value: Any) -> str:
                       '"https://a.example", "*.b.example" (any subdomain) or "*" (any origin)')
     if found.group("port") is not None:
         fields.port_text(found.group("port"))
+    match = origin_match(text)
+    if match.kind == "regex":  # a long host name can make a regex Envoy refuses
+        problem = fields.re2_problem(f"(?i){match.value}")
+        if problem is not None:
+            raise Invalid(f"origin {fields.quoted(text)} is too long to be matched: {problem}")
     return text
 
 
