@@ -210,8 +210,10 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
             rule.report(key, f"{key} applies to rules with backends only (this rule has "
                              f"{action})", at_value=False)
     rewrite_path, rewrite_host = _rewrite(rule)
+    # A prefix rewrite or redirect replaces what the rule's path match matched: the prefix of
+    # a prefix match ("/" with no path match), all of an exact or regex match (Envoy's
+    # prefix_rewrite), so it is accepted with every kind of match (issue 14, bug 1).
     matches = _matches(rule)
-    _check_prefix_replacement(rule, matches, rewrite_path, action)
     return Rule(
         position=ctx.document.position_of(path),
         origin=ctx.origin(path),
@@ -232,23 +234,6 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
         hash_on=_hash_on(rule),
         security=parse_security(rule),
     )
-
-
-def _check_prefix_replacement(rule: Fields, matches: tuple[Match, ...],
-                              rewrite_path: PathRewrite | None, action: str | None) -> None:
-    """Replacing "the matched prefix" needs a matched prefix: on an exact or regex match (or none)
-    Envoy replaces the whole path instead, silently (Gateway API forbids it for the same reason)."""
-    uses_prefix = ((rewrite_path is not None and rewrite_path.prefix is not None)
-                   or (action == "redirect" and isinstance(rule.value.get("redirect"), dict)
-                       and "prefix" in rule.value["redirect"]))
-    if not uses_prefix:
-        return
-    if any(m.path is None or m.path.kind != "prefix" for m in matches):
-        where = "rewrite" if rewrite_path is not None and rewrite_path.prefix is not None \
-            else "redirect"
-        rule.report(where, "replacing a prefix needs every match of the rule to be a path "
-                           "prefix match (match: {path: {prefix: ...}}); otherwise Envoy would "
-                           "replace the whole path", at_value=False)
 
 
 # ---------------------------------------------------------------------------------------------
