@@ -43,9 +43,10 @@ Shape:
         mirror: {service: reviews, subset: v3, percentage: 5}    # or a list; backends only
         hash_on: [{header: x-user}, {cookie: {name: s, ttl: 1h, path: /}}, {source_ip: true},
                   {query: user}]        # backends only (ring_hash and maglev services)
-      - redirect: {scheme: https, host: a.example.com, port: 8443, path: /x, status: 301}
-                                        # path or prefix; status 301|302|303|307|308 (302)
-      - direct_response: {status: 404, body: "not here"}
+      - redirect: {scheme: https, host: a.example.com, port: 8443, path: /x, status: 301,
+                   strip_query: true}   # path or prefix; status 301|302|303|307|308 (302);
+                                        # port: N | request (default) | scheme
+      - direct_response: {status: 404, body: "not here"}   # formatted: true: %REQ(:PATH)% ...
 
     Security (native/security.py), on the Route or on a rule: jwt, api_keys, basic_auth,
     ext_authz, authorization, rate_limit.
@@ -108,11 +109,12 @@ METHODS = matches.METHODS
 VALUE_MATCHES = matches.VALUE_MATCHES
 PATH_MATCHES = ("prefix", "exact", "regex")
 BACKEND_KEYS = ("service", "subset", "weight")
-REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "status")
-REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix")
+REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "status", "strip_query")
+REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix", "strip_query")
+REDIRECT_PORT_FROM = ("request", "scheme")  # `port:` words: where a port not written comes from
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 REDIRECT_SCHEMES = ("http", "https")
-DIRECT_RESPONSE_KEYS = ("status", "body")
+DIRECT_RESPONSE_KEYS = ("status", "body", "formatted")
 REWRITE_KEYS = ("path", "host")
 PATH_REWRITE_KEYS = ("prefix", "regex", "substitution")
 HEADER_OPS_KEYS = ("add", "set", "remove")
@@ -347,15 +349,32 @@ def _redirect(rule: Fields) -> Redirect | None:
                                 "the client back to the same URL)")
     spec.exclusive(("path", "prefix"), required=False, what="a redirect")
     status = spec.get("status", _REDIRECT_STATUS)
+    port = spec.get("port", _redirect_port)
+    strip = spec.get("strip_query", fields.boolean)
+    if strip is False and len(spec.value) == 1:
+        rule.report("redirect", "a redirect that only keeps the query would send the client "
+                                "back to the same URL")
     return Redirect(
         scheme=spec.get("scheme", _SCHEME),
         host=spec.get("host", fields.dns_name),
-        port=spec.get("port", fields.PORT),
+        port=port if isinstance(port, int) else None,
         path=spec.get("path", fields.url_path),
         prefix=spec.get("prefix", fields.url_path),
         status=302 if status is None else status,
         origin=spec.origin(),
+        port_from="scheme" if port == "scheme" else "request",
+        strip_query=bool(strip),
     )
+
+
+def _redirect_port(value: Any) -> int | str:
+    """A port, or where the port comes from: `request` (the default) or `scheme`."""
+    if isinstance(value, str):
+        return fields.choice(REDIRECT_PORT_FROM)(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"expected a port (1 to 65535), request or scheme, found "
+                      f"{fields.describe(value)}")
+    return fields.PORT(value)
 
 
 def _direct_response(rule: Fields) -> DirectResponse | None:
@@ -366,9 +385,29 @@ def _direct_response(rule: Fields) -> DirectResponse | None:
     spec.check_keys(DIRECT_RESPONSE_KEYS, "a direct response")
     status = spec.get("status", _DIRECT_STATUS, required=True)
     body = spec.get("body", _body)
+    formatted = bool(spec.get("formatted", fields.boolean))
+    if formatted and body:
+        problem = _format_problem(body)
+        if problem is not None:
+            spec.report("body", problem)
+            return None
     if status is None:
         return None
-    return DirectResponse(status=status, body=body or "", origin=spec.origin())
+    return DirectResponse(status=status, body=body or "", origin=spec.origin(),
+                          formatted=formatted)
+
+
+# An Envoy command operator: %NAME%, %NAME(arguments)% or %NAME(arguments):LENGTH%; or %%.
+_OPERATOR = re.compile(r"%(?:%|[A-Z][A-Z0-9_]*(?:\([^()%]*\))?(?::[0-9]+)?%)")
+
+
+def _format_problem(body: str) -> str | None:
+    """Why Envoy would refuse `body` as a format string (its shape; Envoy checks the names)."""
+    rest = _OPERATOR.sub("", body)
+    if "%" in rest:
+        return ('a formatted body has a "%" that starts no command operator: write %% for a '
+                "percent sign, or operators such as %REQ(:PATH)%")
+    return None
 
 
 def _body(value: Any) -> str:

@@ -471,6 +471,9 @@ def _rule() -> Schema:
             "status": _integer("HTTP status.", 200, 599),
             "body": {"type": "string", "maxLength": route.MAX_DIRECT_RESPONSE_BODY,
                      "description": "Response body."},
+            "formatted": {"type": "boolean", "default": False,
+                          "description": "The body is an Envoy format string (%REQ(:PATH)%, "
+                                         "%% for a percent sign)."},
         }, required=("status",)),
         "rewrite": _rewrite(),
         "request_headers": _ref("headerOps", "Changes to the request's headers."),
@@ -549,10 +552,17 @@ def _redirect() -> Schema:
     schema = _object("Redirect the client; what is not given stays as in the request.", {
         "scheme": _enum("New scheme.", route.REDIRECT_SCHEMES),
         "host": _ref("hostName", "New host."),
-        "port": _integer("New port.", 1, 65535),
+        "port": {"oneOf": [_integer("New port.", 1, 65535),
+                           _enum("Where the port comes from: request (the port the request "
+                                 "came to; a new scheme's default port) or scheme (always the "
+                                 "scheme's default port).", route.REDIRECT_PORT_FROM,
+                                 "request")],
+                 "description": "The new port, or where it comes from (default request)."},
         "path": _ref("urlPath", "New path (the whole path)."),
         "prefix": _ref("urlPath", "Replaces the matched prefix."),
         "status": _enum("Redirect status.", route.REDIRECT_STATUSES, 302),
+        "strip_query": {"type": "boolean", "default": False,
+                        "description": "Drop the query string."},
     })
     schema["anyOf"] = [{"required": [key]} for key in route.REDIRECT_TARGETS]
     schema["not"] = {"required": ["path", "prefix"]}

@@ -42,7 +42,12 @@ from meshpilot.base import tlsfiles as tls_files
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, Invalid
-from meshpilot.inputs.native.matches import istio_paths, methods, value_matches
+from meshpilot.inputs.native.matches import (
+    istio_path,
+    istio_path_match,
+    methods,
+    value_matches,
+)
 from meshpilot.ir.model import (
     ApiKeys,
     Authorization,
@@ -54,6 +59,7 @@ from meshpilot.ir.model import (
     JwtProvider,
     RateLimit,
     Security,
+    StringMatch,
 )
 
 SECURITY_KEYS = ("jwt", "api_keys", "basic_auth", "ext_authz", "authorization", "rate_limit")
@@ -68,7 +74,12 @@ EXT_AUTHZ_KEYS = ("service", "protocol", "timeout", "failure_mode_allow")
 EXT_AUTHZ_PROTOCOLS = ("http", "grpc")
 AUTHORIZATION_KEYS = ("action", "rules")
 AUTHZ_ACTIONS = ("ALLOW", "DENY")
-AUTHZ_RULE_KEYS = ("paths", "methods", "headers", "source_ips", "claims")
+AUTHZ_RULE_KEYS = ("paths", "methods", "headers", "source_ips", "claims", "authenticated",
+                   "not")
+NOT_KEYS = ("paths", "methods", "headers", "source_ips", "claims")
+# A sidecar's rules also name callers; they have no JWT (yet): no claims, no authenticated.
+MESH_RULE_KEYS = ("from", "paths", "methods", "headers", "source_ips", "not")
+MESH_NOT_KEYS = ("from", "paths", "methods", "headers", "source_ips")
 RATE_LIMIT_KEYS = ("requests", "per", "by")
 RATE_LIMIT_BY = ("route", "host", "source_ip")
 MIN_RATE_WINDOW = 0.05  # Envoy's smallest token bucket fill interval (50 ms)
@@ -95,9 +106,11 @@ def check_claims(ctx: DocumentContext, route: Security, rules: list[tuple[Any, S
         jwt = security.jwt or route.jwt
         if security.authorization is None or jwt is not None:
             continue
-        if any(r.claims for policy in security.authorization for r in policy.rules):
-            ctx.report((*path, "authorization"), "claims need a jwt on the Route or on the "
-                                                 "rule (a request has no claims without one)")
+        if any(r.claims or r.authenticated is not None or (r.exclude and r.exclude.claims)
+               for policy in security.authorization for r in policy.rules):
+            ctx.report((*path, "authorization"), "claims and authenticated need a jwt on the "
+                                                 "Route or on the rule (a request has no "
+                                                 "claims without one)")
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -400,6 +413,14 @@ def _authorization(spec: Fields) -> tuple[Authorization, ...] | None:
 
 
 def _policy(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Authorization | None:
+    return authorization_policy(ctx, item, path, mesh=False)
+
+
+def authorization_policy(ctx: DocumentContext, item: Any, path: fields.FieldPath, *,
+                         mesh: bool) -> Authorization | None:
+    """`{action, rules}`: a Route's or rule's policy, or (`mesh`) a sidecar's, whose rules may
+    also name callers (`from`). `rules: []` or no rules: ALLOW refuses everything, DENY
+    nothing (as in Istio)."""
     entry = Fields.at(ctx, item, path, "a mapping such as {action: ALLOW, rules: [{paths: "
                                        "[/api/*]}]}")
     if entry is None:
@@ -413,18 +434,34 @@ def _policy(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Authoriz
             entry.report("rules", f"expected a list, found {fields.describe(value)}")
         else:
             for index, item2 in enumerate(value):
-                rule = _authz_rule(ctx, item2, (*path, "rules", index))
+                rule = _authz_rule(ctx, item2, (*path, "rules", index), mesh)
                 if rule is not None:
                     rules.append(rule)
     return Authorization(action=cast(Any, action), rules=tuple(rules), origin=entry.origin())
 
 
-def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> AuthzRule | None:
+def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath,
+                mesh: bool) -> AuthzRule | None:
     entry = Fields.at(ctx, item, path, "a mapping such as {paths: [/admin/*], methods: [GET]}")
     if entry is None:
         return None
-    entry.check_keys(AUTHZ_RULE_KEYS, "an authorization rule")
-    paths = istio_paths(entry)
+    entry.check_keys(MESH_RULE_KEYS if mesh else AUTHZ_RULE_KEYS, "an authorization rule")
+    exclude = None
+    negated = entry.mapping("not", "a mapping of conditions that must not hold, such as "
+                                   "{paths: [/admin/*], methods: [DELETE]}")
+    if negated is not None:
+        negated.check_keys(MESH_NOT_KEYS if mesh else NOT_KEYS, "not")
+        if not negated.value:
+            entry.report("not", "must give at least one condition")
+        exclude = _conditions(negated, mesh)
+    authenticated = entry.get("authenticated", fields.boolean)
+    return _conditions(entry, mesh, exclude=exclude, authenticated=authenticated)
+
+
+def _conditions(entry: Fields, mesh: bool, *, exclude: AuthzRule | None = None,
+                authenticated: bool | None = None) -> AuthzRule:
+    ctx = entry.ctx
+    paths = authz_paths(entry)
     ips = fields.unique_list(entry, "source_ips", "source IP range", _cidr)
     claims = entry.mapping("claims", "a mapping of claim names to values, such as "
                                      "{group: admins}")
@@ -434,9 +471,60 @@ def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Auth
             text = fields.convert_at(ctx, value, (*claims.path, claim), fields.any_string)
             if text is not None:
                 claim_values.append((claim, text))
+    callers = fields.unique_list(entry, "from", "caller", caller) if mesh else ()
     return AuthzRule(paths=paths, methods=methods(entry),
                      headers=value_matches(entry, "headers"), source_ips=ips,
-                     claims=tuple(claim_values), origin=entry.origin())
+                     claims=tuple(claim_values), principals=callers, origin=entry.origin(),
+                     exclude=exclude, authenticated=authenticated)
+
+
+def authz_paths(entry: Fields) -> tuple[StringMatch, ...]:
+    """`paths`: Istio's patterns ("/exact", "/prefix/*", "*") or {exact|prefix|regex: ...}."""
+    items = entry.items("paths", "path")
+    if items is None:
+        return ()
+    found: list[StringMatch] = []
+    seen: dict[Any, Any] = {}
+    for index, item in enumerate(items):
+        where = (*entry.path, "paths", index)
+        match = (_path_pattern(entry.ctx, item, where) if isinstance(item, dict)
+                 else fields.convert_at(entry.ctx, item, where, _istio_path_match))
+        if match is None:
+            continue
+        first = fields.written_before(entry.ctx, seen, match, where)
+        if first is not None:
+            fields.report_at(entry.ctx, where, f"this path is listed twice (first at {first})")
+            continue
+        found.append(match)
+    return tuple(found)
+
+
+def _istio_path_match(value: Any) -> StringMatch:
+    return istio_path_match(istio_path(value))
+
+
+_PATH_KINDS = ("exact", "prefix", "regex")
+
+
+def _path_pattern(ctx: DocumentContext, item: Any, where: fields.FieldPath) -> StringMatch | None:
+    spec = Fields(ctx, item, where)
+    spec.check_keys(_PATH_KINDS, "a path")
+    kind = spec.exclusive(_PATH_KINDS, required=True, what="a path")
+    if kind is None:
+        return None
+    value = spec.get(kind, fields.regex if kind == "regex" else fields.url_path, required=True)
+    return None if value is None else StringMatch(cast(Any, kind), value)
+
+
+def caller(value: Any) -> str:
+    """A Service (or Gateway) name, or a SPIFFE ID (`spiffe://trust-domain/...`)."""
+    text = fields.string(value)
+    if text.startswith("spiffe://"):
+        if len(text) > 2048 or any(c.isspace() for c in text) or "/" not in text[9:]:
+            raise fields.Invalid(f"invalid SPIFFE ID {fields.quoted(fields.clip(text))}: "
+                                 "expected spiffe://trust-domain/path")
+        return text
+    return fields.name(text)
 
 
 def _cidr(value: Any) -> str:

@@ -33,22 +33,19 @@ from typing import Any, cast
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, written_before
-from meshpilot.inputs.native.matches import istio_paths, methods
-from meshpilot.inputs.native.security import AUTHZ_ACTION
+from meshpilot.inputs.native.security import authorization_policy
 from meshpilot.inputs.yamlsource import FieldPath
 from meshpilot.ir.model import (
     DEFAULT_APP_HOST,
     DEFAULT_APP_PORT,
     Authorization,
-    AuthzRule,
     Call,
     Sidecar,
 )
 
 SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization")
 MTLS_MODES = ("strict", "permissive", "off")
-SIDECAR_AUTHORIZATION_KEYS = ("action", "rules")
-SIDECAR_RULE_KEYS = ("from", "paths", "methods")
+MTLS_MODE = fields.choice(MTLS_MODES)
 CALL_KEYS = ("service", "local_port")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
@@ -78,7 +75,7 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
                     f"the application cannot listen on the sidecar's own inbound port {port}: "
                     "the sidecar would forward to itself")
     _check_ports(spec, port, outbound_port, calls)
-    mtls = spec.get("mtls", fields.choice(MTLS_MODES)) or "off"
+    mtls = spec.get("mtls", _mtls_mode) or "off"
     authorization = _authorization(spec)
     if mtls != "off" and "tls" in doc.value:
         doc.report("tls", "a Service in the mesh with mtls gets its TLS from the mesh CA; "
@@ -90,7 +87,8 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
         if port is None:
             spec.report("authorization", "authorization applies to inbound traffic; the sidecar "
                                          "needs a port", at_value=False)
-        if mtls == "off" and any(r.principals for r in authorization.rules):
+        if mtls == "off" and any(r.principals or (r.exclude and r.exclude.principals)
+                                 for r in authorization.rules):
             spec.report("authorization", "rules with `from` need mtls strict or permissive: "
                                          "without a client certificate no caller has an "
                                          "identity", at_value=False)
@@ -100,38 +98,23 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
 
 
 def _authorization(spec: Fields) -> Authorization | None:
-    """`authorization: {action, rules: [{from, paths, methods}]}` with Istio's semantics."""
-    entry = spec.mapping("authorization", "a mapping such as {action: ALLOW, rules: "
-                                          "[{from: [frontend]}]}")
-    if entry is None:
+    """`authorization: {action, rules}` with Istio's semantics: a Route's rules (paths, also
+    as regexes, methods, headers, source_ips, `not`) plus `from`, the callers."""
+    if spec.value.get("authorization") is None:
         return None
-    entry.check_keys(SIDECAR_AUTHORIZATION_KEYS, "authorization")
-    action = entry.get("action", AUTHZ_ACTION) or "ALLOW"
-    items = entry.items("rules", "rule") or []
-    rules: list[AuthzRule] = []
-    for index, item in enumerate(items):
-        rule = Fields.at(spec.ctx, item, (*entry.path, "rules", index),
-                         "a mapping such as {from: [frontend], paths: [/api/*], methods: [GET]}")
-        if rule is None:
-            continue
-        rule.check_keys(SIDECAR_RULE_KEYS, "an authorization rule")
-        rules.append(AuthzRule(
-            principals=fields.unique_list(rule, "from", "caller", _caller),
-            paths=istio_paths(rule),
-            methods=methods(rule),
-            origin=rule.origin()))
-    return Authorization(action=cast(Any, action), rules=tuple(rules), origin=entry.origin())
+    return authorization_policy(spec.ctx, spec.value["authorization"],
+                                (*spec.path, "authorization"), mesh=True)
 
 
-def _caller(value: Any) -> str:
-    """A Service (or Gateway) name, or a SPIFFE ID (`spiffe://trust-domain/...`)."""
-    text = fields.string(value)
-    if text.startswith("spiffe://"):
-        if len(text) > 2048 or any(c.isspace() for c in text) or "/" not in text[9:]:
-            raise fields.Invalid(f"invalid SPIFFE ID {fields.quoted(fields.clip(text))}: "
-                                 "expected spiffe://trust-domain/path")
-        return text
-    return fields.name(text)
+def _mtls_mode(value: Any) -> str:
+    """strict, permissive or off; YAML reads an unquoted `off` (and `no`) as false: that is off
+    too, and an unquoted `on` (true) is refused with the choices."""
+    if value is False:
+        return "off"
+    if value is True:
+        raise fields.Invalid("expected strict, permissive or off (true is not a mode: write "
+                             "strict or permissive)")
+    return MTLS_MODE(value)
 
 
 def _app_address(value: Any) -> tuple[str, int]:

@@ -38,6 +38,7 @@ class ChainInputs:
     routes: tuple[Route, ...] = ()
     compression: Compression | None = None  # a gateway listener's `compression`
     callers: Authorization | None = None  # a sidecar's `authorization`, callers as SPIFFE IDs
+    inbound: bool = False  # a sidecar's inbound listener (its route configuration over RDS)
 
     @classmethod
     def gateway(cls, routes: Iterable[Route], compression: Compression | None) -> ChainInputs:
@@ -49,8 +50,9 @@ class ChainInputs:
 
     @classmethod
     def sidecar_inbound(cls, callers: Authorization | None) -> ChainInputs:
-        """One inline route to the local application: no per-route features."""
-        return cls(serves_routes=False, callers=callers)
+        """One route to the local application, over RDS: the callers' authorization is its
+        per-route config, so an edit reaches open connections (no new listener)."""
+        return cls(serves_routes=False, callers=callers, inbound=True)
 
 
 class HttpFeature:

@@ -75,10 +75,29 @@ def rbac(policy: Authorization) -> RBAC:
 
 
 def _policy(rule: AuthzRule) -> Policy:
+    permissions, principals = _conditions(rule)
+    if rule.exclude is not None:  # each condition given must not hold
+        not_permissions, not_principals = _conditions(rule.exclude, separately=True)
+        permissions += [Permission(not_rule=p) for p in not_permissions]
+        principals += [Principal(not_id=p) for p in not_principals]
+    if rule.authenticated is not None:
+        principals.append(_token_principal() if rule.authenticated
+                          else Principal(not_id=_token_principal()))
+    return Policy(
+        permissions=[_all_permission(permissions) if permissions else Permission(any=True)],
+        principals=[_all_principal(principals) if principals else Principal(any=True)])
+
+
+def _conditions(rule: AuthzRule, *, separately: bool = False
+                ) -> tuple[list[Permission], list[Principal]]:
+    """The rule's conditions as RBAC permissions (what is asked) and principals (who asks);
+    `separately`: each header and claim on its own (for `not`: none of them may hold)."""
     permissions: list[Permission] = []
     if rule.paths and not any(p.kind == "present" for p in rule.paths):  # "*": any path
         permissions.append(_any_permission([Permission(url_path=PathMatcher(
             path=string_matcher(p))) for p in rule.paths]))
+    elif rule.paths and separately:  # not "*": no path at all
+        permissions.append(Permission(any=True))
     if rule.methods:
         permissions.append(_any_permission([
             Permission(header=header_matcher(":method", StringMatch("exact", m)))
@@ -93,9 +112,17 @@ def _policy(rule: AuthzRule) -> Policy:
     if rule.principals:  # a sidecar's `from`: SPIFFE IDs by now (translators/mtls.py)
         principals.append(_any_principal([_authenticated_principal(p)
                                           for p in rule.principals]))
-    return Policy(
-        permissions=[_all_permission(permissions) if permissions else Permission(any=True)],
-        principals=[_all_principal(principals) if principals else Principal(any=True)])
+    return permissions, principals
+
+
+def _token_principal() -> Principal:
+    """The request carries a valid JWT: jwt_authn wrote its payload (Istio's
+    requestPrincipals: ["*"])."""
+    principal = Principal()
+    principal.sourced_metadata.metadata_matcher.CopyFrom(MetadataMatcher(
+        filter=JWT_AUTHN, path=[MetadataMatcher.PathSegment(key=JWT_PAYLOAD)],
+        value=ValueMatcher(present_match=True)))
+    return principal
 
 
 def _any_permission(items: list[Permission]) -> Permission:
