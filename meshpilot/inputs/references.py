@@ -41,6 +41,7 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     for gateway, ctx in index.gateway_documents:
         _check_tcp_listeners(gateway, ctx, index)
     _check_hosts(index)
+    _check_forwarded_users(index)
     _check_ports(index)
     _check_view_names(documents)
     _check_mesh(documents, index)
@@ -258,6 +259,31 @@ def _check_hosts(index: _Index) -> None:
                                      f"{first.route} (at {first.position})",
                                position=claim.position)
                     break
+
+
+def _check_forwarded_users(index: _Index) -> None:
+    """Envoy's basic_auth filter forwards the user in one header per listener: every
+    basic_auth of a gateway's Routes names the same `forward` header, or none does."""
+    first: dict[str, tuple[str | None, str]] = {}  # gateway -> (header, Route)
+    for route, ctx in index.routes:
+        if route.gateway is None:
+            continue
+        settings = [((), route.security)] + [(("rules", i), rule.security)
+                                              for i, rule in enumerate(route.rules)]
+        for path, security in settings:
+            auth = security.basic_auth
+            if auth is None:
+                continue
+            seen = first.setdefault(route.gateway, (auth.forward_header, route.name))
+            if seen[0] != auth.forward_header:
+                shown = lambda h: f'"{h}"' if h else "none"  # noqa: E731
+                ctx.report((*path, "basic_auth"), f"basic_auth forwards the user in "
+                                                  f"{shown(auth.forward_header)}, but Route "
+                                                  f"{seen[1]} on Gateway {route.gateway} in "
+                                                  f"{shown(seen[0])}: Envoy has one header "
+                                                  "per listener, so the Routes of a gateway "
+                                                  "name the same forward (or none)",
+                           at_value=False)
 
 
 @dataclass(frozen=True, slots=True)

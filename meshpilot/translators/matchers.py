@@ -28,7 +28,23 @@ def header_matcher(name: str, how: StringMatch) -> HeaderMatcher:
         return HeaderMatcher(name=name, present_match=True)
     if how.kind == "absent":
         return HeaderMatcher(name=name, present_match=True, invert_match=True)
-    return HeaderMatcher(name=name, string_match=string_matcher(how))
+    # Inverted: a value that does not match, or no such header (Envoy's invert_match).
+    return HeaderMatcher(name=name, string_match=string_matcher(how), invert_match=how.invert)
+
+
+def inverted_path_matcher(how: StringMatch) -> HeaderMatcher:
+    """Paths NOT matching `how`, said on `:path` (a route's path match cannot be inverted).
+    `:path` holds the query: an exact path is matched with any query, a regex on the path part
+    (`inputs/native/matches.inverted_path_regex`, the same text)."""
+    if how.kind == "exact":
+        regex = f"{re2_literal(how.value)}(\\?.*)?"
+    elif how.kind == "regex":
+        regex = f"(?:{how.value})(\\?.*)?"
+    else:
+        return HeaderMatcher(name=":path", string_match=StringMatcher(prefix=how.value),
+                             invert_match=True)
+    return HeaderMatcher(name=":path", string_match=StringMatcher(
+        safe_regex=RegexMatcher(regex=regex)), invert_match=True)
 
 
 def query_matcher(name: str, how: StringMatch) -> QueryParameterMatcher:

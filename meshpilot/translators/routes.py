@@ -59,6 +59,7 @@ from meshpilot.ir.model import (
 from meshpilot.translators import httpfilters, names
 from meshpilot.translators.matchers import (
     header_matcher,
+    inverted_path_matcher,
     query_matcher,
     re2_literal,
 )
@@ -231,6 +232,11 @@ def route_entries(route: Route, listener: ListenerSide = None) -> Iterable[Envoy
             name = names.route_entry(route.name, index, match_index if several else None)
             entry = route_entry(name, match, rule, listener)
             httpfilters.add_route_configs(entry, route, rule)  # CORS, faults, security
+            basic_auth = rule.security.basic_auth or route.security.basic_auth
+            if basic_auth is not None and basic_auth.strip:
+                # The credentials stop here: the router removes them from what it forwards
+                # (after the filters that read them).
+                entry.request_headers_to_remove.append("authorization")
             yield entry
 
 
@@ -253,13 +259,17 @@ def route_entry(name: str, match: Match, rule: Rule,
 def route_match(match: Match) -> RouteMatch:
     result = RouteMatch()
     path = match.path
+    inverted: list[HeaderMatcher] = []
+    if path is not None and path.invert:  # every path, then :path must not match
+        inverted.append(inverted_path_matcher(path))
+        path = None
     if path is None or path.kind == "prefix":
         result.prefix = "/" if path is None else path.value
     elif path.kind == "exact":
         result.path = path.value
     else:
         result.safe_regex.CopyFrom(RegexMatcher(regex=path.value))
-    matchers = [*_method_matchers(match.methods),
+    matchers = [*inverted, *_method_matchers(match.methods),
                 *(header_matcher(name, how) for name, how in match.headers),
                 *(m for name, how in match.query if (m := _absent_query_matcher(name, how)))]
     # All must hold, so their order means nothing: sorted by name (stable for repeats).
@@ -356,6 +366,8 @@ def retry_policy(retries: Retries) -> RetryPolicy:
         if retries.backoff.max is not None:
             policy.retry_back_off.max_interval.CopyFrom(duration(retries.backoff.max))
     policy.retriable_status_codes.extend(retries.retriable_status_codes)
+    policy.retriable_headers.extend(header_matcher(name, how)
+                                    for name, how in retries.retriable_headers)
     if retries.avoid_same_host:
         policy.retry_host_predicate.append(RetryPolicy.RetryHostPredicate(
             name=PREVIOUS_HOSTS, typed_config=pack(PreviousHostsPredicate())))

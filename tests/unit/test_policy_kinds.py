@@ -702,7 +702,8 @@ def test_exactly_one_action() -> None:
      "must be from 1 to 100, found 0"),
     ("{backends: [reviews], retries: {on: [5xx, connect-failures]}}", "retries.on[1]",
      'unknown value "connect-failures" (did you mean "connect-failure"?); expected one of: '
-     "5xx, gateway-error, reset, connect-failure, retriable-4xx, refused-stream, "
+     "5xx, gateway-error, reset, reset-before-request, connect-failure, retriable-4xx, "
+     "refused-stream, "
      "retriable-status-codes, retriable-headers, envoy-ratelimited, "
      "http3-post-connect-failure, cancelled, deadline-exceeded, internal, resource-exhausted, "
      "unavailable"),

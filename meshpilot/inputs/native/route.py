@@ -16,16 +16,20 @@ Shape:
                                         # listeners and hosts are not written (docs/mesh.md)
     listeners: [http]                   # some of the gateway's listeners (default: all)
     hosts: [shop.example.com, "*.shop.example.com"]   # default ["*"]: every host
-    cors: {allow_origins: ["https://a.example", "*.b.example"], allow_methods: [GET],
-           allow_headers: [x-user], expose_headers: [x-id], max_age: 10m,
-           allow_credentials: true}
+    cors: {allow_origins: ["https://a.example", "*.b.example", {exact: "null"}],
+           allow_methods: [GET], allow_headers: [x-user], expose_headers: [x-id],
+           max_age: 10m, allow_credentials: true}     # methods, headers: ["*"] for any
+                                        # (also on a rule: the Route's, with the rule's fields)
     rules:                              # first match wins, in the order written
       - match:                          # a mapping, or a list of them (any may match)
-          path: {prefix: /api/}         # or {exact: /x} or {regex: "/v[0-9]+/.*"}
+          path: {prefix: /api/}         # or {exact: /x} or {regex: "/v[0-9]+/.*"};
+                                        #   invert: true: paths NOT matching
           methods: [GET, POST]          # or method: GET
           headers: {x-canary: "true", x-user: {prefix: a}, x-debug: {present: true}}
           query: {preview: {absent: true}}    # value forms: "text" | {exact|prefix|regex: v}
                                               #   | {present: true} | {absent: true}
+                                              # headers also {exact|prefix|regex: v,
+                                              #   invert: true}: absent or not matching
         backends:                       # exactly one of backends, redirect, direct_response
           - {service: reviews, subset: v2, weight: 10}   # or just: reviews
         rewrite: {path: {prefix: /}, host: internal.example.com}   # backends only
@@ -37,7 +41,7 @@ Shape:
         grpc: {max_timeout: 30s}        # backends only; honour grpc-timeout, capped
         retries: {attempts: 3, on: [5xx, reset], per_try_timeout: 500ms,   # backends only
                   backoff: {base: 25ms, max: 250ms}, retriable_status_codes: [429],
-                  avoid_same_host: true}
+                  retriable_headers: {x-retry: "yes"}, avoid_same_host: true}
         fault: {delay: {fixed: 500ms, percentage: 10}, abort: {status: 503},  # backends only
                 headers: {end-user: jason}}
         mirror: {service: reviews, subset: v3, percentage: 5}    # or a list; backends only
@@ -56,6 +60,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Hashable
+from dataclasses import replace
 from typing import Any, cast
 
 from meshpilot.inputs.context import DocumentContext
@@ -101,7 +106,7 @@ ACTIONS = ("backends", "redirect", "direct_response")
 # Envoy's RouteAction settings (and the fault filter's, which acts before the router).
 BACKEND_ONLY = ("rewrite", "timeout", "idle_timeout", "grpc", "retries", "fault", "mirror",
                 "hash_on")
-RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers",
+RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers", "cors",
              *SECURITY_KEYS)
 MATCH_KEYS = ("path", "method", "methods", "headers", "query")
 # Part of a Route's shape too, shared with authorization rules: parsed in matches.py.
@@ -119,7 +124,7 @@ REWRITE_KEYS = ("path", "host")
 PATH_REWRITE_KEYS = ("prefix", "regex", "substitution")
 HEADER_OPS_KEYS = ("add", "set", "remove")
 RETRIES_KEYS = ("attempts", "on", "per_try_timeout", "backoff", "retriable_status_codes",
-                "avoid_same_host")
+                "retriable_headers", "avoid_same_host")
 BACKOFF_KEYS = ("base", "max")
 GRPC_KEYS = ("max_timeout",)
 FAULT_KEYS = ("delay", "abort", "headers")
@@ -131,10 +136,11 @@ HASH_COOKIE_KEYS = ("name", "ttl", "path")
 CORS_KEYS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers", "max_age",
              "allow_credentials")
 RETRIABLE_STATUS_CODES = "retriable-status-codes"
+RETRIABLE_HEADERS = "retriable-headers"
 
-# Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names.
-RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
-            "refused-stream", "retriable-status-codes", "retriable-headers",
+# Every one of Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names.
+RETRY_ON = ("5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+            "retriable-4xx", "refused-stream", "retriable-status-codes", "retriable-headers",
             "envoy-ratelimited", "http3-post-connect-failure",
             "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 DEFAULT_RETRY_ON = Retries(attempts=1).on
@@ -174,7 +180,7 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
     hosts = fields.unique_list(doc, "hosts", "host", fields.host_pattern)
     cors = _cors(doc)
     security = parse_security(doc)
-    rules = _rules(doc)
+    rules = _rules(doc, cors)
     if attach == "service" and (security or any(rule.security for rule in rules)):
         doc.report("service", "jwt, api_keys, basic_auth, ext_authz, authorization and "
                               "rate_limit apply to Routes attached to a gateway (not yet to "
@@ -192,15 +198,15 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
 # Rules.
 
 
-def _rules(doc: Fields) -> tuple[Rule, ...]:
+def _rules(doc: Fields, cors: Cors | None) -> tuple[Rule, ...]:
     items = doc.items("rules", "rule", required=True)
     if items is None:
         return ()
-    rules = (_rule(doc.ctx, item, ("rules", index)) for index, item in enumerate(items))
+    rules = (_rule(doc.ctx, item, ("rules", index), cors) for index, item in enumerate(items))
     return tuple(rule for rule in rules if rule is not None)
 
 
-def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
+def _rule(ctx: DocumentContext, item: Any, path: FieldPath, cors: Cors | None) -> Rule | None:
     rule = Fields.at(ctx, item, path, "a rule mapping such as {match: {path: {prefix: /}}, "
                                       "backends: [...]}")
     if rule is None:
@@ -235,6 +241,7 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
         mirrors=_mirrors(rule),
         hash_on=_hash_on(rule),
         security=parse_security(rule),
+        cors=_cors(rule, cors),
     )
 
 
@@ -273,12 +280,20 @@ def _path_match(entry: Fields) -> StringMatch | None:
                                  "{prefix: /api/}")
     if spec is None:
         return None
-    spec.check_keys(PATH_MATCHES, "a path match")
+    spec.check_keys((*PATH_MATCHES, "invert"), "a path match")
     kind = spec.exclusive(PATH_MATCHES, required=True, what="a path match")
     if kind is None:
         return None
     value = spec.get(kind, fields.regex if kind == "regex" else fields.url_path, required=True)
-    return None if value is None else StringMatch(cast(MatchKind, kind), value)
+    invert = bool(spec.get("invert", fields.boolean))
+    if value is None:
+        return None
+    if invert and kind == "regex":  # said on :path, query included: see inverted_path_regex
+        problem = fields.re2_problem(matches.inverted_path_regex(value))
+        if problem is not None:
+            spec.report("regex", problem)
+            return None
+    return StringMatch(cast(MatchKind, kind), value, invert=invert)
 
 
 def _methods(entry: Fields) -> tuple[str, ...]:
@@ -514,19 +529,25 @@ def _retries(rule: Fields) -> Retries | None:
     attempts = spec.get("attempts", RETRY_ATTEMPTS)
     conditions = fields.unique_list(spec, "on", "retry condition", _RETRY_ON)
     codes = _status_codes(spec)
+    headers = value_matches(spec, "retriable_headers")
     if codes:
         # Codes retry nothing unless "retriable-status-codes" is a condition: implied.
         conditions = (*(conditions or DEFAULT_RETRY_ON), RETRIABLE_STATUS_CODES)
     elif RETRIABLE_STATUS_CODES in conditions and "retriable_status_codes" not in spec.value:
         spec.report("on", f'"{RETRIABLE_STATUS_CODES}" needs the codes to retry on: write '
                           "retriable_status_codes: [503, ...] (which implies it)")
+    if headers:  # the same for response headers
+        conditions = (*(conditions or DEFAULT_RETRY_ON), RETRIABLE_HEADERS)
+    elif RETRIABLE_HEADERS in conditions and "retriable_headers" not in spec.value:
+        spec.report("on", f'"{RETRIABLE_HEADERS}" needs the headers to retry on: write '
+                          "retriable_headers: {x-retry: \"yes\"} (which implies it)")
     return Retries(attempts=1 if attempts is None else attempts,
                    on=tuple(dict.fromkeys(conditions)) or DEFAULT_RETRY_ON,
                    per_try_timeout=spec.get("per_try_timeout", _PER_TRY_TIMEOUT),
                    backoff=_backoff(spec),
                    retriable_status_codes=codes,
                    avoid_same_host=bool(spec.get("avoid_same_host", fields.boolean)),
-                   origin=spec.origin())
+                   origin=spec.origin(), retriable_headers=headers)
 
 
 def _status_codes(spec: Fields) -> tuple[int, ...]:
@@ -734,29 +755,92 @@ def _cookie_name(value: Any) -> str:
 # CORS (per Route: its virtual host).
 
 
-def _cors(doc: Fields) -> Cors | None:
+def _cors(doc: Fields, inherit: Cors | None = None) -> Cors | None:
+    """A Route's `cors`, or a rule's (`inherit`: the Route's, whose fields fill in what the
+    rule leaves out)."""
     spec = doc.mapping("cors", 'a mapping such as {allow_origins: ["https://a.example"]}')
     if spec is None:
         return None
     spec.check_keys(CORS_KEYS, "cors")
-    origins = fields.unique_list(spec, "allow_origins", "origin", _origin_text)
-    if spec.value.get("allow_origins") is None:
+    written = set(spec.value)
+    origins = _origins(spec)
+    if spec.value.get("allow_origins") is None and inherit is None:
         spec.missing("allow_origins")
     credentials = spec.get("allow_credentials", fields.boolean)
-    if credentials and "*" in origins:
-        spec.report("allow_credentials", 'allow_credentials cannot be used with the origin "*": '
-                                         "any web site could then make requests with the "
-                                         "user's cookies; list the origins",
-                    at_value=False)
+    allow_methods = _wildcard_or(spec, "allow_methods", lambda: methods(spec, "allow_methods"))
+    allow_headers = _wildcard_or(spec, "allow_headers", lambda: fields.unique_list(
+        spec, "allow_headers", "header", fields.header_name))
     max_age = spec.get("max_age", fields.duration())
     if max_age is not None and max_age != int(max_age):
         spec.report("max_age", "max_age is sent in whole seconds")
-    return Cors(
-        allow_origins=tuple(origin_match(origin) for origin in origins),
-        allow_methods=methods(spec, "allow_methods"),
-        allow_headers=fields.unique_list(spec, "allow_headers", "header", fields.header_name),
+    cors = Cors(
+        allow_origins=origins,
+        allow_methods=allow_methods,
+        allow_headers=allow_headers,
         expose_headers=fields.unique_list(spec, "expose_headers", "header", fields.header_name),
         max_age=max_age, allow_credentials=credentials, origin=spec.origin())
+    if inherit is not None:  # what the rule does not write is the Route's
+        cors = replace(inherit, **{key: getattr(cors, key) for key in CORS_KEYS
+                                   if key in written}, origin=cors.origin)
+    if cors.allow_credentials:
+        if StringMatch("regex", ".*") in cors.allow_origins:
+            spec.report("allow_credentials" if "allow_credentials" in written else "cors",
+                        'allow_credentials cannot be used with the origin "*": any web site '
+                        "could then make requests with the user's cookies; list the origins",
+                        at_value=False)
+        for key in ("allow_methods", "allow_headers"):
+            if getattr(cors, key) == ("*",):
+                spec.report(key if key in written else "allow_credentials",
+                            f'{key}: ["*"] means "*" literally to browsers when credentials '
+                            "are allowed: list them", at_value=False)
+    return cors
+
+
+def _wildcard_or(spec: Fields, key: str, listed: Callable[[], tuple[str, ...]]
+                 ) -> tuple[str, ...]:
+    """["*"] (any, as browsers read it without credentials) or the listed values."""
+    value = spec.value.get(key)
+    if isinstance(value, list) and "*" in value:
+        if value != ["*"]:
+            spec.report(key, '"*" means any: write it alone')
+        return ("*",)
+    return listed()
+
+
+def _origins(spec: Fields) -> tuple[StringMatch, ...]:
+    """Origins as written (`_origin_text`), or {exact: "null"} for an origin that is no URL
+    (a sandboxed page's "null", an extension's origin): compared exactly."""
+    items = spec.items("allow_origins", "origin")
+    if items is None:
+        return ()
+    found: list[StringMatch] = []
+    seen: dict[Hashable, FieldPath] = {}
+    for index, item in enumerate(items):
+        where = (*spec.path, "allow_origins", index)
+        if isinstance(item, dict):
+            entry = Fields(spec.ctx, item, where)
+            entry.check_keys(("exact",), "an exact origin")
+            text = entry.get("exact", _exact_origin, required=True)
+            match = None if text is None else StringMatch("exact", text)
+        else:
+            text = fields.convert_at(spec.ctx, item, where, _origin_text)
+            match = None if text is None else origin_match(text)
+        if match is None or text is None:
+            continue
+        first = written_before(spec.ctx, seen, match, where)
+        if first is not None:
+            fields.report_at(spec.ctx, where, f"origin {fields.quoted(text)} is listed twice "
+                                              f"(first at {first})")
+            continue
+        found.append(match)
+    return tuple(found)
+
+
+def _exact_origin(value: Any) -> str:
+    text = fields.string(value)
+    if not text.isprintable() or " " in text or len(text) > 1024:
+        raise Invalid(f"invalid origin {fields.quoted(text)}: printable, without spaces")
+    return text
 
 
 # [scheme://][*.]host[:port], or "*".

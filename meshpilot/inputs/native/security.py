@@ -12,18 +12,25 @@ replacing the Route's setting of the same feature):
           jwks: {file: /etc/keys/jwks.json}  # or {inline: "..."} or {uri: https://idp/jwks,
                                         #    service: idp, cache: 5m}
           forward_claims: {sub: x-user} # claim -> request header
-    api_keys: {header: x-api-key, keys: {client-a: {file: /k/a.txt}, client-b: "literal"}}
-                                        # or query: key, or cookie: k
-    basic_auth: {users: {file: /etc/users.htpasswd}}  # {SHA} hashes (htpasswd -s)
-    ext_authz: {service: authz, protocol: http, timeout: 200ms, failure_mode_allow: false}
+    api_keys: {header: x-api-key, keys: {client-a: {file: /k/a.txt}, client-b: "literal"},
+               forward: x-client, strip: true}     # or query: key, or cookie: k
+    basic_auth: {users: {file: /etc/users.htpasswd}, forward: x-user, strip: true}
+                                        # {SHA} hashes (htpasswd -s)
+    ext_authz: {service: authz, protocol: http, timeout: 200ms, failure_mode_allow: false,
+                path_prefix: /check, send_headers: [cookie], upstream_headers: [x-user],
+                client_headers: [www-authenticate], client_headers_on_success: [x-session]}
     authorization:                      # a mapping, or a list of them (one per action)
       action: ALLOW                     # or DENY; DENY is evaluated first
       rules:                            # any rule; within a rule, every condition
-        - paths: [/api/*, /exact]       # "/x" exactly, "/x/*" a prefix, "*" any
+        - paths: [/api/*, /exact]       # "/x" exactly, "/x/*" a prefix, "*" any, or
+                                        #   {exact|prefix|regex: ...}
           methods: [GET]
           headers: {x-team: blue}
           source_ips: [10.0.0.0/8]
           claims: {group: admins}       # needs jwt on the Route or the rule
+          authenticated: true           # a valid JWT (false: none); needs jwt
+          not: {paths: [/admin/*], methods: [DELETE], source_ips: [...], headers: {...},
+                claims: {...}}          # none of these may hold
     rate_limit: {requests: 100, per: 1m, by: route}    # or host, source_ip, {header: x-client}
 
 File paths are absolute. Key values are never shown in messages.
@@ -68,9 +75,13 @@ PROVIDER_KEYS = ("name", "issuer", "audiences", "jwks", "forward_claims")
 JWKS_SOURCES = ("file", "inline", "uri")
 JWKS_KEYS = ("file", "inline", "uri", "service", "cache")
 API_KEY_SOURCES = ("header", "query", "cookie")
-API_KEYS_KEYS = (*API_KEY_SOURCES, "keys")
-BASIC_AUTH_KEYS = ("users",)
-EXT_AUTHZ_KEYS = ("service", "protocol", "timeout", "failure_mode_allow")
+API_KEYS_KEYS = (*API_KEY_SOURCES, "keys", "forward", "strip")
+BASIC_AUTH_KEYS = ("users", "forward", "strip")
+EXT_AUTHZ_KEYS = ("service", "protocol", "timeout", "failure_mode_allow", "path_prefix",
+                  "send_headers", "upstream_headers", "client_headers",
+                  "client_headers_on_success")
+EXT_AUTHZ_HEADER_LISTS = ("send_headers", "upstream_headers", "client_headers",
+                          "client_headers_on_success")
 EXT_AUTHZ_PROTOCOLS = ("http", "grpc")
 AUTHORIZATION_KEYS = ("action", "rules")
 AUTHZ_ACTIONS = ("ALLOW", "DENY")
@@ -308,9 +319,21 @@ def _api_keys(spec: Fields) -> ApiKeys | None:
                 continue
             owners[key] = client
             found.append((client, key))
+    forward = keys.get("forward", _forward_header)
+    strip = bool(keys.get("strip", fields.boolean))
     if source is None or name is None:
         return None
-    return ApiKeys(source=cast(Any, source), name=name, keys=tuple(found), origin=keys.origin())
+    return ApiKeys(source=cast(Any, source), name=name, keys=tuple(found), origin=keys.origin(),
+                   forward_header=forward, strip=strip)
+
+
+def _forward_header(value: Any) -> str:
+    """The request header the authenticated client or user is sent to the backend in."""
+    name = fields.header_name(value)
+    if name.startswith(":") or name in ("host", "authorization"):
+        raise Invalid(f'"{name}" cannot carry the client\'s name: use a header such as '
+                      "x-client")
+    return name
 
 
 def _client_name(value: Any) -> str:
@@ -364,7 +387,9 @@ def _basic_auth(spec: Fields) -> BasicAuth | None:
             users.report("file", f"{path}:{number}: expected user:{{SHA}}hash (htpasswd -s); "
                                  "Envoy accepts SHA-1 hashes only")
             return None
-    return BasicAuth(users_file=path, origin=auth.origin())
+    return BasicAuth(users_file=path, origin=auth.origin(),
+                     forward_header=auth.get("forward", _forward_header),
+                     strip=bool(auth.get("strip", fields.boolean)))
 
 
 # ---- ext_authz ----------------------------------------------------------------------------------
@@ -379,11 +404,39 @@ def _ext_authz(spec: Fields) -> ExtAuthz | None:
     protocol = authz.get("protocol", _PROTOCOL) or "http"
     timeout = authz.get("timeout", fields.duration())
     fail_open = authz.get("failure_mode_allow", fields.boolean)
+    prefix = authz.get("path_prefix", fields.url_path)
+    if prefix is not None and protocol == "grpc":
+        authz.report("path_prefix", "path_prefix applies to protocol http (a gRPC check has "
+                                    "no path of its own)", at_value=False)
+    lists = {key: _header_names(authz, key) for key in EXT_AUTHZ_HEADER_LISTS}
     if service is None:
         return None
     return ExtAuthz(service=service, protocol=cast(Any, protocol),
                     timeout=DEFAULT_EXT_AUTHZ_TIMEOUT if timeout is None else timeout,
-                    failure_mode_allow=bool(fail_open), origin=authz.origin())
+                    failure_mode_allow=bool(fail_open), origin=authz.origin(),
+                    path_prefix=(prefix or "").rstrip("/"), **lists)
+
+
+def _header_names(spec: Fields, key: str) -> tuple[StringMatch, ...]:
+    """A list of header names (exactly) or {prefix: x-auth-} matches."""
+    items = spec.items(key, "header")
+    if items is None:
+        return ()
+    found: list[StringMatch] = []
+    for index, item in enumerate(items):
+        where = (*spec.path, key, index)
+        if isinstance(item, dict):
+            entry = Fields(spec.ctx, item, where)
+            entry.check_keys(("exact", "prefix"), "a header name match")
+            kind = entry.exclusive(("exact", "prefix"), required=True, what="a header name match")
+            value = entry.get(kind, fields.header_name, required=True) if kind else None
+            if kind is not None and value is not None:
+                found.append(StringMatch(cast(Any, kind), value))
+            continue
+        name = fields.convert_at(spec.ctx, item, where, fields.header_name)
+        if name is not None:
+            found.append(StringMatch("exact", name))
+    return tuple(dict.fromkeys(found))
 
 
 # ---- authorization ------------------------------------------------------------------------------
@@ -462,7 +515,7 @@ def _conditions(entry: Fields, mesh: bool, *, exclude: AuthzRule | None = None,
                 authenticated: bool | None = None) -> AuthzRule:
     ctx = entry.ctx
     paths = authz_paths(entry)
-    ips = fields.unique_list(entry, "source_ips", "source IP range", _cidr)
+    ips = fields.unique_list(entry, "source_ips", "source IP range", cidr)
     claims = entry.mapping("claims", "a mapping of claim names to values, such as "
                                      "{group: admins}")
     claim_values: list[tuple[str, str]] = []
@@ -527,7 +580,7 @@ def caller(value: Any) -> str:
     return fields.name(text)
 
 
-def _cidr(value: Any) -> str:
+def cidr(value: Any) -> str:
     text = fields.string(value)
     try:
         return str(ipaddress.ip_network(text, strict=False))
