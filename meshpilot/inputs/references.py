@@ -379,14 +379,19 @@ def _check_callers(service: Service, ctx: DocumentContext, index: _Index) -> Non
     if service.sidecar.authorization is None:
         return
     for rule_index, rule in enumerate(service.sidecar.authorization.rules):
-        for caller_index, caller in enumerate(rule.principals):
-            if caller.startswith("spiffe://") or index.declared("Service", caller) or \
-                    index.declared("Gateway", caller):
-                continue
-            known = [*index.names.get("Service", []), *index.names.get("Gateway", [])]
-            ctx.report(("sidecar", "authorization", "rules", rule_index, "from", caller_index),
-                       f"no Service or Gateway named {quoted(caller)}"
-                       f"{index.did_you_mean('Service', caller, known)}")
+        lists: list[tuple[tuple[str, ...], tuple[str, ...]]] = [((), rule.principals)]
+        if rule.exclude is not None:  # `not: {from: [...]}` names callers too
+            lists.append((("not",), rule.exclude.principals))
+        for inner, principals in lists:
+            for caller_index, caller in enumerate(principals):
+                if caller.startswith("spiffe://") or index.declared("Service", caller) or \
+                        index.declared("Gateway", caller):
+                    continue
+                known = [*index.names.get("Service", []), *index.names.get("Gateway", [])]
+                ctx.report(("sidecar", "authorization", "rules", rule_index, *inner, "from",
+                            caller_index),
+                           f"no Service or Gateway named {quoted(caller)}"
+                           f"{index.did_you_mean('Service', caller, known)}")
 
 
 def _check_calls(service: Service, ctx: DocumentContext, index: _Index) -> None:

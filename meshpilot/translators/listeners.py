@@ -171,6 +171,9 @@ def _detect_client_ip(manager: HttpConnectionManager, spec: ClientIp) -> None:
         assert spec.header is not None
         config = CustomHeaderConfig(header_name=spec.header)  # type: ignore[assignment]
         name = CUSTOM_HEADER_DETECTION
+    # Envoy refuses use_remote_address together with a detection extension: the extension
+    # alone says who the client is (and nothing else trusts X-Forwarded-For).
+    manager.ClearField("use_remote_address")
     manager.original_ip_detection_extensions.append(
         TypedExtensionConfig(name=name, typed_config=pack(config)))
 
