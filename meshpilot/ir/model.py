@@ -315,8 +315,9 @@ class StringMatch:
 
     kind: Literal["exact", "prefix", "regex", "present", "absent"]
     value: str = ""  # empty for present/absent
-    # True: the value must NOT match (a header that is absent also does not match); Envoy's
-    # invert_match. Not for `present`/`absent` (they are each other's inverse).
+    # True: the value must NOT match (an absent header is read as "", so it matches unless
+    # the pattern matches ""); Envoy's invert_match. Not for present/absent (each other's
+    # inverse).
     invert: bool = False
 
 

@@ -28,8 +28,12 @@ def header_matcher(name: str, how: StringMatch) -> HeaderMatcher:
         return HeaderMatcher(name=name, present_match=True)
     if how.kind == "absent":
         return HeaderMatcher(name=name, present_match=True, invert_match=True)
-    # Inverted: a value that does not match, or no such header (Envoy's invert_match).
-    return HeaderMatcher(name=name, string_match=string_matcher(how), invert_match=how.invert)
+    if how.invert:
+        # A value that does not match, or no such header: Envoy's invert_match alone never
+        # matches an absent header, so an absent one is read as the empty value.
+        return HeaderMatcher(name=name, string_match=string_matcher(how), invert_match=True,
+                             treat_missing_header_as_empty=True)
+    return HeaderMatcher(name=name, string_match=string_matcher(how))
 
 
 def inverted_path_matcher(how: StringMatch) -> HeaderMatcher:
