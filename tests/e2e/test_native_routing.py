@@ -15,7 +15,6 @@ import base64
 import json
 from collections.abc import Iterator
 from hashlib import sha1
-from pathlib import Path
 from typing import Any
 
 import pytest
