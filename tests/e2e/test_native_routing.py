@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Iterator
 from hashlib import sha1
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,7 +47,8 @@ endpoints: ["127.0.0.1:{authz}"]
 kind: Gateway
 name: edge
 listeners:
-  - {{name: http, port: {port}, address: 127.0.0.1, client_ip: {{xff_trusted_hops: 1}}}}
+  - {{name: http, port: {port}, address: 127.0.0.1, client_ip: {{xff_trusted_hops: 1}},
+     access_log: {{path: {log}}}}}
 ---
 kind: Route
 name: site
@@ -116,6 +119,9 @@ rules:
   - match: {{path: {{prefix: /inside}}}}
     backends: [api]
     authorization: {{action: DENY, rules: [{{source_ips: [203.0.113.0/24]}}]}}
+  - match: {{path: {{prefix: /limited}}}}
+    direct_response: {{status: 200}}
+    rate_limit: {{requests: 1, per: 1h, by: source_ip}}
   - match: {{path: {{prefix: /safe}}}}
     backends: [api]
     authorization: {{action: ALLOW, rules: [{{not: {{methods: [DELETE], paths: [/safe/locked]}}}}]}}
@@ -156,6 +162,7 @@ class Env:
     def __init__(self, port: int, mp: MeshpilotProcess, authz: AuthzServer,
                  echoes: dict[str, EchoServer]):
         self.port, self.mp, self.authz, self.echoes = port, mp, authz, echoes
+        self.log = Path()
 
     def get(self, path: str, host: str = "site.example.com", method: str = "GET",
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -178,9 +185,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     (policy / "users.htpasswd").write_text(f"alice:{{SHA}}{digest}\n")
     echoes = {name: EchoServer(name) for name in ("api", "flaky", "good", "c1", "c2", "c3")}
     authz = AuthzServer()
+    log = work / "access.log"
     with served_policy(work, "routing.yaml", POLICY, {**echoes, "authz": authz},
-                       policy=policy) as served:
+                       policy=policy, log=log) as served:
         environment = Env(served.ports["port"], served.mp, authz, echoes)
+        environment.log = log
         eventually(lambda: environment.get("/x")[0] == 200, timeout=30,
                    what="the gateway to serve")
         yield environment
@@ -362,3 +371,22 @@ def test_not_forms_of_authorization(env: Env) -> None:
     assert env.get("/safe/x", "guarded.example.com")[0] == 200
     assert env.get("/safe/x", "guarded.example.com", method="DELETE")[0] == 403
     assert env.get("/safe/locked", "guarded.example.com")[0] == 403
+
+
+def test_rate_limits_and_access_logs_see_the_detected_client(env: Env) -> None:
+    def status(xff: str) -> int:
+        return env.get("/limited", "guarded.example.com", headers={"X-Forwarded-For": xff})[0]
+
+    assert status("192.0.2.1") == 200
+    assert status("192.0.2.1") == 429  # one bucket per client: this one is empty ...
+    assert status("192.0.2.2") == 200  # ... another client's is not, though the peer is one
+    marker = f"/logged-{uuid.uuid4().hex}"
+    env.get(marker, headers={"X-Forwarded-For": "192.0.2.77"})
+
+    def logged() -> list[dict[str, Any]]:
+        lines = env.log.read_text().splitlines() if env.log.exists() else []
+        return [entry for line in lines if marker in line
+                for entry in [json.loads(line)]]
+
+    (entry,) = eventually(logged, timeout=10, what="the access log line")
+    assert entry["client_address"].startswith("192.0.2.77"), entry
