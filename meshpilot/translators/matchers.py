@@ -11,6 +11,7 @@ from envoy.config.route.v3.route_components_pb2 import HeaderMatcher, QueryParam
 from envoy.type.matcher.v3.regex_pb2 import RegexMatcher
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
 
+from meshpilot.base import re2text
 from meshpilot.ir.model import StringMatch
 
 
@@ -39,11 +40,11 @@ def header_matcher(name: str, how: StringMatch) -> HeaderMatcher:
 def inverted_path_matcher(how: StringMatch) -> HeaderMatcher:
     """Paths NOT matching `how`, said on `:path` (a route's path match cannot be inverted).
     `:path` holds the query: an exact path is matched with any query, a regex on the path part
-    (`inputs/native/matches.inverted_path_regex`, the same text)."""
+    (`base/re2text.py`: the loader checked the same text)."""
     if how.kind == "exact":
-        regex = f"{re2_literal(how.value)}(\\?.*)?"
+        regex = re2text.path_part(re2_literal(how.value))
     elif how.kind == "regex":
-        regex = f"(?:{how.value})(\\?.*)?"
+        regex = re2text.path_part(how.value)
     else:
         return HeaderMatcher(name=":path", string_match=StringMatcher(prefix=how.value),
                              invert_match=True)
@@ -57,7 +58,4 @@ def query_matcher(name: str, how: StringMatch) -> QueryParameterMatcher:
     return QueryParameterMatcher(name=name, string_match=string_matcher(how))
 
 
-def re2_literal(text: str) -> str:
-    """`text` as an RE2 pattern matching itself (RE2 accepts a backslash before punctuation)."""
-    return "".join(f"\\{c}" if c.isascii() and not c.isalnum() and c != "_" else c
-                   for c in text)
+re2_literal = re2text.literal

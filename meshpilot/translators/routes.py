@@ -40,7 +40,7 @@ from envoy.type.matcher.v3.regex_pb2 import RegexMatchAndSubstitute, RegexMatche
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from google.protobuf.wrappers_pb2 import UInt32Value
 
-from meshpilot.base import types
+from meshpilot.base import re2text, types
 from meshpilot.ir.model import (
     Backend,
     DirectResponse,
@@ -301,7 +301,7 @@ def _absent_query_matcher(name: str, how: StringMatch) -> HeaderMatcher | None:
     (which holds the query string): it must not have `name` as a parameter."""
     if how.kind != "absent":
         return None
-    has_parameter = rf"[^?]*\?(.*&)?{re2_literal(name)}([=&].*)?"
+    has_parameter = re2text.query_parameter_present(name)
     return HeaderMatcher(name=":path", invert_match=True,
                          string_match=StringMatcher(safe_regex=RegexMatcher(regex=has_parameter)))
 

@@ -134,3 +134,16 @@ def test_ext_authz_path_prefix_is_for_http() -> None:
     (found,) = issues(route("{backends: [api], ext_authz: {service: api, protocol: grpc, "
                             "path_prefix: /check}}"))
     assert "path_prefix applies to protocol http" in found
+
+
+def test_generated_regexes_are_checked_too() -> None:
+    # An absent query parameter and an inverted path regex are said as regexes on :path:
+    # a name or pattern making that regex too large for Envoy is refused where it is written.
+    long_name = "p" * 120
+    (found,) = issues(route(f"{{match: {{query: {{{long_name}: {{absent: true}}}}}}, "
+                            "backends: [api]}"))
+    assert "this parameter name is too long to match as absent: too complex for Envoy" in found
+    assert load(route("{match: {query: {preview: {absent: true}}}, backends: [api]}"))
+    (found,) = issues(route("{match: {path: {regex: '/a{95}', invert: true}}, "
+                            "backends: [api]}"))
+    assert "rules[0].match.path.regex: too complex for Envoy" in found

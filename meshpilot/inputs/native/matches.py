@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, cast
 
+from meshpilot.base import re2text
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, Invalid
@@ -47,6 +48,12 @@ def value_matches(entry: Fields, key: str) -> tuple[tuple[str, StringMatch], ...
         match = value_match(spec.ctx, spec.value[written], path, invertible=key == "headers")
         if name is None or match is None:
             continue
+        if key == "query" and match.kind == "absent":  # said as a regex on :path
+            problem = fields.re2_problem(re2text.query_parameter_present(name))
+            if problem is not None:
+                spec.ctx.report(path, f"this parameter name is too long to match as absent: "
+                                      f"{problem}", at_value=False)
+                continue
         if name in seen:  # only headers: YAML itself refuses a key written twice
             spec.ctx.report(path, f"header {fields.quoted(name)} is already matched (as "
                                   f"{fields.quoted(seen[name])}; header names ignore case)")
@@ -114,12 +121,6 @@ def _header_name_key(value: str) -> str:
         return fields.header_name(value)
     except Invalid as problem:  # the name is a key: point at it
         raise Invalid(problem.message, at_key=True) from None
-
-
-def inverted_path_regex(pattern: str) -> str:
-    """The `:path` regex of an inverted path regex match: `pattern` on the path, whatever the
-    query (Envoy's route regex ignores the query; `:path` holds it)."""
-    return f"(?:{pattern})(\\?.*)?"
 
 
 # ---- Istio-style path patterns (authorization rules) -----------------------------------------

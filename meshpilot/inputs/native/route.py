@@ -63,6 +63,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import replace
 from typing import Any, cast
 
+from meshpilot.base import re2text
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields, matches
 from meshpilot.inputs.native.fields import (
@@ -289,7 +290,7 @@ def _path_match(entry: Fields) -> StringMatch | None:
     if value is None:
         return None
     if invert and kind == "regex":  # said on :path, query included: see inverted_path_regex
-        problem = fields.re2_problem(matches.inverted_path_regex(value))
+        problem = fields.re2_problem(re2text.path_part(value))
         if problem is not None:
             spec.report("regex", problem)
             return None
