@@ -177,6 +177,9 @@ class Sidecar:
     mtls: MtlsMode = "off"
     authorization: Authorization | None = None  # rules' `principals`: names or SPIFFE IDs
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # JWT validation of inbound requests (file or inline JWKS): what `claims` and
+    # `authenticated` in `authorization` read.
+    jwt: Jwt | None = None
 
 
 MtlsMode = Literal["strict", "permissive", "off"]

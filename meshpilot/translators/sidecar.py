@@ -55,7 +55,7 @@ from meshpilot.base import types
 from meshpilot.ir.model import Authorization, Endpoint, Model, Route, Service
 from meshpilot.translators import endpoints, httpfilters, mtls, names
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
-from meshpilot.translators.httpfilters import ChainInputs, mesh_authorization
+from meshpilot.translators.httpfilters import ChainInputs, jwt_authn, mesh_authorization
 from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
 from meshpilot.translators.protos import ads_config_source, duration, pack
 from meshpilot.translators.routes import route_entries
@@ -192,7 +192,8 @@ def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None) ->
         manager = hcm.HttpConnectionManager(
             stat_prefix=name,
             rds=hcm.Rds(config_source=ads_config_source(), route_config_name=name),
-            http_filters=httpfilters.http_filters(ChainInputs.sidecar_inbound(None)))
+            http_filters=httpfilters.http_filters(ChainInputs.sidecar_inbound(
+                None, None if sidecar.jwt is None else (name, sidecar.jwt))))
         if sidecar.mtls != "off":
             mtls.forward_client_identity(manager)
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
@@ -218,8 +219,10 @@ def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None) -> R
     vhost = VirtualHost(name=name, domains=["*"],
                         routes=[EnvoyRoute(name=name, match=RouteMatch(prefix="/"),
                                            route=action)])
-    for filter_name, config in mesh_authorization.inbound_config(
-            _callers(service, trust)).items():
+    assert service.sidecar is not None
+    configs = {**jwt_authn.inbound_config(service.sidecar.jwt, name),
+               **mesh_authorization.inbound_config(_callers(service, trust))}
+    for filter_name, config in configs.items():
         vhost.typed_per_filter_config[filter_name].CopyFrom(pack(config))
     return RouteConfiguration(name=name, virtual_hosts=[vhost])
 

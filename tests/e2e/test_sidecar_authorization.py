@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import http.client
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 from support import MeshpilotProcess, eventually, served_policy, write_atomically
 
 from meshpilot.local.demo.echo import EchoServer
@@ -43,6 +48,9 @@ sidecar:
   app: {app_b}
   mtls: strict
   authorization: {authorization}
+  jwt:
+    required: false
+    providers: [{{name: corp, issuer: https://issuer.example, jwks: {{inline: '{jwks}'}}}}]
 """
 
 DENY_ALL = "{action: ALLOW, rules: []}"  # ALLOW with no rules: nobody (issue 14, bug 8)
@@ -54,17 +62,41 @@ DETAILED = """
         paths: [{regex: "/api/v[0-9]+/.*"}, /exact]
         headers: {x-team: blue, x-debug: {absent: true}}
         source_ips: [127.0.0.0/8]
-        not: {methods: [DELETE], paths: [/api/v1/admin], from: [c]}"""
+        not: {methods: [DELETE], paths: [/api/v1/admin],
+              from: ["spiffe://cluster.local/ns/default/sa/c"]}"""
+CLAIMS = """
+    action: ALLOW
+    rules:
+      - {from: [a], paths: [/members], authenticated: true}
+      - {from: [a], paths: [/admins], claims: {group: admins}}
+      - {from: [a], paths: [/guests], authenticated: false}"""
+
+
+class Signer:
+    """An RSA key, its JWKS, and tokens signed with it (PyJWT)."""
+
+    def __init__(self) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        self.jwks = json.dumps({"keys": [{**public, "kid": "k1", "alg": "RS256"}]})
+
+    def token(self, **claims: Any) -> str:
+        now = int(time.time())
+        payload = {"iss": "https://issuer.example", "sub": "alice", "iat": now - 10,
+                   "exp": now + 600, **claims}
+        return jwt.encode(payload, self.key, algorithm="RS256", headers={"kid": "k1"})
 
 
 class Side:
     def __init__(self, ports: dict[str, int], envoys: dict[str, EnvoyProcess],
-                 mp: MeshpilotProcess, policy: Path):
+                 mp: MeshpilotProcess, policy: Path, signer: Signer):
         self.ports, self.envoys, self.mp, self.policy = ports, envoys, mp, policy
+        self.signer = signer
 
     def write(self, authorization: str) -> None:
         write_atomically(self.policy / "mesh.yaml",
-                         POLICY.format(**self.ports, authorization=authorization))
+                         POLICY.format(**self.ports, authorization=authorization,
+                                       jwks=self.signer.jwks))
 
     def inbound_rbac(self) -> str:
         """B's inbound route configuration as Envoy holds it (JSON text)."""
@@ -79,12 +111,13 @@ class Side:
 @pytest.fixture(scope="module")
 def side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Side]:
     work = tmp_path_factory.mktemp("sidecar-authz-e2e")
+    signer = Signer()
     with served_policy(work, "mesh.yaml", POLICY, {"app_a": EchoServer("a"),
                                                      "app_b": EchoServer("b")},
                        free_ports=("a_in", "b_in", "a_to_b"),
                        envoys={"a": "sidecar-a", "b": "sidecar-b"},
-                       authorization=DENY_ALL) as served:
-        environment = Side(served.ports, served.envoys, served.mp, served.policy)
+                       authorization=DENY_ALL, jwks=signer.jwks) as served:
+        environment = Side(served.ports, served.envoys, served.mp, served.policy, signer)
         eventually(lambda: "inbound/b" in environment.inbound_rbac(), timeout=20,
                    what="B's inbound routes")
         yield environment
@@ -131,4 +164,23 @@ def test_sidecar_rules_have_what_route_rules_have(side: Side) -> None:
     assert request(connection, "/other", headers=blue) == 403  # no path matches
     assert request(connection, "/api/v2/items", "DELETE", blue) == 403  # not: methods
     assert request(connection, "/api/v1/admin", headers=blue) == 403  # not: paths
+    connection.close()
+
+
+def test_sidecar_rules_on_jwt_claims(side: Side) -> None:
+    side.write(CLAIMS)
+    eventually(lambda: "admins" in side.inbound_rbac(), timeout=15, what="the claims policy")
+    connection = http.client.HTTPConnection("127.0.0.1", side.ports["a_to_b"], timeout=5)
+
+    def bearer(**claims: Any) -> dict[str, str]:
+        return {"authorization": f"Bearer {side.signer.token(**claims)}"}
+
+    assert request(connection, "/members") == 403  # no token
+    assert request(connection, "/members", headers=bearer()) == 200
+    assert request(connection, "/guests") == 200
+    assert request(connection, "/guests", headers=bearer()) == 403
+    assert request(connection, "/admins", headers=bearer(group="users")) == 403
+    assert request(connection, "/admins", headers=bearer(group="admins")) == 200
+    forged = Signer().token(group="admins")  # a key the sidecar does not trust
+    assert request(connection, "/admins", headers={"authorization": f"Bearer {forged}"}) == 401
     connection.close()

@@ -147,3 +147,13 @@ def test_generated_regexes_are_checked_too() -> None:
     (found,) = issues(route("{match: {path: {regex: '/a{95}', invert: true}}, "
                             "backends: [api]}"))
     assert "rules[0].match.path.regex: too complex for Envoy" in found
+
+
+def test_a_sidecars_claims_need_its_jwt_and_its_keys_inline_or_in_a_file() -> None:
+    sidecar = ('kind: Service\nname: s\nendpoints: ["127.0.0.1:2"]\nsidecar:\n  port: 15006\n'
+               "  authorization: {rules: [{claims: {group: admins}}]}\n")
+    (found,) = issues(sidecar)
+    assert "claims and authenticated need the sidecar's jwt" in found
+    (found,) = issues(sidecar + "  jwt: {providers: [{name: p, jwks: {uri: "
+                                "'https://idp/jwks', service: s}}]}\n")
+    assert "a sidecar's jwt reads its keys from a file or inline" in found

@@ -239,6 +239,9 @@ def _sidecar() -> Schema:
             "rules": _list("Any rule matches; within a rule, every field given must.",
                            _authz_rule(mesh=True)),
         }),
+        "jwt": {**_security("inbound requests")["jwt"],
+                "description": "JWT validation of inbound requests (jwks file or inline), for "
+                               "authorization's claims and authenticated."},
     })
 
 
@@ -261,19 +264,17 @@ def _authz_rule(*, mesh: bool) -> Schema:
     if mesh:
         conditions["from"] = _list("Callers: Service or Gateway names, or SPIFFE IDs.",
                                    {"type": "string"})
-    else:
-        conditions["claims"] = {"type": "object", "additionalProperties": {"type": "string"},
-                                "description": "JWT claims and a value each must equal (or "
-                                               "hold)."}
+    conditions["claims"] = {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "JWT claims and a value each must equal (or hold); "
+                                           "needs jwt."}
     rule = _object("Every condition given must hold; each list is any of its items.", {
         **conditions,
         "not": _object("Conditions that must not hold (each one given: not any of its "
                        "items).", dict(conditions)),
     })
-    if not mesh:
-        rule["properties"]["authenticated"] = {
-            "type": "boolean", "description": "true: the request has a valid JWT; false: it "
-                                              "has none (needs jwt)."}
+    rule["properties"]["authenticated"] = {
+        "type": "boolean", "description": "true: the request has a valid JWT; false: it "
+                                          "has none (needs jwt)."}
     return rule
 
 

@@ -3,7 +3,7 @@
 The same keys are accepted on a Route (its whole virtual host) and on a rule (that rule only,
 replacing the Route's setting of the same feature):
 
-    jwt:
+    jwt:                                # (also a sidecar's, with file or inline jwks)
       required: true                    # false: no token passes, a bad token never does
       providers:
         - name: corp
@@ -89,8 +89,9 @@ AUTHZ_RULE_KEYS = ("paths", "methods", "headers", "source_ips", "claims", "authe
                    "not")
 NOT_KEYS = ("paths", "methods", "headers", "source_ips", "claims")
 # A sidecar's rules also name callers; they have no JWT (yet): no claims, no authenticated.
-MESH_RULE_KEYS = ("from", "paths", "methods", "headers", "source_ips", "not")
-MESH_NOT_KEYS = ("from", "paths", "methods", "headers", "source_ips")
+MESH_RULE_KEYS = ("from", "paths", "methods", "headers", "source_ips", "claims",
+                  "authenticated", "not")
+MESH_NOT_KEYS = ("from", "paths", "methods", "headers", "source_ips", "claims")
 RATE_LIMIT_KEYS = ("requests", "per", "by")
 RATE_LIMIT_BY = ("route", "host", "source_ip")
 MIN_RATE_WINDOW = 0.05  # Envoy's smallest token bucket fill interval (50 ms)
@@ -154,6 +155,20 @@ def _file(ctx: DocumentContext) -> fields.Converter[str]:
 
 
 # ---- jwt --------------------------------------------------------------------------------------
+
+
+def parse_jwt(spec: Fields) -> Jwt | None:
+    """`jwt` of a sidecar: as a Route's, with the keys in a file or inline (a sidecar's view
+    holds no JWKS server's cluster)."""
+    jwt = _jwt(spec)
+    if jwt is not None:
+        for index, provider in enumerate(jwt.providers):
+            if provider.jwks.uri is not None:
+                spec.report("jwt", f"providers[{index}]: a sidecar's jwt reads its keys from "
+                                   "a file or inline (jwks: {file: ...} or {inline: ...}), not "
+                                   "from a uri", at_value=False)
+                return None
+    return jwt
 
 
 def _jwt(spec: Fields) -> Jwt | None:

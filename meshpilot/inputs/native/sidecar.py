@@ -22,7 +22,8 @@ Shape (inside a `kind: Service` document):
       authorization:              # callers by identity (needs mtls strict or permissive)
         action: ALLOW             # ALLOW (no rules: nobody) or DENY
         rules: [{from: [productpage, "spiffe://cluster.local/ns/default/sa/edge"],
-                 paths: [/api/*], methods: [GET]}]
+                 paths: [/api/*], methods: [GET]}]   # and a Route rule's keys (security.py)
+      jwt: {providers: [...]}     # as a Route's, jwks file or inline: claims, authenticated
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any, cast
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, written_before
-from meshpilot.inputs.native.security import authorization_policy
+from meshpilot.inputs.native.security import authorization_policy, parse_jwt
 from meshpilot.inputs.yamlsource import FieldPath
 from meshpilot.ir.model import (
     DEFAULT_APP_HOST,
@@ -43,7 +44,8 @@ from meshpilot.ir.model import (
     Sidecar,
 )
 
-SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization")
+SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization",
+                "jwt")
 MTLS_MODES = ("strict", "permissive", "off")
 MTLS_MODE = fields.choice(MTLS_MODES)
 CALL_KEYS = ("service", "local_port")
@@ -77,6 +79,15 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
     _check_ports(spec, port, outbound_port, calls)
     mtls = spec.get("mtls", _mtls_mode) or "off"
     authorization = _authorization(spec)
+    jwt = parse_jwt(spec)
+    if jwt is not None and port is None:
+        spec.report("jwt", "jwt applies to inbound traffic; the sidecar needs a port",
+                    at_value=False)
+    if authorization is not None and jwt is None and any(
+            r.claims or r.authenticated is not None or (r.exclude and r.exclude.claims)
+            for r in authorization.rules):
+        spec.report("authorization", "claims and authenticated need the sidecar's jwt (a "
+                                     "request has no claims without one)", at_value=False)
     if mtls != "off" and "tls" in doc.value:
         doc.report("tls", "a Service in the mesh with mtls gets its TLS from the mesh CA; "
                           "remove tls or set sidecar.mtls: off", at_value=False)
@@ -94,7 +105,7 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
                                          "identity", at_value=False)
     return Sidecar(port=port, address=address, app_host=app_host, app_port=app_port,
                    outbound_port=outbound_port, calls=calls, mtls=cast(Any, mtls),
-                   authorization=authorization, origin=spec.origin())
+                   authorization=authorization, origin=spec.origin(), jwt=jwt)
 
 
 def _authorization(spec: Fields) -> Authorization | None:
