@@ -83,7 +83,7 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
     if jwt is not None and port is None:
         spec.report("jwt", "jwt applies to inbound traffic; the sidecar needs a port",
                     at_value=False)
-    if authorization is not None and jwt is None and any(
+    if authorization is not None and "jwt" not in spec.value and any(
             r.claims or r.authenticated is not None or (r.exclude and r.exclude.claims)
             for r in authorization.rules):
         spec.report("authorization", "claims and authenticated need the sidecar's jwt (a "
