@@ -437,7 +437,8 @@ def _derived_port(redirect: Redirect, listener: ListenerSide) -> int | None:
     Envoy keeps the Host's port when the host stays, and drops it when `host_redirect` is set
     (issue 14, bug 4): so a new host gets the port the request came to, the listener's, unless
     that is its scheme's default. A new scheme goes to its default port (Gateway API; Envoy
-    would keep the old port, as in https://a.example:8080). `port_from: scheme` always sends
+    would keep the old port, as in https://a.example:8080), written out unless the host
+    changes too (Envoy then drops the port already). `port_from: scheme` always sends
     the scheme's default port (Istio's FROM_PROTOCOL_DEFAULT).
     """
     port, scheme = listener if listener is not None else (None, "http")
@@ -445,8 +446,8 @@ def _derived_port(redirect: Redirect, listener: ListenerSide) -> int | None:
     if redirect.port_from == "scheme":
         # A new host already loses the port; otherwise say the default one.
         return None if redirect.host is not None else DEFAULT_PORTS[target]
-    if target != scheme:
-        return DEFAULT_PORTS[target]
+    if target != scheme:  # a new host already loses the port: the scheme's default
+        return None if redirect.host is not None else DEFAULT_PORTS[target]
     if redirect.host is not None and port is not None and port != DEFAULT_PORTS[scheme]:
         return port
     return None
