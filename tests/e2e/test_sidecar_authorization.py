@@ -5,7 +5,8 @@ connection that was already open kept getting 403 (the callee's new policy came 
 listener; the open connections stayed on the draining one). The policy is now the inbound
 route configuration's per-route RBAC over RDS, so the listener stays and the next request on
 the same connection sees the new policy. Then the rules a sidecar has now, as a Route has
-them: paths as regexes, headers, source IPs and the `not` forms.
+them: paths as regexes, headers, source IPs, JWT claims and the `not` forms. A's own inbound
+is `mtls: off` written unquoted (a YAML false, accepted as off): it still calls B over mTLS.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ sidecar:
   port: {a_in}
   address: 127.0.0.1
   app: {app_a}
-  mtls: strict
+  mtls: off                 # unquoted: YAML's false, read as off (issue 14, bug 8)
   calls: [{{service: b, local_port: {a_to_b}}}]
 ---
 kind: Service
