@@ -9,7 +9,8 @@ import pytest
 
 from meshpilot.base.errors import PolicyError
 from meshpilot.inputs.loader import load_policy_text
-from meshpilot.ir.model import Model, StringMatch
+from meshpilot.ir.model import Model, Redirect, StringMatch
+from meshpilot.translators.routes import redirect_action
 
 BASE = """\
 kind: Service
@@ -157,3 +158,21 @@ def test_a_sidecars_claims_need_its_jwt_and_its_keys_inline_or_in_a_file() -> No
     (found,) = issues(sidecar + "  jwt: {providers: [{name: p, jwks: {uri: "
                                 "'https://idp/jwks', service: s}}]}\n")
     assert "a sidecar's jwt reads its keys from a file or inline" in found
+
+
+@pytest.mark.parametrize(("redirect", "listener", "port"), [
+    (Redirect(host="b.example"), (8080, "http"), 8080),  # the listener's port kept
+    (Redirect(host="b.example"), (80, "http"), 0),  # its default: left out
+    (Redirect(host="b.example"), (8443, "https"), 8443),
+    (Redirect(host="b.example"), None, 0),  # a sidecar's: unknown, Envoy's way
+    (Redirect(path="/x"), (8080, "http"), 0),  # the Host's own port stays (Envoy's way)
+    (Redirect(scheme="https"), (8080, "http"), 443),  # a new scheme: its default
+    (Redirect(scheme="https", host="b.example"), (8080, "http"), 0),  # dropped by Envoy
+    (Redirect(scheme="http"), (8080, "http"), 0),  # not a change
+    (Redirect(path="/x", port_from="scheme"), (8080, "http"), 80),
+    (Redirect(host="b.example", port_from="scheme"), (8080, "http"), 0),
+    (Redirect(host="b.example", port=9000), (8080, "http"), 9000),
+])
+def test_the_port_of_a_redirect(redirect: Redirect, listener: tuple[int, str] | None,
+                                port: int) -> None:
+    assert redirect_action(redirect, listener).port_redirect == port
