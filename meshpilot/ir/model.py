@@ -450,8 +450,8 @@ class Cors:
     max_age: float | None = None  # seconds
     allow_credentials: bool | None = None
     origin: Origin | None = field(default=None, compare=False, repr=False)
-    # allow_methods / allow_headers may be ("*",): any (browsers honour "*" only without
-    # credentials). allow_origins may also hold exact non-URL origins ("null").
+    # allow_methods / allow_headers may be ("*",): any (Envoy answers with what the preflight
+    # asks for). allow_origins may also hold exact non-URL origins ("null").
 
 
 # ---- Route and rule security (translators/auth.py) ------------------------------------------

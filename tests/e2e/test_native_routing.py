@@ -76,6 +76,9 @@ rules:
   - match: {{path: {{prefix: /upload}}}}
     backends: [api]
     cors: {{allow_methods: [PUT]}}
+  - match: {{path: {{prefix: /open-api}}}}
+    backends: [api]
+    cors: {{allow_origins: ["*"], allow_methods: ["*"], allow_headers: ["*"]}}
   - match: {{path: {{prefix: /cart}}}}
     backends: [carts]
     hash_on: [{{header: x-user}}, {{cookie: session}}]
@@ -313,6 +316,16 @@ def test_a_rule_cors_inherits_the_routes_origins(env: Env) -> None:
     assert preflight(env, "/upload", "null", "PUT").get("access-control-allow-origin") == "null"
     assert "access-control-allow-origin" not in preflight(env, "/upload", "https://evil.example",
                                                           "PUT")
+    # A rule of its own: any origin, any method and header ("*", without credentials).
+    status, opened, _ = env.get("/open-api", method="OPTIONS", headers={
+        "Origin": "https://evil.example", "Access-Control-Request-Method": "PATCH",
+        "Access-Control-Request-Headers": "x-custom"})
+    assert status == 200
+    assert opened.get("access-control-allow-origin") == "https://evil.example"
+    # Envoy answers "*" with what the preflight asks for: explicit values, which browsers
+    # honour with credentials too.
+    assert opened.get("access-control-allow-methods") == "PATCH", opened
+    assert opened.get("access-control-allow-headers") == "x-custom", opened
 
 
 # ---- forwarded and stripped credentials ---------------------------------------------------------

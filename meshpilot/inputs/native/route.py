@@ -783,17 +783,13 @@ def _cors(doc: Fields, inherit: Cors | None = None) -> Cors | None:
     if inherit is not None:  # what the rule does not write is the Route's
         cors = replace(inherit, **{key: getattr(cors, key) for key in CORS_KEYS
                                    if key in written}, origin=cors.origin)
-    if cors.allow_credentials:
-        if StringMatch("regex", ".*") in cors.allow_origins:
-            spec.report("allow_credentials" if "allow_credentials" in written else "cors",
-                        'allow_credentials cannot be used with the origin "*": any web site '
-                        "could then make requests with the user's cookies; list the origins",
-                        at_value=False)
-        for key in ("allow_methods", "allow_headers"):
-            if getattr(cors, key) == ("*",):
-                spec.report(key if key in written else "allow_credentials",
-                            f'{key}: ["*"] means "*" literally to browsers when credentials '
-                            "are allowed: list them", at_value=False)
+    # ["*"] methods and headers go with credentials: Envoy answers a preflight with the
+    # method and headers it asks for, never a literal "*" (which browsers would refuse).
+    if cors.allow_credentials and StringMatch("regex", ".*") in cors.allow_origins:
+        spec.report("allow_credentials" if "allow_credentials" in written else "cors",
+                    'allow_credentials cannot be used with the origin "*": any web site '
+                    "could then make requests with the user's cookies; list the origins",
+                    at_value=False)
     return cors
 
 
