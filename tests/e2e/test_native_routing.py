@@ -44,6 +44,10 @@ kind: Service
 name: authz
 endpoints: ["127.0.0.1:{authz}"]
 ---
+kind: Service
+name: limiter
+endpoints: ["127.0.0.1:{limiter}"]
+---
 kind: Gateway
 name: edge
 listeners:
@@ -87,6 +91,11 @@ rules:
     retries: {{attempts: 5, retriable_headers: {{x-backend: flaky}}, avoid_same_host: true}}
   - match: {{path: {{prefix: /no-retry}}}}
     backends: [pair]
+  - match: {{path: {{prefix: /limited-upstream}}}}
+    backends: [limiter]
+    retries: {{attempts: 2, on: [envoy-ratelimited]}}
+  - match: {{path: {{prefix: /limited-plain}}}}
+    backends: [limiter]
   - match: {{path: {{prefix: /api/}}, headers: {{x-env: {{exact: prod, invert: true}}}}}}
     direct_response: {{status: 200, body: "not prod"}}
   - match: {{path: {{prefix: /api/}}}}
@@ -161,6 +170,28 @@ class AuthzServer(LoopbackHttpServer):
         super().__init__(Handler)
 
 
+class Limiter(LoopbackHttpServer):
+    """An upstream behind its own Envoy rate limit: the first request of each path is answered
+    429 with x-envoy-ratelimited, the next ones 200."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        server = self
+
+        class Handler(LoopbackHttpServer.Handler):
+            def do_GET(self) -> None:
+                count = server.seen[self.path] = server.seen.get(self.path, 0) + 1
+                if count == 1:
+                    self.send_response(429)
+                    self.send_header("x-envoy-ratelimited", "true")
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                self.reply(200, b"through")
+
+        super().__init__(Handler)
+
+
 class Env:
     def __init__(self, port: int, mp: MeshpilotProcess, authz: AuthzServer,
                  echoes: dict[str, EchoServer]):
@@ -189,7 +220,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     echoes = {name: EchoServer(name) for name in ("api", "flaky", "good", "c1", "c2", "c3")}
     authz = AuthzServer()
     log = work / "access.log"
-    with served_policy(work, "routing.yaml", POLICY, {**echoes, "authz": authz},
+    limiter = Limiter()
+    with served_policy(work, "routing.yaml", POLICY, {**echoes, "authz": authz,
+                                                        "limiter": limiter},
                        policy=policy, log=log) as served:
         environment = Env(served.ports["port"], served.mp, authz, echoes)
         environment.log = log
@@ -294,6 +327,13 @@ def test_answers_with_a_retriable_header_are_retried_elsewhere(env: Env) -> None
     without = {env.seen("/no-retry")["answered_by"] for _ in range(10)}
     assert without == {"flaky", "good"}
     assert {env.seen("/retry")["answered_by"] for _ in range(10)} == {"good"}
+
+
+def test_envoy_ratelimited_answers_are_retried(env: Env) -> None:
+    marker = uuid.uuid4().hex
+    status, _, body = env.get(f"/limited-upstream/{marker}")
+    assert (status, body) == (200, b"through")  # the 429 was retried
+    assert env.get(f"/limited-plain/{marker}")[0] == 429  # no retries: the client sees it
 
 
 # ---- CORS per rule ------------------------------------------------------------------------------
