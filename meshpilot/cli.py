@@ -23,6 +23,8 @@ from meshpilot.inputs.loader import load_policy
 from meshpilot.inputs.native.schema import json_schema
 from meshpilot.ir.model import Model
 from meshpilot.local.bootstrap import bootstrap_yaml
+from meshpilot.local.envoy_process import EnvoyError
+from meshpilot.local.validator import EnvoyValidator
 from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
 from meshpilot.runtime.admin_guard import split_authority
 from meshpilot.runtime.app import Meshpilot, Settings, split_address
@@ -100,10 +102,24 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     admin_hosts=tuple(args.admin_host))
 
 
+def prepush_check(args: argparse.Namespace) -> EnvoyValidator | None:
+    """Envoy's pre-push check for serve (None with --no-prepush-check); EnvoyError if no Envoy
+    can be run."""
+    if args.no_prepush_check:
+        return None
+    return EnvoyValidator(args.check_envoy, workers=args.check_workers)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     try:
-        app = Meshpilot(serve_settings(args))
+        check = prepush_check(args)
+    except EnvoyError as e:
+        print(f"meshpilot serve: the pre-push check needs Envoy: {e}; or pass "
+              f"--no-prepush-check", file=sys.stderr)
+        return 2
+    try:
+        app = Meshpilot(serve_settings(args), resource_check=check)
     except (PluginError, XdsSecurityError, CaError) as e:
         print(e, file=sys.stderr)
         return 2
@@ -346,6 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strict: a node's cluster (its view) must be an identity its client "
                         "certificate proves (SPIFFE sa name, else DNS SAN, else CN), or the "
                         "stream is refused. Default: strict with --xds-client-ca, else off")
+    p.add_argument("--no-prepush-check", action="store_true",
+                   help="push what a reload changes without checking it with `envoy --mode "
+                        "validate` first (docs/operations.md); a NACK is then contained")
+    p.add_argument("--check-envoy", metavar="PATH", default=None,
+                   help="the Envoy binary of the pre-push check (default: $MESHPILOT_ENVOY, "
+                        "the envoy beside this Python, then PATH)")
+    p.add_argument("--check-workers", type=int, default=2, metavar="N",
+                   help="pre-push checks run side by side (2)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 

@@ -27,6 +27,7 @@ from meshpilot.runtime.admin_guard import HostRules
 from meshpilot.runtime.controller import Controller
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
+from meshpilot.runtime.prepush import PrePush, ResourceCheck
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
@@ -133,9 +134,13 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Meshpilot:
-    def __init__(self, settings: Settings, plugins: Iterable[object] = ()):
+    def __init__(self, settings: Settings, plugins: Iterable[object] = (),
+                 resource_check: ResourceCheck | None = None):
         """`plugins`: plugin objects or functions, run after those named in `settings`. A named
-        plugin that is not installed or fails to import raises `PluginError` here."""
+        plugin that is not installed or fails to import raises `PluginError` here.
+        `resource_check`: Envoy's own check of what each reload changes, before it is pushed
+        (`meshpilot.local.validator.EnvoyValidator`, which `meshpilot serve` passes unless
+        --no-prepush-check); None: pushed unchecked, Envoys' NACKs are contained instead."""
         self.settings = settings
         self.metrics = Metrics()
         self.cache = SnapshotCache()
@@ -155,7 +160,9 @@ class Meshpilot:
                                      plugins=[*load_plugins(settings.plugins), *plugins],
                                      endpoints=self.endpoints,
                                      identities=self.identities,
-                                     allowed_files=settings.allowed_files)
+                                     allowed_files=settings.allowed_files,
+                                     prepush=(PrePush(resource_check)
+                                              if resource_check is not None else None))
         self.docker: DockerSource | None = None
         if settings.docker:
             self.docker = DockerSource(self.endpoints, network=settings.docker_network)
