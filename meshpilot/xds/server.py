@@ -21,7 +21,7 @@ from meshpilot.base import types
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.status import Connection, ProxyRegistry
-from meshpilot.xds.stream import ProtocolError, RequestKind, XdsStream
+from meshpilot.xds.stream import HeldResources, ProtocolError, RequestKind, XdsStream
 
 log = logging.getLogger("meshpilot.xds")
 
@@ -120,6 +120,8 @@ class XdsServer:
         self.on_nack = on_nack
         self.authorize = authorize
         self.request_view = request_view
+        # Resource versions an Envoy refused: no stream of this server sends them again.
+        self.held = HeldResources()
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         out = []
@@ -140,7 +142,7 @@ class XdsServer:
     def _handler(self, *, delta: bool, type_url: str | None):
         async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
             stream = XdsStream(delta=delta, ads=type_url is None, type_url=type_url,
-                               control_plane_id=self.control_plane_id)
+                               control_plane_id=self.control_plane_id, held=self.held)
             async for payload in self._serve(stream, requests, context):
                 yield _Box(payload)
                 # Between pushes, hold no reference to the last response: with 5,000 clusters
@@ -250,5 +252,10 @@ class XdsServer:
             message = rejection.message if rejection else ""
             log.warning("node %r rejected %s version %s: %s", conn.node_id, short,
                         rejection.version if rejection else "?", message)
+            for name in sorted({h.name for h in self.held.all() if h.type_url == type_url
+                                and h.message == message}):
+                where = self.registry.locate(conn.view or "", type_url, name)
+                log.warning("  held back: %s %r%s", short, name,
+                            f", from {where}" if where else "")
             if self.on_nack is not None:
                 self.on_nack(conn, type_url, message)
