@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -244,6 +245,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"policy {policy['path']}: {'ok' if policy['ok'] else 'REJECTED'}")
     for line in policy["errors"]:
         print(f"  {line}")
+    _print_prepush(status.get("prepush"))
+    for line in status.get("edits", {}).get("lines", []):
+        print(line)
     print(f"{'NODE':24} {'VIEW':16} {'VARIANT':12} {'TYPE':10} {'STATUS':9} {'SENT':17} ACKED")
     for p in proxies:
         for short, t in sorted(p["types"].items()):
@@ -252,8 +256,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             if t["last_rejection"]:
                 print(f"{'':24} rejected {t['last_rejection']['version']}: "
                       f"{t['last_rejection']['message']}")
+            for held in t.get("held_back", []):
+                where = f" ({held['origin']})" if held.get("origin") else ""
+                print(f"{'':24} held back {short} {held['name']!r}{where}: {held['message']}")
     return 0 if policy["ok"] and not any(
-        t["status"] == "NACKED" for p in proxies for t in p["types"].values()) else 1
+        t["status"] in ("NACKED", "HELD") for p in proxies for t in p["types"].values()) else 1
+
+
+def _print_prepush(prepush: dict[str, Any] | None) -> None:
+    if not prepush:
+        return
+    builds = ", ".join(prepush.get("connected_envoy_versions", [])) or "none connected"
+    if not prepush.get("enabled"):
+        print(f"pre-push check: off (connected Envoys: {builds})")
+        return
+    print(f"pre-push check: Envoy {prepush.get('envoy_version') or '?'}, "
+          f"{prepush.get('resources_checked', 0)} resource(s) checked, "
+          f"{prepush.get('refused', 0)} refused (connected Envoys: {builds})")
+    differing = prepush.get("differing_envoy_versions") or []
+    if differing:
+        print(f"  NOTE: connected Envoys of build {', '.join(differing)} differ from the "
+              "validator's: they may judge some resources differently (NACKs are contained)")
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

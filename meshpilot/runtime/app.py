@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -29,6 +30,7 @@ from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.runtime.prepush import PrePush, ResourceCheck
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
+from meshpilot.translators.provenance import origins_of
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
 from meshpilot.xds.security import (
@@ -144,7 +146,7 @@ class Meshpilot:
         self.settings = settings
         self.metrics = Metrics()
         self.cache = SnapshotCache()
-        self.registry = ProxyRegistry()
+        self.registry = ProxyRegistry(locate=self.locate)
         self.endpoints = EndpointRegistry()  # discovered instances (registrations, Docker)
         # The mesh CA: workload certificates per view, renewed by `_rotate_certificates`.
         # Signs and checks the operator, registration and node tokens (ca/tokens.py).
@@ -322,7 +324,33 @@ class Meshpilot:
             cache=self.cache, snapshot_of=self.snapshot_of, proxies=self.registry,
             endpoints=self.endpoints, metrics=self.metrics.registry,
             tokens=None if self.settings.insecure_admin else self.tokens,
-            admin_hosts=self.settings.admin_hosts, warnings=self.admin_warnings)
+            admin_hosts=self.settings.admin_hosts, warnings=self.admin_warnings,
+            status_extra=lambda: {"prepush": self.prepush_status()})
+
+    def locate(self, view: str, type_url: str, name: str) -> str | None:
+        """Where the serving policy made the view's resource: "file:line:col: Kind name:
+        field", for status; None if nothing in it did (a plugin's, a CA identity)."""
+        model = self.controller.model
+        origins = origins_of(model, view, type_url, name) if model is not None else ()
+        if not origins:
+            return None
+        first = origins[0]
+        return ": ".join(part for part in (
+            str(first.position), f"{first.kind} {first.name}" if first.name else first.kind,
+            first.field) if part)
+
+    def prepush_status(self) -> dict[str, Any]:
+        """The pre-push check's record, and the Envoy builds connected beside the validator's:
+        a check by another build than the fleet's may judge differently."""
+        prepush = self.controller.prepush
+        builds = sorted({p["envoy_version"] for p in self.registry.describe()
+                         if p["envoy_version"]})
+        if prepush is None:
+            return {"enabled": False, "connected_envoy_versions": builds}
+        out = prepush.status.describe()
+        out["connected_envoy_versions"] = builds
+        out["differing_envoy_versions"] = [b for b in builds if b != out["envoy_version"]]
+        return out
 
     async def snapshot_of(self, view: str) -> Snapshot | None:
         """The view's snapshot, built (on a worker thread) if no one asked for it yet; None
