@@ -24,6 +24,7 @@ from meshpilot.inputs.loader import load_policy
 from meshpilot.inputs.native.schema import json_schema
 from meshpilot.ir.model import Model
 from meshpilot.local.bootstrap import bootstrap_yaml
+from meshpilot.local.diff import DiffError, compare_folders, compare_git, compare_server, report
 from meshpilot.local.envoy_process import EnvoyError
 from meshpilot.local.validator import EnvoyValidator
 from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
@@ -279,6 +280,29 @@ def _print_prepush(prepush: dict[str, Any] | None) -> None:
               "validator's: they may judge some resources differently (NACKs are contained)")
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    folder = Path(args.policy)
+    allowed = [Path(d) for d in args.allow_files_from]
+    try:
+        plugins = load_plugins(args.plugin)
+        if args.against is not None:
+            against = f"folder {args.against}"
+            diffs = compare_folders(Path(args.against), folder, args.view, allowed, plugins)
+        elif args.against_git is not None:
+            against = f"git revision {args.against_git}"
+            diffs = compare_git(folder, args.against_git, args.view, allowed, plugins)
+        else:
+            args.admin_address = args.admin_address or "127.0.0.1:18001"
+            admin = admin_client(args)
+            against = f"the server at {args.admin_address}"
+            diffs = compare_server(admin, folder, args.view, allowed, plugins)
+    except (DiffError, AdminError, PluginError) as e:
+        print(f"meshpilot diff: {e}", file=sys.stderr)
+        return 2
+    print(report(diffs, against), end="")
+    return 1 if any(diffs) else 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     try:
         # The key must exist already: a token signed with a key that no server holds (a
@@ -455,6 +479,27 @@ def build_parser() -> argparse.ArgumentParser:
     _admin_client_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("diff", help="what applying a policy folder would change in Envoy terms, "
+                                     "per view; exit 1 if anything, 0 if nothing, 2 on error")
+    p.add_argument("policy", help="the policy folder (or file) to apply")
+    against = p.add_mutually_exclusive_group()
+    against.add_argument("--server", dest="admin_address", type=_address, nargs="?",
+                         const="127.0.0.1:18001", default=None, metavar="ADMIN_ADDRESS",
+                         help="against the running server, through its admin API (the "
+                              "default, at 127.0.0.1:18001), as an operator")
+    against.add_argument("--against", metavar="DIR", default=None,
+                         help="against another policy folder")
+    against.add_argument("--against-git", metavar="REV", default=None,
+                         help="against the folder as it is in git revision REV (HEAD, main, ...)")
+    p.add_argument("--view", action="append", default=[], metavar="VIEW",
+                   help="compare this view too (a node cluster); every Gateway and sidecar "
+                        "Service, and the server's views, are compared anyway")
+    _allow_files_from(p)
+    p.add_argument("--plugin", action="append", default=[], metavar="NAME",
+                   help="as for serve: include this plugin's resources")
+    _admin_client_arguments(p)
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("token", help="issue tokens for the admin API and xDS; rotate their key")
     token = p.add_subparsers(dest="token_command", required=True)
