@@ -91,8 +91,8 @@ def test_against_a_git_revision(tmp_path: Path, capsys: pytest.CaptureFixture[st
     shutil.copy(CASES_DIR / "edit" / "after" / "policy.yaml", policy / "policy.yaml")
     code, out, _ = run(capsys, str(policy), "--against-git", "HEAD")
     assert code == 1
-    folder_code, folder_out, _ = run(capsys, str(CASES_DIR / "edit" / "after"), "--against",
-                                     str(CASES_DIR / "edit" / "before"))
+    _, folder_out, _ = run(capsys, str(CASES_DIR / "edit" / "after"), "--against",
+                           str(CASES_DIR / "edit" / "before"))
     # The same changes as between the two folders; only the last line (against what) differs.
     assert out.splitlines()[:-1] == folder_out.splitlines()[:-1]
     assert out.splitlines()[-1] == "1 view(s) would change (against git revision HEAD)"
