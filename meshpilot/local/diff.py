@@ -34,7 +34,9 @@ from typing import Any
 from urllib.parse import quote
 
 import yaml
+from google.protobuf import json_format, symbol_database
 
+from meshpilot.base import types
 from meshpilot.base.errors import PolicyError
 from meshpilot.discovery.registry import EndpointRegistry, Instance
 from meshpilot.inputs.loader import load_policy
@@ -42,7 +44,7 @@ from meshpilot.ir.model import Model
 from meshpilot.runtime.admin_client import AdminClient, AdminError
 from meshpilot.translators import Translation
 from meshpilot.translators.plugins import Plugin
-from meshpilot.xds.render import snapshot_to_dict
+from meshpilot.xds.render import message_to_dict, snapshot_to_dict
 
 __all__ = ["DiffError", "ViewDiff", "compare_folders", "compare_git", "compare_server",
            "diff_views", "report"]
@@ -163,10 +165,25 @@ def render_server(admin: AdminClient, views: Iterable[str]) -> tuple[Rendered, d
         out: Rendered = {}
         for view in wanted:
             data = admin.get_json(f"/debug/config_dump?view={_quote(view)}")
-            out[view] = _by_name(data)
+            out[view] = {short: {name: _canonical(short, resource)
+                                 for name, resource in resources.items()}
+                         for short, resources in _by_name(data).items()}
     except AdminError as e:
         raise DiffError(str(e)) from None
     return out, discovered_endpoints(discovery.get("instances", []))
+
+
+def _canonical(short: str, resource: dict[str, Any]) -> dict[str, Any]:
+    """A resource from the admin API (JSON with sorted keys) in the order `meshpilot render`
+    gives its fields, so both sides of a diff read alike."""
+    type_url = types.BY_SHORT_NAME.get(short)
+    if type_url is None:
+        return resource
+    try:
+        cls = symbol_database.Default().GetSymbol(type_url.rsplit("/", 1)[-1])
+        return message_to_dict(json_format.ParseDict(resource, cls()))
+    except (KeyError, json_format.ParseError):
+        return resource  # a type this build does not know: compared as it came
 
 
 def _quote(text: str) -> str:
