@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -92,6 +92,8 @@ class Controller:
         self.metrics = metrics or Metrics()
         self.status = PolicyStatus(str(self.policy_path))
         self.prepush = prepush
+        # Called on the loop with the snapshots a successful reload changed (convergence).
+        self.on_applied: Callable[[list[Snapshot]], None] | None = None
         self.model: Model | None = None
         self.translation: Translation | None = None
         # Counts changes of `translation` or of the snapshots made from it: a view built on
@@ -107,6 +109,11 @@ class Controller:
         self._endpoints_lock = asyncio.Lock()
         self._endpoint_tasks: set[asyncio.Task[None]] = set()
         self._sources_seen: set[str] = set()
+
+    @property
+    def reloading(self) -> bool:
+        """A reload is being prepared or applied (`reload_async`)."""
+        return self._reloading
 
     @property
     def ready(self) -> bool:
@@ -200,8 +207,9 @@ class Controller:
         self.translation = prepared.translation
         self.generation += 1
         self.status.error = []  # before building views: one failing to build reports here
-        for snapshot in prepared.snapshots:
-            self.cache.set(snapshot)
+        changed = [snapshot for snapshot in prepared.snapshots if self.cache.set(snapshot)]
+        if self.on_applied is not None:
+            self.on_applied(changed)
         self.metrics.views.set(len(self.cache.views()))
         self.metrics.snapshot_builds.observe(prepared.seconds)
         self.model = prepared.model

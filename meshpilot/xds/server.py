@@ -107,11 +107,15 @@ class XdsServer:
                  metrics: XdsMetrics | None = None, view_of: ViewOf = view_of_node_cluster,
                  control_plane_id: str = "meshpilot",
                  on_nack: Callable[[Connection, str, str], None] | None = None,
-                 authorize: Authorize | None = None, request_view: RequestView | None = None):
+                 authorize: Authorize | None = None, request_view: RequestView | None = None,
+                 on_settled: Callable[[Connection], None] | None = None,
+                 on_closed: Callable[[Connection], None] | None = None):
         """`authorize(node, view, context)`: None lets a stream have that view, a string refuses
         it (PERMISSION_DENIED with that text); see `meshpilot.xds.security.IdentityCheck`.
         `request_view(view)`: builds a view that has no snapshot yet (the runtime translates it,
-        off the event loop); without it, a stream waits until its view's snapshot is set."""
+        off the event loop); without it, a stream waits until its view's snapshot is set.
+        `on_settled(conn)`: the stream is idle (nothing in flight, nothing to send) on its
+        snapshot, after an input; `on_closed(conn)`: it ended (the runtime's convergence)."""
         self.cache = cache
         self.registry = registry or ProxyRegistry()
         self.metrics = metrics or XdsMetrics()
@@ -120,6 +124,8 @@ class XdsServer:
         self.on_nack = on_nack
         self.authorize = authorize
         self.request_view = request_view
+        self.on_settled = on_settled
+        self.on_closed = on_closed
         # Resource versions an Envoy refused: no stream of this server sends them again.
         self.held = HeldResources()
 
@@ -218,6 +224,10 @@ class XdsServer:
                         log.info("%s connected: node %r view %r (%s)", conn.peer,
                                  conn.node_id, conn.view, variant)
                 outbound = stream.responses(time.time())
+                if not outbound and self.on_settled is not None and \
+                        stream.snapshot is not None and \
+                        not any(s.in_flight for s in stream.types.values()):
+                    self.on_settled(conn)
                 # While waiting for the next input, hold nothing of this round: neither the last
                 # requests nor the responses (each may be ~0.5 MiB with thousands of clusters).
                 del batch, item
@@ -236,6 +246,8 @@ class XdsServer:
             if unwatch is not None:
                 unwatch()
             self.registry.close(conn)
+            if self.on_closed is not None:
+                self.on_closed(conn)
             self.metrics.connected.labels(variant).dec()
             if conn.view is not None:
                 log.info("%s disconnected: node %r", conn.peer, conn.node_id)
