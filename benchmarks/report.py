@@ -13,12 +13,14 @@ ANCHORS = ("Published anchors (other systems, other machines; orders of magnitud
 
 def _convergence(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
     cfg = result["config"]
-    headers = ["variant", "n", "median ms", "p90", "p99", "min", "max", "first Envoy median"]
+    headers = ["variant", "n", "median ms", "p90", "p99", "min", "max", "first Envoy median",
+               "server: file event -> last ACK, median"]
     rows = []
     for v in result["variants"]:
         s = v["summary"]
+        server = v.get("server_summary") or {}
         rows.append([v["name"], s["n"], s["median"], s["p90"], s["p99"], s["min"], s["max"],
-                     v["first_envoy_summary"]["median"]])
+                     v["first_envoy_summary"]["median"], server.get("median", "")])
     title = (f"convergence: save -> all {cfg['envoys']} Envoys serve the edit "
              f"(meshpilot serve subprocess, real Envoys, HTTP probes every {cfg['poll_ms']:g} ms)")
     note = ("Each sample is one edit: from just before os.replace until the LAST Envoy answered "

@@ -63,12 +63,14 @@ class PrePushStatus:
     resources_checked: int = 0
     refused: int = 0  # resources refused so far
     last_seconds: float | None = None
+    seconds_total: float = 0.0
     last_refusals: list[str] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
         return {"enabled": True, "envoy_version": self.envoy_version, "checks": self.checks,
                 "resources_checked": self.resources_checked, "refused": self.refused,
-                "last_seconds": self.last_seconds, "last_refusals": list(self.last_refusals)}
+                "last_seconds": self.last_seconds, "seconds_total": self.seconds_total,
+                "last_refusals": list(self.last_refusals)}
 
 
 class PrePush:
@@ -102,6 +104,7 @@ class PrePush:
         self.status.resources_checked += len(holders)
         self.status.refused += len(refused)
         self.status.last_seconds = time.perf_counter() - started
+        self.status.seconds_total += self.status.last_seconds
         self.status.last_refusals = [str(issue) for issue in issues]
         return tuple(issues)
 
