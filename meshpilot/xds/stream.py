@@ -100,31 +100,38 @@ class Held:
 
 
 class HeldResources:
-    """Resource versions Envoys refused, by (type URL, name): what no stream sends again.
+    """Resource versions Envoys refused, by (type URL, name, version): what no stream sends
+    again.
 
     Shared by the streams of one server (one instance each otherwise); bounded, oldest
     forgotten first. An entry stops mattering once the resource's content changes: it is
-    matched by version, so a new version is sent as usual."""
+    matched by version, so a new version is sent as usual (and two views holding different
+    contents under one name are held apart)."""
 
     def __init__(self, limit: int = 10_000):
         self.limit = limit
-        self._held: OrderedDict[tuple[str, str], Held] = OrderedDict()
-        self.by_type: dict[str, dict[str, Held]] = {}
+        self._held: OrderedDict[tuple[str, str, str], Held] = OrderedDict()
+        self._by_type: dict[str, dict[str, dict[str, Held]]] = {}
 
     def __bool__(self) -> bool:
         return bool(self._held)
 
     def hold(self, held: Held) -> None:
-        key = (held.type_url, held.name)
+        key = (held.type_url, held.name, held.version)
+        if key in self._held:
+            return  # the first refusal is kept (its node, its time)
         self._held[key] = held
-        self._held.move_to_end(key)
-        self.by_type.setdefault(held.type_url, {})[held.name] = held
+        self._by_type.setdefault(held.type_url, {}).setdefault(held.name, {})[held.version] = held
         while len(self._held) > self.limit:
-            (type_url, name), _ = self._held.popitem(last=False)
-            self.by_type[type_url].pop(name, None)
+            (type_url, name, version), _ = self._held.popitem(last=False)
+            versions = self._by_type[type_url][name]
+            versions.pop(version, None)
+            if not versions:
+                del self._by_type[type_url][name]
 
-    def of_type(self, type_url: str) -> Mapping[str, Held]:
-        return self.by_type.get(type_url, {})
+    def of_type(self, type_url: str) -> Mapping[str, Mapping[str, Held]]:
+        """name -> version -> Held, for one type."""
+        return self._by_type.get(type_url, {})
 
     def all(self) -> list[Held]:
         return list(self._held.values())
@@ -409,8 +416,8 @@ class XdsStream:
         """`base` with each refused resource version replaced by the one the client last
         acknowledged, or left out if it never acknowledged one."""
         refused = self.held.of_type(state.type_url)
-        found = [held for name, held in refused.items()
-                 if (r := base.get(name)) is not None and r.version == held.version]
+        found = [held for name, versions in refused.items()
+                 if (r := base.get(name)) is not None and (held := versions.get(r.version))]
         state.held_now = tuple(found)
         if not found:
             return base

@@ -842,3 +842,16 @@ def test_status_strings() -> None:
     assert state.status == "PENDING"
     h.ack(third)
     assert state.status == "SYNCED"
+
+
+def test_held_versions_of_one_name_in_two_views_are_held_apart() -> None:
+    held = HeldResources()
+    one = Harness(snapshot_of("one", *clusters("web", timeout_ms=1000)), held=held)
+    two = Harness(snapshot_of("two", *clusters("web", timeout_ms=2000)), held=held)
+    one.nack(only(one.request(sotw(CDS))), "Error adding/updating cluster(s) web: no")
+    two.nack(only(two.request(sotw(CDS))), "Error adding/updating cluster(s) web: no")
+    assert len(held.all()) == 2
+    # Neither view's refused content is sent again, whichever was refused last.
+    for view, timeout in (("one", 1000), ("two", 2000)):
+        late = Harness(snapshot_of(view, *clusters("web", timeout_ms=timeout)), held=held)
+        assert only(late.request(sotw(CDS))).names == []
