@@ -329,7 +329,9 @@ def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
                 nonlocal t0
                 t0 = now_ns()
 
-            save_aside(policy, flip(backends=backends, route_to=target), stamp)
+            # New content every edit (a numbered response header), as a real edit is: the
+            # pre-push check's cache cannot answer it from an earlier edit.
+            save_aside(policy, flip(backends=backends, route_to=target, edit=edit + 1), stamp)
             for poller in pollers:
                 poller.done.wait(cfg.edit_timeout_s + 2)
             seen = [p.seen_ns for p in pollers]

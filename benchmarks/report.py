@@ -14,13 +14,16 @@ ANCHORS = ("Published anchors (other systems, other machines; orders of magnitud
 def _convergence(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
     cfg = result["config"]
     headers = ["variant", "n", "median ms", "p90", "p99", "min", "max", "first Envoy median",
-               "server: file event -> last ACK, median"]
+               "server: file event -> last ACK, median", "pre-push check, mean ms"]
     rows = []
     for v in result["variants"]:
         s = v["summary"]
         server = v.get("server_summary") or {}
+        check = v.get("prepush_status") or {}
+        mean = (round(1000 * check["seconds_total"] / check["checks"], 1)
+                if check.get("checks") else "off" if check.get("enabled") is False else "")
         rows.append([v["name"], s["n"], s["median"], s["p90"], s["p99"], s["min"], s["max"],
-                     v["first_envoy_summary"]["median"], server.get("median", "")])
+                     v["first_envoy_summary"]["median"], server.get("median", ""), mean])
     title = (f"convergence: save -> all {cfg['envoys']} Envoys serve the edit "
              f"(meshpilot serve subprocess, real Envoys, HTTP probes every {cfg['poll_ms']:g} ms)")
     note = ("Each sample is one edit: from just before os.replace until the LAST Envoy answered "
