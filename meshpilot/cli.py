@@ -121,13 +121,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"--no-prepush-check", file=sys.stderr)
         return 2
     try:
-        app = Meshpilot(serve_settings(args), resource_check=check)
-    except (PluginError, XdsSecurityError, CaError) as e:
-        print(e, file=sys.stderr)
-        return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(app.run_forever())
-    return 0
+        try:
+            app = Meshpilot(serve_settings(args), resource_check=check)
+        except (PluginError, XdsSecurityError, CaError) as e:
+            print(e, file=sys.stderr)
+            return 2
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(app.run_forever())
+        return 0
+    finally:
+        if check is not None:
+            check.close()  # the validate runs waiting for a bootstrap
 
 
 def _load(policy: str, allowed_files: list[str]) -> Model | None:

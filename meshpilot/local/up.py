@@ -76,9 +76,10 @@ async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_add
     """Secure as `meshpilot serve` is by default: the Envoy reaches xDS over TLS, trusting the
     mesh CA, with a node token for its view (both kept in `state_dir`, so `meshpilot status`
     and `meshpilot token` work beside it), and with the pre-push check of the same Envoy."""
+    check = EnvoyValidator(envoy_path)
     mp = Meshpilot(Settings(policy=policy, xds_address=xds_address, admin_address=admin_address,
                             state_dir=state_dir),
-                   resource_check=EnvoyValidator(envoy_path))
+                   resource_check=check)
     backends: list[EchoServer] = []
     envoy: EnvoyProcess | None = None
     with tempfile.TemporaryDirectory(prefix="meshpilot-up-") as work:
@@ -111,6 +112,7 @@ async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_add
             if envoy is not None:
                 await asyncio.to_thread(envoy.stop)
             await mp.stop()
+            check.close()
             for backend in backends:
                 with contextlib.suppress(Exception):
                     backend.stop()

@@ -147,6 +147,32 @@ def test_one_refused_resource_among_many_is_found_by_halving(validator: EnvoyVal
         fresh.close()
 
 
+def test_without_warm_runs_each_check_starts_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshpilot.local import validator as module
+
+    monkeypatch.setattr(module, "_WARM", False)  # no /proc, no FIFOs: a 0600 file per check
+    fresh = EnvoyValidator(workers=1)
+    try:
+        bad = Resource.from_message(types.CLUSTER, "bad", _static_cluster("bad", "not-an-ip"))
+        good = Resource.from_message(types.CLUSTER, "ok", _static_cluster("ok", "127.0.0.1"))
+        refused = fresh.check([bad, good])
+        assert list(refused) == [(types.CLUSTER, bad.version)]
+        assert "not-an-ip" in refused[(types.CLUSTER, bad.version)]
+    finally:
+        fresh.close()
+
+
+def test_closing_leaves_no_validate_run_behind() -> None:
+    fresh = EnvoyValidator(workers=2)
+    waiting = [fresh._warm.get_nowait() for _ in range(2)]
+    for run in waiting:
+        fresh._warm.put(run)
+    assert all(run.proc is not None and run.proc.poll() is None for run in waiting)
+    fresh.close()
+    assert all(run.proc is not None and run.proc.poll() is not None for run in waiting)
+    assert not any(Path(run.folder).exists() for run in waiting)
+
+
 def test_envoys_message_loses_its_log_prefix_and_the_temporary_path() -> None:
     line = ("[2026-12-01 22:57:48.427][7800][critical][main] [source/server/config_validation/"
             "server.cc:76] error initializing configuration '/tmp/x/bootstrap.json': "
