@@ -98,14 +98,17 @@ class EnvoyValidator:
         return _WarmRun(self.envoy_path)
 
     def _take(self) -> _WarmRun:
-        """A run waiting for its bootstrap, and another started for the next check."""
+        """A run waiting for its bootstrap (one started now if none waits)."""
         try:
-            run = self._warm.get_nowait()
+            return self._warm.get_nowait()
         except queue.Empty:
-            run = self._start()
+            return self._start()
+
+    def _replenish(self) -> None:
+        """Start a run for the next check, after this one: started during a check, its own
+        start would compete with the validation for the CPU."""
         if not self._closed:
             self._warm.put(self._start())
-        return run
 
     def close(self) -> None:
         """Stop the waiting runs and the pool (idempotent)."""
@@ -180,7 +183,10 @@ class EnvoyValidator:
     def _validate(self, batch: Sequence[Resource]) -> str | None:
         """None if Envoy accepts the bootstrap holding `batch`, else its message."""
         data = json.dumps(bootstrap_of(batch)).encode()
-        returncode, output = self._take().run(data, self.timeout)
+        try:
+            returncode, output = self._take().run(data, self.timeout)
+        finally:
+            self._replenish()
         with self._lock:
             self.runs += 1
         if returncode == 0:
