@@ -424,3 +424,75 @@ def run(cfg: ConvergenceConfig, work: Path, log: Any = print) -> dict[str, Any]:
             for v in variants
         ],
     }
+
+
+# ----- scenario `prepush`: the same edits with and without the pre-push check, interleaved ---
+
+
+@dataclass
+class PrePushConfig:
+    """One variant of `convergence` (10 real Envoys, the policy language, SotW, 10 ms quiet)
+    run with the pre-push check (the default) and with --no-prepush-check, in alternating
+    rounds (on, off, off, on, on, off, ...) so that the machine's drift falls on both alike."""
+
+    envoys: int = 10
+    edits: int = 10  # per round
+    rounds: int = 4  # rounds per side
+    policy: str = "language"
+    mode: str = "sotw"
+    debounce: str = "10ms"
+
+    @classmethod
+    def quick(cls) -> PrePushConfig:
+        return cls(edits=3, rounds=1)
+
+
+def run_prepush(cfg: PrePushConfig, work: Path, log: Any = print) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    ccfg = ConvergenceConfig(envoys=cfg.envoys, edits=cfg.edits)
+    order = [("on", "off") if r % 2 == 0 else ("off", "on") for r in range(cfg.rounds)]
+    sides: dict[str, list[_Variant]] = {"on": [], "off": []}
+    echoes: list[subprocess.Popen[bytes]] = []
+    try:
+        backends = {}
+        for name in ("v1", "v2"):
+            proc, port = _start_echo(name, work)
+            echoes.append(proc)
+            backends[name] = port
+        for index, pair in enumerate(order):
+            for side in pair:
+                log(f"  prepush round {index + 1}/{cfg.rounds}: check {side}, {cfg.edits} edits")
+                v = _run_variant(ccfg, work / f"round-{index}-{side}", cfg.mode, cfg.debounce,
+                                 backends, log, cfg.policy, "token", side)
+                s = summarize(v.samples_ms)
+                log(f"    median {s['median']:.1f} ms, p90 {s['p90']:.1f}")
+                sides[side].append(v)
+    finally:
+        for proc in echoes:
+            stop_process(proc)
+
+    def pooled(side: str) -> dict[str, Any]:
+        variants = sides[side]
+        samples = [x for v in variants for x in v.samples_ms]
+        server = [x for v in variants for x in v.server_ms]
+        checks = [v.prepush_status for v in variants if v.prepush_status.get("checks")]
+        return {"name": f"{cfg.policy} policy, {cfg.mode}, debounce {cfg.debounce}, "
+                        f"pre-push check {side}",
+                "prepush": side, "samples_ms": samples, "summary": summarize(samples),
+                "server_ms": server, "server_summary": summarize(server),
+                "round_medians_ms": [summarize(v.samples_ms)["median"] for v in variants],
+                "check_mean_ms": (1000 * sum(c["seconds_total"] for c in checks)
+                                  / sum(c["checks"] for c in checks)) if checks else None,
+                "checks": sum(c["checks"] for c in checks),
+                "first_envoy_summary": summarize([x for v in variants for x in v.first_ms])}
+
+    return {
+        "scenario": "prepush",
+        "what": "one edit (new content each time) from the save until ALL Envoys serve it, with "
+                "the pre-push check (envoy --mode validate of what changed) and without it, "
+                "in alternating rounds",
+        "config": {"envoys": cfg.envoys, "edits_per_round": cfg.edits, "rounds": cfg.rounds,
+                   "order": [list(p) for p in order], "policy": cfg.policy, "mode": cfg.mode,
+                   "debounce_quiet": cfg.debounce, "poll_ms": ccfg.poll_ms},
+        "variants": [pooled("on"), pooled("off")],
+    }

@@ -31,6 +31,25 @@ def _convergence(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]
     return title, headers, rows, note
 
 
+def _prepush(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    cfg = result["config"]
+    headers = ["variant", "n", "median ms", "p90", "p99", "min", "max", "round medians",
+               "server: file event -> last ACK, median", "check mean ms"]
+    rows = []
+    for v in result["variants"]:
+        s = v["summary"]
+        rows.append([v["name"], s["n"], s["median"], s["p90"], s["p99"], s["min"], s["max"],
+                     " / ".join(f"{m:.0f}" for m in v["round_medians_ms"]),
+                     v["server_summary"]["median"],
+                     "" if v["check_mean_ms"] is None else round(v["check_mean_ms"], 1)])
+    title = (f"prepush: one edit until all {cfg['envoys']} Envoys serve it, with and without "
+             f"the pre-push check ({cfg['rounds']} alternating rounds of "
+             f"{cfg['edits_per_round']} edits each)")
+    note = ("Every edit is new content (the check's cache cannot answer it). Rounds alternate "
+            f"(order {cfg['order']}), each with a fresh server and fresh Envoys.")
+    return title, headers, rows, note
+
+
 def _fanout(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
     headers = ["mode", "streams", "clusters", "recv p50 ms", "recv p99", "recv max",
                "all ACKs recorded", "server CPU s", "bytes/stream", "RSS/stream KiB",
@@ -154,16 +173,17 @@ def _sidebyside(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]
     return title, headers, rows, note
 
 
-_BUILDERS = {"convergence": _convergence, "fanout": _fanout, "translation": _translation,
-             "policy_language": _policy_language, "incremental": _incremental,
-             "storm": _storm, "traffic": _traffic, "sidebyside": _sidebyside}
-_DIGITS = {"convergence": 1, "fanout": 1, "translation": 3, "policy_language": 3,
+_BUILDERS = {"convergence": _convergence, "prepush": _prepush, "fanout": _fanout,
+             "translation": _translation, "policy_language": _policy_language,
+             "incremental": _incremental, "storm": _storm, "traffic": _traffic,
+             "sidebyside": _sidebyside}
+_DIGITS = {"convergence": 1, "prepush": 1, "fanout": 1, "translation": 3, "policy_language": 3,
            "incremental": 1, "storm": 1, "traffic": 0, "sidebyside": 1}
 
 
 def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any]], str]]:
     out = []
-    for name in ("convergence", "fanout", "translation"):
+    for name in ("convergence", "prepush", "fanout", "translation"):
         if name in results:
             out.append((name, *_BUILDERS[name](results[name])))
     if results.get("translation", {}).get("services"):
