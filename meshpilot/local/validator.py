@@ -351,15 +351,12 @@ def bootstrap_of(batch: Sequence[Resource]) -> dict[str, Any]:
             listeners.append(_route_listener(resource.name, routes, data))
         elif resource.type_url == types.SECRET:
             secrets.append(data)
-    address = {"socket_address": {"address": "127.0.0.1", "port_value": 18000}}
-    clusters.append({
-        "name": _XDS_CLUSTER, "type": "STATIC",
-        "load_assignment": {"cluster_name": _XDS_CLUSTER,
-                            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
-        "typed_extension_protocol_options": {_HTTP_OPTIONS: {
-            "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
-            "explicit_http_config": {"http2_protocol_options": {}}}},
-    })
+    # The gRPC clusters the resources name that the batch does not define: an xDS config
+    # source of its own (`api_config_source`, a per-type stream) names the management
+    # server's cluster of the Envoy's bootstrap; each becomes a static stand-in.
+    defined = {c.get("name") for c in clusters}
+    for name in [*sorted(_grpc_clusters([clusters, listeners, secrets]) - defined), _XDS_CLUSTER]:
+        clusters.append(_grpc_stand_in(name))
     static: dict[str, Any] = {"clusters": clusters, "listeners": listeners}
     if secrets:
         static["secrets"] = secrets
@@ -369,6 +366,34 @@ def bootstrap_of(batch: Sequence[Resource]) -> dict[str, Any]:
             "api_type": "GRPC", "transport_api_version": "V3",
             "grpc_services": [{"envoy_grpc": {"cluster_name": _XDS_CLUSTER}}]}},
         "static_resources": static,
+    }
+
+
+def _grpc_clusters(value: Any) -> set[str]:
+    """Every `envoy_grpc.cluster_name` in a resource (as JSON)."""
+    found: set[str] = set()
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            grpc = item.get("envoy_grpc")
+            if isinstance(grpc, dict) and isinstance(grpc.get("cluster_name"), str):
+                found.add(grpc["cluster_name"])
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def _grpc_stand_in(name: str) -> dict[str, Any]:
+    address = {"socket_address": {"address": "127.0.0.1", "port_value": 18000}}
+    return {
+        "name": name, "type": "STATIC",
+        "load_assignment": {"cluster_name": name,
+                            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}]},
+        "typed_extension_protocol_options": {_HTTP_OPTIONS: {
+            "@type": f"type.googleapis.com/{_HTTP_OPTIONS}",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
     }
 
 

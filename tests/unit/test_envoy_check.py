@@ -173,6 +173,26 @@ def test_closing_leaves_no_validate_run_behind() -> None:
     assert not any(Path(run.folder).exists() for run in waiting)
 
 
+def test_a_config_source_naming_the_bootstraps_xds_cluster_is_accepted(
+        validator: EnvoyValidator) -> None:
+    """Per-type streams: resources name the management server's cluster of the Envoy's own
+    bootstrap (`api_config_source`), which the check stands in for."""
+    from envoy.config.cluster.v3 import cluster_pb2
+    from google.protobuf import json_format
+
+    source = {"api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
+                                    "grpc_services": [{"envoy_grpc": {
+                                        "cluster_name": "meshpilot_xds"}}]},
+              "resource_api_version": "V3"}
+    cluster = json_format.ParseDict({"name": "per-type", "type": "EDS",
+                                     "eds_cluster_config": {"eds_config": source}},
+                                    cluster_pb2.Cluster())
+    resource = Resource.from_message(types.CLUSTER, "per-type", cluster)
+    assert validator.check([resource]) == {}
+    assert [c["name"] for c in bootstrap_of([resource])["static_resources"]["clusters"]] == [
+        "per-type", "meshpilot_xds", "meshpilot|validate-xds"]
+
+
 def test_envoys_message_loses_its_log_prefix_and_the_temporary_path() -> None:
     line = ("[2026-12-01 22:57:48.427][7800][critical][main] [source/server/config_validation/"
             "server.cc:76] error initializing configuration '/tmp/x/bootstrap.json': "
