@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from meshpilot import __version__
-from meshpilot.base.errors import PolicyError
+from meshpilot.base.errors import PolicyError, PolicyIssue
 from meshpilot.base.privatefiles import write_private
 from meshpilot.base.units import parse_duration
 from meshpilot.ca.authority import ROOT_CERT, CaError, check_trust_domain
@@ -24,13 +24,21 @@ from meshpilot.inputs.loader import load_policy
 from meshpilot.inputs.native.schema import json_schema
 from meshpilot.ir.model import Model
 from meshpilot.local.bootstrap import bootstrap_yaml
-from meshpilot.local.diff import DiffError, compare_folders, compare_git, compare_server, report
+from meshpilot.local.diff import (
+    DiffError,
+    compare_folders,
+    compare_git,
+    compare_server,
+    report,
+    views_of,
+)
 from meshpilot.local.envoy_process import EnvoyError
 from meshpilot.local.validator import EnvoyValidator
 from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
 from meshpilot.runtime.admin_guard import split_authority
 from meshpilot.runtime.app import Meshpilot, Settings, split_address
 from meshpilot.runtime.plugin_loader import load_plugins
+from meshpilot.runtime.prepush import CheckFailed, PrePush
 from meshpilot.translators import Translation
 from meshpilot.translators.plugins import PluginError
 from meshpilot.xds.render import snapshot_to_dict
@@ -149,10 +157,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
     model = _load(args.policy, args.allow_files_from)
     if model is None:
         return 1
+    if args.envoy:
+        refused = _envoy_check(model, args.check_envoy)
+        if refused is None:
+            return 2
+        if refused:
+            for issue in refused:
+                print(issue, file=sys.stderr)
+            print(f"{len(refused)} problem(s) Envoy refuses; nothing would be applied",
+                  file=sys.stderr)
+            return 1
     print(f"ok: {len(model.files)} file(s): {len(model.services)} service(s), "
           f"{len(model.gateways)} gateway(s), {len(model.routes)} route(s), "
           f"{len(model.raw)} raw resource(s)")
     return 0
+
+
+def _envoy_check(model: Model, envoy: str | None) -> list[PolicyIssue] | None:
+    """What Envoy refuses of every Gateway's and sidecar's view (the pre-push check of serve,
+    on everything); None after printing why it cannot check."""
+    try:
+        validator = EnvoyValidator(envoy)
+    except EnvoyError as e:
+        print(f"meshpilot validate --envoy: {e}", file=sys.stderr)
+        return None
+    try:
+        translation = Translation(model)
+        snapshots = [(None, translation.snapshot(view)) for view in sorted(views_of(model))]
+        return list(PrePush(validator).issues(model, snapshots))
+    except (PolicyError, CheckFailed) as e:
+        print(f"meshpilot validate --envoy: {e}", file=sys.stderr)
+        return None
+    finally:
+        validator.close()
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -427,6 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a policy folder; print every problem")
     p.add_argument("policy")
     _allow_files_from(p)
+    p.add_argument("--envoy", action="store_true",
+                   help="also check every Gateway's and sidecar's resources with Envoy itself "
+                        "(envoy --mode validate), as serve does before it pushes a change")
+    p.add_argument("--check-envoy", metavar="PATH", default=None,
+                   help="with --envoy: the Envoy binary (default: as for serve)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print the Envoy resources one view would receive")

@@ -275,3 +275,20 @@ def _static_cluster(name: str, address: str):
             "endpoint": {"address": {"socket_address": {"address": address,
                                                         "port_value": 1}}}}]}]}},
         cluster_pb2.Cluster())
+
+
+def test_meshpilot_validate_with_envoy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from meshpilot.cli import main
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "routes.yaml").write_text(REFUSED_RULE)
+    assert main(["validate", str(folder)]) == 0  # meshpilot's own checks find nothing
+    capsys.readouterr()
+    assert main(["validate", str(folder), "--envoy"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"routes.yaml:{line_of(REFUSED_RULE, 'regex')}:5: Route shop: rules[0]: ")
+    assert err.endswith("1 problem(s) Envoy refuses; nothing would be applied\n")
+    (folder / "routes.yaml").write_text(GOOD)
+    assert main(["validate", str(folder), "--envoy"]) == 0
+    assert capsys.readouterr().out.startswith("ok: 1 file(s)")
