@@ -98,11 +98,16 @@ class EnvoyValidator:
         return _WarmRun(self.envoy_path)
 
     def _take(self) -> _WarmRun:
-        """A run waiting for its bootstrap (one started now if none waits)."""
+        """A run waiting for its bootstrap (one started now if none waits, or if the one that
+        waited is gone: killed, out of memory)."""
         try:
-            return self._warm.get_nowait()
+            run = self._warm.get_nowait()
         except queue.Empty:
             return self._start()
+        if run.proc is not None and run.proc.poll() is not None:
+            run.kill()
+            return self._start()
+        return run
 
     def _replenish(self) -> None:
         """Start a run for the next check, after this one: started during a check, its own
@@ -191,6 +196,8 @@ class EnvoyValidator:
             self.runs += 1
         if returncode == 0:
             return None
+        if returncode < 0:  # killed by a signal: no answer, not a refusal
+            raise EnvoyError(f"envoy --mode validate was killed (signal {-returncode})")
         return refusal_message(output)
 
 

@@ -162,6 +162,20 @@ def test_without_warm_runs_each_check_starts_its_own(monkeypatch: pytest.MonkeyP
         fresh.close()
 
 
+def test_a_waiting_run_that_died_is_replaced_not_taken_for_a_refusal() -> None:
+    fresh = EnvoyValidator(workers=1)
+    try:
+        waiting = fresh._warm.get_nowait()
+        assert waiting.proc is not None
+        waiting.proc.kill()
+        waiting.proc.wait()
+        fresh._warm.put(waiting)
+        good = Resource.from_message(types.CLUSTER, "ok", _static_cluster("ok", "127.0.0.1"))
+        assert fresh.check([good]) == {}
+    finally:
+        fresh.close()
+
+
 def test_closing_leaves_no_validate_run_behind() -> None:
     fresh = EnvoyValidator(workers=2)
     waiting = [fresh._warm.get_nowait() for _ in range(2)]
