@@ -39,6 +39,7 @@ from benchmarks.stats import summarize
 from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.local.bootstrap import render_bootstrap
 from meshpilot.local.envoy_process import EnvoyProcess
+from meshpilot.runtime.admin_client import AdminClient
 
 _LISTENING = re.compile(rb"xDS on ([\d.]+):(\d+), admin on http://([\d.]+):(\d+)")
 
@@ -56,6 +57,9 @@ class ConvergenceConfig:
     edit_timeout_s: float = 10.0
     settle_s: float = 0.3  # quiet time between edits, beyond the debounce period
     auth_compare: bool = True  # run the first variant also with --insecure-xds, beside it
+    # Run the first variant also with --no-prepush-check, beside it: what Envoy's own check of
+    # each edit (envoy --mode validate, the default) adds to convergence.
+    prepush_compare: bool = True
 
     @classmethod
     def quick(cls) -> ConvergenceConfig:
@@ -199,9 +203,11 @@ def _start_echo(name: str, log_dir: Path) -> tuple[subprocess.Popen[bytes], int]
 class _Serve:
     """`meshpilot serve` on port 0 (xDS and admin); addresses read from its log."""
 
-    def __init__(self, policy_dir: Path, log_path: Path, debounce: str, insecure: bool = False):
+    def __init__(self, policy_dir: Path, log_path: Path, debounce: str, insecure: bool = False,
+                 prepush: bool = True):
         """`insecure`: plaintext, unauthenticated xDS (--insecure-xds), to measure what the
-        default's TLS and node tokens cost beside it."""
+        default's TLS and node tokens cost beside it. `prepush`: False runs without the
+        pre-push check (--no-prepush-check), to measure what it costs."""
         self.log_path = log_path
         self.insecure = insecure
         self.state_dir = log_path.parent / "meshpilot-state"
@@ -211,7 +217,8 @@ class _Serve:
                  "--xds-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
                  "--debounce-quiet", debounce, "--log-level", "info",
                  "--state-dir", str(self.state_dir),
-                 *(["--insecure-xds"] if insecure else [])],
+                 *(["--insecure-xds"] if insecure else []),
+                 *([] if prepush else ["--no-prepush-check"])],
                 stdout=log, stderr=subprocess.STDOUT, env=child_env())
         match = wait_for(self._listening, timeout=30, what="meshpilot serve to listen")
         self.xds_port = int(match.group(2))
@@ -231,6 +238,14 @@ class _Serve:
         return {"xds_tls_ca": str(self.state_dir / "ca.crt"), "xds_sni": "meshpilot",
                 "xds_token": TokenAuthority.load_or_create(self.state_dir).issue("node", view)}
 
+    def edits(self) -> dict[str, Any]:
+        """The server's own account of the edits (GET /debug/status as an operator): each
+        from its first file event to the last Envoy's ACK, and the pre-push check's figures."""
+        token = TokenAuthority.load(self.state_dir).issue("operator", ttl=300)
+        status = AdminClient(f"127.0.0.1:{self.admin_port}", token).get_json("/debug/status")
+        return {"edits": status.get("edits", {}).get("edits", []),
+                "prepush": status.get("prepush", {})}
+
     def stop(self) -> None:
         stop_process(self.proc)
 
@@ -241,7 +256,11 @@ class _Variant:
     debounce: str
     policy: str = "raw"
     auth: str = "token"  # "token": the authenticated default; "insecure": --insecure-xds
+    prepush: str = "on"  # "on": the default pre-push check; "off": --no-prepush-check
     samples_ms: list[float] = field(default_factory=list)
+    # The server's own measure of each edit: first file event -> last Envoy's ACK.
+    server_ms: list[float] = field(default_factory=list)
+    prepush_status: dict[str, Any] = field(default_factory=dict)
     first_ms: list[float] = field(default_factory=list)  # fastest Envoy per edit
     per_envoy_ms: list[list[float]] = field(default_factory=list)
     timeouts: int = 0
@@ -252,7 +271,8 @@ class _Variant:
     @property
     def name(self) -> str:
         auth = "" if self.auth == "token" else ", --insecure-xds"
-        return f"{self.policy} policy, {self.mode}, debounce {self.debounce}{auth}"
+        check = "" if self.prepush == "on" else ", --no-prepush-check"
+        return f"{self.policy} policy, {self.mode}, debounce {self.debounce}{auth}{check}"
 
 
 _FLIPS = {"raw": (route_flip_policy, "http"), "language": (language_flip_policy, "edge/http")}
@@ -260,10 +280,10 @@ _FLIPS = {"raw": (route_flip_policy, "http"), "language": (language_flip_policy,
 
 def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
                  backends: dict[str, int], log: Any, policy_kind: str = "raw",
-                 auth: str = "token") -> _Variant:
-    variant = _Variant(mode, debounce, policy_kind, auth)
+                 auth: str = "token", prepush: str = "on") -> _Variant:
+    variant = _Variant(mode, debounce, policy_kind, auth, prepush)
     flip, listener = _FLIPS[policy_kind]
-    vdir = work / f"{policy_kind}-{mode}-{debounce}-{auth}"
+    vdir = work / f"{policy_kind}-{mode}-{debounce}-{auth}-prepush-{prepush}"
     policy_dir = vdir / "policy"
     policy_dir.mkdir(parents=True)
     policy = policy_dir / "edge.yaml"
@@ -273,7 +293,8 @@ def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
     pollers: list[_Poller] = []
     try:
         started = time.monotonic()
-        serve = _Serve(policy_dir, vdir / "meshpilot.log", debounce, insecure=auth == "insecure")
+        serve = _Serve(policy_dir, vdir / "meshpilot.log", debounce, insecure=auth == "insecure",
+                       prepush=prepush == "on")
         for i in range(cfg.envoys):
             bootstrap = render_bootstrap(node_id=f"bench-{i}", node_cluster="edge",
                                          xds_addresses=[("127.0.0.1", serve.xds_port)],
@@ -308,7 +329,9 @@ def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
                 nonlocal t0
                 t0 = now_ns()
 
-            save_aside(policy, flip(backends=backends, route_to=target), stamp)
+            # New content every edit (a numbered response header), as a real edit is: the
+            # pre-push check's cache cannot answer it from an earlier edit.
+            save_aside(policy, flip(backends=backends, route_to=target, edit=edit + 1), stamp)
             for poller in pollers:
                 poller.done.wait(cfg.edit_timeout_s + 2)
             seen = [p.seen_ns for p in pollers]
@@ -325,6 +348,12 @@ def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
             current = target
             time.sleep(cfg.settle_s)
         variant.probe_errors = sum(p.probe.errors for p in pollers)
+        account = wait_for(lambda: (a := serve.edits()) and len(
+            [e for e in a["edits"] if e["seconds"] is not None]) >= min(cfg.edits, 20) and a,
+            timeout=10, what="the server to account for every edit")  # it keeps 20
+        variant.server_ms = [round(e["seconds"] * 1000, 3)
+                             for e in reversed(account["edits"]) if e["seconds"] is not None]
+        variant.prepush_status = account["prepush"]
         return variant
     finally:
         # Every step on its own: a failure in one must not leave processes running.
@@ -350,16 +379,22 @@ def run(cfg: ConvergenceConfig, work: Path, log: Any = print) -> dict[str, Any]:
             proc, port = _start_echo(name, work)
             echoes.append(proc)
             backends[name] = port
-        combos = [(p, d, m, "token") for p, d, m in
+        combos = [(p, d, m, "token", "on") for p, d, m in
                   itertools.product(cfg.policies, cfg.debounces, cfg.modes)]
-        # The cost of authentication: the first combination once more with --insecure-xds.
-        if cfg.auth_compare and combos:
-            combos.insert(1, (*combos[0][:3], "insecure"))
-        for policy_kind, debounce, mode, auth in combos:
+        first = combos[0][:3] if combos else None
+        # The cost of the pre-push check and of authentication: the first combination once
+        # more without each, right after it.
+        if cfg.prepush_compare and first is not None:
+            combos.insert(1, (*first, "token", "off"))
+        if cfg.auth_compare and first is not None:
+            combos.insert(1, (*first, "insecure", "on"))
+        for policy_kind, debounce, mode, auth, prepush in combos:
             log(f"  convergence: {cfg.envoys} Envoys, {policy_kind} policy, {mode}, "
                 f"--debounce-quiet {debounce}, {cfg.edits} edits"
-                + (", --insecure-xds" if auth == "insecure" else ""))
-            v = _run_variant(cfg, work, mode, debounce, backends, log, policy_kind, auth)
+                + (", --insecure-xds" if auth == "insecure" else "")
+                + (", --no-prepush-check" if prepush == "off" else ""))
+            v = _run_variant(cfg, work, mode, debounce, backends, log, policy_kind, auth,
+                             prepush)
             s = summarize(v.samples_ms)
             log(f"    median {s['median']:.1f} ms, p90 {s['p90']:.1f}, max {s['max']:.1f} "
                 f"(startup {v.startup_s:.1f}s)")
@@ -379,6 +414,8 @@ def run(cfg: ConvergenceConfig, work: Path, log: Any = print) -> dict[str, Any]:
                                           "listener replaced by a raw one on port 0"}},
         "variants": [
             {"name": v.name, "mode": v.mode, "debounce_quiet": v.debounce, "auth": v.auth,
+             "prepush": v.prepush, "server_ms": v.server_ms,
+             "server_summary": summarize(v.server_ms), "prepush_status": v.prepush_status,
              "samples_ms": v.samples_ms, "summary": summarize(v.samples_ms),
              "first_envoy_ms": v.first_ms, "first_envoy_summary": summarize(v.first_ms),
              "per_envoy_ms": v.per_envoy_ms, "timeouts": v.timeouts,
@@ -386,4 +423,76 @@ def run(cfg: ConvergenceConfig, work: Path, log: Any = print) -> dict[str, Any]:
              "startup_s": v.startup_s}
             for v in variants
         ],
+    }
+
+
+# ----- scenario `prepush`: the same edits with and without the pre-push check, interleaved ---
+
+
+@dataclass
+class PrePushConfig:
+    """One variant of `convergence` (10 real Envoys, the policy language, SotW, 10 ms quiet)
+    run with the pre-push check (the default) and with --no-prepush-check, in alternating
+    rounds (on, off, off, on, on, off, ...) so that the machine's drift falls on both alike."""
+
+    envoys: int = 10
+    edits: int = 10  # per round
+    rounds: int = 4  # rounds per side
+    policy: str = "language"
+    mode: str = "sotw"
+    debounce: str = "10ms"
+
+    @classmethod
+    def quick(cls) -> PrePushConfig:
+        return cls(edits=3, rounds=1)
+
+
+def run_prepush(cfg: PrePushConfig, work: Path, log: Any = print) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    ccfg = ConvergenceConfig(envoys=cfg.envoys, edits=cfg.edits)
+    order = [("on", "off") if r % 2 == 0 else ("off", "on") for r in range(cfg.rounds)]
+    sides: dict[str, list[_Variant]] = {"on": [], "off": []}
+    echoes: list[subprocess.Popen[bytes]] = []
+    try:
+        backends = {}
+        for name in ("v1", "v2"):
+            proc, port = _start_echo(name, work)
+            echoes.append(proc)
+            backends[name] = port
+        for index, pair in enumerate(order):
+            for side in pair:
+                log(f"  prepush round {index + 1}/{cfg.rounds}: check {side}, {cfg.edits} edits")
+                v = _run_variant(ccfg, work / f"round-{index}-{side}", cfg.mode, cfg.debounce,
+                                 backends, log, cfg.policy, "token", side)
+                s = summarize(v.samples_ms)
+                log(f"    median {s['median']:.1f} ms, p90 {s['p90']:.1f}")
+                sides[side].append(v)
+    finally:
+        for proc in echoes:
+            stop_process(proc)
+
+    def pooled(side: str) -> dict[str, Any]:
+        variants = sides[side]
+        samples = [x for v in variants for x in v.samples_ms]
+        server = [x for v in variants for x in v.server_ms]
+        checks = [v.prepush_status for v in variants if v.prepush_status.get("checks")]
+        return {"name": f"{cfg.policy} policy, {cfg.mode}, debounce {cfg.debounce}, "
+                        f"pre-push check {side}",
+                "prepush": side, "samples_ms": samples, "summary": summarize(samples),
+                "server_ms": server, "server_summary": summarize(server),
+                "round_medians_ms": [summarize(v.samples_ms)["median"] for v in variants],
+                "check_mean_ms": (1000 * sum(c["seconds_total"] for c in checks)
+                                  / sum(c["checks"] for c in checks)) if checks else None,
+                "checks": sum(c["checks"] for c in checks),
+                "first_envoy_summary": summarize([x for v in variants for x in v.first_ms])}
+
+    return {
+        "scenario": "prepush",
+        "what": "one edit (new content each time) from the save until ALL Envoys serve it, with "
+                "the pre-push check (envoy --mode validate of what changed) and without it, "
+                "in alternating rounds",
+        "config": {"envoys": cfg.envoys, "edits_per_round": cfg.edits, "rounds": cfg.rounds,
+                   "order": [list(p) for p in order], "policy": cfg.policy, "mode": cfg.mode,
+                   "debounce_quiet": cfg.debounce, "poll_ms": ccfg.poll_ms},
+        "variants": [pooled("on"), pooled("off")],
     }

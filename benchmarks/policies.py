@@ -21,7 +21,11 @@ def cluster_name(index: int) -> str:
     return f"svc-{index:05d}"
 
 
-def route_flip_policy(*, backends: dict[str, int], route_to: str) -> str:
+def route_flip_policy(*, backends: dict[str, int], route_to: str, edit: int | None = None) -> str:
+    """`edit`: a number put in a response header of the route, so that every edit is new
+    content (a check cached by content hash cannot answer it from an earlier edit)."""
+    header = ("" if edit is None else "\n            response_headers_to_add:"
+              f" [{{header: {{key: x-edit, value: '{edit}'}}}}]")
     clusters = "".join(
         f"\n  - {{name: {name}, type: EDS, connect_timeout: 1s,"
         f" eds_cluster_config: {{eds_config: {_ADS}}}}}" for name in backends)
@@ -53,7 +57,7 @@ routes:
         domains: ["*"]
         routes:
           - match: {{prefix: /}}
-            route: {{cluster: {route_to}}}
+            route: {{cluster: {route_to}}}{header}
 """
 
 
@@ -148,10 +152,13 @@ listeners:
 """
 
 
-def language_flip_policy(*, backends: dict[str, int], route_to: str) -> str:
+def language_flip_policy(*, backends: dict[str, int], route_to: str,
+                         edit: int | None = None) -> str:
     """The same flip in the policy language: a Service with one subset per backend, a Gateway and
     a Route to subset `route_to`. The Gateway's listener is replaced (the raw-resource escape
-    hatch) by one on port 0 of the same name, so that ten Envoys on one machine can each bind."""
+    hatch) by one on port 0 of the same name, so that ten Envoys on one machine can each bind.
+    `edit`: as for route_flip_policy, a response header making every edit new content."""
+    header = "" if edit is None else f"\n    response_headers: {{set: {{x-edit: '{edit}'}}}}"
     endpoints = "".join(f"\n  - {{address: 127.0.0.1:{port}, labels: {{version: {name}}}}}"
                         for name, port in backends.items())
     subsets = ", ".join(f"{name}: {{version: {name}}}" for name in backends)
@@ -168,5 +175,5 @@ kind: Route
 name: flip
 gateway: edge
 rules:
-  - backends: [{{service: app, subset: {route_to}}}]
+  - backends: [{{service: app, subset: {route_to}}}]{header}
 """ + GATEWAY_LISTENER_ON_PORT_0

@@ -13,16 +13,40 @@ ANCHORS = ("Published anchors (other systems, other machines; orders of magnitud
 
 def _convergence(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
     cfg = result["config"]
-    headers = ["variant", "n", "median ms", "p90", "p99", "min", "max", "first Envoy median"]
+    headers = ["variant", "n", "median ms", "p90", "p99", "min", "max", "first Envoy median",
+               "server: file event -> last ACK, median", "pre-push check, mean ms"]
     rows = []
     for v in result["variants"]:
         s = v["summary"]
+        server = v.get("server_summary") or {}
+        check = v.get("prepush_status") or {}
+        mean = (round(1000 * check["seconds_total"] / check["checks"], 1)
+                if check.get("checks") else "off" if check.get("enabled") is False else "")
         rows.append([v["name"], s["n"], s["median"], s["p90"], s["p99"], s["min"], s["max"],
-                     v["first_envoy_summary"]["median"]])
+                     v["first_envoy_summary"]["median"], server.get("median", ""), mean])
     title = (f"convergence: save -> all {cfg['envoys']} Envoys serve the edit "
              f"(meshpilot serve subprocess, real Envoys, HTTP probes every {cfg['poll_ms']:g} ms)")
     note = ("Each sample is one edit: from just before os.replace until the LAST Envoy answered "
             "from the new backend; it includes the --debounce-quiet period.")
+    return title, headers, rows, note
+
+
+def _prepush(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    cfg = result["config"]
+    headers = ["variant", "n", "median ms", "p90", "p99", "min", "max", "round medians",
+               "server: file event -> last ACK, median", "check mean ms"]
+    rows = []
+    for v in result["variants"]:
+        s = v["summary"]
+        rows.append([v["name"], s["n"], s["median"], s["p90"], s["p99"], s["min"], s["max"],
+                     " / ".join(f"{m:.0f}" for m in v["round_medians_ms"]),
+                     v["server_summary"]["median"],
+                     "" if v["check_mean_ms"] is None else round(v["check_mean_ms"], 1)])
+    title = (f"prepush: one edit until all {cfg['envoys']} Envoys serve it, with and without "
+             f"the pre-push check ({cfg['rounds']} alternating rounds of "
+             f"{cfg['edits_per_round']} edits each)")
+    note = ("Every edit is new content (the check's cache cannot answer it). Rounds alternate "
+            f"(order {cfg['order']}), each with a fresh server and fresh Envoys.")
     return title, headers, rows, note
 
 
@@ -149,16 +173,17 @@ def _sidebyside(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]]
     return title, headers, rows, note
 
 
-_BUILDERS = {"convergence": _convergence, "fanout": _fanout, "translation": _translation,
-             "policy_language": _policy_language, "incremental": _incremental,
-             "storm": _storm, "traffic": _traffic, "sidebyside": _sidebyside}
-_DIGITS = {"convergence": 1, "fanout": 1, "translation": 3, "policy_language": 3,
+_BUILDERS = {"convergence": _convergence, "prepush": _prepush, "fanout": _fanout,
+             "translation": _translation, "policy_language": _policy_language,
+             "incremental": _incremental, "storm": _storm, "traffic": _traffic,
+             "sidebyside": _sidebyside}
+_DIGITS = {"convergence": 1, "prepush": 1, "fanout": 1, "translation": 3, "policy_language": 3,
            "incremental": 1, "storm": 1, "traffic": 0, "sidebyside": 1}
 
 
 def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any]], str]]:
     out = []
-    for name in ("convergence", "fanout", "translation"):
+    for name in ("convergence", "prepush", "fanout", "translation"):
         if name in results:
             out.append((name, *_BUILDERS[name](results[name])))
     if results.get("translation", {}).get("services"):

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-SCENARIOS = ("convergence", "fanout", "translation", "incremental", "storm", "traffic",
+SCENARIOS = ("convergence", "prepush", "fanout", "translation", "incremental", "storm",
+             "traffic",
              "sidebyside")
 
 
@@ -103,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
                     if args.poll_ms:
                         ccfg.poll_ms = args.poll_ms
                     result = convergence.run(ccfg, work / "convergence", log)
+                elif name == "prepush":
+                    pcfg = (convergence.PrePushConfig.quick() if args.quick
+                            else convergence.PrePushConfig())
+                    if args.edits:
+                        pcfg.edits = args.edits
+                    result = convergence.run_prepush(pcfg, work / "prepush", log)
                 elif name == "fanout":
                     fcfg = fanout.FanoutConfig.quick() if args.quick else fanout.FanoutConfig()
                     if args.streams:

@@ -10,11 +10,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from meshpilot import __version__
-from meshpilot.base.errors import PolicyError
+from meshpilot.base.errors import PolicyError, PolicyIssue
 from meshpilot.base.privatefiles import write_private
 from meshpilot.base.units import parse_duration
 from meshpilot.ca.authority import ROOT_CERT, CaError, check_trust_domain
@@ -23,10 +24,21 @@ from meshpilot.inputs.loader import load_policy
 from meshpilot.inputs.native.schema import json_schema
 from meshpilot.ir.model import Model
 from meshpilot.local.bootstrap import bootstrap_yaml
+from meshpilot.local.diff import (
+    DiffError,
+    compare_folders,
+    compare_git,
+    compare_server,
+    report,
+    views_of,
+)
+from meshpilot.local.envoy_process import EnvoyError
+from meshpilot.local.validator import EnvoyValidator
 from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
 from meshpilot.runtime.admin_guard import split_authority
 from meshpilot.runtime.app import Meshpilot, Settings, split_address
 from meshpilot.runtime.plugin_loader import load_plugins
+from meshpilot.runtime.prepush import CheckFailed, PrePush
 from meshpilot.translators import Translation
 from meshpilot.translators.plugins import PluginError
 from meshpilot.xds.render import snapshot_to_dict
@@ -100,16 +112,34 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     admin_hosts=tuple(args.admin_host))
 
 
+def prepush_check(args: argparse.Namespace) -> EnvoyValidator | None:
+    """Envoy's pre-push check for serve (None with --no-prepush-check); EnvoyError if no Envoy
+    can be run."""
+    if args.no_prepush_check:
+        return None
+    return EnvoyValidator(args.check_envoy, workers=args.check_workers)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     try:
-        app = Meshpilot(serve_settings(args))
-    except (PluginError, XdsSecurityError, CaError) as e:
-        print(e, file=sys.stderr)
+        check = prepush_check(args)
+    except EnvoyError as e:
+        print(f"meshpilot serve: the pre-push check needs Envoy: {e}; or pass "
+              f"--no-prepush-check", file=sys.stderr)
         return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(app.run_forever())
-    return 0
+    try:
+        try:
+            app = Meshpilot(serve_settings(args), resource_check=check)
+        except (PluginError, XdsSecurityError, CaError) as e:
+            print(e, file=sys.stderr)
+            return 2
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(app.run_forever())
+        return 0
+    finally:
+        if check is not None:
+            check.close()  # the validate runs waiting for a bootstrap
 
 
 def _load(policy: str, allowed_files: list[str]) -> Model | None:
@@ -127,10 +157,39 @@ def cmd_validate(args: argparse.Namespace) -> int:
     model = _load(args.policy, args.allow_files_from)
     if model is None:
         return 1
+    if args.envoy:
+        refused = _envoy_check(model, args.check_envoy)
+        if refused is None:
+            return 2
+        if refused:
+            for issue in refused:
+                print(issue, file=sys.stderr)
+            print(f"{len(refused)} problem(s) Envoy refuses; nothing would be applied",
+                  file=sys.stderr)
+            return 1
     print(f"ok: {len(model.files)} file(s): {len(model.services)} service(s), "
           f"{len(model.gateways)} gateway(s), {len(model.routes)} route(s), "
           f"{len(model.raw)} raw resource(s)")
     return 0
+
+
+def _envoy_check(model: Model, envoy: str | None) -> list[PolicyIssue] | None:
+    """What Envoy refuses of every Gateway's and sidecar's view (the pre-push check of serve,
+    on everything); None after printing why it cannot check."""
+    try:
+        validator = EnvoyValidator(envoy)
+    except EnvoyError as e:
+        print(f"meshpilot validate --envoy: {e}", file=sys.stderr)
+        return None
+    try:
+        translation = Translation(model)
+        snapshots = [(None, translation.snapshot(view)) for view in sorted(views_of(model))]
+        return list(PrePush(validator).issues(model, snapshots))
+    except (PolicyError, CheckFailed) as e:
+        print(f"meshpilot validate --envoy: {e}", file=sys.stderr)
+        return None
+    finally:
+        validator.close()
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -228,6 +287,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"policy {policy['path']}: {'ok' if policy['ok'] else 'REJECTED'}")
     for line in policy["errors"]:
         print(f"  {line}")
+    _print_prepush(status.get("prepush"))
+    for line in status.get("edits", {}).get("lines", []):
+        print(line)
     print(f"{'NODE':24} {'VIEW':16} {'VARIANT':12} {'TYPE':10} {'STATUS':9} {'SENT':17} ACKED")
     for p in proxies:
         for short, t in sorted(p["types"].items()):
@@ -236,8 +298,50 @@ def cmd_status(args: argparse.Namespace) -> int:
             if t["last_rejection"]:
                 print(f"{'':24} rejected {t['last_rejection']['version']}: "
                       f"{t['last_rejection']['message']}")
+            for held in t.get("held_back", []):
+                where = f" ({held['origin']})" if held.get("origin") else ""
+                print(f"{'':24} held back {short} {held['name']!r}{where}: {held['message']}")
     return 0 if policy["ok"] and not any(
-        t["status"] == "NACKED" for p in proxies for t in p["types"].values()) else 1
+        t["status"] in ("NACKED", "HELD") for p in proxies for t in p["types"].values()) else 1
+
+
+def _print_prepush(prepush: dict[str, Any] | None) -> None:
+    if not prepush:
+        return
+    builds = ", ".join(prepush.get("connected_envoy_versions", [])) or "none connected"
+    if not prepush.get("enabled"):
+        print(f"pre-push check: off (connected Envoys: {builds})")
+        return
+    print(f"pre-push check: Envoy {prepush.get('envoy_version') or '?'}, "
+          f"{prepush.get('resources_checked', 0)} resource(s) checked, "
+          f"{prepush.get('refused', 0)} refused (connected Envoys: {builds})")
+    differing = prepush.get("differing_envoy_versions") or []
+    if differing:
+        print(f"  NOTE: connected Envoys of build {', '.join(differing)} differ from the "
+              "validator's: they may judge some resources differently (NACKs are contained)")
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    folder = Path(args.policy)
+    allowed = [Path(d) for d in args.allow_files_from]
+    try:
+        plugins = load_plugins(args.plugin)
+        if args.against is not None:
+            against = f"folder {args.against}"
+            diffs = compare_folders(Path(args.against), folder, args.view, allowed, plugins)
+        elif args.against_git is not None:
+            against = f"git revision {args.against_git}"
+            diffs = compare_git(folder, args.against_git, args.view, allowed, plugins)
+        else:
+            args.admin_address = args.admin_address or "127.0.0.1:18001"
+            admin = admin_client(args)
+            against = f"the server at {args.admin_address}"
+            diffs = compare_server(admin, folder, args.view, allowed, plugins)
+    except (DiffError, AdminError, PluginError) as e:
+        print(f"meshpilot diff: {e}", file=sys.stderr)
+        return 2
+    print(report(diffs, against), end="")
+    return 1 if any(diffs) else 0
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -346,12 +450,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strict: a node's cluster (its view) must be an identity its client "
                         "certificate proves (SPIFFE sa name, else DNS SAN, else CN), or the "
                         "stream is refused. Default: strict with --xds-client-ca, else off")
+    p.add_argument("--no-prepush-check", action="store_true",
+                   help="push what a reload changes without checking it with `envoy --mode "
+                        "validate` first (docs/operations.md); a NACK is then contained")
+    p.add_argument("--check-envoy", metavar="PATH", default=None,
+                   help="the Envoy binary of the pre-push check (default: $MESHPILOT_ENVOY, "
+                        "the envoy beside this Python, then PATH)")
+    p.add_argument("--check-workers", type=int, default=2, metavar="N",
+                   help="pre-push checks run side by side (2)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("validate", help="check a policy folder; print every problem")
     p.add_argument("policy")
     _allow_files_from(p)
+    p.add_argument("--envoy", action="store_true",
+                   help="also check every Gateway's and sidecar's resources with Envoy itself "
+                        "(envoy --mode validate), as serve does before it pushes a change")
+    p.add_argument("--check-envoy", metavar="PATH", default=None,
+                   help="with --envoy: the Envoy binary (default: as for serve)")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("render", help="print the Envoy resources one view would receive")
@@ -408,6 +525,27 @@ def build_parser() -> argparse.ArgumentParser:
     _admin_client_arguments(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("diff", help="what applying a policy folder would change in Envoy terms, "
+                                     "per view; exit 1 if anything, 0 if nothing, 2 on error")
+    p.add_argument("policy", help="the policy folder (or file) to apply")
+    against = p.add_mutually_exclusive_group()
+    against.add_argument("--server", dest="admin_address", type=_address, nargs="?",
+                         const="127.0.0.1:18001", default=None, metavar="ADMIN_ADDRESS",
+                         help="against the running server, through its admin API (the "
+                              "default, at 127.0.0.1:18001), as an operator")
+    against.add_argument("--against", metavar="DIR", default=None,
+                         help="against another policy folder")
+    against.add_argument("--against-git", metavar="REV", default=None,
+                         help="against the folder as it is in git revision REV (HEAD, main, ...)")
+    p.add_argument("--view", action="append", default=[], metavar="VIEW",
+                   help="compare this view too (a node cluster); every Gateway and sidecar "
+                        "Service, and the server's views, are compared anyway")
+    _allow_files_from(p)
+    p.add_argument("--plugin", action="append", default=[], metavar="NAME",
+                   help="as for serve: include this plugin's resources")
+    _admin_client_arguments(p)
+    p.set_defaults(func=cmd_diff)
 
     p = sub.add_parser("token", help="issue tokens for the admin API and xDS; rotate their key")
     token = p.add_subparsers(dest="token_command", required=True)

@@ -18,6 +18,7 @@ from meshpilot.ir.model import Model
 from meshpilot.local.bootstrap import render_bootstrap
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.local.envoy_process import EnvoyProcess
+from meshpilot.local.validator import EnvoyValidator
 from meshpilot.runtime.app import Meshpilot, Settings, until_terminated
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -74,9 +75,11 @@ async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_add
                  state_dir: Path | None = Path(".meshpilot")) -> None:
     """Secure as `meshpilot serve` is by default: the Envoy reaches xDS over TLS, trusting the
     mesh CA, with a node token for its view (both kept in `state_dir`, so `meshpilot status`
-    and `meshpilot token` work beside it)."""
+    and `meshpilot token` work beside it), and with the pre-push check of the same Envoy."""
+    check = EnvoyValidator(envoy_path)
     mp = Meshpilot(Settings(policy=policy, xds_address=xds_address, admin_address=admin_address,
-                            state_dir=state_dir))
+                            state_dir=state_dir),
+                   resource_check=check)
     backends: list[EchoServer] = []
     envoy: EnvoyProcess | None = None
     with tempfile.TemporaryDirectory(prefix="meshpilot-up-") as work:
@@ -109,6 +112,7 @@ async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_add
             if envoy is not None:
                 await asyncio.to_thread(envoy.stop)
             await mp.stop()
+            check.close()
             for backend in backends:
                 with contextlib.suppress(Exception):
                     backend.stop()

@@ -46,6 +46,8 @@ class AdminSources:
     admin_hosts: tuple[str, ...] = ()  # --admin-host: more names the Host header may carry
     # The opt-outs in force (--insecure-admin, ...), one sentence each: /readyz shows them.
     warnings: Callable[[], Sequence[str]] = field(default=lambda: ())
+    # More of /debug/status: the pre-push check, the newest edits' convergence.
+    status_extra: Callable[[], dict[str, Any]] = field(default=lambda: {})
 
 
 # Who may call what without an operator token (admin_guard); every other route needs one.
@@ -93,6 +95,7 @@ def make_app(sources: AdminSources) -> web.Application:
                       for v in cache.all_views()},
             "proxies": len(sources.proxies.describe()),
             **sources.addresses(),
+            **sources.status_extra(),
         })
 
     @routes.get("/debug/config_dump")

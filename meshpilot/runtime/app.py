@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -25,9 +26,12 @@ from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.runtime.admin import AdminSources, make_app
 from meshpilot.runtime.admin_guard import HostRules
 from meshpilot.runtime.controller import Controller
+from meshpilot.runtime.convergence import Convergence
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
+from meshpilot.runtime.prepush import PrePush, ResourceCheck
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
+from meshpilot.translators.provenance import origins_of
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
 from meshpilot.xds.security import (
@@ -133,13 +137,17 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Meshpilot:
-    def __init__(self, settings: Settings, plugins: Iterable[object] = ()):
+    def __init__(self, settings: Settings, plugins: Iterable[object] = (),
+                 resource_check: ResourceCheck | None = None):
         """`plugins`: plugin objects or functions, run after those named in `settings`. A named
-        plugin that is not installed or fails to import raises `PluginError` here."""
+        plugin that is not installed or fails to import raises `PluginError` here.
+        `resource_check`: Envoy's own check of what each reload changes, before it is pushed
+        (`meshpilot.local.validator.EnvoyValidator`, which `meshpilot serve` passes unless
+        --no-prepush-check); None: pushed unchecked, Envoys' NACKs are contained instead."""
         self.settings = settings
         self.metrics = Metrics()
         self.cache = SnapshotCache()
-        self.registry = ProxyRegistry()
+        self.registry = ProxyRegistry(locate=self.locate)
         self.endpoints = EndpointRegistry()  # discovered instances (registrations, Docker)
         # The mesh CA: workload certificates per view, renewed by `_rotate_certificates`.
         # Signs and checks the operator, registration and node tokens (ca/tokens.py).
@@ -155,7 +163,9 @@ class Meshpilot:
                                      plugins=[*load_plugins(settings.plugins), *plugins],
                                      endpoints=self.endpoints,
                                      identities=self.identities,
-                                     allowed_files=settings.allowed_files)
+                                     allowed_files=settings.allowed_files,
+                                     prepush=(PrePush(resource_check)
+                                              if resource_check is not None else None))
         self.docker: DockerSource | None = None
         if settings.docker:
             self.docker = DockerSource(self.endpoints, network=settings.docker_network)
@@ -175,16 +185,23 @@ class Meshpilot:
         if not settings.insecure_xds and tls is None:
             self.xds_self_issued = self._issue_xds_certificate()
         self.xds_auth, authorize = self._xds_authorization()
+        # Each edit's convergence, from its first file event to the last Envoy's ACK.
+        self.convergence = Convergence(self.metrics.edit_convergence, clock=time.monotonic)
+        self._edit_started: float | None = None  # the pending reload's first file event
+        self.controller.on_applied = self._edit_applied
         self.xds = XdsServer(self.cache, registry=self.registry, metrics=self.metrics,
                              control_plane_id=settings.control_plane_id,
                              authorize=authorize,
-                             request_view=self.controller.views.snapshot_of)
+                             request_view=self.controller.views.snapshot_of,
+                             on_settled=self.convergence.settled,
+                             on_closed=self.convergence.closed)
         self.serving = False
         self.xds_address = settings.xds_address
         self.admin_address = settings.admin_address
         self._grpc: grpc.aio.Server | None = None
         self._admin: web.AppRunner | None = None
         self._watcher: PolicyWatcher | None = None
+        self._debouncer: Debouncer | None = None
         self._tasks: set[asyncio.Task[bool]] = set()
 
     def write_node_credentials(self) -> None:
@@ -243,8 +260,9 @@ class Meshpilot:
             self.admin_address = f"{host}:{sockets[0].getsockname()[1]}"
 
         if self.settings.watch:
-            debouncer = Debouncer(self._schedule_reload, quiet=self.settings.debounce_quiet,
-                                  max_wait=self.settings.debounce_max, loop=loop)
+            debouncer = self._debouncer = Debouncer(
+                self._schedule_reload, quiet=self.settings.debounce_quiet,
+                max_wait=self.settings.debounce_max, loop=loop)
             self._watcher = PolicyWatcher(self.settings.policy, debouncer, loop)
             self._watcher.start()
             self._watch_tls_files()
@@ -315,7 +333,34 @@ class Meshpilot:
             cache=self.cache, snapshot_of=self.snapshot_of, proxies=self.registry,
             endpoints=self.endpoints, metrics=self.metrics.registry,
             tokens=None if self.settings.insecure_admin else self.tokens,
-            admin_hosts=self.settings.admin_hosts, warnings=self.admin_warnings)
+            admin_hosts=self.settings.admin_hosts, warnings=self.admin_warnings,
+            status_extra=lambda: {"prepush": self.prepush_status(),
+                                  "edits": self.convergence.describe()})
+
+    def locate(self, view: str, type_url: str, name: str) -> str | None:
+        """Where the serving policy made the view's resource: "file:line:col: Kind name:
+        field", for status; None if nothing in it did (a plugin's, a CA identity)."""
+        model = self.controller.model
+        origins = origins_of(model, view, type_url, name) if model is not None else ()
+        if not origins:
+            return None
+        first = origins[0]
+        return ": ".join(part for part in (
+            str(first.position), f"{first.kind} {first.name}" if first.name else first.kind,
+            first.field) if part)
+
+    def prepush_status(self) -> dict[str, Any]:
+        """The pre-push check's record, and the Envoy builds connected beside the validator's:
+        a check by another build than the fleet's may judge differently."""
+        prepush = self.controller.prepush
+        builds = sorted({p["envoy_version"] for p in self.registry.describe()
+                         if p["envoy_version"]})
+        if prepush is None:
+            return {"enabled": False, "connected_envoy_versions": builds}
+        out = prepush.status.describe()
+        out["connected_envoy_versions"] = builds
+        out["differing_envoy_versions"] = [b for b in builds if b != out["envoy_version"]]
+        return out
 
     async def snapshot_of(self, view: str) -> Snapshot | None:
         """The view's snapshot, built (on a worker thread) if no one asked for it yet; None
@@ -324,10 +369,29 @@ class Meshpilot:
         return await self.controller.views.snapshot_of(view)
 
     def _schedule_reload(self) -> None:
+        started = self._debouncer.fired_burst_started if self._debouncer else None
+        if started is not None:  # a reload coalescing several bursts: from the first
+            self._edit_started = min(started, self._edit_started or started)
         task = asyncio.get_running_loop().create_task(self.controller.reload_async())
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._watch_tls_files())
+        task.add_done_callback(self._reload_done)
+
+    def _reload_done(self, _: asyncio.Task[bool]) -> None:
+        if not self.controller.reloading:  # refused, or changed nothing: no edit to follow
+            self._edit_started = None
+
+    def _edit_applied(self, changed: list[Snapshot]) -> None:
+        """A reload put `changed` in the cache (on the loop): an edit, if file events began it."""
+        started, self._edit_started = self._edit_started, None
+        if started is None:
+            return  # the first load, at start
+        edit = self.convergence.applied(started, changed, self.registry.connections())
+        if edit is not None:
+            log.info("edit %s applied %.0f ms after its file event, to %d Envoy(s) of %s",
+                     edit.id, (edit.applied - started) * 1000, len(edit.targets),
+                     ", ".join(edit.views))
 
     def _watch_tls_files(self) -> None:
         """Certificates and keys live outside the policy folder: watch the ones the newest load

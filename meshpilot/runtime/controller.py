@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.inputs.loader import PolicyLoader
 from meshpilot.ir.model import Model
 from meshpilot.runtime.metrics import Metrics
+from meshpilot.runtime.prepush import CheckFailed, PrePush
 from meshpilot.runtime.views import ViewBuilds
 from meshpilot.translators import Translation
 from meshpilot.translators.mtls import IdentitySource
@@ -77,8 +78,10 @@ class Controller:
                  metrics: Metrics | None = None, plugins: Iterable[Plugin | object] = (),
                  endpoints: EndpointRegistry | None = None,
                  identities: IdentitySource | None = None,
-                 allowed_files: Iterable[Path] = ()):
-        """`allowed_files`: folders besides the policy folder the policy may name files in."""
+                 allowed_files: Iterable[Path] = (), prepush: PrePush | None = None):
+        """`allowed_files`: folders besides the policy folder the policy may name files in.
+        `prepush`: Envoy's own check of what each reload changes (runtime/prepush.py); a
+        refusal rejects the reload like any policy error. None: no check."""
         self.policy_path = Path(policy_path)
         # Keeps each file's parse between reloads: only changed files are parsed again.
         self.loader = PolicyLoader(self.policy_path, allowed_files)
@@ -88,6 +91,9 @@ class Controller:
         self.cache = cache
         self.metrics = metrics or Metrics()
         self.status = PolicyStatus(str(self.policy_path))
+        self.prepush = prepush
+        # Called on the loop with the snapshots a successful reload changed (convergence).
+        self.on_applied: Callable[[list[Snapshot]], None] | None = None
         self.model: Model | None = None
         self.translation: Translation | None = None
         # Counts changes of `translation` or of the snapshots made from it: a view built on
@@ -103,6 +109,11 @@ class Controller:
         self._endpoints_lock = asyncio.Lock()
         self._endpoint_tasks: set[asyncio.Task[None]] = set()
         self._sources_seen: set[str] = set()
+
+    @property
+    def reloading(self) -> bool:
+        """A reload is being prepared or applied (`reload_async`)."""
+        return self._reloading
 
     @property
     def ready(self) -> bool:
@@ -147,10 +158,31 @@ class Controller:
                                       identities=self.identities, previous=self.translation)
             snapshots = [translation.snapshot(view, previous=self.cache.get(view))
                          for view in views]
+            self._check(model, [(self.cache.get(s.view), s) for s in snapshots])
         except PolicyError as e:  # PluginError too: a plugin failing refuses the whole reload
             return _Prepared(issues=e.issues)
         return _Prepared(model=model, translation=translation, snapshots=snapshots,
                          seconds=time.perf_counter() - started)
+
+    def _check(self, model: Model, pairs: list[tuple[Snapshot | None, Snapshot]]) -> None:
+        """Envoy's check of what `pairs` (serving, new snapshot) change: PolicyError at the
+        positions that built what it refuses, or if it cannot check (nothing unchecked is
+        pushed)."""
+        if self.prepush is None:
+            return
+        try:
+            issues = self.prepush.issues(model, pairs)
+        except CheckFailed as e:
+            raise PolicyError([PolicyIssue(str(e))]) from e
+        if issues:
+            raise PolicyError(issues)
+
+    def build_view(self, translation: Translation, view: str) -> Snapshot:
+        """A view first asked for after a reload, built from `translation` and checked like a
+        reload (PolicyError if Envoy refuses any of it): for `ViewBuilds`, on a worker thread."""
+        snapshot = translation.snapshot(view)
+        self._check(translation.model, [(None, snapshot)])
+        return snapshot
 
     def _load(self) -> Model:
         """The policy (`PolicyLoader`: what `load_policy` gives, parsing changed files only),
@@ -175,8 +207,9 @@ class Controller:
         self.translation = prepared.translation
         self.generation += 1
         self.status.error = []  # before building views: one failing to build reports here
-        for snapshot in prepared.snapshots:
-            self.cache.set(snapshot)
+        changed = [snapshot for snapshot in prepared.snapshots if self.cache.set(snapshot)]
+        if self.on_applied is not None:
+            self.on_applied(changed)
         self.metrics.views.set(len(self.cache.views()))
         self.metrics.snapshot_builds.observe(prepared.seconds)
         self.model = prepared.model
@@ -337,7 +370,7 @@ class Controller:
         if found is not None or self.translation is None:
             return found
         try:
-            snapshot = self.translation.snapshot(view)
+            snapshot = self.build_view(self.translation, view)
         except PolicyError as e:
             self.view_failed(view, e)
             raise

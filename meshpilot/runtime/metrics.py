@@ -27,6 +27,10 @@ class Metrics(XdsMetrics):
                                          registry=r,
                                          buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
                                                   5, 10))
+        self.edit_convergence = Histogram(
+            "meshpilot_edit_convergence_seconds",
+            "Per policy edit: from the first file event to the last connected Envoy's ACK",
+            registry=r, buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60))
         self.views = Gauge("meshpilot_views", "Views with a snapshot", registry=r)
         self.discovered_instances = Gauge("meshpilot_discovered_instances",
                                           "Discovered service instances, by source",

@@ -39,6 +39,10 @@ class Serving(Protocol):
     def view_failed(self, view: str, error: PolicyError) -> None:
         """Report a view that cannot be built (shown in /debug/status); on the event loop."""
 
+    def build_view(self, translation: Translation, view: str) -> Snapshot:
+        """The view's snapshot from `translation`, checked as a reload is (PolicyError if it
+        cannot be served); called on a worker thread."""
+
 
 class ViewBuilds:
     def __init__(self, serving: Serving, cache: SnapshotCache):
@@ -97,7 +101,7 @@ class ViewBuilds:
                 return found
             generation = self.serving.generation
             try:
-                snapshot = await asyncio.to_thread(translation.snapshot, view)
+                snapshot = await asyncio.to_thread(self.serving.build_view, translation, view)
             except PolicyError as e:
                 if self.serving.generation != generation:
                     continue  # failed on a state that is no longer served: try the newest

@@ -29,6 +29,8 @@ class Debouncer:
         self._loop = loop
         self._first: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        # The loop time of the first event of the burst that fired last (convergence).
+        self.fired_burst_started: float | None = None
 
     def poke(self) -> None:
         now = self._loop.time()
@@ -40,6 +42,7 @@ class Debouncer:
         self._timer = self._loop.call_at(deadline, self._run)
 
     def _run(self) -> None:
+        self.fired_burst_started = self._first
         self._first = None
         self._timer = None
         self._fire()

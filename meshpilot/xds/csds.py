@@ -60,6 +60,9 @@ def client_config(conn: Connection, *, include_contents: bool = True) -> Any:
         newest = snapshot.get(type_url) if snapshot else None
         rejection = state.rejection
         nacked = rejection is not None and rejection.version == state.sent_version
+        # Resources Envoy refused and is held back from: it keeps (and is sent) its previous
+        # version, shown NACKED with the refused version and Envoy's message.
+        held_back = {held.name: held for held in state.held_now}
         for name, held in state.known.items():
             entry = config.generic_xds_configs.add(type_url=type_url, name=name,
                                                    version_info=held.version)
@@ -67,20 +70,31 @@ def client_config(conn: Connection, *, include_contents: bool = True) -> Any:
             # replaced by its fingerprint: a change still shows, the value never leaves.
             if include_contents and isinstance(held, Resource):
                 entry.xds_config.Pack(redacted(message_of(held)))
+            refused = held_back.pop(name, None)
+            if refused is not None:
+                _refused(entry, refused.message, refused.version)
+                continue
             if state.in_flight:
                 entry.client_status = dump.REQUESTED
             elif nacked:
-                entry.client_status = dump.NACKED
-                entry.error_state.details = rejection.message  # type: ignore[union-attr]
-                entry.error_state.version_info = rejection.version  # type: ignore[union-attr]
+                _refused(entry, rejection.message, rejection.version)  # type: ignore[union-attr]
+                continue
             else:
                 entry.client_status = dump.ACKED
             fresh = newest.get(name) if newest is not None else None
             entry.config_status = (csds_pb2.SYNCED if fresh is not None
                                    and fresh.version == held.version else csds_pb2.STALE)
-            if nacked:
-                entry.config_status = csds_pb2.ERROR
+        for name, refused in held_back.items():  # refused, and never held by the client
+            entry = config.generic_xds_configs.add(type_url=type_url, name=name)
+            _refused(entry, refused.message, refused.version)
     return config
+
+
+def _refused(entry: Any, message: str, version: str) -> None:
+    entry.client_status = dump.NACKED
+    entry.error_state.details = message
+    entry.error_state.version_info = version
+    entry.config_status = csds_pb2.ERROR
 
 
 class ClientStatusService(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):

@@ -23,9 +23,14 @@ def message_of(resource: Resource) -> Message:
 
 
 def to_dict(resource: Resource) -> dict[str, Any]:
-    message = redacted(message_of(resource))
+    return message_to_dict(redacted(message_of(resource)))
+
+
+def message_to_dict(message: Message) -> dict[str, Any]:
+    """A message as `to_dict` renders it (fields in declaration order, maps sorted), as is:
+    redact first where it may hold secrets."""
     data = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return _plain(_sort_maps(message, data))
+    return _plain(_sort_maps(message, data))  # type: ignore[no-any-return]
 
 
 def _plain(value: Any) -> Any:

@@ -21,7 +21,7 @@ from meshpilot.base import types
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.status import Connection, ProxyRegistry
-from meshpilot.xds.stream import ProtocolError, RequestKind, XdsStream
+from meshpilot.xds.stream import HeldResources, ProtocolError, RequestKind, XdsStream
 
 log = logging.getLogger("meshpilot.xds")
 
@@ -107,11 +107,15 @@ class XdsServer:
                  metrics: XdsMetrics | None = None, view_of: ViewOf = view_of_node_cluster,
                  control_plane_id: str = "meshpilot",
                  on_nack: Callable[[Connection, str, str], None] | None = None,
-                 authorize: Authorize | None = None, request_view: RequestView | None = None):
+                 authorize: Authorize | None = None, request_view: RequestView | None = None,
+                 on_settled: Callable[[Connection], None] | None = None,
+                 on_closed: Callable[[Connection], None] | None = None):
         """`authorize(node, view, context)`: None lets a stream have that view, a string refuses
         it (PERMISSION_DENIED with that text); see `meshpilot.xds.security.IdentityCheck`.
         `request_view(view)`: builds a view that has no snapshot yet (the runtime translates it,
-        off the event loop); without it, a stream waits until its view's snapshot is set."""
+        off the event loop); without it, a stream waits until its view's snapshot is set.
+        `on_settled(conn)`: the stream is idle (nothing in flight, nothing to send) on its
+        snapshot, after an input; `on_closed(conn)`: it ended (the runtime's convergence)."""
         self.cache = cache
         self.registry = registry or ProxyRegistry()
         self.metrics = metrics or XdsMetrics()
@@ -120,6 +124,10 @@ class XdsServer:
         self.on_nack = on_nack
         self.authorize = authorize
         self.request_view = request_view
+        self.on_settled = on_settled
+        self.on_closed = on_closed
+        # Resource versions an Envoy refused: no stream of this server sends them again.
+        self.held = HeldResources()
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         out = []
@@ -140,7 +148,7 @@ class XdsServer:
     def _handler(self, *, delta: bool, type_url: str | None):
         async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
             stream = XdsStream(delta=delta, ads=type_url is None, type_url=type_url,
-                               control_plane_id=self.control_plane_id)
+                               control_plane_id=self.control_plane_id, held=self.held)
             async for payload in self._serve(stream, requests, context):
                 yield _Box(payload)
                 # Between pushes, hold no reference to the last response: with 5,000 clusters
@@ -216,6 +224,10 @@ class XdsServer:
                         log.info("%s connected: node %r view %r (%s)", conn.peer,
                                  conn.node_id, conn.view, variant)
                 outbound = stream.responses(time.time())
+                if not outbound and self.on_settled is not None and \
+                        stream.snapshot is not None and \
+                        not any(s.in_flight for s in stream.types.values()):
+                    self.on_settled(conn)
                 # While waiting for the next input, hold nothing of this round: neither the last
                 # requests nor the responses (each may be ~0.5 MiB with thousands of clusters).
                 del batch, item
@@ -234,6 +246,8 @@ class XdsServer:
             if unwatch is not None:
                 unwatch()
             self.registry.close(conn)
+            if self.on_closed is not None:
+                self.on_closed(conn)
             self.metrics.connected.labels(variant).dec()
             if conn.view is not None:
                 log.info("%s disconnected: node %r", conn.peer, conn.node_id)
@@ -250,5 +264,10 @@ class XdsServer:
             message = rejection.message if rejection else ""
             log.warning("node %r rejected %s version %s: %s", conn.node_id, short,
                         rejection.version if rejection else "?", message)
+            for name in sorted({h.name for h in self.held.all() if h.type_url == type_url
+                                and h.message == message}):
+                where = self.registry.locate(conn.view or "", type_url, name)
+                log.warning("  held back: %s %r%s", short, name,
+                            f", from {where}" if where else "")
             if self.on_nack is not None:
                 self.on_nack(conn, type_url, message)

@@ -4,11 +4,20 @@ rejected (with Envoy's own message). Read by the admin API, CSDS and `meshpilot 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from meshpilot.base import types
 from meshpilot.xds.stream import XdsStream
+
+# (view, type URL, resource name) -> where in the policy it came from ("edge.yaml:3:5:
+# EnvoyResources e2e: clusters[1]"), or None: the runtime's provenance, for status.
+Locate = Callable[[str, str, str], "str | None"]
+
+
+def _nowhere(view: str, type_url: str, name: str) -> str | None:
+    return None
 
 
 @dataclass(eq=False)
@@ -19,6 +28,7 @@ class Connection:
     connected_at: float
     view: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    locate: Locate = _nowhere
 
     @property
     def node_id(self) -> str:
@@ -67,6 +77,12 @@ class Connection:
                     "version": rejection.version, "nonce": rejection.nonce,
                     "message": rejection.message, "code": rejection.code, "at": rejection.at,
                 },
+                # Refused resources this Envoy is sent its previous version of (or none).
+                "held_back": [{
+                    "name": held.name, "version": held.version, "message": held.message,
+                    "refused_by": held.node, "at": held.at,
+                    "origin": self.locate(self.view or "", type_url, held.name),
+                } for held in state.held_now],
             }
         return out
 
@@ -79,14 +95,19 @@ def _envoy_version(node: Any) -> str | None:
 
 
 class ProxyRegistry:
-    def __init__(self) -> None:
+    def __init__(self, locate: Locate = _nowhere) -> None:
+        """`locate`: where a resource came from in the policy (shown with held-back ones)."""
         self._connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
+        self.locate = locate
 
     def open(self, stream: XdsStream, peer: str, now: float) -> Connection:
-        conn = Connection(next(self._ids), stream, peer, now)
+        conn = Connection(next(self._ids), stream, peer, now, locate=self._locate)
         self._connections[conn.id] = conn
         return conn
+
+    def _locate(self, view: str, type_url: str, name: str) -> str | None:
+        return self.locate(view, type_url, name)
 
     def close(self, conn: Connection) -> None:
         self._connections.pop(conn.id, None)

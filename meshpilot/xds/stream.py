@@ -28,12 +28,20 @@ ACK/NACK record. `responses()` plans, for every type the client has opened, what
 - Versions are content hashes: a reconnecting client whose SotW `version_info` (or delta
   `initial_resource_versions`) matches the snapshot is sent nothing.
 - Stale nonces (SotW) are ignored; the client repeats its interest with the newest nonce.
+- A NACK is contained to what Envoy refused: the resources of the rejected response that Envoy's
+  message names (else the ones that response changed) are held back, by content version, in
+  `HeldResources` (shared by every stream of a server): in their place the client is sent the
+  version it last acknowledged (nothing, if it never had one), at once, so the rest of the
+  change goes out and is acknowledged, and no stream is sent that content again. A new version
+  of the resource (its input changed) is sent as usual.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Collection, Mapping
+import re
+from collections import OrderedDict
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +87,56 @@ class Rejection:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A resource version an Envoy refused: held back from every stream until it changes."""
+
+    type_url: str
+    name: str
+    version: str
+    message: str  # Envoy's
+    node: str  # the node that refused it first
+    at: float
+
+
+class HeldResources:
+    """Resource versions Envoys refused, by (type URL, name, version): what no stream sends
+    again.
+
+    Shared by the streams of one server (one instance each otherwise); bounded, oldest
+    forgotten first. An entry stops mattering once the resource's content changes: it is
+    matched by version, so a new version is sent as usual (and two views holding different
+    contents under one name are held apart)."""
+
+    def __init__(self, limit: int = 10_000):
+        self.limit = limit
+        self._held: OrderedDict[tuple[str, str, str], Held] = OrderedDict()
+        self._by_type: dict[str, dict[str, dict[str, Held]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
+    def hold(self, held: Held) -> None:
+        key = (held.type_url, held.name, held.version)
+        if key in self._held:
+            return  # the first refusal is kept (its node, its time)
+        self._held[key] = held
+        self._by_type.setdefault(held.type_url, {}).setdefault(held.name, {})[held.version] = held
+        while len(self._held) > self.limit:
+            (type_url, name, version), _ = self._held.popitem(last=False)
+            versions = self._by_type[type_url][name]
+            versions.pop(version, None)
+            if not versions:
+                del self._by_type[type_url][name]
+
+    def of_type(self, type_url: str) -> Mapping[str, Mapping[str, Held]]:
+        """name -> version -> Held, for one type."""
+        return self._by_type.get(type_url, {})
+
+    def all(self) -> list[Held]:
+        return list(self._held.values())
+
+
 @dataclass(slots=True)
 class _Claimed:
     """A resource a reconnecting client says it holds, known to us only by version."""
@@ -96,6 +154,13 @@ class TypeState:
     names: frozenset[str] = frozenset()
     known: Mapping[str, Resource | _Claimed] = field(default_factory=dict)
     known_shared: bool = False  # `known` is a snapshot's map: copy before changing it
+    # What the client last acknowledged holding (`known` at its newest ACK): what a refused
+    # resource is replaced by.
+    acked: Mapping[str, Resource | _Claimed] = field(default_factory=dict)
+    # Names whose content the newest response changed (a NACK of it is about these).
+    last_changed: tuple[str, ...] = ()
+    # Refused resources the newest plan replaced by the client's acknowledged version.
+    held_now: tuple[Held, ...] = ()
     client_version: str | None = None  # SotW version_info of the first request (reconnects)
     claimed: bool = False  # delta: the first request listed initial_resource_versions
     # Those versions, until the first plan compares them with the snapshot (name -> version).
@@ -124,7 +189,7 @@ class TypeState:
             return "SYNCED" if self.acked_version else "NOT_SENT"
         if self.rejection is not None and self.rejection.version == self.sent_version:
             return "NACKED"
-        return "SYNCED"
+        return "HELD" if self.held_now else "SYNCED"
 
     def _own_known(self) -> dict[str, Resource | _Claimed]:
         if self.known_shared or not isinstance(self.known, dict):
@@ -155,9 +220,12 @@ class XdsStream:
     """One Envoy's xDS stream: SotW or delta, aggregated (ADS) or for a single type."""
 
     def __init__(self, *, delta: bool, ads: bool, type_url: str | None = None,
-                 control_plane_id: str = "meshpilot"):
+                 control_plane_id: str = "meshpilot", held: HeldResources | None = None):
+        """`held`: the refused resource versions no stream sends again, shared by a server's
+        streams (a new one of this stream's own by default)."""
         if not ads and type_url is None:
             raise ValueError("a non-ADS stream serves exactly one type_url")
+        self.held = held if held is not None else HeldResources()
         self.delta = delta
         self.ads = ads
         self.only_type = type_url
@@ -282,13 +350,20 @@ class XdsStream:
         state.in_flight = False
         if request.HasField("error_detail"):
             state.nacks += 1
+            message = request.error_detail.message
             state.rejection = Rejection(version=state.sent_version, nonce=state.nonce or "",
-                                        message=request.error_detail.message,
+                                        message=message,
                                         code=request.error_detail.code, at=now)
+            node = self.node.id if self.node is not None else ""
+            for name in refused_names(state.last_changed, message):
+                sent = state.known.get(name)
+                if sent is not None:
+                    self.held.hold(Held(state.type_url, name, sent.version, message, node, now))
             return RequestKind.NACK
         state.acks += 1
         state.acked_version = state.sent_version
         state.acked_at = now
+        state.acked = state.known
         return RequestKind.ACK
 
     # ---- outputs ------------------------------------------------------------------------------
@@ -327,10 +402,33 @@ class XdsStream:
         if retained:
             merged = dict(base)
             merged.update(retained)
-            return merged, set_version(merged)  # type: ignore[arg-type]
+            base = merged
+        if self.held:
+            base = self._without_held(state, base)
+        elif state.held_now:
+            state.held_now = ()
         if isinstance(base, ResourceMap):
             return base, base.version
         return base, set_version(base)  # type: ignore[arg-type]
+
+    def _without_held(self, state: TypeState, base: Mapping[str, Resource | _Claimed]
+                      ) -> Mapping[str, Resource | _Claimed]:
+        """`base` with each refused resource version replaced by the one the client last
+        acknowledged, or left out if it never acknowledged one."""
+        refused = self.held.of_type(state.type_url)
+        found = [held for name, versions in refused.items()
+                 if (r := base.get(name)) is not None and (held := versions.get(r.version))]
+        state.held_now = tuple(found)
+        if not found:
+            return base
+        out = dict(base)
+        for held in found:
+            previous = state.acked.get(held.name)
+            if previous is not None and previous.version != held.version:
+                out[held.name] = previous
+            else:
+                del out[held.name]
+        return out
 
     @staticmethod
     def _covers(state: TypeState, current: ResourceMap) -> bool:
@@ -370,6 +468,7 @@ class XdsStream:
                 if state.claimed and not state.responses:
                     # A reconnecting client that holds all of it: in sync without a response.
                     state.known, state.known_shared = desired, isinstance(desired, ResourceMap)
+                    state.acked = desired
                     state.sent_version = state.acked_version = version
                 return None
             send = [desired[n] for n in changed + forced]
@@ -406,11 +505,14 @@ class XdsStream:
         else:
             state.known = {n: _Claimed(n, v) for n, v in claims.items()}
             state.known_shared = False
+        state.acked = state.known
 
     def _adopt(self, state: TypeState, desired: Mapping[str, Resource | _Claimed],
                version: str) -> None:
         state.known = desired
         state.known_shared = isinstance(desired, ResourceMap)
+        if not state.in_flight:
+            state.acked = desired
         if not state.responses and state.client_version == version:
             state.sent_version = state.acked_version = version
 
@@ -429,6 +531,8 @@ class XdsStream:
             payload = wire.sotw_response(version=plan.version, type_url=state.type_url,
                                          resources_body=body, nonce=nonce,
                                          control_plane_bytes=self._control_plane)
+        state.last_changed = (tuple(plan.changed) if full
+                              else tuple(r.name for r in plan.send))
         state.known = plan.desired
         state.known_shared = isinstance(plan.desired, ResourceMap)
         state.force.clear()
@@ -490,6 +594,16 @@ class XdsStream:
         return {n: state.known[n] for n in gone if n in still_named}
 
 
+
+
+def refused_names(changed: Iterable[str], message: str) -> list[str]:
+    """Which of the resources a response changed Envoy's NACK is about: those its message
+    names (Envoy's CDS and LDS say "Error adding/updating cluster(s) NAME: ..."), else all of
+    them (Envoy's RDS and EDS messages often name none; a response usually changes one)."""
+    changed = list(changed)
+    named = [name for name in changed
+             if re.search(rf"(?<![\w.|/\[-]){re.escape(name)}(?![\w.|/\[\]-])", message)]
+    return named or changed
 
 
 def _changed(desired: Mapping[str, Resource | _Claimed],

@@ -44,6 +44,9 @@ class FakeServing:
     def view_failed(self, view: str, error: PolicyError) -> None:
         self.failed.append(view)
 
+    def build_view(self, translation: Any, view: str) -> Snapshot:
+        return translation.snapshot(view)  # type: ignore[no-any-return]
+
 
 def clusters(snapshot: Snapshot | None) -> list[str]:
     assert snapshot is not None

@@ -133,21 +133,28 @@ async def test_sotw_ads_wildcard_ack_nack_and_stale_nonce() -> None:
         cache.set(bad)
         second = await client.recv_type(CDS)
         assert sorted(names_of(second)) == ["a", "b", "bad"]
-        message = "Proto constraint validation failed (ClusterValidationError.Name)"
+        message = "Error adding/updating cluster(s) bad: Proto constraint validation failed"
         await client.nack(second, message, version_info=first.version_info)
-        await client.expect_silence()  # the rejected version is not sent again
+        # At once, the config without the refused cluster, which is never sent again.
+        corrected = await client.recv_type(CDS)
+        assert sorted(names_of(corrected)) == ["a", "b"]
+        assert corrected.version_info == first.version_info
+        await client.ack(corrected)
+        await client.expect_silence()
         status = await eventually(lambda: (s := type_status(xds, "clusters"))
-                                  and s["status"] == "NACKED" and s, what="NACKED status")
+                                  and s["status"] == "HELD" and s, what="HELD status")
         assert status["last_rejection"]["message"] == message
         assert status["last_rejection"]["version"] == second.version_info
         assert status["version_acked"] == first.version_info
+        assert [h["name"] for h in status["held_back"]] == ["bad"]
+        assert status["held_back"][0]["message"] == message
 
         third_snapshot = world(cluster_names=["a", "b", "good"])
         cache.set(third_snapshot)
         third = await client.recv_type(CDS)
         assert third.version_info == third_snapshot.get(CDS).version
-        # A late answer to the older response (stale nonce) is ignored, even a NACK.
-        await client.nack(second, "late", version_info=first.version_info)
+        # A late answer to an older response (stale nonce) is ignored, even a NACK.
+        await client.nack(corrected, "late", version_info=first.version_info)
         await client.expect_silence()
         await eventually(lambda: metric(xds, "meshpilot_xds_stale_requests_total", "clusters") == 1,
                          what="the stale request counted")
@@ -411,15 +418,21 @@ async def test_nack_not_resent_and_visible_with_envoys_message() -> None:
         message = ("Error adding/updating listener(s) l: cannot bind '0.0.0.0:80': "
                    "Permission denied")
         await client.nack(bad, message, version_info=good.version_info)
+        # The listener as the client had it, at once; the refused one never again.
+        corrected = await client.recv_type(LDS)
+        assert corrected.version_info == good.version_info
+        await client.ack(corrected)
         await client.expect_silence()
-        await client.send(type_url=LDS, version_info=good.version_info, response_nonce=bad.nonce)
+        await client.send(type_url=LDS, version_info=good.version_info,
+                          response_nonce=corrected.nonce)
         await client.expect_silence()  # repeating interest does not bring it back either
         await eventually(lambda: nacks, what="on_nack called")
         assert nacks == [("edge-7", LDS, message)]
         status = type_status(xds, "listeners", "edge-7")
-        assert status["status"] == "NACKED"
+        assert status["status"] == "HELD"
         assert status["last_rejection"]["message"] == message
-        assert status["responses"] == 2
+        assert [h["name"] for h in status["held_back"]] == ["l"]
+        assert status["responses"] == 3
         assert metric(xds, "meshpilot_xds_nacks_total", "listeners") == 1
 
 
@@ -461,7 +474,9 @@ async def test_csds_reports_acked_and_nacked() -> None:
         assert found["envoy-ok"][("clusters", "a")].xds_config.type_url == CDS
         listener = found["envoy-bad"][("listeners", "l")]
         assert listener.error_state.details == "listener l: invalid filter chain"
-        assert listener.error_state.version_info == rejected.version_info
+        # The version of the refused resource itself (what the Envoy is held back from).
+        assert listener.error_state.version_info == world().get(LDS)["l"].version
+        assert rejected.version_info == world().get(LDS).version
         assert found["envoy-bad"][("clusters", "b")].client_status == dump.ACKED
 
         # Node matchers select one proxy; exclude_resource_contents leaves out the configs.

@@ -35,7 +35,7 @@ from xds_client import (
 
 from meshpilot.base import types
 from meshpilot.xds.snapshot import Snapshot
-from meshpilot.xds.stream import Outbound, ProtocolError, RequestKind, XdsStream
+from meshpilot.xds.stream import HeldResources, Outbound, ProtocolError, RequestKind, XdsStream
 
 VIEW = "edge"
 
@@ -125,9 +125,10 @@ class Harness:
     """One XdsStream plus a fake clock; every input returns the decoded responses it caused."""
 
     def __init__(self, snapshot: Snapshot | None = None, *, delta: bool = False,
-                 ads: bool = True, type_url: str | None = None):
+                 ads: bool = True, type_url: str | None = None,
+                 held: HeldResources | None = None):
         self.delta = delta
-        self.stream = XdsStream(delta=delta, ads=ads, type_url=type_url)
+        self.stream = XdsStream(delta=delta, ads=ads, type_url=type_url, held=held)
         self.now = 1000.0
         self.kinds: list[RequestKind] = []
         if snapshot is not None:
@@ -322,17 +323,18 @@ def test_one_response_in_flight_per_type_coalesces_changes() -> None:
 # ----- NACK, stale nonces ---------------------------------------------------------------------------
 
 
-def test_nack_is_recorded_and_the_same_version_never_resent() -> None:
+def test_nack_is_recorded_and_only_the_refused_resource_is_held_back() -> None:
     h = Harness(snapshot_of(VIEW, *clusters("a")))
     good = only(h.request(sotw(CDS)))
     h.ack(good)
-    bad_snapshot = snapshot_of(VIEW, *clusters("a", "bad"))
+    bad_snapshot = snapshot_of(VIEW, *clusters("a", "bad", "new"))
     bad = only(h.set(bad_snapshot))
-    message = "Proto constraint validation failed (ClusterValidationError.Name: too short)"
-    assert h.nack(bad, message, previous_version=good.version) == []
-    assert h.kind is RequestKind.NACK
+    message = "Error adding/updating cluster(s) bad: malformed IP address: not-an-ip"
+    # At once, the same config without the refused cluster: the rest of the edit goes out.
+    corrected = only(h.nack(bad, message, previous_version=good.version), CDS)
+    assert sorted(corrected.names) == ["a", "new"]
+    assert h.kinds[-1] is RequestKind.NACK
     state = h.state(CDS)
-    assert state.status == "NACKED"
     assert state.rejection is not None
     assert state.rejection.version == bad.version
     assert state.rejection.message == message
@@ -340,37 +342,65 @@ def test_nack_is_recorded_and_the_same_version_never_resent() -> None:
     assert state.rejection.nonce == bad.out.nonce
     assert state.acked_version == good.version, "a NACK acknowledges nothing"
     assert state.nacks == 1
+    assert state.status == "PENDING"
+    h.ack(corrected)
+    assert state.status == "HELD"
+    assert [(held.name, held.message) for held in state.held_now] == [("bad", message)]
 
     # Never re-sent: not on the same snapshot, not on the client repeating its interest.
     assert h.set(bad_snapshot) == []
-    assert h.set(snapshot_of(VIEW, *clusters("bad", "a"))) == []
-    assert h.request(sotw(CDS, version=good.version, nonce=bad.out.nonce,
+    assert h.set(snapshot_of(VIEW, *clusters("bad", "a", "new"))) == []
+    assert h.request(sotw(CDS, version=corrected.version, nonce=corrected.out.nonce,
                           with_node=False)) == []
-    assert state.responses == 2
+    assert state.responses == 3
+    # Another change goes out, still without it.
+    more = only(h.set(snapshot_of(VIEW, *clusters("a", "bad", "new", "more"))))
+    assert sorted(more.names) == ["a", "more", "new"]
+    h.ack(more)
 
-    # New content is sent, and its ACK clears the NACKED status.
-    fixed = only(h.set(snapshot_of(VIEW, *clusters("a", "fixed"))))
-    assert sorted(fixed.names) == ["a", "fixed"]
+    # New content of the refused resource is sent, and its ACK clears the HELD status.
+    fixed_bad = snapshot_of(VIEW, *clusters("a", "new"), *clusters("bad", timeout_ms=2000))
+    fixed = only(h.set(fixed_bad))
+    assert sorted(fixed.names) == ["a", "bad", "new"]
     h.ack(fixed)
     assert state.status == "SYNCED"
-    assert state.rejection is not None and state.rejection.version == bad.version
+    assert state.held_now == ()
 
 
-def test_rejected_content_is_sent_again_once_the_client_holds_something_else() -> None:
-    # The client NACKed v2, then accepted v3; the config reverts to v2's content. The client holds
-    # v3, so it must be told about v2 again (delta and named SotW types do the same).
-    v1 = snapshot_of(VIEW, *clusters("a"))
-    v2 = snapshot_of(VIEW, *clusters("a", "b"))
-    v3 = snapshot_of(VIEW, *clusters("a", "c"))
+def test_a_refused_resource_is_replaced_by_the_version_the_client_acknowledged() -> None:
+    v1 = snapshot_of(VIEW, *clusters("a", "b"))
     h = Harness(v1)
-    h.ack(only(h.request(sotw(CDS))))
-    rejected = only(h.set(v2))
-    h.nack(rejected, "no")
-    accepted = only(h.set(v3))
-    h.ack(accepted)
-    again = only(h.set(v2), CDS)
-    assert again.version == rejected.version
-    assert sorted(again.names) == ["a", "b"]
+    first = only(h.request(sotw(CDS)))
+    h.ack(first)
+    v2 = snapshot_of(VIEW, *clusters("a"), *clusters("b", timeout_ms=3000))
+    refused = only(h.set(v2))
+    back = only(h.nack(refused, "Error adding/updating cluster(s) b: no"), CDS)
+    assert back.version == first.version  # b as the client had it
+    h.ack(back)
+    # The same refused content, even after other content in between, is not sent again.
+    assert h.set(v1) == []
+    assert h.set(v2) == []
+
+
+def test_a_nack_naming_nothing_holds_back_what_the_response_changed() -> None:
+    h = Harness(snapshot_of(VIEW, *clusters("a")), delta=True)
+    h.ack(only(h.request(delta(CDS))))
+    changed = only(h.set(snapshot_of(VIEW, *clusters("a"), *clusters("b", "c", timeout_ms=4000))))
+    assert sorted(changed.names) == ["b", "c"]
+    back = only(h.nack(changed, "invalid perl operator: (?="), CDS)
+    assert sorted(back.out.removed) == ["b", "c"]
+    assert sorted(held.name for held in h.state(CDS).held_now) == ["b", "c"]
+
+
+def test_held_resources_are_shared_by_the_streams_of_a_server() -> None:
+    held = HeldResources()
+    snapshot = snapshot_of(VIEW, *clusters("a", "bad"))
+    first = Harness(snapshot, held=held)
+    refused = only(first.request(sotw(CDS)))
+    first.nack(refused, "Error adding/updating cluster(s) bad: no")
+    # An Envoy connecting afterwards never receives the refused version.
+    second = Harness(snapshot, held=held)
+    assert sorted(only(second.request(sotw(CDS))).names) == ["a"]
 
 
 def test_stale_nonce_is_ignored() -> None:
@@ -569,14 +599,17 @@ def test_delta_nack_is_recorded_and_not_resent() -> None:
     h.ack(only(h.request(delta(CDS))))
     bad_snapshot = snapshot_of(VIEW, *clusters("a", "bad"))
     bad = only(h.set(bad_snapshot))
-    assert h.nack(bad, "cluster bad: unknown field") == []
+    # The client never held `bad`: it is told at once that it is gone.
+    back = only(h.nack(bad, "cluster bad: unknown field"))
+    assert (back.names, back.removed) == ([], ["bad"])
     assert h.kind is RequestKind.NACK
-    assert h.state(CDS).status == "NACKED"
     assert h.state(CDS).rejection.message == "cluster bad: unknown field"
+    h.ack(back)
+    assert h.state(CDS).status == "HELD"
     assert h.set(bad_snapshot) == []
     fixed = only(h.set(snapshot_of(VIEW, *clusters("a", "good"))))
     assert fixed.names == ["good"]
-    assert fixed.removed == ["bad"]
+    assert fixed.removed == []
 
 
 def test_delta_stale_nonce_still_applies_the_subscription_change() -> None:
@@ -798,9 +831,27 @@ def test_status_strings() -> None:
     assert state.status == "SYNCED"
     second = only(h.set(snapshot_of(VIEW, *clusters("a", "b"))))
     assert state.status == "PENDING"
-    h.nack(second, "rejected")
-    assert state.status == "NACKED"
-    third = only(h.set(snapshot_of(VIEW, *clusters("b"))))
+    # Envoy refused b: a is sent back in its place at once (PENDING), then b is HELD back.
+    assert state.status == "PENDING"
+    corrected = only(h.nack(second, "rejected"))
+    assert state.status == "PENDING"
+    assert state.rejection is not None
+    h.ack(corrected)
+    assert state.status == "HELD"
+    third = only(h.set(snapshot_of(VIEW, *clusters("c"))))
     assert state.status == "PENDING"
     h.ack(third)
     assert state.status == "SYNCED"
+
+
+def test_held_versions_of_one_name_in_two_views_are_held_apart() -> None:
+    held = HeldResources()
+    one = Harness(snapshot_of("one", *clusters("web", timeout_ms=1000)), held=held)
+    two = Harness(snapshot_of("two", *clusters("web", timeout_ms=2000)), held=held)
+    one.nack(only(one.request(sotw(CDS))), "Error adding/updating cluster(s) web: no")
+    two.nack(only(two.request(sotw(CDS))), "Error adding/updating cluster(s) web: no")
+    assert len(held.all()) == 2
+    # Neither view's refused content is sent again, whichever was refused last.
+    for view, timeout in (("one", 1000), ("two", 2000)):
+        late = Harness(snapshot_of(view, *clusters("web", timeout_ms=timeout)), held=held)
+        assert only(late.request(sotw(CDS))).names == []
