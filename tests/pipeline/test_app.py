@@ -7,10 +7,12 @@ import asyncio
 import json
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import grpc
+import pytest
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from xds_client import XdsClient, names_of, node
 
@@ -249,28 +251,71 @@ def test_views_first_asked_for_are_built_once_off_the_event_loop(tmp_path: Path)
     asyncio.run(scenario())
 
 
-def test_debouncer_waits_for_quiet_but_not_past_max_wait() -> None:
-    async def scenario() -> tuple[list[float], list[float]]:
-        loop = asyncio.get_running_loop()
-        fired: list[float] = []
-        d = Debouncer(lambda: fired.append(loop.time()), quiet=0.05, max_wait=0.3, loop=loop)
-        start = loop.time()
-        for _ in range(5):  # a burst: one reload
-            d.poke()
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.15)
-        burst = [t - start for t in fired]
-        fired.clear()
-        start = loop.time()
-        for _ in range(30):  # never quiet: fired by max_wait, then again after the end
-            d.poke()
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.15)
-        return burst, [t - start for t in fired]
+class _Timer:
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+        self._cancelled = False
 
-    burst, endless = asyncio.run(scenario())
-    assert len(burst) == 1
-    assert len(endless) >= 2 and endless[0] < 0.5
+    def cancel(self) -> None:
+        self._cancelled = True
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+class _ManualClock:
+    """The two loop methods a Debouncer uses, on a clock the test moves: the timing is the
+    test's, not the machine's (real sleeps stretch on a loaded machine)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._timers: list[tuple[float, int, _Timer]] = []
+        self._count = 0
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _Timer:
+        handle = _Timer(callback)
+        self._count += 1
+        self._timers.append((when, self._count, handle))
+        return handle
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock, running each due timer at its own time, in order."""
+        target = self.now + seconds
+        while True:
+            due = sorted((t for t in self._timers if t[0] <= target and not t[2].cancelled()),
+                         key=lambda t: t[:2])
+            if not due:
+                break
+            when, _, handle = due[0]
+            self._timers.remove(due[0])
+            self.now = when
+            handle.callback()
+        self.now = target
+
+
+def test_debouncer_waits_for_quiet_but_not_past_max_wait() -> None:
+    clock = _ManualClock()
+    fired: list[float] = []
+    d = Debouncer(lambda: fired.append(clock.time()), quiet=0.05, max_wait=0.3,
+                  loop=clock)  # type: ignore[arg-type]
+    for _ in range(5):  # a burst, 10 ms apart: one reload, 50 ms after the last event
+        d.poke()
+        clock.advance(0.01)
+    clock.advance(0.15)
+    assert fired == [pytest.approx(0.09)]
+    assert d.fired_burst_started == 0.0
+    fired.clear()
+    start = clock.time()
+    for _ in range(30):  # never quiet for 50 ms: fired by max_wait, then after the end
+        d.poke()
+        clock.advance(0.02)
+    clock.advance(0.15)
+    # The first fire at max_wait (0.3 s); the events after it start a new burst, fired at its
+    # own max_wait (0.6 s), as the last event (0.58 s) is less than `quiet` before it.
+    assert [t - start for t in fired] == [pytest.approx(0.3), pytest.approx(0.6)]
 
 
 def test_policy_file_filter() -> None:
