@@ -100,7 +100,10 @@ def _rotation_options(body: dict[str, Any]) -> tuple[float | None, str]:
     elif isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("overlap: a duration (\"24h\"), seconds, or \"manual\"")
     else:
-        overlap = parse_duration(value) if isinstance(value, str) else float(value)
+        try:
+            overlap = parse_duration(value) if isinstance(value, str) else float(value)
+        except ValueError as e:
+            raise ValueError(f"overlap: {e}") from None
         if not 0 <= overlap <= 366 * 24 * 3600:
             raise ValueError("overlap: between 0 and 366 days")
     reissue = body.get("reissue", REISSUE_NOW)

@@ -29,6 +29,7 @@ from meshpilot.base import types
 from meshpilot.ca.rotation import (
     ADDING_ROOT,
     DEFAULT_OVERLAP,
+    IDLE,
     OVERLAP,
     REISSUE_NOW,
     RootStore,
@@ -78,6 +79,10 @@ class RootRotator:
                     reissue: str = REISSUE_NOW) -> dict[str, Any]:
         """Begin a rotation: RotationError if one is in progress. Returns once the bundle with
         the new root is pushed; `run` (or `resume`) promotes it once every Envoy holds it."""
+        if self.state.phase != IDLE or self._step.locked():
+            # Refused at once, not after the step that runs now (it may wait for Envoys).
+            self.state.start(self.state.signer, self.clock())  # raises, saying why
+            raise RotationError(f"a root rotation step is running ({self.busy}); try again")
         async with self._step:
             now = self.clock()
             root = await asyncio.to_thread(new_root, self.state.signer.trust_domain, now)
