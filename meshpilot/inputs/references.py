@@ -40,6 +40,7 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
         _check_route(route, ctx, index)
     for gateway, ctx in index.gateway_documents:
         _check_tcp_listeners(gateway, ctx, index)
+        _check_tracing(gateway, ctx, index)
     _check_hosts(index)
     _check_ports(index)
     _check_view_names(documents)
@@ -221,6 +222,36 @@ def _check_tcp_listeners(gateway: Gateway, ctx: DocumentContext, index: _Index) 
         elif service.protocol != "tcp":
             ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; a "
                              "tcp listener needs a Service with protocol tcp")
+
+
+def _check_tracing(gateway: Gateway, ctx: DocumentContext, index: _Index) -> None:
+    """A tracing collector exists and speaks what its tracer sends: OTLP over gRPC
+    (protocol grpc or http2) for opentelemetry, HTTP for zipkin."""
+    default_reported = False
+    for listener_index, listener in enumerate(gateway.listeners):
+        spec = listener.tracing
+        if spec is None:
+            continue
+        # Set on this listener, or on the gateway (the default of every listener).
+        own = spec.origin is None or spec.origin.field.startswith("listeners")
+        path: tuple[str | int, ...] = ("listeners", listener_index, "tracing", "collector") \
+            if own else ("tracing", "collector")
+        if not own and default_reported:
+            continue  # the gateway's default: reported once, not per listener
+        default_reported = default_reported or not own
+        service = index.services.get(spec.collector)
+        if service is None:
+            if not index.declared("Service", spec.collector):
+                hint = index.did_you_mean("Service", spec.collector,
+                                          index.names.get("Service", []))
+                ctx.report(path, f"no Service named {quoted(spec.collector)}{hint}")
+        elif spec.provider == "opentelemetry" and service.protocol not in ("grpc", "http2"):
+            ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; an "
+                             "OpenTelemetry collector receives OTLP over gRPC: give it "
+                             "protocol grpc")
+        elif spec.provider == "zipkin" and service.protocol == "tcp":
+            ctx.report(path, f"Service {service.name} speaks protocol tcp; a Zipkin collector "
+                             "receives spans over HTTP")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -269,6 +269,19 @@ class Compression:
 
 
 @dataclass(frozen=True, slots=True)
+class Tracing:
+    """Distributed tracing of a listener's requests (translators/tracing.py): Envoy starts or
+    continues a trace, propagates its headers upstream and exports spans to a collector."""
+
+    provider: Literal["opentelemetry", "zipkin"]
+    collector: str  # the Service spans are sent to (OTLP/gRPC, or Zipkin's HTTP JSON API)
+    sampling: float = 100.0  # percent of requests without a sampling decision that are traced
+    service_name: str | None = None  # the spans' service name; None: the gateway's name
+    path: str = "/api/v2/spans"  # zipkin: the collector's endpoint
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayListener:
     name: str
     port: int
@@ -284,6 +297,7 @@ class GatewayListener:
     tls: ListenerTls | None = None  # set: the listener terminates TLS (protocol https)
     redirect_to_https: int | None = None  # set: answer everything with a 301 to https on this port
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    tracing: Tracing | None = None  # http only: spans to a collector (the gateway's default)
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import BoolValue
 
 from meshpilot.ir.model import AccessLog, Gateway, GatewayListener, Route
-from meshpilot.translators import httpfilters, names, secrets
+from meshpilot.translators import httpfilters, names, secrets, tracing
 from meshpilot.translators.httpfilters import ChainInputs
 from meshpilot.translators.protos import ads_config_source, pack
 
@@ -137,6 +137,8 @@ def http_connection_manager(gateway: Gateway, spec: GatewayListener,
     )
     if spec.access_log is not None:
         manager.access_log.append(access_log(spec.access_log, HTTP_LOG_FIELDS))
+    if spec.tracing is not None:
+        tracing.apply(manager, gateway.name, spec.tracing)
     if spec.websocket:
         manager.upgrade_configs.append(HttpConnectionManager.UpgradeConfig(
             upgrade_type="websocket"))

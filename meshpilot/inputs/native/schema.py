@@ -310,6 +310,20 @@ def _gateway() -> Schema:
         "format": _enum("One JSON object per line, or Envoy's default text line.",
                         gateway.ACCESS_LOG_FORMATS, "json"),
     }, required=("path",))
+    tracing = _object("Distributed tracing: spans exported to a collector, trace headers "
+                      "propagated upstream.", {
+        "provider": _enum("opentelemetry (OTLP over gRPC, W3C traceparent) or zipkin (JSON v2 "
+                          "over HTTP, B3 headers).", gateway.TRACING_PROVIDERS),
+        "collector": _ref("name", "The Service spans are sent to (protocol grpc for "
+                                  "opentelemetry)."),
+        "sampling": {"type": "number", "minimum": 0, "maximum": 100, "default": 100,
+                     "description": "Percent of new traces sampled (default 100)."},
+        "service_name": {"type": "string", "minLength": 1, "maxLength": 253,
+                         "description": "opentelemetry: the spans' service name (default: "
+                                        "the gateway's name)."},
+        "path": {"type": "string", "pattern": "^/", "default": "/api/v2/spans",
+                 "description": "zipkin: the collector's endpoint."},
+    }, required=("provider", "collector"))
     listener = _object("A port the gateway's Envoy listens on.", {
         "name": _ref("name", "Unique within the gateway; Routes may attach to it by name."),
         "port": _integer("The port.", 1, 65535),
@@ -343,6 +357,8 @@ def _gateway() -> Schema:
         }, required=("gzip",)),
         "websocket": {"type": "boolean", "default": False,
                       "description": "Allow websocket upgrades."},
+        "tracing": {**tracing, "description": "This listener's tracing (default: the "
+                                              "gateway's)."},
     }, required=("name", "port"))
     listener["if"] = {"properties": {"protocol": {"const": "tcp"}}, "required": ["protocol"]}
     listener["then"] = {"required": ["service"]}
@@ -351,6 +367,7 @@ def _gateway() -> Schema:
         "access_log": {**access_log, "description": "The default access log of every "
                                                     "listener."},
         "listeners": _list("The gateway's listeners.", listener),
+        "tracing": {**tracing, "description": "The default tracing of every HTTP listener."},
     }, required=("listeners",))
 
 
