@@ -205,8 +205,9 @@ def tracing(tmp_path_factory) -> Iterator[Tracing]:
 
 def test_opentelemetry_spans_reach_the_collector_and_the_context_the_backend(tracing) -> None:
     seen = tracing.get("otel")
-    version, trace_id, parent, flags = seen["traceparent"].split("-")
-    assert version == "00" and len(trace_id) == 32 and flags == "01"  # sampled
+    version, trace_id, span_id, flags = seen["traceparent"].split("-")
+    assert version == "00" and len(trace_id) == 32 and len(span_id) == 16
+    assert flags == "01"  # sampled
     eventually(lambda: trace_id in tracing.otel.trace_ids(), timeout=20,
                what="the request's span at the OTLP collector")
     span = next(s for s in tracing.otel.spans if s["trace_id"] == trace_id)
