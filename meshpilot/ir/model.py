@@ -259,12 +259,25 @@ class AccessLog:
     origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
+CompressionAlgorithm = Literal["brotli", "zstd", "gzip"]
+
+
 @dataclass(frozen=True, slots=True)
 class Compression:
-    """gzip compression of responses (the only algorithm yet)."""
+    """Compression of responses for clients that accept it."""
 
     min_content_length: int | None = None  # None: Envoy's default (30 bytes)
     content_types: tuple[str, ...] = ()  # empty: Envoy's default list
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+    # In order of preference (when a client accepts several equally): brotli, zstd, gzip.
+    algorithms: tuple[CompressionAlgorithm, ...] = ("gzip",)
+
+
+@dataclass(frozen=True, slots=True)
+class Decompression:
+    """Request bodies sent compressed (Content-Encoding) are decompressed for the backend."""
+
+    algorithms: tuple[CompressionAlgorithm, ...]  # brotli, zstd, gzip: which are accepted
     origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
@@ -298,6 +311,7 @@ class GatewayListener:
     redirect_to_https: int | None = None  # set: answer everything with a 301 to https on this port
     origin: Origin | None = field(default=None, compare=False, repr=False)
     tracing: Tracing | None = None  # http only: spans to a collector (the gateway's default)
+    decompression: Decompression | None = None  # http only: compressed request bodies
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,7 +96,7 @@ def chain_inputs(spec: GatewayListener, routes: Iterable[Route]) -> ChainInputs:
     """What the HTTP filter chain of `spec` serving `routes` is built from (a listener
     redirecting to https serves no Routes)."""
     served = routes if spec.redirect_to_https is None else ()
-    return ChainInputs.gateway(served, spec.compression)
+    return ChainInputs.gateway(served, spec.compression, spec.decompression)
 
 
 def filter_secrets(spec: GatewayListener, routes: Iterable[Route]) -> list[Secret]:

@@ -53,20 +53,30 @@ from meshpilot.inputs.native.fields import (
     written_before,
 )
 from meshpilot.inputs.yamlsource import FieldPath, Located
-from meshpilot.ir.model import AccessLog, Compression, Gateway, GatewayListener, Tracing
+from meshpilot.ir.model import (
+    AccessLog,
+    Compression,
+    CompressionAlgorithm,
+    Decompression,
+    Gateway,
+    GatewayListener,
+    Tracing,
+)
 
 KIND = "Gateway"
 
 GATEWAY_KEYS = ("kind", "name", "access_log", "listeners", "tracing")
 LISTENER_KEYS = ("name", "port", "address", "protocol", "service", "access_log",
                  "trust_request_id", "request_id_in_response", "compression", "websocket",
-                 "tls", "redirect_to_https", "tracing")
+                 "tls", "redirect_to_https", "tracing", "decompression")
 LISTENER_PROTOCOLS = ("http", "https", "tcp")
 HTTP_ONLY_KEYS = ("trust_request_id", "request_id_in_response", "compression", "websocket",
-                  "tls", "redirect_to_https", "tracing")
+                  "tls", "redirect_to_https", "tracing", "decompression")
 ACCESS_LOG_KEYS = ("path", "format")
 ACCESS_LOG_FORMATS = ("json", "text")
-COMPRESSION_KEYS = ("gzip", "min_content_length", "content_types")
+ALGORITHMS = ("brotli", "zstd", "gzip")  # in order of preference
+COMPRESSION_KEYS = (*ALGORITHMS, "min_content_length", "content_types")
+DECOMPRESSION_KEYS = ALGORITHMS
 TRACING_KEYS = ("provider", "collector", "sampling", "service_name", "path")
 TRACING_PROVIDERS = ("opentelemetry", "zipkin")
 _TRACING_PROVIDER = fields.choice(TRACING_PROVIDERS)
@@ -141,6 +151,7 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
     trust = entry.get("trust_request_id", fields.boolean) or False
     in_response = entry.get("request_id_in_response", fields.boolean) or False
     compression = _compression(entry)
+    decompression = _decompression(entry)
     websocket = entry.get("websocket", fields.boolean) or False
     listener_tls, redirect = tls.listener_tls(entry, protocol)
     tracing = _tracing(entry) if "tracing" in entry.value else default_tracing
@@ -151,7 +162,8 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
                            protocol=cast(Literal["http"], "http"), access_log=access_log,
                            trust_request_id=trust, request_id_in_response=in_response,
                            compression=compression, websocket=websocket, tls=listener_tls,
-                           redirect_to_https=redirect, origin=entry.origin(), tracing=tracing)
+                           redirect_to_https=redirect, origin=entry.origin(), tracing=tracing,
+                           decompression=decompression)
 
 
 def _log_path(value: Any) -> str:
@@ -190,7 +202,7 @@ def _compression(parent: Fields) -> Compression | None:
     if entry is None:
         return None
     entry.check_keys(COMPRESSION_KEYS, "compression")
-    entry.get("gzip", fields.true_only, required=True)
+    algorithms = _algorithms(entry, "compression", "compresses responses with")
     minimum = entry.get("min_content_length", fields.UINT32)
     types: list[str] = []
     items = entry.items("content_types", "content type")
@@ -199,8 +211,30 @@ def _compression(parent: Fields) -> Compression | None:
                                _media_type)
         if converted is not None:
             types.append(converted)
+    if not algorithms:
+        return None
     return Compression(min_content_length=minimum, content_types=tuple(types),
-                       origin=entry.origin())
+                       origin=entry.origin(), algorithms=algorithms)
+
+
+def _algorithms(entry: Fields, what: str, verb: str) -> tuple[CompressionAlgorithm, ...]:
+    """The algorithms set `true` in `entry`, in order of preference; at least one."""
+    chosen = tuple(cast(CompressionAlgorithm, algorithm) for algorithm in ALGORITHMS
+                   if entry.get(algorithm, fields.true_only))
+    if not chosen and not any(algorithm in entry.value for algorithm in ALGORITHMS):
+        entry.ctx.report(entry.path, f"{what} names no algorithm: set one or more of "
+                                     f"{fields.one_of_words(ALGORITHMS)} to true (it "
+                                     f"{verb} them)")
+    return chosen
+
+
+def _decompression(parent: Fields) -> Decompression | None:
+    entry = parent.mapping("decompression", "a mapping such as {gzip: true, brotli: true}")
+    if entry is None:
+        return None
+    entry.check_keys(DECOMPRESSION_KEYS, "decompression")
+    algorithms = _algorithms(entry, "decompression", "inflates request bodies sent in")
+    return Decompression(algorithms=algorithms, origin=entry.origin()) if algorithms else None
 
 
 def _tracing(parent: Fields) -> Tracing | None:

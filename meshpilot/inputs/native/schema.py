@@ -347,14 +347,23 @@ def _gateway() -> Schema:
                                             "Envoy replaces it with a new one)."},
         "request_id_in_response": {"type": "boolean", "default": False,
                                    "description": "Send x-request-id back in every response."},
-        "compression": _object("gzip responses for clients that accept it.", {
+        "compression": _object("Compress responses for clients that accept it (brotli, "
+                               "zstd, gzip: at least one).", {
+            "brotli": {"const": True, "description": "Compress with brotli (preferred)."},
+            "zstd": {"const": True, "description": "Compress with zstd."},
             "gzip": {"const": True, "description": "Compress with gzip."},
             "min_content_length": _integer("Smaller responses are not compressed (default "
                                            "30).", 0, 2**32 - 1),
             "content_types": _list("Content types to compress (default: Envoy's list of "
                                    "text, JSON, XML and JavaScript types).",
                                    {"type": "string", "pattern": "^[^/\\s]+/[^/\\s]+$"}),
-        }, required=("gzip",)),
+        }) | {"anyOf": _exactly_one("brotli", "zstd", "gzip")},
+        "decompression": _object("Decompress request bodies sent compressed (Content-Encoding)"
+                                 " in these algorithms (at least one).", {
+            "brotli": {"const": True, "description": "Accept brotli request bodies."},
+            "zstd": {"const": True, "description": "Accept zstd request bodies."},
+            "gzip": {"const": True, "description": "Accept gzip request bodies."},
+        }) | {"anyOf": _exactly_one("brotli", "zstd", "gzip")},
         "websocket": {"type": "boolean", "default": False,
                       "description": "Allow websocket upgrades."},
         "tracing": {**tracing, "description": "This listener's tracing (default: the "

@@ -49,6 +49,7 @@ from meshpilot.translators.httpfilters import (
     basic_auth,
     compressor,
     cors,
+    decompressor,
     ext_authz,
     fault,
     jwt_authn,
@@ -74,6 +75,7 @@ ORDER: tuple[HttpFeature, ...] = (
     api_key_auth.FEATURE,
     rbac.FEATURE,  # DENY then ALLOW, after the authentications whose claims they read
     mesh_authorization.FEATURE,  # a sidecar's callers, by SPIFFE ID (inbound only)
+    decompressor.FEATURE,  # request bodies inflated once allowed, before ext_authz reads one
     ext_authz.FEATURE,  # the remote service is asked last, for what nothing local refused
     fault.FEATURE,  # after security: a refused request is not delayed first
     compressor.FEATURE,  # right before the router whose responses it compresses

@@ -16,7 +16,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.message import Message
 
-from meshpilot.ir.model import Authorization, Compression, Route, Rule, Security
+from meshpilot.ir.model import Authorization, Compression, Decompression, Route, Rule, Security
 from meshpilot.translators.protos import pack
 
 HttpFilter = hcm.HttpFilter
@@ -38,10 +38,13 @@ class ChainInputs:
     routes: tuple[Route, ...] = ()
     compression: Compression | None = None  # a gateway listener's `compression`
     callers: Authorization | None = None  # a sidecar's `authorization`, callers as SPIFFE IDs
+    decompression: Decompression | None = None  # a gateway listener's `decompression`
 
     @classmethod
-    def gateway(cls, routes: Iterable[Route], compression: Compression | None) -> ChainInputs:
-        return cls(serves_routes=True, routes=tuple(routes), compression=compression)
+    def gateway(cls, routes: Iterable[Route], compression: Compression | None,
+                decompression: Decompression | None = None) -> ChainInputs:
+        return cls(serves_routes=True, routes=tuple(routes), compression=compression,
+                   decompression=decompression)
 
     @classmethod
     def sidecar_outbound(cls) -> ChainInputs:
