@@ -4,7 +4,8 @@ filter, one per algorithm.
 Only on a listener with `compression`; right before the router whose responses it compresses,
 after everything that may answer with a short local reply. With several algorithms, Envoy
 uses the one the client's Accept-Encoding prefers (its q-values); among equals, the first
-filter (`choose_first`), in the policy's order of preference: brotli, zstd, gzip.
+filter (`choose_first`) if the client names it, else the client's first; the filters are in
+the order brotli, zstd, gzip.
 """
 
 from __future__ import annotations
