@@ -535,6 +535,20 @@ class RateLimit:
     by: Literal["route", "host", "header", "source_ip"] = "route"
     header: str | None = None  # by header
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    shadow: bool = False  # count what would be limited, refuse nothing (Envoy's filter_enforced 0)
+    ratelimit_headers: bool = True  # x-ratelimit-limit/-remaining/-reset on every answer
+    limited_headers: tuple[tuple[str, str], ...] = ()  # (name, value) on 429 answers only
+
+
+@dataclass(frozen=True, slots=True)
+class Csrf:
+    """Cross-site request forgery protection (Envoy's CSRF filter): a state-changing request
+    (POST, PUT, DELETE, PATCH) whose Origin (else Referer) is not the request's own host, nor
+    one of `allow_origins`, or that has neither header, is refused with 403."""
+
+    allow_origins: tuple[str, ...] = ()  # hosts (host or host:port); "*.example.com" suffixes
+    shadow: bool = False  # count what would be refused, refuse nothing
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,12 +562,14 @@ class Security:
     ext_authz: ExtAuthz | None = None
     authorization: tuple[Authorization, ...] | None = None  # DENY first, then ALLOW
     rate_limit: RateLimit | None = None
+    csrf: Csrf | None = None
 
     def __bool__(self) -> bool:
         # Asked for every Route and rule by every HTTP feature: written out, not a loop.
         return (self.jwt is not None or self.api_keys is not None
                 or self.basic_auth is not None or self.ext_authz is not None
-                or self.authorization is not None or self.rate_limit is not None)
+                or self.authorization is not None or self.rate_limit is not None
+                or self.csrf is not None)
 
 
 @dataclass(frozen=True, slots=True)

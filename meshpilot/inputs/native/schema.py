@@ -699,5 +699,20 @@ def _security(scope: str) -> dict[str, Schema]:
                              _object("One bucket per value of a header.",
                                      {"header": _ref("headerName")}, required=("header",))],
                    "description": "Whose requests share a bucket (default route)."},
+            "shadow": {"type": "boolean", "default": False,
+                       "description": "Count what would be limited, refuse nothing."},
+            "ratelimit_headers": {"type": "boolean", "default": True,
+                                  "description": "x-ratelimit-limit, -remaining and -reset "
+                                                 "on every answer (default true)."},
+            "limited_headers": {"type": "object", "additionalProperties": {
+                "type": ["string", "integer"]}, "description": "Headers added to the 429 "
+                                                              "answers only."},
         }, required=("requests", "per")),
+        "csrf": {"oneOf": [{"const": True}, _object(
+            "Refuse state-changing requests from other origins (403).", {
+                "allow_origins": _list("Other origin hosts allowed (host, host:port or "
+                                       "*.suffix).", {"type": "string"}, unique=True),
+                "shadow": {"type": "boolean", "default": False,
+                           "description": "Count what would be refused, refuse nothing."},
+            })], "description": f"CSRF protection on {scope}: true, or a mapping."},
     }

@@ -49,6 +49,7 @@ from meshpilot.translators.httpfilters import (
     basic_auth,
     compressor,
     cors,
+    csrf,
     decompressor,
     ext_authz,
     fault,
@@ -69,6 +70,7 @@ from meshpilot.translators.protos import pack
 # The one order of every chain; a feature absent from a chain is skipped.
 ORDER: tuple[HttpFeature, ...] = (
     cors.FEATURE,  # answers preflights before anything else runs (they carry no credentials)
+    csrf.FEATURE,  # a forged request is refused before it costs a token or a check
     local_ratelimit.FEATURE,  # first of security: credential guessing is limited too
     jwt_authn.FEATURE,
     basic_auth.FEATURE,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from envoy.config.core.v3.base_pb2 import RuntimeFractionalPercent
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption, RuntimeFractionalPercent
 from envoy.config.route.v3.route_components_pb2 import RateLimit as RouteRateLimit
 from envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import (
     LocalRateLimitDescriptor,
@@ -50,9 +50,13 @@ class LocalRateLimitFeature(PerRouteSecurity):
 FEATURE = LocalRateLimitFeature()
 
 
-def _percent_100() -> RuntimeFractionalPercent:
+def _percent(value: int) -> RuntimeFractionalPercent:
     return RuntimeFractionalPercent(default_value=FractionalPercent(
-        numerator=100, denominator=FractionalPercent.HUNDRED))
+        numerator=value, denominator=FractionalPercent.HUNDRED))
+
+
+def _percent_100() -> RuntimeFractionalPercent:
+    return _percent(100)
 
 
 def local_rate_limit(limit: RateLimit) -> LocalRateLimit:
@@ -66,9 +70,16 @@ def local_rate_limit(limit: RateLimit) -> LocalRateLimit:
 
     config = LocalRateLimit(
         stat_prefix=RATE_LIMIT_STATS, token_bucket=bucket(),
-        filter_enabled=_percent_100(), filter_enforced=_percent_100(),
-        enable_x_ratelimit_headers=LocalRateLimit.DESCRIPTOR.fields_by_name[
-            "enable_x_ratelimit_headers"].enum_type.values_by_name["DRAFT_VERSION_03"].number)
+        filter_enabled=_percent_100(),
+        # Shadow: every request is counted (`rate_limited` in the stats) but none refused.
+        filter_enforced=_percent(0 if limit.shadow else 100))
+    if limit.ratelimit_headers:
+        config.enable_x_ratelimit_headers = LocalRateLimit.DESCRIPTOR.fields_by_name[
+            "enable_x_ratelimit_headers"].enum_type.values_by_name["DRAFT_VERSION_03"].number
+    for name, value in limit.limited_headers:  # on the 429 answers only
+        config.response_headers_to_add.append(HeaderValueOption(
+            header=HeaderValue(key=name, value=value),
+            append_action=HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
     if limit.by == "route":
         return config
     action = RouteRateLimit.Action()
