@@ -237,6 +237,7 @@ class Service:
     sidecar: Sidecar | None = None  # None: no sidecar (the service may still be called)
     tls: UpstreamTls | None = None  # None: plain connections to the endpoints
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    max_requests_per_connection: int | None = None  # None: unlimited (Envoy's default)
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)
@@ -312,6 +313,7 @@ class GatewayListener:
     origin: Origin | None = field(default=None, compare=False, repr=False)
     tracing: Tracing | None = None  # http only: spans to a collector (the gateway's default)
     decompression: Decompression | None = None  # http only: compressed request bodies
+    max_requests_per_connection: int | None = None  # http only: None: unlimited
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,6 +139,11 @@ def http_connection_manager(gateway: Gateway, spec: GatewayListener,
         manager.access_log.append(access_log(spec.access_log, HTTP_LOG_FIELDS))
     if spec.tracing is not None:
         tracing.apply(manager, gateway.name, spec.tracing)
+    if spec.max_requests_per_connection is not None:
+        # Envoy closes the client's connection after this many requests (HTTP/1.1: with
+        # `connection: close` on the last answer; HTTP/2: GOAWAY).
+        manager.common_http_protocol_options.max_requests_per_connection.value = \
+            spec.max_requests_per_connection
     if spec.websocket:
         manager.upgrade_configs.append(HttpConnectionManager.UpgradeConfig(
             upgrade_type="websocket"))

@@ -68,10 +68,12 @@ KIND = "Gateway"
 GATEWAY_KEYS = ("kind", "name", "access_log", "listeners", "tracing")
 LISTENER_KEYS = ("name", "port", "address", "protocol", "service", "access_log",
                  "trust_request_id", "request_id_in_response", "compression", "websocket",
-                 "tls", "redirect_to_https", "tracing", "decompression")
+                 "tls", "redirect_to_https", "tracing", "decompression",
+                 "max_requests_per_connection")
 LISTENER_PROTOCOLS = ("http", "https", "tcp")
 HTTP_ONLY_KEYS = ("trust_request_id", "request_id_in_response", "compression", "websocket",
-                  "tls", "redirect_to_https", "tracing", "decompression")
+                  "tls", "redirect_to_https", "tracing", "decompression",
+                  "max_requests_per_connection")
 ACCESS_LOG_KEYS = ("path", "format")
 ACCESS_LOG_FORMATS = ("json", "text")
 ALGORITHMS = ("brotli", "zstd", "gzip")  # in order of preference
@@ -152,6 +154,7 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
     in_response = entry.get("request_id_in_response", fields.boolean) or False
     compression = _compression(entry)
     decompression = _decompression(entry)
+    max_requests = entry.get("max_requests_per_connection", fields.integer(1, 4_294_967_295))
     websocket = entry.get("websocket", fields.boolean) or False
     listener_tls, redirect = tls.listener_tls(entry, protocol)
     tracing = _tracing(entry) if "tracing" in entry.value else default_tracing
@@ -163,7 +166,8 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
                            trust_request_id=trust, request_id_in_response=in_response,
                            compression=compression, websocket=websocket, tls=listener_tls,
                            redirect_to_https=redirect, origin=entry.origin(), tracing=tracing,
-                           decompression=decompression)
+                           decompression=decompression,
+                           max_requests_per_connection=max_requests)
 
 
 def _log_path(value: Any) -> str:

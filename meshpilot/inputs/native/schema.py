@@ -201,6 +201,8 @@ def _service() -> Schema:
                          "zone's weight (every zone the endpoints use needs one).",
                          "additionalProperties": _integer("The zone's weight.", 1, 1_000_000)},
         "connect_timeout": _ref("duration", "Timeout for new connections (default 1s)."),
+        "max_requests_per_connection": _integer("Open a new connection to an endpoint after "
+                                                "this many requests on one.", 1, 2**32 - 1),
         "sidecar": _sidecar(),
         "tls": _upstream_tls(),
     })
@@ -366,6 +368,8 @@ def _gateway() -> Schema:
         }) | {"anyOf": _exactly_one("brotli", "zstd", "gzip")},
         "websocket": {"type": "boolean", "default": False,
                       "description": "Allow websocket upgrades."},
+        "max_requests_per_connection": _integer("Close a client's connection after this many "
+                                                "requests.", 1, 2**32 - 1),
         "tracing": {**tracing, "description": "This listener's tracing (default: the "
                                               "gateway's)."},
     }, required=("name", "port"))
