@@ -554,6 +554,17 @@ class Csrf:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionPersistence:
+    """Sticky sessions by header (Envoy's stateful_session filter): the answer carries the
+    endpoint that served it in `header`; a request sending it back goes to that endpoint while
+    it is healthy (else, `strict` False, anywhere; `strict` True: 503)."""
+
+    header: str  # lower case
+    strict: bool = False
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class Security:
     """Request-level security of a Route (its virtual host) or of one rule (replacing the
     Route's setting of the same feature for that rule)."""
@@ -565,13 +576,15 @@ class Security:
     authorization: tuple[Authorization, ...] | None = None  # DENY first, then ALLOW
     rate_limit: RateLimit | None = None
     csrf: Csrf | None = None
+    # Not security, but switched per virtual host or route entry the same way.
+    session_persistence: SessionPersistence | None = None
 
     def __bool__(self) -> bool:
         # Asked for every Route and rule by every HTTP feature: written out, not a loop.
         return (self.jwt is not None or self.api_keys is not None
                 or self.basic_auth is not None or self.ext_authz is not None
                 or self.authorization is not None or self.rate_limit is not None
-                or self.csrf is not None)
+                or self.csrf is not None or self.session_persistence is not None)
 
 
 @dataclass(frozen=True, slots=True)

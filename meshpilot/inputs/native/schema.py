@@ -712,6 +712,14 @@ def _security(scope: str) -> dict[str, Schema]:
                 "type": ["string", "integer"]}, "description": "Headers added to the 429 "
                                                               "answers only."},
         }, required=("requests", "per")),
+        "session_persistence": _object(
+            "Sticky sessions: the answer names its endpoint in a header, which a request "
+            "sends back to reach the same endpoint.", {
+                "header": _ref("headerName", "The header (x-session, say)."),
+                "strict": {"type": "boolean", "default": False,
+                           "description": "503 when the session's endpoint is gone (default: "
+                                          "another endpoint)."},
+            }, required=("header",)),
         "csrf": {"oneOf": [{"const": True}, _object(
             "Refuse state-changing requests from other origins (403).", {
                 "allow_origins": _list("Other origin hosts allowed (host, host:port or "

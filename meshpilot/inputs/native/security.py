@@ -58,10 +58,12 @@ from meshpilot.ir.model import (
     JwtProvider,
     RateLimit,
     Security,
+    SessionPersistence,
 )
 
 SECURITY_KEYS = ("jwt", "api_keys", "basic_auth", "ext_authz", "authorization", "rate_limit",
-                 "csrf")
+                 "csrf", "session_persistence")
+SESSION_PERSISTENCE_KEYS = ("header", "strict")
 JWT_KEYS = ("providers", "required")
 PROVIDER_KEYS = ("name", "issuer", "audiences", "jwks", "forward_claims")
 JWKS_SOURCES = ("file", "inline", "uri")
@@ -91,7 +93,8 @@ def parse_security(spec: Fields) -> Security:
     """The security keys of a Route or rule mapping (the caller checks which keys exist)."""
     return Security(jwt=_jwt(spec), api_keys=_api_keys(spec), basic_auth=_basic_auth(spec),
                     ext_authz=_ext_authz(spec), authorization=_authorization(spec),
-                    rate_limit=_rate_limit(spec), csrf=_csrf(spec))
+                    rate_limit=_rate_limit(spec), csrf=_csrf(spec),
+                    session_persistence=_session_persistence(spec))
 
 
 def check_claims(ctx: DocumentContext, route: Security, rules: list[tuple[Any, Security]]) -> None:
@@ -529,6 +532,22 @@ def _origin_host(value: Any) -> str:
         raise Invalid(f"invalid origin host {fields.quoted(text)}: a host name or "
                       "host:port, or *.suffix")
     return text.lower()
+
+
+def _session_persistence(spec: Fields) -> SessionPersistence | None:
+    entry = spec.mapping("session_persistence", "a mapping such as {header: x-session}")
+    if entry is None:
+        return None
+    entry.check_keys(SESSION_PERSISTENCE_KEYS, "session_persistence")
+    header = entry.get("header", fields.header_name, required=True)
+    strict = entry.get("strict", fields.boolean) or False
+    if header is not None and header.startswith(":"):
+        entry.report("header", f"{header} is a pseudo-header; name an ordinary header such as "
+                               "x-session")
+        header = None
+    if header is None:
+        return None
+    return SessionPersistence(header=header, strict=strict, origin=entry.origin())
 
 
 def _csrf(spec: Fields) -> Csrf | None:

@@ -58,6 +58,7 @@ from meshpilot.translators.httpfilters import (
     mesh_authorization,
     rbac,
     router,
+    stateful_session,
 )
 from meshpilot.translators.httpfilters.feature import (
     ChainInputs,
@@ -81,6 +82,7 @@ ORDER: tuple[HttpFeature, ...] = (
     ext_authz.FEATURE,  # the remote service is asked last, for what nothing local refused
     fault.FEATURE,  # after security: a refused request is not delayed first
     compressor.FEATURE,  # right before the router whose responses it compresses
+    stateful_session.FEATURE,  # sends a request to its session's endpoint: the router's pick
     router.FEATURE,
 )
 
