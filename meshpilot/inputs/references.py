@@ -45,6 +45,36 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     _check_ports(index)
     _check_view_names(documents)
     _check_mesh(documents, index)
+    _check_failover(documents, index)
+
+
+def _check_failover(documents: Sequence[ParsedDocument], index: _Index) -> None:
+    """Each failover target is another existing Service, speaking HTTP if this one does (or
+    tcp if it does), with no failover of its own (Envoy's aggregate clusters do not nest)."""
+    for document in documents:
+        for part in document.parts:
+            if not isinstance(part, Service):
+                continue
+            ctx = document.context
+            for position, target in enumerate(part.failover):
+                path = ("failover", position)
+                found = index.services.get(target)
+                if target == part.name:
+                    ctx.report(path, "a Service cannot fail over to itself", at_value=True)
+                elif found is None:
+                    if not index.declared("Service", target):
+                        hint = index.did_you_mean("Service", target,
+                                                  index.names.get("Service", []))
+                        ctx.report(path, f"no Service named {quoted(target)}{hint}",
+                                   at_value=True)
+                elif (found.protocol == "tcp") != (part.protocol == "tcp"):
+                    ctx.report(path, f"Service {found.name} speaks protocol {found.protocol}, "
+                                     f"this one {part.protocol}: a failover target must speak "
+                                     "alike", at_value=True)
+                elif found.failover:
+                    ctx.report(path, f"Service {found.name} has a failover of its own; list "
+                                     "every fallback, in order, on this Service instead",
+                               at_value=True)
 
 
 @dataclass(slots=True)

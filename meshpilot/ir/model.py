@@ -238,6 +238,9 @@ class Service:
     tls: UpstreamTls | None = None  # None: plain connections to the endpoints
     origin: Origin | None = field(default=None, compare=False, repr=False)
     max_requests_per_connection: int | None = None  # None: unlimited (Envoy's default)
+    # Services to send to, in order, when this one has no healthy endpoint (an aggregate
+    # cluster: translators/failover.py). Each has no failover of its own.
+    failover: tuple[str, ...] = ()
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)

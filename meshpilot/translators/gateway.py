@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from meshpilot.base import types
 from meshpilot.ir.model import Gateway, GatewayListener, Model, Route
-from meshpilot.translators import httpfilters, listeners, routes, secrets, tracing
+from meshpilot.translators import failover, httpfilters, listeners, routes, secrets, tracing
 from meshpilot.translators.reuse import NOTHING, BuiltListener, Earlier, ListenerKey
 from meshpilot.xds.resources import Resource
 
@@ -62,7 +62,7 @@ class GatewayViews:
             found.extend(built.front)
             found.extend(built.config)
         # No sorting needed here: a snapshot orders each type's resources by name.
-        for service, subset in _backends(gateway, attached):
+        for service, subset in failover.with_targets(self.model, _backends(gateway, attached)):
             found.extend(self._cluster_resources(service, subset))
         return found
 

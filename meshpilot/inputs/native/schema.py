@@ -203,6 +203,8 @@ def _service() -> Schema:
         "connect_timeout": _ref("duration", "Timeout for new connections (default 1s)."),
         "max_requests_per_connection": _integer("Open a new connection to an endpoint after "
                                                 "this many requests on one.", 1, 2**32 - 1),
+        "failover": _list("Services to send to, in order, when this one has no healthy "
+                          "endpoint.", _ref("name"), unique=True),
         "sidecar": _sidecar(),
         "tls": _upstream_tls(),
     })

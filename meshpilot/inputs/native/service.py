@@ -76,7 +76,7 @@ HEALTH_CHECK_KINDS: tuple[HealthCheckKind, ...] = ("http", "tcp", "grpc")
 
 SERVICE_KEYS = ("kind", "name", "protocol", "endpoints", "subsets", "load_balancer",
                 "health_check", "circuit_breaker", "outlier_detection", "connect_timeout",
-                "zone_weights", "sidecar", "tls", "max_requests_per_connection")
+                "zone_weights", "sidecar", "tls", "max_requests_per_connection", "failover")
 ENDPOINT_KEYS = ("address", "labels", "weight", "region", "zone", "priority")
 HEALTH_CHECK_KEYS = (*HEALTH_CHECK_KINDS, "interval", "timeout", "unhealthy_threshold",
                      "healthy_threshold", "expected_statuses", "no_traffic_interval",
@@ -149,6 +149,7 @@ def parse_service(document: Located, ctx: DocumentContext) -> list[Service]:
         origin=ctx.origin(),
         max_requests_per_connection=doc.get("max_requests_per_connection",
                                             MAX_REQUESTS_PER_CONNECTION),
+        failover=fields.unique_list(doc, "failover", "Service name", fields.name),
     )
     return [] if reported_since(ctx, mark) or name is None else [service]
 
