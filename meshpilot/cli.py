@@ -99,7 +99,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     node_credentials=tuple(args.write_node_credentials),
                     insecure_admin=args.insecure_admin,
                     trust_domain=args.trust_domain, cert_ttl=args.cert_ttl,
-                    admin_hosts=tuple(args.admin_host))
+                    admin_hosts=tuple(args.admin_host),
+                    rate_limit_address=args.rate_limit_address)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -418,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strict: a node's cluster (its view) must be an identity its client "
                         "certificate proves (SPIFFE sa name, else DNS SAN, else CN), or the "
                         "stream is refused. Default: strict with --xds-client-ca, else off")
+    p.add_argument("--rate-limit-address", type=_address, default=None, metavar="HOST:PORT",
+                   help="serve the policy's shared rate limits (rate_limit.shared) as an Envoy "
+                        "rate limit service here, plaintext gRPC: a policy Service with "
+                        "protocol grpc at this address is what the limits name")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 

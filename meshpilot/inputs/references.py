@@ -163,6 +163,15 @@ def _check_security_services(security: Security, path: tuple[str | int, ...],
                                (*path, "jwt", "providers", provider_index, "jwks"), ctx, index)
     if security.ext_authz is not None:
         _check_backend(security.ext_authz.service, None, (*path, "ext_authz"), ctx, index)
+    limit = security.rate_limit
+    if limit is not None and limit.shared is not None:
+        where = (*path, "rate_limit", "shared")
+        _check_backend(limit.shared, None, where, ctx, index)
+        service = index.services.get(limit.shared)
+        if service is not None and service.protocol not in ("grpc", "http2", "tcp"):
+            ctx.report((*where, "service"), f"Service {service.name} speaks protocol "
+                                            f"{service.protocol}; a rate limit service is "
+                                            "called over gRPC: give it protocol grpc")
 
 
 def _check_mirrors(route: Route, rule_index: int, ctx: DocumentContext, index: _Index) -> None:

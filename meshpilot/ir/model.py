@@ -543,6 +543,10 @@ class RateLimit:
     shadow: bool = False  # count what would be limited, refuse nothing (Envoy's filter_enforced 0)
     ratelimit_headers: bool = True  # x-ratelimit-limit/-remaining/-reset on every answer
     limited_headers: tuple[tuple[str, str], ...] = ()  # (name, value) on 429 answers only
+    # Set: counted across every Envoy by this Service, a rate limit service (Envoy's
+    # envoy.service.ratelimit.v3; meshpilot serves one with --rate-limit-address). None: each
+    # Envoy counts on its own (local_ratelimit).
+    shared: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from meshpilot.runtime.ca_rotation import RootRotator
 from meshpilot.runtime.controller import Controller
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
+from meshpilot.runtime.ratelimit_service import Counters, RateLimitServer
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
@@ -126,6 +127,9 @@ class Settings:
     # (`token`, `ca.crt`), for Envoys that get their credentials from a shared folder or
     # volume (the compose stack: one volume per service, mounted only into that service).
     node_credentials: tuple[tuple[str, Path], ...] = ()
+    # HOST:PORT of meshpilot's own rate limit service (runtime/ratelimit_service.py), for the
+    # policy's shared rate limits; None: not started.
+    rate_limit_address: str | None = None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -167,6 +171,10 @@ class Meshpilot:
                                    on_server_root=self._reissue_xds_certificate,
                                    on_bundle=self.write_trust_bundles)
         self._rotation_task: asyncio.Task[None] | None = None
+        self.rate_limit_counters = Counters()
+        self.rate_limit_server = None if settings.rate_limit_address is None else \
+            RateLimitServer(settings.rate_limit_address, self.rate_limit_counters,
+                            lambda: self.controller.model)
         self.docker: DockerSource | None = None
         if settings.docker:
             self.docker = DockerSource(self.endpoints, network=settings.docker_network)
@@ -229,6 +237,8 @@ class Meshpilot:
         self._rotator = asyncio.get_running_loop().create_task(self._rotate_certificates())
         self._rotation_task = asyncio.get_running_loop().create_task(self.rotator.run())
         await self.controller.reload_async()
+        if self.rate_limit_server is not None:
+            await self.rate_limit_server.start()
         loop = asyncio.get_running_loop()
         self._grpc = grpc.aio.server(options=_GRPC_OPTIONS)
         self._grpc.add_generic_rpc_handlers(self.xds.handlers())
@@ -425,6 +435,8 @@ class Meshpilot:
             await self._grpc.stop(grace=0.5)
         if self._admin is not None:
             await self._admin.cleanup()
+        if self.rate_limit_server is not None:
+            await self.rate_limit_server.stop()
 
     async def run_forever(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop cleanly: streams are closed, not cut, so

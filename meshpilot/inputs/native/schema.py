@@ -713,6 +713,10 @@ def _security(scope: str) -> dict[str, Schema]:
             "limited_headers": {"type": "object", "additionalProperties": {
                 "type": ["string", "integer"]}, "description": "Headers added to the 429 "
                                                               "answers only."},
+            "shared": _object("Count across every Envoy, by a rate limit service.", {
+                "service": _ref("name", "The rate limit Service (protocol grpc): meshpilot's "
+                                        "own (--rate-limit-address) or another."),
+            }, required=("service",)),
         }, required=("requests", "per")),
         "session_persistence": _object(
             "Sticky sessions: the answer names its endpoint in a header, which a request "

@@ -76,7 +76,8 @@ EXT_AUTHZ_PROTOCOLS = ("http", "grpc")
 AUTHORIZATION_KEYS = ("action", "rules")
 AUTHZ_ACTIONS = ("ALLOW", "DENY")
 AUTHZ_RULE_KEYS = ("paths", "methods", "headers", "source_ips", "claims")
-RATE_LIMIT_KEYS = ("requests", "per", "by", "shadow", "ratelimit_headers", "limited_headers")
+RATE_LIMIT_KEYS = ("requests", "per", "by", "shadow", "ratelimit_headers", "limited_headers",
+                   "shared")
 CSRF_KEYS = ("allow_origins", "shadow")
 RATE_LIMIT_BY = ("route", "host", "source_ip")
 MIN_RATE_WINDOW = 0.05  # Envoy's smallest token bucket fill interval (50 ms)
@@ -484,12 +485,18 @@ def _rate_limit(spec: Fields) -> RateLimit | None:
     shadow = limit.get("shadow", fields.boolean) or False
     headers = limit.get("ratelimit_headers", fields.boolean)
     limited = _header_values(limit, "limited_headers")
+    shared = None
+    if "shared" in limit.value:
+        service = limit.mapping("shared", "a mapping such as {service: ratelimit}")
+        if service is not None:
+            service.check_keys(("service",), "shared")
+            shared = service.get("service", fields.name, required=True)
     if requests is None or per is None:
         return None
     return RateLimit(requests=requests, per=per, by=cast(Any, by), header=header,
                      origin=limit.origin(), shadow=shadow,
                      ratelimit_headers=True if headers is None else headers,
-                     limited_headers=limited)
+                     limited_headers=limited, shared=shared)
 
 
 def _header_values(parent: Fields, key: str) -> tuple[tuple[str, str], ...]:

@@ -56,6 +56,7 @@ from meshpilot.translators.httpfilters import (
     jwt_authn,
     local_ratelimit,
     mesh_authorization,
+    ratelimit,
     rbac,
     router,
     stateful_session,
@@ -73,6 +74,7 @@ ORDER: tuple[HttpFeature, ...] = (
     cors.FEATURE,  # answers preflights before anything else runs (they carry no credentials)
     csrf.FEATURE,  # a forged request is refused before it costs a token or a check
     local_ratelimit.FEATURE,  # first of security: credential guessing is limited too
+    ratelimit.FEATURE,  # shared limits, asked of a rate limit service
     jwt_authn.FEATURE,
     basic_auth.FEATURE,
     api_key_auth.FEATURE,
