@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from meshpilot.base.errors import Position
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
 from meshpilot.inputs.native.fields import did_you_mean, quoted
-from meshpilot.ir.model import Gateway, Route, Security, Service
+from meshpilot.ir.model import Gateway, RateLimit, Route, Security, Service
 
 # Suggestions compare a missing name with every name of its kind (about 2 us each): fine for a
 # few typos, but thousands of broken references to thousands of services would spend minutes in
@@ -38,6 +38,7 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     index = _Index.of(documents, load)
     for route, ctx in index.routes:
         _check_route(route, ctx, index)
+    _check_shared_limit_names(index)
     for gateway, ctx in index.gateway_documents:
         _check_tcp_listeners(gateway, ctx, index)
         _check_tracing(gateway, ctx, index)
@@ -46,6 +47,23 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     _check_view_names(documents)
     _check_mesh(documents, index)
     _check_failover(documents, index)
+
+
+def _check_shared_limit_names(index: _Index) -> None:
+    """Shared rate limits given one name are one limit: each must say the same."""
+    first: dict[str, tuple[RateLimit, str]] = {}
+    for route, ctx in index.routes:
+        places = [(("rate_limit",), route.security.rate_limit)]
+        places += [(("rules", i, "rate_limit"), rule.security.rate_limit)
+                   for i, rule in enumerate(route.rules)]
+        for path, limit in places:
+            if limit is None or limit.shared_name is None:
+                continue
+            seen = first.setdefault(limit.shared_name, (limit, f"Route {route.name}"))
+            if seen[0] is not limit and seen[0] != limit:
+                ctx.report((*path, "shared", "name"), f"shared rate limit "
+                           f"{quoted(limit.shared_name)} is set differently in {seen[1]}: "
+                           "limits of one name must be written alike", at_value=True)
 
 
 def _check_failover(documents: Sequence[ParsedDocument], index: _Index) -> None:

@@ -547,6 +547,9 @@ class RateLimit:
     # envoy.service.ratelimit.v3; meshpilot serves one with --rate-limit-address). None: each
     # Envoy counts on its own (local_ratelimit).
     shared: str | None = None
+    # shared: the limit's name in the service; Routes (of any gateway) naming the same one
+    # share its counts. None: the Route's name, or `<route>/rules[<i>]`.
+    shared_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -716,6 +716,7 @@ def _security(scope: str) -> dict[str, Schema]:
             "shared": _object("Count across every Envoy, by a rate limit service.", {
                 "service": _ref("name", "The rate limit Service (protocol grpc): meshpilot's "
                                         "own (--rate-limit-address) or another."),
+                "name": _ref("name", "The limit's name: limits of one name share counts."),
             }, required=("service",)),
         }, required=("requests", "per")),
         "session_persistence": _object(

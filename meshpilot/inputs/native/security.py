@@ -485,18 +485,19 @@ def _rate_limit(spec: Fields) -> RateLimit | None:
     shadow = limit.get("shadow", fields.boolean) or False
     headers = limit.get("ratelimit_headers", fields.boolean)
     limited = _header_values(limit, "limited_headers")
-    shared = None
+    shared = shared_name = None
     if "shared" in limit.value:
         service = limit.mapping("shared", "a mapping such as {service: ratelimit}")
         if service is not None:
-            service.check_keys(("service",), "shared")
+            service.check_keys(("service", "name"), "shared")
             shared = service.get("service", fields.name, required=True)
+            shared_name = service.get("name", fields.name)
     if requests is None or per is None:
         return None
     return RateLimit(requests=requests, per=per, by=cast(Any, by), header=header,
                      origin=limit.origin(), shadow=shadow,
                      ratelimit_headers=True if headers is None else headers,
-                     limited_headers=limited, shared=shared)
+                     limited_headers=limited, shared=shared, shared_name=shared_name)
 
 
 def _header_values(parent: Fields, key: str) -> tuple[tuple[str, str], ...]:

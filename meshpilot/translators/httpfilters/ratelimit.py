@@ -48,7 +48,11 @@ TIMEOUT = 0.1  # seconds Envoy waits for the service before letting the request 
 
 
 def limit_id(route: Route, rule: Rule | None = None) -> str:
-    """The name a shared limit goes by in descriptors: its Route's, or its rule's entry."""
+    """The name a shared limit goes by in descriptors: the one it was given, else its Route's,
+    or its rule's entry."""
+    limit = (rule.security if rule is not None else route.security).rate_limit
+    if limit is not None and limit.shared_name is not None:
+        return limit.shared_name
     if rule is None:
         return route.name
     index = next(i for i, candidate in enumerate(route.rules) if candidate is rule)
