@@ -131,7 +131,10 @@ class RootRotator:
                                                  self.identities.stragglers())
             if stragglers:
                 await self._push(stragglers, "certificates from the new root")
-                await self._delivered(stragglers, IDENTITY_SECRET)
+            # Every Envoy must hold its certificate from the new root (re-issued now, at the
+            # promotion, or renewed since) before the old root stops being trusted.
+            self.busy = "waiting for every Envoy to hold a certificate from the new root"
+            await self._delivered(set(self.cache.views()), IDENTITY_SECRET)
             old = self.state.server_authority.root_fingerprint
             self._commit(self.state.finish(self.clock()))
             self.on_server_root()

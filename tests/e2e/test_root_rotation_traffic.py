@@ -15,6 +15,7 @@ joins the mesh during the overlap.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import ssl
@@ -287,6 +288,9 @@ def test_a_root_rotation_no_request_notices(rotation: Rotation) -> None:
     shown = rotation.cli("status")
     assert f"signing              {new_fp}  expires " in shown.stdout, shown.stdout
     assert "rotation phase idle" in shown.stdout
+    described = rotation.cli("ca", "status", "--json")
+    assert described.returncode == 0, described.stderr
+    assert json.loads(described.stdout)["roots"][0]["fingerprint"] == new_fp
 
 
 def test_an_overlap_ends_by_itself_and_new_xds_connections_need_the_new_root(
