@@ -52,9 +52,11 @@ from meshpilot.inputs.native.fields import (
     reported_since,
     written_before,
 )
+from meshpilot.inputs.native.security import cidr
 from meshpilot.inputs.yamlsource import FieldPath, Located
 from meshpilot.ir.model import (
     AccessLog,
+    ClientIp,
     Compression,
     CompressionAlgorithm,
     Decompression,
@@ -68,11 +70,12 @@ KIND = "Gateway"
 GATEWAY_KEYS = ("kind", "name", "access_log", "listeners", "tracing")
 LISTENER_KEYS = ("name", "port", "address", "protocol", "service", "access_log",
                  "trust_request_id", "request_id_in_response", "compression", "websocket",
-                 "tls", "redirect_to_https", "tracing", "decompression",
+                 "tls", "redirect_to_https", "client_ip", "tracing", "decompression",
                  "max_requests_per_connection")
+CLIENT_IP_KEYS = ("xff_trusted_hops", "trusted_cidrs", "header")
 LISTENER_PROTOCOLS = ("http", "https", "tcp")
 HTTP_ONLY_KEYS = ("trust_request_id", "request_id_in_response", "compression", "websocket",
-                  "tls", "redirect_to_https", "tracing", "decompression",
+                  "tls", "redirect_to_https", "client_ip", "tracing", "decompression",
                   "max_requests_per_connection")
 ACCESS_LOG_KEYS = ("path", "format")
 ACCESS_LOG_FORMATS = ("json", "text")
@@ -157,6 +160,7 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
     max_requests = entry.get("max_requests_per_connection", fields.integer(1, 4_294_967_295))
     websocket = entry.get("websocket", fields.boolean) or False
     listener_tls, redirect = tls.listener_tls(entry, protocol)
+    client_ip = _client_ip(entry)
     tracing = _tracing(entry) if "tracing" in entry.value else default_tracing
     if name is None or port is None:
         return None
@@ -165,9 +169,37 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
                            protocol=cast(Literal["http"], "http"), access_log=access_log,
                            trust_request_id=trust, request_id_in_response=in_response,
                            compression=compression, websocket=websocket, tls=listener_tls,
-                           redirect_to_https=redirect, origin=entry.origin(), tracing=tracing,
-                           decompression=decompression,
+                           redirect_to_https=redirect, origin=entry.origin(),
+                           client_ip=client_ip, tracing=tracing, decompression=decompression,
                            max_requests_per_connection=max_requests)
+
+
+_TRUSTED_HOPS = fields.integer(1, 32)
+
+
+def _client_ip(entry: Fields) -> ClientIp | None:
+    """`client_ip`: exactly one of xff_trusted_hops (trust that many proxies in front),
+    trusted_cidrs (trust X-Forwarded-For written by proxies at these addresses) or header (a
+    proxy in front puts the client's address in this header)."""
+    spec = entry.mapping("client_ip", "a mapping such as {xff_trusted_hops: 1}, "
+                                      "{trusted_cidrs: [10.0.0.0/8]} or {header: x-real-ip}")
+    if spec is None:
+        return None
+    spec.check_keys(CLIENT_IP_KEYS, "client_ip")
+    kind = spec.exclusive(CLIENT_IP_KEYS, required=True, what="client_ip")
+    if kind == "xff_trusted_hops":
+        hops = spec.get("xff_trusted_hops", _TRUSTED_HOPS, required=True)
+        return None if hops is None else ClientIp(xff_trusted_hops=hops, origin=spec.origin())
+    if kind == "trusted_cidrs":
+        cidrs = fields.unique_list(spec, "trusted_cidrs", "CIDR range", cidr)
+        return ClientIp(trusted_cidrs=cidrs, origin=spec.origin()) if cidrs else None
+    if kind == "header":
+        header = spec.get("header", fields.header_name, required=True)
+        if header is not None and (header.startswith(":") or header == "host"):
+            spec.report("header", f'"{header}" cannot carry an address')
+            return None
+        return None if header is None else ClientIp(header=header, origin=spec.origin())
+    return None
 
 
 def _log_path(value: Any) -> str:

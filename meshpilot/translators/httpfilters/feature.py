@@ -16,7 +16,15 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.message import Message
 
-from meshpilot.ir.model import Authorization, Compression, Decompression, Route, Rule, Security
+from meshpilot.ir.model import (
+    Authorization,
+    Compression,
+    Decompression,
+    Jwt,
+    Route,
+    Rule,
+    Security,
+)
 from meshpilot.translators.protos import pack
 
 HttpFilter = hcm.HttpFilter
@@ -38,6 +46,8 @@ class ChainInputs:
     routes: tuple[Route, ...] = ()
     compression: Compression | None = None  # a gateway listener's `compression`
     callers: Authorization | None = None  # a sidecar's `authorization`, callers as SPIFFE IDs
+    inbound: bool = False  # a sidecar's inbound listener (its route configuration over RDS)
+    inbound_jwt: tuple[str, Jwt] | None = None  # (its name, the sidecar's jwt)
     decompression: Decompression | None = None  # a gateway listener's `decompression`
 
     @classmethod
@@ -51,9 +61,11 @@ class ChainInputs:
         return cls(serves_routes=True)
 
     @classmethod
-    def sidecar_inbound(cls, callers: Authorization | None) -> ChainInputs:
-        """One inline route to the local application: no per-route features."""
-        return cls(serves_routes=False, callers=callers)
+    def sidecar_inbound(cls, callers: Authorization | None,
+                        jwt: tuple[str, Jwt] | None = None) -> ChainInputs:
+        """One route to the local application, over RDS: the callers' authorization is its
+        per-route config, so an edit reaches open connections (no new listener)."""
+        return cls(serves_routes=False, callers=callers, inbound=True, inbound_jwt=jwt)
 
 
 class HttpFeature:
