@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +110,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     node_credentials=tuple(args.write_node_credentials),
                     insecure_admin=args.insecure_admin,
                     trust_domain=args.trust_domain, cert_ttl=args.cert_ttl,
-                    admin_hosts=tuple(args.admin_host))
+                    admin_hosts=tuple(args.admin_host),
+                    rate_limit_address=args.rate_limit_address)
 
 
 def prepush_check(args: argparse.Namespace) -> EnvoyValidator | None:
@@ -290,6 +292,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_prepush(status.get("prepush"))
     for line in status.get("edits", {}).get("lines", []):
         print(line)
+    if status.get("ca"):
+        _print_ca(status["ca"])
     print(f"{'NODE':24} {'VIEW':16} {'VARIANT':12} {'TYPE':10} {'STATUS':9} {'SENT':17} ACKED")
     for p in proxies:
         for short, t in sorted(p["types"].items()):
@@ -342,6 +346,74 @@ def cmd_diff(args: argparse.Namespace) -> int:
         return 2
     print(report(diffs, against), end="")
     return 1 if any(diffs) else 0
+
+
+def _print_ca(ca: dict[str, Any]) -> None:
+    """The mesh CA's roots and the rotation phase, as `status` and `ca` print them."""
+    step = f" ({ca['step']})" if ca.get("step") else ""
+    print(f"mesh CA: rotation phase {ca['phase']}{step}")
+    for root in ca["roots"]:
+        count = ca.get("workload_certificates", {}).get(root["fingerprint"], 0)
+        serving = ", serves xDS" if root["fingerprint"] == ca.get("xds_serving_root") else ""
+        print(f"  {root['role']:20} {root['fingerprint']}  expires {root['not_after']}  "
+              f"{count} workload certificate(s){serving}")
+    if ca.get("finish_after"):
+        print(f"  finishes by itself after {ca['finish_after']}")
+    elif ca["phase"] != "idle":
+        print("  finishes by hand: meshpilot ca finish-rotation")
+    if ca.get("last_error"):
+        print(f"  last step failed: {ca['last_error']}")
+
+
+def _overlap(text: str) -> str | float:
+    return "manual" if text == "manual" else _duration(text)
+
+
+def cmd_ca_status(args: argparse.Namespace) -> int:
+    try:
+        ca = admin_client(args).get_json("/debug/ca")
+    except AdminError as e:
+        print(e, file=sys.stderr)
+        return e.code
+    if args.json:
+        print(json.dumps(ca, indent=2))
+    else:
+        _print_ca(ca)
+    return 0
+
+
+def cmd_ca_rotate_root(args: argparse.Namespace) -> int:
+    try:
+        admin = admin_client(args)
+        ca = admin.post_json("/v1/ca/rotate-root",
+                             {"overlap": args.overlap, "reissue": args.reissue})
+    except AdminError as e:
+        print(f"meshpilot ca rotate-root: {e}", file=sys.stderr)
+        return e.code
+    _print_ca(ca)
+    print("new root in every trust bundle; it signs once every Envoy holds it. Restart or "
+          "re-bootstrap the Envoys before the rotation finishes, so that their bootstrap's "
+          "CA file (ca.crt, rewritten now) holds the new root too (docs/operations.md)")
+    return 0
+
+
+def cmd_ca_finish_rotation(args: argparse.Namespace) -> int:
+    try:
+        admin = admin_client(args)
+        ca = admin.post_json("/v1/ca/finish-rotation")
+        deadline = time.monotonic() + args.wait
+        while ca["phase"] != "idle" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            ca = admin.get_json("/debug/ca")
+    except AdminError as e:
+        print(f"meshpilot ca finish-rotation: {e}", file=sys.stderr)
+        return e.code
+    _print_ca(ca)
+    if ca["phase"] != "idle":
+        print(f"still finishing after {args.wait:g}s (waiting for Envoys to take the new "
+              "certificates); `meshpilot ca status` shows when it is done", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -458,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the envoy beside this Python, then PATH)")
     p.add_argument("--check-workers", type=int, default=2, metavar="N",
                    help="pre-push checks run side by side (2)")
+    p.add_argument("--rate-limit-address", type=_address, default=None, metavar="HOST:PORT",
+                   help="serve the policy's shared rate limits (rate_limit.shared) as an Envoy "
+                        "rate limit service here, plaintext gRPC: a policy Service with "
+                        "protocol grpc at this address is what the limits name")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
@@ -564,6 +640,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
                    help="the folder of the server's token.key, as given to serve (.meshpilot)")
     p.set_defaults(func=cmd_token_rotate_key)
+
+    p = sub.add_parser("ca", help="the mesh CA: its roots, and rotating the root")
+    ca = p.add_subparsers(dest="ca_command", required=True)
+    p = ca.add_parser("status", help="the roots (fingerprints, expiry) and the rotation phase")
+    p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
+    _admin_client_arguments(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_ca_status)
+    p = ca.add_parser("rotate-root", help="start a root rotation: a new root, trusted beside "
+                                          "the old one, then signing (docs/operations.md)")
+    p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
+    _admin_client_arguments(p)
+    p.add_argument("--overlap", type=_overlap, default=24 * 3600.0, metavar="DURATION",
+                   help="how long both roots stay trusted once the new one signs, then the "
+                        "old one is dropped by itself (24h); `manual`: only by "
+                        "`meshpilot ca finish-rotation`")
+    p.add_argument("--reissue", choices=["now", "at-renewal"], default="now",
+                   help="re-issue every workload certificate from the new root at once (now), "
+                        "or at each one's renewal (at-renewal)")
+    p.set_defaults(func=cmd_ca_rotate_root)
+    p = ca.add_parser("finish-rotation", help="drop the old root from every trust bundle")
+    p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
+    _admin_client_arguments(p)
+    p.add_argument("--wait", type=_duration, default=120.0, metavar="DURATION",
+                   help="wait this long for the finish to complete (120s)")
+    p.set_defaults(func=cmd_ca_finish_rotation)
 
     p = sub.add_parser("up", help="control plane + real Envoy + demo backends, for a first try")
     p.add_argument("policy", nargs="?", default="examples/quickstart")

@@ -67,19 +67,33 @@ class WorkloadCertificate:
     issued_at: float  # the `now` it was issued at: renewal is due at issued_at + ttl / 2
     certificate_chain: bytes  # PEM: the workload certificate (the root is the trust bundle)
     private_key: bytes = field(repr=False)  # PEM (PKCS#8); never logged, redacted in dumps
+    root: str = ""  # the fingerprint of the root that signed it (`fingerprint`)
 
     @property
     def renew_at(self) -> float:
         return self.issued_at + (self.not_after - self.issued_at) / 2
 
 
+def fingerprint(certificate: x509.Certificate) -> str:
+    """`sha256:<hex>` of the certificate's DER bytes (what `openssl x509 -fingerprint -sha256`
+    prints, without the colons)."""
+    return "sha256:" + certificate.fingerprint(hashes.SHA256()).hex()
+
+
 class CertificateAuthority:
+    """The root that signs, and the trust bundle: that root first, then `trusted` (other roots
+    Envoys must accept too, during a root rotation: ca/rotation.py)."""
+
     def __init__(self, root_key: ec.EllipticCurvePrivateKey, root_cert: x509.Certificate,
-                 trust_domain: str = DEFAULT_TRUST_DOMAIN):
+                 trust_domain: str = DEFAULT_TRUST_DOMAIN,
+                 trusted: tuple[x509.Certificate, ...] = ()):
         self.trust_domain = check_trust_domain(trust_domain)
         self._key = root_key
         self.root = root_cert
-        self.trust_bundle: bytes = root_cert.public_bytes(serialization.Encoding.PEM)
+        self.root_fingerprint = fingerprint(root_cert)
+        self.trusted = tuple(c for c in trusted if fingerprint(c) != self.root_fingerprint)
+        self.trust_bundle: bytes = b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in (root_cert, *self.trusted))
 
     def __repr__(self) -> str:
         return f"CertificateAuthority({self.root.subject.rfc4514_string()!r})"
@@ -88,18 +102,22 @@ class CertificateAuthority:
 
     @classmethod
     def create(cls, trust_domain: str = DEFAULT_TRUST_DOMAIN,
-               now: dt.datetime | None = None) -> CertificateAuthority:
-        """A new root in memory."""
+               now: dt.datetime | None = None, label: str | None = None,
+               validity: dt.timedelta = ROOT_VALIDITY) -> CertificateAuthority:
+        """A new root in memory. `label` (a root made by a rotation) goes into the subject as
+        its organizational unit, so two roots of one trust domain have different names."""
         now = now or dt.datetime.now(dt.UTC)
         key = ec.generate_private_key(ec.SECP256R1())
         common_name = f"meshpilot root CA {check_trust_domain(trust_domain)}"
-        name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshpilot"),
-                          x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+        attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "meshpilot")]
+        if label:
+            attributes.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, label))
+        name = x509.Name([*attributes, x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         public = key.public_key()
         cert = (x509.CertificateBuilder()
                 .subject_name(name).issuer_name(name).public_key(public)
                 .serial_number(x509.random_serial_number())
-                .not_valid_before(now - BACKDATE).not_valid_after(now + ROOT_VALIDITY)
+                .not_valid_before(now - BACKDATE).not_valid_after(now + validity)
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
                 .add_extension(x509.KeyUsage(
                     digital_signature=False, content_commitment=False, key_encipherment=False,
@@ -110,6 +128,16 @@ class CertificateAuthority:
                     [x509.UniformResourceIdentifier(f"spiffe://{trust_domain}")]), critical=False)
                 .sign(key, hashes.SHA256()))
         return cls(key, cert, trust_domain)
+
+    def key_pem(self) -> bytes:
+        """The root's private key, PEM (PKCS#8): for the CA folder only, never a log."""
+        return self._key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption())
+
+    def with_trusted(self, trusted: tuple[x509.Certificate, ...]) -> CertificateAuthority:
+        """The same signing root with another set of further trusted roots."""
+        return CertificateAuthority(self._key, self.root, self.trust_domain, trusted)
 
     @classmethod
     def load_or_create(cls, directory: str | Path | None,
@@ -126,33 +154,35 @@ class CertificateAuthority:
             return cls.load(folder, trust_domain)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         ca = cls.create(trust_domain)
-        key_pem = ca._key.private_bytes(serialization.Encoding.PEM,
-                                        serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption())
         fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
-            out.write(key_pem)
+            out.write(ca.key_pem())
         cert_path.write_bytes(ca.trust_bundle)
         log.info("mesh CA root created in %s (trust domain %s)", folder, trust_domain)
         return ca
 
     @classmethod
     def load(cls, folder: Path, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> CertificateAuthority:
+        """`ca.key` and `ca.crt`: the certificate of that key signs, every other certificate in
+        `ca.crt` is trusted besides (a bundle written during a root rotation)."""
         cert_path, key_path = folder / ROOT_CERT, folder / ROOT_KEY
         try:
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            certs = x509.load_pem_x509_certificates(cert_path.read_bytes())
             key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         except (OSError, ValueError) as e:
             raise CaError(f"cannot load the mesh CA from {folder}: {type(e).__name__}: "
                              f"{getattr(e, 'strerror', None) or e}") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise CaError(f"{key_path}: expected an EC private key")
-        if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
+        public = key.public_key().public_numbers()
+        own = [c for c in certs if isinstance(c.public_key(), ec.EllipticCurvePublicKey)
+               and c.public_key().public_numbers() == public]  # type: ignore[union-attr]
+        if not own:
             raise CaError(f"{key_path} is not the key of {cert_path}")
         if key_path.stat().st_mode & 0o077:
             log.warning("%s is readable by others (mode %o): chmod 600 it", key_path,
                         key_path.stat().st_mode & 0o777)
-        return cls(key, cert, trust_domain)
+        return cls(key, own[0], trust_domain, tuple(c for c in certs if c is not own[0]))
 
     # ---- the control plane's own serving certificate -----------------------------------------
 
@@ -194,7 +224,8 @@ class CertificateAuthority:
             certificate_chain=cert.public_bytes(serialization.Encoding.PEM),
             private_key=key.private_bytes(serialization.Encoding.PEM,
                                           serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+                                          serialization.NoEncryption()),
+            root=self.root_fingerprint)
 
     # ---- workload certificates -------------------------------------------------------------
 
@@ -239,4 +270,5 @@ class CertificateAuthority:
             certificate_chain=cert.public_bytes(serialization.Encoding.PEM),
             private_key=key.private_bytes(serialization.Encoding.PEM,
                                           serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+                                          serialization.NoEncryption()),
+            root=self.root_fingerprint)

@@ -75,3 +75,38 @@ class WorkloadIdentities:
                     self._current[name] = self.ca.issue(self.spiffe_id(name), now, self.ttl)
                     renewed.add(name)
         return renewed
+
+    # ---- a root rotation (ca/rotation.py; the runtime's runtime/ca_rotation.py) -------------
+
+    def set_authority(self, ca: CertificateAuthority) -> None:
+        """Issue from `ca` from now on, and send its trust bundle. Certificates already issued
+        stay until `reissue` or their renewal."""
+        if ca.trust_domain != self.ca.trust_domain:
+            raise ValueError(f"trust domain {ca.trust_domain} is not {self.ca.trust_domain}")
+        with self._lock:
+            self.ca = ca
+
+    def stragglers(self) -> frozenset[str]:
+        """The names whose current certificate another root than the signing one signed."""
+        with self._lock:
+            signer = self.ca.root_fingerprint
+            return frozenset(n for n, c in self._current.items() if c.root != signer)
+
+    def reissue(self, names: Iterable[str]) -> set[str]:
+        """A new certificate from the signing root for each of `names` that has one now."""
+        now = self.clock()
+        done: set[str] = set()
+        with self._lock:
+            for name in names:
+                if name in self._current:
+                    self._current[name] = self.ca.issue(self.spiffe_id(name), now, self.ttl)
+                    done.add(name)
+        return done
+
+    def by_root(self) -> dict[str, int]:
+        """How many current certificates each root signed (by fingerprint)."""
+        with self._lock:
+            counts: dict[str, int] = {}
+            for current in self._current.values():
+                counts[current.root] = counts.get(current.root, 0) + 1
+            return counts

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from meshpilot.base.errors import Position
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
 from meshpilot.inputs.native.fields import did_you_mean, quoted
-from meshpilot.ir.model import Gateway, Route, Security, Service
+from meshpilot.ir.model import Gateway, RateLimit, Route, Security, Service
 
 # Suggestions compare a missing name with every name of its kind (about 2 us each): fine for a
 # few typos, but thousands of broken references to thousands of services would spend minutes in
@@ -38,13 +38,62 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     index = _Index.of(documents, load)
     for route, ctx in index.routes:
         _check_route(route, ctx, index)
+    _check_shared_limit_names(index)
     for gateway, ctx in index.gateway_documents:
         _check_tcp_listeners(gateway, ctx, index)
+        _check_tracing(gateway, ctx, index)
     _check_hosts(index)
     _check_forwarded_users(index)
     _check_ports(index)
     _check_view_names(documents)
     _check_mesh(documents, index)
+    _check_failover(documents, index)
+
+
+def _check_shared_limit_names(index: _Index) -> None:
+    """Shared rate limits given one name are one limit: each must say the same."""
+    first: dict[str, tuple[RateLimit, str]] = {}
+    for route, ctx in index.routes:
+        places = [(("rate_limit",), route.security.rate_limit)]
+        places += [(("rules", i, "rate_limit"), rule.security.rate_limit)
+                   for i, rule in enumerate(route.rules)]
+        for path, limit in places:
+            if limit is None or limit.shared_name is None:
+                continue
+            seen = first.setdefault(limit.shared_name, (limit, f"Route {route.name}"))
+            if seen[0] is not limit and seen[0] != limit:
+                ctx.report((*path, "shared", "name"), f"shared rate limit "
+                           f"{quoted(limit.shared_name)} is set differently in {seen[1]}: "
+                           "limits of one name must be written alike", at_value=True)
+
+
+def _check_failover(documents: Sequence[ParsedDocument], index: _Index) -> None:
+    """Each failover target is another existing Service, speaking HTTP if this one does (or
+    tcp if it does), with no failover of its own (Envoy's aggregate clusters do not nest)."""
+    for document in documents:
+        for part in document.parts:
+            if not isinstance(part, Service):
+                continue
+            ctx = document.context
+            for position, target in enumerate(part.failover):
+                path = ("failover", position)
+                found = index.services.get(target)
+                if target == part.name:
+                    ctx.report(path, "a Service cannot fail over to itself", at_value=True)
+                elif found is None:
+                    if not index.declared("Service", target):
+                        hint = index.did_you_mean("Service", target,
+                                                  index.names.get("Service", []))
+                        ctx.report(path, f"no Service named {quoted(target)}{hint}",
+                                   at_value=True)
+                elif (found.protocol == "tcp") != (part.protocol == "tcp"):
+                    ctx.report(path, f"Service {found.name} speaks protocol {found.protocol}, "
+                                     f"this one {part.protocol}: a failover target must speak "
+                                     "alike", at_value=True)
+                elif found.failover:
+                    ctx.report(path, f"Service {found.name} has a failover of its own; list "
+                                     "every fallback, in order, on this Service instead",
+                               at_value=True)
 
 
 @dataclass(slots=True)
@@ -133,6 +182,15 @@ def _check_security_services(security: Security, path: tuple[str | int, ...],
                                (*path, "jwt", "providers", provider_index, "jwks"), ctx, index)
     if security.ext_authz is not None:
         _check_backend(security.ext_authz.service, None, (*path, "ext_authz"), ctx, index)
+    limit = security.rate_limit
+    if limit is not None and limit.shared is not None:
+        where = (*path, "rate_limit", "shared")
+        _check_backend(limit.shared, None, where, ctx, index)
+        service = index.services.get(limit.shared)
+        if service is not None and service.protocol not in ("grpc", "http2", "tcp"):
+            ctx.report((*where, "service"), f"Service {service.name} speaks protocol "
+                                            f"{service.protocol}; a rate limit service is "
+                                            "called over gRPC: give it protocol grpc")
 
 
 def _check_mirrors(route: Route, rule_index: int, ctx: DocumentContext, index: _Index) -> None:
@@ -222,6 +280,36 @@ def _check_tcp_listeners(gateway: Gateway, ctx: DocumentContext, index: _Index) 
         elif service.protocol != "tcp":
             ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; a "
                              "tcp listener needs a Service with protocol tcp")
+
+
+def _check_tracing(gateway: Gateway, ctx: DocumentContext, index: _Index) -> None:
+    """A tracing collector exists and speaks what its tracer sends: OTLP over gRPC
+    (protocol grpc or http2) for opentelemetry, HTTP for zipkin."""
+    default_reported = False
+    for listener_index, listener in enumerate(gateway.listeners):
+        spec = listener.tracing
+        if spec is None:
+            continue
+        # Set on this listener, or on the gateway (the default of every listener).
+        own = spec.origin is None or spec.origin.field.startswith("listeners")
+        path: tuple[str | int, ...] = ("listeners", listener_index, "tracing", "collector") \
+            if own else ("tracing", "collector")
+        if not own and default_reported:
+            continue  # the gateway's default: reported once, not per listener
+        default_reported = default_reported or not own
+        service = index.services.get(spec.collector)
+        if service is None:
+            if not index.declared("Service", spec.collector):
+                hint = index.did_you_mean("Service", spec.collector,
+                                          index.names.get("Service", []))
+                ctx.report(path, f"no Service named {quoted(spec.collector)}{hint}")
+        elif spec.provider == "opentelemetry" and service.protocol not in ("grpc", "http2"):
+            ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; an "
+                             "OpenTelemetry collector receives OTLP over gRPC: give it "
+                             "protocol grpc")
+        elif spec.provider == "zipkin" and service.protocol == "tcp":
+            ctx.report(path, f"Service {service.name} speaks protocol tcp; a Zipkin collector "
+                             "receives spans over HTTP")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -246,6 +246,10 @@ class Service:
     sidecar: Sidecar | None = None  # None: no sidecar (the service may still be called)
     tls: UpstreamTls | None = None  # None: plain connections to the endpoints
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    max_requests_per_connection: int | None = None  # None: unlimited (Envoy's default)
+    # Services to send to, in order, when this one has no healthy endpoint (an aggregate
+    # cluster: translators/failover.py). Each has no failover of its own.
+    failover: tuple[str, ...] = ()
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)
@@ -268,12 +272,38 @@ class AccessLog:
     origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
+CompressionAlgorithm = Literal["brotli", "zstd", "gzip"]
+
+
 @dataclass(frozen=True, slots=True)
 class Compression:
-    """gzip compression of responses (the only algorithm yet)."""
+    """Compression of responses for clients that accept it."""
 
     min_content_length: int | None = None  # None: Envoy's default (30 bytes)
     content_types: tuple[str, ...] = ()  # empty: Envoy's default list
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+    # In order of preference (when a client accepts several equally): brotli, zstd, gzip.
+    algorithms: tuple[CompressionAlgorithm, ...] = ("gzip",)
+
+
+@dataclass(frozen=True, slots=True)
+class Decompression:
+    """Request bodies sent compressed (Content-Encoding) are decompressed for the backend."""
+
+    algorithms: tuple[CompressionAlgorithm, ...]  # brotli, zstd, gzip: which are accepted
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Tracing:
+    """Distributed tracing of a listener's requests (translators/tracing.py): Envoy starts or
+    continues a trace, propagates its headers upstream and exports spans to a collector."""
+
+    provider: Literal["opentelemetry", "zipkin"]
+    collector: str  # the Service spans are sent to (OTLP/gRPC, or Zipkin's HTTP JSON API)
+    sampling: float = 100.0  # percent of requests without a sampling decision that are traced
+    service_name: str | None = None  # the spans' service name; None: the gateway's name
+    path: str = "/api/v2/spans"  # zipkin: the collector's endpoint
     origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
@@ -294,6 +324,9 @@ class GatewayListener:
     redirect_to_https: int | None = None  # set: answer everything with a 301 to https on this port
     origin: Origin | None = field(default=None, compare=False, repr=False)
     client_ip: ClientIp | None = None  # how the client's address is found (None: the peer's)
+    tracing: Tracing | None = None  # http only: spans to a collector (the gateway's default)
+    decompression: Decompression | None = None  # http only: compressed request bodies
+    max_requests_per_connection: int | None = None  # http only: None: unlimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -559,6 +592,38 @@ class RateLimit:
     by: Literal["route", "host", "header", "source_ip"] = "route"
     header: str | None = None  # by header
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    shadow: bool = False  # count what would be limited, refuse nothing (Envoy's filter_enforced 0)
+    ratelimit_headers: bool = True  # x-ratelimit-limit/-remaining/-reset on every answer
+    limited_headers: tuple[tuple[str, str], ...] = ()  # (name, value) on 429 answers only
+    # Set: counted across every Envoy by this Service, a rate limit service (Envoy's
+    # envoy.service.ratelimit.v3; meshpilot serves one with --rate-limit-address). None: each
+    # Envoy counts on its own (local_ratelimit).
+    shared: str | None = None
+    # shared: the limit's name in the service; Routes (of any gateway) naming the same one
+    # share its counts. None: the Route's name, or `<route>/rules[<i>]`.
+    shared_name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Csrf:
+    """Cross-site request forgery protection (Envoy's CSRF filter): a state-changing request
+    (POST, PUT, DELETE, PATCH) whose Origin (else Referer) is not the request's own host, nor
+    one of `allow_origins`, or that has neither header, is refused with 403."""
+
+    allow_origins: tuple[str, ...] = ()  # hosts (host or host:port); "*.example.com" suffixes
+    shadow: bool = False  # count what would be refused, refuse nothing
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPersistence:
+    """Sticky sessions by header (Envoy's stateful_session filter): the answer carries the
+    endpoint that served it in `header`; a request sending it back goes to that endpoint while
+    it is healthy (else, `strict` False, anywhere; `strict` True: 503)."""
+
+    header: str  # lower case
+    strict: bool = False
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -572,12 +637,16 @@ class Security:
     ext_authz: ExtAuthz | None = None
     authorization: tuple[Authorization, ...] | None = None  # DENY first, then ALLOW
     rate_limit: RateLimit | None = None
+    csrf: Csrf | None = None
+    # Not security, but switched per virtual host or route entry the same way.
+    session_persistence: SessionPersistence | None = None
 
     def __bool__(self) -> bool:
         # Asked for every Route and rule by every HTTP feature: written out, not a loop.
         return (self.jwt is not None or self.api_keys is not None
                 or self.basic_auth is not None or self.ext_authz is not None
-                or self.authorization is not None or self.rate_limit is not None)
+                or self.authorization is not None or self.rate_limit is not None
+                or self.csrf is not None or self.session_persistence is not None)
 
 
 @dataclass(frozen=True, slots=True)

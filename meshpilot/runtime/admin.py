@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from meshpilot.base.units import parse_duration
+from meshpilot.ca.rotation import DEFAULT_OVERLAP, REISSUE_MODES, REISSUE_NOW, RotationError
 from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.discovery.http_api import REGISTRATION_PATHS, add_registration_routes
 from meshpilot.discovery.registry import EndpointRegistry
@@ -25,6 +27,14 @@ from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.render import snapshot_to_dict
 from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.status import ProxyRegistry
+
+
+class CaControl(Protocol):
+    """The mesh CA's root rotation, as the admin API drives it (runtime/ca_rotation.py)."""
+
+    def describe(self) -> dict[str, Any]: ...
+    async def start(self, overlap: float | None = ..., reissue: str = ...) -> dict[str, Any]: ...
+    def request_finish(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class AdminSources:
     warnings: Callable[[], Sequence[str]] = field(default=lambda: ())
     # More of /debug/status: the pre-push check, the newest edits' convergence.
     status_extra: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    ca: CaControl | None = None  # the root rotation (/v1/ca/...); None: no CA to rotate
 
 
 # Who may call what without an operator token (admin_guard); every other route needs one.
@@ -60,6 +71,47 @@ ACCESS: dict[str, Access] = {
 def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(text=json.dumps(data, indent=2, sort_keys=True) + "\n", status=status,
                         content_type="application/json")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """A JSON object body (the guard already required application/json); empty: {}."""
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError:
+        raise ValueError("the body is not JSON") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError("the body must be a JSON object")
+    return data
+
+
+def _rotation_options(body: dict[str, Any]) -> tuple[float | None, str]:
+    """(overlap in seconds or None for a finish by hand, reissue mode) of a rotate-root body:
+    {"overlap": "24h" | 86400 | "manual", "reissue": "now" | "at-renewal"}."""
+    unknown = set(body) - {"overlap", "reissue"}
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}: expected overlap, "
+                         "reissue")
+    overlap: float | None = DEFAULT_OVERLAP
+    value = body.get("overlap", DEFAULT_OVERLAP)
+    if value == "manual":
+        overlap = None
+    elif isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("overlap: a duration (\"24h\"), seconds, or \"manual\"")
+    else:
+        try:
+            overlap = parse_duration(value) if isinstance(value, str) else float(value)
+        except ValueError as e:
+            raise ValueError(f"overlap: {e}") from None
+        if not 0 <= overlap <= 366 * 24 * 3600:
+            raise ValueError("overlap: between 0 and 366 days")
+    reissue = body.get("reissue", REISSUE_NOW)
+    if reissue not in REISSUE_MODES:
+        raise ValueError(f"reissue: one of {', '.join(REISSUE_MODES)}")
+    return overlap, reissue
 
 
 def make_app(sources: AdminSources) -> web.Application:
@@ -96,7 +148,36 @@ def make_app(sources: AdminSources) -> web.Application:
             "proxies": len(sources.proxies.describe()),
             **sources.addresses(),
             **sources.status_extra(),
+            **({"ca": sources.ca.describe()} if sources.ca is not None else {}),
         })
+
+    # The mesh CA's root rotation (docs/operations.md, "Rotating the CA root"): operators only.
+    @routes.get("/debug/ca")
+    async def ca_status(_: web.Request) -> web.Response:
+        if sources.ca is None:
+            return _json({"error": "this process has no mesh CA"}, 404)
+        return _json(sources.ca.describe())
+
+    @routes.post("/v1/ca/rotate-root")
+    async def rotate_root(request: web.Request) -> web.Response:
+        if sources.ca is None:
+            return _json({"error": "this process has no mesh CA"}, 404)
+        try:
+            overlap, reissue = _rotation_options(await _body(request))
+            return _json(await sources.ca.start(overlap, reissue))
+        except RotationError as e:
+            return _json({"error": str(e)}, 409)
+        except ValueError as e:
+            return _json({"error": str(e)}, 400)
+
+    @routes.post("/v1/ca/finish-rotation")
+    async def finish_rotation(_: web.Request) -> web.Response:
+        if sources.ca is None:
+            return _json({"error": "this process has no mesh CA"}, 404)
+        try:
+            return _json(sources.ca.request_finish(), 202)
+        except RotationError as e:
+            return _json({"error": str(e)}, 409)
 
     @routes.get("/debug/config_dump")
     async def config_dump(request: web.Request) -> web.Response:

@@ -59,8 +59,18 @@ class AdminClient:
         self.timeout = timeout
 
     def get_json(self, path: str) -> Any:
+        return self._call(path)
+
+    def post_json(self, path: str, body: Any = None) -> Any:
+        """POST `body` as JSON (an empty object if None); the answer's JSON."""
+        return self._call(path, json.dumps({} if body is None else body).encode())
+
+    def _call(self, path: str, data: bytes | None = None) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-        request = urllib.request.Request(self.base + path, headers=headers)
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.base + path, headers=headers, data=data,
+                                         method="GET" if data is None else "POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 return json.load(response)

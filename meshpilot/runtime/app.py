@@ -20,21 +20,25 @@ from aiohttp import web
 from meshpilot.base.privatefiles import write_private
 from meshpilot.ca import CertificateAuthority, WorkloadIdentities
 from meshpilot.ca.authority import WorkloadCertificate
+from meshpilot.ca.rotation import RootStore, RotationState
 from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.discovery.docker_source import DockerSource
 from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.runtime.admin import AdminSources, make_app
 from meshpilot.runtime.admin_guard import HostRules
+from meshpilot.runtime.ca_rotation import RootRotator
 from meshpilot.runtime.controller import Controller
 from meshpilot.runtime.convergence import Convergence
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.runtime.prepush import PrePush, ResourceCheck
+from meshpilot.runtime.ratelimit_service import Counters, RateLimitServer
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
 from meshpilot.translators.provenance import origins_of
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
 from meshpilot.xds.security import (
+    IssuedServerCertificate,
     NodeTokenCheck,
     OperatorCheck,
     ServerCertificates,
@@ -127,6 +131,9 @@ class Settings:
     # (`token`, `ca.crt`), for Envoys that get their credentials from a shared folder or
     # volume (the compose stack: one volume per service, mounted only into that service).
     node_credentials: tuple[tuple[str, Path], ...] = ()
+    # HOST:PORT of meshpilot's own rate limit service (runtime/ratelimit_service.py), for the
+    # policy's shared rate limits; None: not started.
+    rate_limit_address: str | None = None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -155,10 +162,13 @@ class Meshpilot:
         # A malformed admin address or --admin-host (ValueError) refuses to start, rather than
         # failing every admin request later.
         HostRules(settings.admin_address, settings.admin_hosts)
-        self.identities = WorkloadIdentities(
-            CertificateAuthority.load_or_create(settings.ca_dir or settings.state_dir,
-                                                settings.trust_domain),
-            ttl=settings.cert_ttl)
+        # The roots, and a root rotation in progress (ca/rotation.py), from the CA folder.
+        ca_folder = settings.ca_dir or settings.state_dir
+        self.root_store = RootStore(ca_folder, settings.trust_domain) if ca_folder else None
+        ca_state = (self.root_store.load_or_create() if self.root_store is not None else
+                    RotationState.single(CertificateAuthority.load_or_create(
+                        None, settings.trust_domain)))
+        self.identities = WorkloadIdentities(ca_state.authority, ttl=settings.cert_ttl)
         self.controller = Controller(settings.policy, self.cache, self.metrics,
                                      plugins=[*load_plugins(settings.plugins), *plugins],
                                      endpoints=self.endpoints,
@@ -166,6 +176,15 @@ class Meshpilot:
                                      allowed_files=settings.allowed_files,
                                      prepush=(PrePush(resource_check)
                                               if resource_check is not None else None))
+        self.rotator = RootRotator(ca_state, self.root_store, self.identities, self.controller,
+                                   self.cache, self.registry,
+                                   on_server_root=self._reissue_xds_certificate,
+                                   on_bundle=self.write_trust_bundles)
+        self._rotation_task: asyncio.Task[None] | None = None
+        self.rate_limit_counters = Counters()
+        self.rate_limit_server = None if settings.rate_limit_address is None else \
+            RateLimitServer(settings.rate_limit_address, self.rate_limit_counters,
+                            lambda: self.controller.model)
         self.docker: DockerSource | None = None
         if settings.docker:
             self.docker = DockerSource(self.endpoints, network=settings.docker_network)
@@ -182,8 +201,11 @@ class Meshpilot:
         # Secure by default: without certificate files, TLS with a certificate this process
         # issues itself from the mesh CA (Envoys trust the CA root, `ca.crt`).
         self.xds_self_issued: WorkloadCertificate | None = None
+        self._xds_issued_credentials: IssuedServerCertificate | None = None
         if not settings.insecure_xds and tls is None:
             self.xds_self_issued = self._issue_xds_certificate()
+            self._xds_issued_credentials = IssuedServerCertificate(
+                self.xds_self_issued.private_key, self.xds_self_issued.certificate_chain)
         self.xds_auth, authorize = self._xds_authorization()
         # Each edit's convergence, from its first file event to the last Envoy's ACK.
         self.convergence = Convergence(self.metrics.edit_convergence, clock=time.monotonic)
@@ -214,6 +236,14 @@ class Meshpilot:
             write_private(folder / "token", (token + "\n").encode())
             log.info("node credentials of view %r written to %s", view, folder)
 
+    def write_trust_bundles(self) -> None:
+        """The trust bundle changed (a root rotation): rewrite the `ca.crt` of every
+        --write-node-credentials folder (the CA folder's own is the rotation's to write)."""
+        for _, folder in self.settings.node_credentials:
+            if folder.is_dir():
+                write_private(folder / "ca.crt",
+                              self.xds_ca_pem or self.identities.ca.trust_bundle)
+
     async def start(self) -> None:
         """Load the policy, then serve xDS and admin. Port 0 in an address picks a free port."""
         self.write_node_credentials()
@@ -222,7 +252,10 @@ class Meshpilot:
             self.docker.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         self._rotator = asyncio.get_running_loop().create_task(self._rotate_certificates())
+        self._rotation_task = asyncio.get_running_loop().create_task(self.rotator.run())
         await self.controller.reload_async()
+        if self.rate_limit_server is not None:
+            await self.rate_limit_server.start()
         loop = asyncio.get_running_loop()
         self._grpc = grpc.aio.server(options=_GRPC_OPTIONS)
         self._grpc.add_generic_rpc_handlers(self.xds.handlers())
@@ -234,10 +267,9 @@ class Meshpilot:
                                                self.xds_certificates.credentials())
             log.info("xDS %s; Envoys authenticate with %s", self.xds_certificates.describe(),
                      self.xds_auth)
-        elif self.xds_self_issued is not None:
-            credentials = grpc.ssl_server_credentials([(
-                self.xds_self_issued.private_key, self.xds_self_issued.certificate_chain)])
-            bound = self._grpc.add_secure_port(f"{host}:{port}", credentials)
+        elif self._xds_issued_credentials is not None:
+            bound = self._grpc.add_secure_port(f"{host}:{port}",
+                                               self._xds_issued_credentials.credentials())
             log.info("xDS over TLS, with a certificate from the mesh CA; Envoys authenticate "
                      "with %s", self.xds_auth)
         else:
@@ -291,8 +323,25 @@ class Meshpilot:
         else:
             if not address.is_unspecified and str(address) not in ips:
                 ips.append(str(address))
-        # Issued at every start, so its lifetime only has to outlast one process's uptime.
-        return self.identities.ca.issue_server(names, ips, time.time(), _XDS_CERT_TTL)
+        # Issued at every start, so its lifetime only has to outlast one process's uptime; by
+        # the root every Envoy trusts (the old one until a root rotation finishes).
+        return self.rotator_state.server_authority.issue_server(names, ips, time.time(),
+                                                                _XDS_CERT_TTL)
+
+    @property
+    def rotator_state(self) -> RotationState:
+        return self.rotator.state
+
+    def _reissue_xds_certificate(self) -> None:
+        """A root rotation finished: the serving certificate from the new root, used from the
+        next TLS handshake on (streams already open keep theirs)."""
+        if self._xds_issued_credentials is None:
+            return
+        self.xds_self_issued = self._issue_xds_certificate()
+        self._xds_issued_credentials.replace(self.xds_self_issued.private_key,
+                                             self.xds_self_issued.certificate_chain)
+        log.info("xDS serving certificate re-issued from root %s",
+                 self.rotator.state.server_authority.root_fingerprint)
 
     def _xds_authorization(self) -> tuple[str, Authorize | None]:
         """(what authenticates an Envoy, in words; the XdsServer's authorize hook)."""
@@ -335,7 +384,8 @@ class Meshpilot:
             tokens=None if self.settings.insecure_admin else self.tokens,
             admin_hosts=self.settings.admin_hosts, warnings=self.admin_warnings,
             status_extra=lambda: {"prepush": self.prepush_status(),
-                                  "edits": self.convergence.describe()})
+                                  "edits": self.convergence.describe()},
+            ca=self.rotator)
 
     def locate(self, view: str, type_url: str, name: str) -> str | None:
         """Where the serving policy made the view's resource: "file:line:col: Kind name:
@@ -434,6 +484,9 @@ class Meshpilot:
             self._sweeper.cancel()
         if self._rotator is not None:
             self._rotator.cancel()
+        if self._rotation_task is not None:
+            self._rotation_task.cancel()
+        self.rotator.cancel()
         if self.docker is not None:
             await asyncio.to_thread(self.docker.stop)
         if self._watcher is not None:
@@ -446,6 +499,8 @@ class Meshpilot:
             await self._grpc.stop(grace=0.5)
         if self._admin is not None:
             await self._admin.cleanup()
+        if self.rate_limit_server is not None:
+            await self.rate_limit_server.stop()
 
     async def run_forever(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop cleanly: streams are closed, not cut, so

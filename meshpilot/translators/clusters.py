@@ -77,6 +77,9 @@ def cluster(service: Service, subset: str | None = None) -> Cluster:
         result.eds_cluster_config.service_name = names.eds_service(name)
     if service.protocol in _HTTP2_PROTOCOLS:
         result.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_http2_options())
+    if service.max_requests_per_connection is not None and service.protocol != "tcp":
+        result.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(
+            _limited_options(service))
     if service.health_check is not None:
         result.health_checks.append(health_check(service.health_check, service))
     if service.circuit_breaker is not None:
@@ -185,6 +188,19 @@ def outlier_detection(outlier: OutlierDetection) -> EnvoyOutlier:
     # 5xx), which is what a bare `outlier_detection: {}` in the policy asks for: the caller sets
     # it with CopyFrom, which marks it present.
     return result
+
+
+def _limited_options(service: Service) -> Any:
+    """The HTTP protocol options of a Service whose connections end after a number of
+    requests (then a new one is opened: spreads load over endpoints, renews TLS sessions)."""
+    options = HttpProtocolOptions()
+    if service.protocol in _HTTP2_PROTOCOLS:
+        options.explicit_http_config.http2_protocol_options.CopyFrom(Http2ProtocolOptions())
+    else:
+        options.explicit_http_config.http_protocol_options.SetInParent()
+    options.common_http_protocol_options.max_requests_per_connection.value = \
+        service.max_requests_per_connection or 0
+    return pack(options)
 
 
 def _http2_options() -> Any:

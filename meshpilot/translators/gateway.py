@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from meshpilot.base import types
 from meshpilot.ir.model import Gateway, GatewayListener, Model, Route
-from meshpilot.translators import httpfilters, listeners, routes, secrets
+from meshpilot.translators import failover, httpfilters, listeners, routes, secrets, tracing
 from meshpilot.translators.reuse import NOTHING, BuiltListener, Earlier, ListenerKey
 from meshpilot.xds.resources import Resource
 
@@ -62,7 +62,7 @@ class GatewayViews:
             found.extend(built.front)
             found.extend(built.config)
         # No sorting needed here: a snapshot orders each type's resources by name.
-        for service, subset in _backends(gateway, attached):
+        for service, subset in failover.with_targets(self.model, _backends(gateway, attached)):
             found.extend(self._cluster_resources(service, subset))
         return found
 
@@ -108,6 +108,11 @@ def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, st
         if spec.service is not None and (spec.service, None) not in seen:
             seen.add((spec.service, None))
             yield spec.service, None
+    for spec in gateway.listeners:  # the collector a listener's tracer exports spans to
+        exporter = tracing.collector(spec.tracing)
+        if exporter is not None and (exporter, None) not in seen:
+            seen.add((exporter, None))
+            yield exporter, None
     for route in attached:
         if not any(routes.attaches(route, spec) for spec in http):
             continue

@@ -34,7 +34,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
 from meshpilot.ir.model import AccessLog, ClientIp, Gateway, GatewayListener, Route
-from meshpilot.translators import httpfilters, names, secrets
+from meshpilot.translators import httpfilters, names, secrets, tracing
 from meshpilot.translators.httpfilters import ChainInputs
 from meshpilot.translators.protos import ads_config_source, pack
 
@@ -101,7 +101,7 @@ def chain_inputs(spec: GatewayListener, routes: Iterable[Route]) -> ChainInputs:
     """What the HTTP filter chain of `spec` serving `routes` is built from (a listener
     redirecting to https serves no Routes)."""
     served = routes if spec.redirect_to_https is None else ()
-    return ChainInputs.gateway(served, spec.compression)
+    return ChainInputs.gateway(served, spec.compression, spec.decompression)
 
 
 def filter_secrets(spec: GatewayListener, routes: Iterable[Route]) -> list[Secret]:
@@ -144,6 +144,13 @@ def http_connection_manager(gateway: Gateway, spec: GatewayListener,
         _detect_client_ip(manager, spec.client_ip)
     if spec.access_log is not None:
         manager.access_log.append(access_log(spec.access_log, HTTP_LOG_FIELDS))
+    if spec.tracing is not None:
+        tracing.apply(manager, gateway.name, spec.tracing)
+    if spec.max_requests_per_connection is not None:
+        # Envoy closes the client's connection after this many requests (HTTP/1.1: with
+        # `connection: close` on the last answer; HTTP/2: GOAWAY).
+        manager.common_http_protocol_options.max_requests_per_connection.value = \
+            spec.max_requests_per_connection
     if spec.websocket:
         manager.upgrade_configs.append(HttpConnectionManager.UpgradeConfig(
             upgrade_type="websocket"))

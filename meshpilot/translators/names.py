@@ -31,6 +31,12 @@ def cluster(service: str, subset: str | None = None) -> str:
     return service if subset is None else f"{service}{SEPARATOR}{subset}"
 
 
+def failover_primary(service: str) -> str:
+    """The cluster of a Service's own endpoints when its cluster (named like the service) is
+    the aggregate that fails over to other Services ("|" is in no policy name)."""
+    return f"{service}|primary"
+
+
 def eds_service(cluster_name: str) -> str:
     """The ClusterLoadAssignment an EDS cluster asks for: named like the cluster, so the two are
     found together in config dumps and an endpoint change pushes exactly one assignment."""

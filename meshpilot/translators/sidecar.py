@@ -53,7 +53,7 @@ from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpPro
 
 from meshpilot.base import types
 from meshpilot.ir.model import Authorization, Endpoint, Model, Route, Service
-from meshpilot.translators import endpoints, httpfilters, mtls, names
+from meshpilot.translators import endpoints, failover, httpfilters, mtls, names
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.httpfilters import ChainInputs, jwt_authn, mesh_authorization
 from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
@@ -125,7 +125,7 @@ class Mesh:
                 self.virtual_host(callee, host_domains(callee, sidecar.outbound_port))
                 for callee in sorted(http_callees, key=lambda c: c.name)])
             built.append(Resource.from_message(types.ROUTE, config.name, config))
-        for name, subset in self._upstreams(callees):
+        for name, subset in failover.with_targets(self.model, self._upstreams(callees)):
             built.extend(self._cluster_resources(name, subset))
         return built
 

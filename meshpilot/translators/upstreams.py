@@ -14,7 +14,7 @@ from dataclasses import replace
 
 from meshpilot.base import types
 from meshpilot.ir.model import Endpoint, Model, Service
-from meshpilot.translators import clusters, endpoints, mtls, names, secrets
+from meshpilot.translators import clusters, endpoints, failover, mtls, names, secrets
 from meshpilot.translators.reuse import NOTHING, BuiltCluster, Earlier
 from meshpilot.xds.resources import Resource
 
@@ -91,7 +91,17 @@ def translate_cluster(service: Service | None, subset: str | None,
     if service is None or (subset is not None and service.subset(subset) is None):
         return ()
     cluster = mtls.secure_cluster(clusters.cluster(service, subset), service, trust)
-    built = [Resource.from_message(types.CLUSTER, cluster.name, cluster)]
+    built = []
+    if subset is None and service.failover:
+        # Its own endpoints under another name; its name goes to the aggregate (failover.py).
+        aggregate = failover.aggregate(service)
+        built.append(Resource.from_message(types.CLUSTER, aggregate.name, aggregate))
+        cluster.name = names.failover_primary(service.name)
+        if cluster.HasField("eds_cluster_config"):
+            cluster.eds_cluster_config.service_name = names.eds_service(cluster.name)
+        else:
+            cluster.load_assignment.cluster_name = cluster.name
+    built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
     if not clusters.uses_dns(service):
         assignment = endpoints.load_assignment(names.eds_service(cluster.name),
                                                service.endpoints_of(subset),

@@ -269,3 +269,30 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+class IssuedServerCertificate:
+    """meshpilot's own xDS serving certificate (issued from the mesh CA, not read from files),
+    replaceable while serving: after `replace`, the next TLS handshake uses the new one
+    (a root rotation re-issues it). Established streams keep theirs."""
+
+    def __init__(self, private_key: bytes, certificate_chain: bytes):
+        self._lock = threading.Lock()
+        self._initial = grpc.ssl_server_certificate_configuration(
+            [(private_key, certificate_chain)])
+        self._pending: Any = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(self._initial, self._fetch,
+                                                   require_client_authentication=False)
+
+    def replace(self, private_key: bytes, certificate_chain: bytes) -> None:
+        config = grpc.ssl_server_certificate_configuration([(private_key, certificate_chain)])
+        with self._lock:
+            self._pending = config
+
+    def _fetch(self) -> Any:
+        """Called by gRPC at every handshake: None keeps the current configuration."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending

@@ -88,7 +88,9 @@ def test_refused_shapes_point_at_their_field() -> None:
         'be absolute (start with "/"), found "logs/x.log"',
         'policy.yaml:18:63: Gateway edge: listeners[3].access_log.format: unknown value "yaml"; '
         "expected one of: json, text",
-        'policy.yaml:19:37: Gateway edge: listeners[4].compression.gzip: missing "gzip"',
+        "policy.yaml:19:24: Gateway edge: listeners[4].compression: compression names no "
+        "algorithm: set one or more of brotli, zstd or gzip to true (it compresses responses "
+        "with them)",
         "policy.yaml:19:58: Gateway edge: listeners[4].compression.min_content_length: must be "
         "from 0 to 4294967295, found -1",
         'policy.yaml:19:78: Gateway edge: listeners[4].compression.content_types[0]: invalid '

@@ -54,21 +54,37 @@ from meshpilot.inputs.native.fields import (
 )
 from meshpilot.inputs.native.security import cidr
 from meshpilot.inputs.yamlsource import FieldPath, Located
-from meshpilot.ir.model import AccessLog, ClientIp, Compression, Gateway, GatewayListener
+from meshpilot.ir.model import (
+    AccessLog,
+    ClientIp,
+    Compression,
+    CompressionAlgorithm,
+    Decompression,
+    Gateway,
+    GatewayListener,
+    Tracing,
+)
 
 KIND = "Gateway"
 
-GATEWAY_KEYS = ("kind", "name", "access_log", "listeners")
+GATEWAY_KEYS = ("kind", "name", "access_log", "listeners", "tracing")
 LISTENER_KEYS = ("name", "port", "address", "protocol", "service", "access_log",
                  "trust_request_id", "request_id_in_response", "compression", "websocket",
-                 "tls", "redirect_to_https", "client_ip")
+                 "tls", "redirect_to_https", "client_ip", "tracing", "decompression",
+                 "max_requests_per_connection")
 CLIENT_IP_KEYS = ("xff_trusted_hops", "trusted_cidrs", "header")
 LISTENER_PROTOCOLS = ("http", "https", "tcp")
 HTTP_ONLY_KEYS = ("trust_request_id", "request_id_in_response", "compression", "websocket",
-                  "tls", "redirect_to_https", "client_ip")
+                  "tls", "redirect_to_https", "client_ip", "tracing", "decompression",
+                  "max_requests_per_connection")
 ACCESS_LOG_KEYS = ("path", "format")
 ACCESS_LOG_FORMATS = ("json", "text")
-COMPRESSION_KEYS = ("gzip", "min_content_length", "content_types")
+ALGORITHMS = ("brotli", "zstd", "gzip")  # in order of preference
+COMPRESSION_KEYS = (*ALGORITHMS, "min_content_length", "content_types")
+DECOMPRESSION_KEYS = ALGORITHMS
+TRACING_KEYS = ("provider", "collector", "sampling", "service_name", "path")
+TRACING_PROVIDERS = ("opentelemetry", "zipkin")
+_TRACING_PROVIDER = fields.choice(TRACING_PROVIDERS)
 
 _LISTENER_PROTOCOL = fields.choice(LISTENER_PROTOCOLS)
 _ACCESS_LOG_FORMAT = fields.choice(ACCESS_LOG_FORMATS)
@@ -83,21 +99,23 @@ def parse_gateway(document: Located, ctx: DocumentContext) -> list[Gateway]:
     doc.check_keys(GATEWAY_KEYS, "a Gateway")
     name = doc.get("name", fields.name)
     default_log = _access_log(doc)
-    listeners = _listeners(doc, default_log)
+    default_tracing = _tracing(doc)
+    listeners = _listeners(doc, default_log, default_tracing)
     if reported_since(ctx, mark) or name is None:
         return []
     return [Gateway(name=name, position=document.position, listeners=listeners,
                     origin=ctx.origin())]
 
 
-def _listeners(doc: Fields, default_log: AccessLog | None) -> tuple[GatewayListener, ...]:
+def _listeners(doc: Fields, default_log: AccessLog | None,
+               default_tracing: Tracing | None = None) -> tuple[GatewayListener, ...]:
     items = doc.items("listeners", "listener", required=True)
     if items is None:
         return ()
     listeners: list[GatewayListener] = []
     seen: dict[Hashable, FieldPath] = {}
     for index, item in enumerate(items):
-        listener = _listener(doc.ctx, item, ("listeners", index), default_log)
+        listener = _listener(doc.ctx, item, ("listeners", index), default_log, default_tracing)
         if listener is None:
             continue
         path = ("listeners", index, "name")
@@ -111,7 +129,8 @@ def _listeners(doc: Fields, default_log: AccessLog | None) -> tuple[GatewayListe
 
 
 def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
-              default_log: AccessLog | None) -> GatewayListener | None:
+              default_log: AccessLog | None,
+              default_tracing: Tracing | None = None) -> GatewayListener | None:
     entry = Fields.at(ctx, item, path, "a listener mapping such as {name: http, port: 8080}")
     if entry is None:
         return None
@@ -137,9 +156,12 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
     trust = entry.get("trust_request_id", fields.boolean) or False
     in_response = entry.get("request_id_in_response", fields.boolean) or False
     compression = _compression(entry)
+    decompression = _decompression(entry)
+    max_requests = entry.get("max_requests_per_connection", fields.integer(1, 4_294_967_295))
     websocket = entry.get("websocket", fields.boolean) or False
     listener_tls, redirect = tls.listener_tls(entry, protocol)
     client_ip = _client_ip(entry)
+    tracing = _tracing(entry) if "tracing" in entry.value else default_tracing
     if name is None or port is None:
         return None
     # `protocol: https` is an HTTP listener that terminates TLS: Routes attach to it alike.
@@ -148,7 +170,8 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
                            trust_request_id=trust, request_id_in_response=in_response,
                            compression=compression, websocket=websocket, tls=listener_tls,
                            redirect_to_https=redirect, origin=entry.origin(),
-                           client_ip=client_ip)
+                           client_ip=client_ip, tracing=tracing, decompression=decompression,
+                           max_requests_per_connection=max_requests)
 
 
 _TRUSTED_HOPS = fields.integer(1, 32)
@@ -215,7 +238,7 @@ def _compression(parent: Fields) -> Compression | None:
     if entry is None:
         return None
     entry.check_keys(COMPRESSION_KEYS, "compression")
-    entry.get("gzip", fields.true_only, required=True)
+    algorithms = _algorithms(entry, "compression", "compresses responses with")
     minimum = entry.get("min_content_length", fields.UINT32)
     types: list[str] = []
     items = entry.items("content_types", "content type")
@@ -224,5 +247,69 @@ def _compression(parent: Fields) -> Compression | None:
                                _media_type)
         if converted is not None:
             types.append(converted)
+    if not algorithms:
+        return None
     return Compression(min_content_length=minimum, content_types=tuple(types),
-                       origin=entry.origin())
+                       origin=entry.origin(), algorithms=algorithms)
+
+
+def _algorithms(entry: Fields, what: str, verb: str) -> tuple[CompressionAlgorithm, ...]:
+    """The algorithms set `true` in `entry`, in order of preference; at least one."""
+    chosen = tuple(cast(CompressionAlgorithm, algorithm) for algorithm in ALGORITHMS
+                   if entry.get(algorithm, fields.true_only))
+    if not chosen and not any(algorithm in entry.value for algorithm in ALGORITHMS):
+        entry.ctx.report(entry.path, f"{what} names no algorithm: set one or more of "
+                                     f"{fields.one_of_words(ALGORITHMS)} to true (it "
+                                     f"{verb} them)")
+    return chosen
+
+
+def _decompression(parent: Fields) -> Decompression | None:
+    entry = parent.mapping("decompression", "a mapping such as {gzip: true, brotli: true}")
+    if entry is None:
+        return None
+    entry.check_keys(DECOMPRESSION_KEYS, "decompression")
+    algorithms = _algorithms(entry, "decompression", "inflates request bodies sent in")
+    return Decompression(algorithms=algorithms, origin=entry.origin()) if algorithms else None
+
+
+def _tracing(parent: Fields) -> Tracing | None:
+    entry = parent.mapping("tracing", "a mapping such as {provider: opentelemetry, "
+                                      "collector: otel-collector}")
+    if entry is None:
+        return None
+    entry.check_keys(TRACING_KEYS, "tracing")
+    provider = entry.get("provider", _TRACING_PROVIDER, required=True)
+    collector = entry.get("collector", fields.name, required=True)
+    sampling = entry.get("sampling", _percent)
+    service_name = entry.get("service_name", _span_service_name)
+    path = entry.get("path", fields.url_path)
+    if path is not None and provider == "opentelemetry":
+        entry.report("path", '"path" is the Zipkin collector\'s endpoint; OpenTelemetry '
+                             "exports over gRPC", at_value=False)
+    if service_name is not None and provider == "zipkin":
+        entry.report("service_name", "Envoy's Zipkin tracer names the spans' service after "
+                                     "the node's cluster (the gateway's name); "
+                                     '"service_name" is for opentelemetry', at_value=False)
+    if provider is None or collector is None:
+        return None
+    return Tracing(provider=cast(Literal["opentelemetry", "zipkin"], provider),
+                   collector=collector, sampling=100.0 if sampling is None else sampling,
+                   service_name=service_name, path=path or "/api/v2/spans",
+                   origin=entry.origin())
+
+
+def _percent(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid(f"expected a percentage from 0 to 100, found {fields.describe(value)}")
+    if not 0 <= value <= 100:
+        raise Invalid(f"a percentage must be from 0 to 100, found {value}")
+    return float(value)
+
+
+def _span_service_name(value: Any) -> str:
+    text = fields.string(value)
+    if not text or len(text) > 253 or not text.isprintable():
+        raise Invalid(f"invalid service name {fields.quoted(text)}: 1 to 253 printable "
+                      "characters")
+    return text

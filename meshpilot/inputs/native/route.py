@@ -183,9 +183,9 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
     security = parse_security(doc)
     rules = _rules(doc, cors)
     if attach == "service" and (security or any(rule.security for rule in rules)):
-        doc.report("service", "jwt, api_keys, basic_auth, ext_authz, authorization and "
-                              "rate_limit apply to Routes attached to a gateway (not yet to "
-                              "sidecars)", at_value=False)
+        doc.report("service", "jwt, api_keys, basic_auth, ext_authz, authorization, "
+                              "rate_limit, csrf and session_persistence apply to Routes "
+                              "attached to a gateway (not yet to sidecars)", at_value=False)
     if not reported_since(ctx, mark):
         check_claims(ctx, security, [(("rules", i), r.security) for i, r in enumerate(rules)])
     if reported_since(ctx, mark) or name is None or (gateway is None and service is None):

@@ -201,6 +201,10 @@ def _service() -> Schema:
                          "zone's weight (every zone the endpoints use needs one).",
                          "additionalProperties": _integer("The zone's weight.", 1, 1_000_000)},
         "connect_timeout": _ref("duration", "Timeout for new connections (default 1s)."),
+        "max_requests_per_connection": _integer("Open a new connection to an endpoint after "
+                                                "this many requests on one.", 1, 2**32 - 1),
+        "failover": _list("Services to send to, in order, when this one has no healthy "
+                          "endpoint.", _ref("name"), unique=True),
         "sidecar": _sidecar(),
         "tls": _upstream_tls(),
     })
@@ -341,6 +345,20 @@ def _gateway() -> Schema:
         "format": _enum("One JSON object per line, or Envoy's default text line.",
                         gateway.ACCESS_LOG_FORMATS, "json"),
     }, required=("path",))
+    tracing = _object("Distributed tracing: spans exported to a collector, trace headers "
+                      "propagated upstream.", {
+        "provider": _enum("opentelemetry (OTLP over gRPC, W3C traceparent) or zipkin (JSON v2 "
+                          "over HTTP, B3 headers).", gateway.TRACING_PROVIDERS),
+        "collector": _ref("name", "The Service spans are sent to (protocol grpc for "
+                                  "opentelemetry)."),
+        "sampling": {"type": "number", "minimum": 0, "maximum": 100, "default": 100,
+                     "description": "Percent of new traces sampled (default 100)."},
+        "service_name": {"type": "string", "minLength": 1, "maxLength": 253,
+                         "description": "opentelemetry: the spans' service name (default: "
+                                        "the gateway's name)."},
+        "path": {"type": "string", "pattern": "^/", "default": "/api/v2/spans",
+                 "description": "zipkin: the collector's endpoint."},
+    }, required=("provider", "collector"))
     listener = _object("A port the gateway's Envoy listens on.", {
         "name": _ref("name", "Unique within the gateway; Routes may attach to it by name."),
         "port": _integer("The port.", 1, 65535),
@@ -364,14 +382,23 @@ def _gateway() -> Schema:
                                             "Envoy replaces it with a new one)."},
         "request_id_in_response": {"type": "boolean", "default": False,
                                    "description": "Send x-request-id back in every response."},
-        "compression": _object("gzip responses for clients that accept it.", {
+        "compression": _object("Compress responses for clients that accept it (brotli, "
+                               "zstd, gzip: at least one).", {
+            "brotli": {"const": True, "description": "Compress with brotli (preferred)."},
+            "zstd": {"const": True, "description": "Compress with zstd."},
             "gzip": {"const": True, "description": "Compress with gzip."},
             "min_content_length": _integer("Smaller responses are not compressed (default "
                                            "30).", 0, 2**32 - 1),
             "content_types": _list("Content types to compress (default: Envoy's list of "
                                    "text, JSON, XML and JavaScript types).",
                                    {"type": "string", "pattern": "^[^/\\s]+/[^/\\s]+$"}),
-        }, required=("gzip",)),
+        }) | {"anyOf": _exactly_one("brotli", "zstd", "gzip")},
+        "decompression": _object("Decompress request bodies sent compressed (Content-Encoding)"
+                                 " in these algorithms (at least one).", {
+            "brotli": {"const": True, "description": "Accept brotli request bodies."},
+            "zstd": {"const": True, "description": "Accept zstd request bodies."},
+            "gzip": {"const": True, "description": "Accept gzip request bodies."},
+        }) | {"anyOf": _exactly_one("brotli", "zstd", "gzip")},
         "websocket": {"type": "boolean", "default": False,
                       "description": "Allow websocket upgrades."},
         "client_ip": {**_object("How the client's address is found behind proxies (used by "
@@ -382,6 +409,10 @@ def _gateway() -> Schema:
                                    "addresses.", {"type": "string"}, unique=True),
             "header": _ref("headerName", "The client's address is in this header."),
         }), "oneOf": _exactly_one("xff_trusted_hops", "trusted_cidrs", "header")},
+        "max_requests_per_connection": _integer("Close a client's connection after this many "
+                                                "requests.", 1, 2**32 - 1),
+        "tracing": {**tracing, "description": "This listener's tracing (default: the "
+                                              "gateway's)."},
     }, required=("name", "port"))
     listener["if"] = {"properties": {"protocol": {"const": "tcp"}}, "required": ["protocol"]}
     listener["then"] = {"required": ["service"]}
@@ -390,6 +421,7 @@ def _gateway() -> Schema:
         "access_log": {**access_log, "description": "The default access log of every "
                                                     "listener."},
         "listeners": _list("The gateway's listeners.", listener),
+        "tracing": {**tracing, "description": "The default tracing of every HTTP listener."},
     }, required=("listeners",))
 
 
@@ -759,5 +791,33 @@ def _security(scope: str) -> dict[str, Schema]:
                              _object("One bucket per value of a header.",
                                      {"header": _ref("headerName")}, required=("header",))],
                    "description": "Whose requests share a bucket (default route)."},
+            "shadow": {"type": "boolean", "default": False,
+                       "description": "Count what would be limited, refuse nothing."},
+            "ratelimit_headers": {"type": "boolean", "default": True,
+                                  "description": "x-ratelimit-limit, -remaining and -reset "
+                                                 "on every answer (default true)."},
+            "limited_headers": {"type": "object", "additionalProperties": {
+                "type": ["string", "integer"]}, "description": "Headers added to the 429 "
+                                                              "answers only."},
+            "shared": _object("Count across every Envoy, by a rate limit service.", {
+                "service": _ref("name", "The rate limit Service (protocol grpc): meshpilot's "
+                                        "own (--rate-limit-address) or another."),
+                "name": _ref("name", "The limit's name: limits of one name share counts."),
+            }, required=("service",)),
         }, required=("requests", "per")),
+        "session_persistence": _object(
+            "Sticky sessions: the answer names its endpoint in a header, which a request "
+            "sends back to reach the same endpoint.", {
+                "header": _ref("headerName", "The header (x-session, say)."),
+                "strict": {"type": "boolean", "default": False,
+                           "description": "503 when the session's endpoint is gone (default: "
+                                          "another endpoint)."},
+            }, required=("header",)),
+        "csrf": {"oneOf": [{"const": True}, _object(
+            "Refuse state-changing requests from other origins (403).", {
+                "allow_origins": _list("Other origin hosts allowed (host, host:port or "
+                                       "*.suffix).", {"type": "string"}, unique=True),
+                "shadow": {"type": "boolean", "default": False,
+                           "description": "Count what would be refused, refuse nothing."},
+            })], "description": f"CSRF protection on {scope}: true, or a mapping."},
     }

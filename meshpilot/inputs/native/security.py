@@ -32,6 +32,9 @@ replacing the Route's setting of the same feature):
           not: {paths: [/admin/*], methods: [DELETE], source_ips: [...], headers: {...},
                 claims: {...}}          # none of these may hold
     rate_limit: {requests: 100, per: 1m, by: route}    # or host, source_ip, {header: x-client}
+                                        # shadow: true, ratelimit_headers: false,
+                                        # limited_headers: {retry-after: "60"}
+    csrf: {allow_origins: [partner.example, "*.shop.example"], shadow: false}  # or csrf: true
 
 File paths are absolute. Key values are never shown in messages.
 """
@@ -60,16 +63,20 @@ from meshpilot.ir.model import (
     Authorization,
     AuthzRule,
     BasicAuth,
+    Csrf,
     ExtAuthz,
     Jwks,
     Jwt,
     JwtProvider,
     RateLimit,
     Security,
+    SessionPersistence,
     StringMatch,
 )
 
-SECURITY_KEYS = ("jwt", "api_keys", "basic_auth", "ext_authz", "authorization", "rate_limit")
+SECURITY_KEYS = ("jwt", "api_keys", "basic_auth", "ext_authz", "authorization", "rate_limit",
+                 "csrf", "session_persistence")
+SESSION_PERSISTENCE_KEYS = ("header", "strict")
 JWT_KEYS = ("providers", "required")
 PROVIDER_KEYS = ("name", "issuer", "audiences", "jwks", "forward_claims")
 JWKS_SOURCES = ("file", "inline", "uri")
@@ -92,7 +99,9 @@ NOT_KEYS = ("paths", "methods", "headers", "source_ips", "claims")
 MESH_RULE_KEYS = ("from", "paths", "methods", "headers", "source_ips", "claims",
                   "authenticated", "not")
 MESH_NOT_KEYS = ("from", "paths", "methods", "headers", "source_ips", "claims")
-RATE_LIMIT_KEYS = ("requests", "per", "by")
+RATE_LIMIT_KEYS = ("requests", "per", "by", "shadow", "ratelimit_headers", "limited_headers",
+                   "shared")
+CSRF_KEYS = ("allow_origins", "shadow")
 RATE_LIMIT_BY = ("route", "host", "source_ip")
 MIN_RATE_WINDOW = 0.05  # Envoy's smallest token bucket fill interval (50 ms)
 MAX_FILE_BYTES = 1 << 20
@@ -108,7 +117,8 @@ def parse_security(spec: Fields) -> Security:
     """The security keys of a Route or rule mapping (the caller checks which keys exist)."""
     return Security(jwt=_jwt(spec), api_keys=_api_keys(spec), basic_auth=_basic_auth(spec),
                     ext_authz=_ext_authz(spec), authorization=_authorization(spec),
-                    rate_limit=_rate_limit(spec))
+                    rate_limit=_rate_limit(spec), csrf=_csrf(spec),
+                    session_persistence=_session_persistence(spec))
 
 
 def check_claims(ctx: DocumentContext, route: Security, rules: list[tuple[Any, Security]]) -> None:
@@ -628,7 +638,97 @@ def _rate_limit(spec: Fields) -> RateLimit | None:
             return None
     elif value is not None:
         by = limit.get("by", fields.choice(RATE_LIMIT_BY)) or "route"
+    shadow = limit.get("shadow", fields.boolean) or False
+    headers = limit.get("ratelimit_headers", fields.boolean)
+    limited = _header_values(limit, "limited_headers")
+    shared = shared_name = None
+    if "shared" in limit.value:
+        service = limit.mapping("shared", "a mapping such as {service: ratelimit}")
+        if service is not None:
+            service.check_keys(("service", "name"), "shared")
+            shared = service.get("service", fields.name, required=True)
+            shared_name = service.get("name", fields.name)
     if requests is None or per is None:
         return None
     return RateLimit(requests=requests, per=per, by=cast(Any, by), header=header,
-                     origin=limit.origin())
+                     origin=limit.origin(), shadow=shadow,
+                     ratelimit_headers=True if headers is None else headers,
+                     limited_headers=limited, shared=shared, shared_name=shared_name)
+
+
+def _header_values(parent: Fields, key: str) -> tuple[tuple[str, str], ...]:
+    """A mapping of header name to value (a string, or a number written plainly)."""
+    headers = parent.mapping(key, "a mapping of header name to value, such as "
+                                  "{retry-after: \"60\"}")
+    if headers is None:
+        return ()
+    out: list[tuple[str, str]] = []
+    for name in headers.value:
+        try:
+            header = fields.header_name(name)
+        except Invalid as e:
+            headers.report(str(name), str(e), at_value=False)
+            continue
+        value = headers.get(str(name), _header_value)
+        if value is not None:
+            out.append((header, value))
+    return tuple(out)
+
+
+def _header_value(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise Invalid(f"expected a header value (a string), found {fields.describe(value)}")
+    text = str(value)
+    if not text.isprintable() or len(text) > 8192:
+        raise Invalid("a header value must be printable text, at most 8192 characters")
+    return text
+
+
+_ORIGIN_HOST = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?\Z")
+
+
+def _origin_host(value: Any) -> str:
+    text = fields.string(value)
+    if "://" in text:
+        raise Invalid(f"write the origin's host, without its scheme: "
+                      f"{fields.quoted(text.split('://', 1)[1].rstrip('/'))}")
+    if not _ORIGIN_HOST.match(text):
+        raise Invalid(f"invalid origin host {fields.quoted(text)}: a host name or "
+                      "host:port, or *.suffix")
+    return text.lower()
+
+
+def _session_persistence(spec: Fields) -> SessionPersistence | None:
+    entry = spec.mapping("session_persistence", "a mapping such as {header: x-session}")
+    if entry is None:
+        return None
+    entry.check_keys(SESSION_PERSISTENCE_KEYS, "session_persistence")
+    header = entry.get("header", fields.header_name, required=True)
+    strict = entry.get("strict", fields.boolean) or False
+    if header is not None and header.startswith(":"):
+        entry.report("header", f"{header} is a pseudo-header; name an ordinary header such as "
+                               "x-session")
+        header = None
+    if header is None:
+        return None
+    return SessionPersistence(header=header, strict=strict, origin=entry.origin())
+
+
+def _csrf(spec: Fields) -> Csrf | None:
+    value = spec.value.get("csrf")
+    if value is None:
+        return None
+    if value is True:
+        return Csrf(origin=spec.origin("csrf"))
+    entry = spec.mapping("csrf", "true, or a mapping such as {allow_origins: [partner.example]}")
+    if entry is None:
+        return None
+    entry.check_keys(CSRF_KEYS, "csrf")
+    origins: list[str] = []
+    for index, item in enumerate(entry.items("allow_origins", "origin host") or ()):
+        converted = fields.convert_at(entry.ctx, item, (*entry.path, "allow_origins", index),
+                                      _origin_host)
+        if converted is not None:
+            origins.append(converted)
+    shadow = entry.get("shadow", fields.boolean) or False
+    return Csrf(allow_origins=tuple(origins), shadow=shadow, origin=entry.origin())

@@ -76,7 +76,7 @@ HEALTH_CHECK_KINDS: tuple[HealthCheckKind, ...] = ("http", "tcp", "grpc")
 
 SERVICE_KEYS = ("kind", "name", "protocol", "endpoints", "subsets", "load_balancer",
                 "health_check", "circuit_breaker", "outlier_detection", "connect_timeout",
-                "zone_weights", "sidecar", "tls")
+                "zone_weights", "sidecar", "tls", "max_requests_per_connection", "failover")
 ENDPOINT_KEYS = ("address", "labels", "weight", "region", "zone", "priority")
 HEALTH_CHECK_KEYS = (*HEALTH_CHECK_KINDS, "interval", "timeout", "unhealthy_threshold",
                      "healthy_threshold", "expected_statuses", "no_traffic_interval",
@@ -101,6 +101,7 @@ MAX_PRIORITY = 127
 MAX_RING_SIZE = 8_388_608  # Envoy's limit for both ring sizes
 MAX_MAGLEV_TABLE = 5_000_011  # Envoy's limit; the table size must be a prime
 
+MAX_REQUESTS_PER_CONNECTION = fields.integer(1, 4_294_967_295)
 ENDPOINT_WEIGHT = fields.integer(1, 128)  # the model's documented range
 THRESHOLD = fields.integer(1, 1_000_000)
 STATUS = fields.integer(100, 599)  # Envoy's expected_statuses allow [100, 600)
@@ -127,6 +128,9 @@ def parse_service(document: Located, ctx: DocumentContext) -> list[Service]:
     # no endpoint" could be an echo of an endpoint's own error.
     subsets = _subsets(doc, endpoints, check_selection=not reported_since(ctx, endpoints_mark))
     load_balancer, load_balancer_options = _load_balancer(doc)
+    if protocol == "tcp" and "max_requests_per_connection" in doc.value:
+        doc.report("max_requests_per_connection", '"max_requests_per_connection" counts HTTP '
+                   "requests; this Service has protocol tcp", at_value=False)
     service = Service(
         name=name or "",
         position=document.position,
@@ -143,6 +147,9 @@ def parse_service(document: Located, ctx: DocumentContext) -> list[Service]:
         sidecar=parse_sidecar(doc),
         tls=upstream_tls(doc),
         origin=ctx.origin(),
+        max_requests_per_connection=doc.get("max_requests_per_connection",
+                                            MAX_REQUESTS_PER_CONNECTION),
+        failover=fields.unique_list(doc, "failover", "Service name", fields.name),
     )
     return [] if reported_since(ctx, mark) or name is None else [service]
 

@@ -49,13 +49,17 @@ from meshpilot.translators.httpfilters import (
     basic_auth,
     compressor,
     cors,
+    csrf,
+    decompressor,
     ext_authz,
     fault,
     jwt_authn,
     local_ratelimit,
     mesh_authorization,
+    ratelimit,
     rbac,
     router,
+    stateful_session,
 )
 from meshpilot.translators.httpfilters.feature import (
     ChainInputs,
@@ -68,15 +72,19 @@ from meshpilot.translators.protos import pack
 # The one order of every chain; a feature absent from a chain is skipped.
 ORDER: tuple[HttpFeature, ...] = (
     cors.FEATURE,  # answers preflights before anything else runs (they carry no credentials)
+    csrf.FEATURE,  # a forged request is refused before it costs a token or a check
     local_ratelimit.FEATURE,  # first of security: credential guessing is limited too
+    ratelimit.FEATURE,  # shared limits, asked of a rate limit service
     jwt_authn.FEATURE,
     basic_auth.FEATURE,
     api_key_auth.FEATURE,
     rbac.FEATURE,  # DENY then ALLOW, after the authentications whose claims they read
     mesh_authorization.FEATURE,  # a sidecar's callers, by SPIFFE ID (inbound only)
+    decompressor.FEATURE,  # request bodies inflated once allowed, before ext_authz reads one
     ext_authz.FEATURE,  # the remote service is asked last, for what nothing local refused
     fault.FEATURE,  # after security: a refused request is not delayed first
     compressor.FEATURE,  # right before the router whose responses it compresses
+    stateful_session.FEATURE,  # sends a request to its session's endpoint: the router's pick
     router.FEATURE,
 )
 

@@ -16,7 +16,15 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.message import Message
 
-from meshpilot.ir.model import Authorization, Compression, Jwt, Route, Rule, Security
+from meshpilot.ir.model import (
+    Authorization,
+    Compression,
+    Decompression,
+    Jwt,
+    Route,
+    Rule,
+    Security,
+)
 from meshpilot.translators.protos import pack
 
 HttpFilter = hcm.HttpFilter
@@ -40,10 +48,13 @@ class ChainInputs:
     callers: Authorization | None = None  # a sidecar's `authorization`, callers as SPIFFE IDs
     inbound: bool = False  # a sidecar's inbound listener (its route configuration over RDS)
     inbound_jwt: tuple[str, Jwt] | None = None  # (its name, the sidecar's jwt)
+    decompression: Decompression | None = None  # a gateway listener's `decompression`
 
     @classmethod
-    def gateway(cls, routes: Iterable[Route], compression: Compression | None) -> ChainInputs:
-        return cls(serves_routes=True, routes=tuple(routes), compression=compression)
+    def gateway(cls, routes: Iterable[Route], compression: Compression | None,
+                decompression: Decompression | None = None) -> ChainInputs:
+        return cls(serves_routes=True, routes=tuple(routes), compression=compression,
+                   decompression=decompression)
 
     @classmethod
     def sidecar_outbound(cls) -> ChainInputs:

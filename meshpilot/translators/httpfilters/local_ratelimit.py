@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from envoy.config.core.v3.base_pb2 import RuntimeFractionalPercent
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption, RuntimeFractionalPercent
+from envoy.config.route.v3.route_components_pb2 import FilterConfig
 from envoy.config.route.v3.route_components_pb2 import RateLimit as RouteRateLimit
 from envoy.extensions.common.ratelimit.v3.ratelimit_pb2 import (
     LocalRateLimitDescriptor,
@@ -20,7 +21,7 @@ from envoy.type.v3.token_bucket_pb2 import TokenBucket
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
-from meshpilot.ir.model import RateLimit, Security
+from meshpilot.ir.model import RateLimit, Route, Rule, Security
 from meshpilot.translators.httpfilters.feature import (
     HttpFilter,
     PerRouteSecurity,
@@ -37,7 +38,8 @@ RATE_LIMIT_KEY = "client"
 
 class LocalRateLimitFeature(PerRouteSecurity):
     def setting(self, security: Security) -> RateLimit | None:
-        return security.rate_limit
+        limit = security.rate_limit
+        return limit if limit is not None and limit.shared is None else None  # else ratelimit.py
 
     def disabled_filter(self, first: RateLimit) -> HttpFilter:
         return http_filter(LOCAL_RATELIMIT, LocalRateLimit(stat_prefix=RATE_LIMIT_STATS),
@@ -46,13 +48,24 @@ class LocalRateLimitFeature(PerRouteSecurity):
     def per_route(self, limit: RateLimit) -> Mapping[str, Message]:
         return {LOCAL_RATELIMIT: local_rate_limit(limit)}
 
+    def route_config(self, route: Route, rule: Rule, entry: str) -> Mapping[str, Message]:
+        # A rule's own shared limit replaces the Route's local one for its entries.
+        if rule.security.rate_limit is not None and self.setting(rule.security) is None \
+                and self.setting(route.security) is not None:
+            return {LOCAL_RATELIMIT: FilterConfig(disabled=True)}
+        return super().route_config(route, rule, entry)
+
 
 FEATURE = LocalRateLimitFeature()
 
 
-def _percent_100() -> RuntimeFractionalPercent:
+def _percent(value: int) -> RuntimeFractionalPercent:
     return RuntimeFractionalPercent(default_value=FractionalPercent(
-        numerator=100, denominator=FractionalPercent.HUNDRED))
+        numerator=value, denominator=FractionalPercent.HUNDRED))
+
+
+def _percent_100() -> RuntimeFractionalPercent:
+    return _percent(100)
 
 
 def local_rate_limit(limit: RateLimit) -> LocalRateLimit:
@@ -66,9 +79,16 @@ def local_rate_limit(limit: RateLimit) -> LocalRateLimit:
 
     config = LocalRateLimit(
         stat_prefix=RATE_LIMIT_STATS, token_bucket=bucket(),
-        filter_enabled=_percent_100(), filter_enforced=_percent_100(),
-        enable_x_ratelimit_headers=LocalRateLimit.DESCRIPTOR.fields_by_name[
-            "enable_x_ratelimit_headers"].enum_type.values_by_name["DRAFT_VERSION_03"].number)
+        filter_enabled=_percent_100(),
+        # Shadow: every request is counted (`rate_limited` in the stats) but none refused.
+        filter_enforced=_percent(0 if limit.shadow else 100))
+    if limit.ratelimit_headers:
+        config.enable_x_ratelimit_headers = LocalRateLimit.DESCRIPTOR.fields_by_name[
+            "enable_x_ratelimit_headers"].enum_type.values_by_name["DRAFT_VERSION_03"].number
+    for name, value in limit.limited_headers:  # on the 429 answers only
+        config.response_headers_to_add.append(HeaderValueOption(
+            header=HeaderValue(key=name, value=value),
+            append_action=HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
     if limit.by == "route":
         return config
     action = RouteRateLimit.Action()
