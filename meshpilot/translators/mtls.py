@@ -118,7 +118,7 @@ def needs_identity(model: Model, view: str, resources: Iterable[Resource]) -> bo
     if has_mtls(service):
         return True
     return any(resource.type_url == types.CLUSTER
-               and has_mtls(model.service(resource.name.partition(names.SEPARATOR)[0]))
+               and has_mtls(model.service(names.service_of_cluster(resource.name)))
                for resource in resources)
 
 

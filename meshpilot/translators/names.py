@@ -31,10 +31,18 @@ def cluster(service: str, subset: str | None = None) -> str:
     return service if subset is None else f"{service}{SEPARATOR}{subset}"
 
 
+_PRIMARY = "|primary"
+
+
 def failover_primary(service: str) -> str:
     """The cluster of a Service's own endpoints when its cluster (named like the service) is
     the aggregate that fails over to other Services ("|" is in no policy name)."""
-    return f"{service}|primary"
+    return f"{service}{_PRIMARY}"
+
+
+def service_of_cluster(cluster_name: str) -> str:
+    """The Service a cluster of `cluster`, `failover_primary` or a subset belongs to."""
+    return cluster_name.removesuffix(_PRIMARY).partition(SEPARATOR)[0]
 
 
 def eds_service(cluster_name: str) -> str:

@@ -79,8 +79,7 @@ def _cluster(model: Model, name: str) -> tuple[Origin, ...]:
         service = model.service(name.removeprefix("inbound|"))
         sidecar = service.sidecar if service is not None else None
         return _keep(sidecar.origin if sidecar is not None else None, _service_origin(service))
-    service_name, _, _subset = name.partition(names.SEPARATOR)
-    return _keep(_service_origin(model.service(service_name)))
+    return _keep(_service_origin(model.service(names.service_of_cluster(name))))
 
 
 def _sidecar_origins(model: Model, view: str) -> tuple[Origin | None, ...]:

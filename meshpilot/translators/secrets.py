@@ -160,7 +160,7 @@ def cluster_secret_resources(resources: list[Resource], model: Model,
     wanted: dict[str, None] = {}
     for resource in resources:
         if resource.type_url == types.CLUSTER:
-            wanted[resource.name.partition(names.SEPARATOR)[0]] = None
+            wanted[names.service_of_cluster(resource.name)] = None
     found: list[Resource] = []
     for service_name in wanted:
         secrets = built.get(service_name)
