@@ -358,11 +358,13 @@ def bootstrap_of(batch: Sequence[Resource]) -> dict[str, Any]:
             listeners.append(_route_listener(resource.name, routes, data))
         elif resource.type_url == types.SECRET:
             secrets.append(data)
-    # The gRPC clusters the resources name that the batch does not define: an xDS config
-    # source of its own (`api_config_source`, a per-type stream) names the management
-    # server's cluster of the Envoy's bootstrap; each becomes a static stand-in.
+    # The clusters the resources' filters and sources name that the batch does not define (an
+    # xDS config source of its own names the management server's cluster of the Envoy's
+    # bootstrap; a tracer names its collector's, which Envoy looks up when it loads the
+    # listener): each becomes a static stand-in, as the view's own cluster is checked alone.
     defined = {c.get("name") for c in clusters}
-    for name in [*sorted(_grpc_clusters([clusters, listeners, secrets]) - defined), _XDS_CLUSTER]:
+    for name in [*sorted(_named_clusters([clusters, listeners, secrets]) - defined),
+                 _XDS_CLUSTER]:
         clusters.append(_grpc_stand_in(name))
     static: dict[str, Any] = {"clusters": clusters, "listeners": listeners}
     if secrets:
@@ -376,8 +378,14 @@ def bootstrap_of(batch: Sequence[Resource]) -> dict[str, Any]:
     }
 
 
-def _grpc_clusters(value: Any) -> set[str]:
-    """Every `envoy_grpc.cluster_name` in a resource (as JSON)."""
+# Where a resource names a cluster that Envoy looks up when it loads the resource: a gRPC
+# service (`envoy_grpc.cluster_name`), a tracer's collector (`collector_cluster`: Zipkin,
+# Datadog), an HTTP service's URI (`http_uri.cluster`, `server_uri.cluster`: JWKS, ext_authz).
+_URI_FIELDS = ("http_uri", "server_uri")
+
+
+def _named_clusters(value: Any) -> set[str]:
+    """Every cluster a resource (as JSON) names in one of the fields above."""
     found: set[str] = set()
     stack = [value]
     while stack:
@@ -386,6 +394,12 @@ def _grpc_clusters(value: Any) -> set[str]:
             grpc = item.get("envoy_grpc")
             if isinstance(grpc, dict) and isinstance(grpc.get("cluster_name"), str):
                 found.add(grpc["cluster_name"])
+            if isinstance(item.get("collector_cluster"), str):
+                found.add(item["collector_cluster"])
+            for uri_field in _URI_FIELDS:
+                uri = item.get(uri_field)
+                if isinstance(uri, dict) and isinstance(uri.get("cluster"), str):
+                    found.add(uri["cluster"])
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
