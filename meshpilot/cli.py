@@ -228,6 +228,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"policy {policy['path']}: {'ok' if policy['ok'] else 'REJECTED'}")
     for line in policy["errors"]:
         print(f"  {line}")
+    _print_objects(policy.get("objects") or [])
     print(f"{'NODE':24} {'VIEW':16} {'VARIANT':12} {'TYPE':10} {'STATUS':9} {'SENT':17} ACKED")
     for p in proxies:
         for short, t in sorted(p["types"].items()):
@@ -238,6 +239,24 @@ def cmd_status(args: argparse.Namespace) -> int:
                       f"{t['last_rejection']['message']}")
     return 0 if policy["ok"] and not any(
         t["status"] == "NACKED" for p in proxies for t in p["types"].values()) else 1
+
+
+def _print_objects(objects: list[dict[str, Any]]) -> None:
+    """Gateway API objects (and any format's) with their conditions, as kubectl shows them."""
+    if not objects:
+        return
+    print(f"{'KIND':14} {'NAME':48} {'PARENT':40} CONDITIONS")
+    for item in objects:
+        conditions = " ".join(f"{c['type']}={c['status']}"
+                              + (f"({c['reason']})" if c["status"] != "True"
+                                 or c["reason"] != c["type"] else "")
+                              for c in item["conditions"])
+        extra = f" attachedRoutes={item['attachedRoutes']}" if "attachedRoutes" in item else ""
+        print(f"{item['kind'][:14]:14} {item['name'][:48]:48} {item['parent'][:40]:40} "
+              f"{conditions}{extra}  ({item['at']})")
+        for c in item["conditions"]:
+            if c["message"]:
+                print(f"{'':14} {c['type']}: {c['message']}")
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

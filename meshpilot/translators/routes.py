@@ -235,7 +235,12 @@ def route_entry(name: str, match: Match, rule: Rule) -> EnvoyRoute:
 def route_match(match: Match) -> RouteMatch:
     result = RouteMatch()
     path = match.path
-    if path is None or path.kind == "prefix":
+    if path is not None and path.kind == "prefix" and match.whole_segments \
+            and path.value.rstrip("/"):
+        # Envoy's segment-aware prefix is written without a trailing slash ("/v2/" and "/v2"
+        # match the same paths); "/" is every path, a plain prefix.
+        result.path_separated_prefix = path.value.rstrip("/")
+    elif path is None or path.kind == "prefix":
         result.prefix = "/" if path is None else path.value
     elif path.kind == "exact":
         result.path = path.value
@@ -393,6 +398,9 @@ def redirect_action(redirect: Redirect) -> RedirectAction:
         action.path_redirect = redirect.path
     elif redirect.prefix is not None:
         action.prefix_rewrite = redirect.prefix
+    elif redirect.regex is not None:
+        action.regex_rewrite.CopyFrom(RegexMatchAndSubstitute(
+            pattern=RegexMatcher(regex=redirect.regex), substitution=redirect.substitution))
     return action
 
 

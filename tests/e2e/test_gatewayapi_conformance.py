@@ -1,0 +1,136 @@
+"""The upstream Gateway API conformance tests, through meshpilot and a real Envoy.
+
+For each upstream test (`gatewayapi_conformance.CASES`): the base manifests and the test's own
+manifest, as they are, in the policy folder of one `meshpilot serve`; an Envoy bootstrapped
+for the test's Gateway (`--node-cluster NS/NAME`); every request of the upstream test sent, and
+the response compared as upstream does. The table of results is printed at the end
+(`-s` shows it); docs/gateway-api.md keeps the conformance report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import gatewayapi_conformance as conformance
+from meshpilot.base.netutil import free_port
+from meshpilot.local.envoy_process import EnvoyProcess
+from support import MeshpilotProcess, eventually, serving
+from tls_material import CA
+
+pytestmark = pytest.mark.envoy
+
+_WHY_NOT = conformance.available()
+RESULTS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if _WHY_NOT is not None:
+        print(f"skipping the Gateway API conformance tests: {_WHY_NOT}")
+        pytest.skip(_WHY_NOT)
+    work = tmp_path_factory.mktemp("gatewayapi")
+    backends = {(namespace, name): conformance.EchoBackend(namespace, name)
+                for namespace, name, _ in conformance.base_services()}
+    pair = CA().issue("*.example.com", "example.com", "*.wildcard.org",
+                          "second-example.org")
+    with serving({f"{ns}/{name}": server for (ns, name), server in backends.items()}) as bound:
+        ports = {port: free_port() for port in conformance.LISTENER_PORTS}
+        policy = work / "policy"
+        conformance.write_folder(policy, [], {
+            tuple(key.split("/", 1)): port for key, port in bound.items()},  # type: ignore
+            ports, (pair.cert_pem, pair.key_pem))
+        mp = MeshpilotProcess(policy, work).start()
+        try:
+            yield {"mp": mp, "policy": policy, "ports": ports, "work": work,
+                   "backends": bound, "tls": (pair.cert_pem, pair.key_pem)}
+        finally:
+            mp.stop()
+            print(mp.log_tail(20))
+    _print_table()
+
+
+def _print_table() -> None:
+    print("\nGateway API conformance (upstream tests through a real Envoy):")
+    for name in conformance.CASES:
+        print(f"  {name:52} {RESULTS.get(name, 'not run')}")
+
+
+def _serve_test(suite: dict[str, Any], manifest: str) -> None:
+    """The policy folder holds the base and this test's manifest; wait until it is applied."""
+    mp: MeshpilotProcess = suite["mp"]
+    policy: Path = suite["policy"]
+    for old in policy.glob("httproute-*.yaml"):
+        old.unlink()
+    before = mp.status()["policy"]["loads"]
+    (policy / f"{manifest}.yaml").write_text(
+        (conformance.ROOT / "tests" / f"{manifest}.yaml").read_text()
+        .replace("{GATEWAY_CLASS_NAME}", conformance.CLASS_NAME))
+    eventually(lambda: mp.status()["policy"]["loads"] > before and
+               f"{manifest}.yaml" in mp.status()["policy"]["applied_files"],
+               what=f"meshpilot to apply {manifest}")
+
+
+@pytest.mark.parametrize("name", list(conformance.CASES))
+def test_upstream(suite: dict[str, Any], name: str) -> None:
+    test = conformance.CASES[name]
+    _serve_test(suite, test.manifest)
+    mp: MeshpilotProcess = suite["mp"]
+    status = mp.status()["policy"]
+    assert status["ok"], status["errors"]
+    # Each route of the test's manifest is accepted by its Gateway (as upstream asserts first).
+    routes = [o for o in status["objects"] if o["kind"] == "HTTPRoute"
+              and o["parent"].startswith(test.gateway)]
+    assert routes and all(c["status"] == "True" for o in routes for c in o["conditions"]
+                          if c["type"] == "Accepted"), routes
+    envoy = EnvoyProcess(mp.bootstrap(f"{name}-1", test.gateway), suite["work"] / name,
+                         name=name)
+    envoy.start()
+    try:
+        envoy.wait_ready(30)
+        port = suite["ports"][test.listener_port]
+        failures: list[str] = []
+        for index, case in enumerate(test.cases):
+            # Eventually consistent, as upstream: the Envoy may still be taking its routes.
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    problems = conformance.check(case, *conformance.request(port, case))
+                except OSError as error:
+                    problems = [f"{error}"]
+                if not problems or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            failures.extend(f"case {index} {case.method} {case.host}{case.path}: {p}"
+                            for p in problems)
+        if name == "HTTPRouteWeight":
+            failures.extend(_weights(port))
+        RESULTS[name] = "PASS" if not failures else f"FAIL ({len(failures)})"
+        assert not failures, "\n".join(failures)
+    finally:
+        envoy.stop()
+
+
+def _weights(port: int) -> list[str]:
+    """httproute-weight: v1, v2, v3 weighted 70, 30, 0; upstream allows a 5 % deviation over
+    500 requests... here the shares over 300 requests must be within 10 points."""
+    import json
+    counts: dict[str, int] = {}
+    for _ in range(300):
+        status, _, body = conformance.request(port, conformance.Case("/"))
+        if status != 200:
+            return [f"status {status}"]
+        pod = json.loads(body)["pod"]
+        counts[pod] = counts.get(pod, 0) + 1
+    share = {pod: 100 * n / 300 for pod, n in counts.items()}
+    problems = []
+    for pod, want in (("infra-backend-v1-pod", 70), ("infra-backend-v2-pod", 30)):
+        if abs(share.get(pod, 0) - want) > 10:
+            problems.append(f"{pod} got {share.get(pod, 0):.0f} %, expected about {want} %")
+    if "infra-backend-v3-pod" in share:
+        problems.append("infra-backend-v3 (weight 0) was sent requests")
+    return problems

@@ -1,0 +1,437 @@
+"""The upstream Gateway API conformance suite's inputs, made runnable here.
+
+`../shared/conformance/gateway-api-conformance/` holds the upstream manifests (kubernetes-sigs/
+gateway-api, conformance/base and conformance/tests) unchanged. A conformance folder is written
+from them as they are, plus what a cluster would add: a GatewayClass `meshpilot` (the suite's
+{GATEWAY_CLASS_NAME}) whose parameters map the listeners' ports to free loopback ports, the
+suite's TLS Secret, and one EndpointSlice per base Service pointing at an echo backend on
+loopback. The base's Deployments (pods) are the echo backends, so they are left out.
+
+`CASES` transcribes the requests and expectations of the upstream tests (conformance/tests/*.go
+at the same commit) into data; `check` compares a response with a case as the upstream
+`http.CompareRoundTrip` does (backend and namespace from the echo reply, the request the backend
+saw, redirects, response headers).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from support import LoopbackHttpServer, QuietHandler
+
+
+
+def _root() -> Path:
+    """`shared/conformance/gateway-api-conformance` next to the repository (as CI clones it),
+    or next to a folder above it (a git worktree kept below the main checkout's parent)."""
+    repository = Path(__file__).resolve().parents[1]
+    for folder in (repository, *repository.parents):
+        candidate = folder.parent / "shared" / "conformance" / "gateway-api-conformance"
+        if candidate.is_dir():
+            return candidate
+    return repository.parent / "shared" / "conformance" / "gateway-api-conformance"
+
+
+ROOT = _root()
+CLASS_NAME = "meshpilot"
+INFRA = "gateway-conformance-infra"
+APP = "gateway-conformance-app-backend"
+WEB = "gateway-conformance-web-backend"
+BASE_KINDS = ("Namespace", "Gateway", "Service")  # Deployments and ConfigMaps are the pods'
+LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090)
+
+
+def available() -> str | None:
+    """None if the upstream manifests are here, else why not (a test then skips)."""
+    if not (ROOT / "base" / "manifests.yaml").is_file():
+        return f"upstream conformance manifests not found at {ROOT}"
+    return None
+
+
+def _documents(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(text, parsed) of each document of a manifest file, text unchanged."""
+    found = []
+    for chunk in re.split(r"(?m)^---\s*$", path.read_text()):
+        parsed = yaml.safe_load(chunk)
+        if isinstance(parsed, dict):
+            found.append((chunk.strip("\n"), parsed))
+    return found
+
+
+def base_services() -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(namespace, name, ports) of every Service of the base manifests."""
+    return [(doc["metadata"]["namespace"], doc["metadata"]["name"], doc["spec"]["ports"])
+            for _, doc in _documents(ROOT / "base" / "manifests.yaml")
+            if doc.get("kind") == "Service"]
+
+
+# ---- the echo backend ---------------------------------------------------------------------------
+
+
+class _EchoHandler(QuietHandler):
+    """What the upstream echo server answers: JSON with the request as the backend saw it and
+    who served it (namespace, pod); `X-Echo-Set-Header: Name:value,...` sets response headers."""
+
+    def _answer(self) -> None:
+        server: Any = self.server
+        headers: dict[str, list[str]] = {}
+        for name, value in self.headers.items():
+            headers.setdefault("-".join(p.capitalize() for p in name.split("-")), []).append(value)
+        body = json.dumps({
+            "path": self.path, "host": self.headers.get("Host", ""), "method": self.command,
+            "proto": self.request_version, "headers": headers,
+            "namespace": server.echo_namespace, "service": server.echo_service,
+            "pod": f"{server.echo_service}-pod",
+        }).encode()
+        self.send_response(200)
+        for item in (self.headers.get("X-Echo-Set-Header") or "").split(","):
+            name, _, value = item.partition(":")
+            if name.strip():
+                self.send_header(name.strip(), value.strip())
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _answer
+
+
+class EchoBackend(LoopbackHttpServer):
+    def __init__(self, namespace: str, service: str):
+        super().__init__(_EchoHandler)
+        self.namespace, self.service = namespace, service
+
+    def start(self) -> int:
+        self.httpd.echo_namespace = self.namespace  # type: ignore[attr-defined]
+        self.httpd.echo_service = self.service  # type: ignore[attr-defined]
+        return super().start()
+
+
+# ---- the folder -----------------------------------------------------------------------------------
+
+
+def write_folder(folder: Path, tests: list[str], backends: dict[tuple[str, str], int],
+                 ports: dict[int, int], tls: tuple[bytes, bytes]) -> None:
+    """The base manifests and the named test manifests as they are, and what a cluster adds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = [text for text, doc in _documents(ROOT / "base" / "manifests.yaml")
+            if doc.get("kind") in BASE_KINDS]
+    (folder / "base.yaml").write_text(
+        "\n---\n".join(base).replace("{GATEWAY_CLASS_NAME}", CLASS_NAME) + "\n")
+    for test in tests:
+        text = (ROOT / "tests" / f"{test}.yaml").read_text()
+        (folder / f"{test}.yaml").write_text(text.replace("{GATEWAY_CLASS_NAME}", CLASS_NAME))
+    mapping = " ".join(f"{written}:{bound}" for written, bound in sorted(ports.items()))
+    cluster = [f"""apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {CLASS_NAME}}}
+spec:
+  controllerName: meshpilot.io/gateway-controller
+  parametersRef: {{group: "", kind: ConfigMap, name: {CLASS_NAME}-ports, namespace: default}}
+""", f"""apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {CLASS_NAME}-ports, namespace: default}}
+data: {{address: 127.0.0.1, ports: "{mapping}"}}
+"""]
+    import base64
+    cert, key = (base64.b64encode(x).decode() for x in tls)
+    cluster.append(f"""apiVersion: v1
+kind: Secret
+metadata: {{name: tls-validity-checks-certificate, namespace: {INFRA}}}
+type: kubernetes.io/tls
+data: {{tls.crt: {cert}, tls.key: {key}}}
+""")
+    for namespace, name, service_ports in base_services():
+        port = backends.get((namespace, name))
+        if port is None:
+            continue
+        slice_ports = ", ".join(f"{{name: {p.get('name', '')!r}, port: {port}}}"
+                                for p in service_ports)
+        cluster.append(f"""apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-echo
+  namespace: {namespace}
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{slice_ports}]
+endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
+""")
+    (folder / "cluster.yaml").write_text("---\n".join(cluster))
+
+
+# ---- the cases ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    path: str
+    host: str = "gateway.example"  # what a client of the Gateway's address sends
+    method: str = "GET"
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int = 200
+    backend: str | None = None  # the Service that must answer (its pod)
+    namespace: str = INFRA
+    seen_path: str | None = None  # the path the backend must see
+    seen_host: str | None = None
+    seen_headers: dict[str, str] = field(default_factory=dict)
+    seen_absent: tuple[str, ...] = ()
+    redirect: dict[str, str] | None = None  # scheme, host, port, path
+    set_response: dict[str, str] = field(default_factory=dict)  # the backend sets these
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_absent: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Test:
+    manifest: str
+    gateway: str  # NS/NAME: the view
+    cases: tuple[Case, ...]
+    listener_port: int = 80
+
+
+V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
+GW = f"{INFRA}/same-namespace"
+
+
+def _c(path: str, backend: str | None = V1, **kw: Any) -> Case:
+    return Case(path, backend=backend, **kw)
+
+
+def _404(path: str, **kw: Any) -> Case:
+    return Case(path, status=404, **kw)
+
+
+def _redirect(request_path: str, status: int = 302, **redirect: str) -> Case:
+    return Case(request_path, status=status, redirect=redirect)
+
+
+_HM = {"X-Header-Remove": "remove-val", "X-Header-Add-Append": "append-val-1",
+       "X-Header-Set": "set-val"}
+_HM_SEEN = {"X-Header-Add": "header-val-1", "X-Header-Add-Append": "append-val-1,header-val-2",
+            "X-Header-Set": "set-overwrites-values"}
+
+CASES: dict[str, Test] = {
+    "HTTPRouteSimpleSameNamespace": Test("httproute-simple-same-namespace", GW, (_c("/"),)),
+    "HTTPRouteMatching": Test("httproute-matching", GW, (
+        _c("/"), _c("/example"), _c("/", headers={"Version": "one"}), _c("/v2", V2),
+        _c("/v2/example", V2), _c("/", V2, headers={"Version": "two"}), _c("/v2/", V2),
+        _c("/v2example"), _c("/foo/v2/example"))),
+    "HTTPRouteExactPathMatching": Test("httproute-exact-path-matching", GW, (
+        _c("/one"), _c("/two", V2), _404("/"), _404("/one/example"), _404("/two/"),
+        _404("/Two"))),
+    "HTTPRouteHeaderMatching": Test("httproute-header-matching", GW, (
+        _c("/", headers={"Version": "one"}), _c("/", V2, headers={"Version": "two"}),
+        _c("/", headers={"Version": "two", "Color": "orange"}),
+        _c("/", V2, headers={"Version": "two", "Color": "blue"}),
+        _404("/", headers={"Color": "orange"}), _404("/", headers={"Some-Other-Header": "one"}),
+        _c("/", headers={"Color": "blue"}), _c("/", headers={"Color": "green"}),
+        _c("/", V2, headers={"Color": "red"}), _c("/", V2, headers={"Color": "yellow"}),
+        _404("/", headers={"Color": "purple"}))),
+    "HTTPRouteMethodMatching": Test("httproute-method-matching", GW, (
+        _c("/", method="POST"), _c("/", V2, method="GET"), _404("/", method="HEAD"),
+        _c("/path1", method="GET"), _c("/", V2, method="PUT", headers={"version": "one"}),
+        _c("/path2", V3, method="POST", headers={"version": "two"}),
+        _c("/path3", method="PATCH"),
+        _c("/path4", method="DELETE", headers={"version": "three"}),
+        _404("/", method="PUT"), _404("/path4", method="DELETE"),
+        _c("/path5", method="PATCH"), _c("/", V2, method="PATCH", headers={"version": "four"}))),
+    "HTTPRouteQueryParamMatching": Test("httproute-query-param-matching", GW, (
+        _c("/?animal=whale"), _c("/?animal=dolphin", V2), _c("/?animal=dolphin&color=blue", V3),
+        _c("/?ANIMAL=Whale", V3), _c("/?animal=whale&otherparam=irrelevant"),
+        _c("/?animal=dolphin&color=yellow", V2), _404("/?color=blue"), _404("/?animal=dog"),
+        _404("/?animal=whaledolphin"), _404("/"), _c("/path1?animal=whale"),
+        _c("/?animal=whale", V2, headers={"version": "one"}),
+        _c("/path2?animal=whale", V3, headers={"version": "two"}),
+        _c("/path3?animal=shark"), _c("/path4?animal=kraken", headers={"version": "three"}),
+        _404("/?animal=shark"), _404("/path4?animal=kraken"), _c("/path5?animal=hydra"),
+        _c("/?animal=hydra", V3, headers={"version": "four"}))),
+    "HTTPRoutePathMatchOrder": Test("httproute-path-match-order", GW, (
+        _c("/match/exact/one", V3), _c("/match/exact", V2), _c("/match"),
+        _c("/match/prefix/one/any", V2), _c("/match/prefix/any"), _c("/match/any", V3))),
+    "HTTPRouteMatchingAcrossRoutes": Test("httproute-matching-across-routes", GW, (
+        _c("/", host="example.com"), _c("/example", host="example.com"),
+        _c("/example", host="example.net"),
+        _c("/example", host="example.com", headers={"Version": "one"}),
+        _c("/v2", V2, host="example.com"), _c("/v2", host="example.net"),
+        _c("/v2/example", V2, host="example.com"),
+        _c("/", V2, host="example.com", headers={"Version": "two"}))),
+    "HTTPRouteRequestHeaderModifier": Test("httproute-request-header-modifier", GW, (
+        _c("/set", headers={"Some-Other-Header": "val"},
+           seen_headers={"Some-Other-Header": "val", "X-Header-Set": "set-overwrites-values"}),
+        _c("/set", headers={"Some-Other-Header": "val", "X-Header-Set": "some-other-value"},
+           seen_headers={"X-Header-Set": "set-overwrites-values"}),
+        _c("/add", headers={"Some-Other-Header": "val"},
+           seen_headers={"X-Header-Add": "add-appends-values"}),
+        _c("/add", headers={"Some-Other-Header": "val", "X-Header-Add": "some-other-value"},
+           seen_headers={"X-Header-Add": "some-other-value,add-appends-values"}),
+        _c("/remove", headers={"X-Header-Remove": "val"}, seen_absent=("X-Header-Remove",)),
+        _c("/case-insensitivity", headers={"x-header-set": "original-val-set",
+                                           "x-header-add": "original-val-add",
+                                           "x-header-remove": "original-val-remove",
+                                           "Another-Header": "another-header-val"},
+           seen_headers={"X-Header-Set": "header-set", "X-Header-Add": "original-val-add,"
+                         "header-add", "Another-Header": "another-header-val"},
+           seen_absent=("X-Header-Remove",)))),
+    "HTTPRouteResponseHeaderModifier": Test("httproute-response-header-modifier", GW, (
+        _c("/set", set_response={"Some-Other-Header": "val"},
+           response_headers={"Some-Other-Header": "val",
+                             "X-Header-Set": "set-overwrites-values"}),
+        _c("/set", set_response={"X-Header-Set": "some-other-value"},
+           response_headers={"X-Header-Set": "set-overwrites-values"}),
+        _c("/add", set_response={"Some-Other-Header": "val"},
+           response_headers={"X-Header-Add": "add-appends-values"}),
+        _c("/add", set_response={"X-Header-Add": "some-other-value"},
+           response_headers={"X-Header-Add": "some-other-value,add-appends-values"}),
+        _c("/remove", set_response={"X-Header-Remove": "val"},
+           response_absent=("X-Header-Remove",)))),
+    "HTTPRouteRedirectScheme": Test("httproute-redirect-scheme", GW, (
+        _redirect("/scheme", scheme="https"),
+        _redirect("/scheme-and-host", host="example.org", scheme="https"),
+        _redirect("/scheme-and-status", 301, scheme="https"),
+        _redirect("/scheme-and-host-and-status", 302, scheme="https", host="example.org"))),
+    "HTTPRouteRedirectPath": Test("httproute-redirect-path", GW, (
+        _redirect("/original-prefix/lemon", path="/replacement-prefix/lemon"),
+        _redirect("/full/path/original", path="/full-path-replacement"),
+        _redirect("/path-and-host", host="example.org", path="/replacement-prefix"),
+        _redirect("/path-and-status", 301, path="/replacement-prefix"),
+        _redirect("/full-path-and-host", host="example.org", path="/replacement-full"),
+        _redirect("/full-path-and-status", 301, path="/replacement-full"))),
+    "HTTPRouteRedirectPort": Test("httproute-redirect-port", GW, (
+        _redirect("/port", port="8083"),
+        _redirect("/port-and-host", host="example.org", port="8083"),
+        _redirect("/port-and-status", 301, port="8083"),
+        _redirect("/port-and-host-and-status", 302, port="8083", host="example.org"))),
+    "HTTPRouteRedirectHostAndStatus": Test("httproute-redirect-host-and-status", GW, (
+        _redirect("/hostname-redirect", host="example.org"),
+        _redirect("/host-and-status", 301, host="example.org"))),
+    "HTTPRouteRewritePath": Test("httproute-rewrite-path", GW, (
+        _c("/prefix/one/two", seen_path="/one/two"),
+        _c("/strip-prefix/three", seen_path="/three"), _c("/strip-prefix", seen_path="/"),
+        _c("/full/one/two", seen_path="/one"),
+        _c("/full/rewrite-path-and-modify-headers/test", headers=_HM, seen_path="/test",
+           seen_headers=_HM_SEEN, seen_absent=("X-Header-Remove",)),
+        _c("/prefix/rewrite-path-and-modify-headers/one", headers=_HM, seen_path="/prefix/one",
+           seen_headers=_HM_SEEN, seen_absent=("X-Header-Remove",)))),
+    "HTTPRouteRewriteHost": Test("httproute-rewrite-host", GW, (
+        _c("/one", host="rewrite.example", seen_host="one.example.org"),
+        _c("/two", V2, host="rewrite.example", seen_host="example.org"),
+        _c("/rewrite-host-and-modify-headers", V2, host="rewrite.example",
+           headers={"X-Header-Remove": "remove-val", "X-Header-Add-Append": "append-val-1"},
+           seen_host="test.example.org", seen_headers=_HM_SEEN,
+           seen_absent=("X-Header-Remove",)))),
+    "HTTPRouteHostnameIntersection": Test("httproute-hostname-intersection",
+                                          f"{INFRA}/httproute-hostname-intersection", (
+        _c("/s1", host="very.specific.com"), _c("/s1", host="very.specific.com:1234"),
+        _404("/s1", host="non.matching.com"), _404("/s1", host="foo.nonmatchingwildcard.io"),
+        _404("/s1", host="foo.wildcard.io"), _404("/non-matching-prefix", host="very.specific.com"),
+        _c("/s2", V2, host="foo.wildcard.io"), _c("/s2", V2, host="bar.wildcard.io"),
+        _c("/s2", V2, host="foo.bar.wildcard.io"), _404("/s2", host="non.matching.com"),
+        _404("/s2", host="wildcard.io"), _404("/s2", host="very.specific.com"),
+        _404("/non-matching-prefix", host="foo.wildcard.io"),
+        _c("/s3", V3, host="very.specific.com"), _404("/s3", host="non.matching.com"),
+        _404("/s3", host="foo.specific.com"), _404("/s3", host="foo.wildcard.io"),
+        _c("/s4", host="foo.anotherwildcard.io"), _c("/s4", host="bar.anotherwildcard.io"),
+        _c("/s4", host="foo.bar.anotherwildcard.io"), _404("/s4", host="anotherwildcard.io"),
+        _404("/s4", host="foo.wildcard.io"), _404("/s4", host="very.specific.com"),
+        _404("/non-matching-prefix", host="foo.anotherwildcard.io"))),
+    "HTTPRouteListenerHostnameMatching": Test("httproute-listener-hostname-matching",
+                                              f"{INFRA}/httproute-listener-hostname-matching", (
+        _c("/", host="bar.com"), _c("/", V2, host="foo.bar.com"),
+        _c("/", V3, host="baz.bar.com"), _c("/", V3, host="boo.bar.com"),
+        _c("/", V3, host="multiple.prefixes.bar.com"),
+        _c("/", V3, host="multiple.prefixes.foo.com"), _404("/", host="foo.com"),
+        _404("/", host="no.matching.host"))),
+    "HTTPRouteCrossNamespace": Test("httproute-cross-namespace", f"{INFRA}/backend-namespaces",
+                                    (_c("/", "web-backend", namespace=WEB),)),
+    "HTTPRouteReferenceGrant": Test("httproute-reference-grant", GW,
+                                    (_c("/", "web-backend", namespace=WEB),)),
+    "HTTPRouteInvalidNonExistentBackendRef": Test("httproute-invalid-nonexistent-backendref",
+                                                  GW, (Case("/", status=500),)),
+    "HTTPRouteInvalidCrossNamespaceBackendRef": Test(
+        "httproute-invalid-cross-namespace-backend-ref", GW, (Case("/", status=500),)),
+    "HTTPRoutePartiallyInvalidViaInvalidReferenceGrant": Test(
+        "httproute-partially-invalid-via-invalid-reference-grant", GW,
+        (Case("/v2", status=500), _c("/", "app-backend-v1", namespace=APP))),
+    "HTTPRouteWeight": Test("httproute-weight", GW, tuple(
+        _c("/", None) for _ in range(30))),
+}
+
+
+def request(port: int, case: Case) -> tuple[int, dict[str, str], bytes]:
+    headers = {"Host": case.host, **case.headers}
+    if case.set_response:
+        headers["X-Echo-Set-Header"] = ",".join(f"{k}:{v}" for k, v in case.set_response.items())
+    connection = HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request(case.method, case.path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        merged: dict[str, str] = {}
+        for name, value in response.getheaders():
+            key = name.lower()
+            merged[key] = f"{merged[key]},{value}" if key in merged else value
+        return response.status, merged, body
+    finally:
+        connection.close()
+
+
+def check(case: Case, status: int, headers: dict[str, str], body: bytes) -> list[str]:
+    """What differs from the case (empty: it passed), as upstream's CompareRoundTrip."""
+    problems: list[str] = []
+    if status != case.status:
+        return [f"status {status}, expected {case.status}"]
+    if case.redirect is not None:
+        location = urlsplit(headers.get("location", ""))
+        got = {"scheme": location.scheme, "host": location.hostname or "",
+               "port": str(location.port or ""), "path": location.path}
+        want = {"scheme": "http", "host": case.host, "path": urlsplit(case.path).path,
+                **case.redirect}
+        for key in ("scheme", "host", "path"):
+            if got[key] != want[key]:
+                problems.append(f"redirect {key} {got[key]!r}, expected {want[key]!r}")
+        if "port" in want and got["port"] != want["port"]:
+            problems.append(f"redirect port {got['port']!r}, expected {want['port']!r}")
+        if "port" not in want and got["port"] not in ("", str({"http": 80, "https": 443}
+                                                             .get(got["scheme"], ""))):
+            problems.append(f"redirect port {got['port']!r} for scheme {got['scheme']}")
+        return problems
+    for name, value in case.response_headers.items():
+        if headers.get(name.lower()) != value:
+            problems.append(f"response header {name}: {headers.get(name.lower())!r}, "
+                            f"expected {value!r}")
+    for name in case.response_absent:
+        if name.lower() in headers:
+            problems.append(f"response header {name} should be absent")
+    if status != 200 or case.status != 200:
+        return problems
+    try:
+        echoed = json.loads(body)
+    except ValueError:
+        return problems + [f"not an echo reply: {body[:100]!r}"]
+    if case.backend is not None:
+        if not echoed["pod"].startswith(case.backend):
+            problems.append(f"served by {echoed['pod']}, expected {case.backend}")
+        if echoed["namespace"] != case.namespace:
+            problems.append(f"namespace {echoed['namespace']}, expected {case.namespace}")
+    seen = {name.lower(): ",".join(values) for name, values in echoed["headers"].items()}
+    if case.seen_path is not None and echoed["path"] != case.seen_path:
+        problems.append(f"backend saw path {echoed['path']!r}, expected {case.seen_path!r}")
+    if case.seen_host is not None and echoed["host"] != case.seen_host:
+        problems.append(f"backend saw host {echoed['host']!r}, expected {case.seen_host!r}")
+    for name, value in case.seen_headers.items():
+        if seen.get(name.lower()) != value:
+            problems.append(f"backend saw {name}: {seen.get(name.lower())!r}, expected {value!r}")
+    for name in case.seen_absent:
+        if name.lower() in seen:
+            problems.append(f"backend saw {name}, which should be absent")
+    return problems
