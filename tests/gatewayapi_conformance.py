@@ -197,6 +197,8 @@ class Test:
     gateway: str  # NS/NAME: the view
     cases: tuple[Case, ...]
     listener_port: int = 80
+    # route name -> the reason upstream expects its Accepted condition False for
+    not_accepted: dict[str, str] = field(default_factory=dict)
 
 
 V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
@@ -343,7 +345,8 @@ CASES: dict[str, Test] = {
         _c("/s4", host="foo.anotherwildcard.io"), _c("/s4", host="bar.anotherwildcard.io"),
         _c("/s4", host="foo.bar.anotherwildcard.io"), _404("/s4", host="anotherwildcard.io"),
         _404("/s4", host="foo.wildcard.io"), _404("/s4", host="very.specific.com"),
-        _404("/non-matching-prefix", host="foo.anotherwildcard.io"))),
+        _404("/non-matching-prefix", host="foo.anotherwildcard.io")),
+        not_accepted={"no-intersecting-hosts": "NoMatchingListenerHostname"}),
     "HTTPRouteListenerHostnameMatching": Test("httproute-listener-hostname-matching",
                                               f"{INFRA}/httproute-listener-hostname-matching", (
         _c("/", host="bar.com"), _c("/", V2, host="foo.bar.com"),

@@ -83,10 +83,17 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
     status = mp.status()["policy"]
     assert status["ok"], status["errors"]
     # Each route of the test's manifest is accepted by its Gateway (as upstream asserts first).
-    routes = [o for o in status["objects"] if o["kind"] == "HTTPRoute"
-              and o["parent"].startswith(test.gateway)]
-    assert routes and all(c["status"] == "True" for o in routes for c in o["conditions"]
-                          if c["type"] == "Accepted"), routes
+    routes = {o["name"].split("/")[1]: {c["type"]: c for c in o["conditions"]}
+              for o in status["objects"] if o["kind"] == "HTTPRoute"
+              and o["parent"].startswith(test.gateway)}
+    assert routes
+    for route, conditions in routes.items():
+        reason = test.not_accepted.get(route)
+        accepted = conditions["Accepted"]
+        if reason is None:
+            assert accepted["status"] == "True", (route, conditions)
+        else:
+            assert (accepted["status"], accepted["reason"]) == ("False", reason), conditions
     envoy = EnvoyProcess(mp.bootstrap(f"{name}-1", test.gateway), suite["work"] / name,
                          name=name)
     envoy.start()
