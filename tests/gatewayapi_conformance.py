@@ -15,6 +15,7 @@ saw, redirects, response headers).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from dataclasses import dataclass, field
@@ -24,9 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
-
 from support import LoopbackHttpServer, QuietHandler
-
 
 
 def _root() -> Path:
@@ -142,7 +141,6 @@ kind: ConfigMap
 metadata: {{name: {CLASS_NAME}-ports, namespace: default}}
 data: {{address: 127.0.0.1, ports: "{mapping}"}}
 """]
-    import base64
     cert, key = (base64.b64encode(x).decode() for x in tls)
     cluster.append(f"""apiVersion: v1
 kind: Secret
@@ -420,7 +418,7 @@ def check(case: Case, status: int, headers: dict[str, str], body: bytes) -> list
     try:
         echoed = json.loads(body)
     except ValueError:
-        return problems + [f"not an echo reply: {body[:100]!r}"]
+        return [*problems, f"not an echo reply: {body[:100]!r}"]
     if case.backend is not None:
         if not echoed["pod"].startswith(case.backend):
             problems.append(f"served by {echoed['pod']}, expected {case.backend}")

@@ -15,7 +15,6 @@ from meshpilot.inputs.yamlsource import FieldPath, Located, format_path
 from meshpilot.ir.model import Gateway, Origin, RawResource, Route, Service
 
 
-
 class FormatPart:
     """What a document of a format whose documents mean something only together (Gateway API:
     a Gateway, the routes attached to it, the Services they name) gives before the format's

@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import gatewayapi_conformance as conformance
-from meshpilot.base.netutil import free_port
-from meshpilot.local.envoy_process import EnvoyProcess
+import pytest
 from support import MeshpilotProcess, eventually, serving
 from tls_material import CA
+
+from meshpilot.base.netutil import free_port
+from meshpilot.local.envoy_process import EnvoyProcess
 
 pytestmark = pytest.mark.envoy
 

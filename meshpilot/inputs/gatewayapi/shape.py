@@ -76,8 +76,8 @@ class Enum(Spec):
 
     def check(self, ctx: DocumentContext, value: Any, path: FieldPath) -> None:
         if value not in self.options:
-            _bad(ctx, path, f"must be one of {', '.join(self.options)}, found "
-                            f"{quoted(str(value)[:80]) if isinstance(value, str) else describe(value)}")
+            found = quoted(value[:80]) if isinstance(value, str) else describe(value)
+            _bad(ctx, path, f"must be one of {', '.join(self.options)}, found {found}")
 
 
 @dataclass(frozen=True)
