@@ -73,19 +73,13 @@ def status_of(model: Model, kind: str, name: str, parent: str = "") -> dict[str,
     return {c.type: (c.status, c.reason) for c in found[0].conditions}
 
 
-def envoy_routes(model: Model, view: str = "infra/edge") -> list[dict]:
-    rendered = snapshot_to_dict(Translation(model).snapshot(view))
-    (config,) = [r for r in rendered["resources"]["routes"]]
-    return config
-
-
 def view(model: Model, name: str = "infra/edge") -> dict:
     return snapshot_to_dict(Translation(model).snapshot(name))["resources"]
 
 
 def vhosts(model: Model, name: str = "infra/edge") -> dict[str, list[dict]]:
     (config,) = view(model, name)["routes"]
-    return {tuple(v["domains"])[0]: v["routes"] for v in config.get("virtual_hosts", [])}
+    return {v["domains"][0]: v["routes"] for v in config.get("virtual_hosts", [])}
 
 
 # ---- shape: what the API server would refuse ---------------------------------------------------
