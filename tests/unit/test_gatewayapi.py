@@ -366,7 +366,7 @@ def test_https_listeners_take_certificates_from_tls_secrets(tmp_path: Path) -> N
     pair = CA().issue("example.com")
     secret = f"""apiVersion: v1
 kind: Secret
-metadata: {{name: cert, namespace: NS}}
+metadata: {{name: cert, namespace: @NAMESPACE@}}
 type: kubernetes.io/tls
 data:
   tls.crt: {base64.b64encode(pair.cert_pem).decode()}
@@ -378,13 +378,13 @@ data:
         "  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: cert}]}}\n"
         "  - {name: other, port: 8443, protocol: HTTPS, hostname: b.example.com,\n"
         "     tls: {certificateRefs: [{name: cert, namespace: certs}]}}")
-    model = load_policy_text(text + secret.replace("NS", "infra") + secret.replace("NS", "certs"))
+    model = load_policy_text(text + secret.replace("@NAMESPACE@", "infra") + secret.replace("@NAMESPACE@", "certs"))
     (listener,) = model.gateway("infra/edge").listeners  # type: ignore[union-attr]
     assert listener.port == 443 and listener.tls is not None
     assert listener.tls.certificates[0].certificate_chain == pair.cert_pem
     assert status_of(model, "Listener", "infra/edge/other")["ResolvedRefs"] == \
         ("False", "RefNotPermitted")
-    broken = load_policy_text(text + secret.replace("NS", "infra").replace(
+    broken = load_policy_text(text + secret.replace("@NAMESPACE@", "infra").replace(
         base64.b64encode(pair.key_pem).decode(), base64.b64encode(b"not a key").decode()))
     assert status_of(broken, "Listener", "infra/edge/https")["ResolvedRefs"] == \
         ("False", "InvalidCertificateRef")
