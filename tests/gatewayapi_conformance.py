@@ -18,8 +18,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import ssl
+import time
 from dataclasses import dataclass, field
-from http.client import HTTPConnection
+from http.client import HTTPConnection, HTTPSConnection
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -81,6 +83,10 @@ class _EchoHandler(QuietHandler):
 
     def _answer(self) -> None:
         server: Any = self.server
+        server.echo_seen.append(self.path)
+        delay = re.search(r"[?&]delay=([0-9]+)(ms|s)\b", self.path)
+        if delay:
+            time.sleep(int(delay.group(1)) / (1000 if delay.group(2) == "ms" else 1))
         headers: dict[str, list[str]] = {}
         for name, value in self.headers.items():
             headers.setdefault("-".join(p.capitalize() for p in name.split("-")), []).append(value)
@@ -109,7 +115,13 @@ class EchoBackend(LoopbackHttpServer):
         super().__init__(_EchoHandler)
         self.namespace, self.service = namespace, service
 
+    @property
+    def seen(self) -> list[str]:
+        """The request paths (with query) it was sent, in order."""
+        return self.httpd.echo_seen  # type: ignore[attr-defined,no-any-return]
+
     def start(self) -> int:
+        self.httpd.echo_seen = []  # type: ignore[attr-defined]
         self.httpd.echo_namespace = self.namespace  # type: ignore[attr-defined]
         self.httpd.echo_service = self.service  # type: ignore[attr-defined]
         return super().start()
@@ -187,6 +199,7 @@ class Case:
     set_response: dict[str, str] = field(default_factory=dict)  # the backend sets these
     response_headers: dict[str, str] = field(default_factory=dict)
     response_absent: tuple[str, ...] = ()
+    mirrored_to: tuple[str, ...] = ()  # these Services get a copy of the request
 
 
 @dataclass(frozen=True)
@@ -197,6 +210,8 @@ class Test:
     listener_port: int = 80
     # route name -> the reason upstream expects its Accepted condition False for
     not_accepted: dict[str, str] = field(default_factory=dict)
+    tls: bool = False  # requests over TLS, SNI = the case's host
+    more: tuple[Test, ...] = ()  # the same manifest, another Gateway or listener port
 
 
 V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
@@ -363,16 +378,104 @@ CASES: dict[str, Test] = {
     "HTTPRoutePartiallyInvalidViaInvalidReferenceGrant": Test(
         "httproute-partially-invalid-via-invalid-reference-grant", GW,
         (Case("/v2", status=500), _c("/", "app-backend-v1", namespace=APP))),
+    "HTTPRouteTimeoutRequest": Test("httproute-timeout-request", GW, (
+        Case("/request-timeout"), Case("/request-timeout?delay=1s", status=504),
+        Case("/disable-request-timeout?delay=1s"))),
+    "HTTPRouteTimeoutBackendRequest": Test("httproute-timeout-backend-request", GW, (
+        Case("/backend-timeout"), Case("/backend-timeout?delay=1s", status=504),
+        Case("/disable-backend-timeout?delay=1s"))),
+    "HTTPRouteRequestMirror": Test("httproute-request-mirror", GW, (
+        _c("/mirror", mirrored_to=(V2,)),
+        _c("/mirror-and-modify-headers", headers=_HM, mirrored_to=(V2,),
+           seen_headers=_HM_SEEN, seen_absent=("X-Header-Remove",)))),
+    "HTTPRouteHTTPSListener": Test("httproute-https-listener",
+                                   f"{INFRA}/same-namespace-with-https-listener", (
+        _c("/", host="example.org"), _c("/", V2, host="second-example.org")),
+        listener_port=443, tls=True),
+    "HTTPRoute303Redirect": Test("httproute-303-redirect", GW, (
+        _redirect("/see-other", 303, path="/see-other"),)),
+    "HTTPRoute307Redirect": Test("httproute-307-redirect", GW, (
+        _redirect("/temporary", 307, path="/temporary"),)),
+    "HTTPRoute308Redirect": Test("httproute-308-redirect", GW, (
+        _redirect("/permanent", 308, path="/permanent"),)),
+    "HTTPRouteRedirectPortAndScheme": Test("httproute-redirect-port-and-scheme", GW, (
+        _redirect("/scheme-nil-and-port-nil", scheme="http", host="example.org"),
+        _redirect("/scheme-nil-and-port-80", scheme="http", host="example.org"),
+        _redirect("/scheme-nil-and-port-8080", scheme="http", port="8080", host="example.org"),
+        _redirect("/scheme-https-and-port-nil", scheme="https", host="example.org"),
+        _redirect("/scheme-https-and-port-443", scheme="https", host="example.org"),
+        _redirect("/scheme-https-and-port-8443", scheme="https", port="8443",
+                  host="example.org")), more=(
+        Test("httproute-redirect-port-and-scheme",
+             f"{INFRA}/same-namespace-with-http-listener-on-8080", (
+                 _redirect("/scheme-nil-and-port-nil", scheme="http", port="8080",
+                           host="example.org"),
+                 _redirect("/scheme-nil-and-port-80", scheme="http", host="example.org"),
+                 _redirect("/scheme-https-and-port-nil", scheme="https", host="example.org")),
+             listener_port=8080),
+        Test("httproute-redirect-port-and-scheme",
+             f"{INFRA}/same-namespace-with-https-listener", tuple(
+                 Case(path, host="example.org", status=302, redirect=redirect) for path, redirect
+                 in (("/scheme-nil-and-port-nil", {"scheme": "https"}),
+                     ("/scheme-nil-and-port-443", {"scheme": "https"}),
+                     ("/scheme-nil-and-port-8443", {"scheme": "https", "port": "8443"}),
+                     ("/scheme-http-and-port-nil", {"scheme": "http"}),
+                     ("/scheme-http-and-port-80", {"scheme": "http"}),
+                     ("/scheme-http-and-port-8080", {"scheme": "http", "port": "8080"}))),
+             listener_port=443, tls=True))),
+    "HTTPRouteListenerPortMatching": Test(
+        "httproute-listener-port-matching", f"{INFRA}/httproute-listener-port-matching",
+        (_c("/", host="foo.com"),), more=(
+            Test("httproute-listener-port-matching",
+                 f"{INFRA}/httproute-listener-port-matching",
+                 (_c("/", V2, host="foo.com:8080"), _c("/", V2, host="bar.com:8080")),
+                 listener_port=8080),
+            Test("httproute-listener-port-matching",
+                 f"{INFRA}/httproute-listener-port-matching",
+                 (_c("/", V3, host="foo.com:8090"), _404("/", host="bar.com:8090")),
+                 listener_port=8090))),
+    "GatewayHTTPListenerIsolation": Test(
+        "gateway-http-listener-isolation", f"{INFRA}/http-listener-isolation", tuple(
+            _c(path, host=host) if path == served else _404(path, host=host) for host, served in (
+                ("bar.com", "/empty-hostname"),
+                ("bar.example.com", "/wildcard-example-com"),
+                ("bar.foo.example.com", "/wildcard-foo-example-com"),
+                ("abc.foo.example.com", "/abc-foo-example-com"))
+            for path in ("/empty-hostname", "/wildcard-example-com",
+                         "/wildcard-foo-example-com", "/abc-foo-example-com"))),
+    "HTTPRouteInvalidBackendRefUnknownKind": Test(
+        "httproute-invalid-backendref-unknown-kind", GW, (Case("/v2", status=500),)),
+    "HTTPRouteNamedRule": Test("httproute-named-rule", GW, (Case("/named"), Case("/unnamed"))),
+    "HTTPRouteRequestMultipleMirrors": Test("httproute-request-multiple-mirrors", GW, (
+        _c("/multi-mirror", mirrored_to=(V2, V3)),
+        _c("/multi-mirror-and-modify-request-headers", headers=_HM, mirrored_to=(V2, V3),
+           seen_headers=_HM_SEEN, seen_absent=("X-Header-Remove",)))),
     "HTTPRouteWeight": Test("httproute-weight", GW, tuple(
         _c("/", None) for _ in range(30))),
 }
 
 
-def request(port: int, case: Case) -> tuple[int, dict[str, str], bytes]:
-    headers = {"Host": case.host, **case.headers}
+DEFAULT_HOST = Case.__dataclass_fields__["host"].default
+
+
+def request(port: int, case: Case, ca: bytes | None = None,
+            listener_port: int | None = None) -> tuple[int, dict[str, str], bytes]:
+    """The case's request to a listener on `port`; over TLS trusting `ca` when given (SNI: the
+    case's host). A request to the Gateway's address carries the listener's port in Host unless
+    it is the scheme's default, as a client's does."""
+    host = case.host
+    if host == DEFAULT_HOST and listener_port not in (None, 443 if ca else 80):
+        host = f"{host}:{listener_port}"
+    headers = {"Host": host, **case.headers}
     if case.set_response:
         headers["X-Echo-Set-Header"] = ",".join(f"{k}:{v}" for k, v in case.set_response.items())
-    connection = HTTPConnection("127.0.0.1", port, timeout=10)
+    connection: HTTPConnection
+    if ca is None:
+        connection = HTTPConnection("127.0.0.1", port, timeout=10)
+    else:
+        context = ssl.create_default_context(cadata=ca.decode())
+        connection = _SniConnection(host.partition(":")[0], "127.0.0.1", port, timeout=10,
+                                    context=context)
     try:
         connection.request(case.method, case.path, headers=headers)
         response = connection.getresponse()
@@ -386,6 +489,19 @@ def request(port: int, case: Case) -> tuple[int, dict[str, str], bytes]:
         connection.close()
 
 
+class _SniConnection(HTTPSConnection):
+    """HTTPS to an address, with SNI and certificate check for another name (the Host)."""
+
+    def __init__(self, server_name: str, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.server_name = server_name
+
+    def connect(self) -> None:
+        HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
+            self.sock, server_hostname=self.server_name)
+
+
 def check(case: Case, status: int, headers: dict[str, str], body: bytes) -> list[str]:
     """What differs from the case (empty: it passed), as upstream's CompareRoundTrip."""
     problems: list[str] = []
@@ -395,8 +511,8 @@ def check(case: Case, status: int, headers: dict[str, str], body: bytes) -> list
         location = urlsplit(headers.get("location", ""))
         got = {"scheme": location.scheme, "host": location.hostname or "",
                "port": str(location.port or ""), "path": location.path}
-        want = {"scheme": "http", "host": case.host, "path": urlsplit(case.path).path,
-                **case.redirect}
+        want = {"scheme": "http", "host": case.host.partition(":")[0],
+                "path": urlsplit(case.path).path, **case.redirect}
         for key in ("scheme", "host", "path"):
             if got[key] != want[key]:
                 problems.append(f"redirect {key} {got[key]!r}, expected {want[key]!r}")

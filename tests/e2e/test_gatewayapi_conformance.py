@@ -36,8 +36,9 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("gatewayapi")
     backends = {(namespace, name): conformance.EchoBackend(namespace, name)
                 for namespace, name, _ in conformance.base_services()}
-    pair = CA().issue("*.example.com", "example.com", "*.wildcard.org",
-                          "second-example.org")
+    ca = CA()
+    pair = ca.issue("*.example.com", "example.com", "*.wildcard.org",
+                          "second-example.org", "example.org")
     with serving({f"{ns}/{name}": server for (ns, name), server in backends.items()}) as bound:
         ports = {port: free_port() for port in conformance.LISTENER_PORTS}
         policy = work / "policy"
@@ -47,7 +48,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         mp = MeshpilotProcess(policy, work).start()
         try:
             yield {"mp": mp, "policy": policy, "ports": ports, "work": work,
-                   "backends": bound, "tls": (pair.cert_pem, pair.key_pem)}
+                   "backends": backends, "ca": ca.pem}
         finally:
             mp.stop()
             print(mp.log_tail(20))
@@ -64,8 +65,9 @@ def _serve_test(suite: dict[str, Any], manifest: str) -> None:
     """The policy folder holds the base and this test's manifest; wait until it is applied."""
     mp: MeshpilotProcess = suite["mp"]
     policy: Path = suite["policy"]
-    for old in policy.glob("httproute-*.yaml"):
-        old.unlink()
+    for old in policy.glob("*.yaml"):
+        if old.name not in ("base.yaml", "cluster.yaml"):
+            old.unlink()
     before = mp.status()["policy"]["loads"]
     (policy / f"{manifest}.yaml").write_text(
         (conformance.ROOT / "tests" / f"{manifest}.yaml").read_text()
@@ -85,7 +87,7 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
     # Each route of the test's manifest is accepted by its Gateway (as upstream asserts first).
     routes = {o["name"].split("/")[1]: {c["type"]: c for c in o["conditions"]}
               for o in status["objects"] if o["kind"] == "HTTPRoute"
-              and o["parent"].startswith(test.gateway)}
+              and (o["parent"] == test.gateway or o["parent"].startswith(f"{test.gateway}/"))}
     assert routes
     for route, conditions in routes.items():
         reason = test.not_accepted.get(route)
@@ -94,6 +96,16 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
             assert accepted["status"] == "True", (route, conditions)
         else:
             assert (accepted["status"], accepted["reason"]) == ("False", reason), conditions
+    failures: list[str] = []
+    for index, part in enumerate((test, *test.more)):
+        failures.extend(_requests(suite, f"{name}-{index}", part))
+    RESULTS[name] = "PASS" if not failures else f"FAIL ({len(failures)})"
+    assert not failures, "\n".join(failures)
+
+
+def _requests(suite: dict[str, Any], name: str, test: conformance.Test) -> list[str]:
+    """Every request of `test` through a new Envoy of its Gateway: what went wrong."""
+    mp: MeshpilotProcess = suite["mp"]
     envoy = EnvoyProcess(mp.bootstrap(f"{name}-1", test.gateway), suite["work"] / name,
                          name=name)
     envoy.start()
@@ -106,20 +118,36 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
             deadline = time.monotonic() + 10
             while True:
                 try:
-                    problems = conformance.check(case, *conformance.request(port, case))
+                    problems = conformance.check(case, *conformance.request(
+                        port, case, suite["ca"] if test.tls else None, test.listener_port))
+                    problems += _mirrored(suite["backends"], case)
                 except OSError as error:
                     problems = [f"{error}"]
                 if not problems or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
-            failures.extend(f"case {index} {case.method} {case.host}{case.path}: {p}"
-                            for p in problems)
-        if name == "HTTPRouteWeight":
+            failures.extend(f"{test.gateway}:{test.listener_port} case {index} {case.method} "
+                            f"{case.host}{case.path}: {p}" for p in problems)
+        if test.manifest == "httproute-weight":
             failures.extend(_weights(port))
-        RESULTS[name] = "PASS" if not failures else f"FAIL ({len(failures)})"
-        assert not failures, "\n".join(failures)
+        return failures
     finally:
         envoy.stop()
+
+
+def _mirrored(backends: dict[tuple[str, str], conformance.EchoBackend],
+              case: conformance.Case) -> list[str]:
+    """Each mirror backend got the copy (Envoy sends it alongside, so give it a moment)."""
+    problems = []
+    for service in case.mirrored_to:
+        seen = backends[(case.namespace, service)].seen
+        try:
+            eventually(lambda: case.path in seen, timeout=5, what=f"{service} to see the copy")
+        except AssertionError:
+            problems.append(f"{service} was not sent a copy of {case.path}")
+        else:
+            seen.remove(case.path)
+    return problems
 
 
 def _weights(port: int) -> list[str]:

@@ -56,6 +56,7 @@ from meshpilot.ir.model import (
     Origin,
     PathRewrite,
     Redirect,
+    Retries,
     Route,
     Rule,
     Service,
@@ -558,6 +559,12 @@ class _Compiler:
                 backends.append(Backend(target, None, weight, origin))
         timeouts = rule.get("timeouts") or {}
         timeout = _duration(timeouts.get("request") or timeouts.get("backendRequest"))
+        retries: Retries | None = None
+        backend_timeout = _duration(timeouts.get("backendRequest"))
+        if timeouts.get("request") and backend_timeout:
+            # Each try of the backend within the whole request's time: Envoy's per-try timeout
+            # (which holds for the first try too), with no retries.
+            retries = Retries(0, per_try_timeout=backend_timeout)
         direct: DirectResponse | None = None
         if redirect is None and not backends:
             # No backend (none written, none valid, every weight 0): the spec's 500.
@@ -567,8 +574,8 @@ class _Compiler:
         built = Rule(origin.position, matches=(Match(),), backends=tuple(backends),
                      redirect=redirect, direct_response=direct, rewrite_path=rewrite_path,
                      rewrite_host=rewrite_host, request_headers=request,
-                     response_headers=response, timeout=timeout, mirrors=tuple(mirrors),
-                     origin=origin)
+                     response_headers=response, timeout=timeout, retries=retries,
+                     mirrors=tuple(mirrors), origin=origin)
         return built, problem, unsupported
 
     def _redirect(self, settings: dict[str, Any], prefix: str | None,
@@ -848,7 +855,7 @@ def _for_listener(rule: Rule, match: Match, listener: _Listener) -> Rule:
                 direct_response=rule.direct_response, rewrite_path=rule.rewrite_path,
                 rewrite_host=rule.rewrite_host, request_headers=rule.request_headers,
                 response_headers=rule.response_headers, timeout=rule.timeout,
-                mirrors=rule.mirrors, origin=rule.origin)
+                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin)
 
 
 def _replace_redirect(redirect: Redirect, port: int, scheme: str) -> Redirect:
