@@ -142,7 +142,8 @@ def _mirrored(backends: dict[tuple[str, str], conformance.EchoBackend],
     for service in case.mirrored_to:
         seen = backends[(case.namespace, service)].seen
         try:
-            eventually(lambda: case.path in seen, timeout=5, what=f"{service} to see the copy")
+            eventually(lambda seen=seen: case.path in seen, timeout=5,  # type: ignore[misc]
+                       what=f"{service} to see the copy")
         except AssertionError:
             problems.append(f"{service} was not sent a copy of {case.path}")
         else:
