@@ -243,17 +243,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_objects(objects: list[dict[str, Any]]) -> None:
-    """Gateway API objects (and any format's) with their conditions, as kubectl shows them."""
+    """Gateway API objects (and any format's) with their conditions, as kubectl shows them:
+    a condition that holds as expected shows its type, any other its status and reason too."""
     if not objects:
         return
-    print(f"{'KIND':14} {'NAME':48} {'PARENT':40} CONDITIONS")
+    name_width = max(len(item["name"]) for item in objects)
+    parent_width = max(len("PARENT"), *(len(item["parent"]) for item in objects))
+    print(f"{'KIND':14} {'NAME':{name_width}} {'PARENT':{parent_width}} CONDITIONS")
     for item in objects:
         conditions = " ".join(f"{c['type']}={c['status']}"
-                              + (f"({c['reason']})" if c["status"] != "True"
-                                 or c["reason"] != c["type"] else "")
+                              + (f"({c['reason']})" if c["reason"] != c["type"] else "")
                               for c in item["conditions"])
         extra = f" attachedRoutes={item['attachedRoutes']}" if "attachedRoutes" in item else ""
-        print(f"{item['kind'][:14]:14} {item['name'][:48]:48} {item['parent'][:40]:40} "
+        print(f"{item['kind']:14} {item['name']:{name_width}} {item['parent']:{parent_width}} "
               f"{conditions}{extra}  ({item['at']})")
         for c in item["conditions"]:
             if c["message"]:

@@ -9,6 +9,8 @@ the response compared as upstream does. The table of results is printed at the e
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 import gatewayapi_conformance as conformance
 import pytest
+import yaml
 from support import MeshpilotProcess, eventually, serving
 from tls_material import CA
 
@@ -170,3 +173,45 @@ def _weights(port: int) -> list[str]:
     if "infra-backend-v3-pod" in share:
         problems.append("infra-backend-v3 (weight 0) was sent requests")
     return problems
+
+
+def _meshpilot(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "meshpilot", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_bootstrap_and_status_as_a_user_runs_them(suite: dict[str, Any]) -> None:
+    """`meshpilot bootstrap --node-cluster NS/NAME` makes an Envoy of that Gateway (with its
+    node token), and `meshpilot status` lists Gateways, listeners and routes with conditions
+    and where each was written."""
+    _serve_test(suite, "httproute-invalid-nonexistent-backendref")
+    mp: MeshpilotProcess = suite["mp"]
+    view = f"{conformance.INFRA}/same-namespace"
+    made = _meshpilot("bootstrap", "--node-id", "user-1", "--node-cluster", view,
+                      "--xds-address", f"127.0.0.1:{mp.xds_port}",
+                      "--admin-address", f"127.0.0.1:{free_port()}",
+                      "--state-dir", str(mp.state_dir))
+    assert made.returncode == 0, made.stderr
+    envoy = EnvoyProcess(yaml.safe_load(made.stdout), suite["work"] / "user", name="user")
+    envoy.start()
+    try:
+        envoy.wait_ready(30)
+        port = suite["ports"][80]
+        eventually(lambda: conformance.request(port, conformance.Case("/"))[0] == 500,
+                   what="the rule with a missing backend to answer 500")
+    finally:
+        envoy.stop()
+    shown = _meshpilot("status", "--admin-address", f"127.0.0.1:{mp.admin_port}",
+                       "--state-dir", str(mp.state_dir))
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    route = next(line for line in lines if line.startswith("HTTPRoute")
+                 and "invalid-nonexistent-backend-ref" in line)
+    assert "Accepted=True" in route and "ResolvedRefs=False(BackendNotFound)" in route
+    assert "(httproute-invalid-nonexistent-backendref.yaml:" in route
+    assert any(line.startswith("Listener") and f"{view}/http " in line and "attachedRoutes=1"
+               in line for line in lines), shown.stdout
+    assert any(line.startswith("Gateway ") and view in line and "(base.yaml:" in line
+               for line in lines), shown.stdout
+    assert "ResolvedRefs: no Service gateway-conformance-infra/nonexistent" in shown.stdout \
+        or "ResolvedRefs: no Service" in shown.stdout
