@@ -22,11 +22,12 @@ from meshpilot.ca.authority import ROOT_CERT, CaError, check_trust_domain
 from meshpilot.ca.tokens import KEY_FILE, TokenAuthority, TokenError, rotate_key
 from meshpilot.inputs.loader import load_policy
 from meshpilot.inputs.native.schema import json_schema
-from meshpilot.ir.model import Model
+from meshpilot.ir.model import Model, ObjectStatus
 from meshpilot.local.bootstrap import bootstrap_yaml
 from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
 from meshpilot.runtime.admin_guard import split_authority
 from meshpilot.runtime.app import Meshpilot, Settings, split_address
+from meshpilot.runtime.controller import describe_object
 from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.translators import Translation
 from meshpilot.translators.plugins import PluginError
@@ -131,7 +132,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"ok: {len(model.files)} file(s): {len(model.services)} service(s), "
           f"{len(model.gateways)} gateway(s), {len(model.routes)} route(s), "
           f"{len(model.raw)} raw resource(s)")
+    # What loads but is not served as written (a route whose backend is missing, a listener
+    # without its certificate): the status a user would otherwise only see once serving.
+    _print_objects([describe_object(s) for s in model.statuses if not _healthy(s)])
     return 0
+
+
+def _healthy(status: ObjectStatus) -> bool:
+    return all(c.status == ("False" if c.type == "Conflicted" else "True")
+               for c in status.conditions)
 
 
 def cmd_render(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ import yaml
 from tls_material import CA
 
 from meshpilot.base.errors import PolicyError
+from meshpilot.cli import main
 from meshpilot.inputs.loader import PolicyLoader, load_policy, load_policy_text
 from meshpilot.ir.model import Model, ObjectStatus
 from meshpilot.translators import Translation
@@ -419,3 +420,16 @@ def test_incremental_loads_equal_cold_ones(tmp_path: Path) -> None:
         "  rules: [{backendRefs: [{name: gone, port: 8080}]}]\n"))
     assert loader.load() == load_policy(tmp_path)
     assert loader.parsed_files == 1
+
+
+def test_validate_shows_what_loads_but_is_not_served(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "gw.yaml").write_text(GATEWAY + route(
+        "  rules: [{backendRefs: [{name: nothing, port: 80}]}]\n"))
+    assert main(["validate", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("ok: 1 file(s)")
+    (line,) = [o for o in out if o.startswith("HTTPRoute")]
+    assert "infra/r" in line and "ResolvedRefs=False(BackendNotFound)" in line
+    assert "(gw.yaml:" in line  # where its parentRef is written
+    assert not any(o.startswith("Gateway ") for o in out)  # accepted and programmed: quiet
