@@ -213,5 +213,29 @@ def test_bootstrap_and_status_as_a_user_runs_them(suite: dict[str, Any]) -> None
                in line for line in lines), shown.stdout
     assert any(line.startswith("Gateway ") and view in line and "(base.yaml:" in line
                for line in lines), shown.stdout
-    assert "ResolvedRefs: no Service gateway-conformance-infra/nonexistent" in shown.stdout \
-        or "ResolvedRefs: no Service" in shown.stdout
+    assert "ResolvedRefs: no Service gateway-conformance-infra/nonexistent" in shown.stdout
+
+
+def test_a_malformed_document_is_refused_and_the_last_good_config_keeps_serving(
+        suite: dict[str, Any]) -> None:
+    _serve_test(suite, "httproute-simple-same-namespace")
+    mp: MeshpilotProcess = suite["mp"]
+    envoy = EnvoyProcess(mp.bootstrap("last-good-1", f"{conformance.INFRA}/same-namespace"),
+                         suite["work"] / "last-good", name="last-good")
+    envoy.start()
+    try:
+        envoy.wait_ready(30)
+        port = suite["ports"][80]
+        eventually(lambda: conformance.request(port, conformance.Case("/"))[0] == 200,
+                   what="the route to serve")
+        broken = suite["policy"] / "httproute-simple-same-namespace.yaml"
+        before = mp.status()["policy"]["rejected"]
+        broken.write_text(broken.read_text().replace("port: 8080", "port: eighty"))
+        errors = eventually(lambda: mp.status()["policy"]["rejected"] > before
+                            and mp.status()["policy"]["errors"], what="the edit to be refused")
+        assert any(e.startswith("httproute-simple-same-namespace.yaml:") and
+                   "spec.rules[0].backendRefs[0].port: expected an integer" in e
+                   for e in errors), errors
+        assert conformance.request(port, conformance.Case("/"))[0] == 200
+    finally:
+        envoy.stop()
