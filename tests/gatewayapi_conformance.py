@@ -450,6 +450,8 @@ CASES: dict[str, Test] = {
         _c("/multi-mirror", mirrored_to=(V2, V3)),
         _c("/multi-mirror-and-modify-request-headers", headers=_HM, mirrored_to=(V2, V3),
            seen_headers=_HM_SEEN, seen_absent=("X-Header-Remove",)))),
+    "HTTPRouteBackendRequestHeaderModifier": Test(
+        "httproute-request-header-modifier-backend-weights", GW, (_c("/", None),)),
     "HTTPRouteWeight": Test("httproute-weight", GW, tuple(
         _c("/", None) for _ in range(30))),
 }

@@ -323,6 +323,10 @@ class Backend:
     subset: str | None = None
     weight: int = 1
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # Header changes for requests sent to this backend only (and their responses), after the
+    # rule's own (Gateway API's backendRef filters). None: none.
+    request_headers: HeaderOps | None = None
+    response_headers: HeaderOps | None = None
 
 
 @dataclass(frozen=True, slots=True)

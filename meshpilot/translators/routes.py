@@ -317,15 +317,26 @@ def route_action(rule: Rule) -> RouteAction:
 
 
 def _set_backends(action: RouteAction, backends: Sequence[Backend]) -> None:
-    if len(backends) == 1:
+    if len(backends) == 1 and backends[0].request_headers is None \
+            and backends[0].response_headers is None:
         action.cluster = _cluster_of(backends[0])
         return
     # Several backends split traffic by their weights, as written (order kept, so the config
-    # reads like the policy).
+    # reads like the policy); a backend's own header changes sit on its entry.
     action.weighted_clusters.CopyFrom(WeightedCluster(clusters=[
-        WeightedCluster.ClusterWeight(name=_cluster_of(b), weight=UInt32Value(value=b.weight))
-        for b in backends
-    ]))
+        _cluster_weight(b) for b in backends]))
+
+
+def _cluster_weight(backend: Backend) -> WeightedCluster.ClusterWeight:
+    entry = WeightedCluster.ClusterWeight(name=_cluster_of(backend),
+                                          weight=UInt32Value(value=backend.weight))
+    if backend.request_headers is not None:
+        entry.request_headers_to_add.extend(header_options(backend.request_headers))
+        entry.request_headers_to_remove.extend(backend.request_headers.remove)
+    if backend.response_headers is not None:
+        entry.response_headers_to_add.extend(header_options(backend.response_headers))
+        entry.response_headers_to_remove.extend(backend.response_headers.remove)
+    return entry
 
 
 def _cluster_of(backend: Backend) -> str:

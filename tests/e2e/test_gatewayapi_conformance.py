@@ -133,6 +133,8 @@ def _requests(suite: dict[str, Any], name: str, test: conformance.Test) -> list[
                             f"{case.host}{case.path}: {p}" for p in problems)
         if test.manifest == "httproute-weight":
             failures.extend(_weights(port))
+        if test.manifest == "httproute-request-header-modifier-backend-weights":
+            failures.extend(_backend_headers(port))
         return failures
     finally:
         envoy.stop()
@@ -152,6 +154,23 @@ def _mirrored(backends: dict[tuple[str, str], conformance.EchoBackend],
         else:
             seen.remove(case.path)
     return problems
+
+
+def _backend_headers(port: int) -> list[str]:
+    """Each of 100 requests carries the Backend header its backendRef's filter set, and went
+    to that backend (upstream's check)."""
+    import json
+    seen: set[str] = set()
+    for _ in range(100):
+        status, _, body = conformance.request(port, conformance.Case("/"))
+        if status != 200:
+            return [f"status {status}"]
+        echoed = json.loads(body)
+        values = echoed["headers"].get("Backend", [])
+        if len(values) != 1 or not echoed["pod"].startswith(values[0]):
+            return [f"Backend header {values} on a request served by {echoed['pod']}"]
+        seen.add(values[0])
+    return [] if len(seen) == 2 else [f"only {seen} answered 100 requests weighted 10/10"]
 
 
 def _weights(port: int) -> list[str]:

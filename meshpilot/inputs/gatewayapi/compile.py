@@ -546,17 +546,22 @@ class _Compiler:
                 broken += 1
                 problem = problem or why
                 continue
+            own_request: HeaderOps | None = None
+            own_response: HeaderOps | None = None
             for f_item in ref.get("filters") or ():
-                if f_item["type"] == "RequestHeaderModifier" and len(refs) == 1:
-                    request = _merge_ops(request, _header_ops(f_item["requestHeaderModifier"]))
-                elif f_item["type"] == "ResponseHeaderModifier" and len(refs) == 1:
-                    response = _merge_ops(response,
-                                          _header_ops(f_item["responseHeaderModifier"]))
+                if f_item["type"] == "RequestHeaderModifier":
+                    own_request = _merge_ops(own_request or HeaderOps(),
+                                             _header_ops(f_item["requestHeaderModifier"]))
+                elif f_item["type"] == "ResponseHeaderModifier":
+                    own_response = _merge_ops(own_response or HeaderOps(),
+                                              _header_ops(f_item["responseHeaderModifier"]))
                 else:
                     unsupported = f"backendRef filter {f_item['type']} is not supported yet"
             weight = ref.get("weight", 1)
             if weight > 0:
-                backends.append(Backend(target, None, weight, origin))
+                backends.append(Backend(target, None, weight, origin,
+                                        request_headers=own_request,
+                                        response_headers=own_response))
         timeouts = rule.get("timeouts") or {}
         timeout = _duration(timeouts.get("request") or timeouts.get("backendRequest"))
         retries: Retries | None = None
