@@ -297,6 +297,8 @@ CASES: dict[str, Test] = {
            seen_headers={"X-Header-Set": "header-set", "X-Header-Add": "original-val-add,"
                          "header-add", "Another-Header": "another-header-val"},
            seen_absent=("X-Header-Remove",)))),
+    # The same requests, the same expectations, with the filters on the backendRefs.
+    "HTTPRouteBackendRequestHeaderModifier": None,  # type: ignore[dict-item]
     "HTTPRouteResponseHeaderModifier": Test("httproute-response-header-modifier", GW, (
         _c("/set", set_response={"Some-Other-Header": "val"},
            response_headers={"Some-Other-Header": "val",
@@ -450,12 +452,15 @@ CASES: dict[str, Test] = {
         _c("/multi-mirror", mirrored_to=(V2, V3)),
         _c("/multi-mirror-and-modify-request-headers", headers=_HM, mirrored_to=(V2, V3),
            seen_headers=_HM_SEEN, seen_absent=("X-Header-Remove",)))),
-    "HTTPRouteBackendRequestHeaderModifier": Test(
+    "HTTPRouteRequestHeaderModifierBackendWeights": Test(
         "httproute-request-header-modifier-backend-weights", GW, (_c("/", None),)),
     "HTTPRouteWeight": Test("httproute-weight", GW, tuple(
         _c("/", None) for _ in range(30))),
 }
 
+CASES["HTTPRouteBackendRequestHeaderModifier"] = Test(
+    "httproute-request-header-modifier-backend", GW,
+    CASES["HTTPRouteRequestHeaderModifier"].cases)
 
 DEFAULT_HOST = Case.__dataclass_fields__["host"].default
 
