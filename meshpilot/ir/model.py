@@ -327,6 +327,9 @@ class Backend:
     # rule's own (Gateway API's backendRef filters). None: none.
     request_headers: HeaderOps | None = None
     response_headers: HeaderOps | None = None
+    # False: a reference that does not resolve (Gateway API's partial validity): no cluster is
+    # made for it, and the share of requests it would get is answered 500.
+    resolved: bool = True
 
 
 @dataclass(frozen=True, slots=True)

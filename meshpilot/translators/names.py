@@ -10,6 +10,7 @@ It must not build messages or look at anything but the names it is given.
 
     cluster of service `reviews`                      reviews
     cluster of subset `v2` of `reviews`               reviews/v2
+    a backend that does not resolve (never made)      unresolved|ns/name:80
     EDS service name of a cluster                     the cluster's name
     listener `http` of gateway `edge`                 edge/http
     route configuration of that listener              edge/http
@@ -29,6 +30,14 @@ SEPARATOR = "/"
 def cluster(service: str, subset: str | None = None) -> str:
     """The cluster of a whole service, or of one of its subsets."""
     return service if subset is None else f"{service}{SEPARATOR}{subset}"
+
+
+def unresolved_cluster(service: str) -> str:
+    """The cluster a backend that does not resolve is named by (Gateway API): no such cluster
+    is ever made, so Envoy answers its share of requests with the route's
+    cluster_not_found_response_code. "|" is in no policy name, and nothing else uses the
+    prefix."""
+    return f"unresolved|{service}"
 
 
 def eds_service(cluster_name: str) -> str:

@@ -293,6 +293,9 @@ def _absent_query_matcher(name: str, how: StringMatch) -> HeaderMatcher | None:
 def route_action(rule: Rule) -> RouteAction:
     action = RouteAction()
     _set_backends(action, rule.backends)
+    if not all(backend.resolved for backend in rule.backends):
+        # The share of an unresolved backend (a cluster never made) is answered 500.
+        action.cluster_not_found_response_code = RouteAction.INTERNAL_SERVER_ERROR
     rewrite = rule.rewrite_path
     if rewrite is not None and rewrite.prefix is not None:
         action.prefix_rewrite = rewrite.prefix
@@ -340,6 +343,8 @@ def _cluster_weight(backend: Backend) -> WeightedCluster.ClusterWeight:
 
 
 def _cluster_of(backend: Backend) -> str:
+    if not backend.resolved:
+        return names.unresolved_cluster(backend.service)
     return names.cluster(backend.service, backend.subset)
 
 

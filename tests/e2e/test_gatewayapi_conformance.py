@@ -258,3 +258,47 @@ def test_a_malformed_document_is_refused_and_the_last_good_config_keeps_serving(
         assert conformance.request(port, conformance.Case("/"))[0] == 200
     finally:
         envoy.stop()
+
+
+PARTLY_INVALID = f"""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: partly-invalid, namespace: {conformance.INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+  - backendRefs:
+    - {{name: infra-backend-v1, port: 8080, weight: 1}}
+    - {{name: not-there, port: 8080, weight: 1}}
+"""
+
+
+def test_an_invalid_backend_beside_a_valid_one_answers_its_share_with_500(
+        suite: dict[str, Any]) -> None:
+    """The spec's partial validity inside one rule: requests that would go to the backend that
+    does not resolve are answered 500, the others are served; the Envoy accepts the routes."""
+    mp: MeshpilotProcess = suite["mp"]
+    policy: Path = suite["policy"]
+    _serve_test(suite, "httproute-simple-same-namespace")
+    (policy / "httproute-simple-same-namespace.yaml").unlink()
+    before = mp.status()["policy"]["loads"]
+    (policy / "partly-invalid.yaml").write_text(PARTLY_INVALID)
+    eventually(lambda: mp.status()["policy"]["loads"] > before
+               and "partly-invalid.yaml" in mp.status()["policy"]["applied_files"],
+               what="the route to be applied")
+    envoy = EnvoyProcess(mp.bootstrap("partly-1", f"{conformance.INFRA}/same-namespace"),
+                         suite["work"] / "partly", name="partly")
+    envoy.start()
+    try:
+        envoy.wait_ready(30)
+        port = suite["ports"][80]
+        eventually(lambda: conformance.request(port, conformance.Case("/"))[0] in (200, 500),
+                   what="the route to serve")
+        statuses = [conformance.request(port, conformance.Case("/"))[0] for _ in range(200)]
+        assert set(statuses) == {200, 500}, set(statuses)
+        assert 60 <= statuses.count(500) <= 140, statuses.count(500)
+        eventually(lambda: all(t["status"] == "SYNCED" for p in mp.proxies()
+                               if p["node_id"] == "partly-1" for t in p["types"].values()),
+                   what="the Envoy to ACK every type")
+    finally:
+        envoy.stop()
+        (policy / "partly-invalid.yaml").unlink()

@@ -433,3 +433,19 @@ def test_validate_shows_what_loads_but_is_not_served(tmp_path: Path,
     assert "infra/r" in line and "ResolvedRefs=False(BackendNotFound)" in line
     assert "(gw.yaml:" in line  # where its parentRef is written
     assert not any(o.startswith("Gateway ") for o in out)  # accepted and programmed: quiet
+
+
+def test_an_invalid_backend_beside_valid_ones_takes_its_share_as_500() -> None:
+    model = load_policy_text(GATEWAY + route("""  rules:
+  - backendRefs:
+    - {name: web, port: 8080, weight: 3}
+    - {name: nothing, port: 80, weight: 1}
+"""))
+    (entry,) = vhosts(model)["*"]
+    assert entry["route"]["weighted_clusters"]["clusters"] == [
+        {"name": "infra/web:8080", "weight": 3},
+        {"name": "unresolved|infra/nothing:80", "weight": 1}]
+    assert entry["route"]["cluster_not_found_response_code"] == "INTERNAL_SERVER_ERROR"
+    assert [c["name"] for c in view(model)["clusters"]] == ["infra/web:8080"]
+    assert status_of(model, "HTTPRoute", "infra/r")["ResolvedRefs"] == \
+        ("False", "BackendNotFound")

@@ -533,7 +533,6 @@ class _Compiler:
                 unsupported = f"filter {kind} is not supported yet"
         backends: list[Backend] = []
         refs = rule.get("backendRefs") or ()
-        broken = 0
         for b_index, ref in enumerate(refs):
             bpath = (*path, "backendRefs", b_index)
             if (ref.get("group") or "") == "" and ref.get("kind", "Service") == "Service" \
@@ -543,8 +542,10 @@ class _Compiler:
                 continue
             target, why = self._backend(route, ref)
             if target is None:
-                broken += 1
                 problem = problem or why
+                if ref.get("weight", 1) > 0:
+                    backends.append(Backend(_ref_text(route, ref), None, ref.get("weight", 1),
+                                            origin, resolved=False))
                 continue
             own_request: HeaderOps | None = None
             own_response: HeaderOps | None = None
@@ -571,11 +572,11 @@ class _Compiler:
             # (which holds for the first try too), with no retries.
             retries = Retries(0, per_try_timeout=backend_timeout)
         direct: DirectResponse | None = None
-        if redirect is None and not backends:
-            # No backend (none written, none valid, every weight 0): the spec's 500.
+        if redirect is None and not any(b.resolved for b in backends):
+            # No backend (none written, none valid, every weight 0): the spec's 500. With some
+            # valid ones, an invalid one's share is answered 500 (`Backend.resolved`).
             direct = DirectResponse(500)
-            mirrors = []
-        del broken
+            backends, mirrors = [], []
         built = Rule(origin.position, matches=(Match(),), backends=tuple(backends),
                      redirect=redirect, direct_response=direct, rewrite_path=rewrite_path,
                      rewrite_host=rewrite_host, request_headers=request,
@@ -782,6 +783,14 @@ def _tls_secret(secret: KubeObject) -> tuple[TlsCertificate | None, str]:
     where = f"secret:{secret.key}"
     return TlsCertificate(where, where, cert, key,
                           position=secret.document.position), ""
+
+
+def _ref_text(route: KubeObject, ref: dict[str, Any]) -> str:
+    """A backendRef as written, for the name of its (never made) cluster."""
+    group, kind = ref.get("group") or "", ref.get("kind", "Service")
+    prefix = "" if (group, kind) == ("", "Service") else f"{group}/{kind}:"
+    port = f":{ref['port']}" if ref.get("port") else ""
+    return f"{prefix}{ref.get('namespace') or route.namespace}/{ref['name']}{port}"
 
 
 def _route_age(route: KubeObject) -> tuple[str, str]:
