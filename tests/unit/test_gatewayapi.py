@@ -449,3 +449,28 @@ def test_an_invalid_backend_beside_valid_ones_takes_its_share_as_500() -> None:
     assert [c["name"] for c in view(model)["clusters"]] == ["infra/web:8080"]
     assert status_of(model, "HTTPRoute", "infra/r")["ResolvedRefs"] == \
         ("False", "BackendNotFound")
+
+
+def test_routes_without_hostnames_serve_every_host_after_the_more_specific_ones() -> None:
+    named = route("""  hostnames: [foo.example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /a}}]
+    backendRefs: [{name: web, port: 8080}]
+""", name="named")
+    wild = route("""  hostnames: ["*.example.com"]
+  rules:
+  - matches: [{path: {type: Exact, value: /a/exact}}]
+    backendRefs: [{name: web, port: 8080}]
+""", name="wild")
+    anything = route("""  rules:
+  - matches: [{path: {type: PathPrefix, value: /b}}]
+    backendRefs: [{name: web, port: 8080}]
+""", name="anything")
+    model = load_policy_text(GATEWAY + named + "\n---\n" + wild + "\n---\n" + anything)
+    hosts = vhosts(model)
+    assert [e["match"] for e in hosts["foo.example.com"]] == [
+        {"path_separated_prefix": "/a"},  # its own rules first, even before a longer exact
+        {"path": "/a/exact"}, {"path_separated_prefix": "/b"}]
+    assert [e["match"] for e in hosts["*.example.com"]] == [
+        {"path": "/a/exact"}, {"path_separated_prefix": "/b"}]
+    assert [e["match"] for e in hosts["*"]] == [{"path_separated_prefix": "/b"}]

@@ -211,6 +211,7 @@ class _Entry:
 
     order: tuple[Any, ...]
     rule: Rule
+    listener: _Listener
 
 
 class _Compiler:
@@ -671,7 +672,7 @@ class _Compiler:
                 rule = _for_listener(built, match, listener)
                 order = (*_precedence(match), *age, index, match_index)
                 for hostname in hostnames:
-                    by_host.setdefault(hostname, []).append(_Entry(order, rule))
+                    by_host.setdefault(hostname, []).append(_Entry(order, rule, listener))
 
     # ---- the model of a Gateway ----
 
@@ -710,8 +711,9 @@ class _Compiler:
                 str(port), params.ports.get(port, port), params.address, tls=tls,
                 origin=Origin(obj.document.position_of(on_port[0].path), "Gateway", obj.key,
                               f"spec.listeners[{on_port[0].index}]")))
-            for hostname, entries in sorted(self.entries[obj.key].get(port, {}).items()):
-                entries.sort(key=lambda e: e.order)
+            by_host = self.entries[obj.key].get(port, {})
+            for hostname in sorted(by_host):
+                entries = _host_entries(hostname, by_host, on_port)
                 self.routes.append(Route(
                     f"{gateway_name}/{port}/{hostname}", obj.document.position, gateway_name,
                     hosts=(hostname,), rules=tuple(e.rule for e in entries),
@@ -728,6 +730,26 @@ class _Compiler:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def _host_entries(hostname: str, by_host: dict[str, list[_Entry]],
+                  listeners: list[_Listener]) -> list[_Entry]:
+    """The route entries of one virtual host, in the spec's order: the rules of routes naming
+    this very hostname first, then those of each wildcard covering it, most specific first (down
+    to routes with no hostname, "*"), each group in match precedence. A covering wildcard's rules
+    join only when they come through the listener the hostname belongs to (the most specific
+    listener hostname matching it), so listeners sharing a port stay isolated."""
+    own = sorted(by_host[hostname], key=lambda e: e.order)
+    owner = max((lst for lst in listeners if lst.hostname is None
+                 or _covers(lst.hostname, hostname)),
+                key=lambda lst: _specificity(lst.hostname), default=None)
+    covering = sorted((w for w in by_host if w != hostname and
+                       (w == "*" or _covers(w, hostname))),
+                      key=lambda w: _specificity(None if w == "*" else w), reverse=True)
+    for wildcard in covering:
+        own.extend(sorted((e for e in by_host[wildcard] if e.listener is owner),
+                          key=lambda e: e.order))
+    return own
 
 
 def _mark_conflicts(listeners: list[_Listener]) -> None:
