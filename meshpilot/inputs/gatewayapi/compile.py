@@ -205,6 +205,10 @@ class _Params:
     ports: dict[int, int] = field(default_factory=dict)
 
 
+# (the rule's index, (match index, match) of each of its matches, the model Rule)
+_BuiltRule = tuple[int, list[tuple[int, Match]], Rule]
+
+
 @dataclass
 class _Entry:
     """One route entry in the making: a match of an HTTPRoute rule, with its precedence."""
@@ -392,7 +396,8 @@ class _Compiler:
     def _http_route(self, route: KubeObject) -> None:
         spec = route.spec()
         hostnames = tuple(spec.get("hostnames") or ())
-        rules, resolved = self._rules(route)
+        rules, resolved, unsupported = self._rules(route)
+        attached: set[int] = set()  # listeners (by id) this route is attached to already
         for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
             path = ("spec", "parentRefs", ref_index)
             if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
@@ -404,12 +409,15 @@ class _Compiler:
             if listeners is None:
                 continue  # not a Gateway of ours
             accepted, reason, message, attach = self._attach(route, ref, listeners, hostnames)
-            if accepted and rules is not None:
+            if accepted and unsupported is not None:
+                accepted, reason, message = False, "UnsupportedValue", unsupported
+            elif accepted:
                 for listener, effective in attach:
+                    if id(listener) in attached:
+                        continue  # two parentRefs to one listener: attached once
+                    attached.add(id(listener))
                     listener.attached += 1
                     self._add_entries(gateway_key, listener, effective, route, rules)
-            elif accepted:
-                accepted, reason, message = False, "UnsupportedValue", resolved[2]
             ok_refs = resolved[0]
             self.status(route, "HTTPRoute", route.key, path, _conditions(
                 ("Accepted", accepted, reason, message),
@@ -466,26 +474,22 @@ class _Compiler:
 
     # ---- rules ----
 
-    def _rules(self, route: KubeObject,
-               ) -> tuple[list[tuple[int, dict[str, Any], list[tuple[int, Match]], Rule]] | None,
-                          tuple[bool, str, str]]:
-        """Each rule's matches and its model Rule (without its position in the list), and the
-        route's ResolvedRefs (ok, reason, message); None rules: an unsupported filter."""
-        result: list[tuple[int, dict[str, Any], list[tuple[int, Match]], Rule]] = []
+    def _rules(self, route: KubeObject) -> tuple[list[_BuiltRule], tuple[bool, str, str],
+                                                 str | None]:
+        """Each rule's matches and its model Rule (its one match filled in per listener), the
+        route's ResolvedRefs (ok, reason, message), and why the route cannot be served as
+        written (an unsupported filter), if it cannot."""
+        result: list[_BuiltRule] = []
         resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
         unsupported: str | None = None
         for index, rule in enumerate(route.spec().get("rules") or [{}]):
-            path = ("spec", "rules", index)
             matches = [(i, _match(m)) for i, m in enumerate(rule.get("matches") or [{}])]
             built, problem, unsupported_here = self._rule(route, index, rule, matches)
             if problem is not None and resolved[0]:
                 resolved = (False, problem[0], problem[1])
             unsupported = unsupported or unsupported_here
-            del path
-            result.append((index, rule, matches, built))
-        if unsupported is not None:
-            return None, (resolved[0], resolved[1], unsupported) if resolved[0] else resolved
-        return result, resolved
+            result.append((index, matches, built))
+        return result, resolved, unsupported
 
     def _rule(self, route: KubeObject, index: int, rule: dict[str, Any],
               matches: list[tuple[int, Match]],
@@ -663,11 +667,10 @@ class _Compiler:
         return name
 
     def _add_entries(self, gateway_key: str, listener: _Listener, hostnames: list[str],
-                     route: KubeObject, rules: list[tuple[int, dict[str, Any],
-                                                        list[tuple[int, Match]], Rule]]) -> None:
+                     route: KubeObject, rules: list[_BuiltRule]) -> None:
         by_host = self.entries[gateway_key].setdefault(listener.port, {})
         age = _route_age(route)
-        for index, _, matches, built in rules:
+        for index, matches, built in rules:
             for match_index, match in matches:
                 rule = _for_listener(built, match, listener)
                 order = (*_precedence(match), *age, index, match_index)
