@@ -715,8 +715,9 @@ class _Compiler:
                 origin=Origin(obj.document.position_of(on_port[0].path), "Gateway", obj.key,
                               f"spec.listeners[{on_port[0].index}]")))
             by_host = self.entries[obj.key].get(port, {})
+            wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
             for hostname in sorted(by_host):
-                entries = _host_entries(hostname, by_host, on_port)
+                entries = _host_entries(hostname, by_host, wildcards, on_port)
                 self.routes.append(Route(
                     f"{gateway_name}/{port}/{hostname}", obj.document.position, gateway_name,
                     hosts=(hostname,), rules=tuple(e.rule for e in entries),
@@ -735,7 +736,7 @@ class _Compiler:
 # ---- helpers ------------------------------------------------------------------------------------
 
 
-def _host_entries(hostname: str, by_host: dict[str, list[_Entry]],
+def _host_entries(hostname: str, by_host: dict[str, list[_Entry]], wildcards: list[str],
                   listeners: list[_Listener]) -> list[_Entry]:
     """The route entries of one virtual host, in the spec's order: the rules of routes naming
     this very hostname first, then those of each wildcard covering it, most specific first (down
@@ -746,7 +747,7 @@ def _host_entries(hostname: str, by_host: dict[str, list[_Entry]],
     owner = max((lst for lst in listeners if lst.hostname is None
                  or _covers(lst.hostname, hostname)),
                 key=lambda lst: _specificity(lst.hostname), default=None)
-    covering = sorted((w for w in by_host if w != hostname and
+    covering = sorted((w for w in wildcards if w != hostname and
                        (w == "*" or _covers(w, hostname))),
                       key=lambda w: _specificity(None if w == "*" else w), reverse=True)
     for wildcard in covering:
