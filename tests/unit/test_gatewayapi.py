@@ -474,3 +474,28 @@ def test_routes_without_hostnames_serve_every_host_after_the_more_specific_ones(
     assert [e["match"] for e in hosts["*.example.com"]] == [
         {"path": "/a/exact"}, {"path_separated_prefix": "/b"}]
     assert [e["match"] for e in hosts["*"]] == [{"path_separated_prefix": "/b"}]
+
+
+def test_a_reload_keeps_the_routes_that_did_not_change(tmp_path: Path) -> None:
+    (tmp_path / "gateway.yaml").write_text(GATEWAY)
+    one = route("  hostnames: [one.example]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n",
+                name="one")
+    two = route("  hostnames: [two.example]\n  rules: [{backendRefs: [{name: web, port: 8080}]}]\n",
+                name="two")
+    (tmp_path / "one.yaml").write_text(one)
+    (tmp_path / "two.yaml").write_text(two)
+    loader = PolicyLoader(tmp_path)
+    first = {r.name: r for r in loader.load().routes}
+    (tmp_path / "two.yaml").write_text(two.replace("port: 8080}", "port: 8080, weight: 2}"))
+    second_model = loader.load()
+    second = {r.name: r for r in second_model.routes}
+    assert second["infra/edge/80/one.example"] is first["infra/edge/80/one.example"]
+    assert second["infra/edge/80/two.example"] is not first["infra/edge/80/two.example"]
+    assert second_model == load_policy(tmp_path)
+    # Moved down a line, equal in meaning: a new object, its rules' origins where they are now.
+    (tmp_path / "one.yaml").write_text("# moved\n" + one)
+    third = {r.name: r for r in loader.load().routes}
+    moved = third["infra/edge/80/one.example"]
+    assert moved is not first["infra/edge/80/one.example"]
+    assert moved.rules[0].origin.position.line == \
+        first["infra/edge/80/one.example"].rules[0].origin.position.line + 1

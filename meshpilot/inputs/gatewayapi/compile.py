@@ -705,6 +705,7 @@ class _Compiler:
                                  ("supportedKinds", ",".join(listener.kinds))))
         valid = [lst for lst in listeners if lst.valid]
         gateway_name = obj.key
+        previous = dict(obj.memo)
         model_listeners: list[GatewayListener] = []
         for port in sorted({lst.port for lst in valid}):
             on_port = [lst for lst in valid if lst.port == port]
@@ -718,11 +719,15 @@ class _Compiler:
             wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
             for hostname in sorted(by_host):
                 entries = _host_entries(hostname, by_host, wildcards, on_port)
-                self.routes.append(Route(
+                made = Route(
                     f"{gateway_name}/{port}/{hostname}", obj.document.position, gateway_name,
                     hosts=(hostname,), rules=tuple(e.rule for e in entries),
                     listeners=(str(port),),
-                    origin=Origin(obj.document.position, "Gateway", obj.key)))
+                    origin=Origin(obj.document.position, "Gateway", obj.key))
+                self.routes.append(_kept(made, previous))
+        obj.memo.clear()
+        obj.memo.update((route.name, route) for route in self.routes
+                        if route.gateway == gateway_name)
         self.gateways.append(Gateway(gateway_name, obj.document.position,
                                      tuple(model_listeners),
                                      origin=Origin(obj.document.position, "Gateway", obj.key)))
@@ -734,6 +739,17 @@ class _Compiler:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+
+def _kept(route: Route, previous: dict[str, Any]) -> Route:
+    """The Route the last compile made of this Gateway, if it says the same (rules written at
+    the same places too: origins are left out of equality); else `route`. Translation reuses
+    what it built from a Route by identity."""
+    old = previous.get(route.name)
+    if old is None or old != route or \
+            any(a.origin != b.origin for a, b in zip(old.rules, route.rules, strict=True)):
+        return route
+    return old  # type: ignore[no-any-return]
 
 
 def _host_entries(hostname: str, by_host: dict[str, list[_Entry]], wildcards: list[str],

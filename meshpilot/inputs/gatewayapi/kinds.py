@@ -13,7 +13,7 @@ Each document becomes one `KubeObject`, a `FormatPart`: the document as written,
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshpilot.inputs.context import DocumentContext, FormatPart, ModelPart
@@ -47,6 +47,10 @@ class KubeObject(FormatPart):
     body: dict[str, Any]
     document: Located
     context: DocumentContext
+    # What the compile step made of this document last time (a Gateway: its model Routes by
+    # name), so that an unchanged route keeps its object and the translation reuses what it
+    # built from it. A reload that re-parses the document starts afresh.
+    memo: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> str:
