@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 
 from meshpilot.inputs.context import LoadContext, ModelPart, ParsedDocument
 from meshpilot.inputs.gatewayapi.kinds import FILTER_MEMBERS, GATEWAY_GROUP, KubeObject
-from meshpilot.inputs.yamlsource import FieldPath
+from meshpilot.inputs.yamlsource import FieldPath, format_path
 from meshpilot.ir.model import (
     Backend,
     Condition,
@@ -483,7 +483,10 @@ class _Compiler:
         resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
         unsupported: str | None = None
         for index, rule in enumerate(route.spec().get("rules") or [{}]):
-            matches = [(i, _match(m)) for i, m in enumerate(rule.get("matches") or [{}])]
+            written = rule.get("matches")
+            matches = [(i, _match(m, _origin(route, ("spec", "rules", index, "matches", i)
+                                              if written else ("spec", "rules", index))))
+                       for i, m in enumerate(written or [{}])]
             built, problem, unsupported_here = self._rule(route, index, rule, matches)
             if problem is not None and resolved[0]:
                 resolved = (False, problem[0], problem[1])
@@ -509,6 +512,7 @@ class _Compiler:
         for f_index, item in enumerate(rule.get("filters") or ()):
             kind = item["type"]
             settings = item.get(FILTER_MEMBERS[kind]) or {}
+            here = _origin(route, (*path, "filters", f_index))
             if kind == "RequestHeaderModifier":
                 request = _merge_ops(request, _header_ops(settings))
             elif kind == "ResponseHeaderModifier":
@@ -523,17 +527,17 @@ class _Compiler:
                                          "be one PathPrefix", at_value=True)
                     continue
                 if kind == "RequestRedirect":
-                    redirect = self._redirect(settings, prefix, route)
+                    redirect = self._redirect(settings, prefix, here)
                 else:
                     rewrite_host = settings.get("hostname")
                     if modifier is not None:
-                        rewrite_path = _path_rewrite(modifier, prefix)
+                        rewrite_path = _path_rewrite(modifier, prefix, here)
             elif kind == "RequestMirror":
                 target, why = self._backend(route, settings["backendRef"])
                 if target is None:
                     problem = problem or why
                 else:
-                    mirrors.append(Mirror(target, None, _mirror_percentage(settings)))
+                    mirrors.append(Mirror(target, None, _mirror_percentage(settings), here))
             else:
                 unsupported = f"filter {kind} is not supported yet"
         backends: list[Backend] = []
@@ -580,7 +584,7 @@ class _Compiler:
         if redirect is None and not any(b.resolved for b in backends):
             # No backend (none written, none valid, every weight 0): the spec's 500. With some
             # valid ones, an invalid one's share is answered 500 (`Backend.resolved`).
-            direct = DirectResponse(500)
+            direct = DirectResponse(500, origin=origin)
             backends, mirrors = [], []
         built = Rule(origin.position, matches=(Match(),), backends=tuple(backends),
                      redirect=redirect, direct_response=direct, rewrite_path=rewrite_path,
@@ -590,8 +594,7 @@ class _Compiler:
         return built, problem, unsupported
 
     def _redirect(self, settings: dict[str, Any], prefix: str | None,
-                  route: KubeObject) -> Redirect:
-        del route
+                  origin: Origin) -> Redirect:
         scheme = settings.get("scheme")
         port = settings.get("port")
         modifier = settings.get("path")
@@ -605,7 +608,7 @@ class _Compiler:
         # a port nor a scheme is given.
         return Redirect(scheme=scheme, host=settings.get("hostname"), port=port, path=path,
                         status=settings.get("statusCode", 302), regex=regex,
-                        substitution=substitution)
+                        substitution=substitution, origin=origin)
 
     def _backend(self, route: KubeObject, ref: dict[str, Any]
                  ) -> tuple[str | None, tuple[str, str]]:
@@ -710,7 +713,8 @@ class _Compiler:
         for port in sorted({lst.port for lst in valid}):
             on_port = [lst for lst in valid if lst.port == port]
             certificates = tuple(dict.fromkeys(c for lst in on_port for c in lst.certificates))
-            tls = ListenerTls(certificates) if on_port[0].protocol == "HTTPS" else None
+            tls = ListenerTls(certificates, origin=_origin(obj, (*on_port[0].path, "tls"))) \
+                if on_port[0].protocol == "HTTPS" else None
             model_listeners.append(GatewayListener(
                 str(port), params.ports.get(port, port), params.address, tls=tls,
                 origin=Origin(obj.document.position_of(on_port[0].path), "Gateway", obj.key,
@@ -797,6 +801,11 @@ def _mark_conflicts(listeners: list[_Listener]) -> None:
                 seen[listener.hostname] = listener
 
 
+def _origin(obj: KubeObject, path: FieldPath) -> Origin:
+    """Where the field at `path` of a document was written, for the model element read from it."""
+    return Origin(obj.document.position_of(path), obj.kind, obj.key, format_path(path))
+
+
 def _tls_secret(secret: KubeObject) -> tuple[TlsCertificate | None, str]:
     if secret.body.get("type") != "kubernetes.io/tls":
         return None, "type must be kubernetes.io/tls"
@@ -823,8 +832,8 @@ def _tls_secret(secret: KubeObject) -> tuple[TlsCertificate | None, str]:
             private.public_key().public_bytes(der, spki):
         return None, "tls.crt does not match tls.key"
     where = f"secret:{secret.key}"
-    return TlsCertificate(where, where, cert, key,
-                          position=secret.document.position), ""
+    return TlsCertificate(where, where, cert, key, position=secret.document.position,
+                          origin=_origin(secret, ("data",))), ""
 
 
 def _ref_text(route: KubeObject, ref: dict[str, Any]) -> str:
@@ -842,7 +851,7 @@ def _route_age(route: KubeObject) -> tuple[str, str]:
     return (stamp, route.key)
 
 
-def _match(written: dict[str, Any]) -> Match:
+def _match(written: dict[str, Any], origin: Origin) -> Match:
     path = written.get("path") or {}
     kind = path.get("type", "PathPrefix")
     value = path.get("value", "/")
@@ -861,7 +870,7 @@ def _match(written: dict[str, Any]) -> Match:
                                               else "exact", item["value"])
     method = written.get("method")
     return Match(how, (method,) if method else (), tuple(sorted(headers.items())),
-                 tuple(sorted(query.items())), whole_segments=kind == "PathPrefix")
+                 tuple(sorted(query.items())), origin, whole_segments=kind == "PathPrefix")
 
 
 def _precedence(match: Match) -> tuple[int, int, int, int, int]:
@@ -892,11 +901,12 @@ def _prefix_regex(prefix: str, replacement: str) -> tuple[str, str]:
     return f"^{literal}(/|$)", new.replace("\\", "\\\\") + "\\1"
 
 
-def _path_rewrite(modifier: dict[str, Any], prefix: str | None) -> PathRewrite:
+def _path_rewrite(modifier: dict[str, Any], prefix: str | None, origin: Origin) -> PathRewrite:
     if modifier["type"] == "ReplaceFullPath":
-        return PathRewrite(regex="^/.*$", substitution=modifier["replaceFullPath"])
+        return PathRewrite(regex="^/.*$", substitution=modifier["replaceFullPath"],
+                           origin=origin)
     regex, substitution = _prefix_regex(prefix or "/", modifier["replacePrefixMatch"])
-    return PathRewrite(regex=regex, substitution=substitution)
+    return PathRewrite(regex=regex, substitution=substitution, origin=origin)
 
 
 def _for_listener(rule: Rule, match: Match, listener: _Listener) -> Rule:
