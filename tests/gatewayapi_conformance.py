@@ -203,6 +203,18 @@ class Case:
 
 
 @dataclass(frozen=True)
+class Expect:
+    """A status upstream asserts: an object's conditions (type -> (status, reason or None for
+    any reason)), and for a listener its attachedRoutes and supportedKinds."""
+
+    kind: str  # HTTPRoute (its status for the test's Gateway) or Listener ("GATEWAY/LISTENER")
+    name: str  # in the infra namespace unless "NS/..." is given
+    conditions: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    attached: int | None = None
+    supported: str | None = None
+
+
+@dataclass(frozen=True)
 class Test:
     manifest: str
     gateway: str  # NS/NAME: the view
@@ -212,6 +224,7 @@ class Test:
     not_accepted: dict[str, str] = field(default_factory=dict)
     tls: bool = False  # requests over TLS, SNI = the case's host
     more: tuple[Test, ...] = ()  # the same manifest, another Gateway or listener port
+    expect: tuple[Expect, ...] = ()  # statuses upstream asserts
 
 
 V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
@@ -458,6 +471,62 @@ CASES: dict[str, Test] = {
         _c("/", None) for _ in range(30))),
 }
 
+_NO_PARENT = {"Accepted": ("False", "NoMatchingParent")}
+_NOT_ALLOWED = {"Accepted": ("False", "NotAllowedByListeners")}
+_OK = {"Accepted": ("True", None), "ResolvedRefs": ("True", None)}
+CASES.update({
+    "HTTPRouteInvalidParentRefNotMatchingSectionName": Test(
+        "httproute-invalid-parentref-not-matching-section-name", GW, (), expect=(
+            Expect("HTTPRoute", "httproute-listener-not-matching-section-name", _NO_PARENT),
+            Expect("Listener", "same-namespace/http", attached=0))),
+    "HTTPRouteInvalidParentRefNotMatchingListenerPort": Test(
+        "httproute-invalid-parentref-not-matching-listener-port", GW, (), expect=(
+            Expect("HTTPRoute", "httproute-listener-not-matching-route-port",
+                   {**_NO_PARENT, "ResolvedRefs": ("True", None)}),
+            Expect("Listener", "same-namespace/http", attached=0))),
+    "HTTPRouteInvalidParentRefSectionNameNotMatchingPort": Test(
+        "httproute-invalid-parentref-section-name-not-matching-port",
+        f"{INFRA}/gateway-with-one-not-matching-port-and-section-name-route", (), expect=(
+            Expect("HTTPRoute", "httproute-listener-section-name-not-matching-port",
+                   _NO_PARENT),)),
+    "HTTPRouteDisallowedKind": Test(
+        "httproute-disallowed-kind", f"{INFRA}/tlsroutes-only", (), expect=(
+            Expect("HTTPRoute", "disallowed-kind", {**_NOT_ALLOWED,
+                                                    "ResolvedRefs": ("True", None)}),)),
+    "HTTPRouteInvalidCrossNamespaceParentRef": Test(
+        "httproute-invalid-cross-namespace-parent-ref", GW, (), expect=(
+            Expect("HTTPRoute", f"{WEB}/invalid-cross-namespace-parent-ref", _NOT_ALLOWED),
+            Expect("Listener", "same-namespace/http", attached=0))),
+    "GatewayWithAttachedRoutes": Test(
+        "gateway-with-attached-routes", f"{INFRA}/gateway-with-one-attached-route", (), expect=(
+            Expect("Listener", "gateway-with-one-attached-route/http",
+                   {"Accepted": ("True", None), "ResolvedRefs": ("True", None)}, attached=1,
+                   supported="HTTPRoute"),), more=(
+            Test("gateway-with-attached-routes", f"{INFRA}/gateway-with-two-attached-routes",
+                 (), expect=(
+                     Expect("Listener", "gateway-with-two-attached-routes/http",
+                            {"Accepted": ("True", None), "ResolvedRefs": ("True", None)},
+                            attached=2, supported="HTTPRoute"),
+                     Expect("HTTPRoute", "http-route-not-accepted",
+                            {"Accepted": ("False", "NoMatchingListenerHostname")}))),
+            Test("gateway-with-attached-routes",
+                 f"{INFRA}/unresolved-gateway-with-one-attached-unresolved-route", (), expect=(
+                     Expect("Listener",
+                            "unresolved-gateway-with-one-attached-unresolved-route/tls",
+                            {"ResolvedRefs": ("False", None), "Programmed": ("False", None)},
+                            attached=1),
+                     Expect("HTTPRoute", "http-route-4", {"ResolvedRefs": ("False", None)}))))),
+    "GatewayWithAttachedRoutesWithPort8080": Test(
+        "gateway-with-attached-routes-with-port-8080",
+        f"{INFRA}/gateway-with-two-listeners-and-one-attached-route", (), expect=(
+            Expect("Listener", "gateway-with-two-listeners-and-one-attached-route/"
+                   "http-unattached", {"Accepted": ("True", None),
+                                       "ResolvedRefs": ("True", None)}, attached=0),
+            Expect("Listener", "gateway-with-two-listeners-and-one-attached-route/http",
+                   {"Accepted": ("True", None), "ResolvedRefs": ("True", None)},
+                   attached=1))),
+})
+
 CASES["HTTPRouteBackendRequestHeaderModifier"] = Test(
     "httproute-request-header-modifier-backend", GW,
     CASES["HTTPRouteRequestHeaderModifier"].cases)
@@ -507,6 +576,34 @@ class _SniConnection(HTTPSConnection):
         HTTPConnection.connect(self)
         self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
             self.sock, server_hostname=self.server_name)
+
+
+def check_statuses(test: Test, objects: list[dict[str, Any]]) -> list[str]:
+    """What differs from the statuses upstream asserts, in `/debug/status` objects."""
+    problems: list[str] = []
+    for want in test.expect:
+        name = want.name if want.name.count("/") == (2 if want.kind == "Listener" else 1) \
+            else f"{INFRA}/{want.name}"
+        found = [o for o in objects if o["kind"] == want.kind and o["name"] == name
+                 and (want.kind != "HTTPRoute" or o["parent"].split("/")[:2]
+                      == test.gateway.split("/"))]
+        if len(found) != 1:
+            problems.append(f"{want.kind} {name}: {len(found)} statuses")
+            continue
+        conditions = {c["type"]: c for c in found[0]["conditions"]}
+        for kind, (status, reason) in want.conditions.items():
+            got = conditions.get(kind)
+            if got is None or got["status"] != status or \
+                    (reason is not None and got["reason"] != reason):
+                problems.append(f"{want.kind} {name}: {kind} is {got}, expected "
+                                f"{status} ({reason or 'any reason'})")
+        if want.attached is not None and found[0].get("attachedRoutes") != str(want.attached):
+            problems.append(f"{name}: attachedRoutes {found[0].get('attachedRoutes')}, "
+                            f"expected {want.attached}")
+        if want.supported is not None and found[0].get("supportedKinds") != want.supported:
+            problems.append(f"{name}: supportedKinds {found[0].get('supportedKinds')!r}, "
+                            f"expected {want.supported!r}")
+    return problems
 
 
 def check(case: Case, status: int, headers: dict[str, str], body: bytes) -> list[str]:

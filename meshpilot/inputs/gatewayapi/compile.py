@@ -192,7 +192,17 @@ class _Listener:
 
     @property
     def valid(self) -> bool:
-        return not self.problems
+        """Programmed: accepted, in no conflict, its certificates resolved. (Route kinds it
+        cannot serve are said in ResolvedRefs, and it serves the others.)"""
+        return self.attachable and not any(
+            reason in ("InvalidCertificateRef", "RefNotPermitted")
+            for _, reason, _ in self.problems)
+
+    @property
+    def attachable(self) -> bool:
+        """Routes may attach (and are counted in attachedRoutes) even while its references
+        are unresolved; only a programmed listener serves them."""
+        return not any(kind in ("Accepted", "Conflicted") for kind, _, _ in self.problems)
 
     @property
     def path(self) -> FieldPath:
@@ -417,7 +427,8 @@ class _Compiler:
                         continue  # two parentRefs to one listener: attached once
                     attached.add(id(listener))
                     listener.attached += 1
-                    self._add_entries(gateway_key, listener, effective, route, rules)
+                    if listener.valid:
+                        self._add_entries(gateway_key, listener, effective, route, rules)
             ok_refs = resolved[0]
             self.status(route, "HTTPRoute", route.key, path, _conditions(
                 ("Accepted", accepted, reason, message),
@@ -434,7 +445,7 @@ class _Compiler:
                       and (port is None or lst.port == port)]
         if not candidates:
             return False, "NoMatchingParent", "no listener matches sectionName and port", []
-        allowed = [lst for lst in candidates if lst.valid
+        allowed = [lst for lst in candidates if lst.attachable
                    and "HTTPRoute" in lst.kinds and self._namespace_allowed(lst, route)]
         if not allowed:
             return False, "NotAllowedByListeners", \
