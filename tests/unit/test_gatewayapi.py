@@ -499,3 +499,31 @@ def test_a_reload_keeps_the_routes_that_did_not_change(tmp_path: Path) -> None:
     assert moved is not first["infra/edge/80/one.example"]
     assert moved.rules[0].origin.position.line == \
         first["infra/edge/80/one.example"].rules[0].origin.position.line + 1
+
+
+def test_reused_route_compiles_equal_cold_ones_and_issues_are_never_lost(tmp_path: Path) -> None:
+    (tmp_path / "gateway.yaml").write_text(GATEWAY)
+    body = "  rules: [{backendRefs: [{name: web, port: 8080}]}]\n"
+    (tmp_path / "a.yaml").write_text(route(body, name="a"))
+    (tmp_path / "b.yaml").write_text(route(body, name="b"))
+    loader = PolicyLoader(tmp_path)
+    loader.load()
+    # Only b changes: a's rules are taken from the last compile; the model equals a cold one.
+    (tmp_path / "b.yaml").write_text(route(body.replace("8080}", "8080, weight: 5}"), name="b"))
+    assert loader.load() == load_policy(tmp_path)
+    # The Service behind a changes: a is compiled again, with the new endpoints.
+    (tmp_path / "gateway.yaml").write_text(GATEWAY.replace("10.0.0.1", "10.0.0.9"))
+    model = loader.load()
+    assert model == load_policy(tmp_path)
+    assert [e.host for e in model.service("infra/web:8080").endpoints] == ["10.0.0.9"]
+    # A route with an issue fails the same way on every load.
+    broken = route("""  rules:
+  - matches: [{path: {type: Exact, value: /x}}]
+    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch,
+                                                     replacePrefixMatch: /y}}}]
+    backendRefs: [{name: web, port: 8080}]
+""", name="c")
+    (tmp_path / "c.yaml").write_text(broken)
+    for _ in range(2):
+        with pytest.raises(PolicyError, match="ReplacePrefixMatch needs"):
+            loader.load()

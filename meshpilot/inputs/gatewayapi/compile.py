@@ -38,7 +38,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from meshpilot.inputs.context import LoadContext, ModelPart, ParsedDocument
+from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
 from meshpilot.inputs.gatewayapi.kinds import FILTER_MEMBERS, GATEWAY_GROUP, KubeObject
 from meshpilot.inputs.yamlsource import FieldPath, format_path
 from meshpilot.ir.model import (
@@ -73,13 +73,25 @@ _WELL_KNOWN_PORTS = {"http": 80, "https": 443}
 
 def compile_gateway_api(parsed: Sequence[ParsedDocument], load: LoadContext,
                         ) -> tuple[list[ModelPart], list[ObjectStatus]]:
-    objects = [part for document in parsed for part in document.parts
-               if isinstance(part, KubeObject)]
+    objects: list[KubeObject] = []
+    # An object kept from an earlier load was parsed in another load's context: what the
+    # compile step reports goes through the context of this load's document.
+    contexts: dict[int, DocumentContext] = {}
+    for document in parsed:
+        for part in document.parts:
+            if isinstance(part, KubeObject):
+                objects.append(part)
+                contexts[id(part)] = document.context
     if not objects:
         return [], []
     natives = {part.name: part for document in parsed for part in document.parts
                if isinstance(part, Service)}
-    compiler = _Compiler(_World.of(objects), natives)
+    # What a route's rules are made of besides the route itself: every other document (by
+    # identity: an unchanged document is the very object of the last load) and the native
+    # Services by value. Equal: a route's rules may be taken from its last compile.
+    backdrop = (tuple(id(o) for o in objects if not o.kind.endswith("Route")),
+                tuple(natives.values()))
+    compiler = _Compiler(_World.of(objects), natives, backdrop, contexts)
     compiler.run()
     return compiler.parts(), compiler.statuses
 
@@ -229,9 +241,12 @@ class _Entry:
 
 
 class _Compiler:
-    def __init__(self, world: _World, natives: dict[str, Service]):
+    def __init__(self, world: _World, natives: dict[str, Service],
+                 backdrop: tuple[object, ...], contexts: dict[int, DocumentContext]):
         self.world = world
         self.natives = natives
+        self.backdrop = backdrop
+        self._contexts = contexts
         self.statuses: list[ObjectStatus] = []
         self.gateways: list[Gateway] = []
         self.routes: list[Route] = []
@@ -240,6 +255,13 @@ class _Compiler:
         self.params: dict[str, _Params] = {}  # gateway ns/name -> its class's parameters
         # gateway key -> port -> hostname -> entries
         self.entries: dict[str, dict[int, dict[str, list[_Entry]]]] = {}
+
+    def report(self, obj: KubeObject, path: FieldPath, message: str) -> None:
+        """An issue that refuses the load, at the value at `path` of `obj`'s document."""
+        self._contexts[id(obj)].report(path, message, at_value=True)
+
+    def issues(self) -> int:
+        return len(next(iter(self._contexts.values())).load.issues)
 
     def parts(self) -> list[ModelPart]:
         return [*self.gateways, *self.routes, *self.services.values()]
@@ -325,9 +347,9 @@ class _Compiler:
         seen: dict[str, int] = {}
         for index, item in enumerate(spec["listeners"]):
             if item["name"] in seen:
-                obj.context.report(("spec", "listeners", index, "name"),
-                                   f'listener name "{item["name"]}" is used twice (first at '
-                                   f'spec.listeners[{seen[item["name"]]}])', at_value=True)
+                self.report(obj, ("spec", "listeners", index, "name"),
+                            f'listener name "{item["name"]}" is used twice (first at '
+                            f'spec.listeners[{seen[item["name"]]}])')
                 continue
             seen[item["name"]] = index
             listeners.append(self._listener(obj, index, item))
@@ -406,7 +428,7 @@ class _Compiler:
     def _http_route(self, route: KubeObject) -> None:
         spec = route.spec()
         hostnames = tuple(spec.get("hostnames") or ())
-        rules, resolved, unsupported = self._rules(route)
+        rules, resolved, unsupported = self._rules_of(route)
         attached: set[int] = set()  # listeners (by id) this route is attached to already
         for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
             path = ("spec", "parentRefs", ref_index)
@@ -485,6 +507,28 @@ class _Compiler:
 
     # ---- rules ----
 
+    def _rules_of(self, route: KubeObject) -> tuple[list[_BuiltRule], tuple[bool, str, str],
+                                                    str | None]:
+        """`_rules(route)`, or what it gave last time for this very route document over the
+        same other documents (`backdrop`); the Services it made are made again from their
+        kept objects. Only a compile that reported nothing is kept, so a reused one can have
+        no issue to repeat."""
+        kept = route.memo.get("rules")
+        if kept is not None and kept[0] == self.backdrop:
+            self.services.update(kept[2])
+            return kept[1]  # type: ignore[no-any-return]
+        before = self.issues()
+        result = self._rules(route)
+        if self.issues() == before:
+            made = {name: self.services[name] for name in self._services_of(result[0])
+                    if name in self.services}
+            route.memo["rules"] = (self.backdrop, result, made)
+        return result
+
+    @staticmethod
+    def _services_of(rules: list[_BuiltRule]) -> set[str]:
+        return {b.service for _, _, rule in rules for b in (*rule.backends, *rule.mirrors)}
+
     def _rules(self, route: KubeObject) -> tuple[list[_BuiltRule], tuple[bool, str, str],
                                                  str | None]:
         """Each rule's matches and its model Rule (its one match filled in per listener), the
@@ -532,10 +576,10 @@ class _Compiler:
                 modifier = settings.get("path")
                 if modifier is not None and modifier["type"] == "ReplacePrefixMatch" \
                         and prefix is None:
-                    route.context.report((*path, "filters", f_index, FILTER_MEMBERS[kind],
-                                          "path", "type"),
-                                         "ReplacePrefixMatch needs every match of the rule to "
-                                         "be one PathPrefix", at_value=True)
+                    self.report(route, (*path, "filters", f_index, FILTER_MEMBERS[kind],
+                                        "path", "type"),
+                                "ReplacePrefixMatch needs every match of the rule to be one "
+                                "PathPrefix")
                     continue
                 if kind == "RequestRedirect":
                     redirect = self._redirect(settings, prefix, here)
@@ -557,8 +601,8 @@ class _Compiler:
             bpath = (*path, "backendRefs", b_index)
             if (ref.get("group") or "") == "" and ref.get("kind", "Service") == "Service" \
                     and ref.get("port") is None:
-                route.context.report((*bpath, "port"), 'missing "port" (a Service backendRef '
-                                                       "needs one)")
+                self.report(route, (*bpath, "port"),
+                            'missing "port" (a Service backendRef needs one)')
                 continue
             target, why = self._backend(route, ref)
             if target is None:

@@ -46,7 +46,6 @@ class KubeObject(FormatPart):
     name: str
     body: dict[str, Any]
     document: Located
-    context: DocumentContext
     # What the compile step made of this document last time (a Gateway: its model Routes by
     # name), so that an unchanged route keeps its object and the translation reuses what it
     # built from it. A reload that re-parses the document starts afresh.
@@ -265,7 +264,7 @@ def parser_of(kind: str):  # type: ignore[no-untyped-def]
         namespace, _, name = ctx.name.partition("/")
         if kind == "Namespace":  # cluster-scoped: its name is its namespace
             namespace = name = body["metadata"]["name"]
-        return (KubeObject(body["apiVersion"], kind, namespace, name, body, document, ctx),)
+        return (KubeObject(body["apiVersion"], kind, namespace, name, body, document),)
 
     parse.__name__ = f"parse_{kind}"
     return parse
