@@ -527,3 +527,22 @@ def test_reused_route_compiles_equal_cold_ones_and_issues_are_never_lost(tmp_pat
     for _ in range(2):
         with pytest.raises(PolicyError, match="ReplacePrefixMatch needs"):
             loader.load()
+
+
+def test_two_listener_ports_mapped_to_one_socket_keep_the_first() -> None:
+    text = GATEWAY.replace("spec: {controllerName: meshpilot.io/gateway-controller}",
+                           "spec:\n  controllerName: meshpilot.io/gateway-controller\n"
+                           "  parametersRef: {group: '', kind: ConfigMap, name: p}").replace(
+        "  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}",
+        "  - {name: http, port: 80, protocol: HTTP}\n"
+        "  - {name: alt, port: 8080, protocol: HTTP}") + """apiVersion: v1
+kind: ConfigMap
+metadata: {name: p}
+data: {ports: "80:8080"}
+---
+"""
+    model = load_policy_text(text)
+    assert [(lst.name, lst.port) for lst in model.gateway("infra/edge").listeners] == \
+        [("80", 8080)]  # type: ignore[union-attr]
+    assert status_of(model, "Listener", "infra/edge/alt")["Accepted"] == \
+        ("False", "PortUnavailable")
