@@ -354,6 +354,16 @@ class _Compiler:
             seen[item["name"]] = index
             listeners.append(self._listener(obj, index, item))
         _mark_conflicts(listeners)
+        bound: dict[int, int] = {}  # the port Envoy binds -> the listener port first there
+        for port in sorted({lst.port for lst in listeners if lst.valid}):
+            socket_port = params.ports.get(port, port)
+            first = bound.setdefault(socket_port, port)
+            if first != port:  # two listener ports on one socket (the class's port map)
+                for listener in listeners:
+                    if listener.port == port:
+                        listener.problems.append((
+                            "Accepted", "PortUnavailable",
+                            f"port {port} is bound as {socket_port}, as port {first} is"))
         self.listeners[obj.key] = listeners
         self.entries[obj.key] = {}
 
@@ -742,16 +752,6 @@ class _Compiler:
         if listeners is None:
             return
         params = self.params[obj.key]
-        bound: dict[int, int] = {}  # the port Envoy binds -> the listener port first there
-        for port in sorted({lst.port for lst in listeners if lst.valid}):
-            socket_port = params.ports.get(port, port)
-            first = bound.setdefault(socket_port, port)
-            if first != port:  # two listener ports on one socket (the class's port map)
-                for listener in listeners:
-                    if listener.port == port:
-                        listener.problems.append((
-                            "Accepted", "PortUnavailable",
-                            f"port {port} is bound as {socket_port}, as port {first} is"))
         for listener in listeners:
             problems = {kind: (reason, message) for kind, reason, message in
                         reversed(listener.problems)}
