@@ -696,9 +696,10 @@ class _Compiler:
             if made is None:
                 return None, ("BackendNotFound", f"Service {key} has no port {port}")
             return made, ("", "")
-        native = name if namespace == "default" else f"{name}.{namespace}"
-        if native in self.natives:
-            return native, ("", "")
+        for native in ((name, f"{name}.{namespace}") if namespace == "default"
+                       else (f"{name}.{namespace}",)):
+            if native in self.natives:
+                return native, ("", "")
         return None, ("BackendNotFound", f"no Service {key}")
 
     def _kube_service(self, obj: KubeObject, port: int | None) -> str | None:
