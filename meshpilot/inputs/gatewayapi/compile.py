@@ -247,6 +247,7 @@ class _Compiler:
         self.natives = natives
         self.backdrop = backdrop
         self._contexts = contexts
+        self._backdrops: dict[int, bool] = {}
         self.statuses: list[ObjectStatus] = []
         self.gateways: list[Gateway] = []
         self.routes: list[Route] = []
@@ -524,7 +525,7 @@ class _Compiler:
         kept objects. Only a compile that reported nothing is kept, so a reused one can have
         no issue to repeat."""
         kept = route.memo.get("rules")
-        if kept is not None and kept[0] == self.backdrop:
+        if kept is not None and self._same_backdrop(kept[0]):
             self.services.update(kept[2])
             return kept[1]  # type: ignore[no-any-return]
         before = self.issues()
@@ -534,6 +535,15 @@ class _Compiler:
                     if name in self.services}
             route.memo["rules"] = (self.backdrop, result, made)
         return result
+
+    def _same_backdrop(self, earlier: tuple[object, ...]) -> bool:
+        """Whether an earlier compile's backdrop equals this one's: compared once per earlier
+        tuple (the routes of one load share it; it is alive while they keep it, so its id is
+        its own)."""
+        same = self._backdrops.get(id(earlier))
+        if same is None:
+            same = self._backdrops[id(earlier)] = earlier == self.backdrop
+        return same
 
     @staticmethod
     def _services_of(rules: list[_BuiltRule]) -> set[str]:
