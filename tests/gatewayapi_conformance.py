@@ -527,6 +527,14 @@ CASES.update({
                    attached=1))),
 })
 
+# httproute-request-percentage-mirror: (path, percent of requests mirrored to v2), checked over
+# 500 requests each within 3 standard deviations, as upstream.
+PERCENTAGE_MIRRORS = (("/percent-mirror", 20), ("/percent-mirror-fraction", 50),
+                      ("/percent-mirror-and-modify-headers", 35))
+CASES["HTTPRouteRequestPercentageMirror"] = Test(
+    "httproute-request-percentage-mirror", GW,
+    tuple(_c(path) for path, _ in PERCENTAGE_MIRRORS))
+
 CASES["HTTPRouteBackendRequestHeaderModifier"] = Test(
     "httproute-request-header-modifier-backend", GW,
     CASES["HTTPRouteRequestHeaderModifier"].cases)

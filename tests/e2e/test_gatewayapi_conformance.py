@@ -139,6 +139,8 @@ def _requests(suite: dict[str, Any], name: str, test: conformance.Test) -> list[
             failures.extend(_weights(port))
         if test.manifest == "httproute-request-header-modifier-backend-weights":
             failures.extend(_backend_headers(port))
+        if test.manifest == "httproute-request-percentage-mirror":
+            failures.extend(_mirror_shares(port, suite["backends"]))
         return failures
     finally:
         envoy.stop()
@@ -175,6 +177,33 @@ def _backend_headers(port: int) -> list[str]:
             return [f"Backend header {values} on a request served by {echoed['pod']}"]
         seen.add(values[0])
     return [] if len(seen) == 2 else [f"only {seen} answered 100 requests weighted 10/10"]
+
+
+def _mirror_shares(port: int, backends: dict[tuple[str, str], conformance.EchoBackend],
+                   requests: int = 500) -> list[str]:
+    """The share of requests copied to the mirror, within 3 standard deviations of the
+    percentage written (upstream's tolerance), over 500 requests per path."""
+    mirror = backends[(conformance.INFRA, conformance.V2)]
+    problems = []
+    for path, percent in conformance.PERCENTAGE_MIRRORS:
+        mirror.seen.clear()
+        for _ in range(requests):
+            status = conformance.request(port, conformance.Case(path))[0]
+            if status != 200:
+                return [f"{path}: status {status}"]
+        counted = -1
+        for _ in range(50):  # the copies are sent alongside: wait until no more arrive
+            time.sleep(0.1)
+            now = mirror.seen.count(path)
+            if now == counted:
+                break
+            counted = now
+        p = percent / 100
+        margin = 3 * (requests * p * (1 - p)) ** 0.5
+        if abs(counted - requests * p) > margin:
+            problems.append(f"{path}: {counted} of {requests} mirrored, expected "
+                            f"{requests * p:.0f} +- {margin:.0f}")
+    return problems
 
 
 def _weights(port: int) -> list[str]:
