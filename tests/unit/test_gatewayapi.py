@@ -14,11 +14,14 @@ import pytest
 import yaml
 from tls_material import CA
 
+from meshpilot.base import types
 from meshpilot.base.errors import PolicyError
 from meshpilot.cli import main
 from meshpilot.inputs.loader import PolicyLoader, load_policy, load_policy_text
 from meshpilot.ir.model import Model, ObjectStatus
+from meshpilot.runtime.controller import Controller
 from meshpilot.translators import Translation
+from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.render import snapshot_to_dict
 
 CLASS = """\
@@ -546,3 +549,36 @@ data: {ports: "80:8080"}
         [("80", 8080)]  # type: ignore[union-attr]
     assert status_of(model, "Listener", "infra/edge/alt")["Accepted"] == \
         ("False", "PortUnavailable")
+
+
+def test_a_reload_of_one_route_changes_only_the_route_configuration(tmp_path: Path) -> None:
+    """As natively (test_incremental): the controller's new snapshot of the Gateway's view keeps
+    the cluster, endpoint and listener maps (the very objects); only routes differ, and equal
+    what a cold load and translation give."""
+    (tmp_path / "gateway.yaml").write_text(GATEWAY)
+
+    def routes(weight: int) -> str:
+        return "\n---\n".join(route(
+            f"  hostnames: [r{i}.example]\n  rules:\n  - backendRefs:\n"
+            f"    - {{name: web, port: 8080, weight: {weight if i == 1 else 50}}}\n"
+            f"    - {{name: legacy, port: 80, weight: 50}}\n", name=f"r{i}") for i in range(1, 6))
+
+    (tmp_path / "legacy.yaml").write_text("kind: Service\nname: legacy.infra\n"
+                                          "endpoints: [10.9.9.9:80]\n")
+    (tmp_path / "routes.yaml").write_text(routes(90))
+    cache = SnapshotCache()
+    controller = Controller(tmp_path, cache)
+    assert controller.reload()
+    before = controller.snapshot_blocking("infra/edge")
+    assert before is not None and before.get(types.ROUTE)
+    assert controller.reload()
+    assert cache.get("infra/edge") is before  # nothing changed: the very same snapshot
+    (tmp_path / "routes.yaml").write_text(routes(70))
+    assert controller.reload()
+    after = cache.get("infra/edge")
+    assert after is not None and after is not before
+    for type_url in (types.CLUSTER, types.ENDPOINT, types.LISTENER):
+        assert after.get(type_url) is before.get(type_url)
+    assert after.get(types.ROUTE) is not before.get(types.ROUTE)
+    cold = Translation(load_policy(tmp_path)).snapshot("infra/edge")
+    assert after.version == cold.version
