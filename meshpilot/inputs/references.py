@@ -41,6 +41,7 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     for gateway, ctx in index.gateway_documents:
         _check_tcp_listeners(gateway, ctx, index)
     _check_hosts(index)
+    _check_forwarded_users(index)
     _check_ports(index)
     _check_view_names(documents)
     _check_mesh(documents, index)
@@ -260,6 +261,31 @@ def _check_hosts(index: _Index) -> None:
                     break
 
 
+def _check_forwarded_users(index: _Index) -> None:
+    """Envoy's basic_auth filter forwards the user in one header per listener: every
+    basic_auth of a gateway's Routes names the same `forward` header, or none does."""
+    first: dict[str, tuple[str | None, str]] = {}  # gateway -> (header, Route)
+    for route, ctx in index.routes:
+        if route.gateway is None:
+            continue
+        settings = [((), route.security)] + [(("rules", i), rule.security)
+                                              for i, rule in enumerate(route.rules)]
+        for path, security in settings:
+            auth = security.basic_auth
+            if auth is None:
+                continue
+            seen = first.setdefault(route.gateway, (auth.forward_header, route.name))
+            if seen[0] != auth.forward_header:
+                shown = lambda h: f'"{h}"' if h else "none"  # noqa: E731
+                ctx.report((*path, "basic_auth"), f"basic_auth forwards the user in "
+                                                  f"{shown(auth.forward_header)}, but Route "
+                                                  f"{seen[1]} on Gateway {route.gateway} in "
+                                                  f"{shown(seen[0])}: Envoy has one header "
+                                                  "per listener, so the Routes of a gateway "
+                                                  "name the same forward (or none)",
+                           at_value=False)
+
+
 @dataclass(frozen=True, slots=True)
 class _Binding:
     address: ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -353,14 +379,19 @@ def _check_callers(service: Service, ctx: DocumentContext, index: _Index) -> Non
     if service.sidecar.authorization is None:
         return
     for rule_index, rule in enumerate(service.sidecar.authorization.rules):
-        for caller_index, caller in enumerate(rule.principals):
-            if caller.startswith("spiffe://") or index.declared("Service", caller) or \
-                    index.declared("Gateway", caller):
-                continue
-            known = [*index.names.get("Service", []), *index.names.get("Gateway", [])]
-            ctx.report(("sidecar", "authorization", "rules", rule_index, "from", caller_index),
-                       f"no Service or Gateway named {quoted(caller)}"
-                       f"{index.did_you_mean('Service', caller, known)}")
+        lists: list[tuple[tuple[str, ...], tuple[str, ...]]] = [((), rule.principals)]
+        if rule.exclude is not None:  # `not: {from: [...]}` names callers too
+            lists.append((("not",), rule.exclude.principals))
+        for inner, principals in lists:
+            for caller_index, caller in enumerate(principals):
+                if caller.startswith("spiffe://") or index.declared("Service", caller) or \
+                        index.declared("Gateway", caller):
+                    continue
+                known = [*index.names.get("Service", []), *index.names.get("Gateway", [])]
+                ctx.report(("sidecar", "authorization", "rules", rule_index, *inner, "from",
+                            caller_index),
+                           f"no Service or Gateway named {quoted(caller)}"
+                           f"{index.did_you_mean('Service', caller, known)}")
 
 
 def _check_calls(service: Service, ctx: DocumentContext, index: _Index) -> None:

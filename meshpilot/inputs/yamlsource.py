@@ -34,6 +34,7 @@ import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ _CONSTRUCTOR = SafeConstructor()
 _IDENTIFIER = re.compile(r"[A-Za-z_@][A-Za-z0-9_@\-]*\Z")
 
 
+@lru_cache(maxsize=8192)  # the origin of every element: the same paths recur in every document
 def format_path(path: FieldPath) -> str:
     """`("clusters", 0, "load_assignment")` -> `clusters[0].load_assignment`.
 
@@ -142,18 +144,21 @@ class Located:
         return _position(self.file, self._locate(path, want_key=False))
 
     def _locate(self, path: FieldPath, want_key: bool) -> _Mark:
+        # Called for the origin of every IR element: exact type tests (no subclasses exist)
+        # and one length, rather than isinstance chains.
         tree = self._marks
+        last = len(path) - 1
         for index, step in enumerate(path):
-            if isinstance(tree, _MapMarks) and isinstance(step, str) and step in tree.keys:
-                if want_key and index == len(path) - 1:
+            kind = type(tree)
+            if kind is _MapMarks and type(step) is str and step in tree.keys:
+                if want_key and index == last:
                     return tree.keys[step]
                 tree = tree.values[step]
-            elif (isinstance(tree, _SeqMarks) and isinstance(step, int)
-                  and 0 <= step < len(tree.items)):
+            elif kind is _SeqMarks and type(step) is int and 0 <= step < len(tree.items):
                 tree = tree.items[step]
             else:
                 break
-        return _start_of(tree)
+        return tree if type(tree) is int else tree.start
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,10 +429,15 @@ class _DocumentBuilder:
             self.documents.append(Located(root.value, self.file, root.marks))
 
     def _on_scalar(self, event: yaml.ScalarEvent) -> None:
-        mark = self._mark_of(event)
-        self._count(1, mark)
+        # Every key and value of every file comes through here: the mark and the node count
+        # are written out rather than called (_mark_of, _count), the frame's type tested exactly.
+        start = event.start_mark
+        mark = (start.line + 1 + self._line_offset) << _COLUMN_BITS | (start.column + 1)
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            self._count(0, mark)  # reports and abandons the file
         frame = self._stack[-1] if self._stack else None
-        if isinstance(frame, _MapFrame) and frame.key is None:
+        if type(frame) is _MapFrame and frame.key is None:
             frame.size += 1
             self._set_key(frame, event, mark)
             if event.anchor is not None:

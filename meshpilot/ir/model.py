@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Literal
 
 from google.protobuf.message import Message
@@ -81,11 +82,16 @@ class Endpoint:
 
     @property
     def is_dns(self) -> bool:
-        try:
-            ipaddress.ip_address(self.host)
-        except ValueError:
-            return True
+        return not _is_ip_literal(self.host)
+
+
+@lru_cache(maxsize=65536)  # asked several times per endpoint per translation; hosts recur
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
         return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +183,9 @@ class Sidecar:
     mtls: MtlsMode = "off"
     authorization: Authorization | None = None  # rules' `principals`: names or SPIFFE IDs
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # JWT validation of inbound requests (file or inline JWKS): what `claims` and
+    # `authenticated` in `authorization` read.
+    jwt: Jwt | None = None
 
 
 MtlsMode = Literal["strict", "permissive", "off"]
@@ -284,6 +293,18 @@ class GatewayListener:
     tls: ListenerTls | None = None  # set: the listener terminates TLS (protocol https)
     redirect_to_https: int | None = None  # set: answer everything with a 301 to https on this port
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    client_ip: ClientIp | None = None  # how the client's address is found (None: the peer's)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientIp:
+    """How a listener finds the client's address behind proxies: used by `source_ips`, rate
+    limits by source_ip and access logs (Envoy's downstream remote address)."""
+
+    xff_trusted_hops: int = 0  # trust this many proxies' X-Forwarded-For entries
+    trusted_cidrs: tuple[str, ...] = ()  # or: trust X-Forwarded-For from these proxies (CIDRs)
+    header: str | None = None  # or: the client's address is in this header (x-real-ip)
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +324,10 @@ class StringMatch:
 
     kind: Literal["exact", "prefix", "regex", "present", "absent"]
     value: str = ""  # empty for present/absent
+    # True: the value must NOT match (an absent header is read as "", so it matches unless
+    # the pattern matches ""); Envoy's invert_match. Not for present/absent (each other's
+    # inverse).
+    invert: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,6 +374,11 @@ class Redirect:
     prefix: str | None = None  # replaces the matched prefix
     status: int = 302  # 301, 302, 303, 307, 308
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # With no `port`: "request" keeps the port the request came to (the listener's when the
+    # host changes), except that a scheme change goes to the new scheme's default port;
+    # "scheme": always the default port of the (new or kept) scheme (Istio's FROM_PROTOCOL_DEFAULT).
+    port_from: Literal["request", "scheme"] = "request"
+    strip_query: bool = False  # drop the query string from the Location
     regex: str | None = None  # or: replace what this regex matches in the path ...
     substitution: str = ""  # ... with this (\1 style groups)
 
@@ -358,6 +388,9 @@ class DirectResponse:
     status: int
     body: str = ""
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # True: `body` is an Envoy format string (%REQ(:METHOD)%, %START_TIME% ...; %% is a "%");
+    # False: sent as written, byte for byte.
+    formatted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +415,8 @@ class Retries:
     retriable_status_codes: tuple[int, ...] = ()  # "retriable-status-codes" is then in `on`
     avoid_same_host: bool = False  # retry on another host than the ones already tried
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # "retriable-headers" (implied in `on` when given): retry when a response has one of these.
+    retriable_headers: tuple[tuple[str, StringMatch], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,6 +468,8 @@ class Cors:
     max_age: float | None = None  # seconds
     allow_credentials: bool | None = None
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # allow_methods / allow_headers may be ("*",): any (Envoy answers with what the preflight
+    # asks for). allow_origins may also hold exact non-URL origins ("null").
 
 
 # ---- Route and rule security (translators/auth.py) ------------------------------------------
@@ -472,12 +509,16 @@ class ApiKeys:
     name: str  # the header, query parameter or cookie carrying the key
     keys: tuple[tuple[str, str], ...] = field(repr=False)  # (client, key): never printed
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    forward_header: str | None = None  # the client's name is sent to the backend in this header
+    strip: bool = False  # the key never reaches the backend
 
 
 @dataclass(frozen=True, slots=True)
 class BasicAuth:
     users_file: str  # an absolute path to an htpasswd file of {SHA} hashes, read by Envoy
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    forward_header: str | None = None  # the user's name is sent to the backend in this header
+    strip: bool = False  # the Authorization header never reaches the backend
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,6 +528,11 @@ class ExtAuthz:
     timeout: float = 0.2
     failure_mode_allow: bool = False
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    path_prefix: str = ""  # http: prepended to the request's path in the check request
+    send_headers: tuple[StringMatch, ...] = ()  # request headers also sent to it (names)
+    upstream_headers: tuple[StringMatch, ...] = ()  # its answer's headers set on the request
+    client_headers: tuple[StringMatch, ...] = ()  # its denial's headers sent to the client
+    client_headers_on_success: tuple[StringMatch, ...] = ()  # ... and on an allowed answer
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +549,12 @@ class AuthzRule:
     # translator makes SPIFFE IDs of names (authenticated principal, exact).
     principals: tuple[str, ...] = ()
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # The `not` forms: every condition given here must NOT hold (a path not among these, a
+    # method not among these, a caller not among these ...); Istio's notPaths, notMethods ...
+    exclude: AuthzRule | None = None
+    # True: the request carries a valid JWT; False: it carries none (Istio's requestPrincipals
+    # ["*"] and notRequestPrincipals ["*"]). Needs jwt on the Route or rule.
+    authenticated: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -563,6 +615,9 @@ class Rule:
     hash_on: tuple[HashOn, ...] = ()
     security: Security = field(default_factory=Security)
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # This rule's CORS policy, replacing the Route's for its entries (a parser fills in what
+    # the rule leaves out from the Route's cors): None uses the Route's.
+    cors: Cors | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,7 +86,7 @@ class GatewayViews:
                        for s in listeners.filter_secrets(spec, served)))
         config: tuple[Resource, ...] = ()  # a TCP proxy or an https redirect: no routes
         if has_routes:
-            config = self._earlier.route_config(key, gateway, served, spec.port,
+            config = self._earlier.route_config(key, gateway, served, routes.vhost_key(spec),
                                                 self._virtual_hosts) or (
                 # Only the virtual hosts of Routes that are not the previous objects are
                 # serialized.

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog as EnvoyAccessLog
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
+from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
 from envoy.config.core.v3.substitution_format_string_pb2 import SubstitutionFormatString
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
@@ -24,11 +25,15 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
+from envoy.extensions.http.original_ip_detection.custom_header.v3.custom_header_pb2 import (
+    CustomHeaderConfig,
+)
+from envoy.extensions.http.original_ip_detection.xff.v3.xff_pb2 import XffConfig
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.struct_pb2 import Struct
-from google.protobuf.wrappers_pb2 import BoolValue
+from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
-from meshpilot.ir.model import AccessLog, Gateway, GatewayListener, Route
+from meshpilot.ir.model import AccessLog, ClientIp, Gateway, GatewayListener, Route
 from meshpilot.translators import httpfilters, names, secrets
 from meshpilot.translators.httpfilters import ChainInputs
 from meshpilot.translators.protos import ads_config_source, pack
@@ -135,12 +140,42 @@ def http_connection_manager(gateway: Gateway, spec: GatewayListener,
         preserve_external_request_id=spec.trust_request_id,
         always_set_request_id_in_response=spec.request_id_in_response,
     )
+    if spec.client_ip is not None:
+        _detect_client_ip(manager, spec.client_ip)
     if spec.access_log is not None:
         manager.access_log.append(access_log(spec.access_log, HTTP_LOG_FIELDS))
     if spec.websocket:
         manager.upgrade_configs.append(HttpConnectionManager.UpgradeConfig(
             upgrade_type="websocket"))
     return manager
+
+
+XFF_DETECTION = "envoy.http.original_ip_detection.xff"
+CUSTOM_HEADER_DETECTION = "envoy.http.original_ip_detection.custom_header"
+
+
+def _detect_client_ip(manager: HttpConnectionManager, spec: ClientIp) -> None:
+    """The client's address behind trusted proxies: what `source_ips` (RBAC `remote_ip`), rate
+    limits by source_ip (`remote_address`) and the access log's client_address see."""
+    if spec.xff_trusted_hops:
+        manager.xff_num_trusted_hops = spec.xff_trusted_hops
+        return
+    if spec.trusted_cidrs:
+        config = XffConfig()
+        for block in spec.trusted_cidrs:
+            address, _, length = block.partition("/")
+            config.xff_trusted_cidrs.cidrs.add(address_prefix=address,
+                                               prefix_len=UInt32Value(value=int(length)))
+        name = XFF_DETECTION
+    else:
+        assert spec.header is not None
+        config = CustomHeaderConfig(header_name=spec.header)  # type: ignore[assignment]
+        name = CUSTOM_HEADER_DETECTION
+    # Envoy refuses use_remote_address together with a detection extension: the extension
+    # alone says who the client is (and nothing else trusts X-Forwarded-For).
+    manager.ClearField("use_remote_address")
+    manager.original_ip_detection_extensions.append(
+        TypedExtensionConfig(name=name, typed_config=pack(config)))
 
 
 def access_log(spec: AccessLog, log_fields: tuple[tuple[str, str], ...]) -> EnvoyAccessLog:

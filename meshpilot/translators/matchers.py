@@ -11,6 +11,7 @@ from envoy.config.route.v3.route_components_pb2 import HeaderMatcher, QueryParam
 from envoy.type.matcher.v3.regex_pb2 import RegexMatcher
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
 
+from meshpilot.base import re2text
 from meshpilot.ir.model import StringMatch
 
 
@@ -28,7 +29,27 @@ def header_matcher(name: str, how: StringMatch) -> HeaderMatcher:
         return HeaderMatcher(name=name, present_match=True)
     if how.kind == "absent":
         return HeaderMatcher(name=name, present_match=True, invert_match=True)
+    if how.invert:
+        # A value that does not match, or no such header: Envoy's invert_match alone never
+        # matches an absent header, so an absent one is read as the empty value.
+        return HeaderMatcher(name=name, string_match=string_matcher(how), invert_match=True,
+                             treat_missing_header_as_empty=True)
     return HeaderMatcher(name=name, string_match=string_matcher(how))
+
+
+def inverted_path_matcher(how: StringMatch) -> HeaderMatcher:
+    """Paths NOT matching `how`, said on `:path` (a route's path match cannot be inverted).
+    `:path` holds the query: an exact path is matched with any query, a regex on the path part
+    (`base/re2text.py`: the loader checked the same text)."""
+    if how.kind == "exact":
+        regex = re2text.path_part(re2_literal(how.value))
+    elif how.kind == "regex":
+        regex = re2text.path_part(how.value)
+    else:
+        return HeaderMatcher(name=":path", string_match=StringMatcher(prefix=how.value),
+                             invert_match=True)
+    return HeaderMatcher(name=":path", string_match=StringMatcher(
+        safe_regex=RegexMatcher(regex=regex)), invert_match=True)
 
 
 def query_matcher(name: str, how: StringMatch) -> QueryParameterMatcher:
@@ -37,7 +58,4 @@ def query_matcher(name: str, how: StringMatch) -> QueryParameterMatcher:
     return QueryParameterMatcher(name=name, string_match=string_matcher(how))
 
 
-def re2_literal(text: str) -> str:
-    """`text` as an RE2 pattern matching itself (RE2 accepts a backslash before punctuation)."""
-    return "".join(f"\\{c}" if c.isascii() and not c.isalnum() and c != "_" else c
-                   for c in text)
+re2_literal = re2text.literal

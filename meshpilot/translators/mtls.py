@@ -43,7 +43,7 @@ from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from meshpilot.base import types
 from meshpilot.ca.authority import DEFAULT_NAMESPACE, DEFAULT_TRUST_DOMAIN, WorkloadCertificate
 from meshpilot.ca.authority import spiffe_id as make_spiffe_id
-from meshpilot.ir.model import Authorization, Model, Service
+from meshpilot.ir.model import Authorization, AuthzRule, Model, Service
 from meshpilot.translators import names
 from meshpilot.translators.httpfilters.mesh_authorization import RBAC_FILTER
 from meshpilot.translators.protos import ads_config_source, pack
@@ -159,9 +159,12 @@ def downstream_transport_socket() -> TransportSocket:
 
 def authorization(policy: Authorization, trust: TrustDomain) -> Authorization:
     """The policy with every caller written as a name turned into its SPIFFE ID."""
-    return replace(policy, rules=tuple(
-        replace(rule, principals=tuple(trust.spiffe_id(p) for p in rule.principals))
-        for rule in policy.rules))
+    def ids(rule: AuthzRule) -> AuthzRule:
+        exclude = None if rule.exclude is None else ids(rule.exclude)  # `not: {from: ...}`
+        return replace(rule, principals=tuple(trust.spiffe_id(p) for p in rule.principals),
+                       exclude=exclude)
+
+    return replace(policy, rules=tuple(ids(rule) for rule in policy.rules))
 
 
 def forward_client_identity(manager: hcm.HttpConnectionManager) -> None:

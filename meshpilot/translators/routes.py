@@ -40,7 +40,7 @@ from envoy.type.matcher.v3.regex_pb2 import RegexMatchAndSubstitute, RegexMatche
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from google.protobuf.wrappers_pb2 import UInt32Value
 
-from meshpilot.base import types
+from meshpilot.base import re2text, types
 from meshpilot.ir.model import (
     Backend,
     DirectResponse,
@@ -59,6 +59,7 @@ from meshpilot.ir.model import (
 from meshpilot.translators import httpfilters, names
 from meshpilot.translators.matchers import (
     header_matcher,
+    inverted_path_matcher,
     query_matcher,
     re2_literal,
 )
@@ -68,6 +69,7 @@ from meshpilot.xds.resources import Resource
 
 # Clients leave the port out of Host for the scheme's default port; any other port is in it.
 DEFAULT_HTTP_PORT = 80
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _REDIRECT_CODES: dict[int, RedirectAction.RedirectResponseCode.ValueType] = {
     301: RedirectAction.MOVED_PERMANENTLY,
@@ -101,14 +103,24 @@ def route_configuration(gateway: Gateway, spec: GatewayListener,
                                 ignore_port_in_host_matching=True)
     taken: set[str] = set()
     for route in sorted((r for r in routes if attaches(r, spec)), key=lambda r: r.name):
-        vhost = virtual_host(route, spec.port, taken)
+        vhost = virtual_host(route, spec.port, taken, scheme_of(spec))
         if vhost is not None:
             config.virtual_hosts.append(vhost)
     return config
 
 
-# (id(route), port) -> (the Route, its domains there, its VirtualHost's bytes, the clusters the
-# VirtualHost names). The Route is kept so the id stays its own while the entry lives.
+def scheme_of(spec: GatewayListener) -> str:
+    return "http" if spec.tls is None else "https"
+
+
+def vhost_key(spec: GatewayListener) -> int:
+    """A listener's part of a virtual host's cache key: its port, negative for https (a
+    redirect keeping the port depends on both)."""
+    return spec.port if spec.tls is None else -spec.port
+
+
+# (id(route), vhost_key) -> (the Route, its domains there, its VirtualHost's bytes, the clusters
+# the VirtualHost names). The Route is kept so the id stays its own while the entry lives.
 VirtualHostBytes = tuple[Route, tuple[str, ...], bytes, frozenset[str]]
 VirtualHostCache = dict[tuple[int, int], VirtualHostBytes]
 
@@ -123,18 +135,18 @@ def route_configuration_resource(gateway: Gateway, spec: GatewayListener, routes
     as a length-delimited field 2, then field 14, so the cached bytes are concatenated. Every
     virtual host used is put in `cache`."""
     name = names.route_config(gateway.name, spec.name)
-    port = spec.port
+    port, scheme = spec.port, scheme_of(spec)
     parts = [_length_delimited(1, name.encode("utf-8"))] if name else []
     clusters: set[str] = set()
     taken: set[str] = set()
     for route in sorted((r for r in routes if attaches(r, spec)), key=lambda r: r.name):
-        key = (id(route), port)
+        key = (id(route), vhost_key(spec))
         found = cache.get(key) or earlier.get(key)
         if found is None or found[0] is not route:
             own = tuple(domains(route.hosts, port))
             found = (route, own, b"", frozenset())
             if own and not taken.intersection(own):
-                vhost = virtual_host(route, port, set())
+                vhost = virtual_host(route, port, set(), scheme)
                 assert vhost is not None
                 found = (route, own, vhost.SerializeToString(deterministic=True),
                          _vhost_clusters(vhost))
@@ -142,7 +154,7 @@ def route_configuration_resource(gateway: Gateway, spec: GatewayListener, routes
         if not route_domains:
             continue
         if taken.intersection(route_domains):  # some domain is taken: built here, not cached
-            vhost = virtual_host(route, port, taken)
+            vhost = virtual_host(route, port, taken, scheme)
             if vhost is not None:
                 parts.append(_length_delimited(2, vhost.SerializeToString(deterministic=True)))
                 clusters.update(_vhost_clusters(vhost))
@@ -179,8 +191,10 @@ def _vhost_clusters(vhost: VirtualHost) -> frozenset[str]:
     return references_of(types.ROUTE, config).clusters
 
 
-def virtual_host(route: Route, port: int, taken: set[str]) -> VirtualHost | None:
-    """The virtual host of `route` on a listener at `port`; None when every domain is taken.
+def virtual_host(route: Route, port: int, taken: set[str],
+                 scheme: str = "http") -> VirtualHost | None:
+    """The virtual host of `route` on a listener at `port` (of `scheme`); None when every
+    domain is taken.
 
     Envoy rejects a whole route configuration in which two virtual hosts share a domain. The
     policy loader refuses two Routes claiming one host on one listener; should a model built
@@ -192,7 +206,7 @@ def virtual_host(route: Route, port: int, taken: set[str]) -> VirtualHost | None
         return None
     taken.update(own)
     vhost = VirtualHost(name=names.virtual_host(route.name), domains=own,
-                        routes=list(route_entries(route)))
+                        routes=list(route_entries(route, (port, scheme))))
     httpfilters.add_virtual_host_configs(vhost, route)
     return vhost
 
@@ -206,21 +220,31 @@ def domains(hosts: Sequence[str], port: int) -> list[str]:
     return sorted(set(hosts))
 
 
-def route_entries(route: Route) -> Iterable[EnvoyRoute]:
+# The listener a route configuration is served on: (port, scheme); None: unknown (a sidecar's).
+ListenerSide = tuple[int, str] | None
+
+
+def route_entries(route: Route, listener: ListenerSide = None) -> Iterable[EnvoyRoute]:
     """Every rule's entries, in the order written: one per match of the rule."""
     for index, rule in enumerate(route.rules):
         several = len(rule.matches) > 1
         for match_index, match in enumerate(rule.matches):
             name = names.route_entry(route.name, index, match_index if several else None)
-            entry = route_entry(name, match, rule)
+            entry = route_entry(name, match, rule, listener)
             httpfilters.add_route_configs(entry, route, rule)  # CORS, faults, security
+            basic_auth = rule.security.basic_auth or route.security.basic_auth
+            if basic_auth is not None and basic_auth.strip:
+                # The credentials stop here: the router removes them from what it forwards
+                # (after the filters that read them).
+                entry.request_headers_to_remove.append("authorization")
             yield entry
 
 
-def route_entry(name: str, match: Match, rule: Rule) -> EnvoyRoute:
+def route_entry(name: str, match: Match, rule: Rule,
+                listener: ListenerSide = None) -> EnvoyRoute:
     entry = EnvoyRoute(name=name, match=route_match(match))
     if rule.redirect is not None:
-        entry.redirect.CopyFrom(redirect_action(rule.redirect))
+        entry.redirect.CopyFrom(redirect_action(rule.redirect, listener))
     elif rule.direct_response is not None:
         entry.direct_response.CopyFrom(direct_response_action(rule.direct_response))
     else:
@@ -235,6 +259,10 @@ def route_entry(name: str, match: Match, rule: Rule) -> EnvoyRoute:
 def route_match(match: Match) -> RouteMatch:
     result = RouteMatch()
     path = match.path
+    inverted: list[HeaderMatcher] = []
+    if path is not None and path.invert:  # every path, then :path must not match
+        inverted.append(inverted_path_matcher(path))
+        path = None
     if path is not None and path.kind == "prefix" and match.whole_segments \
             and path.value.rstrip("/"):
         # Envoy's segment-aware prefix is written without a trailing slash ("/v2/" and "/v2"
@@ -246,7 +274,7 @@ def route_match(match: Match) -> RouteMatch:
         result.path = path.value
     else:
         result.safe_regex.CopyFrom(RegexMatcher(regex=path.value))
-    matchers = [*_method_matchers(match.methods),
+    matchers = [*inverted, *_method_matchers(match.methods),
                 *(header_matcher(name, how) for name, how in match.headers),
                 *(m for name, how in match.query if (m := _absent_query_matcher(name, how)))]
     # All must hold, so their order means nothing: sorted by name (stable for repeats).
@@ -278,7 +306,7 @@ def _absent_query_matcher(name: str, how: StringMatch) -> HeaderMatcher | None:
     (which holds the query string): it must not have `name` as a parameter."""
     if how.kind != "absent":
         return None
-    has_parameter = rf"[^?]*\?(.*&)?{re2_literal(name)}([=&].*)?"
+    has_parameter = re2text.query_parameter_present(name)
     return HeaderMatcher(name=":path", invert_match=True,
                          string_match=StringMatcher(safe_regex=RegexMatcher(regex=has_parameter)))
 
@@ -359,6 +387,8 @@ def retry_policy(retries: Retries) -> RetryPolicy:
         if retries.backoff.max is not None:
             policy.retry_back_off.max_interval.CopyFrom(duration(retries.backoff.max))
     policy.retriable_status_codes.extend(retries.retriable_status_codes)
+    policy.retriable_headers.extend(header_matcher(name, how)
+                                    for name, how in retries.retriable_headers)
     if retries.avoid_same_host:
         policy.retry_host_predicate.append(RetryPolicy.RetryHostPredicate(
             name=PREVIOUS_HOSTS, typed_config=pack(PreviousHostsPredicate())))
@@ -376,7 +406,9 @@ def mirror_policy(mirror: Mirror) -> RouteAction.RequestMirrorPolicy:
 
 
 def hash_policy(hash_on: HashOn) -> RouteAction.HashPolicy:
-    policy = RouteAction.HashPolicy()
+    # Terminal: the first input the request has decides alone (docs/policy.md, "tried in the
+    # order written"); without it Envoy would combine every input present into one hash.
+    policy = RouteAction.HashPolicy(terminal=True)
     if hash_on.kind == "header":
         policy.header.header_name = hash_on.name
     elif hash_on.kind == "query":
@@ -402,14 +434,15 @@ def hash_policy(hash_on: HashOn) -> RouteAction.HashPolicy:
 
 
 
-def redirect_action(redirect: Redirect) -> RedirectAction:
+def redirect_action(redirect: Redirect, listener: ListenerSide = None) -> RedirectAction:
     action = RedirectAction(response_code=_REDIRECT_CODES[redirect.status])
     if redirect.scheme is not None:
         action.scheme_redirect = redirect.scheme
     if redirect.host is not None:
         action.host_redirect = redirect.host
-    if redirect.port is not None:
-        action.port_redirect = redirect.port
+    port = redirect.port if redirect.port is not None else _derived_port(redirect, listener)
+    if port is not None:
+        action.port_redirect = port
     if redirect.path is not None:
         action.path_redirect = redirect.path
     elif redirect.prefix is not None:
@@ -417,12 +450,38 @@ def redirect_action(redirect: Redirect) -> RedirectAction:
     elif redirect.regex is not None:
         action.regex_rewrite.CopyFrom(RegexMatchAndSubstitute(
             pattern=RegexMatcher(regex=redirect.regex), substitution=redirect.substitution))
+    if redirect.strip_query:
+        action.strip_query = True
     return action
+
+
+def _derived_port(redirect: Redirect, listener: ListenerSide) -> int | None:
+    """The port of a redirect that names none (Envoy's port_redirect; None: Envoy's own way).
+
+    Envoy keeps the Host's port when the host stays, and drops it when `host_redirect` is set
+    (issue 14, bug 4): so a new host gets the port the request came to, the listener's, unless
+    that is its scheme's default. A new scheme goes to its default port (Gateway API; Envoy
+    would keep the old port, as in https://a.example:8080), written out unless the host
+    changes too (Envoy then drops the port already). `port_from: scheme` always sends
+    the scheme's default port (Istio's FROM_PROTOCOL_DEFAULT).
+    """
+    port, scheme = listener if listener is not None else (None, "http")
+    target = redirect.scheme or scheme
+    if redirect.port_from == "scheme":
+        # A new host already loses the port; otherwise say the default one.
+        return None if redirect.host is not None else DEFAULT_PORTS[target]
+    if target != scheme:  # a new host already loses the port: the scheme's default
+        return None if redirect.host is not None else DEFAULT_PORTS[target]
+    if redirect.host is not None and port is not None and port != DEFAULT_PORTS[scheme]:
+        return port
+    return None
 
 
 def direct_response_action(response: DirectResponse) -> DirectResponseAction:
     action = DirectResponseAction(status=response.status)
-    if response.body:
+    if response.body and response.formatted:  # command operators replaced per request
+        action.body_format.text_format_source.CopyFrom(DataSource(inline_string=response.body))
+    elif response.body:  # as written: Envoy does not format `body`
         action.body.CopyFrom(DataSource(inline_string=response.body))
     return action
 

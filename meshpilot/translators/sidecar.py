@@ -5,9 +5,11 @@ This module owns what a sidecar receives (docs/mesh.md):
 - inbound (when the sidecar has a `port`): a listener `inbound/<service>` on address:port that
   terminates mesh traffic and forwards it to the local application, cluster `inbound|<service>`
   (a STATIC cluster, or STRICT_DNS for a named app host). HTTP services get an HTTP connection
-  manager (stats `http.inbound/<service>.*`) with no route timeout of its own (the caller's
-  outbound route decides), the filters of the sidecar's `authorization` (`httpfilters/`) and,
-  with mtls, the caller's identity for the application (`mtls.py`); tcp services a TCP proxy.
+  manager (stats `http.inbound/<service>.*`) whose route configuration `inbound/<service>`
+  comes over RDS: one route with no timeout of its own (the caller's outbound route decides)
+  and the sidecar's `authorization` as its per-filter config (`httpfilters/`), so an edit
+  never replaces the listener; with mtls, the caller's identity for the application
+  (`mtls.py`); tcp services a TCP proxy.
 - outbound, for the services it `calls` and nothing else (scoping: a mesh of a thousand services
   does not send a thousand clusters to every sidecar):
   - per call with a `local_port`: a listener `outbound/<callee>` on 127.0.0.1:local_port whose
@@ -50,10 +52,10 @@ from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 
 from meshpilot.base import types
-from meshpilot.ir.model import Endpoint, Model, Route, Service
+from meshpilot.ir.model import Authorization, Endpoint, Model, Route, Service
 from meshpilot.translators import endpoints, httpfilters, mtls, names
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
-from meshpilot.translators.httpfilters import ChainInputs
+from meshpilot.translators.httpfilters import ChainInputs, jwt_authn, mesh_authorization
 from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
 from meshpilot.translators.protos import ads_config_source, duration, pack
 from meshpilot.translators.routes import route_entries
@@ -101,6 +103,9 @@ class Mesh:
             built.append(Resource.from_message(types.LISTENER, listener.name, listener))
             cluster = inbound_cluster(service)
             built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
+            if service.protocol != "tcp":
+                routes = inbound_routes(service, self.trust)
+                built.append(Resource.from_message(types.ROUTE, routes.name, routes))
         callees: list[Service] = []
         for call in sidecar.calls:
             callee = self.model.service(call.service)
@@ -183,23 +188,44 @@ def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None) ->
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(
             TcpProxy(stat_prefix=name, cluster=cluster)))
     else:
-        # The caller's sidecar already applied the route's timeout and retries: inbound has no
-        # timeout of its own (0s), so a slow answer is the caller's policy to cut short.
-        action = RouteAction(cluster=cluster, timeout=duration(0))
-        routes = RouteConfiguration(name=name, virtual_hosts=[VirtualHost(
-            name=name, domains=["*"],
-            routes=[EnvoyRoute(name=name, match=RouteMatch(prefix="/"), route=action)])])
-        # `authorization` names callers as services; the peer certificate says SPIFFE IDs.
-        callers = None if sidecar.authorization is None else mtls.authorization(
-            sidecar.authorization, trust or mtls.TrustDomain())
+        # Its routes over RDS (`inbound_routes`): an authorization edit changes only them, so
+        # the listener (built without the policy) and its open connections stay.
         manager = hcm.HttpConnectionManager(
-            stat_prefix=name, route_config=routes,
-            http_filters=httpfilters.http_filters(ChainInputs.sidecar_inbound(callers)))
+            stat_prefix=name,
+            rds=hcm.Rds(config_source=ads_config_source(), route_config_name=name),
+            http_filters=httpfilters.http_filters(ChainInputs.sidecar_inbound(
+                None, None if sidecar.jwt is None else (name, sidecar.jwt))))
         if sidecar.mtls != "off":
             mtls.forward_client_identity(manager)
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
     return Listener(name=name, address=_address(sidecar.address, sidecar.port),
                     filter_chains=[FilterChain(filters=[network_filter])])
+
+
+def _callers(service: Service, trust: mtls.TrustDomain | None) -> Authorization | None:
+    # `authorization` names callers as services; the peer certificate says SPIFFE IDs.
+    sidecar = service.sidecar
+    assert sidecar is not None
+    return None if sidecar.authorization is None else mtls.authorization(
+        sidecar.authorization, trust or mtls.TrustDomain())
+
+
+def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None) -> RouteConfiguration:
+    """The inbound listener's one route to the local application, with the callers'
+    authorization as its virtual host's per-filter config (`mesh_authorization.py`)."""
+    name = names.inbound(service.name)
+    # The caller's sidecar already applied the route's timeout and retries: inbound has no
+    # timeout of its own (0s), so a slow answer is the caller's policy to cut short.
+    action = RouteAction(cluster=names.inbound_cluster(service.name), timeout=duration(0))
+    vhost = VirtualHost(name=name, domains=["*"],
+                        routes=[EnvoyRoute(name=name, match=RouteMatch(prefix="/"),
+                                           route=action)])
+    assert service.sidecar is not None
+    configs = {**jwt_authn.inbound_config(service.sidecar.jwt, name),
+               **mesh_authorization.inbound_config(_callers(service, trust))}
+    for filter_name, config in configs.items():
+        vhost.typed_per_filter_config[filter_name].CopyFrom(pack(config))
+    return RouteConfiguration(name=name, virtual_hosts=[vhost])
 
 
 def inbound_cluster(service: Service) -> Cluster:

@@ -57,6 +57,25 @@ rules:
   - backends: [api]
 ---
 kind: Route
+name: optional
+gateway: edge
+hosts: [optional.example.com]
+jwt:
+  required: false
+  providers:
+    - {{name: test, issuer: {issuer}, audiences: [shop], jwks: {{file: {policy}/jwks.json}}}}
+rules:
+  - match: {{path: {{prefix: /members}}}}
+    backends: [api]
+    authorization: {{action: ALLOW, rules: [{{authenticated: true}}]}}
+  - match: {{path: {{prefix: /guests}}}}
+    backends: [api]
+    authorization: {{action: ALLOW, rules: [{{authenticated: false}}]}}
+  - match: {{path: {{prefix: /not-admins}}}}
+    backends: [api]
+    authorization: {{action: ALLOW, rules: [{{not: {{claims: {{group: admins}}}}}}]}}
+---
+kind: Route
 name: keys
 gateway: edge
 hosts: [keys.example.com]
@@ -233,6 +252,20 @@ def test_authorization_on_a_jwt_claim(env: Env) -> None:
     assert env.get("/admin", "jwt.example.com", admin)[0] == 200
     assert env.get("/admin", "jwt.example.com", listed)[0] == 200
     assert env.get("/other", "jwt.example.com", user)[0] == 200
+
+
+def test_authorization_on_having_a_token_or_not(env: Env) -> None:
+    # issue 14: Istio's requestPrincipals ["*"] and notRequestPrincipals ["*"], and notClaims.
+    token = {"authorization": f"Bearer {env.signer.token(group='users')}"}
+    admin = {"authorization": f"Bearer {env.signer.token(group='admins')}"}
+    host = "optional.example.com"
+    assert env.get("/members", host)[0] == 403
+    assert env.get("/members", host, token)[0] == 200
+    assert env.get("/guests", host)[0] == 200
+    assert env.get("/guests", host, token)[0] == 403
+    assert env.get("/not-admins", host, token)[0] == 200
+    assert env.get("/not-admins", host)[0] == 200  # no token, no claim: not an admin
+    assert env.get("/not-admins", host, admin)[0] == 403
 
 
 # ---- api keys, basic auth -----------------------------------------------------------------------

@@ -43,7 +43,8 @@ def test_gateway_example_through_envoy(tmp_path: Path) -> None:
         assert canary["backend"] == f"orders-api-canary:{ports[9113]}"
         assert get("/robots.txt")[2].startswith(b"User-agent: *")
         status, headers, _ = get("/cart", host="www.shop.example.com")
-        assert status == 301 and headers["location"] == "http://shop.example.com/cart"
+        # The port the request came to is kept (issue 14, bug 4: Envoy alone would drop it).
+        assert status == 301 and headers["location"] == f"http://shop.example.com:{public}/cart"
         assert get("/search")[0] == 200  # no q: the storefront catch-all, not search
         assert get("/status", port=internal) == (200, get("/status", port=internal)[1], b"ok\n")
         assert get("/nothing", port=internal)[0] == 404

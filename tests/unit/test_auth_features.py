@@ -149,8 +149,8 @@ rules:
     assert errors("""\
 authorization: {rules: [{claims: {group: admins}}]}
 rules: [{backends: [api]}]
-""") == ["policy.yaml:12:1: Route r: authorization: claims need a jwt on the Route or on the "
-         "rule (a request has no claims without one)"]
+""") == ["policy.yaml:12:1: Route r: authorization: claims and authenticated need a jwt on "
+         "the Route or on the rule (a request has no claims without one)"]
     assert errors("""\
 ext_authz: {service: nowhere}
 rules: [{backends: [api]}]

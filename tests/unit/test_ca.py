@@ -271,8 +271,13 @@ name: a
 endpoints: ["10.0.0.1:15006"]
 sidecar: {port: 15006, mtls: strict, authorization: {action: ALLOW}}
 """
-    listener = snapshot_to_dict(Translation(_model(tmp_path, text)).snapshot("a"))[
-        "resources"]["listeners"][0]
-    filters = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
-    rbac = next(f for f in filters if f["name"] == mtls.RBAC_FILTER)["typed_config"]
+    resources = snapshot_to_dict(Translation(_model(tmp_path, text)).snapshot("a"))["resources"]
+    filters = resources["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "http_filters"]
+    # In the chain, disabled: the inbound routes (RDS) switch it on with the policy, so a
+    # policy edit never replaces the listener (issue 14, bug 2).
+    assert next(f for f in filters if f["name"] == mtls.RBAC_FILTER)["disabled"] is True
+    (routes,) = resources["routes"]
+    vhost = routes["virtual_hosts"][0]
+    rbac = vhost["typed_per_filter_config"][mtls.RBAC_FILTER]["rbac"]
     assert rbac["rules"] == {}  # action ALLOW (the default, 0) with no policy: nothing passes

@@ -339,7 +339,9 @@ def test_redirects_follow_the_spec_port_rules() -> None:
     keep, tls, old = vhosts(model)["*"]
     assert keep["redirect"] == {"host_redirect": "example.org", "port_redirect": 8080,
                                 "response_code": "FOUND"}
-    assert tls["redirect"] == {"scheme_redirect": "https", "response_code": "FOUND"}
+    # A new scheme goes to its default port, written since the host stays.
+    assert tls["redirect"] == {"scheme_redirect": "https", "port_redirect": 443,
+                               "response_code": "FOUND"}
     assert old["redirect"]["regex_rewrite"] == {"pattern": {"regex": "^/old/*"},
                                                 "substitution": "/"}
     assert old["redirect"]["port_redirect"] == 8080

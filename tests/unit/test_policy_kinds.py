@@ -672,7 +672,7 @@ def test_exactly_one_action() -> None:
      "must be from 0 to 1000000, found -1"),
     ("{backends: [{subset: v1}]}", "backends[0].service", 'missing "service"'),
     ("{redirect: {status: 301}}", "redirect",
-     "a redirect needs at least one of scheme, host, port, path or prefix (or it would send "
+     "a redirect needs at least one of scheme, host, port, path, prefix or strip_query (or it would send "
      "the client back to the same URL)"),
     ("{redirect: {path: /a, status: 300}}", "redirect.status",
      "expected one of 301, 302, 303, 307, 308, found 300"),
@@ -702,7 +702,8 @@ def test_exactly_one_action() -> None:
      "must be from 1 to 100, found 0"),
     ("{backends: [reviews], retries: {on: [5xx, connect-failures]}}", "retries.on[1]",
      'unknown value "connect-failures" (did you mean "connect-failure"?); expected one of: '
-     "5xx, gateway-error, reset, connect-failure, retriable-4xx, refused-stream, "
+     "5xx, gateway-error, reset, reset-before-request, connect-failure, retriable-4xx, "
+     "refused-stream, "
      "retriable-status-codes, retriable-headers, envoy-ratelimited, "
      "http3-post-connect-failure, cancelled, deadline-exceeded, internal, resource-exhausted, "
      "unavailable"),
@@ -1155,16 +1156,18 @@ listeners: [{name: http, port: 80}]
 """
 
 
-@pytest.mark.parametrize("rule, field", [
-    ("{match: {path: {exact: /a}}, backends: [web], rewrite: {path: {prefix: /b}}}", "rewrite"),
-    ("{match: {path: {regex: /a.*}}, backends: [web], rewrite: {path: {prefix: /b}}}", "rewrite"),
-    ("{backends: [web], rewrite: {path: {prefix: /b}}}", "rewrite"),
-    ("{match: [{path: {prefix: /a}}, {path: {exact: /c}}], redirect: {prefix: /b}}", "redirect"),
+@pytest.mark.parametrize("rule", [
+    "{match: {path: {exact: /a}}, backends: [web], rewrite: {path: {prefix: /b}}}",
+    "{match: {path: {regex: /a.*}}, backends: [web], rewrite: {path: {prefix: /b}}}",
+    "{backends: [web], rewrite: {path: {prefix: /b}}}",
+    "{match: [{path: {prefix: /a}}, {path: {exact: /c}}], redirect: {prefix: /b}}",
 ])
-def test_prefix_replacement_needs_prefix_matches(rule: str, field: str) -> None:
-    issues = _issues_of(_BASE + f"kind: Route\nname: r\ngateway: edge\nrules:\n  - {rule}\n")
-    assert len(issues) == 1, issues
-    assert f"Route r: rules[0].{field}: replacing a prefix needs every match" in issues[0]
+def test_prefix_replacement_with_any_path_match(rule: str) -> None:
+    # docs/policy.md: the prefix replaces what the match matched, all of an exact or regex
+    # match (Envoy's prefix_rewrite); issue 14, bug 1 (it was refused).
+    model = load_policy_text(_BASE + f"kind: Route\nname: r\ngateway: edge\nrules:\n  - {rule}\n")
+    (only,) = model.routes[0].rules
+    assert (only.rewrite_path.prefix if only.rewrite_path else only.redirect.prefix) == "/b"
 
 
 def test_http_route_to_a_tcp_service_is_refused() -> None:

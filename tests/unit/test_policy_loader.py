@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -438,9 +437,9 @@ def test_secret_values_never_appear_in_errors(body: str) -> None:
 def test_billion_laughs_is_refused_quickly() -> None:
     lines = ["kind: EnvoyResources", "name: x", 'a0: &a0 ["lol", "lol", "lol", "lol", "lol"]']
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
-    start = time.perf_counter()
+    # Refused by counting nodes as they are built, so the aliases never expand (10^10 nodes
+    # would not fit in memory): the limit's message is the proof, not a stopwatch.
     issues = text_issues("\n".join(lines) + "\n")
-    assert time.perf_counter() - start < 1
     assert issues[0].startswith("raw.yaml:")
     assert "more than 1000000 YAML nodes in this file" in issues[0]
 
@@ -500,13 +499,12 @@ def test_missing_policy_path(tmp_path: Path) -> None:
     assert issues_of(tmp_path / "nope") == [f"policy path {tmp_path / 'nope'} does not exist"]
 
 
-def test_loading_ten_thousand_resources_is_fast(tmp_path: Path) -> None:
+def test_loading_ten_thousand_resources(tmp_path: Path) -> None:
     lines = ["kind: EnvoyResources", "name: many", "clusters:"]
     lines += [f"  - {{name: c{i}, connect_timeout: 1s, type: STRICT_DNS}}" for i in range(10_000)]
     write(tmp_path, "many.yaml", "\n".join(lines) + "\n")
-    start = time.perf_counter()
+    # How fast: benchmarks/translation.py ("raw clusters 10,000"), not a timed assertion.
     assert len(load_policy(tmp_path).raw) == 10_000
-    assert time.perf_counter() - start < 5  # about 0.5 s on a laptop; generous for slow CI
 
 
 # ---------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def test_one_route_per_service() -> None:
 def test_sidecar_view_receives_inbound_and_its_callees_only() -> None:
     snapshot = Translation(load_policy_text(A_CALLS_B)).snapshot("a")
     assert names_of(snapshot, types.LISTENER) == ["inbound/a", "outbound", "outbound/b"]
-    assert names_of(snapshot, types.ROUTE) == ["outbound", "outbound/b"]
+    assert names_of(snapshot, types.ROUTE) == ["inbound/a", "outbound", "outbound/b"]
     assert names_of(snapshot, types.CLUSTER) == ["b", "inbound|a"]
     assert names_of(snapshot, types.ENDPOINT) == ["b"]  # B's sidecar inbound address
     b = Translation(load_policy_text(A_CALLS_B)).snapshot("b")

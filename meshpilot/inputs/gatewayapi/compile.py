@@ -1001,11 +1001,15 @@ def _for_listener(rule: Rule, match: Match, listener: _Listener) -> Rule:
 
 
 def _replace_redirect(redirect: Redirect, port: int, scheme: str) -> Redirect:
+    """The redirect with its port settled: the scheme's default port is said as such
+    (`port_from: scheme`: left out when the host changes, else written), since the port Envoy
+    listens on may not be the listener's (the class's port map); any other port explicitly."""
+    default = _WELL_KNOWN_PORTS.get(scheme) == port
     return Redirect(scheme=redirect.scheme if redirect.scheme else None, host=redirect.host,
-                    port=None if _WELL_KNOWN_PORTS.get(scheme) == port else port,
+                    port=None if default else port,
                     path=redirect.path, prefix=redirect.prefix, status=redirect.status,
-                    origin=redirect.origin, regex=redirect.regex,
-                    substitution=redirect.substitution)
+                    origin=redirect.origin, port_from="scheme" if default else "request",
+                    regex=redirect.regex, substitution=redirect.substitution)
 
 
 def _header_ops(settings: dict[str, Any]) -> HeaderOps:

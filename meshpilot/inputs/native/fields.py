@@ -24,6 +24,8 @@ import re._parser as sre_parser
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, TypeVar
 
+import re2
+
 from meshpilot.base.errors import Position
 from meshpilot.base.units import parse_duration
 from meshpilot.inputs.context import DocumentContext
@@ -358,9 +360,19 @@ def header_name(value: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------
 # Regular expressions: Python must compile them, and Envoy's RE2 must accept them.
+#
+# RE2 itself (Google's own binding, google-re2) has the last word, under the program-size limit
+# Envoy enforces (its runtime key re2.max_program_size.error_level, 100 unless a bootstrap
+# raises it): a regex Envoy would refuse NACKs the whole route configuration of a listener, so
+# it is refused here, at its position. The checks before it (Python's parse tree) only give
+# clearer messages for what RE2 lacks (backreferences, lookarounds) and keep Python and RE2
+# agreeing on what the pattern means where their syntaxes differ.
 
 MAX_REGEX_LENGTH = 1024  # Envoy rejects large RE2 programs anyway; keeps compiling cheap
 RE2_MAX_REPEAT = 1000
+ENVOY_MAX_PROGRAM_SIZE = 100  # Envoy's default re2.max_program_size.error_level
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # Envoy compiles with RE2::Quiet; errors are reported, not logged
 
 # Python syntax RE2 does not have, as operations of the tree `re` itself parses a pattern into
 # (`re._parser`: private, but where sre_parse has lived since 3.11). Walking that tree finds
@@ -418,7 +430,23 @@ def regex_problem(text: str) -> str | None:
         return f"invalid regex: {error.msg}{where}"
     except (RecursionError, OverflowError, ValueError):
         return "invalid regex: nested too deeply"
-    return _tree_problem(parsed, parsed.state.flags)
+    return _tree_problem(parsed, parsed.state.flags) or re2_problem(text)
+
+
+def re2_problem(text: str) -> str | None:
+    """Why Envoy's RE2 refuses `text` (as Envoy compiles it), or None if it accepts it."""
+    try:
+        size = re2.compile(text, _RE2_OPTIONS).programsize
+    except re2.error as error:
+        message = error.args[0] if error.args else ""
+        if isinstance(message, bytes):
+            message = message.decode("utf-8", "replace")
+        return f"Envoy's RE2 regex engine refuses it: {message}"
+    if size > ENVOY_MAX_PROGRAM_SIZE:
+        return (f"too complex for Envoy: its RE2 program size is {size}, Envoy refuses regexes "
+                f"above {ENVOY_MAX_PROGRAM_SIZE} (use a shorter pattern, fewer or smaller "
+                "repeat counts)")
+    return None
 
 
 _NESTED_SET = ("a \"[\" inside [...] must be escaped as \\[ (Envoy's RE2 regex engine reads "

@@ -52,18 +52,20 @@ from meshpilot.inputs.native.fields import (
     reported_since,
     written_before,
 )
+from meshpilot.inputs.native.security import cidr
 from meshpilot.inputs.yamlsource import FieldPath, Located
-from meshpilot.ir.model import AccessLog, Compression, Gateway, GatewayListener
+from meshpilot.ir.model import AccessLog, ClientIp, Compression, Gateway, GatewayListener
 
 KIND = "Gateway"
 
 GATEWAY_KEYS = ("kind", "name", "access_log", "listeners")
 LISTENER_KEYS = ("name", "port", "address", "protocol", "service", "access_log",
                  "trust_request_id", "request_id_in_response", "compression", "websocket",
-                 "tls", "redirect_to_https")
+                 "tls", "redirect_to_https", "client_ip")
+CLIENT_IP_KEYS = ("xff_trusted_hops", "trusted_cidrs", "header")
 LISTENER_PROTOCOLS = ("http", "https", "tcp")
 HTTP_ONLY_KEYS = ("trust_request_id", "request_id_in_response", "compression", "websocket",
-                  "tls", "redirect_to_https")
+                  "tls", "redirect_to_https", "client_ip")
 ACCESS_LOG_KEYS = ("path", "format")
 ACCESS_LOG_FORMATS = ("json", "text")
 COMPRESSION_KEYS = ("gzip", "min_content_length", "content_types")
@@ -137,6 +139,7 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
     compression = _compression(entry)
     websocket = entry.get("websocket", fields.boolean) or False
     listener_tls, redirect = tls.listener_tls(entry, protocol)
+    client_ip = _client_ip(entry)
     if name is None or port is None:
         return None
     # `protocol: https` is an HTTP listener that terminates TLS: Routes attach to it alike.
@@ -144,7 +147,36 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
                            protocol=cast(Literal["http"], "http"), access_log=access_log,
                            trust_request_id=trust, request_id_in_response=in_response,
                            compression=compression, websocket=websocket, tls=listener_tls,
-                           redirect_to_https=redirect, origin=entry.origin())
+                           redirect_to_https=redirect, origin=entry.origin(),
+                           client_ip=client_ip)
+
+
+_TRUSTED_HOPS = fields.integer(1, 32)
+
+
+def _client_ip(entry: Fields) -> ClientIp | None:
+    """`client_ip`: exactly one of xff_trusted_hops (trust that many proxies in front),
+    trusted_cidrs (trust X-Forwarded-For written by proxies at these addresses) or header (a
+    proxy in front puts the client's address in this header)."""
+    spec = entry.mapping("client_ip", "a mapping such as {xff_trusted_hops: 1}, "
+                                      "{trusted_cidrs: [10.0.0.0/8]} or {header: x-real-ip}")
+    if spec is None:
+        return None
+    spec.check_keys(CLIENT_IP_KEYS, "client_ip")
+    kind = spec.exclusive(CLIENT_IP_KEYS, required=True, what="client_ip")
+    if kind == "xff_trusted_hops":
+        hops = spec.get("xff_trusted_hops", _TRUSTED_HOPS, required=True)
+        return None if hops is None else ClientIp(xff_trusted_hops=hops, origin=spec.origin())
+    if kind == "trusted_cidrs":
+        cidrs = fields.unique_list(spec, "trusted_cidrs", "CIDR range", cidr)
+        return ClientIp(trusted_cidrs=cidrs, origin=spec.origin()) if cidrs else None
+    if kind == "header":
+        header = spec.get("header", fields.header_name, required=True)
+        if header is not None and (header.startswith(":") or header == "host"):
+            spec.report("header", f'"{header}" cannot carry an address')
+            return None
+        return None if header is None else ClientIp(header=header, origin=spec.origin())
+    return None
 
 
 def _log_path(value: Any) -> str:

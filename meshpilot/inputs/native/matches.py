@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, cast
 
+from meshpilot.base import re2text
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, Invalid
@@ -44,9 +45,15 @@ def value_matches(entry: Fields, key: str) -> tuple[tuple[str, StringMatch], ...
     for written in spec.value:
         path = (*spec.path, written)
         name = _match_name(spec.ctx, written, path, header=key == "headers")
-        match = value_match(spec.ctx, spec.value[written], path)
+        match = value_match(spec.ctx, spec.value[written], path, invertible=key == "headers")
         if name is None or match is None:
             continue
+        if key == "query" and match.kind == "absent":  # said as a regex on :path
+            problem = fields.re2_problem(re2text.query_parameter_present(name))
+            if problem is not None:
+                spec.ctx.report(path, f"this parameter name is too long to match as absent: "
+                                      f"{problem}", at_value=False)
+                continue
         if name in seen:  # only headers: YAML itself refuses a key written twice
             spec.ctx.report(path, f"header {fields.quoted(name)} is already matched (as "
                                   f"{fields.quoted(seen[name])}; header names ignore case)")
@@ -56,8 +63,10 @@ def value_matches(entry: Fields, key: str) -> tuple[tuple[str, StringMatch], ...
     return tuple(result)
 
 
-def value_match(ctx: DocumentContext, value: Any, path: FieldPath) -> StringMatch | None:
-    """One value match: "text" (exact) or a mapping with exactly one of VALUE_MATCHES."""
+def value_match(ctx: DocumentContext, value: Any, path: FieldPath, *,
+                invertible: bool = True) -> StringMatch | None:
+    """One value match: "text" (exact) or a mapping with exactly one of VALUE_MATCHES, and
+    (headers) `invert: true`: the value must not match, or the header be absent."""
     if isinstance(value, str):
         return StringMatch("exact", value)
     spec = Fields.at(ctx, value, path, 'a string, or a mapping with one of exact, prefix, '
@@ -65,16 +74,30 @@ def value_match(ctx: DocumentContext, value: Any, path: FieldPath) -> StringMatc
                                        "text)")
     if spec is None:
         return None
-    spec.check_keys(VALUE_MATCHES, "a value match")
+    spec.check_keys((*VALUE_MATCHES, "invert") if invertible else VALUE_MATCHES,
+                    "a value match")
     kind = spec.exclusive(VALUE_MATCHES, required=True, what="a value match")
     if kind is None:
         return None
+    invert = inverted(spec, kind)
     convert = _VALUE_CONVERTERS[kind]
     matched = spec.get(kind, convert, required=True)
-    if matched is None:
+    if matched is None or invert is None:
         return None
     return StringMatch(cast(MatchKind, kind), "" if kind in ("present", "absent")
-                       else cast(str, matched))
+                       else cast(str, matched), invert=invert)
+
+
+def inverted(spec: Fields, kind: str) -> bool | None:
+    """`invert:` of a match (default false); None after reporting it with present or absent,
+    which are each other's inverse already."""
+    invert = spec.get("invert", fields.boolean)
+    if invert and kind in ("present", "absent"):
+        other = "absent" if kind == "present" else "present"
+        spec.report("invert", f"write {{{other}: true}} instead of inverting {kind}",
+                    at_value=False)
+        return None
+    return bool(invert)
 
 
 _VALUE_CONVERTERS: dict[str, fields.Converter[Any]] = {

@@ -16,16 +16,20 @@ Shape:
                                         # listeners and hosts are not written (docs/mesh.md)
     listeners: [http]                   # some of the gateway's listeners (default: all)
     hosts: [shop.example.com, "*.shop.example.com"]   # default ["*"]: every host
-    cors: {allow_origins: ["https://a.example", "*.b.example"], allow_methods: [GET],
-           allow_headers: [x-user], expose_headers: [x-id], max_age: 10m,
-           allow_credentials: true}
+    cors: {allow_origins: ["https://a.example", "*.b.example", {exact: "null"}],
+           allow_methods: [GET], allow_headers: [x-user], expose_headers: [x-id],
+           max_age: 10m, allow_credentials: true}     # methods, headers: ["*"] for any
+                                        # (also on a rule: the Route's, with the rule's fields)
     rules:                              # first match wins, in the order written
       - match:                          # a mapping, or a list of them (any may match)
-          path: {prefix: /api/}         # or {exact: /x} or {regex: "/v[0-9]+/.*"}
+          path: {prefix: /api/}         # or {exact: /x} or {regex: "/v[0-9]+/.*"};
+                                        #   invert: true: paths NOT matching
           methods: [GET, POST]          # or method: GET
           headers: {x-canary: "true", x-user: {prefix: a}, x-debug: {present: true}}
           query: {preview: {absent: true}}    # value forms: "text" | {exact|prefix|regex: v}
                                               #   | {present: true} | {absent: true}
+                                              # headers also {exact|prefix|regex: v,
+                                              #   invert: true}: absent or not matching
         backends:                       # exactly one of backends, redirect, direct_response
           - {service: reviews, subset: v2, weight: 10}   # or just: reviews
         rewrite: {path: {prefix: /}, host: internal.example.com}   # backends only
@@ -37,15 +41,16 @@ Shape:
         grpc: {max_timeout: 30s}        # backends only; honour grpc-timeout, capped
         retries: {attempts: 3, on: [5xx, reset], per_try_timeout: 500ms,   # backends only
                   backoff: {base: 25ms, max: 250ms}, retriable_status_codes: [429],
-                  avoid_same_host: true}
+                  retriable_headers: {x-retry: "yes"}, avoid_same_host: true}
         fault: {delay: {fixed: 500ms, percentage: 10}, abort: {status: 503},  # backends only
                 headers: {end-user: jason}}
         mirror: {service: reviews, subset: v3, percentage: 5}    # or a list; backends only
         hash_on: [{header: x-user}, {cookie: {name: s, ttl: 1h, path: /}}, {source_ip: true},
                   {query: user}]        # backends only (ring_hash and maglev services)
-      - redirect: {scheme: https, host: a.example.com, port: 8443, path: /x, status: 301}
-                                        # path or prefix; status 301|302|303|307|308 (302)
-      - direct_response: {status: 404, body: "not here"}
+      - redirect: {scheme: https, host: a.example.com, port: 8443, path: /x, status: 301,
+                   strip_query: true}   # path or prefix; status 301|302|303|307|308 (302);
+                                        # port: N | request (default) | scheme
+      - direct_response: {status: 404, body: "not here"}   # formatted: true: %REQ(:PATH)% ...
 
     Security (native/security.py), on the Route or on a rule: jwt, api_keys, basic_auth,
     ext_authz, authorization, rate_limit.
@@ -55,8 +60,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Hashable
+from dataclasses import replace
 from typing import Any, cast
 
+from meshpilot.base import re2text
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields, matches
 from meshpilot.inputs.native.fields import (
@@ -100,7 +107,7 @@ ACTIONS = ("backends", "redirect", "direct_response")
 # Envoy's RouteAction settings (and the fault filter's, which acts before the router).
 BACKEND_ONLY = ("rewrite", "timeout", "idle_timeout", "grpc", "retries", "fault", "mirror",
                 "hash_on")
-RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers",
+RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers", "cors",
              *SECURITY_KEYS)
 MATCH_KEYS = ("path", "method", "methods", "headers", "query")
 # Part of a Route's shape too, shared with authorization rules: parsed in matches.py.
@@ -108,16 +115,17 @@ METHODS = matches.METHODS
 VALUE_MATCHES = matches.VALUE_MATCHES
 PATH_MATCHES = ("prefix", "exact", "regex")
 BACKEND_KEYS = ("service", "subset", "weight")
-REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "status")
-REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix")
+REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "status", "strip_query")
+REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix", "strip_query")
+REDIRECT_PORT_FROM = ("request", "scheme")  # `port:` words: where a port not written comes from
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 REDIRECT_SCHEMES = ("http", "https")
-DIRECT_RESPONSE_KEYS = ("status", "body")
+DIRECT_RESPONSE_KEYS = ("status", "body", "formatted")
 REWRITE_KEYS = ("path", "host")
 PATH_REWRITE_KEYS = ("prefix", "regex", "substitution")
 HEADER_OPS_KEYS = ("add", "set", "remove")
 RETRIES_KEYS = ("attempts", "on", "per_try_timeout", "backoff", "retriable_status_codes",
-                "avoid_same_host")
+                "retriable_headers", "avoid_same_host")
 BACKOFF_KEYS = ("base", "max")
 GRPC_KEYS = ("max_timeout",)
 FAULT_KEYS = ("delay", "abort", "headers")
@@ -129,10 +137,11 @@ HASH_COOKIE_KEYS = ("name", "ttl", "path")
 CORS_KEYS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers", "max_age",
              "allow_credentials")
 RETRIABLE_STATUS_CODES = "retriable-status-codes"
+RETRIABLE_HEADERS = "retriable-headers"
 
-# Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names.
-RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
-            "refused-stream", "retriable-status-codes", "retriable-headers",
+# Every one of Envoy's x-envoy-retry-on and x-envoy-retry-grpc-on names.
+RETRY_ON = ("5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+            "retriable-4xx", "refused-stream", "retriable-status-codes", "retriable-headers",
             "envoy-ratelimited", "http3-post-connect-failure",
             "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 DEFAULT_RETRY_ON = Retries(attempts=1).on
@@ -172,7 +181,7 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
     hosts = fields.unique_list(doc, "hosts", "host", fields.host_pattern)
     cors = _cors(doc)
     security = parse_security(doc)
-    rules = _rules(doc)
+    rules = _rules(doc, cors)
     if attach == "service" and (security or any(rule.security for rule in rules)):
         doc.report("service", "jwt, api_keys, basic_auth, ext_authz, authorization and "
                               "rate_limit apply to Routes attached to a gateway (not yet to "
@@ -190,15 +199,15 @@ def parse_route(document: Located, ctx: DocumentContext) -> list[Route]:
 # Rules.
 
 
-def _rules(doc: Fields) -> tuple[Rule, ...]:
+def _rules(doc: Fields, cors: Cors | None) -> tuple[Rule, ...]:
     items = doc.items("rules", "rule", required=True)
     if items is None:
         return ()
-    rules = (_rule(doc.ctx, item, ("rules", index)) for index, item in enumerate(items))
+    rules = (_rule(doc.ctx, item, ("rules", index), cors) for index, item in enumerate(items))
     return tuple(rule for rule in rules if rule is not None)
 
 
-def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
+def _rule(ctx: DocumentContext, item: Any, path: FieldPath, cors: Cors | None) -> Rule | None:
     rule = Fields.at(ctx, item, path, "a rule mapping such as {match: {path: {prefix: /}}, "
                                       "backends: [...]}")
     if rule is None:
@@ -210,8 +219,10 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
             rule.report(key, f"{key} applies to rules with backends only (this rule has "
                              f"{action})", at_value=False)
     rewrite_path, rewrite_host = _rewrite(rule)
+    # A prefix rewrite or redirect replaces what the rule's path match matched: the prefix of
+    # a prefix match ("/" with no path match), all of an exact or regex match (Envoy's
+    # prefix_rewrite), so it is accepted with every kind of match (issue 14, bug 1).
     matches = _matches(rule)
-    _check_prefix_replacement(rule, matches, rewrite_path, action)
     return Rule(
         position=ctx.document.position_of(path),
         origin=ctx.origin(path),
@@ -231,24 +242,8 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath) -> Rule | None:
         mirrors=_mirrors(rule),
         hash_on=_hash_on(rule),
         security=parse_security(rule),
+        cors=_cors(rule, cors),
     )
-
-
-def _check_prefix_replacement(rule: Fields, matches: tuple[Match, ...],
-                              rewrite_path: PathRewrite | None, action: str | None) -> None:
-    """Replacing "the matched prefix" needs a matched prefix: on an exact or regex match (or none)
-    Envoy replaces the whole path instead, silently (Gateway API forbids it for the same reason)."""
-    uses_prefix = ((rewrite_path is not None and rewrite_path.prefix is not None)
-                   or (action == "redirect" and isinstance(rule.value.get("redirect"), dict)
-                       and "prefix" in rule.value["redirect"]))
-    if not uses_prefix:
-        return
-    if any(m.path is None or m.path.kind != "prefix" for m in matches):
-        where = "rewrite" if rewrite_path is not None and rewrite_path.prefix is not None \
-            else "redirect"
-        rule.report(where, "replacing a prefix needs every match of the rule to be a path "
-                           "prefix match (match: {path: {prefix: ...}}); otherwise Envoy would "
-                           "replace the whole path", at_value=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,12 +281,20 @@ def _path_match(entry: Fields) -> StringMatch | None:
                                  "{prefix: /api/}")
     if spec is None:
         return None
-    spec.check_keys(PATH_MATCHES, "a path match")
+    spec.check_keys((*PATH_MATCHES, "invert"), "a path match")
     kind = spec.exclusive(PATH_MATCHES, required=True, what="a path match")
     if kind is None:
         return None
     value = spec.get(kind, fields.regex if kind == "regex" else fields.url_path, required=True)
-    return None if value is None else StringMatch(cast(MatchKind, kind), value)
+    invert = bool(spec.get("invert", fields.boolean))
+    if value is None:
+        return None
+    if invert and kind == "regex":  # said on :path, query included: see inverted_path_regex
+        problem = fields.re2_problem(re2text.path_part(value))
+        if problem is not None:
+            spec.report("regex", problem)
+            return None
+    return StringMatch(cast(MatchKind, kind), value, invert=invert)
 
 
 def _methods(entry: Fields) -> tuple[str, ...]:
@@ -362,15 +365,32 @@ def _redirect(rule: Fields) -> Redirect | None:
                                 "the client back to the same URL)")
     spec.exclusive(("path", "prefix"), required=False, what="a redirect")
     status = spec.get("status", _REDIRECT_STATUS)
+    port = spec.get("port", _redirect_port)
+    strip = spec.get("strip_query", fields.boolean)
+    if strip is False and len(spec.value) == 1:
+        rule.report("redirect", "a redirect that only keeps the query would send the client "
+                                "back to the same URL")
     return Redirect(
         scheme=spec.get("scheme", _SCHEME),
         host=spec.get("host", fields.dns_name),
-        port=spec.get("port", fields.PORT),
+        port=port if isinstance(port, int) else None,
         path=spec.get("path", fields.url_path),
         prefix=spec.get("prefix", fields.url_path),
         status=302 if status is None else status,
         origin=spec.origin(),
+        port_from="scheme" if port == "scheme" else "request",
+        strip_query=bool(strip),
     )
+
+
+def _redirect_port(value: Any) -> int | str:
+    """A port, or where the port comes from: `request` (the default) or `scheme`."""
+    if isinstance(value, str):
+        return fields.choice(REDIRECT_PORT_FROM)(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(f"expected a port (1 to 65535), request or scheme, found "
+                      f"{fields.describe(value)}")
+    return fields.PORT(value)
 
 
 def _direct_response(rule: Fields) -> DirectResponse | None:
@@ -381,9 +401,29 @@ def _direct_response(rule: Fields) -> DirectResponse | None:
     spec.check_keys(DIRECT_RESPONSE_KEYS, "a direct response")
     status = spec.get("status", _DIRECT_STATUS, required=True)
     body = spec.get("body", _body)
+    formatted = bool(spec.get("formatted", fields.boolean))
+    if formatted and body:
+        problem = _format_problem(body)
+        if problem is not None:
+            spec.report("body", problem)
+            return None
     if status is None:
         return None
-    return DirectResponse(status=status, body=body or "", origin=spec.origin())
+    return DirectResponse(status=status, body=body or "", origin=spec.origin(),
+                          formatted=formatted)
+
+
+# An Envoy command operator: %NAME%, %NAME(arguments)% or %NAME(arguments):LENGTH%; or %%.
+_OPERATOR = re.compile(r"%(?:%|[A-Z][A-Z0-9_]*(?:\([^()%]*\))?(?::[0-9]+)?%)")
+
+
+def _format_problem(body: str) -> str | None:
+    """Why Envoy would refuse `body` as a format string (its shape; Envoy checks the names)."""
+    rest = _OPERATOR.sub("", body)
+    if "%" in rest:
+        return ('a formatted body has a "%" that starts no command operator: write %% for a '
+                "percent sign, or operators such as %REQ(:PATH)%")
+    return None
 
 
 def _body(value: Any) -> str:
@@ -490,19 +530,25 @@ def _retries(rule: Fields) -> Retries | None:
     attempts = spec.get("attempts", RETRY_ATTEMPTS)
     conditions = fields.unique_list(spec, "on", "retry condition", _RETRY_ON)
     codes = _status_codes(spec)
+    headers = value_matches(spec, "retriable_headers")
     if codes:
         # Codes retry nothing unless "retriable-status-codes" is a condition: implied.
         conditions = (*(conditions or DEFAULT_RETRY_ON), RETRIABLE_STATUS_CODES)
     elif RETRIABLE_STATUS_CODES in conditions and "retriable_status_codes" not in spec.value:
         spec.report("on", f'"{RETRIABLE_STATUS_CODES}" needs the codes to retry on: write '
                           "retriable_status_codes: [503, ...] (which implies it)")
+    if headers:  # the same for response headers
+        conditions = (*(conditions or DEFAULT_RETRY_ON), RETRIABLE_HEADERS)
+    elif RETRIABLE_HEADERS in conditions and "retriable_headers" not in spec.value:
+        spec.report("on", f'"{RETRIABLE_HEADERS}" needs the headers to retry on: write '
+                          "retriable_headers: {x-retry: \"yes\"} (which implies it)")
     return Retries(attempts=1 if attempts is None else attempts,
                    on=tuple(dict.fromkeys(conditions)) or DEFAULT_RETRY_ON,
                    per_try_timeout=spec.get("per_try_timeout", _PER_TRY_TIMEOUT),
                    backoff=_backoff(spec),
                    retriable_status_codes=codes,
                    avoid_same_host=bool(spec.get("avoid_same_host", fields.boolean)),
-                   origin=spec.origin())
+                   origin=spec.origin(), retriable_headers=headers)
 
 
 def _status_codes(spec: Fields) -> tuple[int, ...]:
@@ -710,29 +756,88 @@ def _cookie_name(value: Any) -> str:
 # CORS (per Route: its virtual host).
 
 
-def _cors(doc: Fields) -> Cors | None:
+def _cors(doc: Fields, inherit: Cors | None = None) -> Cors | None:
+    """A Route's `cors`, or a rule's (`inherit`: the Route's, whose fields fill in what the
+    rule leaves out)."""
     spec = doc.mapping("cors", 'a mapping such as {allow_origins: ["https://a.example"]}')
     if spec is None:
         return None
     spec.check_keys(CORS_KEYS, "cors")
-    origins = fields.unique_list(spec, "allow_origins", "origin", _origin_text)
-    if spec.value.get("allow_origins") is None:
+    written = set(spec.value)
+    origins = _origins(spec)
+    if spec.value.get("allow_origins") is None and inherit is None:
         spec.missing("allow_origins")
     credentials = spec.get("allow_credentials", fields.boolean)
-    if credentials and "*" in origins:
-        spec.report("allow_credentials", 'allow_credentials cannot be used with the origin "*": '
-                                         "any web site could then make requests with the "
-                                         "user's cookies; list the origins",
-                    at_value=False)
+    allow_methods = _wildcard_or(spec, "allow_methods", lambda: methods(spec, "allow_methods"))
+    allow_headers = _wildcard_or(spec, "allow_headers", lambda: fields.unique_list(
+        spec, "allow_headers", "header", fields.header_name))
     max_age = spec.get("max_age", fields.duration())
     if max_age is not None and max_age != int(max_age):
         spec.report("max_age", "max_age is sent in whole seconds")
-    return Cors(
-        allow_origins=tuple(origin_match(origin) for origin in origins),
-        allow_methods=methods(spec, "allow_methods"),
-        allow_headers=fields.unique_list(spec, "allow_headers", "header", fields.header_name),
+    cors = Cors(
+        allow_origins=origins,
+        allow_methods=allow_methods,
+        allow_headers=allow_headers,
         expose_headers=fields.unique_list(spec, "expose_headers", "header", fields.header_name),
         max_age=max_age, allow_credentials=credentials, origin=spec.origin())
+    if inherit is not None:  # what the rule does not write is the Route's
+        cors = replace(inherit, **{key: getattr(cors, key) for key in CORS_KEYS
+                                   if key in written}, origin=cors.origin)
+    # ["*"] methods and headers go with credentials: Envoy answers a preflight with the
+    # method and headers it asks for, never a literal "*" (which browsers would refuse).
+    if cors.allow_credentials and StringMatch("regex", ".*") in cors.allow_origins:
+        spec.report("allow_credentials" if "allow_credentials" in written else "cors",
+                    'allow_credentials cannot be used with the origin "*": any web site '
+                    "could then make requests with the user's cookies; list the origins",
+                    at_value=False)
+    return cors
+
+
+def _wildcard_or(spec: Fields, key: str, listed: Callable[[], tuple[str, ...]]
+                 ) -> tuple[str, ...]:
+    """["*"] (any, as browsers read it without credentials) or the listed values."""
+    value = spec.value.get(key)
+    if isinstance(value, list) and "*" in value:
+        if value != ["*"]:
+            spec.report(key, '"*" means any: write it alone')
+        return ("*",)
+    return listed()
+
+
+def _origins(spec: Fields) -> tuple[StringMatch, ...]:
+    """Origins as written (`_origin_text`), or {exact: "null"} for an origin that is no URL
+    (a sandboxed page's "null", an extension's origin): compared exactly."""
+    items = spec.items("allow_origins", "origin")
+    if items is None:
+        return ()
+    found: list[StringMatch] = []
+    seen: dict[Hashable, FieldPath] = {}
+    for index, item in enumerate(items):
+        where = (*spec.path, "allow_origins", index)
+        if isinstance(item, dict):
+            entry = Fields(spec.ctx, item, where)
+            entry.check_keys(("exact",), "an exact origin")
+            text = entry.get("exact", _exact_origin, required=True)
+            match = None if text is None else StringMatch("exact", text)
+        else:
+            text = fields.convert_at(spec.ctx, item, where, _origin_text)
+            match = None if text is None else origin_match(text)
+        if match is None or text is None:
+            continue
+        first = written_before(spec.ctx, seen, match, where)
+        if first is not None:
+            fields.report_at(spec.ctx, where, f"origin {fields.quoted(text)} is listed twice "
+                                              f"(first at {first})")
+            continue
+        found.append(match)
+    return tuple(found)
+
+
+def _exact_origin(value: Any) -> str:
+    text = fields.string(value)
+    if not text.isprintable() or " " in text or len(text) > 1024:
+        raise Invalid(f"invalid origin {fields.quoted(text)}: printable, without spaces")
+    return text
 
 
 # [scheme://][*.]host[:port], or "*".
@@ -754,6 +859,11 @@ def _origin_text(value: Any) -> str:
                       '"https://a.example", "*.b.example" (any subdomain) or "*" (any origin)')
     if found.group("port") is not None:
         fields.port_text(found.group("port"))
+    match = origin_match(text)
+    if match.kind == "regex":  # a long host name can make a regex Envoy refuses
+        problem = fields.re2_problem(f"(?i){match.value}")
+        if problem is not None:
+            raise Invalid(f"origin {fields.quoted(text)} is too long to be matched: {problem}")
     return text
 
 

@@ -228,23 +228,54 @@ def _sidecar() -> Schema:
         "outbound_port": {**port, "description": "One HTTP port on 127.0.0.1 for every called "
                                                  "service, picked by the Host header."},
         "calls": _list("The services the application calls: all the sidecar receives.", call),
-        "mtls": {"enum": ["strict", "permissive", "off"],
+        "mtls": {"enum": ["strict", "permissive", "off", False],
                  "description": "Mesh mTLS with the CA's certificates (default off): strict "
-                                "refuses plaintext, permissive accepts both (docs/security.md)."},
+                                "refuses plaintext, permissive accepts both (docs/security.md); "
+                                "an unquoted off (YAML false) is off."},
         "authorization": _object("Callers allowed (ALLOW) or refused (DENY) on inbound, by "
-                                 "identity (needs mtls), path and method; ALLOW with no rules "
-                                 "refuses everyone.", {
+                                 "identity (needs mtls), path, method, header and address; "
+                                 "ALLOW with no rules refuses everyone.", {
             "action": {"enum": ["ALLOW", "DENY"], "description": "Default ALLOW."},
             "rules": _list("Any rule matches; within a rule, every field given must.",
-                           _object("One rule.", {
-                               "from": _list("Callers: Service or Gateway names, or SPIFFE "
-                                             "IDs.", {"type": "string"}),
-                               "paths": _list("\"/exact\", \"/prefix/*\" or \"*\".",
-                                              {"type": "string"}),
-                               "methods": _list("HTTP methods.", {"type": "string"}),
-                           })),
+                           _authz_rule(mesh=True)),
         }),
+        "jwt": {**_security("inbound requests")["jwt"],
+                "description": "JWT validation of inbound requests (jwks file or inline), for "
+                               "authorization's claims and authenticated."},
     })
+
+
+def _authz_rule(*, mesh: bool) -> Schema:
+    """An authorization rule (a Route's, or with `from` a sidecar's) and its `not` form."""
+    path = {"oneOf": [
+        {"type": "string", "description": "\"/exact\", \"/prefix/*\" or \"*\"."},
+        _object("Exactly this path.", {"exact": _ref("urlPath")}, required=("exact",)),
+        _object("Paths starting with this.", {"prefix": _ref("urlPath")}, required=("prefix",)),
+        _object("Paths matching this regex.", {"regex": _ref("regex")}, required=("regex",)),
+    ]}
+    conditions: dict[str, Schema] = {
+        "paths": _list("Any of these paths (without the query).", path),
+        "methods": _list("HTTP methods.", _enum("An HTTP method.", matches.METHODS)),
+        "headers": {"type": "object", "propertyNames": _ref("headerName"),
+                    "additionalProperties": _ref("valueMatch"),
+                    "description": "Request headers and how their values must match."},
+        "source_ips": _list("Client addresses or CIDR ranges.", {"type": "string"}),
+    }
+    if mesh:
+        conditions["from"] = _list("Callers: Service or Gateway names, or SPIFFE IDs.",
+                                   {"type": "string"})
+    conditions["claims"] = {"type": "object", "additionalProperties": {"type": "string"},
+                            "description": "JWT claims and a value each must equal (or hold); "
+                                           "needs jwt."}
+    rule = _object("Every condition given must hold; each list is any of its items.", {
+        **conditions,
+        "not": _object("Conditions that must not hold (each one given: not any of its "
+                       "items).", dict(conditions)),
+    })
+    rule["properties"]["authenticated"] = {
+        "type": "boolean", "description": "true: the request has a valid JWT; false: it "
+                                          "has none (needs jwt)."}
+    return rule
 
 
 def _health_check() -> Schema:
@@ -343,6 +374,14 @@ def _gateway() -> Schema:
         }, required=("gzip",)),
         "websocket": {"type": "boolean", "default": False,
                       "description": "Allow websocket upgrades."},
+        "client_ip": {**_object("How the client's address is found behind proxies (used by "
+                                "source_ips, rate limits by source_ip and the access log).", {
+            "xff_trusted_hops": _integer("Trust this many proxies' X-Forwarded-For "
+                                         "entries.", 1, 32),
+            "trusted_cidrs": _list("Trust X-Forwarded-For written by proxies at these "
+                                   "addresses.", {"type": "string"}, unique=True),
+            "header": _ref("headerName", "The client's address is in this header."),
+        }), "oneOf": _exactly_one("xff_trusted_hops", "trusted_cidrs", "header")},
     }, required=("name", "port"))
     listener["if"] = {"properties": {"protocol": {"const": "tcp"}}, "required": ["protocol"]}
     listener["then"] = {"required": ["service"]}
@@ -366,7 +405,7 @@ def _route() -> Schema:
                        "\"*\" (every host, the default).", {
                            "type": "string", "pattern": rf"^(\*|(\*\.)?{_DNS_NAME})$"},
                        unique=True),
-        "cors": _cors(),
+        "cors": {**_cors(), "required": ["allow_origins"]},
         **_security("this Route's hosts"),
         "rules": _list("Rules, tried in order; the first that matches handles the request.",
                        _rule()),
@@ -387,9 +426,15 @@ def _cors() -> Schema:
         "allow_origins": _list("Allowed origins: \"https://a.example\" (exactly), "
                                "\"a.example\" (http or https), \"*.b.example\" (any "
                                "subdomain), or \"*\" (any origin).",
-                               {"type": "string", "minLength": 1}, unique=True),
-        "allow_methods": _list("Allowed methods (Access-Control-Allow-Methods).",
-                               _enum("An HTTP method.", matches.METHODS), unique=True),
+                               {"oneOf": [{"type": "string", "minLength": 1},
+                                          _object("An origin that is no URL (\"null\"), "
+                                                  "compared exactly.",
+                                                  {"exact": {"type": "string",
+                                                             "minLength": 1}},
+                                                  required=("exact",))]}, unique=True),
+        "allow_methods": _list("Allowed methods (Access-Control-Allow-Methods); [\"*\"]: "
+                               "any.", _enum("An HTTP method, or *.", (*matches.METHODS, "*")),
+                               unique=True),
         "allow_headers": {**headers, "description": "Request headers a page may send "
                                                     "(Access-Control-Allow-Headers)."},
         "expose_headers": {**headers, "description": "Response headers a page may read "
@@ -398,7 +443,7 @@ def _cors() -> Schema:
                                     "seconds)."),
         "allow_credentials": {"type": "boolean", "description": "Allow cookies and "
                                                                 "credentials (not with \"*\")."},
-    }, required=("allow_origins",))
+    })
 
 
 def _fault() -> Schema:
@@ -471,6 +516,9 @@ def _rule() -> Schema:
             "status": _integer("HTTP status.", 200, 599),
             "body": {"type": "string", "maxLength": route.MAX_DIRECT_RESPONSE_BODY,
                      "description": "Response body."},
+            "formatted": {"type": "boolean", "default": False,
+                          "description": "The body is an Envoy format string (%REQ(:PATH)%, "
+                                         "%% for a percent sign)."},
         }, required=("status",)),
         "rewrite": _rewrite(),
         "request_headers": _ref("headerOps", "Changes to the request's headers."),
@@ -491,6 +539,11 @@ def _rule() -> Schema:
                                             "retriable-status-codes condition).",
                                             {"type": "integer", "minimum": 100,
                                              "maximum": 599}, unique=True),
+            "retriable_headers": {"type": "object", "propertyNames": _ref("headerName"),
+                                  "additionalProperties": _ref("valueMatch"),
+                                  "description": "Retry when the answer has one of these "
+                                                 "headers (implies the retriable-headers "
+                                                 "condition)."},
             "avoid_same_host": {"type": "boolean", "description": "Retry on another endpoint "
                                                                   "than those already tried."},
         }),
@@ -503,6 +556,8 @@ def _rule() -> Schema:
         "fault": _fault(),
         "mirror": _mirror(),
         "hash_on": _hash_on(),
+        "cors": {**_cors(), "description": "CORS for this rule: the Route's cors, with the "
+                                           "fields written here replacing its own."},
         **_security("this rule (replacing the Route's setting)"),
     })
     schema["oneOf"] = _exactly_one(*route.ACTIONS)
@@ -510,10 +565,15 @@ def _rule() -> Schema:
 
 
 def _match() -> Schema:
+    invert = {"type": "boolean", "default": False,
+              "description": "true: paths NOT matching."}
     path = {"oneOf": [
-        _object("Paths starting with this.", {"prefix": _ref("urlPath")}, required=("prefix",)),
-        _object("Exactly this path.", {"exact": _ref("urlPath")}, required=("exact",)),
-        _object("Paths matching this regex.", {"regex": _ref("regex")}, required=("regex",)),
+        _object("Paths starting with this.", {"prefix": _ref("urlPath"), "invert": invert},
+                required=("prefix",)),
+        _object("Exactly this path.", {"exact": _ref("urlPath"), "invert": invert},
+                required=("exact",)),
+        _object("Paths matching this regex.", {"regex": _ref("regex"), "invert": invert},
+                required=("regex",)),
     ], "description": "The request path: one of prefix, exact or regex."}
     method = _enum("An HTTP method.", matches.METHODS)
     schema = _object("Conditions that must all hold.", {
@@ -532,13 +592,17 @@ def _match() -> Schema:
 
 
 def _value_match() -> Schema:
+    invert = {"type": "boolean", "default": False,
+              "description": "Headers only: true: absent, or a value NOT matching."}
     return {"description": "A value: exactly this text, or one of exact, prefix, regex, "
                            "present or absent.", "oneOf": [
         {"type": "string", "description": "Exactly this text."},
-        _object("Exactly this text.", {"exact": {"type": "string"}}, required=("exact",)),
-        _object("Starting with this.", {"prefix": {"type": "string", "minLength": 1}},
-                required=("prefix",)),
-        _object("Matching this regex.", {"regex": _ref("regex")}, required=("regex",)),
+        _object("Exactly this text.", {"exact": {"type": "string"}, "invert": invert},
+                required=("exact",)),
+        _object("Starting with this.", {"prefix": {"type": "string", "minLength": 1},
+                                        "invert": invert}, required=("prefix",)),
+        _object("Matching this regex.", {"regex": _ref("regex"), "invert": invert},
+                required=("regex",)),
         _object("Present, whatever the value.", {"present": {"const": True}},
                 required=("present",)),
         _object("Not present.", {"absent": {"const": True}}, required=("absent",)),
@@ -549,10 +613,17 @@ def _redirect() -> Schema:
     schema = _object("Redirect the client; what is not given stays as in the request.", {
         "scheme": _enum("New scheme.", route.REDIRECT_SCHEMES),
         "host": _ref("hostName", "New host."),
-        "port": _integer("New port.", 1, 65535),
+        "port": {"oneOf": [_integer("New port.", 1, 65535),
+                           _enum("Where the port comes from: request (the port the request "
+                                 "came to; a new scheme's default port) or scheme (always the "
+                                 "scheme's default port).", route.REDIRECT_PORT_FROM,
+                                 "request")],
+                 "description": "The new port, or where it comes from (default request)."},
         "path": _ref("urlPath", "New path (the whole path)."),
         "prefix": _ref("urlPath", "Replaces the matched prefix."),
         "status": _enum("Redirect status.", route.REDIRECT_STATUSES, 302),
+        "strip_query": {"type": "boolean", "default": False,
+                        "description": "Drop the query string."},
     })
     schema["anyOf"] = [{"required": [key]} for key in route.REDIRECT_TARGETS]
     schema["not"] = {"required": ["path", "prefix"]}
@@ -627,18 +698,17 @@ def _security(scope: str) -> dict[str, Schema]:
         "cookie": {"type": "string", "minLength": 1, "description": "The cookie."},
         "keys": {"type": "object", "additionalProperties": key,
                  "description": "Client name -> key (never shown in messages or dumps)."},
+        "forward": _ref("headerName", "Send the client's name to the backend in this header."),
+        "strip": {"type": "boolean", "default": False,
+                  "description": "Remove the key before the request reaches the backend."},
     }, required=("keys",))
     api_keys["oneOf"] = _exactly_one(*security.API_KEY_SOURCES)
-    authz_rule = _object("Every condition given must hold; each list is any of its items.", {
-        "paths": _list("\"/exact\", \"/prefix/*\" or \"*\".", {"type": "string"}),
-        "methods": _list("HTTP methods.", _enum("An HTTP method.", matches.METHODS)),
-        "headers": {"type": "object", "propertyNames": _ref("headerName"),
-                    "additionalProperties": _ref("valueMatch"),
-                    "description": "Request headers and how their values must match."},
-        "source_ips": _list("Client addresses or CIDR ranges.", {"type": "string"}),
-        "claims": {"type": "object", "additionalProperties": {"type": "string"},
-                   "description": "JWT claims and a value each must equal (or hold)."},
-    })
+    authz_rule = _authz_rule(mesh=False)
+    names = _list("Header names (exactly), or {prefix: x-auth-}.", {"oneOf": [
+        _ref("headerName"),
+        _object("Headers starting with this.", {"prefix": _ref("headerName")},
+                required=("prefix",)),
+        _object("Exactly this header.", {"exact": _ref("headerName")}, required=("exact",))]})
     policy = _object("ALLOW: only matching requests pass (no rules: none); DENY: matching "
                      "requests are refused (evaluated first).", {
         "action": _enum("What a matching request gets.", security.AUTHZ_ACTIONS, "ALLOW"),
@@ -655,6 +725,11 @@ def _security(scope: str) -> dict[str, Schema]:
             "users": _object("The users.", {"file": {**path, "description": "An htpasswd "
                                                      "file of {SHA} hashes."}},
                              required=("file",)),
+            "forward": _ref("headerName", "Send the user's name to the backend in this header "
+                                          "(one header for all Routes of a gateway)."),
+            "strip": {"type": "boolean", "default": False,
+                      "description": "Remove the Authorization header before the request "
+                                     "reaches the backend."},
         }, required=("users",)),
         "ext_authz": _object(f"Ask an authorization service about each request to {scope}.", {
             "service": _ref("name", "The authorization Service."),
@@ -662,6 +737,17 @@ def _security(scope: str) -> dict[str, Schema]:
             "timeout": _ref("duration", "How long to wait for its answer (default 200ms)."),
             "failure_mode_allow": {"type": "boolean", "default": False,
                                    "description": "Let requests through when it fails."},
+            "path_prefix": _ref("urlPath", "http: the check request's path is this prefix "
+                                           "plus the request's path."),
+            "send_headers": {**names, "description": "Only these request headers are sent "
+                                                     "to it (default: all)."},
+            "upstream_headers": {**names, "description": "http: headers of its 200 answer set "
+                                                         "on the request to the backend."},
+            "client_headers": {**names, "description": "http: headers of its denial sent to "
+                                                       "the client (default: all)."},
+            "client_headers_on_success": {**names, "description": "http: headers of its 200 "
+                                                                  "answer added to the "
+                                                                  "response to the client."},
         }, required=("service",)),
         "authorization": {"oneOf": [policy, _list("Policies (one per action).", policy)],
                           "description": f"Who may do what on {scope} (Istio's semantics)."},

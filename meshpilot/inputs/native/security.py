@@ -3,7 +3,7 @@
 The same keys are accepted on a Route (its whole virtual host) and on a rule (that rule only,
 replacing the Route's setting of the same feature):
 
-    jwt:
+    jwt:                                # (also a sidecar's, with file or inline jwks)
       required: true                    # false: no token passes, a bad token never does
       providers:
         - name: corp
@@ -12,18 +12,25 @@ replacing the Route's setting of the same feature):
           jwks: {file: /etc/keys/jwks.json}  # or {inline: "..."} or {uri: https://idp/jwks,
                                         #    service: idp, cache: 5m}
           forward_claims: {sub: x-user} # claim -> request header
-    api_keys: {header: x-api-key, keys: {client-a: {file: /k/a.txt}, client-b: "literal"}}
-                                        # or query: key, or cookie: k
-    basic_auth: {users: {file: /etc/users.htpasswd}}  # {SHA} hashes (htpasswd -s)
-    ext_authz: {service: authz, protocol: http, timeout: 200ms, failure_mode_allow: false}
+    api_keys: {header: x-api-key, keys: {client-a: {file: /k/a.txt}, client-b: "literal"},
+               forward: x-client, strip: true}     # or query: key, or cookie: k
+    basic_auth: {users: {file: /etc/users.htpasswd}, forward: x-user, strip: true}
+                                        # {SHA} hashes (htpasswd -s)
+    ext_authz: {service: authz, protocol: http, timeout: 200ms, failure_mode_allow: false,
+                path_prefix: /check, send_headers: [cookie], upstream_headers: [x-user],
+                client_headers: [www-authenticate], client_headers_on_success: [x-session]}
     authorization:                      # a mapping, or a list of them (one per action)
       action: ALLOW                     # or DENY; DENY is evaluated first
       rules:                            # any rule; within a rule, every condition
-        - paths: [/api/*, /exact]       # "/x" exactly, "/x/*" a prefix, "*" any
+        - paths: [/api/*, /exact]       # "/x" exactly, "/x/*" a prefix, "*" any, or
+                                        #   {exact|prefix|regex: ...}
           methods: [GET]
           headers: {x-team: blue}
           source_ips: [10.0.0.0/8]
           claims: {group: admins}       # needs jwt on the Route or the rule
+          authenticated: true           # a valid JWT (false: none); needs jwt
+          not: {paths: [/admin/*], methods: [DELETE], source_ips: [...], headers: {...},
+                claims: {...}}          # none of these may hold
     rate_limit: {requests: 100, per: 1m, by: route}    # or host, source_ip, {header: x-client}
 
 File paths are absolute. Key values are never shown in messages.
@@ -42,7 +49,12 @@ from meshpilot.base import tlsfiles as tls_files
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, Invalid
-from meshpilot.inputs.native.matches import istio_paths, methods, value_matches
+from meshpilot.inputs.native.matches import (
+    istio_path,
+    istio_path_match,
+    methods,
+    value_matches,
+)
 from meshpilot.ir.model import (
     ApiKeys,
     Authorization,
@@ -54,6 +66,7 @@ from meshpilot.ir.model import (
     JwtProvider,
     RateLimit,
     Security,
+    StringMatch,
 )
 
 SECURITY_KEYS = ("jwt", "api_keys", "basic_auth", "ext_authz", "authorization", "rate_limit")
@@ -62,13 +75,23 @@ PROVIDER_KEYS = ("name", "issuer", "audiences", "jwks", "forward_claims")
 JWKS_SOURCES = ("file", "inline", "uri")
 JWKS_KEYS = ("file", "inline", "uri", "service", "cache")
 API_KEY_SOURCES = ("header", "query", "cookie")
-API_KEYS_KEYS = (*API_KEY_SOURCES, "keys")
-BASIC_AUTH_KEYS = ("users",)
-EXT_AUTHZ_KEYS = ("service", "protocol", "timeout", "failure_mode_allow")
+API_KEYS_KEYS = (*API_KEY_SOURCES, "keys", "forward", "strip")
+BASIC_AUTH_KEYS = ("users", "forward", "strip")
+EXT_AUTHZ_KEYS = ("service", "protocol", "timeout", "failure_mode_allow", "path_prefix",
+                  "send_headers", "upstream_headers", "client_headers",
+                  "client_headers_on_success")
+EXT_AUTHZ_HEADER_LISTS = ("send_headers", "upstream_headers", "client_headers",
+                          "client_headers_on_success")
 EXT_AUTHZ_PROTOCOLS = ("http", "grpc")
 AUTHORIZATION_KEYS = ("action", "rules")
 AUTHZ_ACTIONS = ("ALLOW", "DENY")
-AUTHZ_RULE_KEYS = ("paths", "methods", "headers", "source_ips", "claims")
+AUTHZ_RULE_KEYS = ("paths", "methods", "headers", "source_ips", "claims", "authenticated",
+                   "not")
+NOT_KEYS = ("paths", "methods", "headers", "source_ips", "claims")
+# A sidecar's rules also name callers; they have no JWT (yet): no claims, no authenticated.
+MESH_RULE_KEYS = ("from", "paths", "methods", "headers", "source_ips", "claims",
+                  "authenticated", "not")
+MESH_NOT_KEYS = ("from", "paths", "methods", "headers", "source_ips", "claims")
 RATE_LIMIT_KEYS = ("requests", "per", "by")
 RATE_LIMIT_BY = ("route", "host", "source_ip")
 MIN_RATE_WINDOW = 0.05  # Envoy's smallest token bucket fill interval (50 ms)
@@ -95,9 +118,11 @@ def check_claims(ctx: DocumentContext, route: Security, rules: list[tuple[Any, S
         jwt = security.jwt or route.jwt
         if security.authorization is None or jwt is not None:
             continue
-        if any(r.claims for policy in security.authorization for r in policy.rules):
-            ctx.report((*path, "authorization"), "claims need a jwt on the Route or on the "
-                                                 "rule (a request has no claims without one)")
+        if any(r.claims or r.authenticated is not None or (r.exclude and r.exclude.claims)
+               for policy in security.authorization for r in policy.rules):
+            ctx.report((*path, "authorization"), "claims and authenticated need a jwt on the "
+                                                 "Route or on the rule (a request has no "
+                                                 "claims without one)")
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -130,6 +155,20 @@ def _file(ctx: DocumentContext) -> fields.Converter[str]:
 
 
 # ---- jwt --------------------------------------------------------------------------------------
+
+
+def parse_jwt(spec: Fields) -> Jwt | None:
+    """`jwt` of a sidecar: as a Route's, with the keys in a file or inline (a sidecar's view
+    holds no JWKS server's cluster)."""
+    jwt = _jwt(spec)
+    if jwt is not None:
+        for index, provider in enumerate(jwt.providers):
+            if provider.jwks.uri is not None:
+                spec.report("jwt", f"providers[{index}]: a sidecar's jwt reads its keys from "
+                                   "a file or inline (jwks: {file: ...} or {inline: ...}), not "
+                                   "from a uri", at_value=False)
+                return None
+    return jwt
 
 
 def _jwt(spec: Fields) -> Jwt | None:
@@ -295,9 +334,21 @@ def _api_keys(spec: Fields) -> ApiKeys | None:
                 continue
             owners[key] = client
             found.append((client, key))
+    forward = keys.get("forward", _forward_header)
+    strip = bool(keys.get("strip", fields.boolean))
     if source is None or name is None:
         return None
-    return ApiKeys(source=cast(Any, source), name=name, keys=tuple(found), origin=keys.origin())
+    return ApiKeys(source=cast(Any, source), name=name, keys=tuple(found), origin=keys.origin(),
+                   forward_header=forward, strip=strip)
+
+
+def _forward_header(value: Any) -> str:
+    """The request header the authenticated client or user is sent to the backend in."""
+    name = fields.header_name(value)
+    if name.startswith(":") or name in ("host", "authorization"):
+        raise Invalid(f'"{name}" cannot carry the client\'s name: use a header such as '
+                      "x-client")
+    return name
 
 
 def _client_name(value: Any) -> str:
@@ -351,7 +402,9 @@ def _basic_auth(spec: Fields) -> BasicAuth | None:
             users.report("file", f"{path}:{number}: expected user:{{SHA}}hash (htpasswd -s); "
                                  "Envoy accepts SHA-1 hashes only")
             return None
-    return BasicAuth(users_file=path, origin=auth.origin())
+    return BasicAuth(users_file=path, origin=auth.origin(),
+                     forward_header=auth.get("forward", _forward_header),
+                     strip=bool(auth.get("strip", fields.boolean)))
 
 
 # ---- ext_authz ----------------------------------------------------------------------------------
@@ -366,11 +419,39 @@ def _ext_authz(spec: Fields) -> ExtAuthz | None:
     protocol = authz.get("protocol", _PROTOCOL) or "http"
     timeout = authz.get("timeout", fields.duration())
     fail_open = authz.get("failure_mode_allow", fields.boolean)
+    prefix = authz.get("path_prefix", fields.url_path)
+    if prefix is not None and protocol == "grpc":
+        authz.report("path_prefix", "path_prefix applies to protocol http (a gRPC check has "
+                                    "no path of its own)", at_value=False)
+    lists = {key: _header_names(authz, key) for key in EXT_AUTHZ_HEADER_LISTS}
     if service is None:
         return None
     return ExtAuthz(service=service, protocol=cast(Any, protocol),
                     timeout=DEFAULT_EXT_AUTHZ_TIMEOUT if timeout is None else timeout,
-                    failure_mode_allow=bool(fail_open), origin=authz.origin())
+                    failure_mode_allow=bool(fail_open), origin=authz.origin(),
+                    path_prefix=(prefix or "").rstrip("/"), **lists)
+
+
+def _header_names(spec: Fields, key: str) -> tuple[StringMatch, ...]:
+    """A list of header names (exactly) or {prefix: x-auth-} matches."""
+    items = spec.items(key, "header")
+    if items is None:
+        return ()
+    found: list[StringMatch] = []
+    for index, item in enumerate(items):
+        where = (*spec.path, key, index)
+        if isinstance(item, dict):
+            entry = Fields(spec.ctx, item, where)
+            entry.check_keys(("exact", "prefix"), "a header name match")
+            kind = entry.exclusive(("exact", "prefix"), required=True, what="a header name match")
+            value = entry.get(kind, fields.header_name, required=True) if kind else None
+            if kind is not None and value is not None:
+                found.append(StringMatch(cast(Any, kind), value))
+            continue
+        name = fields.convert_at(spec.ctx, item, where, fields.header_name)
+        if name is not None:
+            found.append(StringMatch("exact", name))
+    return tuple(dict.fromkeys(found))
 
 
 # ---- authorization ------------------------------------------------------------------------------
@@ -400,6 +481,14 @@ def _authorization(spec: Fields) -> tuple[Authorization, ...] | None:
 
 
 def _policy(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Authorization | None:
+    return authorization_policy(ctx, item, path, mesh=False)
+
+
+def authorization_policy(ctx: DocumentContext, item: Any, path: fields.FieldPath, *,
+                         mesh: bool) -> Authorization | None:
+    """`{action, rules}`: a Route's or rule's policy, or (`mesh`) a sidecar's, whose rules may
+    also name callers (`from`). `rules: []` or no rules: ALLOW refuses everything, DENY
+    nothing (as in Istio)."""
     entry = Fields.at(ctx, item, path, "a mapping such as {action: ALLOW, rules: [{paths: "
                                        "[/api/*]}]}")
     if entry is None:
@@ -413,19 +502,35 @@ def _policy(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Authoriz
             entry.report("rules", f"expected a list, found {fields.describe(value)}")
         else:
             for index, item2 in enumerate(value):
-                rule = _authz_rule(ctx, item2, (*path, "rules", index))
+                rule = _authz_rule(ctx, item2, (*path, "rules", index), mesh)
                 if rule is not None:
                     rules.append(rule)
     return Authorization(action=cast(Any, action), rules=tuple(rules), origin=entry.origin())
 
 
-def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> AuthzRule | None:
+def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath,
+                mesh: bool) -> AuthzRule | None:
     entry = Fields.at(ctx, item, path, "a mapping such as {paths: [/admin/*], methods: [GET]}")
     if entry is None:
         return None
-    entry.check_keys(AUTHZ_RULE_KEYS, "an authorization rule")
-    paths = istio_paths(entry)
-    ips = fields.unique_list(entry, "source_ips", "source IP range", _cidr)
+    entry.check_keys(MESH_RULE_KEYS if mesh else AUTHZ_RULE_KEYS, "an authorization rule")
+    exclude = None
+    negated = entry.mapping("not", "a mapping of conditions that must not hold, such as "
+                                   "{paths: [/admin/*], methods: [DELETE]}")
+    if negated is not None:
+        negated.check_keys(MESH_NOT_KEYS if mesh else NOT_KEYS, "not")
+        if not negated.value:
+            entry.report("not", "must give at least one condition")
+        exclude = _conditions(negated, mesh)
+    authenticated = entry.get("authenticated", fields.boolean)
+    return _conditions(entry, mesh, exclude=exclude, authenticated=authenticated)
+
+
+def _conditions(entry: Fields, mesh: bool, *, exclude: AuthzRule | None = None,
+                authenticated: bool | None = None) -> AuthzRule:
+    ctx = entry.ctx
+    paths = authz_paths(entry)
+    ips = fields.unique_list(entry, "source_ips", "source IP range", cidr)
     claims = entry.mapping("claims", "a mapping of claim names to values, such as "
                                      "{group: admins}")
     claim_values: list[tuple[str, str]] = []
@@ -434,12 +539,63 @@ def _authz_rule(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> Auth
             text = fields.convert_at(ctx, value, (*claims.path, claim), fields.any_string)
             if text is not None:
                 claim_values.append((claim, text))
+    callers = fields.unique_list(entry, "from", "caller", caller) if mesh else ()
     return AuthzRule(paths=paths, methods=methods(entry),
                      headers=value_matches(entry, "headers"), source_ips=ips,
-                     claims=tuple(claim_values), origin=entry.origin())
+                     claims=tuple(claim_values), principals=callers, origin=entry.origin(),
+                     exclude=exclude, authenticated=authenticated)
 
 
-def _cidr(value: Any) -> str:
+def authz_paths(entry: Fields) -> tuple[StringMatch, ...]:
+    """`paths`: Istio's patterns ("/exact", "/prefix/*", "*") or {exact|prefix|regex: ...}."""
+    items = entry.items("paths", "path")
+    if items is None:
+        return ()
+    found: list[StringMatch] = []
+    seen: dict[Any, Any] = {}
+    for index, item in enumerate(items):
+        where = (*entry.path, "paths", index)
+        match = (_path_pattern(entry.ctx, item, where) if isinstance(item, dict)
+                 else fields.convert_at(entry.ctx, item, where, _istio_path_match))
+        if match is None:
+            continue
+        first = fields.written_before(entry.ctx, seen, match, where)
+        if first is not None:
+            fields.report_at(entry.ctx, where, f"this path is listed twice (first at {first})")
+            continue
+        found.append(match)
+    return tuple(found)
+
+
+def _istio_path_match(value: Any) -> StringMatch:
+    return istio_path_match(istio_path(value))
+
+
+_PATH_KINDS = ("exact", "prefix", "regex")
+
+
+def _path_pattern(ctx: DocumentContext, item: Any, where: fields.FieldPath) -> StringMatch | None:
+    spec = Fields(ctx, item, where)
+    spec.check_keys(_PATH_KINDS, "a path")
+    kind = spec.exclusive(_PATH_KINDS, required=True, what="a path")
+    if kind is None:
+        return None
+    value = spec.get(kind, fields.regex if kind == "regex" else fields.url_path, required=True)
+    return None if value is None else StringMatch(cast(Any, kind), value)
+
+
+def caller(value: Any) -> str:
+    """A Service (or Gateway) name, or a SPIFFE ID (`spiffe://trust-domain/...`)."""
+    text = fields.string(value)
+    if text.startswith("spiffe://"):
+        if len(text) > 2048 or any(c.isspace() for c in text) or "/" not in text[9:]:
+            raise fields.Invalid(f"invalid SPIFFE ID {fields.quoted(fields.clip(text))}: "
+                                 "expected spiffe://trust-domain/path")
+        return text
+    return fields.name(text)
+
+
+def cidr(value: Any) -> str:
     text = fields.string(value)
     try:
         return str(ipaddress.ip_network(text, strict=False))

@@ -22,7 +22,8 @@ Shape (inside a `kind: Service` document):
       authorization:              # callers by identity (needs mtls strict or permissive)
         action: ALLOW             # ALLOW (no rules: nobody) or DENY
         rules: [{from: [productpage, "spiffe://cluster.local/ns/default/sa/edge"],
-                 paths: [/api/*], methods: [GET]}]
+                 paths: [/api/*], methods: [GET]}]   # and a Route rule's keys (security.py)
+      jwt: {providers: [...]}     # as a Route's, jwks file or inline: claims, authenticated
 """
 
 from __future__ import annotations
@@ -33,22 +34,20 @@ from typing import Any, cast
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, written_before
-from meshpilot.inputs.native.matches import istio_paths, methods
-from meshpilot.inputs.native.security import AUTHZ_ACTION
+from meshpilot.inputs.native.security import authorization_policy, parse_jwt
 from meshpilot.inputs.yamlsource import FieldPath
 from meshpilot.ir.model import (
     DEFAULT_APP_HOST,
     DEFAULT_APP_PORT,
     Authorization,
-    AuthzRule,
     Call,
     Sidecar,
 )
 
-SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization")
+SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization",
+                "jwt")
 MTLS_MODES = ("strict", "permissive", "off")
-SIDECAR_AUTHORIZATION_KEYS = ("action", "rules")
-SIDECAR_RULE_KEYS = ("from", "paths", "methods")
+MTLS_MODE = fields.choice(MTLS_MODES)
 CALL_KEYS = ("service", "local_port")
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
@@ -78,8 +77,17 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
                     f"the application cannot listen on the sidecar's own inbound port {port}: "
                     "the sidecar would forward to itself")
     _check_ports(spec, port, outbound_port, calls)
-    mtls = spec.get("mtls", fields.choice(MTLS_MODES)) or "off"
+    mtls = spec.get("mtls", _mtls_mode) or "off"
     authorization = _authorization(spec)
+    jwt = parse_jwt(spec)
+    if jwt is not None and port is None:
+        spec.report("jwt", "jwt applies to inbound traffic; the sidecar needs a port",
+                    at_value=False)
+    if authorization is not None and "jwt" not in spec.value and any(
+            r.claims or r.authenticated is not None or (r.exclude and r.exclude.claims)
+            for r in authorization.rules):
+        spec.report("authorization", "claims and authenticated need the sidecar's jwt (a "
+                                     "request has no claims without one)", at_value=False)
     if mtls != "off" and "tls" in doc.value:
         doc.report("tls", "a Service in the mesh with mtls gets its TLS from the mesh CA; "
                           "remove tls or set sidecar.mtls: off", at_value=False)
@@ -90,48 +98,34 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
         if port is None:
             spec.report("authorization", "authorization applies to inbound traffic; the sidecar "
                                          "needs a port", at_value=False)
-        if mtls == "off" and any(r.principals for r in authorization.rules):
+        if mtls == "off" and any(r.principals or (r.exclude and r.exclude.principals)
+                                 for r in authorization.rules):
             spec.report("authorization", "rules with `from` need mtls strict or permissive: "
                                          "without a client certificate no caller has an "
                                          "identity", at_value=False)
     return Sidecar(port=port, address=address, app_host=app_host, app_port=app_port,
                    outbound_port=outbound_port, calls=calls, mtls=cast(Any, mtls),
-                   authorization=authorization, origin=spec.origin())
+                   authorization=authorization, origin=spec.origin(), jwt=jwt)
 
 
 def _authorization(spec: Fields) -> Authorization | None:
-    """`authorization: {action, rules: [{from, paths, methods}]}` with Istio's semantics."""
-    entry = spec.mapping("authorization", "a mapping such as {action: ALLOW, rules: "
-                                          "[{from: [frontend]}]}")
-    if entry is None:
+    """`authorization: {action, rules}` with Istio's semantics: a Route's rules (paths, also
+    as regexes, methods, headers, source_ips, `not`) plus `from`, the callers."""
+    if spec.value.get("authorization") is None:
         return None
-    entry.check_keys(SIDECAR_AUTHORIZATION_KEYS, "authorization")
-    action = entry.get("action", AUTHZ_ACTION) or "ALLOW"
-    items = entry.items("rules", "rule") or []
-    rules: list[AuthzRule] = []
-    for index, item in enumerate(items):
-        rule = Fields.at(spec.ctx, item, (*entry.path, "rules", index),
-                         "a mapping such as {from: [frontend], paths: [/api/*], methods: [GET]}")
-        if rule is None:
-            continue
-        rule.check_keys(SIDECAR_RULE_KEYS, "an authorization rule")
-        rules.append(AuthzRule(
-            principals=fields.unique_list(rule, "from", "caller", _caller),
-            paths=istio_paths(rule),
-            methods=methods(rule),
-            origin=rule.origin()))
-    return Authorization(action=cast(Any, action), rules=tuple(rules), origin=entry.origin())
+    return authorization_policy(spec.ctx, spec.value["authorization"],
+                                (*spec.path, "authorization"), mesh=True)
 
 
-def _caller(value: Any) -> str:
-    """A Service (or Gateway) name, or a SPIFFE ID (`spiffe://trust-domain/...`)."""
-    text = fields.string(value)
-    if text.startswith("spiffe://"):
-        if len(text) > 2048 or any(c.isspace() for c in text) or "/" not in text[9:]:
-            raise fields.Invalid(f"invalid SPIFFE ID {fields.quoted(fields.clip(text))}: "
-                                 "expected spiffe://trust-domain/path")
-        return text
-    return fields.name(text)
+def _mtls_mode(value: Any) -> str:
+    """strict, permissive or off; YAML reads an unquoted `off` (and `no`) as false: that is off
+    too, and an unquoted `on` (true) is refused with the choices."""
+    if value is False:
+        return "off"
+    if value is True:
+        raise fields.Invalid("expected strict, permissive or off (true is not a mode: write "
+                             "strict or permissive)")
+    return MTLS_MODE(value)
 
 
 def _app_address(value: Any) -> tuple[str, int]:

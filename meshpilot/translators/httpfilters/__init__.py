@@ -98,21 +98,31 @@ def chain_secrets(chain: ChainInputs) -> list[Secret]:
     return [s for feature in ORDER for s in feature.secrets(chain)]
 
 
+def _overriding(hook: str) -> tuple[HttpFeature, ...]:
+    """The features of `ORDER` that override `hook` (the others would answer "nothing"): asked
+    for every virtual host and route entry, so the rest are not asked at all."""
+    default = getattr(HttpFeature, hook)
+    return tuple(f for f in ORDER if getattr(type(f), hook) is not default)
+
+
+_VIRTUAL_HOST_CONFIGS = _overriding("virtual_host_config")
+_ROUTE_CONFIGS = _overriding("route_config")
+
+
 def add_virtual_host_configs(vhost: VirtualHost, route: Route) -> None:
-    for feature in ORDER:
+    for feature in _VIRTUAL_HOST_CONFIGS:
         for name, config in feature.virtual_host_config(route).items():
             vhost.typed_per_filter_config[name].CopyFrom(pack(config))
 
 
 def add_route_configs(entry: EnvoyRoute, route: Route, rule: Rule) -> None:
     """A rule's configs on one of its entries (each replaces the virtual host's of its filter)."""
-    for feature in ORDER:
+    for feature in _ROUTE_CONFIGS:
         for name, config in feature.route_config(route, rule, entry.name).items():
             entry.typed_per_filter_config[name].CopyFrom(pack(config))
 
 
-# The features that call Services (the others inherit HttpFeature.services, which names none).
-_CALLERS = tuple(f for f in ORDER if type(f).services is not HttpFeature.services)
+_CALLERS = _overriding("services")
 
 
 def services_of(route: Route) -> Iterator[str]:

@@ -42,6 +42,12 @@ FEATURE = ApiKeyFeature()
 
 def api_key_auth(keys: ApiKeys) -> ApiKeyAuthPerRoute:
     source = KeySource(**{keys.source: keys.name})
-    return ApiKeyAuthPerRoute(
+    config = ApiKeyAuthPerRoute(
         credentials=[Credential(key=key, client=client) for client, key in keys.keys],
         key_sources=[source])
+    if keys.forward_header is not None or keys.strip:
+        # The client's name in a header to the backend; the key itself removed (a header,
+        # a query parameter or a cookie: Envoy's hide_credentials removes it where it was).
+        config.forwarding.header = keys.forward_header or ""
+        config.forwarding.hide_credentials = keys.strip
+    return config

@@ -18,9 +18,11 @@ from google.protobuf.message import Message
 from meshpilot.ir.model import BasicAuth as BasicAuthSpec
 from meshpilot.ir.model import Security
 from meshpilot.translators.httpfilters.feature import (
+    ChainInputs,
     HttpFilter,
     PerRouteSecurity,
     http_filter,
+    securities,
 )
 
 BASIC_AUTH = "envoy.filters.http.basic_auth"
@@ -30,10 +32,22 @@ class BasicAuthFeature(PerRouteSecurity):
     def setting(self, security: Security) -> BasicAuthSpec | None:
         return security.basic_auth
 
+    def filters(self, chain: ChainInputs) -> list[HttpFilter]:
+        found = [s.basic_auth for route in chain.routes for s in securities(route)
+                 if s.basic_auth is not None]
+        if not found:
+            return []
+        # Envoy wants users here too: the first file (every route names its own). The header
+        # the user is forwarded in is listener-wide in Envoy: the loader lets the Routes of a
+        # gateway name one only (references.py).
+        config = BasicAuth(users=DataSource(filename=found[0].users_file))
+        forward = next((s.forward_header for s in found if s.forward_header), None)
+        if forward is not None:
+            config.forward_username_header = forward
+        return [http_filter(BASIC_AUTH, config, disabled=True)]
+
     def disabled_filter(self, first: BasicAuthSpec) -> HttpFilter:
-        # Envoy wants users here too: the first file (every route names its own).
-        return http_filter(BASIC_AUTH, BasicAuth(users=DataSource(filename=first.users_file)),
-                           disabled=True)
+        raise NotImplementedError  # filters() above builds it from every setting
 
     def per_route(self, spec: BasicAuthSpec) -> Mapping[str, Message]:
         return {BASIC_AUTH: BasicAuthPerRoute(users=DataSource(filename=spec.users_file))}

@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BoolValue
 
 from meshpilot.ir.model import Cors as CorsSpec
-from meshpilot.ir.model import Route, StringMatch
+from meshpilot.ir.model import Route, Rule, StringMatch
 from meshpilot.translators.httpfilters.feature import (
     ChainInputs,
     HttpFeature,
@@ -33,6 +33,10 @@ class CorsFeature(HttpFeature):
 
     def virtual_host_config(self, route: Route) -> Mapping[str, Message]:
         return {} if route.cors is None else {CORS: cors_policy(route.cors)}
+
+    def route_config(self, route: Route, rule: Rule, entry: str) -> Mapping[str, Message]:
+        # A rule's policy replaces the Route's (the loader filled in what it inherits).
+        return {} if rule.cors is None else {CORS: cors_policy(rule.cors)}
 
 
 FEATURE = CorsFeature()

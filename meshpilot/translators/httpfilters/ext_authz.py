@@ -24,7 +24,7 @@ from envoy.type.matcher.v3.string_pb2 import ListStringMatcher, StringMatcher
 from google.protobuf.message import Message
 
 from meshpilot.ir.model import ExtAuthz as ExtAuthzSpec
-from meshpilot.ir.model import Route, Rule, Security
+from meshpilot.ir.model import Route, Rule, Security, StringMatch
 from meshpilot.translators import names
 from meshpilot.translators.httpfilters.feature import (
     ChainInputs,
@@ -76,22 +76,46 @@ def _enabled() -> ExtAuthzPerRoute:
 def ext_authz_filter(spec: ExtAuthzSpec) -> str:
     """The filter's name: one per authorization service and settings."""
     settings = f"{spec.protocol}/{spec.timeout}/{spec.failure_mode_allow}"
+    extra = (spec.path_prefix, spec.send_headers, spec.upstream_headers, spec.client_headers,
+             spec.client_headers_on_success)
+    if any(extra):  # (names of filters without them stay as they were)
+        settings += repr(extra)
     digest = hashlib.blake2b(settings.encode(), digest_size=4).hexdigest()
     return f"{EXT_AUTHZ}/{spec.service}/{digest}"
 
 
 def ext_authz(spec: ExtAuthzSpec) -> ExtAuthz:
     cluster = names.cluster(spec.service)
-    # Every request header goes to the service (Envoy's default for HTTP is only a few).
+    # Every request header goes to the service (Envoy's default for HTTP is only a few),
+    # unless `send_headers` names them (Envoy adds Host, Method, Path, Content-Length and
+    # Authorization itself).
+    sent = ([StringMatcher(safe_regex=RegexMatcher(regex=".*"))] if not spec.send_headers
+            else _names(spec.send_headers))
     config = ExtAuthz(failure_mode_allow=spec.failure_mode_allow,
                       transport_api_version=ApiVersion.V3,
-                      allowed_headers=ListStringMatcher(patterns=[StringMatcher(
-                          safe_regex=RegexMatcher(regex=".*"))]))
+                      allowed_headers=ListStringMatcher(patterns=sent))
     if spec.protocol == "grpc":
         config.grpc_service.CopyFrom(GrpcService(
             envoy_grpc=GrpcService.EnvoyGrpc(cluster_name=cluster),
             timeout=duration(spec.timeout)))
     else:
-        config.http_service.CopyFrom(HttpService(server_uri=HttpUri(
-            uri=f"http://{spec.service}", cluster=cluster, timeout=duration(spec.timeout))))
+        service = HttpService(server_uri=HttpUri(
+            uri=f"http://{spec.service}", cluster=cluster, timeout=duration(spec.timeout)),
+            path_prefix=spec.path_prefix)
+        # What of its answer reaches the backend (on the request) and the client; gRPC
+        # services say that in their CheckResponse instead. Only lists written are set: an
+        # empty allowed_client_headers would send the client none of a denial's headers.
+        lists = (("allowed_upstream_headers", spec.upstream_headers),
+                 ("allowed_client_headers", spec.client_headers),
+                 ("allowed_client_headers_on_success", spec.client_headers_on_success))
+        for field_name, matches in lists:
+            if matches:
+                getattr(service.authorization_response, field_name).patterns.extend(
+                    _names(matches))
+        config.http_service.CopyFrom(service)
     return config
+
+
+def _names(matches: Iterable[StringMatch]) -> list[StringMatcher]:
+    # Header names ignore case; Envoy compares them as written otherwise.
+    return [StringMatcher(ignore_case=True, **{m.kind: m.value}) for m in matches]

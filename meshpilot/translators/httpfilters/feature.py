@@ -16,7 +16,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
 from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.message import Message
 
-from meshpilot.ir.model import Authorization, Compression, Route, Rule, Security
+from meshpilot.ir.model import Authorization, Compression, Jwt, Route, Rule, Security
 from meshpilot.translators.protos import pack
 
 HttpFilter = hcm.HttpFilter
@@ -38,6 +38,8 @@ class ChainInputs:
     routes: tuple[Route, ...] = ()
     compression: Compression | None = None  # a gateway listener's `compression`
     callers: Authorization | None = None  # a sidecar's `authorization`, callers as SPIFFE IDs
+    inbound: bool = False  # a sidecar's inbound listener (its route configuration over RDS)
+    inbound_jwt: tuple[str, Jwt] | None = None  # (its name, the sidecar's jwt)
 
     @classmethod
     def gateway(cls, routes: Iterable[Route], compression: Compression | None) -> ChainInputs:
@@ -48,9 +50,11 @@ class ChainInputs:
         return cls(serves_routes=True)
 
     @classmethod
-    def sidecar_inbound(cls, callers: Authorization | None) -> ChainInputs:
-        """One inline route to the local application: no per-route features."""
-        return cls(serves_routes=False, callers=callers)
+    def sidecar_inbound(cls, callers: Authorization | None,
+                        jwt: tuple[str, Jwt] | None = None) -> ChainInputs:
+        """One route to the local application, over RDS: the callers' authorization is its
+        per-route config, so an edit reaches open connections (no new listener)."""
+        return cls(serves_routes=False, callers=callers, inbound=True, inbound_jwt=jwt)
 
 
 class HttpFeature:

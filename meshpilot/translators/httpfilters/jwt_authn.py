@@ -44,6 +44,11 @@ class JwtFeature(HttpFeature):
     route_inputs = staticmethod(security_inputs)
 
     def filters(self, chain: ChainInputs) -> list[HttpFilter]:
+        if chain.inbound_jwt is not None:  # a sidecar's: its inbound routes select it
+            name, jwt = chain.inbound_jwt
+            inbound = JwtAuthentication()
+            _add_jwt(inbound, name, jwt, name)
+            return [http_filter(JWT_AUTHN, inbound, disabled=True)]
         config = jwt_authentication(chain.routes)
         return [http_filter(JWT_AUTHN, config, disabled=True)] if config.providers else []
 
@@ -62,6 +67,11 @@ class JwtFeature(HttpFeature):
 FEATURE = JwtFeature()
 
 
+def inbound_config(jwt: Jwt | None, name: str) -> Mapping[str, Message]:
+    """A sidecar's inbound virtual host `name`: its jwt's requirement (named like it)."""
+    return _select(jwt, name)
+
+
 def _select(jwt: Jwt | None, requirement: str) -> Mapping[str, Message]:
     return {} if jwt is None else {JWT_AUTHN: PerRouteConfig(requirement_name=requirement)}
 
@@ -72,21 +82,21 @@ def jwt_authentication(routes: Iterable[Route]) -> JwtAuthentication:
     config = JwtAuthentication()
     for route in routes:
         if route.security.jwt is not None:
-            _add_jwt(config, route, route.security.jwt, names.virtual_host(route.name))
+            _add_jwt(config, route.name, route.security.jwt, names.virtual_host(route.name))
         for index, rule in enumerate(route.rules):
             if rule.security.jwt is None:
                 continue
             several = len(rule.matches) > 1
             for match_index in range(len(rule.matches)):
                 entry = names.route_entry(route.name, index, match_index if several else None)
-                _add_jwt(config, route, rule.security.jwt, entry)
+                _add_jwt(config, route.name, rule.security.jwt, entry)
     return config
 
 
-def _add_jwt(config: JwtAuthentication, route: Route, jwt: Jwt, requirement: str) -> None:
+def _add_jwt(config: JwtAuthentication, owner: str, jwt: Jwt, requirement: str) -> None:
     providers = []
     for spec in jwt.providers:
-        name = f"{route.name}/{spec.name}"
+        name = f"{owner}/{spec.name}"
         provider = JwtProvider(issuer=spec.issuer or "", audiences=list(spec.audiences),
                                payload_in_metadata=JWT_PAYLOAD,
                                claim_to_headers=[JwtClaimToHeader(header_name=h, claim_name=c)

@@ -1,12 +1,21 @@
 """Callers' authorization: a sidecar's `authorization`, by an RBAC filter on its inbound chain.
 
 Callers are named by SPIFFE ID (the sidecar view turns service names into IDs, `mtls.py`) and
-matched against the peer certificate's URI SAN; enforced (not disabled), since the inbound
-listener has one route only. Before the router, the only other filter there.
+matched against the peer certificate's URI SAN. The filter sits in every HTTP inbound chain,
+disabled; the inbound route configuration (over RDS) switches it on with the policy as its
+virtual host's `RBACPerRoute`. An edit of the policy is then a new RouteConfiguration only:
+the listener stays, and so do the connections already open, which see the new policy on
+their next request (a new listener would leave them on the draining one, with the old
+decision, for the whole drain time: issue 14, bug 2). Before the router, the only other filter
+there.
 """
 
 from __future__ import annotations
 
+from envoy.extensions.filters.http.rbac.v3.rbac_pb2 import RBAC, RBACPerRoute
+from google.protobuf.message import Message
+
+from meshpilot.ir.model import Authorization
 from meshpilot.translators.httpfilters.feature import (
     ChainInputs,
     HttpFeature,
@@ -20,7 +29,12 @@ RBAC_FILTER = "envoy.filters.http.rbac"
 
 class MeshAuthorizationFeature(HttpFeature):
     def filters(self, chain: ChainInputs) -> list[HttpFilter]:
-        return [] if chain.callers is None else [http_filter(RBAC_FILTER, rbac(chain.callers))]
+        return [http_filter(RBAC_FILTER, RBAC(), disabled=True)] if chain.inbound else []
 
 
 FEATURE = MeshAuthorizationFeature()
+
+
+def inbound_config(callers: Authorization | None) -> dict[str, Message]:
+    """The inbound virtual host's per-filter config: the policy, or nothing (filter off)."""
+    return {} if callers is None else {RBAC_FILTER: RBACPerRoute(rbac=rbac(callers))}

@@ -60,25 +60,49 @@ FEATURE = RbacFeature()
 
 
 def _policies(policies: tuple[Authorization, ...] | None) -> dict[str, Message]:
-    return {RBAC_DENY if policy.action == "DENY" else RBAC_ALLOW: RBACPerRoute(rbac=rbac(policy))
-            for policy in policies or ()}
+    # A gateway's source_ips are the client's address as the listener detects it (client_ip:
+    # behind trusted proxies), which is the peer's unless the listener says otherwise.
+    return {RBAC_DENY if policy.action == "DENY" else RBAC_ALLOW: RBACPerRoute(
+        rbac=rbac(policy, detected_client=True)) for policy in policies or ()}
 
 
-def rbac(policy: Authorization) -> RBAC:
+def rbac(policy: Authorization, *, detected_client: bool = False) -> RBAC:
     """ALLOW: requests matching a rule pass, the rest are refused (no rules: all refused).
-    DENY: requests matching a rule are refused (no rules: none)."""
+    DENY: requests matching a rule are refused (no rules: none). `detected_client`: source
+    IPs are the detected client's (`remote_ip`), else the peer's (`direct_remote_ip`: a
+    sidecar's inbound, whose callers' X-Forwarded-For is not trusted)."""
     action = RbacRules.ALLOW if policy.action == "ALLOW" else RbacRules.DENY
     rules = RbacRules(action=action)
     for index, rule in enumerate(policy.rules):
-        rules.policies[f"rules[{index}]"].CopyFrom(_policy(rule))
+        rules.policies[f"rules[{index}]"].CopyFrom(_policy(rule, detected_client))
     return RBAC(rules=rules)
 
 
-def _policy(rule: AuthzRule) -> Policy:
+def _policy(rule: AuthzRule, detected_client: bool = False) -> Policy:
+    permissions, principals = _conditions(rule, detected_client=detected_client)
+    if rule.exclude is not None:  # each condition given must not hold
+        not_permissions, not_principals = _conditions(rule.exclude, separately=True,
+                                                      detected_client=detected_client)
+        permissions += [Permission(not_rule=p) for p in not_permissions]
+        principals += [Principal(not_id=p) for p in not_principals]
+    if rule.authenticated is not None:
+        principals.append(_token_principal() if rule.authenticated
+                          else Principal(not_id=_token_principal()))
+    return Policy(
+        permissions=[_all_permission(permissions) if permissions else Permission(any=True)],
+        principals=[_all_principal(principals) if principals else Principal(any=True)])
+
+
+def _conditions(rule: AuthzRule, *, separately: bool = False, detected_client: bool = False
+                ) -> tuple[list[Permission], list[Principal]]:
+    """The rule's conditions as RBAC permissions (what is asked) and principals (who asks);
+    `separately`: each header and claim on its own (for `not`: none of them may hold)."""
     permissions: list[Permission] = []
     if rule.paths and not any(p.kind == "present" for p in rule.paths):  # "*": any path
         permissions.append(_any_permission([Permission(url_path=PathMatcher(
             path=string_matcher(p))) for p in rule.paths]))
+    elif rule.paths and separately:  # not "*": no path at all
+        permissions.append(Permission(any=True))
     if rule.methods:
         permissions.append(_any_permission([
             Permission(header=header_matcher(":method", StringMatch("exact", m)))
@@ -87,15 +111,24 @@ def _policy(rule: AuthzRule) -> Policy:
         permissions.append(Permission(header=header_matcher(name, how)))
     principals: list[Principal] = []
     if rule.source_ips:
-        principals.append(_any_principal([_cidr_principal(c) for c in rule.source_ips]))
+        principals.append(_any_principal([_cidr_principal(c, detected_client)
+                                          for c in rule.source_ips]))
     for claim, value in rule.claims:
         principals.append(_claim_principal(claim, value))
     if rule.principals:  # a sidecar's `from`: SPIFFE IDs by now (translators/mtls.py)
         principals.append(_any_principal([_authenticated_principal(p)
                                           for p in rule.principals]))
-    return Policy(
-        permissions=[_all_permission(permissions) if permissions else Permission(any=True)],
-        principals=[_all_principal(principals) if principals else Principal(any=True)])
+    return permissions, principals
+
+
+def _token_principal() -> Principal:
+    """The request carries a valid JWT: jwt_authn wrote its payload (Istio's
+    requestPrincipals: ["*"])."""
+    principal = Principal()
+    principal.sourced_metadata.metadata_matcher.CopyFrom(MetadataMatcher(
+        filter=JWT_AUTHN, path=[MetadataMatcher.PathSegment(key=JWT_PAYLOAD)],
+        value=ValueMatcher(present_match=True)))
+    return principal
 
 
 def _any_permission(items: list[Permission]) -> Permission:
@@ -114,11 +147,12 @@ def _all_principal(items: list[Principal]) -> Principal:
     return items[0] if len(items) == 1 else Principal(and_ids=Principal.Set(ids=items))
 
 
-def _cidr_principal(cidr: str) -> Principal:
+def _cidr_principal(cidr: str, detected_client: bool) -> Principal:
     address, _, length = cidr.partition("/")
     principal = Principal()
-    principal.direct_remote_ip.address_prefix = address
-    principal.direct_remote_ip.prefix_len.value = int(length)
+    block = principal.remote_ip if detected_client else principal.direct_remote_ip
+    block.address_prefix = address
+    block.prefix_len.value = int(length)
     return principal
 
 
