@@ -23,7 +23,7 @@ from meshpilot.ca.authority import ROOT_CERT, CaError, check_trust_domain
 from meshpilot.ca.tokens import KEY_FILE, TokenAuthority, TokenError, rotate_key
 from meshpilot.inputs.loader import load_policy
 from meshpilot.inputs.native.schema import json_schema
-from meshpilot.ir.model import Model
+from meshpilot.ir.model import Model, ObjectStatus
 from meshpilot.local.bootstrap import bootstrap_yaml
 from meshpilot.local.diff import (
     DiffError,
@@ -38,6 +38,7 @@ from meshpilot.local.validator import EnvoyValidator
 from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
 from meshpilot.runtime.admin_guard import split_authority
 from meshpilot.runtime.app import Meshpilot, Settings, split_address
+from meshpilot.runtime.controller import describe_object
 from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.runtime.prepush import CheckFailed, PrePush
 from meshpilot.translators import Translation
@@ -172,6 +173,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print(f"ok: {len(model.files)} file(s): {len(model.services)} service(s), "
           f"{len(model.gateways)} gateway(s), {len(model.routes)} route(s), "
           f"{len(model.raw)} raw resource(s)")
+    # What loads but is not served as written (a route whose backend is missing, a listener
+    # without its certificate): the status a user would otherwise only see once serving.
+    _print_objects([describe_object(s) for s in model.statuses if not _healthy(s)])
     return 0
 
 
@@ -192,6 +196,11 @@ def _envoy_check(model: Model, envoy: str | None) -> list[PolicyIssue] | None:
         return None
     finally:
         validator.close()
+
+
+def _healthy(status: ObjectStatus) -> bool:
+    return all(c.status == ("False" if c.type == "Conflicted" else "True")
+               for c in status.conditions)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -294,6 +303,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(line)
     if status.get("ca"):
         _print_ca(status["ca"])
+    _print_objects(policy.get("objects") or [])
     print(f"{'NODE':24} {'VIEW':16} {'VARIANT':12} {'TYPE':10} {'STATUS':9} {'SENT':17} ACKED")
     for p in proxies:
         for short, t in sorted(p["types"].items()):
@@ -414,6 +424,26 @@ def cmd_ca_finish_rotation(args: argparse.Namespace) -> int:
               "certificates); `meshpilot ca status` shows when it is done", file=sys.stderr)
         return 1
     return 0
+
+
+def _print_objects(objects: list[dict[str, Any]]) -> None:
+    """Gateway API objects (and any format's) with their conditions, as kubectl shows them:
+    a condition that holds as expected shows its type, any other its status and reason too."""
+    if not objects:
+        return
+    name_width = max(len(item["name"]) for item in objects)
+    parent_width = max(len("PARENT"), *(len(item["parent"]) for item in objects))
+    print(f"{'KIND':14} {'NAME':{name_width}} {'PARENT':{parent_width}} CONDITIONS")
+    for item in objects:
+        conditions = " ".join(f"{c['type']}={c['status']}"
+                              + (f"({c['reason']})" if c["reason"] != c["type"] else "")
+                              for c in item["conditions"])
+        extra = f" attachedRoutes={item['attachedRoutes']}" if "attachedRoutes" in item else ""
+        print(f"{item['kind']:14} {item['name']:{name_width}} {item['parent']:{parent_width}} "
+              f"{conditions}{extra}  ({item['at']})")
+        for c in item["conditions"]:
+            if c["message"]:
+                print(f"{'':14} {c['type']}: {c['message']}")
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

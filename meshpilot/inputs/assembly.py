@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
 from meshpilot.base.errors import PolicyError, PolicyIssue
 from meshpilot.base.types import ADS_ORDER
-from meshpilot.inputs.context import LoadContext, ModelPart, ParsedDocument
+from meshpilot.inputs.context import FormatPart, LoadContext, ModelPart, ParsedDocument
+from meshpilot.inputs.documents import FORMATS
+from meshpilot.inputs.formats import FormatRegistry
 from meshpilot.inputs.references import validate_references
-from meshpilot.ir.model import Gateway, Model, RawResource, Route, Service
+from meshpilot.ir.model import Gateway, Model, ObjectStatus, RawResource, Route, Service
 
 
 def finish(load: LoadContext, parsed: list[ParsedDocument], files: tuple[str, ...]) -> Model:
@@ -18,18 +20,36 @@ def finish(load: LoadContext, parsed: list[ParsedDocument], files: tuple[str, ..
     # References are checked even when documents had issues: every problem is reported in one
     # pass, and a document with issues gave no parts, so its errors are not echoed here.
     validate_references(parsed, load)
+    compiled, statuses = compile_formats(parsed, load)
     if load.issues:
         raise PolicyError(sorted(load.issues, key=_issue_order))
-    return build_model((part for document in parsed for part in document.parts), files)
+    return build_model((*(part for document in parsed for part in document.parts), *compiled),
+                       files, statuses)
 
 
-def build_model(parts: Iterable[ModelPart], files: tuple[str, ...]) -> Model:
+def compile_formats(parsed: Sequence[ParsedDocument], load: LoadContext,
+                    formats: FormatRegistry = FORMATS,
+                    ) -> tuple[list[ModelPart], list[ObjectStatus]]:
+    """What the formats' compile steps make of every parsed document (`formats.py`)."""
+    parts: list[ModelPart] = []
+    statuses: list[ObjectStatus] = []
+    for step in formats.compilers():
+        made, said = step(parsed, load)
+        parts.extend(made)
+        statuses.extend(said)
+    return parts, statuses
+
+
+def build_model(parts: Iterable[ModelPart], files: tuple[str, ...],
+                statuses: Iterable[ObjectStatus] = ()) -> Model:
     """The model of a valid policy, in a deterministic order (translators rely on it)."""
     raw: list[RawResource] = []
     services: list[Service] = []
     gateways: list[Gateway] = []
     routes: list[Route] = []
     for part in parts:
+        if isinstance(part, FormatPart):
+            continue  # a compile step's input, already compiled
         if isinstance(part, RawResource):
             raw.append(part)
         elif isinstance(part, Service):
@@ -40,7 +60,8 @@ def build_model(parts: Iterable[ModelPart], files: tuple[str, ...]) -> Model:
             routes.append(part)
     raw.sort(key=lambda resource: (_ads_rank(resource.type_url), resource.name))
     return Model(raw=tuple(raw), services=_by_name(services), gateways=_by_name(gateways),
-                 routes=_by_name(routes), files=files)
+                 routes=_by_name(routes), files=files,
+                 statuses=tuple(sorted(statuses, key=lambda s: (s.kind, s.name, s.parent))))
 
 
 _Named = TypeVar("_Named", Service, Gateway, Route)

@@ -14,9 +14,19 @@ from meshpilot.base.errors import PolicyIssue, Position
 from meshpilot.inputs.yamlsource import FieldPath, Located, format_path
 from meshpilot.ir.model import Gateway, Origin, RawResource, Route, Service
 
+
+class FormatPart:
+    """What a document of a format whose documents mean something only together (Gateway API:
+    a Gateway, the routes attached to it, the Services they name) gives before the format's
+    compile step (`formats.InputFormat.compile`) turns all of them into model parts. The checks
+    across documents and the model never see one."""
+
+    __slots__ = ()
+
+
 # What a document parser may return. A new top-level model class is added here and sorted into
 # the Model by `assembly.build_model`.
-ModelPart = RawResource | Service | Gateway | Route
+ModelPart = RawResource | Service | Gateway | Route | FormatPart
 
 
 @dataclass(slots=True)

@@ -15,11 +15,12 @@ from typing import Any
 from meshpilot.base.errors import PolicyIssue, Position
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
 from meshpilot.inputs.formats import DocumentParser, DocumentType, FormatRegistry
+from meshpilot.inputs.gatewayapi.format import FORMATS as GATEWAY_API
 from meshpilot.inputs.native.format import NATIVE
 from meshpilot.inputs.yamlsource import FieldPath, Located, format_path
 
 # The formats a load reads. A new format is added here.
-FORMATS = FormatRegistry((NATIVE,))
+FORMATS = FormatRegistry((NATIVE, *GATEWAY_API))
 
 
 def load_documents(documents: Iterable[Located], load: LoadContext,
@@ -37,15 +38,19 @@ def _load_document(document: Located, load: LoadContext,
     identity = _document_identity(document, load, formats)
     if identity is None:
         return None
-    parser, kind, name, name_path = identity
+    parser, kind, name, name_path, group = identity
     ctx = DocumentContext(load, document, kind, name)
-    first = load.first_definition(("document", kind, name), document.position_of(name_path))
+    # Native kinds keep their key; a format with apiVersions keys by API group too, so that a
+    # Gateway API Gateway and an Istio Gateway of the same name are two documents.
+    key = ("document", kind, name) if group is None else ("document", group, kind, name)
+    first = load.first_definition(key, document.position_of(name_path))
     if first is not None:
         ctx.report(name_path, f'another {kind} is named "{name}" (at {first})', at_value=True)
     return ParsedDocument(ctx, tuple(parser(document, ctx)))
 
 
-_Identity = tuple[DocumentParser, str, str, FieldPath]
+_Identity = tuple[DocumentParser, str, str, FieldPath, str | None]
+DEFAULT_NAMESPACE = "default"
 
 
 def _document_identity(document: Located, load: LoadContext,
@@ -90,7 +95,19 @@ def _document_identity(document: Located, load: LoadContext,
         else:
             ctx.report(name_path, f'missing "{shown}"')
         return None
-    return parser, kind, name, name_path
+    namespace_path: FieldPath | None = getattr(input_format, "namespace_path", None)
+    if namespace_path is not None:
+        namespace = _member(body, namespace_path)
+        if namespace is _MISSING or namespace is None:
+            namespace = DEFAULT_NAMESPACE
+        if not isinstance(namespace, str) or not namespace:
+            ctx = DocumentContext(load, document, kind, name)
+            ctx.report(namespace_path, f'"{format_path(namespace_path)}" must be a non-empty '
+                                       "string", at_value=True)
+            return None
+        name = f"{namespace}/{name}"
+    group = None if api_version is None else api_version.rpartition("/")[0]
+    return parser, kind, name, name_path, group
 
 
 _MISSING = object()

@@ -10,12 +10,13 @@ Gateways, `networking.istio.io/v1` Gateways and native Gateways can share one fo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from meshpilot.inputs.context import DocumentContext, ModelPart
+from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
 from meshpilot.inputs.yamlsource import FieldPath, Located
+from meshpilot.ir.model import ObjectStatus
 
 # One document in; its valid model parts out, every problem reported through the context
 # (a parser never raises for bad input). A parser returns nothing for a document with any
@@ -40,6 +41,21 @@ class InputFormat(Protocol):
     def parsers(self) -> Mapping[str, DocumentParser]:
         """kind -> the parser of documents of that kind."""
         ...
+
+
+# Optional members of a format (looked up with getattr, so a format without them is as before):
+#
+#   namespace_path: FieldPath   where a document's namespace is (Kubernetes: metadata.namespace,
+#                               "default" when left out); its name is then "namespace/name"
+#   compile: FormatCompiler     the step that turns the `FormatPart`s of every document of the
+#                               load into model parts, once every document has been parsed
+#
+# A compile step sees every parsed document (its own kinds' FormatParts, and the model parts of
+# other formats, say a native Service a route names) and returns the model parts and statuses it
+# makes; it reports into the load only what must refuse the whole load. Several formats (one per
+# apiVersion) may share one compile step: it runs once.
+FormatCompiler = Callable[[Sequence[ParsedDocument], LoadContext],
+                          tuple[list[ModelPart], list[ObjectStatus]]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +89,15 @@ class FormatRegistry:
     def api_versions(self) -> list[str]:
         """Every `apiVersion` some format reads (documents without one not counted), sorted."""
         return sorted(version for version in self._formats if version is not None)
+
+    def compilers(self) -> list[FormatCompiler]:
+        """The compile steps of the formats that have one, each once, in registration order."""
+        found: list[FormatCompiler] = []
+        for input_format in self._formats.values():
+            step = getattr(input_format, "compile", None)
+            if step is not None and step not in found:
+                found.append(step)
+        return found
 
     def kinds_of(self, api_version: str | None) -> list[str]:
         """The kinds of documents with this `apiVersion` some format reads, sorted."""

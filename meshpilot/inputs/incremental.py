@@ -25,7 +25,7 @@ from pathlib import Path
 
 from meshpilot.base import tlsfiles as tls
 from meshpilot.base.errors import Position
-from meshpilot.inputs.assembly import build_model
+from meshpilot.inputs.assembly import build_model, compile_formats
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
 from meshpilot.inputs.documents import load_documents
 from meshpilot.inputs.files import policy_files
@@ -113,10 +113,11 @@ class ParseCache:
                 parsed.append(ParsedDocument(DocumentContext(load, old.document, old.kind,
                                                              old.name), document.parts))
         validate_references(parsed, load)
+        compiled, statuses = compile_formats(parsed, load)
         if load.issues:
             return None
-        return build_model((part for document in parsed for part in document.parts),
-                           tuple(shown_name for _, shown_name in files))
+        return build_model((*(part for document in parsed for part in document.parts),
+                            *compiled), tuple(shown_name for _, shown_name in files), statuses)
 
     def _entry(self, file_path: Path, shown_name: str) -> _CachedFile | None:
         try:

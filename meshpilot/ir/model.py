@@ -370,6 +370,9 @@ class Match:
     headers: tuple[tuple[str, StringMatch], ...] = ()  # (lower-case name, match), all must hold
     query: tuple[tuple[str, StringMatch], ...] = ()  # (name, match), all must hold
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # A prefix path matches whole segments only: "/v2" matches /v2 and /v2/x, not /v2x
+    # (Gateway API's PathPrefix). False: a plain string prefix.
+    whole_segments: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,6 +381,13 @@ class Backend:
     subset: str | None = None
     weight: int = 1
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # Header changes for requests sent to this backend only (and their responses), after the
+    # rule's own (Gateway API's backendRef filters). None: none.
+    request_headers: HeaderOps | None = None
+    response_headers: HeaderOps | None = None
+    # False: a reference that does not resolve (Gateway API's partial validity): no cluster is
+    # made for it, and the share of requests it would get is answered 500.
+    resolved: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,6 +412,8 @@ class Redirect:
     # "scheme": always the default port of the (new or kept) scheme (Istio's FROM_PROTOCOL_DEFAULT).
     port_from: Literal["request", "scheme"] = "request"
     strip_query: bool = False  # drop the query string from the Location
+    regex: str | None = None  # or: replace what this regex matches in the path ...
+    substitution: str = ""  # ... with this (\1 style groups)
 
 
 @dataclass(frozen=True, slots=True)
@@ -691,6 +703,32 @@ class Route:
     origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
+# ---- status of input objects ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One condition as Kubernetes writes them: `Accepted` is "True" because "Accepted"."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectStatus:
+    """The status of one input object (a Gateway, a listener of it, a route's parent): what an
+    input format decided about it, with where it was written."""
+
+    kind: str  # "Gateway", "Listener", "HTTPRoute"
+    name: str  # "NS/NAME"; a listener: "NS/GATEWAY/LISTENER"; a route's parent: its route
+    position: Position | None
+    conditions: tuple[Condition, ...]
+    parent: str = ""  # a route: the Gateway (and section) this status is about
+    details: tuple[tuple[str, str], ...] = ()  # ("attachedRoutes", "2"), ...
+
+
 # ---- the whole model ----------------------------------------------------------------------------
 
 
@@ -703,6 +741,9 @@ class Model:
     files: tuple[str, ...] = ()
     _services: dict[str, Service] = field(default_factory=dict, compare=False, repr=False)
     _gateways: dict[str, Gateway] = field(default_factory=dict, compare=False, repr=False)
+    # What an input format says of the documents it read beyond the model itself (Gateway
+    # API's conditions per Gateway, listener and route), for status pages; sorted.
+    statuses: tuple[ObjectStatus, ...] = ()
 
     def __post_init__(self) -> None:
         # Lookups by name are on every translator's path: index once (10k services).

@@ -21,7 +21,7 @@ from typing import Any
 from meshpilot.base.errors import PolicyError, PolicyIssue
 from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.inputs.loader import PolicyLoader
-from meshpilot.ir.model import Model
+from meshpilot.ir.model import Model, ObjectStatus
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.prepush import CheckFailed, PrePush
 from meshpilot.runtime.views import ViewBuilds
@@ -43,6 +43,7 @@ class PolicyStatus:
     last_success: float | None = None
     applied_files: tuple[str, ...] = ()
     error: list[str] = field(default_factory=list)  # issues of the newest attempt, if it failed
+    objects: tuple[ObjectStatus, ...] = ()  # what the formats said of the applied documents
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -50,7 +51,19 @@ class PolicyStatus:
             "last_attempt": self.last_attempt, "last_success": self.last_success,
             "ok": not self.error and self.last_success is not None,
             "applied_files": list(self.applied_files), "errors": list(self.error),
+            "objects": [describe_object(o) for o in self.objects],
         }
+
+
+def describe_object(status: ObjectStatus) -> dict[str, Any]:
+    """One object's status as JSON, its conditions as kubectl shows them."""
+    return {
+        "kind": status.kind, "name": status.name, "parent": status.parent,
+        "at": None if status.position is None else str(status.position),
+        "conditions": [{"type": c.type, "status": c.status, "reason": c.reason,
+                        "message": c.message} for c in status.conditions],
+        **dict(status.details),
+    }
 
 
 @dataclass
@@ -215,6 +228,7 @@ class Controller:
         self.model = prepared.model
         self.status.last_success = time.time()
         self.status.applied_files = prepared.model.files
+        self.status.objects = prepared.model.statuses
         self.metrics.policy_loads.labels("ok").inc()
         self.metrics.policy_valid.set(1)
         log.info("policy applied in %.3fs: %d files, %d raw resources, views %s",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from meshpilot.base import types
-from meshpilot.ir.model import Gateway, GatewayListener, Model, Route
+from meshpilot.ir.model import Backend, Gateway, GatewayListener, Model, Route
 from meshpilot.translators import failover, httpfilters, listeners, routes, secrets, tracing
 from meshpilot.translators.reuse import NOTHING, BuiltListener, Earlier, ListenerKey
 from meshpilot.xds.resources import Resource
@@ -122,6 +122,8 @@ def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, st
                 yield service, None
         for rule in route.rules:
             for backend in (*rule.backends, *rule.mirrors):  # a mirror needs its cluster too
+                if isinstance(backend, Backend) and not backend.resolved:
+                    continue  # no cluster: its share is answered 500
                 key = (backend.service, backend.subset)
                 if key not in seen:
                     seen.add(key)

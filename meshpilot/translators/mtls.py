@@ -118,7 +118,8 @@ def needs_identity(model: Model, view: str, resources: Iterable[Resource]) -> bo
     if has_mtls(service):
         return True
     return any(resource.type_url == types.CLUSTER
-               and has_mtls(model.service(names.service_of_cluster(resource.name)))
+               and has_mtls(model.service(names.service_of_cluster(
+                   resource.name, lambda n: model.service(n) is not None)))
                for resource in resources)
 
 

@@ -10,6 +10,7 @@ It must not build messages or look at anything but the names it is given.
 
     cluster of service `reviews`                      reviews
     cluster of subset `v2` of `reviews`               reviews/v2
+    a backend that does not resolve (never made)      unresolved|ns/name:80
     EDS service name of a cluster                     the cluster's name
     listener `http` of gateway `edge`                 edge/http
     route configuration of that listener              edge/http
@@ -21,8 +22,11 @@ It must not build messages or look at anything but the names it is given.
 
 from __future__ import annotations
 
-# Names stay unique only while the separator is kept out of policy names: a service named "a/b"
-# would clash with subset "b" of service "a". The policy language must reject "/" in names.
+from collections.abc import Callable
+
+# Names stay unique only while the separator is kept out of native policy names: a service "a/b"
+# would clash with subset "b" of service "a". The native language rejects "/" in names; the
+# Gateway API's Services (`NS/NAME:PORT`) have no subsets, and `service_of_cluster` knows them.
 SEPARATOR = "/"
 
 
@@ -40,9 +44,23 @@ def failover_primary(service: str) -> str:
     return f"{service}{_PRIMARY}"
 
 
-def service_of_cluster(cluster_name: str) -> str:
-    """The Service a cluster of `cluster`, `failover_primary` or a subset belongs to."""
+def service_of_cluster(cluster_name: str, is_service: Callable[[str], bool]) -> str:
+    """The Service a cluster of `cluster`, `failover_primary` or a subset belongs to.
+
+    A Service compiled from a Gateway API backend is named `NS/NAME:PORT`: a cluster named
+    like a Service is that Service's, whatever separators its name holds (`is_service` says
+    which names are); only the others are a subset's or a failover's."""
+    if is_service(cluster_name):
+        return cluster_name
     return cluster_name.removesuffix(_PRIMARY).partition(SEPARATOR)[0]
+
+
+def unresolved_cluster(service: str) -> str:
+    """The cluster a backend that does not resolve is named by (Gateway API): no such cluster
+    is ever made, so Envoy answers its share of requests with the route's
+    cluster_not_found_response_code. "|" is in no policy name, and nothing else uses the
+    prefix."""
+    return f"unresolved|{service}"
 
 
 def eds_service(cluster_name: str) -> str:

@@ -79,7 +79,8 @@ def _cluster(model: Model, name: str) -> tuple[Origin, ...]:
         service = model.service(name.removeprefix("inbound|"))
         sidecar = service.sidecar if service is not None else None
         return _keep(sidecar.origin if sidecar is not None else None, _service_origin(service))
-    return _keep(_service_origin(model.service(names.service_of_cluster(name))))
+    owner = names.service_of_cluster(name, lambda n: model.service(n) is not None)
+    return _keep(_service_origin(model.service(owner)))
 
 
 def _sidecar_origins(model: Model, view: str) -> tuple[Origin | None, ...]:
@@ -149,7 +150,8 @@ def _route_part(model: Model, part: str) -> tuple[Origin, ...]:
 def _secret(model: Model, name: str) -> tuple[Origin, ...]:
     tls = _TLS.match(name)
     if tls is not None:
-        gateway_name, _, listener_name = tls["listener"].partition(names.SEPARATOR)
+        # rpartition: a Gateway API gateway is named NS/NAME; listener names hold no "/".
+        gateway_name, _, listener_name = tls["listener"].rpartition(names.SEPARATOR)
         gateway = model.gateway(gateway_name)
         if gateway is not None:
             for spec in gateway.listeners:

@@ -263,7 +263,12 @@ def route_match(match: Match) -> RouteMatch:
     if path is not None and path.invert:  # every path, then :path must not match
         inverted.append(inverted_path_matcher(path))
         path = None
-    if path is None or path.kind == "prefix":
+    if path is not None and path.kind == "prefix" and match.whole_segments \
+            and path.value.rstrip("/"):
+        # Envoy's segment-aware prefix is written without a trailing slash ("/v2/" and "/v2"
+        # match the same paths); "/" is every path, a plain prefix.
+        result.path_separated_prefix = path.value.rstrip("/")
+    elif path is None or path.kind == "prefix":
         result.prefix = "/" if path is None else path.value
     elif path.kind == "exact":
         result.path = path.value
@@ -316,6 +321,9 @@ def _absent_query_matcher(name: str, how: StringMatch) -> HeaderMatcher | None:
 def route_action(rule: Rule) -> RouteAction:
     action = RouteAction()
     _set_backends(action, rule.backends)
+    if not all(backend.resolved for backend in rule.backends):
+        # The share of an unresolved backend (a cluster never made) is answered 500.
+        action.cluster_not_found_response_code = RouteAction.INTERNAL_SERVER_ERROR
     rewrite = rule.rewrite_path
     if rewrite is not None and rewrite.prefix is not None:
         action.prefix_rewrite = rewrite.prefix
@@ -340,18 +348,31 @@ def route_action(rule: Rule) -> RouteAction:
 
 
 def _set_backends(action: RouteAction, backends: Sequence[Backend]) -> None:
-    if len(backends) == 1:
+    if len(backends) == 1 and backends[0].request_headers is None \
+            and backends[0].response_headers is None:
         action.cluster = _cluster_of(backends[0])
         return
     # Several backends split traffic by their weights, as written (order kept, so the config
-    # reads like the policy).
+    # reads like the policy); a backend's own header changes sit on its entry.
     action.weighted_clusters.CopyFrom(WeightedCluster(clusters=[
-        WeightedCluster.ClusterWeight(name=_cluster_of(b), weight=UInt32Value(value=b.weight))
-        for b in backends
-    ]))
+        _cluster_weight(b) for b in backends]))
+
+
+def _cluster_weight(backend: Backend) -> WeightedCluster.ClusterWeight:
+    entry = WeightedCluster.ClusterWeight(name=_cluster_of(backend),
+                                          weight=UInt32Value(value=backend.weight))
+    if backend.request_headers is not None:
+        entry.request_headers_to_add.extend(header_options(backend.request_headers))
+        entry.request_headers_to_remove.extend(backend.request_headers.remove)
+    if backend.response_headers is not None:
+        entry.response_headers_to_add.extend(header_options(backend.response_headers))
+        entry.response_headers_to_remove.extend(backend.response_headers.remove)
+    return entry
 
 
 def _cluster_of(backend: Backend) -> str:
+    if not backend.resolved:
+        return names.unresolved_cluster(backend.service)
     return names.cluster(backend.service, backend.subset)
 
 
@@ -426,6 +447,9 @@ def redirect_action(redirect: Redirect, listener: ListenerSide = None) -> Redire
         action.path_redirect = redirect.path
     elif redirect.prefix is not None:
         action.prefix_rewrite = redirect.prefix
+    elif redirect.regex is not None:
+        action.regex_rewrite.CopyFrom(RegexMatchAndSubstitute(
+            pattern=RegexMatcher(regex=redirect.regex), substitution=redirect.substitution))
     if redirect.strip_query:
         action.strip_query = True
     return action

@@ -160,7 +160,8 @@ def cluster_secret_resources(resources: list[Resource], model: Model,
     wanted: dict[str, None] = {}
     for resource in resources:
         if resource.type_url == types.CLUSTER:
-            wanted[names.service_of_cluster(resource.name)] = None
+            wanted[names.service_of_cluster(
+                resource.name, lambda n: model.service(n) is not None)] = None
     found: list[Resource] = []
     for service_name in wanted:
         secrets = built.get(service_name)

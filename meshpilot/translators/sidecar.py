@@ -158,7 +158,8 @@ class Mesh:
             route = self._route_of.get(callee.name) if callee.protocol != "tcp" else None
             wanted: list[tuple[str, str | None]] = [(callee.name, None)] if route is None else [
                 (backend.service, backend.subset)
-                for rule in route.rules for backend in (*rule.backends, *rule.mirrors)]
+                for rule in route.rules for backend in (*rule.backends, *rule.mirrors)
+                if getattr(backend, "resolved", True)]
             for key in wanted:
                 if key not in seen:
                     seen.add(key)

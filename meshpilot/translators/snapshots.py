@@ -52,9 +52,10 @@ def with_clusters_of(previous: Snapshot, services: set[str], cluster_resources: 
     endpoints map changes."""
     updates: dict[str, dict[str, Resource]] = {}
     for name in previous.get(types.CLUSTER):
-        service, _, subset = name.partition(names.SEPARATOR)
+        service = names.service_of_cluster(name, services.__contains__)
         if service not in services:
             continue
+        subset = name[len(service) + 1:] if name.startswith(service + names.SEPARATOR) else ""
         for resource in cluster_resources(service, subset or None):
             if (resource.type_url, resource.name) in overridden:
                 continue

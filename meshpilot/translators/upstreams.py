@@ -78,7 +78,7 @@ class Upstreams:
         changed = self.changed_services(discovered)
         new = Upstreams(self.model, discovered, self.trust, self._earlier)
         new._built = {name: built for name, built in self._built.items()
-                      if names.service_of_cluster(name) not in changed}
+                      if names.service_of_cluster(name, changed.__contains__) not in changed}
         new._ca_secrets = self._ca_secrets  # CA files do not depend on endpoints
         return new
 

@@ -52,8 +52,13 @@ def render(case: Path, view: str) -> str:
 
 def views_of(case: Path) -> list[str]:
     gateways = {g.name for g in load_policy(case / POLICY).gateways}
-    existing = {p.stem for p in case.glob("*.yaml") if p.name != POLICY}
+    existing = {p.stem.replace("+", "/") for p in case.glob("*.yaml") if p.name != POLICY}
     return sorted(gateways | existing)
+
+
+def golden_file(case: Path, view: str) -> Path:
+    """`<view>.yaml`; a Gateway API view `NS/NAME` is `NS+NAME.yaml` ("+" is in no name)."""
+    return case / f"{view.replace('/', '+')}.yaml"
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -62,7 +67,7 @@ def test_golden(case: str) -> None:
     views = views_of(folder)
     assert views, f"{case}: no Gateway and no view file: nothing to compare"
     for view in views:
-        golden = folder / f"{view}.yaml"
+        golden = golden_file(folder, view)
         actual = render(folder, view)
         if UPDATE:
             golden.write_text(actual)

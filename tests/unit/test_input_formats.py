@@ -72,11 +72,20 @@ def test_a_name_outside_the_top_level_is_checked_where_the_format_keeps_it() -> 
 
 def test_an_api_version_no_format_claims_is_refused_at_its_value() -> None:
     with pytest.raises(PolicyError) as error:
-        load_policy_text(f"apiVersion: {K8S_GATEWAY_API}\nkind: Gateway\n"
-                         "metadata: {name: edge}\n")
+        _load(f"apiVersion: {K8S_GATEWAY_API}\nkind: Gateway\nmetadata: {{name: edge}}\n",
+              FormatRegistry((NATIVE,)))
     assert str(error.value) == (
         f'policy.yaml:1:13: apiVersion: unknown apiVersion "{K8S_GATEWAY_API}"; no input '
         "format reads it (meshpilot's own kinds are written without apiVersion)")
+
+
+def test_an_unknown_api_version_suggests_the_closest_one_read() -> None:
+    with pytest.raises(PolicyError) as error:
+        load_policy_text("apiVersion: gateway.networking.k8s.io/v2\nkind: Gateway\n"
+                         "metadata: {name: edge}\n")
+    assert str(error.value).startswith(
+        'policy.yaml:1:13: apiVersion: unknown apiVersion "gateway.networking.k8s.io/v2" (did '
+        'you mean "gateway.networking.k8s.io/v1')
 
 
 def test_an_api_version_must_be_a_string() -> None:

@@ -1,0 +1,1094 @@
+"""Gateway API documents, all together, into model parts and statuses.
+
+This module owns what Gateway API documents mean across each other, as the specification says:
+which GatewayClasses are meshpilot's (`CONTROLLER`), which listeners of a Gateway are valid
+(protocols, TLS certificates from Secrets, allowed route kinds, conflicts on a shared port),
+which routes attach to which listeners (parentRefs with sectionName and port, `allowedRoutes`
+namespaces and kinds, hostname intersection), what each rule does (matches, filters, weighted
+backends, timeouts), and which backend references resolve and are permitted (ReferenceGrant).
+
+What it decides about a reference (missing, not permitted, unsupported) is status, never an
+issue that refuses the load: a broken rule answers 500, a route that cannot attach is not
+served, and the rest of the folder keeps serving ("partial validity"). Only what the API server
+itself would refuse (its CEL rules: a Service backendRef without a port, ReplacePrefixMatch
+without a PathPrefix match, a listener name used twice) is reported as an issue.
+
+What it makes, per Gateway "NS/NAME" (the view name, `--node-cluster NS/NAME`):
+
+    model.Gateway      NS/NAME, one listener per port ("80"): listeners sharing a port are merged
+    model.Route        one per (port, hostname): NS/NAME/80/foo.example.com, its rules the route
+                       entries of every HTTPRoute rule attached there, in the spec's precedence
+    model.Service      NS/SVC:PORT per Kubernetes Service port a backend names, its endpoints
+                       from the EndpointSlices; or a native Service (`SVC`, or `SVC.NS` outside
+                       namespace "default") when no Kubernetes Service of that name exists
+
+Names with "/" and ":" cannot clash with native names (which allow neither).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
+from meshpilot.inputs.gatewayapi.kinds import FILTER_MEMBERS, GATEWAY_GROUP, KubeObject
+from meshpilot.inputs.yamlsource import FieldPath, format_path
+from meshpilot.ir.model import (
+    Backend,
+    Condition,
+    DirectResponse,
+    Endpoint,
+    Gateway,
+    GatewayListener,
+    HeaderOps,
+    ListenerTls,
+    Match,
+    Mirror,
+    ObjectStatus,
+    Origin,
+    PathRewrite,
+    Redirect,
+    Retries,
+    Route,
+    Rule,
+    Service,
+    StringMatch,
+    TlsCertificate,
+)
+
+CONTROLLER = "meshpilot.io/gateway-controller"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+_ROUTE_KINDS_BY_PROTOCOL = {"HTTP": ("HTTPRoute",), "HTTPS": ("HTTPRoute",)}
+_WELL_KNOWN_PORTS = {"http": 80, "https": 443}
+
+
+def compile_gateway_api(parsed: Sequence[ParsedDocument], load: LoadContext,
+                        ) -> tuple[list[ModelPart], list[ObjectStatus]]:
+    objects: list[KubeObject] = []
+    # An object kept from an earlier load was parsed in another load's context: what the
+    # compile step reports goes through the context of this load's document.
+    contexts: dict[int, DocumentContext] = {}
+    for document in parsed:
+        for part in document.parts:
+            if isinstance(part, KubeObject):
+                objects.append(part)
+                contexts[id(part)] = document.context
+    if not objects:
+        return [], []
+    natives = {part.name: part for document in parsed for part in document.parts
+               if isinstance(part, Service)}
+    # What a route's rules are made of besides the route itself: every other document (by
+    # identity: an unchanged document is the very object of the last load) and the native
+    # Services by value. Equal: a route's rules may be taken from its last compile.
+    backdrop = (tuple(id(o) for o in objects if not o.kind.endswith("Route")),
+                tuple(natives.values()))
+    compiler = _Compiler(_World.of(objects), natives, backdrop, contexts)
+    compiler.run()
+    return compiler.parts(), compiler.statuses
+
+
+# ---- the documents, indexed ---------------------------------------------------------------------
+
+
+@dataclass
+class _World:
+    classes: dict[str, KubeObject] = field(default_factory=dict)
+    gateways: list[KubeObject] = field(default_factory=list)
+    http_routes: list[KubeObject] = field(default_factory=list)
+    other_routes: list[KubeObject] = field(default_factory=list)
+    grants: dict[str, list[KubeObject]] = field(default_factory=dict)  # by namespace
+    services: dict[str, KubeObject] = field(default_factory=dict)  # ns/name
+    secrets: dict[str, KubeObject] = field(default_factory=dict)
+    config_maps: dict[str, KubeObject] = field(default_factory=dict)
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> labels
+    slices: dict[str, list[KubeObject]] = field(default_factory=dict)  # ns/service
+
+    @classmethod
+    def of(cls, objects: Iterable[KubeObject]) -> _World:
+        world = cls()
+        for obj in objects:
+            kind = obj.kind
+            if kind == "GatewayClass":
+                world.classes[obj.name] = obj  # cluster-scoped: the name alone
+            elif kind == "Gateway":
+                world.gateways.append(obj)
+            elif kind == "HTTPRoute":
+                world.http_routes.append(obj)
+            elif kind.endswith("Route"):
+                world.other_routes.append(obj)
+            elif kind == "ReferenceGrant":
+                world.grants.setdefault(obj.namespace, []).append(obj)
+            elif kind == "Service":
+                world.services[obj.key] = obj
+            elif kind == "Secret":
+                world.secrets[obj.key] = obj
+            elif kind == "ConfigMap":
+                world.config_maps[obj.key] = obj
+            elif kind == "Namespace":
+                world.namespaces[obj.name] = obj.labels()
+            elif kind == "EndpointSlice":
+                service = obj.labels().get(SERVICE_NAME_LABEL)
+                if service:
+                    world.slices.setdefault(f"{obj.namespace}/{service}", []).append(obj)
+        return world
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        # Kubernetes labels every namespace with its name.
+        return {**self.namespaces.get(namespace, {}), NAMESPACE_NAME_LABEL: namespace}
+
+    def permitted(self, from_kind: str, from_namespace: str, to_group: str, to_kind: str,
+                  to_namespace: str, to_name: str) -> bool:
+        """Whether a reference from a `from_kind` (Gateway API group) in `from_namespace` to
+        an object in another namespace is allowed by a ReferenceGrant there."""
+        if from_namespace == to_namespace:
+            return True
+        for grant in self.grants.get(to_namespace, ()):
+            spec = grant.spec()
+            if not any(f.get("group") == GATEWAY_GROUP and f.get("kind") == from_kind
+                       and f.get("namespace") == from_namespace for f in spec.get("from", ())):
+                continue
+            if any(t.get("group", "") == to_group and t.get("kind") == to_kind
+                   and t.get("name") in (None, "", to_name) for t in spec.get("to", ())):
+                return True
+        return False
+
+
+def _selected(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or ():
+        key, operator = expression["key"], expression["operator"]
+        values = expression.get("values") or ()
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def _conditions(*items: tuple[str, bool | None, str, str]) -> tuple[Condition, ...]:
+    return tuple(Condition(kind, "Unknown" if ok is None else ("True" if ok else "False"),
+                           reason, message) for kind, ok, reason, message in items)
+
+
+# ---- listeners ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Listener:
+    gateway: KubeObject
+    index: int
+    name: str
+    port: int
+    protocol: str
+    hostname: str | None
+    spec: dict[str, Any]
+    kinds: tuple[str, ...] = ()
+    certificates: tuple[TlsCertificate, ...] = ()
+    problems: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, msg)
+    attached: int = 0
+
+    @property
+    def valid(self) -> bool:
+        """Programmed: accepted, in no conflict, its certificates resolved. (Route kinds it
+        cannot serve are said in ResolvedRefs, and it serves the others.)"""
+        return self.attachable and not any(
+            reason in ("InvalidCertificateRef", "RefNotPermitted")
+            for _, reason, _ in self.problems)
+
+    @property
+    def attachable(self) -> bool:
+        """Routes may attach (and are counted in attachedRoutes) even while its references
+        are unresolved; only a programmed listener serves them."""
+        return not any(kind in ("Accepted", "Conflicted") for kind, _, _ in self.problems)
+
+    @property
+    def path(self) -> FieldPath:
+        return ("spec", "listeners", self.index)
+
+
+@dataclass
+class _Params:
+    address: str = "0.0.0.0"
+    ports: dict[int, int] = field(default_factory=dict)
+
+
+# (the rule's index, (match index, match) of each of its matches, the model Rule)
+_BuiltRule = tuple[int, list[tuple[int, Match]], Rule]
+
+
+@dataclass
+class _Entry:
+    """One route entry in the making: a match of an HTTPRoute rule, with its precedence."""
+
+    order: tuple[Any, ...]
+    rule: Rule
+    listener: _Listener
+
+
+class _Compiler:
+    def __init__(self, world: _World, natives: dict[str, Service],
+                 backdrop: tuple[object, ...], contexts: dict[int, DocumentContext]):
+        self.world = world
+        self.natives = natives
+        self.backdrop = backdrop
+        self._contexts = contexts
+        self._backdrops: dict[int, bool] = {}
+        self.statuses: list[ObjectStatus] = []
+        self.gateways: list[Gateway] = []
+        self.routes: list[Route] = []
+        self.services: dict[str, Service] = {}
+        self.listeners: dict[str, list[_Listener]] = {}  # gateway ns/name -> its listeners
+        self.params: dict[str, _Params] = {}  # gateway ns/name -> its class's parameters
+        # gateway key -> port -> hostname -> entries
+        self.entries: dict[str, dict[int, dict[str, list[_Entry]]]] = {}
+
+    def report(self, obj: KubeObject, path: FieldPath, message: str) -> None:
+        """An issue that refuses the load, at the value at `path` of `obj`'s document."""
+        self._contexts[id(obj)].report(path, message, at_value=True)
+
+    def issues(self) -> int:
+        return len(next(iter(self._contexts.values())).load.issues)
+
+    def parts(self) -> list[ModelPart]:
+        return [*self.gateways, *self.routes, *self.services.values()]
+
+    def status(self, obj: KubeObject, kind: str, name: str, path: FieldPath,
+               conditions: tuple[Condition, ...], parent: str = "",
+               details: tuple[tuple[str, str], ...] = ()) -> None:
+        self.statuses.append(ObjectStatus(kind, name, obj.document.position_of(path),
+                                          conditions, parent, details))
+
+    def run(self) -> None:
+        classes = self._classes()
+        for gateway in self.world.gateways:
+            self._gateway(gateway, classes)
+        for route in sorted(self.world.http_routes, key=_route_age):
+            self._http_route(route)
+        for route in self.world.other_routes:
+            self._unsupported_route(route)
+        for gateway in self.world.gateways:
+            self._finish_gateway(gateway)
+
+    # ---- GatewayClass and Gateway ----
+
+    def _classes(self) -> dict[str, _Params | None]:
+        """Our classes' parameters (None: ours, but its parameters are invalid)."""
+        ours: dict[str, _Params | None] = {}
+        for name, obj in sorted(self.world.classes.items()):
+            spec = obj.spec()
+            if spec["controllerName"] != CONTROLLER:
+                continue  # another controller's: no status of ours
+            params, problem = self._class_params(spec.get("parametersRef"))
+            ours[name] = params
+            ok = problem is None
+            self.status(obj, "GatewayClass", name, ("metadata", "name"), _conditions(
+                ("Accepted", ok, "Accepted" if ok else "InvalidParameters", problem or "")))
+        return ours
+
+    def _class_params(self, ref: dict[str, Any] | None) -> tuple[_Params | None, str | None]:
+        if ref is None:
+            return _Params(), None
+        if ref.get("group") != "" or ref.get("kind") != "ConfigMap":
+            return None, "parametersRef must name a ConfigMap (group \"\")"
+        key = f"{ref.get('namespace') or 'default'}/{ref['name']}"
+        config = self.world.config_maps.get(key)
+        if config is None:
+            return None, f"no ConfigMap {key}"
+        data = config.body.get("data") or {}
+        params = _Params()
+        address = data.get("address")
+        if address is not None:
+            try:
+                params.address = str(ipaddress.ip_address(address))
+            except ValueError:
+                return None, f"ConfigMap {key}: address {address!r} is not an IP address"
+        for item in re.split(r"[\s,]+", data.get("ports", "").strip()):
+            if not item:
+                continue
+            written, _, bound = item.partition(":")
+            if not (written.isdigit() and bound.isdigit()
+                    and 0 < int(written) < 65536 and 0 < int(bound) < 65536):
+                return None, (f"ConfigMap {key}: ports item {item!r} is not "
+                              "LISTENER_PORT:BOUND_PORT")
+            params.ports[int(written)] = int(bound)
+        return params, None
+
+    def _gateway(self, obj: KubeObject, classes: dict[str, _Params | None]) -> None:
+        spec = obj.spec()
+        class_name = spec["gatewayClassName"]
+        if class_name not in classes:
+            self.status(obj, "Gateway", obj.key, ("spec", "gatewayClassName"), _conditions(
+                ("Accepted", None, "Pending",
+                 f"no GatewayClass {class_name} with controllerName {CONTROLLER}")))
+            return
+        params = classes[class_name]
+        if params is None:
+            self.status(obj, "Gateway", obj.key, ("spec", "gatewayClassName"), _conditions(
+                ("Accepted", False, "InvalidParameters",
+                 f"GatewayClass {class_name} has invalid parameters"),
+                ("Programmed", False, "Invalid", "")))
+            return
+        self.params[obj.key] = params
+        listeners: list[_Listener] = []
+        seen: dict[str, int] = {}
+        for index, item in enumerate(spec["listeners"]):
+            if item["name"] in seen:
+                self.report(obj, ("spec", "listeners", index, "name"),
+                            f'listener name "{item["name"]}" is used twice (first at '
+                            f'spec.listeners[{seen[item["name"]]}])')
+                continue
+            seen[item["name"]] = index
+            listeners.append(self._listener(obj, index, item))
+        _mark_conflicts(listeners)
+        bound: dict[int, int] = {}  # the port Envoy binds -> the listener port first there
+        for port in sorted({lst.port for lst in listeners if lst.valid}):
+            socket_port = params.ports.get(port, port)
+            first = bound.setdefault(socket_port, port)
+            if first != port:  # two listener ports on one socket (the class's port map)
+                for listener in listeners:
+                    if listener.port == port:
+                        listener.problems.append((
+                            "Accepted", "PortUnavailable",
+                            f"port {port} is bound as {socket_port}, as port {first} is"))
+        self.listeners[obj.key] = listeners
+        self.entries[obj.key] = {}
+
+    def _listener(self, gateway: KubeObject, index: int, spec: dict[str, Any]) -> _Listener:
+        protocol = spec["protocol"]
+        listener = _Listener(gateway, index, spec["name"], spec["port"], protocol,
+                             spec.get("hostname"), spec)
+        if protocol not in _ROUTE_KINDS_BY_PROTOCOL:
+            listener.problems.append(("Accepted", "UnsupportedProtocol",
+                                      f"protocol {protocol} is not supported yet"))
+            return listener
+        listener.kinds = self._route_kinds(listener)
+        if protocol == "HTTPS":
+            tls = spec.get("tls") or {}
+            if tls.get("mode", "Terminate") != "Terminate":
+                listener.problems.append(("Accepted", "UnsupportedValue",
+                                          "HTTPS listeners terminate TLS (mode Terminate)"))
+                return listener
+            listener.certificates = self._certificates(listener, tls.get("certificateRefs") or ())
+        return listener
+
+    def _route_kinds(self, listener: _Listener) -> tuple[str, ...]:
+        supported = _ROUTE_KINDS_BY_PROTOCOL[listener.protocol]
+        written = (listener.spec.get("allowedRoutes") or {}).get("kinds")
+        if not written:
+            return supported
+        kinds: list[str] = []
+        for item in written:
+            if item.get("group", GATEWAY_GROUP) == GATEWAY_GROUP and item["kind"] in supported:
+                kinds.append(item["kind"])
+            else:
+                listener.problems.append(("ResolvedRefs", "InvalidRouteKinds",
+                                          f"route kind {item['kind']} is not supported on a "
+                                          f"{listener.protocol} listener"))
+        return tuple(dict.fromkeys(kinds))
+
+    def _certificates(self, listener: _Listener,
+                      refs: Sequence[dict[str, Any]]) -> tuple[TlsCertificate, ...]:
+        gateway = listener.gateway
+        if not refs:
+            listener.problems.append(("ResolvedRefs", "InvalidCertificateRef",
+                                      "an HTTPS listener needs tls.certificateRefs"))
+            return ()
+        found: list[TlsCertificate] = []
+        for ref in refs:
+            namespace = ref.get("namespace") or gateway.namespace
+            key = f"{namespace}/{ref['name']}"
+            if ref.get("group", "") != "" or ref.get("kind", "Secret") != "Secret":
+                listener.problems.append(("ResolvedRefs", "InvalidCertificateRef",
+                                          f"certificateRef {key} is not a Secret"))
+                continue
+            if not self.world.permitted("Gateway", gateway.namespace, "", "Secret", namespace,
+                                        ref["name"]):
+                listener.problems.append(("ResolvedRefs", "RefNotPermitted",
+                                          f"no ReferenceGrant in {namespace} lets Gateways of "
+                                          f"{gateway.namespace} use Secret {key}"))
+                continue
+            secret = self.world.secrets.get(key)
+            problem = "no such Secret" if secret is None else None
+            certificate = None
+            if secret is not None:
+                certificate, problem = _tls_secret(secret)
+            if certificate is None:
+                listener.problems.append(("ResolvedRefs", "InvalidCertificateRef",
+                                          f"Secret {key}: {problem}"))
+                continue
+            found.append(certificate)
+        return tuple(found)
+
+    # ---- routes ----
+
+    def _http_route(self, route: KubeObject) -> None:
+        spec = route.spec()
+        hostnames = tuple(spec.get("hostnames") or ())
+        rules, resolved, unsupported = self._rules_of(route)
+        attached: set[int] = set()  # listeners (by id) this route is attached to already
+        for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
+            path = ("spec", "parentRefs", ref_index)
+            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
+                    ref.get("kind", "Gateway") != "Gateway":
+                continue  # a Service parent (GAMMA) or another kind: not ours (yet)
+            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
+            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
+            listeners = self.listeners.get(gateway_key)
+            if listeners is None:
+                continue  # not a Gateway of ours
+            accepted, reason, message, attach = self._attach(route, ref, listeners, hostnames)
+            if accepted and unsupported is not None:
+                accepted, reason, message = False, "UnsupportedValue", unsupported
+            elif accepted:
+                for listener, effective in attach:
+                    if id(listener) in attached:
+                        continue  # two parentRefs to one listener: attached once
+                    attached.add(id(listener))
+                    listener.attached += 1
+                    if listener.valid:
+                        self._add_entries(gateway_key, listener, effective, route, rules)
+            ok_refs = resolved[0]
+            self.status(route, "HTTPRoute", route.key, path, _conditions(
+                ("Accepted", accepted, reason, message),
+                ("ResolvedRefs", ok_refs, resolved[1], resolved[2] if not ok_refs else "")),
+                parent=parent)
+
+    def _attach(self, route: KubeObject, ref: dict[str, Any], listeners: list[_Listener],
+                hostnames: tuple[str, ...],
+                ) -> tuple[bool, str, str, list[tuple[_Listener, list[str]]]]:
+        section = ref.get("sectionName")
+        port = ref.get("port")
+        candidates = [lst for lst in listeners
+                      if (section is None or lst.name == section)
+                      and (port is None or lst.port == port)]
+        if not candidates:
+            return False, "NoMatchingParent", "no listener matches sectionName and port", []
+        allowed = [lst for lst in candidates if lst.attachable
+                   and "HTTPRoute" in lst.kinds and self._namespace_allowed(lst, route)]
+        if not allowed:
+            return False, "NotAllowedByListeners", \
+                "no listener allows this route (namespace, kind, or listener invalid)", []
+        attach: list[tuple[_Listener, list[str]]] = []
+        for listener in allowed:
+            effective = _intersect(listener.hostname, hostnames)
+            effective = [h for h in effective
+                         if not _claimed_elsewhere(h, listener, listeners)]
+            if effective:
+                attach.append((listener, effective))
+        if not attach:
+            return False, "NoMatchingListenerHostname", \
+                "no hostname of the route intersects a listener's hostname", []
+        return True, "Accepted", "", attach
+
+    def _namespace_allowed(self, listener: _Listener, route: KubeObject) -> bool:
+        namespaces = (listener.spec.get("allowedRoutes") or {}).get("namespaces") or {}
+        source = namespaces.get("from", "Same")
+        if source == "All":
+            return True
+        if source == "Same":
+            return route.namespace == listener.gateway.namespace
+        if source == "Selector":
+            return _selected(namespaces.get("selector") or {},
+                             self.world.namespace_labels(route.namespace))
+        return False
+
+    def _unsupported_route(self, route: KubeObject) -> None:
+        for ref_index, ref in enumerate(route.spec().get("parentRefs") or ()):
+            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
+            if gateway_key not in self.listeners:
+                continue
+            self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
+                        _conditions(("Accepted", False, "NotAllowedByListeners",
+                                     f"{route.kind} is not supported yet")), parent=gateway_key)
+
+    # ---- rules ----
+
+    def _rules_of(self, route: KubeObject) -> tuple[list[_BuiltRule], tuple[bool, str, str],
+                                                    str | None]:
+        """`_rules(route)`, or what it gave last time for this very route document over the
+        same other documents (`backdrop`); the Services it made are made again from their
+        kept objects. Only a compile that reported nothing is kept, so a reused one can have
+        no issue to repeat."""
+        kept = route.memo.get("rules")
+        if kept is not None and self._same_backdrop(kept[0]):
+            self.services.update(kept[2])
+            return kept[1]  # type: ignore[no-any-return]
+        before = self.issues()
+        result = self._rules(route)
+        if self.issues() == before:
+            made = {name: self.services[name] for name in self._services_of(result[0])
+                    if name in self.services}
+            route.memo["rules"] = (self.backdrop, result, made)
+        return result
+
+    def _same_backdrop(self, earlier: tuple[object, ...]) -> bool:
+        """Whether an earlier compile's backdrop equals this one's: compared once per earlier
+        tuple (the routes of one load share it; it is alive while they keep it, so its id is
+        its own)."""
+        same = self._backdrops.get(id(earlier))
+        if same is None:
+            same = self._backdrops[id(earlier)] = earlier == self.backdrop
+        return same
+
+    @staticmethod
+    def _services_of(rules: list[_BuiltRule]) -> set[str]:
+        return {b.service for _, _, rule in rules for b in (*rule.backends, *rule.mirrors)}
+
+    def _rules(self, route: KubeObject) -> tuple[list[_BuiltRule], tuple[bool, str, str],
+                                                 str | None]:
+        """Each rule's matches and its model Rule (its one match filled in per listener), the
+        route's ResolvedRefs (ok, reason, message), and why the route cannot be served as
+        written (an unsupported filter), if it cannot."""
+        result: list[_BuiltRule] = []
+        resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
+        unsupported: str | None = None
+        for index, rule in enumerate(route.spec().get("rules") or [{}]):
+            written = rule.get("matches")
+            matches = [(i, _match(m, _origin(route, ("spec", "rules", index, "matches", i)
+                                              if written else ("spec", "rules", index))))
+                       for i, m in enumerate(written or [{}])]
+            built, problem, unsupported_here = self._rule(route, index, rule, matches)
+            if problem is not None and resolved[0]:
+                resolved = (False, problem[0], problem[1])
+            unsupported = unsupported or unsupported_here
+            result.append((index, matches, built))
+        return result, resolved, unsupported
+
+    def _rule(self, route: KubeObject, index: int, rule: dict[str, Any],
+              matches: list[tuple[int, Match]],
+              ) -> tuple[Rule, tuple[str, str] | None, str | None]:
+        path: FieldPath = ("spec", "rules", index)
+        origin = Origin(route.document.position_of(path), "HTTPRoute", route.key,
+                        f"spec.rules[{index}]")
+        request = HeaderOps()
+        response = HeaderOps()
+        redirect: Redirect | None = None
+        rewrite_path: PathRewrite | None = None
+        rewrite_host: str | None = None
+        mirrors: list[Mirror] = []
+        problem: tuple[str, str] | None = None
+        unsupported: str | None = None
+        prefix = _only_prefix(matches)
+        for f_index, item in enumerate(rule.get("filters") or ()):
+            kind = item["type"]
+            settings = item.get(FILTER_MEMBERS[kind]) or {}
+            here = _origin(route, (*path, "filters", f_index))
+            if kind == "RequestHeaderModifier":
+                request = _merge_ops(request, _header_ops(settings))
+            elif kind == "ResponseHeaderModifier":
+                response = _merge_ops(response, _header_ops(settings))
+            elif kind in ("RequestRedirect", "URLRewrite"):
+                modifier = settings.get("path")
+                if modifier is not None and modifier["type"] == "ReplacePrefixMatch" \
+                        and prefix is None:
+                    self.report(route, (*path, "filters", f_index, FILTER_MEMBERS[kind],
+                                        "path", "type"),
+                                "ReplacePrefixMatch needs every match of the rule to be one "
+                                "PathPrefix")
+                    continue
+                if kind == "RequestRedirect":
+                    redirect = self._redirect(settings, prefix, here)
+                else:
+                    rewrite_host = settings.get("hostname")
+                    if modifier is not None:
+                        rewrite_path = _path_rewrite(modifier, prefix, here)
+            elif kind == "RequestMirror":
+                target, why = self._backend(route, settings["backendRef"])
+                if target is None:
+                    problem = problem or why
+                else:
+                    mirrors.append(Mirror(target, None, _mirror_percentage(settings), here))
+            else:
+                unsupported = f"filter {kind} is not supported yet"
+        backends: list[Backend] = []
+        refs = rule.get("backendRefs") or ()
+        for b_index, ref in enumerate(refs):
+            bpath = (*path, "backendRefs", b_index)
+            if (ref.get("group") or "") == "" and ref.get("kind", "Service") == "Service" \
+                    and ref.get("port") is None:
+                self.report(route, (*bpath, "port"),
+                            'missing "port" (a Service backendRef needs one)')
+                continue
+            target, why = self._backend(route, ref)
+            if target is None:
+                problem = problem or why
+                if ref.get("weight", 1) > 0:
+                    backends.append(Backend(_ref_text(route, ref), None, ref.get("weight", 1),
+                                            origin, resolved=False))
+                continue
+            own_request: HeaderOps | None = None
+            own_response: HeaderOps | None = None
+            for f_item in ref.get("filters") or ():
+                if f_item["type"] == "RequestHeaderModifier":
+                    own_request = _merge_ops(own_request or HeaderOps(),
+                                             _header_ops(f_item["requestHeaderModifier"]))
+                elif f_item["type"] == "ResponseHeaderModifier":
+                    own_response = _merge_ops(own_response or HeaderOps(),
+                                              _header_ops(f_item["responseHeaderModifier"]))
+                else:
+                    unsupported = f"backendRef filter {f_item['type']} is not supported yet"
+            weight = ref.get("weight", 1)
+            if weight > 0:
+                backends.append(Backend(target, None, weight, origin,
+                                        request_headers=own_request,
+                                        response_headers=own_response))
+        timeouts = rule.get("timeouts") or {}
+        timeout = _duration(timeouts.get("request") or timeouts.get("backendRequest"))
+        retries: Retries | None = None
+        backend_timeout = _duration(timeouts.get("backendRequest"))
+        if timeouts.get("request") and backend_timeout:
+            # Each try of the backend within the whole request's time: Envoy's per-try timeout
+            # (which holds for the first try too), with no retries.
+            retries = Retries(0, per_try_timeout=backend_timeout)
+        direct: DirectResponse | None = None
+        if redirect is None and not any(b.resolved for b in backends):
+            # No backend (none written, none valid, every weight 0): the spec's 500. With some
+            # valid ones, an invalid one's share is answered 500 (`Backend.resolved`).
+            direct = DirectResponse(500, origin=origin)
+            backends, mirrors = [], []
+        built = Rule(origin.position, matches=(Match(),), backends=tuple(backends),
+                     redirect=redirect, direct_response=direct, rewrite_path=rewrite_path,
+                     rewrite_host=rewrite_host, request_headers=request,
+                     response_headers=response, timeout=timeout, retries=retries,
+                     mirrors=tuple(mirrors), origin=origin)
+        return built, problem, unsupported
+
+    def _redirect(self, settings: dict[str, Any], prefix: str | None,
+                  origin: Origin) -> Redirect:
+        scheme = settings.get("scheme")
+        port = settings.get("port")
+        modifier = settings.get("path")
+        path = regex = None
+        substitution = ""
+        if modifier is not None and modifier["type"] == "ReplaceFullPath":
+            path = modifier["replaceFullPath"]
+        elif modifier is not None:
+            regex, substitution = _prefix_regex(prefix or "/", modifier["replacePrefixMatch"])
+        # The port is settled per listener (`_for_listener`): the listener's own when neither
+        # a port nor a scheme is given.
+        return Redirect(scheme=scheme, host=settings.get("hostname"), port=port, path=path,
+                        status=settings.get("statusCode", 302), regex=regex,
+                        substitution=substitution, origin=origin)
+
+    def _backend(self, route: KubeObject, ref: dict[str, Any]
+                 ) -> tuple[str | None, tuple[str, str]]:
+        """The model Service a backendRef names, or None and (reason, message)."""
+        group, kind = ref.get("group") or "", ref.get("kind", "Service")
+        namespace = ref.get("namespace") or route.namespace
+        name = ref["name"]
+        key = f"{namespace}/{name}"
+        if group != "" or kind != "Service":
+            return None, ("InvalidKind", f"backendRef kind {group or 'core'}/{kind} is not "
+                                         "supported (Service only)")
+        if not self.world.permitted("HTTPRoute", route.namespace, "", "Service", namespace,
+                                    name):
+            return None, ("RefNotPermitted", f"no ReferenceGrant in {namespace} lets HTTPRoutes "
+                                             f"of {route.namespace} use Service {key}")
+        port = ref.get("port")
+        service = self.world.services.get(key)
+        if service is not None:
+            made = self._kube_service(service, port)
+            if made is None:
+                return None, ("BackendNotFound", f"Service {key} has no port {port}")
+            return made, ("", "")
+        for native in ((name, f"{name}.{namespace}") if namespace == "default"
+                       else (f"{name}.{namespace}",)):
+            if native in self.natives:
+                return native, ("", "")
+        return None, ("BackendNotFound", f"no Service {key}")
+
+    def _kube_service(self, obj: KubeObject, port: int | None) -> str | None:
+        spec = obj.spec()
+        ports = spec.get("ports") or ()
+        service_port = next((p for p in ports if p["port"] == port), None)
+        if service_port is None:
+            return None
+        name = f"{obj.key}:{port}"
+        if name in self.services:
+            return name
+        protocol = "http2" if service_port.get("appProtocol") in ("kubernetes.io/h2c", "h2c") \
+            else "http"
+        origin = Origin(obj.document.position, "Service", obj.key)
+        endpoints: list[Endpoint] = []
+        if spec.get("type") == "ExternalName" and spec.get("externalName"):
+            endpoints.append(Endpoint(spec["externalName"], port or 80, origin=origin))
+        else:
+            target = service_port.get("targetPort", service_port["port"])
+            port_name = service_port.get("name", "")
+            for endpoint_slice in self.world.slices.get(obj.key, ()):
+                number = _slice_port(endpoint_slice.body, port_name, target)
+                if number is None:
+                    continue
+                for item in endpoint_slice.body.get("endpoints") or ():
+                    if (item.get("conditions") or {}).get("ready") is False:
+                        continue
+                    for address in item.get("addresses") or ():
+                        endpoints.append(Endpoint(address, number, zone=item.get("zone"),
+                                                  origin=origin))
+        unique = tuple(dict.fromkeys(sorted(endpoints, key=lambda e: (e.host, e.port))))
+        self.services[name] = Service(name, obj.document.position, protocol=protocol,
+                                      endpoints=unique, origin=origin)
+        return name
+
+    def _add_entries(self, gateway_key: str, listener: _Listener, hostnames: list[str],
+                     route: KubeObject, rules: list[_BuiltRule]) -> None:
+        by_host = self.entries[gateway_key].setdefault(listener.port, {})
+        age = _route_age(route)
+        for index, matches, built in rules:
+            for match_index, match in matches:
+                rule = _for_listener(built, match, listener)
+                order = (*_precedence(match), *age, index, match_index)
+                for hostname in hostnames:
+                    by_host.setdefault(hostname, []).append(_Entry(order, rule, listener))
+
+    # ---- the model of a Gateway ----
+
+    def _finish_gateway(self, obj: KubeObject) -> None:
+        listeners = self.listeners.get(obj.key)
+        if listeners is None:
+            return
+        params = self.params[obj.key]
+        for listener in listeners:
+            problems = {kind: (reason, message) for kind, reason, message in
+                        reversed(listener.problems)}
+            accepted = problems.get("Accepted")
+            refs = problems.get("ResolvedRefs")
+            conflict = problems.get("Conflicted")
+            self.status(obj, "Listener", f"{obj.key}/{listener.name}", listener.path,
+                        _conditions(
+                            ("Accepted", accepted is None, (accepted or ("Accepted",))[0],
+                             (accepted or ("", ""))[1]),
+                            ("ResolvedRefs", refs is None, (refs or ("ResolvedRefs",))[0],
+                             (refs or ("", ""))[1]),
+                            ("Conflicted", conflict is not None,
+                             (conflict or ("NoConflicts",))[0], (conflict or ("", ""))[1]),
+                            ("Programmed", listener.valid, "Programmed" if listener.valid
+                             else "Invalid", "")),
+                        parent=obj.key,
+                        details=(("attachedRoutes", str(listener.attached)),
+                                 ("supportedKinds", ",".join(listener.kinds))))
+        valid = [lst for lst in listeners if lst.valid]
+        gateway_name = obj.key
+        previous = dict(obj.memo)
+        model_listeners: list[GatewayListener] = []
+        for port in sorted({lst.port for lst in valid}):
+            on_port = [lst for lst in valid if lst.port == port]
+            certificates = tuple(dict.fromkeys(c for lst in on_port for c in lst.certificates))
+            tls = ListenerTls(certificates, origin=_origin(obj, (*on_port[0].path, "tls"))) \
+                if on_port[0].protocol == "HTTPS" else None
+            model_listeners.append(GatewayListener(
+                str(port), params.ports.get(port, port), params.address, tls=tls,
+                origin=Origin(obj.document.position_of(on_port[0].path), "Gateway", obj.key,
+                              f"spec.listeners[{on_port[0].index}]")))
+            by_host = self.entries[obj.key].get(port, {})
+            wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
+            for hostname in sorted(by_host):
+                entries = _host_entries(hostname, by_host, wildcards, on_port)
+                made = Route(
+                    f"{gateway_name}/{port}/{hostname}", obj.document.position, gateway_name,
+                    hosts=(hostname,), rules=tuple(e.rule for e in entries),
+                    listeners=(str(port),),
+                    origin=Origin(obj.document.position, "Gateway", obj.key))
+                self.routes.append(_kept(made, previous))
+        obj.memo.clear()
+        obj.memo.update((route.name, route) for route in self.routes
+                        if route.gateway == gateway_name)
+        self.gateways.append(Gateway(gateway_name, obj.document.position,
+                                     tuple(model_listeners),
+                                     origin=Origin(obj.document.position, "Gateway", obj.key)))
+        all_valid = len(valid) == len(listeners)
+        self.status(obj, "Gateway", obj.key, ("metadata", "name"), _conditions(
+            ("Accepted", bool(valid), "Accepted" if valid else "ListenersNotValid",
+             "" if all_valid else "some listeners are not valid"),
+            ("Programmed", bool(valid), "Programmed" if valid else "Invalid", "")))
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def _kept(route: Route, previous: dict[str, Any]) -> Route:
+    """The Route the last compile made of this Gateway, if it says the same (rules written at
+    the same places too: origins are left out of equality); else `route`. Translation reuses
+    what it built from a Route by identity."""
+    old = previous.get(route.name)
+    if old is None or old != route or \
+            any(a.origin != b.origin for a, b in zip(old.rules, route.rules, strict=True)):
+        return route
+    return old  # type: ignore[no-any-return]
+
+
+def _host_entries(hostname: str, by_host: dict[str, list[_Entry]], wildcards: list[str],
+                  listeners: list[_Listener]) -> list[_Entry]:
+    """The route entries of one virtual host, in the spec's order: the rules of routes naming
+    this very hostname first, then those of each wildcard covering it, most specific first (down
+    to routes with no hostname, "*"), each group in match precedence. A covering wildcard's rules
+    join only when they come through the listener the hostname belongs to (the most specific
+    listener hostname matching it), so listeners sharing a port stay isolated."""
+    own = sorted(by_host[hostname], key=lambda e: e.order)
+    owner = max((lst for lst in listeners if lst.hostname is None
+                 or _covers(lst.hostname, hostname)),
+                key=lambda lst: _specificity(lst.hostname), default=None)
+    covering = sorted((w for w in wildcards if w != hostname and
+                       (w == "*" or _covers(w, hostname))),
+                      key=lambda w: _specificity(None if w == "*" else w), reverse=True)
+    for wildcard in covering:
+        own.extend(sorted((e for e in by_host[wildcard] if e.listener is owner),
+                          key=lambda e: e.order))
+    return own
+
+
+def _mark_conflicts(listeners: list[_Listener]) -> None:
+    """Listeners sharing a port must share its protocol; on one protocol and port, hostnames
+    must differ."""
+    by_port: dict[int, list[_Listener]] = {}
+    for listener in listeners:
+        if listener.protocol in _ROUTE_KINDS_BY_PROTOCOL:
+            by_port.setdefault(listener.port, []).append(listener)
+    for port, group in by_port.items():
+        if len({lst.protocol for lst in group}) > 1:
+            for listener in group:
+                listener.problems.append(("Conflicted", "ProtocolConflict",
+                                          f"listeners on port {port} use different protocols"))
+            continue
+        seen: dict[str | None, _Listener] = {}
+        for listener in group:
+            if listener.hostname in seen:
+                for one in (seen[listener.hostname], listener):
+                    if not any(p[0] == "Conflicted" for p in one.problems):
+                        one.problems.append(("Conflicted", "HostnameConflict",
+                                             f"another listener on port {port} has hostname "
+                                             f"{listener.hostname or '(none)'}"))
+            else:
+                seen[listener.hostname] = listener
+
+
+def _origin(obj: KubeObject, path: FieldPath) -> Origin:
+    """Where the field at `path` of a document was written, for the model element read from it."""
+    return Origin(obj.document.position_of(path), obj.kind, obj.key, format_path(path))
+
+
+def _tls_secret(secret: KubeObject) -> tuple[TlsCertificate | None, str]:
+    if secret.body.get("type") != "kubernetes.io/tls":
+        return None, "type must be kubernetes.io/tls"
+    data = secret.body.get("data") or {}
+    string_data = secret.body.get("stringData") or {}
+    try:
+        cert = base64.b64decode(data["tls.crt"], validate=True) if "tls.crt" in data \
+            else string_data.get("tls.crt", "").encode()
+        key = base64.b64decode(data["tls.key"], validate=True) if "tls.key" in data \
+            else string_data.get("tls.key", "").encode()
+    except (binascii.Error, ValueError):
+        return None, "tls.crt or tls.key is not base64"
+    try:
+        chain = x509.load_pem_x509_certificates(cert)
+    except ValueError:
+        return None, "tls.crt holds no PEM certificate"
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (TypeError, ValueError):
+        return None, "tls.key holds no unencrypted PEM private key"
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if chain[0].public_key().public_bytes(der, spki) != \
+            private.public_key().public_bytes(der, spki):
+        return None, "tls.crt does not match tls.key"
+    where = f"secret:{secret.key}"
+    return TlsCertificate(where, where, cert, key, position=secret.document.position,
+                          origin=_origin(secret, ("data",))), ""
+
+
+def _ref_text(route: KubeObject, ref: dict[str, Any]) -> str:
+    """A backendRef as written, for the name of its (never made) cluster."""
+    group, kind = ref.get("group") or "", ref.get("kind", "Service")
+    prefix = "" if (group, kind) == ("", "Service") else f"{group}/{kind}:"
+    port = f":{ref['port']}" if ref.get("port") else ""
+    return f"{prefix}{ref.get('namespace') or route.namespace}/{ref['name']}{port}"
+
+
+def _route_age(route: KubeObject) -> tuple[str, str]:
+    """Older first, then namespace/name: the spec's tie-breaks across routes. A route without
+    creationTimestamp sorts as of one time with every other such route."""
+    stamp = route.body["metadata"].get("creationTimestamp") or "~"
+    return (stamp, route.key)
+
+
+def _match(written: dict[str, Any], origin: Origin) -> Match:
+    path = written.get("path") or {}
+    kind = path.get("type", "PathPrefix")
+    value = path.get("value", "/")
+    how = StringMatch({"Exact": "exact", "PathPrefix": "prefix",
+                       "RegularExpression": "regex"}[kind], value)  # type: ignore[arg-type]
+    headers: dict[str, StringMatch] = {}
+    for item in written.get("headers") or ():
+        name = item["name"].lower()
+        if name not in headers:  # the first of equal names counts (the spec)
+            headers[name] = StringMatch("regex" if item.get("type") == "RegularExpression"
+                                        else "exact", item["value"])
+    query: dict[str, StringMatch] = {}
+    for item in written.get("queryParams") or ():
+        if item["name"] not in query:
+            query[item["name"]] = StringMatch("regex" if item.get("type") == "RegularExpression"
+                                              else "exact", item["value"])
+    method = written.get("method")
+    return Match(how, (method,) if method else (), tuple(sorted(headers.items())),
+                 tuple(sorted(query.items())), origin, whole_segments=kind == "PathPrefix")
+
+
+def _precedence(match: Match) -> tuple[int, int, int, int, int]:
+    """Sort key, smaller first: Exact > RegularExpression > the longest PathPrefix, then a
+    method, the most headers, the most query parameters."""
+    path = match.path
+    rank = {"exact": 0, "regex": 1}.get(path.kind if path else "prefix", 2)
+    length = len(path.value) if path else 1
+    return (rank, -length, 0 if match.methods else 1, -len(match.headers), -len(match.query))
+
+
+def _only_prefix(matches: list[tuple[int, Match]]) -> str | None:
+    prefixes = {m.path.value for _, m in matches if m.path and m.path.kind == "prefix"}
+    if len(prefixes) != 1 or any(not m.path or m.path.kind != "prefix" for _, m in matches):
+        return None
+    return prefixes.pop()
+
+
+def _prefix_regex(prefix: str, replacement: str) -> tuple[str, str]:
+    """A regex and substitution replacing a matched PathPrefix (whole segments) with
+    `replacement`, with no doubled or lost slash: /foo -> /bar takes /foo/x to /bar/x,
+    /foo -> / takes /foo/x to /x and /foo to /."""
+    stripped = prefix.rstrip("/")
+    literal = re.escape(stripped)
+    new = replacement.rstrip("/")
+    if not new:
+        return f"^{literal}/*", "/"
+    return f"^{literal}(/|$)", new.replace("\\", "\\\\") + "\\1"
+
+
+def _path_rewrite(modifier: dict[str, Any], prefix: str | None, origin: Origin) -> PathRewrite:
+    if modifier["type"] == "ReplaceFullPath":
+        return PathRewrite(regex="^/.*$", substitution=modifier["replaceFullPath"],
+                           origin=origin)
+    regex, substitution = _prefix_regex(prefix or "/", modifier["replacePrefixMatch"])
+    return PathRewrite(regex=regex, substitution=substitution, origin=origin)
+
+
+def _for_listener(rule: Rule, match: Match, listener: _Listener) -> Rule:
+    """The rule for one match on one listener: a redirect without port or scheme goes to the
+    listener's port; with a scheme only, to the scheme's well-known port."""
+    redirect = rule.redirect
+    if redirect is not None and redirect.port is None:
+        port = _WELL_KNOWN_PORTS[redirect.scheme] if redirect.scheme else listener.port
+        scheme = redirect.scheme or ("https" if listener.protocol == "HTTPS" else "http")
+        redirect = _replace_redirect(redirect, port, scheme)
+    return Rule(rule.position, matches=(match,), backends=rule.backends, redirect=redirect,
+                direct_response=rule.direct_response, rewrite_path=rule.rewrite_path,
+                rewrite_host=rule.rewrite_host, request_headers=rule.request_headers,
+                response_headers=rule.response_headers, timeout=rule.timeout,
+                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin)
+
+
+def _replace_redirect(redirect: Redirect, port: int, scheme: str) -> Redirect:
+    """The redirect with its port settled: the scheme's default port is said as such
+    (`port_from: scheme`: left out when the host changes, else written), since the port Envoy
+    listens on may not be the listener's (the class's port map); any other port explicitly."""
+    default = _WELL_KNOWN_PORTS.get(scheme) == port
+    return Redirect(scheme=redirect.scheme if redirect.scheme else None, host=redirect.host,
+                    port=None if default else port,
+                    path=redirect.path, prefix=redirect.prefix, status=redirect.status,
+                    origin=redirect.origin, port_from="scheme" if default else "request",
+                    regex=redirect.regex, substitution=redirect.substitution)
+
+
+def _header_ops(settings: dict[str, Any]) -> HeaderOps:
+    return HeaderOps(add=tuple((h["name"], h["value"]) for h in settings.get("add") or ()),
+                     set=tuple((h["name"], h["value"]) for h in settings.get("set") or ()),
+                     remove=tuple(settings.get("remove") or ()))
+
+
+def _merge_ops(one: HeaderOps, two: HeaderOps) -> HeaderOps:
+    return HeaderOps(add=one.add + two.add, set=one.set + two.set, remove=one.remove + two.remove)
+
+
+def _mirror_percentage(settings: dict[str, Any]) -> float:
+    if settings.get("percent") is not None:
+        return float(settings["percent"])
+    fraction = settings.get("fraction")
+    if fraction is not None:
+        return 100.0 * fraction["numerator"] / fraction.get("denominator", 100)
+    return 100.0
+
+
+def _duration(text: str | None) -> float | None:
+    if text is None:
+        return None
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(int(number) * units[unit]
+               for number, unit in re.findall(r"([0-9]+)(h|ms|m|s)", text))
+
+
+def _slice_port(body: dict[str, Any], port_name: str, target: int | str) -> int | None:
+    """The number an EndpointSlice gives a Service port: its port of the same name (Kubernetes
+    names slice ports after the Service's); a numeric targetPort when the slice has none."""
+    ports = body.get("ports")
+    if not ports:
+        return target if isinstance(target, int) else None
+    for item in ports:
+        if item.get("name", "") == port_name and item.get("port") is not None:
+            return int(item["port"])
+    return None
+
+
+def _intersect(listener: str | None, route: tuple[str, ...]) -> list[str]:
+    """The hostnames a route serves on a listener (the spec's intersection)."""
+    if listener is None:
+        return list(route) or ["*"]
+    if not route:
+        return [listener]
+    found: list[str] = []
+    for hostname in route:
+        if _covers(listener, hostname):
+            found.append(hostname)
+        elif _covers(hostname, listener):
+            found.append(listener)
+    return list(dict.fromkeys(found))
+
+
+def _covers(pattern: str, hostname: str) -> bool:
+    """Whether `pattern` (exact or *.suffix) matches every name `hostname` stands for."""
+    if pattern == hostname:
+        return True
+    if pattern.startswith("*."):
+        return hostname.endswith(pattern[1:]) and len(hostname) > len(pattern) - 1
+    return False
+
+
+def _claimed_elsewhere(hostname: str, listener: _Listener, listeners: list[_Listener]) -> bool:
+    """Whether requests for an exact `hostname` go to another listener on the same port, whose
+    hostname is more specific than this one's (listener isolation)."""
+    if hostname.startswith("*"):
+        return False
+    mine = _specificity(listener.hostname)
+    return any(other is not listener and other.valid and other.port == listener.port
+               and other.hostname is not None and _covers(other.hostname, hostname)
+               and _specificity(other.hostname) > mine for other in listeners)
+
+
+def _specificity(hostname: str | None) -> tuple[int, int]:
+    if hostname is None:
+        return (0, 0)
+    if hostname.startswith("*."):
+        return (1, len(hostname))
+    return (2, len(hostname))

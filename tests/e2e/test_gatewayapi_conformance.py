@@ -1,0 +1,337 @@
+"""The upstream Gateway API conformance tests, through meshpilot and a real Envoy.
+
+For each upstream test (`gatewayapi_conformance.CASES`): the base manifests and the test's own
+manifest, as they are, in the policy folder of one `meshpilot serve`; an Envoy bootstrapped
+for the test's Gateway (`--node-cluster NS/NAME`); every request of the upstream test sent, and
+the response compared as upstream does. The table of results is printed at the end
+(`-s` shows it); docs/gateway-api.md keeps the conformance report.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gatewayapi_conformance as conformance
+import pytest
+import yaml
+from support import MeshpilotProcess, eventually, serving
+from tls_material import CA
+
+from meshpilot.base.netutil import free_port
+from meshpilot.local.envoy_process import EnvoyProcess
+
+pytestmark = pytest.mark.envoy
+
+_WHY_NOT = conformance.available()
+RESULTS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if _WHY_NOT is not None:
+        print(f"skipping the Gateway API conformance tests: {_WHY_NOT}")
+        pytest.skip(_WHY_NOT)
+    work = tmp_path_factory.mktemp("gatewayapi")
+    backends = {(namespace, name): conformance.EchoBackend(namespace, name)
+                for namespace, name, _ in conformance.base_services()}
+    ca = CA()
+    pair = ca.issue("*.example.com", "example.com", "*.wildcard.org",
+                          "second-example.org", "example.org")
+    with serving({f"{ns}/{name}": server for (ns, name), server in backends.items()}) as bound:
+        ports = {port: free_port() for port in conformance.LISTENER_PORTS}
+        policy = work / "policy"
+        conformance.write_folder(policy, [], {
+            tuple(key.split("/", 1)): port for key, port in bound.items()},  # type: ignore
+            ports, (pair.cert_pem, pair.key_pem))
+        mp = MeshpilotProcess(policy, work).start()
+        try:
+            yield {"mp": mp, "policy": policy, "ports": ports, "work": work,
+                   "backends": backends, "ca": ca.pem}
+        finally:
+            mp.stop()
+            print(mp.log_tail(20))
+    _print_table()
+
+
+def _print_table() -> None:
+    print("\nGateway API conformance (upstream tests through a real Envoy):")
+    for name in conformance.CASES:
+        print(f"  {name:52} {RESULTS.get(name, 'not run')}")
+
+
+def _serve_test(suite: dict[str, Any], manifest: str) -> None:
+    """The policy folder holds the base and this test's manifest; wait until it is applied."""
+    mp: MeshpilotProcess = suite["mp"]
+    policy: Path = suite["policy"]
+    for old in policy.glob("*.yaml"):
+        if old.name not in ("base.yaml", "cluster.yaml"):
+            old.unlink()
+    before = mp.status()["policy"]["loads"]
+    (policy / f"{manifest}.yaml").write_text(
+        (conformance.ROOT / "tests" / f"{manifest}.yaml").read_text()
+        .replace("{GATEWAY_CLASS_NAME}", conformance.CLASS_NAME))
+    eventually(lambda: mp.status()["policy"]["loads"] > before and
+               f"{manifest}.yaml" in mp.status()["policy"]["applied_files"],
+               what=f"meshpilot to apply {manifest}")
+
+
+@pytest.mark.parametrize("name", list(conformance.CASES))
+def test_upstream(suite: dict[str, Any], name: str) -> None:
+    test = conformance.CASES[name]
+    _serve_test(suite, test.manifest)
+    mp: MeshpilotProcess = suite["mp"]
+    status = mp.status()["policy"]
+    assert status["ok"], status["errors"]
+    # Each route of the test's manifest is accepted by its Gateway (as upstream asserts first).
+    routes = {o["name"].split("/")[1]: {c["type"]: c for c in o["conditions"]}
+              for o in status["objects"] if o["kind"] == "HTTPRoute"
+              and (o["parent"] == test.gateway or o["parent"].startswith(f"{test.gateway}/"))}
+    if test.cases:  # a traffic test: its routes are accepted (or refused as upstream says)
+        assert routes
+        for route, conditions in routes.items():
+            reason = test.not_accepted.get(route)
+            accepted = conditions["Accepted"]
+            if reason is None:
+                assert accepted["status"] == "True", (route, conditions)
+            else:
+                assert (accepted["status"], accepted["reason"]) == ("False", reason), \
+                    conditions
+    failures: list[str] = []
+    for index, part in enumerate((test, *test.more)):
+        failures.extend(conformance.check_statuses(part, status["objects"]))
+        if part.cases:
+            failures.extend(_requests(suite, f"{name}-{index}", part))
+    RESULTS[name] = "PASS" if not failures else f"FAIL ({len(failures)})"
+    assert not failures, "\n".join(failures)
+
+
+def _requests(suite: dict[str, Any], name: str, test: conformance.Test) -> list[str]:
+    """Every request of `test` through a new Envoy of its Gateway: what went wrong."""
+    mp: MeshpilotProcess = suite["mp"]
+    envoy = EnvoyProcess(mp.bootstrap(f"{name}-1", test.gateway), suite["work"] / name,
+                         name=name)
+    envoy.start()
+    try:
+        envoy.wait_ready(30)
+        port = suite["ports"][test.listener_port]
+        failures: list[str] = []
+        for index, case in enumerate(test.cases):
+            # Eventually consistent, as upstream: the Envoy may still be taking its routes.
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    problems = conformance.check(case, *conformance.request(
+                        port, case, suite["ca"] if test.tls else None, test.listener_port))
+                    problems += _mirrored(suite["backends"], case)
+                except OSError as error:
+                    problems = [f"{error}"]
+                if not problems or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            failures.extend(f"{test.gateway}:{test.listener_port} case {index} {case.method} "
+                            f"{case.host}{case.path}: {p}" for p in problems)
+        if test.manifest == "httproute-weight":
+            failures.extend(_weights(port))
+        if test.manifest == "httproute-request-header-modifier-backend-weights":
+            failures.extend(_backend_headers(port))
+        if test.manifest == "httproute-request-percentage-mirror":
+            failures.extend(_mirror_shares(port, suite["backends"]))
+        return failures
+    finally:
+        envoy.stop()
+
+
+def _mirrored(backends: dict[tuple[str, str], conformance.EchoBackend],
+              case: conformance.Case) -> list[str]:
+    """Each mirror backend got the copy (Envoy sends it alongside, so give it a moment)."""
+    problems = []
+    for service in case.mirrored_to:
+        seen = backends[(case.namespace, service)].seen
+        try:
+            eventually(lambda seen=seen: case.path in seen, timeout=5,  # type: ignore[misc]
+                       what=f"{service} to see the copy")
+        except AssertionError:
+            problems.append(f"{service} was not sent a copy of {case.path}")
+        else:
+            seen.remove(case.path)
+    return problems
+
+
+def _backend_headers(port: int) -> list[str]:
+    """Each of 100 requests carries the Backend header its backendRef's filter set, and went
+    to that backend (upstream's check)."""
+    import json
+    seen: set[str] = set()
+    for _ in range(100):
+        status, _, body = conformance.request(port, conformance.Case("/"))
+        if status != 200:
+            return [f"status {status}"]
+        echoed = json.loads(body)
+        values = echoed["headers"].get("Backend", [])
+        if len(values) != 1 or not echoed["pod"].startswith(values[0]):
+            return [f"Backend header {values} on a request served by {echoed['pod']}"]
+        seen.add(values[0])
+    return [] if len(seen) == 2 else [f"only {seen} answered 100 requests weighted 10/10"]
+
+
+def _mirror_shares(port: int, backends: dict[tuple[str, str], conformance.EchoBackend],
+                   requests: int = 500) -> list[str]:
+    """The share of requests copied to the mirror, within 3 standard deviations of the
+    percentage written (upstream's tolerance), over 500 requests per path."""
+    mirror = backends[(conformance.INFRA, conformance.V2)]
+    problems = []
+    for path, percent in conformance.PERCENTAGE_MIRRORS:
+        mirror.seen.clear()
+        for _ in range(requests):
+            status = conformance.request(port, conformance.Case(path))[0]
+            if status != 200:
+                return [f"{path}: status {status}"]
+        counted = -1
+        for _ in range(50):  # the copies are sent alongside: wait until no more arrive
+            time.sleep(0.1)
+            now = mirror.seen.count(path)
+            if now == counted:
+                break
+            counted = now
+        p = percent / 100
+        margin = 3 * (requests * p * (1 - p)) ** 0.5
+        if abs(counted - requests * p) > margin:
+            problems.append(f"{path}: {counted} of {requests} mirrored, expected "
+                            f"{requests * p:.0f} +- {margin:.0f}")
+    return problems
+
+
+def _weights(port: int) -> list[str]:
+    """httproute-weight: v1, v2, v3 weighted 70, 30, 0; upstream allows a 5 % deviation over
+    500 requests... here the shares over 300 requests must be within 10 points."""
+    import json
+    counts: dict[str, int] = {}
+    for _ in range(300):
+        status, _, body = conformance.request(port, conformance.Case("/"))
+        if status != 200:
+            return [f"status {status}"]
+        pod = json.loads(body)["pod"]
+        counts[pod] = counts.get(pod, 0) + 1
+    share = {pod: 100 * n / 300 for pod, n in counts.items()}
+    problems = []
+    for pod, want in (("infra-backend-v1-pod", 70), ("infra-backend-v2-pod", 30)):
+        if abs(share.get(pod, 0) - want) > 10:
+            problems.append(f"{pod} got {share.get(pod, 0):.0f} %, expected about {want} %")
+    if "infra-backend-v3-pod" in share:
+        problems.append("infra-backend-v3 (weight 0) was sent requests")
+    return problems
+
+
+def _meshpilot(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "meshpilot", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_bootstrap_and_status_as_a_user_runs_them(suite: dict[str, Any]) -> None:
+    """`meshpilot bootstrap --node-cluster NS/NAME` makes an Envoy of that Gateway (with its
+    node token), and `meshpilot status` lists Gateways, listeners and routes with conditions
+    and where each was written."""
+    _serve_test(suite, "httproute-invalid-nonexistent-backendref")
+    mp: MeshpilotProcess = suite["mp"]
+    view = f"{conformance.INFRA}/same-namespace"
+    made = _meshpilot("bootstrap", "--node-id", "user-1", "--node-cluster", view,
+                      "--xds-address", f"127.0.0.1:{mp.xds_port}",
+                      "--admin-address", f"127.0.0.1:{free_port()}",
+                      "--state-dir", str(mp.state_dir))
+    assert made.returncode == 0, made.stderr
+    envoy = EnvoyProcess(yaml.safe_load(made.stdout), suite["work"] / "user", name="user")
+    envoy.start()
+    try:
+        envoy.wait_ready(30)
+        port = suite["ports"][80]
+        eventually(lambda: conformance.request(port, conformance.Case("/"))[0] == 500,
+                   what="the rule with a missing backend to answer 500")
+    finally:
+        envoy.stop()
+    shown = _meshpilot("status", "--admin-address", f"127.0.0.1:{mp.admin_port}",
+                       "--state-dir", str(mp.state_dir))
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    lines = shown.stdout.splitlines()
+    route = next(line for line in lines if line.startswith("HTTPRoute")
+                 and "invalid-nonexistent-backend-ref" in line)
+    assert "Accepted=True" in route and "ResolvedRefs=False(BackendNotFound)" in route
+    assert "(httproute-invalid-nonexistent-backendref.yaml:" in route
+    assert any(line.startswith("Listener") and f"{view}/http " in line and "attachedRoutes=1"
+               in line for line in lines), shown.stdout
+    assert any(line.startswith("Gateway ") and view in line and "(base.yaml:" in line
+               for line in lines), shown.stdout
+    assert "ResolvedRefs: no Service gateway-conformance-infra/nonexistent" in shown.stdout
+
+
+def test_a_malformed_document_is_refused_and_the_last_good_config_keeps_serving(
+        suite: dict[str, Any]) -> None:
+    _serve_test(suite, "httproute-simple-same-namespace")
+    mp: MeshpilotProcess = suite["mp"]
+    envoy = EnvoyProcess(mp.bootstrap("last-good-1", f"{conformance.INFRA}/same-namespace"),
+                         suite["work"] / "last-good", name="last-good")
+    envoy.start()
+    try:
+        envoy.wait_ready(30)
+        port = suite["ports"][80]
+        eventually(lambda: conformance.request(port, conformance.Case("/"))[0] == 200,
+                   what="the route to serve")
+        broken = suite["policy"] / "httproute-simple-same-namespace.yaml"
+        before = mp.status()["policy"]["rejected"]
+        broken.write_text(broken.read_text().replace("port: 8080", "port: eighty"))
+        errors = eventually(lambda: mp.status()["policy"]["rejected"] > before
+                            and mp.status()["policy"]["errors"], what="the edit to be refused")
+        assert any(e.startswith("httproute-simple-same-namespace.yaml:") and
+                   "spec.rules[0].backendRefs[0].port: expected an integer" in e
+                   for e in errors), errors
+        assert conformance.request(port, conformance.Case("/"))[0] == 200
+    finally:
+        envoy.stop()
+
+
+PARTLY_INVALID = f"""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: partly-invalid, namespace: {conformance.INFRA}}}
+spec:
+  parentRefs: [{{name: same-namespace}}]
+  rules:
+  - backendRefs:
+    - {{name: infra-backend-v1, port: 8080, weight: 1}}
+    - {{name: not-there, port: 8080, weight: 1}}
+"""
+
+
+def test_an_invalid_backend_beside_a_valid_one_answers_its_share_with_500(
+        suite: dict[str, Any]) -> None:
+    """The spec's partial validity inside one rule: requests that would go to the backend that
+    does not resolve are answered 500, the others are served; the Envoy accepts the routes."""
+    mp: MeshpilotProcess = suite["mp"]
+    policy: Path = suite["policy"]
+    _serve_test(suite, "httproute-simple-same-namespace")
+    (policy / "httproute-simple-same-namespace.yaml").unlink()
+    before = mp.status()["policy"]["loads"]
+    (policy / "partly-invalid.yaml").write_text(PARTLY_INVALID)
+    eventually(lambda: mp.status()["policy"]["loads"] > before
+               and "partly-invalid.yaml" in mp.status()["policy"]["applied_files"],
+               what="the route to be applied")
+    envoy = EnvoyProcess(mp.bootstrap("partly-1", f"{conformance.INFRA}/same-namespace"),
+                         suite["work"] / "partly", name="partly")
+    envoy.start()
+    try:
+        envoy.wait_ready(30)
+        port = suite["ports"][80]
+        eventually(lambda: conformance.request(port, conformance.Case("/"))[0] in (200, 500),
+                   what="the route to serve")
+        statuses = [conformance.request(port, conformance.Case("/"))[0] for _ in range(200)]
+        assert set(statuses) == {200, 500}, set(statuses)
+        assert 60 <= statuses.count(500) <= 140, statuses.count(500)
+        eventually(lambda: all(t["status"] == "SYNCED" for p in mp.proxies()
+                               if p["node_id"] == "partly-1" for t in p["types"].values()),
+                   what="the Envoy to ACK every type")
+    finally:
+        envoy.stop()
+        (policy / "partly-invalid.yaml").unlink()

@@ -1,0 +1,670 @@
+"""The upstream Gateway API conformance suite's inputs, made runnable here.
+
+`../shared/conformance/gateway-api-conformance/` holds the upstream manifests (kubernetes-sigs/
+gateway-api, conformance/base and conformance/tests) unchanged. A conformance folder is written
+from them as they are, plus what a cluster would add: a GatewayClass `meshpilot` (the suite's
+{GATEWAY_CLASS_NAME}) whose parameters map the listeners' ports to free loopback ports, the
+suite's TLS Secret, and one EndpointSlice per base Service pointing at an echo backend on
+loopback. The base's Deployments (pods) are the echo backends, so they are left out.
+
+`CASES` transcribes the requests and expectations of the upstream tests (conformance/tests/*.go
+at the same commit) into data; `check` compares a response with a case as the upstream
+`http.CompareRoundTrip` does (backend and namespace from the echo reply, the request the backend
+saw, redirects, response headers).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import ssl
+import time
+from dataclasses import dataclass, field
+from http.client import HTTPConnection, HTTPSConnection
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+from support import LoopbackHttpServer, QuietHandler
+
+
+def _root() -> Path:
+    """`shared/conformance/gateway-api-conformance` next to the repository (as CI clones it),
+    or next to a folder above it (a git worktree kept below the main checkout's parent)."""
+    repository = Path(__file__).resolve().parents[1]
+    for folder in (repository, *repository.parents):
+        candidate = folder.parent / "shared" / "conformance" / "gateway-api-conformance"
+        if candidate.is_dir():
+            return candidate
+    return repository.parent / "shared" / "conformance" / "gateway-api-conformance"
+
+
+ROOT = _root()
+CLASS_NAME = "meshpilot"
+INFRA = "gateway-conformance-infra"
+APP = "gateway-conformance-app-backend"
+WEB = "gateway-conformance-web-backend"
+BASE_KINDS = ("Namespace", "Gateway", "Service")  # Deployments and ConfigMaps are the pods'
+LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090)
+
+
+def available() -> str | None:
+    """None if the upstream manifests are here, else why not (a test then skips)."""
+    if not (ROOT / "base" / "manifests.yaml").is_file():
+        return f"upstream conformance manifests not found at {ROOT}"
+    return None
+
+
+def _documents(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(text, parsed) of each document of a manifest file, text unchanged."""
+    found = []
+    for chunk in re.split(r"(?m)^---\s*$", path.read_text()):
+        parsed = yaml.safe_load(chunk)
+        if isinstance(parsed, dict):
+            found.append((chunk.strip("\n"), parsed))
+    return found
+
+
+def base_services() -> list[tuple[str, str, list[dict[str, Any]]]]:
+    """(namespace, name, ports) of every Service of the base manifests."""
+    return [(doc["metadata"]["namespace"], doc["metadata"]["name"], doc["spec"]["ports"])
+            for _, doc in _documents(ROOT / "base" / "manifests.yaml")
+            if doc.get("kind") == "Service"]
+
+
+# ---- the echo backend ---------------------------------------------------------------------------
+
+
+class _EchoHandler(QuietHandler):
+    """What the upstream echo server answers: JSON with the request as the backend saw it and
+    who served it (namespace, pod); `X-Echo-Set-Header: Name:value,...` sets response headers."""
+
+    def _answer(self) -> None:
+        server: Any = self.server
+        server.echo_seen.append(self.path)
+        delay = re.search(r"[?&]delay=([0-9]+)(ms|s)\b", self.path)
+        if delay:
+            time.sleep(int(delay.group(1)) / (1000 if delay.group(2) == "ms" else 1))
+        headers: dict[str, list[str]] = {}
+        for name, value in self.headers.items():
+            headers.setdefault("-".join(p.capitalize() for p in name.split("-")), []).append(value)
+        body = json.dumps({
+            "path": self.path, "host": self.headers.get("Host", ""), "method": self.command,
+            "proto": self.request_version, "headers": headers,
+            "namespace": server.echo_namespace, "service": server.echo_service,
+            "pod": f"{server.echo_service}-pod",
+        }).encode()
+        self.send_response(200)
+        for item in (self.headers.get("X-Echo-Set-Header") or "").split(","):
+            name, _, value = item.partition(":")
+            if name.strip():
+                self.send_header(name.strip(), value.strip())
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        try:
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            # A delayed answer Envoy gave up on (the timeout tests): the client is gone.
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _answer
+
+
+class EchoBackend(LoopbackHttpServer):
+    def __init__(self, namespace: str, service: str):
+        super().__init__(_EchoHandler)
+        self.namespace, self.service = namespace, service
+
+    @property
+    def seen(self) -> list[str]:
+        """The request paths (with query) it was sent, in order."""
+        return self.httpd.echo_seen  # type: ignore[attr-defined,no-any-return]
+
+    def start(self) -> int:
+        self.httpd.echo_seen = []  # type: ignore[attr-defined]
+        self.httpd.echo_namespace = self.namespace  # type: ignore[attr-defined]
+        self.httpd.echo_service = self.service  # type: ignore[attr-defined]
+        return super().start()
+
+
+# ---- the folder -----------------------------------------------------------------------------------
+
+
+def write_folder(folder: Path, tests: list[str], backends: dict[tuple[str, str], int],
+                 ports: dict[int, int], tls: tuple[bytes, bytes]) -> None:
+    """The base manifests and the named test manifests as they are, and what a cluster adds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = [text for text, doc in _documents(ROOT / "base" / "manifests.yaml")
+            if doc.get("kind") in BASE_KINDS]
+    (folder / "base.yaml").write_text(
+        "\n---\n".join(base).replace("{GATEWAY_CLASS_NAME}", CLASS_NAME) + "\n")
+    for test in tests:
+        text = (ROOT / "tests" / f"{test}.yaml").read_text()
+        (folder / f"{test}.yaml").write_text(text.replace("{GATEWAY_CLASS_NAME}", CLASS_NAME))
+    mapping = " ".join(f"{written}:{bound}" for written, bound in sorted(ports.items()))
+    cluster = [f"""apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: {CLASS_NAME}}}
+spec:
+  controllerName: meshpilot.io/gateway-controller
+  parametersRef: {{group: "", kind: ConfigMap, name: {CLASS_NAME}-ports, namespace: default}}
+""", f"""apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {CLASS_NAME}-ports, namespace: default}}
+data: {{address: 127.0.0.1, ports: "{mapping}"}}
+"""]
+    cert, key = (base64.b64encode(x).decode() for x in tls)
+    cluster.append(f"""apiVersion: v1
+kind: Secret
+metadata: {{name: tls-validity-checks-certificate, namespace: {INFRA}}}
+type: kubernetes.io/tls
+data: {{tls.crt: {cert}, tls.key: {key}}}
+""")
+    for namespace, name, service_ports in base_services():
+        port = backends.get((namespace, name))
+        if port is None:
+            continue
+        slice_ports = ", ".join(f"{{name: {p.get('name', '')!r}, port: {port}}}"
+                                for p in service_ports)
+        cluster.append(f"""apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-echo
+  namespace: {namespace}
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{slice_ports}]
+endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
+""")
+    (folder / "cluster.yaml").write_text("---\n".join(cluster))
+
+
+# ---- the cases ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    path: str
+    host: str = "gateway.example"  # what a client of the Gateway's address sends
+    method: str = "GET"
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int = 200
+    backend: str | None = None  # the Service that must answer (its pod)
+    namespace: str = INFRA
+    seen_path: str | None = None  # the path the backend must see
+    seen_host: str | None = None
+    seen_headers: dict[str, str] = field(default_factory=dict)
+    seen_absent: tuple[str, ...] = ()
+    redirect: dict[str, str] | None = None  # scheme, host, port, path
+    set_response: dict[str, str] = field(default_factory=dict)  # the backend sets these
+    response_headers: dict[str, str] = field(default_factory=dict)
+    response_absent: tuple[str, ...] = ()
+    mirrored_to: tuple[str, ...] = ()  # these Services get a copy of the request
+
+
+@dataclass(frozen=True)
+class Expect:
+    """A status upstream asserts: an object's conditions (type -> (status, reason or None for
+    any reason)), and for a listener its attachedRoutes and supportedKinds."""
+
+    kind: str  # HTTPRoute (its status for the test's Gateway) or Listener ("GATEWAY/LISTENER")
+    name: str  # in the infra namespace unless "NS/..." is given
+    conditions: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    attached: int | None = None
+    supported: str | None = None
+
+
+@dataclass(frozen=True)
+class Test:
+    manifest: str
+    gateway: str  # NS/NAME: the view
+    cases: tuple[Case, ...]
+    listener_port: int = 80
+    # route name -> the reason upstream expects its Accepted condition False for
+    not_accepted: dict[str, str] = field(default_factory=dict)
+    tls: bool = False  # requests over TLS, SNI = the case's host
+    more: tuple[Test, ...] = ()  # the same manifest, another Gateway or listener port
+    expect: tuple[Expect, ...] = ()  # statuses upstream asserts
+
+
+V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
+GW = f"{INFRA}/same-namespace"
+
+
+def _c(path: str, backend: str | None = V1, **kw: Any) -> Case:
+    return Case(path, backend=backend, **kw)
+
+
+def _404(path: str, **kw: Any) -> Case:
+    return Case(path, status=404, **kw)
+
+
+def _redirect(request_path: str, status: int = 302, **redirect: str) -> Case:
+    return Case(request_path, status=status, redirect=redirect)
+
+
+_HM = {"X-Header-Remove": "remove-val", "X-Header-Add-Append": "append-val-1",
+       "X-Header-Set": "set-val"}
+_HM_SEEN = {"X-Header-Add": "header-val-1", "X-Header-Add-Append": "append-val-1,header-val-2",
+            "X-Header-Set": "set-overwrites-values"}
+
+CASES: dict[str, Test] = {
+    "HTTPRouteSimpleSameNamespace": Test("httproute-simple-same-namespace", GW, (_c("/"),)),
+    "HTTPRouteMatching": Test("httproute-matching", GW, (
+        _c("/"), _c("/example"), _c("/", headers={"Version": "one"}), _c("/v2", V2),
+        _c("/v2/example", V2), _c("/", V2, headers={"Version": "two"}), _c("/v2/", V2),
+        _c("/v2example"), _c("/foo/v2/example"))),
+    "HTTPRouteExactPathMatching": Test("httproute-exact-path-matching", GW, (
+        _c("/one"), _c("/two", V2), _404("/"), _404("/one/example"), _404("/two/"),
+        _404("/Two"))),
+    "HTTPRouteHeaderMatching": Test("httproute-header-matching", GW, (
+        _c("/", headers={"Version": "one"}), _c("/", V2, headers={"Version": "two"}),
+        _c("/", headers={"Version": "two", "Color": "orange"}),
+        _c("/", V2, headers={"Version": "two", "Color": "blue"}),
+        _404("/", headers={"Color": "orange"}), _404("/", headers={"Some-Other-Header": "one"}),
+        _c("/", headers={"Color": "blue"}), _c("/", headers={"Color": "green"}),
+        _c("/", V2, headers={"Color": "red"}), _c("/", V2, headers={"Color": "yellow"}),
+        _404("/", headers={"Color": "purple"}))),
+    "HTTPRouteMethodMatching": Test("httproute-method-matching", GW, (
+        _c("/", method="POST"), _c("/", V2, method="GET"), _404("/", method="HEAD"),
+        _c("/path1", method="GET"), _c("/", V2, method="PUT", headers={"version": "one"}),
+        _c("/path2", V3, method="POST", headers={"version": "two"}),
+        _c("/path3", method="PATCH"),
+        _c("/path4", method="DELETE", headers={"version": "three"}),
+        _404("/", method="PUT"), _404("/path4", method="DELETE"),
+        _c("/path5", method="PATCH"), _c("/", V2, method="PATCH", headers={"version": "four"}))),
+    "HTTPRouteQueryParamMatching": Test("httproute-query-param-matching", GW, (
+        _c("/?animal=whale"), _c("/?animal=dolphin", V2), _c("/?animal=dolphin&color=blue", V3),
+        _c("/?ANIMAL=Whale", V3), _c("/?animal=whale&otherparam=irrelevant"),
+        _c("/?animal=dolphin&color=yellow", V2), _404("/?color=blue"), _404("/?animal=dog"),
+        _404("/?animal=whaledolphin"), _404("/"), _c("/path1?animal=whale"),
+        _c("/?animal=whale", V2, headers={"version": "one"}),
+        _c("/path2?animal=whale", V3, headers={"version": "two"}),
+        _c("/path3?animal=shark"), _c("/path4?animal=kraken", headers={"version": "three"}),
+        _404("/?animal=shark"), _404("/path4?animal=kraken"), _c("/path5?animal=hydra"),
+        _c("/?animal=hydra", V3, headers={"version": "four"}))),
+    "HTTPRoutePathMatchOrder": Test("httproute-path-match-order", GW, (
+        _c("/match/exact/one", V3), _c("/match/exact", V2), _c("/match"),
+        _c("/match/prefix/one/any", V2), _c("/match/prefix/any"), _c("/match/any", V3))),
+    "HTTPRouteMatchingAcrossRoutes": Test("httproute-matching-across-routes", GW, (
+        _c("/", host="example.com"), _c("/example", host="example.com"),
+        _c("/example", host="example.net"),
+        _c("/example", host="example.com", headers={"Version": "one"}),
+        _c("/v2", V2, host="example.com"), _c("/v2", host="example.net"),
+        _c("/v2/example", V2, host="example.com"),
+        _c("/", V2, host="example.com", headers={"Version": "two"}))),
+    "HTTPRouteRequestHeaderModifier": Test("httproute-request-header-modifier", GW, (
+        _c("/set", headers={"Some-Other-Header": "val"},
+           seen_headers={"Some-Other-Header": "val", "X-Header-Set": "set-overwrites-values"}),
+        _c("/set", headers={"Some-Other-Header": "val", "X-Header-Set": "some-other-value"},
+           seen_headers={"X-Header-Set": "set-overwrites-values"}),
+        _c("/add", headers={"Some-Other-Header": "val"},
+           seen_headers={"X-Header-Add": "add-appends-values"}),
+        _c("/add", headers={"Some-Other-Header": "val", "X-Header-Add": "some-other-value"},
+           seen_headers={"X-Header-Add": "some-other-value,add-appends-values"}),
+        _c("/remove", headers={"X-Header-Remove": "val"}, seen_absent=("X-Header-Remove",)),
+        _c("/case-insensitivity", headers={"x-header-set": "original-val-set",
+                                           "x-header-add": "original-val-add",
+                                           "x-header-remove": "original-val-remove",
+                                           "Another-Header": "another-header-val"},
+           seen_headers={"X-Header-Set": "header-set", "X-Header-Add": "original-val-add,"
+                         "header-add", "Another-Header": "another-header-val"},
+           seen_absent=("X-Header-Remove",)))),
+    # The same requests, the same expectations, with the filters on the backendRefs.
+    "HTTPRouteBackendRequestHeaderModifier": None,  # type: ignore[dict-item]
+    "HTTPRouteResponseHeaderModifier": Test("httproute-response-header-modifier", GW, (
+        _c("/set", set_response={"Some-Other-Header": "val"},
+           response_headers={"Some-Other-Header": "val",
+                             "X-Header-Set": "set-overwrites-values"}),
+        _c("/set", set_response={"X-Header-Set": "some-other-value"},
+           response_headers={"X-Header-Set": "set-overwrites-values"}),
+        _c("/add", set_response={"Some-Other-Header": "val"},
+           response_headers={"X-Header-Add": "add-appends-values"}),
+        _c("/add", set_response={"X-Header-Add": "some-other-value"},
+           response_headers={"X-Header-Add": "some-other-value,add-appends-values"}),
+        _c("/remove", set_response={"X-Header-Remove": "val"},
+           response_absent=("X-Header-Remove",)))),
+    "HTTPRouteRedirectScheme": Test("httproute-redirect-scheme", GW, (
+        _redirect("/scheme", scheme="https"),
+        _redirect("/scheme-and-host", host="example.org", scheme="https"),
+        _redirect("/scheme-and-status", 301, scheme="https"),
+        _redirect("/scheme-and-host-and-status", 302, scheme="https", host="example.org"))),
+    "HTTPRouteRedirectPath": Test("httproute-redirect-path", GW, (
+        _redirect("/original-prefix/lemon", path="/replacement-prefix/lemon"),
+        _redirect("/full/path/original", path="/full-path-replacement"),
+        _redirect("/path-and-host", host="example.org", path="/replacement-prefix"),
+        _redirect("/path-and-status", 301, path="/replacement-prefix"),
+        _redirect("/full-path-and-host", host="example.org", path="/replacement-full"),
+        _redirect("/full-path-and-status", 301, path="/replacement-full"))),
+    "HTTPRouteRedirectPort": Test("httproute-redirect-port", GW, (
+        _redirect("/port", port="8083"),
+        _redirect("/port-and-host", host="example.org", port="8083"),
+        _redirect("/port-and-status", 301, port="8083"),
+        _redirect("/port-and-host-and-status", 302, port="8083", host="example.org"))),
+    "HTTPRouteRedirectHostAndStatus": Test("httproute-redirect-host-and-status", GW, (
+        _redirect("/hostname-redirect", host="example.org"),
+        _redirect("/host-and-status", 301, host="example.org"))),
+    "HTTPRouteRewritePath": Test("httproute-rewrite-path", GW, (
+        _c("/prefix/one/two", seen_path="/one/two"),
+        _c("/strip-prefix/three", seen_path="/three"), _c("/strip-prefix", seen_path="/"),
+        _c("/full/one/two", seen_path="/one"),
+        _c("/full/rewrite-path-and-modify-headers/test", headers=_HM, seen_path="/test",
+           seen_headers=_HM_SEEN, seen_absent=("X-Header-Remove",)),
+        _c("/prefix/rewrite-path-and-modify-headers/one", headers=_HM, seen_path="/prefix/one",
+           seen_headers=_HM_SEEN, seen_absent=("X-Header-Remove",)))),
+    "HTTPRouteRewriteHost": Test("httproute-rewrite-host", GW, (
+        _c("/one", host="rewrite.example", seen_host="one.example.org"),
+        _c("/two", V2, host="rewrite.example", seen_host="example.org"),
+        _c("/rewrite-host-and-modify-headers", V2, host="rewrite.example",
+           headers={"X-Header-Remove": "remove-val", "X-Header-Add-Append": "append-val-1"},
+           seen_host="test.example.org", seen_headers=_HM_SEEN,
+           seen_absent=("X-Header-Remove",)))),
+    "HTTPRouteHostnameIntersection": Test("httproute-hostname-intersection",
+                                          f"{INFRA}/httproute-hostname-intersection", (
+        _c("/s1", host="very.specific.com"), _c("/s1", host="very.specific.com:1234"),
+        _404("/s1", host="non.matching.com"), _404("/s1", host="foo.nonmatchingwildcard.io"),
+        _404("/s1", host="foo.wildcard.io"), _404("/non-matching-prefix", host="very.specific.com"),
+        _c("/s2", V2, host="foo.wildcard.io"), _c("/s2", V2, host="bar.wildcard.io"),
+        _c("/s2", V2, host="foo.bar.wildcard.io"), _404("/s2", host="non.matching.com"),
+        _404("/s2", host="wildcard.io"), _404("/s2", host="very.specific.com"),
+        _404("/non-matching-prefix", host="foo.wildcard.io"),
+        _c("/s3", V3, host="very.specific.com"), _404("/s3", host="non.matching.com"),
+        _404("/s3", host="foo.specific.com"), _404("/s3", host="foo.wildcard.io"),
+        _c("/s4", host="foo.anotherwildcard.io"), _c("/s4", host="bar.anotherwildcard.io"),
+        _c("/s4", host="foo.bar.anotherwildcard.io"), _404("/s4", host="anotherwildcard.io"),
+        _404("/s4", host="foo.wildcard.io"), _404("/s4", host="very.specific.com"),
+        _404("/non-matching-prefix", host="foo.anotherwildcard.io")),
+        not_accepted={"no-intersecting-hosts": "NoMatchingListenerHostname"}),
+    "HTTPRouteListenerHostnameMatching": Test("httproute-listener-hostname-matching",
+                                              f"{INFRA}/httproute-listener-hostname-matching", (
+        _c("/", host="bar.com"), _c("/", V2, host="foo.bar.com"),
+        _c("/", V3, host="baz.bar.com"), _c("/", V3, host="boo.bar.com"),
+        _c("/", V3, host="multiple.prefixes.bar.com"),
+        _c("/", V3, host="multiple.prefixes.foo.com"), _404("/", host="foo.com"),
+        _404("/", host="no.matching.host"))),
+    "HTTPRouteCrossNamespace": Test("httproute-cross-namespace", f"{INFRA}/backend-namespaces",
+                                    (_c("/", "web-backend", namespace=WEB),)),
+    "HTTPRouteReferenceGrant": Test("httproute-reference-grant", GW,
+                                    (_c("/", "web-backend", namespace=WEB),)),
+    "HTTPRouteInvalidNonExistentBackendRef": Test("httproute-invalid-nonexistent-backendref",
+                                                  GW, (Case("/", status=500),)),
+    "HTTPRouteInvalidCrossNamespaceBackendRef": Test(
+        "httproute-invalid-cross-namespace-backend-ref", GW, (Case("/", status=500),)),
+    "HTTPRoutePartiallyInvalidViaInvalidReferenceGrant": Test(
+        "httproute-partially-invalid-via-invalid-reference-grant", GW,
+        (Case("/v2", status=500), _c("/", "app-backend-v1", namespace=APP))),
+    "HTTPRouteTimeoutRequest": Test("httproute-timeout-request", GW, (
+        Case("/request-timeout"), Case("/request-timeout?delay=1s", status=504),
+        Case("/disable-request-timeout?delay=1s"))),
+    "HTTPRouteTimeoutBackendRequest": Test("httproute-timeout-backend-request", GW, (
+        Case("/backend-timeout"), Case("/backend-timeout?delay=1s", status=504),
+        Case("/disable-backend-timeout?delay=1s"))),
+    "HTTPRouteRequestMirror": Test("httproute-request-mirror", GW, (
+        _c("/mirror", mirrored_to=(V2,)),
+        _c("/mirror-and-modify-headers", headers=_HM, mirrored_to=(V2,),
+           seen_headers=_HM_SEEN, seen_absent=("X-Header-Remove",)))),
+    "HTTPRouteHTTPSListener": Test("httproute-https-listener",
+                                   f"{INFRA}/same-namespace-with-https-listener", (
+        _c("/", host="example.org"), _c("/", V2, host="second-example.org")),
+        listener_port=443, tls=True),
+    "HTTPRoute303Redirect": Test("httproute-303-redirect", GW, (
+        _redirect("/see-other", 303, path="/see-other"),)),
+    "HTTPRoute307Redirect": Test("httproute-307-redirect", GW, (
+        _redirect("/temporary", 307, path="/temporary"),)),
+    "HTTPRoute308Redirect": Test("httproute-308-redirect", GW, (
+        _redirect("/permanent", 308, path="/permanent"),)),
+    "HTTPRouteRedirectPortAndScheme": Test("httproute-redirect-port-and-scheme", GW, (
+        _redirect("/scheme-nil-and-port-nil", scheme="http", host="example.org"),
+        _redirect("/scheme-nil-and-port-80", scheme="http", host="example.org"),
+        _redirect("/scheme-nil-and-port-8080", scheme="http", port="8080", host="example.org"),
+        _redirect("/scheme-https-and-port-nil", scheme="https", host="example.org"),
+        _redirect("/scheme-https-and-port-443", scheme="https", host="example.org"),
+        _redirect("/scheme-https-and-port-8443", scheme="https", port="8443",
+                  host="example.org")), more=(
+        Test("httproute-redirect-port-and-scheme",
+             f"{INFRA}/same-namespace-with-http-listener-on-8080", (
+                 _redirect("/scheme-nil-and-port-nil", scheme="http", port="8080",
+                           host="example.org"),
+                 _redirect("/scheme-nil-and-port-80", scheme="http", host="example.org"),
+                 _redirect("/scheme-https-and-port-nil", scheme="https", host="example.org")),
+             listener_port=8080),
+        Test("httproute-redirect-port-and-scheme",
+             f"{INFRA}/same-namespace-with-https-listener", tuple(
+                 Case(path, host="example.org", status=302, redirect=redirect) for path, redirect
+                 in (("/scheme-nil-and-port-nil", {"scheme": "https"}),
+                     ("/scheme-nil-and-port-443", {"scheme": "https"}),
+                     ("/scheme-nil-and-port-8443", {"scheme": "https", "port": "8443"}),
+                     ("/scheme-http-and-port-nil", {"scheme": "http"}),
+                     ("/scheme-http-and-port-80", {"scheme": "http"}),
+                     ("/scheme-http-and-port-8080", {"scheme": "http", "port": "8080"}))),
+             listener_port=443, tls=True))),
+    "HTTPRouteListenerPortMatching": Test(
+        "httproute-listener-port-matching", f"{INFRA}/httproute-listener-port-matching",
+        (_c("/", host="foo.com"),), more=(
+            Test("httproute-listener-port-matching",
+                 f"{INFRA}/httproute-listener-port-matching",
+                 (_c("/", V2, host="foo.com:8080"), _c("/", V2, host="bar.com:8080")),
+                 listener_port=8080),
+            Test("httproute-listener-port-matching",
+                 f"{INFRA}/httproute-listener-port-matching",
+                 (_c("/", V3, host="foo.com:8090"), _404("/", host="bar.com:8090")),
+                 listener_port=8090))),
+    "GatewayHTTPListenerIsolation": Test(
+        "gateway-http-listener-isolation", f"{INFRA}/http-listener-isolation", tuple(
+            _c(path, host=host) if path == served else _404(path, host=host) for host, served in (
+                ("bar.com", "/empty-hostname"),
+                ("bar.example.com", "/wildcard-example-com"),
+                ("bar.foo.example.com", "/wildcard-foo-example-com"),
+                ("abc.foo.example.com", "/abc-foo-example-com"))
+            for path in ("/empty-hostname", "/wildcard-example-com",
+                         "/wildcard-foo-example-com", "/abc-foo-example-com"))),
+    "HTTPRouteInvalidBackendRefUnknownKind": Test(
+        "httproute-invalid-backendref-unknown-kind", GW, (Case("/v2", status=500),)),
+    "HTTPRouteNamedRule": Test("httproute-named-rule", GW, (Case("/named"), Case("/unnamed"))),
+    "HTTPRouteRequestMultipleMirrors": Test("httproute-request-multiple-mirrors", GW, (
+        _c("/multi-mirror", mirrored_to=(V2, V3)),
+        _c("/multi-mirror-and-modify-request-headers", headers=_HM, mirrored_to=(V2, V3),
+           seen_headers=_HM_SEEN, seen_absent=("X-Header-Remove",)))),
+    "HTTPRouteRequestHeaderModifierBackendWeights": Test(
+        "httproute-request-header-modifier-backend-weights", GW, (_c("/", None),)),
+    "HTTPRouteWeight": Test("httproute-weight", GW, tuple(
+        _c("/", None) for _ in range(30))),
+}
+
+_NO_PARENT = {"Accepted": ("False", "NoMatchingParent")}
+_NOT_ALLOWED = {"Accepted": ("False", "NotAllowedByListeners")}
+_OK = {"Accepted": ("True", None), "ResolvedRefs": ("True", None)}
+CASES.update({
+    "HTTPRouteInvalidParentRefNotMatchingSectionName": Test(
+        "httproute-invalid-parentref-not-matching-section-name", GW, (), expect=(
+            Expect("HTTPRoute", "httproute-listener-not-matching-section-name", _NO_PARENT),
+            Expect("Listener", "same-namespace/http", attached=0))),
+    "HTTPRouteInvalidParentRefNotMatchingListenerPort": Test(
+        "httproute-invalid-parentref-not-matching-listener-port", GW, (), expect=(
+            Expect("HTTPRoute", "httproute-listener-not-matching-route-port",
+                   {**_NO_PARENT, "ResolvedRefs": ("True", None)}),
+            Expect("Listener", "same-namespace/http", attached=0))),
+    "HTTPRouteInvalidParentRefSectionNameNotMatchingPort": Test(
+        "httproute-invalid-parentref-section-name-not-matching-port",
+        f"{INFRA}/gateway-with-one-not-matching-port-and-section-name-route", (), expect=(
+            Expect("HTTPRoute", "httproute-listener-section-name-not-matching-port",
+                   _NO_PARENT),)),
+    "HTTPRouteDisallowedKind": Test(
+        "httproute-disallowed-kind", f"{INFRA}/tlsroutes-only", (), expect=(
+            Expect("HTTPRoute", "disallowed-kind", {**_NOT_ALLOWED,
+                                                    "ResolvedRefs": ("True", None)}),)),
+    "HTTPRouteInvalidCrossNamespaceParentRef": Test(
+        "httproute-invalid-cross-namespace-parent-ref", GW, (), expect=(
+            Expect("HTTPRoute", f"{WEB}/invalid-cross-namespace-parent-ref", _NOT_ALLOWED),
+            Expect("Listener", "same-namespace/http", attached=0))),
+    "GatewayWithAttachedRoutes": Test(
+        "gateway-with-attached-routes", f"{INFRA}/gateway-with-one-attached-route", (), expect=(
+            Expect("Listener", "gateway-with-one-attached-route/http",
+                   {"Accepted": ("True", None), "ResolvedRefs": ("True", None)}, attached=1,
+                   supported="HTTPRoute"),), more=(
+            Test("gateway-with-attached-routes", f"{INFRA}/gateway-with-two-attached-routes",
+                 (), expect=(
+                     Expect("Listener", "gateway-with-two-attached-routes/http",
+                            {"Accepted": ("True", None), "ResolvedRefs": ("True", None)},
+                            attached=2, supported="HTTPRoute"),
+                     Expect("HTTPRoute", "http-route-not-accepted",
+                            {"Accepted": ("False", "NoMatchingListenerHostname")}))),
+            Test("gateway-with-attached-routes",
+                 f"{INFRA}/unresolved-gateway-with-one-attached-unresolved-route", (), expect=(
+                     Expect("Listener",
+                            "unresolved-gateway-with-one-attached-unresolved-route/tls",
+                            {"ResolvedRefs": ("False", None), "Programmed": ("False", None)},
+                            attached=1),
+                     Expect("HTTPRoute", "http-route-4", {"ResolvedRefs": ("False", None)}))))),
+    "GatewayWithAttachedRoutesWithPort8080": Test(
+        "gateway-with-attached-routes-with-port-8080",
+        f"{INFRA}/gateway-with-two-listeners-and-one-attached-route", (), expect=(
+            Expect("Listener", "gateway-with-two-listeners-and-one-attached-route/"
+                   "http-unattached", {"Accepted": ("True", None),
+                                       "ResolvedRefs": ("True", None)}, attached=0),
+            Expect("Listener", "gateway-with-two-listeners-and-one-attached-route/http",
+                   {"Accepted": ("True", None), "ResolvedRefs": ("True", None)},
+                   attached=1))),
+})
+
+# httproute-request-percentage-mirror: (path, percent of requests mirrored to v2), checked over
+# 500 requests each within 3 standard deviations, as upstream.
+PERCENTAGE_MIRRORS = (("/percent-mirror", 20), ("/percent-mirror-fraction", 50),
+                      ("/percent-mirror-and-modify-headers", 35))
+CASES["HTTPRouteRequestPercentageMirror"] = Test(
+    "httproute-request-percentage-mirror", GW,
+    tuple(_c(path) for path, _ in PERCENTAGE_MIRRORS))
+
+CASES["HTTPRouteBackendRequestHeaderModifier"] = Test(
+    "httproute-request-header-modifier-backend", GW,
+    CASES["HTTPRouteRequestHeaderModifier"].cases)
+
+DEFAULT_HOST = Case.__dataclass_fields__["host"].default
+
+
+def request(port: int, case: Case, ca: bytes | None = None,
+            listener_port: int | None = None) -> tuple[int, dict[str, str], bytes]:
+    """The case's request to a listener on `port`; over TLS trusting `ca` when given (SNI: the
+    case's host). A request to the Gateway's address carries the listener's port in Host unless
+    it is the scheme's default, as a client's does."""
+    host = case.host
+    if host == DEFAULT_HOST and listener_port not in (None, 443 if ca else 80):
+        host = f"{host}:{listener_port}"
+    headers = {"Host": host, **case.headers}
+    if case.set_response:
+        headers["X-Echo-Set-Header"] = ",".join(f"{k}:{v}" for k, v in case.set_response.items())
+    connection: HTTPConnection
+    if ca is None:
+        connection = HTTPConnection("127.0.0.1", port, timeout=10)
+    else:
+        context = ssl.create_default_context(cadata=ca.decode())
+        connection = _SniConnection(host.partition(":")[0], "127.0.0.1", port, timeout=10,
+                                    context=context)
+    try:
+        connection.request(case.method, case.path, headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+        merged: dict[str, str] = {}
+        for name, value in response.getheaders():
+            key = name.lower()
+            merged[key] = f"{merged[key]},{value}" if key in merged else value
+        return response.status, merged, body
+    finally:
+        connection.close()
+
+
+class _SniConnection(HTTPSConnection):
+    """HTTPS to an address, with SNI and certificate check for another name (the Host)."""
+
+    def __init__(self, server_name: str, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.server_name = server_name
+
+    def connect(self) -> None:
+        HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
+            self.sock, server_hostname=self.server_name)
+
+
+def check_statuses(test: Test, objects: list[dict[str, Any]]) -> list[str]:
+    """What differs from the statuses upstream asserts, in `/debug/status` objects."""
+    problems: list[str] = []
+    for want in test.expect:
+        name = want.name if want.name.count("/") == (2 if want.kind == "Listener" else 1) \
+            else f"{INFRA}/{want.name}"
+        found = [o for o in objects if o["kind"] == want.kind and o["name"] == name
+                 and (want.kind != "HTTPRoute" or o["parent"].split("/")[:2]
+                      == test.gateway.split("/"))]
+        if len(found) != 1:
+            problems.append(f"{want.kind} {name}: {len(found)} statuses")
+            continue
+        conditions = {c["type"]: c for c in found[0]["conditions"]}
+        for kind, (status, reason) in want.conditions.items():
+            got = conditions.get(kind)
+            if got is None or got["status"] != status or \
+                    (reason is not None and got["reason"] != reason):
+                problems.append(f"{want.kind} {name}: {kind} is {got}, expected "
+                                f"{status} ({reason or 'any reason'})")
+        if want.attached is not None and found[0].get("attachedRoutes") != str(want.attached):
+            problems.append(f"{name}: attachedRoutes {found[0].get('attachedRoutes')}, "
+                            f"expected {want.attached}")
+        if want.supported is not None and found[0].get("supportedKinds") != want.supported:
+            problems.append(f"{name}: supportedKinds {found[0].get('supportedKinds')!r}, "
+                            f"expected {want.supported!r}")
+    return problems
+
+
+def check(case: Case, status: int, headers: dict[str, str], body: bytes) -> list[str]:
+    """What differs from the case (empty: it passed), as upstream's CompareRoundTrip."""
+    problems: list[str] = []
+    if status != case.status:
+        return [f"status {status}, expected {case.status}"]
+    if case.redirect is not None:
+        location = urlsplit(headers.get("location", ""))
+        got = {"scheme": location.scheme, "host": location.hostname or "",
+               "port": str(location.port or ""), "path": location.path}
+        want = {"scheme": "http", "host": case.host.partition(":")[0],
+                "path": urlsplit(case.path).path, **case.redirect}
+        for key in ("scheme", "host", "path"):
+            if got[key] != want[key]:
+                problems.append(f"redirect {key} {got[key]!r}, expected {want[key]!r}")
+        if "port" in want and got["port"] != want["port"]:
+            problems.append(f"redirect port {got['port']!r}, expected {want['port']!r}")
+        if "port" not in want and got["port"] not in ("", str({"http": 80, "https": 443}
+                                                             .get(got["scheme"], ""))):
+            problems.append(f"redirect port {got['port']!r} for scheme {got['scheme']}")
+        return problems
+    for name, value in case.response_headers.items():
+        if headers.get(name.lower()) != value:
+            problems.append(f"response header {name}: {headers.get(name.lower())!r}, "
+                            f"expected {value!r}")
+    for name in case.response_absent:
+        if name.lower() in headers:
+            problems.append(f"response header {name} should be absent")
+    if status != 200 or case.status != 200:
+        return problems
+    try:
+        echoed = json.loads(body)
+    except ValueError:
+        return [*problems, f"not an echo reply: {body[:100]!r}"]
+    if case.backend is not None:
+        if not echoed["pod"].startswith(case.backend):
+            problems.append(f"served by {echoed['pod']}, expected {case.backend}")
+        if echoed["namespace"] != case.namespace:
+            problems.append(f"namespace {echoed['namespace']}, expected {case.namespace}")
+    seen = {name.lower(): ",".join(values) for name, values in echoed["headers"].items()}
+    if case.seen_path is not None and echoed["path"] != case.seen_path:
+        problems.append(f"backend saw path {echoed['path']!r}, expected {case.seen_path!r}")
+    if case.seen_host is not None and echoed["host"] != case.seen_host:
+        problems.append(f"backend saw host {echoed['host']!r}, expected {case.seen_host!r}")
+    for name, value in case.seen_headers.items():
+        if seen.get(name.lower()) != value:
+            problems.append(f"backend saw {name}: {seen.get(name.lower())!r}, expected {value!r}")
+    for name in case.seen_absent:
+        if name.lower() in seen:
+            problems.append(f"backend saw {name}, which should be absent")
+    return problems
