@@ -451,3 +451,68 @@ routes:
           - match: {{prefix: /}}
             route: {action}
 """
+
+
+def etcd_binary() -> str:
+    """The etcd binary; skipped with the reason when there is none, except under CI=true, where
+    `make test` installs it (scripts/etcd-server.sh) and its absence is a failure."""
+    import shutil
+
+    found = shutil.which("etcd")
+    if found:
+        return found
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI=true and no etcd on PATH: scripts/etcd-server.sh should have installed "
+                    "Debian's etcd-server")
+    pytest.skip("no etcd on PATH (apt-get install etcd-server, or `make test` under CI)")
+
+
+class EtcdProcess:
+    """A real single-member etcd on free loopback ports, its data in `data_dir`."""
+
+    def __init__(self, data_dir: Path, log_dir: Path):
+        self.binary = etcd_binary()
+        self.data_dir = data_dir
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.log_path = log_dir / f"etcd-{self.client_port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"etcd://127.0.0.1:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def start(self, timeout: float = 30.0) -> EtcdProcess:
+        log = self.log_path.open("ab")
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.proc = subprocess.Popen(
+            [self.binary, "--name", "test", "--data-dir", str(self.data_dir),
+             "--listen-client-urls", self.client_url, "--advertise-client-urls", self.client_url,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"test={peer}", "--log-level", "warn",
+             "--logger", "zap"],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        eventually(self._healthy, timeout=timeout, what=f"etcd on {self.client_url}")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"etcd exited {self.proc.returncode}:\n"
+                                 f"{self.log_path.read_text()[-2000:]}")
+        status, _, body = http_get(f"{self.client_url}/health", timeout=1)
+        return status == 200 and b'"true"' in body
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
