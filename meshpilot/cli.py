@@ -27,6 +27,7 @@ from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
 from meshpilot.runtime.admin_guard import split_authority
 from meshpilot.runtime.app import Meshpilot, Settings, split_address
 from meshpilot.runtime.plugin_loader import load_plugins
+from meshpilot.store import StoreError, check_prefix, parse_store_url
 from meshpilot.translators import Translation
 from meshpilot.translators.plugins import PluginError
 from meshpilot.xds.render import snapshot_to_dict
@@ -70,6 +71,21 @@ def _admin_host(text: str) -> str:
     return text
 
 
+def _store_url(text: str) -> str:
+    try:
+        parse_store_url(text)
+    except StoreError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _store_prefix(text: str) -> str:
+    try:
+        return check_prefix(text)
+    except StoreError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _trust_domain(text: str) -> str:
     try:
         return check_trust_domain(text)
@@ -97,14 +113,17 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     node_credentials=tuple(args.write_node_credentials),
                     insecure_admin=args.insecure_admin,
                     trust_domain=args.trust_domain, cert_ttl=args.cert_ttl,
-                    admin_hosts=tuple(args.admin_host))
+                    admin_hosts=tuple(args.admin_host), store=args.store,
+                    store_prefix=args.store_prefix,
+                    store_key=Path(args.store_key) if args.store_key else None,
+                    replica_id=args.replica_id)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     try:
         app = Meshpilot(serve_settings(args))
-    except (PluginError, XdsSecurityError, CaError) as e:
+    except (PluginError, XdsSecurityError, CaError, StoreError) as e:
         print(e, file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
@@ -216,7 +235,8 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         admin = admin_client(args)
-        proxies = admin.get_json("/debug/proxies")["proxies"]
+        fleet = admin.get_json("/debug/proxies")
+        proxies = fleet["proxies"]
         status = admin.get_json("/debug/status")
     except AdminError as e:
         print(e, file=sys.stderr)
@@ -228,11 +248,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"policy {policy['path']}: {'ok' if policy['ok'] else 'REJECTED'}")
     for line in policy["errors"]:
         print(f"  {line}")
-    print(f"{'NODE':24} {'VIEW':16} {'VARIANT':12} {'TYPE':10} {'STATUS':9} {'SENT':17} ACKED")
+    if "replica" in status:  # one of several replicas: every replica's Envoys are listed
+        print(f"replica {status['replica']}, store {status['store']['url']}"
+              f"{'' if status['store']['reachable'] else ' (UNREACHABLE)'}")
+    if fleet.get("store_error"):
+        print(f"  {fleet['store_error']}")
+    replicas = any("replica" in p for p in proxies)
+    print(f"{'NODE':24} {'VIEW':16} {'VARIANT':12} {'TYPE':10} {'STATUS':9} {'SENT':17} "
+          f"{'ACKED':17}{' REPLICA' if replicas else ''}".rstrip())
     for p in proxies:
         for short, t in sorted(p["types"].items()):
             print(f"{p['node_id'][:24]:24} {str(p['view'])[:16]:16} {p['variant']:12} {short:10} "
-                  f"{t['status']:9} {t['version_sent']!s:17} {t['version_acked']}")
+                  f"{t['status']:9} {t['version_sent']!s:17} {t['version_acked']!s:17}"
+                  f"{' ' + str(p.get('replica')) if replicas else ''}".rstrip())
             if t["last_rejection"]:
                 print(f"{'':24} rejected {t['last_rejection']['version']}: "
                       f"{t['last_rejection']['message']}")
@@ -346,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="strict: a node's cluster (its view) must be an identity its client "
                         "certificate proves (SPIFFE sa name, else DNS SAN, else CN), or the "
                         "stream is refused. Default: strict with --xds-client-ca, else off")
+    p.add_argument("--store", type=_store_url, default=None, metavar="etcd://HOST:PORT[,...]",
+                   help="share registrations, Envoy status, the token key and the CA root with "
+                        "every replica started with the same store and prefix (docs/"
+                        "operations.md, \"Running replicas\"). Default: this process's memory")
+    p.add_argument("--store-prefix", type=_store_prefix, default="/meshpilot", metavar="PATH",
+                   help="the store's key prefix: one fleet per prefix (/meshpilot)")
+    p.add_argument("--store-key", metavar="FILE", default=None,
+                   help="the key sealing the credentials in the store, the same file on every "
+                        "replica (default: --state-dir/store.key, created by the first replica)")
+    p.add_argument("--replica-id", metavar="NAME", default=None,
+                   help="this replica's name in the store and in `meshpilot status` "
+                        "(default: HOST-XDSPORT-random)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 

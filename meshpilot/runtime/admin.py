@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.discovery.http_api import REGISTRATION_PATHS, add_registration_routes
 from meshpilot.discovery.registry import EndpointRegistry
+from meshpilot.discovery.shared import SharedRegistrations
 from meshpilot.runtime.admin_guard import Access, GuardSettings, guard
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.render import snapshot_to_dict
@@ -46,6 +47,11 @@ class AdminSources:
     admin_hosts: tuple[str, ...] = ()  # --admin-host: more names the Host header may carry
     # The opt-outs in force (--insecure-admin, ...), one sentence each: /readyz shows them.
     warnings: Callable[[], Sequence[str]] = field(default=lambda: ())
+    # With a store (replicas, runtime/fleet.py): every replica's Envoys, the registrations'
+    # writes, and this replica's name and store in /debug/status. None: this process only.
+    fleet: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    registrations: SharedRegistrations | None = None
+    replica: Callable[[], dict[str, Any]] | None = None
 
 
 # Who may call what without an operator token (admin_guard); every other route needs one.
@@ -83,6 +89,8 @@ def make_app(sources: AdminSources) -> web.Application:
 
     @routes.get("/debug/proxies")
     async def proxies(_: web.Request) -> web.Response:
+        if sources.fleet is not None:
+            return _json(await sources.fleet())
         return _json({"proxies": sources.proxies.describe()})
 
     @routes.get("/debug/status")
@@ -93,6 +101,7 @@ def make_app(sources: AdminSources) -> web.Application:
                       for v in cache.all_views()},
             "proxies": len(sources.proxies.describe()),
             **sources.addresses(),
+            **(sources.replica() if sources.replica is not None else {}),
         })
 
     @routes.get("/debug/config_dump")
@@ -113,7 +122,7 @@ def make_app(sources: AdminSources) -> web.Application:
         return _json(snapshot_to_dict(snapshot))
 
     # Self-registration (/v1/registrations) and /debug/discovery: docs/discovery.md.
-    add_registration_routes(routes, sources.endpoints, sources.tokens)
+    add_registration_routes(routes, sources.endpoints, sources.tokens, sources.registrations)
 
     app = web.Application(middlewares=[guard(GuardSettings(
         tokens=sources.tokens, address=lambda: sources.addresses()["admin_address"],

@@ -4,12 +4,16 @@ and the folder watcher, started and stopped together on one event loop."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import gc
 import ipaddress
 import logging
 import signal
+import socket
 import time
-from collections.abc import Iterable
+import uuid
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,16 +22,24 @@ from aiohttp import web
 
 from meshpilot.base.privatefiles import write_private
 from meshpilot.ca import CertificateAuthority, WorkloadIdentities
-from meshpilot.ca.authority import WorkloadCertificate
+from meshpilot.ca.authority import ROOT_CERT, ROOT_KEY, WorkloadCertificate
+from meshpilot.ca.tokens import KEY_FILE as TOKEN_KEY_FILE
 from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.discovery.docker_source import DockerSource
 from meshpilot.discovery.registry import EndpointRegistry
+from meshpilot.discovery.shared import SharedDocker, SharedRegistrations
 from meshpilot.runtime.admin import AdminSources, make_app
 from meshpilot.runtime.admin_guard import HostRules
 from meshpilot.runtime.controller import Controller
+from meshpilot.runtime.fleet import FleetStatus
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
+from meshpilot.store import DEFAULT_PREFIX, StoreError
+from meshpilot.store.election import Election
+from meshpilot.store.etcd import EtcdStore, ReplicaLease
+from meshpilot.store.sealed import KEY_FILE as STORE_KEY_FILE
+from meshpilot.store.sealed import SealingKey, share_files
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
 from meshpilot.xds.security import (
@@ -123,6 +135,13 @@ class Settings:
     # (`token`, `ca.crt`), for Envoys that get their credentials from a shared folder or
     # volume (the compose stack: one volume per service, mounted only into that service).
     node_credentials: tuple[tuple[str, Path], ...] = ()
+    # Replicas sharing their state through etcd (docs/operations.md, "Running replicas"):
+    # etcd://HOST:PORT[,HOST:PORT...]; None: this process's memory, as for one process.
+    store: str | None = None
+    store_prefix: str = DEFAULT_PREFIX  # every key under it: one fleet per prefix
+    store_key: Path | None = None  # the key sealing shared credentials; None: state_dir/store.key
+    replica_id: str | None = None  # this replica's name in the store; None: host-port-random
+    replica_lease_ttl: float = 3.0  # seconds: a dead replica's Envoys and election lapse then
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -141,6 +160,12 @@ class Meshpilot:
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry()
         self.endpoints = EndpointRegistry()  # discovered instances (registrations, Docker)
+        # With a store, the token key and the CA root are the fleet's (store/sealed.py): the
+        # files in our folders are made the store's before they are loaded below.
+        self.store_said = self._share_credentials() if settings.store is not None else None
+        self.replica_id = settings.replica_id or \
+            f"{socket.gethostname()}-{split_address(settings.xds_address)[1]}-" \
+            f"{uuid.uuid4().hex[:6]}"
         # The mesh CA: workload certificates per view, renewed by `_rotate_certificates`.
         # Signs and checks the operator, registration and node tokens (ca/tokens.py).
         self.tokens = TokenAuthority.load_or_create(settings.state_dir)
@@ -157,8 +182,16 @@ class Meshpilot:
                                      identities=self.identities,
                                      allowed_files=settings.allowed_files)
         self.docker: DockerSource | None = None
-        if settings.docker:
+        if settings.docker and settings.store is None:
             self.docker = DockerSource(self.endpoints, network=settings.docker_network)
+        # Set in start() with a store: the store, this replica's lease, what follows it.
+        self.store: EtcdStore | None = None
+        self.replica_lease: ReplicaLease | None = None
+        self.shared_registrations: SharedRegistrations | None = None
+        self.shared_docker: SharedDocker | None = None
+        self.fleet: FleetStatus | None = None
+        self.docker_election: Election | None = None
+        self._store_tasks: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._rotator: asyncio.Task[None] | None = None
         tls, self.identity_check = check_settings(settings.xds_tls_cert, settings.xds_tls_key,
@@ -187,6 +220,91 @@ class Meshpilot:
         self._watcher: PolicyWatcher | None = None
         self._tasks: set[asyncio.Task[bool]] = set()
 
+    def _share_credentials(self) -> str:
+        """Make the token key and the CA root in our folders the fleet's (store/sealed.py),
+        before anything loads them. StoreError says why this replica cannot start."""
+        settings = self.settings
+        if settings.state_dir is None:
+            raise StoreError("--store needs a --state-dir (its store.key seals the credentials "
+                             "the replicas share)")
+        state = Path(settings.state_dir)
+        ca_folder = Path(settings.ca_dir or state)
+        key_path = settings.store_key or state / STORE_KEY_FILE
+        key, created = SealingKey.load_or_create(key_path)
+        files = [(TOKEN_KEY_FILE, state / TOKEN_KEY_FILE), (ROOT_CERT, ca_folder / ROOT_CERT),
+                 (ROOT_KEY, ca_folder / ROOT_KEY)]
+
+        def create_local() -> None:
+            TokenAuthority.load_or_create(state)
+            CertificateAuthority.load_or_create(ca_folder, settings.trust_domain)
+
+        async def share() -> str:
+            store = EtcdStore(settings.store or "", settings.store_prefix)
+            try:
+                return await share_files(store, key, files, create_local)
+            finally:
+                await store.close()
+
+        try:
+            said = _run_elsewhere(share())
+        except StoreError as e:
+            if created:  # a key made just now opens nothing: do not leave it to mislead
+                key_path.unlink(missing_ok=True)
+                raise StoreError(f"{e}\n(this replica had no {key_path}; the store's state was "
+                                 f"sealed by another replica's: copy that one here)") from None
+            raise
+        log.info("store %s (prefix %s): %s", settings.store, settings.store_prefix, said)
+        return said
+
+    async def _start_store(self) -> None:
+        """Follow and publish the shared state (discovery/shared.py, runtime/fleet.py)."""
+        settings = self.settings
+        store = self.store = EtcdStore(settings.store or "", settings.store_prefix)
+        lease = self.replica_lease = ReplicaLease(store, settings.replica_lease_ttl)
+        self.shared_registrations = SharedRegistrations(store, self.endpoints)
+        self.fleet = FleetStatus(store, lease, self.registry, self.replica_id,
+                                 lambda: {"xds_address": self.xds_address})
+        runs: list[Coroutine[object, object, None]] = [
+            lease.run(), self.shared_registrations.run(), self.fleet.run()]
+        if settings.docker:
+            shared = self.shared_docker = SharedDocker(store, self.endpoints)
+            self.docker_election = Election(store, "docker", self.replica_id, lease,
+                                            self._docker_elected, self._docker_deposed)
+            runs += [shared.run(), self.docker_election.run()]
+        loop = asyncio.get_running_loop()
+        self._store_tasks = [loop.create_task(run) for run in runs]
+        # The first policy load should include the fleet's registrations: wait a little for
+        # the first listing; an unreachable store starts us on none (it follows when back).
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.shared_registrations.follower.mirror.synced.wait(),
+                                   3.0)
+        log.info("replica %s, sharing state through %s (prefix %s)", self.replica_id,
+                 store.describe(), store.prefix)
+
+    def _docker_elected(self, lease: int) -> None:
+        assert self.shared_docker is not None
+        self.shared_docker.elected(lease)
+        self.docker = DockerSource(self.endpoints, network=self.settings.docker_network)
+        self.docker.start()
+
+    def _docker_deposed(self) -> None:
+        docker, self.docker = self.docker, None
+        if docker is not None:
+            # Joining its thread blocks: do it off the loop.
+            asyncio.get_running_loop().run_in_executor(None, docker.stop)
+        if self.shared_docker is not None:
+            self.shared_docker.deposed()
+
+    def store_status(self) -> dict[str, object]:
+        if self.store is None:
+            return {}
+        return {"replica": self.replica_id,
+                "store": {"url": self.settings.store, "prefix": self.store.prefix,
+                          "reachable": self.store.reachable},
+                "docker_discovery": None if self.docker_election is None else {
+                    "elected": self.docker_election.leader,
+                    "holder": self.docker_election.holder}}
+
     def write_node_credentials(self) -> None:
         """Each (view, folder) of `settings.node_credentials`: a node token and the CA root,
         written atomically, readable by their owner only."""
@@ -203,6 +321,8 @@ class Meshpilot:
         self.controller.watch_endpoints(asyncio.get_running_loop())
         if self.docker is not None:
             self.docker.start()
+        if self.settings.store is not None:
+            await self._start_store()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         self._rotator = asyncio.get_running_loop().create_task(self._rotate_certificates())
         await self.controller.reload_async()
@@ -315,7 +435,10 @@ class Meshpilot:
             cache=self.cache, snapshot_of=self.snapshot_of, proxies=self.registry,
             endpoints=self.endpoints, metrics=self.metrics.registry,
             tokens=None if self.settings.insecure_admin else self.tokens,
-            admin_hosts=self.settings.admin_hosts, warnings=self.admin_warnings)
+            admin_hosts=self.settings.admin_hosts, warnings=self.admin_warnings,
+            fleet=self.fleet.describe if self.fleet is not None else None,
+            registrations=self.shared_registrations,
+            replica=self.store_status if self.store is not None else None)
 
     async def snapshot_of(self, view: str) -> Snapshot | None:
         """The view's snapshot, built (on a worker thread) if no one asked for it yet; None
@@ -370,8 +493,11 @@ class Meshpilot:
             self._sweeper.cancel()
         if self._rotator is not None:
             self._rotator.cancel()
+        if self.docker_election is not None:
+            await self.docker_election.resign()
         if self.docker is not None:
             await asyncio.to_thread(self.docker.stop)
+        await self._stop_store()
         if self._watcher is not None:
             self._watcher.stop()
         for task in tuple(self._tasks):
@@ -383,6 +509,20 @@ class Meshpilot:
         if self._admin is not None:
             await self._admin.cleanup()
 
+    async def _stop_store(self) -> None:
+        """Stop following; revoke the replica lease, so this replica's Envoys leave the
+        fleet's status at once (a killed replica's go when the lease lapses)."""
+        for task in self._store_tasks:
+            task.cancel()
+        for task in self._store_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._store_tasks = []
+        if self.replica_lease is not None:
+            await self.replica_lease.revoke()
+        if self.store is not None:
+            await self.store.close()
+
     async def run_forever(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop cleanly: streams are closed, not cut, so
         Envoys reconnect at once (to another replica, say) instead of waiting for a timeout."""
@@ -391,6 +531,13 @@ class Meshpilot:
             await until_terminated()
         finally:
             await self.stop()
+
+
+def _run_elsewhere(coroutine: Coroutine[object, object, str]) -> str:
+    """Run `coroutine` to its end on a loop of its own, in a thread: usable from synchronous
+    code whether or not the caller's thread runs a loop already."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="meshpilot-store") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 async def until_terminated() -> None:
