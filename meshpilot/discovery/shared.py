@@ -26,8 +26,10 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from meshpilot.base.privatefiles import write_private
 from meshpilot.discovery.registry import EndpointRegistry, Instance, check_host
 from meshpilot.store import Entry, Event, StoreError
 from meshpilot.store.etcd import EtcdStore, Mirror
@@ -64,12 +66,49 @@ class _Follower:
     """Keeps one source of the registry in step with a prefix of the store. While `active` is
     False (the elected Docker replica, whose own DockerSource is the truth) it only records."""
 
-    def __init__(self, store: EtcdStore, registry: EndpointRegistry, sub: str, source: str):
+    def __init__(self, store: EtcdStore, registry: EndpointRegistry, sub: str, source: str,
+                 cache: Path | None = None):
         self.store, self.registry, self.sub, self.source = store, registry, sub, source
         self.instances: dict[str, Instance] = {}  # store key -> instance
         self.leases: dict[str, int] = {}  # instance id -> lease
         self.active = True
         self.mirror = Mirror(store, sub, self._reset, self._event)
+        # The last known state on disk, for a replica that restarts while etcd is away: it
+        # serves what it followed last instead of nothing (which would empty its Envoys).
+        self.cache = cache
+        self._save_pending = False
+
+    def _schedule_save(self) -> None:
+        if self.cache is None or self._save_pending:
+            return
+        self._save_pending = True
+        asyncio.get_running_loop().call_later(0.2, self._save)
+
+    def _save(self) -> None:
+        self._save_pending = False
+        if self.cache is None:
+            return
+        data = {key: json.loads(_encode(i, self.leases.get(i.id, 0)))
+                for key, i in sorted(self.instances.items())}
+        try:
+            write_private(self.cache, json.dumps(data, sort_keys=True).encode())
+        except OSError as e:
+            log.warning("cannot write the last known %s to %s: %s", self.sub, self.cache, e)
+
+    def load_cache(self) -> int:
+        """Serve the last known state saved by an earlier run (the store is unreachable);
+        returns how many instances it held."""
+        if self.cache is None or not self.cache.exists():
+            return 0
+        try:
+            data = json.loads(self.cache.read_bytes())
+            entries = [Entry(str(key), json.dumps(value).encode(), int(value.get("lease") or 0), 0)
+                       for key, value in dict(data).items()]
+        except (OSError, ValueError, AttributeError) as e:
+            log.warning("ignoring %s: %s", self.cache, e)
+            return 0
+        self._reset(entries, save=False)
+        return len(self.instances)
 
     def key_of(self, instance_id: str) -> str | None:
         for key, instance in self.instances.items():
@@ -77,19 +116,22 @@ class _Follower:
                 return key
         return None
 
-    def _reset(self, entries: list[Entry]) -> None:
+    def _reset(self, entries: list[Entry], save: bool = True) -> None:
         self.instances, self.leases = {}, {}
         for entry in entries:
             found = _decode(entry, self.source)
             if found is not None:
                 self.instances[entry.key], self.leases[found[0].id] = found
         self.apply_all()
+        if save:
+            self._schedule_save()
 
     def apply_all(self) -> None:
         if self.active:
             self.registry.replace_source(self.source, self.instances.values())
 
     def _event(self, event: Event) -> None:
+        self._schedule_save()
         key = event.entry.key
         if event.kind == "put":
             found = _decode(event.entry, self.source)
@@ -120,9 +162,9 @@ class SharedRegistrations:
 
     source = "registration"
 
-    def __init__(self, store: EtcdStore, registry: EndpointRegistry):
+    def __init__(self, store: EtcdStore, registry: EndpointRegistry, cache: Path | None = None):
         self.store, self.registry = store, registry
-        self.follower = _Follower(store, registry, REGISTRATIONS, self.source)
+        self.follower = _Follower(store, registry, REGISTRATIONS, self.source, cache)
 
     async def run(self) -> None:
         await self.follower.mirror.run()
@@ -159,6 +201,7 @@ class SharedRegistrations:
             # which changes nothing).
             self.follower.instances[key] = instance
             self.follower.leases[instance.id] = lease
+            self.follower._schedule_save()
             self.registry.upsert(instance)
             return instance, existing is None
         raise StoreError("the registration kept changing under us; try again")
@@ -192,9 +235,9 @@ class SharedDocker:
 
     source = "docker"
 
-    def __init__(self, store: EtcdStore, registry: EndpointRegistry):
+    def __init__(self, store: EtcdStore, registry: EndpointRegistry, cache: Path | None = None):
         self.store, self.registry = store, registry
-        self.follower = _Follower(store, registry, DOCKER, self.source)
+        self.follower = _Follower(store, registry, DOCKER, self.source, cache)
         self.lease = 0  # set while this replica is the elected one
         self._published: dict[str, bytes] = {}
         self._dirty = asyncio.Event()

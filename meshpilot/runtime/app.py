@@ -58,6 +58,9 @@ from meshpilot.xds.status import ProxyRegistry
 log = logging.getLogger("meshpilot")
 
 _XDS_CERT_TTL = 366 * 24 * 3600.0
+# With a store: what this replica followed last, for a restart while the store is away.
+_LAST_REGISTRATIONS = "last-known-registrations.json"
+_LAST_DOCKER = "last-known-docker.json"
 # Node tokens written by --write-node-credentials are written again at every start; an Envoy
 # keeps the one in its bootstrap until restarted, so they live as long as `bootstrap`'s do.
 _NODE_CREDENTIALS_TTL = 365 * 24 * 3600.0
@@ -261,13 +264,16 @@ class Meshpilot:
         settings = self.settings
         store = self.store = EtcdStore(settings.store or "", settings.store_prefix)
         lease = self.replica_lease = ReplicaLease(store, settings.replica_lease_ttl)
-        self.shared_registrations = SharedRegistrations(store, self.endpoints)
+        state = Path(settings.state_dir) if settings.state_dir is not None else None
+        self.shared_registrations = SharedRegistrations(
+            store, self.endpoints, state / _LAST_REGISTRATIONS if state else None)
         self.fleet = FleetStatus(store, lease, self.registry, self.replica_id,
                                  lambda: {"xds_address": self.xds_address})
         runs: list[Coroutine[object, object, None]] = [
             lease.run(), self.shared_registrations.run(), self.fleet.run()]
         if settings.docker:
-            shared = self.shared_docker = SharedDocker(store, self.endpoints)
+            shared = self.shared_docker = SharedDocker(
+                store, self.endpoints, state / _LAST_DOCKER if state else None)
             self.docker_election = Election(store, "docker", self.replica_id, lease,
                                             self._docker_elected, self._docker_deposed)
             runs += [shared.run(), self.docker_election.run()]
@@ -275,9 +281,17 @@ class Meshpilot:
         self._store_tasks = [loop.create_task(run) for run in runs]
         # The first policy load should include the fleet's registrations: wait a little for
         # the first listing; an unreachable store starts us on none (it follows when back).
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.shared_registrations.follower.mirror.synced.wait(),
-                                   3.0)
+        followers = [self.shared_registrations.follower,
+                     *([self.shared_docker.follower] if self.shared_docker else [])]
+        try:
+            await asyncio.wait_for(followers[0].mirror.synced.wait(), 3.0)
+        except TimeoutError:
+            for follower in followers:
+                if not follower.mirror.synced.is_set():
+                    count = follower.load_cache()
+                    log.warning("the store is unreachable: serving the last known %d %s "
+                                "instance(s) saved by this replica until it is back", count,
+                                follower.source)
         log.info("replica %s, sharing state through %s (prefix %s)", self.replica_id,
                  store.describe(), store.prefix)
 
