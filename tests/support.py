@@ -257,6 +257,55 @@ class LoopbackHttpServer:
 # ---- Docker --------------------------------------------------------------------------------
 
 
+DOCKER_ECHO_IMAGE = "meshpilot-test-echo:1"
+
+
+def _ensure_docker_echo_image(client: Any, work: Path) -> None:
+    """An image cannot be pulled here: import a root filesystem holding only /bin/sleep and the
+    libraries it needs; the test's Python and meshpilot are bind-mounted read-only."""
+    import shutil
+    import tarfile
+
+    import docker.errors
+
+    try:
+        client.images.get(DOCKER_ECHO_IMAGE)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    out = subprocess.run(["ldd", sleep], capture_output=True, text=True, check=True).stdout
+    files = [sleep] + [p for line in out.splitlines() for p in line.split() if p.startswith("/")]
+    tarball = work / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for path in files:
+            tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
+    with tarball.open("rb") as f:
+        repository, tag = DOCKER_ECHO_IMAGE.split(":")
+        client.api.import_image_from_data(f.read(), repository=repository, tag=tag)
+
+
+def docker_echo_container(client: Any, work: Path, name: str, *, service: str,
+                          labels: Mapping[str, str] = ()) -> Any:  # type: ignore[assignment]
+    """A running container of the echo backend answering as `name`, labelled as an instance of
+    `service` (port 9080, published on 127.0.0.1), removed when stopped."""
+    import shutil
+
+    _ensure_docker_echo_image(client, work)
+    python = os.path.realpath(shutil.which("python3") or "/usr/bin/python3")
+    prefix = str(Path(python).parents[1])
+    repo = str(Path(__file__).resolve().parents[1])
+    volumes = {p: {"bind": p, "mode": "ro"} for p in (prefix, repo, "/lib", "/lib64", "/usr")
+               if os.path.isdir(p)}
+    return client.containers.run(
+        DOCKER_ECHO_IMAGE, [python, "-m", "meshpilot.local.demo.echo", "--name", name,
+                            "--host", "0.0.0.0", "--port", "9080"],
+        detach=True, remove=True, volumes=volumes, environment={"PYTHONPATH": repo},
+        ports={"9080/tcp": ("127.0.0.1", None)},
+        labels={"meshpilot.service": service, "meshpilot.port": "9080",
+                **{f"meshpilot.label.{k}": v for k, v in dict(labels).items()}})
+
+
 def docker_client(timeout: float) -> Any:
     """A docker.DockerClient to a reachable engine, else the test is skipped (and only then).
     The SDK is imported here, so tests that never reach Docker do not need it."""

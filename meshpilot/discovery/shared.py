@@ -9,9 +9,9 @@ is unreachable each replica serves the last known registrations, and writes are 
 (`StoreUnavailable`, 503) rather than accepted on one replica only.
 
 Docker-discovered instances: the replica elected to watch the engine (`store/election.py`)
-publishes what its `DockerSource` found under `docker/<id>` on its replica lease; the others
-follow that prefix. If the elected replica dies, its keys go with its lease and the next one
-elected publishes a full resync.
+publishes what its `DockerSource` found under `docker/<id>`; the others follow that prefix.
+The keys have no lease: if the elected replica dies, what it found keeps serving until the
+next one elected replaces it with a full resync (containers stopped meanwhile leave then).
 
 Per-Service limits still hold: the number of endpoints is counted against the fleet's
 registrations as this replica last saw them, the rate per replica (a burst spread over N
@@ -276,12 +276,15 @@ class SharedDocker:
             self._dirty.clear()
             if not self.lease:
                 continue
-            wanted = {f"{DOCKER}{i.id}": _encode(replace(i, expires_at=None), self.lease)
+            # No lease on these: if the elected replica dies, what it found stays served until
+            # the next one's resync replaces it (a lease would take every container out of
+            # every Envoy for the length of the takeover).
+            wanted = {f"{DOCKER}{i.id}": _encode(replace(i, expires_at=None), 0)
                       for i in self.registry.instances(source=self.source)}
             try:
                 for key, value in wanted.items():
                     if self._published.get(key) != value:
-                        await self.store.put(key, value, lease=self.lease)
+                        await self.store.put(key, value)
                         self._published[key] = value
                 for key in set(self._published) - set(wanted):
                     await self.store.delete(key)

@@ -8,7 +8,7 @@ the last known state it serves while the store is unreachable:
 
     <prefix>/state/<file>              the token key and the CA root, sealed (`sealed.py`)
     <prefix>/registrations/<svc>/<ip:port>  self-registrations, each on an etcd lease = its TTL
-    <prefix>/docker/<id>               Docker-discovered instances, on the elected replica's lease
+    <prefix>/docker/<id>               Docker-discovered instances, written by the elected replica
     <prefix>/proxies/<replica>/<conn>  each connected Envoy's status, on its replica's lease
     <prefix>/elections/<name>          who runs what must run once (`election.py`)
 

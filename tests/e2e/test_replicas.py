@@ -12,10 +12,13 @@ real traffic (issue 16; docs/operations.md, "Running replicas").
 - etcd stopped: replicas keep serving the last known state, registration writes are refused
   with 503 and the reason; etcd back: replicas follow again.
 - A replica without the fleet's store key refuses to start and says what to copy.
+- Docker discovery (a real engine; skipped without one) runs on one elected replica, whose
+  findings reach an Envoy on another; kill -9 it and the other takes over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -28,7 +31,16 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from support import EtcdProcess, MeshpilotProcess, backend_of, eventually, http_get, write_policy
+from support import (
+    EtcdProcess,
+    MeshpilotProcess,
+    backend_of,
+    docker_client,
+    docker_echo_container,
+    eventually,
+    http_get,
+    write_policy,
+)
 
 from meshpilot.base.netutil import free_port
 from meshpilot.local.bootstrap import render_bootstrap
@@ -362,3 +374,66 @@ def test_a_replica_without_the_store_key_refuses_to_start(tmp_path, etcd, meshpi
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+DOCKER_POLICY = """
+kind: Service
+name: replicated-docker
+---
+kind: Gateway
+name: edge
+listeners: [{{name: http, port: {port}, address: 127.0.0.1}}]
+---
+kind: Route
+name: shop
+gateway: edge
+rules:
+  - backends: [{{service: replicated-docker}}]
+"""
+
+
+def test_docker_discovery_runs_on_one_replica_and_moves_when_it_dies(
+        tmp_path, etcd, meshpilot_factory, envoy_factory):
+    client = docker_client(timeout=5)  # skips without an engine (except under CI)
+    port = free_port()
+    policy = write_policy(tmp_path, "edge.yaml", DOCKER_POLICY.format(port=port))
+    fleet = Fleet(tmp_path, etcd, meshpilot_factory, policy)
+    containers = [docker_echo_container(client, tmp_path, "first",
+                                        service="replicated-docker")]
+    try:
+        a, b = fleet.start("a", "--docker"), fleet.start("b", "--docker")
+
+        def elected() -> MeshpilotProcess | None:
+            states = {mp_name(mp): mp.status()["docker_discovery"] for mp in (a, b)
+                      if mp.proc and mp.proc.poll() is None}
+            leaders = [name for name, s in states.items() if s["elected"]]
+            holders = {s["holder"] for s in states.values()}
+            if len(leaders) == 1 and holders == set(leaders):
+                return fleet.replicas[leaders[0]]
+            return None
+
+        leader = eventually(elected, timeout=15, what="exactly one replica running Docker")
+        follower = b if leader is a else a
+        # The Envoy is on the replica that does not watch Docker: it gets what the other found.
+        envoy_factory(bootstrap("edge-1", [follower]), ready_timeout=30)
+        eventually(lambda: backend_of(port) == "first", timeout=20,
+                   what="traffic to the container the other replica found")
+        found = [i for i in follower.get_json("/debug/discovery")["instances"]
+                 if i["service"] == "replicated-docker"]
+        assert [i["source"] for i in found] == ["docker"]
+
+        leader.stop(signal.SIGKILL)
+        eventually(lambda: follower.status()["docker_discovery"]["elected"], timeout=15,
+                   what="the surviving replica to take Docker discovery over")
+        assert backend_of(port) == "first"  # the takeover's resync keeps what runs
+        # What changes now is seen by the new leader: a new container, the old one stopped.
+        containers.append(docker_echo_container(client, tmp_path, "second",
+                                                service="replicated-docker"))
+        containers[0].stop(timeout=1)
+        eventually(lambda: {backend_of(port) for _ in range(5)} == {"second"}, timeout=20,
+                   what="traffic to the container started after the takeover only")
+    finally:
+        for container in containers:
+            with contextlib.suppress(Exception):  # removed already (--rm)
+                container.remove(force=True)
+        client.close()
