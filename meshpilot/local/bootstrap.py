@@ -36,8 +36,9 @@ _XDS_KEEPALIVE = {"interval": "30s", "timeout": "5s"}
 # that lost one replica spreads its reconnects instead of stampeding a survivor.
 _XDS_RETRY_POLICY = {"retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"}}
 
-# Several replicas: a TCP health check each second takes a dead one out of the xDS cluster, so
-# a reconnect goes to a live replica (a refused connect is retried by the backoff meanwhile).
+# Several replicas (addresses, or a DNS name with one address per replica): a TCP health check
+# each second takes a dead one out of the xDS cluster, so a reconnect goes to a live replica (a
+# refused connect is retried by the backoff meanwhile).
 _XDS_HEALTH_CHECK = {"timeout": "0.5s", "interval": "1s", "interval_jitter": "0.1s",
                      "unhealthy_threshold": 1, "healthy_threshold": 1,
                      "no_traffic_interval": "1s", "tcp_health_check": {}}
@@ -245,7 +246,7 @@ def _xds_cluster(name: str, addresses: list[tuple[str, int]]) -> dict[str, Any]:
             ],
         },
     }
-    if len(addresses) > 1:
+    if len(addresses) > 1 or not all_ips:  # several replicas, or a name resolving to several
         cluster["health_checks"] = [dict(_XDS_HEALTH_CHECK)]
     if not all_ips:
         # Envoy's default (AUTO) prefers IPv6: c-ares answers ::1 for `localhost`, and a

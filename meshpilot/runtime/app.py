@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import grpc
 from aiohttp import web
@@ -35,7 +36,7 @@ from meshpilot.runtime.fleet import FleetStatus
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
-from meshpilot.store import DEFAULT_PREFIX, StoreError
+from meshpilot.store import DEFAULT_PREFIX, StoreError, StoreUnavailable
 from meshpilot.store.election import Election
 from meshpilot.store.etcd import EtcdStore, ReplicaLease
 from meshpilot.store.sealed import KEY_FILE as STORE_KEY_FILE
@@ -145,6 +146,7 @@ class Settings:
     store_key: Path | None = None  # the key sealing shared credentials; None: state_dir/store.key
     replica_id: str | None = None  # this replica's name in the store; None: host-port-random
     replica_lease_ttl: float = 3.0  # seconds: a dead replica's Envoys and election lapse then
+    store_wait: float = 30.0  # seconds to wait at start for a store to answer (first start)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -248,16 +250,31 @@ class Meshpilot:
             finally:
                 await store.close()
 
-        try:
-            said = _run_elsewhere(share())
-        except StoreError as e:
-            if created:  # a key made just now opens nothing: do not leave it to mislead
-                key_path.unlink(missing_ok=True)
-                raise StoreError(f"{e}\n(this replica had no {key_path}; the store's state was "
-                                 f"sealed by another replica's: copy that one here)") from None
-            raise
+        deadline = time.monotonic() + settings.store_wait
+        while True:
+            try:
+                said = _run_elsewhere(share())
+                break
+            except StoreUnavailable as e:
+                # Started with etcd (compose, a reboot): wait for it a while, rather than fail.
+                if time.monotonic() >= deadline:
+                    if created:
+                        key_path.unlink(missing_ok=True)
+                    raise StoreUnavailable(f"{e} (waited {settings.store_wait:g}s)") from None
+                log.warning("%s; waiting for it (at most %gs)", e, settings.store_wait)
+                time.sleep(1.0)
+            except StoreError as e:
+                self._refused(e, created, key_path)
         log.info("store %s (prefix %s): %s", settings.store, settings.store_prefix, said)
         return said
+
+    @staticmethod
+    def _refused(e: StoreError, created: bool, key_path: Path) -> NoReturn:
+        if created:  # a key made just now opens nothing: do not leave it to mislead
+            key_path.unlink(missing_ok=True)
+            raise StoreError(f"{e}\n(this replica had no {key_path}; the store's state was "
+                             f"sealed by another replica's: copy that one here)") from None
+        raise e
 
     async def _start_store(self) -> None:
         """Follow and publish the shared state (discovery/shared.py, runtime/fleet.py)."""

@@ -26,7 +26,7 @@ PROXIES = "proxies/"
 
 class FleetStatus:
     def __init__(self, store: EtcdStore, lease: ReplicaLease, proxies: ProxyRegistry,
-                 replica: str, addresses: Any, interval: float = 0.25):
+                 replica: str, addresses: Any, interval: float = 1.0):
         self.store, self.lease, self.proxies = store, lease, proxies
         self.replica, self.addresses, self.interval = replica, addresses, interval
         self._published: dict[str, bytes] = {}

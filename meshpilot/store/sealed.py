@@ -46,20 +46,29 @@ class SealingKey:
 
     @classmethod
     def load_or_create(cls, path: Path) -> tuple[SealingKey, bool]:
-        """(the key in `path`, whether it was created now)."""
-        if path.exists():
+        """(the key in `path`, whether it was created now). Replicas starting together on one
+        shared file (`--store-key` on a volume) make one key: it is linked into place only if
+        no other replica's is there, and the others then load that one."""
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            key = secrets.token_bytes(32)
+            write_private(temporary, key)
             try:
-                data = path.read_bytes()
-            except OSError as e:
-                raise StoreError(f"cannot read the store key {path}: {e.strerror}") from None
-            if path.stat().st_mode & 0o077:
-                log.warning("%s is readable by others (mode %o): chmod 600 it", path,
-                            path.stat().st_mode & 0o777)
-            return cls(data, path), False
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        key = secrets.token_bytes(32)
-        write_private(path, key)
-        return cls(key, path), True
+                os.link(temporary, path)
+                return cls(key, path), True
+            except FileExistsError:
+                pass  # another replica's came first
+            finally:
+                temporary.unlink(missing_ok=True)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise StoreError(f"cannot read the store key {path}: {e.strerror}") from None
+        if path.stat().st_mode & 0o077:
+            log.warning("%s is readable by others (mode %o): chmod 600 it", path,
+                        path.stat().st_mode & 0o777)
+        return cls(data, path), False
 
     def seal(self, name: str, data: bytes) -> bytes:
         nonce = os.urandom(12)
