@@ -217,3 +217,25 @@ def test_a_mirror_lists_again_after_etcd_restarts(etcd) -> None:
         await asyncio.gather(task, return_exceptions=True)
         await store.close()
     asyncio.run(run())
+
+
+def test_serve_refuses_bad_store_flags_and_an_unreachable_first_start(tmp_path: Path,
+                                                                       capsys) -> None:
+    from meshpilot.cli import build_parser
+    from meshpilot.runtime.app import Meshpilot, Settings
+
+    for flags, message in ((["--store", "http://127.0.0.1:2379"], "expected etcd://"),
+                           (["--store", "etcd://127.0.0.1:1", "--store-prefix", "mesh"],
+                            "--store-prefix")):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", "--policy", str(tmp_path), *flags])
+        assert message in capsys.readouterr().err
+    # No credentials here yet and no store to get the fleet's from: refuse, after waiting.
+    (tmp_path / "policy").mkdir()
+    settings = Settings(policy=tmp_path / "policy", state_dir=tmp_path / "state",
+                        store="etcd://127.0.0.1:1", store_wait=0.5)
+    with pytest.raises(StoreUnavailable, match=r"unreachable.*\(waited 0.5s\)"):
+        Meshpilot(settings)
+    assert not (tmp_path / "state" / "store.key").exists()  # no key left that seals nothing
+    with pytest.raises(StoreError, match="--store needs a --state-dir"):
+        Meshpilot(Settings(policy=tmp_path / "policy", store="etcd://127.0.0.1:1"))
