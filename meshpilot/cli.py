@@ -99,7 +99,10 @@ def _setup_logging(level: str) -> None:
 
 
 def serve_settings(args: argparse.Namespace) -> Settings:
-    return Settings(policy=Path(args.policy), xds_address=args.xds_address,
+    # With --policy-from-store, where the stored revision is written (runtime/policy_store.py).
+    policy = Path(args.policy) if args.policy else \
+        Path(args.state_dir) / "policy-from-store" / "current"
+    return Settings(policy=policy, xds_address=args.xds_address,
                     admin_address=args.admin_address, debounce_quiet=args.debounce_quiet,
                     debounce_max=args.debounce_max, watch=not args.no_watch,
                     plugins=tuple(args.plugin), docker=args.docker,
@@ -116,10 +119,17 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     admin_hosts=tuple(args.admin_host), store=args.store,
                     store_prefix=args.store_prefix,
                     store_key=Path(args.store_key) if args.store_key else None,
-                    replica_id=args.replica_id)
+                    replica_id=args.replica_id, policy_from_store=args.policy_from_store)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if bool(args.policy) == bool(args.policy_from_store):
+        print("meshpilot serve: give --policy DIR, or --policy-from-store (with --store)",
+              file=sys.stderr)
+        return 2
+    if args.policy_from_store and not args.store:
+        print("meshpilot serve: --policy-from-store needs --store", file=sys.stderr)
+        return 2
     _setup_logging(args.log_level)
     try:
         app = Meshpilot(serve_settings(args))
@@ -128,6 +138,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(app.run_forever())
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Validate a folder, then store it as the revision `serve --policy-from-store` serves."""
+    from meshpilot.runtime.policy_store import apply
+    from meshpilot.store.etcd import EtcdStore
+    from meshpilot.store.sealed import KEY_FILE, SealingKey
+
+    if not Path(args.policy).is_dir():
+        print(f"meshpilot apply: {args.policy} is not a folder", file=sys.stderr)
+        return 2
+    model = _load(args.policy, args.allow_files_from)
+    if model is None:
+        return 1
+    try:
+        key = SealingKey.load(Path(args.store_key) if args.store_key
+                              else Path(args.state_dir) / KEY_FILE)
+
+        async def run() -> tuple[str, int, bool]:
+            store = EtcdStore(args.store, args.store_prefix)
+            try:
+                return await apply(store, key, Path(args.policy))
+            finally:
+                await store.close()
+
+        revision, count, changed = asyncio.run(run())
+    except StoreError as e:
+        print(f"meshpilot apply: {e}", file=sys.stderr)
+        return 2
+    print(f"{'applied' if changed else 'unchanged:'} revision {revision} ({count} file(s): "
+          f"{len(model.services)} service(s), {len(model.gateways)} gateway(s), "
+          f"{len(model.routes)} route(s))")
     return 0
 
 
@@ -317,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve xDS from a policy folder, reloading it on change")
-    p.add_argument("--policy", required=True, help="policy folder (or one file)")
+    p.add_argument("--policy", default=None,
+                   help="policy folder (or one file); required unless --policy-from-store")
     p.add_argument("--xds-address", type=_address, default="127.0.0.1:18000")
     p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
     p.add_argument("--debounce-quiet", type=_duration, default=0.1, metavar="DURATION",
@@ -386,8 +430,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replica-id", metavar="NAME", default=None,
                    help="this replica's name in the store and in `meshpilot status` "
                         "(default: HOST-XDSPORT-random)")
+    p.add_argument("--policy-from-store", action="store_true",
+                   help="with --store, instead of --policy: serve the revision `meshpilot "
+                        "apply` stored, and each new one (written to --state-dir)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("apply", help="validate a policy folder and store it for replicas "
+                                     "started with --policy-from-store")
+    p.add_argument("policy", metavar="DIR")
+    _allow_files_from(p)
+    p.add_argument("--store", type=_store_url, required=True, metavar="etcd://HOST:PORT[,...]")
+    p.add_argument("--store-prefix", type=_store_prefix, default="/meshpilot", metavar="PATH")
+    p.add_argument("--store-key", metavar="FILE", default=None,
+                   help="the replicas' store key (default: --state-dir/store.key)")
+    p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
+                   help="a replica's state folder, holding store.key (.meshpilot)")
+    p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("validate", help="check a policy folder; print every problem")
     p.add_argument("policy")

@@ -325,7 +325,7 @@ def docker_client(timeout: float) -> Any:
 class MeshpilotProcess:
     """`meshpilot serve` as a user runs it, on free loopback ports; stopped by its fixture."""
 
-    def __init__(self, policy: Path, log_dir: Path, *, xds_port: int | None = None,
+    def __init__(self, policy: Path | None, log_dir: Path, *, xds_port: int | None = None,
                  extra_args: tuple[str, ...] = ()):
         self.policy = policy
         self.xds_port = xds_port or free_port()
@@ -343,7 +343,8 @@ class MeshpilotProcess:
         log = self.log_path.open("ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meshpilot", "serve", "--policy", str(self.policy),
+            [sys.executable, "-m", "meshpilot", "serve",
+             *(("--policy", str(self.policy)) if self.policy is not None else ()),
              "--xds-address", f"127.0.0.1:{self.xds_port}",
              "--admin-address", f"127.0.0.1:{self.admin_port}",
              "--debounce-quiet", "50ms", "--log-level", "info",

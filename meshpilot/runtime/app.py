@@ -14,7 +14,7 @@ import socket
 import time
 import uuid
 from collections.abc import Coroutine, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NoReturn
 
@@ -35,10 +35,11 @@ from meshpilot.runtime.controller import Controller
 from meshpilot.runtime.fleet import FleetStatus
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
+from meshpilot.runtime.policy_store import POLICY_KEY, PolicyFolder, unpack
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
-from meshpilot.store import DEFAULT_PREFIX, StoreError, StoreUnavailable
+from meshpilot.store import DEFAULT_PREFIX, Entry, StoreError, StoreUnavailable
 from meshpilot.store.election import Election
-from meshpilot.store.etcd import EtcdStore, ReplicaLease
+from meshpilot.store.etcd import EtcdStore, Mirror, ReplicaLease
 from meshpilot.store.sealed import KEY_FILE as STORE_KEY_FILE
 from meshpilot.store.sealed import SealingKey, share_files
 from meshpilot.xds.cache import SnapshotCache
@@ -147,6 +148,9 @@ class Settings:
     replica_id: str | None = None  # this replica's name in the store; None: host-port-random
     replica_lease_ttl: float = 3.0  # seconds: a dead replica's Envoys and election lapse then
     store_wait: float = 30.0  # seconds to wait at start for a store to answer (first start)
+    # Serve the policy revision `meshpilot apply` stored (runtime/policy_store.py) instead of
+    # a folder of one's own; `policy` is then where it is written (state_dir/policy-from-store).
+    policy_from_store: bool = False
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -168,6 +172,9 @@ class Meshpilot:
         # With a store, the token key and the CA root are the fleet's (store/sealed.py): the
         # files in our folders are made the store's before they are loaded below.
         self.store_said = self._share_credentials() if settings.store is not None else None
+        self.policy_folder: PolicyFolder | None = None
+        if settings.policy_from_store:
+            settings = self.settings = self._policy_from_store()
         self.replica_id = settings.replica_id or \
             f"{socket.gethostname()}-{split_address(settings.xds_address)[1]}-" \
             f"{uuid.uuid4().hex[:6]}"
@@ -268,6 +275,58 @@ class Meshpilot:
         log.info("store %s (prefix %s): %s", settings.store, settings.store_prefix, said)
         return said
 
+    def _policy_from_store(self) -> Settings:
+        """Write the stored policy revision into our folder (the last one written, if the
+        store is unreachable) and serve that folder, reloaded on each new revision."""
+        settings = self.settings
+        if settings.store is None or settings.state_dir is None:
+            raise StoreError("--policy-from-store needs --store and --state-dir")
+        folder = self.policy_folder = PolicyFolder(Path(settings.state_dir) / "policy-from-store")
+        key = SealingKey.load(settings.store_key or Path(settings.state_dir) / STORE_KEY_FILE)
+
+        async def fetch() -> str:
+            store = EtcdStore(settings.store or "", settings.store_prefix)
+            try:
+                entry = await store.get(POLICY_KEY)
+            finally:
+                await store.close()
+            if entry is None:
+                raise StoreError(f"no policy in the store ({settings.store}, prefix "
+                                 f"{settings.store_prefix}) yet: `meshpilot apply DIR --store "
+                                 f"{settings.store}` first")
+            revision, files = unpack(key, entry.value)
+            folder.write(revision, files)
+            return revision
+
+        try:
+            log.info("policy revision %s from the store", _run_elsewhere(fetch()))
+        except StoreUnavailable:
+            if not folder.current.is_dir():
+                raise
+            log.warning("the store is unreachable: serving the last policy revision written "
+                        "here, %s", folder.revision)
+        # The folder is swapped whole on each revision, and reloaded then: no file watching.
+        return replace(settings, policy=folder.current, watch=False)
+
+    def _follow_policy(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            if entry.key == POLICY_KEY:
+                self._policy_revision(entry)
+
+    def _policy_revision(self, entry: Entry) -> None:
+        assert self.policy_folder is not None
+        try:
+            revision, files = unpack(SealingKey.load(
+                self.settings.store_key or Path(self.settings.state_dir or ".") / STORE_KEY_FILE),
+                entry.value)
+            if not self.policy_folder.write(revision, files):
+                return
+        except (StoreError, ValueError, KeyError, OSError) as e:
+            log.error("the stored policy cannot be used (%s); the last one keeps serving", e)
+            return
+        log.info("policy revision %s from the store: reloading", revision)
+        self._schedule_reload()
+
     @staticmethod
     def _refused(e: StoreError, created: bool, key_path: Path) -> NoReturn:
         if created:  # a key made just now opens nothing: do not leave it to mislead
@@ -288,6 +347,11 @@ class Meshpilot:
                                  lambda: {"xds_address": self.xds_address})
         runs: list[Coroutine[object, object, None]] = [
             lease.run(), self.shared_registrations.run(), self.fleet.run()]
+        if self.policy_folder is not None:
+            follow = Mirror(store, "policy/", self._follow_policy,
+                            lambda event: self._follow_policy(
+                                [event.entry] if event.kind == "put" else []))
+            runs.append(follow.run())
         if settings.docker:
             shared = self.shared_docker = SharedDocker(
                 store, self.endpoints, state / _LAST_DOCKER if state else None)
@@ -332,6 +396,8 @@ class Meshpilot:
         return {"replica": self.replica_id,
                 "store": {"url": self.settings.store, "prefix": self.store.prefix,
                           "reachable": self.store.reachable},
+                "policy_revision": None if self.policy_folder is None
+                else self.policy_folder.revision,
                 "docker_discovery": None if self.docker_election is None else {
                     "elected": self.docker_election.leader,
                     "holder": self.docker_election.holder}}

@@ -45,6 +45,15 @@ class SealingKey:
         self.path = path
 
     @classmethod
+    def load(cls, path: Path) -> SealingKey:
+        """The key in `path`, which must exist (a tool writing for replicas that made it)."""
+        try:
+            return cls(path.read_bytes(), path)
+        except OSError as e:
+            raise StoreError(f"cannot read the store key {path}: {e.strerror} (it is made by "
+                             f"the first replica: use that one, or --store-key)") from None
+
+    @classmethod
     def load_or_create(cls, path: Path) -> tuple[SealingKey, bool]:
         """(the key in `path`, whether it was created now). Replicas starting together on one
         shared file (`--store-key` on a volume) make one key: it is linked into place only if

@@ -437,3 +437,92 @@ def test_docker_discovery_runs_on_one_replica_and_moves_when_it_dies(
             with contextlib.suppress(Exception):  # removed already (--rm)
                 container.remove(force=True)
         client.close()
+
+
+def apply_policy(folder: Path, etcd: EtcdProcess, store_key: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "meshpilot", "apply", str(folder), "--store",
+                           etcd.url, "--store-key", str(store_key)],
+                          capture_output=True, text=True, timeout=60)
+
+
+STATIC_POLICY = """
+kind: Service
+name: api
+endpoints: ["127.0.0.1:{backend}"]
+---
+kind: Gateway
+name: edge
+listeners: [{{name: http, port: {port}, address: 127.0.0.1}}]
+---
+kind: Route
+name: shop
+gateway: edge
+rules:
+  - backends: [{{service: api}}]
+"""
+
+
+def test_replicas_serve_the_policy_revision_meshpilot_apply_stored(
+        tmp_path, etcd, meshpilot_factory, envoy_factory, echo_factory):
+    one, two = echo_factory("one"), echo_factory("two")
+    port = free_port()
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "edge.yaml").write_text(STATIC_POLICY.format(backend=one.port, port=port))
+    # The first replica makes the store key; `apply` needs it (it seals the policy too).
+    fleet = Fleet(tmp_path, etcd, meshpilot_factory, tmp_path / "unused")
+    a = fleet.start("a", "--policy", str(source))
+    done = apply_policy(source, etcd, fleet.store_key)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("applied revision "), done.stdout
+    revision = done.stdout.split()[2]
+    again = apply_policy(source, etcd, fleet.store_key)
+    assert again.stdout.startswith(f"unchanged: revision {revision} "), again.stdout
+    a.stop()
+
+    # Two replicas with no policy folder of their own: both serve the stored revision.
+    b = meshpilot_factory(None, extra_args=("--store", etcd.url, "--store-key",
+                                            str(fleet.store_key), "--replica-id", "b",
+                                            "--policy-from-store"))
+    c = meshpilot_factory(None, extra_args=("--store", etcd.url, "--store-key",
+                                            str(fleet.store_key), "--replica-id", "c",
+                                            "--policy-from-store"))
+    for mp in (b, c):
+        assert mp.status()["policy_revision"] == revision
+    envoy_factory(bootstrap("edge-1", [b]), ready_timeout=30)
+    eventually(lambda: backend_of(port) == "one", timeout=20, what="the stored policy served")
+    # Same input, same versions, on every replica (C builds the view when asked for it).
+    c.get_json("/debug/config_dump?view=edge")
+    assert b.status()["views"]["edge"] == c.status()["views"]["edge"] is not None
+    # The policy (it could hold keys) is sealed in etcd.
+    from meshpilot.store.etcd import EtcdStore
+
+    async def raw() -> bytes:
+        store = EtcdStore(etcd.url)
+        try:
+            entry = await store.get("policy/current")
+            assert entry is not None
+            return entry.value
+        finally:
+            await store.close()
+
+    import asyncio
+    assert b"kind: Gateway" not in asyncio.run(raw())
+
+    # A broken edit is refused by apply and stores nothing; a good one reaches every replica.
+    (source / "edge.yaml").write_text("kind: Route\nname: [broken\n")
+    refused = apply_policy(source, etcd, fleet.store_key)
+    assert refused.returncode == 1 and "edge.yaml:" in refused.stderr, refused.stderr
+    assert b.status()["policy_revision"] == revision
+    (source / "edge.yaml").write_text(STATIC_POLICY.format(backend=two.port, port=port))
+    done = apply_policy(source, etcd, fleet.store_key)
+    assert done.returncode == 0, done.stderr
+    new = done.stdout.split()[2]
+    assert new != revision
+    eventually(lambda: backend_of(port) == "two", timeout=20,
+               what="the new revision served through B's Envoy")
+    eventually(lambda: c.status()["policy_revision"] == new, timeout=10,
+               what="C to follow the new revision")
+    # Without a store key, apply refuses and says where the key comes from.
+    missing = apply_policy(source, etcd, tmp_path / "nowhere.key")
+    assert missing.returncode == 2 and "made by the first replica" in missing.stderr
