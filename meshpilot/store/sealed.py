@@ -97,20 +97,24 @@ class SealingKey:
 
 
 async def share_files(store: EtcdStore, key: SealingKey, files: Sequence[tuple[str, Path]],
-                      create_local: Callable[[], object]) -> str:
+                      create_local: Callable[[], object], optional: frozenset[str] = frozenset()
+                      ) -> str:
     """Make the files (name, path) the fleet's: the store's copies written here if it has them,
     else ours (made by `create_local()` if missing) published. Returns what happened, in words.
 
-    A local file that differs from the store's is a refusal (StoreError), never overwritten:
-    it may be the only copy of a CA other workloads trust. If the store is unreachable and
-    every file is here already, they are used as they are (the last known state); if some are
-    missing, StoreUnavailable: a replica cannot start on credentials nobody else has."""
-    missing_before = {name for name, path in files if not path.exists()}
+    `optional` names files that may be absent (both here and in the store: fine; on one side
+    only: a refusal, like a difference). A local file that differs from the store's is a
+    refusal (StoreError), never overwritten: it may be the only copy of a CA other workloads
+    trust. If the store is unreachable and every file is here already, they are used as they
+    are (the last known state); if some are missing, StoreUnavailable: a replica cannot start
+    on credentials nobody else has."""
+    missing_before = {name for name, path in files
+                      if not path.exists() and name not in optional}
     try:
         entry = await store.get(_STATE_KEY)
         if entry is None:
             create_local()
-            blob = key.seal(_STATE_KEY, _pack(files))
+            blob = key.seal(_STATE_KEY, _pack(files, optional))
             created, entry = await store.create(_STATE_KEY, blob)
             if created:
                 return f"published this replica's {_names(files)} to the store, sealed"
@@ -125,6 +129,11 @@ async def share_files(store: EtcdStore, key: SealingKey, files: Sequence[tuple[s
     published = _unpack(key.open(_STATE_KEY, entry.value))
     for name, path in files:
         data = published.get(name)
+        if data is None and name in optional:
+            if path.exists():
+                raise StoreError(f"{path} is not part of the state the other replicas use (in "
+                                 f"the store, {store.prefix}/{_STATE_KEY}): move it away")
+            continue
         if data is None:
             raise StoreError(f"the store's shared state has no {name}")
         if path.exists() and name not in missing_before and path.read_bytes() != data:
@@ -141,9 +150,11 @@ def _names(files: Sequence[tuple[str, Path]]) -> str:
     return ", ".join(name for name, _ in files)
 
 
-def _pack(files: Sequence[tuple[str, Path]]) -> bytes:
+def _pack(files: Sequence[tuple[str, Path]], optional: frozenset[str]) -> bytes:
+    """The files as one JSON object; an optional one that does not exist is left out."""
     return json.dumps({name: base64.b64encode(path.read_bytes()).decode()
-                       for name, path in files}, sort_keys=True).encode()
+                       for name, path in files if name not in optional or path.exists()},
+                      sort_keys=True).encode()
 
 
 def _unpack(data: bytes) -> dict[str, bytes]:

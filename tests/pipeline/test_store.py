@@ -93,6 +93,19 @@ def test_the_credentials_are_published_sealed_and_loaded_by_the_next_replica(
             await share_files(store, key, files(third), create(third))
         assert (third / "ca.key").read_bytes() == b"another CA"
 
+        # An optional file (CA rotation state, say) absent on both sides is fine; present on
+        # one side only, it is refused like a difference.
+        optional = frozenset({"rotation.json"})
+        said = await share_files(store, key, [*files(second), ("rotation.json",
+                                                             second / "rotation.json")],
+                                 create(second), optional)
+        assert said.startswith("loaded")
+        (second / "rotation.json").write_text("{}")
+        with pytest.raises(StoreError, match="not part of the state the other replicas use"):
+            await share_files(store, key, [*files(second), ("rotation.json",
+                                                          second / "rotation.json")],
+                              create(second), optional)
+
         # Another key opens nothing.
         other, _ = SealingKey.load_or_create(tmp_path / "other.key")
         with pytest.raises(StoreError, match="does not open the store's state/files"):
