@@ -316,6 +316,23 @@ def test_etcd_down_keeps_serving_and_refuses_writes(tmp_path, etcd, meshpilot_fa
     envoy_factory(bootstrap("edge-1", [b]), ready_timeout=30)
     eventually(lambda: backend_of(port) == "api", timeout=20, what="traffic")
 
+    # Traffic runs through the whole outage, B's restart and etcd's return: none may fail.
+    stop, failures, sent = threading.Event(), [], [0]
+
+    def traffic() -> None:
+        deadline = time.monotonic() + 120
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                name = backend_of(port)
+            except OSError as e:
+                name = str(e)
+            sent[0] += 1
+            if name not in ("api", "second"):
+                failures.append(name)
+            time.sleep(0.01)
+
+    runner = threading.Thread(target=traffic, daemon=True)
+    runner.start()
     etcd.stop()
     # Writes that need the store are refused, with the reason and what still works.
     status, refused = call(f"{b.admin}/v1/registrations", "POST", token,
@@ -342,6 +359,9 @@ def test_etcd_down_keeps_serving_and_refuses_writes(tmp_path, etcd, meshpilot_fa
                              "ttl": "60s"})[0] == 201, timeout=20, what="writes accepted again")
     eventually(lambda: {backend_of(port) for _ in range(10)} == {"api", "second"}, timeout=20,
                what="both backends through B's Envoy")
+    stop.set()
+    runner.join(10)
+    assert sent[0] > 50 and failures == [], f"{len(failures)} of {sent[0]} failed: {failures[:5]}"
 
 
 def test_a_replica_without_the_store_key_refuses_to_start(tmp_path, etcd, meshpilot_factory,
