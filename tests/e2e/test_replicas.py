@@ -374,7 +374,7 @@ def test_a_replica_without_the_store_key_refuses_to_start(tmp_path, etcd, meshpi
         [sys.executable, "-m", "meshpilot", "serve", "--policy", str(policy),
          "--xds-address", f"127.0.0.1:{free_port()}", "--admin-address",
          f"127.0.0.1:{free_port()}", "--state-dir", str(own_key), "--store", etcd.url],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "does not open the store's state/files" in result.stderr, result.stderr[-2000:]
     assert "copy that one here" in result.stderr
@@ -389,7 +389,7 @@ def test_a_replica_without_the_store_key_refuses_to_start(tmp_path, etcd, meshpi
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         eventually(lambda: http_get(f"http://127.0.0.1:{port}/healthz", timeout=1)[0] == 200,
-                   timeout=30, what="the replica with the fleet's key")
+                   timeout=60, what="the replica with the fleet's key")
         assert (own_key / "ca.key").read_bytes() == (a.state_dir / "ca.key").read_bytes()
     finally:
         proc.terminate()
