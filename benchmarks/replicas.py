@@ -14,6 +14,12 @@ figures, each beside the single-process baseline measured in the same sitting:
   at t0; the time until a survivor reports it SYNCED on every type (its /debug/proxies, polled
   every 5 ms), and the responses the survivor sent it (0: nothing it had already). The killed
   replica is restarted between samples.
+- **fan-out of one policy edit**: `streams` simulated ADS streams (`benchmarks/simclient.py`,
+  the same client processes in both variants), spread over the replicas, or all on one
+  replica without a store; t0 just before the edited file (one cluster of an EnvoyResources
+  policy gets a marker) is renamed into the folder every replica watches; per edit, the time
+  until every stream received the change, and the median stream. Plaintext xDS here
+  (`--insecure-xds`): the cost measured is the fan-out, not TLS.
 """
 
 from __future__ import annotations
@@ -62,10 +68,15 @@ class ReplicasConfig:
     failovers: int = 10
     replicas: int = 3
     timeout_s: float = 15.0
+    streams: int = 3000  # fan-out: simulated ADS streams in all
+    clusters: int = 200  # fan-out: clusters in the view
+    edits: int = 3  # fan-out: policy edits per variant
+    sync_timeout_s: float = 300.0
 
     @classmethod
     def quick(cls) -> ReplicasConfig:
-        return cls(registrations=10, failovers=2, replicas=2)
+        return cls(registrations=10, failovers=2, replicas=2, streams=150, clusters=50,
+                   edits=1, sync_timeout_s=60.0)
 
 
 def _free_port() -> int:
@@ -98,8 +109,9 @@ class _Etcd:
 
 class _Replica:
     def __init__(self, work: Path, name: str, policy: Path, store: str | None,
-                 store_key: Path):
+                 store_key: Path, extra: tuple[str, ...] = ()):
         self.name, self.policy, self.store, self.store_key = name, policy, store, store_key
+        self.extra = extra
         self.xds_port, self.admin_port = _free_port(), _free_port()
         self.state = work / f"state-{name}"
         self.log = work / f"meshpilot-{name}.log"
@@ -113,7 +125,8 @@ class _Replica:
                 [sys.executable, "-m", "meshpilot", "serve", "--policy", str(self.policy),
                  "--xds-address", f"127.0.0.1:{self.xds_port}",
                  "--admin-address", f"127.0.0.1:{self.admin_port}", "--debounce-quiet", "10ms",
-                 "--log-level", "warning", "--state-dir", str(self.state), *store],
+                 "--log-level", "warning", "--state-dir", str(self.state), *store,
+                 *self.extra],
                 stdout=log, stderr=subprocess.STDOUT, env=child_env())
         wait_for(lambda: self.alive() and _get(f"{self.admin}/readyz")[0] == 200, timeout=60,
                  what=f"replica {self.name}")
@@ -232,6 +245,86 @@ def _registrations(cfg: ReplicasConfig, register_on: _Replica, port: int, echo: 
     return samples
 
 
+def _fanout_variant(cfg: ReplicasConfig, work: Path, name: str, replicas: list[_Replica],
+                    policy: Path, log: Any) -> dict[str, Any]:
+    """`cfg.streams` simulated streams over `replicas` (round robin by client process); one
+    cluster edited `cfg.edits` times; per edit: every stream received it, and the median."""
+    from benchmarks.common import JsonLineProcess, proc_cpu_seconds, python_module_cmd, save_aside
+    from benchmarks.policies import many_clusters_policy
+
+    processes = 3
+    clients = []
+    per = cfg.streams // processes
+    try:
+        for i in range(processes):
+            target = replicas[i % len(replicas)]
+            clients.append(JsonLineProcess(python_module_cmd(
+                "benchmarks.simclient", "--address", f"127.0.0.1:{target.xds_port}",
+                "--streams", str(per), "--channels", "10", "--first-id", str(i * per)),
+                work / f"simclient-{name}-{i}.log", name=f"simclient-{name}-{i}"))
+        started = time.monotonic()
+        for client in clients:
+            client.send(cmd="start", timeout=cfg.sync_timeout_s)
+        for client in clients:
+            client.receive(cfg.sync_timeout_s + 30)
+        sync_s = time.monotonic() - started
+        log(f"   {name}: {per * processes} streams in sync after {sync_s:.1f}s")
+        edits = []
+        text = many_clusters_policy(cfg.clusters, name="bench")
+        for n in range(cfg.edits):
+            marker = f"edit-{name}-{n}"
+            for client in clients:
+                client.call(30, cmd="arm", marker=marker)
+            cpu = [proc_cpu_seconds(r.proc.pid) for r in replicas if r.proc]
+            stamp: list[int] = []
+            edited = text.replace("{name: svc-00000, type: EDS,",
+                                  f"{{name: svc-00000, alt_stat_name: {marker}, type: EDS,")
+            save_aside(policy / "clusters.yaml", edited,
+                       before_replace=lambda stamp=stamp: stamp.append(now_ns()))
+            received: list[int] = []
+            for client in clients:
+                client.send(cmd="collect", timeout=120, quiet=0.3)
+            for client in clients:
+                received += client.receive(150)["recv_ns"]
+            t0 = stamp[0]
+            per_stream = sorted((r - t0) / 1e6 for r in received)
+            edits.append({"all_ms": per_stream[-1], "median_ms": per_stream[len(per_stream) // 2],
+                          "servers_cpu_s": sum(proc_cpu_seconds(r.proc.pid) for r in replicas
+                                               if r.proc) - sum(cpu)})
+            log(f"   {name} edit {n}: all {per_stream[-1]:.0f} ms, median stream "
+                f"{per_stream[len(per_stream) // 2]:.0f} ms")
+        return {"variant": name, "replicas": len(replicas), "streams": per * processes,
+                "clusters": cfg.clusters, "initial_sync_s": sync_s, "edits": edits,
+                "all_ms": summarize(e["all_ms"] for e in edits),
+                "median_ms": summarize(e["median_ms"] for e in edits),
+                "servers_cpu_s": summarize(e["servers_cpu_s"] for e in edits)}
+    finally:
+        for client in clients:
+            client.close()
+
+
+def run_fanout(cfg: ReplicasConfig, work: Path, etcd: _Etcd | None, log: Any) -> list[Any]:
+    """One replica without a store, then `cfg.replicas` on etcd, the same streams each."""
+    from benchmarks.policies import many_clusters_policy
+
+    out = []
+    for name in ("single", "replicas"):
+        policy = work / f"policy-fanout-{name}"
+        policy.mkdir()
+        (policy / "clusters.yaml").write_text(many_clusters_policy(cfg.clusters, name="bench"))
+        count = 1 if name == "single" else cfg.replicas
+        store = etcd.url if (name == "replicas" and etcd is not None) else None
+        servers = [_Replica(work, f"fan-{name}-{i}", policy, store,
+                            work / "store.key", ("--insecure-xds",)).start()
+                   for i in range(count)]
+        try:
+            out.append(_fanout_variant(cfg, work, name, servers, policy, log))
+        finally:
+            for server in servers:
+                server.stop()
+    return out
+
+
 def run(cfg: ReplicasConfig, work: Path, log: Any = print) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     echo = EchoServer("registered")
@@ -288,6 +381,11 @@ def run(cfg: ReplicasConfig, work: Path, log: Any = print) -> dict[str, Any]:
             failovers.append((now_ns() - t0) / 1e6)
             resent.append(moved.responses() - before[moved.name])
             current.start()
+        envoy.stop()
+        for replica in replicas:
+            replica.stop()
+        log(f" fan-out of one edit: {cfg.streams} streams, one replica vs {cfg.replicas}")
+        result["fanout"] = run_fanout(cfg, work, etcd, log)
         log(f"   failover (kill -9 -> SYNCED on a survivor): median "
             f"{summarize(failovers)['median']:.0f} ms, max {max(failovers):.0f} ms; responses "
             f"re-sent: {sorted(set(resent))}")

@@ -156,6 +156,9 @@ def _replicas(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], 
               "failover": "kill -9 -> SYNCED on a survivor"}
     rows = [[labels[k], s["n"], s["median"], s["p90"], s["p99"], s["max"]]
             for k, s in result["summary"].items()]
+    for f in result.get("fanout", []):
+        rows.append([f"one edit to all {f['streams']:,} streams, {f['replicas']} replica(s)",
+                     f["all_ms"]["n"], f["all_ms"]["median"], None, None, f["all_ms"]["max"]])
     cfg = result["config"]
     resent = sorted(set(result.get("failover_responses_resent", [])))
     title = f"replicas: {cfg['replicas']} replicas on one etcd, real Envoys"

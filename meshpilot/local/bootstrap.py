@@ -42,6 +42,13 @@ _XDS_RETRY_POLICY = {"retry_back_off": {"base_interval": "0.05s", "max_interval"
 _XDS_HEALTH_CHECK = {"timeout": "0.5s", "interval": "1s", "interval_jitter": "0.1s",
                      "unhealthy_threshold": 1, "healthy_threshold": 1,
                      "no_traffic_interval": "1s", "tcp_health_check": {}}
+# ...and sooner than the next check: the first connect to it that fails ejects it for a second
+# (then the health check decides), so the retry after the backoff picks a live replica.
+_XDS_OUTLIER_DETECTION = {"split_external_local_origin_errors": True,
+                          "consecutive_local_origin_failure": 1,
+                          "enforcing_consecutive_local_origin_failure": 100,
+                          "interval": "1s", "base_ejection_time": "1s",
+                          "max_ejection_time": "5s", "max_ejection_percent": 50}
 
 
 def render_bootstrap(
@@ -248,6 +255,7 @@ def _xds_cluster(name: str, addresses: list[tuple[str, int]]) -> dict[str, Any]:
     }
     if len(addresses) > 1 or not all_ips:  # several replicas, or a name resolving to several
         cluster["health_checks"] = [dict(_XDS_HEALTH_CHECK)]
+        cluster["outlier_detection"] = dict(_XDS_OUTLIER_DETECTION)
     if not all_ips:
         # Envoy's default (AUTO) prefers IPv6: c-ares answers ::1 for `localhost`, and a
         # dual-stack name would be dialled on IPv6 while servers commonly bind 0.0.0.0.

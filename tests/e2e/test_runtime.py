@@ -178,6 +178,8 @@ def test_bootstrap_delta_and_replicas() -> None:
     # after 50 ms..500 ms (Envoy jitters each wait), not Envoy's default 0.5 s..30 s.
     (check,) = cluster["health_checks"]
     assert check["tcp_health_check"] == {} and check["interval"] == "1s"
+    # ...and at its first refused connect, before the next check.
+    assert cluster["outlier_detection"]["consecutive_local_origin_failure"] == 1
     (service,) = replicas["dynamic_resources"]["ads_config"]["grpc_services"]
     assert service["envoy_grpc"]["retry_policy"]["retry_back_off"] == {
         "base_interval": "0.05s", "max_interval": "0.5s"}
