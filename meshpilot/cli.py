@@ -25,7 +25,7 @@ from meshpilot.ir.model import Model
 from meshpilot.local.bootstrap import bootstrap_yaml
 from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
 from meshpilot.runtime.admin_guard import split_authority
-from meshpilot.runtime.app import Meshpilot, Settings, split_address
+from meshpilot.runtime.app import Meshpilot, Settings, serve, split_address
 from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.store import StoreError, check_prefix, parse_store_url
 from meshpilot.translators import Translation
@@ -137,7 +137,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(e, file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(app.run_forever())
+        serve(app)
     return 0
 
 

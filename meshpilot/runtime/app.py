@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import gc
 import ipaddress
 import logging
@@ -611,9 +610,12 @@ class Meshpilot:
         fleet's status at once (a killed replica's go when the lease lapses)."""
         for task in self._store_tasks:
             task.cancel()
-        for task in self._store_tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Bounded: a store client wedged inside (aetcd's watcher can deadlock on its own lock
+        # when its stream dies with requests queued) must not keep the process from stopping.
+        if self._store_tasks:
+            _, pending = await asyncio.wait(self._store_tasks, timeout=3.0)
+            for task in pending:
+                log.warning("a store task did not stop within 3s; abandoned: %s", task)
         self._store_tasks = []
         if self.replica_lease is not None:
             await self.replica_lease.revoke()
@@ -628,6 +630,26 @@ class Meshpilot:
             await until_terminated()
         finally:
             await self.stop()
+
+
+def serve(app: Meshpilot) -> None:
+    """`asyncio.run(app.run_forever())`, except that the tasks still running after the app
+    stopped are cancelled and waited for at most 5 s, not forever: a stop always ends."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(app.run_forever())
+    finally:
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=5.0))
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), 5.0))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
 
 
 def _run_elsewhere(coroutine: Coroutine[object, object, str]) -> str:
