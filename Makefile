@@ -18,7 +18,7 @@ UV         := $(TOOLS)/bin/uv
 # Use this machine's Python, never a downloaded one.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup up test test-latest lint lock bench clean docker-engine compose-test
+.PHONY: setup up test test-latest lint lock bench clean docker-engine etcd-server compose-test
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -39,7 +39,11 @@ lint: setup
 docker-engine:
 	@bash scripts/docker-engine.sh
 
-test: lint docker-engine
+# The replica tests need etcd (Debian's etcd-server); under CI it is installed or the run fails.
+etcd-server:
+	@bash scripts/etcd-server.sh
+
+test: lint docker-engine etcd-server
 	$(BIN)/pytest -n auto -q -rs
 
 # Refresh uv.lock to the newest releases pyproject.toml allows; review the diff, run make test.

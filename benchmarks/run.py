@@ -6,7 +6,9 @@ Scenarios (see docs/benchmarks.md): convergence (real Envoys, a saved edit until
 fanout (simulated ADS streams, one changed cluster), translation (policy to serialized xDS, cold),
 incremental (one Service edited: the full reload it costs today), storm (1,000 and 5,000 streams,
 then a reconnect storm), traffic (steady load through a real Envoy during 100 route/weight edits),
-sidebyside (start-to-first-served-request: static bootstrap vs meshpilot vs sovereign).
+sidebyside (start-to-first-served-request: static bootstrap vs meshpilot vs sovereign),
+replicas (replicas on a real etcd: registration on A served by an Envoy on B, beside one
+process; kill -9 failover of an Envoy's replica).
 PNG plots are written next to report.md when matplotlib is installed (the `bench` extra).
 Writes `<out>/<scenario>.json` (raw samples and summaries) and `<out>/report.md`.
 `--quick` is a smoke run (small sizes, under a minute); the default run takes several minutes.
@@ -26,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = ("convergence", "prepush", "fanout", "translation", "incremental", "storm",
-             "traffic",
-             "sidebyside")
+             "traffic", "sidebyside", "replicas")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         fanout,
         incremental,
         plots,
+        replicas,
         report,
         sidebyside,
         traffic,
@@ -138,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
                     if args.traffic_edits:
                         rcfg.edits = args.traffic_edits
                     result = traffic.run(rcfg, work / "traffic", log)
+                elif name == "replicas":
+                    pcfg = (replicas.ReplicasConfig.quick() if args.quick
+                            else replicas.ReplicasConfig())
+                    result = replicas.run(pcfg, work / "replicas", log)
                 else:
                     bcfg = (sidebyside.SideBySideConfig.quick() if args.quick
                             else sidebyside.SideBySideConfig())

@@ -37,10 +37,11 @@ from meshpilot.local.envoy_process import EnvoyError
 from meshpilot.local.validator import EnvoyValidator
 from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
 from meshpilot.runtime.admin_guard import split_authority
-from meshpilot.runtime.app import Meshpilot, Settings, split_address
+from meshpilot.runtime.app import Meshpilot, Settings, serve, split_address
 from meshpilot.runtime.controller import describe_object
 from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.runtime.prepush import CheckFailed, PrePush
+from meshpilot.store import StoreError, check_prefix, parse_store_url
 from meshpilot.translators import Translation
 from meshpilot.translators.plugins import PluginError
 from meshpilot.xds.render import snapshot_to_dict
@@ -84,6 +85,21 @@ def _admin_host(text: str) -> str:
     return text
 
 
+def _store_url(text: str) -> str:
+    try:
+        parse_store_url(text)
+    except StoreError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _store_prefix(text: str) -> str:
+    try:
+        return check_prefix(text)
+    except StoreError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _trust_domain(text: str) -> str:
     try:
         return check_trust_domain(text)
@@ -97,7 +113,10 @@ def _setup_logging(level: str) -> None:
 
 
 def serve_settings(args: argparse.Namespace) -> Settings:
-    return Settings(policy=Path(args.policy), xds_address=args.xds_address,
+    # With --policy-from-store, where the stored revision is written (runtime/policy_store.py).
+    policy = Path(args.policy) if args.policy else \
+        Path(args.state_dir) / "policy-from-store" / "current"
+    return Settings(policy=policy, xds_address=args.xds_address,
                     admin_address=args.admin_address, debounce_quiet=args.debounce_quiet,
                     debounce_max=args.debounce_max, watch=not args.no_watch,
                     plugins=tuple(args.plugin), docker=args.docker,
@@ -112,7 +131,10 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     insecure_admin=args.insecure_admin,
                     trust_domain=args.trust_domain, cert_ttl=args.cert_ttl,
                     admin_hosts=tuple(args.admin_host),
-                    rate_limit_address=args.rate_limit_address)
+                    rate_limit_address=args.rate_limit_address, store=args.store,
+                    store_prefix=args.store_prefix,
+                    store_key=Path(args.store_key) if args.store_key else None,
+                    replica_id=args.replica_id, policy_from_store=args.policy_from_store)
 
 
 def prepush_check(args: argparse.Namespace) -> EnvoyValidator | None:
@@ -124,6 +146,13 @@ def prepush_check(args: argparse.Namespace) -> EnvoyValidator | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if bool(args.policy) == bool(args.policy_from_store):
+        print("meshpilot serve: give --policy DIR, or --policy-from-store (with --store)",
+              file=sys.stderr)
+        return 2
+    if args.policy_from_store and not args.store:
+        print("meshpilot serve: --policy-from-store needs --store", file=sys.stderr)
+        return 2
     _setup_logging(args.log_level)
     try:
         check = prepush_check(args)
@@ -134,15 +163,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         try:
             app = Meshpilot(serve_settings(args), resource_check=check)
-        except (PluginError, XdsSecurityError, CaError) as e:
+        except (PluginError, XdsSecurityError, CaError, StoreError) as e:
             print(e, file=sys.stderr)
             return 2
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(app.run_forever())
+            serve(app)
         return 0
     finally:
         if check is not None:
             check.close()  # the validate runs waiting for a bootstrap
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Validate a folder, then store it as the revision `serve --policy-from-store` serves."""
+    from meshpilot.runtime.policy_store import apply
+    from meshpilot.store.etcd import EtcdStore
+    from meshpilot.store.sealed import KEY_FILE, SealingKey
+
+    if not Path(args.policy).is_dir():
+        print(f"meshpilot apply: {args.policy} is not a folder", file=sys.stderr)
+        return 2
+    model = _load(args.policy, args.allow_files_from)
+    if model is None:
+        return 1
+    try:
+        key = SealingKey.load(Path(args.store_key) if args.store_key
+                              else Path(args.state_dir) / KEY_FILE)
+
+        async def run() -> tuple[str, int, bool]:
+            store = EtcdStore(args.store, args.store_prefix)
+            try:
+                return await apply(store, key, Path(args.policy))
+            finally:
+                await store.close()
+
+        revision, count, changed = asyncio.run(run())
+    except StoreError as e:
+        print(f"meshpilot apply: {e}", file=sys.stderr)
+        return 2
+    print(f"{'applied' if changed else 'unchanged:'} revision {revision} ({count} file(s): "
+          f"{len(model.services)} service(s), {len(model.gateways)} gateway(s), "
+          f"{len(model.routes)} route(s))")
+    return 0
 
 
 def _load(policy: str, allowed_files: list[str]) -> Model | None:
@@ -286,7 +348,8 @@ def admin_client(args: argparse.Namespace) -> AdminClient:
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         admin = admin_client(args)
-        proxies = admin.get_json("/debug/proxies")["proxies"]
+        fleet = admin.get_json("/debug/proxies")
+        proxies = fleet["proxies"]
         status = admin.get_json("/debug/status")
     except AdminError as e:
         print(e, file=sys.stderr)
@@ -304,11 +367,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status.get("ca"):
         _print_ca(status["ca"])
     _print_objects(policy.get("objects") or [])
-    print(f"{'NODE':24} {'VIEW':16} {'VARIANT':12} {'TYPE':10} {'STATUS':9} {'SENT':17} ACKED")
+    if "replica" in status:  # one of several replicas: every replica's Envoys are listed
+        print(f"replica {status['replica']}, store {status['store']['url']}"
+              f"{'' if status['store']['reachable'] else ' (UNREACHABLE)'}")
+    if fleet.get("store_error"):
+        print(f"  {fleet['store_error']}")
+    replicas = any("replica" in p for p in proxies)
+    print(f"{'NODE':24} {'VIEW':16} {'VARIANT':12} {'TYPE':10} {'STATUS':9} {'SENT':17} "
+          f"{'ACKED':17}{' REPLICA' if replicas else ''}".rstrip())
     for p in proxies:
         for short, t in sorted(p["types"].items()):
             print(f"{p['node_id'][:24]:24} {str(p['view'])[:16]:16} {p['variant']:12} {short:10} "
-                  f"{t['status']:9} {t['version_sent']!s:17} {t['version_acked']}")
+                  f"{t['status']:9} {t['version_sent']!s:17} {t['version_acked']!s:17}"
+                  f"{' ' + str(p.get('replica')) if replicas else ''}".rstrip())
             if t["last_rejection"]:
                 print(f"{'':24} rejected {t['last_rejection']['version']}: "
                       f"{t['last_rejection']['message']}")
@@ -495,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("serve", help="serve xDS from a policy folder, reloading it on change")
-    p.add_argument("--policy", required=True, help="policy folder (or one file)")
+    p.add_argument("--policy", default=None,
+                   help="policy folder (or one file); required unless --policy-from-store")
     p.add_argument("--xds-address", type=_address, default="127.0.0.1:18000")
     p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
     p.add_argument("--debounce-quiet", type=_duration, default=0.1, metavar="DURATION",
@@ -564,8 +636,35 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve the policy's shared rate limits (rate_limit.shared) as an Envoy "
                         "rate limit service here, plaintext gRPC: a policy Service with "
                         "protocol grpc at this address is what the limits name")
+    p.add_argument("--store", type=_store_url, default=None, metavar="etcd://HOST:PORT[,...]",
+                   help="share registrations, Envoy status, the token key and the CA root with "
+                        "every replica started with the same store and prefix (docs/"
+                        "operations.md, \"Running replicas\"). Default: this process's memory")
+    p.add_argument("--store-prefix", type=_store_prefix, default="/meshpilot", metavar="PATH",
+                   help="the store's key prefix: one fleet per prefix (/meshpilot)")
+    p.add_argument("--store-key", metavar="FILE", default=None,
+                   help="the key sealing the credentials in the store, the same file on every "
+                        "replica (default: --state-dir/store.key, created by the first replica)")
+    p.add_argument("--replica-id", metavar="NAME", default=None,
+                   help="this replica's name in the store and in `meshpilot status` "
+                        "(default: HOST-XDSPORT-random)")
+    p.add_argument("--policy-from-store", action="store_true",
+                   help="with --store, instead of --policy: serve the revision `meshpilot "
+                        "apply` stored, and each new one (written to --state-dir)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("apply", help="validate a policy folder and store it for replicas "
+                                     "started with --policy-from-store")
+    p.add_argument("policy", metavar="DIR")
+    _allow_files_from(p)
+    p.add_argument("--store", type=_store_url, required=True, metavar="etcd://HOST:PORT[,...]")
+    p.add_argument("--store-prefix", type=_store_prefix, default="/meshpilot", metavar="PATH")
+    p.add_argument("--store-key", metavar="FILE", default=None,
+                   help="the replicas' store key (default: --state-dir/store.key)")
+    p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
+                   help="a replica's state folder, holding store.key (.meshpilot)")
+    p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("validate", help="check a policy folder; print every problem")
     p.add_argument("policy")

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import MeshpilotProcess
+from support import EtcdProcess, MeshpilotProcess
 
 from meshpilot.base.netutil import free_port as _free_port
 from meshpilot.local.demo.echo import EchoServer
@@ -62,6 +62,20 @@ def meshpilot_factory(tmp_path: Path) -> Iterator[Callable[..., MeshpilotProcess
     for mp in started:
         mp.stop()
         print(f"--- meshpilot log tail ---\n{mp.log_tail(30)}")
+
+
+# ----- etcd ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
+    """A real etcd on free loopback ports, data in tmp_path; skipped without the binary (except
+    under CI=true: support.etcd_binary)."""
+    server = EtcdProcess(tmp_path / "etcd-data", tmp_path)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 # ----- real Envoy processes ---------------------------------------------------------------------

@@ -257,6 +257,55 @@ class LoopbackHttpServer:
 # ---- Docker --------------------------------------------------------------------------------
 
 
+DOCKER_ECHO_IMAGE = "meshpilot-test-echo:1"
+
+
+def _ensure_docker_echo_image(client: Any, work: Path) -> None:
+    """An image cannot be pulled here: import a root filesystem holding only /bin/sleep and the
+    libraries it needs; the test's Python and meshpilot are bind-mounted read-only."""
+    import shutil
+    import tarfile
+
+    import docker.errors
+
+    try:
+        client.images.get(DOCKER_ECHO_IMAGE)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    sleep = shutil.which("sleep") or "/bin/sleep"
+    out = subprocess.run(["ldd", sleep], capture_output=True, text=True, check=True).stdout
+    files = [sleep] + [p for line in out.splitlines() for p in line.split() if p.startswith("/")]
+    tarball = work / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for path in files:
+            tar.add(os.path.realpath(path), arcname=path.lstrip("/"))
+    with tarball.open("rb") as f:
+        repository, tag = DOCKER_ECHO_IMAGE.split(":")
+        client.api.import_image_from_data(f.read(), repository=repository, tag=tag)
+
+
+def docker_echo_container(client: Any, work: Path, name: str, *, service: str,
+                          labels: Mapping[str, str] = ()) -> Any:  # type: ignore[assignment]
+    """A running container of the echo backend answering as `name`, labelled as an instance of
+    `service` (port 9080, published on 127.0.0.1), removed when stopped."""
+    import shutil
+
+    _ensure_docker_echo_image(client, work)
+    python = os.path.realpath(shutil.which("python3") or "/usr/bin/python3")
+    prefix = str(Path(python).parents[1])
+    repo = str(Path(__file__).resolve().parents[1])
+    volumes = {p: {"bind": p, "mode": "ro"} for p in (prefix, repo, "/lib", "/lib64", "/usr")
+               if os.path.isdir(p)}
+    return client.containers.run(
+        DOCKER_ECHO_IMAGE, [python, "-m", "meshpilot.local.demo.echo", "--name", name,
+                            "--host", "0.0.0.0", "--port", "9080"],
+        detach=True, remove=True, volumes=volumes, environment={"PYTHONPATH": repo},
+        ports={"9080/tcp": ("127.0.0.1", None)},
+        labels={"meshpilot.service": service, "meshpilot.port": "9080",
+                **{f"meshpilot.label.{k}": v for k, v in dict(labels).items()}})
+
+
 def docker_client(timeout: float) -> Any:
     """A docker.DockerClient to a reachable engine, else the test is skipped (and only then).
     The SDK is imported here, so tests that never reach Docker do not need it."""
@@ -276,7 +325,7 @@ def docker_client(timeout: float) -> Any:
 class MeshpilotProcess:
     """`meshpilot serve` as a user runs it, on free loopback ports; stopped by its fixture."""
 
-    def __init__(self, policy: Path, log_dir: Path, *, xds_port: int | None = None,
+    def __init__(self, policy: Path | None, log_dir: Path, *, xds_port: int | None = None,
                  extra_args: tuple[str, ...] = ()):
         self.policy = policy
         self.xds_port = xds_port or free_port()
@@ -294,7 +343,8 @@ class MeshpilotProcess:
         log = self.log_path.open("ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "meshpilot", "serve", "--policy", str(self.policy),
+            [sys.executable, "-m", "meshpilot", "serve",
+             *(("--policy", str(self.policy)) if self.policy is not None else ()),
              "--xds-address", f"127.0.0.1:{self.xds_port}",
              "--admin-address", f"127.0.0.1:{self.admin_port}",
              "--debounce-quiet", "50ms", "--log-level", "info",
@@ -451,3 +501,68 @@ routes:
           - match: {{prefix: /}}
             route: {action}
 """
+
+
+def etcd_binary() -> str:
+    """The etcd binary; skipped with the reason when there is none, except under CI=true, where
+    `make test` installs it (scripts/etcd-server.sh) and its absence is a failure."""
+    import shutil
+
+    found = shutil.which("etcd")
+    if found:
+        return found
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI=true and no etcd on PATH: scripts/etcd-server.sh should have installed "
+                    "Debian's etcd-server")
+    pytest.skip("no etcd on PATH (apt-get install etcd-server, or `make test` under CI)")
+
+
+class EtcdProcess:
+    """A real single-member etcd on free loopback ports, its data in `data_dir`."""
+
+    def __init__(self, data_dir: Path, log_dir: Path):
+        self.binary = etcd_binary()
+        self.data_dir = data_dir
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.log_path = log_dir / f"etcd-{self.client_port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"etcd://127.0.0.1:{self.client_port}"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def start(self, timeout: float = 30.0) -> EtcdProcess:
+        log = self.log_path.open("ab")
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.proc = subprocess.Popen(
+            [self.binary, "--name", "test", "--data-dir", str(self.data_dir),
+             "--listen-client-urls", self.client_url, "--advertise-client-urls", self.client_url,
+             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+             "--initial-cluster", f"test={peer}", "--log-level", "warn",
+             "--logger", "zap"],
+            stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        eventually(self._healthy, timeout=timeout, what=f"etcd on {self.client_url}")
+        return self
+
+    def _healthy(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"etcd exited {self.proc.returncode}:\n"
+                                 f"{self.log_path.read_text()[-2000:]}")
+        status, _, body = http_get(f"{self.client_url}/health", timeout=1)
+        return status == 200 and b'"true"' in body
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)

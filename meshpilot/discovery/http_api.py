@@ -17,6 +17,10 @@ Service's registrations (register, renew, delete, list); an operator token allow
 one: 401; for another Service: 403. Writes take only `application/json` bodies (415 otherwise),
 which a cross-origin page cannot send without the browser asking first. Per-Service limits
 (discovery.registry.Limits) answer 409 (too many endpoints) or 429 with Retry-After (too fast).
+
+With a store (`serve --store`, discovery/shared.py) the writes go to the store, where every
+replica sees them; when it is unreachable they are refused with 503 and the reason, and the
+reads answer the last known state.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from aiohttp import web
 from meshpilot.base.units import parse_duration
 from meshpilot.ca.tokens import TokenAuthority, TokenError, bearer
 from meshpilot.discovery.registry import EndpointRegistry, Instance, LimitExceeded, check_host
+from meshpilot.discovery.shared import SharedRegistrations
+from meshpilot.store import StoreError
 
 SOURCE = "registration"
 DEFAULT_TTL = 30.0
@@ -159,9 +165,18 @@ def _check_service(allowed: str | None, service: str) -> None:
         raise Refused(_error(f"this token is for Service {allowed!r}, not {service!r}", 403))
 
 
+def _store_refused(error: StoreError) -> web.Response:
+    response = _error(f"{error}; registrations cannot change until it is back (the last known "
+                      f"ones keep serving)", 503)
+    response.headers["Retry-After"] = "1"
+    return response
+
+
 def add_registration_routes(routes: web.RouteTableDef, registry: EndpointRegistry,
-                            tokens: TokenAuthority | None = None) -> None:
-    """`tokens`: None serves the API without authentication (`--insecure-admin`)."""
+                            tokens: TokenAuthority | None = None,
+                            shared: SharedRegistrations | None = None) -> None:
+    """`tokens`: None serves the API without authentication (`--insecure-admin`). `shared`:
+    writes go to the store (replicas); None: to `registry` only (one process)."""
 
     def describe(instance: Instance) -> dict[str, object]:
         return instance.describe(registry.clock())
@@ -201,8 +216,13 @@ def add_registration_routes(routes: web.RouteTableDef, registry: EndpointRegistr
             return _error(str(e))
         _check_service(allowed, service)
         try:
-            instance, created = registry.register(service, host, port, labels, source=SOURCE,
-                                                  ttl=ttl)
+            if shared is not None:
+                instance, created = await shared.register(service, host, port, labels, ttl)
+            else:
+                instance, created = registry.register(service, host, port, labels,
+                                                      source=SOURCE, ttl=ttl)
+        except StoreError as e:
+            return _store_refused(e)
         except LimitExceeded as e:
             if e.retry_after is None:
                 return _error(str(e), 409)
@@ -216,7 +236,12 @@ def add_registration_routes(routes: web.RouteTableDef, registry: EndpointRegistr
     async def heartbeat(request: web.Request) -> web.Response:
         owned(request)
         try:
-            instance = registry.renew(request.match_info["id"])
+            if shared is not None:
+                instance = await shared.renew(request.match_info["id"])
+            else:
+                instance = registry.renew(request.match_info["id"])
+        except StoreError as e:
+            return _store_refused(e)
         except KeyError:
             return _error("no such registration (expired or deleted): register again", 404)
         return _json(describe(instance))
@@ -225,7 +250,12 @@ def add_registration_routes(routes: web.RouteTableDef, registry: EndpointRegistr
     @guarded
     async def deregister(request: web.Request) -> web.Response:
         owned(request)
-        if registry.remove(request.match_info["id"]) is None:
+        try:
+            removed = (await shared.remove(request.match_info["id"]) if shared is not None
+                       else registry.remove(request.match_info["id"]))
+        except StoreError as e:
+            return _store_refused(e)
+        if removed is None:
             return _error("no such registration", 404)
         return web.Response(status=204)
 

@@ -168,6 +168,43 @@ class EndpointRegistry:
             self._changed({service} | ({previous.service} if previous else set()))
         return instance, existing is None
 
+    def check_limits(self, source: str, service: str) -> None:
+        """LimitExceeded if `source` may not add another instance of `service` now (a token is
+        taken from the rate bucket when it may): for a writer that adds elsewhere (the store)
+        what `register` would add here."""
+        with self._lock:
+            self._check_limits(source, service)
+
+    def find(self, source: str, service: str, host: str, port: int) -> Instance | None:
+        """The instance of `source` at that service and address, if any."""
+        with self._lock:
+            instance_id = self._by_address.get((source, service, host, port))
+            return self._instances.get(instance_id) if instance_id is not None else None
+
+    def upsert(self, instance: Instance) -> None:
+        """Put `instance` as it is (id, expiry and all), replacing the one with its id or its
+        address: a copy of what another writer decided (a replica, through the store), so
+        no limit applies. A change callback runs only if an endpoint changed."""
+        with self._lock:
+            previous = self._instances.get(instance.id)
+            other = self._by_address.get(
+                (instance.source, instance.service, instance.host, instance.port))
+            if previous == instance:
+                return
+            if previous is not None:
+                self._drop(instance.id)
+            replaced = self._drop(other) if other is not None and other != instance.id else None
+            self._put(instance)
+            services = {instance.service} | ({previous.service} if previous else set()) \
+                | ({replaced.service} if replaced else set())
+            visible = replaced is not None or previous is None \
+                or previous.endpoint() != instance.endpoint() \
+                or previous.service != instance.service
+            if visible:
+                self.generation += 1
+        if visible:
+            self._changed(services)
+
     def _check_limits(self, source: str, service: str) -> None:
         """Raise LimitExceeded if `source` may not add another instance of `service` now."""
         limits = self.limits.get(source)

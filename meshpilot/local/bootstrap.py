@@ -30,6 +30,26 @@ _XDS_CONNECT_TIMEOUT = "1s"
 # without sending a FIN) long before TCP would, so Envoy reconnects to a live replica.
 _XDS_KEEPALIVE = {"interval": "30s", "timeout": "5s"}
 
+# Re-establishing a lost xDS stream: Envoy's default backoff (0.5 s, doubling up to 30 s) left a
+# fleet without config for seconds after a replica crashed. Start at 50 ms, never wait more
+# than 500 ms; Envoy's backoff is fully jittered (each wait drawn from [0, interval)), so a fleet
+# that lost one replica spreads its reconnects instead of stampeding a survivor.
+_XDS_RETRY_POLICY = {"retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"}}
+
+# Several replicas (addresses, or a DNS name with one address per replica): a TCP health check
+# each second takes a dead one out of the xDS cluster, so a reconnect goes to a live replica (a
+# refused connect is retried by the backoff meanwhile).
+_XDS_HEALTH_CHECK = {"timeout": "0.5s", "interval": "1s", "interval_jitter": "0.1s",
+                     "unhealthy_threshold": 1, "healthy_threshold": 1,
+                     "no_traffic_interval": "1s", "tcp_health_check": {}}
+# ...and sooner than the next check: the first connect to it that fails ejects it for a second
+# (then the health check decides), so the retry after the backoff picks a live replica.
+_XDS_OUTLIER_DETECTION = {"split_external_local_origin_errors": True,
+                          "consecutive_local_origin_failure": 1,
+                          "enforcing_consecutive_local_origin_failure": 100,
+                          "interval": "1s", "base_ejection_time": "1s",
+                          "max_ejection_time": "5s", "max_ejection_percent": 50}
+
 
 def render_bootstrap(
     *,
@@ -150,7 +170,8 @@ def _ads_source() -> dict[str, Any]:
 
 
 def _grpc_api(xds_cluster_name: str, delta: bool, token: str | None = None) -> dict[str, Any]:
-    service: dict[str, Any] = {"envoy_grpc": {"cluster_name": xds_cluster_name}}
+    service: dict[str, Any] = {"envoy_grpc": {"cluster_name": xds_cluster_name,
+                                              "retry_policy": copy.deepcopy(_XDS_RETRY_POLICY)}}
     if token is not None:
         service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {token}"}]
     return {
@@ -232,6 +253,9 @@ def _xds_cluster(name: str, addresses: list[tuple[str, int]]) -> dict[str, Any]:
             ],
         },
     }
+    if len(addresses) > 1 or not all_ips:  # several replicas, or a name resolving to several
+        cluster["health_checks"] = [dict(_XDS_HEALTH_CHECK)]
+        cluster["outlier_detection"] = dict(_XDS_OUTLIER_DETECTION)
     if not all_ips:
         # Envoy's default (AUTO) prefers IPv6: c-ares answers ::1 for `localhost`, and a
         # dual-stack name would be dialled on IPv6 while servers commonly bind 0.0.0.0.

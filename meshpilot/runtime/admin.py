@@ -22,6 +22,7 @@ from meshpilot.ca.rotation import DEFAULT_OVERLAP, REISSUE_MODES, REISSUE_NOW, R
 from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.discovery.http_api import REGISTRATION_PATHS, add_registration_routes
 from meshpilot.discovery.registry import EndpointRegistry
+from meshpilot.discovery.shared import SharedRegistrations
 from meshpilot.runtime.admin_guard import Access, GuardSettings, guard
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.render import snapshot_to_dict
@@ -59,6 +60,11 @@ class AdminSources:
     # More of /debug/status: the pre-push check, the newest edits' convergence.
     status_extra: Callable[[], dict[str, Any]] = field(default=lambda: {})
     ca: CaControl | None = None  # the root rotation (/v1/ca/...); None: no CA to rotate
+    # With a store (replicas, runtime/fleet.py): every replica's Envoys, the registrations'
+    # writes, and this replica's name and store in /debug/status. None: this process only.
+    fleet: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    registrations: SharedRegistrations | None = None
+    replica: Callable[[], dict[str, Any]] | None = None
 
 
 # Who may call what without an operator token (admin_guard); every other route needs one.
@@ -137,6 +143,8 @@ def make_app(sources: AdminSources) -> web.Application:
 
     @routes.get("/debug/proxies")
     async def proxies(_: web.Request) -> web.Response:
+        if sources.fleet is not None:
+            return _json(await sources.fleet())
         return _json({"proxies": sources.proxies.describe()})
 
     @routes.get("/debug/status")
@@ -149,6 +157,7 @@ def make_app(sources: AdminSources) -> web.Application:
             **sources.addresses(),
             **sources.status_extra(),
             **({"ca": sources.ca.describe()} if sources.ca is not None else {}),
+            **(sources.replica() if sources.replica is not None else {}),
         })
 
     # The mesh CA's root rotation (docs/operations.md, "Rotating the CA root"): operators only.
@@ -197,7 +206,7 @@ def make_app(sources: AdminSources) -> web.Application:
         return _json(snapshot_to_dict(snapshot))
 
     # Self-registration (/v1/registrations) and /debug/discovery: docs/discovery.md.
-    add_registration_routes(routes, sources.endpoints, sources.tokens)
+    add_registration_routes(routes, sources.endpoints, sources.tokens, sources.registrations)
 
     app = web.Application(middlewares=[guard(GuardSettings(
         tokens=sources.tokens, address=lambda: sources.addresses()["admin_address"],

@@ -4,36 +4,48 @@ and the folder watcher, started and stopped together on one event loop."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gc
 import ipaddress
 import logging
 import signal
+import socket
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Coroutine, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from aiohttp import web
 
 from meshpilot.base.privatefiles import write_private
 from meshpilot.ca import CertificateAuthority, WorkloadIdentities
-from meshpilot.ca.authority import WorkloadCertificate
+from meshpilot.ca.authority import ROOT_CERT, ROOT_KEY, WorkloadCertificate
 from meshpilot.ca.rotation import RootStore, RotationState
+from meshpilot.ca.tokens import KEY_FILE as TOKEN_KEY_FILE
 from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.discovery.docker_source import DockerSource
 from meshpilot.discovery.registry import EndpointRegistry
+from meshpilot.discovery.shared import SharedDocker, SharedRegistrations
 from meshpilot.runtime.admin import AdminSources, make_app
 from meshpilot.runtime.admin_guard import HostRules
 from meshpilot.runtime.ca_rotation import RootRotator
 from meshpilot.runtime.controller import Controller
 from meshpilot.runtime.convergence import Convergence
+from meshpilot.runtime.fleet import FleetStatus
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
+from meshpilot.runtime.policy_store import POLICY_KEY, PolicyFolder, unpack
 from meshpilot.runtime.prepush import PrePush, ResourceCheck
 from meshpilot.runtime.ratelimit_service import Counters, RateLimitServer
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
+from meshpilot.store import DEFAULT_PREFIX, Entry, StoreError, StoreUnavailable
+from meshpilot.store.election import Election
+from meshpilot.store.etcd import EtcdStore, Mirror, ReplicaLease
+from meshpilot.store.sealed import KEY_FILE as STORE_KEY_FILE
+from meshpilot.store.sealed import SealingKey, share_files
 from meshpilot.translators.provenance import origins_of
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
@@ -54,6 +66,9 @@ from meshpilot.xds.status import ProxyRegistry
 log = logging.getLogger("meshpilot")
 
 _XDS_CERT_TTL = 366 * 24 * 3600.0
+# With a store: what this replica followed last, for a restart while the store is away.
+_LAST_REGISTRATIONS = "last-known-registrations.json"
+_LAST_DOCKER = "last-known-docker.json"
 # Node tokens written by --write-node-credentials are written again at every start; an Envoy
 # keeps the one in its bootstrap until restarted, so they live as long as `bootstrap`'s do.
 _NODE_CREDENTIALS_TTL = 365 * 24 * 3600.0
@@ -134,6 +149,17 @@ class Settings:
     # HOST:PORT of meshpilot's own rate limit service (runtime/ratelimit_service.py), for the
     # policy's shared rate limits; None: not started.
     rate_limit_address: str | None = None
+    # Replicas sharing their state through etcd (docs/operations.md, "Running replicas"):
+    # etcd://HOST:PORT[,HOST:PORT...]; None: this process's memory, as for one process.
+    store: str | None = None
+    store_prefix: str = DEFAULT_PREFIX  # every key under it: one fleet per prefix
+    store_key: Path | None = None  # the key sealing shared credentials; None: state_dir/store.key
+    replica_id: str | None = None  # this replica's name in the store; None: host-port-random
+    replica_lease_ttl: float = 3.0  # seconds: a dead replica's Envoys and election lapse then
+    store_wait: float = 30.0  # seconds to wait at start for a store to answer (first start)
+    # Serve the policy revision `meshpilot apply` stored (runtime/policy_store.py) instead of
+    # a folder of one's own; `policy` is then where it is written (state_dir/policy-from-store).
+    policy_from_store: bool = False
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -156,6 +182,15 @@ class Meshpilot:
         self.cache = SnapshotCache()
         self.registry = ProxyRegistry(locate=self.locate)
         self.endpoints = EndpointRegistry()  # discovered instances (registrations, Docker)
+        # With a store, the token key and the CA root are the fleet's (store/sealed.py): the
+        # files in our folders are made the store's before they are loaded below.
+        self.store_said = self._share_credentials() if settings.store is not None else None
+        self.policy_folder: PolicyFolder | None = None
+        if settings.policy_from_store:
+            settings = self.settings = self._policy_from_store()
+        self.replica_id = settings.replica_id or \
+            f"{socket.gethostname()}-{split_address(settings.xds_address)[1]}-" \
+            f"{uuid.uuid4().hex[:6]}"
         # The mesh CA: workload certificates per view, renewed by `_rotate_certificates`.
         # Signs and checks the operator, registration and node tokens (ca/tokens.py).
         self.tokens = TokenAuthority.load_or_create(settings.state_dir)
@@ -179,15 +214,24 @@ class Meshpilot:
         self.rotator = RootRotator(ca_state, self.root_store, self.identities, self.controller,
                                    self.cache, self.registry,
                                    on_server_root=self._reissue_xds_certificate,
-                                   on_bundle=self.write_trust_bundles)
+                                   on_bundle=self.write_trust_bundles,
+                                   refused=_ROTATION_WITH_STORE if settings.store else None)
         self._rotation_task: asyncio.Task[None] | None = None
         self.rate_limit_counters = Counters()
         self.rate_limit_server = None if settings.rate_limit_address is None else \
             RateLimitServer(settings.rate_limit_address, self.rate_limit_counters,
                             lambda: self.controller.model)
         self.docker: DockerSource | None = None
-        if settings.docker:
+        if settings.docker and settings.store is None:
             self.docker = DockerSource(self.endpoints, network=settings.docker_network)
+        # Set in start() with a store: the store, this replica's lease, what follows it.
+        self.store: EtcdStore | None = None
+        self.replica_lease: ReplicaLease | None = None
+        self.shared_registrations: SharedRegistrations | None = None
+        self.shared_docker: SharedDocker | None = None
+        self.fleet: FleetStatus | None = None
+        self.docker_election: Election | None = None
+        self._store_tasks: list[asyncio.Task[None]] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._rotator: asyncio.Task[None] | None = None
         tls, self.identity_check = check_settings(settings.xds_tls_cert, settings.xds_tls_key,
@@ -226,6 +270,176 @@ class Meshpilot:
         self._debouncer: Debouncer | None = None
         self._tasks: set[asyncio.Task[bool]] = set()
 
+    def _share_credentials(self) -> str:
+        """Make the token key and the CA root in our folders the fleet's (store/sealed.py),
+        before anything loads them. StoreError says why this replica cannot start."""
+        settings = self.settings
+        if settings.state_dir is None:
+            raise StoreError("--store needs a --state-dir (its store.key seals the credentials "
+                             "the replicas share)")
+        state = Path(settings.state_dir)
+        ca_folder = Path(settings.ca_dir or state)
+        key_path = settings.store_key or state / STORE_KEY_FILE
+        key, created = SealingKey.load_or_create(key_path)
+        files = [(TOKEN_KEY_FILE, state / TOKEN_KEY_FILE), (ROOT_CERT, ca_folder / ROOT_CERT),
+                 (ROOT_KEY, ca_folder / ROOT_KEY)]
+
+        def create_local() -> None:
+            TokenAuthority.load_or_create(state)
+            CertificateAuthority.load_or_create(ca_folder, settings.trust_domain)
+
+        async def share() -> str:
+            store = EtcdStore(settings.store or "", settings.store_prefix)
+            try:
+                return await share_files(store, key, files, create_local)
+            finally:
+                await store.close()
+
+        deadline = time.monotonic() + settings.store_wait
+        while True:
+            try:
+                said = _run_elsewhere(share())
+                break
+            except StoreUnavailable as e:
+                # Started with etcd (compose, a reboot): wait for it a while, rather than fail.
+                if time.monotonic() >= deadline:
+                    if created:
+                        key_path.unlink(missing_ok=True)
+                    raise StoreUnavailable(f"{e} (waited {settings.store_wait:g}s)") from None
+                log.warning("%s; waiting for it (at most %gs)", e, settings.store_wait)
+                time.sleep(1.0)
+            except StoreError as e:
+                self._refused(e, created, key_path)
+        log.info("store %s (prefix %s): %s", settings.store, settings.store_prefix, said)
+        return said
+
+    def _policy_from_store(self) -> Settings:
+        """Write the stored policy revision into our folder (the last one written, if the
+        store is unreachable) and serve that folder, reloaded on each new revision."""
+        settings = self.settings
+        if settings.store is None or settings.state_dir is None:
+            raise StoreError("--policy-from-store needs --store and --state-dir")
+        folder = self.policy_folder = PolicyFolder(Path(settings.state_dir) / "policy-from-store")
+        key = SealingKey.load(settings.store_key or Path(settings.state_dir) / STORE_KEY_FILE)
+
+        async def fetch() -> str:
+            store = EtcdStore(settings.store or "", settings.store_prefix)
+            try:
+                entry = await store.get(POLICY_KEY)
+            finally:
+                await store.close()
+            if entry is None:
+                raise StoreError(f"no policy in the store ({settings.store}, prefix "
+                                 f"{settings.store_prefix}) yet: `meshpilot apply DIR --store "
+                                 f"{settings.store}` first")
+            revision, files = unpack(key, entry.value)
+            folder.write(revision, files)
+            return revision
+
+        try:
+            log.info("policy revision %s from the store", _run_elsewhere(fetch()))
+        except StoreUnavailable:
+            if not folder.current.is_dir():
+                raise
+            log.warning("the store is unreachable: serving the last policy revision written "
+                        "here, %s", folder.revision)
+        # The folder is swapped whole on each revision, and reloaded then: no file watching.
+        return replace(settings, policy=folder.current, watch=False)
+
+    def _follow_policy(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            if entry.key == POLICY_KEY:
+                self._policy_revision(entry)
+
+    def _policy_revision(self, entry: Entry) -> None:
+        assert self.policy_folder is not None
+        try:
+            revision, files = unpack(SealingKey.load(
+                self.settings.store_key or Path(self.settings.state_dir or ".") / STORE_KEY_FILE),
+                entry.value)
+            if not self.policy_folder.write(revision, files):
+                return
+        except (StoreError, ValueError, KeyError, OSError) as e:
+            log.error("the stored policy cannot be used (%s); the last one keeps serving", e)
+            return
+        log.info("policy revision %s from the store: reloading", revision)
+        self._schedule_reload()
+
+    @staticmethod
+    def _refused(e: StoreError, created: bool, key_path: Path) -> NoReturn:
+        if created:  # a key made just now opens nothing: do not leave it to mislead
+            key_path.unlink(missing_ok=True)
+            raise StoreError(f"{e}\n(this replica had no {key_path}; the store's state was "
+                             f"sealed by another replica's: copy that one here)") from None
+        raise e
+
+    async def _start_store(self) -> None:
+        """Follow and publish the shared state (discovery/shared.py, runtime/fleet.py)."""
+        settings = self.settings
+        store = self.store = EtcdStore(settings.store or "", settings.store_prefix)
+        lease = self.replica_lease = ReplicaLease(store, settings.replica_lease_ttl)
+        state = Path(settings.state_dir) if settings.state_dir is not None else None
+        self.shared_registrations = SharedRegistrations(
+            store, self.endpoints, state / _LAST_REGISTRATIONS if state else None)
+        self.fleet = FleetStatus(store, lease, self.registry, self.replica_id,
+                                 lambda: {"xds_address": self.xds_address})
+        runs: list[Coroutine[object, object, None]] = [
+            lease.run(), self.shared_registrations.run(), self.fleet.run()]
+        if self.policy_folder is not None:
+            follow = Mirror(store, "policy/", self._follow_policy,
+                            lambda event: self._follow_policy(
+                                [event.entry] if event.kind == "put" else []))
+            runs.append(follow.run())
+        if settings.docker:
+            shared = self.shared_docker = SharedDocker(
+                store, self.endpoints, state / _LAST_DOCKER if state else None)
+            self.docker_election = Election(store, "docker", self.replica_id, lease,
+                                            self._docker_elected, self._docker_deposed)
+            runs += [shared.run(), self.docker_election.run()]
+        loop = asyncio.get_running_loop()
+        self._store_tasks = [loop.create_task(run) for run in runs]
+        # The first policy load should include the fleet's registrations: wait a little for
+        # the first listing; an unreachable store starts us on none (it follows when back).
+        followers = [self.shared_registrations.follower,
+                     *([self.shared_docker.follower] if self.shared_docker else [])]
+        try:
+            await asyncio.wait_for(followers[0].mirror.synced.wait(), 3.0)
+        except TimeoutError:
+            for follower in followers:
+                if not follower.mirror.synced.is_set():
+                    count = follower.load_cache()
+                    log.warning("the store is unreachable: serving the last known %d %s "
+                                "instance(s) saved by this replica until it is back", count,
+                                follower.source)
+        log.info("replica %s, sharing state through %s (prefix %s)", self.replica_id,
+                 store.describe(), store.prefix)
+
+    def _docker_elected(self, lease: int) -> None:
+        assert self.shared_docker is not None
+        self.shared_docker.elected(lease)
+        self.docker = DockerSource(self.endpoints, network=self.settings.docker_network)
+        self.docker.start()
+
+    def _docker_deposed(self) -> None:
+        docker, self.docker = self.docker, None
+        if docker is not None:
+            # Joining its thread blocks: do it off the loop.
+            asyncio.get_running_loop().run_in_executor(None, docker.stop)
+        if self.shared_docker is not None:
+            self.shared_docker.deposed()
+
+    def store_status(self) -> dict[str, object]:
+        if self.store is None:
+            return {}
+        return {"replica": self.replica_id,
+                "store": {"url": self.settings.store, "prefix": self.store.prefix,
+                          "reachable": self.store.reachable},
+                "policy_revision": None if self.policy_folder is None
+                else self.policy_folder.revision,
+                "docker_discovery": None if self.docker_election is None else {
+                    "elected": self.docker_election.leader,
+                    "holder": self.docker_election.holder}}
+
     def write_node_credentials(self) -> None:
         """Each (view, folder) of `settings.node_credentials`: a node token and the CA root,
         written atomically, readable by their owner only."""
@@ -250,6 +464,8 @@ class Meshpilot:
         self.controller.watch_endpoints(asyncio.get_running_loop())
         if self.docker is not None:
             self.docker.start()
+        if self.settings.store is not None:
+            await self._start_store()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         self._rotator = asyncio.get_running_loop().create_task(self._rotate_certificates())
         self._rotation_task = asyncio.get_running_loop().create_task(self.rotator.run())
@@ -385,7 +601,10 @@ class Meshpilot:
             admin_hosts=self.settings.admin_hosts, warnings=self.admin_warnings,
             status_extra=lambda: {"prepush": self.prepush_status(),
                                   "edits": self.convergence.describe()},
-            ca=self.rotator)
+            ca=self.rotator,
+            fleet=self.fleet.describe if self.fleet is not None else None,
+            registrations=self.shared_registrations,
+            replica=self.store_status if self.store is not None else None)
 
     def locate(self, view: str, type_url: str, name: str) -> str | None:
         """Where the serving policy made the view's resource: "file:line:col: Kind name:
@@ -487,8 +706,11 @@ class Meshpilot:
         if self._rotation_task is not None:
             self._rotation_task.cancel()
         self.rotator.cancel()
+        if self.docker_election is not None:
+            await self.docker_election.resign()
         if self.docker is not None:
             await asyncio.to_thread(self.docker.stop)
+        await self._stop_store()
         if self._watcher is not None:
             self._watcher.stop()
         for task in tuple(self._tasks):
@@ -502,6 +724,23 @@ class Meshpilot:
         if self.rate_limit_server is not None:
             await self.rate_limit_server.stop()
 
+    async def _stop_store(self) -> None:
+        """Stop following; revoke the replica lease, so this replica's Envoys leave the
+        fleet's status at once (a killed replica's go when the lease lapses)."""
+        for task in self._store_tasks:
+            task.cancel()
+        # Bounded: a store client wedged inside (aetcd's watcher can deadlock on its own lock
+        # when its stream dies with requests queued) must not keep the process from stopping.
+        if self._store_tasks:
+            _, pending = await asyncio.wait(self._store_tasks, timeout=3.0)
+            for task in pending:
+                log.warning("a store task did not stop within 3s; abandoned: %s", task)
+        self._store_tasks = []
+        if self.replica_lease is not None:
+            await self.replica_lease.revoke()
+        if self.store is not None:
+            await self.store.close()
+
     async def run_forever(self) -> None:
         """Serve until SIGTERM or SIGINT, then stop cleanly: streams are closed, not cut, so
         Envoys reconnect at once (to another replica, say) instead of waiting for a timeout."""
@@ -510,6 +749,40 @@ class Meshpilot:
             await until_terminated()
         finally:
             await self.stop()
+
+
+# Replicas share the CA root through the store only at start (store/sealed.py): a rotation on
+# one replica would leave the others trusting the old root alone, and the rotated replica would
+# refuse to restart against the store's. Refused until the store carries the rotation.
+_ROTATION_WITH_STORE = ("the CA root cannot be rotated while replicas share it through --store: "
+                        "not supported yet (docs/security.md, \"Not yet\")")
+
+
+def serve(app: Meshpilot) -> None:
+    """`asyncio.run(app.run_forever())`, except that the tasks still running after the app
+    stopped are cancelled and waited for at most 5 s, not forever: a stop always ends."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(app.run_forever())
+    finally:
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=5.0))
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), 5.0))
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+def _run_elsewhere(coroutine: Coroutine[object, object, str]) -> str:
+    """Run `coroutine` to its end on a loop of its own, in a thread: usable from synchronous
+    code whether or not the caller's thread runs a loop already."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="meshpilot-store") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 async def until_terminated() -> None:

@@ -55,9 +55,10 @@ class RootRotator:
                  proxies: ProxyRegistry, *, clock: Callable[[], float] = time.time,
                  on_server_root: Callable[[], None] = lambda: None,
                  on_bundle: Callable[[], None] = lambda: None,
-                 delivery_timeout: float = DELIVERY_TIMEOUT):
+                 delivery_timeout: float = DELIVERY_TIMEOUT, refused: str | None = None):
         """`on_server_root`: the root of the xDS serving certificate changed (re-issue it);
-        `on_bundle`: the trust bundle changed (rewrite the files that hold a copy)."""
+        `on_bundle`: the trust bundle changed (rewrite the files that hold a copy);
+        `refused`: why this process may not start a rotation (None: it may)."""
         self.state = state
         self.store = store
         self.identities = identities
@@ -68,6 +69,7 @@ class RootRotator:
         self.on_server_root = on_server_root
         self.on_bundle = on_bundle
         self.delivery_timeout = delivery_timeout
+        self.refused = refused
         self._step = asyncio.Lock()
         self.busy: str | None = None  # the step running now, for the status
         self._tasks: set[asyncio.Task[None]] = set()
@@ -79,6 +81,8 @@ class RootRotator:
                     reissue: str = REISSUE_NOW) -> dict[str, Any]:
         """Begin a rotation: RotationError if one is in progress. Returns once the bundle with
         the new root is pushed; `run` (or `resume`) promotes it once every Envoy holds it."""
+        if self.refused is not None:
+            raise RotationError(self.refused)
         if self.state.phase != IDLE or self._step.locked():
             # Refused at once, not after the step that runs now (it may wait for Envoys).
             self.state.start(self.state.signer, self.clock())  # raises, saying why

@@ -1,7 +1,7 @@
 """The docker-compose deployment (compose/), on a real Docker engine.
 
-compose/docker-compose.yml runs meshpilot (Docker-label discovery, the policy folder hot-
-reloaded), an edge Envoy and the bookinfo-like mesh of meshpilot/local/demo/bookinfo.py, each service
+compose/docker-compose.yml runs three meshpilot replicas sharing their state through an etcd
+(Docker-label discovery on the elected one, the policy folder hot-reloaded), an edge Envoy and the bookinfo-like mesh of meshpilot/local/demo/bookinfo.py, each service
 with its sidecar Envoy. No image can be pulled here, so compose/docker-compose.test.yml swaps every
 image for a nearly empty one imported locally (`docker import`) and bind-mounts the host's /usr,
 its Python and this repository (with .venv: meshpilot and envoy) read-only; ports are free ones,
@@ -11,7 +11,8 @@ One scenario, through the edge, on the page productpage serves (which versions a
 the stack comes up and productpage reaches details and both reviews versions through the
 sidecars; `docker stop` of the reviews v1 replica takes it out of rotation; starting it again,
 and scaling reviews-v2 to two replicas, gives the started ones traffic; an edited policy file
-(weights) changes routing. Skipped only when no Docker engine is reachable.
+(weights) changes routing; kill -9 of a replica, and the next edit still reaches every Envoy,
+whose status the other replicas list. Skipped only when no Docker engine is reachable.
 
 The compose tool: `docker compose` (the plugin) if present, else `docker-compose`; with neither,
 the same containers are made with the Docker SDK from the same two files (`SdkCompose`);
@@ -39,7 +40,7 @@ from support import docker_client, eventually, http_get
 
 from meshpilot.base.netutil import free_port
 
-pytestmark = [pytest.mark.envoy, pytest.mark.timeout(170)]
+pytestmark = [pytest.mark.envoy, pytest.mark.timeout(260)]
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "compose"
@@ -151,7 +152,10 @@ class SdkCompose:
         labels = {**spec.get("labels", {}), "com.docker.compose.project": self.project,
                   "com.docker.compose.service": service,
                   "com.docker.compose.container-number": str(index)}
-        endpoint = self.client.api.create_endpoint_config(aliases=[service])
+        networks = spec.get("networks") or []
+        aliases = [service, *(a for n in networks if isinstance(networks, dict)
+                              for a in (networks[n] or {}).get("aliases", []))]
+        endpoint = self.client.api.create_endpoint_config(aliases=aliases)
         return self.client.containers.run(
             spec["image"], [str(a) for a in spec.get("command", [])], detach=True,
             name=f"{self.project}-{service}-{index}", labels=labels,
@@ -175,6 +179,7 @@ class Stack:
         self.state = work / "state"  # meshpilot's: `meshpilot status` signs a token with its key
         self.state.mkdir(mode=0o700)
         self.edge_port, self.admin_port = free_port(), free_port()
+        self.admin_ports = [self.admin_port, free_port(), free_port()]  # meshpilot-1, -2, -3
         python_prefix = Path(os.path.realpath(sys.base_prefix))
         self.env = {**os.environ,
                     "MESHPILOT_TEST_IMAGE": IMAGE,
@@ -183,6 +188,8 @@ class Stack:
                     "MESHPILOT_TEST_POLICY": str(self.policy),
                     "EDGE_PORT": str(self.edge_port),
                     "MESHPILOT_ADMIN_PORT": str(self.admin_port),
+                    "MESHPILOT_ADMIN_PORT_2": str(self.admin_ports[1]),
+                    "MESHPILOT_ADMIN_PORT_3": str(self.admin_ports[2]),
                     "MESHPILOT_TEST_STATE": str(self.state),
                     "MESH_NETWORK": self.network}
         self.sdk = None if tool else SdkCompose(client, self.project, FILES, self.env)
@@ -283,7 +290,7 @@ def test_the_compose_stack_routes_discovers_and_reloads(stack: Stack):
 
     # Up: the edge reaches productpage, which reaches details and reviews through its sidecar.
     until(lambda: stack.page()["details"][0] == "v1" and stack.page()["reviews"][0] != "none",
-          "a page through the edge with details and reviews", timeout=40)
+          "a page through the edge with details and reviews", timeout=100)
     page = stack.page()
     assert page["productpage"][0] == "v1" and page["details"][0] == "v1", page
     until(lambda: set(stack.reviews(10)) == {"v1", "v2"}, "both reviews versions to answer")
@@ -322,13 +329,27 @@ def test_the_compose_stack_routes_discovers_and_reloads(stack: Stack):
     reviews.write_text(text.replace("    # fault:\n    #   abort:", "    fault:\n      abort:"))
     until(lambda: set(stack.reviews(20)) == {"v1", "none"}, "the fault to apply")
 
-    # `meshpilot status` against the published admin port: every Envoy ACKed the new config.
-    def all_synced() -> bool:
+    # `meshpilot status` against a replica's published admin port: every Envoy of the fleet
+    # (whichever replica it is connected to) ACKed the new config.
+    def all_synced(admin_port: int) -> bool:
         done = subprocess.run([sys.executable, "-m", "meshpilot", "status", "--admin-address",
-                               f"127.0.0.1:{stack.admin_port}", "--state-dir", str(stack.state)],
-                              capture_output=True, text=True, timeout=10)
+                               f"127.0.0.1:{admin_port}", "--state-dir", str(stack.state)],
+                              capture_output=True, text=True, timeout=30)
         return done.returncode == 0 and "policy /policy: ok" in done.stdout and all(
             f" {view} " in done.stdout for view in ("edge", "productpage", "details", "reviews"))
 
-    until(all_synced, "meshpilot status: every view SYNCED", timeout=10)
-    assert time.monotonic() - started < 150
+    until(lambda: all_synced(stack.admin_port), "meshpilot status: every view SYNCED",
+          timeout=60)
+
+    # kill -9 of a replica: its Envoys move to the other two, which serve the next edit, and
+    # the fleet's status on another replica still lists every view.
+    (first,) = stack.containers("meshpilot-1")
+    first.kill()
+    text = reviews.read_text()
+    reviews.write_text(text.replace("weight: 100}, {service: reviews, subset: v2, weight: 0}",
+                                    "weight: 0}, {service: reviews, subset: v2, weight: 100}"))
+    until(lambda: set(stack.reviews(20)) == {"v2", "none"},
+          "the edit after a replica was killed to apply", timeout=20)
+    until(lambda: all_synced(stack.admin_ports[1]),
+          "meshpilot status on replica 2: every view SYNCED", timeout=60)
+    assert time.monotonic() - started < 240

@@ -141,13 +141,14 @@ def test_bootstrap_sotw_shape() -> None:
     assert ads["api_type"] == "GRPC"
     assert ads["transport_api_version"] == "V3"
     assert ads["set_node_on_first_message_only"] is True
+    retry = {"retry_back_off": {"base_interval": "0.05s", "max_interval": "0.5s"}}
     assert ads["grpc_services"] == [{
-        "envoy_grpc": {"cluster_name": "meshpilot_xds"},
+        "envoy_grpc": {"cluster_name": "meshpilot_xds", "retry_policy": retry},
         "initial_metadata": [{"key": "authorization",
                               "value": f"Bearer {EXAMPLES['ads-sotw.yaml']['xds_token']}"}]}]
     insecure = render_bootstrap(**EXAMPLES["ads-insecure.yaml"])
     assert insecure["dynamic_resources"]["ads_config"]["grpc_services"] == [
-        {"envoy_grpc": {"cluster_name": "meshpilot_xds"}}]
+        {"envoy_grpc": {"cluster_name": "meshpilot_xds", "retry_policy": retry}}]
     assert "transport_socket" not in insecure["static_resources"]["clusters"][0]
     for source in ("cds_config", "lds_config"):
         assert boot["dynamic_resources"][source] == {"ads": {}, "resource_api_version": "V3"}
@@ -173,6 +174,18 @@ def test_bootstrap_delta_and_replicas() -> None:
     assert cluster["lb_policy"] == "ROUND_ROBIN"
     assert len(cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]) == 3
     assert "metadata" not in replicas["node"]
+    # A dead replica leaves the cluster at the next health check; a lost stream is retried
+    # after 50 ms..500 ms (Envoy jitters each wait), not Envoy's default 0.5 s..30 s.
+    (check,) = cluster["health_checks"]
+    assert check["tcp_health_check"] == {} and check["interval"] == "1s"
+    # ...and at its first refused connect, before the next check.
+    assert cluster["outlier_detection"]["consecutive_local_origin_failure"] == 1
+    (service,) = replicas["dynamic_resources"]["ads_config"]["grpc_services"]
+    assert service["envoy_grpc"]["retry_policy"]["retry_back_off"] == {
+        "base_interval": "0.05s", "max_interval": "0.5s"}
+    # One replica: nothing to choose between, no health check.
+    (single,) = delta["static_resources"]["clusters"]
+    assert "health_checks" not in single
 
 
 def test_bootstrap_rejects_bad_input() -> None:

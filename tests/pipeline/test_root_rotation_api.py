@@ -222,3 +222,27 @@ def test_a_restart_mid_rotation_resumes_it(tmp_path: Path) -> None:
             await mp.stop()
 
     asyncio.run(second(asyncio.run(first())))
+
+
+def test_a_replica_sharing_the_root_through_a_store_refuses_to_rotate_it(
+        tmp_path: Path, etcd: Any) -> None:
+    # The store carries the root only at start: a rotation on one replica would leave the
+    # others trusting the old root alone. Refused with the reason, and nothing changes.
+    mp = make(tmp_path, store=etcd.url)
+
+    async def scenario() -> None:
+        await mp.start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                admin = Admin(session, mp)
+                before = await admin.ca()
+                status, body = await admin.call("POST", "/v1/ca/rotate-root")
+                assert status == 409, body
+                assert "--store" in body["error"] and "not supported yet" in body["error"]
+                after = await admin.ca()
+                assert after["phase"] == before["phase"] == "idle"
+                assert after["roots"] == before["roots"]
+        finally:
+            await mp.stop()
+
+    asyncio.run(scenario())
