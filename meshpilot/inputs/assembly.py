@@ -7,8 +7,14 @@ from typing import TypeVar
 
 from meshpilot.base.errors import PolicyError, PolicyIssue
 from meshpilot.base.types import ADS_ORDER
-from meshpilot.inputs.context import FormatPart, LoadContext, ModelPart, ParsedDocument
-from meshpilot.inputs.documents import FORMATS
+from meshpilot.inputs.context import (
+    FormatPart,
+    LoadContext,
+    ModelPart,
+    ParsedDocument,
+    PendingPart,
+)
+from meshpilot.inputs.documents import FORMATS, compile_pending
 from meshpilot.inputs.formats import FormatRegistry
 from meshpilot.inputs.references import validate_references
 from meshpilot.ir.model import Gateway, Model, ObjectStatus, RawResource, Route, Service
@@ -17,6 +23,7 @@ from meshpilot.ir.model import Gateway, Model, ObjectStatus, RawResource, Route,
 def finish(load: LoadContext, parsed: list[ParsedDocument], files: tuple[str, ...]) -> Model:
     """The model of the parsed documents; `PolicyError` with every issue, in file order, if
     any document or any check across documents had one."""
+    parsed = compile_pending(parsed, load)
     # References are checked even when documents had issues: every problem is reported in one
     # pass, and a document with issues gave no parts, so its errors are not echoed here.
     validate_references(parsed, load)
@@ -24,7 +31,7 @@ def finish(load: LoadContext, parsed: list[ParsedDocument], files: tuple[str, ..
     if load.issues:
         raise PolicyError(sorted(load.issues, key=_issue_order))
     return build_model((*(part for document in parsed for part in document.parts), *compiled),
-                       files, statuses)
+                       files, statuses, load.warnings)
 
 
 def compile_formats(parsed: Sequence[ParsedDocument], load: LoadContext,
@@ -41,7 +48,8 @@ def compile_formats(parsed: Sequence[ParsedDocument], load: LoadContext,
 
 
 def build_model(parts: Iterable[ModelPart], files: tuple[str, ...],
-                statuses: Iterable[ObjectStatus] = ()) -> Model:
+                statuses: Iterable[ObjectStatus] = (),
+                warnings: Iterable[PolicyIssue] = ()) -> Model:
     """The model of a valid policy, in a deterministic order (translators rely on it)."""
     raw: list[RawResource] = []
     services: list[Service] = []
@@ -56,12 +64,13 @@ def build_model(parts: Iterable[ModelPart], files: tuple[str, ...],
             services.append(part)
         elif isinstance(part, Gateway):
             gateways.append(part)
-        else:
+        elif not isinstance(part, PendingPart):
             routes.append(part)
     raw.sort(key=lambda resource: (_ads_rank(resource.type_url), resource.name))
     return Model(raw=tuple(raw), services=_by_name(services), gateways=_by_name(gateways),
                  routes=_by_name(routes), files=files,
-                 statuses=tuple(sorted(statuses, key=lambda s: (s.kind, s.name, s.parent))))
+                 statuses=tuple(sorted(statuses, key=lambda s: (s.kind, s.name, s.parent))),
+                 warnings=tuple(sorted(warnings, key=_issue_order)))
 
 
 _Named = TypeVar("_Named", Service, Gateway, Route)

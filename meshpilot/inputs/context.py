@@ -7,8 +7,9 @@ imports the kinds, so no import runs in a circle.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from meshpilot.base.errors import PolicyIssue, Position
 from meshpilot.inputs.yamlsource import FieldPath, Located, format_path
@@ -26,7 +27,24 @@ class FormatPart:
 
 # What a document parser may return. A new top-level model class is added here and sorted into
 # the Model by `assembly.build_model`.
-ModelPart = RawResource | Service | Gateway | Route | FormatPart
+
+class PendingPart:
+    """What a format's parser returns for a document it can only compile together with the
+    other documents of the load (an Istio VirtualService names hosts that ServiceEntries
+    declare, and subsets that DestinationRules define). After every document is parsed,
+    `documents.compile_pending` hands all pending parts of one `compiler` to it at once: it
+    returns the documents again, each with the model parts it gave (issues are reported through
+    the documents' contexts, with positions, as parsers report theirs). Equal documents must
+    compile to equal parts, so incremental loads equal cold ones."""
+
+    __slots__ = ()
+    compiler: ClassVar[Compiler]
+
+
+# (pending parts are compiled before the model is built, FormatParts by their format's step)
+ModelPart = RawResource | Service | Gateway | Route | FormatPart | PendingPart
+
+
 
 
 @dataclass(slots=True)
@@ -34,6 +52,9 @@ class LoadContext:
     """State shared by every document of one load: the issues, and where names were defined."""
 
     issues: list[PolicyIssue] = field(default_factory=list)
+    # Advice that does not refuse the load (`istioctl analyze`'s kind: a subset nothing
+    # selects); the model keeps them (`Model.warnings`) for the CLI and the status page.
+    warnings: list[PolicyIssue] = field(default_factory=list)
     definitions: dict[Hashable, Position] = field(default_factory=dict)
 
     def first_definition(self, key: Hashable, position: Position) -> Position | None:
@@ -83,3 +104,12 @@ class ParsedDocument:
 
     context: DocumentContext
     parts: tuple[ModelPart, ...]
+    # Made by a format's compiler from pending parts: its parts were checked there, against
+    # the document's own shape, not the native kinds' (references.py skips what reads those).
+    compiled: bool = False
+
+
+# (every parsed document of the load, the ones holding this compiler's pending parts, the load)
+# -> those documents with their compiled model parts (and nothing pending)
+Compiler = Callable[[Sequence[ParsedDocument], Sequence[ParsedDocument], LoadContext],
+                    list[ParsedDocument]]

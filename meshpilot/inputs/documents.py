@@ -13,14 +13,15 @@ from collections.abc import Iterable
 from typing import Any
 
 from meshpilot.base.errors import PolicyIssue, Position
-from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
+from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument, PendingPart
 from meshpilot.inputs.formats import DocumentParser, DocumentType, FormatRegistry
 from meshpilot.inputs.gatewayapi.format import FORMATS as GATEWAY_API
+from meshpilot.inputs.istio.format import ISTIO_FORMATS
 from meshpilot.inputs.native.format import NATIVE
 from meshpilot.inputs.yamlsource import FieldPath, Located, format_path
 
 # The formats a load reads. A new format is added here.
-FORMATS = FormatRegistry((NATIVE, *GATEWAY_API))
+FORMATS = FormatRegistry((NATIVE, *GATEWAY_API, *ISTIO_FORMATS))
 
 
 def load_documents(documents: Iterable[Located], load: LoadContext,
@@ -47,6 +48,26 @@ def _load_document(document: Located, load: LoadContext,
     if first is not None:
         ctx.report(name_path, f'another {kind} is named "{name}" (at {first})', at_value=True)
     return ParsedDocument(ctx, tuple(parser(document, ctx)))
+
+
+def compile_pending(parsed: list[ParsedDocument], load: LoadContext) -> list[ParsedDocument]:
+    """`parsed` with every document holding pending parts (`context.PendingPart`) replaced by
+    what its format's compiler made of all of them together, in the same order."""
+    by_compiler: dict[int, tuple[object, list[ParsedDocument]]] = {}
+    for document in parsed:
+        for part in document.parts:
+            if isinstance(part, PendingPart):
+                compiler = type(part).compiler
+                by_compiler.setdefault(id(compiler), (compiler, []))[1].append(document)
+                break
+    if not by_compiler:
+        return parsed
+    compiled: dict[int, ParsedDocument] = {}
+    for compiler, documents in by_compiler.values():
+        results = compiler(parsed, documents, load)  # type: ignore[operator]
+        for before, after in zip(documents, results, strict=True):
+            compiled[id(before)] = after
+    return [compiled.get(id(document), document) for document in parsed]
 
 
 _Identity = tuple[DocumentParser, str, str, FieldPath, str | None]

@@ -27,7 +27,7 @@ from meshpilot.base import tlsfiles as tls
 from meshpilot.base.errors import Position
 from meshpilot.inputs.assembly import build_model, compile_formats
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
-from meshpilot.inputs.documents import load_documents
+from meshpilot.inputs.documents import compile_pending, load_documents
 from meshpilot.inputs.files import policy_files
 from meshpilot.inputs.references import validate_references
 from meshpilot.inputs.yamlsource import (
@@ -112,12 +112,14 @@ class ParseCache:
                 old = document.context
                 parsed.append(ParsedDocument(DocumentContext(load, old.document, old.kind,
                                                              old.name), document.parts))
+        parsed = compile_pending(parsed, load)
         validate_references(parsed, load)
         compiled, statuses = compile_formats(parsed, load)
         if load.issues:
             return None
         return build_model((*(part for document in parsed for part in document.parts),
-                            *compiled), tuple(shown_name for _, shown_name in files), statuses)
+                            *compiled), tuple(shown_name for _, shown_name in files), statuses,
+                           load.warnings)
 
     def _entry(self, file_path: Path, shown_name: str) -> _CachedFile | None:
         try:

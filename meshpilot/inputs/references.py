@@ -120,8 +120,9 @@ class _Index:
                     index.services.setdefault(part.name, part)
                 elif isinstance(part, Gateway):
                     index.gateways.setdefault(part.name, part)
-                    index.gateway_documents.append((part, document.context))
-                elif isinstance(part, Route):
+                    if not document.compiled:
+                        index.gateway_documents.append((part, document.context))
+                elif isinstance(part, Route) and not document.compiled:
                     index.routes.append((part, document.context))
         return index
 
@@ -416,7 +417,7 @@ def _check_view_names(documents: Sequence[ParsedDocument]) -> None:
     first: dict[str, tuple[str, Position]] = {}
     for document in documents:
         ctx = document.context
-        if ctx.kind not in ("Service", "Gateway") or ctx.name is None:
+        if ctx.kind not in ("Service", "Gateway") or ctx.name is None or document.compiled:
             continue
         position = ctx.document.position_of(("name",))
         kind, where = first.setdefault(ctx.name, (ctx.kind, position))
@@ -434,6 +435,8 @@ def _check_mesh(documents: Sequence[ParsedDocument], index: _Index) -> None:
     """A called service exists (and a tcp one has a local port: the Host-routed outbound port
     speaks HTTP); a Route attached to a service names an HTTP Service, one Route per service."""
     for document in documents:
+        if document.compiled:
+            continue
         for part in document.parts:
             if isinstance(part, Service) and part.sidecar is not None:
                 _check_calls(part, document.context, index)

@@ -250,6 +250,9 @@ class Service:
     # Services to send to, in order, when this one has no healthy endpoint (an aggregate
     # cluster: translators/failover.py). Each has no failover of its own.
     failover: tuple[str, ...] = ()
+    # More Host values that pick this service on a caller's outbound port, beside its name
+    # (an Istio host's short forms: `reviews`, `reviews:9080`, `reviews.default.svc`, ...).
+    hosts: tuple[str, ...] = ()
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)
@@ -744,6 +747,8 @@ class Model:
     # What an input format says of the documents it read beyond the model itself (Gateway
     # API's conditions per Gateway, listener and route), for status pages; sorted.
     statuses: tuple[ObjectStatus, ...] = ()
+    # Advice that did not refuse the load (an Istio subset nothing selects), in file order.
+    warnings: tuple[PolicyIssue, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         # Lookups by name are on every translator's path: index once (10k services).

@@ -169,7 +169,7 @@ class Mesh:
 def host_domains(callee: Service, outbound_port: int) -> list[str]:
     """The Host values that pick `callee` on the outbound port: its name, with the outbound
     port, and with its own sidecar's port (what a client writes in `http://reviews:15006/`)."""
-    found = {callee.name, f"{callee.name}:{outbound_port}"}
+    found = {callee.name, f"{callee.name}:{outbound_port}", *callee.hosts}
     if callee.sidecar is not None and callee.sidecar.port is not None:
         found.add(f"{callee.name}:{callee.sidecar.port}")
     return sorted(found)

@@ -157,9 +157,18 @@ def _cidr_principal(cidr: str, detected_client: bool) -> Principal:
 
 
 def _authenticated_principal(spiffe_id: str) -> Principal:
-    """The peer certificate's URI SAN is exactly `spiffe_id` (mTLS in the mesh)."""
+    """The peer certificate's URI SAN is exactly `spiffe_id` (mTLS in the mesh); Istio's
+    wildcards: `*` any authenticated caller, `spiffe://td/ns/a/*` a prefix, `*/sa/b` a suffix."""
     principal = Principal()
-    principal.authenticated.principal_name.exact = spiffe_id
+    name = principal.authenticated.principal_name
+    if spiffe_id in ("*", "spiffe://*"):
+        name.safe_regex.regex = ".+"
+    elif spiffe_id.endswith("*"):
+        name.prefix = spiffe_id[:-1]
+    elif spiffe_id.startswith("*"):
+        name.suffix = spiffe_id[1:]
+    else:
+        name.exact = spiffe_id
     return principal
 
 

@@ -1,0 +1,501 @@
+"""All Istio documents of a load together -> Services, Routes and Gateways of the model.
+
+    ServiceEntry (+ the WorkloadEntries its workloadSelector picks, or its inline endpoints)
+        -> one Service per host and port (`hosts.py`), endpoints = the workloads' addresses
+    DestinationRule -> those Services' subsets, load balancer, circuit breaker, outlier
+        detection, upstream TLS (portLevelSettings: one port's Service)
+    WorkloadEntry -> the workload's own view: a Service with a sidecar (inbound on the
+        workload's address and port, the application behind it, one outbound port for every
+        mesh service, Istio's default of no Sidecar resource), its mTLS (PeerAuthentication)
+        and callers' authorization (AuthorizationPolicy), `security.py`
+    VirtualService (gateway `mesh`) -> a Route attached to each of its hosts' Services;
+        without one, a Service still gets Istio's default route (no timeout, 2 retries)
+    Gateway (selector) -> a Gateway of the model per distinct selector, its servers as
+        listeners; a VirtualService naming it -> a Route on it
+
+What Istio resolves at run time and `istioctl analyze` warns about (a subset no
+DestinationRule defines, a host no ServiceEntry declares) is a warning here with the same
+outcome (503 for the subset, the VirtualService unused for the host); everything else that
+cannot be honoured is an error at the field. Deterministic: documents are taken in
+namespace/name order where Istio would order them by creation time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from meshpilot.base.errors import PolicyIssue
+from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
+from meshpilot.inputs.istio import hosts, security
+from meshpilot.inputs.istio import objects as o
+from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES
+from meshpilot.inputs.yamlsource import FieldPath, format_path
+from meshpilot.ir.model import (
+    DEFAULT_APP_HOST,
+    Backend,
+    Call,
+    Endpoint,
+    Gateway,
+    GatewayListener,
+    Labels,
+    Match,
+    Mirror,
+    Protocol,
+    Route,
+    Rule,
+    Service,
+    Sidecar,
+)
+
+# A subset no DestinationRule defines selects no endpoint: its cluster answers 503, as Istio's.
+UNDEFINED_SUBSET_LABEL = "meshpilot.io/undefined-subset"
+_PROTOCOLS: dict[str, Protocol] = {"HTTP": "http", "HTTP2": "http2", "GRPC": "grpc",
+                                   "GRPC-WEB": "http"}
+
+
+@dataclass(slots=True)
+class _Doc:
+    parsed: ParsedDocument
+    item: o.IstioDocument
+    parts: list[ModelPart] = field(default_factory=list)
+
+    @property
+    def ctx(self) -> DocumentContext:
+        return self.parsed.context
+
+    def error(self, path: FieldPath, message: str) -> None:
+        self.ctx.report(path, message, at_value=True)
+
+    def warn(self, path: FieldPath, message: str) -> None:
+        ctx = self.ctx
+        ctx.load.warnings.append(PolicyIssue(message, ctx.document.position_of(path), ctx.kind,
+                                             ctx.name, format_path(path)))
+
+
+@dataclass(slots=True)
+class _Host:
+    """A ServiceEntry host and what it became."""
+
+    doc: _Doc
+    entry: o.ServiceEntry
+    services: dict[int, Service]  # port number -> its Service (changed as DRs apply)
+    subsets_defined: set[str] = field(default_factory=set)
+    hash_on: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    istio_mutual: dict[int, bool] = field(default_factory=dict)
+
+
+def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDocument],
+                  load: LoadContext) -> list[ParsedDocument]:
+    docs = [_Doc(parsed, next(p for p in parsed.parts if isinstance(p, o.IstioDocument)))
+            for parsed in mine]
+    by_kind: dict[str, list[_Doc]] = {}
+    for doc in sorted(docs, key=lambda d: (d.item.namespace, d.item.name)):
+        by_kind.setdefault(doc.item.kind, []).append(doc)
+    native_names = {part.name for parsed in everything for part in parsed.parts
+                    if isinstance(part, Service | Gateway)}
+    workloads = by_kind.get("WorkloadEntry", [])
+    registry = _services(by_kind.get("ServiceEntry", []), workloads)
+    _destination_rules(by_kind.get("DestinationRule", []), registry)
+    routes, routed = _virtual_services(by_kind.get("VirtualService", []), registry, by_kind)
+    _default_routes(registry, routed)
+    gateways = _gateways(by_kind.get("Gateway", []))
+    policies = security.Policies.of(by_kind)
+    _workloads(workloads, registry, policies)
+    for host in registry.values():
+        host.doc.parts.extend(host.services[p.number] for p in host.entry.ports)
+    for doc, route in routes:
+        doc.parts.append(route)
+    for doc, gateway in gateways.built:
+        doc.parts.append(gateway)
+    for doc in docs:
+        for part in doc.parts:
+            if isinstance(part, Service | Gateway) and part.name in native_names:
+                doc.error((), f"{type(part).__name__} {part.name} of this document is also "
+                              "the name of a native one: each names a view")
+    return [ParsedDocument(doc.ctx, tuple(doc.parts), compiled=True) for doc in docs]
+
+
+# ---- ServiceEntry + WorkloadEntry -> Services -------------------------------------------------
+
+
+def _services(entries: list[_Doc], workloads: list[_Doc]) -> dict[str, _Host]:
+    registry: dict[str, _Host] = {}
+    for doc in entries:
+        entry = doc.item.spec
+        assert isinstance(entry, o.ServiceEntry)
+        for index, host in enumerate(entry.hosts):
+            if host in registry:
+                first = registry[host].doc
+                doc.error(("spec", "hosts", index), f"host {host} is already declared by "
+                                                    f"ServiceEntry {first.ctx.name}")
+                continue
+            services = {port.number: _service(doc, entry, host, port, workloads)
+                        for port in entry.ports}
+            registry[host] = _Host(doc, entry, services)
+    return registry
+
+
+def _service(doc: _Doc, entry: o.ServiceEntry, host: str, port: o.Port,
+             workloads: list[_Doc]) -> Service:
+    found: list[Endpoint] = []
+    selected: list[o.WorkloadSpec] = list(entry.endpoints)
+    if entry.workload_selector is not None:
+        selected = [w.item.spec.spec for w in workloads  # type: ignore[union-attr]
+                    if w.item.namespace == doc.item.namespace
+                    and hosts.selects(entry.workload_selector, w.item.spec.spec.labels)]
+    for workload in selected:
+        found.append(Endpoint(host=workload.address, port=endpoint_port(workload, port),
+                              labels=workload.labels, weight=workload.weight,
+                              region=_locality(workload, 0), zone=_locality(workload, 1)))
+    if not found and entry.resolution in ("DNS", "DNS_ROUND_ROBIN"):
+        found.append(Endpoint(host=host, port=port.target_port or port.number))
+    protocol = _PROTOCOLS.get(port.protocol, "tcp")
+    return Service(name=hosts.service_name(host, port.number),
+                   position=doc.ctx.document.position, protocol=protocol,
+                   endpoints=tuple(found), connect_timeout=10.0,  # Istio's default
+                   hosts=hosts.host_values(host, port.number, len(entry.ports) == 1),
+                   origin=doc.ctx.origin())
+
+
+def endpoint_port(workload: o.WorkloadSpec, port: o.Port) -> int:
+    """Istio's rule: the workload's port of that name, else the targetPort, else the port."""
+    named = dict(workload.ports).get(port.name)
+    return named or port.target_port or port.number
+
+
+def _locality(workload: o.WorkloadSpec, index: int) -> str | None:
+    parts = (workload.locality or "").split("/")
+    return parts[index] if len(parts) > index and parts[index] else None
+
+
+# ---- DestinationRule ----------------------------------------------------------------------------
+
+
+def _destination_rules(rules: list[_Doc], registry: dict[str, _Host]) -> None:
+    applied: dict[str, _Doc] = {}
+    for doc in rules:
+        rule = doc.item.spec
+        assert isinstance(rule, o.DestinationRule)
+        found = hosts.lookup(rule.host, doc.item.namespace, registry)
+        if found is None:
+            doc.warn(("spec", "host"), f"no ServiceEntry declares host {rule.host} "
+                                       f"({hosts.qualified(rule.host, doc.item.namespace)}): "
+                                       "this DestinationRule applies to nothing")
+            continue
+        if found in applied:
+            doc.warn(("spec", "host"), f"host {found} already has DestinationRule "
+                                       f"{applied[found].ctx.name}; this one is not used "
+                                       "(Istio merges only subsets of rules without policy)")
+            continue
+        applied[found] = doc
+        host = registry[found]
+        host.subsets_defined = {name for name, _ in rule.subsets}
+        port_policies = dict(rule.port_policies)
+        for number in port_policies:
+            if number not in host.services:
+                doc.error(("spec", "trafficPolicy", "portLevelSettings"),
+                          f"host {found} has no port {number}")
+        for number, service in list(host.services.items()):
+            service = replace(service, subsets=rule.subsets)
+            for label_set_index, (name, selector) in enumerate(rule.subsets):
+                if not service.endpoints_of(name) and service.endpoints:
+                    doc.warn(("spec", "subsets", label_set_index),
+                             f"subset {name} selects no endpoint of {found}")
+                del selector
+            policy = port_policies.get(number, rule.policy)
+            service = _apply_policy(service, policy)
+            host.services[number] = service
+            host.hash_on[number] = policy.hash_on
+            host.istio_mutual[number] = policy.tls_mode == "ISTIO_MUTUAL"
+
+
+def _apply_policy(service: Service, policy: o.TrafficPolicy) -> Service:
+    changes: dict[str, Any] = {}
+    if policy.load_balancer is not None:
+        changes["load_balancer"] = policy.load_balancer
+        changes["load_balancer_options"] = policy.load_balancer_options
+    if policy.circuit_breaker is not None:
+        changes["circuit_breaker"] = policy.circuit_breaker
+    if policy.connect_timeout is not None:
+        changes["connect_timeout"] = policy.connect_timeout
+    if policy.max_requests_per_connection is not None:
+        changes["max_requests_per_connection"] = policy.max_requests_per_connection
+    if policy.outlier_detection is not None:
+        changes["outlier_detection"] = policy.outlier_detection
+    if policy.tls is not None:
+        changes["tls"] = policy.tls
+    return replace(service, **changes)
+
+
+# ---- VirtualService -> Routes -------------------------------------------------------------------
+
+
+def _virtual_services(services: list[_Doc], registry: dict[str, _Host],
+                      by_kind: dict[str, list[_Doc]]
+                      ) -> tuple[list[tuple[_Doc, Route]], set[str]]:
+    routes: list[tuple[_Doc, Route]] = []
+    routed: set[str] = set()  # IR Services with a Route attached
+    owner: dict[str, _Doc] = {}
+    gateway_docs = {(d.item.namespace, d.item.name): d for d in by_kind.get("Gateway", [])}
+    for doc in services:
+        vs = doc.item.spec
+        assert isinstance(vs, o.VirtualService)
+        ns = doc.item.namespace
+        targets: list[tuple[str, Service | None, str | None, tuple[str, ...]]] = []
+        for gateway_index, gateway in enumerate(vs.gateways):
+            if gateway == "mesh":
+                for index, host in enumerate(vs.hosts):
+                    found = hosts.lookup(host, ns, registry)
+                    if found is None:
+                        doc.warn(("spec", "hosts", index),
+                                 f"no ServiceEntry declares host {host} "
+                                 f"({hosts.qualified(host, ns)}): this VirtualService does "
+                                 "not apply in the mesh")
+                        continue
+                    for service in registry[found].services.values():
+                        if service.protocol == "tcp":
+                            continue
+                        if service.name in owner:
+                            doc.warn(("spec", "hosts", index),
+                                     f"host {found} already has VirtualService "
+                                     f"{owner[service.name].ctx.name}; this one is not used "
+                                     "for it in the mesh")
+                            continue
+                        owner[service.name] = doc
+                        targets.append(("mesh", service, None, ()))
+                continue
+            gw_ns, _, gw_name = gateway.rpartition("/")
+            key = (gw_ns or ns, gw_name)
+            gw_doc = gateway_docs.get(key)
+            if gw_doc is None:
+                doc.error(("spec", "gateways", gateway_index),
+                          f"no Gateway {key[0]}/{key[1]}")
+                continue
+            spec = gw_doc.item.spec
+            assert isinstance(spec, o.IstioGateway)
+            targets.append((gateway, None, hosts.gateway_view(spec.selector),
+                            tuple(_listener_name(s) for s in spec.servers
+                                  if not s.https_redirect)))
+        many = len(targets) > 1
+        for gateway, service, gateway_view, listeners in targets:
+            suffix = f"@{service.name if service else gateway_view}" if many else ""
+            name = f"{ns}/{doc.item.name}{suffix}"
+            port = None
+            if service is not None:
+                port = int(service.name.rsplit(":", 1)[1])
+            rules = _rules(doc, vs, registry, gateway, port)
+            cors = _cors(doc, vs)
+            if service is not None:
+                routed.add(service.name)
+                routes.append((doc, Route(name=name, position=doc.ctx.document.position,
+                                          gateway=None, rules=rules, cors=cors,
+                                          service=service.name, origin=doc.ctx.origin())))
+            else:
+                route_hosts = tuple(h if h == "*" or h.startswith("*.") else h
+                                    for h in vs.hosts) or ("*",)
+                routes.append((doc, Route(name=name, position=doc.ctx.document.position,
+                                          gateway=gateway_view, hosts=route_hosts,
+                                          rules=rules, listeners=listeners, cors=cors,
+                                          origin=doc.ctx.origin())))
+    return routes, routed
+
+
+def _cors(doc: _Doc, vs: o.VirtualService) -> Any:
+    policies = {route.cors for route in vs.http if route.cors is not None}
+    if len(policies) > 1:
+        doc.error(("spec", "http"), "different corsPolicy per http route is not supported yet "
+                                    "(docs/istio.md): write the same one on each")
+        return None
+    return next(iter(policies), None)
+
+
+def _rules(doc: _Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: str,
+           port: int | None) -> tuple[Rule, ...]:
+    rules: list[Rule] = []
+    for http in vs.http:
+        matches = tuple(m.match for m in http.matches
+                        if (not m.gateways or gateway in m.gateways)
+                        and (m.port is None or port is None or m.port == port))
+        if http.matches and not matches:
+            continue  # every match is for another gateway or port
+        backends = tuple(b for d in http.destinations
+                         if (b := _backend(doc, d, registry, port)) is not None)
+        mirrors = tuple(Mirror(b.service, b.subset, m.percentage)
+                        for m in http.mirrors
+                        if (b := _backend(doc, m.destination, registry, port)) is not None)
+        hash_on: tuple[Any, ...] = ()
+        for backend in backends:
+            found = _host_of(backend.service, registry)
+            if found is not None:
+                hash_on = hash_on or found.hash_on.get(int(backend.service.rsplit(":", 1)[1]),
+                                                       ())
+        rules.append(replace(http.rule, matches=matches or (Match(),), backends=backends,
+                             mirrors=mirrors, hash_on=hash_on))
+    return tuple(rules)
+
+
+def _host_of(service_name: str, registry: dict[str, _Host]) -> _Host | None:
+    return registry.get(service_name.rsplit(":", 1)[0])
+
+
+def _backend(doc: _Doc, destination: o.Destination, registry: dict[str, _Host],
+             route_port: int | None) -> Backend | None:
+    ns = doc.item.namespace
+    found = hosts.lookup(destination.host, ns, registry)
+    if found is None:
+        doc.error((*destination.path, "host"),
+                  f"no ServiceEntry declares host {destination.host} "
+                  f"({hosts.qualified(destination.host, ns)})")
+        return None
+    host = registry[found]
+    ports = sorted(host.services)
+    number = destination.port
+    if number is None:
+        if len(ports) == 1:
+            number = ports[0]
+        elif route_port in host.services:
+            number = route_port
+        else:
+            doc.error((*destination.path, "port"),
+                      f"host {found} has ports {', '.join(map(str, ports))}: say which one")
+            return None
+    if number not in host.services:
+        doc.error((*destination.path, "port", "number"), f"host {found} has no port {number}")
+        return None
+    service = host.services[number]
+    subset = destination.subset
+    if subset is not None and subset not in host.subsets_defined:
+        doc.warn((*destination.path, "subset"),
+                 f"no DestinationRule of host {found} defines subset {subset}: requests to "
+                 "it fail with 503, as in Istio (istioctl analyze: IST0101)")
+        if service.subset(subset) is None:
+            host.services[number] = service = replace(
+                service, subsets=(*service.subsets,
+                                  (subset, ((UNDEFINED_SUBSET_LABEL, subset),))))
+    return Backend(service.name, subset, destination.weight,
+                   origin=doc.ctx.origin(destination.path))
+
+
+def _default_routes(registry: dict[str, _Host], routed: set[str]) -> None:
+    """Istio's route to a host no VirtualService names: no timeout, the default retries
+    (and the DestinationRule's consistent hash)."""
+    for host in registry.values():
+        for number, service in host.services.items():
+            if service.name in routed or service.protocol == "tcp":
+                continue
+            rule = Rule(position=service.position, backends=(Backend(service.name),),
+                        timeout=0.0, retries=ISTIO_DEFAULT_RETRIES,
+                        hash_on=host.hash_on.get(number, ()))
+            host.doc.parts.append(Route(name=f"default@{service.name}",
+                                        position=service.position, gateway=None,
+                                        rules=(rule,), service=service.name,
+                                        origin=service.origin))
+
+
+# ---- Gateway ------------------------------------------------------------------------------------
+
+
+def _listener_name(server: o.Server) -> str:
+    return f"{server.protocol.lower()}-{server.port}"
+
+
+@dataclass(slots=True)
+class _Gateways:
+    docs: list[_Doc]
+    built: list[tuple[_Doc, Gateway]]
+
+
+def _gateways(docs: list[_Doc]) -> _Gateways:
+    """A Gateway of the model per distinct selector: every Istio Gateway whose selector the
+    Envoy's labels (= that selector) satisfy contributes its servers."""
+    built: list[tuple[_Doc, Gateway]] = []
+    selectors: dict[Labels, _Doc] = {}
+    for doc in docs:
+        spec = doc.item.spec
+        assert isinstance(spec, o.IstioGateway)
+        selectors.setdefault(spec.selector, doc)
+    for selector, first in sorted(selectors.items()):
+        members = [d for d in docs if hosts.selects(d.item.spec.selector, selector)]  # type: ignore[union-attr]
+        listeners: dict[int, GatewayListener] = {}
+        https_port = None
+        for doc in members:
+            for server in doc.item.spec.servers:  # type: ignore[union-attr]
+                if server.protocol == "HTTPS" and https_port is None:
+                    https_port = server.port
+        for doc in members:
+            for server in doc.item.spec.servers:  # type: ignore[union-attr]
+                existing = listeners.get(server.port)
+                if existing is not None:
+                    if (existing.tls is None) != (server.tls is None):
+                        doc.error(server.path, f"port {server.port} is already an "
+                                               f"{'HTTPS' if existing.tls else 'HTTP'} server "
+                                               f"of the gateway {hosts.gateway_view(selector)}")
+                    continue
+                listeners[server.port] = GatewayListener(
+                    name=_listener_name(server), port=server.port,
+                    address=server.bind or "0.0.0.0", tls=server.tls,
+                    redirect_to_https=(https_port or 443) if server.https_redirect else None,
+                    origin=doc.ctx.origin(server.path))
+        gateway = Gateway(name=hosts.gateway_view(selector), position=first.ctx.document.position,
+                          listeners=tuple(listeners[p] for p in sorted(listeners)),
+                          origin=first.ctx.origin())
+        built.append((first, gateway))
+    return _Gateways(docs, built)
+
+
+# ---- WorkloadEntry -> a workload's own view ----------------------------------------------------
+
+
+def _workloads(workloads: list[_Doc], registry: dict[str, _Host],
+               policies: security.Policies) -> None:
+    calls = tuple(Call(service.name) for host in sorted(registry)
+                  for service in sorted(registry[host].services.values(), key=lambda s: s.name)
+                  if service.protocol != "tcp")
+    for doc in workloads:
+        entry = doc.item.spec
+        assert isinstance(entry, o.WorkloadEntry)
+        workload = entry.spec
+        serving = _served_port(doc, registry)
+        protocol: Protocol = "http"
+        port = None
+        if serving is not None:
+            service, port = serving
+            protocol = service.protocol
+        outbound = entry.outbound_port or hosts.DEFAULT_OUTBOUND_PORT
+        app_host, app_port = entry.app or (DEFAULT_APP_HOST, port or 8080)
+        if port is not None and app_port == port and app_host in (workload.address,
+                                                                  "127.0.0.1", "localhost"):
+            if workload.address in ("127.0.0.1", "::1") or app_host == workload.address:
+                doc.error(("spec", "address"),
+                          f"the application cannot listen on the sidecar's inbound "
+                          f"{workload.address}:{port}: say where it listens with annotation "
+                          f"meshpilot.io/app (say 127.0.0.1:{port + 10000})")
+        if outbound == port:
+            doc.error(("metadata",), f"the outbound port {outbound} is the inbound port: set "
+                                     "annotation meshpilot.io/outbound-port")
+        view = hosts.workload_view(doc.item.name, doc.item.namespace)
+        mtls, authorization = policies.for_workload(doc, port)
+        sidecar = Sidecar(port=port, address=workload.address if port is not None else "0.0.0.0",
+                          app_host=app_host, app_port=app_port, outbound_port=outbound,
+                          calls=calls, mtls=mtls, authorization=authorization,
+                          origin=doc.ctx.origin(("spec",)))
+        doc.parts.append(Service(name=view, position=doc.ctx.document.position,
+                                 protocol=protocol, sidecar=sidecar, origin=doc.ctx.origin()))
+
+
+def _served_port(doc: _Doc, registry: dict[str, _Host]) -> tuple[Service, int] | None:
+    """The first Service (in host order) whose ServiceEntry selects this workload, and the
+    workload's port for it: the sidecar's inbound port."""
+    labels = doc.item.spec.spec.labels  # type: ignore[union-attr]
+    for name in sorted(registry):
+        host = registry[name]
+        entry = host.entry
+        if entry.workload_selector is None or host.doc.item.namespace != doc.item.namespace:
+            continue
+        if not hosts.selects(entry.workload_selector, labels):
+            continue
+        port = entry.ports[0]
+        return host.services[port.number], endpoint_port(doc.item.spec.spec, port)  # type: ignore[union-attr]
+    return None

@@ -1,0 +1,251 @@
+"""Istio documents once read: what each kind says, checked within the document, before any
+other document is looked at (hosts are still as written, subsets not yet known to exist).
+
+Each is an `IstioDocument` (a `context.PendingPart`): `compile.py` turns all of them together
+into model parts. Frozen and comparable, so the parse of an unchanged document is reused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from meshpilot.inputs.context import PendingPart
+from meshpilot.inputs.yamlsource import FieldPath
+from meshpilot.ir.model import (
+    CircuitBreaker,
+    Cors,
+    HashOn,
+    Labels,
+    ListenerTls,
+    LoadBalancer,
+    LoadBalancerOptions,
+    Match,
+    OutlierDetection,
+    Rule,
+    UpstreamTls,
+)
+
+# ---- ServiceEntry and WorkloadEntry -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Port:
+    number: int
+    name: str
+    protocol: str  # upper case, as Istio writes it: HTTP, HTTP2, GRPC, TCP, ...
+    target_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    """A WorkloadEntry's spec, or one inline endpoint of a ServiceEntry."""
+
+    address: str  # an IP or a DNS name
+    ports: tuple[tuple[str, int], ...] = ()  # (port name, port)
+    labels: Labels = ()
+    service_account: str | None = None
+    weight: int | None = None
+    locality: str | None = None  # region/zone/subzone
+    path: FieldPath = ()  # where it was written
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    hosts: tuple[str, ...]
+    ports: tuple[Port, ...]
+    resolution: Literal["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN"] = "NONE"
+    location: Literal["MESH_INTERNAL", "MESH_EXTERNAL"] = "MESH_EXTERNAL"
+    endpoints: tuple[WorkloadSpec, ...] = ()
+    workload_selector: Labels | None = None
+    subject_alt_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadEntry:
+    spec: WorkloadSpec
+    app: tuple[str, int] | None = None  # annotation meshpilot.io/app: where the application is
+    outbound_port: int | None = None  # annotation meshpilot.io/outbound-port (default 15001)
+
+
+# ---- VirtualService ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Destination:
+    host: str  # as written
+    subset: str | None = None
+    port: int | None = None
+    weight: int = 100
+    path: FieldPath = ()  # the destination's mapping
+
+
+@dataclass(frozen=True, slots=True)
+class HttpMatch:
+    match: Match  # what the IR can say of it
+    port: int | None = None  # only for the service port (or gateway listener) of this number
+    gateways: tuple[str, ...] = ()  # only for these gateways ("mesh": the sidecars)
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorSpec:
+    destination: Destination
+    percentage: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRoute:
+    """One `http` entry: its matches and what the IR rule says, backends and mirrors left to
+    compile (their hosts are resolved against the ServiceEntries)."""
+
+    matches: tuple[HttpMatch, ...]  # empty: every request
+    rule: Rule
+    destinations: tuple[Destination, ...] = ()
+    mirrors: tuple[MirrorSpec, ...] = ()
+    cors: Cors | None = None
+    path: FieldPath = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualService:
+    hosts: tuple[str, ...]
+    gateways: tuple[str, ...] = ("mesh",)
+    http: tuple[HttpRoute, ...] = ()
+
+
+# ---- DestinationRule -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficPolicy:
+    load_balancer: LoadBalancer | None = None
+    load_balancer_options: LoadBalancerOptions = LoadBalancerOptions()
+    hash_on: tuple[HashOn, ...] = ()  # consistentHash: the routes to the service hash on these
+    circuit_breaker: CircuitBreaker | None = None
+    connect_timeout: float | None = None
+    max_requests_per_connection: int | None = None
+    outlier_detection: OutlierDetection | None = None
+    tls_mode: Literal["DISABLE", "SIMPLE", "ISTIO_MUTUAL"] | None = None
+    tls: UpstreamTls | None = None  # SIMPLE
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationRule:
+    host: str
+    subsets: tuple[tuple[str, Labels], ...] = ()
+    policy: TrafficPolicy = TrafficPolicy()
+    port_policies: tuple[tuple[int, TrafficPolicy], ...] = ()  # portLevelSettings
+
+
+# ---- Gateway -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    port: int
+    port_name: str
+    protocol: Literal["HTTP", "HTTPS"]
+    hosts: tuple[str, ...]  # without any namespace/ prefix
+    tls: ListenerTls | None = None
+    https_redirect: bool = False
+    bind: str | None = None
+    path: FieldPath = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IstioGateway:
+    selector: Labels
+    servers: tuple[Server, ...]
+
+
+# ---- security ------------------------------------------------------------------------------------
+
+MtlsMode = Literal["STRICT", "PERMISSIVE", "DISABLE", "UNSET"]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthentication:
+    selector: Labels | None
+    mode: MtlsMode = "UNSET"
+    port_modes: tuple[tuple[int, MtlsMode], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()
+    not_request_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()
+    not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    not_ports: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    key: str
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthzRuleSpec:
+    sources: tuple[Source, ...] | None = None  # None: `from` not written (any source)
+    operations: tuple[Operation, ...] | None = None
+    when: tuple[Condition, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationPolicy:
+    selector: Labels | None
+    action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
+    rules: tuple[AuthzRuleSpec, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class JwtRule:
+    issuer: str
+    jwks: str | None = None
+    jwks_uri: str | None = None
+    audiences: tuple[str, ...] = ()
+    from_headers: tuple[tuple[str, str], ...] = ()  # (name, prefix)
+    from_params: tuple[str, ...] = ()
+    forward_original_token: bool = False
+    output_payload_to_header: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAuthentication:
+    selector: Labels | None
+    rules: tuple[JwtRule, ...] = ()
+
+
+Spec = (ServiceEntry | WorkloadEntry | VirtualService | DestinationRule | IstioGateway
+        | PeerAuthentication | AuthorizationPolicy | RequestAuthentication)
+
+
+@dataclass(frozen=True, slots=True)
+class IstioDocument(PendingPart):
+    """One Istio document: its kind, where it lives (namespace) and its spec."""
+
+    kind: str
+    namespace: str
+    name: str
+    labels: Labels
+    spec: Spec
+    extra: tuple[str, ...] = field(default=())  # reserved

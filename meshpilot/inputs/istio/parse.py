@@ -1,0 +1,1278 @@
+"""Reading one Istio document: its metadata and its spec, checked field by field.
+
+Every problem is reported at its position with Istio's field path (`spec.http[0].route[1].
+destination.subset`); a field meshpilot cannot honour yet is refused with "not supported"
+rather than ignored, so a policy never silently means less than it says (docs/istio.md lists
+them). What needs other documents (does a host exist, a subset) is `compile.py`'s.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from meshpilot.base import tlsfiles as tls_files
+from meshpilot.inputs.context import DocumentContext, ModelPart
+from meshpilot.inputs.istio import objects as o
+from meshpilot.inputs.native import fields
+from meshpilot.inputs.native.fields import Fields, Invalid, issue_count, reported_since
+from meshpilot.inputs.native.matches import METHOD
+from meshpilot.inputs.yamlsource import Located
+from meshpilot.ir.model import (
+    Backoff,
+    CircuitBreaker,
+    Cors,
+    DirectResponse,
+    Fault,
+    FaultAbort,
+    FaultDelay,
+    HashOn,
+    HeaderOps,
+    ListenerTls,
+    LoadBalancerOptions,
+    Match,
+    OutlierDetection,
+    PathRewrite,
+    Redirect,
+    Retries,
+    Rule,
+    StringMatch,
+    TlsCertificate,
+    UpstreamTls,
+)
+
+DEFAULT_NAMESPACE = "default"
+METADATA_KEYS = ("name", "namespace", "labels", "annotations", "uid", "resourceVersion",
+                 "generation", "creationTimestamp", "managedFields")
+APP_ANNOTATION = "meshpilot.io/app"
+OUTBOUND_PORT_ANNOTATION = "meshpilot.io/outbound-port"
+
+# Istio's retry default, on every route without `retries` (pilot's DefaultRetryPolicy).
+ISTIO_DEFAULT_RETRIES = Retries(
+    attempts=2, on=("connect-failure", "refused-stream", "unavailable", "cancelled",
+                    "retriable-status-codes"),
+    retriable_status_codes=(503,), avoid_same_host=True)
+
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+
+NOT_SUPPORTED = "is not supported yet (docs/istio.md)"
+
+
+def namespace_of(body: dict[str, Any]) -> str:
+    metadata = body.get("metadata")
+    namespace = metadata.get("namespace") if isinstance(metadata, dict) else None
+    return namespace if isinstance(namespace, str) and namespace else DEFAULT_NAMESPACE
+
+
+Reader = Callable[[Fields], o.Spec | None]
+
+
+def parser(kind: str, read: Reader) -> Callable[[Located, DocumentContext], Iterable[ModelPart]]:
+    """The document parser of one kind: metadata, then `spec` read by `read`."""
+
+    def parse(document: Located, ctx: DocumentContext) -> Iterable[ModelPart]:
+        mark = issue_count(ctx)
+        doc = Fields(ctx, document.value)
+        doc.check_keys(("apiVersion", "kind", "metadata", "spec", "status"), kind)
+        meta = doc.mapping("metadata", "a mapping with name and namespace", required=True)
+        labels: tuple[tuple[str, str], ...] = ()
+        annotations: dict[str, str] = {}
+        if meta is not None:
+            meta.check_keys(METADATA_KEYS, "metadata")
+            meta.get("name", _dns_label)
+            meta.get("namespace", _namespace)
+            labels = meta.get("labels", fields.labels) or ()
+            annotations = dict(meta.get("annotations", fields.labels) or ())
+        body = doc.value.get("spec")
+        if body is None:
+            body = {}
+        spec_fields = Fields.at(ctx, body, ("spec",), "a mapping")
+        spec = None if spec_fields is None else read(spec_fields)
+        if kind == "WorkloadEntry" and isinstance(spec, o.WorkloadEntry) and meta is not None:
+            spec = _workload_annotations(meta, spec, annotations)
+        if spec is None or reported_since(ctx, mark):
+            return ()
+        name = document.value["metadata"]["name"]
+        return (o.IstioDocument(kind, namespace_of(document.value), name, labels, spec),)
+
+    return parse
+
+
+def _dns_label(value: Any) -> str:
+    text = fields.string(value)
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?", text):
+        raise Invalid(f"invalid name {fields.quoted(text)}: use lower-case letters, digits, "
+                      "'-' and '.', starting and ending with a letter or digit")
+    return text
+
+
+def _namespace(value: Any) -> str:
+    text = fields.string(value)
+    if not _NAMESPACE.match(text):
+        raise Invalid(f"invalid namespace {fields.quoted(text)}: a DNS label (lower-case "
+                      "letters, digits and '-')")
+    return text
+
+
+def _workload_annotations(meta: Fields, spec: o.WorkloadEntry,
+                          annotations: dict[str, str]) -> o.WorkloadEntry:
+    app = None
+    outbound = None
+    notes = meta.mapping("annotations", "a mapping")
+    if notes is not None:
+        if APP_ANNOTATION in annotations:
+            app = notes.get(APP_ANNOTATION, _app_address)
+        if OUTBOUND_PORT_ANNOTATION in annotations:
+            outbound = notes.get(OUTBOUND_PORT_ANNOTATION, lambda v: fields.port_text(
+                fields.string(v)))
+    return o.WorkloadEntry(spec.spec, app, outbound)
+
+
+def _app_address(value: Any) -> tuple[str, int]:
+    text = fields.string(value)
+    if text.isdigit():
+        return "127.0.0.1", fields.port_text(text)
+    return fields.address(text)
+
+
+# ---- shared pieces -----------------------------------------------------------------------------
+
+
+def _strings(entry: Fields, key: str, what: str,
+             convert: Callable[[Any], str] = fields.string) -> tuple[str, ...]:
+    value = entry.value.get(key)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        entry.report(key, f"expected a list of {what}s, found {fields.describe(value)}")
+        return ()
+    result = []
+    for index, item in enumerate(value):
+        converted = fields.convert_at(entry.ctx, item, (*entry.path, key, index), convert)
+        if converted is not None:
+            result.append(converted)
+    return tuple(result)
+
+
+def _selector(spec: Fields, key: str = "selector", inner: str = "matchLabels"):  # type: ignore[no-untyped-def]
+    selector = spec.mapping(key, f"a mapping such as {{{inner}: {{app: reviews}}}}")
+    if selector is None:
+        return None
+    selector.check_keys((inner,), key)
+    return selector.get(inner, fields.labels) or ()
+
+
+def _percentage(entry: Fields, key: str = "percentage", legacy: str | None = None) -> float:
+    """`percentage: {value: 12.5}` (or a deprecated integer `percent`), 0 to 100; 100 when
+    neither is written."""
+    share = entry.mapping(key, "a mapping such as {value: 10}")
+    if share is not None:
+        share.check_keys(("value",), key)
+        value = share.get("value", _percent)
+        return 100.0 if value is None else value
+    if legacy is not None and legacy in entry.value:
+        value = entry.get(legacy, _percent)
+        return 100.0 if value is None else value
+    return 100.0
+
+
+def _percent(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid(f"expected a percentage from 0 to 100, found {fields.describe(value)}")
+    if not 0 <= value <= 100:
+        raise Invalid(f"a percentage must be from 0 to 100, not {value}")
+    return float(value)
+
+
+def _duration(value: Any) -> float:
+    return fields.duration(allow_zero=True)(value)
+
+
+def string_match(ctx: DocumentContext, value: Any, path: tuple[Any, ...],
+                 *, allow_prefix: bool = True) -> StringMatch | None:
+    """Istio's StringMatch: exactly one of {exact, prefix, regex}."""
+    entry = Fields.at(ctx, value, path, "a mapping such as {exact: v1}, {prefix: /api} or "
+                                        "{regex: ...}")
+    if entry is None:
+        return None
+    allowed = ("exact", "prefix", "regex") if allow_prefix else ("exact", "regex")
+    entry.check_keys(allowed, "a string match")
+    how = entry.exclusive(allowed, required=True, what="a string match")
+    if how is None:
+        return None
+    if how == "regex":
+        pattern = entry.get("regex", fields.regex, required=True)
+        return None if pattern is None else StringMatch("regex", pattern)
+    text = entry.get(how, fields.any_string)
+    if text is None:
+        if entry.value.get(how) is None:
+            entry.missing(how)
+        return None
+    return StringMatch(cast(Any, how), text)
+
+
+# ---- ServiceEntry -------------------------------------------------------------------------------
+
+SE_KEYS = ("hosts", "addresses", "ports", "location", "resolution", "endpoints",
+           "workloadSelector", "exportTo", "subjectAltNames")
+PROTOCOLS = ("HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "TCP", "TLS", "MONGO", "MYSQL",
+             "REDIS")
+
+
+def read_service_entry(spec: Fields) -> o.ServiceEntry | None:
+    spec.check_keys(SE_KEYS, "a ServiceEntry's spec")
+    hosts = _strings(spec, "hosts", "host", _host)
+    if "hosts" not in spec.value:
+        spec.missing("hosts")
+    for index, host in enumerate(hosts):
+        if host.startswith("*"):
+            spec.ctx.report((*spec.path, "hosts", index), f"wildcard host {fields.quoted(host)} "
+                                                          f"{NOT_SUPPORTED}", at_value=True)
+    ports = _ports(spec)
+    resolution = spec.get("resolution", fields.choice(("NONE", "STATIC", "DNS",
+                                                       "DNS_ROUND_ROBIN"))) or "NONE"
+    location = spec.get("location", fields.choice(("MESH_INTERNAL", "MESH_EXTERNAL"))) \
+        or "MESH_EXTERNAL"
+    endpoints = []
+    for index, item in enumerate(spec.items("endpoints", "endpoint") or []):
+        entry = Fields.at(spec.ctx, item, (*spec.path, "endpoints", index),
+                          "a mapping such as {address: 10.0.0.1}")
+        if entry is not None:
+            workload = read_workload(entry)
+            if workload is not None:
+                endpoints.append(workload)
+    selector = _selector(spec, "workloadSelector", "labels")
+    if selector is not None and endpoints:
+        spec.report("workloadSelector", "workloadSelector and endpoints cannot be used "
+                                        "together", at_value=False)
+    if "addresses" in spec.value:
+        spec.report("addresses", f"addresses (VIPs for TCP) {NOT_SUPPORTED}", at_value=False)
+    sans = _strings(spec, "subjectAltNames", "SPIFFE ID or DNS name")
+    if not hosts or not ports:
+        return None
+    return o.ServiceEntry(hosts, ports, cast(Any, resolution), cast(Any, location),
+                          tuple(endpoints), selector, sans)
+
+
+def _host(value: Any) -> str:
+    text = fields.string(value).lower()
+    if text == "*" or text.startswith("*."):
+        return text
+    return fields.dns_name(text)
+
+
+def _ports(spec: Fields) -> tuple[o.Port, ...]:
+    items = spec.items("ports", "port", required=True) or []
+    ports: list[o.Port] = []
+    numbers: set[int] = set()
+    for index, item in enumerate(items):
+        entry = Fields.at(spec.ctx, item, (*spec.path, "ports", index),
+                          "a mapping such as {number: 9080, name: http, protocol: HTTP}")
+        if entry is None:
+            continue
+        entry.check_keys(("number", "name", "protocol", "targetPort"), "a port")
+        number = entry.get("number", fields.PORT, required=True)
+        name = entry.get("name", fields.string) or ""
+        protocol = entry.get("protocol", lambda v: fields.choice(PROTOCOLS)(
+            fields.string(v).upper()))
+        if protocol is None:  # Istio sniffs; meshpilot reads the port name's prefix
+            prefix = name.split("-")[0].upper()
+            protocol = prefix if prefix in PROTOCOLS else "HTTP"
+        target = entry.get("targetPort", fields.PORT)
+        if number is None:
+            continue
+        if number in numbers:
+            entry.report("number", f"port {number} is listed twice")
+            continue
+        numbers.add(number)
+        ports.append(o.Port(number, name, protocol, target))
+    return tuple(ports)
+
+
+# ---- WorkloadEntry ------------------------------------------------------------------------------
+
+WE_KEYS = ("address", "ports", "labels", "network", "locality", "weight", "serviceAccount")
+
+
+def read_workload_entry(spec: Fields) -> o.WorkloadEntry | None:
+    workload = read_workload(spec)
+    if workload is None:
+        return None
+    if "address" not in spec.value:
+        spec.missing("address")
+        return None
+    return o.WorkloadEntry(workload)
+
+
+def read_workload(entry: Fields) -> o.WorkloadSpec | None:
+    entry.check_keys(WE_KEYS, "a workload")
+    address = entry.get("address", _workload_address, required=True)
+    ports = entry.get("ports", _port_map) or ()
+    labels = entry.get("labels", fields.labels) or ()
+    account = entry.get("serviceAccount", _dns_label)
+    weight = entry.get("weight", fields.integer(1, 128))
+    locality = entry.get("locality", fields.string)
+    if address is None:
+        return None
+    return o.WorkloadSpec(address, ports, labels, account, weight, locality, entry.path)
+
+
+def _workload_address(value: Any) -> str:
+    text = fields.string(value)
+    if text.startswith("unix://"):
+        raise Invalid(f"unix socket addresses {NOT_SUPPORTED}")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return fields.dns_name(text)
+
+
+def _port_map(value: Any) -> tuple[tuple[str, int], ...]:
+    if not isinstance(value, dict):
+        raise Invalid(f"expected a mapping of port names to ports, found "
+                      f"{fields.describe(value)}")
+    for key, item in value.items():
+        try:
+            fields.PORT(item)
+        except Invalid as problem:
+            raise Invalid(problem.message, (key,)) from None
+    return tuple(sorted((str(k), int(v)) for k, v in value.items()))
+
+
+# ---- VirtualService -----------------------------------------------------------------------------
+
+VS_KEYS = ("hosts", "gateways", "http", "tcp", "tls", "exportTo")
+HTTP_KEYS = ("name", "match", "route", "redirect", "directResponse", "delegate", "rewrite",
+             "timeout", "retries", "fault", "mirror", "mirrorPercent", "mirrorPercentage",
+             "mirrors", "corsPolicy", "headers")
+MATCH_KEYS = ("name", "uri", "scheme", "method", "authority", "headers", "withoutHeaders",
+              "port", "sourceLabels", "gateways", "queryParams", "ignoreUriCase",
+              "sourceNamespace", "statPrefix")
+DESTINATION_KEYS = ("host", "subset", "port")
+
+
+def read_virtual_service(spec: Fields) -> o.VirtualService | None:
+    spec.check_keys(VS_KEYS, "a VirtualService's spec")
+    hosts = _strings(spec, "hosts", "host", _host)
+    gateways = _strings(spec, "gateways", "gateway") or ("mesh",)
+    for key in ("tcp", "tls"):
+        if key in spec.value:
+            spec.report(key, f"{key} routes {NOT_SUPPORTED}", at_value=False)
+    http: list[o.HttpRoute] = []
+    for index, item in enumerate(spec.items("http", "route") or []):
+        entry = Fields.at(spec.ctx, item, (*spec.path, "http", index),
+                          "a mapping such as {route: [{destination: {host: reviews}}]}")
+        if entry is not None:
+            route = _http_route(entry)
+            if route is not None:
+                http.append(route)
+    if not hosts and "hosts" not in spec.value and "mesh" in gateways:
+        spec.missing("hosts")
+    return o.VirtualService(hosts, gateways, tuple(http))
+
+
+def _http_route(entry: Fields) -> o.HttpRoute | None:
+    entry.check_keys(HTTP_KEYS, "an http route")
+    if "delegate" in entry.value:
+        entry.report("delegate", f"delegation {NOT_SUPPORTED}", at_value=False)
+    matches = tuple(m for index, item in enumerate(entry.items("match", "match") or [])
+                    if (m := _http_match(entry, item, index)) is not None)
+    action = entry.exclusive(("route", "redirect", "directResponse"), required=True,
+                             what="an http route")
+    destinations: tuple[o.Destination, ...] = ()
+    redirect = direct = None
+    if action == "route":
+        destinations = _destinations(entry)
+    elif action == "redirect":
+        redirect = _redirect(entry)
+    elif action == "directResponse":
+        direct = _direct_response(entry)
+    request_headers, response_headers = _headers(entry)
+    rewrite_path, rewrite_host = _rewrite(entry, matches)
+    timeout = entry.get("timeout", _duration)
+    retries = _retries(entry)
+    fault = _fault(entry)
+    mirrors = _mirrors(entry)
+    cors = _cors(entry)
+    if action != "route":
+        for key in ("rewrite", "timeout", "retries", "fault", "mirror", "mirrors"):
+            if key in entry.value:
+                entry.report(key, f"{key} needs route (destinations), not {action}",
+                             at_value=False)
+    rule = Rule(
+        position=entry.ctx.document.position_of(entry.path),
+        matches=tuple(m.match for m in matches) or (Match(),),
+        redirect=redirect, direct_response=direct,
+        rewrite_path=rewrite_path, rewrite_host=rewrite_host,
+        request_headers=request_headers, response_headers=response_headers,
+        # Istio turns Envoy's 15 s route timeout off unless a timeout is written.
+        timeout=(0.0 if timeout is None else timeout) if action == "route" else None,
+        retries=retries if action == "route" else None,
+        fault=fault, origin=entry.origin())
+    return o.HttpRoute(matches, rule, destinations, mirrors, cors, entry.path)
+
+
+def _http_match(entry: Fields, item: Any, index: int) -> o.HttpMatch | None:
+    match = Fields.at(entry.ctx, item, (*entry.path, "match", index),
+                      "a mapping such as {uri: {prefix: /api}}")
+    if match is None:
+        return None
+    match.check_keys(MATCH_KEYS, "a match")
+    ctx = match.ctx
+    for key in ("sourceLabels", "sourceNamespace", "withoutHeaders", "ignoreUriCase"):
+        if key in match.value:
+            match.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+    path = None
+    if "uri" in match.value:
+        path = string_match(ctx, match.value["uri"], (*match.path, "uri"))
+    headers: list[tuple[str, StringMatch]] = []
+    methods: tuple[str, ...] = ()
+    if "method" in match.value:
+        how = string_match(ctx, match.value["method"], (*match.path, "method"))
+        if how is not None and how.kind == "exact":
+            method = fields.convert_at(ctx, how.value, (*match.path, "method", "exact"), METHOD)
+            methods = () if method is None else (method,)
+        elif how is not None:
+            headers.append((":method", how))
+    for key, header in (("scheme", ":scheme"), ("authority", ":authority")):
+        if key in match.value:
+            how = string_match(ctx, match.value[key], (*match.path, key))
+            if how is not None:
+                headers.append((header, how))
+    header_spec = match.mapping("headers", "a mapping of header names to string matches")
+    if header_spec is not None:
+        for name, value in header_spec.value.items():
+            at = (*header_spec.path, name)
+            header = fields.convert_at(ctx, name, at, fields.header_name)
+            how = _value_match(ctx, value, at)
+            if header is not None and how is not None:
+                headers.append((header, how))
+    query: list[tuple[str, StringMatch]] = []
+    query_spec = match.mapping("queryParams", "a mapping of parameter names to string matches")
+    if query_spec is not None:
+        for name, value in query_spec.value.items():
+            how = _value_match(ctx, value, (*query_spec.path, name), allow_prefix=True)
+            if how is not None:
+                query.append((str(name), how))
+    port = match.get("port", fields.PORT)
+    gateways = _strings(match, "gateways", "gateway")
+    return o.HttpMatch(Match(path=path, methods=methods, headers=tuple(headers),
+                             query=tuple(query), origin=match.origin()), port, gateways)
+
+
+def _value_match(ctx: DocumentContext, value: Any, path: tuple[Any, ...],
+                 allow_prefix: bool = True) -> StringMatch | None:
+    """A header or query match; `{}` means the header is present (Istio)."""
+    if value == {}:
+        return StringMatch("present")
+    return string_match(ctx, value, path, allow_prefix=allow_prefix)
+
+
+def destination(ctx: DocumentContext, value: Any, path: tuple[Any, ...],
+                weight: int = 100) -> o.Destination | None:
+    entry = Fields.at(ctx, value, path, "a mapping such as {host: reviews, subset: v2}")
+    if entry is None:
+        return None
+    entry.check_keys(DESTINATION_KEYS, "a destination")
+    host = entry.get("host", _host, required=True)
+    subset = entry.get("subset", fields.name)
+    port = None
+    port_spec = entry.mapping("port", "a mapping such as {number: 9080}")
+    if port_spec is not None:
+        port_spec.check_keys(("number",), "a port selector")
+        port = port_spec.get("number", fields.PORT, required=True)
+    if host is None:
+        return None
+    return o.Destination(host, subset, port, weight, path)
+
+
+def _destinations(entry: Fields) -> tuple[o.Destination, ...]:
+    result = []
+    items = entry.items("route", "destination", required=True) or []
+    for index, item in enumerate(items):
+        weighted = Fields.at(entry.ctx, item, (*entry.path, "route", index),
+                             "a mapping such as {destination: {host: reviews}, weight: 100}")
+        if weighted is None:
+            continue
+        weighted.check_keys(("destination", "weight", "headers"), "a route destination")
+        if "headers" in weighted.value:
+            weighted.report("headers", f"header operations per destination {NOT_SUPPORTED}; "
+                                       "write them on the http route", at_value=False)
+        weight = weighted.get("weight", fields.integer(0, 100))
+        if weight is None:
+            weight = 100 if len(items) == 1 else 0
+        if "destination" not in weighted.value:
+            weighted.missing("destination")
+            continue
+        found = destination(entry.ctx, weighted.value["destination"],
+                            (*weighted.path, "destination"), weight)
+        if found is not None:
+            result.append(found)
+    if len(items) > 1 and result and sum(d.weight for d in result) == 0:
+        entry.report("route", "the weights of the destinations add up to 0", at_value=False)
+    return tuple(result)
+
+
+def _redirect(entry: Fields) -> Redirect | None:
+    spec = entry.mapping("redirect", "a mapping such as {uri: /v1, authority: example.com}")
+    if spec is None:
+        return None
+    spec.check_keys(("uri", "authority", "port", "derivePort", "scheme", "redirectCode"),
+                    "a redirect")
+    port = spec.get("port", fields.PORT)
+    derive = spec.get("derivePort", fields.choice(("FROM_PROTOCOL_DEFAULT",
+                                                   "FROM_REQUEST_PORT")))
+    scheme = spec.get("scheme", fields.choice(("http", "https")))
+    if derive is not None and port is not None:
+        spec.report("derivePort", "derivePort and port cannot be used together",
+                    at_value=False)
+    if derive == "FROM_PROTOCOL_DEFAULT":
+        port = 443 if scheme == "https" else 80
+    return Redirect(
+        scheme=scheme, host=spec.get("authority", fields.host_pattern), port=port,
+        path=spec.get("uri", fields.url_path),
+        status=spec.get("redirectCode", fields.int_choice((301, 302, 303, 307, 308))) or 301,
+        origin=spec.origin())
+
+
+def _direct_response(entry: Fields) -> DirectResponse | None:
+    spec = entry.mapping("directResponse", "a mapping such as {status: 503}")
+    if spec is None:
+        return None
+    spec.check_keys(("status", "body"), "a direct response")
+    status = spec.get("status", fields.integer(200, 599), required=True)
+    body = ""
+    body_spec = spec.mapping("body", "a mapping such as {string: text}")
+    if body_spec is not None:
+        body_spec.check_keys(("string", "bytes"), "a body")
+        if "bytes" in body_spec.value:
+            body_spec.report("bytes", f"bytes {NOT_SUPPORTED}; use string", at_value=False)
+        body = body_spec.get("string", fields.any_string) or ""
+    return None if status is None else DirectResponse(status, body, origin=spec.origin())
+
+
+def _header_ops(spec: Fields | None) -> HeaderOps:
+    if spec is None:
+        return HeaderOps()
+    spec.check_keys(("set", "add", "remove"), "header operations")
+    return HeaderOps(add=_header_values(spec, "add"), set=_header_values(spec, "set"),
+                     remove=_strings(spec, "remove", "header name", fields.header_name))
+
+
+def _header_values(spec: Fields, key: str) -> tuple[tuple[str, str], ...]:
+    values = spec.mapping(key, "a mapping of header names to values")
+    if values is None:
+        return ()
+    result = []
+    for name, value in values.value.items():
+        header = fields.convert_at(spec.ctx, name, (*values.path, name), fields.header_name)
+        text = fields.convert_at(spec.ctx, value, (*values.path, name), fields.any_string)
+        if header is not None and text is not None:
+            result.append((header, text))
+    return tuple(result)
+
+
+def _headers(entry: Fields) -> tuple[HeaderOps, HeaderOps]:
+    spec = entry.mapping("headers", "a mapping such as {request: {set: {x-a: b}}}")
+    if spec is None:
+        return HeaderOps(), HeaderOps()
+    spec.check_keys(("request", "response"), "headers")
+    return (_header_ops(spec.mapping("request", "a mapping of set, add and remove")),
+            _header_ops(spec.mapping("response", "a mapping of set, add and remove")))
+
+
+def _rewrite(entry: Fields, matches: tuple[o.HttpMatch, ...]
+             ) -> tuple[PathRewrite | None, str | None]:
+    spec = entry.mapping("rewrite", "a mapping such as {uri: /, authority: example.com}")
+    if spec is None:
+        return None, None
+    spec.check_keys(("uri", "authority", "uriRegexRewrite"), "a rewrite")
+    host = spec.get("authority", fields.host_pattern)
+    path = None
+    uri = spec.get("uri", fields.url_path)
+    if uri is not None:
+        if any(m.match.path is not None and m.match.path.kind == "regex" for m in matches):
+            spec.report("uri", "rewrite.uri with a regex uri match replaces the matched "
+                               f"prefix, which a regex has not: {NOT_SUPPORTED}; use "
+                               "uriRegexRewrite")
+        path = PathRewrite(prefix=uri, origin=spec.origin("uri"))
+    regex_spec = spec.mapping("uriRegexRewrite", "a mapping such as {match: ^/v1(.*), "
+                                                 "rewrite: /v2\\1}")
+    if regex_spec is not None:
+        regex_spec.check_keys(("match", "rewrite"), "uriRegexRewrite")
+        pattern = regex_spec.get("match", fields.regex, required=True)
+        substitution = regex_spec.get("rewrite", fields.any_string, required=True)
+        if uri is not None:
+            spec.report("uriRegexRewrite", "uri and uriRegexRewrite cannot be used together",
+                        at_value=False)
+        elif pattern is not None and substitution is not None:
+            path = PathRewrite(regex=pattern, substitution=substitution,
+                               origin=regex_spec.origin())
+    return path, host
+
+
+def _retries(entry: Fields) -> Retries | None:
+    spec = entry.mapping("retries", "a mapping such as {attempts: 3, perTryTimeout: 2s}")
+    if spec is None:
+        return ISTIO_DEFAULT_RETRIES
+    spec.check_keys(("attempts", "perTryTimeout", "retryOn", "retryRemoteLocalities",
+                     "retryIgnorePreviousHosts", "backoff"), "retries")
+    attempts = spec.get("attempts", fields.integer(0, 1_000_000))
+    per_try = spec.get("perTryTimeout", fields.duration())
+    backoff = spec.get("backoff", fields.duration())
+    on = list(ISTIO_DEFAULT_RETRIES.on)
+    codes: list[int] = []
+    retry_on = spec.get("retryOn", fields.string)
+    if retry_on is not None:
+        on = []
+        for word in (w.strip() for w in retry_on.split(",")):
+            if not word:
+                continue
+            if word.isdigit():
+                codes.append(int(word))
+            else:
+                on.append(word)
+        if codes and "retriable-status-codes" not in on:
+            on.append("retriable-status-codes")
+    elif attempts is not None:
+        codes = [503]
+    ignore_previous = spec.get("retryIgnorePreviousHosts", fields.boolean)
+    if attempts == 0 or (attempts is None and "attempts" in spec.value):
+        return None
+    return Retries(attempts=2 if attempts is None else attempts, on=tuple(on),
+                   per_try_timeout=per_try,
+                   backoff=None if backoff is None else Backoff(backoff),
+                   retriable_status_codes=tuple(codes),
+                   avoid_same_host=True if ignore_previous is None else ignore_previous,
+                   origin=spec.origin())
+
+
+def _fault(entry: Fields) -> Fault | None:
+    spec = entry.mapping("fault", "a mapping such as {delay: {fixedDelay: 5s}}")
+    if spec is None:
+        return None
+    spec.check_keys(("delay", "abort"), "a fault")
+    delay = abort = None
+    delay_spec = spec.mapping("delay", "a mapping such as {fixedDelay: 5s, percentage: "
+                                       "{value: 10}}")
+    if delay_spec is not None:
+        delay_spec.check_keys(("fixedDelay", "percentage", "percent", "exponentialDelay"),
+                              "a delay")
+        if "exponentialDelay" in delay_spec.value:
+            delay_spec.report("exponentialDelay", f"exponentialDelay {NOT_SUPPORTED}",
+                              at_value=False)
+        fixed = delay_spec.get("fixedDelay", fields.duration(), required=True)
+        if fixed is not None:
+            delay = FaultDelay(fixed, _percentage(delay_spec, legacy="percent"))
+    abort_spec = spec.mapping("abort", "a mapping such as {httpStatus: 503}")
+    if abort_spec is not None:
+        abort_spec.check_keys(("httpStatus", "grpcStatus", "http2Error", "percentage"),
+                              "an abort")
+        how = abort_spec.exclusive(("httpStatus", "grpcStatus", "http2Error"), required=True,
+                                   what="an abort")
+        if how == "http2Error":
+            abort_spec.report("http2Error", f"http2Error {NOT_SUPPORTED}", at_value=False)
+        status = abort_spec.get("httpStatus", fields.integer(200, 599))
+        grpc = abort_spec.get("grpcStatus", _grpc_status)
+        if status is not None or grpc is not None:
+            abort = FaultAbort(status=status, grpc_status=grpc,
+                               percentage=_percentage(abort_spec))
+    if delay is None and abort is None:
+        return None
+    return Fault(delay=delay, abort=abort, origin=spec.origin())
+
+
+GRPC_CODES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+              "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+              "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+              "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED")
+
+
+def _grpc_status(value: Any) -> int:
+    return GRPC_CODES.index(fields.choice(GRPC_CODES)(fields.string(value).upper()))
+
+
+def _mirrors(entry: Fields) -> tuple[o.MirrorSpec, ...]:
+    result = []
+    if "mirror" in entry.value:
+        found = destination(entry.ctx, entry.value["mirror"], (*entry.path, "mirror"))
+        share = _percentage(entry, "mirrorPercentage", legacy="mirrorPercent")
+        if found is not None:
+            result.append(o.MirrorSpec(found, share))
+    elif "mirrorPercentage" in entry.value or "mirrorPercent" in entry.value:
+        entry.report("mirrorPercentage", "a mirror percentage needs mirror", at_value=False)
+    for index, item in enumerate(entry.items("mirrors", "mirror") or []):
+        spec = Fields.at(entry.ctx, item, (*entry.path, "mirrors", index),
+                         "a mapping such as {destination: {host: reviews}, percentage: "
+                         "{value: 10}}")
+        if spec is None:
+            continue
+        spec.check_keys(("destination", "percentage"), "a mirror")
+        if "destination" not in spec.value:
+            spec.missing("destination")
+            continue
+        found = destination(entry.ctx, spec.value["destination"], (*spec.path, "destination"))
+        if found is not None:
+            result.append(o.MirrorSpec(found, _percentage(spec)))
+    if "mirror" in entry.value and "mirrors" in entry.value:
+        entry.report("mirrors", "mirror and mirrors cannot be used together", at_value=False)
+    return tuple(result)
+
+
+def _cors(entry: Fields) -> Cors | None:
+    spec = entry.mapping("corsPolicy", "a mapping such as {allowOrigins: [{exact: "
+                                       "https://a.example}]}")
+    if spec is None:
+        return None
+    spec.check_keys(("allowOrigins", "allowOrigin", "allowMethods", "allowHeaders",
+                     "exposeHeaders", "maxAge", "allowCredentials",
+                     "unmatchedPreflights"), "a corsPolicy")
+    origins: list[StringMatch] = []
+    for index, item in enumerate(spec.items("allowOrigins", "origin") or []):
+        how = string_match(spec.ctx, item, (*spec.path, "allowOrigins", index))
+        if how is None:
+            continue
+        if how.kind == "prefix":  # the IR has exact and regex origins
+            how = StringMatch("regex", re.escape(how.value) + ".*")
+        origins.append(how)
+    for index, text in enumerate(_strings(spec, "allowOrigin", "origin")):
+        origins.append(StringMatch("exact", text) if text != "*" else StringMatch("regex", ".*"))
+        del index
+    if not origins:
+        spec.report("allowOrigins", "a corsPolicy needs allowOrigins", at_value=False)
+        return None
+    return Cors(allow_origins=tuple(origins),
+                allow_methods=_strings(spec, "allowMethods", "method", METHOD),
+                allow_headers=_strings(spec, "allowHeaders", "header", fields.header_name),
+                expose_headers=_strings(spec, "exposeHeaders", "header", fields.header_name),
+                max_age=spec.get("maxAge", fields.duration()),
+                allow_credentials=spec.get("allowCredentials", fields.boolean),
+                origin=spec.origin())
+
+
+# ---- DestinationRule ----------------------------------------------------------------------------
+
+DR_KEYS = ("host", "trafficPolicy", "subsets", "exportTo", "workloadSelector")
+POLICY_KEYS = ("loadBalancer", "connectionPool", "outlierDetection", "tls", "portLevelSettings",
+               "tunnel", "proxyProtocol")
+LB_SIMPLE = {"ROUND_ROBIN": "round_robin", "LEAST_REQUEST": "least_request",
+             "LEAST_CONN": "least_request", "RANDOM": "random", "UNSPECIFIED": None}
+
+
+def read_destination_rule(spec: Fields) -> o.DestinationRule | None:
+    spec.check_keys(DR_KEYS, "a DestinationRule's spec")
+    host = spec.get("host", _host, required=True)
+    if "workloadSelector" in spec.value:
+        spec.report("workloadSelector", f"workloadSelector {NOT_SUPPORTED}", at_value=False)
+    subsets: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    names: set[str] = set()
+    for index, item in enumerate(spec.items("subsets", "subset") or []):
+        entry = Fields.at(spec.ctx, item, (*spec.path, "subsets", index),
+                          "a mapping such as {name: v1, labels: {version: v1}}")
+        if entry is None:
+            continue
+        entry.check_keys(("name", "labels", "trafficPolicy"), "a subset")
+        name = entry.get("name", fields.name, required=True)
+        labels = entry.get("labels", fields.labels) or ()
+        if "trafficPolicy" in entry.value:
+            entry.report("trafficPolicy", f"a subset's own trafficPolicy {NOT_SUPPORTED}",
+                         at_value=False)
+        if name is None:
+            continue
+        if name in names:
+            entry.report("name", f"subset {fields.quoted(name)} is defined twice")
+            continue
+        names.add(name)
+        subsets.append((name, labels))
+    policy, ports = o.TrafficPolicy(), ()
+    policy_spec = spec.mapping("trafficPolicy", "a mapping such as {loadBalancer: {simple: "
+                                                "ROUND_ROBIN}}")
+    if policy_spec is not None:
+        policy = _traffic_policy(policy_spec)
+        ports = _port_policies(policy_spec)
+    if host is None:
+        return None
+    return o.DestinationRule(host, tuple(subsets), policy, ports)
+
+
+def _port_policies(spec: Fields) -> tuple[tuple[int, o.TrafficPolicy], ...]:
+    result = []
+    for index, item in enumerate(spec.items("portLevelSettings", "port setting") or []):
+        entry = Fields.at(spec.ctx, item, (*spec.path, "portLevelSettings", index),
+                          "a mapping such as {port: {number: 9080}, loadBalancer: ...}")
+        if entry is None:
+            continue
+        port_spec = entry.mapping("port", "a mapping such as {number: 9080}", required=True)
+        number = None if port_spec is None else port_spec.get("number", fields.PORT,
+                                                               required=True)
+        policy = _traffic_policy(entry, port_level=True)
+        if number is not None:
+            result.append((number, policy))
+    return tuple(result)
+
+
+def _traffic_policy(spec: Fields, port_level: bool = False) -> o.TrafficPolicy:
+    keys = ("port", *POLICY_KEYS[:4]) if port_level else POLICY_KEYS
+    spec.check_keys(keys, "a traffic policy")
+    for key in ("tunnel", "proxyProtocol"):
+        if key in spec.value:
+            spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+    lb, options, hash_on = _load_balancer(spec)
+    breaker, connect_timeout, per_connection = _connection_pool(spec)
+    outlier = _outlier(spec)
+    mode, upstream = _tls(spec)
+    return o.TrafficPolicy(lb, options, hash_on, breaker, connect_timeout, per_connection,
+                           outlier, mode, upstream)
+
+
+def _load_balancer(spec: Fields):  # type: ignore[no-untyped-def]
+    entry = spec.mapping("loadBalancer", "a mapping such as {simple: LEAST_REQUEST}")
+    if entry is None:
+        return None, LoadBalancerOptions(), ()
+    entry.check_keys(("simple", "consistentHash", "localityLbSetting", "warmupDurationSecs",
+                      "warmup"), "a loadBalancer")
+    for key in ("localityLbSetting", "warmupDurationSecs", "warmup"):
+        if key in entry.value:
+            entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+    how = entry.exclusive(("simple", "consistentHash"), required=True, what="a loadBalancer")
+    if how == "simple":
+        simple = entry.get("simple", fields.choice((*LB_SIMPLE, "PASSTHROUGH")))
+        if simple == "PASSTHROUGH":
+            entry.report("simple", f"PASSTHROUGH {NOT_SUPPORTED}")
+            return None, LoadBalancerOptions(), ()
+        return (None if simple is None else LB_SIMPLE[simple]), LoadBalancerOptions(), ()
+    if how != "consistentHash":
+        return None, LoadBalancerOptions(), ()
+    hashed = entry.mapping("consistentHash", "a mapping such as {httpHeaderName: x-user}")
+    if hashed is None:
+        return None, LoadBalancerOptions(), ()
+    hashed.check_keys(("httpHeaderName", "httpCookie", "useSourceIp", "httpQueryParameterName",
+                       "ringHash", "maglev", "minimumRingSize"), "a consistentHash")
+    key = hashed.exclusive(("httpHeaderName", "httpCookie", "useSourceIp",
+                            "httpQueryParameterName"), required=True, what="a consistentHash")
+    hash_on: tuple[HashOn, ...] = ()
+    if key == "httpHeaderName":
+        header = hashed.get("httpHeaderName", fields.header_name)
+        hash_on = () if header is None else (HashOn("header", header),)
+    elif key == "httpQueryParameterName":
+        name = hashed.get("httpQueryParameterName", fields.string)
+        hash_on = () if name is None else (HashOn("query", name),)
+    elif key == "useSourceIp":
+        if hashed.get("useSourceIp", fields.boolean):
+            hash_on = (HashOn("source_ip"),)
+    elif key == "httpCookie":
+        cookie = hashed.mapping("httpCookie", "a mapping such as {name: user, ttl: 0s}")
+        if cookie is not None:
+            cookie.check_keys(("name", "path", "ttl", "attributes"), "an httpCookie")
+            name = cookie.get("name", fields.string, required=True)
+            if name is not None:
+                hash_on = (HashOn("cookie", name, ttl=cookie.get("ttl", _duration),
+                                  path=cookie.get("path", fields.url_path)),)
+    algorithm = hashed.exclusive(("ringHash", "maglev"), required=False,
+                                 what="a consistentHash")
+    if algorithm == "maglev":
+        maglev = hashed.mapping("maglev", "a mapping such as {tableSize: 65537}")
+        table = None
+        if maglev is not None:
+            maglev.check_keys(("tableSize",), "maglev")
+            table = maglev.get("tableSize", fields.integer(1, 5000011))
+        return "maglev", LoadBalancerOptions(table_size=table), hash_on
+    ring = hashed.mapping("ringHash", "a mapping such as {minimumRingSize: 1024}")
+    minimum = hashed.get("minimumRingSize", fields.integer(1, 8_388_608))
+    if ring is not None:
+        ring.check_keys(("minimumRingSize",), "ringHash")
+        minimum = ring.get("minimumRingSize", fields.integer(1, 8_388_608))
+    return "ring_hash", LoadBalancerOptions(minimum_ring_size=minimum), hash_on
+
+
+def _connection_pool(spec: Fields):  # type: ignore[no-untyped-def]
+    pool = spec.mapping("connectionPool", "a mapping such as {tcp: {maxConnections: 1}}")
+    if pool is None:
+        return None, None, None
+    pool.check_keys(("tcp", "http"), "a connectionPool")
+    connections = connect_timeout = pending = requests = retries = per_connection = None
+    tcp = pool.mapping("tcp", "a mapping such as {maxConnections: 100}")
+    if tcp is not None:
+        tcp.check_keys(("maxConnections", "connectTimeout", "tcpKeepalive",
+                        "maxConnectionDuration", "idleTimeout"), "tcp")
+        for key in ("tcpKeepalive", "maxConnectionDuration", "idleTimeout"):
+            if key in tcp.value:
+                tcp.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+        connections = tcp.get("maxConnections", fields.integer(1, 2**31 - 1))
+        connect_timeout = tcp.get("connectTimeout", fields.duration())
+    http = pool.mapping("http", "a mapping such as {http1MaxPendingRequests: 1}")
+    if http is not None:
+        http.check_keys(("http1MaxPendingRequests", "http2MaxRequests",
+                         "maxRequestsPerConnection", "maxRetries", "idleTimeout",
+                         "h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams"),
+                        "http")
+        for key in ("idleTimeout", "h2UpgradePolicy", "useClientProtocol",
+                    "maxConcurrentStreams"):
+            if key in http.value:
+                http.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+        count = fields.integer(1, 2**31 - 1)
+        pending = http.get("http1MaxPendingRequests", count)
+        requests = http.get("http2MaxRequests", count)
+        per_connection = http.get("maxRequestsPerConnection", fields.integer(0, 2**31 - 1))
+        retries = http.get("maxRetries", fields.integer(0, 2**31 - 1))
+    breaker = None
+    if any(v is not None for v in (connections, pending, requests, retries)):
+        breaker = CircuitBreaker(max_connections=connections, max_pending_requests=pending,
+                                 max_requests=requests, max_retries=retries,
+                                 origin=pool.origin())
+    return breaker, connect_timeout, per_connection or None
+
+
+def _outlier(spec: Fields) -> OutlierDetection | None:
+    entry = spec.mapping("outlierDetection", "a mapping such as {consecutive5xxErrors: 5}")
+    if entry is None:
+        return None
+    entry.check_keys(("consecutive5xxErrors", "consecutiveGatewayErrors", "consecutiveErrors",
+                      "interval", "baseEjectionTime", "maxEjectionPercent",
+                      "minHealthPercent", "splitExternalLocalOriginErrors",
+                      "consecutiveLocalOriginFailures"), "an outlierDetection")
+    for key in ("minHealthPercent", "splitExternalLocalOriginErrors",
+                "consecutiveLocalOriginFailures"):
+        if key in entry.value:
+            entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+    count = fields.integer(0, 2**31 - 1)
+    five = entry.get("consecutive5xxErrors", count)
+    if five is None:
+        five = entry.get("consecutiveErrors", count)
+    return OutlierDetection(
+        consecutive_5xx=five,
+        consecutive_gateway_errors=entry.get("consecutiveGatewayErrors", count),
+        interval=entry.get("interval", fields.duration()),
+        base_ejection_time=entry.get("baseEjectionTime", fields.duration()),
+        max_ejection_percent=entry.get("maxEjectionPercent", fields.integer(0, 100)),
+        origin=entry.origin())
+
+
+def _tls(spec: Fields):  # type: ignore[no-untyped-def]
+    entry = spec.mapping("tls", "a mapping such as {mode: ISTIO_MUTUAL}")
+    if entry is None:
+        return None, None
+    entry.check_keys(("mode", "sni", "caCertificates", "insecureSkipVerify",
+                      "subjectAltNames", "clientCertificate", "privateKey", "credentialName"),
+                     "tls")
+    mode = entry.get("mode", fields.choice(("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")),
+                     required=True)
+    for key in ("clientCertificate", "privateKey", "credentialName", "subjectAltNames"):
+        if key in entry.value:
+            entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+    if mode == "MUTUAL":
+        entry.report("mode", f"MUTUAL (a client certificate of your own) {NOT_SUPPORTED}; "
+                             "ISTIO_MUTUAL uses meshpilot's CA")
+        return None, None
+    if mode != "SIMPLE":
+        return mode, None
+    ca_path = entry.get("caCertificates", fields.string)
+    skip = entry.get("insecureSkipVerify", fields.boolean) or False
+    ca = None
+    if ca_path is not None:
+        try:
+            ca = tls_files.read_ca(ca_path)
+        except tls_files.TlsFileError as problem:
+            entry.report("caCertificates", str(problem))
+            return None, None
+    verify = ca is not None and not skip
+    return "SIMPLE", UpstreamTls(sni=entry.get("sni", fields.dns_name), verify=verify,
+                                 ca_path=ca_path if verify else None,
+                                 ca=ca if verify else None, origin=entry.origin())
+
+
+# ---- Gateway ------------------------------------------------------------------------------------
+
+
+def read_gateway(spec: Fields) -> o.IstioGateway | None:
+    spec.check_keys(("selector", "servers"), "a Gateway's spec")
+    selector = spec.get("selector", fields.labels)
+    if selector is None and "selector" not in spec.value:
+        spec.missing("selector")
+    servers = []
+    for index, item in enumerate(spec.items("servers", "server", required=True) or []):
+        entry = Fields.at(spec.ctx, item, (*spec.path, "servers", index),
+                          "a mapping such as {port: {number: 80, protocol: HTTP}, hosts: [*]}")
+        if entry is not None:
+            server = _server(entry)
+            if server is not None:
+                servers.append(server)
+    if selector is None or not servers:
+        return None
+    return o.IstioGateway(selector, tuple(servers))
+
+
+def _server(entry: Fields) -> o.Server | None:
+    entry.check_keys(("port", "hosts", "tls", "bind", "name", "defaultEndpoint"), "a server")
+    if "defaultEndpoint" in entry.value:
+        entry.report("defaultEndpoint", f"defaultEndpoint {NOT_SUPPORTED}", at_value=False)
+    port_spec = entry.mapping("port", "a mapping such as {number: 80, name: http, "
+                                      "protocol: HTTP}", required=True)
+    number = protocol = None
+    name = ""
+    if port_spec is not None:
+        port_spec.check_keys(("number", "name", "protocol", "targetPort"), "a port")
+        number = port_spec.get("number", fields.PORT, required=True)
+        name = port_spec.get("name", fields.string) or ""
+        protocol = port_spec.get("protocol", lambda v: fields.choice(PROTOCOLS)(
+            fields.string(v).upper()), required=True)
+        if protocol is not None and protocol not in ("HTTP", "HTTPS", "HTTP2"):
+            port_spec.report("protocol", f"a {protocol} server {NOT_SUPPORTED}; HTTP and HTTPS "
+                                         "are")
+            protocol = None
+    hosts = []
+    for index, host in enumerate(_strings(entry, "hosts", "host")):
+        namespace, _, bare = host.rpartition("/")
+        del namespace
+        converted = fields.convert_at(entry.ctx, bare, (*entry.path, "hosts", index), _host)
+        if converted is not None:
+            hosts.append(converted)
+    if "hosts" not in entry.value:
+        entry.missing("hosts")
+    bind = entry.get("bind", fields.ip_address)
+    tls, redirect = _server_tls(entry, protocol)
+    if number is None or protocol is None or not hosts:
+        return None
+    return o.Server(number, name, "HTTPS" if protocol == "HTTPS" else "HTTP", tuple(hosts), tls,
+                    redirect, bind, entry.path)
+
+
+def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None, bool]:
+    spec = entry.mapping("tls", "a mapping such as {mode: SIMPLE, serverCertificate: a.pem, "
+                                "privateKey: a.key}")
+    if spec is None:
+        if protocol == "HTTPS":
+            entry.report("tls", "an HTTPS server needs tls", at_value=False)
+        return None, False
+    spec.check_keys(("httpsRedirect", "mode", "serverCertificate", "privateKey",
+                     "caCertificates", "credentialName", "credentialNames", "subjectAltNames",
+                     "minProtocolVersion", "maxProtocolVersion", "cipherSuites"), "tls")
+    redirect = spec.get("httpsRedirect", fields.boolean) or False
+    if protocol != "HTTPS":
+        for key in spec.value:
+            if key != "httpsRedirect":
+                spec.report(key, f"{key} is for HTTPS servers", at_value=False)
+        return None, redirect
+    for key in ("credentialName", "credentialNames", "caCertificates", "subjectAltNames",
+                "maxProtocolVersion", "cipherSuites"):
+        if key in spec.value:
+            spec.report(key, f"{key} {NOT_SUPPORTED}; use serverCertificate and privateKey "
+                             "files", at_value=False)
+    mode = spec.get("mode", fields.choice(("SIMPLE", "MUTUAL", "PASSTHROUGH",
+                                           "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")),
+                    required=True)
+    if mode is not None and mode != "SIMPLE":
+        spec.report("mode", f"tls mode {mode} {NOT_SUPPORTED}; SIMPLE is")
+        return None, redirect
+    cert = spec.get("serverCertificate", fields.string, required=True)
+    key = spec.get("privateKey", fields.string, required=True)
+    versions = {"TLSV1_2": "1.2", "TLSV1_3": "1.3", "TLS_AUTO": None}
+    minimum = spec.get("minProtocolVersion", fields.choice(tuple(versions)))
+    if cert is None or key is None:
+        return None, redirect
+    try:
+        chain, private, _ = tls_files.read_certificate(cert, key)
+    except tls_files.FieldError as problem:
+        spec.report("serverCertificate" if problem.field == "cert" else "privateKey",
+                    str(problem))
+        return None, redirect
+    certificate = TlsCertificate(cert, key, chain, private,
+                                 position=spec.ctx.document.position_of(
+                                     (*spec.path, "serverCertificate")),
+                                 origin=spec.origin("serverCertificate"))
+    return ListenerTls((certificate,), cast(Any, versions.get(minimum or "TLS_AUTO")),
+                       origin=spec.origin()), redirect
+
+
+# ---- security -----------------------------------------------------------------------------------
+
+MTLS = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+
+
+def read_peer_authentication(spec: Fields) -> o.PeerAuthentication | None:
+    spec.check_keys(("selector", "mtls", "portLevelMtls"), "a PeerAuthentication's spec")
+    selector = _selector(spec)
+    mode = "UNSET"
+    mtls = spec.mapping("mtls", "a mapping such as {mode: STRICT}")
+    if mtls is not None:
+        mtls.check_keys(("mode",), "mtls")
+        mode = mtls.get("mode", fields.choice(MTLS)) or "UNSET"
+    ports: list[tuple[int, str]] = []
+    levels = spec.mapping("portLevelMtls", "a mapping of ports to {mode: ...}")
+    if levels is not None:
+        if selector is None:
+            levels.report("", "portLevelMtls needs a selector (Istio)", at_value=False)
+        for written, value in levels.value.items():
+            at = (*levels.path, written)
+            port = fields.convert_at(spec.ctx, written, at, lambda v: fields.PORT(int(v)))
+            entry = Fields.at(spec.ctx, value, at, "a mapping such as {mode: DISABLE}")
+            if entry is None or port is None:
+                continue
+            entry.check_keys(("mode",), "a port's mtls")
+            port_mode = entry.get("mode", fields.choice(MTLS)) or "UNSET"
+            ports.append((port, port_mode))
+    return o.PeerAuthentication(selector, cast(Any, mode),
+                                tuple(sorted(cast(Any, ports))))
+
+
+def read_authorization_policy(spec: Fields) -> o.AuthorizationPolicy | None:
+    spec.check_keys(("selector", "targetRef", "targetRefs", "action", "provider", "rules"),
+                    "an AuthorizationPolicy's spec")
+    for key in ("targetRef", "targetRefs", "provider"):
+        if key in spec.value:
+            spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+    selector = _selector(spec)
+    action = spec.get("action", fields.choice(("ALLOW", "DENY", "AUDIT", "CUSTOM"))) or "ALLOW"
+    if action in ("AUDIT", "CUSTOM"):
+        spec.report("action", f"action {action} {NOT_SUPPORTED}")
+    rules = []
+    value = spec.value.get("rules")
+    if value is not None and not isinstance(value, list):
+        spec.report("rules", f"expected a list of rules, found {fields.describe(value)}")
+    for index, item in enumerate(value or []):
+        entry = Fields.at(spec.ctx, item, (*spec.path, "rules", index),
+                          "a mapping such as {from: [...], to: [...], when: [...]}")
+        if entry is not None:
+            rules.append(_authz_rule(entry))
+    return o.AuthorizationPolicy(selector, cast(Any, action), tuple(rules))
+
+
+def _authz_rule(entry: Fields) -> o.AuthzRuleSpec:
+    entry.check_keys(("from", "to", "when"), "a rule")
+    sources = operations = None
+    if "from" in entry.value:
+        sources = tuple(_source(entry, i, item)
+                        for i, item in enumerate(entry.items("from", "source") or []))
+    if "to" in entry.value:
+        operations = tuple(_operation(entry, i, item)
+                           for i, item in enumerate(entry.items("to", "operation") or []))
+    when = []
+    for index, item in enumerate(entry.items("when", "condition") or []):
+        cond = Fields.at(entry.ctx, item, (*entry.path, "when", index),
+                         "a mapping such as {key: request.headers[x-user], values: [a]}")
+        if cond is None:
+            continue
+        cond.check_keys(("key", "values", "notValues"), "a condition")
+        key = cond.get("key", fields.string, required=True)
+        values = _strings(cond, "values", "value")
+        not_values = _strings(cond, "notValues", "value")
+        if key is not None:
+            problem = condition_problem(key)
+            if problem:
+                cond.report("key", problem)
+            when.append(o.Condition(key, values, not_values))
+    return o.AuthzRuleSpec(sources, operations, tuple(when))
+
+
+def condition_problem(key: str) -> str | None:
+    if key in ("source.ip", "remote.ip", "source.namespace", "source.principal",
+               "request.auth.principal", "request.auth.audiences", "request.auth.presenter",
+               "destination.port") or re.fullmatch(r"request\.headers\[[^\]]+\]", key) \
+            or re.fullmatch(r"request\.auth\.claims\[[^\]]+\]", key):
+        return None
+    return f"condition key {fields.quoted(key)} {NOT_SUPPORTED}"
+
+
+def _cidr(value: Any) -> str:
+    text = fields.string(value)
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise Invalid(f"invalid IP or CIDR {fields.quoted(text)}") from None
+
+
+def _source(entry: Fields, index: int, item: Any) -> o.Source:
+    outer = Fields.at(entry.ctx, item, (*entry.path, "from", index),
+                      "a mapping such as {source: {principals: [...]}}")
+    if outer is None:
+        return o.Source()
+    outer.check_keys(("source",), "a from entry")
+    spec = outer.mapping("source", "a mapping such as {principals: [...]}", required=True)
+    if spec is None:
+        return o.Source()
+    spec.check_keys(("principals", "notPrincipals", "requestPrincipals",
+                     "notRequestPrincipals", "namespaces", "notNamespaces", "ipBlocks",
+                     "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks",
+                     "serviceAccounts", "notServiceAccounts"), "a source")
+    for key in ("serviceAccounts", "notServiceAccounts"):
+        if key in spec.value:
+            spec.report(key, f"{key} {NOT_SUPPORTED}; use principals", at_value=False)
+    return o.Source(
+        principals=_strings(spec, "principals", "principal"),
+        not_principals=_strings(spec, "notPrincipals", "principal"),
+        request_principals=_strings(spec, "requestPrincipals", "principal"),
+        not_request_principals=_strings(spec, "notRequestPrincipals", "principal"),
+        namespaces=_strings(spec, "namespaces", "namespace"),
+        not_namespaces=_strings(spec, "notNamespaces", "namespace"),
+        ip_blocks=_strings(spec, "ipBlocks", "CIDR", _cidr),
+        not_ip_blocks=_strings(spec, "notIpBlocks", "CIDR", _cidr),
+        remote_ip_blocks=_strings(spec, "remoteIpBlocks", "CIDR", _cidr),
+        not_remote_ip_blocks=_strings(spec, "notRemoteIpBlocks", "CIDR", _cidr))
+
+
+def _operation(entry: Fields, index: int, item: Any) -> o.Operation:
+    outer = Fields.at(entry.ctx, item, (*entry.path, "to", index),
+                      "a mapping such as {operation: {methods: [GET]}}")
+    if outer is None:
+        return o.Operation()
+    outer.check_keys(("operation",), "a to entry")
+    spec = outer.mapping("operation", "a mapping such as {methods: [GET]}", required=True)
+    if spec is None:
+        return o.Operation()
+    spec.check_keys(("hosts", "notHosts", "ports", "notPorts", "methods", "notMethods",
+                     "paths", "notPaths"), "an operation")
+    port = lambda v: fields.port_text(fields.string(v))  # noqa: E731
+    return o.Operation(
+        hosts=_strings(spec, "hosts", "host"), not_hosts=_strings(spec, "notHosts", "host"),
+        ports=tuple(int(p) for p in _strings(spec, "ports", "port", lambda v: str(port(v)))),
+        not_ports=tuple(int(p) for p in _strings(spec, "notPorts", "port",
+                                                  lambda v: str(port(v)))),
+        methods=_strings(spec, "methods", "method"),
+        not_methods=_strings(spec, "notMethods", "method"),
+        paths=_strings(spec, "paths", "path"), not_paths=_strings(spec, "notPaths", "path"))
+
+
+def read_request_authentication(spec: Fields) -> o.RequestAuthentication | None:
+    spec.check_keys(("selector", "targetRef", "targetRefs", "jwtRules"),
+                    "a RequestAuthentication's spec")
+    for key in ("targetRef", "targetRefs"):
+        if key in spec.value:
+            spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+    selector = _selector(spec)
+    rules = []
+    for index, item in enumerate(spec.items("jwtRules", "JWT rule") or []):
+        entry = Fields.at(spec.ctx, item, (*spec.path, "jwtRules", index),
+                          "a mapping such as {issuer: ..., jwksUri: ...}")
+        if entry is None:
+            continue
+        entry.check_keys(("issuer", "audiences", "jwksUri", "jwks", "fromHeaders", "fromParams",
+                          "outputPayloadToHeader", "forwardOriginalToken", "fromCookies",
+                          "outputClaimToHeaders", "timeout"), "a JWT rule")
+        for key in ("fromCookies", "outputClaimToHeaders", "timeout"):
+            if key in entry.value:
+                entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+        issuer = entry.get("issuer", fields.string, required=True)
+        headers = []
+        for h_index, h_item in enumerate(entry.items("fromHeaders", "header") or []):
+            header = Fields.at(entry.ctx, h_item, (*entry.path, "fromHeaders", h_index),
+                               "a mapping such as {name: x-jwt, prefix: 'Bearer '}")
+            if header is None:
+                continue
+            header.check_keys(("name", "prefix"), "a header")
+            name = header.get("name", fields.header_name, required=True)
+            if name is not None:
+                headers.append((name, header.get("prefix", fields.any_string) or ""))
+        jwks = entry.get("jwks", fields.string)
+        jwks_uri = entry.get("jwksUri", fields.string)
+        if jwks is None and jwks_uri is None:
+            entry.report("jwksUri", "a JWT rule needs jwks or jwksUri (meshpilot does not "
+                                    "discover keys from the issuer)", at_value=False)
+        if issuer is not None:
+            rules.append(o.JwtRule(
+                issuer, jwks, jwks_uri, _strings(entry, "audiences", "audience"),
+                tuple(headers), _strings(entry, "fromParams", "parameter"),
+                entry.get("forwardOriginalToken", fields.boolean) or False,
+                entry.get("outputPayloadToHeader", fields.header_name)))
+    return o.RequestAuthentication(selector, tuple(rules))

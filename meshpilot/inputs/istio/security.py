@@ -1,0 +1,229 @@
+"""PeerAuthentication and AuthorizationPolicy -> a workload sidecar's `mtls` and `authorization`.
+
+Which policies apply to a workload, as Istio decides:
+
+- PeerAuthentication: the workload's own (selector matching its labels, in its namespace;
+  the oldest, here the first by name, if several), else its namespace's (no selector), else
+  the mesh's (no selector, root namespace `istio-system`); UNSET inherits from the next level;
+  `portLevelMtls` for the workload's inbound port overrides. Nothing at all: `off` (plaintext;
+  Istio's PERMISSIVE with auto mTLS needs nothing written, meshpilot asks for it in writing).
+- AuthorizationPolicy: those of the root namespace without selector, of the workload's
+  namespace without selector, and of its namespace whose selector matches its labels. DENY is
+  evaluated before ALLOW; with any ALLOW policy, a request must match one of their rules. The
+  rules of all ALLOW policies are one ALLOW authorization (any rule of any policy), which is
+  what Istio's ALLOW policies are together.
+
+An Istio rule (`from` any source AND `to` any operation AND every `when`) becomes one rule of
+the model per (source, operation) pair: the model's rule is an AND of ORs. What the model's
+rule cannot say (`not*` forms, `ports`, `hosts`, request principals) is refused at the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import product
+from typing import TYPE_CHECKING, Any, cast
+
+from meshpilot.inputs.istio import hosts
+from meshpilot.inputs.istio import objects as o
+from meshpilot.inputs.native.matches import istio_path_match
+from meshpilot.ir.model import Authorization, AuthzRule, MtlsMode, StringMatch
+
+if TYPE_CHECKING:
+    from meshpilot.inputs.istio.compile import _Doc
+
+_MODES: dict[str, MtlsMode] = {"STRICT": "strict", "PERMISSIVE": "permissive", "DISABLE": "off"}
+NOT_SUPPORTED = "is not supported yet (docs/istio.md)"
+
+
+@dataclass(slots=True)
+class Policies:
+    peer: list[_Doc]
+    authorization: list[_Doc]
+    trust_domain: str = "cluster.local"
+
+    @classmethod
+    def of(cls, by_kind: dict[str, list[_Doc]]) -> Policies:
+        for doc in by_kind.get("RequestAuthentication", []):
+            doc.error(("spec",), f"RequestAuthentication {NOT_SUPPORTED} for workloads")
+        return cls(by_kind.get("PeerAuthentication", []), by_kind.get("AuthorizationPolicy", []))
+
+    def for_workload(self, workload: _Doc, port: int | None
+                     ) -> tuple[MtlsMode, Authorization | None]:
+        return self._mtls(workload, port), self._authorization(workload)
+
+    # -- PeerAuthentication --
+
+    def _mtls(self, workload: _Doc, port: int | None) -> MtlsMode:
+        ns = workload.item.namespace
+        labels = workload.item.spec.spec.labels  # type: ignore[union-attr]
+        levels: list[o.PeerAuthentication] = []
+        for level in ("workload", "namespace", "mesh"):
+            for doc in self.peer:
+                spec = doc.item.spec
+                assert isinstance(spec, o.PeerAuthentication)
+                if level == "workload" and doc.item.namespace == ns and spec.selector \
+                        and hosts.selects(spec.selector, labels):
+                    levels.append(spec)
+                    break
+                if level == "namespace" and doc.item.namespace == ns and not spec.selector:
+                    levels.append(spec)
+                    break
+                if level == "mesh" and doc.item.namespace == hosts.ROOT_NAMESPACE \
+                        and not spec.selector:
+                    levels.append(spec)
+                    break
+        if not levels:
+            return "off"
+        if port is not None and levels[0].selector:
+            port_mode = dict(levels[0].port_modes).get(port)
+            if port_mode is not None and port_mode != "UNSET":
+                return _MODES[port_mode]
+        for spec in levels:
+            if spec.mode != "UNSET":
+                return _MODES[spec.mode]
+        return "permissive"  # Istio's default once a policy exists but says nothing
+
+    # -- AuthorizationPolicy --
+
+    def _authorization(self, workload: _Doc) -> Authorization | None:
+        ns = workload.item.namespace
+        labels = workload.item.spec.spec.labels  # type: ignore[union-attr]
+        applying: list[_Doc] = []
+        for doc in self.authorization:
+            spec = doc.item.spec
+            assert isinstance(spec, o.AuthorizationPolicy)
+            if spec.selector is None or spec.selector == ():
+                if doc.item.namespace in (ns, hosts.ROOT_NAMESPACE):
+                    applying.append(doc)
+            elif doc.item.namespace == ns and hosts.selects(spec.selector, labels):
+                applying.append(doc)
+        actions = {d.item.spec.action for d in applying}  # type: ignore[union-attr]
+        if not applying:
+            return None
+        if actions == {"ALLOW", "DENY"}:
+            for doc in applying:
+                if doc.item.spec.action == "DENY":  # type: ignore[union-attr]
+                    doc.error(("spec", "action"),
+                              f"DENY and ALLOW policies on one workload "
+                              f"({workload.ctx.name}) {NOT_SUPPORTED}")
+            return None
+        action = next(iter(actions))
+        rules: list[AuthzRule] = []
+        for doc in applying:
+            spec = doc.item.spec
+            assert isinstance(spec, o.AuthorizationPolicy)
+            for index, rule in enumerate(spec.rules):
+                rules.extend(self._rules(doc, ("spec", "rules", index), rule))
+        return Authorization(action=cast(Any, action), rules=tuple(rules),
+                             origin=applying[0].ctx.origin(("spec",)))
+
+    def _rules(self, doc: _Doc, path: tuple[Any, ...], rule: o.AuthzRuleSpec
+               ) -> list[AuthzRule]:
+        sources: Sequence[o.Source | None] = rule.sources if rule.sources is not None else (None,)
+        operations: Sequence[o.Operation | None] = \
+            rule.operations if rule.operations is not None else (None,)
+        if not sources or not operations:
+            return []  # `from: []` or `to: []` matches nothing
+        when = self._when(doc, path, rule.when)
+        if when is None:
+            return []
+        result = []
+        for (si, source), (oi, operation) in product(enumerate(sources), enumerate(operations)):
+            principals = self._principals(doc, (*path, "from", si, "source"), source)
+            found = self._operation(doc, (*path, "to", oi, "operation"), operation)
+            if principals is None or found is None:
+                continue
+            ips = (*source.ip_blocks, *source.remote_ip_blocks) if source else ()
+            paths, methods = found
+            result.append(AuthzRule(paths=paths, methods=methods, headers=when[0],
+                                    source_ips=tuple(dict.fromkeys((*ips, *when[1]))),
+                                    principals=principals))
+        return result
+
+    def _principals(self, doc: _Doc, path: tuple[Any, ...], source: o.Source | None
+                    ) -> tuple[str, ...] | None:
+        if source is None:
+            return ()
+        for key in ("not_principals", "request_principals", "not_request_principals",
+                    "not_namespaces", "not_ip_blocks", "not_remote_ip_blocks"):
+            if getattr(source, key):
+                doc.error((*path, _camel(key)), f"{_camel(key)} {NOT_SUPPORTED}")
+                return None
+        if source.principals and source.namespaces:
+            doc.error((*path, "namespaces"), f"principals and namespaces in one source "
+                                             f"{NOT_SUPPORTED}")
+            return None
+        found = [self.spiffe(p) for p in source.principals]
+        found += [f"spiffe://{self.trust_domain}/ns/{n}/sa/*" if n != "*" else "*"
+                  for n in source.namespaces]
+        return tuple(found)
+
+    def spiffe(self, principal: str) -> str:
+        """Istio writes principals without the scheme: `cluster.local/ns/default/sa/x`."""
+        if principal == "*" or principal.startswith("spiffe://"):
+            return principal
+        if principal.startswith("*"):
+            return principal
+        return f"spiffe://{principal}"
+
+    def _operation(self, doc: _Doc, path: tuple[Any, ...], operation: o.Operation | None
+                   ) -> tuple[tuple[StringMatch, ...], tuple[str, ...]] | None:
+        if operation is None:
+            return (), ()
+        for key in ("hosts", "not_hosts", "ports", "not_ports", "not_methods", "not_paths"):
+            if getattr(operation, key):
+                doc.error((*path, _camel(key)), f"{_camel(key)} {NOT_SUPPORTED}")
+                return None
+        paths = []
+        for index, text in enumerate(operation.paths):
+            if text != "*" and ("*" in text[:-1] and not text.startswith("*")):
+                doc.error((*path, "paths", index), f"path {text}: a * inside a path "
+                                                   f"{NOT_SUPPORTED}")
+                return None
+            if text.startswith("*") and text != "*":
+                paths.append(StringMatch("regex", ".*" + _escape(text[1:])))
+            else:
+                paths.append(istio_path_match(text))
+        return tuple(paths), operation.methods
+
+    def _when(self, doc: _Doc, path: tuple[Any, ...], conditions: tuple[o.Condition, ...]
+              ) -> tuple[tuple[tuple[str, StringMatch], ...], tuple[str, ...]] | None:
+        headers: list[tuple[str, StringMatch]] = []
+        ips: list[str] = []
+        for index, condition in enumerate(conditions):
+            at = (*path, "when", index)
+            if condition.not_values:
+                doc.error((*at, "notValues"), f"notValues {NOT_SUPPORTED}")
+                return None
+            key = condition.key
+            if key.startswith("request.headers[") and len(condition.values) == 1:
+                name = key[len("request.headers["):-1].lower()
+                value = condition.values[0]
+                headers.append((name, StringMatch("present") if value == "*" else
+                                StringMatch("exact", value)))
+            elif key in ("source.ip", "remote.ip"):
+                try:
+                    ips.extend(str(ipaddress.ip_network(v, strict=False))
+                               for v in condition.values)
+                except ValueError:
+                    doc.error((*at, "values"), "expected IPs or CIDRs")
+                    return None
+            else:
+                doc.error((*at, "key"), f"condition {key} with these values {NOT_SUPPORTED} "
+                                        "(request.headers[...] with one value, source.ip, "
+                                        "remote.ip are)")
+                return None
+        return tuple(headers), tuple(ips)
+
+
+def _camel(key: str) -> str:
+    first, *rest = key.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
+def _escape(text: str) -> str:
+    return re.escape(text)
