@@ -21,6 +21,7 @@ from meshpilot.base.privatefiles import write_private
 from meshpilot.base.units import parse_duration
 from meshpilot.ca.authority import ROOT_CERT, CaError, check_trust_domain
 from meshpilot.ca.tokens import KEY_FILE, TokenAuthority, TokenError, rotate_key
+from meshpilot.inputs.istio import hosts as istio_hosts
 from meshpilot.inputs.loader import load_policy
 from meshpilot.inputs.native.schema import json_schema
 from meshpilot.ir.model import Model, ObjectStatus
@@ -222,6 +223,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     model = _load(args.policy, args.allow_files_from)
     if model is None:
         return 1
+    for warning in model.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.envoy:
         refused = _envoy_check(model, args.check_envoy)
         if refused is None:
@@ -319,10 +322,42 @@ def bootstrap_security(args: argparse.Namespace) -> dict[str, str | None]:
     return {"xds_tls_ca": ca, "xds_sni": sni, "xds_token": token}
 
 
+def _istio_node(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`--workload NS/NAME` or `--gateway NS/NAME --label K=V`: the node cluster (the view) and
+    id Istio's names give (docs/istio.md), and Istio-like node metadata."""
+    which = "workload" if args.workload else "gateway" if args.gateway else None
+    if which is None:
+        if args.label:
+            raise ValueError("--label goes with --gateway")
+        if not args.node_cluster or not args.node_id:
+            raise ValueError("--node-id and --node-cluster are required (or --workload / "
+                             "--gateway)")
+        return None
+    if args.node_cluster:
+        raise ValueError(f"--{which} decides the node cluster: leave --node-cluster out")
+    namespace, slash, name = (args.workload or args.gateway).partition("/")
+    if not slash or not namespace or not name:
+        raise ValueError(f"--{which} takes NAMESPACE/NAME")
+    labels = dict(label.partition("=")[::2] for label in args.label)
+    if which == "workload":
+        if args.label:
+            raise ValueError("a workload's labels are its WorkloadEntry's: leave --label out")
+        args.node_cluster = istio_hosts.workload_view(name, namespace)
+    else:
+        if not labels or any(not k for k in labels):
+            raise ValueError("--gateway needs its labels: --label istio=ingressgateway")
+        args.node_cluster = istio_hosts.gateway_view(tuple(sorted(labels.items())))
+    args.node_id = args.node_id or f"{'sidecar' if which == 'workload' else 'router'}~" \
+                                   f"{name}.{namespace}"
+    return {"NAME": name, "NAMESPACE": namespace, "LABELS": labels}
+
+
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     try:
+        metadata = _istio_node(args)
         security = bootstrap_security(args)
         text = bootstrap_yaml(node_id=args.node_id, node_cluster=args.node_cluster,
+                              node_metadata=metadata,
                               xds_addresses=[split_address(a) for a in args.xds_address],
                               admin_address=split_address(args.admin_address), delta=args.delta,
                               ads=not args.no_ads, xds_tls_cert=args.xds_tls_cert,
@@ -689,8 +724,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_schema)
 
     p = sub.add_parser("bootstrap", help="print an Envoy bootstrap that points at meshpilot")
-    p.add_argument("--node-id", required=True)
-    p.add_argument("--node-cluster", required=True)
+    p.add_argument("--node-id", help="required unless --workload or --gateway gives one")
+    p.add_argument("--node-cluster", help="the view; or --workload / --gateway")
+    p.add_argument("--workload", metavar="NS/NAME",
+                   help="the sidecar of Istio WorkloadEntry NAME in namespace NS "
+                        "(view NAME.NS, docs/istio.md)")
+    p.add_argument("--gateway", metavar="NS/NAME",
+                   help="an Istio ingress gateway; its --label's pick the Istio Gateways "
+                        "(view: the labels, docs/istio.md)")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a label of the --gateway (repeatable): istio=ingressgateway")
     p.add_argument("--xds-address", type=_address, action="append", required=True,
                    help="HOST:PORT of meshpilot; repeat for several replicas")
     p.add_argument("--admin-address", type=_address, required=True,

@@ -1,0 +1,287 @@
+"""Istio's bookinfo samples and task manifests, loaded as they are, through real Envoys.
+
+The mesh (`MESH` below) is what a VM mesh declares: a ServiceEntry per bookinfo service and a
+WorkloadEntry per workload, on loopback ports. productpage-v1 and reviews-v1 run real Envoy
+sidecars (bootstrapped as `--workload default/NAME` does: node cluster NAME.default), so a
+request from productpage's application to reviews-v1 crosses both; the other workloads are
+bare applications at their WorkloadEntry's port (a workload without a sidecar, which Istio
+allows). An ingress gateway Envoy carries the view of the Istio Gateway's selector
+(`istio=ingressgateway`). Then each step writes Istio's own files into the policy folder and
+checks what istio.io says that step does: version routing, routing for user jason, weighted
+shifting, an injected abort, a fixed delay, a route timeout, mirroring, and the
+authorization ladder of the HTTP authorization task.
+
+Files of several documents that istio.io applies one after the other (docs-tasks) are split
+into their documents, each written unchanged. The bookinfo Gateway is the one file adapted:
+its server port 8080 is a free port here, so the test never collides with the machine's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from support import eventually, http_get, served_policy, write_atomically
+
+from meshpilot.local.demo.echo import EchoServer
+
+pytestmark = pytest.mark.envoy
+
+# The shared folder sits next to the repository (CI clones it there); a checkout elsewhere (a
+# git worktree) names it with MESHPILOT_SHARED.
+SHARED = Path(os.environ.get("MESHPILOT_SHARED")
+              or Path(__file__).resolve().parents[2] / "../shared").resolve()
+ISTIO = SHARED / "conformance" / "istio"
+NETWORKING = ISTIO / "bookinfo-networking"
+TASKS = ISTIO / "docs-tasks"
+
+WORKLOADS = ("productpage-v1", "reviews-v1", "reviews-v2", "reviews-v3", "ratings-v1",
+             "details-v1", "httpbin-v1", "httpbin-v2")
+SIDECARS = ("productpage-v1", "reviews-v1")  # the others are applications without one
+
+SERVICE_ENTRY = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: APP
+  namespace: default
+spec:
+  hosts: [APP.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports:
+  - number: NUMBER
+    name: http
+    protocol: HTTP
+  resolution: STATIC
+  workloadSelector:
+    labels:
+      app: APP
+"""
+
+WORKLOAD_ENTRY = """
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: NAME
+  namespace: default
+  annotations:
+    meshpilot.io/app: "127.0.0.1:APP_PORT"
+    meshpilot.io/outbound-port: "OUT"
+spec:
+  address: 127.0.0.1
+  ports:
+    http: INBOUND
+  labels:
+    app: APP
+    version: VERSION
+  serviceAccount: bookinfo-APP
+"""
+
+
+def _filled(template: str, **values: str) -> str:
+    for key, value in values.items():
+        template = template.replace(key, value)
+    return template
+
+
+def mesh_template() -> str:
+    """The mesh, with `{port name}` placeholders for `served_policy` to fill in."""
+    documents = [_filled(SERVICE_ENTRY, NUMBER="8000" if app == "httpbin" else "9080", APP=app)
+                 for app in ("productpage", "reviews", "ratings", "details", "httpbin")]
+    for name in WORKLOADS:
+        app, version = name.rsplit("-", 1)
+        sidecar = name in SIDECARS
+        # With a sidecar, the WorkloadEntry's port is the sidecar's inbound and the application
+        # sits behind it; without one it is the application's own (the annotation then names
+        # a port nothing uses).
+        documents.append(_filled(
+            WORKLOAD_ENTRY, NAME=name, APP_PORT=f"{{{name if sidecar else 'in_' + name}}}",
+            OUT=f"{{out_{name}}}", INBOUND=f"{{{'in_' + name if sidecar else name}}}",
+            VERSION=version, APP=app))
+    return "---".join(documents)
+
+
+def documents_of(path: Path) -> list[str]:
+    """The documents of a file, each as its own text (unchanged)."""
+    text = path.read_text()
+    return [part for part in text.split("\n---\n") if yaml.safe_load(part)]
+
+
+class Bookinfo:
+    def __init__(self, served, apps: dict[str, EchoServer]):
+        self.served, self.apps = served, apps
+        self.folder: Path = served.policy
+        self.ports = served.ports
+
+    def apply(self, **files: str) -> None:
+        """The policy folder holds the mesh and exactly these step files."""
+        for old in self.folder.glob("step-*.yaml"):
+            if old.stem[len("step-"):] not in files:
+                old.unlink()
+        for name, text in files.items():
+            write_atomically(self.folder / f"step-{name}.yaml", text)
+
+    def call(self, host: str, path: str = "/", method: str = "GET",
+             **headers: str) -> tuple[int, dict]:
+        """productpage's application calling `host` through its sidecar's outbound port."""
+        sent = {"Host": host, **{k.replace("_", "-"): v for k, v in headers.items()}}
+        status, _, body = http_get(f"http://127.0.0.1:{self.ports['out_productpage-v1']}{path}",
+                                   sent, method=method, timeout=10)
+        try:
+            seen = json.loads(body)
+        except ValueError:
+            seen = {}
+        return status, seen
+
+    def backends(self, host: str, count: int, **headers: str) -> Counter[str]:
+        found: Counter[str] = Counter()
+        for _ in range(count):
+            status, seen = self.call(host, **headers)
+            found[seen.get("backend", str(status))] += 1
+        return found
+
+    def ingress(self, path: str, method: str = "GET") -> int:
+        status, _, _ = http_get(f"http://127.0.0.1:{self.ports['ingress']}{path}",
+                                method=method, timeout=10)
+        return status
+
+    def stat(self, envoy: str, name: str) -> int:
+        return self.served.envoys[envoy].stats().get(name, 0)
+
+
+@pytest.fixture(scope="module")
+def bookinfo(tmp_path_factory) -> Iterator[Bookinfo]:
+    if not ISTIO.is_dir():
+        print(f"skipped: Istio's samples are not at {ISTIO}")
+        pytest.skip(f"Istio's samples are not at {ISTIO}")
+    work = tmp_path_factory.mktemp("istio-bookinfo")
+    apps = {name: EchoServer(name) for name in WORKLOADS}
+    free = (*(f"in_{n}" for n in WORKLOADS), *(f"out_{n}" for n in WORKLOADS), "ingress")
+    views = {f"{name}.default": name for name in SIDECARS}
+    views["istio=ingressgateway"] = "ingressgateway"
+    template = mesh_template()
+    with served_policy(work, "mesh.yaml", template, apps, free_ports=free, envoys=views,
+                       extra_args=("--insecure-xds",)) as served:
+        environment = Bookinfo(served, apps)
+        eventually(lambda: environment.call("reviews:9080")[0] == 200, timeout=30,
+                   what="productpage's sidecar to reach reviews")
+        yield environment
+
+
+def test_mesh_sidecars_route_by_host_with_istio_defaults(bookinfo: Bookinfo) -> None:
+    # No VirtualService yet: every version of reviews serves, as Istio's round robin does.
+    found = bookinfo.backends("reviews", 30)
+    assert set(found) == {"reviews-v1", "reviews-v2", "reviews-v3"}, found
+    # Istio's host forms all pick the service.
+    for host in ("ratings", "ratings:9080", "ratings.default", "ratings.default.svc:9080",
+                 "ratings.default.svc.cluster.local"):
+        assert bookinfo.call(host)[1].get("backend") == "ratings-v1", host
+    # reviews-v1 was reached through its own sidecar's inbound listener.
+    eventually(lambda: bookinfo.stat("reviews-v1.default",
+                                     "http.inbound/reviews-v1.default.downstream_rq_2xx") > 0,
+               what="reviews-v1's sidecar to count inbound requests")
+
+
+def test_version_routing_all_v1(bookinfo: Bookinfo) -> None:
+    bookinfo.apply(rules=(NETWORKING / "destination-rule-all.yaml").read_text(),
+                   vs=(NETWORKING / "virtual-service-all-v1.yaml").read_text())
+    eventually(lambda: set(bookinfo.backends("reviews", 4)) == {"reviews-v1"},
+               what="every reviews request to go to v1")
+    assert set(bookinfo.backends("reviews", 20)) == {"reviews-v1"}
+    assert set(bookinfo.backends("ratings", 5)) == {"ratings-v1"}
+
+
+def test_header_routing_for_jason(bookinfo: Bookinfo) -> None:
+    bookinfo.apply(rules=(NETWORKING / "destination-rule-all.yaml").read_text(),
+                   vs=(NETWORKING / "virtual-service-reviews-jason-v2-v3.yaml").read_text())
+    eventually(lambda: set(bookinfo.backends("reviews", 3, end_user="jason")) == {"reviews-v2"},
+               what="jason's requests to go to v2")
+    assert set(bookinfo.backends("reviews", 10, end_user="jason")) == {"reviews-v2"}
+    assert set(bookinfo.backends("reviews", 10)) == {"reviews-v3"}
+    assert set(bookinfo.backends("reviews", 5, end_user="someone")) == {"reviews-v3"}
+
+
+def test_weighted_shifting_50_50(bookinfo: Bookinfo) -> None:
+    bookinfo.apply(rules=(NETWORKING / "destination-rule-all.yaml").read_text(),
+                   vs=(NETWORKING / "virtual-service-reviews-50-v3.yaml").read_text())
+    eventually(lambda: "reviews-v2" not in bookinfo.backends("reviews", 10)
+               and "reviews-v3" in bookinfo.backends("reviews", 10),
+               what="traffic shifted to v1 and v3")
+    found = bookinfo.backends("reviews", 60)
+    assert set(found) == {"reviews-v1", "reviews-v3"}, found  # each 50%: both seen
+
+
+def test_injected_abort_for_jason(bookinfo: Bookinfo) -> None:
+    bookinfo.apply(rules=(NETWORKING / "destination-rule-all.yaml").read_text(),
+                   vs=(NETWORKING / "virtual-service-ratings-test-abort.yaml").read_text())
+    eventually(lambda: bookinfo.call("ratings", end_user="jason")[0] == 500,
+               what="jason's ratings requests to be aborted with 500")
+    assert bookinfo.backends("ratings", 5) == Counter({"ratings-v1": 5})
+    assert bookinfo.stat("productpage-v1.default", "http.outbound.fault.aborts_injected") >= 1
+
+
+def test_request_timeouts_task(bookinfo: Bookinfo) -> None:
+    first, delay, timeout = documents_of(TASKS / "request-timeouts.yaml")
+    rules = (NETWORKING / "destination-rule-all.yaml").read_text()
+    # Steps 1 and 2: reviews to v2, a 2 s delay injected into every ratings request.
+    bookinfo.apply(rules=rules, reviews=first, ratings=delay)
+    eventually(lambda: set(bookinfo.backends("reviews", 3)) == {"reviews-v2"},
+               what="reviews to go to v2")
+    before = bookinfo.stat("productpage-v1.default", "http.outbound.fault.delays_injected")
+    assert bookinfo.call("ratings")[1].get("backend") == "ratings-v1"  # delayed, then served
+    assert bookinfo.stat("productpage-v1.default",
+                         "http.outbound.fault.delays_injected") == before + 1
+    # Step 3: a 0.5 s timeout on reviews: an answer slower than that is a 504 from the
+    # caller's sidecar; a quick one still passes.
+    bookinfo.apply(rules=rules, reviews=timeout, ratings=delay)
+    eventually(lambda: bookinfo.call("reviews", x_echo_delay_ms="1500")[0] == 504,
+               what="the reviews timeout to cut a slow answer")
+    assert bookinfo.call("reviews")[1].get("backend") == "reviews-v2"
+
+
+def test_mirroring_task(bookinfo: Bookinfo) -> None:
+    to_v1, rules, mirrored = documents_of(TASKS / "mirroring.yaml")
+    bookinfo.apply(rules=rules, vs=to_v1)
+    eventually(lambda: set(bookinfo.backends("httpbin:8000", 3)) == {"httpbin-v1"},
+               what="httpbin to go to v1")
+    v2 = bookinfo.apps["httpbin-v2"]
+    before = v2.requests_seen
+    bookinfo.backends("httpbin:8000", 3)
+    assert v2.requests_seen == before  # no mirror yet
+    bookinfo.apply(rules=rules, vs=mirrored)
+    eventually(lambda: bookinfo.backends("httpbin:8000", 1) and v2.requests_seen > before,
+               what="requests to v1 to be mirrored to v2")
+    # The answers still come from v1 only.
+    assert set(bookinfo.backends("httpbin:8000", 5)) == {"httpbin-v1"}
+
+
+def test_gateway_and_authorization_ladder(bookinfo: Bookinfo) -> None:
+    gateway, routes = documents_of(NETWORKING / "bookinfo-gateway.yaml")
+    gateway = gateway.replace("number: 8080", f"number: {bookinfo.ports['ingress']}")
+    rules = (NETWORKING / "destination-rule-all.yaml").read_text()
+    bookinfo.apply(rules=rules, gateway=gateway, vs=routes)
+    eventually(lambda: bookinfo.ingress("/productpage") == 200,
+               what="the ingress gateway to serve /productpage")
+    assert bookinfo.ingress("/static/x") == 200
+    assert bookinfo.ingress("/elsewhere") == 404  # no route of the VirtualService
+    allow_nothing, productpage_viewer, *_ = documents_of(TASKS / "authz-http.yaml")
+    # allow-nothing: every workload of the namespace refuses everything.
+    bookinfo.apply(rules=rules, gateway=gateway, vs=routes, authz=allow_nothing)
+    eventually(lambda: bookinfo.ingress("/productpage") == 403,
+               what="allow-nothing to refuse /productpage")
+    # productpage-viewer: GET is allowed on productpage, anything else still refused.
+    bookinfo.apply(rules=rules, gateway=gateway, vs=routes, authz=allow_nothing,
+                   viewer=productpage_viewer)
+    eventually(lambda: bookinfo.ingress("/productpage") == 200,
+               what="productpage-viewer to allow GET /productpage")
+    assert bookinfo.ingress("/productpage", method="POST") == 403
+    # reviews-v1's sidecar enforces allow-nothing too; reviews-v2 and v3 have no sidecar,
+    # so nothing enforces it there (as in Istio for a workload outside the mesh).
+    found = bookinfo.backends("reviews:9080", 15)
+    assert found["403"] > 0 and "reviews-v1" not in found, found
+    assert "reviews-v2" in found or "reviews-v3" in found, found
