@@ -25,8 +25,9 @@ class FormatPart:
     __slots__ = ()
 
 
-# What a document parser may return. A new top-level model class is added here and sorted into
-# the Model by `assembly.build_model`.
+# What a document parser may return (below): a new top-level model class is added there and
+# sorted into the Model by `assembly.build_model`.
+
 
 class PendingPart:
     """What a format's parser returns for a document it can only compile together with the

@@ -80,7 +80,8 @@ class TrustDomain:
         return cls() if source is None else cls(source.trust_domain, source.namespace)
 
     def spiffe_id(self, name: str) -> str:
-        return name if name.startswith("spiffe://") else make_spiffe_id(
+        # Istio's wildcards (`*`, `*/ns/foo/sa/bar`) are taken as written (httpfilters/rbac.py)
+        return name if name.startswith(("spiffe://", "*")) else make_spiffe_id(
             self.trust_domain, name, self.namespace)
 
 

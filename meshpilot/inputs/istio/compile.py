@@ -293,8 +293,7 @@ def _virtual_services(services: list[_Doc], registry: dict[str, _Host],
                                           gateway=None, rules=rules, cors=cors,
                                           service=service.name, origin=doc.ctx.origin())))
             else:
-                route_hosts = tuple(h if h == "*" or h.startswith("*.") else h
-                                    for h in vs.hosts) or ("*",)
+                route_hosts = vs.hosts or ("*",)
                 routes.append((doc, Route(name=name, position=doc.ctx.document.position,
                                           gateway=gateway_view, hosts=route_hosts,
                                           rules=rules, listeners=listeners, cors=cors,
@@ -465,13 +464,13 @@ def _workloads(workloads: list[_Doc], registry: dict[str, _Host],
             protocol = service.protocol
         outbound = entry.outbound_port or hosts.DEFAULT_OUTBOUND_PORT
         app_host, app_port = entry.app or (DEFAULT_APP_HOST, port or 8080)
-        if port is not None and app_port == port and app_host in (workload.address,
-                                                                  "127.0.0.1", "localhost"):
-            if workload.address in ("127.0.0.1", "::1") or app_host == workload.address:
-                doc.error(("spec", "address"),
-                          f"the application cannot listen on the sidecar's inbound "
-                          f"{workload.address}:{port}: say where it listens with annotation "
-                          f"meshpilot.io/app (say 127.0.0.1:{port + 10000})")
+        if port is not None and app_port == port and (
+                app_host == workload.address or (workload.address in ("127.0.0.1", "::1")
+                and app_host in ("127.0.0.1", "localhost"))):
+            doc.error(("spec", "address"),
+                      f"the application cannot listen on the sidecar's inbound "
+                      f"{workload.address}:{port}: say where it listens with annotation "
+                      f"meshpilot.io/app (say 127.0.0.1:{port + 10000})")
         if outbound == port:
             doc.error(("metadata",), f"the outbound port {outbound} is the inbound port: set "
                                      "annotation meshpilot.io/outbound-port")

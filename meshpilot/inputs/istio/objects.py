@@ -119,7 +119,7 @@ class VirtualService:
 @dataclass(frozen=True, slots=True)
 class TrafficPolicy:
     load_balancer: LoadBalancer | None = None
-    load_balancer_options: LoadBalancerOptions = LoadBalancerOptions()
+    load_balancer_options: LoadBalancerOptions = LoadBalancerOptions()  # noqa: RUF009 (frozen)
     hash_on: tuple[HashOn, ...] = ()  # consistentHash: the routes to the service hash on these
     circuit_breaker: CircuitBreaker | None = None
     connect_timeout: float | None = None
@@ -215,6 +215,7 @@ class AuthorizationPolicy:
     selector: Labels | None
     action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
     rules: tuple[AuthzRuleSpec, ...] = ()
+    dry_run: bool = False  # annotation istio.io/dry-run: "true": evaluated, never enforced
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, cast
 
 from meshpilot.base import tlsfiles as tls_files
@@ -48,6 +49,7 @@ METADATA_KEYS = ("name", "namespace", "labels", "annotations", "uid", "resourceV
                  "generation", "creationTimestamp", "managedFields")
 APP_ANNOTATION = "meshpilot.io/app"
 OUTBOUND_PORT_ANNOTATION = "meshpilot.io/outbound-port"
+DRY_RUN = "istio.io/dry-run"
 
 # Istio's retry default, on every route without `retries` (pilot's DefaultRetryPolicy).
 ISTIO_DEFAULT_RETRIES = Retries(
@@ -92,6 +94,8 @@ def parser(kind: str, read: Reader) -> Callable[[Located, DocumentContext], Iter
         spec = None if spec_fields is None else read(spec_fields)
         if kind == "WorkloadEntry" and isinstance(spec, o.WorkloadEntry) and meta is not None:
             spec = _workload_annotations(meta, spec, annotations)
+        if isinstance(spec, o.AuthorizationPolicy) and annotations.get(DRY_RUN) == "true":
+            spec = replace(spec, dry_run=True)
         if spec is None or reported_since(ctx, mark):
             return ()
         name = document.value["metadata"]["name"]

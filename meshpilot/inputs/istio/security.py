@@ -96,6 +96,8 @@ class Policies:
         for doc in self.authorization:
             spec = doc.item.spec
             assert isinstance(spec, o.AuthorizationPolicy)
+            if spec.dry_run:  # Istio's shadow rules only log; nothing to enforce
+                continue
             if spec.selector is None or spec.selector == ():
                 if doc.item.namespace in (ns, hosts.ROOT_NAMESPACE):
                     applying.append(doc)

@@ -1,0 +1,517 @@
+"""The Istio input: Istio documents in, the model (and a sidecar's Envoy resources) out.
+
+Unit tests per field and per rule of compilation, errors with file:line:col and Istio's field
+path, `istioctl analyze`-style warnings, Istio's own samples loaded unchanged, and the RBAC a
+workload gets compared with Istio's RBAC builder goldens by evaluating both on the same
+requests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from google.protobuf.json_format import MessageToDict
+
+from meshpilot.base.errors import PolicyError
+from meshpilot.base.types import CLUSTER, LISTENER, ROUTE
+from meshpilot.inputs.incremental import ParseCache
+from meshpilot.inputs.loader import load_policy, load_policy_text
+from meshpilot.ir.model import Model
+from meshpilot.translators import Translation
+
+SHARED = Path(os.environ.get("MESHPILOT_SHARED")
+              or Path(__file__).resolve().parents[2] / "../shared").resolve()
+ISTIO = SHARED / "conformance" / "istio"
+
+MESH = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1, annotations: {meshpilot.io/app: "127.0.0.1:19081"}}
+spec: {address: 10.0.0.21, ports: {http: 9080}, labels: {app: reviews, version: v1},
+       serviceAccount: bookinfo-reviews}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2}
+spec: {address: 10.0.0.22, labels: {app: reviews, version: v2}}
+"""
+REVIEWS = "reviews.default.svc.cluster.local:9080"
+
+
+def load(*documents: str) -> Model:
+    return load_policy_text("\n---\n".join((MESH, *documents)), "istio.yaml")
+
+
+def dumped(model: Model, view: str, type_url: str, name: str | None = None) -> dict[str, Any]:
+    """A resource of the view as Envoy's JSON (camelCase) would show it."""
+    resources = Translation(model).snapshot(view).get(type_url)
+    resource = resources[name] if name is not None else next(iter(resources.values()))
+    message = _MESSAGES[type_url]()
+    message.ParseFromString(resource.body)
+    return MessageToDict(message)
+
+
+_MESSAGES: dict[str, Any] = {LISTENER: Listener, CLUSTER: Cluster, ROUTE: RouteConfiguration}
+
+
+def errors(*documents: str) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        load(*documents)
+    return [str(issue) for issue in caught.value.issues]
+
+
+def route_of(model: Model, service: str = REVIEWS):
+    return next(r for r in model.routes if r.service == service)
+
+
+# ---- ServiceEntry + WorkloadEntry --------------------------------------------------------------
+
+
+def test_service_entry_and_workloads_are_a_service_and_sidecar_views() -> None:
+    model = load()
+    reviews = model.service(REVIEWS)
+    assert reviews is not None and reviews.protocol == "http"
+    assert [(e.host, e.port, dict(e.labels)["version"]) for e in reviews.endpoints] == [
+        ("10.0.0.21", 9080, "v1"), ("10.0.0.22", 9080, "v2")]  # WE port by name, else number
+    assert "reviews" in reviews.hosts and "reviews.default.svc:9080" in reviews.hosts
+    workload = model.service("reviews-v1.default")
+    assert workload is not None and workload.sidecar is not None
+    sidecar = workload.sidecar
+    assert (sidecar.address, sidecar.port, sidecar.app_host, sidecar.app_port,
+            sidecar.outbound_port) == ("10.0.0.21", 9080, "127.0.0.1", 19081, 15001)
+    assert [c.service for c in sidecar.calls] == [REVIEWS]
+    # A workload's application defaults to 127.0.0.1 on the same port as its sidecar.
+    assert model.service("reviews-v2.default").sidecar.app_port == 9080  # type: ignore[union-attr]
+    # Istio's default route: no timeout, two retries.
+    (rule,) = route_of(model).rules
+    assert rule.timeout == 0.0 and rule.retries is not None and rule.retries.attempts == 2
+
+
+def test_outbound_virtual_host_answers_to_istio_host_forms() -> None:
+    config = dumped(load(), "reviews-v2.default", ROUTE, "outbound")
+    (vhost,) = config["virtualHosts"]
+    for host in ("reviews", "reviews:9080", "reviews.default", "reviews.default.svc.cluster.local",
+                 REVIEWS):
+        assert host in vhost["domains"]
+
+
+def test_dns_service_entry_without_endpoints_resolves_its_host() -> None:
+    model = load("""
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: google, namespace: egress}
+spec:
+  hosts: [www.google.com]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+""")
+    google = model.service("www.google.com:443")
+    assert google is not None and google.protocol == "tcp"
+    assert [(e.host, e.port) for e in google.endpoints] == [("www.google.com", 443)]
+
+
+# ---- VirtualService ---------------------------------------------------------------------------
+
+
+DR = """
+apiVersion: networking.istio.io/v1alpha3
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+"""
+
+
+def test_virtual_service_fields_become_the_rule() -> None:
+    model = load(DR, """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - headers: {end-user: {exact: jason}}
+      uri: {prefix: /api}
+      method: {exact: GET}
+      queryParams: {debug: {regex: "[01]"}}
+      authority: {exact: reviews}
+    route:
+    - {destination: {host: reviews, subset: v2}, weight: 25}
+    - {destination: {host: reviews.default.svc.cluster.local, subset: v1}, weight: 75}
+    timeout: 3s
+    retries: {attempts: 4, perTryTimeout: 1s, retryOn: "5xx,reset-before-request,429"}
+    fault: {abort: {httpStatus: 418, percentage: {value: 12.5}}, delay: {fixedDelay: 1s, percent: 5}}
+    mirror: {host: reviews, subset: v1}
+    mirrorPercentage: {value: 10}
+    headers: {request: {set: {x-a: "1"}, remove: [x-b]}, response: {add: {x-c: "2"}}}
+    rewrite: {uri: /v2, authority: internal}
+  - redirect: {uri: /moved, authority: example.com, redirectCode: 308, scheme: https,
+               derivePort: FROM_PROTOCOL_DEFAULT}
+""")
+    first, second = route_of(model).rules
+    (match,) = first.matches
+    assert match.path is not None and (match.path.kind, match.path.value) == ("prefix", "/api")
+    assert match.methods == ("GET",)
+    assert dict(match.headers)["end-user"].value == "jason"
+    assert dict(match.headers)[":authority"].value == "reviews"
+    assert dict(match.query)["debug"].kind == "regex"
+    assert [(b.subset, b.weight) for b in first.backends] == [("v2", 25), ("v1", 75)]
+    assert first.timeout == 3.0
+    retries = first.retries
+    assert retries is not None and retries.attempts == 4 and retries.per_try_timeout == 1.0
+    assert retries.on == ("5xx", "reset-before-request", "retriable-status-codes")
+    assert retries.retriable_status_codes == (429,)
+    assert first.fault is not None and first.fault.abort is not None
+    assert (first.fault.abort.status, first.fault.abort.percentage) == (418, 12.5)
+    assert first.fault.delay is not None and first.fault.delay.percentage == 5.0
+    assert [(m.subset, m.percentage) for m in first.mirrors] == [("v1", 10.0)]
+    assert first.request_headers.set == (("x-a", "1"),) and first.request_headers.remove == ("x-b",)
+    assert first.response_headers.add == (("x-c", "2"),)
+    assert first.rewrite_path is not None and first.rewrite_path.prefix == "/v2"
+    assert first.rewrite_host == "internal"
+    redirect = second.redirect
+    assert redirect is not None
+    assert (redirect.path, redirect.host, redirect.status, redirect.scheme, redirect.port) == (
+        "/moved", "example.com", 308, "https", 443)
+
+
+def test_matches_for_another_port_or_gateway_are_left_out() -> None:
+    model = load(DR, """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{port: 8888}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - match: [{gateways: [mesh], uri: {exact: /m}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews}}]
+""")
+    rules = route_of(model).rules
+    assert len(rules) == 2
+    assert rules[0].backends[0].subset == "v2"
+
+
+def test_errors_have_positions_and_istio_field_paths() -> None:
+    found = errors("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: reviews}
+    timeout: soon
+    fault: {abort: {httpStatus: 9000}}
+""")
+    assert any("spec.http[0].timeout" in e for e in found), found
+    assert any("spec.http[0].fault.abort.httpStatus" in e for e in found), found
+    found = errors("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - route:
+    - destination: {host: nothing-here}
+""")
+    assert any(re.fullmatch(r"istio\.yaml:\d+:\d+: VirtualService default/reviews: "
+                            r"spec\.http\[0\]\.route\[0\]\.destination\.host: no ServiceEntry "
+                            r"declares host nothing-here.*", e) for e in found), found
+
+
+def test_unsupported_fields_are_refused_not_ignored() -> None:
+    found = errors("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{sourceLabels: {app: productpage}}]
+    route: [{destination: {host: reviews}}]
+""")
+    assert any("spec.http[0].match[0].sourceLabels: sourceLabels is not supported yet" in e
+               for e in found), found
+    assert any("unknown key" in e and "spec.htp" in e for e in errors("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec: {hosts: [reviews], htp: []}
+"""))
+
+
+def test_analyze_warnings_undefined_subset_and_unknown_host() -> None:
+    model = load("""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews, ratings]
+  http:
+  - route: [{destination: {host: reviews, subset: v9}}]
+""")
+    warnings = [str(w) for w in model.warnings]
+    assert any("spec.http[0].route[0].destination.subset: no DestinationRule of host "
+               "reviews.default.svc.cluster.local defines subset v9" in w for w in warnings)
+    assert any("spec.hosts[1]: no ServiceEntry declares host ratings" in w for w in warnings)
+    # The undefined subset selects nothing: its cluster has no endpoint (503, as Istio's).
+    reviews = model.service(REVIEWS)
+    assert reviews is not None and reviews.endpoints_of("v9") == ()
+
+
+# ---- DestinationRule -------------------------------------------------------------------------
+
+
+def test_destination_rule_traffic_policy() -> None:
+    model = load("""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {consistentHash: {httpHeaderName: x-user, minimumRingSize: 64}}
+    connectionPool:
+      tcp: {maxConnections: 1, connectTimeout: 2s}
+      http: {http1MaxPendingRequests: 1, maxRequestsPerConnection: 1, http2MaxRequests: 7,
+             maxRetries: 3}
+    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 3m,
+                       maxEjectionPercent: 100}
+""")
+    reviews = model.service(REVIEWS)
+    assert reviews is not None
+    assert reviews.load_balancer == "ring_hash"
+    assert reviews.load_balancer_options.minimum_ring_size == 64
+    breaker = reviews.circuit_breaker
+    assert breaker is not None
+    assert (breaker.max_connections, breaker.max_pending_requests, breaker.max_requests,
+            breaker.max_retries) == (1, 1, 7, 3)
+    assert reviews.connect_timeout == 2.0 and reviews.max_requests_per_connection == 1
+    outlier = reviews.outlier_detection
+    assert outlier is not None and (outlier.consecutive_5xx, outlier.base_ejection_time) == (1, 180)
+    # The consistent hash goes onto the routes to the service (the default one here).
+    assert [h.name for h in route_of(model).rules[0].hash_on] == ["x-user"]
+    options = dumped(model, "reviews-v1.default", CLUSTER, REVIEWS)["typedExtensionProtocolOptions"]
+    assert "'maxRequestsPerConnection': 1" in str(options)
+
+
+def test_circuit_breaking_task_unchanged() -> None:
+    path = ISTIO / "docs-tasks" / "circuit-breaking.yaml"
+    if not path.exists():
+        pytest.skip(f"no {path}")
+    text = path.read_text().replace("httpbin", "reviews")  # the host of this test's mesh
+    model = load(text)
+    reviews = model.service(REVIEWS)
+    assert reviews is not None and reviews.circuit_breaker is not None
+    assert reviews.circuit_breaker.max_connections == 1
+
+
+# ---- Gateway ---------------------------------------------------------------------------------
+
+
+def test_istio_and_native_gateways_share_a_folder_and_a_name() -> None:
+    model = load("""
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+    tls: {httpsRedirect: true}
+---
+kind: Gateway
+name: edge
+listeners: [{name: http, port: 18080}]
+""")
+    istio = model.gateway("istio=ingressgateway")
+    assert istio is not None and istio.listeners[0].redirect_to_https == 443
+    assert model.gateway("edge") is not None
+
+
+# ---- security --------------------------------------------------------------------------------
+
+
+def test_peer_authentication_levels() -> None:
+    def mode(*documents: str, workload: str = "reviews-v1.default") -> str:
+        sidecar = load(*documents).service(workload).sidecar  # type: ignore[union-attr]
+        assert sidecar is not None
+        return sidecar.mtls
+
+    mesh = ("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: "
+            "{name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}")
+    namespace = ("apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: "
+                 "{name: default}\nspec: {mtls: {mode: PERMISSIVE}}")
+    workload = ("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: "
+                "{name: v1}\nspec: {selector: {matchLabels: {version: v1}}, mtls: {mode: "
+                "DISABLE}, portLevelMtls: {9080: {mode: STRICT}}}")
+    assert mode() == "off"
+    assert mode(mesh) == "strict"
+    assert mode(mesh, namespace) == "permissive"
+    assert mode(mesh, namespace, workload) == "strict"  # its port's level
+    assert mode(mesh, namespace, workload, workload="reviews-v2.default") == "permissive"
+
+
+def _evaluate(config: dict[str, Any], principal: str | None, path: str, method: str) -> bool:
+    """Whether an RBAC filter config (camelCase JSON) lets the request through."""
+    rules = config.get("rules", {})
+    action = rules.get("action", "ALLOW")
+    matched = any(_permission(p, path, method) and _principal(i, principal)
+                  for policy in rules.get("policies", {}).values()
+                  for p in policy["permissions"] for i in policy["principals"])
+    return matched if action == "ALLOW" else not matched
+
+
+def _string(matcher: dict[str, Any], value: str) -> bool:
+    if "exact" in matcher:
+        return value == matcher["exact"]
+    if "prefix" in matcher:
+        return value.startswith(matcher["prefix"])
+    if "suffix" in matcher:
+        return value.endswith(matcher["suffix"])
+    return re.fullmatch(matcher["safeRegex"]["regex"], value) is not None
+
+
+def _permission(p: dict[str, Any], path: str, method: str) -> bool:
+    if p.get("any"):
+        return True
+    if "andRules" in p:
+        return all(_permission(r, path, method) for r in p["andRules"]["rules"])
+    if "orRules" in p:
+        return any(_permission(r, path, method) for r in p["orRules"]["rules"])
+    if "notRule" in p:
+        return not _permission(p["notRule"], path, method)
+    if "urlPath" in p:
+        return _string(p["urlPath"]["path"], path)
+    header = p["header"]
+    assert header["name"] == ":method"
+    return _string(header.get("stringMatch", header), method)
+
+
+def _principal(i: dict[str, Any], principal: str | None) -> bool:
+    if i.get("any"):
+        return True
+    if "andIds" in i:
+        return all(_principal(x, principal) for x in i["andIds"]["ids"])
+    if "orIds" in i:
+        return any(_principal(x, principal) for x in i["orIds"]["ids"])
+    if "notId" in i:
+        return not _principal(i["notId"], principal)
+    return principal is not None and _string(i["authenticated"]["principalName"], principal)
+
+
+GOLDEN_WORKLOAD = """
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: httpbin-1, namespace: foo, annotations: {meshpilot.io/app: "127.0.0.1:18000"}}
+spec: {address: 10.0.0.1, labels: {app: httpbin, version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: httpbin, namespace: foo}
+spec:
+  hosts: [httpbin.foo.svc.cluster.local]
+  ports: [{number: 8000, name: http}]
+  location: MESH_INTERNAL
+  workloadSelector: {labels: {app: httpbin}}
+"""
+# The goldens whose fields meshpilot supports (the others use hosts, not* forms, CUSTOM,
+# AUDIT, serviceAccounts, DENY with ALLOW on one workload: refused, see docs/istio.md).
+GOLDENS = ("allow-empty-rule", "allow-nil-rule", "deny-empty-rule",
+           "simple-policy-principal-with-wildcard")
+PROBES = [(p, path, m) for p in (None, "spiffe://cluster.local/ns/foo/sa/rule[0]-from[1]-principal[0]",
+                                 "spiffe://td1/ns/foo/sa/rule[0]-from[1]-principal[1]",
+                                 "spiffe://xbar/ns/foo/sa/rule[0]-from[1]-principal[1]",
+                                 "spiffe://cluster.local/ns/bar/sa/other")
+          for path in ("/", "/exact", "/prefix/a") for m in ("GET", "POST")]
+
+
+@pytest.mark.parametrize("case", GOLDENS)
+def test_rbac_decides_as_istios_builder_golden(case: str) -> None:
+    folder = ISTIO / "authz-builder-golden" / "http"
+    if not folder.is_dir():
+        print(f"skipped: no {folder}")
+        pytest.skip(f"no {folder}")
+    policy = (folder / f"{case}-in.yaml").read_text()
+    golden = yaml.safe_load((folder / f"{case}-out.yaml").read_text())["typedConfig"]
+    model = load_policy_text(GOLDEN_WORKLOAD + "---\n" + policy, f"{case}-in.yaml")
+    listener = dumped(model, "httpbin-1.foo", LISTENER, "inbound/httpbin-1.foo")
+    manager = listener["filterChains"][0]["filters"][0]["typedConfig"]
+    ours = [f["typedConfig"] for f in manager["httpFilters"]
+            if f["name"] == "envoy.filters.http.rbac"]
+    for principal, path, method in PROBES:
+        expected = _evaluate(golden, principal, path, method)
+        got = all(_evaluate(c, principal, path, method) for c in ours)
+        assert got == expected, (principal, path, method, ours)
+
+
+# ---- Istio's own samples, unchanged ---------------------------------------------------------
+
+
+BOOKINFO_MESH = "---".join(f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {app}}}
+spec:
+  hosts: [{app}.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  workloadSelector: {{labels: {{app: {app}}}}}
+""" for app in ("productpage", "reviews", "ratings", "details"))
+
+
+def _sample_files() -> list[Path]:
+    folder = ISTIO / "bookinfo-networking"
+    return sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+@pytest.mark.parametrize("sample", _sample_files(), ids=lambda p: p.name)
+def test_bookinfo_networking_sample_loads(sample: Path, tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(BOOKINFO_MESH)
+    (tmp_path / sample.name).write_text(sample.read_text())
+    try:
+        model = load_policy(tmp_path)
+    except PolicyError as e:
+        # Only what docs/istio.md lists as not supported may refuse a sample.
+        assert all("not supported yet" in str(i) or "no ServiceEntry declares host" in str(i)
+                   for i in e.issues), str(e)
+        return
+    assert model.services
+
+
+def test_incremental_load_equals_cold(tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(MESH)
+    (tmp_path / "dr.yaml").write_text(DR)
+    cache = ParseCache(tmp_path)
+    first = cache.try_load()
+    assert first == load_policy(tmp_path)
+    (tmp_path / "dr.yaml").write_text(DR.replace("v2", "v3"))
+    second = cache.try_load()
+    assert second == load_policy(tmp_path) and second != first
+    assert cache.parsed_files == 1
