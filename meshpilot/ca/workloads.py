@@ -28,6 +28,9 @@ class WorkloadIdentities:
         self.clock = clock
         self.namespace = namespace
         self._current: dict[str, WorkloadCertificate] = {}  # by name (a service or gateway)
+        # A name whose policy says its SPIFFE ID (an Istio workload's service account) keeps
+        # that ID through renewals; the others get spiffe_id(name).
+        self._ids: dict[str, str] = {}
         self._lock = threading.Lock()
 
     @property
@@ -41,14 +44,18 @@ class WorkloadIdentities:
     def spiffe_id(self, name: str) -> str:
         return self.ca.spiffe_id(name, self.namespace)
 
-    def certificate(self, name: str) -> WorkloadCertificate:
+    def certificate(self, name: str, spiffe_id: str | None = None) -> WorkloadCertificate:
         """The current certificate of `name`, issued now if it has none (or only an expired
-        one). Renewal before expiry is `renew_due`'s, so that it is pushed to every view."""
+        one, or one of another SPIFFE ID than `spiffe_id`, when given). Renewal before expiry
+        is `renew_due`'s, so that it is pushed to every view."""
         with self._lock:
             found = self._current.get(name)
             now = self.clock()
-            if found is None or now >= found.not_after:
-                found = self._current[name] = self.ca.issue(self.spiffe_id(name), now, self.ttl)
+            wanted = spiffe_id or self._ids.get(name) or self.spiffe_id(name)
+            if spiffe_id is not None:
+                self._ids[name] = spiffe_id
+            if found is None or now >= found.not_after or found.spiffe_id != wanted:
+                found = self._current[name] = self.ca.issue(wanted, now, self.ttl)
             return found
 
     def names(self) -> frozenset[str]:
@@ -70,9 +77,11 @@ class WorkloadIdentities:
                 wanted = set(keep)
                 for name in [n for n in self._current if n not in wanted]:
                     del self._current[name]
+                    self._ids.pop(name, None)
             for name, current in list(self._current.items()):
                 if now >= current.renew_at:
-                    self._current[name] = self.ca.issue(self.spiffe_id(name), now, self.ttl)
+                    self._current[name] = self.ca.issue(
+                        self._ids.get(name) or self.spiffe_id(name), now, self.ttl)
                     renewed.add(name)
         return renewed
 

@@ -79,6 +79,9 @@ class Endpoint:
     zone: str | None = None
     priority: int = 0  # 0 is preferred; higher priorities get traffic when lower ones fail
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # The SPIFFE path (`ns/<namespace>/sa/<account>`) of a mesh workload behind this endpoint:
+    # callers speak mTLS to it (Istio's auto mTLS) when every endpoint of the cluster has one.
+    mtls_identity: str | None = None
 
     @property
     def is_dns(self) -> bool:
@@ -186,6 +189,10 @@ class Sidecar:
     # JWT validation of inbound requests (file or inline JWKS): what `claims` and
     # `authenticated` in `authorization` read.
     jwt: Jwt | None = None
+    # The SPIFFE path of its certificate (`ns/default/sa/bookinfo-reviews`, Istio's); None:
+    # the Service's name in the CA's namespace.
+    identity: str | None = None
+    deny: Authorization | None = None  # DENY rules checked before `authorization` (Istio)
 
 
 MtlsMode = Literal["strict", "permissive", "off"]
@@ -349,6 +356,7 @@ class Gateway:
     position: Position
     listeners: tuple[GatewayListener, ...] = ()
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    identity: str | None = None  # the SPIFFE path of its certificate; None: from its name
 
 
 # ---- Route --------------------------------------------------------------------------------------

@@ -114,7 +114,8 @@ class Translation:
         # TLS to a Service's endpoints: its CA Secret wherever one of its clusters goes.
         generated += self.upstreams.ca_secrets(generated)
         if self.identities is not None and mtls.needs_identity(self.model, view, generated):
-            generated += mtls.identity_secrets(self.identities, view)  # its own, only
+            generated += mtls.identity_secrets(  # its own, only
+                self.identities, view, mtls.view_identity(self.model, view, self.trust))
         return generated
 
     # ---- the incremental path: reuse across Translations, and the SDS and EDS fast paths ------
@@ -138,7 +139,10 @@ class Translation:
                 or (types.SECRET, mtls.IDENTITY_SECRET) in self.raw.overridden(previous.view):
             return previous
         return snapshots.changed_only(previous, types.SECRET,
-                                      mtls.identity_secrets(self.identities, previous.view))
+                                      mtls.identity_secrets(
+                                          self.identities, previous.view,
+                                          mtls.view_identity(self.model, previous.view,
+                                                             self.trust)))
 
     def service(self, name: str) -> Service | None:
         """The policy's Service with its discovered endpoints added."""

@@ -79,6 +79,10 @@ class TrustDomain:
     def of(cls, source: IdentitySource | None) -> TrustDomain:
         return cls() if source is None else cls(source.trust_domain, source.namespace)
 
+    def of_path(self, path: str) -> str:
+        """`spiffe://<trust domain>/<path>` for a SPIFFE path (`ns/default/sa/reviews`)."""
+        return f"spiffe://{self.trust_domain}/{path}"
+
     def spiffe_id(self, name: str) -> str:
         # Istio's wildcards (`*`, `*/ns/foo/sa/bar`) are taken as written (httpfilters/rbac.py)
         return name if name.startswith(("spiffe://", "*")) else make_spiffe_id(
@@ -92,6 +96,27 @@ def has_mtls(service: Service | None) -> bool:
             and service.sidecar.port is not None and service.sidecar.mtls != "off")
 
 
+def workload_identities(service: Service | None, subset: str | None = None
+                        ) -> tuple[str, ...] | None:
+    """The SPIFFE paths of the mesh workloads behind (a subset of) `service`, when every one of
+    its endpoints is one (Istio's auto mTLS: callers then speak mTLS to them); else None."""
+    if service is None:
+        return None
+    found = service.endpoints_of(subset)
+    if not found or any(e.mtls_identity is None for e in found):
+        return None
+    return tuple(sorted({e.mtls_identity for e in found if e.mtls_identity is not None}))
+
+
+def view_identity(model: Model, view: str, trust: TrustDomain) -> str | None:
+    """The SPIFFE ID the policy gives the view's certificate (None: from its name)."""
+    service = model.service(view)
+    path = service.sidecar.identity if service is not None and service.sidecar else None
+    gateway = model.gateway(view) if path is None else None
+    path = path or (gateway.identity if gateway is not None else None)
+    return None if path is None else trust.of_path(path)
+
+
 # ---- secrets ------------------------------------------------------------------------------------
 
 
@@ -99,9 +124,12 @@ def _sds(name: str) -> secret_pb2.SdsSecretConfig:
     return secret_pb2.SdsSecretConfig(name=name, sds_config=ads_config_source())
 
 
-def identity_secrets(source: IdentitySource, view: str) -> list[Resource]:
-    """The view's own certificate and key, and the trust bundle. Dumps redact the key."""
-    current = source.certificate(view)
+def identity_secrets(source: IdentitySource, view: str,
+                     spiffe_id: str | None = None) -> list[Resource]:
+    """The view's own certificate and key (of `spiffe_id`, when the policy says it), and the
+    trust bundle. Dumps redact the key."""
+    current = source.certificate(view) if spiffe_id is None else \
+        source.certificate(view, spiffe_id)  # type: ignore[call-arg]
     identity = secret_pb2.Secret(name=IDENTITY_SECRET, tls_certificate=common_pb2.TlsCertificate(
         certificate_chain=DataSource(inline_string=current.certificate_chain.decode()),
         private_key=DataSource(inline_string=current.private_key.decode())))
@@ -118,31 +146,49 @@ def needs_identity(model: Model, view: str, resources: Iterable[Resource]) -> bo
     service = model.service(view)
     if has_mtls(service):
         return True
-    return any(resource.type_url == types.CLUSTER
-               and has_mtls(model.service(names.service_of_cluster(
-                   resource.name, lambda n: model.service(n) is not None)))
-               for resource in resources)
+    for resource in resources:
+        if resource.type_url != types.CLUSTER:
+            continue
+        name = names.service_of_cluster(resource.name, lambda n: model.service(n) is not None)
+        callee = model.service(name)
+        subset = resource.name[len(name) + 1:] \
+            if resource.name.startswith(name + names.SEPARATOR) else None
+        if has_mtls(callee) or workload_identities(callee, subset) is not None:
+            return True
+    return False
 
 
 # ---- outbound: a caller's cluster to a mesh service --------------------------------------------
 
 
-def upstream_transport_socket(callee: str, trust: TrustDomain) -> TransportSocket:
+def upstream_transport_socket(callee: str, trust: TrustDomain,
+                              identities: Iterable[str] = ()) -> TransportSocket:
+    """mTLS with the caller's identity, accepting the callee's SPIFFE ID (of its name), or any
+    of `identities` (SPIFFE IDs) when given."""
     context = tls_pb2.UpstreamTlsContext()
     common = context.common_tls_context
     common.tls_certificate_sds_secret_configs.append(_sds(IDENTITY_SECRET))
     combined = common.combined_validation_context
-    combined.default_validation_context.match_typed_subject_alt_names.append(
+    accepted = list(identities) or [trust.spiffe_id(callee)]
+    combined.default_validation_context.match_typed_subject_alt_names.extend(
         common_pb2.SubjectAltNameMatcher(san_type=common_pb2.SubjectAltNameMatcher.URI,
-                                         matcher=StringMatcher(exact=trust.spiffe_id(callee))))
+                                         matcher=StringMatcher(exact=identity))
+        for identity in accepted)
     combined.validation_context_sds_secret_config.CopyFrom(_sds(TRUST_BUNDLE_SECRET))
     return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
 
 
-def secure_cluster(cluster: Cluster, service: Service, trust: TrustDomain) -> Cluster:
-    """The cluster of (a subset of) `service`, originating mTLS if its sidecar wants it."""
+def secure_cluster(cluster: Cluster, service: Service, trust: TrustDomain,
+                   subset: str | None = None) -> Cluster:
+    """The cluster of (a subset of) `service`, originating mTLS if its sidecar wants it, or if
+    every endpoint of it is a mesh workload (`workload_identities`)."""
     if has_mtls(service):
         cluster.transport_socket.CopyFrom(upstream_transport_socket(service.name, trust))
+        return cluster
+    workloads = workload_identities(service, subset)
+    if workloads is not None and service.tls is None:
+        cluster.transport_socket.CopyFrom(upstream_transport_socket(
+            service.name, trust, [trust.of_path(path) for path in workloads]))
     return cluster
 
 
@@ -205,4 +251,5 @@ def secure_inbound(listener: Listener, service: Service) -> Listener:
 # kept here for code that reads a sidecar's inbound chain.
 __all__ = ["IDENTITY_SECRET", "RBAC_FILTER", "TRUST_BUNDLE_SECRET", "IdentitySource",
            "TrustDomain", "authorization", "forward_client_identity", "has_mtls",
-           "identity_secrets", "needs_identity", "secure_cluster", "secure_inbound"]
+           "identity_secrets", "needs_identity", "secure_cluster", "secure_inbound",
+           "view_identity", "workload_identities"]

@@ -194,7 +194,8 @@ def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None) ->
             stat_prefix=name,
             rds=hcm.Rds(config_source=ads_config_source(), route_config_name=name),
             http_filters=httpfilters.http_filters(ChainInputs.sidecar_inbound(
-                None, None if sidecar.jwt is None else (name, sidecar.jwt))))
+                None, None if sidecar.jwt is None else (name, sidecar.jwt),
+                denied=sidecar.deny is not None)))
         if sidecar.mtls != "off":
             mtls.forward_client_identity(manager)
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
@@ -221,8 +222,11 @@ def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None) -> R
                         routes=[EnvoyRoute(name=name, match=RouteMatch(prefix="/"),
                                            route=action)])
     assert service.sidecar is not None
-    configs = {**jwt_authn.inbound_config(service.sidecar.jwt, name),
-               **mesh_authorization.inbound_config(_callers(service, trust))}
+    sidecar = service.sidecar
+    denied = None if sidecar.deny is None else mtls.authorization(
+        sidecar.deny, trust or mtls.TrustDomain())
+    configs = {**jwt_authn.inbound_config(sidecar.jwt, name),
+               **mesh_authorization.inbound_config(_callers(service, trust), denied)}
     for filter_name, config in configs.items():
         vhost.typed_per_filter_config[filter_name].CopyFrom(pack(config))
     return RouteConfiguration(name=name, virtual_hosts=[vhost])

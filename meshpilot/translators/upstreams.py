@@ -90,7 +90,7 @@ def translate_cluster(service: Service | None, subset: str | None,
     # endpoint of the service.
     if service is None or (subset is not None and service.subset(subset) is None):
         return ()
-    cluster = mtls.secure_cluster(clusters.cluster(service, subset), service, trust)
+    cluster = mtls.secure_cluster(clusters.cluster(service, subset), service, trust, subset)
     built = []
     if subset is None and service.failover:
         # Its own endpoints under another name; its name goes to the aggregate (failover.py).

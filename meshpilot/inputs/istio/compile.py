@@ -146,9 +146,13 @@ def _service(doc: _Doc, entry: o.ServiceEntry, host: str, port: o.Port,
                     if w.item.namespace == doc.item.namespace
                     and hosts.selects(entry.workload_selector, w.item.spec.spec.labels)]
     for workload in selected:
+        # Auto mTLS: callers speak mTLS to a workload whose label says it runs a sidecar.
+        identity = hosts.spiffe_path(doc.item.namespace, workload.service_account) \
+            if security.in_mesh(workload.labels) and entry.location == "MESH_INTERNAL" else None
         found.append(Endpoint(host=workload.address, port=endpoint_port(workload, port),
                               labels=workload.labels, weight=workload.weight,
-                              region=_locality(workload, 0), zone=_locality(workload, 1)))
+                              region=_locality(workload, 0), zone=_locality(workload, 1),
+                              mtls_identity=identity))
     if not found and entry.resolution in ("DNS", "DNS_ROUND_ROBIN"):
         found.append(Endpoint(host=host, port=port.target_port or port.number))
     protocol = _PROTOCOLS.get(port.protocol, "tcp")
@@ -226,7 +230,19 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy) -> Service:
         changes["outlier_detection"] = policy.outlier_detection
     if policy.tls is not None:
         changes["tls"] = policy.tls
+    if policy.tls_mode in ("DISABLE", "SIMPLE"):  # no mesh mTLS, whatever the workloads
+        changes["endpoints"] = tuple(replace(e, mtls_identity=None) for e in service.endpoints)
+    elif policy.tls_mode == "ISTIO_MUTUAL":  # mesh mTLS to every endpoint
+        changes["endpoints"] = tuple(
+            e if e.mtls_identity else replace(e, mtls_identity=hosts.spiffe_path(
+                _namespace_of(service), None)) for e in service.endpoints)
     return replace(service, **changes)
+
+
+def _namespace_of(service: Service) -> str:
+    """The namespace of a ServiceEntry's Service, from its origin document (namespace/name)."""
+    written = service.origin.name if service.origin is not None else None
+    return (written or "default/").split("/")[0]
 
 
 # ---- VirtualService -> Routes -------------------------------------------------------------------
@@ -439,7 +455,7 @@ def _gateways(docs: list[_Doc]) -> _Gateways:
                     origin=doc.ctx.origin(server.path))
         gateway = Gateway(name=hosts.gateway_view(selector), position=first.ctx.document.position,
                           listeners=tuple(listeners[p] for p in sorted(listeners)),
-                          origin=first.ctx.origin())
+                          origin=first.ctx.origin(), identity=hosts.GATEWAY_IDENTITY)
         built.append((first, gateway))
     return _Gateways(docs, built)
 
@@ -475,11 +491,14 @@ def _workloads(workloads: list[_Doc], registry: dict[str, _Host],
             doc.error(("metadata",), f"the outbound port {outbound} is the inbound port: set "
                                      "annotation meshpilot.io/outbound-port")
         view = hosts.workload_view(doc.item.name, doc.item.namespace)
-        mtls, authorization = policies.for_workload(doc, port)
+        mtls, authorization, deny = policies.for_workload(doc, port)
         sidecar = Sidecar(port=port, address=workload.address if port is not None else "0.0.0.0",
                           app_host=app_host, app_port=app_port, outbound_port=outbound,
                           calls=calls, mtls=mtls, authorization=authorization,
-                          origin=doc.ctx.origin(("spec",)))
+                          origin=doc.ctx.origin(("spec",)),
+                          identity=hosts.spiffe_path(doc.item.namespace,
+                                                     workload.service_account),
+                          deny=deny)
         doc.parts.append(Service(name=view, position=doc.ctx.document.position,
                                  protocol=protocol, sidecar=sidecar, origin=doc.ctx.origin()))
 

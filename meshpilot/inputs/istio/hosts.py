@@ -25,6 +25,8 @@ from meshpilot.ir.model import Labels
 CLUSTER_DOMAIN = "svc.cluster.local"
 ROOT_NAMESPACE = "istio-system"  # the mesh-wide policies' namespace (Istio's default)
 DEFAULT_OUTBOUND_PORT = 15001
+# The ingress gateway's identity: Istio's default installation's service account.
+GATEWAY_IDENTITY = "ns/istio-system/sa/istio-ingressgateway-service-account"
 
 
 def qualified(host: str, namespace: str) -> str:

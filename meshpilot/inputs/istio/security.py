@@ -35,6 +35,14 @@ from meshpilot.ir.model import Authorization, AuthzRule, MtlsMode, StringMatch
 if TYPE_CHECKING:
     from meshpilot.inputs.istio.compile import _Doc
 
+TLS_MODE_LABEL = ("security.istio.io/tlsMode", "istio")
+
+
+def in_mesh(labels: Any) -> bool:
+    """Whether a workload runs Istio's sidecar, as its label says (auto mTLS reads it)."""
+    return TLS_MODE_LABEL in tuple(labels)
+
+
 _MODES: dict[str, MtlsMode] = {"STRICT": "strict", "PERMISSIVE": "permissive", "DISABLE": "off"}
 NOT_SUPPORTED = "is not supported yet (docs/istio.md)"
 
@@ -52,8 +60,10 @@ class Policies:
         return cls(by_kind.get("PeerAuthentication", []), by_kind.get("AuthorizationPolicy", []))
 
     def for_workload(self, workload: _Doc, port: int | None
-                     ) -> tuple[MtlsMode, Authorization | None]:
-        return self._mtls(workload, port), self._authorization(workload)
+                     ) -> tuple[MtlsMode, Authorization | None, Authorization | None]:
+        """The workload's mTLS mode, its ALLOW authorization and its DENY one."""
+        allow, deny = self._authorization(workload)
+        return self._mtls(workload, port), allow, deny
 
     # -- PeerAuthentication --
 
@@ -77,7 +87,9 @@ class Policies:
                     levels.append(spec)
                     break
         if not levels:
-            return "off"
+            # Istio's default is PERMISSIVE for a workload with a sidecar in the mesh (label
+            # security.istio.io/tlsMode: istio, which auto mTLS also reads); others: plaintext.
+            return "permissive" if in_mesh(labels) else "off"
         if port is not None and levels[0].selector:
             port_mode = dict(levels[0].port_modes).get(port)
             if port_mode is not None and port_mode != "UNSET":
@@ -89,7 +101,8 @@ class Policies:
 
     # -- AuthorizationPolicy --
 
-    def _authorization(self, workload: _Doc) -> Authorization | None:
+    def _authorization(self, workload: _Doc
+                       ) -> tuple[Authorization | None, Authorization | None]:
         ns = workload.item.namespace
         labels = workload.item.spec.spec.labels  # type: ignore[union-attr]
         applying: list[_Doc] = []
@@ -103,25 +116,20 @@ class Policies:
                     applying.append(doc)
             elif doc.item.namespace == ns and hosts.selects(spec.selector, labels):
                 applying.append(doc)
-        actions = {d.item.spec.action for d in applying}  # type: ignore[union-attr]
-        if not applying:
-            return None
-        if actions == {"ALLOW", "DENY"}:
-            for doc in applying:
-                if doc.item.spec.action == "DENY":  # type: ignore[union-attr]
-                    doc.error(("spec", "action"),
-                              f"DENY and ALLOW policies on one workload "
-                              f"({workload.ctx.name}) {NOT_SUPPORTED}")
-            return None
-        action = next(iter(actions))
-        rules: list[AuthzRule] = []
-        for doc in applying:
-            spec = doc.item.spec
-            assert isinstance(spec, o.AuthorizationPolicy)
-            for index, rule in enumerate(spec.rules):
-                rules.extend(self._rules(doc, ("spec", "rules", index), rule))
-        return Authorization(action=cast(Any, action), rules=tuple(rules),
-                             origin=applying[0].ctx.origin(("spec",)))
+        found: dict[str, Authorization] = {}
+        for action in ("ALLOW", "DENY"):
+            docs = [d for d in applying if d.item.spec.action == action]  # type: ignore[union-attr]
+            if not docs:
+                continue
+            rules: list[AuthzRule] = []
+            for doc in docs:
+                spec = doc.item.spec
+                assert isinstance(spec, o.AuthorizationPolicy)
+                for index, rule in enumerate(spec.rules):
+                    rules.extend(self._rules(doc, ("spec", "rules", index), rule))
+            found[action] = Authorization(action=cast(Any, action), rules=tuple(rules),
+                                          origin=docs[0].ctx.origin(("spec",)))
+        return found.get("ALLOW"), found.get("DENY")
 
     def _rules(self, doc: _Doc, path: tuple[Any, ...], rule: o.AuthzRuleSpec
                ) -> list[AuthzRule]:

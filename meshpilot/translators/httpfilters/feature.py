@@ -49,6 +49,7 @@ class ChainInputs:
     inbound: bool = False  # a sidecar's inbound listener (its route configuration over RDS)
     inbound_jwt: tuple[str, Jwt] | None = None  # (its name, the sidecar's jwt)
     decompression: Decompression | None = None  # a gateway listener's `decompression`
+    denied: bool = False  # a sidecar with DENY rules: their RBAC filter too
 
     @classmethod
     def gateway(cls, routes: Iterable[Route], compression: Compression | None,
@@ -62,10 +63,12 @@ class ChainInputs:
 
     @classmethod
     def sidecar_inbound(cls, callers: Authorization | None,
-                        jwt: tuple[str, Jwt] | None = None) -> ChainInputs:
+                        jwt: tuple[str, Jwt] | None = None,
+                        denied: bool = False) -> ChainInputs:
         """One route to the local application, over RDS: the callers' authorization is its
         per-route config, so an edit reaches open connections (no new listener)."""
-        return cls(serves_routes=False, callers=callers, inbound=True, inbound_jwt=jwt)
+        return cls(serves_routes=False, callers=callers, inbound=True, inbound_jwt=jwt,
+                   denied=denied)
 
 
 class HttpFeature:

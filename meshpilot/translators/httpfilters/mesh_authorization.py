@@ -25,16 +25,28 @@ from meshpilot.translators.httpfilters.feature import (
 from meshpilot.translators.httpfilters.rbac import rbac
 
 RBAC_FILTER = "envoy.filters.http.rbac"
+RBAC_DENY_FILTER = "envoy.filters.http.rbac/deny"  # a sidecar's `deny`: before the other
 
 
 class MeshAuthorizationFeature(HttpFeature):
     def filters(self, chain: ChainInputs) -> list[HttpFilter]:
-        return [http_filter(RBAC_FILTER, RBAC(), disabled=True)] if chain.inbound else []
+        if not chain.inbound:
+            return []
+        found = [http_filter(RBAC_FILTER, RBAC(), disabled=True)]
+        if chain.denied:  # Istio's DENY policies: checked first
+            found.insert(0, http_filter(RBAC_DENY_FILTER, RBAC(), disabled=True))
+        return found
 
 
 FEATURE = MeshAuthorizationFeature()
 
 
-def inbound_config(callers: Authorization | None) -> dict[str, Message]:
-    """The inbound virtual host's per-filter config: the policy, or nothing (filter off)."""
-    return {} if callers is None else {RBAC_FILTER: RBACPerRoute(rbac=rbac(callers))}
+def inbound_config(callers: Authorization | None,
+                   denied: Authorization | None = None) -> dict[str, Message]:
+    """The inbound virtual host's per-filter config: the policies, or nothing (filters off)."""
+    found: dict[str, Message] = {}
+    if denied is not None:
+        found[RBAC_DENY_FILTER] = RBACPerRoute(rbac=rbac(denied))
+    if callers is not None:
+        found[RBAC_FILTER] = RBACPerRoute(rbac=rbac(callers))
+    return found
