@@ -599,6 +599,10 @@ class AuthzRule:
     # True: the request carries a valid JWT; False: it carries none (Istio's requestPrincipals
     # ["*"] and notRequestPrincipals ["*"]). Needs jwt on the Route or rule.
     authenticated: bool | None = None
+    # Istio's ports and hosts: the destination port is one of `ports`; the Host header is one of
+    # `hosts` (exact, "*.suffix" or "prefix*", case ignored; "*": any). In `exclude`: none is.
+    ports: tuple[int, ...] = ()
+    hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,23 +143,27 @@ class Policies:
             return []
         result = []
         for (si, source), (oi, operation) in product(enumerate(sources), enumerate(operations)):
-            principals = self._principals(doc, (*path, "from", si, "source"), source)
-            found = self._operation(doc, (*path, "to", oi, "operation"), operation)
-            if principals is None or found is None:
+            who = self._source(doc, (*path, "from", si, "source"), source)
+            what = self._operation(doc, (*path, "to", oi, "operation"), operation)
+            if who is None or what is None:
                 continue
-            ips = (*source.ip_blocks, *source.remote_ip_blocks) if source else ()
-            paths, methods = found
-            result.append(AuthzRule(paths=paths, methods=methods, headers=when[0],
-                                    source_ips=tuple(dict.fromkeys((*ips, *when[1]))),
-                                    principals=principals))
+            headers, ips, ports = when
+            merged = {**who, **what}
+            merged["source_ips"] = tuple(dict.fromkeys((*merged.get("source_ips", ()), *ips)))
+            merged["ports"] = tuple(dict.fromkeys((*merged.get("ports", ()), *ports)))
+            # Istio's not* forms: the model's `exclude` (each condition given must not hold)
+            negated = {key[len("not_"):]: merged.pop(key) for key in list(merged)
+                       if key.startswith("not_")}
+            negated = {key: value for key, value in negated.items() if value}
+            result.append(AuthzRule(headers=headers, **merged,
+                                    exclude=AuthzRule(**negated) if negated else None))
         return result
 
-    def _principals(self, doc: _Doc, path: tuple[Any, ...], source: o.Source | None
-                    ) -> tuple[str, ...] | None:
+    def _source(self, doc: _Doc, path: tuple[Any, ...], source: o.Source | None
+                ) -> dict[str, Any] | None:
         if source is None:
-            return ()
-        for key in ("not_principals", "request_principals", "not_request_principals",
-                    "not_namespaces", "not_ip_blocks", "not_remote_ip_blocks"):
+            return {}
+        for key in ("request_principals", "not_request_principals"):
             if getattr(source, key):
                 doc.error((*path, _camel(key)), f"{_camel(key)} {NOT_SUPPORTED}")
                 return None
@@ -167,10 +171,18 @@ class Policies:
             doc.error((*path, "namespaces"), f"principals and namespaces in one source "
                                              f"{NOT_SUPPORTED}")
             return None
-        found = [self.spiffe(p) for p in source.principals]
-        found += [f"spiffe://{self.trust_domain}/ns/{n}/sa/*" if n != "*" else "*"
-                  for n in source.namespaces]
-        return tuple(found)
+        # notPrincipals and notNamespaces: neither holds = not (any of both), one list
+        return {
+            "principals": (*(self.spiffe(p) for p in source.principals),
+                           *(self._namespace(n) for n in source.namespaces)),
+            "not_principals": (*(self.spiffe(p) for p in source.not_principals),
+                               *(self._namespace(n) for n in source.not_namespaces)),
+            "source_ips": (*source.ip_blocks, *source.remote_ip_blocks),
+            "not_source_ips": (*source.not_ip_blocks, *source.not_remote_ip_blocks),
+        }
+
+    def _namespace(self, namespace: str) -> str:
+        return "*" if namespace == "*" else f"spiffe://{self.trust_domain}/ns/{namespace}/sa/*"
 
     def spiffe(self, principal: str) -> str:
         """Istio writes principals without the scheme: `cluster.local/ns/default/sa/x`."""
@@ -181,29 +193,38 @@ class Policies:
         return f"spiffe://{principal}"
 
     def _operation(self, doc: _Doc, path: tuple[Any, ...], operation: o.Operation | None
-                   ) -> tuple[tuple[StringMatch, ...], tuple[str, ...]] | None:
+                   ) -> dict[str, Any] | None:
         if operation is None:
-            return (), ()
-        for key in ("hosts", "not_hosts", "ports", "not_ports", "not_methods", "not_paths"):
-            if getattr(operation, key):
-                doc.error((*path, _camel(key)), f"{_camel(key)} {NOT_SUPPORTED}")
-                return None
+            return {}
+        paths = self._paths(doc, (*path, "paths"), operation.paths)
+        not_paths = self._paths(doc, (*path, "notPaths"), operation.not_paths)
+        if paths is None or not_paths is None:
+            return None
+        return {"paths": paths, "not_paths": not_paths, "methods": operation.methods,
+                "not_methods": operation.not_methods, "ports": operation.ports,
+                "not_ports": operation.not_ports, "hosts": operation.hosts,
+                "not_hosts": operation.not_hosts}
+
+    def _paths(self, doc: _Doc, path: tuple[Any, ...], written: tuple[str, ...]
+               ) -> tuple[StringMatch, ...] | None:
         paths = []
-        for index, text in enumerate(operation.paths):
-            if text != "*" and ("*" in text[:-1] and not text.startswith("*")):
-                doc.error((*path, "paths", index), f"path {text}: a * inside a path "
-                                                   f"{NOT_SUPPORTED}")
+        for index, text in enumerate(written):
+            if "{" in text or (text != "*" and "*" in text[1:-1]):
+                doc.error((*path, index), f"path {text}: templates and a * inside a path "
+                                          f"{NOT_SUPPORTED}")
                 return None
             if text.startswith("*") and text != "*":
                 paths.append(StringMatch("regex", ".*" + _escape(text[1:])))
             else:
                 paths.append(istio_path_match(text))
-        return tuple(paths), operation.methods
+        return tuple(paths)
 
     def _when(self, doc: _Doc, path: tuple[Any, ...], conditions: tuple[o.Condition, ...]
-              ) -> tuple[tuple[tuple[str, StringMatch], ...], tuple[str, ...]] | None:
+              ) -> tuple[tuple[tuple[str, StringMatch], ...], tuple[str, ...],
+                         tuple[int, ...]] | None:
         headers: list[tuple[str, StringMatch]] = []
         ips: list[str] = []
+        ports: list[int] = []
         for index, condition in enumerate(conditions):
             at = (*path, "when", index)
             if condition.not_values:
@@ -215,6 +236,8 @@ class Policies:
                 value = condition.values[0]
                 headers.append((name, StringMatch("present") if value == "*" else
                                 StringMatch("exact", value)))
+            elif key == "destination.port" and all(v.isdigit() for v in condition.values):
+                ports.extend(int(v) for v in condition.values)
             elif key in ("source.ip", "remote.ip"):
                 try:
                     ips.extend(str(ipaddress.ip_network(v, strict=False))
@@ -227,7 +250,7 @@ class Policies:
                                         "(request.headers[...] with one value, source.ip, "
                                         "remote.ip are)")
                 return None
-        return tuple(headers), tuple(ips)
+        return tuple(headers), tuple(ips), tuple(ports)
 
 
 def _camel(key: str) -> str:

@@ -109,6 +109,11 @@ def _conditions(rule: AuthzRule, *, separately: bool = False, detected_client: b
             for m in rule.methods]))
     for name, how in rule.headers:
         permissions.append(Permission(header=header_matcher(name, how)))
+    if rule.ports:
+        permissions.append(_any_permission([Permission(destination_port=p)
+                                            for p in rule.ports]))
+    if rule.hosts:
+        permissions.append(_any_permission([_host_permission(h) for h in rule.hosts]))
     principals: list[Principal] = []
     if rule.source_ips:
         principals.append(_any_principal([_cidr_principal(c, detected_client)
@@ -129,6 +134,26 @@ def _token_principal() -> Principal:
         filter=JWT_AUTHN, path=[MetadataMatcher.PathSegment(key=JWT_PAYLOAD)],
         value=ValueMatcher(present_match=True)))
     return principal
+
+
+def _host_permission(host: str) -> Permission:
+    """The Host header (`:authority`) is `host`, ends with it (`*.example.com`) or starts
+    with it (`example.*`), case ignored, as Istio's `hosts`."""
+    permission = Permission()
+    header = permission.header
+    header.name = ":authority"
+    if host == "*":
+        header.present_match = True
+        return permission
+    matcher = header.string_match
+    matcher.ignore_case = True
+    if host.startswith("*"):
+        matcher.suffix = host[1:]
+    elif host.endswith("*"):
+        matcher.prefix = host[:-1]
+    else:
+        matcher.exact = host
+    return permission
 
 
 def _any_permission(items: list[Permission]) -> Permission:
