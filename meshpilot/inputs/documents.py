@@ -152,7 +152,11 @@ def _unknown_kind(kind: str, known: list[str]) -> str:
 
 def _unknown_api_version(api_version: str, formats: FormatRegistry) -> str:
     known = formats.api_versions()
-    matches = difflib.get_close_matches(api_version, known, n=1, cutoff=0.6)
+    # Suggest only within an API group (a version typo) or for a group typo: another group's
+    # apiVersion (Istio's for the Gateway API's) would be wrong advice.
+    group = api_version.partition("/")[0]
+    matches = [m for m in difflib.get_close_matches(api_version, known, n=3, cutoff=0.6)
+               if difflib.SequenceMatcher(None, m.partition("/")[0], group).ratio() >= 0.85]
     if matches:
         hint = f' (did you mean "{matches[0]}"?)'
     elif known:

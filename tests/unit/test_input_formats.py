@@ -77,6 +77,17 @@ def test_an_api_version_no_format_claims_is_refused_at_its_value() -> None:
     assert str(error.value) == (
         f'policy.yaml:1:13: apiVersion: unknown apiVersion "{K8S_GATEWAY_API}"; no input '
         "format reads it (meshpilot's own kinds are written without apiVersion)")
+    # Another API group's apiVersion is not suggested (Istio's for an unknown group close to
+    # it); a version typo within a group is.
+    with pytest.raises(PolicyError) as error:
+        load_policy_text("apiVersion: networking.example.io/v1\nkind: Gateway\n"
+                         "metadata: {name: edge}\n")
+    message = str(error.value)
+    assert "; known apiVersions: " in message and "did you mean" not in message
+    with pytest.raises(PolicyError) as error:
+        load_policy_text("apiVersion: networking.istio.io/v2\nkind: Gateway\n"
+                         "metadata: {name: edge}\n")
+    assert '(did you mean "networking.istio.io/v1' in str(error.value)
 
 
 def test_an_unknown_api_version_suggests_the_closest_one_read() -> None:
