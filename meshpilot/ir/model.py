@@ -538,6 +538,10 @@ class JwtProvider:
     audiences: tuple[str, ...] = ()
     forward_claims: tuple[tuple[str, str], ...] = ()  # (claim, header), as written
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # Where the token is (empty: Envoy's default, `Authorization: Bearer` and `access_token`):
+    from_headers: tuple[tuple[str, str], ...] = ()  # (header, value prefix)
+    from_params: tuple[str, ...] = ()
+    forward: bool = False  # keep the token in the request sent upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -603,6 +607,9 @@ class AuthzRule:
     # `hosts` (exact, "*.suffix" or "prefix*", case ignored; "*": any). In `exclude`: none is.
     ports: tuple[int, ...] = ()
     hosts: tuple[str, ...] = ()
+    # The request's JWT (validated by the Route's jwt) is one of these: "iss/sub", or "*" for any
+    # valid token. In `exclude`: none is.
+    request_principals: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from meshpilot.base.errors import PolicyIssue
 from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
@@ -103,6 +104,8 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     gateways = _gateways(by_kind.get("Gateway", []))
     policies = security.Policies.of(by_kind)
     _workloads(workloads, registry, policies)
+    policies.check_request_authentications(list(gateways.selectors.values()))
+    routes = _secure_gateway_routes(routes, gateways, policies, registry)
     for host in registry.values():
         host.doc.parts.extend(host.services[p.number] for p in host.entry.ports)
     for doc, route in routes:
@@ -420,6 +423,29 @@ def _listener_name(server: o.Server) -> str:
 class _Gateways:
     docs: list[_Doc]
     built: list[tuple[_Doc, Gateway]]
+    selectors: dict[str, Labels] = field(default_factory=dict)  # view -> its labels
+
+
+def _secure_gateway_routes(routes: list[tuple[_Doc, Route]], gateways: _Gateways,
+                           policies: security.Policies, registry: dict[str, _Host]
+                           ) -> list[tuple[_Doc, Route]]:
+    """Every Route at an ingress gateway gets what the gateway enforces (its JWT providers,
+    DENY then ALLOW authorization)."""
+    def jwks_service(doc: _Doc, path: tuple[Any, ...], uri: str) -> str | None:
+        parsed = urlsplit(uri)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        host = registry.get(parsed.hostname or "")
+        if parsed.scheme not in ("http", "https") or host is None or port not in host.services:
+            doc.error(path, f"the JWKS server {parsed.hostname}:{port} must be declared: a "
+                            "ServiceEntry for that host and port (with a DestinationRule tls "
+                            "SIMPLE for https), or write jwks inline")
+            return None
+        return host.services[port].name
+
+    found: dict[str, Any] = {view: policies.for_gateway(selector, jwks_service)
+                             for view, selector in gateways.selectors.items()}
+    return [(doc, route if route.gateway is None or not found.get(route.gateway)
+             else replace(route, security=found[route.gateway])) for doc, route in routes]
 
 
 def _gateways(docs: list[_Doc]) -> _Gateways:
@@ -457,7 +483,8 @@ def _gateways(docs: list[_Doc]) -> _Gateways:
                           listeners=tuple(listeners[p] for p in sorted(listeners)),
                           origin=first.ctx.origin(), identity=hosts.GATEWAY_IDENTITY)
         built.append((first, gateway))
-    return _Gateways(docs, built)
+    return _Gateways(docs, built, {gateway.name: selector for selector, gateway in
+                                   zip(sorted(selectors), (g for _, g in built), strict=True)})
 
 
 # ---- WorkloadEntry -> a workload's own view ----------------------------------------------------

@@ -7,7 +7,7 @@ into model parts. Frozen and comparable, so the parse of an unchanged document i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from meshpilot.inputs.context import PendingPart
@@ -249,4 +249,3 @@ class IstioDocument(PendingPart):
     name: str
     labels: Labels
     spec: Spec
-    extra: tuple[str, ...] = field(default=())  # reserved

@@ -22,15 +22,25 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from itertools import product
 from typing import TYPE_CHECKING, Any, cast
 
 from meshpilot.inputs.istio import hosts
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.native.matches import istio_path_match
-from meshpilot.ir.model import Authorization, AuthzRule, MtlsMode, StringMatch
+from meshpilot.ir.model import (
+    Authorization,
+    AuthzRule,
+    Jwks,
+    Jwt,
+    JwtProvider,
+    Labels,
+    MtlsMode,
+    Security,
+    StringMatch,
+)
 
 if TYPE_CHECKING:
     from meshpilot.inputs.istio.compile import _Doc
@@ -53,11 +63,90 @@ class Policies:
     authorization: list[_Doc]
     trust_domain: str = "cluster.local"
 
+    requests: list[_Doc] = field(default_factory=list)
+
     @classmethod
     def of(cls, by_kind: dict[str, list[_Doc]]) -> Policies:
-        for doc in by_kind.get("RequestAuthentication", []):
-            doc.error(("spec",), f"RequestAuthentication {NOT_SUPPORTED} for workloads")
-        return cls(by_kind.get("PeerAuthentication", []), by_kind.get("AuthorizationPolicy", []))
+        return cls(by_kind.get("PeerAuthentication", []), by_kind.get("AuthorizationPolicy", []),
+                   requests=by_kind.get("RequestAuthentication", []))
+
+    # -- the ingress gateway: RequestAuthentication and AuthorizationPolicy, on its Routes --
+
+    def check_request_authentications(self, gateway_selectors: list[Labels]) -> None:
+        """RequestAuthentication applies at ingress gateways only: one that selects no
+        gateway (a workload's) is refused, one for everyone is a warning for workloads."""
+        for doc in self.requests:
+            spec = doc.item.spec
+            assert isinstance(spec, o.RequestAuthentication)
+            at_gateways = doc.item.namespace == hosts.ROOT_NAMESPACE and (
+                not spec.selector or any(hosts.selects(spec.selector, s)
+                                         for s in gateway_selectors))
+            if not at_gateways:
+                doc.error(("spec", "selector") if spec.selector else ("spec",),
+                          f"RequestAuthentication for workloads {NOT_SUPPORTED}; at ingress "
+                          f"gateways (namespace {hosts.ROOT_NAMESPACE}, a selector of their "
+                          "labels) it is")
+            elif not spec.selector:
+                doc.warn(("spec",), "workloads' sidecars do not enforce RequestAuthentication "
+                                    "yet: only the ingress gateways do")
+
+    def for_gateway(self, selector: Labels, jwks_service: Callable[[_Doc, tuple[Any, ...],
+                                                                     str], str | None]
+                    ) -> Security:
+        """What the gateway whose Envoys carry `selector`'s labels enforces on every Route."""
+        def applies(doc: _Doc, spec_selector: Labels | None) -> bool:
+            return doc.item.namespace == hosts.ROOT_NAMESPACE and (
+                not spec_selector or hosts.selects(spec_selector, selector))
+
+        providers: list[JwtProvider] = []
+        for doc in self.requests:
+            spec = doc.item.spec
+            assert isinstance(spec, o.RequestAuthentication)
+            if not applies(doc, spec.selector):
+                continue
+            for index, rule in enumerate(spec.rules):
+                path = ("spec", "jwtRules", index)
+                if rule.output_payload_to_header is not None:
+                    doc.error((*path, "outputPayloadToHeader"),
+                              f"outputPayloadToHeader {NOT_SUPPORTED}")
+                    continue
+                if rule.jwks is not None:
+                    jwks = Jwks(inline=rule.jwks)
+                else:
+                    assert rule.jwks_uri is not None
+                    service = jwks_service(doc, (*path, "jwksUri"), rule.jwks_uri)
+                    if service is None:
+                        continue
+                    jwks = Jwks(uri=rule.jwks_uri, service=service)
+                providers.append(JwtProvider(
+                    name=f"{doc.item.namespace}.{doc.item.name}[{index}]", issuer=rule.issuer,
+                    jwks=jwks, audiences=rule.audiences, from_headers=rule.from_headers,
+                    from_params=rule.from_params, forward=rule.forward_original_token,
+                    origin=doc.ctx.origin(path)))
+        jwt = Jwt(tuple(providers), required=False) if providers else None
+        applying = [d for d in self.authorization
+                    if not d.item.spec.dry_run  # type: ignore[union-attr]
+                    and applies(d, d.item.spec.selector)]  # type: ignore[union-attr]
+        policies = self._combined(applying, allow_request_principals=jwt is not None)
+        return Security(jwt=jwt, authorization=policies or None)
+
+    def _combined(self, applying: list[_Doc], allow_request_principals: bool = False
+                  ) -> tuple[Authorization, ...]:
+        found = []
+        for action in ("DENY", "ALLOW"):
+            docs = [d for d in applying if d.item.spec.action == action]  # type: ignore[union-attr]
+            if not docs:
+                continue
+            rules: list[AuthzRule] = []
+            for doc in docs:
+                spec = doc.item.spec
+                assert isinstance(spec, o.AuthorizationPolicy)
+                for index, rule in enumerate(spec.rules):
+                    rules.extend(self._rules(doc, ("spec", "rules", index), rule,
+                                             allow_request_principals))
+            found.append(Authorization(action=cast(Any, action), rules=tuple(rules),
+                                       origin=docs[0].ctx.origin(("spec",))))
+        return tuple(found)
 
     def for_workload(self, workload: _Doc, port: int | None
                      ) -> tuple[MtlsMode, Authorization | None, Authorization | None]:
@@ -116,23 +205,11 @@ class Policies:
                     applying.append(doc)
             elif doc.item.namespace == ns and hosts.selects(spec.selector, labels):
                 applying.append(doc)
-        found: dict[str, Authorization] = {}
-        for action in ("ALLOW", "DENY"):
-            docs = [d for d in applying if d.item.spec.action == action]  # type: ignore[union-attr]
-            if not docs:
-                continue
-            rules: list[AuthzRule] = []
-            for doc in docs:
-                spec = doc.item.spec
-                assert isinstance(spec, o.AuthorizationPolicy)
-                for index, rule in enumerate(spec.rules):
-                    rules.extend(self._rules(doc, ("spec", "rules", index), rule))
-            found[action] = Authorization(action=cast(Any, action), rules=tuple(rules),
-                                          origin=docs[0].ctx.origin(("spec",)))
+        found = {policy.action: policy for policy in self._combined(applying)}
         return found.get("ALLOW"), found.get("DENY")
 
-    def _rules(self, doc: _Doc, path: tuple[Any, ...], rule: o.AuthzRuleSpec
-               ) -> list[AuthzRule]:
+    def _rules(self, doc: _Doc, path: tuple[Any, ...], rule: o.AuthzRuleSpec,
+               allow_request_principals: bool = False) -> list[AuthzRule]:
         sources: Sequence[o.Source | None] = rule.sources if rule.sources is not None else (None,)
         operations: Sequence[o.Operation | None] = \
             rule.operations if rule.operations is not None else (None,)
@@ -143,7 +220,8 @@ class Policies:
             return []
         result = []
         for (si, source), (oi, operation) in product(enumerate(sources), enumerate(operations)):
-            who = self._source(doc, (*path, "from", si, "source"), source)
+            who = self._source(doc, (*path, "from", si, "source"), source,
+                               allow_request_principals)
             what = self._operation(doc, (*path, "to", oi, "operation"), operation)
             if who is None or what is None:
                 continue
@@ -159,14 +237,23 @@ class Policies:
                                     exclude=AuthzRule(**negated) if negated else None))
         return result
 
-    def _source(self, doc: _Doc, path: tuple[Any, ...], source: o.Source | None
-                ) -> dict[str, Any] | None:
+    def _source(self, doc: _Doc, path: tuple[Any, ...], source: o.Source | None,
+                allow_request_principals: bool = False) -> dict[str, Any] | None:
         if source is None:
             return {}
         for key in ("request_principals", "not_request_principals"):
-            if getattr(source, key):
-                doc.error((*path, _camel(key)), f"{_camel(key)} {NOT_SUPPORTED}")
+            written = getattr(source, key)
+            if written and not allow_request_principals:
+                doc.error((*path, _camel(key)), f"{_camel(key)} need a RequestAuthentication "
+                                                "at an ingress gateway: for workloads they are "
+                                                f"{NOT_SUPPORTED}")
                 return None
+            for index, principal in enumerate(written):
+                if principal != "*" and ("*" in principal or "/" not in principal):
+                    doc.error((*path, _camel(key), index),
+                              f'request principal {principal}: "issuer/subject" or "*" (other '
+                              f"wildcards {NOT_SUPPORTED})")
+                    return None
         if source.principals and source.namespaces:
             doc.error((*path, "namespaces"), f"principals and namespaces in one source "
                                              f"{NOT_SUPPORTED}")
@@ -179,6 +266,8 @@ class Policies:
                                *(self._namespace(n) for n in source.not_namespaces)),
             "source_ips": (*source.ip_blocks, *source.remote_ip_blocks),
             "not_source_ips": (*source.not_ip_blocks, *source.not_remote_ip_blocks),
+            "request_principals": source.request_principals,
+            "not_request_principals": source.not_request_principals,
         }
 
     def _namespace(self, namespace: str) -> str:

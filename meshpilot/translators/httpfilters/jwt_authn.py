@@ -102,7 +102,10 @@ def _add_jwt(config: JwtAuthentication, owner: str, jwt: Jwt, requirement: str) 
                                claim_to_headers=[JwtClaimToHeader(header_name=h, claim_name=c)
                                                  for c, h in spec.forward_claims],
                                # a forwarded claim may be matched on: select the route again
-                               clear_route_cache=bool(spec.forward_claims))
+                               clear_route_cache=bool(spec.forward_claims),
+                               forward=spec.forward, from_params=list(spec.from_params))
+        for header, prefix in spec.from_headers:
+            provider.from_headers.add(name=header, value_prefix=prefix)
         if spec.jwks.file is not None:
             provider.local_jwks.CopyFrom(DataSource(filename=spec.jwks.file))
         elif spec.jwks.inline is not None:

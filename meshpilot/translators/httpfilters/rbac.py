@@ -123,6 +123,9 @@ def _conditions(rule: AuthzRule, *, separately: bool = False, detected_client: b
     if rule.principals:  # a sidecar's `from`: SPIFFE IDs by now (translators/mtls.py)
         principals.append(_any_principal([_authenticated_principal(p)
                                           for p in rule.principals]))
+    if rule.request_principals:
+        principals.append(_any_principal([_request_principal(p)
+                                          for p in rule.request_principals]))
     return permissions, principals
 
 
@@ -195,6 +198,20 @@ def _authenticated_principal(spiffe_id: str) -> Principal:
     else:
         name.exact = spiffe_id
     return principal
+
+
+def _request_principal(written: str) -> Principal:
+    """Istio's request principal: `iss/sub` of the validated token, or `*`: any valid token
+    (its issuer is in the payload the JWT filter kept)."""
+    if written == "*":
+        principal = Principal()
+        principal.sourced_metadata.metadata_matcher.CopyFrom(MetadataMatcher(
+            filter=JWT_AUTHN, path=[MetadataMatcher.PathSegment(key=JWT_PAYLOAD),
+                                    MetadataMatcher.PathSegment(key="iss")],
+            value=ValueMatcher(present_match=True)))
+        return principal
+    issuer, _, subject = written.rpartition("/")
+    return _all_principal([_claim_principal("iss", issuer), _claim_principal("sub", subject)])
 
 
 def _claim_principal(claim: str, value: str) -> Principal:
