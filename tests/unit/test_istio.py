@@ -634,3 +634,65 @@ def _without_ports(config: Any) -> Any:
     if isinstance(config, list):
         return [_without_ports(v) for v in config]
     return config
+
+
+# ---- the bootstrap of a workload's or a gateway's Envoy ----------------------------------------
+
+
+def _bootstrap(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any]:
+    from meshpilot.cli import main
+
+    code = main(["bootstrap", *args, "--xds-address", "127.0.0.1:18000",
+                 "--admin-address", "127.0.0.1:15000", "--insecure-xds"])
+    out, err = capsys.readouterr()
+    return code, yaml.safe_load(out) if code == 0 else err
+
+
+def test_bootstrap_of_a_workload_and_of_a_gateway(capsys: pytest.CaptureFixture[str]) -> None:
+    code, config = _bootstrap(capsys, "--workload", "default/reviews-v1")
+    assert code == 0
+    assert config["node"]["cluster"] == "reviews-v1.default"  # the workload's view
+    assert config["node"]["id"] == "sidecar~reviews-v1.default"
+    assert config["node"]["metadata"]["NAMESPACE"] == "default"
+    code, config = _bootstrap(capsys, "--gateway", "istio-system/ingress",
+                              "--label", "istio=ingressgateway", "--label", "app=edge")
+    assert code == 0
+    assert config["node"]["cluster"] == "app=edge,istio=ingressgateway"
+    assert config["node"]["metadata"]["LABELS"] == {"istio": "ingressgateway", "app": "edge"}
+    for wrong in (["--workload", "reviews-v1"], ["--gateway", "istio-system/ingress"],
+                  ["--workload", "default/a", "--node-cluster", "x", "--node-id", "y"],
+                  ["--label", "a=b", "--node-id", "x", "--node-cluster", "y"]):
+        code, err = _bootstrap(capsys, *wrong)
+        assert code == 2 and "meshpilot bootstrap:" in err, wrong
+    code, _ = _bootstrap(capsys, "--node-id", "a", "--node-cluster", "edge")
+    assert code == 0  # the native way is unchanged
+
+
+def test_the_ingress_gateway_view_serves_the_istio_gateway() -> None:
+    model = load(DR, """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop}
+spec:
+  hosts: [shop.example.com]
+  gateways: [istio-system/edge, mesh]
+  http:
+  - match: [{uri: {prefix: /reviews}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+""")
+    config = dumped(model, "istio=ingressgateway", ROUTE)
+    (vhost,) = config["virtualHosts"]
+    assert "shop.example.com" in vhost["domains"]
+    (entry,) = vhost["routes"]
+    assert entry["route"]["cluster"] == f"{REVIEWS}/v2"
+    # gateways [.., mesh]: shop.example.com is no mesh host, so only the gateway has the route
+    assert [r.name for r in model.routes if r.gateway] == ["default/shop"]
+    assert any("spec.hosts[0]: no ServiceEntry declares host shop.example.com" in str(w)
+               for w in model.warnings)
