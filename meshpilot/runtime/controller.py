@@ -234,6 +234,8 @@ class Controller:
         log.info("policy applied in %.3fs: %d files, %d raw resources, views %s",
                  prepared.seconds, len(prepared.model.files), len(prepared.model.raw),
                  list(self.cache.views()) or "(none yet)")
+        for warning in prepared.model.warnings:  # applied, but worth a look (istioctl analyze)
+            log.warning("policy warning: %s", warning)
         self.apply_endpoints()  # what was discovered while this reload was being prepared
         return True
 

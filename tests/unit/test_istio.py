@@ -696,3 +696,48 @@ spec:
     assert [r.name for r in model.routes if r.gateway] == ["default/shop"]
     assert any("spec.hosts[0]: no ServiceEntry declares host shop.example.com" in str(w)
                for w in model.warnings)
+
+
+GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["default/bookinfo.example.com", "*.shop.example.com"]
+"""
+
+
+def _gateway_vs(name: str, hosts: str) -> str:
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}}}
+spec:
+  hosts: {hosts}
+  gateways: [edge]
+  http: [{{route: [{{destination: {{host: reviews}}}}]}}]
+"""
+
+
+def test_gateway_route_hosts_are_narrowed_by_the_servers_hosts() -> None:
+    model = load(GATEWAY, _gateway_vs("all", '["*"]'))
+    (route,) = [r for r in model.routes if r.gateway]
+    assert route.hosts == ("bookinfo.example.com", "*.shop.example.com")
+    model = load(GATEWAY, _gateway_vs("one", '["a.shop.example.com", "other.org"]'))
+    (route,) = [r for r in model.routes if r.gateway]
+    assert route.hosts == ("a.shop.example.com",)
+    model = load(GATEWAY, _gateway_vs("none", '["other.org"]'))
+    assert not [r for r in model.routes if r.gateway]
+    assert any("no host of this VirtualService is a host of Gateway default/edge" in str(w)
+               for w in model.warnings)
+
+
+def test_two_virtual_services_claiming_a_gateway_host_are_refused() -> None:
+    found = errors(GATEWAY, _gateway_vs("a", '["bookinfo.example.com"]'),
+                   _gateway_vs("b", '["*"]'))
+    assert any("VirtualService default/b: spec.hosts: host bookinfo.example.com on gateway "
+               "istio=ingressgateway already has VirtualService default/a" in e
+               for e in found), found

@@ -257,12 +257,13 @@ def _virtual_services(services: list[_Doc], registry: dict[str, _Host],
     routes: list[tuple[_Doc, Route]] = []
     routed: set[str] = set()  # IR Services with a Route attached
     owner: dict[str, _Doc] = {}
+    claimed: dict[tuple[str, str, str], _Doc] = {}  # (gateway, listener, host) -> its VS
     gateway_docs = {(d.item.namespace, d.item.name): d for d in by_kind.get("Gateway", [])}
     for doc in services:
         vs = doc.item.spec
         assert isinstance(vs, o.VirtualService)
         ns = doc.item.namespace
-        targets: list[tuple[str, Service | None, str | None, tuple[str, ...]]] = []
+        targets: list[tuple[str, Service | None, str | None, Any]] = []
         for gateway_index, gateway in enumerate(vs.gateways):
             if gateway == "mesh":
                 for index, host in enumerate(vs.hosts):
@@ -294,12 +295,30 @@ def _virtual_services(services: list[_Doc], registry: dict[str, _Host],
                 continue
             spec = gw_doc.item.spec
             assert isinstance(spec, o.IstioGateway)
-            targets.append((gateway, None, hosts.gateway_view(spec.selector),
-                            tuple(_listener_name(s) for s in spec.servers
-                                  if not s.https_redirect)))
+            # The route's hosts are the VirtualService's narrowed by each server's (Istio):
+            # one Route per set of listeners with the same hosts.
+            by_hosts: dict[tuple[str, ...], list[str]] = {}
+            for server in spec.servers:
+                if server.https_redirect:
+                    continue
+                common = _intersection(vs.hosts or ("*",), server.hosts)
+                if common:
+                    by_hosts.setdefault(common, []).append(_listener_name(server))
+            if not by_hosts:
+                doc.warn(("spec", "gateways", gateway_index),
+                         f"no host of this VirtualService is a host of Gateway "
+                         f"{key[0]}/{key[1]}'s servers: it does not apply there")
+            for common, listener_names in by_hosts.items():
+                targets.append((gateway, None, hosts.gateway_view(spec.selector),
+                                (tuple(listener_names), common)))
         many = len(targets) > 1
+        seen_targets: set[str] = set()
         for gateway, service, gateway_view, listeners in targets:
-            suffix = f"@{service.name if service else gateway_view}" if many else ""
+            target = service.name if service else str(gateway_view)
+            if service is None and target in seen_targets:  # another set of listeners
+                target = f"{target}/{listeners[0][0]}"
+            seen_targets.add(target)
+            suffix = f"@{target}" if many else ""
             name = f"{ns}/{doc.item.name}{suffix}"
             port = None
             if service is not None:
@@ -312,12 +331,54 @@ def _virtual_services(services: list[_Doc], registry: dict[str, _Host],
                                           gateway=None, rules=rules, cors=cors,
                                           service=service.name, origin=doc.ctx.origin())))
             else:
-                route_hosts = vs.hosts or ("*",)
-                routes.append((doc, Route(name=name, position=doc.ctx.document.position,
-                                          gateway=gateway_view, hosts=route_hosts,
-                                          rules=rules, listeners=listeners, cors=cors,
-                                          origin=doc.ctx.origin())))
+                listener_names, route_hosts = listeners
+                if _claim_gateway_hosts(doc, claimed, str(gateway_view), listener_names,
+                                        route_hosts):
+                    routes.append((doc, Route(name=name, position=doc.ctx.document.position,
+                                              gateway=gateway_view, hosts=route_hosts,
+                                              rules=rules, listeners=listener_names,
+                                              cors=cors, origin=doc.ctx.origin())))
     return routes, routed
+
+
+def _overlap(a: str, b: str) -> str | None:
+    """The narrower of two host patterns that overlap (`*`, `*.suffix`, exact), else None."""
+    if a == b or b == "*":
+        return a
+    if a == "*":
+        return b
+    if a.startswith("*.") and b.endswith(a[1:]):
+        return b
+    if b.startswith("*.") and a.endswith(b[1:]):
+        return a
+    return None
+
+
+def _intersection(route_hosts: tuple[str, ...], server_hosts: tuple[str, ...]
+                  ) -> tuple[str, ...]:
+    found = (_overlap(a, b) for a in route_hosts for b in server_hosts)
+    return tuple(dict.fromkeys(h for h in found if h is not None))
+
+
+def _claim_gateway_hosts(doc: _Doc, claimed: dict[tuple[str, str, str], _Doc], gateway: str,
+                         listeners: tuple[str, ...], route_hosts: tuple[str, ...]) -> bool:
+    """Two VirtualServices with a host in common on a gateway's listener: Istio merges
+    their routes; meshpilot does not yet, so the later one is refused (rather than Envoy
+    refusing the route configuration)."""
+    for listener in listeners:
+        for host in route_hosts:
+            first = claimed.get((gateway, listener, host))
+            if first is not None and first is not doc:
+                doc.error(("spec", "hosts"),
+                          f"host {host} on gateway {gateway} already has VirtualService "
+                          f"{first.ctx.name}: merging VirtualServices at a gateway "
+                          f"{'is not supported yet (docs/istio.md)'}; write their http "
+                          "routes in one")
+                return False
+    for listener in listeners:
+        for host in route_hosts:
+            claimed[(gateway, listener, host)] = doc
+    return True
 
 
 def _cors(doc: _Doc, vs: o.VirtualService) -> Any:
