@@ -1135,7 +1135,7 @@ def read_authorization_policy(spec: Fields) -> o.AuthorizationPolicy | None:
     value = spec.value.get("rules")
     if value is not None and not isinstance(value, list):
         spec.report("rules", f"expected a list of rules, found {fields.describe(value)}")
-    for index, item in enumerate(value or []):
+    for index, item in enumerate(value if isinstance(value, list) else []):
         entry = Fields.at(spec.ctx, item, (*spec.path, "rules", index),
                           "a mapping such as {from: [...], to: [...], when: [...]}")
         if entry is not None:
