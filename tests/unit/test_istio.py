@@ -741,3 +741,56 @@ def test_two_virtual_services_claiming_a_gateway_host_are_refused() -> None:
     assert any("VirtualService default/b: spec.hosts: host bookinfo.example.com on gateway "
                "istio=ingressgateway already has VirtualService default/a" in e
                for e in found), found
+
+
+def test_sidecar_resource_scopes_what_a_workload_receives() -> None:
+    ratings = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: other}
+spec:
+  hosts: [ratings.other.svc.cluster.local]
+  ports: [{number: 9080, name: http}]
+  location: MESH_INTERNAL
+"""
+
+    def calls(*documents: str, workload: str = "reviews-v1.default") -> list[str]:
+        sidecar = load(ratings, *documents).service(workload).sidecar  # type: ignore[union-attr]
+        assert sidecar is not None
+        return [c.service for c in sidecar.calls]
+
+    everything = ["ratings.other.svc.cluster.local:9080", REVIEWS]  # by host
+    assert calls() == everything  # no Sidecar resource: every service
+    namespace_only = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default}
+spec: {egress: [{hosts: ["./*"]}]}
+"""
+    assert calls(namespace_only) == [REVIEWS]
+    own = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: v1}
+spec:
+  workloadSelector: {labels: {version: v1}}
+  egress: [{hosts: ["other/ratings.other.svc.cluster.local"]}]
+"""
+    assert calls(namespace_only, own) == ["ratings.other.svc.cluster.local:9080"]
+    assert calls(namespace_only, own, workload="reviews-v2.default") == [REVIEWS]
+    mesh_wide = """
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: default, namespace: istio-system}
+spec: {egress: [{hosts: ["*/*.svc.cluster.local"]}]}
+"""
+    assert calls(mesh_wide) == everything
+    found = errors("""
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: bad}
+spec: {egress: [{hosts: [reviews], port: {number: 9080}}]}
+""")
+    assert any('spec.egress[0].hosts[0]: egress host "reviews": expected' in e
+               for e in found), found
+    assert any("spec.egress[0].port: port is not supported yet" in e for e in found), found

@@ -103,7 +103,7 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     _default_routes(registry, routed)
     gateways = _gateways(by_kind.get("Gateway", []))
     policies = security.Policies.of(by_kind)
-    _workloads(workloads, registry, policies)
+    _workloads(workloads, registry, policies, by_kind.get("Sidecar", []))
     policies.check_request_authentications(list(gateways.selectors.values()))
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
     for host in registry.values():
@@ -551,12 +551,51 @@ def _gateways(docs: list[_Doc]) -> _Gateways:
 # ---- WorkloadEntry -> a workload's own view ----------------------------------------------------
 
 
+def _scope(workload: _Doc, sidecars: list[_Doc]) -> tuple[_Doc, o.SidecarScope] | None:
+    """The Sidecar resource of a workload (Istio's order): its own (selector, its namespace),
+    else its namespace's (no selector), else the root namespace's (no selector)."""
+    ns = workload.item.namespace
+    labels = workload.item.spec.spec.labels  # type: ignore[union-attr]
+    for wanted in ("own", "namespace", "mesh"):
+        for doc in sidecars:
+            scope = doc.item.spec
+            assert isinstance(scope, o.SidecarScope)
+            if wanted == "own" and doc.item.namespace == ns and scope.selector \
+                    and hosts.selects(scope.selector, labels):
+                return doc, scope
+            if wanted == "namespace" and doc.item.namespace == ns and not scope.selector:
+                return doc, scope
+            if wanted == "mesh" and doc.item.namespace == hosts.ROOT_NAMESPACE \
+                    and not scope.selector:
+                return doc, scope
+    return None
+
+
+def _in_scope(found: tuple[_Doc, o.SidecarScope] | None, host: _Host, name: str) -> bool:
+    if found is None:
+        return True
+    doc, scope = found
+    for namespace, pattern in scope.egress_hosts:
+        if namespace == "~":
+            continue
+        wanted = doc.item.namespace if namespace == "." else namespace
+        if wanted != "*" and wanted != host.doc.item.namespace:
+            continue
+        if _overlap(pattern, name) == name:  # the host is within the pattern
+            return True
+    return False
+
+
 def _workloads(workloads: list[_Doc], registry: dict[str, _Host],
-               policies: security.Policies) -> None:
-    calls = tuple(Call(service.name) for host in sorted(registry)
-                  for service in sorted(registry[host].services.values(), key=lambda s: s.name)
-                  if service.protocol != "tcp")
+               policies: security.Policies, sidecars: list[_Doc]) -> None:
+    every = [(registry[host], host, service) for host in sorted(registry)
+             for service in sorted(registry[host].services.values(), key=lambda s: s.name)
+             if service.protocol != "tcp"]
     for doc in workloads:
+        # Istio's Sidecar resource scopes what the workload receives (default: everything).
+        scope = _scope(doc, sidecars)
+        calls = tuple(Call(service.name) for host, name, service in every
+                      if _in_scope(scope, host, name))
         entry = doc.item.spec
         assert isinstance(entry, o.WorkloadEntry)
         workload = entry.spec

@@ -27,6 +27,7 @@ NETWORKING_KINDS: Mapping[str, DocumentParser] = MappingProxyType({
     "VirtualService": parse.parser("VirtualService", parse.read_virtual_service),
     "DestinationRule": parse.parser("DestinationRule", parse.read_destination_rule),
     "Gateway": parse.parser("Gateway", parse.read_gateway),
+    "Sidecar": parse.parser("Sidecar", parse.read_sidecar),
 })
 SECURITY_KINDS: Mapping[str, DocumentParser] = MappingProxyType({
     "PeerAuthentication": parse.parser("PeerAuthentication", parse.read_peer_authentication),

@@ -137,6 +137,17 @@ class DestinationRule:
     port_policies: tuple[tuple[int, TrafficPolicy], ...] = ()  # portLevelSettings
 
 
+# ---- Sidecar -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarScope:
+    """A Sidecar resource: which services the workloads it selects receive."""
+
+    selector: Labels | None
+    egress_hosts: tuple[tuple[str, str], ...]  # (namespace or "*" "." "~", host pattern)
+
+
 # ---- Gateway -------------------------------------------------------------------------------------
 
 
@@ -237,7 +248,7 @@ class RequestAuthentication:
 
 
 Spec = (ServiceEntry | WorkloadEntry | VirtualService | DestinationRule | IstioGateway
-        | PeerAuthentication | AuthorizationPolicy | RequestAuthentication)
+        | PeerAuthentication | AuthorizationPolicy | RequestAuthentication | SidecarScope)
 
 
 @dataclass(frozen=True, slots=True)

@@ -987,6 +987,42 @@ def _tls(spec: Fields):  # type: ignore[no-untyped-def]
                                  ca=ca if verify else None, origin=entry.origin())
 
 
+# ---- Sidecar ------------------------------------------------------------------------------------
+
+
+def read_sidecar(spec: Fields) -> o.SidecarScope | None:
+    spec.check_keys(("workloadSelector", "egress", "ingress", "outboundTrafficPolicy",
+                     "inboundConnectionPool"), "a Sidecar's spec")
+    for key in ("ingress", "outboundTrafficPolicy", "inboundConnectionPool"):
+        if key in spec.value:
+            spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+    selector = _selector(spec, "workloadSelector", "labels")
+    hosts: list[tuple[str, str]] = []
+    for index, item in enumerate(spec.items("egress", "egress listener", required=True) or []):
+        entry = Fields.at(spec.ctx, item, (*spec.path, "egress", index),
+                          "a mapping such as {hosts: [./*, istio-system/*]}")
+        if entry is None:
+            continue
+        entry.check_keys(("hosts", "port", "bind", "captureMode"), "an egress listener")
+        for key in ("port", "bind", "captureMode"):
+            if key in entry.value:
+                entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+        for h_index, written in enumerate(_strings(entry, "hosts", "host")):
+            namespace, slash, host = written.partition("/")
+            at = (*entry.path, "hosts", h_index)
+            if not slash or not namespace or not host:
+                spec.ctx.report(at, f'egress host {fields.quoted(written)}: expected '
+                                    '"namespace/host" ("./*", "*/reviews.default.svc.cluster'
+                                    '.local", "istio-system/*")', at_value=True)
+                continue
+            converted = fields.convert_at(spec.ctx, host, at, _host)
+            if converted is not None:
+                hosts.append((namespace, converted))
+        if "hosts" not in entry.value:
+            entry.missing("hosts")
+    return o.SidecarScope(selector, tuple(hosts))
+
+
 # ---- Gateway ------------------------------------------------------------------------------------
 
 
