@@ -67,7 +67,16 @@ def lb_endpoint(endpoint: Endpoint) -> LbEndpoint:
         result.load_balancing_weight.CopyFrom(UInt32Value(value=endpoint.weight))
     if endpoint.labels:
         result.metadata.CopyFrom(_labels_metadata(endpoint))
+    if endpoint.mtls_identity is not None:
+        # A mesh workload: the cluster's transport socket match for mTLS picks it (mtls.py).
+        result.metadata.filter_metadata[TRANSPORT_SOCKET_MATCH].update(MESH_WORKLOAD)
     return result
+
+
+# Envoy's namespace for choosing a cluster's transport socket per endpoint, and what marks an
+# endpoint whose workload speaks mesh mTLS (Istio's tlsMode label, as its Pilot does).
+TRANSPORT_SOCKET_MATCH = "envoy.transport_socket_match"
+MESH_WORKLOAD = {"tlsMode": "istio"}
 
 
 def _labels_metadata(endpoint: Endpoint) -> Metadata:

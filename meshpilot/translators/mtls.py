@@ -45,6 +45,7 @@ from meshpilot.ca.authority import DEFAULT_NAMESPACE, DEFAULT_TRUST_DOMAIN, Work
 from meshpilot.ca.authority import spiffe_id as make_spiffe_id
 from meshpilot.ir.model import Authorization, AuthzRule, Model, Service
 from meshpilot.translators import names
+from meshpilot.translators.endpoints import MESH_WORKLOAD
 from meshpilot.translators.httpfilters.mesh_authorization import RBAC_FILTER
 from meshpilot.translators.protos import ads_config_source, pack
 from meshpilot.xds.resources import Resource
@@ -98,14 +99,12 @@ def has_mtls(service: Service | None) -> bool:
 
 def workload_identities(service: Service | None, subset: str | None = None
                         ) -> tuple[str, ...] | None:
-    """The SPIFFE paths of the mesh workloads behind (a subset of) `service`, when every one of
-    its endpoints is one (Istio's auto mTLS: callers then speak mTLS to them); else None."""
+    """The SPIFFE paths of the mesh workloads behind (a subset of) `service` (Istio's auto
+    mTLS: callers speak mTLS to those endpoints), if it has any; else None."""
     if service is None:
         return None
-    found = service.endpoints_of(subset)
-    if not found or any(e.mtls_identity is None for e in found):
-        return None
-    return tuple(sorted({e.mtls_identity for e in found if e.mtls_identity is not None}))
+    found = {e.mtls_identity for e in service.endpoints_of(subset) if e.mtls_identity}
+    return tuple(sorted(found)) if found else None
 
 
 def view_identity(model: Model, view: str, trust: TrustDomain) -> str | None:
@@ -186,9 +185,16 @@ def secure_cluster(cluster: Cluster, service: Service, trust: TrustDomain,
         cluster.transport_socket.CopyFrom(upstream_transport_socket(service.name, trust))
         return cluster
     workloads = workload_identities(service, subset)
-    if workloads is not None and service.tls is None:
-        cluster.transport_socket.CopyFrom(upstream_transport_socket(
-            service.name, trust, [trust.of_path(path) for path in workloads]))
+    if workloads is None or service.tls is not None:
+        return cluster
+    socket = upstream_transport_socket(service.name, trust,
+                                       [trust.of_path(path) for path in workloads])
+    if all(e.mtls_identity for e in service.endpoints_of(subset)):
+        cluster.transport_socket.CopyFrom(socket)
+    else:  # per endpoint, as Istio: mTLS to the mesh workloads, plaintext to the others
+        match = cluster.transport_socket_matches.add(name="tlsMode-istio",
+                                                     transport_socket=socket)
+        match.match.update(MESH_WORKLOAD)
     return cluster
 
 

@@ -317,6 +317,17 @@ def test_strict_mtls_and_authorization_by_identity(bookinfo: Bookinfo) -> None:
     assert status == 200 and seen["backend"] == "reviews-v1"
     assert "spiffe://cluster.local/ns/default/sa/bookinfo-productpage" in \
         seen["headers"]["x-forwarded-client-cert"]
+    # Without the VirtualService, reviews' cluster mixes a mesh workload (v1, mTLS) and two
+    # without sidecars (plaintext): each endpoint gets its own transport (auto mTLS, per
+    # endpoint, as Istio's).
+    bookinfo.apply(rules=rules, peers=mesh_strict)
+    eventually(lambda: set(bookinfo.backends("reviews:9080", 6)) == {
+        "reviews-v1", "reviews-v2", "reviews-v3"}, what="every version of reviews to answer")
+    assert set(bookinfo.backends("reviews:9080", 12)) == {"reviews-v1", "reviews-v2",
+                                                         "reviews-v3"}
+    bookinfo.apply(rules=rules, vs=all_v1, peers=mesh_strict)
+    eventually(lambda: set(bookinfo.backends("reviews:9080", 3)) == {"reviews-v1"},
+               what="reviews to go to v1 again")
     # reviews-viewer: GET from productpage's identity only.
     bookinfo.apply(rules=rules, vs=all_v1, peers=mesh_strict, viewer=reviews_viewer)
     eventually(lambda: bookinfo.call("reviews:9080", method="POST")[0] == 403,

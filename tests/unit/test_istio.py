@@ -794,3 +794,28 @@ spec: {egress: [{hosts: [reviews], port: {number: 9080}}]}
     assert any('spec.egress[0].hosts[0]: egress host "reviews": expected' in e
                for e in found), found
     assert any("spec.egress[0].port: port is not supported yet" in e for e in found), found
+
+
+def test_auto_mtls_per_endpoint_in_a_mixed_cluster() -> None:
+    mesh = MESH.replace("version: v1}", "version: v1, security.istio.io/tlsMode: istio}")
+    model = load_policy_text(mesh, "istio.yaml")
+    cluster = dumped(model, "reviews-v2.default", CLUSTER, REVIEWS)
+    (match,) = cluster["transportSocketMatches"]  # v1 has a sidecar, v2 not
+    assert match["match"] == {"tlsMode": "istio"}
+    sans = str(match["transportSocket"])
+    assert "spiffe://cluster.local/ns/default/sa/bookinfo-reviews" in sans
+    assert "transportSocket" not in cluster  # the others: plaintext
+    split = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http: [{route: [{destination: {host: reviews, subset: v1}, weight: 50},
+                  {destination: {host: reviews, subset: v2}, weight: 50}]}]
+"""
+    subset = load_policy_text("\n---\n".join((mesh, DR, split)), "istio.yaml")
+    v1 = dumped(subset, "reviews-v2.default", CLUSTER, f"{REVIEWS}/v1")
+    assert "transportSocket" in v1 and "transportSocketMatches" not in v1  # all mesh: mTLS
+    v2 = dumped(subset, "reviews-v2.default", CLUSTER, f"{REVIEWS}/v2")
+    assert "transportSocket" not in v2 and "transportSocketMatches" not in v2
