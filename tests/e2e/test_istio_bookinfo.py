@@ -22,6 +22,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -367,3 +368,24 @@ def test_jwt_at_the_ingress_gateway(bookinfo: Bookinfo) -> None:
     eventually(lambda: status() == 403, what="requests without a token to be denied")
     assert status(f"Bearer {token}") == 200
     assert status("Bearer not-a-token") == 401
+
+
+def test_circuit_breaking_task(bookinfo: Bookinfo) -> None:
+    """istio.io's circuit breaking task: one connection, one pending request; more concurrent
+    requests than that overflow with 503 from the caller's sidecar."""
+    bookinfo.apply(breaker=(TASKS / "circuit-breaking.yaml").read_text())
+
+    def overflows() -> int:
+        stats = bookinfo.served.envoys["productpage-v1.default"].stats()
+        return sum(v for k, v in stats.items()
+                   if "httpbin" in k and k.endswith("upstream_rq_pending_overflow"))
+
+    def burst() -> Counter[int]:
+        with ThreadPoolExecutor(8) as pool:
+            return Counter(pool.map(lambda _: bookinfo.call(
+                "httpbin:8000", x_echo_delay_ms="300")[0], range(8)))
+
+    before = overflows()
+    eventually(lambda: burst()[503] > 0, what="concurrent requests to overflow the breaker")
+    assert overflows() > before
+    assert burst()[200] > 0  # the one connection still serves
