@@ -819,3 +819,30 @@ spec:
     assert "transportSocket" in v1 and "transportSocketMatches" not in v1  # all mesh: mTLS
     v2 = dumped(subset, "reviews-v2.default", CLUSTER, f"{REVIEWS}/v2")
     assert "transportSocket" not in v2 and "transportSocketMatches" not in v2
+
+
+def test_destination_rule_tls_modes_decide_mesh_mtls() -> None:
+    def identities(mode: str) -> list[str | None]:
+        rule = f"""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews}}
+spec: {{host: reviews, trafficPolicy: {{tls: {{mode: {mode}}}}}}}
+"""
+        mesh = MESH.replace("version: v1}", "version: v1, security.istio.io/tlsMode: istio}")
+        service = load_policy_text(mesh + "\n---\n" + rule, "istio.yaml").service(REVIEWS)
+        assert service is not None
+        return [e.mtls_identity for e in service.endpoints]
+
+    # ISTIO_MUTUAL: every endpoint, with its workload's service account (default without one)
+    assert identities("ISTIO_MUTUAL") == ["ns/default/sa/bookinfo-reviews",
+                                          "ns/default/sa/default"]
+    assert identities("DISABLE") == [None, None]
+    found = errors("""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec: {host: reviews, trafficPolicy: {tls: {mode: MUTUAL}}}
+""")
+    assert any("spec.trafficPolicy.tls.mode: MUTUAL" in e and "not supported yet" in e
+               for e in found), found

@@ -83,6 +83,8 @@ class _Host:
     entry: o.ServiceEntry
     services: dict[int, Service]  # port number -> its Service (changed as DRs apply)
     subsets_defined: set[str] = field(default_factory=set)
+    # (address, port) of each workload endpoint -> its SPIFFE path (for ISTIO_MUTUAL)
+    accounts: dict[tuple[str, int], str] = field(default_factory=dict)
     hash_on: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     istio_mutual: dict[int, bool] = field(default_factory=dict)
 
@@ -136,19 +138,33 @@ def _services(entries: list[_Doc], workloads: list[_Doc]) -> dict[str, _Host]:
                 continue
             services = {port.number: _service(doc, entry, host, port, workloads)
                         for port in entry.ports}
-            registry[host] = _Host(doc, entry, services)
+            registry[host] = _Host(doc, entry, services,
+                                   accounts=_accounts(doc, entry, workloads))
     return registry
+
+
+def _selected(doc: _Doc, entry: o.ServiceEntry, workloads: list[_Doc]
+              ) -> list[o.WorkloadSpec]:
+    """The workloads behind a ServiceEntry: its inline endpoints, or the WorkloadEntries of
+    its namespace that its workloadSelector selects."""
+    if entry.workload_selector is None:
+        return list(entry.endpoints)
+    return [w.item.spec.spec for w in workloads  # type: ignore[union-attr]
+            if w.item.namespace == doc.item.namespace
+            and hosts.selects(entry.workload_selector, w.item.spec.spec.labels)]
+
+
+def _accounts(doc: _Doc, entry: o.ServiceEntry, workloads: list[_Doc]
+              ) -> dict[tuple[str, int], str]:
+    return {(w.address, endpoint_port(w, port)): hosts.spiffe_path(doc.item.namespace,
+                                                                   w.service_account)
+            for w in _selected(doc, entry, workloads) for port in entry.ports}
 
 
 def _service(doc: _Doc, entry: o.ServiceEntry, host: str, port: o.Port,
              workloads: list[_Doc]) -> Service:
     found: list[Endpoint] = []
-    selected: list[o.WorkloadSpec] = list(entry.endpoints)
-    if entry.workload_selector is not None:
-        selected = [w.item.spec.spec for w in workloads  # type: ignore[union-attr]
-                    if w.item.namespace == doc.item.namespace
-                    and hosts.selects(entry.workload_selector, w.item.spec.spec.labels)]
-    for workload in selected:
+    for workload in _selected(doc, entry, workloads):
         # Auto mTLS: callers speak mTLS to a workload whose label says it runs a sidecar.
         identity = hosts.spiffe_path(doc.item.namespace, workload.service_account) \
             if security.in_mesh(workload.labels) and entry.location == "MESH_INTERNAL" else None
@@ -206,19 +222,18 @@ def _destination_rules(rules: list[_Doc], registry: dict[str, _Host]) -> None:
                           f"host {found} has no port {number}")
         for number, service in list(host.services.items()):
             service = replace(service, subsets=rule.subsets)
-            for label_set_index, (name, selector) in enumerate(rule.subsets):
+            for subset_index, (name, _) in enumerate(rule.subsets):
                 if not service.endpoints_of(name) and service.endpoints:
-                    doc.warn(("spec", "subsets", label_set_index),
+                    doc.warn(("spec", "subsets", subset_index),
                              f"subset {name} selects no endpoint of {found}")
-                del selector
             policy = port_policies.get(number, rule.policy)
-            service = _apply_policy(service, policy)
+            service = _apply_policy(service, policy, host)
             host.services[number] = service
             host.hash_on[number] = policy.hash_on
             host.istio_mutual[number] = policy.tls_mode == "ISTIO_MUTUAL"
 
 
-def _apply_policy(service: Service, policy: o.TrafficPolicy) -> Service:
+def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host) -> Service:
     changes: dict[str, Any] = {}
     if policy.load_balancer is not None:
         changes["load_balancer"] = policy.load_balancer
@@ -235,17 +250,13 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy) -> Service:
         changes["tls"] = policy.tls
     if policy.tls_mode in ("DISABLE", "SIMPLE"):  # no mesh mTLS, whatever the workloads
         changes["endpoints"] = tuple(replace(e, mtls_identity=None) for e in service.endpoints)
-    elif policy.tls_mode == "ISTIO_MUTUAL":  # mesh mTLS to every endpoint
+    elif policy.tls_mode == "ISTIO_MUTUAL":  # mesh mTLS to every endpoint, sidecar or not
+        namespace = host.doc.item.namespace
         changes["endpoints"] = tuple(
-            e if e.mtls_identity else replace(e, mtls_identity=hosts.spiffe_path(
-                _namespace_of(service), None)) for e in service.endpoints)
+            e if e.mtls_identity else replace(e, mtls_identity=host.accounts.get(
+                (e.host, e.port), hosts.spiffe_path(namespace, None)))
+            for e in service.endpoints)
     return replace(service, **changes)
-
-
-def _namespace_of(service: Service) -> str:
-    """The namespace of a ServiceEntry's Service, from its origin document (namespace/name)."""
-    written = service.origin.name if service.origin is not None else None
-    return (written or "default/").split("/")[0]
 
 
 # ---- VirtualService -> Routes -------------------------------------------------------------------
