@@ -846,3 +846,14 @@ spec: {host: reviews, trafficPolicy: {tls: {mode: MUTUAL}}}
 """)
     assert any("spec.trafficPolicy.tls.mode: MUTUAL" in e and "not supported yet" in e
                for e in found), found
+
+
+def test_export_to_is_a_warning_not_silence(tmp_path: Path) -> None:
+    (tmp_path / "mesh.yaml").write_text(MESH)
+    (tmp_path / "dr.yaml").write_text(DR.replace("spec:\n", "spec:\n  exportTo: [.]\n", 1))
+    cold = load_policy(tmp_path)
+    assert [w.field for w in cold.warnings] == ["spec.exportTo"]
+    cache = ParseCache(tmp_path)
+    cache.try_load()
+    again = cache.try_load()  # nothing parsed again: the warning still comes
+    assert again is not None and [str(w) for w in again.warnings] == [str(w) for w in cold.warnings]

@@ -96,6 +96,11 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     by_kind: dict[str, list[_Doc]] = {}
     for doc in sorted(docs, key=lambda d: (d.item.namespace, d.item.name)):
         by_kind.setdefault(doc.item.kind, []).append(doc)
+        spec = doc.ctx.document.value.get("spec")
+        if isinstance(spec, dict) and spec.get("exportTo") not in (None, ["*"]):
+            # (warned here, not by the parser: warnings of every load come from compiling)
+            doc.warn(("spec", "exportTo"), "exportTo is not applied yet (docs/istio.md): "
+                                           "every namespace sees this document")
     native_names = {part.name for parsed in everything for part in parsed.parts
                     if isinstance(part, Service | Gateway)}
     workloads = by_kind.get("WorkloadEntry", [])
