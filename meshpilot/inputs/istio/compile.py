@@ -104,13 +104,14 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     native_names = {part.name for parsed in everything for part in parsed.parts
                     if isinstance(part, Service | Gateway)}
     workloads = by_kind.get("WorkloadEntry", [])
-    registry = _services(by_kind.get("ServiceEntry", []), workloads)
+    indexed = _Workloads(workloads)
+    registry = _services(by_kind.get("ServiceEntry", []), indexed)
     _destination_rules(by_kind.get("DestinationRule", []), registry)
     routes, routed = _virtual_services(by_kind.get("VirtualService", []), registry, by_kind)
     _default_routes(registry, routed)
     gateways = _gateways(by_kind.get("Gateway", []))
     policies = security.Policies.of(by_kind)
-    _workloads(workloads, registry, policies, by_kind.get("Sidecar", []))
+    _workloads(indexed, registry, policies, by_kind.get("Sidecar", []))
     policies.check_request_authentications(list(gateways.selectors.values()))
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
     for host in registry.values():
@@ -130,7 +131,35 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
 # ---- ServiceEntry + WorkloadEntry -> Services -------------------------------------------------
 
 
-def _services(entries: list[_Doc], workloads: list[_Doc]) -> dict[str, _Host]:
+class _Workloads:
+    """The WorkloadEntries, indexed by (namespace, label) so that selecting them costs the
+    smallest candidate list, not every workload (a thousand ServiceEntries, three thousand
+    WorkloadEntries)."""
+
+    def __init__(self, docs: list[_Doc]):
+        self.docs = docs
+        self._by_label: dict[tuple[str, str, str], list[_Doc]] = {}
+        self._by_namespace: dict[str, list[_Doc]] = {}
+        for doc in docs:
+            self._by_namespace.setdefault(doc.item.namespace, []).append(doc)
+            for key, value in doc.item.spec.spec.labels:  # type: ignore[union-attr]
+                self._by_label.setdefault((doc.item.namespace, key, value), []).append(doc)
+        self._selected: dict[tuple[str, Labels], list[_Doc]] = {}
+
+    def selected(self, namespace: str, selector: Labels) -> list[_Doc]:
+        """The WorkloadEntries of `namespace` whose labels `selector` selects, in order."""
+        key = (namespace, selector)
+        found = self._selected.get(key)
+        if found is None:
+            candidates = min((self._by_label.get((namespace, k, v), []) for k, v in selector),
+                             key=len, default=self._by_namespace.get(namespace, []))
+            found = self._selected[key] = [
+                d for d in candidates
+                if hosts.selects(selector, d.item.spec.spec.labels)]  # type: ignore[union-attr]
+        return found
+
+
+def _services(entries: list[_Doc], workloads: _Workloads) -> dict[str, _Host]:
     registry: dict[str, _Host] = {}
     for doc in entries:
         entry = doc.item.spec
@@ -148,18 +177,17 @@ def _services(entries: list[_Doc], workloads: list[_Doc]) -> dict[str, _Host]:
     return registry
 
 
-def _selected(doc: _Doc, entry: o.ServiceEntry, workloads: list[_Doc]
+def _selected(doc: _Doc, entry: o.ServiceEntry, workloads: _Workloads
               ) -> list[o.WorkloadSpec]:
     """The workloads behind a ServiceEntry: its inline endpoints, or the WorkloadEntries of
     its namespace that its workloadSelector selects."""
     if entry.workload_selector is None:
         return list(entry.endpoints)
-    return [w.item.spec.spec for w in workloads  # type: ignore[union-attr]
-            if w.item.namespace == doc.item.namespace
-            and hosts.selects(entry.workload_selector, w.item.spec.spec.labels)]
+    return [w.item.spec.spec  # type: ignore[union-attr]
+            for w in workloads.selected(doc.item.namespace, entry.workload_selector)]
 
 
-def _accounts(doc: _Doc, entry: o.ServiceEntry, workloads: list[_Doc]
+def _accounts(doc: _Doc, entry: o.ServiceEntry, workloads: _Workloads
               ) -> dict[tuple[str, int], str]:
     return {(w.address, endpoint_port(w, port)): hosts.spiffe_path(doc.item.namespace,
                                                                    w.service_account)
@@ -167,7 +195,7 @@ def _accounts(doc: _Doc, entry: o.ServiceEntry, workloads: list[_Doc]
 
 
 def _service(doc: _Doc, entry: o.ServiceEntry, host: str, port: o.Port,
-             workloads: list[_Doc]) -> Service:
+             workloads: _Workloads) -> Service:
     found: list[Endpoint] = []
     for workload in _selected(doc, entry, workloads):
         # Auto mTLS: callers speak mTLS to a workload whose label says it runs a sidecar.
@@ -602,24 +630,31 @@ def _in_scope(found: tuple[_Doc, o.SidecarScope] | None, host: _Host, name: str)
     return False
 
 
-def _workloads(workloads: list[_Doc], registry: dict[str, _Host],
+def _workloads(workloads: _Workloads, registry: dict[str, _Host],
                policies: security.Policies, sidecars: list[_Doc]) -> None:
     every = [(registry[host], host, service) for host in sorted(registry)
              for service in sorted(registry[host].services.values(), key=lambda s: s.name)
              if service.protocol != "tcp"]
-    for doc in workloads:
+    serving = _serving(workloads, registry)
+    everything = tuple(Call(service.name) for _, _, service in every)
+    scoped: dict[int, tuple[Call, ...]] = {}  # by Sidecar resource: shared by its workloads
+    for doc in workloads.docs:
         # Istio's Sidecar resource scopes what the workload receives (default: everything).
         scope = _scope(doc, sidecars)
-        calls = tuple(Call(service.name) for host, name, service in every
-                      if _in_scope(scope, host, name))
+        if scope is None:
+            calls = everything
+        else:
+            calls = scoped.get(id(scope[0])) or scoped.setdefault(id(scope[0]), tuple(
+                call for call, (host, name, _) in zip(everything, every, strict=True)
+                if _in_scope(scope, host, name)))
         entry = doc.item.spec
         assert isinstance(entry, o.WorkloadEntry)
         workload = entry.spec
-        serving = _served_port(doc, registry)
+        served = serving.get(id(doc))
         protocol: Protocol = "http"
         port = None
-        if serving is not None:
-            service, port = serving
+        if served is not None:
+            service, port = served
             protocol = service.protocol
         outbound = entry.outbound_port or hosts.DEFAULT_OUTBOUND_PORT
         app_host, app_port = entry.app or (DEFAULT_APP_HOST, port or 8080)
@@ -646,17 +681,18 @@ def _workloads(workloads: list[_Doc], registry: dict[str, _Host],
                                  protocol=protocol, sidecar=sidecar, origin=doc.ctx.origin()))
 
 
-def _served_port(doc: _Doc, registry: dict[str, _Host]) -> tuple[Service, int] | None:
-    """The first Service (in host order) whose ServiceEntry selects this workload, and the
-    workload's port for it: the sidecar's inbound port."""
-    labels = doc.item.spec.spec.labels  # type: ignore[union-attr]
+def _serving(workloads: _Workloads, registry: dict[str, _Host]
+             ) -> dict[int, tuple[Service, int]]:
+    """Per WorkloadEntry (by id): the first Service (in host order) whose ServiceEntry
+    selects it, and the workload's port for it: the sidecar's inbound port."""
+    found: dict[int, tuple[Service, int]] = {}
     for name in sorted(registry):
         host = registry[name]
         entry = host.entry
-        if entry.workload_selector is None or host.doc.item.namespace != doc.item.namespace:
-            continue
-        if not hosts.selects(entry.workload_selector, labels):
+        if entry.workload_selector is None:
             continue
         port = entry.ports[0]
-        return host.services[port.number], endpoint_port(doc.item.spec.spec, port)  # type: ignore[union-attr]
-    return None
+        for doc in workloads.selected(host.doc.item.namespace, entry.workload_selector):
+            found.setdefault(id(doc), (host.services[port.number], endpoint_port(
+                doc.item.spec.spec, port)))  # type: ignore[union-attr]
+    return found
