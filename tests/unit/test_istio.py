@@ -540,6 +540,15 @@ def test_incremental_load_equals_cold(tmp_path: Path) -> None:
 
 EVERY_FEATURE = """
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mysqldb}
+spec:
+  hosts: [mysqldb.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 3306, name: tcp, protocol: TCP}]
+  endpoints: [{address: 10.0.0.40, labels: {security.istio.io/tlsMode: istio}}]
+---
+apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: reviews}
 spec:
@@ -857,3 +866,30 @@ def test_export_to_is_a_warning_not_silence(tmp_path: Path) -> None:
     cache.try_load()
     again = cache.try_load()  # nothing parsed again: the warning still comes
     assert again is not None and [str(w) for w in again.warnings] == [str(w) for w in cold.warnings]
+
+
+def test_tcp_services_get_a_local_port_in_each_sidecar() -> None:
+    mysql = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mysqldb}
+spec:
+  hosts: [mysqldb.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 3306, name: tcp, protocol: TCP}]
+  endpoints: [{address: 10.0.0.40}]
+"""
+    model = load(mysql)
+    sidecar = model.service("reviews-v1.default").sidecar  # type: ignore[union-attr]
+    assert sidecar is not None
+    assert [(c.service, c.local_port) for c in sidecar.calls] == [
+        (REVIEWS, None), ("mysqldb.default.svc.cluster.local:3306", 3306)]
+    listener = dumped(model, "reviews-v1.default", LISTENER,
+                      "outbound/mysqldb.default.svc.cluster.local:3306")
+    assert listener["address"]["socketAddress"] == {"address": "127.0.0.1", "portValue": 3306}
+    # a port already taken (here the outbound port) is a warning, not a broken sidecar
+    clash = mysql.replace("3306", "15001")
+    model = load(clash)
+    sidecar = model.service("reviews-v1.default").sidecar  # type: ignore[union-attr]
+    assert sidecar is not None and [c.service for c in sidecar.calls] == [REVIEWS]
+    assert any("127.0.0.1:15001 is already taken" in str(w) for w in model.warnings)

@@ -637,6 +637,11 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
              if service.protocol != "tcp"]
     serving = _serving(workloads, registry)
     everything = tuple(Call(service.name) for _, _, service in every)
+    # TCP services: the outbound port routes HTTP by Host, so each gets a local port of its
+    # own, its port number (the application connects to 127.0.0.1:3306 for mysql:3306).
+    tcp = [(registry[host], host, service) for host in sorted(registry)
+           for service in sorted(registry[host].services.values(), key=lambda s: s.name)
+           if service.protocol == "tcp" and registry[host].entry.location == "MESH_INTERNAL"]
     scoped: dict[int, tuple[Call, ...]] = {}  # by Sidecar resource: shared by its workloads
     for doc in workloads.docs:
         # Istio's Sidecar resource scopes what the workload receives (default: everything).
@@ -668,6 +673,10 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
         if outbound == port:
             doc.error(("metadata",), f"the outbound port {outbound} is the inbound port: set "
                                      "annotation meshpilot.io/outbound-port")
+        calls = (*calls, *_tcp_calls(doc, tcp, scope, {
+            p for p in (outbound, app_port if app_host in ("127.0.0.1", "localhost") else None,
+                        port if workload.address in ("127.0.0.1", "0.0.0.0") else None)
+            if p is not None}))
         view = hosts.workload_view(doc.item.name, doc.item.namespace)
         mtls, authorization, deny = policies.for_workload(doc, port)
         sidecar = Sidecar(port=port, address=workload.address if port is not None else "0.0.0.0",
@@ -679,6 +688,23 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
                           deny=deny)
         doc.parts.append(Service(name=view, position=doc.ctx.document.position,
                                  protocol=protocol, sidecar=sidecar, origin=doc.ctx.origin()))
+
+
+def _tcp_calls(doc: _Doc, tcp: list[tuple[_Host, str, Service]],
+               scope: tuple[_Doc, o.SidecarScope] | None, taken: set[int]) -> list[Call]:
+    found: list[Call] = []
+    used = set(taken)
+    for host, name, service in tcp:
+        if not _in_scope(scope, host, name):
+            continue
+        number = int(service.name.rsplit(":", 1)[1])
+        if number in used:
+            doc.warn(("spec",), f"TCP service {service.name} gets no local port in this "
+                                f"workload's sidecar: 127.0.0.1:{number} is already taken")
+            continue
+        used.add(number)
+        found.append(Call(service.name, local_port=number))
+    return found
 
 
 def _serving(workloads: _Workloads, registry: dict[str, _Host]
