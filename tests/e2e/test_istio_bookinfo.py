@@ -311,7 +311,7 @@ def test_strict_mtls_and_authorization_by_identity(bookinfo: Bookinfo) -> None:
             return True
 
     eventually(plaintext_refused, what="reviews-v1's sidecar to refuse plaintext (STRICT)")
-    eventually(lambda: bookinfo.call("reviews:9080")[1].get("backend") == "reviews-v1",
+    eventually(lambda: set(bookinfo.backends("reviews:9080", 6)) == {"reviews-v1"},
                what="reviews to go to v1")
     # productpage's sidecar speaks mTLS to reviews-v1 (auto mTLS) with its own identity.
     status, seen = bookinfo.call("reviews:9080")
@@ -389,3 +389,42 @@ def test_circuit_breaking_task(bookinfo: Bookinfo) -> None:
     eventually(lambda: burst()[503] > 0, what="concurrent requests to overflow the breaker")
     assert overflows() > before
     assert burst()[200] > 0  # the one connection still serves
+
+
+def test_port_level_mtls_disable(bookinfo: Bookinfo) -> None:
+    """The mesh STRICT, reviews' own policy STRICT with its port DISABLE (istio.io's
+    portLevelMtls): reviews-v1 takes plaintext on that port, and callers, whose auto mTLS
+    follows the workload's policy, send plaintext to it."""
+    mesh_strict = documents_of(TASKS / "authn-policy.yaml")[0]
+    port = bookinfo.ports["in_reviews-v1"]
+    reviews_disable = f"""apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: reviews, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  mtls: {{mode: STRICT}}
+  portLevelMtls:
+    {port}: {{mode: DISABLE}}
+"""
+    rules = (NETWORKING / "destination-rule-all.yaml").read_text()
+    all_v1 = (NETWORKING / "virtual-service-all-v1.yaml").read_text()
+    bookinfo.apply(rules=rules, vs=all_v1, peers=mesh_strict, reviews=reviews_disable)
+    inbound = f"http://127.0.0.1:{port}/"
+    eventually(lambda: _status_or_none(inbound) == 200,
+               what="reviews-v1 to take plaintext on its DISABLE port")
+    eventually(lambda: set(bookinfo.backends("reviews:9080", 6)) == {"reviews-v1"},
+               what="reviews to go to v1")
+    status, seen = bookinfo.call("reviews:9080")
+    assert status == 200 and seen["backend"] == "reviews-v1"
+    assert "x-forwarded-client-cert" not in seen["headers"]  # plaintext: no caller identity
+    bookinfo.apply(rules=rules, vs=all_v1, peers=mesh_strict)
+    eventually(lambda: _status_or_none(inbound) is None, what="STRICT again")
+    status, seen = bookinfo.call("reviews:9080")
+    assert status == 200 and "x-forwarded-client-cert" in seen["headers"]
+
+
+def _status_or_none(url: str) -> int | None:
+    try:
+        return http_get(url, timeout=3)[0]
+    except OSError:
+        return None

@@ -893,3 +893,27 @@ spec:
     sidecar = model.service("reviews-v1.default").sidecar  # type: ignore[union-attr]
     assert sidecar is not None and [c.service for c in sidecar.calls] == [REVIEWS]
     assert any("127.0.0.1:15001 is already taken" in str(w) for w in model.warnings)
+
+
+def test_auto_mtls_follows_the_workloads_peer_authentication() -> None:
+    mesh = MESH.replace("version: v1}", "version: v1, security.istio.io/tlsMode: istio}")
+    disable = """
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: v1}
+spec: {selector: {matchLabels: {version: v1}}, mtls: {mode: DISABLE}}
+"""
+    mutual = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec: {host: reviews, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}
+"""
+
+    def identity(*documents: str) -> str | None:
+        model = load_policy_text("\n---\n".join((mesh, *documents)), "istio.yaml")
+        return model.service(REVIEWS).endpoints[0].mtls_identity  # type: ignore[union-attr]
+
+    assert identity() == "ns/default/sa/bookinfo-reviews"
+    assert identity(disable) is None  # its sidecar takes plaintext: so do its callers
+    assert identity(disable, mutual) == "ns/default/sa/bookinfo-reviews"  # the DR says so

@@ -85,6 +85,8 @@ class _Host:
     subsets_defined: set[str] = field(default_factory=set)
     # (address, port) of each workload endpoint -> its SPIFFE path (for ISTIO_MUTUAL)
     accounts: dict[tuple[str, int], str] = field(default_factory=dict)
+    # (address, port) of each WorkloadEntry endpoint -> that WorkloadEntry
+    workload_of: dict[tuple[str, int], _Doc] = field(default_factory=dict)
     hash_on: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     istio_mutual: dict[int, bool] = field(default_factory=dict)
 
@@ -112,6 +114,7 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     gateways = _gateways(by_kind.get("Gateway", []))
     policies = security.Policies.of(by_kind)
     _workloads(indexed, registry, policies, by_kind.get("Sidecar", []))
+    _plaintext_where_disabled(registry, policies)
     policies.check_request_authentications(list(gateways.selectors.values()))
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
     for host in registry.values():
@@ -173,7 +176,8 @@ def _services(entries: list[_Doc], workloads: _Workloads) -> dict[str, _Host]:
             services = {port.number: _service(doc, entry, host, port, workloads)
                         for port in entry.ports}
             registry[host] = _Host(doc, entry, services,
-                                   accounts=_accounts(doc, entry, workloads))
+                                   accounts=_accounts(doc, entry, workloads),
+                                   workload_of=_workload_of(doc, entry, workloads))
     return registry
 
 
@@ -192,6 +196,32 @@ def _accounts(doc: _Doc, entry: o.ServiceEntry, workloads: _Workloads
     return {(w.address, endpoint_port(w, port)): hosts.spiffe_path(doc.item.namespace,
                                                                    w.service_account)
             for w in _selected(doc, entry, workloads) for port in entry.ports}
+
+
+def _workload_of(doc: _Doc, entry: o.ServiceEntry, workloads: _Workloads
+                 ) -> dict[tuple[str, int], _Doc]:
+    if entry.workload_selector is None:
+        return {}
+    return {(w.item.spec.spec.address, endpoint_port(w.item.spec.spec, port)): w  # type: ignore[union-attr]
+            for w in workloads.selected(doc.item.namespace, entry.workload_selector)
+            for port in entry.ports}
+
+
+def _plaintext_where_disabled(registry: dict[str, _Host], policies: security.Policies) -> None:
+    """Auto mTLS as Istio's Pilot decides it per endpoint: a workload whose PeerAuthentication
+    says DISABLE for that port is called in plaintext (unless a DestinationRule says
+    ISTIO_MUTUAL)."""
+    for host in registry.values():
+        for number, service in list(host.services.items()):
+            if host.istio_mutual.get(number):
+                continue
+            changed = tuple(
+                replace(e, mtls_identity=None)
+                if e.mtls_identity is not None and (workload := host.workload_of.get(
+                    (e.host, e.port))) is not None and policies.mtls_of(workload, e.port) == "off"
+                else e for e in service.endpoints)
+            if changed != service.endpoints:
+                host.services[number] = replace(service, endpoints=changed)
 
 
 def _service(doc: _Doc, entry: o.ServiceEntry, host: str, port: o.Port,

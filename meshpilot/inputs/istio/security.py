@@ -156,6 +156,10 @@ class Policies:
 
     # -- PeerAuthentication --
 
+    def mtls_of(self, workload: _Doc, port: int | None) -> MtlsMode:
+        """The workload's effective mTLS mode on `port` (its inbound)."""
+        return self._mtls(workload, port)
+
     def _mtls(self, workload: _Doc, port: int | None) -> MtlsMode:
         ns = workload.item.namespace
         labels = workload.item.spec.spec.labels  # type: ignore[union-attr]
