@@ -428,3 +428,43 @@ def _status_or_none(url: str) -> int | None:
         return http_get(url, timeout=3)[0]
     except OSError:
         return None
+
+
+def test_jwt_on_a_workloads_sidecar(bookinfo: Bookinfo) -> None:
+    """A RequestAuthentication selecting productpage (Istio's JWT sample keys, inline) and an
+    AuthorizationPolicy requiring the sample token's request principal: productpage's own
+    sidecar checks both, behind the gateway."""
+    samples = ISTIO / "jwt-samples"
+    keys = json.dumps(json.loads((samples / "jwks.json").read_text()))
+    token = (samples / "demo.jwt").read_text().strip()
+    request_authentication = f"""apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: productpage, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  jwtRules:
+  - issuer: testing@secure.istio.io
+    jwks: '{keys}'
+"""
+    require = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  rules:
+  - from: [{source: {requestPrincipals: ["testing@secure.istio.io/testing@secure.istio.io"]}}]
+"""
+    gateway, routes = documents_of(NETWORKING / "bookinfo-gateway.yaml")
+    gateway = gateway.replace("number: 8080", f"number: {bookinfo.ports['ingress']}")
+    rules = (NETWORKING / "destination-rule-all.yaml").read_text()
+    url = f"http://127.0.0.1:{bookinfo.ports['ingress']}/productpage"
+
+    def status(authorization: str | None = None) -> int:
+        headers = {"Authorization": authorization} if authorization else {}
+        return http_get(url, headers, timeout=10)[0]
+
+    bookinfo.apply(rules=rules, gateway=gateway, vs=routes, jwt=request_authentication,
+                   authz=require)
+    eventually(lambda: status() == 403, what="productpage to require the token")
+    assert status(f"Bearer {token}") == 200
+    assert status("Bearer not-a-token") == 401  # refused by productpage's sidecar

@@ -72,6 +72,20 @@ def dumped(model: Model, view: str, type_url: str, name: str | None = None) -> d
 _MESSAGES: dict[str, Any] = {LISTENER: Listener, CLUSTER: Cluster, ROUTE: RouteConfiguration}
 
 
+def inbound_rbac(model: Model, view: str) -> dict[str, Any]:
+    """The RBAC policies a workload's inbound enforces, by filter name: its RBAC filters sit in
+    the chain disabled, and the inbound route configuration's virtual host switches each on
+    with its policy (an RBACPerRoute); the listener's chain must hold every one of them."""
+    listener = dumped(model, view, LISTENER, f"inbound/{view}")
+    chain = {f["name"] for f in listener["filterChains"][0]["filters"][0]["typedConfig"][
+        "httpFilters"]}
+    (vhost,) = dumped(model, view, ROUTE, f"inbound/{view}")["virtualHosts"]
+    found = {name: config["rbac"] for name, config in vhost.get("typedPerFilterConfig", {}).items()
+             if name.startswith("envoy.filters.http.rbac")}
+    assert set(found) <= chain
+    return found
+
+
 def errors(*documents: str) -> list[str]:
     with pytest.raises(PolicyError) as caught:
         load(*documents)
@@ -483,10 +497,7 @@ def test_rbac_decides_as_istios_builder_golden(case: str) -> None:
     goldens = [yaml.safe_load(path.read_text())["typedConfig"]
                for path in sorted(folder.glob(f"{case}-out*.yaml"))]
     model = load_policy_text(GOLDEN_WORKLOAD + "---\n" + policy, f"{case}-in.yaml")
-    listener = dumped(model, "httpbin-1.foo", LISTENER, "inbound/httpbin-1.foo")
-    manager = listener["filterChains"][0]["filters"][0]["typedConfig"]
-    ours = [f["typedConfig"] for f in manager["httpFilters"]
-            if f["name"].startswith("envoy.filters.http.rbac")]
+    ours = list(inbound_rbac(model, "httpbin-1.foo").values())
     for request in PROBES:
         expected = all(_evaluate(g, request) for g in goldens)
         assert all(_evaluate(c, request) for c in ours) == expected, (request, ours)
@@ -617,9 +628,7 @@ def test_envoy_accepts_every_istio_feature() -> None:
 
 def test_not_forms_decide_as_istio_says() -> None:
     model = load(EVERY_FEATURE)
-    listener = dumped(model, "reviews-v1.default", LISTENER, "inbound/reviews-v1.default")
-    chain = listener["filterChains"][0]["filters"][0]["typedConfig"]["httpFilters"]
-    deny = next(f["typedConfig"] for f in chain if f["name"] == "envoy.filters.http.rbac/deny")
+    deny = inbound_rbac(model, "reviews-v1.default")["envoy.filters.http.rbac/deny"]
 
     def allowed(principal: str, path: str, method: str, host: str = "a.example.com") -> bool:
         # the port condition is left out of this evaluation: make every port match
@@ -917,3 +926,35 @@ spec: {host: reviews, trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}}
     assert identity() == "ns/default/sa/bookinfo-reviews"
     assert identity(disable) is None  # its sidecar takes plaintext: so do its callers
     assert identity(disable, mutual) == "ns/default/sa/bookinfo-reviews"  # the DR says so
+
+
+def test_request_authentication_on_a_workload() -> None:
+    jwks = '{"keys": []}'
+    request_authentication = f"""
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: reviews}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  jwtRules: [{{issuer: issuer.example, jwks: '{jwks}', fromHeaders: [{{name: x-jwt}}]}}]
+"""
+    require = """
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  rules: [{from: [{source: {requestPrincipals: ["issuer.example/alice"]}}]}]
+"""
+    model = load(request_authentication, require)
+    sidecar = model.service("reviews-v1.default").sidecar  # type: ignore[union-attr]
+    assert sidecar is not None and sidecar.jwt is not None
+    (provider,) = sidecar.jwt.providers
+    assert (provider.issuer, provider.jwks.inline, provider.from_headers) == (
+        "issuer.example", jwks, (("x-jwt", ""),))
+    assert sidecar.authorization is not None
+    assert sidecar.authorization.rules[0].request_principals == ("issuer.example/alice",)
+    found = errors(require)  # no RequestAuthentication: no JWT to check
+    assert any("requestPrincipals need a RequestAuthentication" in e for e in found), found
+    found = errors(request_authentication.replace(f"jwks: '{jwks}'", "jwksUri: https://x/j"))
+    assert any("jwksUri for a workload's sidecar is not supported yet" in e for e in found)

@@ -115,7 +115,6 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     policies = security.Policies.of(by_kind)
     _workloads(indexed, registry, policies, by_kind.get("Sidecar", []))
     _plaintext_where_disabled(registry, policies)
-    policies.check_request_authentications(list(gateways.selectors.values()))
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
     for host in registry.values():
         host.doc.parts.extend(host.services[p.number] for p in host.entry.ports)
@@ -708,14 +707,15 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
                         port if workload.address in ("127.0.0.1", "0.0.0.0") else None)
             if p is not None}))
         view = hosts.workload_view(doc.item.name, doc.item.namespace)
-        mtls, authorization, deny = policies.for_workload(doc, port)
+        jwt = policies.jwt_for_workload(doc) if port is not None else None
+        mtls, authorization, deny = policies.for_workload(doc, port, jwt is not None)
         sidecar = Sidecar(port=port, address=workload.address if port is not None else "0.0.0.0",
                           app_host=app_host, app_port=app_port, outbound_port=outbound,
                           calls=calls, mtls=mtls, authorization=authorization,
                           origin=doc.ctx.origin(("spec",)),
                           identity=hosts.spiffe_path(doc.item.namespace,
                                                      workload.service_account),
-                          deny=deny)
+                          deny=deny, jwt=jwt)
         doc.parts.append(Service(name=view, position=doc.ctx.document.position,
                                  protocol=protocol, sidecar=sidecar, origin=doc.ctx.origin()))
 

@@ -72,23 +72,38 @@ class Policies:
 
     # -- the ingress gateway: RequestAuthentication and AuthorizationPolicy, on its Routes --
 
-    def check_request_authentications(self, gateway_selectors: list[Labels]) -> None:
-        """RequestAuthentication applies at ingress gateways only: one that selects no
-        gateway (a workload's) is refused, one for everyone is a warning for workloads."""
+    def jwt_for_workload(self, workload: _Doc) -> Jwt | None:
+        """The JWT providers of the RequestAuthentications that apply to a workload (the root
+        namespace's and its namespace's without selector, its namespace's selecting it), on
+        its sidecar's inbound: keys inline only (the sidecar has no cluster to fetch them)."""
+        ns = workload.item.namespace
+        labels = workload.item.spec.spec.labels  # type: ignore[union-attr]
+        providers: list[JwtProvider] = []
         for doc in self.requests:
             spec = doc.item.spec
             assert isinstance(spec, o.RequestAuthentication)
-            at_gateways = doc.item.namespace == hosts.ROOT_NAMESPACE and (
-                not spec.selector or any(hosts.selects(spec.selector, s)
-                                         for s in gateway_selectors))
-            if not at_gateways:
-                doc.error(("spec", "selector") if spec.selector else ("spec",),
-                          f"RequestAuthentication for workloads {NOT_SUPPORTED}; at ingress "
-                          f"gateways (namespace {hosts.ROOT_NAMESPACE}, a selector of their "
-                          "labels) it is")
-            elif not spec.selector:
-                doc.warn(("spec",), "workloads' sidecars do not enforce RequestAuthentication "
-                                    "yet: only the ingress gateways do")
+            applies = (not spec.selector and doc.item.namespace in (ns, hosts.ROOT_NAMESPACE)) \
+                or (spec.selector and doc.item.namespace == ns
+                    and hosts.selects(spec.selector, labels))
+            if not applies:
+                continue
+            for index, rule in enumerate(spec.rules):
+                path = ("spec", "jwtRules", index)
+                if rule.jwks is None:
+                    doc.error((*path, "jwksUri"), f"jwksUri for a workload's sidecar "
+                                                  f"{NOT_SUPPORTED}: write the keys as jwks "
+                                                  f"(workload {workload.ctx.name})")
+                    continue
+                if rule.output_payload_to_header is not None:
+                    doc.error((*path, "outputPayloadToHeader"),
+                              f"outputPayloadToHeader {NOT_SUPPORTED}")
+                    continue
+                providers.append(JwtProvider(
+                    name=f"{doc.item.namespace}.{doc.item.name}[{index}]", issuer=rule.issuer,
+                    jwks=Jwks(inline=rule.jwks), audiences=rule.audiences,
+                    from_headers=rule.from_headers, from_params=rule.from_params,
+                    forward=rule.forward_original_token, origin=doc.ctx.origin(path)))
+        return Jwt(tuple(providers), required=False) if providers else None
 
     def for_gateway(self, selector: Labels, jwks_service: Callable[[_Doc, tuple[Any, ...],
                                                                      str], str | None]
@@ -148,10 +163,11 @@ class Policies:
                                        origin=docs[0].ctx.origin(("spec",))))
         return tuple(found)
 
-    def for_workload(self, workload: _Doc, port: int | None
+    def for_workload(self, workload: _Doc, port: int | None, jwt: bool = False
                      ) -> tuple[MtlsMode, Authorization | None, Authorization | None]:
-        """The workload's mTLS mode, its ALLOW authorization and its DENY one."""
-        allow, deny = self._authorization(workload)
+        """The workload's mTLS mode, its ALLOW authorization and its DENY one (`jwt`: its
+        sidecar validates JWTs, so request principals can be checked)."""
+        allow, deny = self._authorization(workload, jwt)
         return self._mtls(workload, port), allow, deny
 
     # -- PeerAuthentication --
@@ -194,7 +210,7 @@ class Policies:
 
     # -- AuthorizationPolicy --
 
-    def _authorization(self, workload: _Doc
+    def _authorization(self, workload: _Doc, jwt: bool = False
                        ) -> tuple[Authorization | None, Authorization | None]:
         ns = workload.item.namespace
         labels = workload.item.spec.spec.labels  # type: ignore[union-attr]
@@ -209,7 +225,7 @@ class Policies:
                     applying.append(doc)
             elif doc.item.namespace == ns and hosts.selects(spec.selector, labels):
                 applying.append(doc)
-        found = {policy.action: policy for policy in self._combined(applying)}
+        found = {policy.action: policy for policy in self._combined(applying, jwt)}
         return found.get("ALLOW"), found.get("DENY")
 
     def _rules(self, doc: _Doc, path: tuple[Any, ...], rule: o.AuthzRuleSpec,
@@ -249,8 +265,7 @@ class Policies:
             written = getattr(source, key)
             if written and not allow_request_principals:
                 doc.error((*path, _camel(key)), f"{_camel(key)} need a RequestAuthentication "
-                                                "at an ingress gateway: for workloads they are "
-                                                f"{NOT_SUPPORTED}")
+                                                "that applies here (no JWT is validated)")
                 return None
             for index, principal in enumerate(written):
                 if principal != "*" and ("*" in principal or "/" not in principal):
