@@ -108,7 +108,8 @@ class WorkloadIdentities:
         with self._lock:
             for name in names:
                 if name in self._current:
-                    self._current[name] = self.ca.issue(self.spiffe_id(name), now, self.ttl)
+                    self._current[name] = self.ca.issue(
+                        self._ids.get(name) or self.spiffe_id(name), now, self.ttl)
                     done.add(name)
         return done
 
