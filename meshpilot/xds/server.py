@@ -265,7 +265,7 @@ class XdsServer:
             log.warning("node %r rejected %s version %s: %s", conn.node_id, short,
                         rejection.version if rejection else "?", message)
             for name in sorted({h.name for h in self.held.all() if h.type_url == type_url
-                                and h.message == message}):
+                                and h.message == message and h.view == conn.stream.node_cluster}):
                 where = self.registry.locate(conn.view or "", type_url, name)
                 log.warning("  held back: %s %r%s", short, name,
                             f", from {where}" if where else "")

@@ -30,7 +30,7 @@ ACK/NACK record. `responses()` plans, for every type the client has opened, what
 - Stale nonces (SotW) are ignored; the client repeats its interest with the newest nonce.
 - A NACK is contained to what Envoy refused: the resources of the rejected response that Envoy's
   message names (else the ones that response changed) are held back, by content version, in
-  `HeldResources` (shared by every stream of a server): in their place the client is sent the
+  `HeldResources` (shared by the streams of one view): in their place the client is sent the
   version it last acknowledged (nothing, if it never had one), at once, so the rest of the
   change goes out and is acknowledged, and no stream is sent that content again. A new version
   of the resource (its input changed) is sent as usual.
@@ -89,7 +89,8 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """A resource version an Envoy refused: held back from every stream until it changes."""
+    """A resource version an Envoy refused: held back from its view's streams until it
+    changes."""
 
     type_url: str
     name: str
@@ -97,41 +98,45 @@ class Held:
     message: str  # Envoy's
     node: str  # the node that refused it first
     at: float
+    view: str = ""  # the refusing node's cluster: only that view's streams hold it back
 
 
 class HeldResources:
-    """Resource versions Envoys refused, by (type URL, name, version): what no stream sends
-    again.
+    """Resource versions Envoys refused, by (view, type URL, name, version): what no stream of
+    that view sends again.
 
     Shared by the streams of one server (one instance each otherwise); bounded, oldest
     forgotten first. An entry stops mattering once the resource's content changes: it is
-    matched by version, so a new version is sent as usual (and two views holding different
-    contents under one name are held apart)."""
+    matched by version, so a new version is sent as usual. It is scoped to the refusing node's
+    view: views share resources of equal content (every caller's cluster of a service), and a
+    node, whose token proves only its own view, must not be able to withhold config from the
+    others by refusing it."""
 
     def __init__(self, limit: int = 10_000):
         self.limit = limit
-        self._held: OrderedDict[tuple[str, str, str], Held] = OrderedDict()
-        self._by_type: dict[str, dict[str, dict[str, Held]]] = {}
+        self._held: OrderedDict[tuple[str, str, str, str], Held] = OrderedDict()
+        self._by_type: dict[tuple[str, str], dict[str, dict[str, Held]]] = {}
 
     def __bool__(self) -> bool:
         return bool(self._held)
 
     def hold(self, held: Held) -> None:
-        key = (held.type_url, held.name, held.version)
+        key = (held.view, held.type_url, held.name, held.version)
         if key in self._held:
             return  # the first refusal is kept (its node, its time)
         self._held[key] = held
-        self._by_type.setdefault(held.type_url, {}).setdefault(held.name, {})[held.version] = held
+        self._by_type.setdefault((held.view, held.type_url), {}).setdefault(
+            held.name, {})[held.version] = held
         while len(self._held) > self.limit:
-            (type_url, name, version), _ = self._held.popitem(last=False)
-            versions = self._by_type[type_url][name]
+            (view, type_url, name, version), _ = self._held.popitem(last=False)
+            versions = self._by_type[(view, type_url)][name]
             versions.pop(version, None)
             if not versions:
-                del self._by_type[type_url][name]
+                del self._by_type[(view, type_url)][name]
 
-    def of_type(self, type_url: str) -> Mapping[str, Mapping[str, Held]]:
-        """name -> version -> Held, for one type."""
-        return self._by_type.get(type_url, {})
+    def of_type(self, type_url: str, view: str = "") -> Mapping[str, Mapping[str, Held]]:
+        """name -> version -> Held, for one type in one view."""
+        return self._by_type.get((view, type_url), {})
 
     def all(self) -> list[Held]:
         return list(self._held.values())
@@ -358,7 +363,8 @@ class XdsStream:
             for name in refused_names(state.last_changed, message):
                 sent = state.known.get(name)
                 if sent is not None:
-                    self.held.hold(Held(state.type_url, name, sent.version, message, node, now))
+                    self.held.hold(Held(state.type_url, name, sent.version, message, node, now,
+                                        self.node_cluster))
             return RequestKind.NACK
         state.acks += 1
         state.acked_version = state.sent_version
@@ -411,11 +417,16 @@ class XdsStream:
             return base, base.version
         return base, set_version(base)  # type: ignore[arg-type]
 
+    @property
+    def node_cluster(self) -> str:
+        """The node's cluster (its view), once its first request named the node."""
+        return self.node.cluster if self.node is not None else ""
+
     def _without_held(self, state: TypeState, base: Mapping[str, Resource | _Claimed]
                       ) -> Mapping[str, Resource | _Claimed]:
         """`base` with each refused resource version replaced by the one the client last
         acknowledged, or left out if it never acknowledged one."""
-        refused = self.held.of_type(state.type_url)
+        refused = self.held.of_type(state.type_url, self.node_cluster)
         found = [held for name, versions in refused.items()
                  if (r := base.get(name)) is not None and (held := versions.get(r.version))]
         state.held_now = tuple(found)

@@ -403,6 +403,20 @@ def test_held_resources_are_shared_by_the_streams_of_a_server() -> None:
     assert sorted(only(second.request(sotw(CDS))).names) == ["a"]
 
 
+def test_a_refusal_holds_back_only_within_the_refusing_nodes_view() -> None:
+    # Views share resources of equal content (every caller's cluster of a service): a node,
+    # whose token proves only its own view, must not withhold them from another view.
+    held = HeldResources()
+    snapshot = snapshot_of(VIEW, *clusters("a", "bad"))
+    first = Harness(snapshot, held=held)
+    first.nack(only(first.request(sotw(CDS))), "Error adding/updating cluster(s) bad: no")
+    other = Harness(snapshot_of("shop", *clusters("a", "bad")), held=held)
+    request = sotw(CDS, with_node=False)
+    request.node.CopyFrom(node("shop-1", "shop"))
+    assert sorted(only(other.request(request)).names) == ["a", "bad"]
+    assert other.state(CDS).held_now == ()
+
+
 def test_stale_nonce_is_ignored() -> None:
     h = Harness(snapshot_of(VIEW, *clusters("a")))
     first = only(h.request(sotw(CDS)))
