@@ -5,7 +5,7 @@ Traffic through a real Envoy is `tests/e2e/test_gatewayapi_grpc.py`."""
 from __future__ import annotations
 
 import pytest
-from test_gatewayapi import GATEWAY, status_of, view, vhosts
+from test_gatewayapi import GATEWAY, status_of, vhosts, view
 
 from meshpilot.base.errors import PolicyError
 from meshpilot.inputs.loader import load_policy_text
