@@ -198,3 +198,19 @@ def test_http_only_fields_are_refused_on_a_grpc_route() -> None:
         "method, headers" in text
     assert 'spec.rules[0].filters[0].type: must be one of RequestHeaderModifier, ' \
         'ResponseHeaderModifier, RequestMirror, ExtensionRef, found "URLRewrite"' in text
+
+
+def test_on_a_shared_hostname_grpc_matches_come_before_http_matches() -> None:
+    http = """apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: h, namespace: infra}
+spec:
+  parentRefs: [{name: edge}]
+  rules: [{matches: [{path: {type: Exact, value: /a.B/Longer}}],
+           backendRefs: [{name: web, port: 8080}]}]
+---
+"""
+    model = load_policy_text(GATEWAY + http + grpc_route(
+        "  rules: [{matches: [{method: {service: a.B}}], backendRefs: [{name: web, port: 8080}]}]\n"))
+    assert [e["match"] for e in vhosts(model)["*"]] == [{"prefix": "/a.B/"},
+                                                        {"path": "/a.B/Longer"}]

@@ -1022,11 +1022,12 @@ def _grpc_precedence(route: KubeObject, index: int, match_index: int,
                      ) -> tuple[int, int, int, int, int]:
     """GRPCRoute's sort key of a match as written, smaller first (the spec, after hostnames):
     the most characters of a matching service, then of a matching method, then the most
-    header matches."""
+    header matches. Ahead of every HTTPRoute match on a shared hostname (-1; the spec leaves
+    their order to the implementation): a gRPC method's path is the more specific."""
     written = (route.spec().get("rules") or [{}])[index].get("matches") or [{}]
     method = written[match_index].get("method") or {}
     headers = {h["name"].lower() for h in written[match_index].get("headers") or ()}
-    return (0, -len(method.get("service") or ""), -len(method.get("method") or ""),
+    return (-1, -len(method.get("service") or ""), -len(method.get("method") or ""),
             -len(headers), 0)
 
 
