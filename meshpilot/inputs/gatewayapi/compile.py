@@ -68,7 +68,7 @@ CONTROLLER = "meshpilot.io/gateway-controller"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 _ROUTE_KINDS_BY_PROTOCOL = {"HTTP": ("HTTPRoute", "GRPCRoute"),
-                            "HTTPS": ("HTTPRoute", "GRPCRoute")}
+                            "HTTPS": ("HTTPRoute", "GRPCRoute"), "TCP": ("TCPRoute",)}
 _WELL_KNOWN_PORTS = {"http": 80, "https": 443}
 
 
@@ -105,6 +105,7 @@ class _World:
     classes: dict[str, KubeObject] = field(default_factory=dict)
     gateways: list[KubeObject] = field(default_factory=list)
     http_routes: list[KubeObject] = field(default_factory=list)  # and GRPCRoutes
+    tcp_routes: list[KubeObject] = field(default_factory=list)
     other_routes: list[KubeObject] = field(default_factory=list)
     grants: dict[str, list[KubeObject]] = field(default_factory=dict)  # by namespace
     services: dict[str, KubeObject] = field(default_factory=dict)  # ns/name
@@ -124,6 +125,8 @@ class _World:
                 world.gateways.append(obj)
             elif kind in ("HTTPRoute", "GRPCRoute"):
                 world.http_routes.append(obj)
+            elif kind == "TCPRoute":
+                world.tcp_routes.append(obj)
             elif kind.endswith("Route"):
                 world.other_routes.append(obj)
             elif kind == "ReferenceGrant":
@@ -202,6 +205,7 @@ class _Listener:
     certificates: tuple[TlsCertificate, ...] = ()
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, msg)
     attached: int = 0
+    tcp_service: str | None = None  # TCP: the model Service of the TCPRoute it serves
 
     @property
     def valid(self) -> bool:
@@ -280,6 +284,8 @@ class _Compiler:
             self._gateway(gateway, classes)
         for route in sorted(self.world.http_routes, key=_route_age):
             self._http_route(route)
+        for route in sorted(self.world.tcp_routes, key=_route_age):
+            self._tcp_route(route)
         for route in self.world.other_routes:
             self._unsupported_route(route)
         for gateway in self.world.gateways:
@@ -508,6 +514,53 @@ class _Compiler:
                              self.world.namespace_labels(route.namespace))
         return False
 
+    def _tcp_route(self, route: KubeObject) -> None:
+        """A TCPRoute: every connection to the TCP listeners it attaches to goes to its one
+        backend. A listener serves one TCPRoute, the oldest; later ones are not accepted
+        there. No backend that resolves: the listener is not served (connections refused)."""
+        spec = route.spec()
+        refs = [(index, b_index, ref) for index, rule in enumerate(spec["rules"])
+                for b_index, ref in enumerate(rule["backendRefs"]) if ref.get("weight", 1) > 0]
+        service: str | None = None
+        resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
+        unsupported: str | None = None
+        if len(refs) > 1:
+            unsupported = "a TCPRoute with more than one backend is not supported yet"
+        elif refs:
+            index, b_index, ref = refs[0]
+            if (ref.get("group") or "") == "" and ref.get("kind", "Service") == "Service" \
+                    and ref.get("port") is None:
+                self.report(route, ("spec", "rules", index, "backendRefs", b_index, "port"),
+                            'missing "port" (a Service backendRef needs one)')
+                return
+            service, why = self._backend(route, ref, protocol="tcp")
+            if service is None:
+                resolved = (False, *why)
+        for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
+            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
+                    ref.get("kind", "Gateway") != "Gateway":
+                continue
+            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
+            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
+            listeners = self.listeners.get(gateway_key)
+            if listeners is None:
+                continue
+            accepted, reason, message, attach = self._attach(route, ref, listeners, ())
+            if accepted and unsupported is not None:
+                accepted, reason, message = False, "UnsupportedValue", unsupported
+            elif accepted:
+                free = [lst for lst, _ in attach if lst.attached == 0]
+                if not free:
+                    accepted, reason, message = False, "NotAllowedByListeners", \
+                        "every listener it names serves an older TCPRoute already"
+                for listener in free:
+                    listener.attached += 1
+                    listener.tcp_service = service
+            self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
+                        _conditions(("Accepted", accepted, reason, message),
+                                    ("ResolvedRefs", resolved[0], resolved[1],
+                                     resolved[2] if not resolved[0] else "")), parent=parent)
+
     def _unsupported_route(self, route: KubeObject) -> None:
         for ref_index, ref in enumerate(route.spec().get("parentRefs") or ()):
             gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
@@ -655,7 +708,8 @@ class _Compiler:
                 self.report(route, (*bpath, "port"),
                             'missing "port" (a Service backendRef needs one)')
                 continue
-            target, why = self._backend(route, ref, grpc=route.kind == "GRPCRoute")
+            target, why = self._backend(route, ref,
+                                        protocol="grpc" if route.kind == "GRPCRoute" else None)
             if target is None:
                 problem = problem or why
                 if ref.get("weight", 1) > 0:
@@ -716,10 +770,11 @@ class _Compiler:
                         status=settings.get("statusCode", 302), regex=regex,
                         substitution=substitution, origin=origin)
 
-    def _backend(self, route: KubeObject, ref: dict[str, Any], grpc: bool = False,
+    def _backend(self, route: KubeObject, ref: dict[str, Any], protocol: str | None = None,
                  ) -> tuple[str | None, tuple[str, str]]:
         """The model Service a backendRef names, or None and (reason, message). A GRPCRoute's
-        backends speak gRPC (HTTP/2 cleartext) whatever the Service's appProtocol says."""
+        backends speak gRPC (HTTP/2 cleartext) whatever the Service's appProtocol says
+        (`protocol` "grpc"), a TCPRoute's plain TCP ("tcp")."""
         group, kind = ref.get("group") or "", ref.get("kind", "Service")
         namespace = ref.get("namespace") or route.namespace
         name = ref["name"]
@@ -735,7 +790,7 @@ class _Compiler:
         port = ref.get("port")
         service = self.world.services.get(key)
         if service is not None:
-            made = self._kube_service(service, port, grpc)
+            made = self._kube_service(service, port, protocol)
             if made is None:
                 return None, ("BackendNotFound", f"Service {key} has no port {port}")
             return made, ("", "")
@@ -745,7 +800,7 @@ class _Compiler:
                 return native, ("", "")
         return None, ("BackendNotFound", f"no Service {key}")
 
-    def _kube_service(self, obj: KubeObject, port: int | None, grpc: bool = False,
+    def _kube_service(self, obj: KubeObject, port: int | None, kind: str | None = None,
                       ) -> str | None:
         spec = obj.spec()
         ports = spec.get("ports") or ()
@@ -753,10 +808,11 @@ class _Compiler:
         if service_port is None:
             return None
         h2c = service_port.get("appProtocol") in ("kubernetes.io/h2c", "h2c")
-        protocol = "grpc" if grpc else ("http2" if h2c else "http")
+        protocol = kind or ("http2" if h2c else "http")
         # A port a GRPCRoute uses is a cluster of its own (":grpc") unless it says h2c, so an
-        # HTTPRoute to the same port keeps speaking HTTP/1.1 to it.
-        name = f"{obj.key}:{port}" + (":grpc" if grpc and not h2c else "")
+        # HTTPRoute to the same port keeps speaking HTTP/1.1 to it; a TCPRoute's, ":tcp".
+        suffix = {"grpc": "" if h2c else ":grpc", "tcp": ":tcp"}.get(kind or "", "")
+        name = f"{obj.key}:{port}{suffix}"
         if name in self.services:
             return name
         origin = Origin(obj.document.position, "Service", obj.key)
@@ -826,6 +882,14 @@ class _Compiler:
         model_listeners: list[GatewayListener] = []
         for port in sorted({lst.port for lst in valid}):
             on_port = [lst for lst in valid if lst.port == port]
+            if on_port[0].protocol == "TCP":
+                if on_port[0].tcp_service is not None:  # else nothing to serve: refused
+                    model_listeners.append(GatewayListener(
+                        str(port), params.ports.get(port, port), params.address,
+                        protocol="tcp", service=on_port[0].tcp_service,
+                        origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
+                                      obj.key, f"spec.listeners[{on_port[0].index}]")))
+                continue
             certificates = tuple(dict.fromkeys(c for lst in on_port for c in lst.certificates))
             tls = ListenerTls(certificates, origin=_origin(obj, (*on_port[0].path, "tls"))) \
                 if on_port[0].protocol == "HTTPS" else None
