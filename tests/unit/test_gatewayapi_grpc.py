@@ -175,6 +175,7 @@ def test_header_modifier_filters_apply() -> None:
     ("{service: 'a b'}", "'a b' is not a gRPC service name (type Exact)"),
     ("{method: a.b}", "'a.b' is not a gRPC method name (type Exact)"),
     ("{type: RegularExpression, method: '(('}", "not a regular expression"),
+    ("{type: RegularExpression, service: '(?=a)b'}", "not a regular expression"),  # not RE2
 ])
 def test_what_the_crd_refuses_is_an_issue_at_its_place(method: str, message: str) -> None:
     with pytest.raises(PolicyError) as error:

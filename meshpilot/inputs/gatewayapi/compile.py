@@ -38,8 +38,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from meshpilot.base import re2text
 from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
 from meshpilot.inputs.gatewayapi.kinds import FILTER_MEMBERS, GATEWAY_GROUP, KubeObject
+from meshpilot.inputs.native.fields import re2_problem, regex_problem
 from meshpilot.inputs.yamlsource import FieldPath, format_path
 from meshpilot.ir.model import (
     Backend,
@@ -648,10 +650,11 @@ class _Compiler:
                     self.report(route, (*path, key),
                                 f"{value!r} is not a gRPC {key} name (type Exact)")
                 elif not exact:
-                    try:
-                        re.compile(value)
-                    except re.error as error:
-                        self.report(route, (*path, key), f"not a regular expression: {error}")
+                    # As Envoy will see it: inside the path pattern, through RE2.
+                    problem = regex_problem(value) or re2_problem(
+                        re2text.path_part(f"/({value})/(x)"))
+                    if problem is not None:
+                        self.report(route, (*path, key), f"not a regular expression: {problem}")
 
     def _rule(self, route: KubeObject, index: int, rule: dict[str, Any],
               matches: list[tuple[int, Match]],
