@@ -38,8 +38,10 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from meshpilot.base import re2text
 from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
 from meshpilot.inputs.gatewayapi.kinds import FILTER_MEMBERS, GATEWAY_GROUP, KubeObject
+from meshpilot.inputs.native.fields import re2_problem, regex_problem
 from meshpilot.inputs.yamlsource import FieldPath, format_path
 from meshpilot.ir.model import (
     Backend,
@@ -67,7 +69,8 @@ from meshpilot.ir.model import (
 CONTROLLER = "meshpilot.io/gateway-controller"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
-_ROUTE_KINDS_BY_PROTOCOL = {"HTTP": ("HTTPRoute",), "HTTPS": ("HTTPRoute",)}
+_ROUTE_KINDS_BY_PROTOCOL = {"HTTP": ("HTTPRoute", "GRPCRoute"),
+                            "HTTPS": ("HTTPRoute", "GRPCRoute"), "TCP": ("TCPRoute",)}
 _WELL_KNOWN_PORTS = {"http": 80, "https": 443}
 
 
@@ -103,7 +106,8 @@ def compile_gateway_api(parsed: Sequence[ParsedDocument], load: LoadContext,
 class _World:
     classes: dict[str, KubeObject] = field(default_factory=dict)
     gateways: list[KubeObject] = field(default_factory=list)
-    http_routes: list[KubeObject] = field(default_factory=list)
+    http_routes: list[KubeObject] = field(default_factory=list)  # and GRPCRoutes
+    tcp_routes: list[KubeObject] = field(default_factory=list)
     other_routes: list[KubeObject] = field(default_factory=list)
     grants: dict[str, list[KubeObject]] = field(default_factory=dict)  # by namespace
     services: dict[str, KubeObject] = field(default_factory=dict)  # ns/name
@@ -121,8 +125,10 @@ class _World:
                 world.classes[obj.name] = obj  # cluster-scoped: the name alone
             elif kind == "Gateway":
                 world.gateways.append(obj)
-            elif kind == "HTTPRoute":
+            elif kind in ("HTTPRoute", "GRPCRoute"):
                 world.http_routes.append(obj)
+            elif kind == "TCPRoute":
+                world.tcp_routes.append(obj)
             elif kind.endswith("Route"):
                 world.other_routes.append(obj)
             elif kind == "ReferenceGrant":
@@ -201,6 +207,7 @@ class _Listener:
     certificates: tuple[TlsCertificate, ...] = ()
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, msg)
     attached: int = 0
+    tcp_service: str | None = None  # TCP: the model Service of the TCPRoute it serves
 
     @property
     def valid(self) -> bool:
@@ -279,6 +286,8 @@ class _Compiler:
             self._gateway(gateway, classes)
         for route in sorted(self.world.http_routes, key=_route_age):
             self._http_route(route)
+        for route in sorted(self.world.tcp_routes, key=_route_age):
+            self._tcp_route(route)
         for route in self.world.other_routes:
             self._unsupported_route(route)
         for gateway in self.world.gateways:
@@ -463,7 +472,7 @@ class _Compiler:
                     if listener.valid:
                         self._add_entries(gateway_key, listener, effective, route, rules)
             ok_refs = resolved[0]
-            self.status(route, "HTTPRoute", route.key, path, _conditions(
+            self.status(route, route.kind, route.key, path, _conditions(
                 ("Accepted", accepted, reason, message),
                 ("ResolvedRefs", ok_refs, resolved[1], resolved[2] if not ok_refs else "")),
                 parent=parent)
@@ -479,7 +488,7 @@ class _Compiler:
         if not candidates:
             return False, "NoMatchingParent", "no listener matches sectionName and port", []
         allowed = [lst for lst in candidates if lst.attachable
-                   and "HTTPRoute" in lst.kinds and self._namespace_allowed(lst, route)]
+                   and route.kind in lst.kinds and self._namespace_allowed(lst, route)]
         if not allowed:
             return False, "NotAllowedByListeners", \
                 "no listener allows this route (namespace, kind, or listener invalid)", []
@@ -506,6 +515,53 @@ class _Compiler:
             return _selected(namespaces.get("selector") or {},
                              self.world.namespace_labels(route.namespace))
         return False
+
+    def _tcp_route(self, route: KubeObject) -> None:
+        """A TCPRoute: every connection to the TCP listeners it attaches to goes to its one
+        backend. A listener serves one TCPRoute, the oldest; later ones are not accepted
+        there. No backend that resolves: the listener is not served (connections refused)."""
+        spec = route.spec()
+        refs = [(index, b_index, ref) for index, rule in enumerate(spec["rules"])
+                for b_index, ref in enumerate(rule["backendRefs"]) if ref.get("weight", 1) > 0]
+        service: str | None = None
+        resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
+        unsupported: str | None = None
+        if len(refs) > 1:
+            unsupported = "a TCPRoute with more than one backend is not supported yet"
+        elif refs:
+            index, b_index, ref = refs[0]
+            if (ref.get("group") or "") == "" and ref.get("kind", "Service") == "Service" \
+                    and ref.get("port") is None:
+                self.report(route, ("spec", "rules", index, "backendRefs", b_index, "port"),
+                            'missing "port" (a Service backendRef needs one)')
+                return
+            service, why = self._backend(route, ref, protocol="tcp")
+            if service is None:
+                resolved = (False, *why)
+        for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
+            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
+                    ref.get("kind", "Gateway") != "Gateway":
+                continue
+            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
+            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
+            listeners = self.listeners.get(gateway_key)
+            if listeners is None:
+                continue
+            accepted, reason, message, attach = self._attach(route, ref, listeners, ())
+            if accepted and unsupported is not None:
+                accepted, reason, message = False, "UnsupportedValue", unsupported
+            elif accepted:
+                free = [lst for lst, _ in attach if lst.attached == 0]
+                if not free:
+                    accepted, reason, message = False, "NotAllowedByListeners", \
+                        "every listener it names serves an older TCPRoute already"
+                for listener in free:
+                    listener.attached += 1
+                    listener.tcp_service = service
+            self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
+                        _conditions(("Accepted", accepted, reason, message),
+                                    ("ResolvedRefs", resolved[0], resolved[1],
+                                     resolved[2] if not resolved[0] else "")), parent=parent)
 
     def _unsupported_route(self, route: KubeObject) -> None:
         for ref_index, ref in enumerate(route.spec().get("parentRefs") or ()):
@@ -559,9 +615,12 @@ class _Compiler:
         unsupported: str | None = None
         for index, rule in enumerate(route.spec().get("rules") or [{}]):
             written = rule.get("matches")
-            matches = [(i, _match(m, _origin(route, ("spec", "rules", index, "matches", i)
-                                              if written else ("spec", "rules", index))))
+            to_match = _grpc_match if route.kind == "GRPCRoute" else _match
+            matches = [(i, to_match(m, _origin(route, ("spec", "rules", index, "matches", i)
+                                                if written else ("spec", "rules", index))))
                        for i, m in enumerate(written or [{}])]
+            if route.kind == "GRPCRoute":
+                self._check_grpc_matches(route, index, written or ())
             built, problem, unsupported_here = self._rule(route, index, rule, matches)
             if problem is not None and resolved[0]:
                 resolved = (False, problem[0], problem[1])
@@ -569,11 +628,39 @@ class _Compiler:
             result.append((index, matches, built))
         return result, resolved, unsupported
 
+    def _check_grpc_matches(self, route: KubeObject, index: int,
+                            written: Sequence[dict[str, Any]]) -> None:
+        """The CRD's rules of a GRPCRoute method match: a service or a method (or both); with
+        type Exact, each a gRPC name; with RegularExpression, each a valid regex."""
+        for i, item in enumerate(written):
+            method = item.get("method")
+            if method is None:
+                continue
+            path: FieldPath = ("spec", "rules", index, "matches", i, "method")
+            service, name = method.get("service"), method.get("method")
+            if not service and not name:
+                self.report(route, path, 'one or both of "service" and "method" must be given')
+                continue
+            exact = method.get("type", "Exact") == "Exact"
+            for key, value, pattern in (("service", service, _GRPC_SERVICE),
+                                        ("method", name, _GRPC_METHOD)):
+                if not value:
+                    continue
+                if exact and not pattern.fullmatch(value):
+                    self.report(route, (*path, key),
+                                f"{value!r} is not a gRPC {key} name (type Exact)")
+                elif not exact:
+                    # As Envoy will see it: inside the path pattern, through RE2.
+                    problem = regex_problem(value) or re2_problem(
+                        re2text.path_part(f"/({value})/(x)"))
+                    if problem is not None:
+                        self.report(route, (*path, key), f"not a regular expression: {problem}")
+
     def _rule(self, route: KubeObject, index: int, rule: dict[str, Any],
               matches: list[tuple[int, Match]],
               ) -> tuple[Rule, tuple[str, str] | None, str | None]:
         path: FieldPath = ("spec", "rules", index)
-        origin = Origin(route.document.position_of(path), "HTTPRoute", route.key,
+        origin = Origin(route.document.position_of(path), route.kind, route.key,
                         f"spec.rules[{index}]")
         request = HeaderOps()
         response = HeaderOps()
@@ -624,7 +711,8 @@ class _Compiler:
                 self.report(route, (*bpath, "port"),
                             'missing "port" (a Service backendRef needs one)')
                 continue
-            target, why = self._backend(route, ref)
+            target, why = self._backend(route, ref,
+                                        protocol="grpc" if route.kind == "GRPCRoute" else None)
             if target is None:
                 problem = problem or why
                 if ref.get("weight", 1) > 0:
@@ -685,9 +773,11 @@ class _Compiler:
                         status=settings.get("statusCode", 302), regex=regex,
                         substitution=substitution, origin=origin)
 
-    def _backend(self, route: KubeObject, ref: dict[str, Any]
+    def _backend(self, route: KubeObject, ref: dict[str, Any], protocol: str | None = None,
                  ) -> tuple[str | None, tuple[str, str]]:
-        """The model Service a backendRef names, or None and (reason, message)."""
+        """The model Service a backendRef names, or None and (reason, message). A GRPCRoute's
+        backends speak gRPC (HTTP/2 cleartext) whatever the Service's appProtocol says
+        (`protocol` "grpc"), a TCPRoute's plain TCP ("tcp")."""
         group, kind = ref.get("group") or "", ref.get("kind", "Service")
         namespace = ref.get("namespace") or route.namespace
         name = ref["name"]
@@ -695,14 +785,15 @@ class _Compiler:
         if group != "" or kind != "Service":
             return None, ("InvalidKind", f"backendRef kind {group or 'core'}/{kind} is not "
                                          "supported (Service only)")
-        if not self.world.permitted("HTTPRoute", route.namespace, "", "Service", namespace,
+        if not self.world.permitted(route.kind, route.namespace, "", "Service", namespace,
                                     name):
-            return None, ("RefNotPermitted", f"no ReferenceGrant in {namespace} lets HTTPRoutes "
-                                             f"of {route.namespace} use Service {key}")
+            return None, ("RefNotPermitted", f"no ReferenceGrant in {namespace} lets "
+                                             f"{route.kind}s of {route.namespace} use Service "
+                                             f"{key}")
         port = ref.get("port")
         service = self.world.services.get(key)
         if service is not None:
-            made = self._kube_service(service, port)
+            made = self._kube_service(service, port, protocol)
             if made is None:
                 return None, ("BackendNotFound", f"Service {key} has no port {port}")
             return made, ("", "")
@@ -712,17 +803,21 @@ class _Compiler:
                 return native, ("", "")
         return None, ("BackendNotFound", f"no Service {key}")
 
-    def _kube_service(self, obj: KubeObject, port: int | None) -> str | None:
+    def _kube_service(self, obj: KubeObject, port: int | None, kind: str | None = None,
+                      ) -> str | None:
         spec = obj.spec()
         ports = spec.get("ports") or ()
         service_port = next((p for p in ports if p["port"] == port), None)
         if service_port is None:
             return None
-        name = f"{obj.key}:{port}"
+        h2c = service_port.get("appProtocol") in ("kubernetes.io/h2c", "h2c")
+        protocol = kind or ("http2" if h2c else "http")
+        # A port a GRPCRoute uses is a cluster of its own (":grpc") unless it says h2c, so an
+        # HTTPRoute to the same port keeps speaking HTTP/1.1 to it; a TCPRoute's, ":tcp".
+        suffix = {"grpc": "" if h2c else ":grpc", "tcp": ":tcp"}.get(kind or "", "")
+        name = f"{obj.key}:{port}{suffix}"
         if name in self.services:
             return name
-        protocol = "http2" if service_port.get("appProtocol") in ("kubernetes.io/h2c", "h2c") \
-            else "http"
         origin = Origin(obj.document.position, "Service", obj.key)
         endpoints: list[Endpoint] = []
         if spec.get("type") == "ExternalName" and spec.get("externalName"):
@@ -752,7 +847,9 @@ class _Compiler:
         for index, matches, built in rules:
             for match_index, match in matches:
                 rule = _for_listener(built, match, listener)
-                order = (*_precedence(match), *age, index, match_index)
+                rank = _grpc_precedence(route, index, match_index) \
+                    if route.kind == "GRPCRoute" else _precedence(match)
+                order = (*rank, *age, index, match_index)
                 for hostname in hostnames:
                     by_host.setdefault(hostname, []).append(_Entry(order, rule, listener))
 
@@ -788,6 +885,14 @@ class _Compiler:
         model_listeners: list[GatewayListener] = []
         for port in sorted({lst.port for lst in valid}):
             on_port = [lst for lst in valid if lst.port == port]
+            if on_port[0].protocol == "TCP":
+                if on_port[0].tcp_service is not None:  # else nothing to serve: refused
+                    model_listeners.append(GatewayListener(
+                        str(port), params.ports.get(port, port), params.address,
+                        protocol="tcp", service=on_port[0].tcp_service,
+                        origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
+                                      obj.key, f"spec.listeners[{on_port[0].index}]")))
+                continue
             certificates = tuple(dict.fromkeys(c for lst in on_port for c in lst.certificates))
             tls = ListenerTls(certificates, origin=_origin(obj, (*on_port[0].path, "tls"))) \
                 if on_port[0].protocol == "HTTPS" else None
@@ -947,6 +1052,50 @@ def _match(written: dict[str, Any], origin: Origin) -> Match:
     method = written.get("method")
     return Match(how, (method,) if method else (), tuple(sorted(headers.items())),
                  tuple(sorted(query.items())), origin, whole_segments=kind == "PathPrefix")
+
+
+_GRPC_SERVICE = re.compile(r"(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*")
+_GRPC_METHOD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+
+
+def _grpc_match(written: dict[str, Any], origin: Origin) -> Match:
+    """A GRPCRoute match as a path match on /SERVICE/METHOD (gRPC's request path): Exact with
+    both, the exact path; with the service only, the prefix /SERVICE/; with the method only, a
+    regex on any service. RegularExpression: the regexes in place of each part (any part left
+    out matches any name). No method: every path. Headers as HTTPRoute's."""
+    method = written.get("method")
+    how: StringMatch = StringMatch("prefix", "/")
+    if method is not None:
+        service, name = method.get("service"), method.get("method")
+        if method.get("type", "Exact") == "Exact":
+            if service and name:
+                how = StringMatch("exact", f"/{service}/{name}")
+            elif service:
+                how = StringMatch("prefix", f"/{service}/")
+            elif name:
+                how = StringMatch("regex", f"/[^/]+/{re.escape(name)}")
+        else:
+            how = StringMatch("regex", f"/({service or '[^/]+'})/({name or '[^/]+'})")
+    headers: dict[str, StringMatch] = {}
+    for item in written.get("headers") or ():
+        header = item["name"].lower()
+        if header not in headers:
+            headers[header] = StringMatch("regex" if item.get("type") == "RegularExpression"
+                                          else "exact", item["value"])
+    return Match(how, (), tuple(sorted(headers.items())), (), origin, whole_segments=False)
+
+
+def _grpc_precedence(route: KubeObject, index: int, match_index: int,
+                     ) -> tuple[int, int, int, int, int]:
+    """GRPCRoute's sort key of a match as written, smaller first (the spec, after hostnames):
+    the most characters of a matching service, then of a matching method, then the most
+    header matches. Ahead of every HTTPRoute match on a shared hostname (-1; the spec leaves
+    their order to the implementation): a gRPC method's path is the more specific."""
+    written = (route.spec().get("rules") or [{}])[index].get("matches") or [{}]
+    method = written[match_index].get("method") or {}
+    headers = {h["name"].lower() for h in written[match_index].get("headers") or ()}
+    return (-1, -len(method.get("service") or ""), -len(method.get("method") or ""),
+            -len(headers), 0)
 
 
 def _precedence(match: Match) -> tuple[int, int, int, int, int]:

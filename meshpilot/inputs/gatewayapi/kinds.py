@@ -1,7 +1,7 @@
 """The Kubernetes kinds this format reads, their schemas, and their one parser.
 
-Gateway API (`gateway.networking.k8s.io`): GatewayClass, Gateway, HTTPRoute, ReferenceGrant;
-the route kinds not compiled yet (GRPCRoute, TLSRoute, TCPRoute, UDPRoute) are read so that
+Gateway API (`gateway.networking.k8s.io`): GatewayClass, Gateway, HTTPRoute, GRPCRoute,
+TCPRoute, ReferenceGrant; the route kinds not compiled yet (TLSRoute, UDPRoute) are read so that
 status can say they are not accepted. Core: Service, Secret, Namespace, ConfigMap (a
 GatewayClass's parameters); `discovery.k8s.io` EndpointSlice. The schemas follow the upstream
 CRDs and core APIs (the keys, their types, required members, enums, the patterns of names and
@@ -179,7 +179,45 @@ HTTP_ROUTE = _document(Obj({
     "hostnames": ListOf(HOSTNAME, 16),
     "rules": ListOf(HTTP_RULE, 16),
 }))
-ROUTE_KINDS_NOT_COMPILED = ("GRPCRoute", "TLSRoute", "TCPRoute", "UDPRoute")
+GRPC_FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror",
+                     "ExtensionRef")
+GRPC_FILTER = Obj({
+    "type": Enum(GRPC_FILTER_TYPES),
+    **{FILTER_MEMBERS[kind]: HTTP_FILTER.fields[FILTER_MEMBERS[kind]]
+       for kind in GRPC_FILTER_TYPES},
+}, required=("type",), requires={kind: (FILTER_MEMBERS[kind], f"the {kind} settings")
+                                 for kind in GRPC_FILTER_TYPES})
+GRPC_MATCH = Obj({
+    "method": Obj({"type": Enum(("Exact", "RegularExpression")), "service": Str(None, 1024),
+                   "method": Str(None, 1024)}),
+    "headers": ListOf(MATCH_VALUE, 16),
+})
+GRPC_BACKEND_REF = Obj({
+    "group": GROUP, "kind": KIND, "name": SUBDOMAIN, "namespace": NAMESPACE, "port": PORT,
+    "weight": Int(0, 1_000_000), "filters": ListOf(GRPC_FILTER, 16),
+}, required=("name",))
+GRPC_RULE = Obj({
+    "name": SECTION_NAME,
+    "matches": ListOf(GRPC_MATCH, 64),
+    "filters": ListOf(GRPC_FILTER, 16),
+    "backendRefs": ListOf(GRPC_BACKEND_REF, 16),
+    "sessionPersistence": Anything(),
+})
+GRPC_ROUTE = _document(Obj({
+    "parentRefs": ListOf(PARENT_REF, 32),
+    "hostnames": ListOf(HOSTNAME, 16),
+    "rules": ListOf(GRPC_RULE, 16),
+}))
+TCP_ROUTE = _document(Obj({
+    "parentRefs": ListOf(PARENT_REF, 32),
+    "rules": ListOf(Obj({
+        "name": SECTION_NAME,
+        "backendRefs": ListOf(Obj({
+            "group": GROUP, "kind": KIND, "name": SUBDOMAIN, "namespace": NAMESPACE,
+            "port": PORT, "weight": Int(0, 1_000_000)}, required=("name",)), 16),
+    }, required=("backendRefs",)), 16),
+}, required=("rules",)))
+ROUTE_KINDS_NOT_COMPILED = ("TLSRoute", "UDPRoute")
 OTHER_ROUTE = _document(Obj({"parentRefs": ListOf(PARENT_REF, 32), "hostnames": Anything(),
                              "rules": Anything()}))
 
@@ -245,6 +283,7 @@ ENDPOINT_SLICE = _document(None, extra={
 
 SCHEMAS: dict[str, Obj] = {
     "GatewayClass": GATEWAY_CLASS, "Gateway": GATEWAY, "HTTPRoute": HTTP_ROUTE,
+    "GRPCRoute": GRPC_ROUTE, "TCPRoute": TCP_ROUTE,
     "ReferenceGrant": REFERENCE_GRANT, "Service": SERVICE, "Secret": SECRET,
     "Namespace": NAMESPACE_DOC, "ConfigMap": CONFIG_MAP, "EndpointSlice": ENDPOINT_SLICE,
     **{kind: OTHER_ROUTE for kind in ROUTE_KINDS_NOT_COMPILED},
