@@ -1,6 +1,6 @@
 """GRPCRoute as an input: method matches as /SERVICE/METHOD path matches, the spec's
 precedence, hostnames, backends that speak gRPC (HTTP/2), status, and what the CRD refuses.
-Traffic through a real Envoy is `tests/e2e/test_gatewayapi_grpc.py`."""
+Traffic through a real Envoy is `tests/e2e/test_gatewayapi_grpc_traffic.py`."""
 
 from __future__ import annotations
 

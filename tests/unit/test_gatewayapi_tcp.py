@@ -1,5 +1,5 @@
 """TCPRoute as an input: a TCP listener proxies every connection to the route's one backend;
-status for what cannot be served. Traffic: `tests/e2e/test_gatewayapi_tcp.py`."""
+status for what cannot be served. Traffic: `tests/e2e/test_gatewayapi_tcp_traffic.py`."""
 
 from __future__ import annotations
 
