@@ -1,14 +1,13 @@
 """The import graph of meshpilot/, computed from the source with `ast`: no cycles, and every
 arrow points down the layers docs/architecture.md draws.
 
-Every import counts, including those inside functions (an import moved into a function to dodge
-a cycle is still a cycle of the design), except those under `if TYPE_CHECKING:`, which never run.
+Every import counts, including those inside functions and under `if TYPE_CHECKING:` (an import
+moved into a function or a type-only block to dodge a cycle is still a cycle of the design).
 """
 
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "meshpilot"
@@ -43,19 +42,6 @@ def module_name(path: Path) -> str:
 MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
 
 
-def _runtime_nodes(tree: ast.AST) -> Iterator[ast.AST]:
-    """Every node, less the bodies of `if TYPE_CHECKING:` blocks."""
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) \
-                and node.test.id == "TYPE_CHECKING":
-            stack.extend(node.orelse)
-            continue
-        yield node
-        stack.extend(ast.iter_child_nodes(node))
-
-
 def _existing(name: str) -> str:
     """The longest prefix of a dotted name that is one of our modules."""
     while name not in MODULES:
@@ -67,7 +53,7 @@ def imports_of(module: str) -> set[str]:
     path = MODULES[module]
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
-    for node in _runtime_nodes(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found |= {_existing(a.name) for a in node.names if a.name.split(".")[0] == "meshpilot"}
         elif isinstance(node, ast.ImportFrom):

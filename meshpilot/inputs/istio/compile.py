@@ -27,12 +27,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshpilot.base.errors import PolicyIssue
-from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
+from meshpilot.inputs.context import LoadContext, ParsedDocument
 from meshpilot.inputs.istio import hosts, security
 from meshpilot.inputs.istio import objects as o
+from meshpilot.inputs.istio.document import Doc
 from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES
-from meshpilot.inputs.yamlsource import FieldPath, format_path
 from meshpilot.ir.model import (
     DEFAULT_APP_HOST,
     Backend,
@@ -57,45 +56,26 @@ _PROTOCOLS: dict[str, Protocol] = {"HTTP": "http", "HTTP2": "http2", "GRPC": "gr
 
 
 @dataclass(slots=True)
-class _Doc:
-    parsed: ParsedDocument
-    item: o.IstioDocument
-    parts: list[ModelPart] = field(default_factory=list)
-
-    @property
-    def ctx(self) -> DocumentContext:
-        return self.parsed.context
-
-    def error(self, path: FieldPath, message: str) -> None:
-        self.ctx.report(path, message, at_value=True)
-
-    def warn(self, path: FieldPath, message: str) -> None:
-        ctx = self.ctx
-        ctx.load.warnings.append(PolicyIssue(message, ctx.document.position_of(path), ctx.kind,
-                                             ctx.name, format_path(path)))
-
-
-@dataclass(slots=True)
 class _Host:
     """A ServiceEntry host and what it became."""
 
-    doc: _Doc
+    doc: Doc
     entry: o.ServiceEntry
     services: dict[int, Service]  # port number -> its Service (changed as DRs apply)
     subsets_defined: set[str] = field(default_factory=set)
     # (address, port) of each workload endpoint -> its SPIFFE path (for ISTIO_MUTUAL)
     accounts: dict[tuple[str, int], str] = field(default_factory=dict)
     # (address, port) of each WorkloadEntry endpoint -> that WorkloadEntry
-    workload_of: dict[tuple[str, int], _Doc] = field(default_factory=dict)
+    workload_of: dict[tuple[str, int], Doc] = field(default_factory=dict)
     hash_on: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     istio_mutual: dict[int, bool] = field(default_factory=dict)
 
 
 def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDocument],
                   load: LoadContext) -> list[ParsedDocument]:
-    docs = [_Doc(parsed, next(p for p in parsed.parts if isinstance(p, o.IstioDocument)))
+    docs = [Doc(parsed, next(p for p in parsed.parts if isinstance(p, o.IstioDocument)))
             for parsed in mine]
-    by_kind: dict[str, list[_Doc]] = {}
+    by_kind: dict[str, list[Doc]] = {}
     for doc in sorted(docs, key=lambda d: (d.item.namespace, d.item.name)):
         by_kind.setdefault(doc.item.kind, []).append(doc)
         spec = doc.ctx.document.value.get("spec")
@@ -138,17 +118,17 @@ class _Workloads:
     smallest candidate list, not every workload (a thousand ServiceEntries, three thousand
     WorkloadEntries)."""
 
-    def __init__(self, docs: list[_Doc]):
+    def __init__(self, docs: list[Doc]):
         self.docs = docs
-        self._by_label: dict[tuple[str, str, str], list[_Doc]] = {}
-        self._by_namespace: dict[str, list[_Doc]] = {}
+        self._by_label: dict[tuple[str, str, str], list[Doc]] = {}
+        self._by_namespace: dict[str, list[Doc]] = {}
         for doc in docs:
             self._by_namespace.setdefault(doc.item.namespace, []).append(doc)
             for key, value in doc.item.spec.spec.labels:  # type: ignore[union-attr]
                 self._by_label.setdefault((doc.item.namespace, key, value), []).append(doc)
-        self._selected: dict[tuple[str, Labels], list[_Doc]] = {}
+        self._selected: dict[tuple[str, Labels], list[Doc]] = {}
 
-    def selected(self, namespace: str, selector: Labels) -> list[_Doc]:
+    def selected(self, namespace: str, selector: Labels) -> list[Doc]:
         """The WorkloadEntries of `namespace` whose labels `selector` selects, in order."""
         key = (namespace, selector)
         found = self._selected.get(key)
@@ -161,7 +141,7 @@ class _Workloads:
         return found
 
 
-def _services(entries: list[_Doc], workloads: _Workloads) -> dict[str, _Host]:
+def _services(entries: list[Doc], workloads: _Workloads) -> dict[str, _Host]:
     registry: dict[str, _Host] = {}
     for doc in entries:
         entry = doc.item.spec
@@ -180,7 +160,7 @@ def _services(entries: list[_Doc], workloads: _Workloads) -> dict[str, _Host]:
     return registry
 
 
-def _selected(doc: _Doc, entry: o.ServiceEntry, workloads: _Workloads
+def _selected(doc: Doc, entry: o.ServiceEntry, workloads: _Workloads
               ) -> list[o.WorkloadSpec]:
     """The workloads behind a ServiceEntry: its inline endpoints, or the WorkloadEntries of
     its namespace that its workloadSelector selects."""
@@ -190,15 +170,15 @@ def _selected(doc: _Doc, entry: o.ServiceEntry, workloads: _Workloads
             for w in workloads.selected(doc.item.namespace, entry.workload_selector)]
 
 
-def _accounts(doc: _Doc, entry: o.ServiceEntry, workloads: _Workloads
+def _accounts(doc: Doc, entry: o.ServiceEntry, workloads: _Workloads
               ) -> dict[tuple[str, int], str]:
     return {(w.address, endpoint_port(w, port)): hosts.spiffe_path(doc.item.namespace,
                                                                    w.service_account)
             for w in _selected(doc, entry, workloads) for port in entry.ports}
 
 
-def _workload_of(doc: _Doc, entry: o.ServiceEntry, workloads: _Workloads
-                 ) -> dict[tuple[str, int], _Doc]:
+def _workload_of(doc: Doc, entry: o.ServiceEntry, workloads: _Workloads
+                 ) -> dict[tuple[str, int], Doc]:
     if entry.workload_selector is None:
         return {}
     return {(w.item.spec.spec.address, endpoint_port(w.item.spec.spec, port)): w  # type: ignore[union-attr]
@@ -223,7 +203,7 @@ def _plaintext_where_disabled(registry: dict[str, _Host], policies: security.Pol
                 host.services[number] = replace(service, endpoints=changed)
 
 
-def _service(doc: _Doc, entry: o.ServiceEntry, host: str, port: o.Port,
+def _service(doc: Doc, entry: o.ServiceEntry, host: str, port: o.Port,
              workloads: _Workloads) -> Service:
     found: list[Endpoint] = []
     for workload in _selected(doc, entry, workloads):
@@ -258,8 +238,8 @@ def _locality(workload: o.WorkloadSpec, index: int) -> str | None:
 # ---- DestinationRule ----------------------------------------------------------------------------
 
 
-def _destination_rules(rules: list[_Doc], registry: dict[str, _Host]) -> None:
-    applied: dict[str, _Doc] = {}
+def _destination_rules(rules: list[Doc], registry: dict[str, _Host]) -> None:
+    applied: dict[str, Doc] = {}
     for doc in rules:
         rule = doc.item.spec
         assert isinstance(rule, o.DestinationRule)
@@ -324,13 +304,13 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host) -> Ser
 # ---- VirtualService -> Routes -------------------------------------------------------------------
 
 
-def _virtual_services(services: list[_Doc], registry: dict[str, _Host],
-                      by_kind: dict[str, list[_Doc]]
-                      ) -> tuple[list[tuple[_Doc, Route]], set[str]]:
-    routes: list[tuple[_Doc, Route]] = []
+def _virtual_services(services: list[Doc], registry: dict[str, _Host],
+                      by_kind: dict[str, list[Doc]]
+                      ) -> tuple[list[tuple[Doc, Route]], set[str]]:
+    routes: list[tuple[Doc, Route]] = []
     routed: set[str] = set()  # IR Services with a Route attached
-    owner: dict[str, _Doc] = {}
-    claimed: dict[tuple[str, str, str], _Doc] = {}  # (gateway, listener, host) -> its VS
+    owner: dict[str, Doc] = {}
+    claimed: dict[tuple[str, str, str], Doc] = {}  # (gateway, listener, host) -> its VS
     gateway_docs = {(d.item.namespace, d.item.name): d for d in by_kind.get("Gateway", [])}
     for doc in services:
         vs = doc.item.spec
@@ -433,7 +413,7 @@ def _intersection(route_hosts: tuple[str, ...], server_hosts: tuple[str, ...]
     return tuple(dict.fromkeys(h for h in found if h is not None))
 
 
-def _claim_gateway_hosts(doc: _Doc, claimed: dict[tuple[str, str, str], _Doc], gateway: str,
+def _claim_gateway_hosts(doc: Doc, claimed: dict[tuple[str, str, str], Doc], gateway: str,
                          listeners: tuple[str, ...], route_hosts: tuple[str, ...]) -> bool:
     """Two VirtualServices with a host in common on a gateway's listener: Istio merges
     their routes; meshpilot does not yet, so the later one is refused (rather than Envoy
@@ -454,7 +434,7 @@ def _claim_gateway_hosts(doc: _Doc, claimed: dict[tuple[str, str, str], _Doc], g
     return True
 
 
-def _cors(doc: _Doc, vs: o.VirtualService) -> Any:
+def _cors(doc: Doc, vs: o.VirtualService) -> Any:
     policies = {route.cors for route in vs.http if route.cors is not None}
     if len(policies) > 1:
         doc.error(("spec", "http"), "different corsPolicy per http route is not supported yet "
@@ -463,7 +443,7 @@ def _cors(doc: _Doc, vs: o.VirtualService) -> Any:
     return next(iter(policies), None)
 
 
-def _rules(doc: _Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: str,
+def _rules(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: str,
            port: int | None) -> tuple[Rule, ...]:
     rules: list[Rule] = []
     for http in vs.http:
@@ -492,7 +472,7 @@ def _host_of(service_name: str, registry: dict[str, _Host]) -> _Host | None:
     return registry.get(service_name.rsplit(":", 1)[0])
 
 
-def _backend(doc: _Doc, destination: o.Destination, registry: dict[str, _Host],
+def _backend(doc: Doc, destination: o.Destination, registry: dict[str, _Host],
              route_port: int | None) -> Backend | None:
     ns = doc.item.namespace
     found = hosts.lookup(destination.host, ns, registry)
@@ -555,17 +535,17 @@ def _listener_name(server: o.Server) -> str:
 
 @dataclass(slots=True)
 class _Gateways:
-    docs: list[_Doc]
-    built: list[tuple[_Doc, Gateway]]
+    docs: list[Doc]
+    built: list[tuple[Doc, Gateway]]
     selectors: dict[str, Labels] = field(default_factory=dict)  # view -> its labels
 
 
-def _secure_gateway_routes(routes: list[tuple[_Doc, Route]], gateways: _Gateways,
+def _secure_gateway_routes(routes: list[tuple[Doc, Route]], gateways: _Gateways,
                            policies: security.Policies, registry: dict[str, _Host]
-                           ) -> list[tuple[_Doc, Route]]:
+                           ) -> list[tuple[Doc, Route]]:
     """Every Route at an ingress gateway gets what the gateway enforces (its JWT providers,
     DENY then ALLOW authorization)."""
-    def jwks_service(doc: _Doc, path: tuple[Any, ...], uri: str) -> str | None:
+    def jwks_service(doc: Doc, path: tuple[Any, ...], uri: str) -> str | None:
         parsed = urlsplit(uri)
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         host = registry.get(parsed.hostname or "")
@@ -582,11 +562,11 @@ def _secure_gateway_routes(routes: list[tuple[_Doc, Route]], gateways: _Gateways
              else replace(route, security=found[route.gateway])) for doc, route in routes]
 
 
-def _gateways(docs: list[_Doc]) -> _Gateways:
+def _gateways(docs: list[Doc]) -> _Gateways:
     """A Gateway of the model per distinct selector: every Istio Gateway whose selector the
     Envoy's labels (= that selector) satisfy contributes its servers."""
-    built: list[tuple[_Doc, Gateway]] = []
-    selectors: dict[Labels, _Doc] = {}
+    built: list[tuple[Doc, Gateway]] = []
+    selectors: dict[Labels, Doc] = {}
     for doc in docs:
         spec = doc.item.spec
         assert isinstance(spec, o.IstioGateway)
@@ -624,7 +604,7 @@ def _gateways(docs: list[_Doc]) -> _Gateways:
 # ---- WorkloadEntry -> a workload's own view ----------------------------------------------------
 
 
-def _scope(workload: _Doc, sidecars: list[_Doc]) -> tuple[_Doc, o.SidecarScope] | None:
+def _scope(workload: Doc, sidecars: list[Doc]) -> tuple[Doc, o.SidecarScope] | None:
     """The Sidecar resource of a workload (Istio's order): its own (selector, its namespace),
     else its namespace's (no selector), else the root namespace's (no selector)."""
     ns = workload.item.namespace
@@ -644,7 +624,7 @@ def _scope(workload: _Doc, sidecars: list[_Doc]) -> tuple[_Doc, o.SidecarScope] 
     return None
 
 
-def _in_scope(found: tuple[_Doc, o.SidecarScope] | None, host: _Host, name: str) -> bool:
+def _in_scope(found: tuple[Doc, o.SidecarScope] | None, host: _Host, name: str) -> bool:
     if found is None:
         return True
     doc, scope = found
@@ -660,7 +640,7 @@ def _in_scope(found: tuple[_Doc, o.SidecarScope] | None, host: _Host, name: str)
 
 
 def _workloads(workloads: _Workloads, registry: dict[str, _Host],
-               policies: security.Policies, sidecars: list[_Doc]) -> None:
+               policies: security.Policies, sidecars: list[Doc]) -> None:
     every = [(registry[host], host, service) for host in sorted(registry)
              for service in sorted(registry[host].services.values(), key=lambda s: s.name)
              if service.protocol != "tcp"]
@@ -720,8 +700,8 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
                                  protocol=protocol, sidecar=sidecar, origin=doc.ctx.origin()))
 
 
-def _tcp_calls(doc: _Doc, tcp: list[tuple[_Host, str, Service]],
-               scope: tuple[_Doc, o.SidecarScope] | None, taken: set[int]) -> list[Call]:
+def _tcp_calls(doc: Doc, tcp: list[tuple[_Host, str, Service]],
+               scope: tuple[Doc, o.SidecarScope] | None, taken: set[int]) -> list[Call]:
     found: list[Call] = []
     used = set(taken)
     for host, name, service in tcp:

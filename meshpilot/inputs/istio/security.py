@@ -25,10 +25,11 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import product
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from meshpilot.inputs.istio import hosts
 from meshpilot.inputs.istio import objects as o
+from meshpilot.inputs.istio.document import Doc
 from meshpilot.inputs.native.matches import istio_path_match
 from meshpilot.ir.model import (
     Authorization,
@@ -41,9 +42,6 @@ from meshpilot.ir.model import (
     Security,
     StringMatch,
 )
-
-if TYPE_CHECKING:
-    from meshpilot.inputs.istio.compile import _Doc
 
 TLS_MODE_LABEL = ("security.istio.io/tlsMode", "istio")
 
@@ -59,20 +57,20 @@ NOT_SUPPORTED = "is not supported yet (docs/istio.md)"
 
 @dataclass(slots=True)
 class Policies:
-    peer: list[_Doc]
-    authorization: list[_Doc]
+    peer: list[Doc]
+    authorization: list[Doc]
     trust_domain: str = "cluster.local"
 
-    requests: list[_Doc] = field(default_factory=list)
+    requests: list[Doc] = field(default_factory=list)
 
     @classmethod
-    def of(cls, by_kind: dict[str, list[_Doc]]) -> Policies:
+    def of(cls, by_kind: dict[str, list[Doc]]) -> Policies:
         return cls(by_kind.get("PeerAuthentication", []), by_kind.get("AuthorizationPolicy", []),
                    requests=by_kind.get("RequestAuthentication", []))
 
     # -- the ingress gateway: RequestAuthentication and AuthorizationPolicy, on its Routes --
 
-    def jwt_for_workload(self, workload: _Doc) -> Jwt | None:
+    def jwt_for_workload(self, workload: Doc) -> Jwt | None:
         """The JWT providers of the RequestAuthentications that apply to a workload (the root
         namespace's and its namespace's without selector, its namespace's selecting it), on
         its sidecar's inbound: keys inline only (the sidecar has no cluster to fetch them)."""
@@ -105,11 +103,11 @@ class Policies:
                     forward=rule.forward_original_token, origin=doc.ctx.origin(path)))
         return Jwt(tuple(providers), required=False) if providers else None
 
-    def for_gateway(self, selector: Labels, jwks_service: Callable[[_Doc, tuple[Any, ...],
+    def for_gateway(self, selector: Labels, jwks_service: Callable[[Doc, tuple[Any, ...],
                                                                      str], str | None]
                     ) -> Security:
         """What the gateway whose Envoys carry `selector`'s labels enforces on every Route."""
-        def applies(doc: _Doc, spec_selector: Labels | None) -> bool:
+        def applies(doc: Doc, spec_selector: Labels | None) -> bool:
             return doc.item.namespace == hosts.ROOT_NAMESPACE and (
                 not spec_selector or hosts.selects(spec_selector, selector))
 
@@ -145,7 +143,7 @@ class Policies:
         policies = self._combined(applying, allow_request_principals=jwt is not None)
         return Security(jwt=jwt, authorization=policies or None)
 
-    def _combined(self, applying: list[_Doc], allow_request_principals: bool = False
+    def _combined(self, applying: list[Doc], allow_request_principals: bool = False
                   ) -> tuple[Authorization, ...]:
         found = []
         for action in ("DENY", "ALLOW"):
@@ -163,7 +161,7 @@ class Policies:
                                        origin=docs[0].ctx.origin(("spec",))))
         return tuple(found)
 
-    def for_workload(self, workload: _Doc, port: int | None, jwt: bool = False
+    def for_workload(self, workload: Doc, port: int | None, jwt: bool = False
                      ) -> tuple[MtlsMode, Authorization | None, Authorization | None]:
         """The workload's mTLS mode, its ALLOW authorization and its DENY one (`jwt`: its
         sidecar validates JWTs, so request principals can be checked)."""
@@ -172,11 +170,11 @@ class Policies:
 
     # -- PeerAuthentication --
 
-    def mtls_of(self, workload: _Doc, port: int | None) -> MtlsMode:
+    def mtls_of(self, workload: Doc, port: int | None) -> MtlsMode:
         """The workload's effective mTLS mode on `port` (its inbound)."""
         return self._mtls(workload, port)
 
-    def _mtls(self, workload: _Doc, port: int | None) -> MtlsMode:
+    def _mtls(self, workload: Doc, port: int | None) -> MtlsMode:
         ns = workload.item.namespace
         labels = workload.item.spec.spec.labels  # type: ignore[union-attr]
         levels: list[o.PeerAuthentication] = []
@@ -210,11 +208,11 @@ class Policies:
 
     # -- AuthorizationPolicy --
 
-    def _authorization(self, workload: _Doc, jwt: bool = False
+    def _authorization(self, workload: Doc, jwt: bool = False
                        ) -> tuple[Authorization | None, Authorization | None]:
         ns = workload.item.namespace
         labels = workload.item.spec.spec.labels  # type: ignore[union-attr]
-        applying: list[_Doc] = []
+        applying: list[Doc] = []
         for doc in self.authorization:
             spec = doc.item.spec
             assert isinstance(spec, o.AuthorizationPolicy)
@@ -228,7 +226,7 @@ class Policies:
         found = {policy.action: policy for policy in self._combined(applying, jwt)}
         return found.get("ALLOW"), found.get("DENY")
 
-    def _rules(self, doc: _Doc, path: tuple[Any, ...], rule: o.AuthzRuleSpec,
+    def _rules(self, doc: Doc, path: tuple[Any, ...], rule: o.AuthzRuleSpec,
                allow_request_principals: bool = False) -> list[AuthzRule]:
         sources: Sequence[o.Source | None] = rule.sources if rule.sources is not None else (None,)
         operations: Sequence[o.Operation | None] = \
@@ -257,7 +255,7 @@ class Policies:
                                     exclude=AuthzRule(**negated) if negated else None))
         return result
 
-    def _source(self, doc: _Doc, path: tuple[Any, ...], source: o.Source | None,
+    def _source(self, doc: Doc, path: tuple[Any, ...], source: o.Source | None,
                 allow_request_principals: bool = False) -> dict[str, Any] | None:
         if source is None:
             return {}
@@ -300,7 +298,7 @@ class Policies:
             return principal
         return f"spiffe://{principal}"
 
-    def _operation(self, doc: _Doc, path: tuple[Any, ...], operation: o.Operation | None
+    def _operation(self, doc: Doc, path: tuple[Any, ...], operation: o.Operation | None
                    ) -> dict[str, Any] | None:
         if operation is None:
             return {}
@@ -313,7 +311,7 @@ class Policies:
                 "not_ports": operation.not_ports, "hosts": operation.hosts,
                 "not_hosts": operation.not_hosts}
 
-    def _paths(self, doc: _Doc, path: tuple[Any, ...], written: tuple[str, ...]
+    def _paths(self, doc: Doc, path: tuple[Any, ...], written: tuple[str, ...]
                ) -> tuple[StringMatch, ...] | None:
         paths = []
         for index, text in enumerate(written):
@@ -327,7 +325,7 @@ class Policies:
                 paths.append(istio_path_match(text))
         return tuple(paths)
 
-    def _when(self, doc: _Doc, path: tuple[Any, ...], conditions: tuple[o.Condition, ...]
+    def _when(self, doc: Doc, path: tuple[Any, ...], conditions: tuple[o.Condition, ...]
               ) -> tuple[tuple[tuple[str, StringMatch], ...], tuple[str, ...],
                          tuple[int, ...]] | None:
         headers: list[tuple[str, StringMatch]] = []
