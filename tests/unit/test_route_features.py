@@ -193,6 +193,10 @@ def test_fault_mirror_hash_and_cors() -> None:
     ("{backends: [web], mirror: [{service_from_header: x-to, candidates: [web]}, "
      "{service_from_header: X-To, candidates: [shadow]}]}", "mirror[1]",
      "the Service named by header x-to is mirrored twice (first at policy.yaml:L:C)"),
+    ("{backends: [web], mirror: {service_from_header: null, candidates: [web]}}",
+     "mirror.service_from_header", '"service_from_header" needs a value'),
+    ("{backends: [web], mirror: {service_from_header: x-to, candidates: web}}",
+     "mirror.candidates", "expected a list, found a string"),
     ("{backends: [web], mirror: {percentage: 5}}", "mirror",
      "a mirror needs one of service or service_from_header"),
     ("{redirect: {path: /x}, mirror: {service: shadow}}", "mirror",

@@ -711,7 +711,7 @@ def _mirror_from_header(entry: Fields, share: float, mark: int) -> Mirror | None
     if "subset" in entry.value:
         entry.report("subset", '"subset" cannot be used with "service_from_header" (the header '
                                "names a whole Service)", at_value=False)
-    header = entry.get("service_from_header", fields.header_name)
+    header = entry.get("service_from_header", fields.header_name, required=True)
     if header is not None and header.startswith(":"):
         entry.report("service_from_header", f"{header} is a pseudo-header: name a request "
                                             "header such as x-mirror-to")
