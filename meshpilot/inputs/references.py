@@ -202,7 +202,12 @@ def _check_mirrors(route: Route, rule_index: int, ctx: DocumentContext, index: _
         path: tuple[str | int, ...] = ("rules", rule_index, "mirror")
         if isinstance(written, list):
             path = (*path, mirror_index)
-        _check_backend(mirror.service, mirror.subset, path, ctx, index)
+        if mirror.from_header is None:
+            _check_backend(mirror.service, mirror.subset, path, ctx, index)
+            continue
+        for candidate_index, candidate in enumerate(mirror.candidates):
+            _check_backend(candidate, None, (*path, "candidates", candidate_index), ctx, index,
+                           named_at_path=True)
 
 
 def _check_hash_on(route: Route, rule_index: int, ctx: DocumentContext, index: _Index) -> None:
@@ -247,15 +252,18 @@ def _check_listeners(route: Route, gateway: Gateway, ctx: DocumentContext,
 
 
 def _check_backend(service_name: str, subset: str | None, path: tuple[str | int, ...],
-                   ctx: DocumentContext, index: _Index) -> None:
+                   ctx: DocumentContext, index: _Index, *, named_at_path: bool = False) -> None:
+    """`named_at_path`: `path` is the Service's name itself (a list item), not a mapping with
+    a `service` member."""
+    at_service = path if named_at_path else (*path, "service")
     service = index.services.get(service_name)
     if service is None:
         if not index.declared("Service", service_name):
             hint = index.did_you_mean("Service", service_name, index.names.get("Service", []))
-            ctx.report((*path, "service"), f"no Service named {quoted(service_name)}{hint}")
+            ctx.report(at_service, f"no Service named {quoted(service_name)}{hint}")
         return
     if service.protocol == "tcp":
-        ctx.report((*path, "service"), f"Service {service.name} speaks protocol tcp; an HTTP "
+        ctx.report(at_service, f"Service {service.name} speaks protocol tcp; an HTTP "
                                        "route cannot send requests to it")
         return
     if subset is not None and service.subset(subset) is None:

@@ -486,10 +486,22 @@ class Fault:
 
 @dataclass(frozen=True, slots=True)
 class Mirror:
+    """A copy of each request to `service` (and `subset`), or, with `from_header`, to the
+    Service a request header names: one of `candidates`, whose clusters the view gets (then
+    `service` is empty)."""
+
     service: str
     subset: str | None = None
     percentage: float = 100.0
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    from_header: str | None = None  # the request header naming the Service receiving the copy
+    candidates: tuple[str, ...] = ()  # the Services that header may name
+
+    def targets(self) -> tuple[tuple[str, str | None], ...]:
+        """(service, subset) of every cluster this mirror may send copies to."""
+        if self.from_header is not None:
+            return tuple((candidate, None) for candidate in self.candidates)
+        return ((self.service, self.subset),)
 
 
 @dataclass(frozen=True, slots=True)

@@ -399,10 +399,15 @@ def retry_policy(retries: Retries) -> RetryPolicy:
 def mirror_policy(mirror: Mirror) -> RouteAction.RequestMirrorPolicy:
     # Envoy sends the copy without waiting for, or looking at, its answer; the copy's Host gets
     # "-shadow" appended.
+    # With from_header, Envoy reads the cluster's name from that request header and sends no
+    # copy when it is absent or names no cluster it knows (the candidates' clusters are in the
+    # view; a whole Service's cluster is named like the Service).
+    fraction = RuntimeFractionalPercent(default_value=fractional_percent(mirror.percentage))
+    if mirror.from_header is not None:
+        return RouteAction.RequestMirrorPolicy(cluster_header=mirror.from_header,
+                                               runtime_fraction=fraction)
     return RouteAction.RequestMirrorPolicy(
-        cluster=names.cluster(mirror.service, mirror.subset),
-        runtime_fraction=RuntimeFractionalPercent(
-            default_value=fractional_percent(mirror.percentage)))
+        cluster=names.cluster(mirror.service, mirror.subset), runtime_fraction=fraction)
 
 
 def hash_policy(hash_on: HashOn) -> RouteAction.HashPolicy:

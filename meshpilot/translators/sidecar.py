@@ -157,9 +157,10 @@ class Mesh:
         for callee in callees:
             route = self._route_of.get(callee.name) if callee.protocol != "tcp" else None
             wanted: list[tuple[str, str | None]] = [(callee.name, None)] if route is None else [
-                (backend.service, backend.subset)
-                for rule in route.rules for backend in (*rule.backends, *rule.mirrors)
-                if getattr(backend, "resolved", True)]
+                *((backend.service, backend.subset) for rule in route.rules
+                  for backend in rule.backends if backend.resolved),
+                *(target for rule in route.rules for mirror in rule.mirrors
+                  for target in mirror.targets())]
             for key in wanted:
                 if key not in seen:
                     seen.add(key)

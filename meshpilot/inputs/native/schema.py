@@ -505,6 +505,14 @@ def _mirror() -> Schema:
         "subset": _ref("name", "One of the Service's subsets."),
         "percentage": _percentage("Share of requests copied"),
     }, required=("service",))
+    chosen = _object("A copy of each request to the Service a request header names, one of "
+                     "the candidates; no copy when the header is absent or names another.", {
+        "service_from_header": _ref("headerName", "The request header naming the Service."),
+        "candidates": _list("The Services the header may name (their clusters go to the "
+                            "view).", _ref("name", "A Service's name."), unique=True),
+        "percentage": _percentage("Share of requests copied"),
+    }, required=("service_from_header", "candidates"))
+    mirror = {"oneOf": [mirror, chosen]}
     return {"oneOf": [mirror, _list("Several mirrors.", mirror)],
             "description": "Copy requests to other services (backends only)."}
 
