@@ -1,11 +1,9 @@
 """A mirror whose target a request header names (`mirror: {service_from_header, candidates}`),
 end to end: `meshpilot serve` to a real Envoy gateway in front of one primary and three shadow
 backends on loopback. The copy reaches the backend the header names and no other; without the
-header, or with a name outside the candidates (a Service whose cluster the view does not hold),
-no copy is sent, and the client always gets the primary's answer.
-
-Without cluster_header the shadows would see nothing; without the candidates' clusters in the
-view Envoy would find no cluster for the header's value and send no copy either.
+header, or with a name outside the candidates, no copy is sent, and the client always gets the
+primary's answer. That holds for a cluster the view does hold (shadow-c, another Route's
+backend): with Envoy's own `cluster_header`, the client could have had a copy sent there.
 """
 
 from __future__ import annotations
@@ -50,6 +48,13 @@ gateway: edge
 rules:
   - backends: [web]
     mirror: {{service_from_header: x-mirror-to, candidates: [shadow-a, shadow-b]}}
+---
+kind: Route
+name: admin
+gateway: edge
+hosts: [admin.example.com]
+rules:
+  - backends: [shadow-c]
 """
 
 
@@ -105,7 +110,7 @@ def test_the_copy_reaches_the_backend_the_header_names(env: Env, header: str,
     assert env.copies_of(path) == {"a": 0, "b": 0, "c": 0} | {shadow: 1}
 
 
-@pytest.mark.parametrize("header", [None, "shadow-c", "web-nonexistent"])
+@pytest.mark.parametrize("header", [None, "shadow-c", "web", "web-nonexistent"])
 def test_no_copy_without_the_header_or_for_a_name_outside_the_candidates(
         env: Env, header: str | None) -> None:
     path = f"/{uuid.uuid4().hex}"

@@ -191,8 +191,9 @@ def test_fault_mirror_hash_and_cors() -> None:
      "mirror.service_from_header", ":path is a pseudo-header: name a request header such as "
                                    "x-mirror-to"),
     ("{backends: [web], mirror: [{service_from_header: x-to, candidates: [web]}, "
-     "{service_from_header: X-To, candidates: [shadow]}]}", "mirror[1]",
-     "the Service named by header x-to is mirrored twice (first at policy.yaml:L:C)"),
+     "{service_from_header: X-Other, candidates: [shadow]}]}", "mirror[1]",
+     "a rule has one mirror chosen by a request header (the first is at policy.yaml:L:C); "
+     "list every Service in its candidates"),
     ("{backends: [web], mirror: {service_from_header: null, candidates: [web]}}",
      "mirror.service_from_header", '"service_from_header" needs a value'),
     ("{backends: [web], mirror: {service_from_header: x-to, candidates: web}}",
@@ -268,14 +269,25 @@ def test_a_mirror_chosen_by_a_header() -> None:
                       "candidates: [shadow, shadw]}}")) == [
         f'policy.yaml:{RULE_LINE}:80: Route r: rules[0].mirror.candidates[1]: no Service named '
         '"shadw" (did you mean "shadow"?)']
-    # Translated to cluster_header, and every candidate's cluster is in the view.
+    # One copy of the entry per candidate, before it, matching the header's value and
+    # mirroring to that candidate only; the entry itself mirrors nothing. Envoy's
+    # cluster_header (any cluster of the view) is never used.
     snapshot = Translation(load_policy_text(doc(
         "{backends: [web], mirror: {service_from_header: x-to, candidates: [shadow, carts], "
-        "percentage: 25}}"))).snapshot("edge")
-    (entry,) = message_of(snapshot.get(types.ROUTE)["edge/http"]).virtual_hosts[0].routes
-    (mirror,) = entry.route.request_mirror_policies
-    assert (mirror.cluster_header, mirror.cluster) == ("x-to", "")
-    assert mirror.runtime_fraction.default_value == FractionalPercent(numerator=25)
+        "percentage: 25}, retries: {attempts: 2}}"))).snapshot("edge")
+    entries = message_of(snapshot.get(types.ROUTE)["edge/http"]).virtual_hosts[0].routes
+    assert [e.name for e in entries] == [
+        "r/rules[0]/mirror[shadow]", "r/rules[0]/mirror[carts]", "r/rules[0]"]
+    for entry, candidate in zip(entries, ("shadow", "carts"), strict=False):
+        (mirror,) = entry.route.request_mirror_policies
+        assert (mirror.cluster, mirror.cluster_header) == (candidate, "")
+        assert mirror.runtime_fraction.default_value == FractionalPercent(numerator=25)
+        assert [(h.name, h.string_match.exact) for h in entry.match.headers] == [
+            ("x-to", candidate)]
+        assert entry.route.retry_policy.num_retries.value == 2
+        assert entry.route.cluster == "web"
+    assert not entries[2].route.request_mirror_policies
+    assert not entries[2].match.headers
     assert set(snapshot.get(types.CLUSTER)) == {"web", "shadow", "carts"}
 
 

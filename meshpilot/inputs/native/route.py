@@ -667,15 +667,17 @@ def _mirrors(rule: Fields) -> tuple[Mirror, ...]:
         mirror = _mirror(rule.ctx, item, (*path, index))
         if mirror is None:
             continue
-        key = ("header", mirror.from_header) if mirror.from_header else (mirror.service,
-                                                                          mirror.subset)
+        # One header-chosen mirror per rule: each candidate is a copy of the rule's route
+        # entry, and two such mirrors would multiply the copies.
+        key = ("header",) if mirror.from_header else (mirror.service, mirror.subset)
         first = written_before(rule.ctx, seen, key, (*path, index))
         if first is not None:
             shown = mirror.service + (f" (subset {mirror.subset})" if mirror.subset else "")
+            message = f"{shown} is mirrored twice (first at {first})"
             if mirror.from_header:
-                shown = f"the Service named by header {mirror.from_header}"
-            fields.report_at(rule.ctx, (*path, index), f"{shown} is mirrored twice (first at "
-                                                       f"{first})")
+                message = (f"a rule has one mirror chosen by a request header (the first is at "
+                           f"{first}); list every Service in its candidates")
+            fields.report_at(rule.ctx, (*path, index), message)
             continue
         mirrors.append(mirror)
     return tuple(mirrors)
