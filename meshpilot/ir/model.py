@@ -197,6 +197,10 @@ class Sidecar:
 
 MtlsMode = Literal["strict", "permissive", "off"]
 
+# The namespace of a mesh identity written without one (`sidecar.service_account` alone): the
+# CA's own (`ca.authority.DEFAULT_NAMESPACE`, which a unit test keeps equal to this).
+MESH_NAMESPACE = "default"
+
 
 # ---- TLS (files read by the loader, delivered to Envoy as SDS Secrets) -------------------------
 
@@ -622,6 +626,9 @@ class AuthzRule:
     # The request's JWT (validated by the Route's jwt) is one of these: "iss/sub", or "*" for any
     # valid token. In `exclude`: none is.
     request_principals: tuple[str, ...] = ()
+    # Mesh callers by namespace (a sidecar's `namespaces`): any identity `ns/<namespace>/sa/*`
+    # of the trust domain; the translator makes SPIFFE ID prefixes of them. In `exclude`: none.
+    namespaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

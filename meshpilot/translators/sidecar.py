@@ -31,7 +31,7 @@ name anything itself (`names.py` does).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
@@ -83,6 +83,7 @@ class Mesh:
             if route.service is not None:
                 self._route_of.setdefault(route.service, route)
         self._outbound: dict[str, tuple[Resource, ...]] = {}  # local-port route configs
+        self._identities = mtls.identity_paths(model)  # callers named in `from`, by name
 
     def with_clusters(self, cluster_resources: ClusterResources) -> Mesh:
         """These sidecar views building clusters through `cluster_resources` (other discovered
@@ -104,7 +105,7 @@ class Mesh:
             cluster = inbound_cluster(service)
             built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
             if service.protocol != "tcp":
-                routes = inbound_routes(service, self.trust)
+                routes = inbound_routes(service, self.trust, self._identities)
                 built.append(Resource.from_message(types.ROUTE, routes.name, routes))
         callees: list[Service] = []
         for call in sidecar.calls:
@@ -204,15 +205,15 @@ def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None) ->
                     filter_chains=[FilterChain(filters=[network_filter])])
 
 
-def _callers(service: Service, trust: mtls.TrustDomain | None) -> Authorization | None:
+def _callers(policy: Authorization | None, trust: mtls.TrustDomain | None,
+             identities: Mapping[str, str] | None) -> Authorization | None:
     # `authorization` names callers as services; the peer certificate says SPIFFE IDs.
-    sidecar = service.sidecar
-    assert sidecar is not None
-    return None if sidecar.authorization is None else mtls.authorization(
-        sidecar.authorization, trust or mtls.TrustDomain())
+    return None if policy is None else mtls.authorization(
+        policy, trust or mtls.TrustDomain(), identities)
 
 
-def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None) -> RouteConfiguration:
+def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None,
+                   identities: Mapping[str, str] | None = None) -> RouteConfiguration:
     """The inbound listener's one route to the local application, with the callers'
     authorization as its virtual host's per-filter config (`mesh_authorization.py`)."""
     name = names.inbound(service.name)
@@ -224,10 +225,10 @@ def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None) -> R
                                            route=action)])
     assert service.sidecar is not None
     sidecar = service.sidecar
-    denied = None if sidecar.deny is None else mtls.authorization(
-        sidecar.deny, trust or mtls.TrustDomain())
     configs = {**jwt_authn.inbound_config(sidecar.jwt, name),
-               **mesh_authorization.inbound_config(_callers(service, trust), denied)}
+               **mesh_authorization.inbound_config(
+                   _callers(sidecar.authorization, trust, identities),
+                   _callers(sidecar.deny, trust, identities))}
     for filter_name, config in configs.items():
         vhost.typed_per_filter_config[filter_name].CopyFrom(pack(config))
     return RouteConfiguration(name=name, virtual_hosts=[vhost])

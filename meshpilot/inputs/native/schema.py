@@ -246,6 +246,11 @@ def _sidecar() -> Schema:
         "jwt": {**_security("inbound requests")["jwt"],
                 "description": "JWT validation of inbound requests (jwks file or inline), for "
                                "authorization's claims and authenticated."},
+        "namespace": _ref("name", "The namespace of the sidecar's identity "
+                                  "(spiffe://<td>/ns/<namespace>/sa/<service_account>; default "
+                                  "default)."),
+        "service_account": _ref("name", "The service account of the sidecar's identity "
+                                        "(default: the Service's name)."),
     })
 
 
@@ -268,6 +273,9 @@ def _authz_rule(*, mesh: bool) -> Schema:
     if mesh:
         conditions["from"] = _list("Callers: Service or Gateway names, or SPIFFE IDs.",
                                    {"type": "string"})
+        conditions["namespaces"] = _list("Callers by namespace: any identity "
+                                         "ns/<namespace>/sa/* of the trust domain.",
+                                         _ref("name", "A namespace."))
     conditions["claims"] = {"type": "object", "additionalProperties": {"type": "string"},
                             "description": "JWT claims and a value each must equal (or hold); "
                                            "needs jwt."}

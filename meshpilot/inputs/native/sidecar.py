@@ -39,13 +39,15 @@ from meshpilot.inputs.yamlsource import FieldPath
 from meshpilot.ir.model import (
     DEFAULT_APP_HOST,
     DEFAULT_APP_PORT,
+    MESH_NAMESPACE,
     Authorization,
+    AuthzRule,
     Call,
     Sidecar,
 )
 
 SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization",
-                "jwt")
+                "jwt", "namespace", "service_account")
 MTLS_MODES = ("strict", "permissive", "off")
 MTLS_MODE = fields.choice(MTLS_MODES)
 CALL_KEYS = ("service", "local_port")
@@ -98,14 +100,32 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
         if port is None:
             spec.report("authorization", "authorization applies to inbound traffic; the sidecar "
                                          "needs a port", at_value=False)
-        if mtls == "off" and any(r.principals or (r.exclude and r.exclude.principals)
+        if mtls == "off" and any(names_callers(r) or (r.exclude and names_callers(r.exclude))
                                  for r in authorization.rules):
-            spec.report("authorization", "rules with `from` need mtls strict or permissive: "
-                                         "without a client certificate no caller has an "
-                                         "identity", at_value=False)
+            spec.report("authorization", "rules with `from` or `namespaces` need mtls strict or "
+                                         "permissive: without a client certificate no caller "
+                                         "has an identity", at_value=False)
     return Sidecar(port=port, address=address, app_host=app_host, app_port=app_port,
                    outbound_port=outbound_port, calls=calls, mtls=cast(Any, mtls),
-                   authorization=authorization, origin=spec.origin(), jwt=jwt)
+                   authorization=authorization, origin=spec.origin(), jwt=jwt,
+                   identity=_identity(spec, doc))
+
+
+def names_callers(rule: AuthzRule) -> bool:
+    """Whether the rule names callers (by identity or namespace): only mTLS says who calls."""
+    return bool(rule.principals or rule.namespaces)
+
+
+def _identity(spec: Fields, doc: Fields) -> str | None:
+    """`ns/<namespace>/sa/<service_account>` (Istio's SPIFFE path) when either is written;
+    None keeps the default, the Service's name in the CA's namespace."""
+    namespace = spec.get("namespace", fields.name)
+    account = spec.get("service_account", fields.name)
+    if namespace is None and account is None:
+        return None
+    name = doc.value.get("name")
+    return (f"ns/{namespace or MESH_NAMESPACE}/sa/"
+            f"{account or (name if isinstance(name, str) else '')}")
 
 
 def _authorization(spec: Fields) -> Authorization | None:
