@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from meshpilot.base.errors import Position
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
 from meshpilot.inputs.native.fields import did_you_mean, quoted
-from meshpilot.ir.model import Gateway, RateLimit, Route, Security, Service
+from meshpilot.ir.model import Gateway, RateLimit, Route, Security, Service, Tracing
 
 # Suggestions compare a missing name with every name of its kind (about 2 us each): fine for a
 # few typos, but thousands of broken references to thousands of services would spend minutes in
@@ -306,19 +306,24 @@ def _check_tracing(gateway: Gateway, ctx: DocumentContext, index: _Index) -> Non
         if not own and default_reported:
             continue  # the gateway's default: reported once, not per listener
         default_reported = default_reported or not own
-        service = index.services.get(spec.collector)
-        if service is None:
-            if not index.declared("Service", spec.collector):
-                hint = index.did_you_mean("Service", spec.collector,
-                                          index.names.get("Service", []))
-                ctx.report(path, f"no Service named {quoted(spec.collector)}{hint}")
-        elif spec.provider == "opentelemetry" and service.protocol not in ("grpc", "http2"):
-            ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; an "
-                             "OpenTelemetry collector receives OTLP over gRPC: give it "
-                             "protocol grpc")
-        elif spec.provider == "zipkin" and service.protocol == "tcp":
-            ctx.report(path, f"Service {service.name} speaks protocol tcp; a Zipkin collector "
-                             "receives spans over HTTP")
+        _check_collector(spec, path, ctx, index)
+
+
+def _check_collector(spec: Tracing, path: tuple[str | int, ...], ctx: DocumentContext,
+                     index: _Index) -> None:
+    service = index.services.get(spec.collector)
+    if service is None:
+        if not index.declared("Service", spec.collector):
+            hint = index.did_you_mean("Service", spec.collector,
+                                      index.names.get("Service", []))
+            ctx.report(path, f"no Service named {quoted(spec.collector)}{hint}")
+    elif spec.provider == "opentelemetry" and service.protocol not in ("grpc", "http2"):
+        ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; an "
+                         "OpenTelemetry collector receives OTLP over gRPC: give it "
+                         "protocol grpc")
+    elif spec.provider == "zipkin" and service.protocol == "tcp":
+        ctx.report(path, f"Service {service.name} speaks protocol tcp; a Zipkin collector "
+                         "receives spans over HTTP")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,6 +454,9 @@ def _check_mesh(documents: Sequence[ParsedDocument], index: _Index) -> None:
             if isinstance(part, Service) and part.sidecar is not None:
                 _check_calls(part, document.context, index)
                 _check_callers(part, document.context, index)
+                if part.sidecar.tracing is not None:
+                    _check_collector(part.sidecar.tracing, ("sidecar", "tracing", "collector"),
+                                     document.context, index)
     attached: dict[str, Route] = {}
     for route, ctx in index.routes:
         if route.service is None:

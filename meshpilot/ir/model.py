@@ -193,6 +193,9 @@ class Sidecar:
     # the Service's name in the CA's namespace.
     identity: str | None = None
     deny: Authorization | None = None  # DENY rules checked before `authorization` (Istio)
+    # Traces of inbound and outbound requests (spans named after the Service); the collector's
+    # cluster joins the view.
+    tracing: Tracing | None = None
 
 
 MtlsMode = Literal["strict", "permissive", "off"]

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
+from envoy.config.core.v3.base_pb2 import TrafficDirection
 from envoy.config.core.v3.protocol_pb2 import Http2ProtocolOptions
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
@@ -53,7 +54,7 @@ from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpPro
 
 from meshpilot.base import types
 from meshpilot.ir.model import Authorization, Endpoint, Model, Route, Service
-from meshpilot.translators import endpoints, failover, httpfilters, mtls, names
+from meshpilot.translators import endpoints, failover, httpfilters, mtls, names, tracing
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.httpfilters import ChainInputs, jwt_authn, mesh_authorization
 from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
@@ -114,19 +115,23 @@ class Mesh:
                 continue
             callees.append(callee)
             if call.local_port is not None:
-                listener = local_port_listener(callee, call.local_port)
+                listener = local_port_listener(callee, call.local_port, service)
                 built.append(Resource.from_message(types.LISTENER, listener.name, listener))
                 if callee.protocol != "tcp":
                     built.extend(self._local_port_routes(callee))
         http_callees = [c for c in callees if c.protocol != "tcp"]
         if sidecar.outbound_port is not None:
-            listener = outbound_listener(sidecar.outbound_port)
+            listener = outbound_listener(sidecar.outbound_port, service)
             built.append(Resource.from_message(types.LISTENER, listener.name, listener))
             config = RouteConfiguration(name=names.OUTBOUND, virtual_hosts=[
                 self.virtual_host(callee, host_domains(callee, sidecar.outbound_port))
                 for callee in sorted(http_callees, key=lambda c: c.name)])
             built.append(Resource.from_message(types.ROUTE, config.name, config))
-        for name, subset in failover.with_targets(self.model, self._upstreams(callees)):
+        upstreams = list(self._upstreams(callees))
+        collector = tracing.collector(sidecar.tracing)  # the tracer exports through it
+        if collector is not None and (collector, None) not in upstreams:
+            upstreams.append((collector, None))
+        for name, subset in failover.with_targets(self.model, upstreams):
             built.extend(self._cluster_resources(name, subset))
         return built
 
@@ -200,9 +205,13 @@ def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None) ->
                 denied=sidecar.deny is not None)))
         if sidecar.mtls != "off":
             mtls.forward_client_identity(manager)
+        if sidecar.tracing is not None:
+            tracing.apply(manager, service.name, sidecar.tracing)
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
+    # The direction names a traced request's span (Envoy: ingress, a server span).
     return Listener(name=name, address=_address(sidecar.address, sidecar.port),
-                    filter_chains=[FilterChain(filters=[network_filter])])
+                    filter_chains=[FilterChain(filters=[network_filter])],
+                    traffic_direction=TrafficDirection.INBOUND)
 
 
 def _callers(policy: Authorization | None, trust: mtls.TrustDomain | None,
@@ -255,7 +264,7 @@ def inbound_cluster(service: Service) -> Cluster:
 # ---- outbound -----------------------------------------------------------------------------------
 
 
-def local_port_listener(callee: Service, port: int) -> Listener:
+def local_port_listener(callee: Service, port: int, caller: Service | None = None) -> Listener:
     """127.0.0.1:port, all of it for `callee`: the Consul Connect style upstream."""
     name = names.outbound(callee.name)
     if callee.protocol == "tcp":
@@ -263,25 +272,32 @@ def local_port_listener(callee: Service, port: int) -> Listener:
             TcpProxy(stat_prefix=name, cluster=names.cluster(callee.name))))
     else:
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER,
-                                typed_config=pack(outbound_manager(name)))
+                                typed_config=pack(outbound_manager(name, caller)))
     return Listener(name=name, address=_address(LOOPBACK, port),
-                    filter_chains=[FilterChain(filters=[network_filter])])
+                    filter_chains=[FilterChain(filters=[network_filter])],
+                    traffic_direction=TrafficDirection.OUTBOUND)
 
 
-def outbound_listener(port: int) -> Listener:
+def outbound_listener(port: int, caller: Service | None = None) -> Listener:
     """127.0.0.1:port for every HTTP callee, chosen by Host: the HTTP-proxy style."""
-    manager = outbound_manager(names.OUTBOUND)
+    manager = outbound_manager(names.OUTBOUND, caller)
     return Listener(name=names.OUTBOUND, address=_address(LOOPBACK, port),
                     filter_chains=[FilterChain(filters=[Filter(
-                        name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))])])
+                        name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))])],
+                    traffic_direction=TrafficDirection.OUTBOUND)
 
 
-def outbound_manager(name: str) -> hcm.HttpConnectionManager:
-    """Routes over ADS (`name`), with the filters a Route's rules configure per route."""
-    return hcm.HttpConnectionManager(
+def outbound_manager(name: str, caller: Service | None = None) -> hcm.HttpConnectionManager:
+    """Routes over ADS (`name`), with the filters a Route's rules configure per route; traced
+    as the calling sidecar's `tracing` says (spans named after `caller`)."""
+    manager = hcm.HttpConnectionManager(
         stat_prefix=name,
         rds=hcm.Rds(config_source=ads_config_source(), route_config_name=name),
         http_filters=httpfilters.http_filters(ChainInputs.sidecar_outbound()))
+    spec = caller.sidecar.tracing if caller is not None and caller.sidecar is not None else None
+    if spec is not None and caller is not None:
+        tracing.apply(manager, caller.name, spec)
+    return manager
 
 
 def _address(host: str, port: int) -> Address:

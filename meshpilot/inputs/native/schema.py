@@ -251,6 +251,9 @@ def _sidecar() -> Schema:
                                   "default)."),
         "service_account": _ref("name", "The service account of the sidecar's identity "
                                         "(default: the Service's name)."),
+        "tracing": {**_tracing(), "description": "Tracing of the sidecar's inbound and "
+                                                 "outbound requests (spans named after the "
+                                                 "Service)."},
     })
 
 
@@ -346,15 +349,9 @@ def _upstream_tls() -> Schema:
     })
 
 
-def _gateway() -> Schema:
-    access_log = _object("An access log file, one line per request (or connection).", {
-        "path": {"type": "string", "pattern": "^/",
-                 "description": "An absolute file path, /dev/stdout included."},
-        "format": _enum("One JSON object per line, or Envoy's default text line.",
-                        gateway.ACCESS_LOG_FORMATS, "json"),
-    }, required=("path",))
-    tracing = _object("Distributed tracing: spans exported to a collector, trace headers "
-                      "propagated upstream.", {
+def _tracing() -> Schema:
+    return _object("Distributed tracing: spans exported to a collector, trace headers "
+                   "propagated upstream.", {
         "provider": _enum("opentelemetry (OTLP over gRPC, W3C traceparent) or zipkin (JSON v2 "
                           "over HTTP, B3 headers).", gateway.TRACING_PROVIDERS),
         "collector": _ref("name", "The Service spans are sent to (protocol grpc for "
@@ -363,10 +360,20 @@ def _gateway() -> Schema:
                      "description": "Percent of new traces sampled (default 100)."},
         "service_name": {"type": "string", "minLength": 1, "maxLength": 253,
                          "description": "opentelemetry: the spans' service name (default: "
-                                        "the gateway's name)."},
+                                        "the gateway's or sidecar's name)."},
         "path": {"type": "string", "pattern": "^/", "default": "/api/v2/spans",
                  "description": "zipkin: the collector's endpoint."},
     }, required=("provider", "collector"))
+
+
+def _gateway() -> Schema:
+    access_log = _object("An access log file, one line per request (or connection).", {
+        "path": {"type": "string", "pattern": "^/",
+                 "description": "An absolute file path, /dev/stdout included."},
+        "format": _enum("One JSON object per line, or Envoy's default text line.",
+                        gateway.ACCESS_LOG_FORMATS, "json"),
+    }, required=("path",))
+    tracing = _tracing()
     listener = _object("A port the gateway's Envoy listens on.", {
         "name": _ref("name", "Unique within the gateway; Routes may attach to it by name."),
         "port": _integer("The port.", 1, 65535),

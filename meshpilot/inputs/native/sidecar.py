@@ -24,6 +24,9 @@ Shape (inside a `kind: Service` document):
         rules: [{from: [productpage, "spiffe://cluster.local/ns/default/sa/edge"],
                  paths: [/api/*], methods: [GET]}]   # and a Route rule's keys (security.py)
       jwt: {providers: [...]}     # as a Route's, jwks file or inline: claims, authenticated
+      namespace: shop             # identity spiffe://<td>/ns/shop/sa/<service_account>
+      service_account: web        #   (defaults: default, the Service's name)
+      tracing: {provider: zipkin, collector: zipkin}   # as a Gateway's, inbound and outbound
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any, cast
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, written_before
+from meshpilot.inputs.native.gateway import parse_tracing
 from meshpilot.inputs.native.security import authorization_policy, parse_jwt
 from meshpilot.inputs.yamlsource import FieldPath
 from meshpilot.ir.model import (
@@ -47,7 +51,7 @@ from meshpilot.ir.model import (
 )
 
 SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization",
-                "jwt", "namespace", "service_account")
+                "jwt", "namespace", "service_account", "tracing")
 MTLS_MODES = ("strict", "permissive", "off")
 MTLS_MODE = fields.choice(MTLS_MODES)
 CALL_KEYS = ("service", "local_port")
@@ -80,6 +84,11 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
                     "the sidecar would forward to itself")
     _check_ports(spec, port, outbound_port, calls)
     mtls = spec.get("mtls", _mtls_mode) or "off"
+    tracing = parse_tracing(spec)
+    if tracing is not None and doc.value.get("protocol") == "tcp" and port is not None \
+            and not calls:
+        spec.report("tracing", "tracing follows HTTP requests; this sidecar carries tcp only",
+                    at_value=False)
     authorization = _authorization(spec)
     jwt = parse_jwt(spec)
     if jwt is not None and port is None:
@@ -108,7 +117,7 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
     return Sidecar(port=port, address=address, app_host=app_host, app_port=app_port,
                    outbound_port=outbound_port, calls=calls, mtls=cast(Any, mtls),
                    authorization=authorization, origin=spec.origin(), jwt=jwt,
-                   identity=_identity(spec, doc))
+                   identity=_identity(spec, doc), tracing=tracing)
 
 
 def names_callers(rule: AuthzRule) -> bool:
