@@ -41,7 +41,7 @@ from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.runtime.policy_store import POLICY_KEY, PolicyFolder, unpack
 from meshpilot.runtime.prepush import PrePush, ResourceCheck
 from meshpilot.runtime.ratelimit_service import Counters, RateLimitServer
-from meshpilot.runtime.rollout import RolloutMetrics, RolloutPolicy, Rollouts
+from meshpilot.runtime.rollout import RolloutMetrics, RolloutPolicy, Rollouts, policy_of
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
 from meshpilot.store import DEFAULT_PREFIX, Entry, StoreError, StoreUnavailable
 from meshpilot.store.election import Election
@@ -267,7 +267,7 @@ class Meshpilot:
         self.metrics_service = MetricsService(self.envoy_metrics.receive, authorize=authorize,
                                               on_closed=self.envoy_metrics.closed)
         # Which snapshot each stream follows while an edit is rolled out in stages.
-        self.rollouts = Rollouts(settings.rollout, counts=self.envoy_metrics.sample,
+        self.rollouts = Rollouts(self._rollout_policy, counts=self.envoy_metrics.sample,
                                  connections=self.registry.connections, wake=self.cache.wake,
                                  clock=time.monotonic, wall=time.time,
                                  metrics=RolloutMetrics(self.metrics.registry),
@@ -680,6 +680,14 @@ class Meshpilot:
     def _reload_done(self, _: asyncio.Task[bool]) -> None:
         if not self.controller.reloading:  # refused, or changed nothing: no edit to follow
             self._edit_started = None
+
+    def _rollout_policy(self) -> RolloutPolicy | None:
+        """How the next edit is rolled out: as the serving policy's Rollout document says (so
+        an edit cannot switch off its own rollout), else as --rollout does."""
+        model = self.controller.model
+        if model is not None and model.rollout is not None:
+            return policy_of(model.rollout)
+        return self.settings.rollout
 
     def _snapshots_replaced(self, pairs: list[tuple[Snapshot | None, Snapshot]]) -> None:
         self._replaced = pairs  # rolled out by `_edit_applied`, called right after

@@ -49,6 +49,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from meshpilot.base import types
 from meshpilot.base.units import parse_duration
+from meshpilot.ir.model import RolloutSettings
 from meshpilot.runtime.envoy_metrics import Sample
 from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.status import Connection
@@ -68,10 +69,26 @@ class RolloutPolicy:
     watch: float = 30.0  # seconds the canaries are watched before promotion
     threshold: float = 0.05  # the canaries' 5xx share above which it is rolled back
     min_requests: int = 10  # canary requests needed before the error rate is judged
+    views: frozenset[str] = frozenset()  # only these views in stages; empty: every view
+    source: str = "--rollout"  # where it was said, for status
+
+    def stages(self, view: str) -> bool:
+        return not self.views or view in self.views
 
     def describe(self) -> dict[str, Any]:
         return {"canary": self.canary, "watch": self.watch, "error_rate": self.threshold,
-                "min_requests": self.min_requests}
+                "min_requests": self.min_requests, "views": sorted(self.views),
+                "source": self.source}
+
+
+def policy_of(settings: RolloutSettings) -> RolloutPolicy | None:
+    """A policy's `kind: Rollout` document as the runtime applies it (None: disabled)."""
+    if not settings.enabled:
+        return None
+    return RolloutPolicy(canary=settings.canary / 100, watch=settings.watch,
+                         threshold=settings.error_rate / 100,
+                         min_requests=settings.min_requests, views=frozenset(settings.views),
+                         source=f"{settings.position}: Rollout {settings.name}")
 
 
 _KEYS = ("canary", "watch", "error-rate", "min-requests")
@@ -201,17 +218,18 @@ def _rollout_id(view: str, candidate: Snapshot, seq: int) -> str:
 
 
 class Rollouts:
-    def __init__(self, policy: RolloutPolicy | None, *,
+    def __init__(self, policy: RolloutPolicy | Callable[[], RolloutPolicy | None] | None, *,
                  counts: Callable[[str], Sample | None],
                  connections: Callable[[], Iterable[Connection]],
                  wake: Callable[[str], None], clock: Callable[[], float],
                  wall: Callable[[], float], metrics: RolloutMetrics | None = None,
                  keep: int = 50, on_end: Callable[[Rollout], None] | None = None):
         """`policy` None: nothing is rolled out in stages (every Envoy follows the newest
-        snapshot). `counts(node id)`: that Envoy's newest downstream counts (metrics service);
+        snapshot); a callable: asked at each reload (the serving policy's Rollout document).
+        `counts(node id)`: that Envoy's newest downstream counts (metrics service);
         `connections()`: the xDS streams open now; `wake(view)`: let the view's streams choose
         their snapshot again; `on_end(rollout)`: a rollout ended (for the log)."""
-        self.policy = policy
+        self._policy = policy
         self.counts = counts
         self.connections = connections
         self.wake = wake
@@ -223,6 +241,11 @@ class Rollouts:
         self.history: deque[Rollout] = deque(maxlen=keep)
         self.on_end = on_end
         self._seq = 0
+
+    @property
+    def policy(self) -> RolloutPolicy | None:
+        """What the next reload is rolled out by."""
+        return self._policy() if callable(self._policy) else self._policy
 
     # ---- the xDS server's choice ------------------------------------------------------------
 
@@ -247,6 +270,7 @@ class Rollouts:
         each changed view's rollout. Returns the rollouts started."""
         started: list[Rollout] = []
         connections: list[Connection] | None = None
+        policy = self.policy
         for previous, new in pairs:
             view = new.view
             running = self.active.get(view)
@@ -259,9 +283,10 @@ class Rollouts:
                     self._end(running, ABORTED, "the view is back to its baseline")
                 self._release(view)
                 continue
-            if self.policy is None:
-                if view in self.held:
-                    self._release(view)
+            if policy is None or not policy.stages(view):
+                if running is not None:
+                    self._end(running, ABORTED, "superseded by an edit not rolled out in stages")
+                self._release(view)
                 continue
             if connections is None:
                 connections = list(self.connections())
@@ -272,13 +297,13 @@ class Rollouts:
                 self._release(view)
                 continue
             keep = [n for n in running.canary if n in nodes] if running is not None else []
-            count = canary_count(len(nodes), self.policy.canary)
+            count = canary_count(len(nodes), policy.canary)
             canary = keep[:count] + self._pick(view, new, [n for n in nodes if n not in keep],
                                                count - len(keep[:count]))
             self._seq += 1
             rollout = Rollout(_rollout_id(view, new, self._seq), view, baseline, new,
                               tuple(sorted(canary)), len(nodes), self.wall(), self.clock(),
-                              self.policy, edit)
+                              policy, edit)
             if running is not None:
                 self._end(running, ABORTED, f"superseded by rollout {rollout.id}", wake=False)
             for node in rollout.canary:
@@ -424,8 +449,9 @@ class Rollouts:
     def status(self) -> dict[str, Any]:
         """For /debug/status and `meshpilot status`."""
         newest = list(reversed(self.history))
-        return {"enabled": self.policy is not None,
-                "policy": self.policy.describe() if self.policy is not None else None,
+        policy = self.policy
+        return {"enabled": policy is not None,
+                "policy": policy.describe() if policy is not None else None,
                 "watching": sorted(self.active),
                 "held_views": sorted(set(self.held) - set(self.active)),
                 "lines": [r.line() for r in newest[:5]]}

@@ -8,6 +8,8 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from prometheus_client import CollectorRegistry
 
+from meshpilot.base.errors import PolicyError
+from meshpilot.inputs.loader import load_policy_text
 from meshpilot.runtime.envoy_metrics import Sample
 from meshpilot.runtime.rollout import (
     ABORTED,
@@ -20,6 +22,7 @@ from meshpilot.runtime.rollout import (
     Rollouts,
     canary_count,
     parse_rollout,
+    policy_of,
 )
 from meshpilot.xds.resources import ResourceMap
 from meshpilot.xds.snapshot import Snapshot
@@ -261,3 +264,60 @@ def test_settings_text() -> None:
                          ("watch=1s,watch=2s", "twice")]:
         with pytest.raises(RolloutError, match=message):
             parse_rollout(bad)
+
+
+def test_the_rollout_document() -> None:
+    model = load_policy_text("kind: Rollout\nname: staged\ncanary: 25\nwatch: 1m\n"
+                             "error_rate: 2.5\nmin_requests: 3\nviews: [edge]\n")
+    assert model.rollout is not None
+    policy = policy_of(model.rollout)
+    assert policy is not None
+    assert (policy.canary, policy.watch, policy.threshold, policy.min_requests,
+            policy.views) == (0.25, 60.0, 0.025, 3, frozenset({"edge"}))
+    assert policy.source == "policy.yaml:1:1: Rollout staged"
+    defaults = load_policy_text("kind: Rollout\nname: staged\n").rollout
+    assert defaults is not None and policy_of(defaults) == RolloutPolicy(
+        source="policy.yaml:1:1: Rollout staged")
+    off = load_policy_text("kind: Rollout\nname: paused\nenabled: false\n").rollout
+    assert off is not None and policy_of(off) is None
+    assert load_policy_text("kind: Service\nname: api\nendpoints: [127.0.0.1:1]\n"
+                            ).rollout is None
+
+    with pytest.raises(PolicyError) as raised:
+        load_policy_text("kind: Rollout\nname: a\ncanary: 10%\nwatch: 30\nerror_rate: 101\n"
+                         "min_requests: -1\nviews: [edge, edge]\nspeed: 1\n---\n"
+                         "kind: Rollout\nname: b\ncanary: 0\nwatch: 25h\n")
+    assert [str(issue) for issue in raised.value.issues] == [
+        "policy.yaml:3:9: Rollout a: canary: expected a percentage above 0, at most 100, found "
+        "a string (a number: write 10, not 10%)",
+        'policy.yaml:4:8: Rollout a: watch: a duration needs a unit, e.g. "30s" or "30ms"',
+        "policy.yaml:5:13: Rollout a: error_rate: must be from 0 to 100, found 101",
+        "policy.yaml:6:15: Rollout a: min_requests: must be from 0 to 1000000000, found -1",
+        "policy.yaml:7:15: Rollout a: views[1]: view \"edge\" is listed twice (first at "
+        "policy.yaml:7:9)",
+        "policy.yaml:8:1: Rollout a: speed: unknown key \"speed\"; a Rollout has: kind, name, "
+        "enabled, canary, watch, error_rate, min_requests, views",
+        "policy.yaml:10:7: Rollout b: kind: a policy has one Rollout document; another is at "
+        "policy.yaml:1:1",
+        "policy.yaml:12:9: Rollout b: canary: must be above 0, at most 100, found 0",
+        "policy.yaml:13:8: Rollout b: watch: at most 24h",
+    ]
+
+
+def test_the_policy_is_asked_at_each_reload_and_names_its_views() -> None:
+    said: list[RolloutPolicy | None] = [RolloutPolicy(views=frozenset({"mesh"}))]
+    fleet = Fleet(3)
+    fleet.connect("mesh-0", "mesh")
+    fleet.connect("mesh-1", "mesh")
+    rollouts = Rollouts(lambda: said[0], counts=fleet.counters.get,
+                        connections=fleet.proxies.connections, wake=fleet.woken.append,
+                        clock=fleet.clock, wall=lambda: 0.0)
+    started = rollouts.replaced([(snap("edge", 0), snap("edge", 1)),
+                                 (snap("mesh", 0), snap("mesh", 1))])
+    assert [r.view for r in started] == ["mesh"]  # edge is not rolled out in stages
+    assert rollouts.status()["policy"]["views"] == ["mesh"]
+    said[0] = None  # the new serving policy turned rollouts off: the next edit supersedes
+    assert rollouts.replaced([(snap("mesh", 1), snap("mesh", 2))]) == []
+    assert started[0].state == ABORTED and rollouts.held == {}
+    assert rollouts.status() == {"enabled": False, "policy": None, "watching": [],
+                                 "held_views": [], "lines": [started[0].line()]}

@@ -17,8 +17,7 @@ import sys
 from typing import Any
 
 import pytest
-from support import backend_of, eventually, http_get, listener_port, raw_policy, \
-    write_atomically
+from support import backend_of, eventually, http_get, listener_port, raw_policy, write_atomically
 
 from meshpilot.base.netutil import free_port
 
