@@ -30,6 +30,13 @@ from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.status import ProxyRegistry
 
 
+class RolloutControl(Protocol):
+    """Staged rollouts, as the admin API drives them by hand (runtime/rollout.py)."""
+
+    def promote(self, view: str | None = ...) -> Sequence[Any]: ...
+    def abort(self, view: str | None = ...) -> Sequence[Any]: ...
+
+
 class CaControl(Protocol):
     """The mesh CA's root rotation, as the admin API drives it (runtime/ca_rotation.py)."""
 
@@ -65,6 +72,17 @@ class AdminSources:
     fleet: Callable[[], Awaitable[dict[str, Any]]] | None = None
     registrations: SharedRegistrations | None = None
     replica: Callable[[], dict[str, Any]] | None = None
+    # Staged rollouts (runtime/rollout.py), newest first: each {"id", "view", "state"
+    # ("watching" | "promoted" | "rolled_back" | "aborted"), "started" (unix), "canary" (node
+    # ids), "total" (Envoys of the view), "error_rate" (None: no traffic seen), "threshold",
+    # "reason", "edit"}. None: this process runs no rollouts.
+    rollouts: Callable[[], list[dict[str, Any]]] | None = None
+    # Request rates from the Envoys' metrics service (runtime/envoy_metrics.py): each {"node",
+    # "view", "cluster" (upstream cluster, "" for the downstream total), "rq_per_s",
+    # "err_per_s", "updated" (unix)}. None: no metrics service.
+    request_rates: Callable[[], list[dict[str, Any]]] | None = None
+    # Promote or abort a rollout being watched (/v1/rollouts/promote, /v1/rollouts/abort).
+    rollout_control: RolloutControl | None = None
 
 
 # Who may call what without an operator token (admin_guard); every other route needs one.
@@ -188,6 +206,47 @@ def make_app(sources: AdminSources) -> web.Application:
         except RotationError as e:
             return _json({"error": str(e)}, 409)
 
+    @routes.get("/debug/rollouts")
+    async def rollouts(_: web.Request) -> web.Response:
+        if sources.rollouts is None:
+            return _json({"error": "this process runs no rollouts"}, 404)
+        return _json({"rollouts": sources.rollouts()})
+
+    async def _by_hand(request: web.Request, action: str) -> web.Response:
+        if sources.rollout_control is None or sources.rollouts is None:
+            return _json({"error": "this process runs no rollouts"}, 404)
+        try:
+            body = await _body(request)
+            unknown = set(body) - {"view"}
+            if unknown:
+                raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}: expected view")
+            view = body.get("view")
+            if view is not None and not isinstance(view, str):
+                raise ValueError("view: a string")
+        except ValueError as e:
+            return _json({"error": str(e)}, 400)
+        control = sources.rollout_control
+        try:
+            ended = (control.promote if action == "promote" else control.abort)(view)
+        except ValueError as e:  # RolloutError: nothing to promote or abort there
+            return _json({"error": str(e)}, 409)
+        ids = {rollout.id for rollout in ended}
+        return _json({"rollouts": [r for r in sources.rollouts() if r["id"] in ids]})
+
+    @routes.post("/v1/rollouts/promote")
+    async def promote(request: web.Request) -> web.Response:
+        return await _by_hand(request, "promote")
+
+    @routes.post("/v1/rollouts/abort")
+    async def abort(request: web.Request) -> web.Response:
+        return await _by_hand(request, "abort")
+
+    @routes.get("/debug/metrics/envoys")
+    async def envoy_rates(_: web.Request) -> web.Response:
+        if sources.request_rates is None:
+            return _json({"error": "this process has no metrics service"}, 404)
+        return _json({"request_rates": sources.request_rates()})
+
     @routes.get("/debug/config_dump")
     async def config_dump(request: web.Request) -> web.Response:
         node = request.query.get("node")
@@ -197,6 +256,9 @@ def make_app(sources: AdminSources) -> web.Application:
             if not conns:
                 return _json({"error": f"no connected proxy with node id {node!r}"}, 404)
             view = conns[0].view
+            followed = conns[0].stream.snapshot
+            if followed is not None:  # what that Envoy follows (a rollout may hold it back)
+                return _json(snapshot_to_dict(followed))
         if not view:
             return _json({"error": "give ?node=ID or ?view=NAME", "views": cache.all_views()},
                          400)
