@@ -64,13 +64,15 @@ from meshpilot.ir.model import (
     Service,
     StringMatch,
     TlsCertificate,
+    TlsPassthrough,
 )
 
 CONTROLLER = "meshpilot.io/gateway-controller"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 _ROUTE_KINDS_BY_PROTOCOL = {"HTTP": ("HTTPRoute", "GRPCRoute"),
-                            "HTTPS": ("HTTPRoute", "GRPCRoute"), "TCP": ("TCPRoute",)}
+                            "HTTPS": ("HTTPRoute", "GRPCRoute"), "TCP": ("TCPRoute",),
+                            "TLS": ("TLSRoute",)}
 _WELL_KNOWN_PORTS = {"http": 80, "https": 443}
 
 
@@ -108,6 +110,7 @@ class _World:
     gateways: list[KubeObject] = field(default_factory=list)
     http_routes: list[KubeObject] = field(default_factory=list)  # and GRPCRoutes
     tcp_routes: list[KubeObject] = field(default_factory=list)
+    tls_routes: list[KubeObject] = field(default_factory=list)
     other_routes: list[KubeObject] = field(default_factory=list)
     grants: dict[str, list[KubeObject]] = field(default_factory=dict)  # by namespace
     services: dict[str, KubeObject] = field(default_factory=dict)  # ns/name
@@ -129,6 +132,8 @@ class _World:
                 world.http_routes.append(obj)
             elif kind == "TCPRoute":
                 world.tcp_routes.append(obj)
+            elif kind == "TLSRoute":
+                world.tls_routes.append(obj)
             elif kind.endswith("Route"):
                 world.other_routes.append(obj)
             elif kind == "ReferenceGrant":
@@ -207,7 +212,7 @@ class _Listener:
     certificates: tuple[TlsCertificate, ...] = ()
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, msg)
     attached: int = 0
-    tcp_service: str | None = None  # TCP: the model Service of the TCPRoute it serves
+    tcp_backends: tuple[Backend, ...] = ()  # TCP: the backends of the TCPRoute it serves
 
     @property
     def valid(self) -> bool:
@@ -239,6 +244,15 @@ _BuiltRule = tuple[int, list[tuple[int, Match]], Rule]
 
 
 @dataclass
+class _Passthrough:
+    """A TLSRoute's hostname on a TLS listener: the oldest route naming it serves it."""
+
+    age: tuple[str, str]
+    route: KubeObject
+    backends: tuple[Backend, ...]
+
+
+@dataclass
 class _Entry:
     """One route entry in the making: a match of an HTTPRoute rule, with its precedence."""
 
@@ -263,6 +277,8 @@ class _Compiler:
         self.params: dict[str, _Params] = {}  # gateway ns/name -> its class's parameters
         # gateway key -> port -> hostname -> entries
         self.entries: dict[str, dict[int, dict[str, list[_Entry]]]] = {}
+        # gateway key -> port -> SNI hostname ("*": any) -> the TLSRoute serving it
+        self.passthrough: dict[str, dict[int, dict[str, _Passthrough]]] = {}
 
     def report(self, obj: KubeObject, path: FieldPath, message: str) -> None:
         """An issue that refuses the load, at the value at `path` of `obj`'s document."""
@@ -288,6 +304,8 @@ class _Compiler:
             self._http_route(route)
         for route in sorted(self.world.tcp_routes, key=_route_age):
             self._tcp_route(route)
+        for route in sorted(self.world.tls_routes, key=_route_age):
+            self._tls_route(route)
         for route in self.world.other_routes:
             self._unsupported_route(route)
         for gateway in self.world.gateways:
@@ -376,6 +394,7 @@ class _Compiler:
                             f"port {port} is bound as {socket_port}, as port {first} is"))
         self.listeners[obj.key] = listeners
         self.entries[obj.key] = {}
+        self.passthrough[obj.key] = {}
 
     def _listener(self, gateway: KubeObject, index: int, spec: dict[str, Any]) -> _Listener:
         protocol = spec["protocol"]
@@ -386,6 +405,14 @@ class _Compiler:
                                       f"protocol {protocol} is not supported yet"))
             return listener
         listener.kinds = self._route_kinds(listener)
+        if protocol == "TLS":
+            # The spec's default mode is Terminate; a TLS listener here passes TLS through.
+            if (spec.get("tls") or {}).get("mode", "Terminate") != "Passthrough":
+                listener.problems.append((
+                    "Accepted", "UnsupportedValue",
+                    "TLS listeners pass TLS through (tls.mode Passthrough); Terminate is not "
+                    "supported on them (use an HTTPS listener)"))
+            return listener
         if protocol == "HTTPS":
             tls = spec.get("tls") or {}
             if tls.get("mode", "Terminate") != "Terminate":
@@ -517,27 +544,15 @@ class _Compiler:
         return False
 
     def _tcp_route(self, route: KubeObject) -> None:
-        """A TCPRoute: every connection to the TCP listeners it attaches to goes to its one
-        backend. A listener serves one TCPRoute, the oldest; later ones are not accepted
-        there. No backend that resolves: the listener is not served (connections refused)."""
+        """A TCPRoute: every connection to the TCP listeners it attaches to goes to its
+        backends, shared by weight. A listener serves one TCPRoute, the oldest; later ones are
+        not accepted there. No backend that resolves: the listener is not served (connections
+        refused); beside valid ones, an invalid backend's share of connections is closed."""
         spec = route.spec()
-        refs = [(index, b_index, ref) for index, rule in enumerate(spec["rules"])
-                for b_index, ref in enumerate(rule["backendRefs"]) if ref.get("weight", 1) > 0]
-        service: str | None = None
-        resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
-        unsupported: str | None = None
-        if len(refs) > 1:
-            unsupported = "a TCPRoute with more than one backend is not supported yet"
-        elif refs:
-            index, b_index, ref = refs[0]
-            if (ref.get("group") or "") == "" and ref.get("kind", "Service") == "Service" \
-                    and ref.get("port") is None:
-                self.report(route, ("spec", "rules", index, "backendRefs", b_index, "port"),
-                            'missing "port" (a Service backendRef needs one)')
-                return
-            service, why = self._backend(route, ref, protocol="tcp")
-            if service is None:
-                resolved = (False, *why)
+        backends, resolved = self._stream_backends(route)
+        if backends is None:
+            return
+        served = backends if any(b.resolved for b in backends) else ()
         for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
             if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
                     ref.get("kind", "Gateway") != "Gateway":
@@ -548,16 +563,79 @@ class _Compiler:
             if listeners is None:
                 continue
             accepted, reason, message, attach = self._attach(route, ref, listeners, ())
-            if accepted and unsupported is not None:
-                accepted, reason, message = False, "UnsupportedValue", unsupported
-            elif accepted:
+            if accepted:
                 free = [lst for lst, _ in attach if lst.attached == 0]
                 if not free:
                     accepted, reason, message = False, "NotAllowedByListeners", \
                         "every listener it names serves an older TCPRoute already"
                 for listener in free:
                     listener.attached += 1
-                    listener.tcp_service = service
+                    listener.tcp_backends = served
+            self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
+                        _conditions(("Accepted", accepted, reason, message),
+                                    ("ResolvedRefs", resolved[0], resolved[1],
+                                     resolved[2] if not resolved[0] else "")), parent=parent)
+
+    def _stream_backends(self, route: KubeObject,
+                         ) -> tuple[tuple[Backend, ...] | None, tuple[bool, str, str]]:
+        """The weighted backends of a TCPRoute's or TLSRoute's rules (all rules together: they
+        have no matches), those that do not resolve marked so, and the route's ResolvedRefs.
+        None: a backendRef the API server would refuse (reported)."""
+        resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
+        backends: list[Backend] = []
+        for index, rule in enumerate(route.spec().get("rules") or ()):
+            for b_index, ref in enumerate(rule.get("backendRefs") or ()):
+                path: FieldPath = ("spec", "rules", index, "backendRefs", b_index)
+                if (ref.get("group") or "") == "" and ref.get("kind", "Service") == "Service" \
+                        and ref.get("port") is None:
+                    self.report(route, (*path, "port"),
+                                'missing "port" (a Service backendRef needs one)')
+                    return None, resolved
+                service, why = self._backend(route, ref, protocol="tcp")
+                if service is None and resolved[0]:
+                    resolved = (False, *why)
+                weight = ref.get("weight", 1)
+                if weight > 0:
+                    backends.append(Backend(service or _ref_text(route, ref), None, weight,
+                                            _origin(route, path), resolved=service is not None))
+        return tuple(backends), resolved
+
+    def _tls_route(self, route: KubeObject) -> None:
+        """A TLSRoute: TLS connections to the TLS (Passthrough) listeners it attaches to whose
+        SNI is one of its hostnames (intersected with the listener's) go, still encrypted, to
+        its backends by weight. A hostname two routes name is served by the older one. No
+        backend that resolves: those connections are closed, as the spec asks."""
+        spec = route.spec()
+        hostnames = tuple(spec.get("hostnames") or ())
+        backends, resolved = self._stream_backends(route)
+        if backends is None:
+            return
+        # Every weight 0: no backend to send to, its connections are closed (a cluster that is
+        # never made).
+        served = backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
+        attached: set[int] = set()
+        for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
+            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
+                    ref.get("kind", "Gateway") != "Gateway":
+                continue
+            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
+            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
+            listeners = self.listeners.get(gateway_key)
+            if listeners is None:
+                continue
+            accepted, reason, message, attach = self._attach(route, ref, listeners, hostnames)
+            if accepted:
+                for listener, effective in attach:
+                    if id(listener) in attached:
+                        continue
+                    attached.add(id(listener))
+                    listener.attached += 1
+                    if not listener.valid:
+                        continue
+                    by_host = self.passthrough[gateway_key].setdefault(listener.port, {})
+                    for hostname in effective:  # routes come oldest first: the first keeps it
+                        by_host.setdefault(hostname, _Passthrough(_route_age(route), route,
+                                                                  served))
             self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
                         _conditions(("Accepted", accepted, reason, message),
                                     ("ResolvedRefs", resolved[0], resolved[1],
@@ -886,10 +964,23 @@ class _Compiler:
         for port in sorted({lst.port for lst in valid}):
             on_port = [lst for lst in valid if lst.port == port]
             if on_port[0].protocol == "TCP":
-                if on_port[0].tcp_service is not None:  # else nothing to serve: refused
+                if on_port[0].tcp_backends:  # else nothing to serve: refused
                     model_listeners.append(GatewayListener(
                         str(port), params.ports.get(port, port), params.address,
-                        protocol="tcp", service=on_port[0].tcp_service,
+                        protocol="tcp", backends=on_port[0].tcp_backends,
+                        origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
+                                      obj.key, f"spec.listeners[{on_port[0].index}]")))
+                continue
+            if on_port[0].protocol == "TLS":
+                sni = self.passthrough[obj.key].get(port, {})
+                if sni:  # else nothing to serve: connections refused
+                    model_listeners.append(GatewayListener(
+                        str(port), params.ports.get(port, port), params.address,
+                        protocol="tcp", passthrough=tuple(
+                            TlsPassthrough(() if hostname == "*" else (hostname,),
+                                           entry.backends,
+                                           origin=_origin(entry.route, ("spec",)))
+                            for hostname, entry in sorted(sni.items())),
                         origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
                                       obj.key, f"spec.listeners[{on_port[0].index}]")))
                 continue

@@ -1,8 +1,8 @@
 """The Kubernetes kinds this format reads, their schemas, and their one parser.
 
 Gateway API (`gateway.networking.k8s.io`): GatewayClass, Gateway, HTTPRoute, GRPCRoute,
-TCPRoute, ReferenceGrant; the route kinds not compiled yet (TLSRoute, UDPRoute) are read so that
-status can say they are not accepted. Core: Service, Secret, Namespace, ConfigMap (a
+TCPRoute, TLSRoute, ReferenceGrant; UDPRoute, not compiled yet, is read so that status can say
+it is not accepted. Core: Service, Secret, Namespace, ConfigMap (a
 GatewayClass's parameters); `discovery.k8s.io` EndpointSlice. The schemas follow the upstream
 CRDs and core APIs (the keys, their types, required members, enums, the patterns of names and
 hostnames); anything a well-shaped document means across documents is `compile.py`'s.
@@ -217,7 +217,17 @@ TCP_ROUTE = _document(Obj({
             "port": PORT, "weight": Int(0, 1_000_000)}, required=("name",)), 16),
     }, required=("backendRefs",)), 16),
 }, required=("rules",)))
-ROUTE_KINDS_NOT_COMPILED = ("TLSRoute", "UDPRoute")
+TLS_ROUTE = _document(Obj({
+    "parentRefs": ListOf(PARENT_REF, 32),
+    "hostnames": ListOf(HOSTNAME, 1024),
+    "rules": ListOf(Obj({
+        "name": SECTION_NAME,
+        "backendRefs": ListOf(Obj({
+            "group": GROUP, "kind": KIND, "name": SUBDOMAIN, "namespace": NAMESPACE,
+            "port": PORT, "weight": Int(0, 1_000_000)}, required=("name",)), 16),
+    }, required=("backendRefs",)), 16),
+}, required=("rules",)))
+ROUTE_KINDS_NOT_COMPILED = ("UDPRoute",)
 OTHER_ROUTE = _document(Obj({"parentRefs": ListOf(PARENT_REF, 32), "hostnames": Anything(),
                              "rules": Anything()}))
 
@@ -283,7 +293,7 @@ ENDPOINT_SLICE = _document(None, extra={
 
 SCHEMAS: dict[str, Obj] = {
     "GatewayClass": GATEWAY_CLASS, "Gateway": GATEWAY, "HTTPRoute": HTTP_ROUTE,
-    "GRPCRoute": GRPC_ROUTE, "TCPRoute": TCP_ROUTE,
+    "GRPCRoute": GRPC_ROUTE, "TCPRoute": TCP_ROUTE, "TLSRoute": TLS_ROUTE,
     "ReferenceGrant": REFERENCE_GRANT, "Service": SERVICE, "Secret": SECRET,
     "Namespace": NAMESPACE_DOC, "ConfigMap": CONFIG_MAP, "EndpointSlice": ENDPOINT_SLICE,
     **{kind: OTHER_ROUTE for kind in ROUTE_KINDS_NOT_COMPILED},
