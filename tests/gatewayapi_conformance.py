@@ -18,7 +18,10 @@ from __future__ import annotations
 import base64
 import json
 import re
+import socket
+import socketserver
 import ssl
+import threading
 import time
 from dataclasses import dataclass, field
 from http.client import HTTPConnection, HTTPSConnection
@@ -48,6 +51,11 @@ APP = "gateway-conformance-app-backend"
 WEB = "gateway-conformance-web-backend"
 BASE_KINDS = ("Namespace", "Gateway", "Service")  # Deployments and ConfigMaps are the pods'
 LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090)
+# The base's pods that serve HTTPS with the suite's `tls-checks-certificate` (echo-basic with
+# TLS), and the TCP echo whose ports are plain and TLS (the upstream tcpserver, by port name).
+TLS_BACKENDS = ((INFRA, "tls-backend"), (INFRA, "tls-backend-2"), (APP, "tls-backend"))
+TCP_BACKEND = (INFRA, "tcp-backend")
+TCP_PORTS = {"echo-tcp-plain": False, "echo-tcp-tls": True}  # port name -> speaks TLS
 
 
 def available() -> str | None:
@@ -115,8 +123,8 @@ class _EchoHandler(QuietHandler):
 
 
 class EchoBackend(LoopbackHttpServer):
-    def __init__(self, namespace: str, service: str):
-        super().__init__(_EchoHandler)
+    def __init__(self, namespace: str, service: str, tls: tuple[Path, Path] | None = None):
+        super().__init__(_EchoHandler, tls=tls)
         self.namespace, self.service = namespace, service
 
     @property
@@ -131,12 +139,89 @@ class EchoBackend(LoopbackHttpServer):
         return super().start()
 
 
+TCP_WELCOME = b"Welcome to the gateway-api conformance TCP echo server\n"
+
+
+class _TcpEchoHandler(socketserver.StreamRequestHandler):
+    """The upstream TCP echo (echo-basic's tcpserver): a welcome line, then per line `PING`
+    answers `PONG`, `IS_TLS` whether the connection is TLS, `TEST` a JSON line with who served
+    it (namespace, pod) and the TLS the client negotiated (SNI, protocol)."""
+
+    def setup(self) -> None:
+        server: Any = self.server
+        if server.tls_context is not None:
+            try:
+                self.request = server.tls_context.wrap_socket(self.request, server_side=True)
+            except (ssl.SSLError, OSError):
+                self.request.close()
+                raise
+        super().setup()
+
+    def handle(self) -> None:
+        server: Any = self.server
+        try:
+            self.wfile.write(TCP_WELCOME)
+            for line in self.rfile:
+                command = line.strip()
+                if command == b"PING":
+                    self.wfile.write(b"PONG\n")
+                elif command == b"IS_TLS":
+                    self.wfile.write(b"true\n" if server.tls_context else b"false\n")
+                elif command == b"TEST":
+                    tls: dict[str, str] = {}
+                    if isinstance(self.request, ssl.SSLSocket):
+                        tls = {"serverName": server.server_names.get(id(self.request), ""),
+                               "negotiatedProtocol": self.request.version() or ""}
+                    self.wfile.write(json.dumps({
+                        "namespace": server.echo_namespace, "pod": f"{server.echo_service}-pod",
+                        "tls": tls}).encode() + b"\n")
+                else:
+                    self.wfile.write(line)
+        except (OSError, ValueError):
+            pass
+
+
+class TcpEchoBackend:
+    """The upstream TCP echo on loopback, plain or TLS (`tls`: certificate and key files)."""
+
+    def __init__(self, namespace: str, service: str, tls: tuple[Path, Path] | None = None):
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _TcpEchoHandler)
+        self.server.daemon_threads = True
+        server: Any = self.server
+        server.echo_namespace, server.echo_service = namespace, service
+        server.server_names = {}
+        server.tls_context = None
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+
+            def record(connection: ssl.SSLSocket, name: str | None, _: ssl.SSLContext) -> None:
+                server.server_names[id(connection)] = name or ""
+
+            context.sni_callback = record  # type: ignore[assignment]
+            server.tls_context = context
+        self._thread = threading.Thread(target=self.server.serve_forever,
+                                        kwargs={"poll_interval": 0.1}, daemon=True)
+
+    def start(self) -> int:
+        self._thread.start()
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            self.server.shutdown()
+            self._thread.join(timeout=5)
+        self.server.server_close()
+
+
 # ---- the folder -----------------------------------------------------------------------------------
 
 
-def write_folder(folder: Path, tests: list[str], backends: dict[tuple[str, str], int],
+def write_folder(folder: Path, tests: list[str],
+                 backends: dict[tuple[str, str], int | dict[str, int]],
                  ports: dict[int, int], tls: tuple[bytes, bytes]) -> None:
-    """The base manifests and the named test manifests as they are, and what a cluster adds."""
+    """The base manifests and the named test manifests as they are, and what a cluster adds.
+    `backends`: the loopback port of each base Service's pod, or one per Service port name."""
     folder.mkdir(parents=True, exist_ok=True)
     base = [text for text, doc in _documents(ROOT / "base" / "manifests.yaml")
             if doc.get("kind") in BASE_KINDS]
@@ -168,8 +253,10 @@ data: {{tls.crt: {cert}, tls.key: {key}}}
         port = backends.get((namespace, name))
         if port is None:
             continue
-        slice_ports = ", ".join(f"{{name: {p.get('name', '')!r}, port: {port}}}"
-                                for p in service_ports)
+        slice_ports = ", ".join(
+            f"{{name: {p.get('name', '')!r}, "
+            f"port: {port if isinstance(port, int) else port[p['name']]}}}"
+            for p in service_ports)
         cluster.append(f"""apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -207,6 +294,19 @@ class Case:
 
 
 @dataclass(frozen=True)
+class TlsCase:
+    """A TLS connection to a TLS (Passthrough) listener with SNI `server_name`: `backend` must
+    answer it (None: the connection is rejected), over HTTPS (`http`: a request with Host
+    `server_name`, as upstream's MakeTLSRequest) or the TCP echo's line protocol (MakeTCPRequest,
+    SNI checked at the backend)."""
+
+    server_name: str
+    backend: str | None
+    http: bool = True
+    namespace: str = INFRA
+
+
+@dataclass(frozen=True)
 class Expect:
     """A status upstream asserts: an object's conditions (type -> (status, reason or None for
     any reason)), and for a listener its attachedRoutes and supportedKinds."""
@@ -229,6 +329,7 @@ class Test:
     tls: bool = False  # requests over TLS, SNI = the case's host
     more: tuple[Test, ...] = ()  # the same manifest, another Gateway or listener port
     expect: tuple[Expect, ...] = ()  # statuses upstream asserts
+    tls_cases: tuple[TlsCase, ...] = ()  # connections to a TLS passthrough listener
 
 
 V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
@@ -539,6 +640,84 @@ CASES["HTTPRouteRequestPercentageMirror"] = Test(
     "httproute-request-percentage-mirror", GW,
     tuple(_c(path) for path, _ in PERCENTAGE_MIRRORS))
 
+TLS_GW = f"{INFRA}/gateway-tlsroute"
+_TLS_OK = {"Accepted": ("True", None), "ResolvedRefs": ("True", None)}
+
+
+_TLS_HOSTS = ((TlsCase("abc.example.com", "tls-backend"),
+               TlsCase("non.matching.com", None)),
+              (TlsCase("abc.example.com", "tls-backend"),
+               TlsCase("other.example.com", "tls-backend-2"),
+               TlsCase("non.matching.com", None)))
+CASES.update({
+    "TLSRouteSimpleSameNamespace": Test(
+        "tlsroute-simple-same-namespace", TLS_GW, (), listener_port=443,
+        tls_cases=(TlsCase("abc.example.com", "tcp-backend", http=False),),
+        expect=(Expect("TLSRoute", "gateway-conformance-infra-test", _TLS_OK),)),
+    "TLSRouteHostnameIntersection": Test(
+        "tlsroute-hostname-intersection", f"{INFRA}/gw-tlsroute-exact-hostname-x-1", (),
+        listener_port=443, tls_cases=_TLS_HOSTS[0],
+        expect=(Expect("TLSRoute", "tlsroute-more-specific-wc-hostname-x-1", _TLS_OK),),
+        more=tuple(
+            Test("tlsroute-hostname-intersection", f"{INFRA}/{gateway}", (), listener_port=443,
+                 tls_cases=_TLS_HOSTS[1],
+                 expect=tuple(Expect("TLSRoute", route, _TLS_OK) for route in routes))
+            for gateway, routes in (
+                ("gw-tlsroute-more-specific-wc-hostname-x-2",
+                 ("tlsroute-exact-hostname-x-2", "tlsroute-less-specific-wc-hostname-x-2")),
+                ("gw-tlsroute-less-specific-wc-hostname-x-3",
+                 ("tlsroute-exact-hostname-x-3", "tlsroute-more-specific-wc-hostname-x-3")),
+                ("gw-tlsroute-empty-hostname-x-4",
+                 ("tlsroute-exact-hostname-x-4", "tlsroute-less-specific-wc-hostname-x-4"))))),
+    "TLSRouteInvalidBackendRefNonexistent": Test(
+        "tlsroute-invalid-backendref-nonexistent",
+        f"{INFRA}/gateway-tlsroute-invalid-backend-ref-nonexistent", (), listener_port=443,
+        tls_cases=(TlsCase("example.com", None),), expect=(
+            Expect("TLSRoute", "invalid-backend-ref-nonexistent",
+                   {"ResolvedRefs": ("False", "BackendNotFound")}),)),
+    "TLSRouteInvalidBackendRefUnknownKind": Test(
+        "tlsroute-invalid-backendref-unknown-kind",
+        f"{INFRA}/gateway-tlsroute-invalid-backend-ref-unknown-kind", (), listener_port=443,
+        tls_cases=(TlsCase("example.com", None),), expect=(
+            Expect("TLSRoute", "invalid-backend-ref-unknown-kind",
+                   {"ResolvedRefs": ("False", "InvalidKind")}),)),
+    "TLSRouteInvalidReferenceGrant": Test(
+        "tlsroute-invalid-reference-grant", f"{INFRA}/gateway-tlsroute-referencegrant", (),
+        expect=(Expect("TLSRoute", "gateway-conformance-infra-test",
+                       {"ResolvedRefs": ("False", "RefNotPermitted")}),)),
+    "TLSRouteInvalidNoMatchingListener": Test(
+        "tlsroute-invalid-no-matching-listener",
+        f"{INFRA}/gateway-tlsroute-tls-passthrough-only", (), expect=(
+            Expect("TLSRoute", "tlsroute-no-matching-section-name", _NO_PARENT),), more=(
+            Test("tlsroute-invalid-no-matching-listener", f"{INFRA}/gateway-tlsroute-http-only",
+                 (), expect=(Expect("TLSRoute", "tlsroute-not-allowed-protocol-http",
+                                    _NOT_ALLOWED),)),
+            Test("tlsroute-invalid-no-matching-listener",
+                 f"{INFRA}/gateway-tlsroute-https-only", (), expect=(
+                     Expect("TLSRoute", "tlsroute-not-allowed-protocol-https",
+                            _NOT_ALLOWED),)))),
+    "TLSRouteInvalidNoMatchingListenerHostname": Test(
+        "tlsroute-invalid-no-matching-listener-hostname",
+        f"{INFRA}/gateway-tls-exact-hostname", (), expect=(
+            Expect("TLSRoute", "tlsroute-hostname-mismatch-1",
+                   {"Accepted": ("False", "NoMatchingListenerHostname")}),), more=(
+            Test("tlsroute-invalid-no-matching-listener-hostname",
+                 f"{INFRA}/gateway-tls-wildcard-hostname", (), expect=(
+                     Expect("TLSRoute", "tlsroute-hostname-mismatch-2",
+                            {"Accepted": ("False", "NoMatchingListenerHostname")}),)),)),
+    "TLSRouteListenerTerminateNotSupported": Test(
+        "tlsroute-listener-terminate-not-supported",
+        f"{INFRA}/gateway-tlsroute-terminate-unsupported", (), expect=(
+            Expect("Listener", "gateway-tlsroute-terminate-unsupported/tls-terminate",
+                   {"Accepted": ("False", "UnsupportedValue")}, attached=0),)),
+    "TLSRouteListenerPassthroughSupportedKinds": Test(
+        "tlsroute-listener-passthrough-supported-kinds",
+        f"{INFRA}/gateway-tlsroute-passthrough-supported-kind", (), expect=(
+            Expect("Listener", "gateway-tlsroute-passthrough-supported-kind/tls-passthrough",
+                   {"ResolvedRefs": ("False", "InvalidRouteKinds")}, attached=0,
+                   supported="TLSRoute"),)),
+})
+
 CASES["HTTPRouteBackendRequestHeaderModifier"] = Test(
     "httproute-request-header-modifier-backend", GW,
     CASES["HTTPRouteRequestHeaderModifier"].cases)
@@ -597,7 +776,7 @@ def check_statuses(test: Test, objects: list[dict[str, Any]]) -> list[str]:
         name = want.name if want.name.count("/") == (2 if want.kind == "Listener" else 1) \
             else f"{INFRA}/{want.name}"
         found = [o for o in objects if o["kind"] == want.kind and o["name"] == name
-                 and (want.kind != "HTTPRoute" or o["parent"].split("/")[:2]
+                 and (not want.kind.endswith("Route") or o["parent"].split("/")[:2]
                       == test.gateway.split("/"))]
         if len(found) != 1:
             problems.append(f"{want.kind} {name}: {len(found)} statuses")
@@ -668,3 +847,55 @@ def check(case: Case, status: int, headers: dict[str, str], body: bytes) -> list
         if name.lower() in seen:
             problems.append(f"backend saw {name}, which should be absent")
     return problems
+
+
+def tls_connect(port: int, case: TlsCase, ca: bytes) -> list[str]:
+    """One TLS connection of `case` to a listener on `port` (trusting `ca`): what differs from
+    what upstream expects (empty: it passed)."""
+    context = ssl.create_default_context(cadata=ca.decode())
+    try:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    except OSError as error:
+        return [f"connect: {error}"]
+    try:
+        try:
+            conn = context.wrap_socket(raw, server_hostname=case.server_name)
+        except (ssl.SSLError, OSError) as error:
+            return [] if case.backend is None else [f"TLS handshake: {error}"]
+        if case.backend is None:
+            return [f"{case.server_name}: the connection was accepted ({conn.version()}), "
+                    "expected it rejected"]
+        if case.http:
+            conn.sendall(f"GET / HTTP/1.1\r\nHost: {case.server_name}\r\n"
+                         "Connection: close\r\n\r\n".encode())
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+            head, _, body = reply.partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                return [f"{case.server_name}: {head[:60]!r}"]
+            echoed = json.loads(body)
+            found = (echoed["pod"], echoed["namespace"], echoed["host"])
+            want = (f"{case.backend}-pod", case.namespace, case.server_name)
+            return [] if found == want else [f"{case.server_name}: {found}, expected {want}"]
+        reader = conn.makefile("rb")
+        problems = []
+        if reader.readline() != TCP_WELCOME:
+            problems.append("no welcome line")
+        for command, answer in ((b"PING", b"PONG"), (b"IS_TLS", b"true")):
+            conn.sendall(command + b"\n")
+            got = reader.readline().strip()
+            if got != answer:
+                problems.append(f"{command.decode()}: {got!r}, expected {answer!r}")
+        conn.sendall(b"TEST\n")
+        payload = json.loads(reader.readline())
+        if not payload["pod"].startswith(f"{case.backend}-") or \
+                payload["namespace"] != case.namespace:
+            problems.append(f"served by {payload['namespace']}/{payload['pod']}")
+        if payload["tls"].get("serverName") != case.server_name:
+            problems.append(f"the backend saw SNI {payload['tls'].get('serverName')!r}")
+        return problems
+    except (OSError, ValueError) as error:
+        return [] if case.backend is None else [f"{case.server_name}: {error}"]
+    finally:
+        raw.close()

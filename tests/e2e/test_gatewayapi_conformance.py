@@ -37,17 +37,33 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         print(f"skipping the Gateway API conformance tests: {_WHY_NOT}")
         pytest.skip(_WHY_NOT)
     work = tmp_path_factory.mktemp("gatewayapi")
-    backends = {(namespace, name): conformance.EchoBackend(namespace, name)
-                for namespace, name, _ in conformance.base_services()}
     ca = CA()
     pair = ca.issue("*.example.com", "example.com", "*.wildcard.org",
                           "second-example.org", "example.org")
-    with serving({f"{ns}/{name}": server for (ns, name), server in backends.items()}) as bound:
+    # The base's TLS pods serve the suite's tls-checks-certificate (here: of the same CA).
+    backend_tls = pair.write(work / "backend-tls", "tls-checks-certificate")
+    backends = {(namespace, name): conformance.EchoBackend(
+                    namespace, name,
+                    tls=backend_tls if (namespace, name) in conformance.TLS_BACKENDS else None)
+                for namespace, name, _ in conformance.base_services()
+                if (namespace, name) != conformance.TCP_BACKEND}
+    servers: dict[str, Any] = {f"{ns}/{name}": server for (ns, name), server in backends.items()}
+    tcp_ns, tcp_name = conformance.TCP_BACKEND
+    for port_name, speaks_tls in conformance.TCP_PORTS.items():
+        servers[f"{tcp_ns}/{tcp_name}#{port_name}"] = conformance.TcpEchoBackend(
+            tcp_ns, tcp_name, tls=backend_tls if speaks_tls else None)
+    with serving(servers) as bound:
         ports = {port: free_port() for port in conformance.LISTENER_PORTS}
         policy = work / "policy"
-        conformance.write_folder(policy, [], {
-            tuple(key.split("/", 1)): port for key, port in bound.items()},  # type: ignore
-            ports, (pair.cert_pem, pair.key_pem))
+        pods: dict[tuple[str, str], int | dict[str, int]] = {}
+        for key, port in bound.items():
+            service, _, port_name = key.partition("#")
+            namespace, name = service.split("/", 1)
+            if port_name:
+                pods.setdefault((namespace, name), {})[port_name] = port  # type: ignore[index]
+            else:
+                pods[(namespace, name)] = port
+        conformance.write_folder(policy, [], pods, ports, (pair.cert_pem, pair.key_pem))
         mp = MeshpilotProcess(policy, work).start()
         try:
             yield {"mp": mp, "policy": policy, "ports": ports, "work": work,
@@ -89,7 +105,7 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
     assert status["ok"], status["errors"]
     # Each route of the test's manifest is accepted by its Gateway (as upstream asserts first).
     routes = {o["name"].split("/")[1]: {c["type"]: c for c in o["conditions"]}
-              for o in status["objects"] if o["kind"] == "HTTPRoute"
+              for o in status["objects"] if o["kind"] in ("HTTPRoute", "TLSRoute")
               and (o["parent"] == test.gateway or o["parent"].startswith(f"{test.gateway}/"))}
     if test.cases:  # a traffic test: its routes are accepted (or refused as upstream says)
         assert routes
@@ -104,7 +120,7 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
     failures: list[str] = []
     for index, part in enumerate((test, *test.more)):
         failures.extend(conformance.check_statuses(part, status["objects"]))
-        if part.cases:
+        if part.cases or part.tls_cases:
             failures.extend(_requests(suite, f"{name}-{index}", part))
     RESULTS[name] = "PASS" if not failures else f"FAIL ({len(failures)})"
     assert not failures, "\n".join(failures)
@@ -120,6 +136,15 @@ def _requests(suite: dict[str, Any], name: str, test: conformance.Test) -> list[
         envoy.wait_ready(30)
         port = suite["ports"][test.listener_port]
         failures: list[str] = []
+        for index, tls_case in enumerate(test.tls_cases):
+            deadline = time.monotonic() + 10
+            while True:  # eventually consistent, as upstream
+                problems = conformance.tls_connect(port, tls_case, suite["ca"])
+                if not problems or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            failures.extend(f"{test.gateway}:{test.listener_port} TLS case {index} SNI "
+                            f"{tls_case.server_name}: {p}" for p in problems)
         for index, case in enumerate(test.cases):
             # Eventually consistent, as upstream: the Envoy may still be taking its routes.
             deadline = time.monotonic() + 10
