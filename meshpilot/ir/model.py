@@ -233,6 +233,9 @@ class UpstreamTls:
     ca_path: str | None = None
     ca: bytes | None = field(default=None, repr=False)  # PEM of the trusted CA certificates
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # The names the endpoint's certificate must carry, one of them: ("dns", NAME) or ("uri",
+    # URI), in place of `sni` (Gateway API's BackendTLSPolicy subjectAltNames). Empty: `sni`.
+    subject_alt_names: tuple[tuple[Literal["dns", "uri"], str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,10 @@ import base64
 import binascii
 import ipaddress
 import re
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -65,6 +67,7 @@ from meshpilot.ir.model import (
     StringMatch,
     TlsCertificate,
     TlsPassthrough,
+    UpstreamTls,
 )
 
 CONTROLLER = "meshpilot.io/gateway-controller"
@@ -111,6 +114,7 @@ class _World:
     http_routes: list[KubeObject] = field(default_factory=list)  # and GRPCRoutes
     tcp_routes: list[KubeObject] = field(default_factory=list)
     tls_routes: list[KubeObject] = field(default_factory=list)
+    backend_tls: list[KubeObject] = field(default_factory=list)
     other_routes: list[KubeObject] = field(default_factory=list)
     grants: dict[str, list[KubeObject]] = field(default_factory=dict)  # by namespace
     services: dict[str, KubeObject] = field(default_factory=dict)  # ns/name
@@ -134,6 +138,8 @@ class _World:
                 world.tcp_routes.append(obj)
             elif kind == "TLSRoute":
                 world.tls_routes.append(obj)
+            elif kind == "BackendTLSPolicy":
+                world.backend_tls.append(obj)
             elif kind.endswith("Route"):
                 world.other_routes.append(obj)
             elif kind == "ReferenceGrant":
@@ -279,6 +285,9 @@ class _Compiler:
         self.entries: dict[str, dict[int, dict[str, list[_Entry]]]] = {}
         # gateway key -> port -> SNI hostname ("*": any) -> the TLSRoute serving it
         self.passthrough: dict[str, dict[int, dict[str, _Passthrough]]] = {}
+        # (Service ns/name, port name or None: every port) -> the TLS of its connections, or
+        # None: a policy that cannot be applied (its backends answer 5xx, never plaintext)
+        self.backend_tls: dict[tuple[str, str | None], UpstreamTls | None] = {}
 
     def report(self, obj: KubeObject, path: FieldPath, message: str) -> None:
         """An issue that refuses the load, at the value at `path` of `obj`'s document."""
@@ -297,6 +306,7 @@ class _Compiler:
                                           conditions, parent, details))
 
     def run(self) -> None:
+        self._backend_tls_policies()
         classes = self._classes()
         for gateway in self.world.gateways:
             self._gateway(gateway, classes)
@@ -310,6 +320,84 @@ class _Compiler:
             self._unsupported_route(route)
         for gateway in self.world.gateways:
             self._finish_gateway(gateway)
+
+    # ---- BackendTLSPolicy ----
+
+    def _backend_tls_policies(self) -> None:
+        """What each BackendTLSPolicy says of the connections to the Services (or one port of
+        them, `sectionName`: the port's name) it targets, the oldest first: a later policy for
+        the same target is Conflicted. A policy without a usable CA certificate keeps its
+        targets from being sent anything (5xx), never in plaintext."""
+        for policy in sorted(self.world.backend_tls, key=_route_age):
+            spec = policy.spec()
+            validation = spec["validation"]
+            if not validation.get("caCertificateRefs") and \
+                    not validation.get("wellKnownCACertificates"):
+                self.report(policy, ("spec", "validation"), 'one of "caCertificateRefs" and '
+                            '"wellKnownCACertificates" must be given')
+                continue
+            tls, refs = self._policy_tls(policy, validation)
+            targets: list[tuple[str, str | None]] = []
+            conflicted: list[str] = []
+            for ref in spec["targetRefs"]:
+                if ref["group"] != "" or ref["kind"] != "Service":
+                    continue  # not a kind we send to: nothing to apply it to
+                target = (f"{policy.namespace}/{ref['name']}", ref.get("sectionName"))
+                if target in self.backend_tls:
+                    conflicted.append(target[0] + (f" port {target[1]}" if target[1] else ""))
+                else:
+                    targets.append(target)
+            for target in targets:
+                self.backend_tls[target] = tls
+            if conflicted and not targets:
+                accepted = (False, "Conflicted", "an older BackendTLSPolicy targets "
+                            + ", ".join(conflicted))
+            elif tls is None:
+                accepted = (False, "NoValidCACertificate", refs[2])
+            else:
+                accepted = (True, "Accepted", "")
+            self.status(policy, "BackendTLSPolicy", policy.key, ("spec", "targetRefs"),
+                        _conditions(("Accepted", *accepted),
+                                    ("ResolvedRefs", refs[0], refs[1],
+                                     refs[2] if not refs[0] else "")))
+
+    def _policy_tls(self, policy: KubeObject, validation: dict[str, Any],
+                    ) -> tuple[UpstreamTls | None, tuple[bool, str, str]]:
+        """The TLS a policy asks for (None: no valid CA certificate), and its ResolvedRefs."""
+        sans = tuple(("dns" if item["type"] == "Hostname" else "uri",
+                      item["hostname"] if item["type"] == "Hostname" else item["uri"])
+                     for item in validation.get("subjectAltNames") or ())
+        origin = _origin(policy, ("spec", "validation"))
+        if validation.get("wellKnownCACertificates") == "System":
+            bundle, where = _system_ca()
+            if bundle is None:
+                return None, (False, "InvalidCACertificateRef",
+                              "this machine has no system CA bundle to trust")
+            return UpstreamTls(sni=validation["hostname"], ca_path=where, ca=bundle,
+                               origin=origin, subject_alt_names=sans), \
+                (True, "ResolvedRefs", "")
+        pems: list[bytes] = []
+        problem: tuple[str, str] | None = None
+        for index, ref in enumerate(validation["caCertificateRefs"]):
+            key = f"{policy.namespace}/{ref['name']}"
+            if ref["group"] != "" or ref["kind"] != "ConfigMap":
+                problem = problem or ("InvalidKind", f"caCertificateRefs[{index}] "
+                                      f"{ref['group'] or 'core'}/{ref['kind']} is not a "
+                                      "ConfigMap")
+                continue
+            config = self.world.config_maps.get(key)
+            pem = ((config.body.get("data") or {}).get("ca.crt") or "").encode() \
+                if config is not None else b""
+            why = f"no ConfigMap {key}" if config is None else _ca_problem(pem, key)
+            if why is not None:
+                problem = problem or ("InvalidCACertificateRef", why)
+                continue
+            pems.append(pem if pem.endswith(b"\n") else pem + b"\n")
+        resolved = (True, "ResolvedRefs", "") if problem is None else (False, *problem)
+        if not pems:
+            return None, resolved
+        return UpstreamTls(sni=validation["hostname"], ca_path=f"configmap:{policy.key}",
+                           ca=b"".join(pems), origin=origin, subject_alt_names=sans), resolved
 
     # ---- GatewayClass and Gateway ----
 
@@ -592,7 +680,7 @@ class _Compiler:
                                 'missing "port" (a Service backendRef needs one)')
                     return None, resolved
                 service, why = self._backend(route, ref, protocol="tcp")
-                if service is None and resolved[0]:
+                if service is None and resolved[0] and why[0]:
                     resolved = (False, *why)
                 weight = ref.get("weight", 1)
                 if weight > 0:
@@ -775,7 +863,7 @@ class _Compiler:
             elif kind == "RequestMirror":
                 target, why = self._backend(route, settings["backendRef"])
                 if target is None:
-                    problem = problem or why
+                    problem = problem or (why if why[0] else None)
                 else:
                     mirrors.append(Mirror(target, None, _mirror_percentage(settings), here))
             else:
@@ -792,7 +880,7 @@ class _Compiler:
             target, why = self._backend(route, ref,
                                         protocol="grpc" if route.kind == "GRPCRoute" else None)
             if target is None:
-                problem = problem or why
+                problem = problem or (why if why[0] else None)
                 if ref.get("weight", 1) > 0:
                     backends.append(Backend(_ref_text(route, ref), None, ref.get("weight", 1),
                                             origin, resolved=False))
@@ -874,6 +962,11 @@ class _Compiler:
             made = self._kube_service(service, port, protocol)
             if made is None:
                 return None, ("BackendNotFound", f"Service {key} has no port {port}")
+            if made is _NO_VALID_TLS:
+                # Resolved, but its BackendTLSPolicy has no valid CA certificate (the policy's
+                # status says so): never sent to in plaintext, its share answered 500.
+                return None, ("", f"Service {key} port {port}: its BackendTLSPolicy has no "
+                                  "valid CA certificate")
             return made, ("", "")
         for native in ((name, f"{name}.{namespace}") if namespace == "default"
                        else (f"{name}.{namespace}",)):
@@ -890,6 +983,12 @@ class _Compiler:
             return None
         h2c = service_port.get("appProtocol") in ("kubernetes.io/h2c", "h2c")
         protocol = kind or ("http2" if h2c else "http")
+        port_name = service_port.get("name", "")
+        policy_key = next((k for k in ((obj.key, port_name), (obj.key, None))
+                           if k in self.backend_tls), None)
+        tls = self.backend_tls[policy_key] if policy_key is not None and kind != "tcp" else None
+        if policy_key is not None and kind != "tcp" and tls is None:
+            return _NO_VALID_TLS
         # A port a GRPCRoute uses is a cluster of its own (":grpc") unless it says h2c, so an
         # HTTPRoute to the same port keeps speaking HTTP/1.1 to it; a TCPRoute's, ":tcp".
         suffix = {"grpc": "" if h2c else ":grpc", "tcp": ":tcp"}.get(kind or "", "")
@@ -902,7 +1001,6 @@ class _Compiler:
             endpoints.append(Endpoint(spec["externalName"], port or 80, origin=origin))
         else:
             target = service_port.get("targetPort", service_port["port"])
-            port_name = service_port.get("name", "")
             for endpoint_slice in self.world.slices.get(obj.key, ()):
                 number = _slice_port(endpoint_slice.body, port_name, target)
                 if number is None:
@@ -915,7 +1013,7 @@ class _Compiler:
                                                   origin=origin))
         unique = tuple(dict.fromkeys(sorted(endpoints, key=lambda e: (e.host, e.port))))
         self.services[name] = Service(name, obj.document.position, protocol=protocol,
-                                      endpoints=unique, origin=origin)
+                                      endpoints=unique, origin=origin, tls=tls)
         return name
 
     def _add_entries(self, gateway_key: str, listener: _Listener, hostnames: list[str],
@@ -1015,6 +1113,30 @@ class _Compiler:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+# What `_kube_service` gives for a port whose BackendTLSPolicy cannot be applied.
+_NO_VALID_TLS = "\x00no valid BackendTLSPolicy"
+
+
+def _ca_problem(pem: bytes, key: str) -> str | None:
+    """Why a ConfigMap's `ca.crt` is no CA certificate bundle, or None."""
+    if not pem.strip():
+        return f"ConfigMap {key} has no ca.crt"
+    try:
+        x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        return f"ConfigMap {key}: ca.crt holds no PEM certificate"
+    return None
+
+
+def _system_ca() -> tuple[bytes | None, str]:
+    """The CA bundle this machine trusts (OpenSSL's default file), for
+    `wellKnownCACertificates: System`: Envoy trusts only what it is given."""
+    where = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
+    try:
+        return Path(where).read_bytes(), where
+    except OSError:
+        return None, where
 
 
 def _kept(route: Route, previous: dict[str, Any]) -> Route:

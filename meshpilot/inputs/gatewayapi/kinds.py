@@ -1,11 +1,12 @@
 """The Kubernetes kinds this format reads, their schemas, and their one parser.
 
 Gateway API (`gateway.networking.k8s.io`): GatewayClass, Gateway, HTTPRoute, GRPCRoute,
-TCPRoute, TLSRoute, ReferenceGrant; UDPRoute, not compiled yet, is read so that status can say
-it is not accepted. Core: Service, Secret, Namespace, ConfigMap (a
-GatewayClass's parameters); `discovery.k8s.io` EndpointSlice. The schemas follow the upstream
-CRDs and core APIs (the keys, their types, required members, enums, the patterns of names and
-hostnames); anything a well-shaped document means across documents is `compile.py`'s.
+TCPRoute, TLSRoute, ReferenceGrant, BackendTLSPolicy; UDPRoute, not compiled yet, is read so that
+status can say it is not accepted. Core: Service, Secret, Namespace, ConfigMap (a GatewayClass's
+parameters, a BackendTLSPolicy's CA certificates); `discovery.k8s.io` EndpointSlice. The schemas
+follow the upstream CRDs and core APIs (the keys, their types, required members, enums, the
+patterns of names and hostnames); anything a well-shaped document means across documents is
+`compile.py`'s.
 
 Each document becomes one `KubeObject`, a `FormatPart`: the document as written, checked.
 """
@@ -227,6 +228,24 @@ TLS_ROUTE = _document(Obj({
             "port": PORT, "weight": Int(0, 1_000_000)}, required=("name",)), 16),
     }, required=("backendRefs",)), 16),
 }, required=("rules",)))
+BACKEND_TLS_POLICY = _document(Obj({
+    "targetRefs": ListOf(Obj({"group": GROUP, "kind": KIND, "name": SUBDOMAIN,
+                              "sectionName": SECTION_NAME},
+                             required=("group", "kind", "name")), 16),
+    "validation": Obj({
+        "caCertificateRefs": ListOf(Obj({"group": GROUP, "kind": KIND, "name": SUBDOMAIN},
+                                        required=("group", "kind", "name")), 8),
+        "wellKnownCACertificates": Enum(("System",)),
+        "hostname": Str(rf"{_LABEL}(\.{_LABEL})*", 253,
+                        "a hostname (lower case, no wildcard, no port or IP)"),
+        "subjectAltNames": ListOf(Obj({
+            "type": Enum(("Hostname", "URI")), "hostname": HOSTNAME,
+            "uri": Str(r"[A-Za-z][A-Za-z0-9+.-]*:\S+", 253, "an absolute URI"),
+        }, required=("type",), requires={"Hostname": ("hostname", "the hostname"),
+                                         "URI": ("uri", "the URI")}), 5),
+    }, required=("hostname",), one_of=("caCertificateRefs", "wellKnownCACertificates")),
+    "options": StrMap(),
+}, required=("targetRefs", "validation")))
 ROUTE_KINDS_NOT_COMPILED = ("UDPRoute",)
 OTHER_ROUTE = _document(Obj({"parentRefs": ListOf(PARENT_REF, 32), "hostnames": Anything(),
                              "rules": Anything()}))
@@ -294,6 +313,7 @@ ENDPOINT_SLICE = _document(None, extra={
 SCHEMAS: dict[str, Obj] = {
     "GatewayClass": GATEWAY_CLASS, "Gateway": GATEWAY, "HTTPRoute": HTTP_ROUTE,
     "GRPCRoute": GRPC_ROUTE, "TCPRoute": TCP_ROUTE, "TLSRoute": TLS_ROUTE,
+    "BackendTLSPolicy": BACKEND_TLS_POLICY,
     "ReferenceGrant": REFERENCE_GRANT, "Service": SERVICE, "Secret": SECRET,
     "Namespace": NAMESPACE_DOC, "ConfigMap": CONFIG_MAP, "EndpointSlice": ENDPOINT_SLICE,
     **{kind: OTHER_ROUTE for kind in ROUTE_KINDS_NOT_COMPILED},
