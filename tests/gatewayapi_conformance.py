@@ -50,6 +50,10 @@ INFRA = "gateway-conformance-infra"
 APP = "gateway-conformance-app-backend"
 WEB = "gateway-conformance-web-backend"
 BASE_KINDS = ("Namespace", "Gateway", "Service")  # Deployments and ConfigMaps are the pods'
+# What the suite's set-up makes for the TLS tests (conformance/utils/suite/suite.go): the
+# backends' certificate and the CA ConfigMaps BackendTLSPolicies name.
+BACKEND_CERT_NAMES = ("abc.example.com", "other.example.com")
+BACKEND_CERT_URIS = ("spiffe://abc.example.com/test-identity",)
 LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090)
 # The base's pods that serve HTTPS with the suite's `tls-checks-certificate` (echo-basic with
 # TLS), and the TCP echo whose ports are plain and TLS (the upstream tcpserver, by port name).
@@ -92,6 +96,7 @@ class _EchoHandler(QuietHandler):
     def _answer(self) -> None:
         server: Any = self.server
         server.echo_seen.append(self.path)
+        sni = getattr(self.request, "echo_sni", None)
         delay = re.search(r"[?&]delay=([0-9]+)(ms|s)\b", self.path)
         if delay:
             time.sleep(int(delay.group(1)) / (1000 if delay.group(2) == "ms" else 1))
@@ -103,6 +108,7 @@ class _EchoHandler(QuietHandler):
             "proto": self.request_version, "headers": headers,
             "namespace": server.echo_namespace, "service": server.echo_service,
             "pod": f"{server.echo_service}-pod",
+            "tls": {"serverName": sni} if isinstance(self.request, ssl.SSLSocket) else {},
         }).encode()
         self.send_response(200)
         for item in (self.headers.get("X-Echo-Set-Header") or "").split(","):
@@ -126,6 +132,15 @@ class EchoBackend(LoopbackHttpServer):
     def __init__(self, namespace: str, service: str, tls: tuple[Path, Path] | None = None):
         super().__init__(_EchoHandler, tls=tls)
         self.namespace, self.service = namespace, service
+        if tls is not None:  # the SNI of each connection, on the connection (the echo says it)
+            context = self.httpd.socket.context  # type: ignore[attr-defined]
+            record = context.sni_callback
+
+            def remember(connection: Any, name: str | None, ctx: ssl.SSLContext) -> None:
+                connection.echo_sni = name
+                record(connection, name, ctx)
+
+            context.sni_callback = remember
 
     @property
     def seen(self) -> list[str]:
@@ -219,7 +234,8 @@ class TcpEchoBackend:
 
 def write_folder(folder: Path, tests: list[str],
                  backends: dict[tuple[str, str], int | dict[str, int]],
-                 ports: dict[int, int], tls: tuple[bytes, bytes]) -> None:
+                 ports: dict[int, int], tls: tuple[bytes, bytes],
+                 cas: dict[str, bytes] | None = None) -> None:
     """The base manifests and the named test manifests as they are, and what a cluster adds.
     `backends`: the loopback port of each base Service's pod, or one per Service port name."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -267,7 +283,55 @@ addressType: IPv4
 ports: [{slice_ports}]
 endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
 """)
+    for name, pem in (cas or {}).items():
+        body = "\n".join("    " + line for line in pem.decode().splitlines())
+        cluster.append(f"""apiVersion: v1
+kind: ConfigMap
+metadata: {{name: {name}, namespace: {INFRA}}}
+data:
+  ca.crt: |
+{body}
+""")
     (folder / "cluster.yaml").write_text("---\n".join(cluster))
+
+
+def test_manifest(test: str) -> str:
+    """A test's manifest as the cluster would hold it: its Deployments are pods (of the base's
+    backends here), so they are left out; the rest unchanged."""
+    documents = [text for text, doc in _documents(ROOT / "tests" / f"{test}.yaml")
+                 if doc.get("kind") != "Deployment"]
+    return "\n---\n".join(documents).replace("{GATEWAY_CLASS_NAME}", CLASS_NAME) + "\n"
+
+
+def test_pods(test: str, backends: dict[tuple[str, str], int | dict[str, int]]) -> str:
+    """EndpointSlices for a test's own Services whose selector picks a base backend's pods (as
+    the endpoints controller would make them): the same loopback port."""
+    selectors = {(doc["metadata"]["namespace"], tuple(sorted(doc["spec"]["selector"].items()))):
+                 (doc["metadata"]["namespace"], doc["metadata"]["name"])
+                 for _, doc in _documents(ROOT / "base" / "manifests.yaml")
+                 if doc.get("kind") == "Service" and doc["spec"].get("selector")}
+    slices = []
+    for _, doc in _documents(ROOT / "tests" / f"{test}.yaml"):
+        if doc.get("kind") != "Service" or not doc["spec"].get("selector"):
+            continue
+        namespace = doc["metadata"].get("namespace", "default")
+        pod = selectors.get((namespace, tuple(sorted(doc["spec"]["selector"].items()))))
+        port = backends.get(pod) if pod else None
+        if not isinstance(port, int):
+            continue
+        slice_ports = ", ".join(f"{{name: {p.get('name', '')!r}, port: {port}}}"
+                                for p in doc["spec"]["ports"])
+        slices.append(f"""apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {doc["metadata"]["name"]}-pods
+  namespace: {namespace}
+  labels: {{kubernetes.io/service-name: {doc["metadata"]["name"]}}}
+addressType: IPv4
+ports: [{slice_ports}]
+endpoints: [{{addresses: [127.0.0.1], conditions: {{ready: true}}}}]
+""")
+    return "---\n".join(slices)
 
 
 # ---- the cases ------------------------------------------------------------------------------------
@@ -291,6 +355,9 @@ class Case:
     response_headers: dict[str, str] = field(default_factory=dict)
     response_absent: tuple[str, ...] = ()
     mirrored_to: tuple[str, ...] = ()  # these Services get a copy of the request
+    seen_sni: str | None = None  # the SNI the (TLS) backend saw
+    statuses: tuple[int, ...] = ()  # any of these (upstream's StatusCodes: [500, 502, 503])
+    fails: bool = False  # any answer but 200 (upstream's MakeRequestAndExpectFailure)
 
 
 @dataclass(frozen=True)
@@ -718,6 +785,69 @@ CASES.update({
                    supported="TLSRoute"),)),
 })
 
+_POLICY_OK = {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
+_NO_CA = {"Accepted": ("False", "NoValidCACertificate")}
+_ABC = "abc.example.com"
+
+
+def _policy(name: str, conditions: dict[str, tuple[str, str | None]]) -> Expect:
+    return Expect("BackendTLSPolicy", name, conditions)
+
+
+def _btls(path: str, sni: str | None = _ABC, **kw: Any) -> Case:
+    """A request to a Service a BackendTLSPolicy targets: answered by the TLS backend, which
+    saw the SNI the policy says (None: the request fails)."""
+    if sni is None:
+        return Case(path, host=kw.pop("host", _ABC), fails=True, **kw)
+    return Case(path, host=kw.pop("host", _ABC), backend="tls-backend", seen_sni=sni, **kw)
+
+
+_5XX = (500, 502, 503)
+CASES.update({
+    "BackendTLSPolicy": Test(
+        "backendtlspolicy", f"{INFRA}/same-namespace-with-https-listener",
+        (_btls("/backendtlspolicy", host="https-listener.org"),), listener_port=443, tls=True,
+        expect=(_policy("normative-test", _POLICY_OK),), more=(
+            Test("backendtlspolicy", GW, (
+                _btls("/backendtlspolicy"),
+                _btls("/backendtlspolicy-host-mismatch", None, host="abc.example.org"),
+                _btls("/backendtlspolicy-cert-mismatch", None)), expect=(
+                    _policy("normative-test", _POLICY_OK), _policy("host-mismatch", _POLICY_OK),
+                    _policy("cert-mismatch", _POLICY_OK),
+                    _policy("reconcile-test", _POLICY_OK))),)),
+    "BackendTLSPolicyInvalidCACertificateRef": Test(
+        "backendtlspolicy-invalid-ca-certificate-ref", GW, tuple(
+            Case(f"/backendtlspolicy-{name}", host=_ABC, statuses=_5XX)
+            for name in ("nonexistent-ca-certificate-ref", "malformed-ca-certificate-ref")),
+        expect=tuple(_policy(name, {**_NO_CA, "ResolvedRefs": (
+            "False", "InvalidCACertificateRef")}) for name in (
+                "nonexistent-ca-certificate-ref", "malformed-ca-certificate-ref"))),
+    "BackendTLSPolicyInvalidKind": Test(
+        "backendtlspolicy-invalid-kind", GW,
+        (Case("/backendtlspolicy-invalid-kind", host=_ABC, statuses=_5XX),),
+        expect=(_policy("invalid-kind", {**_NO_CA, "ResolvedRefs": ("False", "InvalidKind")}),)),
+    "BackendTLSPolicySANValidation": Test("backendtlspolicy-san", GW, (
+        _btls("/backendtlspolicy-san-dns"), _btls("/backendtlspolicy-san-dns-mismatch", None),
+        _btls("/backendtlspolicy-san-uri"), _btls("/backendtlspolicy-san-uri-mismatch", None),
+        _btls("/backendtlspolicy-multiple-sans"),
+        _btls("/backendtlspolicy-multiple-mismatch-sans", None)), expect=tuple(
+            _policy(name, {"Accepted": ("True", "Accepted")}) for name in (
+                "san-dns", "san-dns-mismatch", "san-uri", "san-uri-mismatch", "multiple-sans",
+                "multiple-mismatch-sans"))),
+    "BackendTLSPolicyConflictResolution": Test("backendtlspolicy-conflict-resolution", GW, (
+        _btls("/backendtlspolicy-conflicted-without-section-name", "other.example.com"),
+        _btls("/backendtlspolicy-conflicted-with-section-name", "other.example.com"),
+        _btls("/backendtlspolicy-not-conflicted-with-section-name", "other.example.com"),
+        _btls("/backendtlspolicy-not-conflicted-without-section-name", _ABC)), expect=(
+            _policy("conflicted-without-section-name-1", {"Accepted": ("True", "Accepted")}),
+            _policy("conflicted-without-section-name-2", {"Accepted": ("False", "Conflicted")}),
+            _policy("conflicted-with-section-name-1", {"Accepted": ("True", "Accepted")}),
+            _policy("conflicted-with-section-name-2", {"Accepted": ("False", "Conflicted")}),
+            _policy("not-conflicted-with-section-name", {"Accepted": ("True", "Accepted")}),
+            _policy("not-conflicted-without-section-name",
+                    {"Accepted": ("True", "Accepted")}))),
+})
+
 CASES["HTTPRouteBackendRequestHeaderModifier"] = Test(
     "httproute-request-header-modifier-backend", GW,
     CASES["HTTPRouteRequestHeaderModifier"].cases)
@@ -800,6 +930,11 @@ def check_statuses(test: Test, objects: list[dict[str, Any]]) -> list[str]:
 def check(case: Case, status: int, headers: dict[str, str], body: bytes) -> list[str]:
     """What differs from the case (empty: it passed), as upstream's CompareRoundTrip."""
     problems: list[str] = []
+    if case.fails:
+        return [] if status != 200 else ["answered 200, expected a failure"]
+    if case.statuses:
+        return [] if status in case.statuses else [f"status {status}, expected one of "
+                                                   f"{case.statuses}"]
     if status != case.status:
         return [f"status {status}, expected {case.status}"]
     if case.redirect is not None:
@@ -838,6 +973,8 @@ def check(case: Case, status: int, headers: dict[str, str], body: bytes) -> list
     seen = {name.lower(): ",".join(values) for name, values in echoed["headers"].items()}
     if case.seen_path is not None and echoed["path"] != case.seen_path:
         problems.append(f"backend saw path {echoed['path']!r}, expected {case.seen_path!r}")
+    if case.seen_sni is not None and echoed.get("tls", {}).get("serverName") != case.seen_sni:
+        problems.append(f"backend saw SNI {echoed.get('tls')}, expected {case.seen_sni!r}")
     if case.seen_host is not None and echoed["host"] != case.seen_host:
         problems.append(f"backend saw host {echoed['host']!r}, expected {case.seen_host!r}")
     for name, value in case.seen_headers.items():

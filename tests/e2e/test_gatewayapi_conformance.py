@@ -39,9 +39,11 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("gatewayapi")
     ca = CA()
     pair = ca.issue("*.example.com", "example.com", "*.wildcard.org",
-                          "second-example.org", "example.org")
-    # The base's TLS pods serve the suite's tls-checks-certificate (here: of the same CA).
-    backend_tls = pair.write(work / "backend-tls", "tls-checks-certificate")
+                          "second-example.org", "example.org", "https-listener.org")
+    # The base's TLS pods serve the suite's tls-checks-certificate, signed by the CA of the
+    # ConfigMap tls-checks-ca-certificate (here: the same CA as the listeners').
+    backend_tls = ca.issue(*conformance.BACKEND_CERT_NAMES, uris=conformance.BACKEND_CERT_URIS
+                           ).write(work / "backend-tls", "tls-checks-certificate")
     backends = {(namespace, name): conformance.EchoBackend(
                     namespace, name,
                     tls=backend_tls if (namespace, name) in conformance.TLS_BACKENDS else None)
@@ -63,11 +65,12 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 pods.setdefault((namespace, name), {})[port_name] = port  # type: ignore[index]
             else:
                 pods[(namespace, name)] = port
-        conformance.write_folder(policy, [], pods, ports, (pair.cert_pem, pair.key_pem))
+        conformance.write_folder(policy, [], pods, ports, (pair.cert_pem, pair.key_pem), cas={
+            "tls-checks-ca-certificate": ca.pem, "mismatch-ca-certificate": CA("other").pem})
         mp = MeshpilotProcess(policy, work).start()
         try:
             yield {"mp": mp, "policy": policy, "ports": ports, "work": work,
-                   "backends": backends, "ca": ca.pem}
+                   "backends": backends, "ca": ca.pem, "pods": pods}
         finally:
             mp.stop()
             print(mp.log_tail(20))
@@ -88,9 +91,10 @@ def _serve_test(suite: dict[str, Any], manifest: str) -> None:
         if old.name not in ("base.yaml", "cluster.yaml"):
             old.unlink()
     before = mp.status()["policy"]["loads"]
-    (policy / f"{manifest}.yaml").write_text(
-        (conformance.ROOT / "tests" / f"{manifest}.yaml").read_text()
-        .replace("{GATEWAY_CLASS_NAME}", conformance.CLASS_NAME))
+    pods = conformance.test_pods(manifest, suite["pods"])
+    if pods:  # the endpoints of the test's own Services
+        (policy / f"{manifest}.pods.yaml").write_text(pods)
+    (policy / f"{manifest}.yaml").write_text(conformance.test_manifest(manifest))
     eventually(lambda: mp.status()["policy"]["loads"] > before and
                f"{manifest}.yaml" in mp.status()["policy"]["applied_files"],
                what=f"meshpilot to apply {manifest}")
