@@ -852,6 +852,170 @@ CASES["HTTPRouteBackendRequestHeaderModifier"] = Test(
     "httproute-request-header-modifier-backend", GW,
     CASES["HTTPRouteRequestHeaderModifier"].cases)
 
+# The features each upstream test needs (its `Features`, less Gateway), transcribed from
+# conformance/tests/*.go at the same commit: which profile, and core or extended, it counts in.
+FEATURES: dict[str, tuple[str, ...]] = {
+    "HTTPRouteSimpleSameNamespace": ("HTTPRoute",),
+    "HTTPRouteMatching": ("HTTPRoute",),
+    "HTTPRouteExactPathMatching": ("HTTPRoute",),
+    "HTTPRouteHeaderMatching": ("HTTPRoute",),
+    "HTTPRouteMethodMatching": ("HTTPRoute", "HTTPRouteMethodMatching"),
+    "HTTPRouteQueryParamMatching": ("HTTPRoute", "HTTPRouteQueryParamMatching"),
+    "HTTPRoutePathMatchOrder": ("HTTPRoute",),
+    "HTTPRouteMatchingAcrossRoutes": ("HTTPRoute",),
+    "HTTPRouteRequestHeaderModifier": ("HTTPRoute",),
+    "HTTPRouteBackendRequestHeaderModifier": (
+        "HTTPRoute", "HTTPRouteBackendRequestHeaderModification"),
+    "HTTPRouteResponseHeaderModifier": ("HTTPRoute", "HTTPRouteResponseHeaderModification"),
+    "HTTPRouteRedirectScheme": ("HTTPRoute", "HTTPRouteSchemeRedirect"),
+    "HTTPRouteRedirectPath": ("HTTPRoute", "HTTPRoutePathRedirect"),
+    "HTTPRouteRedirectPort": ("HTTPRoute", "HTTPRoutePortRedirect"),
+    "HTTPRouteRedirectHostAndStatus": ("HTTPRoute",),
+    "HTTPRouteRewritePath": ("HTTPRoute", "HTTPRoutePathRewrite"),
+    "HTTPRouteRewriteHost": ("HTTPRoute", "HTTPRouteHostRewrite"),
+    "HTTPRouteHostnameIntersection": ("HTTPRoute",),
+    "HTTPRouteListenerHostnameMatching": ("HTTPRoute",),
+    "HTTPRouteCrossNamespace": ("HTTPRoute",),
+    "HTTPRouteReferenceGrant": ("HTTPRoute", "ReferenceGrant"),
+    "HTTPRouteInvalidNonExistentBackendRef": ("HTTPRoute",),
+    "HTTPRouteInvalidCrossNamespaceBackendRef": ("HTTPRoute", "ReferenceGrant"),
+    "HTTPRoutePartiallyInvalidViaInvalidReferenceGrant": ("HTTPRoute", "ReferenceGrant"),
+    "HTTPRouteTimeoutRequest": ("HTTPRoute", "HTTPRouteRequestTimeout"),
+    "HTTPRouteTimeoutBackendRequest": ("HTTPRoute", "HTTPRouteBackendTimeout"),
+    "HTTPRouteRequestMirror": ("HTTPRoute", "HTTPRouteRequestMirror"),
+    "HTTPRouteHTTPSListener": ("HTTPRoute",),
+    "HTTPRoute303Redirect": ("HTTPRoute", "HTTPRoute303RedirectStatusCode"),
+    "HTTPRoute307Redirect": ("HTTPRoute", "HTTPRoute307RedirectStatusCode"),
+    "HTTPRoute308Redirect": ("HTTPRoute", "HTTPRoute308RedirectStatusCode"),
+    "HTTPRouteRedirectPortAndScheme": ("HTTPRoute", "HTTPRoutePortRedirect", "GatewayPort8080"),
+    "HTTPRouteListenerPortMatching": ("HTTPRoute", "HTTPRouteParentRefPort"),
+    "GatewayHTTPListenerIsolation": ("GatewayHTTPListenerIsolation", "HTTPRoute"),
+    "HTTPRouteInvalidBackendRefUnknownKind": ("HTTPRoute",),
+    "HTTPRouteNamedRule": ("HTTPRoute", "HTTPRouteNamedRouteRule"),
+    "HTTPRouteRequestMultipleMirrors": (
+        "HTTPRoute", "HTTPRouteRequestMirror", "HTTPRouteRequestMultipleMirrors"),
+    "HTTPRouteRequestHeaderModifierBackendWeights": (
+        "HTTPRouteBackendRequestHeaderModification", "HTTPRoute"),
+    "HTTPRouteWeight": ("HTTPRoute",),
+    "HTTPRouteInvalidParentRefNotMatchingSectionName": ("HTTPRoute",),
+    "HTTPRouteInvalidParentRefNotMatchingListenerPort": (
+        "HTTPRoute", "HTTPRouteDestinationPortMatching"),
+    "HTTPRouteInvalidParentRefSectionNameNotMatchingPort": ("HTTPRoute", "HTTPRouteParentRefPort"),
+    "HTTPRouteDisallowedKind": ("HTTPRoute", "TLSRoute"),
+    "HTTPRouteInvalidCrossNamespaceParentRef": ("HTTPRoute",),
+    "GatewayWithAttachedRoutes": ("HTTPRoute",),
+    "GatewayWithAttachedRoutesWithPort8080": ("GatewayPort8080", "HTTPRoute"),
+    "HTTPRouteRequestPercentageMirror": ("HTTPRoute", "HTTPRouteRequestPercentageMirror"),
+    "TLSRouteSimpleSameNamespace": ("TLSRoute",),
+    "TLSRouteHostnameIntersection": ("TLSRoute",),
+    "TLSRouteInvalidBackendRefNonexistent": ("TLSRoute",),
+    "TLSRouteInvalidBackendRefUnknownKind": ("TLSRoute",),
+    "TLSRouteInvalidReferenceGrant": ("TLSRoute", "ReferenceGrant"),
+    "TLSRouteInvalidNoMatchingListener": ("TLSRoute",),
+    "TLSRouteInvalidNoMatchingListenerHostname": ("TLSRoute",),
+    "TLSRouteListenerTerminateNotSupported": ("TLSRoute",),
+    "TLSRouteListenerPassthroughSupportedKinds": ("TLSRoute",),
+    "BackendTLSPolicy": ("HTTPRoute", "BackendTLSPolicy"),
+    "BackendTLSPolicyInvalidCACertificateRef": ("HTTPRoute", "BackendTLSPolicy"),
+    "BackendTLSPolicyInvalidKind": ("HTTPRoute", "BackendTLSPolicy"),
+    "BackendTLSPolicySANValidation": (
+        "HTTPRoute", "BackendTLSPolicy", "BackendTLSPolicySANValidation"),
+    "BackendTLSPolicyConflictResolution": ("HTTPRoute", "BackendTLSPolicy"),
+}
+
+
+# ---- the conformance report ----------------------------------------------------------------------
+
+# The profiles upstream defines (conformance/utils/suite/profiles.go): each one's core features;
+# a test counts in a profile when its route kind's feature is there, as core when all of its
+# features are core, else as extended. Mesh is GAMMA's.
+PROFILES: dict[str, tuple[str, ...]] = {
+    "GATEWAY-HTTP": ("HTTPRoute", "ReferenceGrant"),
+    "GATEWAY-TLS": ("TLSRoute", "ReferenceGrant"),
+    "GATEWAY-GRPC": ("GRPCRoute", "ReferenceGrant"),
+    "MESH-HTTP": ("Mesh", "HTTPRoute"),
+}
+_KIND_OF = {"GATEWAY-HTTP": "HTTPRoute", "GATEWAY-TLS": "TLSRoute",
+            "GATEWAY-GRPC": "GRPCRoute", "MESH-HTTP": "Mesh"}
+_OTHER_KINDS = {"TLSRoute", "GRPCRoute", "TCPRoute", "UDPRoute", "Mesh", "HTTPRoute"}
+# What meshpilot does not claim, per profile (docs/gateway-api.md says why).
+UNSUPPORTED: dict[str, tuple[str, ...]] = {
+    "GATEWAY-HTTP": ("GatewayAddressEmpty", "GatewayHTTPSListenerDetectMisdirectedRequests",
+                     "GatewayInfrastructurePropagation", "GatewayStaticAddresses",
+                     "HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolWebSocket",
+                     "HTTPRouteCORS", "HTTPRouteRetry", "HTTPRouteDestinationPortMatching"),
+    "GATEWAY-TLS": ("TLSRouteModeTerminate", "TLSRouteModeMixed"),
+    "GATEWAY-GRPC": (),
+    "MESH-HTTP": (),
+}
+
+
+def _profile_of(name: str) -> tuple[str, bool] | None:
+    """(profile, core?) a test counts in; None: in none (it needs kinds of two profiles)."""
+    needed = set(FEATURES[name])
+    for profile, core in PROFILES.items():
+        kind = _KIND_OF[profile]
+        if kind not in needed or (needed & _OTHER_KINDS) - {kind, *core}:
+            continue
+        return profile, needed <= set(core)
+    return None
+
+
+def conformance_report(results: dict[str, str], version: str, date: str) -> dict[str, Any]:
+    """A ConformanceReport (the format implementations publish upstream, conformance/reports)
+    of `results` (test -> "PASS" or "FAIL (n)"; a test not in it was not run), with each
+    test's result listed per profile."""
+    profiles = []
+    for profile in PROFILES:
+        parts: dict[str, dict[str, Any]] = {}
+        for name, result in results.items():
+            where = _profile_of(name)
+            if where is None or where[0] != profile:
+                continue
+            part = parts.setdefault("core" if where[1] else "extended", {"tests": {}})
+            part["tests"][name] = "Passed" if result == "PASS" else "Failed"
+        entry: dict[str, Any] = {"name": profile}
+        for key in ("core", "extended"):
+            part = parts.get(key)
+            if part is None:
+                if key == "core":
+                    entry["core"] = {"result": "skipped", "statistics": {
+                        "Passed": 0, "Failed": 0, "Skipped": 0}}
+                continue
+            tests = part["tests"]
+            failed = sorted(n for n, r in tests.items() if r == "Failed")
+            section: dict[str, Any] = {
+                "result": "failure" if failed else ("success" if key == "extended"
+                                                    else "partial"),
+                "statistics": {"Passed": len(tests) - len(failed), "Failed": len(failed),
+                               "Skipped": 0},
+                "tests": dict(sorted(tests.items())),
+            }
+            if failed:
+                section["failedTests"] = failed
+            if key == "extended":
+                core = set(PROFILES[profile])
+                section["supportedFeatures"] = sorted({
+                    f for n, r in tests.items() if r == "Passed" for f in FEATURES[n]
+                    if f not in core})
+                section["unsupportedFeatures"] = sorted(UNSUPPORTED[profile])
+            entry[key] = section
+        profiles.append(entry)
+    return {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "ConformanceReport",
+        "date": date,
+        "gatewayAPIChannel": "experimental",
+        "gatewayAPIVersion": f"main @ {UPSTREAM_COMMIT}",
+        "implementation": {"organization": "meshpilot", "project": "meshpilot",
+                           "version": version},
+        "mode": "standalone-files",
+        "profiles": profiles,
+    }
+
+
+UPSTREAM_COMMIT = "4564255ac2c35d582249b3cdf261bdf51c8bca32"
+
 DEFAULT_HOST = Case.__dataclass_fields__["host"].default
 
 
