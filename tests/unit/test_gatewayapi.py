@@ -584,3 +584,19 @@ def test_a_reload_of_one_route_changes_only_the_route_configuration(tmp_path: Pa
     assert after.get(types.ROUTE) is not before.get(types.ROUTE)
     cold = Translation(load_policy(tmp_path)).snapshot("infra/edge")
     assert after.version == cold.version
+
+
+@pytest.mark.parametrize(("match", "where"), [
+    ("{path: {type: RegularExpression, value: '/(?=a)'}}", "matches[0].path.value"),
+    ("{headers: [{type: RegularExpression, name: x, value: '(a)\\1'}]}",
+     "matches[0].headers[0].value"),
+    ("{queryParams: [{type: RegularExpression, name: q, value: 'a{1001}'}]}",
+     "matches[0].queryParams[0].value"),
+])
+def test_regular_expressions_are_checked_as_envoys_re2_will_see_them(match: str,
+                                                                     where: str) -> None:
+    with pytest.raises(PolicyError) as error:
+        load_policy_text(GATEWAY + route(
+            f"  rules: [{{matches: [{match}], backendRefs: [{{name: web, port: 8080}}]}}]\n"))
+    assert f"HTTPRoute infra/r: spec.rules[0].{where}: not a regular expression Envoy " \
+        "accepts" in str(error.value)

@@ -787,12 +787,34 @@ class _Compiler:
                        for i, m in enumerate(written or [{}])]
             if route.kind == "GRPCRoute":
                 self._check_grpc_matches(route, index, written or ())
+            else:
+                self._check_http_matches(route, index, written or ())
             built, problem, unsupported_here = self._rule(route, index, rule, matches)
             if problem is not None and resolved[0]:
                 resolved = (False, problem[0], problem[1])
             unsupported = unsupported or unsupported_here
             result.append((index, matches, built))
         return result, resolved, unsupported
+
+    def _check_http_matches(self, route: KubeObject, index: int,
+                            written: Sequence[dict[str, Any]]) -> None:
+        """Each RegularExpression of an HTTPRoute match (path, header, query parameter) as
+        Envoy's RE2 will compile it, like a native regex: one Envoy would refuse (a lookahead,
+        a backreference, too large a program) is reported at its place instead of NACKed."""
+        for i, item in enumerate(written):
+            path: FieldPath = ("spec", "rules", index, "matches", i)
+            values: list[tuple[FieldPath, str]] = []
+            if (item.get("path") or {}).get("type") == "RegularExpression":
+                values.append(((*path, "path", "value"), item["path"].get("value", "/")))
+            for member in ("headers", "queryParams"):
+                for j, entry in enumerate(item.get(member) or ()):
+                    if entry.get("type") == "RegularExpression":
+                        values.append(((*path, member, j, "value"), entry["value"]))
+            for where, value in values:
+                problem = regex_problem(value)
+                if problem is not None:
+                    self.report(route, where, f"not a regular expression Envoy accepts: "
+                                              f"{problem}")
 
     def _check_grpc_matches(self, route: KubeObject, index: int,
                             written: Sequence[dict[str, Any]]) -> None:
