@@ -47,7 +47,9 @@ from meshpilot.inputs.native.fields import re2_problem, regex_problem
 from meshpilot.inputs.yamlsource import FieldPath, format_path
 from meshpilot.ir.model import (
     Backend,
+    Backoff,
     Condition,
+    Cors,
     DirectResponse,
     Endpoint,
     Gateway,
@@ -858,6 +860,7 @@ class _Compiler:
         mirrors: list[Mirror] = []
         problem: tuple[str, str] | None = None
         unsupported: str | None = None
+        cors: Cors | None = None
         prefix = _only_prefix(matches)
         for f_index, item in enumerate(rule.get("filters") or ()):
             kind = item["type"]
@@ -882,6 +885,8 @@ class _Compiler:
                     rewrite_host = settings.get("hostname")
                     if modifier is not None:
                         rewrite_path = _path_rewrite(modifier, prefix, here)
+            elif kind == "CORS" and route.kind == "HTTPRoute":
+                cors = _cors(settings, here)
             elif kind == "RequestMirror":
                 target, why = self._backend(route, settings["backendRef"])
                 if target is None:
@@ -931,6 +936,20 @@ class _Compiler:
             # Each try of the backend within the whole request's time: Envoy's per-try timeout
             # (which holds for the first try too), with no retries.
             retries = Retries(0, per_try_timeout=backend_timeout)
+        retry = rule.get("retry")
+        if retry is not None:
+            # attempts: retries after the first try (Envoy's num_retries; the spec's default
+            # is left to implementations: one); codes: the statuses retried, beside connection
+            # failures; backoff: Envoy's base interval.
+            codes = tuple(dict.fromkeys(retry.get("codes") or ()))
+            backoff = _duration(retry.get("backoff"))
+            retries = Retries(
+                retry.get("attempts", 1),
+                on=("retriable-status-codes", "connect-failure", "reset") if codes
+                else ("connect-failure", "reset"),
+                per_try_timeout=retries.per_try_timeout if retries else None,
+                backoff=Backoff(backoff) if backoff else None, retriable_status_codes=codes,
+                origin=_origin(route, (*path, "retry")))
         direct: DirectResponse | None = None
         if redirect is None and not any(b.resolved for b in backends):
             # No backend (none written, none valid, every weight 0): the spec's 500. With some
@@ -941,7 +960,7 @@ class _Compiler:
                      redirect=redirect, direct_response=direct, rewrite_path=rewrite_path,
                      rewrite_host=rewrite_host, request_headers=request,
                      response_headers=response, timeout=timeout, retries=retries,
-                     mirrors=tuple(mirrors), origin=origin)
+                     mirrors=tuple(mirrors), origin=origin, cors=cors)
         return built, problem, unsupported
 
     def _redirect(self, settings: dict[str, Any], prefix: str | None,
@@ -1381,7 +1400,7 @@ def _for_listener(rule: Rule, match: Match, listener: _Listener) -> Rule:
                 direct_response=rule.direct_response, rewrite_path=rule.rewrite_path,
                 rewrite_host=rule.rewrite_host, request_headers=rule.request_headers,
                 response_headers=rule.response_headers, timeout=rule.timeout,
-                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin)
+                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors)
 
 
 def _replace_redirect(redirect: Redirect, port: int, scheme: str) -> Redirect:
@@ -1394,6 +1413,27 @@ def _replace_redirect(redirect: Redirect, port: int, scheme: str) -> Redirect:
                     path=redirect.path, prefix=redirect.prefix, status=redirect.status,
                     origin=redirect.origin, port_from="scheme" if default else "request",
                     regex=redirect.regex, substitution=redirect.substitution)
+
+
+def _cors(settings: dict[str, Any], origin: Origin) -> Cors:
+    """The CORS filter's settings as the native policy's: an origin with `*` (the whole origin,
+    or a host's leading labels) is a regex, others exact; `*` methods and headers stay `*`
+    (Envoy answers a preflight with what it asks for)."""
+    origins: list[StringMatch] = []
+    for written in settings.get("allowOrigins") or ():
+        if written == "*":
+            origins.append(StringMatch("regex", ".*"))
+        elif "*" in written:
+            scheme, _, rest = written.partition("://")
+            pattern = re.escape(rest).replace(r"\*", r"[^/:]+")
+            origins.append(StringMatch("regex", f"{re.escape(scheme)}://{pattern}"))
+        else:
+            origins.append(StringMatch("exact", written))
+    return Cors(tuple(origins), allow_methods=tuple(settings.get("allowMethods") or ()),
+                allow_headers=tuple(settings.get("allowHeaders") or ()),
+                expose_headers=tuple(settings.get("exposeHeaders") or ()),
+                max_age=float(settings.get("maxAge", 5)),
+                allow_credentials=settings.get("allowCredentials"), origin=origin)
 
 
 def _header_ops(settings: dict[str, Any]) -> HeaderOps:

@@ -130,6 +130,18 @@ PATH_MODIFIER = Obj({
     "replaceFullPath": PATH_VALUE, "replacePrefixMatch": PATH_VALUE,
 }, required=("type",), requires={"ReplaceFullPath": ("replaceFullPath", "the new path"),
                                  "ReplacePrefixMatch": ("replacePrefixMatch", "the new prefix")})
+CORS = Obj({
+    "allowOrigins": ListOf(Str(r"\*|(http|https)://(\*|(\*\.)?[A-Za-z0-9.-]+)(:[0-9]{1,5})?|null",
+                               253, 'an origin ("https://www.example.com", '
+                               '"https://*.example.com" or "*")'), 64),
+    "allowMethods": ListOf(Enum((*METHODS, "*")), 10),
+    "allowHeaders": ListOf(Str(r"\*|[A-Za-z0-9!#$%&'*+\-.^_`|~]+", 256, "a header name or *"),
+                           64),
+    "exposeHeaders": ListOf(Str(r"\*|[A-Za-z0-9!#$%&'*+\-.^_`|~]+", 256,
+                                "a header name or *"), 64),
+    "allowCredentials": Bool(),
+    "maxAge": Int(1),
+})
 FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror",
                 "RequestRedirect", "URLRewrite", "ExtensionRef", "CORS", "ExternalAuth")
 FILTER_MEMBERS = {"RequestHeaderModifier": "requestHeaderModifier",
@@ -151,7 +163,7 @@ HTTP_FILTER = Obj({
         "port": PORT, "statusCode": Int(301, 308),
     }),
     "urlRewrite": Obj({"hostname": HOSTNAME, "path": PATH_MODIFIER}),
-    "extensionRef": Anything(), "cors": Anything(), "externalAuth": Anything(),
+    "extensionRef": Anything(), "cors": CORS, "externalAuth": Anything(),
 }, required=("type",), requires={kind: (member, f"the {kind} settings")
                                  for kind, member in FILTER_MEMBERS.items()})
 MATCH_VALUE = Obj({"type": Enum(("Exact", "RegularExpression")), "name": HEADER_NAME,
@@ -173,7 +185,9 @@ HTTP_RULE = Obj({
     "filters": ListOf(HTTP_FILTER, 16),
     "backendRefs": ListOf(HTTP_BACKEND_REF, 16),
     "timeouts": Obj({"request": DURATION, "backendRequest": DURATION}),
-    "retry": Anything(), "sessionPersistence": Anything(),
+    "retry": Obj({"codes": ListOf(Int(400, 599), 32), "attempts": Int(0),
+                  "backoff": DURATION}),
+    "sessionPersistence": Anything(),
 })
 HTTP_ROUTE = _document(Obj({
     "parentRefs": ListOf(PARENT_REF, 32),
