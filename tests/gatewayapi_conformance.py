@@ -23,11 +23,12 @@ import socketserver
 import ssl
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.client import HTTPConnection, HTTPSConnection
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 from support import LoopbackHttpServer, QuietHandler
@@ -97,6 +98,16 @@ class _EchoHandler(QuietHandler):
         server: Any = self.server
         server.echo_seen.append(self.path)
         sni = getattr(self.request, "echo_sni", None)
+        # Upstream's retry simulation: answer `responseCode` to the first `succeedAfter`
+        # requests carrying one `uuid`, then as usual.
+        query = parse_qs(urlsplit(self.path).query)
+        if "succeedAfter" in query and "uuid" in query:
+            key = query["uuid"][0]
+            with server.echo_lock:
+                seen = server.echo_attempts[key] = server.echo_attempts.get(key, 0) + 1
+            if seen <= int(query["succeedAfter"][0]):
+                self.reply(int(query.get("responseCode", ["500"])[0]), b"simulated failure")
+                return
         delay = re.search(r"[?&]delay=([0-9]+)(ms|s)\b", self.path)
         if delay:
             time.sleep(int(delay.group(1)) / (1000 if delay.group(2) == "ms" else 1))
@@ -149,6 +160,8 @@ class EchoBackend(LoopbackHttpServer):
 
     def start(self) -> int:
         self.httpd.echo_seen = []  # type: ignore[attr-defined]
+        self.httpd.echo_attempts = {}  # type: ignore[attr-defined]
+        self.httpd.echo_lock = threading.Lock()  # type: ignore[attr-defined]
         self.httpd.echo_namespace = self.namespace  # type: ignore[attr-defined]
         self.httpd.echo_service = self.service  # type: ignore[attr-defined]
         return super().start()
@@ -358,6 +371,9 @@ class Case:
     seen_sni: str | None = None  # the SNI the (TLS) backend saw
     statuses: tuple[int, ...] = ()  # any of these (upstream's StatusCodes: [500, 502, 503])
     fails: bool = False  # any answer but 200 (upstream's MakeRequestAndExpectFailure)
+    # response header -> the values upstream accepts, whitespace ignored (ValidHeaderValues)
+    response_one_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    echo: bool = True  # answered by a backend (False: Envoy answers, a CORS preflight)
 
 
 @dataclass(frozen=True)
@@ -785,6 +801,86 @@ CASES.update({
                    supported="TLSRoute"),)),
 })
 
+def _retry(path: str, code: int, succeed_after: int, status: int) -> Case:
+    return Case(f"{path}?responseCode={code}&succeedAfter={succeed_after}&uuid={{uuid}}",
+                status=status, backend=V3 if status == 200 else None)
+
+
+_ALL = "/retry/code-all-attempts-2"
+CASES["HTTPRouteRetry"] = Test("httproute-retry", GW, (
+    _retry("/retry/code-500-attempts-3", 500, 2, 200),
+    _retry("/retry/code-500-attempts-3", 500, 4, 500),
+    _retry("/retry/code-500-attempts-3", 503, 2, 503),
+    *(c for code in (500, 502, 503, 504)
+      for c in (_retry(_ALL, code, 1, 200), _retry(_ALL, code, 3, code)))))
+
+_ASK = {"access-control-request-method": "GET",
+        "access-control-request-headers": "x-header-1, x-header-2"}
+_CORS_1 = {"access-control-allow-methods": ("GET, OPTIONS", "OPTIONS, GET"),
+           "access-control-allow-headers": ("x-header-1, x-header-2", "x-header-2, x-header-1"),
+           "access-control-expose-headers": ("x-header-3, x-header-4",
+                                             "x-header-4, x-header-3"),
+           "access-control-max-age": ("3600",), "access-control-allow-credentials": ("true",)}
+_CREDENTIALS = ("access-control-allow-credentials",)
+_ANY_ORIGIN = ("*",)
+
+
+def _preflight(path: str, origin: str, ask: dict[str, str], one_of: dict[str, tuple[str, ...]],
+               absent: tuple[str, ...] = (), statuses: tuple[int, ...] = (200, 204)) -> Case:
+    return Case(path, method="OPTIONS", headers={"Origin": origin, **ask}, statuses=statuses,
+                response_one_of=one_of, response_absent=absent, echo=False, backend=None)
+
+
+def _simple(path: str, origin: str, one_of: dict[str, tuple[str, ...]], method: str = "GET",
+            absent: tuple[str, ...] = (), ask: dict[str, str] | None = None) -> Case:
+    return Case(path, method=method, headers={"Origin": origin, **(ask or {})},
+                response_one_of=one_of, response_absent=absent, backend=None)
+
+
+CASES["HTTPRouteCORS"] = Test("httproute-cors", GW, (
+    *(_preflight("/cors-1", origin, _ASK, {"access-control-allow-origin": (origin,), **_CORS_1})
+      for origin in ("https://www.foo.com", "https://www.bar.com", "https://xpto.www.bar.com")),
+    _preflight("/cors-1", "https://foobar.com", {"access-control-request-method": "GET"}, {},
+               absent=("access-control-allow-origin",), statuses=(200, 204, 403)),
+    *(_simple("/cors-1", origin, {"access-control-allow-origin": (origin,)}, ask=_ASK)
+      for origin in ("https://www.foo.com", "https://www.bar.com")),
+    _simple("/cors-1", "https://foobar.com", {}, absent=("access-control-allow-origin",),
+            ask={"access-control-request-method": "GET"}),
+    _preflight("/cors-2", "https://www.foo.com", {"access-control-request-method": "POST"},
+               {"access-control-allow-methods": ("POST", "*"),
+                "access-control-allow-origin": ("https://www.foo.com",)}, absent=_CREDENTIALS),
+    _preflight("/cors-2", "https://www.foo.com", {"access-control-request-method": "POST"}, {},
+               absent=_CREDENTIALS),
+    *(_preflight("/cors-wildcard-origin", origin, {"access-control-request-method": "PUT"},
+                 {"access-control-allow-origin": ("*", origin),
+                  "access-control-allow-methods": ("PUT",)}, absent=_CREDENTIALS)
+      for origin in ("https://foobar.com", "https://foobar.com:12345")),
+    _simple("/cors-wildcard-origin", "https://foobar.com:12345",
+            {"access-control-allow-origin": ("*", "https://foobar.com:12345")}, method="PUT"),
+    _simple("/cors-wildcard-origin", "https://foobar.com",
+            {"access-control-allow-origin": ("*", "https://foobar.com")}, method="PUT",
+            absent=_CREDENTIALS),
+    _preflight("/cors-wildcard-methods-headers", "https://other.foo.com",
+               {**_ASK, "access-control-request-method": "PUT"},
+               {"access-control-allow-origin": ("https://other.foo.com",),
+                "access-control-allow-methods": ("PUT",),
+                "access-control-allow-headers": ("x-header-1, x-header-2",
+                                                 "x-header-2, x-header-1"),
+                "access-control-allow-credentials": ("true",)}),
+    _preflight("/cors-wildcard-methods-headers-unauth", "https://other.foo.com",
+               {**_ASK, "access-control-request-method": "PUT"},
+               {"access-control-allow-origin": ("https://other.foo.com", "*"),
+                "access-control-allow-methods": ("PUT", "*"),
+                "access-control-allow-headers": ("x-header-1, x-header-2",
+                                                 "x-header-2, x-header-1", "*")},
+               absent=_CREDENTIALS),
+    _simple("/cors-wildcard-methods-headers", "https://other.foo.com",
+            {"access-control-allow-origin": ("https://other.foo.com",),
+             "access-control-allow-credentials": ("true",)}),
+    _simple("/cors-wildcard-methods-headers-unauth", "https://other.foo.com",
+            {"access-control-allow-origin": ("https://other.foo.com", "*")},
+            absent=_CREDENTIALS)))
+
 _POLICY_OK = {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
 _NO_CA = {"Accepted": ("False", "NoValidCACertificate")}
 _ABC = "abc.example.com"
@@ -921,6 +1017,8 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "BackendTLSPolicySANValidation": (
         "HTTPRoute", "BackendTLSPolicy", "BackendTLSPolicySANValidation"),
     "BackendTLSPolicyConflictResolution": ("HTTPRoute", "BackendTLSPolicy"),
+    "HTTPRouteRetry": ("HTTPRoute", "HTTPRouteRetry"),
+    "HTTPRouteCORS": ("HTTPRoute", "HTTPRouteCORS"),
 }
 
 
@@ -943,7 +1041,7 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "GATEWAY-HTTP": ("GatewayAddressEmpty", "GatewayHTTPSListenerDetectMisdirectedRequests",
                      "GatewayInfrastructurePropagation", "GatewayStaticAddresses",
                      "HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolWebSocket",
-                     "HTTPRouteCORS", "HTTPRouteRetry", "HTTPRouteDestinationPortMatching"),
+                     "HTTPRouteDestinationPortMatching", "HTTPRouteSessionPersistence"),
     "GATEWAY-TLS": ("TLSRouteModeTerminate", "TLSRouteModeMixed"),
     "GATEWAY-GRPC": (),
     "MESH-HTTP": (),
@@ -1030,6 +1128,7 @@ def request(port: int, case: Case, ca: bytes | None = None,
     headers = {"Host": host, **case.headers}
     if case.set_response:
         headers["X-Echo-Set-Header"] = ",".join(f"{k}:{v}" for k, v in case.set_response.items())
+    path = case.path.replace("{uuid}", uuid.uuid4().hex)  # a new one per request (retries)
     connection: HTTPConnection
     if ca is None:
         connection = HTTPConnection("127.0.0.1", port, timeout=10)
@@ -1038,7 +1137,7 @@ def request(port: int, case: Case, ca: bytes | None = None,
         connection = _SniConnection(host.partition(":")[0], "127.0.0.1", port, timeout=10,
                                     context=context)
     try:
-        connection.request(case.method, case.path, headers=headers)
+        connection.request(case.method, path, headers=headers)
         response = connection.getresponse()
         body = response.read()
         merged: dict[str, str] = {}
@@ -1123,7 +1222,11 @@ def check(case: Case, status: int, headers: dict[str, str], body: bytes) -> list
     for name in case.response_absent:
         if name.lower() in headers:
             problems.append(f"response header {name} should be absent")
-    if status != 200 or case.status != 200:
+    for name, values in case.response_one_of.items():
+        got = headers.get(name.lower())
+        if got is None or got.replace(" ", "") not in {v.replace(" ", "") for v in values}:
+            problems.append(f"response header {name}: {got!r}, expected one of {values}")
+    if status != 200 or case.status != 200 or not case.echo:
         return problems
     try:
         echoed = json.loads(body)
