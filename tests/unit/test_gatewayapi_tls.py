@@ -1,7 +1,7 @@
 """TLSRoute as an input: TLS listeners in mode Passthrough pick a route by the ClientHello's
 SNI (hostnames intersected with the listener's) and proxy the encrypted connection to its
-backends. Traffic through a real Envoy: `tests/e2e/test_gatewayapi_tls_traffic.py` and the
-conformance test's TLSRoute cases."""
+backends. Traffic through a real Envoy: the conformance test's TLSRoute cases
+(`tests/e2e/test_gatewayapi_conformance.py`)."""
 
 from __future__ import annotations
 

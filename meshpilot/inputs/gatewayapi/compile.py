@@ -102,6 +102,10 @@ def compile_gateway_api(parsed: Sequence[ParsedDocument], load: LoadContext,
     backdrop = (tuple(id(o) for o in objects if not o.kind.endswith("Route")),
                 tuple(natives.values()))
     compiler = _Compiler(_World.of(objects), natives, backdrop, contexts)
+    # The native Routes that shape calls to a Service already (its callers' sidecars take one).
+    compiler.native_mesh_routes = {part.service: part.name for document in parsed
+                                   for part in document.parts
+                                   if isinstance(part, Route) and part.service is not None}
     compiler.run()
     return compiler.parts(), compiler.statuses
 
@@ -287,6 +291,9 @@ class _Compiler:
         self.entries: dict[str, dict[int, dict[str, list[_Entry]]]] = {}
         # gateway key -> port -> SNI hostname ("*": any) -> the TLSRoute serving it
         self.passthrough: dict[str, dict[int, dict[str, _Passthrough]]] = {}
+        # GAMMA: native Service -> the route entries of the routes whose parent it is
+        self.mesh_entries: dict[str, list[tuple[tuple[Any, ...], Rule, KubeObject]]] = {}
+        self.native_mesh_routes: dict[str, str] = {}
         # (Service ns/name, port name or None: every port) -> the TLS of its connections, or
         # None: a policy that cannot be applied (its backends answer 5xx, never plaintext)
         self.backend_tls: dict[tuple[str, str | None], UpstreamTls | None] = {}
@@ -322,6 +329,7 @@ class _Compiler:
             self._unsupported_route(route)
         for gateway in self.world.gateways:
             self._finish_gateway(gateway)
+        self._finish_mesh()
 
     # ---- BackendTLSPolicy ----
 
@@ -569,9 +577,12 @@ class _Compiler:
         attached: set[int] = set()  # listeners (by id) this route is attached to already
         for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
             path = ("spec", "parentRefs", ref_index)
+            if ref.get("group", GATEWAY_GROUP) == "" and ref.get("kind") == "Service":
+                self._mesh_parent(route, ref, path, rules, resolved, unsupported)
+                continue
             if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
                     ref.get("kind", "Gateway") != "Gateway":
-                continue  # a Service parent (GAMMA) or another kind: not ours (yet)
+                continue  # another kind: not ours
             gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
             parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
             listeners = self.listeners.get(gateway_key)
@@ -593,6 +604,61 @@ class _Compiler:
                 ("Accepted", accepted, reason, message),
                 ("ResolvedRefs", ok_refs, resolved[1], resolved[2] if not ok_refs else "")),
                 parent=parent)
+
+    def _mesh_parent(self, route: KubeObject, ref: dict[str, Any], path: FieldPath,
+                     rules: list[_BuiltRule], resolved: tuple[bool, str, str],
+                     unsupported: str | None) -> None:
+        """GAMMA: a route whose parent is a Service shapes what every sidecar calling that
+        Service sends. The Service is a native one (`NAME` in namespace default, or
+        `NAME.NAMESPACE`): sidecars are native Services (docs/mesh.md). Hostnames are not
+        used (the spec's mesh semantics); `port` and `sectionName` are not checked."""
+        namespace = ref.get("namespace") or route.namespace
+        key = f"{namespace}/{ref['name']}"
+        native = next((n for n in ((ref["name"], f"{ref['name']}.{namespace}")
+                                   if namespace == "default" else (f"{ref['name']}.{namespace}",))
+                       if n in self.natives), None)
+        accepted, reason, message = True, "Accepted", ""
+        if native is None:
+            accepted, reason, message = False, "NoMatchingParent", (
+                f"no native Service {ref['name'] if namespace == 'default' else ''}"
+                f"{' or ' if namespace == 'default' else ''}{ref['name']}.{namespace} (the "
+                "mesh's sidecars are native Services)")
+        elif native in self.native_mesh_routes:
+            accepted, reason, message = False, "UnsupportedValue", (
+                f"the native Route {self.native_mesh_routes[native]} shapes calls to Service "
+                f"{native} already")
+        elif not self.world.permitted(route.kind, route.namespace, "", "Service", namespace,
+                                      ref["name"]) and namespace != route.namespace:
+            accepted, reason, message = False, "NotAllowedByListeners", (
+                f"no ReferenceGrant in {namespace} lets {route.kind}s of {route.namespace} "
+                f"attach to Service {key}")
+        elif unsupported is not None:
+            accepted, reason, message = False, "UnsupportedValue", unsupported
+        if accepted and native is not None:
+            entries = self.mesh_entries.setdefault(native, [])
+            if not any(r is route for _, _, r in entries):  # two parentRefs: attached once
+                age = _route_age(route)
+                for index, matches, built in rules:
+                    for match_index, match in matches:
+                        rank = _grpc_precedence(route, index, match_index) \
+                            if route.kind == "GRPCRoute" else _precedence(match)
+                        entries.append(((*rank, *age, index, match_index),
+                                        _with_match(built, match), route))
+        self.status(route, route.kind, route.key, path, _conditions(
+            ("Accepted", accepted, reason, message),
+            ("ResolvedRefs", resolved[0], resolved[1], resolved[2] if not resolved[0] else "")),
+            parent=key)
+
+    def _finish_mesh(self) -> None:
+        """One model Route per Service that mesh routes name, `mesh/SERVICE`, its rules every
+        route's entries in the spec's precedence (as on a Gateway's hostname)."""
+        for service, entries in sorted(self.mesh_entries.items()):
+            entries.sort(key=lambda e: e[0])
+            first = entries[0][2]
+            self.routes.append(Route(
+                f"mesh/{service}", first.document.position, None,
+                rules=tuple(rule for _, rule, _ in entries), service=service,
+                origin=Origin(first.document.position, first.kind, first.key)))
 
     def _attach(self, route: KubeObject, ref: dict[str, Any], listeners: list[_Listener],
                 hostnames: tuple[str, ...],
@@ -1397,6 +1463,16 @@ def _for_listener(rule: Rule, match: Match, listener: _Listener) -> Rule:
         scheme = redirect.scheme or ("https" if listener.protocol == "HTTPS" else "http")
         redirect = _replace_redirect(redirect, port, scheme)
     return Rule(rule.position, matches=(match,), backends=rule.backends, redirect=redirect,
+                direct_response=rule.direct_response, rewrite_path=rule.rewrite_path,
+                rewrite_host=rule.rewrite_host, request_headers=rule.request_headers,
+                response_headers=rule.response_headers, timeout=rule.timeout,
+                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors)
+
+
+def _with_match(rule: Rule, match: Match) -> Rule:
+    """The rule for one of its matches, off any listener (a mesh route's: a redirect keeps
+    the request's port and scheme unless it says them)."""
+    return Rule(rule.position, matches=(match,), backends=rule.backends, redirect=rule.redirect,
                 direct_response=rule.direct_response, rewrite_path=rule.rewrite_path,
                 rewrite_host=rule.rewrite_host, request_headers=rule.request_headers,
                 response_headers=rule.response_headers, timeout=rule.timeout,
