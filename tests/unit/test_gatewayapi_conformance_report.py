@@ -43,3 +43,13 @@ def test_a_failure_is_said_and_its_feature_is_not_claimed() -> None:
     assert "HTTPRouteQueryParamMatching" not in http["extended"]["supportedFeatures"]
     assert http["core"]["result"] == "failure"
     assert http["core"]["statistics"]["Failed"] == 1
+
+
+def test_a_feature_said_unsupported_is_never_claimed() -> None:
+    http = _profiles({name: "PASS" for name in conformance.CASES})["GATEWAY-HTTP"]
+    assert "HTTPRouteDestinationPortMatching" in http["extended"]["unsupportedFeatures"]
+    assert not set(http["extended"]["supportedFeatures"]) & \
+        set(http["extended"]["unsupportedFeatures"])
+    tls = _profiles({name: "PASS" for name in conformance.CASES})["GATEWAY-TLS"]
+    assert tls["extended"]["unsupportedFeatures"] == ["TLSRouteModeMixed",
+                                                      "TLSRouteModeTerminate"]
