@@ -4,12 +4,16 @@ its subjectAltNames). Traffic: the conformance test's BackendTLSPolicy cases."""
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
 import pytest
-from test_gatewayapi import GATEWAY, route, status_of, view
+import yaml
+from test_gatewayapi import GATEWAY, _random_slot, route, status_of, view
 from tls_material import CA
 
 from meshpilot.base.errors import PolicyError
-from meshpilot.inputs.loader import load_policy_text
+from meshpilot.inputs.loader import PolicyLoader, load_policy, load_policy_text
 
 ROUTE = route("  rules: [{backendRefs: [{name: web, port: 8080}]}]\n---\n")
 
@@ -142,3 +146,54 @@ def test_shape_errors_have_the_field_path() -> None:
         load_policy_text(GATEWAY + policy("{wellKnownCACertificates: System, hostname: a.b,"
                                           " subjectAltNames: [{type: URI}]}"))
     assert "spec.validation.subjectAltNames[0]" in str(error.value)
+
+
+def test_an_edited_ca_config_map_is_reconciled_by_a_reload(tmp_path: Path) -> None:
+    """Upstream's reconcile step: the CA a policy names changes, the cluster trusts the new
+    one; an incremental load equals a cold one."""
+    first, second = CA(), CA()
+    (tmp_path / "gw.yaml").write_text(GATEWAY + ROUTE + policy(
+        "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: w.example}"))
+    (tmp_path / "ca.yaml").write_text(ca_map(first.pem))
+    loader = PolicyLoader(tmp_path)
+    model = loader.load()
+    assert model == load_policy(tmp_path)
+
+    def trusted(model) -> str:  # type: ignore[no-untyped-def]
+        (secret,) = [s for s in view(model)["secrets"] if s["name"].endswith("/ca")]
+        return secret["validation_context"]["trusted_ca"]["inline_string"]  # type: ignore
+
+    assert trusted(model) == first.pem.decode()
+    (tmp_path / "ca.yaml").write_text(ca_map(second.pem))
+    model = loader.load()
+    assert model == load_policy(tmp_path)
+    assert trusted(model) == second.pem.decode()
+    (tmp_path / "ca.yaml").unlink()
+    model = loader.load()
+    assert status_of(model, "BackendTLSPolicy", "infra/p")["ResolvedRefs"] == \
+        ("False", "InvalidCACertificateRef")
+
+
+def test_hostile_tls_documents_give_policy_errors_only() -> None:
+    from test_gatewayapi_tls import TLS_GATEWAY, tls_route
+    documents = [d for d in yaml.safe_load_all(
+        TLS_GATEWAY + tls_route("[a.example.com]", "[{name: secure, port: 443, weight: 2}]")
+        + ca_map(CA().pem) + policy(
+            "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: a.b,"
+            " subjectAltNames: [{type: URI, uri: 'spiffe://x/y'}]}",
+            target="{group: '', kind: Service, name: secure}")) if d]
+    junk = [None, 0, -1, 70000, "", "x" * 300, [], {}, [1], {"a": 1}, True, "*", "/", "-a-"]
+    generator = random.Random(7)
+    for _ in range(200):
+        mutated = yaml.safe_load(yaml.safe_dump(documents))
+        target = generator.choice(mutated)
+        for _ in range(generator.randint(1, 3)):
+            node, key = _random_slot(generator, target)
+            if key is not None:
+                node[key] = generator.choice(junk)
+        try:
+            model = load_policy_text(yaml.safe_dump_all(mutated))
+        except PolicyError as error:
+            assert all(issue.position is not None for issue in error.issues)
+            continue
+        view(model)  # what loads translates
