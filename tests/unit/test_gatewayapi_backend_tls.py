@@ -197,3 +197,17 @@ def test_hostile_tls_documents_give_policy_errors_only() -> None:
             assert all(issue.position is not None for issue in error.issues)
             continue
         view(model)  # what loads translates
+
+
+def test_validate_lists_a_policy_that_cannot_be_applied(tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from meshpilot.cli import main
+    (tmp_path / "gw.yaml").write_text(GATEWAY + ROUTE + policy(
+        "{caCertificateRefs: [{group: '', kind: ConfigMap, name: missing}], hostname: w.example}"))
+    assert main(["validate", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("KIND"))
+    row = next(line for line in lines if line.startswith("BackendTLSPolicy "))
+    assert row.index("infra/p") == header.index("NAME")  # the columns stay aligned
+    assert "Accepted=False(NoValidCACertificate)" in row and "(gw.yaml:" in row
+    assert any("ResolvedRefs: no ConfigMap infra/missing" in line for line in lines)
