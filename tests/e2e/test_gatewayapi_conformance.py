@@ -21,7 +21,7 @@ from typing import Any
 import gatewayapi_conformance as conformance
 import pytest
 import yaml
-from support import MeshpilotProcess, eventually, serving
+from support import MeshpilotProcess, eventually, serving, write_atomically
 from tls_material import CA
 
 from meshpilot.base.netutil import free_port
@@ -113,9 +113,10 @@ def _serve_test(suite: dict[str, Any], manifest: str) -> None:
             old.unlink()
     before = mp.status()["policy"]["loads"]
     pods = conformance.test_pods(manifest, suite["pods"])
+    # Each file appears whole (a rename): a load never reads one half written.
     if pods:  # the endpoints of the test's own Services
-        (policy / f"{manifest}.pods.yaml").write_text(pods)
-    (policy / f"{manifest}.yaml").write_text(conformance.test_manifest(manifest))
+        write_atomically(policy / f"{manifest}.pods.yaml", pods)
+    write_atomically(policy / f"{manifest}.yaml", conformance.test_manifest(manifest))
     eventually(lambda: mp.status()["policy"]["loads"] > before and
                f"{manifest}.yaml" in mp.status()["policy"]["applied_files"],
                what=f"meshpilot to apply {manifest}")
