@@ -242,6 +242,20 @@ class TcpEchoBackend:
         self.server.server_close()
 
 
+def tcp_pod(port: int) -> str | None:
+    """The pod of the upstream TCP echo that answers one plain connection to `port` (its
+    TEST line), or None when the connection is refused or closed."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            reader = conn.makefile("rb")
+            if reader.readline() != TCP_WELCOME:
+                return None
+            conn.sendall(b"TEST\n")
+            return str(json.loads(reader.readline())["pod"])
+    except (OSError, ValueError):
+        return None
+
+
 # ---- the folder -----------------------------------------------------------------------------------
 
 
