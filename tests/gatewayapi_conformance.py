@@ -55,7 +55,8 @@ BASE_KINDS = ("Namespace", "Gateway", "Service")  # Deployments and ConfigMaps a
 # backends' certificate and the CA ConfigMaps BackendTLSPolicies name.
 BACKEND_CERT_NAMES = ("abc.example.com", "other.example.com")
 BACKEND_CERT_URIS = ("spiffe://abc.example.com/test-identity",)
-LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090)
+LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090,
+                  5300, 9300, 9301, 9302, 9310, 9311, 9312, 9313, 9320, 9321)  # and TCPRoute's
 # The base's pods that serve HTTPS with the suite's `tls-checks-certificate` (echo-basic with
 # TLS), and the TCP echo whose ports are plain and TLS (the upstream tcpserver, by port name).
 TLS_BACKENDS = ((INFRA, "tls-backend"), (INFRA, "tls-backend-2"), (APP, "tls-backend"))
@@ -330,9 +331,30 @@ def test_manifest(test: str) -> str:
     return "\n---\n".join(documents).replace("{GATEWAY_CLASS_NAME}", CLASS_NAME) + "\n"
 
 
-def test_pods(test: str, backends: dict[tuple[str, str], int | dict[str, int]]) -> str:
-    """EndpointSlices for a test's own Services whose selector picks a base backend's pods (as
-    the endpoints controller would make them): the same loopback port."""
+def test_deployments(tests: list[str]) -> list[tuple[str, str, dict[str, str]]]:
+    """(namespace, SERVICE_NAME, pod labels) of each upstream TCP echo Deployment the tests'
+    manifests bring (echo-basic with TCP_ECHO_SERVER): the harness runs one per Deployment."""
+    found = []
+    for test in dict.fromkeys(tests):
+        for _, doc in _documents(ROOT / "tests" / f"{test}.yaml"):
+            if doc.get("kind") != "Deployment":
+                continue
+            template = doc["spec"]["template"]
+            env = {e["name"]: e.get("value") for c in template["spec"]["containers"]
+                   for e in c.get("env") or ()}
+            if "TCP_ECHO_SERVER" in env:
+                found.append((doc["metadata"].get("namespace", "default"),
+                              env.get("SERVICE_NAME") or doc["metadata"]["name"],
+                              dict(template["metadata"]["labels"])))
+    return found
+
+
+def test_pods(test: str, backends: dict[tuple[str, str], int | dict[str, int]],
+              deployments: dict[tuple[str, tuple[tuple[str, str], ...]], int] | None = None,
+              ) -> str:
+    """EndpointSlices for a test's own Services whose selector picks a base backend's pods or
+    a test Deployment's (as the endpoints controller would make them): their loopback port.
+    `deployments`: (namespace, pod labels) -> port."""
     selectors = {(doc["metadata"]["namespace"], tuple(sorted(doc["spec"]["selector"].items()))):
                  (doc["metadata"]["namespace"], doc["metadata"]["name"])
                  for _, doc in _documents(ROOT / "base" / "manifests.yaml")
@@ -344,6 +366,10 @@ def test_pods(test: str, backends: dict[tuple[str, str], int | dict[str, int]]) 
         namespace = doc["metadata"].get("namespace", "default")
         pod = selectors.get((namespace, tuple(sorted(doc["spec"]["selector"].items()))))
         port = backends.get(pod) if pod else None
+        selector = set(doc["spec"]["selector"].items())
+        for (pod_namespace, labels), pod_port in (deployments or {}).items():
+            if pod_namespace == namespace and selector <= set(labels):
+                port = pod_port
         if not isinstance(port, int):
             continue
         slice_ports = ", ".join(f"{{name: {p.get('name', '')!r}, port: {port}}}"
@@ -427,6 +453,9 @@ class Test:
     more: tuple[Test, ...] = ()  # the same manifest, another Gateway or listener port
     expect: tuple[Expect, ...] = ()  # statuses upstream asserts
     tls_cases: tuple[TlsCase, ...] = ()  # connections to a TLS passthrough listener
+    # connections to a TCP listener: the backend that must answer each (None: refused)
+    tcp_cases: tuple[str | None, ...] = ()
+    tcp_weights: dict[str, float] = field(default_factory=dict)  # their shares, weighted
 
 
 V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
@@ -895,6 +924,49 @@ CASES["HTTPRouteCORS"] = Test("httproute-cors", GW, (
             {"access-control-allow-origin": ("https://other.foo.com", "*")},
             absent=_CREDENTIALS)))
 
+def _tcp(manifest: str, gateway: str, port: int, *backends: str | None,
+         expect: tuple[Expect, ...] = (), **kw: Any) -> Test:
+    return Test(manifest, f"{INFRA}/{gateway}", (), listener_port=port, tcp_cases=backends,
+                expect=expect, **kw)
+
+
+_TCP_OK = {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
+CASES.update({
+    "TCPRouteParentRefAttachAll": _tcp(
+        "tcproute-parentref-attach-all", "tcp-attach-all-gateway", 9310, "tcp-echo-attach-all",
+        expect=(Expect("TCPRoute", "tcp-route-attach-all", _TCP_OK),), more=tuple(
+            _tcp("tcproute-parentref-attach-all", "tcp-attach-all-gateway", port,
+                 "tcp-echo-attach-all") for port in (9311, 9312, 9313))),
+    "TCPRouteParentRefPortAndSectionName": _tcp(
+        "tcproute-parentref-port-and-section-name", "tcp-multi-listener-gateway", 9300,
+        "tcp-echo-one", expect=tuple(Expect("TCPRoute", route, _TCP_OK) for route in (
+            "tcp-route-by-port", "tcp-route-by-section", "tcp-route-by-section-and-port")),
+        more=(_tcp("tcproute-parentref-port-and-section-name", "tcp-multi-listener-gateway",
+                   9301, "tcp-echo-two"),
+              _tcp("tcproute-parentref-port-and-section-name", "tcp-multi-listener-gateway",
+                   9302, "tcp-echo-three"))),
+    "TCPRouteWeightedRouting": _tcp(
+        "tcproute-weighted-routing", "tcp-weighted-gateway", 9300, "tcp-backend-v1",
+        tcp_weights={"tcp-backend-v1": 0.7, "tcp-backend-v2": 0.3, "tcp-backend-v3": 0.0},
+        expect=(Expect("TCPRoute", "tcp-weighted-route", _TCP_OK),)),
+    "TCPRouteReferenceGrant": _tcp(
+        "tcproute-reference-grant", "tcp-reference-grant-gateway", 9320,
+        "tcp-reference-grant-backend",
+        expect=(Expect("TCPRoute", "tcp-reference-grant", _TCP_OK),)),
+    "TCPRouteInvalidNonTCPListener": Test(
+        "tcproute-invalid-non-tcp-listener", f"{INFRA}/tcp-mixed-protocol-gateway", (),
+        expect=(Expect("TCPRoute", "tcp-route", _NOT_ALLOWED),)),
+    "TCPRouteInvalidBackendRefNonexistent": _tcp(
+        "tcproute-invalid-backendref-nonexistent", "tcp-gateway-invalid-backend", 9300, None,
+        expect=(Expect("TCPRoute", "tcp-route-invalid-backend-ref-nonexistent",
+                       {"ResolvedRefs": ("False", "BackendNotFound")}),)),
+    "TCPRouteInvalidCrossNamespaceBackendRef": _tcp(
+        "tcproute-invalid-cross-namespace-backend-ref",
+        "tcp-invalid-cross-namespace-backend-ref-gateway", 9321, None,
+        expect=(Expect("TCPRoute", "tcp-invalid-cross-namespace-backend-ref",
+                       {"ResolvedRefs": ("False", "RefNotPermitted")}),)),
+})
+
 _POLICY_OK = {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
 _NO_CA = {"Accepted": ("False", "NoValidCACertificate")}
 _ABC = "abc.example.com"
@@ -1033,6 +1105,13 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "BackendTLSPolicyConflictResolution": ("HTTPRoute", "BackendTLSPolicy"),
     "HTTPRouteRetry": ("HTTPRoute", "HTTPRouteRetry"),
     "HTTPRouteCORS": ("HTTPRoute", "HTTPRouteCORS"),
+    "TCPRouteParentRefAttachAll": ("TCPRoute",),
+    "TCPRouteParentRefPortAndSectionName": ("TCPRoute",),
+    "TCPRouteWeightedRouting": ("TCPRoute",),
+    "TCPRouteReferenceGrant": ("TCPRoute", "ReferenceGrant"),
+    "TCPRouteInvalidNonTCPListener": ("TCPRoute",),
+    "TCPRouteInvalidBackendRefNonexistent": ("TCPRoute",),
+    "TCPRouteInvalidCrossNamespaceBackendRef": ("TCPRoute", "ReferenceGrant"),
 }
 
 

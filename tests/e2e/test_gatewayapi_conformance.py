@@ -56,11 +56,20 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     for port_name, speaks_tls in conformance.TCP_PORTS.items():
         servers[f"{tcp_ns}/{tcp_name}#{port_name}"] = conformance.TcpEchoBackend(
             tcp_ns, tcp_name, tls=backend_tls if speaks_tls else None)
+    # The tests' own TCP echo Deployments, one server each.
+    deployments = conformance.test_deployments([t.manifest for t in conformance.CASES.values()])
+    for index, (namespace, name, _) in enumerate(deployments):
+        servers[f"deployment#{index}"] = conformance.TcpEchoBackend(namespace, name)
     with serving(servers) as bound:
         ports = {port: free_port() for port in conformance.LISTENER_PORTS}
         policy = work / "policy"
         pods: dict[tuple[str, str], int | dict[str, int]] = {}
+        pod_ports = {(deployments[int(key.partition("#")[2])][0],
+                      tuple(sorted(deployments[int(key.partition("#")[2])][2].items()))): port
+                     for key, port in bound.items() if key.startswith("deployment#")}
         for key, port in bound.items():
+            if key.startswith("deployment#"):
+                continue
             service, _, port_name = key.partition("#")
             namespace, name = service.split("/", 1)
             if port_name:
@@ -72,7 +81,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         mp = MeshpilotProcess(policy, work).start()
         try:
             yield {"mp": mp, "policy": policy, "ports": ports, "work": work,
-                   "backends": backends, "ca": ca.pem, "pods": pods}
+                   "backends": backends, "ca": ca.pem, "pods": pods,
+                   "deployments": pod_ports}
         finally:
             mp.stop()
             print(mp.log_tail(20))
@@ -112,7 +122,7 @@ def _serve_test(suite: dict[str, Any], manifest: str) -> None:
         if old.name not in ("base.yaml", "cluster.yaml"):
             old.unlink()
     before = mp.status()["policy"]["loads"]
-    pods = conformance.test_pods(manifest, suite["pods"])
+    pods = conformance.test_pods(manifest, suite["pods"], suite["deployments"])
     # Each file appears whole (a rename): a load never reads one half written.
     if pods:  # the endpoints of the test's own Services
         write_atomically(policy / f"{manifest}.pods.yaml", pods)
@@ -131,7 +141,7 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
     assert status["ok"], status["errors"]
     # Each route of the test's manifest is accepted by its Gateway (as upstream asserts first).
     routes = {o["name"].split("/")[1]: {c["type"]: c for c in o["conditions"]}
-              for o in status["objects"] if o["kind"] in ("HTTPRoute", "TLSRoute")
+              for o in status["objects"] if o["kind"] in ("HTTPRoute", "TLSRoute", "TCPRoute")
               and (o["parent"] == test.gateway or o["parent"].startswith(f"{test.gateway}/"))}
     if test.cases:  # a traffic test: its routes are accepted (or refused as upstream says)
         assert routes
@@ -146,7 +156,7 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
     failures: list[str] = []
     for index, part in enumerate((test, *test.more)):
         failures.extend(conformance.check_statuses(part, status["objects"]))
-        if part.cases or part.tls_cases:
+        if part.cases or part.tls_cases or part.tcp_cases:
             failures.extend(_requests(suite, f"{name}-{index}", part))
     RESULTS[name] = "PASS" if not failures else f"FAIL ({len(failures)})"
     assert not failures, "\n".join(failures)
@@ -171,6 +181,21 @@ def _requests(suite: dict[str, Any], name: str, test: conformance.Test) -> list[
                 time.sleep(0.1)
             failures.extend(f"{test.gateway}:{test.listener_port} TLS case {index} SNI "
                             f"{tls_case.server_name}: {p}" for p in problems)
+        for index, backend in enumerate(test.tcp_cases):
+            deadline = time.monotonic() + 10
+            while True:  # eventually consistent, as upstream
+                pod = conformance.tcp_pod(port)
+                if (pod is None if backend is None else
+                        pod is not None and pod.startswith(f"{backend}-")) \
+                        or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            if backend is None and pod is not None:
+                failures.append(f"TCP case {index}: answered by {pod}, expected refused")
+            elif backend is not None and (pod is None or not pod.startswith(f"{backend}-")):
+                failures.append(f"TCP case {index}: answered by {pod}, expected {backend}")
+        if test.tcp_weights:
+            failures.extend(_tcp_weights(port, test.tcp_weights))
         for index, case in enumerate(test.cases):
             # Eventually consistent, as upstream: the Envoy may still be taking its routes.
             deadline = time.monotonic() + 10
@@ -254,6 +279,23 @@ def _mirror_shares(port: int, backends: dict[tuple[str, str], conformance.EchoBa
         if abs(counted - requests * p) > margin:
             problems.append(f"{path}: {counted} of {requests} mirrored, expected "
                             f"{requests * p:.0f} +- {margin:.0f}")
+    return problems
+
+
+def _tcp_weights(port: int, weights: dict[str, float], connections: int = 200) -> list[str]:
+    """Each backend's share of `connections` within 10 points of its weight's (upstream's
+    weight.TestWeightedDistribution, over fewer connections); weight 0: none at all."""
+    counts: dict[str, int] = {}
+    for _ in range(connections):
+        pod = conformance.tcp_pod(port)
+        if pod is None:
+            return ["a connection was refused"]
+        counts[pod] = counts.get(pod, 0) + 1
+    problems = []
+    for backend, share in weights.items():
+        got = counts.get(f"{backend}-pod", 0) / connections
+        if (share == 0 and got) or abs(got - share) > 0.10:
+            problems.append(f"{backend} got {got:.0%}, expected about {share:.0%}")
     return problems
 
 

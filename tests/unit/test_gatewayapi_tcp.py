@@ -48,12 +48,15 @@ def test_a_tcp_route_proxies_its_listener_to_its_backend() -> None:
 
 def test_a_listener_serves_the_oldest_tcp_route_only() -> None:
     model = load_policy_text(
-        TCP_GATEWAY + tcp_route("[{name: web, port: 8080}]", name="new",
-                                stamp="2024-01-01T00:00:00Z")
+        TCP_GATEWAY + tcp_route("[{name: web, port: 8080}, {name: nothing, port: 1}]",
+                                name="new", stamp="2024-01-01T00:00:00Z")
         + tcp_route("[{name: web, port: 8080}]", name="old", stamp="2020-01-01T00:00:00Z"))
     assert status_of(model, "TCPRoute", "infra/old")["Accepted"] == ("True", "Accepted")
-    assert status_of(model, "TCPRoute", "infra/new")["Accepted"] == \
-        ("False", "NotAllowedByListeners")
+    assert status_of(model, "TCPRoute", "infra/new")["Accepted"] == ("True", "Accepted")
+    (listener,) = [s for s in model.statuses if s.name == "infra/edge/raw"]
+    assert dict(listener.details)["attachedRoutes"] == "2"  # both attached, the oldest served
+    (chain,) = listeners(model)["infra/edge/5432"]["filter_chains"]
+    assert chain["filters"][0]["typed_config"]["cluster"] == "infra/web:8080:tcp"  # old's
 
 
 def test_a_tcp_route_cannot_attach_to_an_http_listener_nor_an_http_route_to_a_tcp_one() -> None:

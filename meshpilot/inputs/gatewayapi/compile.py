@@ -702,8 +702,9 @@ class _Compiler:
     def _tcp_route(self, route: KubeObject) -> None:
         """A TCPRoute: every connection to the TCP listeners it attaches to goes to its
         backends, shared by weight. A listener serves one TCPRoute, the oldest; later ones are
-        not accepted there. No backend that resolves: the listener is not served (connections
-        refused); beside valid ones, an invalid backend's share of connections is closed."""
+        accepted and counted but not served there. No backend that resolves: the listener is
+        not served (connections refused); beside valid ones, an invalid backend's share of
+        connections is closed."""
         spec = route.spec()
         backends, resolved = self._stream_backends(route)
         if backends is None:
@@ -720,13 +721,12 @@ class _Compiler:
                 continue
             accepted, reason, message, attach = self._attach(route, ref, listeners, ())
             if accepted:
-                free = [lst for lst, _ in attach if lst.attached == 0]
-                if not free:
-                    accepted, reason, message = False, "NotAllowedByListeners", \
-                        "every listener it names serves an older TCPRoute already"
-                for listener in free:
+                # Every route naming a listener is accepted and counted (attachedRoutes); the
+                # oldest one is served there, as the spec's conformance tests expect.
+                for listener, _ in attach:
+                    if listener.attached == 0:
+                        listener.tcp_backends = served
                     listener.attached += 1
-                    listener.tcp_backends = served
             self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
                         _conditions(("Accepted", accepted, reason, message),
                                     ("ResolvedRefs", resolved[0], resolved[1],
