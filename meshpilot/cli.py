@@ -593,19 +593,20 @@ def _print_objects(objects: list[dict[str, Any]]) -> None:
     a condition that holds as expected shows its type, any other its status and reason too."""
     if not objects:
         return
+    kind_width = max(14, *(len(item["kind"]) for item in objects))  # BackendTLSPolicy: 16
     name_width = max(len(item["name"]) for item in objects)
     parent_width = max(len("PARENT"), *(len(item["parent"]) for item in objects))
-    print(f"{'KIND':14} {'NAME':{name_width}} {'PARENT':{parent_width}} CONDITIONS")
+    print(f"{'KIND':{kind_width}} {'NAME':{name_width}} {'PARENT':{parent_width}} CONDITIONS")
     for item in objects:
         conditions = " ".join(f"{c['type']}={c['status']}"
                               + (f"({c['reason']})" if c["reason"] != c["type"] else "")
                               for c in item["conditions"])
         extra = f" attachedRoutes={item['attachedRoutes']}" if "attachedRoutes" in item else ""
-        print(f"{item['kind']:14} {item['name']:{name_width}} {item['parent']:{parent_width}} "
-              f"{conditions}{extra}  ({item['at']})")
+        print(f"{item['kind']:{kind_width}} {item['name']:{name_width}} "
+              f"{item['parent']:{parent_width}} {conditions}{extra}  ({item['at']})")
         for c in item["conditions"]:
             if c["message"]:
-                print(f"{'':14} {c['type']}: {c['message']}")
+                print(f"{'':{kind_width}} {c['type']}: {c['message']}")
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

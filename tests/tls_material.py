@@ -60,8 +60,9 @@ class CA:
                      .sign(self.key, hashes.SHA256()))
         self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, *names: str, days: int = 3650) -> Pair:
-        """A server (and client) certificate for DNS `names`; the first is also the CN."""
+    def issue(self, *names: str, days: int = 3650, uris: tuple[str, ...] = ()) -> Pair:
+        """A server (and client) certificate for DNS `names` (and URI SANs `uris`); the first
+        name is also the CN."""
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
         serial = x509.random_serial_number()
@@ -70,8 +71,9 @@ class CA:
                 .issuer_name(self.cert.subject).public_key(key.public_key())
                 .serial_number(serial).not_valid_before(now - _DAY)
                 .not_valid_after(now + days * _DAY)
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-                               critical=False)
+                .add_extension(x509.SubjectAlternativeName(
+                    [*(x509.DNSName(n) for n in names),
+                     *(x509.UniformResourceIdentifier(u) for u in uris)]), critical=False)
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                       ExtendedKeyUsageOID.CLIENT_AUTH]),
                                critical=False)

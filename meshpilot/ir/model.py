@@ -240,6 +240,9 @@ class UpstreamTls:
     ca_path: str | None = None
     ca: bytes | None = field(default=None, repr=False)  # PEM of the trusted CA certificates
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # The names the endpoint's certificate must carry, one of them: ("dns", NAME) or ("uri",
+    # URI), in place of `sni` (Gateway API's BackendTLSPolicy subjectAltNames). Empty: `sni`.
+    subject_alt_names: tuple[tuple[Literal["dns", "uri"], str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +347,23 @@ class GatewayListener:
     tracing: Tracing | None = None  # http only: spans to a collector (the gateway's default)
     decompression: Decompression | None = None  # http only: compressed request bodies
     max_requests_per_connection: int | None = None  # http only: None: unlimited
+    # tcp only: the Services every connection goes to, by weight (Envoy's weighted clusters),
+    # in place of `service`; a backend not `resolved` takes its share and closes it.
+    backends: tuple[Backend, ...] = ()
+    # tcp only: TLS passthrough by SNI (a TLS inspector picks an entry by the ClientHello's
+    # server name; nothing is terminated). Set: `service` and `backends` are not used.
+    passthrough: tuple[TlsPassthrough, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPassthrough:
+    """Connections whose SNI matches one of `hostnames` (exact, or `*.suffix` for any name
+    below it) go unterminated to `backends` (weighted). No hostnames: every connection no other
+    entry of the listener takes, SNI or none."""
+
+    hostnames: tuple[str, ...]
+    backends: tuple[Backend, ...]
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,6 +108,12 @@ def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, st
         if spec.service is not None and (spec.service, None) not in seen:
             seen.add((spec.service, None))
             yield spec.service, None
+        # A tcp listener's weighted backends and its TLS passthrough entries' (one that does
+        # not resolve has no cluster: its share of connections is closed).
+        for backend in (*spec.backends, *(b for e in spec.passthrough for b in e.backends)):
+            if backend.resolved and (backend.service, backend.subset) not in seen:
+                seen.add((backend.service, backend.subset))
+                yield backend.service, backend.subset
     for spec in gateway.listeners:  # the collector a listener's tracer exports spans to
         exporter = tracing.collector(spec.tracing)
         if exporter is not None and (exporter, None) not in seen:

@@ -18,9 +18,10 @@ from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog as EnvoyAccessLog
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
 from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
 from envoy.config.core.v3.substitution_format_string_pb2 import SubstitutionFormatString
-from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
+from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain, ListenerFilter
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.extensions.access_loggers.file.v3.file_pb2 import FileAccessLog
+from envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2 import TlsInspector
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
@@ -33,13 +34,14 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
-from meshpilot.ir.model import AccessLog, ClientIp, Gateway, GatewayListener, Route
+from meshpilot.ir.model import AccessLog, Backend, ClientIp, Gateway, GatewayListener, Route
 from meshpilot.translators import httpfilters, names, secrets, tracing
 from meshpilot.translators.httpfilters import ChainInputs
 from meshpilot.translators.protos import ads_config_source, pack
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
 FILE_ACCESS_LOG = "envoy.access_loggers.file"
 
 # The fields of a JSON access log line, documented in docs/policy.md (Gateway, access_log).
@@ -81,6 +83,8 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
     name = names.listener(gateway.name, spec.name)
     address = Address(socket_address=SocketAddress(address=spec.address,
                                                    port_value=spec.port))
+    if spec.passthrough:
+        return _passthrough_listener(gateway, spec, name, address)
     if spec.protocol == "tcp":
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(tcp_proxy(gateway, spec)))
     else:
@@ -109,14 +113,48 @@ def filter_secrets(spec: GatewayListener, routes: Iterable[Route]) -> list[Secre
     return [] if spec.protocol == "tcp" else httpfilters.chain_secrets(chain_inputs(spec, routes))
 
 
-def tcp_proxy(gateway: Gateway, spec: GatewayListener) -> TcpProxy:
-    """Every connection to the listener's service (its whole-service cluster)."""
-    assert spec.service is not None  # the loader requires one for protocol tcp
-    proxy = TcpProxy(stat_prefix=names.stat_prefix(gateway.name, spec.name),
-                     cluster=names.cluster(spec.service))
+def tcp_proxy(gateway: Gateway, spec: GatewayListener,
+              backends: tuple[Backend, ...] | None = None) -> TcpProxy:
+    """Every connection to the listener's service (its whole-service cluster), or shared by
+    weight among `backends` (the listener's own unless given: a passthrough entry's)."""
+    backends = spec.backends if backends is None else backends
+    proxy = TcpProxy(stat_prefix=names.stat_prefix(gateway.name, spec.name))
+    if len(backends) == 1 and backends[0].subset is None:
+        proxy.cluster = _tcp_cluster(backends[0])
+    elif backends:
+        for backend in backends:
+            proxy.weighted_clusters.clusters.add(name=_tcp_cluster(backend),
+                                                 weight=backend.weight)
+    else:
+        assert spec.service is not None  # the loader requires one for protocol tcp
+        proxy.cluster = names.cluster(spec.service)
     if spec.access_log is not None:
         proxy.access_log.append(access_log(spec.access_log, TCP_LOG_FIELDS))
     return proxy
+
+
+def _tcp_cluster(backend: Backend) -> str:
+    """A backend's cluster; one that does not resolve is named but never made, so Envoy closes
+    the connections that fall to it (its share of them, by weight)."""
+    if not backend.resolved:
+        return names.unresolved_cluster(backend.service)
+    return names.cluster(backend.service, backend.subset)
+
+
+def _passthrough_listener(gateway: Gateway, spec: GatewayListener, name: str,
+                          address: Address) -> Listener:
+    """TLS passthrough: the TLS inspector reads the ClientHello's server name, and the filter
+    chain whose `server_names` match it (exact names before `*.` wildcards, the longest suffix
+    first: Envoy's own order) proxies the still encrypted connection to its backends. An entry
+    without hostnames takes whatever no other does; without one, such connections are closed."""
+    listener = Listener(name=name, address=address, listener_filters=[
+        ListenerFilter(name=TLS_INSPECTOR, typed_config=pack(TlsInspector()))])
+    for index, entry in enumerate(spec.passthrough):
+        chain = FilterChain(name=f"{name}/passthrough[{index}]", filters=[
+            Filter(name=TCP_PROXY, typed_config=pack(tcp_proxy(gateway, spec, entry.backends)))])
+        chain.filter_chain_match.server_names.extend(entry.hostnames)
+        listener.filter_chains.append(chain)
+    return listener
 
 
 def http_connection_manager(gateway: Gateway, spec: GatewayListener,

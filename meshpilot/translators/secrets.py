@@ -106,17 +106,21 @@ def downstream_transport_socket(gateway: str, spec: GatewayListener) -> Transpor
 
 
 def upstream_context(service: Service) -> tls_pb2.UpstreamTlsContext:
-    """SNI, and when verifying: the CA from SDS plus the SNI as the SAN to expect."""
+    """SNI, and when verifying: the CA from SDS plus the SAN to expect (the SNI, or the names
+    `subject_alt_names` lists, any one of them)."""
     settings = service.tls
     assert settings is not None
     context = tls_pb2.UpstreamTlsContext(sni=settings.sni or "")
     if settings.verify and settings.ca is not None:
         combined = context.common_tls_context.combined_validation_context
-        if settings.sni:
-            combined.default_validation_context.match_typed_subject_alt_names.append(
-                common_pb2.SubjectAltNameMatcher(
-                    san_type=common_pb2.SubjectAltNameMatcher.DNS,
-                    matcher=StringMatcher(exact=settings.sni)))
+        sans = settings.subject_alt_names or ((("dns", settings.sni),) if settings.sni else ())
+        if sans:
+            for kind, value in sans:
+                combined.default_validation_context.match_typed_subject_alt_names.append(
+                    common_pb2.SubjectAltNameMatcher(
+                        san_type=common_pb2.SubjectAltNameMatcher.DNS if kind == "dns"
+                        else common_pb2.SubjectAltNameMatcher.URI,
+                        matcher=StringMatcher(exact=value)))
         else:
             combined.default_validation_context.SetInParent()
         combined.validation_context_sds_secret_config.CopyFrom(_sds(service_ca(service.name)))

@@ -9,6 +9,8 @@ the response compared as upstream does. The table of results is printed at the e
 
 from __future__ import annotations
 
+import datetime
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +21,7 @@ from typing import Any
 import gatewayapi_conformance as conformance
 import pytest
 import yaml
-from support import MeshpilotProcess, eventually, serving
+from support import MeshpilotProcess, eventually, serving, write_atomically
 from tls_material import CA
 
 from meshpilot.base.netutil import free_port
@@ -37,25 +39,73 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         print(f"skipping the Gateway API conformance tests: {_WHY_NOT}")
         pytest.skip(_WHY_NOT)
     work = tmp_path_factory.mktemp("gatewayapi")
-    backends = {(namespace, name): conformance.EchoBackend(namespace, name)
-                for namespace, name, _ in conformance.base_services()}
     ca = CA()
     pair = ca.issue("*.example.com", "example.com", "*.wildcard.org",
-                          "second-example.org", "example.org")
-    with serving({f"{ns}/{name}": server for (ns, name), server in backends.items()}) as bound:
+                          "second-example.org", "example.org", "https-listener.org")
+    # The base's TLS pods serve the suite's tls-checks-certificate, signed by the CA of the
+    # ConfigMap tls-checks-ca-certificate (here: the same CA as the listeners').
+    backend_tls = ca.issue(*conformance.BACKEND_CERT_NAMES, uris=conformance.BACKEND_CERT_URIS
+                           ).write(work / "backend-tls", "tls-checks-certificate")
+    backends = {(namespace, name): conformance.EchoBackend(
+                    namespace, name,
+                    tls=backend_tls if (namespace, name) in conformance.TLS_BACKENDS else None)
+                for namespace, name, _ in conformance.base_services()
+                if (namespace, name) != conformance.TCP_BACKEND}
+    servers: dict[str, Any] = {f"{ns}/{name}": server for (ns, name), server in backends.items()}
+    tcp_ns, tcp_name = conformance.TCP_BACKEND
+    for port_name, speaks_tls in conformance.TCP_PORTS.items():
+        servers[f"{tcp_ns}/{tcp_name}#{port_name}"] = conformance.TcpEchoBackend(
+            tcp_ns, tcp_name, tls=backend_tls if speaks_tls else None)
+    # The tests' own TCP echo Deployments, one server each.
+    deployments = conformance.test_deployments([t.manifest for t in conformance.CASES.values()])
+    for index, (namespace, name, _) in enumerate(deployments):
+        servers[f"deployment#{index}"] = conformance.TcpEchoBackend(namespace, name)
+    with serving(servers) as bound:
         ports = {port: free_port() for port in conformance.LISTENER_PORTS}
         policy = work / "policy"
-        conformance.write_folder(policy, [], {
-            tuple(key.split("/", 1)): port for key, port in bound.items()},  # type: ignore
-            ports, (pair.cert_pem, pair.key_pem))
+        pods: dict[tuple[str, str], int | dict[str, int]] = {}
+        pod_ports = {(deployments[int(key.partition("#")[2])][0],
+                      tuple(sorted(deployments[int(key.partition("#")[2])][2].items()))): port
+                     for key, port in bound.items() if key.startswith("deployment#")}
+        for key, port in bound.items():
+            if key.startswith("deployment#"):
+                continue
+            service, _, port_name = key.partition("#")
+            namespace, name = service.split("/", 1)
+            if port_name:
+                pods.setdefault((namespace, name), {})[port_name] = port  # type: ignore[index]
+            else:
+                pods[(namespace, name)] = port
+        conformance.write_folder(policy, [], pods, ports, (pair.cert_pem, pair.key_pem), cas={
+            "tls-checks-ca-certificate": ca.pem, "mismatch-ca-certificate": CA("other").pem})
         mp = MeshpilotProcess(policy, work).start()
         try:
             yield {"mp": mp, "policy": policy, "ports": ports, "work": work,
-                   "backends": backends, "ca": ca.pem}
+                   "backends": backends, "ca": ca.pem, "pods": pods,
+                   "deployments": pod_ports}
         finally:
             mp.stop()
             print(mp.log_tail(20))
     _print_table()
+    _write_report()
+
+
+def _write_report() -> None:
+    """With MESHPILOT_CONFORMANCE_REPORT=FILE, this run's results as a ConformanceReport in
+    FILE (docs/gateway-api-conformance.yaml is one, from a run of the whole module)."""
+    target = os.environ.get("MESHPILOT_CONFORMANCE_REPORT")
+    if not target:
+        return
+    repository = Path(__file__).resolve().parents[2]
+    commit = subprocess.run(["git", "-C", str(repository), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    report = conformance.conformance_report(RESULTS, f"commit {commit} (not released)", now)
+    Path(target).write_text(
+        "# Written by tests/e2e/test_gatewayapi_conformance.py (MESHPILOT_CONFORMANCE_REPORT):\n"
+        "# the upstream tests run through a real Envoy; see docs/gateway-api.md.\n"
+        + yaml.safe_dump(report, sort_keys=False))
+    print(f"conformance report written to {target}")
 
 
 def _print_table() -> None:
@@ -72,9 +122,11 @@ def _serve_test(suite: dict[str, Any], manifest: str) -> None:
         if old.name not in ("base.yaml", "cluster.yaml"):
             old.unlink()
     before = mp.status()["policy"]["loads"]
-    (policy / f"{manifest}.yaml").write_text(
-        (conformance.ROOT / "tests" / f"{manifest}.yaml").read_text()
-        .replace("{GATEWAY_CLASS_NAME}", conformance.CLASS_NAME))
+    pods = conformance.test_pods(manifest, suite["pods"], suite["deployments"])
+    # Each file appears whole (a rename): a load never reads one half written.
+    if pods:  # the endpoints of the test's own Services
+        write_atomically(policy / f"{manifest}.pods.yaml", pods)
+    write_atomically(policy / f"{manifest}.yaml", conformance.test_manifest(manifest))
     eventually(lambda: mp.status()["policy"]["loads"] > before and
                f"{manifest}.yaml" in mp.status()["policy"]["applied_files"],
                what=f"meshpilot to apply {manifest}")
@@ -89,7 +141,7 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
     assert status["ok"], status["errors"]
     # Each route of the test's manifest is accepted by its Gateway (as upstream asserts first).
     routes = {o["name"].split("/")[1]: {c["type"]: c for c in o["conditions"]}
-              for o in status["objects"] if o["kind"] == "HTTPRoute"
+              for o in status["objects"] if o["kind"] in ("HTTPRoute", "TLSRoute", "TCPRoute")
               and (o["parent"] == test.gateway or o["parent"].startswith(f"{test.gateway}/"))}
     if test.cases:  # a traffic test: its routes are accepted (or refused as upstream says)
         assert routes
@@ -104,7 +156,7 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
     failures: list[str] = []
     for index, part in enumerate((test, *test.more)):
         failures.extend(conformance.check_statuses(part, status["objects"]))
-        if part.cases:
+        if part.cases or part.tls_cases or part.tcp_cases:
             failures.extend(_requests(suite, f"{name}-{index}", part))
     RESULTS[name] = "PASS" if not failures else f"FAIL ({len(failures)})"
     assert not failures, "\n".join(failures)
@@ -120,6 +172,30 @@ def _requests(suite: dict[str, Any], name: str, test: conformance.Test) -> list[
         envoy.wait_ready(30)
         port = suite["ports"][test.listener_port]
         failures: list[str] = []
+        for index, tls_case in enumerate(test.tls_cases):
+            deadline = time.monotonic() + 10
+            while True:  # eventually consistent, as upstream
+                problems = conformance.tls_connect(port, tls_case, suite["ca"])
+                if not problems or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            failures.extend(f"{test.gateway}:{test.listener_port} TLS case {index} SNI "
+                            f"{tls_case.server_name}: {p}" for p in problems)
+        for index, backend in enumerate(test.tcp_cases):
+            deadline = time.monotonic() + 10
+            while True:  # eventually consistent, as upstream
+                pod = conformance.tcp_pod(port)
+                if (pod is None if backend is None else
+                        pod is not None and pod.startswith(f"{backend}-")) \
+                        or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            if backend is None and pod is not None:
+                failures.append(f"TCP case {index}: answered by {pod}, expected refused")
+            elif backend is not None and (pod is None or not pod.startswith(f"{backend}-")):
+                failures.append(f"TCP case {index}: answered by {pod}, expected {backend}")
+        if test.tcp_weights:
+            failures.extend(_tcp_weights(port, test.tcp_weights))
         for index, case in enumerate(test.cases):
             # Eventually consistent, as upstream: the Envoy may still be taking its routes.
             deadline = time.monotonic() + 10
@@ -203,6 +279,23 @@ def _mirror_shares(port: int, backends: dict[tuple[str, str], conformance.EchoBa
         if abs(counted - requests * p) > margin:
             problems.append(f"{path}: {counted} of {requests} mirrored, expected "
                             f"{requests * p:.0f} +- {margin:.0f}")
+    return problems
+
+
+def _tcp_weights(port: int, weights: dict[str, float], connections: int = 200) -> list[str]:
+    """Each backend's share of `connections` within 10 points of its weight's (upstream's
+    weight.TestWeightedDistribution, over fewer connections); weight 0: none at all."""
+    counts: dict[str, int] = {}
+    for _ in range(connections):
+        pod = conformance.tcp_pod(port)
+        if pod is None:
+            return ["a connection was refused"]
+        counts[pod] = counts.get(pod, 0) + 1
+    problems = []
+    for backend, share in weights.items():
+        got = counts.get(f"{backend}-pod", 0) / connections
+        if (share == 0 and got) or abs(got - share) > 0.10:
+            problems.append(f"{backend} got {got:.0%}, expected about {share:.0%}")
     return problems
 
 

@@ -584,3 +584,70 @@ def test_a_reload_of_one_route_changes_only_the_route_configuration(tmp_path: Pa
     assert after.get(types.ROUTE) is not before.get(types.ROUTE)
     cold = Translation(load_policy(tmp_path)).snapshot("infra/edge")
     assert after.version == cold.version
+
+
+@pytest.mark.parametrize(("match", "where"), [
+    ("{path: {type: RegularExpression, value: '/(?=a)'}}", "matches[0].path.value"),
+    ("{headers: [{type: RegularExpression, name: x, value: '(a)\\1'}]}",
+     "matches[0].headers[0].value"),
+    ("{queryParams: [{type: RegularExpression, name: q, value: 'a{1001}'}]}",
+     "matches[0].queryParams[0].value"),
+])
+def test_regular_expressions_are_checked_as_envoys_re2_will_see_them(match: str,
+                                                                     where: str) -> None:
+    with pytest.raises(PolicyError) as error:
+        load_policy_text(GATEWAY + route(
+            f"  rules: [{{matches: [{match}], backendRefs: [{{name: web, port: 8080}}]}}]\n"))
+    assert f"HTTPRoute infra/r: spec.rules[0].{where}: not a regular expression Envoy " \
+        "accepts" in str(error.value)
+
+
+def test_a_cors_filter_is_the_rules_cors_policy() -> None:
+    model = load_policy_text(GATEWAY + route("""  rules:
+  - filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://www.foo.com", "https://*.bar.com", "*"]
+        allowMethods: [GET, OPTIONS]
+        allowHeaders: [x-header-1]
+        exposeHeaders: [x-header-3]
+        allowCredentials: true
+        maxAge: 3600
+    backendRefs: [{name: web, port: 8080}]
+"""))
+    (entry,) = vhosts(model)["*"]
+    policy = entry["typed_per_filter_config"]["envoy.filters.http.cors"]
+    assert policy["allow_origin_string_match"] == [
+        {"exact": "https://www.foo.com", "ignore_case": True},
+        {"safe_regex": {"regex": "(?i)https://[^/:]+\\.bar\\.com"}},
+        {"safe_regex": {"regex": "(?i).*"}}]
+    assert (policy["allow_methods"], policy["allow_headers"], policy["expose_headers"],
+            policy["max_age"], policy["allow_credentials"]) == \
+        ("GET,OPTIONS", "x-header-1", "x-header-3", "3600", True)
+    filters = [f["name"] for f in view(model)["listeners"][0]["filter_chains"][0]["filters"][0]
+               ["typed_config"]["http_filters"]]
+    assert "envoy.filters.http.cors" in filters
+    assert status_of(model, "HTTPRoute", "infra/r")["Accepted"] == ("True", "Accepted")
+
+
+def test_retry_is_envoys_retry_policy_on_the_codes_written() -> None:
+    model = load_policy_text(GATEWAY + route("""  rules:
+  - retry: {codes: [500, 503], attempts: 3, backoff: 100ms}
+    backendRefs: [{name: web, port: 8080}]
+  - matches: [{path: {value: /plain}}]
+    retry: {attempts: 2}
+    backendRefs: [{name: web, port: 8080}]
+"""))
+    plain, first = vhosts(model)["*"]
+    policy = first["route"]["retry_policy"]
+    assert (policy["num_retries"], policy["retriable_status_codes"],
+            policy["retry_back_off"]["base_interval"]) == (3, [500, 503], "0.100s")
+    assert set(policy["retry_on"].split(",")) == {"retriable-status-codes", "connect-failure",
+                                                  "reset"}
+    assert plain["route"]["retry_policy"]["num_retries"] == 2
+    assert set(plain["route"]["retry_policy"]["retry_on"].split(",")) == {"connect-failure",
+                                                                         "reset"}
+    with pytest.raises(PolicyError) as error:
+        load_policy_text(GATEWAY + route(
+            "  rules: [{retry: {codes: [200]}, backendRefs: [{name: web, port: 8080}]}]\n"))
+    assert "HTTPRoute infra/r: spec.rules[0].retry.codes[0]:" in str(error.value)

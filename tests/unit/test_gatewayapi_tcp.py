@@ -1,5 +1,6 @@
-"""TCPRoute as an input: a TCP listener proxies every connection to the route's one backend;
-status for what cannot be served. Traffic: `tests/e2e/test_gatewayapi_tcp_traffic.py`."""
+"""TCPRoute as an input: a TCP listener proxies every connection to the route's backend;
+several weighted backends share its connections; status for what cannot be served. Traffic:
+`tests/e2e/test_gatewayapi_tcp_traffic.py`."""
 
 from __future__ import annotations
 
@@ -47,12 +48,15 @@ def test_a_tcp_route_proxies_its_listener_to_its_backend() -> None:
 
 def test_a_listener_serves_the_oldest_tcp_route_only() -> None:
     model = load_policy_text(
-        TCP_GATEWAY + tcp_route("[{name: web, port: 8080}]", name="new",
-                                stamp="2024-01-01T00:00:00Z")
+        TCP_GATEWAY + tcp_route("[{name: web, port: 8080}, {name: nothing, port: 1}]",
+                                name="new", stamp="2024-01-01T00:00:00Z")
         + tcp_route("[{name: web, port: 8080}]", name="old", stamp="2020-01-01T00:00:00Z"))
     assert status_of(model, "TCPRoute", "infra/old")["Accepted"] == ("True", "Accepted")
-    assert status_of(model, "TCPRoute", "infra/new")["Accepted"] == \
-        ("False", "NotAllowedByListeners")
+    assert status_of(model, "TCPRoute", "infra/new")["Accepted"] == ("True", "Accepted")
+    (listener,) = [s for s in model.statuses if s.name == "infra/edge/raw"]
+    assert dict(listener.details)["attachedRoutes"] == "2"  # both attached, the oldest served
+    (chain,) = listeners(model)["infra/edge/5432"]["filter_chains"]
+    assert chain["filters"][0]["typed_config"]["cluster"] == "infra/web:8080:tcp"  # old's
 
 
 def test_a_tcp_route_cannot_attach_to_an_http_listener_nor_an_http_route_to_a_tcp_one() -> None:
@@ -70,11 +74,19 @@ def test_a_missing_backend_leaves_the_listener_unserved_with_its_reason() -> Non
     assert "infra/edge/5432" not in listeners(model)
 
 
-def test_more_than_one_backend_is_not_accepted_yet() -> None:
+def test_weighted_backends_share_the_connections_and_an_invalid_one_keeps_its_share() -> None:
     model = load_policy_text(TCP_GATEWAY + tcp_route(
-        "[{name: web, port: 8080}, {name: web, port: 8080, weight: 2}]"))
-    assert status_of(model, "TCPRoute", "infra/t")["Accepted"] == ("False", "UnsupportedValue")
-    assert "infra/edge/5432" not in listeners(model)
+        "[{name: web, port: 8080, weight: 3}, {name: nothing, port: 1, weight: 1},"
+        " {name: web, port: 8080, weight: 0}]"))
+    assert status_of(model, "TCPRoute", "infra/t") == {
+        "Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")}
+    (chain,) = listeners(model)["infra/edge/5432"]["filter_chains"]
+    proxy = chain["filters"][0]["typed_config"]
+    assert proxy["weighted_clusters"]["clusters"] == [
+        {"name": "infra/web:8080:tcp", "weight": 3},
+        {"name": "unresolved|infra/nothing:1", "weight": 1}]  # never made: its share closed
+    clusters = {c["name"] for c in view(model)["clusters"]}
+    assert "infra/web:8080:tcp" in clusters and not any("nothing" in c for c in clusters)
 
 
 def test_a_service_backend_without_a_port_is_refused() -> None:

@@ -31,8 +31,10 @@ import base64
 import binascii
 import ipaddress
 import re
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -45,7 +47,9 @@ from meshpilot.inputs.native.fields import re2_problem, regex_problem
 from meshpilot.inputs.yamlsource import FieldPath, format_path
 from meshpilot.ir.model import (
     Backend,
+    Backoff,
     Condition,
+    Cors,
     DirectResponse,
     Endpoint,
     Gateway,
@@ -64,13 +68,16 @@ from meshpilot.ir.model import (
     Service,
     StringMatch,
     TlsCertificate,
+    TlsPassthrough,
+    UpstreamTls,
 )
 
 CONTROLLER = "meshpilot.io/gateway-controller"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 _ROUTE_KINDS_BY_PROTOCOL = {"HTTP": ("HTTPRoute", "GRPCRoute"),
-                            "HTTPS": ("HTTPRoute", "GRPCRoute"), "TCP": ("TCPRoute",)}
+                            "HTTPS": ("HTTPRoute", "GRPCRoute"), "TCP": ("TCPRoute",),
+                            "TLS": ("TLSRoute",)}
 _WELL_KNOWN_PORTS = {"http": 80, "https": 443}
 
 
@@ -95,6 +102,10 @@ def compile_gateway_api(parsed: Sequence[ParsedDocument], load: LoadContext,
     backdrop = (tuple(id(o) for o in objects if not o.kind.endswith("Route")),
                 tuple(natives.values()))
     compiler = _Compiler(_World.of(objects), natives, backdrop, contexts)
+    # The native Routes that shape calls to a Service already (its callers' sidecars take one).
+    compiler.native_mesh_routes = {part.service: part.name for document in parsed
+                                   for part in document.parts
+                                   if isinstance(part, Route) and part.service is not None}
     compiler.run()
     return compiler.parts(), compiler.statuses
 
@@ -108,6 +119,8 @@ class _World:
     gateways: list[KubeObject] = field(default_factory=list)
     http_routes: list[KubeObject] = field(default_factory=list)  # and GRPCRoutes
     tcp_routes: list[KubeObject] = field(default_factory=list)
+    tls_routes: list[KubeObject] = field(default_factory=list)
+    backend_tls: list[KubeObject] = field(default_factory=list)
     other_routes: list[KubeObject] = field(default_factory=list)
     grants: dict[str, list[KubeObject]] = field(default_factory=dict)  # by namespace
     services: dict[str, KubeObject] = field(default_factory=dict)  # ns/name
@@ -129,6 +142,10 @@ class _World:
                 world.http_routes.append(obj)
             elif kind == "TCPRoute":
                 world.tcp_routes.append(obj)
+            elif kind == "TLSRoute":
+                world.tls_routes.append(obj)
+            elif kind == "BackendTLSPolicy":
+                world.backend_tls.append(obj)
             elif kind.endswith("Route"):
                 world.other_routes.append(obj)
             elif kind == "ReferenceGrant":
@@ -207,7 +224,7 @@ class _Listener:
     certificates: tuple[TlsCertificate, ...] = ()
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, msg)
     attached: int = 0
-    tcp_service: str | None = None  # TCP: the model Service of the TCPRoute it serves
+    tcp_backends: tuple[Backend, ...] = ()  # TCP: the backends of the TCPRoute it serves
 
     @property
     def valid(self) -> bool:
@@ -239,6 +256,15 @@ _BuiltRule = tuple[int, list[tuple[int, Match]], Rule]
 
 
 @dataclass
+class _Passthrough:
+    """A TLSRoute's hostname on a TLS listener: the oldest route naming it serves it."""
+
+    age: tuple[str, str]
+    route: KubeObject
+    backends: tuple[Backend, ...]
+
+
+@dataclass
 class _Entry:
     """One route entry in the making: a match of an HTTPRoute rule, with its precedence."""
 
@@ -263,6 +289,14 @@ class _Compiler:
         self.params: dict[str, _Params] = {}  # gateway ns/name -> its class's parameters
         # gateway key -> port -> hostname -> entries
         self.entries: dict[str, dict[int, dict[str, list[_Entry]]]] = {}
+        # gateway key -> port -> SNI hostname ("*": any) -> the TLSRoute serving it
+        self.passthrough: dict[str, dict[int, dict[str, _Passthrough]]] = {}
+        # GAMMA: native Service -> the route entries of the routes whose parent it is
+        self.mesh_entries: dict[str, list[tuple[tuple[Any, ...], Rule, KubeObject]]] = {}
+        self.native_mesh_routes: dict[str, str] = {}
+        # (Service ns/name, port name or None: every port) -> the TLS of its connections, or
+        # None: a policy that cannot be applied (its backends answer 5xx, never plaintext)
+        self.backend_tls: dict[tuple[str, str | None], UpstreamTls | None] = {}
 
     def report(self, obj: KubeObject, path: FieldPath, message: str) -> None:
         """An issue that refuses the load, at the value at `path` of `obj`'s document."""
@@ -281,6 +315,7 @@ class _Compiler:
                                           conditions, parent, details))
 
     def run(self) -> None:
+        self._backend_tls_policies()
         classes = self._classes()
         for gateway in self.world.gateways:
             self._gateway(gateway, classes)
@@ -288,10 +323,91 @@ class _Compiler:
             self._http_route(route)
         for route in sorted(self.world.tcp_routes, key=_route_age):
             self._tcp_route(route)
+        for route in sorted(self.world.tls_routes, key=_route_age):
+            self._tls_route(route)
         for route in self.world.other_routes:
             self._unsupported_route(route)
         for gateway in self.world.gateways:
             self._finish_gateway(gateway)
+        self._finish_mesh()
+
+    # ---- BackendTLSPolicy ----
+
+    def _backend_tls_policies(self) -> None:
+        """What each BackendTLSPolicy says of the connections to the Services (or one port of
+        them, `sectionName`: the port's name) it targets, the oldest first: a later policy for
+        the same target is Conflicted. A policy without a usable CA certificate keeps its
+        targets from being sent anything (5xx), never in plaintext."""
+        for policy in sorted(self.world.backend_tls, key=_route_age):
+            spec = policy.spec()
+            validation = spec["validation"]
+            if not validation.get("caCertificateRefs") and \
+                    not validation.get("wellKnownCACertificates"):
+                self.report(policy, ("spec", "validation"), 'one of "caCertificateRefs" and '
+                            '"wellKnownCACertificates" must be given')
+                continue
+            tls, refs = self._policy_tls(policy, validation)
+            targets: list[tuple[str, str | None]] = []
+            conflicted: list[str] = []
+            for ref in spec["targetRefs"]:
+                if ref["group"] != "" or ref["kind"] != "Service":
+                    continue  # not a kind we send to: nothing to apply it to
+                target = (f"{policy.namespace}/{ref['name']}", ref.get("sectionName"))
+                if target in self.backend_tls:
+                    conflicted.append(target[0] + (f" port {target[1]}" if target[1] else ""))
+                else:
+                    targets.append(target)
+            for target in targets:
+                self.backend_tls[target] = tls
+            if conflicted and not targets:
+                accepted = (False, "Conflicted", "an older BackendTLSPolicy targets "
+                            + ", ".join(conflicted))
+            elif tls is None:
+                accepted = (False, "NoValidCACertificate", refs[2])
+            else:
+                accepted = (True, "Accepted", "")
+            self.status(policy, "BackendTLSPolicy", policy.key, ("spec", "targetRefs"),
+                        _conditions(("Accepted", *accepted),
+                                    ("ResolvedRefs", refs[0], refs[1],
+                                     refs[2] if not refs[0] else "")))
+
+    def _policy_tls(self, policy: KubeObject, validation: dict[str, Any],
+                    ) -> tuple[UpstreamTls | None, tuple[bool, str, str]]:
+        """The TLS a policy asks for (None: no valid CA certificate), and its ResolvedRefs."""
+        sans = tuple(("dns" if item["type"] == "Hostname" else "uri",
+                      item["hostname"] if item["type"] == "Hostname" else item["uri"])
+                     for item in validation.get("subjectAltNames") or ())
+        origin = _origin(policy, ("spec", "validation"))
+        if validation.get("wellKnownCACertificates") == "System":
+            bundle, where = _system_ca()
+            if bundle is None:
+                return None, (False, "InvalidCACertificateRef",
+                              "this machine has no system CA bundle to trust")
+            return UpstreamTls(sni=validation["hostname"], ca_path=where, ca=bundle,
+                               origin=origin, subject_alt_names=sans), \
+                (True, "ResolvedRefs", "")
+        pems: list[bytes] = []
+        problem: tuple[str, str] | None = None
+        for index, ref in enumerate(validation["caCertificateRefs"]):
+            key = f"{policy.namespace}/{ref['name']}"
+            if ref["group"] != "" or ref["kind"] != "ConfigMap":
+                problem = problem or ("InvalidKind", f"caCertificateRefs[{index}] "
+                                      f"{ref['group'] or 'core'}/{ref['kind']} is not a "
+                                      "ConfigMap")
+                continue
+            config = self.world.config_maps.get(key)
+            pem = ((config.body.get("data") or {}).get("ca.crt") or "").encode() \
+                if config is not None else b""
+            why = f"no ConfigMap {key}" if config is None else _ca_problem(pem, key)
+            if why is not None:
+                problem = problem or ("InvalidCACertificateRef", why)
+                continue
+            pems.append(pem if pem.endswith(b"\n") else pem + b"\n")
+        resolved = (True, "ResolvedRefs", "") if problem is None else (False, *problem)
+        if not pems:
+            return None, resolved
+        return UpstreamTls(sni=validation["hostname"], ca_path=f"configmap:{policy.key}",
+                           ca=b"".join(pems), origin=origin, subject_alt_names=sans), resolved
 
     # ---- GatewayClass and Gateway ----
 
@@ -376,6 +492,7 @@ class _Compiler:
                             f"port {port} is bound as {socket_port}, as port {first} is"))
         self.listeners[obj.key] = listeners
         self.entries[obj.key] = {}
+        self.passthrough[obj.key] = {}
 
     def _listener(self, gateway: KubeObject, index: int, spec: dict[str, Any]) -> _Listener:
         protocol = spec["protocol"]
@@ -386,6 +503,14 @@ class _Compiler:
                                       f"protocol {protocol} is not supported yet"))
             return listener
         listener.kinds = self._route_kinds(listener)
+        if protocol == "TLS":
+            # The spec's default mode is Terminate; a TLS listener here passes TLS through.
+            if (spec.get("tls") or {}).get("mode", "Terminate") != "Passthrough":
+                listener.problems.append((
+                    "Accepted", "UnsupportedValue",
+                    "TLS listeners pass TLS through (tls.mode Passthrough); Terminate is not "
+                    "supported on them (use an HTTPS listener)"))
+            return listener
         if protocol == "HTTPS":
             tls = spec.get("tls") or {}
             if tls.get("mode", "Terminate") != "Terminate":
@@ -452,9 +577,12 @@ class _Compiler:
         attached: set[int] = set()  # listeners (by id) this route is attached to already
         for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
             path = ("spec", "parentRefs", ref_index)
+            if ref.get("group", GATEWAY_GROUP) == "" and ref.get("kind") == "Service":
+                self._mesh_parent(route, ref, path, rules, resolved, unsupported)
+                continue
             if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
                     ref.get("kind", "Gateway") != "Gateway":
-                continue  # a Service parent (GAMMA) or another kind: not ours (yet)
+                continue  # another kind: not ours
             gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
             parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
             listeners = self.listeners.get(gateway_key)
@@ -476,6 +604,61 @@ class _Compiler:
                 ("Accepted", accepted, reason, message),
                 ("ResolvedRefs", ok_refs, resolved[1], resolved[2] if not ok_refs else "")),
                 parent=parent)
+
+    def _mesh_parent(self, route: KubeObject, ref: dict[str, Any], path: FieldPath,
+                     rules: list[_BuiltRule], resolved: tuple[bool, str, str],
+                     unsupported: str | None) -> None:
+        """GAMMA: a route whose parent is a Service shapes what every sidecar calling that
+        Service sends. The Service is a native one (`NAME` in namespace default, or
+        `NAME.NAMESPACE`): sidecars are native Services (docs/mesh.md). Hostnames are not
+        used (the spec's mesh semantics); `port` and `sectionName` are not checked."""
+        namespace = ref.get("namespace") or route.namespace
+        key = f"{namespace}/{ref['name']}"
+        native = next((n for n in ((ref["name"], f"{ref['name']}.{namespace}")
+                                   if namespace == "default" else (f"{ref['name']}.{namespace}",))
+                       if n in self.natives), None)
+        accepted, reason, message = True, "Accepted", ""
+        if native is None:
+            accepted, reason, message = False, "NoMatchingParent", (
+                f"no native Service {ref['name'] if namespace == 'default' else ''}"
+                f"{' or ' if namespace == 'default' else ''}{ref['name']}.{namespace} (the "
+                "mesh's sidecars are native Services)")
+        elif native in self.native_mesh_routes:
+            accepted, reason, message = False, "UnsupportedValue", (
+                f"the native Route {self.native_mesh_routes[native]} shapes calls to Service "
+                f"{native} already")
+        elif not self.world.permitted(route.kind, route.namespace, "", "Service", namespace,
+                                      ref["name"]) and namespace != route.namespace:
+            accepted, reason, message = False, "NotAllowedByListeners", (
+                f"no ReferenceGrant in {namespace} lets {route.kind}s of {route.namespace} "
+                f"attach to Service {key}")
+        elif unsupported is not None:
+            accepted, reason, message = False, "UnsupportedValue", unsupported
+        if accepted and native is not None:
+            entries = self.mesh_entries.setdefault(native, [])
+            if not any(r is route for _, _, r in entries):  # two parentRefs: attached once
+                age = _route_age(route)
+                for index, matches, built in rules:
+                    for match_index, match in matches:
+                        rank = _grpc_precedence(route, index, match_index) \
+                            if route.kind == "GRPCRoute" else _precedence(match)
+                        entries.append(((*rank, *age, index, match_index),
+                                        _with_match(built, match), route))
+        self.status(route, route.kind, route.key, path, _conditions(
+            ("Accepted", accepted, reason, message),
+            ("ResolvedRefs", resolved[0], resolved[1], resolved[2] if not resolved[0] else "")),
+            parent=key)
+
+    def _finish_mesh(self) -> None:
+        """One model Route per Service that mesh routes name, `mesh/SERVICE`, its rules every
+        route's entries in the spec's precedence (as on a Gateway's hostname)."""
+        for service, entries in sorted(self.mesh_entries.items()):
+            entries.sort(key=lambda e: e[0])
+            first = entries[0][2]
+            self.routes.append(Route(
+                f"mesh/{service}", first.document.position, None,
+                rules=tuple(rule for _, rule, _ in entries), service=service,
+                origin=Origin(first.document.position, first.kind, first.key)))
 
     def _attach(self, route: KubeObject, ref: dict[str, Any], listeners: list[_Listener],
                 hostnames: tuple[str, ...],
@@ -517,27 +700,16 @@ class _Compiler:
         return False
 
     def _tcp_route(self, route: KubeObject) -> None:
-        """A TCPRoute: every connection to the TCP listeners it attaches to goes to its one
-        backend. A listener serves one TCPRoute, the oldest; later ones are not accepted
-        there. No backend that resolves: the listener is not served (connections refused)."""
+        """A TCPRoute: every connection to the TCP listeners it attaches to goes to its
+        backends, shared by weight. A listener serves one TCPRoute, the oldest; later ones are
+        accepted and counted but not served there. No backend that resolves: the listener is
+        not served (connections refused); beside valid ones, an invalid backend's share of
+        connections is closed."""
         spec = route.spec()
-        refs = [(index, b_index, ref) for index, rule in enumerate(spec["rules"])
-                for b_index, ref in enumerate(rule["backendRefs"]) if ref.get("weight", 1) > 0]
-        service: str | None = None
-        resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
-        unsupported: str | None = None
-        if len(refs) > 1:
-            unsupported = "a TCPRoute with more than one backend is not supported yet"
-        elif refs:
-            index, b_index, ref = refs[0]
-            if (ref.get("group") or "") == "" and ref.get("kind", "Service") == "Service" \
-                    and ref.get("port") is None:
-                self.report(route, ("spec", "rules", index, "backendRefs", b_index, "port"),
-                            'missing "port" (a Service backendRef needs one)')
-                return
-            service, why = self._backend(route, ref, protocol="tcp")
-            if service is None:
-                resolved = (False, *why)
+        backends, resolved = self._stream_backends(route)
+        if backends is None:
+            return
+        served = backends if any(b.resolved for b in backends) else ()
         for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
             if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
                     ref.get("kind", "Gateway") != "Gateway":
@@ -548,16 +720,78 @@ class _Compiler:
             if listeners is None:
                 continue
             accepted, reason, message, attach = self._attach(route, ref, listeners, ())
-            if accepted and unsupported is not None:
-                accepted, reason, message = False, "UnsupportedValue", unsupported
-            elif accepted:
-                free = [lst for lst, _ in attach if lst.attached == 0]
-                if not free:
-                    accepted, reason, message = False, "NotAllowedByListeners", \
-                        "every listener it names serves an older TCPRoute already"
-                for listener in free:
+            if accepted:
+                # Every route naming a listener is accepted and counted (attachedRoutes); the
+                # oldest one is served there, as the spec's conformance tests expect.
+                for listener, _ in attach:
+                    if listener.attached == 0:
+                        listener.tcp_backends = served
                     listener.attached += 1
-                    listener.tcp_service = service
+            self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
+                        _conditions(("Accepted", accepted, reason, message),
+                                    ("ResolvedRefs", resolved[0], resolved[1],
+                                     resolved[2] if not resolved[0] else "")), parent=parent)
+
+    def _stream_backends(self, route: KubeObject,
+                         ) -> tuple[tuple[Backend, ...] | None, tuple[bool, str, str]]:
+        """The weighted backends of a TCPRoute's or TLSRoute's rules (all rules together: they
+        have no matches), those that do not resolve marked so, and the route's ResolvedRefs.
+        None: a backendRef the API server would refuse (reported)."""
+        resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
+        backends: list[Backend] = []
+        for index, rule in enumerate(route.spec().get("rules") or ()):
+            for b_index, ref in enumerate(rule.get("backendRefs") or ()):
+                path: FieldPath = ("spec", "rules", index, "backendRefs", b_index)
+                if (ref.get("group") or "") == "" and ref.get("kind", "Service") == "Service" \
+                        and ref.get("port") is None:
+                    self.report(route, (*path, "port"),
+                                'missing "port" (a Service backendRef needs one)')
+                    return None, resolved
+                service, why = self._backend(route, ref, protocol="tcp")
+                if service is None and resolved[0] and why[0]:
+                    resolved = (False, *why)
+                weight = ref.get("weight", 1)
+                if weight > 0:
+                    backends.append(Backend(service or _ref_text(route, ref), None, weight,
+                                            _origin(route, path), resolved=service is not None))
+        return tuple(backends), resolved
+
+    def _tls_route(self, route: KubeObject) -> None:
+        """A TLSRoute: TLS connections to the TLS (Passthrough) listeners it attaches to whose
+        SNI is one of its hostnames (intersected with the listener's) go, still encrypted, to
+        its backends by weight. A hostname two routes name is served by the older one. No
+        backend that resolves: those connections are closed, as the spec asks."""
+        spec = route.spec()
+        hostnames = tuple(spec.get("hostnames") or ())
+        backends, resolved = self._stream_backends(route)
+        if backends is None:
+            return
+        # Every weight 0: no backend to send to, its connections are closed (a cluster that is
+        # never made).
+        served = backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
+        attached: set[int] = set()
+        for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
+            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
+                    ref.get("kind", "Gateway") != "Gateway":
+                continue
+            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
+            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
+            listeners = self.listeners.get(gateway_key)
+            if listeners is None:
+                continue
+            accepted, reason, message, attach = self._attach(route, ref, listeners, hostnames)
+            if accepted:
+                for listener, effective in attach:
+                    if id(listener) in attached:
+                        continue
+                    attached.add(id(listener))
+                    listener.attached += 1
+                    if not listener.valid:
+                        continue
+                    by_host = self.passthrough[gateway_key].setdefault(listener.port, {})
+                    for hostname in effective:  # routes come oldest first: the first keeps it
+                        by_host.setdefault(hostname, _Passthrough(_route_age(route), route,
+                                                                  served))
             self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
                         _conditions(("Accepted", accepted, reason, message),
                                     ("ResolvedRefs", resolved[0], resolved[1],
@@ -621,12 +855,34 @@ class _Compiler:
                        for i, m in enumerate(written or [{}])]
             if route.kind == "GRPCRoute":
                 self._check_grpc_matches(route, index, written or ())
+            else:
+                self._check_http_matches(route, index, written or ())
             built, problem, unsupported_here = self._rule(route, index, rule, matches)
             if problem is not None and resolved[0]:
                 resolved = (False, problem[0], problem[1])
             unsupported = unsupported or unsupported_here
             result.append((index, matches, built))
         return result, resolved, unsupported
+
+    def _check_http_matches(self, route: KubeObject, index: int,
+                            written: Sequence[dict[str, Any]]) -> None:
+        """Each RegularExpression of an HTTPRoute match (path, header, query parameter) as
+        Envoy's RE2 will compile it, like a native regex: one Envoy would refuse (a lookahead,
+        a backreference, too large a program) is reported at its place instead of NACKed."""
+        for i, item in enumerate(written):
+            path: FieldPath = ("spec", "rules", index, "matches", i)
+            values: list[tuple[FieldPath, str]] = []
+            if (item.get("path") or {}).get("type") == "RegularExpression":
+                values.append(((*path, "path", "value"), item["path"].get("value", "/")))
+            for member in ("headers", "queryParams"):
+                for j, entry in enumerate(item.get(member) or ()):
+                    if entry.get("type") == "RegularExpression":
+                        values.append(((*path, member, j, "value"), entry["value"]))
+            for where, value in values:
+                problem = regex_problem(value)
+                if problem is not None:
+                    self.report(route, where, f"not a regular expression Envoy accepts: "
+                                              f"{problem}")
 
     def _check_grpc_matches(self, route: KubeObject, index: int,
                             written: Sequence[dict[str, Any]]) -> None:
@@ -670,6 +926,7 @@ class _Compiler:
         mirrors: list[Mirror] = []
         problem: tuple[str, str] | None = None
         unsupported: str | None = None
+        cors: Cors | None = None
         prefix = _only_prefix(matches)
         for f_index, item in enumerate(rule.get("filters") or ()):
             kind = item["type"]
@@ -694,10 +951,12 @@ class _Compiler:
                     rewrite_host = settings.get("hostname")
                     if modifier is not None:
                         rewrite_path = _path_rewrite(modifier, prefix, here)
+            elif kind == "CORS" and route.kind == "HTTPRoute":
+                cors = _cors(settings, here)
             elif kind == "RequestMirror":
                 target, why = self._backend(route, settings["backendRef"])
                 if target is None:
-                    problem = problem or why
+                    problem = problem or (why if why[0] else None)
                 else:
                     mirrors.append(Mirror(target, None, _mirror_percentage(settings), here))
             else:
@@ -714,7 +973,7 @@ class _Compiler:
             target, why = self._backend(route, ref,
                                         protocol="grpc" if route.kind == "GRPCRoute" else None)
             if target is None:
-                problem = problem or why
+                problem = problem or (why if why[0] else None)
                 if ref.get("weight", 1) > 0:
                     backends.append(Backend(_ref_text(route, ref), None, ref.get("weight", 1),
                                             origin, resolved=False))
@@ -743,6 +1002,20 @@ class _Compiler:
             # Each try of the backend within the whole request's time: Envoy's per-try timeout
             # (which holds for the first try too), with no retries.
             retries = Retries(0, per_try_timeout=backend_timeout)
+        retry = rule.get("retry")
+        if retry is not None:
+            # attempts: retries after the first try (Envoy's num_retries; the spec's default
+            # is left to implementations: one); codes: the statuses retried, beside connection
+            # failures; backoff: Envoy's base interval.
+            codes = tuple(dict.fromkeys(retry.get("codes") or ()))
+            backoff = _duration(retry.get("backoff"))
+            retries = Retries(
+                retry.get("attempts", 1),
+                on=("retriable-status-codes", "connect-failure", "reset") if codes
+                else ("connect-failure", "reset"),
+                per_try_timeout=retries.per_try_timeout if retries else None,
+                backoff=Backoff(backoff) if backoff else None, retriable_status_codes=codes,
+                origin=_origin(route, (*path, "retry")))
         direct: DirectResponse | None = None
         if redirect is None and not any(b.resolved for b in backends):
             # No backend (none written, none valid, every weight 0): the spec's 500. With some
@@ -753,7 +1026,7 @@ class _Compiler:
                      redirect=redirect, direct_response=direct, rewrite_path=rewrite_path,
                      rewrite_host=rewrite_host, request_headers=request,
                      response_headers=response, timeout=timeout, retries=retries,
-                     mirrors=tuple(mirrors), origin=origin)
+                     mirrors=tuple(mirrors), origin=origin, cors=cors)
         return built, problem, unsupported
 
     def _redirect(self, settings: dict[str, Any], prefix: str | None,
@@ -796,6 +1069,11 @@ class _Compiler:
             made = self._kube_service(service, port, protocol)
             if made is None:
                 return None, ("BackendNotFound", f"Service {key} has no port {port}")
+            if made is _NO_VALID_TLS:
+                # Resolved, but its BackendTLSPolicy has no valid CA certificate (the policy's
+                # status says so): never sent to in plaintext, its share answered 500.
+                return None, ("", f"Service {key} port {port}: its BackendTLSPolicy has no "
+                                  "valid CA certificate")
             return made, ("", "")
         for native in ((name, f"{name}.{namespace}") if namespace == "default"
                        else (f"{name}.{namespace}",)):
@@ -812,6 +1090,12 @@ class _Compiler:
             return None
         h2c = service_port.get("appProtocol") in ("kubernetes.io/h2c", "h2c")
         protocol = kind or ("http2" if h2c else "http")
+        port_name = service_port.get("name", "")
+        policy_key = next((k for k in ((obj.key, port_name), (obj.key, None))
+                           if k in self.backend_tls), None)
+        tls = self.backend_tls[policy_key] if policy_key is not None and kind != "tcp" else None
+        if policy_key is not None and kind != "tcp" and tls is None:
+            return _NO_VALID_TLS
         # A port a GRPCRoute uses is a cluster of its own (":grpc") unless it says h2c, so an
         # HTTPRoute to the same port keeps speaking HTTP/1.1 to it; a TCPRoute's, ":tcp".
         suffix = {"grpc": "" if h2c else ":grpc", "tcp": ":tcp"}.get(kind or "", "")
@@ -824,7 +1108,6 @@ class _Compiler:
             endpoints.append(Endpoint(spec["externalName"], port or 80, origin=origin))
         else:
             target = service_port.get("targetPort", service_port["port"])
-            port_name = service_port.get("name", "")
             for endpoint_slice in self.world.slices.get(obj.key, ()):
                 number = _slice_port(endpoint_slice.body, port_name, target)
                 if number is None:
@@ -837,7 +1120,7 @@ class _Compiler:
                                                   origin=origin))
         unique = tuple(dict.fromkeys(sorted(endpoints, key=lambda e: (e.host, e.port))))
         self.services[name] = Service(name, obj.document.position, protocol=protocol,
-                                      endpoints=unique, origin=origin)
+                                      endpoints=unique, origin=origin, tls=tls)
         return name
 
     def _add_entries(self, gateway_key: str, listener: _Listener, hostnames: list[str],
@@ -886,10 +1169,23 @@ class _Compiler:
         for port in sorted({lst.port for lst in valid}):
             on_port = [lst for lst in valid if lst.port == port]
             if on_port[0].protocol == "TCP":
-                if on_port[0].tcp_service is not None:  # else nothing to serve: refused
+                if on_port[0].tcp_backends:  # else nothing to serve: refused
                     model_listeners.append(GatewayListener(
                         str(port), params.ports.get(port, port), params.address,
-                        protocol="tcp", service=on_port[0].tcp_service,
+                        protocol="tcp", backends=on_port[0].tcp_backends,
+                        origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
+                                      obj.key, f"spec.listeners[{on_port[0].index}]")))
+                continue
+            if on_port[0].protocol == "TLS":
+                sni = self.passthrough[obj.key].get(port, {})
+                if sni:  # else nothing to serve: connections refused
+                    model_listeners.append(GatewayListener(
+                        str(port), params.ports.get(port, port), params.address,
+                        protocol="tcp", passthrough=tuple(
+                            TlsPassthrough(() if hostname == "*" else (hostname,),
+                                           entry.backends,
+                                           origin=_origin(entry.route, ("spec",)))
+                            for hostname, entry in sorted(sni.items())),
                         origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
                                       obj.key, f"spec.listeners[{on_port[0].index}]")))
                 continue
@@ -924,6 +1220,30 @@ class _Compiler:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+# What `_kube_service` gives for a port whose BackendTLSPolicy cannot be applied.
+_NO_VALID_TLS = "\x00no valid BackendTLSPolicy"
+
+
+def _ca_problem(pem: bytes, key: str) -> str | None:
+    """Why a ConfigMap's `ca.crt` is no CA certificate bundle, or None."""
+    if not pem.strip():
+        return f"ConfigMap {key} has no ca.crt"
+    try:
+        x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        return f"ConfigMap {key}: ca.crt holds no PEM certificate"
+    return None
+
+
+def _system_ca() -> tuple[bytes | None, str]:
+    """The CA bundle this machine trusts (OpenSSL's default file), for
+    `wellKnownCACertificates: System`: Envoy trusts only what it is given."""
+    where = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
+    try:
+        return Path(where).read_bytes(), where
+    except OSError:
+        return None, where
 
 
 def _kept(route: Route, previous: dict[str, Any]) -> Route:
@@ -1146,7 +1466,17 @@ def _for_listener(rule: Rule, match: Match, listener: _Listener) -> Rule:
                 direct_response=rule.direct_response, rewrite_path=rule.rewrite_path,
                 rewrite_host=rule.rewrite_host, request_headers=rule.request_headers,
                 response_headers=rule.response_headers, timeout=rule.timeout,
-                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin)
+                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors)
+
+
+def _with_match(rule: Rule, match: Match) -> Rule:
+    """The rule for one of its matches, off any listener (a mesh route's: a redirect keeps
+    the request's port and scheme unless it says them)."""
+    return Rule(rule.position, matches=(match,), backends=rule.backends, redirect=rule.redirect,
+                direct_response=rule.direct_response, rewrite_path=rule.rewrite_path,
+                rewrite_host=rule.rewrite_host, request_headers=rule.request_headers,
+                response_headers=rule.response_headers, timeout=rule.timeout,
+                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors)
 
 
 def _replace_redirect(redirect: Redirect, port: int, scheme: str) -> Redirect:
@@ -1159,6 +1489,27 @@ def _replace_redirect(redirect: Redirect, port: int, scheme: str) -> Redirect:
                     path=redirect.path, prefix=redirect.prefix, status=redirect.status,
                     origin=redirect.origin, port_from="scheme" if default else "request",
                     regex=redirect.regex, substitution=redirect.substitution)
+
+
+def _cors(settings: dict[str, Any], origin: Origin) -> Cors:
+    """The CORS filter's settings as the native policy's: an origin with `*` (the whole origin,
+    or a host's leading labels) is a regex, others exact; `*` methods and headers stay `*`
+    (Envoy answers a preflight with what it asks for)."""
+    origins: list[StringMatch] = []
+    for written in settings.get("allowOrigins") or ():
+        if written == "*":
+            origins.append(StringMatch("regex", ".*"))
+        elif "*" in written:
+            scheme, _, rest = written.partition("://")
+            pattern = re.escape(rest).replace(r"\*", r"[^/:]+")
+            origins.append(StringMatch("regex", f"{re.escape(scheme)}://{pattern}"))
+        else:
+            origins.append(StringMatch("exact", written))
+    return Cors(tuple(origins), allow_methods=tuple(settings.get("allowMethods") or ()),
+                allow_headers=tuple(settings.get("allowHeaders") or ()),
+                expose_headers=tuple(settings.get("exposeHeaders") or ()),
+                max_age=float(settings.get("maxAge", 5)),
+                allow_credentials=settings.get("allowCredentials"), origin=origin)
 
 
 def _header_ops(settings: dict[str, Any]) -> HeaderOps:

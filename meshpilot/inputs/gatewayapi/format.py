@@ -1,8 +1,10 @@
 """Gateway API as input formats: one `InputFormat` per apiVersion it reads, one compile step.
 
-    gateway.networking.k8s.io/v1        GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant
+    gateway.networking.k8s.io/v1        GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant,
+                                        TLSRoute, BackendTLSPolicy
     gateway.networking.k8s.io/v1beta1   the same (v1beta1 is still served upstream)
     gateway.networking.k8s.io/v1alpha2  TLSRoute, TCPRoute, UDPRoute, GRPCRoute, ReferenceGrant
+    gateway.networking.k8s.io/v1alpha3  TLSRoute, BackendTLSPolicy
     v1                                  Service, Secret, Namespace, ConfigMap
     discovery.k8s.io/v1                 EndpointSlice
 
@@ -41,11 +43,14 @@ def _format(api_version: str, *kind_names: str) -> KubernetesFormat:
 
 
 _GATEWAY_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "ReferenceGrant")
-GATEWAY_V1 = _format(f"{kinds.GATEWAY_GROUP}/v1", *_GATEWAY_KINDS)
+GATEWAY_V1 = _format(f"{kinds.GATEWAY_GROUP}/v1", *_GATEWAY_KINDS, "TLSRoute",
+                     "BackendTLSPolicy")
 GATEWAY_V1BETA1 = _format(f"{kinds.GATEWAY_GROUP}/v1beta1", *_GATEWAY_KINDS)
 GATEWAY_V1ALPHA2 = _format(f"{kinds.GATEWAY_GROUP}/v1alpha2", "TLSRoute", "TCPRoute", "UDPRoute",
                            "GRPCRoute", "ReferenceGrant")
+GATEWAY_V1ALPHA3 = _format(f"{kinds.GATEWAY_GROUP}/v1alpha3", "TLSRoute", "BackendTLSPolicy")
 CORE_V1 = _format("v1", "Service", "Secret", "Namespace", "ConfigMap")
 DISCOVERY_V1 = _format("discovery.k8s.io/v1", "EndpointSlice")
 
-FORMATS = (GATEWAY_V1, GATEWAY_V1BETA1, GATEWAY_V1ALPHA2, CORE_V1, DISCOVERY_V1)
+FORMATS = (GATEWAY_V1, GATEWAY_V1BETA1, GATEWAY_V1ALPHA2, GATEWAY_V1ALPHA3, CORE_V1,
+           DISCOVERY_V1)

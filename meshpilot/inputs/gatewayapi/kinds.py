@@ -1,11 +1,12 @@
 """The Kubernetes kinds this format reads, their schemas, and their one parser.
 
 Gateway API (`gateway.networking.k8s.io`): GatewayClass, Gateway, HTTPRoute, GRPCRoute,
-TCPRoute, ReferenceGrant; the route kinds not compiled yet (TLSRoute, UDPRoute) are read so that
-status can say they are not accepted. Core: Service, Secret, Namespace, ConfigMap (a
-GatewayClass's parameters); `discovery.k8s.io` EndpointSlice. The schemas follow the upstream
-CRDs and core APIs (the keys, their types, required members, enums, the patterns of names and
-hostnames); anything a well-shaped document means across documents is `compile.py`'s.
+TCPRoute, TLSRoute, ReferenceGrant, BackendTLSPolicy; UDPRoute, not compiled yet, is read so that
+status can say it is not accepted. Core: Service, Secret, Namespace, ConfigMap (a GatewayClass's
+parameters, a BackendTLSPolicy's CA certificates); `discovery.k8s.io` EndpointSlice. The schemas
+follow the upstream CRDs and core APIs (the keys, their types, required members, enums, the
+patterns of names and hostnames); anything a well-shaped document means across documents is
+`compile.py`'s.
 
 Each document becomes one `KubeObject`, a `FormatPart`: the document as written, checked.
 """
@@ -129,6 +130,18 @@ PATH_MODIFIER = Obj({
     "replaceFullPath": PATH_VALUE, "replacePrefixMatch": PATH_VALUE,
 }, required=("type",), requires={"ReplaceFullPath": ("replaceFullPath", "the new path"),
                                  "ReplacePrefixMatch": ("replacePrefixMatch", "the new prefix")})
+CORS = Obj({
+    "allowOrigins": ListOf(Str(r"\*|(http|https)://(\*|(\*\.)?[A-Za-z0-9.-]+)(:[0-9]{1,5})?|null",
+                               253, 'an origin ("https://www.example.com", '
+                               '"https://*.example.com" or "*")'), 64),
+    "allowMethods": ListOf(Enum((*METHODS, "*")), 10),
+    "allowHeaders": ListOf(Str(r"\*|[A-Za-z0-9!#$%&'*+\-.^_`|~]+", 256, "a header name or *"),
+                           64),
+    "exposeHeaders": ListOf(Str(r"\*|[A-Za-z0-9!#$%&'*+\-.^_`|~]+", 256,
+                                "a header name or *"), 64),
+    "allowCredentials": Bool(),
+    "maxAge": Int(1),
+})
 FILTER_TYPES = ("RequestHeaderModifier", "ResponseHeaderModifier", "RequestMirror",
                 "RequestRedirect", "URLRewrite", "ExtensionRef", "CORS", "ExternalAuth")
 FILTER_MEMBERS = {"RequestHeaderModifier": "requestHeaderModifier",
@@ -150,7 +163,7 @@ HTTP_FILTER = Obj({
         "port": PORT, "statusCode": Int(301, 308),
     }),
     "urlRewrite": Obj({"hostname": HOSTNAME, "path": PATH_MODIFIER}),
-    "extensionRef": Anything(), "cors": Anything(), "externalAuth": Anything(),
+    "extensionRef": Anything(), "cors": CORS, "externalAuth": Anything(),
 }, required=("type",), requires={kind: (member, f"the {kind} settings")
                                  for kind, member in FILTER_MEMBERS.items()})
 MATCH_VALUE = Obj({"type": Enum(("Exact", "RegularExpression")), "name": HEADER_NAME,
@@ -172,7 +185,9 @@ HTTP_RULE = Obj({
     "filters": ListOf(HTTP_FILTER, 16),
     "backendRefs": ListOf(HTTP_BACKEND_REF, 16),
     "timeouts": Obj({"request": DURATION, "backendRequest": DURATION}),
-    "retry": Anything(), "sessionPersistence": Anything(),
+    "retry": Obj({"codes": ListOf(Int(400, 599), 32), "attempts": Int(0),
+                  "backoff": DURATION}),
+    "sessionPersistence": Anything(),
 })
 HTTP_ROUTE = _document(Obj({
     "parentRefs": ListOf(PARENT_REF, 32),
@@ -217,7 +232,35 @@ TCP_ROUTE = _document(Obj({
             "port": PORT, "weight": Int(0, 1_000_000)}, required=("name",)), 16),
     }, required=("backendRefs",)), 16),
 }, required=("rules",)))
-ROUTE_KINDS_NOT_COMPILED = ("TLSRoute", "UDPRoute")
+TLS_ROUTE = _document(Obj({
+    "parentRefs": ListOf(PARENT_REF, 32),
+    "hostnames": ListOf(HOSTNAME, 1024),
+    "rules": ListOf(Obj({
+        "name": SECTION_NAME,
+        "backendRefs": ListOf(Obj({
+            "group": GROUP, "kind": KIND, "name": SUBDOMAIN, "namespace": NAMESPACE,
+            "port": PORT, "weight": Int(0, 1_000_000)}, required=("name",)), 16),
+    }, required=("backendRefs",)), 16),
+}, required=("rules",)))
+BACKEND_TLS_POLICY = _document(Obj({
+    "targetRefs": ListOf(Obj({"group": GROUP, "kind": KIND, "name": SUBDOMAIN,
+                              "sectionName": SECTION_NAME},
+                             required=("group", "kind", "name")), 16),
+    "validation": Obj({
+        "caCertificateRefs": ListOf(Obj({"group": GROUP, "kind": KIND, "name": SUBDOMAIN},
+                                        required=("group", "kind", "name")), 8),
+        "wellKnownCACertificates": Enum(("System",)),
+        "hostname": Str(rf"{_LABEL}(\.{_LABEL})*", 253,
+                        "a hostname (lower case, no wildcard, no port or IP)"),
+        "subjectAltNames": ListOf(Obj({
+            "type": Enum(("Hostname", "URI")), "hostname": HOSTNAME,
+            "uri": Str(r"[A-Za-z][A-Za-z0-9+.-]*:\S+", 253, "an absolute URI"),
+        }, required=("type",), requires={"Hostname": ("hostname", "the hostname"),
+                                         "URI": ("uri", "the URI")}), 5),
+    }, required=("hostname",), one_of=("caCertificateRefs", "wellKnownCACertificates")),
+    "options": StrMap(),
+}, required=("targetRefs", "validation")))
+ROUTE_KINDS_NOT_COMPILED = ("UDPRoute",)
 OTHER_ROUTE = _document(Obj({"parentRefs": ListOf(PARENT_REF, 32), "hostnames": Anything(),
                              "rules": Anything()}))
 
@@ -283,7 +326,8 @@ ENDPOINT_SLICE = _document(None, extra={
 
 SCHEMAS: dict[str, Obj] = {
     "GatewayClass": GATEWAY_CLASS, "Gateway": GATEWAY, "HTTPRoute": HTTP_ROUTE,
-    "GRPCRoute": GRPC_ROUTE, "TCPRoute": TCP_ROUTE,
+    "GRPCRoute": GRPC_ROUTE, "TCPRoute": TCP_ROUTE, "TLSRoute": TLS_ROUTE,
+    "BackendTLSPolicy": BACKEND_TLS_POLICY,
     "ReferenceGrant": REFERENCE_GRANT, "Service": SERVICE, "Secret": SECRET,
     "Namespace": NAMESPACE_DOC, "ConfigMap": CONFIG_MAP, "EndpointSlice": ENDPOINT_SLICE,
     **{kind: OTHER_ROUTE for kind in ROUTE_KINDS_NOT_COMPILED},

@@ -1,0 +1,55 @@
+"""The conformance report the e2e conformance test writes: each upstream test counted in the
+profile its features say, core or extended, failures said, features claimed only by tests that
+passed."""
+
+from __future__ import annotations
+
+import gatewayapi_conformance as conformance
+
+
+def _profiles(results: dict[str, str]) -> dict[str, dict]:
+    report = conformance.conformance_report(results, "test", "2026-01-01T00:00:00Z")
+    assert report["kind"] == "ConformanceReport"
+    return {p["name"]: p for p in report["profiles"]}
+
+
+def test_every_transcribed_test_has_its_features() -> None:
+    assert set(conformance.FEATURES) == set(conformance.CASES)
+
+
+def test_tests_count_in_their_profile_core_or_extended() -> None:
+    profiles = _profiles({name: "PASS" for name in conformance.CASES})
+    http, tls = profiles["GATEWAY-HTTP"], profiles["GATEWAY-TLS"]
+    assert http["core"]["tests"]["HTTPRouteSimpleSameNamespace"] == "Passed"
+    assert "HTTPRouteMethodMatching" in http["extended"]["tests"]
+    assert "BackendTLSPolicySANValidation" in http["extended"]["tests"]
+    assert {"BackendTLSPolicy", "BackendTLSPolicySANValidation", "HTTPRouteMethodMatching"} <= \
+        set(http["extended"]["supportedFeatures"])
+    assert tls["core"]["tests"]["TLSRouteSimpleSameNamespace"] == "Passed"
+    assert tls["core"]["statistics"]["Failed"] == 0
+    # It needs both HTTPRoute and TLSRoute: it counts in neither profile.
+    assert all("HTTPRouteDisallowedKind" not in p.get(k, {}).get("tests", {})
+               for p in profiles.values() for k in ("core", "extended"))
+    assert profiles["MESH-HTTP"]["core"]["result"] == "skipped"
+
+
+def test_a_failure_is_said_and_its_feature_is_not_claimed() -> None:
+    results = {name: "PASS" for name in conformance.CASES}
+    results["HTTPRouteQueryParamMatching"] = "FAIL (2)"
+    results["HTTPRouteMatching"] = "FAIL (1)"
+    http = _profiles(results)["GATEWAY-HTTP"]
+    assert http["extended"]["result"] == "failure"
+    assert http["extended"]["failedTests"] == ["HTTPRouteQueryParamMatching"]
+    assert "HTTPRouteQueryParamMatching" not in http["extended"]["supportedFeatures"]
+    assert http["core"]["result"] == "failure"
+    assert http["core"]["statistics"]["Failed"] == 1
+
+
+def test_a_feature_said_unsupported_is_never_claimed() -> None:
+    http = _profiles({name: "PASS" for name in conformance.CASES})["GATEWAY-HTTP"]
+    assert "HTTPRouteDestinationPortMatching" in http["extended"]["unsupportedFeatures"]
+    assert not set(http["extended"]["supportedFeatures"]) & \
+        set(http["extended"]["unsupportedFeatures"])
+    tls = _profiles({name: "PASS" for name in conformance.CASES})["GATEWAY-TLS"]
+    assert tls["extended"]["unsupportedFeatures"] == ["TLSRouteModeMixed",
+                                                      "TLSRouteModeTerminate"]
