@@ -24,6 +24,7 @@ from meshpilot.discovery.http_api import REGISTRATION_PATHS, add_registration_ro
 from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.discovery.shared import SharedRegistrations
 from meshpilot.runtime.admin_guard import Access, GuardSettings, guard
+from meshpilot.runtime.dashboard import PAGE_PATHS, DashboardSources, add_dashboard_routes
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.render import snapshot_to_dict
 from meshpilot.xds.snapshot import Snapshot
@@ -71,6 +72,7 @@ class AdminSources:
 ACCESS: dict[str, Access] = {
     "/healthz": Access.OPEN, "/readyz": Access.OPEN, "/metrics": Access.OPEN,
     **{path: Access.REGISTRATION for path in REGISTRATION_PATHS},
+    **{path: Access.PAGE for path in PAGE_PATHS},  # the dashboard's page: no data in it
 }
 
 
@@ -211,5 +213,23 @@ def make_app(sources: AdminSources) -> web.Application:
     app = web.Application(middlewares=[guard(GuardSettings(
         tokens=sources.tokens, address=lambda: sources.addresses()["admin_address"],
         hosts=sources.admin_hosts, access=ACCESS))])
+
+    # The web dashboard (runtime/dashboard.py): its page, and what it shows, for operators.
+    async def fleet() -> dict[str, Any]:
+        if sources.fleet is not None:
+            return await sources.fleet()
+        return {"proxies": sources.proxies.describe()}
+
+    add_dashboard_routes(routes, app, DashboardSources(
+        proxies=fleet,
+        status=lambda: {"policy": sources.policy_status(),
+                        "views": {v: (s.version if (s := cache.get(v)) else None)
+                                  for v in cache.all_views()},
+                        **sources.addresses(), **sources.status_extra(),
+                        **(sources.replica() if sources.replica is not None else {})},
+        snapshots=lambda: [s for v in cache.all_views() if (s := cache.get(v)) is not None],
+        # Filled by the rollout work (runtime/rollout*) when it lands; until then None.
+        rollouts=getattr(sources, "rollouts", None),
+        request_rates=getattr(sources, "request_rates", None)))
     app.add_routes(routes)
     return app

@@ -1,0 +1,200 @@
+"""The web dashboard on the admin port: one page, its script and its style sheet (package data
+in `dashboard_assets/`, nothing from the network), and what the page shows, as one JSON
+document (`/debug/dashboard`) and as a stream of it (`/debug/dashboard/events`, server-sent
+events: a new document whenever anything in it changed).
+
+What it shows: the fleet (each Envoy, its view, sync state per type, its last rejection and
+the policy line of what it refused), the policy's load (errors at file:line), the newest edits
+and their convergence, rollouts in progress, the service graph (each view, its Envoys and the
+upstream clusters its snapshot names) and the Envoys' request rates, the last two when the
+process has a source for them.
+
+Security (docs/security.md, "The dashboard"): the page and its assets are `Access.PAGE` (Host-
+and Origin-checked, no token, no data of the fleet in them); the data routes are operator
+routes like every other, so the page asks for the operator token, keeps it in the tab's
+`sessionStorage` and sends it as `Authorization: Bearer` on its own fetches. No cookie is ever
+accepted, so no other site can make a browser send a credential (no CSRF), and the page's
+Content-Security-Policy lets only meshpilot's own script run and talk only to meshpilot.
+
+This module reads the process only through `DashboardSources` (admin.py builds it from
+`AdminSources`); it must not import admin.py or the application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from meshpilot.base import types
+from meshpilot.xds.snapshot import Snapshot
+
+# The page's routes (admin_guard.Access.PAGE): static, the same for every caller.
+PAGE_PATHS = ("/", "/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css")
+DATA_PATH = "/debug/dashboard"
+EVENTS_PATH = "/debug/dashboard/events"
+
+_ASSETS = {"dashboard.html": "text/html", "dashboard.js": "text/javascript",
+           "dashboard.css": "text/css"}
+# Only meshpilot's own script and style, talking only to meshpilot; never framed.
+CONTENT_SECURITY_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; "
+                           "connect-src 'self'; img-src 'self'; base-uri 'none'; "
+                           "form-action 'none'; frame-ancestors 'none'")
+_PAGE_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY,
+                 "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+                 "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
+
+POLL_SECONDS = 0.5  # how often an open event stream looks for a change
+KEEPALIVE_SECONDS = 15.0  # a comment line on a quiet stream, so proxies keep it open
+MAX_STREAMS = 32  # open event streams at once; more are refused (503)
+
+
+@dataclass(frozen=True)
+class DashboardSources:
+    """What the dashboard reads; admin.py builds it from AdminSources."""
+
+    proxies: Callable[[], Awaitable[dict[str, Any]]]  # {"proxies": [...], ...} as /debug/proxies
+    status: Callable[[], dict[str, Any]]  # /debug/status's document
+    snapshots: Callable[[], Iterable[Snapshot]]  # every view's newest built snapshot
+    # Staged rollouts and the Envoys' request rates (runtime/rollout*); None: no source.
+    rollouts: Callable[[], list[dict[str, Any]]] | None = None
+    request_rates: Callable[[], list[dict[str, Any]]] | None = None
+
+
+def asset(name: str) -> bytes:
+    return resources.files("meshpilot.runtime").joinpath("dashboard_assets", name).read_bytes()
+
+
+def service_graph(snapshots: Iterable[Snapshot], proxies: list[dict[str, Any]],
+                  rates: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Which view (and which of its Envoys) calls which upstream cluster: a view's snapshot
+    names the clusters its Envoys may send to. With request rates, each edge and each view
+    carries the Envoys' requests and errors per second (summed over the view's Envoys)."""
+    envoys: dict[str, list[str]] = {}
+    for proxy in proxies:
+        if proxy.get("view"):
+            envoys.setdefault(str(proxy["view"]), []).append(str(proxy.get("node_id", "")))
+    edge_rates: dict[tuple[str, str], list[float]] = {}
+    for rate in rates or ():
+        key = (str(rate.get("view", "")), str(rate.get("cluster", "")))
+        total = edge_rates.setdefault(key, [0.0, 0.0])
+        total[0] += float(rate.get("rq_per_s") or 0.0)
+        total[1] += float(rate.get("err_per_s") or 0.0)
+
+    def rated(view: str, cluster: str) -> dict[str, float | None]:
+        found = edge_rates.get((view, cluster))
+        return {"rq_per_s": found[0] if found else None,
+                "err_per_s": found[1] if found else None}
+
+    views, edges, clusters = [], [], set()
+    for snapshot in sorted(snapshots, key=lambda s: s.view):
+        names = list(snapshot.get(types.CLUSTER))
+        clusters.update(names)
+        views.append({"view": snapshot.view, "envoys": sorted(envoys.get(snapshot.view, [])),
+                      "clusters": len(names), **rated(snapshot.view, "")})
+        edges.extend({"view": snapshot.view, "cluster": name, **rated(snapshot.view, name)}
+                     for name in names)
+    return {"views": views, "clusters": sorted(clusters), "edges": edges}
+
+
+async def dashboard_state(sources: DashboardSources) -> dict[str, Any]:
+    """Everything the page shows, as JSON. Deterministic for one state of the process (no
+    clock of its own), so the event stream can tell a change by comparing documents."""
+    fleet = await sources.proxies()
+    proxies = list(fleet.get("proxies", []))
+    status = sources.status()
+    rollouts = sources.rollouts() if sources.rollouts is not None else None
+    rates = sources.request_rates() if sources.request_rates is not None else None
+    return {
+        "proxies": proxies,
+        "fleet_error": fleet.get("store_error"),
+        "replicas": fleet.get("replicas"),
+        "policy": status.get("policy"),
+        "views": status.get("views"),
+        "edits": status.get("edits"),
+        "prepush": status.get("prepush"),
+        "replica": status.get("replica"),
+        "admin_address": status.get("admin_address"),
+        "rollouts": rollouts,
+        "request_rates": rates,
+        "graph": service_graph(sources.snapshots(), proxies, rates),
+    }
+
+
+def _compact(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def add_dashboard_routes(routes: web.RouteTableDef, app: web.Application,
+                         sources: DashboardSources) -> None:
+    """The page, its assets, the state and its event stream. `app` is told to end open
+    streams when it shuts down, so a browser left open never holds up a stop."""
+    stopping = asyncio.Event()
+    open_streams: set[web.StreamResponse] = set()
+
+    async def stop_streams(_: web.Application) -> None:
+        stopping.set()
+
+    app.on_shutdown.append(stop_streams)
+
+    def static(name: str) -> web.Response:
+        return web.Response(body=asset(name), content_type=_ASSETS[name], charset="utf-8",
+                            headers=_PAGE_HEADERS)
+
+    @routes.get("/")
+    @routes.get("/dashboard")
+    async def page(_: web.Request) -> web.Response:
+        return static("dashboard.html")
+
+    @routes.get("/dashboard/dashboard.js")
+    async def script(_: web.Request) -> web.Response:
+        return static("dashboard.js")
+
+    @routes.get("/dashboard/dashboard.css")
+    async def style(_: web.Request) -> web.Response:
+        return static("dashboard.css")
+
+    @routes.get(DATA_PATH)
+    async def state(_: web.Request) -> web.Response:
+        return web.Response(text=json.dumps(await dashboard_state(sources), indent=2,
+                                            sort_keys=True, default=str) + "\n",
+                            content_type="application/json",
+                            headers={"Cache-Control": "no-store"})
+
+    @routes.get(EVENTS_PATH)
+    async def events(request: web.Request) -> web.StreamResponse:
+        if len(open_streams) >= MAX_STREAMS:
+            return web.json_response({"error": f"{MAX_STREAMS} event streams are open already; "
+                                               f"poll {DATA_PATH} instead"}, status=503)
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no"})
+        await response.prepare(request)
+        open_streams.add(response)
+        last, quiet = None, 0.0
+        try:
+            while not stopping.is_set():
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break  # the browser went away (aiohttp does not cancel the handler)
+                text = _compact(await dashboard_state(sources))
+                if text != last:
+                    await response.write(f"event: state\ndata: {text}\n\n".encode())
+                    last, quiet = text, 0.0
+                elif quiet >= KEEPALIVE_SECONDS:
+                    await response.write(b": keep-alive\n\n")
+                    quiet = 0.0
+                try:
+                    await asyncio.wait_for(stopping.wait(), POLL_SECONDS)
+                except TimeoutError:
+                    quiet += POLL_SECONDS
+        except ConnectionResetError:
+            pass  # the browser went away
+        finally:
+            open_streams.discard(response)
+        return response
