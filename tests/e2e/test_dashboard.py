@@ -1,0 +1,138 @@
+"""The web dashboard in a real headless browser (Debian's chromium over the DevTools protocol,
+tests/browser.py) against `meshpilot serve` with real Envoys: without a token the page shows
+only its login and the data is refused; a wrong token is refused; with an operator token it
+shows the live fleet (node ids, views, sync state) and the service graph; saving an edit shows
+the new edit and its convergence without a reload, and a refused edit its file:line; the
+token lives in the tab's sessionStorage and logging out forgets it. Skipped with the reason
+when chromium is absent (outside CI)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from browser import Chromium, chromium_or_skip
+from support import backend_of, eventually, listener_port, raw_policy, write_atomically
+
+pytestmark = [pytest.mark.envoy, pytest.mark.timeout(240)]
+
+ROWS = "[...document.querySelectorAll('#fleet tbody tr')]"
+
+
+def fleet(page) -> list[tuple[str, str]]:
+    return [tuple(row) for row in page.evaluate(
+        f"{ROWS}.map(r => [r.dataset.node, r.dataset.view])")]
+
+
+def test_the_dashboard_shows_the_live_fleet_and_follows_an_edit(
+        tmp_path, echo_factory, meshpilot_factory, envoy_factory):
+    chromium_or_skip()
+    v1, v2 = echo_factory("v1"), echo_factory("v2")
+    backends = {"v1": v1.port, "v2": v2.port}
+    policy_dir = tmp_path / "policy"
+    policy_dir.mkdir()
+    write_atomically(policy_dir / "edge.yaml", raw_policy(backends=backends, route_to="v1"))
+    mp = meshpilot_factory(policy_dir)
+    envoys = [envoy_factory(mp.bootstrap(node, view, delta=delta), name=node, ready_timeout=30)
+              for node, view, delta in (("edge-0", "edge", False), ("edge-1", "edge", True),
+                                        ("other-0", "other", False))]
+    for envoy in envoys:
+        eventually(lambda p=listener_port(envoy): backend_of(p) == "v1", what="traffic to v1")
+    url = f"{mp.admin}/dashboard"
+
+    with Chromium(tmp_path) as browser:
+        page = browser.page()
+        page.navigate(url)
+        # No token: the login, nothing of the fleet, and the data refused to the page itself.
+        page.wait_for("!document.getElementById('login').hidden", what="the login form")
+        assert page.evaluate("document.getElementById('board').hidden") is True
+        body = page.evaluate("document.body.innerText")
+        assert "edge-0" not in body and "other-0" not in body
+        assert page.evaluate("fetch('/debug/dashboard').then(r => r.status)") == 401
+        assert page.evaluate("fetch('/debug/dashboard/events').then(r => r.status)") == 401
+        assert page.evaluate("sessionStorage.length") == 0
+
+        def log_in(token: str) -> None:
+            page.evaluate(f"document.getElementById('token').value = {json.dumps(token)}; "
+                          "document.getElementById('login-form').requestSubmit(); true")
+
+        # A token that is not meshpilot's: refused, said so, not kept.
+        log_in("not-a-token")
+        page.wait_for("document.getElementById('login-error').innerText.startsWith('refused')",
+                      what="the refusal")
+        assert page.evaluate("document.getElementById('board').hidden") is True
+        assert page.evaluate("sessionStorage.length") == 0
+
+        # The operator's token: the live fleet of real Envoys, each with its view.
+        log_in(mp.operator_token())
+        page.wait_for(f"{ROWS}.length === 3", what="three Envoys in the fleet")
+        assert fleet(page) == [("edge-0", "edge"), ("edge-1", "edge"), ("other-0", "other")]
+        page.wait_for("document.getElementById('live').dataset.state === 'live'",
+                      what="the event stream")
+        page.wait_for(f"{ROWS}.every(r => r.querySelectorAll('.badge').length >= 4 && "
+                      "[...r.querySelectorAll('.badge')].every(b => b.dataset.status === "
+                      "'SYNCED'))", what="every type synced")
+        variants = page.evaluate(f"{ROWS}.map(r => r.cells[2].innerText)")
+        assert variants == ["sotw-ads", "delta-ads", "sotw-ads"]
+        assert page.evaluate("document.getElementById('policy').dataset.ok") == "true"
+        # The service graph: each view, its Envoys, the clusters its snapshot names.
+        edges = page.evaluate("[...document.querySelectorAll('#graph-table tbody tr')]"
+                              ".map(r => [r.dataset.view, r.dataset.cluster, r.cells[1].innerText])")
+        assert sorted(map(tuple, edges)) == [("edge", "v1", "edge-0, edge-1"),
+                                            ("edge", "v2", "edge-0, edge-1"),
+                                            ("other", "v1", "other-0"), ("other", "v2", "other-0")]
+        assert page.evaluate("document.querySelectorAll('#graph svg line').length") == 4
+        assert page.text("#edits-empty") == "no edit since the start"
+        # The token is kept by this tab only, never as a cookie.
+        assert page.evaluate("sessionStorage.length") == 1
+        assert page.evaluate("document.cookie") == ""
+
+        # Save an edit: the page shows it and its convergence on its own (no reload: a value
+        # set on this window is still there).
+        page.evaluate("window.notReloaded = true")
+        write_atomically(policy_dir / "edge.yaml", raw_policy(backends=backends, route_to="v2"))
+        for envoy in envoys:
+            eventually(lambda p=listener_port(envoy): backend_of(p) == "v2", timeout=15,
+                       what="the edit")
+        edit = eventually(lambda: (e := mp.status()["edits"]["edits"]) and e[0]["seconds"]
+                          is not None and e[0], timeout=15, what="the edit to converge")
+        row = f"document.querySelector('#edits tr[data-edit=\"{edit['id']}\"]')"
+        page.wait_for(f"{row} && {row}.dataset.done === 'true'", what="the converged edit")
+        assert page.evaluate(f"{row}.querySelector('.reached').innerText") == "3 of 3"
+        assert page.evaluate(f"{row}.cells[1].innerText") == "edge, other"
+        assert page.evaluate(f"{row}.querySelector('.converged').innerText") == \
+            f"converged in {round(edit['seconds'] * 1000)} ms"
+        assert page.evaluate("window.notReloaded") is True
+
+        # A refused edit: the page says so at its file:line, the fleet keeps its config.
+        write_atomically(policy_dir / "edge.yaml",
+                         raw_policy(backends=backends, route_to="v2") + "bogus: 1\n")
+        page.wait_for("document.getElementById('policy').dataset.ok === 'false'",
+                      what="the refused load")
+        errors = page.evaluate("[...document.querySelectorAll('#policy-errors li')]"
+                               ".map(li => li.innerText)")
+        assert any(e.startswith("edge.yaml:") and "bogus" in e for e in errors), errors
+        assert page.evaluate("window.notReloaded") is True
+
+        # An Envoy leaves: the page drops it.
+        envoys[2].stop()
+        page.wait_for(f"{ROWS}.length === 2", what="the stopped Envoy to leave the fleet")
+        assert fleet(page) == [("edge-0", "edge"), ("edge-1", "edge")]
+
+        # A reload of the page keeps the session (the tab's sessionStorage) ...
+        page.navigate(url)
+        page.wait_for(f"{ROWS}.length === 2", what="the fleet after a reload")
+        # A new tab has no token: sessionStorage is the tab's own.
+        other = browser.page()
+        other.navigate(url)
+        other.wait_for("!document.getElementById('login').hidden", what="a new tab's login")
+        assert other.evaluate("sessionStorage.length") == 0
+        # ... and logging out forgets the token.
+        page.evaluate("document.getElementById('logout').click(); true")
+        page.wait_for("!document.getElementById('login').hidden", what="the login again")
+        assert page.evaluate("sessionStorage.length") == 0
+        page.navigate(url)
+        page.wait_for("!document.getElementById('login').hidden", what="the login after out")
+        assert "edge-0" not in page.evaluate("document.body.innerText")
+        # The page ran under its own Content-Security-Policy without an error.
+        assert [e for e in page.errors() if "401" not in e] == [], page.errors()
