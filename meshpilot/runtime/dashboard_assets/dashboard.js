@@ -303,7 +303,7 @@ function renderGraph(graph) {
   if (!views.length) return;
   const rowHeight = 26, width = 640, left = 10, right = 400, boxWidth = 220;
   const height = Math.max(views.length, clusters.length) * rowHeight + 10;
-  const drawing = svg("svg", {viewBox: `0 0 ${width} ${height}`, width: "100%",
+  const drawing = svg("svg", {viewBox: `0 0 ${width} ${height}`, width, height,
                               role: "img", "aria-label": "service graph"});
   const viewY = new Map(views.map((v, i) => [v.view, 5 + i * rowHeight + rowHeight / 2]));
   const clusterY = new Map(clusters.map((c, i) => [c, 5 + i * rowHeight + rowHeight / 2]));
