@@ -361,7 +361,9 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
                               xds_addresses=[split_address(a) for a in args.xds_address],
                               admin_address=split_address(args.admin_address), delta=args.delta,
                               ads=not args.no_ads, xds_tls_cert=args.xds_tls_cert,
-                              xds_tls_key=args.xds_tls_key, **security)
+                              xds_tls_key=args.xds_tls_key,
+                              stats_flush_interval=None if args.no_metrics_service
+                              else args.stats_flush_interval, **security)
     except (ValueError, OSError) as e:
         print(f"meshpilot bootstrap: {e}", file=sys.stderr)
         return 2
@@ -765,6 +767,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--xds-sni", metavar="NAME", default=None,
                    help="SNI sent to meshpilot and the DNS name its certificate must carry "
                         "(default: the --xds-address host when it is a DNS name)")
+    p.add_argument("--stats-flush-interval", type=_duration, default=2.0, metavar="DURATION",
+                   help="how often the Envoy streams its stats to meshpilot's metrics service "
+                        "(error rates for rollouts, request rates; 2s)")
+    p.add_argument("--no-metrics-service", action="store_true",
+                   help="no stats sink: the Envoy sends meshpilot no stats (rollouts then judge "
+                        "by ACKs and NACKs only)")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_bootstrap)
 

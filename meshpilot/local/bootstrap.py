@@ -66,6 +66,7 @@ def render_bootstrap(
     xds_tls_key: str | None = None,
     xds_sni: str | None = None,
     xds_token: str | None = None,
+    stats_flush_interval: float | None = None,
 ) -> dict[str, Any]:
     """Return an Envoy v3 bootstrap that takes CDS and LDS from meshpilot over one ADS stream.
 
@@ -80,6 +81,9 @@ def render_bootstrap(
     `xds_token` (a node token, `meshpilot token create node VIEW`) is sent on every xDS stream
     as `authorization: Bearer` metadata: the bootstrap then holds a credential, so write it
     where only the Envoy can read it.
+    `stats_flush_interval` (seconds) turns on Envoy's metrics service stats sink: every
+    interval, the Envoy streams its stats to meshpilot over the xDS cluster (with the same
+    token), where rollouts read its error rate; None: no stats sink.
     """
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -100,12 +104,34 @@ def render_bootstrap(
         if xds_sni is None and len(hosts) == 1 and not _is_ip_literal(next(iter(hosts))):
             xds_sni = next(iter(hosts))
         cluster["transport_socket"] = _xds_tls(xds_tls_ca, xds_tls_cert, xds_tls_key, xds_sni)
-    return {
+    out = {
         "node": _node(node_id, node_cluster, node_metadata),
         "admin": {"address": _socket_address(*admin_address)},
         "dynamic_resources": _dynamic_resources(xds_cluster_name, delta, ads, xds_token),
         "static_resources": {"clusters": [cluster]},
     }
+    if stats_flush_interval is not None:
+        if not 0.001 <= stats_flush_interval <= 300:
+            raise ValueError("the stats flush interval is between 1ms and 300s (Envoy's range)")
+        out["stats_sinks"] = [_metrics_service_sink(xds_cluster_name, xds_token)]
+        out["stats_flush_interval"] = f"{stats_flush_interval:.3f}s"
+    return out
+
+
+_METRICS_SERVICE = "envoy.config.metrics.v3.MetricsServiceConfig"
+
+
+def _metrics_service_sink(xds_cluster_name: str, token: str | None) -> dict[str, Any]:
+    """Envoy's metrics service stats sink, to meshpilot's xDS port: the Envoy's stats with
+    their tags as labels (`cluster.upstream_rq_xx{envoy_cluster_name=...}`), cumulative."""
+    service: dict[str, Any] = {"envoy_grpc": {"cluster_name": xds_cluster_name}}
+    if token is not None:
+        service["initial_metadata"] = [{"key": "authorization", "value": f"Bearer {token}"}]
+    return {"name": "envoy.stat_sinks.metrics_service",
+            "typed_config": {"@type": f"type.googleapis.com/{_METRICS_SERVICE}",
+                             "transport_api_version": "V3",
+                             "emit_tags_as_labels": True,
+                             "grpc_service": service}}
 
 
 _UPSTREAM_TLS = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"

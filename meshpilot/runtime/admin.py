@@ -66,6 +66,15 @@ class AdminSources:
     fleet: Callable[[], Awaitable[dict[str, Any]]] | None = None
     registrations: SharedRegistrations | None = None
     replica: Callable[[], dict[str, Any]] | None = None
+    # Staged rollouts (runtime/rollout.py), newest first: each {"id", "view", "state"
+    # ("watching" | "promoted" | "rolled_back" | "aborted"), "started" (unix), "canary" (node
+    # ids), "total" (Envoys of the view), "error_rate" (None: no traffic seen), "threshold",
+    # "reason", "edit"}. None: this process runs no rollouts.
+    rollouts: Callable[[], list[dict[str, Any]]] | None = None
+    # Request rates from the Envoys' metrics service (runtime/envoy_metrics.py): each {"node",
+    # "view", "cluster" (upstream cluster, "" for the downstream total), "rq_per_s",
+    # "err_per_s", "updated" (unix)}. None: no metrics service.
+    request_rates: Callable[[], list[dict[str, Any]]] | None = None
 
 
 # Who may call what without an operator token (admin_guard); every other route needs one.
@@ -189,6 +198,18 @@ def make_app(sources: AdminSources) -> web.Application:
             return _json(sources.ca.request_finish(), 202)
         except RotationError as e:
             return _json({"error": str(e)}, 409)
+
+    @routes.get("/debug/rollouts")
+    async def rollouts(_: web.Request) -> web.Response:
+        if sources.rollouts is None:
+            return _json({"error": "this process runs no rollouts"}, 404)
+        return _json({"rollouts": sources.rollouts()})
+
+    @routes.get("/debug/metrics/envoys")
+    async def envoy_rates(_: web.Request) -> web.Response:
+        if sources.request_rates is None:
+            return _json({"error": "this process has no metrics service"}, 404)
+        return _json({"request_rates": sources.request_rates()})
 
     @routes.get("/debug/config_dump")
     async def config_dump(request: web.Request) -> web.Response:

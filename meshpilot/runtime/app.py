@@ -34,6 +34,7 @@ from meshpilot.runtime.admin_guard import HostRules
 from meshpilot.runtime.ca_rotation import RootRotator
 from meshpilot.runtime.controller import Controller
 from meshpilot.runtime.convergence import Convergence
+from meshpilot.runtime.envoy_metrics import EnvoyMetrics
 from meshpilot.runtime.fleet import FleetStatus
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.plugin_loader import load_plugins
@@ -49,6 +50,7 @@ from meshpilot.store.sealed import SealingKey, share_files
 from meshpilot.translators.provenance import origins_of
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.csds import add_csds
+from meshpilot.xds.metrics_service import MetricsService
 from meshpilot.xds.security import (
     IssuedServerCertificate,
     NodeTokenCheck,
@@ -261,6 +263,11 @@ class Meshpilot:
                              request_view=self.controller.views.snapshot_of,
                              on_settled=self.convergence.settled,
                              on_closed=self.convergence.closed)
+        # Envoy's metrics service on the xDS port, authenticated like xDS streams: what the
+        # Envoys' own stats say of their traffic (rollouts' error rates, request rates).
+        self.envoy_metrics = EnvoyMetrics()
+        self.metrics_service = MetricsService(self.envoy_metrics.receive, authorize=authorize,
+                                              on_closed=self.envoy_metrics.closed)
         self.serving = False
         self.xds_address = settings.xds_address
         self.admin_address = settings.admin_address
@@ -475,6 +482,7 @@ class Meshpilot:
         loop = asyncio.get_running_loop()
         self._grpc = grpc.aio.server(options=_GRPC_OPTIONS)
         self._grpc.add_generic_rpc_handlers(self.xds.handlers())
+        self._grpc.add_generic_rpc_handlers([self.metrics_service.handler()])
         add_csds(self._grpc, self.registry, None if self.settings.insecure_xds else
                  OperatorCheck(lambda token: self.tokens.verify(token, "operator")))
         host, port = split_address(self.settings.xds_address)
@@ -604,7 +612,8 @@ class Meshpilot:
             ca=self.rotator,
             fleet=self.fleet.describe if self.fleet is not None else None,
             registrations=self.shared_registrations,
-            replica=self.store_status if self.store is not None else None)
+            replica=self.store_status if self.store is not None else None,
+            request_rates=self.envoy_metrics.request_rates)
 
     def locate(self, view: str, type_url: str, name: str) -> str | None:
         """Where the serving policy made the view's resource: "file:line:col: Kind name:
