@@ -249,8 +249,6 @@ def make_app(sources: AdminSources) -> web.Application:
                         **sources.addresses(), **sources.status_extra(),
                         **(sources.replica() if sources.replica is not None else {})},
         snapshots=lambda: [s for v in cache.all_views() if (s := cache.get(v)) is not None],
-        # Filled by the rollout work (runtime/rollout*) when it lands; until then None.
-        rollouts=getattr(sources, "rollouts", None),
-        request_rates=getattr(sources, "request_rates", None)))
+        rollouts=sources.rollouts, request_rates=sources.request_rates))
     app.add_routes(routes)
     return app

@@ -14,6 +14,8 @@ import pytest
 from browser import Chromium, chromium_or_skip
 from support import backend_of, eventually, listener_port, raw_policy, write_atomically
 
+from meshpilot.local.bootstrap import render_bootstrap
+
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(240)]
 
 ROWS = "[...document.querySelectorAll('#fleet tbody tr')]"
@@ -22,6 +24,16 @@ ROWS = "[...document.querySelectorAll('#fleet tbody tr')]"
 def fleet(page) -> list[tuple[str, str]]:
     return [tuple(row) for row in page.evaluate(
         f"{ROWS}.map(r => [r.dataset.node, r.dataset.view])")]
+
+
+def with_stats_sink(bootstrap: dict, token: str | None) -> dict:
+    """The bootstrap with `meshpilot bootstrap`'s stats sink (Envoy's metrics service to
+    meshpilot's xDS port), flushing every half second: the request rates' source."""
+    sink = render_bootstrap(node_id="n", node_cluster="c", xds_addresses=[("127.0.0.1", 1)],
+                            admin_address=("127.0.0.1", 0),
+                            xds_token=token, stats_flush_interval=0.5)
+    return {**bootstrap, "stats_sinks": sink["stats_sinks"],
+            "stats_flush_interval": sink["stats_flush_interval"]}
 
 
 def test_the_dashboard_shows_the_live_fleet_and_follows_an_edit(
@@ -33,11 +45,13 @@ def test_the_dashboard_shows_the_live_fleet_and_follows_an_edit(
     policy_dir.mkdir()
     write_atomically(policy_dir / "edge.yaml", raw_policy(backends=backends, route_to="v1"))
     mp = meshpilot_factory(policy_dir)
-    envoys = [envoy_factory(mp.bootstrap(node, view, delta=delta), name=node, ready_timeout=30)
+    envoys = [envoy_factory(with_stats_sink(mp.bootstrap(node, view, delta=delta),
+                                            mp.node_token(view)), name=node, ready_timeout=30)
               for node, view, delta in (("edge-0", "edge", False), ("edge-1", "edge", True),
                                         ("other-0", "other", False))]
-    for envoy in envoys:
-        eventually(lambda p=listener_port(envoy): backend_of(p) == "v1", what="traffic to v1")
+    ports = [listener_port(envoy) for envoy in envoys]
+    for port in ports:
+        eventually(lambda p=port: backend_of(p) == "v1", what="traffic to v1")
     url = f"{mp.admin}/dashboard"
 
     with Chromium(tmp_path) as browser:
@@ -83,6 +97,21 @@ def test_the_dashboard_shows_the_live_fleet_and_follows_an_edit(
                                             ("other", "v1", "other-0"), ("other", "v2", "other-0")]
         assert page.evaluate("document.querySelectorAll('#graph svg line').length") == 4
         assert page.text("#edits-empty") == "no edit since the start"
+        # Request rates from the Envoys' own stats (the metrics service): traffic through
+        # edge-0 shows as its requests per second to v1, on its row and on the graph's edge.
+        rate = ("(r => r && Number(r.cells[3].innerText))(document.querySelector("
+                "'#rates tr[data-node=\"edge-0\"][data-cluster=\"v1\"]'))")
+        edge_rate = ("(r => r && Number(r.cells[3].innerText))(document.querySelector("
+                     "'#graph-table tr[data-view=\"edge\"][data-cluster=\"v1\"]'))")
+        edge_port = ports[0]
+
+        def traffic_seen() -> bool:
+            for _ in range(5):
+                assert backend_of(edge_port) == "v1"
+            return bool(page.evaluate(rate)) and bool(page.evaluate(edge_rate))
+
+        eventually(traffic_seen, timeout=30, interval=0.2, what="edge-0's request rate")
+        assert page.evaluate("document.getElementById('rates-empty').hidden") is True
         # The token is kept by this tab only, never as a cookie.
         assert page.evaluate("sessionStorage.length") == 1
         assert page.evaluate("document.cookie") == ""
@@ -91,9 +120,8 @@ def test_the_dashboard_shows_the_live_fleet_and_follows_an_edit(
         # set on this window is still there).
         page.evaluate("window.notReloaded = true")
         write_atomically(policy_dir / "edge.yaml", raw_policy(backends=backends, route_to="v2"))
-        for envoy in envoys:
-            eventually(lambda p=listener_port(envoy): backend_of(p) == "v2", timeout=15,
-                       what="the edit")
+        for port in ports:
+            eventually(lambda p=port: backend_of(p) == "v2", timeout=15, what="the edit")
         edit = eventually(lambda: (e := mp.status()["edits"]["edits"]) and e[0]["seconds"]
                           is not None and e[0], timeout=15, what="the edit to converge")
         row = f"document.querySelector('#edits tr[data-edit=\"{edit['id']}\"]')"
