@@ -164,3 +164,57 @@ def test_the_dashboard_shows_the_live_fleet_and_follows_an_edit(
         assert "edge-0" not in page.evaluate("document.body.innerText")
         # The page ran under its own Content-Security-Policy without an error.
         assert [e for e in page.errors() if "401" not in e] == [], page.errors()
+
+
+BROKEN = """
+  - name: broken
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: broken
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: not-an-ip, port_value: 80}}}}]}]"""
+HOSTILE = '<img src=x onerror="window.pwned=1">edge'
+
+
+def test_a_refused_resource_shows_with_its_policy_line_and_hostile_names_stay_text(
+        tmp_path, echo_factory, meshpilot_factory, envoy_factory):
+    """Without the pre-push check, an Envoy refuses a cluster: its row shows the type held
+    back, Envoy's message and the policy line that made it. The Envoy's node id is HTML; the
+    page shows it as text and runs nothing of it."""
+    chromium_or_skip()
+    v1 = echo_factory("v1")
+    backends = {"v1": v1.port}
+    policy_dir = tmp_path / "policy"
+    policy_dir.mkdir()
+    write_atomically(policy_dir / "edge.yaml", raw_policy(backends=backends, route_to="v1"))
+    mp = meshpilot_factory(policy_dir, extra_args=("--no-prepush-check",))
+    envoy = envoy_factory(mp.bootstrap(HOSTILE, "edge"), name="envoy-hostile", ready_timeout=30)
+    port = listener_port(envoy)
+    eventually(lambda: backend_of(port) == "v1", what="traffic to v1")
+
+    with Chromium(tmp_path) as browser:
+        page = browser.page()
+        page.navigate(f"{mp.admin}/dashboard")
+        page.wait_for("!document.getElementById('login').hidden", what="the login form")
+        page.evaluate(f"document.getElementById('token').value = {json.dumps(mp.operator_token())};"
+                      " document.getElementById('login-form').requestSubmit(); true")
+        page.wait_for(f"{ROWS}.length === 1", what="the Envoy in the fleet")
+        assert fleet(page) == [(HOSTILE, "edge")]
+        assert page.evaluate(f"{ROWS}[0].querySelector('.node').innerText") == HOSTILE
+        assert page.evaluate("document.querySelectorAll('img').length") == 0
+        assert page.evaluate("window.pwned === undefined") is True
+
+        bad = raw_policy(backends=backends, route_to="v1", extra_clusters=BROKEN)
+        write_atomically(policy_dir / "edge.yaml", bad)
+        line = next(i for i, text in enumerate(bad.splitlines(), 1) if "- name: broken" in text)
+        badge = (f"{ROWS}[0].querySelector('.badge[data-status=\"HELD\"]')")
+        page.wait_for(f"{badge} && {badge}.innerText === 'clusters HELD'",
+                      what="the refused cluster held back")
+        rejection = page.evaluate(f"{ROWS}[0].cells[5].innerText")
+        assert "clusters: " in rejection and "not-an-ip" in rejection, rejection
+        assert (f"held back: clusters broken (edge.yaml:{line}:5: EnvoyResources e2e: "
+                "clusters[1])") in rejection, rejection  # after the one echo cluster
+        # meshpilot itself found nothing wrong with the policy.
+        assert page.evaluate("document.getElementById('policy').dataset.ok") == "true"
+        assert page.evaluate("window.pwned === undefined") is True
+        assert [e for e in page.errors() if "401" not in e] == [], page.errors()
