@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# What the dashboard and monitoring tests drive (tests/e2e/test_dashboard.py: a real headless
-# browser; tests/e2e/test_monitoring.py: a real Prometheus and promtool): Debian's chromium and
-# prometheus.
+# What the dashboard and monitoring tests drive (tests/e2e/test_dashboard_browser.py: a real
+# headless browser; tests/e2e/test_monitoring.py: a real Prometheus and promtool): Debian's
+# chromium and prometheus.
 # - both on PATH: nothing to do;
 # - under CI (CI=true) as root with apt-get: install the missing ones; failing that, fail:
 #   under CI those tests must run, never skip;

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from meshpilot.base.units import parse_duration
 from meshpilot.ca.rotation import DEFAULT_OVERLAP, REISSUE_MODES, REISSUE_NOW, RotationError
-from meshpilot.ca.tokens import TokenAuthority
+from meshpilot.ca.tokens import TokenAuthority, TokenError, bearer
 from meshpilot.discovery.http_api import REGISTRATION_PATHS, add_registration_routes
 from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.discovery.shared import SharedRegistrations
@@ -241,6 +241,15 @@ def make_app(sources: AdminSources) -> web.Application:
             return await sources.fleet()
         return {"proxies": sources.proxies.describe()}
 
+    def still_allowed(request: web.Request) -> bool:
+        if sources.tokens is None:
+            return True
+        try:
+            sources.tokens.verify(bearer(request.headers.get("Authorization")) or "", "operator")
+            return True
+        except TokenError:
+            return False
+
     add_dashboard_routes(routes, app, DashboardSources(
         proxies=fleet,
         status=lambda: {"policy": sources.policy_status(),
@@ -249,6 +258,7 @@ def make_app(sources: AdminSources) -> web.Application:
                         **sources.addresses(), **sources.status_extra(),
                         **(sources.replica() if sources.replica is not None else {})},
         snapshots=lambda: [s for v in cache.all_views() if (s := cache.get(v)) is not None],
-        rollouts=sources.rollouts, request_rates=sources.request_rates))
+        rollouts=sources.rollouts, request_rates=sources.request_rates,
+        still_allowed=still_allowed))
     app.add_routes(routes)
     return app

@@ -64,6 +64,9 @@ class DashboardSources:
     # Staged rollouts and the Envoys' request rates (runtime/rollout*); None: no source.
     rollouts: Callable[[], list[dict[str, Any]]] | None = None
     request_rates: Callable[[], list[dict[str, Any]]] | None = None
+    # Whether the request's credential still holds (checked at every look of an open stream):
+    # a token that expires, or a key rotated, ends the stream, and the page must log in again.
+    still_allowed: Callable[[web.Request], bool] = lambda request: True
 
 
 def asset(name: str) -> bytes:
@@ -182,6 +185,8 @@ def add_dashboard_routes(routes: web.RouteTableDef, app: web.Application,
                 transport = request.transport
                 if transport is None or transport.is_closing():
                     break  # the browser went away (aiohttp does not cancel the handler)
+                if not sources.still_allowed(request):
+                    break  # the token expired or the key was rotated since the stream opened
                 text = _compact(await dashboard_state(sources))
                 if text != last:
                     await response.write(f"event: state\ndata: {text}\n\n".encode())

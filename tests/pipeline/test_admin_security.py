@@ -25,7 +25,7 @@ from meshpilot.runtime.admin_guard import Access, HostRules, split_authority
 from meshpilot.runtime.app import Meshpilot, Settings
 
 OPEN = {"/healthz", "/readyz", "/metrics"}
-# The dashboard's static page and assets: no token, no data (tests/pipeline/test_dashboard.py).
+# The dashboard's static page and assets: no token, no data (tests/pipeline/test_dashboard_api.py).
 PAGE = {"/", "/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css"}
 STREAMS = {"/debug/dashboard/events"}  # an endless response: its status only
 

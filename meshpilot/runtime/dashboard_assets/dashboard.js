@@ -73,6 +73,12 @@ function showLogin(message) {
   $("token").focus();
 }
 
+// The server refused the kept token (expired, the key rotated): forget it.
+function refused(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  showLogin("refused: " + message);
+}
+
 async function probe(token) {
   const response = await fetch(DATA, {headers: headers(token), cache: "no-store"});
   if (response.ok) return {state: await response.json()};
@@ -110,7 +116,7 @@ async function follow(own) {
       const response = await fetch(EVENTS, {headers: headers(own.token), cache: "no-store",
                                             signal: own.abort.signal});
       if (response.status === 401 || response.status === 403) {
-        if (session === own) showLogin("refused: " + await errorOf(response));
+        if (session === own) refused(await errorOf(response));
         return;
       }
       if (!response.ok || !response.body) {
@@ -157,7 +163,7 @@ async function poll(own) {
   const response = await fetch(DATA, {headers: headers(own.token), cache: "no-store",
                                       signal: own.abort.signal});
   if (response.status === 401 || response.status === 403) {
-    showLogin("refused: " + await errorOf(response));
+    refused(await errorOf(response));
     return;
   }
   if (response.ok && session === own) render(await response.json());

@@ -14,6 +14,7 @@ import pytest
 from browser import Chromium, chromium_or_skip
 from support import backend_of, eventually, listener_port, raw_policy, write_atomically
 
+from meshpilot.ca.tokens import rotate_key
 from meshpilot.local.bootstrap import render_bootstrap
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(240)]
@@ -217,4 +218,12 @@ def test_a_refused_resource_shows_with_its_policy_line_and_hostile_names_stay_te
         # meshpilot itself found nothing wrong with the policy.
         assert page.evaluate("document.getElementById('policy').dataset.ok") == "true"
         assert page.evaluate("window.pwned === undefined") is True
+        # The operator's tokens stop working (the key is rotated): the open page loses the
+        # stream, is refused when it reconnects, forgets the token and asks for a new one.
+        rotate_key(mp.state_dir)
+        page.wait_for("!document.getElementById('login').hidden && document.getElementById("
+                      "'login-error').innerText.startsWith('refused')", timeout=30,
+                      what="the login after the key rotation")
+        assert page.evaluate("sessionStorage.length") == 0
+        assert page.evaluate("document.getElementById('board').hidden") is True
         assert [e for e in page.errors() if "401" not in e] == [], page.errors()

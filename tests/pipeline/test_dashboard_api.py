@@ -2,7 +2,7 @@
 served without a token but hold no data and keep the guard's Host and Origin rules; the state
 and its event stream are operator-only; the stream sends a new state when the policy changes
 and ends when the server stops; the service graph and the rollout and rate sections follow
-their sources. The page itself, in a real browser: tests/e2e/test_dashboard.py."""
+their sources. The page itself, in a real browser: tests/e2e/test_dashboard_browser.py."""
 
 from __future__ import annotations
 
@@ -170,6 +170,25 @@ def test_the_stream_sends_the_state_again_when_the_policy_changes(tmp_path: Path
         await mp.stop()
         assert await asyncio.wait_for(stream.content.read(), 30) == b""
         stream.release()
+
+    run(mp, scenario)
+
+
+def test_an_open_stream_ends_when_its_token_no_longer_holds(tmp_path: Path) -> None:
+    from meshpilot.ca.tokens import rotate_key
+
+    mp = make(tmp_path)
+
+    async def scenario(session: aiohttp.ClientSession) -> None:
+        url = f"http://{mp.admin_address}{dashboard.EVENTS_PATH}"
+        async with session.get(url, headers=bearer(mp.tokens.issue("operator"))) as r:
+            await next_state(r.content)
+            rotate_key(tmp_path / "state")  # every token issued so far stops working
+            rest = await asyncio.wait_for(r.content.read(), 30)
+            assert b"event: state" not in rest  # it ended, with nothing more sent
+        # The running server uses the new key: a token it signs opens a stream again.
+        async with session.get(url, headers=bearer(mp.tokens.issue("operator"))) as r:
+            assert r.status == 200 and (await next_state(r.content))["policy"]["ok"]
 
     run(mp, scenario)
 
