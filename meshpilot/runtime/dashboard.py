@@ -133,12 +133,39 @@ def _compact(data: Any) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
 
 
+class SharedState:
+    """The state as the event streams send it, computed once per look however many streams
+    are open: a stream asking within `max_age` of the last computation (or while one runs)
+    gets that one. So N open dashboards cost one look (one store read with replicas) per
+    interval, not N."""
+
+    def __init__(self, sources: DashboardSources, clock: Callable[[], float],
+                 max_age: float = POLL_SECONDS / 2):
+        self.sources = sources
+        self.clock = clock
+        self.max_age = max_age
+        self._text = ""
+        self._at = float("-inf")
+        self._lock = asyncio.Lock()
+        self.computed = 0  # how many times the state was built (for tests)
+
+    async def text(self) -> str:
+        async with self._lock:
+            if self.clock() - self._at >= self.max_age:
+                self._text = _compact(await dashboard_state(self.sources))
+                self._at = self.clock()
+                self.computed += 1
+            return self._text
+
+
+
 def add_dashboard_routes(routes: web.RouteTableDef, app: web.Application,
                          sources: DashboardSources) -> None:
     """The page, its assets, the state and its event stream. `app` is told to end open
     streams when it shuts down, so a browser left open never holds up a stop."""
     stopping = asyncio.Event()
     open_streams: set[web.StreamResponse] = set()
+    shared = SharedState(sources, lambda: asyncio.get_running_loop().time())
 
     async def stop_streams(_: web.Application) -> None:
         stopping.set()
@@ -187,7 +214,7 @@ def add_dashboard_routes(routes: web.RouteTableDef, app: web.Application,
                     break  # the browser went away (aiohttp does not cancel the handler)
                 if not sources.still_allowed(request):
                     break  # the token expired or the key was rotated since the stream opened
-                text = _compact(await dashboard_state(sources))
+                text = await shared.text()
                 if text != last:
                     await response.write(f"event: state\ndata: {text}\n\n".encode())
                     last, quiet = text, 0.0

@@ -250,6 +250,31 @@ def test_the_service_graph_joins_views_envoys_clusters_and_rates() -> None:
     assert all(e["rq_per_s"] is None for e in service_graph(snapshots, proxies, None)["edges"])
 
 
+def test_open_streams_share_one_look_per_interval() -> None:
+    looks = []
+
+    async def fleet() -> dict[str, Any]:
+        looks.append(1)
+        return {"proxies": []}
+
+    now = [100.0]
+    shared = dashboard.SharedState(DashboardSources(
+        proxies=fleet, status=lambda: {}, snapshots=lambda: []), lambda: now[0], max_age=0.25)
+
+    async def scenario() -> None:
+        texts = await asyncio.gather(*(shared.text() for _ in range(5)))  # five streams at once
+        assert len(set(texts)) == 1 and json.loads(texts[0])["proxies"] == []
+        assert (shared.computed, len(looks)) == (1, 1)
+        now[0] += 0.1
+        await shared.text()
+        assert shared.computed == 1  # still fresh
+        now[0] += 0.2
+        await shared.text()
+        assert (shared.computed, len(looks)) == (2, 2)
+
+    asyncio.run(scenario())
+
+
 def test_rollouts_and_rates_are_shown_as_their_sources_give_them() -> None:
     rollout = {"id": "r1", "view": "edge", "state": "watching", "started": 1.0,
                "canary": ["edge-0"], "total": 4, "error_rate": 0.02, "threshold": 0.05,
