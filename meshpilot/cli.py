@@ -42,6 +42,7 @@ from meshpilot.runtime.app import Meshpilot, Settings, serve, split_address
 from meshpilot.runtime.controller import describe_object
 from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.runtime.prepush import CheckFailed, PrePush
+from meshpilot.runtime.rollout import RolloutError, RolloutPolicy, parse_rollout
 from meshpilot.store import StoreError, check_prefix, parse_store_url
 from meshpilot.translators import Translation
 from meshpilot.translators.plugins import PluginError
@@ -108,6 +109,15 @@ def _trust_domain(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _rollout(text: str) -> RolloutPolicy | None:
+    if text == "off":
+        return None
+    try:
+        return parse_rollout(text)
+    except RolloutError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -135,7 +145,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     rate_limit_address=args.rate_limit_address, store=args.store,
                     store_prefix=args.store_prefix,
                     store_key=Path(args.store_key) if args.store_key else None,
-                    replica_id=args.replica_id, policy_from_store=args.policy_from_store)
+                    replica_id=args.replica_id, policy_from_store=args.policy_from_store,
+                    rollout=args.rollout)
 
 
 def prepush_check(args: argparse.Namespace) -> EnvoyValidator | None:
@@ -401,6 +412,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     _print_prepush(status.get("prepush"))
     for line in status.get("edits", {}).get("lines", []):
         print(line)
+    for line in status.get("rollouts", {}).get("lines", []):
+        print(line)
     if status.get("ca"):
         _print_ca(status["ca"])
     _print_objects(policy.get("objects") or [])
@@ -464,6 +477,47 @@ def cmd_diff(args: argparse.Namespace) -> int:
         return 2
     print(report(diffs, against), end="")
     return 1 if any(diffs) else 0
+
+
+def _print_rollouts(rollouts: list[dict[str, Any]]) -> None:
+    if not rollouts:
+        print("no rollouts")
+        return
+    print(f"{'ID':7} {'VIEW':16} {'STATE':12} {'CANARY':>6} {'ERRORS':>14} {'THRESHOLD':>9} "
+          f"REASON")
+    for r in rollouts:
+        rate = "-" if r["error_rate"] is None else \
+            f"{r['error_rate']:.1%} of {r['requests']:.0f}"
+        left = f" ({r['remaining']:.0f}s left)" if r.get("remaining") is not None else ""
+        print(f"{r['id']:7} {r['view'][:16]:16} {r['state']:12} "
+              f"{len(r['canary']):>2}/{r['total']:<3} {rate:>14} {r['threshold']:>9.1%} "
+              f"{r['reason'] or ''}{left}".rstrip())
+        print(f"{'':7} canary: {', '.join(r['canary'])}")
+
+
+def cmd_rollout_status(args: argparse.Namespace) -> int:
+    try:
+        rollouts = admin_client(args).get_json("/debug/rollouts")["rollouts"]
+    except AdminError as e:
+        print(f"meshpilot rollout status: {e}", file=sys.stderr)
+        return e.code
+    if args.json:
+        print(json.dumps(rollouts, indent=2))
+    else:
+        _print_rollouts(rollouts)
+    return 0
+
+
+def cmd_rollout_act(args: argparse.Namespace) -> int:
+    action = args.rollout_command
+    try:
+        ended = admin_client(args).post_json(f"/v1/rollouts/{action}",
+                                             {"view": args.view} if args.view else {})
+    except AdminError as e:
+        print(f"meshpilot rollout {action}: {e}", file=sys.stderr)
+        return e.code
+    _print_rollouts(ended["rollouts"])
+    return 0
 
 
 def _print_ca(ca: dict[str, Any]) -> None:
@@ -688,6 +742,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy-from-store", action="store_true",
                    help="with --store, instead of --policy: serve the revision `meshpilot "
                         "apply` stored, and each new one (written to --state-dir)")
+    p.add_argument("--rollout", type=_rollout, default=None, metavar="SETTINGS",
+                   help="roll each edit out in stages: canary=10%%,watch=30s,error-rate=5%%,"
+                        "min-requests=10 (each optional; these are the defaults), or off "
+                        "(docs/operations.md, \"Staged rollouts\")")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
 
@@ -846,6 +904,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", type=_duration, default=120.0, metavar="DURATION",
                    help="wait this long for the finish to complete (120s)")
     p.set_defaults(func=cmd_ca_finish_rotation)
+
+    p = sub.add_parser("rollout", help="staged rollouts: their state; promote or abort one")
+    rollout = p.add_subparsers(dest="rollout_command", required=True)
+    p = rollout.add_parser("status", help="the rollouts being watched and the newest ended")
+    p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
+    _admin_client_arguments(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_rollout_status)
+    for action, text in (("promote", "promote the rollout being watched to every Envoy now"),
+                         ("abort", "roll the rollout being watched back now")):
+        p = rollout.add_parser(action, help=text)
+        p.add_argument("--admin-address", type=_address, default="127.0.0.1:18001")
+        _admin_client_arguments(p)
+        p.add_argument("--view", default=None, help="only this view's (default: every view's)")
+        p.set_defaults(func=cmd_rollout_act)
 
     p = sub.add_parser("up", help="control plane + real Envoy + demo backends, for a first try")
     p.add_argument("policy", nargs="?", default="examples/quickstart")

@@ -425,9 +425,10 @@ class MeshpilotProcess:
         return TokenAuthority.load_or_create(self.state_dir).issue("node", view)
 
     def bootstrap(self, node_id: str, node_cluster: str, *, delta: bool = False,
-                  ads: bool = True) -> dict:
+                  ads: bool = True, stats_flush_interval: float | None = None) -> dict:
         """The bootstrap `meshpilot bootstrap --state-dir` writes: TLS trusting the mesh CA,
-        and a node token for the view (plaintext and no token with --insecure-xds)."""
+        and a node token for the view (plaintext and no token with --insecure-xds); with
+        `stats_flush_interval`, the metrics service stats sink."""
         security: dict[str, Any] = {}
         if not self.insecure_xds:
             args = list(self.extra_args)
@@ -438,7 +439,7 @@ class MeshpilotProcess:
         return render_bootstrap(node_id=node_id, node_cluster=node_cluster,
                                 xds_addresses=[("127.0.0.1", self.xds_port)],
                                 admin_address=("127.0.0.1", 0), delta=delta, ads=ads,
-                                **security)
+                                stats_flush_interval=stats_flush_interval, **security)
 
 
 # ---- raw EnvoyResources policies ----------------------------------------------------------

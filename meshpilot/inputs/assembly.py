@@ -17,7 +17,15 @@ from meshpilot.inputs.context import (
 from meshpilot.inputs.documents import FORMATS, compile_pending
 from meshpilot.inputs.formats import FormatRegistry
 from meshpilot.inputs.references import validate_references
-from meshpilot.ir.model import Gateway, Model, ObjectStatus, RawResource, Route, Service
+from meshpilot.ir.model import (
+    Gateway,
+    Model,
+    ObjectStatus,
+    RawResource,
+    RolloutSettings,
+    Route,
+    Service,
+)
 
 
 def finish(load: LoadContext, parsed: list[ParsedDocument], files: tuple[str, ...]) -> Model:
@@ -55,6 +63,7 @@ def build_model(parts: Iterable[ModelPart], files: tuple[str, ...],
     services: list[Service] = []
     gateways: list[Gateway] = []
     routes: list[Route] = []
+    rollout: RolloutSettings | None = None  # one at most (references.py)
     for part in parts:
         if isinstance(part, FormatPart):
             continue  # a compile step's input, already compiled
@@ -64,13 +73,15 @@ def build_model(parts: Iterable[ModelPart], files: tuple[str, ...],
             services.append(part)
         elif isinstance(part, Gateway):
             gateways.append(part)
+        elif isinstance(part, RolloutSettings):
+            rollout = part
         elif not isinstance(part, PendingPart):
             routes.append(part)
     raw.sort(key=lambda resource: (_ads_rank(resource.type_url), resource.name))
     return Model(raw=tuple(raw), services=_by_name(services), gateways=_by_name(gateways),
                  routes=_by_name(routes), files=files,
                  statuses=tuple(sorted(statuses, key=lambda s: (s.kind, s.name, s.parent))),
-                 warnings=tuple(sorted(warnings, key=_issue_order)))
+                 warnings=tuple(sorted(warnings, key=_issue_order)), rollout=rollout)
 
 
 _Named = TypeVar("_Named", Service, Gateway, Route)

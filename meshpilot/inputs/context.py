@@ -13,7 +13,7 @@ from typing import ClassVar
 
 from meshpilot.base.errors import PolicyIssue, Position
 from meshpilot.inputs.yamlsource import FieldPath, Located, format_path
-from meshpilot.ir.model import Gateway, Origin, RawResource, Route, Service
+from meshpilot.ir.model import Gateway, Origin, RawResource, RolloutSettings, Route, Service
 
 
 class FormatPart:
@@ -43,7 +43,8 @@ class PendingPart:
 
 
 # (pending parts are compiled before the model is built, FormatParts by their format's step)
-ModelPart = RawResource | Service | Gateway | Route | FormatPart | PendingPart
+ModelPart = (RawResource | Service | Gateway | Route | RolloutSettings | FormatPart
+             | PendingPart)
 
 
 

@@ -46,6 +46,7 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     _check_forwarded_users(index)
     _check_ports(index)
     _check_view_names(documents)
+    _check_one_rollout(documents)
     _check_mesh(documents, index)
     _check_failover(documents, index)
 
@@ -409,6 +410,21 @@ def _overlap(a: _Binding, b: _Binding) -> bool:
     if a.address.version != b.address.version:
         return False  # Envoy binds IPv6 wildcards v6-only unless told otherwise
     return a.address == b.address or a.address.is_unspecified or b.address.is_unspecified
+
+
+def _check_one_rollout(documents: Sequence[ParsedDocument]) -> None:
+    """A policy says how it is rolled out once: one Rollout document at most."""
+    first: Position | None = None
+    for document in documents:
+        ctx = document.context
+        if ctx.kind != "Rollout" or document.compiled:
+            continue
+        position = ctx.document.position_of(("kind",))
+        if first is None:
+            first = position
+            continue
+        ctx.report(("kind",), f"a policy has one Rollout document; another is at {first}",
+                   at_value=True)
 
 
 def _check_view_names(documents: Sequence[ParsedDocument]) -> None:

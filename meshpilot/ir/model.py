@@ -751,6 +751,25 @@ class ObjectStatus:
     details: tuple[tuple[str, str], ...] = ()  # ("attachedRoutes", "2"), ...
 
 
+# ---- staged rollouts (runtime/rollout.py) -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutSettings:
+    """`kind: Rollout`: how the runtime rolls each edit out (a canary share first, watched,
+    then promoted or rolled back). Read by the runtime only; no translator sees it."""
+
+    name: str
+    position: Position
+    enabled: bool = True
+    canary: float = 10.0  # percent of each view's Envoys
+    watch: float = 30.0  # seconds
+    error_rate: float = 5.0  # percent of the canaries' requests answered 5xx
+    min_requests: int = 10
+    views: tuple[str, ...] = ()  # only these views in stages; (): every view
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+
+
 # ---- the whole model ----------------------------------------------------------------------------
 
 
@@ -768,6 +787,8 @@ class Model:
     statuses: tuple[ObjectStatus, ...] = ()
     # Advice that did not refuse the load (an Istio subset nothing selects), in file order.
     warnings: tuple[PolicyIssue, ...] = field(default=(), compare=False, repr=False)
+    # The policy's `kind: Rollout` document, if any (runtime/rollout.py reads it).
+    rollout: RolloutSettings | None = None
 
     def __post_init__(self) -> None:
         # Lookups by name are on every translator's path: index once (10k services).

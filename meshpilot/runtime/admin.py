@@ -31,6 +31,13 @@ from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.status import ProxyRegistry
 
 
+class RolloutControl(Protocol):
+    """Staged rollouts, as the admin API drives them by hand (runtime/rollout.py)."""
+
+    def promote(self, view: str | None = ...) -> Sequence[Any]: ...
+    def abort(self, view: str | None = ...) -> Sequence[Any]: ...
+
+
 class CaControl(Protocol):
     """The mesh CA's root rotation, as the admin API drives it (runtime/ca_rotation.py)."""
 
@@ -75,6 +82,8 @@ class AdminSources:
     # "view", "cluster" (upstream cluster, "" for the downstream total), "rq_per_s",
     # "err_per_s", "updated" (unix)}. None: no metrics service.
     request_rates: Callable[[], list[dict[str, Any]]] | None = None
+    # Promote or abort a rollout being watched (/v1/rollouts/promote, /v1/rollouts/abort).
+    rollout_control: RolloutControl | None = None
 
 
 # Who may call what without an operator token (admin_guard); every other route needs one.
@@ -204,6 +213,35 @@ def make_app(sources: AdminSources) -> web.Application:
         if sources.rollouts is None:
             return _json({"error": "this process runs no rollouts"}, 404)
         return _json({"rollouts": sources.rollouts()})
+
+    async def _by_hand(request: web.Request, action: str) -> web.Response:
+        if sources.rollout_control is None or sources.rollouts is None:
+            return _json({"error": "this process runs no rollouts"}, 404)
+        try:
+            body = await _body(request)
+            unknown = set(body) - {"view"}
+            if unknown:
+                raise ValueError(f"unknown field(s) {', '.join(sorted(unknown))}: expected view")
+            view = body.get("view")
+            if view is not None and not isinstance(view, str):
+                raise ValueError("view: a string")
+        except ValueError as e:
+            return _json({"error": str(e)}, 400)
+        control = sources.rollout_control
+        try:
+            ended = (control.promote if action == "promote" else control.abort)(view)
+        except ValueError as e:  # RolloutError: nothing to promote or abort there
+            return _json({"error": str(e)}, 409)
+        ids = {rollout.id for rollout in ended}
+        return _json({"rollouts": [r for r in sources.rollouts() if r["id"] in ids]})
+
+    @routes.post("/v1/rollouts/promote")
+    async def promote(request: web.Request) -> web.Response:
+        return await _by_hand(request, "promote")
+
+    @routes.post("/v1/rollouts/abort")
+    async def abort(request: web.Request) -> web.Response:
+        return await _by_hand(request, "abort")
 
     @routes.get("/debug/metrics/envoys")
     async def envoy_rates(_: web.Request) -> web.Response:

@@ -41,6 +41,7 @@ from meshpilot.runtime.plugin_loader import load_plugins
 from meshpilot.runtime.policy_store import POLICY_KEY, PolicyFolder, unpack
 from meshpilot.runtime.prepush import PrePush, ResourceCheck
 from meshpilot.runtime.ratelimit_service import Counters, RateLimitServer
+from meshpilot.runtime.rollout import RolloutMetrics, RolloutPolicy, Rollouts, policy_of
 from meshpilot.runtime.watch import Debouncer, PolicyWatcher
 from meshpilot.store import DEFAULT_PREFIX, Entry, StoreError, StoreUnavailable
 from meshpilot.store.election import Election
@@ -63,7 +64,7 @@ from meshpilot.xds.security import (
 )
 from meshpilot.xds.server import Authorize, XdsServer
 from meshpilot.xds.snapshot import Snapshot
-from meshpilot.xds.status import ProxyRegistry
+from meshpilot.xds.status import Connection, ProxyRegistry
 
 log = logging.getLogger("meshpilot")
 
@@ -162,6 +163,9 @@ class Settings:
     # Serve the policy revision `meshpilot apply` stored (runtime/policy_store.py) instead of
     # a folder of one's own; `policy` is then where it is written (state_dir/policy-from-store).
     policy_from_store: bool = False
+    # Staged rollouts (runtime/rollout.py, `--rollout canary=10%,watch=30s,...`): each edit
+    # goes to a canary share of every view's Envoys first. None: to every Envoy at once.
+    rollout: RolloutPolicy | None = None
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -257,17 +261,30 @@ class Meshpilot:
         self.convergence = Convergence(self.metrics.edit_convergence, clock=time.monotonic)
         self._edit_started: float | None = None  # the pending reload's first file event
         self.controller.on_applied = self._edit_applied
-        self.xds = XdsServer(self.cache, registry=self.registry, metrics=self.metrics,
-                             control_plane_id=settings.control_plane_id,
-                             authorize=authorize,
-                             request_view=self.controller.views.snapshot_of,
-                             on_settled=self.convergence.settled,
-                             on_closed=self.convergence.closed)
         # Envoy's metrics service on the xDS port, authenticated like xDS streams: what the
         # Envoys' own stats say of their traffic (rollouts' error rates, request rates).
         self.envoy_metrics = EnvoyMetrics()
         self.metrics_service = MetricsService(self.envoy_metrics.receive, authorize=authorize,
                                               on_closed=self.envoy_metrics.closed)
+        # Which snapshot each stream follows while an edit is rolled out in stages.
+        self.rollouts = Rollouts(self._rollout_policy, counts=self.envoy_metrics.sample,
+                                 connections=self.registry.connections, wake=self.cache.wake,
+                                 clock=time.monotonic, wall=time.time,
+                                 metrics=RolloutMetrics(self.metrics.registry),
+                                 on_end=lambda rollout: log.log(
+                                     logging.INFO if rollout.state == "promoted"
+                                     else logging.WARNING, "%s", rollout.line()))
+        self._replaced: list[tuple[Snapshot | None, Snapshot]] = []
+        self.controller.on_replaced = self._snapshots_replaced
+        self._rollout_ticker: asyncio.Task[None] | None = None
+        self.xds = XdsServer(self.cache, registry=self.registry, metrics=self.metrics,
+                             control_plane_id=settings.control_plane_id,
+                             authorize=authorize,
+                             request_view=self.controller.views.snapshot_of,
+                             on_settled=self._settled,
+                             on_closed=self.convergence.closed,
+                             on_nack=self.rollouts.nacked,
+                             follow=self.rollouts.follow)
         self.serving = False
         self.xds_address = settings.xds_address
         self.admin_address = settings.admin_address
@@ -476,6 +493,7 @@ class Meshpilot:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         self._rotator = asyncio.get_running_loop().create_task(self._rotate_certificates())
         self._rotation_task = asyncio.get_running_loop().create_task(self.rotator.run())
+        self._rollout_ticker = asyncio.get_running_loop().create_task(self._tick_rollouts())
         await self.controller.reload_async()
         if self.rate_limit_server is not None:
             await self.rate_limit_server.start()
@@ -608,12 +626,15 @@ class Meshpilot:
             tokens=None if self.settings.insecure_admin else self.tokens,
             admin_hosts=self.settings.admin_hosts, warnings=self.admin_warnings,
             status_extra=lambda: {"prepush": self.prepush_status(),
-                                  "edits": self.convergence.describe()},
+                                  "edits": self.convergence.describe(),
+                                  "rollouts": self.rollouts.status(),
+                                  "envoy_metrics": self.envoy_metrics.describe()},
             ca=self.rotator,
             fleet=self.fleet.describe if self.fleet is not None else None,
             registrations=self.shared_registrations,
             replica=self.store_status if self.store is not None else None,
-            request_rates=self.envoy_metrics.request_rates)
+            request_rates=self.envoy_metrics.request_rates,
+            rollouts=self.rollouts.describe, rollout_control=self.rollouts)
 
     def locate(self, view: str, type_url: str, name: str) -> str | None:
         """Where the serving policy made the view's resource: "file:line:col: Kind name:
@@ -660,12 +681,33 @@ class Meshpilot:
         if not self.controller.reloading:  # refused, or changed nothing: no edit to follow
             self._edit_started = None
 
+    def _rollout_policy(self) -> RolloutPolicy | None:
+        """How the next edit is rolled out: as the serving policy's Rollout document says (so
+        an edit cannot switch off its own rollout), else as --rollout does."""
+        model = self.controller.model
+        if model is not None and model.rollout is not None:
+            return policy_of(model.rollout)
+        return self.settings.rollout
+
+    def _snapshots_replaced(self, pairs: list[tuple[Snapshot | None, Snapshot]]) -> None:
+        self._replaced = pairs  # rolled out by `_edit_applied`, called right after
+
+    def _settled(self, conn: Connection) -> None:
+        self.convergence.settled(conn)
+        self.rollouts.settled(conn)
+
     def _edit_applied(self, changed: list[Snapshot]) -> None:
-        """A reload put `changed` in the cache (on the loop): an edit, if file events began it."""
+        """A reload put `changed` in the cache (on the loop): an edit, if file events began it;
+        rolled out in stages with --rollout."""
         started, self._edit_started = self._edit_started, None
-        if started is None:
-            return  # the first load, at start
-        edit = self.convergence.applied(started, changed, self.registry.connections())
+        pairs, self._replaced = self._replaced, []
+        edit = None
+        if started is not None:  # else the first load, at start, or a reload of no edit
+            edit = self.convergence.applied(started, changed, self.registry.connections())
+        for rollout in self.rollouts.replaced(pairs, edit.id if edit is not None else None):
+            log.info("rollout %s of view %r: canary %s of %d Envoy(s), watched %gs",
+                     rollout.id, rollout.view, ", ".join(rollout.canary), rollout.total,
+                     rollout.policy.watch)
         if edit is not None:
             log.info("edit %s applied %.0f ms after its file event, to %d Envoy(s) of %s",
                      edit.id, (edit.applied - started) * 1000, len(edit.targets),
@@ -698,6 +740,12 @@ class Meshpilot:
                     self.controller.commit_identities(renewed, prepared)
                     break
 
+    async def _tick_rollouts(self) -> None:
+        """Judge the rollouts being watched (error rates, watch periods) four times a second."""
+        while True:
+            await asyncio.sleep(0.25)
+            self.rollouts.tick()
+
     async def _sweep(self) -> None:
         """Remove registrations whose TTL lapsed, every `discovery_sweep` seconds."""
         while True:
@@ -714,6 +762,8 @@ class Meshpilot:
             self._rotator.cancel()
         if self._rotation_task is not None:
             self._rotation_task.cancel()
+        if self._rollout_ticker is not None:
+            self._rollout_ticker.cancel()
         self.rotator.cancel()
         if self.docker_election is not None:
             await self.docker_election.resign()

@@ -107,6 +107,9 @@ class Controller:
         self.prepush = prepush
         # Called on the loop with the snapshots a successful reload changed (convergence).
         self.on_applied: Callable[[list[Snapshot]], None] | None = None
+        # Called on the loop just before `on_applied`, with each changed view's (previous
+        # snapshot or None, new snapshot): staged rollouts keep the previous one for some.
+        self.on_replaced: Callable[[list[tuple[Snapshot | None, Snapshot]]], None] | None = None
         self.model: Model | None = None
         self.translation: Translation | None = None
         # Counts changes of `translation` or of the snapshots made from it: a view built on
@@ -220,7 +223,10 @@ class Controller:
         self.translation = prepared.translation
         self.generation += 1
         self.status.error = []  # before building views: one failing to build reports here
+        previous = {s.view: self.cache.get(s.view) for s in prepared.snapshots}
         changed = [snapshot for snapshot in prepared.snapshots if self.cache.set(snapshot)]
+        if self.on_replaced is not None:
+            self.on_replaced([(previous[s.view], s) for s in changed])
         if self.on_applied is not None:
             self.on_applied(changed)
         self.metrics.views.set(len(self.cache.views()))

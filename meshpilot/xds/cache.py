@@ -37,6 +37,12 @@ class SnapshotCache:
             wake()
         return True
 
+    def wake(self, view: str) -> None:
+        """Wake the view's streams without a new snapshot: what one of them follows changed
+        (a rollout promoted or rolled back, `XdsServer`'s `follow`)."""
+        for wake in tuple(self._watchers.get(view, ())):
+            wake()
+
     def views(self) -> tuple[str, ...]:
         return tuple(sorted(self._snapshots))
 

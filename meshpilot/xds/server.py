@@ -31,6 +31,9 @@ Authorize = Callable[[Any, str, grpc.aio.ServicerContext], "str | None"]
 # snapshot is in the cache (None: there is none to send yet, the stream waits for a `set`).
 # Raising ends the stream with the error.
 RequestView = Callable[[str], Awaitable[Snapshot | None]]
+# Which snapshot one stream follows, given its view's newest (a staged rollout keeps some
+# streams on the previous one): returns the one to send it, or None for nothing yet.
+Follow = Callable[[Connection, "Snapshot | None"], "Snapshot | None"]
 
 
 class XdsMetrics:
@@ -109,13 +112,16 @@ class XdsServer:
                  on_nack: Callable[[Connection, str, str], None] | None = None,
                  authorize: Authorize | None = None, request_view: RequestView | None = None,
                  on_settled: Callable[[Connection], None] | None = None,
-                 on_closed: Callable[[Connection], None] | None = None):
+                 on_closed: Callable[[Connection], None] | None = None,
+                 follow: Follow | None = None):
         """`authorize(node, view, context)`: None lets a stream have that view, a string refuses
         it (PERMISSION_DENIED with that text); see `meshpilot.xds.security.IdentityCheck`.
         `request_view(view)`: builds a view that has no snapshot yet (the runtime translates it,
         off the event loop); without it, a stream waits until its view's snapshot is set.
         `on_settled(conn)`: the stream is idle (nothing in flight, nothing to send) on its
-        snapshot, after an input; `on_closed(conn)`: it ended (the runtime's convergence)."""
+        snapshot, after an input; `on_closed(conn)`: it ended (the runtime's convergence).
+        `follow(conn, newest)`: the snapshot that stream follows (runtime/rollout.py); without
+        it, every stream follows its view's newest."""
         self.cache = cache
         self.registry = registry or ProxyRegistry()
         self.metrics = metrics or XdsMetrics()
@@ -126,6 +132,7 @@ class XdsServer:
         self.request_view = request_view
         self.on_settled = on_settled
         self.on_closed = on_closed
+        self.follow = follow
         # Resource versions an Envoy refused: no stream of this server sends them again.
         self.held = HeldResources()
 
@@ -194,8 +201,8 @@ class XdsServer:
                         woken = False
                         # Fix: `is not None`, not truthiness: a node with an empty cluster has
                         # view "" (served its first snapshot), and must get the updates too.
-                        snapshot = (self.cache.get(conn.view) if conn.view is not None
-                                    else None)
+                        snapshot = (self._followed(conn, self.cache.get(conn.view))
+                                    if conn.view is not None else None)
                         if snapshot is not None:
                             stream.on_snapshot(snapshot)
                         continue
@@ -219,6 +226,7 @@ class XdsServer:
                         snapshot = self.cache.get(conn.view)
                         if snapshot is None and self.request_view is not None:
                             snapshot = await self.request_view(conn.view)
+                        snapshot = self._followed(conn, snapshot)
                         if snapshot is not None:
                             stream.on_snapshot(snapshot)
                         log.info("%s connected: node %r view %r (%s)", conn.peer,
@@ -251,6 +259,9 @@ class XdsServer:
             self.metrics.connected.labels(variant).dec()
             if conn.view is not None:
                 log.info("%s disconnected: node %r", conn.peer, conn.node_id)
+
+    def _followed(self, conn: Connection, newest: Snapshot | None) -> Snapshot | None:
+        return newest if self.follow is None else self.follow(conn, newest)
 
     def _count(self, conn: Connection, type_url: str, kind: RequestKind) -> None:
         short = types.short_name(type_url)

@@ -96,7 +96,7 @@ def test_every_schema_property_is_documented() -> None:
 def test_the_doc_has_examples_of_every_kind() -> None:
     kinds = {match for _, block in DOCUMENT_BLOCKS
              for match in re.findall(r"^kind: (\w+)", block.text, re.MULTILINE)}
-    assert kinds >= {"Service", "Gateway", "Route", "EnvoyResources"}
+    assert kinds >= {"Service", "Gateway", "Route", "EnvoyResources", "Rollout"}
 
 
 @pytest.mark.parametrize(("position", "block"), DOCUMENT_BLOCKS,

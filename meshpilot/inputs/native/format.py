@@ -1,5 +1,6 @@
 """meshpilot's own policy language as an input format: documents without an `apiVersion`,
-named by their top-level `name`, of the kinds Service, Gateway, Route and EnvoyResources."""
+named by their top-level `name`, of the kinds Service, Gateway, Route, EnvoyResources and
+Rollout."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshpilot.inputs.formats import DocumentParser
-from meshpilot.inputs.native import envoy_resources, gateway, route, service
+from meshpilot.inputs.native import envoy_resources, gateway, rollout, route, service
 from meshpilot.inputs.yamlsource import FieldPath
 
 
@@ -25,6 +26,7 @@ class NativeFormat:
         service.KIND: service.parse_service,
         gateway.KIND: gateway.parse_gateway,
         route.KIND: route.parse_route,
+        rollout.KIND: rollout.parse_rollout,
     }))
 
 

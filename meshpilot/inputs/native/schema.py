@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshpilot.inputs.native import gateway, matches, route, security, service, tls
+from meshpilot.inputs.native import gateway, matches, rollout, route, security, service, tls
 from meshpilot.inputs.native.envoy_resources import KIND as ENVOY_RESOURCES
 from meshpilot.inputs.native.envoy_resources import RESOURCE_LISTS
 
@@ -29,12 +29,13 @@ _DNS_NAME = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
 def json_schema() -> Schema:
     """The schema of one policy document (a YAML file holds several, each checked alone)."""
     kinds = {"Service": _service(), "Gateway": _gateway(), "Route": _route(),
-             ENVOY_RESOURCES: _envoy_resources()}
+             ENVOY_RESOURCES: _envoy_resources(), rollout.KIND: _rollout()}
     return {
         "$schema": DRAFT,
         "title": "meshpilot policy document",
         "description": "One document of a meshpilot policy folder: a Service, a Gateway, a "
-                       "Route, or raw Envoy resources. Every document has a kind and a name.",
+                       "Route, raw Envoy resources, or how edits are rolled out. Every "
+                       "document has a kind and a name.",
         "oneOf": [{"$ref": f"#/$defs/{kind}"} for kind in kinds],
         "$defs": {**kinds, **_shared()},
     }
@@ -700,6 +701,29 @@ def _envoy_resources() -> Schema:
                                     "description": "The document's name, unique among "
                                                    f"{ENVOY_RESOURCES} documents."}
     return schema
+
+
+def _rollout() -> Schema:
+    def percent(description: str, minimum_exclusive: bool) -> Schema:
+        bound = {"exclusiveMinimum": 0} if minimum_exclusive else {"minimum": 0}
+        return {"type": "number", **bound, "maximum": 100, "description": description}
+
+    return _document(rollout.KIND, "How each edit is rolled out: to a canary share of every "
+                                   "view's Envoys first, watched, then promoted or rolled "
+                                   "back. One per policy.", {
+        "enabled": {"type": "boolean", "description": "false: no staged rollouts, whatever "
+                                                      "--rollout says (default true)."},
+        "canary": percent("Percent of each view's Envoys sent an edit first (default 10; at "
+                          "least one Envoy, never all of several).", True),
+        "watch": _ref("duration", "How long the canaries are watched before promotion "
+                                  "(default 30s, at most 24h)."),
+        "error_rate": percent("Percent of the canaries' requests answered 5xx above which "
+                              "the edit is rolled back (default 5).", False),
+        "min_requests": _integer("Canary requests needed before the error rate is judged "
+                                 "(default 10).", 0, 1_000_000_000),
+        "views": _list("Only these views (node clusters) are rolled out in stages; default: "
+                       "every view.", {"type": "string", "minLength": 1}, unique=True),
+    })
 
 
 def _security(scope: str) -> dict[str, Schema]:
