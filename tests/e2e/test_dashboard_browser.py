@@ -3,19 +3,22 @@ tests/browser.py) against `meshpilot serve` with real Envoys: without a token th
 only its login and the data is refused; a wrong token is refused; with an operator token it
 shows the live fleet (node ids, views, sync state) and the service graph; saving an edit shows
 the new edit and its convergence without a reload, and a refused edit its file:line; the
-token lives in the tab's sessionStorage and logging out forgets it. Skipped with the reason
-when chromium is absent (outside CI)."""
+Envoys' request rates; the token lives in the tab's sessionStorage and logging out forgets it.
+An Envoy's refusal shows with the policy line it came from, a hostile node id stays text, a
+rotated key sends the page back to its login; a staged rollout shows while it is watched and
+when it is promoted. Skipped with the reason when chromium is absent (outside CI)."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from browser import Chromium, chromium_or_skip
 from support import backend_of, eventually, listener_port, raw_policy, write_atomically
 
 from meshpilot.ca.tokens import rotate_key
-from meshpilot.local.bootstrap import render_bootstrap
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(240)]
 
@@ -27,16 +30,6 @@ def fleet(page) -> list[tuple[str, str]]:
         f"{ROWS}.map(r => [r.dataset.node, r.dataset.view])")]
 
 
-def with_stats_sink(bootstrap: dict, token: str | None) -> dict:
-    """The bootstrap with `meshpilot bootstrap`'s stats sink (Envoy's metrics service to
-    meshpilot's xDS port), flushing every half second: the request rates' source."""
-    sink = render_bootstrap(node_id="n", node_cluster="c", xds_addresses=[("127.0.0.1", 1)],
-                            admin_address=("127.0.0.1", 0),
-                            xds_token=token, stats_flush_interval=0.5)
-    return {**bootstrap, "stats_sinks": sink["stats_sinks"],
-            "stats_flush_interval": sink["stats_flush_interval"]}
-
-
 def test_the_dashboard_shows_the_live_fleet_and_follows_an_edit(
         tmp_path, echo_factory, meshpilot_factory, envoy_factory):
     chromium_or_skip()
@@ -46,8 +39,10 @@ def test_the_dashboard_shows_the_live_fleet_and_follows_an_edit(
     policy_dir.mkdir()
     write_atomically(policy_dir / "edge.yaml", raw_policy(backends=backends, route_to="v1"))
     mp = meshpilot_factory(policy_dir)
-    envoys = [envoy_factory(with_stats_sink(mp.bootstrap(node, view, delta=delta),
-                                            mp.node_token(view)), name=node, ready_timeout=30)
+    # Each with the stats sink (Envoy's metrics service), flushing every half second: the
+    # request rates' source.
+    envoys = [envoy_factory(mp.bootstrap(node, view, delta=delta, stats_flush_interval=0.5),
+                            name=node, ready_timeout=30)
               for node, view, delta in (("edge-0", "edge", False), ("edge-1", "edge", True),
                                         ("other-0", "other", False))]
     ports = [listener_port(envoy) for envoy in envoys]
@@ -227,3 +222,51 @@ def test_a_refused_resource_shows_with_its_policy_line_and_hostile_names_stay_te
         assert page.evaluate("sessionStorage.length") == 0
         assert page.evaluate("document.getElementById('board').hidden") is True
         assert [e for e in page.errors() if "401" not in e] == [], page.errors()
+
+
+def test_a_rollout_in_progress_and_its_promotion_show_live(
+        tmp_path, echo_factory, meshpilot_factory, envoy_factory):
+    """A staged rollout (runtime/rollout.py): the edit goes to the canary half of the view's
+    Envoys, the page shows it being watched, and `meshpilot rollout promote` shows as
+    promoted, without a reload."""
+    chromium_or_skip()
+    v1, v2 = echo_factory("v1"), echo_factory("v2")
+    backends = {"v1": v1.port, "v2": v2.port}
+    policy_dir = tmp_path / "policy"
+    policy_dir.mkdir()
+    write_atomically(policy_dir / "edge.yaml", raw_policy(backends=backends, route_to="v1"))
+    mp = meshpilot_factory(policy_dir, extra_args=("--rollout", "canary=50%,watch=10m"))
+    envoys = [envoy_factory(mp.bootstrap(f"edge-{i}", "edge", stats_flush_interval=0.5),
+                            name=f"edge-{i}", ready_timeout=30) for i in range(2)]
+    for port in [listener_port(envoy) for envoy in envoys]:
+        eventually(lambda p=port: backend_of(p) == "v1", what="traffic to v1")
+
+    with Chromium(tmp_path) as browser:
+        page = browser.page()
+        page.navigate(f"{mp.admin}/dashboard")
+        page.wait_for("!document.getElementById('login').hidden", what="the login form")
+        page.evaluate(f"document.getElementById('token').value = {json.dumps(mp.operator_token())};"
+                      " document.getElementById('login-form').requestSubmit(); true")
+        page.wait_for(f"{ROWS}.length === 2", what="the fleet")
+        assert page.text("#rollouts-empty") == "no rollout"
+        page.evaluate("window.notReloaded = true")
+
+        write_atomically(policy_dir / "edge.yaml", raw_policy(backends=backends, route_to="v2"))
+        (rollout,) = eventually(lambda: mp.get_json("/debug/rollouts")["rollouts"] or None,
+                                what="the rollout to start")
+        row = f"document.querySelector('#rollouts tr[data-rollout=\"{rollout['id']}\"]')"
+        page.wait_for(f"{row} && {row}.dataset.state === 'watching'", what="the rollout row")
+        (canary,) = rollout["canary"]
+        assert page.evaluate(f"{row}.querySelector('.canary').innerText") == f"1 of 2: {canary}"
+        assert page.evaluate(f"{row}.querySelector('.state-cell').innerText").startswith(
+            "watching, ")
+        assert page.evaluate(f"{row}.querySelector('.edit').innerText") == rollout["edit"]
+
+        out = subprocess.run(
+            [sys.executable, "-m", "meshpilot", "rollout", "promote", "--admin-address",
+             f"127.0.0.1:{mp.admin_port}", "--state-dir", str(mp.state_dir)],
+            capture_output=True, text=True, timeout=30, check=False)
+        assert out.returncode == 0, out
+        page.wait_for(f"{row}.dataset.state === 'promoted'", what="the promotion")
+        assert "promoted by hand" in page.evaluate(f"{row}.querySelector('.reason').innerText")
+        assert page.evaluate("window.notReloaded") is True

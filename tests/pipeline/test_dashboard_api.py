@@ -137,8 +137,8 @@ def test_the_stream_sends_the_state_again_when_the_policy_changes(tmp_path: Path
             assert r.status == 200
             state = await r.json()
         assert state["policy"]["ok"] is True and state["proxies"] == []
-        # No rollout source in this process; rates from the metrics service, no Envoy yet.
-        assert state["rollouts"] is None and state["request_rates"] == []
+        # Rollouts and the metrics service's rates: none yet (no edit, no Envoy).
+        assert state["rollouts"] == [] and state["request_rates"] == []
         edges = {(e["view"], e["cluster"]) for e in state["graph"]["edges"]}
         assert ("edge", "ratings") in edges and ("edge", "reviews/v1") in edges
         async with session.get(base + dashboard.EVENTS_PATH, headers=headers) as r:

@@ -281,15 +281,23 @@ function renderRollouts(rollouts) {
     fill("rollouts", "rollouts-empty", [], "no data");
     return;
   }
-  const rows = rollouts.map((r) => el("tr", {"data-rollout": r.id, "data-state": r.state},
-    el("td", {}, r.id),
-    el("td", {}, r.view),
-    el("td", {class: "state-cell"}, r.state),
-    el("td", {title: (r.canary || []).join(", ")}, `${(r.canary || []).length} of ${r.total}`),
-    el("td", {}, r.error_rate === null || r.error_rate === undefined ? "no traffic yet"
-      : `${(r.error_rate * 100).toFixed(1)}% (limit ${(r.threshold * 100).toFixed(1)}%)`),
-    el("td", {}, r.edit || ""),
-    el("td", {}, r.reason || "")));
+  const rows = rollouts.map((r) => {
+    // "remaining" and "requests" are extras a source may give beyond the interface.
+    const left = typeof r.remaining === "number" ? `, ${Math.ceil(r.remaining)} s left` : "";
+    const limit = `limit ${(r.threshold * 100).toFixed(1)}%`;
+    const seen = typeof r.requests === "number" ? ` of ${r.requests} requests` : "";
+    return el("tr", {"data-rollout": r.id, "data-state": r.state},
+      el("td", {}, r.id),
+      el("td", {}, r.view),
+      el("td", {class: "state-cell"}, r.state + left),
+      el("td", {class: "canary", title: (r.canary || []).join(", ")},
+         `${(r.canary || []).length} of ${r.total}: ${(r.canary || []).join(", ")}`),
+      el("td", {}, r.error_rate === null || r.error_rate === undefined
+        ? `no traffic yet (${limit})`
+        : `${(r.error_rate * 100).toFixed(1)}%${seen} (${limit})`),
+      el("td", {class: "edit"}, r.edit || ""),
+      el("td", {class: "reason"}, r.reason || ""));
+  });
   fill("rollouts", "rollouts-empty", rows, "no rollout");
 }
 
