@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -49,7 +50,8 @@ _PAGE_HEADERS = {"Content-Security-Policy": CONTENT_SECURITY_POLICY,
                  "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
                  "Referrer-Policy": "no-referrer", "Cache-Control": "no-store"}
 
-POLL_SECONDS = 0.5  # how often an open event stream looks for a change
+POLL_SECONDS = 0.5  # how often an open event stream looks for a change (at most)
+LOAD_FACTOR = 10.0  # ... but waits at least ten times what a look costs (a large fleet)
 KEEPALIVE_SECONDS = 15.0  # a comment line on a quiet stream, so proxies keep it open
 MAX_STREAMS = 32  # open event streams at once; more are refused (503)
 
@@ -105,11 +107,32 @@ def service_graph(snapshots: Iterable[Snapshot], proxies: list[dict[str, Any]],
     return {"views": views, "clusters": sorted(clusters), "edges": edges}
 
 
+def _fleet_row(proxy: dict[str, Any]) -> dict[str, Any]:
+    """What the page shows of one Envoy of /debug/proxies (nonces, versions and timestamps
+    left out: a tenth of the bytes, and a document that changes only when the page would)."""
+    row = {key: proxy.get(key) for key in ("node_id", "view", "variant", "envoy_version")}
+    if "replica" in proxy:
+        row["replica"] = proxy["replica"]
+    row["types"] = {}
+    for short, state in (proxy.get("types") or {}).items():
+        rejection = state.get("last_rejection")
+        row["types"][short] = {
+            "status": state.get("status"), "resources": state.get("resources"),
+            "acks": state.get("acks"), "nacks": state.get("nacks"),
+            "last_rejection": None if not rejection else {
+                "message": rejection.get("message"), "at": rejection.get("at")},
+            "held_back": [{"name": held.get("name"), "message": held.get("message"),
+                           "origin": held.get("origin")}
+                          for held in state.get("held_back") or ()],
+        }
+    return row
+
+
 async def dashboard_state(sources: DashboardSources) -> dict[str, Any]:
     """Everything the page shows, as JSON. Deterministic for one state of the process (no
     clock of its own), so the event stream can tell a change by comparing documents."""
     fleet = await sources.proxies()
-    proxies = list(fleet.get("proxies", []))
+    proxies = [_fleet_row(proxy) for proxy in fleet.get("proxies", [])]
     status = sources.status()
     rollouts = sources.rollouts() if sources.rollouts is not None else None
     rates = sources.request_rates() if sources.request_rates is not None else None
@@ -130,7 +153,9 @@ async def dashboard_state(sources: DashboardSources) -> dict[str, Any]:
 
 
 def _compact(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    # Not sorted: every dict here is built in a fixed order, so one state is one text (and
+    # sorting doubled the cost of a look at a thousand Envoys).
+    return json.dumps(data, separators=(",", ":"), default=str)
 
 
 class SharedState:
@@ -141,6 +166,8 @@ class SharedState:
 
     def __init__(self, sources: DashboardSources, clock: Callable[[], float],
                  max_age: float = POLL_SECONDS / 2):
+        # (With a large fleet a look costs more: streams then look less often, see
+        # `interval`, so the dashboards never take more than about 1/LOAD_FACTOR of a core.)
         self.sources = sources
         self.clock = clock
         self.max_age = max_age
@@ -148,14 +175,21 @@ class SharedState:
         self._at = float("-inf")
         self._lock = asyncio.Lock()
         self.computed = 0  # how many times the state was built (for tests)
+        self.cost = 0.0  # seconds the newest build took (its CPU, mostly)
 
     async def text(self) -> str:
         async with self._lock:
             if self.clock() - self._at >= self.max_age:
+                started = time.perf_counter()
                 self._text = _compact(await dashboard_state(self.sources))
+                self.cost = time.perf_counter() - started
                 self._at = self.clock()
                 self.computed += 1
             return self._text
+
+    def interval(self) -> float:
+        """How long a stream waits before its next look."""
+        return max(POLL_SECONDS, LOAD_FACTOR * self.cost)
 
 
 
@@ -221,10 +255,11 @@ def add_dashboard_routes(routes: web.RouteTableDef, app: web.Application,
                 elif quiet >= KEEPALIVE_SECONDS:
                     await response.write(b": keep-alive\n\n")
                     quiet = 0.0
+                wait = shared.interval()
                 try:
-                    await asyncio.wait_for(stopping.wait(), POLL_SECONDS)
+                    await asyncio.wait_for(stopping.wait(), wait)
                 except TimeoutError:
-                    quiet += POLL_SECONDS
+                    quiet += wait
         except ConnectionResetError:
             pass  # the browser went away
         finally:
