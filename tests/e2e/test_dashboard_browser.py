@@ -6,7 +6,8 @@ the new edit and its convergence without a reload, and a refused edit its file:l
 Envoys' request rates; the token lives in the tab's sessionStorage and logging out forgets it.
 An Envoy's refusal shows with the policy line it came from, a hostile node id stays text, a
 rotated key sends the page back to its login; a staged rollout shows while it is watched and
-when it is promoted. Skipped with the reason when chromium is absent (outside CI)."""
+when it is promoted; with replicas on etcd, any replica's page shows the whole fleet. Skipped
+with the reason when chromium is absent (outside CI)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import pytest
 from browser import Chromium, chromium_or_skip
 from support import backend_of, eventually, listener_port, raw_policy, write_atomically
 
+from meshpilot.base.netutil import free_port
 from meshpilot.ca.tokens import rotate_key
+from meshpilot.local.bootstrap import render_bootstrap
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(240)]
 
@@ -270,3 +273,53 @@ def test_a_rollout_in_progress_and_its_promotion_show_live(
         page.wait_for(f"{row}.dataset.state === 'promoted'", what="the promotion")
         assert "promoted by hand" in page.evaluate(f"{row}.querySelector('.reason').innerText")
         assert page.evaluate("window.notReloaded") is True
+
+
+REPLICA_POLICY = """
+kind: Service
+name: api
+---
+kind: Gateway
+name: edge
+listeners: [{{name: http, port: {port}, address: 127.0.0.1}}]
+---
+kind: Route
+name: shop
+gateway: edge
+rules:
+  - backends: [{{service: api}}]
+"""
+
+
+def test_with_replicas_any_replicas_dashboard_shows_the_whole_fleet(
+        tmp_path, etcd, meshpilot_factory, envoy_factory):
+    """Two replicas on one etcd, an Envoy on each: replica b's page lists both Envoys, each
+    with the replica it is connected to, and says which replica it is."""
+    chromium_or_skip()
+    policy_dir = tmp_path / "policy"
+    policy_dir.mkdir()
+    write_atomically(policy_dir / "edge.yaml", REPLICA_POLICY.format(port=free_port()))
+    store_key = tmp_path / "store.key"
+    a, b = (meshpilot_factory(policy_dir, extra_args=(
+        "--store", etcd.url, "--store-key", str(store_key), "--replica-id", name))
+        for name in ("a", "b"))
+    for node, replica in (("edge-on-a", a), ("edge-on-b", b)):
+        envoy_factory(render_bootstrap(
+            node_id=node, node_cluster="edge", xds_addresses=[("127.0.0.1", replica.xds_port)],
+            admin_address=("127.0.0.1", 0), xds_tls_ca=str(a.state_dir / "ca.crt"),
+            xds_sni="meshpilot", xds_token=a.node_token("edge")), ready_timeout=30, name=node)
+
+    with Chromium(tmp_path) as browser:
+        page = browser.page()
+        page.navigate(f"{b.admin}/dashboard")
+        page.wait_for("!document.getElementById('login').hidden", what="the login form")
+        # A's token works on B: the replicas share the token key.
+        page.evaluate(f"document.getElementById('token').value = {json.dumps(a.operator_token())};"
+                      " document.getElementById('login-form').requestSubmit(); true")
+        page.wait_for(f"{ROWS}.length === 2 && {ROWS}.every(r => "
+                      "[...r.querySelectorAll('.badge')].every(b => b.dataset.status === "
+                      "'SYNCED'))", timeout=30, what="both replicas' Envoys, synced")
+        assert fleet(page) == [("edge-on-a", "edge"), ("edge-on-b", "edge")]
+        streams = page.evaluate(f"{ROWS}.map(r => r.cells[2].innerText)")
+        assert streams == ["sotw-ads @ a", "sotw-ads @ b"]
+        assert page.text("#where").startswith("replica b")
