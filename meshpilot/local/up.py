@@ -99,7 +99,8 @@ async def run_up(policy: Path, *, node_cluster: str, xds_address: str, admin_add
                                          xds_addresses=[(host, int(port))],
                                          admin_address=("127.0.0.1", envoy_admin_port),
                                          xds_tls_ca=str(ca), xds_sni="meshpilot",
-                                         xds_token=mp.tokens.issue("node", node_cluster))
+                                         xds_token=mp.tokens.issue("node", node_cluster),
+                                         stats_flush_interval=2.0)
             envoy = EnvoyProcess(bootstrap, work, name="envoy", envoy_path=envoy_path)
             await asyncio.to_thread(envoy.start)
             await asyncio.to_thread(envoy.wait_ready, 30.0)

@@ -258,6 +258,9 @@ def make_app(sources: AdminSources) -> web.Application:
             if not conns:
                 return _json({"error": f"no connected proxy with node id {node!r}"}, 404)
             view = conns[0].view
+            followed = conns[0].stream.snapshot
+            if followed is not None:  # what that Envoy follows (a rollout may hold it back)
+                return _json(snapshot_to_dict(followed))
         if not view:
             return _json({"error": "give ?node=ID or ?view=NAME", "views": cache.all_views()},
                          400)

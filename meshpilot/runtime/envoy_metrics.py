@@ -51,10 +51,15 @@ class EnvoyCounters:
     updated: float = 0.0
 
 
-def _labels(metric: Any) -> dict[str, str]:
-    # Envoy 1.40 names its tags `envoy.cluster_name`; Prometheus' rules would say
-    # `envoy_cluster_name`: either is read as the latter.
-    return {pair.name.replace(".", "_"): pair.value for pair in metric.label}
+# Envoy 1.40 names its tags `envoy.cluster_name`; Prometheus' rules would say
+# `envoy_cluster_name`: either is read.
+_SCOPE_LABELS = {
+    "cluster": frozenset({"envoy.cluster_name", "envoy_cluster_name"}),
+    "http": frozenset({"envoy.http_conn_manager_prefix", "envoy_http_conn_manager_prefix"}),
+}
+_CLASS_LABELS = frozenset({"envoy.response_code_class", "envoy_response_code_class"})
+_TAGGED = frozenset({"cluster.upstream_rq_total", "http.downstream_rq_total",
+                     "cluster.upstream_rq_xx", "http.downstream_rq_xx"})
 
 
 def _value(family: Any, metric: Any) -> float:
@@ -82,17 +87,33 @@ def counts_of(families: Iterable[Any]) -> dict[str, tuple[float, float]]:
         name = family.name
         if not (name.startswith("cluster.") or name.startswith("http.")):
             continue
-        if name in ("cluster.upstream_rq_total", "http.downstream_rq_total",
-                    "cluster.upstream_rq_xx", "http.downstream_rq_xx"):
+        if name in _TAGGED:
+            # The hot loop (a metric per cluster): no call, no dict per metric.
             kind = name.partition(".")[0]
-            scope_label = "envoy_cluster_name" if kind == "cluster" \
-                else "envoy_http_conn_manager_prefix"
+            scope_labels = _SCOPE_LABELS[kind]
+            five_xx = name.endswith("_xx")
+            into = errors if five_xx else requests
+            http = kind == "http"
+            counter = family.type == COUNTER
+            if not counter and family.type != UNTYPED:
+                continue
             for metric in family.metric:
-                labels = _labels(metric)
-                if name.endswith("_xx") and labels.get("envoy_response_code_class") != "5":
+                scope = ""
+                code_class = None
+                for pair in metric.label:  # two or three pairs
+                    label = pair.name
+                    if label in scope_labels:
+                        scope = pair.value
+                    elif label in _CLASS_LABELS:
+                        code_class = pair.value
+                if five_xx and code_class != "5":
                     continue
-                add(kind, labels.get(scope_label, ""),
-                    "5xx" if name.endswith("_xx") else "total", _value(family, metric))
+                if http:
+                    if scope == _ADMIN_PREFIX:
+                        continue  # Envoy's own admin listener: health checks, config dumps
+                    scope = DOWNSTREAM
+                value = metric.counter.value if counter else metric.untyped.value
+                into[scope] = into.get(scope, 0.0) + value
             continue
         match = _FLAT.match(name)
         if match is None:

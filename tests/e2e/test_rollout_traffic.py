@@ -5,7 +5,7 @@ metrics service (the bootstrap's stats sink).
   canary's error rate, from its own stats, crosses the threshold and the rollout rolls back on its
   own; traffic sent meanwhile through every Envoy fails on the canary only (no more than the
   canary share of it), and the other Envoys never held the bad route (their config dumps).
-- A good edit is promoted after the watch period.
+- A good edit is promoted after the watch period (a `kind: Rollout` document says how).
 - By hand: `meshpilot rollout promote` and `abort`; a canary's NACK rolls back.
 """
 
@@ -124,7 +124,10 @@ def test_a_good_edit_is_promoted_after_the_watch(tmp_path, echo_factory, meshpil
     policy = tmp_path / "policy"
     policy.mkdir()
     write_atomically(policy / "edge.yaml", raw_policy(backends=backends, route_to="v1"))
-    mp = meshpilot_factory(policy, extra_args=("--rollout", "canary=34%,watch=3s"))
+    # Said by the policy this time (the serving policy's Rollout governs the next edit).
+    write_atomically(policy / "rollout.yaml", "kind: Rollout\nname: staged\ncanary: 34\n"
+                                              "watch: 3s\nviews: [edge]\n")
+    mp = meshpilot_factory(policy)
     _, ports = fleet(mp, envoy_factory, 3)
     for port in ports.values():
         eventually(lambda p=port: backend_of(p) == "v1", what="traffic to v1")
@@ -177,6 +180,13 @@ def test_promote_abort_by_hand_and_a_canary_nack(tmp_path, echo_factory, meshpil
     for node, port in ports.items():
         want = "v2" if node in canary else "v1"
         eventually(lambda p=port, w=want: backend_of(p) == w, what=f"{node} on {want}")
+    # meshpilot's own config dump of a node shows the snapshot that node follows.
+    for node in ports:
+        dump = mp.get_json(f"/debug/config_dump?node={node}")
+        (routes,) = dump["resources"]["routes"]
+        cluster = routes["virtual_hosts"][0]["routes"][0]["route"]["cluster"]
+        assert cluster == ("v2" if node in canary else "v1"), node
+        assert dump["version"] == (first["candidate"] if node in canary else first["baseline"])
     out = cli(mp, "rollout", "promote")
     assert out.returncode == 0 and "promoted by hand" in out.stdout, out
     for port in ports.values():

@@ -14,7 +14,12 @@ from typing import Any
 
 import aiohttp
 import grpc
+import pytest
+import yaml
 
+from meshpilot.cli import main as cli_main
+from meshpilot.local.bootstrap import render_bootstrap
+from meshpilot.local.envoy_process import validate_config
 from meshpilot.runtime.app import Meshpilot, Settings
 from meshpilot.runtime.envoy_metrics import counts_of
 from meshpilot.xds.metrics_protos import COUNTER, GAUGE, StreamMetricsMessage, StreamMetricsResponse
@@ -171,3 +176,32 @@ def test_counts_read_flat_names_and_skip_the_rest() -> None:
         family.metric.add().counter.value = value
     assert counts_of(message.envoy_metrics) == {"a.b": (9, 2), "": (7, 1)}
     assert counts_of(flush(10, 4).envoy_metrics) == {"": (10, 4), "api": (10, 4)}
+
+
+@pytest.mark.envoy
+def test_the_bootstrap_configures_the_stats_sink(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["bootstrap", "--node-id", "edge-1", "--node-cluster", "edge", "--xds-address",
+            "127.0.0.1:18000", "--admin-address", "127.0.0.1:19000", "--xds-tls-ca", "/ca.pem",
+            "--token-file", str(tmp_path / "token")]
+    (tmp_path / "token").write_text("NODE-TOKEN\n")
+    assert cli_main(args) == 0
+    bootstrap = yaml.safe_load(capsys.readouterr().out)
+    assert bootstrap["stats_flush_interval"] == "2.000s"
+    (sink,) = bootstrap["stats_sinks"]
+    assert sink["name"] == "envoy.stat_sinks.metrics_service"
+    service = sink["typed_config"]["grpc_service"]
+    assert service["envoy_grpc"] == {"cluster_name": "meshpilot_xds"}
+    assert service["initial_metadata"] == [{"key": "authorization",
+                                            "value": "Bearer NODE-TOKEN"}]
+    assert sink["typed_config"]["emit_tags_as_labels"] is True
+    assert cli_main([*args, "--stats-flush-interval", "500ms"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["stats_flush_interval"] == "0.500s"
+    assert cli_main([*args, "--no-metrics-service"]) == 0
+    assert "stats_sinks" not in yaml.safe_load(capsys.readouterr().out)
+    assert cli_main([*args, "--stats-flush-interval", "10m"]) == 2
+    assert "between 1ms and 300s" in capsys.readouterr().err
+    # Envoy itself accepts it.
+    validate_config(render_bootstrap(
+        node_id="edge-1", node_cluster="edge", xds_addresses=[("127.0.0.1", 18000)],
+        admin_address=("127.0.0.1", 0), xds_token="NODE-TOKEN", stats_flush_interval=0.5))
