@@ -192,7 +192,6 @@ class SharedState:
         return max(POLL_SECONDS, LOAD_FACTOR * self.cost)
 
 
-
 def add_dashboard_routes(routes: web.RouteTableDef, app: web.Application,
                          sources: DashboardSources) -> None:
     """The page, its assets, the state and its event stream. `app` is told to end open
