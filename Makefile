@@ -18,7 +18,8 @@ UV         := $(TOOLS)/bin/uv
 # Use this machine's Python, never a downloaded one.
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup up test test-latest lint lock bench clean docker-engine etcd-server compose-test
+.PHONY: setup up test test-latest lint lock bench clean docker-engine etcd-server dashboard-tools \
+        compose-test
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -43,7 +44,12 @@ docker-engine:
 etcd-server:
 	@bash scripts/etcd-server.sh
 
-test: lint docker-engine etcd-server
+# The dashboard's browser test and the monitoring test need Debian's chromium and prometheus;
+# under CI they are installed or the run fails.
+dashboard-tools:
+	@bash scripts/dashboard-tools.sh
+
+test: lint docker-engine etcd-server dashboard-tools
 	$(BIN)/pytest -n auto -q -rs
 
 # Refresh uv.lock to the newest releases pyproject.toml allows; review the diff, run make test.

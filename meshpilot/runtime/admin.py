@@ -19,11 +19,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from meshpilot.base.units import parse_duration
 from meshpilot.ca.rotation import DEFAULT_OVERLAP, REISSUE_MODES, REISSUE_NOW, RotationError
-from meshpilot.ca.tokens import TokenAuthority
+from meshpilot.ca.tokens import TokenAuthority, TokenError, bearer
 from meshpilot.discovery.http_api import REGISTRATION_PATHS, add_registration_routes
 from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.discovery.shared import SharedRegistrations
 from meshpilot.runtime.admin_guard import Access, GuardSettings, guard
+from meshpilot.runtime.dashboard import PAGE_PATHS, DashboardSources, add_dashboard_routes
 from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.render import snapshot_to_dict
 from meshpilot.xds.snapshot import Snapshot
@@ -89,6 +90,7 @@ class AdminSources:
 ACCESS: dict[str, Access] = {
     "/healthz": Access.OPEN, "/readyz": Access.OPEN, "/metrics": Access.OPEN,
     **{path: Access.REGISTRATION for path in REGISTRATION_PATHS},
+    **{path: Access.PAGE for path in PAGE_PATHS},  # the dashboard's page: no data in it
 }
 
 
@@ -273,5 +275,31 @@ def make_app(sources: AdminSources) -> web.Application:
     app = web.Application(middlewares=[guard(GuardSettings(
         tokens=sources.tokens, address=lambda: sources.addresses()["admin_address"],
         hosts=sources.admin_hosts, access=ACCESS))])
+
+    # The web dashboard (runtime/dashboard.py): its page, and what it shows, for operators.
+    async def fleet() -> dict[str, Any]:
+        if sources.fleet is not None:
+            return await sources.fleet()
+        return {"proxies": sources.proxies.describe()}
+
+    def still_allowed(request: web.Request) -> bool:
+        if sources.tokens is None:
+            return True
+        try:
+            sources.tokens.verify(bearer(request.headers.get("Authorization")) or "", "operator")
+            return True
+        except TokenError:
+            return False
+
+    add_dashboard_routes(routes, app, DashboardSources(
+        proxies=fleet,
+        status=lambda: {"policy": sources.policy_status(),
+                        "views": {v: (s.version if (s := cache.get(v)) else None)
+                                  for v in cache.all_views()},
+                        **sources.addresses(), **sources.status_extra(),
+                        **(sources.replica() if sources.replica is not None else {})},
+        snapshots=lambda: [s for v in cache.all_views() if (s := cache.get(v)) is not None],
+        rollouts=sources.rollouts, request_rates=sources.request_rates,
+        still_allowed=still_allowed))
     app.add_routes(routes)
     return app

@@ -12,8 +12,9 @@ In order, each answered with the first refusal:
    (http or https, one of the names above): no other web page may call it, not even to read.
 3. **Token** (401 with `WWW-Authenticate: Bearer`, 403 for a token of another kind): an operator
    token for everything but `OPEN` and `REGISTRATION` routes, which accept a registration token
-   too (the handlers then check its Service, discovery/http_api.py). Skipped with
-   `--insecure-admin` (no token authority); steps 1, 2 and 4 still apply.
+   too (the handlers then check its Service, discovery/http_api.py). `PAGE` routes (the
+   dashboard's static page and assets, no data) need none. Skipped with `--insecure-admin`
+   (no token authority); steps 1, 2 and 4 still apply.
 4. **Body** (415): POST, PUT, PATCH and DELETE bodies must be `application/json`, which a
    cross-origin page cannot send without the browser asking first (and being refused). POST and
    PATCH need that even without a body: a body-less POST is a "simple" cross-origin request.
@@ -39,6 +40,10 @@ from meshpilot.ca.tokens import TokenAuthority, TokenError, WrongKind, bearer
 class Access(Enum):
     OPEN = "open"  # health and metrics: anyone who can reach the port
     REGISTRATION = "registration"  # a registration token (of the Service, checked by the route)
+    # The dashboard's page and its static assets: no token (a browser cannot send a header on
+    # navigation), but Host- and Origin-checked like the API. They hold nothing of the fleet:
+    # the page asks for a token and fetches the data with it (runtime/dashboard.py).
+    PAGE = "page"
     OPERATOR = "operator"  # the default: everything else
 
 
@@ -198,7 +203,7 @@ def guard(settings: GuardSettings) -> Middleware:
         origin = request.headers.get("Origin")
         if origin is not None and not allowed.allows_origin(origin):
             return _refuse(403, "cross-origin requests are refused")
-        if settings.tokens is not None and access is not Access.OPEN:
+        if settings.tokens is not None and access not in (Access.OPEN, Access.PAGE):
             refused = _check_token(request, settings.tokens, access)
             if refused is not None:
                 return refused

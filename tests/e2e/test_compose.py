@@ -97,8 +97,8 @@ _VARIABLE = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^
 class SdkCompose:
     """Only when no compose tool is installed: the same files, read and merged as compose does
     for what they use (services' image, command, environment, labels, volumes merged by target,
-    ports, stop_signal, depends_on; `${VAR}` and `${VAR:-default}`; one named network with the
-    service names as aliases), the containers made with the Docker SDK and labelled like
+    ports, stop_signal, depends_on, profiles (none asked for); `${VAR}` and `${VAR:-default}`;
+    one named network with the service names as aliases), the containers made with the Docker SDK and labelled like
     compose's own (com.docker.compose.project/service)."""
 
     def __init__(self, client, project: str, files: tuple[Path, ...], env: dict[str, str]):
@@ -135,7 +135,10 @@ class SdkCompose:
 
     def up(self) -> None:
         self.client.networks.create(self.network, driver="bridge")
-        order = sorted(self.services, key=lambda s: bool(self.services[s].get("depends_on")))
+        # A service with `profiles` starts only when its profile is asked for (compose's rule):
+        # the monitoring profile's Prometheus and Grafana are not part of this stack.
+        order = sorted((s for s in self.services if not self.services[s].get("profiles")),
+                       key=lambda s: bool(self.services[s].get("depends_on")))
         for name in order:
             self.run(name, 1)
 

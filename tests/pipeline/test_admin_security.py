@@ -25,6 +25,9 @@ from meshpilot.runtime.admin_guard import Access, HostRules, split_authority
 from meshpilot.runtime.app import Meshpilot, Settings
 
 OPEN = {"/healthz", "/readyz", "/metrics"}
+# The dashboard's static page and assets: no token, no data (tests/pipeline/test_dashboard_api.py).
+PAGE = {"/", "/dashboard", "/dashboard/dashboard.js", "/dashboard/dashboard.css"}
+STREAMS = {"/debug/dashboard/events"}  # an endless response: its status only
 
 
 def make(tmp_path: Path, **overrides: Any) -> Meshpilot:
@@ -79,12 +82,13 @@ def test_every_route_but_health_and_metrics_refuses_an_anonymous_request(tmp_pat
         assert len(routes) > 8 and {p for _, p in routes} >= OPEN | {"/debug/config_dump"}
         # What does not need an operator token is exactly this; everything else does.
         assert {p for p, a in ACCESS.items() if a is Access.OPEN} == OPEN
+        assert {p for p, a in ACCESS.items() if a is Access.PAGE} == PAGE
         registration = mp.tokens.issue("registration", "ratings")
         node = mp.tokens.issue("node", "edge")
         for method, path in sorted(routes):
             status, headers, body = await send(session, mp, method, concrete(path),
                                                headers={"Content-Type": "application/json"})
-            if path in OPEN:
+            if path in OPEN or path in PAGE:
                 assert status in (200, 503), (method, path, status)
                 continue
             assert status == 401, (method, path, status, body)
@@ -101,7 +105,11 @@ def test_every_route_but_health_and_metrics_refuses_an_anonymous_request(tmp_pat
         # An operator reads every GET route.
         operator = mp.tokens.issue("operator")
         for method, path in sorted(routes):
-            if method == "GET":
+            if method == "GET" and path in STREAMS:
+                async with session.get(f"http://{mp.admin_address}{path}", headers={
+                        "Authorization": f"Bearer {operator}"}) as r:
+                    assert r.status == 200 and r.content_type == "text/event-stream"
+            elif method == "GET":
                 status, _, body = await send(session, mp, "GET", concrete(path) + "?view=edge",
                                              token=operator)
                 assert status == 200, (path, status, body)
