@@ -566,3 +566,16 @@ class EtcdProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def shared_folder() -> Path:
+    """`shared/` next to the repository (as CI clones it), or next to a folder above it (a git
+    worktree kept below the main checkout's parent); MESHPILOT_SHARED names it outright."""
+    named = os.environ.get("MESHPILOT_SHARED")
+    if named:
+        return Path(named).resolve()
+    repository = Path(__file__).resolve().parents[1]
+    for folder in (repository, *repository.parents):
+        if (folder.parent / "shared" / "conformance").is_dir():
+            return (folder.parent / "shared").resolve()
+    return (repository.parent / "shared").resolve()

@@ -163,6 +163,10 @@ class Call:
     service: str
     local_port: int | None = None  # a listener on 127.0.0.1:local_port sending to `service`
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # The Route (by name, attached to `service`) this sidecar uses for it instead of the one
+    # its other callers use (Istio's `sourceLabels`: the caller's labels pick the rules that
+    # apply to it). None: the service's attached Route.
+    route: str | None = None
 
 
 # The application's default address behind its sidecar (docs/mesh.md).

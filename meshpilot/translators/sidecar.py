@@ -22,11 +22,12 @@ This module owns what a sidecar receives (docs/mesh.md):
     instances' sidecar inbound addresses, so the request crosses both sidecars.
 - A Route attached to a callee (`service: <callee>`) becomes that callee's virtual host, in both
   styles and in every caller; without one, the virtual host sends everything to the callee's
-  whole-service cluster.
+  whole-service cluster. A caller whose `Call` names another Route attached to the callee
+  (`Call.route`: Istio's `sourceLabels`) gets that one instead.
 
-The callee's route configuration for local ports is the same for every caller: built once per
-Translation and shared. It must not decide which view is a sidecar (the `Translation` does) nor
-name anything itself (`names.py` does).
+The callee's route configuration for local ports is the same for every caller using the same
+Route: built once per Translation and shared. It must not decide which view is a sidecar (the
+`Translation` does) nor name anything itself (`names.py` does).
 """
 
 from __future__ import annotations
@@ -79,10 +80,13 @@ class Mesh:
         self.trust = trust or mtls.TrustDomain()  # SPIFFE IDs (translators/mtls.py)
         self._cluster_resources = cluster_resources
         self._route_of: dict[str, Route] = {}
+        self._by_name: dict[str, Route] = {}  # Routes a Call names (`Call.route`)
         for route in model.routes:  # sorted by name: the first one wins, should two slip in
             if route.service is not None:
+                self._by_name[route.name] = route
                 self._route_of.setdefault(route.service, route)
-        self._outbound: dict[str, tuple[Resource, ...]] = {}  # local-port route configs
+        # local-port route configs, by (callee, Route name)
+        self._outbound: dict[tuple[str, str | None], tuple[Resource, ...]] = {}
 
     def with_clusters(self, cluster_resources: ClusterResources) -> Mesh:
         """These sidecar views building clusters through `cluster_resources` (other discovered
@@ -106,41 +110,54 @@ class Mesh:
             if service.protocol != "tcp":
                 routes = inbound_routes(service, self.trust)
                 built.append(Resource.from_message(types.ROUTE, routes.name, routes))
-        callees: list[Service] = []
+        callees: list[tuple[Service, Route | None]] = []
         for call in sidecar.calls:
             callee = self.model.service(call.service)
             if callee is None:  # the loader refuses it; if one got through, send nothing
                 continue
-            callees.append(callee)
+            route = self.route_for(callee, call.route)
+            callees.append((callee, route))
             if call.local_port is not None:
                 listener = local_port_listener(callee, call.local_port)
                 built.append(Resource.from_message(types.LISTENER, listener.name, listener))
                 if callee.protocol != "tcp":
-                    built.extend(self._local_port_routes(callee))
-        http_callees = [c for c in callees if c.protocol != "tcp"]
+                    built.extend(self._local_port_routes(callee, route))
+        http_callees = [(c, r) for c, r in callees if c.protocol != "tcp"]
         if sidecar.outbound_port is not None:
             listener = outbound_listener(sidecar.outbound_port)
             built.append(Resource.from_message(types.LISTENER, listener.name, listener))
             config = RouteConfiguration(name=names.OUTBOUND, virtual_hosts=[
-                self.virtual_host(callee, host_domains(callee, sidecar.outbound_port))
-                for callee in sorted(http_callees, key=lambda c: c.name)])
+                self.virtual_host(callee, host_domains(callee, sidecar.outbound_port), route)
+                for callee, route in sorted(http_callees, key=lambda c: c[0].name)])
             built.append(Resource.from_message(types.ROUTE, config.name, config))
         for name, subset in failover.with_targets(self.model, self._upstreams(callees)):
             built.extend(self._cluster_resources(name, subset))
         return built
 
-    def _local_port_routes(self, callee: Service) -> tuple[Resource, ...]:
-        found = self._outbound.get(callee.name)
+    def route_for(self, callee: Service, name: str | None) -> Route | None:
+        """The Route a caller uses for `callee`: the one its Call names (when it is attached to
+        the callee), else the callee's attached Route."""
+        if name is not None:
+            named = self._by_name.get(name)
+            if named is not None and named.service == callee.name:
+                return named
+        return self._route_of.get(callee.name)
+
+    def _local_port_routes(self, callee: Service, route: Route | None) -> tuple[Resource, ...]:
+        key = (callee.name, None if route is None else route.name)
+        found = self._outbound.get(key)
         if found is None:
             config = RouteConfiguration(name=names.outbound(callee.name),
-                                        virtual_hosts=[self.virtual_host(callee, ["*"])])
-            found = self._outbound[callee.name] = (
+                                        virtual_hosts=[self.virtual_host(callee, ["*"], route)])
+            found = self._outbound[key] = (
                 Resource.from_message(types.ROUTE, config.name, config),)
         return found
 
-    def virtual_host(self, callee: Service, domains: list[str]) -> VirtualHost:
-        """The callee's virtual host: its attached Route's rules, or everything to it."""
-        route = self._route_of.get(callee.name)
+    def virtual_host(self, callee: Service, domains: list[str],
+                     route: Route | None = None) -> VirtualHost:
+        """The callee's virtual host: `route`'s rules (by default the callee's attached
+        Route's), or everything to it."""
+        route = route or self._route_of.get(callee.name)
         vhost = VirtualHost(name=names.virtual_host(callee.name), domains=domains)
         if route is None:
             vhost.routes.append(EnvoyRoute(
@@ -151,11 +168,12 @@ class Mesh:
         httpfilters.add_virtual_host_configs(vhost, route)
         return vhost
 
-    def _upstreams(self, callees: Iterable[Service]) -> Iterator[tuple[str, str | None]]:
+    def _upstreams(self, callees: Iterable[tuple[Service, Route | None]]
+                   ) -> Iterator[tuple[str, str | None]]:
         """(service, subset) of every cluster the callees' virtual hosts send to, each once."""
         seen: set[tuple[str, str | None]] = set()
-        for callee in callees:
-            route = self._route_of.get(callee.name) if callee.protocol != "tcp" else None
+        for callee, route in callees:
+            route = route if callee.protocol != "tcp" else None
             wanted: list[tuple[str, str | None]] = [(callee.name, None)] if route is None else [
                 (backend.service, backend.subset)
                 for rule in route.rules for backend in (*rule.backends, *rule.mirrors)

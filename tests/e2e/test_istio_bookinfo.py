@@ -19,7 +19,6 @@ its server port 8080 is a free port here, so the test never collides with the ma
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,16 +26,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import eventually, http_get, served_policy, write_atomically
+from support import eventually, http_get, served_policy, shared_folder, write_atomically
 
 from meshpilot.local.demo.echo import EchoServer
 
 pytestmark = pytest.mark.envoy
 
-# The shared folder sits next to the repository (CI clones it there); a checkout elsewhere (a
-# git worktree) names it with MESHPILOT_SHARED.
-SHARED = Path(os.environ.get("MESHPILOT_SHARED")
-              or Path(__file__).resolve().parents[2] / "../shared").resolve()
+# The shared folder sits next to the repository (CI clones it there), or next to a folder
+# above it (a git worktree); MESHPILOT_SHARED names it outright.
+SHARED = shared_folder()
 ISTIO = SHARED / "conformance" / "istio"
 NETWORKING = ISTIO / "bookinfo-networking"
 TASKS = ISTIO / "docs-tasks"

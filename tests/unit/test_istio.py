@@ -8,7 +8,6 @@ requests.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf.json_format import MessageToDict
+from support import shared_folder
 
 from meshpilot.base.errors import PolicyError
 from meshpilot.base.types import CLUSTER, LISTENER, ROUTE
@@ -27,8 +27,9 @@ from meshpilot.inputs.loader import load_policy, load_policy_text
 from meshpilot.ir.model import Model
 from meshpilot.translators import Translation
 
-SHARED = Path(os.environ.get("MESHPILOT_SHARED")
-              or Path(__file__).resolve().parents[2] / "../shared").resolve()
+# The shared folder sits next to the repository (CI clones it there), or next to a folder
+# above it (a git worktree); MESHPILOT_SHARED names it outright.
+SHARED = shared_folder()
 ISTIO = SHARED / "conformance" / "istio"
 
 MESH = """
@@ -228,6 +229,103 @@ spec:
     assert rules[0].backends[0].subset == "v2"
 
 
+def test_without_headers_are_inverted_header_matches_as_istio_writes_them() -> None:
+    model = load(DR, """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - withoutHeaders: {end-user: {exact: jason}, x-debug: {}}
+      headers: {x-canary: {regex: "*"}}
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+""")
+    vhost = dumped(model, "reviews-v2.default", ROUTE, "outbound")["virtualHosts"][0]
+    headers = {h["name"]: h for h in vhost["routes"][0]["match"]["headers"]}
+    # Istio's pilot: invert_match with a missing header read as empty; `{}` (present) becomes
+    # absent, and regex "*" is Istio's "present", not a (invalid) RE2 pattern.
+    assert headers["end-user"] == {"name": "end-user", "stringMatch": {"exact": "jason"},
+                                   "invertMatch": True, "treatMissingHeaderAsEmpty": True}
+    assert headers["x-debug"] == {"name": "x-debug", "presentMatch": True, "invertMatch": True}
+    assert headers["x-canary"] == {"name": "x-canary", "presentMatch": True}
+
+
+CLIENT = """
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: productpage-v1}
+spec: {address: 10.0.0.31, labels: {app: productpage, version: v1}}
+"""
+
+
+def _clusters_routed(model: Model, view: str) -> list[str]:
+    vhost = dumped(model, view, ROUTE, "outbound")["virtualHosts"][0]
+    return [entry["route"]["cluster"] for entry in vhost["routes"]]
+
+
+def test_source_labels_pick_the_callers_own_routes() -> None:
+    model = load(DR, CLIENT, """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{sourceLabels: {app: productpage}, uri: {prefix: /a}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{sourceLabels: {app: nobody}}]
+    route: [{destination: {host: reviews, subset: v9}}]
+  - match: [{sourceNamespace: default, uri: {prefix: /ns}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+""")
+    # productpage (app=productpage, namespace default) has both source conditions ...
+    assert _clusters_routed(model, "productpage-v1.default") == [
+        f"{REVIEWS}/v2", f"{REVIEWS}/v2", f"{REVIEWS}/v1"]
+    # ... reviews' own sidecars only the namespace one; nothing sees `app: nobody`.
+    assert _clusters_routed(model, "reviews-v1.default") == [f"{REVIEWS}/v2", f"{REVIEWS}/v1"]
+    pp = model.service("productpage-v1.default").sidecar  # type: ignore[union-attr]
+    assert [c.route for c in pp.calls] == ["default/reviews~app=productpage+ns=default"]
+    names = sorted(r.name for r in model.routes if r.service == REVIEWS)
+    assert names == ["default/reviews", "default/reviews~app=productpage+ns=default",
+                     "default/reviews~ns=default"]
+    # The default Route (no source condition holds) is what a caller without a Call.route uses.
+    default = next(r for r in model.routes if r.name == "default/reviews")
+    assert [r.backends[0].subset for r in default.rules] == ["v1"]
+    # The v9 cluster is sent to no sidecar: no caller's route names it.
+    assert not any(name.endswith("/v9") for name in Translation(model).snapshot(
+        "productpage-v1.default").get(CLUSTER))
+    assert any("spec.http[1].match[0]: no WorkloadEntry or gateway has these sourceLabels" in
+               str(w) for w in model.warnings), model.warnings
+
+
+def test_source_labels_and_match_gateways_at_the_ingress_gateway() -> None:
+    model = load(DR, GATEWAY, """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [edge]
+  http:
+  - match: [{sourceLabels: {istio: ingressgateway}, uri: {prefix: /gw}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{gateways: [default/edge], uri: {prefix: /named}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{gateways: [mesh], uri: {prefix: /mesh}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+""")
+    vhost = dumped(model, "istio=ingressgateway", ROUTE)["virtualHosts"][0]
+    # The gateway's labels satisfy sourceLabels; `default/edge` is the VirtualService's `edge`;
+    # the match for `mesh` is left out.
+    assert [(e["match"].get("prefix"), e["route"]["cluster"]) for e in vhost["routes"]] == [
+        ("/gw", f"{REVIEWS}/v2"), ("/named", f"{REVIEWS}/v2"), ("/", f"{REVIEWS}/v1")]
+
+
 def test_errors_have_positions_and_istio_field_paths() -> None:
     found = errors("""
 apiVersion: networking.istio.io/v1
@@ -266,10 +364,10 @@ metadata: {name: reviews}
 spec:
   hosts: [reviews]
   http:
-  - match: [{sourceLabels: {app: productpage}}]
+  - match: [{ignoreUriCase: true}]
     route: [{destination: {host: reviews}}]
 """)
-    assert any("spec.http[0].match[0].sourceLabels: sourceLabels is not supported yet" in e
+    assert any("spec.http[0].match[0].ignoreUriCase: ignoreUriCase is not supported yet" in e
                for e in found), found
     assert any("unknown key" in e and "spec.htp" in e for e in errors("""
 apiVersion: networking.istio.io/v1
@@ -585,6 +683,8 @@ spec:
     retries: {attempts: 3, retryOn: "gateway-error,reset-before-request"}
     corsPolicy: {allowOrigins: [{prefix: "https://a."}], allowMethods: [GET], maxAge: 1h}
     rewrite: {uriRegexRewrite: {match: "^/v1/(.*)", rewrite: "/\\\\1"}}
+  - match: [{withoutHeaders: {x-a: {prefix: b}, x-b: {}}, sourceLabels: {version: v2}}]
+    route: [{destination: {host: reviews, subset: v2}}]
   - directResponse: {status: 418, body: {string: teapot}}
 ---
 apiVersion: security.istio.io/v1

@@ -22,7 +22,7 @@ namespace/name order where Istio would order them by creation time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -89,11 +89,12 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     indexed = _Workloads(workloads)
     registry = _services(by_kind.get("ServiceEntry", []), indexed)
     _destination_rules(by_kind.get("DestinationRule", []), registry)
-    routes, routed = _virtual_services(by_kind.get("VirtualService", []), registry, by_kind)
+    routes, routed, variants = _virtual_services(by_kind.get("VirtualService", []), registry,
+                                                 by_kind, indexed)
     _default_routes(registry, routed)
     gateways = _gateways(by_kind.get("Gateway", []))
     policies = security.Policies.of(by_kind)
-    _workloads(indexed, registry, policies, by_kind.get("Sidecar", []))
+    _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants)
     _plaintext_where_disabled(registry, policies)
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
     for host in registry.values():
@@ -304,10 +305,15 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host) -> Ser
 # ---- VirtualService -> Routes -------------------------------------------------------------------
 
 
+# (IR Service) -> (WorkloadEntry, by id) -> the Route its sidecar uses for that Service
+Variants = dict[str, dict[int, str]]
+
+
 def _virtual_services(services: list[Doc], registry: dict[str, _Host],
-                      by_kind: dict[str, list[Doc]]
-                      ) -> tuple[list[tuple[Doc, Route]], set[str]]:
+                      by_kind: dict[str, list[Doc]], workloads: _Workloads
+                      ) -> tuple[list[tuple[Doc, Route]], set[str], Variants]:
     routes: list[tuple[Doc, Route]] = []
+    variants: Variants = {}
     routed: set[str] = set()  # IR Services with a Route attached
     owner: dict[str, Doc] = {}
     claimed: dict[tuple[str, str, str], Doc] = {}  # (gateway, listener, host) -> its VS
@@ -376,14 +382,26 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
             port = None
             if service is not None:
                 port = int(service.name.rsplit(":", 1)[1])
-            rules = _rules(doc, vs, registry, gateway, port)
             cors = _cors(doc, vs)
             if service is not None:
                 routed.add(service.name)
+                rules = _rules(doc, vs, registry, gateway, port)
                 routes.append((doc, Route(name=name, position=doc.ctx.document.position,
                                           gateway=None, rules=rules, cors=cors,
                                           service=service.name, origin=doc.ctx.origin())))
+                for variant, kept, callers in _source_variants(vs, workloads):
+                    vname = f"{name}~{variant}"
+                    routes.append((doc, Route(
+                        name=vname, position=doc.ctx.document.position, gateway=None,
+                        rules=_rules(doc, vs, registry, gateway, port,
+                                     lambda m, kept=kept: _source_key(m) in kept),
+                        cors=cors, service=service.name, origin=doc.ctx.origin())))
+                    variants.setdefault(service.name, {}).update(
+                        (id(caller), vname) for caller in callers)
             else:
+                selector = spec_of_gateway(gateway_view, by_kind)
+                rules = _rules(doc, vs, registry, gateway, port,
+                               lambda m, at=selector: m.applies_to(at, hosts.ROOT_NAMESPACE))
                 listener_names, route_hosts = listeners
                 if _claim_gateway_hosts(doc, claimed, str(gateway_view), listener_names,
                                         route_hosts):
@@ -391,7 +409,67 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                                               gateway=gateway_view, hosts=route_hosts,
                                               rules=rules, listeners=listener_names,
                                               cors=cors, origin=doc.ctx.origin())))
-    return routes, routed
+    _warn_unselected_sources(services, workloads, by_kind)
+    return routes, routed, variants
+
+
+def spec_of_gateway(view: str | None, by_kind: dict[str, list[Doc]]) -> Labels:
+    """The labels of the gateway Envoy of `view` (its Istio Gateways' selector)."""
+    for doc in by_kind.get("Gateway", []):
+        selector = doc.item.spec.selector  # type: ignore[union-attr]
+        if hosts.gateway_view(selector) == view:
+            return selector
+    return ()
+
+
+def _source_matches(vs: o.VirtualService) -> list[o.HttpMatch]:
+    return [m for http in vs.http for m in http.matches if m.by_source]
+
+
+def _source_key(match: o.HttpMatch) -> str:
+    """A readable name for a match's source condition (`app=productpage,ns=default`)."""
+    parts = [f"{k}={v}" for k, v in match.source_labels]
+    if match.source_namespace is not None:
+        parts.append(f"ns={match.source_namespace}")
+    return ",".join(parts)
+
+
+def _source_variants(vs: o.VirtualService, workloads: _Workloads
+                     ) -> list[tuple[str, set[str], list[Doc]]]:
+    """The Routes a VirtualService with `sourceLabels`/`sourceNamespace` needs in the mesh
+    beside its default one (no source condition holds): one per distinct set of source
+    conditions some WorkloadEntry satisfies, with those workloads. Istio builds the routes per
+    proxy; here each set of callers alike shares one."""
+    conditions = sorted({_source_key(m): m for m in _source_matches(vs)}.items())
+    if not conditions:
+        return []
+    found: dict[tuple[str, ...], list[Doc]] = {}
+    for doc in workloads.docs:
+        labels = doc.item.spec.spec.labels  # type: ignore[union-attr]
+        kept = tuple(key for key, match in conditions
+                     if match.applies_to(labels, doc.item.namespace))
+        if kept:
+            found.setdefault(kept, []).append(doc)
+    return [("+".join(kept), set(kept), callers) for kept, callers in sorted(found.items())]
+
+
+def _warn_unselected_sources(services: list[Doc], workloads: _Workloads,
+                             by_kind: dict[str, list[Doc]]) -> None:
+    """istioctl analyze's spirit: a source condition no proxy satisfies matches nothing."""
+    gateways = [(d.item.spec.selector, hosts.ROOT_NAMESPACE)  # type: ignore[union-attr]
+                for d in by_kind.get("Gateway", [])]
+    proxies = [(d.item.spec.spec.labels, d.item.namespace)  # type: ignore[union-attr]
+               for d in workloads.docs] + gateways
+    for doc in services:
+        vs = doc.item.spec
+        assert isinstance(vs, o.VirtualService)
+        for index, http in enumerate(vs.http):
+            for match_index, match in enumerate(http.matches):
+                if match.by_source and not any(match.applies_to(labels, ns)
+                                               for labels, ns in proxies):
+                    doc.warn(("spec", "http", index, "match", match_index),
+                             "no WorkloadEntry or gateway has these sourceLabels (and "
+                             "sourceNamespace): this match applies to no caller")
 
 
 def _overlap(a: str, b: str) -> str | None:
@@ -443,13 +521,32 @@ def _cors(doc: Doc, vs: o.VirtualService) -> Any:
     return next(iter(policies), None)
 
 
+def _gateway_key(name: str, namespace: str) -> str:
+    """A gateway as Istio compares them: `mesh`, else `ns/name` (a bare name: this
+    namespace's)."""
+    return name if name == "mesh" or "/" in name else f"{namespace}/{name}"
+
+
 def _rules(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: str,
-           port: int | None) -> tuple[Rule, ...]:
+           port: int | None, source: Callable[[o.HttpMatch], bool] | None = None
+           ) -> tuple[Rule, ...]:
+    """The rules of `vs` for one gateway (or `mesh`) and port. `source(match)` says whether a
+    match with a source condition holds for the proxy (the caller) the rules are for; by
+    default none holds (Istio's sourceMatchHTTP: `gateways` when written, else the source)."""
+    ns = doc.item.namespace
+    wanted = _gateway_key(gateway, ns)
+
+    def kept(m: o.HttpMatch) -> bool:
+        if m.gateways:
+            return wanted in {_gateway_key(g, ns) for g in m.gateways}
+        if m.by_source:
+            return source is not None and source(m)
+        return True
+
     rules: list[Rule] = []
     for http in vs.http:
         matches = tuple(m.match for m in http.matches
-                        if (not m.gateways or gateway in m.gateways)
-                        and (m.port is None or port is None or m.port == port))
+                        if kept(m) and (m.port is None or port is None or m.port == port))
         if http.matches and not matches:
             continue  # every match is for another gateway or port
         backends = tuple(b for d in http.destinations
@@ -640,7 +737,7 @@ def _in_scope(found: tuple[Doc, o.SidecarScope] | None, host: _Host, name: str) 
 
 
 def _workloads(workloads: _Workloads, registry: dict[str, _Host],
-               policies: security.Policies, sidecars: list[Doc]) -> None:
+               policies: security.Policies, sidecars: list[Doc], variants: Variants) -> None:
     every = [(registry[host], host, service) for host in sorted(registry)
              for service in sorted(registry[host].services.values(), key=lambda s: s.name)
              if service.protocol != "tcp"]
@@ -686,6 +783,9 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
             p for p in (outbound, app_port if app_host in ("127.0.0.1", "localhost") else None,
                         port if workload.address in ("127.0.0.1", "0.0.0.0") else None)
             if p is not None}))
+        if variants:  # sourceLabels: this caller's own Route for some services
+            calls = tuple(replace(call, route=route) if (route := variants.get(
+                call.service, {}).get(id(doc))) is not None else call for call in calls)
         view = hosts.workload_view(doc.item.name, doc.item.namespace)
         jwt = policies.jwt_for_workload(doc) if port is not None else None
         mtls, authorization, deny = policies.for_workload(doc, port, jwt is not None)

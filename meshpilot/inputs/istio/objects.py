@@ -85,6 +85,20 @@ class HttpMatch:
     match: Match  # what the IR can say of it
     port: int | None = None  # only for the service port (or gateway listener) of this number
     gateways: tuple[str, ...] = ()  # only for these gateways ("mesh": the sidecars)
+    # Only for callers (the proxy the route is built for) with these labels / in this
+    # namespace; ignored when `gateways` is written (Istio's sourceMatchHTTP).
+    source_labels: Labels = ()
+    source_namespace: str | None = None
+
+    @property
+    def by_source(self) -> bool:
+        return not self.gateways and (bool(self.source_labels)
+                                      or self.source_namespace is not None)
+
+    def applies_to(self, labels: Labels, namespace: str) -> bool:
+        """Whether this match is kept for a proxy with these labels in this namespace."""
+        return all(kv in labels for kv in self.source_labels) and (
+            self.source_namespace is None or self.source_namespace == namespace)
 
 
 @dataclass(frozen=True, slots=True)

@@ -425,9 +425,8 @@ def _http_match(entry: Fields, item: Any, index: int) -> o.HttpMatch | None:
         return None
     match.check_keys(MATCH_KEYS, "a match")
     ctx = match.ctx
-    for key in ("sourceLabels", "sourceNamespace", "withoutHeaders", "ignoreUriCase"):
-        if key in match.value:
-            match.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+    if "ignoreUriCase" in match.value:
+        match.report("ignoreUriCase", f"ignoreUriCase {NOT_SUPPORTED}", at_value=False)
     path = None
     if "uri" in match.value:
         path = string_match(ctx, match.value["uri"], (*match.path, "uri"))
@@ -453,6 +452,18 @@ def _http_match(entry: Fields, item: Any, index: int) -> o.HttpMatch | None:
             how = _value_match(ctx, value, at)
             if header is not None and how is not None:
                 headers.append((header, how))
+    # withoutHeaders: the same matches, inverted (Istio: invert_match, a missing header read
+    # as empty; `{}` or regex `*`, "present", becomes "absent").
+    without_spec = match.mapping("withoutHeaders",
+                                 "a mapping of header names to string matches")
+    if without_spec is not None:
+        for name, value in without_spec.value.items():
+            at = (*without_spec.path, name)
+            header = fields.convert_at(ctx, name, at, fields.header_name)
+            how = _value_match(ctx, value, at)
+            if header is not None and how is not None:
+                headers.append((header, StringMatch("absent") if how.kind == "present"
+                                else replace(how, invert=True)))
     query: list[tuple[str, StringMatch]] = []
     query_spec = match.mapping("queryParams", "a mapping of parameter names to string matches")
     if query_spec is not None:
@@ -462,15 +473,19 @@ def _http_match(entry: Fields, item: Any, index: int) -> o.HttpMatch | None:
                 query.append((str(name), how))
     port = match.get("port", fields.PORT)
     gateways = _strings(match, "gateways", "gateway")
+    source_labels = match.get("sourceLabels", fields.labels) or ()
+    source_namespace = match.get("sourceNamespace", _namespace)
     return o.HttpMatch(Match(path=path, methods=methods, headers=tuple(headers),
-                             query=tuple(query), origin=match.origin()), port, gateways)
+                             query=tuple(query), origin=match.origin()), port, gateways,
+                       tuple(sorted(source_labels)), source_namespace)
 
 
 def _value_match(ctx: DocumentContext, value: Any, path: tuple[Any, ...],
                  allow_prefix: bool = True) -> StringMatch | None:
     """A header or query match; `{}` means the header is present (Istio)."""
-    if value == {}:
-        return StringMatch("present")
+    if value == {} or (isinstance(value, dict) and value.get("regex") == "*"
+                       and len(value) == 1):
+        return StringMatch("present")  # regex "*": Istio reads it as present (istio#20629)
     return string_match(ctx, value, path, allow_prefix=allow_prefix)
 
 
