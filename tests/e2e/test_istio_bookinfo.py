@@ -127,11 +127,12 @@ class Bookinfo:
         for name, text in files.items():
             write_atomically(self.folder / f"step-{name}.yaml", text)
 
-    def call(self, host: str, path: str = "/", method: str = "GET",
+    def call(self, host: str, path: str = "/", method: str = "GET", caller: str = "productpage-v1",
              **headers: str) -> tuple[int, dict]:
-        """productpage's application calling `host` through its sidecar's outbound port."""
+        """`caller`'s application (productpage's by default) calling `host` through its
+        sidecar's outbound port."""
         sent = {"Host": host, **{k.replace("_", "-"): v for k, v in headers.items()}}
-        status, _, body = http_get(f"http://127.0.0.1:{self.ports['out_productpage-v1']}{path}",
+        status, _, body = http_get(f"http://127.0.0.1:{self.ports['out_' + caller]}{path}",
                                    sent, method=method, timeout=10)
         try:
             seen = json.loads(body)
@@ -139,10 +140,11 @@ class Bookinfo:
             seen = {}
         return status, seen
 
-    def backends(self, host: str, count: int, **headers: str) -> Counter[str]:
+    def backends(self, host: str, count: int, caller: str = "productpage-v1",
+                 **headers: str) -> Counter[str]:
         found: Counter[str] = Counter()
         for _ in range(count):
-            status, seen = self.call(host, **headers)
+            status, seen = self.call(host, caller=caller, **headers)
             found[seen.get("backend", str(status))] += 1
         return found
 
@@ -205,6 +207,48 @@ def test_header_routing_for_jason(bookinfo: Bookinfo) -> None:
     assert set(bookinfo.backends("reviews", 10, end_user="jason")) == {"reviews-v2"}
     assert set(bookinfo.backends("reviews", 10)) == {"reviews-v3"}
     assert set(bookinfo.backends("reviews", 5, end_user="someone")) == {"reviews-v3"}
+
+
+SOURCE_ROUTING = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - match:
+    - sourceLabels:
+        app: productpage
+      withoutHeaders:
+        end-user:
+          exact: jason
+    route:
+    - destination:
+        host: reviews
+        subset: v3
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+"""
+
+
+def test_source_labels_and_without_headers(bookinfo: Bookinfo) -> None:
+    # productpage's requests without end-user jason go to v3; jason's, and every request of
+    # another caller (reviews-v1's own sidecar), to v1: the caller's labels pick its routes.
+    bookinfo.apply(rules=(NETWORKING / "destination-rule-all.yaml").read_text(),
+                   vs=SOURCE_ROUTING)
+    # (the step before sent jason to v2 and everyone else to v3: wait for jason's to be v1)
+    eventually(lambda: set(bookinfo.backends("reviews", 3, end_user="jason")) == {"reviews-v1"},
+               what="productpage's requests for jason to go to v1")
+    assert set(bookinfo.backends("reviews", 5)) == {"reviews-v3"}
+    assert set(bookinfo.backends("reviews", 5, end_user="someone")) == {"reviews-v3"}
+    assert set(bookinfo.backends("reviews", 5, end_user="jason")) == {"reviews-v1"}
+    assert set(bookinfo.backends("reviews", 8, caller="reviews-v1")) == {"reviews-v1"}
+    assert set(bookinfo.backends("reviews", 3, caller="reviews-v1",
+                                 end_user="someone")) == {"reviews-v1"}
 
 
 def test_weighted_shifting_50_50(bookinfo: Bookinfo) -> None:
