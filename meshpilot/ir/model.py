@@ -264,9 +264,19 @@ class Service:
     # More Host values that pick this service on a caller's outbound port, beside its name
     # (an Istio host's short forms: `reviews`, `reviews:9080`, `reviews.default.svc`, ...).
     hosts: tuple[str, ...] = ()
+    # A subset whose cluster has settings of its own (Istio's per-subset trafficPolicy): the
+    # Service as that subset's cluster is built from (same name, endpoints and subsets; its
+    # own load balancer, pools, outlier detection, TLS). A subset not listed: this Service.
+    subset_services: tuple[tuple[str, Service], ...] = ()
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)
+
+    def for_subset(self, subset: str | None) -> Service:
+        """The Service the cluster of `subset` (None: the whole service) is built from."""
+        if subset is None or not self.subset_services:
+            return self
+        return next((s for n, s in self.subset_services if n == subset), self)
 
     def endpoints_of(self, subset: str | None) -> tuple[Endpoint, ...]:
         """The endpoints of the whole service, or of one subset (all selector labels match)."""

@@ -75,9 +75,15 @@ def listener_secrets(gateway: str, spec: GatewayListener) -> list[Secret]:
 
 
 def service_secrets(service: Service) -> list[Secret]:
-    if service.tls is None or service.tls.ca is None:
-        return []
-    return [ca_secret(service_ca(service.name), service.tls.ca)]
+    """The CA Secrets of a service's upstream TLS: its own, and those of subsets with TLS
+    settings of their own (named after the subset's cluster)."""
+    found = []
+    if service.tls is not None and service.tls.ca is not None:
+        found.append(ca_secret(service_ca(service.name), service.tls.ca))
+    for subset, own in service.subset_services:
+        if own.tls != service.tls and own.tls is not None and own.tls.ca is not None:
+            found.append(ca_secret(service_ca(names.cluster(service.name, subset)), own.tls.ca))
+    return found
 
 
 # ---- transport sockets ----------------------------------------------------------------------
@@ -105,8 +111,10 @@ def downstream_transport_socket(gateway: str, spec: GatewayListener) -> Transpor
                            typed_config=pack(downstream_context(gateway, spec)))
 
 
-def upstream_context(service: Service) -> tls_pb2.UpstreamTlsContext:
-    """SNI, and when verifying: the CA from SDS plus the SNI as the SAN to expect."""
+def upstream_context(service: Service, owner: str | None = None
+                     ) -> tls_pb2.UpstreamTlsContext:
+    """SNI, and when verifying: the CA from SDS (the Secret of `owner`, by default the
+    service) plus the SNI as the SAN to expect."""
     settings = service.tls
     assert settings is not None
     context = tls_pb2.UpstreamTlsContext(sni=settings.sni or "")
@@ -119,12 +127,14 @@ def upstream_context(service: Service) -> tls_pb2.UpstreamTlsContext:
                     matcher=StringMatcher(exact=settings.sni)))
         else:
             combined.default_validation_context.SetInParent()
-        combined.validation_context_sds_secret_config.CopyFrom(_sds(service_ca(service.name)))
+        combined.validation_context_sds_secret_config.CopyFrom(
+            _sds(service_ca(owner or service.name)))
     return context
 
 
-def upstream_transport_socket(service: Service) -> TransportSocket:
-    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(upstream_context(service)))
+def upstream_transport_socket(service: Service, owner: str | None = None) -> TransportSocket:
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET,
+                           typed_config=pack(upstream_context(service, owner)))
 
 
 # ---- redirecting plain http to https --------------------------------------------------------

@@ -432,6 +432,90 @@ spec:
     assert "'maxRequestsPerConnection': 1" in str(options)
 
 
+SUBSET_POLICIES = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s}
+    tls: {mode: ISTIO_MUTUAL}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      tls: {mode: DISABLE}
+      portLevelSettings:
+      - port: {number: 9080}
+        loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: RANDOM}
+      connectionPool: {tcp: {maxConnections: 3}}
+  - name: v3
+    labels: {version: v2}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /one}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - route: [{destination: {host: reviews, subset: v2}, weight: 50},
+            {destination: {host: reviews, subset: v3}, weight: 50}]
+"""
+
+
+def test_a_subsets_own_traffic_policy_is_merged_as_istio_does() -> None:
+    model = load(SUBSET_POLICIES)
+    clusters = Translation(model).snapshot("reviews-v1.default").get(CLUSTER)
+
+    def cluster(name: str) -> dict[str, Any]:
+        message = Cluster()
+        message.ParseFromString(clusters[name].body)
+        return MessageToDict(message)
+
+    v1, v2, v3 = (cluster(f"{REVIEWS}/{s}") for s in ("v1", "v2", "v3"))
+    # v2: its loadBalancer and connectionPool blocks replace the rule's; outlier detection and
+    # ISTIO_MUTUAL are the rule's.
+    assert v2["lbPolicy"] == "RANDOM"
+    assert v2["circuitBreakers"]["thresholds"][0]["maxConnections"] == 3
+    assert v2["outlierDetection"]["consecutive5xx"] == 2
+    assert "transportSocket" in v2 or "transportSocketMatches" in v2
+    # v1: its port level replaces every block (Istio: port level settings do not inherit): no
+    # outlier detection, no tls of its own. Its consistent hash goes onto its route.
+    assert v1["lbPolicy"] == "RING_HASH" and "outlierDetection" not in v1
+    # v3 has no policy of its own: the rule's.
+    assert v3["lbPolicy"] == "LEAST_REQUEST" and "outlierDetection" in v3
+    assert "circuitBreakers" not in v3
+    rules = route_of(model).rules
+    assert [h.name for h in rules[0].hash_on] == ["x-user"] and rules[1].hash_on == ()
+
+
+def test_a_subsets_tls_disable_turns_mesh_mtls_off_for_it_only() -> None:
+    model = load(SUBSET_POLICIES.replace(
+        """      portLevelSettings:
+      - port: {number: 9080}
+        loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+""", ""))
+    snapshot = Translation(model).snapshot("reviews-v1.default").get(CLUSTER)
+
+    def secured(name: str) -> bool:
+        message = Cluster()
+        message.ParseFromString(snapshot[name].body)
+        return message.HasField("transport_socket") or bool(message.transport_socket_matches)
+
+    assert not secured(f"{REVIEWS}/v1")
+    assert secured(f"{REVIEWS}/v2") and secured(f"{REVIEWS}/v3")
+    service = model.service(REVIEWS)
+    assert service is not None and [n for n, _ in service.subset_services] == ["v1", "v2"]
+
+
 def test_circuit_breaking_task_unchanged() -> None:
     path = ISTIO / "docs-tasks" / "circuit-breaking.yaml"
     if not path.exists():
@@ -662,7 +746,14 @@ kind: DestinationRule
 metadata: {name: reviews}
 spec:
   host: reviews
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: RANDOM}
+      connectionPool: {tcp: {maxConnections: 3}}
+      tls: {mode: DISABLE}
   trafficPolicy:
     loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 0s}}}
     connectionPool: {tcp: {maxConnections: 10}, http: {maxRequestsPerConnection: 5}}

@@ -69,6 +69,9 @@ class _Host:
     workload_of: dict[tuple[str, int], Doc] = field(default_factory=dict)
     hash_on: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     istio_mutual: dict[int, bool] = field(default_factory=dict)
+    # the same for subsets with a trafficPolicy of their own, by (port number, subset)
+    subset_hash_on: dict[tuple[int, str], tuple[Any, ...]] = field(default_factory=dict)
+    subset_istio_mutual: dict[tuple[int, str], bool] = field(default_factory=dict)
 
 
 def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDocument],
@@ -191,17 +194,20 @@ def _plaintext_where_disabled(registry: dict[str, _Host], policies: security.Pol
     """Auto mTLS as Istio's Pilot decides it per endpoint: a workload whose PeerAuthentication
     says DISABLE for that port is called in plaintext (unless a DestinationRule says
     ISTIO_MUTUAL)."""
+    def plaintext(endpoints: tuple[Endpoint, ...], host: _Host) -> tuple[Endpoint, ...]:
+        return tuple(
+            replace(e, mtls_identity=None)
+            if e.mtls_identity is not None and (workload := host.workload_of.get(
+                (e.host, e.port))) is not None and policies.mtls_of(workload, e.port) == "off"
+            else e for e in endpoints)
+
     for host in registry.values():
         for number, service in list(host.services.items()):
-            if host.istio_mutual.get(number):
-                continue
-            changed = tuple(
-                replace(e, mtls_identity=None)
-                if e.mtls_identity is not None and (workload := host.workload_of.get(
-                    (e.host, e.port))) is not None and policies.mtls_of(workload, e.port) == "off"
-                else e for e in service.endpoints)
-            if changed != service.endpoints:
-                host.services[number] = replace(service, endpoints=changed)
+            own = tuple((name, s if host.subset_istio_mutual.get((number, name)) else replace(
+                s, endpoints=plaintext(s.endpoints, host))) for name, s in service.subset_services)
+            if not host.istio_mutual.get(number):
+                service = replace(service, endpoints=plaintext(service.endpoints, host))
+            host.services[number] = replace(service, subset_services=own)
 
 
 def _service(doc: Doc, entry: o.ServiceEntry, host: str, port: o.Port,
@@ -270,10 +276,26 @@ def _destination_rules(rules: list[Doc], registry: dict[str, _Host]) -> None:
                     doc.warn(("spec", "subsets", subset_index),
                              f"subset {name} selects no endpoint of {found}")
             policy = port_policies.get(number, rule.policy)
-            service = _apply_policy(service, policy, host)
-            host.services[number] = service
+            plain, service = service, _apply_policy(service, policy, host)
+            # A subset's own trafficPolicy: Istio's MergeTrafficPolicy (the rule's policy for
+            # this port, the subset's blocks in place of its, then the subset's port level).
+            own: list[tuple[str, Service]] = []
+            for name, subset_policy in rule.subset_policies:
+                merged = dict(subset_policy.port_policies).get(
+                    number, policy.under(subset_policy.policy))
+                built = _apply_policy(plain, merged, host)
+                if built != service:
+                    own.append((name, built))
+                host.subset_hash_on[(number, name)] = merged.hash_on
+                host.subset_istio_mutual[(number, name)] = merged.tls_mode == "ISTIO_MUTUAL"
+            host.services[number] = replace(service, subset_services=tuple(own))
             host.hash_on[number] = policy.hash_on
             host.istio_mutual[number] = policy.tls_mode == "ISTIO_MUTUAL"
+        for index, (_, subset_policy) in enumerate(rule.subset_policies):
+            for number in dict(subset_policy.port_policies):
+                if number not in host.services:
+                    doc.error(("spec", "subsets", index, "trafficPolicy", "portLevelSettings"),
+                              f"host {found} has no port {number}")
 
 
 def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host) -> Service:
@@ -558,8 +580,9 @@ def _rules(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: 
         for backend in backends:
             found = _host_of(backend.service, registry)
             if found is not None:
-                hash_on = hash_on or found.hash_on.get(int(backend.service.rsplit(":", 1)[1]),
-                                                       ())
+                number = int(backend.service.rsplit(":", 1)[1])
+                hash_on = hash_on or found.subset_hash_on.get(
+                    (number, backend.subset or ""), found.hash_on.get(number, ()))
         rules.append(replace(http.rule, matches=matches or (Match(),), backends=backends,
                              mirrors=mirrors, hash_on=hash_on))
     return tuple(rules)

@@ -139,8 +139,36 @@ class TrafficPolicy:
     connect_timeout: float | None = None
     max_requests_per_connection: int | None = None
     outlier_detection: OutlierDetection | None = None
-    tls_mode: Literal["DISABLE", "SIMPLE", "ISTIO_MUTUAL"] | None = None
-    tls: UpstreamTls | None = None  # SIMPLE
+    tls_mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] | None = None
+    tls: UpstreamTls | None = None  # SIMPLE, MUTUAL
+    # The blocks written (loadBalancer, connectionPool, outlierDetection, tls): a subset's
+    # policy replaces those of the DestinationRule's, block by block (Istio's merge).
+    written: frozenset[str] = frozenset()
+
+    def under(self, subset: TrafficPolicy) -> TrafficPolicy:
+        """This policy with `subset`'s blocks in place of its own (MergeTrafficPolicy)."""
+        if not subset.written:
+            return self
+        fields: dict[str, object] = {}
+        for block, names in _BLOCKS.items():
+            source = subset if block in subset.written else self
+            fields.update((name, getattr(source, name)) for name in names)
+        return TrafficPolicy(**fields, written=self.written | subset.written)  # type: ignore[arg-type]
+
+
+_BLOCKS = {"loadBalancer": ("load_balancer", "load_balancer_options", "hash_on"),
+           "connectionPool": ("circuit_breaker", "connect_timeout",
+                              "max_requests_per_connection"),
+           "outlierDetection": ("outlier_detection",),
+           "tls": ("tls_mode", "tls")}
+
+
+@dataclass(frozen=True, slots=True)
+class SubsetPolicy:
+    """A subset's own trafficPolicy (and its portLevelSettings)."""
+
+    policy: TrafficPolicy
+    port_policies: tuple[tuple[int, TrafficPolicy], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +177,7 @@ class DestinationRule:
     subsets: tuple[tuple[str, Labels], ...] = ()
     policy: TrafficPolicy = TrafficPolicy()
     port_policies: tuple[tuple[int, TrafficPolicy], ...] = ()  # portLevelSettings
+    subset_policies: tuple[tuple[str, SubsetPolicy], ...] = ()  # subsets' own trafficPolicy
 
 
 # ---- Sidecar -------------------------------------------------------------------------------------

@@ -786,6 +786,7 @@ def read_destination_rule(spec: Fields) -> o.DestinationRule | None:
     if "workloadSelector" in spec.value:
         spec.report("workloadSelector", f"workloadSelector {NOT_SUPPORTED}", at_value=False)
     subsets: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    subset_policies: list[tuple[str, o.SubsetPolicy]] = []
     names: set[str] = set()
     for index, item in enumerate(spec.items("subsets", "subset") or []):
         entry = Fields.at(spec.ctx, item, (*spec.path, "subsets", index),
@@ -795,9 +796,8 @@ def read_destination_rule(spec: Fields) -> o.DestinationRule | None:
         entry.check_keys(("name", "labels", "trafficPolicy"), "a subset")
         name = entry.get("name", fields.name, required=True)
         labels = entry.get("labels", fields.labels) or ()
-        if "trafficPolicy" in entry.value:
-            entry.report("trafficPolicy", f"a subset's own trafficPolicy {NOT_SUPPORTED}",
-                         at_value=False)
+        own = entry.mapping("trafficPolicy", "a mapping such as {loadBalancer: {simple: "
+                                             "ROUND_ROBIN}}")
         if name is None:
             continue
         if name in names:
@@ -805,6 +805,9 @@ def read_destination_rule(spec: Fields) -> o.DestinationRule | None:
             continue
         names.add(name)
         subsets.append((name, labels))
+        if own is not None:
+            subset_policies.append((name, o.SubsetPolicy(_traffic_policy(own),
+                                                          _port_policies(own))))
     policy, ports = o.TrafficPolicy(), ()
     policy_spec = spec.mapping("trafficPolicy", "a mapping such as {loadBalancer: {simple: "
                                                 "ROUND_ROBIN}}")
@@ -813,7 +816,7 @@ def read_destination_rule(spec: Fields) -> o.DestinationRule | None:
         ports = _port_policies(policy_spec)
     if host is None:
         return None
-    return o.DestinationRule(host, tuple(subsets), policy, ports)
+    return o.DestinationRule(host, tuple(subsets), policy, ports, tuple(subset_policies))
 
 
 def _port_policies(spec: Fields) -> tuple[tuple[int, o.TrafficPolicy], ...]:
@@ -842,8 +845,9 @@ def _traffic_policy(spec: Fields, port_level: bool = False) -> o.TrafficPolicy:
     breaker, connect_timeout, per_connection = _connection_pool(spec)
     outlier = _outlier(spec)
     mode, upstream = _tls(spec)
+    written = frozenset(key for key in POLICY_KEYS[:4] if key in spec.value)
     return o.TrafficPolicy(lb, options, hash_on, breaker, connect_timeout, per_connection,
-                           outlier, mode, upstream)
+                           outlier, mode, upstream, written)
 
 
 def _load_balancer(spec: Fields):  # type: ignore[no-untyped-def]
