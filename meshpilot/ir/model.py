@@ -226,6 +226,10 @@ class ListenerTls:
     min_version: Literal["1.2", "1.3"] | None = None  # None: Envoy's default (1.2)
     alpn: tuple[str, ...] = ("h2", "http/1.1")
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # Mutual TLS: clients must present a certificate these CA certificates (PEM) signed;
+    # None: no client certificate asked for.
+    client_ca: bytes | None = field(default=None, repr=False)
+    client_ca_path: str | None = None  # as written in the policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +241,8 @@ class UpstreamTls:
     ca_path: str | None = None
     ca: bytes | None = field(default=None, repr=False)  # PEM of the trusted CA certificates
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # Mutual TLS: the certificate (and key) Envoy presents to the endpoints; None: none.
+    client_certificate: TlsCertificate | None = None
 
 
 @dataclass(frozen=True, slots=True)

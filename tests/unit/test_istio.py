@@ -1149,3 +1149,114 @@ spec:
     assert any("requestPrincipals need a RequestAuthentication" in e for e in found), found
     found = errors(request_authentication.replace(f"jwks: '{jwks}'", "jwksUri: https://x/j"))
     assert any("jwksUri for a workload's sidecar is not supported yet" in e for e in found)
+
+
+# ---- TLS with certificates of one's own: Gateway MUTUAL, DestinationRule MUTUAL ------------------
+
+MUTUAL_POLICY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: MUTUAL, serverCertificate: certs/edge.pem, privateKey: certs/edge.key,
+          caCertificates: certs/clients.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge]
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: {mode: MUTUAL, clientCertificate: certs/client.pem, privateKey: certs/client.key,
+          caCertificates: certs/upstream.pem, sni: reviews.internal}
+"""
+
+
+def _mutual_folder(folder: Path, policy: str = MUTUAL_POLICY) -> Path:
+    from tls_material import CA
+
+    clients, upstream, edge = CA("clients"), CA("upstream"), CA("edge")
+    edge.issue("edge.example.com").write(folder / "certs", "edge")
+    clients.write(folder / "certs" / "clients.pem")
+    clients.issue("client.example.com").write(folder / "certs", "client")
+    upstream.write(folder / "certs" / "upstream.pem")
+    (folder / "mesh.yaml").write_text(MESH)
+    (folder / "tls.yaml").write_text(policy)
+    return folder
+
+
+def test_gateway_and_destination_rule_mutual_tls(tmp_path: Path) -> None:
+    from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import (
+        DownstreamTlsContext,
+        UpstreamTlsContext,
+    )
+
+    from meshpilot.base.types import SECRET
+
+    model = load_policy(_mutual_folder(tmp_path))
+    gateway = Translation(model).snapshot("istio=ingressgateway")
+    listener = Listener()
+    listener.ParseFromString(next(iter(gateway.get(LISTENER).values())).body)
+    downstream = DownstreamTlsContext()
+    listener.filter_chains[0].transport_socket.typed_config.Unpack(downstream)
+    # MUTUAL: a client certificate is required, checked against the caCertificates' Secret.
+    assert downstream.require_client_certificate.value
+    ca_name = downstream.common_tls_context.validation_context_sds_secret_config.name
+    assert ca_name.endswith("/client-ca")
+    assert ca_name in gateway.get(SECRET)
+    # DestinationRule MUTUAL: the sidecar presents the client certificate (a Secret of its own)
+    # and checks the endpoint against caCertificates and the sni.
+    sidecar = Translation(model).snapshot("reviews-v1.default")
+    cluster = Cluster()
+    cluster.ParseFromString(sidecar.get(CLUSTER)[REVIEWS].body)
+    upstream = UpstreamTlsContext()
+    cluster.transport_socket.typed_config.Unpack(upstream)
+    assert upstream.sni == "reviews.internal"
+    (client,) = upstream.common_tls_context.tls_certificate_sds_secret_configs
+    assert client.name == f"{REVIEWS}/client-cert"
+    secrets = sidecar.get(SECRET)
+    assert {client.name, f"{REVIEWS}/ca"} <= set(secrets)
+    # No mesh mTLS on top of the user's own: the cluster has one transport socket, no match.
+    assert not cluster.transport_socket_matches
+
+
+def test_mutual_tls_needs_its_files(tmp_path: Path) -> None:
+    policy = MUTUAL_POLICY.replace("\n          caCertificates: certs/clients.pem", "").replace(
+        "clientCertificate: certs/client.pem, ", "")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(_mutual_folder(tmp_path, policy))
+    found = [str(issue) for issue in caught.value.issues]
+    assert any(re.search(r"tls\.yaml:\d+:\d+: Gateway istio-system/edge: spec\.servers\[0\]\."
+                         r"tls(\.caCertificates)?: .*caCertificates", e) for e in found), found
+    assert any(re.search(r"DestinationRule default/reviews: spec\.trafficPolicy\.tls"
+                         r"(\.clientCertificate)?: .*clientCertificate", e) for e in found), found
+    # A key that is not the certificate's is refused at the field.
+    policy = MUTUAL_POLICY.replace("privateKey: certs/client.key", "privateKey: certs/edge.key")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(_mutual_folder(tmp_path, policy))
+    assert any("spec.trafficPolicy.tls.clientCertificate: certificate certs/client.pem does "
+               "not match private key certs/edge.key" in str(i) for i in caught.value.issues)
+
+
+@pytest.mark.envoy
+def test_envoy_accepts_mutual_tls(tmp_path: Path) -> None:
+    from static_check import static_bootstrap
+
+    from meshpilot.local.envoy_process import validate_config
+    from meshpilot.xds.render import snapshot_to_dict
+
+    model = load_policy(_mutual_folder(tmp_path))
+    for view in ("istio=ingressgateway", "reviews-v1.default"):
+        validate_config(static_bootstrap(snapshot_to_dict(Translation(model).snapshot(view))))

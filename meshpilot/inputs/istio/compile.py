@@ -313,7 +313,7 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host) -> Ser
         changes["outlier_detection"] = policy.outlier_detection
     if policy.tls is not None:
         changes["tls"] = policy.tls
-    if policy.tls_mode in ("DISABLE", "SIMPLE"):  # no mesh mTLS, whatever the workloads
+    if policy.tls_mode in ("DISABLE", "SIMPLE", "MUTUAL"):  # no mesh mTLS, whatever the workloads
         changes["endpoints"] = tuple(replace(e, mtls_identity=None) for e in service.endpoints)
     elif policy.tls_mode == "ISTIO_MUTUAL":  # mesh mTLS to every endpoint, sidecar or not
         namespace = host.doc.item.namespace

@@ -982,15 +982,31 @@ def _tls(spec: Fields):  # type: ignore[no-untyped-def]
                      "tls")
     mode = entry.get("mode", fields.choice(("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")),
                      required=True)
-    for key in ("clientCertificate", "privateKey", "credentialName", "subjectAltNames"):
+    for key in ("credentialName", "subjectAltNames"):
         if key in entry.value:
             entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
-    if mode == "MUTUAL":
-        entry.report("mode", f"MUTUAL (a client certificate of your own) {NOT_SUPPORTED}; "
-                             "ISTIO_MUTUAL uses meshpilot's CA")
-        return None, None
-    if mode != "SIMPLE":
+    if mode != "MUTUAL":
+        for key in ("clientCertificate", "privateKey"):
+            if key in entry.value:
+                entry.report(key, f"{key} is for tls mode MUTUAL", at_value=False)
+    if mode not in ("SIMPLE", "MUTUAL"):
         return mode, None
+    client = None
+    if mode == "MUTUAL":  # the certificate Envoy presents to the endpoints: files
+        cert = entry.get("clientCertificate", fields.string, required=True)
+        key = entry.get("privateKey", fields.string, required=True)
+        if cert is None or key is None:
+            return None, None
+        try:
+            chain, private, _ = tls_files.read_certificate(cert, key)
+        except tls_files.FieldError as problem:
+            entry.report("clientCertificate" if problem.field == "cert" else "privateKey",
+                         str(problem))
+            return None, None
+        client = TlsCertificate(cert, key, chain, private,
+                                position=entry.ctx.document.position_of(
+                                    (*entry.path, "clientCertificate")),
+                                origin=entry.origin("clientCertificate"))
     ca_path = entry.get("caCertificates", fields.string)
     skip = entry.get("insecureSkipVerify", fields.boolean) or False
     ca = None
@@ -1001,9 +1017,10 @@ def _tls(spec: Fields):  # type: ignore[no-untyped-def]
             entry.report("caCertificates", str(problem))
             return None, None
     verify = ca is not None and not skip
-    return "SIMPLE", UpstreamTls(sni=entry.get("sni", fields.dns_name), verify=verify,
-                                 ca_path=ca_path if verify else None,
-                                 ca=ca if verify else None, origin=entry.origin())
+    return mode, UpstreamTls(sni=entry.get("sni", fields.dns_name), verify=verify,
+                             ca_path=ca_path if verify else None,
+                             ca=ca if verify else None, origin=entry.origin(),
+                             client_certificate=client)
 
 
 # ---- Sidecar ------------------------------------------------------------------------------------
@@ -1114,7 +1131,7 @@ def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None
             if key != "httpsRedirect":
                 spec.report(key, f"{key} is for HTTPS servers", at_value=False)
         return None, redirect
-    for key in ("credentialName", "credentialNames", "caCertificates", "subjectAltNames",
+    for key in ("credentialName", "credentialNames", "subjectAltNames",
                 "maxProtocolVersion", "cipherSuites"):
         if key in spec.value:
             spec.report(key, f"{key} {NOT_SUPPORTED}; use serverCertificate and privateKey "
@@ -1122,8 +1139,22 @@ def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None
     mode = spec.get("mode", fields.choice(("SIMPLE", "MUTUAL", "PASSTHROUGH",
                                            "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")),
                     required=True)
-    if mode is not None and mode != "SIMPLE":
-        spec.report("mode", f"tls mode {mode} {NOT_SUPPORTED}; SIMPLE is")
+    if mode is not None and mode not in ("SIMPLE", "MUTUAL"):
+        spec.report("mode", f"tls mode {mode} {NOT_SUPPORTED}; SIMPLE and MUTUAL are")
+        return None, redirect
+    client_ca = None
+    ca_path = spec.get("caCertificates", fields.string, required=mode == "MUTUAL")
+    if mode != "MUTUAL" and ca_path is not None:
+        spec.report("caCertificates", "caCertificates (the clients' CA) is for tls mode MUTUAL",
+                    at_value=False)
+        return None, redirect
+    if ca_path is not None:
+        try:
+            client_ca = tls_files.read_ca(ca_path)
+        except tls_files.TlsFileError as problem:
+            spec.report("caCertificates", str(problem))
+            return None, redirect
+    elif mode == "MUTUAL":
         return None, redirect
     cert = spec.get("serverCertificate", fields.string, required=True)
     key = spec.get("privateKey", fields.string, required=True)
@@ -1142,7 +1173,8 @@ def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None
                                      (*spec.path, "serverCertificate")),
                                  origin=spec.origin("serverCertificate"))
     return ListenerTls((certificate,), cast(Any, versions.get(minimum or "TLS_AUTO")),
-                       origin=spec.origin()), redirect
+                       origin=spec.origin(), client_ca=client_ca,
+                       client_ca_path=ca_path), redirect
 
 
 # ---- security -----------------------------------------------------------------------------------
