@@ -274,6 +274,9 @@ class Service:
     # Service as that subset's cluster is built from (same name, endpoints and subsets; its
     # own load balancer, pools, outlier detection, TLS). A subset not listed: this Service.
     subset_services: tuple[tuple[str, Service], ...] = ()
+    # tcp only: where its callers' sidecars send connections to it (by SNI and weight, as a
+    # gateway listener's `tcp_routes`); empty: its whole-service cluster.
+    tcp_routes: tuple[TcpRoute, ...] = ()
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)
@@ -338,6 +341,17 @@ class Tracing:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpRoute:
+    """Where connections go at the TCP level (a tcp gateway listener, or a tcp Service's
+    callers' sidecars): weighted backends, for the connections whose TLS SNI is one of
+    `server_names` (exact names or `*.suffix`; TLS passthrough), or for every connection."""
+
+    backends: tuple[Backend, ...]  # weights as Backend.weight; a weight of 0 gets nothing
+    server_names: tuple[str, ...] = ()  # empty: any connection (TLS or not)
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayListener:
     name: str
     port: int
@@ -357,6 +371,9 @@ class GatewayListener:
     tracing: Tracing | None = None  # http only: spans to a collector (the gateway's default)
     decompression: Decompression | None = None  # http only: compressed request bodies
     max_requests_per_connection: int | None = None  # http only: None: unlimited
+    # tcp only: connections routed by SNI and weight (one filter chain each, in order; the
+    # first without server_names takes the rest) instead of all to `service`.
+    tcp_routes: tuple[TcpRoute, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

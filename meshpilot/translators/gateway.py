@@ -14,7 +14,15 @@ from collections.abc import Callable, Iterator, Mapping
 
 from meshpilot.base import types
 from meshpilot.ir.model import Backend, Gateway, GatewayListener, Model, Route
-from meshpilot.translators import failover, httpfilters, listeners, routes, secrets, tracing
+from meshpilot.translators import (
+    failover,
+    httpfilters,
+    listeners,
+    routes,
+    secrets,
+    tcproutes,
+    tracing,
+)
 from meshpilot.translators.reuse import NOTHING, BuiltListener, Earlier, ListenerKey
 from meshpilot.xds.resources import Resource
 
@@ -108,6 +116,10 @@ def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, st
         if spec.service is not None and (spec.service, None) not in seen:
             seen.add((spec.service, None))
             yield spec.service, None
+        for key in tcproutes.backends(spec.tcp_routes):
+            if key not in seen:
+                seen.add(key)
+                yield key
     for spec in gateway.listeners:  # the collector a listener's tracer exports spans to
         exporter = tracing.collector(spec.tracing)
         if exporter is not None and (exporter, None) not in seen:

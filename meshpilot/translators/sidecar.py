@@ -14,7 +14,8 @@ This module owns what a sidecar receives (docs/mesh.md):
   does not send a thousand clusters to every sidecar):
   - per call with a `local_port`: a listener `outbound/<callee>` on 127.0.0.1:local_port whose
     route configuration `outbound/<callee>` (one virtual host, every Host) sends to the callee;
-    for a tcp callee, a TCP proxy;
+    for a tcp callee, a TCP proxy (filter chains by SNI and weight when the callee has
+    `tcp_routes`: `tcproutes.py`);
   - with an `outbound_port`: one listener `outbound` on 127.0.0.1:outbound_port whose route
     configuration `outbound` has one virtual host per HTTP callee, picked by the Host header
     (`<callee>`, `<callee>:<outbound_port>`, and `<callee>:<callee's sidecar port>`);
@@ -54,7 +55,7 @@ from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpPro
 
 from meshpilot.base import types
 from meshpilot.ir.model import Authorization, Endpoint, Model, Route, Service
-from meshpilot.translators import endpoints, failover, httpfilters, mtls, names
+from meshpilot.translators import endpoints, failover, httpfilters, mtls, names, tcproutes
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.httpfilters import ChainInputs, jwt_authn, mesh_authorization
 from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
@@ -178,6 +179,8 @@ class Mesh:
                 (backend.service, backend.subset)
                 for rule in route.rules for backend in (*rule.backends, *rule.mirrors)
                 if getattr(backend, "resolved", True)]
+            if callee.protocol == "tcp" and callee.tcp_routes:
+                wanted = tcproutes.backends(callee.tcp_routes)
             for key in wanted:
                 if key not in seen:
                     seen.add(key)
@@ -274,6 +277,10 @@ def inbound_cluster(service: Service) -> Cluster:
 def local_port_listener(callee: Service, port: int) -> Listener:
     """127.0.0.1:port, all of it for `callee`: the Consul Connect style upstream."""
     name = names.outbound(callee.name)
+    if callee.protocol == "tcp" and callee.tcp_routes:  # by SNI and weight (tcproutes.py)
+        return Listener(name=name, address=_address(LOOPBACK, port),
+                        listener_filters=tcproutes.listener_filters(callee.tcp_routes),
+                        filter_chains=tcproutes.filter_chains(name, callee.tcp_routes))
     if callee.protocol == "tcp":
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(
             TcpProxy(stat_prefix=name, cluster=names.cluster(callee.name))))

@@ -31,7 +31,7 @@ from meshpilot.inputs.context import LoadContext, ParsedDocument
 from meshpilot.inputs.istio import hosts, security
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
-from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES
+from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES, NOT_SUPPORTED
 from meshpilot.ir.model import (
     DEFAULT_APP_HOST,
     Backend,
@@ -47,6 +47,7 @@ from meshpilot.ir.model import (
     Rule,
     Service,
     Sidecar,
+    TcpRoute,
 )
 
 # A subset no DestinationRule defines selects no endpoint: its cluster answers 503, as Istio's.
@@ -92,10 +93,11 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     indexed = _Workloads(workloads)
     registry = _services(by_kind.get("ServiceEntry", []), indexed)
     _destination_rules(by_kind.get("DestinationRule", []), registry)
+    l4: L4AtGateways = {}
     routes, routed, variants = _virtual_services(by_kind.get("VirtualService", []), registry,
-                                                 by_kind, indexed)
+                                                 by_kind, indexed, l4)
     _default_routes(registry, routed)
-    gateways = _gateways(by_kind.get("Gateway", []))
+    gateways = _gateways(by_kind.get("Gateway", []), l4)
     policies = security.Policies.of(by_kind)
     _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants)
     _plaintext_where_disabled(registry, policies)
@@ -331,11 +333,16 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host) -> Ser
 Variants = dict[str, dict[int, str]]
 
 
+# (gateway view, listener name) -> its tcp routes, in VirtualService order
+L4AtGateways = dict[tuple[str, str], list[TcpRoute]]
+
+
 def _virtual_services(services: list[Doc], registry: dict[str, _Host],
-                      by_kind: dict[str, list[Doc]], workloads: _Workloads
+                      by_kind: dict[str, list[Doc]], workloads: _Workloads, l4: L4AtGateways
                       ) -> tuple[list[tuple[Doc, Route]], set[str], Variants]:
     routes: list[tuple[Doc, Route]] = []
     variants: Variants = {}
+    l4_owner: dict[str, Doc] = {}  # tcp Service -> the VirtualService whose tcp/tls routes it has
     routed: set[str] = set()  # IR Services with a Route attached
     owner: dict[str, Doc] = {}
     claimed: dict[tuple[str, str, str], Doc] = {}  # (gateway, listener, host) -> its VS
@@ -355,9 +362,13 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                                  f"({hosts.qualified(host, ns)}): this VirtualService does "
                                  "not apply in the mesh")
                         continue
-                    for service in registry[found].services.values():
+                    for service in list(registry[found].services.values()):
                         if service.protocol == "tcp":
+                            _mesh_l4(doc, vs, registry, registry[found], service, index,
+                                     l4_owner)
                             continue
+                        if not vs.http and (vs.tcp or vs.tls):
+                            continue  # tcp and tls routes: for the host's TCP ports
                         if service.name in owner:
                             doc.warn(("spec", "hosts", index),
                                      f"host {found} already has VirtualService "
@@ -379,13 +390,22 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
             # The route's hosts are the VirtualService's narrowed by each server's (Istio):
             # one Route per set of listeners with the same hosts.
             by_hosts: dict[tuple[str, ...], list[str]] = {}
+            l4_served = False
             for server in spec.servers:
-                if server.https_redirect:
-                    continue
                 common = _intersection(vs.hosts or ("*",), server.hosts)
+                if server.protocol in ("TCP", "TLS"):
+                    if common and (vs.tcp if server.protocol == "TCP" else vs.tls):
+                        l4_served = True
+                        view = hosts.gateway_view(spec.selector)
+                        l4.setdefault((view, _listener_name(server)), []).extend(_l4_routes(
+                            doc, vs, registry, gateway, server.port, spec.selector,
+                            server.protocol, common))
+                    continue
+                if server.https_redirect or not vs.http:
+                    continue
                 if common:
                     by_hosts.setdefault(common, []).append(_listener_name(server))
-            if not by_hosts:
+            if not by_hosts and not l4_served:
                 doc.warn(("spec", "gateways", gateway_index),
                          f"no host of this VirtualService is a host of Gateway "
                          f"{key[0]}/{key[1]}'s servers: it does not apply there")
@@ -433,6 +453,86 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                                               cors=cors, origin=doc.ctx.origin())))
     _warn_unselected_sources(services, workloads, by_kind)
     return routes, routed, variants
+
+
+def _mesh_l4(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], host: _Host,
+             service: Service, index: int, owner: dict[str, Doc]) -> None:
+    """A tcp Service of a VirtualService's host in the mesh: its tcp and tls routes become
+    the Service's `tcp_routes` (what its callers' sidecars do with connections to it)."""
+    if not vs.tcp and not vs.tls:
+        return
+    if service.name in owner:
+        doc.warn(("spec", "hosts", index), f"{service.name} already has the tcp/tls routes of "
+                                           f"VirtualService {owner[service.name].ctx.name}; "
+                                           "this one's are not used for it")
+        return
+    owner[service.name] = doc
+    number = int(service.name.rsplit(":", 1)[1])
+    found = _l4_routes(doc, vs, registry, "mesh", number, None, None, ())
+    host.services[number] = replace(host.services[number], tcp_routes=_distinct(doc, found))
+
+
+def _l4_routes(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: str,
+               port: int, proxy: Labels | None, server: str | None,
+               server_hosts: tuple[str, ...]) -> list[TcpRoute]:
+    """The `tls` then `tcp` routes of `vs` for one gateway (`mesh`: the sidecars) and port, in
+    order. `proxy`: the gateway's labels (its `sourceLabels` hold or not); `server`: a gateway
+    server's protocol (TCP takes tcp routes, TLS tls ones), whose hosts narrow the SNI names."""
+    ns = doc.item.namespace
+    wanted = _gateway_key(gateway, ns)
+    found: list[TcpRoute] = []
+    kinds = (vs.tls, vs.tcp) if server is None else ((vs.tcp,) if server == "TCP" else (vs.tls,))
+    for entries in kinds:
+        for route in entries:
+            kept = []
+            for m in route.matches:
+                if m.gateways:
+                    if wanted not in {_gateway_key(g, ns) for g in m.gateways}:
+                        continue
+                elif m.source_labels or m.source_namespace is not None:
+                    if proxy is None:
+                        doc.error((*m.path, "sourceLabels" if m.source_labels
+                                   else "sourceNamespace"),
+                                  f"sourceLabels and sourceNamespace in {route.kind} routes in "
+                                  f"the mesh {NOT_SUPPORTED}")
+                        continue
+                    if not m.applies_to_proxy(proxy, hosts.ROOT_NAMESPACE):
+                        continue
+                if m.port is not None and m.port != port:
+                    continue
+                kept.append(m)
+            if route.matches and not kept:
+                continue
+            backends = tuple(b for d in route.destinations
+                             if (b := _backend(doc, d, registry, port)) is not None)
+            if route.kind == "tcp":
+                found.append(TcpRoute(backends, origin=doc.ctx.origin(route.path)))
+                continue
+            names: tuple[str, ...] = tuple(dict.fromkeys(h for m in kept for h in m.sni_hosts))
+            if server_hosts:
+                names = _intersection(names, server_hosts)
+            if names:
+                found.append(TcpRoute(backends, names, origin=doc.ctx.origin(route.path)))
+    return found
+
+
+def _distinct(doc: Doc, found: Sequence[TcpRoute]) -> tuple[TcpRoute, ...]:
+    """Routes Envoy can take as filter chains: an SNI name once (the first route with it), and
+    one route without names (the first), which takes every other connection."""
+    taken: set[str] = set()
+    catch_all = False
+    kept: list[TcpRoute] = []
+    for route in found:
+        if not route.server_names:
+            if not catch_all:
+                catch_all = True
+                kept.append(route)
+            continue
+        names = tuple(n for n in route.server_names if n not in taken)
+        if names:
+            taken.update(names)
+            kept.append(replace(route, server_names=names))
+    return tuple(kept)
 
 
 def spec_of_gateway(view: str | None, by_kind: dict[str, list[Doc]]) -> Labels:
@@ -682,7 +782,7 @@ def _secure_gateway_routes(routes: list[tuple[Doc, Route]], gateways: _Gateways,
              else replace(route, security=found[route.gateway])) for doc, route in routes]
 
 
-def _gateways(docs: list[Doc]) -> _Gateways:
+def _gateways(docs: list[Doc], l4: L4AtGateways) -> _Gateways:
     """A Gateway of the model per distinct selector: every Istio Gateway whose selector the
     Envoy's labels (= that selector) satisfy contributes its servers."""
     built: list[tuple[Doc, Gateway]] = []
@@ -699,14 +799,27 @@ def _gateways(docs: list[Doc]) -> _Gateways:
             for server in doc.item.spec.servers:  # type: ignore[union-attr]
                 if server.protocol == "HTTPS" and https_port is None:
                     https_port = server.port
+        view = hosts.gateway_view(selector)
+        kinds: dict[int, str] = {}
         for doc in members:
             for server in doc.item.spec.servers:  # type: ignore[union-attr]
-                existing = listeners.get(server.port)
-                if existing is not None:
-                    if (existing.tls is None) != (server.tls is None):
+                if server.port in kinds:
+                    if kinds[server.port] != server.protocol:
                         doc.error(server.path, f"port {server.port} is already an "
-                                               f"{'HTTPS' if existing.tls else 'HTTP'} server "
-                                               f"of the gateway {hosts.gateway_view(selector)}")
+                                               f"{kinds[server.port]} server of the gateway "
+                                               f"{view}")
+                    continue
+                kinds[server.port] = server.protocol
+                if server.protocol in ("TCP", "TLS"):
+                    found = _distinct(doc, l4.get((view, _listener_name(server)), []))
+                    if not any(b.weight > 0 for r in found for b in r.backends):
+                        doc.warn(server.path, f"no VirtualService has {server.protocol.lower()} "
+                                              f"routes for this server: it is not served")
+                        continue
+                    listeners[server.port] = GatewayListener(
+                        name=_listener_name(server), port=server.port,
+                        address=server.bind or "0.0.0.0", protocol="tcp", tcp_routes=found,
+                        origin=doc.ctx.origin(server.path))
                     continue
                 listeners[server.port] = GatewayListener(
                     name=_listener_name(server), port=server.port,

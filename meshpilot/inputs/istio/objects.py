@@ -121,10 +121,39 @@ class HttpRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class L4Match:
+    """A `tcp` or `tls` route's match: the service or gateway port, gateways, the caller, and
+    (tls) the SNI."""
+
+    port: int | None = None
+    gateways: tuple[str, ...] = ()
+    source_labels: Labels = ()
+    source_namespace: str | None = None
+    sni_hosts: tuple[str, ...] = ()  # tls only (required there)
+    path: FieldPath = ()
+
+    def applies_to_proxy(self, labels: Labels, namespace: str) -> bool:
+        return all(kv in labels for kv in self.source_labels) and (
+            self.source_namespace is None or self.source_namespace == namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class L4Route:
+    """One `tcp` or `tls` entry: its matches (empty: every connection) and where to."""
+
+    kind: Literal["tcp", "tls"]
+    matches: tuple[L4Match, ...]
+    destinations: tuple[Destination, ...]
+    path: FieldPath = ()
+
+
+@dataclass(frozen=True, slots=True)
 class VirtualService:
     hosts: tuple[str, ...]
     gateways: tuple[str, ...] = ("mesh",)
     http: tuple[HttpRoute, ...] = ()
+    tls: tuple[L4Route, ...] = ()  # before tcp: SNI chains are tried before the catch-all
+    tcp: tuple[L4Route, ...] = ()
 
 
 # ---- DestinationRule -----------------------------------------------------------------------------
@@ -198,7 +227,7 @@ class SidecarScope:
 class Server:
     port: int
     port_name: str
-    protocol: Literal["HTTP", "HTTPS"]
+    protocol: Literal["HTTP", "HTTPS", "TCP", "TLS"]  # TLS: passthrough (by SNI, not ended)
     hosts: tuple[str, ...]  # without any namespace/ prefix
     tls: ListenerTls | None = None
     https_redirect: bool = False

@@ -361,9 +361,9 @@ def read_virtual_service(spec: Fields) -> o.VirtualService | None:
     spec.check_keys(VS_KEYS, "a VirtualService's spec")
     hosts = _strings(spec, "hosts", "host", _host)
     gateways = _strings(spec, "gateways", "gateway") or ("mesh",)
-    for key in ("tcp", "tls"):
-        if key in spec.value:
-            spec.report(key, f"{key} routes {NOT_SUPPORTED}", at_value=False)
+    l4 = {key: tuple(route for index, item in enumerate(spec.items(key, f"{key} route") or [])
+                     if (route := _l4_route(spec, key, index, item)) is not None)
+          for key in ("tcp", "tls")}
     http: list[o.HttpRoute] = []
     for index, item in enumerate(spec.items("http", "route") or []):
         entry = Fields.at(spec.ctx, item, (*spec.path, "http", index),
@@ -374,7 +374,44 @@ def read_virtual_service(spec: Fields) -> o.VirtualService | None:
                 http.append(route)
     if not hosts and "hosts" not in spec.value and "mesh" in gateways:
         spec.missing("hosts")
-    return o.VirtualService(hosts, gateways, tuple(http))
+    return o.VirtualService(hosts, gateways, tuple(http), l4["tls"], l4["tcp"])
+
+
+L4_MATCH_KEYS = ("port", "gateways", "sourceLabels", "sourceNamespace", "destinationSubnets",
+                 "sourceSubnet", "sniHosts")
+
+
+def _l4_route(spec: Fields, key: str, index: int, item: Any) -> o.L4Route | None:
+    """A `tcp` or `tls` route: its matches and its weighted destinations."""
+    entry = Fields.at(spec.ctx, item, (*spec.path, key, index),
+                      "a mapping such as {route: [{destination: {host: mysql}}]}")
+    if entry is None:
+        return None
+    entry.check_keys(("match", "route"), f"a {key} route")
+    matches: list[o.L4Match] = []
+    for match_index, value in enumerate(entry.items("match", "match") or []):
+        match = Fields.at(entry.ctx, value, (*entry.path, "match", match_index),
+                          "a mapping such as {port: 3306}" if key == "tcp"
+                          else "a mapping such as {sniHosts: [www.example.com]}")
+        if match is None:
+            continue
+        allowed = L4_MATCH_KEYS if key == "tls" else L4_MATCH_KEYS[:-1]
+        match.check_keys(allowed, f"a {key} match")
+        for refused in ("destinationSubnets", "sourceSubnet"):
+            if refused in match.value:
+                match.report(refused, f"{refused} {NOT_SUPPORTED}", at_value=False)
+        sni = _strings(match, "sniHosts", "host", _host) if key == "tls" else ()
+        if key == "tls" and not sni and "sniHosts" not in match.value:
+            match.missing("sniHosts")
+        source_labels = match.get("sourceLabels", fields.labels) or ()
+        matches.append(o.L4Match(match.get("port", fields.PORT),
+                                 _strings(match, "gateways", "gateway"),
+                                 tuple(sorted(source_labels)),
+                                 match.get("sourceNamespace", _namespace), sni, match.path))
+    if key == "tls" and "match" not in entry.value:
+        entry.missing("match")
+    destinations = _destinations(entry)
+    return o.L4Route(cast(Any, key), tuple(matches), destinations, entry.path)
 
 
 def _http_route(entry: Fields) -> o.HttpRoute | None:
@@ -1094,9 +1131,9 @@ def _server(entry: Fields) -> o.Server | None:
         name = port_spec.get("name", fields.string) or ""
         protocol = port_spec.get("protocol", lambda v: fields.choice(PROTOCOLS)(
             fields.string(v).upper()), required=True)
-        if protocol is not None and protocol not in ("HTTP", "HTTPS", "HTTP2"):
-            port_spec.report("protocol", f"a {protocol} server {NOT_SUPPORTED}; HTTP and HTTPS "
-                                         "are")
+        if protocol is not None and protocol not in SERVER_PROTOCOLS:
+            port_spec.report("protocol", f"a {protocol} server {NOT_SUPPORTED}; HTTP, HTTPS, "
+                                         "TCP and TLS are")
             protocol = None
     hosts = []
     for index, host in enumerate(_strings(entry, "hosts", "host")):
@@ -1108,11 +1145,61 @@ def _server(entry: Fields) -> o.Server | None:
     if "hosts" not in entry.value:
         entry.missing("hosts")
     bind = entry.get("bind", fields.ip_address)
-    tls, redirect = _server_tls(entry, protocol)
-    if number is None or protocol is None or not hosts:
+    kind = SERVER_PROTOCOLS.get(protocol or "")
+    if kind == "HTTPS" and _mode_of(entry) == "PASSTHROUGH":
+        kind = "TLS"  # Istio: an HTTPS server passed through is a TLS one
+    tls, redirect = None, False
+    if kind in ("TCP", "TLS"):
+        if not _passthrough(entry, kind) and kind == "TLS":
+            return None
+    else:
+        tls, redirect = _server_tls(entry, protocol)
+    if number is None or kind is None or not hosts:
         return None
-    return o.Server(number, name, "HTTPS" if protocol == "HTTPS" else "HTTP", tuple(hosts), tls,
-                    redirect, bind, entry.path)
+    return o.Server(number, name, cast(Any, kind), tuple(hosts), tls, redirect, bind,
+                    entry.path)
+
+
+# A server's protocol -> what meshpilot makes of it (TCP ones: a TCP proxy, no HTTP).
+SERVER_PROTOCOLS = {"HTTP": "HTTP", "HTTP2": "HTTP", "HTTPS": "HTTPS", "TCP": "TCP",
+                    "MONGO": "TCP", "MYSQL": "TCP", "REDIS": "TCP", "TLS": "TLS"}
+
+
+def _mode_of(entry: Fields) -> Any:
+    spec = entry.value.get("tls")
+    return spec.get("mode") if isinstance(spec, dict) else None
+
+
+def _passthrough(entry: Fields, kind: str) -> bool:
+    """A TCP server takes no tls; a TLS one must pass it through (by SNI, to tls routes).
+    True: a valid TLS passthrough server."""
+    spec = entry.mapping("tls", "a mapping such as {mode: PASSTHROUGH}")
+    if kind == "TCP":
+        if spec is not None:
+            entry.report("tls", "a TCP server takes no tls (TLS is protocol TLS)",
+                         at_value=False)
+        return False
+    if spec is None:
+        entry.report("tls", "a TLS server needs tls: {mode: PASSTHROUGH}", at_value=False)
+        return False
+    spec.check_keys(("mode", "serverCertificate", "privateKey", "caCertificates",
+                     "credentialName", "credentialNames", "subjectAltNames",
+                     "minProtocolVersion", "maxProtocolVersion", "cipherSuites",
+                     "httpsRedirect"), "tls")
+    mode = spec.get("mode", fields.choice(("SIMPLE", "MUTUAL", "PASSTHROUGH",
+                                           "AUTO_PASSTHROUGH", "ISTIO_MUTUAL",
+                                           "OPTIONAL_MUTUAL")), required=True)
+    if mode is None:
+        return False
+    if mode != "PASSTHROUGH":
+        spec.report("mode", f"a TLS server with tls mode {mode} (TLS ended, then TCP) "
+                            f"{NOT_SUPPORTED}; PASSTHROUGH is (an HTTPS server ends TLS)")
+        return False
+    for key in spec.value:
+        if key != "mode":
+            spec.report(key, f"{key} is not for tls mode PASSTHROUGH (the backend ends TLS)",
+                        at_value=False)
+    return True
 
 
 def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None, bool]:
