@@ -1444,3 +1444,72 @@ def test_envoy_accepts_tcp_and_tls_routes() -> None:
     model = load(L4_MESH, L4_GATEWAY)
     for view in ("istio=ingressgateway", "reviews-v1.default"):
         validate_config(static_bootstrap(snapshot_to_dict(Translation(model).snapshot(view))))
+
+
+# ---- delegation ------------------------------------------------------------------------------
+
+ROOT_VS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /reviews}}]
+    delegate: {name: reviews-delegate, namespace: nsb}
+    timeout: 3s
+  - route: [{destination: {host: reviews, subset: v1}}]
+"""
+DELEGATE_VS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-delegate, namespace: nsb}
+spec:
+  http:
+  - match: [{uri: {prefix: /reviews/v2}, headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews.default.svc.cluster.local, subset: v2}}]
+    timeout: 1s
+  - match: [{uri: {prefix: /other}}]
+    route: [{destination: {host: reviews.default.svc.cluster.local, subset: v2}}]
+  - route: [{destination: {host: reviews.default.svc.cluster.local, subset: v1}}]
+"""
+
+
+def test_delegation_merges_the_delegates_routes_as_istio_does() -> None:
+    model = load(DR, ROOT_VS, DELEGATE_VS)
+    rules = route_of(model).rules
+    summary = [(r.matches[0].path.value if r.matches[0].path else None,
+                dict(r.matches[0].headers).get("end-user"), r.backends[0].subset, r.timeout)
+               for r in rules]
+    # The delegate's matches are ANDed with the root route's; a route saying no timeout
+    # inherits the root route's 3 s; a match outside /reviews is dropped (with a warning).
+    assert [(p, h.value if h else None, s, t) for p, h, s, t in summary] == [
+        ("/reviews/v2", "jason", "v2", 1.0), ("/reviews", None, "v1", 3.0), (None, None, "v1", 0.0)]
+    assert any("VirtualService nsb/reviews-delegate: spec.http[1].match: no match of this route "
+               "fits the matches of default/reviews's spec.http[0]" in str(w)
+               for w in model.warnings), model.warnings
+    # The delegate on its own applies to nothing (it has no hosts): no Route of its own.
+    assert not any(r.name.startswith("nsb/") for r in model.routes)
+
+
+def test_delegation_problems() -> None:
+    # A missing delegate: the route is dropped (Istio), with a warning at the root.
+    model = load(DR, ROOT_VS)
+    assert [r.backends[0].subset for r in route_of(model).rules] == ["v1"]
+    assert any("spec.http[0].delegate: no delegate VirtualService nsb/reviews-delegate" in
+               str(w) for w in model.warnings)
+    # A delegate's unknown host is the delegate's error, at its field.
+    found = errors(DR, ROOT_VS, DELEGATE_VS.replace("reviews.default.svc.cluster.local, subset: v2",
+                                                    "nothing, subset: v2", 1))
+    assert any(re.search(r"VirtualService nsb/reviews-delegate: spec\.http\[0\]\.route\[0\]\."
+                         r"destination\.host: no ServiceEntry declares host "
+                         r"nothing\.nsb\.svc\.cluster\.local", e) for e in found), found
+    # A delegate delegating again is refused; an unused delegate is a warning.
+    found = errors(DR, ROOT_VS, DELEGATE_VS.replace(
+        "  - route: [{destination: {host: reviews.default.svc.cluster.local, subset: v1}}]",
+        "  - delegate: {name: x}"))
+    assert any("VirtualService nsb/reviews-delegate: spec.http: a delegate VirtualService (no "
+               "hosts) cannot delegate again" in e for e in found), found
+    model = load(DR, DELEGATE_VS)
+    assert any("VirtualService nsb/reviews-delegate: spec: a VirtualService without hosts is a "
+               "delegate, and no VirtualService delegates to it" in str(w) for w in model.warnings)

@@ -347,9 +347,12 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
     owner: dict[str, Doc] = {}
     claimed: dict[tuple[str, str, str], Doc] = {}  # (gateway, listener, host) -> its VS
     gateway_docs = {(d.item.namespace, d.item.name): d for d in by_kind.get("Gateway", [])}
+    expanded, doc_of = _delegations(services)
     for doc in services:
-        vs = doc.item.spec
+        vs = expanded.get(id(doc), doc.item.spec)
         assert isinstance(vs, o.VirtualService)
+        if not vs.hosts:
+            continue  # a delegate: its routes are in the VirtualServices delegating to it
         ns = doc.item.namespace
         targets: list[tuple[str, Service | None, str | None, Any]] = []
         for gateway_index, gateway in enumerate(vs.gateways):
@@ -427,7 +430,7 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
             cors = _cors(doc, vs)
             if service is not None:
                 routed.add(service.name)
-                rules = _rules(doc, vs, registry, gateway, port)
+                rules = _rules(doc, vs, registry, gateway, port, doc_of=doc_of)
                 routes.append((doc, Route(name=name, position=doc.ctx.document.position,
                                           gateway=None, rules=rules, cors=cors,
                                           service=service.name, origin=doc.ctx.origin())))
@@ -436,14 +439,15 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                     routes.append((doc, Route(
                         name=vname, position=doc.ctx.document.position, gateway=None,
                         rules=_rules(doc, vs, registry, gateway, port,
-                                     lambda m, kept=kept: _source_key(m) in kept),
+                                     lambda m, kept=kept: _source_key(m) in kept, doc_of),
                         cors=cors, service=service.name, origin=doc.ctx.origin())))
                     variants.setdefault(service.name, {}).update(
                         (id(caller), vname) for caller in callers)
             else:
                 selector = spec_of_gateway(gateway_view, by_kind)
                 rules = _rules(doc, vs, registry, gateway, port,
-                               lambda m, at=selector: m.applies_to(at, hosts.ROOT_NAMESPACE))
+                               lambda m, at=selector: m.applies_to(at, hosts.ROOT_NAMESPACE),
+                               doc_of)
                 listener_names, route_hosts = listeners
                 if _claim_gateway_hosts(doc, claimed, str(gateway_view), listener_names,
                                         route_hosts):
@@ -650,11 +654,12 @@ def _gateway_key(name: str, namespace: str) -> str:
 
 
 def _rules(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: str,
-           port: int | None, source: Callable[[o.HttpMatch], bool] | None = None
-           ) -> tuple[Rule, ...]:
+           port: int | None, source: Callable[[o.HttpMatch], bool] | None = None,
+           doc_of: dict[int, Doc] | None = None) -> tuple[Rule, ...]:
     """The rules of `vs` for one gateway (or `mesh`) and port. `source(match)` says whether a
     match with a source condition holds for the proxy (the caller) the rules are for; by
-    default none holds (Istio's sourceMatchHTTP: `gateways` when written, else the source)."""
+    default none holds (Istio's sourceMatchHTTP: `gateways` when written, else the source).
+    `doc_of`: the delegate VirtualService an http route came from (its errors are its)."""
     ns = doc.item.namespace
     wanted = _gateway_key(gateway, ns)
 
@@ -671,11 +676,14 @@ def _rules(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: 
                         if kept(m) and (m.port is None or port is None or m.port == port))
         if http.matches and not matches:
             continue  # every match is for another gateway or port
+        if http.delegate is not None:
+            continue  # its delegate is missing (warned): Istio drops the route
+        owner = (doc_of or {}).get(id(http), doc)
         backends = tuple(b for d in http.destinations
-                         if (b := _backend(doc, d, registry, port)) is not None)
+                         if (b := _backend(owner, d, registry, port)) is not None)
         mirrors = tuple(Mirror(b.service, b.subset, m.percentage)
                         for m in http.mirrors
-                        if (b := _backend(doc, m.destination, registry, port)) is not None)
+                        if (b := _backend(owner, m.destination, registry, port)) is not None)
         hash_on: tuple[Any, ...] = ()
         for backend in backends:
             found = _host_of(backend.service, registry)
@@ -686,6 +694,153 @@ def _rules(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: 
         rules.append(replace(http.rule, matches=matches or (Match(),), backends=backends,
                              mirrors=mirrors, hash_on=hash_on))
     return tuple(rules)
+
+
+# ---- delegation ---------------------------------------------------------------------------------
+
+
+def _delegations(services: list[Doc]) -> tuple[dict[int, o.VirtualService], dict[int, Doc]]:
+    """Root VirtualServices with their `delegate` routes replaced by the delegates' http
+    routes, merged as Istio's pilot does (mergeHTTPRoute): each delegate match must fit one of
+    the root route's matches (a narrower path, no conflicting header ...) and is ANDed with
+    it; a delegate route with no such match is dropped; what the delegate route does not say
+    (rewrite, timeout, retries, fault, mirrors, corsPolicy, headers) it inherits from the root
+    route. By root document (id); and the delegate document of each merged route (id)."""
+    by_name = {(d.item.namespace, d.item.name): d for d in services}
+    used: set[int] = set()
+    expanded: dict[int, o.VirtualService] = {}
+    doc_of: dict[int, Doc] = {}
+    for doc in services:
+        vs = doc.item.spec
+        assert isinstance(vs, o.VirtualService)
+        if not any(h.delegate for h in vs.http):
+            continue
+        routes: list[o.HttpRoute] = []
+        for index, http in enumerate(vs.http):
+            if http.delegate is None:
+                routes.append(http)
+                continue
+            name, namespace = http.delegate
+            target = by_name.get((namespace or doc.item.namespace, name))
+            spec = None if target is None else target.item.spec
+            if target is None or not isinstance(spec, o.VirtualService) or spec.hosts:
+                doc.warn(("spec", "http", index, "delegate"),
+                         f"no delegate VirtualService {namespace or doc.item.namespace}/{name} "
+                         "(one without hosts): this route is dropped, as in Istio")
+                routes.append(http)  # kept as a delegating route: _rules leaves it out
+                continue
+            used.add(id(target))
+            for leaf_index, leaf in enumerate(spec.http):
+                merged = _merged_route(http, leaf, target.item.namespace)
+                if merged is None:
+                    target.warn(("spec", "http", leaf_index, "match"),
+                                f"no match of this route fits the matches of "
+                                f"{doc.ctx.name}'s spec.http[{index}] delegating to it: it is "
+                                "dropped there (Istio)")
+                    continue
+                doc_of[id(merged)] = target
+                routes.append(merged)
+        expanded[id(doc)] = replace(vs, http=tuple(routes))
+    for doc in services:
+        vs = doc.item.spec
+        assert isinstance(vs, o.VirtualService)
+        if not vs.hosts and id(doc) not in used and vs.http:
+            doc.warn(("spec",), "a VirtualService without hosts is a delegate, and no "
+                                "VirtualService delegates to it: it applies to nothing")
+    return expanded, doc_of
+
+
+_INHERITED = {"rewrite": ("rewrite_path", "rewrite_host"), "timeout": ("timeout",),
+              "retries": ("retries",), "fault": ("fault",),
+              "headers": ("request_headers", "response_headers")}
+_MIRROR_KEYS = frozenset({"mirror", "mirrors", "mirrorPercentage", "mirrorPercent"})
+
+
+def _merged_route(root: o.HttpRoute, leaf: o.HttpRoute, namespace: str) -> o.HttpRoute | None:
+    matches = _merged_matches(root.matches, leaf.matches)
+    if matches is None:
+        return None
+    changes = {name: getattr(root.rule, name) for key, names in _INHERITED.items()
+               if key in root.written and key not in leaf.written for name in names}
+    # The delegate's hosts are names in its own namespace.
+    destinations = tuple(replace(d, host=hosts.qualified(d.host, namespace))
+                         for d in leaf.destinations)
+    mirrors = tuple(replace(m, destination=replace(
+        m.destination, host=hosts.qualified(m.destination.host, namespace)))
+        for m in leaf.mirrors)
+    if not leaf.written & _MIRROR_KEYS:
+        mirrors = root.mirrors
+    return replace(leaf, matches=matches, rule=replace(leaf.rule, **changes),
+                   destinations=destinations, mirrors=mirrors,
+                   cors=leaf.cors if "corsPolicy" in leaf.written else root.cors)
+
+
+def _merged_matches(root: tuple[o.HttpMatch, ...], leaf: tuple[o.HttpMatch, ...]
+                    ) -> tuple[o.HttpMatch, ...] | None:
+    """Istio's mergeHTTPMatchRequests: None when a delegate match fits no root match."""
+    if not root:
+        return leaf
+    if not leaf:
+        return root
+    found: list[o.HttpMatch] = []
+    for sub in leaf:
+        fits = [_merged_match(r, sub) for r in root]
+        fits = [m for m in fits if m is not None]
+        if not fits:
+            return None
+        found.extend(fits)
+    return tuple(found)
+
+
+def _string_conflict(root: Any, leaf: Any) -> bool:
+    """Istio's stringMatchConflict on the model's StringMatch (None: not written)."""
+    if root is None or leaf is None:
+        return False
+    valued = ("exact", "prefix", "regex")
+    if root.kind == "regex" and leaf.kind in valued:
+        return True
+    if leaf.kind == "regex" and root.kind in valued:
+        return True
+    if root.kind == "exact":
+        return leaf.kind != "exact" or leaf.value != root.value
+    if root.kind == "prefix" and leaf.kind in ("prefix", "exact"):
+        return not leaf.value.startswith(root.value)
+    return True  # Istio's fall-through: a `{}` (present) on either side, a regex against one
+
+
+def _merged_match(root: o.HttpMatch, leaf: o.HttpMatch) -> o.HttpMatch | None:
+    r, m = root.match, leaf.match
+    if _string_conflict(r.path, m.path):
+        return None
+    if r.methods and m.methods and set(r.methods) != set(m.methods):
+        return None
+    for kind in ("headers", "query"):
+        mine = {(name, how.invert): how for name, how in getattr(r, kind)}
+        if any(_string_conflict(mine.get((name, how.invert)), how)
+               for name, how in getattr(m, kind)):
+            return None
+    if root.port is not None and leaf.port is not None and root.port != leaf.port:
+        return None
+    if root.source_namespace is not None and leaf.source_namespace != root.source_namespace:
+        return None
+    labels = dict(root.source_labels)
+    if any(labels.get(k, v) != v for k, v in leaf.source_labels):
+        return None
+    if root.gateways and leaf.gateways and not set(leaf.gateways) <= set(root.gateways):
+        return None
+
+    def merged(kind: str) -> tuple[Any, ...]:
+        theirs = {(name, how.invert) for name, how in getattr(m, kind)}
+        return (*(h for h in getattr(r, kind) if (h[0], h[1].invert) not in theirs),
+                *getattr(m, kind))
+
+    match = replace(m, path=m.path or r.path, methods=m.methods or r.methods,
+                    headers=merged("headers"), query=merged("query"),
+                    whole_segments=m.whole_segments if m.path else r.whole_segments)
+    return replace(leaf, match=match, port=leaf.port or root.port,
+                   gateways=leaf.gateways or root.gateways,
+                   source_labels=tuple(sorted({**labels, **dict(leaf.source_labels)}.items())),
+                   source_namespace=leaf.source_namespace or root.source_namespace)
 
 
 def _host_of(service_name: str, registry: dict[str, _Host]) -> _Host | None:

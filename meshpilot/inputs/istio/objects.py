@@ -118,6 +118,8 @@ class HttpRoute:
     mirrors: tuple[MirrorSpec, ...] = ()
     cors: Cors | None = None
     path: FieldPath = ()
+    written: frozenset[str] = frozenset()  # the keys written (what a delegate inherits)
+    delegate: tuple[str, str | None] | None = None  # (name, namespace): its routes instead
 
 
 @dataclass(frozen=True, slots=True)

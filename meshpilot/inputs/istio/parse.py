@@ -372,8 +372,13 @@ def read_virtual_service(spec: Fields) -> o.VirtualService | None:
             route = _http_route(entry)
             if route is not None:
                 http.append(route)
-    if not hosts and "hosts" not in spec.value and "mesh" in gateways:
-        spec.missing("hosts")
+    # No hosts: a delegate (its http routes are another VirtualService's `delegate`).
+    if not hosts and "hosts" in spec.value and "mesh" in gateways:
+        spec.report("hosts", "a VirtualService needs hosts (a delegate has none: leave the "
+                             "key out)", at_value=False)
+    if not hosts and any(r.delegate for r in http):
+        spec.report("http", "a delegate VirtualService (no hosts) cannot delegate again",
+                    at_value=False)
     return o.VirtualService(hosts, gateways, tuple(http), l4["tls"], l4["tcp"])
 
 
@@ -416,11 +421,18 @@ def _l4_route(spec: Fields, key: str, index: int, item: Any) -> o.L4Route | None
 
 def _http_route(entry: Fields) -> o.HttpRoute | None:
     entry.check_keys(HTTP_KEYS, "an http route")
+    delegate = None
     if "delegate" in entry.value:
-        entry.report("delegate", f"delegation {NOT_SUPPORTED}", at_value=False)
+        target = entry.mapping("delegate", "a mapping such as {name: reviews, namespace: nsA}")
+        if target is not None:
+            target.check_keys(("name", "namespace"), "a delegate")
+            name = target.get("name", _dns_label, required=True)
+            if name is None:
+                return None
+            delegate = (name, target.get("namespace", _namespace))
     matches = tuple(m for index, item in enumerate(entry.items("match", "match") or [])
                     if (m := _http_match(entry, item, index)) is not None)
-    action = entry.exclusive(("route", "redirect", "directResponse"), required=True,
+    action = entry.exclusive(("route", "redirect", "directResponse", "delegate"), required=True,
                              what="an http route")
     destinations: tuple[o.Destination, ...] = ()
     redirect = direct = None
@@ -437,7 +449,7 @@ def _http_route(entry: Fields) -> o.HttpRoute | None:
     fault = _fault(entry)
     mirrors = _mirrors(entry)
     cors = _cors(entry)
-    if action != "route":
+    if action not in ("route", "delegate"):  # a delegate's routes inherit them
         for key in ("rewrite", "timeout", "retries", "fault", "mirror", "mirrors"):
             if key in entry.value:
                 entry.report(key, f"{key} needs route (destinations), not {action}",
@@ -449,10 +461,12 @@ def _http_route(entry: Fields) -> o.HttpRoute | None:
         rewrite_path=rewrite_path, rewrite_host=rewrite_host,
         request_headers=request_headers, response_headers=response_headers,
         # Istio turns Envoy's 15 s route timeout off unless a timeout is written.
-        timeout=(0.0 if timeout is None else timeout) if action == "route" else None,
-        retries=retries if action == "route" else None,
+        timeout=(0.0 if timeout is None else timeout) if action in ("route", "delegate")
+        else None,
+        retries=retries if action in ("route", "delegate") else None,
         fault=fault, origin=entry.origin())
-    return o.HttpRoute(matches, rule, destinations, mirrors, cors, entry.path)
+    return o.HttpRoute(matches, rule, destinations, mirrors, cors, entry.path,
+                       frozenset(entry.value), delegate)
 
 
 def _http_match(entry: Fields, item: Any, index: int) -> o.HttpMatch | None:
