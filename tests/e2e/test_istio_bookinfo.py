@@ -251,6 +251,67 @@ def test_source_labels_and_without_headers(bookinfo: Bookinfo) -> None:
                                  end_user="someone")) == {"reviews-v1"}
 
 
+DELEGATING = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts:
+  - reviews
+  http:
+  - match:
+    - uri:
+        prefix: /api
+    delegate:
+      name: reviews-api
+      namespace: team-b
+  - route:
+    - destination:
+        host: reviews
+        subset: v1
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews-api
+  namespace: team-b
+spec:
+  http:
+  - match:
+    - uri:
+        prefix: /api/v3
+    route:
+    - destination:
+        host: reviews.default.svc.cluster.local
+        subset: v3
+  - route:
+    - destination:
+        host: reviews.default.svc.cluster.local
+        subset: v2
+"""
+
+
+def test_delegation(bookinfo: Bookinfo) -> None:
+    # /api goes to team-b's delegate: /api/v3 to v3, the rest of /api to v2; everything
+    # else stays with the root's v1.
+    bookinfo.apply(rules=(NETWORKING / "destination-rule-all.yaml").read_text(),
+                   vs=DELEGATING)
+    def served() -> set[str]:
+        return {f"{bookinfo.call('reviews', path)[1].get('backend')}{path}"
+                for path in ("/api/v3/x", "/elsewhere") for _ in range(3)}
+
+    # (round robin over three versions before it: six answers alike by chance are rare)
+    eventually(lambda: served() == {"reviews-v3/api/v3/x", "reviews-v1/elsewhere"},
+               what="the delegate's route for /api/v3 and the root's for the rest")
+    assert {bookinfo.call("reviews", "/api/v3/x")[1].get("backend") for _ in range(4)} == {
+        "reviews-v3"}
+    assert {bookinfo.call("reviews", "/api/other")[1].get("backend") for _ in range(4)} == {
+        "reviews-v2"}
+    assert {bookinfo.call("reviews", "/elsewhere")[1].get("backend") for _ in range(4)} == {
+        "reviews-v1"}
+
+
 def test_weighted_shifting_50_50(bookinfo: Bookinfo) -> None:
     bookinfo.apply(rules=(NETWORKING / "destination-rule-all.yaml").read_text(),
                    vs=(NETWORKING / "virtual-service-reviews-50-v3.yaml").read_text())
