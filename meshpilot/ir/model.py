@@ -190,8 +190,9 @@ class Sidecar:
     mtls: MtlsMode = "off"
     authorization: Authorization | None = None  # rules' `principals`: names or SPIFFE IDs
     origin: Origin | None = field(default=None, compare=False, repr=False)
-    # JWT validation of inbound requests (file or inline JWKS): what `claims` and
-    # `authenticated` in `authorization` read.
+    # JWT validation of inbound requests (file, inline or remote JWKS: a remote one's service
+    # cluster is sent to the sidecar): what `claims` and `authenticated` in `authorization`
+    # read.
     jwt: Jwt | None = None
     # The SPIFFE path of its certificate (`ns/default/sa/bookinfo-reviews`, Istio's); None:
     # the Service's name in the CA's namespace.

@@ -131,7 +131,11 @@ class Mesh:
                 self.virtual_host(callee, host_domains(callee, sidecar.outbound_port), route)
                 for callee, route in sorted(http_callees, key=lambda c: c[0].name)])
             built.append(Resource.from_message(types.ROUTE, config.name, config))
-        for name, subset in failover.with_targets(self.model, self._upstreams(callees)):
+        wanted = list(self._upstreams(callees))
+        if sidecar.jwt is not None and sidecar.port is not None:  # remote JWKS: their clusters
+            wanted.extend((p.jwks.service, None) for p in sidecar.jwt.providers
+                          if p.jwks.service is not None and (p.jwks.service, None) not in wanted)
+        for name, subset in failover.with_targets(self.model, wanted):
             built.extend(self._cluster_resources(name, subset))
         return built
 

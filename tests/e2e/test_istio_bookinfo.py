@@ -572,3 +572,63 @@ spec:
     eventually(lambda: status() == 403 and status(f"Bearer {token}") == 200,
                what="productpage to require the token")
     assert status("Bearer not-a-token") == 401  # refused by productpage's sidecar
+
+
+def test_jwks_uri_on_a_workloads_sidecar(bookinfo: Bookinfo) -> None:
+    """The same with the keys fetched by productpage's sidecar from `jwksUri`: a small key
+    server declared by a ServiceEntry (Istio's sample keys, served here)."""
+    from support import LoopbackHttpServer
+
+    samples = ISTIO / "jwt-samples"
+    keys = (samples / "jwks.json").read_bytes()
+    token = (samples / "demo.jwt").read_text().strip()
+
+    class KeyServer(LoopbackHttpServer.Handler):
+        def do_GET(self) -> None:
+            self.reply(200, keys, "application/json")
+
+    server = LoopbackHttpServer(KeyServer)
+    port = server.start()
+    try:
+        key_entry = f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: keys, namespace: default}}
+spec:
+  hosts: [keys.example.com]
+  ports: [{{number: {port}, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+"""
+        request_authentication = f"""apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: productpage, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  jwtRules:
+  - issuer: testing@secure.istio.io
+    jwksUri: http://keys.example.com:{port}/jwks.json
+"""
+        require = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: default}
+spec:
+  selector: {matchLabels: {app: productpage}}
+  rules:
+  - from: [{source: {requestPrincipals: ["testing@secure.istio.io/testing@secure.istio.io"]}}]
+"""
+        gateway, routes = documents_of(NETWORKING / "bookinfo-gateway.yaml")
+        gateway = gateway.replace("number: 8080", f"number: {bookinfo.ports['ingress']}")
+        rules = (NETWORKING / "destination-rule-all.yaml").read_text()
+        url = f"http://127.0.0.1:{bookinfo.ports['ingress']}/productpage"
+
+        def status(authorization: str | None = None) -> int:
+            headers = {"Authorization": authorization} if authorization else {}
+            return http_get(url, headers, timeout=10)[0]
+
+        bookinfo.apply(rules=rules, gateway=gateway, vs=routes, keys=key_entry,
+                       jwt=request_authentication, authz=require)
+        eventually(lambda: status() == 403 and status(f"Bearer {token}") == 200,
+                   what="productpage's sidecar to check the token with the fetched keys")
+        assert status("Bearer not-a-token") == 401
+    finally:
+        server.stop()

@@ -1147,8 +1147,39 @@ spec:
     assert sidecar.authorization.rules[0].request_principals == ("issuer.example/alice",)
     found = errors(require)  # no RequestAuthentication: no JWT to check
     assert any("requestPrincipals need a RequestAuthentication" in e for e in found), found
+    # jwksUri: its host must be declared (a ServiceEntry), as at the gateway.
     found = errors(request_authentication.replace(f"jwks: '{jwks}'", "jwksUri: https://x/j"))
-    assert any("jwksUri for a workload's sidecar is not supported yet" in e for e in found)
+    assert any("spec.jwtRules[0].jwksUri: the JWKS server x:443 must be declared" in e
+               for e in found), found
+
+
+def test_request_authentication_jwks_uri_on_a_workload() -> None:
+    model = load("""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: keys}
+spec:
+  hosts: [keys.example.com]
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: reviews}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  jwtRules: [{issuer: issuer.example, jwksUri: "http://keys.example.com:8080/jwks.json"}]
+""")
+    sidecar = model.service("reviews-v1.default").sidecar  # type: ignore[union-attr]
+    assert sidecar is not None and sidecar.jwt is not None
+    (provider,) = sidecar.jwt.providers
+    assert (provider.jwks.uri, provider.jwks.service) == (
+        "http://keys.example.com:8080/jwks.json", "keys.example.com:8080")
+    # The sidecar fetches the keys through the ServiceEntry's cluster, which it receives.
+    snapshot = Translation(model).snapshot("reviews-v1.default")
+    assert "keys.example.com:8080" in snapshot.get(CLUSTER)
+    inbound = str(dumped(model, "reviews-v1.default", LISTENER, "inbound/reviews-v1.default"))
+    assert "'cluster': 'keys.example.com:8080'" in inbound and "jwks.json" in inbound
 
 
 # ---- TLS with certificates of one's own: Gateway MUTUAL, DestinationRule MUTUAL ------------------

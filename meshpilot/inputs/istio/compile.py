@@ -920,6 +920,16 @@ def _secure_gateway_routes(routes: list[tuple[Doc, Route]], gateways: _Gateways,
                            ) -> list[tuple[Doc, Route]]:
     """Every Route at an ingress gateway gets what the gateway enforces (its JWT providers,
     DENY then ALLOW authorization)."""
+    jwks_service = _jwks_service(registry)
+    found: dict[str, Any] = {view: policies.for_gateway(selector, jwks_service)
+                             for view, selector in gateways.selectors.items()}
+    return [(doc, route if route.gateway is None or not found.get(route.gateway)
+             else replace(route, security=found[route.gateway])) for doc, route in routes]
+
+
+def _jwks_service(registry: dict[str, _Host]) -> Callable[[Doc, tuple[Any, ...], str],
+                                                          str | None]:
+    """The Service a `jwksUri` is fetched through: the ServiceEntry of its host and port."""
     def jwks_service(doc: Doc, path: tuple[Any, ...], uri: str) -> str | None:
         parsed = urlsplit(uri)
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -931,10 +941,7 @@ def _secure_gateway_routes(routes: list[tuple[Doc, Route]], gateways: _Gateways,
             return None
         return host.services[port].name
 
-    found: dict[str, Any] = {view: policies.for_gateway(selector, jwks_service)
-                             for view, selector in gateways.selectors.items()}
-    return [(doc, route if route.gateway is None or not found.get(route.gateway)
-             else replace(route, security=found[route.gateway])) for doc, route in routes]
+    return jwks_service
 
 
 def _gateways(docs: list[Doc], l4: L4AtGateways) -> _Gateways:
@@ -1033,6 +1040,7 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
              for service in sorted(registry[host].services.values(), key=lambda s: s.name)
              if service.protocol != "tcp"]
     serving = _serving(workloads, registry)
+    jwks_service = _jwks_service(registry)
     everything = tuple(Call(service.name) for _, _, service in every)
     # TCP services: the outbound port routes HTTP by Host, so each gets a local port of its
     # own, its port number (the application connects to 127.0.0.1:3306 for mysql:3306).
@@ -1078,7 +1086,7 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
             calls = tuple(replace(call, route=route) if (route := variants.get(
                 call.service, {}).get(id(doc))) is not None else call for call in calls)
         view = hosts.workload_view(doc.item.name, doc.item.namespace)
-        jwt = policies.jwt_for_workload(doc) if port is not None else None
+        jwt = policies.jwt_for_workload(doc, jwks_service) if port is not None else None
         mtls, authorization, deny = policies.for_workload(doc, port, jwt is not None)
         sidecar = Sidecar(port=port, address=workload.address if port is not None else "0.0.0.0",
                           app_host=app_host, app_port=app_port, outbound_port=outbound,
