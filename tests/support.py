@@ -258,6 +258,35 @@ class LoopbackHttpServer:
         self.httpd.server_close()
 
 
+class ZipkinCollector(LoopbackHttpServer):
+    """A Zipkin v2 collector on loopback: POST /api/v2/spans with a JSON list of spans."""
+
+    def __init__(self) -> None:
+        spans: list[dict[str, Any]] = []
+        self.spans = spans
+
+        class Handler(LoopbackHttpServer.Handler):
+            def do_POST(self) -> None:
+                body = self._body()
+                if self.path == "/api/v2/spans":
+                    spans.extend(json.loads(body))
+                    self.reply(202)
+                else:
+                    self.reply(404)
+
+            def _body(self) -> bytes:
+                if self.headers.get("transfer-encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("content-length", "0")))
+                body = b""
+                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                    body += self.rfile.read(size)
+                    self.rfile.readline()
+                self.rfile.readline()  # the empty line after the last chunk
+                return body
+
+        super().__init__(Handler)
+
+
 # ---- Docker --------------------------------------------------------------------------------
 
 

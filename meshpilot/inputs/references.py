@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from meshpilot.base.errors import Position
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
 from meshpilot.inputs.native.fields import did_you_mean, quoted
-from meshpilot.ir.model import Gateway, RateLimit, Route, Security, Service
+from meshpilot.ir.model import Gateway, RateLimit, Route, Security, Service, Tracing
 
 # Suggestions compare a missing name with every name of its kind (about 2 us each): fine for a
 # few typos, but thousands of broken references to thousands of services would spend minutes in
@@ -202,7 +202,12 @@ def _check_mirrors(route: Route, rule_index: int, ctx: DocumentContext, index: _
         path: tuple[str | int, ...] = ("rules", rule_index, "mirror")
         if isinstance(written, list):
             path = (*path, mirror_index)
-        _check_backend(mirror.service, mirror.subset, path, ctx, index)
+        if mirror.from_header is None:
+            _check_backend(mirror.service, mirror.subset, path, ctx, index)
+            continue
+        for candidate_index, candidate in enumerate(mirror.candidates):
+            _check_backend(candidate, None, (*path, "candidates", candidate_index), ctx, index,
+                           named_at_path=True)
 
 
 def _check_hash_on(route: Route, rule_index: int, ctx: DocumentContext, index: _Index) -> None:
@@ -247,15 +252,18 @@ def _check_listeners(route: Route, gateway: Gateway, ctx: DocumentContext,
 
 
 def _check_backend(service_name: str, subset: str | None, path: tuple[str | int, ...],
-                   ctx: DocumentContext, index: _Index) -> None:
+                   ctx: DocumentContext, index: _Index, *, named_at_path: bool = False) -> None:
+    """`named_at_path`: `path` is the Service's name itself (a list item), not a mapping with
+    a `service` member."""
+    at_service = path if named_at_path else (*path, "service")
     service = index.services.get(service_name)
     if service is None:
         if not index.declared("Service", service_name):
             hint = index.did_you_mean("Service", service_name, index.names.get("Service", []))
-            ctx.report((*path, "service"), f"no Service named {quoted(service_name)}{hint}")
+            ctx.report(at_service, f"no Service named {quoted(service_name)}{hint}")
         return
     if service.protocol == "tcp":
-        ctx.report((*path, "service"), f"Service {service.name} speaks protocol tcp; an HTTP "
+        ctx.report(at_service, f"Service {service.name} speaks protocol tcp; an HTTP "
                                        "route cannot send requests to it")
         return
     if subset is not None and service.subset(subset) is None:
@@ -298,19 +306,24 @@ def _check_tracing(gateway: Gateway, ctx: DocumentContext, index: _Index) -> Non
         if not own and default_reported:
             continue  # the gateway's default: reported once, not per listener
         default_reported = default_reported or not own
-        service = index.services.get(spec.collector)
-        if service is None:
-            if not index.declared("Service", spec.collector):
-                hint = index.did_you_mean("Service", spec.collector,
-                                          index.names.get("Service", []))
-                ctx.report(path, f"no Service named {quoted(spec.collector)}{hint}")
-        elif spec.provider == "opentelemetry" and service.protocol not in ("grpc", "http2"):
-            ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; an "
-                             "OpenTelemetry collector receives OTLP over gRPC: give it "
-                             "protocol grpc")
-        elif spec.provider == "zipkin" and service.protocol == "tcp":
-            ctx.report(path, f"Service {service.name} speaks protocol tcp; a Zipkin collector "
-                             "receives spans over HTTP")
+        _check_collector(spec, path, ctx, index)
+
+
+def _check_collector(spec: Tracing, path: tuple[str | int, ...], ctx: DocumentContext,
+                     index: _Index) -> None:
+    service = index.services.get(spec.collector)
+    if service is None:
+        if not index.declared("Service", spec.collector):
+            hint = index.did_you_mean("Service", spec.collector,
+                                      index.names.get("Service", []))
+            ctx.report(path, f"no Service named {quoted(spec.collector)}{hint}")
+    elif spec.provider == "opentelemetry" and service.protocol not in ("grpc", "http2"):
+        ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; an "
+                         "OpenTelemetry collector receives OTLP over gRPC: give it "
+                         "protocol grpc")
+    elif spec.provider == "zipkin" and service.protocol == "tcp":
+        ctx.report(path, f"Service {service.name} speaks protocol tcp; a Zipkin collector "
+                         "receives spans over HTTP")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,6 +454,9 @@ def _check_mesh(documents: Sequence[ParsedDocument], index: _Index) -> None:
             if isinstance(part, Service) and part.sidecar is not None:
                 _check_calls(part, document.context, index)
                 _check_callers(part, document.context, index)
+                if part.sidecar.tracing is not None:
+                    _check_collector(part.sidecar.tracing, ("sidecar", "tracing", "collector"),
+                                     document.context, index)
     attached: dict[str, Route] = {}
     for route, ctx in index.routes:
         if route.service is None:

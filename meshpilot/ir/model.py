@@ -198,9 +198,16 @@ class Sidecar:
     # the Service's name in the CA's namespace.
     identity: str | None = None
     deny: Authorization | None = None  # DENY rules checked before `authorization` (Istio)
+    # Traces of inbound and outbound requests (spans named after the Service); the collector's
+    # cluster joins the view.
+    tracing: Tracing | None = None
 
 
 MtlsMode = Literal["strict", "permissive", "off"]
+
+# The namespace of a mesh identity written without one (`sidecar.service_account` alone): the
+# CA's own (`ca.authority.DEFAULT_NAMESPACE`, which a unit test keeps equal to this).
+MESH_NAMESPACE = "default"
 
 
 # ---- TLS (files read by the loader, delivered to Envoy as SDS Secrets) -------------------------
@@ -524,10 +531,22 @@ class Fault:
 
 @dataclass(frozen=True, slots=True)
 class Mirror:
+    """A copy of each request to `service` (and `subset`), or, with `from_header`, to the
+    Service a request header names: one of `candidates`, whose clusters the view gets (then
+    `service` is empty)."""
+
     service: str
     subset: str | None = None
     percentage: float = 100.0
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    from_header: str | None = None  # the request header naming the Service receiving the copy
+    candidates: tuple[str, ...] = ()  # the Services that header may name
+
+    def targets(self) -> tuple[tuple[str, str | None], ...]:
+        """(service, subset) of every cluster this mirror may send copies to."""
+        if self.from_header is not None:
+            return tuple((candidate, None) for candidate in self.candidates)
+        return ((self.service, self.subset),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -648,6 +667,9 @@ class AuthzRule:
     # The request's JWT (validated by the Route's jwt) is one of these: "iss/sub", or "*" for any
     # valid token. In `exclude`: none is.
     request_principals: tuple[str, ...] = ()
+    # Mesh callers by namespace (a sidecar's `namespaces`): any identity `ns/<namespace>/sa/*`
+    # of the trust domain; the translator makes SPIFFE ID prefixes of them. In `exclude`: none.
+    namespaces: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

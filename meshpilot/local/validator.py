@@ -22,7 +22,8 @@ Warm starts: most of an Envoy start (exec, static initialization: ~0.1 s idle, ~
 loaded machine) happens before it reads its config, so `workers` validate runs are started
 ahead, each reading its bootstrap from a FIFO in a private temporary folder (0700) that this
 process holds open (so that a run never outlives this process: when it goes, the run reads an
-empty config and exits). A check writes its bootstrap into a waiting run's FIFO and waits only
+empty config and exits, or, if it had not opened the FIFO yet, is killed by its parent-death
+signal). A check writes its bootstrap into a waiting run's FIFO and waits only
 for the validation itself (~10 ms), and a new run is started for the next check.
 
 Secrets go only through those FIFOs (or a 0600 file in such a folder); nothing is left behind.
@@ -90,6 +91,9 @@ class EnvoyValidator:
         self.runs = 0  # Envoy starts so far (benchmarks, tests: a cached answer costs none)
         self.envoy_version = self._version()
         self._closed = False
+        # Held while a run joins the queue or the queue is emptied by `close`, so that a check
+        # finishing during `close` cannot leave a waiting run behind.
+        self._warm_lock = threading.Lock()
         self._warm: queue.SimpleQueue[_WarmRun] = queue.SimpleQueue()
         for _ in range(self.workers):
             self._warm.put(self._start())
@@ -112,18 +116,20 @@ class EnvoyValidator:
     def _replenish(self) -> None:
         """Start a run for the next check, after this one: started during a check, its own
         start would compete with the validation for the CPU."""
-        if not self._closed:
-            self._warm.put(self._start())
+        with self._warm_lock:
+            if not self._closed:
+                self._warm.put(self._start())
 
     def close(self) -> None:
         """Stop the waiting runs and the pool (idempotent)."""
-        self._closed = True
+        with self._warm_lock:
+            self._closed = True
+            while True:
+                try:
+                    self._warm.get_nowait().kill()
+                except queue.Empty:
+                    break
         self._pool.shutdown(wait=False, cancel_futures=True)
-        while True:
-            try:
-                self._warm.get_nowait().kill()
-            except queue.Empty:
-                break
 
     def _version(self) -> str | None:
         try:
@@ -203,6 +209,12 @@ class EnvoyValidator:
 
 # Warm runs need Linux's FIFO semantics and /proc; elsewhere each check starts its own run.
 _WARM = os.path.isdir("/proc/self/fd") and hasattr(os, "mkfifo")
+# A warm run whose parent dies before the run opened its FIFO would block in open() for ever
+# (no writer is left to wake it), so it is started with a parent-death signal: util-linux's
+# setpriv sets it and execs Envoy (the same pid), which keeps preexec_fn, unsafe in a process
+# with threads, out of it. The signal follows the thread that started the run: a pool thread
+# that ends takes its waiting run along, and `_take` starts another.
+_SETPRIV = shutil.which("setpriv") if _WARM else None
 
 
 class _WarmRun:
@@ -224,11 +236,13 @@ class _WarmRun:
             self.proc = self._popen()
 
     def _popen(self) -> subprocess.Popen[bytes]:
+        argv = [self.envoy_path, "--mode", "validate", "-c", self.path, "--log-level",
+                "critical", "--disable-hot-restart"]
+        if self.fd is not None and _SETPRIV:
+            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
         try:
-            return subprocess.Popen(
-                [self.envoy_path, "--mode", "validate", "-c", self.path, "--log-level",
-                 "critical", "--disable-hot-restart"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE)
         except OSError as e:
             self._clean()
             raise EnvoyError(f"cannot run {self.envoy_path}: {e}") from e

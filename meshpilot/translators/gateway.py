@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 
 from meshpilot.base import types
-from meshpilot.ir.model import Backend, Gateway, GatewayListener, Model, Route
+from meshpilot.ir.model import Gateway, GatewayListener, Model, Route
 from meshpilot.translators import (
     failover,
     httpfilters,
@@ -133,10 +133,11 @@ def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, st
                 seen.add((service, None))
                 yield service, None
         for rule in route.rules:
-            for backend in (*rule.backends, *rule.mirrors):  # a mirror needs its cluster too
-                if isinstance(backend, Backend) and not backend.resolved:
-                    continue  # no cluster: its share is answered 500
-                key = (backend.service, backend.subset)
+            wanted = [(backend.service, backend.subset) for backend in rule.backends
+                      if backend.resolved]  # an unresolved one has no cluster: answered 500
+            wanted.extend(target for mirror in rule.mirrors  # a mirror needs its clusters too
+                          for target in mirror.targets())
+            for key in wanted:
                 if key not in seen:
                     seen.add(key)
                     yield key

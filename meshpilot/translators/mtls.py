@@ -25,7 +25,7 @@ holds the clock); without one (`meshpilot render`, golden files) no identity Sec
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
@@ -182,7 +182,10 @@ def secure_cluster(cluster: Cluster, service: Service, trust: TrustDomain,
     """The cluster of (a subset of) `service`, originating mTLS if its sidecar wants it, or if
     every endpoint of it is a mesh workload (`workload_identities`)."""
     if has_mtls(service):
-        cluster.transport_socket.CopyFrom(upstream_transport_socket(service.name, trust))
+        assert service.sidecar is not None
+        own = service.sidecar.identity  # the callee's certificate names it, when written
+        cluster.transport_socket.CopyFrom(upstream_transport_socket(
+            service.name, trust, [trust.of_path(own)] if own is not None else []))
         return cluster
     workloads = workload_identities(service, subset)
     if workloads is None or service.tls is not None:
@@ -211,14 +214,33 @@ def downstream_transport_socket() -> TransportSocket:
     return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(context))
 
 
-def authorization(policy: Authorization, trust: TrustDomain) -> Authorization:
-    """The policy with every caller written as a name turned into its SPIFFE ID."""
+def authorization(policy: Authorization, trust: TrustDomain,
+                  identities: Mapping[str, str] | None = None) -> Authorization:
+    """The policy with every caller written as a name turned into its SPIFFE ID (the path
+    `identities` gives the name, else the name in the CA's namespace), and every namespace
+    into the prefix of its identities (`spiffe://<td>/ns/<namespace>/sa/*`)."""
+    paths = identities or {}
+
+    def spiffe(name: str) -> str:
+        path = paths.get(name)
+        return trust.of_path(path) if path is not None else trust.spiffe_id(name)
+
     def ids(rule: AuthzRule) -> AuthzRule:
         exclude = None if rule.exclude is None else ids(rule.exclude)  # `not: {from: ...}`
-        return replace(rule, principals=tuple(trust.spiffe_id(p) for p in rule.principals),
-                       exclude=exclude)
+        principals = (*(spiffe(p) for p in rule.principals),
+                      *(trust.of_path(f"ns/{n}/sa/*") for n in rule.namespaces))
+        return replace(rule, principals=principals, namespaces=(), exclude=exclude)
 
     return replace(policy, rules=tuple(ids(rule) for rule in policy.rules))
+
+
+def identity_paths(model: Model) -> dict[str, str]:
+    """The SPIFFE path the policy gives each Service's sidecar and Gateway that has one, by
+    name: what a caller named in `from` presents."""
+    found = {s.name: s.sidecar.identity for s in model.services
+             if s.sidecar is not None and s.sidecar.identity is not None}
+    found.update((g.name, g.identity) for g in model.gateways if g.identity is not None)
+    return found
 
 
 def forward_client_identity(manager: hcm.HttpConnectionManager) -> None:

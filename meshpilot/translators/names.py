@@ -94,6 +94,11 @@ def route_entry(route: str, rule_index: int, match_index: int | None = None) -> 
     return name if match_index is None else f"{name}{SEPARATOR}match[{match_index}]"
 
 
+def header_chosen_mirror(entry: str, candidate: str) -> str:
+    """The copy of a route entry taken when the mirror header names `candidate`."""
+    return f"{entry}{SEPARATOR}mirror[{candidate}]"
+
+
 # ---- sidecars (translators/sidecar.py, docs/mesh.md) --------------------------------------------
 #
 #     inbound listener of the sidecar of `reviews`      inbound/reviews   (and its stat prefix

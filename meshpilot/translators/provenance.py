@@ -23,7 +23,8 @@ from meshpilot.base.errors import Position
 from meshpilot.ir.model import Model, Origin, Route, Service
 from meshpilot.translators import names
 
-_ENTRY = re.compile(r"^(?P<route>.+)/rules\[(?P<rule>\d+)\](?:/match\[(?P<match>\d+)\])?$")
+_ENTRY = re.compile(r"^(?P<route>.+)/rules\[(?P<rule>\d+)\](?:/match\[(?P<match>\d+)\])?"
+                    r"(?:/mirror\[[^\]]+\])?$")
 _TLS = re.compile(r"^(?P<listener>.+)/tls\[(?P<index>\d+)\]$")
 
 

@@ -13,7 +13,7 @@ cluster name comes from `names.py`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from envoy.config.core.v3.base_pb2 import (
     DataSource,
@@ -237,7 +237,34 @@ def route_entries(route: Route, listener: ListenerSide = None) -> Iterable[Envoy
                 # The credentials stop here: the router removes them from what it forwards
                 # (after the filters that read them).
                 entry.request_headers_to_remove.append("authorization")
+            yield from _header_chosen_mirrors(entry, rule)
             yield entry
+
+
+def _header_chosen_mirrors(entry: EnvoyRoute, rule: Rule) -> Iterator[EnvoyRoute]:
+    """A mirror whose Service a request header names: before `entry`, one copy of it per
+    candidate, matching that header's value too and mirroring to that candidate's cluster.
+    Envoy's own `cluster_header` would copy to any cluster the view holds (an authorization or
+    JWKS service, a backend behind another route's login), so the client may only pick among
+    the candidates. Per-route filter configs are the entry's own (the JWT requirement keeps
+    its name), so the copies behave as the entry does in everything but the mirror."""
+    chosen = next((m for m in rule.mirrors if m.from_header is not None), None)
+    if chosen is None or not entry.HasField("route"):
+        return
+    assert chosen.from_header is not None
+    for candidate in chosen.candidates:
+        copy = EnvoyRoute()
+        copy.CopyFrom(entry)
+        copy.name = names.header_chosen_mirror(entry.name, candidate)
+        matchers = [*copy.match.headers, HeaderMatcher(
+            name=chosen.from_header, string_match=StringMatcher(exact=candidate))]
+        del copy.match.headers[:]
+        copy.match.headers.extend(sorted(matchers, key=lambda m: m.name))
+        copy.route.request_mirror_policies.append(RouteAction.RequestMirrorPolicy(
+            cluster=names.cluster(candidate, None),
+            runtime_fraction=RuntimeFractionalPercent(
+                default_value=fractional_percent(chosen.percentage))))
+        yield copy
 
 
 def route_entry(name: str, match: Match, rule: Rule,
@@ -342,7 +369,9 @@ def route_action(rule: Rule) -> RouteAction:
             duration(rule.grpc_max_timeout))
     if rule.retries is not None:
         action.retry_policy.CopyFrom(retry_policy(rule.retries))
-    action.request_mirror_policies.extend(mirror_policy(m) for m in rule.mirrors)
+    # A mirror chosen by a request header is on copies of the entry (_header_chosen_mirrors).
+    action.request_mirror_policies.extend(mirror_policy(m) for m in rule.mirrors
+                                          if m.from_header is None)
     action.hash_policy.extend(hash_policy(h) for h in rule.hash_on)
     return action
 
@@ -399,10 +428,9 @@ def retry_policy(retries: Retries) -> RetryPolicy:
 def mirror_policy(mirror: Mirror) -> RouteAction.RequestMirrorPolicy:
     # Envoy sends the copy without waiting for, or looking at, its answer; the copy's Host gets
     # "-shadow" appended.
+    fraction = RuntimeFractionalPercent(default_value=fractional_percent(mirror.percentage))
     return RouteAction.RequestMirrorPolicy(
-        cluster=names.cluster(mirror.service, mirror.subset),
-        runtime_fraction=RuntimeFractionalPercent(
-            default_value=fractional_percent(mirror.percentage)))
+        cluster=names.cluster(mirror.service, mirror.subset), runtime_fraction=fraction)
 
 
 def hash_policy(hash_on: HashOn) -> RouteAction.HashPolicy:

@@ -33,10 +33,11 @@ Route: built once per Translation and shared. It must not decide which view is a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
+from envoy.config.core.v3.base_pb2 import TrafficDirection
 from envoy.config.core.v3.protocol_pb2 import Http2ProtocolOptions
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
@@ -55,7 +56,7 @@ from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpPro
 
 from meshpilot.base import types
 from meshpilot.ir.model import Authorization, Endpoint, Model, Route, Service
-from meshpilot.translators import endpoints, failover, httpfilters, mtls, names, tcproutes
+from meshpilot.translators import endpoints, failover, httpfilters, mtls, names, tcproutes, tracing
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.httpfilters import ChainInputs, jwt_authn, mesh_authorization
 from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
@@ -88,6 +89,7 @@ class Mesh:
                 self._route_of.setdefault(route.service, route)
         # local-port route configs, by (callee, Route name)
         self._outbound: dict[tuple[str, str | None], tuple[Resource, ...]] = {}
+        self._identities = mtls.identity_paths(model)  # callers named in `from`, by name
 
     def with_clusters(self, cluster_resources: ClusterResources) -> Mesh:
         """These sidecar views building clusters through `cluster_resources` (other discovered
@@ -109,7 +111,7 @@ class Mesh:
             cluster = inbound_cluster(service)
             built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
             if service.protocol != "tcp":
-                routes = inbound_routes(service, self.trust)
+                routes = inbound_routes(service, self.trust, self._identities)
                 built.append(Resource.from_message(types.ROUTE, routes.name, routes))
         callees: list[tuple[Service, Route | None]] = []
         for call in sidecar.calls:
@@ -119,23 +121,27 @@ class Mesh:
             route = self.route_for(callee, call.route)
             callees.append((callee, route))
             if call.local_port is not None:
-                listener = local_port_listener(callee, call.local_port)
+                listener = local_port_listener(callee, call.local_port, service)
                 built.append(Resource.from_message(types.LISTENER, listener.name, listener))
                 if callee.protocol != "tcp":
                     built.extend(self._local_port_routes(callee, route))
         http_callees = [(c, r) for c, r in callees if c.protocol != "tcp"]
         if sidecar.outbound_port is not None:
-            listener = outbound_listener(sidecar.outbound_port)
+            listener = outbound_listener(sidecar.outbound_port, service)
             built.append(Resource.from_message(types.LISTENER, listener.name, listener))
             config = RouteConfiguration(name=names.OUTBOUND, virtual_hosts=[
                 self.virtual_host(callee, host_domains(callee, sidecar.outbound_port), route)
                 for callee, route in sorted(http_callees, key=lambda c: c[0].name)])
             built.append(Resource.from_message(types.ROUTE, config.name, config))
-        wanted = list(self._upstreams(callees))
+        upstreams = list(self._upstreams(callees))
+        collector = tracing.collector(sidecar.tracing)  # the tracer exports through it
+        if collector is not None and (collector, None) not in upstreams:
+            upstreams.append((collector, None))
         if sidecar.jwt is not None and sidecar.port is not None:  # remote JWKS: their clusters
-            wanted.extend((p.jwks.service, None) for p in sidecar.jwt.providers
-                          if p.jwks.service is not None and (p.jwks.service, None) not in wanted)
-        for name, subset in failover.with_targets(self.model, wanted):
+            upstreams.extend((p.jwks.service, None) for p in sidecar.jwt.providers
+                             if p.jwks.service is not None
+                             and (p.jwks.service, None) not in upstreams)
+        for name, subset in failover.with_targets(self.model, upstreams):
             built.extend(self._cluster_resources(name, subset))
         return built
 
@@ -180,9 +186,10 @@ class Mesh:
         for callee, route in callees:
             route = route if callee.protocol != "tcp" else None
             wanted: list[tuple[str, str | None]] = [(callee.name, None)] if route is None else [
-                (backend.service, backend.subset)
-                for rule in route.rules for backend in (*rule.backends, *rule.mirrors)
-                if getattr(backend, "resolved", True)]
+                *((backend.service, backend.subset) for rule in route.rules
+                  for backend in rule.backends if backend.resolved),
+                *(target for rule in route.rules for mirror in rule.mirrors
+                  for target in mirror.targets())]
             if callee.protocol == "tcp" and callee.tcp_routes:
                 wanted = tcproutes.backends(callee.tcp_routes)
             for key in wanted:
@@ -223,20 +230,24 @@ def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None) ->
                 denied=sidecar.deny is not None)))
         if sidecar.mtls != "off":
             mtls.forward_client_identity(manager)
+        if sidecar.tracing is not None:
+            tracing.apply(manager, service.name, sidecar.tracing)
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
+    # The direction names a traced request's span (Envoy: ingress, a server span).
     return Listener(name=name, address=_address(sidecar.address, sidecar.port),
-                    filter_chains=[FilterChain(filters=[network_filter])])
+                    filter_chains=[FilterChain(filters=[network_filter])],
+                    traffic_direction=TrafficDirection.INBOUND)
 
 
-def _callers(service: Service, trust: mtls.TrustDomain | None) -> Authorization | None:
+def _callers(policy: Authorization | None, trust: mtls.TrustDomain | None,
+             identities: Mapping[str, str] | None) -> Authorization | None:
     # `authorization` names callers as services; the peer certificate says SPIFFE IDs.
-    sidecar = service.sidecar
-    assert sidecar is not None
-    return None if sidecar.authorization is None else mtls.authorization(
-        sidecar.authorization, trust or mtls.TrustDomain())
+    return None if policy is None else mtls.authorization(
+        policy, trust or mtls.TrustDomain(), identities)
 
 
-def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None) -> RouteConfiguration:
+def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None,
+                   identities: Mapping[str, str] | None = None) -> RouteConfiguration:
     """The inbound listener's one route to the local application, with the callers'
     authorization as its virtual host's per-filter config (`mesh_authorization.py`)."""
     name = names.inbound(service.name)
@@ -248,10 +259,10 @@ def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None) -> R
                                            route=action)])
     assert service.sidecar is not None
     sidecar = service.sidecar
-    denied = None if sidecar.deny is None else mtls.authorization(
-        sidecar.deny, trust or mtls.TrustDomain())
     configs = {**jwt_authn.inbound_config(sidecar.jwt, name),
-               **mesh_authorization.inbound_config(_callers(service, trust), denied)}
+               **mesh_authorization.inbound_config(
+                   _callers(sidecar.authorization, trust, identities),
+                   _callers(sidecar.deny, trust, identities))}
     for filter_name, config in configs.items():
         vhost.typed_per_filter_config[filter_name].CopyFrom(pack(config))
     return RouteConfiguration(name=name, virtual_hosts=[vhost])
@@ -278,37 +289,45 @@ def inbound_cluster(service: Service) -> Cluster:
 # ---- outbound -----------------------------------------------------------------------------------
 
 
-def local_port_listener(callee: Service, port: int) -> Listener:
+def local_port_listener(callee: Service, port: int, caller: Service | None = None) -> Listener:
     """127.0.0.1:port, all of it for `callee`: the Consul Connect style upstream."""
     name = names.outbound(callee.name)
     if callee.protocol == "tcp" and callee.tcp_routes:  # by SNI and weight (tcproutes.py)
         return Listener(name=name, address=_address(LOOPBACK, port),
                         listener_filters=tcproutes.listener_filters(callee.tcp_routes),
-                        filter_chains=tcproutes.filter_chains(name, callee.tcp_routes))
+                        filter_chains=tcproutes.filter_chains(name, callee.tcp_routes),
+                        traffic_direction=TrafficDirection.OUTBOUND)
     if callee.protocol == "tcp":
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(
             TcpProxy(stat_prefix=name, cluster=names.cluster(callee.name))))
     else:
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER,
-                                typed_config=pack(outbound_manager(name)))
+                                typed_config=pack(outbound_manager(name, caller)))
     return Listener(name=name, address=_address(LOOPBACK, port),
-                    filter_chains=[FilterChain(filters=[network_filter])])
+                    filter_chains=[FilterChain(filters=[network_filter])],
+                    traffic_direction=TrafficDirection.OUTBOUND)
 
 
-def outbound_listener(port: int) -> Listener:
+def outbound_listener(port: int, caller: Service | None = None) -> Listener:
     """127.0.0.1:port for every HTTP callee, chosen by Host: the HTTP-proxy style."""
-    manager = outbound_manager(names.OUTBOUND)
+    manager = outbound_manager(names.OUTBOUND, caller)
     return Listener(name=names.OUTBOUND, address=_address(LOOPBACK, port),
                     filter_chains=[FilterChain(filters=[Filter(
-                        name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))])])
+                        name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))])],
+                    traffic_direction=TrafficDirection.OUTBOUND)
 
 
-def outbound_manager(name: str) -> hcm.HttpConnectionManager:
-    """Routes over ADS (`name`), with the filters a Route's rules configure per route."""
-    return hcm.HttpConnectionManager(
+def outbound_manager(name: str, caller: Service | None = None) -> hcm.HttpConnectionManager:
+    """Routes over ADS (`name`), with the filters a Route's rules configure per route; traced
+    as the calling sidecar's `tracing` says (spans named after `caller`)."""
+    manager = hcm.HttpConnectionManager(
         stat_prefix=name,
         rds=hcm.Rds(config_source=ads_config_source(), route_config_name=name),
         http_filters=httpfilters.http_filters(ChainInputs.sidecar_outbound()))
+    spec = caller.sidecar.tracing if caller is not None and caller.sidecar is not None else None
+    if spec is not None and caller is not None:
+        tracing.apply(manager, caller.name, spec)
+    return manager
 
 
 def _address(host: str, port: int) -> Address:

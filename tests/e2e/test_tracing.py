@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import LoopbackHttpServer, eventually, http_get, served_policy
+from support import ZipkinCollector, eventually, http_get, served_policy
 
 from meshpilot.local.demo.echo import EchoServer
 
@@ -148,35 +148,6 @@ class OtlpCollector:
     def trace_ids(self) -> set[str]:
         with self.lock:
             return {span["trace_id"] for span in self.spans}
-
-
-class ZipkinCollector(LoopbackHttpServer):
-    """A Zipkin v2 collector on loopback: POST /api/v2/spans with a JSON list of spans."""
-
-    def __init__(self) -> None:
-        spans: list[dict[str, Any]] = []
-        self.spans = spans
-
-        class Handler(LoopbackHttpServer.Handler):
-            def do_POST(self) -> None:
-                body = self._body()
-                if self.path == "/api/v2/spans":
-                    spans.extend(json.loads(body))
-                    self.reply(202)
-                else:
-                    self.reply(404)
-
-            def _body(self) -> bytes:
-                if self.headers.get("transfer-encoding", "").lower() != "chunked":
-                    return self.rfile.read(int(self.headers.get("content-length", "0")))
-                body = b""
-                while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
-                    body += self.rfile.read(size)
-                    self.rfile.readline()
-                self.rfile.readline()  # the empty line after the last chunk
-                return body
-
-        super().__init__(Handler)
 
 
 class Tracing:

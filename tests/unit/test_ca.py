@@ -234,6 +234,14 @@ def test_without_a_ca_no_identity_secrets_and_same_listeners(tmp_path: Path) -> 
     ("{port: 15006, mtls: sometimes}", "mtls"),
     ("{port: 15006, authorization: {action: ALLOW, rules: [{from: [a]}]}}",
      "need mtls strict or permissive"),
+    ("{port: 15006, authorization: {rules: [{namespaces: [shop]}]}}",
+     "rules with `from` or `namespaces` need mtls strict or permissive"),
+    ("{port: 15006, mtls: strict, authorization: {rules: [{namespaces: ['a b']}]}}",
+     "namespaces[0]"),
+    ("{port: 15006, mtls: strict, authorization: {rules: [{namespaces: [shop, shop]}]}}",
+     "listed twice"),
+    ("{port: 15006, mtls: strict, namespace: 'a b'}", "sidecar.namespace"),
+    ("{port: 15006, mtls: strict, service_account: [x]}", "sidecar.service_account"),
     ("{port: 15006, mtls: strict, authorization: {rules: [{from: [nobody]}]}}",
      'no Service or Gateway named "nobody"'),
     ("{port: 15006, mtls: strict, authorization: {rules: [{from: [\"spiffe://\"]}]}}",
@@ -281,3 +289,70 @@ sidecar: {port: 15006, mtls: strict, authorization: {action: ALLOW}}
     vhost = routes["virtual_hosts"][0]
     rbac = vhost["typed_per_filter_config"][mtls.RBAC_FILTER]["rbac"]
     assert rbac["rules"] == {}  # action ALLOW (the default, 0) with no policy: nothing passes
+
+
+# ---- namespaces and service accounts --------------------------------------------------------
+
+NAMESPACED = """
+kind: Service
+name: api
+endpoints: ["10.0.0.1:15006"]
+sidecar:
+  port: 15006
+  mtls: strict
+  namespace: shop
+  authorization: {rules: [{namespaces: [shop], not: {from: [front]}}, {from: [front, plain]}]}
+---
+kind: Service
+name: front
+endpoints: ["10.0.0.2:15006"]
+sidecar: {port: 15006, mtls: strict, namespace: shop, service_account: web, outbound_port: 15001, calls: [api]}
+---
+kind: Service
+name: plain
+endpoints: ["10.0.0.3:15006"]
+sidecar: {port: 15006, mtls: strict, outbound_port: 15001, calls: [api]}
+"""
+
+
+def test_namespace_and_service_account_make_the_identity(tmp_path: Path) -> None:
+    from meshpilot.ca.authority import DEFAULT_NAMESPACE
+    from meshpilot.ir.model import MESH_NAMESPACE
+    assert MESH_NAMESPACE == DEFAULT_NAMESPACE  # the default namespace of both halves
+    model = _model(tmp_path, NAMESPACED)
+    identities = {s.name: s.sidecar.identity for s in model.services if s.sidecar}
+    assert identities == {"api": "ns/shop/sa/api", "front": "ns/shop/sa/web", "plain": None}
+    only_account = _model(tmp_path, NAMESPACED.replace("namespace: shop, service_account",
+                                                       "service_account"))
+    assert only_account.service("front").sidecar.identity == "ns/default/sa/web"
+
+
+def test_the_ca_issues_the_written_identity_and_callers_expect_it(
+        tmp_path: Path, ca: CertificateAuthority) -> None:
+    translation = Translation(_model(tmp_path, NAMESPACED),
+                              identities=WorkloadIdentities(ca, ttl=60, clock=Clock()))
+    for view, expected in (("front", "ns/shop/sa/web"), ("plain", "ns/default/sa/plain")):
+        rendered = snapshot_to_dict(translation.snapshot(view))["resources"]
+        identity = next(s for s in rendered["secrets"] if s["name"] == mtls.IDENTITY_SECRET)
+        cert = x509.load_pem_x509_certificate(
+            identity["tls_certificate"]["certificate_chain"]["inline_string"].encode())
+        assert _uris(cert) == [f"spiffe://example.org/{expected}"]
+        # The caller's cluster to api accepts api's written identity only.
+        (cluster,) = [c for c in rendered["clusters"] if c["name"] == "api"]
+        context = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+        sans = context["combined_validation_context"]["default_validation_context"][
+            "match_typed_subject_alt_names"]
+        assert [m["matcher"]["exact"] for m in sans] == ["spiffe://example.org/ns/shop/sa/api"]
+
+
+def test_namespaces_and_names_in_rules_become_the_callers_spiffe_ids(tmp_path: Path) -> None:
+    rendered = snapshot_to_dict(Translation(_model(tmp_path, NAMESPACED)).snapshot("api"))
+    (routes,) = rendered["resources"]["routes"]
+    policies = routes["virtual_hosts"][0]["typed_per_filter_config"][mtls.RBAC_FILTER][
+        "rbac"]["rules"]["policies"]
+    text = str(policies)
+    # A namespace is the prefix of its identities; a name is the identity its Service wrote.
+    assert "'prefix': 'spiffe://cluster.local/ns/shop/sa/'" in text
+    assert "'exact': 'spiffe://cluster.local/ns/shop/sa/web'" in text
+    assert "'exact': 'spiffe://cluster.local/ns/default/sa/plain'" in text
+    assert "ns/default/sa/front" not in text

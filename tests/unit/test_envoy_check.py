@@ -5,6 +5,10 @@ reload on its word while the last good config keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import queue
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,6 +192,51 @@ def test_closing_leaves_no_validate_run_behind() -> None:
     fresh.close()
     assert all(run.proc is not None and run.proc.poll() is not None for run in waiting)
     assert not any(Path(run.folder).exists() for run in waiting)
+
+
+def test_a_check_finishing_after_close_starts_no_run() -> None:
+    fresh = EnvoyValidator(workers=1)
+    fresh.close()
+    fresh._replenish()  # what a check in flight does when it ends
+    with pytest.raises(queue.Empty):
+        fresh._warm.get_nowait()
+
+
+_OWNER = """
+import sys, time
+from meshpilot.local.validator import EnvoyValidator
+validator = EnvoyValidator(workers=2)
+runs = [validator._warm.get_nowait() for _ in range(2)]
+print(" ".join(str(run.proc.pid) for run in runs), flush=True)
+time.sleep(600)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie nobody reaped yet has stopped running)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="warm runs need Linux's /proc")
+def test_a_killed_owner_leaves_no_validate_run_behind() -> None:
+    """kill -9 of the process holding warm runs, before they opened their FIFOs or after:
+    none of them is left blocked for ever."""
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        pids = [int(pid) for pid in owner.stdout.readline().split()]
+        assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    finally:
+        owner.kill()
+        owner.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in pids if _alive(pid)]
 
 
 def test_a_config_source_naming_the_bootstraps_xds_cluster_is_accepted(

@@ -169,6 +169,37 @@ def test_fault_mirror_hash_and_cors() -> None:
      "a ttl is given)"),
     ("{direct_response: {status: 200}, fault: {abort: {status: 503}}}", "fault",
      "fault applies to rules with backends only (this rule has direct_response)"),
+    ("{backends: [web], mirror: {service_from_header: x-to}}", "mirror.candidates",
+     'missing "candidates"'),
+    ("{backends: [web], mirror: {service_from_header: x-to, candidates: []}}",
+     "mirror.candidates", "must list at least one Service the header may name"),
+    ("{backends: [web], mirror: {service_from_header: x-to, candidates: [web, web]}}",
+     "mirror.candidates[1]", 'candidate "web" is listed twice (first at policy.yaml:L:C)'),
+    ("{backends: [web], mirror: {service: shadow, service_from_header: x-to}}",
+     "mirror.service_from_header",
+     '"service_from_header" cannot be used together with "service" (a mirror has exactly one '
+     "of service or service_from_header)"),
+    ("{backends: [web], mirror: {service: shadow, candidates: [web]}}", "mirror.candidates",
+     '"candidates" goes with "service_from_header" only'),
+    ("{backends: [web], mirror: {service_from_header: x-to, subset: next, candidates: [web]}}",
+     "mirror.subset", '"subset" cannot be used with "service_from_header" (the header names a '
+                      "whole Service)"),
+    ("{backends: [web], mirror: {service_from_header: 'a b', candidates: [web]}}",
+     "mirror.service_from_header",
+     "invalid header name \"a b\": use letters, digits and -_.!#$%&'*+^`|~"),
+    ("{backends: [web], mirror: {service_from_header: ':path', candidates: [web]}}",
+     "mirror.service_from_header", ":path is a pseudo-header: name a request header such as "
+                                   "x-mirror-to"),
+    ("{backends: [web], mirror: [{service_from_header: x-to, candidates: [web]}, "
+     "{service_from_header: X-Other, candidates: [shadow]}]}", "mirror[1]",
+     "a rule has one mirror chosen by a request header (the first is at policy.yaml:L:C); "
+     "list every Service in its candidates"),
+    ("{backends: [web], mirror: {service_from_header: null, candidates: [web]}}",
+     "mirror.service_from_header", '"service_from_header" needs a value'),
+    ("{backends: [web], mirror: {service_from_header: x-to, candidates: web}}",
+     "mirror.candidates", "expected a list, found a string"),
+    ("{backends: [web], mirror: {percentage: 5}}", "mirror",
+     "a mirror needs one of service or service_from_header"),
     ("{redirect: {path: /x}, mirror: {service: shadow}}", "mirror",
      "mirror applies to rules with backends only (this rule has redirect)"),
 ])
@@ -226,6 +257,40 @@ def test_references_of_mirrors_and_hash_on() -> None:
         "would do nothing"]
 
 
+def test_a_mirror_chosen_by_a_header() -> None:
+    rule = rule_of("{backends: [web], mirror: [{service: shadow}, {service_from_header: "
+                   "X-Mirror-To, candidates: [shadow, carts], percentage: 50}]}")
+    assert rule.mirrors == (Mirror("shadow"), Mirror("", None, 50.0, from_header="x-mirror-to",
+                                                     candidates=("shadow", "carts")))
+    assert rule.mirrors[1].targets() == (("shadow", None), ("carts", None))
+    assert rule.mirrors[0].targets() == (("shadow", None),)
+    # Each candidate is checked like a backend.
+    assert issues(doc("{backends: [web], mirror: {service_from_header: x-to, "
+                      "candidates: [shadow, shadw]}}")) == [
+        f'policy.yaml:{RULE_LINE}:80: Route r: rules[0].mirror.candidates[1]: no Service named '
+        '"shadw" (did you mean "shadow"?)']
+    # One copy of the entry per candidate, before it, matching the header's value and
+    # mirroring to that candidate only; the entry itself mirrors nothing. Envoy's
+    # cluster_header (any cluster of the view) is never used.
+    snapshot = Translation(load_policy_text(doc(
+        "{backends: [web], mirror: {service_from_header: x-to, candidates: [shadow, carts], "
+        "percentage: 25}, retries: {attempts: 2}}"))).snapshot("edge")
+    entries = message_of(snapshot.get(types.ROUTE)["edge/http"]).virtual_hosts[0].routes
+    assert [e.name for e in entries] == [
+        "r/rules[0]/mirror[shadow]", "r/rules[0]/mirror[carts]", "r/rules[0]"]
+    for entry, candidate in zip(entries, ("shadow", "carts"), strict=False):
+        (mirror,) = entry.route.request_mirror_policies
+        assert (mirror.cluster, mirror.cluster_header) == (candidate, "")
+        assert mirror.runtime_fraction.default_value == FractionalPercent(numerator=25)
+        assert [(h.name, h.string_match.exact) for h in entry.match.headers] == [
+            ("x-to", candidate)]
+        assert entry.route.retry_policy.num_retries.value == 2
+        assert entry.route.cluster == "web"
+    assert not entries[2].route.request_mirror_policies
+    assert not entries[2].match.headers
+    assert set(snapshot.get(types.CLUSTER)) == {"web", "shadow", "carts"}
+
+
 def test_the_schema_knows_the_new_keys() -> None:
     rule = json_schema()["$defs"]["Route"]["properties"]["rules"]["items"]["properties"]
     route_props = json_schema()["$defs"]["Route"]["properties"]
@@ -235,7 +300,9 @@ def test_the_schema_knows_the_new_keys() -> None:
     assert set(rule["fault"]["properties"]) == set(route.FAULT_KEYS)
     assert set(rule["fault"]["properties"]["delay"]["properties"]) == set(route.FAULT_DELAY_KEYS)
     assert set(rule["fault"]["properties"]["abort"]["properties"]) == set(route.FAULT_ABORT_KEYS)
-    assert set(rule["mirror"]["oneOf"][0]["properties"]) == set(route.MIRROR_KEYS)
+    forms = rule["mirror"]["oneOf"][0]["oneOf"]  # a named service, or one chosen by a header
+    assert set().union(*(form["properties"] for form in forms)) == set(route.MIRROR_KEYS)
+    assert forms[1]["required"] == ["service_from_header", "candidates"]
     item = rule["hash_on"]["items"]
     assert set(item["properties"]) == set(route.HASH_KINDS)
     assert set(item["properties"]["cookie"]["oneOf"][1]["properties"]) == \

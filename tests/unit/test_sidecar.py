@@ -64,6 +64,19 @@ def test_sidecar_block_is_read_with_defaults() -> None:
      "Service a: sidecar.calls[0]: Service db speaks protocol tcp"),
     ("kind: Service\nname: a\nsidecar: {prot: 1}\n",
      'Service a: sidecar.prot: unknown key "prot" (did you mean "port"?)'),
+    ("kind: Service\nname: a\nsidecar: {port: 1, tracing: {provider: zipkin, collector: zipkn}}"
+     "\n---\nkind: Service\nname: zipkin\n",
+     'Service a: sidecar.tracing.collector: no Service named "zipkn" (did you mean "zipkin"?)'),
+    ("kind: Service\nname: a\nsidecar: {port: 1, tracing: {provider: opentelemetry, "
+     "collector: otel}}\n---\nkind: Service\nname: otel\n",
+     "Service a: sidecar.tracing.collector: Service otel speaks protocol http; an OpenTelemetry "
+     "collector receives OTLP over gRPC"),
+    ("kind: Service\nname: a\nsidecar: {port: 1, tracing: {provider: zipkin, collector: z, "
+     "service_name: x}}\n---\nkind: Service\nname: z\n",
+     "Service a: sidecar.tracing.service_name: Envoy's Zipkin tracer names the spans' service"),
+    ("kind: Service\nname: a\nprotocol: tcp\nsidecar: {port: 1, tracing: {provider: zipkin, "
+     "collector: z}}\n---\nkind: Service\nname: z\n",
+     "Service a: sidecar.tracing: tracing follows HTTP requests; this sidecar carries tcp only"),
 ])
 def test_sidecar_errors(text: str, expected: str) -> None:
     found = issues(text)
@@ -156,3 +169,24 @@ rules: [{direct_response: {status: 200}}]
     assert not names_of(translation.snapshot("plain"), types.LISTENER)
     edge = translation.snapshot("edge")
     assert names_of(edge, types.CLUSTER) == []
+
+
+def test_a_traced_sidecar_gets_the_collectors_cluster_and_traced_listeners() -> None:
+    from meshpilot.xds.render import snapshot_to_dict
+    text = A_CALLS_B.replace("sidecar: {port: 15006, outbound_port",
+                             "sidecar: {tracing: {provider: zipkin, collector: zipkin}, "
+                             "port: 15006, outbound_port") + (
+        "---\nkind: Service\nname: zipkin\nendpoints: [10.0.0.9:9411]\n")
+    snapshot = Translation(load_policy_text(text)).snapshot("a")
+    assert names_of(snapshot, types.CLUSTER) == ["b", "inbound|a", "zipkin"]
+    listeners = snapshot_to_dict(snapshot)["resources"]["listeners"]
+    for listener in listeners:
+        manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        provider = manager["tracing"]["provider"]
+        assert provider["typed_config"]["collector_cluster"] == "zipkin", listener["name"]
+        expected = "INBOUND" if listener["name"].startswith("inbound") else "OUTBOUND"
+        assert listener["traffic_direction"] == expected
+    # b traces nothing and does not receive the collector.
+    b = Translation(load_policy_text(text)).snapshot("b")
+    assert "zipkin" not in names_of(b, types.CLUSTER)
+    assert "tracing" not in str(snapshot_to_dict(b)["resources"]["listeners"])

@@ -99,7 +99,7 @@ def parse_gateway(document: Located, ctx: DocumentContext) -> list[Gateway]:
     doc.check_keys(GATEWAY_KEYS, "a Gateway")
     name = doc.get("name", fields.name)
     default_log = _access_log(doc)
-    default_tracing = _tracing(doc)
+    default_tracing = parse_tracing(doc)
     listeners = _listeners(doc, default_log, default_tracing)
     if reported_since(ctx, mark) or name is None:
         return []
@@ -161,7 +161,7 @@ def _listener(ctx: DocumentContext, item: Any, path: tuple[str | int, ...],
     websocket = entry.get("websocket", fields.boolean) or False
     listener_tls, redirect = tls.listener_tls(entry, protocol)
     client_ip = _client_ip(entry)
-    tracing = _tracing(entry) if "tracing" in entry.value else default_tracing
+    tracing = parse_tracing(entry) if "tracing" in entry.value else default_tracing
     if name is None or port is None:
         return None
     # `protocol: https` is an HTTP listener that terminates TLS: Routes attach to it alike.
@@ -273,7 +273,8 @@ def _decompression(parent: Fields) -> Decompression | None:
     return Decompression(algorithms=algorithms, origin=entry.origin()) if algorithms else None
 
 
-def _tracing(parent: Fields) -> Tracing | None:
+def parse_tracing(parent: Fields) -> Tracing | None:
+    """`tracing:` of a gateway, a listener or a sidecar."""
     entry = parent.mapping("tracing", "a mapping such as {provider: opentelemetry, "
                                       "collector: otel-collector}")
     if entry is None:
@@ -289,7 +290,7 @@ def _tracing(parent: Fields) -> Tracing | None:
                              "exports over gRPC", at_value=False)
     if service_name is not None and provider == "zipkin":
         entry.report("service_name", "Envoy's Zipkin tracer names the spans' service after "
-                                     "the node's cluster (the gateway's name); "
+                                     "the node's cluster (the gateway's or sidecar's name); "
                                      '"service_name" is for opentelemetry', at_value=False)
     if provider is None or collector is None:
         return None

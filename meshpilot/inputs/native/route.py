@@ -45,6 +45,7 @@ Shape:
         fault: {delay: {fixed: 500ms, percentage: 10}, abort: {status: 503},  # backends only
                 headers: {end-user: jason}}
         mirror: {service: reviews, subset: v3, percentage: 5}    # or a list; backends only
+        # or: mirror: {service_from_header: x-mirror-to, candidates: [reviews, ratings]}
         hash_on: [{header: x-user}, {cookie: {name: s, ttl: 1h, path: /}}, {source_ip: true},
                   {query: user}]        # backends only (ring_hash and maglev services)
       - redirect: {scheme: https, host: a.example.com, port: 8443, path: /x, status: 301,
@@ -131,7 +132,7 @@ GRPC_KEYS = ("max_timeout",)
 FAULT_KEYS = ("delay", "abort", "headers")
 FAULT_DELAY_KEYS = ("fixed", "percentage")
 FAULT_ABORT_KEYS = ("status", "grpc_status", "percentage")
-MIRROR_KEYS = ("service", "subset", "percentage")
+MIRROR_KEYS = ("service", "subset", "percentage", "service_from_header", "candidates")
 HASH_KINDS = ("header", "cookie", "source_ip", "query")
 HASH_COOKIE_KEYS = ("name", "ttl", "path")
 CORS_KEYS = ("allow_origins", "allow_methods", "allow_headers", "expose_headers", "max_age",
@@ -666,11 +667,17 @@ def _mirrors(rule: Fields) -> tuple[Mirror, ...]:
         mirror = _mirror(rule.ctx, item, (*path, index))
         if mirror is None:
             continue
-        first = written_before(rule.ctx, seen, (mirror.service, mirror.subset), (*path, index))
+        # One header-chosen mirror per rule: each candidate is a copy of the rule's route
+        # entry, and two such mirrors would multiply the copies.
+        key = ("header",) if mirror.from_header else (mirror.service, mirror.subset)
+        first = written_before(rule.ctx, seen, key, (*path, index))
         if first is not None:
             shown = mirror.service + (f" (subset {mirror.subset})" if mirror.subset else "")
-            fields.report_at(rule.ctx, (*path, index), f"{shown} is mirrored twice (first at "
-                                                       f"{first})")
+            message = f"{shown} is mirrored twice (first at {first})"
+            if mirror.from_header:
+                message = (f"a rule has one mirror chosen by a request header (the first is at "
+                           f"{first}); list every Service in its candidates")
+            fields.report_at(rule.ctx, (*path, index), message)
             continue
         mirrors.append(mirror)
     return tuple(mirrors)
@@ -682,13 +689,41 @@ def _mirror(ctx: DocumentContext, item: Any, path: FieldPath) -> Mirror | None:
     if entry is None:
         return None
     entry.check_keys(MIRROR_KEYS, "a mirror")
+    mark = fields.issue_count(ctx)
+    share = entry.get("percentage", percentage)
+    share = 100.0 if share is None else share
+    kind = entry.exclusive(("service", "service_from_header"), required=True, what="a mirror")
+    if kind is None:
+        return None
+    if kind == "service_from_header":
+        return _mirror_from_header(entry, share, mark)
+    for key in ("candidates",):
+        if key in entry.value:
+            entry.report(key, f'"{key}" goes with "service_from_header" only', at_value=False)
     service = entry.get("service", fields.name, required=True)
     subset = entry.get("subset", fields.name)
-    share = entry.get("percentage", percentage)
-    if service is None:
+    if service is None or fields.reported_since(ctx, mark):
         return None
-    return Mirror(service=service, subset=subset, percentage=100.0 if share is None else share,
-                  origin=entry.origin())
+    return Mirror(service=service, subset=subset, percentage=share, origin=entry.origin())
+
+
+def _mirror_from_header(entry: Fields, share: float, mark: int) -> Mirror | None:
+    """`service_from_header`: the request header names the Service receiving the copy, one of
+    `candidates` (their clusters go to the view; Envoy sends no copy for any other name)."""
+    if "subset" in entry.value:
+        entry.report("subset", '"subset" cannot be used with "service_from_header" (the header '
+                               "names a whole Service)", at_value=False)
+    header = entry.get("service_from_header", fields.header_name, required=True)
+    if header is not None and header.startswith(":"):
+        entry.report("service_from_header", f"{header} is a pseudo-header: name a request "
+                                            "header such as x-mirror-to")
+    candidates: tuple[str, ...] = ()
+    if entry.items("candidates", "Service the header may name", required=True) is not None:
+        candidates = fields.unique_list(entry, "candidates", "candidate", fields.name)
+    if header is None or not candidates or fields.reported_since(entry.ctx, mark):
+        return None
+    return Mirror(service="", percentage=share, origin=entry.origin(), from_header=header,
+                  candidates=candidates)
 
 
 def _hash_on(rule: Fields) -> tuple[HashOn, ...]:

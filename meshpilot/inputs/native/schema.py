@@ -246,6 +246,14 @@ def _sidecar() -> Schema:
         "jwt": {**_security("inbound requests")["jwt"],
                 "description": "JWT validation of inbound requests (jwks file or inline), for "
                                "authorization's claims and authenticated."},
+        "namespace": _ref("name", "The namespace of the sidecar's identity "
+                                  "(spiffe://<td>/ns/<namespace>/sa/<service_account>; default "
+                                  "default)."),
+        "service_account": _ref("name", "The service account of the sidecar's identity "
+                                        "(default: the Service's name)."),
+        "tracing": {**_tracing(), "description": "Tracing of the sidecar's inbound and "
+                                                 "outbound requests (spans named after the "
+                                                 "Service)."},
     })
 
 
@@ -268,6 +276,9 @@ def _authz_rule(*, mesh: bool) -> Schema:
     if mesh:
         conditions["from"] = _list("Callers: Service or Gateway names, or SPIFFE IDs.",
                                    {"type": "string"})
+        conditions["namespaces"] = _list("Callers by namespace: any identity "
+                                         "ns/<namespace>/sa/* of the trust domain.",
+                                         _ref("name", "A namespace."))
     conditions["claims"] = {"type": "object", "additionalProperties": {"type": "string"},
                             "description": "JWT claims and a value each must equal (or hold); "
                                            "needs jwt."}
@@ -338,15 +349,9 @@ def _upstream_tls() -> Schema:
     })
 
 
-def _gateway() -> Schema:
-    access_log = _object("An access log file, one line per request (or connection).", {
-        "path": {"type": "string", "pattern": "^/",
-                 "description": "An absolute file path, /dev/stdout included."},
-        "format": _enum("One JSON object per line, or Envoy's default text line.",
-                        gateway.ACCESS_LOG_FORMATS, "json"),
-    }, required=("path",))
-    tracing = _object("Distributed tracing: spans exported to a collector, trace headers "
-                      "propagated upstream.", {
+def _tracing() -> Schema:
+    return _object("Distributed tracing: spans exported to a collector, trace headers "
+                   "propagated upstream.", {
         "provider": _enum("opentelemetry (OTLP over gRPC, W3C traceparent) or zipkin (JSON v2 "
                           "over HTTP, B3 headers).", gateway.TRACING_PROVIDERS),
         "collector": _ref("name", "The Service spans are sent to (protocol grpc for "
@@ -355,10 +360,20 @@ def _gateway() -> Schema:
                      "description": "Percent of new traces sampled (default 100)."},
         "service_name": {"type": "string", "minLength": 1, "maxLength": 253,
                          "description": "opentelemetry: the spans' service name (default: "
-                                        "the gateway's name)."},
+                                        "the gateway's or sidecar's name)."},
         "path": {"type": "string", "pattern": "^/", "default": "/api/v2/spans",
                  "description": "zipkin: the collector's endpoint."},
     }, required=("provider", "collector"))
+
+
+def _gateway() -> Schema:
+    access_log = _object("An access log file, one line per request (or connection).", {
+        "path": {"type": "string", "pattern": "^/",
+                 "description": "An absolute file path, /dev/stdout included."},
+        "format": _enum("One JSON object per line, or Envoy's default text line.",
+                        gateway.ACCESS_LOG_FORMATS, "json"),
+    }, required=("path",))
+    tracing = _tracing()
     listener = _object("A port the gateway's Envoy listens on.", {
         "name": _ref("name", "Unique within the gateway; Routes may attach to it by name."),
         "port": _integer("The port.", 1, 65535),
@@ -505,6 +520,14 @@ def _mirror() -> Schema:
         "subset": _ref("name", "One of the Service's subsets."),
         "percentage": _percentage("Share of requests copied"),
     }, required=("service",))
+    chosen = _object("A copy of each request to the Service a request header names, one of "
+                     "the candidates; no copy when the header is absent or names another.", {
+        "service_from_header": _ref("headerName", "The request header naming the Service."),
+        "candidates": _list("The Services the header may name (their clusters go to the "
+                            "view).", _ref("name", "A Service's name."), unique=True),
+        "percentage": _percentage("Share of requests copied"),
+    }, required=("service_from_header", "candidates"))
+    mirror = {"oneOf": [mirror, chosen]}
     return {"oneOf": [mirror, _list("Several mirrors.", mirror)],
             "description": "Copy requests to other services (backends only)."}
 

@@ -96,9 +96,9 @@ AUTHZ_RULE_KEYS = ("paths", "methods", "headers", "source_ips", "claims", "authe
                    "not")
 NOT_KEYS = ("paths", "methods", "headers", "source_ips", "claims")
 # A sidecar's rules also name callers; they have no JWT (yet): no claims, no authenticated.
-MESH_RULE_KEYS = ("from", "paths", "methods", "headers", "source_ips", "claims",
+MESH_RULE_KEYS = ("from", "namespaces", "paths", "methods", "headers", "source_ips", "claims",
                   "authenticated", "not")
-MESH_NOT_KEYS = ("from", "paths", "methods", "headers", "source_ips", "claims")
+MESH_NOT_KEYS = ("from", "namespaces", "paths", "methods", "headers", "source_ips", "claims")
 RATE_LIMIT_KEYS = ("requests", "per", "by", "shadow", "ratelimit_headers", "limited_headers",
                    "shared")
 CSRF_KEYS = ("allow_origins", "shadow")
@@ -550,10 +550,12 @@ def _conditions(entry: Fields, mesh: bool, *, exclude: AuthzRule | None = None,
             if text is not None:
                 claim_values.append((claim, text))
     callers = fields.unique_list(entry, "from", "caller", caller) if mesh else ()
+    namespaces = fields.unique_list(entry, "namespaces", "namespace", fields.name) if mesh \
+        else ()
     return AuthzRule(paths=paths, methods=methods(entry),
                      headers=value_matches(entry, "headers"), source_ips=ips,
                      claims=tuple(claim_values), principals=callers, origin=entry.origin(),
-                     exclude=exclude, authenticated=authenticated)
+                     exclude=exclude, authenticated=authenticated, namespaces=namespaces)
 
 
 def authz_paths(entry: Fields) -> tuple[StringMatch, ...]:

@@ -24,6 +24,9 @@ Shape (inside a `kind: Service` document):
         rules: [{from: [productpage, "spiffe://cluster.local/ns/default/sa/edge"],
                  paths: [/api/*], methods: [GET]}]   # and a Route rule's keys (security.py)
       jwt: {providers: [...]}     # as a Route's, jwks file or inline: claims, authenticated
+      namespace: shop             # identity spiffe://<td>/ns/shop/sa/<service_account>
+      service_account: web        #   (defaults: default, the Service's name)
+      tracing: {provider: zipkin, collector: zipkin}   # as a Gateway's, inbound and outbound
 """
 
 from __future__ import annotations
@@ -34,18 +37,21 @@ from typing import Any, cast
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, written_before
+from meshpilot.inputs.native.gateway import parse_tracing
 from meshpilot.inputs.native.security import authorization_policy, parse_jwt
 from meshpilot.inputs.yamlsource import FieldPath
 from meshpilot.ir.model import (
     DEFAULT_APP_HOST,
     DEFAULT_APP_PORT,
+    MESH_NAMESPACE,
     Authorization,
+    AuthzRule,
     Call,
     Sidecar,
 )
 
 SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization",
-                "jwt")
+                "jwt", "namespace", "service_account", "tracing")
 MTLS_MODES = ("strict", "permissive", "off")
 MTLS_MODE = fields.choice(MTLS_MODES)
 CALL_KEYS = ("service", "local_port")
@@ -78,6 +84,11 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
                     "the sidecar would forward to itself")
     _check_ports(spec, port, outbound_port, calls)
     mtls = spec.get("mtls", _mtls_mode) or "off"
+    tracing = parse_tracing(spec)
+    if tracing is not None and doc.value.get("protocol") == "tcp" and port is not None \
+            and not calls:
+        spec.report("tracing", "tracing follows HTTP requests; this sidecar carries tcp only",
+                    at_value=False)
     authorization = _authorization(spec)
     jwt = parse_jwt(spec)
     if jwt is not None and port is None:
@@ -98,14 +109,32 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
         if port is None:
             spec.report("authorization", "authorization applies to inbound traffic; the sidecar "
                                          "needs a port", at_value=False)
-        if mtls == "off" and any(r.principals or (r.exclude and r.exclude.principals)
+        if mtls == "off" and any(names_callers(r) or (r.exclude and names_callers(r.exclude))
                                  for r in authorization.rules):
-            spec.report("authorization", "rules with `from` need mtls strict or permissive: "
-                                         "without a client certificate no caller has an "
-                                         "identity", at_value=False)
+            spec.report("authorization", "rules with `from` or `namespaces` need mtls strict or "
+                                         "permissive: without a client certificate no caller "
+                                         "has an identity", at_value=False)
     return Sidecar(port=port, address=address, app_host=app_host, app_port=app_port,
                    outbound_port=outbound_port, calls=calls, mtls=cast(Any, mtls),
-                   authorization=authorization, origin=spec.origin(), jwt=jwt)
+                   authorization=authorization, origin=spec.origin(), jwt=jwt,
+                   identity=_identity(spec, doc), tracing=tracing)
+
+
+def names_callers(rule: AuthzRule) -> bool:
+    """Whether the rule names callers (by identity or namespace): only mTLS says who calls."""
+    return bool(rule.principals or rule.namespaces)
+
+
+def _identity(spec: Fields, doc: Fields) -> str | None:
+    """`ns/<namespace>/sa/<service_account>` (Istio's SPIFFE path) when either is written;
+    None keeps the default, the Service's name in the CA's namespace."""
+    namespace = spec.get("namespace", fields.name)
+    account = spec.get("service_account", fields.name)
+    if namespace is None and account is None:
+        return None
+    name = doc.value.get("name")
+    return (f"ns/{namespace or MESH_NAMESPACE}/sa/"
+            f"{account or (name if isinstance(name, str) else '')}")
 
 
 def _authorization(spec: Fields) -> Authorization | None:
