@@ -12,6 +12,19 @@ Sidecar resource). Timed in this process, after a first warm-up load: `load_poli
 (`snapshot`, the
 first one builds every callee's clusters) and a second workload's (clusters reused). Medians
 of `--repeat` runs; docs/benchmarks.md has the figures.
+
+    python -m benchmarks.istio_mesh --bookinfo-edits 20
+
+A bookinfo-sized edit instead: bookinfo (4 services, 6 workloads each with a sidecar,
+destination-rule-all and virtual-service-all-v1 of Istio's samples) and the same policy written
+natively, each served by a `Controller` (what `meshpilot serve` runs) whose six sidecar views
+are built. Each edit saves the reviews VirtualService (native: its Route) flipped between v1
+and v3 and times `controller.reload()`: the incremental load of the folder, the translation
+and the snapshots of all six sidecars, put in the cache (the push to Envoys and the debounce
+are not included: see `convergence`). Istio and native edits alternate in one process; the
+medians, their ratio and the raw figures are printed, with the resources and bytes the edit
+changed across the six views. `--instructions`: instructions per edit instead, counted by
+callgrind (needs `valgrind`), which the machine's load cannot move.
 """
 
 from __future__ import annotations
@@ -120,11 +133,229 @@ def measure(folder: Path, views: tuple[str, str], repeat: int) -> dict[str, floa
             "second_view_s": statistics.median(seconds)}
 
 
+# ---- a bookinfo-sized edit ---------------------------------------------------------------------
+
+BOOKINFO = (("productpage", ("v1",)), ("reviews", ("v1", "v2", "v3")), ("ratings", ("v1",)),
+            ("details", ("v1",)))
+
+
+def _bookinfo_workloads() -> list[tuple[str, str, str, int]]:
+    """(app, version, workload name, last address byte)."""
+    found = []
+    for app, versions in BOOKINFO:
+        for version in versions:
+            found.append((app, version, f"{app}-{version}", len(found) + 1))
+    return found
+
+
+def bookinfo_istio(reviews: str) -> dict[str, str]:
+    """The files of bookinfo as Istio documents: the mesh, Istio's destination-rule-all (its
+    four hosts' subsets) and virtual-service-all-v1 with reviews sent to `reviews`."""
+    mesh = []
+    for app, _ in BOOKINFO:
+        mesh.append(f"""apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: {app}, namespace: default}}
+spec:
+  hosts: [{app}.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: {app}}}}}""")
+    for app, version, name, byte in _bookinfo_workloads():
+        mesh.append(f"""apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: {name}, namespace: default, annotations: {{meshpilot.io/app: "127.0.0.1:19080"}}}}
+spec:
+  address: 10.0.0.{byte}
+  ports: {{http: 9080}}
+  labels: {{app: {app}, version: {version}}}
+  serviceAccount: bookinfo-{app}""")
+    rules = [f"""apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {app}}}
+spec:
+  host: {app}
+  subsets: [{", ".join(f"{{name: {v}, labels: {{version: {v}}}}}" for v in versions)}]"""
+             for app, versions in BOOKINFO]
+    routes = [f"""apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {app}}}
+spec:
+  hosts: [{app}]
+  http:
+  - route:
+    - destination: {{host: {app}, subset: {reviews if app == "reviews" else "v1"}}}"""
+              for app, _ in BOOKINFO]
+    return {"mesh.yaml": "\n---\n".join(mesh), "destination-rule-all.yaml":
+            "\n---\n".join(rules), "virtual-service-all-v1.yaml": "\n---\n".join(routes)}
+
+
+def bookinfo_native(reviews: str) -> dict[str, str]:
+    """The same policy in meshpilot's own language: a Service per host (endpoints, subsets), a
+    Route per host (Istio's defaults written out: no timeout, 2 retries), a Service with a
+    sidecar per workload calling every host."""
+    services, routes = [], []
+    workloads = _bookinfo_workloads()
+    for app, versions in BOOKINFO:
+        endpoints = ", ".join(f"{{address: 10.0.0.{byte}:9080, labels: {{version: {version}}}}}"
+                              for a, version, _, byte in workloads if a == app)
+        subsets = ", ".join(f"{v}: {{version: {v}}}" for v in versions)
+        services.append(f"""kind: Service
+name: {app}
+endpoints: [{endpoints}]
+subsets: {{{subsets}}}""")
+        routes.append(f"""kind: Route
+name: {app}
+service: {app}
+rules:
+  - backends: [{{service: {app}, subset: {reviews if app == "reviews" else "v1"}}}]
+    timeout: 0s
+    retries: {{attempts: 2, on: [connect-failure, refused-stream, unavailable, cancelled]}}""")
+    calls = ", ".join(app for app, _ in BOOKINFO)
+    for _, _, name, _ in workloads:
+        services.append(f"""kind: Service
+name: {name}
+sidecar: {{port: 9080, app: 127.0.0.1:19080, outbound_port: 15001, calls: [{calls}]}}""")
+    return {"services.yaml": "\n---\n".join(services), "routes.yaml": "\n---\n".join(routes)}
+
+
+class _Served:
+    """A Controller on a folder with its six sidecar views built."""
+
+    def __init__(self, folder: Path, files: dict[str, str], views: list[str],
+                 edited: str) -> None:
+        from meshpilot.runtime.controller import Controller
+        from meshpilot.xds.cache import SnapshotCache
+
+        folder.mkdir(parents=True)
+        for name, text in files.items():
+            (folder / name).write_text(text + "\n")
+        self.folder, self.views, self.edited = folder, views, edited
+        self.cache = SnapshotCache()
+        self.controller = Controller(folder, self.cache)
+        assert self.controller.reload(), "the policy did not load"
+        for view in views:
+            assert self.controller.snapshot_blocking(view) is not None, view
+
+    def edit(self, text: str) -> dict[str, float]:
+        before = {view: self.cache.get(view) for view in self.views}
+        aside = self.folder / f".{self.edited}.tmp"
+        aside.write_text(text + "\n")
+        aside.replace(self.folder / self.edited)
+        start = time.perf_counter()
+        assert self.controller.reload(), "the edit was refused"
+        elapsed = time.perf_counter() - start
+        changed = changed_bytes = 0
+        for view in self.views:
+            old, new = before[view], self.cache.get(view)
+            assert old is not None and new is not None
+            for type_url in new.type_urls():
+                a, b = old.get(type_url), new.get(type_url)
+                for name in b.names():
+                    if name not in a or a[name].version != b[name].version:
+                        changed += 1
+                        changed_bytes += len(b[name].body)
+        return {"reload_s": elapsed, "changed": changed, "changed_bytes": changed_bytes}
+
+
+def bookinfo_edits(edits: int, work: Path) -> dict[str, object]:
+    import gc
+
+    istio, native = _bookinfo_side("istio", work), _bookinfo_side("native", work)
+    gc.collect()
+    gc.freeze()  # as `meshpilot serve` does after start-up
+    rows: dict[str, list[dict[str, float]]] = {"istio": [], "native": []}
+    for edit in range(edits):
+        target = "v3" if edit % 2 == 0 else "v1"
+        # Alternate which side goes first, so drift on the shared machine hits both alike.
+        order = [("istio", istio), ("native", native)]
+        for side, served in order if edit % 2 == 0 else order[::-1]:
+            files = bookinfo_istio(target) if side == "istio" else bookinfo_native(target)
+            rows[side].append(served.edit(files[served.edited]))
+    result: dict[str, object] = {"edits": edits}
+    for side, found in rows.items():
+        times = [r["reload_s"] for r in found]
+        result[side] = {"median_ms": round(statistics.median(times) * 1000, 2),
+                        "min_ms": round(min(times) * 1000, 2),
+                        "max_ms": round(max(times) * 1000, 2),
+                        "changed_resources": statistics.median(r["changed"] for r in found),
+                        "changed_bytes": statistics.median(r["changed_bytes"] for r in found),
+                        "raw_ms": [round(t * 1000, 2) for t in times]}
+    result["ratio_istio_to_native"] = round(
+        result["istio"]["median_ms"] / result["native"]["median_ms"], 2)  # type: ignore[index]
+    return result
+
+
+def _bookinfo_side(side: str, work: Path) -> _Served:
+    if side == "istio":
+        return _Served(work / "istio", bookinfo_istio("v1"),
+                       [f"{name}.default" for _, _, name, _ in _bookinfo_workloads()],
+                       "virtual-service-all-v1.yaml")
+    return _Served(work / "native", bookinfo_native("v1"),
+                   [name for _, _, name, _ in _bookinfo_workloads()], "routes.yaml")
+
+
+def _bookinfo_worker(side: str, edits: int) -> None:
+    """One side set up, then `edits` edits (run under callgrind by `bookinfo_instructions`)."""
+    with tempfile.TemporaryDirectory() as work:
+        served = _bookinfo_side(side, Path(work))
+        for edit in range(edits):
+            target = "v3" if edit % 2 == 0 else "v1"
+            files = bookinfo_istio(target) if side == "istio" else bookinfo_native(target)
+            served.edit(files[served.edited])
+
+
+def bookinfo_instructions(edits: int, work: Path) -> dict[str, object]:
+    """Instructions per bookinfo edit, counted by callgrind (the machine's load cannot move
+    them): per side, a process that sets up and one that also makes `edits` edits; their
+    difference over `edits`."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    collected = re.compile(r"Collected : (\d+)")
+    root = Path(__file__).resolve().parent.parent
+    found: dict[str, object] = {}
+    for side in ("istio", "native"):
+        counts = []
+        for n in (0, edits):
+            done = subprocess.run(
+                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/{side}.{n}.out",
+                 sys.executable, "-m", "benchmarks.istio_mesh", "--bookinfo-worker", side,
+                 str(n)], cwd=root, env=dict(os.environ, PYTHONHASHSEED="0"),
+                capture_output=True, text=True, check=False)
+            match = collected.search(done.stderr)
+            if done.returncode != 0 or match is None:
+                raise RuntimeError(f"callgrind run failed ({side}, {n}):\n{done.stderr[-2000:]}")
+            counts.append(int(match.group(1)))
+        found[side] = {"setup": counts[0], "with_edits": counts[1],
+                       "per_edit": (counts[1] - counts[0]) // edits}
+    found["ratio_istio_to_native"] = round(
+        found["istio"]["per_edit"] / found["native"]["per_edit"], 2)  # type: ignore[index]
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, nargs="+", default=[100, 500])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--bookinfo-edits", type=int, default=0,
+                        help="instead: this many bookinfo-sized edits, Istio beside native")
+    parser.add_argument("--instructions", action="store_true",
+                        help="with --bookinfo-edits: count instructions per edit (callgrind)")
+    parser.add_argument("--bookinfo-worker", nargs=2, metavar=("SIDE", "EDITS"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.bookinfo_worker:
+        _bookinfo_worker(args.bookinfo_worker[0], int(args.bookinfo_worker[1]))
+        return
+    if args.bookinfo_edits:
+        with tempfile.TemporaryDirectory() as work:
+            measure_edits = bookinfo_instructions if args.instructions else bookinfo_edits
+            print(json.dumps(measure_edits(args.bookinfo_edits, Path(work))), flush=True)
+        return
     with tempfile.TemporaryDirectory() as work:
         for services in args.services:
             istio = write_folder(istio_policy(services), Path(work) / f"istio-{services}")

@@ -217,19 +217,23 @@ class LoopbackHttpServer:
     """`handler` on a ThreadingHTTPServer at 127.0.0.1 (port from the OS), in a daemon thread.
 
     With `tls=(certificate, key)` it speaks HTTPS and records the SNI each client sent, in
-    order, in `server_names`. `stop()` is idempotent and harmless before `start()`.
+    order, in `server_names`; with `client_ca` too, it requires a client certificate that CA
+    signed. `stop()` is idempotent and harmless before `start()`.
     """
 
     Handler = QuietHandler  # what a test's handler derives from
 
     def __init__(self, handler: type[BaseHTTPRequestHandler], *,
-                 tls: tuple[Path, Path] | None = None):
+                 tls: tuple[Path, Path] | None = None, client_ca: Path | None = None):
         self.server_names: list[str | None] = []
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         if tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(*tls)
+            if client_ca is not None:  # mutual TLS: a client certificate this CA signed
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(client_ca)
             context.sni_callback = self._record_server_name
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self._thread = threading.Thread(target=self.httpd.serve_forever,
@@ -596,3 +600,16 @@ class EtcdProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def shared_folder() -> Path:
+    """`shared/` next to the repository (as CI clones it), or next to a folder above it (a git
+    worktree kept below the main checkout's parent); MESHPILOT_SHARED names it outright."""
+    named = os.environ.get("MESHPILOT_SHARED")
+    if named:
+        return Path(named).resolve()
+    repository = Path(__file__).resolve().parents[1]
+    for folder in (repository, *repository.parents):
+        if (folder.parent / "shared" / "conformance").is_dir():
+            return (folder.parent / "shared").resolve()
+    return (repository.parent / "shared").resolve()

@@ -163,6 +163,10 @@ class Call:
     service: str
     local_port: int | None = None  # a listener on 127.0.0.1:local_port sending to `service`
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # The Route (by name, attached to `service`) this sidecar uses for it instead of the one
+    # its other callers use (Istio's `sourceLabels`: the caller's labels pick the rules that
+    # apply to it). None: the service's attached Route.
+    route: str | None = None
 
 
 # The application's default address behind its sidecar (docs/mesh.md).
@@ -186,8 +190,9 @@ class Sidecar:
     mtls: MtlsMode = "off"
     authorization: Authorization | None = None  # rules' `principals`: names or SPIFFE IDs
     origin: Origin | None = field(default=None, compare=False, repr=False)
-    # JWT validation of inbound requests (file or inline JWKS): what `claims` and
-    # `authenticated` in `authorization` read.
+    # JWT validation of inbound requests (file, inline or remote JWKS: a remote one's service
+    # cluster is sent to the sidecar): what `claims` and `authenticated` in `authorization`
+    # read.
     jwt: Jwt | None = None
     # The SPIFFE path of its certificate (`ns/default/sa/bookinfo-reviews`, Istio's); None:
     # the Service's name in the CA's namespace.
@@ -229,6 +234,10 @@ class ListenerTls:
     min_version: Literal["1.2", "1.3"] | None = None  # None: Envoy's default (1.2)
     alpn: tuple[str, ...] = ("h2", "http/1.1")
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # Mutual TLS: clients must present a certificate these CA certificates (PEM) signed;
+    # None: no client certificate asked for.
+    client_ca: bytes | None = field(default=None, repr=False)
+    client_ca_path: str | None = None  # as written in the policy
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +252,8 @@ class UpstreamTls:
     # The names the endpoint's certificate must carry, one of them: ("dns", NAME) or ("uri",
     # URI), in place of `sni` (Gateway API's BackendTLSPolicy subjectAltNames). Empty: `sni`.
     subject_alt_names: tuple[tuple[Literal["dns", "uri"], str], ...] = ()
+    # Mutual TLS: the certificate (and key) Envoy presents to the endpoints; None: none.
+    client_certificate: TlsCertificate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,9 +281,22 @@ class Service:
     # More Host values that pick this service on a caller's outbound port, beside its name
     # (an Istio host's short forms: `reviews`, `reviews:9080`, `reviews.default.svc`, ...).
     hosts: tuple[str, ...] = ()
+    # A subset whose cluster has settings of its own (Istio's per-subset trafficPolicy): the
+    # Service as that subset's cluster is built from (same name, endpoints and subsets; its
+    # own load balancer, pools, outlier detection, TLS). A subset not listed: this Service.
+    subset_services: tuple[tuple[str, Service], ...] = ()
+    # tcp only: where its callers' sidecars send connections to it (by SNI and weight, as a
+    # gateway listener's `tcp_routes`); empty: its whole-service cluster.
+    tcp_routes: tuple[TcpRoute, ...] = ()
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)
+
+    def for_subset(self, subset: str | None) -> Service:
+        """The Service the cluster of `subset` (None: the whole service) is built from."""
+        if subset is None or not self.subset_services:
+            return self
+        return next((s for n, s in self.subset_services if n == subset), self)
 
     def endpoints_of(self, subset: str | None) -> tuple[Endpoint, ...]:
         """The endpoints of the whole service, or of one subset (all selector labels match)."""
@@ -328,6 +352,17 @@ class Tracing:
 
 
 @dataclass(frozen=True, slots=True)
+class TcpRoute:
+    """Where connections go at the TCP level (a tcp gateway listener, or a tcp Service's
+    callers' sidecars): weighted backends, for the connections whose TLS SNI is one of
+    `server_names` (exact names or `*.suffix`; TLS passthrough), or for every connection."""
+
+    backends: tuple[Backend, ...]  # weights as Backend.weight; a weight of 0 gets nothing
+    server_names: tuple[str, ...] = ()  # empty: any connection (TLS or not)
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayListener:
     name: str
     port: int
@@ -353,6 +388,9 @@ class GatewayListener:
     # tcp only: TLS passthrough by SNI (a TLS inspector picks an entry by the ClientHello's
     # server name; nothing is terminated). Set: `service` and `backends` are not used.
     passthrough: tuple[TlsPassthrough, ...] = ()
+    # tcp only: connections routed by SNI and weight (one filter chain each, in order; the
+    # first without server_names takes the rest) instead of all to `service`.
+    tcp_routes: tuple[TcpRoute, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

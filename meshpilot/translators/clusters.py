@@ -55,8 +55,11 @@ def uses_dns(service: Service) -> bool:
     return any(endpoint.is_dns for endpoint in service.endpoints)
 
 
-def cluster(service: Service, subset: str | None = None) -> Cluster:
-    """The cluster of the whole service, or of one subset (only that subset's endpoints)."""
+def cluster(service: Service, subset: str | None = None, tls_owner: str | None = None
+            ) -> Cluster:
+    """The cluster of the whole service, or of one subset (only that subset's endpoints).
+    `tls_owner`: whose CA Secret its upstream TLS names (a subset with TLS settings of its
+    own: the subset's cluster name; by default the service's)."""
     name = names.cluster(service.name, subset)
     result = Cluster(name=name, connect_timeout=duration(service.connect_timeout),
                      lb_policy=_LB_POLICIES[service.load_balancer])
@@ -88,7 +91,7 @@ def cluster(service: Service, subset: str | None = None) -> Cluster:
         result.outlier_detection.CopyFrom(outlier_detection(service.outlier_detection))
     if service.tls is not None:
         # TLS to the endpoints; the trusted CA is an SDS Secret (secrets.py), not inline.
-        result.transport_socket.CopyFrom(secrets.upstream_transport_socket(service))
+        result.transport_socket.CopyFrom(secrets.upstream_transport_socket(service, tls_owner))
     return result
 
 

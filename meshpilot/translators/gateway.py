@@ -14,7 +14,15 @@ from collections.abc import Callable, Iterator, Mapping
 
 from meshpilot.base import types
 from meshpilot.ir.model import Gateway, GatewayListener, Model, Route
-from meshpilot.translators import failover, httpfilters, listeners, routes, secrets, tracing
+from meshpilot.translators import (
+    failover,
+    httpfilters,
+    listeners,
+    routes,
+    secrets,
+    tcproutes,
+    tracing,
+)
 from meshpilot.translators.reuse import NOTHING, BuiltListener, Earlier, ListenerKey
 from meshpilot.xds.resources import Resource
 
@@ -114,6 +122,10 @@ def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, st
             if backend.resolved and (backend.service, backend.subset) not in seen:
                 seen.add((backend.service, backend.subset))
                 yield backend.service, backend.subset
+        for key in tcproutes.backends(spec.tcp_routes):
+            if key not in seen:
+                seen.add(key)
+                yield key
     for spec in gateway.listeners:  # the collector a listener's tracer exports spans to
         exporter = tracing.collector(spec.tracing)
         if exporter is not None and (exporter, None) not in seen:

@@ -3,7 +3,8 @@ proxying TCP to one service.
 
 This module owns the listener side of a gateway: its address, the HTTP connection manager and
 its request-handling defaults (path normalization, client address, request ids), listener-wide
-options (access logs, websockets), and the TCP proxy of a `protocol: tcp` listener. Its HTTP
+options (access logs, websockets), and the TCP proxy of a `protocol: tcp` listener (its
+filter chains by SNI and weight when it has `tcp_routes`: `tcproutes.py`). Its HTTP
 filter chain comes from `httpfilters` (compression and the Routes' request security decide
 which filters are in it); the routes themselves are a separate RouteConfiguration fetched over
 ADS (`routes.py`), so a route change never drains a listener's connections. It reads nothing of
@@ -35,7 +36,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
 from meshpilot.ir.model import AccessLog, Backend, ClientIp, Gateway, GatewayListener, Route
-from meshpilot.translators import httpfilters, names, secrets, tracing
+from meshpilot.translators import httpfilters, names, secrets, tcproutes, tracing
 from meshpilot.translators.httpfilters import ChainInputs
 from meshpilot.translators.protos import ads_config_source, pack
 
@@ -85,6 +86,12 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
                                                    port_value=spec.port))
     if spec.passthrough:
         return _passthrough_listener(gateway, spec, name, address)
+    if spec.protocol == "tcp" and spec.tcp_routes:  # by SNI and weight (tcproutes.py)
+        log = None if spec.access_log is None else access_log(spec.access_log, TCP_LOG_FIELDS)
+        return Listener(name=name, address=address,
+                        listener_filters=tcproutes.listener_filters(spec.tcp_routes),
+                        filter_chains=tcproutes.filter_chains(
+                            names.stat_prefix(gateway.name, spec.name), spec.tcp_routes, log))
     if spec.protocol == "tcp":
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(tcp_proxy(gateway, spec)))
     else:

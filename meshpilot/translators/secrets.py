@@ -10,7 +10,10 @@ Names are stable and readable, made from the policy's names and never from the f
 (the version, a hash of the bytes, changes with the content instead):
 
     certificate 0 of listener `https` of gateway `edge`     edge/https/tls[0]
+    the CA its clients' certificates must chain to       edge/https/client-ca
     trusted CA of Service `api`                           api/ca
+    the certificate Envoy presents to `api`'s endpoints   api/client-cert
+    (a subset with TLS settings of its own: `api/v2/ca`, `api/v2/client-cert`)
 
 Several certificates on one listener go into one DownstreamTlsContext (one filter chain): Envoy
 (1.22 and later) selects the certificate whose SAN (or CN) matches the client's SNI, wildcards
@@ -27,7 +30,14 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2, tl
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
 
 from meshpilot.base import types
-from meshpilot.ir.model import GatewayListener, ListenerTls, Model, Service, TlsCertificate
+from meshpilot.ir.model import (
+    GatewayListener,
+    ListenerTls,
+    Model,
+    Service,
+    TlsCertificate,
+    UpstreamTls,
+)
 from meshpilot.translators import names
 from meshpilot.translators.protos import ads_config_source, pack
 from meshpilot.xds.resources import Resource
@@ -51,6 +61,14 @@ def service_ca(service: str) -> str:
     return f"{service}{names.SEPARATOR}ca"
 
 
+def service_client_certificate(service: str) -> str:
+    return f"{service}{names.SEPARATOR}client-cert"
+
+
+def listener_client_ca(gateway: str, listener: str) -> str:
+    return f"{names.listener(gateway, listener)}{names.SEPARATOR}client-ca"
+
+
 # ---- secrets --------------------------------------------------------------------------------
 
 
@@ -70,14 +88,31 @@ def ca_secret(name: str, ca: bytes) -> Secret:
 def listener_secrets(gateway: str, spec: GatewayListener) -> list[Secret]:
     if spec.tls is None:
         return []
-    return [certificate_secret(listener_certificate(gateway, spec.name, index), certificate)
-            for index, certificate in enumerate(spec.tls.certificates)]
+    found = [certificate_secret(listener_certificate(gateway, spec.name, index), certificate)
+             for index, certificate in enumerate(spec.tls.certificates)]
+    if spec.tls.client_ca is not None:
+        found.append(ca_secret(listener_client_ca(gateway, spec.name), spec.tls.client_ca))
+    return found
 
 
 def service_secrets(service: Service) -> list[Secret]:
-    if service.tls is None or service.tls.ca is None:
-        return []
-    return [ca_secret(service_ca(service.name), service.tls.ca)]
+    """The CA Secrets of a service's upstream TLS: its own, and those of subsets with TLS
+    settings of their own (named after the subset's cluster)."""
+    found = _upstream_secrets(service.name, service.tls)
+    for subset, own in service.subset_services:
+        if own.tls != service.tls:
+            found.extend(_upstream_secrets(names.cluster(service.name, subset), own.tls))
+    return found
+
+
+def _upstream_secrets(owner: str, settings: UpstreamTls | None) -> list[Secret]:
+    found = []
+    if settings is not None and settings.ca is not None:
+        found.append(ca_secret(service_ca(owner), settings.ca))
+    if settings is not None and settings.client_certificate is not None:
+        found.append(certificate_secret(service_client_certificate(owner),
+                                        settings.client_certificate))
+    return found
 
 
 # ---- transport sockets ----------------------------------------------------------------------
@@ -97,7 +132,12 @@ def downstream_context(gateway: str, spec: GatewayListener) -> tls_pb2.Downstrea
         alpn_protocols=list(settings.alpn))
     if settings.min_version is not None:
         common.tls_params.tls_minimum_protocol_version = _VERSIONS[settings.min_version]
-    return tls_pb2.DownstreamTlsContext(common_tls_context=common)
+    context = tls_pb2.DownstreamTlsContext(common_tls_context=common)
+    if settings.client_ca is not None:  # mutual TLS: a client certificate the CA signed
+        context.require_client_certificate.value = True
+        context.common_tls_context.validation_context_sds_secret_config.CopyFrom(
+            _sds(listener_client_ca(gateway, spec.name)))
+    return context
 
 
 def downstream_transport_socket(gateway: str, spec: GatewayListener) -> TransportSocket:
@@ -105,9 +145,11 @@ def downstream_transport_socket(gateway: str, spec: GatewayListener) -> Transpor
                            typed_config=pack(downstream_context(gateway, spec)))
 
 
-def upstream_context(service: Service) -> tls_pb2.UpstreamTlsContext:
-    """SNI, and when verifying: the CA from SDS plus the SAN to expect (the SNI, or the names
-    `subject_alt_names` lists, any one of them)."""
+def upstream_context(service: Service, owner: str | None = None
+                     ) -> tls_pb2.UpstreamTlsContext:
+    """SNI, and when verifying: the CA from SDS (the Secret of `owner`, by default the
+    service) plus the SAN to expect (the SNI, or the names `subject_alt_names` lists, any one
+    of them)."""
     settings = service.tls
     assert settings is not None
     context = tls_pb2.UpstreamTlsContext(sni=settings.sni or "")
@@ -123,12 +165,17 @@ def upstream_context(service: Service) -> tls_pb2.UpstreamTlsContext:
                         matcher=StringMatcher(exact=value)))
         else:
             combined.default_validation_context.SetInParent()
-        combined.validation_context_sds_secret_config.CopyFrom(_sds(service_ca(service.name)))
+        combined.validation_context_sds_secret_config.CopyFrom(
+            _sds(service_ca(owner or service.name)))
+    if settings.client_certificate is not None:  # mutual TLS: our certificate to the endpoint
+        context.common_tls_context.tls_certificate_sds_secret_configs.append(
+            _sds(service_client_certificate(owner or service.name)))
     return context
 
 
-def upstream_transport_socket(service: Service) -> TransportSocket:
-    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=pack(upstream_context(service)))
+def upstream_transport_socket(service: Service, owner: str | None = None) -> TransportSocket:
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET,
+                           typed_config=pack(upstream_context(service, owner)))
 
 
 # ---- redirecting plain http to https --------------------------------------------------------

@@ -14,7 +14,8 @@ This module owns what a sidecar receives (docs/mesh.md):
   does not send a thousand clusters to every sidecar):
   - per call with a `local_port`: a listener `outbound/<callee>` on 127.0.0.1:local_port whose
     route configuration `outbound/<callee>` (one virtual host, every Host) sends to the callee;
-    for a tcp callee, a TCP proxy;
+    for a tcp callee, a TCP proxy (filter chains by SNI and weight when the callee has
+    `tcp_routes`: `tcproutes.py`);
   - with an `outbound_port`: one listener `outbound` on 127.0.0.1:outbound_port whose route
     configuration `outbound` has one virtual host per HTTP callee, picked by the Host header
     (`<callee>`, `<callee>:<outbound_port>`, and `<callee>:<callee's sidecar port>`);
@@ -22,11 +23,12 @@ This module owns what a sidecar receives (docs/mesh.md):
     instances' sidecar inbound addresses, so the request crosses both sidecars.
 - A Route attached to a callee (`service: <callee>`) becomes that callee's virtual host, in both
   styles and in every caller; without one, the virtual host sends everything to the callee's
-  whole-service cluster.
+  whole-service cluster. A caller whose `Call` names another Route attached to the callee
+  (`Call.route`: Istio's `sourceLabels`) gets that one instead.
 
-The callee's route configuration for local ports is the same for every caller: built once per
-Translation and shared. It must not decide which view is a sidecar (the `Translation` does) nor
-name anything itself (`names.py` does).
+The callee's route configuration for local ports is the same for every caller using the same
+Route: built once per Translation and shared. It must not decide which view is a sidecar (the
+`Translation` does) nor name anything itself (`names.py` does).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpPro
 
 from meshpilot.base import types
 from meshpilot.ir.model import Authorization, Endpoint, Model, Route, Service
-from meshpilot.translators import endpoints, failover, httpfilters, mtls, names, tracing
+from meshpilot.translators import endpoints, failover, httpfilters, mtls, names, tcproutes, tracing
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.httpfilters import ChainInputs, jwt_authn, mesh_authorization
 from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
@@ -80,10 +82,13 @@ class Mesh:
         self.trust = trust or mtls.TrustDomain()  # SPIFFE IDs (translators/mtls.py)
         self._cluster_resources = cluster_resources
         self._route_of: dict[str, Route] = {}
+        self._by_name: dict[str, Route] = {}  # Routes a Call names (`Call.route`)
         for route in model.routes:  # sorted by name: the first one wins, should two slip in
             if route.service is not None:
+                self._by_name[route.name] = route
                 self._route_of.setdefault(route.service, route)
-        self._outbound: dict[str, tuple[Resource, ...]] = {}  # local-port route configs
+        # local-port route configs, by (callee, Route name)
+        self._outbound: dict[tuple[str, str | None], tuple[Resource, ...]] = {}
         self._identities = mtls.identity_paths(model)  # callers named in `from`, by name
 
     def with_clusters(self, cluster_resources: ClusterResources) -> Mesh:
@@ -108,45 +113,62 @@ class Mesh:
             if service.protocol != "tcp":
                 routes = inbound_routes(service, self.trust, self._identities)
                 built.append(Resource.from_message(types.ROUTE, routes.name, routes))
-        callees: list[Service] = []
+        callees: list[tuple[Service, Route | None]] = []
         for call in sidecar.calls:
             callee = self.model.service(call.service)
             if callee is None:  # the loader refuses it; if one got through, send nothing
                 continue
-            callees.append(callee)
+            route = self.route_for(callee, call.route)
+            callees.append((callee, route))
             if call.local_port is not None:
                 listener = local_port_listener(callee, call.local_port, service)
                 built.append(Resource.from_message(types.LISTENER, listener.name, listener))
                 if callee.protocol != "tcp":
-                    built.extend(self._local_port_routes(callee))
-        http_callees = [c for c in callees if c.protocol != "tcp"]
+                    built.extend(self._local_port_routes(callee, route))
+        http_callees = [(c, r) for c, r in callees if c.protocol != "tcp"]
         if sidecar.outbound_port is not None:
             listener = outbound_listener(sidecar.outbound_port, service)
             built.append(Resource.from_message(types.LISTENER, listener.name, listener))
             config = RouteConfiguration(name=names.OUTBOUND, virtual_hosts=[
-                self.virtual_host(callee, host_domains(callee, sidecar.outbound_port))
-                for callee in sorted(http_callees, key=lambda c: c.name)])
+                self.virtual_host(callee, host_domains(callee, sidecar.outbound_port), route)
+                for callee, route in sorted(http_callees, key=lambda c: c[0].name)])
             built.append(Resource.from_message(types.ROUTE, config.name, config))
         upstreams = list(self._upstreams(callees))
         collector = tracing.collector(sidecar.tracing)  # the tracer exports through it
         if collector is not None and (collector, None) not in upstreams:
             upstreams.append((collector, None))
+        if sidecar.jwt is not None and sidecar.port is not None:  # remote JWKS: their clusters
+            upstreams.extend((p.jwks.service, None) for p in sidecar.jwt.providers
+                             if p.jwks.service is not None
+                             and (p.jwks.service, None) not in upstreams)
         for name, subset in failover.with_targets(self.model, upstreams):
             built.extend(self._cluster_resources(name, subset))
         return built
 
-    def _local_port_routes(self, callee: Service) -> tuple[Resource, ...]:
-        found = self._outbound.get(callee.name)
+    def route_for(self, callee: Service, name: str | None) -> Route | None:
+        """The Route a caller uses for `callee`: the one its Call names (when it is attached to
+        the callee), else the callee's attached Route."""
+        if name is not None:
+            named = self._by_name.get(name)
+            if named is not None and named.service == callee.name:
+                return named
+        return self._route_of.get(callee.name)
+
+    def _local_port_routes(self, callee: Service, route: Route | None) -> tuple[Resource, ...]:
+        key = (callee.name, None if route is None else route.name)
+        found = self._outbound.get(key)
         if found is None:
             config = RouteConfiguration(name=names.outbound(callee.name),
-                                        virtual_hosts=[self.virtual_host(callee, ["*"])])
-            found = self._outbound[callee.name] = (
+                                        virtual_hosts=[self.virtual_host(callee, ["*"], route)])
+            found = self._outbound[key] = (
                 Resource.from_message(types.ROUTE, config.name, config),)
         return found
 
-    def virtual_host(self, callee: Service, domains: list[str]) -> VirtualHost:
-        """The callee's virtual host: its attached Route's rules, or everything to it."""
-        route = self._route_of.get(callee.name)
+    def virtual_host(self, callee: Service, domains: list[str],
+                     route: Route | None = None) -> VirtualHost:
+        """The callee's virtual host: `route`'s rules (by default the callee's attached
+        Route's), or everything to it."""
+        route = route or self._route_of.get(callee.name)
         vhost = VirtualHost(name=names.virtual_host(callee.name), domains=domains)
         if route is None:
             vhost.routes.append(EnvoyRoute(
@@ -157,16 +179,19 @@ class Mesh:
         httpfilters.add_virtual_host_configs(vhost, route)
         return vhost
 
-    def _upstreams(self, callees: Iterable[Service]) -> Iterator[tuple[str, str | None]]:
+    def _upstreams(self, callees: Iterable[tuple[Service, Route | None]]
+                   ) -> Iterator[tuple[str, str | None]]:
         """(service, subset) of every cluster the callees' virtual hosts send to, each once."""
         seen: set[tuple[str, str | None]] = set()
-        for callee in callees:
-            route = self._route_of.get(callee.name) if callee.protocol != "tcp" else None
+        for callee, route in callees:
+            route = route if callee.protocol != "tcp" else None
             wanted: list[tuple[str, str | None]] = [(callee.name, None)] if route is None else [
                 *((backend.service, backend.subset) for rule in route.rules
                   for backend in rule.backends if backend.resolved),
                 *(target for rule in route.rules for mirror in rule.mirrors
                   for target in mirror.targets())]
+            if callee.protocol == "tcp" and callee.tcp_routes:
+                wanted = tcproutes.backends(callee.tcp_routes)
             for key in wanted:
                 if key not in seen:
                     seen.add(key)
@@ -267,6 +292,11 @@ def inbound_cluster(service: Service) -> Cluster:
 def local_port_listener(callee: Service, port: int, caller: Service | None = None) -> Listener:
     """127.0.0.1:port, all of it for `callee`: the Consul Connect style upstream."""
     name = names.outbound(callee.name)
+    if callee.protocol == "tcp" and callee.tcp_routes:  # by SNI and weight (tcproutes.py)
+        return Listener(name=name, address=_address(LOOPBACK, port),
+                        listener_filters=tcproutes.listener_filters(callee.tcp_routes),
+                        filter_chains=tcproutes.filter_chains(name, callee.tcp_routes),
+                        traffic_direction=TrafficDirection.OUTBOUND)
     if callee.protocol == "tcp":
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(
             TcpProxy(stat_prefix=name, cluster=names.cluster(callee.name))))

@@ -49,7 +49,10 @@ class Upstreams:
             return service
         static = {(e.host, e.port) for e in service.endpoints}
         extra = tuple(e for e in found if (e.host, e.port) not in static)
-        return replace(service, endpoints=service.endpoints + extra) if extra else service
+        if not extra:
+            return service
+        return replace(service, endpoints=service.endpoints + extra, subset_services=tuple(
+            (n, replace(s, endpoints=s.endpoints + extra)) for n, s in service.subset_services))
 
     def resources(self, service_name: str, subset: str | None) -> tuple[Resource, ...]:
         """The cluster (and, for EDS, its assignment) of a service or subset, built once."""
@@ -90,7 +93,11 @@ def translate_cluster(service: Service | None, subset: str | None,
     # endpoint of the service.
     if service is None or (subset is not None and service.subset(subset) is None):
         return ()
-    cluster = mtls.secure_cluster(clusters.cluster(service, subset), service, trust, subset)
+    whole = service
+    service = service.for_subset(subset)  # a subset's own settings (Istio's subset policy)
+    owner = names.cluster(whole.name, subset) if service.tls != whole.tls else None
+    cluster = mtls.secure_cluster(clusters.cluster(service, subset, owner), service, trust,
+                                  subset)
     built = []
     if subset is None and service.failover:
         # Its own endpoints under another name; its name goes to the aggregate (failover.py).

@@ -8,7 +8,6 @@ requests.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf.json_format import MessageToDict
+from support import shared_folder
 
 from meshpilot.base.errors import PolicyError
 from meshpilot.base.types import CLUSTER, LISTENER, ROUTE
@@ -27,8 +27,9 @@ from meshpilot.inputs.loader import load_policy, load_policy_text
 from meshpilot.ir.model import Model
 from meshpilot.translators import Translation
 
-SHARED = Path(os.environ.get("MESHPILOT_SHARED")
-              or Path(__file__).resolve().parents[2] / "../shared").resolve()
+# The shared folder sits next to the repository (CI clones it there), or next to a folder
+# above it (a git worktree); MESHPILOT_SHARED names it outright.
+SHARED = shared_folder()
 ISTIO = SHARED / "conformance" / "istio"
 
 MESH = """
@@ -228,6 +229,103 @@ spec:
     assert rules[0].backends[0].subset == "v2"
 
 
+def test_without_headers_are_inverted_header_matches_as_istio_writes_them() -> None:
+    model = load(DR, """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match:
+    - withoutHeaders: {end-user: {exact: jason}, x-debug: {}}
+      headers: {x-canary: {regex: "*"}}
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+""")
+    vhost = dumped(model, "reviews-v2.default", ROUTE, "outbound")["virtualHosts"][0]
+    headers = {h["name"]: h for h in vhost["routes"][0]["match"]["headers"]}
+    # Istio's pilot: invert_match with a missing header read as empty; `{}` (present) becomes
+    # absent, and regex "*" is Istio's "present", not a (invalid) RE2 pattern.
+    assert headers["end-user"] == {"name": "end-user", "stringMatch": {"exact": "jason"},
+                                   "invertMatch": True, "treatMissingHeaderAsEmpty": True}
+    assert headers["x-debug"] == {"name": "x-debug", "presentMatch": True, "invertMatch": True}
+    assert headers["x-canary"] == {"name": "x-canary", "presentMatch": True}
+
+
+CLIENT = """
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: productpage-v1}
+spec: {address: 10.0.0.31, labels: {app: productpage, version: v1}}
+"""
+
+
+def _clusters_routed(model: Model, view: str) -> list[str]:
+    vhost = dumped(model, view, ROUTE, "outbound")["virtualHosts"][0]
+    return [entry["route"]["cluster"] for entry in vhost["routes"]]
+
+
+def test_source_labels_pick_the_callers_own_routes() -> None:
+    model = load(DR, CLIENT, """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{sourceLabels: {app: productpage}, uri: {prefix: /a}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{sourceLabels: {app: nobody}}]
+    route: [{destination: {host: reviews, subset: v9}}]
+  - match: [{sourceNamespace: default, uri: {prefix: /ns}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+""")
+    # productpage (app=productpage, namespace default) has both source conditions ...
+    assert _clusters_routed(model, "productpage-v1.default") == [
+        f"{REVIEWS}/v2", f"{REVIEWS}/v2", f"{REVIEWS}/v1"]
+    # ... reviews' own sidecars only the namespace one; nothing sees `app: nobody`.
+    assert _clusters_routed(model, "reviews-v1.default") == [f"{REVIEWS}/v2", f"{REVIEWS}/v1"]
+    pp = model.service("productpage-v1.default").sidecar  # type: ignore[union-attr]
+    assert [c.route for c in pp.calls] == ["default/reviews~app=productpage+ns=default"]
+    names = sorted(r.name for r in model.routes if r.service == REVIEWS)
+    assert names == ["default/reviews", "default/reviews~app=productpage+ns=default",
+                     "default/reviews~ns=default"]
+    # The default Route (no source condition holds) is what a caller without a Call.route uses.
+    default = next(r for r in model.routes if r.name == "default/reviews")
+    assert [r.backends[0].subset for r in default.rules] == ["v1"]
+    # The v9 cluster is sent to no sidecar: no caller's route names it.
+    assert not any(name.endswith("/v9") for name in Translation(model).snapshot(
+        "productpage-v1.default").get(CLUSTER))
+    assert any("spec.http[1].match[0]: no WorkloadEntry or gateway has these sourceLabels" in
+               str(w) for w in model.warnings), model.warnings
+
+
+def test_source_labels_and_match_gateways_at_the_ingress_gateway() -> None:
+    model = load(DR, GATEWAY, """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: shop}
+spec:
+  hosts: [bookinfo.example.com]
+  gateways: [edge]
+  http:
+  - match: [{sourceLabels: {istio: ingressgateway}, uri: {prefix: /gw}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{gateways: [default/edge], uri: {prefix: /named}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - match: [{gateways: [mesh], uri: {prefix: /mesh}}]
+    route: [{destination: {host: reviews, subset: v2}}]
+  - route: [{destination: {host: reviews, subset: v1}}]
+""")
+    vhost = dumped(model, "istio=ingressgateway", ROUTE)["virtualHosts"][0]
+    # The gateway's labels satisfy sourceLabels; `default/edge` is the VirtualService's `edge`;
+    # the match for `mesh` is left out.
+    assert [(e["match"].get("prefix"), e["route"]["cluster"]) for e in vhost["routes"]] == [
+        ("/gw", f"{REVIEWS}/v2"), ("/named", f"{REVIEWS}/v2"), ("/", f"{REVIEWS}/v1")]
+
+
 def test_errors_have_positions_and_istio_field_paths() -> None:
     found = errors("""
 apiVersion: networking.istio.io/v1
@@ -266,10 +364,10 @@ metadata: {name: reviews}
 spec:
   hosts: [reviews]
   http:
-  - match: [{sourceLabels: {app: productpage}}]
+  - match: [{ignoreUriCase: true}]
     route: [{destination: {host: reviews}}]
 """)
-    assert any("spec.http[0].match[0].sourceLabels: sourceLabels is not supported yet" in e
+    assert any("spec.http[0].match[0].ignoreUriCase: ignoreUriCase is not supported yet" in e
                for e in found), found
     assert any("unknown key" in e and "spec.htp" in e for e in errors("""
 apiVersion: networking.istio.io/v1
@@ -332,6 +430,90 @@ spec:
     assert [h.name for h in route_of(model).rules[0].hash_on] == ["x-user"]
     options = dumped(model, "reviews-v1.default", CLUSTER, REVIEWS)["typedExtensionProtocolOptions"]
     assert "'maxRequestsPerConnection': 1" in str(options)
+
+
+SUBSET_POLICIES = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST}
+    outlierDetection: {consecutive5xxErrors: 2, interval: 1s}
+    tls: {mode: ISTIO_MUTUAL}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy:
+      tls: {mode: DISABLE}
+      portLevelSettings:
+      - port: {number: 9080}
+        loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: RANDOM}
+      connectionPool: {tcp: {maxConnections: 3}}
+  - name: v3
+    labels: {version: v2}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /one}}]
+    route: [{destination: {host: reviews, subset: v1}}]
+  - route: [{destination: {host: reviews, subset: v2}, weight: 50},
+            {destination: {host: reviews, subset: v3}, weight: 50}]
+"""
+
+
+def test_a_subsets_own_traffic_policy_is_merged_as_istio_does() -> None:
+    model = load(SUBSET_POLICIES)
+    clusters = Translation(model).snapshot("reviews-v1.default").get(CLUSTER)
+
+    def cluster(name: str) -> dict[str, Any]:
+        message = Cluster()
+        message.ParseFromString(clusters[name].body)
+        return MessageToDict(message)
+
+    v1, v2, v3 = (cluster(f"{REVIEWS}/{s}") for s in ("v1", "v2", "v3"))
+    # v2: its loadBalancer and connectionPool blocks replace the rule's; outlier detection and
+    # ISTIO_MUTUAL are the rule's.
+    assert v2["lbPolicy"] == "RANDOM"
+    assert v2["circuitBreakers"]["thresholds"][0]["maxConnections"] == 3
+    assert v2["outlierDetection"]["consecutive5xx"] == 2
+    assert "transportSocket" in v2 or "transportSocketMatches" in v2
+    # v1: its port level replaces every block (Istio: port level settings do not inherit): no
+    # outlier detection, no tls of its own. Its consistent hash goes onto its route.
+    assert v1["lbPolicy"] == "RING_HASH" and "outlierDetection" not in v1
+    # v3 has no policy of its own: the rule's.
+    assert v3["lbPolicy"] == "LEAST_REQUEST" and "outlierDetection" in v3
+    assert "circuitBreakers" not in v3
+    rules = route_of(model).rules
+    assert [h.name for h in rules[0].hash_on] == ["x-user"] and rules[1].hash_on == ()
+
+
+def test_a_subsets_tls_disable_turns_mesh_mtls_off_for_it_only() -> None:
+    model = load(SUBSET_POLICIES.replace(
+        """      portLevelSettings:
+      - port: {number: 9080}
+        loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+""", ""))
+    snapshot = Translation(model).snapshot("reviews-v1.default").get(CLUSTER)
+
+    def secured(name: str) -> bool:
+        message = Cluster()
+        message.ParseFromString(snapshot[name].body)
+        return message.HasField("transport_socket") or bool(message.transport_socket_matches)
+
+    assert not secured(f"{REVIEWS}/v1")
+    assert secured(f"{REVIEWS}/v2") and secured(f"{REVIEWS}/v3")
+    service = model.service(REVIEWS)
+    assert service is not None and [n for n, _ in service.subset_services] == ["v1", "v2"]
 
 
 def test_circuit_breaking_task_unchanged() -> None:
@@ -564,7 +746,14 @@ kind: DestinationRule
 metadata: {name: reviews}
 spec:
   host: reviews
-  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - name: v2
+    labels: {version: v2}
+    trafficPolicy:
+      loadBalancer: {simple: RANDOM}
+      connectionPool: {tcp: {maxConnections: 3}}
+      tls: {mode: DISABLE}
   trafficPolicy:
     loadBalancer: {consistentHash: {httpCookie: {name: user, ttl: 0s}}}
     connectionPool: {tcp: {maxConnections: 10}, http: {maxRequestsPerConnection: 5}}
@@ -585,6 +774,8 @@ spec:
     retries: {attempts: 3, retryOn: "gateway-error,reset-before-request"}
     corsPolicy: {allowOrigins: [{prefix: "https://a."}], allowMethods: [GET], maxAge: 1h}
     rewrite: {uriRegexRewrite: {match: "^/v1/(.*)", rewrite: "/\\\\1"}}
+  - match: [{withoutHeaders: {x-a: {prefix: b}, x-b: {}}, sourceLabels: {version: v2}}]
+    route: [{destination: {host: reviews, subset: v2}}]
   - directResponse: {status: 418, body: {string: teapot}}
 ---
 apiVersion: security.istio.io/v1
@@ -862,8 +1053,8 @@ kind: DestinationRule
 metadata: {name: reviews}
 spec: {host: reviews, trafficPolicy: {tls: {mode: MUTUAL}}}
 """)
-    assert any("spec.trafficPolicy.tls.mode: MUTUAL" in e and "not supported yet" in e
-               for e in found), found
+    # MUTUAL needs the client certificate and key it presents.
+    assert any("spec.trafficPolicy.tls.clientCertificate: missing" in e for e in found), found
 
 
 def test_export_to_is_a_warning_not_silence(tmp_path: Path) -> None:
@@ -956,5 +1147,400 @@ spec:
     assert sidecar.authorization.rules[0].request_principals == ("issuer.example/alice",)
     found = errors(require)  # no RequestAuthentication: no JWT to check
     assert any("requestPrincipals need a RequestAuthentication" in e for e in found), found
+    # jwksUri: its host must be declared (a ServiceEntry), as at the gateway.
     found = errors(request_authentication.replace(f"jwks: '{jwks}'", "jwksUri: https://x/j"))
-    assert any("jwksUri for a workload's sidecar is not supported yet" in e for e in found)
+    assert any("spec.jwtRules[0].jwksUri: the JWKS server x:443 must be declared" in e
+               for e in found), found
+
+
+def test_request_authentication_jwks_uri_on_a_workload() -> None:
+    model = load("""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: keys}
+spec:
+  hosts: [keys.example.com]
+  ports: [{number: 8080, name: http, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: reviews}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  jwtRules: [{issuer: issuer.example, jwksUri: "http://keys.example.com:8080/jwks.json"}]
+""")
+    sidecar = model.service("reviews-v1.default").sidecar  # type: ignore[union-attr]
+    assert sidecar is not None and sidecar.jwt is not None
+    (provider,) = sidecar.jwt.providers
+    assert (provider.jwks.uri, provider.jwks.service) == (
+        "http://keys.example.com:8080/jwks.json", "keys.example.com:8080")
+    # The sidecar fetches the keys through the ServiceEntry's cluster, which it receives.
+    snapshot = Translation(model).snapshot("reviews-v1.default")
+    assert "keys.example.com:8080" in snapshot.get(CLUSTER)
+    inbound = str(dumped(model, "reviews-v1.default", LISTENER, "inbound/reviews-v1.default"))
+    assert "'cluster': 'keys.example.com:8080'" in inbound and "jwks.json" in inbound
+
+
+# ---- TLS with certificates of one's own: Gateway MUTUAL, DestinationRule MUTUAL ------------------
+
+MUTUAL_POLICY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: MUTUAL, serverCertificate: certs/edge.pem, privateKey: certs/edge.key,
+          caCertificates: certs/clients.pem}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge]
+  http: [{route: [{destination: {host: reviews}}]}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    tls: {mode: MUTUAL, clientCertificate: certs/client.pem, privateKey: certs/client.key,
+          caCertificates: certs/upstream.pem, sni: reviews.internal}
+"""
+
+
+def _mutual_folder(folder: Path, policy: str = MUTUAL_POLICY) -> Path:
+    from tls_material import CA
+
+    clients, upstream, edge = CA("clients"), CA("upstream"), CA("edge")
+    edge.issue("edge.example.com").write(folder / "certs", "edge")
+    clients.write(folder / "certs" / "clients.pem")
+    clients.issue("client.example.com").write(folder / "certs", "client")
+    upstream.write(folder / "certs" / "upstream.pem")
+    (folder / "mesh.yaml").write_text(MESH)
+    (folder / "tls.yaml").write_text(policy)
+    return folder
+
+
+def test_gateway_and_destination_rule_mutual_tls(tmp_path: Path) -> None:
+    from envoy.extensions.transport_sockets.tls.v3.tls_pb2 import (
+        DownstreamTlsContext,
+        UpstreamTlsContext,
+    )
+
+    from meshpilot.base.types import SECRET
+
+    model = load_policy(_mutual_folder(tmp_path))
+    gateway = Translation(model).snapshot("istio=ingressgateway")
+    listener = Listener()
+    listener.ParseFromString(next(iter(gateway.get(LISTENER).values())).body)
+    downstream = DownstreamTlsContext()
+    listener.filter_chains[0].transport_socket.typed_config.Unpack(downstream)
+    # MUTUAL: a client certificate is required, checked against the caCertificates' Secret.
+    assert downstream.require_client_certificate.value
+    ca_name = downstream.common_tls_context.validation_context_sds_secret_config.name
+    assert ca_name.endswith("/client-ca")
+    assert ca_name in gateway.get(SECRET)
+    # DestinationRule MUTUAL: the sidecar presents the client certificate (a Secret of its own)
+    # and checks the endpoint against caCertificates and the sni.
+    sidecar = Translation(model).snapshot("reviews-v1.default")
+    cluster = Cluster()
+    cluster.ParseFromString(sidecar.get(CLUSTER)[REVIEWS].body)
+    upstream = UpstreamTlsContext()
+    cluster.transport_socket.typed_config.Unpack(upstream)
+    assert upstream.sni == "reviews.internal"
+    (client,) = upstream.common_tls_context.tls_certificate_sds_secret_configs
+    assert client.name == f"{REVIEWS}/client-cert"
+    secrets = sidecar.get(SECRET)
+    assert {client.name, f"{REVIEWS}/ca"} <= set(secrets)
+    # No mesh mTLS on top of the user's own: the cluster has one transport socket, no match.
+    assert not cluster.transport_socket_matches
+
+
+def test_mutual_tls_needs_its_files(tmp_path: Path) -> None:
+    policy = MUTUAL_POLICY.replace("\n          caCertificates: certs/clients.pem", "").replace(
+        "clientCertificate: certs/client.pem, ", "")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(_mutual_folder(tmp_path, policy))
+    found = [str(issue) for issue in caught.value.issues]
+    assert any(re.search(r"tls\.yaml:\d+:\d+: Gateway istio-system/edge: spec\.servers\[0\]\."
+                         r"tls(\.caCertificates)?: .*caCertificates", e) for e in found), found
+    assert any(re.search(r"DestinationRule default/reviews: spec\.trafficPolicy\.tls"
+                         r"(\.clientCertificate)?: .*clientCertificate", e) for e in found), found
+    # A key that is not the certificate's is refused at the field.
+    policy = MUTUAL_POLICY.replace("privateKey: certs/client.key", "privateKey: certs/edge.key")
+    with pytest.raises(PolicyError) as caught:
+        load_policy(_mutual_folder(tmp_path, policy))
+    assert any("spec.trafficPolicy.tls.clientCertificate: certificate certs/client.pem does "
+               "not match private key certs/edge.key" in str(i) for i in caught.value.issues)
+
+
+@pytest.mark.envoy
+def test_envoy_accepts_mutual_tls(tmp_path: Path) -> None:
+    from static_check import static_bootstrap
+
+    from meshpilot.local.envoy_process import validate_config
+    from meshpilot.xds.render import snapshot_to_dict
+
+    model = load_policy(_mutual_folder(tmp_path))
+    for view in ("istio=ingressgateway", "reviews-v1.default"):
+        validate_config(static_bootstrap(snapshot_to_dict(Translation(model).snapshot(view))))
+
+
+# ---- tcp and tls routes ----------------------------------------------------------------------
+
+L4_MESH = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: mysqldb}
+spec:
+  hosts: [mysqldb.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 3306, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.41, labels: {version: v1}},
+              {address: 10.0.0.42, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: secure}
+spec:
+  hosts: [secure.example.com]
+  location: MESH_INTERNAL
+  ports: [{number: 8443, name: tls, protocol: TLS}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.51, labels: {version: v1}},
+              {address: 10.0.0.52, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: mysqldb}
+spec:
+  host: mysqldb
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: secure}
+spec:
+  host: secure.example.com
+  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: mysqldb}
+spec:
+  hosts: [mysqldb]
+  tcp:
+  - match: [{port: 9999}]
+    route: [{destination: {host: mysqldb, subset: v2}}]
+  - match: [{port: 3306}]
+    route: [{destination: {host: mysqldb, subset: v1}, weight: 80},
+            {destination: {host: mysqldb, subset: v2}, weight: 20}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: secure}
+spec:
+  hosts: [secure.example.com]
+  tls:
+  - match: [{sniHosts: [v2.secure.example.com, secure.example.com]}]
+    route: [{destination: {host: secure.example.com, subset: v2}}]
+  - match: [{sniHosts: [secure.example.com]}]
+    route: [{destination: {host: secure.example.com, subset: v1}}]
+  tcp:
+  - route: [{destination: {host: secure.example.com, subset: v1}}]
+"""
+
+
+def _listener(model: Model, view: str, name: str) -> dict[str, Any]:
+    return dumped(model, view, LISTENER, name)
+
+
+def _proxies(listener: dict[str, Any]) -> list[tuple[list[str], Any]]:
+    """(server names, where the TCP proxy sends) per filter chain."""
+    found = []
+    for chain in listener["filterChains"]:
+        proxy = chain["filters"][0]["typedConfig"]
+        target = proxy.get("cluster") or [(c["name"], c["weight"]) for c in
+                                          proxy["weightedClusters"]["clusters"]]
+        found.append((chain.get("filterChainMatch", {}).get("serverNames", []), target))
+    return found
+
+
+def test_tcp_and_tls_routes_in_the_mesh() -> None:
+    model = load(L4_MESH)
+    mysql = _listener(model, "reviews-v1.default",
+                      "outbound/mysqldb.default.svc.cluster.local:3306")
+    # The first tcp route whose port matches the service's takes every connection, by weight.
+    assert _proxies(mysql) == [([], [("mysqldb.default.svc.cluster.local:3306/v1", 80),
+                                     ("mysqldb.default.svc.cluster.local:3306/v2", 20)])]
+    secure = _listener(model, "reviews-v1.default", "outbound/secure.example.com:8443")
+    # tls routes by SNI first (a name once: the first route with it), then the tcp catch-all;
+    # the TLS inspector reads the SNI, the connection stays encrypted end to end.
+    assert _proxies(secure) == [
+        (["v2.secure.example.com", "secure.example.com"], "secure.example.com:8443/v2"),
+        ([], "secure.example.com:8443/v1")]
+    assert [f["name"] for f in secure["listenerFilters"]] == [
+        "envoy.filters.listener.tls_inspector"]
+    clusters = Translation(model).snapshot("reviews-v1.default").get(CLUSTER)
+    assert {"mysqldb.default.svc.cluster.local:3306/v1", "secure.example.com:8443/v2",
+            "secure.example.com:8443/v1"} <= set(clusters)
+
+
+L4_GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: ["*.example.com"]
+    tls: {mode: PASSTHROUGH}
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    hosts: ["a.example.com"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge]
+  tcp:
+  - match: [{port: 31400}]
+    route: [{destination: {host: mysqldb, subset: v1}, weight: 50},
+            {destination: {host: mysqldb, subset: v2}, weight: 50}]
+  tls:
+  - match: [{sniHosts: [a.example.com, other.org], port: 443}]
+    route: [{destination: {host: secure.example.com, subset: v1}}]
+  - match: [{sniHosts: [b.example.com]}]
+    route: [{destination: {host: secure.example.com, subset: v2}}]
+  - match: [{sniHosts: [a.example.com]}]
+    route: [{destination: {host: secure.example.com, subset: v2}}]
+"""
+
+
+def test_tcp_server_and_tls_passthrough_at_the_gateway() -> None:
+    model = load(L4_MESH, L4_GATEWAY)
+    gateway = model.gateway("istio=ingressgateway")
+    assert gateway is not None
+    assert [(s.name, s.protocol) for s in gateway.listeners] == [
+        ("tls-443", "tcp"), ("tls-8443", "tcp"), ("tcp-31400", "tcp")]
+    view = "istio=ingressgateway"
+    tcp = _listener(model, view, "istio=ingressgateway/tcp-31400")
+    assert _proxies(tcp) == [([], [("mysqldb.default.svc.cluster.local:3306/v1", 50),
+                                   ("mysqldb.default.svc.cluster.local:3306/v2", 50)])]
+    # SNI names are narrowed by the server's hosts; a match for port 443 stays off 8443.
+    tls = _listener(model, view, "istio=ingressgateway/tls-443")
+    assert _proxies(tls) == [(["a.example.com"], "secure.example.com:8443/v1"),
+                             (["b.example.com"], "secure.example.com:8443/v2")]
+    # An HTTPS server passed through is a TLS one; the first route is for port 443 only, so
+    # a.example.com takes the third there.
+    https = _listener(model, view, "istio=ingressgateway/tls-8443")
+    assert _proxies(https) == [(["a.example.com"], "secure.example.com:8443/v2")]
+    assert "transportSocket" not in str(tls)  # passed through: the backend ends TLS
+
+
+def test_tcp_and_tls_route_errors() -> None:
+    found = errors(L4_MESH.replace("- match: [{sniHosts: [secure.example.com]}]",
+                                   "- match: [{port: 8443}]").replace(
+        "  - match: [{port: 9999}]", "  - match: [{port: 9999, destinationSubnets: [10.0.0.0/8]}]"))
+    assert any(re.search(r"VirtualService default/secure: spec\.tls\[1\]\.match\[0\]\.sniHosts: "
+                         r'missing "sniHosts"', e) for e in found), found
+    assert any("spec.tcp[0].match[0].destinationSubnets: destinationSubnets is not supported "
+               "yet" in e for e in found), found
+    found = errors(L4_MESH.replace("  - match: [{port: 9999}]",
+                                   "  - match: [{port: 9999, sourceLabels: {app: x}}]"))
+    assert any("spec.tcp[0].match[0].sourceLabels: sourceLabels and sourceNamespace in tcp "
+               "routes in the mesh is not supported yet" in e for e in found), found
+
+
+@pytest.mark.envoy
+def test_envoy_accepts_tcp_and_tls_routes() -> None:
+    from static_check import static_bootstrap
+
+    from meshpilot.local.envoy_process import validate_config
+    from meshpilot.xds.render import snapshot_to_dict
+
+    model = load(L4_MESH, L4_GATEWAY)
+    for view in ("istio=ingressgateway", "reviews-v1.default"):
+        validate_config(static_bootstrap(snapshot_to_dict(Translation(model).snapshot(view))))
+
+
+# ---- delegation ------------------------------------------------------------------------------
+
+ROOT_VS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{uri: {prefix: /reviews}}]
+    delegate: {name: reviews-delegate, namespace: nsb}
+    timeout: 3s
+  - route: [{destination: {host: reviews, subset: v1}}]
+"""
+DELEGATE_VS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-delegate, namespace: nsb}
+spec:
+  http:
+  - match: [{uri: {prefix: /reviews/v2}, headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews.default.svc.cluster.local, subset: v2}}]
+    timeout: 1s
+  - match: [{uri: {prefix: /other}}]
+    route: [{destination: {host: reviews.default.svc.cluster.local, subset: v2}}]
+  - route: [{destination: {host: reviews.default.svc.cluster.local, subset: v1}}]
+"""
+
+
+def test_delegation_merges_the_delegates_routes_as_istio_does() -> None:
+    model = load(DR, ROOT_VS, DELEGATE_VS)
+    rules = route_of(model).rules
+    summary = [(r.matches[0].path.value if r.matches[0].path else None,
+                dict(r.matches[0].headers).get("end-user"), r.backends[0].subset, r.timeout)
+               for r in rules]
+    # The delegate's matches are ANDed with the root route's; a route saying no timeout
+    # inherits the root route's 3 s; a match outside /reviews is dropped (with a warning).
+    assert [(p, h.value if h else None, s, t) for p, h, s, t in summary] == [
+        ("/reviews/v2", "jason", "v2", 1.0), ("/reviews", None, "v1", 3.0), (None, None, "v1", 0.0)]
+    assert any("VirtualService nsb/reviews-delegate: spec.http[1].match: no match of this route "
+               "fits the matches of default/reviews's spec.http[0]" in str(w)
+               for w in model.warnings), model.warnings
+    # The delegate on its own applies to nothing (it has no hosts): no Route of its own.
+    assert not any(r.name.startswith("nsb/") for r in model.routes)
+
+
+def test_delegation_problems() -> None:
+    # A missing delegate: the route is dropped (Istio), with a warning at the root.
+    model = load(DR, ROOT_VS)
+    assert [r.backends[0].subset for r in route_of(model).rules] == ["v1"]
+    assert any("spec.http[0].delegate: no delegate VirtualService nsb/reviews-delegate" in
+               str(w) for w in model.warnings)
+    # A delegate's unknown host is the delegate's error, at its field.
+    found = errors(DR, ROOT_VS, DELEGATE_VS.replace("reviews.default.svc.cluster.local, subset: v2",
+                                                    "nothing, subset: v2", 1))
+    assert any(re.search(r"VirtualService nsb/reviews-delegate: spec\.http\[0\]\.route\[0\]\."
+                         r"destination\.host: no ServiceEntry declares host "
+                         r"nothing\.nsb\.svc\.cluster\.local", e) for e in found), found
+    # A delegate delegating again is refused; an unused delegate is a warning.
+    found = errors(DR, ROOT_VS, DELEGATE_VS.replace(
+        "  - route: [{destination: {host: reviews.default.svc.cluster.local, subset: v1}}]",
+        "  - delegate: {name: x}"))
+    assert any("VirtualService nsb/reviews-delegate: spec.http: a delegate VirtualService (no "
+               "hosts) cannot delegate again" in e for e in found), found
+    model = load(DR, DELEGATE_VS)
+    assert any("VirtualService nsb/reviews-delegate: spec: a VirtualService without hosts is a "
+               "delegate, and no VirtualService delegates to it" in str(w) for w in model.warnings)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from static_check import static_bootstrap
+from support import shared_folder
 
 from meshpilot.base.errors import PolicyError
 from meshpilot.inputs.loader import load_policy_text
@@ -21,8 +21,9 @@ from meshpilot.local.envoy_process import validate_config
 from meshpilot.translators import Translation
 from meshpilot.xds.render import snapshot_to_dict
 
-SHARED = Path(os.environ.get("MESHPILOT_SHARED")
-              or Path(__file__).resolve().parents[2] / "../shared").resolve()
+# The shared folder sits next to the repository (CI clones it there), or next to a folder
+# above it (a git worktree); MESHPILOT_SHARED names it outright.
+SHARED = shared_folder()
 ISTIO = SHARED / "conformance" / "istio"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "120"))
 ENVOY_SAMPLE = int(os.environ.get("FUZZ_ENVOY_SAMPLE", "8"))

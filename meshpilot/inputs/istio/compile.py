@@ -22,7 +22,7 @@ namespace/name order where Istio would order them by creation time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +31,7 @@ from meshpilot.inputs.context import LoadContext, ParsedDocument
 from meshpilot.inputs.istio import hosts, security
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
-from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES
+from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES, NOT_SUPPORTED
 from meshpilot.ir.model import (
     DEFAULT_APP_HOST,
     Backend,
@@ -47,6 +47,7 @@ from meshpilot.ir.model import (
     Rule,
     Service,
     Sidecar,
+    TcpRoute,
 )
 
 # A subset no DestinationRule defines selects no endpoint: its cluster answers 503, as Istio's.
@@ -69,6 +70,9 @@ class _Host:
     workload_of: dict[tuple[str, int], Doc] = field(default_factory=dict)
     hash_on: dict[int, tuple[Any, ...]] = field(default_factory=dict)
     istio_mutual: dict[int, bool] = field(default_factory=dict)
+    # the same for subsets with a trafficPolicy of their own, by (port number, subset)
+    subset_hash_on: dict[tuple[int, str], tuple[Any, ...]] = field(default_factory=dict)
+    subset_istio_mutual: dict[tuple[int, str], bool] = field(default_factory=dict)
 
 
 def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDocument],
@@ -89,11 +93,13 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     indexed = _Workloads(workloads)
     registry = _services(by_kind.get("ServiceEntry", []), indexed)
     _destination_rules(by_kind.get("DestinationRule", []), registry)
-    routes, routed = _virtual_services(by_kind.get("VirtualService", []), registry, by_kind)
+    l4: L4AtGateways = {}
+    routes, routed, variants = _virtual_services(by_kind.get("VirtualService", []), registry,
+                                                 by_kind, indexed, l4)
     _default_routes(registry, routed)
-    gateways = _gateways(by_kind.get("Gateway", []))
+    gateways = _gateways(by_kind.get("Gateway", []), l4)
     policies = security.Policies.of(by_kind)
-    _workloads(indexed, registry, policies, by_kind.get("Sidecar", []))
+    _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants)
     _plaintext_where_disabled(registry, policies)
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
     for host in registry.values():
@@ -190,17 +196,20 @@ def _plaintext_where_disabled(registry: dict[str, _Host], policies: security.Pol
     """Auto mTLS as Istio's Pilot decides it per endpoint: a workload whose PeerAuthentication
     says DISABLE for that port is called in plaintext (unless a DestinationRule says
     ISTIO_MUTUAL)."""
+    def plaintext(endpoints: tuple[Endpoint, ...], host: _Host) -> tuple[Endpoint, ...]:
+        return tuple(
+            replace(e, mtls_identity=None)
+            if e.mtls_identity is not None and (workload := host.workload_of.get(
+                (e.host, e.port))) is not None and policies.mtls_of(workload, e.port) == "off"
+            else e for e in endpoints)
+
     for host in registry.values():
         for number, service in list(host.services.items()):
-            if host.istio_mutual.get(number):
-                continue
-            changed = tuple(
-                replace(e, mtls_identity=None)
-                if e.mtls_identity is not None and (workload := host.workload_of.get(
-                    (e.host, e.port))) is not None and policies.mtls_of(workload, e.port) == "off"
-                else e for e in service.endpoints)
-            if changed != service.endpoints:
-                host.services[number] = replace(service, endpoints=changed)
+            own = tuple((name, s if host.subset_istio_mutual.get((number, name)) else replace(
+                s, endpoints=plaintext(s.endpoints, host))) for name, s in service.subset_services)
+            if not host.istio_mutual.get(number):
+                service = replace(service, endpoints=plaintext(service.endpoints, host))
+            host.services[number] = replace(service, subset_services=own)
 
 
 def _service(doc: Doc, entry: o.ServiceEntry, host: str, port: o.Port,
@@ -269,10 +278,26 @@ def _destination_rules(rules: list[Doc], registry: dict[str, _Host]) -> None:
                     doc.warn(("spec", "subsets", subset_index),
                              f"subset {name} selects no endpoint of {found}")
             policy = port_policies.get(number, rule.policy)
-            service = _apply_policy(service, policy, host)
-            host.services[number] = service
+            plain, service = service, _apply_policy(service, policy, host)
+            # A subset's own trafficPolicy: Istio's MergeTrafficPolicy (the rule's policy for
+            # this port, the subset's blocks in place of its, then the subset's port level).
+            own: list[tuple[str, Service]] = []
+            for name, subset_policy in rule.subset_policies:
+                merged = dict(subset_policy.port_policies).get(
+                    number, policy.under(subset_policy.policy))
+                built = _apply_policy(plain, merged, host)
+                if built != service:
+                    own.append((name, built))
+                host.subset_hash_on[(number, name)] = merged.hash_on
+                host.subset_istio_mutual[(number, name)] = merged.tls_mode == "ISTIO_MUTUAL"
+            host.services[number] = replace(service, subset_services=tuple(own))
             host.hash_on[number] = policy.hash_on
             host.istio_mutual[number] = policy.tls_mode == "ISTIO_MUTUAL"
+        for index, (_, subset_policy) in enumerate(rule.subset_policies):
+            for number in dict(subset_policy.port_policies):
+                if number not in host.services:
+                    doc.error(("spec", "subsets", index, "trafficPolicy", "portLevelSettings"),
+                              f"host {found} has no port {number}")
 
 
 def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host) -> Service:
@@ -290,7 +315,7 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host) -> Ser
         changes["outlier_detection"] = policy.outlier_detection
     if policy.tls is not None:
         changes["tls"] = policy.tls
-    if policy.tls_mode in ("DISABLE", "SIMPLE"):  # no mesh mTLS, whatever the workloads
+    if policy.tls_mode in ("DISABLE", "SIMPLE", "MUTUAL"):  # no mesh mTLS, whatever the workloads
         changes["endpoints"] = tuple(replace(e, mtls_identity=None) for e in service.endpoints)
     elif policy.tls_mode == "ISTIO_MUTUAL":  # mesh mTLS to every endpoint, sidecar or not
         namespace = host.doc.item.namespace
@@ -304,17 +329,30 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host) -> Ser
 # ---- VirtualService -> Routes -------------------------------------------------------------------
 
 
+# (IR Service) -> (WorkloadEntry, by id) -> the Route its sidecar uses for that Service
+Variants = dict[str, dict[int, str]]
+
+
+# (gateway view, listener name) -> its tcp routes, in VirtualService order
+L4AtGateways = dict[tuple[str, str], list[TcpRoute]]
+
+
 def _virtual_services(services: list[Doc], registry: dict[str, _Host],
-                      by_kind: dict[str, list[Doc]]
-                      ) -> tuple[list[tuple[Doc, Route]], set[str]]:
+                      by_kind: dict[str, list[Doc]], workloads: _Workloads, l4: L4AtGateways
+                      ) -> tuple[list[tuple[Doc, Route]], set[str], Variants]:
     routes: list[tuple[Doc, Route]] = []
+    variants: Variants = {}
+    l4_owner: dict[str, Doc] = {}  # tcp Service -> the VirtualService whose tcp/tls routes it has
     routed: set[str] = set()  # IR Services with a Route attached
     owner: dict[str, Doc] = {}
     claimed: dict[tuple[str, str, str], Doc] = {}  # (gateway, listener, host) -> its VS
     gateway_docs = {(d.item.namespace, d.item.name): d for d in by_kind.get("Gateway", [])}
+    expanded, doc_of = _delegations(services)
     for doc in services:
-        vs = doc.item.spec
+        vs = expanded.get(id(doc), doc.item.spec)
         assert isinstance(vs, o.VirtualService)
+        if not vs.hosts:
+            continue  # a delegate: its routes are in the VirtualServices delegating to it
         ns = doc.item.namespace
         targets: list[tuple[str, Service | None, str | None, Any]] = []
         for gateway_index, gateway in enumerate(vs.gateways):
@@ -327,9 +365,13 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                                  f"({hosts.qualified(host, ns)}): this VirtualService does "
                                  "not apply in the mesh")
                         continue
-                    for service in registry[found].services.values():
+                    for service in list(registry[found].services.values()):
                         if service.protocol == "tcp":
+                            _mesh_l4(doc, vs, registry, registry[found], service, index,
+                                     l4_owner)
                             continue
+                        if not vs.http and (vs.tcp or vs.tls):
+                            continue  # tcp and tls routes: for the host's TCP ports
                         if service.name in owner:
                             doc.warn(("spec", "hosts", index),
                                      f"host {found} already has VirtualService "
@@ -351,13 +393,22 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
             # The route's hosts are the VirtualService's narrowed by each server's (Istio):
             # one Route per set of listeners with the same hosts.
             by_hosts: dict[tuple[str, ...], list[str]] = {}
+            l4_served = False
             for server in spec.servers:
-                if server.https_redirect:
-                    continue
                 common = _intersection(vs.hosts or ("*",), server.hosts)
+                if server.protocol in ("TCP", "TLS"):
+                    if common and (vs.tcp if server.protocol == "TCP" else vs.tls):
+                        l4_served = True
+                        view = hosts.gateway_view(spec.selector)
+                        l4.setdefault((view, _listener_name(server)), []).extend(_l4_routes(
+                            doc, vs, registry, gateway, server.port, spec.selector,
+                            server.protocol, common))
+                    continue
+                if server.https_redirect or not vs.http:
+                    continue
                 if common:
                     by_hosts.setdefault(common, []).append(_listener_name(server))
-            if not by_hosts:
+            if not by_hosts and not l4_served:
                 doc.warn(("spec", "gateways", gateway_index),
                          f"no host of this VirtualService is a host of Gateway "
                          f"{key[0]}/{key[1]}'s servers: it does not apply there")
@@ -376,14 +427,27 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
             port = None
             if service is not None:
                 port = int(service.name.rsplit(":", 1)[1])
-            rules = _rules(doc, vs, registry, gateway, port)
             cors = _cors(doc, vs)
             if service is not None:
                 routed.add(service.name)
+                rules = _rules(doc, vs, registry, gateway, port, doc_of=doc_of)
                 routes.append((doc, Route(name=name, position=doc.ctx.document.position,
                                           gateway=None, rules=rules, cors=cors,
                                           service=service.name, origin=doc.ctx.origin())))
+                for variant, kept, callers in _source_variants(vs, workloads):
+                    vname = f"{name}~{variant}"
+                    routes.append((doc, Route(
+                        name=vname, position=doc.ctx.document.position, gateway=None,
+                        rules=_rules(doc, vs, registry, gateway, port,
+                                     lambda m, kept=kept: _source_key(m) in kept, doc_of),
+                        cors=cors, service=service.name, origin=doc.ctx.origin())))
+                    variants.setdefault(service.name, {}).update(
+                        (id(caller), vname) for caller in callers)
             else:
+                selector = spec_of_gateway(gateway_view, by_kind)
+                rules = _rules(doc, vs, registry, gateway, port,
+                               lambda m, at=selector: m.applies_to(at, hosts.ROOT_NAMESPACE),
+                               doc_of)
                 listener_names, route_hosts = listeners
                 if _claim_gateway_hosts(doc, claimed, str(gateway_view), listener_names,
                                         route_hosts):
@@ -391,7 +455,147 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                                               gateway=gateway_view, hosts=route_hosts,
                                               rules=rules, listeners=listener_names,
                                               cors=cors, origin=doc.ctx.origin())))
-    return routes, routed
+    _warn_unselected_sources(services, workloads, by_kind)
+    return routes, routed, variants
+
+
+def _mesh_l4(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], host: _Host,
+             service: Service, index: int, owner: dict[str, Doc]) -> None:
+    """A tcp Service of a VirtualService's host in the mesh: its tcp and tls routes become
+    the Service's `tcp_routes` (what its callers' sidecars do with connections to it)."""
+    if not vs.tcp and not vs.tls:
+        return
+    if service.name in owner:
+        doc.warn(("spec", "hosts", index), f"{service.name} already has the tcp/tls routes of "
+                                           f"VirtualService {owner[service.name].ctx.name}; "
+                                           "this one's are not used for it")
+        return
+    owner[service.name] = doc
+    number = int(service.name.rsplit(":", 1)[1])
+    found = _l4_routes(doc, vs, registry, "mesh", number, None, None, ())
+    host.services[number] = replace(host.services[number], tcp_routes=_distinct(doc, found))
+
+
+def _l4_routes(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: str,
+               port: int, proxy: Labels | None, server: str | None,
+               server_hosts: tuple[str, ...]) -> list[TcpRoute]:
+    """The `tls` then `tcp` routes of `vs` for one gateway (`mesh`: the sidecars) and port, in
+    order. `proxy`: the gateway's labels (its `sourceLabels` hold or not); `server`: a gateway
+    server's protocol (TCP takes tcp routes, TLS tls ones), whose hosts narrow the SNI names."""
+    ns = doc.item.namespace
+    wanted = _gateway_key(gateway, ns)
+    found: list[TcpRoute] = []
+    kinds = (vs.tls, vs.tcp) if server is None else ((vs.tcp,) if server == "TCP" else (vs.tls,))
+    for entries in kinds:
+        for route in entries:
+            kept = []
+            for m in route.matches:
+                if m.gateways:
+                    if wanted not in {_gateway_key(g, ns) for g in m.gateways}:
+                        continue
+                elif m.source_labels or m.source_namespace is not None:
+                    if proxy is None:
+                        doc.error((*m.path, "sourceLabels" if m.source_labels
+                                   else "sourceNamespace"),
+                                  f"sourceLabels and sourceNamespace in {route.kind} routes in "
+                                  f"the mesh {NOT_SUPPORTED}")
+                        continue
+                    if not m.applies_to_proxy(proxy, hosts.ROOT_NAMESPACE):
+                        continue
+                if m.port is not None and m.port != port:
+                    continue
+                kept.append(m)
+            if route.matches and not kept:
+                continue
+            backends = tuple(b for d in route.destinations
+                             if (b := _backend(doc, d, registry, port)) is not None)
+            if route.kind == "tcp":
+                found.append(TcpRoute(backends, origin=doc.ctx.origin(route.path)))
+                continue
+            names: tuple[str, ...] = tuple(dict.fromkeys(h for m in kept for h in m.sni_hosts))
+            if server_hosts:
+                names = _intersection(names, server_hosts)
+            if names:
+                found.append(TcpRoute(backends, names, origin=doc.ctx.origin(route.path)))
+    return found
+
+
+def _distinct(doc: Doc, found: Sequence[TcpRoute]) -> tuple[TcpRoute, ...]:
+    """Routes Envoy can take as filter chains: an SNI name once (the first route with it), and
+    one route without names (the first), which takes every other connection."""
+    taken: set[str] = set()
+    catch_all = False
+    kept: list[TcpRoute] = []
+    for route in found:
+        if not route.server_names:
+            if not catch_all:
+                catch_all = True
+                kept.append(route)
+            continue
+        names = tuple(n for n in route.server_names if n not in taken)
+        if names:
+            taken.update(names)
+            kept.append(replace(route, server_names=names))
+    return tuple(kept)
+
+
+def spec_of_gateway(view: str | None, by_kind: dict[str, list[Doc]]) -> Labels:
+    """The labels of the gateway Envoy of `view` (its Istio Gateways' selector)."""
+    for doc in by_kind.get("Gateway", []):
+        selector = doc.item.spec.selector  # type: ignore[union-attr]
+        if hosts.gateway_view(selector) == view:
+            return selector
+    return ()
+
+
+def _source_matches(vs: o.VirtualService) -> list[o.HttpMatch]:
+    return [m for http in vs.http for m in http.matches if m.by_source]
+
+
+def _source_key(match: o.HttpMatch) -> str:
+    """A readable name for a match's source condition (`app=productpage,ns=default`)."""
+    parts = [f"{k}={v}" for k, v in match.source_labels]
+    if match.source_namespace is not None:
+        parts.append(f"ns={match.source_namespace}")
+    return ",".join(parts)
+
+
+def _source_variants(vs: o.VirtualService, workloads: _Workloads
+                     ) -> list[tuple[str, set[str], list[Doc]]]:
+    """The Routes a VirtualService with `sourceLabels`/`sourceNamespace` needs in the mesh
+    beside its default one (no source condition holds): one per distinct set of source
+    conditions some WorkloadEntry satisfies, with those workloads. Istio builds the routes per
+    proxy; here each set of callers alike shares one."""
+    conditions = sorted({_source_key(m): m for m in _source_matches(vs)}.items())
+    if not conditions:
+        return []
+    found: dict[tuple[str, ...], list[Doc]] = {}
+    for doc in workloads.docs:
+        labels = doc.item.spec.spec.labels  # type: ignore[union-attr]
+        kept = tuple(key for key, match in conditions
+                     if match.applies_to(labels, doc.item.namespace))
+        if kept:
+            found.setdefault(kept, []).append(doc)
+    return [("+".join(kept), set(kept), callers) for kept, callers in sorted(found.items())]
+
+
+def _warn_unselected_sources(services: list[Doc], workloads: _Workloads,
+                             by_kind: dict[str, list[Doc]]) -> None:
+    """istioctl analyze's spirit: a source condition no proxy satisfies matches nothing."""
+    gateways = [(d.item.spec.selector, hosts.ROOT_NAMESPACE)  # type: ignore[union-attr]
+                for d in by_kind.get("Gateway", [])]
+    proxies = [(d.item.spec.spec.labels, d.item.namespace)  # type: ignore[union-attr]
+               for d in workloads.docs] + gateways
+    for doc in services:
+        vs = doc.item.spec
+        assert isinstance(vs, o.VirtualService)
+        for index, http in enumerate(vs.http):
+            for match_index, match in enumerate(http.matches):
+                if match.by_source and not any(match.applies_to(labels, ns)
+                                               for labels, ns in proxies):
+                    doc.warn(("spec", "http", index, "match", match_index),
+                             "no WorkloadEntry or gateway has these sourceLabels (and "
+                             "sourceNamespace): this match applies to no caller")
 
 
 def _overlap(a: str, b: str) -> str | None:
@@ -443,29 +647,200 @@ def _cors(doc: Doc, vs: o.VirtualService) -> Any:
     return next(iter(policies), None)
 
 
+def _gateway_key(name: str, namespace: str) -> str:
+    """A gateway as Istio compares them: `mesh`, else `ns/name` (a bare name: this
+    namespace's)."""
+    return name if name == "mesh" or "/" in name else f"{namespace}/{name}"
+
+
 def _rules(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: str,
-           port: int | None) -> tuple[Rule, ...]:
+           port: int | None, source: Callable[[o.HttpMatch], bool] | None = None,
+           doc_of: dict[int, Doc] | None = None) -> tuple[Rule, ...]:
+    """The rules of `vs` for one gateway (or `mesh`) and port. `source(match)` says whether a
+    match with a source condition holds for the proxy (the caller) the rules are for; by
+    default none holds (Istio's sourceMatchHTTP: `gateways` when written, else the source).
+    `doc_of`: the delegate VirtualService an http route came from (its errors are its)."""
+    ns = doc.item.namespace
+    wanted = _gateway_key(gateway, ns)
+
+    def kept(m: o.HttpMatch) -> bool:
+        if m.gateways:
+            return wanted in {_gateway_key(g, ns) for g in m.gateways}
+        if m.by_source:
+            return source is not None and source(m)
+        return True
+
     rules: list[Rule] = []
     for http in vs.http:
         matches = tuple(m.match for m in http.matches
-                        if (not m.gateways or gateway in m.gateways)
-                        and (m.port is None or port is None or m.port == port))
+                        if kept(m) and (m.port is None or port is None or m.port == port))
         if http.matches and not matches:
             continue  # every match is for another gateway or port
+        if http.delegate is not None:
+            continue  # its delegate is missing (warned): Istio drops the route
+        owner = (doc_of or {}).get(id(http), doc)
         backends = tuple(b for d in http.destinations
-                         if (b := _backend(doc, d, registry, port)) is not None)
+                         if (b := _backend(owner, d, registry, port)) is not None)
         mirrors = tuple(Mirror(b.service, b.subset, m.percentage)
                         for m in http.mirrors
-                        if (b := _backend(doc, m.destination, registry, port)) is not None)
+                        if (b := _backend(owner, m.destination, registry, port)) is not None)
         hash_on: tuple[Any, ...] = ()
         for backend in backends:
             found = _host_of(backend.service, registry)
             if found is not None:
-                hash_on = hash_on or found.hash_on.get(int(backend.service.rsplit(":", 1)[1]),
-                                                       ())
+                number = int(backend.service.rsplit(":", 1)[1])
+                hash_on = hash_on or found.subset_hash_on.get(
+                    (number, backend.subset or ""), found.hash_on.get(number, ()))
         rules.append(replace(http.rule, matches=matches or (Match(),), backends=backends,
                              mirrors=mirrors, hash_on=hash_on))
     return tuple(rules)
+
+
+# ---- delegation ---------------------------------------------------------------------------------
+
+
+def _delegations(services: list[Doc]) -> tuple[dict[int, o.VirtualService], dict[int, Doc]]:
+    """Root VirtualServices with their `delegate` routes replaced by the delegates' http
+    routes, merged as Istio's pilot does (mergeHTTPRoute): each delegate match must fit one of
+    the root route's matches (a narrower path, no conflicting header ...) and is ANDed with
+    it; a delegate route with no such match is dropped; what the delegate route does not say
+    (rewrite, timeout, retries, fault, mirrors, corsPolicy, headers) it inherits from the root
+    route. By root document (id); and the delegate document of each merged route (id)."""
+    by_name = {(d.item.namespace, d.item.name): d for d in services}
+    used: set[int] = set()
+    expanded: dict[int, o.VirtualService] = {}
+    doc_of: dict[int, Doc] = {}
+    for doc in services:
+        vs = doc.item.spec
+        assert isinstance(vs, o.VirtualService)
+        if not any(h.delegate for h in vs.http):
+            continue
+        routes: list[o.HttpRoute] = []
+        for index, http in enumerate(vs.http):
+            if http.delegate is None:
+                routes.append(http)
+                continue
+            name, namespace = http.delegate
+            target = by_name.get((namespace or doc.item.namespace, name))
+            spec = None if target is None else target.item.spec
+            if target is None or not isinstance(spec, o.VirtualService) or spec.hosts:
+                doc.warn(("spec", "http", index, "delegate"),
+                         f"no delegate VirtualService {namespace or doc.item.namespace}/{name} "
+                         "(one without hosts): this route is dropped, as in Istio")
+                routes.append(http)  # kept as a delegating route: _rules leaves it out
+                continue
+            used.add(id(target))
+            for leaf_index, leaf in enumerate(spec.http):
+                merged = _merged_route(http, leaf, target.item.namespace)
+                if merged is None:
+                    target.warn(("spec", "http", leaf_index, "match"),
+                                f"no match of this route fits the matches of "
+                                f"{doc.ctx.name}'s spec.http[{index}] delegating to it: it is "
+                                "dropped there (Istio)")
+                    continue
+                doc_of[id(merged)] = target
+                routes.append(merged)
+        expanded[id(doc)] = replace(vs, http=tuple(routes))
+    for doc in services:
+        vs = doc.item.spec
+        assert isinstance(vs, o.VirtualService)
+        if not vs.hosts and id(doc) not in used and vs.http:
+            doc.warn(("spec",), "a VirtualService without hosts is a delegate, and no "
+                                "VirtualService delegates to it: it applies to nothing")
+    return expanded, doc_of
+
+
+_INHERITED = {"rewrite": ("rewrite_path", "rewrite_host"), "timeout": ("timeout",),
+              "retries": ("retries",), "fault": ("fault",),
+              "headers": ("request_headers", "response_headers")}
+_MIRROR_KEYS = frozenset({"mirror", "mirrors", "mirrorPercentage", "mirrorPercent"})
+
+
+def _merged_route(root: o.HttpRoute, leaf: o.HttpRoute, namespace: str) -> o.HttpRoute | None:
+    matches = _merged_matches(root.matches, leaf.matches)
+    if matches is None:
+        return None
+    changes = {name: getattr(root.rule, name) for key, names in _INHERITED.items()
+               if key in root.written and key not in leaf.written for name in names}
+    # The delegate's hosts are names in its own namespace.
+    destinations = tuple(replace(d, host=hosts.qualified(d.host, namespace))
+                         for d in leaf.destinations)
+    mirrors = tuple(replace(m, destination=replace(
+        m.destination, host=hosts.qualified(m.destination.host, namespace)))
+        for m in leaf.mirrors)
+    if not leaf.written & _MIRROR_KEYS:
+        mirrors = root.mirrors
+    return replace(leaf, matches=matches, rule=replace(leaf.rule, **changes),
+                   destinations=destinations, mirrors=mirrors,
+                   cors=leaf.cors if "corsPolicy" in leaf.written else root.cors)
+
+
+def _merged_matches(root: tuple[o.HttpMatch, ...], leaf: tuple[o.HttpMatch, ...]
+                    ) -> tuple[o.HttpMatch, ...] | None:
+    """Istio's mergeHTTPMatchRequests: None when a delegate match fits no root match."""
+    if not root:
+        return leaf
+    if not leaf:
+        return root
+    found: list[o.HttpMatch] = []
+    for sub in leaf:
+        fits = [_merged_match(r, sub) for r in root]
+        fits = [m for m in fits if m is not None]
+        if not fits:
+            return None
+        found.extend(fits)
+    return tuple(found)
+
+
+def _string_conflict(root: Any, leaf: Any) -> bool:
+    """Istio's stringMatchConflict on the model's StringMatch (None: not written)."""
+    if root is None or leaf is None:
+        return False
+    valued = ("exact", "prefix", "regex")
+    if root.kind == "regex" and leaf.kind in valued:
+        return True
+    if leaf.kind == "regex" and root.kind in valued:
+        return True
+    if root.kind == "exact":
+        return leaf.kind != "exact" or leaf.value != root.value
+    if root.kind == "prefix" and leaf.kind in ("prefix", "exact"):
+        return not leaf.value.startswith(root.value)
+    return True  # Istio's fall-through: a `{}` (present) on either side, a regex against one
+
+
+def _merged_match(root: o.HttpMatch, leaf: o.HttpMatch) -> o.HttpMatch | None:
+    r, m = root.match, leaf.match
+    if _string_conflict(r.path, m.path):
+        return None
+    if r.methods and m.methods and set(r.methods) != set(m.methods):
+        return None
+    for kind in ("headers", "query"):
+        mine = {(name, how.invert): how for name, how in getattr(r, kind)}
+        if any(_string_conflict(mine.get((name, how.invert)), how)
+               for name, how in getattr(m, kind)):
+            return None
+    if root.port is not None and leaf.port is not None and root.port != leaf.port:
+        return None
+    if root.source_namespace is not None and leaf.source_namespace != root.source_namespace:
+        return None
+    labels = dict(root.source_labels)
+    if any(labels.get(k, v) != v for k, v in leaf.source_labels):
+        return None
+    if root.gateways and leaf.gateways and not set(leaf.gateways) <= set(root.gateways):
+        return None
+
+    def merged(kind: str) -> tuple[Any, ...]:
+        theirs = {(name, how.invert) for name, how in getattr(m, kind)}
+        return (*(h for h in getattr(r, kind) if (h[0], h[1].invert) not in theirs),
+                *getattr(m, kind))
+
+    match = replace(m, path=m.path or r.path, methods=m.methods or r.methods,
+                    headers=merged("headers"), query=merged("query"),
+                    whole_segments=m.whole_segments if m.path else r.whole_segments)
+    return replace(leaf, match=match, port=leaf.port or root.port,
+                   gateways=leaf.gateways or root.gateways,
+                   source_labels=tuple(sorted({**labels, **dict(leaf.source_labels)}.items())),
+                   source_namespace=leaf.source_namespace or root.source_namespace)
 
 
 def _host_of(service_name: str, registry: dict[str, _Host]) -> _Host | None:
@@ -545,6 +920,16 @@ def _secure_gateway_routes(routes: list[tuple[Doc, Route]], gateways: _Gateways,
                            ) -> list[tuple[Doc, Route]]:
     """Every Route at an ingress gateway gets what the gateway enforces (its JWT providers,
     DENY then ALLOW authorization)."""
+    jwks_service = _jwks_service(registry)
+    found: dict[str, Any] = {view: policies.for_gateway(selector, jwks_service)
+                             for view, selector in gateways.selectors.items()}
+    return [(doc, route if route.gateway is None or not found.get(route.gateway)
+             else replace(route, security=found[route.gateway])) for doc, route in routes]
+
+
+def _jwks_service(registry: dict[str, _Host]) -> Callable[[Doc, tuple[Any, ...], str],
+                                                          str | None]:
+    """The Service a `jwksUri` is fetched through: the ServiceEntry of its host and port."""
     def jwks_service(doc: Doc, path: tuple[Any, ...], uri: str) -> str | None:
         parsed = urlsplit(uri)
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
@@ -556,13 +941,10 @@ def _secure_gateway_routes(routes: list[tuple[Doc, Route]], gateways: _Gateways,
             return None
         return host.services[port].name
 
-    found: dict[str, Any] = {view: policies.for_gateway(selector, jwks_service)
-                             for view, selector in gateways.selectors.items()}
-    return [(doc, route if route.gateway is None or not found.get(route.gateway)
-             else replace(route, security=found[route.gateway])) for doc, route in routes]
+    return jwks_service
 
 
-def _gateways(docs: list[Doc]) -> _Gateways:
+def _gateways(docs: list[Doc], l4: L4AtGateways) -> _Gateways:
     """A Gateway of the model per distinct selector: every Istio Gateway whose selector the
     Envoy's labels (= that selector) satisfy contributes its servers."""
     built: list[tuple[Doc, Gateway]] = []
@@ -579,14 +961,27 @@ def _gateways(docs: list[Doc]) -> _Gateways:
             for server in doc.item.spec.servers:  # type: ignore[union-attr]
                 if server.protocol == "HTTPS" and https_port is None:
                     https_port = server.port
+        view = hosts.gateway_view(selector)
+        kinds: dict[int, str] = {}
         for doc in members:
             for server in doc.item.spec.servers:  # type: ignore[union-attr]
-                existing = listeners.get(server.port)
-                if existing is not None:
-                    if (existing.tls is None) != (server.tls is None):
+                if server.port in kinds:
+                    if kinds[server.port] != server.protocol:
                         doc.error(server.path, f"port {server.port} is already an "
-                                               f"{'HTTPS' if existing.tls else 'HTTP'} server "
-                                               f"of the gateway {hosts.gateway_view(selector)}")
+                                               f"{kinds[server.port]} server of the gateway "
+                                               f"{view}")
+                    continue
+                kinds[server.port] = server.protocol
+                if server.protocol in ("TCP", "TLS"):
+                    found = _distinct(doc, l4.get((view, _listener_name(server)), []))
+                    if not any(b.weight > 0 for r in found for b in r.backends):
+                        doc.warn(server.path, f"no VirtualService has {server.protocol.lower()} "
+                                              f"routes for this server: it is not served")
+                        continue
+                    listeners[server.port] = GatewayListener(
+                        name=_listener_name(server), port=server.port,
+                        address=server.bind or "0.0.0.0", protocol="tcp", tcp_routes=found,
+                        origin=doc.ctx.origin(server.path))
                     continue
                 listeners[server.port] = GatewayListener(
                     name=_listener_name(server), port=server.port,
@@ -640,11 +1035,12 @@ def _in_scope(found: tuple[Doc, o.SidecarScope] | None, host: _Host, name: str) 
 
 
 def _workloads(workloads: _Workloads, registry: dict[str, _Host],
-               policies: security.Policies, sidecars: list[Doc]) -> None:
+               policies: security.Policies, sidecars: list[Doc], variants: Variants) -> None:
     every = [(registry[host], host, service) for host in sorted(registry)
              for service in sorted(registry[host].services.values(), key=lambda s: s.name)
              if service.protocol != "tcp"]
     serving = _serving(workloads, registry)
+    jwks_service = _jwks_service(registry)
     everything = tuple(Call(service.name) for _, _, service in every)
     # TCP services: the outbound port routes HTTP by Host, so each gets a local port of its
     # own, its port number (the application connects to 127.0.0.1:3306 for mysql:3306).
@@ -686,8 +1082,11 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
             p for p in (outbound, app_port if app_host in ("127.0.0.1", "localhost") else None,
                         port if workload.address in ("127.0.0.1", "0.0.0.0") else None)
             if p is not None}))
+        if variants:  # sourceLabels: this caller's own Route for some services
+            calls = tuple(replace(call, route=route) if (route := variants.get(
+                call.service, {}).get(id(doc))) is not None else call for call in calls)
         view = hosts.workload_view(doc.item.name, doc.item.namespace)
-        jwt = policies.jwt_for_workload(doc) if port is not None else None
+        jwt = policies.jwt_for_workload(doc, jwks_service) if port is not None else None
         mtls, authorization, deny = policies.for_workload(doc, port, jwt is not None)
         sidecar = Sidecar(port=port, address=workload.address if port is not None else "0.0.0.0",
                           app_host=app_host, app_port=app_port, outbound_port=outbound,

@@ -85,6 +85,20 @@ class HttpMatch:
     match: Match  # what the IR can say of it
     port: int | None = None  # only for the service port (or gateway listener) of this number
     gateways: tuple[str, ...] = ()  # only for these gateways ("mesh": the sidecars)
+    # Only for callers (the proxy the route is built for) with these labels / in this
+    # namespace; ignored when `gateways` is written (Istio's sourceMatchHTTP).
+    source_labels: Labels = ()
+    source_namespace: str | None = None
+
+    @property
+    def by_source(self) -> bool:
+        return not self.gateways and (bool(self.source_labels)
+                                      or self.source_namespace is not None)
+
+    def applies_to(self, labels: Labels, namespace: str) -> bool:
+        """Whether this match is kept for a proxy with these labels in this namespace."""
+        return all(kv in labels for kv in self.source_labels) and (
+            self.source_namespace is None or self.source_namespace == namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +118,35 @@ class HttpRoute:
     mirrors: tuple[MirrorSpec, ...] = ()
     cors: Cors | None = None
     path: FieldPath = ()
+    written: frozenset[str] = frozenset()  # the keys written (what a delegate inherits)
+    delegate: tuple[str, str | None] | None = None  # (name, namespace): its routes instead
+
+
+@dataclass(frozen=True, slots=True)
+class L4Match:
+    """A `tcp` or `tls` route's match: the service or gateway port, gateways, the caller, and
+    (tls) the SNI."""
+
+    port: int | None = None
+    gateways: tuple[str, ...] = ()
+    source_labels: Labels = ()
+    source_namespace: str | None = None
+    sni_hosts: tuple[str, ...] = ()  # tls only (required there)
+    path: FieldPath = ()
+
+    def applies_to_proxy(self, labels: Labels, namespace: str) -> bool:
+        return all(kv in labels for kv in self.source_labels) and (
+            self.source_namespace is None or self.source_namespace == namespace)
+
+
+@dataclass(frozen=True, slots=True)
+class L4Route:
+    """One `tcp` or `tls` entry: its matches (empty: every connection) and where to."""
+
+    kind: Literal["tcp", "tls"]
+    matches: tuple[L4Match, ...]
+    destinations: tuple[Destination, ...]
+    path: FieldPath = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +154,8 @@ class VirtualService:
     hosts: tuple[str, ...]
     gateways: tuple[str, ...] = ("mesh",)
     http: tuple[HttpRoute, ...] = ()
+    tls: tuple[L4Route, ...] = ()  # before tcp: SNI chains are tried before the catch-all
+    tcp: tuple[L4Route, ...] = ()
 
 
 # ---- DestinationRule -----------------------------------------------------------------------------
@@ -125,8 +170,36 @@ class TrafficPolicy:
     connect_timeout: float | None = None
     max_requests_per_connection: int | None = None
     outlier_detection: OutlierDetection | None = None
-    tls_mode: Literal["DISABLE", "SIMPLE", "ISTIO_MUTUAL"] | None = None
-    tls: UpstreamTls | None = None  # SIMPLE
+    tls_mode: Literal["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"] | None = None
+    tls: UpstreamTls | None = None  # SIMPLE, MUTUAL
+    # The blocks written (loadBalancer, connectionPool, outlierDetection, tls): a subset's
+    # policy replaces those of the DestinationRule's, block by block (Istio's merge).
+    written: frozenset[str] = frozenset()
+
+    def under(self, subset: TrafficPolicy) -> TrafficPolicy:
+        """This policy with `subset`'s blocks in place of its own (MergeTrafficPolicy)."""
+        if not subset.written:
+            return self
+        fields: dict[str, object] = {}
+        for block, names in _BLOCKS.items():
+            source = subset if block in subset.written else self
+            fields.update((name, getattr(source, name)) for name in names)
+        return TrafficPolicy(**fields, written=self.written | subset.written)  # type: ignore[arg-type]
+
+
+_BLOCKS = {"loadBalancer": ("load_balancer", "load_balancer_options", "hash_on"),
+           "connectionPool": ("circuit_breaker", "connect_timeout",
+                              "max_requests_per_connection"),
+           "outlierDetection": ("outlier_detection",),
+           "tls": ("tls_mode", "tls")}
+
+
+@dataclass(frozen=True, slots=True)
+class SubsetPolicy:
+    """A subset's own trafficPolicy (and its portLevelSettings)."""
+
+    policy: TrafficPolicy
+    port_policies: tuple[tuple[int, TrafficPolicy], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +208,7 @@ class DestinationRule:
     subsets: tuple[tuple[str, Labels], ...] = ()
     policy: TrafficPolicy = TrafficPolicy()
     port_policies: tuple[tuple[int, TrafficPolicy], ...] = ()  # portLevelSettings
+    subset_policies: tuple[tuple[str, SubsetPolicy], ...] = ()  # subsets' own trafficPolicy
 
 
 # ---- Sidecar -------------------------------------------------------------------------------------
@@ -155,7 +229,7 @@ class SidecarScope:
 class Server:
     port: int
     port_name: str
-    protocol: Literal["HTTP", "HTTPS"]
+    protocol: Literal["HTTP", "HTTPS", "TCP", "TLS"]  # TLS: passthrough (by SNI, not ended)
     hosts: tuple[str, ...]  # without any namespace/ prefix
     tls: ListenerTls | None = None
     https_redirect: bool = False

@@ -361,9 +361,9 @@ def read_virtual_service(spec: Fields) -> o.VirtualService | None:
     spec.check_keys(VS_KEYS, "a VirtualService's spec")
     hosts = _strings(spec, "hosts", "host", _host)
     gateways = _strings(spec, "gateways", "gateway") or ("mesh",)
-    for key in ("tcp", "tls"):
-        if key in spec.value:
-            spec.report(key, f"{key} routes {NOT_SUPPORTED}", at_value=False)
+    l4 = {key: tuple(route for index, item in enumerate(spec.items(key, f"{key} route") or [])
+                     if (route := _l4_route(spec, key, index, item)) is not None)
+          for key in ("tcp", "tls")}
     http: list[o.HttpRoute] = []
     for index, item in enumerate(spec.items("http", "route") or []):
         entry = Fields.at(spec.ctx, item, (*spec.path, "http", index),
@@ -372,18 +372,67 @@ def read_virtual_service(spec: Fields) -> o.VirtualService | None:
             route = _http_route(entry)
             if route is not None:
                 http.append(route)
-    if not hosts and "hosts" not in spec.value and "mesh" in gateways:
-        spec.missing("hosts")
-    return o.VirtualService(hosts, gateways, tuple(http))
+    # No hosts: a delegate (its http routes are another VirtualService's `delegate`).
+    if not hosts and "hosts" in spec.value and "mesh" in gateways:
+        spec.report("hosts", "a VirtualService needs hosts (a delegate has none: leave the "
+                             "key out)", at_value=False)
+    if not hosts and any(r.delegate for r in http):
+        spec.report("http", "a delegate VirtualService (no hosts) cannot delegate again",
+                    at_value=False)
+    return o.VirtualService(hosts, gateways, tuple(http), l4["tls"], l4["tcp"])
+
+
+L4_MATCH_KEYS = ("port", "gateways", "sourceLabels", "sourceNamespace", "destinationSubnets",
+                 "sourceSubnet", "sniHosts")
+
+
+def _l4_route(spec: Fields, key: str, index: int, item: Any) -> o.L4Route | None:
+    """A `tcp` or `tls` route: its matches and its weighted destinations."""
+    entry = Fields.at(spec.ctx, item, (*spec.path, key, index),
+                      "a mapping such as {route: [{destination: {host: mysql}}]}")
+    if entry is None:
+        return None
+    entry.check_keys(("match", "route"), f"a {key} route")
+    matches: list[o.L4Match] = []
+    for match_index, value in enumerate(entry.items("match", "match") or []):
+        match = Fields.at(entry.ctx, value, (*entry.path, "match", match_index),
+                          "a mapping such as {port: 3306}" if key == "tcp"
+                          else "a mapping such as {sniHosts: [www.example.com]}")
+        if match is None:
+            continue
+        allowed = L4_MATCH_KEYS if key == "tls" else L4_MATCH_KEYS[:-1]
+        match.check_keys(allowed, f"a {key} match")
+        for refused in ("destinationSubnets", "sourceSubnet"):
+            if refused in match.value:
+                match.report(refused, f"{refused} {NOT_SUPPORTED}", at_value=False)
+        sni = _strings(match, "sniHosts", "host", _host) if key == "tls" else ()
+        if key == "tls" and not sni and "sniHosts" not in match.value:
+            match.missing("sniHosts")
+        source_labels = match.get("sourceLabels", fields.labels) or ()
+        matches.append(o.L4Match(match.get("port", fields.PORT),
+                                 _strings(match, "gateways", "gateway"),
+                                 tuple(sorted(source_labels)),
+                                 match.get("sourceNamespace", _namespace), sni, match.path))
+    if key == "tls" and "match" not in entry.value:
+        entry.missing("match")
+    destinations = _destinations(entry)
+    return o.L4Route(cast(Any, key), tuple(matches), destinations, entry.path)
 
 
 def _http_route(entry: Fields) -> o.HttpRoute | None:
     entry.check_keys(HTTP_KEYS, "an http route")
+    delegate = None
     if "delegate" in entry.value:
-        entry.report("delegate", f"delegation {NOT_SUPPORTED}", at_value=False)
+        target = entry.mapping("delegate", "a mapping such as {name: reviews, namespace: nsA}")
+        if target is not None:
+            target.check_keys(("name", "namespace"), "a delegate")
+            name = target.get("name", _dns_label, required=True)
+            if name is None:
+                return None
+            delegate = (name, target.get("namespace", _namespace))
     matches = tuple(m for index, item in enumerate(entry.items("match", "match") or [])
                     if (m := _http_match(entry, item, index)) is not None)
-    action = entry.exclusive(("route", "redirect", "directResponse"), required=True,
+    action = entry.exclusive(("route", "redirect", "directResponse", "delegate"), required=True,
                              what="an http route")
     destinations: tuple[o.Destination, ...] = ()
     redirect = direct = None
@@ -400,7 +449,7 @@ def _http_route(entry: Fields) -> o.HttpRoute | None:
     fault = _fault(entry)
     mirrors = _mirrors(entry)
     cors = _cors(entry)
-    if action != "route":
+    if action not in ("route", "delegate"):  # a delegate's routes inherit them
         for key in ("rewrite", "timeout", "retries", "fault", "mirror", "mirrors"):
             if key in entry.value:
                 entry.report(key, f"{key} needs route (destinations), not {action}",
@@ -412,10 +461,12 @@ def _http_route(entry: Fields) -> o.HttpRoute | None:
         rewrite_path=rewrite_path, rewrite_host=rewrite_host,
         request_headers=request_headers, response_headers=response_headers,
         # Istio turns Envoy's 15 s route timeout off unless a timeout is written.
-        timeout=(0.0 if timeout is None else timeout) if action == "route" else None,
-        retries=retries if action == "route" else None,
+        timeout=(0.0 if timeout is None else timeout) if action in ("route", "delegate")
+        else None,
+        retries=retries if action in ("route", "delegate") else None,
         fault=fault, origin=entry.origin())
-    return o.HttpRoute(matches, rule, destinations, mirrors, cors, entry.path)
+    return o.HttpRoute(matches, rule, destinations, mirrors, cors, entry.path,
+                       frozenset(entry.value), delegate)
 
 
 def _http_match(entry: Fields, item: Any, index: int) -> o.HttpMatch | None:
@@ -425,9 +476,8 @@ def _http_match(entry: Fields, item: Any, index: int) -> o.HttpMatch | None:
         return None
     match.check_keys(MATCH_KEYS, "a match")
     ctx = match.ctx
-    for key in ("sourceLabels", "sourceNamespace", "withoutHeaders", "ignoreUriCase"):
-        if key in match.value:
-            match.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+    if "ignoreUriCase" in match.value:
+        match.report("ignoreUriCase", f"ignoreUriCase {NOT_SUPPORTED}", at_value=False)
     path = None
     if "uri" in match.value:
         path = string_match(ctx, match.value["uri"], (*match.path, "uri"))
@@ -453,6 +503,18 @@ def _http_match(entry: Fields, item: Any, index: int) -> o.HttpMatch | None:
             how = _value_match(ctx, value, at)
             if header is not None and how is not None:
                 headers.append((header, how))
+    # withoutHeaders: the same matches, inverted (Istio: invert_match, a missing header read
+    # as empty; `{}` or regex `*`, "present", becomes "absent").
+    without_spec = match.mapping("withoutHeaders",
+                                 "a mapping of header names to string matches")
+    if without_spec is not None:
+        for name, value in without_spec.value.items():
+            at = (*without_spec.path, name)
+            header = fields.convert_at(ctx, name, at, fields.header_name)
+            how = _value_match(ctx, value, at)
+            if header is not None and how is not None:
+                headers.append((header, StringMatch("absent") if how.kind == "present"
+                                else replace(how, invert=True)))
     query: list[tuple[str, StringMatch]] = []
     query_spec = match.mapping("queryParams", "a mapping of parameter names to string matches")
     if query_spec is not None:
@@ -462,15 +524,19 @@ def _http_match(entry: Fields, item: Any, index: int) -> o.HttpMatch | None:
                 query.append((str(name), how))
     port = match.get("port", fields.PORT)
     gateways = _strings(match, "gateways", "gateway")
+    source_labels = match.get("sourceLabels", fields.labels) or ()
+    source_namespace = match.get("sourceNamespace", _namespace)
     return o.HttpMatch(Match(path=path, methods=methods, headers=tuple(headers),
-                             query=tuple(query), origin=match.origin()), port, gateways)
+                             query=tuple(query), origin=match.origin()), port, gateways,
+                       tuple(sorted(source_labels)), source_namespace)
 
 
 def _value_match(ctx: DocumentContext, value: Any, path: tuple[Any, ...],
                  allow_prefix: bool = True) -> StringMatch | None:
     """A header or query match; `{}` means the header is present (Istio)."""
-    if value == {}:
-        return StringMatch("present")
+    if value == {} or (isinstance(value, dict) and value.get("regex") == "*"
+                       and len(value) == 1):
+        return StringMatch("present")  # regex "*": Istio reads it as present (istio#20629)
     return string_match(ctx, value, path, allow_prefix=allow_prefix)
 
 
@@ -771,6 +837,7 @@ def read_destination_rule(spec: Fields) -> o.DestinationRule | None:
     if "workloadSelector" in spec.value:
         spec.report("workloadSelector", f"workloadSelector {NOT_SUPPORTED}", at_value=False)
     subsets: list[tuple[str, tuple[tuple[str, str], ...]]] = []
+    subset_policies: list[tuple[str, o.SubsetPolicy]] = []
     names: set[str] = set()
     for index, item in enumerate(spec.items("subsets", "subset") or []):
         entry = Fields.at(spec.ctx, item, (*spec.path, "subsets", index),
@@ -780,9 +847,8 @@ def read_destination_rule(spec: Fields) -> o.DestinationRule | None:
         entry.check_keys(("name", "labels", "trafficPolicy"), "a subset")
         name = entry.get("name", fields.name, required=True)
         labels = entry.get("labels", fields.labels) or ()
-        if "trafficPolicy" in entry.value:
-            entry.report("trafficPolicy", f"a subset's own trafficPolicy {NOT_SUPPORTED}",
-                         at_value=False)
+        own = entry.mapping("trafficPolicy", "a mapping such as {loadBalancer: {simple: "
+                                             "ROUND_ROBIN}}")
         if name is None:
             continue
         if name in names:
@@ -790,6 +856,9 @@ def read_destination_rule(spec: Fields) -> o.DestinationRule | None:
             continue
         names.add(name)
         subsets.append((name, labels))
+        if own is not None:
+            subset_policies.append((name, o.SubsetPolicy(_traffic_policy(own),
+                                                          _port_policies(own))))
     policy, ports = o.TrafficPolicy(), ()
     policy_spec = spec.mapping("trafficPolicy", "a mapping such as {loadBalancer: {simple: "
                                                 "ROUND_ROBIN}}")
@@ -798,7 +867,7 @@ def read_destination_rule(spec: Fields) -> o.DestinationRule | None:
         ports = _port_policies(policy_spec)
     if host is None:
         return None
-    return o.DestinationRule(host, tuple(subsets), policy, ports)
+    return o.DestinationRule(host, tuple(subsets), policy, ports, tuple(subset_policies))
 
 
 def _port_policies(spec: Fields) -> tuple[tuple[int, o.TrafficPolicy], ...]:
@@ -827,8 +896,9 @@ def _traffic_policy(spec: Fields, port_level: bool = False) -> o.TrafficPolicy:
     breaker, connect_timeout, per_connection = _connection_pool(spec)
     outlier = _outlier(spec)
     mode, upstream = _tls(spec)
+    written = frozenset(key for key in POLICY_KEYS[:4] if key in spec.value)
     return o.TrafficPolicy(lb, options, hash_on, breaker, connect_timeout, per_connection,
-                           outlier, mode, upstream)
+                           outlier, mode, upstream, written)
 
 
 def _load_balancer(spec: Fields):  # type: ignore[no-untyped-def]
@@ -963,15 +1033,31 @@ def _tls(spec: Fields):  # type: ignore[no-untyped-def]
                      "tls")
     mode = entry.get("mode", fields.choice(("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")),
                      required=True)
-    for key in ("clientCertificate", "privateKey", "credentialName", "subjectAltNames"):
+    for key in ("credentialName", "subjectAltNames"):
         if key in entry.value:
             entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
-    if mode == "MUTUAL":
-        entry.report("mode", f"MUTUAL (a client certificate of your own) {NOT_SUPPORTED}; "
-                             "ISTIO_MUTUAL uses meshpilot's CA")
-        return None, None
-    if mode != "SIMPLE":
+    if mode != "MUTUAL":
+        for key in ("clientCertificate", "privateKey"):
+            if key in entry.value:
+                entry.report(key, f"{key} is for tls mode MUTUAL", at_value=False)
+    if mode not in ("SIMPLE", "MUTUAL"):
         return mode, None
+    client = None
+    if mode == "MUTUAL":  # the certificate Envoy presents to the endpoints: files
+        cert = entry.get("clientCertificate", fields.string, required=True)
+        key = entry.get("privateKey", fields.string, required=True)
+        if cert is None or key is None:
+            return None, None
+        try:
+            chain, private, _ = tls_files.read_certificate(cert, key)
+        except tls_files.FieldError as problem:
+            entry.report("clientCertificate" if problem.field == "cert" else "privateKey",
+                         str(problem))
+            return None, None
+        client = TlsCertificate(cert, key, chain, private,
+                                position=entry.ctx.document.position_of(
+                                    (*entry.path, "clientCertificate")),
+                                origin=entry.origin("clientCertificate"))
     ca_path = entry.get("caCertificates", fields.string)
     skip = entry.get("insecureSkipVerify", fields.boolean) or False
     ca = None
@@ -982,9 +1068,10 @@ def _tls(spec: Fields):  # type: ignore[no-untyped-def]
             entry.report("caCertificates", str(problem))
             return None, None
     verify = ca is not None and not skip
-    return "SIMPLE", UpstreamTls(sni=entry.get("sni", fields.dns_name), verify=verify,
-                                 ca_path=ca_path if verify else None,
-                                 ca=ca if verify else None, origin=entry.origin())
+    return mode, UpstreamTls(sni=entry.get("sni", fields.dns_name), verify=verify,
+                             ca_path=ca_path if verify else None,
+                             ca=ca if verify else None, origin=entry.origin(),
+                             client_certificate=client)
 
 
 # ---- Sidecar ------------------------------------------------------------------------------------
@@ -1058,9 +1145,9 @@ def _server(entry: Fields) -> o.Server | None:
         name = port_spec.get("name", fields.string) or ""
         protocol = port_spec.get("protocol", lambda v: fields.choice(PROTOCOLS)(
             fields.string(v).upper()), required=True)
-        if protocol is not None and protocol not in ("HTTP", "HTTPS", "HTTP2"):
-            port_spec.report("protocol", f"a {protocol} server {NOT_SUPPORTED}; HTTP and HTTPS "
-                                         "are")
+        if protocol is not None and protocol not in SERVER_PROTOCOLS:
+            port_spec.report("protocol", f"a {protocol} server {NOT_SUPPORTED}; HTTP, HTTPS, "
+                                         "TCP and TLS are")
             protocol = None
     hosts = []
     for index, host in enumerate(_strings(entry, "hosts", "host")):
@@ -1072,11 +1159,61 @@ def _server(entry: Fields) -> o.Server | None:
     if "hosts" not in entry.value:
         entry.missing("hosts")
     bind = entry.get("bind", fields.ip_address)
-    tls, redirect = _server_tls(entry, protocol)
-    if number is None or protocol is None or not hosts:
+    kind = SERVER_PROTOCOLS.get(protocol or "")
+    if kind == "HTTPS" and _mode_of(entry) == "PASSTHROUGH":
+        kind = "TLS"  # Istio: an HTTPS server passed through is a TLS one
+    tls, redirect = None, False
+    if kind in ("TCP", "TLS"):
+        if not _passthrough(entry, kind) and kind == "TLS":
+            return None
+    else:
+        tls, redirect = _server_tls(entry, protocol)
+    if number is None or kind is None or not hosts:
         return None
-    return o.Server(number, name, "HTTPS" if protocol == "HTTPS" else "HTTP", tuple(hosts), tls,
-                    redirect, bind, entry.path)
+    return o.Server(number, name, cast(Any, kind), tuple(hosts), tls, redirect, bind,
+                    entry.path)
+
+
+# A server's protocol -> what meshpilot makes of it (TCP ones: a TCP proxy, no HTTP).
+SERVER_PROTOCOLS = {"HTTP": "HTTP", "HTTP2": "HTTP", "HTTPS": "HTTPS", "TCP": "TCP",
+                    "MONGO": "TCP", "MYSQL": "TCP", "REDIS": "TCP", "TLS": "TLS"}
+
+
+def _mode_of(entry: Fields) -> Any:
+    spec = entry.value.get("tls")
+    return spec.get("mode") if isinstance(spec, dict) else None
+
+
+def _passthrough(entry: Fields, kind: str) -> bool:
+    """A TCP server takes no tls; a TLS one must pass it through (by SNI, to tls routes).
+    True: a valid TLS passthrough server."""
+    spec = entry.mapping("tls", "a mapping such as {mode: PASSTHROUGH}")
+    if kind == "TCP":
+        if spec is not None:
+            entry.report("tls", "a TCP server takes no tls (TLS is protocol TLS)",
+                         at_value=False)
+        return False
+    if spec is None:
+        entry.report("tls", "a TLS server needs tls: {mode: PASSTHROUGH}", at_value=False)
+        return False
+    spec.check_keys(("mode", "serverCertificate", "privateKey", "caCertificates",
+                     "credentialName", "credentialNames", "subjectAltNames",
+                     "minProtocolVersion", "maxProtocolVersion", "cipherSuites",
+                     "httpsRedirect"), "tls")
+    mode = spec.get("mode", fields.choice(("SIMPLE", "MUTUAL", "PASSTHROUGH",
+                                           "AUTO_PASSTHROUGH", "ISTIO_MUTUAL",
+                                           "OPTIONAL_MUTUAL")), required=True)
+    if mode is None:
+        return False
+    if mode != "PASSTHROUGH":
+        spec.report("mode", f"a TLS server with tls mode {mode} (TLS ended, then TCP) "
+                            f"{NOT_SUPPORTED}; PASSTHROUGH is (an HTTPS server ends TLS)")
+        return False
+    for key in spec.value:
+        if key != "mode":
+            spec.report(key, f"{key} is not for tls mode PASSTHROUGH (the backend ends TLS)",
+                        at_value=False)
+    return True
 
 
 def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None, bool]:
@@ -1095,7 +1232,7 @@ def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None
             if key != "httpsRedirect":
                 spec.report(key, f"{key} is for HTTPS servers", at_value=False)
         return None, redirect
-    for key in ("credentialName", "credentialNames", "caCertificates", "subjectAltNames",
+    for key in ("credentialName", "credentialNames", "subjectAltNames",
                 "maxProtocolVersion", "cipherSuites"):
         if key in spec.value:
             spec.report(key, f"{key} {NOT_SUPPORTED}; use serverCertificate and privateKey "
@@ -1103,8 +1240,22 @@ def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None
     mode = spec.get("mode", fields.choice(("SIMPLE", "MUTUAL", "PASSTHROUGH",
                                            "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")),
                     required=True)
-    if mode is not None and mode != "SIMPLE":
-        spec.report("mode", f"tls mode {mode} {NOT_SUPPORTED}; SIMPLE is")
+    if mode is not None and mode not in ("SIMPLE", "MUTUAL"):
+        spec.report("mode", f"tls mode {mode} {NOT_SUPPORTED}; SIMPLE and MUTUAL are")
+        return None, redirect
+    client_ca = None
+    ca_path = spec.get("caCertificates", fields.string, required=mode == "MUTUAL")
+    if mode != "MUTUAL" and ca_path is not None:
+        spec.report("caCertificates", "caCertificates (the clients' CA) is for tls mode MUTUAL",
+                    at_value=False)
+        return None, redirect
+    if ca_path is not None:
+        try:
+            client_ca = tls_files.read_ca(ca_path)
+        except tls_files.TlsFileError as problem:
+            spec.report("caCertificates", str(problem))
+            return None, redirect
+    elif mode == "MUTUAL":
         return None, redirect
     cert = spec.get("serverCertificate", fields.string, required=True)
     key = spec.get("privateKey", fields.string, required=True)
@@ -1123,7 +1274,8 @@ def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None
                                      (*spec.path, "serverCertificate")),
                                  origin=spec.origin("serverCertificate"))
     return ListenerTls((certificate,), cast(Any, versions.get(minimum or "TLS_AUTO")),
-                       origin=spec.origin()), redirect
+                       origin=spec.origin(), client_ca=client_ca,
+                       client_ca_path=ca_path), redirect
 
 
 # ---- security -----------------------------------------------------------------------------------

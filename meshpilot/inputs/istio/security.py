@@ -70,10 +70,14 @@ class Policies:
 
     # -- the ingress gateway: RequestAuthentication and AuthorizationPolicy, on its Routes --
 
-    def jwt_for_workload(self, workload: Doc) -> Jwt | None:
+    def jwt_for_workload(self, workload: Doc,
+                         jwks_service: Callable[[Doc, tuple[Any, ...], str], str | None]
+                         ) -> Jwt | None:
         """The JWT providers of the RequestAuthentications that apply to a workload (the root
         namespace's and its namespace's without selector, its namespace's selecting it), on
-        its sidecar's inbound: keys inline only (the sidecar has no cluster to fetch them)."""
+        its sidecar's inbound: keys inline, or fetched from `jwksUri` through the cluster of
+        the ServiceEntry that declares its host (`jwks_service`), which the sidecar then
+        receives."""
         ns = workload.item.namespace
         labels = workload.item.spec.spec.labels  # type: ignore[union-attr]
         providers: list[JwtProvider] = []
@@ -87,18 +91,21 @@ class Policies:
                 continue
             for index, rule in enumerate(spec.rules):
                 path = ("spec", "jwtRules", index)
-                if rule.jwks is None:
-                    doc.error((*path, "jwksUri"), f"jwksUri for a workload's sidecar "
-                                                  f"{NOT_SUPPORTED}: write the keys as jwks "
-                                                  f"(workload {workload.ctx.name})")
-                    continue
                 if rule.output_payload_to_header is not None:
                     doc.error((*path, "outputPayloadToHeader"),
                               f"outputPayloadToHeader {NOT_SUPPORTED}")
                     continue
+                if rule.jwks is not None:
+                    jwks = Jwks(inline=rule.jwks)
+                else:
+                    assert rule.jwks_uri is not None
+                    service = jwks_service(doc, (*path, "jwksUri"), rule.jwks_uri)
+                    if service is None:
+                        continue
+                    jwks = Jwks(uri=rule.jwks_uri, service=service)
                 providers.append(JwtProvider(
                     name=f"{doc.item.namespace}.{doc.item.name}[{index}]", issuer=rule.issuer,
-                    jwks=Jwks(inline=rule.jwks), audiences=rule.audiences,
+                    jwks=jwks, audiences=rule.audiences,
                     from_headers=rule.from_headers, from_params=rule.from_params,
                     forward=rule.forward_original_token, origin=doc.ctx.origin(path)))
         return Jwt(tuple(providers), required=False) if providers else None
