@@ -14,8 +14,8 @@ object per line on stdin with one JSON line on stdout:
   it) and `cache.set()` it. Answers t0 (CLOCK_MONOTONIC, taken just before `cache.set`) and CPU.
 - `wait_acked {version, timeout}`: wait until every stream has ACKed that CDS version; answers the
   CPU time then, and per stream when the server planned the response and recorded the ACK.
-- `change {..., profile: true}` starts cProfile (event-loop thread) just before `cache.set`;
-  `profile_stop {path}` ends it and answers the top functions.
+- `change {..., profile: true}` starts cProfile (event-loop thread) just before `cache.set`,
+  `profile_start` now; `profile_stop {path}` ends it and answers the top functions.
 - `memory`: RSS now, then after `gc.collect()` and glibc `malloc_trim(0)` (what the allocator
   keeps but Python no longer uses), and the Python objects the streams' state holds.
 - `quit`.
@@ -204,6 +204,12 @@ class Server:
                     total += size(state.known)
         return total
 
+    def profile_start(self) -> dict[str, Any]:
+        """cProfile on the event-loop thread from now until `profile_stop` (a storm, say)."""
+        self.profile = cProfile.Profile()
+        self.profile.enable()
+        return self.stats()
+
     def profile_stop(self, path: str, top: int = 30) -> dict[str, Any]:
         if self.profile is None:
             return {"error": "no profile running"}
@@ -281,6 +287,8 @@ async def serve(args: argparse.Namespace) -> None:
                     answer(server.forget_streams())
                 elif cmd == "memory":
                     answer(server.memory())
+                elif cmd == "profile_start":
+                    answer(server.profile_start())
                 elif cmd == "profile_stop":
                     answer(server.profile_stop(**command))
                 else:

@@ -47,6 +47,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-ms", type=float, help="convergence: ms between probes")
     parser.add_argument("--storm-streams", type=int, action="append", metavar="N",
                         help="storm: stream counts (repeatable; default 1000 and 5000)")
+    parser.add_argument("--storm-profile", action="store_true",
+                        help="storm: one more storm per row under cProfile (not counted)")
+    parser.add_argument("--storm-storms", type=int, metavar="N",
+                        help="storm: reconnect storms per row (default 3)")
     parser.add_argument("--traffic-edits", type=int, help="traffic: edits under load")
     parser.add_argument("--sovereign", metavar="PYTHON",
                         help="sidebyside: the python of a virtualenv with sovereign installed "
@@ -131,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                     scfg = fanout.FanoutConfig.storm(quick=args.quick)
                     if args.clusters:
                         scfg.clusters = args.clusters
+                    scfg.profile_storm = args.storm_profile
+                    if args.storm_storms:
+                        scfg.storms = args.storm_storms
                     counts = tuple(args.storm_streams or ((100,) if args.quick
                                                           else (1000, 5000)))
                     result = fanout.run_storm(scfg, counts, work / "storm", out, log)
