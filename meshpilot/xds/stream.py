@@ -549,8 +549,13 @@ class XdsStream:
             payload = wire.sotw_response(version=plan.version, type_url=state.type_url,
                                          resources_body=body, nonce=nonce,
                                          control_plane_bytes=self._control_plane)
-        state.last_changed = (tuple(plan.changed) if full
-                              else tuple(r.name for r in plan.send))
+        if full and len(plan.changed) == len(plan.desired):
+            # Everything changed (a first response): the map's own names tuple, shared by
+            # every stream, not a copy of a thousand names each.
+            state.last_changed = plan.desired.names()  # type: ignore[union-attr]
+        else:
+            state.last_changed = (tuple(plan.changed) if full
+                                  else tuple(r.name for r in plan.send))
         state.known = plan.desired
         state.known_shared = isinstance(plan.desired, ResourceMap)
         state.force.clear()
