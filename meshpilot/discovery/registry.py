@@ -321,7 +321,12 @@ class EndpointRegistry:
         self._counts[key] -= 1
         if not self._counts[key]:
             del self._counts[key]
-        self._services[instance.service].drop(instance)
+        found = self._services[instance.service]
+        found.drop(instance)
+        if not found:
+            # Its history goes too: a tuple of a later one has another history, which a
+            # translator that built from this one's endpoints sees (and builds anew).
+            del self._services[instance.service]
         return instance
 
     def renew(self, instance_id: str) -> Instance:
