@@ -49,6 +49,7 @@ class FanoutConfig:
     change_timeout_s: float = 120.0
     quiet_s: float = 0.5
     storms: int = 0  # reconnect storms after the changes (scenario `storm`)
+    profile_storm: bool = False  # one more storm under cProfile (server loop), not counted
 
     @classmethod
     def storm(cls, quick: bool = False) -> FanoutConfig:
@@ -187,6 +188,16 @@ def _run_mode(cfg: FanoutConfig, mode: str, policy: Path, work: Path, out_dir: P
                 f" {entry['bytes_per_stream']['total']['median'] / 1e3:.1f} kB/stream")
         timed = [c for c in changes if not c["profiled"]]
         storms = [_storm(cfg, server, clients, mode, s, log) for s in range(cfg.storms)]
+        storm_profile = None
+        if cfg.storms and cfg.profile_storm:
+            server.call(30, cmd="profile_start")
+            _storm(cfg, server, clients, mode, cfg.storms, log)
+            storm_profile = server.call(60, cmd="profile_stop", path=str(
+                out_dir / f"storm_profile_{mode}_{cfg.streams}.txt"))
+            log(f"    storm under cProfile: {storm_profile.get('total_tottime_s', 0):.2f}s on "
+                f"the loop; hottest: " + ", ".join(
+                    f"{r['function']} {r['tottime_s']:.2f}s"
+                    for r in storm_profile.get("top", [])[:4]))
 
         def med(key: str, stat: str) -> float | None:
             return summarize(c[key][stat] for c in timed)["median"]
@@ -227,6 +238,7 @@ def _run_mode(cfg: FanoutConfig, mode: str, policy: Path, work: Path, out_dir: P
             },
             "changes": changes,
             "storms": storms,
+            "storm_profile": storm_profile,
             "storm_summary": {
                 "all_in_sync_ms": summarize(s["all_in_sync_ms"] for s in storms),
                 "bytes_per_stream": summarize(s["bytes_per_stream"]["median"] for s in storms),

@@ -121,15 +121,15 @@ def _incremental(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]
 
 
 def _storm(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
-    headers = ["mode", "streams", "clusters", "recv p50 ms", "recv max", "all ACKs",
-               "initial sync s", "RSS/stream KiB", "storm: all in sync ms",
+    headers = ["mode", "streams", "clusters", "recv p50 ms", "recv p99", "recv max",
+               "all ACKs", "initial sync s", "RSS/stream KiB", "storm: all in sync ms",
                "storm: bytes re-sent (all)", "storm: server CPU s"]
     rows = []
     for m in result["modes"]:
         s, st = m["summary"], m.get("storm_summary") or {}
         rows.append([m["mode"], m["streams"], m["clusters"], s["receive_p50_ms"],
-                     s["receive_max_ms"], s["ack_recorded_max_ms"], m["initial_sync_s"],
-                     m["rss_per_stream_bytes"] / 1024,
+                     s["receive_p99_ms"], s["receive_max_ms"], s["ack_recorded_max_ms"],
+                     m["initial_sync_s"], m["rss_per_stream_bytes"] / 1024,
                      (st.get("all_in_sync_ms") or {}).get("median"),
                      (st.get("bytes_all_streams") or {}).get("median"),
                      (st.get("server_cpu_s") or {}).get("median")])
@@ -139,6 +139,53 @@ def _storm(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str
     note = (f"{cfg['changes']} changes and {cfg['storms']} storms per row (medians). Storm: every "
             "stream and TCP connection dropped at once, all reconnect claiming what they held; "
             "from the first drop until the server saw every new stream in sync.")
+    ratios = storm_ratios(result)
+    if ratios:
+        note += " Ratios (issue 18): " + "; ".join(ratios) + "."
+    return title, headers, rows, note
+
+
+def storm_ratios(result: dict[str, Any]) -> list[str]:
+    """Issue 18's ratios from one storm run: a delta storm over a SotW one at each stream
+    count (target <= 1.5), and the change's receive p99 at the most streams over that at the
+    fewest, per mode (target <= 10 for 10x the streams)."""
+    by: dict[tuple[str, int], dict[str, Any]] = {(m["mode"], m["streams"]): m
+                                                 for m in result["modes"]}
+    out = []
+    for n in sorted({k[1] for k in by}):
+        sotw, delta = by.get(("sotw", n)), by.get(("delta", n))
+        if sotw and delta and sotw.get("storm_summary") and delta.get("storm_summary"):
+            a = sotw["storm_summary"]["all_in_sync_ms"]["median"]
+            b = delta["storm_summary"]["all_in_sync_ms"]["median"]
+            if a and b:
+                out.append(f"{n:,} streams: delta storm / SotW storm {b / a:.2f}x "
+                           f"({b:,.0f} / {a:,.0f} ms)")
+    for mode in sorted({k[0] for k in by}):
+        counts = sorted(n for m, n in by if m == mode)
+        if len(counts) > 1:
+            low, high = by[(mode, counts[0])], by[(mode, counts[-1])]
+            p_low = low["summary"]["receive_p99_ms"]
+            p_high = high["summary"]["receive_p99_ms"]
+            if p_low and p_high:
+                out.append(f"{mode}: receive p99 at {counts[-1]:,} / at {counts[0]:,} streams "
+                           f"{p_high / p_low:.1f}x ({p_high:,.0f} / {p_low:,.0f} ms)")
+    return out
+
+
+def _registration(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    headers = ["round", "first 20: median ms", "CPU ms", "last 20: median ms", "CPU ms",
+               "ratio (wall)", "ratio (CPU)", "assignments bytes"]
+    rows = [[i + 1, r["first_wall_ms"], r["first_cpu_ms"], r["last_wall_ms"], r["last_cpu_ms"],
+             r["ratio_wall"], r["ratio_cpu"], r["assignment_bytes"]]
+            for i, r in enumerate(result["rounds"])]
+    cfg, s = result["config"], result["summary"]
+    title = (f"registration: the first and the {cfg['registrations']:,}th registration of one "
+             "Service")
+    note = (f"register + apply_endpoints (registry, assignments, every view's snapshot, cache), "
+            f"{cfg['services']} Services with subsets on one Gateway; medians of registrations "
+            f"1-{cfg['window']} and of the last {cfg['window']}. Median ratio over rounds "
+            f"{s['ratio_wall']:.2f}x wall, {s['ratio_cpu']:.2f}x CPU (target <= "
+            f"{cfg['target_ratio']}).")
     return title, headers, rows, note
 
 
@@ -195,9 +242,10 @@ def _replicas(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], 
 _BUILDERS = {"convergence": _convergence, "prepush": _prepush, "fanout": _fanout,
              "translation": _translation, "policy_language": _policy_language,
              "incremental": _incremental, "storm": _storm, "traffic": _traffic,
-             "sidebyside": _sidebyside, "replicas": _replicas}
+             "sidebyside": _sidebyside, "replicas": _replicas, "registration": _registration}
 _DIGITS = {"convergence": 1, "prepush": 1, "fanout": 1, "translation": 3, "policy_language": 3,
-           "incremental": 1, "storm": 1, "traffic": 0, "sidebyside": 1, "replicas": 1}
+           "incremental": 1, "storm": 1, "traffic": 0, "sidebyside": 1, "replicas": 1,
+           "registration": 2}
 
 
 def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any]], str]]:
@@ -207,7 +255,7 @@ def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[l
             out.append((name, *_BUILDERS[name](results[name])))
     if results.get("translation", {}).get("services"):
         out.append(("policy_language", *_policy_language(results["translation"])))
-    for name in ("incremental", "storm", "traffic", "sidebyside", "replicas"):
+    for name in ("incremental", "storm", "traffic", "sidebyside", "replicas", "registration"):
         if name in results:
             out.append((name, *_BUILDERS[name](results[name])))
     return out

@@ -8,7 +8,8 @@ incremental (one Service edited: the full reload it costs today), storm (1,000 a
 then a reconnect storm), traffic (steady load through a real Envoy during 100 route/weight edits),
 sidebyside (start-to-first-served-request: static bootstrap vs meshpilot vs sovereign),
 replicas (replicas on a real etcd: registration on A served by an Envoy on B, beside one
-process; kill -9 failover of an Envoy's replica).
+process; kill -9 failover of an Envoy's replica), registration (the first and the 2,000th
+self-registration of one Service).
 PNG plots are written next to report.md when matplotlib is installed (the `bench` extra).
 Writes `<out>/<scenario>.json` (raw samples and summaries) and `<out>/report.md`.
 `--quick` is a smoke run (small sizes, under a minute); the default run takes several minutes.
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = ("convergence", "prepush", "fanout", "translation", "incremental", "storm",
-             "traffic", "sidebyside", "replicas")
+             "traffic", "sidebyside", "replicas", "registration")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -47,6 +48,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--poll-ms", type=float, help="convergence: ms between probes")
     parser.add_argument("--storm-streams", type=int, action="append", metavar="N",
                         help="storm: stream counts (repeatable; default 1000 and 5000)")
+    parser.add_argument("--storm-profile", action="store_true",
+                        help="storm: one more storm per row under cProfile (not counted)")
+    parser.add_argument("--storm-storms", type=int, metavar="N",
+                        help="storm: reconnect storms per row (default 3)")
     parser.add_argument("--traffic-edits", type=int, help="traffic: edits under load")
     parser.add_argument("--sovereign", metavar="PYTHON",
                         help="sidebyside: the python of a virtualenv with sovereign installed "
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         fanout,
         incremental,
         plots,
+        registration,
         replicas,
         report,
         sidebyside,
@@ -131,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                     scfg = fanout.FanoutConfig.storm(quick=args.quick)
                     if args.clusters:
                         scfg.clusters = args.clusters
+                    scfg.profile_storm = args.storm_profile
+                    if args.storm_storms:
+                        scfg.storms = args.storm_storms
                     counts = tuple(args.storm_streams or ((100,) if args.quick
                                                           else (1000, 5000)))
                     result = fanout.run_storm(scfg, counts, work / "storm", out, log)
@@ -140,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                     if args.traffic_edits:
                         rcfg.edits = args.traffic_edits
                     result = traffic.run(rcfg, work / "traffic", log)
+                elif name == "registration":
+                    gcfg = (registration.RegistrationConfig.quick() if args.quick
+                            else registration.RegistrationConfig())
+                    result = registration.run(gcfg, work / "registration", log)
                 elif name == "replicas":
                     pcfg = (replicas.ReplicasConfig.quick() if args.quick
                             else replicas.ReplicasConfig())

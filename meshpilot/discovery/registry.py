@@ -15,6 +15,7 @@ removes the lapsed ones and is called periodically by the application.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import ipaddress
 import threading
@@ -23,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from meshpilot.ir.discovered import ADDED, REMOVED, Change, DiscoveredEndpoints, EndpointHistory
 from meshpilot.ir.model import Endpoint, Labels
 
 ChangeCallback = Callable[[frozenset[str]], None]
@@ -103,6 +105,76 @@ class _Bucket:
 _AddressKey = tuple[str, str, str, int]  # (source, service, host, port)
 
 
+class _ServiceEndpoints:
+    """One service's discovered endpoints, kept sorted as instances come and go: one endpoint
+    per address (host, port), that of the instance first by (source, id). Each change costs a
+    binary search and a list insertion, not a sort of every instance; the tuple handed out is
+    made once per change and carries the history of changes (`ir/discovered.py`)."""
+
+    __slots__ = ("_tuple", "addresses", "endpoints", "history", "holders")
+
+    def __init__(self) -> None:
+        self.addresses: list[tuple[str, int]] = []  # sorted
+        self.endpoints: list[Endpoint] = []  # the winner at each address, aligned
+        # address -> {(source, id): endpoint} of every instance there
+        self.holders: dict[tuple[str, int], dict[tuple[str, str], Endpoint]] = {}
+        self.history = EndpointHistory()
+        self._tuple: DiscoveredEndpoints | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.addresses)
+
+    def put(self, instance: Instance) -> None:
+        address = (instance.host, instance.port)
+        holders = self.holders.setdefault(address, {})
+        before = self._winner(holders)
+        holders[(instance.source, instance.id)] = instance.endpoint()
+        self._changed(address, before, self._winner(holders))
+
+    def drop(self, instance: Instance) -> None:
+        address = (instance.host, instance.port)
+        holders = self.holders.get(address)
+        if holders is None:
+            return
+        before = self._winner(holders)
+        if holders.pop((instance.source, instance.id), None) is None:
+            return
+        if not holders:
+            del self.holders[address]
+        self._changed(address, before, self._winner(holders))
+
+    @staticmethod
+    def _winner(holders: Mapping[tuple[str, str], Endpoint]) -> Endpoint | None:
+        return holders[min(holders)] if holders else None
+
+    def _changed(self, address: tuple[str, int], before: Endpoint | None,
+                 after: Endpoint | None) -> None:
+        if before is after or before == after:
+            return
+        i = bisect.bisect_left(self.addresses, address)
+        changes: list[Change] = []
+        if before is not None:
+            changes.append((REMOVED, before))
+        if after is None:
+            del self.addresses[i]
+            del self.endpoints[i]
+        elif before is None:
+            self.addresses.insert(i, address)
+            self.endpoints.insert(i, after)
+        else:
+            self.endpoints[i] = after
+        if after is not None:
+            changes.append((ADDED, after))
+        self.history.record(changes)
+        self._tuple = None
+
+    def tuple(self) -> DiscoveredEndpoints:
+        if self._tuple is None:
+            self._tuple = DiscoveredEndpoints(self.endpoints, self.history,
+                                              self.history.version)
+        return self._tuple
+
+
 class EndpointRegistry:
     def __init__(self, clock: Clock = time.monotonic, limits: Mapping[str, Limits] | None = None):
         """`limits`: per source (e.g. {"registration": Limits()}); a source without limits
@@ -119,6 +191,8 @@ class EndpointRegistry:
         # since) are skipped when they come up, so a sweep costs what lapsed, not what lives.
         self._expiries: list[tuple[float, str]] = []
         self._callbacks: list[ChangeCallback] = []
+        # Each service's endpoints, kept sorted as instances come and go (what endpoints() reads).
+        self._services: dict[str, _ServiceEndpoints] = {}
         self.generation = 0  # bumped on every change
 
     # ---- callbacks -----------------------------------------------------------------------------
@@ -231,6 +305,10 @@ class EndpointRegistry:
             instance.id
         key = (instance.source, instance.service)
         self._counts[key] = self._counts.get(key, 0) + 1
+        found = self._services.get(instance.service)
+        if found is None:
+            found = self._services[instance.service] = _ServiceEndpoints()
+        found.put(instance)
 
     def _drop(self, instance_id: str) -> Instance | None:
         instance = self._instances.pop(instance_id, None)
@@ -243,6 +321,12 @@ class EndpointRegistry:
         self._counts[key] -= 1
         if not self._counts[key]:
             del self._counts[key]
+        found = self._services[instance.service]
+        found.drop(instance)
+        if not found:
+            # Its history goes too: a tuple of a later one has another history, which a
+            # translator that built from this one's endpoints sees (and builds anew).
+            del self._services[instance.service]
         return instance
 
     def renew(self, instance_id: str) -> Instance:
@@ -310,23 +394,19 @@ class EndpointRegistry:
 
     def endpoints(self) -> dict[str, tuple[Endpoint, ...]]:
         """Every service's discovered endpoints, in a deterministic order, one per address
-        (an address found by two sources is one endpoint: the first source by name wins)."""
+        (an address found by two sources is one endpoint: the first source by name wins).
+
+        Each service's tuple is kept between calls and made again only when that service
+        changed; it is a `DiscoveredEndpoints`, which tells a translator what changed since an
+        earlier one (the 2,000th registration of a Service costs what the first does)."""
         with self._lock:
-            ordered = sorted(self._instances.values(),
-                             key=lambda i: (i.service, i.host, i.port, i.source, i.id))
-        result: dict[str, list[Endpoint]] = {}
-        seen: set[tuple[str, str, int]] = set()
-        for instance in ordered:
-            key = (instance.service, instance.host, instance.port)
-            if key not in seen:
-                seen.add(key)
-                result.setdefault(instance.service, []).append(instance.endpoint())
-        return {service: tuple(endpoints) for service, endpoints in result.items()}
+            return {service: found.tuple() for service, found in sorted(self._services.items())
+                    if found}
 
     def counts(self) -> dict[str, int]:
         """Instances per source."""
         with self._lock:
             counts: dict[str, int] = {}
-            for instance in self._instances.values():
-                counts[instance.source] = counts.get(instance.source, 0) + 1
+            for (source, _), count in self._counts.items():
+                counts[source] = counts.get(source, 0) + count
         return counts

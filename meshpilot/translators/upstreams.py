@@ -4,17 +4,23 @@ every view (gateways and sidecars) that sends to them.
 This module owns the cluster of a whole service or a subset (with the mesh's mTLS origination),
 its ClusterLoadAssignment for EDS clusters, the CA Secret of a service with upstream TLS, and
 the endpoints discovered at run time (meshpilot.discovery), added to the policy's. A change of
-discovered endpoints (`with_endpoints`) rebuilds only the affected services' clusters.
+discovered endpoints (`with_endpoints`) rebuilds only the affected services' clusters, and of
+those only the assignments when it can: patched by the endpoints that came and went
+(`assignments.py`), the cluster kept, so a registration costs the same whatever the size of
+its Service.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from meshpilot.base import types
+from meshpilot.ir.discovered import DiscoveredEndpoints
 from meshpilot.ir.model import Endpoint, Model, Service
 from meshpilot.translators import clusters, endpoints, failover, mtls, names, secrets
+from meshpilot.translators.assignments import Assignment
 from meshpilot.translators.reuse import NOTHING, BuiltCluster, Earlier
 from meshpilot.xds.resources import Resource
 
@@ -33,6 +39,9 @@ class Upstreams:
         self._earlier = earlier
         self._built: dict[str, BuiltCluster] = {}  # by cluster name
         self._ca_secrets: dict[str, tuple[Resource, ...]] = {}  # by service
+        # Patchable forms of built assignments, by cluster name (made on a first patch).
+        self._assignments: dict[str, Assignment] = {}
+        self._services: dict[str, Service | None] = {}  # service(): made once per name
 
     @property
     def built(self) -> Mapping[str, BuiltCluster]:
@@ -43,16 +52,19 @@ class Upstreams:
         """The policy's Service with its discovered endpoints added (an address already written
         in the policy is not added twice). Discovered endpoints are IPs, so they never change a
         service's cluster type; a service with none at all still gets its (EDS) cluster."""
+        if name in self._services:
+            return self._services[name]
         service = self.model.service(name)
         found = self.discovered.get(name)
-        if service is None or not found:
-            return service
-        static = {(e.host, e.port) for e in service.endpoints}
-        extra = tuple(e for e in found if (e.host, e.port) not in static)
-        if not extra:
-            return service
-        return replace(service, endpoints=service.endpoints + extra, subset_services=tuple(
-            (n, replace(s, endpoints=s.endpoints + extra)) for n, s in service.subset_services))
+        if service is not None and found:
+            extra = _not_at(found, service.endpoints)
+            if extra:  # a subset with a traffic policy of its own (Istio) gets them too
+                service = replace(service, endpoints=service.endpoints + extra,
+                                  subset_services=tuple(
+                                      (n, replace(s, endpoints=s.endpoints + extra))
+                                      for n, s in service.subset_services))
+        self._services[name] = service
+        return service
 
     def resources(self, service_name: str, subset: str | None) -> tuple[Resource, ...]:
         """The cluster (and, for EDS, its assignment) of a service or subset, built once."""
@@ -73,17 +85,84 @@ class Upstreams:
 
     def changed_services(self, discovered: Discovered) -> set[str]:
         return {s for s in set(self.discovered) | set(discovered)
-                if self.discovered.get(s, ()) != discovered.get(s, ())}
+                if (old := self.discovered.get(s, ())) is not (now := discovered.get(s, ()))
+                and old != now}
 
     def with_endpoints(self, discovered: Discovered) -> Upstreams:
         """These upstreams with other discovered endpoints: every cluster of an unaffected
-        service is kept, the affected ones are built again on first use."""
+        service is kept; of an affected one, the cluster is kept and its assignment patched
+        where that gives what a new build would (`_patched`), else both are built again on
+        first use."""
         changed = self.changed_services(discovered)
         new = Upstreams(self.model, discovered, self.trust, self._earlier)
-        new._built = {name: built for name, built in self._built.items()
-                      if names.service_of_cluster(name, changed.__contains__) not in changed}
+        for name, built in self._built.items():
+            service = names.service_of_cluster(name, changed.__contains__)
+            if service not in changed:
+                new._built[name] = built
+                if name in self._assignments:
+                    new._assignments[name] = self._assignments[name]
+                continue
+            patched = self._patched(new, name, service, built)
+            if patched is not None:
+                new._built[name], new._assignments[name] = patched
         new._ca_secrets = self._ca_secrets  # CA files do not depend on endpoints
         return new
+
+    def _patched(self, new: Upstreams, name: str, service_name: str, built: BuiltCluster
+                 ) -> tuple[BuiltCluster, Assignment] | None:
+        """The cluster `name` of `service_name` for `new`'s discovered endpoints, from what was
+        built for ours: the same cluster, the assignment patched by the endpoints that came and
+        went. None (build it anew) unless that is sure to equal a new build: an EDS cluster
+        whose assignment is its only other resource, endpoints whose history says what changed
+        (`ir/discovered.py`), and discovered endpoints in the cluster before and after (whether
+        there are any is what a cluster's mTLS setting reads of them, `mtls.secure_cluster`)."""
+        policy = self.model.service(service_name)
+        before = self.discovered.get(service_name)
+        after = new.discovered.get(service_name)
+        if policy is None or built.service is None or not before or \
+                not isinstance(after, DiscoveredEndpoints):
+            return None
+        resources = built.resources
+        if len(resources) != 2 or resources[0].type_url != types.CLUSTER or \
+                resources[1].type_url != types.ENDPOINT:
+            return None
+        changes = after.changes_since(before)
+        if changes is None:
+            return None
+        assignment = self._assignments.get(name)
+        if assignment is None:
+            subset = None if name == service_name else name[len(service_name) + 1:]
+            assignment = Assignment.of(built.service, subset, policy.endpoints, resources[1])
+            if assignment is None:
+                return None
+        patched = assignment.patched(changes)
+        if patched is None or (patched.discovered > 0) != (assignment.discovered > 0):
+            return None
+        return BuiltCluster(new.service(service_name), (resources[0], patched.resource)), patched
+
+
+def _address(endpoint: Endpoint) -> tuple[str, int]:
+    return endpoint.host, endpoint.port
+
+
+def _not_at(found: tuple[Endpoint, ...], policy: tuple[Endpoint, ...]) -> tuple[Endpoint, ...]:
+    """The discovered endpoints `found` at none of the addresses of the policy's `policy`
+    (an address the policy writes is not added twice). The registry's tuples are sorted by
+    address, one endpoint each: a binary search per policy endpoint then, not a pass over
+    every discovered one."""
+    if not policy:
+        return found
+    if isinstance(found, DiscoveredEndpoints):
+        drop = set()
+        for address in {_address(e) for e in policy}:
+            at = bisect.bisect_left(found, address, key=_address)
+            if at < len(found) and _address(found[at]) == address:
+                drop.add(at)
+        if not drop:
+            return found
+        return tuple(e for i, e in enumerate(found) if i not in drop)
+    static = {_address(e) for e in policy}
+    return tuple(e for e in found if _address(e) not in static)
 
 
 def translate_cluster(service: Service | None, subset: str | None,

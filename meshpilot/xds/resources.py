@@ -66,8 +66,8 @@ def set_version(resources: Mapping[str, Resource]) -> str:
 class ResourceMap(Mapping[str, Resource]):
     """All resources of one type in one view: immutable, content-versioned, shared by streams."""
 
-    __slots__ = ("_diffs", "_items", "_name_set", "_names", "_sotw_body", "names_version",
-                 "type_url", "version")
+    __slots__ = ("_claims_memo", "_diffs", "_items", "_name_set", "_names", "_sotw_body",
+                 "_versions", "names_version", "type_url", "version")
 
     def __init__(self, type_url: str, resources: Iterable[Resource] = ()):
         self.type_url = type_url
@@ -81,6 +81,9 @@ class ResourceMap(Mapping[str, Resource]):
         self._names: tuple[str, ...] | None = None
         self._name_set: frozenset[str] | None = None
         self._diffs: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._versions: dict[str, str] | None = None
+        # The newest claims compared with this map, and the answer (see `held_exactly`).
+        self._claims_memo: tuple[Mapping[str, str], bool] | None = None
 
     def __getitem__(self, name: str) -> Resource:
         return self._items[name]
@@ -114,6 +117,29 @@ class ResourceMap(Mapping[str, Resource]):
         if self._sotw_body is None:
             self._sotw_body = b"".join(r.sotw_entry for r in self._items.values())
         return self._sotw_body
+
+    def versions(self) -> Mapping[str, str]:
+        """name -> version of every resource, built once (read-only: shared)."""
+        if self._versions is None:
+            self._versions = {n: r.version for n, r in self._items.items()}
+        return self._versions
+
+    def held_exactly(self, claims: Mapping[str, str]) -> bool:
+        """Whether `claims` (a resuming delta client's initial_resource_versions) name exactly
+        this map's resources at exactly their versions.
+
+        One dict comparison in C, not a loop per claim; and memoized on the claims object, so
+        the thousands of streams of a reconnect storm that share one interned claims map
+        (`xds/requests.py`) pay for one comparison between them."""
+        memo = self._claims_memo
+        if memo is not None and memo[0] is claims:
+            return memo[1]
+        versions = self.versions()
+        same = len(claims) == len(versions) and (
+            claims == versions if isinstance(claims, dict)
+            else all(versions.get(n) == v for n, v in claims.items()))
+        self._claims_memo = (claims, same)
+        return same
 
     def diff_from(self, older: Mapping[str, Resource]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(names added or changed, names removed) going from `older` to this map.

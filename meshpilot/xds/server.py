@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from meshpilot.base import types
 from meshpilot.xds.cache import SnapshotCache
+from meshpilot.xds.requests import DeltaRequestDecoder
 from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.status import Connection, ProxyRegistry
 from meshpilot.xds.stream import HeldResources, ProtocolError, RequestKind, XdsStream
@@ -135,6 +136,8 @@ class XdsServer:
         self.follow = follow
         # Resource versions an Envoy refused: no stream of this server sends them again.
         self.held = HeldResources()
+        # Resuming delta requests that many streams send alike, decoded once (xds/requests.py).
+        self.delta_requests = DeltaRequestDecoder()
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         out = []
@@ -146,7 +149,7 @@ class XdsServer:
                     response_serializer=_take_bytes),
                 delta_method: grpc.stream_stream_rpc_method_handler(
                     self._handler(delta=True, type_url=type_url),
-                    request_deserializer=_boxed(discovery_pb2.DeltaDiscoveryRequest.FromString),
+                    request_deserializer=_boxed(self.delta_requests.decode),
                     response_serializer=_take_bytes),
             }
             out.append(grpc.method_handlers_generic_handler(service, methods))

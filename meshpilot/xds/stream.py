@@ -168,8 +168,9 @@ class TypeState:
     held_now: tuple[Held, ...] = ()
     client_version: str | None = None  # SotW version_info of the first request (reconnects)
     claimed: bool = False  # delta: the first request listed initial_resource_versions
-    # Those versions, until the first plan compares them with the snapshot (name -> version).
-    claims: dict[str, str] | None = None
+    # Those versions, until the first plan compares them with the snapshot (name -> version;
+    # read-only: it may be one interned map shared by many streams, `xds/requests.py`).
+    claims: Mapping[str, str] | None = None
     anticipated: set[str] = field(default_factory=set)
     force: set[str] = field(default_factory=set)
     nonce: str | None = None
@@ -203,9 +204,8 @@ class TypeState:
         return self.known  # type: ignore[return-value]
 
     def forget(self, names: set[str] | frozenset[str]) -> None:
-        if self.claims is not None:
-            for name in names:
-                self.claims.pop(name, None)
+        if self.claims is not None and any(n in self.claims for n in names):
+            self.claims = {n: v for n, v in self.claims.items() if n not in names}
         if any(n in self.known for n in names):
             known = self._own_known()
             for name in names:
@@ -317,7 +317,9 @@ class XdsStream:
             state.wildcard = WILDCARD in subscribe or (
                 not subscribe and state.type_url in types.WILDCARD_TYPES)
             self._set_names(state, frozenset(subscribe - {WILDCARD}))
-            initial = dict(request.initial_resource_versions)
+            initial = request.initial_resource_versions
+            if not isinstance(initial, dict):
+                initial = dict(initial)  # a protobuf map: this stream's own copy
             if initial:
                 state.claimed = True
                 state.claims = initial  # settled against the snapshot by the first plan
@@ -509,9 +511,14 @@ class XdsStream:
         snapshot's map, checked in one pass without an object per claim (a reconnect storm of
         thousands of streams claiming thousands of resources each). Otherwise, the claims."""
         claims, state.claims = state.claims or {}, None
-        if len(claims) == len(desired) and all(
+        if isinstance(desired, ResourceMap):
+            # One comparison in C, memoized on the map for claims shared by many streams.
+            exact = desired.held_exactly(claims)
+        else:
+            exact = len(claims) == len(desired) and all(
                 (held := desired.get(name)) is not None and held.version == version
-                for name, version in claims.items()):
+                for name, version in claims.items())
+        if exact:
             state.known, state.known_shared = desired, isinstance(desired, ResourceMap)
         else:
             state.known = {n: _Claimed(n, v) for n, v in claims.items()}
@@ -542,8 +549,13 @@ class XdsStream:
             payload = wire.sotw_response(version=plan.version, type_url=state.type_url,
                                          resources_body=body, nonce=nonce,
                                          control_plane_bytes=self._control_plane)
-        state.last_changed = (tuple(plan.changed) if full
-                              else tuple(r.name for r in plan.send))
+        if full and len(plan.changed) == len(plan.desired):
+            # Everything changed (a first response): the map's own names tuple, shared by
+            # every stream, not a copy of a thousand names each.
+            state.last_changed = plan.desired.names()  # type: ignore[union-attr]
+        else:
+            state.last_changed = (tuple(plan.changed) if full
+                                  else tuple(r.name for r in plan.send))
         state.known = plan.desired
         state.known_shared = isinstance(plan.desired, ResourceMap)
         state.force.clear()
