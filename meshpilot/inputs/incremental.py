@@ -27,6 +27,7 @@ from meshpilot.base import tlsfiles as tls
 from meshpilot.base.errors import Position
 from meshpilot.inputs.assembly import build_model, compile_formats
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
+from meshpilot.inputs.dependents import Edit, References
 from meshpilot.inputs.documents import compile_pending, load_documents
 from meshpilot.inputs.files import policy_files
 from meshpilot.inputs.references import validate_references
@@ -37,6 +38,7 @@ from meshpilot.inputs.yamlsource import (
     read_limited,
     split_documents,
 )
+from meshpilot.ir.changes import ModelChanges
 from meshpilot.ir.model import Model
 
 
@@ -79,11 +81,19 @@ class ParseCache:
         self._files: dict[str, _CachedFile] = {}
         self.parsed_files = 0  # files parsed by the newest load (for tests and metrics)
         self.parsed_pieces = 0  # pieces of those files parsed (a file parsed whole counts 1)
+        # The newest valid load's files and its index (`dependents.py`), for the next edit.
+        self._good: dict[str, _CachedFile] = {}
+        self._references: References | None = None
+        # What the newest load changed from the one before (None: it went the whole way).
+        self.changes: ModelChanges | None = None
+        self.fast = False  # whether the newest load was an index one (for tests)
 
     def try_load(self) -> Model | None:
         """The model, or None if anything is wrong (then the caller loads cold, for the
         exact issues). Must run with TLS paths relative to the policy folder."""
         load = LoadContext()
+        self.changes = None
+        self.fast = False
         files = policy_files(self.path, load)
         self.parsed_files = self.parsed_pieces = 0
         if load.issues:
@@ -103,6 +113,15 @@ class ParseCache:
         self.tls_files = frozenset(path for entry in entries for path in entry.tls_files)
         if not clean:
             return None
+        shown = tuple(shown_name for _, shown_name in files)
+        references, self._references = self._references, None  # stale if anything fails
+        if references is not None:
+            done = references.apply(_edit(self._good, kept), shown)
+            if done is not None:
+                self._good, self._references = kept, references
+                self.changes = done[1]
+                self.fast = True
+                return done[0]
         parsed: list[ParsedDocument] = []
         for entry in entries:
             for key, position in entry.definitions.items():
@@ -117,9 +136,16 @@ class ParseCache:
         compiled, statuses = compile_formats(parsed, load)
         if load.issues:
             return None
-        return build_model((*(part for document in parsed for part in document.parts),
-                            *compiled), tuple(shown_name for _, shown_name in files), statuses,
-                           load.warnings)
+        model = build_model((*(part for document in parsed for part in document.parts),
+                             *compiled), shown, statuses, load.warnings)
+        self._good = kept
+        self._references = References.of(parsed, model, load.definitions)
+        return model
+
+    def forget(self) -> None:
+        """A load went cold after this cache's attempt: the next one goes the whole way."""
+        self._references = None
+        self.changes = None
 
     def _entry(self, file_path: Path, shown_name: str) -> _CachedFile | None:
         try:
@@ -178,3 +204,35 @@ class ParseCache:
             load_documents(documents, local, parsed)
         return _CachedPiece(parsed, local.definitions, not local.issues, nodes,
                             tuple(sorted(read)))
+
+
+def _units(entry: _CachedFile) -> list[_CachedPiece | _CachedFile]:
+    """What an entry was parsed as: its pieces, or the file whole."""
+    return list(entry.pieces.values()) if entry.pieces else [entry]
+
+
+def _edit(before: dict[str, _CachedFile], after: dict[str, _CachedFile]) -> Edit:
+    """The documents (and definitions) of the pieces parsed for `after` that `before` did not
+    hold, and those of `before`'s that are gone: pieces are compared by identity, so a piece
+    parsed again (it moved, or reads TLS files) counts as removed and added."""
+    edit = Edit()
+    for name in before.keys() | after.keys():
+        old, new = before.get(name), after.get(name)
+        if old is new:
+            continue
+        old_units = _units(old) if old is not None else []
+        new_units = _units(new) if new is not None else []
+        old_ids = {id(unit) for unit in old_units}
+        new_ids = {id(unit) for unit in new_units}
+        for unit in old_units:
+            if id(unit) not in new_ids:
+                edit.removed.extend(unit.parsed)
+                edit.removed_definitions.extend(unit.definitions)
+        for unit in new_units:
+            if id(unit) not in old_ids:
+                edit.added.extend(unit.parsed)
+                for key, position in unit.definitions.items():
+                    if key in edit.added_definitions:
+                        edit.clash = True  # defined in two changed files
+                    edit.added_definitions[key] = position
+    return edit
