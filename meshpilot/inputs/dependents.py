@@ -336,14 +336,17 @@ class References:
             names[kind].add(name)
         fresh = {kind: [document.parts[0] for (k, _), document in added.items() if k == kind]
                  for kind in names}
-        model = Model(raw=before.raw,
-                      services=_patched(before.services, names["Service"],
-                                        fresh["Service"]),  # type: ignore[arg-type]
-                      gateways=_patched(before.gateways, names["Gateway"],
-                                        fresh["Gateway"]),  # type: ignore[arg-type]
+        services = _patched(before.services, names["Service"],
+                            fresh["Service"])  # type: ignore[arg-type]
+        gateways = _patched(before.gateways, names["Gateway"],
+                            fresh["Gateway"])  # type: ignore[arg-type]
+        # The index by name, as the model makes it, without visiting every part: this
+        # index's own dicts hold exactly the new model's Services and Gateways.
+        model = Model(raw=before.raw, services=services, gateways=gateways,
                       routes=_patched(before.routes, names["Route"],
                                       fresh["Route"]),  # type: ignore[arg-type]
-                      files=files)
+                      files=files, _services=dict(self.services),
+                      _gateways=dict(self.gateways))
         self.model = model
         return model, ModelChanges(before, model, frozenset(names["Service"]),
                                    frozenset(names["Gateway"]), frozenset(names["Route"]))

@@ -8,9 +8,11 @@ is compared as before (`translators/reuse.py`).
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
+from operator import attrgetter
 
-from meshpilot.ir.model import Model
+from meshpilot.ir.model import Model, Route
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -24,3 +26,14 @@ class ModelChanges:
     def follows(self, before: Model, after: Model) -> bool:
         """Whether these are the changes from `before` to `after` (the very objects)."""
         return self.before is before and self.after is after
+
+
+_name = attrgetter("name")
+
+
+def route_named(model: Model, name: str) -> Route | None:
+    """The model's Route of that name (its routes are sorted by name: a bisection)."""
+    at = bisect_left(model.routes, name, key=_name)
+    if at < len(model.routes) and model.routes[at].name == name:
+        return model.routes[at]
+    return None

@@ -770,9 +770,13 @@ class Model:
     warnings: tuple[PolicyIssue, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Lookups by name are on every translator's path: index once (10k services).
-        self._services.update((s.name, s) for s in self.services)
-        self._gateways.update((g.name, g) for g in self.gateways)
+        # Lookups by name are on every translator's path: index once (10k services). An index
+        # given (`_services`, `_gateways`: an incremental load patched the previous model's)
+        # is taken as it is.
+        if not self._services:
+            self._services.update((s.name, s) for s in self.services)
+        if not self._gateways:
+            self._gateways.update((g.name, g) for g in self.gateways)
 
     def service(self, name: str) -> Service | None:
         return self._services.get(name)

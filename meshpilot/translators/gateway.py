@@ -10,15 +10,19 @@ hosts are kept per Route, so a reload serializes only the Routes that changed (`
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Mapping
+from operator import attrgetter
 
 from meshpilot.base import types
+from meshpilot.ir.changes import ModelChanges, route_named
 from meshpilot.ir.model import Backend, Gateway, GatewayListener, Model, Route
 from meshpilot.translators import failover, httpfilters, listeners, routes, secrets, tracing
 from meshpilot.translators.reuse import NOTHING, BuiltListener, Earlier, ListenerKey
 from meshpilot.xds.resources import Resource
 
 ClusterResources = Callable[[str, str | None], tuple[Resource, ...]]
+_name = attrgetter("name")
 
 
 class GatewayViews:
@@ -26,16 +30,85 @@ class GatewayViews:
     sidecars (`upstreams.Upstreams.resources`)."""
 
     def __init__(self, model: Model, cluster_resources: ClusterResources,
-                 earlier: Earlier = NOTHING):
+                 earlier: Earlier = NOTHING, changes: ModelChanges | None = None):
+        """`changes` (what differs from the model `earlier` was built from): the Routes of each
+        gateway and the listeners none of the changed Routes or Gateways touch are taken from
+        `earlier` as they are, instead of walking every Route."""
         self.model = model
         self._cluster_resources = cluster_resources
         self._earlier = earlier
         self._routes_of: dict[str, list[Route]] = {}
+        self._listeners: dict[ListenerKey, BuiltListener] = {}
+        self._virtual_hosts: routes.VirtualHostCache = {}  # serialized, by Route and port
+        # id(Route) -> (Route, its filters' inputs), kept across Translations on the patch path
+        self._route_inputs: dict[int, tuple[Route, tuple[object, ...]]] = {}
+        if changes is not None and earlier.routes_of is not None:
+            self._inherit(earlier.routes_of, changes)
+            return
         for route in model.routes:  # sorted by name in the model, so kept in name order here
             if route.gateway is not None:  # else attached to a service: the mesh's
                 self._routes_of.setdefault(route.gateway, []).append(route)
-        self._listeners: dict[ListenerKey, BuiltListener] = {}
-        self._virtual_hosts: routes.VirtualHostCache = {}  # serialized, by Route and port
+
+    def _inherit(self, routes_of: Mapping[str, list[Route]], changes: ModelChanges) -> None:
+        self._routes_of = dict(routes_of)
+        touched: set[ListenerKey] = set()
+        stale: list[tuple[Route, Gateway | None]] = []
+        for name in changes.routes:
+            for model, old in ((changes.before, True), (self.model, False)):
+                route = route_named(model, name)
+                if route is None or route.gateway is None:
+                    continue
+                gateway = model.gateway(route.gateway)
+                for spec in gateway.listeners if gateway is not None else ():
+                    if routes.attaches(route, spec):
+                        touched.add((route.gateway, spec.name))
+                served = self._routes_of[route.gateway] = list(
+                    self._routes_of.get(route.gateway, ()))  # copied before it is changed
+                at = bisect_left(served, name, key=_name)
+                if old:
+                    if at < len(served) and served[at] is route:
+                        del served[at]
+                        stale.append((route, gateway))
+                else:
+                    served.insert(at, route)
+        for gateway in changes.gateways:
+            touched.update((gateway, spec.name) for model in (changes.before, self.model)
+                           if (found := model.gateway(gateway)) is not None
+                           for spec in found.listeners)
+        self._listeners = {key: built for key, built in self._earlier.listeners.items()
+                           if key not in touched}
+        self._virtual_hosts = dict(self._earlier.virtual_hosts)
+        self._route_inputs = dict(self._earlier.route_inputs)
+        for route, gateway in stale:  # the old Route objects' virtual hosts go with them
+            self._route_inputs.pop(id(route), None)
+            for spec in gateway.listeners if gateway is not None else ():
+                key = (id(route), routes.vhost_key(spec))
+                found = self._virtual_hosts.get(key)
+                if found is not None and found[0] is route:
+                    del self._virtual_hosts[key]
+
+    @property
+    def route_inputs(self) -> Mapping[int, tuple[Route, tuple[object, ...]]]:
+        return self._route_inputs
+
+    def _inputs(self, served: tuple[Route, ...]) -> tuple[object, ...]:
+        """`httpfilters.route_inputs(served)`, each Route's share computed once."""
+        cache = self._route_inputs
+        found = []
+        for route in served:
+            hit = cache.get(id(route))
+            if hit is None or hit[0] is not route:
+                hit = cache[id(route)] = (route, httpfilters.route_inputs((route,))[0])
+            found.append(hit[1])
+        return tuple(found)
+
+    @property
+    def routes_of(self) -> Mapping[str, list[Route]]:
+        """The Routes of each gateway, in name order (what the next Translation may reuse)."""
+        return self._routes_of
+
+    def attached(self, gateway: str) -> list[Route]:
+        return self._routes_of.get(gateway, [])
 
     @property
     def listeners(self) -> Mapping[ListenerKey, BuiltListener]:
@@ -52,13 +125,14 @@ class GatewayViews:
         endpoints."""
         views = GatewayViews(self.model, cluster_resources, self._earlier)
         views._listeners, views._virtual_hosts = self._listeners, self._virtual_hosts
+        views._routes_of, views._route_inputs = self._routes_of, self._route_inputs
         return views
 
     def resources(self, gateway: Gateway) -> list[Resource]:
         attached = self._routes_of.get(gateway.name, [])
         found: list[Resource] = []
         for spec in gateway.listeners:
-            built = self._listener(gateway, spec, attached)
+            built = self.listener(gateway, spec)
             found.extend(built.front)
             found.extend(built.config)
         # No sorting needed here: a snapshot orders each type's resources by name.
@@ -66,17 +140,17 @@ class GatewayViews:
             found.extend(self._cluster_resources(service, subset))
         return found
 
-    def _listener(self, gateway: Gateway, spec: GatewayListener,
-                  attached: list[Route]) -> BuiltListener:
+    def listener(self, gateway: Gateway, spec: GatewayListener) -> BuiltListener:
         """A gateway listener's Listener, its certificates' Secrets and its RouteConfiguration,
         built once per Translation (or lent by the previous one when their inputs are equal)."""
         key = (gateway.name, spec.name)
         found = self._listeners.get(key)
         if found is not None:
             return found
+        attached = self._routes_of.get(gateway.name, [])
         served = tuple(r for r in attached if routes.attaches(r, spec))
         has_routes = spec.protocol != "tcp" and spec.redirect_to_https is None
-        filter_inputs = httpfilters.route_inputs(served) if has_routes else ()
+        filter_inputs = self._inputs(served) if has_routes else ()
         front = self._earlier.listener_front(key, gateway, filter_inputs)
         if front is None:
             listener = listeners.listener(gateway, spec, served)
@@ -102,29 +176,44 @@ def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, st
     """(service, subset) of every backend of the Routes served on some listener of `gateway`,
     the services their HTTP features call, and the service of every tcp listener, each once."""
     seen: set[tuple[str, str | None]] = set()
-    http = [spec for spec in gateway.listeners
+    http = http_listeners(gateway)
+    for key in gateway_backends(gateway):
+        if key not in seen:
+            seen.add(key)
+            yield key
+    for route in attached:
+        for key in route_backends(route, http):
+            if key not in seen:
+                seen.add(key)
+                yield key
+
+
+def http_listeners(gateway: Gateway) -> list[GatewayListener]:
+    """The listeners Routes are served on (HTTP, not redirecting to https)."""
+    return [spec for spec in gateway.listeners
             if spec.protocol == "http" and spec.redirect_to_https is None]
+
+
+def gateway_backends(gateway: Gateway) -> Iterator[tuple[str, str | None]]:
+    """The service of every tcp listener, then the collector of every listener's tracer."""
     for spec in gateway.listeners:
-        if spec.service is not None and (spec.service, None) not in seen:
-            seen.add((spec.service, None))
+        if spec.service is not None:
             yield spec.service, None
     for spec in gateway.listeners:  # the collector a listener's tracer exports spans to
         exporter = tracing.collector(spec.tracing)
-        if exporter is not None and (exporter, None) not in seen:
-            seen.add((exporter, None))
+        if exporter is not None:
             yield exporter, None
-    for route in attached:
-        if not any(routes.attaches(route, spec) for spec in http):
-            continue
-        for service in httpfilters.services_of(route):  # a JWKS server, an authorization one
-            if (service, None) not in seen:
-                seen.add((service, None))
-                yield service, None
-        for rule in route.rules:
-            for backend in (*rule.backends, *rule.mirrors):  # a mirror needs its cluster too
-                if isinstance(backend, Backend) and not backend.resolved:
-                    continue  # no cluster: its share is answered 500
-                key = (backend.service, backend.subset)
-                if key not in seen:
-                    seen.add(key)
-                    yield key
+
+
+def route_backends(route: Route, http: list[GatewayListener]) -> Iterator[tuple[str, str | None]]:
+    """What one Route served on some listener of `http` sends to: the services its HTTP
+    features call, then its backends and mirrors (nothing if it is served nowhere)."""
+    if not any(routes.attaches(route, spec) for spec in http):
+        return
+    for service in httpfilters.services_of(route):  # a JWKS server, an authorization one
+        yield service, None
+    for rule in route.rules:
+        for backend in (*rule.backends, *rule.mirrors):  # a mirror needs its cluster too
+            if isinstance(backend, Backend) and not backend.resolved:
+                continue  # no cluster: its share is answered 500
+            yield backend.service, backend.subset
