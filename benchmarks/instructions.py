@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     parser.add_argument("--edits", type=int, default=4)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "instructions"))
+    parser.add_argument("--reuse", metavar="JSON",
+                        help="take the base side's counts from an earlier instructions.json "
+                             "(same sizes and edits): counts do not move, so it is not run "
+                             "again")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from benchmarks.compare import worktree
@@ -182,12 +186,20 @@ def main(argv: list[str] | None = None) -> int:
                                  check=True, capture_output=True, text=True).stdout.strip()
             for side, rev in (("base", args.base), ("head", args.head or "HEAD"))}
     results: dict[str, dict[int, dict[str, float]]] = {"base": {}, "head": {}}
+    if args.reuse:
+        earlier = json.loads(Path(args.reuse).read_text())
+        if earlier["edits"] != args.edits or \
+                any(str(size) not in earlier["results"]["base"] for size in args.sizes):
+            parser.error("--reuse: another number of edits or sizes")
+        results["base"] = {size: earlier["results"]["base"][str(size)] for size in args.sizes}
+        revs["base"] = earlier["revisions"]["base"]
     with tempfile.TemporaryDirectory(prefix="meshpilot-instructions-") as scratch_dir:
         scratch = Path(scratch_dir)
         worker = scratch / "worker.py"
         worker.write_text(WORKER)
-        trees = {"base": worktree(args.base, scratch / "base"),
-                 "head": worktree(args.head, scratch / "head") if args.head else ROOT}
+        trees = {"head": worktree(args.head, scratch / "head") if args.head else ROOT}
+        if not args.reuse:
+            trees = {"base": worktree(args.base, scratch / "base"), **trees}
         try:
             for size in args.sizes:
                 policy = scratch / f"policy-{size}"
