@@ -166,8 +166,10 @@ class ParseCache:
                 documents, issues = parse_yaml(data, shown_name)
                 local.issues.extend(issues)
                 load_documents(documents, local, parsed)
-            return _CachedFile(digest, parsed, local.definitions, not local.issues,
+            made = _CachedFile(digest, parsed, local.definitions, not local.issues,
                                tuple(sorted(read)))
+            return entry if entry is not None and entry.digest == digest and \
+                _same_parse(entry, made) else made
         earlier = entry.pieces if entry is not None else {}
         kept: dict[tuple[int, str], _CachedPiece] = {}
         parsed = []
@@ -178,7 +180,11 @@ class ParseCache:
         for key in pieces:
             piece = earlier.get(key)
             if piece is None or piece.tls_files:
-                piece = self._parse_piece(key, shown_name)
+                parsed_again = self._parse_piece(key, shown_name)
+                # A piece reading TLS files whose files gave the same parts: the very objects
+                # of last time, so the edit does not count it as changed.
+                piece = piece if piece is not None and _same_parse(piece, parsed_again) \
+                    else parsed_again
             kept[key] = piece
             parsed.extend(piece.parsed)
             for name, position in piece.definitions.items():
@@ -204,6 +210,14 @@ class ParseCache:
             load_documents(documents, local, parsed)
         return _CachedPiece(parsed, local.definitions, not local.issues, nodes,
                             tuple(sorted(read)))
+
+
+def _same_parse(old: _CachedPiece | _CachedFile, new: _CachedPiece | _CachedFile) -> bool:
+    """Whether parsing the same text again gave equal parts (the TLS files it read unchanged),
+    with the same issues-or-not and definitions."""
+    return old.clean and new.clean and old.tls_files == new.tls_files and \
+        old.definitions == new.definitions and \
+        [d.parts for d in old.parsed] == [d.parts for d in new.parsed]
 
 
 def _units(entry: _CachedFile) -> list[_CachedPiece | _CachedFile]:

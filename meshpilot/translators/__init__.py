@@ -96,6 +96,7 @@ class Translation:
                 if earlier.discovered.get(name, ()) != discovered.get(name, ())}
         self._earlier_views = earlier.views if self.changes is not None else {}
         self.assemblies: dict[str, patch.ViewAssembly] = {}  # gateway views, as assembled
+        self.patched_views: set[str] = set()  # views whose snapshot was patched (tests)
         self.raw = raw.RawResources(model, earlier)
         self.upstreams = Upstreams(model, discovered, self.trust, earlier,
                                    keep_except=self._changed_parts() if self.changes else None)
@@ -157,6 +158,7 @@ class Translation:
         assembly, snapshot = earlier.patched(self.model, self.changes, self._changed_services,
                                              self.gateways, self._contribution(view), identity)
         self.assemblies[view] = assembly
+        self.patched_views.add(view)
         return snapshot
 
     def _contribution(self, view: str) -> patch.Contribute:
@@ -244,7 +246,7 @@ class Translation:
         re-validated."""
         new = copy.copy(self)
         new.changes = None  # its views are refreshed from snapshots (refresh_endpoints)
-        new.assemblies = {}
+        new.assemblies, new.patched_views = {}, set()
         new.upstreams = self.upstreams.with_endpoints(discovered)
         new.gateways = self.gateways.with_clusters(new.upstreams.resources)
         new.mesh = self.mesh.with_clusters(new.upstreams.resources)
