@@ -11,7 +11,9 @@ the whole set, as in a cold load.
 
 Whenever anything is wrong (any issue anywhere, a file that cannot be read), `try_load` gives
 up and returns None: the caller then loads cold, so a rejected load reports exactly what a cold
-one reports. A file whose parsers read TLS files is parsed on every load, since a certificate
+one reports. A file whose inode, size, modification and status-change times are those it had
+when it was read (long enough after it was written, `RACY_NS`) is not read again. A file
+whose parsers read TLS files is parsed on every load, since a certificate
 may change under an unchanged policy file (and hashing it after the parser read it could miss
 a change in between).
 """
@@ -19,6 +21,8 @@ a change in between).
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +69,8 @@ class _CachedFile:
     tls_files: tuple[str, ...]  # TLS files its parsers read: then parsed again on every load
     # (line offset, text) -> its parse, for every piece of a file that could be split
     pieces: dict[tuple[int, str], _CachedPiece] = field(default_factory=dict)
+    # (inode, device, size, mtime, ctime) when read, if old enough to be trusted (`_entry`)
+    signature: tuple[int, ...] | None = None
 
 
 class ParseCache:
@@ -81,6 +87,7 @@ class ParseCache:
         self._files: dict[str, _CachedFile] = {}
         self.parsed_files = 0  # files parsed by the newest load (for tests and metrics)
         self.parsed_pieces = 0  # pieces of those files parsed (a file parsed whole counts 1)
+        self.read_files = 0  # files read (and hashed) by the newest load
         # The newest valid load's files and its index (`dependents.py`), for the next edit.
         self._good: dict[str, _CachedFile] = {}
         self._references: References | None = None
@@ -95,7 +102,7 @@ class ParseCache:
         self.changes = None
         self.fast = False
         files = policy_files(self.path, load)
-        self.parsed_files = self.parsed_pieces = 0
+        self.parsed_files = self.parsed_pieces = self.read_files = 0
         if load.issues:
             return None
         entries: list[_CachedFile] = []
@@ -148,12 +155,25 @@ class ParseCache:
         self.changes = None
 
     def _entry(self, file_path: Path, shown_name: str) -> _CachedFile | None:
+        entry = self._files.get(shown_name)
+        signature = _signature(file_path)
+        if signature is None:
+            return None  # gone or unreadable: a cold load says so
+        if entry is not None and not entry.tls_files and entry.signature == signature:
+            return entry  # not written since it was read (and not within the racy margin)
+        made = self._read(file_path, shown_name, entry)
+        if made is not None:
+            made.signature = signature if _settled(signature) else None
+        return made
+
+    def _read(self, file_path: Path, shown_name: str,
+              entry: _CachedFile | None) -> _CachedFile | None:
+        self.read_files += 1
         try:
             data = read_limited(file_path)
         except Exception:  # too large, not a regular file, unreadable: a cold load says so
             return None
         digest = hashlib.blake2b(data, digest_size=16).digest()
-        entry = self._files.get(shown_name)
         if entry is not None and entry.digest == digest and not entry.tls_files:
             return entry
         self.parsed_files += 1
@@ -210,6 +230,24 @@ class ParseCache:
             load_documents(documents, local, parsed)
         return _CachedPiece(parsed, local.definitions, not local.issues, nodes,
                             tuple(sorted(read)))
+
+
+# A file whose modification (or status change) is this recent when read may be written again
+# within the same timestamp, so its (size, mtime) cannot tell the two contents apart (git's
+# "racy" files): it is read and hashed again on every load until it is older.
+RACY_NS = 2_000_000_000
+
+
+def _signature(path: Path) -> tuple[int, ...] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _settled(signature: tuple[int, ...]) -> bool:
+    return max(signature[3], signature[4]) < time.time_ns() - RACY_NS
 
 
 def _same_parse(old: _CachedPiece | _CachedFile, new: _CachedPiece | _CachedFile) -> bool:

@@ -17,8 +17,17 @@ from operator import attrgetter
 from meshpilot.base import types
 from meshpilot.ir.changes import ModelChanges, route_named
 from meshpilot.ir.model import Backend, Gateway, GatewayListener, Model, Route
-from meshpilot.translators import failover, httpfilters, listeners, routes, secrets, tracing
+from meshpilot.translators import (
+    failover,
+    httpfilters,
+    listeners,
+    names,
+    routes,
+    secrets,
+    tracing,
+)
 from meshpilot.translators.reuse import NOTHING, BuiltListener, Earlier, ListenerKey
+from meshpilot.translators.routesplice import ConfigLayout
 from meshpilot.xds.resources import Resource
 
 ClusterResources = Callable[[str, str | None], tuple[Resource, ...]]
@@ -42,6 +51,7 @@ class GatewayViews:
         self._virtual_hosts: routes.VirtualHostCache = {}  # serialized, by Route and port
         # id(Route) -> (Route, its filters' inputs), kept across Translations on the patch path
         self._route_inputs: dict[int, tuple[Route, tuple[object, ...]]] = {}
+        self._changed: frozenset[str] | None = None  # the Routes an edit changed, by name
         if changes is not None and earlier.routes_of is not None:
             self._inherit(earlier.routes_of, changes)
             return
@@ -50,6 +60,7 @@ class GatewayViews:
                 self._routes_of.setdefault(route.gateway, []).append(route)
 
     def _inherit(self, routes_of: Mapping[str, list[Route]], changes: ModelChanges) -> None:
+        self._changed = changes.routes
         self._routes_of = dict(routes_of)
         touched: set[ListenerKey] = set()
         stale: list[tuple[Route, Gateway | None]] = []
@@ -77,8 +88,10 @@ class GatewayViews:
                            for spec in found.listeners)
         self._listeners = {key: built for key, built in self._earlier.listeners.items()
                            if key not in touched}
-        self._virtual_hosts = dict(self._earlier.virtual_hosts)
-        self._route_inputs = dict(self._earlier.route_inputs)
+        # Shared with the earlier Translation, not copied: both are caches by the identity of
+        # the Route (which each entry keeps), so either Translation finds only its own Routes.
+        self._virtual_hosts = self._earlier.virtual_hosts  # type: ignore[assignment]
+        self._route_inputs = self._earlier.route_inputs  # type: ignore[assignment]
         for route, gateway in stale:  # the old Route objects' virtual hosts go with them
             self._route_inputs.pop(id(route), None)
             for spec in gateway.listeners if gateway is not None else ():
@@ -147,17 +160,16 @@ class GatewayViews:
         found = self._listeners.get(key)
         if found is not None:
             return found
+        spliced = self._spliced(gateway, spec, key)
+        if spliced is not None:
+            self._listeners[key] = spliced
+            return spliced
         attached = self._routes_of.get(gateway.name, [])
         served = tuple(r for r in attached if routes.attaches(r, spec))
         has_routes = spec.protocol != "tcp" and spec.redirect_to_https is None
         filter_inputs = self._inputs(served) if has_routes else ()
-        front = self._earlier.listener_front(key, gateway, filter_inputs)
-        if front is None:
-            listener = listeners.listener(gateway, spec, served)
-            front = (Resource.from_message(types.LISTENER, listener.name, listener),
-                     *secrets.listener_resources(gateway.name, spec),  # https: its certs
-                     *(Resource.from_message(types.SECRET, s.name, s)
-                       for s in listeners.filter_secrets(spec, served)))
+        front = self._earlier.listener_front(key, gateway, filter_inputs) or \
+            self._front(gateway, spec, served)
         config: tuple[Resource, ...] = ()  # a TCP proxy or an https redirect: no routes
         if has_routes:
             config = self._earlier.route_config(key, gateway, served, routes.vhost_key(spec),
@@ -170,6 +182,45 @@ class GatewayViews:
         built = self._listeners[key] = BuiltListener(gateway, served, filter_inputs, front,
                                                      config)
         return built
+
+    def _spliced(self, gateway: Gateway, spec: GatewayListener,
+                 key: ListenerKey) -> BuiltListener | None:
+        """After an edit of a few Routes: the earlier listener's RouteConfiguration with their
+        virtual hosts taken out or put in (`routesplice.py`), if it has one configuration of
+        the name `routes.py` gives it and no domain ends up claimed twice."""
+        earlier = self._earlier.listeners.get(key)
+        if self._changed is None or earlier is None or earlier.gateway is not gateway or \
+                len(earlier.config) != 1 or \
+                earlier.config[0].name != names.route_config(gateway.name, spec.name):
+            return None
+        layout = earlier.layout if isinstance(earlier.layout, ConfigLayout) else \
+            ConfigLayout.of(spec, earlier.routes, earlier.filter_inputs,
+                            self._earlier.virtual_hosts)
+        if layout is None:
+            return None
+        changed: dict[str, Route | None] = {}
+        for name in self._changed:
+            route = route_named(self.model, name)
+            changed[name] = route if route is not None and route.gateway == gateway.name \
+                and routes.attaches(route, spec) else None
+        layout = layout.spliced(spec, changed, lambda r: self._inputs((r,))[0],
+                                self._earlier.virtual_hosts, self._virtual_hosts)
+        if layout is None:
+            return None
+        served, filter_inputs = layout.routes, layout.inputs
+        front = self._earlier.listener_front(key, gateway, filter_inputs) or \
+            self._front(gateway, spec, served)
+        return BuiltListener(gateway, served, filter_inputs, front,
+                             (layout.resource(gateway, spec),), layout)
+
+    @staticmethod
+    def _front(gateway: Gateway, spec: GatewayListener,
+               served: tuple[Route, ...]) -> tuple[Resource, ...]:
+        listener = listeners.listener(gateway, spec, served)
+        return (Resource.from_message(types.LISTENER, listener.name, listener),
+                *secrets.listener_resources(gateway.name, spec),  # https: its certs
+                *(Resource.from_message(types.SECRET, s.name, s)
+                  for s in listeners.filter_secrets(spec, served)))
 
 
 def _backends(gateway: Gateway, attached: list[Route]) -> Iterator[tuple[str, str | None]]:

@@ -100,12 +100,17 @@ class ViewAssembly:
         """This view after `changes` (and `services`: every Service whose clusters may differ,
         the changed ones and those whose discovered endpoints moved), and its snapshot patched
         from `self.snapshot`. `identity` gives the view's identity Secrets (None: no mesh CA).
-        `self` is not changed: a refused reload keeps patching from it."""
-        assert self.snapshot is not None
-        new = ViewAssembly(self.gateway, None, dict(self.routes), dict(self.route_keys),
-                           self.gateway_keys, dict(self.uses), dict(self.keys_of),
-                           dict(self.contributions), dict(self.listeners), dict(self.counts),
-                           self.needing, self.identity)
+
+        The new assembly takes this one's records over (copying them would visit every
+        resource): `self` is spent (`snapshot` None), so a reload refused after this, whose
+        next reload starts from the same earlier Translation again, assembles the view whole."""
+        previous = self.snapshot
+        assert previous is not None
+        self.snapshot = None  # spent, first: whatever happens below
+        new = ViewAssembly(self.gateway, None, self.routes, self.route_keys,
+                           self.gateway_keys, self.uses, self.keys_of, self.contributions,
+                           dict(self.listeners), self.counts, self.needing, self.identity)
+        old_listeners = self.listeners
         touched: dict[ResourceKey, Resource | None] = {}
         gateway = self.gateway
         http = http_listeners(gateway)
@@ -113,19 +118,19 @@ class ViewAssembly:
         came: set[BackendKey] = set()
         went: set[BackendKey] = set()
         for name in changes.routes:
-            old = self.routes.get(name)
+            old = new.routes.get(name)
             route = route_named(model, name)
             if route is not None and route.gateway != gateway.name:
                 route = None
             for served in (old, route):
                 if served is not None:
                     listeners.update(spec.name for spec in gateway.listeners
-                                     if spec.name in self.listeners and attaches(served, spec))
+                                     if spec.name in old_listeners and attaches(served, spec))
             if route is None:
                 new.routes.pop(name, None)
             else:
                 new.routes[name] = route
-            before = self.route_keys.get(name, ())
+            before = new.route_keys.get(name, ())
             after = _expanded(model, route_backends(route, http)) if route is not None else ()
             if before == after:
                 continue
@@ -164,11 +169,11 @@ class ViewAssembly:
             spec = next(spec for spec in gateway.listeners if spec.name == name)
             built = views.listener(gateway, spec)
             resources = (*built.front, *built.config)
-            _release(new.counts, self.listeners[name], touched)
+            _release(new.counts, old_listeners[name], touched)
             _keep(new.counts, resources, touched)
             new.listeners[name] = resources
-        if identity is not None or self.identity:
-            _release(new.counts, self.identity, touched)
+        if identity is not None or new.identity:
+            _release(new.counts, new.identity, touched)
             new.identity = tuple(identity()) if identity is not None and new.needing else ()
             _keep(new.counts, new.identity, touched)
         changed: dict[str, list[Resource]] = {}
@@ -178,7 +183,7 @@ class ViewAssembly:
                 removed.setdefault(type_url, []).append(name)
             elif resource is not None:
                 changed.setdefault(type_url, []).append(resource)
-        new.snapshot = snapshots.patched(self.snapshot, changed, removed)
+        new.snapshot = snapshots.patched(previous, changed, removed)
         return new, new.snapshot
 
     # ---- bookkeeping -------------------------------------------------------------------

@@ -44,6 +44,8 @@ class BuiltListener:
     filter_inputs: tuple[object, ...]  # what its HTTP filters read of them (httpfilters)
     front: tuple[Resource, ...]  # the Listener, then the Secrets it names
     config: tuple[Resource, ...]  # its RouteConfiguration (none for tcp or a redirect)
+    # Its configuration's pieces by Route (`routesplice.ConfigLayout`), once an edit spliced it
+    layout: object | None = None
 
 
 @dataclass(frozen=True, slots=True)

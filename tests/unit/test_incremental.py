@@ -774,3 +774,42 @@ def test_formats_the_index_does_not_cover_go_the_whole_way(tmp_path: Path) -> No
     _step(tmp_path, {"all.yaml": "---\n".join(docs)}, loader, state, fast=False)
     docs[2] = _route_doc("r1", "s1")
     _step(tmp_path, {"all.yaml": "---\n".join(docs)}, loader, state, fast=True)
+
+
+def test_files_not_written_since_they_were_read_are_not_read_again(tmp_path: Path) -> None:
+    """A file whose inode, size and times are those it had when read, long enough after it was
+    written, is not read again; one written again (even to the same size and modification
+    time) or written just before it was read is."""
+    import os
+    import time
+
+    old = time.time_ns() - 3600 * 10**9
+    (tmp_path / "a.yaml").write_text(_service_doc(1))
+    (tmp_path / "b.yaml").write_text(_service_doc(2))
+    os.utime(tmp_path / "a.yaml", ns=(old, old))
+    loader = PolicyLoader(tmp_path)
+    loader.load()
+    assert loader._cache.read_files == 2
+    loader.load()
+    # a.yaml's modification time is an hour old, but it changed status just now (utime):
+    # still racy. b.yaml was written just now.
+    assert loader._cache.read_files == 2
+    entry = loader._cache._files["a.yaml"]
+    assert entry.signature is None
+    # Once settled (as if read long after), its signature is kept and it is not read again.
+    from meshpilot.inputs import incremental
+    settled = incremental.RACY_NS
+    incremental.RACY_NS = -10**12  # everything counts as settled
+    try:
+        loader.load()
+        loader.load()
+        assert loader._cache.read_files == 0
+        # The same size and modification time, other bytes: the status change time moved.
+        (tmp_path / "a.yaml").write_text(_service_doc(1).replace("10.0.0.1", "10.0.0.9"))
+        os.utime(tmp_path / "a.yaml", ns=(old, old))
+        model = loader.load()
+        assert loader._cache.read_files == 1
+        assert model == load_policy(tmp_path)
+        assert model.services[0].endpoints[0].host == "10.0.0.9"
+    finally:
+        incremental.RACY_NS = settled
