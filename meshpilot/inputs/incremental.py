@@ -6,8 +6,10 @@ parsing it gave, keyed by the file's shown name and the BLAKE2b hash of its byte
 only parses the files that changed, and inside a changed file only the pieces of text (between
 document start markers, `split_documents`) whose text or line offset changed: model parts carry
 positions, so a piece that moved is parsed again. A file that cannot be split safely is parsed
-whole. The definitions are then replayed in file order and the checks across documents run over
-the whole set, as in a cold load.
+whole. After a valid load of meshpilot's own kinds, the index of who refers to whom
+(`dependents.References`) takes the next edit's removed and added pieces and checks only what
+they touch; otherwise (or if it refuses the edit) the definitions are replayed in file order
+and the checks across documents run over the whole set, as in a cold load.
 
 Whenever anything is wrong (any issue anywhere, a file that cannot be read), `try_load` gives
 up and returns None: the caller then loads cold, so a rejected load reports exactly what a cold
