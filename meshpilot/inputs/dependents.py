@@ -346,7 +346,7 @@ class References:
                       routes=_patched(before.routes, names["Route"],
                                       fresh["Route"]),  # type: ignore[arg-type]
                       files=files, _services=dict(self.services),
-                      _gateways=dict(self.gateways))
+                      _gateways=dict(self.gateways), _indexed=True)
         self.model = model
         return model, ModelChanges(before, model, frozenset(names["Service"]),
                                    frozenset(names["Gateway"]), frozenset(names["Route"]))

@@ -769,14 +769,19 @@ class Model:
     # Advice that did not refuse the load (an Istio subset nothing selects), in file order.
     warnings: tuple[PolicyIssue, ...] = field(default=(), compare=False, repr=False)
 
+    # True only for a model whose `_services` and `_gateways` were given already made (an
+    # incremental load patched the previous model's index, inputs/dependents.py); reset at once,
+    # so `dataclasses.replace` of this model indexes again.
+    _indexed: bool = field(default=False, compare=False, repr=False)
+
     def __post_init__(self) -> None:
-        # Lookups by name are on every translator's path: index once (10k services). An index
-        # given (`_services`, `_gateways`: an incremental load patched the previous model's)
-        # is taken as it is.
-        if not self._services:
-            self._services.update((s.name, s) for s in self.services)
-        if not self._gateways:
-            self._gateways.update((g.name, g) for g in self.gateways)
+        # Lookups by name are on every translator's path: index once (10k services), in dicts
+        # of this model's own (`dataclasses.replace` passes the old model's along).
+        if self._indexed:
+            object.__setattr__(self, "_indexed", False)
+            return
+        object.__setattr__(self, "_services", {s.name: s for s in self.services})
+        object.__setattr__(self, "_gateways", {g.name: g for g in self.gateways})
 
     def service(self, name: str) -> Service | None:
         return self._services.get(name)

@@ -97,6 +97,9 @@ class Translation:
         self._earlier_views = earlier.views if self.changes is not None else {}
         self.assemblies: dict[str, patch.ViewAssembly] = {}  # gateway views, as assembled
         self.patched_views: set[str] = set()  # views whose snapshot was patched (tests)
+        # With other discovered endpoints (`with_endpoints`): the assemblies of the
+        # Translation it was made from, which `refresh_endpoints` patches.
+        self._refreshed: Mapping[str, patch.ViewAssembly] = {}
         self.raw = raw.RawResources(model, earlier)
         self.upstreams = Upstreams(model, discovered, self.trust, earlier,
                                    keep_except=self._changed_parts() if self.changes else None)
@@ -144,10 +147,14 @@ class Translation:
         gateway = self.model.gateway(view)
         earlier = self._earlier_views.get(view)
         if gateway is None or not isinstance(earlier, patch.ViewAssembly) or \
-                earlier.snapshot is not previous or earlier.gateway is not gateway or \
-                view in self.changes.gateways or \
-                not patch.patchable(self.changes, self._changed_services):
+                earlier.gateway is not gateway or view in self.changes.gateways or \
+                not patch.patchable(self.changes, self._changed_services) or \
+                not earlier.claim(previous):
             return None
+        return self._patch(earlier, view, self.changes, self._changed_services)
+
+    def _patch(self, earlier: patch.ViewAssembly, view: str, changes: ModelChanges,
+               services: set[str]) -> Snapshot:
         identity = None
         if self.identities is not None:
             identities = self.identities
@@ -155,8 +162,8 @@ class Translation:
             def identity() -> list[Resource]:
                 return mtls.identity_secrets(identities, view,
                                              mtls.view_identity(self.model, view, self.trust))
-        assembly, snapshot = earlier.patched(self.model, self.changes, self._changed_services,
-                                             self.gateways, self._contribution(view), identity)
+        assembly, snapshot = earlier.patched(self.model, changes, services, self.gateways,
+                                             self._contribution(view), identity)
         self.assemblies[view] = assembly
         self.patched_views.add(view)
         return snapshot
@@ -246,6 +253,7 @@ class Translation:
         re-validated."""
         new = copy.copy(self)
         new.changes = None  # its views are refreshed from snapshots (refresh_endpoints)
+        new._refreshed = self.assemblies  # what `refresh_endpoints` patches
         new.assemblies, new.patched_views = {}, set()
         new.upstreams = self.upstreams.with_endpoints(discovered)
         new.gateways = self.gateways.with_clusters(new.upstreams.resources)
@@ -260,5 +268,13 @@ class Translation:
         (which may patch anything) the view is assembled again, still reusing unchanged maps."""
         if self.plugins:
             return snapshots.keeping_equal_maps(previous, self.snapshot(previous.view))
+        # A gateway view assembled by contribution: patched, so its assembly follows and the
+        # next reload patches it too (`patch.py`); the same content either way.
+        earlier = self._refreshed.get(previous.view)
+        if earlier is not None and not self.model.raw and \
+                earlier.gateway is self.model.gateway(previous.view):
+            changes = ModelChanges(self.model, self.model, services=frozenset(services))
+            if patch.patchable(changes, services) and earlier.claim(previous):
+                return self._patch(earlier, previous.view, changes, services)
         return snapshots.with_clusters_of(previous, services, self.upstreams.resources,
                                           self.raw.overridden(previous.view))

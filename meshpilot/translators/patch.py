@@ -19,6 +19,7 @@ would add); otherwise it is assembled whole, as before.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -41,6 +42,7 @@ ResourceKey = tuple[str, str]  # (type URL, name)
 # identity (a cluster originating mesh mTLS).
 Contribution = tuple[tuple[Resource, ...], bool]
 Contribute = Callable[[BackendKey], Contribution]
+_CLAIMS = threading.Lock()
 
 
 @dataclass(slots=True)
@@ -59,6 +61,7 @@ class ViewAssembly:
     counts: dict[ResourceKey, int] = field(default_factory=dict)  # contributions holding it
     needing: int = 0  # used keys whose clusters need the view's identity
     identity: tuple[Resource, ...] = ()  # the identity Secrets held (none: not needed)
+    claimed: bool = False  # taken by a patch (`claim`): its records are the patch's now
 
     @classmethod
     def of(cls, model: Model, gateway: Gateway, views: GatewayViews,
@@ -94,6 +97,16 @@ class ViewAssembly:
 
     # ---- the patch ---------------------------------------------------------------------
 
+    def claim(self, previous: Snapshot) -> bool:
+        """Whether this assembly made `previous` and is not spent, and if so take it: two
+        patches (a reload's and a discovered endpoints' one, on worker threads) never share
+        one assembly; the one that does not get it assembles its view whole."""
+        with _CLAIMS:
+            if self.snapshot is not previous or self.claimed:
+                return False
+            self.claimed = True
+            return True
+
     def patched(self, model: Model, changes: ModelChanges, services: set[str],
                 views: GatewayViews, contribute: Contribute,
                 identity: Callable[[], list[Resource]] | None) -> tuple[ViewAssembly, Snapshot]:
@@ -102,11 +115,13 @@ class ViewAssembly:
         from `self.snapshot`. `identity` gives the view's identity Secrets (None: no mesh CA).
 
         The new assembly takes this one's records over (copying them would visit every
-        resource): `self` is spent (`snapshot` None), so a reload refused after this, whose
-        next reload starts from the same earlier Translation again, assembles the view whole."""
+        resource): `self` must have been claimed (`claim`) and is spent (`snapshot` None), so
+        a reload refused after this, whose next reload starts from the same earlier
+        Translation again, assembles the view whole."""
+        assert self.claimed
         previous = self.snapshot
         assert previous is not None
-        self.snapshot = None  # spent, first: whatever happens below
+        self.snapshot = None  # spent, first (`claim`): whatever happens below
         new = ViewAssembly(self.gateway, None, self.routes, self.route_keys,
                            self.gateway_keys, self.uses, self.keys_of, self.contributions,
                            dict(self.listeners), self.counts, self.needing, self.identity)

@@ -813,3 +813,33 @@ def test_files_not_written_since_they_were_read_are_not_read_again(tmp_path: Pat
         assert model.services[0].endpoints[0].host == "10.0.0.9"
     finally:
         incremental.RACY_NS = settled
+
+
+def test_discovered_endpoints_keep_the_view_patchable(tmp_path: Path) -> None:
+    """Discovered endpoints swapped into a gateway view (the EDS fast path) patch its assembly
+    too, so the next policy edit still patches the view; both equal cold translations."""
+    routes = [_route_doc("r1", "s1"), _route_doc("r2", "s2")]
+    documents = [_gateway_doc(), _service_doc(1), _service_doc(2)]
+    (tmp_path / "p.yaml").write_text("---\n".join(documents + routes))
+    loader = PolicyLoader(tmp_path)
+    first = Translation(loader.load())
+    before = first.snapshot("gw")
+    discovered = {"s2": (Endpoint(host="10.200.0.7", port=80),)}
+    moved = first.with_endpoints(discovered)
+    swapped = moved.refresh_endpoints(before, moved.changed_services({}) | {"s2"})
+    assert "gw" in moved.patched_views
+    assert swapped.get(types.LISTENER) is before.get(types.LISTENER)
+    _assert_same(swapped, Translation(first.model, discovered=discovered).snapshot("gw"))
+    routes[0] = _route_doc("r1", "s1", "s2")
+    (tmp_path / "p.yaml").write_text("---\n".join(documents + routes))
+    model = loader.load()
+    assert loader.fast
+    after = Translation(model, discovered=discovered, previous=moved, changes=loader.changes)
+    snapshot = after.snapshot("gw", previous=swapped)
+    assert "gw" in after.patched_views
+    _assert_same(snapshot, Translation(load_policy(tmp_path), discovered=discovered)
+                 .snapshot("gw"))
+    # The earlier assembly is spent: patching from it again assembles the view whole.
+    again = Translation(model, discovered=discovered, previous=moved, changes=loader.changes)
+    _assert_same(again.snapshot("gw", previous=swapped), snapshot)
+    assert "gw" not in again.patched_views
