@@ -107,15 +107,17 @@ class ResourceMap(Mapping[str, Resource]):
         self.names_version = _shown(self._names_total)
 
     def patched(self, changed: Iterable[Resource], removed: Iterable[str] = ()) -> ResourceMap:
-        """This map with `changed` added or replacing the resource of their name and the
-        resources named in `removed` left out: equal to a map built from the whole new set,
+        """This map with `changed` added or replacing the resource of their name (unless it
+        holds one of the same version: the same bytes) and the resources named in `removed`
+        left out: equal to a map built from the whole new set,
         in time proportional to the change when no name is added or removed (a dict copy
         otherwise), its version from this one's (`set_version`). `self` if nothing differs."""
         items = self._items
         replaced: dict[str, Resource] = {}
         for resource in changed:
-            if items.get(resource.name) is not resource:
-                replaced[resource.name] = resource
+            old = items.get(resource.name)
+            if old is None or (old is not resource and old.version != resource.version):
+                replaced[resource.name] = resource  # an equal one is kept: same bytes
         gone = [name for name in removed if name in items and name not in replaced]
         if not replaced and not gone:
             return self
