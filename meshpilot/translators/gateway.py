@@ -52,6 +52,8 @@ class GatewayViews:
         # id(Route) -> (Route, its filters' inputs), kept across Translations on the patch path
         self._route_inputs: dict[int, tuple[Route, tuple[object, ...]]] = {}
         self._changed: frozenset[str] | None = None  # the Routes an edit changed, by name
+        self._stale: list[tuple[Route, Gateway | None]] = []  # their old objects
+        self.spliced = 0  # listeners whose RouteConfiguration was spliced (tests)
         if changes is not None and earlier.routes_of is not None:
             self._inherit(earlier.routes_of, changes)
             return
@@ -92,13 +94,17 @@ class GatewayViews:
         # the Route (which each entry keeps), so either Translation finds only its own Routes.
         self._virtual_hosts = self._earlier.virtual_hosts  # type: ignore[assignment]
         self._route_inputs = self._earlier.route_inputs  # type: ignore[assignment]
-        for route, gateway in stale:  # the old Route objects' virtual hosts go with them
+        self._stale = stale  # their cache entries go once their listeners are built again
+
+    def _prune(self, spec: GatewayListener) -> None:
+        """The old Routes' virtual hosts at this listener, and their filter inputs, go from the
+        caches (after the listener was built: splicing reads them)."""
+        for route, _ in self._stale:
             self._route_inputs.pop(id(route), None)
-            for spec in gateway.listeners if gateway is not None else ():
-                key = (id(route), routes.vhost_key(spec))
-                found = self._virtual_hosts.get(key)
-                if found is not None and found[0] is route:
-                    del self._virtual_hosts[key]
+            key = (id(route), routes.vhost_key(spec))
+            found = self._virtual_hosts.get(key)
+            if found is not None and found[0] is route:
+                del self._virtual_hosts[key]
 
     @property
     def route_inputs(self) -> Mapping[int, tuple[Route, tuple[object, ...]]]:
@@ -163,6 +169,8 @@ class GatewayViews:
         spliced = self._spliced(gateway, spec, key)
         if spliced is not None:
             self._listeners[key] = spliced
+            self.spliced += 1
+            self._prune(spec)
             return spliced
         attached = self._routes_of.get(gateway.name, [])
         served = tuple(r for r in attached if routes.attaches(r, spec))
@@ -181,6 +189,7 @@ class GatewayViews:
                                                     self._virtual_hosts),)
         built = self._listeners[key] = BuiltListener(gateway, served, filter_inputs, front,
                                                      config)
+        self._prune(spec)
         return built
 
     def _spliced(self, gateway: Gateway, spec: GatewayListener,

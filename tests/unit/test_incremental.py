@@ -571,7 +571,7 @@ def test_index_path_equals_cold(tmp_path: Path, seed: int) -> None:
     loader = PolicyLoader(root)
     translation: Translation | None = None
     snapshots: dict[str, Snapshot] = {}
-    fast = patched = rejected = 0
+    fast = patched = spliced = rejected = 0
     for step in range(60):
         if step and rng.random() < 0.12:
             _write(root, _broken(policy, rng))
@@ -602,7 +602,9 @@ def test_index_path_equals_cold(tmp_path: Path, seed: int) -> None:
             patched += view in translation.patched_views
             _assert_same(snapshot, cold.snapshot(view))
             snapshots[view] = snapshot
-    assert fast > 20 and patched > 20 and rejected > 2, (fast, patched, rejected)
+        spliced += translation.gateways.spliced
+    assert fast > 20 and patched > 20 and spliced > 3 and rejected > 2, \
+        (fast, patched, spliced, rejected)
 
 
 def _gateway_doc(name: str = "gw", port: int = 10000, extra: str = "") -> str:
