@@ -6,12 +6,16 @@ parsing it gave, keyed by the file's shown name and the BLAKE2b hash of its byte
 only parses the files that changed, and inside a changed file only the pieces of text (between
 document start markers, `split_documents`) whose text or line offset changed: model parts carry
 positions, so a piece that moved is parsed again. A file that cannot be split safely is parsed
-whole. The definitions are then replayed in file order and the checks across documents run over
-the whole set, as in a cold load.
+whole. After a valid load of meshpilot's own kinds, the index of who refers to whom
+(`dependents.References`) takes the next edit's removed and added pieces and checks only what
+they touch; otherwise (or if it refuses the edit) the definitions are replayed in file order
+and the checks across documents run over the whole set, as in a cold load.
 
 Whenever anything is wrong (any issue anywhere, a file that cannot be read), `try_load` gives
 up and returns None: the caller then loads cold, so a rejected load reports exactly what a cold
-one reports. A file whose parsers read TLS files is parsed on every load, since a certificate
+one reports. A file whose inode, size, modification and status-change times are those it had
+when it was read (long enough after it was written, `RACY_NS`) is not read again. A file
+whose parsers read TLS files is parsed on every load, since a certificate
 may change under an unchanged policy file (and hashing it after the parser read it could miss
 a change in between).
 """
@@ -19,6 +23,8 @@ a change in between).
 from __future__ import annotations
 
 import hashlib
+import os
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +33,7 @@ from meshpilot.base import tlsfiles as tls
 from meshpilot.base.errors import Position
 from meshpilot.inputs.assembly import build_model, compile_formats
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
+from meshpilot.inputs.dependents import Edit, References
 from meshpilot.inputs.documents import compile_pending, load_documents
 from meshpilot.inputs.files import policy_files
 from meshpilot.inputs.references import validate_references
@@ -37,6 +44,7 @@ from meshpilot.inputs.yamlsource import (
     read_limited,
     split_documents,
 )
+from meshpilot.ir.changes import ModelChanges
 from meshpilot.ir.model import Model
 
 
@@ -63,6 +71,8 @@ class _CachedFile:
     tls_files: tuple[str, ...]  # TLS files its parsers read: then parsed again on every load
     # (line offset, text) -> its parse, for every piece of a file that could be split
     pieces: dict[tuple[int, str], _CachedPiece] = field(default_factory=dict)
+    # (inode, device, size, mtime, ctime) when read, if old enough to be trusted (`_entry`)
+    signature: tuple[int, ...] | None = None
 
 
 class ParseCache:
@@ -79,13 +89,22 @@ class ParseCache:
         self._files: dict[str, _CachedFile] = {}
         self.parsed_files = 0  # files parsed by the newest load (for tests and metrics)
         self.parsed_pieces = 0  # pieces of those files parsed (a file parsed whole counts 1)
+        self.read_files = 0  # files read (and hashed) by the newest load
+        # The newest valid load's files and its index (`dependents.py`), for the next edit.
+        self._good: dict[str, _CachedFile] = {}
+        self._references: References | None = None
+        # What the newest load changed from the one before (None: it went the whole way).
+        self.changes: ModelChanges | None = None
+        self.fast = False  # whether the newest load was an index one (for tests)
 
     def try_load(self) -> Model | None:
         """The model, or None if anything is wrong (then the caller loads cold, for the
         exact issues). Must run with TLS paths relative to the policy folder."""
         load = LoadContext()
+        self.changes = None
+        self.fast = False
         files = policy_files(self.path, load)
-        self.parsed_files = self.parsed_pieces = 0
+        self.parsed_files = self.parsed_pieces = self.read_files = 0
         if load.issues:
             return None
         entries: list[_CachedFile] = []
@@ -103,6 +122,15 @@ class ParseCache:
         self.tls_files = frozenset(path for entry in entries for path in entry.tls_files)
         if not clean:
             return None
+        shown = tuple(shown_name for _, shown_name in files)
+        references, self._references = self._references, None  # stale if anything fails
+        if references is not None:
+            done = references.apply(_edit(self._good, kept), shown)
+            if done is not None:
+                self._good, self._references = kept, references
+                self.changes = done[1]
+                self.fast = True
+                return done[0]
         parsed: list[ParsedDocument] = []
         for entry in entries:
             for key, position in entry.definitions.items():
@@ -117,17 +145,37 @@ class ParseCache:
         compiled, statuses = compile_formats(parsed, load)
         if load.issues:
             return None
-        return build_model((*(part for document in parsed for part in document.parts),
-                            *compiled), tuple(shown_name for _, shown_name in files), statuses,
-                           load.warnings)
+        model = build_model((*(part for document in parsed for part in document.parts),
+                             *compiled), shown, statuses, load.warnings)
+        self._good = kept
+        self._references = References.of(parsed, model, load.definitions)
+        return model
+
+    def forget(self) -> None:
+        """A load went cold after this cache's attempt: the next one goes the whole way."""
+        self._references = None
+        self.changes = None
 
     def _entry(self, file_path: Path, shown_name: str) -> _CachedFile | None:
+        entry = self._files.get(shown_name)
+        signature = _signature(file_path)
+        if signature is None:
+            return None  # gone or unreadable: a cold load says so
+        if entry is not None and not entry.tls_files and entry.signature == signature:
+            return entry  # not written since it was read (and not within the racy margin)
+        made = self._read(file_path, shown_name, entry)
+        if made is not None:
+            made.signature = signature if _settled(signature) else None
+        return made
+
+    def _read(self, file_path: Path, shown_name: str,
+              entry: _CachedFile | None) -> _CachedFile | None:
+        self.read_files += 1
         try:
             data = read_limited(file_path)
         except Exception:  # too large, not a regular file, unreadable: a cold load says so
             return None
         digest = hashlib.blake2b(data, digest_size=16).digest()
-        entry = self._files.get(shown_name)
         if entry is not None and entry.digest == digest and not entry.tls_files:
             return entry
         self.parsed_files += 1
@@ -140,8 +188,10 @@ class ParseCache:
                 documents, issues = parse_yaml(data, shown_name)
                 local.issues.extend(issues)
                 load_documents(documents, local, parsed)
-            return _CachedFile(digest, parsed, local.definitions, not local.issues,
+            made = _CachedFile(digest, parsed, local.definitions, not local.issues,
                                tuple(sorted(read)))
+            return entry if entry is not None and entry.digest == digest and \
+                _same_parse(entry, made) else made
         earlier = entry.pieces if entry is not None else {}
         kept: dict[tuple[int, str], _CachedPiece] = {}
         parsed = []
@@ -152,7 +202,11 @@ class ParseCache:
         for key in pieces:
             piece = earlier.get(key)
             if piece is None or piece.tls_files:
-                piece = self._parse_piece(key, shown_name)
+                parsed_again = self._parse_piece(key, shown_name)
+                # A piece reading TLS files whose files gave the same parts: the very objects
+                # of last time, so the edit does not count it as changed.
+                piece = piece if piece is not None and _same_parse(piece, parsed_again) \
+                    else parsed_again
             kept[key] = piece
             parsed.extend(piece.parsed)
             for name, position in piece.definitions.items():
@@ -178,3 +232,61 @@ class ParseCache:
             load_documents(documents, local, parsed)
         return _CachedPiece(parsed, local.definitions, not local.issues, nodes,
                             tuple(sorted(read)))
+
+
+# A file whose modification (or status change) is this recent when read may be written again
+# within the same timestamp, so its (size, mtime) cannot tell the two contents apart (git's
+# "racy" files): it is read and hashed again on every load until it is older.
+RACY_NS = 2_000_000_000
+
+
+def _signature(path: Path) -> tuple[int, ...] | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _settled(signature: tuple[int, ...]) -> bool:
+    return max(signature[3], signature[4]) < time.time_ns() - RACY_NS
+
+
+def _same_parse(old: _CachedPiece | _CachedFile, new: _CachedPiece | _CachedFile) -> bool:
+    """Whether parsing the same text again gave equal parts (the TLS files it read unchanged),
+    with the same issues-or-not and definitions."""
+    return old.clean and new.clean and old.tls_files == new.tls_files and \
+        old.definitions == new.definitions and \
+        [d.parts for d in old.parsed] == [d.parts for d in new.parsed]
+
+
+def _units(entry: _CachedFile) -> list[_CachedPiece | _CachedFile]:
+    """What an entry was parsed as: its pieces, or the file whole."""
+    return list(entry.pieces.values()) if entry.pieces else [entry]
+
+
+def _edit(before: dict[str, _CachedFile], after: dict[str, _CachedFile]) -> Edit:
+    """The documents (and definitions) of the pieces parsed for `after` that `before` did not
+    hold, and those of `before`'s that are gone: pieces are compared by identity, so a piece
+    parsed again (it moved, or reads TLS files) counts as removed and added."""
+    edit = Edit()
+    for name in before.keys() | after.keys():
+        old, new = before.get(name), after.get(name)
+        if old is new:
+            continue
+        old_units = _units(old) if old is not None else []
+        new_units = _units(new) if new is not None else []
+        old_ids = {id(unit) for unit in old_units}
+        new_ids = {id(unit) for unit in new_units}
+        for unit in old_units:
+            if id(unit) not in new_ids:
+                edit.removed.extend(unit.parsed)
+                edit.removed_definitions.extend(unit.definitions)
+        for unit in new_units:
+            if id(unit) not in old_ids:
+                edit.added.extend(unit.parsed)
+                for key, position in unit.definitions.items():
+                    if key in edit.added_definitions:
+                        edit.clash = True  # defined in two changed files
+                    edit.added_definitions[key] = position
+    return edit

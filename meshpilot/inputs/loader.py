@@ -29,6 +29,7 @@ from meshpilot.inputs.documents import load_documents
 from meshpilot.inputs.files import policy_files, policy_folder
 from meshpilot.inputs.incremental import ParseCache
 from meshpilot.inputs.yamlsource import parse_yaml, read_yaml_file
+from meshpilot.ir.changes import ModelChanges
 from meshpilot.ir.model import Model
 
 
@@ -88,6 +89,17 @@ class PolicyLoader:
         return self._cache.parsed_files
 
     @property
+    def changes(self) -> ModelChanges | None:
+        """What the newest load changed from the one before, if it followed the index of who
+        refers to whom (`dependents.py`); None after a load that went the whole way."""
+        return self._cache.changes
+
+    @property
+    def fast(self) -> bool:
+        """Whether the newest load followed the index (checked only what its edit touched)."""
+        return self._cache.fast
+
+    @property
     def parsed_pieces(self) -> int:
         """Pieces of those files parsed (a file parsed whole counts 1)."""
         return self._cache.parsed_pieces
@@ -99,6 +111,7 @@ class PolicyLoader:
             if model is not None:
                 self.tls_files = self._cache.tls_files
                 return model
+            self._cache.forget()
             with tls.recording() as files:
                 try:
                     return load_policy(self.path, self.allowed_files)

@@ -17,7 +17,7 @@ named "reveiws" (did you mean "reviews"?)`).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from meshpilot.base.errors import Position
@@ -51,6 +51,39 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     _check_failover(documents, index)
 
 
+def check_documents(focus: Sequence[ParsedDocument], gateway_documents: Sequence[ParsedDocument],
+                    services: Mapping[str, Service], gateways: Mapping[str, Gateway],
+                    load: LoadContext) -> None:
+    """The checks of `validate_references` that read one document and the names it refers
+    to, run for the `focus` documents only, against the whole set given by name (`services`,
+    `gateways`, and `load.definitions`): what an incremental load runs for the documents it
+    changed and those referring to what it changed (`dependents.py`). With
+    `gateway_documents` (every Gateway document of the set), the port check across gateways
+    runs too. The other checks across documents (hosts claimed, shared limits, forwarded
+    users, one Route per service, a Service and a Gateway of one name) are the index's."""
+    index = _Index(load, {}, {}, [], [], {}, {})
+    index.services = services  # type: ignore[assignment]  # read only here
+    index.gateways = gateways  # type: ignore[assignment]
+    for document in focus:
+        ctx = document.context
+        for part in document.parts:
+            if isinstance(part, Route):
+                _check_route(part, ctx, index)
+                _check_attached_service(part, ctx, index)
+            elif isinstance(part, Gateway):
+                _check_tcp_listeners(part, ctx, index)
+                _check_tracing(part, ctx, index)
+            elif isinstance(part, Service):
+                if part.sidecar is not None:
+                    _check_calls(part, ctx, index)
+                    _check_callers(part, ctx, index)
+                _check_service_failover(part, ctx, index)
+    if gateway_documents:
+        index.gateway_documents = [(part, document.context) for document in gateway_documents
+                                   for part in document.parts if isinstance(part, Gateway)]
+        _check_ports(index)
+
+
 def _check_shared_limit_names(index: _Index) -> None:
     """Shared rate limits given one name are one limit: each must say the same."""
     first: dict[str, tuple[RateLimit, str]] = {}
@@ -73,28 +106,28 @@ def _check_failover(documents: Sequence[ParsedDocument], index: _Index) -> None:
     tcp if it does), with no failover of its own (Envoy's aggregate clusters do not nest)."""
     for document in documents:
         for part in document.parts:
-            if not isinstance(part, Service):
-                continue
-            ctx = document.context
-            for position, target in enumerate(part.failover):
-                path = ("failover", position)
-                found = index.services.get(target)
-                if target == part.name:
-                    ctx.report(path, "a Service cannot fail over to itself", at_value=True)
-                elif found is None:
-                    if not index.declared("Service", target):
-                        hint = index.did_you_mean("Service", target,
-                                                  index.names.get("Service", []))
-                        ctx.report(path, f"no Service named {quoted(target)}{hint}",
-                                   at_value=True)
-                elif (found.protocol == "tcp") != (part.protocol == "tcp"):
-                    ctx.report(path, f"Service {found.name} speaks protocol {found.protocol}, "
-                                     f"this one {part.protocol}: a failover target must speak "
-                                     "alike", at_value=True)
-                elif found.failover:
-                    ctx.report(path, f"Service {found.name} has a failover of its own; list "
-                                     "every fallback, in order, on this Service instead",
-                               at_value=True)
+            if isinstance(part, Service):
+                _check_service_failover(part, document.context, index)
+
+
+def _check_service_failover(part: Service, ctx: DocumentContext, index: _Index) -> None:
+    for position, target in enumerate(part.failover):
+        path = ("failover", position)
+        found = index.services.get(target)
+        if target == part.name:
+            ctx.report(path, "a Service cannot fail over to itself", at_value=True)
+        elif found is None:
+            if not index.declared("Service", target):
+                hint = index.did_you_mean("Service", target, index.names.get("Service", []))
+                ctx.report(path, f"no Service named {quoted(target)}{hint}", at_value=True)
+        elif (found.protocol == "tcp") != (part.protocol == "tcp"):
+            ctx.report(path, f"Service {found.name} speaks protocol {found.protocol}, "
+                             f"this one {part.protocol}: a failover target must speak "
+                             "alike", at_value=True)
+        elif found.failover:
+            ctx.report(path, f"Service {found.name} has a failover of its own; list "
+                             "every fallback, in order, on this Service instead",
+                       at_value=True)
 
 
 @dataclass(slots=True)
@@ -475,24 +508,31 @@ def _check_mesh(documents: Sequence[ParsedDocument], index: _Index) -> None:
                                      document.context, index)
     attached: dict[str, Route] = {}
     for route, ctx in index.routes:
-        if route.service is None:
-            continue
-        service = index.services.get(route.service)
+        service = _check_attached_service(route, ctx, index)
         if service is None:
-            if not index.declared("Service", route.service):
-                hint = index.did_you_mean("Service", route.service,
-                                          index.names.get("Service", []))
-                ctx.report(("service",), f"no Service named {quoted(route.service)}{hint}")
-            continue
-        if service.protocol == "tcp":
-            ctx.report(("service",), f"Service {service.name} speaks protocol tcp; HTTP rules "
-                                     "cannot apply to it")
             continue
         first = attached.setdefault(service.name, route)
         if first is not route:
             ctx.report(("service",), f"Service {service.name} already has Route {first.name} "
                                      f"attached (at {first.position}); write all of its rules "
                                      "in one Route")
+
+
+def _check_attached_service(route: Route, ctx: DocumentContext, index: _Index) -> Service | None:
+    """The HTTP Service a Route attached to a service names, or None (reported if wrong)."""
+    if route.service is None:
+        return None
+    service = index.services.get(route.service)
+    if service is None:
+        if not index.declared("Service", route.service):
+            hint = index.did_you_mean("Service", route.service, index.names.get("Service", []))
+            ctx.report(("service",), f"no Service named {quoted(route.service)}{hint}")
+        return None
+    if service.protocol == "tcp":
+        ctx.report(("service",), f"Service {service.name} speaks protocol tcp; HTTP rules "
+                                 "cannot apply to it")
+        return None
+    return service
 
 
 def _check_callers(service: Service, ctx: DocumentContext, index: _Index) -> None:

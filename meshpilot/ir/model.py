@@ -870,10 +870,19 @@ class Model:
     # The policy's `kind: Rollout` document, if any (runtime/rollout.py reads it).
     rollout: RolloutSettings | None = None
 
+    # True only for a model whose `_services` and `_gateways` were given already made (an
+    # incremental load patched the previous model's index, inputs/dependents.py); reset at once,
+    # so `dataclasses.replace` of this model indexes again.
+    _indexed: bool = field(default=False, compare=False, repr=False)
+
     def __post_init__(self) -> None:
-        # Lookups by name are on every translator's path: index once (10k services).
-        self._services.update((s.name, s) for s in self.services)
-        self._gateways.update((g.name, g) for g in self.gateways)
+        # Lookups by name are on every translator's path: index once (10k services), in dicts
+        # of this model's own (`dataclasses.replace` passes the old model's along).
+        if self._indexed:
+            object.__setattr__(self, "_indexed", False)
+            return
+        object.__setattr__(self, "_services", {s.name: s for s in self.services})
+        object.__setattr__(self, "_gateways", {g.name: g for g in self.gateways})
 
     def service(self, name: str) -> Service | None:
         return self._services.get(name)

@@ -171,7 +171,8 @@ class Controller:
             # The serving translation and snapshots are reused where their inputs are equal:
             # a reload costs what changed (the result is the same as a cold translation's).
             translation = Translation(model, self.plugins, discovered=discovered,
-                                      identities=self.identities, previous=self.translation)
+                                      identities=self.identities, previous=self.translation,
+                                      changes=self.loader.changes)
             snapshots = [translation.snapshot(view, previous=self.cache.get(view))
                          for view in views]
             self._check(model, [(self.cache.get(s.view), s) for s in snapshots])

@@ -22,6 +22,7 @@ versions do not churn). `Translation` (below) only coordinates; each job has its
     the incremental path
       reuse.py        what a Translation lends the next one (resources with equal inputs)
       snapshots.py    a view's snapshot from its earlier one, unchanged maps kept
+      patch.py        a gateway view's snapshot patched by what an edit changed (by name)
 
 What a view receives: its generated resources (a Gateway's or a sidecar's; any other view gets
 none) and the CA Secrets of the services its clusters go to, plus its own identity Secrets under
@@ -38,8 +39,9 @@ from collections.abc import Iterable, Mapping
 
 from meshpilot.base import types
 from meshpilot.base.gcpause import collection_paused
+from meshpilot.ir.changes import ModelChanges
 from meshpilot.ir.model import Endpoint, Model, Service
-from meshpilot.translators import mtls, raw, reuse, sidecar, snapshots
+from meshpilot.translators import mtls, patch, raw, reuse, sidecar, snapshots
 from meshpilot.translators.gateway import GatewayViews
 from meshpilot.translators.plugins import Plugin, apply_plugins, as_plugins
 from meshpilot.translators.upstreams import Upstreams
@@ -65,21 +67,52 @@ class Translation:
     `previous` (the Translation of an earlier model, usually sharing most model objects with this
     one after a reload) lends its resources whose inputs are equal (`reuse.py`); the result is
     exactly what a Translation without it builds. No reference to `previous` is kept.
+
+    `changes` (what the loader changed from `previous.model` to `model`, `ir/changes.py`) lets
+    it follow the edit instead of comparing everything: the gateways' Routes and untouched
+    listeners, clusters and CA Secrets are taken from `previous` as they are, and a gateway
+    view's snapshot is patched from its earlier one (`patch.py`), same content. Changes that
+    do not lead from `previous.model` to `model` are ignored.
     """
 
     def __init__(self, model: Model, plugins: Iterable[Plugin | object] = (),
                  discovered: Mapping[str, tuple[Endpoint, ...]] | None = None,
                  identities: mtls.IdentitySource | None = None,
-                 previous: Translation | None = None):
+                 previous: Translation | None = None, changes: ModelChanges | None = None):
         self.model = model
         self.identities = identities
         self.trust = mtls.TrustDomain.of(identities)
         self.plugins = as_plugins(plugins)
         earlier = previous.lend(self.trust) if previous is not None else reuse.NOTHING
+        discovered = discovered or {}
+        self.changes: ModelChanges | None = None
+        self._changed_services: set[str] = set()
+        if changes is not None and previous is not None and \
+                changes.follows(previous.model, model) and \
+                previous.trust.same_as(self.trust) and earlier.routes_of is not None:
+            self.changes = changes
+            self._changed_services = set(changes.services) | {
+                name for name in earlier.discovered.keys() | discovered.keys()
+                if earlier.discovered.get(name, ()) != discovered.get(name, ())}
+        self._earlier_views = earlier.views if self.changes is not None else {}
+        self.assemblies: dict[str, patch.ViewAssembly] = {}  # gateway views, as assembled
+        self.patched_views: set[str] = set()  # views whose snapshot was patched (tests)
+        # With other discovered endpoints (`with_endpoints`): the assemblies of the
+        # Translation it was made from, which `refresh_endpoints` patches.
+        self._refreshed: Mapping[str, patch.ViewAssembly] = {}
         self.raw = raw.RawResources(model, earlier)
-        self.upstreams = Upstreams(model, discovered or {}, self.trust, earlier)
-        self.gateways = GatewayViews(model, self.upstreams.resources, earlier)
+        self.upstreams = Upstreams(model, discovered, self.trust, earlier,
+                                   keep_except=self._changed_parts() if self.changes else None)
+        self.gateways = GatewayViews(model, self.upstreams.resources, earlier, self.changes)
         self.mesh = sidecar.Mesh(model, self.upstreams.resources, self.trust)
+
+    def _changed_parts(self) -> list[Service]:
+        """The changed Services as they were and as they are (their clusters are built
+        again)."""
+        assert self.changes is not None
+        return [service for name in self._changed_services
+                for model in (self.changes.before, self.model)
+                if (service := model.service(name)) is not None]
 
     @property
     def discovered(self) -> Mapping[str, tuple[Endpoint, ...]]:
@@ -92,10 +125,58 @@ class Translation:
         changed; the content is the same either way."""
         # A view's resources are many long-lived objects in no cycle (base/gcpause.py).
         with collection_paused():
+            found = self._patched(view, previous)
+            if found is not None:
+                return found
             assembled = self._assembled(view)
             if previous is None or previous.view != view:
-                return Snapshot.from_resources(view, assembled)
-            return snapshots.reusing(previous, assembled)
+                made = Snapshot.from_resources(view, assembled)
+            else:
+                made = snapshots.reusing(previous, assembled)
+            assembly = self.assemblies.get(view)
+            if assembly is not None and assembly.snapshot is None and not self.plugins and \
+                    not self.raw.for_view(view):
+                assembly.snapshot = made  # the assembly is all the snapshot holds: patchable
+            return made
+
+    def _patched(self, view: str, previous: Snapshot | None) -> Snapshot | None:
+        """The view's snapshot patched from `previous` by what changed (`patch.py`), if it
+        can be: a gateway view whose earlier assembly made `previous`, nothing else in it."""
+        if self.changes is None or previous is None or self.plugins or self.model.raw:
+            return None
+        gateway = self.model.gateway(view)
+        earlier = self._earlier_views.get(view)
+        if gateway is None or not isinstance(earlier, patch.ViewAssembly) or \
+                earlier.gateway is not gateway or view in self.changes.gateways or \
+                not patch.patchable(self.changes, self._changed_services) or \
+                not earlier.claim(previous):
+            return None
+        return self._patch(earlier, view, self.changes, self._changed_services)
+
+    def _patch(self, earlier: patch.ViewAssembly, view: str, changes: ModelChanges,
+               services: set[str]) -> Snapshot:
+        identity = None
+        if self.identities is not None:
+            identities = self.identities
+
+            def identity() -> list[Resource]:
+                return mtls.identity_secrets(identities, view,
+                                             mtls.view_identity(self.model, view, self.trust))
+        assembly, snapshot = earlier.patched(self.model, changes, services, self.gateways,
+                                             self._contribution(view), identity)
+        self.assemblies[view] = assembly
+        self.patched_views.add(view)
+        return snapshot
+
+    def _contribution(self, view: str) -> patch.Contribute:
+        """What one (service, subset) adds to a view: its clusters (and assignments), their
+        CA Secrets, and whether they need the view's identity."""
+        def contribute(key: tuple[str, str | None]) -> patch.Contribution:
+            resources = self.upstreams.resources(*key)
+            needs = self.identities is not None and \
+                mtls.needs_identity(self.model, view, resources)
+            return (*resources, *self.upstreams.ca_secrets(resources)), needs
+        return contribute
 
     def _assembled(self, view: str) -> list[Resource]:
         """raw -> generated -> plugins."""
@@ -106,6 +187,15 @@ class Translation:
 
     def _generated(self, view: str) -> list[Resource]:
         gateway = self.model.gateway(view)
+        if gateway is not None and not self.plugins:
+            # Recorded by contribution, so the next Translation can patch it (`patch.py`).
+            assembly = patch.ViewAssembly.of(self.model, gateway, self.gateways,
+                                             self._contribution(view))
+            if self.identities is not None and assembly.needing:
+                assembly.identity = tuple(mtls.identity_secrets(
+                    self.identities, view, mtls.view_identity(self.model, view, self.trust)))
+            self.assemblies[view] = assembly
+            return assembly.resources()
         if gateway is not None:
             generated = self.gateways.resources(gateway)
         else:
@@ -128,7 +218,13 @@ class Translation:
         return reuse.Earlier(raw=self.raw.by_id(),
                              clusters=self.upstreams.built if same_trust else {},
                              listeners=self.gateways.listeners,
-                             virtual_hosts=self.gateways.virtual_hosts)
+                             virtual_hosts=self.gateways.virtual_hosts,
+                             routes_of=self.gateways.routes_of,
+                             route_inputs=self.gateways.route_inputs,
+                             ca_secrets=self.upstreams.ca_secrets_built,
+                             discovered=self.upstreams.discovered,
+                             views={view: assembly for view, assembly in self.assemblies.items()
+                                    if assembly.snapshot is not None})
 
     def refresh_identity(self, previous: Snapshot) -> Snapshot:
         """`previous` with the view's rotated certificate: an SDS-only change. With plugins
@@ -156,6 +252,9 @@ class Translation:
         routes and every cluster of an unaffected service are shared, nothing is loaded or
         re-validated."""
         new = copy.copy(self)
+        new.changes = None  # its views are refreshed from snapshots (refresh_endpoints)
+        new._refreshed = self.assemblies  # what `refresh_endpoints` patches
+        new.assemblies, new.patched_views = {}, set()
         new.upstreams = self.upstreams.with_endpoints(discovered)
         new.gateways = self.gateways.with_clusters(new.upstreams.resources)
         new.mesh = self.mesh.with_clusters(new.upstreams.resources)
@@ -169,5 +268,13 @@ class Translation:
         (which may patch anything) the view is assembled again, still reusing unchanged maps."""
         if self.plugins:
             return snapshots.keeping_equal_maps(previous, self.snapshot(previous.view))
+        # A gateway view assembled by contribution: patched, so its assembly follows and the
+        # next reload patches it too (`patch.py`); the same content either way.
+        earlier = self._refreshed.get(previous.view)
+        if earlier is not None and not self.model.raw and \
+                earlier.gateway is self.model.gateway(previous.view):
+            changes = ModelChanges(self.model, self.model, services=frozenset(services))
+            if patch.patchable(changes, services) and earlier.claim(previous):
+                return self._patch(earlier, previous.view, changes, services)
         return snapshots.with_clusters_of(previous, services, self.upstreams.resources,
                                           self.raw.overridden(previous.view))

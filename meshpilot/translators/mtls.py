@@ -80,6 +80,9 @@ class TrustDomain:
     def of(cls, source: IdentitySource | None) -> TrustDomain:
         return cls() if source is None else cls(source.trust_domain, source.namespace)
 
+    def same_as(self, other: TrustDomain) -> bool:
+        return (self.trust_domain, self.namespace) == (other.trust_domain, other.namespace)
+
     def of_path(self, path: str) -> str:
         """`spiffe://<trust domain>/<path>` for a SPIFFE path (`ns/default/sa/reviews`)."""
         return f"spiffe://{self.trust_domain}/{path}"

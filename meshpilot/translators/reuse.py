@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from meshpilot.ir.model import Gateway, RawResource, Route, Service
+from meshpilot.ir.model import Endpoint, Gateway, RawResource, Route, Service
 from meshpilot.translators.routes import VirtualHostBytes, VirtualHostCache
 from meshpilot.xds.resources import Resource
 
@@ -44,6 +44,8 @@ class BuiltListener:
     filter_inputs: tuple[object, ...]  # what its HTTP filters read of them (httpfilters)
     front: tuple[Resource, ...]  # the Listener, then the Secrets it names
     config: tuple[Resource, ...]  # its RouteConfiguration (none for tcp or a redirect)
+    # Its configuration's pieces by Route (`routesplice.ConfigLayout`), once an edit spliced it
+    layout: object | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,15 @@ class Earlier:
     clusters: Mapping[str, BuiltCluster] = field(default_factory=dict)
     listeners: Mapping[ListenerKey, BuiltListener] = field(default_factory=dict)
     virtual_hosts: Mapping[tuple[int, int], VirtualHostBytes] = field(default_factory=dict)
+    # For a Translation told what changed (`ir/changes.py`, the patch path, `patch.py`): the
+    # Routes of each gateway, the CA Secrets by service, the discovered endpoints, and what
+    # each gateway view's snapshot was assembled from.
+    routes_of: Mapping[str, list[Route]] | None = None
+    ca_secrets: Mapping[str, tuple[Resource, ...]] = field(default_factory=dict)
+    discovered: Mapping[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    views: Mapping[str, object] = field(default_factory=dict)  # view -> patch.ViewAssembly
+    # id(Route) -> (the Route, what its HTTP filters read of it: `httpfilters.route_inputs`)
+    route_inputs: Mapping[int, tuple[Route, tuple[object, ...]]] = field(default_factory=dict)
 
     def raw_resource(self, resource: RawResource) -> Resource | None:
         found = self.raw.get(id(resource))  # kept alive by the earlier record: ids are stable

@@ -71,10 +71,26 @@ def replacing(previous: Snapshot,
     map is kept (and `previous` itself when there are no updates)."""
     if not updates:
         return previous
+    return patched(previous, {t: changed.values() for t, changed in updates.items()}, {})
+
+
+def patched(previous: Snapshot, changed: Mapping[str, Iterable[Resource]],
+            removed: Mapping[str, Iterable[str]]) -> Snapshot:
+    """`previous` with `changed` resources added or replaced and `removed` names (type URL ->
+    names) left out, each map patched (`ResourceMap.patched`: the cost follows the change);
+    maps left empty are dropped, and `previous` itself is returned if nothing differs."""
     maps = {t: previous.get(t) for t in previous.type_urls()}
-    for type_url, changed in updates.items():
-        maps[type_url] = ResourceMap(type_url, {**maps.get(type_url, {}), **changed}.values())
-    return Snapshot(previous.view, maps)
+    moved = False
+    for type_url in {*changed, *removed}:
+        old = maps.get(type_url) or ResourceMap(type_url)
+        new = old.patched(changed.get(type_url, ()), removed.get(type_url, ()))
+        if new is not old:
+            moved = True
+            if len(new):
+                maps[type_url] = new
+            else:
+                maps.pop(type_url, None)
+    return Snapshot(previous.view, maps) if moved else previous
 
 
 def changed_only(previous: Snapshot, type_url: str,

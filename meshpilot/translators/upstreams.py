@@ -32,7 +32,10 @@ class Upstreams:
     on the same cluster build equal bytes, and either result is kept."""
 
     def __init__(self, model: Model, discovered: Discovered, trust: mtls.TrustDomain,
-                 earlier: Earlier = NOTHING):
+                 earlier: Earlier = NOTHING, keep_except: Iterable[Service] | None = None):
+        """`keep_except`: take every cluster and CA Secret `earlier` built, except those of
+        these Services (the changed ones, before and after the change): the patch path, which
+        builds only what changed and must still lend everything to the Translation after it."""
         self.model = model
         self.discovered: dict[str, tuple[Endpoint, ...]] = dict(discovered)
         self.trust = trust
@@ -42,6 +45,17 @@ class Upstreams:
         # Patchable forms of built assignments, by cluster name (made on a first patch).
         self._assignments: dict[str, Assignment] = {}
         self._services: dict[str, Service | None] = {}  # service(): made once per name
+        if keep_except is not None:
+            self._built = dict(earlier.clusters)
+            self._ca_secrets = dict(earlier.ca_secrets)
+            for service in keep_except:
+                for name in cluster_names(service):
+                    self._built.pop(name, None)
+                self._ca_secrets.pop(service.name, None)
+
+    @property
+    def ca_secrets_built(self) -> Mapping[str, tuple[Resource, ...]]:
+        return self._ca_secrets
 
     @property
     def built(self) -> Mapping[str, BuiltCluster]:
@@ -163,6 +177,12 @@ def _not_at(found: tuple[Endpoint, ...], policy: tuple[Endpoint, ...]) -> tuple[
         return tuple(e for i, e in enumerate(found) if i not in drop)
     static = {_address(e) for e in policy}
     return tuple(e for e in found if _address(e) not in static)
+
+
+def cluster_names(service: Service) -> list[str]:
+    """The name of every cluster `translate_cluster` may build for a Service or its subsets."""
+    return [names.cluster(service.name), names.failover_primary(service.name),
+            *(names.cluster(service.name, subset) for subset, _ in service.subsets)]
 
 
 def translate_cluster(service: Service | None, subset: str | None,

@@ -5,6 +5,11 @@ responses are assembled from (the SotW `Any` entry and the delta `Resource` entr
 Envoys costs a bytes concatenation per stream, never a serialization. A `ResourceMap` is the
 immutable set of one type's resources in one view; its version is a hash of its contents, so two
 replicas (or a restarted one) that hold the same config agree on every version.
+
+A map's version is a set hash: the sum, modulo 2**64, of one 64-bit BLAKE2b hash per (name,
+version) pair, each computed once when its `Resource` is built. So a map made from another with
+a few resources replaced (`ResourceMap.patched`, the incremental reload's path) gets its version
+by subtracting the old pairs and adding the new ones, without visiting the rest of the set.
 """
 
 from __future__ import annotations
@@ -22,11 +27,28 @@ def content_version(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=8).hexdigest()
 
 
+_MASK = (1 << 64) - 1
+
+
+def pair_hash(name: str, version: str) -> int:
+    """One (name, version) pair's share of a set version (`set_version`)."""
+    digest = hashlib.blake2b(name.encode() + b"\0" + version.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _name_hash(name: str) -> int:
+    return pair_hash(name, "")
+
+
+def _shown(total: int) -> str:
+    return f"{total & _MASK:016x}"
+
+
 class Resource:
     """One named resource of one type, immutable once built."""
 
-    __slots__ = ("any_bytes", "body", "delta_entry", "name", "refs", "sotw_entry", "type_url",
-                 "version")
+    __slots__ = ("any_bytes", "body", "delta_entry", "name", "name_share", "refs", "share",
+                 "sotw_entry", "type_url", "version")
 
     def __init__(self, type_url: str, name: str, body: bytes, refs: References):
         self.type_url = type_url
@@ -37,6 +59,8 @@ class Resource:
         self.sotw_entry = wire.sotw_resource_entry(self.any_bytes)
         self.delta_entry = wire.delta_resource_entry(name, self.version, self.any_bytes)
         self.refs = refs
+        self.share = pair_hash(name, self.version)  # its part of a map's version
+        self.name_share = _name_hash(name)  # its part of a map's names_version
 
     @classmethod
     def from_message(cls, type_url: str, name: str, message: Message) -> Resource:
@@ -48,26 +72,21 @@ class Resource:
         return f"Resource({self.type_url.rsplit('.', 1)[-1]} {self.name!r} v={self.version})"
 
 
-def _hash_pairs(pairs: Iterable[tuple[str, str]]) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    for name, version in pairs:
-        h.update(name.encode())
-        h.update(b"\0")
-        h.update(version.encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
 def set_version(resources: Mapping[str, Resource]) -> str:
-    """The version of a set of resources: a hash of its sorted (name, version) pairs."""
-    return _hash_pairs((name, resources[name].version) for name in sorted(resources))
+    """The version of a set of resources: the sum of its (name, version) pairs' hashes."""
+    total = 0
+    for name, resource in resources.items():
+        share = getattr(resource, "share", None)
+        total += share if share is not None and resource.name == name else \
+            pair_hash(name, resource.version)
+    return _shown(total)
 
 
 class ResourceMap(Mapping[str, Resource]):
     """All resources of one type in one view: immutable, content-versioned, shared by streams."""
 
-    __slots__ = ("_claims_memo", "_diffs", "_items", "_name_set", "_names", "_sotw_body",
-                 "_versions", "names_version", "type_url", "version")
+    __slots__ = ("_claims_memo", "_diffs", "_items", "_name_set", "_names", "_names_total",
+                 "_sotw_body", "_total", "_versions", "names_version", "type_url", "version")
 
     def __init__(self, type_url: str, resources: Iterable[Resource] = ()):
         self.type_url = type_url
@@ -75,8 +94,7 @@ class ResourceMap(Mapping[str, Resource]):
         self._items: dict[str, Resource] = {r.name: r for r in items}
         if len(self._items) != len(items):
             raise ValueError(f"duplicate resource names in {type_url}")
-        self.version = _hash_pairs((r.name, r.version) for r in items)
-        self.names_version = _hash_pairs((r.name, "") for r in items)
+        self._set_totals(sum(r.share for r in items), sum(r.name_share for r in items))
         self._sotw_body: bytes | None = None
         self._names: tuple[str, ...] | None = None
         self._name_set: frozenset[str] | None = None
@@ -84,6 +102,58 @@ class ResourceMap(Mapping[str, Resource]):
         self._versions: dict[str, str] | None = None
         # The newest claims compared with this map, and the answer (see `held_exactly`).
         self._claims_memo: tuple[Mapping[str, str], bool] | None = None
+
+    def _set_totals(self, total: int, names_total: int) -> None:
+        self._total = total & _MASK
+        self._names_total = names_total & _MASK
+        self.version = _shown(self._total)
+        self.names_version = _shown(self._names_total)
+
+    def patched(self, changed: Iterable[Resource], removed: Iterable[str] = ()) -> ResourceMap:
+        """This map with `changed` added or replacing the resource of their name (unless it
+        holds one of the same version: the same bytes) and the resources named in `removed`
+        left out: equal to a map built from the whole new set,
+        in time proportional to the change when no name is added or removed (a dict copy
+        otherwise), its version from this one's (`set_version`). `self` if nothing differs."""
+        items = self._items
+        replaced: dict[str, Resource] = {}
+        for resource in changed:
+            old = items.get(resource.name)
+            if old is None or (old is not resource and old.version != resource.version):
+                replaced[resource.name] = resource  # an equal one is kept: same bytes
+        gone = [name for name in removed if name in items and name not in replaced]
+        if not replaced and not gone:
+            return self
+        total, names_total = self._total, self._names_total
+        added = False
+        for name, resource in replaced.items():
+            old = items.get(name)
+            if old is None:
+                added = True
+                names_total += resource.name_share
+            else:
+                total -= old.share
+            total += resource.share
+        for name in gone:
+            total -= items[name].share
+            names_total -= items[name].name_share
+        new = ResourceMap.__new__(ResourceMap)
+        new.type_url = self.type_url
+        if added or gone:  # names moved: the order by name is made again
+            merged = {**items, **replaced}
+            for name in gone:
+                del merged[name]
+            new._items = {name: merged[name] for name in sorted(merged)}
+        else:
+            new._items = {**items, **replaced}  # same names, same order
+        new._set_totals(total, names_total)
+        new._sotw_body = None
+        new._names = self._names if not (added or gone) else None
+        new._name_set = self._name_set if not (added or gone) else None
+        new._diffs = {}
+        new._versions = None
+        new._claims_memo = None
+        return new
 
     def __getitem__(self, name: str) -> Resource:
         return self._items[name]

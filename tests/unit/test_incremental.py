@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+from tls_material import CA
 
 from meshpilot.base import types
 from meshpilot.base.errors import PolicyError
@@ -34,6 +35,7 @@ class _Policy:
     files: list[str] = field(default_factory=lambda: ["a.yaml", "b.yaml", "sub/c.yaml",
                                                       "d.yml"])
     counter: int = 0
+    raw_allowed: bool = True  # False: meshpilot's Service, Route and Gateway only (the index)
 
     def fresh(self, prefix: str) -> str:
         self.counter += 1
@@ -191,6 +193,8 @@ class _Policy:
                              "remove_route", "add_gateway", "modify_gateway", "remove_gateway",
                              "add_raw", "modify_raw", "remove_raw", "move", "rename_file",
                              "delete_file", "noop"])
+        if choice.endswith("_raw") and not self.raw_allowed:
+            choice = "noop"
         if choice.startswith("add_"):
             getattr(self, choice)()
         elif choice == "modify_service" and self.services:
@@ -279,7 +283,16 @@ def _broken(policy: _Policy, rng: random.Random) -> dict[str, str]:
     else:
         extra = ("kind: EnvoyResources\nname: dup-raw\nclusters:\n"
                  "  - {name: twice, type: STATIC, connect_timeout: 1s}\n")
-        files["zz-raw.yaml"] = extra
+        if policy.raw_allowed:
+            files["zz-raw.yaml"] = extra
+        else:  # a host two Routes claim on one listener instead
+            route = sorted(policy.routes)[0] if policy.routes else None
+            extra = "kind: Route\nname: [unclosed\n"
+            if route is not None:
+                spec = policy.routes[route]
+                extra = (f"kind: Route\nname: twin\ngateway: {spec['gateway']}\n"
+                         f"hosts: [{route}.example.com]\nrules:\n"
+                         f"  - backends: [{{service: {spec['backends'][0][0]}}}]\n")
     files[target] = (text + "---\n" + extra) if text else extra
     return files
 
@@ -525,3 +538,310 @@ def test_route_configuration_from_cached_virtual_hosts_is_byte_identical() -> No
                                                               earlier, cache)
         reference = Resource.from_message(types.ROUTE, expected.name, expected)
         assert built.body == reference.body and built.refs == reference.refs
+
+
+# ---- the index of who refers to whom (inputs/dependents.py, translators/patch.py) -----------
+
+
+class _Clock:
+    def __call__(self) -> float:
+        return 1_900_000_000.0
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_index_path_equals_cold(tmp_path: Path, seed: int) -> None:
+    """Random edits of a policy of Services, Routes and Gateways only (what the index covers),
+    with broken edits in between: every load that follows the index, and every gateway view
+    patched from its earlier snapshot, gives exactly what a cold load and a cold Translation
+    give (with a mesh CA's identities on odd seeds), and a refused edit the cold issues."""
+    from meshpilot.ca import CertificateAuthority, WorkloadIdentities
+
+    rng = random.Random(1000 + seed)
+    policy = _Policy(rng, raw_allowed=False)
+    for _ in range(5):
+        policy.add_service()
+    policy.add_gateway()
+    policy.add_gateway()
+    for _ in range(7):
+        policy.add_route()
+    identities = WorkloadIdentities(CertificateAuthority.create("example.org"), ttl=3600,
+                                    clock=_Clock()) if seed % 2 else None
+    root = tmp_path / "policy"
+    root.mkdir()
+    loader = PolicyLoader(root)
+    translation: Translation | None = None
+    snapshots: dict[str, Snapshot] = {}
+    fast = patched = spliced = rejected = 0
+    for step in range(60):
+        if step and rng.random() < 0.12:
+            _write(root, _broken(policy, rng))
+            with pytest.raises(PolicyError) as cold_error:
+                load_policy(root)
+            with pytest.raises(PolicyError) as incremental_error:
+                loader.load()
+            assert [str(i) for i in incremental_error.value.issues] == \
+                [str(i) for i in cold_error.value.issues]
+            rejected += 1
+            continue
+        if step:
+            policy.edit()
+        _write(root, policy.render())
+        discovered: dict[str, tuple[Endpoint, ...]] = {}
+        if policy.services and rng.random() < 0.2:
+            service = rng.choice(sorted(policy.services))
+            discovered[service] = (Endpoint(host="10.200.0.1", port=rng.choice([80, 81])),)
+        model = loader.load()
+        fast += loader.fast
+        cold = Translation(load_policy(root), discovered=discovered, identities=identities)
+        assert model == cold.model
+        assert [r.position for r in model.routes] == [r.position for r in cold.model.routes]
+        translation = Translation(model, discovered=discovered, identities=identities,
+                                  previous=translation, changes=loader.changes)
+        for view in [*policy.views(), *snapshots]:
+            snapshot = translation.snapshot(view, previous=snapshots.get(view))
+            patched += view in translation.patched_views
+            _assert_same(snapshot, cold.snapshot(view))
+            snapshots[view] = snapshot
+        spliced += translation.gateways.spliced
+    assert fast > 20 and patched > 20 and spliced > 3 and rejected > 2, \
+        (fast, patched, spliced, rejected)
+
+
+def _gateway_doc(name: str = "gw", port: int = 10000, extra: str = "") -> str:
+    return f"kind: Gateway\nname: {name}\nlisteners:\n  - {{name: http, port: {port}}}\n{extra}"
+
+
+def _route_doc(name: str, *backends: str, host: str | None = None, extra: str = "") -> str:
+    items = ", ".join(f"{{service: {b}}}" for b in backends)
+    return (f"kind: Route\nname: {name}\ngateway: gw\nhosts: [{host or name + '.example'}]\n"
+            f"rules:\n  - backends: [{items}]\n{extra}")
+
+
+def _step(root: Path, files: dict[str, str], loader: PolicyLoader, state: dict,
+          *, fast: bool | None = True) -> None:
+    """Write `files`, load both ways and compare (model, or issues); then translate with the
+    changes and compare the edge view with a cold one. `fast`: whether the load must have
+    followed the index (None: either)."""
+    _write(root, files)
+    try:
+        cold_model = load_policy(root)
+    except PolicyError as error:
+        with pytest.raises(PolicyError) as incremental:
+            loader.load()
+        assert [str(i) for i in incremental.value.issues] == [str(i) for i in error.issues]
+        return
+    model = loader.load()
+    assert model == cold_model
+    if fast is not None:
+        assert loader.fast is fast
+    translation = Translation(model, previous=state.get("translation"), changes=loader.changes)
+    snapshot = translation.snapshot("gw", previous=state.get("snapshot"))
+    _assert_same(snapshot, Translation(cold_model).snapshot("gw"))
+    state.update(translation=translation, snapshot=snapshot)
+
+
+def test_index_follows_references_added_removed_and_renamed(tmp_path: Path) -> None:
+    loader = PolicyLoader(tmp_path)
+    state: dict = {}
+    services = {f"s{i}": _service_doc(i) for i in range(1, 5)}
+    routes = {"r1": _route_doc("r1", "s1"), "r2": _route_doc("r2", "s2")}
+
+    def files() -> dict[str, str]:
+        return {"gw.yaml": _gateway_doc(), "services.yaml": "---\n".join(services.values()),
+                "routes.yaml": "---\n".join(routes.values())}
+
+    _step(tmp_path, files(), loader, state, fast=False)  # the first load: the whole way
+    routes["r1"] = _route_doc("r1", "s1", "s3")  # a reference added
+    _step(tmp_path, files(), loader, state)
+    assert state["snapshot"].get(types.CLUSTER).get("s3") is not None
+    routes["r1"] = _route_doc("r1", "s3")  # one removed: s1's cluster goes from the view
+    _step(tmp_path, files(), loader, state)
+    assert state["snapshot"].get(types.CLUSTER).get("s1") is None
+    services["s3"] = _service_doc(3).replace("name: s3", "name: s3-renamed")  # Routes name it
+    _step(tmp_path, files(), loader, state)  # refused: r1 names s3, as a cold load says
+    assert loader.fast is False
+    routes["r1"] = _route_doc("r1", "s3-renamed")
+    _step(tmp_path, files(), loader, state, fast=None)  # valid again (the index is rebuilt)
+    services["s2"] = _service_doc(2, port=81)  # a Service edited: its Routes are checked again
+    _step(tmp_path, files(), loader, state)
+    services["s2"] = _service_doc(2, extra="protocol: tcp\n")  # now r2 cannot send to it
+    _step(tmp_path, files(), loader, state)
+    assert loader.fast is False
+    services["s2"] = _service_doc(2)
+    _step(tmp_path, files(), loader, state, fast=None)
+    routes["r3"] = _route_doc("r3", "s4", host="r2.example")  # a host r2 claims already
+    _step(tmp_path, files(), loader, state)
+    assert loader.fast is False
+    routes["r3"] = _route_doc("r3", "s4")
+    _step(tmp_path, files(), loader, state, fast=None)
+    routes["r4"] = _route_doc("r4", "s4")  # a new Route, then one deleted
+    _step(tmp_path, files(), loader, state)
+    del routes["r2"]
+    _step(tmp_path, files(), loader, state)
+    assert state["snapshot"].get(types.CLUSTER).get("s2") is None
+
+
+def test_index_follows_files_deleted_and_documents_moved(tmp_path: Path) -> None:
+    loader = PolicyLoader(tmp_path)
+    state: dict = {}
+    layout = {"gw.yaml": [_gateway_doc()],
+              "a.yaml": [_service_doc(1), _service_doc(2), _route_doc("r1", "s1")],
+              "b.yaml": [_service_doc(3), _route_doc("r3", "s3")]}
+
+    def files() -> dict[str, str]:
+        return {name: "---\n".join(docs) for name, docs in layout.items() if docs}
+
+    _step(tmp_path, files(), loader, state, fast=False)
+    layout["b.yaml"].append(layout["a.yaml"].pop(1))  # s2 moves from a.yaml to b.yaml
+    _step(tmp_path, files(), loader, state)
+    layout["c.yaml"] = [_route_doc("r2", "s2")]
+    _step(tmp_path, files(), loader, state)
+    del layout["c.yaml"]  # a file deleted: its Route goes
+    _step(tmp_path, files(), loader, state)
+    assert state["snapshot"].get(types.CLUSTER).get("s2") is None
+    layout["d.yaml"] = [_service_doc(1)]  # s1 defined in two files: refused
+    _step(tmp_path, files(), loader, state)
+    layout["a.yaml"].remove(_service_doc(1))  # the same Service moved to another file
+    _step(tmp_path, files(), loader, state, fast=None)
+    layout["e.yaml"] = [_service_doc(9)]
+    layout["f.yaml"] = [_service_doc(9, port=81)]  # defined twice, both in changed files
+    _step(tmp_path, files(), loader, state)
+    assert loader.fast is False
+    del layout["f.yaml"]
+    _step(tmp_path, files(), loader, state, fast=None)
+
+
+def test_index_checks_gateway_listeners_and_their_secrets(tmp_path: Path) -> None:
+    """A Gateway edit (a listener added, an https listener whose certificate changes): the
+    Routes attached are checked again, the view is assembled whole, and a certificate file
+    rewritten under an unchanged policy is read again."""
+    ca = CA()
+    ca.issue("shop.example").write(tmp_path / "tls", "shop")
+    loader = PolicyLoader(tmp_path / "policy")
+    state: dict = {}
+    policy = tmp_path / "policy"
+    tls = ("  - name: https\n    port: 10443\n    protocol: https\n    tls:\n      certificates:"
+           f"\n        - {{cert: {tmp_path}/tls/shop.pem, key: {tmp_path}/tls/shop.key}}\n")
+    gateway = _gateway_doc(extra=tls)
+    documents = [gateway, _service_doc(1), _route_doc("r1", "s1")]
+    loader = PolicyLoader(policy, allowed_files=[tmp_path / "tls"])
+
+    def step(fast: bool | None) -> None:
+        _write(policy, {"all.yaml": "---\n".join(documents)})
+        model = loader.load()
+        cold_model = load_policy(policy, allowed_files=[tmp_path / "tls"])
+        assert model == cold_model
+        if fast is not None:
+            assert loader.fast is fast
+        translation = Translation(model, previous=state.get("translation"),
+                                  changes=loader.changes)
+        snapshot = translation.snapshot("gw", previous=state.get("snapshot"))
+        _assert_same(snapshot, Translation(cold_model).snapshot("gw"))
+        state.update(translation=translation, snapshot=snapshot)
+
+    step(False)
+    before = state["snapshot"].get(types.SECRET)
+    assert len(before) == 1  # the listener's certificate
+    ca.issue("shop.example").write(tmp_path / "tls", "shop")  # the certificate renewed
+    step(True)  # the Gateway's piece read its files: parsed again, a Gateway change
+    assert "gw" not in state["translation"].patched_views
+    assert state["snapshot"].get(types.SECRET).version != before.version
+    documents[2] = _route_doc("r1", "s1", extra="listeners: [https]\n")
+    step(True)
+    assert "gw" in state["translation"].patched_views
+    documents[2] = _route_doc("r1", "s1", extra="listeners: [nope]\n")  # no such listener
+    _write(policy, {"all.yaml": "---\n".join(documents)})
+    with pytest.raises(PolicyError) as cold:
+        load_policy(policy, allowed_files=[tmp_path / "tls"])
+    with pytest.raises(PolicyError) as incremental:
+        loader.load()
+    assert [str(i) for i in incremental.value.issues] == [str(i) for i in cold.value.issues]
+    documents[0] = gateway.replace("name: https", "name: nope")  # the listener it names
+    step(None)
+
+
+def test_formats_the_index_does_not_cover_go_the_whole_way(tmp_path: Path) -> None:
+    """Raw EnvoyResources (and Gateway API or Istio documents) in a policy: every load goes
+    the whole way, still equal to a cold one."""
+    loader = PolicyLoader(tmp_path)
+    state: dict = {}
+    raw = ("kind: EnvoyResources\nname: extra\nclusters:\n  - {name: extra, type: STATIC, "
+           "connect_timeout: 1s}\n")
+    docs = [_gateway_doc(), _service_doc(1), _route_doc("r1", "s1"), raw]
+    _step(tmp_path, {"all.yaml": "---\n".join(docs)}, loader, state, fast=False)
+    docs[2] = _route_doc("r1", "s1", extra="    timeout: 3s\n")
+    _step(tmp_path, {"all.yaml": "---\n".join(docs)}, loader, state, fast=False)
+    assert loader.changes is None
+    docs.pop()  # the raw resource goes: the next load builds the index again
+    _step(tmp_path, {"all.yaml": "---\n".join(docs)}, loader, state, fast=False)
+    docs[2] = _route_doc("r1", "s1")
+    _step(tmp_path, {"all.yaml": "---\n".join(docs)}, loader, state, fast=True)
+
+
+def test_files_not_written_since_they_were_read_are_not_read_again(tmp_path: Path) -> None:
+    """A file whose inode, size and times are those it had when read, long enough after it was
+    written, is not read again; one written again (even to the same size and modification
+    time) or written just before it was read is."""
+    import os
+    import time
+
+    old = time.time_ns() - 3600 * 10**9
+    (tmp_path / "a.yaml").write_text(_service_doc(1))
+    (tmp_path / "b.yaml").write_text(_service_doc(2))
+    os.utime(tmp_path / "a.yaml", ns=(old, old))
+    loader = PolicyLoader(tmp_path)
+    loader.load()
+    assert loader._cache.read_files == 2
+    loader.load()
+    # a.yaml's modification time is an hour old, but it changed status just now (utime):
+    # still racy. b.yaml was written just now.
+    assert loader._cache.read_files == 2
+    entry = loader._cache._files["a.yaml"]
+    assert entry.signature is None
+    # Once settled (as if read long after), its signature is kept and it is not read again.
+    from meshpilot.inputs import incremental
+    settled = incremental.RACY_NS
+    incremental.RACY_NS = -10**12  # everything counts as settled
+    try:
+        loader.load()
+        loader.load()
+        assert loader._cache.read_files == 0
+        # The same size and modification time, other bytes: the status change time moved.
+        (tmp_path / "a.yaml").write_text(_service_doc(1).replace("10.0.0.1", "10.0.0.9"))
+        os.utime(tmp_path / "a.yaml", ns=(old, old))
+        model = loader.load()
+        assert loader._cache.read_files == 1
+        assert model == load_policy(tmp_path)
+        assert model.services[0].endpoints[0].host == "10.0.0.9"
+    finally:
+        incremental.RACY_NS = settled
+
+
+def test_discovered_endpoints_keep_the_view_patchable(tmp_path: Path) -> None:
+    """Discovered endpoints swapped into a gateway view (the EDS fast path) patch its assembly
+    too, so the next policy edit still patches the view; both equal cold translations."""
+    routes = [_route_doc("r1", "s1"), _route_doc("r2", "s2")]
+    documents = [_gateway_doc(), _service_doc(1), _service_doc(2)]
+    (tmp_path / "p.yaml").write_text("---\n".join(documents + routes))
+    loader = PolicyLoader(tmp_path)
+    first = Translation(loader.load())
+    before = first.snapshot("gw")
+    discovered = {"s2": (Endpoint(host="10.200.0.7", port=80),)}
+    moved = first.with_endpoints(discovered)
+    swapped = moved.refresh_endpoints(before, moved.changed_services({}) | {"s2"})
+    assert "gw" in moved.patched_views
+    assert swapped.get(types.LISTENER) is before.get(types.LISTENER)
+    _assert_same(swapped, Translation(first.model, discovered=discovered).snapshot("gw"))
+    routes[0] = _route_doc("r1", "s1", "s2")
+    (tmp_path / "p.yaml").write_text("---\n".join(documents + routes))
+    model = loader.load()
+    assert loader.fast
+    after = Translation(model, discovered=discovered, previous=moved, changes=loader.changes)
+    snapshot = after.snapshot("gw", previous=swapped)
+    assert "gw" in after.patched_views
+    _assert_same(snapshot, Translation(load_policy(tmp_path), discovered=discovered)
+                 .snapshot("gw"))
+    # The earlier assembly is spent: patching from it again assembles the view whole.
+    again = Translation(model, discovered=discovered, previous=moved, changes=loader.changes)
+    _assert_same(again.snapshot("gw", previous=swapped), snapshot)
+    assert "gw" not in again.patched_views

@@ -1,0 +1,39 @@
+"""What an incremental load changed: the names of the model parts it added, replaced or removed.
+
+The loader makes one for a model it built from the previous one (`inputs/dependents.py`); a
+Translation given it (with the previous Translation, of `before`) re-translates only what those
+names feed and patches each view's snapshot (`translators/patch.py`). Without one, everything
+is compared as before (`translators/reuse.py`).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+from operator import attrgetter
+
+from meshpilot.ir.model import Model, Route
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ModelChanges:
+    before: Model
+    after: Model
+    services: frozenset[str] = frozenset()  # Service names added, replaced or removed
+    gateways: frozenset[str] = frozenset()
+    routes: frozenset[str] = frozenset()
+
+    def follows(self, before: Model, after: Model) -> bool:
+        """Whether these are the changes from `before` to `after` (the very objects)."""
+        return self.before is before and self.after is after
+
+
+_name = attrgetter("name")
+
+
+def route_named(model: Model, name: str) -> Route | None:
+    """The model's Route of that name (its routes are sorted by name: a bisection)."""
+    at = bisect_left(model.routes, name, key=_name)
+    if at < len(model.routes) and model.routes[at].name == name:
+        return model.routes[at]
+    return None
