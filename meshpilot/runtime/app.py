@@ -160,6 +160,10 @@ class Settings:
     # Serve the policy revision `meshpilot apply` stored (runtime/policy_store.py) instead of
     # a folder of one's own; `policy` is then where it is written (state_dir/policy-from-store).
     policy_from_store: bool = False
+    # VHDS for delta ADS Envoys (xds/vhds.py, docs/operations.md): a gateway listener's route
+    # configuration goes out without its virtual hosts, each virtual host a resource of its
+    # own, so a one-host edit sends one virtual host. SotW and per-type streams: unchanged.
+    vhds: bool = False
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -260,7 +264,7 @@ class Meshpilot:
                              authorize=authorize,
                              request_view=self.controller.views.snapshot_of,
                              on_settled=self.convergence.settled,
-                             on_closed=self.convergence.closed)
+                             on_closed=self.convergence.closed, vhds=settings.vhds)
         self.serving = False
         self.xds_address = settings.xds_address
         self.admin_address = settings.admin_address

@@ -109,13 +109,15 @@ class XdsServer:
                  on_nack: Callable[[Connection, str, str], None] | None = None,
                  authorize: Authorize | None = None, request_view: RequestView | None = None,
                  on_settled: Callable[[Connection], None] | None = None,
-                 on_closed: Callable[[Connection], None] | None = None):
+                 on_closed: Callable[[Connection], None] | None = None,
+                 vhds: bool = False):
         """`authorize(node, view, context)`: None lets a stream have that view, a string refuses
         it (PERMISSION_DENIED with that text); see `meshpilot.xds.security.IdentityCheck`.
         `request_view(view)`: builds a view that has no snapshot yet (the runtime translates it,
         off the event loop); without it, a stream waits until its view's snapshot is set.
         `on_settled(conn)`: the stream is idle (nothing in flight, nothing to send) on its
-        snapshot, after an input; `on_closed(conn)`: it ended (the runtime's convergence)."""
+        snapshot, after an input; `on_closed(conn)`: it ended (the runtime's convergence).
+        `vhds`: delta ADS streams get route configurations in the VHDS layout (xds/vhds.py)."""
         self.cache = cache
         self.registry = registry or ProxyRegistry()
         self.metrics = metrics or XdsMetrics()
@@ -126,6 +128,7 @@ class XdsServer:
         self.request_view = request_view
         self.on_settled = on_settled
         self.on_closed = on_closed
+        self.vhds = vhds
         # Resource versions an Envoy refused: no stream of this server sends them again.
         self.held = HeldResources()
 
@@ -148,7 +151,8 @@ class XdsServer:
     def _handler(self, *, delta: bool, type_url: str | None):
         async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
             stream = XdsStream(delta=delta, ads=type_url is None, type_url=type_url,
-                               control_plane_id=self.control_plane_id, held=self.held)
+                               control_plane_id=self.control_plane_id, held=self.held,
+                               vhds=self.vhds)
             async for payload in self._serve(stream, requests, context):
                 yield _Box(payload)
                 # Between pushes, hold no reference to the last response: with 5,000 clusters
