@@ -47,7 +47,7 @@ def origins_of(model: Model, view: str, type_url: str, name: str,
         return found + _route_config(model, view, name)
     if type_url == types.VIRTUAL_HOST:  # VHDS: `<route configuration>/<virtual host>`
         config, vhost = vhds.split_name(name)
-        return _route_part(model, part or vhost) + _route_config(model, view, config)
+        return _keep(*_route_part(model, part or vhost), *_listener(model, view, config))
     if type_url == types.SECRET:
         return _secret(model, name)
     return ()

@@ -160,8 +160,11 @@ def _split(config: Resource, previous: SplitConfig | None) -> SplitConfig | None
     if not vhosts:
         return None
     thin_body = b"".join(rest) + _VHDS_BYTES
-    thin = Resource(types.ROUTE, config.name, thin_body,
-                    references_of(types.ROUTE, RouteConfiguration.FromString(thin_body)))
+    if previous is not None and previous.thin.body == thin_body:
+        thin = previous.thin  # only virtual hosts changed: the same thin configuration
+    else:
+        thin = Resource(types.ROUTE, config.name, thin_body,
+                        references_of(types.ROUTE, RouteConfiguration.FromString(thin_body)))
     return SplitConfig(config, thin, vhosts, chunks)
 
 
