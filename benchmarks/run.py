@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = ("convergence", "prepush", "fanout", "translation", "incremental", "storm",
-             "traffic", "sidebyside", "replicas")
+             "traffic", "sidebyside", "replicas", "vhds")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         sidebyside,
         traffic,
         translation,
+        vhds,
     )
     from benchmarks.common import write_json
 
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                     if args.traffic_edits:
                         rcfg.edits = args.traffic_edits
                     result = traffic.run(rcfg, work / "traffic", log)
+                elif name == "vhds":
+                    vcfg = vhds.VhdsConfig.quick() if args.quick else vhds.VhdsConfig()
+                    result = vhds.run(vcfg, work / "vhds", log)
                 elif name == "replicas":
                     pcfg = (replicas.ReplicasConfig.quick() if args.quick
                             else replicas.ReplicasConfig())

@@ -157,3 +157,18 @@ def test_vhds_serves_hosts_as_today_and_a_one_route_edit_is_its_virtual_host(
     # version, nonce), a fixed ~200 bytes whatever the number of Routes.
     assert vhost_size < vhost_bytes <= vhost_size + ENVELOPE, (vhost_bytes, vhost_size)
     assert vhost_bytes * 50 < routes_bytes, (vhost_bytes, routes_bytes)
+
+    # meshpilot restarts: the delta Envoy resumes with the versions it holds
+    # (initial_resource_versions) and is re-sent no virtual host; the next edit is one again.
+    mp.stop()
+    mp.start()
+    eventually(lambda: len(mp.proxies()) == 2 and all(
+        t["status"] == "SYNCED" for p in mp.proxies() for t in p["types"].values()),
+        what="both Envoys back and in sync")
+    assert _get(served["delta"], "shop.example.com")[1].get("x-edit") == "two"
+    assert _sent(mp, "virtual_hosts") == 0
+    write_atomically(policy_dir / "edge.yaml", _policy(ports, "a", "three"))
+    eventually(lambda: _get(served["delta"], "shop.example.com")[1].get("x-edit") == "three",
+               what="an edit after the restart")
+    assert _get(served["delta"], "shop.example.com")[2] == "a"
+    assert 0 < _sent(mp, "virtual_hosts") <= vhost_size + ENVELOPE

@@ -286,3 +286,43 @@ def test_a_refused_virtual_host_leads_back_to_its_route() -> None:
     assert [(o.kind, o.name, o.field, o.position.line) for o in origins] == [
         ("Route", "shop", "", 15), ("Gateway", "edge", "listeners[0]", 12),
         ("Gateway", "edge", "", 9)], origins
+
+
+def _answer_all_but(client: Client, type_url: str) -> list[Any]:
+    """ACK every response but those of `type_url`, which are returned unanswered."""
+    kept = []
+    while out := client.stream.responses(client.now):
+        for o in out:
+            if o.type_url == type_url:
+                kept.append(o)
+            else:
+                client.request(o.type_url, nonce=o.nonce)
+    return kept
+
+
+def test_a_refused_virtual_host_is_held_back_and_the_rest_goes_out() -> None:
+    client = Client(snapshot())
+    client.open()
+    client.request(VHOST)
+    stream = client.stream
+    stream.on_snapshot(snapshot(extra=DOCS))
+    (response,) = _answer_all_but(client, VHOST)
+    assert response.names == ("edge/http/docs",)
+    nack = discovery_pb2.DeltaDiscoveryRequest(type_url=VHOST, response_nonce=response.nonce)
+    nack.error_detail.message = "duplicate domain docs.example.com"
+    client.now += 1
+    stream.on_request(nack, client.now)
+    (held,) = stream.held.all()
+    assert (held.type_url, held.name) == (VHOST, "edge/http/docs")
+    # Never acknowledged: it is left out (said removed, as Envoy does not hold it) ...
+    (out,) = _answer_all_but(client, VHOST)
+    assert out.names == () and out.removed == ("edge/http/docs",)
+    client.request(VHOST, nonce=out.nonce)
+    # ... and CSDS shows it refused with Envoy's message.
+    config = client_config(SimpleNamespace(stream=stream), include_contents=False)
+    (entry,) = [c for c in config.generic_xds_configs if c.name == "edge/http/docs"]
+    assert entry.error_state.details == "duplicate domain docs.example.com"
+    # Another Route's edit still goes out, and the refused content is not sent again.
+    stream.on_snapshot(snapshot(shop_to="api", extra=DOCS))
+    (edit,) = _answer_all_but(client, VHOST)
+    assert edit.names == ("edge/http/shop",)
