@@ -126,7 +126,7 @@ def _worker(policy: str, edits: int) -> dict[str, Any]:
                 pushed[kind] = pump(stream)
             whole = new.get(types.ROUTE)["edge/http"]
             vhost = layout.vhosts[EDITED]
-            inline = layout.split["edge/http"].chunks[EDITED]
+            inline = layout.split["edge/http"].chunk(EDITED)
             rows.append({"pushed": pushed, "vhost_bytes": len(vhost.body),
                          "vhost_inline_bytes": len(inline), "route_config_bytes": len(whole.body),
                          "layout_s": layout_s})

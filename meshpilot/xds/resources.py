@@ -49,12 +49,10 @@ class Resource:
 
 
 def _hash_pairs(pairs: Iterable[tuple[str, str]]) -> str:
+    # The hash of name, NUL, version, newline for each pair: one update of the joined text
+    # (the same bytes as an update per part, in a fraction of the time).
     h = hashlib.blake2b(digest_size=8)
-    for name, version in pairs:
-        h.update(name.encode())
-        h.update(b"\0")
-        h.update(version.encode())
-        h.update(b"\n")
+    h.update("".join(f"{name}\0{version}\n" for name, version in pairs).encode())
     return h.hexdigest()
 
 
@@ -114,6 +112,26 @@ class ResourceMap(Mapping[str, Resource]):
         if self._sotw_body is None:
             self._sotw_body = b"".join(r.sotw_entry for r in self._items.values())
         return self._sotw_body
+
+    def updated(self, changed: Mapping[str, Resource], removed: Iterable[str]) -> ResourceMap:
+        """This map with `changed` (name -> resource) put in and `removed` taken out, equal to
+        a new map of the result (`self` if nothing changes): the one-host edit of a map of
+        thousands re-sorts only when names come or go, and copies the rest in C."""
+        gone = [n for n in removed if n in self._items and n not in changed]
+        fresh = {n: r for n, r in changed.items() if self._items.get(n) is not r}
+        if not gone and not fresh:
+            return self
+        items = dict(self._items)
+        for name in gone:
+            del items[name]
+        renamed = bool(gone) or any(n not in items for n in fresh)
+        items.update(fresh)
+        out = ResourceMap(self.type_url)
+        out._items = dict(sorted(items.items())) if renamed else items
+        out.version = _hash_pairs((n, r.version) for n, r in out._items.items())
+        out.names_version = (_hash_pairs((n, "") for n in out._items) if renamed
+                             else self.names_version)
+        return out
 
     def diff_from(self, older: Mapping[str, Resource]) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """(names added or changed, names removed) going from `older` to this map.

@@ -63,17 +63,36 @@ def namespace_of(name: str) -> str:
     return name.rpartition("/")[0]
 
 
+Field = tuple[int, int, int, int, str]
+Parts = tuple[tuple[int, list[Field]], ...]
+_MAX_PARTS = 24  # runs kept before they are merged into one again
+
+
 class SplitConfig:
     """One route configuration in the VHDS layout: its thin form and its virtual hosts."""
 
-    __slots__ = ("chunks", "source", "thin", "vhosts")
+    __slots__ = ("changed", "parts", "removed", "source", "thin", "vhosts")
 
     def __init__(self, source: Resource, thin: Resource, vhosts: dict[str, Resource],
-                 chunks: dict[str, bytes]):
+                 parts: Parts,
+                 changed: dict[str, Resource] | None = None, removed: tuple[str, ...] = ()):
         self.source = source  # the whole RouteConfiguration this was made from
         self.thin = thin  # without virtual hosts, with `vhds`
         self.vhosts = vhosts  # resource name -> VirtualHost resource
-        self.chunks = chunks  # resource name -> the virtual host's bytes in `source`
+        # Every top-level field of `source`, in order: (number, start, payload start, end, the
+        # virtual host's resource name or ""), in runs of (shift, fields): a field's offsets
+        # are its run's shift plus its own. An edit re-slices runs instead of moving every
+        # offset after it (thousands of new tuples per edit otherwise).
+        self.parts = parts
+        # Made from an earlier split: the virtual hosts new or changed since, and those gone
+        # (None: made whole, compare every one).
+        self.changed = changed
+        self.removed = removed
+
+    def chunk(self, name: str) -> bytes:
+        """The bytes of virtual host `name` inside the whole configuration."""
+        body = self.source.body
+        return next(body[p:e] for _, _, p, e, n in _fields_of(self.parts) if n == name)
 
 
 class VhdsLayout:
@@ -86,26 +105,40 @@ class VhdsLayout:
         self.split: dict[str, SplitConfig] = {}
         before = earlier.split if earlier is not None else {}
         routes: list[Resource] = []
-        vhosts: list[Resource] = []
+        changed: dict[str, Resource] = {}  # virtual hosts new or changed since `earlier`
+        removed: set[str] = set()
         for name, config in source.items():
             previous = before.get(name)
             if previous is not None and previous.source.version == config.version:
                 found: SplitConfig | None = previous
             else:
                 found = _split(config, previous)
+            old = previous.vhosts if previous is not None else {}
             if found is None:
                 routes.append(config)  # served whole
+                removed.update(old)
                 continue
             self.split[name] = found
             routes.append(found.thin)
-            vhosts.extend(found.vhosts.values())
+            if found is previous:
+                continue
+            if found.changed is not None:  # split from `previous`: it says what changed
+                changed.update(found.changed)
+                removed.update(found.removed)
+            else:
+                changed.update((n, r) for n, r in found.vhosts.items() if old.get(n) is not r)
+                removed.update(n for n in old if n not in found.vhosts)
+        for name, gone in before.items():
+            if name not in source:
+                removed.update(gone.vhosts)
         same_routes = earlier is not None and len(earlier.routes) == len(routes) and all(
             earlier.routes.get(r.name) is r for r in routes)
         self.routes = earlier.routes if same_routes else ResourceMap(types.ROUTE, routes)
-        same_vhosts = earlier is not None and len(earlier.vhosts) == len(vhosts) and all(
-            earlier.vhosts.get(r.name) is r for r in vhosts)
-        self.vhosts = (earlier.vhosts if same_vhosts
-                       else ResourceMap(types.VIRTUAL_HOST, vhosts))
+        if earlier is None:
+            self.vhosts = ResourceMap(types.VIRTUAL_HOST, (
+                r for split in self.split.values() for r in split.vhosts.values()))
+        else:
+            self.vhosts = earlier.vhosts.updated(changed, removed)
         self._covering: tuple[frozenset[str], bool] | None = None
 
     def get(self, type_url: str) -> ResourceMap | None:
@@ -130,54 +163,246 @@ class VhdsLayout:
 
 def _split(config: Resource, previous: SplitConfig | None) -> SplitConfig | None:
     """`config` in the VHDS layout, reusing `previous`'s unchanged virtual hosts; None when it
-    is to be served whole."""
+    is to be served whole.
+
+    After a one-host edit the new bytes differ from `previous`'s in one stretch: the fields
+    before it and after it (found by comparing bytes, in C) are taken as they were, shifted,
+    and only the stretch is walked."""
     body = config.body
-    rest: list[bytes] = []
-    vhosts: dict[str, Resource] = {}
-    chunks: dict[str, bytes] = {}
-    earlier_chunks = previous.chunks if previous is not None else {}
-    earlier_vhosts = previous.vhosts if previous is not None else {}
     try:
-        for number, start, payload_start, end in _fields(body, 0, len(body)):
-            if number == _VHDS_FIELD:
-                return None  # VHDS already: as written
-            if number != _VHOSTS_FIELD:
-                rest.append(body[start:end])
-                continue
-            chunk = body[payload_start:end]
-            vhost_name = _string_field(chunk, _NAME_FIELD)
-            name = vhost_resource_name(config.name, vhost_name)
-            if name in chunks:
-                return None  # two virtual hosts of one name: Envoy's to refuse, whole
-            chunks[name] = chunk
-            old = earlier_vhosts.get(name)
-            if old is not None and earlier_chunks.get(name) == chunk:
-                vhosts[name] = old
-            else:
-                vhosts[name] = _vhost_resource(name, chunk)
+        if previous is not None:
+            found = _split_from(config, previous)
+            if found is not None:
+                return found if found.vhosts else None
+        fields = _walk(config.name, body, 0, len(body))
+        if fields is None:
+            return None
+        vhosts = {}
+        for _, _, payload, end, name in fields:
+            if name:
+                vhosts[name] = _vhost_resource(name, body[payload:end])
+        if len(vhosts) != sum(1 for f in fields if f[4]):
+            return None  # two virtual hosts of one name: Envoy's to refuse, whole
+        if not vhosts:
+            return None
+        return SplitConfig(config, _thin(config, fields, None), vhosts, ((0, fields),))
     except ValueError:
         return None  # not bytes this module can walk: served whole, Envoy decides
-    if not vhosts:
+
+
+def _walk(config_name: str, body: bytes, pos: int, end: int
+          ) -> list[tuple[int, int, int, int, str]] | None:
+    """The fields of `body[pos:end]`, each virtual host with its resource name; None if the
+    configuration says `vhds` itself (served as written)."""
+    out = []
+    for number, start, payload, stop in _fields(body, pos, end):
+        if number == _VHDS_FIELD:
+            return None
+        name = (vhost_resource_name(config_name, _leading_name(body[payload:stop]))
+                if number == _VHOSTS_FIELD else "")
+        out.append((number, start, payload, stop, name))
+    return out
+
+
+def _split_from(config: Resource, previous: SplitConfig) -> SplitConfig | None:
+    """`_split` by the stretch that differs from `previous`; None: split it whole instead."""
+    old, new = previous.source.body, config.body
+    prefix = _common_prefix(old, new)
+    suffix = _common_suffix(old, new, min(len(old), len(new)) - prefix)
+    parts = previous.parts
+    # Fields wholly before the stretch stay; those wholly after it move by `shift`.
+    first = _position_end(parts, prefix)
+    after = _position_start(parts, len(old) - suffix, first)
+    shift = len(new) - len(old)
+    before = _field_before(parts, first)
+    begin = before[3] if before is not None else 0
+    next_field = _field_at(parts, after)
+    stop = next_field[1] + shift if next_field is not None else len(new)
+    if stop < begin:
         return None
-    thin_body = b"".join(rest) + _VHDS_BYTES
-    if previous is not None and previous.thin.body == thin_body:
-        thin = previous.thin  # only virtual hosts changed: the same thin configuration
-    else:
-        thin = Resource(types.ROUTE, config.name, thin_body,
-                        references_of(types.ROUTE, RouteConfiguration.FromString(thin_body)))
-    return SplitConfig(config, thin, vhosts, chunks)
+    middle = _walk(config.name, new, begin, stop)
+    if middle is None or (middle and middle[-1][3] != stop) or (not middle and begin != stop):
+        return None  # the walk did not land on the next unchanged field: split it whole
+    between = list(_fields_between(parts, first, after))
+    vhosts = dict(previous.vhosts)
+    replaced = [f[4] for f in between if f[4]]
+    for name in replaced:
+        del vhosts[name]
+    changed: dict[str, Resource] = {}
+    for _, _, payload, end, name in middle:
+        if not name:
+            continue
+        if name in vhosts:
+            return None  # a duplicate: split it whole (and serve it whole)
+        chunk = new[payload:end]
+        earlier = previous.vhosts.get(name)
+        if earlier is not None and _same_chunk(previous, name, chunk):
+            vhosts[name] = earlier
+        else:
+            vhosts[name] = changed[name] = _vhost_resource(name, chunk)
+    merged = _respliced(parts, first, after, middle, shift)
+    touched_rest = any(not f[4] for f in between) or any(not f[4] for f in middle)
+    thin = (_thin(config, list(_fields_of(merged)), None) if touched_rest else previous.thin)
+    return SplitConfig(config, thin, vhosts, merged, changed,
+                       tuple(n for n in replaced if n not in vhosts))
+
+
+def _fields_of(parts: Parts) -> Iterator[Field]:
+    """Every field of `parts` with its offsets in the body."""
+    for shift, run in parts:
+        if not shift:
+            yield from run
+        else:
+            for n, a, p, e, m in run:
+                yield n, a + shift, p + shift, e + shift, m
+
+
+def _shifted(field: Field, shift: int) -> Field:
+    n, a, p, e, m = field
+    return n, a + shift, p + shift, e + shift, m
+
+
+def _position_end(parts: Parts, limit: int) -> tuple[int, int]:
+    """(run, index) of the first field that ends after `limit`."""
+    for index, (shift, run) in enumerate(parts):
+        if run[-1][3] + shift <= limit:
+            continue
+        lo, hi = 0, len(run)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if run[mid][3] + shift <= limit:
+                lo = mid + 1
+            else:
+                hi = mid
+        return index, lo
+    return len(parts), 0
+
+
+def _position_start(parts: Parts, limit: int, low: tuple[int, int]) -> tuple[int, int]:
+    """(run, index) of the first field from `low` that starts at or after `limit`."""
+    for index in range(low[0], len(parts)):
+        shift, run = parts[index]
+        lo = low[1] if index == low[0] else 0
+        if lo >= len(run) or run[-1][1] + shift < limit:
+            continue
+        hi = len(run)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if run[mid][1] + shift < limit:
+                lo = mid + 1
+            else:
+                hi = mid
+        return index, lo
+    return len(parts), 0
+
+
+def _field_at(parts: Parts, at: tuple[int, int]) -> Field | None:
+    index, i = at
+    while index < len(parts):
+        shift, run = parts[index]
+        if i < len(run):
+            return _shifted(run[i], shift)
+        index, i = index + 1, 0
+    return None
+
+
+def _field_before(parts: Parts, at: tuple[int, int]) -> Field | None:
+    index, i = at
+    if index < len(parts) and i > 0:
+        shift, run = parts[index]
+        return _shifted(run[i - 1], shift)
+    for shift, run in reversed(parts[:index]):
+        if run:
+            return _shifted(run[-1], shift)
+    return None
+
+
+def _fields_between(parts: Parts, first: tuple[int, int], after: tuple[int, int]
+                    ) -> Iterator[Field]:
+    for index in range(first[0], min(after[0] + 1, len(parts))):
+        shift, run = parts[index]
+        lo = first[1] if index == first[0] else 0
+        hi = after[1] if index == after[0] else len(run)
+        for field in run[lo:hi]:
+            yield _shifted(field, shift)
+
+
+def _respliced(parts: Parts, first: tuple[int, int], after: tuple[int, int],
+               middle: list[Field], shift: int) -> Parts:
+    """`parts` with the fields from `first` to `after` replaced by `middle` (offsets in the new
+    body) and every later run moved by `shift`: list slices, no field rebuilt."""
+    head = list(parts[:first[0]])
+    if first[0] < len(parts):
+        run_shift, run = parts[first[0]]
+        head.append((run_shift, run[:first[1]]))
+    tail = []
+    if after[0] < len(parts):
+        run_shift, run = parts[after[0]]
+        tail.append((run_shift + shift, run[after[1]:]))
+        tail.extend((s + shift, r) for s, r in parts[after[0] + 1:])
+    out = tuple(p for p in (*head, (0, middle), *tail) if p[1])
+    if len(out) > _MAX_PARTS:
+        out = ((0, list(_fields_of(out))),)
+    return out
+
+
+def _same_chunk(previous: SplitConfig, name: str, chunk: bytes) -> bool:
+    resource = previous.vhosts[name]
+    return resource.body == _renamed(name, chunk)
+
+
+def _thin(config: Resource, fields: list[tuple[int, int, int, int, str]],
+          unchanged: Resource | None) -> Resource:
+    """The configuration without its virtual hosts, with `vhds`; `unchanged` if given (its
+    fields other than virtual hosts are known to be the same)."""
+    if unchanged is not None:
+        return unchanged
+    body = config.body
+    thin_body = b"".join(body[start:end] for _, start, _, end, name in fields if not name)
+    thin_body += _VHDS_BYTES
+    return Resource(types.ROUTE, config.name, thin_body,
+                    references_of(types.ROUTE, RouteConfiguration.FromString(thin_body)))
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """The length of the longest common prefix, by halving (each comparison a memcmp)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    """The length of the longest common suffix, at most `limit`."""
+    lo, hi = 0, limit
+    la, lb = len(a), len(b)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[la - mid:la - lo] == b[lb - mid:lb - lo]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _renamed(name: str, chunk: bytes) -> bytes:
+    """The VirtualHost `chunk` with its name field replaced by `name`, every other byte kept."""
+    rest = b"".join(chunk[start:end] for number, start, _, end in _fields(chunk, 0, len(chunk))
+                    if number != _NAME_FIELD)
+    return _length_delimited(_NAME_FIELD, name.encode("utf-8")) + rest
 
 
 def _vhost_resource(name: str, chunk: bytes) -> Resource:
-    """The VirtualHost `chunk` renamed `name`: its name field replaced, every other byte kept."""
-    rest = b"".join(chunk[start:end] for number, start, _, end in _fields(chunk, 0, len(chunk))
-                    if number != _NAME_FIELD)
-    body = _length_delimited(_NAME_FIELD, name.encode("utf-8")) + rest
+    """The VirtualHost `chunk`, renamed `name`, as a resource (with the clusters it names)."""
     holder = RouteConfiguration()
     holder.virtual_hosts.add().MergeFromString(chunk)
     refs = references_of(types.ROUTE, holder)
-    return Resource(types.VIRTUAL_HOST, name, body, References(clusters=refs.clusters,
-                                                               secrets=refs.secrets))
+    return Resource(types.VIRTUAL_HOST, name, _renamed(name, chunk),
+                    References(clusters=refs.clusters, secrets=refs.secrets))
 
 
 def _fields(data: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
@@ -214,6 +439,16 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
         if byte < 0x80:
             return result, pos
         shift += 7
+
+
+def _leading_name(message: bytes) -> str:
+    """A VirtualHost's name: its first field, as every message meshpilot serializes is
+    (deterministically: fields in number order, each once); else found by walking the fields."""
+    if message[:1] == b"\x0a":
+        length, start = _read_varint(message, 1)
+        if start + length <= len(message):
+            return message[start:start + length].decode("utf-8")
+    return _string_field(message, _NAME_FIELD)
 
 
 def _string_field(message: bytes, number: int) -> str:

@@ -326,3 +326,47 @@ def test_a_refused_virtual_host_is_held_back_and_the_rest_goes_out() -> None:
     stream.on_snapshot(snapshot(shop_to="api", extra=DOCS))
     (edit,) = _answer_all_but(client, VHOST)
     assert edit.names == ("edge/http/shop",)
+
+
+def test_a_layout_made_edit_by_edit_equals_one_made_whole() -> None:
+    """Random edits (a virtual host changed, added, removed, renamed; the configuration's own
+    fields changed; several at once), each layout made from the one before: the same thin
+    configurations, virtual hosts and map versions as a layout made from nothing."""
+    import random
+
+    rng = random.Random(18)
+    hosts = {f"h{i:03d}": f"c{i}" for i in range(60)}
+    headers = 0
+
+    def config(name: str) -> Resource:
+        message = RouteConfiguration(name=name, ignore_port_in_host_matching=True)
+        for host in sorted(hosts):
+            vhost = message.virtual_hosts.add(name=host, domains=[f"{host}.example"])
+            vhost.routes.add(match={"prefix": "/"}, route={"cluster": hosts[host]})
+        message.response_headers_to_remove.extend(f"x-{i}" for i in range(headers))
+        return Resource.from_message(ROUTE, name, message)
+
+    layout = VhdsLayout(ResourceMap(ROUTE, [config("edge/http"), config("edge/other")]))
+    for step in range(200):  # enough edits for runs to be merged again (_MAX_PARTS)
+        for _ in range(rng.choice((1, 1, 1, 2, 5))):
+            kind = rng.random()
+            host = rng.choice(sorted(hosts))
+            if kind < 0.5:
+                hosts[host] = f"c{rng.randrange(1000)}" * rng.randrange(1, 4)
+            elif kind < 0.7:
+                hosts[f"h{rng.randrange(1000):03d}x"] = "new"
+            elif kind < 0.85 and len(hosts) > 1:
+                del hosts[host]
+            else:
+                headers = rng.randrange(3)
+        names = ["edge/http"] + (["edge/other"] if step % 7 else [])
+        source = ResourceMap(ROUTE, [config(n) for n in names])
+        layout = VhdsLayout(source, layout)
+        whole = VhdsLayout(source)
+        assert layout.routes.version == whole.routes.version, step
+        assert layout.vhosts.version == whole.vhosts.version, step
+        assert layout.vhosts.names_version == whole.vhosts.names_version, step
+        assert list(layout.vhosts) == list(whole.vhosts), step
+        for name, resource in whole.vhosts.items():
+            assert layout.vhosts[name].body == resource.body, (step, name)
+            assert layout.vhosts[name].refs == resource.refs, (step, name)
