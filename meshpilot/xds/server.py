@@ -201,6 +201,7 @@ class XdsServer:
                         snapshot = (self.cache.get(conn.view) if conn.view is not None
                                     else None)
                         if snapshot is not None:
+                            await self._prepare(stream, snapshot)
                             stream.on_snapshot(snapshot)
                         continue
                     try:
@@ -224,6 +225,7 @@ class XdsServer:
                         if snapshot is None and self.request_view is not None:
                             snapshot = await self.request_view(conn.view)
                         if snapshot is not None:
+                            await self._prepare(stream, snapshot)
                             stream.on_snapshot(snapshot)
                         log.info("%s connected: node %r view %r (%s)", conn.peer,
                                  conn.node_id, conn.view, variant)
@@ -255,6 +257,13 @@ class XdsServer:
             self.metrics.connected.labels(variant).dec()
             if conn.view is not None:
                 log.info("%s disconnected: node %r", conn.peer, conn.node_id)
+
+    @staticmethod
+    async def _prepare(stream: XdsStream, snapshot: Snapshot) -> None:
+        """A VHDS stream's layout of `snapshot` (xds/vhds.py), made on a worker thread once per
+        snapshot (not on the event loop, which every stream shares)."""
+        if stream.vhds and not snapshot.vhds_ready:
+            await asyncio.to_thread(snapshot.vhds)
 
     def _count(self, conn: Connection, type_url: str, kind: RequestKind) -> None:
         short = types.short_name(type_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Mapping
 
 from google.protobuf.message import Message
@@ -15,13 +16,14 @@ from meshpilot.xds.vhds import VhdsLayout
 class Snapshot:
     """Per-type `ResourceMap`s for one view. Immutable; its version is a hash of its contents."""
 
-    __slots__ = ("_maps", "_vhds", "_vhds_earlier", "version", "view")
+    __slots__ = ("_maps", "_vhds", "_vhds_earlier", "_vhds_lock", "version", "view")
 
     def __init__(self, view: str, maps: Mapping[str, ResourceMap]):
         self.view = view
         self._maps = dict(maps)
         self._vhds: VhdsLayout | None = None
         self._vhds_earlier: VhdsLayout | None = None
+        self._vhds_lock = threading.Lock()
         h = hashlib.blake2b(digest_size=8)
         for type_url in sorted(self._maps):
             h.update(type_url.encode() + b"=" + self._maps[type_url].version.encode() + b";")
@@ -55,13 +57,21 @@ class Snapshot:
     def vhds(self) -> VhdsLayout:
         """The ROUTE map as VHDS streams are sent it (`xds/vhds.py`), made once, on first use,
         from the previous snapshot's layout where the configurations did not change."""
-        if self._vhds is None:
-            routes = self.get(types.ROUTE)
-            earlier = self._vhds_earlier
-            self._vhds = (earlier if earlier is not None and earlier.source is routes
-                          else VhdsLayout(routes, earlier))
-            self._vhds_earlier = None
-        return self._vhds
+        found = self._vhds
+        if found is not None:
+            return found
+        with self._vhds_lock:  # made on a worker thread (xds/server.py): once, however many ask
+            if self._vhds is None:
+                routes = self.get(types.ROUTE)
+                earlier = self._vhds_earlier
+                self._vhds = (earlier if earlier is not None and earlier.source is routes
+                              else VhdsLayout(routes, earlier))
+                self._vhds_earlier = None
+            return self._vhds
+
+    @property
+    def vhds_ready(self) -> bool:
+        return self._vhds is not None
 
     def follows(self, previous: Snapshot) -> None:
         """This snapshot replaces `previous` (the cache says so): its VHDS layout, when one is

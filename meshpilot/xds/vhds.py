@@ -65,7 +65,7 @@ def namespace_of(name: str) -> str:
 
 Field = tuple[int, int, int, int, str]
 Parts = tuple[tuple[int, list[Field]], ...]
-_MAX_PARTS = 24  # runs kept before they are merged into one again
+_MAX_PARTS = 16  # runs kept before they are merged into one again
 
 
 class SplitConfig:

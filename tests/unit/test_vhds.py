@@ -1,7 +1,7 @@
 """VHDS (`xds/vhds.py`, `--vhds`): a view's route configurations split into a thin
 configuration and one VirtualHost resource per virtual host, and the stream state machine
 serving that layout to delta ADS streams only. Driven directly: no gRPC, no Envoy (the real
-Envoy is tests/e2e/test_vhds.py)."""
+Envoy is tests/e2e/test_vhds_traffic.py)."""
 
 from __future__ import annotations
 
