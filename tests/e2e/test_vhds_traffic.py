@@ -128,6 +128,10 @@ def test_vhds_serves_hosts_as_today_and_a_one_route_edit_is_its_virtual_host(
     vhosts = {v["name"]: v for v in config["virtual_hosts"]}
     assert len(vhosts) == FILLERS + 3
     assert vhosts["delta/http/delta-exact"]["domains"] == ["shop.example.com"]
+    # Envoy's own counters: the VHDS subscription of the route configuration took updates.
+    reloads = {k: v for k, v in delta.stats().items()
+               if ".vhds.delta/http." in k and k.endswith("config_reload")}
+    assert reloads and all(v >= 1 for v in reloads.values()), reloads
     (whole,) = _route_configs(sotw)
     assert "vhds" not in whole and len(whole["virtual_hosts"]) == FILLERS + 3
 
