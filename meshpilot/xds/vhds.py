@@ -1,12 +1,12 @@
 """VHDS: a view's route configurations as delta ADS streams are sent them with `--vhds`.
 
 A RouteConfiguration holding every virtual host of a gateway listener is one resource: a
-one-host edit replaces it whole (1.4 MB at 10,000 Routes), for every Envoy of the view. With
+one-host edit replaces it whole (1.1 MB at 10,000 Routes), for every Envoy of the view. With
 Envoy's Virtual Host Discovery Service the route configuration is sent without its virtual
 hosts and with `vhds` (over ADS, which must be delta); Envoy then subscribes to the type
-`VirtualHost` with the route configuration's name and takes every virtual host whose name has
-that name as its namespace (`<route configuration>/<...>`: Envoy matches by namespace, the
-text before the last `/`). A one-host edit is then one VirtualHost resource on the wire.
+`VirtualHost` (Envoy 1.40: a wildcard subscription) and gives each route configuration the
+virtual hosts whose name has its name as namespace (`<route configuration>/<...>`: the text
+before the last `/`). A one-host edit is then one VirtualHost resource on the wire.
 
 This module makes that layout from the snapshot's own ROUTE map, at the wire level: the
 snapshot (what `meshpilot render`, `diff`, CSDS's "newest", the pre-push check and provenance
@@ -17,13 +17,15 @@ per-filter configs, `ignore_port_in_host_matching` kept; only each virtual host'
 `<route configuration>/<name>` (a `/` or `%` in the name written `%2F`, `%25`), since Envoy
 keys VHDS virtual hosts by their name and removes one by its resource name.
 
-Left whole (not split): a route configuration with no virtual hosts (Envoy would wait on a VHDS
-subscription with nothing to answer it), one that already says `vhds` (a raw one), and one whose
-virtual hosts repeat a name (Envoy refuses it anyway; split, it would refuse something else).
+Left whole (not split): a route configuration with no virtual hosts (nothing to split: it goes
+out as it is and Envoy opens no VHDS subscription for it), one that already says `vhds` (a raw
+one), and one whose virtual hosts repeat a name (Envoy refuses it anyway; split, it would
+refuse something else).
 
-It never parses a whole configuration: the bytes are walked field by field, each virtual host is
-parsed only when it is new or changed (for the clusters it names), and the split of an unchanged
-configuration, and each unchanged virtual host's Resource, are taken from the previous layout.
+It never parses a whole configuration: the bytes are walked field by field, each virtual host
+is parsed only when it is new or changed (for the clusters it names), an unchanged
+configuration's split is the previous layout's, and an edited one walks only the stretch of
+bytes that differs from the previous one (`_split_from`).
 """
 
 from __future__ import annotations
