@@ -121,6 +121,19 @@ def _incremental(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]
     return title, headers, rows, note
 
 
+def _vhds(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
+    headers = ["routes", "pushed B, delta+VHDS", "pushed B, delta", "pushed B, SotW",
+               "virtual host B", "ratio", "target", "layout ms"]
+    rows = [[e["routes"], e["pushed"]["delta+vhds"], e["pushed"]["delta"], e["pushed"]["sotw"],
+             e["vhost_bytes"], e["ratio"], e["target_ratio"], e["layout_s"]["median"] * 1000]
+            for e in result["sizes"]]
+    title = "vhds: the bytes one edited Route puts on an ADS stream"
+    note = ("Bytes are exact (every response the stream state machine writes for the edit); "
+            "the ratio is pushed bytes (delta+VHDS) over the Route's VirtualHost resource. "
+            f"Layout: median of {result['config']['edits']} edits, once per snapshot.")
+    return title, headers, rows, note
+
+
 def _storm(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], str]:
     headers = ["mode", "streams", "clusters", "recv p50 ms", "recv p99", "recv max",
                "all ACKs", "initial sync s", "RSS/stream KiB", "storm: all in sync ms",
@@ -243,10 +256,11 @@ def _replicas(result: dict[str, Any]) -> tuple[str, list[str], list[list[Any]], 
 _BUILDERS = {"convergence": _convergence, "prepush": _prepush, "fanout": _fanout,
              "translation": _translation, "policy_language": _policy_language,
              "incremental": _incremental, "storm": _storm, "traffic": _traffic,
-             "sidebyside": _sidebyside, "replicas": _replicas, "registration": _registration}
+             "sidebyside": _sidebyside, "replicas": _replicas, "registration": _registration,
+             "vhds": _vhds}
 _DIGITS = {"convergence": 1, "prepush": 1, "fanout": 1, "translation": 3, "policy_language": 3,
            "incremental": 1, "storm": 1, "traffic": 0, "sidebyside": 1, "replicas": 1,
-           "registration": 2}
+           "registration": 2, "vhds": 2}
 
 
 def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[Any]], str]]:
@@ -256,7 +270,8 @@ def _sections(results: dict[str, Any]) -> list[tuple[str, str, list[str], list[l
             out.append((name, *_BUILDERS[name](results[name])))
     if results.get("translation", {}).get("services"):
         out.append(("policy_language", *_policy_language(results["translation"])))
-    for name in ("incremental", "storm", "traffic", "sidebyside", "replicas", "registration"):
+    for name in ("incremental", "vhds", "storm", "traffic", "sidebyside", "replicas",
+                 "registration"):
         if name in results:
             out.append((name, *_BUILDERS[name](results[name])))
     return out

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = ("convergence", "prepush", "fanout", "translation", "incremental", "storm",
-             "traffic", "sidebyside", "replicas", "registration")
+             "traffic", "sidebyside", "replicas", "registration", "vhds")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         sidebyside,
         traffic,
         translation,
+        vhds,
     )
     from benchmarks.common import write_json
 
@@ -153,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
                     gcfg = (registration.RegistrationConfig.quick() if args.quick
                             else registration.RegistrationConfig())
                     result = registration.run(gcfg, work / "registration", log)
+                elif name == "vhds":
+                    vcfg = vhds.VhdsConfig.quick() if args.quick else vhds.VhdsConfig()
+                    result = vhds.run(vcfg, work / "vhds", log)
                 elif name == "replicas":
                     pcfg = (replicas.ReplicasConfig.quick() if args.quick
                             else replicas.ReplicasConfig())

@@ -146,7 +146,7 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     store_prefix=args.store_prefix,
                     store_key=Path(args.store_key) if args.store_key else None,
                     replica_id=args.replica_id, policy_from_store=args.policy_from_store,
-                    rollout=args.rollout)
+                    rollout=args.rollout, vhds=args.vhds)
 
 
 def prepush_check(args: argparse.Namespace) -> EnvoyValidator | None:
@@ -719,6 +719,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-prepush-check", action="store_true",
                    help="push what a reload changes without checking it with `envoy --mode "
                         "validate` first (docs/operations.md); a NACK is then contained")
+    p.add_argument("--vhds", action="store_true",
+                   help="send delta ADS Envoys each route configuration's virtual hosts as "
+                        "resources of their own (Envoy's VHDS), so a one-host edit sends one "
+                        "virtual host, not the whole configuration; SotW Envoys are unchanged")
     p.add_argument("--check-envoy", metavar="PATH", default=None,
                    help="the Envoy binary of the pre-push check (default: $MESHPILOT_ENVOY, "
                         "the envoy beside this Python, then PATH)")

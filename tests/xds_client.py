@@ -70,6 +70,7 @@ _MESSAGE_TYPES: dict[str, type[Message]] = {
     LDS: listener_pb2.Listener,
     RDS: route_pb2.RouteConfiguration,
     SDS: secret_pb2.Secret,
+    types.VIRTUAL_HOST: route_components_pb2.VirtualHost,
 }
 
 _END = object()

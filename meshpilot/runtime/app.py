@@ -171,6 +171,10 @@ class Settings:
     # Staged rollouts (runtime/rollout.py, `--rollout canary=10%,watch=30s,...`): each edit
     # goes to a canary share of every view's Envoys first. None: to every Envoy at once.
     rollout: RolloutPolicy | None = None
+    # VHDS for delta ADS Envoys (xds/vhds.py, docs/operations.md): a gateway listener's route
+    # configuration goes out without its virtual hosts, each virtual host a resource of its
+    # own, so a one-host edit sends one virtual host. SotW and per-type streams: unchanged.
+    vhds: bool = False
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -289,7 +293,7 @@ class Meshpilot:
                              on_settled=self._settled,
                              on_closed=self.convergence.closed,
                              on_nack=self.rollouts.nacked,
-                             follow=self.rollouts.follow)
+                             follow=self.rollouts.follow, vhds=settings.vhds)
         self.serving = False
         self.xds_address = settings.xds_address
         self.admin_address = settings.admin_address

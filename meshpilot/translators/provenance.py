@@ -7,7 +7,8 @@ names, so a name leads back to the element that named it. Used when Envoy refuse
 
 A part of a RouteConfiguration (a virtual host = a Route, a route entry = one of its rules, or
 one match of a rule) can be asked for too (`part`): the pre-push check narrows a refused route
-configuration down to the virtual host and entry Envoy refuses.
+configuration down to the virtual host and entry Envoy refuses. A VHDS virtual host
+(`xds/vhds.py`, named `<route configuration>/<virtual host>`) is its Route, then the listener.
 
 Most precise first: a raw EnvoyResources entry (which replaces a generated resource of the same
 type and name) is exactly its own origin; a route entry is its rule; a route configuration is
@@ -22,6 +23,7 @@ from meshpilot.base import types
 from meshpilot.base.errors import Position
 from meshpilot.ir.model import Model, Origin, Route, Service
 from meshpilot.translators import names
+from meshpilot.xds import vhds
 
 _ENTRY = re.compile(r"^(?P<route>.+)/rules\[(?P<rule>\d+)\](?:/match\[(?P<match>\d+)\])?"
                     r"(?:/mirror\[[^\]]+\])?$")
@@ -44,6 +46,9 @@ def origins_of(model: Model, view: str, type_url: str, name: str,
     if type_url == types.ROUTE:
         found = _route_part(model, part) if part else ()
         return found + _route_config(model, view, name)
+    if type_url == types.VIRTUAL_HOST:  # VHDS: `<route configuration>/<virtual host>`
+        config, vhost = vhds.split_name(name)
+        return _keep(*_route_part(model, part or vhost), *_listener(model, view, config))
     if type_url == types.SECRET:
         return _secret(model, name)
     return ()

@@ -32,6 +32,8 @@ class SnapshotCache:
         previous = self._snapshots.get(snapshot.view)
         if previous is not None and previous.version == snapshot.version:
             return False
+        if previous is not None:
+            snapshot.follows(previous)
         self._snapshots[snapshot.view] = snapshot
         for wake in tuple(self._watchers.get(snapshot.view, ())):
             wake()

@@ -57,7 +57,7 @@ def client_config(conn: Connection, *, include_contents: bool = True) -> Any:
     config = csds_pb2.ClientConfig(node=stream.node)
     snapshot = stream.snapshot
     for type_url, state in stream.types.items():
-        newest = snapshot.get(type_url) if snapshot else None
+        newest = stream.served(type_url) if snapshot else None
         rejection = state.rejection
         nacked = rejection is not None and rejection.version == state.sent_version
         # Resources Envoy refused and is held back from: it keeps (and is sent) its previous

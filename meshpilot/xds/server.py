@@ -114,7 +114,7 @@ class XdsServer:
                  authorize: Authorize | None = None, request_view: RequestView | None = None,
                  on_settled: Callable[[Connection], None] | None = None,
                  on_closed: Callable[[Connection], None] | None = None,
-                 follow: Follow | None = None):
+                 follow: Follow | None = None, vhds: bool = False):
         """`authorize(node, view, context)`: None lets a stream have that view, a string refuses
         it (PERMISSION_DENIED with that text); see `meshpilot.xds.security.IdentityCheck`.
         `request_view(view)`: builds a view that has no snapshot yet (the runtime translates it,
@@ -122,7 +122,9 @@ class XdsServer:
         `on_settled(conn)`: the stream is idle (nothing in flight, nothing to send) on its
         snapshot, after an input; `on_closed(conn)`: it ended (the runtime's convergence).
         `follow(conn, newest)`: the snapshot that stream follows (runtime/rollout.py); without
-        it, every stream follows its view's newest."""
+        it, every stream follows its view's newest.
+
+        `vhds`: delta ADS streams get route configurations in the VHDS layout (xds/vhds.py)."""
         self.cache = cache
         self.registry = registry or ProxyRegistry()
         self.metrics = metrics or XdsMetrics()
@@ -134,6 +136,7 @@ class XdsServer:
         self.on_settled = on_settled
         self.on_closed = on_closed
         self.follow = follow
+        self.vhds = vhds
         # Resource versions an Envoy refused: no stream of this server sends them again.
         self.held = HeldResources()
         # Resuming delta requests that many streams send alike, decoded once (xds/requests.py).
@@ -158,7 +161,8 @@ class XdsServer:
     def _handler(self, *, delta: bool, type_url: str | None):
         async def handle(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext):
             stream = XdsStream(delta=delta, ads=type_url is None, type_url=type_url,
-                               control_plane_id=self.control_plane_id, held=self.held)
+                               control_plane_id=self.control_plane_id, held=self.held,
+                               vhds=self.vhds)
             async for payload in self._serve(stream, requests, context):
                 yield _Box(payload)
                 # Between pushes, hold no reference to the last response: with 5,000 clusters
@@ -207,6 +211,7 @@ class XdsServer:
                         snapshot = (self._followed(conn, self.cache.get(conn.view))
                                     if conn.view is not None else None)
                         if snapshot is not None:
+                            await self._prepare(stream, snapshot)
                             stream.on_snapshot(snapshot)
                         continue
                     try:
@@ -231,6 +236,7 @@ class XdsServer:
                             snapshot = await self.request_view(conn.view)
                         snapshot = self._followed(conn, snapshot)
                         if snapshot is not None:
+                            await self._prepare(stream, snapshot)
                             stream.on_snapshot(snapshot)
                         log.info("%s connected: node %r view %r (%s)", conn.peer,
                                  conn.node_id, conn.view, variant)
@@ -265,6 +271,13 @@ class XdsServer:
 
     def _followed(self, conn: Connection, newest: Snapshot | None) -> Snapshot | None:
         return newest if self.follow is None else self.follow(conn, newest)
+
+    @staticmethod
+    async def _prepare(stream: XdsStream, snapshot: Snapshot) -> None:
+        """A VHDS stream's layout of `snapshot` (xds/vhds.py), made on a worker thread once per
+        snapshot (not on the event loop, which every stream shares)."""
+        if stream.vhds and not snapshot.vhds_ready:
+            await asyncio.to_thread(snapshot.vhds)
 
     def _count(self, conn: Connection, type_url: str, kind: RequestKind) -> None:
         short = types.short_name(type_url)

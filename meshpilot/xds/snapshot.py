@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Mapping
 
 from google.protobuf.message import Message
 
 from meshpilot.base import types
 from meshpilot.xds.resources import Resource, ResourceMap
+from meshpilot.xds.vhds import VhdsLayout
 
 
 class Snapshot:
     """Per-type `ResourceMap`s for one view. Immutable; its version is a hash of its contents."""
 
-    __slots__ = ("_maps", "version", "view")
+    __slots__ = ("_maps", "_vhds", "_vhds_earlier", "_vhds_lock", "version", "view")
 
     def __init__(self, view: str, maps: Mapping[str, ResourceMap]):
         self.view = view
         self._maps = dict(maps)
+        self._vhds: VhdsLayout | None = None
+        self._vhds_earlier: VhdsLayout | None = None
+        self._vhds_lock = threading.Lock()
         h = hashlib.blake2b(digest_size=8)
         for type_url in sorted(self._maps):
             h.update(type_url.encode() + b"=" + self._maps[type_url].version.encode() + b";")
@@ -48,6 +53,31 @@ class Snapshot:
     def type_urls(self) -> tuple[str, ...]:
         known = [t for t in types.ADS_ORDER if t in self._maps]
         return tuple(known + sorted(t for t in self._maps if t not in types.ADS_ORDER))
+
+    def vhds(self) -> VhdsLayout:
+        """The ROUTE map as VHDS streams are sent it (`xds/vhds.py`), made once, on first use,
+        from the previous snapshot's layout where the configurations did not change."""
+        found = self._vhds
+        if found is not None:
+            return found
+        with self._vhds_lock:  # made on a worker thread (xds/server.py): once, however many ask
+            if self._vhds is None:
+                routes = self.get(types.ROUTE)
+                earlier = self._vhds_earlier
+                self._vhds = (earlier if earlier is not None and earlier.source is routes
+                              else VhdsLayout(routes, earlier))
+                self._vhds_earlier = None
+            return self._vhds
+
+    @property
+    def vhds_ready(self) -> bool:
+        return self._vhds is not None
+
+    def follows(self, previous: Snapshot) -> None:
+        """This snapshot replaces `previous` (the cache says so): its VHDS layout, when one is
+        made, reuses `previous`'s unchanged parts."""
+        if self._vhds is None and previous is not self:
+            self._vhds_earlier = previous._vhds or previous._vhds_earlier
 
     def counts(self) -> dict[str, int]:
         return {types.short_name(t): len(m) for t, m in self._maps.items()}

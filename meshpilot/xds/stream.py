@@ -34,6 +34,10 @@ ACK/NACK record. `responses()` plans, for every type the client has opened, what
   version it last acknowledged (nothing, if it never had one), at once, so the rest of the
   change goes out and is acknowledged, and no stream is sent that content again. A new version
   of the resource (its input changed) is sent as usual.
+- VHDS (`vhds=True`, on a delta ADS stream only): route configurations are sent thin, their
+  virtual hosts as `VirtualHost` resources (`xds/vhds.py`); a VHDS subscription names route
+  configurations (Envoy's namespaces) or, as Envoy's does by default, is a wildcard one (every
+  virtual host of the view; Envoy sorts them by namespace); a virtual host gone is sent removed.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from meshpilot.base import types
 from meshpilot.xds import wire
 from meshpilot.xds.resources import Resource, ResourceMap, set_version
 from meshpilot.xds.snapshot import Snapshot
+from meshpilot.xds.vhds import namespace_of
 
 WILDCARD = "*"
 
@@ -225,14 +230,18 @@ class XdsStream:
     """One Envoy's xDS stream: SotW or delta, aggregated (ADS) or for a single type."""
 
     def __init__(self, *, delta: bool, ads: bool, type_url: str | None = None,
-                 control_plane_id: str = "meshpilot", held: HeldResources | None = None):
+                 control_plane_id: str = "meshpilot", held: HeldResources | None = None,
+                 vhds: bool = False):
         """`held`: the refused resource versions no stream sends again, shared by a server's
-        streams (a new one of this stream's own by default)."""
+        streams (a new one of this stream's own by default). `vhds`: send route
+        configurations in the VHDS layout, if this is a delta ADS stream (Envoy takes VHDS
+        only over delta; a per-type stream could not carry the virtual hosts)."""
         if not ads and type_url is None:
             raise ValueError("a non-ADS stream serves exactly one type_url")
         self.held = held if held is not None else HeldResources()
         self.delta = delta
         self.ads = ads
+        self.vhds = vhds and delta and ads
         self.only_type = type_url
         self.node: Any = None
         self.snapshot: Snapshot | None = None
@@ -302,7 +311,7 @@ class XdsStream:
         if names == state.names:
             return
         if self.snapshot is not None:
-            canonical = self.snapshot.get(state.type_url).name_set()
+            canonical = self.served(state.type_url).name_set()
             if names == canonical:
                 names = canonical
         state.names = names
@@ -314,8 +323,11 @@ class XdsStream:
         unsubscribe = set(request.resource_names_unsubscribe)
         if not state.opened:
             state.opened = True
+            # Envoy's VHDS subscription starts as a wildcard one (its watch takes the virtual
+            # hosts of its route configuration by namespace), unless it names the configuration.
             state.wildcard = WILDCARD in subscribe or (
-                not subscribe and state.type_url in types.WILDCARD_TYPES)
+                not subscribe and (state.type_url in types.WILDCARD_TYPES
+                                   or state.type_url == types.VIRTUAL_HOST))
             self._set_names(state, frozenset(subscribe - {WILDCARD}))
             initial = request.initial_resource_versions
             if not isinstance(initial, dict):
@@ -336,12 +348,12 @@ class XdsStream:
             fresh = added - confirmed
             if fresh:
                 # A (re)subscription asks for the resource whatever we think the client has.
-                state.forget(fresh)
+                state.forget(self._held_under(state, fresh))
             if added or removed:
                 self._set_names(state, (state.names | added) - removed)
             state.anticipated -= removed
             if removed:
-                state.forget(removed)
+                state.forget(self._held_under(state, removed))
         nonce = request.response_nonce
         if not nonce:
             return RequestKind.SUBSCRIBE
@@ -350,6 +362,14 @@ class XdsStream:
         if not state.in_flight:
             return RequestKind.SUBSCRIBE  # the same nonce again: a change of interest only
         return self._answer(state, request, now)
+
+    @staticmethod
+    def _held_under(state: TypeState, names: set[str]) -> set[str]:
+        """`names`, and for VHDS (whose subscriptions name route configurations) the virtual
+        hosts the client holds in those namespaces."""
+        if state.type_url != types.VIRTUAL_HOST:
+            return names
+        return names | {n for n in state.known if namespace_of(n) in names}
 
     # ---- ACK / NACK ---------------------------------------------------------------------------
 
@@ -401,8 +421,10 @@ class XdsStream:
 
     def _desired(self, state: TypeState) -> tuple[Mapping[str, Resource | _Claimed], str]:
         assert self.snapshot is not None
-        current = self.snapshot.get(state.type_url)
-        if state.wildcard or self._covers(state, current):
+        current = self.served(state.type_url)
+        if self.vhds and state.type_url == types.VIRTUAL_HOST and not state.wildcard:
+            base = self.snapshot.vhds().subscribed(state.names)
+        elif state.wildcard or self._covers(state, current):
             base: Mapping[str, Resource | _Claimed] = current
         else:
             base = {n: current[n] for n in sorted(state.names) if n in current}
@@ -418,6 +440,16 @@ class XdsStream:
         if isinstance(base, ResourceMap):
             return base, base.version
         return base, set_version(base)  # type: ignore[arg-type]
+
+    def served(self, type_url: str) -> ResourceMap:
+        """The newest map of `type_url` this stream serves: the snapshot's, or for a VHDS
+        stream its layout's route configurations and virtual hosts."""
+        assert self.snapshot is not None
+        if self.vhds:
+            found = self.snapshot.vhds().get(type_url)
+            if found is not None:
+                return found
+        return self.snapshot.get(type_url)
 
     @property
     def node_cluster(self) -> str:
@@ -473,7 +505,9 @@ class XdsStream:
             state.force.intersection_update(desired)
         if self.delta:
             # Delta tells a wildcard subscriber what is gone; SotW CDS/LDS say it by omission.
-            removed = _removed(desired, state.known) if state.wildcard else []
+            # A VHDS subscription names a route configuration: its virtual hosts come and go.
+            removed = (_removed(desired, state.known)
+                       if state.wildcard or state.type_url == types.VIRTUAL_HOST else [])
             # A wildcard subscription is always answered once, even when empty: Envoy holds its
             # initialization (and LDS) until the first CDS response, or until a 15 s timeout.
             first_wildcard = state.wildcard and not state.responses and not state.claimed
@@ -603,11 +637,11 @@ class XdsStream:
             return {}
         assert self.snapshot is not None
         still_named: set[str] = set()
-        for holder_type in (types.ROUTE, types.LISTENER):
+        for holder_type in (types.ROUTE, types.VIRTUAL_HOST, types.LISTENER):
             holder = self.types.get(holder_type)
             if holder is None:
                 continue
-            newest = self.snapshot.get(holder_type)
+            newest = self.served(holder_type)
             for name, held in holder.known.items():
                 fresh = newest.get(name)
                 if fresh is not None and fresh.version == held.version:
