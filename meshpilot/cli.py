@@ -135,7 +135,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     rate_limit_address=args.rate_limit_address, store=args.store,
                     store_prefix=args.store_prefix,
                     store_key=Path(args.store_key) if args.store_key else None,
-                    replica_id=args.replica_id, policy_from_store=args.policy_from_store)
+                    replica_id=args.replica_id, policy_from_store=args.policy_from_store,
+                    debounce_leading=args.debounce_leading == "on")
 
 
 def prepush_check(args: argparse.Namespace) -> EnvoyValidator | None:
@@ -609,6 +610,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply a burst of file changes after this long without one (100ms)")
     p.add_argument("--debounce-max", type=_duration, default=10.0, metavar="DURATION",
                    help="apply a burst at most this long after its first change (10s)")
+    p.add_argument("--debounce-leading", choices=("on", "off"), default="on",
+                   help="on: a save while the folder was quiet is applied at once, what follows "
+                        "it within --debounce-quiet once at the end; off: every change waits "
+                        "for the quiet period (on)")
     p.add_argument("--no-watch", action="store_true", help="load once; do not watch the folder")
     p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
                    help="meshpilot's credentials: the token key (token.key) and the mesh CA's "

@@ -160,6 +160,9 @@ class Settings:
     # Serve the policy revision `meshpilot apply` stored (runtime/policy_store.py) instead of
     # a folder of one's own; `policy` is then where it is written (state_dir/policy-from-store).
     policy_from_store: bool = False
+    # Apply an isolated save at its first event rather than after `debounce_quiet` (the
+    # leading edge, runtime/watch.py); False: every change waits for the quiet period.
+    debounce_leading: bool = True
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -510,7 +513,8 @@ class Meshpilot:
         if self.settings.watch:
             debouncer = self._debouncer = Debouncer(
                 self._schedule_reload, quiet=self.settings.debounce_quiet,
-                max_wait=self.settings.debounce_max, loop=loop)
+                max_wait=self.settings.debounce_max, loop=loop,
+                leading=self.settings.debounce_leading, settled=self.controller.settle)
             self._watcher = PolicyWatcher(self.settings.policy, debouncer, loop)
             self._watcher.start()
             self._watch_tls_files()
@@ -637,18 +641,22 @@ class Meshpilot:
         for it)."""
         return await self.controller.views.snapshot_of(view)
 
-    def _schedule_reload(self) -> None:
+    def _schedule_reload(self, leading: bool = False) -> None:
+        """The debouncer fired: at a save's first event (`leading`), or at a burst's end."""
         started = self._debouncer.fired_burst_started if self._debouncer else None
         if started is not None:  # a reload coalescing several bursts: from the first
             self._edit_started = min(started, self._edit_started or started)
-        task = asyncio.get_running_loop().create_task(self.controller.reload_async())
+        task = asyncio.get_running_loop().create_task(
+            self.controller.reload_async(tentative=leading))
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._watch_tls_files())
         task.add_done_callback(self._reload_done)
 
     def _reload_done(self, _: asyncio.Task[bool]) -> None:
-        if not self.controller.reloading:  # refused, or changed nothing: no edit to follow
+        # Refused, or changed nothing: no edit to follow. A refusal held for the burst's end
+        # (a file still being written) keeps the edit's start: its first event.
+        if not self.controller.reloading and self.controller.held is None:
             self._edit_started = None
 
     def _edit_applied(self, changed: list[Snapshot]) -> None:

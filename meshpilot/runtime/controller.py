@@ -115,6 +115,9 @@ class Controller:
         self.views = ViewBuilds(self, cache)  # views first asked for after a reload
         self._reloading = False
         self._reload_again = False
+        self._again_tentative = True  # every reload asked for meanwhile was tentative
+        self._held: _Prepared | None = None  # a refused tentative reload (`held`)
+        self._settle_requested = False
         self.tls_files: frozenset[str] = frozenset()  # TLS files the policy names (absolute)
         # Discovered instances (meshpilot.discovery), added to the policy's endpoints.
         self.endpoints = endpoints
@@ -137,27 +140,66 @@ class Controller:
         prepared = self._prepare(self.cache.all_views())
         return self._apply_prepared(prepared)
 
-    async def reload_async(self) -> bool:
+    async def reload_async(self, tentative: bool = False) -> bool:
         """`reload()` with loading and translation on a worker thread, so xDS streams keep being
         served meanwhile. Reloads never overlap: one requested while another runs is done after
-        it, once, with the newest files."""
+        it, once, with the newest files.
+
+        `tentative`: a leading-edge reload (runtime/watch.py), begun at the first event of what
+        may be a burst. If it is refused, the refusal is held, not reported: the next reload
+        supersedes it (the burst's end), or `settle()` reports it (no more events came)."""
         if self._reloading:
             self._reload_again = True
+            self._again_tentative = self._again_tentative and tentative
             return False
         self._reloading = True
         try:
             while True:
                 self._reload_again = False
+                if not tentative:
+                    self._drop_held()
                 prepared = await asyncio.to_thread(self._prepare, self.cache.all_views())
-                applied = self._apply_prepared(prepared)
+                if tentative and prepared.translation is None and (
+                        self._reload_again or not self._settle_requested):
+                    self._hold(prepared)
+                    applied = False
+                else:
+                    applied = self._apply_prepared(prepared)
                 if applied:
                     # Views first asked for while this reload was being prepared (streams that
                     # connected meanwhile): built on demand now, from the new translation.
                     self.views.build_soon(self.cache.watched_views())
+                self._settle_requested = False
                 if not self._reload_again:
                     return applied
+                tentative, self._again_tentative = self._again_tentative, True
         finally:
             self._reloading = False
+
+    @property
+    def held(self) -> tuple[PolicyIssue, ...] | None:
+        """The issues of a refused tentative reload, held until it is settled or superseded."""
+        return None if self._held is None else self._held.issues
+
+    def settle(self) -> None:
+        """The events after a tentative reload have stopped: a refusal it got is reported now
+        (counted, shown in status, logged), as a reload's refusal is. Called on the loop."""
+        if self._reloading:
+            self._settle_requested = True  # reported when the running reload ends
+            return
+        held, self._held = self._held, None
+        if held is not None:
+            self._apply_prepared(held)
+
+    def _hold(self, prepared: _Prepared) -> None:
+        self._held = prepared
+        log.info("a first reload of the files being written was refused (%d problems); "
+                 "waiting for the writes to settle before reporting it", len(prepared.issues))
+
+    def _drop_held(self) -> None:
+        if self._held is not None:
+            self._held = None
+            self.metrics.policy_loads.labels("superseded").inc()
 
     def _prepare(self, views: tuple[str, ...]) -> _Prepared:
         """The CPU-heavy half of a reload: load, translate, build every known view's snapshot."""
