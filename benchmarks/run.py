@@ -8,7 +8,9 @@ incremental (one Service edited: the full reload it costs today), storm (1,000 a
 then a reconnect storm), traffic (steady load through a real Envoy during 100 route/weight edits),
 sidebyside (start-to-first-served-request: static bootstrap vs meshpilot vs sovereign),
 replicas (replicas on a real etcd: registration on A served by an Envoy on B, beside one
-process; kill -9 failover of an Envoy's replica).
+process; kill -9 failover of an Envoy's replica), debounce (save to all Envoys serving for three
+debounce settings in rotating rounds: the leading edge against the quiet period), shrink (RSS
+after a large policy is replaced by a small one).
 PNG plots are written next to report.md when matplotlib is installed (the `bench` extra).
 Writes `<out>/<scenario>.json` (raw samples and summaries) and `<out>/report.md`.
 `--quick` is a smoke run (small sizes, under a minute); the default run takes several minutes.
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = ("convergence", "prepush", "fanout", "translation", "incremental", "storm",
-             "traffic", "sidebyside", "replicas")
+             "traffic", "sidebyside", "replicas", "debounce", "shrink")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         plots,
         replicas,
         report,
+        shrink,
         sidebyside,
         traffic,
         translation,
@@ -112,6 +115,16 @@ def main(argv: list[str] | None = None) -> int:
                     if args.edits:
                         pcfg.edits = args.edits
                     result = convergence.run_prepush(pcfg, work / "prepush", log)
+                elif name == "debounce":
+                    dcfg = (convergence.DebounceConfig.quick() if args.quick
+                            else convergence.DebounceConfig())
+                    if args.edits:
+                        dcfg.edits = args.edits
+                    result = convergence.run_debounce(dcfg, work / "debounce", log)
+                elif name == "shrink":
+                    kcfg = (shrink.ShrinkConfig.quick() if args.quick
+                            else shrink.ShrinkConfig())
+                    result = shrink.run(kcfg, work / "shrink", log)
                 elif name == "fanout":
                     fcfg = fanout.FanoutConfig.quick() if args.quick else fanout.FanoutConfig()
                     if args.streams:
