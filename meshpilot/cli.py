@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from meshpilot import __version__
+from meshpilot.base import memory
 from meshpilot.base.errors import PolicyError, PolicyIssue
 from meshpilot.base.privatefiles import write_private
 from meshpilot.base.units import parse_duration
@@ -156,6 +157,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("meshpilot serve: --policy-from-store needs --store", file=sys.stderr)
         return 2
     _setup_logging(args.log_level)
+    logging.getLogger("meshpilot").info("memory allocator: %s", memory.allocator())
     try:
         check = prepush_check(args)
     except EnvoyError as e:
@@ -869,6 +871,11 @@ def _admin_client_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.command == "serve":
+        # A long-running server's objects on the C library's malloc, so that memory freed by a
+        # smaller policy goes back to the system (base/memory.py); PYTHONMALLOC set (to any
+        # value, e.g. pymalloc) keeps the interpreter's choice. Replaces this process.
+        memory.use_system_allocator(sys.argv[1:])
     return args.func(args)
 
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshpilot.base import memory
 from meshpilot.base.errors import PolicyError, PolicyIssue
 from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.inputs.loader import PolicyLoader
-from meshpilot.ir.model import Model, ObjectStatus
+from meshpilot.ir.model import Model, ObjectStatus, clear_caches
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.prepush import CheckFailed, PrePush
 from meshpilot.runtime.views import ViewBuilds
@@ -32,6 +33,12 @@ from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.snapshot import Snapshot
 
 log = logging.getLogger("meshpilot.runtime.controller")
+
+# A reload whose views hold at least this many resources fewer than before, and at most half
+# as many, gives the memory of the difference back to the system (base/memory.py) once the
+# streams have moved on from the old snapshots.
+RELEASE_AFTER_DROP = 2_000
+RELEASE_DELAY = 2.0  # seconds after such a reload
 
 
 @dataclass
@@ -118,6 +125,8 @@ class Controller:
         self._again_tentative = True  # every reload asked for meanwhile was tentative
         self._held: _Prepared | None = None  # a refused tentative reload (`held`)
         self._settle_requested = False
+        self.release_due = False  # the newest reload shrank the policy (`release_memory`)
+        self.memory_releases = 0
         self.tls_files: frozenset[str] = frozenset()  # TLS files the policy names (absolute)
         # Discovered instances (meshpilot.discovery), added to the policy's endpoints.
         self.endpoints = endpoints
@@ -138,7 +147,11 @@ class Controller:
     def reload(self) -> bool:
         """Load the policy; apply it to every view if valid. True if the new policy is serving."""
         prepared = self._prepare(self.cache.all_views())
-        return self._apply_prepared(prepared)
+        applied = self._apply_prepared(prepared)
+        if self.release_due:  # no streams to wait for here: the old snapshots are gone
+            del prepared
+            self.release_memory()
+        return applied
 
     async def reload_async(self, tentative: bool = False) -> bool:
         """`reload()` with loading and translation on a worker thread, so xDS streams keep being
@@ -169,6 +182,9 @@ class Controller:
                     # Views first asked for while this reload was being prepared (streams that
                     # connected meanwhile): built on demand now, from the new translation.
                     self.views.build_soon(self.cache.watched_views())
+                    if self.release_due:
+                        self.release_due = False
+                        self._schedule_release()
                 self._settle_requested = False
                 if not self._reload_again:
                     return applied
@@ -213,6 +229,8 @@ class Controller:
                                       identities=self.identities, previous=self.translation)
             snapshots = [translation.snapshot(view, previous=self.cache.get(view))
                          for view in views]
+            # What the previous translation built is kept no longer than this reload needs it.
+            translation.release_earlier()
             self._check(model, [(self.cache.get(s.view), s) for s in snapshots])
         except PolicyError as e:  # PluginError too: a plugin failing refuses the whole reload
             return _Prepared(issues=e.issues)
@@ -262,7 +280,11 @@ class Controller:
         self.translation = prepared.translation
         self.generation += 1
         self.status.error = []  # before building views: one failing to build reports here
+        before = self._resources_served()
         changed = [snapshot for snapshot in prepared.snapshots if self.cache.set(snapshot)]
+        after = self._resources_served()
+        if before - after >= RELEASE_AFTER_DROP and 2 * after <= before:
+            self.release_due = True
         if self.on_applied is not None:
             self.on_applied(changed)
         self.metrics.views.set(len(self.cache.views()))
@@ -280,6 +302,36 @@ class Controller:
             log.warning("policy warning: %s", warning)
         self.apply_endpoints()  # what was discovered while this reload was being prepared
         return True
+
+    def _resources_served(self) -> int:
+        total = 0
+        for view in self.cache.views():
+            snapshot = self.cache.get(view)
+            if snapshot is not None:
+                total += sum(snapshot.counts().values())
+        return total
+
+    def release_memory(self) -> bool:
+        """Give what the previous, larger policy held back to the system (base/memory.py):
+        memo tables emptied, cycles collected, free heap pages trimmed. Any thread."""
+        self.release_due = False
+        released = memory.release((clear_caches,))
+        self.memory_releases += 1
+        log.info("the policy shrank: memory %s (allocator %s)",
+                 "trimmed" if released else "collected", memory.allocator())
+        return released
+
+    def _schedule_release(self) -> None:
+        """After a reload that shrank the policy a lot: `release_memory` on a worker thread,
+        a little later (streams still sending the old snapshots keep them alive until then)."""
+        loop = asyncio.get_running_loop()
+
+        def start() -> None:
+            task = loop.create_task(asyncio.to_thread(self.release_memory))
+            self._endpoint_tasks.add(task)  # cancelled with them at stop
+            task.add_done_callback(self._endpoint_tasks.discard)
+
+        loop.call_later(RELEASE_DELAY, start)
 
     def watch_endpoints(self, loop: asyncio.AbstractEventLoop) -> None:
         """Apply discovered endpoint changes (they may come from any thread), coalesced: a
