@@ -10,7 +10,8 @@ sidebyside (start-to-first-served-request: static bootstrap vs meshpilot vs sove
 replicas (replicas on a real etcd: registration on A served by an Envoy on B, beside one
 process; kill -9 failover of an Envoy's replica), debounce (save to all Envoys serving for three
 debounce settings in rotating rounds: the leading edge against the quiet period), shrink (RSS
-after a large policy is replaced by a small one).
+after a large policy is replaced by a small one), coldload (a cold load of 10,000 Services +
+Routes against a bare PyYAML parse of the same files).
 PNG plots are written next to report.md when matplotlib is installed (the `bench` extra).
 Writes `<out>/<scenario>.json` (raw samples and summaries) and `<out>/report.md`.
 `--quick` is a smoke run (small sizes, under a minute); the default run takes several minutes.
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = ("convergence", "prepush", "fanout", "translation", "incremental", "storm",
-             "traffic", "sidebyside", "replicas", "debounce", "shrink")
+             "traffic", "sidebyside", "replicas", "debounce", "shrink", "coldload")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     from benchmarks import (
+        coldload,
         convergence,
         fanout,
         incremental,
@@ -121,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                     if args.edits:
                         dcfg.edits = args.edits
                     result = convergence.run_debounce(dcfg, work / "debounce", log)
+                elif name == "coldload":
+                    lcfg = (coldload.ColdLoadConfig.quick() if args.quick
+                            else coldload.ColdLoadConfig())
+                    result = coldload.run(lcfg, work / "coldload", log)
                 elif name == "shrink":
                     kcfg = (shrink.ShrinkConfig.quick() if args.quick
                             else shrink.ShrinkConfig())
