@@ -514,7 +514,7 @@ class Meshpilot:
             debouncer = self._debouncer = Debouncer(
                 self._schedule_reload, quiet=self.settings.debounce_quiet,
                 max_wait=self.settings.debounce_max, loop=loop,
-                leading=self.settings.debounce_leading, settled=self.controller.settle)
+                leading=self.settings.debounce_leading, settled=self._settled)
             self._watcher = PolicyWatcher(self.settings.policy, debouncer, loop)
             self._watcher.start()
             self._watch_tls_files()
@@ -652,6 +652,13 @@ class Meshpilot:
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._watch_tls_files())
         task.add_done_callback(self._reload_done)
+
+    def _settled(self) -> None:
+        """The quiet period after a leading-edge reload passed without events: a refusal it
+        got is its outcome now (reported), and no edit follows from it."""
+        self.controller.settle()
+        if not self.controller.reloading and self.controller.held is None:
+            self._edit_started = None
 
     def _reload_done(self, _: asyncio.Task[bool]) -> None:
         # Refused, or changed nothing: no edit to follow. A refusal held for the burst's end

@@ -266,6 +266,8 @@ def test_truncate_then_write_in_two_steps_never_shows_a_rejection(tmp_path: Path
             return mp.controller.status.rejected == 1
         await until(rejected, timeout=30)
         assert await has(["a", "t"])  # the last good config keeps serving
+        # The refused save is no edit to follow: the next one is counted from its own event.
+        assert mp._edit_started is None
 
     # A quiet period long enough that step two, written once the leading reload is refused,
     # is part of the same burst even on a loaded machine.
