@@ -204,10 +204,11 @@ class _Serve:
     """`meshpilot serve` on port 0 (xDS and admin); addresses read from its log."""
 
     def __init__(self, policy_dir: Path, log_path: Path, debounce: str, insecure: bool = False,
-                 prepush: bool = True):
+                 prepush: bool = True, leading: str | None = None):
         """`insecure`: plaintext, unauthenticated xDS (--insecure-xds), to measure what the
         default's TLS and node tokens cost beside it. `prepush`: False runs without the
-        pre-push check (--no-prepush-check), to measure what it costs."""
+        pre-push check (--no-prepush-check), to measure what it costs. `leading`: "on" or
+        "off" (--debounce-leading); None: the server's default."""
         self.log_path = log_path
         self.insecure = insecure
         self.state_dir = log_path.parent / "meshpilot-state"
@@ -218,7 +219,8 @@ class _Serve:
                  "--debounce-quiet", debounce, "--log-level", "info",
                  "--state-dir", str(self.state_dir),
                  *(["--insecure-xds"] if insecure else []),
-                 *([] if prepush else ["--no-prepush-check"])],
+                 *([] if prepush else ["--no-prepush-check"]),
+                 *([] if leading is None else ["--debounce-leading", leading])],
                 stdout=log, stderr=subprocess.STDOUT, env=child_env())
         match = wait_for(self._listening, timeout=30, what="meshpilot serve to listen")
         self.xds_port = int(match.group(2))
@@ -257,6 +259,7 @@ class _Variant:
     policy: str = "raw"
     auth: str = "token"  # "token": the authenticated default; "insecure": --insecure-xds
     prepush: str = "on"  # "on": the default pre-push check; "off": --no-prepush-check
+    leading: str | None = None  # --debounce-leading on/off; None: the server's default
     samples_ms: list[float] = field(default_factory=list)
     # The server's own measure of each edit: first file event -> last Envoy's ACK.
     server_ms: list[float] = field(default_factory=list)
@@ -272,7 +275,9 @@ class _Variant:
     def name(self) -> str:
         auth = "" if self.auth == "token" else ", --insecure-xds"
         check = "" if self.prepush == "on" else ", --no-prepush-check"
-        return f"{self.policy} policy, {self.mode}, debounce {self.debounce}{auth}{check}"
+        leading = "" if self.leading is None else f", leading edge {self.leading}"
+        return (f"{self.policy} policy, {self.mode}, debounce {self.debounce}{leading}{auth}"
+                f"{check}")
 
 
 _FLIPS = {"raw": (route_flip_policy, "http"), "language": (language_flip_policy, "edge/http")}
@@ -280,10 +285,11 @@ _FLIPS = {"raw": (route_flip_policy, "http"), "language": (language_flip_policy,
 
 def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
                  backends: dict[str, int], log: Any, policy_kind: str = "raw",
-                 auth: str = "token", prepush: str = "on") -> _Variant:
-    variant = _Variant(mode, debounce, policy_kind, auth, prepush)
+                 auth: str = "token", prepush: str = "on",
+                 leading: str | None = None) -> _Variant:
+    variant = _Variant(mode, debounce, policy_kind, auth, prepush, leading)
     flip, listener = _FLIPS[policy_kind]
-    vdir = work / f"{policy_kind}-{mode}-{debounce}-{auth}-prepush-{prepush}"
+    vdir = work / f"{policy_kind}-{mode}-{debounce}-{auth}-prepush-{prepush}-leading-{leading}"
     policy_dir = vdir / "policy"
     policy_dir.mkdir(parents=True)
     policy = policy_dir / "edge.yaml"
@@ -294,7 +300,7 @@ def _run_variant(cfg: ConvergenceConfig, work: Path, mode: str, debounce: str,
     try:
         started = time.monotonic()
         serve = _Serve(policy_dir, vdir / "meshpilot.log", debounce, insecure=auth == "insecure",
-                       prepush=prepush == "on")
+                       prepush=prepush == "on", leading=leading)
         for i in range(cfg.envoys):
             bootstrap = render_bootstrap(node_id=f"bench-{i}", node_cluster="edge",
                                          xds_addresses=[("127.0.0.1", serve.xds_port)],
@@ -495,4 +501,95 @@ def run_prepush(cfg: PrePushConfig, work: Path, log: Any = print) -> dict[str, A
                    "order": [list(p) for p in order], "policy": cfg.policy, "mode": cfg.mode,
                    "debounce_quiet": cfg.debounce, "poll_ms": ccfg.poll_ms},
         "variants": [pooled("on"), pooled("off")],
+    }
+
+
+# ----- scenario `debounce`: the leading edge against the quiet-period debounce, interleaved ---
+
+
+@dataclass
+class DebounceConfig:
+    """The convergence variant (10 real Envoys, SotW) with three debounce settings in rotating
+    rounds, so the machine's drift falls on all alike: `--debounce-quiet 10ms` without the
+    leading edge (the fastest setting before it), the default 100 ms quiet period without it
+    (the default before it), and the default (100 ms, leading edge on). The ratio that counts:
+    the default's median against the first's."""
+
+    envoys: int = 10
+    edits: int = 10  # per round
+    rounds: int = 3  # rounds per setting
+    policies: tuple[str, ...] = ("raw", "language")
+    mode: str = "sotw"
+    settings: tuple[tuple[str, str], ...] = (("10ms", "off"), ("100ms", "off"), ("100ms", "on"))
+
+    @classmethod
+    def quick(cls) -> DebounceConfig:
+        return cls(edits=3, rounds=1, policies=("language",))
+
+
+def run_debounce(cfg: DebounceConfig, work: Path, log: Any = print) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    ccfg = ConvergenceConfig(envoys=cfg.envoys, edits=cfg.edits)
+    count = len(cfg.settings)
+    # Round r runs the settings rotated by r: each one first, middle and last in turn.
+    order = [[cfg.settings[(r + i) % count] for i in range(count)] for r in range(cfg.rounds)]
+    runs: dict[tuple[str, str, str], list[_Variant]] = {}
+    echoes: list[subprocess.Popen[bytes]] = []
+    try:
+        backends = {}
+        for name in ("v1", "v2"):
+            proc, port = _start_echo(name, work)
+            echoes.append(proc)
+            backends[name] = port
+        for policy_kind in cfg.policies:
+            for index, settings in enumerate(order):
+                for debounce, leading in settings:
+                    log(f"  debounce {policy_kind} round {index + 1}/{cfg.rounds}: "
+                        f"--debounce-quiet {debounce} --debounce-leading {leading}, "
+                        f"{cfg.edits} edits")
+                    v = _run_variant(ccfg, work / f"round-{index}", cfg.mode, debounce,
+                                     backends, log, policy_kind, "token", "on", leading)
+                    s = summarize(v.samples_ms)
+                    log(f"    median {s['median']:.1f} ms, p90 {s['p90']:.1f}")
+                    runs.setdefault((policy_kind, debounce, leading), []).append(v)
+    finally:
+        for proc in echoes:
+            stop_process(proc)
+
+    variants = []
+    for (policy_kind, debounce, leading), done in runs.items():
+        samples = [x for v in done for x in v.samples_ms]
+        server = [x for v in done for x in v.server_ms]
+        variants.append({
+            "name": f"{policy_kind} policy, {cfg.mode}, --debounce-quiet {debounce}, "
+                    f"leading edge {leading}",
+            "policy": policy_kind, "debounce_quiet": debounce, "leading": leading,
+            "samples_ms": samples, "summary": summarize(samples),
+            "server_ms": server, "server_summary": summarize(server),
+            "round_medians_ms": [summarize(v.samples_ms)["median"] for v in done],
+            "first_envoy_summary": summarize([x for v in done for x in v.first_ms]),
+            "timeouts": sum(v.timeouts for v in done)})
+    ratios = {}
+    fastest, default = cfg.settings[0], cfg.settings[-1]
+    for policy_kind in cfg.policies:
+        by = {(v["debounce_quiet"], v["leading"]): v for v in variants
+              if v["policy"] == policy_kind}
+        base = by[fastest]["summary"]["median"]
+        ratios[policy_kind] = {f"{d} leading {lead} / {fastest[0]} leading {fastest[1]}":
+                               by[(d, lead)]["summary"]["median"] / base
+                               for d, lead in cfg.settings}
+        log(f"  debounce {policy_kind}: default (--debounce-quiet {default[0]}, leading "
+            f"{default[1]}) median {by[default]['summary']['median']:.1f} ms = "
+            f"{by[default]['summary']['median'] / base:.2f}x of --debounce-quiet {fastest[0]} "
+            f"leading {fastest[1]} ({base:.1f} ms); 100ms without the leading edge "
+            f"{by[('100ms', 'off')]['summary']['median']:.1f} ms"
+            if ("100ms", "off") in by else "")
+    return {
+        "scenario": "debounce",
+        "what": "one saved edit (write aside, rename) until ALL Envoys serve it, for three "
+                "debounce settings in rotating rounds",
+        "config": {"envoys": cfg.envoys, "edits_per_round": cfg.edits, "rounds": cfg.rounds,
+                   "order": order, "policies": list(cfg.policies), "mode": cfg.mode,
+                   "poll_ms": ccfg.poll_ms},
+        "variants": variants, "ratios": ratios,
     }

@@ -9,7 +9,11 @@ then a reconnect storm), traffic (steady load through a real Envoy during 100 ro
 sidebyside (start-to-first-served-request: static bootstrap vs meshpilot vs sovereign),
 replicas (replicas on a real etcd: registration on A served by an Envoy on B, beside one
 process; kill -9 failover of an Envoy's replica), registration (the first and the 2,000th
-self-registration of one Service).
+self-registration of one Service), vhds (the bytes of a one-Route edit with VHDS), debounce
+(save to all Envoys serving for three debounce settings in rotating rounds: the leading edge
+against the quiet period), shrink (RSS after a large policy is replaced by a small one),
+coldload (a cold load of 10,000 Services + Routes against a bare PyYAML parse of the same
+files).
 PNG plots are written next to report.md when matplotlib is installed (the `bench` extra).
 Writes `<out>/<scenario>.json` (raw samples and summaries) and `<out>/report.md`.
 `--quick` is a smoke run (small sizes, under a minute); the default run takes several minutes.
@@ -29,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 SCENARIOS = ("convergence", "prepush", "fanout", "translation", "incremental", "storm",
-             "traffic", "sidebyside", "replicas", "registration", "vhds")
+             "traffic", "sidebyside", "replicas", "registration", "vhds", "debounce", "shrink",
+             "coldload")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     from benchmarks import (
+        coldload,
         convergence,
         fanout,
         incremental,
@@ -74,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         registration,
         replicas,
         report,
+        shrink,
         sidebyside,
         traffic,
         translation,
@@ -119,6 +126,20 @@ def main(argv: list[str] | None = None) -> int:
                     if args.edits:
                         pcfg.edits = args.edits
                     result = convergence.run_prepush(pcfg, work / "prepush", log)
+                elif name == "debounce":
+                    dcfg = (convergence.DebounceConfig.quick() if args.quick
+                            else convergence.DebounceConfig())
+                    if args.edits:
+                        dcfg.edits = args.edits
+                    result = convergence.run_debounce(dcfg, work / "debounce", log)
+                elif name == "coldload":
+                    lcfg = (coldload.ColdLoadConfig.quick() if args.quick
+                            else coldload.ColdLoadConfig())
+                    result = coldload.run(lcfg, work / "coldload", log)
+                elif name == "shrink":
+                    kcfg = (shrink.ShrinkConfig.quick() if args.quick
+                            else shrink.ShrinkConfig())
+                    result = shrink.run(kcfg, work / "shrink", log)
                 elif name == "fanout":
                     fcfg = fanout.FanoutConfig.quick() if args.quick else fanout.FanoutConfig()
                     if args.streams:

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from meshpilot import __version__
+from meshpilot.base import memory
 from meshpilot.base.errors import PolicyError, PolicyIssue
 from meshpilot.base.privatefiles import write_private
 from meshpilot.base.units import parse_duration
@@ -146,7 +147,8 @@ def serve_settings(args: argparse.Namespace) -> Settings:
                     store_prefix=args.store_prefix,
                     store_key=Path(args.store_key) if args.store_key else None,
                     replica_id=args.replica_id, policy_from_store=args.policy_from_store,
-                    rollout=args.rollout, vhds=args.vhds)
+                    rollout=args.rollout, vhds=args.vhds,
+                    debounce_leading=args.debounce_leading == "on")
 
 
 def prepush_check(args: argparse.Namespace) -> EnvoyValidator | None:
@@ -166,6 +168,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("meshpilot serve: --policy-from-store needs --store", file=sys.stderr)
         return 2
     _setup_logging(args.log_level)
+    logging.getLogger("meshpilot").info("memory allocator: %s", memory.allocator())
     try:
         check = prepush_check(args)
     except EnvoyError as e:
@@ -666,6 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="apply a burst of file changes after this long without one (100ms)")
     p.add_argument("--debounce-max", type=_duration, default=10.0, metavar="DURATION",
                    help="apply a burst at most this long after its first change (10s)")
+    p.add_argument("--debounce-leading", choices=("on", "off"), default="on",
+                   help="on: a save while the folder was quiet is applied at once, what follows "
+                        "it within --debounce-quiet once at the end; off: every change waits "
+                        "for the quiet period (on)")
     p.add_argument("--no-watch", action="store_true", help="load once; do not watch the folder")
     p.add_argument("--state-dir", metavar="DIR", default=".meshpilot",
                    help="meshpilot's credentials: the token key (token.key) and the mesh CA's "
@@ -950,6 +957,11 @@ def _admin_client_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None and args.command == "serve":
+        # A long-running server's objects on the C library's malloc, so that memory freed by a
+        # smaller policy goes back to the system (base/memory.py); PYTHONMALLOC set (to any
+        # value, e.g. pymalloc) keeps the interpreter's choice. Replaces this process.
+        memory.use_system_allocator(sys.argv[1:])
     return args.func(args)
 
 

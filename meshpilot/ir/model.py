@@ -97,6 +97,12 @@ def _is_ip_literal(host: str) -> bool:
     return True
 
 
+def clear_caches() -> None:
+    """Empty this module's memo tables (they hold every host of the policies that filled
+    them): after a large policy is replaced by a small one."""
+    _is_ip_literal.cache_clear()
+
+
 @dataclass(frozen=True, slots=True)
 class HealthCheck:
     kind: Literal["http", "tcp", "grpc"]

@@ -175,6 +175,9 @@ class Settings:
     # configuration goes out without its virtual hosts, each virtual host a resource of its
     # own, so a one-host edit sends one virtual host. SotW and per-type streams: unchanged.
     vhds: bool = False
+    # Apply an isolated save at its first event rather than after `debounce_quiet` (the
+    # leading edge, runtime/watch.py); False: every change waits for the quiet period.
+    debounce_leading: bool = True
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -545,7 +548,8 @@ class Meshpilot:
         if self.settings.watch:
             debouncer = self._debouncer = Debouncer(
                 self._schedule_reload, quiet=self.settings.debounce_quiet,
-                max_wait=self.settings.debounce_max, loop=loop)
+                max_wait=self.settings.debounce_max, loop=loop,
+                leading=self.settings.debounce_leading, settled=self._settled)
             self._watcher = PolicyWatcher(self.settings.policy, debouncer, loop)
             self._watcher.start()
             self._watch_tls_files()
@@ -676,18 +680,29 @@ class Meshpilot:
         for it)."""
         return await self.controller.views.snapshot_of(view)
 
-    def _schedule_reload(self) -> None:
+    def _schedule_reload(self, leading: bool = False) -> None:
+        """The debouncer fired: at a save's first event (`leading`), or at a burst's end."""
         started = self._debouncer.fired_burst_started if self._debouncer else None
         if started is not None:  # a reload coalescing several bursts: from the first
             self._edit_started = min(started, self._edit_started or started)
-        task = asyncio.get_running_loop().create_task(self.controller.reload_async())
+        task = asyncio.get_running_loop().create_task(
+            self.controller.reload_async(tentative=leading))
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
         task.add_done_callback(lambda _: self._watch_tls_files())
         task.add_done_callback(self._reload_done)
 
+    def _settled(self) -> None:
+        """The quiet period after a leading-edge reload passed without events: a refusal it
+        got is its outcome now (reported), and no edit follows from it."""
+        self.controller.settle()
+        if not self.controller.reloading and self.controller.held is None:
+            self._edit_started = None
+
     def _reload_done(self, _: asyncio.Task[bool]) -> None:
-        if not self.controller.reloading:  # refused, or changed nothing: no edit to follow
+        # Refused, or changed nothing: no edit to follow. A refusal held for the burst's end
+        # (a file still being written) keeps the edit's start: its first event.
+        if not self.controller.reloading and self.controller.held is None:
             self._edit_started = None
 
     def _rollout_policy(self) -> RolloutPolicy | None:

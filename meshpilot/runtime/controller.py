@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from meshpilot.base import memory
 from meshpilot.base.errors import PolicyError, PolicyIssue
 from meshpilot.discovery.registry import EndpointRegistry
 from meshpilot.inputs.loader import PolicyLoader
-from meshpilot.ir.model import Model, ObjectStatus
+from meshpilot.ir.model import Model, ObjectStatus, clear_caches
 from meshpilot.runtime.metrics import Metrics
 from meshpilot.runtime.prepush import CheckFailed, PrePush
 from meshpilot.runtime.views import ViewBuilds
@@ -32,6 +33,12 @@ from meshpilot.xds.cache import SnapshotCache
 from meshpilot.xds.snapshot import Snapshot
 
 log = logging.getLogger("meshpilot.runtime.controller")
+
+# A reload whose views hold at least this many resources fewer than before, and at most half
+# as many, gives the memory of the difference back to the system (base/memory.py) once the
+# streams have moved on from the old snapshots.
+RELEASE_AFTER_DROP = 2_000
+RELEASE_DELAY = 2.0  # seconds after such a reload
 
 
 @dataclass
@@ -118,6 +125,11 @@ class Controller:
         self.views = ViewBuilds(self, cache)  # views first asked for after a reload
         self._reloading = False
         self._reload_again = False
+        self._again_tentative = True  # every reload asked for meanwhile was tentative
+        self._held: _Prepared | None = None  # a refused tentative reload (`held`)
+        self._settle_requested = False
+        self.release_due = False  # the newest reload shrank the policy (`release_memory`)
+        self.memory_releases = 0
         self.tls_files: frozenset[str] = frozenset()  # TLS files the policy names (absolute)
         # Discovered instances (meshpilot.discovery), added to the policy's endpoints.
         self.endpoints = endpoints
@@ -138,29 +150,75 @@ class Controller:
     def reload(self) -> bool:
         """Load the policy; apply it to every view if valid. True if the new policy is serving."""
         prepared = self._prepare(self.cache.all_views())
-        return self._apply_prepared(prepared)
+        applied = self._apply_prepared(prepared)
+        if self.release_due:  # no streams to wait for here: the old snapshots are gone
+            del prepared
+            self.release_memory()
+        return applied
 
-    async def reload_async(self) -> bool:
+    async def reload_async(self, tentative: bool = False) -> bool:
         """`reload()` with loading and translation on a worker thread, so xDS streams keep being
         served meanwhile. Reloads never overlap: one requested while another runs is done after
-        it, once, with the newest files."""
+        it, once, with the newest files.
+
+        `tentative`: a leading-edge reload (runtime/watch.py), begun at the first event of what
+        may be a burst. If it is refused, the refusal is held, not reported: the next reload
+        supersedes it (the burst's end), or `settle()` reports it (no more events came)."""
         if self._reloading:
             self._reload_again = True
+            self._again_tentative = self._again_tentative and tentative
             return False
         self._reloading = True
         try:
             while True:
                 self._reload_again = False
+                if not tentative:
+                    self._drop_held()
                 prepared = await asyncio.to_thread(self._prepare, self.cache.all_views())
-                applied = self._apply_prepared(prepared)
+                if tentative and prepared.translation is None and (
+                        self._reload_again or not self._settle_requested):
+                    self._hold(prepared)
+                    applied = False
+                else:
+                    applied = self._apply_prepared(prepared)
                 if applied:
                     # Views first asked for while this reload was being prepared (streams that
                     # connected meanwhile): built on demand now, from the new translation.
                     self.views.build_soon(self.cache.watched_views())
+                    if self.release_due:
+                        self.release_due = False
+                        self._schedule_release()
+                self._settle_requested = False
                 if not self._reload_again:
                     return applied
+                tentative, self._again_tentative = self._again_tentative, True
         finally:
             self._reloading = False
+
+    @property
+    def held(self) -> tuple[PolicyIssue, ...] | None:
+        """The issues of a refused tentative reload, held until it is settled or superseded."""
+        return None if self._held is None else self._held.issues
+
+    def settle(self) -> None:
+        """The events after a tentative reload have stopped: a refusal it got is reported now
+        (counted, shown in status, logged), as a reload's refusal is. Called on the loop."""
+        if self._reloading:
+            self._settle_requested = True  # reported when the running reload ends
+            return
+        held, self._held = self._held, None
+        if held is not None:
+            self._apply_prepared(held)
+
+    def _hold(self, prepared: _Prepared) -> None:
+        self._held = prepared
+        log.info("a first reload of the files being written was refused (%d problems); "
+                 "waiting for the writes to settle before reporting it", len(prepared.issues))
+
+    def _drop_held(self) -> None:
+        if self._held is not None:
+            self._held = None
+            self.metrics.policy_loads.labels("superseded").inc()
 
     def _prepare(self, views: tuple[str, ...]) -> _Prepared:
         """The CPU-heavy half of a reload: load, translate, build every known view's snapshot."""
@@ -175,6 +233,8 @@ class Controller:
                                       changes=self.loader.changes)
             snapshots = [translation.snapshot(view, previous=self.cache.get(view))
                          for view in views]
+            # What the previous translation built is kept no longer than this reload needs it.
+            translation.release_earlier()
             self._check(model, [(self.cache.get(s.view), s) for s in snapshots])
         except PolicyError as e:  # PluginError too: a plugin failing refuses the whole reload
             return _Prepared(issues=e.issues)
@@ -225,7 +285,11 @@ class Controller:
         self.generation += 1
         self.status.error = []  # before building views: one failing to build reports here
         previous = {s.view: self.cache.get(s.view) for s in prepared.snapshots}
+        before = self._resources_served()
         changed = [snapshot for snapshot in prepared.snapshots if self.cache.set(snapshot)]
+        after = self._resources_served()
+        if before - after >= RELEASE_AFTER_DROP and 2 * after <= before:
+            self.release_due = True
         if self.on_replaced is not None:
             self.on_replaced([(previous[s.view], s) for s in changed])
         if self.on_applied is not None:
@@ -245,6 +309,36 @@ class Controller:
             log.warning("policy warning: %s", warning)
         self.apply_endpoints()  # what was discovered while this reload was being prepared
         return True
+
+    def _resources_served(self) -> int:
+        total = 0
+        for view in self.cache.views():
+            snapshot = self.cache.get(view)
+            if snapshot is not None:
+                total += sum(snapshot.counts().values())
+        return total
+
+    def release_memory(self) -> bool:
+        """Give what the previous, larger policy held back to the system (base/memory.py):
+        memo tables emptied, cycles collected, free heap pages trimmed. Any thread."""
+        self.release_due = False
+        released = memory.release((clear_caches,))
+        self.memory_releases += 1
+        log.info("the policy shrank: memory %s (allocator %s)",
+                 "trimmed" if released else "collected", memory.allocator())
+        return released
+
+    def _schedule_release(self) -> None:
+        """After a reload that shrank the policy a lot: `release_memory` on a worker thread,
+        a little later (streams still sending the old snapshots keep them alive until then)."""
+        loop = asyncio.get_running_loop()
+
+        def start() -> None:
+            task = loop.create_task(asyncio.to_thread(self.release_memory))
+            self._endpoint_tasks.add(task)  # cancelled with them at stop
+            task.add_done_callback(self._endpoint_tasks.discard)
+
+        loop.call_later(RELEASE_DELAY, start)
 
     def watch_endpoints(self, loop: asyncio.AbstractEventLoop) -> None:
         """Apply discovered endpoint changes (they may come from any thread), coalesced: a

@@ -18,7 +18,10 @@ class Metrics(XdsMetrics):
         super().__init__()
         r = self.registry
         self.policy_loads = Counter("meshpilot_policy_loads_total",
-                                    "Policy loads by result (ok, rejected)", ["result"], registry=r)
+                                    "Policy loads by result (ok, rejected; superseded: a "
+                                    "refused first reload of files being written, replaced "
+                                    "by the reload of the finished writes)", ["result"],
+                                    registry=r)
         self.policy_valid = Gauge("meshpilot_policy_last_load_ok",
                                   "1 if the newest policy on disk loaded, 0 if it was rejected",
                                   registry=r)

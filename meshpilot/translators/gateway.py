@@ -139,6 +139,10 @@ class GatewayViews:
     def virtual_hosts(self) -> Mapping[tuple[int, int], routes.VirtualHostBytes]:
         return self._virtual_hosts
 
+    def release_earlier(self) -> None:
+        """Reuse nothing more from the previous Translation (`Translation.release_earlier`)."""
+        self._earlier = NOTHING
+
     def with_clusters(self, cluster_resources: ClusterResources) -> GatewayViews:
         """These views building clusters through `cluster_resources` (other discovered
         endpoints): listeners and routes built so far are shared, since none depends on

@@ -92,6 +92,10 @@ class Upstreams:
             found = self._built[name] = BuiltCluster(service, built)
         return found.resources
 
+    def release_earlier(self) -> None:
+        """Reuse nothing more from the previous Translation (`Translation.release_earlier`)."""
+        self._earlier = NOTHING
+
     def ca_secrets(self, resources: Iterable[Resource]) -> list[Resource]:
         """The CA Secret of each service with upstream TLS that one of `resources`' clusters
         belongs to, built once per service."""

@@ -21,7 +21,16 @@ _RES_VERSION, _RES_ANY, _RES_NAME = 1, 2, 3
 _CONTROL_PLANE_IDENTIFIER = 1
 
 
+_ONE_BYTE = tuple(bytes((value,)) for value in range(0x80))
+
+
 def varint(value: int) -> bytes:
+    # Tags and most lengths fit in one or two bytes: those without a loop (called several
+    # times for every resource of every translation).
+    if value < 0x80:
+        return _ONE_BYTE[value]
+    if value < 0x4000:
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while True:
         byte = value & 0x7F

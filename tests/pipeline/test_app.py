@@ -299,7 +299,7 @@ class _ManualClock:
 def test_debouncer_waits_for_quiet_but_not_past_max_wait() -> None:
     clock = _ManualClock()
     fired: list[float] = []
-    d = Debouncer(lambda: fired.append(clock.time()), quiet=0.05, max_wait=0.3,
+    d = Debouncer(lambda _: fired.append(clock.time()), quiet=0.05, max_wait=0.3,
                   loop=clock)  # type: ignore[arg-type]
     for _ in range(5):  # a burst, 10 ms apart: one reload, 50 ms after the last event
         d.poke()
