@@ -549,7 +549,7 @@ class Meshpilot:
             debouncer = self._debouncer = Debouncer(
                 self._schedule_reload, quiet=self.settings.debounce_quiet,
                 max_wait=self.settings.debounce_max, loop=loop,
-                leading=self.settings.debounce_leading, settled=self._settled)
+                leading=self.settings.debounce_leading, settled=self._writes_settled)
             self._watcher = PolicyWatcher(self.settings.policy, debouncer, loop)
             self._watcher.start()
             self._watch_tls_files()
@@ -692,7 +692,7 @@ class Meshpilot:
         task.add_done_callback(lambda _: self._watch_tls_files())
         task.add_done_callback(self._reload_done)
 
-    def _settled(self) -> None:
+    def _writes_settled(self) -> None:
         """The quiet period after a leading-edge reload passed without events: a refusal it
         got is its outcome now (reported), and no edit follows from it."""
         self.controller.settle()
