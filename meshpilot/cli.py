@@ -960,7 +960,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and args.command == "serve":
         # A long-running server's objects on the C library's malloc, so that memory freed by a
         # smaller policy goes back to the system (base/memory.py); PYTHONMALLOC set (to any
-        # value, e.g. pymalloc) keeps the interpreter's choice. Replaces this process.
+        # value, e.g. pymalloc) keeps the interpreter's choice. Replaces this process. The
+        # `meshpilot` command did this before importing this module (meshpilot/launch.py);
+        # here for a caller of cli.main() that did not.
         memory.use_system_allocator(sys.argv[1:])
     return args.func(args)
 
