@@ -11,44 +11,30 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from meshpilot import __version__
 from meshpilot.base import memory
 from meshpilot.base.errors import PolicyError, PolicyIssue
+from meshpilot.base.netutil import split_address, split_authority
 from meshpilot.base.privatefiles import write_private
 from meshpilot.base.units import parse_duration
 from meshpilot.ca.authority import ROOT_CERT, CaError, check_trust_domain
 from meshpilot.ca.tokens import KEY_FILE, TokenAuthority, TokenError, rotate_key
-from meshpilot.inputs.istio import hosts as istio_hosts
-from meshpilot.inputs.loader import load_policy
-from meshpilot.inputs.native.schema import json_schema
 from meshpilot.ir.model import Model, ObjectStatus
-from meshpilot.local.bootstrap import bootstrap_yaml
-from meshpilot.local.diff import (
-    DiffError,
-    compare_folders,
-    compare_git,
-    compare_server,
-    report,
-    views_of,
-)
 from meshpilot.local.envoy_process import EnvoyError
-from meshpilot.local.validator import EnvoyValidator
 from meshpilot.runtime.admin_client import AdminClient, AdminError, find_token
-from meshpilot.runtime.admin_guard import split_authority
-from meshpilot.runtime.app import Meshpilot, Settings, serve, split_address
-from meshpilot.runtime.controller import describe_object
-from meshpilot.runtime.plugin_loader import load_plugins
-from meshpilot.runtime.prepush import CheckFailed, PrePush
-from meshpilot.runtime.rollout import RolloutError, RolloutPolicy, parse_rollout
-from meshpilot.store import StoreError, check_prefix, parse_store_url
-from meshpilot.translators import Translation
-from meshpilot.translators.plugins import PluginError
-from meshpilot.xds.render import snapshot_to_dict
 from meshpilot.xds.security import XdsSecurityError
+
+if TYPE_CHECKING:
+    from meshpilot.local.validator import EnvoyValidator
+    from meshpilot.runtime.app import Settings
+    from meshpilot.runtime.rollout import RolloutPolicy
+
+# The commands import what they run (the server, the translators, the loader) when they run:
+# `meshpilot status` or `token create` must not pay for gRPC, aiohttp and every proto first.
 
 
 def _allow_files_from(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +75,7 @@ def _admin_host(text: str) -> str:
 
 
 def _store_url(text: str) -> str:
+    from meshpilot.store import StoreError, parse_store_url
     try:
         parse_store_url(text)
     except StoreError as e:
@@ -97,6 +84,7 @@ def _store_url(text: str) -> str:
 
 
 def _store_prefix(text: str) -> str:
+    from meshpilot.store import StoreError, check_prefix
     try:
         return check_prefix(text)
     except StoreError as e:
@@ -111,6 +99,7 @@ def _trust_domain(text: str) -> str:
 
 
 def _rollout(text: str) -> RolloutPolicy | None:
+    from meshpilot.runtime.rollout import RolloutError, parse_rollout
     if text == "off":
         return None
     try:
@@ -125,6 +114,7 @@ def _setup_logging(level: str) -> None:
 
 
 def serve_settings(args: argparse.Namespace) -> Settings:
+    from meshpilot.runtime.app import Settings
     # With --policy-from-store, where the stored revision is written (runtime/policy_store.py).
     policy = Path(args.policy) if args.policy else \
         Path(args.state_dir) / "policy-from-store" / "current"
@@ -154,12 +144,16 @@ def serve_settings(args: argparse.Namespace) -> Settings:
 def prepush_check(args: argparse.Namespace) -> EnvoyValidator | None:
     """Envoy's pre-push check for serve (None with --no-prepush-check); EnvoyError if no Envoy
     can be run."""
+    from meshpilot.local.validator import EnvoyValidator
     if args.no_prepush_check:
         return None
     return EnvoyValidator(args.check_envoy, workers=args.check_workers)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from meshpilot.runtime.app import Meshpilot, serve
+    from meshpilot.store import StoreError
+    from meshpilot.translators.plugins import PluginError
     if bool(args.policy) == bool(args.policy_from_store):
         print("meshpilot serve: give --policy DIR, or --policy-from-store (with --store)",
               file=sys.stderr)
@@ -192,6 +186,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     """Validate a folder, then store it as the revision `serve --policy-from-store` serves."""
     from meshpilot.runtime.policy_store import apply
+    from meshpilot.store import StoreError
     from meshpilot.store.etcd import EtcdStore
     from meshpilot.store.sealed import KEY_FILE, SealingKey
 
@@ -224,6 +219,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def _load(policy: str, allowed_files: list[str]) -> Model | None:
     """The policy's model, or None after printing every problem to stderr."""
+    from meshpilot.inputs.loader import load_policy
     try:
         return load_policy(policy, [Path(d) for d in allowed_files])
     except PolicyError as e:
@@ -234,6 +230,7 @@ def _load(policy: str, allowed_files: list[str]) -> Model | None:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from meshpilot.runtime.controller import describe_object
     model = _load(args.policy, args.allow_files_from)
     if model is None:
         return 1
@@ -261,6 +258,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def _envoy_check(model: Model, envoy: str | None) -> list[PolicyIssue] | None:
     """What Envoy refuses of every Gateway's and sidecar's view (the pre-push check of serve,
     on everything); None after printing why it cannot check."""
+    from meshpilot.local.diff import views_of
+    from meshpilot.local.validator import EnvoyValidator
+    from meshpilot.runtime.prepush import CheckFailed, PrePush
+    from meshpilot.translators import Translation
     try:
         validator = EnvoyValidator(envoy)
     except EnvoyError as e:
@@ -283,6 +284,10 @@ def _healthy(status: ObjectStatus) -> bool:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from meshpilot.runtime.plugin_loader import load_plugins
+    from meshpilot.translators import Translation
+    from meshpilot.translators.plugins import PluginError
+    from meshpilot.xds.render import snapshot_to_dict
     model = _load(args.policy, args.allow_files_from)
     if model is None:
         return 1
@@ -300,6 +305,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from meshpilot.inputs.native.schema import json_schema
     print(json.dumps(json_schema(), indent=2, sort_keys=False))
     return 0
 
@@ -339,6 +345,7 @@ def bootstrap_security(args: argparse.Namespace) -> dict[str, str | None]:
 def _istio_node(args: argparse.Namespace) -> dict[str, Any] | None:
     """`--workload NS/NAME` or `--gateway NS/NAME --label K=V`: the node cluster (the view) and
     id Istio's names give (docs/istio.md), and Istio-like node metadata."""
+    from meshpilot.inputs.istio import hosts as istio_hosts
     which = "workload" if args.workload else "gateway" if args.gateway else None
     if which is None:
         if args.label:
@@ -367,6 +374,7 @@ def _istio_node(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from meshpilot.local.bootstrap import bootstrap_yaml
     try:
         metadata = _istio_node(args)
         security = bootstrap_security(args)
@@ -460,6 +468,9 @@ def _print_prepush(prepush: dict[str, Any] | None) -> None:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
+    from meshpilot.local.diff import DiffError, compare_folders, compare_git, compare_server, report
+    from meshpilot.runtime.plugin_loader import load_plugins
+    from meshpilot.translators.plugins import PluginError
     folder = Path(args.policy)
     allowed = [Path(d) for d in args.allow_files_from]
     try:

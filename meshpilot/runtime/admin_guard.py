@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from meshpilot.base.netutil import split_authority
 from meshpilot.ca.tokens import TokenAuthority, TokenError, WrongKind, bearer
 
 
@@ -62,32 +63,6 @@ class GuardSettings:
     address: Callable[[], str]  # the admin's HOST:PORT, its real port once bound
     hosts: tuple[str, ...] = ()  # --admin-host: NAME (any port) or NAME:PORT
     access: Mapping[str, Access] | None = None  # route path (as declared) -> who may call it
-
-
-def split_authority(text: str, default_port: int | None = None) -> tuple[str, int | None]:
-    """("host", port) of "host:port", "[v6]:port", "host" (port `default_port`); the host
-    lower-cased, without brackets or a trailing dot. ValueError if malformed."""
-    text = text.strip()
-    port_text: str | None = None
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(text)
-        host, port_text = str(ipaddress.IPv6Address(host)), rest[1:] if rest else None
-    elif text.count(":") > 1:  # a bare IPv6 address, as an admin address may be written
-        host = str(ipaddress.IPv6Address(text))
-    elif ":" in text:
-        host, port_text = text.split(":")
-    else:
-        host = text
-    host = host.lower().rstrip(".")
-    if not host or any(c in host for c in "/@?#[] "):
-        raise ValueError(text)
-    if port_text is None:
-        return host, default_port
-    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
-        raise ValueError(text)
-    return host, int(port_text)
 
 
 def _is_loopback_or_any(host: str) -> bool:

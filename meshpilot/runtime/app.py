@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import grpc
 from aiohttp import web
 
+from meshpilot.base.netutil import split_address
 from meshpilot.base.privatefiles import write_private
 from meshpilot.ca import CertificateAuthority, WorkloadIdentities
 from meshpilot.ca.authority import ROOT_CERT, ROOT_KEY, WorkloadCertificate
@@ -178,13 +179,6 @@ class Settings:
     # Apply an isolated save at its first event rather than after `debounce_quiet` (the
     # leading edge, runtime/watch.py); False: every change waits for the quiet period.
     debounce_leading: bool = True
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {address!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class Meshpilot:

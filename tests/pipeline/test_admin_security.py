@@ -19,9 +19,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from samples import DISCOVERY_POLICY
 
+from meshpilot.base.netutil import split_authority
 from meshpilot.ca.tokens import TokenAuthority
 from meshpilot.runtime.admin import ACCESS
-from meshpilot.runtime.admin_guard import Access, HostRules, split_authority
+from meshpilot.runtime.admin_guard import Access, HostRules
 from meshpilot.runtime.app import Meshpilot, Settings
 
 OPEN = {"/healthz", "/readyz", "/metrics"}
