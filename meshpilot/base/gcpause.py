@@ -19,6 +19,18 @@ from contextlib import contextmanager
 _lock = threading.Lock()
 _depth = 0
 _was_enabled = False
+# Whether `freeze_for_life` froze what was alive (a server, after its start). Kept here because
+# CPython's gc.get_freeze_count() walks every frozen object (millions in a large policy's
+# server): asked at the end of every pause, it made each view build pay for the whole heap.
+_frozen = False
+
+
+def freeze_for_life() -> None:
+    """Keep everything alive now out of the collector's passes for good (`gc.freeze`)."""
+    global _frozen
+    with _lock:
+        gc.freeze()
+        _frozen = True
 
 
 @contextmanager
@@ -35,7 +47,7 @@ def collection_paused() -> Iterator[None]:
         with _lock:
             _depth -= 1
             if _depth == 0 and _was_enabled:
-                if gc.get_freeze_count() == 0:
+                if not _frozen:
                     _age()
                 gc.enable()
 
