@@ -9,14 +9,17 @@ import pytest
 from meshpilot.base import gcpause
 
 
-def test_what_a_pause_built_is_counted_old_and_the_collector_is_back_on() -> None:
+def test_what_a_pause_built_is_counted_old_and_the_collector_is_back_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # No server froze this process's heap (an in-process server of an earlier test may have).
+    monkeypatch.setattr(gcpause, "_frozen", False)
     assert gc.isenabled()
     with gcpause.collection_paused():
         assert not gc.isenabled()
         built = [[] for _ in range(5000)]
     assert gc.isenabled()
     # Moved to the oldest generation: no young pass will scan them again.
-    assert gc.get_count()[0] < 100 and gc.get_freeze_count() == 0
+    assert gc.get_count()[0] < 100
     assert len(built) == 5000
 
 
