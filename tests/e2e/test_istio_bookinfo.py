@@ -464,7 +464,10 @@ def test_jwt_at_the_ingress_gateway(bookinfo: Bookinfo) -> None:
     bookinfo.apply(rules=rules, gateway=gateway, vs=routes, jwt=request_authentication)
     eventually(lambda: status("Bearer not-a-token") == 401,
                what="the gateway to refuse an invalid token")
-    assert status() == 200  # no token: RequestAuthentication alone lets it through
+    # No token: RequestAuthentication alone lets it through. The JWT filter answers before the
+    # route's clusters are asked, so the 401 can come while the edit's subset clusters still
+    # warm (a 503 was seen once in CI): wait for the route too.
+    eventually(lambda: status() == 200, what="a request without a token to be let through")
     assert status(f"Bearer {token}") == 200
     bookinfo.apply(rules=rules, gateway=gateway, vs=routes, jwt=request_authentication,
                    authz=require_token)
