@@ -117,9 +117,7 @@ def _check_service_failover(part: Service, ctx: DocumentContext, index: _Index) 
         if target == part.name:
             ctx.report(path, "a Service cannot fail over to itself", at_value=True)
         elif found is None:
-            if not index.declared("Service", target):
-                hint = index.did_you_mean("Service", target, index.names.get("Service", []))
-                ctx.report(path, f"no Service named {quoted(target)}{hint}", at_value=True)
+            _report_missing_service(target, path, ctx, index, at_value=True)
         elif (found.protocol == "tcp") != (part.protocol == "tcp"):
             ctx.report(path, f"Service {found.name} speaks protocol {found.protocol}, "
                              f"this one {part.protocol}: a failover target must speak "
@@ -292,9 +290,7 @@ def _check_backend(service_name: str, subset: str | None, path: tuple[str | int,
     at_service = path if named_at_path else (*path, "service")
     service = index.services.get(service_name)
     if service is None:
-        if not index.declared("Service", service_name):
-            hint = index.did_you_mean("Service", service_name, index.names.get("Service", []))
-            ctx.report(at_service, f"no Service named {quoted(service_name)}{hint}")
+        _report_missing_service(service_name, at_service, ctx, index)
         return
     if service.protocol == "tcp":
         ctx.report(at_service, f"Service {service.name} speaks protocol tcp; an HTTP "
@@ -316,10 +312,7 @@ def _check_tcp_listeners(gateway: Gateway, ctx: DocumentContext, index: _Index) 
         path = ("listeners", listener_index, "service")
         service = index.services.get(listener.service)
         if service is None:
-            if not index.declared("Service", listener.service):
-                hint = index.did_you_mean("Service", listener.service,
-                                          index.names.get("Service", []))
-                ctx.report(path, f"no Service named {quoted(listener.service)}{hint}")
+            _report_missing_service(listener.service, path, ctx, index)
         elif service.protocol != "tcp":
             ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; a "
                              "tcp listener needs a Service with protocol tcp")
@@ -347,10 +340,7 @@ def _check_collector(spec: Tracing, path: tuple[str | int, ...], ctx: DocumentCo
                      index: _Index) -> None:
     service = index.services.get(spec.collector)
     if service is None:
-        if not index.declared("Service", spec.collector):
-            hint = index.did_you_mean("Service", spec.collector,
-                                      index.names.get("Service", []))
-            ctx.report(path, f"no Service named {quoted(spec.collector)}{hint}")
+        _report_missing_service(spec.collector, path, ctx, index)
     elif spec.provider == "opentelemetry" and service.protocol not in ("grpc", "http2"):
         ctx.report(path, f"Service {service.name} speaks protocol {service.protocol}; an "
                          "OpenTelemetry collector receives OTLP over gRPC: give it "
@@ -524,9 +514,7 @@ def _check_attached_service(route: Route, ctx: DocumentContext, index: _Index) -
         return None
     service = index.services.get(route.service)
     if service is None:
-        if not index.declared("Service", route.service):
-            hint = index.did_you_mean("Service", route.service, index.names.get("Service", []))
-            ctx.report(("service",), f"no Service named {quoted(route.service)}{hint}")
+        _report_missing_service(route.service, ("service",), ctx, index)
         return None
     if service.protocol == "tcp":
         ctx.report(("service",), f"Service {service.name} speaks protocol tcp; HTTP rules "
@@ -566,10 +554,16 @@ def _check_calls(service: Service, ctx: DocumentContext, index: _Index) -> None:
             path = (*path, "service")
         callee = index.services.get(call.service)
         if callee is None:
-            if not index.declared("Service", call.service):
-                hint = index.did_you_mean("Service", call.service,
-                                          index.names.get("Service", []))
-                ctx.report(path, f"no Service named {quoted(call.service)}{hint}")
+            _report_missing_service(call.service, path, ctx, index)
         elif callee.protocol == "tcp" and call.local_port is None:
             ctx.report(path, f"Service {callee.name} speaks protocol tcp: the outbound_port "
                              "routes HTTP by Host, so a tcp service needs a local_port")
+
+
+def _report_missing_service(name: str, path: tuple[str | int, ...], ctx: DocumentContext,
+                            index: _Index, *, at_value: bool = False) -> None:
+    """"no Service named ..." (with a "did you mean") at `path`, unless another document
+    declares it (its own error is reported there, not echoed here)."""
+    if not index.declared("Service", name):
+        hint = index.did_you_mean("Service", name, index.names.get("Service", []))
+        ctx.report(path, f"no Service named {quoted(name)}{hint}", at_value=at_value)
