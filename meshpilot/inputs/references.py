@@ -466,17 +466,17 @@ def _check_one_rollout(documents: Sequence[ParsedDocument]) -> None:
 def _check_view_names(documents: Sequence[ParsedDocument]) -> None:
     """A Service and a Gateway may not share a name: both name a view (an Envoy node cluster),
     and an Envoy cannot be told which of the two it is."""
-    first: dict[str, tuple[str, Position]] = {}
+    first: dict[str, DocumentContext] = {}
     for document in documents:
         ctx = document.context
         if ctx.kind not in ("Service", "Gateway") or ctx.name is None or document.compiled:
             continue
-        position = ctx.document.position_of(("name",))
-        kind, where = first.setdefault(ctx.name, (ctx.kind, position))
-        if kind != ctx.kind:
-            ctx.report(("name",), f"a {kind} is also named {quoted(ctx.name)} (at {where}); a "
-                                  "Service and a Gateway cannot share a name, as each name is "
-                                  "the node cluster of its Envoys", at_value=True)
+        earlier = first.setdefault(ctx.name, ctx)
+        if earlier.kind != ctx.kind:
+            where = earlier.document.position_of(("name",))
+            ctx.report(("name",), f"a {earlier.kind} is also named {quoted(ctx.name)} (at "
+                                  f"{where}); a Service and a Gateway cannot share a name, as "
+                                  "each name is the node cluster of its Envoys", at_value=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -534,6 +534,56 @@ def test_reused_route_compiles_equal_cold_ones_and_issues_are_never_lost(tmp_pat
             loader.load()
 
 
+def test_replayed_routes_compile_what_cold_loads_compile(tmp_path: Path) -> None:
+    """A route whose document and backdrop did not change replays what it did last time
+    (entries, attached counts, statuses) instead of compiling again: through edits of routes
+    sharing a hostname, of wildcard and hostname-less ones, of one with two parents, and of
+    a listener, every load equals a cold one, statuses (attachedRoutes) included."""
+    (tmp_path / "gateway.yaml").write_text(GATEWAY.replace(
+        "  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}",
+        "  - {name: http, port: 80, protocol: HTTP, allowedRoutes: {namespaces: {from: All}}}\n"
+        "  - {name: alt, port: 81, protocol: HTTP, hostname: '*.example'}"))
+    two_parents = """spec:
+  parentRefs: [{name: edge, namespace: infra}, {name: edge, namespace: infra, sectionName: alt}]
+"""
+    bodies = {
+        "a": "  hostnames: [x.example]\n  rules:\n  - matches: [{path: {type: PathPrefix, "
+             "value: /a}}]\n    backendRefs: [{name: web, port: 8080}]\n",
+        "b": "  hostnames: [x.example]\n  rules:\n  - matches: [{path: {type: Exact, "
+             "value: /a/b}}]\n    backendRefs: [{name: web, port: 8080}]\n",
+        "c": "  hostnames: ['*.example']\n  rules:\n  - matches: [{path: {type: PathPrefix, "
+             "value: /c}}]\n    backendRefs: [{name: web, port: 8080}]\n",
+        "d": "  rules:\n  - matches: [{path: {type: PathPrefix, value: /d}}]\n"
+             "    backendRefs: [{name: web, port: 8080}]\n",
+    }
+    for name, body in bodies.items():
+        text = route(body, name=name)
+        if name == "c":
+            text = text.replace("spec:\n  parentRefs: [{name: edge, namespace: infra}]\n",
+                                two_parents)
+        (tmp_path / f"{name}.yaml").write_text(text)
+    loader = PolicyLoader(tmp_path)
+    assert loader.load() == load_policy(tmp_path)
+    edits = [("b", "value: /a/b", "value: /a/bb"), ("c", "value: /c", "value: /cc"),
+             ("d", "value: /d", "value: /a"), ("a", "hostnames: [x.example]",
+                                               "hostnames: [x.example, y.example]"),
+             ("b", "port: 8080}", "port: 8080, weight: 3}"), ("d", "port: 8080}", "port: 9}")]
+    for name, old, new in edits:
+        path = tmp_path / f"{name}.yaml"
+        assert old in path.read_text()
+        path.write_text(path.read_text().replace(old, new))
+        model = loader.load()
+        cold = load_policy(tmp_path)
+        assert model == cold, name
+        assert model.statuses == cold.statuses
+    # The listener changes: every route compiles again, and still equals a cold load.
+    gateway = tmp_path / "gateway.yaml"
+    gateway.write_text(gateway.read_text().replace("hostname: '*.example'",
+                                                   "hostname: 'x.example'"))
+    assert loader.load() == load_policy(tmp_path)
+    assert status_of(loader.load(), "Listener", "infra/edge/alt")  # still one status
+
+
 def test_two_listener_ports_mapped_to_one_socket_keep_the_first() -> None:
     text = GATEWAY.replace("spec: {controllerName: meshpilot.io/gateway-controller}",
                            "spec:\n  controllerName: meshpilot.io/gateway-controller\n"

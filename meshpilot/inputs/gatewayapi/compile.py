@@ -32,7 +32,7 @@ import binascii
 import ipaddress
 import re
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +159,7 @@ class _World:
             elif kind == "Namespace":
                 world.namespaces[obj.name] = obj.labels()
             elif kind == "EndpointSlice":
-                service = obj.labels().get(SERVICE_NAME_LABEL)
+                service = obj.label(SERVICE_NAME_LABEL)
                 if service:
                     world.slices.setdefault(f"{obj.namespace}/{service}", []).append(obj)
         return world
@@ -264,6 +264,37 @@ class _Passthrough:
     backends: tuple[Backend, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Attached:
+    """An effect of a route: one more route attached to a Gateway's listener."""
+
+    gateway: str
+    listener: int  # its place in the compile's list of the Gateway's listeners
+
+
+@dataclass(frozen=True, slots=True)
+class _Placed:
+    """An effect of a route: one of its entries on a hostname of a Gateway's listener."""
+
+    gateway: str
+    listener: int  # as in _Attached
+    hostname: str
+    order: tuple[Any, ...]
+    rule: Rule
+
+
+@dataclass(frozen=True, slots=True)
+class _Meshed:
+    """An effect of a route whose parent is a Service: one entry of that Service's route."""
+
+    service: str
+    entry: tuple[tuple[Any, ...], Rule, KubeObject]
+
+
+# What attaching a route does, in order (its statuses are ObjectStatus values).
+_Effect = ObjectStatus | _Attached | _Placed | _Meshed
+
+
 @dataclass
 class _Entry:
     """One route entry in the making: a match of an HTTPRoute rule, with its precedence."""
@@ -311,8 +342,15 @@ class _Compiler:
     def status(self, obj: KubeObject, kind: str, name: str, path: FieldPath,
                conditions: tuple[Condition, ...], parent: str = "",
                details: tuple[tuple[str, str], ...] = ()) -> None:
-        self.statuses.append(ObjectStatus(kind, name, obj.document.position_of(path),
-                                          conditions, parent, details))
+        self.statuses.append(self._status_of(obj, kind, name, path, conditions, parent,
+                                             details))
+
+    @staticmethod
+    def _status_of(obj: KubeObject, kind: str, name: str, path: FieldPath,
+                   conditions: tuple[Condition, ...], parent: str = "",
+                   details: tuple[tuple[str, str], ...] = ()) -> ObjectStatus:
+        return ObjectStatus(kind, name, obj.document.position_of(path), conditions, parent,
+                            details)
 
     def run(self) -> None:
         self._backend_tls_policies()
@@ -571,14 +609,38 @@ class _Compiler:
     # ---- routes ----
 
     def _http_route(self, route: KubeObject) -> None:
+        """Attach an HTTPRoute (or GRPCRoute): its entries on every listener it attaches to,
+        its statuses. What that takes is what it took last time for this very route document
+        over the same other documents (`backdrop`), so an edit that leaves a route and every
+        non-route document alone replays its effects instead of compiling it again."""
+        kept = route.memo.get("effects")
+        if kept is not None and self._same_backdrop(kept[0]):
+            self._rules_of(route)  # its Services join this compile (kept too)
+            effects = kept[1]
+        else:
+            before = self.issues()
+            effects, cacheable = self._http_route_effects(route)
+            if cacheable and self.issues() == before:
+                route.memo["effects"] = (self.backdrop, effects)
+        self._apply(effects)
+
+    def _http_route_effects(self, route: KubeObject) -> tuple[list[_Effect], bool]:
+        """What attaching `route` does, in order, without doing it; and whether it depends on
+        nothing beyond the route and the backdrop (a mesh parent also depends on the native
+        Routes, which the backdrop leaves out)."""
         spec = route.spec()
         hostnames = tuple(spec.get("hostnames") or ())
         rules, resolved, unsupported = self._rules_of(route)
+        effects: list[_Effect] = []
+        cacheable = True
         attached: set[int] = set()  # listeners (by id) this route is attached to already
+        meshed: set[str] = set()  # Services this route shapes calls to already
         for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
             path = ("spec", "parentRefs", ref_index)
             if ref.get("group", GATEWAY_GROUP) == "" and ref.get("kind") == "Service":
-                self._mesh_parent(route, ref, path, rules, resolved, unsupported)
+                cacheable = False
+                self._mesh_parent(route, ref, path, rules, resolved, unsupported, effects,
+                                  meshed)
                 continue
             if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
                     ref.get("kind", "Gateway") != "Gateway":
@@ -596,18 +658,35 @@ class _Compiler:
                     if id(listener) in attached:
                         continue  # two parentRefs to one listener: attached once
                     attached.add(id(listener))
-                    listener.attached += 1
+                    at = next(i for i, one in enumerate(listeners) if one is listener)
+                    effects.append(_Attached(gateway_key, at))
                     if listener.valid:
-                        self._add_entries(gateway_key, listener, effective, route, rules)
+                        effects.extend(self._entries(gateway_key, listener, at, effective,
+                                                     route, rules))
             ok_refs = resolved[0]
-            self.status(route, route.kind, route.key, path, _conditions(
+            effects.append(self._status_of(route, route.kind, route.key, path, _conditions(
                 ("Accepted", accepted, reason, message),
                 ("ResolvedRefs", ok_refs, resolved[1], resolved[2] if not ok_refs else "")),
-                parent=parent)
+                parent=parent))
+        return effects, cacheable
+
+    def _apply(self, effects: list[_Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, ObjectStatus):
+                self.statuses.append(effect)
+            elif isinstance(effect, _Attached):
+                self.listeners[effect.gateway][effect.listener].attached += 1
+            elif isinstance(effect, _Placed):
+                listener = self.listeners[effect.gateway][effect.listener]
+                self.entries[effect.gateway].setdefault(listener.port, {}).setdefault(
+                    effect.hostname, []).append(_Entry(effect.order, effect.rule, listener))
+            else:
+                self.mesh_entries.setdefault(effect.service, []).append(effect.entry)
 
     def _mesh_parent(self, route: KubeObject, ref: dict[str, Any], path: FieldPath,
                      rules: list[_BuiltRule], resolved: tuple[bool, str, str],
-                     unsupported: str | None) -> None:
+                     unsupported: str | None, effects: list[_Effect], meshed: set[str],
+                     ) -> None:
         """GAMMA: a route whose parent is a Service shapes what every sidecar calling that
         Service sends. The Service is a native one (`NAME` in namespace default, or
         `NAME.NAMESPACE`): sidecars are native Services (docs/mesh.md). Hostnames are not
@@ -634,20 +713,19 @@ class _Compiler:
                 f"attach to Service {key}")
         elif unsupported is not None:
             accepted, reason, message = False, "UnsupportedValue", unsupported
-        if accepted and native is not None:
-            entries = self.mesh_entries.setdefault(native, [])
-            if not any(r is route for _, _, r in entries):  # two parentRefs: attached once
-                age = _route_age(route)
-                for index, matches, built in rules:
-                    for match_index, match in matches:
-                        rank = _grpc_precedence(route, index, match_index) \
-                            if route.kind == "GRPCRoute" else _precedence(match)
-                        entries.append(((*rank, *age, index, match_index),
-                                        _with_match(built, match), route))
-        self.status(route, route.kind, route.key, path, _conditions(
+        if accepted and native is not None and native not in meshed:
+            meshed.add(native)  # two parentRefs: attached once
+            age = _route_age(route)
+            for index, matches, built in rules:
+                for match_index, match in matches:
+                    rank = _grpc_precedence(route, index, match_index) \
+                        if route.kind == "GRPCRoute" else _precedence(match)
+                    effects.append(_Meshed(native, ((*rank, *age, index, match_index),
+                                                    _with_match(built, match), route)))
+        effects.append(self._status_of(route, route.kind, route.key, path, _conditions(
             ("Accepted", accepted, reason, message),
             ("ResolvedRefs", resolved[0], resolved[1], resolved[2] if not resolved[0] else "")),
-            parent=key)
+            parent=key))
 
     def _finish_mesh(self) -> None:
         """One model Route per Service that mesh routes name, `mesh/SERVICE`, its rules every
@@ -1123,9 +1201,9 @@ class _Compiler:
                                       endpoints=unique, origin=origin, tls=tls)
         return name
 
-    def _add_entries(self, gateway_key: str, listener: _Listener, hostnames: list[str],
-                     route: KubeObject, rules: list[_BuiltRule]) -> None:
-        by_host = self.entries[gateway_key].setdefault(listener.port, {})
+    @staticmethod
+    def _entries(gateway_key: str, listener: _Listener, at: int, hostnames: list[str],
+                 route: KubeObject, rules: list[_BuiltRule]) -> Iterator[_Placed]:
         age = _route_age(route)
         for index, matches, built in rules:
             for match_index, match in matches:
@@ -1134,7 +1212,7 @@ class _Compiler:
                     if route.kind == "GRPCRoute" else _precedence(match)
                 order = (*rank, *age, index, match_index)
                 for hostname in hostnames:
-                    by_host.setdefault(hostname, []).append(_Entry(order, rule, listener))
+                    yield _Placed(gateway_key, at, hostname, order, rule)
 
     # ---- the model of a Gateway ----
 
@@ -1200,8 +1278,14 @@ class _Compiler:
             wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
             for hostname in sorted(by_host):
                 entries = _host_entries(hostname, by_host, wildcards, on_port)
+                name = f"{gateway_name}/{port}/{hostname}"
+                old = previous.get(name)
+                if old is not None and len(old.rules) == len(entries) and \
+                        all(r is e.rule for r, e in zip(old.rules, entries, strict=True)):
+                    self.routes.append(old)  # its routes' effects were replayed: the same
+                    continue
                 made = Route(
-                    f"{gateway_name}/{port}/{hostname}", obj.document.position, gateway_name,
+                    name, obj.document.position, gateway_name,
                     hosts=(hostname,), rules=tuple(e.rule for e in entries),
                     listeners=(str(port),),
                     origin=Origin(obj.document.position, "Gateway", obj.key))

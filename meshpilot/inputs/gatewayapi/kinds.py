@@ -68,6 +68,12 @@ class KubeObject(FormatPart):
         value = self.body.get("metadata", {}).get("labels")
         return dict(value) if isinstance(value, dict) else {}
 
+    def label(self, key: str) -> str | None:
+        """One label's value (None: not set), without copying the labels."""
+        value = self.body.get("metadata", {}).get("labels")
+        found = value.get(key) if isinstance(value, dict) else None
+        return found if isinstance(found, str) else None
+
 
 # ---- patterns (from the CRDs) ------------------------------------------------------------------
 
