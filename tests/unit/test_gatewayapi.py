@@ -576,8 +576,36 @@ def test_replayed_routes_compile_what_cold_loads_compile(tmp_path: Path) -> None
         cold = load_policy(tmp_path)
         assert model == cold, name
         assert model.statuses == cold.statuses
-    # The listener changes: every route compiles again, and still equals a cold load.
+    # A route to a Service that is not there yet answers 500; the Service and its
+    # EndpointSlice arrive, then the other Service's endpoints change: each load still
+    # equals a cold one (what a route read is what it depends on).
+    (tmp_path / "e.yaml").write_text(route(
+        "  hostnames: [e.example]\n  rules: [{backendRefs: [{name: api, port: 80}]}]\n",
+        name="e"))
+    assert loader.load() == load_policy(tmp_path)
+    assert status_of(loader.load(), "HTTPRoute", "infra/e")["ResolvedRefs"] == \
+        ("False", "BackendNotFound")
+    (tmp_path / "api.yaml").write_text("""apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: infra}
+spec: {ports: [{name: http, port: 80, targetPort: 9000}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: infra, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{name: http, port: 9000}]
+endpoints: [{addresses: [10.0.1.1]}]
+""")
+    model = loader.load()
+    assert model == load_policy(tmp_path)
+    assert status_of(model, "HTTPRoute", "infra/e")["ResolvedRefs"] == ("True", "ResolvedRefs")
     gateway = tmp_path / "gateway.yaml"
+    gateway.write_text(gateway.read_text().replace("10.0.0.1", "10.0.0.7"))
+    model = loader.load()
+    assert model == load_policy(tmp_path)
+    assert [e.host for e in model.service("infra/web:8080").endpoints] == ["10.0.0.7"]
+    # The listener changes: every route compiles again, and still equals a cold load.
     gateway.write_text(gateway.read_text().replace("hostname: '*.example'",
                                                    "hostname: 'x.example'"))
     assert loader.load() == load_policy(tmp_path)

@@ -75,6 +75,9 @@ from meshpilot.ir.model import (
 CONTROLLER = "meshpilot.io/gateway-controller"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+# The documents a route's compile is said to depend on one by one, as it reads them (a
+# Kubernetes Service and its EndpointSlices), rather than all together in the backdrop.
+_READ_KINDS = ("Service", "EndpointSlice")
 _ROUTE_KINDS_BY_PROTOCOL = {"HTTP": ("HTTPRoute", "GRPCRoute"),
                             "HTTPS": ("HTTPRoute", "GRPCRoute"), "TCP": ("TCPRoute",),
                             "TLS": ("TLSRoute",)}
@@ -96,11 +99,12 @@ def compile_gateway_api(parsed: Sequence[ParsedDocument], load: LoadContext,
         return [], []
     natives = {part.name: part for document in parsed for part in document.parts
                if isinstance(part, Service)}
-    # What a route's rules are made of besides the route itself: every other document (by
-    # identity: an unchanged document is the very object of the last load) and the native
-    # Services by value. Equal: a route's rules may be taken from its last compile.
-    backdrop = (tuple(id(o) for o in objects if not o.kind.endswith("Route")),
-                tuple(natives.values()))
+    # What a route's compile may read besides the route itself and the Services it names
+    # (`_Reads`): every document but routes, Services and EndpointSlices (by identity: an
+    # unchanged document is the very object of the last load) and the native Services by
+    # value. The same, and the same Services read: its compile may be taken from the last.
+    backdrop = (tuple(o for o in objects if not o.kind.endswith("Route")
+                      and o.kind not in _READ_KINDS), tuple(natives.values()))
     compiler = _Compiler(_World.of(objects), natives, backdrop, contexts)
     # The native Routes that shape calls to a Service already (its callers' sidecars take one).
     compiler.native_mesh_routes = {part.service: part.name for document in parsed
@@ -293,6 +297,11 @@ class _Meshed:
 
 # What attaching a route does, in order (its statuses are ObjectStatus values).
 _Effect = ObjectStatus | _Attached | _Placed | _Meshed
+# The Services (ns/name) a compile read, each with the Kubernetes Service and EndpointSlices
+# it found (None: no such Service). Kept alive by the memo, so compared by identity.
+_Reads = dict[str, tuple[KubeObject | None, tuple[KubeObject, ...]]]
+# What a kept compile depended on: the backdrop and what it read.
+_Dependencies = tuple[tuple[object, ...], _Reads]
 
 
 @dataclass
@@ -306,12 +315,14 @@ class _Entry:
 
 class _Compiler:
     def __init__(self, world: _World, natives: dict[str, Service],
-                 backdrop: tuple[object, ...], contexts: dict[int, DocumentContext]):
+                 backdrop: tuple[tuple[object, ...], tuple[Service, ...]],
+                 contexts: dict[int, DocumentContext]):
         self.world = world
         self.natives = natives
         self.backdrop = backdrop
         self._contexts = contexts
         self._backdrops: dict[int, bool] = {}
+        self._reads: _Reads | None = None  # what the route being compiled read, if recorded
         self.statuses: list[ObjectStatus] = []
         self.gateways: list[Gateway] = []
         self.routes: list[Route] = []
@@ -614,14 +625,18 @@ class _Compiler:
         over the same other documents (`backdrop`), so an edit that leaves a route and every
         non-route document alone replays its effects instead of compiling it again."""
         kept = route.memo.get("effects")
-        if kept is not None and self._same_backdrop(kept[0]):
+        if kept is not None and self._holds(kept[0]):
             self._rules_of(route)  # its Services join this compile (kept too)
             effects = kept[1]
         else:
             before = self.issues()
-            effects, cacheable = self._http_route_effects(route)
+            self._reads = {}
+            try:
+                effects, cacheable = self._http_route_effects(route)
+            finally:
+                reads, self._reads = self._reads, None
             if cacheable and self.issues() == before:
-                route.memo["effects"] = (self.backdrop, effects)
+                route.memo["effects"] = ((self.backdrop, reads), effects)
         self._apply(effects)
 
     def _http_route_effects(self, route: KubeObject) -> tuple[list[_Effect], bool]:
@@ -893,24 +908,49 @@ class _Compiler:
         kept objects. Only a compile that reported nothing is kept, so a reused one can have
         no issue to repeat."""
         kept = route.memo.get("rules")
-        if kept is not None and self._same_backdrop(kept[0]):
+        if kept is not None and self._holds(kept[0]):
             self.services.update(kept[2])
+            if self._reads is not None:
+                self._reads.update(kept[0][1])
             return kept[1]  # type: ignore[no-any-return]
         before = self.issues()
-        result = self._rules(route)
+        outer, self._reads = self._reads, {}
+        try:
+            result = self._rules(route)
+        finally:
+            reads, self._reads = self._reads, outer
+        if outer is not None:
+            outer.update(reads)
         if self.issues() == before:
             made = {name: self.services[name] for name in self._services_of(result[0])
                     if name in self.services}
-            route.memo["rules"] = (self.backdrop, result, made)
+            route.memo["rules"] = ((self.backdrop, reads), result, made)
         return result
 
+    def _holds(self, dependencies: _Dependencies) -> bool:
+        """Whether what a kept compile depended on is what this one has: the same backdrop,
+        and for each Service it read, the very Service and EndpointSlice documents."""
+        backdrop, reads = dependencies
+        if not self._same_backdrop(backdrop):
+            return False
+        for key, (service, slices) in reads.items():
+            now = self.world.slices.get(key, ())
+            if self.world.services.get(key) is not service or len(now) != len(slices) or \
+                    any(a is not b for a, b in zip(now, slices, strict=True)):
+                return False
+        return True
+
     def _same_backdrop(self, earlier: tuple[object, ...]) -> bool:
-        """Whether an earlier compile's backdrop equals this one's: compared once per earlier
-        tuple (the routes of one load share it; it is alive while they keep it, so its id is
-        its own)."""
+        """Whether an earlier compile's backdrop is this one's: the very documents (kept
+        alive by the memos holding the tuple, so an id is never another's) and equal native
+        Services; compared once per earlier tuple (the routes of one load share it)."""
         same = self._backdrops.get(id(earlier))
         if same is None:
-            same = self._backdrops[id(earlier)] = earlier == self.backdrop
+            (documents, natives), (now, now_natives) = earlier, self.backdrop
+            same = len(documents) == len(now) and \
+                all(a is b for a, b in zip(documents, now, strict=True)) and \
+                natives == now_natives
+            self._backdrops[id(earlier)] = same
         return same
 
     @staticmethod
@@ -1143,6 +1183,8 @@ class _Compiler:
                                              f"{key}")
         port = ref.get("port")
         service = self.world.services.get(key)
+        if self._reads is not None:  # what this route's compile depends on
+            self._reads[key] = (service, tuple(self.world.slices.get(key, ())))
         if service is not None:
             made = self._kube_service(service, port, protocol)
             if made is None:
