@@ -94,8 +94,9 @@ def tls_channel(mp: Meshpilot) -> grpc.aio.Channel:
 
 
 async def stream(mp: Meshpilot, messages: Iterable[Any], token: str | None,
-                 hold: float = 0.0) -> grpc.StatusCode:
-    """Send `messages` on one StreamMetrics call; how the call ended."""
+                 until: asyncio.Event | None = None) -> grpc.StatusCode:
+    """Send `messages` on one StreamMetrics call, kept open until `until` is set (if given);
+    how the call ended."""
     async with tls_channel(mp) as channel:
         call = channel.stream_unary(METHOD, request_serializer=lambda m: m.SerializeToString(),
                                     response_deserializer=StreamMetricsResponse.FromString)
@@ -105,10 +106,11 @@ async def stream(mp: Meshpilot, messages: Iterable[Any], token: str | None,
             for message in messages:
                 yield message
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(hold)
+            if until is not None:
+                await until.wait()
 
         try:
-            await call(requests(), metadata=metadata, timeout=10)
+            await call(requests(), metadata=metadata, timeout=30)
         except grpc.aio.AioRpcError as e:
             return e.code()
         return grpc.StatusCode.OK
@@ -143,10 +145,12 @@ def test_the_metrics_service_reads_authenticated_envoys_only(tmp_path: Path) -> 
 
             # The control: the same stream with the view's token is read. The second flush
             # names another node: ignored, the stream's node is its first message's.
+            # It stays open until the checks are done (a loaded machine may take seconds).
+            release = asyncio.Event()
             task = asyncio.create_task(stream(
                 mp, [flush(10, 1, node="edge-1"), flush(30, 5, node="edge-2"), flush(50, 9)],
-                good, hold=2.0))
-            for _ in range(100):
+                good, until=release))
+            for _ in range(400):
                 if mp.envoy_metrics.flushes >= 3:
                     break
                 await asyncio.sleep(0.05)
@@ -157,6 +161,7 @@ def test_the_metrics_service_reads_authenticated_envoys_only(tmp_path: Path) -> 
             assert set(by_cluster) == {"", "api"}  # the admin listener's requests left out
             assert all(r["node"] == "edge-1" and r["view"] == "edge" for r in by_cluster.values())
             assert by_cluster[""]["rq_per_s"] > 0 and by_cluster[""]["err_per_s"] > 0
+            release.set()
             assert await task == grpc.StatusCode.OK
             # Its stream closed: the Envoy is forgotten.
             assert mp.envoy_metrics.reporting() == [] and await rates(mp) == []
