@@ -15,6 +15,12 @@ Per input and size, in one fresh worker process each (`--worker`):
   rewritten with route 0's split changed, and the reload + snapshot timed (median of `edits`).
 
     python -m benchmarks.gatewayapi [--sizes 1000,5000] [--edits 5]
+    python -m benchmarks.gatewayapi --instructions [--base REV] [--sizes 1000] [--edits 4]
+
+With `--instructions`, each input's edits are counted in instructions under callgrind instead
+(`benchmarks/instructions.py`: a figure the machine's load cannot move), in this tree and, with
+`--base`, in a worktree of that revision: `route` is one route's split changed, `service` one
+backend endpoint's address (an EndpointSlice, natively the Service's endpoint).
 """
 
 from __future__ import annotations
@@ -138,15 +144,106 @@ def _worker(folder: str, kind: str, count: int, edits: int) -> dict[str, Any]:
     translation.snapshot(view)
     gc.freeze()
     samples: list[float] = []
+    cpu: list[float] = []  # what a loaded machine cannot inflate as much as wall time
     make, _ = POLICIES[kind]
     for edit in range(edits):
         split = 80 - 5 * (edit % 10)
         (path / "routes-000000.yaml").write_text(make(min(PER_FILE, count), 0, split))
-        begun = time.perf_counter()
+        begun, begun_cpu = time.perf_counter(), time.process_time()
         translation = Translation(loader.load(), previous=translation)
         translation.snapshot(view)
         samples.append(time.perf_counter() - begun)
-    return {"cold": cold, "edit_s": summarize(samples)}
+        cpu.append(time.process_time() - begun_cpu)
+    return {"cold": cold, "edit_s": summarize(samples), "edit_cpu_s": summarize(cpu)}
+
+
+# Run under callgrind by `instructions.count`, in the measured tree: the phases it counts
+# are `cold`, `route` and `service` (a line on stdin starts each, one on stdout ends it).
+INSTRUCTIONS_WORKER = '''
+import gc, sys
+from pathlib import Path
+sys.path.insert(0, ".")
+from benchmarks.gatewayapi import PER_FILE, POLICIES
+from meshpilot.runtime.controller import Controller
+from meshpilot.xds.cache import SnapshotCache
+folder, edits = Path(sys.argv[1]), int(sys.argv[2])
+first = folder / "routes-000000.yaml"
+original = first.read_text()
+kind = "gateway-api" if "gateway.networking.k8s.io" in original else "native"
+make, view = POLICIES[kind]
+count = original.count("kind: Route") + original.count("kind: HTTPRoute")
+assert "127.1.0.0" in original and count == PER_FILE, "the policies changed shape"
+
+def edited(what, edit):
+    if what == "service":
+        return original.replace("127.1.0.0", "127.1.0.%d" % (100 + edit), 1)
+    return make(count, 0, 80 - 5 * (edit % 10))
+
+def phase():
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+controller = Controller(folder, SnapshotCache())
+phase()
+assert controller.reload()
+controller.snapshot_blocking(view)
+gc.collect()
+gc.freeze()
+try:
+    for what in ("route", "service"):
+        phase()
+        for edit in range(edits):
+            first.write_text(edited(what, edit))
+            assert controller.reload()
+            controller.snapshot_blocking(view)
+        first.write_text(original)
+        phase()
+        assert controller.reload()
+        controller.snapshot_blocking(view)
+finally:
+    first.write_text(original)
+phase()
+'''
+
+
+def run_instructions(sizes: tuple[int, ...], edits: int, base: str | None,
+                     log: Any = print) -> dict[str, Any]:
+    """Per tree (this one; `base`'s worktree), input and size: instructions of a cold load
+    and of one route and one service edit, and the Gateway API / native ratios."""
+    from benchmarks.compare import worktree
+    from benchmarks.instructions import count
+
+    results: dict[str, Any] = {"sizes": list(sizes), "edits": edits, "runs": {}}
+    with tempfile.TemporaryDirectory(prefix="meshpilot-gwapi-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        worker = scratch / "worker.py"
+        worker.write_text(INSTRUCTIONS_WORKER)
+        trees = {"head": ROOT}
+        if base is not None:
+            trees["base"] = worktree(base, scratch / "base")
+            # The base measures with this revision's policies and worker.
+            (trees["base"] / "benchmarks" / "gatewayapi.py").write_text(
+                Path(__file__).read_text())
+        for side, tree in trees.items():
+            for count_ in sizes:
+                figures: dict[str, dict[str, float]] = {}
+                for kind in POLICIES:
+                    folder = scratch / f"{side}-{kind}-{count_}"
+                    write_policy(folder, kind, count_)
+                    raw = count(tree, worker, folder, edits,
+                                scratch / f"{side}.{kind}.{count_}.out")
+                    figures[kind] = {"cold": raw["cold"], "route": raw["route"] / edits,
+                                     "service": raw["service"] / edits}
+                    log(f"{side:4} {kind:12} {count_:6} routes: cold {raw['cold'] / 1e6:8.1f} M,"
+                        f" one route edit {figures[kind]['route'] / 1e6:7.1f} M, one service "
+                        f"edit {figures[kind]['service'] / 1e6:7.1f} M instructions")
+                ratios = {what: figures["gateway-api"][what] / figures["native"][what]
+                          for what in ("cold", "route", "service")}
+                results["runs"][f"{side}/{count_}"] = {**figures, "ratio": ratios}
+                log(f"{side:4} {'':12} {count_:6} routes: Gateway API / native: cold "
+                    f"{ratios['cold']:.2f}x, route edit {ratios['route']:.2f}x, service edit "
+                    f"{ratios['service']:.2f}x")
+    return results
 
 
 def run(sizes: tuple[int, ...], edits: int, log: Any = print) -> dict[str, Any]:
@@ -168,7 +265,13 @@ def run(sizes: tuple[int, ...], edits: int, log: Any = print) -> dict[str, Any]:
                 cold, edit = result["cold"], result["edit_s"]
                 log(f"{kind:12} {count:6} routes: cold load {cold['load_s']:.2f}s + translate "
                     f"{cold['translate_s']:.2f}s; one-route edit median "
-                    f"{edit['median'] * 1000:.0f} ms (p90 {edit['p90'] * 1000:.0f} ms)")
+                    f"{edit['median'] * 1000:.0f} ms (p90 {edit['p90'] * 1000:.0f} ms), CPU "
+                    f"{result['edit_cpu_s']['median'] * 1000:.0f} ms")
+            gateway_api, native = (results["runs"][f"{k}/{count}"] for k in POLICIES)
+            results["runs"][f"ratio/{count}"] = ratio = \
+                gateway_api["edit_cpu_s"]["median"] / native["edit_cpu_s"]["median"]
+            log(f"{'':12} {count:6} routes: a Gateway API edit costs {ratio:.2f}x the native "
+                "one (CPU, medians)")
     return results
 
 
@@ -176,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1000", help="route counts, comma separated")
     parser.add_argument("--edits", type=int, default=5)
+    parser.add_argument("--instructions", action="store_true",
+                        help="count instructions under callgrind instead of timing")
+    parser.add_argument("--base", help="with --instructions: a revision to compare with")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--kind", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
@@ -183,7 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(_worker(args.worker, args.kind, args.count, args.edits)))
         return 0
-    run(tuple(int(s) for s in args.sizes.split(",")), args.edits)
+    sizes = tuple(int(s) for s in args.sizes.split(","))
+    if args.instructions:
+        run_instructions(sizes, args.edits, args.base)
+    else:
+        run(sizes, args.edits)
     return 0
 
 

@@ -44,7 +44,7 @@ from meshpilot.inputs.yamlsource import (
     read_limited,
     split_documents,
 )
-from meshpilot.ir.changes import ModelChanges
+from meshpilot.ir.changes import ModelChanges, between
 from meshpilot.ir.model import Model
 
 
@@ -93,6 +93,7 @@ class ParseCache:
         # The newest valid load's files and its index (`dependents.py`), for the next edit.
         self._good: dict[str, _CachedFile] = {}
         self._references: References | None = None
+        self._model: Model | None = None  # what the newest valid load gave
         # What the newest load changed from the one before (None: it went the whole way).
         self.changes: ModelChanges | None = None
         self.fast = False  # whether the newest load was an index one (for tests)
@@ -130,6 +131,7 @@ class ParseCache:
                 self._good, self._references = kept, references
                 self.changes = done[1]
                 self.fast = True
+                self._model = done[0]
                 return done[0]
         parsed: list[ParsedDocument] = []
         for entry in entries:
@@ -149,12 +151,17 @@ class ParseCache:
                              *compiled), shown, statuses, load.warnings)
         self._good = kept
         self._references = References.of(parsed, model, load.definitions)
+        # Not by the index: what changed is what the two models do not share.
+        if self._model is not None:
+            self.changes = between(self._model, model)
+        self._model = model
         return model
 
     def forget(self) -> None:
         """A load went cold after this cache's attempt: the next one goes the whole way."""
         self._references = None
         self.changes = None
+        self._model = None
 
     def _entry(self, file_path: Path, shown_name: str) -> _CachedFile | None:
         entry = self._files.get(shown_name)

@@ -1,9 +1,10 @@
 """What an incremental load changed: the names of the model parts it added, replaced or removed.
 
-The loader makes one for a model it built from the previous one (`inputs/dependents.py`); a
-Translation given it (with the previous Translation, of `before`) re-translates only what those
-names feed and patches each view's snapshot (`translators/patch.py`). Without one, everything
-is compared as before (`translators/reuse.py`).
+The loader makes one for a model it built from the previous one (`inputs/dependents.py`), or,
+for a load that went the whole way, by comparing the two models (`between`); a Translation
+given it (with the previous Translation, of `before`) re-translates only what those names feed
+and patches each view's snapshot (`translators/patch.py`). Without one, everything is compared
+as before (`translators/reuse.py`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import Any
 
 from meshpilot.ir.model import Model, Route
 
@@ -29,6 +31,25 @@ class ModelChanges:
 
 
 _name = attrgetter("name")
+
+
+def between(before: Model, after: Model) -> ModelChanges:
+    """The changes from `before` to `after` by comparing them: a part is unchanged only if it
+    is the very object `before` holds under its name (equal in value is not enough: its
+    origins may have moved), so the names are never fewer than what changed. Linear in the
+    parts, by identity: what a whole-way load keeps (unchanged documents, a compile's kept
+    Routes and Services) costs a dict entry each."""
+    return ModelChanges(before, after, _differing(before.services, after.services),
+                        _differing(before.gateways, after.gateways),
+                        _differing(before.routes, after.routes))
+
+
+def _differing(before: tuple[Any, ...], after: tuple[Any, ...]) -> frozenset[str]:
+    if before is after:
+        return frozenset()
+    earlier = {part.name: part for part in before}
+    changed = {part.name for part in after if earlier.pop(part.name, None) is not part}
+    return frozenset(changed.union(earlier))  # what is left of `earlier` was removed
 
 
 def route_named(model: Model, name: str) -> Route | None:

@@ -563,7 +563,9 @@ def test_replayed_routes_compile_what_cold_loads_compile(tmp_path: Path) -> None
                                 two_parents)
         (tmp_path / f"{name}.yaml").write_text(text)
     loader = PolicyLoader(tmp_path)
-    assert loader.load() == load_policy(tmp_path)
+    translation = Translation(loader.load())
+    snapshot = translation.snapshot("infra/edge")
+    patched = 0
     edits = [("b", "value: /a/b", "value: /a/bb"), ("c", "value: /c", "value: /cc"),
              ("d", "value: /d", "value: /a"), ("a", "hostnames: [x.example]",
                                                "hostnames: [x.example, y.example]"),
@@ -576,6 +578,14 @@ def test_replayed_routes_compile_what_cold_loads_compile(tmp_path: Path) -> None
         cold = load_policy(tmp_path)
         assert model == cold, name
         assert model.statuses == cold.statuses
+        # What changed is what the two models do not share: the view is patched by it, and
+        # is what a cold translation builds.
+        translation = Translation(model, previous=translation, changes=loader.changes)
+        snapshot = translation.snapshot("infra/edge", previous=snapshot)
+        assert snapshot_to_dict(snapshot) == \
+            snapshot_to_dict(Translation(cold).snapshot("infra/edge"))
+        patched += "infra/edge" in translation.patched_views
+    assert patched == len(edits)
     # A route to a Service that is not there yet answers 500; the Service and its
     # EndpointSlice arrive, then the other Service's endpoints change: each load still
     # equals a cold one (what a route read is what it depends on).

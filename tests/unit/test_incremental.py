@@ -762,7 +762,8 @@ def test_index_checks_gateway_listeners_and_their_secrets(tmp_path: Path) -> Non
 
 def test_formats_the_index_does_not_cover_go_the_whole_way(tmp_path: Path) -> None:
     """Raw EnvoyResources (and Gateway API or Istio documents) in a policy: every load goes
-    the whole way, still equal to a cold one."""
+    the whole way, still equal to a cold one; what it changed is what the two models do not
+    share (the edited Route only), and the snapshot made with those changes is a cold one's."""
     loader = PolicyLoader(tmp_path)
     state: dict = {}
     raw = ("kind: EnvoyResources\nname: extra\nclusters:\n  - {name: extra, type: STATIC, "
@@ -771,7 +772,13 @@ def test_formats_the_index_does_not_cover_go_the_whole_way(tmp_path: Path) -> No
     _step(tmp_path, {"all.yaml": "---\n".join(docs)}, loader, state, fast=False)
     docs[2] = _route_doc("r1", "s1", extra="    timeout: 3s\n")
     _step(tmp_path, {"all.yaml": "---\n".join(docs)}, loader, state, fast=False)
-    assert loader.changes is None
+    changes = loader.changes
+    assert changes is not None
+    assert (changes.routes, changes.services, changes.gateways) == ({"r1"}, set(), set())
+    docs[1] = _service_doc(1).replace("10.0.0.1", "10.0.0.9")
+    assert docs[1] != _service_doc(1)
+    _step(tmp_path, {"all.yaml": "---\n".join(docs)}, loader, state, fast=False)
+    assert loader.changes is not None and loader.changes.services == {"s1"}
     docs.pop()  # the raw resource goes: the next load builds the index again
     _step(tmp_path, {"all.yaml": "---\n".join(docs)}, loader, state, fast=False)
     docs[2] = _route_doc("r1", "s1")

@@ -33,7 +33,7 @@ import ipaddress
 import re
 import ssl
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -1335,9 +1335,13 @@ class _Compiler:
         obj.memo.clear()
         obj.memo.update((route.name, route) for route in self.routes
                         if route.gateway == gateway_name)
-        self.gateways.append(Gateway(gateway_name, obj.document.position,
-                                     tuple(model_listeners),
-                                     origin=Origin(obj.document.position, "Gateway", obj.key)))
+        gateway = Gateway(gateway_name, obj.document.position, tuple(model_listeners),
+                          origin=Origin(obj.document.position, "Gateway", obj.key))
+        kept = previous.get(_GATEWAY_MEMO)
+        if kept is not None and _same_in_place(kept, gateway):
+            gateway = kept  # the translation follows changes by identity: unchanged, kept
+        obj.memo[_GATEWAY_MEMO] = gateway
+        self.gateways.append(gateway)
         all_valid = len(valid) == len(listeners)
         self.status(obj, "Gateway", obj.key, ("metadata", "name"), _conditions(
             ("Accepted", bool(valid), "Accepted" if valid else "ListenersNotValid",
@@ -1370,6 +1374,33 @@ def _system_ca() -> tuple[bytes | None, str]:
         return Path(where).read_bytes(), where
     except OSError:
         return None, where
+
+
+# The key of a Gateway document's memo that holds the model Gateway made of it (the others
+# are its model Routes' names, which are never empty).
+_GATEWAY_MEMO = ""
+
+
+def _same_in_place(old: Any, new: Any) -> bool:
+    """Equal, and written at the same places: the fields equality leaves out (origins,
+    positions) equal too, at every depth."""
+    return old == new and _places(old) == _places(new)
+
+
+def _places(value: Any) -> list[Any]:
+    """The values of every field equality leaves out, in `value` and what it holds."""
+    found: list[Any] = []
+    if is_dataclass(value) and not isinstance(value, type):
+        for item in fields(value):
+            inner = getattr(value, item.name)
+            if not item.compare:
+                found.append(inner)
+            elif not isinstance(inner, str | bytes | int | float | bool | None):
+                found.extend(_places(inner))
+    elif isinstance(value, tuple):
+        for inner in value:
+            found.extend(_places(inner))
+    return found
 
 
 def _kept(route: Route, previous: dict[str, Any]) -> Route:
