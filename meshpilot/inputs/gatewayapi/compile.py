@@ -68,6 +68,7 @@ from meshpilot.ir.model import (
     Service,
     StringMatch,
     TlsCertificate,
+    TlsHost,
     TlsPassthrough,
     UpstreamTls,
 )
@@ -1192,8 +1193,12 @@ class _Compiler:
             certificates = tuple(dict.fromkeys(c for lst in on_port for c in lst.certificates))
             tls = ListenerTls(certificates, origin=_origin(obj, (*on_port[0].path, "tls"))) \
                 if on_port[0].protocol == "HTTPS" else None
+            # HTTPS listeners sharing a port: a filter chain and a route table each, by SNI
+            # (GEP-3567's misdirected requests, `_tls_hosts`).
+            hosts = _tls_hosts(obj, on_port) if tls is not None and len(on_port) > 1 else ()
             model_listeners.append(GatewayListener(
                 str(port), params.ports.get(port, port), params.address, tls=tls,
+                tls_hosts=hosts,
                 origin=Origin(obj.document.position_of(on_port[0].path), "Gateway", obj.key,
                               f"spec.listeners[{on_port[0].index}]")))
             by_host = self.entries[obj.key].get(port, {})
@@ -1204,8 +1209,16 @@ class _Compiler:
                     f"{gateway_name}/{port}/{hostname}", obj.document.position, gateway_name,
                     hosts=(hostname,), rules=tuple(e.rule for e in entries),
                     listeners=(str(port),),
-                    origin=Origin(obj.document.position, "Gateway", obj.key))
+                    origin=Origin(obj.document.position, "Gateway", obj.key),
+                    # Every entry of a hostname comes through the one listener it belongs to
+                    # (`_claimed_elsewhere`): that listener's table.
+                    tls_host=by_host[hostname][0].listener.name if hosts else None)
                 self.routes.append(_kept(made, previous))
+            if hosts:
+                served = {h for h, found in by_host.items() for e in found[:1]
+                          if e.listener.hostname == h}
+                self.routes.extend(_kept(route, previous) for route in
+                                   _misdirected(obj, port, on_port, hosts, served))
         obj.memo.clear()
         obj.memo.update((route.name, route) for route in self.routes
                         if route.gateway == gateway_name)
@@ -1275,6 +1288,53 @@ def _host_entries(hostname: str, by_host: dict[str, list[_Entry]], wildcards: li
         own.extend(sorted((e for e in by_host[wildcard] if e.listener is owner),
                           key=lambda e: e.order))
     return own
+
+
+def _tls_hosts(obj: KubeObject, on_port: list[_Listener]) -> tuple[TlsHost, ...]:
+    """The TLS hosts of HTTPS listeners sharing a port: one per listener, its SNI its hostname
+    (none: the rest), its certificates its own; with no listener without a hostname, a last
+    one ("*") for the connections whose SNI (or lack of one) no listener takes, shown every
+    certificate (Envoy picks by SNI, the first by default) and answering 421 for every
+    listener's hostname."""
+    hosts = [TlsHost(lst.name, (lst.hostname,) if lst.hostname else (), lst.certificates,
+                     origin=_origin(obj, lst.path)) for lst in on_port]
+    if all(lst.hostname for lst in on_port):
+        hosts.append(TlsHost(_OTHER_SNI, (), tuple(dict.fromkeys(
+            c for lst in on_port for c in lst.certificates)), origin=_origin(obj, on_port[0].path)))
+    return tuple(hosts)
+
+
+_OTHER_SNI = "*"  # the TLS host of the SNIs no listener takes (no listener name holds "*")
+
+
+def _misdirected(obj: KubeObject, port: int, on_port: list[_Listener],
+                 hosts: tuple[TlsHost, ...], served: set[str]) -> list[Route]:
+    """What each TLS host's table says of requests that belong to another listener of the port,
+    as the spec asks (GEP-3567): a request whose Host another listener's hostname matches more
+    specifically than this one's is answered 421 Misdirected Request (the client opens a
+    connection of its own for it); one no listener takes is a 404. Envoy picks a virtual host
+    as listeners are picked (an exact name, then the longest wildcard, then "*"), so each table
+    holds a 421 virtual host of the other listeners' hostnames ("*" for one without), and the
+    listener's own hostname is a virtual host of its own even with no route naming it (a
+    404), lest a less specific 421 take its requests."""
+    made: list[Route] = []
+    gateway = obj.key
+    for host in hosts:
+        mine = next((lst for lst in on_port if lst.name == host.name), None)
+        others = sorted({lst.hostname or "*" for lst in on_port if lst is not mine})
+        origin = _origin(obj, mine.path if mine is not None else on_port[0].path)
+        position = origin.position
+        made.append(Route(
+            f"{gateway}/{port}/{host.name}:misdirected", position, gateway, hosts=tuple(others),
+            rules=(Rule(position, matches=(Match(),), direct_response=DirectResponse(
+                421, "misdirected request: this host is another listener's; open a new "
+                     "connection for it\n", origin=origin), origin=origin),),
+            listeners=(str(port),), origin=origin, tls_host=host.name))
+        if mine is not None and mine.hostname and mine.hostname not in served:
+            made.append(Route(f"{gateway}/{port}/{mine.hostname}", position, gateway,
+                              hosts=(mine.hostname,), listeners=(str(port),), origin=origin,
+                              tls_host=host.name))
+    return made
 
 
 def _mark_conflicts(listeners: list[_Listener]) -> None:
@@ -1576,10 +1636,10 @@ def _covers(pattern: str, hostname: str) -> bool:
 
 
 def _claimed_elsewhere(hostname: str, listener: _Listener, listeners: list[_Listener]) -> bool:
-    """Whether requests for an exact `hostname` go to another listener on the same port, whose
-    hostname is more specific than this one's (listener isolation)."""
-    if hostname.startswith("*"):
-        return False
+    """Whether requests for `hostname` (every name a wildcard stands for) go to another
+    listener on the same port, whose hostname covers it and is more specific than this one's
+    (listener isolation): a route's `*.a.example.com` on a listener without a hostname is not
+    served there when another listener has `*.example.com`, which takes those names."""
     mine = _specificity(listener.hostname)
     return any(other is not listener and other.valid and other.port == listener.port
                and other.hostname is not None and _covers(other.hostname, hostname)
