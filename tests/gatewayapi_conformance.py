@@ -414,6 +414,7 @@ class Case:
     # response header -> the values upstream accepts, whitespace ignored (ValidHeaderValues)
     response_one_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
     echo: bool = True  # answered by a backend (False: Envoy answers, a CORS preflight)
+    server_name: str | None = None  # over TLS: the SNI (and the certificate's name); None: host
 
 
 @dataclass(frozen=True)
@@ -637,6 +638,29 @@ CASES: dict[str, Test] = {
     "HTTPRouteHTTPSListener": Test("httproute-https-listener",
                                    f"{INFRA}/same-namespace-with-https-listener", (
         _c("/", host="example.org"), _c("/", V2, host="second-example.org")),
+        listener_port=443, tls=True),
+    # (SNI, Host, status, backend) as upstream's cases, in its order.
+    "HTTPRouteHTTPSListenerDetectMisdirectedRequests": Test(
+        "httproute-https-listener-detect-misdirected-requests",
+        f"{INFRA}/same-namespace-with-https-listener", tuple(
+            Case("/detect-misdirected-requests", host=host, server_name=sni, status=status,
+                 backend=backend)
+            for sni, host, status, backend in (
+                ("example.org", "example.org", 200, V1),
+                ("example.org", "second-example.org", 421, None),
+                ("example.org", "unknown-example.org", 404, None),
+                ("second-example.org", "second-example.org", 200, V2),
+                ("second-example.org", "example.org", 421, None),
+                ("second-example.org", "unknown-example.org", 421, None),
+                ("third-example.wildcard.org", "third-example.wildcard.org", 200, V3),
+                ("third-example.wildcard.org", "fith-example.wildcard.org", 200, V3),
+                ("third-example.wildcard.org", "fourth-example.wildcard.org", 421, None),
+                ("third-example.wildcard.org", "second-example.org", 421, None),
+                ("third-example.wildcard.org", "unknown-example.org", 421, None),
+                ("fourth-example.wildcard.org", "fourth-example.wildcard.org", 200, V1),
+                ("fourth-example.wildcard.org", "fith-example.wildcard.org", 421, None),
+                ("unknown-example.org", "example.org", 200, V1),
+                ("unknown-example.org", "unknown-example.org", 404, None))),
         listener_port=443, tls=True),
     "HTTPRoute303Redirect": Test("httproute-303-redirect", GW, (
         _redirect("/see-other", 303, path="/see-other"),)),
@@ -1066,6 +1090,8 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "HTTPRouteTimeoutBackendRequest": ("HTTPRoute", "HTTPRouteBackendTimeout"),
     "HTTPRouteRequestMirror": ("HTTPRoute", "HTTPRouteRequestMirror"),
     "HTTPRouteHTTPSListener": ("HTTPRoute",),
+    "HTTPRouteHTTPSListenerDetectMisdirectedRequests": (
+        "HTTPRoute", "GatewayHTTPSListenerDetectMisdirectedRequests"),
     "HTTPRoute303Redirect": ("HTTPRoute", "HTTPRoute303RedirectStatusCode"),
     "HTTPRoute307Redirect": ("HTTPRoute", "HTTPRoute307RedirectStatusCode"),
     "HTTPRoute308Redirect": ("HTTPRoute", "HTTPRoute308RedirectStatusCode"),
@@ -1131,8 +1157,7 @@ _KIND_OF = {"GATEWAY-HTTP": "HTTPRoute", "GATEWAY-TLS": "TLSRoute",
 _OTHER_KINDS = {"TLSRoute", "GRPCRoute", "TCPRoute", "UDPRoute", "Mesh", "HTTPRoute"}
 # What meshpilot does not claim, per profile (docs/gateway-api.md says why).
 UNSUPPORTED: dict[str, tuple[str, ...]] = {
-    "GATEWAY-HTTP": ("GatewayAddressEmpty", "GatewayHTTPSListenerDetectMisdirectedRequests",
-                     "GatewayInfrastructurePropagation", "GatewayStaticAddresses",
+    "GATEWAY-HTTP": ("GatewayAddressEmpty", "GatewayInfrastructurePropagation", "GatewayStaticAddresses",
                      "HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolWebSocket",
                      "HTTPRouteDestinationPortMatching", "HTTPRouteSessionPersistence"),
     "GATEWAY-TLS": ("TLSRouteModeTerminate", "TLSRouteModeMixed"),
@@ -1248,8 +1273,8 @@ def request(port: int, case: Case, ca: bytes | None = None,
         connection = HTTPConnection("127.0.0.1", port, timeout=10)
     else:
         context = ssl.create_default_context(cadata=ca.decode())
-        connection = _SniConnection(host.partition(":")[0], "127.0.0.1", port, timeout=10,
-                                    context=context)
+        connection = _SniConnection(case.server_name or host.partition(":")[0], "127.0.0.1",
+                                    port, timeout=10, context=context)
     try:
         connection.request(case.method, path, headers=headers)
         response = connection.getresponse()
