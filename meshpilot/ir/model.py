@@ -427,6 +427,9 @@ class TlsPassthrough:
     hostnames: tuple[str, ...]
     backends: tuple[Backend, ...]
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # Set: these connections are not passed through but terminated, shown these certificates
+    # (some of the listener's `tls.certificates`), and their plaintext proxied to `backends`.
+    terminate: tuple[TlsCertificate, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,7 +130,7 @@ def _tls_hosts_listener(gateway: Gateway, spec: GatewayListener, name: str, addr
                                             typed_config=pack(manager))])
         chain.filter_chain_match.server_names.extend(host.server_names)
         chain.transport_socket.CopyFrom(
-            secrets.downstream_transport_socket(gateway.name, spec, host))
+            secrets.downstream_transport_socket(gateway.name, spec, host.certificates))
         listener.filter_chains.append(chain)
     return listener
 
@@ -179,14 +179,19 @@ def _passthrough_listener(gateway: Gateway, spec: GatewayListener, name: str,
                           address: Address) -> Listener:
     """TLS passthrough: the TLS inspector reads the ClientHello's server name, and the filter
     chain whose `server_names` match it (exact names before `*.` wildcards, the longest suffix
-    first: Envoy's own order) proxies the still encrypted connection to its backends. An entry
-    without hostnames takes whatever no other does; without one, such connections are closed."""
+    first: Envoy's own order) proxies the still encrypted connection to its backends (or, for
+    an entry that terminates, ends TLS with its certificates and proxies the plaintext). An
+    entry without hostnames takes whatever no other does; without one, such connections are
+    closed."""
     listener = Listener(name=name, address=address, listener_filters=[
         ListenerFilter(name=TLS_INSPECTOR, typed_config=pack(TlsInspector()))])
     for index, entry in enumerate(spec.passthrough):
         chain = FilterChain(name=f"{name}/passthrough[{index}]", filters=[
             Filter(name=TCP_PROXY, typed_config=pack(tcp_proxy(gateway, spec, entry.backends)))])
         chain.filter_chain_match.server_names.extend(entry.hostnames)
+        if entry.terminate:
+            chain.transport_socket.CopyFrom(
+                secrets.downstream_transport_socket(gateway.name, spec, entry.terminate))
         listener.filter_chains.append(chain)
     return listener
 

@@ -36,7 +36,6 @@ from meshpilot.ir.model import (
     Model,
     Service,
     TlsCertificate,
-    TlsHost,
     UpstreamTls,
 )
 from meshpilot.translators import names
@@ -123,14 +122,16 @@ def _sds(name: str) -> secret_pb2.SdsSecretConfig:
     return secret_pb2.SdsSecretConfig(name=name, sds_config=ads_config_source())
 
 
-def downstream_context(gateway: str, spec: GatewayListener, host: TlsHost | None = None,
+def downstream_context(gateway: str, spec: GatewayListener,
+                       certificates: tuple[TlsCertificate, ...] | None = None,
                        ) -> tls_pb2.DownstreamTlsContext:
-    """The listener's TLS; `host`: the filter chain of one of its TLS hosts, which shows that
-    host's certificates only (the listener's Secrets, by their index there)."""
+    """The listener's TLS; `certificates`: a filter chain of its that shows only these of the
+    listener's certificates (a TLS host's, a terminated SNI's), the listener's Secrets by their
+    index there."""
     settings: ListenerTls | None = spec.tls
     assert settings is not None
-    indexes = range(len(settings.certificates)) if host is None else \
-        [settings.certificates.index(c) for c in host.certificates]
+    indexes = range(len(settings.certificates)) if certificates is None else \
+        [settings.certificates.index(c) for c in certificates]
     common = tls_pb2.CommonTlsContext(
         tls_certificate_sds_secret_configs=[
             _sds(listener_certificate(gateway, spec.name, index)) for index in indexes],
@@ -146,9 +147,10 @@ def downstream_context(gateway: str, spec: GatewayListener, host: TlsHost | None
 
 
 def downstream_transport_socket(gateway: str, spec: GatewayListener,
-                                host: TlsHost | None = None) -> TransportSocket:
+                                certificates: tuple[TlsCertificate, ...] | None = None,
+                                ) -> TransportSocket:
     return TransportSocket(name=TLS_TRANSPORT_SOCKET,
-                           typed_config=pack(downstream_context(gateway, spec, host)))
+                           typed_config=pack(downstream_context(gateway, spec, certificates)))
 
 
 def upstream_context(service: Service, owner: str | None = None

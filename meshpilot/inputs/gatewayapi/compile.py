@@ -226,6 +226,7 @@ class _Listener:
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, msg)
     attached: int = 0
     tcp_backends: tuple[Backend, ...] = ()  # TCP: the backends of the TCPRoute it serves
+    terminate: bool = False  # TLS: mode Terminate (its certificates end TLS), else Passthrough
 
     @property
     def valid(self) -> bool:
@@ -263,6 +264,7 @@ class _Passthrough:
     age: tuple[str, str]
     route: KubeObject
     backends: tuple[Backend, ...]
+    listener: _Listener  # the listener it came through: it says whether TLS ends here
 
 
 @dataclass
@@ -322,10 +324,12 @@ class _Compiler:
             self._gateway(gateway, classes)
         for route in sorted(self.world.http_routes, key=_route_age):
             self._http_route(route)
-        for route in sorted(self.world.tcp_routes, key=_route_age):
-            self._tcp_route(route)
+        # TLSRoutes first: on a TLS listener that terminates, a TCPRoute takes the listener's
+        # hostname only where no TLSRoute names it.
         for route in sorted(self.world.tls_routes, key=_route_age):
             self._tls_route(route)
+        for route in sorted(self.world.tcp_routes, key=_route_age):
+            self._tcp_route(route)
         for route in self.world.other_routes:
             self._unsupported_route(route)
         for gateway in self.world.gateways:
@@ -503,14 +507,15 @@ class _Compiler:
             listener.problems.append(("Accepted", "UnsupportedProtocol",
                                       f"protocol {protocol} is not supported yet"))
             return listener
+        if protocol == "TLS":
+            # Passthrough: the connections go on encrypted. Terminate (the spec's default):
+            # Envoy ends TLS with the listener's certificates and proxies the plaintext.
+            listener.terminate = (spec.get("tls") or {}).get("mode", "Terminate") == "Terminate"
         listener.kinds = self._route_kinds(listener)
         if protocol == "TLS":
-            # The spec's default mode is Terminate; a TLS listener here passes TLS through.
-            if (spec.get("tls") or {}).get("mode", "Terminate") != "Passthrough":
-                listener.problems.append((
-                    "Accepted", "UnsupportedValue",
-                    "TLS listeners pass TLS through (tls.mode Passthrough); Terminate is not "
-                    "supported on them (use an HTTPS listener)"))
+            if listener.terminate:
+                listener.certificates = self._certificates(
+                    listener, (spec.get("tls") or {}).get("certificateRefs") or ())
             return listener
         if protocol == "HTTPS":
             tls = spec.get("tls") or {}
@@ -523,6 +528,8 @@ class _Compiler:
 
     def _route_kinds(self, listener: _Listener) -> tuple[str, ...]:
         supported = _ROUTE_KINDS_BY_PROTOCOL[listener.protocol]
+        if listener.terminate:  # what TLS carried, as plain bytes: a TCPRoute's too
+            supported = (*supported, "TCPRoute")
         written = (listener.spec.get("allowedRoutes") or {}).get("kinds")
         if not written:
             return supported
@@ -541,7 +548,8 @@ class _Compiler:
         gateway = listener.gateway
         if not refs:
             listener.problems.append(("ResolvedRefs", "InvalidCertificateRef",
-                                      "an HTTPS listener needs tls.certificateRefs"))
+                                      f"a {listener.protocol} listener terminating TLS needs "
+                                      "tls.certificateRefs"))
             return ()
         found: list[TlsCertificate] = []
         for ref in refs:
@@ -711,6 +719,9 @@ class _Compiler:
         if backends is None:
             return
         served = backends if any(b.resolved for b in backends) else ()
+        # On a TLS listener that terminates: its SNI's connections, as a TLSRoute's (none
+        # resolving: closed).
+        terminated = backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
         for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
             if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
                     ref.get("kind", "Gateway") != "Gateway":
@@ -724,8 +735,13 @@ class _Compiler:
             if accepted:
                 # Every route naming a listener is accepted and counted (attachedRoutes); the
                 # oldest one is served there, as the spec's conformance tests expect.
-                for listener, _ in attach:
-                    if listener.attached == 0:
+                for listener, effective in attach:
+                    if listener.protocol == "TLS" and listener.valid:
+                        by_host = self.passthrough[gateway_key].setdefault(listener.port, {})
+                        for hostname in effective:
+                            by_host.setdefault(hostname, _Passthrough(
+                                _route_age(route), route, terminated, listener))
+                    elif listener.attached == 0:
                         listener.tcp_backends = served
                     listener.attached += 1
             self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
@@ -792,7 +808,7 @@ class _Compiler:
                     by_host = self.passthrough[gateway_key].setdefault(listener.port, {})
                     for hostname in effective:  # routes come oldest first: the first keeps it
                         by_host.setdefault(hostname, _Passthrough(_route_age(route), route,
-                                                                  served))
+                                                                  served, listener))
             self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
                         _conditions(("Accepted", accepted, reason, message),
                                     ("ResolvedRefs", resolved[0], resolved[1],
@@ -1179,14 +1195,23 @@ class _Compiler:
                 continue
             if on_port[0].protocol == "TLS":
                 sni = self.passthrough[obj.key].get(port, {})
+                # The certificates of the listeners terminating TLS here: their Secrets are
+                # the listener's (by index), each SNI's chain shows its listener's own.
+                ending = tuple(dict.fromkeys(c for lst in on_port if lst.terminate
+                                             for c in lst.certificates))
                 if sni:  # else nothing to serve: connections refused
                     model_listeners.append(GatewayListener(
                         str(port), params.ports.get(port, port), params.address,
                         protocol="tcp", passthrough=tuple(
                             TlsPassthrough(() if hostname == "*" else (hostname,),
                                            entry.backends,
-                                           origin=_origin(entry.route, ("spec",)))
+                                           origin=_origin(entry.route, ("spec",)),
+                                           terminate=entry.listener.certificates
+                                           if entry.listener.terminate else ())
                             for hostname, entry in sorted(sni.items())),
+                        # Not HTTP: no ALPN offered (a client must not think it speaks h2).
+                        tls=ListenerTls(ending, alpn=(), origin=_origin(obj, on_port[0].path))
+                        if ending else None,
                         origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
                                       obj.key, f"spec.listeners[{on_port[0].index}]")))
                 continue
