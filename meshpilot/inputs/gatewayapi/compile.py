@@ -322,6 +322,7 @@ class _Compiler:
         classes = self._classes()
         for gateway in self.world.gateways:
             self._gateway(gateway, classes)
+        self._between_gateways()
         for route in sorted(self.world.http_routes, key=_route_age):
             self._http_route(route)
         # TLSRoutes first: on a TLS listener that terminates, a TCPRoute takes the listener's
@@ -498,6 +499,45 @@ class _Compiler:
         self.listeners[obj.key] = listeners
         self.entries[obj.key] = {}
         self.passthrough[obj.key] = {}
+
+    def _between_gateways(self) -> None:
+        """Listeners of different Gateways that would bind one socket (the address and port
+        their classes' parameters give, an address of one machine: `_same_socket`) cannot
+        both be served: each Gateway is its own Envoys, which cannot share a socket. The oldest
+        Gateway (creationTimestamp, then namespace/name) keeps it; a later one's listener
+        there is Conflicted (ProtocolConflict: another protocol, TLS beside HTTPS included;
+        HostnameConflict: the same hostname), or else not accepted (PortUnavailable), and
+        not programmed, so a running Gateway never loses its port to one added later."""
+        taken: dict[int, list[tuple[str, KubeObject, _Listener]]] = {}  # bound port -> owners
+        for gateway in sorted(self.world.gateways, key=_route_age):
+            listeners = self.listeners.get(gateway.key)
+            if listeners is None:
+                continue
+            params = self.params[gateway.key]
+            kept: list[tuple[int, _Listener]] = []
+            for listener in listeners:
+                if not listener.attachable:
+                    continue  # refused already: it binds nothing
+                bound = params.ports.get(listener.port, listener.port)
+                owner = next(((g, other) for address, g, other in taken.get(bound, ())
+                              if _same_socket(address, params.address)), None)
+                if owner is None:
+                    kept.append((bound, listener))
+                    continue
+                other_gateway, other = owner
+                where = (f"port {listener.port} is bound as {params.address}:{bound} by "
+                         f"listener {other.name} of Gateway {other_gateway.key}")
+                if other.protocol != listener.protocol:
+                    listener.problems.append(("Conflicted", "ProtocolConflict",
+                                              f"{where} (protocol {other.protocol})"))
+                elif other.hostname == listener.hostname:
+                    listener.problems.append(("Conflicted", "HostnameConflict",
+                                              f"{where}, with the same hostname"))
+                else:
+                    listener.problems.append(("Accepted", "PortUnavailable",
+                                              f"{where}; Gateways are not merged"))
+            for bound, listener in kept:
+                taken.setdefault(bound, []).append((params.address, gateway, listener))
 
     def _listener(self, gateway: KubeObject, index: int, spec: dict[str, Any]) -> _Listener:
         protocol = spec["protocol"]
@@ -1313,6 +1353,16 @@ def _host_entries(hostname: str, by_host: dict[str, list[_Entry]], wildcards: li
         own.extend(sorted((e for e in by_host[wildcard] if e.listener is owner),
                           key=lambda e: e.order))
     return own
+
+
+def _same_socket(one: str, other: str) -> bool:
+    """Whether Gateways binding these two addresses (on one port) are known to collide: one
+    address that names one machine. The unspecified address and loopback ones are every
+    machine's and every container's own (a compose stack runs each Gateway's Envoy in its own
+    network namespace; the conformance suite runs its Gateways one at a time), so Gateways
+    binding them may well never meet, and are not said to conflict."""
+    a = ipaddress.ip_address(one)
+    return a == ipaddress.ip_address(other) and not (a.is_unspecified or a.is_loopback)
 
 
 def _tls_hosts(obj: KubeObject, on_port: list[_Listener]) -> tuple[TlsHost, ...]:
