@@ -1332,7 +1332,8 @@ def check_statuses(test: Test, objects: list[dict[str, Any]]) -> list[str]:
         name = want.name if want.name.count("/") == (2 if want.kind == "Listener" else 1) \
             else f"{INFRA}/{want.name}"
         found = [o for o in objects if o["kind"] == want.kind and o["name"] == name
-                 and (not want.kind.endswith("Route") or o["parent"].split("/")[:2]
+                 # A route's and a policy's status are per parent (ancestor) Gateway.
+                 and (want.kind == "Listener" or o["parent"].split("/")[:2]
                       == test.gateway.split("/"))]
         if len(found) != 1:
             problems.append(f"{want.kind} {name}: {len(found)} statuses")

@@ -300,6 +300,10 @@ class _Compiler:
         # (Service ns/name, port name or None: every port) -> the TLS of its connections, or
         # None: a policy that cannot be applied (its backends answer 5xx, never plaintext)
         self.backend_tls: dict[tuple[str, str | None], UpstreamTls | None] = {}
+        # Each BackendTLSPolicy, the targets it names (applied or conflicted) and its
+        # conditions: its status is said per ancestor Gateway once the routes are known.
+        self.policies: list[tuple[KubeObject, list[tuple[str, str | None]],
+                                  tuple[Condition, ...]]] = []
 
     def report(self, obj: KubeObject, path: FieldPath, message: str) -> None:
         """An issue that refuses the load, at the value at `path` of `obj`'s document."""
@@ -336,6 +340,7 @@ class _Compiler:
         for gateway in self.world.gateways:
             self._finish_gateway(gateway)
         self._finish_mesh()
+        self._backend_tls_statuses()
 
     # ---- BackendTLSPolicy ----
 
@@ -354,28 +359,55 @@ class _Compiler:
                 continue
             tls, refs = self._policy_tls(policy, validation)
             targets: list[tuple[str, str | None]] = []
-            conflicted: list[str] = []
+            conflicted: list[tuple[str, str | None]] = []
             for ref in spec["targetRefs"]:
                 if ref["group"] != "" or ref["kind"] != "Service":
                     continue  # not a kind we send to: nothing to apply it to
                 target = (f"{policy.namespace}/{ref['name']}", ref.get("sectionName"))
-                if target in self.backend_tls:
-                    conflicted.append(target[0] + (f" port {target[1]}" if target[1] else ""))
-                else:
-                    targets.append(target)
+                (conflicted if target in self.backend_tls else targets).append(target)
             for target in targets:
                 self.backend_tls[target] = tls
             if conflicted and not targets:
-                accepted = (False, "Conflicted", "an older BackendTLSPolicy targets "
-                            + ", ".join(conflicted))
+                accepted = (False, "Conflicted", "an older BackendTLSPolicy targets " + ", ".join(
+                    service + (f" port {port}" if port else "") for service, port in conflicted))
             elif tls is None:
                 accepted = (False, "NoValidCACertificate", refs[2])
             else:
                 accepted = (True, "Accepted", "")
-            self.status(policy, "BackendTLSPolicy", policy.key, ("spec", "targetRefs"),
-                        _conditions(("Accepted", *accepted),
-                                    ("ResolvedRefs", refs[0], refs[1],
-                                     refs[2] if not refs[0] else "")))
+            self.policies.append((policy, [*targets, *conflicted], _conditions(
+                ("Accepted", *accepted),
+                ("ResolvedRefs", refs[0], refs[1], refs[2] if not refs[0] else ""))))
+
+    def _backend_tls_statuses(self) -> None:
+        """Each BackendTLSPolicy's status per ancestor (the spec's PolicyAncestorStatus): every
+        Gateway whose served routes send to a Service port the policy targets, whether it
+        applies there or lost to an older policy; a policy no Gateway sends through has one
+        status of its own (no ancestor)."""
+        ancestors: dict[tuple[str, str | None], set[str]] = {}  # target -> Gateways
+        for route in self.routes:
+            if route.gateway is None:
+                continue
+            for rule in route.rules:
+                for name in {b.service for b in (*rule.backends, *rule.mirrors)}:
+                    for target in self._targets_of(name):
+                        ancestors.setdefault(target, set()).add(route.gateway)
+        for policy, targets, conditions in self.policies:
+            gateways = sorted({g for t in targets for g in ancestors.get(t, ())})
+            for gateway in gateways or [""]:
+                self.status(policy, "BackendTLSPolicy", policy.key, ("spec", "targetRefs"),
+                            conditions, parent=gateway)
+
+    def _targets_of(self, cluster: str) -> list[tuple[str, str | None]]:
+        """The BackendTLSPolicy targets a backend's Service name (NS/NAME:PORT, a suffix
+        after it) falls under: the whole Service's, and its port's by the port's name."""
+        key, _, rest = cluster.partition(":")
+        port = rest.partition(":")[0]
+        service = self.world.services.get(key)
+        if service is None or not port.isdigit():
+            return []
+        names = [p.get("name", "") for p in service.spec().get("ports") or ()
+                 if p.get("port") == int(port)]
+        return [(key, None), *((key, n) for n in names)]
 
     def _policy_tls(self, policy: KubeObject, validation: dict[str, Any],
                     ) -> tuple[UpstreamTls | None, tuple[bool, str, str]]:
