@@ -11,8 +11,10 @@ from typing import Any
 from test_gatewayapi import CLASS, view
 from tls_material import CA
 
+from meshpilot.base import types
 from meshpilot.inputs.loader import load_policy_text
 from meshpilot.ir.model import Model
+from meshpilot.translators.provenance import origins_of
 
 PAIR = CA().issue("*.example.com", "example.com")
 SECRET = f"""apiVersion: v1
@@ -132,3 +134,15 @@ def test_one_https_listener_on_a_port_keeps_one_chain() -> None:
     assert len(listener["filter_chains"]) == 1
     assert "filter_chain_match" not in listener["filter_chains"][0]
     assert list(tables(model)) == ["infra/edge/443"]
+
+
+def test_a_tls_host_table_is_traced_to_its_routes_and_listener() -> None:
+    """When Envoy refuses a TLS host's route table, the positions said are its own listener's
+    (its 421) and the Gateway's, not the other tables' listeners'."""
+    model = load_policy_text(THREE + route("r-any", "any", "[example.com]")
+                             + route("r-exact", "exact"))
+    origins = origins_of(model, "infra/edge", types.ROUTE, "infra/edge/443/exact")
+    fields = {o.field for o in origins}
+    assert "spec.listeners[1]" in fields  # the listener `exact`
+    assert "spec.listeners[2]" not in fields  # `wild`'s table is another
+    assert {o.name for o in origins} == {"infra/edge"}

@@ -304,6 +304,8 @@ class _Compiler:
         # conditions: its status is said per ancestor Gateway once the routes are known.
         self.policies: list[tuple[KubeObject, list[tuple[str, str | None]],
                                   tuple[Condition, ...]]] = []
+        # Gateway -> the Service (port) targets its served HTTP routes send to, as written
+        self.sends_to: dict[str, set[tuple[str, str | None]]] = {}
 
     def report(self, obj: KubeObject, path: FieldPath, message: str) -> None:
         """An issue that refuses the load, at the value at `path` of `obj`'s document."""
@@ -384,30 +386,36 @@ class _Compiler:
         applies there or lost to an older policy; a policy no Gateway sends through has one
         status of its own (no ancestor)."""
         ancestors: dict[tuple[str, str | None], set[str]] = {}  # target -> Gateways
-        for route in self.routes:
-            if route.gateway is None:
-                continue
-            for rule in route.rules:
-                for name in {b.service for b in (*rule.backends, *rule.mirrors)}:
-                    for target in self._targets_of(name):
-                        ancestors.setdefault(target, set()).add(route.gateway)
+        for gateway, targets in self.sends_to.items():
+            for target in targets:
+                ancestors.setdefault(target, set()).add(gateway)
         for policy, targets, conditions in self.policies:
             gateways = sorted({g for t in targets for g in ancestors.get(t, ())})
             for gateway in gateways or [""]:
                 self.status(policy, "BackendTLSPolicy", policy.key, ("spec", "targetRefs"),
                             conditions, parent=gateway)
 
-    def _targets_of(self, cluster: str) -> list[tuple[str, str | None]]:
-        """The BackendTLSPolicy targets a backend's Service name (NS/NAME:PORT, a suffix
-        after it) falls under: the whole Service's, and its port's by the port's name."""
-        key, _, rest = cluster.partition(":")
-        port = rest.partition(":")[0]
-        service = self.world.services.get(key)
-        if service is None or not port.isdigit():
-            return []
-        names = [p.get("name", "") for p in service.spec().get("ports") or ()
-                 if p.get("port") == int(port)]
-        return [(key, None), *((key, n) for n in names)]
+    def _targets_of(self, route: KubeObject) -> set[tuple[str, str | None]]:
+        """The BackendTLSPolicy targets the backendRefs (and mirrors) of a route, as written,
+        fall under: each Service's whole, and its port's by the port's name, whether the
+        reference resolves or not (a policy without a valid CA makes it not)."""
+        found: set[tuple[str, str | None]] = set()
+        for rule in route.spec().get("rules") or ():
+            refs = [*(rule.get("backendRefs") or ()),
+                    *((f.get("requestMirror") or {}).get("backendRef") or {}
+                      for f in rule.get("filters") or ())]
+            for ref in refs:
+                if not ref or (ref.get("group") or "") != "" or \
+                        ref.get("kind", "Service") != "Service":
+                    continue
+                key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
+                service = self.world.services.get(key)
+                if service is None:
+                    continue
+                found.add((key, None))
+                found.update((key, p.get("name", "")) for p in service.spec().get("ports") or ()
+                             if p.get("port") == ref.get("port"))
+        return found
 
     def _policy_tls(self, policy: KubeObject, validation: dict[str, Any],
                     ) -> tuple[UpstreamTls | None, tuple[bool, str, str]]:
@@ -1215,6 +1223,7 @@ class _Compiler:
     def _add_entries(self, gateway_key: str, listener: _Listener, hostnames: list[str],
                      route: KubeObject, rules: list[_BuiltRule]) -> None:
         by_host = self.entries[gateway_key].setdefault(listener.port, {})
+        self.sends_to.setdefault(gateway_key, set()).update(self._targets_of(route))
         age = _route_age(route)
         for index, matches, built in rules:
             for match_index, match in matches:
