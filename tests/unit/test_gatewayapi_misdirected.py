@@ -6,14 +6,17 @@ HTTPRouteHTTPSListenerDetectMisdirectedRequests."""
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 from test_gatewayapi import CLASS, view
+from test_incremental import _assert_same
 from tls_material import CA
 
 from meshpilot.base import types
-from meshpilot.inputs.loader import load_policy_text
+from meshpilot.inputs.loader import PolicyLoader, load_policy, load_policy_text
 from meshpilot.ir.model import Model
+from meshpilot.translators import Translation
 from meshpilot.translators.provenance import origins_of
 
 PAIR = CA().issue("*.example.com", "example.com")
@@ -146,3 +149,21 @@ def test_a_tls_host_table_is_traced_to_its_routes_and_listener() -> None:
     assert "spec.listeners[1]" in fields  # the listener `exact`
     assert "spec.listeners[2]" not in fields  # `wild`'s table is another
     assert {o.name for o in origins} == {"infra/edge"}
+
+
+def test_an_edit_patches_the_view_as_a_cold_load_builds_it(tmp_path: Path) -> None:
+    """A route edited, added and removed on a port with TLS hosts: the incremental load and
+    the translation told what changed give the cold one's snapshot, byte for byte."""
+    (tmp_path / "gateway.yaml").write_text(THREE)
+    (tmp_path / "a.yaml").write_text(route("r-exact", "exact"))
+    loader = PolicyLoader(tmp_path)
+    model = loader.load()
+    translation = Translation(model)
+    snapshot = translation.snapshot("infra/edge")
+    for text in (route("r-exact", "exact", "[a.example.com]") + route("r-wild", "wild"),
+                 route("r-wild", "wild", "[b.example.com]"), ""):
+        (tmp_path / "a.yaml").write_text(text)
+        model = loader.load()
+        translation = Translation(model, previous=translation, changes=loader.changes)
+        snapshot = translation.snapshot("infra/edge", previous=snapshot)
+        _assert_same(snapshot, Translation(load_policy(tmp_path)).snapshot("infra/edge"))
