@@ -128,7 +128,8 @@ def _tls_hosts_listener(gateway: Gateway, spec: GatewayListener, name: str, addr
         chain = FilterChain(name=names.tls_host_routes(gateway.name, spec.name, host.name),
                             filters=[Filter(name=HTTP_CONNECTION_MANAGER,
                                             typed_config=pack(manager))])
-        chain.filter_chain_match.server_names.extend(host.server_names)
+        if host.server_names:  # else the chain of the SNIs no other takes: no match at all
+            chain.filter_chain_match.server_names.extend(host.server_names)
         chain.transport_socket.CopyFrom(
             secrets.downstream_transport_socket(gateway.name, spec, host.certificates))
         listener.filter_chains.append(chain)
