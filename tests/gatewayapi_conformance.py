@@ -55,7 +55,7 @@ BASE_KINDS = ("Namespace", "Gateway", "Service")  # Deployments and ConfigMaps a
 # backends' certificate and the CA ConfigMaps BackendTLSPolicies name.
 BACKEND_CERT_NAMES = ("abc.example.com", "other.example.com")
 BACKEND_CERT_URIS = ("spiffe://abc.example.com/test-identity",)
-LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090,
+LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090, 8883,
                   5300, 9300, 9301, 9302, 9310, 9311, 9312, 9313, 9320, 9321)  # and TCPRoute's
 # The base's pods that serve HTTPS with the suite's `tls-checks-certificate` (echo-basic with
 # TLS), and the TCP echo whose ports are plain and TLS (the upstream tcpserver, by port name).
@@ -287,9 +287,10 @@ metadata: {{name: {CLASS_NAME}-ports, namespace: default}}
 data: {{address: 127.0.0.1, ports: "{mapping}"}}
 """]
     cert, key = (base64.b64encode(x).decode() for x in tls)
-    cluster.append(f"""apiVersion: v1
+    for secret in ("tls-validity-checks-certificate", "tls-terminate-checks-certificate"):
+        cluster.append(f"""apiVersion: v1
 kind: Secret
-metadata: {{name: tls-validity-checks-certificate, namespace: {INFRA}}}
+metadata: {{name: {secret}, namespace: {INFRA}}}
 type: kubernetes.io/tls
 data: {{tls.crt: {cert}, tls.key: {key}}}
 """)
@@ -414,6 +415,7 @@ class Case:
     # response header -> the values upstream accepts, whitespace ignored (ValidHeaderValues)
     response_one_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
     echo: bool = True  # answered by a backend (False: Envoy answers, a CORS preflight)
+    server_name: str | None = None  # over TLS: the SNI (and the certificate's name); None: host
 
 
 @dataclass(frozen=True)
@@ -427,6 +429,7 @@ class TlsCase:
     backend: str | None
     http: bool = True
     namespace: str = INFRA
+    terminated: bool = False  # TLS ends at the Gateway: the backend sees plaintext, no SNI
 
 
 @dataclass(frozen=True)
@@ -638,6 +641,29 @@ CASES: dict[str, Test] = {
                                    f"{INFRA}/same-namespace-with-https-listener", (
         _c("/", host="example.org"), _c("/", V2, host="second-example.org")),
         listener_port=443, tls=True),
+    # (SNI, Host, status, backend) as upstream's cases, in its order.
+    "HTTPRouteHTTPSListenerDetectMisdirectedRequests": Test(
+        "httproute-https-listener-detect-misdirected-requests",
+        f"{INFRA}/same-namespace-with-https-listener", tuple(
+            Case("/detect-misdirected-requests", host=host, server_name=sni, status=status,
+                 backend=backend)
+            for sni, host, status, backend in (
+                ("example.org", "example.org", 200, V1),
+                ("example.org", "second-example.org", 421, None),
+                ("example.org", "unknown-example.org", 404, None),
+                ("second-example.org", "second-example.org", 200, V2),
+                ("second-example.org", "example.org", 421, None),
+                ("second-example.org", "unknown-example.org", 421, None),
+                ("third-example.wildcard.org", "third-example.wildcard.org", 200, V3),
+                ("third-example.wildcard.org", "fith-example.wildcard.org", 200, V3),
+                ("third-example.wildcard.org", "fourth-example.wildcard.org", 421, None),
+                ("third-example.wildcard.org", "second-example.org", 421, None),
+                ("third-example.wildcard.org", "unknown-example.org", 421, None),
+                ("fourth-example.wildcard.org", "fourth-example.wildcard.org", 200, V1),
+                ("fourth-example.wildcard.org", "fith-example.wildcard.org", 421, None),
+                ("unknown-example.org", "example.org", 200, V1),
+                ("unknown-example.org", "unknown-example.org", 404, None))),
+        listener_port=443, tls=True),
     "HTTPRoute303Redirect": Test("httproute-303-redirect", GW, (
         _redirect("/see-other", 303, path="/see-other"),)),
     "HTTPRoute307Redirect": Test("httproute-307-redirect", GW, (
@@ -831,11 +857,29 @@ CASES.update({
                  f"{INFRA}/gateway-tls-wildcard-hostname", (), expect=(
                      Expect("TLSRoute", "tlsroute-hostname-mismatch-2",
                             {"Accepted": ("False", "NoMatchingListenerHostname")}),)),)),
-    "TLSRouteListenerTerminateNotSupported": Test(
-        "tlsroute-listener-terminate-not-supported",
-        f"{INFRA}/gateway-tlsroute-terminate-unsupported", (), expect=(
-            Expect("Listener", "gateway-tlsroute-terminate-unsupported/tls-terminate",
-                   {"Accepted": ("False", "UnsupportedValue")}, attached=0),)),
+    # Terminate: the listener's certificate (tls-terminate-checks-certificate, made by the
+    # harness as upstream's suite does) ends TLS; the TCP echo's plain port answers.
+    "TLSRouteTerminateSimpleSameNamespace": Test(
+        "tlsroute-terminate-simple-same-namespace", f"{INFRA}/gateway-tlsroute-terminate", (),
+        listener_port=8443,
+        tls_cases=(TlsCase("tls.example.com", "tcp-backend", http=False, terminated=True),),
+        expect=(Expect("TLSRoute", "tlsroute-terminated-test", _TLS_OK),)),
+    "TLSRouteMixedTerminationSameNamespace": Test(
+        "tlsroute-mixed-termination-same-namespace",
+        f"{INFRA}/gateway-tlsroute-mixed-termination", (), listener_port=8883,
+        tls_cases=(TlsCase("tls.example.com", "tcp-backend", http=False, terminated=True),
+                   TlsCase("abc.example.com", "tcp-backend", http=False)),
+        expect=(Expect("TLSRoute", "gateway-conformance-mixed-terminateroute", _TLS_OK),
+                Expect("TLSRoute", "gateway-conformance-mixed-passthroughroute", _TLS_OK),
+                *(Expect("Listener", f"gateway-tlsroute-mixed-termination/{name}",
+                         {"Accepted": ("True", "Accepted")}, attached=1, supported="TLSRoute")
+                  for name in ("tls-terminate", "tls-passthrough")))),
+    "TLSRouteListenerTerminateSupportedKinds": Test(
+        "tlsroute-listener-terminate-supported-kinds",
+        f"{INFRA}/gateway-tlsroute-terminate-supported", (), expect=(
+            Expect("Listener", "gateway-tlsroute-terminate-supported/tls-terminate",
+                   {"Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", None)},
+                   attached=0, supported="TLSRoute"),)),
     "TLSRouteListenerPassthroughSupportedKinds": Test(
         "tlsroute-listener-passthrough-supported-kinds",
         f"{INFRA}/gateway-tlsroute-passthrough-supported-kind", (), expect=(
@@ -1066,6 +1110,8 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "HTTPRouteTimeoutBackendRequest": ("HTTPRoute", "HTTPRouteBackendTimeout"),
     "HTTPRouteRequestMirror": ("HTTPRoute", "HTTPRouteRequestMirror"),
     "HTTPRouteHTTPSListener": ("HTTPRoute",),
+    "HTTPRouteHTTPSListenerDetectMisdirectedRequests": (
+        "HTTPRoute", "GatewayHTTPSListenerDetectMisdirectedRequests"),
     "HTTPRoute303Redirect": ("HTTPRoute", "HTTPRoute303RedirectStatusCode"),
     "HTTPRoute307Redirect": ("HTTPRoute", "HTTPRoute307RedirectStatusCode"),
     "HTTPRoute308Redirect": ("HTTPRoute", "HTTPRoute308RedirectStatusCode"),
@@ -1095,7 +1141,10 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "TLSRouteInvalidReferenceGrant": ("TLSRoute", "ReferenceGrant"),
     "TLSRouteInvalidNoMatchingListener": ("TLSRoute",),
     "TLSRouteInvalidNoMatchingListenerHostname": ("TLSRoute",),
-    "TLSRouteListenerTerminateNotSupported": ("TLSRoute",),
+    "TLSRouteTerminateSimpleSameNamespace": ("TLSRoute", "TLSRouteModeTerminate"),
+    "TLSRouteMixedTerminationSameNamespace": (
+        "TLSRoute", "TLSRouteModeTerminate", "TLSRouteModeMixed"),
+    "TLSRouteListenerTerminateSupportedKinds": ("TLSRoute", "TLSRouteModeTerminate"),
     "TLSRouteListenerPassthroughSupportedKinds": ("TLSRoute",),
     "BackendTLSPolicy": ("HTTPRoute", "BackendTLSPolicy"),
     "BackendTLSPolicyInvalidCACertificateRef": ("HTTPRoute", "BackendTLSPolicy"),
@@ -1131,11 +1180,10 @@ _KIND_OF = {"GATEWAY-HTTP": "HTTPRoute", "GATEWAY-TLS": "TLSRoute",
 _OTHER_KINDS = {"TLSRoute", "GRPCRoute", "TCPRoute", "UDPRoute", "Mesh", "HTTPRoute"}
 # What meshpilot does not claim, per profile (docs/gateway-api.md says why).
 UNSUPPORTED: dict[str, tuple[str, ...]] = {
-    "GATEWAY-HTTP": ("GatewayAddressEmpty", "GatewayHTTPSListenerDetectMisdirectedRequests",
-                     "GatewayInfrastructurePropagation", "GatewayStaticAddresses",
+    "GATEWAY-HTTP": ("GatewayAddressEmpty", "GatewayInfrastructurePropagation", "GatewayStaticAddresses",
                      "HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolWebSocket",
                      "HTTPRouteDestinationPortMatching", "HTTPRouteSessionPersistence"),
-    "GATEWAY-TLS": ("TLSRouteModeTerminate", "TLSRouteModeMixed"),
+    "GATEWAY-TLS": (),
     "GATEWAY-GRPC": (),
     "MESH-HTTP": (),
 }
@@ -1146,8 +1194,9 @@ SUMMARIES: dict[str, str] = {
     "GATEWAY-HTTP": "Upstream tests whose manifests are in the shared copy, through a real Envoy "
                     "(statuses as meshpilot reports them). Core tests that watch objects change "
                     "through a Kubernetes API server are not run: a partial core.",
-    "GATEWAY-TLS": "TLSRoute passthrough by SNI through a real Envoy to TLS backends; TLS "
-                   "listeners in mode Terminate are not supported.",
+    "GATEWAY-TLS": "TLSRoute by SNI through a real Envoy: passed through to TLS backends, "
+                   "or terminated at the Gateway (mode Terminate, also beside passthrough "
+                   "listeners on one port) to plain TCP backends.",
     "GATEWAY-GRPC": "GRPCRoute is compiled and tested (tests/unit/test_gatewayapi_grpc.py, "
                     "tests/e2e/test_gatewayapi_grpc_traffic.py); the upstream GRPCRoute tests "
                     "need the upstream gRPC echo backend, not in the harness yet.",
@@ -1248,8 +1297,8 @@ def request(port: int, case: Case, ca: bytes | None = None,
         connection = HTTPConnection("127.0.0.1", port, timeout=10)
     else:
         context = ssl.create_default_context(cadata=ca.decode())
-        connection = _SniConnection(host.partition(":")[0], "127.0.0.1", port, timeout=10,
-                                    context=context)
+        connection = _SniConnection(case.server_name or host.partition(":")[0], "127.0.0.1",
+                                    port, timeout=10, context=context)
     try:
         connection.request(case.method, path, headers=headers)
         response = connection.getresponse()
@@ -1283,7 +1332,8 @@ def check_statuses(test: Test, objects: list[dict[str, Any]]) -> list[str]:
         name = want.name if want.name.count("/") == (2 if want.kind == "Listener" else 1) \
             else f"{INFRA}/{want.name}"
         found = [o for o in objects if o["kind"] == want.kind and o["name"] == name
-                 and (not want.kind.endswith("Route") or o["parent"].split("/")[:2]
+                 # A route's and a policy's status are per parent (ancestor) Gateway.
+                 and (want.kind == "Listener" or o["parent"].split("/")[:2]
                       == test.gateway.split("/"))]
         if len(found) != 1:
             problems.append(f"{want.kind} {name}: {len(found)} statuses")
@@ -1400,7 +1450,8 @@ def tls_connect(port: int, case: TlsCase, ca: bytes) -> list[str]:
         problems = []
         if reader.readline() != TCP_WELCOME:
             problems.append("no welcome line")
-        for command, answer in ((b"PING", b"PONG"), (b"IS_TLS", b"true")):
+        is_tls = b"false" if case.terminated else b"true"
+        for command, answer in ((b"PING", b"PONG"), (b"IS_TLS", is_tls)):
             conn.sendall(command + b"\n")
             got = reader.readline().strip()
             if got != answer:
@@ -1410,8 +1461,9 @@ def tls_connect(port: int, case: TlsCase, ca: bytes) -> list[str]:
         if not payload["pod"].startswith(f"{case.backend}-") or \
                 payload["namespace"] != case.namespace:
             problems.append(f"served by {payload['namespace']}/{payload['pod']}")
-        if payload["tls"].get("serverName") != case.server_name:
-            problems.append(f"the backend saw SNI {payload['tls'].get('serverName')!r}")
+        seen = payload["tls"].get("serverName") or ""
+        if seen != ("" if case.terminated else case.server_name):
+            problems.append(f"the backend saw SNI {seen!r}")
         return problems
     except (OSError, ValueError) as error:
         return [] if case.backend is None else [f"{case.server_name}: {error}"]

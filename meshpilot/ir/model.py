@@ -397,6 +397,25 @@ class GatewayListener:
     # tcp only: connections routed by SNI and weight (one filter chain each, in order; the
     # first without server_names takes the rest) instead of all to `service`.
     tcp_routes: tuple[TcpRoute, ...] = ()
+    # https only: one filter chain per entry, picked by the connection's SNI, each with its own
+    # certificates and route table (Gateway API HTTPS listeners sharing a port). Empty: one
+    # chain, Envoy picking among `tls.certificates` by SNI, one route table for every Route.
+    tls_hosts: tuple[TlsHost, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsHost:
+    """The connections of an https listener whose SNI matches `server_names` (exact, or
+    `*.suffix` for any name below it; the most specific entry wins, as Envoy picks filter
+    chains): they are shown `certificates` (some of the listener's `tls.certificates`) and
+    routed by the Routes naming this entry (`Route.tls_host`) only, so a request whose Host
+    belongs to another entry is answered by what the Routes here say of it (a 421). No
+    server_names: the connections no other entry takes, no SNI included."""
+
+    name: str  # its route table is the listener's name and this one (names.tls_host_routes)
+    server_names: tuple[str, ...]
+    certificates: tuple[TlsCertificate, ...]
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +427,9 @@ class TlsPassthrough:
     hostnames: tuple[str, ...]
     backends: tuple[Backend, ...]
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # Set: these connections are not passed through but terminated, shown these certificates
+    # (some of the listener's `tls.certificates`), and their plaintext proxied to `backends`.
+    terminate: tuple[TlsCertificate, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -809,6 +831,9 @@ class Route:
     security: Security = field(default_factory=Security)  # for the Route's virtual host
     service: str | None = None  # attached to a Service: its virtual host in its callers' sidecars
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # On a listener with `tls_hosts`: the entry whose route table holds this Route (None: it is
+    # served on no such listener).
+    tls_host: str | None = None
 
 
 # ---- status of input objects ------------------------------------------------------------------

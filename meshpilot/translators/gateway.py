@@ -185,13 +185,14 @@ class GatewayViews:
             self._front(gateway, spec, served)
         config: tuple[Resource, ...] = ()  # a TCP proxy or an https redirect: no routes
         if has_routes:
+            # Only the virtual hosts of Routes that are not the previous objects are
+            # serialized; a listener with TLS hosts has a table per host.
             config = self._earlier.route_config(key, gateway, served, routes.vhost_key(spec),
-                                                self._virtual_hosts) or (
-                # Only the virtual hosts of Routes that are not the previous objects are
-                # serialized.
+                                                self._virtual_hosts) or tuple(
                 routes.route_configuration_resource(gateway, spec, served,
                                                     self._earlier.virtual_hosts,
-                                                    self._virtual_hosts),)
+                                                    self._virtual_hosts, host)
+                for host in (spec.tls_hosts or (None,)))
         built = self._listeners[key] = BuiltListener(gateway, served, filter_inputs, front,
                                                      config)
         self._prune(spec)
@@ -204,7 +205,7 @@ class GatewayViews:
         the name `routes.py` gives it and no domain ends up claimed twice."""
         earlier = self._earlier.listeners.get(key)
         if self._changed is None or earlier is None or earlier.gateway is not gateway or \
-                len(earlier.config) != 1 or \
+                spec.tls_hosts or len(earlier.config) != 1 or \
                 earlier.config[0].name != names.route_config(gateway.name, spec.name):
             return None
         layout = earlier.layout if isinstance(earlier.layout, ConfigLayout) else \

@@ -92,6 +92,8 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
                         listener_filters=tcproutes.listener_filters(spec.tcp_routes),
                         filter_chains=tcproutes.filter_chains(
                             names.stat_prefix(gateway.name, spec.name), spec.tcp_routes, log))
+    if spec.tls_hosts:
+        return _tls_hosts_listener(gateway, spec, name, address, routes)
     if spec.protocol == "tcp":
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(tcp_proxy(gateway, spec)))
     else:
@@ -106,6 +108,32 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
         # Certificates by SDS name only (secrets.py): never inline in the listener.
         chain.transport_socket.CopyFrom(secrets.downstream_transport_socket(gateway.name, spec))
     return Listener(name=name, address=address, filter_chains=[chain])
+
+
+def _tls_hosts_listener(gateway: Gateway, spec: GatewayListener, name: str, address: Address,
+                        routes: Iterable[Route]) -> Listener:
+    """An https listener with TLS hosts: the TLS inspector reads the ClientHello's server name,
+    and the filter chain of the TLS host it matches (exact names before `*.` wildcards, the
+    longest suffix first: Envoy's order) terminates TLS with that host's certificates and
+    routes by that host's own route table. What the SNI chose stays chosen for the
+    connection's life, so a request whose Host belongs to another host's listener (a client
+    reusing a connection, HTTP/2 coalescing) meets this table's answer for it, a 421, never the
+    other listener's routes."""
+    served = tuple(routes)
+    listener = Listener(name=name, address=address, listener_filters=[
+        ListenerFilter(name=TLS_INSPECTOR, typed_config=pack(TlsInspector()))])
+    for host in spec.tls_hosts:
+        manager = http_connection_manager(gateway, spec, served)
+        manager.rds.route_config_name = names.tls_host_routes(gateway.name, spec.name, host.name)
+        chain = FilterChain(name=names.tls_host_routes(gateway.name, spec.name, host.name),
+                            filters=[Filter(name=HTTP_CONNECTION_MANAGER,
+                                            typed_config=pack(manager))])
+        if host.server_names:  # else the chain of the SNIs no other takes: no match at all
+            chain.filter_chain_match.server_names.extend(host.server_names)
+        chain.transport_socket.CopyFrom(
+            secrets.downstream_transport_socket(gateway.name, spec, host.certificates))
+        listener.filter_chains.append(chain)
+    return listener
 
 
 def chain_inputs(spec: GatewayListener, routes: Iterable[Route]) -> ChainInputs:
@@ -152,14 +180,19 @@ def _passthrough_listener(gateway: Gateway, spec: GatewayListener, name: str,
                           address: Address) -> Listener:
     """TLS passthrough: the TLS inspector reads the ClientHello's server name, and the filter
     chain whose `server_names` match it (exact names before `*.` wildcards, the longest suffix
-    first: Envoy's own order) proxies the still encrypted connection to its backends. An entry
-    without hostnames takes whatever no other does; without one, such connections are closed."""
+    first: Envoy's own order) proxies the still encrypted connection to its backends (or, for
+    an entry that terminates, ends TLS with its certificates and proxies the plaintext). An
+    entry without hostnames takes whatever no other does; without one, such connections are
+    closed."""
     listener = Listener(name=name, address=address, listener_filters=[
         ListenerFilter(name=TLS_INSPECTOR, typed_config=pack(TlsInspector()))])
     for index, entry in enumerate(spec.passthrough):
         chain = FilterChain(name=f"{name}/passthrough[{index}]", filters=[
             Filter(name=TCP_PROXY, typed_config=pack(tcp_proxy(gateway, spec, entry.backends)))])
         chain.filter_chain_match.server_names.extend(entry.hostnames)
+        if entry.terminate:
+            chain.transport_socket.CopyFrom(
+                secrets.downstream_transport_socket(gateway.name, spec, entry.terminate))
         listener.filter_chains.append(chain)
     return listener
 

@@ -14,6 +14,7 @@ It must not build messages or look at anything but the names it is given.
     EDS service name of a cluster                     the cluster's name
     listener `http` of gateway `edge`                 edge/http
     route configuration of that listener              edge/http
+    ... of its TLS host `b` (one filter chain by SNI) edge/https/b
     HTTP connection manager stat prefix               edge/http
     virtual host of Route `shop`                      shop
     route entry of rule 0 of `shop`                   shop/rules[0]
@@ -76,6 +77,12 @@ def listener(gateway: str, listener_name: str) -> str:
 def route_config(gateway: str, listener_name: str) -> str:
     """One route configuration per listener, named like it."""
     return listener(gateway, listener_name)
+
+
+def tls_host_routes(gateway: str, listener_name: str, host: str) -> str:
+    """The route configuration of one TLS host of a listener (`GatewayListener.tls_hosts`):
+    the filter chain of the connections whose SNI it takes reads this one."""
+    return f"{listener(gateway, listener_name)}{SEPARATOR}{host}"
 
 
 def stat_prefix(gateway: str, listener_name: str) -> str:

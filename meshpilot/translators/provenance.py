@@ -120,10 +120,13 @@ def _route_config(model: Model, view: str, name: str) -> tuple[Origin, ...]:
     gateway = model.gateway(view)
     if gateway is not None:
         listener_name = name.removeprefix(f"{gateway.name}{names.SEPARATOR}")
+        # A TLS host's table (`names.tls_host_routes`): LISTENER/HOST; listener names hold no "/".
+        listener_name, _, host = listener_name.partition(names.SEPARATOR)
         attached = [r for r in model.routes if r.gateway == gateway.name
-                    and (not r.listeners or listener_name in r.listeners)]
+                    and (not r.listeners or listener_name in r.listeners)
+                    and (not host or r.tls_host == host)]
         return _keep(*(_origin(r, "Route", r.name, r.position) for r in attached),
-                     *_listener(model, view, name))
+                     *_listener(model, view, names.listener(gateway.name, listener_name)))
     if name.startswith("outbound/"):
         callee = name.removeprefix("outbound/")
         attached = [r for r in model.routes if r.service == callee]

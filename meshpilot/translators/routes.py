@@ -55,6 +55,7 @@ from meshpilot.ir.model import (
     Route,
     Rule,
     StringMatch,
+    TlsHost,
 )
 from meshpilot.translators import httpfilters, names
 from meshpilot.translators.matchers import (
@@ -92,17 +93,30 @@ def attaches(route: Route, spec: GatewayListener) -> bool:
     return not route.listeners or spec.name in route.listeners
 
 
+def in_table(route: Route, spec: GatewayListener, host: TlsHost | None) -> bool:
+    """Whether `route` is in the route table of listener `spec` (of its TLS host `host`, when
+    the listener has TLS hosts: each has a table of its own)."""
+    return attaches(route, spec) and (host is None or route.tls_host == host.name)
+
+
+def table_name(gateway: Gateway, spec: GatewayListener, host: TlsHost | None) -> str:
+    return names.route_config(gateway.name, spec.name) if host is None else \
+        names.tls_host_routes(gateway.name, spec.name, host.name)
+
+
 def route_configuration(gateway: Gateway, spec: GatewayListener,
-                        routes: Iterable[Route]) -> RouteConfiguration:
-    """The routes of one listener: a virtual host per attached Route, in Route name order.
+                        routes: Iterable[Route], host: TlsHost | None = None,
+                        ) -> RouteConfiguration:
+    """The routes of one listener (or one of its TLS hosts): a virtual host per attached Route,
+    in Route name order.
 
     Always built, even with no Route attached: the listener waits for it over RDS, and an empty
     configuration answers 404 rather than leaving the listener warming.
     """
-    config = RouteConfiguration(name=names.route_config(gateway.name, spec.name),
+    config = RouteConfiguration(name=table_name(gateway, spec, host),
                                 ignore_port_in_host_matching=True)
     taken: set[str] = set()
-    for route in sorted((r for r in routes if attaches(r, spec)), key=lambda r: r.name):
+    for route in sorted((r for r in routes if in_table(r, spec, host)), key=lambda r: r.name):
         vhost = virtual_host(route, spec.port, taken, scheme_of(spec))
         if vhost is not None:
             config.virtual_hosts.append(vhost)
@@ -127,19 +141,21 @@ VirtualHostCache = dict[tuple[int, int], VirtualHostBytes]
 
 def route_configuration_resource(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route],
                                  earlier: Mapping[tuple[int, int], VirtualHostBytes],
-                                 cache: VirtualHostCache) -> Resource:
+                                 cache: VirtualHostCache, host: TlsHost | None = None,
+                                 ) -> Resource:
     """`Resource.from_message` of `route_configuration(gateway, spec, routes)`, byte for byte,
     serializing only the virtual hosts of Routes not found in `earlier` or `cache` (by identity,
     at this port): a RouteConfiguration holding `name`, `virtual_hosts` and
     `ignore_port_in_host_matching` serializes as its name field, each VirtualHost's own bytes
     as a length-delimited field 2, then field 14, so the cached bytes are concatenated. Every
-    virtual host used is put in `cache`."""
-    name = names.route_config(gateway.name, spec.name)
+    virtual host used is put in `cache`. `host`: the table of that TLS host of the listener
+    (a Route is in one table of a listener, so the cache's key needs no table)."""
+    name = table_name(gateway, spec, host)
     port, scheme = spec.port, scheme_of(spec)
     parts = [_length_delimited(1, name.encode("utf-8"))] if name else []
     clusters: set[str] = set()
     taken: set[str] = set()
-    for route in sorted((r for r in routes if attaches(r, spec)), key=lambda r: r.name):
+    for route in sorted((r for r in routes if in_table(r, spec, host)), key=lambda r: r.name):
         key = (id(route), vhost_key(spec))
         found = cache.get(key) or earlier.get(key)
         if found is None or found[0] is not route:

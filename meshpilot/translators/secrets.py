@@ -122,13 +122,19 @@ def _sds(name: str) -> secret_pb2.SdsSecretConfig:
     return secret_pb2.SdsSecretConfig(name=name, sds_config=ads_config_source())
 
 
-def downstream_context(gateway: str, spec: GatewayListener) -> tls_pb2.DownstreamTlsContext:
+def downstream_context(gateway: str, spec: GatewayListener,
+                       certificates: tuple[TlsCertificate, ...] | None = None,
+                       ) -> tls_pb2.DownstreamTlsContext:
+    """The listener's TLS; `certificates`: a filter chain of its that shows only these of the
+    listener's certificates (a TLS host's, a terminated SNI's), the listener's Secrets by their
+    index there."""
     settings: ListenerTls | None = spec.tls
     assert settings is not None
+    indexes = range(len(settings.certificates)) if certificates is None else \
+        [settings.certificates.index(c) for c in certificates]
     common = tls_pb2.CommonTlsContext(
         tls_certificate_sds_secret_configs=[
-            _sds(listener_certificate(gateway, spec.name, index))
-            for index in range(len(settings.certificates))],
+            _sds(listener_certificate(gateway, spec.name, index)) for index in indexes],
         alpn_protocols=list(settings.alpn))
     if settings.min_version is not None:
         common.tls_params.tls_minimum_protocol_version = _VERSIONS[settings.min_version]
@@ -140,9 +146,11 @@ def downstream_context(gateway: str, spec: GatewayListener) -> tls_pb2.Downstrea
     return context
 
 
-def downstream_transport_socket(gateway: str, spec: GatewayListener) -> TransportSocket:
+def downstream_transport_socket(gateway: str, spec: GatewayListener,
+                                certificates: tuple[TlsCertificate, ...] | None = None,
+                                ) -> TransportSocket:
     return TransportSocket(name=TLS_TRANSPORT_SOCKET,
-                           typed_config=pack(downstream_context(gateway, spec)))
+                           typed_config=pack(downstream_context(gateway, spec, certificates)))
 
 
 def upstream_context(service: Service, owner: str | None = None

@@ -41,7 +41,9 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("gatewayapi")
     ca = CA()
     pair = ca.issue("*.example.com", "example.com", "*.wildcard.org",
-                          "second-example.org", "example.org", "https-listener.org")
+                          "second-example.org", "example.org", "https-listener.org",
+                          "unknown-example.org",  # an SNI of the misdirected-requests test
+                          "tls.example.com", "terminate.example.com")  # TLS Terminate
     # The base's TLS pods serve the suite's tls-checks-certificate, signed by the CA of the
     # ConfigMap tls-checks-ca-certificate (here: the same CA as the listeners').
     backend_tls = ca.issue(*conformance.BACKEND_CERT_NAMES, uris=conformance.BACKEND_CERT_URIS

@@ -211,3 +211,26 @@ def test_validate_lists_a_policy_that_cannot_be_applied(tmp_path: Path,
     assert row.index("infra/p") == header.index("NAME")  # the columns stay aligned
     assert "Accepted=False(NoValidCACertificate)" in row and "(gw.yaml:" in row
     assert any("ResolvedRefs: no ConfigMap infra/missing" in line for line in lines)
+
+
+def test_a_policy_says_its_status_per_ancestor_gateway() -> None:
+    """The spec's PolicyAncestorStatus: one status per Gateway whose routes send to a target
+    of the policy (an older policy's loser too); a policy no Gateway sends through has one
+    status with no ancestor."""
+    ca = CA()
+    second = GATEWAY.split("---\n")[1].replace("name: edge", "name: side") + "---\n"
+    side_route = route("  rules: [{backendRefs: [{name: web, port: 8080}]}]\n---\n",
+                       name="s").replace("name: edge", "name: side")
+    validation = "{caCertificateRefs: [{group: '', kind: ConfigMap, name: ca}], hostname: w.io}"
+    model = load_policy_text(
+        GATEWAY + second + ROUTE + side_route + ca_map(ca.pem)
+        + policy(validation, stamp="2026-01-01T00:00:00Z")
+        + policy(validation, name="late", stamp="2026-02-01T00:00:00Z")
+        + policy(validation, name="idle", target="{group: '', kind: Service, name: nobody}"))
+    statuses = {(s.name, s.parent): {c.type: (c.status, c.reason) for c in s.conditions}
+                for s in model.statuses if s.kind == "BackendTLSPolicy"}
+    assert set(statuses) == {("infra/p", "infra/edge"), ("infra/p", "infra/side"),
+                             ("infra/late", "infra/edge"), ("infra/late", "infra/side"),
+                             ("infra/idle", "")}
+    assert statuses[("infra/p", "infra/side")]["Accepted"] == ("True", "Accepted")
+    assert statuses[("infra/late", "infra/edge")]["Accepted"] == ("False", "Conflicted")

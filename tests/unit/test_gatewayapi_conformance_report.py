@@ -50,6 +50,9 @@ def test_a_feature_said_unsupported_is_never_claimed() -> None:
     assert "HTTPRouteDestinationPortMatching" in http["extended"]["unsupportedFeatures"]
     assert not set(http["extended"]["supportedFeatures"]) & \
         set(http["extended"]["unsupportedFeatures"])
+    assert "GatewayHTTPSListenerDetectMisdirectedRequests" in \
+        http["extended"]["supportedFeatures"]
     tls = _profiles({name: "PASS" for name in conformance.CASES})["GATEWAY-TLS"]
-    assert tls["extended"]["unsupportedFeatures"] == ["TLSRouteModeMixed",
-                                                      "TLSRouteModeTerminate"]
+    assert tls["extended"]["unsupportedFeatures"] == []
+    assert tls["extended"]["supportedFeatures"] == ["TLSRouteModeMixed",
+                                                    "TLSRouteModeTerminate"]

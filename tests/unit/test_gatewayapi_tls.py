@@ -5,8 +5,11 @@ backends. Traffic through a real Envoy: the conformance test's TLSRoute cases
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from test_gatewayapi import CLASS, status_of, view
+from tls_material import CA
 
 from meshpilot.base.errors import PolicyError
 from meshpilot.inputs.loader import load_policy_text
@@ -121,12 +124,52 @@ def test_an_unknown_backend_kind_is_invalid_kind() -> None:
     assert status_of(model, "TLSRoute", "infra/t")["ResolvedRefs"] == ("False", "InvalidKind")
 
 
-def test_a_tls_listener_in_terminate_mode_is_not_accepted() -> None:
+def _secret() -> str:
+    pair = CA().issue("abc.example.com")
+    return f"""apiVersion: v1
+kind: Secret
+metadata: {{name: cert, namespace: infra}}
+type: kubernetes.io/tls
+data:
+  tls.crt: {base64.b64encode(pair.cert_pem).decode()}
+  tls.key: {base64.b64encode(pair.key_pem).decode()}
+---
+"""
+
+
+def test_a_tls_listener_in_terminate_mode_ends_tls_beside_passthrough_ones() -> None:
+    """Mode Terminate (the spec's default): the SNI's filter chain ends TLS with the listener's
+    certificate and proxies the plaintext; the passthrough listener on the same port keeps
+    passing its SNI through, untouched (TLSRouteModeMixed)."""
+    gateway = TLS_GATEWAY.replace(
+        "hostname: abc.example.com,\n     tls: {mode: Passthrough}",
+        "hostname: abc.example.com,\n     tls: {certificateRefs: [{name: cert}]}")
+    model = load_policy_text(gateway + _secret()
+                             + tls_route("[abc.example.com]", "[{name: secure, port: 443}]",
+                                         section="exact")
+                             + tls_route("[foo.example.com]", "[{name: secure-2, port: 443}]",
+                                         name="p"))
+    assert status_of(model, "Listener", "infra/edge/exact")["Programmed"] == \
+        ("True", "Programmed")
+    (listener,) = [lst for lst in view(model)["listeners"] if lst["name"] == "infra/edge/443"]
+    by_sni = {tuple(c["filter_chain_match"]["server_names"]): c
+              for c in listener["filter_chains"]}
+    ending = by_sni[("abc.example.com",)]
+    context = ending["transport_socket"]["typed_config"]["common_tls_context"]
+    assert [s["name"] for s in context["tls_certificate_sds_secret_configs"]] == \
+        ["infra/edge/443/tls[0]"]
+    assert "alpn_protocols" not in context  # not HTTP: nothing offered
+    assert ending["filters"][0]["typed_config"]["cluster"] == "infra/secure:443:tcp"
+    assert "transport_socket" not in by_sni[("foo.example.com",)]
+    assert "infra/edge/443/tls[0]" in {s["name"] for s in view(model)["secrets"]}
+
+
+def test_a_terminating_tls_listener_without_certificates_is_not_programmed() -> None:
     gateway = TLS_GATEWAY.replace("hostname: abc.example.com,\n     tls: {mode: Passthrough}",
                                   "hostname: abc.example.com")
     model = load_policy_text(gateway)
-    assert status_of(model, "Listener", "infra/edge/exact")["Accepted"] == \
-        ("False", "UnsupportedValue")
+    assert status_of(model, "Listener", "infra/edge/exact")["ResolvedRefs"] == \
+        ("False", "InvalidCertificateRef")
     assert status_of(model, "Listener", "infra/edge/tls")["Accepted"] == ("True", "Accepted")
 
 
@@ -158,3 +201,37 @@ def test_shape_errors_have_the_field_path() -> None:
                                                  "[{name: secure, port: 443}]")
                          .replace("  hostnames:", "  matches: []\n  hostnames:"))
     assert "TLSRoute infra/t: spec.matches: unknown key" in str(error.value)
+
+
+def test_a_tcproute_behind_a_terminating_tls_listener_takes_its_hostname() -> None:
+    gateway = TLS_GATEWAY.replace(
+        "hostname: abc.example.com,\n     tls: {mode: Passthrough}",
+        "hostname: abc.example.com,\n     tls: {certificateRefs: [{name: cert}]}")
+    model = load_policy_text(gateway + _secret() + """apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: raw, namespace: infra}
+spec:
+  parentRefs: [{name: edge, sectionName: exact}]
+  rules: [{backendRefs: [{name: secure, port: 443}]}]
+---
+""")
+    assert status_of(model, "TCPRoute", "infra/raw")["Accepted"] == ("True", "Accepted")
+    (listener,) = [s for s in model.statuses if s.name == "infra/edge/exact"]
+    assert dict(listener.details) == {"attachedRoutes": "1",
+                                      "supportedKinds": "TLSRoute,TCPRoute"}
+    (envoy,) = [lst for lst in view(model)["listeners"] if lst["name"] == "infra/edge/443"]
+    (chain,) = envoy["filter_chains"]
+    assert chain["filter_chain_match"]["server_names"] == ["abc.example.com"]
+    assert "transport_socket" in chain
+    assert chain["filters"][0]["typed_config"]["cluster"] == "infra/secure:443:tcp"
+    # A passthrough listener does not take TCPRoutes.
+    passthrough = load_policy_text(TLS_GATEWAY + """apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: raw, namespace: infra}
+spec:
+  parentRefs: [{name: edge, sectionName: exact}]
+  rules: [{backendRefs: [{name: secure, port: 443}]}]
+---
+""")
+    assert status_of(passthrough, "TCPRoute", "infra/raw")["Accepted"] == \
+        ("False", "NotAllowedByListeners")

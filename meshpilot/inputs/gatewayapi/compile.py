@@ -68,6 +68,7 @@ from meshpilot.ir.model import (
     Service,
     StringMatch,
     TlsCertificate,
+    TlsHost,
     TlsPassthrough,
     UpstreamTls,
 )
@@ -229,6 +230,7 @@ class _Listener:
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, msg)
     attached: int = 0
     tcp_backends: tuple[Backend, ...] = ()  # TCP: the backends of the TCPRoute it serves
+    terminate: bool = False  # TLS: mode Terminate (its certificates end TLS), else Passthrough
 
     @property
     def valid(self) -> bool:
@@ -266,6 +268,7 @@ class _Passthrough:
     age: tuple[str, str]
     route: KubeObject
     backends: tuple[Backend, ...]
+    listener: _Listener  # the listener it came through: it says whether TLS ends here
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +291,14 @@ class _Placed:
 
 
 @dataclass(frozen=True, slots=True)
+class _SendsTo:
+    """An effect of a route: a Gateway serving it sends to these BackendTLSPolicy targets."""
+
+    gateway: str
+    targets: frozenset[tuple[str, str | None]]
+
+
+@dataclass(frozen=True, slots=True)
 class _Meshed:
     """An effect of a route whose parent is a Service: one entry of that Service's route."""
 
@@ -296,7 +307,7 @@ class _Meshed:
 
 
 # What attaching a route does, in order (its statuses are ObjectStatus values).
-_Effect = ObjectStatus | _Attached | _Placed | _Meshed
+_Effect = ObjectStatus | _Attached | _Placed | _SendsTo | _Meshed
 # The Services (ns/name) a compile read, each with the Kubernetes Service and EndpointSlices
 # it found (None: no such Service). Kept alive by the memo, so compared by identity.
 _Reads = dict[str, tuple[KubeObject | None, tuple[KubeObject, ...]]]
@@ -339,6 +350,12 @@ class _Compiler:
         # (Service ns/name, port name or None: every port) -> the TLS of its connections, or
         # None: a policy that cannot be applied (its backends answer 5xx, never plaintext)
         self.backend_tls: dict[tuple[str, str | None], UpstreamTls | None] = {}
+        # Each BackendTLSPolicy, the targets it names (applied or conflicted) and its
+        # conditions: its status is said per ancestor Gateway once the routes are known.
+        self.policies: list[tuple[KubeObject, list[tuple[str, str | None]],
+                                  tuple[Condition, ...]]] = []
+        # Gateway -> the Service (port) targets its served HTTP routes send to, as written
+        self.sends_to: dict[str, set[tuple[str, str | None]]] = {}
 
     def report(self, obj: KubeObject, path: FieldPath, message: str) -> None:
         """An issue that refuses the load, at the value at `path` of `obj`'s document."""
@@ -368,17 +385,21 @@ class _Compiler:
         classes = self._classes()
         for gateway in self.world.gateways:
             self._gateway(gateway, classes)
+        self._between_gateways()
         for route in sorted(self.world.http_routes, key=_route_age):
             self._http_route(route)
-        for route in sorted(self.world.tcp_routes, key=_route_age):
-            self._tcp_route(route)
+        # TLSRoutes first: on a TLS listener that terminates, a TCPRoute takes the listener's
+        # hostname only where no TLSRoute names it.
         for route in sorted(self.world.tls_routes, key=_route_age):
             self._tls_route(route)
+        for route in sorted(self.world.tcp_routes, key=_route_age):
+            self._tcp_route(route)
         for route in self.world.other_routes:
             self._unsupported_route(route)
         for gateway in self.world.gateways:
             self._finish_gateway(gateway)
         self._finish_mesh()
+        self._backend_tls_statuses()
 
     # ---- BackendTLSPolicy ----
 
@@ -397,28 +418,63 @@ class _Compiler:
                 continue
             tls, refs = self._policy_tls(policy, validation)
             targets: list[tuple[str, str | None]] = []
-            conflicted: list[str] = []
+            conflicted: list[tuple[str, str | None]] = []
             for ref in spec["targetRefs"]:
                 if ref["group"] != "" or ref["kind"] != "Service":
                     continue  # not a kind we send to: nothing to apply it to
                 target = (f"{policy.namespace}/{ref['name']}", ref.get("sectionName"))
-                if target in self.backend_tls:
-                    conflicted.append(target[0] + (f" port {target[1]}" if target[1] else ""))
-                else:
-                    targets.append(target)
+                (conflicted if target in self.backend_tls else targets).append(target)
             for target in targets:
                 self.backend_tls[target] = tls
             if conflicted and not targets:
-                accepted = (False, "Conflicted", "an older BackendTLSPolicy targets "
-                            + ", ".join(conflicted))
+                accepted = (False, "Conflicted", "an older BackendTLSPolicy targets " + ", ".join(
+                    service + (f" port {port}" if port else "") for service, port in conflicted))
             elif tls is None:
                 accepted = (False, "NoValidCACertificate", refs[2])
             else:
                 accepted = (True, "Accepted", "")
-            self.status(policy, "BackendTLSPolicy", policy.key, ("spec", "targetRefs"),
-                        _conditions(("Accepted", *accepted),
-                                    ("ResolvedRefs", refs[0], refs[1],
-                                     refs[2] if not refs[0] else "")))
+            self.policies.append((policy, [*targets, *conflicted], _conditions(
+                ("Accepted", *accepted),
+                ("ResolvedRefs", refs[0], refs[1], refs[2] if not refs[0] else ""))))
+
+    def _backend_tls_statuses(self) -> None:
+        """Each BackendTLSPolicy's status per ancestor (the spec's PolicyAncestorStatus): every
+        Gateway whose served routes send to a Service port the policy targets, whether it
+        applies there or lost to an older policy; a policy no Gateway sends through has one
+        status of its own (no ancestor)."""
+        ancestors: dict[tuple[str, str | None], set[str]] = {}  # target -> Gateways
+        for gateway, targets in self.sends_to.items():
+            for target in targets:
+                ancestors.setdefault(target, set()).add(gateway)
+        for policy, targets, conditions in self.policies:
+            gateways = sorted({g for t in targets for g in ancestors.get(t, ())})
+            for gateway in gateways or [""]:
+                self.status(policy, "BackendTLSPolicy", policy.key, ("spec", "targetRefs"),
+                            conditions, parent=gateway)
+
+    def _targets_of(self, route: KubeObject) -> set[tuple[str, str | None]]:
+        """The BackendTLSPolicy targets the backendRefs (and mirrors) of a route, as written,
+        fall under: each Service's whole, and its port's by the port's name, whether the
+        reference resolves or not (a policy without a valid CA makes it not)."""
+        found: set[tuple[str, str | None]] = set()
+        for rule in route.spec().get("rules") or ():
+            refs = [*(rule.get("backendRefs") or ()),
+                    *((f.get("requestMirror") or {}).get("backendRef") or {}
+                      for f in rule.get("filters") or ())]
+            for ref in refs:
+                if not ref or (ref.get("group") or "") != "" or \
+                        ref.get("kind", "Service") != "Service":
+                    continue
+                key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
+                service = self.world.services.get(key)
+                if self._reads is not None:  # what this route's compile depends on
+                    self._reads[key] = (service, tuple(self.world.slices.get(key, ())))
+                if service is None:
+                    continue
+                found.add((key, None))
+                found.update((key, p.get("name", "")) for p in service.spec().get("ports") or ()
+                             if p.get("port") == ref.get("port"))
+        return found
 
     def _policy_tls(self, policy: KubeObject, validation: dict[str, Any],
                     ) -> tuple[UpstreamTls | None, tuple[bool, str, str]]:
@@ -543,6 +599,45 @@ class _Compiler:
         self.entries[obj.key] = {}
         self.passthrough[obj.key] = {}
 
+    def _between_gateways(self) -> None:
+        """Listeners of different Gateways that would bind one socket (the address and port
+        their classes' parameters give, an address of one machine: `_same_socket`) cannot
+        both be served: each Gateway is its own Envoys, which cannot share a socket. The oldest
+        Gateway (creationTimestamp, then namespace/name) keeps it; a later one's listener
+        there is Conflicted (ProtocolConflict: another protocol, TLS beside HTTPS included;
+        HostnameConflict: the same hostname), or else not accepted (PortUnavailable), and
+        not programmed, so a running Gateway never loses its port to one added later."""
+        taken: dict[int, list[tuple[str, KubeObject, _Listener]]] = {}  # bound port -> owners
+        for gateway in sorted(self.world.gateways, key=_route_age):
+            listeners = self.listeners.get(gateway.key)
+            if listeners is None:
+                continue
+            params = self.params[gateway.key]
+            kept: list[tuple[int, _Listener]] = []
+            for listener in listeners:
+                if not listener.attachable:
+                    continue  # refused already: it binds nothing
+                bound = params.ports.get(listener.port, listener.port)
+                owner = next(((g, other) for address, g, other in taken.get(bound, ())
+                              if _same_socket(address, params.address)), None)
+                if owner is None:
+                    kept.append((bound, listener))
+                    continue
+                other_gateway, other = owner
+                where = (f"port {listener.port} is bound as {params.address}:{bound} by "
+                         f"listener {other.name} of Gateway {other_gateway.key}")
+                if other.protocol != listener.protocol:
+                    listener.problems.append(("Conflicted", "ProtocolConflict",
+                                              f"{where} (protocol {other.protocol})"))
+                elif other.hostname == listener.hostname:
+                    listener.problems.append(("Conflicted", "HostnameConflict",
+                                              f"{where}, with the same hostname"))
+                else:
+                    listener.problems.append(("Accepted", "PortUnavailable",
+                                              f"{where}; Gateways are not merged"))
+            for bound, listener in kept:
+                taken.setdefault(bound, []).append((params.address, gateway, listener))
+
     def _listener(self, gateway: KubeObject, index: int, spec: dict[str, Any]) -> _Listener:
         protocol = spec["protocol"]
         listener = _Listener(gateway, index, spec["name"], spec["port"], protocol,
@@ -551,14 +646,15 @@ class _Compiler:
             listener.problems.append(("Accepted", "UnsupportedProtocol",
                                       f"protocol {protocol} is not supported yet"))
             return listener
+        if protocol == "TLS":
+            # Passthrough: the connections go on encrypted. Terminate (the spec's default):
+            # Envoy ends TLS with the listener's certificates and proxies the plaintext.
+            listener.terminate = (spec.get("tls") or {}).get("mode", "Terminate") == "Terminate"
         listener.kinds = self._route_kinds(listener)
         if protocol == "TLS":
-            # The spec's default mode is Terminate; a TLS listener here passes TLS through.
-            if (spec.get("tls") or {}).get("mode", "Terminate") != "Passthrough":
-                listener.problems.append((
-                    "Accepted", "UnsupportedValue",
-                    "TLS listeners pass TLS through (tls.mode Passthrough); Terminate is not "
-                    "supported on them (use an HTTPS listener)"))
+            if listener.terminate:
+                listener.certificates = self._certificates(
+                    listener, (spec.get("tls") or {}).get("certificateRefs") or ())
             return listener
         if protocol == "HTTPS":
             tls = spec.get("tls") or {}
@@ -571,6 +667,8 @@ class _Compiler:
 
     def _route_kinds(self, listener: _Listener) -> tuple[str, ...]:
         supported = _ROUTE_KINDS_BY_PROTOCOL[listener.protocol]
+        if listener.terminate:  # what TLS carried, as plain bytes: a TCPRoute's too
+            supported = (*supported, "TCPRoute")
         written = (listener.spec.get("allowedRoutes") or {}).get("kinds")
         if not written:
             return supported
@@ -589,7 +687,8 @@ class _Compiler:
         gateway = listener.gateway
         if not refs:
             listener.problems.append(("ResolvedRefs", "InvalidCertificateRef",
-                                      "an HTTPS listener needs tls.certificateRefs"))
+                                      f"a {listener.protocol} listener terminating TLS needs "
+                                      "tls.certificateRefs"))
             return ()
         found: list[TlsCertificate] = []
         for ref in refs:
@@ -676,6 +775,8 @@ class _Compiler:
                     at = next(i for i, one in enumerate(listeners) if one is listener)
                     effects.append(_Attached(gateway_key, at))
                     if listener.valid:
+                        effects.append(_SendsTo(gateway_key,
+                                                frozenset(self._targets_of(route))))
                         effects.extend(self._entries(gateway_key, listener, at, effective,
                                                      route, rules))
             ok_refs = resolved[0]
@@ -695,6 +796,8 @@ class _Compiler:
                 listener = self.listeners[effect.gateway][effect.listener]
                 self.entries[effect.gateway].setdefault(listener.port, {}).setdefault(
                     effect.hostname, []).append(_Entry(effect.order, effect.rule, listener))
+            elif isinstance(effect, _SendsTo):
+                self.sends_to.setdefault(effect.gateway, set()).update(effect.targets)
             else:
                 self.mesh_entries.setdefault(effect.service, []).append(effect.entry)
 
@@ -803,6 +906,9 @@ class _Compiler:
         if backends is None:
             return
         served = backends if any(b.resolved for b in backends) else ()
+        # On a TLS listener that terminates: its SNI's connections, as a TLSRoute's (none
+        # resolving: closed).
+        terminated = backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
         for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
             if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
                     ref.get("kind", "Gateway") != "Gateway":
@@ -816,8 +922,13 @@ class _Compiler:
             if accepted:
                 # Every route naming a listener is accepted and counted (attachedRoutes); the
                 # oldest one is served there, as the spec's conformance tests expect.
-                for listener, _ in attach:
-                    if listener.attached == 0:
+                for listener, effective in attach:
+                    if listener.protocol == "TLS" and listener.valid:
+                        by_host = self.passthrough[gateway_key].setdefault(listener.port, {})
+                        for hostname in effective:
+                            by_host.setdefault(hostname, _Passthrough(
+                                _route_age(route), route, terminated, listener))
+                    elif listener.attached == 0:
                         listener.tcp_backends = served
                     listener.attached += 1
             self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
@@ -884,7 +995,7 @@ class _Compiler:
                     by_host = self.passthrough[gateway_key].setdefault(listener.port, {})
                     for hostname in effective:  # routes come oldest first: the first keeps it
                         by_host.setdefault(hostname, _Passthrough(_route_age(route), route,
-                                                                  served))
+                                                                  served, listener))
             self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
                         _conditions(("Accepted", accepted, reason, message),
                                     ("ResolvedRefs", resolved[0], resolved[1],
@@ -1298,22 +1409,35 @@ class _Compiler:
                 continue
             if on_port[0].protocol == "TLS":
                 sni = self.passthrough[obj.key].get(port, {})
+                # The certificates of the listeners terminating TLS here: their Secrets are
+                # the listener's (by index), each SNI's chain shows its listener's own.
+                ending = tuple(dict.fromkeys(c for lst in on_port if lst.terminate
+                                             for c in lst.certificates))
                 if sni:  # else nothing to serve: connections refused
                     model_listeners.append(GatewayListener(
                         str(port), params.ports.get(port, port), params.address,
                         protocol="tcp", passthrough=tuple(
                             TlsPassthrough(() if hostname == "*" else (hostname,),
                                            entry.backends,
-                                           origin=_origin(entry.route, ("spec",)))
+                                           origin=_origin(entry.route, ("spec",)),
+                                           terminate=entry.listener.certificates
+                                           if entry.listener.terminate else ())
                             for hostname, entry in sorted(sni.items())),
+                        # Not HTTP: no ALPN offered (a client must not think it speaks h2).
+                        tls=ListenerTls(ending, alpn=(), origin=_origin(obj, on_port[0].path))
+                        if ending else None,
                         origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
                                       obj.key, f"spec.listeners[{on_port[0].index}]")))
                 continue
             certificates = tuple(dict.fromkeys(c for lst in on_port for c in lst.certificates))
             tls = ListenerTls(certificates, origin=_origin(obj, (*on_port[0].path, "tls"))) \
                 if on_port[0].protocol == "HTTPS" else None
+            # HTTPS listeners sharing a port: a filter chain and a route table each, by SNI
+            # (GEP-3567's misdirected requests, `_tls_hosts`).
+            hosts = _tls_hosts(obj, on_port) if tls is not None and len(on_port) > 1 else ()
             model_listeners.append(GatewayListener(
                 str(port), params.ports.get(port, port), params.address, tls=tls,
+                tls_hosts=hosts,
                 origin=Origin(obj.document.position_of(on_port[0].path), "Gateway", obj.key,
                               f"spec.listeners[{on_port[0].index}]")))
             by_host = self.entries[obj.key].get(port, {})
@@ -1321,8 +1445,12 @@ class _Compiler:
             for hostname in sorted(by_host):
                 entries = _host_entries(hostname, by_host, wildcards, on_port)
                 name = f"{gateway_name}/{port}/{hostname}"
+                # Every entry of a hostname comes through the one listener it belongs to
+                # (`_claimed_elsewhere`): that listener's table.
+                tls_host = by_host[hostname][0].listener.name if hosts else None
                 old = previous.get(name)
-                if old is not None and len(old.rules) == len(entries) and \
+                if old is not None and old.tls_host == tls_host and \
+                        len(old.rules) == len(entries) and \
                         all(r is e.rule for r, e in zip(old.rules, entries, strict=True)):
                     self.routes.append(old)  # its routes' effects were replayed: the same
                     continue
@@ -1330,8 +1458,14 @@ class _Compiler:
                     name, obj.document.position, gateway_name,
                     hosts=(hostname,), rules=tuple(e.rule for e in entries),
                     listeners=(str(port),),
-                    origin=Origin(obj.document.position, "Gateway", obj.key))
+                    origin=Origin(obj.document.position, "Gateway", obj.key),
+                    tls_host=tls_host)
                 self.routes.append(_kept(made, previous))
+            if hosts:
+                served = {h for h, found in by_host.items() for e in found[:1]
+                          if e.listener.hostname == h}
+                self.routes.extend(_kept(route, previous) for route in
+                                   _misdirected(obj, port, on_port, hosts, served))
         obj.memo.clear()
         obj.memo.update((route.name, route) for route in self.routes
                         if route.gateway == gateway_name)
@@ -1432,6 +1566,63 @@ def _host_entries(hostname: str, by_host: dict[str, list[_Entry]], wildcards: li
         own.extend(sorted((e for e in by_host[wildcard] if e.listener is owner),
                           key=lambda e: e.order))
     return own
+
+
+def _same_socket(one: str, other: str) -> bool:
+    """Whether Gateways binding these two addresses (on one port) are known to collide: one
+    address that names one machine. The unspecified address and loopback ones are every
+    machine's and every container's own (a compose stack runs each Gateway's Envoy in its own
+    network namespace; the conformance suite runs its Gateways one at a time), so Gateways
+    binding them may well never meet, and are not said to conflict."""
+    a = ipaddress.ip_address(one)
+    return a == ipaddress.ip_address(other) and not (a.is_unspecified or a.is_loopback)
+
+
+def _tls_hosts(obj: KubeObject, on_port: list[_Listener]) -> tuple[TlsHost, ...]:
+    """The TLS hosts of HTTPS listeners sharing a port: one per listener, its SNI its hostname
+    (none: the rest), its certificates its own; with no listener without a hostname, a last
+    one ("*") for the connections whose SNI (or lack of one) no listener takes, shown every
+    certificate (Envoy picks by SNI, the first by default) and answering 421 for every
+    listener's hostname."""
+    hosts = [TlsHost(lst.name, (lst.hostname,) if lst.hostname else (), lst.certificates,
+                     origin=_origin(obj, lst.path)) for lst in on_port]
+    if all(lst.hostname for lst in on_port):
+        hosts.append(TlsHost(_OTHER_SNI, (), tuple(dict.fromkeys(
+            c for lst in on_port for c in lst.certificates)), origin=_origin(obj, on_port[0].path)))
+    return tuple(hosts)
+
+
+_OTHER_SNI = "*"  # the TLS host of the SNIs no listener takes (no listener name holds "*")
+
+
+def _misdirected(obj: KubeObject, port: int, on_port: list[_Listener],
+                 hosts: tuple[TlsHost, ...], served: set[str]) -> list[Route]:
+    """What each TLS host's table says of requests that belong to another listener of the port,
+    as the spec asks (GEP-3567): a request whose Host another listener's hostname matches more
+    specifically than this one's is answered 421 Misdirected Request (the client opens a
+    connection of its own for it); one no listener takes is a 404. Envoy picks a virtual host
+    as listeners are picked (an exact name, then the longest wildcard, then "*"), so each table
+    holds a 421 virtual host of the other listeners' hostnames ("*" for one without), and the
+    listener's own hostname is a virtual host of its own even with no route naming it (a
+    404), lest a less specific 421 take its requests."""
+    made: list[Route] = []
+    gateway = obj.key
+    for host in hosts:
+        mine = next((lst for lst in on_port if lst.name == host.name), None)
+        others = sorted({lst.hostname or "*" for lst in on_port if lst is not mine})
+        origin = _origin(obj, mine.path if mine is not None else on_port[0].path)
+        position = origin.position
+        made.append(Route(
+            f"{gateway}/{port}/{host.name}:misdirected", position, gateway, hosts=tuple(others),
+            rules=(Rule(position, matches=(Match(),), direct_response=DirectResponse(
+                421, "misdirected request: this host is another listener's; open a new "
+                     "connection for it\n", origin=origin), origin=origin),),
+            listeners=(str(port),), origin=origin, tls_host=host.name))
+        if mine is not None and mine.hostname and mine.hostname not in served:
+            made.append(Route(f"{gateway}/{port}/{mine.hostname}", position, gateway,
+                              hosts=(mine.hostname,), listeners=(str(port),), origin=origin,
+                              tls_host=host.name))
+    return made
 
 
 def _mark_conflicts(listeners: list[_Listener]) -> None:
@@ -1733,10 +1924,10 @@ def _covers(pattern: str, hostname: str) -> bool:
 
 
 def _claimed_elsewhere(hostname: str, listener: _Listener, listeners: list[_Listener]) -> bool:
-    """Whether requests for an exact `hostname` go to another listener on the same port, whose
-    hostname is more specific than this one's (listener isolation)."""
-    if hostname.startswith("*"):
-        return False
+    """Whether requests for `hostname` (every name a wildcard stands for) go to another
+    listener on the same port, whose hostname covers it and is more specific than this one's
+    (listener isolation): a route's `*.a.example.com` on a listener without a hostname is not
+    served there when another listener has `*.example.com`, which takes those names."""
     mine = _specificity(listener.hostname)
     return any(other is not listener and other.valid and other.port == listener.port
                and other.hostname is not None and _covers(other.hostname, hostname)
