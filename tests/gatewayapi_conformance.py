@@ -62,9 +62,6 @@ LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090,
 # TLS), and the TCP echo whose ports are plain and TLS (the upstream tcpserver, by port name).
 TLS_BACKENDS = ((INFRA, "tls-backend"), (INFRA, "tls-backend-2"), (APP, "tls-backend"))
 TCP_BACKEND = (INFRA, "tcp-backend")
-# The base's gRPC pods (their Service ports say appProtocol kubernetes.io/h2c): upstream's gRPC
-# echo (tests/grpc_conformance_echo.py) instead of the HTTP one.
-H2C = "kubernetes.io/h2c"
 TCP_PORTS = {"echo-tcp-plain": False, "echo-tcp-tls": True}  # port name -> speaks TLS
 
 
@@ -86,9 +83,16 @@ def _documents(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def grpc_services() -> list[tuple[str, str]]:
-    """(namespace, name) of the base Services whose pods are the gRPC echo."""
-    return [(namespace, name) for namespace, name, ports in base_services()
-            if any(p.get("appProtocol") == H2C for p in ports)]
+    """(namespace, name) of the base Services whose pods are the gRPC echo: their Deployment
+    (named like the Service) runs echo-basic with GRPC_ECHO_SERVER set, as upstream's base."""
+    deployments = {(doc["metadata"]["namespace"], doc["metadata"]["name"])
+                   for _, doc in _documents(ROOT / "base" / "manifests.yaml")
+                   if doc.get("kind") == "Deployment" and any(
+                       env.get("name") == "GRPC_ECHO_SERVER" and env.get("value") == "1"
+                       for container in doc["spec"]["template"]["spec"]["containers"]
+                       for env in container.get("env") or ())}
+    return [(namespace, name) for namespace, name, _ in base_services()
+            if (namespace, name) in deployments]
 
 
 def base_services() -> list[tuple[str, str, list[dict[str, Any]]]]:
