@@ -272,30 +272,44 @@ def _match(ctx: DocumentContext, item: Any, path: FieldPath) -> Match | None:
     if entry is None:
         return None
     entry.check_keys(MATCH_KEYS, "a match")
-    return Match(path=_path_match(entry), methods=_methods(entry),
+    path, whole_segments = _path_match(entry)
+    return Match(path=path, methods=_methods(entry),
                  headers=value_matches(entry, "headers"), query=value_matches(entry, "query"),
-                 origin=entry.origin())
+                 origin=entry.origin(), whole_segments=whole_segments)
 
 
-def _path_match(entry: Fields) -> StringMatch | None:
+def _path_match(entry: Fields) -> tuple[StringMatch | None, bool]:
+    """The path match, and whether a prefix matches whole segments only."""
     spec = entry.mapping("path", "a mapping with one of prefix, exact or regex, e.g. "
                                  "{prefix: /api/}")
     if spec is None:
-        return None
-    spec.check_keys((*PATH_MATCHES, "invert"), "a path match")
+        return None, False
+    spec.check_keys((*PATH_MATCHES, "invert", "whole_segments"), "a path match")
     kind = spec.exclusive(PATH_MATCHES, required=True, what="a path match")
     if kind is None:
-        return None
+        return None, False
     value = spec.get(kind, fields.regex if kind == "regex" else fields.url_path, required=True)
     invert = bool(spec.get("invert", fields.boolean))
+    # Gateway API's PathPrefix (`/v2` matches /v2 and /v2/x, not /v2x): Envoy's
+    # path_separated_prefix, which has no inverted form.
+    whole_segments = bool(spec.get("whole_segments", fields.boolean))
+    if whole_segments and kind != "prefix":
+        spec.report("whole_segments", f'"whole_segments" goes with "prefix", not "{kind}"',
+                    at_value=False)
+        return None, False
+    if whole_segments and invert:
+        spec.report("whole_segments", '"whole_segments" cannot be used with "invert" (an '
+                                      "inverted prefix is matched on :path as text)",
+                    at_value=False)
+        return None, False
     if value is None:
-        return None
+        return None, False
     if invert and kind == "regex":  # said on :path, query included: see inverted_path_regex
         problem = fields.re2_problem(re2text.path_part(value))
         if problem is not None:
             spec.report("regex", problem)
-            return None
-    return StringMatch(cast(MatchKind, kind), value, invert=invert)
+            return None, False
+    return StringMatch(cast(MatchKind, kind), value, invert=invert), whole_segments
 
 
 def _methods(entry: Fields) -> tuple[str, ...]:

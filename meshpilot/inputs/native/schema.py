@@ -624,7 +624,11 @@ def _match() -> Schema:
     invert = {"type": "boolean", "default": False,
               "description": "true: paths NOT matching."}
     path = {"oneOf": [
-        _object("Paths starting with this.", {"prefix": _ref("urlPath"), "invert": invert},
+        _object("Paths starting with this.", {
+            "prefix": _ref("urlPath"), "invert": invert,
+            "whole_segments": {"type": "boolean", "default": False,
+                               "description": "true: whole path segments only (/v2 matches "
+                                              "/v2 and /v2/x, not /v2x)."}},
                 required=("prefix",)),
         _object("Exactly this path.", {"exact": _ref("urlPath"), "invert": invert},
                 required=("exact",)),
