@@ -36,9 +36,6 @@ INCOMPLETE = {
                        "the native text is refused: rules[1].cors.allow_credentials: "
                        'allow_credentials cannot be used with the origin "*"'],
     "httproute-redirect-path": ["a redirect that rewrites the path by a regex"] * 3,
-    "httproute-request-header-modifier-backend": ["header changes for one backend only"] * 5,
-    "httproute-request-header-modifier-backend-weights": [
-        "header changes for one backend only"] * 2,
 }
 
 
@@ -256,3 +253,27 @@ rules:
   direct_response: {status: 200}
 """)
 
+
+
+def test_a_backend_changes_the_headers_of_its_own_requests() -> None:
+    model = load_policy_text("""
+kind: Service
+name: web
+endpoints: [127.0.0.1:1]
+---
+kind: Gateway
+name: edge
+listeners: [{name: http, port: 8080}]
+---
+kind: Route
+name: r
+gateway: edge
+rules:
+- backends:
+  - {service: web, request_headers: {set: {x-backend: web}}, response_headers: {remove: [server]}}
+""")
+    action = _render(model, "edge")["resources"]["routes"][0]["virtual_hosts"][0]["routes"][0]
+    entry = action["route"]["weighted_clusters"]["clusters"][0]
+    assert entry["name"] == "web"
+    assert entry["request_headers_to_add"][0]["header"] == {"key": "x-backend", "value": "web"}
+    assert entry["response_headers_to_remove"] == ["server"]

@@ -115,7 +115,7 @@ MATCH_KEYS = ("path", "method", "methods", "headers", "query")
 METHODS = matches.METHODS
 VALUE_MATCHES = matches.VALUE_MATCHES
 PATH_MATCHES = ("prefix", "exact", "regex")
-BACKEND_KEYS = ("service", "subset", "weight")
+BACKEND_KEYS = ("service", "subset", "weight", "request_headers", "response_headers")
 REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "status", "strip_query")
 REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix", "strip_query")
 REDIRECT_PORT_FROM = ("request", "scheme")  # `port:` words: where a port not written comes from
@@ -362,10 +362,17 @@ def _backend(ctx: DocumentContext, item: Any, path: FieldPath) -> Backend | None
     service = entry.get("service", fields.name, required=True)
     subset = entry.get("subset", fields.name)
     weight = entry.get("weight", BACKEND_WEIGHT)
+    # Header changes for the requests sent to this backend (and their responses), after the
+    # rule's: Envoy's weighted cluster entry's own (Gateway API's backendRef filters).
+    request_headers = _header_ops(entry, "request_headers") \
+        if "request_headers" in entry.value else None
+    response_headers = _header_ops(entry, "response_headers") \
+        if "response_headers" in entry.value else None
     if service is None:
         return None
     return Backend(service=service, subset=subset, weight=1 if weight is None else weight,
-                   origin=entry.origin())
+                   origin=entry.origin(), request_headers=request_headers,
+                   response_headers=response_headers)
 
 
 def _redirect(rule: Fields) -> Redirect | None:

@@ -566,6 +566,10 @@ def _rule() -> Schema:
                 "service": _ref("name", "A Service's name."),
                 "subset": _ref("name", "One of the Service's subsets."),
                 "weight": _integer("Relative share of requests (default 1).", 0, 1_000_000),
+                "request_headers": _ref("headerOps", "Changes to the headers of the requests "
+                                                     "sent to this backend, after the rule's."),
+                "response_headers": _ref("headerOps", "Changes to this backend's responses' "
+                                                      "headers, after the rule's."),
             }, required=("service",))]}),
         "redirect": _redirect(),
         "direct_response": _object("Answer directly.", {

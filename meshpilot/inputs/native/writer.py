@@ -483,14 +483,16 @@ def _backend(w: _Writer, path: str, backend: Backend) -> Any:
         w.cannot(path, f"the backend {backend.service} does not resolve, so its share of "
                        "requests is answered 500 (Gateway API's partial validity); a native "
                        "backend names a Service that exists", backend.origin)
-    if backend.request_headers is not None or backend.response_headers is not None:
-        w.cannot(path, "header changes for one backend only (a backendRef's filters) have "
-                       "no native field", backend.origin)
-    if backend.subset is None and backend.weight == 1:
+    if backend.subset is None and backend.weight == 1 and backend.request_headers is None \
+            and backend.response_headers is None:
         return backend.service
     written: Doc = {"service": backend.service}
     _put(written, "subset", backend.subset)
     _put(written, "weight", backend.weight, 1)
+    for key in ("request_headers", "response_headers"):
+        ops = getattr(backend, key)
+        if ops is not None:
+            written[key] = _header_ops(ops)
     return written
 
 
