@@ -1221,12 +1221,12 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "TCPRouteInvalidNonTCPListener": ("TCPRoute",),
     "TCPRouteInvalidBackendRefNonexistent": ("TCPRoute",),
     "TCPRouteInvalidCrossNamespaceBackendRef": ("TCPRoute", "ReferenceGrant"),
-    "GRPCExactMethodMatching": ("GRPCRoute"),
-    "GRPCRouteHeaderMatching": ("GRPCRoute"),
-    "GRPCRouteListenerHostnameMatching": ("GRPCRoute"),
+    "GRPCExactMethodMatching": ("GRPCRoute",),
+    "GRPCRouteHeaderMatching": ("GRPCRoute",),
+    "GRPCRouteListenerHostnameMatching": ("GRPCRoute",),
     "GRPCRouteNamedRule": ("GRPCRoute", "GRPCRouteNamedRouteRule"),
     "GRPCRouteRequestHeaderModifier": ("GRPCRoute", "GRPCRouteRequestHeaderModifier"),
-    "GRPCRouteWeight": ("GRPCRoute"),
+    "GRPCRouteWeight": ("GRPCRoute",),
 }
 
 

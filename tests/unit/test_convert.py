@@ -35,7 +35,6 @@ INCOMPLETE = {
                        "native form",
                        "the native text is refused: rules[1].cors.allow_credentials: "
                        'allow_credentials cannot be used with the origin "*"'],
-    "httproute-redirect-path": ["a redirect that rewrites the path by a regex"] * 3,
 }
 
 

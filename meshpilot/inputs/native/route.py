@@ -116,8 +116,9 @@ METHODS = matches.METHODS
 VALUE_MATCHES = matches.VALUE_MATCHES
 PATH_MATCHES = ("prefix", "exact", "regex")
 BACKEND_KEYS = ("service", "subset", "weight", "request_headers", "response_headers")
-REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "status", "strip_query")
-REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix", "strip_query")
+REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "regex", "substitution", "status",
+                 "strip_query")
+REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix", "regex", "strip_query")
 REDIRECT_PORT_FROM = ("request", "scheme")  # `port:` words: where a port not written comes from
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 REDIRECT_SCHEMES = ("http", "https")
@@ -385,7 +386,15 @@ def _redirect(rule: Fields) -> Redirect | None:
         rule.report("redirect", f"a redirect needs at least one of "
                                 f"{fields.one_of_words(REDIRECT_TARGETS)} (or it would send "
                                 "the client back to the same URL)")
-    spec.exclusive(("path", "prefix"), required=False, what="a redirect")
+    spec.exclusive(("path", "prefix", "regex"), required=False, what="a redirect")
+    # A path rewritten by a regex (Envoy's regex_rewrite), as a rule's rewrite.path.regex:
+    # Gateway API's ReplacePrefixMatch, segment-aware.
+    regex = spec.get("regex", fields.regex)
+    substitution = None
+    if regex is not None:
+        substitution = spec.get("substitution", fields.substitution(regex), required=True)
+    elif "substitution" in spec.value:
+        spec.report("substitution", 'substitution goes with "regex"', at_value=False)
     status = spec.get("status", _REDIRECT_STATUS)
     port = spec.get("port", _redirect_port)
     strip = spec.get("strip_query", fields.boolean)
@@ -402,6 +411,8 @@ def _redirect(rule: Fields) -> Redirect | None:
         origin=spec.origin(),
         port_from="scheme" if port == "scheme" else "request",
         strip_query=bool(strip),
+        regex=regex,
+        substitution=substitution or "",
     )
 
 

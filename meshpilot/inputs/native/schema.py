@@ -685,12 +685,17 @@ def _redirect() -> Schema:
                  "description": "The new port, or where it comes from (default request)."},
         "path": _ref("urlPath", "New path (the whole path)."),
         "prefix": _ref("urlPath", "Replaces the matched prefix."),
+        "regex": _ref("regex", "Or: what of the path this matches ..."),
+        "substitution": {"type": "string", "description": "... is replaced by this (\\1 for "
+                                                          "the first group)."},
         "status": _enum("Redirect status.", route.REDIRECT_STATUSES, 302),
         "strip_query": {"type": "boolean", "default": False,
                         "description": "Drop the query string."},
     })
     schema["anyOf"] = [{"required": [key]} for key in route.REDIRECT_TARGETS]
-    schema["not"] = {"required": ["path", "prefix"]}
+    schema["not"] = {"anyOf": [{"required": ["path", "prefix"]}, {"required": ["path", "regex"]},
+                               {"required": ["prefix", "regex"]}]}
+    schema["dependentRequired"] = {"regex": ["substitution"], "substitution": ["regex"]}
     return schema
 
 

@@ -511,8 +511,7 @@ def _redirect(w: _Writer, path: str, rule: Rule) -> Doc:
     _put(doc, "status", redirect.status, 302)
     _put(doc, "strip_query", redirect.strip_query, False)
     if redirect.regex is not None:
-        w.cannot(path, "a redirect that rewrites the path by a regex has no native field",
-                 redirect.origin)
+        doc["regex"], doc["substitution"] = redirect.regex, redirect.substitution
     return doc
 
 
