@@ -198,9 +198,22 @@ def _text(written: list[Written], names: dict[str, str]) -> str:
         if document.name in old:
             comment += f" (was {old[document.name]})"
         comment += f", from {source}" if source else ", made by the input format's compile step"
+        rules = _rule_sources(document)
+        if rules:
+            comment += f"\n# its rules, in order, from {rules}"
         parts.append(comment + "\n" + yaml.safe_dump(document.body, sort_keys=False,
                                                      allow_unicode=True, width=100))
     return "---\n".join(parts)
+
+
+def _rule_sources(document: Written) -> str:
+    """Where a compiled Route's rules were written, when that is not the Route's own document
+    (a Gateway API Route gathers the rules of every HTTPRoute on a listener's hostname)."""
+    own = document.origin.position.file if document.origin is not None else None
+    places = [_where(origin) for origin in document.rule_origins]
+    if not places or all(p.split(":")[0] == own for p in places if p):
+        return ""
+    return ", ".join(p or "(made)" for p in places)
 
 
 def _where(origin: Origin | None) -> str:

@@ -9,6 +9,7 @@ the response compared as upstream does. The table of results is printed at the e
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import subprocess
@@ -463,3 +464,34 @@ def test_an_invalid_backend_beside_a_valid_one_answers_its_share_with_500(
     finally:
         envoy.stop()
         (policy / "partly-invalid.yaml").unlink()
+
+
+# Upstream tests whose manifests `meshpilot convert --to native` converts: the converted
+# native folder, served by a meshpilot of its own, answers their requests as the original.
+CONVERTED = ("HTTPRouteMatching", "HTTPRouteRequestHeaderModifierBackendWeights",
+             "HTTPRouteRedirectPath", "GRPCRouteHeaderMatching", "GRPCRouteRequestHeaderModifier")
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_a_folder_converted_to_native_answers_as_the_original(suite: dict[str, Any],
+                                                              name: str) -> None:
+    """The base, the test's manifest and the cluster's files, converted as a user would
+    (`meshpilot convert --to native DIR --gateway NS/NAME -o OUT`), served from OUT by another
+    meshpilot, and the upstream test's requests sent through an Envoy of the converted
+    Gateway (`--node-cluster NS.NAME`): every expectation holds as it does for the original."""
+    test = conformance.CASES[name]
+    _serve_test(suite, test.manifest)
+    work: Path = suite["work"] / f"converted-{name}"
+    output = work / "native"
+    done = _meshpilot("convert", "--to", "native", str(suite["policy"]),
+                      "--gateway", test.gateway, "-o", str(output))
+    assert done.returncode == 0, done.stderr
+    assert f"renamed: {test.gateway} -> {test.gateway.replace('/', '.')}" in done.stderr
+    native = MeshpilotProcess(output, work).start()
+    try:
+        view = test.gateway.replace("/", ".")
+        failures = _requests({**suite, "mp": native, "work": work}, f"native-{name}",
+                             dataclasses.replace(test, gateway=view))
+    finally:
+        native.stop()
+    assert not failures, "\n".join(failures)

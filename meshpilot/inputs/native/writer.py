@@ -62,6 +62,7 @@ class Written:
     body: Doc
     origin: Origin | None
     unsaid: list[Unsaid] = field(default_factory=list)
+    rule_origins: tuple[Origin | None, ...] = ()  # a Route's rules', in order
 
 
 # Where PEM the model holds but no file of the policy does (a Kubernetes Secret's certificate,
@@ -394,7 +395,8 @@ def write_route(route: Route, files: FileSink | None = None) -> Written:
                  route.origin)
     doc["rules"] = [_rule(w, f"rules[{index}]", rule, route.cors)
                     for index, rule in enumerate(route.rules)]
-    return Written("Route", route.name, doc, route.origin, w.unsaid)
+    return Written("Route", route.name, doc, route.origin, w.unsaid,
+                   tuple(rule.origin for rule in route.rules))
 
 
 def _rule(w: _Writer, path: str, rule: Rule, route_cors: Cors | None) -> Doc:
