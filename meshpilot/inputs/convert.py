@@ -92,10 +92,7 @@ def renamed(model: Model, names: dict[str, str]) -> Model:
     name is used (backends, mirrors, failover, a Route's gateway, a collector ...)."""
     if not names:
         return model
-    return _renamed_elements(model, names)
 
-
-def _renamed_elements(model: Model, names: dict[str, str]) -> Model:
     def text(value: str) -> str:
         return names.get(value, value)
     services = tuple(sorted((_mapped(s, text, True) for s in model.services),

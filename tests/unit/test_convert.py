@@ -276,3 +276,16 @@ rules:
     assert entry["name"] == "web"
     assert entry["request_headers_to_add"][0]["header"] == {"key": "x-backend", "value": "web"}
     assert entry["response_headers_to_remove"] == ["server"]
+
+
+def test_with_an_output_folder_certificates_are_written_beside_the_text(tmp_path: Path) -> None:
+    """`-o DIR`: the text names certificates written under DIR/certs from what the model holds
+    (so DIR stands alone, wherever the source's files were), keys readable by their owner
+    only; DIR loads and renders as the source."""
+    folder = REPO / "tests/golden/tls"
+    model = load_policy(folder / "policy.yaml")
+    output = tmp_path / "native"
+    assert assert_equivalent(model, folder, output) == []
+    keys = list((output / "certs").glob("*.key"))
+    assert keys and all(key.stat().st_mode & 0o077 == 0 for key in keys)
+    assert "cert: certs/" in (output / "policy.yaml").read_text()

@@ -164,10 +164,10 @@ def write_service(service: Service, files: FileSink | None = None) -> Written:
         tls = service.tls
         written: Doc = {}
         _put(written, "sni", tls.sni)
-        if tls.verify and tls.ca_path is not None and _is_file(tls.ca_path):
-            written["ca"] = tls.ca_path
-        elif tls.verify and tls.ca is not None and files is not None:
+        if tls.verify and tls.ca is not None and files is not None:
             written["ca"] = files("ca", tls.ca_path or service.name, tls.ca, False)
+        elif tls.verify and tls.ca_path is not None and _is_file(tls.ca_path):
+            written["ca"] = tls.ca_path
         elif tls.verify:
             w.cannot("tls", f"the CA certificates ({tls.ca_path}) are not in a file the native "
                             "tls.ca can name: convert with --output DIR to have them written, "
@@ -325,7 +325,10 @@ def _listener(w: _Writer, index: int, listener: GatewayListener) -> Doc:
         tls = listener.tls
         certificates = []
         for number, certificate in enumerate(tls.certificates):
-            if _is_file(certificate.cert_path) and _is_file(certificate.key_path):
+            # With a folder to write into, every certificate is written there from the bytes
+            # the model holds (a relative path would be read from the new folder).
+            if w.files is None and _is_file(certificate.cert_path) \
+                    and _is_file(certificate.key_path):
                 certificates.append({"cert": certificate.cert_path,
                                      "key": certificate.key_path})
             elif w.files is not None:
