@@ -856,9 +856,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this Gateway (as named in its view: NAMESPACE/NAME for Gateway "
                         "API), its Routes, the Services and the mesh's Routes")
     p.add_argument("-o", "--output", metavar="DIR", default=None,
-                   help="write DIR/policy.yaml instead of printing it, and the certificates "
-                        "and CA bundles Secrets and ConfigMaps hold as files under DIR/certs "
-                        "(keys readable by their owner only)")
+                   help="write DIR/policy.yaml instead of printing it, and every "
+                        "certificate, key and CA bundle (Secrets' too) under DIR/certs, keys "
+                        "readable by their owner only")
     _allow_files_from(p)
     p.set_defaults(func=cmd_convert)
 
