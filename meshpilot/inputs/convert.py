@@ -30,6 +30,7 @@ from meshpilot.base.errors import PolicyError, Position
 from meshpilot.base.privatefiles import write_private
 from meshpilot.inputs.loader import load_policy_text
 from meshpilot.inputs.native.writer import WRITERS, Unsaid, Written
+from meshpilot.ir import model as ir
 from meshpilot.ir.model import Model, Origin
 
 _NATIVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}\Z")
@@ -70,17 +71,37 @@ def native_names(model: Model) -> dict[str, str]:
     return names
 
 
-def _mapped(value: Any, text: Callable[[str], str], positions: bool) -> Any:
-    """`value` with every string passed through `text` (and, `positions` False, every
-    Position dropped), dataclasses rebuilt; protobuf messages and bytes kept as they are."""
+# The fields that hold a Service's, Gateway's or Route's name (and only those are renamed:
+# a header value that happens to read `shop/edge` stays as it is).
+NAME_FIELDS: frozenset[tuple[type, str]] = frozenset({
+    (ir.Service, "name"), (ir.Service, "failover"), (ir.Gateway, "name"),
+    (ir.GatewayListener, "service"), (ir.Route, "name"), (ir.Route, "gateway"),
+    (ir.Route, "service"), (ir.Backend, "service"), (ir.Mirror, "service"),
+    (ir.Mirror, "candidates"), (ir.Call, "service"), (ir.Call, "route"),
+    (ir.Tracing, "collector"), (ir.ExtAuthz, "service"), (ir.Jwks, "service"),
+    (ir.AuthzRule, "principals"), (ir.RateLimit, "shared"),
+})
+# The fields that hold a file's path (a certificate written under another name by `-o`).
+PATH_FIELDS: frozenset[tuple[type, str]] = frozenset({
+    (ir.TlsCertificate, "cert_path"), (ir.TlsCertificate, "key_path"),
+    (ir.UpstreamTls, "ca_path"),
+})
+
+
+def _mapped(value: Any, text: Callable[[str], str], positions: bool,
+            fields: frozenset[tuple[type, str]], mapping: bool = False) -> Any:
+    """`value` with the strings of `fields` passed through `text` (and, `positions` False,
+    every Position dropped), dataclasses rebuilt; protobuf messages and bytes kept as they
+    are. `mapping`: `value` is (inside) one of those fields."""
     if isinstance(value, str):
-        return text(value)
+        return text(value) if mapping else value
     if isinstance(value, tuple):
-        return tuple(_mapped(item, text, positions) for item in value)
+        return tuple(_mapped(item, text, positions, fields, mapping) for item in value)
     if isinstance(value, Position):
         return value if positions else None
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        changes = {f.name: _mapped(getattr(value, f.name), text, positions)
+        changes = {f.name: _mapped(getattr(value, f.name), text, positions, fields,
+                                   (type(value), f.name) in fields)
                    for f in dataclasses.fields(value)
                    if f.init and f.compare and not f.name.startswith("_")}
         return dataclasses.replace(value, **changes)
@@ -95,11 +116,12 @@ def renamed(model: Model, names: dict[str, str]) -> Model:
 
     def text(value: str) -> str:
         return names.get(value, value)
-    services = tuple(sorted((_mapped(s, text, True) for s in model.services),
+    services = tuple(sorted((_mapped(s, text, True, NAME_FIELDS) for s in model.services),
                             key=lambda s: s.name))
-    gateways = tuple(sorted((_mapped(g, text, True) for g in model.gateways),
+    gateways = tuple(sorted((_mapped(g, text, True, NAME_FIELDS) for g in model.gateways),
                             key=lambda g: g.name))
-    routes = tuple(sorted((_mapped(r, text, True) for r in model.routes), key=lambda r: r.name))
+    routes = tuple(sorted((_mapped(r, text, True, NAME_FIELDS) for r in model.routes),
+                          key=lambda r: r.name))
     return dataclasses.replace(model, services=services, gateways=gateways, routes=routes)
 
 
@@ -261,7 +283,7 @@ def _comparable(value: Any, paths: dict[str, str] | None = None) -> Any:
     """`value` without positions (and with each path of `paths` as the source named it)."""
     if value is None:
         return None
-    return _mapped(value, (lambda text: paths.get(text, text)) if paths else (lambda t: t), False)
+    return _mapped(value, lambda text: (paths or {}).get(text, text), False, PATH_FIELDS)
 
 
 def _difference(one: Any, two: Any, path: str) -> tuple[str, str, str] | None:

@@ -289,3 +289,40 @@ def test_with_an_output_folder_certificates_are_written_beside_the_text(tmp_path
     keys = list((output / "certs").glob("*.key"))
     assert keys and all(key.stat().st_mode & 0o077 == 0 for key in keys)
     assert "cert: certs/" in (output / "policy.yaml").read_text()
+
+
+def test_only_name_fields_are_renamed() -> None:
+    """A header value that reads like a renamed name stays as it is."""
+    model = load_policy_text("""
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: mp}
+spec: {controllerName: meshpilot.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: shop}
+spec:
+  gatewayClassName: mp
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: shop}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-gateway, value: shop/edge}]}
+    backendRefs: [{name: web, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{port: 80}]}
+""")
+    conversion = convert(model)
+    assert conversion.complete, conversion.unsaid
+    assert "x-gateway: shop/edge" in conversion.text
+    assert "gateway: shop.edge" in conversion.text
