@@ -326,3 +326,23 @@ spec: {ports: [{port: 80}]}
     assert conversion.complete, conversion.unsaid
     assert "x-gateway: shop/edge" in conversion.text
     assert "gateway: shop.edge" in conversion.text
+
+
+def test_a_redirect_rewrites_the_path_by_a_regex() -> None:
+    policy = """
+kind: Gateway
+name: edge
+listeners: [{name: http, port: 8080}]
+---
+kind: Route
+name: r
+gateway: edge
+rules:
+- redirect: {regex: "^/old/(.*)", substitution: "/new/\\\\1", status: 301}
+"""
+    route = _render(load_policy_text(policy), "edge")["resources"]["routes"][0]
+    redirect = route["virtual_hosts"][0]["routes"][0]["redirect"]
+    assert redirect["regex_rewrite"] == {"pattern": {"regex": "^/old/(.*)"},
+                                         "substitution": "/new/\\1"}
+    with pytest.raises(Exception, match='missing "substitution"'):
+        load_policy_text(policy.replace(', substitution: "/new/\\\\1"', ""))
