@@ -304,6 +304,50 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """The folder's Services, Gateways and Routes as native documents on stdout; what the
+    native language cannot say on stderr, each with its source file:line. Exit status: 0 the
+    conversion is complete, 3 it is not (the text is printed all the same), 1 the folder does
+    not load."""
+    from meshpilot.inputs.convert import convert, only_gateway
+    model = _load(args.policy, args.allow_files_from)
+    if model is None:
+        return 1
+    if args.gateway is not None:
+        try:
+            model = only_gateway(model, args.gateway)
+        except KeyError:
+            known = ", ".join(g.name for g in model.gateways) or "none"
+            print(f"no Gateway {args.gateway} in {args.policy} (Gateways: {known})",
+                  file=sys.stderr)
+            return 1
+    folder = Path(args.policy)
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        if output.exists() and (not output.is_dir() or any(output.iterdir())):
+            print(f"--output {output}: not an empty folder", file=sys.stderr)
+            return 1
+        output.mkdir(parents=True, exist_ok=True)
+    conversion = convert(model, folder if folder.is_dir() else folder.parent,
+                         [Path(d) for d in args.allow_files_from], output)
+    if output is None:
+        print(conversion.text, end="")
+    else:
+        (output / "policy.yaml").write_text(conversion.text)
+        print(f"wrote {output / 'policy.yaml'}", file=sys.stderr)
+    for old, new in sorted(conversion.names.items()):
+        print(f"renamed: {old} -> {new}", file=sys.stderr)
+    for unsaid in conversion.unsaid:
+        where = unsaid.origin.position if unsaid.origin is not None else None
+        print(f"{where}: {unsaid.what}: {unsaid.message}" if where else
+              f"{unsaid.what}: {unsaid.message}", file=sys.stderr)
+    if not conversion.complete:
+        print(f"{len(conversion.unsaid)} thing(s) the native language does not say: the "
+              "conversion is incomplete", file=sys.stderr)
+        return 3
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from meshpilot.inputs.native.schema import json_schema
     print(json.dumps(json_schema(), indent=2, sort_keys=False))
@@ -802,6 +846,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin", action="append", default=[], metavar="NAME",
                    help="as for serve: include this plugin's resources")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("convert", help="print a policy folder (Gateway API, Istio, native) as "
+                                       "native documents; what cannot be said goes to stderr")
+    p.add_argument("policy")
+    p.add_argument("--to", choices=["native"], required=True,
+                   help="the language to write (native: meshpilot's own)")
+    p.add_argument("--gateway", metavar="NAME", default=None,
+                   help="only this Gateway (as named in its view: NAMESPACE/NAME for Gateway "
+                        "API), its Routes, the Services and the mesh's Routes")
+    p.add_argument("-o", "--output", metavar="DIR", default=None,
+                   help="write DIR/policy.yaml instead of printing it, and every "
+                        "certificate, key and CA bundle (Secrets' too) under DIR/certs, keys "
+                        "readable by their owner only")
+    _allow_files_from(p)
+    p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("schema", help="print the JSON Schema of the policy language (for editors)")
     p.set_defaults(func=cmd_schema)

@@ -9,6 +9,7 @@ the response compared as upstream does. The table of results is printed at the e
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import subprocess
@@ -21,6 +22,7 @@ from typing import Any
 import gatewayapi_conformance as conformance
 import pytest
 import yaml
+from grpc_conformance_echo import GrpcEchoBackend
 from support import MeshpilotProcess, eventually, serving, write_atomically
 from tls_material import CA
 
@@ -52,8 +54,11 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                     namespace, name,
                     tls=backend_tls if (namespace, name) in conformance.TLS_BACKENDS else None)
                 for namespace, name, _ in conformance.base_services()
-                if (namespace, name) != conformance.TCP_BACKEND}
+                if (namespace, name) != conformance.TCP_BACKEND
+                and (namespace, name) not in conformance.grpc_services()}
     servers: dict[str, Any] = {f"{ns}/{name}": server for (ns, name), server in backends.items()}
+    for namespace, name in conformance.grpc_services():
+        servers[f"{namespace}/{name}"] = GrpcEchoBackend(namespace, name)
     tcp_ns, tcp_name = conformance.TCP_BACKEND
     for port_name, speaks_tls in conformance.TCP_PORTS.items():
         servers[f"{tcp_ns}/{tcp_name}#{port_name}"] = conformance.TcpEchoBackend(
@@ -143,9 +148,10 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
     assert status["ok"], status["errors"]
     # Each route of the test's manifest is accepted by its Gateway (as upstream asserts first).
     routes = {o["name"].split("/")[1]: {c["type"]: c for c in o["conditions"]}
-              for o in status["objects"] if o["kind"] in ("HTTPRoute", "TLSRoute", "TCPRoute")
+              for o in status["objects"]
+              if o["kind"] in ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute")
               and (o["parent"] == test.gateway or o["parent"].startswith(f"{test.gateway}/"))}
-    if test.cases:  # a traffic test: its routes are accepted (or refused as upstream says)
+    if test.cases or test.grpc_cases:  # a traffic test: its routes are accepted (or refused as upstream says)
         assert routes
         for route, conditions in routes.items():
             reason = test.not_accepted.get(route)
@@ -158,7 +164,7 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
     failures: list[str] = []
     for index, part in enumerate((test, *test.more)):
         failures.extend(conformance.check_statuses(part, status["objects"]))
-        if part.cases or part.tls_cases or part.tcp_cases:
+        if part.cases or part.tls_cases or part.tcp_cases or part.grpc_cases:
             failures.extend(_requests(suite, f"{name}-{index}", part))
     RESULTS[name] = "PASS" if not failures else f"FAIL ({len(failures)})"
     assert not failures, "\n".join(failures)
@@ -198,6 +204,18 @@ def _requests(suite: dict[str, Any], name: str, test: conformance.Test) -> list[
                 failures.append(f"TCP case {index}: answered by {pod}, expected {backend}")
         if test.tcp_weights:
             failures.extend(_tcp_weights(port, test.tcp_weights))
+        for index, grpc_case in enumerate(test.grpc_cases):
+            deadline = time.monotonic() + 10
+            while True:  # eventually consistent, as upstream
+                problems = conformance.grpc_check(port, grpc_case)
+                if not problems or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            failures.extend(f"{test.gateway}:{test.listener_port} gRPC case {index} "
+                            f"{grpc_case.method} {grpc_case.authority or ''} "
+                            f"{grpc_case.metadata}: {p}" for p in problems)
+        if test.grpc_weights:
+            failures.extend(_grpc_weights(port, test.grpc_weights))
         for index, case in enumerate(test.cases):
             # Eventually consistent, as upstream: the Envoy may still be taking its routes.
             deadline = time.monotonic() + 10
@@ -296,6 +314,24 @@ def _tcp_weights(port: int, weights: dict[str, float], connections: int = 200) -
     problems = []
     for backend, share in weights.items():
         got = counts.get(f"{backend}-pod", 0) / connections
+        if (share == 0 and got) or abs(got - share) > 0.10:
+            problems.append(f"{backend} got {got:.0%}, expected about {share:.0%}")
+    return problems
+
+
+def _grpc_weights(port: int, weights: dict[str, float], calls: int = 200) -> list[str]:
+    """Each backend's share of `calls` Echo calls (with upstream's entropy header) within 10
+    points of its weight's (upstream's TestWeightedDistribution over fewer calls); weight 0:
+    none at all."""
+    counts: dict[str, int] = {}
+    for _ in range(calls):
+        pod = conformance.grpc_pod(port)
+        if pod is None:
+            return ["a call failed"]
+        counts[pod] = counts.get(pod, 0) + 1
+    problems = []
+    for backend, share in weights.items():
+        got = counts.get(f"{backend}-pod", 0) / calls
         if (share == 0 and got) or abs(got - share) > 0.10:
             problems.append(f"{backend} got {got:.0%}, expected about {share:.0%}")
     return problems
@@ -430,3 +466,34 @@ def test_an_invalid_backend_beside_a_valid_one_answers_its_share_with_500(
     finally:
         envoy.stop()
         (policy / "partly-invalid.yaml").unlink()
+
+
+# Upstream tests whose manifests `meshpilot convert --to native` converts: the converted
+# native folder, served by a meshpilot of its own, answers their requests as the original.
+CONVERTED = ("HTTPRouteMatching", "HTTPRouteRequestHeaderModifierBackendWeights",
+             "HTTPRouteRedirectPath", "GRPCRouteHeaderMatching", "GRPCRouteRequestHeaderModifier")
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_a_folder_converted_to_native_answers_as_the_original(suite: dict[str, Any],
+                                                              name: str) -> None:
+    """The base, the test's manifest and the cluster's files, converted as a user would
+    (`meshpilot convert --to native DIR --gateway NS/NAME -o OUT`), served from OUT by another
+    meshpilot, and the upstream test's requests sent through an Envoy of the converted
+    Gateway (`--node-cluster NS.NAME`): every expectation holds as it does for the original."""
+    test = conformance.CASES[name]
+    _serve_test(suite, test.manifest)
+    work: Path = suite["work"] / f"converted-{name}"
+    output = work / "native"
+    done = _meshpilot("convert", "--to", "native", str(suite["policy"]),
+                      "--gateway", test.gateway, "-o", str(output))
+    assert done.returncode == 0, done.stderr
+    assert f"renamed: {test.gateway} -> {test.gateway.replace('/', '.')}" in done.stderr
+    native = MeshpilotProcess(output, work).start()
+    try:
+        view = test.gateway.replace("/", ".")
+        failures = _requests({**suite, "mp": native, "work": work}, f"native-{name}",
+                             dataclasses.replace(test, gateway=view))
+    finally:
+        native.stop()
+    assert not failures, "\n".join(failures)

@@ -31,6 +31,11 @@ def test_tests_count_in_their_profile_core_or_extended() -> None:
     assert all("HTTPRouteDisallowedKind" not in p.get(k, {}).get("tests", {})
                for p in profiles.values() for k in ("core", "extended"))
     assert profiles["MESH-HTTP"]["core"]["result"] == "skipped"
+    grpc = profiles["GATEWAY-GRPC"]
+    assert set(grpc["core"]["tests"]) == {"GRPCExactMethodMatching", "GRPCRouteHeaderMatching",
+                                          "GRPCRouteListenerHostnameMatching", "GRPCRouteWeight"}
+    assert grpc["extended"]["supportedFeatures"] == ["GRPCRouteNamedRouteRule",
+                                                     "GRPCRouteRequestHeaderModifier"]
 
 
 def test_a_failure_is_said_and_its_feature_is_not_claimed() -> None:

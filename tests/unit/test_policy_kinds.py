@@ -672,13 +672,13 @@ def test_exactly_one_action() -> None:
      "must be from 0 to 1000000, found -1"),
     ("{backends: [{subset: v1}]}", "backends[0].service", 'missing "service"'),
     ("{redirect: {status: 301}}", "redirect",
-     "a redirect needs at least one of scheme, host, port, path, prefix or strip_query (or it would send "
-     "the client back to the same URL)"),
+     "a redirect needs at least one of scheme, host, port, path, prefix, regex or strip_query (or it "
+     "would send the client back to the same URL)"),
     ("{redirect: {path: /a, status: 300}}", "redirect.status",
      "expected one of 301, 302, 303, 307, 308, found 300"),
     ("{match: {path: {prefix: /}}, redirect: {path: /a, prefix: /b}}", "redirect.prefix",
-     '"prefix" cannot be used together with "path" (a redirect has exactly one of path or '
-     "prefix)"),
+     '"prefix" cannot be used together with "path" (a redirect has exactly one of path, '
+     "prefix or regex)"),
     ("{redirect: {scheme: ftp}}", "redirect.scheme",
      'unknown value "ftp"; expected one of: http, https'),
     ("{direct_response: {status: 99}}", "direct_response.status",

@@ -1861,9 +1861,12 @@ def _cors(settings: dict[str, Any], origin: Origin) -> Cors:
 
 
 def _header_ops(settings: dict[str, Any]) -> HeaderOps:
-    return HeaderOps(add=tuple((h["name"], h["value"]) for h in settings.get("add") or ()),
-                     set=tuple((h["name"], h["value"]) for h in settings.get("set") or ()),
-                     remove=tuple(settings.get("remove") or ()))
+    # Header names in lower case, as the model holds them whatever the input (the native
+    # parser's): HTTP ignores their case, and Envoy lower-cases them itself.
+    return HeaderOps(
+        add=tuple((h["name"].lower(), h["value"]) for h in settings.get("add") or ()),
+        set=tuple((h["name"].lower(), h["value"]) for h in settings.get("set") or ()),
+        remove=tuple(name.lower() for name in settings.get("remove") or ()))
 
 
 def _merge_ops(one: HeaderOps, two: HeaderOps) -> HeaderOps:

@@ -115,9 +115,10 @@ MATCH_KEYS = ("path", "method", "methods", "headers", "query")
 METHODS = matches.METHODS
 VALUE_MATCHES = matches.VALUE_MATCHES
 PATH_MATCHES = ("prefix", "exact", "regex")
-BACKEND_KEYS = ("service", "subset", "weight")
-REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "status", "strip_query")
-REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix", "strip_query")
+BACKEND_KEYS = ("service", "subset", "weight", "request_headers", "response_headers")
+REDIRECT_KEYS = ("scheme", "host", "port", "path", "prefix", "regex", "substitution", "status",
+                 "strip_query")
+REDIRECT_TARGETS = ("scheme", "host", "port", "path", "prefix", "regex", "strip_query")
 REDIRECT_PORT_FROM = ("request", "scheme")  # `port:` words: where a port not written comes from
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 REDIRECT_SCHEMES = ("http", "https")
@@ -272,30 +273,44 @@ def _match(ctx: DocumentContext, item: Any, path: FieldPath) -> Match | None:
     if entry is None:
         return None
     entry.check_keys(MATCH_KEYS, "a match")
-    return Match(path=_path_match(entry), methods=_methods(entry),
+    path, whole_segments = _path_match(entry)
+    return Match(path=path, methods=_methods(entry),
                  headers=value_matches(entry, "headers"), query=value_matches(entry, "query"),
-                 origin=entry.origin())
+                 origin=entry.origin(), whole_segments=whole_segments)
 
 
-def _path_match(entry: Fields) -> StringMatch | None:
+def _path_match(entry: Fields) -> tuple[StringMatch | None, bool]:
+    """The path match, and whether a prefix matches whole segments only."""
     spec = entry.mapping("path", "a mapping with one of prefix, exact or regex, e.g. "
                                  "{prefix: /api/}")
     if spec is None:
-        return None
-    spec.check_keys((*PATH_MATCHES, "invert"), "a path match")
+        return None, False
+    spec.check_keys((*PATH_MATCHES, "invert", "whole_segments"), "a path match")
     kind = spec.exclusive(PATH_MATCHES, required=True, what="a path match")
     if kind is None:
-        return None
+        return None, False
     value = spec.get(kind, fields.regex if kind == "regex" else fields.url_path, required=True)
     invert = bool(spec.get("invert", fields.boolean))
+    # Gateway API's PathPrefix (`/v2` matches /v2 and /v2/x, not /v2x): Envoy's
+    # path_separated_prefix, which has no inverted form.
+    whole_segments = bool(spec.get("whole_segments", fields.boolean))
+    if whole_segments and kind != "prefix":
+        spec.report("whole_segments", f'"whole_segments" goes with "prefix", not "{kind}"',
+                    at_value=False)
+        return None, False
+    if whole_segments and invert:
+        spec.report("whole_segments", '"whole_segments" cannot be used with "invert" (an '
+                                      "inverted prefix is matched on :path as text)",
+                    at_value=False)
+        return None, False
     if value is None:
-        return None
+        return None, False
     if invert and kind == "regex":  # said on :path, query included: see inverted_path_regex
         problem = fields.re2_problem(re2text.path_part(value))
         if problem is not None:
             spec.report("regex", problem)
-            return None
-    return StringMatch(cast(MatchKind, kind), value, invert=invert)
+            return None, False
+    return StringMatch(cast(MatchKind, kind), value, invert=invert), whole_segments
 
 
 def _methods(entry: Fields) -> tuple[str, ...]:
@@ -348,10 +363,17 @@ def _backend(ctx: DocumentContext, item: Any, path: FieldPath) -> Backend | None
     service = entry.get("service", fields.name, required=True)
     subset = entry.get("subset", fields.name)
     weight = entry.get("weight", BACKEND_WEIGHT)
+    # Header changes for the requests sent to this backend (and their responses), after the
+    # rule's: Envoy's weighted cluster entry's own (Gateway API's backendRef filters).
+    request_headers = _header_ops(entry, "request_headers") \
+        if "request_headers" in entry.value else None
+    response_headers = _header_ops(entry, "response_headers") \
+        if "response_headers" in entry.value else None
     if service is None:
         return None
     return Backend(service=service, subset=subset, weight=1 if weight is None else weight,
-                   origin=entry.origin())
+                   origin=entry.origin(), request_headers=request_headers,
+                   response_headers=response_headers)
 
 
 def _redirect(rule: Fields) -> Redirect | None:
@@ -364,7 +386,15 @@ def _redirect(rule: Fields) -> Redirect | None:
         rule.report("redirect", f"a redirect needs at least one of "
                                 f"{fields.one_of_words(REDIRECT_TARGETS)} (or it would send "
                                 "the client back to the same URL)")
-    spec.exclusive(("path", "prefix"), required=False, what="a redirect")
+    spec.exclusive(("path", "prefix", "regex"), required=False, what="a redirect")
+    # A path rewritten by a regex (Envoy's regex_rewrite), as a rule's rewrite.path.regex:
+    # Gateway API's ReplacePrefixMatch, segment-aware.
+    regex = spec.get("regex", fields.regex)
+    substitution = None
+    if regex is not None:
+        substitution = spec.get("substitution", fields.substitution(regex), required=True)
+    elif "substitution" in spec.value:
+        spec.report("substitution", 'substitution goes with "regex"', at_value=False)
     status = spec.get("status", _REDIRECT_STATUS)
     port = spec.get("port", _redirect_port)
     strip = spec.get("strip_query", fields.boolean)
@@ -381,6 +411,8 @@ def _redirect(rule: Fields) -> Redirect | None:
         origin=spec.origin(),
         port_from="scheme" if port == "scheme" else "request",
         strip_query=bool(strip),
+        regex=regex,
+        substitution=substitution or "",
     )
 
 

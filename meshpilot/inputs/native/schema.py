@@ -566,6 +566,10 @@ def _rule() -> Schema:
                 "service": _ref("name", "A Service's name."),
                 "subset": _ref("name", "One of the Service's subsets."),
                 "weight": _integer("Relative share of requests (default 1).", 0, 1_000_000),
+                "request_headers": _ref("headerOps", "Changes to the headers of the requests "
+                                                     "sent to this backend, after the rule's."),
+                "response_headers": _ref("headerOps", "Changes to this backend's responses' "
+                                                      "headers, after the rule's."),
             }, required=("service",))]}),
         "redirect": _redirect(),
         "direct_response": _object("Answer directly.", {
@@ -624,7 +628,11 @@ def _match() -> Schema:
     invert = {"type": "boolean", "default": False,
               "description": "true: paths NOT matching."}
     path = {"oneOf": [
-        _object("Paths starting with this.", {"prefix": _ref("urlPath"), "invert": invert},
+        _object("Paths starting with this.", {
+            "prefix": _ref("urlPath"), "invert": invert,
+            "whole_segments": {"type": "boolean", "default": False,
+                               "description": "true: whole path segments only (/v2 matches "
+                                              "/v2 and /v2/x, not /v2x)."}},
                 required=("prefix",)),
         _object("Exactly this path.", {"exact": _ref("urlPath"), "invert": invert},
                 required=("exact",)),
@@ -677,12 +685,17 @@ def _redirect() -> Schema:
                  "description": "The new port, or where it comes from (default request)."},
         "path": _ref("urlPath", "New path (the whole path)."),
         "prefix": _ref("urlPath", "Replaces the matched prefix."),
+        "regex": _ref("regex", "Or: what of the path this matches ..."),
+        "substitution": {"type": "string", "description": "... is replaced by this (\\1 for "
+                                                          "the first group)."},
         "status": _enum("Redirect status.", route.REDIRECT_STATUSES, 302),
         "strip_query": {"type": "boolean", "default": False,
                         "description": "Drop the query string."},
     })
     schema["anyOf"] = [{"required": [key]} for key in route.REDIRECT_TARGETS]
-    schema["not"] = {"required": ["path", "prefix"]}
+    schema["not"] = {"anyOf": [{"required": ["path", "prefix"]}, {"required": ["path", "regex"]},
+                               {"required": ["prefix", "regex"]}]}
+    schema["dependentRequired"] = {"regex": ["substitution"], "substitution": ["regex"]}
     return schema
 
 
