@@ -6,12 +6,15 @@ tests/e2e/test_mesh_policy.py."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
+from meshpilot.base import types
 from meshpilot.base.errors import PolicyError
-from meshpilot.inputs.loader import load_policy_text
+from meshpilot.inputs.loader import PolicyLoader, load_policy, load_policy_text
 from meshpilot.ir.model import Authorization, AuthzRule, Sidecar
+from meshpilot.translators import Translation
 
 SERVICES = """
 kind: Service
@@ -175,3 +178,33 @@ def test_a_meshpolicy_mode_conflicts_with_a_services_own_tls() -> None:
             "mtls: strict\n")
     assert any("tls: its namespace's MeshPolicy gives this Service mtls strict" in issue
                for issue in issues(text))
+
+
+def test_incremental_reloads_take_policies_in_and_out(tmp_path: Path) -> None:
+    """Adding, editing and removing a MeshPolicy, and editing a Service under one, through the
+    watched folder's loader and `Translation(previous=...)`: what a cold load gives, each time."""
+    (tmp_path / "services.yaml").write_text(SERVICES)
+    loader = PolicyLoader(tmp_path)
+    translation = Translation(loader.load())
+    edits = [
+        ("policies.yaml", POLICIES),
+        ("policies.yaml", POLICIES.replace("namespaces: [shop]", "namespaces: [shop, legacy]")),
+        ("services.yaml", SERVICES.replace("app: 9080, namespace: shop}",
+                                           "app: 9081, namespace: shop}")),
+        ("policies.yaml", None),
+        ("services.yaml", SERVICES),
+    ]
+    for name, text in edits:
+        if text is None:
+            (tmp_path / name).unlink()
+        else:
+            (tmp_path / name).write_text(text)
+        model = loader.load()
+        cold = Translation(load_policy(tmp_path))
+        assert model == cold.model
+        translation = Translation(model, previous=translation)
+        for view in ("cart", "own", "ports", "web", "db"):
+            for type_url in (types.LISTENER, types.CLUSTER, types.ROUTE):
+                mine, theirs = (t.snapshot(view).get(type_url) for t in (translation, cold))
+                assert mine.names() == theirs.names()
+                assert all(mine[n].body == theirs[n].body for n in mine.names()), (view, name)
