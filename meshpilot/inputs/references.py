@@ -60,6 +60,7 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     _check_one_rollout(documents)
     _check_mesh(documents, index)
     _check_mesh_policies(documents, index)
+    _check_served_services(documents, index)
     _check_failover(documents, index)
 
 
@@ -632,6 +633,58 @@ def _check_sidecar_policies(service: Service, ctx: DocumentContext,
                                   f"need mtls, and the sidecar of Service {service.name} "
                                   f"(namespace {sidecar.namespace}) has mtls off: no caller "
                                   "has an identity there, so those rules never match it")
+
+
+def _check_served_services(documents: Sequence[ParsedDocument], index: _Index) -> None:
+    """A further sidecar port's `service` (`ports[].service`): an existing Service without a
+    sidecar, served by one port only, speaking that port's protocol, whose endpoints are on
+    that port (they are the sidecar's instances' addresses there) and without a `tls` of its
+    own (the port's mTLS decides)."""
+    first: dict[str, str] = {}
+    for document in documents:
+        if document.compiled:
+            continue
+        for owner in document.parts:
+            if not isinstance(owner, Service) or owner.sidecar is None:
+                continue
+            for number, port in enumerate(owner.sidecar.more_ports, start=1):
+                if port.service is None:
+                    continue
+                path = ("sidecar", "ports", number, "service")
+                _check_served(owner, port.service, port.port,
+                              port.protocol or owner.protocol, path, document.context, index,
+                              first)
+
+
+def _check_served(owner: Service, name: str, number: int, protocol: str,
+                  path: tuple[str | int, ...], ctx: DocumentContext, index: _Index,
+                  first: dict[str, str]) -> None:
+    served = index.services.get(name)
+    here = f"Service {owner.name}'s port {number}"
+    if served is None:
+        _report_missing_service(name, path, ctx, index)
+    elif served.name == owner.name:
+        ctx.report(path, "a further port serves another Service; this one's is the first")
+    elif served.sidecar is not None:
+        ctx.report(path, f"Service {name} has a sidecar of its own: its endpoints are that "
+                         "sidecar's ports")
+    elif first.setdefault(name, here) != here:
+        ctx.report(path, f"Service {name} is already served by {first[name]}")
+    elif (served.protocol == "tcp") != (protocol == "tcp"):
+        ctx.report(path, f"Service {name} speaks protocol {served.protocol}, this port "
+                         f"{protocol}: give the port protocol: {served.protocol}")
+    elif served.tls is not None:
+        ctx.report(path, f"Service {name} has tls of its own; the port's mTLS is what its "
+                         "callers speak: remove its tls")
+    elif not served.endpoints:
+        ctx.report(path, f"Service {name} needs endpoints: the addresses of this sidecar's "
+                         f"instances on port {number}")
+    else:
+        wrong = next((e for e in served.endpoints if e.port != number), None)
+        if wrong is not None:
+            ctx.report(path, f"Service {name}'s endpoint {wrong.host}:{wrong.port} is not on "
+                             f"port {number}: its endpoints are this sidecar's instances on "
+                             "this port")
 
 
 def _names_callers(rule: AuthzRule) -> bool:

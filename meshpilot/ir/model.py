@@ -191,6 +191,10 @@ class InboundPort:
     app_port: int = DEFAULT_APP_PORT
     protocol: Protocol | None = None
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # The Service (without a sidecar of its own) whose endpoints are this port of the
+    # sidecar's instances: its callers speak mTLS to it as this sidecar's identity when the
+    # port's mode is not off (the loader marks its endpoints, `Endpoint.mtls_identity`).
+    service: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

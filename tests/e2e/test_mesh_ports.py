@@ -4,7 +4,8 @@ loopback with certificates from meshpilot's CA (docs/policy.md#sidecar, `ports`)
 B's sidecar has three inbound ports: `web` (HTTP, strict: the sidecar's mtls), `admin` (HTTP,
 permissive) and `raw` (tcp, permissive), each forwarding to an application of its own. A plain
 client reaches only the permissive ports; an mTLS client (a certificate the test issues from
-the same CA) reaches all three, and A's sidecar calls B's first port over mTLS.
+the same CA) reaches all three, and A's sidecar calls B's first port over mTLS, and the admin
+port over mTLS too as Service `b-admin`, which that port serves (`ports[].service`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ sidecar:
   mtls: strict
   ports:
     - {{port: {b_web}, app: {app_web}}}
-    - {{port: {b_admin}, app: {app_admin}, mtls: permissive}}
+    - {{port: {b_admin}, app: {app_admin}, mtls: permissive, service: b-admin}}
     - {{port: {b_raw}, app: {app_raw}, protocol: tcp, mtls: permissive}}
 ---
 kind: Service
@@ -48,7 +49,11 @@ sidecar:
   address: 127.0.0.1
   app: {app_a}
   mtls: strict
-  calls: [{{service: b, local_port: {a_to_b}}}]
+  calls: [{{service: b, local_port: {a_to_b}}}, {{service: b-admin, local_port: {a_to_admin}}}]
+---
+kind: Service
+name: b-admin                     # B's admin port, for callers in the mesh
+endpoints: ["127.0.0.1:{b_admin}"]
 """
 
 
@@ -129,7 +134,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     servers = {"app_web": EchoServer("web"), "app_admin": EchoServer("admin"),
                "app_raw": TcpEcho(), "app_a": EchoServer("a")}
     with served_policy(work, "mesh.yaml", POLICY, servers,
-                       free_ports=("b_web", "b_admin", "b_raw", "a_in", "a_to_b"),
+                       free_ports=("b_web", "b_admin", "b_raw", "a_in", "a_to_b", "a_to_admin"),
                        envoys={"a": "sidecar-a", "b": "sidecar-b"},
                        extra_args=("--ca-dir", str(work / "ca"))) as served:
         environment = Mesh(served.ports, served.envoys, ca, work)
@@ -180,6 +185,18 @@ def test_the_callers_sidecar_speaks_mtls_to_the_first_port(mesh: Mesh) -> None:
         seen["headers"]["x-forwarded-client-cert"]
     assert _handshakes(mesh, "b_web") >= handshakes  # a kept-alive connection may be reused
     assert mesh.stat("a", "cluster.b.ssl.handshake") >= 1
+
+
+def test_a_caller_speaks_mtls_to_the_service_a_further_port_serves(mesh: Mesh) -> None:
+    # b-admin's endpoints are B's admin port: A's sidecar speaks mTLS there as itself and
+    # accepts only B's identity, although the port would take plaintext too.
+    handshakes = _handshakes(mesh, "b_admin")
+    status, seen = mesh.get("a_to_admin", "/from-a")
+    assert status == 200 and seen["backend"] == "admin"
+    assert "URI=spiffe://cluster.local/ns/default/sa/a" in \
+        seen["headers"]["x-forwarded-client-cert"]
+    assert _handshakes(mesh, "b_admin") >= handshakes
+    assert mesh.stat("a", "cluster.b-admin.ssl.handshake") >= 1
 
 
 def test_each_port_has_a_listener_and_application_of_its_own(mesh: Mesh) -> None:

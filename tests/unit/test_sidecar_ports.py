@@ -122,3 +122,50 @@ def test_a_port_of_its_own_mode_may_carry_from_rules_the_sidecar_default_would_n
         "---\nkind: Service\nname: a\nendpoints: [10.0.0.1:1]\n")
     sidecar = model.service("b").sidecar
     assert sidecar is not None and sidecar.mode_of(15006) == "strict"
+
+
+SERVED = """
+kind: Service
+name: b
+endpoints: ["10.0.0.2:15006"]
+sidecar:
+  mtls: strict
+  ports:
+    - {port: 15006, app: 9080}
+    - {port: 15432, app: 5432, protocol: tcp, service: b-db}
+---
+kind: Service
+name: b-db
+protocol: tcp
+endpoints: ["10.0.0.2:15432", "10.0.0.3:15432"]
+---
+kind: Service
+name: a
+endpoints: ["10.0.0.1:15006"]
+sidecar: {port: 15006, app: 9080, calls: [{service: b-db, local_port: 5432}]}
+"""
+
+
+def test_a_further_port_marks_the_service_it_serves_as_the_sidecars_workloads() -> None:
+    model = load_policy_text(SERVED)
+    assert [e.mtls_identity for e in model.service("b-db").endpoints] == \
+        ["ns/default/sa/b", "ns/default/sa/b"]
+    cluster = Cluster.FromString(Translation(model).snapshot("a").get(types.CLUSTER)["b-db"].body)
+    assert cluster.HasField("transport_socket")  # the caller speaks mTLS, accepting b's ID
+    off = load_policy_text(SERVED.replace("service: b-db}", "service: b-db, mtls: off}"))
+    assert [e.mtls_identity for e in off.service("b-db").endpoints] == [None, None]
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (("service: b-db}", "service: nope}"), 'sidecar.ports[1].service: no Service named "nope"'),
+    (("service: b-db}", "service: b}"), "a further port serves another Service"),
+    (("service: b-db}", "service: a}"), "Service a has a sidecar of its own"),
+    (("protocol: tcp, service", "service"), "Service b-db speaks protocol tcp, this port http"),
+    (('"10.0.0.3:15432"', '"10.0.0.3:5432"'), "Service b-db's endpoint 10.0.0.3:5432 is not on "
+                                              "port 15432"),
+    (("- {port: 15006, app: 9080}", "- {port: 15006, app: 9080, service: b-db}"),
+     "sidecar.ports[0].service: the first port serves this Service itself"),
+])
+def test_served_service_errors(edit: tuple[str, str], message: str) -> None:
+    found = issues(SERVED.replace(*edit))
+    assert any(message in issue for issue in found), found

@@ -42,8 +42,10 @@ from meshpilot.inputs.native.security import authorization_policy
 from meshpilot.inputs.native.sidecar import mtls_mode
 from meshpilot.inputs.yamlsource import Located
 from meshpilot.ir.model import (
+    MESH_NAMESPACE,
     Authorization,
     AuthzRule,
+    InboundPort,
     MeshPolicy,
     MtlsMode,
     Service,
@@ -112,10 +114,34 @@ def mode_for(policies: Iterable[MeshPolicy], sidecar: Sidecar) -> MtlsMode:
 
 def apply(services: Sequence[Service], policies: Sequence[MeshPolicy]) -> list[Service]:
     """The services with the policies taken into their sidecars (each unchanged when none
-    applies)."""
-    if not policies:
-        return list(services)
-    return [_applied(service, policies) for service in services]
+    applies), then the Services a sidecar's further port serves (`ports[].service`) with
+    their endpoints marked as that sidecar's workloads while the port speaks mTLS, so their
+    callers do (`Endpoint.mtls_identity`, read by `translators/mtls.py`)."""
+    found = [_applied(service, policies) for service in services] if policies else \
+        list(services)
+    served = {port.service: (service, port) for service in found if service.sidecar
+              for port in service.sidecar.more_ports if port.service is not None}
+    if not served:
+        return found
+    return [_served(service, *served[service.name]) if service.name in served else service
+            for service in found]
+
+
+def serves_others(part: object) -> bool:
+    """Whether `part` is a Service whose sidecar has a port serving another Service."""
+    sidecar = getattr(part, "sidecar", None)
+    return isinstance(part, Service) and sidecar is not None and any(
+        port.service is not None for port in sidecar.more_ports)
+
+
+def _served(service: Service, owner: Service, port: InboundPort) -> Service:
+    sidecar = owner.sidecar
+    assert sidecar is not None
+    if sidecar.mode_of(port.port) == "off":
+        return service
+    identity = sidecar.identity or f"ns/{MESH_NAMESPACE}/sa/{owner.name}"
+    return replace(service, endpoints=tuple(replace(e, mtls_identity=identity)
+                                            for e in service.endpoints))
 
 
 def _applied(service: Service, policies: Sequence[MeshPolicy]) -> Service:

@@ -254,6 +254,9 @@ def _sidecar() -> Schema:
                                   ("http", "http2", "grpc", "tcp")),
                 "mtls": {**_mtls(), "description": "This port's mTLS mode (default: the "
                                                    "sidecar's mtls); Istio's portLevelMtls."},
+                "service": _ref("name", "A further port only: the Service (without a "
+                                        "sidecar) whose endpoints are this port; its callers "
+                                        "speak mTLS to it while the port does."),
             }, required=("port", "app"))),
         "mtls": {**_mtls(), "description": "Mesh mTLS with the CA's certificates: strict "
                                            "refuses plaintext, permissive accepts both "

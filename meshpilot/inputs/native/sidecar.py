@@ -55,7 +55,7 @@ from meshpilot.ir.model import (
 
 SIDECAR_KEYS = ("port", "ports", "address", "app", "outbound_port", "calls", "mtls",
                 "authorization", "jwt", "namespace", "service_account", "tracing")
-PORT_KEYS = ("port", "app", "protocol", "mtls")
+PORT_KEYS = ("port", "app", "protocol", "mtls", "service")
 MTLS_MODES = ("strict", "permissive", "off")
 MTLS_MODE = fields.choice(MTLS_MODES)
 CALL_KEYS = ("service", "local_port")
@@ -166,6 +166,11 @@ def _ports(spec: Fields, address: str
         app = entry.get("app", _app_address, required=True)
         protocol = entry.get("protocol", _PROTOCOL)
         mode = entry.get("mtls", mtls_mode)
+        served = entry.get("service", fields.name)
+        if served is not None and index == 0:
+            entry.report("service", "the first port serves this Service itself (its "
+                                    "endpoints name it); name another Service on a further "
+                                    "port", at_value=False)
         if port is None or app is None:
             continue
         first = written_before(spec.ctx, seen, port, (*path, "port"))
@@ -176,7 +181,7 @@ def _ports(spec: Fields, address: str
             entry.report("app", f"the application cannot listen on the sidecar's own inbound "
                                 f"port {port}: the sidecar would forward to itself")
         found.append(InboundPort(port, app[0], app[1], cast(Any, protocol),
-                                 origin=entry.origin()))
+                                 origin=entry.origin(), service=served))
         if mode is not None:
             modes.append((port, cast(MtlsMode, mode)))
     return tuple(found), tuple(sorted(modes))
