@@ -9,8 +9,9 @@ This module owns:
       spiffe/trust-bundle   the CA root, to verify peers
   The names do not depend on the view, so a callee's cluster is the same bytes for every caller
   and every gateway (built once, shared), and a rotation changes one Secret per view only.
-- the inbound side of a Service with `sidecar.mtls`: strict, a DownstreamTlsContext requiring a
-  client certificate signed by the trust bundle (plaintext is refused); permissive, a TLS
+- the inbound side of a Service with `sidecar.mtls` (per inbound port: `Sidecar.mode_of`):
+  strict, a DownstreamTlsContext requiring a client certificate signed by the trust bundle
+  (plaintext is refused); permissive, a TLS
   inspector and two filter chains (`tls`: mTLS; `raw_buffer`: plaintext). The HTTP connection
   manager sets `x-forwarded-client-cert` (the caller's URI) for the application
   (`forward_client_identity`), and the sidecar's `authorization` names callers by SPIFFE ID

@@ -9,7 +9,9 @@ This module owns what a sidecar receives (docs/mesh.md):
   comes over RDS: one route with no timeout of its own (the caller's outbound route decides)
   and the sidecar's `authorization` as its per-filter config (`httpfilters/`), so an edit
   never replaces the listener; with mtls, the caller's identity for the application
-  (`mtls.py`); tcp services a TCP proxy.
+  (`mtls.py`); tcp services a TCP proxy. Each further inbound port (`Sidecar.more_ports`)
+  gets the same three, named with its number (`inbound/<service>:<port>`), its own
+  application, protocol and mTLS mode (`Sidecar.mode_of`).
 - outbound, for the services it `calls` and nothing else (scoping: a mesh of a thousand services
   does not send a thousand clusters to every sidecar):
   - per call with a `local_port`: a listener `outbound/<callee>` on 127.0.0.1:local_port whose

@@ -3,7 +3,7 @@ mesh), as `model.MeshPolicy`, and what the policies make of each sidecar.
 
 This module owns the document's shape and what can be checked within it, and `apply`: each
 sidecar's mTLS mode and authorization once the policies of its namespace and of the mesh are
-taken in, with Istio's precedence (docs/policy.md#meshpolicy):
+taken in, with Istio's precedence (docs/policy.md#kind-meshpolicy):
 
 - mTLS: a port's own mode, else the sidecar's `mtls`, else its namespace's MeshPolicy's, else
   the mesh-wide one's (`namespace: "*"`), else off. One MeshPolicy per scope may say `mtls`.
@@ -11,6 +11,9 @@ taken in, with Istio's precedence (docs/policy.md#meshpolicy):
   sidecar's own) are checked first, and refuse a request any of them matches; then, if any ALLOW
   policy applies, the request must match a rule of one of them (Istio's AuthorizationPolicy
   semantics: ALLOW policies together are one list of rules).
+- a sidecar's further inbound port that names the Service it serves (`ports[].service`): that
+  Service's endpoints are marked as the sidecar's workloads while the port speaks mTLS, so its
+  callers do (Istio's auto mTLS per endpoint, `Endpoint.mtls_identity`).
 
 A sidecar's namespace is its identity's (`sidecar.namespace`, default `default`). The checks
 that need every document (a caller named in `from` exists, two policies give one scope an mTLS

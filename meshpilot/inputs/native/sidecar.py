@@ -14,11 +14,16 @@ Shape (inside a `kind: Service` document):
       address: 0.0.0.0            # the inbound listener's bind address (default 0.0.0.0)
       app: 127.0.0.1:8080         # where the application listens (default 127.0.0.1:8080);
                                   #   a bare port means 127.0.0.1:port
+      ports:                      # instead of port and app: several inbound ports, the first
+        - {port: 15006, app: 9080}   # the one the Service's endpoints name
+        - {port: 15090, app: 9090, protocol: http, mtls: permissive,   # its own mode
+           service: reviews-metrics}  # a Service whose endpoints are this port (meshpolicy.py)
       outbound_port: 15001        # one HTTP port on 127.0.0.1: the Host header picks the service
       calls:                      # the services the application calls: all the sidecar receives
         - ratings                 # through outbound_port only
         - {service: details, local_port: 9001}   # also on 127.0.0.1:9001, whatever the Host
-      mtls: strict                # strict | permissive | off (default off): docs/security.md
+      mtls: strict                # strict | permissive | off (default: the MeshPolicy of its
+                                  #   namespace, else the mesh's, else off): docs/security.md
       authorization:              # callers by identity (needs mtls strict or permissive)
         action: ALLOW             # ALLOW (no rules: nobody) or DENY
         rules: [{from: [productpage, "spiffe://cluster.local/ns/default/sa/edge"],
