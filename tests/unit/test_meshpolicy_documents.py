@@ -208,3 +208,20 @@ def test_incremental_reloads_take_policies_in_and_out(tmp_path: Path) -> None:
                 mine, theirs = (t.snapshot(view).get(type_url) for t in (translation, cold))
                 assert mine.names() == theirs.names()
                 assert all(mine[n].body == theirs[n].body for n in mine.names()), (view, name)
+
+
+def test_a_deny_policy_added_later_leaves_the_listeners_alone() -> None:
+    """Every sidecar a MeshPolicy applies to has the deny filter (an empty DENY refuses
+    nothing), so a DENY policy added later changes its route configuration only: the open
+    connections see it at once (issue 14, bug 2)."""
+    before = load_policy_text(SERVICES + "---\nkind: MeshPolicy\nname: m\nnamespace: shop\n"
+                                         "mtls: strict\n")
+    after = load_policy_text(SERVICES + "---\nkind: MeshPolicy\nname: m\nnamespace: shop\n"
+                                        "mtls: strict\n---\nkind: MeshPolicy\nname: d\n"
+                                        "namespace: shop\nauthorization: {action: DENY, "
+                                        "rules: [{paths: [/admin]}]}\n")
+    assert before.service("cart").sidecar.deny == Authorization("DENY")
+    for view in ("cart", "own", "ports"):
+        old, new = (Translation(m).snapshot(view) for m in (before, after))
+        assert old.get(types.LISTENER).version == new.get(types.LISTENER).version, view
+        assert old.get(types.ROUTE).version != new.get(types.ROUTE).version, view

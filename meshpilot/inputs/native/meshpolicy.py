@@ -155,10 +155,17 @@ def _applied(service: Service, policies: Sequence[MeshPolicy]) -> Service:
     if not found:
         return service
     changed = replace(sidecar, mtls=mode_for(found, sidecar))
-    written = [p.authorization for p in found if p.authorization is not None]
-    if written and carries_http(service):
+    if carries_http(service):
+        written = [p.authorization for p in found if p.authorization is not None]
         own = [a for a in (sidecar.deny, sidecar.authorization) if a is not None]
-        allow, deny = combined([*written, *own])
+        allow, deny = combined([*written, *own]) if written else \
+            (sidecar.authorization, sidecar.deny)
+        # A DENY with no rules refuses nothing, but keeps the deny filter in the inbound
+        # listener of every sidecar a policy applies to: a DENY policy added later is then a
+        # route configuration change, reaching open connections (a new filter would replace
+        # the listener and leave them on the draining one, with the old decision).
+        if deny is None:
+            deny = Authorization("DENY", (), origin=found[0].origin)
         changed = replace(changed, authorization=allow, deny=deny)
     return replace(service, sidecar=changed)
 
