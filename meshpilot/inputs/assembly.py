@@ -16,9 +16,11 @@ from meshpilot.inputs.context import (
 )
 from meshpilot.inputs.documents import FORMATS, compile_pending
 from meshpilot.inputs.formats import FormatRegistry
+from meshpilot.inputs.native import meshpolicy
 from meshpilot.inputs.references import validate_references
 from meshpilot.ir.model import (
     Gateway,
+    MeshPolicy,
     Model,
     ObjectStatus,
     RawResource,
@@ -64,10 +66,13 @@ def build_model(parts: Iterable[ModelPart], files: tuple[str, ...],
     gateways: list[Gateway] = []
     routes: list[Route] = []
     rollout: RolloutSettings | None = None  # one at most (references.py)
+    policies: list[MeshPolicy] = []
     for part in parts:
         if isinstance(part, FormatPart):
             continue  # a compile step's input, already compiled
-        if isinstance(part, RawResource):
+        if isinstance(part, MeshPolicy):
+            policies.append(part)
+        elif isinstance(part, RawResource):
             raw.append(part)
         elif isinstance(part, Service):
             services.append(part)
@@ -77,6 +82,8 @@ def build_model(parts: Iterable[ModelPart], files: tuple[str, ...],
             rollout = part
         elif not isinstance(part, PendingPart):
             routes.append(part)
+    # Namespace-wide and mesh-wide policy, taken into each sidecar it applies to.
+    services = meshpolicy.apply(services, policies)
     raw.sort(key=lambda resource: (_ads_rank(resource.type_url), resource.name))
     return Model(raw=tuple(raw), services=_by_name(services), gateways=_by_name(gateways),
                  routes=_by_name(routes), files=files,

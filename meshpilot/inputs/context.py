@@ -13,7 +13,15 @@ from typing import ClassVar
 
 from meshpilot.base.errors import PolicyIssue, Position
 from meshpilot.inputs.yamlsource import FieldPath, Located, format_path
-from meshpilot.ir.model import Gateway, Origin, RawResource, RolloutSettings, Route, Service
+from meshpilot.ir.model import (
+    Gateway,
+    MeshPolicy,
+    Origin,
+    RawResource,
+    RolloutSettings,
+    Route,
+    Service,
+)
 
 
 class FormatPart:
@@ -43,8 +51,8 @@ class PendingPart:
 
 
 # (pending parts are compiled before the model is built, FormatParts by their format's step)
-ModelPart = (RawResource | Service | Gateway | Route | RolloutSettings | FormatPart
-             | PendingPart)
+ModelPart = (RawResource | Service | Gateway | Route | RolloutSettings | MeshPolicy
+             | FormatPart | PendingPart)
 
 
 
@@ -75,6 +83,11 @@ class DocumentContext:
     document: Located
     kind: str
     name: str | None
+
+    def warn(self, path: FieldPath, message: str) -> None:
+        """Record advice about the field at `path` that does not refuse the load."""
+        self.load.warnings.append(PolicyIssue(message, self.document.position_of(path),
+                                              self.kind, self.name, format_path(path)))
 
     def report(self, path: FieldPath, message: str, *, at_value: bool = False,
                position: Position | None = None) -> None:

@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from meshpilot.base.errors import Position
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
+from meshpilot.inputs.native.meshpolicy import serves_others
 from meshpilot.inputs.references import check_documents
 from meshpilot.ir.changes import ModelChanges
 from meshpilot.ir.model import Gateway, Model, RateLimit, Route, Security, Service
@@ -40,10 +41,13 @@ HostKey = tuple[str, str, str]  # (gateway, listener, host)
 
 
 def covered(document: ParsedDocument) -> bool:
-    """Whether the index covers this document: a native Service, Route or Gateway."""
+    """Whether the index covers this document: a native Service, Route or Gateway (not a
+    Service whose sidecar port serves another Service: building the model marks that one's
+    endpoints, `native/meshpolicy.py`, which a patched model would miss)."""
     kind = KINDS.get(document.context.kind)
     return (kind is not None and not document.compiled and document.context.name is not None
-            and len(document.parts) == 1 and type(document.parts[0]) is kind)
+            and len(document.parts) == 1 and type(document.parts[0]) is kind
+            and not serves_others(document.parts[0]))
 
 
 def references(part: Service | Route | Gateway) -> frozenset[DocKey]:

@@ -22,8 +22,19 @@ from dataclasses import dataclass
 
 from meshpilot.base.errors import Position
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
+from meshpilot.inputs.native import meshpolicy
 from meshpilot.inputs.native.fields import did_you_mean, quoted
-from meshpilot.ir.model import Gateway, RateLimit, Route, Security, Service, Tracing
+from meshpilot.ir.model import (
+    Authorization,
+    AuthzRule,
+    Gateway,
+    MeshPolicy,
+    RateLimit,
+    Route,
+    Security,
+    Service,
+    Tracing,
+)
 
 # Suggestions compare a missing name with every name of its kind (about 2 us each): fine for a
 # few typos, but thousands of broken references to thousands of services would spend minutes in
@@ -48,6 +59,8 @@ def validate_references(documents: Sequence[ParsedDocument], load: LoadContext) 
     _check_view_names(documents)
     _check_one_rollout(documents)
     _check_mesh(documents, index)
+    _check_mesh_policies(documents, index)
+    _check_served_services(documents, index)
     _check_failover(documents, index)
 
 
@@ -527,9 +540,14 @@ def _check_callers(service: Service, ctx: DocumentContext, index: _Index) -> Non
     """Each caller a sidecar's authorization names (`from`) is a Service or a Gateway (both
     have identities, docs/security.md); SPIFFE IDs are taken as written."""
     assert service.sidecar is not None
-    if service.sidecar.authorization is None:
-        return
-    for rule_index, rule in enumerate(service.sidecar.authorization.rules):
+    if service.sidecar.authorization is not None:
+        _check_named_callers(service.sidecar.authorization, ("sidecar", "authorization"), ctx,
+                             index)
+
+
+def _check_named_callers(policy: Authorization, at: tuple[str, ...], ctx: DocumentContext,
+                         index: _Index) -> None:
+    for rule_index, rule in enumerate(policy.rules):
         lists: list[tuple[tuple[str, ...], tuple[str, ...]]] = [((), rule.principals)]
         if rule.exclude is not None:  # `not: {from: [...]}` names callers too
             lists.append((("not",), rule.exclude.principals))
@@ -539,10 +557,139 @@ def _check_callers(service: Service, ctx: DocumentContext, index: _Index) -> Non
                         index.declared("Gateway", caller):
                     continue
                 known = [*index.names.get("Service", []), *index.names.get("Gateway", [])]
-                ctx.report(("sidecar", "authorization", "rules", rule_index, *inner, "from",
-                            caller_index),
+                ctx.report((*at, "rules", rule_index, *inner, "from", caller_index),
                            f"no Service or Gateway named {quoted(caller)}"
                            f"{index.did_you_mean('Service', caller, known)}")
+
+
+def _check_mesh_policies(documents: Sequence[ParsedDocument], index: _Index) -> None:
+    """MeshPolicy documents (`native/meshpolicy.py`): one mTLS mode per scope, callers that
+    exist, and rules naming callers only where mTLS says who calls; advice for a namespace no
+    sidecar is in and for tcp sidecars, which authorization skips."""
+    policies: list[tuple[MeshPolicy, DocumentContext]] = [
+        (part, document.context) for document in documents for part in document.parts
+        if isinstance(part, MeshPolicy)]
+    moded: dict[str, MeshPolicy] = {}
+    for policy, ctx in policies:
+        if policy.authorization is not None:
+            _check_named_callers(policy.authorization, ("authorization",), ctx, index)
+        if policy.mtls is None:
+            continue
+        first = moded.setdefault(policy.namespace, policy)
+        if first is not policy:
+            scope = "every namespace" if policy.namespace == meshpolicy.EVERY_NAMESPACE else \
+                f"namespace {policy.namespace}"
+            ctx.report(("mtls",), f"the mtls of {scope} is already given by MeshPolicy "
+                                  f"{first.name} (at {first.position}); one policy per scope "
+                                  "says it")
+    found = [policy for policy, _ in policies]
+    namespaces: set[str] = set()
+    for document in documents:
+        for part in document.parts:
+            if isinstance(part, Service) and part.sidecar is not None:
+                namespaces.add(part.sidecar.namespace)
+                if not document.compiled:
+                    _check_sidecar_policies(part, document.context, found, dict(policies))
+    for policy, ctx in policies:
+        if policy.namespace != meshpolicy.EVERY_NAMESPACE and policy.namespace not in namespaces:
+            ctx.warn(("namespace",), f"no sidecar is in namespace {policy.namespace}"
+                     f"{did_you_mean(policy.namespace, sorted(namespaces))}: this policy "
+                     "applies to nothing")
+
+
+def _check_sidecar_policies(service: Service, ctx: DocumentContext,
+                            policies: Sequence[MeshPolicy],
+                            contexts: Mapping[MeshPolicy, DocumentContext]) -> None:
+    """What the MeshPolicies (and an mtls left unwritten) make of one native sidecar."""
+    sidecar = service.sidecar
+    assert sidecar is not None
+    applying = meshpolicy.applying(policies, sidecar)
+    mode = meshpolicy.mode_for(applying, sidecar)
+    inbound = sidecar.inbound_ports()
+    written = dict(sidecar.port_modes)
+    secured = any(written.get(p.port, mode) != "off" for p in inbound)
+    if mode != "off" and sidecar.mtls_inherited and service.tls is not None:
+        ctx.report(("tls",), f"its namespace's MeshPolicy gives this Service mtls {mode}; a "
+                             "Service in the mesh with mtls gets its TLS from the mesh CA: "
+                             "remove tls or set sidecar.mtls: off")
+    own = sidecar.authorization
+    if own is not None and sidecar.mtls_inherited and not secured and any(
+            _names_callers(rule) for rule in own.rules):
+        where = " (no MeshPolicy gives its namespace a mode)" if not applying else ""
+        ctx.report(("sidecar", "authorization"), "rules with `from` or `namespaces` need mtls "
+                   "strict or permissive: without a client certificate no caller has an "
+                   f"identity{where}")
+    for policy in applying:
+        if policy.authorization is None or not inbound:
+            continue
+        if not meshpolicy.carries_http(service):
+            contexts[policy].warn(("authorization",), f"Service {service.name} (namespace "
+                                  f"{sidecar.namespace}) speaks tcp only: authorization by "
+                                  "request does not apply to it")
+        elif not secured and any(_names_callers(r) for r in policy.authorization.rules):
+            # Advice, not a refusal: one plaintext workload must not void its namespace's
+            # policy; Istio does the same (and says so in its docs).
+            contexts[policy].warn(("authorization",), f"rules with `from` or `namespaces` "
+                                  f"need mtls, and the sidecar of Service {service.name} "
+                                  f"(namespace {sidecar.namespace}) has mtls off: no caller "
+                                  "has an identity there, so those rules never match it")
+
+
+def _check_served_services(documents: Sequence[ParsedDocument], index: _Index) -> None:
+    """A further sidecar port's `service` (`ports[].service`): an existing Service without a
+    sidecar, served by one port only, speaking that port's protocol, whose endpoints are on
+    that port (they are the sidecar's instances' addresses there) and without a `tls` of its
+    own (the port's mTLS decides)."""
+    first: dict[str, str] = {}
+    for document in documents:
+        if document.compiled:
+            continue
+        for owner in document.parts:
+            if not isinstance(owner, Service) or owner.sidecar is None:
+                continue
+            for number, port in enumerate(owner.sidecar.more_ports, start=1):
+                if port.service is None:
+                    continue
+                path = ("sidecar", "ports", number, "service")
+                _check_served(owner, port.service, port.port,
+                              port.protocol or owner.protocol, path, document.context, index,
+                              first)
+
+
+def _check_served(owner: Service, name: str, number: int, protocol: str,
+                  path: tuple[str | int, ...], ctx: DocumentContext, index: _Index,
+                  first: dict[str, str]) -> None:
+    served = index.services.get(name)
+    here = f"Service {owner.name}'s port {number}"
+    if served is None:
+        _report_missing_service(name, path, ctx, index)
+    elif served.name == owner.name:
+        ctx.report(path, "a further port serves another Service; this one's is the first")
+    elif served.sidecar is not None:
+        ctx.report(path, f"Service {name} has a sidecar of its own: its endpoints are that "
+                         "sidecar's ports")
+    elif first.setdefault(name, here) != here:
+        ctx.report(path, f"Service {name} is already served by {first[name]}")
+    elif (served.protocol == "tcp") != (protocol == "tcp"):
+        ctx.report(path, f"Service {name} speaks protocol {served.protocol}, this port "
+                         f"{protocol}: give the port protocol: {served.protocol}")
+    elif served.tls is not None:
+        ctx.report(path, f"Service {name} has tls of its own; the port's mTLS is what its "
+                         "callers speak: remove its tls")
+    elif not served.endpoints:
+        ctx.report(path, f"Service {name} needs endpoints: the addresses of this sidecar's "
+                         f"instances on port {number}")
+    else:
+        wrong = next((e for e in served.endpoints if e.port != number), None)
+        if wrong is not None:
+            ctx.report(path, f"Service {name}'s endpoint {wrong.host}:{wrong.port} is not on "
+                             f"port {number}: its endpoints are this sidecar's instances on "
+                             "this port")
+
+
+def _names_callers(rule: AuthzRule) -> bool:
+    return bool(rule.principals or rule.namespaces or (
+        rule.exclude is not None and (rule.exclude.principals or rule.exclude.namespaces)))
 
 
 def _check_calls(service: Service, ctx: DocumentContext, index: _Index) -> None:

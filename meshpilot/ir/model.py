@@ -181,6 +181,23 @@ DEFAULT_APP_PORT = 8080
 
 
 @dataclass(frozen=True, slots=True)
+class InboundPort:
+    """A sidecar's inbound port after its first (`Sidecar.port`): mesh traffic in on `port`,
+    forwarded to the application's `app_host:app_port`, spoken in `protocol` (None: the
+    Service's). Its mTLS mode is `Sidecar.mode_of(port)`."""
+
+    port: int
+    app_host: str = DEFAULT_APP_HOST
+    app_port: int = DEFAULT_APP_PORT
+    protocol: Protocol | None = None
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+    # The Service (without a sidecar of its own) whose endpoints are this port of the
+    # sidecar's instances: its callers speak mTLS to it as this sidecar's identity when the
+    # port's mode is not off (the loader marks its endpoints, `Endpoint.mtls_identity`).
+    service: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Sidecar:
     """The mesh side of a Service: the Envoy next to each of its instances (node cluster = the
     Service's name). The Service's `endpoints` are then its sidecars' inbound addresses."""
@@ -207,9 +224,56 @@ class Sidecar:
     # Traces of inbound and outbound requests (spans named after the Service); the collector's
     # cluster joins the view.
     tracing: Tracing | None = None
+    # Further inbound ports (the first is `port`, `app_host`, `app_port`), each a listener of
+    # its own; callers of the Service reach `port` (its endpoints').
+    more_ports: tuple[InboundPort, ...] = ()
+    # Port-level mTLS (Istio's `portLevelMtls`): (inbound port, mode), sorted; a port not
+    # listed takes `mtls`.
+    port_modes: tuple[tuple[int, MtlsMode], ...] = ()
+    # True when the policy left `mtls` unwritten: the MeshPolicy of the sidecar's namespace,
+    # else the mesh-wide one, decides (`inputs/native/meshpolicy.py`); `mtls` is then what
+    # they decided, or off.
+    mtls_inherited: bool = False
+
+    def mode_of(self, port: int | None) -> MtlsMode:
+        """The mTLS mode of one inbound port: its own, else the sidecar's."""
+        for number, mode in self.port_modes:
+            if number == port:
+                return mode
+        return self.mtls
+
+    def inbound_ports(self) -> tuple[InboundPort, ...]:
+        """Every inbound port, the first (`port`) first, with the protocol left to the Service
+        where the policy did not say one."""
+        if self.port is None:
+            return ()
+        return (InboundPort(self.port, self.app_host, self.app_port, origin=self.origin),
+                *self.more_ports)
+
+    @property
+    def namespace(self) -> str:
+        """The namespace of its identity (`ns/<namespace>/sa/...`), else the CA's."""
+        if self.identity is not None and self.identity.startswith("ns/"):
+            return self.identity.split("/", 2)[1]
+        return MESH_NAMESPACE
 
 
 MtlsMode = Literal["strict", "permissive", "off"]
+
+
+@dataclass(frozen=True, slots=True)
+class MeshPolicy:
+    """Mesh security for every sidecar of a namespace (`"*"`: of every namespace): their
+    default mTLS mode and an authorization joining their own (Istio's namespace-wide and
+    mesh-wide PeerAuthentication and AuthorizationPolicy). The loader takes it into each
+    sidecar it applies to (`inputs/native/meshpolicy.py`); translators never read it."""
+
+    name: str
+    namespace: str
+    mtls: MtlsMode | None = None  # None: says nothing of mTLS
+    authorization: Authorization | None = None
+    position: Position | None = field(default=None, compare=False)
+    origin: Origin | None = field(default=None, compare=False, repr=False)
 
 # The namespace of a mesh identity written without one (`sidecar.service_account` alone): the
 # CA's own (`ca.authority.DEFAULT_NAMESPACE`, which a unit test keeps equal to this).

@@ -9,8 +9,9 @@ This module owns:
       spiffe/trust-bundle   the CA root, to verify peers
   The names do not depend on the view, so a callee's cluster is the same bytes for every caller
   and every gateway (built once, shared), and a rotation changes one Secret per view only.
-- the inbound side of a Service with `sidecar.mtls`: strict, a DownstreamTlsContext requiring a
-  client certificate signed by the trust bundle (plaintext is refused); permissive, a TLS
+- the inbound side of a Service with `sidecar.mtls` (per inbound port: `Sidecar.mode_of`):
+  strict, a DownstreamTlsContext requiring a client certificate signed by the trust bundle
+  (plaintext is refused); permissive, a TLS
   inspector and two filter chains (`tls`: mTLS; `raw_buffer`: plaintext). The HTTP connection
   manager sets `x-forwarded-client-cert` (the caller's URI) for the application
   (`forward_client_identity`), and the sidecar's `authorization` names callers by SPIFFE ID
@@ -97,7 +98,16 @@ def has_mtls(service: Service | None) -> bool:
     """Whether callers of `service` speak mTLS to it (its sidecar has an inbound port and mtls
     strict or permissive)."""
     return (service is not None and service.sidecar is not None
-            and service.sidecar.port is not None and service.sidecar.mtls != "off")
+            and service.sidecar.port is not None
+            and service.sidecar.mode_of(service.sidecar.port) != "off")
+
+
+def inbound_mtls(service: Service | None) -> bool:
+    """Whether any inbound port of `service`'s sidecar speaks mTLS (it then needs its
+    certificate)."""
+    sidecar = None if service is None else service.sidecar
+    return sidecar is not None and any(sidecar.mode_of(p.port) != "off"
+                                       for p in sidecar.inbound_ports())
 
 
 def workload_identities(service: Service | None, subset: str | None = None
@@ -146,7 +156,7 @@ def needs_identity(model: Model, view: str, resources: Iterable[Resource]) -> bo
     """A sidecar with mtls on its inbound, or any view holding a cluster that originates mTLS
     (a caller's sidecar, a gateway)."""
     service = model.service(view)
-    if has_mtls(service):
+    if inbound_mtls(service):
         return True
     for resource in resources:
         if resource.type_url != types.CLUSTER:
@@ -253,15 +263,17 @@ def forward_client_identity(manager: hcm.HttpConnectionManager) -> None:
     manager.set_current_client_cert_details.uri = True
 
 
-def secure_inbound(listener: Listener, service: Service) -> Listener:
-    """The inbound listener of `service` with its mTLS mode applied to its filter chain (the
-    chain's HTTP side, identity headers and authorization, is built by `sidecar.py`)."""
+def secure_inbound(listener: Listener, service: Service, port: int | None = None) -> Listener:
+    """The inbound listener of `service` (on its first port, or `port`) with that port's mTLS
+    mode applied to its filter chain (the chain's HTTP side, identity headers and
+    authorization, is built by `sidecar.py`)."""
     sidecar = service.sidecar
     assert sidecar is not None
-    if sidecar.mtls == "off":
+    mode = sidecar.mode_of(sidecar.port if port is None else port)
+    if mode == "off":
         return listener
     chain = listener.filter_chains[0]
-    if sidecar.mtls == "strict":
+    if mode == "strict":
         chain.transport_socket.CopyFrom(downstream_transport_socket())
         return listener
     # permissive: mTLS when the caller speaks TLS, plaintext otherwise (migration)
@@ -282,5 +294,5 @@ def secure_inbound(listener: Listener, service: Service) -> Listener:
 # kept here for code that reads a sidecar's inbound chain.
 __all__ = ["IDENTITY_SECRET", "RBAC_FILTER", "TRUST_BUNDLE_SECRET", "IdentitySource",
            "TrustDomain", "authorization", "forward_client_identity", "has_mtls",
-           "identity_secrets", "needs_identity", "secure_cluster", "secure_inbound",
+           "identity_secrets", "inbound_mtls", "needs_identity", "secure_cluster", "secure_inbound",
            "view_identity", "workload_identities"]

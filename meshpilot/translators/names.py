@@ -121,12 +121,19 @@ def header_chosen_mirror(entry: str, candidate: str) -> str:
 OUTBOUND = "outbound"
 
 
-def inbound(service: str) -> str:
-    return f"inbound{SEPARATOR}{service}"
+def inbound(service: str, port: int | None = None) -> str:
+    """A sidecar's inbound listener and route configuration; `port` names a further inbound
+    port's (`inbound/reviews:15007`), the first one's has none."""
+    return f"inbound{SEPARATOR}{service}" + ("" if port is None else f"{PORT_MARK}{port}")
 
 
-def inbound_cluster(service: str) -> str:
-    return f"inbound|{service}"
+def inbound_cluster(service: str, port: int | None = None) -> str:
+    """The application behind a sidecar's (first, or further `port`) inbound port."""
+    return f"inbound|{service}" + ("" if port is None else f"{PORT_MARK}{port}")
+
+
+# Between a service's name and a further inbound port's number (native names have no `:`).
+PORT_MARK = ":"
 
 
 def outbound(service: str) -> str:

@@ -82,9 +82,17 @@ def _service_origin(service: Service | None) -> Origin | None:
 
 def _cluster(model: Model, name: str) -> tuple[Origin, ...]:
     if name.startswith("inbound|"):
-        service = model.service(name.removeprefix("inbound|"))
+        owner = name.removeprefix("inbound|")
+        service = model.service(owner)
+        port = None
+        if service is None and names.PORT_MARK in owner:  # a further inbound port's
+            owner, _, number = owner.rpartition(names.PORT_MARK)
+            service = model.service(owner)
+            port = next((p for p in service.sidecar.more_ports if str(p.port) == number), None) \
+                if service is not None and service.sidecar is not None else None
         sidecar = service.sidecar if service is not None else None
-        return _keep(sidecar.origin if sidecar is not None else None, _service_origin(service))
+        return _keep(port.origin if port is not None else None,
+                     sidecar.origin if sidecar is not None else None, _service_origin(service))
     owner = names.service_of_cluster(name, lambda n: model.service(n) is not None)
     return _keep(_service_origin(model.service(owner)))
 

@@ -9,7 +9,9 @@ This module owns what a sidecar receives (docs/mesh.md):
   comes over RDS: one route with no timeout of its own (the caller's outbound route decides)
   and the sidecar's `authorization` as its per-filter config (`httpfilters/`), so an edit
   never replaces the listener; with mtls, the caller's identity for the application
-  (`mtls.py`); tcp services a TCP proxy.
+  (`mtls.py`); tcp services a TCP proxy. Each further inbound port (`Sidecar.more_ports`)
+  gets the same three, named with its number (`inbound/<service>:<port>`), its own
+  application, protocol and mTLS mode (`Sidecar.mode_of`).
 - outbound, for the services it `calls` and nothing else (scoping: a mesh of a thousand services
   does not send a thousand clusters to every sidecar):
   - per call with a `local_port`: a listener `outbound/<callee>` on 127.0.0.1:local_port whose
@@ -55,7 +57,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 
 from meshpilot.base import types
-from meshpilot.ir.model import Authorization, Endpoint, Model, Route, Service
+from meshpilot.ir.model import Authorization, Endpoint, InboundPort, Model, Route, Service
 from meshpilot.translators import endpoints, failover, httpfilters, mtls, names, tcproutes, tracing
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.httpfilters import ChainInputs, jwt_authn, mesh_authorization
@@ -105,13 +107,15 @@ class Mesh:
         if sidecar is None:
             return []
         built: list[Resource] = []
-        if sidecar.port is not None:
-            listener = mtls.secure_inbound(inbound_listener(service, self.trust), service)
+        for inbound in sidecar.inbound_ports():  # the first one's names carry no port
+            port = None if inbound.port == sidecar.port else inbound
+            listener = mtls.secure_inbound(inbound_listener(service, self.trust, port),
+                                           service, inbound.port)
             built.append(Resource.from_message(types.LISTENER, listener.name, listener))
-            cluster = inbound_cluster(service)
+            cluster = inbound_cluster(service, port)
             built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
-            if service.protocol != "tcp":
-                routes = inbound_routes(service, self.trust, self._identities)
+            if (inbound.protocol or service.protocol) != "tcp":
+                routes = inbound_routes(service, self.trust, self._identities, port)
                 built.append(Resource.from_message(types.ROUTE, routes.name, routes))
         callees: list[tuple[Service, Route | None]] = []
         for call in sidecar.calls:
@@ -210,13 +214,16 @@ def host_domains(callee: Service, outbound_port: int) -> list[str]:
 # ---- inbound ------------------------------------------------------------------------------------
 
 
-def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None) -> Listener:
-    """The sidecar's inbound listener, in plaintext (`mtls.secure_inbound` adds TLS)."""
+def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None,
+                     port: InboundPort | None = None) -> Listener:
+    """The sidecar's inbound listener on its first port (or on `port`, a further one), in
+    plaintext (`mtls.secure_inbound` adds TLS)."""
     sidecar = service.sidecar
     assert sidecar is not None and sidecar.port is not None
-    name = names.inbound(service.name)
-    cluster = names.inbound_cluster(service.name)
-    if service.protocol == "tcp":  # TLS only: authorization needs HTTP (the loader says so)
+    number = sidecar.port if port is None else port.port
+    name = names.inbound(service.name, None if port is None else port.port)
+    cluster = names.inbound_cluster(service.name, None if port is None else port.port)
+    if _protocol(service, port) == "tcp":  # TLS only: authorization needs HTTP
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(
             TcpProxy(stat_prefix=name, cluster=cluster)))
     else:
@@ -228,15 +235,19 @@ def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None) ->
             http_filters=httpfilters.http_filters(ChainInputs.sidecar_inbound(
                 None, None if sidecar.jwt is None else (name, sidecar.jwt),
                 denied=sidecar.deny is not None)))
-        if sidecar.mtls != "off":
+        if sidecar.mode_of(number) != "off":
             mtls.forward_client_identity(manager)
         if sidecar.tracing is not None:
             tracing.apply(manager, service.name, sidecar.tracing)
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
     # The direction names a traced request's span (Envoy: ingress, a server span).
-    return Listener(name=name, address=_address(sidecar.address, sidecar.port),
+    return Listener(name=name, address=_address(sidecar.address, number),
                     filter_chains=[FilterChain(filters=[network_filter])],
                     traffic_direction=TrafficDirection.INBOUND)
+
+
+def _protocol(service: Service, port: InboundPort | None) -> str:
+    return service.protocol if port is None or port.protocol is None else port.protocol
 
 
 def _callers(policy: Authorization | None, trust: mtls.TrustDomain | None,
@@ -247,13 +258,17 @@ def _callers(policy: Authorization | None, trust: mtls.TrustDomain | None,
 
 
 def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None,
-                   identities: Mapping[str, str] | None = None) -> RouteConfiguration:
-    """The inbound listener's one route to the local application, with the callers'
-    authorization as its virtual host's per-filter config (`mesh_authorization.py`)."""
-    name = names.inbound(service.name)
+                   identities: Mapping[str, str] | None = None,
+                   port: InboundPort | None = None) -> RouteConfiguration:
+    """The inbound listener's one route to the local application (of the first port, or of
+    `port`), with the callers' authorization as its virtual host's per-filter config
+    (`mesh_authorization.py`): the same policy on every HTTP port."""
+    number = None if port is None else port.port
+    name = names.inbound(service.name, number)
     # The caller's sidecar already applied the route's timeout and retries: inbound has no
     # timeout of its own (0s), so a slow answer is the caller's policy to cut short.
-    action = RouteAction(cluster=names.inbound_cluster(service.name), timeout=duration(0))
+    action = RouteAction(cluster=names.inbound_cluster(service.name, number),
+                         timeout=duration(0))
     vhost = VirtualHost(name=name, domains=["*"],
                         routes=[EnvoyRoute(name=name, match=RouteMatch(prefix="/"),
                                            route=action)])
@@ -268,18 +283,20 @@ def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None,
     return RouteConfiguration(name=name, virtual_hosts=[vhost])
 
 
-def inbound_cluster(service: Service) -> Cluster:
-    """The local application: a fixed address, so a static cluster (DNS for a host name)."""
+def inbound_cluster(service: Service, port: InboundPort | None = None) -> Cluster:
+    """The local application behind the first port (or `port`): a fixed address, so a static
+    cluster (DNS for a host name)."""
     sidecar = service.sidecar
     assert sidecar is not None
-    name = names.inbound_cluster(service.name)
-    app = Endpoint(host=sidecar.app_host, port=sidecar.app_port)
+    name = names.inbound_cluster(service.name, None if port is None else port.port)
+    app = Endpoint(host=sidecar.app_host, port=sidecar.app_port) if port is None else \
+        Endpoint(host=port.app_host, port=port.app_port)
     cluster = Cluster(name=name, connect_timeout=duration(service.connect_timeout),
                       type=Cluster.STRICT_DNS if app.is_dns else Cluster.STATIC,
                       load_assignment=endpoints.load_assignment(name, [app]))
     if app.is_dns:
         cluster.dns_lookup_family = Cluster.V4_PREFERRED
-    if service.protocol in _HTTP2_PROTOCOLS:
+    if _protocol(service, port) in _HTTP2_PROTOCOLS:
         options = HttpProtocolOptions()
         options.explicit_http_config.http2_protocol_options.CopyFrom(Http2ProtocolOptions())
         cluster.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(pack(options))

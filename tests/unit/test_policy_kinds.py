@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from meshpilot.base.errors import PolicyError, Position
 from meshpilot.inputs import references
 from meshpilot.inputs.loader import load_policy, load_policy_text
-from meshpilot.inputs.native import fields, gateway, rollout, route, service
+from meshpilot.inputs.native import fields, gateway, meshpolicy, rollout, route, service, sidecar
 from meshpilot.inputs.native.schema import json_schema
 from meshpilot.inputs.yamlsource import parse_yaml
 from meshpilot.ir.model import (
@@ -952,7 +952,7 @@ def test_the_schema_is_a_2020_12_schema_of_every_kind() -> None:
     assert SCHEMA["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     kinds = [SCHEMA["$defs"][ref["$ref"].rsplit("/", 1)[1]]["properties"]["kind"]["const"]
              for ref in SCHEMA["oneOf"]]
-    assert kinds == ["Service", "Gateway", "Route", "EnvoyResources", "Rollout"]
+    assert kinds == ["Service", "Gateway", "Route", "EnvoyResources", "Rollout", "MeshPolicy"]
 
 
 def documents_of(text: str) -> list[Any]:
@@ -1021,6 +1021,9 @@ def test_the_schema_knows_every_key_the_parsers_accept() -> None:
         set(service.OUTLIER_DETECTION_KEYS)
     assert set(object_keys(defs["Gateway"])) == set(gateway.GATEWAY_KEYS)
     assert set(object_keys(defs["Rollout"])) == set(rollout.ROLLOUT_KEYS)
+    assert set(object_keys(defs["MeshPolicy"])) == set(meshpolicy.MESH_POLICY_KEYS)
+    sidecar_ports = defs["Service"]["properties"]["sidecar"]["properties"]["ports"]["items"]
+    assert set(object_keys(sidecar_ports)) == set(sidecar.PORT_KEYS)
     assert set(object_keys(defs["Gateway"]["properties"]["listeners"]["items"])) == \
         set(gateway.LISTENER_KEYS)
     assert set(object_keys(defs["Route"])) == set(route.ROUTE_KEYS)

@@ -39,7 +39,7 @@ def names_of(snapshot, type_url: str) -> list[str]:
 def test_sidecar_block_is_read_with_defaults() -> None:
     model = load_policy_text(A_CALLS_B)
     assert model.service("a").sidecar == Sidecar(port=15006, outbound_port=15001,
-                                                  calls=(Call("b", 9001),))
+                                                  calls=(Call("b", 9001),), mtls_inherited=True)
     b = model.service("b").sidecar
     assert (b.address, b.app_host, b.app_port, b.calls) == ("0.0.0.0", "127.0.0.1", 9090, ())
     assert model.service("b").sidecar is not None and load_policy_text(

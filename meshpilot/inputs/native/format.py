@@ -1,6 +1,6 @@
 """meshpilot's own policy language as an input format: documents without an `apiVersion`,
-named by their top-level `name`, of the kinds Service, Gateway, Route, EnvoyResources and
-Rollout."""
+named by their top-level `name`, of the kinds Service, Gateway, Route, EnvoyResources,
+Rollout and MeshPolicy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from meshpilot.inputs.formats import DocumentParser
-from meshpilot.inputs.native import envoy_resources, gateway, rollout, route, service
+from meshpilot.inputs.native import (
+    envoy_resources,
+    gateway,
+    meshpolicy,
+    rollout,
+    route,
+    service,
+)
 from meshpilot.inputs.yamlsource import FieldPath
 
 
@@ -27,6 +34,7 @@ class NativeFormat:
         gateway.KIND: gateway.parse_gateway,
         route.KIND: route.parse_route,
         rollout.KIND: rollout.parse_rollout,
+        meshpolicy.KIND: meshpolicy.parse_mesh_policy,
     }))
 
 

@@ -14,7 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from meshpilot.inputs.native import gateway, matches, rollout, route, security, service, tls
+from meshpilot.inputs.native import (
+    gateway,
+    matches,
+    meshpolicy,
+    rollout,
+    route,
+    security,
+    service,
+    tls,
+)
 from meshpilot.inputs.native.envoy_resources import KIND as ENVOY_RESOURCES
 from meshpilot.inputs.native.envoy_resources import RESOURCE_LISTS
 
@@ -29,13 +38,14 @@ _DNS_NAME = rf"{_DNS_LABEL}(\.{_DNS_LABEL})*"
 def json_schema() -> Schema:
     """The schema of one policy document (a YAML file holds several, each checked alone)."""
     kinds = {"Service": _service(), "Gateway": _gateway(), "Route": _route(),
-             ENVOY_RESOURCES: _envoy_resources(), rollout.KIND: _rollout()}
+             ENVOY_RESOURCES: _envoy_resources(), rollout.KIND: _rollout(),
+             meshpolicy.KIND: _mesh_policy()}
     return {
         "$schema": DRAFT,
         "title": "meshpilot policy document",
         "description": "One document of a meshpilot policy folder: a Service, a Gateway, a "
-                       "Route, raw Envoy resources, or how edits are rolled out. Every "
-                       "document has a kind and a name.",
+                       "Route, raw Envoy resources, how edits are rolled out, or mesh "
+                       "security for a namespace. Every document has a kind and a name.",
         "oneOf": [{"$ref": f"#/$defs/{kind}"} for kind in kinds],
         "$defs": {**kinds, **_shared()},
     }
@@ -233,17 +243,27 @@ def _sidecar() -> Schema:
         "outbound_port": {**port, "description": "One HTTP port on 127.0.0.1 for every called "
                                                  "service, picked by the Host header."},
         "calls": _list("The services the application calls: all the sidecar receives.", call),
-        "mtls": {"enum": ["strict", "permissive", "off", False],
-                 "description": "Mesh mTLS with the CA's certificates (default off): strict "
-                                "refuses plaintext, permissive accepts both (docs/security.md); "
-                                "an unquoted off (YAML false) is off."},
-        "authorization": _object("Callers allowed (ALLOW) or refused (DENY) on inbound, by "
-                                 "identity (needs mtls), path, method, header and address; "
-                                 "ALLOW with no rules refuses everyone.", {
-            "action": {"enum": ["ALLOW", "DENY"], "description": "Default ALLOW."},
-            "rules": _list("Any rule matches; within a rule, every field given must.",
-                           _authz_rule(mesh=True)),
-        }),
+        "ports": _list("Several inbound ports instead of port and app, each a listener of "
+                       "its own; the Service's endpoints name the first.", _object(
+            "One inbound port.", {
+                "port": {**port, "description": "Inbound: mesh traffic on this port."},
+                "app": {"oneOf": [_ref("address"), port],
+                        "description": "Where the application listens for this port, "
+                                       "host:port or a port on 127.0.0.1."},
+                "protocol": _enum("What this port speaks (default: the Service's protocol).",
+                                  ("http", "http2", "grpc", "tcp")),
+                "mtls": {**_mtls(), "description": "This port's mTLS mode (default: the "
+                                                   "sidecar's mtls); Istio's portLevelMtls."},
+                "service": _ref("name", "A further port only: the Service (without a "
+                                        "sidecar) whose endpoints are this port; its callers "
+                                        "speak mTLS to it while the port does."),
+            }, required=("port", "app"))),
+        "mtls": {**_mtls(), "description": "Mesh mTLS with the CA's certificates: strict "
+                                           "refuses plaintext, permissive accepts both "
+                                           "(docs/security.md); an unquoted off (YAML false) "
+                                           "is off. Default: the MeshPolicy of its namespace, "
+                                           "else the mesh's, else off."},
+        "authorization": _sidecar_authorization(),
         "jwt": {**_security("inbound requests")["jwt"],
                 "description": "JWT validation of inbound requests (jwks file or inline), for "
                                "authorization's claims and authenticated."},
@@ -256,6 +276,38 @@ def _sidecar() -> Schema:
                                                  "outbound requests (spans named after the "
                                                  "Service)."},
     })
+
+
+def _mtls() -> Schema:
+    return {"enum": ["strict", "permissive", "off", False]}
+
+
+def _sidecar_authorization() -> Schema:
+    return _object("Callers allowed (ALLOW) or refused (DENY) on inbound, by identity (needs "
+                   "mtls), path, method, header and address; ALLOW with no rules refuses "
+                   "everyone.", {
+        "action": {"enum": ["ALLOW", "DENY"], "description": "Default ALLOW."},
+        "rules": _list("Any rule matches; within a rule, every field given must.",
+                       _authz_rule(mesh=True)),
+    })
+
+
+def _mesh_policy() -> Schema:
+    return _document(meshpolicy.KIND, "Mesh security for every sidecar of a namespace (or of "
+                                      "every namespace): their default mTLS mode and an "
+                                      "authorization joining theirs (DENY before ALLOW).", {
+        "namespace": {"oneOf": [_ref("name"), {"const": "*"}],
+                      "description": "The namespace of the sidecars it applies to (their "
+                                     "identity's, sidecar.namespace); \"*\": every "
+                                     "namespace, the mesh."},
+        "mtls": {**_mtls(), "description": "The default mode of those sidecars: a sidecar's "
+                                           "own mtls wins, a namespace's policy over the "
+                                           "mesh's."},
+        "authorization": {**_sidecar_authorization(),
+                          "description": "Checked in each of those sidecars with its own "
+                                         "authorization and the other policies': every DENY "
+                                         "first, then any ALLOW must match."},
+    }, required=("namespace",))
 
 
 def _authz_rule(*, mesh: bool) -> Schema:
