@@ -33,7 +33,8 @@ Route: built once per Translation and shared. It must not decide which view is a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
@@ -56,7 +57,16 @@ from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpPro
 
 from meshpilot.base import types
 from meshpilot.ir.model import Authorization, Endpoint, Model, Route, Service
-from meshpilot.translators import endpoints, failover, httpfilters, mtls, names, tcproutes, tracing
+from meshpilot.translators import (
+    endpoints,
+    failover,
+    httpfilters,
+    locality,
+    mtls,
+    names,
+    tcproutes,
+    tracing,
+)
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.httpfilters import ChainInputs, jwt_authn, mesh_authorization
 from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
@@ -69,7 +79,12 @@ LOOPBACK = "127.0.0.1"
 
 _HTTP2_PROTOCOLS = frozenset({"http2", "grpc"})
 
-ClusterResources = Callable[[str, str | None], tuple[Resource, ...]]
+class ClusterResources(Protocol):
+    """The Translation's clusters: (service, subset), for a calling sidecar (`caller`) as its
+    locality sees them (`locality.py`)."""
+
+    def __call__(self, service: str, subset: str | None,
+                 caller: locality.Caller | None = None) -> tuple[Resource, ...]: ...
 
 
 class Mesh:
@@ -141,8 +156,9 @@ class Mesh:
             upstreams.extend((p.jwks.service, None) for p in sidecar.jwt.providers
                              if p.jwks.service is not None
                              and (p.jwks.service, None) not in upstreams)
+        caller = locality.caller_of(service)
         for name, subset in failover.with_targets(self.model, upstreams):
-            built.extend(self._cluster_resources(name, subset))
+            built.extend(self._cluster_resources(name, subset, caller))
         return built
 
     def route_for(self, callee: Service, name: str | None) -> Route | None:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from meshpilot.base import types
 from meshpilot.ir.discovered import DiscoveredEndpoints
 from meshpilot.ir.model import Endpoint, Model, Service
-from meshpilot.translators import clusters, endpoints, failover, mtls, names, secrets
+from meshpilot.translators import clusters, endpoints, failover, locality, mtls, names, secrets
 from meshpilot.translators.assignments import Assignment
 from meshpilot.translators.reuse import NOTHING, BuiltCluster, Earlier
 from meshpilot.xds.resources import Resource
@@ -45,6 +45,8 @@ class Upstreams:
         # Patchable forms of built assignments, by cluster name (made on a first patch).
         self._assignments: dict[str, Assignment] = {}
         self._services: dict[str, Service | None] = {}  # service(): made once per name
+        # Clusters of services balanced by the caller's locality, by (cluster, caller).
+        self._localized: dict[tuple[str, locality.Caller], tuple[Resource, ...]] = {}
         if keep_except is not None:
             self._built = dict(earlier.clusters)
             self._ca_secrets = dict(earlier.ca_secrets)
@@ -80,9 +82,21 @@ class Upstreams:
         self._services[name] = service
         return service
 
-    def resources(self, service_name: str, subset: str | None) -> tuple[Resource, ...]:
-        """The cluster (and, for EDS, its assignment) of a service or subset, built once."""
+    def resources(self, service_name: str, subset: str | None,
+                  caller: locality.Caller | None = None) -> tuple[Resource, ...]:
+        """The cluster (and, for EDS, its assignment) of a service or subset, built once; for
+        a calling sidecar (`caller`), once per caller alike when the service balances by the
+        caller's locality (`Service.locality_lb`), else the one shared by every view."""
         name = names.cluster(service_name, subset)
+        if caller is not None:
+            service = self.service(service_name)
+            if service is not None and service.locality_lb is not None:
+                key = (name, caller)
+                localized = self._localized.get(key)
+                if localized is None:
+                    localized = self._localized[key] = translate_cluster(
+                        service, subset, self.trust, caller)
+                return localized
         found = self._built.get(name)
         if found is None:
             service = self.service(service_name)
@@ -190,7 +204,10 @@ def cluster_names(service: Service) -> list[str]:
 
 
 def translate_cluster(service: Service | None, subset: str | None,
-                      trust: mtls.TrustDomain) -> tuple[Resource, ...]:
+                      trust: mtls.TrustDomain, caller: locality.Caller | None = None
+                      ) -> tuple[Resource, ...]:
+    """The cluster of `service` (or `subset`) and its EDS assignment; for `caller` (a calling
+    sidecar), with the endpoints its locality gives them (`Service.locality_lb`)."""
     # The loader rejects a backend naming an unknown service or subset; if one got through
     # anyway, sending no cluster (Envoy answers 503) beats a subset cluster holding every
     # endpoint of the service.
@@ -198,9 +215,16 @@ def translate_cluster(service: Service | None, subset: str | None,
         return ()
     whole = service
     service = service.for_subset(subset)  # a subset's own settings (Istio's subset policy)
+    weights = None
+    if caller is not None and service.locality_lb is not None:
+        # The cluster's endpoints as this caller sees them: priorities (and shares) are per
+        # cluster, numbered without gaps, so only this subset's endpoints are ranked.
+        members, weights = locality.localized(service.endpoints_of(subset),
+                                              service.locality_lb, caller)
+        service = replace(service, endpoints=members)
     owner = names.cluster(whole.name, subset) if service.tls != whole.tls else None
-    cluster = mtls.secure_cluster(clusters.cluster(service, subset, owner), service, trust,
-                                  subset)
+    cluster = mtls.secure_cluster(clusters.cluster(service, subset, owner, weights), service,
+                                  trust, subset)
     built = []
     if subset is None and service.failover:
         # Its own endpoints under another name; its name goes to the aggregate (failover.py).
@@ -215,6 +239,6 @@ def translate_cluster(service: Service | None, subset: str | None,
     if not clusters.uses_dns(service):
         assignment = endpoints.load_assignment(names.eds_service(cluster.name),
                                                service.endpoints_of(subset),
-                                               dict(service.zone_weights))
+                                               dict(service.zone_weights), weights)
         built.append(Resource.from_message(types.ENDPOINT, assignment.cluster_name, assignment))
     return tuple(built)

@@ -272,9 +272,11 @@ def _match(ctx: DocumentContext, item: Any, path: FieldPath) -> Match | None:
     if entry is None:
         return None
     entry.check_keys(MATCH_KEYS, "a match")
+    path_spec = entry.value.get("path")
+    ignore_case = isinstance(path_spec, dict) and path_spec.get("ignore_case") is True
     return Match(path=_path_match(entry), methods=_methods(entry),
                  headers=value_matches(entry, "headers"), query=value_matches(entry, "query"),
-                 origin=entry.origin())
+                 origin=entry.origin(), ignore_case=ignore_case)
 
 
 def _path_match(entry: Fields) -> StringMatch | None:
@@ -282,12 +284,13 @@ def _path_match(entry: Fields) -> StringMatch | None:
                                  "{prefix: /api/}")
     if spec is None:
         return None
-    spec.check_keys((*PATH_MATCHES, "invert"), "a path match")
+    spec.check_keys((*PATH_MATCHES, "invert", "ignore_case"), "a path match")
     kind = spec.exclusive(PATH_MATCHES, required=True, what="a path match")
     if kind is None:
         return None
     value = spec.get(kind, fields.regex if kind == "regex" else fields.url_path, required=True)
     invert = bool(spec.get("invert", fields.boolean))
+    spec.get("ignore_case", fields.boolean)  # checked here; `_match` puts it on the Match
     if value is None:
         return None
     if invert and kind == "regex":  # said on :path, query included: see inverted_path_regex

@@ -27,6 +27,8 @@ Shape (inside a `kind: Service` document):
       namespace: shop             # identity spiffe://<td>/ns/shop/sa/<service_account>
       service_account: web        #   (defaults: default, the Service's name)
       tracing: {provider: zipkin, collector: zipkin}   # as a Gateway's, inbound and outbound
+      locality: eu-west/eu-west-1a  # where it runs: region[/zone[/subzone]], and its labels:
+      labels: {tier: gold}          #   what its callees' locality_lb compares (locality.py)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Any, cast
 
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
+from meshpilot.inputs.native import locality as localities
 from meshpilot.inputs.native.fields import Fields, written_before
 from meshpilot.inputs.native.gateway import parse_tracing
 from meshpilot.inputs.native.security import authorization_policy, parse_jwt
@@ -51,7 +54,7 @@ from meshpilot.ir.model import (
 )
 
 SIDECAR_KEYS = ("port", "address", "app", "outbound_port", "calls", "mtls", "authorization",
-                "jwt", "namespace", "service_account", "tracing")
+                "jwt", "namespace", "service_account", "tracing", "locality", "labels")
 MTLS_MODES = ("strict", "permissive", "off")
 MTLS_MODE = fields.choice(MTLS_MODES)
 CALL_KEYS = ("service", "local_port")
@@ -117,7 +120,9 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
     return Sidecar(port=port, address=address, app_host=app_host, app_port=app_port,
                    outbound_port=outbound_port, calls=calls, mtls=cast(Any, mtls),
                    authorization=authorization, origin=spec.origin(), jwt=jwt,
-                   identity=_identity(spec, doc), tracing=tracing)
+                   identity=_identity(spec, doc), tracing=tracing,
+                   locality=spec.get("locality", localities.locality),
+                   labels=spec.get("labels", fields.labels) or ())
 
 
 def names_callers(rule: AuthzRule) -> bool:
