@@ -20,7 +20,8 @@ This module owns what a sidecar receives (docs/mesh.md):
     configuration `outbound` has one virtual host per HTTP callee, picked by the Host header
     (`<callee>`, `<callee>:<outbound_port>`, and `<callee>:<callee's sidecar port>`);
   - the clusters (and EDS assignments) those virtual hosts send to. A callee's endpoints are its
-    instances' sidecar inbound addresses, so the request crosses both sidecars.
+    instances' sidecar inbound addresses, so the request crosses both sidecars. A callee with
+    `locality_lb` has its endpoints ranked for this sidecar's locality (`locality.py`).
 - A Route attached to a callee (`service: <callee>`) becomes that callee's virtual host, in both
   styles and in every caller; without one, the virtual host sends everything to the callee's
   whole-service cluster. A caller whose `Call` names another Route attached to the callee

@@ -493,3 +493,49 @@ def test_mesh_external_tcp_hosts_get_a_local_port() -> None:
     # needs traffic capture: no local port, a warning.
     assert any("blind.example.com:6000: resolution NONE without endpoints" in str(w)
                for w in model.warnings), model.warnings
+
+
+def test_native_path_ignore_case() -> None:
+    model = load_policy_text("""
+kind: Service
+name: web
+endpoints: [127.0.0.1:9001]
+---
+kind: Gateway
+name: edge
+listeners: [{name: http, port: 80}]
+---
+kind: Route
+name: site
+gateway: edge
+hosts: [www.example.com]
+rules:
+  - match: {path: {prefix: /docs/, ignore_case: true}}
+    backends: [web]
+  - match: {path: {exact: /Old, invert: true, ignore_case: true}}
+    backends: [web]
+""", "policy.yaml")
+    (vhost,) = dumped(model, "edge", ROUTE, "edge/http")["virtualHosts"]
+    first, second = (r["match"] for r in vhost["routes"])
+    assert first == {"prefix": "/docs/", "caseSensitive": False}
+    (header,) = second["headers"]
+    assert header["invertMatch"] and header["stringMatch"]["safeRegex"]["regex"].startswith(
+        "(?:(?i)")
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text("""
+kind: Service
+name: web
+endpoints: [127.0.0.1:9001]
+---
+kind: Gateway
+name: edge
+listeners: [{name: http, port: 80}]
+---
+kind: Route
+name: site
+gateway: edge
+hosts: [www.example.com]
+rules: [{match: {path: {prefix: /x, ignore_case: nope}}, backends: [web]}]
+""", "policy.yaml")
+    assert any("rules[0].match.path.ignore_case" in str(i) for i in caught.value.issues), \
+        caught.value.issues
