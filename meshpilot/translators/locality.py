@@ -52,6 +52,14 @@ def caller_of(service: Service | None) -> Caller | None:
     return Caller(sidecar.locality or Locality(), sidecar.labels)
 
 
+def relevant(caller: Caller, policy: LocalityLb) -> Caller:
+    """What of `caller` `policy` reads: its locality, and only the labels `failover_priority`
+    names (callers alike share one cluster build: `Upstreams` keys by this)."""
+    keys = set(policy.failover_priority) if not policy.distribute else set()
+    labels = tuple((k, v) for k, v in caller.labels if k in keys)
+    return caller if labels == caller.labels else Caller(caller.locality, labels)
+
+
 def localized(endpoints: Iterable[Endpoint], policy: LocalityLb, caller: Caller
               ) -> tuple[tuple[Endpoint, ...], dict[Locality, int] | None]:
     """One cluster's endpoints for `caller`, and each locality's weight when `distribute`

@@ -91,6 +91,7 @@ class Upstreams:
         if caller is not None:
             service = self.service(service_name)
             if service is not None and service.locality_lb is not None:
+                caller = locality.relevant(caller, service.locality_lb)
                 key = (name, caller)
                 localized = self._localized.get(key)
                 if localized is None:

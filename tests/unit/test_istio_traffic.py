@@ -539,3 +539,11 @@ rules: [{match: {path: {prefix: /x, ignore_case: nope}}, backends: [web]}]
 """, "policy.yaml")
     assert any("rules[0].match.path.ignore_case" in str(i) for i in caught.value.issues), \
         caught.value.issues
+
+
+def test_callers_alike_share_one_build() -> None:
+    gold = Caller(Locality("us-east", "z1"), (("app", "a"), ("tier", "gold")))
+    other = Caller(Locality("us-east", "z1"), (("app", "b"), ("tier", "gold")))
+    by_tier = LocalityLb(failover_priority=("tier",))
+    assert locality.relevant(gold, by_tier) == locality.relevant(other, by_tier)
+    assert locality.relevant(gold, LocalityLb()) == Caller(Locality("us-east", "z1"))
