@@ -44,6 +44,7 @@ from meshpilot.ir.model import (
     LocalityLb,
     Match,
     Mirror,
+    Origin,
     Protocol,
     Route,
     Rule,
@@ -172,9 +173,16 @@ def _selected(doc: Doc, entry: o.ServiceEntry, workloads: _Workloads
               ) -> list[o.WorkloadSpec]:
     """The workloads behind a ServiceEntry: its inline endpoints, or the WorkloadEntries of
     its namespace that its workloadSelector selects."""
+    return [workload for workload, _ in _selected_at(doc, entry, workloads)]
+
+
+def _selected_at(doc: Doc, entry: o.ServiceEntry, workloads: _Workloads
+                 ) -> list[tuple[o.WorkloadSpec, Origin]]:
+    """`_selected`, each with where it was written (the inline endpoint, or the
+    WorkloadEntry's spec)."""
     if entry.workload_selector is None:
-        return list(entry.endpoints)
-    return [w.item.spec.spec  # type: ignore[union-attr]
+        return [(w, doc.ctx.origin(w.path)) for w in entry.endpoints]
+    return [(w.item.spec.spec, w.ctx.origin(w.item.spec.spec.path))  # type: ignore[union-attr]
             for w in workloads.selected(doc.item.namespace, entry.workload_selector)]
 
 
@@ -217,16 +225,18 @@ def _plaintext_where_disabled(registry: dict[str, _Host], policies: security.Pol
 def _service(doc: Doc, entry: o.ServiceEntry, host: str, port: o.Port,
              workloads: _Workloads) -> Service:
     found: list[Endpoint] = []
-    for workload in _selected(doc, entry, workloads):
+    for workload, origin in _selected_at(doc, entry, workloads):
         # Auto mTLS: callers speak mTLS to a workload whose label says it runs a sidecar.
         identity = hosts.spiffe_path(doc.item.namespace, workload.service_account) \
             if security.in_mesh(workload.labels) and entry.location == "MESH_INTERNAL" else None
         found.append(Endpoint(host=workload.address, port=endpoint_port(workload, port),
                               labels=workload.labels, weight=workload.weight,
                               region=_locality(workload, 0), zone=_locality(workload, 1),
-                              sub_zone=_locality(workload, 2), mtls_identity=identity))
+                              sub_zone=_locality(workload, 2), mtls_identity=identity,
+                              origin=origin))
     if not found and entry.resolution in ("DNS", "DNS_ROUND_ROBIN"):
-        found.append(Endpoint(host=host, port=port.target_port or port.number))
+        found.append(Endpoint(host=host, port=port.target_port or port.number,
+                              origin=doc.ctx.origin(("spec", "hosts"))))
     protocol = _PROTOCOLS.get(port.protocol, "tcp")
     return Service(name=hosts.service_name(host, port.number),
                    position=doc.ctx.document.position, protocol=protocol,
@@ -958,9 +968,12 @@ def _default_routes(registry: dict[str, _Host], routed: set[str]) -> None:
         for number, service in host.services.items():
             if service.name in routed or service.protocol == "tcp":
                 continue
-            rule = Rule(position=service.position, backends=(Backend(service.name),),
-                        timeout=0.0, retries=ISTIO_DEFAULT_RETRIES,
-                        hash_on=host.hash_on.get(number, ()))
+            # Istio's defaults, said where the ServiceEntry is (their origin).
+            rule = Rule(position=service.position,
+                        backends=(Backend(service.name, origin=service.origin),),
+                        timeout=0.0, retries=replace(ISTIO_DEFAULT_RETRIES,
+                                                     origin=service.origin),
+                        hash_on=host.hash_on.get(number, ()), origin=service.origin)
             host.doc.parts.append(Route(name=f"default@{service.name}",
                                         position=service.position, gateway=None,
                                         rules=(rule,), service=service.name,
@@ -1107,7 +1120,8 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
              if service.protocol != "tcp"]
     serving = _serving(workloads, registry)
     jwks_service = _jwks_service(registry)
-    everything = tuple(Call(service.name) for _, _, service in every)
+    # Istio's default, every service: each call said where its ServiceEntry is.
+    everything = tuple(Call(service.name, origin=service.origin) for _, _, service in every)
     # TCP services: the outbound port routes HTTP by Host, so each gets a local port of its
     # own, its port number (the application connects to 127.0.0.1:3306 for mysql:3306),
     # MESH_EXTERNAL ones as well (Istio's outbound listener for an external TCP host).
@@ -1199,7 +1213,7 @@ def _tcp_calls(doc: Doc, tcp: list[tuple[_Host, str, Service]],
                                 f"workload's sidecar: 127.0.0.1:{number} is already taken")
             continue
         used.add(number)
-        found.append(Call(service.name, local_port=number))
+        found.append(Call(service.name, local_port=number, origin=service.origin))
     return found
 
 

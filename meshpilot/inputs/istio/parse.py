@@ -701,8 +701,8 @@ def _rewrite(entry: Fields, matches: tuple[o.HttpMatch, ...]
 
 def _retries(entry: Fields) -> Retries | None:
     spec = entry.mapping("retries", "a mapping such as {attempts: 3, perTryTimeout: 2s}")
-    if spec is None:
-        return ISTIO_DEFAULT_RETRIES
+    if spec is None:  # Istio's default, said where the route is (origins are not compared)
+        return replace(ISTIO_DEFAULT_RETRIES, origin=entry.origin())
     spec.check_keys(("attempts", "perTryTimeout", "retryOn", "retryRemoteLocalities",
                      "retryIgnorePreviousHosts", "backoff"), "retries")
     attempts = spec.get("attempts", fields.integer(0, 1_000_000))
