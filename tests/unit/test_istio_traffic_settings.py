@@ -547,3 +547,22 @@ def test_callers_alike_share_one_build() -> None:
     by_tier = LocalityLb(failover_priority=("tier",))
     assert locality.relevant(gold, by_tier) == locality.relevant(other, by_tier)
     assert locality.relevant(gold, LocalityLb()) == Caller(Locality("us-east", "z1"))
+
+
+def test_a_low_local_port_is_a_warning() -> None:
+    model = load("""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+""")
+    east = model.service("east.default")
+    assert east is not None and east.sidecar is not None
+    assert {c.service: c.local_port for c in east.sidecar.calls if c.local_port} == {
+        "api.example.com:443": 443}
+    found = [str(w) for w in model.warnings if "127.0.0.1:443" in str(w)]
+    assert len(found) == 1 and "CAP_NET_BIND_SERVICE" in found[0], model.warnings

@@ -1185,18 +1185,19 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
 
 
 def _reachable(host: _Host, service: Service) -> bool:
-    """Whether a tcp Service has somewhere to send a connection: its endpoints (or, with
-    resolution DNS, the host itself). Resolution NONE without endpoints is Istio's
-    passthrough to the address the application dialled, which needs traffic capture
-    (iptables) that meshpilot's sidecars do not have: no local port then, with a warning."""
-    if service.endpoints or service.tcp_routes:
+    """Whether a tcp Service gets a local port in sidecars. Not when it is resolution NONE
+    with neither endpoints nor a workloadSelector: Istio passes such connections to the
+    address the application dialled, which needs traffic capture (iptables) that meshpilot's
+    sidecars do not have (a warning says so)."""
+    entry = host.entry
+    if entry.resolution != "NONE" or entry.endpoints or entry.workload_selector is not None \
+            or service.tcp_routes:
         return True
-    if host.entry.resolution == "NONE":
-        host.doc.warn(("spec", "resolution"),
-                      f"{service.name}: resolution NONE without endpoints passes connections "
-                      "to the address the application dialled, which needs traffic capture; "
-                      "sidecars get no local port for it (write endpoints, or resolution DNS)",
-                      once=True)
+    host.doc.warn(("spec", "resolution"),
+                  f"{service.name}: resolution NONE without endpoints passes connections to "
+                  "the address the application dialled, which needs traffic capture; "
+                  "sidecars get no local port for it (write endpoints, or resolution DNS)",
+                  once=True)
     return False
 
 
@@ -1213,6 +1214,11 @@ def _tcp_calls(doc: Doc, tcp: list[tuple[_Host, str, Service]],
                                 f"workload's sidecar: 127.0.0.1:{number} is already taken")
             continue
         used.add(number)
+        if number < 1024:  # Envoy refuses the listener unless it may bind low ports
+            host.doc.warn(("spec", "ports"), f"TCP service {service.name} gets the local port "
+                                             f"127.0.0.1:{number} in sidecars: below 1024, "
+                                             "their Envoys need CAP_NET_BIND_SERVICE (or root) "
+                                             "to bind it", once=True)
         found.append(Call(service.name, local_port=number, origin=service.origin))
     return found
 
