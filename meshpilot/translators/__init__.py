@@ -217,6 +217,7 @@ class Translation:
             (trust.trust_domain, trust.namespace)
         return reuse.Earlier(raw=self.raw.by_id(),
                              clusters=self.upstreams.built if same_trust else {},
+                             localized=self.upstreams.localized_built if same_trust else {},
                              listeners=self.gateways.listeners,
                              virtual_hosts=self.gateways.virtual_hosts,
                              routes_of=self.gateways.routes_of,

@@ -46,18 +46,27 @@ class Upstreams:
         self._assignments: dict[str, Assignment] = {}
         self._services: dict[str, Service | None] = {}  # service(): made once per name
         # Clusters of services balanced by the caller's locality, by (cluster, caller).
-        self._localized: dict[tuple[str, locality.Caller], tuple[Resource, ...]] = {}
+        self._localized: dict[tuple[str, object], BuiltCluster] = {}
         if keep_except is not None:
             self._built = dict(earlier.clusters)
             self._ca_secrets = dict(earlier.ca_secrets)
+            changed = set()
             for service in keep_except:
                 for name in cluster_names(service):
                     self._built.pop(name, None)
+                    changed.add(name)
                 self._ca_secrets.pop(service.name, None)
+            self._localized = {key: built for key, built in earlier.localized.items()
+                               if key[0] not in changed}
 
     @property
     def ca_secrets_built(self) -> Mapping[str, tuple[Resource, ...]]:
         return self._ca_secrets
+
+    @property
+    def localized_built(self) -> Mapping[tuple[str, object], BuiltCluster]:
+        """The clusters built for callers' localities, by (cluster, caller)."""
+        return self._localized
 
     @property
     def built(self) -> Mapping[str, BuiltCluster]:
@@ -95,9 +104,11 @@ class Upstreams:
                 key = (name, caller)
                 localized = self._localized.get(key)
                 if localized is None:
-                    localized = self._localized[key] = translate_cluster(
-                        service, subset, self.trust, caller)
-                return localized
+                    built = self._earlier.localized_cluster(key, service)
+                    if built is None:
+                        built = translate_cluster(service, subset, self.trust, caller)
+                    localized = self._localized[key] = BuiltCluster(service, built)
+                return localized.resources
         found = self._built.get(name)
         if found is None:
             service = self.service(service_name)
@@ -128,6 +139,11 @@ class Upstreams:
         first use."""
         changed = self.changed_services(discovered)
         new = Upstreams(self.model, discovered, self.trust, self._earlier)
+        # A caller's localized cluster of an unaffected service is kept; of an affected one,
+        # built again on first use (its endpoints' ranks may move).
+        new._localized = {key: built for key, built in self._localized.items()
+                          if names.service_of_cluster(key[0], changed.__contains__)
+                          not in changed}
         for name, built in self._built.items():
             service = names.service_of_cluster(name, changed.__contains__)
             if service not in changed:

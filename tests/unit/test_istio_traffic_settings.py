@@ -566,3 +566,24 @@ spec:
         "api.example.com:443": 443}
     found = [str(w) for w in model.warnings if "127.0.0.1:443" in str(w)]
     assert len(found) == 1 and "CAP_NET_BIND_SERVICE" in found[0], model.warnings
+
+
+def test_localized_clusters_are_lent_to_the_next_translation_and_follow_endpoints() -> None:
+    model = load(rule("{localityLbSetting: {failover: [{from: us-east, to: eu}]}}"))
+    first = Translation(model)
+    before = first.snapshot("east.default").get(ENDPOINT)[ECHO]
+    second = Translation(model, previous=first)
+    assert second.snapshot("east.default").get(ENDPOINT)[ECHO] is before  # lent, not rebuilt
+    # A discovered endpoint of echo: the east caller's assignment is ranked again with it.
+    extra = (Endpoint(host="10.9.9.9", port=9080),)
+    moved = second.with_endpoints({ECHO: extra})
+    after = moved.refresh_endpoints(second.snapshot("east.default"), {ECHO})
+    assignment = after.get(ENDPOINT)[ECHO]
+    assert assignment is not before
+    message = ClusterLoadAssignment()
+    message.ParseFromString(assignment.body)
+    ranked = {e.endpoint.address.socket_address.address: group.priority
+              for group in message.endpoints for e in group.lb_endpoints}
+    # Without a locality it ranks with the regions no failover rule names (us-west).
+    assert ranked == {"10.0.0.1": 0, "10.0.0.2": 1, "10.0.0.4": 2, "10.0.0.3": 3,
+                      "10.9.9.9": 3}
