@@ -13,6 +13,12 @@ Sidecar resource). Timed in this process, after a first warm-up load: `load_poli
 first one builds every callee's clusters) and a second workload's (clusters reused). Medians
 of `--repeat` runs; docs/benchmarks.md has the figures.
 
+    python -m benchmarks.istio_mesh --locality --services 100 500 [--repeat 5]
+
+Sidecar views with every DestinationRule's localityLbSetting (workloads in three regions)
+beside the same mesh without: CPU seconds of a first view, a second in the same region and a
+third in another (docs/benchmarks.md).
+
     python -m benchmarks.istio_mesh --bookinfo-edits 20
 
 A bookinfo-sized edit instead: bookinfo (4 services, 6 workloads each with a sidecar,
@@ -42,7 +48,16 @@ from meshpilot.translators import Translation
 WORKLOADS_PER_SERVICE = 3
 
 
-def istio_policy(services: int) -> str:
+REGIONS = 3  # --locality: workload w of each service runs in region r{w % REGIONS}
+
+
+def istio_policy(services: int, locality: bool = False) -> str:
+    """`locality`: each workload in a region, each DestinationRule with outlierDetection and
+    a localityLbSetting failover, so every sidecar gets its callees' endpoints ranked for its
+    own region (translators/locality.py)."""
+    rule = ("\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 5}\n"
+            "    loadBalancer: {localityLbSetting: {failover: [{from: r0, to: r1}]}}"
+            if locality else "")
     documents = []
     for i in range(services):
         documents.append(f"""apiVersion: networking.istio.io/v1
@@ -59,7 +74,7 @@ kind: DestinationRule
 metadata: {{name: s{i}}}
 spec:
   host: s{i}
-  subsets: [{{name: v0, labels: {{version: v0}}}}, {{name: v1, labels: {{version: v1}}}}]
+  subsets: [{{name: v0, labels: {{version: v0}}}}, {{name: v1, labels: {{version: v1}}}}]{rule}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -76,7 +91,8 @@ metadata: {{name: s{i}-{w}, annotations: {{meshpilot.io/app: "127.0.0.1:8080"}}}
 spec:
   address: 10.{i // 250}.{i % 250}.{w + 1}
   ports: {{http: 9080}}
-  labels: {{app: s{i}, version: v{w % 2}}}""")
+  labels: {{app: s{i}, version: v{w % 2}}}""" + (f"\n  locality: r{w % REGIONS}/z1"
+                                                 if locality else ""))
     return "\n---\n".join(documents)
 
 
@@ -131,6 +147,27 @@ def measure(folder: Path, views: tuple[str, str], repeat: int) -> dict[str, floa
         seconds.append(time.perf_counter() - first)
     return {"load_s": statistics.median(loads), "first_view_s": statistics.median(firsts),
             "second_view_s": statistics.median(seconds)}
+
+
+def measure_locality(services: int, repeat: int, work: Path) -> dict[str, object]:
+    """CPU seconds (`time.process_time`) of three sidecar views of one Translation, without
+    and with locality balancing, alternated in one process: s0-0 (region r0), s1-0 (r0 too:
+    its clusters are the first one's) and s1-1 (r1: every callee's clusters ranked again)."""
+    folders = {mode: write_folder(istio_policy(services, mode == "locality"),
+                                  work / f"{mode}-{services}") for mode in ("plain", "locality")}
+    views = ("s0-0.default", "s1-0.default", "s1-1.default")
+    models = {mode: load_policy(folder) for mode, folder in folders.items()}
+    found: dict[str, dict[str, list[float]]] = {m: {v: [] for v in views} for m in models}
+    for _ in range(repeat):
+        for mode, model in models.items():
+            translation = Translation(model)
+            for view in views:
+                start = time.process_time()
+                translation.snapshot(view)
+                found[mode][view].append(time.process_time() - start)
+    medians = {mode: {view: round(statistics.median(times), 4) for view, times in rows.items()}
+               for mode, rows in found.items()}
+    return {"services": services, "cpu_s": medians, "raw_cpu_s": found}
 
 
 # ---- a bookinfo-sized edit ---------------------------------------------------------------------
@@ -347,7 +384,16 @@ def main() -> None:
                         help="with --bookinfo-edits: count instructions per edit (callgrind)")
     parser.add_argument("--bookinfo-worker", nargs=2, metavar=("SIDE", "EDITS"),
                         help=argparse.SUPPRESS)
+    parser.add_argument("--locality", action="store_true",
+                        help="instead: sidecar views with and without localityLbSetting "
+                             "(CPU seconds)")
     args = parser.parse_args()
+    if args.locality:
+        with tempfile.TemporaryDirectory() as work:
+            for services in args.services:
+                print(json.dumps(measure_locality(services, args.repeat, Path(work))),
+                      flush=True)
+        return
     if args.bookinfo_worker:
         _bookinfo_worker(args.bookinfo_worker[0], int(args.bookinfo_worker[1]))
         return

@@ -78,6 +78,7 @@ class Endpoint:
     region: str | None = None  # locality: endpoints are grouped by (priority, region, zone)
     zone: str | None = None
     priority: int = 0  # 0 is preferred; higher priorities get traffic when lower ones fail
+    sub_zone: str | None = None  # the third level of a locality (Istio's subzone)
     origin: Origin | None = field(default=None, compare=False, repr=False)
     # The SPIFFE path (`ns/<namespace>/sa/<account>`) of a mesh workload behind this endpoint:
     # callers speak mTLS to it (Istio's auto mTLS) when every endpoint of the cluster has one.
@@ -161,6 +162,40 @@ class LoadBalancerOptions:
     table_size: int | None = None  # maglev (a prime)
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class Locality:
+    """Where a proxy or an endpoint runs: region, zone, subzone (empty: not said)."""
+
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+
+    @classmethod
+    def of(cls, endpoint: Endpoint) -> Locality:
+        return cls(endpoint.region or "", endpoint.zone or "", endpoint.sub_zone or "")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalityLb:
+    """Balancing that depends on where the caller runs (Istio's localityLbSetting), decided
+    per calling sidecar (`Sidecar.locality`) by `translators/locality.py`.
+
+    `distribute`: for a caller whose locality matches a `from` pattern (`region/zone/subzone`,
+    `*` for any, a shorter pattern covering everything below it), the share of traffic each
+    `to` pattern's endpoints get; endpoints no `to` pattern covers get nothing. Otherwise,
+    failover by priority: endpoints in the caller's subzone, then zone, then region, then (with
+    `failover` naming the caller's region) the regions it names, then the rest; with
+    `failover_priority`, endpoints whose labels equal the caller's for the first of those label
+    keys come first, then those equal for fewer. Priorities move traffic only when endpoints
+    are found unhealthy, so a Service with failover also has outlier detection or a health
+    check (the loaders check it)."""
+
+    distribute: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()  # (from, ((to, w),))
+    failover: tuple[tuple[str, str], ...] = ()  # (from region, to region)
+    failover_priority: tuple[str, ...] = ()  # label keys (Istio's topology keys included)
+    origin: Origin | None = field(default=None, compare=False, repr=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Call:
     """A service a sidecar's application calls, and how it reaches it: through a local port
@@ -234,6 +269,11 @@ class Sidecar:
     # else the mesh-wide one, decides (`inputs/native/meshpolicy.py`); `mtls` is then what
     # they decided, or off.
     mtls_inherited: bool = False
+    # Where this sidecar runs, and its labels: what its callees' `locality_lb` compares with
+    # their endpoints' localities and labels. None: not said, read as an empty locality
+    # (Istio's: endpoints with a locality then come after those without).
+    locality: Locality | None = None
+    labels: Labels = ()
 
     def mode_of(self, port: int | None) -> MtlsMode:
         """The mTLS mode of one inbound port: its own, else the sidecar's."""
@@ -358,6 +398,9 @@ class Service:
     # tcp only: where its callers' sidecars send connections to it (by SNI and weight, as a
     # gateway listener's `tcp_routes`); empty: its whole-service cluster.
     tcp_routes: tuple[TcpRoute, ...] = ()
+    # Balancing by the caller's locality (priorities and shares computed per calling sidecar);
+    # None: the endpoints as written, the same for every caller.
+    locality_lb: LocalityLb | None = None
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)
@@ -430,6 +473,11 @@ class TcpRoute:
     backends: tuple[Backend, ...]  # weights as Backend.weight; a weight of 0 gets nothing
     server_names: tuple[str, ...] = ()  # empty: any connection (TLS or not)
     origin: Origin | None = field(default=None, compare=False, repr=False)
+    # Only connections to one of these local addresses (CIDRs, `10.0.0.0/8`; the address the
+    # client dialled) / from one of these client addresses; empty: any. Envoy picks the most
+    # specific filter chain: destination, then SNI, then source.
+    destination_ranges: tuple[str, ...] = ()
+    source_ranges: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,6 +589,8 @@ class Match:
     # A prefix path matches whole segments only: "/v2" matches /v2 and /v2/x, not /v2x
     # (Gateway API's PathPrefix). False: a plain string prefix.
     whole_segments: bool = False
+    # The path compared without regard to case (Istio's ignoreUriCase): /API matches /api.
+    ignore_case: bool = False
 
 
 @dataclass(frozen=True, slots=True)

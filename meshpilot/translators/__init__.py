@@ -41,7 +41,7 @@ from meshpilot.base import types
 from meshpilot.base.gcpause import collection_paused
 from meshpilot.ir.changes import ModelChanges
 from meshpilot.ir.model import Endpoint, Model, Service
-from meshpilot.translators import mtls, patch, raw, reuse, sidecar, snapshots
+from meshpilot.translators import locality, mtls, patch, raw, reuse, sidecar, snapshots
 from meshpilot.translators.gateway import GatewayViews
 from meshpilot.translators.plugins import Plugin, apply_plugins, as_plugins
 from meshpilot.translators.upstreams import Upstreams
@@ -217,6 +217,7 @@ class Translation:
             (trust.trust_domain, trust.namespace)
         return reuse.Earlier(raw=self.raw.by_id(),
                              clusters=self.upstreams.built if same_trust else {},
+                             localized=self.upstreams.localized_built if same_trust else {},
                              listeners=self.gateways.listeners,
                              virtual_hosts=self.gateways.virtual_hosts,
                              routes_of=self.gateways.routes_of,
@@ -285,5 +286,9 @@ class Translation:
             changes = ModelChanges(self.model, self.model, services=frozenset(services))
             if patch.patchable(changes, services) and earlier.claim(previous):
                 return self._patch(earlier, previous.view, changes, services)
-        return snapshots.with_clusters_of(previous, services, self.upstreams.resources,
-                                          self.raw.overridden(previous.view))
+        # A sidecar's clusters of services balanced by its locality are its own (locality.py).
+        caller = locality.caller_of(self.model.service(previous.view))
+        return snapshots.with_clusters_of(
+            previous, services,
+            lambda service, subset: self.upstreams.resources(service, subset, caller),
+            self.raw.overridden(previous.view))

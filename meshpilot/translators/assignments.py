@@ -45,7 +45,8 @@ def _entry(endpoint: Endpoint) -> bytes:
 
 
 def _in_default_locality(endpoint: Endpoint) -> bool:
-    return endpoint.priority == 0 and not endpoint.region and not endpoint.zone
+    return endpoint.priority == 0 and not endpoint.region and not endpoint.zone \
+        and not endpoint.sub_zone
 
 
 class Assignment:

@@ -9,6 +9,8 @@ name anything itself (`names.py` does).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from envoy.config.cluster.v3.circuit_breaker_pb2 import CircuitBreakers
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.cluster.v3.outlier_detection_pb2 import OutlierDetection as EnvoyOutlier
@@ -25,6 +27,7 @@ from meshpilot.ir.model import (
     CircuitBreaker,
     HealthCheck,
     LoadBalancer,
+    Locality,
     OutlierDetection,
     Service,
 )
@@ -55,23 +58,24 @@ def uses_dns(service: Service) -> bool:
     return any(endpoint.is_dns for endpoint in service.endpoints)
 
 
-def cluster(service: Service, subset: str | None = None, tls_owner: str | None = None
-            ) -> Cluster:
+def cluster(service: Service, subset: str | None = None, tls_owner: str | None = None,
+            locality_weights: Mapping[Locality, int] | None = None) -> Cluster:
     """The cluster of the whole service, or of one subset (only that subset's endpoints).
     `tls_owner`: whose CA Secret its upstream TLS names (a subset with TLS settings of its
-    own: the subset's cluster name; by default the service's)."""
+    own: the subset's cluster name; by default the service's). `locality_weights`: each
+    locality's share for one caller (`locality.py`)."""
     name = names.cluster(service.name, subset)
     result = Cluster(name=name, connect_timeout=duration(service.connect_timeout),
                      lb_policy=_LB_POLICIES[service.load_balancer])
     _load_balancer_options(result, service)
-    if service.zone_weights:
+    if service.zone_weights or locality_weights is not None:
         result.common_lb_config.locality_weighted_lb_config.SetInParent()
     if uses_dns(service):
         result.type = Cluster.STRICT_DNS
         result.dns_lookup_family = Cluster.V4_PREFERRED
         result.load_assignment.CopyFrom(
             endpoints.load_assignment(name, service.endpoints_of(subset),
-                                      dict(service.zone_weights)))
+                                      dict(service.zone_weights), locality_weights))
     else:
         # EDS over ADS: an endpoint change is then an EDS-only push, the cluster (and its
         # connection pools and health state) is left alone.

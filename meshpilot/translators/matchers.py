@@ -37,17 +37,18 @@ def header_matcher(name: str, how: StringMatch) -> HeaderMatcher:
     return HeaderMatcher(name=name, string_match=string_matcher(how))
 
 
-def inverted_path_matcher(how: StringMatch) -> HeaderMatcher:
+def inverted_path_matcher(how: StringMatch, ignore_case: bool = False) -> HeaderMatcher:
     """Paths NOT matching `how`, said on `:path` (a route's path match cannot be inverted).
     `:path` holds the query: an exact path is matched with any query, a regex on the path part
-    (`base/re2text.py`: the loader checked the same text)."""
+    (`base/re2text.py`: the loader checked the same text). `ignore_case`: compared without
+    case (a regex says it itself, `(?i)`)."""
     if how.kind == "exact":
-        regex = re2text.path_part(re2_literal(how.value))
+        regex = re2text.path_part(("(?i)" if ignore_case else "") + re2_literal(how.value))
     elif how.kind == "regex":
         regex = re2text.path_part(how.value)
     else:
-        return HeaderMatcher(name=":path", string_match=StringMatcher(prefix=how.value),
-                             invert_match=True)
+        return HeaderMatcher(name=":path", string_match=StringMatcher(
+            prefix=how.value, ignore_case=ignore_case), invert_match=True)
     return HeaderMatcher(name=":path", string_match=StringMatcher(
         safe_regex=RegexMatcher(regex=regex)), invert_match=True)
 

@@ -9,7 +9,8 @@ resource: were these built from inputs equal to mine? Frozen model dataclasses c
 exactly what one without builds; only the time differs.
 
     raw resources        the same RawResource object
-    a cluster            the same Service (with its discovered endpoints) and trust domain
+    a cluster            the same Service (with its discovered endpoints) and trust domain;
+                         a caller's localized one: and the same caller (`locality.relevant`)
     a gateway listener   the same Gateway, and equal inputs of its HTTP features' filters
     its routes           the same Gateway and Routes served there; virtual hosts by Route
 """
@@ -65,16 +66,22 @@ class Earlier:
     views: Mapping[str, object] = field(default_factory=dict)  # view -> patch.ViewAssembly
     # id(Route) -> (the Route, what its HTTP filters read of it: `httpfilters.route_inputs`)
     route_inputs: Mapping[int, tuple[Route, tuple[object, ...]]] = field(default_factory=dict)
+    # Clusters of services balanced by the caller's locality, by (cluster name, caller as the
+    # policy reads it: `locality.relevant`).
+    localized: Mapping[tuple[str, object], BuiltCluster] = field(default_factory=dict)
 
     def raw_resource(self, resource: RawResource) -> Resource | None:
         found = self.raw.get(id(resource))  # kept alive by the earlier record: ids are stable
         return found[1] if found is not None and found[0] is resource else None
 
     def cluster(self, name: str, service: Service | None) -> tuple[Resource, ...] | None:
-        found = self.clusters.get(name)
-        if found is None or not (found.service is service or found.service == service):
-            return None
-        return found.resources
+        return _same_service(self.clusters.get(name), service)
+
+    def localized_cluster(self, key: tuple[str, object], service: Service | None
+                          ) -> tuple[Resource, ...] | None:
+        """A cluster built for one caller's locality (`Upstreams.resources`), if its Service
+        is equal (the caller is in the key)."""
+        return _same_service(self.localized.get(key), service)
 
     def listener_front(self, key: ListenerKey, gateway: Gateway,
                        filter_inputs: tuple[object, ...]) -> tuple[Resource, ...] | None:
@@ -101,6 +108,13 @@ class Earlier:
         if found is None or not (found.gateway is gateway or found.gateway == gateway):
             return None
         return found
+
+
+def _same_service(found: BuiltCluster | None, service: Service | None
+                  ) -> tuple[Resource, ...] | None:
+    if found is None or not (found.service is service or found.service == service):
+        return None
+    return found.resources
 
 
 NOTHING = Earlier()

@@ -14,6 +14,7 @@ cluster name comes from `names.py`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 
 from envoy.config.core.v3.base_pb2 import (
     DataSource,
@@ -303,9 +304,14 @@ def route_match(match: Match) -> RouteMatch:
     result = RouteMatch()
     path = match.path
     inverted: list[HeaderMatcher] = []
+    if path is not None and match.ignore_case and path.kind == "regex":
+        # Envoy's case_sensitive is not read for regexes: RE2's own flag says it.
+        path = replace(path, value=f"(?i){path.value}")
     if path is not None and path.invert:  # every path, then :path must not match
-        inverted.append(inverted_path_matcher(path))
+        inverted.append(inverted_path_matcher(path, ignore_case=match.ignore_case))
         path = None
+    elif path is not None and match.ignore_case and path.kind != "regex":
+        result.case_sensitive.value = False
     if path is not None and path.kind == "prefix" and match.whole_segments \
             and path.value.rstrip("/"):
         # Envoy's segment-aware prefix is written without a trailing slash ("/v2/" and "/v2"

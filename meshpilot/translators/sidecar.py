@@ -22,7 +22,8 @@ This module owns what a sidecar receives (docs/mesh.md):
     configuration `outbound` has one virtual host per HTTP callee, picked by the Host header
     (`<callee>`, `<callee>:<outbound_port>`, and `<callee>:<callee's sidecar port>`);
   - the clusters (and EDS assignments) those virtual hosts send to. A callee's endpoints are its
-    instances' sidecar inbound addresses, so the request crosses both sidecars.
+    instances' sidecar inbound addresses, so the request crosses both sidecars. A callee with
+    `locality_lb` has its endpoints ranked for this sidecar's locality (`locality.py`).
 - A Route attached to a callee (`service: <callee>`) becomes that callee's virtual host, in both
   styles and in every caller; without one, the virtual host sends everything to the callee's
   whole-service cluster. A caller whose `Call` names another Route attached to the callee
@@ -35,7 +36,8 @@ Route: built once per Translation and shared. It must not decide which view is a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Protocol
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
@@ -58,7 +60,16 @@ from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpPro
 
 from meshpilot.base import types
 from meshpilot.ir.model import Authorization, Endpoint, InboundPort, Model, Route, Service
-from meshpilot.translators import endpoints, failover, httpfilters, mtls, names, tcproutes, tracing
+from meshpilot.translators import (
+    endpoints,
+    failover,
+    httpfilters,
+    locality,
+    mtls,
+    names,
+    tcproutes,
+    tracing,
+)
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.httpfilters import ChainInputs, jwt_authn, mesh_authorization
 from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
@@ -71,7 +82,12 @@ LOOPBACK = "127.0.0.1"
 
 _HTTP2_PROTOCOLS = frozenset({"http2", "grpc"})
 
-ClusterResources = Callable[[str, str | None], tuple[Resource, ...]]
+class ClusterResources(Protocol):
+    """The Translation's clusters: (service, subset), for a calling sidecar (`caller`) as its
+    locality sees them (`locality.py`)."""
+
+    def __call__(self, service: str, subset: str | None,
+                 caller: locality.Caller | None = None) -> tuple[Resource, ...]: ...
 
 
 class Mesh:
@@ -145,8 +161,9 @@ class Mesh:
             upstreams.extend((p.jwks.service, None) for p in sidecar.jwt.providers
                              if p.jwks.service is not None
                              and (p.jwks.service, None) not in upstreams)
+        caller = locality.caller_of(service)
         for name, subset in failover.with_targets(self.model, upstreams):
-            built.extend(self._cluster_resources(name, subset))
+            built.extend(self._cluster_resources(name, subset, caller))
         return built
 
     def route_for(self, callee: Service, name: str | None) -> Route | None:

@@ -5,7 +5,9 @@ level: a gateway listener with `tcp_routes` (Istio's TCP servers and TLS passthr
 local port of a tcp Service with `tcp_routes` in its callers' sidecars. One filter chain per
 route, in order: a route with `server_names` matches the client's SNI (read by the TLS
 inspector, a listener filter added when any route needs it; the connection stays encrypted end
-to end), a route without takes every other connection. Each chain's TCP proxy sends to one
+to end), one with `destination_ranges` / `source_ranges` the address the client dialled / its
+own (Envoy's `prefix_ranges`, `source_prefix_ranges`), a route with none takes every other
+connection. Each chain's TCP proxy sends to one
 cluster, or to weighted clusters. It names nothing itself (`names.py`) and never decides which
 routes apply (the input formats do).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog as EnvoyAccessLog
+from envoy.config.core.v3.address_pb2 import CidrRange
 from envoy.config.listener.v3.listener_components_pb2 import (
     Filter,
     FilterChain,
@@ -23,6 +26,7 @@ from envoy.config.listener.v3.listener_components_pb2 import (
 )
 from envoy.extensions.filters.listener.tls_inspector.v3.tls_inspector_pb2 import TlsInspector
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
+from google.protobuf.wrappers_pb2 import UInt32Value
 
 from meshpilot.ir.model import TcpRoute
 from meshpilot.translators import names
@@ -57,11 +61,18 @@ def filter_chains(stat_prefix: str, routes: Sequence[TcpRoute],
             continue  # nowhere to send: the connection finds no chain and is closed
         chain = FilterChain(filters=[Filter(name=TCP_PROXY, typed_config=pack(
             tcp_proxy(stat_prefix, route, access_log)))])
-        if route.server_names:
+        if route.server_names or route.destination_ranges or route.source_ranges:
             chain.filter_chain_match.CopyFrom(FilterChainMatch(
-                server_names=list(route.server_names)))
+                server_names=list(route.server_names),
+                prefix_ranges=[_cidr(r) for r in route.destination_ranges],
+                source_prefix_ranges=[_cidr(r) for r in route.source_ranges]))
         chains.append(chain)
     return chains
+
+
+def _cidr(text: str) -> CidrRange:
+    address, _, length = text.partition("/")
+    return CidrRange(address_prefix=address, prefix_len=UInt32Value(value=int(length)))
 
 
 def listener_filters(routes: Sequence[TcpRoute]) -> list[ListenerFilter]:

@@ -19,7 +19,7 @@ from dataclasses import replace
 from meshpilot.base import types
 from meshpilot.ir.discovered import DiscoveredEndpoints
 from meshpilot.ir.model import Endpoint, Model, Service
-from meshpilot.translators import clusters, endpoints, failover, mtls, names, secrets
+from meshpilot.translators import clusters, endpoints, failover, locality, mtls, names, secrets
 from meshpilot.translators.assignments import Assignment
 from meshpilot.translators.reuse import NOTHING, BuiltCluster, Earlier
 from meshpilot.xds.resources import Resource
@@ -45,17 +45,28 @@ class Upstreams:
         # Patchable forms of built assignments, by cluster name (made on a first patch).
         self._assignments: dict[str, Assignment] = {}
         self._services: dict[str, Service | None] = {}  # service(): made once per name
+        # Clusters of services balanced by the caller's locality, by (cluster, caller).
+        self._localized: dict[tuple[str, object], BuiltCluster] = {}
         if keep_except is not None:
             self._built = dict(earlier.clusters)
             self._ca_secrets = dict(earlier.ca_secrets)
+            changed = set()
             for service in keep_except:
                 for name in cluster_names(service):
                     self._built.pop(name, None)
+                    changed.add(name)
                 self._ca_secrets.pop(service.name, None)
+            self._localized = {key: built for key, built in earlier.localized.items()
+                               if key[0] not in changed}
 
     @property
     def ca_secrets_built(self) -> Mapping[str, tuple[Resource, ...]]:
         return self._ca_secrets
+
+    @property
+    def localized_built(self) -> Mapping[tuple[str, object], BuiltCluster]:
+        """The clusters built for callers' localities, by (cluster, caller)."""
+        return self._localized
 
     @property
     def built(self) -> Mapping[str, BuiltCluster]:
@@ -80,9 +91,24 @@ class Upstreams:
         self._services[name] = service
         return service
 
-    def resources(self, service_name: str, subset: str | None) -> tuple[Resource, ...]:
-        """The cluster (and, for EDS, its assignment) of a service or subset, built once."""
+    def resources(self, service_name: str, subset: str | None,
+                  caller: locality.Caller | None = None) -> tuple[Resource, ...]:
+        """The cluster (and, for EDS, its assignment) of a service or subset, built once; for
+        a calling sidecar (`caller`), once per caller alike when the service balances by the
+        caller's locality (`Service.locality_lb`), else the one shared by every view."""
         name = names.cluster(service_name, subset)
+        if caller is not None:
+            service = self.service(service_name)
+            if service is not None and service.locality_lb is not None:
+                caller = locality.relevant(caller, service.locality_lb)
+                key = (name, caller)
+                localized = self._localized.get(key)
+                if localized is None:
+                    built = self._earlier.localized_cluster(key, service)
+                    if built is None:
+                        built = translate_cluster(service, subset, self.trust, caller)
+                    localized = self._localized[key] = BuiltCluster(service, built)
+                return localized.resources
         found = self._built.get(name)
         if found is None:
             service = self.service(service_name)
@@ -113,6 +139,11 @@ class Upstreams:
         first use."""
         changed = self.changed_services(discovered)
         new = Upstreams(self.model, discovered, self.trust, self._earlier)
+        # A caller's localized cluster of an unaffected service is kept; of an affected one,
+        # built again on first use (its endpoints' ranks may move).
+        new._localized = {key: built for key, built in self._localized.items()
+                          if names.service_of_cluster(key[0], changed.__contains__)
+                          not in changed}
         for name, built in self._built.items():
             service = names.service_of_cluster(name, changed.__contains__)
             if service not in changed:
@@ -190,7 +221,10 @@ def cluster_names(service: Service) -> list[str]:
 
 
 def translate_cluster(service: Service | None, subset: str | None,
-                      trust: mtls.TrustDomain) -> tuple[Resource, ...]:
+                      trust: mtls.TrustDomain, caller: locality.Caller | None = None
+                      ) -> tuple[Resource, ...]:
+    """The cluster of `service` (or `subset`) and its EDS assignment; for `caller` (a calling
+    sidecar), with the endpoints its locality gives them (`Service.locality_lb`)."""
     # The loader rejects a backend naming an unknown service or subset; if one got through
     # anyway, sending no cluster (Envoy answers 503) beats a subset cluster holding every
     # endpoint of the service.
@@ -198,9 +232,16 @@ def translate_cluster(service: Service | None, subset: str | None,
         return ()
     whole = service
     service = service.for_subset(subset)  # a subset's own settings (Istio's subset policy)
+    weights = None
+    if caller is not None and service.locality_lb is not None:
+        # The cluster's endpoints as this caller sees them: priorities (and shares) are per
+        # cluster, numbered without gaps, so only this subset's endpoints are ranked.
+        members, weights = locality.localized(service.endpoints_of(subset),
+                                              service.locality_lb, caller)
+        service = replace(service, endpoints=members)
     owner = names.cluster(whole.name, subset) if service.tls != whole.tls else None
-    cluster = mtls.secure_cluster(clusters.cluster(service, subset, owner), service, trust,
-                                  subset)
+    cluster = mtls.secure_cluster(clusters.cluster(service, subset, owner, weights), service,
+                                  trust, subset)
     built = []
     if subset is None and service.failover:
         # Its own endpoints under another name; its name goes to the aggregate (failover.py).
@@ -215,6 +256,6 @@ def translate_cluster(service: Service | None, subset: str | None,
     if not clusters.uses_dns(service):
         assignment = endpoints.load_assignment(names.eds_service(cluster.name),
                                                service.endpoints_of(subset),
-                                               dict(service.zone_weights))
+                                               dict(service.zone_weights), weights)
         built.append(Resource.from_message(types.ENDPOINT, assignment.cluster_name, assignment))
     return tuple(built)

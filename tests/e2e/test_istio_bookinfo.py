@@ -315,8 +315,8 @@ def test_delegation(bookinfo: Bookinfo) -> None:
 def test_weighted_shifting_50_50(bookinfo: Bookinfo) -> None:
     bookinfo.apply(rules=(NETWORKING / "destination-rule-all.yaml").read_text(),
                    vs=(NETWORKING / "virtual-service-reviews-50-v3.yaml").read_text())
-    # (the step before sent everyone but jason to v3: wait for v1 to come back)
-    eventually(lambda: "reviews-v1" in bookinfo.backends("reviews", 10),
+    # (the step before, delegation, sent "/" to v1 alone: wait until v3 answers too)
+    eventually(lambda: set(bookinfo.backends("reviews", 20)) == {"reviews-v1", "reviews-v3"},
                what="traffic shifted to v1 and v3")
     found = bookinfo.backends("reviews", 60)
     assert set(found) == {"reviews-v1", "reviews-v3"}, found  # each 50%: both seen

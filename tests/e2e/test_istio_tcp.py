@@ -70,6 +70,15 @@ metadata:
   annotations: {{meshpilot.io/outbound-port: "{out}"}}
 spec: {{address: 127.0.0.1, labels: {{app: client}}}}
 ---
+# The client calls db only: secure.example.com (MESH_EXTERNAL, a TLS port) would otherwise get
+# a local port in its sidecar too, 127.0.0.1:8443, which another process may hold.
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: client}}
+spec:
+  workloadSelector: {{labels: {{app: client}}}}
+  egress: [{{hosts: ["./db.default.svc.cluster.local"]}}]
+---
 apiVersion: networking.istio.io/v1
 kind: Gateway
 metadata: {{name: edge, namespace: istio-system}}

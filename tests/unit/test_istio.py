@@ -359,16 +359,14 @@ spec:
 def test_unsupported_fields_are_refused_not_ignored() -> None:
     found = errors("""
 apiVersion: networking.istio.io/v1
-kind: VirtualService
+kind: DestinationRule
 metadata: {name: reviews}
 spec:
-  hosts: [reviews]
-  http:
-  - match: [{ignoreUriCase: true}]
-    route: [{destination: {host: reviews}}]
+  host: reviews
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 10s}}
 """)
-    assert any("spec.http[0].match[0].ignoreUriCase: ignoreUriCase is not supported yet" in e
-               for e in found), found
+    assert any("spec.trafficPolicy.loadBalancer.warmupDurationSecs: warmupDurationSecs is not "
+               "supported yet" in e for e in found), found
     assert any("unknown key" in e and "spec.htp" in e for e in errors("""
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -1457,8 +1455,8 @@ def test_tcp_and_tls_route_errors() -> None:
         "  - match: [{port: 9999}]", "  - match: [{port: 9999, destinationSubnets: [10.0.0.0/8]}]"))
     assert any(re.search(r"VirtualService default/secure: spec\.tls\[1\]\.match\[0\]\.sniHosts: "
                          r'missing "sniHosts"', e) for e in found), found
-    assert any("spec.tcp[0].match[0].destinationSubnets: destinationSubnets is not supported "
-               "yet" in e for e in found), found
+    assert any("spec.tcp[0].match[0].destinationSubnets: destinationSubnets and sourceSubnet "
+               "in tcp routes in the mesh cannot apply" in e for e in found), found
     found = errors(L4_MESH.replace("  - match: [{port: 9999}]",
                                    "  - match: [{port: 9999, sourceLabels: {app: x}}]"))
     assert any("spec.tcp[0].match[0].sourceLabels: sourceLabels and sourceNamespace in tcp "

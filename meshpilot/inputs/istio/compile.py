@@ -40,8 +40,11 @@ from meshpilot.ir.model import (
     Gateway,
     GatewayListener,
     Labels,
+    Locality,
+    LocalityLb,
     Match,
     Mirror,
+    Origin,
     Protocol,
     Route,
     Rule,
@@ -170,9 +173,16 @@ def _selected(doc: Doc, entry: o.ServiceEntry, workloads: _Workloads
               ) -> list[o.WorkloadSpec]:
     """The workloads behind a ServiceEntry: its inline endpoints, or the WorkloadEntries of
     its namespace that its workloadSelector selects."""
+    return [workload for workload, _ in _selected_at(doc, entry, workloads)]
+
+
+def _selected_at(doc: Doc, entry: o.ServiceEntry, workloads: _Workloads
+                 ) -> list[tuple[o.WorkloadSpec, Origin]]:
+    """`_selected`, each with where it was written (the inline endpoint, or the
+    WorkloadEntry's spec)."""
     if entry.workload_selector is None:
-        return list(entry.endpoints)
-    return [w.item.spec.spec  # type: ignore[union-attr]
+        return [(w, doc.ctx.origin(w.path)) for w in entry.endpoints]
+    return [(w.item.spec.spec, w.ctx.origin(w.item.spec.spec.path))  # type: ignore[union-attr]
             for w in workloads.selected(doc.item.namespace, entry.workload_selector)]
 
 
@@ -215,16 +225,18 @@ def _plaintext_where_disabled(registry: dict[str, _Host], policies: security.Pol
 def _service(doc: Doc, entry: o.ServiceEntry, host: str, port: o.Port,
              workloads: _Workloads) -> Service:
     found: list[Endpoint] = []
-    for workload in _selected(doc, entry, workloads):
+    for workload, origin in _selected_at(doc, entry, workloads):
         # Auto mTLS: callers speak mTLS to a workload whose label says it runs a sidecar.
         identity = hosts.spiffe_path(doc.item.namespace, workload.service_account) \
             if security.in_mesh(workload.labels) and entry.location == "MESH_INTERNAL" else None
         found.append(Endpoint(host=workload.address, port=endpoint_port(workload, port),
                               labels=workload.labels, weight=workload.weight,
                               region=_locality(workload, 0), zone=_locality(workload, 1),
-                              mtls_identity=identity))
+                              sub_zone=_locality(workload, 2), mtls_identity=identity,
+                              origin=origin))
     if not found and entry.resolution in ("DNS", "DNS_ROUND_ROBIN"):
-        found.append(Endpoint(host=host, port=port.target_port or port.number))
+        found.append(Endpoint(host=host, port=port.target_port or port.number,
+                              origin=doc.ctx.origin(("spec", "hosts"))))
     protocol = _PROTOCOLS.get(port.protocol, "tcp")
     return Service(name=hosts.service_name(host, port.number),
                    position=doc.ctx.document.position, protocol=protocol,
@@ -278,14 +290,14 @@ def _destination_rules(rules: list[Doc], registry: dict[str, _Host]) -> None:
                     doc.warn(("spec", "subsets", subset_index),
                              f"subset {name} selects no endpoint of {found}")
             policy = port_policies.get(number, rule.policy)
-            plain, service = service, _apply_policy(service, policy, host)
+            plain, service = service, _apply_policy(service, policy, host, doc)
             # A subset's own trafficPolicy: Istio's MergeTrafficPolicy (the rule's policy for
             # this port, the subset's blocks in place of its, then the subset's port level).
             own: list[tuple[str, Service]] = []
             for name, subset_policy in rule.subset_policies:
                 merged = dict(subset_policy.port_policies).get(
                     number, policy.under(subset_policy.policy))
-                built = _apply_policy(plain, merged, host)
+                built = _apply_policy(plain, merged, host, doc)
                 if built != service:
                     own.append((name, built))
                 host.subset_hash_on[(number, name)] = merged.hash_on
@@ -300,8 +312,12 @@ def _destination_rules(rules: list[Doc], registry: dict[str, _Host]) -> None:
                               f"host {found} has no port {number}")
 
 
-def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host) -> Service:
+def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host, doc: Doc
+                  ) -> Service:
     changes: dict[str, Any] = {}
+    locality = _locality_lb(doc, policy, service)
+    if locality is not None:
+        changes["locality_lb"] = locality
     if policy.load_balancer is not None:
         changes["load_balancer"] = policy.load_balancer
         changes["load_balancer_options"] = policy.load_balancer_options
@@ -324,6 +340,33 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host) -> Ser
                 (e.host, e.port), hosts.spiffe_path(namespace, None)))
             for e in service.endpoints)
     return replace(service, **changes)
+
+
+def _locality_lb(doc: Doc, policy: o.TrafficPolicy, service: Service) -> LocalityLb | None:
+    """What Istio's Pilot applies of a DestinationRule's localityLbSetting (its
+    `getLocalityLbSetting` and `ApplyLocalityLoadBalancer`): nothing when `enabled: false`;
+    `distribute` as written; else failover by locality (and `failoverPriority`), which needs
+    outlier detection (Envoy never moves to a lower priority without it, so Istio leaves it
+    out: a warning here). Locality balancing is on by default in Istio's mesh config, so a
+    rule with outlierDetection and no setting fails over by locality too, which changes
+    something only when the endpoints say a locality."""
+    setting = policy.locality
+    if setting is not None and setting.enabled is False:
+        return None
+    origin = doc.ctx.origin(setting.path) if setting is not None else doc.ctx.origin()
+    if setting is not None and setting.distribute:
+        return LocalityLb(distribute=setting.distribute, origin=origin)
+    if policy.outlier_detection is None:
+        if setting is not None:
+            doc.warn(setting.path, "locality failover needs outlierDetection in the same traffic "
+                                   "policy: without it Istio does not apply it, nor does "
+                                   "meshpilot", once=True)
+        return None
+    if setting is None and not any(e.region or e.zone or e.sub_zone for e in service.endpoints):
+        return None
+    return LocalityLb(failover=() if setting is None else setting.failover,
+                      failover_priority=() if setting is None else setting.failover_priority,
+                      origin=origin)
 
 
 # ---- VirtualService -> Routes -------------------------------------------------------------------
@@ -502,6 +545,17 @@ def _l4_routes(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gatew
                         continue
                     if not m.applies_to_proxy(proxy, hosts.ROOT_NAMESPACE):
                         continue
+                if proxy is None and (m.destination_subnets or m.source_subnet):
+                    # A sidecar's application dials 127.0.0.1:<port> from 127.0.0.1: neither
+                    # address says anything of the connection (Istio reads the captured
+                    # connection's original addresses; meshpilot captures nothing).
+                    doc.error((*m.path, "destinationSubnets" if m.destination_subnets
+                               else "sourceSubnet"),
+                              f"destinationSubnets and sourceSubnet in {route.kind} routes in "
+                              "the mesh cannot apply: the application connects to its "
+                              "sidecar's local port, from and to 127.0.0.1 (they apply at "
+                              "gateways)")
+                    continue
                 if m.port is not None and m.port != port:
                     continue
                 kept.append(m)
@@ -509,32 +563,53 @@ def _l4_routes(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gatew
                 continue
             backends = tuple(b for d in route.destinations
                              if (b := _backend(doc, d, registry, port)) is not None)
-            if route.kind == "tcp":
-                found.append(TcpRoute(backends, origin=doc.ctx.origin(route.path)))
-                continue
-            names: tuple[str, ...] = tuple(dict.fromkeys(h for m in kept for h in m.sni_hosts))
-            if server_hosts:
-                names = _intersection(names, server_hosts)
-            if names:
-                found.append(TcpRoute(backends, names, origin=doc.ctx.origin(route.path)))
+            # One route per set of addresses its matches name (Envoy's filter chain match),
+            # in the order first written; a match naming none is the route without.
+            by_addresses: dict[tuple[tuple[str, ...], tuple[str, ...]], list[o.L4Match]] = {}
+            for m in kept or [o.L4Match()]:
+                by_addresses.setdefault((m.destination_subnets, m.source_subnet), []).append(m)
+            for (destinations, sources), group in by_addresses.items():
+                origin = doc.ctx.origin(route.path)
+                if route.kind == "tcp":
+                    found.append(TcpRoute(backends, origin=origin,
+                                          destination_ranges=destinations,
+                                          source_ranges=sources))
+                    continue
+                names: tuple[str, ...] = tuple(dict.fromkeys(h for m in group
+                                                             for h in m.sni_hosts))
+                if server_hosts:
+                    names = _intersection(names, server_hosts)
+                if names:
+                    found.append(TcpRoute(backends, names, origin=origin,
+                                          destination_ranges=destinations,
+                                          source_ranges=sources))
     return found
 
 
+def _addresses(route: TcpRoute) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return route.destination_ranges, route.source_ranges
+
+
 def _distinct(doc: Doc, found: Sequence[TcpRoute]) -> tuple[TcpRoute, ...]:
-    """Routes Envoy can take as filter chains: an SNI name once (the first route with it), and
-    one route without names (the first), which takes every other connection."""
-    taken: set[str] = set()
-    catch_all = False
+    """Routes Envoy can take as filter chains: for each set of addresses (subnets), an SNI
+    name once (the first route with it) and one route without names (the first), which takes
+    every other connection to and from those addresses. Routes after the one that takes every
+    connection (no names, no addresses) are never reached in Istio's order: left out."""
+    taken: set[tuple[str, tuple[tuple[str, ...], tuple[str, ...]]]] = set()
+    catch_all: set[tuple[tuple[str, ...], tuple[str, ...]]] = set()
     kept: list[TcpRoute] = []
     for route in found:
+        if ((), ()) in catch_all:
+            break
+        addresses = _addresses(route)
         if not route.server_names:
-            if not catch_all:
-                catch_all = True
+            if addresses not in catch_all:
+                catch_all.add(addresses)
                 kept.append(route)
             continue
-        names = tuple(n for n in route.server_names if n not in taken)
+        names = tuple(n for n in route.server_names if (n, addresses) not in taken)
         if names:
-            taken.update(names)
+            taken.update((n, addresses) for n in names)
             kept.append(replace(route, server_names=names))
     return tuple(kept)
 
@@ -836,7 +911,8 @@ def _merged_match(root: o.HttpMatch, leaf: o.HttpMatch) -> o.HttpMatch | None:
 
     match = replace(m, path=m.path or r.path, methods=m.methods or r.methods,
                     headers=merged("headers"), query=merged("query"),
-                    whole_segments=m.whole_segments if m.path else r.whole_segments)
+                    whole_segments=m.whole_segments if m.path else r.whole_segments,
+                    ignore_case=m.ignore_case if m.path else r.ignore_case)
     return replace(leaf, match=match, port=leaf.port or root.port,
                    gateways=leaf.gateways or root.gateways,
                    source_labels=tuple(sorted({**labels, **dict(leaf.source_labels)}.items())),
@@ -892,9 +968,12 @@ def _default_routes(registry: dict[str, _Host], routed: set[str]) -> None:
         for number, service in host.services.items():
             if service.name in routed or service.protocol == "tcp":
                 continue
-            rule = Rule(position=service.position, backends=(Backend(service.name),),
-                        timeout=0.0, retries=ISTIO_DEFAULT_RETRIES,
-                        hash_on=host.hash_on.get(number, ()))
+            # Istio's defaults, said where the ServiceEntry is (their origin).
+            rule = Rule(position=service.position,
+                        backends=(Backend(service.name, origin=service.origin),),
+                        timeout=0.0, retries=replace(ISTIO_DEFAULT_RETRIES,
+                                                     origin=service.origin),
+                        hash_on=host.hash_on.get(number, ()), origin=service.origin)
             host.doc.parts.append(Route(name=f"default@{service.name}",
                                         position=service.position, gateway=None,
                                         rules=(rule,), service=service.name,
@@ -1041,12 +1120,14 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
              if service.protocol != "tcp"]
     serving = _serving(workloads, registry)
     jwks_service = _jwks_service(registry)
-    everything = tuple(Call(service.name) for _, _, service in every)
+    # Istio's default, every service: each call said where its ServiceEntry is.
+    everything = tuple(Call(service.name, origin=service.origin) for _, _, service in every)
     # TCP services: the outbound port routes HTTP by Host, so each gets a local port of its
-    # own, its port number (the application connects to 127.0.0.1:3306 for mysql:3306).
+    # own, its port number (the application connects to 127.0.0.1:3306 for mysql:3306),
+    # MESH_EXTERNAL ones as well (Istio's outbound listener for an external TCP host).
     tcp = [(registry[host], host, service) for host in sorted(registry)
            for service in sorted(registry[host].services.values(), key=lambda s: s.name)
-           if service.protocol == "tcp" and registry[host].entry.location == "MESH_INTERNAL"]
+           if service.protocol == "tcp" and _reachable(registry[host], service)]
     scoped: dict[int, tuple[Call, ...]] = {}  # by Sidecar resource: shared by its workloads
     for doc in workloads.docs:
         # Istio's Sidecar resource scopes what the workload receives (default: everything).
@@ -1094,9 +1175,30 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
                           origin=doc.ctx.origin(("spec",)),
                           identity=hosts.spiffe_path(doc.item.namespace,
                                                      workload.service_account),
-                          deny=deny, jwt=jwt)
+                          deny=deny, jwt=jwt,
+                          locality=Locality(_locality(workload, 0) or "",
+                                            _locality(workload, 1) or "",
+                                            _locality(workload, 2) or ""),
+                          labels=workload.labels)
         doc.parts.append(Service(name=view, position=doc.ctx.document.position,
                                  protocol=protocol, sidecar=sidecar, origin=doc.ctx.origin()))
+
+
+def _reachable(host: _Host, service: Service) -> bool:
+    """Whether a tcp Service gets a local port in sidecars. Not when it is resolution NONE
+    with neither endpoints nor a workloadSelector: Istio passes such connections to the
+    address the application dialled, which needs traffic capture (iptables) that meshpilot's
+    sidecars do not have (a warning says so)."""
+    entry = host.entry
+    if entry.resolution != "NONE" or entry.endpoints or entry.workload_selector is not None \
+            or service.tcp_routes:
+        return True
+    host.doc.warn(("spec", "resolution"),
+                  f"{service.name}: resolution NONE without endpoints passes connections to "
+                  "the address the application dialled, which needs traffic capture; "
+                  "sidecars get no local port for it (write endpoints, or resolution DNS)",
+                  once=True)
+    return False
 
 
 def _tcp_calls(doc: Doc, tcp: list[tuple[_Host, str, Service]],
@@ -1112,7 +1214,12 @@ def _tcp_calls(doc: Doc, tcp: list[tuple[_Host, str, Service]],
                                 f"workload's sidecar: 127.0.0.1:{number} is already taken")
             continue
         used.add(number)
-        found.append(Call(service.name, local_port=number))
+        if number < 1024:  # Envoy refuses the listener unless it may bind low ports
+            host.doc.warn(("spec", "ports"), f"TCP service {service.name} gets the local port "
+                                             f"127.0.0.1:{number} in sidecars: below 1024, "
+                                             "their Envoys need CAP_NET_BIND_SERVICE (or root) "
+                                             "to bind it", once=True)
+        found.append(Call(service.name, local_port=number, origin=service.origin))
     return found
 
 

@@ -25,7 +25,11 @@ class Doc:
     def error(self, path: FieldPath, message: str) -> None:
         self.ctx.report(path, message, at_value=True)
 
-    def warn(self, path: FieldPath, message: str) -> None:
+    def warn(self, path: FieldPath, message: str, *, once: bool = False) -> None:
+        """A warning at `path`; `once`: not again if this very warning was given (a policy
+        compiled once per port and subset)."""
         ctx = self.ctx
-        ctx.load.warnings.append(PolicyIssue(message, ctx.document.position_of(path), ctx.kind,
-                                             ctx.name, format_path(path)))
+        issue = PolicyIssue(message, ctx.document.position_of(path), ctx.kind, ctx.name,
+                            format_path(path))
+        if not once or issue not in ctx.load.warnings:
+            ctx.load.warnings.append(issue)

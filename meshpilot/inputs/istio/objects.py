@@ -133,6 +133,8 @@ class L4Match:
     source_namespace: str | None = None
     sni_hosts: tuple[str, ...] = ()  # tls only (required there)
     path: FieldPath = ()
+    destination_subnets: tuple[str, ...] = ()  # networks (`10.0.0.0/8`): the address dialled
+    source_subnet: tuple[str, ...] = ()  # tcp only: the client's network (one, or none)
 
     def applies_to_proxy(self, labels: Labels, namespace: str) -> bool:
         return all(kv in labels for kv in self.source_labels) and (
@@ -162,6 +164,18 @@ class VirtualService:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalitySetting:
+    """`loadBalancer.localityLbSetting` as written (compile decides what applies: Istio's
+    failover needs outlier detection)."""
+
+    enabled: bool | None = None
+    distribute: tuple[tuple[str, tuple[tuple[str, int], ...]], ...] = ()
+    failover: tuple[tuple[str, str], ...] = ()
+    failover_priority: tuple[str, ...] = ()
+    path: FieldPath = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TrafficPolicy:
     load_balancer: LoadBalancer | None = None
     load_balancer_options: LoadBalancerOptions = LoadBalancerOptions()  # noqa: RUF009 (frozen)
@@ -175,6 +189,7 @@ class TrafficPolicy:
     # The blocks written (loadBalancer, connectionPool, outlierDetection, tls): a subset's
     # policy replaces those of the DestinationRule's, block by block (Istio's merge).
     written: frozenset[str] = frozenset()
+    locality: LocalitySetting | None = None  # loadBalancer.localityLbSetting
 
     def under(self, subset: TrafficPolicy) -> TrafficPolicy:
         """This policy with `subset`'s blocks in place of its own (MergeTrafficPolicy)."""
@@ -187,7 +202,7 @@ class TrafficPolicy:
         return TrafficPolicy(**fields, written=self.written | subset.written)  # type: ignore[arg-type]
 
 
-_BLOCKS = {"loadBalancer": ("load_balancer", "load_balancer_options", "hash_on"),
+_BLOCKS = {"loadBalancer": ("load_balancer", "load_balancer_options", "hash_on", "locality"),
            "connectionPool": ("circuit_breaker", "connect_timeout",
                               "max_requests_per_connection"),
            "outlierDetection": ("outlier_detection",),

@@ -18,6 +18,7 @@ from meshpilot.base import tlsfiles as tls_files
 from meshpilot.inputs.context import DocumentContext, ModelPart
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.native import fields
+from meshpilot.inputs.native import locality as localities
 from meshpilot.inputs.native.fields import Fields, Invalid, issue_count, reported_since
 from meshpilot.inputs.native.matches import METHOD
 from meshpilot.inputs.yamlsource import Located
@@ -382,8 +383,22 @@ def read_virtual_service(spec: Fields) -> o.VirtualService | None:
     return o.VirtualService(hosts, gateways, tuple(http), l4["tls"], l4["tcp"])
 
 
-L4_MATCH_KEYS = ("port", "gateways", "sourceLabels", "sourceNamespace", "destinationSubnets",
-                 "sourceSubnet", "sniHosts")
+# Istio's L4MatchAttributes (tcp) and TLSMatchAttributes (tls: sniHosts, no sourceSubnet).
+TCP_MATCH_KEYS = ("port", "gateways", "sourceLabels", "sourceNamespace", "destinationSubnets",
+                  "sourceSubnet")
+TLS_MATCH_KEYS = ("port", "gateways", "sourceLabels", "sourceNamespace", "destinationSubnets",
+                  "sniHosts")
+
+
+def _subnet(value: Any) -> str:
+    """`a.b.c.d/xx` or an address alone (its own /32, /128), as a network: host bits dropped,
+    as Envoy's CidrRange reads it."""
+    text = fields.string(value)
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise Invalid(f"{fields.quoted(text)} is not an IP address or subnet (such as "
+                      "10.0.0.0/8)") from None
 
 
 def _l4_route(spec: Fields, key: str, index: int, item: Any) -> o.L4Route | None:
@@ -400,11 +415,11 @@ def _l4_route(spec: Fields, key: str, index: int, item: Any) -> o.L4Route | None
                           else "a mapping such as {sniHosts: [www.example.com]}")
         if match is None:
             continue
-        allowed = L4_MATCH_KEYS if key == "tls" else L4_MATCH_KEYS[:-1]
-        match.check_keys(allowed, f"a {key} match")
-        for refused in ("destinationSubnets", "sourceSubnet"):
-            if refused in match.value:
-                match.report(refused, f"{refused} {NOT_SUPPORTED}", at_value=False)
+        match.check_keys(TLS_MATCH_KEYS if key == "tls" else TCP_MATCH_KEYS,
+                         f"a {key} match")
+        destinations = tuple(dict.fromkeys(_strings(match, "destinationSubnets", "subnet",
+                                                    _subnet)))
+        source = match.get("sourceSubnet", _subnet) if key == "tcp" else None
         sni = _strings(match, "sniHosts", "host", _host) if key == "tls" else ()
         if key == "tls" and not sni and "sniHosts" not in match.value:
             match.missing("sniHosts")
@@ -412,7 +427,8 @@ def _l4_route(spec: Fields, key: str, index: int, item: Any) -> o.L4Route | None
         matches.append(o.L4Match(match.get("port", fields.PORT),
                                  _strings(match, "gateways", "gateway"),
                                  tuple(sorted(source_labels)),
-                                 match.get("sourceNamespace", _namespace), sni, match.path))
+                                 match.get("sourceNamespace", _namespace), sni, match.path,
+                                 destinations, () if source is None else (source,)))
     if key == "tls" and "match" not in entry.value:
         entry.missing("match")
     destinations = _destinations(entry)
@@ -476,8 +492,7 @@ def _http_match(entry: Fields, item: Any, index: int) -> o.HttpMatch | None:
         return None
     match.check_keys(MATCH_KEYS, "a match")
     ctx = match.ctx
-    if "ignoreUriCase" in match.value:
-        match.report("ignoreUriCase", f"ignoreUriCase {NOT_SUPPORTED}", at_value=False)
+    ignore_case = bool(match.get("ignoreUriCase", fields.boolean))  # the uri only (Istio's)
     path = None
     if "uri" in match.value:
         path = string_match(ctx, match.value["uri"], (*match.path, "uri"))
@@ -527,7 +542,8 @@ def _http_match(entry: Fields, item: Any, index: int) -> o.HttpMatch | None:
     source_labels = match.get("sourceLabels", fields.labels) or ()
     source_namespace = match.get("sourceNamespace", _namespace)
     return o.HttpMatch(Match(path=path, methods=methods, headers=tuple(headers),
-                             query=tuple(query), origin=match.origin()), port, gateways,
+                             query=tuple(query), origin=match.origin(),
+                             ignore_case=ignore_case and path is not None), port, gateways,
                        tuple(sorted(source_labels)), source_namespace)
 
 
@@ -685,8 +701,8 @@ def _rewrite(entry: Fields, matches: tuple[o.HttpMatch, ...]
 
 def _retries(entry: Fields) -> Retries | None:
     spec = entry.mapping("retries", "a mapping such as {attempts: 3, perTryTimeout: 2s}")
-    if spec is None:
-        return ISTIO_DEFAULT_RETRIES
+    if spec is None:  # Istio's default, said where the route is (origins are not compared)
+        return replace(ISTIO_DEFAULT_RETRIES, origin=entry.origin())
     spec.check_keys(("attempts", "perTryTimeout", "retryOn", "retryRemoteLocalities",
                      "retryIgnorePreviousHosts", "backoff"), "retries")
     attempts = spec.get("attempts", fields.integer(0, 1_000_000))
@@ -897,8 +913,50 @@ def _traffic_policy(spec: Fields, port_level: bool = False) -> o.TrafficPolicy:
     outlier = _outlier(spec)
     mode, upstream = _tls(spec)
     written = frozenset(key for key in POLICY_KEYS[:4] if key in spec.value)
+    balancer = spec.mapping("loadBalancer", "a mapping")
+    locality = None if balancer is None else _locality_lb(balancer)
     return o.TrafficPolicy(lb, options, hash_on, breaker, connect_timeout, per_connection,
-                           outlier, mode, upstream, written)
+                           outlier, mode, upstream, written, locality)
+
+
+LOCALITY_KEYS = ("enabled", "distribute", "failover", "failoverPriority")
+_TOPOLOGY_KEYS = ("topology.kubernetes.io/region", "topology.kubernetes.io/zone",
+                  "topology.istio.io/subzone")
+
+
+def _locality_lb(balancer: Fields) -> o.LocalitySetting | None:
+    """`loadBalancer.localityLbSetting`, checked as Istio's validation does."""
+    entry = balancer.mapping("localityLbSetting", "a mapping such as {failover: [{from: "
+                                                  "us-east, to: us-west}]}")
+    if entry is None:
+        return None
+    entry.check_keys(LOCALITY_KEYS, "a localityLbSetting")
+    enabled = entry.get("enabled", fields.boolean)
+    entry.exclusive(("distribute", "failover"), required=False, what="a localityLbSetting")
+    distribute: list[tuple[tuple[str, tuple[tuple[str, int], ...]], Fields]] = []
+    for index, item in enumerate(entry.items("distribute", "distribute rule") or []):
+        rule = Fields.at(entry.ctx, item, (*entry.path, "distribute", index),
+                         "a mapping such as {from: us-west/*, to: {us-west/*: 80, us-east/*: 20}}")
+        found = None if rule is None else localities.distribute_rule(rule)
+        if rule is not None and found is not None:
+            distribute.append((found, rule))
+    localities.check_overlaps([(found[0], rule, "from") for found, rule in distribute])
+    failover: list[tuple[str, str]] = []
+    for index, item in enumerate(entry.items("failover", "failover rule") or []):
+        rule = Fields.at(entry.ctx, item, (*entry.path, "failover", index),
+                         "a mapping such as {from: us-east, to: us-west}")
+        found_failover = None if rule is None else localities.failover_rule(rule)
+        if found_failover is not None:
+            failover.append(found_failover)
+    priority = _strings(entry, "failoverPriority", "label name")
+    if failover:
+        for index, key in enumerate(priority):
+            if key in _TOPOLOGY_KEYS:
+                entry.ctx.report((*entry.path, "failoverPriority", index),
+                                 f"{key} cannot be in failoverPriority together with failover "
+                                 "(failover already ranks by region)")
+    return o.LocalitySetting(enabled, tuple(found for found, _ in distribute), tuple(failover),
+                             priority, entry.path)
 
 
 def _load_balancer(spec: Fields):  # type: ignore[no-untyped-def]
@@ -907,10 +965,12 @@ def _load_balancer(spec: Fields):  # type: ignore[no-untyped-def]
         return None, LoadBalancerOptions(), ()
     entry.check_keys(("simple", "consistentHash", "localityLbSetting", "warmupDurationSecs",
                       "warmup"), "a loadBalancer")
-    for key in ("localityLbSetting", "warmupDurationSecs", "warmup"):
+    for key in ("warmupDurationSecs", "warmup"):
         if key in entry.value:
             entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
-    how = entry.exclusive(("simple", "consistentHash"), required=True, what="a loadBalancer")
+    # A loadBalancer with only a localityLbSetting keeps the default algorithm (Istio's).
+    how = entry.exclusive(("simple", "consistentHash"),
+                          required="localityLbSetting" not in entry.value, what="a loadBalancer")
     if how == "simple":
         simple = entry.get("simple", fields.choice((*LB_SIMPLE, "PASSTHROUGH")))
         if simple == "PASSTHROUGH":

@@ -273,10 +273,12 @@ def _match(ctx: DocumentContext, item: Any, path: FieldPath) -> Match | None:
     if entry is None:
         return None
     entry.check_keys(MATCH_KEYS, "a match")
+    path_spec = entry.value.get("path")
+    ignore_case = isinstance(path_spec, dict) and path_spec.get("ignore_case") is True
     path, whole_segments = _path_match(entry)
     return Match(path=path, methods=_methods(entry),
                  headers=value_matches(entry, "headers"), query=value_matches(entry, "query"),
-                 origin=entry.origin(), whole_segments=whole_segments)
+                 origin=entry.origin(), whole_segments=whole_segments, ignore_case=ignore_case)
 
 
 def _path_match(entry: Fields) -> tuple[StringMatch | None, bool]:
@@ -285,7 +287,7 @@ def _path_match(entry: Fields) -> tuple[StringMatch | None, bool]:
                                  "{prefix: /api/}")
     if spec is None:
         return None, False
-    spec.check_keys((*PATH_MATCHES, "invert", "whole_segments"), "a path match")
+    spec.check_keys((*PATH_MATCHES, "invert", "whole_segments", "ignore_case"), "a path match")
     kind = spec.exclusive(PATH_MATCHES, required=True, what="a path match")
     if kind is None:
         return None, False
@@ -303,6 +305,7 @@ def _path_match(entry: Fields) -> tuple[StringMatch | None, bool]:
                                       "inverted prefix is matched on :path as text)",
                     at_value=False)
         return None, False
+    spec.get("ignore_case", fields.boolean)  # checked here; `_match` puts it on the Match
     if value is None:
         return None, False
     if invert and kind == "regex":  # said on :path, query included: see inverted_path_regex

@@ -148,6 +148,7 @@ def _service() -> Schema:
             "weight": _integer("Load-balancing weight.", 1, 128),
             "region": _ref("name", "The endpoint's region (its locality, with zone)."),
             "zone": _ref("name", "The endpoint's zone (its locality, with region)."),
+            "sub_zone": _ref("name", "The endpoint's subzone (its locality, below zone)."),
             "priority": _integer("Failover level: 0 is preferred, 1 takes over when 0 fails "
                                  "(default 0).", 0, service.MAX_PRIORITY),
         }, required=("address",)),
@@ -218,6 +219,33 @@ def _service() -> Schema:
                           "endpoint.", _ref("name"), unique=True),
         "sidecar": _sidecar(),
         "tls": _upstream_tls(),
+        "locality_lb": _locality_lb(),
+    })
+
+
+def _locality_lb() -> Schema:
+    pattern = {"type": "string", "description": "region, region/zone or region/zone/subzone; "
+                                                "* as the last part for any."}
+    return _object("Balancing by each calling sidecar's locality (its sidecar.locality).", {
+        "distribute": _list("Shares by locality for callers in `from` (the first rule that "
+                            "matches).", _object("A caller's locality and the shares it sends "
+                                                 "to each locality.", {
+                                "from": pattern,
+                                "to": {"type": "object", "minProperties": 1,
+                                       "additionalProperties": _integer(
+                                           "The share, in percent (all add up to 100).", 1,
+                                           100),
+                                       "description": "Locality pattern -> share."},
+                            }, required=("from", "to"))),
+        "failover": _list("Callers in region `from` fail over to region `to` before any "
+                          "other.", _object("Region to region.", {
+                              "from": {"type": "string", "description": "The caller's region."},
+                              "to": {"type": "string", "description": "The region it fails "
+                                                                      "over to."},
+                          }, required=("from", "to"))),
+        "failover_priority": _list("Label keys: endpoints whose labels equal the caller's for "
+                                   "the first keys come first.", {"type": "string"},
+                                   unique=True),
     })
 
 
@@ -275,6 +303,11 @@ def _sidecar() -> Schema:
         "tracing": {**_tracing(), "description": "Tracing of the sidecar's inbound and "
                                                  "outbound requests (spans named after the "
                                                  "Service)."},
+        "locality": {"type": "string", "description": "Where this sidecar runs: "
+                                                      "region[/zone[/subzone]] (what its "
+                                                      "callees' locality_lb compares)."},
+        "labels": _ref("labels", "This sidecar's labels (what its callees' locality_lb "
+                                 "failover_priority compares)."),
     })
 
 
@@ -679,17 +712,19 @@ def _rule() -> Schema:
 def _match() -> Schema:
     invert = {"type": "boolean", "default": False,
               "description": "true: paths NOT matching."}
+    case = {"type": "boolean", "default": False,
+            "description": "true: compared without regard to case (/API matches /api)."}
     path = {"oneOf": [
         _object("Paths starting with this.", {
-            "prefix": _ref("urlPath"), "invert": invert,
+            "prefix": _ref("urlPath"), "invert": invert, "ignore_case": case,
             "whole_segments": {"type": "boolean", "default": False,
                                "description": "true: whole path segments only (/v2 matches "
                                               "/v2 and /v2/x, not /v2x)."}},
                 required=("prefix",)),
-        _object("Exactly this path.", {"exact": _ref("urlPath"), "invert": invert},
-                required=("exact",)),
-        _object("Paths matching this regex.", {"regex": _ref("regex"), "invert": invert},
-                required=("regex",)),
+        _object("Exactly this path.", {"exact": _ref("urlPath"), "invert": invert,
+                                       "ignore_case": case}, required=("exact",)),
+        _object("Paths matching this regex.", {"regex": _ref("regex"), "invert": invert,
+                                               "ignore_case": case}, required=("regex",)),
     ], "description": "The request path: one of prefix, exact or regex."}
     method = _enum("An HTTP method.", matches.METHODS)
     schema = _object("Conditions that must all hold.", {

@@ -12,7 +12,7 @@ Shape:
     name: reviews
     protocol: http                       # http | http2 | grpc | tcp (default http)
     endpoints:                           # host:port, or {address, labels, weight, region,
-      - 10.0.0.1:9080                    #                 zone, priority}
+      - 10.0.0.1:9080                    #                 zone, sub_zone, priority}
       - {address: reviews-v2.internal:9080, labels: {version: v2}, weight: 10, zone: b,
          priority: 1}
     subsets: {v2: {version: v2}}         # name -> label selector
@@ -28,6 +28,8 @@ Shape:
                         base_ejection_time: 30s, max_ejection_percent: 10,
                         success_rate: {minimum_hosts: 5, request_volume: 100, stdev_factor: 1.9}}
     connect_timeout: 1s                  # default 1s
+    locality_lb: {failover: [{from: eu-west, to: us-east}]}   # by each caller's locality:
+                                                              # see native/locality.py
     sidecar: {port: 15006, app: 127.0.0.1:8080, outbound_port: 15001,   # the mesh side: see
               calls: [ratings, {service: details, local_port: 9001}]}   # native/sidecar.py
     tls: {sni: reviews.internal, ca: /etc/tls/ca.pem, verify: true}     # TLS to the endpoints:
@@ -49,6 +51,7 @@ from meshpilot.inputs.native.fields import (
     reported_since,
     written_before,
 )
+from meshpilot.inputs.native.locality import parse_locality_lb
 from meshpilot.inputs.native.sidecar import parse_sidecar
 from meshpilot.inputs.native.tls import upstream_tls
 from meshpilot.inputs.yamlsource import FieldPath, Located
@@ -76,8 +79,9 @@ HEALTH_CHECK_KINDS: tuple[HealthCheckKind, ...] = ("http", "tcp", "grpc")
 
 SERVICE_KEYS = ("kind", "name", "protocol", "endpoints", "subsets", "load_balancer",
                 "health_check", "circuit_breaker", "outlier_detection", "connect_timeout",
-                "zone_weights", "sidecar", "tls", "max_requests_per_connection", "failover")
-ENDPOINT_KEYS = ("address", "labels", "weight", "region", "zone", "priority")
+                "zone_weights", "sidecar", "tls", "max_requests_per_connection", "failover",
+                "locality_lb")
+ENDPOINT_KEYS = ("address", "labels", "weight", "region", "zone", "sub_zone", "priority")
 HEALTH_CHECK_KEYS = (*HEALTH_CHECK_KINDS, "interval", "timeout", "unhealthy_threshold",
                      "healthy_threshold", "expected_statuses", "no_traffic_interval",
                      "unhealthy_interval")
@@ -150,6 +154,8 @@ def parse_service(document: Located, ctx: DocumentContext) -> list[Service]:
         max_requests_per_connection=doc.get("max_requests_per_connection",
                                             MAX_REQUESTS_PER_CONNECTION),
         failover=fields.unique_list(doc, "failover", "Service name", fields.name),
+        locality_lb=parse_locality_lb(doc, can_fail_over=bool(
+            {"outlier_detection", "health_check"} & set(doc.value))),
     )
     return [] if reported_since(ctx, mark) or name is None else [service]
 
@@ -251,11 +257,13 @@ def _endpoint(ctx: DocumentContext, item: Any, path: FieldPath) -> Endpoint | No
     weight = entry.get("weight", ENDPOINT_WEIGHT)
     region = entry.get("region", fields.name)
     zone = entry.get("zone", fields.name)
+    sub_zone = entry.get("sub_zone", fields.name)
     priority = entry.get("priority", _PRIORITY)
     if address is None:
         return None
     return Endpoint(host=address[0], port=address[1], labels=endpoint_labels, weight=weight,
-                    region=region, zone=zone, priority=priority or 0, origin=entry.origin())
+                    region=region, zone=zone, priority=priority or 0, sub_zone=sub_zone,
+                    origin=entry.origin())
 
 
 def _subsets(doc: Fields, endpoints: tuple[Endpoint, ...],

@@ -32,6 +32,8 @@ Shape (inside a `kind: Service` document):
       namespace: shop             # identity spiffe://<td>/ns/shop/sa/<service_account>
       service_account: web        #   (defaults: default, the Service's name)
       tracing: {provider: zipkin, collector: zipkin}   # as a Gateway's, inbound and outbound
+      locality: eu-west/eu-west-1a  # where it runs: region[/zone[/subzone]], and its labels:
+      labels: {tier: gold}          #   what its callees' locality_lb compares (locality.py)
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any, cast, get_args
 
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
+from meshpilot.inputs.native import locality as localities
 from meshpilot.inputs.native.fields import Fields, written_before
 from meshpilot.inputs.native.gateway import parse_tracing
 from meshpilot.inputs.native.security import authorization_policy, parse_jwt
@@ -59,7 +62,8 @@ from meshpilot.ir.model import (
 )
 
 SIDECAR_KEYS = ("port", "ports", "address", "app", "outbound_port", "calls", "mtls",
-                "authorization", "jwt", "namespace", "service_account", "tracing")
+                "authorization", "jwt", "namespace", "service_account", "tracing", "locality",
+                "labels")
 PORT_KEYS = ("port", "app", "protocol", "mtls", "service")
 MTLS_MODES = ("strict", "permissive", "off")
 MTLS_MODE = fields.choice(MTLS_MODES)
@@ -136,7 +140,9 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
                    outbound_port=outbound_port, calls=calls, mtls=cast(Any, mtls),
                    authorization=authorization, origin=spec.origin(), jwt=jwt,
                    identity=_identity(spec, doc), tracing=tracing, more_ports=inbound[1:],
-                   port_modes=port_modes, mtls_inherited="mtls" not in spec.value)
+                   port_modes=port_modes, mtls_inherited="mtls" not in spec.value,
+                   locality=spec.get("locality", localities.locality),
+                   labels=spec.get("labels", fields.labels) or ())
 
 
 def _single_port(spec: Fields, address: str) -> tuple[InboundPort, ...]:

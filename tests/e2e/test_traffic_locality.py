@@ -1,0 +1,89 @@
+"""A native Service's `locality_lb` through real sidecars: two callers in different regions
+each prefer the endpoint of their own, and the first fails over to the region `failover`
+names for it when its own endpoint fails (outlier detection ejects it); `distribute` shares a
+caller's requests by weight. (Istio's localityLbSetting: tests/e2e/test_istio_traffic.py.)"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from support import backend_of, eventually, served_policy
+
+from meshpilot.local.demo.echo import EchoServer
+
+pytestmark = pytest.mark.envoy
+
+POLICY = """
+kind: Service
+name: echo
+endpoints:
+  - {{address: 127.0.0.1:{east}, region: us-east, zone: z1}}
+  - {{address: 127.0.0.1:{west}, region: us-west, zone: z1}}
+  - {{address: 127.0.0.1:{eu}, region: eu, zone: z1}}
+outlier_detection: {{consecutive_5xx: 1, interval: 1s, base_ejection_time: 300s,
+                    max_ejection_percent: 100}}
+locality_lb: {{failover: [{{from: us-east, to: eu}}]}}
+---
+kind: Service
+name: split
+endpoints:
+  - {{address: 127.0.0.1:{split_east}, region: us-east, zone: z1}}
+  - {{address: 127.0.0.1:{split_eu}, region: eu, zone: z1}}
+locality_lb:
+  distribute: [{{from: "us-east/*", to: {{"us-east/*": 75, "eu/*": 25}}}}]
+---
+kind: Service
+name: client-east
+sidecar: {{locality: us-east/z1, outbound_port: {out_east}, calls: [echo, split]}}
+---
+kind: Service
+name: client-west
+sidecar: {{locality: us-west/z1, outbound_port: {out_west}, calls: [echo]}}
+"""
+
+
+class Mesh:
+    def __init__(self, running: Any, servers: dict[str, EchoServer]):
+        self.ports = running.ports
+        self.servers = servers
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Iterator[Mesh]:
+    servers = {name: EchoServer(name) for name in ("east", "west", "eu", "split_east",
+                                                   "split_eu")}
+    with served_policy(tmp_path_factory.mktemp("locality"), "mesh.yaml", POLICY, servers,
+                       free_ports=("out_east", "out_west"),
+                       envoys={"client-east": "client-east", "client-west": "client-west"}
+                       ) as running:
+        yield Mesh(running, servers)
+
+
+def _backend(served: Mesh, caller: str, host: str) -> str | None:
+    try:
+        return backend_of(served.ports[f"out_{caller}"], "/", {"Host": host})
+    except OSError:
+        return None
+
+
+def test_callers_prefer_their_region_and_fail_over_where_the_rule_says(served: Mesh) -> None:
+    eventually(lambda: _backend(served, "east", "echo") == "east", timeout=60,
+               what="the east caller to reach echo")
+    eventually(lambda: _backend(served, "west", "echo") == "west", timeout=60,
+               what="the west caller to reach echo")
+    assert {_backend(served, "east", "echo") for _ in range(10)} == {"east"}
+    assert {_backend(served, "west", "echo") for _ in range(10)} == {"west"}
+    served.servers["east"].forced_status = 503
+    eventually(lambda: {_backend(served, "east", "echo") for _ in range(5)} == {"eu"},
+               timeout=30, what="the east caller to fail over to eu")
+    assert {_backend(served, "west", "echo") for _ in range(10)} == {"west"}
+
+
+def test_distribute_by_weight(served: Mesh) -> None:
+    eventually(lambda: _backend(served, "east", "split") is not None, timeout=60,
+               what="the east caller to reach split")
+    counts = Counter(_backend(served, "east", "split") for _ in range(200))
+    assert 130 <= counts["split_east"] <= 170 and counts["split_eu"] > 0, counts
