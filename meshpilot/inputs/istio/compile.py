@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from meshpilot.inputs.context import LoadContext, ParsedDocument
-from meshpilot.inputs.istio import hosts, security
+from meshpilot.inputs.istio import hosts, meshconfig, security
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
 from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES, NOT_SUPPORTED
@@ -37,6 +37,7 @@ from meshpilot.ir.model import (
     Backend,
     Call,
     Endpoint,
+    ExtAuthz,
     Gateway,
     GatewayListener,
     Labels,
@@ -47,6 +48,7 @@ from meshpilot.ir.model import (
     Rule,
     Service,
     Sidecar,
+    StringMatch,
     TcpRoute,
 )
 
@@ -99,6 +101,7 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     _default_routes(registry, routed)
     gateways = _gateways(by_kind.get("Gateway", []), l4)
     policies = security.Policies.of(by_kind)
+    _providers(meshconfig.read(everything, load), registry, policies)
     _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants)
     _plaintext_where_disabled(registry, policies)
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
@@ -927,6 +930,46 @@ def _secure_gateway_routes(routes: list[tuple[Doc, Route]], gateways: _Gateways,
              else replace(route, security=found[route.gateway])) for doc, route in routes]
 
 
+def _providers(mesh: meshconfig.MeshConfig, registry: dict[str, _Host],
+               policies: security.Policies) -> None:
+    """MeshConfig's ext_authz providers, each calling the Service of the ServiceEntry that
+    declares its host and port (Istio's `[namespace/]hostname`), for CUSTOM policies."""
+    policies.other_providers = dict(mesh.other_providers)
+    for name, provider in mesh.providers.items():
+        kind = "envoyExtAuthzHttp" if provider.protocol == "http" else "envoyExtAuthzGrpc"
+        at = (*provider.path, kind)
+        host = registry.get(provider.host)
+        if host is None or provider.namespace not in (None, host.doc.item.namespace) \
+                or provider.port not in host.services:
+            where = f" in namespace {provider.namespace}" if provider.namespace else ""
+            mesh.error((*at, "service"), f"no ServiceEntry{where} declares host "
+                                         f"{provider.host} with port {provider.port}: the "
+                                         f"provider {name} would have nothing to call")
+            policies.broken_providers.add(name)
+            continue
+        service = host.services[provider.port]
+        if provider.protocol == "grpc" and service.protocol not in ("grpc", "http2"):
+            mesh.error((*at, "port"), f"a gRPC provider calls an HTTP/2 port: port "
+                                      f"{provider.port} of {provider.host} is "
+                                      f"{service.protocol} (protocol GRPC in the ServiceEntry)")
+            policies.broken_providers.add(name)
+            continue
+        assert mesh.ctx is not None
+        policies.providers[name] = ExtAuthz(
+            service=service.name, protocol=provider.protocol, timeout=provider.timeout,
+            failure_mode_allow=provider.fail_open, origin=mesh.ctx.origin(provider.path),
+            path_prefix=provider.path_prefix,
+            # Istio leaves Envoy's default (Host, Method, Path, Content-Length and
+            # Authorization over HTTP; every header over gRPC) when none are named.
+            send_headers=provider.send_headers or (
+                (StringMatch("exact", "authorization"),) if provider.protocol == "http" else ()),
+            upstream_headers=provider.upstream_headers,
+            client_headers=provider.client_headers,
+            client_headers_on_success=provider.client_headers_on_success,
+            status_on_error=provider.status_on_error, add_headers=provider.add_headers,
+            request_body=provider.request_body)
+
+
 def _jwks_service(registry: dict[str, _Host]) -> Callable[[Doc, tuple[Any, ...], str],
                                                           str | None]:
     """The Service a `jwksUri` is fetched through: the ServiceEntry of its host and port."""
@@ -1088,13 +1131,15 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
         view = hosts.workload_view(doc.item.name, doc.item.namespace)
         jwt = policies.jwt_for_workload(doc, jwks_service) if port is not None else None
         mtls, authorization, deny = policies.for_workload(doc, port, jwt is not None)
+        audit, custom = policies.audit_and_custom(doc, jwt is not None) if port is not None \
+            else (None, None)
         sidecar = Sidecar(port=port, address=workload.address if port is not None else "0.0.0.0",
                           app_host=app_host, app_port=app_port, outbound_port=outbound,
                           calls=calls, mtls=mtls, authorization=authorization,
                           origin=doc.ctx.origin(("spec",)),
                           identity=hosts.spiffe_path(doc.item.namespace,
                                                      workload.service_account),
-                          deny=deny, jwt=jwt)
+                          deny=deny, jwt=jwt, audit=audit, ext_authz=custom)
         doc.parts.append(Service(name=view, position=doc.ctx.document.position,
                                  protocol=protocol, sidecar=sidecar, origin=doc.ctx.origin()))
 

@@ -301,6 +301,7 @@ class AuthorizationPolicy:
     action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
     rules: tuple[AuthzRuleSpec, ...] = ()
     dry_run: bool = False  # annotation istio.io/dry-run: "true": evaluated, never enforced
+    provider: str | None = None  # CUSTOM: the MeshConfig extension provider's name
 
 
 @dataclass(frozen=True, slots=True)

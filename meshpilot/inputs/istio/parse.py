@@ -1312,13 +1312,22 @@ def read_peer_authentication(spec: Fields) -> o.PeerAuthentication | None:
 def read_authorization_policy(spec: Fields) -> o.AuthorizationPolicy | None:
     spec.check_keys(("selector", "targetRef", "targetRefs", "action", "provider", "rules"),
                     "an AuthorizationPolicy's spec")
-    for key in ("targetRef", "targetRefs", "provider"):
+    for key in ("targetRef", "targetRefs"):
         if key in spec.value:
             spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
     selector = _selector(spec)
     action = spec.get("action", fields.choice(("ALLOW", "DENY", "AUDIT", "CUSTOM"))) or "ALLOW"
-    if action in ("AUDIT", "CUSTOM"):
-        spec.report("action", f"action {action} {NOT_SUPPORTED}")
+    provider = None
+    written = spec.mapping("provider", "a mapping such as {name: my-ext-authz}")
+    if action == "CUSTOM" and written is None and "provider" not in spec.value:
+        spec.report("action", "action CUSTOM needs a provider: {name: ...} (one of MeshConfig's "
+                              "extensionProviders)")
+    elif written is not None:
+        written.check_keys(("name",), "a provider")
+        provider = written.get("name", fields.string, required=True)
+        if action != "CUSTOM":
+            spec.report("provider", f"provider is for action CUSTOM (this policy is {action})",
+                        at_value=False)
     rules = []
     value = spec.value.get("rules")
     if value is not None and not isinstance(value, list):
@@ -1328,7 +1337,7 @@ def read_authorization_policy(spec: Fields) -> o.AuthorizationPolicy | None:
                           "a mapping such as {from: [...], to: [...], when: [...]}")
         if entry is not None:
             rules.append(_authz_rule(entry))
-    return o.AuthorizationPolicy(selector, cast(Any, action), tuple(rules))
+    return o.AuthorizationPolicy(selector, cast(Any, action), tuple(rules), provider=provider)
 
 
 def _authz_rule(entry: Fields) -> o.AuthzRuleSpec:
