@@ -28,6 +28,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from meshpilot.inputs.context import LoadContext, ParsedDocument
+from meshpilot.inputs.gatewayapi.kinds import KubeObject
+from meshpilot.inputs.gatewayapi.secrets import ca_of, tls_secret
 from meshpilot.inputs.istio import hosts, meshconfig, security
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
@@ -41,6 +43,7 @@ from meshpilot.ir.model import (
     Gateway,
     GatewayListener,
     Labels,
+    ListenerTls,
     Match,
     Mirror,
     Protocol,
@@ -99,7 +102,9 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     routes, routed, variants = _virtual_services(by_kind.get("VirtualService", []), registry,
                                                  by_kind, indexed, l4)
     _default_routes(registry, routed)
-    gateways = _gateways(by_kind.get("Gateway", []), l4)
+    secrets = {(part.namespace, part.name): part for parsed in everything
+               for part in parsed.parts if isinstance(part, KubeObject) and part.kind == "Secret"}
+    gateways = _gateways(by_kind.get("Gateway", []), l4, secrets)
     policies = security.Policies.of(by_kind)
     _providers(meshconfig.read(everything, load), registry, policies)
     _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants)
@@ -987,7 +992,54 @@ def _jwks_service(registry: dict[str, _Host]) -> Callable[[Doc, tuple[Any, ...],
     return jwks_service
 
 
-def _gateways(docs: list[Doc], l4: L4AtGateways) -> _Gateways:
+# Where the ingress gateway runs (Istio installs it there), so where its Secrets are.
+GATEWAY_NAMESPACE = "istio-system"
+Secrets = dict[tuple[str, str], KubeObject]
+
+
+def _credential_tls(doc: Doc, credential: o.Credential, secrets: Secrets) -> ListenerTls | None:
+    """A server's TLS from the Secrets its `credentialName(s)` name, as Istio's gateway reads
+    them: in the gateway's namespace, `kubernetes.io/tls` (tls.crt, tls.key, ca.crt) or
+    Opaque (cert, key, cacert); for MUTUAL the clients' CA in the Secret itself, else in the
+    Secret `<name>-cacert`."""
+    key = "credentialName" if len(credential.names) == 1 else "credentialNames"
+    at = (*credential.path, key)
+    certificates = []
+    client_ca = client_ca_path = None
+    for index, name in enumerate(credential.names):
+        here = at if key == "credentialName" else (*at, index)
+        secret = secrets.get((GATEWAY_NAMESPACE, name))
+        if secret is None:
+            doc.error(here, f"no Secret {GATEWAY_NAMESPACE}/{name} (the gateway reads its "
+                            f"credentials in its namespace, {GATEWAY_NAMESPACE})")
+            return None
+        certificate, problem = tls_secret(secret, generic=True)
+        if certificate is None:
+            doc.error(here, f"Secret {GATEWAY_NAMESPACE}/{name}: {problem}")
+            return None
+        certificates.append(certificate)
+        if credential.mutual and client_ca is None:
+            for holder in (secret, secrets.get((GATEWAY_NAMESPACE, f"{name}-cacert"))):
+                if holder is None:
+                    continue
+                client_ca, problem = ca_of(holder)
+                if problem:
+                    doc.error(here, f"Secret {holder.key}: {problem}")
+                    return None
+                if client_ca is not None:
+                    client_ca_path = f"secret:{holder.key}"
+                    break
+    if credential.mutual and client_ca is None:
+        doc.error(at, f"tls mode MUTUAL needs the clients' CA: ca.crt (or cacert) in Secret "
+                      f"{GATEWAY_NAMESPACE}/{credential.names[0]}, or a Secret "
+                      f"{GATEWAY_NAMESPACE}/{credential.names[0]}-cacert")
+        return None
+    return ListenerTls(tuple(certificates), credential.min_version,
+                       origin=doc.ctx.origin(at), client_ca=client_ca,
+                       client_ca_path=client_ca_path)
+
+
+def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None) -> _Gateways:
     """A Gateway of the model per distinct selector: every Istio Gateway whose selector the
     Envoy's labels (= that selector) satisfy contributes its servers."""
     built: list[tuple[Doc, Gateway]] = []
@@ -1026,9 +1078,14 @@ def _gateways(docs: list[Doc], l4: L4AtGateways) -> _Gateways:
                         address=server.bind or "0.0.0.0", protocol="tcp", tcp_routes=found,
                         origin=doc.ctx.origin(server.path))
                     continue
+                tls = server.tls
+                if server.credential is not None:
+                    tls = _credential_tls(doc, server.credential, secrets or {})
+                    if tls is None:
+                        continue
                 listeners[server.port] = GatewayListener(
                     name=_listener_name(server), port=server.port,
-                    address=server.bind or "0.0.0.0", tls=server.tls,
+                    address=server.bind or "0.0.0.0", tls=tls,
                     redirect_to_https=(https_port or 443) if server.https_redirect else None,
                     origin=doc.ctx.origin(server.path))
         gateway = Gateway(name=hosts.gateway_view(selector), position=first.ctx.document.position,

@@ -226,6 +226,17 @@ class SidecarScope:
 
 
 @dataclass(frozen=True, slots=True)
+class Credential:
+    """A server's `credentialName` (or `credentialNames`): Secrets of the gateway's namespace
+    that compile.py reads, for tls mode SIMPLE or MUTUAL."""
+
+    names: tuple[str, ...]
+    mutual: bool = False
+    min_version: Literal["1.2", "1.3"] | None = None
+    path: FieldPath = ()  # the server's tls
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
     port: int
     port_name: str
@@ -235,6 +246,7 @@ class Server:
     https_redirect: bool = False
     bind: str | None = None
     path: FieldPath = ()
+    credential: Credential | None = None  # TLS from Secrets, in place of `tls`
 
 
 @dataclass(frozen=True, slots=True)

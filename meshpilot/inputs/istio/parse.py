@@ -1162,16 +1162,16 @@ def _server(entry: Fields) -> o.Server | None:
     kind = SERVER_PROTOCOLS.get(protocol or "")
     if kind == "HTTPS" and _mode_of(entry) == "PASSTHROUGH":
         kind = "TLS"  # Istio: an HTTPS server passed through is a TLS one
-    tls, redirect = None, False
+    tls, redirect, credential = None, False, None
     if kind in ("TCP", "TLS"):
         if not _passthrough(entry, kind) and kind == "TLS":
             return None
     else:
-        tls, redirect = _server_tls(entry, protocol)
+        tls, redirect, credential = _server_tls(entry, protocol)
     if number is None or kind is None or not hosts:
         return None
     return o.Server(number, name, cast(Any, kind), tuple(hosts), tls, redirect, bind,
-                    entry.path)
+                    entry.path, credential)
 
 
 # A server's protocol -> what meshpilot makes of it (TCP ones: a TCP proxy, no HTTP).
@@ -1216,13 +1216,51 @@ def _passthrough(entry: Fields, kind: str) -> bool:
     return True
 
 
-def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None, bool]:
-    spec = entry.mapping("tls", "a mapping such as {mode: SIMPLE, serverCertificate: a.pem, "
-                                "privateKey: a.key}")
+def _server_tls(entry: Fields, protocol: str | None
+                ) -> tuple[ListenerTls | None, bool, o.Credential | None]:
+    spec = entry.mapping("tls", "a mapping such as {mode: SIMPLE, credentialName: my-cert}")
     if spec is None:
         if protocol == "HTTPS":
             entry.report("tls", "an HTTPS server needs tls", at_value=False)
-        return None, False
+        return None, False, None
+    tls, redirect = _files_tls(spec, protocol)
+    names = _credential_names(spec) if protocol == "HTTPS" else ()
+    if not names:
+        return tls, redirect, None
+    mode = spec.value.get("mode")
+    if mode not in ("SIMPLE", "MUTUAL"):
+        return None, redirect, None
+    versions = {"TLSV1_2": "1.2", "TLSV1_3": "1.3", "TLS_AUTO": None}
+    minimum = spec.get("minProtocolVersion", fields.choice(tuple(versions)))
+    return None, redirect, o.Credential(names, mode == "MUTUAL",
+                                        cast(Any, versions.get(minimum or "TLS_AUTO")),
+                                        spec.path)
+
+
+def _credential_names(spec: Fields) -> tuple[str, ...]:
+    """`credentialName`, or `credentialNames` (up to two: say an RSA and an ECDSA
+    certificate), checked against the file fields they replace."""
+    single = spec.get("credentialName", _dns_label)
+    several = _strings(spec, "credentialNames", "Secret name", _dns_label)
+    if single is not None and several:
+        spec.report("credentialNames", "credentialNames replaces credentialName: write one",
+                    at_value=False)
+        return ()
+    if len(several) > 2:
+        spec.report("credentialNames", "at most two Secrets (Istio's): one certificate per "
+                                       "key type")
+        return ()
+    names = (single,) if single is not None else several
+    if names:
+        for key in ("serverCertificate", "privateKey", "caCertificates"):
+            if key in spec.value:
+                spec.report(key, f"{key} and credentialName: the Secret holds the "
+                                 "certificates; write one or the other", at_value=False)
+                return ()
+    return names
+
+
+def _files_tls(spec: Fields, protocol: str | None) -> tuple[ListenerTls | None, bool]:
     spec.check_keys(("httpsRedirect", "mode", "serverCertificate", "privateKey",
                      "caCertificates", "credentialName", "credentialNames", "subjectAltNames",
                      "minProtocolVersion", "maxProtocolVersion", "cipherSuites"), "tls")
@@ -1232,17 +1270,17 @@ def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None
             if key != "httpsRedirect":
                 spec.report(key, f"{key} is for HTTPS servers", at_value=False)
         return None, redirect
-    for key in ("credentialName", "credentialNames", "subjectAltNames",
-                "maxProtocolVersion", "cipherSuites"):
+    for key in ("subjectAltNames", "maxProtocolVersion", "cipherSuites"):
         if key in spec.value:
-            spec.report(key, f"{key} {NOT_SUPPORTED}; use serverCertificate and privateKey "
-                             "files", at_value=False)
+            spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
     mode = spec.get("mode", fields.choice(("SIMPLE", "MUTUAL", "PASSTHROUGH",
                                            "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")),
                     required=True)
     if mode is not None and mode not in ("SIMPLE", "MUTUAL"):
         spec.report("mode", f"tls mode {mode} {NOT_SUPPORTED}; SIMPLE and MUTUAL are")
         return None, redirect
+    if "credentialName" in spec.value or "credentialNames" in spec.value:
+        return None, redirect  # (_credential_names reads them)
     client_ca = None
     ca_path = spec.get("caCertificates", fields.string, required=mode == "MUTUAL")
     if mode != "MUTUAL" and ca_path is not None:
