@@ -78,6 +78,8 @@ class _Host:
     # the same for subsets with a trafficPolicy of their own, by (port number, subset)
     subset_hash_on: dict[tuple[int, str], tuple[Any, ...]] = field(default_factory=dict)
     subset_istio_mutual: dict[tuple[int, str], bool] = field(default_factory=dict)
+    # AUTO_PASSTHROUGH's plain TCP Services of its ports and subsets, by SNI
+    passthrough: dict[str, Service] = field(default_factory=dict)
 
 
 def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDocument],
@@ -104,7 +106,7 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     _default_routes(registry, routed)
     secrets = {(part.namespace, part.name): part for parsed in everything
                for part in parsed.parts if isinstance(part, KubeObject) and part.kind == "Secret"}
-    gateways = _gateways(by_kind.get("Gateway", []), l4, secrets)
+    gateways = _gateways(by_kind.get("Gateway", []), l4, secrets, registry)
     policies = security.Policies.of(by_kind)
     _providers(meshconfig.read(everything, load), registry, policies)
     _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants)
@@ -112,6 +114,7 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
     for host in registry.values():
         host.doc.parts.extend(host.services[p.number] for p in host.entry.ports)
+        host.doc.parts.extend(host.passthrough[sni] for sni in sorted(host.passthrough))
     for doc, route in routes:
         doc.parts.append(route)
     for doc, gateway in gateways.built:
@@ -1039,7 +1042,35 @@ def _credential_tls(doc: Doc, credential: o.Credential, secrets: Secrets) -> Lis
                        client_ca_path=client_ca_path)
 
 
-def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None) -> _Gateways:
+def _auto_passthrough(doc: Doc, server: o.Server, registry: dict[str, _Host]) -> list[TcpRoute]:
+    """Istio's AUTO_PASSTHROUGH: a connection whose SNI is `outbound_.PORT_.SUBSET_.HOST`
+    (`outbound_.PORT_._.HOST` for the whole service) goes, still encrypted, to that service's
+    (or subset's) endpoints, for every host the server's hosts cover. The clusters it goes
+    through are plain TCP ones of their own, `Service`s named as the SNI (a passthrough
+    cluster must not add mTLS: the caller's own TLS reaches the workload)."""
+    found: list[TcpRoute] = []
+    for name in sorted(registry):
+        if not any(_overlap(pattern, name) == name for pattern in server.hosts):
+            continue
+        host = registry[name]
+        for number in sorted(host.services):
+            service = host.services[number]
+            for subset in (None, *sorted(s for s, _ in service.subsets)):
+                sni = f"outbound_.{number}_.{subset or ''}_.{name}"
+                endpoints = tuple(replace(e, mtls_identity=None)
+                                  for e in service.endpoints_of(subset))
+                target = Service(name=sni, position=service.position, protocol="tcp",
+                                 endpoints=endpoints, load_balancer=service.load_balancer,
+                                 connect_timeout=service.connect_timeout,
+                                 origin=doc.ctx.origin(server.path))
+                host.passthrough[sni] = target
+                found.append(TcpRoute((Backend(sni),), (sni,),
+                                      origin=doc.ctx.origin(server.path)))
+    return found
+
+
+def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
+              registry: dict[str, _Host] | None = None) -> _Gateways:
     """A Gateway of the model per distinct selector: every Istio Gateway whose selector the
     Envoy's labels (= that selector) satisfy contributes its servers."""
     built: list[tuple[Doc, Gateway]] = []
@@ -1068,10 +1099,14 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None)
                     continue
                 kinds[server.port] = server.protocol
                 if server.protocol in ("TCP", "TLS"):
-                    found = _distinct(doc, l4.get((view, _listener_name(server)), []))
+                    found = _auto_passthrough(doc, server, registry or {}) \
+                        if server.auto_passthrough else \
+                        _distinct(doc, l4.get((view, _listener_name(server)), []))
                     if not any(b.weight > 0 for r in found for b in r.backends):
-                        doc.warn(server.path, f"no VirtualService has {server.protocol.lower()} "
-                                              f"routes for this server: it is not served")
+                        doc.warn(server.path, "no ServiceEntry host is within this server's "
+                                              "hosts: it is not served" if server.auto_passthrough
+                                 else f"no VirtualService has {server.protocol.lower()} "
+                                      f"routes for this server: it is not served")
                         continue
                     listeners[server.port] = GatewayListener(
                         name=_listener_name(server), port=server.port,

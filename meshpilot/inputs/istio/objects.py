@@ -247,6 +247,9 @@ class Server:
     bind: str | None = None
     path: FieldPath = ()
     credential: Credential | None = None  # TLS from Secrets, in place of `tls`
+    # tls mode AUTO_PASSTHROUGH (a TLS server): routed by SNI `outbound_.PORT_.SUBSET_.HOST`
+    # to that service, no VirtualService needed (Istio's east-west gateway)
+    auto_passthrough: bool = False
 
 
 @dataclass(frozen=True, slots=True)

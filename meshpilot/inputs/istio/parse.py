@@ -1160,18 +1160,21 @@ def _server(entry: Fields) -> o.Server | None:
         entry.missing("hosts")
     bind = entry.get("bind", fields.ip_address)
     kind = SERVER_PROTOCOLS.get(protocol or "")
-    if kind == "HTTPS" and _mode_of(entry) == "PASSTHROUGH":
+    if kind == "HTTPS" and _mode_of(entry) in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
         kind = "TLS"  # Istio: an HTTPS server passed through is a TLS one
     tls, redirect, credential = None, False, None
+    auto = False
     if kind in ("TCP", "TLS"):
-        if not _passthrough(entry, kind) and kind == "TLS":
+        mode = _passthrough(entry, kind)
+        if mode is None and kind == "TLS":
             return None
+        auto = mode == "AUTO_PASSTHROUGH"
     else:
         tls, redirect, credential = _server_tls(entry, protocol)
     if number is None or kind is None or not hosts:
         return None
     return o.Server(number, name, cast(Any, kind), tuple(hosts), tls, redirect, bind,
-                    entry.path, credential)
+                    entry.path, credential, auto)
 
 
 # A server's protocol -> what meshpilot makes of it (TCP ones: a TCP proxy, no HTTP).
@@ -1184,18 +1187,19 @@ def _mode_of(entry: Fields) -> Any:
     return spec.get("mode") if isinstance(spec, dict) else None
 
 
-def _passthrough(entry: Fields, kind: str) -> bool:
-    """A TCP server takes no tls; a TLS one must pass it through (by SNI, to tls routes).
-    True: a valid TLS passthrough server."""
+def _passthrough(entry: Fields, kind: str) -> str | None:
+    """A TCP server takes no tls; a TLS one must pass it through (by SNI: to tls routes, or,
+    AUTO_PASSTHROUGH, to the service the SNI names). The mode of a valid TLS passthrough
+    server, else None."""
     spec = entry.mapping("tls", "a mapping such as {mode: PASSTHROUGH}")
     if kind == "TCP":
         if spec is not None:
             entry.report("tls", "a TCP server takes no tls (TLS is protocol TLS)",
                          at_value=False)
-        return False
+        return None
     if spec is None:
         entry.report("tls", "a TLS server needs tls: {mode: PASSTHROUGH}", at_value=False)
-        return False
+        return None
     spec.check_keys(("mode", "serverCertificate", "privateKey", "caCertificates",
                      "credentialName", "credentialNames", "subjectAltNames",
                      "minProtocolVersion", "maxProtocolVersion", "cipherSuites",
@@ -1204,16 +1208,17 @@ def _passthrough(entry: Fields, kind: str) -> bool:
                                            "AUTO_PASSTHROUGH", "ISTIO_MUTUAL",
                                            "OPTIONAL_MUTUAL")), required=True)
     if mode is None:
-        return False
-    if mode != "PASSTHROUGH":
+        return None
+    if mode not in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
         spec.report("mode", f"a TLS server with tls mode {mode} (TLS ended, then TCP) "
-                            f"{NOT_SUPPORTED}; PASSTHROUGH is (an HTTPS server ends TLS)")
-        return False
+                            f"{NOT_SUPPORTED}; PASSTHROUGH and AUTO_PASSTHROUGH are (an HTTPS "
+                            "server ends TLS)")
+        return None
     for key in spec.value:
         if key != "mode":
-            spec.report(key, f"{key} is not for tls mode PASSTHROUGH (the backend ends TLS)",
+            spec.report(key, f"{key} is not for tls mode {mode} (the backend ends TLS)",
                         at_value=False)
-    return True
+    return cast(str, mode)
 
 
 def _server_tls(entry: Fields, protocol: str | None

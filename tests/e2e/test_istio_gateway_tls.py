@@ -1,11 +1,15 @@
 """istio.io's Secure Gateways task: the ingress gateway's certificates from Secrets
-(`tls.credentialName`), through a real Envoy.
+(`tls.credentialName`), and an east-west gateway's AUTO_PASSTHROUGH, through real Envoys.
 
 The Secrets are the task's `kubectl create -n istio-system secret ...` as documents in the
 policy folder: a `kubernetes.io/tls` Secret for SIMPLE TLS (then replaced by another
 certificate, which the gateway then serves); for MUTUAL, the task's generic Secret holding
 `tls.crt`, `tls.key` and `ca.crt` (clients without a certificate that CA signed fail the
 handshake), then the clients' CA in a Secret of its own, `<credentialName>-cacert`.
+
+AUTO_PASSTHROUGH (Istio's multi-network gateway, `samples/multicluster/expose-services.yaml`):
+a client's TLS connection whose SNI is `outbound_.PORT_._.HOST` reaches that service's
+endpoint still encrypted, with its SNI, and no VirtualService is written.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import eventually, served_policy, write_atomically
+from support import LoopbackHttpServer, eventually, served_policy, write_atomically
 from tls_material import CA
 
 from meshpilot.local.demo.echo import EchoServer
@@ -35,6 +39,36 @@ spec:
   ports: [{{number: 8000, name: http, protocol: HTTP}}]
   resolution: STATIC
   endpoints: [{{address: 127.0.0.1, ports: {{http: {httpbin}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure, namespace: foo}}
+spec:
+  hosts: [secure.foo.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 9443, name: tls, protocol: TLS}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tls: {secure}}}}}]
+"""
+
+# Istio's samples/multicluster/expose-services.yaml, its port a free one here.
+EXPOSE_SERVICES = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: cross-network-gateway
+spec:
+  selector:
+    istio: eastwestgateway
+  servers:
+    - port:
+        number: PORT
+        name: tls
+        protocol: TLS
+      tls:
+        mode: AUTO_PASSTHROUGH
+      hosts:
+        - "*.local"
 """
 
 VIRTUAL_SERVICE = """
@@ -87,6 +121,8 @@ def secret(name: str, kind: str, **values: bytes) -> str:
 
 
 class Setup:
+    secure: LoopbackHttpServer  # the TLS service behind the east-west gateway
+
     def __init__(self, served, certs: Path, cas: dict[str, CA]):
         self.served, self.certs, self.cas = served, certs, cas
         self.port = served.ports["https"]
@@ -139,10 +175,22 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     cas["other"].issue("httpbin.example.com").write(certs, "httpbin-new")
     cas["clients"].issue("client.example.com").write(certs, "client")
     cas["stranger"].issue("client.example.com").write(certs, "stranger")
-    with served_policy(work, "mesh.yaml", MESH, {"httpbin": EchoServer("httpbin")},
-                       free_ports=("https",), envoys={"istio=ingressgateway": "ingress"},
+    secure = LoopbackHttpServer(_Hello, tls=cas["other"].issue("secure.foo").write(certs,
+                                                                                  "secure"))
+    with served_policy(work, "mesh.yaml", MESH, {"httpbin": EchoServer("httpbin"),
+                                                 "secure": secure},
+                       free_ports=("https", "eastwest"),
+                       envoys={"istio=ingressgateway": "ingress",
+                               "istio=eastwestgateway": "eastwest"},
                        extra_args=("--insecure-xds",)) as served:
-        yield Setup(served, certs, cas)
+        setup = Setup(served, certs, cas)
+        setup.secure = secure
+        yield setup
+
+
+class _Hello(LoopbackHttpServer.Handler):
+    def do_GET(self) -> None:
+        self.reply(200, b"hello from secure")
 
 
 def test_simple_tls_from_a_kubernetes_tls_secret(setup: Setup) -> None:
@@ -188,3 +236,37 @@ def test_mutual_tls_with_the_clients_ca_in_a_cacert_secret(setup: Setup) -> None
     assert setup.get("example", "stranger")[0] == 200
     assert setup.refused("example", "client")
     assert setup.refused("example")
+
+
+def test_auto_passthrough_sends_the_connection_to_the_service_its_sni_names(
+        setup: Setup) -> None:
+    port = setup.served.ports["eastwest"]
+    write_atomically(setup.folder / "eastwest.yaml",
+                     EXPOSE_SERVICES.replace("PORT", str(port)))
+    sni = "outbound_.9443_._.secure.foo.svc.cluster.local"
+
+    def get() -> tuple[int, str]:
+        context = ssl.create_default_context(cafile=str(setup.certs / "other-ca.pem"))
+        context.check_hostname = False  # the SNI is Istio's, the certificate the service's
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            sock = context.wrap_socket(raw, server_hostname=sni)
+            name = dict(item[0] for item in sock.getpeercert()["subject"])["commonName"]
+            connection = http.client.HTTPSConnection("secure", timeout=10)
+            connection.sock = sock
+            try:
+                connection.request("GET", "/")
+                response = connection.getresponse()
+                return response.status, name + ":" + response.read().decode()
+            finally:
+                connection.close()
+
+    eventually(lambda: get() == (200, "secure.foo:hello from secure"), timeout=30,
+               what="the east-west gateway to pass the connection through")
+    assert setup.secure.server_names[-1] == sni  # the service ended TLS, with its SNI
+    # an SNI naming no service (or not Istio's form) is closed
+    other = "outbound_.9443_._.nothing.foo.svc.cluster.local"
+    context = ssl.create_default_context(cafile=str(setup.certs / "other-ca.pem"))
+    context.check_hostname = False
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)), \
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        context.wrap_socket(raw, server_hostname=other).recv(1)

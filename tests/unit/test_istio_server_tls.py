@@ -122,6 +122,55 @@ def test_envoy_accepts_credentials() -> None:
 
     with_ca = secret("httpbin-credential", "Opaque", tls_crt=SERVER.cert_pem, tls_key=SERVER.key_pem,
                      ca_crt=CLIENTS.pem)
-    model = load("{mode: MUTUAL, credentialName: httpbin-credential}", with_ca)
-    validate_config(static_bootstrap(snapshot_to_dict(
-        Translation(model).snapshot("istio=ingressgateway"))))
+    model = load("{mode: MUTUAL, credentialName: httpbin-credential}", with_ca, EAST_WEST)
+    for view in ("istio=ingressgateway", "istio=eastwestgateway"):
+        validate_config(static_bootstrap(snapshot_to_dict(Translation(model).snapshot(view))))
+
+
+# ---- AUTO_PASSTHROUGH ----------------------------------------------------------------------
+
+EAST_WEST = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: httpbin}
+spec:
+  host: httpbin
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: cross-network-gateway, namespace: istio-system}
+spec:
+  selector: {istio: eastwestgateway}
+  servers:
+  - port: {number: 15443, name: tls, protocol: TLS}
+    tls: {mode: AUTO_PASSTHROUGH}
+    hosts: ["*.local"]
+"""
+
+
+def test_auto_passthrough_routes_by_the_sni_istio_names() -> None:
+    model = load("{mode: SIMPLE, credentialName: httpbin-credential}", TLS_SECRET, EAST_WEST)
+    gateway = next(g for g in model.gateways if g.name == "istio=eastwestgateway")
+    (listener,) = gateway.listeners
+    assert listener.protocol == "tcp"
+    routes = {r.server_names: [b.service for b in r.backends] for r in listener.tcp_routes}
+    whole = "outbound_.8000_._.httpbin.default.svc.cluster.local"
+    subset = "outbound_.8000_.v1_.httpbin.default.svc.cluster.local"
+    assert routes == {(whole,): [whole], (subset,): [subset]}
+    # their clusters are plain TCP (the caller's TLS goes through), to the same endpoints
+    service = model.service(whole)
+    assert service is not None and service.protocol == "tcp" and service.tls is None
+    assert [(e.host, e.port, e.mtls_identity) for e in service.endpoints] == \
+        [("127.0.0.1", 18000, None)]
+    snapshot = Translation(model).snapshot("istio=eastwestgateway")
+    assert {whole, subset} <= set(snapshot.get(
+        "type.googleapis.com/envoy.config.cluster.v3.Cluster"))
+
+
+def test_auto_passthrough_takes_no_other_tls_field() -> None:
+    found = errors("{mode: SIMPLE, credentialName: httpbin-credential}", TLS_SECRET,
+                   EAST_WEST.replace("{mode: AUTO_PASSTHROUGH}",
+                                     "{mode: AUTO_PASSTHROUGH, credentialName: x}"))
+    assert any("tls.credentialName: credentialName is not for tls mode AUTO_PASSTHROUGH" in e
+               for e in found), found
