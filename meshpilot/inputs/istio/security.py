@@ -72,6 +72,14 @@ class Policies:
     providers: dict[str, ExtAuthz] = field(default_factory=dict)
     other_providers: dict[str, str] = field(default_factory=dict)
     broken_providers: set[str] = field(default_factory=set)
+    # A policy applying to many workloads is compiled for each: its problems are reported once.
+    _reported: set[tuple[int, tuple[Any, ...], str]] = field(default_factory=set)
+
+    def _error(self, doc: Doc, path: tuple[Any, ...], message: str) -> None:
+        key = (id(doc), tuple(path), message)
+        if key not in self._reported:
+            self._reported.add(key)
+            doc.error(path, message)
 
     @classmethod
     def of(cls, by_kind: dict[str, list[Doc]]) -> Policies:
@@ -102,8 +110,8 @@ class Policies:
             for index, rule in enumerate(spec.rules):
                 path = ("spec", "jwtRules", index)
                 if rule.output_payload_to_header is not None:
-                    doc.error((*path, "outputPayloadToHeader"),
-                              f"outputPayloadToHeader {NOT_SUPPORTED}")
+                    self._error(doc, (*path, "outputPayloadToHeader"),
+                                f"outputPayloadToHeader {NOT_SUPPORTED}")
                     continue
                 if rule.jwks is not None:
                     jwks = Jwks(inline=rule.jwks)
@@ -137,8 +145,8 @@ class Policies:
             for index, rule in enumerate(spec.rules):
                 path = ("spec", "jwtRules", index)
                 if rule.output_payload_to_header is not None:
-                    doc.error((*path, "outputPayloadToHeader"),
-                              f"outputPayloadToHeader {NOT_SUPPORTED}")
+                    self._error(doc, (*path, "outputPayloadToHeader"),
+                                f"outputPayloadToHeader {NOT_SUPPORTED}")
                     continue
                 if rule.jwks is not None:
                     jwks = Jwks(inline=rule.jwks)
@@ -206,12 +214,12 @@ class Policies:
             provider = self.providers.get(spec.provider)
             if provider is None:
                 if spec.provider not in self.broken_providers:
-                    doc.error(at, self._missing_provider(spec.provider))
+                    self._error(doc, at, self._missing_provider(spec.provider))
                 continue
             if chosen is not None and chosen[1] != spec.provider:
-                doc.error(at, f"provider {spec.provider}: one provider may apply to a workload "
-                              f"(Istio's rule), and AuthorizationPolicy {chosen[0].ctx.name} "
-                              f"names {chosen[1]}")
+                self._error(doc, at, f"provider {spec.provider}: one provider may apply to a "
+                                     f"workload (Istio's rule), and AuthorizationPolicy "
+                                     f"{chosen[0].ctx.name} names {chosen[1]}")
                 continue
             chosen = chosen or (doc, spec.provider, provider)
             for index, rule in enumerate(spec.rules):
@@ -330,18 +338,19 @@ class Policies:
         for key in ("request_principals", "not_request_principals"):
             written = getattr(source, key)
             if written and not allow_request_principals:
-                doc.error((*path, _camel(key)), f"{_camel(key)} need a RequestAuthentication "
-                                                "that applies here (no JWT is validated)")
+                self._error(doc, (*path, _camel(key)),
+                            f"{_camel(key)} need a RequestAuthentication that applies here "
+                            "(no JWT is validated)")
                 return None
             for index, principal in enumerate(written):
                 if principal != "*" and ("*" in principal or "/" not in principal):
-                    doc.error((*path, _camel(key), index),
-                              f'request principal {principal}: "issuer/subject" or "*" (other '
-                              f"wildcards {NOT_SUPPORTED})")
+                    self._error(doc, (*path, _camel(key), index),
+                                f'request principal {principal}: "issuer/subject" or "*" '
+                                f"(other wildcards {NOT_SUPPORTED})")
                     return None
         if source.principals and source.namespaces:
-            doc.error((*path, "namespaces"), f"principals and namespaces in one source "
-                                             f"{NOT_SUPPORTED}")
+            self._error(doc, (*path, "namespaces"),
+                        f"principals and namespaces in one source {NOT_SUPPORTED}")
             return None
         # notPrincipals and notNamespaces: neither holds = not (any of both), one list
         return {
@@ -384,8 +393,8 @@ class Policies:
         paths = []
         for index, text in enumerate(written):
             if "{" in text or (text != "*" and "*" in text[1:-1]):
-                doc.error((*path, index), f"path {text}: templates and a * inside a path "
-                                          f"{NOT_SUPPORTED}")
+                self._error(doc, (*path, index),
+                            f"path {text}: templates and a * inside a path {NOT_SUPPORTED}")
                 return None
             if text.startswith("*") and text != "*":
                 paths.append(StringMatch("regex", ".*" + _escape(text[1:])))
@@ -402,7 +411,7 @@ class Policies:
         for index, condition in enumerate(conditions):
             at = (*path, "when", index)
             if condition.not_values:
-                doc.error((*at, "notValues"), f"notValues {NOT_SUPPORTED}")
+                self._error(doc, (*at, "notValues"), f"notValues {NOT_SUPPORTED}")
                 return None
             key = condition.key
             if key.startswith("request.headers[") and len(condition.values) == 1:
@@ -417,12 +426,12 @@ class Policies:
                     ips.extend(str(ipaddress.ip_network(v, strict=False))
                                for v in condition.values)
                 except ValueError:
-                    doc.error((*at, "values"), "expected IPs or CIDRs")
+                    self._error(doc, (*at, "values"), "expected IPs or CIDRs")
                     return None
             else:
-                doc.error((*at, "key"), f"condition {key} with these values {NOT_SUPPORTED} "
-                                        "(request.headers[...] with one value, source.ip, "
-                                        "remote.ip are)")
+                self._error(doc, (*at, "key"),
+                            f"condition {key} with these values {NOT_SUPPORTED} "
+                            "(request.headers[...] with one value, source.ip, remote.ip are)")
                 return None
         return tuple(headers), tuple(ips), tuple(ports)
 
