@@ -430,10 +430,14 @@ def test_mesh_config_errors_are_at_their_line_in_the_config_map() -> None:
     line = 1 + "\n---\n".join((MESH, text)).splitlines().index('        port: "eighty"')
     assert any(f"istio.yaml:{line}:15: ConfigMap istio-system/istio: data.mesh."
                "extensionProviders[1].envoyExtAuthzHttp.port:" in e for e in found), found
+    # a provider whose service is not declared: a warning, until a policy uses it
     missing = MESH_CONFIG.replace("port: \"9000\"", "port: 9001")
     assert any("extensionProviders[0].envoyExtAuthzGrpc.service: no ServiceEntry declares "
-               "host ext-authz.foo.svc.cluster.local with port 9001" in e
-               for e in errors(missing)), errors(missing)
+               "host ext-authz.foo.svc.cluster.local with port 9001" in str(w)
+               for w in load(missing).warnings)
+    found = errors(missing, TASK_POLICY.replace("PROVIDER", "sample-ext-authz-grpc"))
+    assert any("spec.provider.name: provider sample-ext-authz-grpc cannot be used: no "
+               "ServiceEntry declares host" in e for e in found), found
     grpc_on_http = MESH_CONFIG.replace('port: "9000"', 'port: "8000"')
     assert any("envoyExtAuthzGrpc.port: a gRPC provider calls an HTTP/2 port" in e
                for e in errors(grpc_on_http))
@@ -456,3 +460,15 @@ def test_other_mesh_config_fields_and_providers_are_warnings_not_silence() -> No
     found = errors(text, TASK_POLICY.replace("PROVIDER", "zipkin"))
     assert any("provider zipkin is of kind zipkin; CUSTOM needs an envoyExtAuthzHttp" in e
                for e in found), found
+
+
+def test_custom_and_audit_on_a_tcp_workload_are_refused() -> None:
+    tcp = MESH.replace("ports: [{number: 8000, name: http, protocol: HTTP}]",
+                       "ports: [{number: 8000, name: tcp, protocol: TCP}]", 1).replace(
+        "ports: {http: 8000}", "ports: {tcp: 8000}")
+    text = "\n---\n".join((tcp, MESH_CONFIG, TASK_POLICY.replace("PROVIDER",
+                                                                 "sample-ext-authz-http")))
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text(text, "istio.yaml")
+    assert any("spec.action: action CUSTOM for a workload serving TCP" in str(i)
+               for i in caught.value.issues), caught.value.issues

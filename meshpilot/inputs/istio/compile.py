@@ -950,17 +950,19 @@ def _providers(mesh: meshconfig.MeshConfig, registry: dict[str, _Host],
         if host is None or provider.namespace not in (None, host.doc.item.namespace) \
                 or provider.port not in host.services:
             where = f" in namespace {provider.namespace}" if provider.namespace else ""
-            mesh.error((*at, "service"), f"no ServiceEntry{where} declares host "
-                                         f"{provider.host} with port {provider.port}: the "
-                                         f"provider {name} would have nothing to call")
-            policies.broken_providers.add(name)
+            # (a warning: a MeshConfig may list providers this folder's mesh never calls; a
+            # CUSTOM policy naming it is an error)
+            problem = (f"no ServiceEntry{where} declares host {provider.host} with port "
+                       f"{provider.port}")
+            mesh.warn((*at, "service"), f"{problem}: the provider {name} has nothing to call")
+            policies.broken_providers[name] = f"{problem} (data.mesh: {kind}.service)"
             continue
         service = host.services[provider.port]
         if provider.protocol == "grpc" and service.protocol not in ("grpc", "http2"):
             mesh.error((*at, "port"), f"a gRPC provider calls an HTTP/2 port: port "
                                       f"{provider.port} of {provider.host} is "
                                       f"{service.protocol} (protocol GRPC in the ServiceEntry)")
-            policies.broken_providers.add(name)
+            policies.broken_providers[name] = "its port is not HTTP/2"
             continue
         assert mesh.ctx is not None
         policies.providers[name] = ExtAuthz(
@@ -1223,8 +1225,8 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
         view = hosts.workload_view(doc.item.name, doc.item.namespace)
         jwt = policies.jwt_for_workload(doc, jwks_service) if port is not None else None
         mtls, authorization, deny = policies.for_workload(doc, port, jwt is not None)
-        audit, custom = policies.audit_and_custom(doc, jwt is not None) if port is not None \
-            else (None, None)
+        audit, custom = policies.audit_and_custom(doc, jwt is not None, protocol == "tcp") \
+            if port is not None else (None, None)
         sidecar = Sidecar(port=port, address=workload.address if port is not None else "0.0.0.0",
                           app_host=app_host, app_port=app_port, outbound_port=outbound,
                           calls=calls, mtls=mtls, authorization=authorization,

@@ -79,6 +79,10 @@ class MeshConfig:
         if self.ctx is not None:
             self.ctx.report(path, message, at_value=True)
 
+    def warn(self, path: FieldPath, message: str) -> None:
+        if self.ctx is not None:
+            _warn(self.ctx, path, message)
+
 
 class _Embedded:
     """The ConfigMap's document with `data.mesh`'s YAML in place of its text: paths under

@@ -71,7 +71,7 @@ class Policies:
     # ext_authz ones (by kind), and of those whose problem was reported at the ConfigMap.
     providers: dict[str, ExtAuthz] = field(default_factory=dict)
     other_providers: dict[str, str] = field(default_factory=dict)
-    broken_providers: set[str] = field(default_factory=set)
+    broken_providers: dict[str, str] = field(default_factory=dict)  # name -> why
     # A policy applying to many workloads is compiled for each: its problems are reported once.
     _reported: set[tuple[int, tuple[Any, ...], str]] = field(default_factory=set)
 
@@ -195,11 +195,20 @@ class Policies:
         allow, deny = self._authorization(workload, jwt)
         return self._mtls(workload, port), allow, deny
 
-    def audit_and_custom(self, workload: Doc, jwt: bool = False
+    def audit_and_custom(self, workload: Doc, jwt: bool = False, tcp: bool = False
                          ) -> tuple[Authorization | None, ExtAuthz | None]:
         """The workload's AUDIT rules and its CUSTOM provider (with the requests it is asked
-        about), each None when no such policy applies."""
+        about), each None when no such policy applies (`tcp`: the workload serves TCP, which
+        neither can act on yet)."""
         applying = self._applying(workload)
+        if tcp:
+            for doc in applying:
+                action = doc.item.spec.action  # type: ignore[union-attr]
+                if action in ("AUDIT", "CUSTOM"):
+                    self._error(doc, ("spec", "action"),
+                                f"action {action} for a workload serving TCP "
+                                f"({workload.ctx.name}) {NOT_SUPPORTED}: it needs HTTP")
+            return None, None
         audit = next(iter(self._combined(applying, jwt, ("AUDIT",))), None)
         return audit, self._custom(applying, jwt)
 
@@ -213,8 +222,9 @@ class Policies:
             at = ("spec", "provider", "name")
             provider = self.providers.get(spec.provider)
             if provider is None:
-                if spec.provider not in self.broken_providers:
-                    self._error(doc, at, self._missing_provider(spec.provider))
+                broken = self.broken_providers.get(spec.provider)
+                self._error(doc, at, self._missing_provider(spec.provider) if broken is None
+                            else f"provider {spec.provider} cannot be used: {broken}")
                 continue
             if chosen is not None and chosen[1] != spec.provider:
                 self._error(doc, at, f"provider {spec.provider}: one provider may apply to a "
