@@ -10,6 +10,7 @@ LOG action. Envoy itself validates the views.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,7 +26,8 @@ from support import shared_folder
 
 from meshpilot.base.errors import PolicyError
 from meshpilot.base.types import LISTENER, ROUTE
-from meshpilot.inputs.loader import load_policy_text
+from meshpilot.inputs.incremental import ParseCache
+from meshpilot.inputs.loader import load_policy, load_policy_text
 from meshpilot.ir.model import Model
 from meshpilot.translators import Translation
 
@@ -472,3 +474,22 @@ def test_custom_and_audit_on_a_tcp_workload_are_refused() -> None:
         load_policy_text(text, "istio.yaml")
     assert any("spec.action: action CUSTOM for a workload serving TCP" in str(i)
                for i in caught.value.issues), caught.value.issues
+
+
+def test_an_edit_of_the_config_map_or_a_secret_reloads_as_a_cold_load(tmp_path: Path) -> None:
+    # The ConfigMap is a document of another format (core v1) that the Istio compile step
+    # reads: an edit of it alone must recompile the Istio documents too.
+    (tmp_path / "mesh.yaml").write_text(MESH)
+    (tmp_path / "policy.yaml").write_text(TASK_POLICY.replace("PROVIDER",
+                                                              "sample-ext-authz-http"))
+    (tmp_path / "mesh-config.yaml").write_text(MESH_CONFIG)
+    cache = ParseCache(tmp_path)
+    first = cache.try_load()
+    assert first == load_policy(tmp_path)
+    (tmp_path / "mesh-config.yaml").write_text(
+        MESH_CONFIG.replace('port: "8000"', 'port: "8000"\n        pathPrefix: /check'))
+    second = cache.try_load()
+    assert second == load_policy(tmp_path) and second != first
+    sidecar = second.service(VIEW).sidecar  # type: ignore[union-attr]
+    assert sidecar is not None and sidecar.ext_authz is not None
+    assert sidecar.ext_authz.path_prefix == "/check"
