@@ -1066,8 +1066,8 @@ def _auto_passthrough(doc: Doc, server: o.Server, registry: dict[str, _Host]) ->
                                  connect_timeout=service.connect_timeout,
                                  origin=doc.ctx.origin(server.path))
                 host.passthrough[sni] = target
-                found.append(TcpRoute((Backend(sni),), (sni,),
-                                      origin=doc.ctx.origin(server.path)))
+                found.append(TcpRoute((Backend(sni, origin=doc.ctx.origin(server.path)),),
+                                      (sni,), origin=doc.ctx.origin(server.path)))
     return found
 
 

@@ -337,8 +337,10 @@ class Policies:
             negated = {key[len("not_"):]: merged.pop(key) for key in list(merged)
                        if key.startswith("not_")}
             negated = {key: value for key, value in negated.items() if value}
-            result.append(AuthzRule(headers=headers, **merged,
-                                    exclude=AuthzRule(**negated) if negated else None))
+            here = doc.ctx.origin(path)
+            result.append(AuthzRule(headers=headers, **merged, origin=here,
+                                    exclude=AuthzRule(**negated, origin=here) if negated
+                                    else None))
         return result
 
     def _source(self, doc: Doc, path: tuple[Any, ...], source: o.Source | None,
