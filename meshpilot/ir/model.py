@@ -256,6 +256,9 @@ class Sidecar:
     # the Service's name in the CA's namespace.
     identity: str | None = None
     deny: Authorization | None = None  # DENY rules checked before `authorization` (Istio)
+    # Istio's AUDIT rules (marked, first) and CUSTOM provider (asked before `deny`).
+    audit: Authorization | None = None
+    ext_authz: ExtAuthz | None = None
     # Traces of inbound and outbound requests (spans named after the Service); the collector's
     # cluster joins the view.
     tracing: Tracing | None = None
@@ -800,6 +803,23 @@ class ExtAuthz:
     upstream_headers: tuple[StringMatch, ...] = ()  # its answer's headers set on the request
     client_headers: tuple[StringMatch, ...] = ()  # its denial's headers sent to the client
     client_headers_on_success: tuple[StringMatch, ...] = ()  # ... and on an allowed answer
+    # Istio's CUSTOM action: only the requests matching one of these rules are sent to the
+    # service (an RBAC filter's shadow rules mark them), and it is asked before the
+    # authorization policies (AUDIT, CUSTOM, DENY, ALLOW, Istio's order); None: every request,
+    # asked after them.
+    only: tuple[AuthzRule, ...] | None = None
+    status_on_error: int | None = None  # the status when the service fails; None: Envoy's 403
+    add_headers: tuple[tuple[str, str], ...] = ()  # http: (name, value) set on each check
+    request_body: ExtAuthzBody | None = None  # the request's body sent along; None: none
+
+
+@dataclass(frozen=True, slots=True)
+class ExtAuthzBody:
+    """How much of a request's body an authorization service sees (Envoy's with_request_body)."""
+
+    max_bytes: int
+    allow_partial: bool = False  # a longer body is cut at max_bytes (else 413)
+    pack_as_bytes: bool = False  # gRPC: the body as raw bytes, not UTF-8 text
 
 
 @dataclass(frozen=True, slots=True)
@@ -836,7 +856,9 @@ class AuthzRule:
 
 @dataclass(frozen=True, slots=True)
 class Authorization:
-    action: Literal["ALLOW", "DENY"]
+    # AUDIT (Istio's): matching requests are marked for audit logging (Envoy's RBAC LOG
+    # action), nothing is refused.
+    action: Literal["ALLOW", "DENY", "AUDIT"]
     rules: tuple[AuthzRule, ...] = ()  # ALLOW with no rules denies everything (Istio)
     origin: Origin | None = field(default=None, compare=False, repr=False)
 
@@ -891,7 +913,7 @@ class Security:
     api_keys: ApiKeys | None = None
     basic_auth: BasicAuth | None = None
     ext_authz: ExtAuthz | None = None
-    authorization: tuple[Authorization, ...] | None = None  # DENY first, then ALLOW
+    authorization: tuple[Authorization, ...] | None = None  # (AUDIT,) DENY, then ALLOW
     rate_limit: RateLimit | None = None
     csrf: Csrf | None = None
     # Not security, but switched per virtual host or route entry the same way.

@@ -28,6 +28,7 @@ from meshpilot.xds import vhds
 _ENTRY = re.compile(r"^(?P<route>.+)/rules\[(?P<rule>\d+)\](?:/match\[(?P<match>\d+)\])?"
                     r"(?:/mirror\[[^\]]+\])?$")
 _TLS = re.compile(r"^(?P<listener>.+)/tls\[(?P<index>\d+)\]$")
+_CLIENT_CA = re.compile(r"^(?P<listener>.+)/client-ca$")  # a MUTUAL listener's clients' CA
 
 
 def origins_of(model: Model, view: str, type_url: str, name: str,
@@ -178,6 +179,13 @@ def _secret(model: Model, name: str) -> tuple[Origin, ...]:
                     certificate = (certificates[index] if index < len(certificates) else None)
                     return _keep(getattr(certificate, "origin", None), spec.tls.origin,
                                  spec.origin)
+    client_ca = _CLIENT_CA.match(name)
+    if client_ca is not None:
+        gateway_name, _, listener_name = client_ca["listener"].rpartition(names.SEPARATOR)
+        gateway = model.gateway(gateway_name)
+        for spec in gateway.listeners if gateway is not None else ():
+            if spec.name == listener_name and spec.tls is not None:
+                return _keep(spec.tls.origin, spec.origin)
     if name.endswith(f"{names.SEPARATOR}ca"):
         service = model.service(name.removesuffix(f"{names.SEPARATOR}ca"))
         if service is not None:

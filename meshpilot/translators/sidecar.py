@@ -37,6 +37,7 @@ Route: built once per Translation and shared. It must not decide which view is a
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -59,7 +60,7 @@ from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 
 from meshpilot.base import types
-from meshpilot.ir.model import Authorization, Endpoint, InboundPort, Model, Route, Service
+from meshpilot.ir.model import Authorization, Endpoint, ExtAuthz, InboundPort, Model, Route, Service
 from meshpilot.translators import (
     endpoints,
     failover,
@@ -71,7 +72,13 @@ from meshpilot.translators import (
     tracing,
 )
 from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
-from meshpilot.translators.httpfilters import ChainInputs, jwt_authn, mesh_authorization
+from meshpilot.translators.httpfilters import (
+    ChainInputs,
+    audit,
+    ext_authz,
+    jwt_authn,
+    mesh_authorization,
+)
 from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
 from meshpilot.translators.protos import ads_config_source, duration, pack
 from meshpilot.translators.routes import route_entries
@@ -161,6 +168,9 @@ class Mesh:
             upstreams.extend((p.jwks.service, None) for p in sidecar.jwt.providers
                              if p.jwks.service is not None
                              and (p.jwks.service, None) not in upstreams)
+        if sidecar.ext_authz is not None and sidecar.port is not None \
+                and (sidecar.ext_authz.service, None) not in upstreams:  # its provider
+            upstreams.append((sidecar.ext_authz.service, None))
         caller = locality.caller_of(service)
         for name, subset in failover.with_targets(self.model, upstreams):
             built.extend(self._cluster_resources(name, subset, caller))
@@ -251,7 +261,8 @@ def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None,
             rds=hcm.Rds(config_source=ads_config_source(), route_config_name=name),
             http_filters=httpfilters.http_filters(ChainInputs.sidecar_inbound(
                 None, None if sidecar.jwt is None else (name, sidecar.jwt),
-                denied=sidecar.deny is not None)))
+                denied=sidecar.deny is not None, audited=sidecar.audit is not None,
+                ext_authz=sidecar.ext_authz)))
         if sidecar.mode_of(number) != "off":
             mtls.forward_client_identity(manager)
         if sidecar.tracing is not None:
@@ -274,6 +285,16 @@ def _callers(policy: Authorization | None, trust: mtls.TrustDomain | None,
         policy, trust or mtls.TrustDomain(), identities)
 
 
+def _selected(spec: ExtAuthz | None, trust: mtls.TrustDomain | None,
+              identities: Mapping[str, str] | None) -> ExtAuthz | None:
+    # Istio's CUSTOM rules name callers too.
+    if spec is None or spec.only is None:
+        return spec
+    rules = mtls.authorization(Authorization("DENY", spec.only), trust or mtls.TrustDomain(),
+                               identities).rules
+    return replace(spec, only=rules)
+
+
 def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None,
                    identities: Mapping[str, str] | None = None,
                    port: InboundPort | None = None) -> RouteConfiguration:
@@ -292,6 +313,8 @@ def inbound_routes(service: Service, trust: mtls.TrustDomain | None = None,
     assert service.sidecar is not None
     sidecar = service.sidecar
     configs = {**jwt_authn.inbound_config(sidecar.jwt, name),
+               **audit.inbound_config(_callers(sidecar.audit, trust, identities)),
+               **ext_authz.inbound_config(_selected(sidecar.ext_authz, trust, identities)),
                **mesh_authorization.inbound_config(
                    _callers(sidecar.authorization, trust, identities),
                    _callers(sidecar.deny, trust, identities))}

@@ -27,8 +27,6 @@ Names with "/" and ":" cannot clash with native names (which allow neither).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import re
 import ssl
@@ -38,11 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from meshpilot.base import re2text
 from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
 from meshpilot.inputs.gatewayapi.kinds import FILTER_MEMBERS, GATEWAY_GROUP, KubeObject
+from meshpilot.inputs.gatewayapi.secrets import tls_secret
 from meshpilot.inputs.native.fields import re2_problem, regex_problem
 from meshpilot.inputs.yamlsource import FieldPath, format_path
 from meshpilot.ir.model import (
@@ -708,7 +706,7 @@ class _Compiler:
             problem = "no such Secret" if secret is None else None
             certificate = None
             if secret is not None:
-                certificate, problem = _tls_secret(secret)
+                certificate, problem = tls_secret(secret)
             if certificate is None:
                 listener.problems.append(("ResolvedRefs", "InvalidCertificateRef",
                                           f"Secret {key}: {problem}"))
@@ -1653,36 +1651,6 @@ def _mark_conflicts(listeners: list[_Listener]) -> None:
 def _origin(obj: KubeObject, path: FieldPath) -> Origin:
     """Where the field at `path` of a document was written, for the model element read from it."""
     return Origin(obj.document.position_of(path), obj.kind, obj.key, format_path(path))
-
-
-def _tls_secret(secret: KubeObject) -> tuple[TlsCertificate | None, str]:
-    if secret.body.get("type") != "kubernetes.io/tls":
-        return None, "type must be kubernetes.io/tls"
-    data = secret.body.get("data") or {}
-    string_data = secret.body.get("stringData") or {}
-    try:
-        cert = base64.b64decode(data["tls.crt"], validate=True) if "tls.crt" in data \
-            else string_data.get("tls.crt", "").encode()
-        key = base64.b64decode(data["tls.key"], validate=True) if "tls.key" in data \
-            else string_data.get("tls.key", "").encode()
-    except (binascii.Error, ValueError):
-        return None, "tls.crt or tls.key is not base64"
-    try:
-        chain = x509.load_pem_x509_certificates(cert)
-    except ValueError:
-        return None, "tls.crt holds no PEM certificate"
-    try:
-        private = serialization.load_pem_private_key(key, password=None)
-    except (TypeError, ValueError):
-        return None, "tls.key holds no unencrypted PEM private key"
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if chain[0].public_key().public_bytes(der, spki) != \
-            private.public_key().public_bytes(der, spki):
-        return None, "tls.crt does not match tls.key"
-    where = f"secret:{secret.key}"
-    return TlsCertificate(where, where, cert, key, position=secret.document.position,
-                          origin=_origin(secret, ("data",))), ""
 
 
 def _ref_text(route: KubeObject, ref: dict[str, Any]) -> str:

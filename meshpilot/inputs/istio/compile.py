@@ -28,7 +28,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from meshpilot.inputs.context import LoadContext, ParsedDocument
-from meshpilot.inputs.istio import hosts, security
+from meshpilot.inputs.gatewayapi.kinds import KubeObject
+from meshpilot.inputs.gatewayapi.secrets import ca_of, tls_secret
+from meshpilot.inputs.istio import hosts, meshconfig, security
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
 from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES, NOT_SUPPORTED
@@ -37,9 +39,11 @@ from meshpilot.ir.model import (
     Backend,
     Call,
     Endpoint,
+    ExtAuthz,
     Gateway,
     GatewayListener,
     Labels,
+    ListenerTls,
     Locality,
     LocalityLb,
     Match,
@@ -50,6 +54,7 @@ from meshpilot.ir.model import (
     Rule,
     Service,
     Sidecar,
+    StringMatch,
     TcpRoute,
 )
 
@@ -76,6 +81,8 @@ class _Host:
     # the same for subsets with a trafficPolicy of their own, by (port number, subset)
     subset_hash_on: dict[tuple[int, str], tuple[Any, ...]] = field(default_factory=dict)
     subset_istio_mutual: dict[tuple[int, str], bool] = field(default_factory=dict)
+    # AUTO_PASSTHROUGH's plain TCP Services of its ports and subsets, by SNI
+    passthrough: dict[str, Service] = field(default_factory=dict)
 
 
 def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDocument],
@@ -100,13 +107,17 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     routes, routed, variants = _virtual_services(by_kind.get("VirtualService", []), registry,
                                                  by_kind, indexed, l4)
     _default_routes(registry, routed)
-    gateways = _gateways(by_kind.get("Gateway", []), l4)
+    secrets = {(part.namespace, part.name): part for parsed in everything
+               for part in parsed.parts if isinstance(part, KubeObject) and part.kind == "Secret"}
+    gateways = _gateways(by_kind.get("Gateway", []), l4, secrets, registry)
     policies = security.Policies.of(by_kind)
+    _providers(meshconfig.read(everything, load), registry, policies)
     _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants)
     _plaintext_where_disabled(registry, policies)
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
     for host in registry.values():
         host.doc.parts.extend(host.services[p.number] for p in host.entry.ports)
+        host.doc.parts.extend(host.passthrough[sni] for sni in sorted(host.passthrough))
     for doc, route in routes:
         doc.parts.append(route)
     for doc, gateway in gateways.built:
@@ -1006,6 +1017,48 @@ def _secure_gateway_routes(routes: list[tuple[Doc, Route]], gateways: _Gateways,
              else replace(route, security=found[route.gateway])) for doc, route in routes]
 
 
+def _providers(mesh: meshconfig.MeshConfig, registry: dict[str, _Host],
+               policies: security.Policies) -> None:
+    """MeshConfig's ext_authz providers, each calling the Service of the ServiceEntry that
+    declares its host and port (Istio's `[namespace/]hostname`), for CUSTOM policies."""
+    policies.other_providers = dict(mesh.other_providers)
+    for name, provider in mesh.providers.items():
+        kind = "envoyExtAuthzHttp" if provider.protocol == "http" else "envoyExtAuthzGrpc"
+        at = (*provider.path, kind)
+        host = registry.get(provider.host)
+        if host is None or provider.namespace not in (None, host.doc.item.namespace) \
+                or provider.port not in host.services:
+            where = f" in namespace {provider.namespace}" if provider.namespace else ""
+            # (a warning: a MeshConfig may list providers this folder's mesh never calls; a
+            # CUSTOM policy naming it is an error)
+            problem = (f"no ServiceEntry{where} declares host {provider.host} with port "
+                       f"{provider.port}")
+            mesh.warn((*at, "service"), f"{problem}: the provider {name} has nothing to call")
+            policies.broken_providers[name] = f"{problem} (data.mesh: {kind}.service)"
+            continue
+        service = host.services[provider.port]
+        if provider.protocol == "grpc" and service.protocol not in ("grpc", "http2"):
+            mesh.error((*at, "port"), f"a gRPC provider calls an HTTP/2 port: port "
+                                      f"{provider.port} of {provider.host} is "
+                                      f"{service.protocol} (protocol GRPC in the ServiceEntry)")
+            policies.broken_providers[name] = "its port is not HTTP/2"
+            continue
+        assert mesh.ctx is not None
+        policies.providers[name] = ExtAuthz(
+            service=service.name, protocol=provider.protocol, timeout=provider.timeout,
+            failure_mode_allow=provider.fail_open, origin=mesh.ctx.origin(provider.path),
+            path_prefix=provider.path_prefix,
+            # Istio leaves Envoy's default (Host, Method, Path, Content-Length and
+            # Authorization over HTTP; every header over gRPC) when none are named.
+            send_headers=provider.send_headers or (
+                (StringMatch("exact", "authorization"),) if provider.protocol == "http" else ()),
+            upstream_headers=provider.upstream_headers,
+            client_headers=provider.client_headers,
+            client_headers_on_success=provider.client_headers_on_success,
+            status_on_error=provider.status_on_error, add_headers=provider.add_headers,
+            request_body=provider.request_body)
+
+
 def _jwks_service(registry: dict[str, _Host]) -> Callable[[Doc, tuple[Any, ...], str],
                                                           str | None]:
     """The Service a `jwksUri` is fetched through: the ServiceEntry of its host and port."""
@@ -1023,7 +1076,82 @@ def _jwks_service(registry: dict[str, _Host]) -> Callable[[Doc, tuple[Any, ...],
     return jwks_service
 
 
-def _gateways(docs: list[Doc], l4: L4AtGateways) -> _Gateways:
+# Where the ingress gateway runs (Istio installs it there), so where its Secrets are.
+GATEWAY_NAMESPACE = "istio-system"
+Secrets = dict[tuple[str, str], KubeObject]
+
+
+def _credential_tls(doc: Doc, credential: o.Credential, secrets: Secrets) -> ListenerTls | None:
+    """A server's TLS from the Secrets its `credentialName(s)` name, as Istio's gateway reads
+    them: in the gateway's namespace, `kubernetes.io/tls` (tls.crt, tls.key, ca.crt) or
+    Opaque (cert, key, cacert); for MUTUAL the clients' CA in the Secret itself, else in the
+    Secret `<name>-cacert`."""
+    key = "credentialName" if len(credential.names) == 1 else "credentialNames"
+    at = (*credential.path, key)
+    certificates = []
+    client_ca = client_ca_path = None
+    for index, name in enumerate(credential.names):
+        here = at if key == "credentialName" else (*at, index)
+        secret = secrets.get((GATEWAY_NAMESPACE, name))
+        if secret is None:
+            doc.error(here, f"no Secret {GATEWAY_NAMESPACE}/{name} (the gateway reads its "
+                            f"credentials in its namespace, {GATEWAY_NAMESPACE})")
+            return None
+        certificate, problem = tls_secret(secret, generic=True)
+        if certificate is None:
+            doc.error(here, f"Secret {GATEWAY_NAMESPACE}/{name}: {problem}")
+            return None
+        certificates.append(certificate)
+        if credential.mutual and client_ca is None:
+            for holder in (secret, secrets.get((GATEWAY_NAMESPACE, f"{name}-cacert"))):
+                if holder is None:
+                    continue
+                client_ca, problem = ca_of(holder)
+                if problem:
+                    doc.error(here, f"Secret {holder.key}: {problem}")
+                    return None
+                if client_ca is not None:
+                    client_ca_path = f"secret:{holder.key}"
+                    break
+    if credential.mutual and client_ca is None:
+        doc.error(at, f"tls mode MUTUAL needs the clients' CA: ca.crt (or cacert) in Secret "
+                      f"{GATEWAY_NAMESPACE}/{credential.names[0]}, or a Secret "
+                      f"{GATEWAY_NAMESPACE}/{credential.names[0]}-cacert")
+        return None
+    return ListenerTls(tuple(certificates), credential.min_version,
+                       origin=doc.ctx.origin(at), client_ca=client_ca,
+                       client_ca_path=client_ca_path)
+
+
+def _auto_passthrough(doc: Doc, server: o.Server, registry: dict[str, _Host]) -> list[TcpRoute]:
+    """Istio's AUTO_PASSTHROUGH: a connection whose SNI is `outbound_.PORT_.SUBSET_.HOST`
+    (`outbound_.PORT_._.HOST` for the whole service) goes, still encrypted, to that service's
+    (or subset's) endpoints, for every host the server's hosts cover. The clusters it goes
+    through are plain TCP ones of their own, `Service`s named as the SNI (a passthrough
+    cluster must not add mTLS: the caller's own TLS reaches the workload)."""
+    found: list[TcpRoute] = []
+    for name in sorted(registry):
+        if not any(_overlap(pattern, name) == name for pattern in server.hosts):
+            continue
+        host = registry[name]
+        for number in sorted(host.services):
+            service = host.services[number]
+            for subset in (None, *sorted(s for s, _ in service.subsets)):
+                sni = f"outbound_.{number}_.{subset or ''}_.{name}"
+                endpoints = tuple(replace(e, mtls_identity=None)
+                                  for e in service.endpoints_of(subset))
+                target = Service(name=sni, position=service.position, protocol="tcp",
+                                 endpoints=endpoints, load_balancer=service.load_balancer,
+                                 connect_timeout=service.connect_timeout,
+                                 origin=doc.ctx.origin(server.path))
+                host.passthrough[sni] = target
+                found.append(TcpRoute((Backend(sni, origin=doc.ctx.origin(server.path)),),
+                                      (sni,), origin=doc.ctx.origin(server.path)))
+    return found
+
+
+def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
+              registry: dict[str, _Host] | None = None) -> _Gateways:
     """A Gateway of the model per distinct selector: every Istio Gateway whose selector the
     Envoy's labels (= that selector) satisfy contributes its servers."""
     built: list[tuple[Doc, Gateway]] = []
@@ -1052,19 +1180,28 @@ def _gateways(docs: list[Doc], l4: L4AtGateways) -> _Gateways:
                     continue
                 kinds[server.port] = server.protocol
                 if server.protocol in ("TCP", "TLS"):
-                    found = _distinct(doc, l4.get((view, _listener_name(server)), []))
+                    found = _auto_passthrough(doc, server, registry or {}) \
+                        if server.auto_passthrough else \
+                        _distinct(doc, l4.get((view, _listener_name(server)), []))
                     if not any(b.weight > 0 for r in found for b in r.backends):
-                        doc.warn(server.path, f"no VirtualService has {server.protocol.lower()} "
-                                              f"routes for this server: it is not served")
+                        doc.warn(server.path, "no ServiceEntry host is within this server's "
+                                              "hosts: it is not served" if server.auto_passthrough
+                                 else f"no VirtualService has {server.protocol.lower()} "
+                                      f"routes for this server: it is not served")
                         continue
                     listeners[server.port] = GatewayListener(
                         name=_listener_name(server), port=server.port,
                         address=server.bind or "0.0.0.0", protocol="tcp", tcp_routes=found,
                         origin=doc.ctx.origin(server.path))
                     continue
+                tls = server.tls
+                if server.credential is not None:
+                    tls = _credential_tls(doc, server.credential, secrets or {})
+                    if tls is None:
+                        continue
                 listeners[server.port] = GatewayListener(
                     name=_listener_name(server), port=server.port,
-                    address=server.bind or "0.0.0.0", tls=server.tls,
+                    address=server.bind or "0.0.0.0", tls=tls,
                     redirect_to_https=(https_port or 443) if server.https_redirect else None,
                     origin=doc.ctx.origin(server.path))
         gateway = Gateway(name=hosts.gateway_view(selector), position=first.ctx.document.position,
@@ -1169,13 +1306,15 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
         view = hosts.workload_view(doc.item.name, doc.item.namespace)
         jwt = policies.jwt_for_workload(doc, jwks_service) if port is not None else None
         mtls, authorization, deny = policies.for_workload(doc, port, jwt is not None)
+        audit, custom = policies.audit_and_custom(doc, jwt is not None, protocol == "tcp") \
+            if port is not None else (None, None)
         sidecar = Sidecar(port=port, address=workload.address if port is not None else "0.0.0.0",
                           app_host=app_host, app_port=app_port, outbound_port=outbound,
                           calls=calls, mtls=mtls, authorization=authorization,
                           origin=doc.ctx.origin(("spec",)),
                           identity=hosts.spiffe_path(doc.item.namespace,
                                                      workload.service_account),
-                          deny=deny, jwt=jwt,
+                          deny=deny, jwt=jwt, audit=audit, ext_authz=custom,
                           locality=Locality(_locality(workload, 0) or "",
                                             _locality(workload, 1) or "",
                                             _locality(workload, 2) or ""),

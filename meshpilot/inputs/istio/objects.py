@@ -241,6 +241,17 @@ class SidecarScope:
 
 
 @dataclass(frozen=True, slots=True)
+class Credential:
+    """A server's `credentialName` (or `credentialNames`): Secrets of the gateway's namespace
+    that compile.py reads, for tls mode SIMPLE or MUTUAL."""
+
+    names: tuple[str, ...]
+    mutual: bool = False
+    min_version: Literal["1.2", "1.3"] | None = None
+    path: FieldPath = ()  # the server's tls
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
     port: int
     port_name: str
@@ -250,6 +261,10 @@ class Server:
     https_redirect: bool = False
     bind: str | None = None
     path: FieldPath = ()
+    credential: Credential | None = None  # TLS from Secrets, in place of `tls`
+    # tls mode AUTO_PASSTHROUGH (a TLS server): routed by SNI `outbound_.PORT_.SUBSET_.HOST`
+    # to that service, no VirtualService needed (Istio's east-west gateway)
+    auto_passthrough: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,6 +331,7 @@ class AuthorizationPolicy:
     action: Literal["ALLOW", "DENY", "AUDIT", "CUSTOM"] = "ALLOW"
     rules: tuple[AuthzRuleSpec, ...] = ()
     dry_run: bool = False  # annotation istio.io/dry-run: "true": evaluated, never enforced
+    provider: str | None = None  # CUSTOM: the MeshConfig extension provider's name
 
 
 @dataclass(frozen=True, slots=True)

@@ -1220,18 +1220,21 @@ def _server(entry: Fields) -> o.Server | None:
         entry.missing("hosts")
     bind = entry.get("bind", fields.ip_address)
     kind = SERVER_PROTOCOLS.get(protocol or "")
-    if kind == "HTTPS" and _mode_of(entry) == "PASSTHROUGH":
+    if kind == "HTTPS" and _mode_of(entry) in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
         kind = "TLS"  # Istio: an HTTPS server passed through is a TLS one
-    tls, redirect = None, False
+    tls, redirect, credential = None, False, None
+    auto = False
     if kind in ("TCP", "TLS"):
-        if not _passthrough(entry, kind) and kind == "TLS":
+        mode = _passthrough(entry, kind)
+        if mode is None and kind == "TLS":
             return None
+        auto = mode == "AUTO_PASSTHROUGH"
     else:
-        tls, redirect = _server_tls(entry, protocol)
+        tls, redirect, credential = _server_tls(entry, protocol)
     if number is None or kind is None or not hosts:
         return None
     return o.Server(number, name, cast(Any, kind), tuple(hosts), tls, redirect, bind,
-                    entry.path)
+                    entry.path, credential, auto)
 
 
 # A server's protocol -> what meshpilot makes of it (TCP ones: a TCP proxy, no HTTP).
@@ -1244,18 +1247,19 @@ def _mode_of(entry: Fields) -> Any:
     return spec.get("mode") if isinstance(spec, dict) else None
 
 
-def _passthrough(entry: Fields, kind: str) -> bool:
-    """A TCP server takes no tls; a TLS one must pass it through (by SNI, to tls routes).
-    True: a valid TLS passthrough server."""
+def _passthrough(entry: Fields, kind: str) -> str | None:
+    """A TCP server takes no tls; a TLS one must pass it through (by SNI: to tls routes, or,
+    AUTO_PASSTHROUGH, to the service the SNI names). The mode of a valid TLS passthrough
+    server, else None."""
     spec = entry.mapping("tls", "a mapping such as {mode: PASSTHROUGH}")
     if kind == "TCP":
         if spec is not None:
             entry.report("tls", "a TCP server takes no tls (TLS is protocol TLS)",
                          at_value=False)
-        return False
+        return None
     if spec is None:
         entry.report("tls", "a TLS server needs tls: {mode: PASSTHROUGH}", at_value=False)
-        return False
+        return None
     spec.check_keys(("mode", "serverCertificate", "privateKey", "caCertificates",
                      "credentialName", "credentialNames", "subjectAltNames",
                      "minProtocolVersion", "maxProtocolVersion", "cipherSuites",
@@ -1264,25 +1268,64 @@ def _passthrough(entry: Fields, kind: str) -> bool:
                                            "AUTO_PASSTHROUGH", "ISTIO_MUTUAL",
                                            "OPTIONAL_MUTUAL")), required=True)
     if mode is None:
-        return False
-    if mode != "PASSTHROUGH":
+        return None
+    if mode not in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
         spec.report("mode", f"a TLS server with tls mode {mode} (TLS ended, then TCP) "
-                            f"{NOT_SUPPORTED}; PASSTHROUGH is (an HTTPS server ends TLS)")
-        return False
+                            f"{NOT_SUPPORTED}; PASSTHROUGH and AUTO_PASSTHROUGH are (an HTTPS "
+                            "server ends TLS)")
+        return None
     for key in spec.value:
         if key != "mode":
-            spec.report(key, f"{key} is not for tls mode PASSTHROUGH (the backend ends TLS)",
+            spec.report(key, f"{key} is not for tls mode {mode} (the backend ends TLS)",
                         at_value=False)
-    return True
+    return cast(str, mode)
 
 
-def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None, bool]:
-    spec = entry.mapping("tls", "a mapping such as {mode: SIMPLE, serverCertificate: a.pem, "
-                                "privateKey: a.key}")
+def _server_tls(entry: Fields, protocol: str | None
+                ) -> tuple[ListenerTls | None, bool, o.Credential | None]:
+    spec = entry.mapping("tls", "a mapping such as {mode: SIMPLE, credentialName: my-cert}")
     if spec is None:
         if protocol == "HTTPS":
             entry.report("tls", "an HTTPS server needs tls", at_value=False)
-        return None, False
+        return None, False, None
+    tls, redirect = _files_tls(spec, protocol)
+    names = _credential_names(spec) if protocol == "HTTPS" else ()
+    if not names:
+        return tls, redirect, None
+    mode = spec.value.get("mode")
+    if mode not in ("SIMPLE", "MUTUAL"):
+        return None, redirect, None
+    versions = {"TLSV1_2": "1.2", "TLSV1_3": "1.3", "TLS_AUTO": None}
+    minimum = spec.get("minProtocolVersion", fields.choice(tuple(versions)))
+    return None, redirect, o.Credential(names, mode == "MUTUAL",
+                                        cast(Any, versions.get(minimum or "TLS_AUTO")),
+                                        spec.path)
+
+
+def _credential_names(spec: Fields) -> tuple[str, ...]:
+    """`credentialName`, or `credentialNames` (up to two: say an RSA and an ECDSA
+    certificate), checked against the file fields they replace."""
+    single = spec.get("credentialName", _dns_label)
+    several = _strings(spec, "credentialNames", "Secret name", _dns_label)
+    if single is not None and several:
+        spec.report("credentialNames", "credentialNames replaces credentialName: write one",
+                    at_value=False)
+        return ()
+    if len(several) > 2:
+        spec.report("credentialNames", "at most two Secrets (Istio's): one certificate per "
+                                       "key type")
+        return ()
+    names = (single,) if single is not None else several
+    if names:
+        for key in ("serverCertificate", "privateKey", "caCertificates"):
+            if key in spec.value:
+                spec.report(key, f"{key} and credentialName: the Secret holds the "
+                                 "certificates; write one or the other", at_value=False)
+                return ()
+    return names
+
+
+def _files_tls(spec: Fields, protocol: str | None) -> tuple[ListenerTls | None, bool]:
     spec.check_keys(("httpsRedirect", "mode", "serverCertificate", "privateKey",
                      "caCertificates", "credentialName", "credentialNames", "subjectAltNames",
                      "minProtocolVersion", "maxProtocolVersion", "cipherSuites"), "tls")
@@ -1292,17 +1335,17 @@ def _server_tls(entry: Fields, protocol: str | None) -> tuple[ListenerTls | None
             if key != "httpsRedirect":
                 spec.report(key, f"{key} is for HTTPS servers", at_value=False)
         return None, redirect
-    for key in ("credentialName", "credentialNames", "subjectAltNames",
-                "maxProtocolVersion", "cipherSuites"):
+    for key in ("subjectAltNames", "maxProtocolVersion", "cipherSuites"):
         if key in spec.value:
-            spec.report(key, f"{key} {NOT_SUPPORTED}; use serverCertificate and privateKey "
-                             "files", at_value=False)
+            spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
     mode = spec.get("mode", fields.choice(("SIMPLE", "MUTUAL", "PASSTHROUGH",
                                            "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")),
                     required=True)
     if mode is not None and mode not in ("SIMPLE", "MUTUAL"):
         spec.report("mode", f"tls mode {mode} {NOT_SUPPORTED}; SIMPLE and MUTUAL are")
         return None, redirect
+    if "credentialName" in spec.value or "credentialNames" in spec.value:
+        return None, redirect  # (_credential_names reads them)
     client_ca = None
     ca_path = spec.get("caCertificates", fields.string, required=mode == "MUTUAL")
     if mode != "MUTUAL" and ca_path is not None:
@@ -1372,13 +1415,22 @@ def read_peer_authentication(spec: Fields) -> o.PeerAuthentication | None:
 def read_authorization_policy(spec: Fields) -> o.AuthorizationPolicy | None:
     spec.check_keys(("selector", "targetRef", "targetRefs", "action", "provider", "rules"),
                     "an AuthorizationPolicy's spec")
-    for key in ("targetRef", "targetRefs", "provider"):
+    for key in ("targetRef", "targetRefs"):
         if key in spec.value:
             spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
     selector = _selector(spec)
     action = spec.get("action", fields.choice(("ALLOW", "DENY", "AUDIT", "CUSTOM"))) or "ALLOW"
-    if action in ("AUDIT", "CUSTOM"):
-        spec.report("action", f"action {action} {NOT_SUPPORTED}")
+    provider = None
+    written = spec.mapping("provider", "a mapping such as {name: my-ext-authz}")
+    if action == "CUSTOM" and written is None and "provider" not in spec.value:
+        spec.report("action", "action CUSTOM needs a provider: {name: ...} (one of MeshConfig's "
+                              "extensionProviders)")
+    elif written is not None:
+        written.check_keys(("name",), "a provider")
+        provider = written.get("name", fields.string, required=True)
+        if action != "CUSTOM":
+            spec.report("provider", f"provider is for action CUSTOM (this policy is {action})",
+                        at_value=False)
     rules = []
     value = spec.value.get("rules")
     if value is not None and not isinstance(value, list):
@@ -1388,7 +1440,7 @@ def read_authorization_policy(spec: Fields) -> o.AuthorizationPolicy | None:
                           "a mapping such as {from: [...], to: [...], when: [...]}")
         if entry is not None:
             rules.append(_authz_rule(entry))
-    return o.AuthorizationPolicy(selector, cast(Any, action), tuple(rules))
+    return o.AuthorizationPolicy(selector, cast(Any, action), tuple(rules), provider=provider)
 
 
 def _authz_rule(entry: Fields) -> o.AuthzRuleSpec:

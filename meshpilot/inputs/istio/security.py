@@ -8,10 +8,13 @@ Which policies apply to a workload, as Istio decides:
   `portLevelMtls` for the workload's inbound port overrides. Nothing at all: `off` (plaintext;
   Istio's PERMISSIVE with auto mTLS needs nothing written, meshpilot asks for it in writing).
 - AuthorizationPolicy: those of the root namespace without selector, of the workload's
-  namespace without selector, and of its namespace whose selector matches its labels. DENY is
-  evaluated before ALLOW; with any ALLOW policy, a request must match one of their rules. The
-  rules of all ALLOW policies are one ALLOW authorization (any rule of any policy), which is
-  what Istio's ALLOW policies are together.
+  namespace without selector, and of its namespace whose selector matches its labels. Istio's
+  order: AUDIT marks (refuses nothing), CUSTOM asks its provider about the requests its rules
+  match, then DENY, then ALLOW; with any ALLOW policy, a request must match one of their
+  rules. The rules of all ALLOW policies are one ALLOW authorization (any rule of any
+  policy), which is what Istio's ALLOW policies are together; the same for DENY and AUDIT.
+  CUSTOM: the provider (MeshConfig's `extensionProviders`, `meshconfig.py`) with the rules of
+  every CUSTOM policy applying (`ExtAuthz.only`); one provider per workload, as Istio allows.
 
 An Istio rule (`from` any source AND `to` any operation AND every `when`) becomes one rule of
 the model per (source, operation) pair: the model's rule is an AND of ORs. What the model's
@@ -23,17 +26,19 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import Any, cast
 
 from meshpilot.inputs.istio import hosts
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
+from meshpilot.inputs.native.fields import did_you_mean
 from meshpilot.inputs.native.matches import istio_path_match
 from meshpilot.ir.model import (
     Authorization,
     AuthzRule,
+    ExtAuthz,
     Jwks,
     Jwt,
     JwtProvider,
@@ -62,6 +67,19 @@ class Policies:
     trust_domain: str = "cluster.local"
 
     requests: list[Doc] = field(default_factory=list)
+    # CUSTOM's providers by name (their services found), the names of those that are not
+    # ext_authz ones (by kind), and of those whose problem was reported at the ConfigMap.
+    providers: dict[str, ExtAuthz] = field(default_factory=dict)
+    other_providers: dict[str, str] = field(default_factory=dict)
+    broken_providers: dict[str, str] = field(default_factory=dict)  # name -> why
+    # A policy applying to many workloads is compiled for each: its problems are reported once.
+    _reported: set[tuple[int, tuple[Any, ...], str]] = field(default_factory=set)
+
+    def _error(self, doc: Doc, path: tuple[Any, ...], message: str) -> None:
+        key = (id(doc), tuple(path), message)
+        if key not in self._reported:
+            self._reported.add(key)
+            doc.error(path, message)
 
     @classmethod
     def of(cls, by_kind: dict[str, list[Doc]]) -> Policies:
@@ -92,8 +110,8 @@ class Policies:
             for index, rule in enumerate(spec.rules):
                 path = ("spec", "jwtRules", index)
                 if rule.output_payload_to_header is not None:
-                    doc.error((*path, "outputPayloadToHeader"),
-                              f"outputPayloadToHeader {NOT_SUPPORTED}")
+                    self._error(doc, (*path, "outputPayloadToHeader"),
+                                f"outputPayloadToHeader {NOT_SUPPORTED}")
                     continue
                 if rule.jwks is not None:
                     jwks = Jwks(inline=rule.jwks)
@@ -127,8 +145,8 @@ class Policies:
             for index, rule in enumerate(spec.rules):
                 path = ("spec", "jwtRules", index)
                 if rule.output_payload_to_header is not None:
-                    doc.error((*path, "outputPayloadToHeader"),
-                              f"outputPayloadToHeader {NOT_SUPPORTED}")
+                    self._error(doc, (*path, "outputPayloadToHeader"),
+                                f"outputPayloadToHeader {NOT_SUPPORTED}")
                     continue
                 if rule.jwks is not None:
                     jwks = Jwks(inline=rule.jwks)
@@ -148,12 +166,14 @@ class Policies:
                     if not d.item.spec.dry_run  # type: ignore[union-attr]
                     and applies(d, d.item.spec.selector)]  # type: ignore[union-attr]
         policies = self._combined(applying, allow_request_principals=jwt is not None)
-        return Security(jwt=jwt, authorization=policies or None)
+        return Security(jwt=jwt, authorization=policies or None,
+                        ext_authz=self._custom(applying, jwt is not None))
 
-    def _combined(self, applying: list[Doc], allow_request_principals: bool = False
+    def _combined(self, applying: list[Doc], allow_request_principals: bool = False,
+                  actions: tuple[str, ...] = ("AUDIT", "DENY", "ALLOW")
                   ) -> tuple[Authorization, ...]:
         found = []
-        for action in ("DENY", "ALLOW"):
+        for action in actions:
             docs = [d for d in applying if d.item.spec.action == action]  # type: ignore[union-attr]
             if not docs:
                 continue
@@ -174,6 +194,60 @@ class Policies:
         sidecar validates JWTs, so request principals can be checked)."""
         allow, deny = self._authorization(workload, jwt)
         return self._mtls(workload, port), allow, deny
+
+    def audit_and_custom(self, workload: Doc, jwt: bool = False, tcp: bool = False
+                         ) -> tuple[Authorization | None, ExtAuthz | None]:
+        """The workload's AUDIT rules and its CUSTOM provider (with the requests it is asked
+        about), each None when no such policy applies (`tcp`: the workload serves TCP, which
+        neither can act on yet)."""
+        applying = self._applying(workload)
+        if tcp:
+            for doc in applying:
+                action = doc.item.spec.action  # type: ignore[union-attr]
+                if action in ("AUDIT", "CUSTOM"):
+                    self._error(doc, ("spec", "action"),
+                                f"action {action} for a workload serving TCP "
+                                f"({workload.ctx.name}) {NOT_SUPPORTED}: it needs HTTP")
+            return None, None
+        audit = next(iter(self._combined(applying, jwt, ("AUDIT",))), None)
+        return audit, self._custom(applying, jwt)
+
+    def _custom(self, applying: list[Doc], allow_request_principals: bool) -> ExtAuthz | None:
+        docs = [d for d in applying if d.item.spec.action == "CUSTOM"]  # type: ignore[union-attr]
+        chosen: tuple[Doc, str, ExtAuthz] | None = None
+        rules: list[AuthzRule] = []
+        for doc in docs:
+            spec = doc.item.spec
+            assert isinstance(spec, o.AuthorizationPolicy) and spec.provider is not None
+            at = ("spec", "provider", "name")
+            provider = self.providers.get(spec.provider)
+            if provider is None:
+                broken = self.broken_providers.get(spec.provider)
+                self._error(doc, at, self._missing_provider(spec.provider) if broken is None
+                            else f"provider {spec.provider} cannot be used: {broken}")
+                continue
+            if chosen is not None and chosen[1] != spec.provider:
+                self._error(doc, at, f"provider {spec.provider}: one provider may apply to a "
+                                     f"workload (Istio's rule), and AuthorizationPolicy "
+                                     f"{chosen[0].ctx.name} names {chosen[1]}")
+                continue
+            chosen = chosen or (doc, spec.provider, provider)
+            for index, rule in enumerate(spec.rules):
+                rules.extend(self._rules(doc, ("spec", "rules", index), rule,
+                                         allow_request_principals))
+        if chosen is None:
+            return None
+        return replace(chosen[2], only=tuple(rules))
+
+    def _missing_provider(self, name: str) -> str:
+        kind = self.other_providers.get(name)
+        if kind is not None:
+            return (f"provider {name} is of kind {kind}; CUSTOM needs an envoyExtAuthzHttp "
+                    "or envoyExtAuthzGrpc one")
+        known = sorted({*self.providers, *self.broken_providers})
+        hint = did_you_mean(name, known) if known else ""
+        return (f"no extension provider {name} in MeshConfig (extensionProviders of data.mesh "
+                f"in the ConfigMap istio of istio-system){hint}")
 
     # -- PeerAuthentication --
 
@@ -217,6 +291,12 @@ class Policies:
 
     def _authorization(self, workload: Doc, jwt: bool = False
                        ) -> tuple[Authorization | None, Authorization | None]:
+        found = {policy.action: policy for policy in self._combined(
+            self._applying(workload), jwt, ("DENY", "ALLOW"))}
+        return found.get("ALLOW"), found.get("DENY")
+
+    def _applying(self, workload: Doc) -> list[Doc]:
+        """The AuthorizationPolicies (not dry run) that apply to a workload."""
         ns = workload.item.namespace
         labels = workload.item.spec.spec.labels  # type: ignore[union-attr]
         applying: list[Doc] = []
@@ -230,8 +310,7 @@ class Policies:
                     applying.append(doc)
             elif doc.item.namespace == ns and hosts.selects(spec.selector, labels):
                 applying.append(doc)
-        found = {policy.action: policy for policy in self._combined(applying, jwt)}
-        return found.get("ALLOW"), found.get("DENY")
+        return applying
 
     def _rules(self, doc: Doc, path: tuple[Any, ...], rule: o.AuthzRuleSpec,
                allow_request_principals: bool = False) -> list[AuthzRule]:
@@ -258,8 +337,10 @@ class Policies:
             negated = {key[len("not_"):]: merged.pop(key) for key in list(merged)
                        if key.startswith("not_")}
             negated = {key: value for key, value in negated.items() if value}
-            result.append(AuthzRule(headers=headers, **merged,
-                                    exclude=AuthzRule(**negated) if negated else None))
+            here = doc.ctx.origin(path)
+            result.append(AuthzRule(headers=headers, **merged, origin=here,
+                                    exclude=AuthzRule(**negated, origin=here) if negated
+                                    else None))
         return result
 
     def _source(self, doc: Doc, path: tuple[Any, ...], source: o.Source | None,
@@ -269,18 +350,19 @@ class Policies:
         for key in ("request_principals", "not_request_principals"):
             written = getattr(source, key)
             if written and not allow_request_principals:
-                doc.error((*path, _camel(key)), f"{_camel(key)} need a RequestAuthentication "
-                                                "that applies here (no JWT is validated)")
+                self._error(doc, (*path, _camel(key)),
+                            f"{_camel(key)} need a RequestAuthentication that applies here "
+                            "(no JWT is validated)")
                 return None
             for index, principal in enumerate(written):
                 if principal != "*" and ("*" in principal or "/" not in principal):
-                    doc.error((*path, _camel(key), index),
-                              f'request principal {principal}: "issuer/subject" or "*" (other '
-                              f"wildcards {NOT_SUPPORTED})")
+                    self._error(doc, (*path, _camel(key), index),
+                                f'request principal {principal}: "issuer/subject" or "*" '
+                                f"(other wildcards {NOT_SUPPORTED})")
                     return None
         if source.principals and source.namespaces:
-            doc.error((*path, "namespaces"), f"principals and namespaces in one source "
-                                             f"{NOT_SUPPORTED}")
+            self._error(doc, (*path, "namespaces"),
+                        f"principals and namespaces in one source {NOT_SUPPORTED}")
             return None
         # notPrincipals and notNamespaces: neither holds = not (any of both), one list
         return {
@@ -323,8 +405,8 @@ class Policies:
         paths = []
         for index, text in enumerate(written):
             if "{" in text or (text != "*" and "*" in text[1:-1]):
-                doc.error((*path, index), f"path {text}: templates and a * inside a path "
-                                          f"{NOT_SUPPORTED}")
+                self._error(doc, (*path, index),
+                            f"path {text}: templates and a * inside a path {NOT_SUPPORTED}")
                 return None
             if text.startswith("*") and text != "*":
                 paths.append(StringMatch("regex", ".*" + _escape(text[1:])))
@@ -341,7 +423,7 @@ class Policies:
         for index, condition in enumerate(conditions):
             at = (*path, "when", index)
             if condition.not_values:
-                doc.error((*at, "notValues"), f"notValues {NOT_SUPPORTED}")
+                self._error(doc, (*at, "notValues"), f"notValues {NOT_SUPPORTED}")
                 return None
             key = condition.key
             if key.startswith("request.headers[") and len(condition.values) == 1:
@@ -356,12 +438,12 @@ class Policies:
                     ips.extend(str(ipaddress.ip_network(v, strict=False))
                                for v in condition.values)
                 except ValueError:
-                    doc.error((*at, "values"), "expected IPs or CIDRs")
+                    self._error(doc, (*at, "values"), "expected IPs or CIDRs")
                     return None
             else:
-                doc.error((*at, "key"), f"condition {key} with these values {NOT_SUPPORTED} "
-                                        "(request.headers[...] with one value, source.ip, "
-                                        "remote.ip are)")
+                self._error(doc, (*at, "key"),
+                            f"condition {key} with these values {NOT_SUPPORTED} "
+                            "(request.headers[...] with one value, source.ip, remote.ip are)")
                 return None
         return tuple(headers), tuple(ips), tuple(ports)
 

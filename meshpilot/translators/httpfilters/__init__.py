@@ -46,6 +46,7 @@ from envoy.extensions.transport_sockets.tls.v3.secret_pb2 import Secret
 from meshpilot.ir.model import Route, Rule
 from meshpilot.translators.httpfilters import (
     api_key_auth,
+    audit,
     basic_auth,
     compressor,
     cors,
@@ -78,6 +79,8 @@ ORDER: tuple[HttpFeature, ...] = (
     jwt_authn.FEATURE,
     basic_auth.FEATURE,
     api_key_auth.FEATURE,
+    audit.FEATURE,  # Istio's AUDIT: marks, refuses nothing; first, so a refused request is too
+    ext_authz.CUSTOM_FEATURE,  # Istio's CUSTOM: its provider is asked before DENY and ALLOW
     rbac.FEATURE,  # DENY then ALLOW, after the authentications whose claims they read
     mesh_authorization.FEATURE,  # a sidecar's callers, by SPIFFE ID (inbound only)
     decompressor.FEATURE,  # request bodies inflated once allowed, before ext_authz reads one

@@ -20,6 +20,7 @@ from meshpilot.ir.model import (
     Authorization,
     Compression,
     Decompression,
+    ExtAuthz,
     Jwt,
     Route,
     Rule,
@@ -50,6 +51,8 @@ class ChainInputs:
     inbound_jwt: tuple[str, Jwt] | None = None  # (its name, the sidecar's jwt)
     decompression: Decompression | None = None  # a gateway listener's `decompression`
     denied: bool = False  # a sidecar with DENY rules: their RBAC filter too
+    audited: bool = False  # a sidecar with AUDIT rules: their RBAC filter too
+    inbound_ext_authz: ExtAuthz | None = None  # a sidecar's (Istio's CUSTOM provider)
 
     @classmethod
     def gateway(cls, routes: Iterable[Route], compression: Compression | None,
@@ -64,11 +67,12 @@ class ChainInputs:
     @classmethod
     def sidecar_inbound(cls, callers: Authorization | None,
                         jwt: tuple[str, Jwt] | None = None,
-                        denied: bool = False) -> ChainInputs:
+                        denied: bool = False, audited: bool = False,
+                        ext_authz: ExtAuthz | None = None) -> ChainInputs:
         """One route to the local application, over RDS: the callers' authorization is its
         per-route config, so an edit reaches open connections (no new listener)."""
         return cls(serves_routes=False, callers=callers, inbound=True, inbound_jwt=jwt,
-                   denied=denied)
+                   denied=denied, audited=audited, inbound_ext_authz=ext_authz)
 
 
 class HttpFeature:

@@ -3,7 +3,8 @@
 On a gateway listener with a Route that uses it: one filter for DENY policies, then one for
 ALLOW, after the authentications whose results (JWT claims) they read. A rule's authorization
 replaces both of the Route's policies for its entries. `rbac()` is also how a sidecar's
-callers are checked (`mesh_authorization.py`).
+callers are checked (`mesh_authorization.py`), Istio's AUDIT policies marked (`audit.py`) and
+the requests Istio's CUSTOM policies send to their provider picked (`shadow`, `ext_authz.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from meshpilot.translators.matchers import header_matcher, string_matcher
 
 RBAC_DENY = "envoy.filters.http.rbac/deny"
 RBAC_ALLOW = "envoy.filters.http.rbac/allow"
+# Whatever a filter is called, the RBAC filter writes its dynamic metadata under this name.
+RBAC_METADATA = "envoy.filters.http.rbac"
+# Istio's names for what picks CUSTOM's requests: the shadow rules' stat (and metadata key)
+# prefix, and the prefix of their policies' names, which the ext_authz filter matches.
+SHADOW_PREFIX = "istio_ext_authz_"
+SHADOW_POLICY = "istio-ext-authz-"
+SHADOW_POLICY_KEY = f"{SHADOW_PREFIX}shadow_effective_policy_id"
 
 
 class RbacFeature(HttpFeature):
@@ -40,7 +48,7 @@ class RbacFeature(HttpFeature):
 
     def filters(self, chain: ChainInputs) -> list[HttpFilter]:
         actions = {p.action for route in chain.routes for s in securities(route)
-                   for p in s.authorization or ()}
+                   for p in s.authorization or ()}  # (AUDIT: audit.py's filter)
         return [http_filter(name, RBAC(), disabled=True)
                 for name, action in ((RBAC_DENY, "DENY"), (RBAC_ALLOW, "ALLOW"))
                 if action in actions]
@@ -63,19 +71,35 @@ def _policies(policies: tuple[Authorization, ...] | None) -> dict[str, Message]:
     # A gateway's source_ips are the client's address as the listener detects it (client_ip:
     # behind trusted proxies), which is the peer's unless the listener says otherwise.
     return {RBAC_DENY if policy.action == "DENY" else RBAC_ALLOW: RBACPerRoute(
-        rbac=rbac(policy, detected_client=True)) for policy in policies or ()}
+        rbac=rbac(policy, detected_client=True)) for policy in policies or ()
+        if policy.action != "AUDIT"}
 
 
 def rbac(policy: Authorization, *, detected_client: bool = False) -> RBAC:
     """ALLOW: requests matching a rule pass, the rest are refused (no rules: all refused).
-    DENY: requests matching a rule are refused (no rules: none). `detected_client`: source
+    DENY: requests matching a rule are refused (no rules: none). AUDIT: requests matching a
+    rule are marked for audit logging (Envoy's LOG action: `access_log_hint` true in the
+    filter's dynamic metadata, stat `rbac.logged`), none refused. `detected_client`: source
     IPs are the detected client's (`remote_ip`), else the peer's (`direct_remote_ip`: a
     sidecar's inbound, whose callers' X-Forwarded-For is not trusted)."""
-    action = RbacRules.ALLOW if policy.action == "ALLOW" else RbacRules.DENY
-    rules = RbacRules(action=action)
+    rules = RbacRules(action=_ACTIONS[policy.action])
     for index, rule in enumerate(policy.rules):
         rules.policies[f"rules[{index}]"].CopyFrom(_policy(rule, detected_client))
     return RBAC(rules=rules)
+
+
+_ACTIONS = {"ALLOW": RbacRules.ALLOW, "DENY": RbacRules.DENY, "AUDIT": RbacRules.LOG}
+
+
+def shadow(rules: tuple[AuthzRule, ...], *, detected_client: bool = False) -> RBAC:
+    """Rules that refuse nothing: a request matching one gets its policy's name, which starts
+    with `SHADOW_POLICY`, as `SHADOW_POLICY_KEY` in the RBAC filter's dynamic metadata (how
+    Istio's CUSTOM action picks the requests its ext_authz filter checks)."""
+    matched = rbac(Authorization("DENY", rules), detected_client=detected_client).rules
+    picked = RbacRules(action=RbacRules.DENY)
+    for name in sorted(matched.policies):
+        picked.policies[SHADOW_POLICY + name].CopyFrom(matched.policies[name])
+    return RBAC(shadow_rules=picked, shadow_rules_stat_prefix=SHADOW_PREFIX)
 
 
 def _policy(rule: AuthzRule, detected_client: bool = False) -> Policy:
