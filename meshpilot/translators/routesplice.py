@@ -21,6 +21,7 @@ after it was spliced, is not spliced a second time (`gateway.py` builds the list
 
 from __future__ import annotations
 
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from meshpilot.xds.deps import References
 from meshpilot.xds.resources import Resource
 
 _name = attrgetter("name")
+_SPENDING = threading.Lock()
 Inputs = Callable[[Route], object]  # what the listener's HTTP filters read of one Route
 
 
@@ -117,32 +119,33 @@ class ConfigLayout:
         The new layout takes this one's counts over (copying them would visit every domain
         and cluster of the listener): this one is spent, whatever the answer, once it gets
         past the check of what the changed Routes claim."""
-        if self.spent:
-            return None
-        domains, clusters = self.domains, self.clusters
-        port = routes.vhost_key(spec)
-        removing: list[int] = []
-        adding: list[tuple[str, Route, VirtualHostBytes]] = []
-        for name, route in changed.items():  # first everything that can refuse the splice
-            at = bisect_left(self.routes, name, key=_name)
-            if at < len(self.routes) and self.routes[at].name == name:
-                removing.append(at)
-            if route is None:
-                continue
-            key = (id(route), port)
-            found = cache.get(key) or earlier.get(key)
-            if found is None or found[0] is not route:
-                own = tuple(routes.domains(route.hosts, spec.port))
-                found = (route, own, b"", frozenset(), 0)
-            adding.append((name, route, found))
-        gone = {domain for at in removing for domain in self.claims[at][0]}
-        claimed: set[str] = set()
-        for _, _, found in adding:
-            for domain in found[1]:
-                if (domain in domains and domain not in gone) or domain in claimed:
-                    return None  # claimed twice: `route_configuration_resource` decides
-                claimed.add(domain)
-        self.spent = True
+        with _SPENDING:  # one splice per layout, whichever thread asks first
+            if self.spent:
+                return None
+            domains, clusters = self.domains, self.clusters
+            port = routes.vhost_key(spec)
+            removing: list[int] = []
+            adding: list[tuple[str, Route, VirtualHostBytes]] = []
+            for name, route in changed.items():  # first everything that can refuse the splice
+                at = bisect_left(self.routes, name, key=_name)
+                if at < len(self.routes) and self.routes[at].name == name:
+                    removing.append(at)
+                if route is None:
+                    continue
+                key = (id(route), port)
+                found = cache.get(key) or earlier.get(key)
+                if found is None or found[0] is not route:
+                    own = tuple(routes.domains(route.hosts, spec.port))
+                    found = (route, own, b"", frozenset(), 0)
+                adding.append((name, route, found))
+            gone = {domain for at in removing for domain in self.claims[at][0]}
+            claimed: set[str] = set()
+            for _, _, found in adding:
+                for domain in found[1]:
+                    if (domain in domains and domain not in gone) or domain in claimed:
+                        return None  # claimed twice: `route_configuration_resource` decides
+                    claimed.add(domain)
+            self.spent = True
         served, filters = list(self.routes), list(self.inputs)
         segments, claims, hashes = list(self.segments), list(self.claims), list(self.hashes)
         total, count = self.total, self.count
