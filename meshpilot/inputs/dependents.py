@@ -349,8 +349,8 @@ class References:
         model = Model(raw=before.raw, services=services, gateways=gateways,
                       routes=_patched(before.routes, names["Route"],
                                       fresh["Route"]),  # type: ignore[arg-type]
-                      files=files, _services=dict(self.services),
-                      _gateways=dict(self.gateways), _indexed=True)
+                      files=files, _services=self.services.copy(),  # see upstreams._copied
+                      _gateways=self.gateways.copy(), _indexed=True)
         self.model = model
         return model, ModelChanges(before, model, frozenset(names["Service"]),
                                    frozenset(names["Gateway"]), frozenset(names["Route"]))

@@ -184,17 +184,29 @@ class GatewayViews:
         front = self._earlier.listener_front(key, gateway, filter_inputs) or \
             self._front(gateway, spec, served)
         config: tuple[Resource, ...] = ()  # a TCP proxy or an https redirect: no routes
+        layout: ConfigLayout | None = None
         if has_routes:
-            # Only the virtual hosts of Routes that are not the previous objects are
-            # serialized; a listener with TLS hosts has a table per host.
-            config = self._earlier.route_config(key, gateway, served, routes.vhost_key(spec),
-                                                self._virtual_hosts) or tuple(
-                routes.route_configuration_resource(gateway, spec, served,
-                                                    self._earlier.virtual_hosts,
-                                                    self._virtual_hosts, host)
-                for host in (spec.tls_hosts or (None,)))
+            lent = self._earlier.route_config(key, gateway, served, routes.vhost_key(spec),
+                                              self._virtual_hosts)
+            if lent is not None:
+                config = lent
+                kept = self._earlier.route_layout(key)
+                layout = kept if isinstance(kept, ConfigLayout) else None
+            elif spec.tls_hosts:
+                # A table per TLS host: built whole after an edit (never spliced).
+                config = tuple(routes.route_configuration_resource(
+                    gateway, spec, served, self._earlier.virtual_hosts, self._virtual_hosts,
+                    host) for host in spec.tls_hosts)
+            else:
+                # Only the virtual hosts of Routes that are not the previous objects are
+                # serialized; the pieces are kept, for the first edit's splice.
+                pieces = routes.configuration_pieces(gateway, spec, served,
+                                                     self._earlier.virtual_hosts,
+                                                     self._virtual_hosts)
+                config = (pieces.resource,)
+                layout = ConfigLayout.of_pieces(pieces, filter_inputs)
         built = self._listeners[key] = BuiltListener(gateway, served, filter_inputs, front,
-                                                     config)
+                                                     config, layout)
         self._prune(spec)
         return built
 

@@ -45,7 +45,7 @@ class BuiltListener:
     filter_inputs: tuple[object, ...]  # what its HTTP filters read of them (httpfilters)
     front: tuple[Resource, ...]  # the Listener, then the Secrets it names
     config: tuple[Resource, ...]  # its RouteConfiguration (none for tcp or a redirect)
-    # Its configuration's pieces by Route (`routesplice.ConfigLayout`), once an edit spliced it
+    # Its configuration's pieces by Route (`routesplice.ConfigLayout`), kept for the next edit
     layout: object | None = None
 
 
@@ -102,6 +102,12 @@ class Earlier:
             if host is not None and host[0] is route:
                 keep[(id(route), port)] = host
         return found.config
+
+    def route_layout(self, key: ListenerKey) -> object | None:
+        """The layout of the configuration `route_config` lent (`routesplice.ConfigLayout`);
+        shared: whichever Translation splices it first spends it."""
+        found = self.listeners.get(key)
+        return found.layout if found is not None else None
 
     def _listener(self, key: ListenerKey, gateway: Gateway) -> BuiltListener | None:
         found = self.listeners.get(key)

@@ -14,7 +14,7 @@ cluster name comes from `names.py`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from envoy.config.core.v3.base_pb2 import (
     DataSource,
@@ -67,7 +67,7 @@ from meshpilot.translators.matchers import (
 )
 from meshpilot.translators.protos import duration, fractional_percent, pack
 from meshpilot.xds.deps import References, references_of
-from meshpilot.xds.resources import Resource
+from meshpilot.xds.resources import Resource, piece_hash, pieces_version
 
 # Clients leave the port out of Host for the scheme's default port; any other port is in it.
 DEFAULT_HTTP_PORT = 80
@@ -135,9 +135,17 @@ def vhost_key(spec: GatewayListener) -> int:
 
 
 # (id(route), vhost_key) -> (the Route, its domains there, its VirtualHost's bytes, the clusters
-# the VirtualHost names). The Route is kept so the id stays its own while the entry lives.
-VirtualHostBytes = tuple[Route, tuple[str, ...], bytes, frozenset[str]]
+# the VirtualHost names, the bytes' `piece_hash`). The Route is kept so the id stays its own
+# while the entry lives.
+VirtualHostBytes = tuple[Route, tuple[str, ...], bytes, frozenset[str], int]
 VirtualHostCache = dict[tuple[int, int], VirtualHostBytes]
+
+
+def serialized_virtual_host(route: Route, own: tuple[str, ...], vhost: VirtualHost
+                            ) -> VirtualHostBytes:
+    """A cache entry for `route`'s virtual host `vhost`, claiming the domains `own`."""
+    data = vhost.SerializeToString(deterministic=True)
+    return route, own, data, _vhost_clusters(vhost), piece_hash(data)
 
 
 def route_configuration_resource(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route],
@@ -150,38 +158,89 @@ def route_configuration_resource(gateway: Gateway, spec: GatewayListener, routes
     `ignore_port_in_host_matching` serializes as its name field, each VirtualHost's own bytes
     as a length-delimited field 2, then field 14, so the cached bytes are concatenated. Every
     virtual host used is put in `cache`. `host`: the table of that TLS host of the listener
-    (a Route is in one table of a listener, so the cache's key needs no table)."""
+    (a Route is in one table of a listener, so the cache's key needs no table).
+
+    Its version is `config_version` of its virtual hosts' hashes, not the hash of the whole
+    bytes, so that a splice (`routesplice.py`) hashes only the virtual hosts it changed."""
+    return configuration_pieces(gateway, spec, routes, earlier, cache, host).resource
+
+
+@dataclass(slots=True)
+class ConfigPieces:
+    """A RouteConfiguration `route_configuration_resource` made, and the pieces it joined, by
+    served Route (what `routesplice.ConfigLayout` splices later edits into)."""
+
+    resource: Resource
+    routes: tuple[Route, ...]  # served, in name order
+    segments: list[bytes]  # each one's VirtualHost as field 2 (b"": it has none)
+    claims: list[tuple[tuple[str, ...], frozenset[str]]]  # each one's domains, clusters
+    hashes: list[int]  # each one's `piece_hash` (0: none)
+    own: bool  # every virtual host is its Route's own: no Route lost a domain to another
+
+
+def configuration_pieces(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route],
+                         earlier: Mapping[tuple[int, int], VirtualHostBytes],
+                         cache: VirtualHostCache, host: TlsHost | None = None,
+                         ) -> ConfigPieces:
+    """`route_configuration_resource`, with its pieces."""
     name = table_name(gateway, spec, host)
     port, scheme = spec.port, scheme_of(spec)
-    parts = [_length_delimited(1, name.encode("utf-8"))] if name else []
+    head = _length_delimited(1, name.encode("utf-8")) if name else b""
+    served = tuple(sorted((r for r in routes if in_table(r, spec, host)),
+                          key=lambda r: r.name))
+    segments: list[bytes] = []
+    claims: list[tuple[tuple[str, ...], frozenset[str]]] = []
+    hashes: list[int] = []
     clusters: set[str] = set()
     taken: set[str] = set()
-    for route in sorted((r for r in routes if in_table(r, spec, host)), key=lambda r: r.name):
+    total = count = 0
+    own_only = True
+    for route in served:
         key = (id(route), vhost_key(spec))
         found = cache.get(key) or earlier.get(key)
         if found is None or found[0] is not route:
             own = tuple(domains(route.hosts, port))
-            found = (route, own, b"", frozenset())
+            found = (route, own, b"", frozenset(), 0)
             if own and not taken.intersection(own):
                 vhost = virtual_host(route, port, set(), scheme)
                 assert vhost is not None
-                found = (route, own, vhost.SerializeToString(deterministic=True),
-                         _vhost_clusters(vhost))
+                found = serialized_virtual_host(route, own, vhost)
         route_domains = found[1]
         if not route_domains:
+            segments.append(b"")
+            claims.append(((), frozenset()))
+            hashes.append(0)
             continue
         if taken.intersection(route_domains):  # some domain is taken: built here, not cached
+            own_only = False
             vhost = virtual_host(route, port, taken, scheme)
             if vhost is not None:
-                parts.append(_length_delimited(2, vhost.SerializeToString(deterministic=True)))
+                data = vhost.SerializeToString(deterministic=True)
+                segments.append(_length_delimited(2, data))
+                total += piece_hash(data)
+                count += 1
                 clusters.update(_vhost_clusters(vhost))
             continue
         cache[key] = found
         taken.update(route_domains)
-        parts.append(_length_delimited(2, found[2]))
+        segments.append(_length_delimited(2, found[2]))
+        claims.append((found[1], found[3]))
+        hashes.append(found[4])
+        total += found[4]
+        count += 1
         clusters.update(found[3])
-    parts.append(_IGNORE_PORT_IN_HOST_MATCHING)  # field 14, after the virtual hosts (field 2)
-    return Resource(types.ROUTE, name, b"".join(parts), References(clusters=frozenset(clusters)))
+    # field 14 follows the virtual hosts (field 2)
+    body = b"".join((head, *segments, _IGNORE_PORT_IN_HOST_MATCHING))
+    resource = Resource(types.ROUTE, name, body, References(clusters=frozenset(clusters)),
+                        config_version(head, total, count, len(body)))
+    return ConfigPieces(resource, served, segments, claims, hashes, own_only)
+
+
+def config_version(head: bytes, total: int, count: int, length: int) -> str:
+    """The version of a RouteConfiguration `route_configuration_resource` makes: `head` (its
+    name field) and field 14 around `count` virtual hosts whose bytes' `piece_hash`es sum to
+    `total` (they come sorted by name, which each one's bytes begin with: `pieces_version`)."""
+    return pieces_version(head + _IGNORE_PORT_IN_HOST_MATCHING, total, count, length)
 
 
 # RouteConfiguration.ignore_port_in_host_matching (field 14, a varint) = true, as serialized.

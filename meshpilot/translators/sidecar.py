@@ -97,6 +97,9 @@ class ClusterResources(Protocol):
                  caller: locality.Caller | None = None) -> tuple[Resource, ...]: ...
 
 
+_Indexes = tuple[dict[str, Route], dict[str, Route], dict[str, str]]
+
+
 class Mesh:
     """The sidecar views of one model. `cluster_resources(service, subset)` is the
     Translation's (built once, shared with gateways, discovered endpoints included)."""
@@ -106,15 +109,26 @@ class Mesh:
         self.model = model
         self.trust = trust or mtls.TrustDomain()  # SPIFFE IDs (translators/mtls.py)
         self._cluster_resources = cluster_resources
-        self._route_of: dict[str, Route] = {}
-        self._by_name: dict[str, Route] = {}  # Routes a Call names (`Call.route`)
-        for route in model.routes:  # sorted by name: the first one wins, should two slip in
-            if route.service is not None:
-                self._by_name[route.name] = route
-                self._route_of.setdefault(route.service, route)
+        # Made on the first sidecar view asked for (`_index`): a reload whose views are all
+        # gateways' (every Translation makes a Mesh) walks no Route and no Service for it.
+        self._indexes: _Indexes | None = None
         # local-port route configs, by (callee, Route name)
         self._outbound: dict[tuple[str, str | None], tuple[Resource, ...]] = {}
-        self._identities = mtls.identity_paths(model)  # callers named in `from`, by name
+
+    def _index(self) -> _Indexes:
+        """(Route attached to each Service, Routes by name that a Call may name, the SPIFFE
+        path of each caller named in `from`): once per Mesh; two threads racing make equal
+        ones, and either is kept."""
+        found = self._indexes
+        if found is None:
+            route_of: dict[str, Route] = {}
+            by_name: dict[str, Route] = {}  # Routes a Call names (`Call.route`)
+            for route in self.model.routes:  # sorted by name: the first one wins
+                if route.service is not None:
+                    by_name[route.name] = route
+                    route_of.setdefault(route.service, route)
+            found = self._indexes = (route_of, by_name, mtls.identity_paths(self.model))
+        return found
 
     def with_clusters(self, cluster_resources: ClusterResources) -> Mesh:
         """These sidecar views building clusters through `cluster_resources` (other discovered
@@ -122,6 +136,7 @@ class Mesh:
         on endpoints."""
         mesh = Mesh(self.model, cluster_resources, self.trust)
         mesh._outbound = self._outbound
+        mesh._indexes = self._indexes
         return mesh
 
     def resources(self, service: Service) -> list[Resource]:
@@ -138,7 +153,7 @@ class Mesh:
             cluster = inbound_cluster(service, port)
             built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
             if (inbound.protocol or service.protocol) != "tcp":
-                routes = inbound_routes(service, self.trust, self._identities, port)
+                routes = inbound_routes(service, self.trust, self._index()[2], port)
                 built.append(Resource.from_message(types.ROUTE, routes.name, routes))
         callees: list[tuple[Service, Route | None]] = []
         for call in sidecar.calls:
@@ -179,11 +194,12 @@ class Mesh:
     def route_for(self, callee: Service, name: str | None) -> Route | None:
         """The Route a caller uses for `callee`: the one its Call names (when it is attached to
         the callee), else the callee's attached Route."""
+        route_of, by_name, _ = self._index()
         if name is not None:
-            named = self._by_name.get(name)
+            named = by_name.get(name)
             if named is not None and named.service == callee.name:
                 return named
-        return self._route_of.get(callee.name)
+        return route_of.get(callee.name)
 
     def _local_port_routes(self, callee: Service, route: Route | None) -> tuple[Resource, ...]:
         key = (callee.name, None if route is None else route.name)
@@ -199,7 +215,7 @@ class Mesh:
                      route: Route | None = None) -> VirtualHost:
         """The callee's virtual host: `route`'s rules (by default the callee's attached
         Route's), or everything to it."""
-        route = route or self._route_of.get(callee.name)
+        route = route or self._index()[0].get(callee.name)
         vhost = VirtualHost(name=names.virtual_host(callee.name), domains=domains)
         if route is None:
             vhost.routes.append(EnvoyRoute(

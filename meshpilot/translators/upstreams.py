@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from typing import TypeVar
 
 from meshpilot.base import types
 from meshpilot.ir.discovered import DiscoveredEndpoints
@@ -48,8 +49,8 @@ class Upstreams:
         # Clusters of services balanced by the caller's locality, by (cluster, caller).
         self._localized: dict[tuple[str, object], BuiltCluster] = {}
         if keep_except is not None:
-            self._built = dict(earlier.clusters)
-            self._ca_secrets = dict(earlier.ca_secrets)
+            self._built = _copied(earlier.clusters)
+            self._ca_secrets = _copied(earlier.ca_secrets)
             changed = set()
             for service in keep_except:
                 for name in cluster_names(service):
@@ -259,3 +260,14 @@ def translate_cluster(service: Service | None, subset: str | None,
                                                dict(service.zone_weights), weights)
         built.append(Resource.from_message(types.ENDPOINT, assignment.cluster_name, assignment))
     return tuple(built)
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _copied(found: Mapping[_K, _V]) -> dict[_K, _V]:
+    """A copy of `found`. `dict.copy()` clones a dict's table in one piece while few of its
+    entries were deleted, where `dict(found)` inserts every entry again as soon as one was
+    (a patch deletes the changed Services' clusters, so it always was)."""
+    return found.copy() if isinstance(found, dict) else dict(found)

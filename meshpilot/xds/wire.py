@@ -64,6 +64,31 @@ def delta_resource_entry(name: str, version: str, any_encoded: bytes) -> bytes:
     return length_delimited(_DELTA_RESOURCES, resource)
 
 
+def _any_head(type_url: str, body: bytes) -> bytes:
+    """An `Any`'s bytes up to its value's payload (type URL, the value's tag and length)."""
+    return string_field(_ANY_TYPE_URL, type_url) + varint(_ANY_VALUE << 3 | 2) + \
+        varint(len(body))
+
+
+def sotw_resource_entry_of(type_url: str, body: bytes) -> bytes:
+    """`sotw_resource_entry(any_bytes(type_url, body))`, copying `body` once."""
+    head = _any_head(type_url, body)
+    return b"".join((varint(_SOTW_RESOURCES << 3 | 2), varint(len(head) + len(body)), head,
+                     body))
+
+
+def delta_resource_entry_of(name: str, version: str, type_url: str, body: bytes) -> bytes:
+    """`delta_resource_entry(name, version, any_bytes(type_url, body))`, copying `body` once."""
+    head = _any_head(type_url, body)
+    any_length = len(head) + len(body)
+    before = string_field(_RES_VERSION, version) + varint(_RES_ANY << 3 | 2) + \
+        varint(any_length)
+    after = string_field(_RES_NAME, name)
+    inner = len(before) + any_length + len(after)
+    return b"".join((varint(_DELTA_RESOURCES << 3 | 2), varint(inner), before, head, body,
+                     after))
+
+
 def control_plane(identifier: str) -> bytes:
     return string_field(_CONTROL_PLANE_IDENTIFIER, identifier)
 

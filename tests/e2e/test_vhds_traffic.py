@@ -144,6 +144,10 @@ def test_vhds_serves_hosts_as_today_and_a_one_route_edit_is_its_virtual_host(
         assert _get(port, "filler-7.example.com")[2] == "a", kind
     eventually(lambda: all(t["status"] == "SYNCED" for p in mp.proxies()
                            for t in p["types"].values()), what="both Envoys to ACK the edit")
+    # Only each stream's first response said who sent it; Envoy still knows.
+    for envoy in (delta, sotw):
+        readout = envoy.admin_get("/stats?filter=^control_plane.identifier$")
+        assert readout.strip() == 'control_plane.identifier: "meshpilot"', readout
     routes_bytes = _sent(mp, "routes") - before["routes"]
     vhost_bytes = _sent(mp, "virtual_hosts") - before["virtual_hosts"]
 

@@ -14,11 +14,12 @@ from tls_material import CA
 
 from meshpilot.base import types
 from meshpilot.base.errors import PolicyError
-from meshpilot.inputs.loader import PolicyLoader, load_policy
+from meshpilot.inputs.loader import PolicyLoader, load_policy, load_policy_text
 from meshpilot.ir.model import Endpoint
 from meshpilot.runtime.controller import Controller
 from meshpilot.translators import Translation
 from meshpilot.xds.cache import SnapshotCache
+from meshpilot.xds.resources import Resource
 from meshpilot.xds.snapshot import Snapshot
 
 
@@ -538,6 +539,58 @@ def test_route_configuration_from_cached_virtual_hosts_is_byte_identical() -> No
                                                               earlier, cache)
         reference = Resource.from_message(types.ROUTE, expected.name, expected)
         assert built.body == reference.body and built.refs == reference.refs
+
+
+def test_route_configuration_version_follows_every_virtual_host() -> None:
+    """A gateway's RouteConfiguration is versioned by its virtual hosts' hashes
+    (`routes.config_version`), not by hashing the whole bytes: still one version per content.
+    Editing any one Route, adding or removing one, or renaming the listener's configuration
+    gives another version; the same policy built again gives the same one."""
+    def config(text: str) -> Resource:
+        return Translation(load_policy_text(text)).snapshot("gw").get(types.ROUTE)["gw/http"]
+
+    def policy(weights: list[int], port: int = 10000) -> str:
+        docs = [_gateway_doc(port=port), _service_doc(1)]
+        docs += [_route_doc(f"r{i}", "s1", extra=f"    timeout: {w}s\n")
+                 for i, w in enumerate(weights)]
+        return "---\n".join(docs)
+
+    base = config(policy([1, 2, 3, 4]))
+    assert config(policy([1, 2, 3, 4])).version == base.version
+    seen = {base.version}
+    for variant in ([1, 2, 3, 5], [9, 2, 3, 4], [1, 2, 3], [1, 2, 3, 4, 5], [2, 1, 3, 4],
+                    []):
+        found = config(policy(variant))
+        assert found.body != base.body and found.version not in seen, variant
+        seen.add(found.version)
+
+
+def test_a_spliced_layout_is_not_spliced_again(tmp_path: Path) -> None:
+    """A splice takes the earlier layout's counts over (no copy of every domain and cluster):
+    when the reload it was made for is refused and the earlier Translation is asked again
+    (the controller keeps serving it), its listener is built whole, not spliced from counts
+    that moved on, and gives what a cold Translation gives."""
+    root = tmp_path / "policy"
+    root.mkdir()
+    routes = [_route_doc(f"r{i}", "s1", "s2") for i in range(4)]
+    first = {"p.yaml": "---\n".join([_gateway_doc(), _service_doc(1), _service_doc(2),
+                                      *routes])}
+    _write(root, first)
+    loader = PolicyLoader(root)
+    earlier = Translation(loader.load())
+    served = earlier.snapshot("gw")
+    routes[1] = _route_doc("r1", "s2", host="other.example")
+    _write(root, {"p.yaml": "---\n".join([_gateway_doc(), _service_doc(1), _service_doc(2),
+                                          *routes])})
+    model = loader.load()
+    assert loader.fast
+    refused = Translation(model, previous=earlier, changes=loader.changes)
+    refused.snapshot("gw", previous=served)
+    assert refused.gateways.spliced == 1
+    again = Translation(model, previous=earlier, changes=loader.changes)
+    snapshot = again.snapshot("gw", previous=served)
+    assert again.gateways.spliced == 0  # the layout was spent by the refused one
+    _assert_same(snapshot, Translation(load_policy(root)).snapshot("gw"))
 
 
 # ---- the index of who refers to whom (inputs/dependents.py, translators/patch.py) -----------
