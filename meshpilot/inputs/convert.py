@@ -178,8 +178,12 @@ def convert(model: Model, folder: Path | None = None,
     `output`: the folder the text will be written to (by the caller, as `policy.yaml`): PEM
     held in Secrets and ConfigMaps is written there too, as files the text names."""
     files = _Files(output) if output is not None else None
-    names = native_names(model)
-    native = renamed(model, names)
+    flat, shared = one_table(model)
+    names = native_names(flat)
+    # Said once per listener, at its source; the rest is written (and checked) as one table.
+    unsaid = [Unsaid(origin, f"Gateway {names.get(gateway, gateway)}: listeners[{index}]",
+                     SHARED_PORT) for gateway, index, origin in shared]
+    native = renamed(flat, names)
     # A Gateway none of whose listeners is served (each refused, or of another class's
     # Gateway) gives its Envoys nothing; a native Gateway needs a listener, so it is left
     # out, which gives them the same nothing, and said in the text.
@@ -190,7 +194,7 @@ def convert(model: Model, folder: Path | None = None,
     for kind, elements in (("Service", native.services), ("Gateway", native.gateways),
                            ("Route", native.routes)):
         written.extend(WRITERS[kind](element, files) for element in elements)
-    unsaid = [u for w in written for u in w.unsaid]
+    unsaid.extend(u for w in written for u in w.unsaid)
     for raw in model.raw:
         unsaid.append(Unsaid(raw.origin, f"EnvoyResources {raw.document}: {raw.name}",
                              "raw Envoy resources are not converted; copy the EnvoyResources "
@@ -206,6 +210,36 @@ def convert(model: Model, folder: Path | None = None,
     unsaid.extend(_check(text, native, written, folder, allowed_files,
                          files.sources if files is not None else {}))
     return Conversion(text, tuple(unsaid), names)
+
+
+# What is said of each listener whose route tables are picked by SNI (`one_table`).
+SHARED_PORT = ("the per-hostname route tables of HTTPS listeners sharing the port (421 for "
+               "misdirected requests) have no native equivalent: written as one https listener "
+               "with every listener's certificates and its Routes as one table")
+
+
+def one_table(model: Model) -> tuple[Model, list[tuple[str, int, Origin | None]]]:
+    """What the native language can say of a model whose https listeners pick a route table
+    by SNI (`GatewayListener.tls_hosts`: Gateway API HTTPS listeners sharing a port, GEP-3567),
+    and which listeners those were (Gateway name, index, origin). A native listener owns its
+    port, so it is one listener with every listener's certificates (Envoy picks one by SNI)
+    and one route table: the Routes of each TLS host's table together, without the Routes
+    made only for those tables (the 421s for misdirected requests, the 404 guards). On the
+    input format's names: those Routes are known by them."""
+    shared: list[tuple[str, int, Origin | None]] = []
+    gateways = []
+    for gateway in model.gateways:
+        shared.extend((gateway.name, index, listener.origin)
+                      for index, listener in enumerate(gateway.listeners) if listener.tls_hosts)
+        listeners = tuple(dataclasses.replace(listener, tls_hosts=()) if listener.tls_hosts
+                          else listener for listener in gateway.listeners)
+        gateways.append(gateway if listeners == gateway.listeners
+                        else dataclasses.replace(gateway, listeners=listeners))
+    if not shared:
+        return model, shared
+    routes = tuple(dataclasses.replace(route, tls_host=None) if route.tls_host else route
+                   for route in model.routes if not ir.only_for_tls_host(route))
+    return dataclasses.replace(model, gateways=tuple(gateways), routes=routes), shared
 
 
 def _text(written: list[Written], names: dict[str, str]) -> str:

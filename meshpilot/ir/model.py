@@ -972,6 +972,21 @@ class Route:
     tls_host: str | None = None
 
 
+# The name of a Route an input format makes for one TLS host's table, answering 421 for the
+# requests that belong to another entry's hostnames, ends so (`shop/edge/443/a:misdirected`).
+MISDIRECTED_ROUTE = ":misdirected"
+
+
+def only_for_tls_host(route: Route) -> bool:
+    """Whether `route` exists only for one TLS host's table (`GatewayListener.tls_hosts`),
+    made by the input format rather than written: its 421s for misdirected requests, or a
+    guard with no rules that keeps a listener's own hostname from a less specific 421 (a
+    404). Served as one table (a listener without `tls_hosts`) such a Route says nothing its
+    source did."""
+    return route.tls_host is not None and (not route.rules
+                                           or route.name.endswith(MISDIRECTED_ROUTE))
+
+
 # ---- status of input objects ------------------------------------------------------------------
 
 

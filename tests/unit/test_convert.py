@@ -20,16 +20,24 @@ import gatewayapi_conformance as conformance
 import pytest
 import yaml
 
-from meshpilot.inputs.convert import convert, native_names, only_gateway
+from meshpilot.inputs.convert import (
+    SHARED_PORT,
+    convert,
+    native_names,
+    one_table,
+    only_gateway,
+)
 from meshpilot.inputs.loader import load_policy, load_policy_text
-from meshpilot.ir.model import Model
+from meshpilot.ir.model import GatewayListener, Model, only_for_tls_host
 from meshpilot.translators import Translation
 from meshpilot.xds.render import snapshot_to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
 # Where the conversion of an upstream manifest is incomplete, and why (the native language has
-# no field for it): manifest -> the messages' beginnings, in order.
+# no field for it): manifest -> the messages' beginnings, in order. Besides these, each listener
+# with `tls_hosts` (HTTPS listeners sharing a port) is expected from the model to be said once
+# (`assert_equivalent`).
 INCOMPLETE = {
     "httproute-cors": ["the origin pattern 'https://[^/:]+\\\\.bar\\\\.com' (a regex) has no "
                        "native form",
@@ -69,22 +77,51 @@ def _sorted(data: dict[str, Any]) -> dict[str, Any]:
                           for kind, items in data["resources"].items()}}
 
 
+def _shared_port_listeners(model: Model) -> list[tuple[str, GatewayListener]]:
+    """The model's listeners with `tls_hosts`, as the converter names them."""
+    return [(f"Gateway {g.name}: listeners[{index}]", listener) for g in model.gateways
+            for index, listener in enumerate(g.listeners) if listener.tls_hosts]
+
+
 def assert_equivalent(model: Model, folder: Path, output: Path) -> list[str]:
     """Convert `model` into `output` (certificates held in Secrets written there), load it,
     and compare every view's render; the messages of what was not converted (then nothing is
-    rendered: the text may not even load)."""
+    rendered: the text may not even load).
+
+    A listener with `tls_hosts` is expected to be said once, at its own source; with that the
+    only thing unsaid, the text must render what the source does served as one table (every
+    certificate on one filter chain, the Routes without the 421s and 404 guards made for the
+    per-SNI tables): everything else is written byte-equivalently."""
     output.mkdir()
     conversion = convert(model, folder, output=output)
-    if not conversion.complete:
-        return [u.message for u in conversion.unsaid]
+    shared = _shared_port_listeners(model)
+    tables = [u for u in conversion.unsaid if u.message == SHARED_PORT]
+    assert [(u.what, u.origin) for u in tables] == \
+        [(what, listener.origin) for what, listener in _renamed(shared, conversion.names)]
+    others = [u.message for u in conversion.unsaid if u not in tables]
+    if others:
+        return others
     (output / "policy.yaml").write_text(conversion.text)
     converted = load_policy(output)
     rename = _renamer(conversion.names)
+    if shared:
+        model = one_table(model)[0]
+        assert not any(listener.tls_hosts for g in model.gateways for listener in g.listeners)
+        assert not any(route.tls_host or only_for_tls_host(route) for route in model.routes)
     for view in _views(model):
         source = yaml.safe_load(rename(yaml.safe_dump(_render(model, view), sort_keys=False)))
         target = _render(converted, conversion.names.get(view, view))
         assert _sorted(source) == _sorted(target), view
     return []
+
+
+def _renamed(listeners: list[tuple[str, GatewayListener]],
+             names: dict[str, str]) -> list[tuple[str, GatewayListener]]:
+    """`Gateway shop/edge: ...` as the converter says it, `Gateway shop.edge: ...`."""
+    def native(what: str) -> str:
+        gateway, rest = what.removeprefix("Gateway ").split(": ", 1)
+        return f"Gateway {names.get(gateway, gateway)}: {rest}"
+    return [(native(what), listener) for what, listener in listeners]
 
 
 def _manifests() -> list[str]:
@@ -346,3 +383,85 @@ rules:
                                          "substitution": "/new/\\1"}
     with pytest.raises(Exception, match='missing "substitution"'):
         load_policy_text(policy.replace(', substitution: "/new/\\\\1"', ""))
+
+
+def _secret(name: str, pem: tuple[bytes, bytes]) -> str:
+    import base64
+    return f"""apiVersion: v1
+kind: Secret
+metadata: {{name: {name}, namespace: infra}}
+type: kubernetes.io/tls
+data:
+  tls.crt: {base64.b64encode(pem[0]).decode()}
+  tls.key: {base64.b64encode(pem[1]).decode()}
+---
+"""
+
+
+def test_https_listeners_sharing_a_port_are_said_once_and_the_rest_written(
+        tmp_path: Path) -> None:
+    """Three HTTPS listeners on 443 (one table each by SNI, 421s for the others' hostnames,
+    a 404 guard for `c.example.org`, which no route names): one message, at the first
+    listener's source line, exit 3; the text has the listener with every certificate and the
+    written Routes only, no 421 and no guard, and renders what the source does as one table."""
+    from tls_material import CA
+    ca = CA()
+    pairs = [ca.issue(name) for name in ("a.example.com", "*.example.com", "c.example.org")]
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "gateway.yaml").write_text("""apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: mp}
+spec: {controllerName: meshpilot.io/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: infra}
+spec:
+  gatewayClassName: mp
+  listeners:
+  - {name: exact, port: 443, protocol: HTTPS, hostname: a.example.com,
+     tls: {certificateRefs: [{name: a}]}}
+  - {name: wild, port: 443, protocol: HTTPS, hostname: '*.example.com',
+     tls: {certificateRefs: [{name: wild}]}}
+  - {name: other, port: 443, protocol: HTTPS, hostname: c.example.org,
+     tls: {certificateRefs: [{name: c}]}}
+---
+""" + "".join(_secret(name, (pair.cert_pem, pair.key_pem))
+              for name, pair in zip(("a", "wild", "c"), pairs, strict=True)))
+    (source / "routes.yaml").write_text("""apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: infra}
+spec: {ports: [{port: 8080}]}
+---
+""" + "".join(f"""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {section}, namespace: infra}}
+spec:
+  parentRefs: [{{name: edge, sectionName: {section}}}]
+  rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]
+---
+""" for section in ("exact", "wild")))
+    model = load_policy(source)
+    assert any(only_for_tls_host(r) and not r.rules for r in model.routes)  # the 404 guard
+    output = tmp_path / "native"
+    done = subprocess.run([sys.executable, "-m", "meshpilot", "convert", "--to", "native",
+                           str(source), "-o", str(output)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    problems = [line for line in done.stderr.splitlines()
+                if not line.startswith(("renamed: ", "wrote "))]
+    assert problems[:-1] == [f"gateway.yaml:12:5: Gateway infra.edge: listeners[0]: "
+                             f"{SHARED_PORT}"], problems
+    assert "the conversion is incomplete" in problems[-1]
+    text = (output / "policy.yaml").read_text()
+    assert "421" not in text and "misdirected" not in text and "tls_host" not in text
+    converted = load_policy(output)
+    (listener,) = converted.gateway("infra.edge").listeners
+    assert listener.tls is not None and len(listener.tls.certificates) == 3
+    assert not listener.tls_hosts
+    assert sorted(r.name for r in converted.routes) == [
+        "infra.edge.443.-.example.com", "infra.edge.443.a.example.com"]
+    assert all(r.rules for r in converted.routes)
+    # The same, through the comparison every other case uses.
+    assert assert_equivalent(model, source, tmp_path / "again") == []

@@ -44,6 +44,7 @@ from meshpilot.inputs.gatewayapi.secrets import tls_secret
 from meshpilot.inputs.native.fields import re2_problem, regex_problem
 from meshpilot.inputs.yamlsource import FieldPath, format_path
 from meshpilot.ir.model import (
+    MISDIRECTED_ROUTE,
     Backend,
     Backoff,
     Condition,
@@ -1611,7 +1612,8 @@ def _misdirected(obj: KubeObject, port: int, on_port: list[_Listener],
         origin = _origin(obj, mine.path if mine is not None else on_port[0].path)
         position = origin.position
         made.append(Route(
-            f"{gateway}/{port}/{host.name}:misdirected", position, gateway, hosts=tuple(others),
+            f"{gateway}/{port}/{host.name}{MISDIRECTED_ROUTE}", position, gateway,
+            hosts=tuple(others),
             rules=(Rule(position, matches=(Match(),), direct_response=DirectResponse(
                 421, "misdirected request: this host is another listener's; open a new "
                      "connection for it\n", origin=origin), origin=origin),),
