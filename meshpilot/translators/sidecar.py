@@ -68,6 +68,7 @@ from meshpilot.translators import (
     locality,
     mtls,
     names,
+    tcp_authorization,
     tcproutes,
     tracing,
 )
@@ -147,8 +148,9 @@ class Mesh:
         built: list[Resource] = []
         for inbound in sidecar.inbound_ports():  # the first one's names carry no port
             port = None if inbound.port == sidecar.port else inbound
-            listener = mtls.secure_inbound(inbound_listener(service, self.trust, port),
-                                           service, inbound.port)
+            listener = mtls.secure_inbound(
+                inbound_listener(service, self.trust, port, self._index()[2]), service,
+                inbound.port)
             built.append(Resource.from_message(types.LISTENER, listener.name, listener))
             cluster = inbound_cluster(service, port)
             built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
@@ -258,15 +260,21 @@ def host_domains(callee: Service, outbound_port: int) -> list[str]:
 
 
 def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None,
-                     port: InboundPort | None = None) -> Listener:
+                     port: InboundPort | None = None,
+                     identities: Mapping[str, str] | None = None) -> Listener:
     """The sidecar's inbound listener on its first port (or on `port`, a further one), in
-    plaintext (`mtls.secure_inbound` adds TLS)."""
+    plaintext (`mtls.secure_inbound` adds TLS). A TCP one holds the callers' authorization
+    itself (`tcp_authorization.py`; `identities`: the SPIFFE paths of callers by name)."""
     sidecar = service.sidecar
     assert sidecar is not None and sidecar.port is not None
     number = sidecar.port if port is None else port.port
     name = names.inbound(service.name, None if port is None else port.port)
     cluster = names.inbound_cluster(service.name, None if port is None else port.port)
-    if _protocol(service, port) == "tcp":  # TLS only: authorization needs HTTP
+    network_filters: list[Filter] = []
+    if _protocol(service, port) == "tcp":
+        network_filters = tcp_authorization.filters(
+            name, _callers(sidecar.authorization, trust, identities),
+            _callers(sidecar.deny, trust, identities))
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(
             TcpProxy(stat_prefix=name, cluster=cluster)))
     else:
@@ -286,7 +294,7 @@ def inbound_listener(service: Service, trust: mtls.TrustDomain | None = None,
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
     # The direction names a traced request's span (Envoy: ingress, a server span).
     return Listener(name=name, address=_address(sidecar.address, number),
-                    filter_chains=[FilterChain(filters=[network_filter])],
+                    filter_chains=[FilterChain(filters=[*network_filters, network_filter])],
                     traffic_direction=TrafficDirection.INBOUND)
 
 

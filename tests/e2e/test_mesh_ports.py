@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import eventually, http_get, served_policy
+from support import eventually, http_get, served_policy, write_atomically
 
 from meshpilot.ca import CertificateAuthority
 from meshpilot.local.demo.echo import EchoServer
@@ -204,3 +204,42 @@ def test_each_port_has_a_listener_and_application_of_its_own(mesh: Mesh) -> None
     assert mesh.stat("b", f"cluster.inbound|b_{mesh.ports['b_raw']}.upstream_cx_total") >= 1
     assert mesh.stat("b", f"cluster.inbound|b_{mesh.ports['b_admin']}.upstream_rq_total") >= 1
     assert mesh.stat("b", "cluster.inbound|b.upstream_rq_total") >= 1
+
+
+def test_authorization_judges_the_connections_of_a_tcp_port(mesh: Mesh) -> None:
+    """B allows only A (`from: [a]`), and paths under /metrics to anyone. On the tcp port a
+    connection has no path: the second rule cannot hold there (Istio's TCP rules), so only a
+    connection presenting A's identity reaches the application; the HTTP ports still take the
+    /metrics rule. Runs last: it edits the module's policy (and puts it back)."""
+    policy = mesh.work / "policy" / "mesh.yaml"
+    written = policy.read_text()
+    edited = written.replace("  mtls: strict\n  ports:", "  mtls: strict\n  authorization:\n"
+                             "    rules: [{from: [a]}, {paths: [/metrics]}]\n  ports:", 1)
+    assert edited != written
+    a, c = mesh.client_context("a"), mesh.client_context("c")
+
+    def refused(context: ssl.SSLContext | None) -> bool:
+        try:
+            # Closed before anything is echoed (an allowed one reads "echo:knock").
+            return mesh.exchange("b_raw", b"knock", context, expect=10) == b""
+        except (ssl.SSLError, ConnectionError, OSError):
+            return True
+
+    try:
+        write_atomically(policy, edited)
+        eventually(lambda: refused(None), timeout=40,
+                   what="B's tcp port to refuse a plaintext connection once B allows only A")
+        assert refused(c)  # another mesh identity: refused too
+        assert mesh.echo("b_raw", b"as a", a) == b"echo:as a"
+        prefix = f"inbound/b:{mesh.ports['b_raw']}.allow.rbac."
+        eventually(lambda: mesh.stat("b", prefix + "denied") >= 2 and
+                   mesh.stat("b", prefix + "allowed") >= 1, timeout=10,
+                   what="B's network RBAC filter to count what it decided")
+        # The HTTP ports keep the whole policy: /metrics is open to any caller there.
+        assert mesh.get("b_admin", "/metrics")[0] == 200
+        status, _, body = http_get(f"http://127.0.0.1:{mesh.ports['b_admin']}/other", timeout=3)
+        assert (status, body) == (403, b"RBAC: access denied")
+    finally:
+        write_atomically(policy, written)
+    eventually(lambda: mesh.echo("b_raw", b"again") == b"echo:again", timeout=40,
+               what="B's tcp port to take plaintext again once the policy is back")
