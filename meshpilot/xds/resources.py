@@ -47,17 +47,22 @@ def _shown(total: int) -> str:
 class Resource:
     """One named resource of one type, immutable once built."""
 
-    __slots__ = ("any_bytes", "body", "delta_entry", "name", "name_share", "refs", "share",
+    __slots__ = ("body", "delta_entry", "name", "name_share", "refs", "share",
                  "sotw_entry", "type_url", "version")
 
-    def __init__(self, type_url: str, name: str, body: bytes, refs: References):
+    def __init__(self, type_url: str, name: str, body: bytes, refs: References,
+                 version: str | None = None):
+        """`version`: a content version its maker computed from the content's parts, the same
+        for the same body however it was made (`translators/assignments.py` for large
+        assignments); by default the hash of `body`."""
         self.type_url = type_url
         self.name = name
         self.body = body
-        self.version = content_version(body)
-        self.any_bytes = wire.any_bytes(type_url, body)
-        self.sotw_entry = wire.sotw_resource_entry(self.any_bytes)
-        self.delta_entry = wire.delta_resource_entry(name, self.version, self.any_bytes)
+        self.version = version if version is not None else content_version(body)
+        # The two wire fragments responses are joined from, each made straight from `body`
+        # (an `Any` of it kept as well was a third copy of every resource in memory).
+        self.sotw_entry = wire.sotw_entry_of(type_url, body)
+        self.delta_entry = wire.delta_entry_of(name, self.version, type_url, body)
         self.refs = refs
         self.share = pair_hash(name, self.version)  # its part of a map's version
         self.name_share = _name_hash(name)  # its part of a map's names_version
