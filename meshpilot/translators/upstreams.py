@@ -19,7 +19,7 @@ from dataclasses import replace
 from meshpilot.base import types
 from meshpilot.ir.discovered import DiscoveredEndpoints
 from meshpilot.ir.model import Endpoint, Model, Service
-from meshpilot.translators import clusters, endpoints, failover, mtls, names, secrets
+from meshpilot.translators import assignments, clusters, endpoints, failover, mtls, names, secrets
 from meshpilot.translators.assignments import Assignment
 from meshpilot.translators.reuse import NOTHING, BuiltCluster, Earlier
 from meshpilot.xds.resources import Resource
@@ -103,8 +103,7 @@ class Upstreams:
 
     def changed_services(self, discovered: Discovered) -> set[str]:
         return {s for s in set(self.discovered) | set(discovered)
-                if (old := self.discovered.get(s, ())) is not (now := discovered.get(s, ()))
-                and old != now}
+                if not _same(self.discovered.get(s, ()), discovered.get(s, ()))}
 
     def with_endpoints(self, discovered: Discovered) -> Upstreams:
         """These upstreams with other discovered endpoints: every cluster of an unaffected
@@ -157,6 +156,22 @@ class Upstreams:
         if patched is None or (patched.discovered > 0) != (assignment.discovered > 0):
             return None
         return BuiltCluster(new.service(service_name), (resources[0], patched.resource)), patched
+
+
+def _same(old: tuple[Endpoint, ...], now: tuple[Endpoint, ...]) -> bool:
+    """Whether two tuples of a service's discovered endpoints hold the same. Two versions of
+    one history differ by what changed between them: told without comparing the tuples item
+    by item (a tuple comparison walks to the first difference, anywhere in 2,000 endpoints)."""
+    if old is now:
+        return True
+    if len(old) != len(now):
+        return False
+    if isinstance(old, DiscoveredEndpoints) and isinstance(now, DiscoveredEndpoints) and \
+            old.history is not None and old.history is now.history:
+        changes = now.changes_since(old)
+        if changes == []:
+            return True
+    return old == now
 
 
 def _address(endpoint: Endpoint) -> tuple[str, int]:
@@ -216,5 +231,8 @@ def translate_cluster(service: Service | None, subset: str | None,
         assignment = endpoints.load_assignment(names.eds_service(cluster.name),
                                                service.endpoints_of(subset),
                                                dict(service.zone_weights))
-        built.append(Resource.from_message(types.ENDPOINT, assignment.cluster_name, assignment))
+        # A large assignment is versioned as its patches will be (`assignments.py`).
+        built.append(assignments.versioned(
+            Resource.from_message(types.ENDPOINT, assignment.cluster_name, assignment),
+            whole, subset))
     return tuple(built)
