@@ -61,9 +61,18 @@ def string_field(field_number: int, text: str) -> bytes:
 # `+` copied it up to four times per fragment, and the `Any` made on its own was one more copy.
 
 
+_TYPE_URL_FIELDS: dict[str, bytes] = {}
+_ANY_VALUE_TAG = varint((_ANY_VALUE << 3) | 2)
+
+
 def _any_prefix(type_url: str, body_length: int) -> bytes:
     """An `Any`'s bytes before its value: the type URL field and the value's tag and length."""
-    return string_field(_ANY_TYPE_URL, type_url) + _header(_ANY_VALUE, body_length)
+    field = _TYPE_URL_FIELDS.get(type_url)
+    if field is None:
+        field = string_field(_ANY_TYPE_URL, type_url)
+        if len(_TYPE_URL_FIELDS) < 64:  # Envoy's few resource types; bounded all the same
+            _TYPE_URL_FIELDS[type_url] = field
+    return field + _ANY_VALUE_TAG + varint(body_length)
 
 
 def any_bytes(type_url: str, body: bytes) -> bytes:
