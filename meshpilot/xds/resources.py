@@ -47,8 +47,8 @@ def _shown(total: int) -> str:
 class Resource:
     """One named resource of one type, immutable once built."""
 
-    __slots__ = ("body", "delta_entry", "name", "name_share", "refs", "share",
-                 "sotw_entry", "type_url", "version")
+    __slots__ = ("_delta_entry", "_sotw_entry", "body", "name", "name_share", "refs", "share",
+                 "type_url", "version")
 
     def __init__(self, type_url: str, name: str, body: bytes, refs: References,
                  version: str | None = None):
@@ -59,13 +59,35 @@ class Resource:
         self.name = name
         self.body = body
         self.version = version if version is not None else content_version(body)
-        # The two wire fragments responses are joined from, each made straight from `body`
-        # (an `Any` of it kept as well was a third copy of every resource in memory).
-        self.sotw_entry = wire.sotw_entry_of(type_url, body)
-        self.delta_entry = wire.delta_entry_of(name, self.version, type_url, body)
+        # The wire fragments responses are joined from, made on first use (`sotw_entry`,
+        # `delta_entry`).
+        self._sotw_entry: bytes | None = None
+        self._delta_entry: bytes | None = None
         self.refs = refs
         self.share = pair_hash(name, self.version)  # its part of a map's version
         self.name_share = _name_hash(name)  # its part of a map's names_version
+
+    # Each fragment is a copy of the body, made straight from it, once, when a response first
+    # carries the resource: a fleet on one protocol never makes the other's, and a resource
+    # replaced before anyone was sent it (the assignment of a Service whose registrations
+    # come faster than a push) makes neither. Made twice at worst if two threads race: the
+    # same bytes either way.
+    @property
+    def sotw_entry(self) -> bytes:
+        """The resource as one `resources` entry of a SotW DiscoveryResponse."""
+        entry = self._sotw_entry
+        if entry is None:
+            entry = self._sotw_entry = wire.sotw_entry_of(self.type_url, self.body)
+        return entry
+
+    @property
+    def delta_entry(self) -> bytes:
+        """The resource as one `resources` entry of a DeltaDiscoveryResponse."""
+        entry = self._delta_entry
+        if entry is None:
+            entry = self._delta_entry = wire.delta_entry_of(self.name, self.version,
+                                                            self.type_url, self.body)
+        return entry
 
     @classmethod
     def from_message(cls, type_url: str, name: str, message: Message) -> Resource:
