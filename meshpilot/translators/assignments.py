@@ -197,8 +197,9 @@ def versioned(resource: Resource, service: Service, subset: str | None) -> Resou
     the version a patch of it would have: by parts when it has `VERSIONED_BY_PARTS` endpoints
     or more in the default locality (and patching applies), else as it is."""
     members = service.endpoints_of(subset)
-    if sum(1 for e in members if _in_default_locality(e)) < VERSIONED_BY_PARTS:
-        return resource
+    if len(members) < VERSIONED_BY_PARTS or \
+            sum(1 for e in members if _in_default_locality(e)) < VERSIONED_BY_PARTS:
+        return resource  # (the count first: most Services have a few endpoints)
     made = Assignment._build(service, subset, (), resource)
     if made is None:
         return resource

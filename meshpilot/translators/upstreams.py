@@ -228,11 +228,12 @@ def translate_cluster(service: Service | None, subset: str | None,
             cluster.load_assignment.cluster_name = cluster.name
     built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
     if not clusters.uses_dns(service):
-        assignment = endpoints.load_assignment(names.eds_service(cluster.name),
-                                               service.endpoints_of(subset),
+        members = service.endpoints_of(subset)
+        assignment = endpoints.load_assignment(names.eds_service(cluster.name), members,
                                                dict(service.zone_weights))
-        # A large assignment is versioned as its patches will be (`assignments.py`).
-        built.append(assignments.versioned(
-            Resource.from_message(types.ENDPOINT, assignment.cluster_name, assignment),
-            whole, subset))
+        resource = Resource.from_message(types.ENDPOINT, assignment.cluster_name, assignment)
+        if len(members) >= assignments.VERSIONED_BY_PARTS:
+            # A large assignment is versioned as its patches will be (`assignments.py`).
+            resource = assignments.versioned(resource, whole, subset)
+        built.append(resource)
     return tuple(built)
