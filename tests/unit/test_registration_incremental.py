@@ -122,6 +122,7 @@ def test_large_assignments_are_versioned_by_parts_the_same_patched_and_cold(
     ids = []
     by_parts = 0
     steps = [("add", i) for i in range(count)] + [("remove", i) for i in range(20)]
+    seen: dict[str, dict[bytes, str]] = {}  # name -> body -> version
     for kind, i in steps:
         if kind == "add":
             instance, _ = registry.register("app", f"10.3.{i >> 8}.{i & 255}", 80,
@@ -136,6 +137,10 @@ def test_large_assignments_are_versioned_by_parts_the_same_patched_and_cold(
         for name, resource in served.get(types.ENDPOINT).items():
             assert resource.version == cold.get(types.ENDPOINT)[name].version, name
             by_parts += resource.version != content_version(resource.body)
+            # Another body, another version (a stream is sent what changed by version).
+            versions = seen.setdefault(name, {})
+            assert versions.setdefault(resource.body, resource.version) == resource.version
+            assert len(set(versions.values())) == len(versions), name
     assert by_parts > 0  # the large ones were versioned by parts
     # Patched, not rebuilt, along the way.
     assert controller.translation.upstreams._assignments
