@@ -166,6 +166,15 @@ def _run_mode(cfg: FanoutConfig, mode: str, policy: Path, work: Path, out_dir: P
                 "response_planned_ms": summarize(planned),
                 "server_cpu_s": acked["cpu1"] - change["cpu0"],
                 "server_loop_thread_cpu_s": acked["loop_cpu1"] - change["loop_cpu0"],
+                # The collector's passes on the server's loop thread during the change.
+                "server_gc_s": [b - a for a, b in zip(change["gc0"]["gc_s"],
+                                                      acked["gc1"]["gc_s"], strict=True)],
+                "server_gc_count": [b - a for a, b in zip(change["gc0"]["gc_count"],
+                                                          acked["gc1"]["gc_count"],
+                                                          strict=True)],
+                # The loop thread on a CPU, and runnable but waiting for one (schedstat).
+                "server_loop_run_s": acked["sched1"]["run_s"] - change["sched0"]["run_s"],
+                "server_loop_wait_s": acked["sched1"]["wait_s"] - change["sched0"]["wait_s"],
                 "server_all_acked_seen_ms": (acked["seen_all_acked_ns"] - t0) / 1e6,
                 "client_cpu_s": sum(c["cpu"] for c in collected) - sum(a["cpu"] for a in armed),
                 "bytes_per_stream": {"clusters": summarize(cds_bytes),
@@ -184,7 +193,9 @@ def _run_mode(cfg: FanoutConfig, mode: str, policy: Path, work: Path, out_dir: P
                 f" p99 {entry['receive_ms']['p99']:.0f}, max {entry['receive_ms']['max']:.0f};"
                 f" all ACKs recorded {entry['ack_recorded_ms']['max']:.0f} ms;"
                 f" server CPU {entry['server_cpu_s']:.2f}s"
-                f" ({entry['server_loop_thread_cpu_s']:.2f}s on the event loop);"
+                f" ({entry['server_loop_thread_cpu_s']:.2f}s on the event loop, waiting for a"
+                f" core {entry['server_loop_wait_s']:.2f}s; gc"
+                f" {sum(entry['server_gc_s']):.2f}s in {entry['server_gc_count']});"
                 f" {entry['bytes_per_stream']['total']['median'] / 1e3:.1f} kB/stream")
         timed = [c for c in changes if not c["profiled"]]
         storms = [_storm(cfg, server, clients, mode, s, log) for s in range(cfg.storms)]
@@ -297,12 +308,15 @@ def run_storm(cfg: FanoutConfig, stream_counts: tuple[int, ...], work: Path, out
     write_policy(policy, cfg.clusters)
     runs: list[dict[str, Any]] = []
     failed: list[str] = []
-    base_processes = cfg.processes
+    # At most about 625 streams per client process: with 1,250 per process, grpc's client core
+    # failed streams at 5,000 ("INTERNAL: Internal error from Core", 300-500 of them). The same
+    # number of client processes at every stream count: they share the server's 2 cores, and
+    # with 4 at 1,000 streams but 16 at 10,000 the server's event loop waited for a core 1.3 to
+    # 1.5 times as long as it ran at 10,000 against about as long at 1,000, which a ratio of
+    # the two counts then read as the server's own scaling.
+    cfg.processes = max(cfg.processes, -(-max(stream_counts) // 625))
     for streams in stream_counts:
         cfg.streams = streams
-        # At most about 625 streams per client process: with 1,250 per process, grpc's client
-        # core failed streams at 5,000 ("INTERNAL: Internal error from Core", 300-500 of them).
-        cfg.processes = max(base_processes, -(-streams // 625))
         for mode in cfg.modes:
             log(f"  storm: {streams} {mode} ADS streams ({cfg.processes} client processes x "
                 f"{cfg.channels_per_process} channels), {cfg.clusters} EDS clusters; "

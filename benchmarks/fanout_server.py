@@ -38,6 +38,7 @@ import logging
 import os
 import pstats
 import sys
+import threading
 import time
 import tracemalloc
 from pathlib import Path
@@ -60,6 +61,39 @@ from meshpilot.xds.resources import Resource, ResourceMap
 from meshpilot.xds.snapshot import Snapshot
 
 
+class GcClock:
+    """The cycle collector's own time on this process, per generation (`gc.callbacks`): how much
+    of a change's CPU is the collector's, which grows with the heap, not with the change."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.thread_time()
+        else:
+            generation = info["generation"]
+            self.seconds[generation] += time.thread_time() - self._start
+            self.count[generation] += 1
+
+    def read(self) -> dict[str, Any]:
+        return {"gc_s": list(self.seconds), "gc_count": list(self.count)}
+
+
+def loop_schedstat() -> dict[str, float]:
+    """The event-loop thread's (this one's) time on a CPU and time runnable but waiting for one
+    (Linux schedstat): whether a slow fan-out is the server's work or the machine's other
+    processes (the simulated clients among them) holding the cores."""
+    try:
+        fields = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").read_text().split()
+    except OSError:
+        return {"run_s": 0.0, "wait_s": 0.0}
+    return {"run_s": int(fields[0]) / 1e9, "wait_s": int(fields[1]) / 1e9}
+
+
 def _poll_interval(interval: float, streams: int) -> float:
     """A poll of every stream's state runs on the server's event loop, at about a microsecond
     per stream: polled every 10 ms, 10,000 streams would take a third of the loop from the
@@ -77,6 +111,7 @@ class Server:
         self._heap_mark: tracemalloc.Snapshot | None = None
         self._old: list[Any] = []  # streams from before a reconnect storm (kept: ids stay unique)
         self._old_ids: set[int] = set()
+        self.gc = GcClock()
 
     def _streams(self) -> list[Any]:
         if self._frozen is not None:
@@ -148,6 +183,7 @@ class Server:
         t0 = now_ns()
         self.mp.cache.set(new)
         return {"t0_ns": t0, "cpu0": cpu0, "loop_cpu0": loop_cpu0, "version": new_map.version,
+                "gc0": self.gc.read(), "sched0": loop_schedstat(),
                 "changed_cluster_bytes": len(changed.body)}
 
     async def wait_acked(self, version: str, timeout: float) -> dict[str, Any]:
@@ -170,6 +206,7 @@ class Server:
         sent = [int(st.sent_at * 1e9) - offset for st in states if st and st.sent_at]
         acked = [int(st.acked_at * 1e9) - offset for st in states if st and st.acked_at]
         return {"cpu1": cpu, "loop_cpu1": loop_cpu, "seen_all_acked_ns": seen, "sent_ns": sent,
+                "gc1": self.gc.read(), "sched1": loop_schedstat(),
                 "acked_ns": acked, "rss": proc_rss_bytes(), "peak_rss": proc_peak_rss_bytes()}
 
     def memory(self) -> dict[str, Any]:

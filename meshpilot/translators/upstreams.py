@@ -20,7 +20,16 @@ from typing import TypeVar
 from meshpilot.base import types
 from meshpilot.ir.discovered import DiscoveredEndpoints
 from meshpilot.ir.model import Endpoint, Model, Service
-from meshpilot.translators import clusters, endpoints, failover, locality, mtls, names, secrets
+from meshpilot.translators import (
+    assignments,
+    clusters,
+    endpoints,
+    failover,
+    locality,
+    mtls,
+    names,
+    secrets,
+)
 from meshpilot.translators.assignments import Assignment
 from meshpilot.translators.reuse import NOTHING, BuiltCluster, Earlier
 from meshpilot.xds.resources import Resource
@@ -130,8 +139,7 @@ class Upstreams:
 
     def changed_services(self, discovered: Discovered) -> set[str]:
         return {s for s in set(self.discovered) | set(discovered)
-                if (old := self.discovered.get(s, ())) is not (now := discovered.get(s, ()))
-                and old != now}
+                if not _same(self.discovered.get(s, ()), discovered.get(s, ()))}
 
     def with_endpoints(self, discovered: Discovered) -> Upstreams:
         """These upstreams with other discovered endpoints: every cluster of an unaffected
@@ -191,6 +199,22 @@ class Upstreams:
         return BuiltCluster(new.service(service_name), (resources[0], patched.resource)), patched
 
 
+def _same(old: tuple[Endpoint, ...], now: tuple[Endpoint, ...]) -> bool:
+    """Whether two tuples of a service's discovered endpoints hold the same. Two versions of
+    one history differ by what changed between them: told without comparing the tuples item
+    by item (a tuple comparison walks to the first difference, anywhere in 2,000 endpoints)."""
+    if old is now:
+        return True
+    if len(old) != len(now):
+        return False
+    if isinstance(old, DiscoveredEndpoints) and isinstance(now, DiscoveredEndpoints) and \
+            old.history is not None and old.history is now.history:
+        changes = now.changes_since(old)
+        if changes == []:
+            return True
+    return old == now
+
+
 def _address(endpoint: Endpoint) -> tuple[str, int]:
     return endpoint.host, endpoint.port
 
@@ -234,7 +258,8 @@ def translate_cluster(service: Service | None, subset: str | None,
     whole = service
     service = service.for_subset(subset)  # a subset's own settings (Istio's subset policy)
     weights = None
-    if caller is not None and service.locality_lb is not None:
+    localized = caller is not None and service.locality_lb is not None
+    if localized:
         # The cluster's endpoints as this caller sees them: priorities (and shares) are per
         # cluster, numbered without gaps, so only this subset's endpoints are ranked.
         members, weights = locality.localized(service.endpoints_of(subset),
@@ -255,10 +280,15 @@ def translate_cluster(service: Service | None, subset: str | None,
             cluster.load_assignment.cluster_name = cluster.name
     built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
     if not clusters.uses_dns(service):
-        assignment = endpoints.load_assignment(names.eds_service(cluster.name),
-                                               service.endpoints_of(subset),
+        members = service.endpoints_of(subset)
+        assignment = endpoints.load_assignment(names.eds_service(cluster.name), members,
                                                dict(service.zone_weights), weights)
-        built.append(Resource.from_message(types.ENDPOINT, assignment.cluster_name, assignment))
+        resource = Resource.from_message(types.ENDPOINT, assignment.cluster_name, assignment)
+        if not localized and len(members) >= assignments.VERSIONED_BY_PARTS:
+            # A large assignment is versioned as its patches will be (`assignments.py`); one
+            # ranked for a caller's locality is not patched: its bytes' hash.
+            resource = assignments.versioned(resource, whole, subset)
+        built.append(resource)
     return tuple(built)
 
 

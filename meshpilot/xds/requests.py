@@ -28,6 +28,8 @@ from typing import Any
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from meshpilot.xds.resources import SharedClaims
+
 _Request = discovery_pb2.DeltaDiscoveryRequest
 _NODE_TAG = 0x0A  # field 1 (node), length-delimited
 # Requests whose rest is shorter than this are parsed as usual: a memo lookup would cost more
@@ -76,7 +78,7 @@ class _SharedRest:
 
     def __init__(self, message: Any):
         self.message = message
-        self.claims: dict[str, str] = dict(message.initial_resource_versions)
+        self.claims = SharedClaims(message.initial_resource_versions)
         self.subscribe = frozenset(message.resource_names_subscribe)
         self.unsubscribe = frozenset(message.resource_names_unsubscribe)
 

@@ -69,27 +69,50 @@ def _shown(total: int) -> str:
 
 
 class Resource:
-    """One named resource of one type, immutable once built.
+    """One named resource of one type, immutable once built."""
 
-    `version`: what the builder computed with `pieces_version`; by default the hash of the
-    bytes (`content_version`)."""
-
-    __slots__ = ("body", "delta_entry", "name", "name_share", "refs", "share", "sotw_entry",
+    __slots__ = ("_delta_entry", "_sotw_entry", "body", "name", "name_share", "refs", "share",
                  "type_url", "version")
 
     def __init__(self, type_url: str, name: str, body: bytes, refs: References,
                  version: str | None = None):
+        """`version`: a content version its maker computed from the content's parts, the same
+        for the same body however it was made (`translators/assignments.py` for large
+        assignments, `pieces_version` for a gateway's RouteConfiguration); by default the
+        hash of `body` (`content_version`)."""
         self.type_url = type_url
         self.name = name
         self.body = body
-        self.version = content_version(body) if version is None else version
-        # Each entry in one join from the body: a 1.4 MB body is copied twice here, not nine
-        # times (each `+` of nested fields copies everything inside it again).
-        self.sotw_entry = wire.sotw_resource_entry_of(type_url, body)
-        self.delta_entry = wire.delta_resource_entry_of(name, self.version, type_url, body)
+        self.version = version if version is not None else content_version(body)
+        # The wire fragments responses are joined from, made on first use (`sotw_entry`,
+        # `delta_entry`).
+        self._sotw_entry: bytes | None = None
+        self._delta_entry: bytes | None = None
         self.refs = refs
         self.share = pair_hash(name, self.version)  # its part of a map's version
         self.name_share = _name_hash(name)  # its part of a map's names_version
+
+    # Each fragment is a copy of the body, made straight from it, once, when a response first
+    # carries the resource: a fleet on one protocol never makes the other's, and a resource
+    # replaced before anyone was sent it (the assignment of a Service whose registrations
+    # come faster than a push) makes neither. Made twice at worst if two threads race: the
+    # same bytes either way.
+    @property
+    def sotw_entry(self) -> bytes:
+        """The resource as one `resources` entry of a SotW DiscoveryResponse."""
+        entry = self._sotw_entry
+        if entry is None:
+            entry = self._sotw_entry = wire.sotw_entry_of(self.type_url, self.body)
+        return entry
+
+    @property
+    def delta_entry(self) -> bytes:
+        """The resource as one `resources` entry of a DeltaDiscoveryResponse."""
+        entry = self._delta_entry
+        if entry is None:
+            entry = self._delta_entry = wire.delta_entry_of(self.name, self.version,
+                                                            self.type_url, self.body)
+        return entry
 
     @classmethod
     def from_message(cls, type_url: str, name: str, message: Message) -> Resource:
@@ -116,6 +139,19 @@ def set_version(resources: Mapping[str, Resource]) -> str:
     return _shown(total)
 
 
+# Claims maps a ResourceMap remembers its answer for: as many as the request decoder keeps
+# distinct bodies (`xds.requests.DeltaRequestDecoder.limit`).
+_CLAIMS_MEMO = 32
+
+
+class SharedClaims(dict[str, str]):
+    """A resuming delta request's `initial_resource_versions`, shared read-only by every stream
+    that sent the same request bytes (`xds/requests.py`): the claims `ResourceMap.held_exactly`
+    remembers its answer for (a stream's own claims are compared once, and not kept)."""
+
+    __slots__ = ()
+
+
 class ResourceMap(Mapping[str, Resource]):
     """All resources of one type in one view: immutable, content-versioned, shared by streams."""
 
@@ -134,8 +170,8 @@ class ResourceMap(Mapping[str, Resource]):
         self._name_set: frozenset[str] | None = None
         self._diffs: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._versions: dict[str, str] | None = None
-        # The newest claims compared with this map, and the answer (see `held_exactly`).
-        self._claims_memo: tuple[Mapping[str, str], bool] | None = None
+        # Claims compared with this map, and the answers (see `held_exactly`).
+        self._claims_memo: dict[int, tuple[Mapping[str, str], bool]] | None = None
 
     def _set_totals(self, total: int, names_total: int) -> None:
         self._total = total & _MASK
@@ -234,15 +270,26 @@ class ResourceMap(Mapping[str, Resource]):
 
         One dict comparison in C, not a loop per claim; and memoized on the claims object, so
         the thousands of streams of a reconnect storm that share one interned claims map
-        (`xds/requests.py`) pay for one comparison between them."""
+        (`xds/requests.py`) pay for one comparison between them. Several at once: the decoder
+        holds one claims map per distinct request body (each client process's map order is
+        its own), and their streams' requests arrive interleaved; remembering only the newest
+        compared 1,000 claims again for almost every stream of a storm (75 us each)."""
+        shared = type(claims) is SharedClaims
         memo = self._claims_memo
-        if memo is not None and memo[0] is claims:
-            return memo[1]
+        if shared and memo is not None:
+            found = memo.get(id(claims))
+            if found is not None and found[0] is claims:  # (kept: its id stays its own)
+                return found[1]
         versions = self.versions()
         same = len(claims) == len(versions) and (
             claims == versions if isinstance(claims, dict)
             else all(versions.get(n) == v for n, v in claims.items()))
-        self._claims_memo = (claims, same)
+        if shared:
+            if memo is None:
+                memo = self._claims_memo = {}
+            if len(memo) >= _CLAIMS_MEMO:
+                memo.pop(next(iter(memo)))
+            memo[id(claims)] = (claims, same)
         return same
 
     def diff_from(self, older: Mapping[str, Resource]) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -319,8 +319,10 @@ class XdsStream:
     # ---- delta requests -----------------------------------------------------------------------
 
     def _on_delta_request(self, state: TypeState, request: Any, now: float) -> RequestKind:
-        subscribe = set(request.resource_names_subscribe)
-        unsubscribe = set(request.resource_names_unsubscribe)
+        # Frozen, and not copied when the request's are already (a resuming request shared by
+        # the streams of a reconnect storm names a thousand clusters: three copies per stream).
+        subscribe = _frozen(request.resource_names_subscribe)
+        unsubscribe = _frozen(request.resource_names_unsubscribe)
         if not state.opened:
             state.opened = True
             # Envoy's VHDS subscription starts as a wildcard one (its watch takes the virtual
@@ -328,7 +330,8 @@ class XdsStream:
             state.wildcard = WILDCARD in subscribe or (
                 not subscribe and (state.type_url in types.WILDCARD_TYPES
                                    or state.type_url == types.VIRTUAL_HOST))
-            self._set_names(state, frozenset(subscribe - {WILDCARD}))
+            self._set_names(state, subscribe - {WILDCARD} if WILDCARD in subscribe
+                            else subscribe)
             initial = request.initial_resource_versions
             if not isinstance(initial, dict):
                 initial = dict(initial)  # a protobuf map: this stream's own copy
@@ -341,8 +344,8 @@ class XdsStream:
                 state.wildcard = True
             if WILDCARD in unsubscribe:
                 state.wildcard = False
-            added = subscribe - {WILDCARD}
-            removed = unsubscribe - {WILDCARD}
+            added = subscribe - {WILDCARD} if WILDCARD in subscribe else subscribe
+            removed = unsubscribe - {WILDCARD} if WILDCARD in unsubscribe else unsubscribe
             confirmed = added & state.anticipated
             state.anticipated -= confirmed
             fresh = added - confirmed
@@ -364,7 +367,7 @@ class XdsStream:
         return self._answer(state, request, now)
 
     @staticmethod
-    def _held_under(state: TypeState, names: set[str]) -> set[str]:
+    def _held_under(state: TypeState, names: frozenset[str]) -> frozenset[str]:
         """`names`, and for VHDS (whose subscriptions name route configurations) the virtual
         hosts the client holds in those namespaces."""
         if state.type_url != types.VIRTUAL_HOST:
@@ -656,6 +659,10 @@ class XdsStream:
         return {n: state.known[n] for n in gone if n in still_named}
 
 
+
+
+def _frozen(names: Iterable[str]) -> frozenset[str]:
+    return names if isinstance(names, frozenset) else frozenset(names)
 
 
 def refused_names(changed: Iterable[str], message: str) -> list[str]:

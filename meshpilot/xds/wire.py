@@ -42,51 +42,72 @@ def varint(value: int) -> bytes:
             return bytes(out)
 
 
+def _header(field_number: int, length: int) -> bytes:
+    """A length-delimited field's tag and length, without its payload."""
+    return varint((field_number << 3) | 2) + varint(length)
+
+
 def length_delimited(field_number: int, payload: bytes) -> bytes:
-    return varint((field_number << 3) | 2) + varint(len(payload)) + payload
+    # One join: `tag + length + payload` would copy a large payload twice.
+    return b"".join((varint((field_number << 3) | 2), varint(len(payload)), payload))
 
 
 def string_field(field_number: int, text: str) -> bytes:
     return length_delimited(field_number, text.encode())
 
 
+# A resource's body is copied once into each fragment below, however large (a 2,000-endpoint
+# ClusterLoadAssignment is ~60 kB, made again at every registration of its Service): chains of
+# `+` copied it up to four times per fragment, and the `Any` made on its own was one more copy.
+
+
+_TYPE_URL_FIELDS: dict[str, bytes] = {}
+_ANY_VALUE_TAG = varint((_ANY_VALUE << 3) | 2)
+
+
+def _any_prefix(type_url: str, body_length: int) -> bytes:
+    """An `Any`'s bytes before its value: the type URL field and the value's tag and length."""
+    field = _TYPE_URL_FIELDS.get(type_url)
+    if field is None:
+        field = string_field(_ANY_TYPE_URL, type_url)
+        if len(_TYPE_URL_FIELDS) < 64:  # Envoy's few resource types; bounded all the same
+            _TYPE_URL_FIELDS[type_url] = field
+    return field + _ANY_VALUE_TAG + varint(body_length)
+
+
 def any_bytes(type_url: str, body: bytes) -> bytes:
-    return string_field(_ANY_TYPE_URL, type_url) + length_delimited(_ANY_VALUE, body)
+    return b"".join((_any_prefix(type_url, len(body)), body))
 
 
 def sotw_resource_entry(any_encoded: bytes) -> bytes:
     return length_delimited(_SOTW_RESOURCES, any_encoded)
 
 
+def sotw_entry_of(type_url: str, body: bytes) -> bytes:
+    """`sotw_resource_entry(any_bytes(type_url, body))`, with one copy of `body`."""
+    prefix = _any_prefix(type_url, len(body))
+    return b"".join((_header(_SOTW_RESOURCES, len(prefix) + len(body)), prefix, body))
+
+
 def delta_resource_entry(name: str, version: str, any_encoded: bytes) -> bytes:
-    resource = (string_field(_RES_VERSION, version) + length_delimited(_RES_ANY, any_encoded)
-                + string_field(_RES_NAME, name))
-    return length_delimited(_DELTA_RESOURCES, resource)
+    return _delta_entry(name, version, b"", any_encoded)
 
 
-def _any_head(type_url: str, body: bytes) -> bytes:
-    """An `Any`'s bytes up to its value's payload (type URL, the value's tag and length)."""
-    return string_field(_ANY_TYPE_URL, type_url) + varint(_ANY_VALUE << 3 | 2) + \
-        varint(len(body))
+def delta_entry_of(name: str, version: str, type_url: str, body: bytes) -> bytes:
+    """`delta_resource_entry(name, version, any_bytes(type_url, body))`, with one copy of
+    `body`."""
+    return _delta_entry(name, version, _any_prefix(type_url, len(body)), body)
 
 
-def sotw_resource_entry_of(type_url: str, body: bytes) -> bytes:
-    """`sotw_resource_entry(any_bytes(type_url, body))`, copying `body` once."""
-    head = _any_head(type_url, body)
-    return b"".join((varint(_SOTW_RESOURCES << 3 | 2), varint(len(head) + len(body)), head,
-                     body))
-
-
-def delta_resource_entry_of(name: str, version: str, type_url: str, body: bytes) -> bytes:
-    """`delta_resource_entry(name, version, any_bytes(type_url, body))`, copying `body` once."""
-    head = _any_head(type_url, body)
-    any_length = len(head) + len(body)
-    before = string_field(_RES_VERSION, version) + varint(_RES_ANY << 3 | 2) + \
-        varint(any_length)
-    after = string_field(_RES_NAME, name)
-    inner = len(before) + any_length + len(after)
-    return b"".join((varint(_DELTA_RESOURCES << 3 | 2), varint(inner), before, head, body,
-                     after))
+def _delta_entry(name: str, version: str, any_prefix: bytes, any_rest: bytes) -> bytes:
+    """A delta `Resource` entry whose `Any` is `any_prefix` followed by `any_rest`."""
+    version_field = string_field(_RES_VERSION, version)
+    any_size = len(any_prefix) + len(any_rest)
+    any_header = _header(_RES_ANY, any_size)
+    name_field = string_field(_RES_NAME, name)
+    size = len(version_field) + len(any_header) + any_size + len(name_field)
+    return b"".join((_header(_DELTA_RESOURCES, size), version_field, any_header, any_prefix,
+                     any_rest, name_field))
 
 
 def control_plane(identifier: str) -> bytes:

@@ -150,6 +150,52 @@ def test_a_registered_instance_gets_traffic_until_its_ttl_lapses(tmp_path, echo_
     assert mp.metric("meshpilot_policy_loads_total") == 1  # never re-loaded
 
 
+def test_a_large_service_is_patched_by_registrations_with_traffic(tmp_path, echo_factory,
+                                                                 envoy_factory,
+                                                                 meshpilot_factory):
+    """A Service past `VERSIONED_BY_PARTS` endpoints: its assignment is versioned by its parts
+    and patched at each registration (`translators/assignments.py`). A real Envoy is sent the
+    patches, EDS only: one more instance gets traffic, and once removed gets none."""
+    from meshpilot.translators.assignments import VERSIONED_BY_PARTS
+
+    count = VERSIONED_BY_PARTS + 6
+    echoes = [echo_factory(f"api-{i}") for i in range(count)]
+    late = echo_factory("late")
+    mp, port = start_gateway(tmp_path, meshpilot_factory, envoy_factory)
+    token = subprocess.run([sys.executable, "-m", "meshpilot", "token", "create",
+                            "registration", "api", "--state-dir", str(mp.state_dir)],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    for echo in echoes:
+        status, body = post(f"{mp.admin}/v1/registrations",
+                            {"service": "api", "address": f"127.0.0.1:{echo.port}"}, token)
+        assert status == 201, body
+
+    def backends(requests: int) -> set[str | None]:
+        return {backend_of(port) for _ in range(requests)}
+
+    eventually(lambda: len(backends(4 * count) - {None}) > count // 2, timeout=30,
+               what="traffic spread over the registered instances")
+    eventually(lambda: synced(mp), timeout=15, what="Envoy to ACK the registrations")
+    before = responses(mp)
+    status, body = post(f"{mp.admin}/v1/registrations",
+                        {"service": "api", "address": f"127.0.0.1:{late.port}"}, token)
+    assert status == 201, body
+    eventually(lambda: "late" in backends(3 * count), timeout=30,
+               what="traffic to the instance registered last")
+    eventually(lambda: synced(mp), timeout=15, what="Envoy to ACK the patch")
+    status = http_get(f"{mp.admin}/v1/registrations/{body['id']}", mp.admin_headers(token),
+                      method="DELETE", timeout=5)[0]
+    assert status in (200, 204)
+    eventually(lambda: synced(mp) and responses(mp)["endpoints"] >= before["endpoints"] + 2,
+               timeout=15, what="Envoy to ACK the removal")
+    assert "late" not in backends(3 * count)
+    assert None not in backends(count)  # every other instance still serves
+    after = responses(mp)
+    for t in ("clusters", "listeners", "routes"):
+        assert after[t] == before[t], (t, before, after)
+    assert mp.metric("meshpilot_policy_loads_total") == 1  # never re-loaded
+
+
 # ---- Docker, with a real engine --------------------------------------------------------------
 
 def test_docker_containers_are_discovered_and_leave_when_stopped(tmp_path, envoy_factory,

@@ -19,10 +19,11 @@ from meshpilot.ir.discovered import ADDED, REMOVED, DiscoveredEndpoints, Endpoin
 from meshpilot.ir.model import Endpoint
 from meshpilot.runtime.controller import Controller
 from meshpilot.translators import Translation
-from meshpilot.translators.assignments import Assignment, full_bytes
+from meshpilot.translators.assignments import VERSIONED_BY_PARTS, Assignment, full_bytes
 from meshpilot.translators.mtls import TrustDomain
 from meshpilot.translators.upstreams import translate_cluster
 from meshpilot.xds.cache import SnapshotCache
+from meshpilot.xds.resources import content_version
 from meshpilot.xds.snapshot import Snapshot
 
 POLICY = """
@@ -103,6 +104,46 @@ def test_any_sequence_of_registrations_serves_what_a_cold_translation_gives(
         patched_total += len(controller.translation.upstreams._assignments)
     # The patching path ran (not only full rebuilds, which would pass the above too).
     assert patched_total > 100
+
+
+def test_large_assignments_are_versioned_by_parts_the_same_patched_and_cold(
+        policy: Path) -> None:
+    """From `VERSIONED_BY_PARTS` endpoints on, an assignment's version is made from its parts
+    (a patch re-hashes only the entries that changed): growing past that count and shrinking
+    back below it, every step's versions are what a cold translation gives."""
+    registry = EndpointRegistry()
+    cache = SnapshotCache()
+    controller = Controller(policy, cache, endpoints=registry)
+    assert controller.reload()
+    controller.snapshot_blocking("edge")
+    model = load_policy(policy)
+    rng = random.Random(64)
+    count = VERSIONED_BY_PARTS + 12
+    ids = []
+    by_parts = 0
+    steps = [("add", i) for i in range(count)] + [("remove", i) for i in range(20)]
+    seen: dict[str, dict[bytes, str]] = {}  # name -> body -> version
+    for kind, i in steps:
+        if kind == "add":
+            instance, _ = registry.register("app", f"10.3.{i >> 8}.{i & 255}", 80,
+                                            {"version": rng.choice(("v1", "v2"))})
+            ids.append(instance.id)
+        else:
+            registry.remove(ids.pop(rng.randrange(len(ids))))
+        controller.apply_endpoints()
+        served = cache.get("edge")
+        cold = Translation(model, discovered=registry.endpoints()).snapshot("edge")
+        _same(served, cold)
+        for name, resource in served.get(types.ENDPOINT).items():
+            assert resource.version == cold.get(types.ENDPOINT)[name].version, name
+            by_parts += resource.version != content_version(resource.body)
+            # Another body, another version (a stream is sent what changed by version).
+            versions = seen.setdefault(name, {})
+            assert versions.setdefault(resource.body, resource.version) == resource.version
+            assert len(set(versions.values())) == len(versions), name
+    assert by_parts > 0  # the large ones were versioned by parts
+    # Patched, not rebuilt, along the way.
+    assert controller.translation.upstreams._assignments
 
 
 def test_a_large_change_of_a_source_falls_back_to_building_anew(policy: Path) -> None:

@@ -17,6 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from xds_client import CDS, EDS, eds_cluster, load_assignment, names_of, snapshot_of
 
 from meshpilot.xds.requests import DeltaRequestDecoder, SharedDeltaRequest
+from meshpilot.xds.resources import SharedClaims
 from meshpilot.xds.snapshot import Snapshot
 from meshpilot.xds.stream import XdsStream
 
@@ -198,6 +199,23 @@ def test_the_decoder_is_bounded() -> None:
         initial = {n: f"v{i}" for n in _names()}
         decoder.decode(_request(CDS, node_id="n", initial=initial))
     assert len(decoder._memo) == 3 and decoder.misses == 10
+
+
+def test_held_exactly_remembers_several_shared_claims() -> None:
+    """A storm's requests of several client processes (each its own map order, so its own
+    shared claims) arrive interleaved: each shared claims map is compared once, a stream's own
+    claims are compared and not kept."""
+    snap = _snapshot(names=_names(count=3))
+    clusters = snap.get(CDS)
+    exact = dict(_versions(snap, CDS))
+    first, second = SharedClaims(exact), SharedClaims(reversed(list(exact.items())))
+    wrong = SharedClaims({**exact, "c000": "other"})
+    for _ in range(3):
+        assert clusters.held_exactly(first) and clusters.held_exactly(second)
+        assert not clusters.held_exactly(wrong)
+    assert clusters._claims_memo is not None and len(clusters._claims_memo) == 3
+    assert clusters.held_exactly(dict(exact))
+    assert len(clusters._claims_memo) == 3  # not kept
 
 
 def test_held_exactly_compares_claims_with_the_map() -> None:
