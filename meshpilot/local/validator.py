@@ -213,8 +213,12 @@ _WARM = os.path.isdir("/proc/self/fd") and hasattr(os, "mkfifo")
 # (no writer is left to wake it), so it is started with a parent-death signal: util-linux's
 # setpriv sets it and execs Envoy (the same pid), which keeps preexec_fn, unsafe in a process
 # with threads, out of it. The signal follows the thread that started the run: a pool thread
-# that ends takes its waiting run along, and `_take` starts another.
+# that ends takes its waiting run along, and `_take` starts another. A parent that died before
+# setpriv set the signal would never send it: between the two, a shell checks that its parent
+# is still the process that started it (else it was orphaned: it exits), then execs Envoy.
 _SETPRIV = shutil.which("setpriv") if _WARM else None
+_SH = shutil.which("sh") if _SETPRIV else None
+_STILL_OURS = 'test "$PPID" = "$0" || exit 70; exec "$@"'
 
 
 class _WarmRun:
@@ -239,7 +243,8 @@ class _WarmRun:
         argv = [self.envoy_path, "--mode", "validate", "-c", self.path, "--log-level",
                 "critical", "--disable-hot-restart"]
         if self.fd is not None and _SETPRIV:
-            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *argv]
+            checked = [_SH, "-c", _STILL_OURS, str(os.getpid())] if _SH else []
+            argv = [_SETPRIV, "--pdeathsig", "KILL", "--", *checked, *argv]
         try:
             return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE)

@@ -5,6 +5,7 @@ reload on its word while the last good config keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 
 from meshpilot.base import types
 from meshpilot.inputs.loader import load_policy_text
+from meshpilot.local import validator as validator_module
 from meshpilot.local.envoy_process import EnvoyError
 from meshpilot.local.validator import EnvoyValidator, bootstrap_of, refusal_message
 from meshpilot.runtime.controller import Controller
@@ -372,3 +374,16 @@ def test_a_listener_is_checked_without_the_clusters_its_filters_name(
     listeners = list(view.get(types.LISTENER).values())
     assert listeners
     assert validator.check(listeners) == {}
+
+
+@pytest.mark.skipif(validator_module._SH is None, reason="warm runs need setpriv and sh")
+def test_a_run_orphaned_before_its_death_signal_was_set_exits_at_once() -> None:
+    """The gap setpriv leaves (a parent that died before the signal was set never sends it):
+    the shell between setpriv and Envoy exits unless its parent is the one that started it."""
+    assert validator_module._SH is not None
+    orphaned = subprocess.run([validator_module._SH, "-c", validator_module._STILL_OURS, "1", "sleep", "30"],
+                              timeout=10, check=False)
+    assert orphaned.returncode == 70  # its parent (this test) is not pid 1: gone at once
+    ours = subprocess.run([validator_module._SH, "-c", validator_module._STILL_OURS, str(os.getpid()),
+                           "sh", "-c", "exit 3"], timeout=10, check=False)
+    assert ours.returncode == 3  # its parent started it: the command runs (exec'd)
