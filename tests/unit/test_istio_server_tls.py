@@ -174,3 +174,30 @@ def test_auto_passthrough_takes_no_other_tls_field() -> None:
                                      "{mode: AUTO_PASSTHROUGH, credentialName: x}"))
     assert any("tls.credentialName: credentialName is not for tls mode AUTO_PASSTHROUGH" in e
                for e in found), found
+
+
+def test_servers_sharing_a_port_each_bring_their_certificate() -> None:
+    """Two HTTPS servers on 443 for different hosts, each with its credential: one listener
+    holding both certificates (Envoy picks by SNI); a second server that disagrees in another
+    TLS setting is refused at its tls, not dropped."""
+    other = CA("other CA").issue("shop.example.com")
+    second = """
+  - port: {number: 443, name: https-shop, protocol: HTTPS}
+    tls: SECOND
+    hosts: [shop.example.com]
+"""
+    documents = (TLS_SECRET, secret("shop-credential", tls_crt=other.cert_pem,
+                                    tls_key=other.key_pem))
+    text = MESH.replace("TLS", "{mode: SIMPLE, credentialName: httpbin-credential}") + \
+        second.replace("SECOND", "{mode: SIMPLE, credentialName: shop-credential}").lstrip("\n")
+    model = load_policy_text("\n---\n".join((text, *documents)), "istio.yaml")
+    chains = [c.certificate_chain for c in listener_tls(model).certificates]
+    assert chains == [SERVER.cert_pem, other.cert_pem]
+    mismatched = second.replace("SECOND", "{mode: SIMPLE, credentialName: shop-credential, "
+                                          "minProtocolVersion: TLSV1_3}").lstrip("\n")
+    text = MESH.replace("TLS", "{mode: SIMPLE, credentialName: httpbin-credential}") + mismatched
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text("\n---\n".join((text, *documents)), "istio.yaml")
+    (issue,) = caught.value.issues
+    assert "servers.1.tls" in str(issue).replace("[", ".").replace("]", "") and \
+        "differ in TLS settings" in str(issue)

@@ -1081,6 +1081,28 @@ GATEWAY_NAMESPACE = "istio-system"
 Secrets = dict[tuple[str, str], KubeObject]
 
 
+def _add_certificates(doc: Doc, server: o.Server, listeners: dict[int, GatewayListener],
+                      secrets: Secrets) -> None:
+    """A further HTTPS server on a port: its certificates join the port's listener (Envoy picks
+    one by SNI), so that each server's hosts are served with their own certificate. Its other
+    TLS settings must be the first server's: a port has one TLS context."""
+    tls = server.tls if server.credential is None else \
+        _credential_tls(doc, server.credential, secrets)
+    listener = listeners[server.port]
+    if tls is None or listener.tls is None:
+        return  # its credential's problem is said; or the first server's TLS did not load
+    first = listener.tls
+    if (tls.client_ca, tls.min_version, tls.alpn) != (first.client_ca, first.min_version,
+                                                      first.alpn):
+        doc.error((*server.path, "tls"),
+                  f"the servers on port {server.port} differ in TLS settings other than their "
+                  "certificates (mode MUTUAL and its CA, minProtocolVersion): one port has one "
+                  "TLS context here, which is not supported yet (docs/istio.md)")
+        return
+    certificates = tuple(dict.fromkeys((*first.certificates, *tls.certificates)))
+    listeners[server.port] = replace(listener, tls=replace(first, certificates=certificates))
+
+
 def _credential_tls(doc: Doc, credential: o.Credential, secrets: Secrets) -> ListenerTls | None:
     """A server's TLS from the Secrets its `credentialName(s)` name, as Istio's gateway reads
     them: in the gateway's namespace, `kubernetes.io/tls` (tls.crt, tls.key, ca.crt) or
@@ -1177,6 +1199,8 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
                         doc.error(server.path, f"port {server.port} is already an "
                                                f"{kinds[server.port]} server of the gateway "
                                                f"{view}")
+                    elif server.protocol == "HTTPS" and server.port in listeners:
+                        _add_certificates(doc, server, listeners, secrets or {})
                     continue
                 kinds[server.port] = server.protocol
                 if server.protocol in ("TCP", "TLS"):
