@@ -3,20 +3,47 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 
 __all__ = ["free_port", "split_address", "split_authority"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """Return a TCP port on `host` that the OS reports free right now.
+    """Return a TCP port on `host` that is free right now.
 
     The port is released before returning, so another process could take it in between; prefer
     binding port 0 directly where the consumer allows it (Envoy's admin does, see EnvoyProcess).
+    It is picked at random below the kernel's ephemeral range, which is where the kernel takes
+    the ports of every bind to port 0 and of every outgoing connection: a port from inside it
+    was, once released, the next thing any such bind or connection could take (a test's echo
+    server answering on a sidecar's inbound port, once).
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    low, high = _below_ephemeral()
+    for _ in range(64):
+        port = random.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue  # taken: another one
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # crowded: the kernel's
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _below_ephemeral() -> tuple[int, int]:
+    """Ports [low, high) under the kernel's ephemeral range (Linux's is 32768-60999 by default;
+    elsewhere, or unreadable, that default is assumed), above the well-known ones."""
+    start = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ranges:
+            start = int(ranges.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    high = max(start, 10000)
+    return max(1024, high - 12000), high
 
 
 def split_address(address: str) -> tuple[str, int]:
