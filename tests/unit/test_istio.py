@@ -815,6 +815,46 @@ def test_envoy_accepts_every_istio_feature() -> None:
         validate_config(static_bootstrap(snapshot_to_dict(Translation(model).snapshot(view))))
 
 
+def test_when_conditions_on_callers_and_their_not_values() -> None:
+    """`when` on source.namespace and source.principal, with notValues, joins the rule (AND):
+    ns1's callers but its `bad` account; ports both `to` and `when` name: only the shared ones
+    (none: the rule matches nothing); a field both give otherwise is refused, never widened."""
+    def policy(rules: str) -> str:
+        return ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: "
+                f"{{name: callers}}\nspec:\n  selector: {{matchLabels: {{app: reviews}}}}\n"
+                f"  rules:\n{rules}")
+
+    model = load(policy("""  - when:
+    - {key: source.namespace, values: [ns1]}
+    - {key: source.principal, notValues: ["cluster.local/ns/ns1/sa/bad"]}
+"""))
+    (allow,) = inbound_rbac(model, "reviews-v1.default").values()
+
+    def admitted(principal: str | None) -> bool:
+        return _evaluate(allow, {"principal": principal, "path": "/", "method": "GET",
+                                 "host": "reviews"})
+
+    assert admitted("spiffe://cluster.local/ns/ns1/sa/good")
+    assert not admitted("spiffe://cluster.local/ns/ns1/sa/bad")
+    assert not admitted("spiffe://cluster.local/ns/ns2/sa/good")
+    assert not admitted(None)
+    disjoint = load(policy("""  - to: [{operation: {ports: ["80"]}}]
+    when: [{key: destination.port, values: ["8080"]}]
+  - to: [{operation: {ports: ["80", "90"]}}]
+    when: [{key: destination.port, values: ["90"]}]
+"""))
+    workload = disjoint.service("reviews-v1.default")
+    assert workload is not None and workload.sidecar is not None
+    assert workload.sidecar.authorization is not None
+    assert [r.ports for r in workload.sidecar.authorization.rules] == [(90,)]
+    assert any("a when condition on what from or to says too (source_ips)" in e for e in errors(
+        policy("""  - from: [{source: {ipBlocks: [10.1.0.0/16]}}]
+    when: [{key: source.ip, values: [10.0.0.0/8]}]
+""")))
+    assert any("condition request.auth.audiences is not supported" in e for e in errors(
+        policy("  - when: [{key: request.auth.audiences, values: [a]}]\n")))
+
+
 def test_not_forms_decide_as_istio_says() -> None:
     model = load(EVERY_FEATURE)
     deny = inbound_rbac(model, "reviews-v1.default")["envoy.filters.http.rbac/deny"]

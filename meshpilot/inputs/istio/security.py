@@ -319,9 +319,10 @@ class Policies:
             rule.operations if rule.operations is not None else (None,)
         if not sources or not operations:
             return []  # `from: []` or `to: []` matches nothing
-        when = self._when(doc, path, rule.when)
+        when = self._when(doc, path, rule.when, allow_request_principals)
         if when is None:
             return []
+        held, unheld = when
         result = []
         for (si, source), (oi, operation) in product(enumerate(sources), enumerate(operations)):
             who = self._source(doc, (*path, "from", si, "source"), source,
@@ -329,16 +330,35 @@ class Policies:
             what = self._operation(doc, (*path, "to", oi, "operation"), operation)
             if who is None or what is None:
                 continue
-            headers, ips, ports = when
             merged = {**who, **what}
-            merged["source_ips"] = tuple(dict.fromkeys((*merged.get("source_ips", ()), *ips)))
-            merged["ports"] = tuple(dict.fromkeys((*merged.get("ports", ()), *ports)))
-            # Istio's not* forms: the model's `exclude` (each condition given must not hold)
+            # `when` holds as well as `from` and `to` (AND): a field both give must hold both
+            # ways, which one list (any of its items) cannot say, except ports (the ones in
+            # both: none left and the rule can never match).
+            never = False
+            for key, values in held.items():
+                if key == "headers":
+                    continue
+                if not merged.get(key):
+                    merged[key] = values
+                elif key == "ports":
+                    merged[key] = tuple(p for p in merged[key] if p in values)
+                    never = not merged[key]
+                else:
+                    self._error(doc, (*path, "when"),
+                                f"a when condition on what from or to says too ({key}) "
+                                f"{NOT_SUPPORTED}")
+                    return []
+            if never:
+                continue  # the ports of `to` and `when` share none: it matches nothing
+            # Istio's not* forms and notValues: the model's `exclude` (each condition given
+            # must not hold; lists are none of their items)
             negated = {key[len("not_"):]: merged.pop(key) for key in list(merged)
                        if key.startswith("not_")}
+            for key, values in unheld.items():
+                negated[key] = (*negated.get(key, ()), *values)
             negated = {key: value for key, value in negated.items() if value}
             here = doc.ctx.origin(path)
-            result.append(AuthzRule(headers=headers, **merged, origin=here,
+            result.append(AuthzRule(headers=held.get("headers", ()), **merged, origin=here,
                                     exclude=AuthzRule(**negated, origin=here) if negated
                                     else None))
         return result
@@ -414,38 +434,87 @@ class Policies:
                 paths.append(istio_path_match(text))
         return tuple(paths)
 
-    def _when(self, doc: Doc, path: tuple[Any, ...], conditions: tuple[o.Condition, ...]
-              ) -> tuple[tuple[tuple[str, StringMatch], ...], tuple[str, ...],
-                         tuple[int, ...]] | None:
-        headers: list[tuple[str, StringMatch]] = []
-        ips: list[str] = []
-        ports: list[int] = []
+    def _when(self, doc: Doc, path: tuple[Any, ...], conditions: tuple[o.Condition, ...],
+              allow_request_principals: bool = False,
+              ) -> tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]] | None:
+        """A rule's `when` as rule fields: what must hold (values) and what must not
+        (notValues), each by AuthzRule field; None after an error."""
+        held: dict[str, list[Any]] = {}
+        unheld: dict[str, list[Any]] = {}
         for index, condition in enumerate(conditions):
             at = (*path, "when", index)
-            if condition.not_values:
-                self._error(doc, (*at, "notValues"), f"notValues {NOT_SUPPORTED}")
-                return None
-            key = condition.key
-            if key.startswith("request.headers[") and len(condition.values) == 1:
-                name = key[len("request.headers["):-1].lower()
-                value = condition.values[0]
-                headers.append((name, StringMatch("present") if value == "*" else
-                                StringMatch("exact", value)))
-            elif key == "destination.port" and all(v.isdigit() for v in condition.values):
-                ports.extend(int(v) for v in condition.values)
-            elif key in ("source.ip", "remote.ip"):
-                try:
-                    ips.extend(str(ipaddress.ip_network(v, strict=False))
-                               for v in condition.values)
-                except ValueError:
-                    self._error(doc, (*at, "values"), "expected IPs or CIDRs")
+            for values, into, written in ((condition.values, held, "values"),
+                                          (condition.not_values, unheld, "notValues")):
+                if not values:
+                    continue
+                found = self._condition(doc, at, written, condition.key, values,
+                                        allow_request_principals)
+                if found is None:
                     return None
-            else:
-                self._error(doc, (*at, "key"),
-                            f"condition {key} with these values {NOT_SUPPORTED} "
-                            "(request.headers[...] with one value, source.ip, remote.ip are)")
+                key, items = found
+                if into is held and key in held and key != "headers":
+                    self._error(doc, (*at, "key"), f"two conditions on {condition.key} in one "
+                                                   f"rule {NOT_SUPPORTED}")
+                    return None
+                into.setdefault(key, []).extend(items)
+        return ({k: tuple(v) for k, v in held.items()},
+                {k: tuple(v) for k, v in unheld.items()})
+
+    def _condition(self, doc: Doc, at: tuple[Any, ...], written: str, key: str,
+                   values: tuple[str, ...], allow_request_principals: bool,
+                   ) -> tuple[str, list[Any]] | None:
+        """One condition's values as (AuthzRule written, its items); None after an error."""
+        if key.startswith("request.headers[") and key.endswith("]"):
+            name = key[len("request.headers["):-1].lower()
+            if written == "values" and len(values) != 1:
+                self._error(doc, (*at, written), f"a header condition with several values "
+                                               f"{NOT_SUPPORTED} (one value, or notValues)")
                 return None
-        return tuple(headers), tuple(ips), tuple(ports)
+            return "headers", [(name, StringMatch("present") if value == "*" else
+                                StringMatch("exact", value)) for value in values]
+        if key == "destination.port":
+            if not all(v.isdigit() for v in values):
+                self._error(doc, (*at, written), "expected port numbers")
+                return None
+            return "ports", [int(v) for v in values]
+        if key in ("source.ip", "remote.ip"):
+            try:
+                return "source_ips", [str(ipaddress.ip_network(v, strict=False))
+                                      for v in values]
+            except ValueError:
+                self._error(doc, (*at, written), "expected IPs or CIDRs")
+                return None
+        if key == "source.namespace":
+            return "principals", [self._namespace(v) for v in values]
+        if key == "source.principal":
+            return "principals", [self.spiffe(v) for v in values]
+        if key == "request.auth.principal":
+            if not allow_request_principals:
+                self._error(doc, (*at, "key"), "request.auth.principal needs a "
+                                               "RequestAuthentication that applies here (no "
+                                               "JWT is validated)")
+                return None
+            if any(v != "*" and ("*" in v or "/" not in v) for v in values):
+                self._error(doc, (*at, written), f'request principals: "issuer/subject" or "*" '
+                                               f"(other wildcards {NOT_SUPPORTED})")
+                return None
+            return "request_principals", list(values)
+        if key.startswith("request.auth.claims[") and key.endswith("]"):
+            if not allow_request_principals:
+                self._error(doc, (*at, "key"), f"{key} needs a RequestAuthentication that "
+                                               "applies here (no JWT is validated)")
+                return None
+            if written == "values" and len(values) != 1:
+                self._error(doc, (*at, written), f"a claim condition with several values "
+                                               f"{NOT_SUPPORTED} (one value, or notValues)")
+                return None
+            claim = key[len("request.auth.claims["):-1]
+            return "claims", [(claim, value) for value in values]
+        self._error(doc, (*at, "key"),
+                    f"condition {key} {NOT_SUPPORTED} (request.headers[...], source.ip, "
+                    "remote.ip, source.namespace, source.principal, request.auth.principal, "
+                    "request.auth.claims[...] and destination.port are)")
+        return None
 
 
 def _camel(key: str) -> str:
