@@ -600,7 +600,8 @@ class _Compiler:
 
     def _between_gateways(self) -> None:
         """Listeners of different Gateways that would bind one socket (the address and port
-        their classes' parameters give, an address of one machine: `_same_socket`) cannot
+        their classes' parameters give, an address of one machine or the unspecified address
+        beside a specific one: `_same_socket`) cannot
         both be served: each Gateway is its own Envoys, which cannot share a socket. The oldest
         Gateway (creationTimestamp, then namespace/name) keeps it; a later one's listener
         there is Conflicted (ProtocolConflict: another protocol, TLS beside HTTPS included;
@@ -617,14 +618,17 @@ class _Compiler:
                 if not listener.attachable:
                     continue  # refused already: it binds nothing
                 bound = params.ports.get(listener.port, listener.port)
-                owner = next(((g, other) for address, g, other in taken.get(bound, ())
+                owner = next(((address, g, other) for address, g, other in taken.get(bound, ())
                               if _same_socket(address, params.address)), None)
                 if owner is None:
                     kept.append((bound, listener))
                     continue
-                other_gateway, other = owner
+                other_address, other_gateway, other = owner
                 where = (f"port {listener.port} is bound as {params.address}:{bound} by "
                          f"listener {other.name} of Gateway {other_gateway.key}")
+                if other_address != params.address:  # one is the unspecified address
+                    where += (f" on {other_address}:{bound} (the unspecified address takes "
+                              "the port on every address)")
                 if other.protocol != listener.protocol:
                     listener.problems.append(("Conflicted", "ProtocolConflict",
                                               f"{where} (protocol {other.protocol})"))
@@ -1569,12 +1573,20 @@ def _host_entries(hostname: str, by_host: dict[str, list[_Entry]], wildcards: li
 
 def _same_socket(one: str, other: str) -> bool:
     """Whether Gateways binding these two addresses (on one port) are known to collide: one
-    address that names one machine. The unspecified address and loopback ones are every
-    machine's and every container's own (a compose stack runs each Gateway's Envoy in its own
-    network namespace; the conformance suite runs its Gateways one at a time), so Gateways
-    binding them may well never meet, and are not said to conflict."""
-    a = ipaddress.ip_address(one)
-    return a == ipaddress.ip_address(other) and not (a.is_unspecified or a.is_loopback)
+    address that names one machine, or the unspecified address beside a specific one of its
+    family (loopback too): a socket on 0.0.0.0 (::) takes that port on every address of the
+    machine, so the kernel refuses the other bind or, with SO_REUSEPORT (Envoy's default),
+    the two share its datagrams and connections unseen. Two binds of the unspecified address,
+    or of one loopback address, are every machine's and every container's own (a compose
+    stack runs each Gateway's Envoy in its own network namespace; the conformance suite runs
+    its Gateways, all on 127.0.0.1, one at a time), so Gateways binding them may well never
+    meet, and are not said to conflict."""
+    a, b = ipaddress.ip_address(one), ipaddress.ip_address(other)
+    if a.version != b.version:
+        return False
+    if a.is_unspecified != b.is_unspecified:
+        return True
+    return a == b and not (a.is_unspecified or a.is_loopback)
 
 
 def _tls_hosts(obj: KubeObject, on_port: list[_Listener]) -> tuple[TlsHost, ...]:
