@@ -10,8 +10,6 @@ the response compared as upstream does. The table of results is printed at the e
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import os
 import subprocess
 import sys
 import time
@@ -32,7 +30,7 @@ from meshpilot.local.envoy_process import EnvoyProcess
 pytestmark = pytest.mark.envoy
 
 _WHY_NOT = conformance.available()
-RESULTS: dict[str, str] = {}
+RESULTS = conformance.RESULTS
 
 
 @pytest.fixture(scope="module")
@@ -94,25 +92,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             mp.stop()
             print(mp.log_tail(20))
     _print_table()
-    _write_report()
-
-
-def _write_report() -> None:
-    """With MESHPILOT_CONFORMANCE_REPORT=FILE, this run's results as a ConformanceReport in
-    FILE (docs/gateway-api-conformance.yaml is one, from a run of the whole module)."""
-    target = os.environ.get("MESHPILOT_CONFORMANCE_REPORT")
-    if not target:
-        return
-    repository = Path(__file__).resolve().parents[2]
-    commit = subprocess.run(["git", "-C", str(repository), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip() or "unknown"
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    report = conformance.conformance_report(RESULTS, f"commit {commit} (not released)", now)
-    Path(target).write_text(
-        "# Written by tests/e2e/test_gatewayapi_conformance.py (MESHPILOT_CONFORMANCE_REPORT):\n"
-        "# the upstream tests run through a real Envoy; see docs/gateway-api.md.\n"
-        + yaml.safe_dump(report, sort_keys=False))
-    print(f"conformance report written to {target}")
+    conformance.write_report()
 
 
 def _print_table() -> None:

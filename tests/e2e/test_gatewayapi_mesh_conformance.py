@@ -154,6 +154,13 @@ def _mesh_case(case: conformance.Case) -> conformance.Case:
                                backend=RENAMED.get(case.backend or "", case.backend))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _report() -> Iterator[None]:
+    """The conformance report, with this module's results beside the Gateway suite's."""
+    yield
+    conformance.write_report()
+
+
 @pytest.fixture
 def consumer(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Consumer]:
     manifest: str = request.param
@@ -184,6 +191,7 @@ def test_mesh_cases(consumer: Consumer, request: pytest.FixtureRequest) -> None:
     assert cases
     failures = {f"{c.method} {c.path} {c.headers}": problems
                 for c in cases if (problems := consumer.send(c))}
+    conformance.RESULTS[test] = "PASS" if not failures else f"FAIL ({len(failures)})"
     assert not failures, failures
 
 
@@ -199,6 +207,8 @@ def _weights() -> dict[str, float]:
 def test_mesh_httproute_weight(consumer: Consumer) -> None:
     """MeshHTTPRouteWeight: the shares of the answers are the weights', within 5 points."""
     answered = Counter(consumer.pod().removesuffix("-pod") for _ in range(WEIGHT_REQUESTS))
-    for backend, share in _weights().items():
-        assert abs(answered[backend] / WEIGHT_REQUESTS - share) <= WEIGHT_TOLERANCE, answered
-    assert set(answered) == set(_weights()), answered
+    within = set(answered) == set(_weights()) and all(
+        abs(answered[backend] / WEIGHT_REQUESTS - share) <= WEIGHT_TOLERANCE
+        for backend, share in _weights().items())
+    conformance.RESULTS["MeshHTTPRouteWeight"] = "PASS" if within else "FAIL (1)"
+    assert within, (answered, _weights())

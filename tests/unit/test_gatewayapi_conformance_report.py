@@ -14,7 +14,7 @@ def _profiles(results: dict[str, str]) -> dict[str, dict]:
 
 
 def test_every_transcribed_test_has_its_features() -> None:
-    assert set(conformance.FEATURES) == set(conformance.CASES)
+    assert set(conformance.FEATURES) == set(conformance.CASES) | set(conformance.MESH_FEATURES)
 
 
 def test_tests_count_in_their_profile_core_or_extended() -> None:
@@ -30,7 +30,7 @@ def test_tests_count_in_their_profile_core_or_extended() -> None:
     # It needs both HTTPRoute and TLSRoute: it counts in neither profile.
     assert all("HTTPRouteDisallowedKind" not in p.get(k, {}).get("tests", {})
                for p in profiles.values() for k in ("core", "extended"))
-    assert profiles["MESH-HTTP"]["core"]["result"] == "skipped"
+    assert profiles["MESH-HTTP"]["core"]["result"] == "skipped"  # no mesh test in the results
     grpc = profiles["GATEWAY-GRPC"]
     assert set(grpc["core"]["tests"]) == {"GRPCExactMethodMatching", "GRPCRouteHeaderMatching",
                                           "GRPCRouteListenerHostnameMatching", "GRPCRouteWeight"}
@@ -61,3 +61,18 @@ def test_a_feature_said_unsupported_is_never_claimed() -> None:
     assert tls["extended"]["unsupportedFeatures"] == []
     assert tls["extended"]["supportedFeatures"] == ["TLSRouteModeMixed",
                                                     "TLSRouteModeTerminate"]
+
+
+def test_mesh_tests_count_in_the_mesh_profile_only() -> None:
+    results = {name: "PASS" for name in (*conformance.CASES, *conformance.MESH_FEATURES)}
+    results["MeshHTTPRouteRedirectPort"] = "FAIL (1)"
+    profiles = _profiles(results)
+    mesh = profiles["MESH-HTTP"]
+    assert mesh["core"]["tests"]["MeshHTTPRouteWeight"] == "Passed"
+    assert "MeshHTTPRouteRewritePath" in mesh["extended"]["tests"]
+    assert mesh["extended"]["failedTests"] == ["MeshHTTPRouteRedirectPort"]
+    assert "MeshHTTPRouteRedirectPort" not in mesh["extended"]["supportedFeatures"]
+    assert "MeshHTTPRouteRewritePath" in mesh["extended"]["supportedFeatures"]
+    assert not any(name.startswith("Mesh") for p in ("GATEWAY-HTTP", "GATEWAY-GRPC")
+                   for k in ("core", "extended")
+                   for name in profiles[p].get(k, {}).get("tests", {}))
