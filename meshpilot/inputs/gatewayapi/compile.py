@@ -728,7 +728,9 @@ class _Compiler:
         non-route document alone replays its effects instead of compiling it again."""
         kept = route.memo.get("effects")
         if kept is not None and self._holds(kept[0]):
-            self._rules_of(route)  # its Services join this compile (kept too)
+            # Its Services join this compile, as the rules it was made with made them
+            # (checking the rules' memo again would check a subset of the same reads).
+            self.services.update(kept[2])
             effects = kept[1]
         else:
             before = self.issues()
@@ -737,8 +739,9 @@ class _Compiler:
                 effects, cacheable = self._http_route_effects(route)
             finally:
                 reads, self._reads = self._reads, None
-            if cacheable and self.issues() == before:
-                route.memo["effects"] = ((self.backdrop, reads), effects)
+            rules = route.memo.get("rules")
+            if cacheable and self.issues() == before and rules is not None:
+                route.memo["effects"] = ((self.backdrop, reads), effects, rules[2])
         self._apply(effects)
 
     def _http_route_effects(self, route: KubeObject) -> tuple[list[_Effect], bool]:
