@@ -1,0 +1,123 @@
+"""Gateway API edits (issue 12/18): each reload of an edited folder, with the loader and the
+translation kept warm, gives the model, statuses and snapshot bytes of a cold load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from test_incremental import _assert_same
+
+from meshpilot.inputs.loader import PolicyLoader, load_policy
+from meshpilot.translators import Translation
+
+VIEW = "app/edge"
+CLASS = """apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: meshpilot}
+spec: {controllerName: meshpilot.io/gateway-controller}
+"""
+
+
+def _gateway(listeners: str = "[{name: http, port: 10000, protocol: HTTP}]") -> str:
+    return f"""apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: app}}
+spec:
+  gatewayClassName: meshpilot
+  listeners: {listeners}
+"""
+
+
+def _backend(name: str, address: str, port: int = 80, namespace: str = "app") -> str:
+    return f"""apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}}}
+spec: {{ports: [{{name: http, port: {port}, targetPort: 8000}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: {namespace}
+  labels: {{kubernetes.io/service-name: {name}}}
+addressType: IPv4
+ports: [{{name: http, port: 8000}}]
+endpoints: [{{addresses: ['{address}']}}]
+"""
+
+
+def _route(name: str, weight: int = 90, namespace_b: str = "app") -> str:
+    return f"""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: app}}
+spec:
+  parentRefs: [{{name: edge}}]
+  hostnames: [{name}.example.com]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /}}}}]
+    backendRefs:
+    - {{name: {name}-a, port: 80, weight: {weight}}}
+    - {{name: shared, namespace: {namespace_b}, port: 80, weight: {100 - weight}}}
+    timeouts: {{request: 2s}}
+"""
+
+
+GRANT = """apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: from-app, namespace: other}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: app}]
+  to: [{group: '', kind: Service}]
+"""
+
+
+def _files(routes: dict[str, str], backends: dict[str, str], head: list[str]) -> dict[str, str]:
+    return {"head.yaml": "---\n".join(head),
+            "backends.yaml": "---\n".join(backends.values()),
+            "routes.yaml": "---\n".join(routes.values())}
+
+
+def _step(root: Path, files: dict[str, str], loader: PolicyLoader, state: dict) -> None:
+    for name, text in files.items():
+        (root / name).write_text(text)
+    cold_model = load_policy(root)
+    model = loader.load()
+    assert model == cold_model
+    assert model.statuses == cold_model.statuses
+    translation = Translation(model, previous=state.get("translation"), changes=loader.changes)
+    snapshot = translation.snapshot(VIEW, previous=state.get("snapshot"))
+    _assert_same(snapshot, Translation(cold_model).snapshot(VIEW))
+    state.update(translation=translation, snapshot=snapshot)
+
+
+def test_gateway_api_edits_equal_cold(tmp_path: Path) -> None:
+    loader = PolicyLoader(tmp_path)
+    state: dict = {}
+    head = [CLASS, _gateway(), GRANT]
+    routes = {f"r{i}": _route(f"r{i}", namespace_b="other" if i % 2 else "app")
+              for i in range(6)}
+    backends = {f"r{i}": _backend(f"r{i}-a", f"127.0.1.{i}") for i in range(6)}
+    backends["shared"] = _backend("shared", "127.0.2.1")
+    backends["shared-other"] = _backend("shared", "127.0.3.1", namespace="other")
+    _step(tmp_path, _files(routes, backends, head), loader, state)
+    edits = [
+        ("a route's split", lambda: routes.update(r2=_route("r2", 70))),
+        ("a backend's endpoint", lambda: backends.update(r3=_backend("r3-a", "127.0.1.99"))),
+        ("a backend Service's port", lambda: backends.update(r4=_backend("r4-a", "127.0.1.4",
+                                                                         port=81))),
+        ("the ReferenceGrant goes", lambda: head.remove(GRANT)),
+        ("the ReferenceGrant comes back", lambda: head.append(GRANT)),
+        ("a Gateway listener", lambda: head.__setitem__(1, _gateway(
+            "[{name: http, port: 10001, protocol: HTTP, hostname: '*.example.com'}]"))),
+        ("a route is added", lambda: (routes.update(r9=_route("r9")),
+                                      backends.update(r9=_backend("r9-a", "127.0.1.9")))),
+        ("a route is removed", lambda: routes.pop("r1")),
+        ("a cross-namespace backend's endpoint",
+         lambda: backends.update({"shared-other": _backend("shared", "127.0.3.7",
+                                                           namespace="other")})),
+    ]
+    for what, edit in edits:
+        edit()
+        before = state["snapshot"].version
+        _step(tmp_path, _files(routes, backends, head), loader, state)
+        assert state["snapshot"].version != before, what
