@@ -851,8 +851,8 @@ def test_when_conditions_on_callers_and_their_not_values() -> None:
         policy("""  - from: [{source: {ipBlocks: [10.1.0.0/16]}}]
     when: [{key: source.ip, values: [10.0.0.0/8]}]
 """)))
-    assert any("condition request.auth.audiences is not supported" in e for e in errors(
-        policy("  - when: [{key: request.auth.audiences, values: [a]}]\n")))
+    assert any('condition key "destination.ip" is not supported' in e for e in errors(
+        policy("  - when: [{key: destination.ip, values: [10.0.0.1]}]\n")))
 
 
 def test_not_forms_decide_as_istio_says() -> None:
