@@ -852,6 +852,12 @@ class AuthzRule:
     # Mesh callers by namespace (a sidecar's `namespaces`): any identity `ns/<namespace>/sa/*`
     # of the trust domain; the translator makes SPIFFE ID prefixes of them. In `exclude`: none.
     namespaces: tuple[str, ...] = ()
+    # Istio's path templates (Envoy's uri_template syntax: `*` one segment, `**` any tail),
+    # any of which, or of `paths`, the path matches. In `exclude`: none does.
+    path_templates: tuple[str, ...] = ()
+    # Istio's serviceAccounts, "namespace/name": the caller's SPIFFE ID names that account in
+    # that namespace, of any trust domain (as Istio matches them). In `exclude`: none does.
+    service_accounts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

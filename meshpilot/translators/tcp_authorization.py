@@ -50,8 +50,9 @@ def filters(stat_prefix: str, allow: Authorization | None,
 
 
 def _speaks_http(rule: AuthzRule) -> bool:
-    return bool(rule.paths or rule.methods or rule.headers or rule.claims or rule.hosts
-                or rule.request_principals or rule.authenticated is not None) or \
+    return bool(rule.paths or rule.path_templates or rule.methods or rule.headers
+                or rule.claims or rule.hosts or rule.request_principals
+                or rule.authenticated is not None) or \
         (rule.exclude is not None and _speaks_http(rule.exclude))
 
 
@@ -59,5 +60,5 @@ def _without_http(rule: AuthzRule) -> AuthzRule:
     exclude = None if rule.exclude is None else _without_http(rule.exclude)
     if exclude is not None and exclude == AuthzRule(origin=exclude.origin):
         exclude = None  # no condition of its own left
-    return replace(rule, paths=(), methods=(), headers=(), claims=(), hosts=(),
-                   request_principals=(), authenticated=None, exclude=exclude)
+    return replace(rule, paths=(), path_templates=(), methods=(), headers=(), claims=(),
+                   hosts=(), request_principals=(), authenticated=None, exclude=exclude)

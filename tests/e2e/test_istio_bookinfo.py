@@ -635,3 +635,32 @@ spec:
         assert status("Bearer not-a-token") == 401
     finally:
         server.stop()
+
+
+def test_path_templates_and_a_source_ip_condition_on_a_sidecar(bookinfo: Bookinfo) -> None:
+    """An ALLOW policy on productpage with path templates ({*} one segment, {**} any tail)
+    and a `when` on source.ip: productpage's sidecar (Envoy's uri_template matcher) admits
+    the templated paths from the gateway on loopback, refuses the rest, and with the condition
+    turned to notValues refuses those too."""
+    def policy(condition: str) -> str:
+        return f"""apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: templates, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: productpage}}}}
+  rules:
+  - to: [{{operation: {{paths: ["/static/{{*}}", "/api/v1/products/{{**}}"]}}}}]
+    when: [{{key: source.ip, {condition}: [127.0.0.0/8]}}]
+"""
+    gateway, routes = documents_of(NETWORKING / "bookinfo-gateway.yaml")
+    gateway = gateway.replace("number: 8080", f"number: {bookinfo.ports['ingress']}")
+    rules = (NETWORKING / "destination-rule-all.yaml").read_text()
+    bookinfo.apply(rules=rules, gateway=gateway, vs=routes, authz=policy("values"))
+    eventually(lambda: bookinfo.ingress("/static/x") == 200
+               and bookinfo.ingress("/productpage") == 403,
+               what="productpage's sidecar to allow only the templated paths")
+    assert bookinfo.ingress("/api/v1/products/1/reviews") == 200  # {**}: any tail
+    assert bookinfo.ingress("/static/x/y") == 403  # {*}: one segment only
+    bookinfo.apply(rules=rules, gateway=gateway, vs=routes, authz=policy("notValues"))
+    eventually(lambda: bookinfo.ingress("/static/x") == 403,
+               what="the notValues source.ip condition to refuse the gateway's requests")

@@ -18,6 +18,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.listener.v3.listener_pb2 import Listener
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf.json_format import MessageToDict
+from rbac_eval import Request, admits
 from support import shared_folder
 
 from meshpilot.base.errors import PolicyError
@@ -572,69 +573,9 @@ def test_peer_authentication_levels() -> None:
     assert mode(mesh, namespace, workload, workload="reviews-v2.default") == "permissive"
 
 
-Request = dict[str, Any]  # principal (None: plaintext), path, method, host
-
-
 def _evaluate(config: dict[str, Any], request: Request) -> bool:
     """Whether an RBAC filter config (camelCase JSON) lets the request through."""
-    if "rules" not in config:  # shadow rules only (dry run): nothing enforced
-        return True
-    rules = config["rules"]
-    action = rules.get("action", "ALLOW")
-    matched = any(_permission(p, request) and _principal(i, request["principal"])
-                  for policy in rules.get("policies", {}).values()
-                  for p in policy["permissions"] for i in policy["principals"])
-    return matched if action == "ALLOW" else not matched
-
-
-def _string(matcher: dict[str, Any], value: str) -> bool:
-    if matcher.get("ignoreCase"):
-        value = value.lower()
-        matcher = {k: v.lower() if isinstance(v, str) else v for k, v in matcher.items()}
-    if "exact" in matcher:
-        return value == matcher["exact"]
-    if "prefix" in matcher:
-        return value.startswith(matcher["prefix"])
-    if "suffix" in matcher:
-        return value.endswith(matcher["suffix"])
-    return re.fullmatch(matcher["safeRegex"]["regex"], value) is not None
-
-
-def _header(header: dict[str, Any], request: Request) -> bool:
-    value = {":method": request["method"], ":authority": request["host"]}[header["name"]]
-    if header.get("presentMatch"):
-        return True
-    if "safeRegexMatch" in header:
-        return re.fullmatch(header["safeRegexMatch"]["regex"], value) is not None
-    return _string(header.get("stringMatch", header), value)
-
-
-def _permission(p: dict[str, Any], request: Request) -> bool:
-    if p.get("any"):
-        return True
-    if "andRules" in p:
-        return all(_permission(r, request) for r in p["andRules"]["rules"])
-    if "orRules" in p:
-        return any(_permission(r, request) for r in p["orRules"]["rules"])
-    if "notRule" in p:
-        return not _permission(p["notRule"], request)
-    if "urlPath" in p:
-        return _string(p["urlPath"]["path"], request["path"])
-    return _header(p["header"], request)
-
-
-def _principal(i: dict[str, Any], principal: str | None) -> bool:
-    if i.get("any"):
-        return True
-    if "andIds" in i:
-        return all(_principal(x, principal) for x in i["andIds"]["ids"])
-    if "orIds" in i:
-        return any(_principal(x, principal) for x in i["orIds"]["ids"])
-    if "notId" in i:
-        return not _principal(i["notId"], principal)
-    if "directRemoteIp" in i:  # the probes come from 127.0.0.1, in none of the tests' blocks
-        return False
-    return principal is not None and _string(i["authenticated"]["principalName"], principal)
+    return admits(config, request)
 
 
 GOLDEN_WORKLOAD = """
@@ -652,10 +593,9 @@ spec:
   location: MESH_INTERNAL
   workloadSelector: {labels: {app: httpbin}}
 """
-# The goldens whose fields meshpilot supports (the others use path templates, CUSTOM, AUDIT,
-# serviceAccounts, requestPrincipals, principals with namespaces in one source: refused, see
-# docs/istio.md).
-GOLDENS = ("allow-empty-rule", "allow-host-before-111", "allow-nil-rule", "deny-empty-rule", "deny-and-allow",
+# The goldens whose fields meshpilot supports (the others use CUSTOM, AUDIT, requestPrincipals,
+# principals with namespaces in one source: refused, see docs/istio.md).
+GOLDENS = ("allow-path", "allow-empty-rule", "allow-host-before-111", "allow-nil-rule", "deny-empty-rule", "deny-and-allow",
            "dry-run-allow", "dry-run-mix", "dry-run-allow-and-deny",
            "simple-policy-principal-with-wildcard")
 PROBES = [{"principal": p, "path": path, "method": m, "host": h}
@@ -663,7 +603,9 @@ PROBES = [{"principal": p, "path": path, "method": m, "host": h}
                     "spiffe://td1/ns/foo/sa/rule[0]-from[1]-principal[1]",
                     "spiffe://xbar/ns/foo/sa/rule[0]-from[1]-principal[1]",
                     "spiffe://cluster.local/ns/bar/sa/other", "spiffe://deny", "spiffe://allow")
-          for path in ("/", "/exact", "/prefix/a") for m in ("GET", "POST")
+          for path in ("/", "/exact", "/prefix/a", "/path/template/a", "/path/template/a/b",
+                       "/a/b/path/template", "/not-path/template/a", "/x/not-path/template")
+          for m in ("GET", "POST")
           for h in ("example.com", "a.example.com", "prefix.example.org", "other.org")]
 
 
@@ -800,6 +742,8 @@ spec:
   - from: [{source: {namespaces: [default]}}]
     when: [{key: "request.headers[x-user]", values: ["*"]}, {key: destination.port,
             values: ["9080"]}]
+  - to: [{operation: {paths: ["/t/{*}/x", "/{**}/y", "/z/{**}"], notPaths: ["/t/{*}/x/q"]}}]
+    from: [{source: {serviceAccounts: [default/a, b], notServiceAccounts: [default/c]}}]
 """
 
 
@@ -851,8 +795,8 @@ def test_when_conditions_on_callers_and_their_not_values() -> None:
         policy("""  - from: [{source: {ipBlocks: [10.1.0.0/16]}}]
     when: [{key: source.ip, values: [10.0.0.0/8]}]
 """)))
-    assert any("condition request.auth.audiences is not supported" in e for e in errors(
-        policy("  - when: [{key: request.auth.audiences, values: [a]}]\n")))
+    assert any('condition key "destination.ip" is not supported' in e for e in errors(
+        policy("  - when: [{key: destination.ip, values: [10.0.0.1]}]\n")))
 
 
 def test_not_forms_decide_as_istio_says() -> None:
@@ -1582,3 +1526,50 @@ def test_delegation_problems() -> None:
     model = load(DR, DELEGATE_VS)
     assert any("VirtualService nsb/reviews-delegate: spec: a VirtualService without hosts is a "
                "delegate, and no VirtualService delegates to it" in str(w) for w in model.warnings)
+
+
+def test_service_accounts_and_token_audience_conditions_as_istios_builder() -> None:
+    """serviceAccounts "ns/name" (a bare name: the policy's namespace) match that account in
+    any trust domain, notServiceAccounts exclude; request.auth.audiences and presenter read
+    the token's aud and azp claims in jwt_authn's payload, as Istio's builder does."""
+    model = load(EVERY_FEATURE)
+    (allow,) = [c for n, c in inbound_rbac(model, "reviews-v1.default").items()
+                if not n.endswith("/deny")]
+
+    def admitted(principal: str, path: str) -> bool:
+        return _evaluate(allow, {"principal": principal, "path": path, "method": "GET",
+                                 "host": "reviews"})
+
+    assert admitted("spiffe://cluster.local/ns/default/sa/a", "/t/1/x")
+    assert admitted("spiffe://other.td/ns/default/sa/b", "/p/q/y")  # b: the policy's namespace
+    assert not admitted("spiffe://cluster.local/ns/default/sa/c", "/t/1/x")
+    assert not admitted("spiffe://cluster.local/ns/ops/sa/a", "/t/1/x")
+    assert not admitted("spiffe://cluster.local/ns/default/sa/a", "/t/1/2/x")  # {*}: one
+    assert not admitted("spiffe://cluster.local/ns/default/sa/a", "/t/1/x/q")  # notPaths
+    assert admitted("spiffe://cluster.local/ns/default/sa/a", "/z/1/2/3")
+    assert any("serviceAccounts with principals" in e for e in errors(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n"
+        "spec: {rules: [{from: [{source: {serviceAccounts: [a], principals: [x]}}]}]}"))
+    assert any("path /a/{**}/{*}" in e for e in errors(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\n"
+        "spec: {rules: [{to: [{operation: {paths: [\"/a/{**}/{*}\"]}}]}]}"))
+
+    jwt = load(JWT_POLICY, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+               "metadata: {name: aud}\nspec:\n  selector: {matchLabels: {app: reviews}}\n"
+               "  rules:\n  - when: [{key: request.auth.audiences, values: [web]},\n"
+               "           {key: request.auth.presenter, notValues: [cli]}]\n")
+    (config,) = inbound_rbac(jwt, "reviews-v1.default").values()
+    text = str(config)
+    for claim, value in (("aud", "web"), ("azp", "cli")):
+        assert f"'path': [{{'key': 'payload'}}, {{'key': '{claim}'}}]" in text
+        assert f"'exact': '{value}'" in text
+
+
+JWT_POLICY = """
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: reviews}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  jwtRules: [{issuer: issuer.example, jwks: '{"keys": []}'}]
+"""

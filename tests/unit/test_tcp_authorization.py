@@ -11,6 +11,7 @@ import pytest
 import yaml
 from envoy.config.listener.v3.listener_pb2 import Listener
 from google.protobuf.json_format import MessageToDict
+from rbac_eval import admits
 from support import shared_folder
 
 from meshpilot.base.types import LISTENER
@@ -65,44 +66,7 @@ def _network_rbac(model: Any, view: str) -> list[dict[str, Any]]:
 
 
 def _admits(config: dict[str, Any], principal: str | None, port: int) -> bool:
-    rules = config.get("rules")
-    if rules is None:  # shadow rules only: nothing enforced
-        return True
-    matched = any(_permission(p, port) and _principal(i, principal)
-                  for policy in rules.get("policies", {}).values()
-                  for p in policy["permissions"] for i in policy["principals"])
-    return matched if rules.get("action", "ALLOW") == "ALLOW" else not matched
-
-
-def _permission(p: dict[str, Any], port: int) -> bool:
-    if p.get("any"):
-        return True
-    if "andRules" in p:
-        return all(_permission(r, port) for r in p["andRules"]["rules"])
-    if "orRules" in p:
-        return any(_permission(r, port) for r in p["orRules"]["rules"])
-    if "notRule" in p:
-        return not _permission(p["notRule"], port)
-    return int(p["destinationPort"]) == port
-
-
-def _principal(i: dict[str, Any], principal: str | None) -> bool:
-    if i.get("any"):
-        return True
-    if "andIds" in i:
-        return all(_principal(x, principal) for x in i["andIds"]["ids"])
-    if "orIds" in i:
-        return any(_principal(x, principal) for x in i["orIds"]["ids"])
-    if "notId" in i:
-        return not _principal(i["notId"], principal)
-    matcher = i["authenticated"]["principalName"]
-    if principal is None:
-        return False
-    if "exact" in matcher:
-        return principal == matcher["exact"]
-    if "prefix" in matcher:
-        return principal.startswith(matcher["prefix"])
-    return re.fullmatch(matcher["safeRegex"]["regex"], principal) is not None
+    return admits(config, {"principal": principal, "port": port})
 
 
 # deny-both-http-tcp without its rule[10], whose `when` keys (destination.ip, connection.sni,

@@ -1500,9 +1500,6 @@ def _source(entry: Fields, index: int, item: Any) -> o.Source:
                      "notRequestPrincipals", "namespaces", "notNamespaces", "ipBlocks",
                      "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks",
                      "serviceAccounts", "notServiceAccounts"), "a source")
-    for key in ("serviceAccounts", "notServiceAccounts"):
-        if key in spec.value:
-            spec.report(key, f"{key} {NOT_SUPPORTED}; use principals", at_value=False)
     return o.Source(
         principals=_strings(spec, "principals", "principal"),
         not_principals=_strings(spec, "notPrincipals", "principal"),
@@ -1513,7 +1510,18 @@ def _source(entry: Fields, index: int, item: Any) -> o.Source:
         ip_blocks=_strings(spec, "ipBlocks", "CIDR", _cidr),
         not_ip_blocks=_strings(spec, "notIpBlocks", "CIDR", _cidr),
         remote_ip_blocks=_strings(spec, "remoteIpBlocks", "CIDR", _cidr),
-        not_remote_ip_blocks=_strings(spec, "notRemoteIpBlocks", "CIDR", _cidr))
+        not_remote_ip_blocks=_strings(spec, "notRemoteIpBlocks", "CIDR", _cidr),
+        service_accounts=_strings(spec, "serviceAccounts", "service account", _account),
+        not_service_accounts=_strings(spec, "notServiceAccounts", "service account", _account))
+
+
+def _account(value: Any) -> str:
+    """Istio's "namespace/name" or "name"; neither part empty, no wildcard."""
+    text = fields.string(value)
+    parts = text.split("/")
+    if len(parts) > 2 or not all(parts) or "*" in text:
+        raise Invalid(f'service account {fields.quoted(text)}: "namespace/name" or "name"')
+    return text
 
 
 def _operation(entry: Fields, index: int, item: Any) -> o.Operation:

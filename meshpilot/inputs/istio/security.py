@@ -384,6 +384,16 @@ class Policies:
             self._error(doc, (*path, "namespaces"),
                         f"principals and namespaces in one source {NOT_SUPPORTED}")
             return None
+        if (source.service_accounts or source.not_service_accounts) and (
+                source.principals or source.not_principals or source.namespaces
+                or source.not_namespaces):
+            self._error(doc, (*path, "serviceAccounts" if source.service_accounts
+                              else "notServiceAccounts"),
+                        "serviceAccounts with principals or namespaces in one source: Istio "
+                        "refuses it")
+            return None
+        accounts = tuple(self._account(doc, a) for a in source.service_accounts)
+        not_accounts = tuple(self._account(doc, a) for a in source.not_service_accounts)
         # notPrincipals and notNamespaces: neither holds = not (any of both), one list
         return {
             "principals": (*(self.spiffe(p) for p in source.principals),
@@ -394,7 +404,14 @@ class Policies:
             "not_source_ips": (*source.not_ip_blocks, *source.not_remote_ip_blocks),
             "request_principals": source.request_principals,
             "not_request_principals": source.not_request_principals,
+            "service_accounts": accounts,
+            "not_service_accounts": not_accounts,
         }
+
+    @staticmethod
+    def _account(doc: Doc, written: str) -> str:
+        """Istio's "namespace/name", or "name": of the policy's namespace."""
+        return written if "/" in written else f"{doc.item.namespace}/{written}"
 
     def _namespace(self, namespace: str) -> str:
         return "*" if namespace == "*" else f"spiffe://{self.trust_domain}/ns/{namespace}/sa/*"
@@ -415,24 +432,36 @@ class Policies:
         not_paths = self._paths(doc, (*path, "notPaths"), operation.not_paths)
         if paths is None or not_paths is None:
             return None
-        return {"paths": paths, "not_paths": not_paths, "methods": operation.methods,
+        return {"paths": paths[0], "path_templates": paths[1], "not_paths": not_paths[0],
+                "not_path_templates": not_paths[1], "methods": operation.methods,
                 "not_methods": operation.not_methods, "ports": operation.ports,
                 "not_ports": operation.not_ports, "hosts": operation.hosts,
                 "not_hosts": operation.not_hosts}
 
     def _paths(self, doc: Doc, path: tuple[Any, ...], written: tuple[str, ...]
-               ) -> tuple[StringMatch, ...] | None:
+               ) -> tuple[tuple[StringMatch, ...], tuple[str, ...]] | None:
+        """The paths as matches and as Envoy uri_templates (Istio's `{*}` and `{**}`)."""
         paths = []
+        templates = []
         for index, text in enumerate(written):
-            if "{" in text or (text != "*" and "*" in text[1:-1]):
+            if "{" in text or "}" in text:
+                template = _template(text)
+                if template is None:
+                    self._error(doc, (*path, index),
+                                f"path {text}: a template's segments are text, {{*}} (one "
+                                "segment) or {**} (any segments)")
+                    return None
+                templates.append(template)
+                continue
+            if text != "*" and "*" in text[1:-1]:
                 self._error(doc, (*path, index),
-                            f"path {text}: templates and a * inside a path {NOT_SUPPORTED}")
+                            f"path {text}: a * inside a path {NOT_SUPPORTED}")
                 return None
             if text.startswith("*") and text != "*":
                 paths.append(StringMatch("regex", ".*" + _escape(text[1:])))
             else:
                 paths.append(istio_path_match(text))
-        return tuple(paths)
+        return tuple(paths), tuple(templates)
 
     def _when(self, doc: Doc, path: tuple[Any, ...], conditions: tuple[o.Condition, ...],
               allow_request_principals: bool = False,
@@ -499,7 +528,11 @@ class Policies:
                                                f"(other wildcards {NOT_SUPPORTED})")
                 return None
             return "request_principals", list(values)
-        if key.startswith("request.auth.claims[") and key.endswith("]"):
+        # Istio's audiences and presenter are the token's aud and azp claims, as its builder
+        claim = _CLAIM_KEYS.get(key)
+        if claim is None and key.startswith("request.auth.claims[") and key.endswith("]"):
+            claim = key[len("request.auth.claims["):-1]
+        if claim is not None:
             if not allow_request_principals:
                 self._error(doc, (*at, "key"), f"{key} needs a RequestAuthentication that "
                                                "applies here (no JWT is validated)")
@@ -508,13 +541,36 @@ class Policies:
                 self._error(doc, (*at, written), f"a claim condition with several values "
                                                f"{NOT_SUPPORTED} (one value, or notValues)")
                 return None
-            claim = key[len("request.auth.claims["):-1]
             return "claims", [(claim, value) for value in values]
         self._error(doc, (*at, "key"),
                     f"condition {key} {NOT_SUPPORTED} (request.headers[...], source.ip, "
                     "remote.ip, source.namespace, source.principal, request.auth.principal, "
-                    "request.auth.claims[...] and destination.port are)")
+                    "request.auth.audiences, request.auth.presenter, request.auth.claims[...] "
+                    "and destination.port are)")
         return None
+
+
+_CLAIM_KEYS = {"request.auth.audiences": "aud", "request.auth.presenter": "azp"}
+
+
+def _template(text: str) -> str | None:
+    """Istio's path template in Envoy's uri_template syntax (`{*}` -> `*`, `{**}` -> `**`),
+    None if a segment is neither text nor one of those, or `{**}` is not the last operator
+    (Envoy's rule)."""
+    segments = text.split("/")
+    if segments[0] != "":
+        return None
+    out = []
+    for index, segment in enumerate(segments[1:]):
+        if segment in ("{*}", "{**}"):
+            if segment == "{**}" and "{" in "".join(segments[index + 2:]):
+                return None
+            out.append(segment[1:-1])
+        elif any(c in segment for c in "{}*"):
+            return None
+        else:
+            out.append(segment)
+    return "/" + "/".join(out)
 
 
 def _camel(key: str) -> str:

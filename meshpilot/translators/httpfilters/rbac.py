@@ -9,11 +9,15 @@ the requests Istio's CUSTOM policies send to their provider picked (`shadow`, `e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from envoy.config.rbac.v3.rbac_pb2 import RBAC as RbacRules
 from envoy.config.rbac.v3.rbac_pb2 import Permission, Policy, Principal
 from envoy.extensions.filters.http.rbac.v3.rbac_pb2 import RBAC, RBACPerRoute
+from envoy.extensions.path.match.uri_template.v3.uri_template_match_pb2 import (
+    UriTemplateMatchConfig,
+)
 from envoy.type.matcher.v3.metadata_pb2 import MetadataMatcher
 from envoy.type.matcher.v3.path_pb2 import PathMatcher
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
@@ -122,11 +126,13 @@ def _conditions(rule: AuthzRule, *, separately: bool = False, detected_client: b
     """The rule's conditions as RBAC permissions (what is asked) and principals (who asks);
     `separately`: each header and claim on its own (for `not`: none of them may hold)."""
     permissions: list[Permission] = []
-    if rule.paths and not any(p.kind == "present" for p in rule.paths):  # "*": any path
-        permissions.append(_any_permission([Permission(url_path=PathMatcher(
-            path=string_matcher(p))) for p in rule.paths]))
-    elif rule.paths and separately:  # not "*": no path at all
-        permissions.append(Permission(any=True))
+    if any(p.kind == "present" for p in rule.paths):  # "*": any path
+        if separately:  # not "*": no path at all
+            permissions.append(Permission(any=True))
+    elif rule.paths or rule.path_templates:
+        permissions.append(_any_permission(
+            [Permission(url_path=PathMatcher(path=string_matcher(p))) for p in rule.paths]
+            + [_template_permission(t) for t in rule.path_templates]))
     if rule.methods:
         permissions.append(_any_permission([
             Permission(header=header_matcher(":method", StringMatch("exact", m)))
@@ -147,10 +153,31 @@ def _conditions(rule: AuthzRule, *, separately: bool = False, detected_client: b
     if rule.principals:  # a sidecar's `from`: SPIFFE IDs by now (translators/mtls.py)
         principals.append(_any_principal([_authenticated_principal(p)
                                           for p in rule.principals]))
+    if rule.service_accounts:
+        principals.append(_any_principal([_service_account_principal(a)
+                                          for a in rule.service_accounts]))
     if rule.request_principals:
         principals.append(_any_principal([_request_principal(p)
                                           for p in rule.request_principals]))
     return permissions, principals
+
+
+def _template_permission(template: str) -> Permission:
+    """The path matches an Envoy uri_template (Istio's `{*}`/`{**}` paths, as its builder)."""
+    permission = Permission()
+    permission.uri_template.name = "uri-template"
+    permission.uri_template.typed_config.Pack(UriTemplateMatchConfig(path_template=template))
+    return permission
+
+
+def _service_account_principal(account: str) -> Principal:
+    """The peer's SPIFFE ID is of service account `namespace/name`, in any trust domain
+    (Istio's serviceAccounts: the regex its builder writes)."""
+    namespace, _, name = account.partition("/")
+    principal = Principal()
+    principal.authenticated.principal_name.safe_regex.regex = (
+        f"spiffe://.+/ns/{re.escape(namespace)}/(.+/|)sa/{re.escape(name)}(/.+)?")
+    return principal
 
 
 def _token_principal() -> Principal:
