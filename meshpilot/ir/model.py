@@ -763,7 +763,9 @@ class JwtProvider:
     # Where the token is (empty: Envoy's default, `Authorization: Bearer` and `access_token`):
     from_headers: tuple[tuple[str, str], ...] = ()  # (header, value prefix)
     from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
     forward: bool = False  # keep the token in the request sent upstream
+    payload_header: str | None = None  # the validated payload, base64url, in this header
 
 
 @dataclass(frozen=True, slots=True)

@@ -1135,6 +1135,43 @@ spec:
                for e in found), found
 
 
+def test_request_authentication_cookies_payload_and_claims() -> None:
+    """fromCookies, outputPayloadToHeader and outputClaimToHeaders reach the sidecar's
+    jwt_authn provider as from_cookies, forward_payload_header and claim_to_headers."""
+    request_authentication = """
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: reviews}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  jwtRules:
+  - issuer: issuer.example
+    jwks: '{"keys": []}'
+    fromCookies: [session]
+    outputPayloadToHeader: x-jwt-payload
+    outputClaimToHeaders: [{header: x-user, claim: sub}, {header: x-group, claim: group}]
+"""
+    model = load(request_authentication)
+    sidecar = model.service("reviews-v1.default").sidecar  # type: ignore[union-attr]
+    assert sidecar is not None and sidecar.jwt is not None
+    (provider,) = sidecar.jwt.providers
+    assert (provider.from_cookies, provider.payload_header, provider.forward_claims) == (
+        ("session",), "x-jwt-payload", (("sub", "x-user"), ("group", "x-group")))
+    inbound = dumped(model, "reviews-v1.default", LISTENER, "inbound/reviews-v1.default")
+    (compiled,) = [f["typedConfig"]["providers"] for c in inbound["filterChains"]
+                   for n in c["filters"] for f in n["typedConfig"].get("httpFilters", [])
+                   if f["name"] == "envoy.filters.http.jwt_authn"]
+    (envoy_provider,) = compiled.values()
+    assert envoy_provider["fromCookies"] == ["session"]
+    assert envoy_provider["forwardPayloadHeader"] == "x-jwt-payload"
+    assert envoy_provider["claimToHeaders"] == [{"headerName": "x-user", "claimName": "sub"},
+                                                {"headerName": "x-group", "claimName": "group"}]
+    # One header for two claims is refused, at the second one.
+    found = errors(request_authentication.replace("x-group", "x-user"))
+    assert any("spec.jwtRules[0].outputClaimToHeaders[1].header" in e
+               and "receives two claims" in e for e in found), found
+
+
 def test_request_authentication_jwks_uri_on_a_workload() -> None:
     model = load("""
 apiVersion: networking.istio.io/v1

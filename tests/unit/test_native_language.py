@@ -162,6 +162,18 @@ def test_a_sidecars_claims_need_its_jwt_and_its_keys_inline_or_in_a_file() -> No
     assert "a sidecar's jwt reads its keys from a file or inline" in found
 
 
+def test_a_jwt_providers_cookies_and_payload_header() -> None:
+    model = load(route("{backends: [api]}", "jwt: {providers: [{name: p, jwks: {inline: "
+                       "'{\"keys\": [{}]}'}, from_cookies: [session, sid], "
+                       "forward_payload: x-jwt-payload}]}\n"))
+    (provider,) = model.routes[0].security.jwt.providers  # type: ignore[union-attr]
+    assert (provider.from_cookies, provider.payload_header) == (("session", "sid"),
+                                                                "x-jwt-payload")
+    (found,) = issues(route("{backends: [api]}", "jwt: {providers: [{name: p, jwks: {inline: "
+                            "'{\"keys\": [{}]}'}, forward_payload: 'bad header'}]}\n"))
+    assert "jwt.providers[0].forward_payload" in found
+
+
 @pytest.mark.parametrize(("redirect", "listener", "port"), [
     (Redirect(host="b.example"), (8080, "http"), 8080),  # the listener's port kept
     (Redirect(host="b.example"), (80, "http"), 0),  # its default: left out

@@ -346,6 +346,8 @@ class JwtRule:
     from_params: tuple[str, ...] = ()
     forward_original_token: bool = False
     output_payload_to_header: str | None = None
+    from_cookies: tuple[str, ...] = ()
+    output_claim_to_headers: tuple[tuple[str, str], ...] = ()  # (claim, header)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1562,9 +1562,8 @@ def read_request_authentication(spec: Fields) -> o.RequestAuthentication | None:
         entry.check_keys(("issuer", "audiences", "jwksUri", "jwks", "fromHeaders", "fromParams",
                           "outputPayloadToHeader", "forwardOriginalToken", "fromCookies",
                           "outputClaimToHeaders", "timeout"), "a JWT rule")
-        for key in ("fromCookies", "outputClaimToHeaders", "timeout"):
-            if key in entry.value:
-                entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+        if "timeout" in entry.value:
+            entry.report("timeout", f"timeout {NOT_SUPPORTED}", at_value=False)
         issuer = entry.get("issuer", fields.string, required=True)
         headers = []
         for h_index, h_item in enumerate(entry.items("fromHeaders", "header") or []):
@@ -1586,5 +1585,26 @@ def read_request_authentication(spec: Fields) -> o.RequestAuthentication | None:
                 issuer, jwks, jwks_uri, _strings(entry, "audiences", "audience"),
                 tuple(headers), _strings(entry, "fromParams", "parameter"),
                 entry.get("forwardOriginalToken", fields.boolean) or False,
-                entry.get("outputPayloadToHeader", fields.header_name)))
+                entry.get("outputPayloadToHeader", fields.header_name),
+                _strings(entry, "fromCookies", "cookie name"), _claim_to_headers(entry)))
     return o.RequestAuthentication(selector, tuple(rules))
+
+
+def _claim_to_headers(entry: Fields) -> tuple[tuple[str, str], ...]:
+    """A JWT rule's `outputClaimToHeaders`: (claim, header) pairs, one claim per header."""
+    pairs: list[tuple[str, str]] = []
+    for index, item in enumerate(entry.items("outputClaimToHeaders", "claim to header") or []):
+        spec = Fields.at(entry.ctx, item, (*entry.path, "outputClaimToHeaders", index),
+                         "a mapping such as {header: x-user, claim: sub}")
+        if spec is None:
+            continue
+        spec.check_keys(("header", "claim"), "a claim to header")
+        header = spec.get("header", fields.header_name, required=True)
+        claim = spec.get("claim", fields.string, required=True)
+        if header is None or claim is None:
+            continue
+        if any(header == taken for _, taken in pairs):
+            spec.report("header", f'header "{header}" receives two claims')
+            continue
+        pairs.append((claim, header))
+    return tuple(pairs)

@@ -109,10 +109,6 @@ class Policies:
                 continue
             for index, rule in enumerate(spec.rules):
                 path = ("spec", "jwtRules", index)
-                if rule.output_payload_to_header is not None:
-                    self._error(doc, (*path, "outputPayloadToHeader"),
-                                f"outputPayloadToHeader {NOT_SUPPORTED}")
-                    continue
                 if rule.jwks is not None:
                     jwks = Jwks(inline=rule.jwks)
                 else:
@@ -124,8 +120,7 @@ class Policies:
                 providers.append(JwtProvider(
                     name=f"{doc.item.namespace}.{doc.item.name}[{index}]", issuer=rule.issuer,
                     jwks=jwks, audiences=rule.audiences,
-                    from_headers=rule.from_headers, from_params=rule.from_params,
-                    forward=rule.forward_original_token, origin=doc.ctx.origin(path)))
+                    **_token_fields(rule), origin=doc.ctx.origin(path)))
         return Jwt(tuple(providers), required=False) if providers else None
 
     def for_gateway(self, selector: Labels, jwks_service: Callable[[Doc, tuple[Any, ...],
@@ -144,10 +139,6 @@ class Policies:
                 continue
             for index, rule in enumerate(spec.rules):
                 path = ("spec", "jwtRules", index)
-                if rule.output_payload_to_header is not None:
-                    self._error(doc, (*path, "outputPayloadToHeader"),
-                                f"outputPayloadToHeader {NOT_SUPPORTED}")
-                    continue
                 if rule.jwks is not None:
                     jwks = Jwks(inline=rule.jwks)
                 else:
@@ -158,9 +149,8 @@ class Policies:
                     jwks = Jwks(uri=rule.jwks_uri, service=service)
                 providers.append(JwtProvider(
                     name=f"{doc.item.namespace}.{doc.item.name}[{index}]", issuer=rule.issuer,
-                    jwks=jwks, audiences=rule.audiences, from_headers=rule.from_headers,
-                    from_params=rule.from_params, forward=rule.forward_original_token,
-                    origin=doc.ctx.origin(path)))
+                    jwks=jwks, audiences=rule.audiences,
+                    **_token_fields(rule), origin=doc.ctx.origin(path)))
         jwt = Jwt(tuple(providers), required=False) if providers else None
         applying = [d for d in self.authorization
                     if not d.item.spec.dry_run  # type: ignore[union-attr]
@@ -580,3 +570,13 @@ def _camel(key: str) -> str:
 
 def _escape(text: str) -> str:
     return re.escape(text)
+
+
+def _token_fields(rule: o.JwtRule) -> dict[str, Any]:
+    """Where a JWT rule's token is read from and what of it goes upstream, in the model's
+    terms (Istio's jwt_authn provider: from_*, forward, forward_payload_header and
+    claim_to_headers)."""
+    return {"from_headers": rule.from_headers, "from_params": rule.from_params,
+            "from_cookies": rule.from_cookies, "forward": rule.forward_original_token,
+            "payload_header": rule.output_payload_to_header,
+            "forward_claims": rule.output_claim_to_headers}

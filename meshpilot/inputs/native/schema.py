@@ -868,6 +868,10 @@ def _security(scope: str) -> dict[str, Schema]:
         "jwks": jwks,
         "forward_claims": {"type": "object", "additionalProperties": _ref("headerName"),
                            "description": "Claims copied to request headers: claim -> header."},
+        "from_cookies": _list("Cookies the token is also read from.",
+                              {"type": "string", "minLength": 1}),
+        "forward_payload": _ref("headerName", "The validated payload (base64url) is sent "
+                                              "upstream in this header."),
     }, required=("name", "jwks"))
     key = {"oneOf": [{"type": "string", "minLength": 1, "description": "The key itself."},
                      _object("A file holding the key.", {"file": path}, required=("file",))]}

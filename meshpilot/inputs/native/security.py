@@ -12,6 +12,8 @@ replacing the Route's setting of the same feature):
           jwks: {file: /etc/keys/jwks.json}  # or {inline: "..."} or {uri: https://idp/jwks,
                                         #    service: idp, cache: 5m}
           forward_claims: {sub: x-user} # claim -> request header
+          from_cookies: [session]       # also read the token from these cookies
+          forward_payload: x-jwt-payload  # the validated payload (base64url) to this header
     api_keys: {header: x-api-key, keys: {client-a: {file: /k/a.txt}, client-b: "literal"},
                forward: x-client, strip: true}     # or query: key, or cookie: k
     basic_auth: {users: {file: /etc/users.htpasswd}, forward: x-user, strip: true}
@@ -78,7 +80,8 @@ SECURITY_KEYS = ("jwt", "api_keys", "basic_auth", "ext_authz", "authorization", 
                  "csrf", "session_persistence")
 SESSION_PERSISTENCE_KEYS = ("header", "strict")
 JWT_KEYS = ("providers", "required")
-PROVIDER_KEYS = ("name", "issuer", "audiences", "jwks", "forward_claims")
+PROVIDER_KEYS = ("name", "issuer", "audiences", "jwks", "forward_claims", "from_cookies",
+                 "forward_payload")
 JWKS_SOURCES = ("file", "inline", "uri")
 JWKS_KEYS = ("file", "inline", "uri", "service", "cache")
 API_KEY_SOURCES = ("header", "query", "cookie")
@@ -217,10 +220,13 @@ def _provider(ctx: DocumentContext, item: Any, path: fields.FieldPath) -> JwtPro
     audiences = _strings(entry, "audiences", "audience")
     jwks = _jwks(entry)
     claims = _forward_claims(entry)
+    cookies = _strings(entry, "from_cookies", "cookie name")
+    payload = entry.get("forward_payload", fields.header_name)
     if name is None or jwks is None:
         return None
     return JwtProvider(name=name, issuer=issuer, jwks=jwks, audiences=audiences,
-                       forward_claims=claims, origin=entry.origin())
+                       forward_claims=claims, from_cookies=cookies, payload_header=payload,
+                       origin=entry.origin())
 
 
 def _strings(spec: Fields, key: str, what: str) -> tuple[str, ...]:

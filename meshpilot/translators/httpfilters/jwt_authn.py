@@ -103,7 +103,9 @@ def _add_jwt(config: JwtAuthentication, owner: str, jwt: Jwt, requirement: str) 
                                                  for c, h in spec.forward_claims],
                                # a forwarded claim may be matched on: select the route again
                                clear_route_cache=bool(spec.forward_claims),
-                               forward=spec.forward, from_params=list(spec.from_params))
+                               forward=spec.forward, from_params=list(spec.from_params),
+                               from_cookies=list(spec.from_cookies),
+                               forward_payload_header=spec.payload_header or "")
         for header, prefix in spec.from_headers:
             provider.from_headers.add(name=header, value_prefix=prefix)
         if spec.jwks.file is not None:
