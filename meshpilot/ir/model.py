@@ -351,6 +351,9 @@ class ListenerTls:
     # None: no client certificate asked for.
     client_ca: bytes | None = field(default=None, repr=False)
     client_ca_path: str | None = None  # as written in the policy
+    # With client_ca: a client may also go without a certificate, or with one the CA did not
+    # sign (Gateway API's AllowInsecureFallback); the certificate is still asked for.
+    client_optional: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -139,7 +139,15 @@ def downstream_context(gateway: str, spec: GatewayListener,
     if settings.min_version is not None:
         common.tls_params.tls_minimum_protocol_version = _VERSIONS[settings.min_version]
     context = tls_pb2.DownstreamTlsContext(common_tls_context=common)
-    if settings.client_ca is not None:  # mutual TLS: a client certificate the CA signed
+    if settings.client_ca is not None and settings.client_optional:
+        # Asked for, checked against the CA, but neither its absence nor a failed check ends
+        # the handshake.
+        combined = context.common_tls_context.combined_validation_context
+        combined.default_validation_context.trust_chain_verification = \
+            common_pb2.CertificateValidationContext.ACCEPT_UNTRUSTED
+        combined.validation_context_sds_secret_config.CopyFrom(
+            _sds(listener_client_ca(gateway, spec.name)))
+    elif settings.client_ca is not None:  # mutual TLS: a client certificate the CA signed
         context.require_client_certificate.value = True
         context.common_tls_context.validation_context_sds_secret_config.CopyFrom(
             _sds(listener_client_ca(gateway, spec.name)))

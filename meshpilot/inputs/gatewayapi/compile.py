@@ -234,13 +234,19 @@ class _Listener:
     attached: int = 0
     tcp_backends: tuple[Backend, ...] = ()  # TCP: the backends of the TCPRoute it serves
     terminate: bool = False  # TLS: mode Terminate (its certificates end TLS), else Passthrough
+    # spec.tls.frontend of its port: the CA client certificates must chain to (None: none
+    # asked for), where it was read, and AllowInsecureFallback (a client may also go without).
+    client_ca: bytes | None = None
+    client_ca_path: str | None = None
+    client_optional: bool = False
 
     @property
     def valid(self) -> bool:
         """Programmed: accepted, in no conflict, its certificates resolved. (Route kinds it
         cannot serve are said in ResolvedRefs, and it serves the others.)"""
         return self.attachable and not any(
-            reason in ("InvalidCertificateRef", "RefNotPermitted")
+            reason in ("InvalidCertificateRef", "RefNotPermitted", "InvalidCACertificateRef",
+                       "InvalidCACertificateKind")
             for _, reason, _ in self.problems)
 
     @property
@@ -662,6 +668,7 @@ class _Compiler:
             if listener.terminate:
                 listener.certificates = self._certificates(
                     listener, (spec.get("tls") or {}).get("certificateRefs") or ())
+                self._frontend_validation(listener)
             return listener
         if protocol == "HTTPS":
             tls = spec.get("tls") or {}
@@ -670,7 +677,55 @@ class _Compiler:
                                           "HTTPS listeners terminate TLS (mode Terminate)"))
                 return listener
             listener.certificates = self._certificates(listener, tls.get("certificateRefs") or ())
+            self._frontend_validation(listener)
         return listener
+
+    def _frontend_validation(self, listener: _Listener) -> None:
+        """The Gateway's spec.tls.frontend for a listener ending TLS: its port's perPort entry,
+        else `default` (a perPort entry replaces it whole). A CA that cannot be resolved leaves
+        the listener unprogrammed (ResolvedRefs False): serving it without the client check
+        it asks for would let in whom it means to keep out."""
+        frontend = ((listener.gateway.body.get("spec") or {}).get("tls") or {}).get("frontend")
+        if not frontend:
+            return
+        path: FieldPath = ("spec", "tls", "frontend", "default")
+        config = frontend.get("default") or {}
+        for index, entry in enumerate(frontend.get("perPort") or ()):
+            if entry["port"] == listener.port:
+                path, config = ("spec", "tls", "frontend", "perPort", index, "tls"), entry["tls"]
+                break
+        validation = config.get("validation")
+        if not validation:
+            return
+        gateway = listener.gateway
+        pems: list[bytes] = []
+        for index, ref in enumerate(validation["caCertificateRefs"]):
+            namespace = ref.get("namespace") or gateway.namespace
+            key = f"{namespace}/{ref['name']}"
+            if ref["group"] != "" or ref["kind"] != "ConfigMap":
+                listener.problems.append((
+                    "ResolvedRefs", "InvalidCACertificateKind",
+                    f"{'.'.join(map(str, path))}.validation.caCertificateRefs[{index}] "
+                    f"{ref['group'] or 'core'}/{ref['kind']} is not a ConfigMap"))
+                continue
+            if not self.world.permitted("Gateway", gateway.namespace, "", "ConfigMap",
+                                        namespace, ref["name"]):
+                listener.problems.append(("ResolvedRefs", "RefNotPermitted",
+                                          f"no ReferenceGrant in {namespace} lets Gateways of "
+                                          f"{gateway.namespace} use ConfigMap {key}"))
+                continue
+            config_map = self.world.config_maps.get(key)
+            pem = ((config_map.body.get("data") or {}).get("ca.crt") or "").encode() \
+                if config_map is not None else b""
+            why = f"no ConfigMap {key}" if config_map is None else _ca_problem(pem, key)
+            if why is not None:
+                listener.problems.append(("ResolvedRefs", "InvalidCACertificateRef", why))
+                continue
+            pems.append(pem if pem.endswith(b"\n") else pem + b"\n")
+        if pems and len(pems) == len(validation["caCertificateRefs"]):
+            listener.client_ca = b"".join(pems)
+            listener.client_ca_path = f"configmap:{gateway.key}:{'.'.join(map(str, path))}"
+            listener.client_optional = validation.get("mode") == "AllowInsecureFallback"
 
     def _route_kinds(self, listener: _Listener) -> tuple[str, ...]:
         supported = _ROUTE_KINDS_BY_PROTOCOL[listener.protocol]
@@ -1434,13 +1489,16 @@ class _Compiler:
                                            if entry.listener.terminate else ())
                             for hostname, entry in sorted(sni.items())),
                         # Not HTTP: no ALPN offered (a client must not think it speaks h2).
-                        tls=ListenerTls(ending, alpn=(), origin=_origin(obj, on_port[0].path))
+                        tls=ListenerTls(ending, alpn=(), origin=_origin(obj, on_port[0].path),
+                                        **_client_check(next(
+                                            lst for lst in on_port if lst.terminate)))
                         if ending else None,
                         origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
                                       obj.key, f"spec.listeners[{on_port[0].index}]")))
                 continue
             certificates = tuple(dict.fromkeys(c for lst in on_port for c in lst.certificates))
-            tls = ListenerTls(certificates, origin=_origin(obj, (*on_port[0].path, "tls"))) \
+            tls = ListenerTls(certificates, origin=_origin(obj, (*on_port[0].path, "tls")),
+                              **_client_check(on_port[0])) \
                 if on_port[0].protocol == "HTTPS" else None
             # HTTPS listeners sharing a port: a filter chain and a route table each, by SNI
             # (GEP-3567's misdirected requests, `_tls_hosts`).
@@ -1494,6 +1552,13 @@ class _Compiler:
 
 
 # ---- helpers ------------------------------------------------------------------------------------
+
+def _client_check(listener: _Listener) -> dict[str, Any]:
+    """The ListenerTls fields of a port's client-certificate check (spec.tls.frontend is per
+    port, so every listener on the port has the same)."""
+    return {"client_ca": listener.client_ca, "client_ca_path": listener.client_ca_path,
+            "client_optional": listener.client_optional}
+
 
 # What `_kube_service` gives for a port whose BackendTLSPolicy cannot be applied.
 _NO_VALID_TLS = "\x00no valid BackendTLSPolicy"

@@ -270,6 +270,23 @@ ROUTE_KINDS_NOT_COMPILED = ("UDPRoute",)
 OTHER_ROUTE = _document(Obj({"parentRefs": ListOf(PARENT_REF, 32), "hostnames": Anything(),
                              "rules": Anything()}))
 
+# Gateway spec.tls.frontend (GEP-91, v1.4): the CA certificates client certificates must chain to,
+# for every HTTPS/TLS-terminating port (`default`) or per port (`perPort`, whole overrides).
+_FRONTEND_VALIDATION = Obj({
+    "caCertificateRefs": ListOf(Obj({"group": GROUP, "kind": KIND, "name": SUBDOMAIN,
+                                     "namespace": SUBDOMAIN},
+                                    required=("group", "kind", "name")), 8),
+    "mode": Enum(("AllowValidOnly", "AllowInsecureFallback")),
+}, required=("caCertificateRefs",))
+_FRONTEND_CONFIG = Obj({"validation": _FRONTEND_VALIDATION})
+GATEWAY_TLS = Obj({
+    "frontend": Obj({
+        "default": _FRONTEND_CONFIG,
+        "perPort": ListOf(Obj({"port": PORT, "tls": _FRONTEND_CONFIG},
+                              required=("port", "tls")), 64),
+    }),
+    "backend": Anything(),
+})
 LISTENER = Obj({
     "name": SECTION_NAME, "hostname": HOSTNAME, "port": PORT, "protocol": Str(
         r"HTTP|HTTPS|TLS|TCP|UDP|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/"
@@ -287,7 +304,7 @@ GATEWAY = _document(Obj({
     "gatewayClassName": SUBDOMAIN,
     "listeners": ListOf(LISTENER, 64),
     "addresses": Anything(), "infrastructure": Anything(), "backendTLS": Anything(),
-    "allowedListeners": Anything(), "tls": Anything(),
+    "allowedListeners": Anything(), "tls": GATEWAY_TLS,
 }, required=("gatewayClassName", "listeners")))
 GATEWAY_CLASS = _document(Obj({
     "controllerName": Str(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
