@@ -1286,6 +1286,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
 # tests/e2e/test_gatewayapi_mesh_conformance.py through a real client sidecar.
 _MESH = ("Mesh", "HTTPRoute")
 MESH_FEATURES: dict[str, tuple[str, ...]] = {
+    "MeshBasic": ("Mesh",),
     "MeshHTTPRouteSimpleSameNamespace": _MESH,
     "MeshHTTPRouteMatching": _MESH,
     "MeshHTTPRouteWeight": _MESH,
@@ -1346,9 +1347,9 @@ SUMMARIES: dict[str, str] = {
                     "the BackendTLSPolicy one (a TLS gRPC backend) is not run: a partial core.",
     "MESH-HTTP": "The upstream HTTPRoute mesh tests whose manifests are in the shared copy, "
                  "through a real client sidecar Envoy calling the parent Service "
-                 "(tests/e2e/test_gatewayapi_mesh_conformance.py). MeshBasic, MeshFrontend, "
-                 "MeshPorts, MeshTrafficSplit and MeshConsumerRoute have no manifest there: "
-                 "not run, a partial core.",
+                 "(tests/e2e/test_gatewayapi_mesh_conformance.py), and MeshBasic (no "
+                 "manifest). MeshFrontend, MeshPorts, MeshTrafficSplit and MeshConsumerRoute "
+                 "have no manifest there: not run, a partial core.",
 }
 
 
