@@ -79,12 +79,18 @@ def principal_matches(i: dict[str, Any], principal: str | None) -> bool:
                                                     principal)
 
 
+def matched(rules: dict[str, Any], request: Request) -> bool:
+    """Whether the request matches one of the rules' policies (no `principal`: plaintext)."""
+    return any(permission_matches(p, request)
+               and principal_matches(i, request.get("principal"))
+               for policy in rules.get("policies", {}).values()
+               for p in policy["permissions"] for i in policy["principals"])
+
+
 def admits(config: dict[str, Any], request: Request) -> bool:
     """Whether an RBAC filter config lets the request through (shadow rules only: always)."""
     rules = config.get("rules")
     if rules is None:
         return True
-    matched = any(permission_matches(p, request) and principal_matches(i, request["principal"])
-                  for policy in rules.get("policies", {}).values()
-                  for p in policy["permissions"] for i in policy["principals"])
-    return matched if rules.get("action", "ALLOW") == "ALLOW" else not matched
+    hit = matched(rules, request)
+    return hit if rules.get("action", "ALLOW") == "ALLOW" else not hit

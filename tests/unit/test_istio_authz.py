@@ -9,7 +9,6 @@ LOG action. Envoy itself validates the views.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from google.protobuf.json_format import MessageToDict
+from rbac_eval import matched
 from support import shared_folder
 
 from meshpilot.base.errors import PolicyError
@@ -138,49 +138,6 @@ def ext_authz_of(filters: list[Any]) -> tuple[str, ExtAuthz]:
     config = ExtAuthz()
     found.typed_config.Unpack(config)
     return found.name, config
-
-
-# ---- a small evaluator of RBAC rules (camelCase JSON): paths and methods -------------------
-
-
-def _string(matcher: dict[str, Any], value: str) -> bool:
-    if "exact" in matcher:
-        return value == matcher["exact"]
-    if "prefix" in matcher:
-        return value.startswith(matcher["prefix"])
-    if "suffix" in matcher:
-        return value.endswith(matcher["suffix"])
-    return re.fullmatch(matcher["safeRegex"]["regex"], value) is not None
-
-
-def _permission(p: dict[str, Any], request: dict[str, str]) -> bool:
-    if p.get("any"):
-        return True
-    if "andRules" in p:
-        return all(_permission(r, request) for r in p["andRules"]["rules"])
-    if "orRules" in p:
-        return any(_permission(r, request) for r in p["orRules"]["rules"])
-    if "notRule" in p:
-        return not _permission(p["notRule"], request)
-    if "urlPath" in p:
-        return _string(p["urlPath"]["path"], request["path"])
-    header = p["header"]
-    assert header["name"] == ":method", header
-    return _string(header.get("stringMatch", header), request["method"])
-
-
-def _principal(i: dict[str, Any]) -> bool:
-    # the goldens' CUSTOM and AUDIT rules name no caller: any
-    if "andIds" in i:
-        return all(_principal(x) for x in i["andIds"]["ids"])
-    return bool(i.get("any"))
-
-
-def matched(rules: dict[str, Any], request: dict[str, str]) -> bool:
-    """Whether a request matches one of the rules' policies."""
-    return any(_permission(p, request) and _principal(i)
-               for policy in rules.get("policies", {}).values()
-               for p in policy["permissions"] for i in policy["principals"])
 
 
 PROBES = [{"path": path, "method": method}
