@@ -4,10 +4,13 @@ Traffic: `tests/e2e/test_gatewayapi_udp_traffic.py`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from test_gatewayapi import GATEWAY, status_of, view
 
 from meshpilot.base.errors import PolicyError
+from meshpilot.inputs.convert import convert
 from meshpilot.inputs.loader import load_policy_text
 
 UDP_GATEWAY = GATEWAY.replace(
@@ -159,3 +162,12 @@ def test_a_service_backend_without_a_port_is_refused() -> None:
         load_policy_text(UDP_GATEWAY + udp_route("[{name: dns}]"))
     assert 'UDPRoute infra/u: spec.rules[0].backendRefs[0].port: missing "port"' in \
         str(error.value)
+
+
+def test_converting_to_native_says_the_udp_listener_cannot_be_written(tmp_path: Path) -> None:
+    conversion = convert(load_policy_text(UDP_GATEWAY + udp_route("[{name: dns, port: 53}]")),
+                         tmp_path)
+    assert not conversion.complete
+    assert any("udp listener (UDPRoute) has no native field" in u.message
+               for u in conversion.unsaid), conversion.unsaid
+    assert "5353" not in conversion.text  # left out, never written as an http listener
