@@ -491,8 +491,9 @@ class GatewayListener:
     name: str
     port: int
     address: str = "0.0.0.0"
-    protocol: Literal["http", "tcp"] = "http"  # `protocol: https` is http with `tls` set
-    service: str | None = None  # tcp: the Service (protocol tcp) every connection goes to
+    protocol: Literal["http", "tcp", "udp"] = "http"  # `protocol: https` is http with `tls` set
+    service: str | None = None  # tcp: the Service (protocol tcp) every connection goes to;
+    # udp: the Service every datagram goes to (Envoy's UDP proxy names one cluster)
     access_log: AccessLog | None = None  # the gateway-wide one already filled in
     # http only:
     trust_request_id: bool = False  # keep a client's x-request-id (default: replace it)

@@ -179,7 +179,7 @@ class GatewayViews:
             return spliced
         attached = self._routes_of.get(gateway.name, [])
         served = tuple(r for r in attached if routes.attaches(r, spec))
-        has_routes = spec.protocol != "tcp" and spec.redirect_to_https is None
+        has_routes = spec.protocol == "http" and spec.redirect_to_https is None
         filter_inputs = self._inputs(served) if has_routes else ()
         front = self._earlier.listener_front(key, gateway, filter_inputs) or \
             self._front(gateway, spec, served)

@@ -27,6 +27,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
+from envoy.extensions.filters.udp.udp_proxy.v3.route_pb2 import Route as UdpRoute
+from envoy.extensions.filters.udp.udp_proxy.v3.udp_proxy_pb2 import UdpProxyConfig
 from envoy.extensions.http.original_ip_detection.custom_header.v3.custom_header_pb2 import (
     CustomHeaderConfig,
 )
@@ -43,6 +45,7 @@ from meshpilot.translators.protos import ads_config_source, pack
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
 TCP_PROXY = "envoy.filters.network.tcp_proxy"
 TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+UDP_PROXY = "envoy.filters.udp_listener.udp_proxy"
 FILE_ACCESS_LOG = "envoy.access_loggers.file"
 
 # The fields of a JSON access log line, documented in docs/policy.md (Gateway, access_log).
@@ -86,6 +89,8 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
                                                    port_value=spec.port))
     if spec.passthrough:
         return _passthrough_listener(gateway, spec, name, address)
+    if spec.protocol == "udp":
+        return _udp_listener(gateway, spec, name)
     if spec.protocol == "tcp" and spec.tcp_routes:  # by SNI and weight (tcproutes.py)
         log = None if spec.access_log is None else access_log(spec.access_log, TCP_LOG_FIELDS)
         return Listener(name=name, address=address,
@@ -108,6 +113,20 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
         # Certificates by SDS name only (secrets.py): never inline in the listener.
         chain.transport_socket.CopyFrom(secrets.downstream_transport_socket(gateway.name, spec))
     return Listener(name=name, address=address, filter_chains=[chain])
+
+
+def _udp_listener(gateway: Gateway, spec: GatewayListener, name: str) -> Listener:
+    """A UDP listener: the UDP proxy sends every datagram to the listener's one Service (its
+    matcher has no matchers, so its on_no_match Route takes everything)."""
+    assert spec.service is not None  # the compile makes a udp listener only with its Service
+    proxy = UdpProxyConfig(stat_prefix=names.stat_prefix(gateway.name, spec.name))
+    proxy.matcher.on_no_match.action.name = "route"
+    proxy.matcher.on_no_match.action.typed_config.CopyFrom(
+        pack(UdpRoute(cluster=names.cluster(spec.service))))
+    return Listener(name=name, address=Address(socket_address=SocketAddress(
+                        address=spec.address, port_value=spec.port,
+                        protocol=SocketAddress.Protocol.UDP)),
+                    listener_filters=[ListenerFilter(name=UDP_PROXY, typed_config=pack(proxy))])
 
 
 def _tls_hosts_listener(gateway: Gateway, spec: GatewayListener, name: str, address: Address,
@@ -145,7 +164,7 @@ def chain_inputs(spec: GatewayListener, routes: Iterable[Route]) -> ChainInputs:
 
 def filter_secrets(spec: GatewayListener, routes: Iterable[Route]) -> list[Secret]:
     """The SDS Secrets the HTTP filters of `spec` name (none for a TCP proxy)."""
-    return [] if spec.protocol == "tcp" else httpfilters.chain_secrets(chain_inputs(spec, routes))
+    return [] if spec.protocol != "http" else httpfilters.chain_secrets(chain_inputs(spec, routes))
 
 
 def tcp_proxy(gateway: Gateway, spec: GatewayListener,

@@ -304,7 +304,7 @@ def test_listeners_on_one_port_merge_and_hostnames_intersect() -> None:
         "  - {name: wild, port: 80, protocol: HTTP, hostname: '*.example.com'}\n"
         "  - {name: foo, port: 80, protocol: HTTP, hostname: foo.example.com}\n"
         "  - {name: same, port: 80, protocol: HTTP, hostname: foo.example.com}\n"
-        "  - {name: udp, port: 81, protocol: UDP}\n"
+        "  - {name: custom, port: 81, protocol: example.com/quic}\n"
         "  - {name: clash, port: 82, protocol: HTTP}\n"
         "  - {name: clash2, port: 82, protocol: HTTPS, tls: {certificateRefs: [{name: x}]}}")
     body = "  hostnames: [a.example.com, b.other.org]\n" \
@@ -317,7 +317,7 @@ def test_listeners_on_one_port_merge_and_hostnames_intersect() -> None:
     assert list(vhosts(model)) == ["a.example.com"]  # b.other.org: no intersection with wild
     assert status_of(model, "Listener", "infra/edge/foo")["Conflicted"] == \
         ("True", "HostnameConflict")
-    assert status_of(model, "Listener", "infra/edge/udp")["Accepted"] == \
+    assert status_of(model, "Listener", "infra/edge/custom")["Accepted"] == \
         ("False", "UnsupportedProtocol")
     assert status_of(model, "Listener", "infra/edge/clash")["Conflicted"] == \
         ("True", "ProtocolConflict")

@@ -28,10 +28,11 @@ Names with "/" and ":" cannot clash with native names (which allow neither).
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import ssl
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +81,7 @@ NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
 _READ_KINDS = ("Service", "EndpointSlice")
 _ROUTE_KINDS_BY_PROTOCOL = {"HTTP": ("HTTPRoute", "GRPCRoute"),
                             "HTTPS": ("HTTPRoute", "GRPCRoute"), "TCP": ("TCPRoute",),
-                            "TLS": ("TLSRoute",)}
+                            "TLS": ("TLSRoute",), "UDP": ("UDPRoute",)}
 _WELL_KNOWN_PORTS = {"http": 80, "https": 443}
 
 
@@ -128,8 +129,8 @@ class _World:
     http_routes: list[KubeObject] = field(default_factory=list)  # and GRPCRoutes
     tcp_routes: list[KubeObject] = field(default_factory=list)
     tls_routes: list[KubeObject] = field(default_factory=list)
+    udp_routes: list[KubeObject] = field(default_factory=list)
     backend_tls: list[KubeObject] = field(default_factory=list)
-    other_routes: list[KubeObject] = field(default_factory=list)
     grants: dict[str, list[KubeObject]] = field(default_factory=dict)  # by namespace
     services: dict[str, KubeObject] = field(default_factory=dict)  # ns/name
     secrets: dict[str, KubeObject] = field(default_factory=dict)
@@ -152,10 +153,10 @@ class _World:
                 world.tcp_routes.append(obj)
             elif kind == "TLSRoute":
                 world.tls_routes.append(obj)
+            elif kind == "UDPRoute":
+                world.udp_routes.append(obj)
             elif kind == "BackendTLSPolicy":
                 world.backend_tls.append(obj)
-            elif kind.endswith("Route"):
-                world.other_routes.append(obj)
             elif kind == "ReferenceGrant":
                 world.grants.setdefault(obj.namespace, []).append(obj)
             elif kind == "Service":
@@ -233,6 +234,7 @@ class _Listener:
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, msg)
     attached: int = 0
     tcp_backends: tuple[Backend, ...] = ()  # TCP: the backends of the TCPRoute it serves
+    udp_service: str | None = None  # UDP: the one Service of the UDPRoute it serves
     terminate: bool = False  # TLS: mode Terminate (its certificates end TLS), else Passthrough
     # spec.tls.frontend of its port: the CA client certificates must chain to (None: none
     # asked for), where it was read, and AllowInsecureFallback (a client may also go without).
@@ -403,8 +405,8 @@ class _Compiler:
             self._tls_route(route)
         for route in sorted(self.world.tcp_routes, key=_route_age):
             self._tcp_route(route)
-        for route in self.world.other_routes:
-            self._unsupported_route(route)
+        for route in sorted(self.world.udp_routes, key=_route_age):
+            self._udp_route(route)
         for gateway in self.world.gateways:
             self._finish_gateway(gateway)
         self._finish_mesh()
@@ -1001,11 +1003,76 @@ class _Compiler:
                                     ("ResolvedRefs", resolved[0], resolved[1],
                                      resolved[2] if not resolved[0] else "")), parent=parent)
 
-    def _stream_backends(self, route: KubeObject,
+    def _udp_route(self, route: KubeObject) -> None:
+        """A UDPRoute: every datagram to the UDP listeners it attaches to goes to one Service
+        made for the route (`_udp_service`: Envoy's UDP proxy names one cluster), whose
+        endpoints are its backends' by weight. A listener serves one UDPRoute, the oldest, as
+        with TCPRoutes. No backend that resolves: the listener is not served."""
+        backends, resolved = self._stream_backends(route, protocol="udp")
+        if backends is None:
+            return
+        service = self._udp_service(route, backends)
+        for ref_index, ref in enumerate(route.spec().get("parentRefs") or ()):
+            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
+                    ref.get("kind", "Gateway") != "Gateway":
+                continue
+            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
+            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
+            listeners = self.listeners.get(gateway_key)
+            if listeners is None:
+                continue
+            accepted, reason, message, attach = self._attach(route, ref, listeners, ())
+            if accepted:
+                for listener, _ in attach:
+                    if listener.attached == 0:
+                        listener.udp_service = service
+                    listener.attached += 1
+            self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
+                        _conditions(("Accepted", accepted, reason, message),
+                                    ("ResolvedRefs", resolved[0], resolved[1],
+                                     resolved[2] if not resolved[0] else "")), parent=parent)
+
+    def _udp_service(self, route: KubeObject, backends: Sequence[Backend]) -> str | None:
+        """One Service ("NS/ROUTE:udp") whose endpoints are the union of the resolved
+        backends' endpoints, each weighted so that a backend's endpoints together take its
+        weight's share (kgateway's approach): an endpoint of a backend of weight w with n
+        endpoints weighs w * L / n, L the least common multiple of the n's, all divided by
+        their greatest common divisor. An unresolved backend has no endpoints to give: its
+        share goes to the others. None: no backend resolves."""
+        parts: list[tuple[int, tuple[Endpoint, ...]]] = []
+        for backend in backends:
+            if not backend.resolved:
+                continue
+            made = self.services.get(backend.service) or self.natives.get(backend.service)
+            if made is not None and made.endpoints:
+                parts.append((backend.weight, made.endpoints))
+        for backend in backends:  # a ":udp" Service is only ever a part of this one
+            if backend.service.endswith(":udp"):
+                self.services.pop(backend.service, None)
+        if not any(b.resolved for b in backends):
+            return None
+        common = math.lcm(*(len(endpoints) for _, endpoints in parts)) if parts else 1
+        weights: dict[tuple[str, int], tuple[Endpoint, int]] = {}
+        for weight, endpoints in parts:
+            for endpoint in endpoints:
+                key = (endpoint.host, endpoint.port)
+                earlier = weights.get(key, (endpoint, 0))[1]
+                weights[key] = (endpoint, earlier + weight * common // len(endpoints))
+        divisor = math.gcd(*(w for _, w in weights.values())) if weights else 1
+        name = f"{route.key}:udp"
+        origin = Origin(route.document.position, route.kind, route.key)
+        self.services[name] = Service(
+            name, route.document.position, protocol="tcp",  # a plain cluster, no HTTP options
+            endpoints=tuple(replace(endpoint, weight=w // divisor)
+                            for _, (endpoint, w) in sorted(weights.items())),
+            origin=origin)
+        return name
+
+    def _stream_backends(self, route: KubeObject, protocol: str = "tcp",
                          ) -> tuple[tuple[Backend, ...] | None, tuple[bool, str, str]]:
-        """The weighted backends of a TCPRoute's or TLSRoute's rules (all rules together: they
-        have no matches), those that do not resolve marked so, and the route's ResolvedRefs.
-        None: a backendRef the API server would refuse (reported)."""
+        """The weighted backends of a TCPRoute's, TLSRoute's or UDPRoute's rules (all rules
+        together: they have no matches), those that do not resolve marked so, and the route's
+        ResolvedRefs. None: a backendRef the API server would refuse (reported)."""
         resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
         backends: list[Backend] = []
         for index, rule in enumerate(route.spec().get("rules") or ()):
@@ -1016,7 +1083,7 @@ class _Compiler:
                     self.report(route, (*path, "port"),
                                 'missing "port" (a Service backendRef needs one)')
                     return None, resolved
-                service, why = self._backend(route, ref, protocol="tcp")
+                service, why = self._backend(route, ref, protocol=protocol)
                 if service is None and resolved[0] and why[0]:
                     resolved = (False, *why)
                 weight = ref.get("weight", 1)
@@ -1065,15 +1132,6 @@ class _Compiler:
                         _conditions(("Accepted", accepted, reason, message),
                                     ("ResolvedRefs", resolved[0], resolved[1],
                                      resolved[2] if not resolved[0] else "")), parent=parent)
-
-    def _unsupported_route(self, route: KubeObject) -> None:
-        for ref_index, ref in enumerate(route.spec().get("parentRefs") or ()):
-            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
-            if gateway_key not in self.listeners:
-                continue
-            self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
-                        _conditions(("Accepted", False, "NotAllowedByListeners",
-                                     f"{route.kind} is not supported yet")), parent=gateway_key)
 
     # ---- rules ----
 
@@ -1344,7 +1402,8 @@ class _Compiler:
                  ) -> tuple[str | None, tuple[str, str]]:
         """The model Service a backendRef names, or None and (reason, message). A GRPCRoute's
         backends speak gRPC (HTTP/2 cleartext) whatever the Service's appProtocol says
-        (`protocol` "grpc"), a TCPRoute's plain TCP ("tcp")."""
+        (`protocol` "grpc"), a TCPRoute's plain TCP ("tcp"), a UDPRoute's datagrams
+        ("udp")."""
         group, kind = ref.get("group") or "", ref.get("kind", "Service")
         namespace = ref.get("namespace") or route.namespace
         name = ref["name"]
@@ -1385,16 +1444,18 @@ class _Compiler:
         if service_port is None:
             return None
         h2c = service_port.get("appProtocol") in ("kubernetes.io/h2c", "h2c")
-        protocol = kind or ("http2" if h2c else "http")
+        # A UDPRoute's: a plain cluster (no HTTP options), as a TCPRoute's.
+        protocol = "tcp" if kind == "udp" else kind or ("http2" if h2c else "http")
         port_name = service_port.get("name", "")
         policy_key = next((k for k in ((obj.key, port_name), (obj.key, None))
                            if k in self.backend_tls), None)
-        tls = self.backend_tls[policy_key] if policy_key is not None and kind != "tcp" else None
-        if policy_key is not None and kind != "tcp" and tls is None:
+        stream = kind in ("tcp", "udp")  # BackendTLSPolicy is for HTTP and gRPC
+        tls = self.backend_tls[policy_key] if policy_key is not None and not stream else None
+        if policy_key is not None and not stream and tls is None:
             return _NO_VALID_TLS
         # A port a GRPCRoute uses is a cluster of its own (":grpc") unless it says h2c, so an
         # HTTPRoute to the same port keeps speaking HTTP/1.1 to it; a TCPRoute's, ":tcp".
-        suffix = {"grpc": "" if h2c else ":grpc", "tcp": ":tcp"}.get(kind or "", "")
+        suffix = {"grpc": "" if h2c else ":grpc", "tcp": ":tcp", "udp": ":udp"}.get(kind or "", "")
         name = f"{obj.key}:{port}{suffix}"
         if name in self.services:
             return name
@@ -1469,6 +1530,14 @@ class _Compiler:
                     model_listeners.append(GatewayListener(
                         str(port), params.ports.get(port, port), params.address,
                         protocol="tcp", backends=on_port[0].tcp_backends,
+                        origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
+                                      obj.key, f"spec.listeners[{on_port[0].index}]")))
+                continue
+            if on_port[0].protocol == "UDP":
+                if on_port[0].udp_service is not None:  # else nothing to serve
+                    model_listeners.append(GatewayListener(
+                        str(port), params.ports.get(port, port), params.address,
+                        protocol="udp", service=on_port[0].udp_service,
                         origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
                                       obj.key, f"spec.listeners[{on_port[0].index}]")))
                 continue

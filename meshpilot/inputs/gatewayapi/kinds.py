@@ -1,12 +1,11 @@
 """The Kubernetes kinds this format reads, their schemas, and their one parser.
 
 Gateway API (`gateway.networking.k8s.io`): GatewayClass, Gateway, HTTPRoute, GRPCRoute,
-TCPRoute, TLSRoute, ReferenceGrant, BackendTLSPolicy; UDPRoute, not compiled yet, is read so that
-status can say it is not accepted. Core: Service, Secret, Namespace, ConfigMap (a GatewayClass's
-parameters, a BackendTLSPolicy's CA certificates); `discovery.k8s.io` EndpointSlice. The schemas
-follow the upstream CRDs and core APIs (the keys, their types, required members, enums, the
-patterns of names and hostnames); anything a well-shaped document means across documents is
-`compile.py`'s.
+TCPRoute, TLSRoute, UDPRoute, ReferenceGrant, BackendTLSPolicy. Core: Service, Secret,
+Namespace, ConfigMap (a GatewayClass's parameters, a BackendTLSPolicy's CA certificates);
+`discovery.k8s.io` EndpointSlice. The schemas follow the upstream CRDs and core APIs (the keys,
+their types, required members, enums, the patterns of names and hostnames); anything a
+well-shaped document means across documents is `compile.py`'s.
 
 Each document becomes one `KubeObject`, a `FormatPart`: the document as written, checked.
 """
@@ -238,6 +237,7 @@ TCP_ROUTE = _document(Obj({
             "port": PORT, "weight": Int(0, 1_000_000)}, required=("name",)), 16),
     }, required=("backendRefs",)), 16),
 }, required=("rules",)))
+UDP_ROUTE = TCP_ROUTE  # the same members (v1alpha2)
 TLS_ROUTE = _document(Obj({
     "parentRefs": ListOf(PARENT_REF, 32),
     "hostnames": ListOf(HOSTNAME, 1024),
@@ -266,9 +266,6 @@ BACKEND_TLS_POLICY = _document(Obj({
     }, required=("hostname",), one_of=("caCertificateRefs", "wellKnownCACertificates")),
     "options": StrMap(),
 }, required=("targetRefs", "validation")))
-ROUTE_KINDS_NOT_COMPILED = ("UDPRoute",)
-OTHER_ROUTE = _document(Obj({"parentRefs": ListOf(PARENT_REF, 32), "hostnames": Anything(),
-                             "rules": Anything()}))
 
 # Gateway spec.tls.frontend (GEP-91, v1.4): the CA certificates client certificates must chain to,
 # for every HTTPS/TLS-terminating port (`default`) or per port (`perPort`, whole overrides).
@@ -353,7 +350,7 @@ SCHEMAS: dict[str, Obj] = {
     "BackendTLSPolicy": BACKEND_TLS_POLICY,
     "ReferenceGrant": REFERENCE_GRANT, "Service": SERVICE, "Secret": SECRET,
     "Namespace": NAMESPACE_DOC, "ConfigMap": CONFIG_MAP, "EndpointSlice": ENDPOINT_SLICE,
-    **{kind: OTHER_ROUTE for kind in ROUTE_KINDS_NOT_COMPILED},
+    "UDPRoute": UDP_ROUTE,
 }
 
 

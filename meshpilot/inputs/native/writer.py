@@ -297,9 +297,14 @@ def _is_file(path: str) -> bool:
 
 def write_gateway(gateway: Gateway, files: FileSink | None = None) -> Written:
     w = _Writer("Gateway", gateway.name, gateway.origin, files)
+    for index, listener in enumerate(gateway.listeners):
+        if listener.protocol == "udp":  # left out of the document: it could say nothing true
+            w.cannot(f"listeners[{index}]", "a udp listener (UDPRoute) has no native field; "
+                     "native listeners speak http or tcp", listener.origin)
     doc: Doc = {"kind": "Gateway", "name": gateway.name,
                 "listeners": [_listener(w, index, listener)
-                              for index, listener in enumerate(gateway.listeners)]}
+                              for index, listener in enumerate(gateway.listeners)
+                              if listener.protocol != "udp"]}
     if gateway.identity is not None:
         w.cannot("", "the gateway's certificate identity has no native field", gateway.origin)
     return Written("Gateway", gateway.name, doc, gateway.origin, w.unsaid)
