@@ -973,9 +973,7 @@ class _Compiler:
         if backends is None:
             return
         served = backends if any(b.resolved for b in backends) else ()
-        # On a TLS listener that terminates: its SNI's connections, as a TLSRoute's (none
-        # resolving: closed).
-        terminated = backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
+        ended: tuple[Backend, ...] | None = None  # on a listener that ends TLS, when one does
         for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
             if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
                     ref.get("kind", "Gateway") != "Gateway":
@@ -991,10 +989,15 @@ class _Compiler:
                 # oldest one is served there, as the spec's conformance tests expect.
                 for listener, effective in attach:
                     if listener.protocol == "TLS" and listener.valid:
+                        # Its SNI's connections, as a TLSRoute's (none resolving: closed).
+                        if listener.terminate and ended is None:
+                            ended = self._ended_backends(route, gateway_key)
+                        through = ended if listener.terminate and ended is not None else \
+                            backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
                         by_host = self.passthrough[gateway_key].setdefault(listener.port, {})
                         for hostname in effective:
                             by_host.setdefault(hostname, _Passthrough(
-                                _route_age(route), route, terminated, listener))
+                                _route_age(route), route, through, listener))
                     elif listener.attached == 0:
                         listener.tcp_backends = served
                     listener.attached += 1
@@ -1072,7 +1075,8 @@ class _Compiler:
                          ) -> tuple[tuple[Backend, ...] | None, tuple[bool, str, str]]:
         """The weighted backends of a TCPRoute's, TLSRoute's or UDPRoute's rules (all rules
         together: they have no matches), those that do not resolve marked so, and the route's
-        ResolvedRefs. None: a backendRef the API server would refuse (reported)."""
+        ResolvedRefs. None: a backendRef the API server would refuse (reported). `protocol`
+        "tls": for a listener that ends TLS (`_backend`)."""
         resolved: tuple[bool, str, str] = (True, "ResolvedRefs", "")
         backends: list[Backend] = []
         for index, rule in enumerate(route.spec().get("rules") or ()):
@@ -1105,6 +1109,7 @@ class _Compiler:
         # Every weight 0: no backend to send to, its connections are closed (a cluster that is
         # never made).
         served = backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
+        ended: tuple[Backend, ...] | None = None  # on a listener that ends TLS, when one does
         attached: set[int] = set()
         for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
             if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
@@ -1124,14 +1129,27 @@ class _Compiler:
                     listener.attached += 1
                     if not listener.valid:
                         continue
+                    if listener.terminate and ended is None:
+                        ended = self._ended_backends(route, gateway_key)
                     by_host = self.passthrough[gateway_key].setdefault(listener.port, {})
                     for hostname in effective:  # routes come oldest first: the first keeps it
-                        by_host.setdefault(hostname, _Passthrough(_route_age(route), route,
-                                                                  served, listener))
+                        by_host.setdefault(hostname, _Passthrough(
+                            _route_age(route), route,
+                            ended if listener.terminate and ended is not None else served,
+                            listener))
             self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
                         _conditions(("Accepted", accepted, reason, message),
                                     ("ResolvedRefs", resolved[0], resolved[1],
                                      resolved[2] if not resolved[0] else "")), parent=parent)
+
+    def _ended_backends(self, route: KubeObject, gateway_key: str) -> tuple[Backend, ...]:
+        """A TLSRoute's or TCPRoute's backends behind a listener that ends TLS: a Service port
+        a BackendTLSPolicy targets is sent TLS again (its own cluster, `:tls`; a policy without
+        a valid CA: closed, never plaintext), the others plain TCP. The Gateway becomes an
+        ancestor of the policies it applies."""
+        backends, _ = self._stream_backends(route, protocol="tls")
+        self.sends_to.setdefault(gateway_key, set()).update(self._targets_of(route))
+        return backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
 
     # ---- rules ----
 
@@ -1402,8 +1420,9 @@ class _Compiler:
                  ) -> tuple[str | None, tuple[str, str]]:
         """The model Service a backendRef names, or None and (reason, message). A GRPCRoute's
         backends speak gRPC (HTTP/2 cleartext) whatever the Service's appProtocol says
-        (`protocol` "grpc"), a TCPRoute's plain TCP ("tcp"), a UDPRoute's datagrams
-        ("udp")."""
+        (`protocol` "grpc"), a TCPRoute's plain TCP ("tcp"), a UDPRoute's datagrams ("udp"), a
+        TLSRoute's or TCPRoute's on a listener that ends TLS TCP in the TLS a BackendTLSPolicy
+        asks for ("tls")."""
         group, kind = ref.get("group") or "", ref.get("kind", "Service")
         namespace = ref.get("namespace") or route.namespace
         name = ref["name"]
@@ -1444,18 +1463,25 @@ class _Compiler:
         if service_port is None:
             return None
         h2c = service_port.get("appProtocol") in ("kubernetes.io/h2c", "h2c")
-        # A UDPRoute's: a plain cluster (no HTTP options), as a TCPRoute's.
-        protocol = "tcp" if kind == "udp" else kind or ("http2" if h2c else "http")
         port_name = service_port.get("name", "")
         policy_key = next((k for k in ((obj.key, port_name), (obj.key, None))
                            if k in self.backend_tls), None)
-        stream = kind in ("tcp", "udp")  # BackendTLSPolicy is for HTTP and gRPC
+        if kind == "tls" and policy_key is None:
+            kind = "tcp"  # terminated, and no policy asks for TLS again: the plain cluster
+        # A UDPRoute's, and TLS sent again: plain clusters (no HTTP options), as a TCPRoute's.
+        protocol = "tcp" if kind in ("udp", "tls") else kind or ("http2" if h2c else "http")
+        # Bytes passed through (a TCP or passthrough listener's) and datagrams are never
+        # encrypted by us; BackendTLSPolicy is for HTTP, gRPC and TLS a listener ended.
+        stream = kind in ("tcp", "udp")
         tls = self.backend_tls[policy_key] if policy_key is not None and not stream else None
         if policy_key is not None and not stream and tls is None:
             return _NO_VALID_TLS
         # A port a GRPCRoute uses is a cluster of its own (":grpc") unless it says h2c, so an
-        # HTTPRoute to the same port keeps speaking HTTP/1.1 to it; a TCPRoute's, ":tcp".
-        suffix = {"grpc": "" if h2c else ":grpc", "tcp": ":tcp", "udp": ":udp"}.get(kind or "", "")
+        # HTTPRoute to the same port keeps speaking HTTP/1.1 to it; a TCPRoute's, ":tcp"; the
+        # bytes of TLS a listener ended, sent in TLS again by a BackendTLSPolicy, ":tls" (so a
+        # passthrough listener's route to the same port keeps the plain ":tcp").
+        suffix = {"grpc": "" if h2c else ":grpc", "tcp": ":tcp", "udp": ":udp",
+                  "tls": ":tls"}.get(kind or "", "")
         name = f"{obj.key}:{port}{suffix}"
         if name in self.services:
             return name
