@@ -17,9 +17,9 @@ TCP_GATEWAY = GATEWAY.replace(
 
 
 def tcp_route(backends: str, name: str = "t", stamp: str | None = None,
-              parent: str = "{name: edge, sectionName: raw}") -> str:
+              parent: str = "{name: edge, sectionName: raw}", version: str = "v1alpha2") -> str:
     extra = f", creationTimestamp: '{stamp}'" if stamp else ""
-    return f"""apiVersion: gateway.networking.k8s.io/v1alpha2
+    return f"""apiVersion: gateway.networking.k8s.io/{version}
 kind: TCPRoute
 metadata: {{name: {name}, namespace: infra{extra}}}
 spec:
@@ -44,6 +44,13 @@ def test_a_tcp_route_proxies_its_listener_to_its_backend() -> None:
     assert "infra/web:8080:tcp" in clusters
     (listener,) = [s for s in model.statuses if s.name == "infra/edge/raw"]
     assert dict(listener.details) == {"attachedRoutes": "1", "supportedKinds": "TCPRoute"}
+
+
+def test_a_v1_tcp_route_is_read_as_the_v1alpha2_one() -> None:
+    alpha = load_policy_text(TCP_GATEWAY + tcp_route("[{name: web, port: 8080}]"))
+    v1 = load_policy_text(TCP_GATEWAY + tcp_route("[{name: web, port: 8080}]", version="v1"))
+    assert status_of(v1, "TCPRoute", "infra/t") == status_of(alpha, "TCPRoute", "infra/t")
+    assert listeners(v1)["infra/edge/5432"] == listeners(alpha)["infra/edge/5432"]
 
 
 def test_a_listener_serves_the_oldest_tcp_route_only() -> None:

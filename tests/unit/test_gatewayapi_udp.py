@@ -39,9 +39,9 @@ endpoints:
 
 
 def udp_route(backends: str, name: str = "u", stamp: str | None = None,
-              parent: str = "{name: edge, sectionName: dns}") -> str:
+              parent: str = "{name: edge, sectionName: dns}", version: str = "v1alpha2") -> str:
     extra = f", creationTimestamp: '{stamp}'" if stamp else ""
-    return f"""apiVersion: gateway.networking.k8s.io/v1alpha2
+    return f"""apiVersion: gateway.networking.k8s.io/{version}
 kind: UDPRoute
 metadata: {{name: {name}, namespace: infra{extra}}}
 spec:
@@ -85,6 +85,13 @@ def test_a_udp_route_sends_its_listeners_datagrams_to_its_backend() -> None:
     assert weights(model, "infra/u:udp") == {"10.0.1.1": 1, "10.0.1.2": 1}
     (status,) = [s for s in model.statuses if s.name == "infra/edge/dns"]
     assert dict(status.details) == {"attachedRoutes": "1", "supportedKinds": "UDPRoute"}
+
+
+def test_a_v1_udp_route_is_read_as_the_v1alpha2_one() -> None:
+    alpha = load_policy_text(UDP_GATEWAY + udp_route("[{name: dns, port: 53}]"))
+    v1 = load_policy_text(UDP_GATEWAY + udp_route("[{name: dns, port: 53}]", version="v1"))
+    assert status_of(v1, "UDPRoute", "infra/u") == status_of(alpha, "UDPRoute", "infra/u")
+    assert udp_listener(v1) == udp_listener(alpha)
 
 
 def test_weighted_backends_become_one_cluster_weighted_per_endpoint() -> None:

@@ -1,7 +1,7 @@
 """Gateway API as input formats: one `InputFormat` per apiVersion it reads, one compile step.
 
     gateway.networking.k8s.io/v1        GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant,
-                                        TLSRoute, BackendTLSPolicy
+                                        TLSRoute, TCPRoute, UDPRoute, BackendTLSPolicy
     gateway.networking.k8s.io/v1beta1   the same (v1beta1 is still served upstream)
     gateway.networking.k8s.io/v1alpha2  TLSRoute, TCPRoute, UDPRoute, GRPCRoute, ReferenceGrant
     gateway.networking.k8s.io/v1alpha3  TLSRoute, BackendTLSPolicy
@@ -43,8 +43,9 @@ def _format(api_version: str, *kind_names: str) -> KubernetesFormat:
 
 
 _GATEWAY_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "ReferenceGrant")
-GATEWAY_V1 = _format(f"{kinds.GATEWAY_GROUP}/v1", *_GATEWAY_KINDS, "TLSRoute",
-                     "BackendTLSPolicy")
+# TCPRoute and UDPRoute are served as v1 upstream too (standard channel since v1.6).
+GATEWAY_V1 = _format(f"{kinds.GATEWAY_GROUP}/v1", *_GATEWAY_KINDS, "TLSRoute", "TCPRoute",
+                     "UDPRoute", "BackendTLSPolicy")
 GATEWAY_V1BETA1 = _format(f"{kinds.GATEWAY_GROUP}/v1beta1", *_GATEWAY_KINDS)
 GATEWAY_V1ALPHA2 = _format(f"{kinds.GATEWAY_GROUP}/v1alpha2", "TLSRoute", "TCPRoute", "UDPRoute",
                            "GRPCRoute", "ReferenceGrant")
