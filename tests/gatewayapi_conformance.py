@@ -59,6 +59,12 @@ BASE_KINDS = ("Namespace", "Gateway", "Service")  # Deployments and ConfigMaps a
 # backends' certificate and the CA ConfigMaps BackendTLSPolicies name.
 BACKEND_CERT_NAMES = ("abc.example.com", "other.example.com")
 BACKEND_CERT_URIS = ("spiffe://abc.example.com/test-identity",)
+# The client certificates of the frontend validation tests: Secret -> the CA ConfigMap (of
+# the same suite set-up) whose CA signed it.
+CLIENT_CERT = "tls-validity-checks-client-certificate"
+PER_PORT_CLIENT_CERT = "tls-validity-checks-per-port-client-certificate"
+CLIENT_CAS = {CLIENT_CERT: "tls-validity-checks-ca-certificate",
+              PER_PORT_CLIENT_CERT: "tls-validity-checks-per-port-ca-certificate"}
 LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090, 8883,
                   5300, 9300, 9301, 9302, 9310, 9311, 9312, 9313, 9320, 9321)  # and TCPRoute's
 # The base's pods that serve HTTPS with the suite's `tls-checks-certificate` (echo-basic with
@@ -433,6 +439,9 @@ class Case:
     response_one_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
     echo: bool = True  # answered by a backend (False: Envoy answers, a CORS preflight)
     server_name: str | None = None  # over TLS: the SNI (and the certificate's name); None: host
+    # over TLS: the client certificate presented, by the name of the suite's Secret holding it
+    # (CLIENT_CERTS); None: none. With `fails`, a refused handshake is the expected failure.
+    client_cert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -473,7 +482,8 @@ class Expect:
     """A status upstream asserts: an object's conditions (type -> (status, reason or None for
     any reason)), and for a listener its attachedRoutes and supportedKinds."""
 
-    kind: str  # HTTPRoute (its status for the test's Gateway) or Listener ("GATEWAY/LISTENER")
+    kind: str  # HTTPRoute (its status for the test's Gateway), Listener ("GATEWAY/LISTENER"),
+    # or Gateway
     name: str  # in the infra namespace unless "NS/..." is given
     conditions: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     attached: int | None = None
@@ -1186,6 +1196,43 @@ CASES.update({
                     {"Accepted": ("True", "Accepted")}))),
 })
 
+
+
+def _mtls(host: str, backend: str, client_cert: str | None, refused: bool = False) -> Case:
+    """A request to an HTTPS listener validating client certificates, presenting
+    `client_cert` (None: none): answered by `backend`, or (`refused`) failing."""
+    if refused:
+        return Case("/", host=host, client_cert=client_cert, fails=True)
+    return Case("/", host=host, backend=backend, client_cert=client_cert)
+
+
+_SECOND = "second-example.org"
+CASES.update({
+    # The matching client certificate passes, the other CA's is refused, on each port.
+    "GatewayFrontendClientCertificateValidation": Test(
+        "gateway-with-clientcertificate-validation", f"{INFRA}/client-validation-default", (
+            _mtls("example.org", V1, CLIENT_CERT),
+            _mtls("example.org", V1, PER_PORT_CLIENT_CERT, refused=True)),
+        listener_port=443, tls=True, more=(Test(
+            "gateway-with-clientcertificate-validation", f"{INFRA}/client-validation-default", (
+                _mtls(_SECOND, V2, PER_PORT_CLIENT_CERT),
+                _mtls(_SECOND, V2, CLIENT_CERT, refused=True)),
+            listener_port=8443, tls=True),)),
+    # AllowInsecureFallback: matching, other and no client certificate all pass.
+    "GatewayFrontendClientCertificateValidationInsecureFallback": Test(
+        "gateway-with-clientcertificate-validation-insecure-fallback",
+        f"{INFRA}/client-validation-insecure-fallback", tuple(
+            _mtls("example.org", V1, cert) for cert in (CLIENT_CERT, PER_PORT_CLIENT_CERT, None)),
+        listener_port=443, tls=True, expect=(Expect(
+            "Gateway", "client-validation-insecure-fallback", {
+                "InsecureFrontendValidationMode": ("True", "ConfigurationChanged")}),),
+        more=(Test(
+            "gateway-with-clientcertificate-validation-insecure-fallback",
+            f"{INFRA}/client-validation-insecure-fallback", tuple(
+                _mtls(_SECOND, V2, cert) for cert in (PER_PORT_CLIENT_CERT, CLIENT_CERT, None)),
+            listener_port=8443, tls=True),)),
+})
+
 CASES["HTTPRouteBackendRequestHeaderModifier"] = Test(
     "httproute-request-header-modifier-backend", GW,
     CASES["HTTPRouteRequestHeaderModifier"].cases)
@@ -1264,6 +1311,11 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "BackendTLSPolicySANValidation": (
         "HTTPRoute", "BackendTLSPolicy", "BackendTLSPolicySANValidation"),
     "BackendTLSPolicyConflictResolution": ("HTTPRoute", "BackendTLSPolicy"),
+    "GatewayFrontendClientCertificateValidation": (
+        "HTTPRoute", "GatewayFrontendClientCertificateValidation"),
+    "GatewayFrontendClientCertificateValidationInsecureFallback": (
+        "HTTPRoute", "GatewayFrontendClientCertificateValidation",
+        "GatewayFrontendClientCertificateValidationInsecureFallback"),
     "HTTPRouteRetry": ("HTTPRoute", "HTTPRouteRetry"),
     "HTTPRouteCORS": ("HTTPRoute", "HTTPRouteCORS"),
     "TCPRouteParentRefAttachAll": ("TCPRoute",),
@@ -1446,10 +1498,13 @@ DEFAULT_HOST = Case.__dataclass_fields__["host"].default
 
 
 def request(port: int, case: Case, ca: bytes | None = None,
-            listener_port: int | None = None) -> tuple[int, dict[str, str], bytes]:
+            listener_port: int | None = None,
+            client_certs: dict[str, tuple[Path, Path]] | None = None,
+            ) -> tuple[int, dict[str, str], bytes]:
     """The case's request to a listener on `port`; over TLS trusting `ca` when given (SNI: the
-    case's host). A request to the Gateway's address carries the listener's port in Host unless
-    it is the scheme's default, as a client's does."""
+    case's host), presenting the case's client certificate (its (cert, key) files in
+    `client_certs`). A request to the Gateway's address carries the listener's port in Host
+    unless it is the scheme's default, as a client's does."""
     host = case.host
     if host == DEFAULT_HOST and listener_port not in (None, 443 if ca else 80):
         host = f"{host}:{listener_port}"
@@ -1462,6 +1517,8 @@ def request(port: int, case: Case, ca: bytes | None = None,
         connection = HTTPConnection("127.0.0.1", port, timeout=10)
     else:
         context = ssl.create_default_context(cadata=ca.decode())
+        if case.client_cert is not None:
+            context.load_cert_chain(*(client_certs or {})[case.client_cert])
         connection = _SniConnection(case.server_name or host.partition(":")[0], "127.0.0.1",
                                     port, timeout=10, context=context)
     try:
@@ -1498,7 +1555,7 @@ def check_statuses(test: Test, objects: list[dict[str, Any]]) -> list[str]:
             else f"{INFRA}/{want.name}"
         found = [o for o in objects if o["kind"] == want.kind and o["name"] == name
                  # A route's and a policy's status are per parent (ancestor) Gateway.
-                 and (want.kind == "Listener" or o["parent"].split("/")[:2]
+                 and (want.kind in ("Listener", "Gateway") or o["parent"].split("/")[:2]
                       == test.gateway.split("/"))]
         if len(found) != 1:
             problems.append(f"{want.kind} {name}: {len(found)} statuses")

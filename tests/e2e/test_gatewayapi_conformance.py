@@ -81,13 +81,20 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 pods.setdefault((namespace, name), {})[port_name] = port  # type: ignore[index]
             else:
                 pods[(namespace, name)] = port
+        # The frontend validation tests' client certificates, each of its own CA.
+        client_cas = {secret: CA(secret) for secret in conformance.CLIENT_CAS}
+        client_certs = {secret: client_ca.issue("client.example.org").write(
+                            work / "client-certs", secret)
+                        for secret, client_ca in client_cas.items()}
         conformance.write_folder(policy, [], pods, ports, (pair.cert_pem, pair.key_pem), cas={
-            "tls-checks-ca-certificate": ca.pem, "mismatch-ca-certificate": CA("other").pem})
+            "tls-checks-ca-certificate": ca.pem, "mismatch-ca-certificate": CA("other").pem,
+            **{conformance.CLIENT_CAS[secret]: client_ca.pem
+               for secret, client_ca in client_cas.items()}})
         mp = MeshpilotProcess(policy, work).start()
         try:
             yield {"mp": mp, "policy": policy, "ports": ports, "work": work,
                    "backends": backends, "ca": ca.pem, "pods": pods,
-                   "deployments": pod_ports}
+                   "deployments": pod_ports, "client_certs": client_certs}
         finally:
             mp.stop()
             print(mp.log_tail(20))
@@ -202,10 +209,11 @@ def _requests(suite: dict[str, Any], name: str, test: conformance.Test) -> list[
             while True:
                 try:
                     problems = conformance.check(case, *conformance.request(
-                        port, case, suite["ca"] if test.tls else None, test.listener_port))
+                        port, case, suite["ca"] if test.tls else None, test.listener_port,
+                        suite["client_certs"]))
                     problems += _mirrored(suite["backends"], case)
-                except OSError as error:
-                    problems = [f"{error}"]
+                except OSError as error:  # a refused client certificate is a failure expected
+                    problems = [] if case.fails and case.client_cert else [f"{error}"]
                 if not problems or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
