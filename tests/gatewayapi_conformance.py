@@ -71,6 +71,7 @@ LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090, 8883,
 # TLS), and the TCP echo whose ports are plain and TLS (the upstream tcpserver, by port name).
 TLS_BACKENDS = ((INFRA, "tls-backend"), (INFRA, "tls-backend-2"), (APP, "tls-backend"))
 TCP_BACKEND = (INFRA, "tcp-backend")
+ECHO_TLS_PORT = 8443  # where echo-basic serves TLS (given TLS_SERVER_CERT) beside plaintext
 TCP_PORTS = {"echo-tcp-plain": False, "echo-tcp-tls": True}  # port name -> speaks TLS
 
 
@@ -375,10 +376,11 @@ def test_deployments(tests: list[str]) -> list[tuple[str, str, dict[str, str]]]:
 
 def test_pods(test: str, backends: dict[tuple[str, str], int | dict[str, int]],
               deployments: dict[tuple[str, tuple[tuple[str, str], ...]], int] | None = None,
-              ) -> str:
+              tls_ports: dict[tuple[str, str], int] | None = None) -> str:
     """EndpointSlices for a test's own Services whose selector picks a base backend's pods or
     a test Deployment's (as the endpoints controller would make them): their loopback port.
-    `deployments`: (namespace, pod labels) -> port."""
+    `deployments`: (namespace, pod labels) -> port. `tls_ports`: a base pod's TLS port (a
+    Service targeting ECHO_TLS_PORT of that pod gets it)."""
     selectors = {(doc["metadata"]["namespace"], tuple(sorted(doc["spec"]["selector"].items()))):
                  (doc["metadata"]["namespace"], doc["metadata"]["name"])
                  for _, doc in _documents(ROOT / "base" / "manifests.yaml")
@@ -390,6 +392,9 @@ def test_pods(test: str, backends: dict[tuple[str, str], int | dict[str, int]],
         namespace = doc["metadata"].get("namespace", "default")
         pod = selectors.get((namespace, tuple(sorted(doc["spec"]["selector"].items()))))
         port = backends.get(pod) if pod else None
+        if pod in (tls_ports or {}) and any(p.get("targetPort") == ECHO_TLS_PORT
+                                            for p in doc["spec"]["ports"]):
+            port = (tls_ports or {})[pod]
         selector = set(doc["spec"]["selector"].items())
         for (pod_namespace, labels), pod_port in (deployments or {}).items():
             if pod_namespace == namespace and selector <= set(labels):
@@ -475,6 +480,7 @@ class GrpcCase:
     namespace: str = INFRA
     seen: dict[str, str] = field(default_factory=dict)
     absent: tuple[str, ...] = ()
+    fails: bool = False  # any code but OK (upstream's MakeRequestAndExpectEventuallyConsistentFailure)
 
 
 @dataclass(frozen=True)
@@ -1197,6 +1203,14 @@ CASES.update({
 })
 
 
+# Echo to the policy's Service succeeds; EchoTwo (hostname mismatch) and the other route's
+# Echo (a CA that did not sign the backend's certificate) fail.
+CASES["BackendTLSPolicyGRPCRoute"] = Test("backendtlspolicy-grpcroute", GW, (), grpc_cases=(
+    _g(authority=_ABC), _g("EchoTwo", None, authority=_ABC, fails=True),
+    _g("Echo", None, authority="cert-mismatch.example.com", fails=True)),
+    expect=tuple(_policy(name, _POLICY_OK) for name in (
+        "grpc-normative-test", "grpc-host-mismatch", "grpc-cert-mismatch")))
+
 
 def _mtls(host: str, backend: str, client_cert: str | None, refused: bool = False) -> Case:
     """A request to an HTTPS listener validating client certificates, presenting
@@ -1311,6 +1325,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "BackendTLSPolicySANValidation": (
         "HTTPRoute", "BackendTLSPolicy", "BackendTLSPolicySANValidation"),
     "BackendTLSPolicyConflictResolution": ("HTTPRoute", "BackendTLSPolicy"),
+    "BackendTLSPolicyGRPCRoute": ("GRPCRoute", "BackendTLSPolicy"),
     "GatewayFrontendClientCertificateValidation": (
         "HTTPRoute", "GatewayFrontendClientCertificateValidation"),
     "GatewayFrontendClientCertificateValidationInsecureFallback": (
@@ -1394,8 +1409,8 @@ SUMMARIES: dict[str, str] = {
                    "or terminated at the Gateway (mode Terminate, also beside passthrough "
                    "listeners on one port) to plain TCP backends.",
     "GATEWAY-GRPC": "Upstream GRPCRoute tests through a real Envoy to a Python transcription of "
-                    "the upstream gRPC echo (grpcecho.proto, tests/grpc_conformance_echo.py); "
-                    "the BackendTLSPolicy one (a TLS gRPC backend) is not run: a partial core.",
+                    "the upstream gRPC echo (grpcecho.proto, tests/grpc_conformance_echo.py), "
+                    "which also serves TLS for BackendTLSPolicyGRPCRoute.",
     "MESH-HTTP": "The upstream HTTPRoute mesh tests whose manifests are in the shared copy, "
                  "through a real client sidecar Envoy calling the parent Service "
                  "(tests/e2e/test_gatewayapi_mesh_conformance.py). MeshBasic, MeshFrontend, "
@@ -1581,6 +1596,8 @@ def grpc_check(port: int, case: GrpcCase) -> list[str]:
     does (code; for OK the method echoed, the namespace, the pod's name prefix), and the
     headers the backend saw against `seen` and `absent`."""
     code, response = grpc_echo.call(port, case.method, case.metadata, case.authority)
+    if case.fails:
+        return [] if code.name != "OK" else ["answered OK, expected a failure"]
     if code.name != case.code:
         return [f"status {code.name}, expected {case.code}"]
     if response is None:

@@ -55,8 +55,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 if (namespace, name) != conformance.TCP_BACKEND
                 and (namespace, name) not in conformance.grpc_services()}
     servers: dict[str, Any] = {f"{ns}/{name}": server for (ns, name), server in backends.items()}
-    for namespace, name in conformance.grpc_services():
-        servers[f"{namespace}/{name}"] = GrpcEchoBackend(namespace, name)
+    for namespace, name in conformance.grpc_services():  # TLS too: the tls-checks-certificate
+        servers[f"{namespace}/{name}"] = GrpcEchoBackend(namespace, name, tls=backend_tls)
     tcp_ns, tcp_name = conformance.TCP_BACKEND
     for port_name, speaks_tls in conformance.TCP_PORTS.items():
         servers[f"{tcp_ns}/{tcp_name}#{port_name}"] = conformance.TcpEchoBackend(
@@ -94,7 +94,9 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         try:
             yield {"mp": mp, "policy": policy, "ports": ports, "work": work,
                    "backends": backends, "ca": ca.pem, "pods": pods,
-                   "deployments": pod_ports, "client_certs": client_certs}
+                   "deployments": pod_ports, "client_certs": client_certs,
+                   "tls_ports": {(ns, name): servers[f"{ns}/{name}"].tls_port
+                                 for ns, name in conformance.grpc_services()}}
         finally:
             mp.stop()
             print(mp.log_tail(20))
@@ -116,7 +118,8 @@ def _serve_test(suite: dict[str, Any], manifest: str) -> None:
         if old.name not in ("base.yaml", "cluster.yaml"):
             old.unlink()
     before = mp.status()["policy"]["loads"]
-    pods = conformance.test_pods(manifest, suite["pods"], suite["deployments"])
+    pods = conformance.test_pods(manifest, suite["pods"], suite["deployments"],
+                                 suite["tls_ports"])
     # Each file appears whole (a rename): a load never reads one half written.
     if pods:  # the endpoints of the test's own Services
         write_atomically(policy / f"{manifest}.pods.yaml", pods)
