@@ -59,12 +59,19 @@ BASE_KINDS = ("Namespace", "Gateway", "Service")  # Deployments and ConfigMaps a
 # backends' certificate and the CA ConfigMaps BackendTLSPolicies name.
 BACKEND_CERT_NAMES = ("abc.example.com", "other.example.com")
 BACKEND_CERT_URIS = ("spiffe://abc.example.com/test-identity",)
+# The client certificates of the frontend validation tests: Secret -> the CA ConfigMap (of
+# the same suite set-up) whose CA signed it.
+CLIENT_CERT = "tls-validity-checks-client-certificate"
+PER_PORT_CLIENT_CERT = "tls-validity-checks-per-port-client-certificate"
+CLIENT_CAS = {CLIENT_CERT: "tls-validity-checks-ca-certificate",
+              PER_PORT_CLIENT_CERT: "tls-validity-checks-per-port-ca-certificate"}
 LISTENER_PORTS = (80, 443, 8080, 8443, 8081, 8082, 8083, 8090, 8883,
                   5300, 9300, 9301, 9302, 9310, 9311, 9312, 9313, 9320, 9321)  # and TCPRoute's
 # The base's pods that serve HTTPS with the suite's `tls-checks-certificate` (echo-basic with
 # TLS), and the TCP echo whose ports are plain and TLS (the upstream tcpserver, by port name).
 TLS_BACKENDS = ((INFRA, "tls-backend"), (INFRA, "tls-backend-2"), (APP, "tls-backend"))
 TCP_BACKEND = (INFRA, "tcp-backend")
+ECHO_TLS_PORT = 8443  # where echo-basic serves TLS (given TLS_SERVER_CERT) beside plaintext
 TCP_PORTS = {"echo-tcp-plain": False, "echo-tcp-tls": True}  # port name -> speaks TLS
 
 
@@ -369,10 +376,11 @@ def test_deployments(tests: list[str]) -> list[tuple[str, str, dict[str, str]]]:
 
 def test_pods(test: str, backends: dict[tuple[str, str], int | dict[str, int]],
               deployments: dict[tuple[str, tuple[tuple[str, str], ...]], int] | None = None,
-              ) -> str:
+              tls_ports: dict[tuple[str, str], int] | None = None) -> str:
     """EndpointSlices for a test's own Services whose selector picks a base backend's pods or
     a test Deployment's (as the endpoints controller would make them): their loopback port.
-    `deployments`: (namespace, pod labels) -> port."""
+    `deployments`: (namespace, pod labels) -> port. `tls_ports`: a base pod's TLS port (a
+    Service targeting ECHO_TLS_PORT of that pod gets it)."""
     selectors = {(doc["metadata"]["namespace"], tuple(sorted(doc["spec"]["selector"].items()))):
                  (doc["metadata"]["namespace"], doc["metadata"]["name"])
                  for _, doc in _documents(ROOT / "base" / "manifests.yaml")
@@ -384,6 +392,9 @@ def test_pods(test: str, backends: dict[tuple[str, str], int | dict[str, int]],
         namespace = doc["metadata"].get("namespace", "default")
         pod = selectors.get((namespace, tuple(sorted(doc["spec"]["selector"].items()))))
         port = backends.get(pod) if pod else None
+        if pod in (tls_ports or {}) and any(p.get("targetPort") == ECHO_TLS_PORT
+                                            for p in doc["spec"]["ports"]):
+            port = (tls_ports or {})[pod]
         selector = set(doc["spec"]["selector"].items())
         for (pod_namespace, labels), pod_port in (deployments or {}).items():
             if pod_namespace == namespace and selector <= set(labels):
@@ -433,6 +444,9 @@ class Case:
     response_one_of: dict[str, tuple[str, ...]] = field(default_factory=dict)
     echo: bool = True  # answered by a backend (False: Envoy answers, a CORS preflight)
     server_name: str | None = None  # over TLS: the SNI (and the certificate's name); None: host
+    # over TLS: the client certificate presented, by the name of the suite's Secret holding it
+    # (CLIENT_CERTS); None: none. With `fails`, a refused handshake is the expected failure.
+    client_cert: str | None = None
 
 
 @dataclass(frozen=True)
@@ -466,6 +480,7 @@ class GrpcCase:
     namespace: str = INFRA
     seen: dict[str, str] = field(default_factory=dict)
     absent: tuple[str, ...] = ()
+    fails: bool = False  # any code but OK (upstream's MakeRequestAndExpectEventuallyConsistentFailure)
 
 
 @dataclass(frozen=True)
@@ -473,7 +488,8 @@ class Expect:
     """A status upstream asserts: an object's conditions (type -> (status, reason or None for
     any reason)), and for a listener its attachedRoutes and supportedKinds."""
 
-    kind: str  # HTTPRoute (its status for the test's Gateway) or Listener ("GATEWAY/LISTENER")
+    kind: str  # HTTPRoute (its status for the test's Gateway), Listener ("GATEWAY/LISTENER"),
+    # or Gateway
     name: str  # in the infra namespace unless "NS/..." is given
     conditions: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     attached: int | None = None
@@ -1186,6 +1202,51 @@ CASES.update({
                     {"Accepted": ("True", "Accepted")}))),
 })
 
+
+# Echo to the policy's Service succeeds; EchoTwo (hostname mismatch) and the other route's
+# Echo (a CA that did not sign the backend's certificate) fail.
+CASES["BackendTLSPolicyGRPCRoute"] = Test("backendtlspolicy-grpcroute", GW, (), grpc_cases=(
+    _g(authority=_ABC), _g("EchoTwo", None, authority=_ABC, fails=True),
+    _g("Echo", None, authority="cert-mismatch.example.com", fails=True)),
+    expect=tuple(_policy(name, _POLICY_OK) for name in (
+        "grpc-normative-test", "grpc-host-mismatch", "grpc-cert-mismatch")))
+
+
+def _mtls(host: str, backend: str, client_cert: str | None, refused: bool = False) -> Case:
+    """A request to an HTTPS listener validating client certificates, presenting
+    `client_cert` (None: none): answered by `backend`, or (`refused`) failing."""
+    if refused:
+        return Case("/", host=host, client_cert=client_cert, fails=True)
+    return Case("/", host=host, backend=backend, client_cert=client_cert)
+
+
+_SECOND = "second-example.org"
+CASES.update({
+    # The matching client certificate passes, the other CA's is refused, on each port.
+    "GatewayFrontendClientCertificateValidation": Test(
+        "gateway-with-clientcertificate-validation", f"{INFRA}/client-validation-default", (
+            _mtls("example.org", V1, CLIENT_CERT),
+            _mtls("example.org", V1, PER_PORT_CLIENT_CERT, refused=True)),
+        listener_port=443, tls=True, more=(Test(
+            "gateway-with-clientcertificate-validation", f"{INFRA}/client-validation-default", (
+                _mtls(_SECOND, V2, PER_PORT_CLIENT_CERT),
+                _mtls(_SECOND, V2, CLIENT_CERT, refused=True)),
+            listener_port=8443, tls=True),)),
+    # AllowInsecureFallback: matching, other and no client certificate all pass.
+    "GatewayFrontendClientCertificateValidationInsecureFallback": Test(
+        "gateway-with-clientcertificate-validation-insecure-fallback",
+        f"{INFRA}/client-validation-insecure-fallback", tuple(
+            _mtls("example.org", V1, cert) for cert in (CLIENT_CERT, PER_PORT_CLIENT_CERT, None)),
+        listener_port=443, tls=True, expect=(Expect(
+            "Gateway", "client-validation-insecure-fallback", {
+                "InsecureFrontendValidationMode": ("True", "ConfigurationChanged")}),),
+        more=(Test(
+            "gateway-with-clientcertificate-validation-insecure-fallback",
+            f"{INFRA}/client-validation-insecure-fallback", tuple(
+                _mtls(_SECOND, V2, cert) for cert in (PER_PORT_CLIENT_CERT, CLIENT_CERT, None)),
+            listener_port=8443, tls=True),)),
+})
+
 CASES["HTTPRouteBackendRequestHeaderModifier"] = Test(
     "httproute-request-header-modifier-backend", GW,
     CASES["HTTPRouteRequestHeaderModifier"].cases)
@@ -1264,6 +1325,12 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "BackendTLSPolicySANValidation": (
         "HTTPRoute", "BackendTLSPolicy", "BackendTLSPolicySANValidation"),
     "BackendTLSPolicyConflictResolution": ("HTTPRoute", "BackendTLSPolicy"),
+    "BackendTLSPolicyGRPCRoute": ("GRPCRoute", "BackendTLSPolicy"),
+    "GatewayFrontendClientCertificateValidation": (
+        "HTTPRoute", "GatewayFrontendClientCertificateValidation"),
+    "GatewayFrontendClientCertificateValidationInsecureFallback": (
+        "HTTPRoute", "GatewayFrontendClientCertificateValidation",
+        "GatewayFrontendClientCertificateValidationInsecureFallback"),
     "HTTPRouteRetry": ("HTTPRoute", "HTTPRouteRetry"),
     "HTTPRouteCORS": ("HTTPRoute", "HTTPRouteCORS"),
     "TCPRouteParentRefAttachAll": ("TCPRoute",),
@@ -1343,8 +1410,8 @@ SUMMARIES: dict[str, str] = {
                    "or terminated at the Gateway (mode Terminate, also beside passthrough "
                    "listeners on one port) to plain TCP backends.",
     "GATEWAY-GRPC": "Upstream GRPCRoute tests through a real Envoy to a Python transcription of "
-                    "the upstream gRPC echo (grpcecho.proto, tests/grpc_conformance_echo.py); "
-                    "the BackendTLSPolicy one (a TLS gRPC backend) is not run: a partial core.",
+                    "the upstream gRPC echo (grpcecho.proto, tests/grpc_conformance_echo.py), "
+                    "which also serves TLS for BackendTLSPolicyGRPCRoute.",
     "MESH-HTTP": "The upstream HTTPRoute mesh tests whose manifests are in the shared copy, "
                  "through a real client sidecar Envoy calling the parent Service "
                  "(tests/e2e/test_gatewayapi_mesh_conformance.py), and MeshBasic (no "
@@ -1447,10 +1514,13 @@ DEFAULT_HOST = Case.__dataclass_fields__["host"].default
 
 
 def request(port: int, case: Case, ca: bytes | None = None,
-            listener_port: int | None = None) -> tuple[int, dict[str, str], bytes]:
+            listener_port: int | None = None,
+            client_certs: dict[str, tuple[Path, Path]] | None = None,
+            ) -> tuple[int, dict[str, str], bytes]:
     """The case's request to a listener on `port`; over TLS trusting `ca` when given (SNI: the
-    case's host). A request to the Gateway's address carries the listener's port in Host unless
-    it is the scheme's default, as a client's does."""
+    case's host), presenting the case's client certificate (its (cert, key) files in
+    `client_certs`). A request to the Gateway's address carries the listener's port in Host
+    unless it is the scheme's default, as a client's does."""
     host = case.host
     if host == DEFAULT_HOST and listener_port not in (None, 443 if ca else 80):
         host = f"{host}:{listener_port}"
@@ -1463,6 +1533,8 @@ def request(port: int, case: Case, ca: bytes | None = None,
         connection = HTTPConnection("127.0.0.1", port, timeout=10)
     else:
         context = ssl.create_default_context(cadata=ca.decode())
+        if case.client_cert is not None:
+            context.load_cert_chain(*(client_certs or {})[case.client_cert])
         connection = _SniConnection(case.server_name or host.partition(":")[0], "127.0.0.1",
                                     port, timeout=10, context=context)
     try:
@@ -1499,7 +1571,7 @@ def check_statuses(test: Test, objects: list[dict[str, Any]]) -> list[str]:
             else f"{INFRA}/{want.name}"
         found = [o for o in objects if o["kind"] == want.kind and o["name"] == name
                  # A route's and a policy's status are per parent (ancestor) Gateway.
-                 and (want.kind == "Listener" or o["parent"].split("/")[:2]
+                 and (want.kind in ("Listener", "Gateway") or o["parent"].split("/")[:2]
                       == test.gateway.split("/"))]
         if len(found) != 1:
             problems.append(f"{want.kind} {name}: {len(found)} statuses")
@@ -1525,6 +1597,8 @@ def grpc_check(port: int, case: GrpcCase) -> list[str]:
     does (code; for OK the method echoed, the namespace, the pod's name prefix), and the
     headers the backend saw against `seen` and `absent`."""
     code, response = grpc_echo.call(port, case.method, case.metadata, case.authority)
+    if case.fails:
+        return [] if code.name != "OK" else ["answered OK, expected a failure"]
     if code.name != case.code:
         return [f"status {code.name}, expected {case.code}"]
     if response is None:

@@ -13,6 +13,7 @@ bytes upstream's Go ones do.
 from __future__ import annotations
 
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -73,11 +74,16 @@ EchoResponse = MESSAGES["EchoResponse"]
 
 class GrpcEchoBackend:
     """One base backend pod (`NAME-pod` of `namespace`, as the HTTP echo names its pods) on
-    127.0.0.1, plaintext HTTP/2 (the base Services' `appProtocol: kubernetes.io/h2c`)."""
+    127.0.0.1, plaintext HTTP/2 (the base Services' `appProtocol: kubernetes.io/h2c`). With
+    `tls` (certificate and key files), the same pod also serves gRPC over TLS on a second port
+    (`tls_port`), as upstream's echo-basic does on 8443 given TLS_SERVER_CERT."""
 
-    def __init__(self, namespace: str, service: str) -> None:
+    def __init__(self, namespace: str, service: str,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.namespace, self.service = namespace, service
         self.pod = f"{service}-pod"
+        self.tls = tls
+        self.tls_port: int | None = None
         self._server: grpc.Server | None = None
 
     def _echo(self, method: str) -> Any:
@@ -105,7 +111,11 @@ class GrpcEchoBackend:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE,
                                                                               handlers),))
         port = server.add_insecure_port("127.0.0.1:0")
-        if port == 0:
+        if self.tls is not None:
+            cert, key = self.tls
+            self.tls_port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+                [(key.read_bytes(), cert.read_bytes())]))
+        if port == 0 or self.tls_port == 0:
             raise RuntimeError(f"the gRPC echo of {self.namespace}/{self.service} could not "
                                "bind a loopback port")
         server.start()

@@ -55,8 +55,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 if (namespace, name) != conformance.TCP_BACKEND
                 and (namespace, name) not in conformance.grpc_services()}
     servers: dict[str, Any] = {f"{ns}/{name}": server for (ns, name), server in backends.items()}
-    for namespace, name in conformance.grpc_services():
-        servers[f"{namespace}/{name}"] = GrpcEchoBackend(namespace, name)
+    for namespace, name in conformance.grpc_services():  # TLS too: the tls-checks-certificate
+        servers[f"{namespace}/{name}"] = GrpcEchoBackend(namespace, name, tls=backend_tls)
     tcp_ns, tcp_name = conformance.TCP_BACKEND
     for port_name, speaks_tls in conformance.TCP_PORTS.items():
         servers[f"{tcp_ns}/{tcp_name}#{port_name}"] = conformance.TcpEchoBackend(
@@ -81,13 +81,22 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 pods.setdefault((namespace, name), {})[port_name] = port  # type: ignore[index]
             else:
                 pods[(namespace, name)] = port
+        # The frontend validation tests' client certificates, each of its own CA.
+        client_cas = {secret: CA(secret) for secret in conformance.CLIENT_CAS}
+        client_certs = {secret: client_ca.issue("client.example.org").write(
+                            work / "client-certs", secret)
+                        for secret, client_ca in client_cas.items()}
         conformance.write_folder(policy, [], pods, ports, (pair.cert_pem, pair.key_pem), cas={
-            "tls-checks-ca-certificate": ca.pem, "mismatch-ca-certificate": CA("other").pem})
+            "tls-checks-ca-certificate": ca.pem, "mismatch-ca-certificate": CA("other").pem,
+            **{conformance.CLIENT_CAS[secret]: client_ca.pem
+               for secret, client_ca in client_cas.items()}})
         mp = MeshpilotProcess(policy, work).start()
         try:
             yield {"mp": mp, "policy": policy, "ports": ports, "work": work,
                    "backends": backends, "ca": ca.pem, "pods": pods,
-                   "deployments": pod_ports}
+                   "deployments": pod_ports, "client_certs": client_certs,
+                   "tls_ports": {(ns, name): servers[f"{ns}/{name}"].tls_port
+                                 for ns, name in conformance.grpc_services()}}
         finally:
             mp.stop()
             print(mp.log_tail(20))
@@ -109,7 +118,8 @@ def _serve_test(suite: dict[str, Any], manifest: str) -> None:
         if old.name not in ("base.yaml", "cluster.yaml"):
             old.unlink()
     before = mp.status()["policy"]["loads"]
-    pods = conformance.test_pods(manifest, suite["pods"], suite["deployments"])
+    pods = conformance.test_pods(manifest, suite["pods"], suite["deployments"],
+                                 suite["tls_ports"])
     # Each file appears whole (a rename): a load never reads one half written.
     if pods:  # the endpoints of the test's own Services
         write_atomically(policy / f"{manifest}.pods.yaml", pods)
@@ -202,10 +212,11 @@ def _requests(suite: dict[str, Any], name: str, test: conformance.Test) -> list[
             while True:
                 try:
                     problems = conformance.check(case, *conformance.request(
-                        port, case, suite["ca"] if test.tls else None, test.listener_port))
+                        port, case, suite["ca"] if test.tls else None, test.listener_port,
+                        suite["client_certs"]))
                     problems += _mirrored(suite["backends"], case)
-                except OSError as error:
-                    problems = [f"{error}"]
+                except OSError as error:  # a refused client certificate is a failure expected
+                    problems = [] if case.fails and case.client_cert else [f"{error}"]
                 if not problems or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)

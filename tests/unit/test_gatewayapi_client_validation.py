@@ -81,3 +81,15 @@ def test_a_ca_ref_that_is_not_a_configmap_is_invalid_kind() -> None:
 def test_no_frontend_asks_no_client_certificate() -> None:
     model = load_policy_text(_gateway("{}"))
     assert "require_client_certificate" not in _context(model, 443)
+
+
+def test_an_insecure_fallback_port_sets_the_gateways_warning_condition() -> None:
+    """The spec's InsecureFrontendValidationMode: True (ConfigurationChanged) while a port
+    lets clients in without a valid certificate; absent when every port requires one."""
+    ca_a, ca_b = CA("a"), CA("b")
+    maps = ca_map(ca_a.pem, "a") + ca_map(ca_b.pem, "b")
+    fallback = load_policy_text(_gateway(FRONTEND) + maps)
+    assert status_of(fallback, "Gateway", "infra/edge")["InsecureFrontendValidationMode"] == \
+        ("True", "ConfigurationChanged")
+    strict = load_policy_text(_gateway(FRONTEND.replace("mode: AllowInsecureFallback,", "")) + maps)
+    assert "InsecureFrontendValidationMode" not in status_of(strict, "Gateway", "infra/edge")

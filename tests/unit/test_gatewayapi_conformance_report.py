@@ -34,8 +34,15 @@ def test_tests_count_in_their_profile_core_or_extended() -> None:
     grpc = profiles["GATEWAY-GRPC"]
     assert set(grpc["core"]["tests"]) == {"GRPCExactMethodMatching", "GRPCRouteHeaderMatching",
                                           "GRPCRouteListenerHostnameMatching", "GRPCRouteWeight"}
-    assert grpc["extended"]["supportedFeatures"] == ["GRPCRouteNamedRouteRule",
+    # BackendTLSPolicy over gRPC is an extended feature of the GRPC profile.
+    assert "BackendTLSPolicyGRPCRoute" in grpc["extended"]["tests"]
+    assert grpc["extended"]["supportedFeatures"] == ["BackendTLSPolicy", "GRPCRouteNamedRouteRule",
                                                      "GRPCRouteRequestHeaderModifier"]
+    assert "GatewayFrontendClientCertificateValidationInsecureFallback" in \
+        http["extended"]["tests"]
+    assert {"GatewayFrontendClientCertificateValidation",
+            "GatewayFrontendClientCertificateValidationInsecureFallback"} <= \
+        set(http["extended"]["supportedFeatures"])
 
 
 def test_a_failure_is_said_and_its_feature_is_not_claimed() -> None:

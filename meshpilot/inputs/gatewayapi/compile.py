@@ -1643,7 +1643,11 @@ class _Compiler:
         self.status(obj, "Gateway", obj.key, ("metadata", "name"), _conditions(
             ("Accepted", bool(valid), "Accepted" if valid else "ListenersNotValid",
              "" if all_valid else "some listeners are not valid"),
-            ("Programmed", bool(valid), "Programmed" if valid else "Invalid", "")))
+            ("Programmed", bool(valid), "Programmed" if valid else "Invalid", ""))
+            # The spec's warning that some port lets clients in without a valid certificate.
+            + _conditions(("InsecureFrontendValidationMode", True, "ConfigurationChanged",
+                           "a port validates client certificates with AllowInsecureFallback"))
+            * any(lst.client_optional for lst in valid))
 
 
 # ---- helpers ------------------------------------------------------------------------------------
