@@ -962,28 +962,43 @@ class _Compiler:
                              self.world.namespace_labels(route.namespace))
         return False
 
-    def _tcp_route(self, route: KubeObject) -> None:
-        """A TCPRoute: every connection to the TCP listeners it attaches to goes to its
-        backends, shared by weight. A listener serves one TCPRoute, the oldest; later ones are
-        accepted and counted but not served there. No backend that resolves: the listener is
-        not served (connections refused); beside valid ones, an invalid backend's share of
-        connections is closed."""
-        spec = route.spec()
-        backends, resolved = self._stream_backends(route)
-        if backends is None:
-            return
-        served = backends if any(b.resolved for b in backends) else ()
-        ended: tuple[Backend, ...] | None = None  # on a listener that ends TLS, when one does
-        for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
+    def _gateway_parents(self, route: KubeObject, hostnames: tuple[str, ...],
+                         ) -> Iterator[tuple[int, str, str,
+                                             tuple[bool, str, str,
+                                                   list[tuple[_Listener, list[str]]]]]]:
+        """A TCPRoute's, UDPRoute's or TLSRoute's parentRefs that name a Gateway of this
+        compile: (index, Gateway key, the parent as status names it, what `_attach` says)."""
+        for ref_index, ref in enumerate(route.spec().get("parentRefs") or ()):
             if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
                     ref.get("kind", "Gateway") != "Gateway":
                 continue
             gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
             parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
             listeners = self.listeners.get(gateway_key)
-            if listeners is None:
-                continue
-            accepted, reason, message, attach = self._attach(route, ref, listeners, ())
+            if listeners is not None:
+                yield ref_index, gateway_key, parent, self._attach(route, ref, listeners,
+                                                                   hostnames)
+
+    def _stream_status(self, route: KubeObject, ref_index: int, parent: str,
+                       accepted: tuple[bool, str, str], resolved: tuple[bool, str, str]) -> None:
+        self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
+                    _conditions(("Accepted", *accepted),
+                                ("ResolvedRefs", resolved[0], resolved[1],
+                                 resolved[2] if not resolved[0] else "")), parent=parent)
+
+    def _tcp_route(self, route: KubeObject) -> None:
+        """A TCPRoute: every connection to the TCP listeners it attaches to goes to its
+        backends, shared by weight. A listener serves one TCPRoute, the oldest; later ones are
+        accepted and counted but not served there. No backend that resolves: the listener is
+        not served (connections refused); beside valid ones, an invalid backend's share of
+        connections is closed."""
+        backends, resolved = self._stream_backends(route)
+        if backends is None:
+            return
+        served = backends if any(b.resolved for b in backends) else ()
+        ended: tuple[Backend, ...] | None = None  # on a listener that ends TLS, when one does
+        for ref_index, gateway_key, parent, (accepted, reason, message, attach) in \
+                self._gateway_parents(route, ()):
             if accepted:
                 # Every route naming a listener is accepted and counted (attachedRoutes); the
                 # oldest one is served there, as the spec's conformance tests expect.
@@ -993,7 +1008,7 @@ class _Compiler:
                         if listener.terminate and ended is None:
                             ended = self._ended_backends(route, gateway_key)
                         through = ended if listener.terminate and ended is not None else \
-                            backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
+                            _or_closed(route, backends)
                         by_host = self.passthrough[gateway_key].setdefault(listener.port, {})
                         for hostname in effective:
                             by_host.setdefault(hostname, _Passthrough(
@@ -1001,10 +1016,7 @@ class _Compiler:
                     elif listener.attached == 0:
                         listener.tcp_backends = served
                     listener.attached += 1
-            self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
-                        _conditions(("Accepted", accepted, reason, message),
-                                    ("ResolvedRefs", resolved[0], resolved[1],
-                                     resolved[2] if not resolved[0] else "")), parent=parent)
+            self._stream_status(route, ref_index, parent, (accepted, reason, message), resolved)
 
     def _udp_route(self, route: KubeObject) -> None:
         """A UDPRoute: every datagram to the UDP listeners it attaches to goes to one Service
@@ -1015,25 +1027,14 @@ class _Compiler:
         if backends is None:
             return
         service = self._udp_service(route, backends)
-        for ref_index, ref in enumerate(route.spec().get("parentRefs") or ()):
-            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
-                    ref.get("kind", "Gateway") != "Gateway":
-                continue
-            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
-            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
-            listeners = self.listeners.get(gateway_key)
-            if listeners is None:
-                continue
-            accepted, reason, message, attach = self._attach(route, ref, listeners, ())
+        for ref_index, _, parent, (accepted, reason, message, attach) in \
+                self._gateway_parents(route, ()):
             if accepted:
                 for listener, _ in attach:
                     if listener.attached == 0:
                         listener.udp_service = service
                     listener.attached += 1
-            self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
-                        _conditions(("Accepted", accepted, reason, message),
-                                    ("ResolvedRefs", resolved[0], resolved[1],
-                                     resolved[2] if not resolved[0] else "")), parent=parent)
+            self._stream_status(route, ref_index, parent, (accepted, reason, message), resolved)
 
     def _udp_service(self, route: KubeObject, backends: Sequence[Backend]) -> str | None:
         """One Service ("NS/ROUTE:udp") whose endpoints are the union of the resolved
@@ -1106,21 +1107,11 @@ class _Compiler:
         backends, resolved = self._stream_backends(route)
         if backends is None:
             return
-        # Every weight 0: no backend to send to, its connections are closed (a cluster that is
-        # never made).
-        served = backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
+        served = _or_closed(route, backends)
         ended: tuple[Backend, ...] | None = None  # on a listener that ends TLS, when one does
         attached: set[int] = set()
-        for ref_index, ref in enumerate(spec.get("parentRefs") or ()):
-            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
-                    ref.get("kind", "Gateway") != "Gateway":
-                continue
-            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
-            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
-            listeners = self.listeners.get(gateway_key)
-            if listeners is None:
-                continue
-            accepted, reason, message, attach = self._attach(route, ref, listeners, hostnames)
+        for ref_index, gateway_key, parent, (accepted, reason, message, attach) in \
+                self._gateway_parents(route, hostnames):
             if accepted:
                 for listener, effective in attach:
                     if id(listener) in attached:
@@ -1137,10 +1128,7 @@ class _Compiler:
                             _route_age(route), route,
                             ended if listener.terminate and ended is not None else served,
                             listener))
-            self.status(route, route.kind, route.key, ("spec", "parentRefs", ref_index),
-                        _conditions(("Accepted", accepted, reason, message),
-                                    ("ResolvedRefs", resolved[0], resolved[1],
-                                     resolved[2] if not resolved[0] else "")), parent=parent)
+            self._stream_status(route, ref_index, parent, (accepted, reason, message), resolved)
 
     def _ended_backends(self, route: KubeObject, gateway_key: str) -> tuple[Backend, ...]:
         """A TLSRoute's or TCPRoute's backends behind a listener that ends TLS: a Service port
@@ -1149,7 +1137,7 @@ class _Compiler:
         ancestor of the policies it applies."""
         backends, _ = self._stream_backends(route, protocol="tls")
         self.sends_to.setdefault(gateway_key, set()).update(self._targets_of(route))
-        return backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
+        return _or_closed(route, backends)
 
     # ---- rules ----
 
@@ -1807,6 +1795,11 @@ def _misdirected(obj: KubeObject, port: int, on_port: list[_Listener],
                               tls_host=host.name))
     return made
 
+
+def _or_closed(route: KubeObject, backends: tuple[Backend, ...]) -> tuple[Backend, ...]:
+    """A stream route's backends; every weight 0: one that never resolves, so the route's
+    connections are closed (a cluster that is never made)."""
+    return backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
 
 def _mark_conflicts(listeners: list[_Listener]) -> None:
     """Listeners sharing a port must share its protocol; on one protocol and port, hostnames
