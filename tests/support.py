@@ -148,6 +148,26 @@ class Served:
         return only
 
 
+def gateway_class_template(ports: str = "") -> str:
+    """The Gateway API e2e folders' GatewayClass `mp` (namespace infra) and its parameters:
+    every listener on 127.0.0.1, its ports mapped by `ports` ("443:{port}": the listener port
+    to a `served_policy` free port). A `served_policy` template: its own braces are doubled."""
+    data = f'address: 127.0.0.1, ports: "{ports}"' if ports else "address: 127.0.0.1"
+    return f"""
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{{{name: mp}}}}
+spec:
+  controllerName: meshpilot.io/gateway-controller
+  parametersRef: {{{{group: "", kind: ConfigMap, name: mp, namespace: infra}}}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{{{name: mp, namespace: infra}}}}
+data: {{{{{data}}}}}
+---
+"""
+
 @contextmanager
 def served_policy(work: Path, filename: str, template: str, servers: Mapping[str, Server], *,
                   free_ports: Sequence[str] = ("port",),

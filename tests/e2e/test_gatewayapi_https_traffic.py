@@ -23,25 +23,12 @@ from typing import Any
 
 import pytest
 from gatewayapi_conformance import EchoBackend
-from support import eventually, served_policy
+from support import eventually, gateway_class_template, served_policy
 from tls_material import CA
 
 pytestmark = pytest.mark.envoy
 
-POLICY = """
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: mp}}
-spec:
-  controllerName: meshpilot.io/gateway-controller
-  parametersRef: {{group: "", kind: ConfigMap, name: mp, namespace: infra}}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: mp, namespace: infra}}
-data: {{address: 127.0.0.1, ports: "443:{port}"}}
----
-apiVersion: gateway.networking.k8s.io/v1
+POLICY = gateway_class_template("443:{port}") + """apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: edge, namespace: infra}}
 spec:

@@ -16,25 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import eventually, served_policy
+from support import eventually, gateway_class_template, served_policy
 from tls_material import CA
 
 pytestmark = pytest.mark.envoy
 
-POLICY = """
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: mp}}
-spec:
-  controllerName: meshpilot.io/gateway-controller
-  parametersRef: {{group: "", kind: ConfigMap, name: mp, namespace: infra}}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: mp, namespace: infra}}
-data: {{address: 127.0.0.1, ports: "443:{port}"}}
----
-apiVersion: gateway.networking.k8s.io/v1
+POLICY = gateway_class_template("443:{port}") + """apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: edge, namespace: infra}}
 spec:

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from support import Served, eventually, served_policy
+from support import Served, eventually, gateway_class_template, served_policy
 
 pytestmark = pytest.mark.envoy
 
@@ -56,20 +56,7 @@ def udp_roundtrip(port: int, payload: bytes) -> bytes | None:
             return None
 
 
-POLICY = """
-apiVersion: gateway.networking.k8s.io/v1
-kind: GatewayClass
-metadata: {{name: mp}}
-spec:
-  controllerName: meshpilot.io/gateway-controller
-  parametersRef: {{group: "", kind: ConfigMap, name: mp, namespace: infra}}
----
-apiVersion: v1
-kind: ConfigMap
-metadata: {{name: mp, namespace: infra}}
-data: {{address: 127.0.0.1}}
----
-apiVersion: gateway.networking.k8s.io/v1
+POLICY = gateway_class_template() + """apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {{name: edge, namespace: infra}}
 spec:
