@@ -511,19 +511,26 @@ class _Compiler:
                                       f"{ref['group'] or 'core'}/{ref['kind']} is not a "
                                       "ConfigMap")
                 continue
-            config = self.world.config_maps.get(key)
-            pem = ((config.body.get("data") or {}).get("ca.crt") or "").encode() \
-                if config is not None else b""
-            why = f"no ConfigMap {key}" if config is None else _ca_problem(pem, key)
+            pem, why = self._config_map_ca(key)
             if why is not None:
                 problem = problem or ("InvalidCACertificateRef", why)
                 continue
-            pems.append(pem if pem.endswith(b"\n") else pem + b"\n")
+            pems.append(pem)
         resolved = (True, "ResolvedRefs", "") if problem is None else (False, *problem)
         if not pems:
             return None, resolved
         return UpstreamTls(sni=validation["hostname"], ca_path=f"configmap:{policy.key}",
                            ca=b"".join(pems), origin=origin, subject_alt_names=sans), resolved
+
+    def _config_map_ca(self, key: str) -> tuple[bytes, str | None]:
+        """The `ca.crt` of ConfigMap `key` (ending in a newline, so bundles join), and why it
+        is no CA certificate bundle (None: it is one)."""
+        config = self.world.config_maps.get(key)
+        if config is None:
+            return b"", f"no ConfigMap {key}"
+        pem = ((config.body.get("data") or {}).get("ca.crt") or "").encode()
+        why = _ca_problem(pem, key)
+        return (pem if pem.endswith(b"\n") else pem + b"\n"), why
 
     # ---- GatewayClass and Gateway ----
 
@@ -716,14 +723,11 @@ class _Compiler:
                                           f"no ReferenceGrant in {namespace} lets Gateways of "
                                           f"{gateway.namespace} use ConfigMap {key}"))
                 continue
-            config_map = self.world.config_maps.get(key)
-            pem = ((config_map.body.get("data") or {}).get("ca.crt") or "").encode() \
-                if config_map is not None else b""
-            why = f"no ConfigMap {key}" if config_map is None else _ca_problem(pem, key)
+            pem, why = self._config_map_ca(key)
             if why is not None:
                 listener.problems.append(("ResolvedRefs", "InvalidCACertificateRef", why))
                 continue
-            pems.append(pem if pem.endswith(b"\n") else pem + b"\n")
+            pems.append(pem)
         if pems and len(pems) == len(validation["caCertificateRefs"]):
             listener.client_ca = b"".join(pems)
             listener.client_ca_path = f"configmap:{gateway.key}:{'.'.join(map(str, path))}"
