@@ -174,6 +174,22 @@ class Locality:
     def of(cls, endpoint: Endpoint) -> Locality:
         return cls(endpoint.region or "", endpoint.zone or "", endpoint.sub_zone or "")
 
+    @classmethod
+    def of_labels(cls, labels: Labels) -> Locality:
+        """The locality the topology labels say (Kubernetes' and Istio's, as on a node or a
+        pod): how a discovered instance, which has labels and no other place for it, says
+        where it runs."""
+        found = {TOPOLOGY_LABELS[k]: v for k, v in labels if k in TOPOLOGY_LABELS}
+        return cls(**found)
+
+
+# The labels Kubernetes and Istio put on nodes, proxies and endpoints for their locality:
+# `failover_priority` may name them, they are read from a locality when the labels do not
+# say them, and a discovered instance's locality is read from them.
+TOPOLOGY_LABELS = {"topology.kubernetes.io/region": "region",
+                   "topology.kubernetes.io/zone": "zone",
+                   "topology.istio.io/subzone": "sub_zone"}
+
 
 @dataclass(frozen=True, slots=True)
 class LocalityLb:

@@ -26,13 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from math import ceil
 
-from meshpilot.ir.model import Endpoint, Labels, Locality, LocalityLb, Service
-
-# The labels Istio puts on proxies and endpoints from their locality: `failover_priority` may
-# name them, and they are read from the locality when the labels do not say them.
-TOPOLOGY_LABELS = {"topology.kubernetes.io/region": "region",
-                   "topology.kubernetes.io/zone": "zone",
-                   "topology.istio.io/subzone": "sub_zone"}
+from meshpilot.ir.model import TOPOLOGY_LABELS, Endpoint, Labels, Locality, LocalityLb, Service
 
 
 @dataclass(frozen=True, slots=True)
