@@ -585,6 +585,10 @@ class Gateway:
     listeners: tuple[GatewayListener, ...] = ()
     origin: Origin | None = field(default=None, compare=False, repr=False)
     identity: str | None = None  # the SPIFFE path of its certificate; None: from its name
+    # Where its Envoys run: the Services it sends to that balance by the caller's locality
+    # (`Service.locality_lb`) rank their endpoints for it, as for a calling sidecar. None:
+    # the endpoints as written.
+    locality: Locality | None = None
 
 
 # ---- Route --------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import Protocol
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
@@ -90,14 +89,6 @@ LOOPBACK = "127.0.0.1"
 
 _HTTP2_PROTOCOLS = frozenset({"http2", "grpc"})
 
-class ClusterResources(Protocol):
-    """The Translation's clusters: (service, subset), for a calling sidecar (`caller`) as its
-    locality sees them (`locality.py`)."""
-
-    def __call__(self, service: str, subset: str | None,
-                 caller: locality.Caller | None = None) -> tuple[Resource, ...]: ...
-
-
 _Indexes = tuple[dict[str, Route], dict[str, Route], dict[str, str]]
 
 
@@ -105,7 +96,7 @@ class Mesh:
     """The sidecar views of one model. `cluster_resources(service, subset)` is the
     Translation's (built once, shared with gateways, discovered endpoints included)."""
 
-    def __init__(self, model: Model, cluster_resources: ClusterResources,
+    def __init__(self, model: Model, cluster_resources: locality.ClusterResources,
                  trust: mtls.TrustDomain | None = None):
         self.model = model
         self.trust = trust or mtls.TrustDomain()  # SPIFFE IDs (translators/mtls.py)
@@ -131,7 +122,7 @@ class Mesh:
             found = self._indexes = (route_of, by_name, mtls.identity_paths(self.model))
         return found
 
-    def with_clusters(self, cluster_resources: ClusterResources) -> Mesh:
+    def with_clusters(self, cluster_resources: locality.ClusterResources) -> Mesh:
         """These sidecar views building clusters through `cluster_resources` (other discovered
         endpoints): the route configurations built so far are shared, since no route depends
         on endpoints."""

@@ -2,7 +2,8 @@
 each prefer the endpoint of their own, and the first fails over to the region `failover`
 names for it when its own endpoint fails (outlier detection ejects it); `distribute` shares a
 caller's requests by weight; self-registered instances say their locality with the topology
-labels and are balanced the same way. (Istio's localityLbSetting:
+labels and are balanced the same way; a gateway that says where it runs is ranked for like a
+caller in that locality. (Istio's localityLbSetting:
 tests/e2e/test_istio_traffic.py.)"""
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ outlier_detection: {{consecutive_5xx: 1, interval: 1s, base_ejection_time: 300s,
                     max_ejection_percent: 100}}
 locality_lb: {{}}
 ---
+kind: Gateway
+name: edge-west
+locality: us-west/z1
+listeners: [{{name: http, port: {gw_west}, address: 127.0.0.1}}]
+---
+kind: Route
+name: west-edge
+gateway: edge-west
+rules: [{{backends: [{{service: echo}}]}}]
+---
 kind: Service
 name: client-east
 sidecar: {{locality: us-east/z1, outbound_port: {out_east}, calls: [echo, split, registered]}}
@@ -68,8 +79,9 @@ def served(tmp_path_factory) -> Iterator[Mesh]:
     servers = {name: EchoServer(name) for name in ("east", "west", "eu", "split_east",
                                                    "split_eu", "reg_east", "reg_west")}
     with served_policy(tmp_path_factory.mktemp("locality"), "mesh.yaml", POLICY, servers,
-                       free_ports=("out_east", "out_west"),
-                       envoys={"client-east": "client-east", "client-west": "client-west"}
+                       free_ports=("out_east", "out_west", "gw_west"),
+                       envoys={"client-east": "client-east", "client-west": "client-west",
+                               "edge-west": "edge-west"}
                        ) as running:
         yield Mesh(running, servers)
 
@@ -123,3 +135,10 @@ def test_registered_instances_are_balanced_by_their_topology_labels(served: Mesh
     # Priorities, not chance: each caller keeps to its own region's instance.
     assert {_backend(served, "east", "registered") for _ in range(20)} == {"reg_east"}
     assert {_backend(served, "west", "registered") for _ in range(20)} == {"reg_west"}
+
+
+def test_a_gateway_with_a_locality_prefers_its_region(served: Mesh) -> None:
+    eventually(lambda: backend_of(served.ports["gw_west"]) == "west", timeout=60,
+               what="the west gateway to reach echo's us-west endpoint")
+    # Without its locality it would balance over all three endpoints.
+    assert {backend_of(served.ports["gw_west"]) for _ in range(20)} == {"west"}

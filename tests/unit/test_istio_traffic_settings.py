@@ -587,3 +587,78 @@ def test_localized_clusters_are_lent_to_the_next_translation_and_follow_endpoint
     # Without a locality it ranks with the regions no failover rule names (us-west).
     assert ranked == {"10.0.0.1": 0, "10.0.0.2": 1, "10.0.0.4": 2, "10.0.0.3": 3,
                       "10.9.9.9": 3}
+
+
+GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{{selector}}}
+  servers: [{{port: {{number: 8080, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo}}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge]
+  http: [{{route: [{{destination: {{host: echo, port: {{number: 9080}}}}}}]}}]
+"""
+
+
+def test_an_ingress_gateway_is_ranked_for_by_its_selectors_topology_labels() -> None:
+    located = "istio: ingressgateway, topology.kubernetes.io/region: us-west"
+    model = load(rule("{localityLbSetting: {failover: [{from: us-east, to: eu}]}}"),
+                 GATEWAY.format(selector=located))
+    (view,) = [g.name for g in model.gateways]
+    assert model.gateway(view).locality == Locality("us-west")
+    assert priorities(model, view) == {"10.0.0.3": 0, "10.0.0.1": 1, "10.0.0.2": 1,
+                                       "10.0.0.4": 1}
+    # The gateway's cluster is the shared one; only its assignment is ranked.
+    assert dumped(model, view, CLUSTER, ECHO) == dumped(model, "west.default", CLUSTER, ECHO)
+    # Without topology labels: the endpoints as written (one priority), as before.
+    plain = load(rule("{localityLbSetting: {failover: [{from: us-east, to: eu}]}}"),
+                 GATEWAY.format(selector="istio: ingressgateway"))
+    (view,) = [g.name for g in plain.gateways]
+    assert plain.gateway(view).locality is None
+    assert set(priorities(plain, view).values()) == {0}
+
+
+def test_a_located_gateways_assignment_follows_discovered_endpoints() -> None:
+    model = load_policy_text("""
+kind: Service
+name: api
+endpoints:
+  - {address: 10.0.0.1:80, region: us-east, zone: a}
+  - {address: 10.0.0.2:80, region: us-west, zone: a}
+outlier_detection: {consecutive_5xx: 1}
+locality_lb: {}
+---
+kind: Gateway
+name: edge
+locality: us-west/a
+listeners: [{name: http, port: 8080}]
+---
+kind: Route
+name: r
+gateway: edge
+rules: [{backends: [{service: api}]}]
+""")
+    first = Translation(model)
+    snapshot = first.snapshot("edge")
+
+    def ranked(found) -> dict[str, int]:
+        message = ClusterLoadAssignment()
+        message.ParseFromString(found.get(ENDPOINT)["api"].body)
+        return {e.endpoint.address.socket_address.address: group.priority
+                for group in message.endpoints for e in group.lb_endpoints}
+
+    assert ranked(snapshot) == {"10.0.0.2": 0, "10.0.0.1": 1}
+    moved = first.with_endpoints({"api": (Endpoint("10.0.0.3", 80, region="us-west",
+                                                   zone="a"),)})
+    patched = moved.refresh_endpoints(snapshot, {"api"})
+    assert ranked(patched) == {"10.0.0.2": 0, "10.0.0.3": 0, "10.0.0.1": 1}
+    # The same as a cold translation with those endpoints.
+    cold = Translation(model, discovered=moved.discovered).snapshot("edge")
+    assert patched.get(ENDPOINT)["api"].body == cold.get(ENDPOINT)["api"].body

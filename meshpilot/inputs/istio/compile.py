@@ -1228,9 +1228,13 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
                     address=server.bind or "0.0.0.0", tls=tls,
                     redirect_to_https=(https_port or 443) if server.https_redirect else None,
                     origin=doc.ctx.origin(server.path))
+        # Its Envoys' labels are the selector's: the topology ones say where they run (as a
+        # Kubernetes node's say where a gateway pod runs), for localityLbSetting.
+        where = Locality.of_labels(selector)
         gateway = Gateway(name=hosts.gateway_view(selector), position=first.ctx.document.position,
                           listeners=tuple(listeners[p] for p in sorted(listeners)),
-                          origin=first.ctx.origin(), identity=hosts.GATEWAY_IDENTITY)
+                          origin=first.ctx.origin(), identity=hosts.GATEWAY_IDENTITY,
+                          locality=where if where != Locality() else None)
         built.append((first, gateway))
     return _Gateways(docs, built, {gateway.name: selector for selector, gateway in
                                    zip(sorted(selectors), (g for _, g in built), strict=True)})

@@ -523,6 +523,10 @@ def _gateway() -> Schema:
                                                     "listener."},
         "listeners": _list("The gateway's listeners.", listener),
         "tracing": {**tracing, "description": "The default tracing of every HTTP listener."},
+        "locality": {"type": "string", "description": "Where the gateway's Envoys run: "
+                                                      "region[/zone[/subzone]] (what the "
+                                                      "locality_lb of Services it sends to "
+                                                      "compares)."},
     }, required=("listeners",))
 
 

@@ -29,6 +29,8 @@ from meshpilot.ir.model import (
     HashOn,
     HeaderOps,
     HealthCheck,
+    Locality,
+    LocalityLb,
     Match,
     Mirror,
     Origin,
@@ -158,6 +160,8 @@ def write_service(service: Service, files: FileSink | None = None) -> Written:
     if service.connect_timeout != 1.0:
         doc["connect_timeout"] = duration(service.connect_timeout)
     _put(doc, "zone_weights", dict(service.zone_weights))
+    if service.locality_lb is not None:
+        doc["locality_lb"] = _locality_lb(service.locality_lb)
     _put(doc, "max_requests_per_connection", service.max_requests_per_connection)
     _put(doc, "failover", list(service.failover))
     if service.tls is not None:
@@ -244,11 +248,29 @@ def _sidecar(w: _Writer, sidecar: Sidecar) -> Doc:
             doc["namespace"], doc["service_account"] = found.group(1), found.group(2)
     if sidecar.tracing is not None:
         doc["tracing"] = _tracing(sidecar.tracing)
+    if sidecar.locality is not None:
+        doc["locality"] = _locality(sidecar.locality)
+    _put(doc, "labels", dict(sidecar.labels))
     for key in ("authorization", "jwt", "deny"):
         if getattr(sidecar, key) is not None:
             w.cannot(f"sidecar.{key}", f"a sidecar's {key} is not converted yet",
                      sidecar.origin)
     return doc
+
+
+def _locality_lb(policy: LocalityLb) -> Doc:
+    written: Doc = {}
+    _put(written, "distribute", [{"from": source, "to": dict(shares)}
+                                 for source, shares in policy.distribute])
+    _put(written, "failover", [{"from": source, "to": target}
+                               for source, target in policy.failover])
+    _put(written, "failover_priority", list(policy.failover_priority))
+    return written
+
+
+def _locality(where: Locality) -> str:
+    """`region[/zone[/subzone]]`, as `locality.locality` reads it."""
+    return "/".join(p for p in (where.region, where.zone, where.sub_zone) if p)
 
 
 def _tracing(tracing: Tracing) -> Doc:
@@ -305,6 +327,8 @@ def write_gateway(gateway: Gateway, files: FileSink | None = None) -> Written:
                 "listeners": [_listener(w, index, listener)
                               for index, listener in enumerate(gateway.listeners)
                               if listener.protocol != "udp"]}
+    if gateway.locality is not None:
+        doc["locality"] = _locality(gateway.locality)
     if gateway.identity is not None:
         w.cannot("", "the gateway's certificate identity has no native field", gateway.origin)
     return Written("Gateway", gateway.name, doc, gateway.origin, w.unsaid)
