@@ -160,6 +160,26 @@ class LoadBalancerOptions:
     minimum_ring_size: int | None = None  # ring_hash
     maximum_ring_size: int | None = None  # ring_hash
     table_size: int | None = None  # maglev (a prime)
+    slow_start: SlowStart | None = None  # round_robin, least_request
+
+
+@dataclass(frozen=True, slots=True)
+class SlowStart:
+    """A new endpoint's traffic ramped up over `window` seconds (Envoy's slow start; Istio's
+    warmup) instead of its full share at once: a cold JVM or cache is not flooded."""
+
+    window: float
+    aggression: float = 1.0  # 1: linear; higher: slower at first
+    min_weight_percent: float = 10.0  # the share it starts from (Envoy's default)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpKeepalive:
+    """TCP keepalive on the connections to a Service's endpoints; None fields: the OS's."""
+
+    probes: int | None = None
+    time: float | None = None  # idle seconds before the first probe
+    interval: float | None = None  # seconds between probes
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -423,6 +443,16 @@ class Service:
     # Balancing by the caller's locality (priorities and shares computed per calling sidecar);
     # None: the endpoints as written, the same for every caller.
     locality_lb: LocalityLb | None = None
+    # Connections to the endpoints (None: Envoy's defaults). HTTP ones close after this long
+    # idle or this long in all; an h2 one carries at most this many streams at once.
+    connection_idle_timeout: float | None = None
+    max_connection_duration: float | None = None
+    max_concurrent_streams: int | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    # Below this share of healthy endpoints Envoy balances over all of them anyway (its
+    # panic mode; default 50). 0 turns panic off: ejected endpoints stay out (Istio's
+    # minHealthPercent, 0 unless written, whenever outlierDetection is).
+    panic_threshold: float | None = None
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)

@@ -210,12 +210,11 @@ def test_a_complete_conversion_exits_0_with_a_comment_naming_each_source() -> No
 
 # The native golden policies whose every field the writer writes; the others use security
 # (jwt, api_keys, authorization, rate limits ...), which it does not write yet, and say so.
-NATIVE_GOLDENS = ("backends", "compression", "contract", "direct-response", "dns-service",
-                  "failover", "http2-grpc", "listener-features", "locality-lb", "matches",
-                  "max-requests",
-                  "mirror-from-header", "redirect", "resilience", "resilience-clusters",
-                  "retries-timeouts", "rewrite-headers", "sidecar", "tls", "tracing",
-                  "traffic-mirror-cors-hash", "traffic-resilience")
+NATIVE_GOLDENS = ("backends", "compression", "connections", "contract", "direct-response",
+                  "dns-service", "failover", "http2-grpc", "listener-features", "locality-lb",
+                  "matches", "max-requests", "mirror-from-header", "redirect", "resilience",
+                  "resilience-clusters", "retries-timeouts", "rewrite-headers", "sidecar",
+                  "tls", "tracing", "traffic-mirror-cors-hash", "traffic-resilience")
 
 
 @pytest.mark.parametrize("case", NATIVE_GOLDENS)

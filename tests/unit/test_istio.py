@@ -364,9 +364,9 @@ kind: DestinationRule
 metadata: {name: reviews}
 spec:
   host: reviews
-  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 10s}}
+  trafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}
 """)
-    assert any("spec.trafficPolicy.loadBalancer.warmupDurationSecs: warmupDurationSecs is not "
+    assert any("spec.trafficPolicy.connectionPool.http.h2UpgradePolicy: h2UpgradePolicy is not "
                "supported yet" in e for e in found), found
     assert any("unknown key" in e and "spec.htp" in e for e in errors("""
 apiVersion: networking.istio.io/v1

@@ -16,7 +16,7 @@ from google.protobuf.json_format import MessageToDict
 from meshpilot.base.errors import PolicyError
 from meshpilot.base.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from meshpilot.inputs.loader import load_policy_text
-from meshpilot.ir.model import Endpoint, Locality, LocalityLb, Model
+from meshpilot.ir.model import Endpoint, Locality, LocalityLb, Model, SlowStart, TcpKeepalive
 from meshpilot.translators import Translation, locality
 from meshpilot.translators.locality import Caller
 
@@ -662,3 +662,55 @@ rules: [{backends: [{service: api}]}]
     # The same as a cold translation with those endpoints.
     cold = Translation(model, discovered=moved.discovered).snapshot("edge")
     assert patched.get(ENDPOINT)["api"].body == cold.get(ENDPOINT)["api"].body
+
+
+def test_connection_pool_lifetimes_keepalive_warmup_and_min_health_percent() -> None:
+    model = load("""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST, warmup: {duration: 45s, minimumPercent: 20,
+                                                   aggression: 1.5}}
+    connectionPool:
+      tcp: {tcpKeepalive: {probes: 4, time: 30s, interval: 5s}, maxConnectionDuration: 10m,
+            idleTimeout: 2m}
+      http: {idleTimeout: 90s, maxConcurrentStreams: 50}
+    outlierDetection: {consecutive5xxErrors: 2, minHealthPercent: 30}
+""")
+    echo = model.service(ECHO)
+    assert echo is not None
+    assert echo.load_balancer_options.slow_start == SlowStart(45.0, 1.5, 20.0)
+    assert echo.tcp_keepalive == TcpKeepalive(4, 30.0, 5.0)
+    # http's idle timeout over tcp's; streams only on HTTP/2 ports (this one is HTTP/1.1)
+    assert (echo.connection_idle_timeout, echo.max_connection_duration,
+            echo.max_concurrent_streams, echo.panic_threshold) == (90.0, 600.0, None, 30.0)
+    cluster = dumped(model, "east.default", CLUSTER, ECHO)
+    assert cluster["commonLbConfig"]["healthyPanicThreshold"] == {"value": 30.0}
+    assert cluster["upstreamConnectionOptions"]["tcpKeepalive"] == {
+        "keepaliveProbes": 4, "keepaliveTime": 30, "keepaliveInterval": 5}
+    assert cluster["leastRequestLbConfig"]["slowStartConfig"]["slowStartWindow"] == "45s"
+
+
+def test_an_outlier_detection_turns_envoys_panic_mode_off_as_istio_does() -> None:
+    model = load(rule("{simple: ROUND_ROBIN}"))
+    echo = model.service(ECHO)
+    assert echo is not None and echo.panic_threshold == 0.0
+    cluster = dumped(model, "east.default", CLUSTER, ECHO)
+    assert "healthyPanicThreshold" in cluster["commonLbConfig"]  # present, at 0
+    plain = load(rule("{simple: ROUND_ROBIN}", outlier=False)).service(ECHO)
+    assert plain is not None and plain.panic_threshold is None  # Envoy's 50 then
+
+
+def test_warmup_warnings_and_errors() -> None:
+    model = load(rule("{simple: RANDOM, warmup: {duration: 10s}}"))
+    assert model.service(ECHO).load_balancer_options.slow_start is None
+    assert any("a warmup applies to ROUND_ROBIN and LEAST_REQUEST only; RANDOM ignores it"
+               in str(w) for w in model.warnings), model.warnings
+    found = errors(rule("{warmupDurationSecs: 10s, warmup: {duration: 10s}}"))
+    assert any("loadBalancer.warmupDurationSecs: warmupDurationSecs is the older form of "
+               "warmup: write one of them" in e for e in found), found
+    found = errors(rule("{warmup: {minimumPercent: 10}}"))
+    assert any('loadBalancer.warmup.duration: missing "duration"' in e for e in found), found

@@ -338,8 +338,19 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host, doc: D
         changes["connect_timeout"] = policy.connect_timeout
     if policy.max_requests_per_connection is not None:
         changes["max_requests_per_connection"] = policy.max_requests_per_connection
+    if policy.tcp_keepalive is not None:
+        changes["tcp_keepalive"] = policy.tcp_keepalive
+    # HTTP connections' lifetimes on HTTP ports, streams on HTTP/2 ones; Istio writes them
+    # into the HTTP protocol options, which a TCP cluster does not have.
+    if service.protocol != "tcp":
+        for key in ("connection_idle_timeout", "max_connection_duration"):
+            if getattr(policy, key) is not None:
+                changes[key] = getattr(policy, key)
+    if service.protocol in ("http2", "grpc") and policy.max_concurrent_streams is not None:
+        changes["max_concurrent_streams"] = policy.max_concurrent_streams
     if policy.outlier_detection is not None:
         changes["outlier_detection"] = policy.outlier_detection
+        changes["panic_threshold"] = policy.panic_threshold
     if policy.tls is not None:
         changes["tls"] = policy.tls
     if policy.tls_mode in ("DISABLE", "SIMPLE", "MUTUAL"):  # no mesh mTLS, whatever the workloads

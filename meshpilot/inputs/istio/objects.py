@@ -23,6 +23,7 @@ from meshpilot.ir.model import (
     Match,
     OutlierDetection,
     Rule,
+    TcpKeepalive,
     UpstreamTls,
 )
 
@@ -190,6 +191,12 @@ class TrafficPolicy:
     # policy replaces those of the DestinationRule's, block by block (Istio's merge).
     written: frozenset[str] = frozenset()
     locality: LocalitySetting | None = None  # loadBalancer.localityLbSetting
+    # connectionPool's connection lifetimes and keepalive, as the model's Service fields.
+    connection_idle_timeout: float | None = None
+    max_connection_duration: float | None = None
+    max_concurrent_streams: int | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    panic_threshold: float | None = None  # outlierDetection.minHealthPercent (0 if unwritten)
 
     def under(self, subset: TrafficPolicy) -> TrafficPolicy:
         """This policy with `subset`'s blocks in place of its own (MergeTrafficPolicy)."""
@@ -204,8 +211,10 @@ class TrafficPolicy:
 
 _BLOCKS = {"loadBalancer": ("load_balancer", "load_balancer_options", "hash_on", "locality"),
            "connectionPool": ("circuit_breaker", "connect_timeout",
-                              "max_requests_per_connection"),
-           "outlierDetection": ("outlier_detection",),
+                              "max_requests_per_connection", "connection_idle_timeout",
+                              "max_connection_duration", "max_concurrent_streams",
+                              "tcp_keepalive"),
+           "outlierDetection": ("outlier_detection", "panic_threshold"),
            "tls": ("tls_mode", "tls")}
 
 

@@ -153,6 +153,11 @@ def write_service(service: Service, files: FileSink | None = None) -> Written:
     settings = {key: getattr(options, key) for key in
                 ("choice_count", "minimum_ring_size", "maximum_ring_size", "table_size")
                 if getattr(options, key) is not None}
+    if options.slow_start is not None:
+        slow = options.slow_start
+        settings["slow_start"] = {"window": duration(slow.window)}
+        _put(settings["slow_start"], "aggression", slow.aggression, 1.0)
+        _put(settings["slow_start"], "min_weight_percent", slow.min_weight_percent, 10.0)
     if settings:
         doc["load_balancer"] = {"policy": service.load_balancer, **settings}
     else:
@@ -163,6 +168,19 @@ def write_service(service: Service, files: FileSink | None = None) -> Written:
     if service.locality_lb is not None:
         doc["locality_lb"] = _locality_lb(service.locality_lb)
     _put(doc, "max_requests_per_connection", service.max_requests_per_connection)
+    for key in ("connection_idle_timeout", "max_connection_duration"):
+        if getattr(service, key) is not None:
+            doc[key] = duration(getattr(service, key))
+    _put(doc, "max_concurrent_streams", service.max_concurrent_streams)
+    if service.tcp_keepalive is not None:
+        keepalive = service.tcp_keepalive
+        doc["tcp_keepalive"] = {key: duration(value) if key != "probes" else value
+                                for key, value in (("probes", keepalive.probes),
+                                                   ("time", keepalive.time),
+                                                   ("interval", keepalive.interval))
+                                if value is not None}
+    if service.panic_threshold is not None:
+        doc["panic_threshold"] = service.panic_threshold
     _put(doc, "failover", list(service.failover))
     if service.tls is not None:
         tls = service.tls
