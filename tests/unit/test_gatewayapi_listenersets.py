@@ -10,12 +10,15 @@ those tests' manifests).
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 
 import pytest
+from test_incremental_gatewayapi import CLASS as CLASS_APP
+from test_incremental_gatewayapi import _backend, _files, _gateway, _route, _step
 from tls_material import CA
 
 from meshpilot.base.errors import PolicyError
-from meshpilot.inputs.loader import load_policy_text
+from meshpilot.inputs.loader import PolicyLoader, load_policy_text
 from meshpilot.ir.model import Model, ObjectStatus
 from meshpilot.translators import Translation
 from meshpilot.xds.render import snapshot_to_dict
@@ -465,3 +468,37 @@ data:
     # the ListenerSet's table serves b and answers 421 for a (the Gateway's), and back
     assert tables["infra/edge/443/infra/ls/secure"] == [["b.example.com"], ["a.example.com"]]
     assert tables["infra/edge/443/secure"] == [["a.example.com"], ["b.example.com"]]
+
+
+def test_listenerset_edits_equal_a_cold_load(tmp_path: Path) -> None:
+    """Each reload of an edited folder (the loader and translation kept warm) gives what a cold
+    load gives, as a ListenerSet comes, moves, is let in and out, and goes."""
+    gateway_text = _gateway("[{name: http, port: 10000, protocol: HTTP}]")
+    head = [CLASS_APP, gateway_text.replace("spec:\n", "spec:\n  allowedListeners: "
+                                            "{namespaces: {from: Same}}\n")]
+    backends = {"a": _backend("a", "127.0.1.1")}
+
+    def app_set(port: int) -> str:
+        return listener_set("more", f"  - {{name: extra, port: {port}, protocol: HTTP}}",
+                            namespace="app", parent="{name: edge}")
+
+    routes = {"r": _route("r"), "on-set": http_route(
+        "on-set", "[{kind: ListenerSet, name: more}]", "/set", namespace="app").replace(
+        "{name: web, namespace: infra, port: 8080}", "{name: a, port: 80}")}
+    loader = PolicyLoader(tmp_path)
+    state: dict = {}
+    _step(tmp_path, _files(routes, backends, head), loader, state)
+    edits = [
+        ("a ListenerSet comes", lambda: head.append(app_set(10001))),
+        ("its listener moves", lambda: head.__setitem__(2, app_set(10002))),
+        ("the Gateway lets none in", lambda: head.__setitem__(1, gateway_text)),
+        ("the Gateway lets them in again", lambda: head.__setitem__(1, head[1].replace(
+            "spec:\n", "spec:\n  allowedListeners: {namespaces: {from: All}}\n"))),
+        ("the ListenerSet goes", lambda: head.pop(2)),
+    ]
+    for what, edit in edits:
+        edit()
+        before = state["snapshot"].version
+        _step(tmp_path, _files(routes, backends, head), loader, state)
+        assert state["snapshot"].version != before, what
+    assert ("ListenerSet", "app/more") not in {(s.kind, s.name) for s in loader.load().statuses}
