@@ -502,3 +502,33 @@ def test_listenerset_edits_equal_a_cold_load(tmp_path: Path) -> None:
         _step(tmp_path, _files(routes, backends, head), loader, state)
         assert state["snapshot"].version != before, what
     assert ("ListenerSet", "app/more") not in {(s.kind, s.name) for s in loader.load().statuses}
+
+
+def test_a_route_on_a_listenerset_not_taken_is_not_accepted_and_says_why() -> None:
+    model = load_policy_text(CLASS + gateway(allowed=None) + listener_set("ls", LS_LISTENER)
+                             + http_route("r", f"[{ls_ref('ls')}]", "/r"))
+    status = one(model, "HTTPRoute", "infra/r")
+    assert status.parent == "ListenerSet:infra/ls"
+    (accepted,) = [c for c in status.conditions if c.type == "Accepted"]
+    assert (accepted.status, accepted.reason) == ("False", "NoMatchingParent")
+    assert accepted.message == ("ListenerSet infra/ls is not accepted: Gateway infra/edge takes "
+                                "no ListenerSets (allowedListeners.namespaces.from: None)")
+    assert served(model) == {}
+
+
+def test_a_tcproute_attaches_to_a_listenerset_tcp_listener() -> None:
+    tcp_route = f"""apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {{name: raw, namespace: infra}}
+spec:
+  parentRefs: [{ls_ref('ls', 'raw')}]
+  rules: [{{backendRefs: [{{name: web, port: 8080}}]}}]
+---
+"""
+    model = load_policy_text(CLASS + gateway() + listener_set(
+        "ls", "  - {name: raw, port: 9000, protocol: TCP}") + tcp_route)
+    assert conditions(model, "TCPRoute", "infra/raw")["Accepted"] == ("True", "Accepted")
+    (tcp,) = [lst for lst in model.gateway("infra/edge").listeners  # type: ignore[union-attr]
+              if lst.name == "9000"]
+    assert tcp.protocol == "tcp" and [b.service for b in tcp.backends] == ["infra/web:8080:tcp"]
+    assert tcp.origin is not None and tcp.origin.kind == "ListenerSet"

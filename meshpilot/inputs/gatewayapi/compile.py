@@ -1051,6 +1051,10 @@ class _Compiler:
                       and (section is None or lst.name == section)
                       and (port is None or lst.port == port)]
         if not candidates:
+            refused = self.listener_sets[source.key][2] if source is not None else None
+            if source is not None and refused is not None:
+                return False, "NoMatchingParent", \
+                    f"ListenerSet {source.key} is not accepted: {refused[2]}", []
             return False, "NoMatchingParent", "no listener matches sectionName and port", []
         allowed = [lst for lst in candidates if lst.attachable
                    and route.kind in lst.kinds and self._namespace_allowed(lst, route)]
