@@ -372,9 +372,9 @@ class _Compiler:
         self.routes: list[Route] = []
         self.services: dict[str, Service] = {}
         self.listeners: dict[str, list[_Listener]] = {}  # gateway ns/name -> its listeners
-        # ListenerSet ns/name -> (its Gateway, its status; None until the Gateway is finished)
-        # for every ListenerSet naming a Gateway of ours
-        self.listener_sets: dict[str, tuple[str, KubeObject, ObjectStatus | None]] = {}
+        # ListenerSet ns/name -> (its Gateway, the ListenerSet, why the Gateway refuses it or
+        # None) for every ListenerSet naming a Gateway of ours
+        self.listener_sets: dict[str, listenersets.Known] = {}
         self.params: dict[str, _Params] = {}  # gateway ns/name -> its class's parameters
         # gateway key -> port -> hostname -> entries
         self.entries: dict[str, dict[int, dict[str, list[_Entry]]]] = {}
@@ -434,7 +434,8 @@ class _Compiler:
             self._udp_route(route)
         for gateway in self.world.gateways:
             self._finish_gateway(gateway)
-        self._orphan_listener_sets()
+        self.statuses.extend(listenersets.orphans(
+            self.world.listener_sets, {gateway.key for gateway in self.world.gateways}))
         self._finish_mesh()
         self._backend_tls_statuses()
 
@@ -655,64 +656,15 @@ class _Compiler:
             if listenersets.parent_gateway(one) == gateway.key)
 
     def _listener_sets(self, gateway: KubeObject, own: list[_Listener]) -> list[_Listener]:
-        """The listeners of the ListenerSets `gateway` takes (`listenersets.py`), to follow its
-        own: each in conflict with a listener before it (the Gateway's, an older ListenerSet's,
-        or one earlier in its own) is refused, and the one before it keeps its port."""
-        before = [lst for lst in own if lst.protocol in _ROUTE_KINDS_BY_PROTOCOL]
-        taken: list[_Listener] = []
-        for listener_set in self._sets_of(gateway):
-            why = listenersets.not_allowed(gateway, listener_set,
-                                           self.world.namespace_labels(listener_set.namespace),
-                                           _selected)
-            self.listener_sets[listener_set.key] = (
-                gateway.key, listener_set, None if why is None else ("NotAllowed", "NotAllowed",
-                                                                     why))
-            if why is not None:
-                continue
-            seen: dict[str, int] = {}
-            for index, item in enumerate(listener_set.spec()["listeners"]):
-                if item["name"] in seen:  # the API server's rule, as for a Gateway
-                    self.report(listener_set, ("spec", "listeners", index, "name"),
-                                f'listener name "{item["name"]}" is used twice (first at '
-                                f'spec.listeners[{seen[item["name"]]}])')
-                    continue
-                seen[item["name"]] = index
-                listener = self._listener(gateway, index, item, listener_set)
-                if listener.protocol in _ROUTE_KINDS_BY_PROTOCOL:
-                    found = listenersets.conflict(listener, before)
-                    if found is None:
-                        before.append(listener)
-                    else:
-                        listener.problems.extend((("Accepted", *found), ("Conflicted", *found)))
-                taken.append(listener)
-        return taken
-
-    def _listener_set_statuses(self, gateway: KubeObject) -> int:
-        """The statuses of the ListenerSets naming `gateway` and of their listeners; how many
-        are attached (its status's attachedListenerSets)."""
-        listeners = self.listeners.get(gateway.key, [])
-        count = 0
-        for parent, listener_set, refused in self.listener_sets.values():
-            if parent != gateway.key:
-                continue
-            mine = [lst for lst in listeners if lst.source is listener_set]
-            self.statuses.extend(listenersets.entry_status(listener_set, lst) for lst in mine)
-            status = listenersets.set_status(listener_set, gateway.key, refused, mine)
-            self.statuses.append(status)
-            count += listenersets.attached(status)
-        return count
-
-    def _orphan_listener_sets(self) -> None:
-        """A ListenerSet naming a Gateway the folder lacks is not accepted (one naming a
-        Gateway of another controller is not ours to say anything of)."""
-        gateways = {gateway.key for gateway in self.world.gateways}
-        for listener_set in self.world.listener_sets:
-            parent = listenersets.parent_gateway(listener_set)
-            if parent is None or parent not in gateways:
-                why = f"no Gateway {parent}" if parent is not None else \
-                    "spec.parentRef names no Gateway"
-                self.statuses.append(listenersets.set_status(
-                    listener_set, parent, ("ParentNotAccepted", "ParentNotProgrammed", why), ()))
+        """The listeners of the ListenerSets `gateway` takes, built as its own are, to follow
+        them (`listenersets.merge`: precedence and conflicts)."""
+        listeners, known = listenersets.merge(
+            gateway, self._sets_of(gateway), own,
+            lambda index, item, source: self._listener(gateway, index, item, source),
+            self.report, lambda selector, namespace: _selected(
+                selector, self.world.namespace_labels(namespace)))
+        self.listener_sets.update(known)
+        return listeners
 
     def _parent(self, route: KubeObject, ref: dict[str, Any],
                 ) -> tuple[str, str, KubeObject | None] | None:
@@ -1746,7 +1698,8 @@ class _Compiler:
         self.gateways.append(gateway)
         own = [lst for lst in listeners if lst.source is None]
         all_valid = all(lst.valid for lst in own)
-        sets = self._listener_set_statuses(obj)
+        statuses, sets = listenersets.statuses(obj.key, self.listener_sets.values(), listeners)
+        self.statuses.extend(statuses)
         self.status(obj, "Gateway", obj.key, ("metadata", "name"), _conditions(
             ("Accepted", bool(valid), "Accepted" if valid else "ListenersNotValid",
              "" if all_valid else "some listeners are not valid"),

@@ -18,10 +18,11 @@ compile step (`compile.py`) builds their listeners as it builds a Gateway's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, TypeVar
 
 from meshpilot.inputs.gatewayapi.kinds import EXPERIMENTAL_GROUP, GATEWAY_GROUP, KubeObject
+from meshpilot.inputs.yamlsource import FieldPath
 from meshpilot.ir.model import Condition, ObjectStatus
 
 # (group, kind) of the documents that are ListenerSets, as a route's parentRef names them
@@ -29,6 +30,13 @@ KINDS = frozenset({(GATEWAY_GROUP, "ListenerSet"), (EXPERIMENTAL_GROUP, "XListen
 KIND_NAMES = frozenset(kind for _, kind in KINDS)
 # What `allowedListeners.namespaces.from` says when it is left out: no ListenerSet is taken.
 DEFAULT_FROM = "None"
+# Why a Gateway does not take a ListenerSet: (Accepted reason, Programmed reason, message)
+Refusal = tuple[str, str, str]
+# A ListenerSet naming a Gateway of the compile: (the Gateway's key, the ListenerSet, why the
+# Gateway does not take it, or None: taken)
+Known = tuple[str, KubeObject, Refusal | None]
+# Whether a label selector selects a namespace (the compile step's, as for allowedRoutes)
+Selects = Callable[[dict[str, Any], str], bool]
 
 
 class SetListener(Protocol):
@@ -42,6 +50,7 @@ class SetListener(Protocol):
     kinds: tuple[str, ...]
     attached: int
     problems: list[tuple[str, str, str]]
+    source: KubeObject | None  # the ListenerSet whose listener it is (None: the Gateway's)
 
     @property
     def valid(self) -> bool: ...
@@ -68,10 +77,8 @@ def in_precedence(listener_sets: Iterable[KubeObject]) -> list[KubeObject]:
         one.body["metadata"].get("creationTimestamp") or "~", one.key))
 
 
-def not_allowed(gateway: KubeObject, listener_set: KubeObject,
-                namespace_labels: dict[str, str], selected: Any) -> str | None:
-    """Why the Gateway's `allowedListeners` keeps the ListenerSet out, or None: it is let in.
-    `selected(selector, labels)` is the compile step's label selector."""
+def not_allowed(gateway: KubeObject, listener_set: KubeObject, selects: Selects) -> str | None:
+    """Why the Gateway's `allowedListeners` keeps the ListenerSet out, or None: it is let in."""
     namespaces = (gateway.spec().get("allowedListeners") or {}).get("namespaces") or {}
     source = namespaces.get("from", DEFAULT_FROM)
     if source == "All":
@@ -82,12 +89,85 @@ def not_allowed(gateway: KubeObject, listener_set: KubeObject,
         return (f"Gateway {gateway.key} takes ListenerSets of its own namespace only "
                 "(allowedListeners.namespaces.from: Same)")
     if source == "Selector":
-        if selected(namespaces.get("selector") or {}, namespace_labels):
+        if selects(namespaces.get("selector") or {}, listener_set.namespace):
             return None
         return (f"namespace {listener_set.namespace} is not selected by Gateway "
                 f"{gateway.key}'s allowedListeners.namespaces.selector")
     return (f"Gateway {gateway.key} takes no ListenerSets (allowedListeners.namespaces.from: "
             f"{source})")
+
+
+L = TypeVar("L", bound=SetListener)
+
+
+def merge(gateway: KubeObject, listener_sets: Sequence[KubeObject], own: Sequence[L],
+          build: Callable[[int, dict[str, Any], KubeObject], L],
+          report: Callable[[KubeObject, FieldPath, str], None], selects: Selects,
+          ) -> tuple[list[L], dict[str, Known]]:
+    """The listeners of the `listener_sets` (in precedence) that `gateway` takes, each built by
+    `build(index, spec, listener_set)`, to follow its `own`: one in conflict with a listener
+    before it (the Gateway's, an older ListenerSet's, or an earlier one of its own) is refused
+    (Accepted False, Conflicted True), and the one before it keeps its port. Also what became of
+    each ListenerSet. A listener name used twice in one ListenerSet is `report`ed (an issue:
+    the API server refuses such a document)."""
+    before = [lst for lst in own if lst.protocol in _PROTOCOLS]
+    taken: list[L] = []
+    known: dict[str, Known] = {}
+    for listener_set in listener_sets:
+        why = not_allowed(gateway, listener_set, selects)
+        known[listener_set.key] = (gateway.key, listener_set,
+                                   None if why is None else ("NotAllowed", "NotAllowed", why))
+        if why is not None:
+            continue
+        seen: dict[str, int] = {}
+        for index, item in enumerate(listener_set.spec()["listeners"]):
+            if item["name"] in seen:
+                report(listener_set, ("spec", "listeners", index, "name"),
+                       f'listener name "{item["name"]}" is used twice (first at '
+                       f'spec.listeners[{seen[item["name"]]}])')
+                continue
+            seen[item["name"]] = index
+            listener = build(index, item, listener_set)
+            if listener.protocol in _PROTOCOLS:
+                found = conflict(listener, before)
+                if found is None:
+                    before.append(listener)
+                else:
+                    listener.problems.extend((("Accepted", *found), ("Conflicted", *found)))
+            taken.append(listener)
+    return taken, known
+
+
+def statuses(gateway: str, known: Iterable[Known], listeners: Sequence[SetListener],
+             ) -> tuple[list[ObjectStatus], int]:
+    """The statuses of the ListenerSets naming `gateway` (its key) and of their listeners
+    (among the Gateway's merged `listeners`), and how many are attached (the Gateway's
+    attachedListenerSets)."""
+    made: list[ObjectStatus] = []
+    count = 0
+    for parent, listener_set, refused in known:
+        if parent != gateway:
+            continue
+        mine = [lst for lst in listeners if lst.source is listener_set]
+        made.extend(entry_status(listener_set, lst) for lst in mine)
+        status = set_status(listener_set, gateway, refused, mine)
+        made.append(status)
+        count += attached(status)
+    return made, count
+
+
+def orphans(listener_sets: Iterable[KubeObject], gateways: set[str]) -> list[ObjectStatus]:
+    """A ListenerSet naming a Gateway the folder lacks is not accepted (one naming a Gateway of
+    another controller is not ours to say anything of: it is in `gateways`, never taken)."""
+    made: list[ObjectStatus] = []
+    for listener_set in listener_sets:
+        parent = parent_gateway(listener_set)
+        if parent is None or parent not in gateways:
+            why = f"no Gateway {parent}" if parent is not None else \
+                "spec.parentRef names no Gateway"
+            made.append(set_status(listener_set, parent,
+                                   ("ParentNotAccepted", "ParentNotProgrammed", why), ()))
+    return made
 
 
 def conflict(listener: SetListener, before: Sequence[SetListener]) -> tuple[str, str] | None:
@@ -130,8 +210,7 @@ def entry_status(listener_set: KubeObject, listener: SetListener) -> ObjectStatu
                  ("supportedKinds", ",".join(listener.kinds))))
 
 
-def set_status(listener_set: KubeObject, gateway: str | None,
-               refused: tuple[str, str, str] | None,
+def set_status(listener_set: KubeObject, gateway: str | None, refused: Refusal | None,
                listeners: Sequence[SetListener]) -> ObjectStatus:
     """A ListenerSet's own status. `refused`: (Accepted reason, Programmed reason, message)
     when its Gateway does not take it; else it is accepted when one of its listeners is
@@ -159,6 +238,10 @@ def set_status(listener_set: KubeObject, gateway: str | None,
 def attached(status: ObjectStatus) -> bool:
     """Whether a ListenerSet status counts in its Gateway's attachedListenerSets."""
     return any(c.type == "Accepted" and c.status == "True" for c in status.conditions)
+
+
+# The protocols whose listeners may conflict (compile.py's; others are refused already).
+_PROTOCOLS = frozenset(("HTTP", "HTTPS", "TLS", "TCP", "UDP"))
 
 
 def _condition(kind: str, ok: bool, reason_message: tuple[str, str]) -> Condition:
