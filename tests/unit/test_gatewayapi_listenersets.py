@@ -331,12 +331,12 @@ data:
 ---
 """
 
-    def grant(from_kind: str, namespace: str) -> str:
+    def grant(from_kind: str, namespace: str, group: str = "gateway.networking.k8s.io") -> str:
         return f"""apiVersion: gateway.networking.k8s.io/v1beta1
 kind: ReferenceGrant
 metadata: {{name: from-{namespace}-{from_kind.lower()}, namespace: certs}}
 spec:
-  from: [{{group: gateway.networking.k8s.io, kind: {from_kind}, namespace: {namespace}}}]
+  from: [{{group: {group}, kind: {from_kind}, namespace: {namespace}}}]
   to: [{{group: "", kind: Secret}}]
 ---
 """
@@ -348,8 +348,14 @@ spec:
             + listener_set("with-grant", https, namespace="granted")
             + listener_set("without-grant", https.replace("443", "8443"),
                            namespace="ungranted")
-            + listener_set("gateway-grant", https.replace("443", "9443")))
+            + listener_set("gateway-grant", https.replace("443", "9443"))
+            # an XListenerSet's grant names its own group and kind
+            + grant("XListenerSet", "experimental", "gateway.networking.x-k8s.io")
+            + listener_set("x", https.replace("443", "7443"), namespace="experimental",
+                           api="gateway.networking.x-k8s.io/v1alpha1", kind="XListenerSet"))
     model = load_policy_text(text)
+    assert conditions(model, "ListenerEntry", "experimental/x/secure")["ResolvedRefs"] == \
+        ("True", "ResolvedRefs")
     assert conditions(model, "ListenerEntry", "granted/with-grant/secure")["ResolvedRefs"] == \
         ("True", "ResolvedRefs")
     assert conditions(model, "ListenerSet", "granted/with-grant") == {
@@ -360,7 +366,7 @@ spec:
         assert conditions(model, "ListenerSet", key) == {
             "Accepted": ("False", "ListenersNotValid"),
             "Programmed": ("False", "ListenersNotValid")}
-    assert ports(model) == ["80", "443"]
+    assert ports(model) == ["80", "443", "7443"]
     (https_listener,) = [lst for lst in model.gateway("infra/edge").listeners  # type: ignore[union-attr]
                          if lst.name == "443"]
     assert https_listener.tls is not None and https_listener.tls.certificates

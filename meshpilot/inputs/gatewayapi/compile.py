@@ -182,14 +182,14 @@ class _World:
         return {**self.namespaces.get(namespace, {}), NAMESPACE_NAME_LABEL: namespace}
 
     def permitted(self, from_kind: str, from_namespace: str, to_group: str, to_kind: str,
-                  to_namespace: str, to_name: str) -> bool:
-        """Whether a reference from a `from_kind` (Gateway API group) in `from_namespace` to
+                  to_namespace: str, to_name: str, from_group: str = GATEWAY_GROUP) -> bool:
+        """Whether a reference from a `from_kind` (of `from_group`) in `from_namespace` to
         an object in another namespace is allowed by a ReferenceGrant there."""
         if from_namespace == to_namespace:
             return True
         for grant in self.grants.get(to_namespace, ()):
             spec = grant.spec()
-            if not any(f.get("group") == GATEWAY_GROUP and f.get("kind") == from_kind
+            if not any(f.get("group") == from_group and f.get("kind") == from_kind
                        and f.get("namespace") == from_namespace for f in spec.get("from", ())):
                 continue
             if any(t.get("group", "") == to_group and t.get("kind") == to_kind
@@ -833,7 +833,7 @@ class _Compiler:
                                           f"certificateRef {key} is not a Secret"))
                 continue
             if not self.world.permitted(gateway.kind, gateway.namespace, "", "Secret", namespace,
-                                        ref["name"]):
+                                        ref["name"], from_group=gateway.group):
                 listener.problems.append(("ResolvedRefs", "RefNotPermitted",
                                           f"no ReferenceGrant in {namespace} lets "
                                           f"{gateway.kind}s of {gateway.namespace} use Secret "
