@@ -3,13 +3,18 @@ Gateway takes the ListenerSets of its own namespace (allowedListeners from: Same
 ListenerSet's listener on a port of its own is bound by a real Envoy and the route attached to
 it (a parentRef of kind ListenerSet) answers there, while a route attached to the Gateway does
 not; a ListenerSet of another namespace is not taken and its port is not bound, until the
-Gateway is edited to take ListenerSets of every namespace."""
+Gateway is edited to take ListenerSets of every namespace. On an HTTPS port the Gateway and a
+ListenerSet share, with listeners of one name, each listener's SNI picks its own certificate
+and routes, and the other's host is misdirected (421)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
+import ssl
 from collections.abc import Iterator
+from http.client import HTTPConnection, HTTPSConnection
 
 import pytest
 from gatewayapi_conformance import EchoBackend
@@ -21,6 +26,7 @@ from support import (
     served_policy,
     write_atomically,
 )
+from tls_material import CA
 
 pytestmark = pytest.mark.envoy
 
@@ -144,3 +150,100 @@ def test_a_listenerset_not_allowed_is_not_bound_until_the_gateway_takes_it(
     eventually(lambda: bound(other) and answer(other, "/") == (200, "app-ls"), timeout=30,
                what="the other namespace's ListenerSet served once the Gateway takes it")
     assert answer(served.ports["ls_port"], "/ls") == (200, "app-ls")
+
+
+HTTPS = gateway_class_template("443:{port}") + """apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: infra}}
+spec:
+  gatewayClassName: mp
+  allowedListeners: {{namespaces: {{from: Same}}}}
+  listeners:
+  - {{name: secure, port: 443, protocol: HTTPS, hostname: a.example.com,
+     tls: {{certificateRefs: [{{name: cert-a}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {{name: extra, namespace: infra}}
+spec:
+  parentRef: {{name: edge}}
+  listeners:
+  - {{name: secure, port: 443, protocol: HTTPS, hostname: b.example.com,
+     tls: {{certificateRefs: [{{name: cert-b}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: on-gateway, namespace: infra}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules: [{{backendRefs: [{{name: app-gw, port: 8080}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: on-listenerset, namespace: infra}}
+spec:
+  parentRefs: [{{kind: ListenerSet, name: extra}}]
+  rules: [{{backendRefs: [{{name: app-ls, port: 8080}}]}}]
+---
+""" + "".join(f"""apiVersion: v1
+kind: Secret
+metadata: {{{{name: cert-{x}, namespace: infra}}}}
+type: kubernetes.io/tls
+data: {{{{tls.crt: {{cert_{x}}}, tls.key: {{key_{x}}}}}}}
+---
+""" for x in "ab") + POLICY[POLICY.index("apiVersion: v1\nkind: Service"):]
+
+
+@pytest.fixture(scope="module")
+def https(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, ssl.SSLContext]]:
+    work = tmp_path_factory.mktemp("listenerset-https-e2e")
+    ca = CA()
+    pairs = {x: ca.issue(f"{x}.example.com") for x in "ab"}
+    values = {f"{part}_{x}": base64.b64encode(getattr(pair, f"{part}_pem")).decode()
+              for x, pair in pairs.items() for part in ("cert", "key")}
+    servers = {"app_gw": EchoBackend("infra", "app-gw"), "app_ls": EchoBackend("infra", "app-ls")}
+    with served_policy(work, "gateway.yaml", HTTPS, servers, envoys={"infra/edge": "edge"},
+                       **values) as running:
+        yield running.ports["port"], ssl.create_default_context(cadata=ca.pem.decode())
+
+
+class _Sni(HTTPSConnection):
+    """HTTPS to 127.0.0.1 with the SNI `server_name`, whatever Host is sent."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, server_name: str):
+        super().__init__("127.0.0.1", port, timeout=10, context=context)
+        self.server_name = server_name
+
+    def connect(self) -> None:
+        HTTPConnection.connect(self)
+        self.sock = self._context.wrap_socket(  # type: ignore[attr-defined]
+            self.sock, server_hostname=self.server_name)
+
+
+def https_answer(https: tuple[int, ssl.SSLContext], sni: str, host: str,
+                 ) -> tuple[int, str | None, str]:
+    """(status, the Service that answered or None, the common name of the certificate shown)."""
+    connection = _Sni(*https, sni)
+    try:
+        connection.request("GET", "/", headers={"Host": host})
+        response = connection.getresponse()
+        body = response.read()
+        peer = connection.sock.getpeercert()  # type: ignore[union-attr]
+        shown = dict(item[0] for item in peer["subject"])["commonName"]
+        return response.status, json.loads(body)["service"] if response.status == 200 \
+            else None, shown
+    finally:
+        connection.close()
+
+
+def test_a_shared_https_port_gives_each_listener_its_sni(
+        https: tuple[int, ssl.SSLContext]) -> None:
+    eventually(lambda: https_answer(https, "b.example.com", "b.example.com")[0] == 200,
+               timeout=30, what="the ListenerSet's HTTPS listener to serve")
+    assert https_answer(https, "b.example.com", "b.example.com") == \
+        (200, "app-ls", "b.example.com")
+    assert https_answer(https, "a.example.com", "a.example.com") == \
+        (200, "app-gw", "a.example.com")
+    # the other listener's host, on a connection its SNI made: misdirected, never routed
+    assert https_answer(https, "a.example.com", "b.example.com")[:2] == (421, None)
+    assert https_answer(https, "b.example.com", "a.example.com")[:2] == (421, None)
