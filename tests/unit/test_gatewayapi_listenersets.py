@@ -437,8 +437,10 @@ def test_a_listenerset_without_its_gateway_is_not_accepted() -> None:
 def test_a_listener_name_twice_in_one_listenerset_refuses_the_load() -> None:
     twice = LS_LISTENER + "\n" + LS_LISTENER.replace("8081", "8082")
     with pytest.raises(PolicyError) as error:
-        load_policy_text(CLASS + gateway() + listener_set("ls", twice))
-    assert 'spec.listeners[1].name: listener name "extra" is used twice' in str(error.value)
+        # whether or not its Gateway takes it: the API server refuses such a document
+        load_policy_text(CLASS + gateway(allowed=None) + listener_set("ls", twice))
+    assert ('policy.yaml:26:12: ListenerSet infra/ls: spec.listeners[1].name: listener name '
+            '"extra" is used twice (first at spec.listeners[0])') in str(error.value)
 
 
 def test_allowed_listeners_is_checked() -> None:
@@ -538,3 +540,10 @@ spec:
               if lst.name == "9000"]
     assert tcp.protocol == "tcp" and [b.service for b in tcp.backends] == ["infra/web:8080:tcp"]
     assert tcp.origin is not None and tcp.origin.kind == "ListenerSet"
+
+
+def test_a_listenerset_without_listeners_refuses_the_load() -> None:
+    with pytest.raises(PolicyError) as error:
+        load_policy_text(CLASS + gateway(allowed=None) + listener_set("ls", "  []").replace(
+            "  listeners:\n  []", "  listeners: []"))
+    assert "ListenerSet infra/ls: spec.listeners: needs at least one listener" in str(error.value)

@@ -661,7 +661,7 @@ class _Compiler:
         listeners, known = listenersets.merge(
             gateway, self._sets_of(gateway), own,
             lambda index, item, source: self._listener(gateway, index, item, source),
-            self.report, lambda selector, namespace: _selected(
+            lambda selector, namespace: _selected(
                 selector, self.world.namespace_labels(namespace)))
         self.listener_sets.update(known)
         return listeners

@@ -365,6 +365,19 @@ SCHEMAS: dict[str, Obj] = {
 }
 
 
+def _check_listener_entries(ctx: DocumentContext, listeners: list[dict[str, Any]]) -> None:
+    """The CRD's rules on a ListenerSet's listeners: at least one, each name once."""
+    if not listeners:
+        ctx.report(("spec", "listeners"), "needs at least one listener", at_value=True)
+    seen: dict[str, int] = {}
+    for index, item in enumerate(listeners):
+        first = seen.setdefault(item["name"], index)
+        if first != index:
+            ctx.report(("spec", "listeners", index, "name"),
+                       f'listener name "{item["name"]}" is used twice (first at '
+                       f"spec.listeners[{first}])", at_value=True)
+
+
 def parser_of(kind: str):  # type: ignore[no-untyped-def]
     """The parser of one kind: check the document's shape, give one `KubeObject`."""
     schema = SCHEMAS[kind]
@@ -372,6 +385,8 @@ def parser_of(kind: str):  # type: ignore[no-untyped-def]
     def parse(document: Located, ctx: DocumentContext) -> Iterable[ModelPart]:
         mark = len(ctx.load.issues)
         check_document(ctx, document.value, schema)
+        if schema is LISTENER_SET and len(ctx.load.issues) == mark:
+            _check_listener_entries(ctx, document.value["spec"]["listeners"])
         if len(ctx.load.issues) > mark or ctx.name is None:
             return ()
         body = document.value

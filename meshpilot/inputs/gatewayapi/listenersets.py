@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from meshpilot.inputs.gatewayapi.kinds import EXPERIMENTAL_GROUP, GATEWAY_GROUP, KubeObject
-from meshpilot.inputs.yamlsource import FieldPath
 from meshpilot.ir.model import Condition, ObjectStatus
 
 # (group, kind) of the documents that are ListenerSets, as a route's parentRef names them
@@ -101,15 +100,14 @@ L = TypeVar("L", bound=SetListener)
 
 
 def merge(gateway: KubeObject, listener_sets: Sequence[KubeObject], own: Sequence[L],
-          build: Callable[[int, dict[str, Any], KubeObject], L],
-          report: Callable[[KubeObject, FieldPath, str], None], selects: Selects,
+          build: Callable[[int, dict[str, Any], KubeObject], L], selects: Selects,
           ) -> tuple[list[L], dict[str, Known]]:
     """The listeners of the `listener_sets` (in precedence) that `gateway` takes, each built by
     `build(index, spec, listener_set)`, to follow its `own`: one in conflict with a listener
     before it (the Gateway's, an older ListenerSet's, or an earlier one of its own) is refused
     (Accepted False, Conflicted True), and the one before it keeps its port. Also what became of
-    each ListenerSet. A listener name used twice in one ListenerSet is `report`ed (an issue:
-    the API server refuses such a document)."""
+    each ListenerSet. (A listener name used twice in one ListenerSet refused the load already,
+    as the API server refuses such a document: `kinds.py`.)"""
     before = [lst for lst in own if lst.protocol in _PROTOCOLS]
     taken: list[L] = []
     known: dict[str, Known] = {}
@@ -119,14 +117,7 @@ def merge(gateway: KubeObject, listener_sets: Sequence[KubeObject], own: Sequenc
                                    None if why is None else ("NotAllowed", "NotAllowed", why))
         if why is not None:
             continue
-        seen: dict[str, int] = {}
         for index, item in enumerate(listener_set.spec()["listeners"]):
-            if item["name"] in seen:
-                report(listener_set, ("spec", "listeners", index, "name"),
-                       f'listener name "{item["name"]}" is used twice (first at '
-                       f'spec.listeners[{seen[item["name"]]}])')
-                continue
-            seen[item["name"]] = index
             listener = build(index, item, listener_set)
             if listener.protocol in _PROTOCOLS:
                 found = conflict(listener, before)
