@@ -40,6 +40,7 @@ from cryptography import x509
 
 from meshpilot.base import re2text
 from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
+from meshpilot.inputs.gatewayapi import listenersets
 from meshpilot.inputs.gatewayapi.kinds import FILTER_MEMBERS, GATEWAY_GROUP, KubeObject
 from meshpilot.inputs.gatewayapi.secrets import tls_secret
 from meshpilot.inputs.native.fields import re2_problem, regex_problem
@@ -131,6 +132,7 @@ class _World:
     tls_routes: list[KubeObject] = field(default_factory=list)
     udp_routes: list[KubeObject] = field(default_factory=list)
     backend_tls: list[KubeObject] = field(default_factory=list)
+    listener_sets: list[KubeObject] = field(default_factory=list)  # and XListenerSets
     grants: dict[str, list[KubeObject]] = field(default_factory=dict)  # by namespace
     services: dict[str, KubeObject] = field(default_factory=dict)  # ns/name
     secrets: dict[str, KubeObject] = field(default_factory=dict)
@@ -157,6 +159,8 @@ class _World:
                 world.udp_routes.append(obj)
             elif kind == "BackendTLSPolicy":
                 world.backend_tls.append(obj)
+            elif kind in listenersets.KIND_NAMES:
+                world.listener_sets.append(obj)
             elif kind == "ReferenceGrant":
                 world.grants.setdefault(obj.namespace, []).append(obj)
             elif kind == "Service":
@@ -178,14 +182,14 @@ class _World:
         return {**self.namespaces.get(namespace, {}), NAMESPACE_NAME_LABEL: namespace}
 
     def permitted(self, from_kind: str, from_namespace: str, to_group: str, to_kind: str,
-                  to_namespace: str, to_name: str) -> bool:
-        """Whether a reference from a `from_kind` (Gateway API group) in `from_namespace` to
+                  to_namespace: str, to_name: str, from_group: str = GATEWAY_GROUP) -> bool:
+        """Whether a reference from a `from_kind` (of `from_group`) in `from_namespace` to
         an object in another namespace is allowed by a ReferenceGrant there."""
         if from_namespace == to_namespace:
             return True
         for grant in self.grants.get(to_namespace, ()):
             spec = grant.spec()
-            if not any(f.get("group") == GATEWAY_GROUP and f.get("kind") == from_kind
+            if not any(f.get("group") == from_group and f.get("kind") == from_kind
                        and f.get("namespace") == from_namespace for f in spec.get("from", ())):
                 continue
             if any(t.get("group", "") == to_group and t.get("kind") == to_kind
@@ -241,6 +245,24 @@ class _Listener:
     client_ca: bytes | None = None
     client_ca_path: str | None = None
     client_optional: bool = False
+    # The ListenerSet whose listener it is (None: the Gateway's own); `index` and `path` are
+    # then that document's.
+    source: KubeObject | None = None
+
+    @property
+    def owner(self) -> KubeObject:
+        """The document that wrote it: its Gateway or its ListenerSet."""
+        return self.source or self.gateway
+
+    @property
+    def tls_name(self) -> str:
+        """Its TLS host's name on a shared HTTPS port: unique, as a ListenerSet's listener may
+        have the name of a Gateway's (or another ListenerSet's) listener there."""
+        return self.name if self.source is None else f"{self.source.key}/{self.name}"
+
+    def origin(self) -> Origin:
+        return Origin(self.owner.document.position_of(self.path), self.owner.kind,
+                      self.owner.key, f"spec.listeners[{self.index}]")
 
     @property
     def valid(self) -> bool:
@@ -350,6 +372,9 @@ class _Compiler:
         self.routes: list[Route] = []
         self.services: dict[str, Service] = {}
         self.listeners: dict[str, list[_Listener]] = {}  # gateway ns/name -> its listeners
+        # ListenerSet ns/name -> (its Gateway, the ListenerSet, why the Gateway refuses it or
+        # None) for every ListenerSet naming a Gateway of ours
+        self.listener_sets: dict[str, listenersets.Known] = {}
         self.params: dict[str, _Params] = {}  # gateway ns/name -> its class's parameters
         # gateway key -> port -> hostname -> entries
         self.entries: dict[str, dict[int, dict[str, list[_Entry]]]] = {}
@@ -409,6 +434,8 @@ class _Compiler:
             self._udp_route(route)
         for gateway in self.world.gateways:
             self._finish_gateway(gateway)
+        self.statuses.extend(listenersets.orphans(
+            self.world.listener_sets, {gateway.key for gateway in self.world.gateways}))
         self._finish_mesh()
         self._backend_tls_statuses()
 
@@ -590,6 +617,10 @@ class _Compiler:
                 ("Accepted", False, "InvalidParameters",
                  f"GatewayClass {class_name} has invalid parameters"),
                 ("Programmed", False, "Invalid", "")))
+            for listener_set in self._sets_of(obj):
+                self.statuses.append(listenersets.set_status(
+                    listener_set, obj.key, ("ParentNotAccepted", "ParentNotProgrammed",
+                                            f"Gateway {obj.key} is not accepted"), ()))
             return
         self.params[obj.key] = params
         listeners: list[_Listener] = []
@@ -603,6 +634,7 @@ class _Compiler:
             seen[item["name"]] = index
             listeners.append(self._listener(obj, index, item))
         _mark_conflicts(listeners)
+        listeners.extend(self._listener_sets(obj, listeners))
         bound: dict[int, int] = {}  # the port Envoy binds -> the listener port first there
         for port in sorted({lst.port for lst in listeners if lst.valid}):
             socket_port = params.ports.get(port, port)
@@ -616,6 +648,39 @@ class _Compiler:
         self.listeners[obj.key] = listeners
         self.entries[obj.key] = {}
         self.passthrough[obj.key] = {}
+
+    def _sets_of(self, gateway: KubeObject) -> list[KubeObject]:
+        """The ListenerSets naming `gateway`, in the spec's precedence."""
+        return listenersets.in_precedence(
+            one for one in self.world.listener_sets
+            if listenersets.parent_gateway(one) == gateway.key)
+
+    def _listener_sets(self, gateway: KubeObject, own: list[_Listener]) -> list[_Listener]:
+        """The listeners of the ListenerSets `gateway` takes, built as its own are, to follow
+        them (`listenersets.merge`: precedence and conflicts)."""
+        listeners, known = listenersets.merge(
+            gateway, self._sets_of(gateway), own,
+            lambda index, item, source: self._listener(gateway, index, item, source),
+            lambda selector, namespace: _selected(
+                selector, self.world.namespace_labels(namespace)))
+        self.listener_sets.update(known)
+        return listeners
+
+    def _parent(self, route: KubeObject, ref: dict[str, Any],
+                ) -> tuple[str, str, KubeObject | None] | None:
+        """What a route's parentRef names, if it is a Gateway of ours or a ListenerSet naming
+        one: (the Gateway's key, the parent as status names it, the ListenerSet or None)."""
+        key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
+        section = f"/{ref['sectionName']}" if ref.get("sectionName") else ""
+        if listenersets.names_listener_set(ref):
+            known = self.listener_sets.get(key)
+            if known is None:
+                return None
+            return known[0], f"{known[1].kind}:{key}{section}", known[1]
+        if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
+                ref.get("kind", "Gateway") != "Gateway" or key not in self.listeners:
+            return None  # another kind, or not a Gateway of ours
+        return key, key + section, None
 
     def _between_gateways(self) -> None:
         """Listeners of different Gateways that would bind one socket (the address and port
@@ -660,10 +725,11 @@ class _Compiler:
             for bound, listener in kept:
                 taken.setdefault(bound, []).append((params.address, gateway, listener))
 
-    def _listener(self, gateway: KubeObject, index: int, spec: dict[str, Any]) -> _Listener:
+    def _listener(self, gateway: KubeObject, index: int, spec: dict[str, Any],
+                  source: KubeObject | None = None) -> _Listener:
         protocol = spec["protocol"]
         listener = _Listener(gateway, index, spec["name"], spec["port"], protocol,
-                             spec.get("hostname"), spec)
+                             spec.get("hostname"), spec, source=source)
         if protocol not in _ROUTE_KINDS_BY_PROTOCOL:
             listener.problems.append(("Accepted", "UnsupportedProtocol",
                                       f"protocol {protocol} is not supported yet"))
@@ -752,7 +818,7 @@ class _Compiler:
 
     def _certificates(self, listener: _Listener,
                       refs: Sequence[dict[str, Any]]) -> tuple[TlsCertificate, ...]:
-        gateway = listener.gateway
+        gateway = listener.owner  # a ListenerSet's references are its own, granted to it
         if not refs:
             listener.problems.append(("ResolvedRefs", "InvalidCertificateRef",
                                       f"a {listener.protocol} listener terminating TLS needs "
@@ -766,11 +832,12 @@ class _Compiler:
                 listener.problems.append(("ResolvedRefs", "InvalidCertificateRef",
                                           f"certificateRef {key} is not a Secret"))
                 continue
-            if not self.world.permitted("Gateway", gateway.namespace, "", "Secret", namespace,
-                                        ref["name"]):
+            if not self.world.permitted(gateway.kind, gateway.namespace, "", "Secret", namespace,
+                                        ref["name"], from_group=gateway.group):
                 listener.problems.append(("ResolvedRefs", "RefNotPermitted",
-                                          f"no ReferenceGrant in {namespace} lets Gateways of "
-                                          f"{gateway.namespace} use Secret {key}"))
+                                          f"no ReferenceGrant in {namespace} lets "
+                                          f"{gateway.kind}s of {gateway.namespace} use Secret "
+                                          f"{key}"))
                 continue
             secret = self.world.secrets.get(key)
             problem = "no such Secret" if secret is None else None
@@ -827,15 +894,13 @@ class _Compiler:
                 self._mesh_parent(route, ref, path, rules, resolved, unsupported, effects,
                                   meshed)
                 continue
-            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
-                    ref.get("kind", "Gateway") != "Gateway":
-                continue  # another kind: not ours
-            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
-            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
-            listeners = self.listeners.get(gateway_key)
-            if listeners is None:
-                continue  # not a Gateway of ours
-            accepted, reason, message, attach = self._attach(route, ref, listeners, hostnames)
+            found = self._parent(route, ref)
+            if found is None:
+                continue  # another kind, or not a Gateway of ours
+            gateway_key, parent, source = found
+            listeners = self.listeners[gateway_key]
+            accepted, reason, message, attach = self._attach(route, ref, listeners, hostnames,
+                                                             source)
             if accepted and unsupported is not None:
                 accepted, reason, message = False, "UnsupportedValue", unsupported
             elif accepted:
@@ -928,14 +993,20 @@ class _Compiler:
                 origin=Origin(first.document.position, first.kind, first.key)))
 
     def _attach(self, route: KubeObject, ref: dict[str, Any], listeners: list[_Listener],
-                hostnames: tuple[str, ...],
+                hostnames: tuple[str, ...], source: KubeObject | None = None,
                 ) -> tuple[bool, str, str, list[tuple[_Listener, list[str]]]]:
+        """Which of the Gateway's `listeners` the route attaches to through `ref`: those of the
+        parent it names (the Gateway's own, or the ListenerSet `source`'s)."""
         section = ref.get("sectionName")
         port = ref.get("port")
-        candidates = [lst for lst in listeners
-                      if (section is None or lst.name == section)
+        candidates = [lst for lst in listeners if lst.source is source
+                      and (section is None or lst.name == section)
                       and (port is None or lst.port == port)]
         if not candidates:
+            refused = self.listener_sets[source.key][2] if source is not None else None
+            if source is not None and refused is not None:
+                return False, "NoMatchingParent", \
+                    f"ListenerSet {source.key} is not accepted: {refused[2]}", []
             return False, "NoMatchingParent", "no listener matches sectionName and port", []
         allowed = [lst for lst in candidates if lst.attachable
                    and route.kind in lst.kinds and self._namespace_allowed(lst, route)]
@@ -960,7 +1031,7 @@ class _Compiler:
         if source == "All":
             return True
         if source == "Same":
-            return route.namespace == listener.gateway.namespace
+            return route.namespace == listener.owner.namespace
         if source == "Selector":
             return _selected(namespaces.get("selector") or {},
                              self.world.namespace_labels(route.namespace))
@@ -973,15 +1044,11 @@ class _Compiler:
         """A TCPRoute's, UDPRoute's or TLSRoute's parentRefs that name a Gateway of this
         compile: (index, Gateway key, the parent as status names it, what `_attach` says)."""
         for ref_index, ref in enumerate(route.spec().get("parentRefs") or ()):
-            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
-                    ref.get("kind", "Gateway") != "Gateway":
-                continue
-            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
-            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
-            listeners = self.listeners.get(gateway_key)
-            if listeners is not None:
-                yield ref_index, gateway_key, parent, self._attach(route, ref, listeners,
-                                                                   hostnames)
+            found = self._parent(route, ref)
+            if found is not None:
+                gateway_key, parent, source = found
+                yield ref_index, gateway_key, parent, self._attach(
+                    route, ref, self.listeners[gateway_key], hostnames, source)
 
     def _stream_status(self, route: KubeObject, ref_index: int, parent: str,
                        accepted: tuple[bool, str, str], resolved: tuple[bool, str, str]) -> None:
@@ -1519,6 +1586,8 @@ class _Compiler:
             return
         params = self.params[obj.key]
         for listener in listeners:
+            if listener.source is not None:
+                continue  # said with its ListenerSet's status (`_listener_set_statuses`)
             problems = {kind: (reason, message) for kind, reason, message in
                         reversed(listener.problems)}
             accepted = problems.get("Accepted")
@@ -1548,16 +1617,14 @@ class _Compiler:
                     model_listeners.append(GatewayListener(
                         str(port), params.ports.get(port, port), params.address,
                         protocol="tcp", backends=on_port[0].tcp_backends,
-                        origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
-                                      obj.key, f"spec.listeners[{on_port[0].index}]")))
+                        origin=on_port[0].origin()))
                 continue
             if on_port[0].protocol == "UDP":
                 if on_port[0].udp_service is not None:  # else nothing to serve
                     model_listeners.append(GatewayListener(
                         str(port), params.ports.get(port, port), params.address,
                         protocol="udp", service=on_port[0].udp_service,
-                        origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
-                                      obj.key, f"spec.listeners[{on_port[0].index}]")))
+                        origin=on_port[0].origin()))
                 continue
             if on_port[0].protocol == "TLS":
                 sni = self.passthrough[obj.key].get(port, {})
@@ -1580,8 +1647,7 @@ class _Compiler:
                                         **_client_check(next(
                                             lst for lst in on_port if lst.terminate)))
                         if ending else None,
-                        origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
-                                      obj.key, f"spec.listeners[{on_port[0].index}]")))
+                        origin=on_port[0].origin()))
                 continue
             certificates = tuple(dict.fromkeys(c for lst in on_port for c in lst.certificates))
             tls = ListenerTls(certificates, origin=_origin(obj, (*on_port[0].path, "tls")),
@@ -1593,8 +1659,7 @@ class _Compiler:
             model_listeners.append(GatewayListener(
                 str(port), params.ports.get(port, port), params.address, tls=tls,
                 tls_hosts=hosts,
-                origin=Origin(obj.document.position_of(on_port[0].path), "Gateway", obj.key,
-                              f"spec.listeners[{on_port[0].index}]")))
+                origin=on_port[0].origin()))
             by_host = self.entries[obj.key].get(port, {})
             wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
             for hostname in sorted(by_host):
@@ -1602,7 +1667,7 @@ class _Compiler:
                 name = f"{gateway_name}/{port}/{hostname}"
                 # Every entry of a hostname comes through the one listener it belongs to
                 # (`_claimed_elsewhere`): that listener's table.
-                tls_host = by_host[hostname][0].listener.name if hosts else None
+                tls_host = by_host[hostname][0].listener.tls_name if hosts else None
                 old = previous.get(name)
                 if old is not None and old.tls_host == tls_host and \
                         len(old.rules) == len(entries) and \
@@ -1631,7 +1696,10 @@ class _Compiler:
             gateway = kept  # the translation follows changes by identity: unchanged, kept
         obj.memo[_GATEWAY_MEMO] = gateway
         self.gateways.append(gateway)
-        all_valid = len(valid) == len(listeners)
+        own = [lst for lst in listeners if lst.source is None]
+        all_valid = all(lst.valid for lst in own)
+        statuses, sets = listenersets.statuses(obj.key, self.listener_sets.values(), listeners)
+        self.statuses.extend(statuses)
         self.status(obj, "Gateway", obj.key, ("metadata", "name"), _conditions(
             ("Accepted", bool(valid), "Accepted" if valid else "ListenersNotValid",
              "" if all_valid else "some listeners are not valid"),
@@ -1639,7 +1707,11 @@ class _Compiler:
             # The spec's warning that some port lets clients in without a valid certificate.
             + _conditions(("InsecureFrontendValidationMode", True, "ConfigurationChanged",
                            "a port validates client certificates with AllowInsecureFallback"))
-            * any(lst.client_optional for lst in valid))
+            * any(lst.client_optional for lst in valid),
+            # upstream's attachedListenerSets, said where ListenerSets are asked for
+            details=(("attachedListenerSets", str(sets)),)
+            if "allowedListeners" in obj.spec() or any(
+                parent == obj.key for parent, _, _ in self.listener_sets.values()) else ())
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -1758,8 +1830,8 @@ def _tls_hosts(obj: KubeObject, on_port: list[_Listener]) -> tuple[TlsHost, ...]
     one ("*") for the connections whose SNI (or lack of one) no listener takes, shown every
     certificate (Envoy picks by SNI, the first by default) and answering 421 for every
     listener's hostname."""
-    hosts = [TlsHost(lst.name, (lst.hostname,) if lst.hostname else (), lst.certificates,
-                     origin=_origin(obj, lst.path)) for lst in on_port]
+    hosts = [TlsHost(lst.tls_name, (lst.hostname,) if lst.hostname else (), lst.certificates,
+                     origin=_origin(lst.owner, lst.path)) for lst in on_port]
     if all(lst.hostname for lst in on_port):
         hosts.append(TlsHost(_OTHER_SNI, (), tuple(dict.fromkeys(
             c for lst in on_port for c in lst.certificates)), origin=_origin(obj, on_port[0].path)))
@@ -1782,7 +1854,7 @@ def _misdirected(obj: KubeObject, port: int, on_port: list[_Listener],
     made: list[Route] = []
     gateway = obj.key
     for host in hosts:
-        mine = next((lst for lst in on_port if lst.name == host.name), None)
+        mine = next((lst for lst in on_port if lst.tls_name == host.name), None)
         others = sorted({lst.hostname or "*" for lst in on_port if lst is not mine})
         origin = _origin(obj, mine.path if mine is not None else on_port[0].path)
         position = origin.position
