@@ -591,6 +591,18 @@ class _Compiler:
                  f"GatewayClass {class_name} has invalid parameters"),
                 ("Programmed", False, "Invalid", "")))
             return
+        infra_ref = (spec.get("infrastructure") or {}).get("parametersRef")
+        if infra_ref is not None:
+            # No kind of per-Gateway parameters is read (the class's parametersRef is where
+            # ports and address are set): serving the Gateway without them would ignore them.
+            self.status(obj, "Gateway", obj.key, ("spec", "infrastructure", "parametersRef"),
+                        _conditions(
+                            ("Accepted", False, "InvalidParameters",
+                             f"infrastructure.parametersRef {infra_ref.get('group') or 'core'}/"
+                             f"{infra_ref.get('kind')}: no kind of Gateway parameters is "
+                             "supported (set them on the GatewayClass)"),
+                            ("Programmed", False, "Invalid", "")))
+            return
         self.params[obj.key] = params
         listeners: list[_Listener] = []
         seen: dict[str, int] = {}
@@ -728,6 +740,9 @@ class _Compiler:
                 listener.problems.append(("ResolvedRefs", "InvalidCACertificateRef", why))
                 continue
             pems.append(pem)
+        if not pems:  # the spec's reason for a port left with no CA to check clients by
+            listener.problems.append(("Accepted", "NoValidCACertificate",
+                                      "no CA certificate of the client validation resolves"))
         if pems and len(pems) == len(validation["caCertificateRefs"]):
             listener.client_ca = b"".join(pems)
             listener.client_ca_path = f"configmap:{gateway.key}:{'.'.join(map(str, path))}"
@@ -1633,7 +1648,8 @@ class _Compiler:
         self.gateways.append(gateway)
         all_valid = len(valid) == len(listeners)
         self.status(obj, "Gateway", obj.key, ("metadata", "name"), _conditions(
-            ("Accepted", bool(valid), "Accepted" if valid else "ListenersNotValid",
+            # ListenersNotValid also beside True: served, but not every listener is.
+            ("Accepted", bool(valid), "Accepted" if all_valid else "ListenersNotValid",
              "" if all_valid else "some listeners are not valid"),
             ("Programmed", bool(valid), "Programmed" if valid else "Invalid", ""))
             # The spec's warning that some port lets clients in without a valid certificate.

@@ -300,7 +300,10 @@ LISTENER = Obj({
 GATEWAY = _document(Obj({
     "gatewayClassName": SUBDOMAIN,
     "listeners": ListOf(LISTENER, 64),
-    "addresses": Anything(), "infrastructure": Anything(), "backendTLS": Anything(),
+    "addresses": Anything(), "backendTLS": Anything(),
+    "infrastructure": Obj({"labels": StrMap(), "annotations": StrMap(), "parametersRef": Obj(
+        {"group": GROUP, "kind": KIND, "name": Str(None, 253)},
+        required=("group", "kind", "name"))}),
     "allowedListeners": Anything(), "tls": GATEWAY_TLS,
 }, required=("gatewayClassName", "listeners")))
 GATEWAY_CLASS = _document(Obj({
