@@ -9,7 +9,7 @@ import base64
 from pathlib import Path
 from typing import NamedTuple
 
-from test_gatewayapi import CLASS, status_of
+from test_gatewayapi import CLASS, status_of, view
 from test_gatewayapi_backend_tls import ca_map
 from tls_material import CA
 
@@ -319,3 +319,98 @@ spec:
     assert [lst.port for lst in removed.gateway(f"{INFRA}/edge").listeners] == [80]  # type: ignore[union-attr]
     assert [s.name for s in removed.statuses if s.kind == "Listener"] == [f"{INFRA}/edge/http"]
     assert listener(removed, "edge", "http").attached == 1
+
+
+def _backend_client(ref: str) -> str:
+    return f"  tls:\n    backend:\n      clientCertificateRef: {ref}\n"
+
+
+_HTTP = "  - {name: http, port: 80, protocol: HTTP}\n"
+
+
+def test_gateway_invalid_tls_backend_configuration() -> None:
+    """GatewayInvalidTLSBackendConfiguration: a tls.backend.clientCertificateRef to a missing
+    Secret, another group or kind, a Secret with no certificate (InvalidClientCertificateRef)
+    or one of another namespace without a grant (RefNotPermitted) is the Gateway's
+    ResolvedRefs False; the Gateway stays Accepted."""
+    refs = {"missing": ("{name: no-such-secret}", "InvalidClientCertificateRef"),
+            "group": ("{group: example.com, kind: Secret, name: server-cert}",
+                      "InvalidClientCertificateRef"),
+            "kind": ("{group: '', kind: ConfigMap, name: server-cert}",
+                     "InvalidClientCertificateRef"),
+            "malformed": ("{name: empty}", "InvalidClientCertificateRef"),
+            "grant": (_CROSS, "RefNotPermitted")}
+    text = BASE + f"""apiVersion: v1
+kind: Secret
+metadata: {{name: empty, namespace: {INFRA}}}
+type: Opaque
+data: {{}}
+---
+"""
+    for name, (ref, _) in refs.items():
+        text += gateway(f"client-{name}", _HTTP, _backend_client(ref))
+    model = load_policy_text(text)
+    for name, (_, reason) in refs.items():
+        found = status_of(model, "Gateway", f"{INFRA}/client-{name}")
+        assert found["ResolvedRefs"] == ("False", reason), name
+        assert found["Accepted"] == ("True", "Accepted"), name
+    plain = load_policy_text(BASE + gateway("plain", _HTTP))
+    assert "ResolvedRefs" not in status_of(plain, "Gateway", f"{INFRA}/plain")
+
+
+_TLS_BACKEND = f"""apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: echo-tls, namespace: {INFRA}}}
+spec:
+  targetRefs: [{{group: '', kind: Service, name: echo}}]
+  validation:
+    caCertificateRefs: [{{group: '', kind: ConfigMap, name: backend-ca}}]
+    hostname: echo.example.org
+---
+"""
+
+
+def _route_to_echo(name: str, parent: str) -> str:
+    return f"""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: {INFRA}}}
+spec:
+  parentRefs: [{{name: {parent}}}]
+  rules:
+  - backendRefs: [{{name: echo, port: 8080}}]
+    filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: echo, port: 8080}}}}}}]
+---
+"""
+
+
+def test_gateway_tls_backend_client_certificate() -> None:
+    """GatewayTLSBackendClientCertificate (the model; traffic:
+    tests/e2e/test_gatewayapi_backend_client_traffic.py): a Gateway with a client certificate
+    sends to its own copy of each TLS Service (backends and mirrors), which presents it; a
+    Gateway without one keeps the shared Service, which presents none."""
+    client = CA("gateway clients").issue("gateway.example.org")
+    text = (BASE + ca_map(CA("backends").pem, "backend-ca") + _TLS_BACKEND
+            + _secret("client", INFRA, client.cert_pem, client.key_pem)
+            + gateway("with-client", _HTTP, _backend_client("{name: client}"))
+            + gateway("without", _HTTP)
+            + _route_to_echo("a", "with-client") + _route_to_echo("b", "without"))
+    model = load_policy_text(text)
+    assert status_of(model, "Gateway", f"{INFRA}/with-client")["ResolvedRefs"] == \
+        ("True", "ResolvedRefs")
+    copy = f"{INFRA}/echo:8080:client:{INFRA}/with-client"
+    mine = view(model, f"{INFRA}/with-client")
+    (entry,) = [r for c in mine["routes"] for v in c["virtual_hosts"] for r in v["routes"]]
+    assert entry["route"]["cluster"] == copy
+    assert [m["cluster"] for m in entry["route"]["request_mirror_policies"]] == [copy]
+    (cluster,) = [c for c in mine["clusters"] if c["name"] == copy]
+    context = cluster["transport_socket"]["typed_config"]
+    (sds,) = context["common_tls_context"]["tls_certificate_sds_secret_configs"]
+    (secret,) = [s for s in mine["secrets"] if s["name"] == sds["name"]]
+    assert secret["tls_certificate"]["certificate_chain"]["inline_string"] == \
+        client.cert_pem.decode()
+    assert context["sni"] == "echo.example.org"
+    theirs = view(model, f"{INFRA}/without")
+    (shared,) = [c for c in theirs["clusters"] if c["name"] == f"{INFRA}/echo:8080"]
+    assert "tls_certificate_sds_secret_configs" not in \
+        shared["transport_socket"]["typed_config"]["common_tls_context"]
+    assert all(c["name"] != copy for c in theirs["clusters"])

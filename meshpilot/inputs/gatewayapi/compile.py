@@ -40,6 +40,11 @@ from cryptography import x509
 
 from meshpilot.base import re2text
 from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
+from meshpilot.inputs.gatewayapi.backend_client import (
+    Resolved,
+    client_certificate,
+    with_client_certificate,
+)
 from meshpilot.inputs.gatewayapi.kinds import FILTER_MEMBERS, GATEWAY_GROUP, KubeObject
 from meshpilot.inputs.gatewayapi.secrets import tls_secret
 from meshpilot.inputs.native.fields import re2_problem, regex_problem
@@ -367,6 +372,9 @@ class _Compiler:
                                   tuple[Condition, ...]]] = []
         # Gateway -> the Service (port) targets its served HTTP routes send to, as written
         self.sends_to: dict[str, set[tuple[str, str | None]]] = {}
+        # Gateway -> its tls.backend client certificate (None: it does not resolve) and the
+        # Gateway's ResolvedRefs; absent: it names none
+        self.backend_client: dict[str, tuple[TlsCertificate | None, Resolved]] = {}
 
     def report(self, obj: KubeObject, path: FieldPath, message: str) -> None:
         """An issue that refuses the load, at the value at `path` of `obj`'s document."""
@@ -604,6 +612,9 @@ class _Compiler:
                             ("Programmed", False, "Invalid", "")))
             return
         self.params[obj.key] = params
+        client = client_certificate(obj, self.world.secrets, self.world.permitted)
+        if client is not None:
+            self.backend_client[obj.key] = client
         listeners: list[_Listener] = []
         seen: dict[str, int] = {}
         for index, item in enumerate(spec["listeners"]):
@@ -1555,6 +1566,8 @@ class _Compiler:
         valid = [lst for lst in listeners if lst.valid]
         gateway_name = obj.key
         previous = dict(obj.memo)
+        backend_client = self.backend_client.get(obj.key)
+        client = backend_client[0] if backend_client else None
         model_listeners: list[GatewayListener] = []
         for port in sorted({lst.port for lst in valid}):
             on_port = [lst for lst in valid if lst.port == port]
@@ -1614,6 +1627,9 @@ class _Compiler:
             wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
             for hostname in sorted(by_host):
                 entries = _host_entries(hostname, by_host, wildcards, on_port)
+                if client is not None:  # TLS backends get this Gateway's certificate
+                    entries = [replace(e, rule=with_client_certificate(
+                        e.rule, gateway_name, client, self.services)) for e in entries]
                 name = f"{gateway_name}/{port}/{hostname}"
                 # Every entry of a hostname comes through the one listener it belongs to
                 # (`_claimed_elsewhere`): that listener's table.
@@ -1652,6 +1668,8 @@ class _Compiler:
             ("Accepted", bool(valid), "Accepted" if all_valid else "ListenersNotValid",
              "" if all_valid else "some listeners are not valid"),
             ("Programmed", bool(valid), "Programmed" if valid else "Invalid", ""))
+            # ResolvedRefs is the Gateway's own references' (tls.backend), when it has any.
+            + (_conditions(("ResolvedRefs", *backend_client[1])) if backend_client else ())
             # The spec's warning that some port lets clients in without a valid certificate.
             + _conditions(("InsecureFrontendValidationMode", True, "ConfigurationChanged",
                            "a port validates client certificates with AllowInsecureFallback"))

@@ -282,7 +282,7 @@ GATEWAY_TLS = Obj({
         "perPort": ListOf(Obj({"port": PORT, "tls": _FRONTEND_CONFIG},
                               required=("port", "tls")), 64),
     }),
-    "backend": Anything(),
+    "backend": Obj({"clientCertificateRef": SECRET_REF}),  # what Envoy shows TLS backends
 })
 LISTENER = Obj({
     "name": SECTION_NAME, "hostname": HOSTNAME, "port": PORT, "protocol": Str(
