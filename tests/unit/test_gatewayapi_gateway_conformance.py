@@ -9,12 +9,16 @@ import base64
 from pathlib import Path
 from typing import NamedTuple
 
+import pytest
 from test_gatewayapi import CLASS, status_of, view
 from test_gatewayapi_backend_tls import ca_map
 from tls_material import CA
 
 from meshpilot.inputs.loader import PolicyLoader, load_policy_text
 from meshpilot.ir.model import Model
+from meshpilot.local.validator import EnvoyValidator
+from meshpilot.runtime.prepush import PrePush
+from meshpilot.translators import Translation
 
 INFRA, WEB, APP = "infra", "web", "apps"
 _PAIR = CA("server").issue("example.org")
@@ -414,3 +418,22 @@ def test_gateway_tls_backend_client_certificate() -> None:
     assert "tls_certificate_sds_secret_configs" not in \
         shared["transport_socket"]["typed_config"]["common_tls_context"]
     assert all(c["name"] != copy for c in theirs["clusters"])
+
+
+@pytest.mark.envoy
+def test_gateway_name_maximum_length() -> None:
+    """GatewayNameMaximumLength: a Gateway named with 253 characters (the most a name may
+    have) is accepted and served, and a real Envoy (`--mode validate`) takes what it makes
+    (listener, route configuration and stat names carry the name)."""
+    name = "long-" + "a" * 248
+    model = load_policy_text(BASE + gateway(name, _HTTP) + _route_to_echo("r", name))
+    assert status_of(model, "Gateway", f"{INFRA}/{name}") == {
+        "Accepted": ("True", "Accepted"), "Programmed": ("True", "Programmed")}
+    validator = EnvoyValidator()
+    try:
+        snapshot = Translation(model).snapshot(f"{INFRA}/{name}")
+        (listener_name,) = [r["name"] for r in view(model, f"{INFRA}/{name}")["listeners"]]
+        assert listener_name == f"{INFRA}/{name}/80"
+        assert PrePush(validator).issues(model, [(None, snapshot)]) == ()
+    finally:
+        validator.close()
