@@ -11,7 +11,8 @@ from typing import NamedTuple
 
 import pytest
 from test_gatewayapi import CLASS, status_of, view
-from test_gatewayapi_backend_tls import ca_map
+from test_gatewayapi_backend_tls import ca_map, policy
+from test_gatewayapi_tls_reencrypt import ENDING, ROUTES, TARGET, VALID
 from tls_material import CA
 
 from meshpilot.inputs.loader import PolicyLoader, load_policy_text
@@ -437,3 +438,23 @@ def test_gateway_name_maximum_length() -> None:
         assert PrePush(validator).issues(model, [(None, snapshot)]) == ()
     finally:
         validator.close()
+
+
+def test_tls_sent_again_behind_a_terminating_listener_presents_the_client_certificate() -> None:
+    """GatewayTLSBackendClientCertificate behind a TLS listener that ends TLS (GEP-4274): the
+    terminated SNI's TLS to the backend presents the Gateway's certificate (its own `:tls`
+    copy); the passthrough SNI to the same port stays plain `:tcp`, nothing wrapped again."""
+    client = CA("gateway clients").issue("gateway.example.org")
+    text = ENDING.replace("  gatewayClassName: mp\n", "  gatewayClassName: mp\n"
+                          + _backend_client("{name: client}"), 1)
+    model = load_policy_text(text + ROUTES + ca_map(CA().pem) + policy(VALID, target=TARGET)
+                             + _secret("client", INFRA, client.cert_pem, client.key_pem))
+    chains = {c["filter_chain_match"]["server_names"][0]: c["filters"][0]["typed_config"]
+              for lst in view(model)["listeners"] if lst["name"] == "infra/edge/443"
+              for c in lst["filter_chains"]}
+    copy = "infra/secure:443:tls:client:infra/edge"
+    assert chains["abc.example.com"]["cluster"] == copy
+    assert chains["foo.example.com"]["cluster"] == "infra/secure:443:tcp"
+    (cluster,) = [c for c in view(model)["clusters"] if c["name"] == copy]
+    assert cluster["transport_socket"]["typed_config"]["common_tls_context"][
+        "tls_certificate_sds_secret_configs"][0]["name"] == f"{copy}/client-cert"

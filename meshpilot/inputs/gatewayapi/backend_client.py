@@ -2,9 +2,10 @@
 present to backends they open TLS to (those a BackendTLSPolicy targets).
 
 Services are shared by every Gateway that routes to them, and the certificate is one
-Gateway's, so a Gateway with one sends to its own copy of each TLS Service (named
-`SERVICE:client:GATEWAY`, its cluster and SDS secret apart); other Gateways, and backends not
-in TLS, keep the shared Service."""
+Gateway's, so a Gateway with one sends to its own copy of each TLS Service, named
+`SERVICE:client:GATEWAY` (its cluster and SDS secret apart): HTTP and gRPC backends and
+mirrors, and TLS sent again behind a terminating TLS listener. Other Gateways, and backends
+not in TLS, keep the shared Service."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import Any
 
 from meshpilot.inputs.gatewayapi.kinds import KubeObject
 from meshpilot.inputs.gatewayapi.secrets import tls_secret
-from meshpilot.ir.model import Rule, Service, TlsCertificate
+from meshpilot.ir.model import Backend, Rule, Service, TlsCertificate
 
 # (ok, reason, message) of the Gateway's ResolvedRefs condition.
 Resolved = tuple[bool, str, str]
@@ -53,24 +54,35 @@ def copy_name(service: str, gateway: str) -> str:
     return f"{service}:client:{gateway}"
 
 
+def _copied(name: str, gateway: str, certificate: TlsCertificate,
+            services: dict[str, Service]) -> str:
+    """The Gateway's copy of Service `name` if it is sent in TLS (made on first use), else
+    `name` (plaintext, bytes passed through, or a native Service with its own TLS)."""
+    service = services.get(name)
+    if service is None or service.tls is None:
+        return name
+    made = copy_name(name, gateway)
+    if made not in services:
+        services[made] = replace(service, name=made, tls=replace(
+            service.tls, client_certificate=certificate))
+    return made
+
+
+def with_client_backends(backends: tuple[Backend, ...], gateway: str,
+                         certificate: TlsCertificate, services: dict[str, Service],
+                         ) -> tuple[Backend, ...]:
+    """The backends, each one sent in TLS sent to the Gateway's copy of its Service (which
+    presents `certificate`), the copies added to `services`."""
+    return tuple(replace(b, service=_copied(b.service, gateway, certificate, services))
+                 if b.resolved else b for b in backends)
+
+
 def with_client_certificate(rule: Rule, gateway: str, certificate: TlsCertificate,
                             services: dict[str, Service]) -> Rule:
-    """The rule with each backend (and mirror) that is sent in TLS sent to the Gateway's copy
-    of its Service, which presents `certificate`; the copies are added to `services`."""
-    def copied(name: str) -> str:
-        service = services.get(name)
-        if service is None or service.tls is None:
-            return name  # plaintext (or a native Service with its own TLS): as it is
-        made = copy_name(name, gateway)
-        if made not in services:
-            services[made] = replace(service, name=made, tls=replace(
-                service.tls, client_certificate=certificate))
-        return made
-
-    backends = tuple(replace(b, service=copied(b.service)) if b.resolved else b
-                     for b in rule.backends)
-    mirrors = tuple(replace(m, service=copied(m.service)) if m.service else m
-                    for m in rule.mirrors)
+    """The rule with its backends and mirrors as `with_client_backends` makes them."""
+    backends = with_client_backends(rule.backends, gateway, certificate, services)
+    mirrors = tuple(replace(m, service=_copied(m.service, gateway, certificate, services))
+                    if m.service else m for m in rule.mirrors)
     if backends == rule.backends and mirrors == rule.mirrors:
         return rule
     return replace(rule, backends=backends, mirrors=mirrors)

@@ -43,6 +43,7 @@ from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, Pa
 from meshpilot.inputs.gatewayapi.backend_client import (
     Resolved,
     client_certificate,
+    with_client_backends,
     with_client_certificate,
 )
 from meshpilot.inputs.gatewayapi.kinds import FILTER_MEMBERS, GATEWAY_GROUP, KubeObject
@@ -1598,7 +1599,9 @@ class _Compiler:
                         str(port), params.ports.get(port, port), params.address,
                         protocol="tcp", passthrough=tuple(
                             TlsPassthrough(() if hostname == "*" else (hostname,),
-                                           entry.backends,
+                                           entry.backends if client is None else
+                                           with_client_backends(entry.backends, gateway_name,
+                                                                client, self.services),
                                            origin=_origin(entry.route, ("spec",)),
                                            terminate=entry.listener.certificates
                                            if entry.listener.terminate else ())
