@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import test_incremental_gatewayapi as incremental
 from test_gatewayapi import CLASS, status_of, view
 from test_gatewayapi_backend_tls import ca_map, policy
 from test_gatewayapi_tls_reencrypt import ENDING, ROUTES, TARGET, VALID
 from tls_material import CA
 
-from meshpilot.inputs.loader import PolicyLoader, load_policy_text
+from meshpilot.inputs.loader import PolicyLoader, load_policy, load_policy_text
 from meshpilot.ir.model import Model
 from meshpilot.local.validator import EnvoyValidator
 from meshpilot.runtime.prepush import PrePush
@@ -458,3 +459,38 @@ def test_tls_sent_again_behind_a_terminating_listener_presents_the_client_certif
     (cluster,) = [c for c in view(model)["clusters"] if c["name"] == copy]
     assert cluster["transport_socket"]["typed_config"]["common_tls_context"][
         "tls_certificate_sds_secret_configs"][0]["name"] == f"{copy}/client-cert"
+
+
+def test_edits_under_a_client_certificate_equal_cold_loads(tmp_path: Path) -> None:
+    """The Gateway's copies of TLS Services follow edits as a cold load makes them (the
+    loader and translation kept warm): a route's split, a backend's endpoint, the client
+    certificate's Secret going and coming back."""
+    client = CA("gateway clients").issue("gateway.example.org")
+    secret = _secret("client", "app", client.cert_pem, client.key_pem)
+    gateway_text = incremental._gateway().replace(
+        "  gatewayClassName: meshpilot\n",
+        "  gatewayClassName: meshpilot\n" + _backend_client("{name: client}"))
+    tls = (ca_map(CA("backends").pem, "backend-ca").replace("namespace: infra", "namespace: app")
+           + _TLS_BACKEND.replace(f"namespace: {INFRA}", "namespace: app")
+           .replace("name: echo}", "name: shared}"))
+    head = [incremental.CLASS, gateway_text, tls.removesuffix("---\n"),
+            secret.removesuffix("---\n")]
+    routes = {"r0": incremental._route("r0")}
+    backends = {"r0": incremental._backend("r0-a", "127.0.1.1"),
+                "shared": incremental._backend("shared", "127.0.2.1")}
+    loader, state = PolicyLoader(tmp_path), {}  # type: ignore[var-annotated]
+    copy = "app/shared:80:client:app/edge"
+
+    def step(present: bool) -> None:
+        incremental._step(tmp_path, incremental._files(routes, backends, head), loader, state)
+        clusters = view(load_policy(tmp_path), incremental.VIEW)["clusters"]  # = the warm one
+        assert any(c["name"] == copy for c in clusters) is present
+
+    step(True)
+    for edit, present in ((lambda: routes.update(r0=incremental._route("r0", 70)), True),
+                          (lambda: backends.update(
+                              shared=incremental._backend("shared", "127.0.2.9")), True),
+                          (lambda: head.remove(head[3]), False),
+                          (lambda: head.append(secret.removesuffix("---\n")), True)):
+        edit()
+        step(present)
