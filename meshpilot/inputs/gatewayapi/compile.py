@@ -41,6 +41,12 @@ from cryptography import x509
 from meshpilot.base import re2text
 from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
 from meshpilot.inputs.gatewayapi import listenersets
+from meshpilot.inputs.gatewayapi.backend_client import (
+    Resolved,
+    client_certificate,
+    with_client_backends,
+    with_client_certificate,
+)
 from meshpilot.inputs.gatewayapi.kinds import FILTER_MEMBERS, GATEWAY_GROUP, KubeObject
 from meshpilot.inputs.gatewayapi.secrets import tls_secret
 from meshpilot.inputs.native.fields import re2_problem, regex_problem
@@ -392,6 +398,9 @@ class _Compiler:
                                   tuple[Condition, ...]]] = []
         # Gateway -> the Service (port) targets its served HTTP routes send to, as written
         self.sends_to: dict[str, set[tuple[str, str | None]]] = {}
+        # Gateway -> its tls.backend client certificate (None: it does not resolve) and the
+        # Gateway's ResolvedRefs; absent: it names none
+        self.backend_client: dict[str, tuple[TlsCertificate | None, Resolved]] = {}
 
     def report(self, obj: KubeObject, path: FieldPath, message: str) -> None:
         """An issue that refuses the load, at the value at `path` of `obj`'s document."""
@@ -622,7 +631,22 @@ class _Compiler:
                     listener_set, obj.key, ("ParentNotAccepted", "ParentNotProgrammed",
                                             f"Gateway {obj.key} is not accepted"), ()))
             return
+        infra_ref = (spec.get("infrastructure") or {}).get("parametersRef")
+        if infra_ref is not None:
+            # No kind of per-Gateway parameters is read (the class's parametersRef is where
+            # ports and address are set): serving the Gateway without them would ignore them.
+            self.status(obj, "Gateway", obj.key, ("spec", "infrastructure", "parametersRef"),
+                        _conditions(
+                            ("Accepted", False, "InvalidParameters",
+                             f"infrastructure.parametersRef {infra_ref.get('group') or 'core'}/"
+                             f"{infra_ref.get('kind')}: no kind of Gateway parameters is "
+                             "supported (set them on the GatewayClass)"),
+                            ("Programmed", False, "Invalid", "")))
+            return
         self.params[obj.key] = params
+        client = client_certificate(obj, self.world.secrets, self.world.permitted)
+        if client is not None:
+            self.backend_client[obj.key] = client
         listeners: list[_Listener] = []
         seen: dict[str, int] = {}
         for index, item in enumerate(spec["listeners"]):
@@ -794,6 +818,9 @@ class _Compiler:
                 listener.problems.append(("ResolvedRefs", "InvalidCACertificateRef", why))
                 continue
             pems.append(pem)
+        if not pems:  # the spec's reason for a port left with no CA to check clients by
+            listener.problems.append(("Accepted", "NoValidCACertificate",
+                                      "no CA certificate of the client validation resolves"))
         if pems and len(pems) == len(validation["caCertificateRefs"]):
             listener.client_ca = b"".join(pems)
             listener.client_ca_path = f"configmap:{gateway.key}:{'.'.join(map(str, path))}"
@@ -1609,6 +1636,8 @@ class _Compiler:
         valid = [lst for lst in listeners if lst.valid]
         gateway_name = obj.key
         previous = dict(obj.memo)
+        backend_client = self.backend_client.get(obj.key)
+        client = backend_client[0] if backend_client else None
         model_listeners: list[GatewayListener] = []
         for port in sorted({lst.port for lst in valid}):
             on_port = [lst for lst in valid if lst.port == port]
@@ -1637,7 +1666,9 @@ class _Compiler:
                         str(port), params.ports.get(port, port), params.address,
                         protocol="tcp", passthrough=tuple(
                             TlsPassthrough(() if hostname == "*" else (hostname,),
-                                           entry.backends,
+                                           entry.backends if client is None else
+                                           with_client_backends(entry.backends, gateway_name,
+                                                                client, self.services),
                                            origin=_origin(entry.route, ("spec",)),
                                            terminate=entry.listener.certificates
                                            if entry.listener.terminate else ())
@@ -1664,6 +1695,9 @@ class _Compiler:
             wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
             for hostname in sorted(by_host):
                 entries = _host_entries(hostname, by_host, wildcards, on_port)
+                if client is not None:  # TLS backends get this Gateway's certificate
+                    entries = [replace(e, rule=with_client_certificate(
+                        e.rule, gateway_name, client, self.services)) for e in entries]
                 name = f"{gateway_name}/{port}/{hostname}"
                 # Every entry of a hostname comes through the one listener it belongs to
                 # (`_claimed_elsewhere`): that listener's table.
@@ -1701,9 +1735,12 @@ class _Compiler:
         statuses, sets = listenersets.statuses(obj.key, self.listener_sets.values(), listeners)
         self.statuses.extend(statuses)
         self.status(obj, "Gateway", obj.key, ("metadata", "name"), _conditions(
-            ("Accepted", bool(valid), "Accepted" if valid else "ListenersNotValid",
+            # ListenersNotValid also beside True: served, but not every listener is.
+            ("Accepted", bool(valid), "Accepted" if all_valid else "ListenersNotValid",
              "" if all_valid else "some listeners are not valid"),
             ("Programmed", bool(valid), "Programmed" if valid else "Invalid", ""))
+            # ResolvedRefs is the Gateway's own references' (tls.backend), when it has any.
+            + (_conditions(("ResolvedRefs", *backend_client[1])) if backend_client else ())
             # The spec's warning that some port lets clients in without a valid certificate.
             + _conditions(("InsecureFrontendValidationMode", True, "ConfigurationChanged",
                            "a port validates client certificates with AllowInsecureFallback"))

@@ -284,7 +284,7 @@ GATEWAY_TLS = Obj({
         "perPort": ListOf(Obj({"port": PORT, "tls": _FRONTEND_CONFIG},
                               required=("port", "tls")), 64),
     }),
-    "backend": Anything(),
+    "backend": Obj({"clientCertificateRef": SECRET_REF}),  # what Envoy shows TLS backends
 })
 LISTENER = Obj({
     "name": SECTION_NAME, "hostname": HOSTNAME, "port": PORT, "protocol": Str(
@@ -302,7 +302,10 @@ LISTENER = Obj({
 GATEWAY = _document(Obj({
     "gatewayClassName": SUBDOMAIN,
     "listeners": ListOf(LISTENER, 64),
-    "addresses": Anything(), "infrastructure": Anything(), "backendTLS": Anything(),
+    "addresses": Anything(), "backendTLS": Anything(),
+    "infrastructure": Obj({"labels": StrMap(), "annotations": StrMap(), "parametersRef": Obj(
+        {"group": GROUP, "kind": KIND, "name": Str(None, 253)},
+        required=("group", "kind", "name"))}),
     "allowedListeners": Obj({"namespaces": Obj({
         "from": Enum(("All", "Same", "Selector", "None")), "selector": LABEL_SELECTOR})}),
     "tls": GATEWAY_TLS,
