@@ -1666,10 +1666,10 @@ def _client_check(listener: _Listener) -> dict[str, Any]:
 
 # What `_kube_service` gives for a port whose BackendTLSPolicy cannot be applied.
 _NO_VALID_TLS = "\x00no valid BackendTLSPolicy"
-# Where a UDPRoute's datagrams for a backend that cannot take them go: port 0 is never bound
-# (binding it asks for any free port) and the kernel refuses to send to it, so they are
-# dropped at the Envoy, and never leave the machine. Envoy's UDP proxy names one cluster (no
-# weighted clusters): the share has to be an endpoint of it.
+# Where a UDPRoute's datagrams for a backend that cannot take them go: no socket can listen
+# on port 0 (binding it asks for any free port), so nothing receives them, and on loopback
+# they never leave the machine. Envoy's UDP proxy names one cluster (no weighted clusters):
+# the share has to be an endpoint of it.
 _DROP_DATAGRAMS = Endpoint("127.0.0.1", 0)
 
 
