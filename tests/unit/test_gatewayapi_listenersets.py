@@ -547,3 +547,22 @@ def test_a_listenerset_without_listeners_refuses_the_load() -> None:
         load_policy_text(CLASS + gateway(allowed=None) + listener_set("ls", "  []").replace(
             "  listeners:\n  []", "  listeners: []"))
     assert "ListenerSet infra/ls: spec.listeners: needs at least one listener" in str(error.value)
+
+
+def test_a_listener_sets_udp_listener_shares_a_port_with_the_gateways_tcp_one() -> None:
+    """UDP and a TCP-borne protocol on one port are two sockets (as for a Gateway's own
+    listeners): no conflict. Two UDP listeners on one port carry no hostname to tell them
+    apart: the later one conflicts, whatever hostnames they say."""
+    text = (CLASS + gateway("  - {name: gw, port: 80, protocol: HTTP, hostname: gw.example.com}\n"
+                            "  - {name: dns-tcp, port: 53, protocol: TCP}")
+            + listener_set("udp", "  - {name: dns-udp, port: 53, protocol: UDP}",
+                           stamp="2026-01-01T00:00:00Z")
+            + listener_set("udp-again", "  - {name: dns-udp, port: 53, protocol: UDP}",
+                           stamp="2026-01-02T00:00:00Z"))
+    model = load_policy_text(text)
+    assert conditions(model, "ListenerEntry", "infra/udp/dns-udp")["Conflicted"] == \
+        ("False", "NoConflicts")
+    assert conditions(model, "Listener", "infra/edge/dns-tcp")["Conflicted"] == \
+        ("False", "NoConflicts")
+    assert conditions(model, "ListenerEntry", "infra/udp-again/dns-udp")["Conflicted"] == \
+        ("True", "HostnameConflict")

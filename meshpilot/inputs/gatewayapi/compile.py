@@ -289,6 +289,12 @@ class _Listener:
     def path(self) -> FieldPath:
         return ("spec", "listeners", self.index)
 
+    @property
+    def transport(self) -> str:
+        """The socket it binds: "udp" for UDP, "tcp" for the others. A UDP and a TCP socket can
+        share a port number, so only listeners of one transport can conflict."""
+        return "udp" if self.protocol == "UDP" else "tcp"
+
 
 @dataclass
 class _Params:
@@ -659,13 +665,15 @@ class _Compiler:
             listeners.append(self._listener(obj, index, item))
         _mark_conflicts(listeners)
         listeners.extend(self._listener_sets(obj, listeners))
-        bound: dict[int, int] = {}  # the port Envoy binds -> the listener port first there
-        for port in sorted({lst.port for lst in listeners if lst.valid}):
+        # (transport, the port Envoy binds) -> the listener port first there
+        bound: dict[tuple[str, int], int] = {}
+        for transport, port in sorted({(lst.transport, lst.port) for lst in listeners
+                                       if lst.valid}):
             socket_port = params.ports.get(port, port)
-            first = bound.setdefault(socket_port, port)
+            first = bound.setdefault((transport, socket_port), port)
             if first != port:  # two listener ports on one socket (the class's port map)
                 for listener in listeners:
-                    if listener.port == port:
+                    if listener.port == port and listener.transport == transport:
                         listener.problems.append((
                             "Accepted", "PortUnavailable",
                             f"port {port} is bound as {socket_port}, as port {first} is"))
@@ -715,7 +723,8 @@ class _Compiler:
         there is Conflicted (ProtocolConflict: another protocol, TLS beside HTTPS included;
         HostnameConflict: the same hostname), or else not accepted (PortUnavailable), and
         not programmed, so a running Gateway never loses its port to one added later."""
-        taken: dict[int, list[tuple[str, KubeObject, _Listener]]] = {}  # bound port -> owners
+        # (transport, bound port) -> owners: a UDP socket and a TCP one can share a port
+        taken: dict[tuple[str, int], list[tuple[str, KubeObject, _Listener]]] = {}
         for gateway in sorted(self.world.gateways, key=_route_age):
             listeners = self.listeners.get(gateway.key)
             if listeners is None:
@@ -726,7 +735,8 @@ class _Compiler:
                 if not listener.attachable:
                     continue  # refused already: it binds nothing
                 bound = params.ports.get(listener.port, listener.port)
-                owner = next(((address, g, other) for address, g, other in taken.get(bound, ())
+                owner = next(((address, g, other) for address, g, other
+                              in taken.get((listener.transport, bound), ())
                               if _same_socket(address, params.address)), None)
                 if owner is None:
                     kept.append((bound, listener))
@@ -747,7 +757,8 @@ class _Compiler:
                     listener.problems.append(("Accepted", "PortUnavailable",
                                               f"{where}; Gateways are not merged"))
             for bound, listener in kept:
-                taken.setdefault(bound, []).append((params.address, gateway, listener))
+                taken.setdefault((listener.transport, bound), []).append(
+                    (params.address, gateway, listener))
 
     def _listener(self, gateway: KubeObject, index: int, spec: dict[str, Any],
                   source: KubeObject | None = None) -> _Listener:
@@ -1139,15 +1150,15 @@ class _Compiler:
         backends' endpoints, each weighted so that a backend's endpoints together take its
         weight's share (kgateway's approach): an endpoint of a backend of weight w with n
         endpoints weighs w * L / n, L the least common multiple of the n's, all divided by
-        their greatest common divisor. An unresolved backend has no endpoints to give: its
-        share goes to the others. None: no backend resolves."""
+        their greatest common divisor. A backend that does not resolve, or has no endpoints,
+        keeps its share and drops it (`_DROP_DATAGRAMS`), as a TCPRoute's closes its
+        connections. None: no backend resolves."""
         parts: list[tuple[int, tuple[Endpoint, ...]]] = []
         for backend in backends:
-            if not backend.resolved:
-                continue
-            made = self.services.get(backend.service) or self.natives.get(backend.service)
-            if made is not None and made.endpoints:
-                parts.append((backend.weight, made.endpoints))
+            made = self.services.get(backend.service) or self.natives.get(backend.service) \
+                if backend.resolved else None
+            parts.append((backend.weight, made.endpoints if made is not None and made.endpoints
+                          else (replace(_DROP_DATAGRAMS, origin=backend.origin),)))
         for backend in backends:  # a ":udp" Service is only ever a part of this one
             if backend.service.endswith(":udp"):
                 self.services.pop(backend.service, None)
@@ -1639,8 +1650,8 @@ class _Compiler:
         backend_client = self.backend_client.get(obj.key)
         client = backend_client[0] if backend_client else None
         model_listeners: list[GatewayListener] = []
-        for port in sorted({lst.port for lst in valid}):
-            on_port = [lst for lst in valid if lst.port == port]
+        for port, transport in sorted({(lst.port, lst.transport) for lst in valid}):
+            on_port = [lst for lst in valid if lst.port == port and lst.transport == transport]
             if on_port[0].protocol == "TCP":
                 if on_port[0].tcp_backends:  # else nothing to serve: refused
                     model_listeners.append(GatewayListener(
@@ -1650,8 +1661,10 @@ class _Compiler:
                 continue
             if on_port[0].protocol == "UDP":
                 if on_port[0].udp_service is not None:  # else nothing to serve
+                    # Named apart from the port's TCP-borne listener (`NS/GW/PORT`), which
+                    # may bind the same port number: a socket of another transport.
                     model_listeners.append(GatewayListener(
-                        str(port), params.ports.get(port, port), params.address,
+                        f"{port}:udp", params.ports.get(port, port), params.address,
                         protocol="udp", service=on_port[0].udp_service,
                         origin=on_port[0].origin()))
                 continue
@@ -1762,6 +1775,11 @@ def _client_check(listener: _Listener) -> dict[str, Any]:
 
 # What `_kube_service` gives for a port whose BackendTLSPolicy cannot be applied.
 _NO_VALID_TLS = "\x00no valid BackendTLSPolicy"
+# Where a UDPRoute's datagrams for a backend that cannot take them go: no socket can listen
+# on port 0 (binding it asks for any free port), so nothing receives them, and on loopback
+# they never leave the machine. Envoy's UDP proxy names one cluster (no weighted clusters):
+# the share has to be an endpoint of it.
+_DROP_DATAGRAMS = Endpoint("127.0.0.1", 0)
 
 
 def _ca_problem(pem: bytes, key: str) -> str | None:
@@ -1915,13 +1933,14 @@ def _or_closed(route: KubeObject, backends: tuple[Backend, ...]) -> tuple[Backen
     return backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
 
 def _mark_conflicts(listeners: list[_Listener]) -> None:
-    """Listeners sharing a port must share its protocol; on one protocol and port, hostnames
+    """Listeners sharing a port and transport must share its protocol (a UDP listener and a
+    TCP-borne one are two sockets: they do not conflict); on one protocol and port, hostnames
     must differ."""
-    by_port: dict[int, list[_Listener]] = {}
+    by_port: dict[tuple[str, int], list[_Listener]] = {}
     for listener in listeners:
         if listener.protocol in _ROUTE_KINDS_BY_PROTOCOL:
-            by_port.setdefault(listener.port, []).append(listener)
-    for port, group in by_port.items():
+            by_port.setdefault((listener.transport, listener.port), []).append(listener)
+    for (_, port), group in by_port.items():
         if len({lst.protocol for lst in group}) > 1:
             for listener in group:
                 listener.problems.append(("Conflicted", "ProtocolConflict",
@@ -1929,14 +1948,17 @@ def _mark_conflicts(listeners: list[_Listener]) -> None:
             continue
         seen: dict[str | None, _Listener] = {}
         for listener in group:
-            if listener.hostname in seen:
-                for one in (seen[listener.hostname], listener):
+            # TCP and UDP carry no hostname to tell listeners apart (the spec's "if supported
+            # by the protocol"): two on one port always conflict.
+            hostname = None if listener.protocol in ("TCP", "UDP") else listener.hostname
+            if hostname in seen:
+                for one in (seen[hostname], listener):
                     if not any(p[0] == "Conflicted" for p in one.problems):
                         one.problems.append(("Conflicted", "HostnameConflict",
                                              f"another listener on port {port} has hostname "
-                                             f"{listener.hostname or '(none)'}"))
+                                             f"{hostname or '(none)'}"))
             else:
-                seen[listener.hostname] = listener
+                seen[hostname] = listener
 
 
 def _origin(obj: KubeObject, path: FieldPath) -> Origin:
@@ -2192,6 +2214,7 @@ def _claimed_elsewhere(hostname: str, listener: _Listener, listeners: list[_List
     served there when another listener has `*.example.com`, which takes those names."""
     mine = _specificity(listener.hostname)
     return any(other is not listener and other.valid and other.port == listener.port
+               and other.transport == listener.transport
                and other.hostname is not None and _covers(other.hostname, hostname)
                and _specificity(other.hostname) > mine for other in listeners)
 

@@ -45,6 +45,7 @@ class SetListener(Protocol):
     index: int
     port: int
     protocol: str
+    transport: str  # "tcp" or "udp": what the socket on the port speaks
     hostname: str | None
     kinds: tuple[str, ...]
     attached: int
@@ -163,15 +164,17 @@ def orphans(listener_sets: Iterable[KubeObject], gateways: set[str]) -> list[Obj
 
 def conflict(listener: SetListener, before: Sequence[SetListener]) -> tuple[str, str] | None:
     """(reason, message) when a ListenerSet's listener cannot be served beside a listener that
-    comes before it: on its port, another protocol (ProtocolConflict) or the same protocol and
-    hostname (HostnameConflict). None: no conflict."""
+    comes before it: on its port and transport, another protocol (ProtocolConflict) or the same
+    protocol and hostname (HostnameConflict). None: no conflict."""
     for other in before:
-        if other.port != listener.port:
+        # A UDP listener and a TCP-borne one are two sockets: they share a port freely.
+        if other.port != listener.port or other.transport != listener.transport:
             continue
         if other.protocol != listener.protocol:
             return "ProtocolConflict", (f"port {listener.port} is listener {other.name}'s, "
                                         f"protocol {other.protocol}, which comes first")
-        if other.hostname == listener.hostname:
+        # TCP and UDP carry no hostname to tell listeners apart: two on one port conflict.
+        if other.hostname == listener.hostname or listener.protocol in ("TCP", "UDP"):
             return "HostnameConflict", (f"listener {other.name} on port {listener.port} has "
                                         f"hostname {listener.hostname or '(none)'} and comes "
                                         "first")
