@@ -1370,6 +1370,13 @@ MESH_FEATURES: dict[str, tuple[str, ...]] = {
     "MeshHTTPRoute308Redirect": (*_MESH, "HTTPRoute308RedirectStatusCode"),
     "MeshHTTPRouteRewritePath": (*_MESH, "MeshHTTPRouteRewritePath"),
     "MeshHTTPRouteNamedRule": (*_MESH, "MeshHTTPRouteNamedRouteRule"),
+    "MeshTrafficSplit": _MESH,
+    "MeshFrontend": (*_MESH, "HTTPRouteResponseHeaderModification"),
+    "MeshFrontendHostname": (*_MESH, "MeshClusterIPMatching",
+                             "HTTPRouteResponseHeaderModification"),
+    "MeshConsumerRoute": (*_MESH, "MeshConsumerRoute", "HTTPRouteResponseHeaderModification"),
+    "MeshGRPCRouteRequestHeaderModifier": ("Mesh", "GRPCRoute"),
+    "MeshGRPCRouteWeight": ("Mesh", "GRPCRoute"),
 }
 FEATURES.update(MESH_FEATURES)
 # Each test's result ("PASS" or "FAIL (n)"), from every conformance module of this run: the
@@ -1386,9 +1393,10 @@ PROFILES: dict[str, tuple[str, ...]] = {
     "GATEWAY-TLS": ("TLSRoute", "ReferenceGrant"),
     "GATEWAY-GRPC": ("GRPCRoute", "ReferenceGrant"),
     "MESH-HTTP": ("Mesh", "HTTPRoute"),
+    "MESH-GRPC": ("Mesh", "GRPCRoute"),
 }
 _KIND_OF = {"GATEWAY-HTTP": "HTTPRoute", "GATEWAY-TLS": "TLSRoute",
-            "GATEWAY-GRPC": "GRPCRoute", "MESH-HTTP": "Mesh"}
+            "GATEWAY-GRPC": "GRPCRoute", "MESH-HTTP": "Mesh", "MESH-GRPC": "Mesh"}
 _OTHER_KINDS = {"TLSRoute", "GRPCRoute", "TCPRoute", "UDPRoute", "Mesh", "HTTPRoute"}
 # What meshpilot does not claim, per profile (docs/gateway-api.md says why).
 UNSUPPORTED: dict[str, tuple[str, ...]] = {
@@ -1398,6 +1406,7 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "GATEWAY-TLS": (),
     "GATEWAY-GRPC": (),
     "MESH-HTTP": (),
+    "MESH-GRPC": (),
 }
 
 
@@ -1415,8 +1424,13 @@ SUMMARIES: dict[str, str] = {
     "MESH-HTTP": "The upstream HTTPRoute mesh tests whose manifests are in the shared copy, "
                  "through a real client sidecar Envoy calling the parent Service "
                  "(tests/e2e/test_gatewayapi_mesh_conformance.py), and MeshBasic (no "
-                 "manifest). MeshFrontend, MeshPorts, MeshTrafficSplit and MeshConsumerRoute "
-                 "have no manifest there: not run, a partial core.",
+                 "manifest). MeshTrafficSplit, MeshFrontend, MeshFrontendHostname and "
+                 "MeshConsumerRoute have no manifest there: run on meshpilot's own inputs for "
+                 "the same behaviour. MeshPorts is not run (a native Service serves one "
+                 "port): a partial core.",
+    "MESH-GRPC": "The upstream GRPCRoute mesh tests, through a real client sidecar Envoy "
+                 "calling the parent Service to the Python gRPC echo "
+                 "(tests/grpc_conformance_echo.py).",
 }
 
 
