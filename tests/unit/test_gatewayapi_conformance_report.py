@@ -66,7 +66,7 @@ def test_a_feature_said_unsupported_is_never_claimed() -> None:
         http["extended"]["supportedFeatures"]
     tls = _profiles({name: "PASS" for name in conformance.CASES})["GATEWAY-TLS"]
     assert tls["extended"]["unsupportedFeatures"] == []
-    assert tls["extended"]["supportedFeatures"] == ["TLSRouteModeMixed",
+    assert tls["extended"]["supportedFeatures"] == ["BackendTLSPolicy", "TLSRouteModeMixed",
                                                     "TLSRouteModeTerminate"]
 
 
