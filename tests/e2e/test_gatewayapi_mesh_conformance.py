@@ -90,18 +90,8 @@ class Setup:
 
 
 # Each caller: a sidecar with a local port per parent Service. Its namespace (its identity's)
-# is what a consumer route (MeshConsumerRoute) is scoped to.
-CALLER = """
-kind: Service
-name: {name}
-endpoints: ["127.0.0.1:{{{name}_in}}"]
-sidecar:
-  port: {{{name}_in}}
-  address: 127.0.0.1
-  app: 127.0.0.1:{{{name}_app}}
-  namespace: {namespace}
-  calls: [{calls}]
-"""
+# is what a consumer route (MeshConsumerRoute) is scoped to. Written in block style, so the
+# only braces are the ports `served_policy` fills in.
 PARENT_ENDPOINTS = {"echo": ("v1", "v2"), "echo-v1": ("v1",), "echo-v2": ("v2",)}
 CONSUMER_NAMESPACE = f"{MESH}-consumer"
 
@@ -110,17 +100,24 @@ def _local(parent: str, caller: str) -> str:
     return f"{caller}_to_{parent.replace('-', '_')}"
 
 
+def _caller(name: str, namespace: str, parents: tuple[str, ...]) -> str:
+    calls = "".join(f"\n    - service: {parent}.{MESH}\n      local_port: {{{_local(parent, name)}}}"
+                    for parent in parents)
+    return "\n".join((
+        "kind: Service", f"name: {name}", "endpoints:", f"  - 127.0.0.1:{{{name}_in}}",
+        "sidecar:", f"  port: {{{name}_in}}", "  address: 127.0.0.1",
+        f"  app: 127.0.0.1:{{{name}_app}}", f"  namespace: {namespace}", f"  calls:{calls}", ""))
+
+
 def _natives(setup: Setup) -> str:
     """The callers (the consumer; the producer too) and the parent Services, native: the
     parents' pods are the echo backends of their names."""
     callers = [("consumer", CONSUMER_NAMESPACE if setup.producer else "default")]
     if setup.producer:
         callers.append(("producer", MESH))
-    texts = [CALLER.format(name=name, namespace=namespace, calls=", ".join(
-        f"{{{{service: {parent}.{MESH}, local_port: {{{_local(parent, name)}}}}}}}"
-        for parent in setup.parents)) for name, namespace in callers]
-    texts += [f"kind: Service\nname: {parent}.{MESH}\nendpoints: ["
-              + ", ".join(f'"127.0.0.1:{{{pod}}}"' for pod in PARENT_ENDPOINTS[parent]) + "]\n"
+    texts = [_caller(name, namespace, setup.parents) for name, namespace in callers]
+    texts += [f"kind: Service\nname: {parent}.{MESH}\nendpoints:\n"
+              + "".join(f"  - 127.0.0.1:{{{pod}}}\n" for pod in PARENT_ENDPOINTS[parent])
               for parent in setup.parents]
     return "---\n".join(texts)
 
@@ -141,27 +138,24 @@ def _base_services() -> list[str]:
 
 def _endpoint_slices(grpc: bool) -> str:
     """What the endpoints controller would write for echo-v1 and echo-v2: every port of the
-    Service (by name) on its echo backend's loopback port; with `grpc`, port `grpc` on its gRPC
-    echo's."""
+    Service (by name) on its echo backend's loopback port (`{v1}`); with `grpc`, port `grpc`
+    on its gRPC echo's (`{g1}`)."""
     slices = []
     for _, doc in conformance._documents(conformance.ROOT / "base" / "mesh-manifests.yaml"):
         name = doc["metadata"].get("name")
         if doc.get("kind") != "Service" or name not in BACKENDS:
             continue
-        pod = name.replace("echo-", "")
-        ports = ", ".join(
-            f"{{{{name: {p['name']}, port: {{{'g' if grpc and p['name'] == 'grpc' else 'v'}"
-            f"{pod[1:]}}}}}}}" for p in doc["spec"]["ports"])
-        slices.append(f"""apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-pods
-  namespace: {MESH}
-  labels: {{{{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{ports}]
-endpoints: [{{{{addresses: [127.0.0.1], conditions: {{{{ready: true}}}}}}}}]
-""")
+        number = name.removeprefix("echo-v")
+        ports = "".join(
+            f"  - name: {p['name']}\n    port: "
+            f"{{{'g' if grpc and p['name'] == 'grpc' else 'v'}{number}}}\n"
+            for p in doc["spec"]["ports"])
+        slices.append("\n".join((
+            "apiVersion: discovery.k8s.io/v1", "kind: EndpointSlice", "metadata:",
+            f"  name: {name}-pods", f"  namespace: {MESH}", "  labels:",
+            f"    kubernetes.io/service-name: {name}", "addressType: IPv4", "ports:",
+            ports + "endpoints:", "  - addresses: [127.0.0.1]", "    conditions:",
+            "      ready: true", "")))
     return "---\n".join(slices)
 
 
