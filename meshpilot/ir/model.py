@@ -1028,6 +1028,9 @@ class Route:
     cors: Cors | None = None  # for the Route's virtual host
     security: Security = field(default_factory=Security)  # for the Route's virtual host
     service: str | None = None  # attached to a Service: its virtual host in its callers' sidecars
+    # With `service`: only the callers whose sidecar is in this namespace take it, instead of
+    # the Service's Route for every caller (a Gateway API consumer route). None: every caller.
+    callers_namespace: str | None = None
     origin: Origin | None = field(default=None, compare=False, repr=False)
     # On a listener with `tls_hosts`: the entry whose route table holds this Route (None: it is
     # served on no such listener).

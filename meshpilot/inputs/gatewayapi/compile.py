@@ -348,6 +348,7 @@ class _Meshed:
     """An effect of a route whose parent is a Service: one entry of that Service's route."""
 
     service: str
+    callers: str | None  # a consumer route's namespace: only its sidecars' calls; None: all
     entry: tuple[tuple[Any, ...], Rule, KubeObject]
 
 
@@ -393,7 +394,10 @@ class _Compiler:
         # gateway key -> port -> SNI hostname ("*": any) -> the TLSRoute serving it
         self.passthrough: dict[str, dict[int, dict[str, _Passthrough]]] = {}
         # GAMMA: native Service -> the route entries of the routes whose parent it is
-        self.mesh_entries: dict[str, list[tuple[tuple[Any, ...], Rule, KubeObject]]] = {}
+        # (Service, the namespace a consumer route's callers are in; None: every caller) ->
+        # the entries of its mesh routes
+        self.mesh_entries: dict[tuple[str, str | None],
+                                list[tuple[tuple[Any, ...], Rule, KubeObject]]] = {}
         self.native_mesh_routes: dict[str, str] = {}
         # (Service ns/name, port name or None: every port) -> the TLS of its connections, or
         # None: a policy that cannot be applied (its backends answer 5xx, never plaintext)
@@ -973,7 +977,8 @@ class _Compiler:
             elif isinstance(effect, _SendsTo):
                 self.sends_to.setdefault(effect.gateway, set()).update(effect.targets)
             else:
-                self.mesh_entries.setdefault(effect.service, []).append(effect.entry)
+                self.mesh_entries.setdefault((effect.service, effect.callers), []).append(
+                    effect.entry)
 
     def _mesh_parent(self, route: KubeObject, ref: dict[str, Any], path: FieldPath,
                      rules: list[_BuiltRule], resolved: tuple[bool, str, str],
@@ -982,7 +987,9 @@ class _Compiler:
         """GAMMA: a route whose parent is a Service shapes what every sidecar calling that
         Service sends. The Service is a native one (`NAME` in namespace default, or
         `NAME.NAMESPACE`): sidecars are native Services (docs/mesh.md). Hostnames are not
-        used (the spec's mesh semantics); `port` and `sectionName` are not checked."""
+        used (the spec's mesh semantics); `port` and `sectionName` are not checked. A parent
+        in another namespace makes a consumer route (GEP-1294): it shapes only the calls of
+        sidecars in the route's own namespace, so it needs no ReferenceGrant."""
         namespace = ref.get("namespace") or route.namespace
         key = f"{namespace}/{ref['name']}"
         native = next((n for n in ((ref["name"], f"{ref['name']}.{namespace}")
@@ -998,21 +1005,17 @@ class _Compiler:
             accepted, reason, message = False, "UnsupportedValue", (
                 f"the native Route {self.native_mesh_routes[native]} shapes calls to Service "
                 f"{native} already")
-        elif not self.world.permitted(route.kind, route.namespace, "", "Service", namespace,
-                                      ref["name"]) and namespace != route.namespace:
-            accepted, reason, message = False, "NotAllowedByListeners", (
-                f"no ReferenceGrant in {namespace} lets {route.kind}s of {route.namespace} "
-                f"attach to Service {key}")
         elif unsupported is not None:
             accepted, reason, message = False, "UnsupportedValue", unsupported
         if accepted and native is not None and native not in meshed:
             meshed.add(native)  # two parentRefs: attached once
             age = _route_age(route)
+            callers = route.namespace if namespace != route.namespace else None
             for index, matches, built in rules:
                 for match_index, match in matches:
                     rank = _grpc_precedence(route, index, match_index) \
                         if route.kind == "GRPCRoute" else _precedence(match)
-                    effects.append(_Meshed(native, ((*rank, *age, index, match_index),
+                    effects.append(_Meshed(native, callers, ((*rank, *age, index, match_index),
                                                     _with_match(built, match), route)))
         effects.append(self._status_of(route, route.kind, route.key, path, _conditions(
             ("Accepted", accepted, reason, message),
@@ -1021,13 +1024,20 @@ class _Compiler:
 
     def _finish_mesh(self) -> None:
         """One model Route per Service that mesh routes name, `mesh/SERVICE`, its rules every
-        route's entries in the spec's precedence (as on a Gateway's hostname)."""
-        for service, entries in sorted(self.mesh_entries.items()):
+        route's entries in the spec's precedence (as on a Gateway's hostname); and one per
+        Service and namespace of consumer routes, `mesh/SERVICE/callers/NAMESPACE`, which the
+        sidecars of that namespace take instead (GEP-1294: the routes of one kind merge,
+        consumer routes with consumer routes only)."""
+        for (service, callers), entries in sorted(self.mesh_entries.items(),
+                                                  key=lambda item: (item[0][0],
+                                                                    item[0][1] or "")):
             entries.sort(key=lambda e: e[0])
             first = entries[0][2]
             self.routes.append(Route(
-                f"mesh/{service}", first.document.position, None,
+                f"mesh/{service}" + (f"/callers/{callers}" if callers else ""),
+                first.document.position, None,
                 rules=tuple(rule for _, rule, _ in entries), service=service,
+                callers_namespace=callers,
                 origin=Origin(first.document.position, first.kind, first.key)))
 
     def _attach(self, route: KubeObject, ref: dict[str, Any], listeners: list[_Listener],
@@ -1527,8 +1537,8 @@ class _Compiler:
         if group != "" or kind != "Service":
             return None, ("InvalidKind", f"backendRef kind {group or 'core'}/{kind} is not "
                                          "supported (Service only)")
-        if not self.world.permitted(route.kind, route.namespace, "", "Service", namespace,
-                                    name):
+        if not _mesh_only(route) and not self.world.permitted(
+                route.kind, route.namespace, "", "Service", namespace, name):
             return None, ("RefNotPermitted", f"no ReferenceGrant in {namespace} lets "
                                              f"{route.kind}s of {route.namespace} use Service "
                                              f"{key}")
@@ -2005,6 +2015,14 @@ def _match(written: dict[str, Any], origin: Origin) -> Match:
 
 _GRPC_SERVICE = re.compile(r"(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*")
 _GRPC_METHOD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+
+
+def _mesh_only(route: KubeObject) -> bool:
+    """Whether every parent of `route` is a Service: its backends, in any namespace, need no
+    ReferenceGrant (GEP-1294: a mesh route augments Services its callers reach already)."""
+    parents = route.spec().get("parentRefs") or ()
+    return bool(parents) and all(ref.get("group", GATEWAY_GROUP) == "" and
+                                 ref.get("kind") == "Service" for ref in parents)
 
 
 def _grpc_match(written: dict[str, Any], origin: Origin) -> Match:

@@ -438,6 +438,10 @@ def write_route(route: Route, files: FileSink | None = None) -> Written:
         _put(doc, "hosts", list(route.hosts), ["*"])
     else:
         doc["service"] = route.service
+        if route.callers_namespace is not None:
+            w.cannot("service", "a Route for the callers of namespace "
+                                f"{route.callers_namespace} only (a consumer route) has no "
+                                "native field", route.origin)
     if route.cors is not None:
         doc["cors"] = _cors(w, "cors", route.cors)
     if route.security:
