@@ -5,8 +5,9 @@
     DestinationRule -> those Services' subsets, load balancer, circuit breaker, outlier
         detection, upstream TLS (portLevelSettings: one port's Service)
     WorkloadEntry -> the workload's own view: a Service with a sidecar (inbound on the
-        workload's address and port, the application behind it, one outbound port for every
-        mesh service, Istio's default of no Sidecar resource), its mTLS (PeerAuthentication)
+        workload's address, a port per ServiceEntry port selecting it and the application
+        behind each, `inbound.py`; one outbound port for every mesh service, Istio's
+        default of no Sidecar resource), its mTLS (PeerAuthentication) per port
         and callers' authorization (AuthorizationPolicy), `security.py`
     VirtualService (gateway `mesh`) -> a Route attached to each of its hosts' Services;
         without one, a Service still gets Istio's default route (no timeout, 2 retries)
