@@ -29,6 +29,7 @@ from meshpilot.ir.model import (
     HashOn,
     HeaderOps,
     HealthCheck,
+    InboundPort,
     Match,
     Mirror,
     Origin,
@@ -220,10 +221,13 @@ def write_service(service: Service, files: FileSink | None = None) -> Written:
 
 def _sidecar(w: _Writer, sidecar: Sidecar) -> Doc:
     doc: Doc = {}
-    _put(doc, "port", sidecar.port)
+    several = bool(sidecar.more_ports)  # `ports`, each with its app and mode
+    _put(doc, "port", None if several else sidecar.port)
     if sidecar.port is not None:
         _put(doc, "address", sidecar.address, "0.0.0.0")
-    if (sidecar.app_host, sidecar.app_port) != (DEFAULT_APP_HOST, DEFAULT_APP_PORT):
+    if several:
+        doc["ports"] = [_inbound_port(sidecar, port) for port in sidecar.inbound_ports()]
+    elif (sidecar.app_host, sidecar.app_port) != (DEFAULT_APP_HOST, DEFAULT_APP_PORT):
         doc["app"] = _address(sidecar.app_host, sidecar.app_port)
     _put(doc, "outbound_port", sidecar.outbound_port)
     calls: list[Any] = []
@@ -248,6 +252,14 @@ def _sidecar(w: _Writer, sidecar: Sidecar) -> Doc:
         if getattr(sidecar, key) is not None:
             w.cannot(f"sidecar.{key}", f"a sidecar's {key} is not converted yet",
                      sidecar.origin)
+    return doc
+
+
+def _inbound_port(sidecar: Sidecar, port: InboundPort) -> Doc:
+    doc: Doc = {"port": port.port, "app": _address(port.app_host, port.app_port)}
+    _put(doc, "protocol", port.protocol)
+    _put(doc, "mtls", dict(sidecar.port_modes).get(port.port))
+    _put(doc, "service", port.service)
     return doc
 
 
