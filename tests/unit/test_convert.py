@@ -537,3 +537,31 @@ rules: [{backends: [{service: api}]}]
 """)
     assert assert_equivalent(native, REPO, tmp_path / "native") == []
     assert "locality: us-west/a" in convert(native, REPO).text
+
+
+def test_a_sidecar_with_several_ports_converts_to_itself() -> None:
+    """`sidecar.ports` (each port's application, protocol, mode and served Service) is
+    written back as it was, as an Istio workload's several ports are (inputs/istio/inbound.py)."""
+    text = """
+kind: Service
+name: reviews
+endpoints: ["10.0.0.21:15006"]
+sidecar:
+  mtls: strict
+  ports:
+    - {port: 15006, app: 9080}
+    - {port: 15007, app: "127.0.0.1:9090", protocol: tcp, mtls: permissive, service: reviews-db}
+    - {port: 15008, app: 9091, mtls: "off"}
+---
+kind: Service
+name: reviews-db
+protocol: tcp
+endpoints: ["10.0.0.21:15007"]
+"""
+    model = load_policy_text(text)
+    conversion = convert(model, REPO)
+    assert conversion.complete, conversion.unsaid
+    again = load_policy_text(conversion.text)
+    assert again.service("reviews") == model.service("reviews")
+    for view in _views(model):
+        assert _render(again, view) == _render(model, view), view

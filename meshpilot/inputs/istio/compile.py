@@ -5,8 +5,9 @@
     DestinationRule -> those Services' subsets, load balancer, circuit breaker, outlier
         detection, upstream TLS (portLevelSettings: one port's Service)
     WorkloadEntry -> the workload's own view: a Service with a sidecar (inbound on the
-        workload's address and port, the application behind it, one outbound port for every
-        mesh service, Istio's default of no Sidecar resource), its mTLS (PeerAuthentication)
+        workload's address, a port per ServiceEntry port selecting it and the application
+        behind each, `inbound.py`; one outbound port for every mesh service, Istio's
+        default of no Sidecar resource), its mTLS (PeerAuthentication) per port
         and callers' authorization (AuthorizationPolicy), `security.py`
     VirtualService (gateway `mesh`) -> a Route attached to each of its hosts' Services;
         without one, a Service still gets Istio's default route (no timeout, 2 retries)
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 from meshpilot.inputs.context import LoadContext, ParsedDocument
 from meshpilot.inputs.gatewayapi.kinds import KubeObject
 from meshpilot.inputs.gatewayapi.secrets import ca_of, tls_secret
-from meshpilot.inputs.istio import hosts, meshconfig, security
+from meshpilot.inputs.istio import hosts, inbound, meshconfig, security
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
 from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES, NOT_SUPPORTED
@@ -1317,38 +1318,32 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
         entry = doc.item.spec
         assert isinstance(entry, o.WorkloadEntry)
         workload = entry.spec
-        served = serving.get(id(doc))
-        protocol: Protocol = "http"
-        port = None
-        if served is not None:
-            service, port = served
-            protocol = service.protocol
+        served = serving.get(id(doc), [])
+        port = served[0].port if served else None
+        protocol: Protocol = served[0].service.protocol if served else "http"
         outbound = entry.outbound_port or hosts.DEFAULT_OUTBOUND_PORT
-        app_host, app_port = entry.app or (DEFAULT_APP_HOST, port or 8080)
-        if port is not None and app_port == port and (
-                app_host == workload.address or (workload.address in ("127.0.0.1", "::1")
-                and app_host in ("127.0.0.1", "localhost"))):
-            doc.error(("spec", "address"),
-                      f"the application cannot listen on the sidecar's inbound "
-                      f"{workload.address}:{port}: say where it listens with annotation "
-                      f"meshpilot.io/app (say 127.0.0.1:{port + 10000})")
-        if outbound == port:
+        apps = inbound.app_addresses(doc, entry, served)
+        app_host, app_port = apps[0] if apps else (entry.app or (DEFAULT_APP_HOST, 8080))
+        if outbound in (s.port for s in served):
             doc.error(("metadata",), f"the outbound port {outbound} is the inbound port: set "
                                      "annotation meshpilot.io/outbound-port")
         calls = (*calls, *_tcp_calls(doc, tcp, scope, {
-            p for p in (outbound, app_port if app_host in ("127.0.0.1", "localhost") else None,
-                        port if workload.address in ("127.0.0.1", "0.0.0.0") else None)
-            if p is not None}))
+            outbound, *inbound.loopback_ports(workload.address, served,
+                                              apps or [(app_host, app_port)])}))
         if variants:  # sourceLabels: this caller's own Route for some services
             calls = tuple(replace(call, route=route) if (route := variants.get(
                 call.service, {}).get(id(doc))) is not None else call for call in calls)
         view = hosts.workload_view(doc.item.name, doc.item.namespace)
         jwt = policies.jwt_for_workload(doc, jwks_service) if port is not None else None
         mtls, authorization, deny = policies.for_workload(doc, port, jwt is not None)
-        audit, custom = policies.audit_and_custom(doc, jwt is not None, protocol == "tcp") \
+        audit, custom = policies.audit_and_custom(
+            doc, jwt is not None, any(s.service.protocol == "tcp" for s in served)) \
             if port is not None else (None, None)
+        more_ports, port_modes = inbound.further_ports(doc, served, apps, mtls,
+                                                       policies.mtls_of)
         sidecar = Sidecar(port=port, address=workload.address if port is not None else "0.0.0.0",
                           app_host=app_host, app_port=app_port, outbound_port=outbound,
+                          more_ports=more_ports, port_modes=port_modes,
                           calls=calls, mtls=mtls, authorization=authorization,
                           origin=doc.ctx.origin(("spec",)),
                           identity=hosts.spiffe_path(doc.item.namespace,
@@ -1402,17 +1397,28 @@ def _tcp_calls(doc: Doc, tcp: list[tuple[_Host, str, Service]],
 
 
 def _serving(workloads: _Workloads, registry: dict[str, _Host]
-             ) -> dict[int, tuple[Service, int]]:
-    """Per WorkloadEntry (by id): the first Service (in host order) whose ServiceEntry
-    selects it, and the workload's port for it: the sidecar's inbound port."""
-    found: dict[int, tuple[Service, int]] = {}
+             ) -> dict[int, list[inbound.Served]]:
+    """Per WorkloadEntry (by id): every port of every ServiceEntry selecting it (hosts in
+    order, then the entry's ports), as the workload's port for it (the sidecar's inbound port)
+    and that port's Service; the first one found for a workload port serves it. Two Services
+    of different protocols on one workload port are refused at the later port."""
+    found: dict[int, list[inbound.Served]] = {}
     for name in sorted(registry):
         host = registry[name]
         entry = host.entry
         if entry.workload_selector is None:
             continue
-        port = entry.ports[0]
         for doc in workloads.selected(host.doc.item.namespace, entry.workload_selector):
-            found.setdefault(id(doc), (host.services[port.number], endpoint_port(
-                doc.item.spec.spec, port)))  # type: ignore[union-attr]
+            served = found.setdefault(id(doc), [])
+            for index, port in enumerate(entry.ports):
+                number = endpoint_port(doc.item.spec.spec, port)  # type: ignore[union-attr]
+                service = host.services[port.number]
+                first = next((s for s in served if s.port == number), None)
+                if first is None:
+                    served.append(inbound.Served(service, number))
+                elif (first.service.protocol == "tcp") != (service.protocol == "tcp"):
+                    host.doc.error(("spec", "ports", index), (
+                        f"WorkloadEntry {doc.ctx.name}'s port {number} serves "
+                        f"{first.service.name} ({first.service.protocol}) already; one port "
+                        f"cannot serve {service.name} ({service.protocol}) too"))
     return found

@@ -66,6 +66,9 @@ class ServiceEntry:
 class WorkloadEntry:
     spec: WorkloadSpec
     app: tuple[str, int] | None = None  # annotation meshpilot.io/app: where the application is
+    # The annotation's `PORT=ADDRESS` form: where the application of each named inbound port
+    # listens (a port it does not name: 127.0.0.1:<that port>), sorted by port.
+    app_ports: tuple[tuple[int, tuple[str, int]], ...] = ()
     outbound_port: int | None = None  # annotation meshpilot.io/outbound-port (default 15001)
 
 

@@ -126,15 +126,38 @@ def _namespace(value: Any) -> str:
 def _workload_annotations(meta: Fields, spec: o.WorkloadEntry,
                           annotations: dict[str, str]) -> o.WorkloadEntry:
     app = None
+    app_ports: tuple[tuple[int, tuple[str, int]], ...] = ()
     outbound = None
     notes = meta.mapping("annotations", "a mapping")
     if notes is not None:
         if APP_ANNOTATION in annotations:
-            app = notes.get(APP_ANNOTATION, _app_address)
+            written = notes.get(APP_ANNOTATION, _app_annotation) or ()
+            app = next((address for port, address in written if port is None), None)
+            app_ports = tuple((port, address) for port, address in written if port is not None)
         if OUTBOUND_PORT_ANNOTATION in annotations:
             outbound = notes.get(OUTBOUND_PORT_ANNOTATION, lambda v: fields.port_text(
                 fields.string(v)))
-    return o.WorkloadEntry(spec.spec, app, outbound)
+    return o.WorkloadEntry(spec.spec, app, outbound_port=outbound, app_ports=app_ports)
+
+
+def _app_annotation(value: Any) -> tuple[tuple[int | None, tuple[str, int]], ...]:
+    """`meshpilot.io/app`: one address (port None: the first inbound port's application),
+    or, for a sidecar with several inbound ports, `PORT=ADDRESS` entries separated by commas
+    (each inbound port's application; PORT is the sidecar's inbound port, the workload's)."""
+    text = fields.string(value)
+    if "=" not in text:
+        return ((None, _app_address(text)),)
+    found: dict[int, tuple[str, int]] = {}
+    for entry in text.split(","):
+        port_text, equals, address = (part.strip() for part in entry.partition("="))
+        if not equals or not port_text or not address:
+            raise Invalid(f"invalid entry {fields.quoted(entry.strip())}: expected "
+                          "PORT=ADDRESS (e.g. 9080=127.0.0.1:19080), entries separated by ','")
+        port = fields.port_text(port_text)
+        if port in found:
+            raise Invalid(f"inbound port {port} is named twice")
+        found[port] = _app_address(address)
+    return tuple(sorted(found.items()))
 
 
 def _app_address(value: Any) -> tuple[str, int]:

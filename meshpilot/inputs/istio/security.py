@@ -5,7 +5,7 @@ Which policies apply to a workload, as Istio decides:
 - PeerAuthentication: the workload's own (selector matching its labels, in its namespace;
   the oldest, here the first by name, if several), else its namespace's (no selector), else
   the mesh's (no selector, root namespace `istio-system`); UNSET inherits from the next level;
-  `portLevelMtls` for the workload's inbound port overrides. Nothing at all: `off` (plaintext;
+  `portLevelMtls` for an inbound port overrides on that port. Nothing at all: `off` (plaintext;
   Istio's PERMISSIVE with auto mTLS needs nothing written, meshpilot asks for it in writing).
 - AuthorizationPolicy: those of the root namespace without selector, of the workload's
   namespace without selector, and of its namespace whose selector matches its labels. Istio's

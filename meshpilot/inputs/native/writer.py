@@ -29,6 +29,7 @@ from meshpilot.ir.model import (
     HashOn,
     HeaderOps,
     HealthCheck,
+    InboundPort,
     Locality,
     LocalityLb,
     Match,
@@ -242,10 +243,13 @@ def write_service(service: Service, files: FileSink | None = None) -> Written:
 
 def _sidecar(w: _Writer, sidecar: Sidecar) -> Doc:
     doc: Doc = {}
-    _put(doc, "port", sidecar.port)
+    several = bool(sidecar.more_ports)  # `ports`, each with its app and mode
+    _put(doc, "port", None if several else sidecar.port)
     if sidecar.port is not None:
         _put(doc, "address", sidecar.address, "0.0.0.0")
-    if (sidecar.app_host, sidecar.app_port) != (DEFAULT_APP_HOST, DEFAULT_APP_PORT):
+    if several:
+        doc["ports"] = [_inbound_port(sidecar, port) for port in sidecar.inbound_ports()]
+    elif (sidecar.app_host, sidecar.app_port) != (DEFAULT_APP_HOST, DEFAULT_APP_PORT):
         doc["app"] = _address(sidecar.app_host, sidecar.app_port)
     _put(doc, "outbound_port", sidecar.outbound_port)
     calls: list[Any] = []
@@ -289,6 +293,14 @@ def _locality_lb(policy: LocalityLb) -> Doc:
 def _locality(where: Locality) -> str:
     """`region[/zone[/subzone]]`, as `locality.locality` reads it."""
     return "/".join(p for p in (where.region, where.zone, where.sub_zone) if p)
+
+
+def _inbound_port(sidecar: Sidecar, port: InboundPort) -> Doc:
+    doc: Doc = {"port": port.port, "app": _address(port.app_host, port.app_port)}
+    _put(doc, "protocol", port.protocol)
+    _put(doc, "mtls", dict(sidecar.port_modes).get(port.port))
+    _put(doc, "service", port.service)
+    return doc
 
 
 def _tracing(tracing: Tracing) -> Doc:
