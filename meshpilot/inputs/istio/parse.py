@@ -1520,6 +1520,13 @@ def _authz_rule(entry: Fields) -> o.AuthzRuleSpec:
         key = cond.get("key", fields.string, required=True)
         values = _strings(cond, "values", "value")
         not_values = _strings(cond, "notValues", "value")
+        if key is not None and key.startswith(o.FILTERS_KEY):
+            for written, items in (("values", values), ("notValues", not_values)):
+                for at, value in enumerate(items):
+                    if not value or value == "[]" or any(c in value[1:-1] for c in "[]"):
+                        cond.ctx.report((*cond.path, written, at),
+                                        f"value {fields.quoted(value)}: a string, "
+                                        "or [a string] for a list's element")
         if key is not None:
             problem = condition_problem(key)
             if problem:
@@ -1531,9 +1538,15 @@ def _authz_rule(entry: Fields) -> o.AuthzRuleSpec:
 def condition_problem(key: str) -> str | None:
     if key in ("source.ip", "remote.ip", "source.namespace", "source.principal",
                "request.auth.principal", "request.auth.audiences", "request.auth.presenter",
-               "destination.port") or re.fullmatch(r"request\.headers\[[^\]]+\]", key) \
-            or re.fullmatch(r"request\.auth\.claims\[[^\]]+\]", key):
+               "destination.ip", "destination.port", "connection.sni") \
+            or re.fullmatch(r"request\.headers\[[^\]]+\]", key) \
+            or o.claim_path(key) is not None or o.filter_metadata_key(key) is not None:
         return None
+    if key.startswith(o.CLAIMS_KEY):
+        return f"{key}: a claim is request.auth.claims[name] or, nested, [a][b]"
+    if key.startswith(o.FILTERS_KEY):
+        return (f"{key}: expected experimental.envoy.filters.<filter name>[<metadata key>] "
+                f"(one key: nested keys {NOT_SUPPORTED})")
     return f"condition key {fields.quoted(key)} {NOT_SUPPORTED}"
 
 
