@@ -400,3 +400,76 @@ def test_conditions_decide_as_istios_builder_golden(case: str) -> None:
     # single-policy's and allow-full-rule's rules can hold for no request (a principal with
     # no namespace in it, notHosts "*" ...): refusing all, as Istio's, is the answer there.
     assert 0 < admitted < 3000 if case == "multiple-policies" else admitted == 0
+
+
+# ---- the client's address at an ingress gateway: numTrustedProxies ----------------------------
+
+GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: NAME, namespace: istio-system ANNOTATIONS}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: PORT, name: http, protocol: HTTP}, hosts: ["*"]}]
+"""
+MESH_CONFIG = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: istio, namespace: istio-system}
+data:
+  mesh: |-
+    defaultConfig:
+      gatewayTopology: {numTrustedProxies: 2}
+      holdApplicationUntilProxyStarts: true
+"""
+
+
+def gateway(name: str = "edge", port: int = 8080, proxy: str | None = None) -> str:
+    notes = "" if proxy is None else f", annotations: {{proxy.istio.io/config: '{proxy}'}}"
+    return GATEWAY.replace("NAME", name).replace("PORT", str(port)).replace(
+        " ANNOTATIONS", notes)
+
+
+def trusted_hops(model: Model) -> list[int | None]:
+    found = model.gateway("istio=ingressgateway")
+    assert found is not None
+    return [None if listener.client_ip is None else listener.client_ip.xff_trusted_hops
+            for listener in found.listeners]
+
+
+def test_num_trusted_proxies_from_mesh_config_and_the_gateways_annotation() -> None:
+    assert trusted_hops(load(gateway())) == [None]  # the peer is the client
+    mesh = load(MESH_CONFIG, gateway())
+    assert trusted_hops(mesh) == [2]
+    assert any("ProxyConfig field holdApplicationUntilProxyStarts is not applied" in str(w)
+               for w in mesh.warnings), mesh.warnings
+    own = load(MESH_CONFIG, gateway(proxy="{gatewayTopology: {numTrustedProxies: 1}}"),
+               gateway("second", 8081))
+    assert trusted_hops(own) == [1, 1]  # every listener of the gateway's Envoys
+    assert trusted_hops(load(MESH_CONFIG, gateway(
+        proxy="gatewayTopology: {numTrustedProxies: 0}"))) == [None]
+    listener = Listener()
+    listener.ParseFromString(next(iter(Translation(own).snapshot("istio=ingressgateway").get(
+        LISTENER).values())).body)
+    assert _hops(listener) == 1
+
+
+def _hops(listener: Listener) -> int:
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (
+        http_connection_manager_pb2 as hcm,
+    )
+    manager = hcm.HttpConnectionManager()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(manager)
+    return manager.xff_num_trusted_hops
+
+
+def test_num_trusted_proxies_problems_are_errors_at_the_annotation() -> None:
+    found = errors(gateway(proxy="{gatewayTopology: {numTrustedProxies: -1}}"))
+    assert any("Gateway istio-system/edge: metadata.annotations[\"proxy.istio.io/config\"]: "
+               "gatewayTopology.numTrustedProxies: must be from 0" in e for e in found), found
+    found = errors(gateway(proxy="[1, 2"))
+    assert any("expected ProxyConfig in YAML" in e for e in found), found
+    found = errors(gateway(proxy="{gatewayTopology: {numTrustedProxies: 1}}"),
+                   gateway("second", 8081, proxy="{gatewayTopology: {numTrustedProxies: 2}}"))
+    assert any("Gateway istio-system/second: metadata.annotations[\"proxy.istio.io/config\"]: "
+               "numTrustedProxies 2, and Gateway istio-system/edge" in e for e in found), found

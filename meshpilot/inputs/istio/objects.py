@@ -281,6 +281,10 @@ class Server:
 class IstioGateway:
     selector: Labels
     servers: tuple[Server, ...]
+    # the `proxy.istio.io/config` annotation's numTrustedProxies (None: not said), and the
+    # ProxyConfig fields it writes that are not applied
+    trusted_proxies: int | None = None
+    proxy_ignored: tuple[str, ...] = ()
 
 
 # ---- security ------------------------------------------------------------------------------------

@@ -16,12 +16,13 @@ from typing import Any, cast
 
 from meshpilot.base import tlsfiles as tls_files
 from meshpilot.inputs.context import DocumentContext, ModelPart
+from meshpilot.inputs.istio import meshconfig
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.native import connections, fields
 from meshpilot.inputs.native import locality as localities
 from meshpilot.inputs.native.fields import Fields, Invalid, issue_count, reported_since
 from meshpilot.inputs.native.matches import METHOD
-from meshpilot.inputs.yamlsource import Located
+from meshpilot.inputs.yamlsource import Located, parse_yaml_text
 from meshpilot.ir.model import (
     Backoff,
     CircuitBreaker,
@@ -53,6 +54,7 @@ METADATA_KEYS = ("name", "namespace", "labels", "annotations", "uid", "resourceV
 APP_ANNOTATION = "meshpilot.io/app"
 OUTBOUND_PORT_ANNOTATION = "meshpilot.io/outbound-port"
 DRY_RUN = "istio.io/dry-run"
+PROXY_CONFIG = "proxy.istio.io/config"
 
 # Istio's retry default, on every route without `retries` (pilot's DefaultRetryPolicy).
 ISTIO_DEFAULT_RETRIES = Retries(
@@ -99,12 +101,32 @@ def parser(kind: str, read: Reader) -> Callable[[Located, DocumentContext], Iter
             spec = _workload_annotations(meta, spec, annotations)
         if isinstance(spec, o.AuthorizationPolicy) and annotations.get(DRY_RUN) == "true":
             spec = replace(spec, dry_run=True)
+        if isinstance(spec, o.IstioGateway) and PROXY_CONFIG in annotations:
+            spec = _proxy_annotation(ctx, annotations[PROXY_CONFIG], spec)
         if spec is None or reported_since(ctx, mark):
             return ()
         name = document.value["metadata"]["name"]
         return (o.IstioDocument(kind, namespace_of(document.value), name, labels, spec),)
 
     return parse
+
+
+def _proxy_annotation(ctx: DocumentContext, text: str, spec: o.IstioGateway
+                      ) -> o.IstioGateway:
+    """A Gateway's `proxy.istio.io/config` annotation: ProxyConfig in YAML, as Istio reads it
+    on the gateway's pods; its numTrustedProxies is the gateway's."""
+    at = ("metadata", "annotations", PROXY_CONFIG)
+    documents, issues, _ = parse_yaml_text(text, ctx.document.file)
+    if issues or len(documents) != 1:
+        ctx.report(at, "expected ProxyConfig in YAML, such as "
+                       "'gatewayTopology: {numTrustedProxies: 1}'", at_value=True)
+        return spec
+    try:
+        config = meshconfig.proxy_config(documents[0].value)
+    except Invalid as e:
+        ctx.report(at, str(e), at_value=True)
+        return spec
+    return replace(spec, trusted_proxies=config.trusted_proxies, proxy_ignored=config.ignored)
 
 
 def _dns_label(value: Any) -> str:
