@@ -9,11 +9,17 @@ gateway would write it (the input is meshpilot's own)."""
 
 from __future__ import annotations
 
+import base64
+import http.client
+import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from support import eventually, http_get, served_policy
+from tls_material import CA, Pair
 
 from meshpilot.local.demo.echo import EchoServer
 
@@ -46,7 +52,13 @@ metadata:
   annotations: {{proxy.istio.io/config: "gatewayTopology: {{numTrustedProxies: 1}}"}}
 spec:
   selector: {{istio: ingressgateway}}
-  servers: [{{port: {{number: {ingress}, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+  servers:
+  - {{port: {{number: {ingress}, name: http, protocol: HTTP}}, hosts: ["*"]}}
+  - port: {{number: {https}, name: https, protocol: HTTPS}}
+    tls: {{mode: SIMPLE, credentialName: wildcard}}
+    hosts: ["*.example.com"]
+---
+{secret}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -73,12 +85,30 @@ spec:
     when: [{{key: destination.ip, values: [127.0.0.0/8]}}]
   - to: [{{operation: {{paths: [/elsewhere]}}}}]
     when: [{{key: destination.ip, values: [10.9.9.9]}}]
+  - to: [{{operation: {{paths: [/sni]}}}}]
+    when: [{{key: connection.sni, values: ["a.*", "*.b.example.com"]}}]
 """
 
 
 @dataclass
 class Edge:
     port: int
+    https: int
+    ca: Path
+
+    def sni_status(self, server_name: str) -> int:
+        """A TLS request to /sni with `server_name` as its SNI (and Host)."""
+        context = ssl.create_default_context(cafile=str(self.ca))
+        with socket.create_connection(("127.0.0.1", self.https), timeout=10) as raw:
+            connection = http.client.HTTPSConnection(server_name, timeout=10)
+            connection.sock = context.wrap_socket(raw, server_hostname=server_name)
+            try:
+                connection.request("GET", "/sni", headers={"Host": server_name})
+                response = connection.getresponse()
+                response.read()
+                return response.status
+            finally:
+                connection.close()
 
     def status(self, path: str, forwarded: str | None = None, **headers: str) -> int:
         if forwarded is not None:
@@ -88,14 +118,26 @@ class Edge:
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
-    work = tmp_path_factory.mktemp("istio-remote-ip")
+    work = tmp_path_factory.mktemp("istio-authz")
+    ca = CA("example CA")
+    pair = ca.issue("*.example.com", "*.b.example.com")
     with served_policy(work, "mesh.yaml", POLICY, {"echo": EchoServer("echo")},
-                       free_ports=("ingress",), envoys={"istio=ingressgateway": "ingress"},
-                       extra_args=("--insecure-xds",)) as served:
-        environment = Edge(served.ports["ingress"])
+                       free_ports=("ingress", "https"),
+                       envoys={"istio=ingressgateway": "ingress"},
+                       extra_args=("--insecure-xds",), secret=_tls_secret(pair)) as served:
+        environment = Edge(served.ports["ingress"], served.ports["https"],
+                           ca.write(work / "ca.pem"))
         eventually(lambda: environment.status("/peer") == 200, timeout=60,
                    what="the ingress gateway to reach the echo")
         yield environment
+
+
+def _tls_secret(pair: Pair) -> str:
+    data = {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem}
+    return ("apiVersion: v1\nkind: Secret\nmetadata: {name: wildcard, namespace: istio-system}"
+            "\ntype: kubernetes.io/tls\ndata:\n" + "".join(
+                f"  {k}: {base64.b64encode(v).decode()}\n" for k, v in data.items())
+            )
 
 
 def test_remote_ip_blocks_read_the_client_behind_one_trusted_proxy(edge: Edge) -> None:
@@ -124,3 +166,10 @@ def test_a_header_condition_holds_for_any_value_and_no_not_value(edge: Edge) -> 
 def test_destination_ip_is_the_address_the_connection_reached(edge: Edge) -> None:
     assert edge.status("/here") == 200  # accepted on 127.0.0.1
     assert edge.status("/elsewhere") == 403
+
+
+def test_connection_sni_is_the_tls_server_name_asked_for(edge: Edge) -> None:
+    eventually(lambda: edge.sni_status("a.example.com") == 200, timeout=60,
+               what="the gateway's TLS server to answer")
+    assert edge.sni_status("x.b.example.com") == 200  # the suffix
+    assert edge.sni_status("c.example.com") == 403

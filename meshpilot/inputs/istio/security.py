@@ -17,8 +17,10 @@ Which policies apply to a workload, as Istio decides:
   every CUSTOM policy applying (`ExtAuthz.only`); one provider per workload, as Istio allows.
 
 An Istio rule (`from` any source AND `to` any operation AND every `when`) becomes one rule of
-the model per (source, operation) pair: the model's rule is an AND of ORs. What the model's
-rule cannot say (`not*` forms, `ports`, `hosts`, request principals) is refused at the field.
+the model per (source, operation) pair: the model's rule is an AND of ORs. Each `when`
+condition, and each source field Istio ANDs with the others (namespaces, ipBlocks,
+remoteIpBlocks), is an `AuthzCondition` of its own, as Istio's RBAC builder writes them;
+notValues and the not* forms go to the rule's `exclude`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ the requests Istio's CUSTOM policies send to their provider picked (`shadow`, `e
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from envoy.config.core.v3.address_pb2 import CidrRange
 from envoy.config.rbac.v3.rbac_pb2 import RBAC as RbacRules
@@ -71,6 +71,18 @@ class RbacFeature(HttpFeature):
 
 
 FEATURE = RbacFeature()
+
+
+def reads_server_name(routes: Iterable[Route]) -> bool:
+    """Whether a rule of the Routes' authorization (or of the requests a CUSTOM provider is
+    asked about) reads the TLS server name, which Envoy knows only from the TLS inspector."""
+    def reads(rule: AuthzRule | None) -> bool:
+        return rule is not None and (any(c.attribute == "sni" for c in rule.conditions)
+                                     or reads(rule.exclude))
+
+    return any(reads(rule) for route in routes for security in securities(route)
+               for rule in (*(r for p in security.authorization or () for r in p.rules),
+                            *((security.ext_authz.only or ()) if security.ext_authz else ())))
 
 
 def _policies(policies: tuple[Authorization, ...] | None) -> dict[str, Message]:
