@@ -664,3 +664,33 @@ spec:
     bookinfo.apply(rules=rules, gateway=gateway, vs=routes, authz=policy("notValues"))
     eventually(lambda: bookinfo.ingress("/static/x") == 403,
                what="the notValues source.ip condition to refuse the gateway's requests")
+
+
+def test_principals_with_namespaces_and_principal_wildcards_on_a_sidecar(
+        bookinfo: Bookinfo) -> None:
+    """reviews-v1's sidecar, called by productpage's over mTLS (identity
+    cluster.local/ns/default/sa/bookinfo-productpage): `principals` with `namespaces` in one
+    source both hold (the principal alone is not enough), and a `when` on source.principal
+    with a `*` prefix and several values admits any of them. The input is meshpilot's own."""
+    def policy(namespaces: str, principals: str) -> str:
+        return f"""apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: callers, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  rules:
+  - from: [{{source: {{principals: ["*/sa/bookinfo-productpage"], namespaces: [{namespaces}]}}}}]
+    when: [{{key: source.principal, values: [{principals}]}}]
+"""
+    rules = (NETWORKING / "destination-rule-all.yaml").read_text()
+    all_v1 = (NETWORKING / "virtual-service-all-v1.yaml").read_text()
+    bookinfo.apply(rules=rules, vs=all_v1, authz=policy('"def*"', '"*/ns/default/sa/x", '
+                                                        '"cluster.local/ns/default/*"'))
+    eventually(lambda: bookinfo.call("reviews:9080")[0] == 200,
+               what="productpage, of namespace default, to be admitted by reviews")
+    bookinfo.apply(rules=rules, vs=all_v1, authz=policy("other", '"*"'))
+    eventually(lambda: bookinfo.call("reviews:9080")[0] == 403,
+               what="the principal alone, of another namespace than the policy's, to be refused")
+    bookinfo.apply(rules=rules, vs=all_v1, authz=policy("default", '"*/sa/x", "other/*"'))
+    eventually(lambda: bookinfo.call("reviews:9080")[0] == 403,
+               what="no source.principal value to hold")

@@ -593,8 +593,8 @@ spec:
   location: MESH_INTERNAL
   workloadSelector: {labels: {app: httpbin}}
 """
-# The goldens whose fields meshpilot supports (the others use CUSTOM, AUDIT, requestPrincipals,
-# principals with namespaces in one source: refused, see docs/istio.md).
+# The goldens whose fields meshpilot supports without a RequestAuthentication (CUSTOM and
+# AUDIT: test_istio_authz.py; requestPrincipals and when: test_istio_authz_conditions.py).
 GOLDENS = ("allow-path", "allow-empty-rule", "allow-host-before-111", "allow-nil-rule", "deny-empty-rule", "deny-and-allow",
            "dry-run-allow", "dry-run-mix", "dry-run-allow-and-deny",
            "simple-policy-principal-with-wildcard")
