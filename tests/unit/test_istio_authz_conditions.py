@@ -9,6 +9,7 @@ principals with namespaces in one source (both must hold). Envoy itself validate
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from google.protobuf.json_format import MessageToDict
 from rbac_eval import admits
 from support import shared_folder
+from tls_material import CA
 
 from meshpilot.base.errors import PolicyError
 from meshpilot.base.types import LISTENER, ROUTE
@@ -473,3 +475,49 @@ def test_num_trusted_proxies_problems_are_errors_at_the_annotation() -> None:
                    gateway("second", 8081, proxy="{gatewayTopology: {numTrustedProxies: 2}}"))
     assert any("Gateway istio-system/second: metadata.annotations[\"proxy.istio.io/config\"]: "
                "numTrustedProxies 2, and Gateway istio-system/edge" in e for e in found), found
+
+
+HTTPS_GATEWAY = """
+apiVersion: v1
+kind: Secret
+metadata: {name: cert, namespace: istio-system}
+type: kubernetes.io/tls
+data: {tls.crt: CERT, tls.key: KEY}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 8443, name: https, protocol: HTTPS}
+    tls: {mode: SIMPLE, credentialName: cert}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge]
+  http: [{route: [{destination: {host: reviews.default.svc.cluster.local}}]}]
+"""
+
+
+def test_a_tls_server_gets_the_tls_inspector_only_when_a_rule_reads_the_server_name() -> None:
+    def inspectors(condition: str) -> list[str]:
+        pair = CA().issue("edge.example.com")
+        served = HTTPS_GATEWAY.replace("CERT", base64.b64encode(pair.cert_pem).decode()) \
+            .replace("KEY", base64.b64encode(pair.key_pem).decode())
+        model = load(served, "apiVersion: security.istio.io/v1\nkind: "
+                     "AuthorizationPolicy\nmetadata: {name: p, namespace: istio-system}\n"
+                     "spec:\n  selector: {matchLabels: {istio: ingressgateway}}\n  rules:\n"
+                     + when(condition))
+        listener = Listener()
+        listener.ParseFromString(next(iter(Translation(model).snapshot(
+            "istio=ingressgateway").get(LISTENER).values())).body)
+        return [f.name for f in listener.listener_filters]
+
+    assert inspectors('{key: connection.sni, notValues: ["*.internal"]}') == [
+        "envoy.filters.listener.tls_inspector"]
+    assert inspectors('{key: "request.headers[x]", values: [y]}') == []

@@ -68,7 +68,6 @@ NOT_SUPPORTED = "is not supported yet (docs/istio.md)"
 class Policies:
     peer: list[Doc]
     authorization: list[Doc]
-    trust_domain: str = "cluster.local"
 
     requests: list[Doc] = field(default_factory=list)
     # CUSTOM's providers by name (their services found), the names of those that are not
