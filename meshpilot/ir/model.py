@@ -879,6 +879,35 @@ class ExtAuthzBody:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthzCondition:
+    """One condition of an authorization rule on one attribute of the request or connection:
+    it holds when the attribute matches any of `matches` (addresses: lies in any of `cidrs`).
+    Istio's `when` conditions and the source fields a rule's lists cannot say are these."""
+
+    # header: a request header; claim: the validated JWT's claim (a list value holds when an
+    # element matches); metadata: Envoy's dynamic metadata of a filter; principal: the peer
+    # certificate's identity (mTLS); peer_ip: the connection's peer address; client_ip: the
+    # client's address as the listener detects it (X-Forwarded-For behind trusted proxies);
+    # destination_ip: the address the connection was accepted on; sni: the TLS server name.
+    # request_principal: the validated JWT is one of `request_principals`.
+    attribute: Literal["header", "claim", "metadata", "principal", "peer_ip", "client_ip",
+                       "destination_ip", "sni", "request_principal"]
+    # header: (lower-case name,); claim: its path in the payload (nested: several names);
+    # metadata: (filter, key)
+    key: tuple[str, ...] = ()
+    matches: tuple[StringMatch, ...] = ()
+    # metadata: also holds when the value is a list holding an element matching one of these
+    elements: tuple[StringMatch, ...] = ()
+    cidrs: tuple[str, ...] = ()  # peer_ip, client_ip, destination_ip: normalized CIDRs
+    request_principals: tuple[str, ...] = ()  # as AuthzRule.request_principals
+
+    @property
+    def http_only(self) -> bool:
+        """Whether only an HTTP request has what it reads (a TCP connection does not)."""
+        return self.attribute in ("header", "claim", "request_principal")
+
+
+@dataclass(frozen=True, slots=True)
 class AuthzRule:
     """One rule of an authorization policy: every condition given must hold (Istio's AND within
     a rule); each list is any of its items."""
@@ -903,7 +932,8 @@ class AuthzRule:
     ports: tuple[int, ...] = ()
     hosts: tuple[str, ...] = ()
     # The request's JWT (validated by the Route's jwt) is one of these: "iss/sub", or "*" for any
-    # valid token. In `exclude`: none is.
+    # valid token; a leading `*` makes the issuer (no `/`: the subject) a suffix, a trailing
+    # one the subject (no `/`: the issuer) a prefix (Istio's). In `exclude`: none is.
     request_principals: tuple[str, ...] = ()
     # Mesh callers by namespace (a sidecar's `namespaces`): any identity `ns/<namespace>/sa/*`
     # of the trust domain; the translator makes SPIFFE ID prefixes of them. In `exclude`: none.
@@ -914,6 +944,8 @@ class AuthzRule:
     # Istio's serviceAccounts, "namespace/name": the caller's SPIFFE ID names that account in
     # that namespace, of any trust domain (as Istio matches them). In `exclude`: none does.
     service_accounts: tuple[str, ...] = ()
+    # Further conditions, each of which must hold. In `exclude`: none does.
+    conditions: tuple[AuthzCondition, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from meshpilot.inputs.context import LoadContext, ParsedDocument
 from meshpilot.inputs.gatewayapi.kinds import KubeObject
 from meshpilot.inputs.gatewayapi.secrets import ca_of, tls_secret
-from meshpilot.inputs.istio import hosts, inbound, meshconfig, security
+from meshpilot.inputs.istio import hosts, inbound, meshconfig, parse, security
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
 from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES, NOT_SUPPORTED
@@ -39,6 +39,7 @@ from meshpilot.ir.model import (
     DEFAULT_APP_HOST,
     Backend,
     Call,
+    ClientIp,
     Endpoint,
     ExtAuthz,
     Gateway,
@@ -110,9 +111,11 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     _default_routes(registry, routed)
     secrets = {(part.namespace, part.name): part for parsed in everything
                for part in parsed.parts if isinstance(part, KubeObject) and part.kind == "Secret"}
-    gateways = _gateways(by_kind.get("Gateway", []), l4, secrets, registry)
+    mesh = meshconfig.read(everything, load)
+    gateways = _gateways(by_kind.get("Gateway", []), l4, secrets, registry,
+                         mesh.trusted_proxies)
     policies = security.Policies.of(by_kind)
-    _providers(meshconfig.read(everything, load), registry, policies)
+    _providers(mesh, registry, policies)
     _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants)
     _plaintext_where_disabled(registry, policies)
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
@@ -1184,8 +1187,33 @@ def _auto_passthrough(doc: Doc, server: o.Server, registry: dict[str, _Host]) ->
     return found
 
 
+def _trusted_proxies(members: list[Doc], mesh_default: int | None) -> ClientIp | None:
+    """How a gateway finds the client's address: numTrustedProxies of its Gateways'
+    `proxy.istio.io/config` annotation (they must agree), else MeshConfig's default; with
+    none or 0 the client is the peer (Istio's)."""
+    said: tuple[Doc, int] | None = None
+    at = ("metadata", "annotations", parse.PROXY_CONFIG)
+    for doc in members:
+        spec = doc.item.spec
+        assert isinstance(spec, o.IstioGateway)
+        for name in spec.proxy_ignored:
+            doc.warn(at, f"ProxyConfig field {name} is not applied (docs/istio.md); meshpilot "
+                         "reads gatewayTopology.numTrustedProxies")
+        if spec.trusted_proxies is None:
+            continue
+        if said is not None and said[1] != spec.trusted_proxies:
+            doc.error(at, f"numTrustedProxies {spec.trusted_proxies}, and Gateway "
+                          f"{said[0].ctx.name} of the same gateway Envoys says {said[1]}")
+            continue
+        said = said or (doc, spec.trusted_proxies)
+    count = said[1] if said is not None else mesh_default
+    return ClientIp(xff_trusted_hops=count, origin=said[0].ctx.origin(at)
+                    if said is not None else None) if count else None
+
+
 def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
-              registry: dict[str, _Host] | None = None) -> _Gateways:
+              registry: dict[str, _Host] | None = None,
+              trusted_proxies: int | None = None) -> _Gateways:
     """A Gateway of the model per distinct selector: every Istio Gateway whose selector the
     Envoy's labels (= that selector) satisfy contributes its servers."""
     built: list[tuple[Doc, Gateway]] = []
@@ -1197,6 +1225,7 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
     for selector, first in sorted(selectors.items()):
         members = [d for d in docs if hosts.selects(d.item.spec.selector, selector)]  # type: ignore[union-attr]
         listeners: dict[int, GatewayListener] = {}
+        client_ip = _trusted_proxies(members, trusted_proxies)
         https_port = None
         for doc in members:
             for server in doc.item.spec.servers:  # type: ignore[union-attr]
@@ -1239,7 +1268,7 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
                     name=_listener_name(server), port=server.port,
                     address=server.bind or "0.0.0.0", tls=tls,
                     redirect_to_https=(https_port or 443) if server.https_redirect else None,
-                    origin=doc.ctx.origin(server.path))
+                    client_ip=client_ip, origin=doc.ctx.origin(server.path))
         # Its Envoys' labels are the selector's: the topology ones say where they run (as a
         # Kubernetes node's say where a gateway pod runs), for localityLbSetting.
         where = Locality.of_labels(selector)

@@ -7,6 +7,7 @@ into model parts. Frozen and comparable, so the parse of an unchanged document i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -283,6 +284,10 @@ class Server:
 class IstioGateway:
     selector: Labels
     servers: tuple[Server, ...]
+    # the `proxy.istio.io/config` annotation's numTrustedProxies (None: not said), and the
+    # ProxyConfig fields it writes that are not applied
+    trusted_proxies: int | None = None
+    proxy_ignored: tuple[str, ...] = ()
 
 
 # ---- security ------------------------------------------------------------------------------------
@@ -330,6 +335,26 @@ class Condition:
     key: str
     values: tuple[str, ...] = ()
     not_values: tuple[str, ...] = ()
+
+
+CLAIMS_KEY = "request.auth.claims"
+FILTERS_KEY = "experimental.envoy.filters."
+
+
+def claim_path(key: str) -> tuple[str, ...] | None:
+    """`request.auth.claims[a]` or, nested, `[a][b]...`: the claim's path (None: neither)."""
+    brackets = key[len(CLAIMS_KEY):]
+    if not key.startswith(CLAIMS_KEY) or not re.fullmatch(r"(\[[^\[\]]+\])+", brackets):
+        return None
+    return tuple(re.findall(r"\[([^\[\]]+)\]", brackets))
+
+
+def filter_metadata_key(key: str) -> tuple[str, str] | None:
+    """`experimental.envoy.filters.<filter>[<key>]`: (the filter's name, the key of its
+    dynamic metadata), as Istio's builder splits it; None for anything else (nested keys
+    too, which Istio's builder would read as one key holding brackets)."""
+    found = re.fullmatch(r"experimental\.(envoy\.filters\.[^\[\]]*[^.\[\]])\[([^\[\]]+)\]", key)
+    return (found[1], found[2]) if found else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,12 +16,13 @@ from typing import Any, cast
 
 from meshpilot.base import tlsfiles as tls_files
 from meshpilot.inputs.context import DocumentContext, ModelPart
+from meshpilot.inputs.istio import meshconfig
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.native import connections, fields
 from meshpilot.inputs.native import locality as localities
 from meshpilot.inputs.native.fields import Fields, Invalid, issue_count, reported_since
 from meshpilot.inputs.native.matches import METHOD
-from meshpilot.inputs.yamlsource import Located
+from meshpilot.inputs.yamlsource import Located, parse_yaml_text
 from meshpilot.ir.model import (
     Backoff,
     CircuitBreaker,
@@ -53,6 +54,7 @@ METADATA_KEYS = ("name", "namespace", "labels", "annotations", "uid", "resourceV
 APP_ANNOTATION = "meshpilot.io/app"
 OUTBOUND_PORT_ANNOTATION = "meshpilot.io/outbound-port"
 DRY_RUN = "istio.io/dry-run"
+PROXY_CONFIG = "proxy.istio.io/config"
 
 # Istio's retry default, on every route without `retries` (pilot's DefaultRetryPolicy).
 ISTIO_DEFAULT_RETRIES = Retries(
@@ -99,12 +101,32 @@ def parser(kind: str, read: Reader) -> Callable[[Located, DocumentContext], Iter
             spec = _workload_annotations(meta, spec, annotations)
         if isinstance(spec, o.AuthorizationPolicy) and annotations.get(DRY_RUN) == "true":
             spec = replace(spec, dry_run=True)
+        if isinstance(spec, o.IstioGateway) and PROXY_CONFIG in annotations:
+            spec = _proxy_annotation(ctx, annotations[PROXY_CONFIG], spec)
         if spec is None or reported_since(ctx, mark):
             return ()
         name = document.value["metadata"]["name"]
         return (o.IstioDocument(kind, namespace_of(document.value), name, labels, spec),)
 
     return parse
+
+
+def _proxy_annotation(ctx: DocumentContext, text: str, spec: o.IstioGateway
+                      ) -> o.IstioGateway:
+    """A Gateway's `proxy.istio.io/config` annotation: ProxyConfig in YAML, as Istio reads it
+    on the gateway's pods; its numTrustedProxies is the gateway's."""
+    at = ("metadata", "annotations", PROXY_CONFIG)
+    documents, issues, _ = parse_yaml_text(text, ctx.document.file)
+    if issues or len(documents) != 1:
+        ctx.report(at, "expected ProxyConfig in YAML, such as "
+                       "'gatewayTopology: {numTrustedProxies: 1}'", at_value=True)
+        return spec
+    try:
+        config = meshconfig.proxy_config(documents[0].value)
+    except Invalid as e:
+        ctx.report(at, str(e), at_value=True)
+        return spec
+    return replace(spec, trusted_proxies=config.trusted_proxies, proxy_ignored=config.ignored)
 
 
 def _dns_label(value: Any) -> str:
@@ -1543,6 +1565,13 @@ def _authz_rule(entry: Fields) -> o.AuthzRuleSpec:
         key = cond.get("key", fields.string, required=True)
         values = _strings(cond, "values", "value")
         not_values = _strings(cond, "notValues", "value")
+        if key is not None and key.startswith(o.FILTERS_KEY):
+            for written, items in (("values", values), ("notValues", not_values)):
+                for at, value in enumerate(items):
+                    if not value or value == "[]" or any(c in value[1:-1] for c in "[]"):
+                        cond.ctx.report((*cond.path, written, at),
+                                        f"value {fields.quoted(value)}: a string, "
+                                        "or [a string] for a list's element")
         if key is not None:
             problem = condition_problem(key)
             if problem:
@@ -1554,9 +1583,15 @@ def _authz_rule(entry: Fields) -> o.AuthzRuleSpec:
 def condition_problem(key: str) -> str | None:
     if key in ("source.ip", "remote.ip", "source.namespace", "source.principal",
                "request.auth.principal", "request.auth.audiences", "request.auth.presenter",
-               "destination.port") or re.fullmatch(r"request\.headers\[[^\]]+\]", key) \
-            or re.fullmatch(r"request\.auth\.claims\[[^\]]+\]", key):
+               "destination.ip", "destination.port", "connection.sni") \
+            or re.fullmatch(r"request\.headers\[[^\]]+\]", key) \
+            or o.claim_path(key) is not None or o.filter_metadata_key(key) is not None:
         return None
+    if key.startswith(o.CLAIMS_KEY):
+        return f"{key}: a claim is request.auth.claims[name] or, nested, [a][b]"
+    if key.startswith(o.FILTERS_KEY):
+        return (f"{key}: expected experimental.envoy.filters.<filter name>[<metadata key>] "
+                f"(one key: nested keys {NOT_SUPPORTED})")
     return f"condition key {fields.quoted(key)} {NOT_SUPPORTED}"
 
 
