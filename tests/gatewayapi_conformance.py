@@ -1414,12 +1414,14 @@ RESULTS: dict[str, str] = {}
 PROFILES: dict[str, tuple[str, ...]] = {
     "GATEWAY-HTTP": ("HTTPRoute", "ReferenceGrant"),
     "GATEWAY-TLS": ("TLSRoute", "ReferenceGrant"),
+    "GATEWAY-TCP": ("TCPRoute", "ReferenceGrant"),
     "GATEWAY-GRPC": ("GRPCRoute", "ReferenceGrant"),
     "MESH-HTTP": ("Mesh", "HTTPRoute"),
     "MESH-GRPC": ("Mesh", "GRPCRoute"),
 }
 _KIND_OF = {"GATEWAY-HTTP": "HTTPRoute", "GATEWAY-TLS": "TLSRoute",
-            "GATEWAY-GRPC": "GRPCRoute", "MESH-HTTP": "Mesh", "MESH-GRPC": "Mesh"}
+            "GATEWAY-TCP": "TCPRoute", "GATEWAY-GRPC": "GRPCRoute", "MESH-HTTP": "Mesh",
+            "MESH-GRPC": "Mesh"}
 _OTHER_KINDS = {"TLSRoute", "GRPCRoute", "TCPRoute", "UDPRoute", "Mesh", "HTTPRoute"}
 # What meshpilot does not claim, per profile (docs/gateway-api.md says why).
 UNSUPPORTED: dict[str, tuple[str, ...]] = {
@@ -1427,6 +1429,7 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
                      "HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolWebSocket",
                      "HTTPRouteDestinationPortMatching", "HTTPRouteSessionPersistence"),
     "GATEWAY-TLS": (),
+    "GATEWAY-TCP": (),
     "GATEWAY-GRPC": (),
     "MESH-HTTP": (),
     "MESH-GRPC": (),
@@ -1441,6 +1444,8 @@ SUMMARIES: dict[str, str] = {
     "GATEWAY-TLS": "TLSRoute by SNI through a real Envoy: passed through to TLS backends, "
                    "or terminated at the Gateway (mode Terminate, also beside passthrough "
                    "listeners on one port) to plain TCP backends.",
+    "GATEWAY-TCP": "Upstream TCPRoute tests through a real Envoy to a Python TCP echo on "
+                   "loopback (statuses as meshpilot reports them).",
     "GATEWAY-GRPC": "Upstream GRPCRoute tests through a real Envoy to a Python transcription of "
                     "the upstream gRPC echo (grpcecho.proto, tests/grpc_conformance_echo.py), "
                     "which also serves TLS for BackendTLSPolicyGRPCRoute.",
