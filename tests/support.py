@@ -633,3 +633,34 @@ def shared_folder() -> Path:
         if (folder.parent / "shared" / "conformance").is_dir():
             return (folder.parent / "shared").resolve()
     return (repository.parent / "shared").resolve()
+
+
+# An echo Service behind an Istio ingress gateway on HTTP, every host and path to it: the
+# preamble of the Istio e2e policies that test what the gateway does to requests (a template:
+# `{echo}` the echo's port, `{ingress}` the gateway's).
+ECHO_BEHIND_ISTIO_INGRESS = """apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers: [{{port: {{number: {ingress}, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge]
+  http: [{{route: [{{destination: {{host: echo.default.svc.cluster.local}}}}]}}]
+---
+"""

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from support import eventually, http_get, served_policy, shared_folder
+from support import (
+    ECHO_BEHIND_ISTIO_INGRESS,
+    eventually,
+    http_get,
+    served_policy,
+    shared_folder,
+)
 
 from meshpilot.local.demo.echo import EchoServer
 
@@ -19,33 +25,7 @@ pytestmark = pytest.mark.envoy
 
 SAMPLES = shared_folder() / "conformance" / "istio" / "jwt-samples"
 
-POLICY = """
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: echo, namespace: default}}
-spec:
-  hosts: [echo.default.svc.cluster.local]
-  location: MESH_INTERNAL
-  ports: [{{number: 8000, name: http, protocol: HTTP}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1, ports: {{http: {echo}}}}}]
----
-apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: istio-system}}
-spec:
-  selector: {{istio: ingressgateway}}
-  servers: [{{port: {{number: {ingress}, name: http, protocol: HTTP}}, hosts: ["*"]}}]
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: echo, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: [istio-system/edge]
-  http: [{{route: [{{destination: {{host: echo.default.svc.cluster.local}}}}]}}]
----
-apiVersion: security.istio.io/v1
+POLICY = ECHO_BEHIND_ISTIO_INGRESS + """apiVersion: security.istio.io/v1
 kind: RequestAuthentication
 metadata: {{name: edge, namespace: istio-system}}
 spec:
