@@ -256,6 +256,7 @@ def _service(doc: Doc, entry: o.ServiceEntry, host: str, port: o.Port,
     return Service(name=hosts.service_name(host, port.number),
                    position=doc.ctx.document.position, protocol=protocol,
                    endpoints=tuple(found), connect_timeout=10.0,  # Istio's default
+                   load_balancer="least_request",  # Istio's too, unless a DestinationRule says
                    hosts=hosts.host_values(host, port.number, len(entry.ports) == 1),
                    origin=doc.ctx.origin())
 
