@@ -1,7 +1,8 @@
 """VirtualService http route fields through a real sidecar Envoy (issue #13):
 
 - `route[].headers`: each destination's own request and response header changes (two
-  destinations sharing the traffic, each request seen with its destination's header only).
+  destinations sharing the traffic, each request seen with its destination's header only);
+  one destination's `set` wins over the route's, as in Istio.
 - `corsPolicy` per http route: `/a` allows one exact origin, `/b` origins by prefix, `/plain`
   has none (no CORS answer at all).
 - `rewrite.uri` with a regex uri match: the whole path replaced, the query kept (Envoy's
@@ -59,6 +60,11 @@ spec:
     - destination: {{host: shop, subset: v2}}
       weight: 50
       headers: {{request: {{add: {{x-dest: v2}}}}}}
+  - match: [{{uri: {{prefix: /one}}}}]
+    headers: {{request: {{set: {{x-version: route}}}}}}
+    route:
+    - destination: {{host: shop, subset: v2}}
+      headers: {{request: {{set: {{x-version: v2}}}}, response: {{add: {{x-answered-by: v2}}}}}}
   - match: [{{uri: {{prefix: /a}}}}]
     corsPolicy: {{allowOrigins: [{{exact: "https://a.example"}}], allowMethods: [GET, PUT]}}
     route: [{{destination: {{host: shop, subset: v1}}}}]
@@ -127,6 +133,12 @@ def test_each_destination_gets_its_own_headers(client: Client) -> None:
     # Both destinations are used (equal weights), each with its own changes only; the http
     # route's own header change reaches both.
     assert seen == {"v1": {("v1", "split", False, "v1")}, "v2": {("v2", "split", True, None)}}
+
+
+def test_one_destinations_header_set_wins_over_the_routes(client: Client) -> None:
+    echo, response = client.echoed("/one")
+    assert (echo["backend"], echo["headers"].get("x-version")) == ("v2", "v2")
+    assert response.get("x-answered-by") == "v2"
 
 
 def test_each_http_route_answers_cors_by_its_own_policy(client: Client) -> None:

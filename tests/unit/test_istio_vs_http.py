@@ -56,6 +56,25 @@ def test_route_destination_headers_are_the_backends_own() -> None:
     assert "requestHeadersToAdd" not in v2
 
 
+def test_one_destinations_headers_join_the_routes_after_them_as_istio_writes_them() -> None:
+    model = load(DR, _vs("""
+  - headers: {request: {set: {x-version: route}, remove: [x-a]}}
+    route:
+    - destination: {host: reviews, subset: v1}
+      headers: {request: {set: {x-version: v1}, remove: [x-b]}, response: {add: {x-c: "1"}}}
+"""))
+    (rule,) = route_of(model).rules
+    (backend,) = rule.backends
+    assert backend.request_headers is None and backend.response_headers is None
+    assert rule.request_headers == HeaderOps(set=(("x-version", "route"), ("x-version", "v1")),
+                                             remove=("x-a", "x-b"))
+    assert rule.response_headers == HeaderOps(add=(("x-c", "1"),))
+    (entry,) = _envoy_routes(model)
+    assert "cluster" in entry["route"]  # one cluster, no weighted clusters
+    # Envoy applies the list in order: the destination's set is the value sent.
+    assert [h["header"]["value"] for h in entry["requestHeadersToAdd"]] == ["route", "v1"]
+
+
 def test_tcp_route_destination_headers_are_refused() -> None:
     found = errors("""
 apiVersion: networking.istio.io/v1

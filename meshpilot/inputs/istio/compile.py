@@ -43,6 +43,7 @@ from meshpilot.ir.model import (
     ExtAuthz,
     Gateway,
     GatewayListener,
+    HeaderOps,
     Labels,
     ListenerTls,
     Locality,
@@ -781,9 +782,33 @@ def _rules(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: 
                     (number, backend.subset or ""), found.hash_on.get(number, ()))
         # Each http route's corsPolicy is its own (Istio's per-route CORS config); a route
         # without one answers no CORS.
-        rules.append(replace(http.rule, matches=matches or (Match(),), backends=backends,
-                             mirrors=mirrors, hash_on=hash_on, cors=http.cors))
+        rules.append(_one_destination_headers(replace(
+            http.rule, matches=matches or (Match(),), backends=backends, mirrors=mirrors,
+            hash_on=hash_on, cors=http.cors)))
     return tuple(rules)
+
+
+def _one_destination_headers(rule: Rule) -> Rule:
+    """As Istio's pilot writes a route with one destination: that destination's header
+    changes join the route's own, after them (its `set` wins over the route's); with several
+    destinations each keeps its own (Envoy's weighted cluster entries, where the route's
+    changes are applied after them)."""
+    if len(rule.backends) != 1:
+        return rule
+    (backend,) = rule.backends
+    if backend.request_headers is None and backend.response_headers is None:
+        return rule
+    return replace(rule, backends=(replace(backend, request_headers=None,
+                                           response_headers=None),),
+                   request_headers=_joined(rule.request_headers, backend.request_headers),
+                   response_headers=_joined(rule.response_headers, backend.response_headers))
+
+
+def _joined(first: HeaderOps, then: HeaderOps | None) -> HeaderOps:
+    if then is None:
+        return first
+    return HeaderOps(add=first.add + then.add, set=first.set + then.set,
+                     remove=tuple(dict.fromkeys(first.remove + then.remove)))
 
 
 # ---- delegation ---------------------------------------------------------------------------------
