@@ -667,7 +667,7 @@ class Backend:
 
 @dataclass(frozen=True, slots=True)
 class PathRewrite:
-    prefix: str | None = None  # replace the matched prefix with this
+    prefix: str | None = None  # replace the matched prefix (a regex match: the path) with this
     regex: str | None = None  # or: replace what this regex matches ...
     substitution: str = ""  # ... with this (\1 style groups)
     origin: Origin | None = field(default=None, compare=False, repr=False)
@@ -694,7 +694,7 @@ class Redirect:
 @dataclass(frozen=True, slots=True)
 class DirectResponse:
     status: int
-    body: str = ""
+    body: str | bytes = ""  # bytes: a body that is not UTF-8 text (never formatted)
     origin: Origin | None = field(default=None, compare=False, repr=False)
     # True: `body` is an Envoy format string (%REQ(:METHOD)%, %START_TIME% ...; %% is a "%");
     # False: sent as written, byte for byte.
@@ -781,7 +781,7 @@ class HashOn:
 
 @dataclass(frozen=True, slots=True)
 class Cors:
-    allow_origins: tuple[StringMatch, ...]  # exact (case ignored) or regex origins
+    allow_origins: tuple[StringMatch, ...]  # exact, prefix (case ignored) or regex origins
     allow_methods: tuple[str, ...] = ()
     allow_headers: tuple[str, ...] = ()
     expose_headers: tuple[str, ...] = ()

@@ -588,7 +588,9 @@ def _derived_port(redirect: Redirect, listener: ListenerSide) -> int | None:
 
 def direct_response_action(response: DirectResponse) -> DirectResponseAction:
     action = DirectResponseAction(status=response.status)
-    if response.body and response.formatted:  # command operators replaced per request
+    if isinstance(response.body, bytes):  # not text: sent byte for byte
+        action.body.CopyFrom(DataSource(inline_bytes=response.body))
+    elif response.body and response.formatted:  # command operators replaced per request
         action.body_format.text_format_source.CopyFrom(DataSource(inline_string=response.body))
     elif response.body:  # as written: Envoy does not format `body`
         action.body.CopyFrom(DataSource(inline_string=response.body))

@@ -44,6 +44,7 @@ from meshpilot.ir.model import (
     ExtAuthz,
     Gateway,
     GatewayListener,
+    HeaderOps,
     Labels,
     ListenerTls,
     Locality,
@@ -497,12 +498,11 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
             port = None
             if service is not None:
                 port = int(service.name.rsplit(":", 1)[1])
-            cors = _cors(doc, vs)
             if service is not None:
                 routed.add(service.name)
                 rules = _rules(doc, vs, registry, gateway, port, doc_of=doc_of)
                 routes.append((doc, Route(name=name, position=doc.ctx.document.position,
-                                          gateway=None, rules=rules, cors=cors,
+                                          gateway=None, rules=rules,
                                           service=service.name, origin=doc.ctx.origin())))
                 for variant, kept, callers in _source_variants(vs, workloads):
                     vname = f"{name}~{variant}"
@@ -510,7 +510,7 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                         name=vname, position=doc.ctx.document.position, gateway=None,
                         rules=_rules(doc, vs, registry, gateway, port,
                                      lambda m, kept=kept: _source_key(m) in kept, doc_of),
-                        cors=cors, service=service.name, origin=doc.ctx.origin())))
+                        service=service.name, origin=doc.ctx.origin())))
                     variants.setdefault(service.name, {}).update(
                         (id(caller), vname) for caller in callers)
             else:
@@ -524,7 +524,7 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                     routes.append((doc, Route(name=name, position=doc.ctx.document.position,
                                               gateway=gateway_view, hosts=route_hosts,
                                               rules=rules, listeners=listener_names,
-                                              cors=cors, origin=doc.ctx.origin())))
+                                              origin=doc.ctx.origin())))
     _warn_unselected_sources(services, workloads, by_kind)
     return routes, routed, variants
 
@@ -740,15 +740,6 @@ def _claim_gateway_hosts(doc: Doc, claimed: dict[tuple[str, str, str], Doc], gat
     return True
 
 
-def _cors(doc: Doc, vs: o.VirtualService) -> Any:
-    policies = {route.cors for route in vs.http if route.cors is not None}
-    if len(policies) > 1:
-        doc.error(("spec", "http"), "different corsPolicy per http route is not supported yet "
-                                    "(docs/istio.md): write the same one on each")
-        return None
-    return next(iter(policies), None)
-
-
 def _gateway_key(name: str, namespace: str) -> str:
     """A gateway as Istio compares them: `mesh`, else `ns/name` (a bare name: this
     namespace's)."""
@@ -793,9 +784,35 @@ def _rules(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: 
                 number = int(backend.service.rsplit(":", 1)[1])
                 hash_on = hash_on or found.subset_hash_on.get(
                     (number, backend.subset or ""), found.hash_on.get(number, ()))
-        rules.append(replace(http.rule, matches=matches or (Match(),), backends=backends,
-                             mirrors=mirrors, hash_on=hash_on))
+        # Each http route's corsPolicy is its own (Istio's per-route CORS config); a route
+        # without one answers no CORS.
+        rules.append(_one_destination_headers(replace(
+            http.rule, matches=matches or (Match(),), backends=backends, mirrors=mirrors,
+            hash_on=hash_on, cors=http.cors)))
     return tuple(rules)
+
+
+def _one_destination_headers(rule: Rule) -> Rule:
+    """As Istio's pilot writes a route with one destination: that destination's header
+    changes join the route's own, after them (its `set` wins over the route's); with several
+    destinations each keeps its own (Envoy's weighted cluster entries, where the route's
+    changes are applied after them)."""
+    if len(rule.backends) != 1:
+        return rule
+    (backend,) = rule.backends
+    if backend.request_headers is None and backend.response_headers is None:
+        return rule
+    return replace(rule, backends=(replace(backend, request_headers=None,
+                                           response_headers=None),),
+                   request_headers=_joined(rule.request_headers, backend.request_headers),
+                   response_headers=_joined(rule.response_headers, backend.response_headers))
+
+
+def _joined(first: HeaderOps, then: HeaderOps | None) -> HeaderOps:
+    if then is None:
+        return first
+    return HeaderOps(add=first.add + then.add, set=first.set + then.set,
+                     remove=tuple(dict.fromkeys(first.remove + then.remove)))
 
 
 # ---- delegation ---------------------------------------------------------------------------------
@@ -985,7 +1002,9 @@ def _backend(doc: Doc, destination: o.Destination, registry: dict[str, _Host],
                 service, subsets=(*service.subsets,
                                   (subset, ((UNDEFINED_SUBSET_LABEL, subset),))))
     return Backend(service.name, subset, destination.weight,
-                   origin=doc.ctx.origin(destination.path))
+                   origin=doc.ctx.origin(destination.path),
+                   request_headers=destination.request_headers,
+                   response_headers=destination.response_headers)
 
 
 def _default_routes(registry: dict[str, _Host], routed: set[str]) -> None:

@@ -17,6 +17,7 @@ from meshpilot.ir.model import (
     CircuitBreaker,
     Cors,
     HashOn,
+    HeaderOps,
     Labels,
     ListenerTls,
     LoadBalancer,
@@ -83,6 +84,9 @@ class Destination:
     port: int | None = None
     weight: int = 100
     path: FieldPath = ()  # the destination's mapping
+    # An http route destination's own header changes (`route[].headers`); None: none.
+    request_headers: HeaderOps | None = None
+    response_headers: HeaderOps | None = None
 
 
 @dataclass(frozen=True, slots=True)

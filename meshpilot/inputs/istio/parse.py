@@ -8,6 +8,8 @@ them). What needs other documents (does a host exist, a subset) is `compile.py`'
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -500,13 +502,13 @@ def _http_route(entry: Fields) -> o.HttpRoute | None:
     destinations: tuple[o.Destination, ...] = ()
     redirect = direct = None
     if action == "route":
-        destinations = _destinations(entry)
+        destinations = _destinations(entry, http=True)
     elif action == "redirect":
         redirect = _redirect(entry)
     elif action == "directResponse":
         direct = _direct_response(entry)
     request_headers, response_headers = _headers(entry)
-    rewrite_path, rewrite_host = _rewrite(entry, matches)
+    rewrite_path, rewrite_host = _rewrite(entry)
     timeout = entry.get("timeout", _duration)
     retries = _retries(entry)
     fault = _fault(entry)
@@ -621,7 +623,7 @@ def destination(ctx: DocumentContext, value: Any, path: tuple[Any, ...],
     return o.Destination(host, subset, port, weight, path)
 
 
-def _destinations(entry: Fields) -> tuple[o.Destination, ...]:
+def _destinations(entry: Fields, http: bool = False) -> tuple[o.Destination, ...]:
     result = []
     items = entry.items("route", "destination", required=True) or []
     for index, item in enumerate(items):
@@ -629,10 +631,8 @@ def _destinations(entry: Fields) -> tuple[o.Destination, ...]:
                              "a mapping such as {destination: {host: reviews}, weight: 100}")
         if weighted is None:
             continue
-        weighted.check_keys(("destination", "weight", "headers"), "a route destination")
-        if "headers" in weighted.value:
-            weighted.report("headers", f"header operations per destination {NOT_SUPPORTED}; "
-                                       "write them on the http route", at_value=False)
+        weighted.check_keys(("destination", "weight", "headers") if http
+                            else ("destination", "weight"), "a route destination")
         weight = weighted.get("weight", fields.integer(0, 100))
         if weight is None:
             weight = 100 if len(items) == 1 else 0
@@ -641,6 +641,11 @@ def _destinations(entry: Fields) -> tuple[o.Destination, ...]:
             continue
         found = destination(entry.ctx, weighted.value["destination"],
                             (*weighted.path, "destination"), weight)
+        if found is not None and "headers" in weighted.value:
+            request, response = _headers(weighted)  # for this destination only (Istio's)
+            found = replace(found,
+                            request_headers=None if request == HeaderOps() else request,
+                            response_headers=None if response == HeaderOps() else response)
         if found is not None:
             result.append(found)
     if len(items) > 1 and result and sum(d.weight for d in result) == 0:
@@ -680,10 +685,24 @@ def _direct_response(entry: Fields) -> DirectResponse | None:
     body_spec = spec.mapping("body", "a mapping such as {string: text}")
     if body_spec is not None:
         body_spec.check_keys(("string", "bytes"), "a body")
-        if "bytes" in body_spec.value:
-            body_spec.report("bytes", f"bytes {NOT_SUPPORTED}; use string", at_value=False)
-        body = body_spec.get("string", fields.any_string) or ""
+        if body_spec.exclusive(("string", "bytes"), required=False, what="a body") == "bytes":
+            body = body_spec.get("bytes", _base64) or ""
+        else:
+            body = body_spec.get("string", fields.any_string) or ""
     return None if status is None else DirectResponse(status, body, origin=spec.origin())
+
+
+def _base64(value: Any) -> str | bytes:
+    """`body.bytes`: base64 (protobuf's JSON form of bytes); text when it is UTF-8."""
+    try:
+        data = base64.b64decode(fields.string(value), validate=True)
+    except binascii.Error:
+        raise Invalid("expected base64 (such as aGVsbG8=), found "
+                      f"{fields.describe(value)}") from None
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data
 
 
 def _header_ops(spec: Fields | None) -> HeaderOps:
@@ -716,8 +735,7 @@ def _headers(entry: Fields) -> tuple[HeaderOps, HeaderOps]:
             _header_ops(spec.mapping("response", "a mapping of set, add and remove")))
 
 
-def _rewrite(entry: Fields, matches: tuple[o.HttpMatch, ...]
-             ) -> tuple[PathRewrite | None, str | None]:
+def _rewrite(entry: Fields) -> tuple[PathRewrite | None, str | None]:
     spec = entry.mapping("rewrite", "a mapping such as {uri: /, authority: example.com}")
     if spec is None:
         return None, None
@@ -726,10 +744,8 @@ def _rewrite(entry: Fields, matches: tuple[o.HttpMatch, ...]
     path = None
     uri = spec.get("uri", fields.url_path)
     if uri is not None:
-        if any(m.match.path is not None and m.match.path.kind == "regex" for m in matches):
-            spec.report("uri", "rewrite.uri with a regex uri match replaces the matched "
-                               f"prefix, which a regex has not: {NOT_SUPPORTED}; use "
-                               "uriRegexRewrite")
+        # As Istio writes it, Envoy's prefix_rewrite: it replaces what the path match matched,
+        # so a regex (or exact) uri match has the whole path replaced, the query kept.
         path = PathRewrite(prefix=uri, origin=spec.origin("uri"))
     regex_spec = spec.mapping("uriRegexRewrite", "a mapping such as {match: ^/v1(.*), "
                                                  "rewrite: /v2\\1}")
@@ -806,7 +822,12 @@ def _fault(entry: Fields) -> Fault | None:
         how = abort_spec.exclusive(("httpStatus", "grpcStatus", "http2Error"), required=True,
                                    what="an abort")
         if how == "http2Error":
-            abort_spec.report("http2Error", f"http2Error {NOT_SUPPORTED}", at_value=False)
+            # Envoy's fault filter aborts with an HTTP status, a gRPC status or a header's
+            # status, never a stream reset; Istio's pilot drops such an abort (a log line).
+            abort_spec.report("http2Error", "http2Error (a stream reset) is not supported: "
+                                            "Envoy's fault filter cannot reset a stream, and "
+                                            "Istio drops such an abort; use httpStatus",
+                              at_value=False)
         status = abort_spec.get("httpStatus", fields.integer(200, 599))
         grpc = abort_spec.get("grpcStatus", _grpc_status)
         if status is not None or grpc is not None:
@@ -865,11 +886,8 @@ def _cors(entry: Fields) -> Cors | None:
     origins: list[StringMatch] = []
     for index, item in enumerate(spec.items("allowOrigins", "origin") or []):
         how = string_match(spec.ctx, item, (*spec.path, "allowOrigins", index))
-        if how is None:
-            continue
-        if how.kind == "prefix":  # the IR has exact and regex origins
-            how = StringMatch("regex", re.escape(how.value) + ".*")
-        origins.append(how)
+        if how is not None:
+            origins.append(how)
     for index, text in enumerate(_strings(spec, "allowOrigin", "origin")):
         origins.append(StringMatch("exact", text) if text != "*" else StringMatch("regex", ".*"))
         del index

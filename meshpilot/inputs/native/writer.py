@@ -473,7 +473,11 @@ def _rule(w: _Writer, path: str, rule: Rule, route_cors: Cors | None) -> Doc:
     if rule.direct_response is not None:
         direct = rule.direct_response
         written: Doc = {"status": direct.status}
-        _put(written, "body", direct.body, "")
+        if isinstance(direct.body, bytes):
+            w.cannot(f"{path}.direct_response.body", "a body that is not UTF-8 text has no "
+                     "native form (native bodies are text)", direct.origin)
+        else:
+            _put(written, "body", direct.body, "")
         _put(written, "formatted", direct.formatted, False)
         doc["direct_response"] = written
     elif rule.redirect is not None:
@@ -667,7 +671,7 @@ def _cors(w: _Writer, path: str, cors: Cors) -> Doc:
             origins.append(_origin_text(origin))
         else:
             w.cannot(f"{path}.allow_origins[{index}]",
-                     f"the origin pattern {origin.value!r} (a regex) has no native form: "
+                     f"the origin pattern {origin.value!r} (a {origin.kind}) has no native form: "
                      "native origins are written as text (https://*.example.com)",
                      cors.origin)
     doc: Doc = {"allow_origins": origins}

@@ -62,4 +62,6 @@ def cors_policy(cors: CorsSpec) -> CorsPolicy:
 def _origin_matcher(origin: StringMatch) -> StringMatcher:
     if origin.kind == "exact":  # origins are compared ignoring case (scheme and host are)
         return StringMatcher(exact=origin.value, ignore_case=True)
+    if origin.kind == "prefix":
+        return StringMatcher(prefix=origin.value, ignore_case=True)
     return StringMatcher(safe_regex=RegexMatcher(regex=f"(?i){origin.value}"))
