@@ -172,6 +172,26 @@ def test_mutual_credential_gives_the_client_certificate_and_ca() -> None:
         assert client.name.endswith("/client-cert") and client.name in secrets
 
 
+def test_a_subsets_own_credential() -> None:
+    """A subset's trafficPolicy with a credentialName of its own: that subset's cluster
+    presents the Secret's certificate, the rest of the host keeps the rule's SIMPLE."""
+    text = MESH.replace("TLS", "{mode: SIMPLE, credentialName: upstream}") + """  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {tls: {mode: MUTUAL, credentialName: client-credential}}
+"""
+    model = load_policy_text("\n---\n".join((
+        text, secret("upstream", "Opaque", cacert=UPSTREAM_CA.pem),
+        secret("client-credential", tls_crt=CLIENT.cert_pem, tls_key=CLIENT.key_pem,
+               ca_crt=UPSTREAM_CA.pem))), "istio.yaml")
+    service = model.service(SECURE)
+    assert service is not None and service.tls is not None
+    assert service.tls.client_certificate is None and service.tls.ca == UPSTREAM_CA.pem
+    ((name, v1),) = service.subset_services
+    assert name == "v1" and v1.tls is not None and v1.tls.client_certificate is not None
+    assert v1.tls.client_certificate.certificate_chain == CLIENT.cert_pem
+
+
 def test_credential_problems_are_errors_at_the_field() -> None:
     simple = "{mode: SIMPLE, credentialName: upstream}"
     found = errors(simple)
@@ -293,3 +313,20 @@ def test_envoy_accepts_the_settings() -> None:
                  EDGE_SECRET)
     for view in ("istio=ingressgateway", "client-v1.shop"):
         validate_config(static_bootstrap(snapshot_to_dict(Translation(model).snapshot(view))))
+
+
+def test_a_renewed_secret_changes_only_secrets() -> None:
+    """Another client certificate in the Secret: the sidecar's clusters stay as they were, its
+    client-cert Secret changes (a Secret-only push)."""
+    renewed = CA("clients CA").issue("client.example.com")
+
+    def snapshot(pair: Any) -> Any:
+        return Translation(load("{mode: MUTUAL, credentialName: client-credential}", secret(
+            "client-credential", tls_crt=pair.cert_pem, tls_key=pair.key_pem,
+            ca_crt=UPSTREAM_CA.pem))).snapshot("client-v1.shop")
+
+    before, after = snapshot(CLIENT), snapshot(renewed)
+    assert {n: r.body for n, r in before.get(CLUSTER).items()} == \
+        {n: r.body for n, r in after.get(CLUSTER).items()}
+    changed = [n for n, r in after.get(SECRET).items() if before.get(SECRET)[n].body != r.body]
+    assert changed == [f"{SECURE}/client-cert"]
