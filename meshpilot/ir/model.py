@@ -390,6 +390,12 @@ class ListenerTls:
     # With client_ca: a client may also go without a certificate, or with one the CA did not
     # sign (Gateway API's AllowInsecureFallback); the certificate is still asked for.
     client_optional: bool = False
+    # With client_ca: a client may go without a certificate, but one it sends must be one the
+    # CA signed (Istio's OPTIONAL_MUTUAL).
+    client_may_omit: bool = False
+    # With client_ca: the names the client's certificate must carry, one of them (as
+    # UpstreamTls.subject_alt_names); empty: any name.
+    client_subject_alt_names: tuple[tuple[Literal["dns", "uri"], str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +408,8 @@ class UpstreamTls:
     ca: bytes | None = field(default=None, repr=False)  # PEM of the trusted CA certificates
     origin: Origin | None = field(default=None, compare=False, repr=False)
     # The names the endpoint's certificate must carry, one of them: ("dns", NAME) or ("uri",
-    # URI), in place of `sni` (Gateway API's BackendTLSPolicy subjectAltNames). Empty: `sni`.
+    # URI), in place of `sni` (Gateway API's BackendTLSPolicy subjectAltNames, Istio's
+    # DestinationRule tls.subjectAltNames). Empty: `sni`.
     subject_alt_names: tuple[tuple[Literal["dns", "uri"], str], ...] = ()
     # Mutual TLS: the certificate (and key) Envoy presents to the endpoints; None: none.
     client_certificate: TlsCertificate | None = None

@@ -148,10 +148,24 @@ def downstream_context(gateway: str, spec: GatewayListener,
         combined.validation_context_sds_secret_config.CopyFrom(
             _sds(listener_client_ca(gateway, spec.name)))
     elif settings.client_ca is not None:  # mutual TLS: a client certificate the CA signed
-        context.require_client_certificate.value = True
-        context.common_tls_context.validation_context_sds_secret_config.CopyFrom(
-            _sds(listener_client_ca(gateway, spec.name)))
+        # (OPTIONAL_MUTUAL: still asked for and checked when sent, but a client may go without)
+        context.require_client_certificate.value = not settings.client_may_omit
+        ca = _sds(listener_client_ca(gateway, spec.name))
+        if settings.client_subject_alt_names:  # and that carries one of these names
+            combined = context.common_tls_context.combined_validation_context
+            combined.default_validation_context.match_typed_subject_alt_names.extend(
+                _san_matchers(settings.client_subject_alt_names))
+            combined.validation_context_sds_secret_config.CopyFrom(ca)
+        else:
+            context.common_tls_context.validation_context_sds_secret_config.CopyFrom(ca)
     return context
+
+
+def _san_matchers(sans: tuple[tuple[str, str], ...]) -> list[common_pb2.SubjectAltNameMatcher]:
+    return [common_pb2.SubjectAltNameMatcher(
+        san_type=common_pb2.SubjectAltNameMatcher.DNS if kind == "dns"
+        else common_pb2.SubjectAltNameMatcher.URI,
+        matcher=StringMatcher(exact=value)) for kind, value in sans]
 
 
 def downstream_transport_socket(gateway: str, spec: GatewayListener,
@@ -173,12 +187,8 @@ def upstream_context(service: Service, owner: str | None = None
         combined = context.common_tls_context.combined_validation_context
         sans = settings.subject_alt_names or ((("dns", settings.sni),) if settings.sni else ())
         if sans:
-            for kind, value in sans:
-                combined.default_validation_context.match_typed_subject_alt_names.append(
-                    common_pb2.SubjectAltNameMatcher(
-                        san_type=common_pb2.SubjectAltNameMatcher.DNS if kind == "dns"
-                        else common_pb2.SubjectAltNameMatcher.URI,
-                        matcher=StringMatcher(exact=value)))
+            combined.default_validation_context.match_typed_subject_alt_names.extend(
+                _san_matchers(sans))
         else:
             combined.default_validation_context.SetInParent()
         combined.validation_context_sds_secret_config.CopyFrom(

@@ -59,6 +59,7 @@ from meshpilot.ir.model import (
     Sidecar,
     StringMatch,
     TcpRoute,
+    UpstreamTls,
 )
 
 # A subset no DestinationRule defines selects no endpoint: its cluster answers 503, as Istio's.
@@ -105,13 +106,13 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     workloads = by_kind.get("WorkloadEntry", [])
     indexed = _Workloads(workloads)
     registry = _services(by_kind.get("ServiceEntry", []), indexed)
-    _destination_rules(by_kind.get("DestinationRule", []), registry)
+    secrets = {(part.namespace, part.name): part for parsed in everything
+               for part in parsed.parts if isinstance(part, KubeObject) and part.kind == "Secret"}
+    _destination_rules(by_kind.get("DestinationRule", []), registry, secrets)
     l4: L4AtGateways = {}
     routes, routed, variants = _virtual_services(by_kind.get("VirtualService", []), registry,
                                                  by_kind, indexed, l4)
     _default_routes(registry, routed)
-    secrets = {(part.namespace, part.name): part for parsed in everything
-               for part in parsed.parts if isinstance(part, KubeObject) and part.kind == "Secret"}
     mesh = meshconfig.read(everything, load)
     gateways = _gateways(by_kind.get("Gateway", []), l4, secrets, registry,
                          mesh.trusted_proxies)
@@ -276,11 +277,13 @@ def _locality(workload: o.WorkloadSpec, index: int) -> str | None:
 # ---- DestinationRule ----------------------------------------------------------------------------
 
 
-def _destination_rules(rules: list[Doc], registry: dict[str, _Host]) -> None:
+def _destination_rules(rules: list[Doc], registry: dict[str, _Host],
+                       secrets: Secrets | None = None) -> None:
     applied: dict[str, Doc] = {}
     for doc in rules:
         rule = doc.item.spec
         assert isinstance(rule, o.DestinationRule)
+        rule = _with_credentials(doc, rule, secrets or {})
         found = hosts.lookup(rule.host, doc.item.namespace, registry)
         if found is None:
             doc.warn(("spec", "host"), f"no ServiceEntry declares host {rule.host} "
@@ -327,6 +330,68 @@ def _destination_rules(rules: list[Doc], registry: dict[str, _Host]) -> None:
                 if number not in host.services:
                     doc.error(("spec", "subsets", index, "trafficPolicy", "portLevelSettings"),
                               f"host {found} has no port {number}")
+
+
+def _with_credentials(doc: Doc, rule: o.DestinationRule, secrets: Secrets
+                      ) -> o.DestinationRule:
+    """The rule with the certificates of each `tls.credentialName` in its policies' tls, read
+    once per policy (a policy applies to every port and subset)."""
+    def resolved(policy: o.TrafficPolicy) -> o.TrafficPolicy:
+        if policy.tls_credential is None or policy.tls is None:
+            return policy
+        tls = _credential_upstream(doc, policy.tls_mode == "MUTUAL", policy.tls,
+                                   *policy.tls_credential, secrets)
+        return replace(policy, tls=tls, tls_mode=policy.tls_mode if tls else None,
+                       tls_credential=None)
+
+    def ports(policies: tuple[tuple[int, o.TrafficPolicy], ...]
+              ) -> tuple[tuple[int, o.TrafficPolicy], ...]:
+        return tuple((number, resolved(policy)) for number, policy in policies)
+
+    return replace(rule, policy=resolved(rule.policy), port_policies=ports(rule.port_policies),
+                   subset_policies=tuple(
+                       (name, o.SubsetPolicy(resolved(own.policy), ports(own.port_policies)))
+                       for name, own in rule.subset_policies))
+
+
+def _credential_upstream(doc: Doc, mutual: bool, tls: UpstreamTls, name: str,
+                         at: tuple[str | int, ...], secrets: Secrets) -> UpstreamTls | None:
+    """A DestinationRule's `credentialName`, as Istio reads it: a Secret of the rule's
+    namespace (the caller's, for a sidecar), `kubernetes.io/tls` (tls.crt, tls.key, ca.crt) or
+    Opaque (cert, key, cacert); the CA that checks the endpoints in the Secret, else in the
+    Secret `<name>-cacert`. SIMPLE takes only the CA, MUTUAL the client certificate too."""
+    namespace = doc.item.namespace
+    secret = secrets.get((namespace, name))
+    if secret is None:
+        doc.error(at, f"no Secret {namespace}/{name} (a DestinationRule's credentialName is "
+                      f"read in its namespace, {namespace})")
+        return None
+    client = None
+    if mutual:
+        client, problem = tls_secret(secret, generic=True)
+        if client is None:
+            doc.error(at, f"Secret {namespace}/{name}: {problem}")
+            return None
+    ca = ca_path = None
+    for holder in (secret, secrets.get((namespace, f"{name}-cacert"))):
+        if holder is None:
+            continue
+        ca, problem = ca_of(holder)
+        if problem:
+            doc.error(at, f"Secret {holder.key}: {problem}")
+            return None
+        if ca is not None:
+            ca_path = f"secret:{holder.key}"
+            break
+    if ca is None and tls.verify:
+        doc.error(at, f"no CA to check the endpoints' certificates with: ca.crt (or cacert) in "
+                      f"Secret {namespace}/{name}, or a Secret {namespace}/{name}-cacert "
+                      "(or insecureSkipVerify: true)")
+        return None
+    verify = tls.verify and ca is not None
+    return replace(tls, verify=verify, ca=ca if verify else None,
+                   ca_path=ca_path if verify else None, client_certificate=client,
+                   subject_alt_names=tls.subject_alt_names if verify else ())
 
 
 def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host, doc: Doc
@@ -1127,12 +1192,15 @@ def _add_certificates(doc: Doc, server: o.Server, listeners: dict[int, GatewayLi
     if tls is None or listener.tls is None:
         return  # its credential's problem is said; or the first server's TLS did not load
     first = listener.tls
-    if (tls.client_ca, tls.min_version, tls.alpn) != (first.client_ca, first.min_version,
-                                                      first.alpn):
+    if (tls.client_ca, tls.min_version, tls.alpn, tls.client_may_omit,
+            tls.client_subject_alt_names) != (first.client_ca, first.min_version, first.alpn,
+                                              first.client_may_omit,
+                                              first.client_subject_alt_names):
         doc.error((*server.path, "tls"),
                   f"the servers on port {server.port} differ in TLS settings other than their "
-                  "certificates (mode MUTUAL and its CA, minProtocolVersion): one port has one "
-                  "TLS context here, which is not supported yet (docs/istio.md)")
+                  "certificates (mode MUTUAL and its CA and subjectAltNames, "
+                  "minProtocolVersion): one port has one TLS context here, which is not "
+                  "supported yet (docs/istio.md)")
         return
     certificates = tuple(dict.fromkeys((*first.certificates, *tls.certificates)))
     listeners[server.port] = replace(listener, tls=replace(first, certificates=certificates))
@@ -1171,13 +1239,15 @@ def _credential_tls(doc: Doc, credential: o.Credential, secrets: Secrets) -> Lis
                     client_ca_path = f"secret:{holder.key}"
                     break
     if credential.mutual and client_ca is None:
-        doc.error(at, f"tls mode MUTUAL needs the clients' CA: ca.crt (or cacert) in Secret "
+        mode = "OPTIONAL_MUTUAL" if credential.optional else "MUTUAL"
+        doc.error(at, f"tls mode {mode} needs the clients' CA: ca.crt (or cacert) in Secret "
                       f"{GATEWAY_NAMESPACE}/{credential.names[0]}, or a Secret "
                       f"{GATEWAY_NAMESPACE}/{credential.names[0]}-cacert")
         return None
     return ListenerTls(tuple(certificates), credential.min_version,
                        origin=doc.ctx.origin(at), client_ca=client_ca,
-                       client_ca_path=client_ca_path)
+                       client_ca_path=client_ca_path, client_may_omit=credential.optional,
+                       client_subject_alt_names=credential.client_sans)
 
 
 def _auto_passthrough(doc: Doc, server: o.Server, registry: dict[str, _Host]) -> list[TcpRoute]:

@@ -205,6 +205,8 @@ class TrafficPolicy:
     max_concurrent_streams: int | None = None
     tcp_keepalive: TcpKeepalive | None = None
     panic_threshold: float | None = None  # outlierDetection.minHealthPercent (0 if unwritten)
+    # tls.credentialName and where it is written: compile.py fills `tls` from the Secret.
+    tls_credential: tuple[str, FieldPath] | None = None
 
     def under(self, subset: TrafficPolicy) -> TrafficPolicy:
         """This policy with `subset`'s blocks in place of its own (MergeTrafficPolicy)."""
@@ -223,7 +225,7 @@ _BLOCKS = {"loadBalancer": ("load_balancer", "load_balancer_options", "hash_on",
                               "max_connection_duration", "max_concurrent_streams",
                               "tcp_keepalive"),
            "outlierDetection": ("outlier_detection", "panic_threshold"),
-           "tls": ("tls_mode", "tls")}
+           "tls": ("tls_mode", "tls", "tls_credential")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,12 +262,14 @@ class SidecarScope:
 @dataclass(frozen=True, slots=True)
 class Credential:
     """A server's `credentialName` (or `credentialNames`): Secrets of the gateway's namespace
-    that compile.py reads, for tls mode SIMPLE or MUTUAL."""
+    that compile.py reads, for tls mode SIMPLE, MUTUAL or OPTIONAL_MUTUAL."""
 
     names: tuple[str, ...]
     mutual: bool = False
     min_version: Literal["1.2", "1.3"] | None = None
     path: FieldPath = ()  # the server's tls
+    optional: bool = False  # OPTIONAL_MUTUAL: a client may go without a certificate
+    client_sans: tuple[tuple[Literal["dns", "uri"], str], ...] = ()  # subjectAltNames
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from meshpilot.base import tlsfiles as tls_files
 from meshpilot.inputs.context import DocumentContext, ModelPart
@@ -976,13 +976,13 @@ def _traffic_policy(spec: Fields, port_level: bool = False) -> o.TrafficPolicy:
     lb, options, hash_on = _load_balancer(spec)
     breaker, connect_timeout, per_connection, lifetimes = _connection_pool(spec)
     outlier, panic = _outlier(spec)
-    mode, upstream = _tls(spec)
+    mode, upstream, credential = _tls(spec)
     written = frozenset(key for key in POLICY_KEYS[:4] if key in spec.value)
     balancer = spec.mapping("loadBalancer", "a mapping")
     locality = None if balancer is None else _locality_lb(balancer)
     return o.TrafficPolicy(lb, options, hash_on, breaker, connect_timeout, per_connection,
                            outlier, mode, upstream, written, locality, **lifetimes,
-                           panic_threshold=panic)
+                           panic_threshold=panic, tls_credential=credential)
 
 
 LOCALITY_KEYS = ("enabled", "distribute", "failover", "failoverPriority")
@@ -1206,53 +1206,79 @@ def _outlier(spec: Fields) -> tuple[OutlierDetection | None, float | None]:
 
 
 def _tls(spec: Fields):  # type: ignore[no-untyped-def]
+    """A traffic policy's `tls`: its mode, the model's UpstreamTls (SIMPLE, MUTUAL) and the
+    `credentialName` compile.py reads the certificates from (then the UpstreamTls has none)."""
     entry = spec.mapping("tls", "a mapping such as {mode: ISTIO_MUTUAL}")
     if entry is None:
-        return None, None
+        return None, None, None
     entry.check_keys(("mode", "sni", "caCertificates", "insecureSkipVerify",
                       "subjectAltNames", "clientCertificate", "privateKey", "credentialName"),
                      "tls")
     mode = entry.get("mode", fields.choice(("DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL")),
                      required=True)
-    for key in ("credentialName", "subjectAltNames"):
-        if key in entry.value:
-            entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
     if mode != "MUTUAL":
         for key in ("clientCertificate", "privateKey"):
             if key in entry.value:
                 entry.report(key, f"{key} is for tls mode MUTUAL", at_value=False)
     if mode not in ("SIMPLE", "MUTUAL"):
-        return mode, None
+        for key in ("credentialName", "subjectAltNames"):
+            if key in entry.value:
+                entry.report(key, f"{key} with tls mode ISTIO_MUTUAL {NOT_SUPPORTED}"
+                             if mode == "ISTIO_MUTUAL" else
+                             f"{key} is for tls modes SIMPLE and MUTUAL", at_value=False)
+        return mode, None, None
+    # Any one of the names, of either type (Istio matches them against every SAN).
+    sans = tuple((kind, name) for name in _strings(entry, "subjectAltNames", "SAN")
+                 for kind in ("dns", "uri"))
+    skip = entry.get("insecureSkipVerify", fields.boolean) or False
+    credential = entry.get("credentialName", _dns_label)
+    if sans and skip:
+        entry.report("subjectAltNames", "subjectAltNames and insecureSkipVerify: a certificate "
+                                        "not verified has no names to check", at_value=False)
+        return None, None, None
+    if credential is not None:
+        for key in ("clientCertificate", "privateKey", "caCertificates"):
+            if key in entry.value:
+                entry.report(key, f"{key} and credentialName: the Secret holds the "
+                                  "certificates; write one or the other", at_value=False)
+                return None, None, None
+        return mode, UpstreamTls(sni=entry.get("sni", fields.dns_name), verify=not skip,
+                                 origin=entry.origin(), subject_alt_names=sans), \
+            (credential, (*entry.path, "credentialName"))
     client = None
     if mode == "MUTUAL":  # the certificate Envoy presents to the endpoints: files
         cert = entry.get("clientCertificate", fields.string, required=True)
         key = entry.get("privateKey", fields.string, required=True)
         if cert is None or key is None:
-            return None, None
+            return None, None, None
         try:
             chain, private, _ = tls_files.read_certificate(cert, key)
         except tls_files.FieldError as problem:
             entry.report("clientCertificate" if problem.field == "cert" else "privateKey",
                          str(problem))
-            return None, None
+            return None, None, None
         client = TlsCertificate(cert, key, chain, private,
                                 position=entry.ctx.document.position_of(
                                     (*entry.path, "clientCertificate")),
                                 origin=entry.origin("clientCertificate"))
     ca_path = entry.get("caCertificates", fields.string)
-    skip = entry.get("insecureSkipVerify", fields.boolean) or False
     ca = None
     if ca_path is not None:
         try:
             ca = tls_files.read_ca(ca_path)
         except tls_files.TlsFileError as problem:
             entry.report("caCertificates", str(problem))
-            return None, None
+            return None, None, None
     verify = ca is not None and not skip
+    if sans and not verify:
+        entry.report("subjectAltNames", "subjectAltNames are checked against a certificate "
+                                        "caCertificates verifies: write caCertificates (or "
+                                        "credentialName)", at_value=False)
+        return None, None, None
     return mode, UpstreamTls(sni=entry.get("sni", fields.dns_name), verify=verify,
                              ca_path=ca_path if verify else None,
                              ca=ca if verify else None, origin=entry.origin(),
-                             client_certificate=client)
+                             subject_alt_names=sans, client_certificate=client), None
 
 
 # ---- Sidecar ------------------------------------------------------------------------------------
@@ -1414,13 +1440,14 @@ def _server_tls(entry: Fields, protocol: str | None
     if not names:
         return tls, redirect, None
     mode = spec.value.get("mode")
-    if mode not in ("SIMPLE", "MUTUAL"):
+    if mode not in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL"):
         return None, redirect, None
     versions = {"TLSV1_2": "1.2", "TLSV1_3": "1.3", "TLS_AUTO": None}
     minimum = spec.get("minProtocolVersion", fields.choice(tuple(versions)))
-    return None, redirect, o.Credential(names, mode == "MUTUAL",
+    return None, redirect, o.Credential(names, mode != "SIMPLE",
                                         cast(Any, versions.get(minimum or "TLS_AUTO")),
-                                        spec.path)
+                                        spec.path, optional=mode == "OPTIONAL_MUTUAL",
+                                        client_sans=_client_sans(spec, mode))
 
 
 def _credential_names(spec: Fields) -> tuple[str, ...]:
@@ -1456,22 +1483,25 @@ def _files_tls(spec: Fields, protocol: str | None) -> tuple[ListenerTls | None, 
             if key != "httpsRedirect":
                 spec.report(key, f"{key} is for HTTPS servers", at_value=False)
         return None, redirect
-    for key in ("subjectAltNames", "maxProtocolVersion", "cipherSuites"):
+    for key in ("maxProtocolVersion", "cipherSuites"):
         if key in spec.value:
             spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
     mode = spec.get("mode", fields.choice(("SIMPLE", "MUTUAL", "PASSTHROUGH",
                                            "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL")),
                     required=True)
-    if mode is not None and mode not in ("SIMPLE", "MUTUAL"):
-        spec.report("mode", f"tls mode {mode} {NOT_SUPPORTED}; SIMPLE and MUTUAL are")
+    if mode is not None and mode not in ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL"):
+        spec.report("mode", f"tls mode {mode} {NOT_SUPPORTED}; SIMPLE, MUTUAL and "
+                            "OPTIONAL_MUTUAL are")
         return None, redirect
     if "credentialName" in spec.value or "credentialNames" in spec.value:
         return None, redirect  # (_credential_names reads them)
+    mutual = mode in ("MUTUAL", "OPTIONAL_MUTUAL")
+    client_sans = _client_sans(spec, mode)
     client_ca = None
-    ca_path = spec.get("caCertificates", fields.string, required=mode == "MUTUAL")
-    if mode != "MUTUAL" and ca_path is not None:
-        spec.report("caCertificates", "caCertificates (the clients' CA) is for tls mode MUTUAL",
-                    at_value=False)
+    ca_path = spec.get("caCertificates", fields.string, required=mutual)
+    if not mutual and ca_path is not None:
+        spec.report("caCertificates", "caCertificates (the clients' CA) is for tls modes MUTUAL "
+                                      "and OPTIONAL_MUTUAL", at_value=False)
         return None, redirect
     if ca_path is not None:
         try:
@@ -1479,7 +1509,7 @@ def _files_tls(spec: Fields, protocol: str | None) -> tuple[ListenerTls | None, 
         except tls_files.TlsFileError as problem:
             spec.report("caCertificates", str(problem))
             return None, redirect
-    elif mode == "MUTUAL":
+    elif mutual:
         return None, redirect
     cert = spec.get("serverCertificate", fields.string, required=True)
     key = spec.get("privateKey", fields.string, required=True)
@@ -1499,7 +1529,19 @@ def _files_tls(spec: Fields, protocol: str | None) -> tuple[ListenerTls | None, 
                                  origin=spec.origin("serverCertificate"))
     return ListenerTls((certificate,), cast(Any, versions.get(minimum or "TLS_AUTO")),
                        origin=spec.origin(), client_ca=client_ca,
-                       client_ca_path=ca_path), redirect
+                       client_ca_path=ca_path, client_may_omit=mode == "OPTIONAL_MUTUAL",
+                       client_subject_alt_names=client_sans), redirect
+
+
+def _client_sans(spec: Fields, mode: Any) -> tuple[tuple[Literal["dns", "uri"], str], ...]:
+    """A server's `subjectAltNames`: the client's certificate must carry one of them, of
+    either type (as Istio's gateway matches them); only with a client certificate."""
+    if "subjectAltNames" in spec.value and mode not in ("MUTUAL", "OPTIONAL_MUTUAL"):
+        spec.report("subjectAltNames", "subjectAltNames (of the client's certificate) is for "
+                                       "tls modes MUTUAL and OPTIONAL_MUTUAL", at_value=False)
+        return ()
+    return tuple((kind, name) for name in _strings(spec, "subjectAltNames", "SAN")
+                 for kind in ("dns", "uri"))
 
 
 # ---- security -----------------------------------------------------------------------------------
