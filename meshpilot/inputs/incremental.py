@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshpilot.base import tlsfiles as tls
-from meshpilot.base.errors import Position
+from meshpilot.base.errors import PolicyIssue, Position
 from meshpilot.inputs.assembly import build_model, compile_formats
-from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
+from meshpilot.inputs.context import DocumentContext, FormatPart, LoadContext, ParsedDocument
 from meshpilot.inputs.dependents import Edit, References
-from meshpilot.inputs.documents import compile_pending, load_documents
+from meshpilot.inputs.documents import FORMATS, compile_pending, load_documents
 from meshpilot.inputs.files import policy_files
 from meshpilot.inputs.references import validate_references
 from meshpilot.inputs.yamlsource import (
@@ -94,16 +94,24 @@ class ParseCache:
         self._good: dict[str, _CachedFile] = {}
         self._references: References | None = None
         self._model: Model | None = None  # what the newest valid load gave
+        # Every cached document reports into this one context once parsed, so a load that
+        # compiles the documents as they are (`_format_edit`) need not bind each to its own.
+        self._shared = LoadContext()
+        # After a valid load without pending parts: its definitions and the warnings its
+        # checks across documents gave (they read no FormatPart, so an edit of only those
+        # gives the same), for `_format_edit`; None: the next edit goes the whole way.
+        self._checked: tuple[dict[Hashable, Position], list[PolicyIssue]] | None = None
         # What the newest load changed from the one before (None: it went the whole way).
         self.changes: ModelChanges | None = None
         self.fast = False  # whether the newest load was an index one (for tests)
+        self.format_edit = False  # whether it compiled an edit as cached (`_format_edit`)
 
     def try_load(self) -> Model | None:
         """The model, or None if anything is wrong (then the caller loads cold, for the
         exact issues). Must run with TLS paths relative to the policy folder."""
         load = LoadContext()
         self.changes = None
-        self.fast = False
+        self.fast = self.format_edit = False
         files = policy_files(self.path, load)
         self.parsed_files = self.parsed_pieces = self.read_files = 0
         if load.issues:
@@ -125,14 +133,22 @@ class ParseCache:
             return None
         shown = tuple(shown_name for _, shown_name in files)
         references, self._references = self._references, None  # stale if anything fails
+        checked, self._checked = self._checked, None
+        edit = _edit(self._good, kept) if references is not None or checked is not None \
+            else Edit()
         if references is not None:
-            done = references.apply(_edit(self._good, kept), shown)
+            done = references.apply(edit, shown)
             if done is not None:
                 self._good, self._references = kept, references
                 self.changes = done[1]
                 self.fast = True
                 self._model = done[0]
                 return done[0]
+        if checked is not None:
+            model = self._format_edit(edit, entries, shown, checked)
+            if model is not None:
+                self._good = kept
+                return model
         parsed: list[ParsedDocument] = []
         for entry in entries:
             for key, position in entry.definitions.items():
@@ -142,16 +158,58 @@ class ParseCache:
                 old = document.context
                 parsed.append(ParsedDocument(DocumentContext(load, old.document, old.kind,
                                                              old.name), document.parts))
-        parsed = compile_pending(parsed, load)
-        validate_references(parsed, load)
+        pending = compile_pending(parsed, load)
+        validate_references(pending, load)
+        checked_warnings = list(load.warnings)
+        compiled, statuses = compile_formats(pending, load)
+        if load.issues:
+            return None
+        model = build_model((*(part for document in pending for part in document.parts),
+                             *compiled), shown, statuses, load.warnings)
+        self._good = kept
+        self._references = References.of(pending, model, load.definitions)
+        if pending is parsed and self._references is None:
+            self._checked = (load.definitions, checked_warnings)
+        # Not by the index: what changed is what the two models do not share.
+        if self._model is not None:
+            self.changes = between(self._model, model)
+        self._model = model
+        return model
+
+    def _format_edit(self, edit: Edit, entries: list[_CachedFile], shown: tuple[str, ...],
+                     checked: tuple[dict[Hashable, Position], list[PolicyIssue]],
+                     ) -> Model | None:
+        """The model after an edit of only documents a format's compile step reads (Gateway
+        API: `FormatPart`s), or None (then the load goes the whole way). The checks across
+        documents read no FormatPart (`references.py`), so they would find what they found in
+        the last valid load: its warnings, no issue. Only new definitions are checked, and
+        the documents are compiled as cached, each already reporting into `_shared`."""
+        if edit.clash or not all(document.parts and not document.compiled and
+                                 all(isinstance(part, FormatPart) for part in document.parts)
+                                 for document in (*edit.removed, *edit.added)):
+            return None
+        definitions, warnings = checked
+        definitions = dict(definitions)
+        for key in edit.removed_definitions:
+            definitions.pop(key, None)
+        for key, position in edit.added_definitions.items():
+            if key in definitions:
+                return None  # defined twice: a cold load words it
+            definitions[key] = position
+        if any(_view_name_taken(document, definitions) for document in edit.added):
+            return None  # `references._check_view_names` reads these documents' kinds
+        load = self._shared
+        load.issues.clear()
+        load.warnings[:] = warnings
+        load.definitions = definitions
+        parsed = [document for entry in entries for document in entry.parsed]
         compiled, statuses = compile_formats(parsed, load)
         if load.issues:
             return None
         model = build_model((*(part for document in parsed for part in document.parts),
                              *compiled), shown, statuses, load.warnings)
-        self._good = kept
-        self._references = References.of(parsed, model, load.definitions)
-        # Not by the index: what changed is what the two models do not share.
+        self._checked = (definitions, warnings)
+        self.format_edit = True
         if self._model is not None:
             self.changes = between(self._model, model)
         self._model = model
@@ -160,6 +218,7 @@ class ParseCache:
     def forget(self) -> None:
         """A load went cold after this cache's attempt: the next one goes the whole way."""
         self._references = None
+        self._checked = None
         self.changes = None
         self._model = None
 
@@ -195,6 +254,7 @@ class ParseCache:
                 documents, issues = parse_yaml(data, shown_name)
                 local.issues.extend(issues)
                 load_documents(documents, local, parsed)
+            self._share(parsed)
             made = _CachedFile(digest, parsed, local.definitions, not local.issues,
                                tuple(sorted(read)))
             return entry if entry is not None and entry.digest == digest and \
@@ -228,6 +288,12 @@ class ParseCache:
             clean = False
         return _CachedFile(digest, parsed, definitions, clean, tuple(sorted(read_files)), kept)
 
+    def _share(self, parsed: list[ParsedDocument]) -> None:
+        """Parsed (its issues and definitions taken): each document now reports into
+        `_shared`. A load going the whole way binds each to a context of its own instead."""
+        for document in parsed:
+            document.context.load = self._shared
+
     def _parse_piece(self, key: tuple[int, str], shown_name: str) -> _CachedPiece:
         line_offset, text = key
         self.parsed_pieces += 1
@@ -237,6 +303,7 @@ class ParseCache:
             documents, issues, nodes = parse_yaml_text(text, shown_name, line_offset)
             local.issues.extend(issues)
             load_documents(documents, local, parsed)
+        self._share(parsed)
         return _CachedPiece(parsed, local.definitions, not local.issues, nodes,
                             tuple(sorted(read)))
 
@@ -265,6 +332,24 @@ def _same_parse(old: _CachedPiece | _CachedFile, new: _CachedPiece | _CachedFile
     return old.clean and new.clean and old.tls_files == new.tls_files and \
         old.definitions == new.definitions and \
         [d.parts for d in old.parsed] == [d.parts for d in new.parsed]
+
+
+# Every API group a document's definition may be keyed by (None: meshpilot's own kinds).
+_GROUPS = (None, *dict.fromkeys(version.rpartition("/")[0] for version in FORMATS.api_versions()))
+_VIEW_KINDS = {"Service": "Gateway", "Gateway": "Service"}
+
+
+def _view_name_taken(document: ParsedDocument, definitions: dict[Hashable, Position]) -> bool:
+    """Whether a Service (or Gateway) document's name is a Gateway's (or Service's) too, or
+    it is a Rollout: the checks of every document's kind and name
+    (`references._check_view_names`, `_check_one_rollout`) would look at it."""
+    kind, name = document.context.kind, document.context.name
+    if kind == "Rollout":
+        return True
+    other = _VIEW_KINDS.get(kind)
+    return other is not None and any(
+        (("document", other, name) if group is None else ("document", group, other, name))
+        in definitions for group in _GROUPS)
 
 
 def _units(entry: _CachedFile) -> list[_CachedPiece | _CachedFile]:

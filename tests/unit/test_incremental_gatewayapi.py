@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_incremental import _assert_same
 
+from meshpilot.base.errors import PolicyError
 from meshpilot.inputs.loader import PolicyLoader, load_policy
 from meshpilot.translators import Translation
 
@@ -77,11 +79,15 @@ def _files(routes: dict[str, str], backends: dict[str, str], head: list[str]) ->
             "routes.yaml": "---\n".join(routes.values())}
 
 
-def _step(root: Path, files: dict[str, str], loader: PolicyLoader, state: dict) -> None:
+def _step(root: Path, files: dict[str, str], loader: PolicyLoader, state: dict,
+          format_edit: bool = True) -> None:
     for name, text in files.items():
         (root / name).write_text(text)
     cold_model = load_policy(root)
     model = loader.load()
+    # An edit of Gateway API documents only compiles them as cached, without the checks
+    # across documents; the first load (and one touching a native document) goes the way.
+    assert loader.format_edit is (format_edit and "translation" in state)
     assert model == cold_model
     assert model.statuses == cold_model.statuses
     translation = Translation(model, previous=state.get("translation"), changes=loader.changes)
@@ -121,3 +127,52 @@ def test_gateway_api_edits_equal_cold(tmp_path: Path) -> None:
         before = state["snapshot"].version
         _step(tmp_path, _files(routes, backends, head), loader, state)
         assert state["snapshot"].version != before, what
+
+
+NATIVE_SERVICE = """kind: Service
+name: fallback
+endpoints: [{address: '127.0.4.1:8000'}]
+"""
+
+
+def _refused(root: Path, loader: PolicyLoader) -> str:
+    with pytest.raises(PolicyError) as cold:
+        load_policy(root)
+    with pytest.raises(PolicyError) as warm:
+        loader.load()
+    assert str(warm.value) == str(cold.value)
+    return str(cold.value)
+
+
+def test_gateway_api_edit_refused_as_cold_then_served_again(tmp_path: Path) -> None:
+    """An edit the checks across documents would refuse (a Service named like the Gateway,
+    a route defined twice) is refused as a cold load words it, next to a native Service; the
+    edit undone serves again, and an edit of the native Service goes the whole way."""
+    loader = PolicyLoader(tmp_path)
+    state: dict = {}
+    head = [CLASS, _gateway()]
+    routes = {"r0": _route("r0"), "r1": _route("r1")}
+    backends = {"r0": _backend("r0-a", "127.0.1.1"), "r1": _backend("r1-a", "127.0.1.2"),
+                "shared": _backend("shared", "127.0.2.1")}
+    (tmp_path / "native.yaml").write_text(NATIVE_SERVICE)
+    _step(tmp_path, _files(routes, backends, head), loader, state)
+    backends["edge"] = _backend("edge", "127.0.1.3")  # Service app/edge, Gateway app/edge
+    _write(tmp_path, _files(routes, backends, head))
+    assert "cannot share a name" in _refused(tmp_path, loader)
+    del backends["edge"]
+    _step(tmp_path, _files(routes, backends, head), loader, state, format_edit=False)
+    routes["r0"] = _route("r0", 60)
+    _step(tmp_path, _files(routes, backends, head), loader, state)
+    (tmp_path / "more.yaml").write_text(_route("r1", 50))  # HTTPRoute app/r1 twice
+    assert "another HTTPRoute is named" in _refused(tmp_path, loader)
+    (tmp_path / "more.yaml").unlink()
+    _step(tmp_path, _files(routes, backends, head), loader, state, format_edit=False)
+    (tmp_path / "native.yaml").write_text(NATIVE_SERVICE.replace("4.1", "4.2"))
+    _step(tmp_path, _files(routes, backends, head), loader, state, format_edit=False)
+    routes["r1"] = _route("r1", 40)
+    _step(tmp_path, _files(routes, backends, head), loader, state)
+
+
+def _write(root: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (root / name).write_text(text)
