@@ -176,3 +176,81 @@ def test_gateway_api_edit_refused_as_cold_then_served_again(tmp_path: Path) -> N
 def _write(root: Path, files: dict[str, str]) -> None:
     for name, text in files.items():
         (root / name).write_text(text)
+
+
+def _shared_route(name: str, stamp: str, hostnames: str, prefix: str = "/",
+                  parent: str = "edge", kind: str = "HTTPRoute", weight: int = 90) -> str:
+    match = "" if kind == "GRPCRoute" else \
+        f"\n  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n   "
+    rule = match if match else "\n  -"
+    return f"""apiVersion: gateway.networking.k8s.io/v1
+kind: {kind}
+metadata: {{name: {name}, namespace: app, creationTimestamp: '{stamp}'}}
+spec:
+  parentRefs: [{{name: {parent}}}]
+  hostnames: {hostnames}
+  rules:{rule} backendRefs:
+    - {{name: shared, port: 80, weight: {weight}}}
+    - {{name: {name}-a, port: 80, weight: {100 - weight}}}
+"""
+
+
+def test_gateway_api_route_edits_keep_precedence_and_statuses(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """Edits a compile patches by the routes they touch (`_patched_http_phase`): routes on
+    one hostname, a wildcard covering it, ties broken by creation time then name; a route
+    moving hostnames, failing to attach (its status, the listener's attachedRoutes), a
+    GRPCRoute; each equal to a cold load, and each a patched compile."""
+    from meshpilot.inputs.gatewayapi import compile as gateway_compile
+
+    patched: list[int] = []
+    phase = gateway_compile._Compiler._patched_http_phase
+
+    def counted(self, kept):  # type: ignore[no-untyped-def]
+        patched.append(1)
+        return phase(self, kept)
+
+    monkeypatch.setattr(gateway_compile._Compiler, "_patched_http_phase", counted)
+    loader = PolicyLoader(tmp_path)
+    state: dict = {}
+    head = [CLASS, _gateway()]
+    stamp, later = "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z"
+    routes = {
+        "old": _shared_route("old", stamp, "[a.example.com]"),
+        "tie": _shared_route("tie", later, "[a.example.com]"),
+        "new": _shared_route("new", later, "[a.example.com, b.example.com]", "/new"),
+        "wild": _shared_route("wild", stamp, "['*.example.com']"),
+        "grpc": _shared_route("grpc", stamp, "[g.example.com]", kind="GRPCRoute"),
+    }
+    backends = {name: _backend(f"{name}-a", f"127.0.1.{i}") for i, name in enumerate(routes)}
+    backends["shared"] = _backend("shared", "127.0.2.1")
+    _step(tmp_path, _files(routes, backends, head), loader, state)
+    edits = [
+        ("the older of two routes on a host", lambda: routes.update(
+            old=_shared_route("old", stamp, "[a.example.com]", weight=70))),
+        ("a tie on time, broken by name", lambda: routes.update(
+            tie=_shared_route("tie", stamp, "[a.example.com]", weight=60))),
+        ("the wildcard covering the hosts", lambda: routes.update(
+            wild=_shared_route("wild", later, "['*.example.com']", "/w"))),
+        ("a route moves to another host", lambda: routes.update(
+            new=_shared_route("new", later, "[c.example.com]", "/new"))),
+        ("a route no listener takes", lambda: routes.update(
+            tie=_shared_route("tie", stamp, "[a.example.com]", parent="nowhere"))),
+        ("it attaches again", lambda: routes.update(
+            tie=_shared_route("tie", stamp, "[a.example.com]", weight=50))),
+        ("a GRPCRoute", lambda: routes.update(
+            grpc=_shared_route("grpc", stamp, "[g.example.com]", kind="GRPCRoute",
+                               weight=40))),
+        ("the shared backend", lambda: backends.update(shared=_backend("shared", "127.0.2.9"))),
+        ("a route goes", lambda: routes.pop("old")),
+        ("a route comes", lambda: routes.update(
+            old=_shared_route("old", later, "[a.example.com, d.example.com]"))),
+    ]
+    for what, edit in edits:
+        edit()
+        before, count = state["snapshot"].version, len(patched)
+        _step(tmp_path, _files(routes, backends, head), loader, state)
+        assert len(patched) == count + 1, what
+        assert state["snapshot"].version != before, what
+    listener = next(s for s in loader.load().statuses if s.kind == "Listener")
+    assert dict(listener.details)["attachedRoutes"] == "5"

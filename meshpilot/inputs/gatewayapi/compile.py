@@ -392,13 +392,24 @@ class _Compiler:
                             details)
 
     def run(self) -> None:
-        self._backend_tls_policies()
-        classes = self._classes()
-        for gateway in self.world.gateways:
-            self._gateway(gateway, classes)
-        self._between_gateways()
-        for route in sorted(self.world.http_routes, key=_route_age):
-            self._http_route(route)
+        holder = self.backdrop[0][0].memo if self.backdrop[0] else None
+        kept = holder.pop(_PHASE_MEMO, None) if holder is not None else None
+        issues = self.issues()
+        touched: dict[str, set[int | tuple[int, str]]] | None = None
+        if kept is not None and kept.reusable(self):
+            touched = self._patched_http_phase(kept)
+        else:
+            kept = None
+            self._backend_tls_policies()
+            classes = self._classes()
+            for gateway in self.world.gateways:
+                self._gateway(gateway, classes)
+            self._between_gateways()
+            before = len(self.statuses)
+            for route in sorted(self.world.http_routes, key=_route_age):
+                self._http_route(route)
+            if holder is not None:
+                kept = _KeptPhase.of(self, before)
         # TLSRoutes first: on a TLS listener that terminates, a TCPRoute takes the listener's
         # hostname only where no TLSRoute names it.
         for route in sorted(self.world.tls_routes, key=_route_age):
@@ -408,9 +419,81 @@ class _Compiler:
         for route in sorted(self.world.udp_routes, key=_route_age):
             self._udp_route(route)
         for gateway in self.world.gateways:
-            self._finish_gateway(gateway)
+            self._finish_gateway(gateway, None if touched is None else touched.get(gateway.key))
         self._finish_mesh()
         self._backend_tls_statuses()
+        if holder is not None and kept is not None and kept.complete and \
+                self.issues() == issues:
+            holder[_PHASE_MEMO] = kept  # only a compile that reported nothing is kept
+
+    def _patched_http_phase(self, kept: _KeptPhase) -> dict[str, set[int | tuple[int, str]]]:
+        """The compile up to its HTTP routes, from the last one over the same backdrop
+        (`_KeptPhase`): its listeners and what its routes did, less what the routes gone,
+        edited or reading an edited Service or EndpointSlice did, plus what those routes do
+        now. A route's effects depend on no other route, and where they land does not hang
+        on the order they are applied in (entries are sorted by precedence, which includes
+        the route's age; statuses by object). The places touched: per Gateway, each
+        (port, hostname) whose entries changed, or a port whose wildcard's did."""
+        self.listeners, self.params = kept.listeners, kept.params
+        self.entries, self.passthrough = kept.entries, kept.passthrough
+        self.services = kept.services
+        changed_reads = {key for key, (service, slices) in kept.reads.items()
+                         if self.world.services.get(key) is not service or
+                         not _same_objects(self.world.slices.get(key, ()), slices)}
+        stale = {route for key in changed_reads for route in kept.readers.get(key, ())}
+        now: dict[str, KubeObject] = {}
+        for route in self.world.http_routes:
+            now[route.key] = route
+            held = kept.routes.get(route.key)
+            if held is None or held[0] is not route:
+                stale.add(route.key)
+        stale.update(key for key in kept.routes if key not in now)
+        touched: dict[str, set[int | tuple[int, str]]] = {}
+        for key in stale:
+            held = kept.routes.pop(key, None)
+            if held is not None:
+                kept.forget(held)
+                self._unapply(held[1], touched)
+        for key in sorted(stale, key=lambda key: _route_age(now[key]) if key in now else ()):
+            route = now.get(key)
+            if route is None:
+                continue
+            effects = self._http_route(route)
+            kept.remember(route, effects)
+            self._touch(effects, touched)
+        # (`_http_route` said the statuses of the routes compiled again: said once, here)
+        self.statuses = [*kept.statuses, *(status for _, effects, _ in kept.routes.values()
+                                            for status in effects
+                                            if type(status) is ObjectStatus)]
+        return touched
+
+    def _unapply(self, effects: list[_Effect], touched: dict[str, set[int | tuple[int, str]]],
+                 ) -> None:
+        """Undo `_apply(effects)` (of a kept compile without BackendTLSPolicies or mesh
+        routes: `_KeptPhase.of`), noting the places it touched."""
+        self._touch(effects, touched)
+        for effect in effects:
+            if isinstance(effect, _Attached):
+                self.listeners[effect.gateway][effect.listener].attached -= 1
+            elif isinstance(effect, _Placed):
+                listener = self.listeners[effect.gateway][effect.listener]
+                by_host = self.entries[effect.gateway][listener.port]
+                found = by_host[effect.hostname]
+                at = next(i for i, entry in enumerate(found) if entry.rule is effect.rule and
+                          entry.order == effect.order and entry.listener is listener)
+                del found[at]
+                if not found:
+                    del by_host[effect.hostname]
+
+    def _touch(self, effects: list[_Effect],
+               touched: dict[str, set[int | tuple[int, str]]]) -> None:
+        for effect in effects:
+            if isinstance(effect, _Placed):
+                port = self.listeners[effect.gateway][effect.listener].port
+                places = touched.setdefault(effect.gateway, set())
+                # A wildcard's entries join every hostname it covers: the whole port.
+                places.add(port if effect.hostname.startswith("*") else
+                           (port, effect.hostname))
 
     # ---- BackendTLSPolicy ----
 
@@ -786,7 +869,7 @@ class _Compiler:
 
     # ---- routes ----
 
-    def _http_route(self, route: KubeObject) -> None:
+    def _http_route(self, route: KubeObject) -> list[_Effect]:
         """Attach an HTTPRoute (or GRPCRoute): its entries on every listener it attaches to,
         its statuses. What that takes is what it took last time for this very route document
         over the same other documents (`backdrop`), so an edit that leaves a route and every
@@ -798,6 +881,7 @@ class _Compiler:
             self.services.update(kept[2])
             effects = kept[1]
         else:
+            route.memo.pop("effects", None)
             before = self.issues()
             self._reads = {}
             try:
@@ -808,6 +892,7 @@ class _Compiler:
             if cacheable and self.issues() == before and rules is not None:
                 route.memo["effects"] = ((self.backdrop, reads), effects, rules[2])
         self._apply(effects)
+        return effects
 
     def _http_route_effects(self, route: KubeObject) -> tuple[list[_Effect], bool]:
         """What attaching `route` does, in order, without doing it; and whether it depends on
@@ -1513,7 +1598,11 @@ class _Compiler:
 
     # ---- the model of a Gateway ----
 
-    def _finish_gateway(self, obj: KubeObject) -> None:
+    def _finish_gateway(self, obj: KubeObject,
+                        touched: set[int | tuple[int, str]] | None = None) -> None:
+        """The model Gateway, its Routes and the statuses of its listeners and itself;
+        with `touched` (a patched compile, `_patched_http_phase`), a hostname's Route whose
+        entries were not touched is the one made last time."""
         listeners = self.listeners.get(obj.key)
         if listeners is None:
             return
@@ -1597,9 +1686,15 @@ class _Compiler:
                               f"spec.listeners[{on_port[0].index}]")))
             by_host = self.entries[obj.key].get(port, {})
             wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
+            whole = touched is None or port in touched
             for hostname in sorted(by_host):
-                entries = _host_entries(hostname, by_host, wildcards, on_port)
                 name = f"{gateway_name}/{port}/{hostname}"
+                if not whole and (port, hostname) not in touched:  # type: ignore[operator]
+                    untouched = previous.get(name)
+                    if untouched is not None:
+                        self.routes.append(untouched)
+                        continue
+                entries = _host_entries(hostname, by_host, wildcards, on_port)
                 # Every entry of a hostname comes through the one listener it belongs to
                 # (`_claimed_elsewhere`): that listener's table.
                 tls_host = by_host[hostname][0].listener.name if hosts else None
@@ -1640,6 +1735,89 @@ class _Compiler:
             + _conditions(("InsecureFrontendValidationMode", True, "ConfigurationChanged",
                            "a port validates client certificates with AllowInsecureFallback"))
             * any(lst.client_optional for lst in valid))
+
+
+# ---- a compile patched by the routes that changed ----------------------------------------------
+
+# The key of the memo of a compile's first backdrop document that holds its `_KeptPhase`.
+_PHASE_MEMO = "\x00http-phase"
+
+
+@dataclass
+class _KeptPhase:
+    """A compile up to and with its HTTP routes, kept for the next compile over the very
+    same backdrop (`_Compiler._patched_http_phase`). Only for compiles with HTTPRoutes and
+    GRPCRoutes alone (no stream routes, which write into listeners; no BackendTLSPolicy,
+    whose statuses depend on what every route sends to; no mesh parent). Taken by the next
+    compile (it changes in place), kept again only by one that reported nothing."""
+
+    backdrop: tuple[tuple[object, ...], tuple[Service, ...]]
+    listeners: dict[str, list[_Listener]]
+    params: dict[str, _Params]
+    entries: dict[str, dict[int, dict[str, list[_Entry]]]]
+    passthrough: dict[str, dict[int, dict[str, _Passthrough]]]
+    statuses: list[ObjectStatus]  # those said before the HTTP routes
+    services: dict[str, Service]
+    # route ns/name -> (its document, its effects, the Services it made), and what it read
+    routes: dict[str, tuple[KubeObject, list[_Effect], dict[str, Service]]]
+    route_reads: dict[str, _Reads]
+    reads: dict[str, tuple[KubeObject | None, tuple[KubeObject, ...]]]  # as read, by Service
+    readers: dict[str, set[str]]  # Service ns/name -> the routes that read it
+    makers: dict[str, int]  # Service made -> how many routes made it
+    complete: bool = True  # every route's effects known (else it is not kept)
+
+    @classmethod
+    def of(cls, compiler: _Compiler, before: int) -> _KeptPhase | None:
+        world = compiler.world
+        if world.tcp_routes or world.tls_routes or world.udp_routes or world.backend_tls:
+            return None
+        kept = cls(compiler.backdrop, compiler.listeners, compiler.params, compiler.entries,
+                   compiler.passthrough, compiler.statuses[:before], compiler.services, {}, {},
+                   {}, {}, {})
+        for route in world.http_routes:
+            memo = route.memo.get("effects")
+            if memo is None:
+                return None  # a mesh parent, or an issue: not kept
+            kept.remember(route, memo[1])
+        return kept
+
+    def reusable(self, compiler: _Compiler) -> bool:
+        world = compiler.world
+        return not (world.tcp_routes or world.tls_routes or world.udp_routes) and \
+            compiler._same_backdrop(self.backdrop)
+
+    def remember(self, route: KubeObject, effects: list[_Effect]) -> None:
+        """`route`'s compile, from its memo (written by `_http_route` when it reported
+        nothing and depends on nothing beyond its reads); without one, not kept."""
+        memo = route.memo.get("effects")
+        if memo is None or memo[1] is not effects:
+            self.complete = False
+            return
+        (_, reads), _, made = memo
+        self.routes[route.key] = (route, effects, made)
+        self.route_reads[route.key] = reads
+        for key, read in reads.items():
+            self.reads[key] = read
+            self.readers.setdefault(key, set()).add(route.key)
+        for name in made:
+            self.makers[name] = self.makers.get(name, 0) + 1
+
+    def forget(self, held: tuple[KubeObject, list[_Effect], dict[str, Service]]) -> None:
+        """A route's compile undone: what it read and the Services it made."""
+        route, _, made = held
+        for key in self.route_reads.pop(route.key, {}):
+            readers = self.readers[key]
+            readers.discard(route.key)
+            if not readers:
+                del self.readers[key], self.reads[key]
+        for name in made:
+            self.makers[name] -= 1
+            if not self.makers[name]:
+                del self.makers[name], self.services[name]
+
+
+def _same_objects(one: Sequence[object], other: Sequence[object]) -> bool:
+    return len(one) == len(other) and all(a is b for a, b in zip(one, other, strict=True))
 
 
 # ---- helpers ------------------------------------------------------------------------------------
