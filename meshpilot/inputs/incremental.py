@@ -43,6 +43,7 @@ from meshpilot.inputs.yamlsource import (
     parse_yaml_text,
     read_limited,
     split_documents,
+    split_edited,
 )
 from meshpilot.ir.changes import ModelChanges, between
 from meshpilot.ir.model import Model
@@ -73,6 +74,16 @@ class _CachedFile:
     pieces: dict[tuple[int, str], _CachedPiece] = field(default_factory=dict)
     # (inode, device, size, mtime, ctime) when read, if old enough to be trusted (`_entry`)
     signature: tuple[int, ...] | None = None
+    # A split file whose every piece holds one document (so piece i is parsed[i]): its text
+    # and pieces in order, for the next edit (`_edited`); None: not such a file.
+    text: str | None = None
+    order: list[tuple[int, str]] = field(default_factory=list)
+    nodes: int = 0
+    # The entry this one was made from by `_edited`, and the pieces it took out and put in
+    # (so `_edit` need not compare every piece); None once another is made from this one.
+    since: _CachedFile | None = None
+    taken: list[_CachedPiece] = field(default_factory=list)
+    put: list[_CachedPiece] = field(default_factory=list)
 
 
 class ParseCache:
@@ -245,6 +256,10 @@ class ParseCache:
         if entry is not None and entry.digest == digest and not entry.tls_files:
             return entry
         self.parsed_files += 1
+        if entry is not None and entry.text is not None and entry.clean:
+            told = split_edited(data, entry.text, entry.order)
+            if told is not None:
+                return self._edited(entry, digest, shown_name, *told)
         pieces = split_documents(data)
         if pieces is None:  # parsed whole, as load_policy does
             self.parsed_pieces += 1
@@ -286,7 +301,61 @@ class ParseCache:
             read_files.update(piece.tls_files)
         if nodes > MAX_NODES:  # the file as a whole is refused: a cold load says so
             clean = False
-        return _CachedFile(digest, parsed, definitions, clean, tuple(sorted(read_files)), kept)
+        made = _CachedFile(digest, parsed, definitions, clean, tuple(sorted(read_files)), kept)
+        if not read_files and len(parsed) == len(kept):  # one document a piece
+            made.text, made.order, made.nodes = "".join(text for _, text in pieces), \
+                list(kept), nodes
+        return made
+
+    def _edited(self, entry: _CachedFile, digest: bytes, shown_name: str, text: str,
+                head: int, middle: list[tuple[int, str]], tail: int) -> _CachedFile:
+        """The entry of an edited file from its last one (`split_edited`: its first `head`
+        and last `tail` pieces are the same text at the same lines): only the pieces between
+        are looked up or parsed, and the rest is taken over whole. Gives what the whole
+        split in `_read` gives (the pieces in file order, one document each)."""
+        count = len(entry.order)
+        gone = entry.order[head:count - tail]
+        pieces = dict(entry.pieces)
+        definitions = dict(entry.definitions)
+        nodes = entry.nodes
+        for key in gone:
+            piece = pieces.pop(key)
+            nodes -= piece.nodes
+            for name in piece.definitions:
+                del definitions[name]
+        clean, single = True, True
+        made: list[_CachedPiece] = []
+        for key in middle:
+            piece = entry.pieces.get(key)  # a piece between two edited ones: the same
+            if piece is None:
+                piece = self._parse_piece(key, shown_name)
+            pieces[key] = piece
+            made.append(piece)
+            nodes += piece.nodes
+            clean = clean and piece.clean
+            single = single and len(piece.parsed) == 1 and not piece.tls_files
+            for name, position in piece.definitions.items():
+                if name in definitions:  # defined twice in the file: a cold load words it
+                    clean = False
+                definitions[name] = position
+        if nodes > MAX_NODES:
+            clean = False
+        parsed = [*entry.parsed[:head], *(document for piece in made
+                                          for document in piece.parsed),
+                  *entry.parsed[count - tail:]]
+        order = [*entry.order[:head], *middle, *entry.order[count - tail:]]
+        tls_files = tuple(sorted({path for piece in made for path in piece.tls_files}))
+        result = _CachedFile(digest, parsed, definitions, clean, tls_files, pieces)
+        if single and clean:
+            result.text, result.order, result.nodes = text, order, nodes
+        kept_ids = {id(piece) for piece in made}
+        gone_ids = {id(entry.pieces[key]) for key in gone}
+        entry.since = None  # one step of history at most
+        result.since = entry
+        result.taken = [entry.pieces[key] for key in gone
+                        if id(entry.pieces[key]) not in kept_ids]
+        result.put = [piece for piece in made if id(piece) not in gone_ids]
+        return result
 
     def _share(self, parsed: list[ParsedDocument]) -> None:
         """Parsed (its issues and definitions taken): each document now reports into
@@ -365,6 +434,19 @@ def _edit(before: dict[str, _CachedFile], after: dict[str, _CachedFile]) -> Edit
     for name in before.keys() | after.keys():
         old, new = before.get(name), after.get(name)
         if old is new:
+            continue
+        if new is not None and old is not None and new.since is old:
+            units: tuple[list[_CachedPiece], list[_CachedPiece]] = (new.taken, new.put)
+            old_units, new_units = units
+            for unit in old_units:
+                edit.removed.extend(unit.parsed)
+                edit.removed_definitions.extend(unit.definitions)
+            for unit in new_units:
+                edit.added.extend(unit.parsed)
+                for key, position in unit.definitions.items():
+                    if key in edit.added_definitions:
+                        edit.clash = True
+                    edit.added_definitions[key] = position
             continue
         old_units = _units(old) if old is not None else []
         new_units = _units(new) if new is not None else []

@@ -32,7 +32,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -308,6 +308,70 @@ def split_documents(data: bytes) -> list[tuple[int, str]] | None:
             start = cut
     pieces.append((line, text[start:]))
     return pieces
+
+
+def split_edited(data: bytes, before: str, pieces: Sequence[tuple[int, str]],
+                 ) -> tuple[str, int, list[tuple[int, str]], int] | None:
+    """`split_documents(data)` for an edit of a text (`before`) it cut into `pieces`, told as
+    (the text, how many of `pieces` begin it, the pieces between, how many end it): what only
+    compares the unchanged pieces (in C) and cuts the changed middle. None when it cannot
+    tell (then `split_documents` must cut the whole: the edit moved lines under the last
+    pieces, a BOM, anything that makes the middle unsplittable, not UTF-8, too large)."""
+    if len(data) > MAX_FILE_BYTES:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text or text.startswith("\ufeff") or before.startswith("\ufeff"):
+        return None
+    count = len(pieces)
+    head = at = 0
+    startswith = text.startswith
+    while head < count:  # the pieces kept at the start: same text, at the same place
+        piece = pieces[head][1]
+        end = at + len(piece)
+        if not startswith(piece, at) or not _cut_at(text, end):
+            break
+        head += 1
+        at = end
+    tail, end = 0, len(text)
+    if text.count("\n") == before.count("\n"):  # else the last pieces moved: parsed again
+        # Each of them began at a cut of `before`, so with a document start marker (or at
+        # 0): at the start of a line of `text`, it begins one there too.
+        while tail < count - head:
+            piece = pieces[count - 1 - tail][1]
+            start = end - len(piece)
+            if start < at or not startswith(piece, start) or \
+                    (start and text[start - 1] != "\n"):
+                break
+            tail += 1
+            end = start
+    middle = text[at:end]
+    if any(mark in middle for mark in ("\r", "\x85", "\u2028", "\u2029", "\ufeff")) or \
+            (at == 0 and middle.startswith("%")) or "\n%" in middle or \
+            _markers(middle, "...")[:1]:
+        return None
+    line = pieces[head][0] if head < count else text.count("\n", 0, at)
+    made: list[tuple[int, str]] = []
+    start = 0
+    for cut in _markers(middle, "---"):
+        if cut > start:
+            made.append((line, middle[start:cut]))
+            line += middle.count("\n", start, cut)
+            start = cut
+    if start < len(middle):
+        made.append((line, middle[start:]))
+    return text, head, made, tail
+
+
+def _cut_at(text: str, at: int) -> bool:
+    """Whether `split_documents` cuts `text` at `at` (a document start marker, or an end)."""
+    if at == 0 or at == len(text):
+        return True
+    after = at + 3
+    return text[at - 1] == "\n" and text.startswith("---", at) and \
+        (after == len(text) or text[after] in " \t\n")
 
 
 def _markers(text: str, marker: str) -> list[int]:

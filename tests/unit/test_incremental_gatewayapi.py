@@ -252,5 +252,7 @@ def test_gateway_api_route_edits_keep_precedence_and_statuses(tmp_path: Path,
         _step(tmp_path, _files(routes, backends, head), loader, state)
         assert len(patched) == count + 1, what
         assert state["snapshot"].version != before, what
+        if what == "the older of two routes on a host":
+            assert loader.parsed_pieces == 1  # the edited piece; the others kept by place
     listener = next(s for s in loader.load().statuses if s.kind == "Listener")
     assert dict(listener.details)["attachedRoutes"] == "5"
