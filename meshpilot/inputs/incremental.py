@@ -31,8 +31,13 @@ from pathlib import Path
 
 from meshpilot.base import tlsfiles as tls
 from meshpilot.base.errors import PolicyIssue, Position
-from meshpilot.inputs.assembly import build_model, compile_formats
-from meshpilot.inputs.context import DocumentContext, FormatPart, LoadContext, ParsedDocument
+from meshpilot.inputs.assembly import build_model, compile_formats_edit
+from meshpilot.inputs.context import (
+    FormatPart,
+    LoadContext,
+    ModelPart,
+    ParsedDocument,
+)
 from meshpilot.inputs.dependents import Edit, References
 from meshpilot.inputs.documents import FORMATS, compile_pending, load_documents
 from meshpilot.inputs.files import policy_files
@@ -59,6 +64,19 @@ class _CachedPiece:
     clean: bool
     nodes: int  # YAML nodes counted, towards the file's MAX_NODES
     tls_files: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Checked:
+    """What a valid load without pending parts keeps for an edit of only FormatPart
+    documents (`ParseCache._format_edit`): its definitions, the warnings of its checks across
+    documents, its documents' parts other than FormatParts (in order) and what its formats'
+    compile steps kept (`assembly.compile_formats_edit`)."""
+
+    definitions: dict[Hashable, Position]
+    warnings: list[PolicyIssue]
+    natives: list[ModelPart]
+    compiles: dict[int, object]
 
 
 @dataclass(slots=True)
@@ -105,13 +123,13 @@ class ParseCache:
         self._good: dict[str, _CachedFile] = {}
         self._references: References | None = None
         self._model: Model | None = None  # what the newest valid load gave
-        # Every cached document reports into this one context once parsed, so a load that
-        # compiles the documents as they are (`_format_edit`) need not bind each to its own.
+        # Every cached document reports into this one context once parsed, so a load need
+        # not bind each document to a context of its own: it starts this one afresh.
         self._shared = LoadContext()
         # After a valid load without pending parts: its definitions and the warnings its
         # checks across documents gave (they read no FormatPart, so an edit of only those
         # gives the same), for `_format_edit`; None: the next edit goes the whole way.
-        self._checked: tuple[dict[Hashable, Position], list[PolicyIssue]] | None = None
+        self._checked: _Checked | None = None
         # What the newest load changed from the one before (None: it went the whole way).
         self.changes: ModelChanges | None = None
         self.fast = False  # whether the newest load was an index one (for tests)
@@ -160,19 +178,19 @@ class ParseCache:
             if model is not None:
                 self._good = kept
                 return model
+        # Every cached document reports into `_shared` (`_share`): this load's, from now.
+        load = self._shared
+        load.issues, load.warnings, load.definitions = [], [], {}
         parsed: list[ParsedDocument] = []
         for entry in entries:
             for key, position in entry.definitions.items():
                 if load.first_definition(key, position) is not None:
                     return None  # defined in two files: a cold load words the issue
-            for document in entry.parsed:
-                old = document.context
-                parsed.append(ParsedDocument(DocumentContext(load, old.document, old.kind,
-                                                             old.name), document.parts))
+            parsed.extend(entry.parsed)
         pending = compile_pending(parsed, load)
         validate_references(pending, load)
         checked_warnings = list(load.warnings)
-        compiled, statuses = compile_formats(pending, load)
+        compiled, statuses, kept_compiles = compile_formats_edit(pending, load, (), (), {})
         if load.issues:
             return None
         model = build_model((*(part for document in pending for part in document.parts),
@@ -180,7 +198,9 @@ class ParseCache:
         self._good = kept
         self._references = References.of(pending, model, load.definitions)
         if pending is parsed and self._references is None:
-            self._checked = (load.definitions, checked_warnings)
+            self._checked = _Checked(load.definitions, checked_warnings, [
+                part for document in pending for part in document.parts
+                if not isinstance(part, FormatPart)], kept_compiles)
         # Not by the index: what changed is what the two models do not share.
         if self._model is not None:
             self.changes = between(self._model, model)
@@ -188,7 +208,7 @@ class ParseCache:
         return model
 
     def _format_edit(self, edit: Edit, entries: list[_CachedFile], shown: tuple[str, ...],
-                     checked: tuple[dict[Hashable, Position], list[PolicyIssue]],
+                     checked: _Checked,
                      ) -> Model | None:
         """The model after an edit of only documents a format's compile step reads (Gateway
         API: `FormatPart`s), or None (then the load goes the whole way). The checks across
@@ -199,8 +219,8 @@ class ParseCache:
                                  all(isinstance(part, FormatPart) for part in document.parts)
                                  for document in (*edit.removed, *edit.added)):
             return None
-        definitions, warnings = checked
-        definitions = dict(definitions)
+        warnings = checked.warnings
+        definitions = dict(checked.definitions)
         for key in edit.removed_definitions:
             definitions.pop(key, None)
         for key, position in edit.added_definitions.items():
@@ -210,16 +230,15 @@ class ParseCache:
         if any(_view_name_taken(document, definitions) for document in edit.added):
             return None  # `references._check_view_names` reads these documents' kinds
         load = self._shared
-        load.issues.clear()
-        load.warnings[:] = warnings
-        load.definitions = definitions
+        load.issues, load.warnings, load.definitions = [], list(warnings), definitions
         parsed = [document for entry in entries for document in entry.parsed]
-        compiled, statuses = compile_formats(parsed, load)
+        compiled, statuses, kept_compiles = compile_formats_edit(
+            parsed, load, edit.removed, edit.added, checked.compiles)
         if load.issues:
             return None
-        model = build_model((*(part for document in parsed for part in document.parts),
-                             *compiled), shown, statuses, load.warnings)
-        self._checked = (definitions, warnings)
+        # The other formats' parts are the last load's: only FormatPart documents changed.
+        model = build_model((*checked.natives, *compiled), shown, statuses, load.warnings)
+        self._checked = _Checked(definitions, warnings, checked.natives, kept_compiles)
         self.format_edit = True
         if self._model is not None:
             self.changes = between(self._model, model)
@@ -359,7 +378,7 @@ class ParseCache:
 
     def _share(self, parsed: list[ParsedDocument]) -> None:
         """Parsed (its issues and definitions taken): each document now reports into
-        `_shared`. A load going the whole way binds each to a context of its own instead."""
+        `_shared`, which each load starts afresh."""
         for document in parsed:
             document.context.load = self._shared
 

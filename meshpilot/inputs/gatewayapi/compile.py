@@ -87,36 +87,149 @@ _WELL_KNOWN_PORTS = {"http": 80, "https": 443}
 
 def compile_gateway_api(parsed: Sequence[ParsedDocument], load: LoadContext,
                         ) -> tuple[list[ModelPart], list[ObjectStatus]]:
-    objects: list[KubeObject] = []
+    walk = Walk.of(parsed)
+    return ([], []) if walk is None else walk.compile()
+
+
+def compile_gateway_api_edit(parsed: Sequence[ParsedDocument], load: LoadContext,
+                             removed: Sequence[ParsedDocument], added: Sequence[ParsedDocument],
+                             kept: object | None,
+                             ) -> tuple[list[ModelPart], list[ObjectStatus], object | None]:
+    """`compile_gateway_api` after an edit (`formats.FormatEditCompiler`): the documents it
+    walked last time (`kept`, a `Walk`), patched by the edit's documents when they are only
+    routes, Services and EndpointSlices, instead of walking every document again."""
+    walk = kept.patched(removed, added) if isinstance(kept, Walk) else None
+    if walk is None:
+        walk = Walk.of(parsed)
+    if walk is None:
+        return [], [], None
+    parts, statuses = walk.compile()
+    return parts, statuses, walk
+
+
+# The kinds an edit may change for `Walk.patched`: what routes read one by one (`_Reads`), and
+# the HTTP routes, whose compile `_KeptPhase` patches.
+_EDITABLE_KINDS = frozenset({"HTTPRoute", "GRPCRoute", *_READ_KINDS})
+
+
+@dataclass
+class Walk:
+    """What a compile needs of every document, found by one walk over them (a folder of 1,000
+    routes holds 5,000 documents), kept for the next edit (`Walk.patched`)."""
+
+    world: _World
     # An object kept from an earlier load was parsed in another load's context: what the
     # compile step reports goes through the context of this load's document.
-    contexts: dict[int, DocumentContext] = {}
-    natives: dict[str, Service] = {}
+    contexts: dict[int, DocumentContext]
+    natives: dict[str, Service]
     # The native Routes that shape calls to a Service already (its callers' sidecars take one).
-    mesh_routes: dict[str, str] = {}
-    # One walk over every part (a folder of 1,000 routes holds 5,000 documents; the edit
-    # benchmark spent a tenth of the compile walking them three times).
-    for document in parsed:
-        for part in document.parts:
-            if isinstance(part, KubeObject):
-                objects.append(part)
-                contexts[id(part)] = document.context
-            elif isinstance(part, Service):
-                natives[part.name] = part
-            elif isinstance(part, Route) and part.service is not None:
-                mesh_routes[part.service] = part.name
-    if not objects:
-        return [], []
+    mesh_routes: dict[str, str]
     # What a route's compile may read besides the route itself and the Services it names
     # (`_Reads`): every document but routes, Services and EndpointSlices (by identity: an
     # unchanged document is the very object of the last load) and the native Services by
     # value. The same, and the same Services read: its compile may be taken from the last.
-    backdrop = (tuple(o for o in objects if not o.kind.endswith("Route")
-                      and o.kind not in _READ_KINDS), tuple(natives.values()))
-    compiler = _Compiler(_World.of(objects), natives, backdrop, contexts)
-    compiler.native_mesh_routes = mesh_routes
-    compiler.run()
-    return compiler.parts(), compiler.statuses
+    backdrop: tuple[tuple[object, ...], tuple[Service, ...]]
+    compiles: int = 0  # compiles of this walk so far
+    # What the newest patch changed: route ns/name -> the route now (None: gone), and Service
+    # ns/names (an EndpointSlice's by its service label); None: walked whole.
+    changed: tuple[dict[str, KubeObject | None], set[str]] | None = None
+
+    @classmethod
+    def of(cls, parsed: Sequence[ParsedDocument]) -> Walk | None:
+        objects: list[KubeObject] = []
+        contexts: dict[int, DocumentContext] = {}
+        natives: dict[str, Service] = {}
+        mesh_routes: dict[str, str] = {}
+        for document in parsed:
+            for part in document.parts:
+                if isinstance(part, KubeObject):
+                    objects.append(part)
+                    contexts[id(part)] = document.context
+                elif isinstance(part, Service):
+                    natives[part.name] = part
+                elif isinstance(part, Route) and part.service is not None:
+                    mesh_routes[part.service] = part.name
+        if not objects:
+            return None
+        backdrop = (tuple(o for o in objects if not o.kind.endswith("Route")
+                          and o.kind not in _READ_KINDS), tuple(natives.values()))
+        return cls(_World.of(objects), contexts, natives, mesh_routes, backdrop)
+
+    def compile(self) -> tuple[list[ModelPart], list[ObjectStatus]]:
+        self.compiles += 1
+        compiler = _Compiler(self.world, self.natives, self.backdrop, self.contexts)
+        compiler.native_mesh_routes = self.mesh_routes
+        compiler.walk = self
+        compiler.run()
+        return compiler.parts(), compiler.statuses
+
+    def patched(self, removed: Sequence[ParsedDocument],
+                added: Sequence[ParsedDocument]) -> Walk | None:
+        """This walk after an edit of only HTTPRoutes, GRPCRoutes, Services and EndpointSlices
+        (the backdrop is then the same), changed in place; None if the edit is another (then
+        walk every document again: this one is no longer right)."""
+        gone = [part for document in removed for part in document.parts]
+        new = [(part, document.context) for document in added for part in document.parts]
+        if not all(isinstance(part, KubeObject) and part.kind in _EDITABLE_KINDS
+                   for part in (*gone, *(part for part, _ in new))):
+            return None
+        world = self.world
+        routes: dict[str, KubeObject | None] = {}
+        services: set[str] = set()
+        places: dict[str, int] = {}  # slices' service -> where the gone one was
+        for part in gone:
+            assert isinstance(part, KubeObject)
+            self.contexts.pop(id(part), None)
+            if part.kind == "Service":
+                if world.services.get(part.key) is part:
+                    del world.services[part.key]
+                services.add(part.key)
+            elif part.kind == "EndpointSlice":
+                service = part.label(SERVICE_NAME_LABEL)
+                if service:
+                    key = f"{part.namespace}/{service}"
+                    slices = world.slices.get(key, [])
+                    at = next((i for i, one in enumerate(slices) if one is part), None)
+                    if at is None or key in places:
+                        return None
+                    del slices[at]
+                    places[key] = at
+                    services.add(key)
+            else:
+                routes[part.key] = None
+                # From the end: an edited route was appended there by the last patch.
+                at = next((i for i in range(len(world.http_routes) - 1, -1, -1)
+                           if world.http_routes[i] is part), None)
+                if at is None:
+                    return None
+                del world.http_routes[at]
+        for part, context in new:
+            assert isinstance(part, KubeObject)
+            self.contexts[id(part)] = context
+            if part.kind == "Service":
+                world.services[part.key] = part
+                services.add(part.key)
+            elif part.kind == "EndpointSlice":
+                service = part.label(SERVICE_NAME_LABEL)
+                if service:
+                    key = f"{part.namespace}/{service}"
+                    slices = world.slices.setdefault(key, [])
+                    # In file order among the Service's others: where the one it replaces
+                    # was, or alone.
+                    at = places.pop(key, None)
+                    if at is None and slices:
+                        return None
+                    slices.insert(at or 0, part)
+                    services.add(key)
+            else:
+                routes[part.key] = part
+                world.http_routes.append(part)
+        if places:  # a slice gone without one in its place
+            for key in places:
+                if not world.slices.get(key):
+                    world.slices.pop(key, None)
+        self.changed = (routes, services)
+        return self
 
 
 # ---- the documents, indexed ---------------------------------------------------------------------
@@ -345,6 +458,7 @@ class _Compiler:
         self._contexts = contexts
         self._backdrops: dict[int, bool] = {}
         self._reads: _Reads | None = None  # what the route being compiled read, if recorded
+        self.walk: Walk | None = None  # the walk it compiles (`Walk.compile`), if kept
         self.statuses: list[ObjectStatus] = []
         self.gateways: list[Gateway] = []
         self.routes: list[Route] = []
@@ -425,6 +539,8 @@ class _Compiler:
         if holder is not None and kept is not None and kept.complete and \
                 self.issues() == issues:
             holder[_PHASE_MEMO] = kept  # only a compile that reported nothing is kept
+            kept.walk = self.walk
+            kept.compiles = self.walk.compiles if self.walk is not None else 0
 
     def _patched_http_phase(self, kept: _KeptPhase) -> dict[str, set[int | tuple[int, str]]]:
         """The compile up to its HTTP routes, from the last one over the same backdrop
@@ -437,17 +553,30 @@ class _Compiler:
         self.listeners, self.params = kept.listeners, kept.params
         self.entries, self.passthrough = kept.entries, kept.passthrough
         self.services = kept.services
-        changed_reads = {key for key, (service, slices) in kept.reads.items()
-                         if self.world.services.get(key) is not service or
-                         not _same_objects(self.world.slices.get(key, ()), slices)}
-        stale = {route for key in changed_reads for route in kept.readers.get(key, ())}
-        now: dict[str, KubeObject] = {}
-        for route in self.world.http_routes:
-            now[route.key] = route
-            held = kept.routes.get(route.key)
-            if held is None or held[0] is not route:
-                stale.add(route.key)
-        stale.update(key for key in kept.routes if key not in now)
+        walk = self.walk
+        if walk is not None and walk.changed is not None and kept.walk is walk and \
+                kept.compiles == walk.compiles - 1:
+            # The walk was patched since the compile kept: it says what the edit changed.
+            changed_routes, changed_reads = walk.changed
+            stale = {route for key in changed_reads for route in kept.readers.get(key, ())}
+            stale.update(changed_routes)
+            now = {}
+            for key in stale:  # a route that only read what changed is the one kept
+                route = changed_routes[key] if key in changed_routes else kept.routes[key][0]
+                if route is not None:
+                    now[key] = route
+        else:
+            changed_reads = {key for key, (service, slices) in kept.reads.items()
+                             if self.world.services.get(key) is not service or
+                             not _same_objects(self.world.slices.get(key, ()), slices)}
+            stale = {route for key in changed_reads for route in kept.readers.get(key, ())}
+            now = {}
+            for route in self.world.http_routes:
+                now[route.key] = route
+                held = kept.routes.get(route.key)
+                if held is None or held[0] is not route:
+                    stale.add(route.key)
+            stale.update(key for key in kept.routes if key not in now)
         touched: dict[str, set[int | tuple[int, str]]] = {}
         for key in stale:
             held = kept.routes.pop(key, None)
@@ -1765,6 +1894,8 @@ class _KeptPhase:
     readers: dict[str, set[str]]  # Service ns/name -> the routes that read it
     makers: dict[str, int]  # Service made -> how many routes made it
     complete: bool = True  # every route's effects known (else it is not kept)
+    walk: Walk | None = None  # the walk compiled, and how many compiles it had then
+    compiles: int = 0
 
     @classmethod
     def of(cls, compiler: _Compiler, before: int) -> _KeptPhase | None:
