@@ -90,9 +90,14 @@ def build_model(parts: Iterable[ModelPart], files: tuple[str, ...],
     rollout: RolloutSettings | None = None  # one at most (references.py)
     policies: list[MeshPolicy] = []
     for part in parts:
-        if isinstance(part, FormatPart):
+        kind = type(part)  # the usual classes first, by type (thousands of parts)
+        if kind is Route:
+            routes.append(part)
+        elif kind is Service:
+            services.append(part)
+        elif isinstance(part, FormatPart):
             continue  # a compile step's input, already compiled
-        if isinstance(part, MeshPolicy):
+        elif isinstance(part, MeshPolicy):
             policies.append(part)
         elif isinstance(part, RawResource):
             raw.append(part)

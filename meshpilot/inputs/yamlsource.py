@@ -336,17 +336,18 @@ def split_edited(data: bytes, before: str, pieces: Sequence[tuple[int, str]],
         head += 1
         at = end
     tail, end = 0, len(text)
-    if text.count("\n") == before.count("\n"):  # else the last pieces moved: parsed again
-        # Each of them began at a cut of `before`, so with a document start marker (or at
-        # 0): at the start of a line of `text`, it begins one there too.
-        while tail < count - head:
-            piece = pieces[count - 1 - tail][1]
-            start = end - len(piece)
-            if start < at or not startswith(piece, start) or \
-                    (start and text[start - 1] != "\n"):
-                break
-            tail += 1
-            end = start
+    # Each of the last pieces began at a cut of `before`, so with a document start marker (or
+    # at 0): at the start of a line of `text`, it begins one there too.
+    while tail < count - head:
+        piece = pieces[count - 1 - tail][1]
+        start = end - len(piece)
+        if start < at or not startswith(piece, start) or (start and text[start - 1] != "\n"):
+            break
+        tail += 1
+        end = start
+    if tail and text.count("\n", at, end) != \
+            before.count("\n", at, len(before) - (len(text) - end)):
+        tail, end = 0, len(text)  # lines added or removed before them: they moved
     middle = text[at:end]
     if any(mark in middle for mark in ("\r", "\x85", "\u2028", "\u2029", "\ufeff")) or \
             (at == 0 and middle.startswith("%")) or "\n%" in middle or \
