@@ -32,9 +32,12 @@ import json
 import os
 import re
 import stat
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import accumulate
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -326,27 +329,24 @@ def split_edited(data: bytes, before: str, pieces: Sequence[tuple[int, str]],
     if not text or text.startswith("\ufeff") or before.startswith("\ufeff"):
         return None
     count = len(pieces)
-    head = at = 0
-    startswith = text.startswith
-    while head < count:  # the pieces kept at the start: same text, at the same place
-        piece = pieces[head][1]
-        end = at + len(piece)
-        if not startswith(piece, at) or not _cut_at(text, end):
-            break
-        head += 1
-        at = end
-    tail, end = 0, len(text)
+    # Where the unchanged text ends and begins again, found in C, then which of the pieces lie
+    # whole in it (their lengths added up in C too).
+    lengths = list(accumulate(map(len, map(itemgetter(1), pieces))))
+    head = bisect_right(lengths, _common_prefix(before, text))
+    while head and not _cut_at(text, lengths[head - 1]):
+        head -= 1  # the text after it changed right at its end: cut again
+    at = lengths[head - 1] if head else 0
+    from_end = list(accumulate(map(len, map(itemgetter(1), reversed(pieces)))))
+    tail = min(bisect_right(from_end, _common_suffix(before, text)), count - head)
     # Each of the last pieces began at a cut of `before`, so with a document start marker (or
     # at 0): at the start of a line of `text`, it begins one there too.
-    while tail < count - head:
-        piece = pieces[count - 1 - tail][1]
-        start = end - len(piece)
-        if start < at or not startswith(piece, start) or (start and text[start - 1] != "\n"):
-            break
-        tail += 1
-        end = start
+    while tail and (len(text) - from_end[tail - 1] < at or
+                    (len(text) - from_end[tail - 1] and
+                     text[len(text) - from_end[tail - 1] - 1] != "\n")):
+        tail -= 1
+    end = len(text) - from_end[tail - 1] if tail else len(text)
     if tail and text.count("\n", at, end) != \
-            before.count("\n", at, len(before) - (len(text) - end)):
+            before.count("\n", at, len(before) - from_end[tail - 1]):
         tail, end = 0, len(text)  # lines added or removed before them: they moved
     middle = text[at:end]
     if any(mark in middle for mark in ("\r", "\x85", "\u2028", "\u2029", "\ufeff")) or \
@@ -364,6 +364,50 @@ def split_edited(data: bytes, before: str, pieces: Sequence[tuple[int, str]],
     if start < len(middle):
         made.append((line, middle[start:]))
     return text, head, made, tail
+
+
+_CHUNK = 1 << 15  # characters compared at a time by `_common_prefix` and `_common_suffix`
+
+
+def _common_prefix(one: str, other: str) -> int:
+    """How many characters `one` and `other` begin with alike (slices compared in C)."""
+    most = min(len(one), len(other))
+    done = 0
+    while done < most:
+        step = min(_CHUNK, most - done)
+        if one[done:done + step] == other[done:done + step]:
+            done += step
+            continue
+        low, high = 0, step - 1  # alike for `low` more; not for `high + 1`
+        while low < high:
+            middle = (low + high + 1) // 2
+            if one[done:done + middle] == other[done:done + middle]:
+                low = middle
+            else:
+                high = middle - 1
+        return done + low
+    return done
+
+
+def _common_suffix(one: str, other: str) -> int:
+    """How many characters `one` and `other` end with alike (slices compared in C)."""
+    most = min(len(one), len(other))
+    a, b = len(one), len(other)
+    done = 0
+    while done < most:
+        step = min(_CHUNK, most - done)
+        if one[a - done - step:a - done] == other[b - done - step:b - done]:
+            done += step
+            continue
+        low, high = 0, step - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if one[a - done - middle:a - done] == other[b - done - middle:b - done]:
+                low = middle
+            else:
+                high = middle - 1
+        return done + low
+    return done
 
 
 def _cut_at(text: str, at: int) -> bool:

@@ -75,3 +75,29 @@ def test_split_edited_refuses_what_cannot_be_cut(inserted: str) -> None:
     after = _joined(documents)
     assert split_documents(after.encode()) is None
     assert split_edited(after.encode(), before, pieces) is None
+
+
+def test_split_edited_after_character_edits() -> None:
+    """Edits of a few characters anywhere (markers, line breaks and blanks among them) give
+    the whole split's pieces, or None only where the whole split is None too."""
+    before = _joined(_documents(12))
+    pieces = split_documents(before.encode())
+    assert pieces is not None
+    rng = random.Random(11)
+    alphabet = ["-", "\n", " ", "a", "---\n", "\n---", "\n--- ", "x\n", "."]
+    told_some = 0
+    for _ in range(600):
+        at = rng.randrange(len(before) + 1)
+        cut = rng.randrange(4)
+        after = before[:at] + "".join(rng.choice(alphabet) for _ in range(rng.randrange(3))) + \
+            before[at + cut:]
+        expected = split_documents(after.encode())
+        told = split_edited(after.encode(), before, pieces)
+        if told is None:
+            assert expected is None, after
+            continue
+        told_some += 1
+        text, head, middle, tail = told
+        assert text == after
+        assert [*pieces[:head], *middle, *pieces[len(pieces) - tail:]] == expected, after
+    assert told_some > 400
