@@ -33,6 +33,7 @@ import re
 import ssl
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -591,9 +592,7 @@ class _Compiler:
             kept.remember(route, effects)
             self._touch(effects, touched)
         # (`_http_route` said the statuses of the routes compiled again: said once, here)
-        self.statuses = [*kept.statuses, *(status for _, effects, _ in kept.routes.values()
-                                            for status in effects
-                                            if type(status) is ObjectStatus)]
+        self.statuses = [*kept.statuses, *chain.from_iterable(kept.route_statuses.values())]
         return touched
 
     def _unapply(self, effects: list[_Effect], touched: dict[str, set[int | tuple[int, str]]],
@@ -1890,6 +1889,7 @@ class _KeptPhase:
     # route ns/name -> (its document, its effects, the Services it made), and what it read
     routes: dict[str, tuple[KubeObject, list[_Effect], dict[str, Service]]]
     route_reads: dict[str, _Reads]
+    route_statuses: dict[str, tuple[ObjectStatus, ...]]  # the statuses among its effects
     reads: dict[str, tuple[KubeObject | None, tuple[KubeObject, ...]]]  # as read, by Service
     readers: dict[str, set[str]]  # Service ns/name -> the routes that read it
     makers: dict[str, int]  # Service made -> how many routes made it
@@ -1904,7 +1904,7 @@ class _KeptPhase:
             return None
         kept = cls(compiler.backdrop, compiler.listeners, compiler.params, compiler.entries,
                    compiler.passthrough, compiler.statuses[:before], compiler.services, {}, {},
-                   {}, {}, {})
+                   {}, {}, {}, {})
         for route in world.http_routes:
             memo = route.memo.get("effects")
             if memo is None:
@@ -1927,6 +1927,8 @@ class _KeptPhase:
         (_, reads), _, made = memo
         self.routes[route.key] = (route, effects, made)
         self.route_reads[route.key] = reads
+        self.route_statuses[route.key] = tuple(effect for effect in effects
+                                               if type(effect) is ObjectStatus)
         for key, read in reads.items():
             self.reads[key] = read
             self.readers.setdefault(key, set()).add(route.key)
@@ -1936,6 +1938,7 @@ class _KeptPhase:
     def forget(self, held: tuple[KubeObject, list[_Effect], dict[str, Service]]) -> None:
         """A route's compile undone: what it read and the Services it made."""
         route, _, made = held
+        self.route_statuses.pop(route.key, None)
         for key in self.route_reads.pop(route.key, {}):
             readers = self.readers[key]
             readers.discard(route.key)
