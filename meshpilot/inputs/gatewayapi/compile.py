@@ -34,6 +34,7 @@ import ssl
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -1757,6 +1758,8 @@ class _Compiler:
         valid = [lst for lst in listeners if lst.valid]
         gateway_name = obj.key
         previous = dict(obj.memo)
+        first = len(self.routes)  # this Gateway's Routes are appended from here
+        ports: dict[int, tuple[dict[str, Route], list[str]]] = {}
         model_listeners: list[GatewayListener] = []
         for port in sorted({lst.port for lst in valid}):
             on_port = [lst for lst in valid if lst.port == port]
@@ -1813,40 +1816,36 @@ class _Compiler:
                 origin=Origin(obj.document.position_of(on_port[0].path), "Gateway", obj.key,
                               f"spec.listeners[{on_port[0].index}]")))
             by_host = self.entries[obj.key].get(port, {})
-            wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
-            whole = touched is None or port in touched
-            for hostname in sorted(by_host):
-                name = f"{gateway_name}/{port}/{hostname}"
-                if not whole and (port, hostname) not in touched:  # type: ignore[operator]
-                    untouched = previous.get(name)
-                    if untouched is not None:
-                        self.routes.append(untouched)
-                        continue
-                entries = _host_entries(hostname, by_host, wildcards, on_port)
-                # Every entry of a hostname comes through the one listener it belongs to
-                # (`_claimed_elsewhere`): that listener's table.
-                tls_host = by_host[hostname][0].listener.name if hosts else None
-                old = previous.get(name)
-                if old is not None and old.tls_host == tls_host and \
-                        len(old.rules) == len(entries) and \
-                        all(r is e.rule for r, e in zip(old.rules, entries, strict=True)):
-                    self.routes.append(old)  # its routes' effects were replayed: the same
-                    continue
-                made = Route(
-                    name, obj.document.position, gateway_name,
-                    hosts=(hostname,), rules=tuple(e.rule for e in entries),
-                    listeners=(str(port),),
-                    origin=Origin(obj.document.position, "Gateway", obj.key),
-                    tls_host=tls_host)
-                self.routes.append(_kept(made, previous))
+            # A patched compile that touched some hostnames of the port (none a wildcard's:
+            # then `touched` holds the port) makes only theirs; the others are last time's.
+            last = None if touched is None or port in touched else \
+                previous.get(_PORTS_MEMO, {}).get(port)
+            if last is None:
+                wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
+                made_here = {hostname: _host_route(obj, port, hostname, by_host, wildcards,
+                                                   on_port, bool(hosts), previous)
+                             for hostname in sorted(by_host)}
+            else:
+                made_here, wildcards = dict(last[0]), last[1]
+                for place in touched:  # type: ignore[union-attr]
+                    if type(place) is tuple and place[0] == port:
+                        if place[1] in by_host:
+                            made_here[place[1]] = _host_route(
+                                obj, port, place[1], by_host, wildcards, on_port, bool(hosts),
+                                previous)
+                        else:
+                            made_here.pop(place[1], None)
+            ports[port] = (made_here, wildcards)
+            self.routes.extend(made_here.values())
             if hosts:
                 served = {h for h, found in by_host.items() for e in found[:1]
                           if e.listener.hostname == h}
                 self.routes.extend(_kept(route, previous) for route in
                                    _misdirected(obj, port, on_port, hosts, served))
         obj.memo.clear()
-        obj.memo.update((route.name, route) for route in self.routes
-                        if route.gateway == gateway_name)
+        mine = self.routes[first:]
+        obj.memo.update(zip(map(_route_name, mine), mine, strict=True))
+        obj.memo[_PORTS_MEMO] = ports
         gateway = Gateway(gateway_name, obj.document.position, tuple(model_listeners),
                           origin=Origin(obj.document.position, "Gateway", obj.key))
         kept = previous.get(_GATEWAY_MEMO)
@@ -1956,6 +1955,26 @@ def _same_objects(one: Sequence[object], other: Sequence[object]) -> bool:
 
 # ---- helpers ------------------------------------------------------------------------------------
 
+def _host_route(obj: KubeObject, port: int, hostname: str, by_host: dict[str, list[_Entry]],
+                wildcards: list[str], on_port: list[_Listener], tls_hosts: bool,
+                previous: dict[str, Any]) -> Route:
+    """The model Route of one hostname of a Gateway's port: last time's if its entries are
+    the very rules it holds (their routes' effects were replayed)."""
+    entries = _host_entries(hostname, by_host, wildcards, on_port)
+    name = f"{obj.key}/{port}/{hostname}"
+    # Every entry of a hostname comes through the one listener it belongs to
+    # (`_claimed_elsewhere`): that listener's table.
+    tls_host = by_host[hostname][0].listener.name if tls_hosts else None
+    old = previous.get(name)
+    if old is not None and old.tls_host == tls_host and len(old.rules) == len(entries) and \
+            all(r is e.rule for r, e in zip(old.rules, entries, strict=True)):
+        return old  # type: ignore[no-any-return]
+    return _kept(Route(name, obj.document.position, obj.key, hosts=(hostname,),
+                       rules=tuple(e.rule for e in entries), listeners=(str(port),),
+                       origin=Origin(obj.document.position, "Gateway", obj.key),
+                       tls_host=tls_host), previous)
+
+
 def _client_check(listener: _Listener) -> dict[str, Any]:
     """The ListenerTls fields of a port's client-certificate check (spec.tls.frontend is per
     port, so every listener on the port has the same)."""
@@ -1989,8 +2008,11 @@ def _system_ca() -> tuple[bytes | None, str]:
 
 
 # The key of a Gateway document's memo that holds the model Gateway made of it (the others
-# are its model Routes' names, which are never empty).
+# are its model Routes' names, which are never empty, and `_PORTS_MEMO`).
 _GATEWAY_MEMO = ""
+# ... that holds, per HTTP(S) port, its Routes by hostname and its wildcard hostnames.
+_PORTS_MEMO = "\x00ports"
+_route_name = attrgetter("name")
 
 
 def _same_in_place(old: Any, new: Any) -> bool:
