@@ -256,3 +256,50 @@ def test_gateway_api_route_edits_keep_precedence_and_statuses(tmp_path: Path,
             assert loader.parsed_pieces == 1  # the edited piece; the others kept by place
     listener = next(s for s in loader.load().statuses if s.kind == "Listener")
     assert dict(listener.details)["attachedRoutes"] == "5"
+
+
+def _slice(service: str, index: int, address: str) -> str:
+    return f"""apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {service}-{index}
+  namespace: app
+  labels: {{kubernetes.io/service-name: {service}}}
+addressType: IPv4
+ports: [{{name: http, port: 8000}}]
+endpoints: [{{addresses: ['{address}']}}]
+"""
+
+
+def test_gateway_api_endpoint_slice_edits_equal_cold(tmp_path: Path) -> None:
+    """EndpointSlices patched into the kept walk (`compile.Walk.patched`): an edit of one of
+    a Service's several, one gone and one back, a slice moving to another Service; each load
+    equal to a cold one."""
+    loader = PolicyLoader(tmp_path)
+    state: dict = {}
+    head = [CLASS, _gateway()]
+    routes = {"r0": _route("r0")}
+    service = """apiVersion: v1
+kind: Service
+metadata: {name: NAME, namespace: app}
+spec: {ports: [{name: http, port: 80, targetPort: 8000}]}
+"""
+    backends = {"a": service.replace("NAME", "r0-a"), "shared": service.replace("NAME", "shared"),
+                "s1": _slice("r0-a", 1, "127.0.5.1"), "s2": _slice("r0-a", 2, "127.0.5.2"),
+                "s3": _slice("r0-a", 3, "127.0.5.3"), "t1": _slice("shared", 1, "127.0.6.1")}
+    _step(tmp_path, _files(routes, backends, head), loader, state)
+    edits = [
+        ("the middle slice", lambda: backends.update(s2=_slice("r0-a", 2, "127.0.5.22"))),
+        ("the first slice", lambda: backends.update(s1=_slice("r0-a", 1, "127.0.5.11"))),
+        ("a slice goes", lambda: backends.pop("s3")),
+        ("it comes back", lambda: backends.update(s3=_slice("r0-a", 3, "127.0.5.3"))),
+        ("a slice moves to another Service", lambda: backends.update(
+            s2=_slice("shared", 2, "127.0.5.2"))),
+        ("the other Service's only slice", lambda: backends.update(
+            t1=_slice("shared", 1, "127.0.6.9"))),
+    ]
+    for what, edit in edits:
+        edit()
+        before = state["snapshot"].version
+        _step(tmp_path, _files(routes, backends, head), loader, state)
+        assert state["snapshot"].version != before, what
