@@ -27,6 +27,7 @@ import os
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 from meshpilot.base import tlsfiles as tls
@@ -231,7 +232,7 @@ class ParseCache:
             return None  # `references._check_view_names` reads these documents' kinds
         load = self._shared
         load.issues, load.warnings, load.definitions = [], list(warnings), definitions
-        parsed = [document for entry in entries for document in entry.parsed]
+        parsed = list(chain.from_iterable(entry.parsed for entry in entries))
         compiled, statuses, kept_compiles = compile_formats_edit(
             parsed, load, edit.removed, edit.added, checked.compiles)
         if load.issues:
