@@ -381,10 +381,15 @@ def test_pods(test: str, backends: dict[tuple[str, str], int | dict[str, int]],
     a test Deployment's (as the endpoints controller would make them): their loopback port.
     `deployments`: (namespace, pod labels) -> port. `tls_ports`: a base pod's TLS port (a
     Service targeting ECHO_TLS_PORT of that pod gets it)."""
+    base = [doc for _, doc in _documents(ROOT / "base" / "manifests.yaml")
+            if doc.get("kind") == "Service" and doc["spec"].get("selector")]
     selectors = {(doc["metadata"]["namespace"], tuple(sorted(doc["spec"]["selector"].items()))):
-                 (doc["metadata"]["namespace"], doc["metadata"]["name"])
-                 for _, doc in _documents(ROOT / "base" / "manifests.yaml")
-                 if doc.get("kind") == "Service" and doc["spec"].get("selector")}
+                 (doc["metadata"]["namespace"], doc["metadata"]["name"]) for doc in base}
+    # A base pod serving several ports (by port name): its port name per target port, so a
+    # test's Service targeting one of them gets that one (the TCP echo's TLS port, 8443).
+    targets = {(doc["metadata"]["namespace"], doc["metadata"]["name"]):
+               {p.get("targetPort", p["port"]): p.get("name", "") for p in doc["spec"]["ports"]}
+               for doc in base}
     slices = []
     for _, doc in _documents(ROOT / "tests" / f"{test}.yaml"):
         if doc.get("kind") != "Service" or not doc["spec"].get("selector"):
@@ -399,6 +404,9 @@ def test_pods(test: str, backends: dict[tuple[str, str], int | dict[str, int]],
         for (pod_namespace, labels), pod_port in (deployments or {}).items():
             if pod_namespace == namespace and selector <= set(labels):
                 port = pod_port
+        if isinstance(port, dict) and pod is not None:
+            named = {targets[pod].get(p.get("targetPort", p["port"])) for p in doc["spec"]["ports"]}
+            port = port.get(named.pop()) if len(named) == 1 else None  # type: ignore[arg-type]
         if not isinstance(port, int):
             continue
         slice_ports = ", ".join(f"{{name: {p.get('name', '')!r}, port: {port}}}"
@@ -461,6 +469,9 @@ class TlsCase:
     http: bool = True
     namespace: str = INFRA
     terminated: bool = False  # TLS ends at the Gateway: the backend sees plaintext, no SNI
+    # With `terminated`: the Gateway speaks TLS again to the backend (a BackendTLSPolicy),
+    # which sees this SNI (None: plaintext)
+    backend_sni: str | None = None
 
 
 @dataclass(frozen=True)
@@ -992,6 +1003,16 @@ CASES.update({
         listener_port=8443,
         tls_cases=(TlsCase("tls.example.com", "tcp-backend", http=False, terminated=True),),
         expect=(Expect("TLSRoute", "tlsroute-terminated-test", _TLS_OK),)),
+    # Terminated, then TLS again to the TCP echo's TLS port, as its BackendTLSPolicy says
+    # (the CA of tls-checks-ca-certificate, the name abc.example.com as SNI and SAN).
+    "BackendTLSPolicyTLSRouteTerminate": Test(
+        "backendtlspolicy-tlsroute-terminate", f"{INFRA}/gateway-btls-tlsroute-terminate", (),
+        listener_port=8443,
+        tls_cases=(TlsCase("tls.example.com", "tcp-backend", http=False, terminated=True,
+                           backend_sni="abc.example.com"),),
+        expect=(Expect("TLSRoute", "backendtlspolicy-tlsroute-terminate", _TLS_OK),
+                Expect("BackendTLSPolicy", "btls-tlsroute-terminate-test", {
+                    "Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}))),
     "TLSRouteMixedTerminationSameNamespace": Test(
         "tlsroute-mixed-termination-same-namespace",
         f"{INFRA}/gateway-tlsroute-mixed-termination", (), listener_port=8883,
@@ -1318,6 +1339,8 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "TLSRouteMixedTerminationSameNamespace": (
         "TLSRoute", "TLSRouteModeTerminate", "TLSRouteModeMixed"),
     "TLSRouteListenerTerminateSupportedKinds": ("TLSRoute", "TLSRouteModeTerminate"),
+    "BackendTLSPolicyTLSRouteTerminate": ("TLSRoute", "TLSRouteModeTerminate",
+                                          "BackendTLSPolicy"),
     "TLSRouteListenerPassthroughSupportedKinds": ("TLSRoute",),
     "BackendTLSPolicy": ("HTTPRoute", "BackendTLSPolicy"),
     "BackendTLSPolicyInvalidCACertificateRef": ("HTTPRoute", "BackendTLSPolicy"),
@@ -1370,6 +1393,13 @@ MESH_FEATURES: dict[str, tuple[str, ...]] = {
     "MeshHTTPRoute308Redirect": (*_MESH, "HTTPRoute308RedirectStatusCode"),
     "MeshHTTPRouteRewritePath": (*_MESH, "MeshHTTPRouteRewritePath"),
     "MeshHTTPRouteNamedRule": (*_MESH, "MeshHTTPRouteNamedRouteRule"),
+    "MeshTrafficSplit": _MESH,
+    "MeshFrontend": (*_MESH, "HTTPRouteResponseHeaderModification"),
+    "MeshFrontendHostname": (*_MESH, "MeshClusterIPMatching",
+                             "HTTPRouteResponseHeaderModification"),
+    "MeshConsumerRoute": (*_MESH, "MeshConsumerRoute", "HTTPRouteResponseHeaderModification"),
+    "MeshGRPCRouteRequestHeaderModifier": ("Mesh", "GRPCRoute"),
+    "MeshGRPCRouteWeight": ("Mesh", "GRPCRoute"),
 }
 FEATURES.update(MESH_FEATURES)
 # Each test's result ("PASS" or "FAIL (n)"), from every conformance module of this run: the
@@ -1384,11 +1414,14 @@ RESULTS: dict[str, str] = {}
 PROFILES: dict[str, tuple[str, ...]] = {
     "GATEWAY-HTTP": ("HTTPRoute", "ReferenceGrant"),
     "GATEWAY-TLS": ("TLSRoute", "ReferenceGrant"),
+    "GATEWAY-TCP": ("TCPRoute", "ReferenceGrant"),
     "GATEWAY-GRPC": ("GRPCRoute", "ReferenceGrant"),
     "MESH-HTTP": ("Mesh", "HTTPRoute"),
+    "MESH-GRPC": ("Mesh", "GRPCRoute"),
 }
 _KIND_OF = {"GATEWAY-HTTP": "HTTPRoute", "GATEWAY-TLS": "TLSRoute",
-            "GATEWAY-GRPC": "GRPCRoute", "MESH-HTTP": "Mesh"}
+            "GATEWAY-TCP": "TCPRoute", "GATEWAY-GRPC": "GRPCRoute", "MESH-HTTP": "Mesh",
+            "MESH-GRPC": "Mesh"}
 _OTHER_KINDS = {"TLSRoute", "GRPCRoute", "TCPRoute", "UDPRoute", "Mesh", "HTTPRoute"}
 # What meshpilot does not claim, per profile (docs/gateway-api.md says why).
 UNSUPPORTED: dict[str, tuple[str, ...]] = {
@@ -1396,8 +1429,10 @@ UNSUPPORTED: dict[str, tuple[str, ...]] = {
                      "HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolWebSocket",
                      "HTTPRouteDestinationPortMatching", "HTTPRouteSessionPersistence"),
     "GATEWAY-TLS": (),
+    "GATEWAY-TCP": (),
     "GATEWAY-GRPC": (),
     "MESH-HTTP": (),
+    "MESH-GRPC": (),
 }
 
 
@@ -1409,14 +1444,21 @@ SUMMARIES: dict[str, str] = {
     "GATEWAY-TLS": "TLSRoute by SNI through a real Envoy: passed through to TLS backends, "
                    "or terminated at the Gateway (mode Terminate, also beside passthrough "
                    "listeners on one port) to plain TCP backends.",
+    "GATEWAY-TCP": "Upstream TCPRoute tests through a real Envoy to a Python TCP echo on "
+                   "loopback (statuses as meshpilot reports them).",
     "GATEWAY-GRPC": "Upstream GRPCRoute tests through a real Envoy to a Python transcription of "
                     "the upstream gRPC echo (grpcecho.proto, tests/grpc_conformance_echo.py), "
                     "which also serves TLS for BackendTLSPolicyGRPCRoute.",
     "MESH-HTTP": "The upstream HTTPRoute mesh tests whose manifests are in the shared copy, "
                  "through a real client sidecar Envoy calling the parent Service "
                  "(tests/e2e/test_gatewayapi_mesh_conformance.py), and MeshBasic (no "
-                 "manifest). MeshFrontend, MeshPorts, MeshTrafficSplit and MeshConsumerRoute "
-                 "have no manifest there: not run, a partial core.",
+                 "manifest). MeshTrafficSplit, MeshFrontend, MeshFrontendHostname and "
+                 "MeshConsumerRoute have no manifest there: run on meshpilot's own inputs for "
+                 "the same behaviour. MeshPorts is not run (a native Service serves one "
+                 "port): a partial core.",
+    "MESH-GRPC": "The upstream GRPCRoute mesh tests, through a real client sidecar Envoy "
+                 "calling the parent Service to the Python gRPC echo "
+                 "(tests/grpc_conformance_echo.py).",
 }
 
 
@@ -1721,7 +1763,8 @@ def tls_connect(port: int, case: TlsCase, ca: bytes) -> list[str]:
         problems = []
         if reader.readline() != TCP_WELCOME:
             problems.append("no welcome line")
-        is_tls = b"false" if case.terminated else b"true"
+        reencrypted = case.terminated and case.backend_sni is not None
+        is_tls = b"false" if case.terminated and not reencrypted else b"true"
         for command, answer in ((b"PING", b"PONG"), (b"IS_TLS", is_tls)):
             conn.sendall(command + b"\n")
             got = reader.readline().strip()
@@ -1733,7 +1776,8 @@ def tls_connect(port: int, case: TlsCase, ca: bytes) -> list[str]:
                 payload["namespace"] != case.namespace:
             problems.append(f"served by {payload['namespace']}/{payload['pod']}")
         seen = payload["tls"].get("serverName") or ""
-        if seen != ("" if case.terminated else case.server_name):
+        if seen != (case.backend_sni if reencrypted else
+                    "" if case.terminated else case.server_name):
             problems.append(f"the backend saw SNI {seen!r}")
         return problems
     except (OSError, ValueError) as error:

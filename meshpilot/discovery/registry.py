@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from meshpilot.ir.discovered import ADDED, REMOVED, Change, DiscoveredEndpoints, EndpointHistory
-from meshpilot.ir.model import Endpoint, Labels
+from meshpilot.ir.model import Endpoint, Labels, Locality
 
 ChangeCallback = Callable[[frozenset[str]], None]
 Clock = Callable[[], float]
@@ -49,7 +49,10 @@ class Instance:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     def endpoint(self) -> Endpoint:
-        return Endpoint(host=self.host, port=self.port, labels=self.labels)
+        where = Locality.of_labels(self.labels)
+        return Endpoint(host=self.host, port=self.port, labels=self.labels,
+                        region=where.region or None, zone=where.zone or None,
+                        sub_zone=where.sub_zone or None)
 
     def describe(self, now: float) -> dict[str, object]:
         return {

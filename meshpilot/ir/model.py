@@ -163,6 +163,26 @@ class LoadBalancerOptions:
     minimum_ring_size: int | None = None  # ring_hash
     maximum_ring_size: int | None = None  # ring_hash
     table_size: int | None = None  # maglev (a prime)
+    slow_start: SlowStart | None = None  # round_robin, least_request
+
+
+@dataclass(frozen=True, slots=True)
+class SlowStart:
+    """A new endpoint's traffic ramped up over `window` seconds (Envoy's slow start; Istio's
+    warmup) instead of its full share at once: a cold JVM or cache is not flooded."""
+
+    window: float
+    aggression: float = 1.0  # 1: linear; higher: slower at first
+    min_weight_percent: float = 10.0  # the share it starts from (Envoy's default)
+
+
+@dataclass(frozen=True, slots=True)
+class TcpKeepalive:
+    """TCP keepalive on the connections to a Service's endpoints; None fields: the OS's."""
+
+    probes: int | None = None
+    time: float | None = None  # idle seconds before the first probe
+    interval: float | None = None  # seconds between probes
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -176,6 +196,22 @@ class Locality:
     @classmethod
     def of(cls, endpoint: Endpoint) -> Locality:
         return cls(endpoint.region or "", endpoint.zone or "", endpoint.sub_zone or "")
+
+    @classmethod
+    def of_labels(cls, labels: Labels) -> Locality:
+        """The locality the topology labels say (Kubernetes' and Istio's, as on a node or a
+        pod): how a discovered instance, which has labels and no other place for it, says
+        where it runs."""
+        found = {TOPOLOGY_LABELS[k]: v for k, v in labels if k in TOPOLOGY_LABELS}
+        return cls(**found)
+
+
+# The labels Kubernetes and Istio put on nodes, proxies and endpoints for their locality:
+# `failover_priority` may name them, they are read from a locality when the labels do not
+# say them, and a discovered instance's locality is read from them.
+TOPOLOGY_LABELS = {"topology.kubernetes.io/region": "region",
+                   "topology.kubernetes.io/zone": "zone",
+                   "topology.istio.io/subzone": "sub_zone"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -410,6 +446,16 @@ class Service:
     # Balancing by the caller's locality (priorities and shares computed per calling sidecar);
     # None: the endpoints as written, the same for every caller.
     locality_lb: LocalityLb | None = None
+    # Connections to the endpoints (None: Envoy's defaults). HTTP ones close after this long
+    # idle or this long in all; an h2 one carries at most this many streams at once.
+    connection_idle_timeout: float | None = None
+    max_connection_duration: float | None = None
+    max_concurrent_streams: int | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    # Below this share of healthy endpoints Envoy balances over all of them anyway (its
+    # panic mode; default 50). 0 turns panic off: ejected endpoints stay out (Istio's
+    # minHealthPercent, 0 unless written, whenever outlierDetection is).
+    panic_threshold: float | None = None
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)
@@ -572,6 +618,10 @@ class Gateway:
     listeners: tuple[GatewayListener, ...] = ()
     origin: Origin | None = field(default=None, compare=False, repr=False)
     identity: str | None = None  # the SPIFFE path of its certificate; None: from its name
+    # Where its Envoys run: the Services it sends to that balance by the caller's locality
+    # (`Service.locality_lb`) rank their endpoints for it, as for a calling sidecar. None:
+    # the endpoints as written.
+    locality: Locality | None = None
 
 
 # ---- Route --------------------------------------------------------------------------------------
@@ -832,6 +882,35 @@ class ExtAuthzBody:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthzCondition:
+    """One condition of an authorization rule on one attribute of the request or connection:
+    it holds when the attribute matches any of `matches` (addresses: lies in any of `cidrs`).
+    Istio's `when` conditions and the source fields a rule's lists cannot say are these."""
+
+    # header: a request header; claim: the validated JWT's claim (a list value holds when an
+    # element matches); metadata: Envoy's dynamic metadata of a filter; principal: the peer
+    # certificate's identity (mTLS); peer_ip: the connection's peer address; client_ip: the
+    # client's address as the listener detects it (X-Forwarded-For behind trusted proxies);
+    # destination_ip: the address the connection was accepted on; sni: the TLS server name.
+    # request_principal: the validated JWT is one of `request_principals`.
+    attribute: Literal["header", "claim", "metadata", "principal", "peer_ip", "client_ip",
+                       "destination_ip", "sni", "request_principal"]
+    # header: (lower-case name,); claim: its path in the payload (nested: several names);
+    # metadata: (filter, key)
+    key: tuple[str, ...] = ()
+    matches: tuple[StringMatch, ...] = ()
+    # metadata: also holds when the value is a list holding an element matching one of these
+    elements: tuple[StringMatch, ...] = ()
+    cidrs: tuple[str, ...] = ()  # peer_ip, client_ip, destination_ip: normalized CIDRs
+    request_principals: tuple[str, ...] = ()  # as AuthzRule.request_principals
+
+    @property
+    def http_only(self) -> bool:
+        """Whether only an HTTP request has what it reads (a TCP connection does not)."""
+        return self.attribute in ("header", "claim", "request_principal")
+
+
+@dataclass(frozen=True, slots=True)
 class AuthzRule:
     """One rule of an authorization policy: every condition given must hold (Istio's AND within
     a rule); each list is any of its items."""
@@ -856,7 +935,8 @@ class AuthzRule:
     ports: tuple[int, ...] = ()
     hosts: tuple[str, ...] = ()
     # The request's JWT (validated by the Route's jwt) is one of these: "iss/sub", or "*" for any
-    # valid token. In `exclude`: none is.
+    # valid token; a leading `*` makes the issuer (no `/`: the subject) a suffix, a trailing
+    # one the subject (no `/`: the issuer) a prefix (Istio's). In `exclude`: none is.
     request_principals: tuple[str, ...] = ()
     # Mesh callers by namespace (a sidecar's `namespaces`): any identity `ns/<namespace>/sa/*`
     # of the trust domain; the translator makes SPIFFE ID prefixes of them. In `exclude`: none.
@@ -867,6 +947,8 @@ class AuthzRule:
     # Istio's serviceAccounts, "namespace/name": the caller's SPIFFE ID names that account in
     # that namespace, of any trust domain (as Istio matches them). In `exclude`: none does.
     service_accounts: tuple[str, ...] = ()
+    # Further conditions, each of which must hold. In `exclude`: none does.
+    conditions: tuple[AuthzCondition, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -981,6 +1063,9 @@ class Route:
     cors: Cors | None = None  # for the Route's virtual host
     security: Security = field(default_factory=Security)  # for the Route's virtual host
     service: str | None = None  # attached to a Service: its virtual host in its callers' sidecars
+    # With `service`: only the callers whose sidecar is in this namespace take it, instead of
+    # the Service's Route for every caller (a Gateway API consumer route). None: every caller.
+    callers_namespace: str | None = None
     origin: Origin | None = field(default=None, compare=False, repr=False)
     # On a listener with `tls_hosts`: the entry whose route table holds this Route (None: it is
     # served on no such listener).

@@ -171,8 +171,12 @@ class Translation:
     def _contribution(self, view: str) -> patch.Contribute:
         """What one (service, subset) adds to a view: its clusters (and assignments), their
         CA Secrets, and whether they need the view's identity."""
+        # A gateway that says where it runs gets its own clusters of locality-balanced
+        # Services (locality.py), as a calling sidecar does.
+        caller = locality.gateway_caller(self.model.gateway(view))
+
         def contribute(key: tuple[str, str | None]) -> patch.Contribution:
-            resources = self.upstreams.resources(*key)
+            resources = self.upstreams.resources(*key, caller)
             needs = self.identities is not None and \
                 mtls.needs_identity(self.model, view, resources)
             return (*resources, *self.upstreams.ca_secrets(resources)), needs
@@ -286,8 +290,9 @@ class Translation:
             changes = ModelChanges(self.model, self.model, services=frozenset(services))
             if patch.patchable(changes, services) and earlier.claim(previous):
                 return self._patch(earlier, previous.view, changes, services)
-        # A sidecar's clusters of services balanced by its locality are its own (locality.py).
-        caller = locality.caller_of(self.model.service(previous.view))
+        # A sidecar's (or a located gateway's) clusters of services balanced by its locality
+        # are its own (locality.py).
+        caller = locality.view_caller(self.model, previous.view)
         return snapshots.with_clusters_of(
             previous, services,
             lambda service, subset: self.upstreams.resources(service, subset, caller),

@@ -82,11 +82,21 @@ def cluster(service: Service, subset: str | None = None, tls_owner: str | None =
         result.type = Cluster.EDS
         result.eds_cluster_config.eds_config.CopyFrom(ads_config_source())
         result.eds_cluster_config.service_name = names.eds_service(name)
-    if service.protocol in _HTTP2_PROTOCOLS:
-        result.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(_http2_options())
-    if service.max_requests_per_connection is not None and service.protocol != "tcp":
-        result.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(
-            _limited_options(service))
+    protocol_options = _http_protocol_options(service)
+    if protocol_options is not None:
+        result.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS].CopyFrom(protocol_options)
+    if service.tcp_keepalive is not None:
+        keepalive = result.upstream_connection_options.tcp_keepalive
+        keepalive.SetInParent()
+        if service.tcp_keepalive.probes is not None:
+            keepalive.keepalive_probes.value = service.tcp_keepalive.probes
+        if service.tcp_keepalive.time is not None:
+            keepalive.keepalive_time.value = int(service.tcp_keepalive.time)
+        if service.tcp_keepalive.interval is not None:
+            keepalive.keepalive_interval.value = int(service.tcp_keepalive.interval)
+    if service.panic_threshold is not None:
+        result.common_lb_config.healthy_panic_threshold.CopyFrom(
+            Percent(value=service.panic_threshold))
     if service.health_check is not None:
         result.health_checks.append(health_check(service.health_check, service))
     if service.circuit_breaker is not None:
@@ -113,6 +123,14 @@ def _load_balancer_options(result: Cluster, service: Service) -> None:
             UInt64Value(value=options.maximum_ring_size))
     if options.table_size is not None:
         result.maglev_lb_config.table_size.CopyFrom(UInt64Value(value=options.table_size))
+    if options.slow_start is not None:
+        config = (result.least_request_lb_config if service.load_balancer == "least_request"
+                  else result.round_robin_lb_config).slow_start_config
+        config.slow_start_window.CopyFrom(duration(options.slow_start.window))
+        # A fixed value: the runtime key is only where Envoy would look for an override.
+        config.aggression.default_value = options.slow_start.aggression
+        config.aggression.runtime_key = f"meshpilot.slow_start.{service.name}.aggression"
+        config.min_weight_percent.value = options.slow_start.min_weight_percent
 
 
 def health_check(check: HealthCheck, service: Service) -> EnvoyHealthCheck:
@@ -197,21 +215,32 @@ def outlier_detection(outlier: OutlierDetection) -> EnvoyOutlier:
     return result
 
 
-def _limited_options(service: Service) -> Any:
-    """The HTTP protocol options of a Service whose connections end after a number of
-    requests (then a new one is opened: spreads load over endpoints, renews TLS sessions)."""
+def _http_protocol_options(service: Service) -> Any | None:
+    """The upstream HTTP protocol options: HTTP/2 for http2 and grpc Services, and the
+    connections' limits (ended after a number of requests, spreading load over endpoints and
+    renewing TLS sessions; after idling or living so long; streams per h2 connection). None
+    when Envoy's defaults (HTTP/1.1, no limits) are all there is to say."""
+    if service.protocol == "tcp":
+        return None
+    http2 = service.protocol in _HTTP2_PROTOCOLS
+    limits = (service.max_requests_per_connection, service.connection_idle_timeout,
+              service.max_connection_duration)
+    if not http2 and all(limit is None for limit in limits):
+        return None
     options = HttpProtocolOptions()
-    if service.protocol in _HTTP2_PROTOCOLS:
+    if http2:
         options.explicit_http_config.http2_protocol_options.CopyFrom(Http2ProtocolOptions())
+        if service.max_concurrent_streams is not None:
+            options.explicit_http_config.http2_protocol_options.max_concurrent_streams.value = \
+                service.max_concurrent_streams
     else:
         options.explicit_http_config.http_protocol_options.SetInParent()
-    options.common_http_protocol_options.max_requests_per_connection.value = \
-        service.max_requests_per_connection or 0
-    return pack(options)
-
-
-def _http2_options() -> Any:
-    options = HttpProtocolOptions()
-    options.explicit_http_config.http2_protocol_options.CopyFrom(Http2ProtocolOptions())
+    common = options.common_http_protocol_options
+    if service.max_requests_per_connection is not None:
+        common.max_requests_per_connection.value = service.max_requests_per_connection
+    if service.connection_idle_timeout is not None:
+        common.idle_timeout.CopyFrom(duration(service.connection_idle_timeout))
+    if service.max_connection_duration is not None:
+        common.max_connection_duration.CopyFrom(duration(service.max_connection_duration))
     return pack(options)
 

@@ -11,7 +11,7 @@ hosts are kept per Route, so a reload serializes only the Routes that changed (`
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from operator import attrgetter
 
 from meshpilot.base import types
@@ -21,6 +21,7 @@ from meshpilot.translators import (
     failover,
     httpfilters,
     listeners,
+    locality,
     names,
     routes,
     secrets,
@@ -31,7 +32,6 @@ from meshpilot.translators.reuse import NOTHING, BuiltListener, Earlier, Listene
 from meshpilot.translators.routesplice import ConfigLayout
 from meshpilot.xds.resources import Resource
 
-ClusterResources = Callable[[str, str | None], tuple[Resource, ...]]
 _name = attrgetter("name")
 
 
@@ -39,7 +39,7 @@ class GatewayViews:
     """The gateway views of one model. `cluster_resources(service, subset)` is shared with the
     sidecars (`upstreams.Upstreams.resources`)."""
 
-    def __init__(self, model: Model, cluster_resources: ClusterResources,
+    def __init__(self, model: Model, cluster_resources: locality.ClusterResources,
                  earlier: Earlier = NOTHING, changes: ModelChanges | None = None):
         """`changes` (what differs from the model `earlier` was built from): the Routes of each
         gateway and the listeners none of the changed Routes or Gateways touch are taken from
@@ -143,7 +143,7 @@ class GatewayViews:
         """Reuse nothing more from the previous Translation (`Translation.release_earlier`)."""
         self._earlier = NOTHING
 
-    def with_clusters(self, cluster_resources: ClusterResources) -> GatewayViews:
+    def with_clusters(self, cluster_resources: locality.ClusterResources) -> GatewayViews:
         """These views building clusters through `cluster_resources` (other discovered
         endpoints): listeners and routes built so far are shared, since none depends on
         endpoints."""
@@ -160,8 +160,9 @@ class GatewayViews:
             found.extend(built.front)
             found.extend(built.config)
         # No sorting needed here: a snapshot orders each type's resources by name.
+        caller = locality.gateway_caller(gateway)
         for service, subset in failover.with_targets(self.model, _backends(gateway, attached)):
-            found.extend(self._cluster_resources(service, subset))
+            found.extend(self._cluster_resources(service, subset, caller))
         return found
 
     def listener(self, gateway: Gateway, spec: GatewayListener) -> BuiltListener:

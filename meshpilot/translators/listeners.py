@@ -39,7 +39,7 @@ from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
 from meshpilot.ir.model import AccessLog, Backend, ClientIp, Gateway, GatewayListener, Route
 from meshpilot.translators import httpfilters, names, secrets, tcproutes, tracing
-from meshpilot.translators.httpfilters import ChainInputs
+from meshpilot.translators.httpfilters import ChainInputs, rbac
 from meshpilot.translators.protos import ads_config_source, pack
 
 HTTP_CONNECTION_MANAGER = "envoy.filters.network.http_connection_manager"
@@ -102,6 +102,7 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
     if spec.protocol == "tcp":
         network_filter = Filter(name=TCP_PROXY, typed_config=pack(tcp_proxy(gateway, spec)))
     else:
+        routes = tuple(routes)
         manager = http_connection_manager(gateway, spec, routes)
         if spec.redirect_to_https is not None:
             # Serves no Routes: one inline route answering every request with a 301 to https.
@@ -109,10 +110,14 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
             manager.route_config.CopyFrom(secrets.https_redirect(name, spec.redirect_to_https))
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
     chain = FilterChain(filters=[network_filter])
+    inspect: list[ListenerFilter] = []
     if spec.tls is not None:
         # Certificates by SDS name only (secrets.py): never inline in the listener.
         chain.transport_socket.CopyFrom(secrets.downstream_transport_socket(gateway.name, spec))
-    return Listener(name=name, address=address, filter_chains=[chain])
+        if spec.protocol == "http" and rbac.reads_server_name(routes):
+            # The server name a rule reads is the TLS inspector's (TLS itself keeps it).
+            inspect.append(ListenerFilter(name=TLS_INSPECTOR, typed_config=pack(TlsInspector())))
+    return Listener(name=name, address=address, listener_filters=inspect, filter_chains=[chain])
 
 
 def _udp_listener(gateway: Gateway, spec: GatewayListener, name: str) -> Listener:

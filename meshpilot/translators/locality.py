@@ -25,22 +25,36 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from math import ceil
+from typing import Protocol
 
-from meshpilot.ir.model import Endpoint, Labels, Locality, LocalityLb, Service
-
-# The labels Istio puts on proxies and endpoints from their locality: `failover_priority` may
-# name them, and they are read from the locality when the labels do not say them.
-TOPOLOGY_LABELS = {"topology.kubernetes.io/region": "region",
-                   "topology.kubernetes.io/zone": "zone",
-                   "topology.istio.io/subzone": "sub_zone"}
+from meshpilot.ir.model import (
+    TOPOLOGY_LABELS,
+    Endpoint,
+    Gateway,
+    Labels,
+    Locality,
+    LocalityLb,
+    Model,
+    Service,
+)
+from meshpilot.xds.resources import Resource
 
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """A calling sidecar as its callees' locality balancing sees it."""
+    """A calling sidecar (or a gateway that says where it runs) as its callees' locality
+    balancing sees it."""
 
     locality: Locality = Locality()  # noqa: RUF009 (frozen)
     labels: Labels = ()
+
+
+class ClusterResources(Protocol):
+    """The Translation's clusters: (service, subset), for a caller (`caller`) as its locality
+    sees them."""
+
+    def __call__(self, service: str, subset: str | None,
+                 caller: Caller | None = None) -> tuple[Resource, ...]: ...
 
 
 def caller_of(service: Service | None) -> Caller | None:
@@ -50,6 +64,20 @@ def caller_of(service: Service | None) -> Caller | None:
         return None
     sidecar = service.sidecar
     return Caller(sidecar.locality or Locality(), sidecar.labels)
+
+
+def gateway_caller(gateway: Gateway | None) -> Caller | None:
+    """The caller a gateway's view is when it says where it runs; None (the endpoints as
+    written) when it does not: a gateway is not a mesh proxy, so no empty locality either."""
+    if gateway is None or gateway.locality is None:
+        return None
+    return Caller(gateway.locality)
+
+
+def view_caller(model: Model, view: str) -> Caller | None:
+    """The caller of a view, a sidecar's or a gateway's."""
+    service = model.service(view)
+    return caller_of(service) if service is not None else gateway_caller(model.gateway(view))
 
 
 def relevant(caller: Caller, policy: LocalityLb) -> Caller:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
-from typing import Protocol
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
@@ -90,14 +89,6 @@ LOOPBACK = "127.0.0.1"
 
 _HTTP2_PROTOCOLS = frozenset({"http2", "grpc"})
 
-class ClusterResources(Protocol):
-    """The Translation's clusters: (service, subset), for a calling sidecar (`caller`) as its
-    locality sees them (`locality.py`)."""
-
-    def __call__(self, service: str, subset: str | None,
-                 caller: locality.Caller | None = None) -> tuple[Resource, ...]: ...
-
-
 _Indexes = tuple[dict[str, Route], dict[str, Route], dict[str, str]]
 
 
@@ -105,7 +96,7 @@ class Mesh:
     """The sidecar views of one model. `cluster_resources(service, subset)` is the
     Translation's (built once, shared with gateways, discovered endpoints included)."""
 
-    def __init__(self, model: Model, cluster_resources: ClusterResources,
+    def __init__(self, model: Model, cluster_resources: locality.ClusterResources,
                  trust: mtls.TrustDomain | None = None):
         self.model = model
         self.trust = trust or mtls.TrustDomain()  # SPIFFE IDs (translators/mtls.py)
@@ -122,16 +113,17 @@ class Mesh:
         ones, and either is kept."""
         found = self._indexes
         if found is None:
-            route_of: dict[str, Route] = {}
+            # (service, the callers' namespace of a consumer Route; None: every caller's)
+            route_of: dict[tuple[str, str | None], Route] = {}
             by_name: dict[str, Route] = {}  # Routes a Call names (`Call.route`)
             for route in self.model.routes:  # sorted by name: the first one wins
                 if route.service is not None:
                     by_name[route.name] = route
-                    route_of.setdefault(route.service, route)
+                    route_of.setdefault((route.service, route.callers_namespace), route)
             found = self._indexes = (route_of, by_name, mtls.identity_paths(self.model))
         return found
 
-    def with_clusters(self, cluster_resources: ClusterResources) -> Mesh:
+    def with_clusters(self, cluster_resources: locality.ClusterResources) -> Mesh:
         """These sidecar views building clusters through `cluster_resources` (other discovered
         endpoints): the route configurations built so far are shared, since no route depends
         on endpoints."""
@@ -162,7 +154,7 @@ class Mesh:
             callee = self.model.service(call.service)
             if callee is None:  # the loader refuses it; if one got through, send nothing
                 continue
-            route = self.route_for(callee, call.route)
+            route = self.route_for(callee, call.route, sidecar.namespace)
             callees.append((callee, route))
             if call.local_port is not None:
                 listener = local_port_listener(callee, call.local_port, service)
@@ -193,15 +185,18 @@ class Mesh:
             built.extend(self._cluster_resources(name, subset, caller))
         return built
 
-    def route_for(self, callee: Service, name: str | None) -> Route | None:
-        """The Route a caller uses for `callee`: the one its Call names (when it is attached to
-        the callee), else the callee's attached Route."""
+    def route_for(self, callee: Service, name: str | None,
+                  namespace: str | None = None) -> Route | None:
+        """The Route a caller (its sidecar in `namespace`) uses for `callee`: the one its Call
+        names (when it is attached to the callee), else the callee's Route for the callers of
+        that namespace, else the callee's attached Route."""
         route_of, by_name, _ = self._index()
         if name is not None:
             named = by_name.get(name)
             if named is not None and named.service == callee.name:
                 return named
-        return route_of.get(callee.name)
+        consumer = route_of.get((callee.name, namespace)) if namespace is not None else None
+        return consumer if consumer is not None else route_of.get((callee.name, None))
 
     def _local_port_routes(self, callee: Service, route: Route | None) -> tuple[Resource, ...]:
         key = (callee.name, None if route is None else route.name)
@@ -217,7 +212,7 @@ class Mesh:
                      route: Route | None = None) -> VirtualHost:
         """The callee's virtual host: `route`'s rules (by default the callee's attached
         Route's), or everything to it."""
-        route = route or self._index()[0].get(callee.name)
+        route = route or self._index()[0].get((callee.name, None))
         vhost = VirtualHost(name=names.virtual_host(callee.name), domains=domains)
         if route is None:
             vhost.routes.append(EnvoyRoute(

@@ -52,7 +52,8 @@ def filters(stat_prefix: str, allow: Authorization | None,
 def _speaks_http(rule: AuthzRule) -> bool:
     return bool(rule.paths or rule.path_templates or rule.methods or rule.headers
                 or rule.claims or rule.hosts or rule.request_principals
-                or rule.authenticated is not None) or \
+                or rule.authenticated is not None
+                or any(c.http_only for c in rule.conditions)) or \
         (rule.exclude is not None and _speaks_http(rule.exclude))
 
 
@@ -61,4 +62,5 @@ def _without_http(rule: AuthzRule) -> AuthzRule:
     if exclude is not None and exclude == AuthzRule(origin=exclude.origin):
         exclude = None  # no condition of its own left
     return replace(rule, paths=(), path_templates=(), methods=(), headers=(), claims=(),
-                   hosts=(), request_principals=(), authenticated=None, exclude=exclude)
+                   hosts=(), request_principals=(), authenticated=None, exclude=exclude,
+                   conditions=tuple(c for c in rule.conditions if not c.http_only))

@@ -109,7 +109,7 @@ def test_datagrams_reach_the_weighted_backends_and_come_back(served: Served) -> 
 def test_envoy_has_the_udp_listener_with_its_udp_proxy(served: Served) -> None:
     dump = served.envoy.config_dump(resource="dynamic_listeners")
     (listener,) = [entry["active_state"]["listener"] for entry in dump["configs"]
-                   if entry["name"] == "infra/edge/" + str(served.ports["port"])]
+                   if entry["name"] == "infra/edge/" + str(served.ports["port"]) + ":udp"]
     assert listener["address"]["socket_address"]["protocol"] == "UDP"
     (udp_filter,) = listener["listener_filters"]
     assert udp_filter["name"] == "envoy.filters.udp_listener.udp_proxy"

@@ -664,3 +664,55 @@ spec:
     bookinfo.apply(rules=rules, gateway=gateway, vs=routes, authz=policy("notValues"))
     eventually(lambda: bookinfo.ingress("/static/x") == 403,
                what="the notValues source.ip condition to refuse the gateway's requests")
+
+
+def test_principals_with_namespaces_and_principal_wildcards_on_a_sidecar(
+        bookinfo: Bookinfo) -> None:
+    """reviews-v1's sidecar, called by productpage's over mTLS (identity
+    cluster.local/ns/default/sa/bookinfo-productpage): `principals` with `namespaces` in one
+    source both hold (the principal alone is not enough), and a `when` on source.principal
+    with a `*` prefix and several values admits any of them. The input is meshpilot's own."""
+    def policy(namespaces: str, principals: str) -> str:
+        return f"""apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: callers, namespace: default}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  rules:
+  - from: [{{source: {{principals: ["*/sa/bookinfo-productpage"], namespaces: [{namespaces}]}}}}]
+    when: [{{key: source.principal, values: [{principals}]}}]
+"""
+    rules = (NETWORKING / "destination-rule-all.yaml").read_text()
+    all_v1 = (NETWORKING / "virtual-service-all-v1.yaml").read_text()
+    bookinfo.apply(rules=rules, vs=all_v1, authz=policy('"def*"', '"*/ns/default/sa/x", '
+                                                        '"cluster.local/ns/default/*"'))
+    eventually(lambda: bookinfo.call("reviews:9080")[0] == 200,
+               what="productpage, of namespace default, to be admitted by reviews")
+    bookinfo.apply(rules=rules, vs=all_v1, authz=policy("other", '"*"'))
+    eventually(lambda: bookinfo.call("reviews:9080")[0] == 403,
+               what="the principal alone, of another namespace than the policy's, to be refused")
+    bookinfo.apply(rules=rules, vs=all_v1, authz=policy("default", '"*/sa/x", "other/*"'))
+    eventually(lambda: bookinfo.call("reviews:9080")[0] == 403,
+               what="no source.principal value to hold")
+
+
+def test_remote_ip_blocks_on_a_sidecar_read_the_last_x_forwarded_for(bookinfo: Bookinfo) -> None:
+    """On a sidecar, as on Istio's, `remoteIpBlocks` read the client address Envoy takes from
+    X-Forwarded-For when it does not use the peer's (its last entry), else the peer, while
+    `ipBlocks` read the peer (productpage's sidecar on loopback). The input is meshpilot's
+    own."""
+    policy = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: callers, namespace: default}
+spec:
+  selector: {matchLabels: {app: reviews}}
+  rules:
+  - from: [{source: {remoteIpBlocks: [203.0.113.0/24], ipBlocks: [127.0.0.0/8]}}]
+"""
+    rules = (NETWORKING / "destination-rule-all.yaml").read_text()
+    all_v1 = (NETWORKING / "virtual-service-all-v1.yaml").read_text()
+    bookinfo.apply(rules=rules, vs=all_v1, authz=policy)
+    eventually(lambda: bookinfo.call("reviews:9080", x_forwarded_for="203.0.113.5")[0] == 200,
+               what="reviews to admit a request forwarded for 203.0.113.5")
+    assert bookinfo.call("reviews:9080")[0] == 403  # the peer, 127.0.0.1, is not in the block
+    assert bookinfo.call("reviews:9080", x_forwarded_for="203.0.113.5, 10.0.0.1")[0] == 403

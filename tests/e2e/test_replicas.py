@@ -357,7 +357,11 @@ def test_etcd_down_keeps_serving_and_refuses_writes(tmp_path, etcd, meshpilot_fa
     eventually(lambda: call(f"{a.admin}/v1/registrations", "POST", token,
                             {"service": "api", "address": f"127.0.0.1:{second.port}",
                              "ttl": "60s"})[0] == 201, timeout=20, what="writes accepted again")
-    eventually(lambda: {backend_of(port) for _ in range(10)} == {"api", "second"}, timeout=20,
+    # Two steps, so that a failure says which link is slow: B's mirror of the store, then
+    # B's push to its Envoy. Both wait long: a loaded 2-core machine takes seconds for each.
+    eventually(lambda: len(b.get_json("/v1/registrations")["registrations"]) == 2, timeout=30,
+               what="B mirroring the registration made after etcd returned")
+    eventually(lambda: {backend_of(port) for _ in range(10)} == {"api", "second"}, timeout=30,
                what="both backends through B's Envoy")
     stop.set()
     runner.join(10)

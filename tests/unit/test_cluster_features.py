@@ -100,6 +100,25 @@ def test_the_plain_load_balancer_string_still_loads() -> None:
      "'.', '_' and '-', starting with a letter or digit (at most 253 characters)"),
     ("health_check: {tcp: true, no_traffic_interval: 0s}\n",
      "policy.yaml:3:48: Service s: health_check.no_traffic_interval: must be longer than 0s"),
+    ("load_balancer: {policy: ring_hash, slow_start: {window: 30s}}\n",
+     "policy.yaml:3:36: Service s: load_balancer.slow_start: slow_start applies to round_robin "
+     "and least_request only (this load balancer is ring_hash)"),
+    ("load_balancer: {policy: round_robin, slow_start: {aggression: 2}}\n",
+     'policy.yaml:3:50: Service s: load_balancer.slow_start.window: missing "window"'),
+    ("load_balancer: {policy: round_robin, slow_start: {window: 5s, aggression: 0}}\n",
+     "policy.yaml:3:75: Service s: load_balancer.slow_start.aggression: must be above 0 (1 ramps "
+     "up linearly)"),
+    ("max_concurrent_streams: 10\n",
+     'policy.yaml:3:1: Service s: max_concurrent_streams: "max_concurrent_streams" limits HTTP/2 '
+     "connections; this Service speaks HTTP/1.1 (protocol http2 or grpc)"),
+    ("protocol: tcp\nconnection_idle_timeout: 1m\n",
+     'policy.yaml:4:1: Service s: connection_idle_timeout: "connection_idle_timeout" is about '
+     "HTTP connections; this Service has protocol tcp"),
+    ("tcp_keepalive: {time: 1500ms}\n",
+     "policy.yaml:3:23: Service s: tcp_keepalive.time: keepalive times are whole seconds "
+     "(Envoy's unit): found 1500ms"),
+    ("panic_threshold: 150\n",
+     "policy.yaml:3:18: Service s: panic_threshold: must be from 0 to 100, found 150"),
 ])
 def test_refused_with_the_position(text: str, expected: str) -> None:
     assert issues(text) == [expected]

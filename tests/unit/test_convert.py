@@ -210,11 +210,11 @@ def test_a_complete_conversion_exits_0_with_a_comment_naming_each_source() -> No
 
 # The native golden policies whose every field the writer writes; the others use security
 # (jwt, api_keys, authorization, rate limits ...), which it does not write yet, and say so.
-NATIVE_GOLDENS = ("backends", "compression", "contract", "direct-response", "dns-service",
-                  "failover", "http2-grpc", "listener-features", "matches", "max-requests",
-                  "mirror-from-header", "redirect", "resilience", "resilience-clusters",
-                  "retries-timeouts", "rewrite-headers", "sidecar", "tls", "tracing",
-                  "traffic-mirror-cors-hash", "traffic-resilience")
+NATIVE_GOLDENS = ("backends", "compression", "connections", "contract", "direct-response",
+                  "dns-service", "failover", "http2-grpc", "listener-features", "locality-lb",
+                  "matches", "max-requests", "mirror-from-header", "redirect", "resilience",
+                  "resilience-clusters", "retries-timeouts", "rewrite-headers", "sidecar",
+                  "tls", "tracing", "traffic-mirror-cors-hash", "traffic-resilience")
 
 
 @pytest.mark.parametrize("case", NATIVE_GOLDENS)
@@ -465,3 +465,103 @@ spec:
     assert all(r.rules for r in converted.routes)
     # The same, through the comparison every other case uses.
     assert assert_equivalent(model, source, tmp_path / "again") == []
+
+
+def test_a_located_gateway_and_istio_locality_settings_convert(tmp_path: Path) -> None:
+    """An Istio ingress gateway whose selector says where it runs, and a DestinationRule's
+    localityLbSetting, come back as a native Gateway `locality` and a Service `locality_lb`."""
+    model = load_policy_text("""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [echo.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, locality: us-east/z1}
+  - {address: 10.0.0.2, locality: us-west/z1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 1}
+    loadBalancer: {localityLbSetting: {failover: [{from: us-east, to: us-west}]}}
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: edge, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway, topology.kubernetes.io/region: us-west,
+             topology.kubernetes.io/zone: z1}
+  servers: [{port: {number: 8080, name: http, protocol: HTTP}, hosts: ["*"]}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: echo}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge]
+  http: [{route: [{destination: {host: echo, port: {number: 9080}}}]}]
+""", "istio.yaml")
+    conversion = convert(model, REPO)
+    written = list(yaml.safe_load_all(conversion.text))
+    gateways = [d for d in written if d and d.get("kind") == "Gateway"]
+    assert [g.get("locality") for g in gateways] == ["us-west/z1"]
+    services = [d for d in written if d and d.get("kind") == "Service" and "locality_lb" in d]
+    assert [s["locality_lb"] for s in services] == [{"failover": [{"from": "us-east",
+                                                                   "to": "us-west"}]}]
+    # Written natively, a located gateway converts to itself: the same resources.
+    native = load_policy_text("""
+kind: Service
+name: api
+endpoints:
+  - {address: 10.0.0.1:80, region: us-east, zone: a}
+  - {address: 10.0.0.2:80, region: us-west, zone: a}
+outlier_detection: {consecutive_5xx: 1}
+locality_lb: {failover: [{from: us-west, to: us-east}]}
+---
+kind: Gateway
+name: edge
+locality: us-west/a
+listeners: [{name: http, port: 8080}]
+---
+kind: Route
+name: r
+gateway: edge
+rules: [{backends: [{service: api}]}]
+""")
+    assert assert_equivalent(native, REPO, tmp_path / "native") == []
+    assert "locality: us-west/a" in convert(native, REPO).text
+
+
+def test_a_sidecar_with_several_ports_converts_to_itself() -> None:
+    """`sidecar.ports` (each port's application, protocol, mode and served Service) is
+    written back as it was, as an Istio workload's several ports are (inputs/istio/inbound.py)."""
+    text = """
+kind: Service
+name: reviews
+endpoints: ["10.0.0.21:15006"]
+sidecar:
+  mtls: strict
+  ports:
+    - {port: 15006, app: 9080}
+    - {port: 15007, app: "127.0.0.1:9090", protocol: tcp, mtls: permissive, service: reviews-db}
+    - {port: 15008, app: 9091, mtls: "off"}
+---
+kind: Service
+name: reviews-db
+protocol: tcp
+endpoints: ["10.0.0.21:15007"]
+"""
+    model = load_policy_text(text)
+    conversion = convert(model, REPO)
+    assert conversion.complete, conversion.unsaid
+    again = load_policy_text(conversion.text)
+    assert again.service("reviews") == model.service("reviews")
+    for view in _views(model):
+        assert _render(again, view) == _render(model, view), view

@@ -66,6 +66,23 @@ def test_registry_ttl_expiry_heartbeat_and_change_callbacks() -> None:
         registry.renew(b.id)
 
 
+def test_an_instance_says_its_locality_with_the_topology_labels() -> None:
+    registry = EndpointRegistry(Clock())
+    registry.register("reviews", "10.0.0.1", 80, {"topology.kubernetes.io/region": "us-east",
+                                                  "topology.kubernetes.io/zone": "us-east-1a",
+                                                  "topology.istio.io/subzone": "rack-3",
+                                                  "version": "v1"})
+    registry.register("reviews", "10.0.0.2", 80, {"topology.kubernetes.io/zone": "b"})
+    registry.register("reviews", "10.0.0.3", 80, {"version": "v2"})
+    by_host = {e.host: e for e in registry.endpoints()["reviews"]}
+    east = by_host["10.0.0.1"]
+    assert (east.region, east.zone, east.sub_zone) == ("us-east", "us-east-1a", "rack-3")
+    assert ("version", "v1") in east.labels  # the labels stay: failover_priority reads them
+    assert (by_host["10.0.0.2"].region, by_host["10.0.0.2"].zone) == (None, "b")
+    assert (by_host["10.0.0.3"].region, by_host["10.0.0.3"].zone,
+            by_host["10.0.0.3"].sub_zone) == (None, None, None)
+
+
 def test_registry_sources_resync_and_dedupe() -> None:
     registry = EndpointRegistry(Clock())
     reg, _ = registry.register("reviews", "10.0.0.1", 80)

@@ -66,7 +66,7 @@ def test_a_feature_said_unsupported_is_never_claimed() -> None:
         http["extended"]["supportedFeatures"]
     tls = _profiles({name: "PASS" for name in conformance.CASES})["GATEWAY-TLS"]
     assert tls["extended"]["unsupportedFeatures"] == []
-    assert tls["extended"]["supportedFeatures"] == ["TLSRouteModeMixed",
+    assert tls["extended"]["supportedFeatures"] == ["BackendTLSPolicy", "TLSRouteModeMixed",
                                                     "TLSRouteModeTerminate"]
 
 
@@ -83,3 +83,10 @@ def test_mesh_tests_count_in_the_mesh_profile_only() -> None:
     assert not any(name.startswith("Mesh") for p in ("GATEWAY-HTTP", "GATEWAY-GRPC")
                    for k in ("core", "extended")
                    for name in profiles[p].get(k, {}).get("tests", {}))
+    # The GRPCRoute mesh tests count in MESH-GRPC, as core (Mesh and GRPCRoute are its core).
+    grpc = profiles["MESH-GRPC"]
+    assert grpc["core"]["tests"] == {"MeshGRPCRouteRequestHeaderModifier": "Passed",
+                                     "MeshGRPCRouteWeight": "Passed"}
+    assert not any(name.startswith("MeshGRPC") for k in ("core", "extended")
+                   for name in mesh.get(k, {}).get("tests", {}))
+    assert "MeshClusterIPMatching" in mesh["extended"]["supportedFeatures"]

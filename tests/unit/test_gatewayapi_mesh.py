@@ -94,3 +94,69 @@ def test_a_missing_backend_answers_500_in_the_callers_sidecar() -> None:
     assert status_of(model, "HTTPRoute", "default/r")["ResolvedRefs"] == \
         ("False", "BackendNotFound")
     assert b_routes(model)[0]["direct_response"]["status"] == 500
+
+
+# A consumer route (GEP-1294): a route in the callers' namespace whose parent is a Service of
+# another namespace. Callers `c` (namespace shop) and `a` (namespace default) both call `b.infra`.
+CONSUMERS = """\
+kind: Service
+name: c
+endpoints: ["127.0.0.1:15008"]
+sidecar: {port: 15008, app: 8082, namespace: shop, outbound_port: 15001, calls: [b.infra]}
+---
+kind: Service
+name: a
+endpoints: ["127.0.0.1:15006"]
+sidecar: {port: 15006, app: 8080, outbound_port: 15001, calls: [b.infra]}
+---
+kind: Service
+name: b.infra
+endpoints: ["127.0.0.1:15007"]
+sidecar: {port: 15007, app: 8081}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b2, namespace: infra}
+spec: {ports: [{name: http, port: 80}]}
+---
+"""
+
+
+def _routes_to_b(model, caller: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    (config,) = [r for r in view(model, caller)["routes"] if r["name"] == "outbound"]
+    (vhost,) = [v for v in config["virtual_hosts"] if "b.infra" in v["domains"]]
+    return vhost["routes"]  # type: ignore[no-any-return]
+
+
+def _in(namespace: str, text: str) -> str:
+    return text.replace("namespace: default", f"namespace: {namespace}")
+
+
+def test_a_consumer_route_shapes_only_the_calls_of_its_namespaces_sidecars() -> None:
+    model = load_policy_text(CONSUMERS + _in("shop", mesh_route(
+        "[{backendRefs: [{name: b2, namespace: infra, port: 80}]}]", name="mine",
+        parent="{group: '', kind: Service, name: b, namespace: infra}")))
+    # Accepted without a ReferenceGrant, its backend in another namespace too (GEP-1294).
+    assert status_of(model, "HTTPRoute", "shop/mine") == {
+        "Accepted": ("True", "Accepted"), "ResolvedRefs": ("True", "ResolvedRefs")}
+    (mine,) = _routes_to_b(model, "c")
+    assert mine["route"]["cluster"].startswith("infra/b2")
+    # The caller of another namespace calls b.infra as without it.
+    (plain,) = _routes_to_b(model, "a")
+    assert plain["route"]["cluster"] == "b.infra"
+    assert not any(c["name"].startswith("infra/b2") for c in view(model, "a")["clusters"])
+
+
+def test_a_consumer_route_replaces_the_producer_route_for_its_namespace_only() -> None:
+    producer = _in("infra", mesh_route(
+        "[{matches: [{path: {type: PathPrefix, value: /p}}],"
+        " backendRefs: [{name: b2, port: 80}]}]", name="producer",
+        parent="{group: '', kind: Service, name: b}"))
+    consumer = _in("shop", mesh_route(
+        "[{matches: [{path: {type: PathPrefix, value: /c}}],"
+        " backendRefs: [{name: b, namespace: infra, port: 80}]}]", name="consumer",
+        parent="{group: '', kind: Service, name: b, namespace: infra}"))
+    model = load_policy_text(CONSUMERS + producer + consumer)
+    # The consumer namespace takes its own routes only (the routes of one kind merge).
+    assert [r["match"]["path_separated_prefix"] for r in _routes_to_b(model, "c")] == ["/c"]
+    assert [r["match"]["path_separated_prefix"] for r in _routes_to_b(model, "a")] == ["/p"]

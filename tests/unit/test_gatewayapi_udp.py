@@ -38,6 +38,9 @@ endpoints:
 """
 
 
+UDP_LISTENER = "infra/edge/5353:udp"  # named apart from a TCP listener on the same port
+
+
 def udp_route(backends: str, name: str = "u", stamp: str | None = None,
               parent: str = "{name: edge, sectionName: dns}", version: str = "v1alpha2") -> str:
     extra = f", creationTimestamp: '{stamp}'" if stamp else ""
@@ -52,7 +55,7 @@ spec:
 
 
 def udp_listener(model) -> dict:  # type: ignore[no-untyped-def]
-    (found,) = [lst for lst in view(model)["listeners"] if lst["name"] == "infra/edge/5353"]
+    (found,) = [lst for lst in view(model)["listeners"] if lst["name"] == UDP_LISTENER]
     return found
 
 
@@ -103,19 +106,44 @@ def test_weighted_backends_become_one_cluster_weighted_per_endpoint() -> None:
     assert {c["name"] for c in view(model)["clusters"]} >= {"infra/u:udp"}
 
 
-def test_an_unresolved_backend_beside_a_valid_one_gives_up_its_share() -> None:
+def endpoints(model, cluster: str) -> dict[tuple[str, int], int]:  # type: ignore[no-untyped-def]
+    (assignment,) = [a for a in view(model)["endpoints"] if a["cluster_name"] == cluster]
+    return {(e["endpoint"]["address"]["socket_address"]["address"],
+             e["endpoint"]["address"]["socket_address"].get("port_value", 0)):
+            e.get("load_balancing_weight", 1)
+            for group in assignment["endpoints"] for e in group["lb_endpoints"]}
+
+
+def test_an_unresolved_backend_beside_a_valid_one_keeps_its_share_and_drops_it() -> None:
+    # dns (weight 1, two endpoints) and nothing (weight 5, unresolved): the lcm of 2 and 1 is
+    # 2, so dns's endpoints weigh 1 each and the drop endpoint (port 0) 10: 5/6 dropped.
     model = load_policy_text(UDP_GATEWAY + udp_route(
         "[{name: dns, port: 53}, {name: nothing, port: 1, weight: 5}]"))
     assert status_of(model, "UDPRoute", "infra/u") == {
         "Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")}
-    assert weights(model, "infra/u:udp") == {"10.0.1.1": 1, "10.0.1.2": 1}
+    assert endpoints(model, "infra/u:udp") == {
+        ("10.0.1.1", 5300): 1, ("10.0.1.2", 5300): 1, ("127.0.0.1", 0): 10}
+
+
+def test_a_backend_without_endpoints_drops_its_share_too() -> None:
+    empty = """apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: infra}
+spec: {ports: [{port: 53, protocol: UDP}]}
+---
+"""
+    model = load_policy_text(UDP_GATEWAY + empty + udp_route(
+        "[{name: dns, port: 53, weight: 1}, {name: empty, port: 53, weight: 1}]"))
+    assert status_of(model, "UDPRoute", "infra/u")["ResolvedRefs"] == ("True", "ResolvedRefs")
+    assert endpoints(model, "infra/u:udp") == {
+        ("10.0.1.1", 5300): 1, ("10.0.1.2", 5300): 1, ("127.0.0.1", 0): 2}
 
 
 def test_no_backend_that_resolves_leaves_the_listener_unserved() -> None:
     model = load_policy_text(UDP_GATEWAY + udp_route("[{name: nothing, port: 1}]"))
     assert status_of(model, "UDPRoute", "infra/u") == {
         "Accepted": ("True", "Accepted"), "ResolvedRefs": ("False", "BackendNotFound")}
-    assert not [lst for lst in view(model)["listeners"] if lst["name"] == "infra/edge/5353"]
+    assert not [lst for lst in view(model)["listeners"] if lst["name"] == UDP_LISTENER]
 
 
 def test_a_udp_route_cannot_attach_to_an_http_listener_nor_a_tcp_route_to_a_udp_one() -> None:
@@ -128,7 +156,7 @@ def test_a_udp_route_cannot_attach_to_an_http_listener_nor_a_tcp_route_to_a_udp_
     model = load_policy_text(UDP_GATEWAY + tcp)
     assert status_of(model, "TCPRoute", "infra/t")["Accepted"] == \
         ("False", "NotAllowedByListeners")
-    assert not [lst for lst in view(model)["listeners"] if lst["name"] == "infra/edge/5353"]
+    assert not [lst for lst in view(model)["listeners"] if lst["name"] == UDP_LISTENER]
 
 
 def test_sectionname_and_port_pick_the_listener() -> None:
@@ -178,3 +206,57 @@ def test_converting_to_native_says_the_udp_listener_cannot_be_written(tmp_path: 
     assert any("udp listener (UDPRoute) has no native field" in u.message
                for u in conversion.unsaid), conversion.unsaid
     assert "5353" not in conversion.text  # left out, never written as an http listener
+
+
+# ---- UDP and TCP on one port number: two sockets, no conflict -------------------------------
+
+
+def test_a_udp_and_a_tcp_listener_share_a_port_number() -> None:
+    text = UDP_GATEWAY.replace("  - {name: dns, port: 5353, protocol: UDP}",
+                               "  - {name: dns, port: 5353, protocol: UDP}\n"
+                               "  - {name: raw, port: 5353, protocol: TCP}")
+    tcp = udp_route("[{name: web, port: 8080}]", name="t", parent="{name: edge, sectionName: raw}"
+                    ).replace("kind: UDPRoute", "kind: TCPRoute")
+    model = load_policy_text(text + udp_route("[{name: dns, port: 53}]") + tcp)
+    for name in ("dns", "raw"):
+        conditions = status_of(model, "Listener", f"infra/edge/{name}")
+        assert conditions["Conflicted"] == ("False", "NoConflicts")
+        assert conditions["Programmed"] == ("True", "Programmed")
+    listeners = {lst["name"]: lst for lst in view(model)["listeners"]}
+    assert listeners[UDP_LISTENER]["address"]["socket_address"] == {
+        "address": "0.0.0.0", "port_value": 5353, "protocol": "UDP"}
+    assert listeners["infra/edge/5353"]["address"]["socket_address"] == {
+        "address": "0.0.0.0", "port_value": 5353}  # TCP, the default
+    assert proxy_of(listeners[UDP_LISTENER])["matcher"]["on_no_match"]["action"][
+        "typed_config"]["cluster"] == "infra/u:udp"
+    assert listeners["infra/edge/5353"]["filter_chains"][0]["filters"][0]["name"] == \
+        "envoy.filters.network.tcp_proxy"
+
+
+def test_two_tcp_borne_protocols_on_a_port_still_conflict_beside_udp() -> None:
+    text = UDP_GATEWAY.replace("  - {name: dns, port: 5353, protocol: UDP}",
+                               "  - {name: dns, port: 5353, protocol: UDP}\n"
+                               "  - {name: raw, port: 5353, protocol: TCP}\n"
+                               "  - {name: web, port: 5353, protocol: HTTP}\n"
+                               "  - {name: dns2, port: 5353, protocol: UDP, hostname: a.b}")
+    model = load_policy_text(text + udp_route("[{name: dns, port: 53}]"))
+    for name in ("raw", "web"):
+        assert status_of(model, "Listener", f"infra/edge/{name}")["Conflicted"] == \
+            ("True", "ProtocolConflict")
+    # UDP beside UDP, as TCP beside TCP: one socket, and a datagram has no hostname to tell
+    # the listeners apart, whatever their `hostname` says.
+    for name in ("dns", "dns2"):
+        assert status_of(model, "Listener", f"infra/edge/{name}")["Conflicted"] == \
+            ("True", "HostnameConflict")
+    assert [lst["name"] for lst in view(model)["listeners"]] == ["infra/edge/80"]
+
+
+def test_a_udp_listener_of_a_later_gateway_may_take_a_tcp_listeners_port() -> None:
+    from test_gatewayapi_gateway_conflicts import CLASSES, FIRST, gateway, listener
+    model = load_policy_text(CLASSES + FIRST
+                             + gateway("dgram", "port: 80, protocol: UDP", "2026-02-01T00:00:00Z")
+                             + gateway("late", "port: 80, protocol: UDP", "2026-03-01T00:00:00Z"))
+    assert listener(model, "first")["Programmed"] == ("True", "Programmed")
+    assert listener(model, "dgram")["Programmed"] == ("True", "Programmed")
+    # The UDP socket is dgram's now: a later UDP listener there conflicts with it.
+    assert listener(model, "late")["Conflicted"] == ("True", "HostnameConflict")

@@ -16,7 +16,7 @@ from google.protobuf.json_format import MessageToDict
 from meshpilot.base.errors import PolicyError
 from meshpilot.base.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from meshpilot.inputs.loader import load_policy_text
-from meshpilot.ir.model import Endpoint, Locality, LocalityLb, Model
+from meshpilot.ir.model import Endpoint, Locality, LocalityLb, Model, SlowStart, TcpKeepalive
 from meshpilot.translators import Translation, locality
 from meshpilot.translators.locality import Caller
 
@@ -587,3 +587,130 @@ def test_localized_clusters_are_lent_to_the_next_translation_and_follow_endpoint
     # Without a locality it ranks with the regions no failover rule names (us-west).
     assert ranked == {"10.0.0.1": 0, "10.0.0.2": 1, "10.0.0.4": 2, "10.0.0.3": 3,
                       "10.9.9.9": 3}
+
+
+GATEWAY = """
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: istio-system}}
+spec:
+  selector: {{{selector}}}
+  servers: [{{port: {{number: 8080, name: http, protocol: HTTP}}, hosts: ["*"]}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: echo}}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/edge]
+  http: [{{route: [{{destination: {{host: echo, port: {{number: 9080}}}}}}]}}]
+"""
+
+
+def test_an_ingress_gateway_is_ranked_for_by_its_selectors_topology_labels() -> None:
+    located = "istio: ingressgateway, topology.kubernetes.io/region: us-west"
+    model = load(rule("{localityLbSetting: {failover: [{from: us-east, to: eu}]}}"),
+                 GATEWAY.format(selector=located))
+    (view,) = [g.name for g in model.gateways]
+    assert model.gateway(view).locality == Locality("us-west")
+    assert priorities(model, view) == {"10.0.0.3": 0, "10.0.0.1": 1, "10.0.0.2": 1,
+                                       "10.0.0.4": 1}
+    # The gateway's cluster is the shared one; only its assignment is ranked.
+    assert dumped(model, view, CLUSTER, ECHO) == dumped(model, "west.default", CLUSTER, ECHO)
+    # Without topology labels: the endpoints as written (one priority), as before.
+    plain = load(rule("{localityLbSetting: {failover: [{from: us-east, to: eu}]}}"),
+                 GATEWAY.format(selector="istio: ingressgateway"))
+    (view,) = [g.name for g in plain.gateways]
+    assert plain.gateway(view).locality is None
+    assert set(priorities(plain, view).values()) == {0}
+
+
+def test_a_located_gateways_assignment_follows_discovered_endpoints() -> None:
+    model = load_policy_text("""
+kind: Service
+name: api
+endpoints:
+  - {address: 10.0.0.1:80, region: us-east, zone: a}
+  - {address: 10.0.0.2:80, region: us-west, zone: a}
+outlier_detection: {consecutive_5xx: 1}
+locality_lb: {}
+---
+kind: Gateway
+name: edge
+locality: us-west/a
+listeners: [{name: http, port: 8080}]
+---
+kind: Route
+name: r
+gateway: edge
+rules: [{backends: [{service: api}]}]
+""")
+    first = Translation(model)
+    snapshot = first.snapshot("edge")
+
+    def ranked(found) -> dict[str, int]:
+        message = ClusterLoadAssignment()
+        message.ParseFromString(found.get(ENDPOINT)["api"].body)
+        return {e.endpoint.address.socket_address.address: group.priority
+                for group in message.endpoints for e in group.lb_endpoints}
+
+    assert ranked(snapshot) == {"10.0.0.2": 0, "10.0.0.1": 1}
+    moved = first.with_endpoints({"api": (Endpoint("10.0.0.3", 80, region="us-west",
+                                                   zone="a"),)})
+    patched = moved.refresh_endpoints(snapshot, {"api"})
+    assert ranked(patched) == {"10.0.0.2": 0, "10.0.0.3": 0, "10.0.0.1": 1}
+    # The same as a cold translation with those endpoints.
+    cold = Translation(model, discovered=moved.discovered).snapshot("edge")
+    assert patched.get(ENDPOINT)["api"].body == cold.get(ENDPOINT)["api"].body
+
+
+def test_connection_pool_lifetimes_keepalive_warmup_and_min_health_percent() -> None:
+    model = load("""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: echo
+  trafficPolicy:
+    loadBalancer: {simple: LEAST_REQUEST, warmup: {duration: 45s, minimumPercent: 20,
+                                                   aggression: 1.5}}
+    connectionPool:
+      tcp: {tcpKeepalive: {probes: 4, time: 30s, interval: 5s}, maxConnectionDuration: 10m,
+            idleTimeout: 2m}
+      http: {idleTimeout: 90s, maxConcurrentStreams: 50}
+    outlierDetection: {consecutive5xxErrors: 2, minHealthPercent: 30}
+""")
+    echo = model.service(ECHO)
+    assert echo is not None
+    assert echo.load_balancer_options.slow_start == SlowStart(45.0, 1.5, 20.0)
+    assert echo.tcp_keepalive == TcpKeepalive(4, 30.0, 5.0)
+    # http's idle timeout over tcp's; streams only on HTTP/2 ports (this one is HTTP/1.1)
+    assert (echo.connection_idle_timeout, echo.max_connection_duration,
+            echo.max_concurrent_streams, echo.panic_threshold) == (90.0, 600.0, None, 30.0)
+    cluster = dumped(model, "east.default", CLUSTER, ECHO)
+    assert cluster["commonLbConfig"]["healthyPanicThreshold"] == {"value": 30.0}
+    assert cluster["upstreamConnectionOptions"]["tcpKeepalive"] == {
+        "keepaliveProbes": 4, "keepaliveTime": 30, "keepaliveInterval": 5}
+    assert cluster["leastRequestLbConfig"]["slowStartConfig"]["slowStartWindow"] == "45s"
+
+
+def test_an_outlier_detection_turns_envoys_panic_mode_off_as_istio_does() -> None:
+    model = load(rule("{simple: ROUND_ROBIN}"))
+    echo = model.service(ECHO)
+    assert echo is not None and echo.panic_threshold == 0.0
+    cluster = dumped(model, "east.default", CLUSTER, ECHO)
+    assert "healthyPanicThreshold" in cluster["commonLbConfig"]  # present, at 0
+    plain = load(rule("{simple: ROUND_ROBIN}", outlier=False)).service(ECHO)
+    assert plain is not None and plain.panic_threshold is None  # Envoy's 50 then
+
+
+def test_warmup_warnings_and_errors() -> None:
+    model = load(rule("{simple: RANDOM, warmup: {duration: 10s}}"))
+    assert model.service(ECHO).load_balancer_options.slow_start is None
+    assert any("a warmup applies to ROUND_ROBIN and LEAST_REQUEST only; RANDOM ignores it"
+               in str(w) for w in model.warnings), model.warnings
+    found = errors(rule("{warmupDurationSecs: 10s, warmup: {duration: 10s}}"))
+    assert any("loadBalancer.warmupDurationSecs: warmupDurationSecs is the older form of "
+               "warmup: write one of them" in e for e in found), found
+    found = errors(rule("{warmup: {minimumPercent: 10}}"))
+    assert any('loadBalancer.warmup.duration: missing "duration"' in e for e in found), found

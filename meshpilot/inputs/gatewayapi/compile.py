@@ -42,6 +42,13 @@ from cryptography import x509
 
 from meshpilot.base import re2text
 from meshpilot.inputs.context import DocumentContext, LoadContext, ModelPart, ParsedDocument
+from meshpilot.inputs.gatewayapi import listenersets
+from meshpilot.inputs.gatewayapi.backend_client import (
+    Resolved,
+    client_certificate,
+    with_client_backends,
+    with_client_certificate,
+)
 from meshpilot.inputs.gatewayapi.kinds import FILTER_MEMBERS, GATEWAY_GROUP, KubeObject
 from meshpilot.inputs.gatewayapi.secrets import tls_secret
 from meshpilot.inputs.native.fields import re2_problem, regex_problem
@@ -246,6 +253,7 @@ class _World:
     tls_routes: list[KubeObject] = field(default_factory=list)
     udp_routes: list[KubeObject] = field(default_factory=list)
     backend_tls: list[KubeObject] = field(default_factory=list)
+    listener_sets: list[KubeObject] = field(default_factory=list)  # and XListenerSets
     grants: dict[str, list[KubeObject]] = field(default_factory=dict)  # by namespace
     services: dict[str, KubeObject] = field(default_factory=dict)  # ns/name
     secrets: dict[str, KubeObject] = field(default_factory=dict)
@@ -272,6 +280,8 @@ class _World:
                 world.udp_routes.append(obj)
             elif kind == "BackendTLSPolicy":
                 world.backend_tls.append(obj)
+            elif kind in listenersets.KIND_NAMES:
+                world.listener_sets.append(obj)
             elif kind == "ReferenceGrant":
                 world.grants.setdefault(obj.namespace, []).append(obj)
             elif kind == "Service":
@@ -293,14 +303,14 @@ class _World:
         return {**self.namespaces.get(namespace, {}), NAMESPACE_NAME_LABEL: namespace}
 
     def permitted(self, from_kind: str, from_namespace: str, to_group: str, to_kind: str,
-                  to_namespace: str, to_name: str) -> bool:
-        """Whether a reference from a `from_kind` (Gateway API group) in `from_namespace` to
+                  to_namespace: str, to_name: str, from_group: str = GATEWAY_GROUP) -> bool:
+        """Whether a reference from a `from_kind` (of `from_group`) in `from_namespace` to
         an object in another namespace is allowed by a ReferenceGrant there."""
         if from_namespace == to_namespace:
             return True
         for grant in self.grants.get(to_namespace, ()):
             spec = grant.spec()
-            if not any(f.get("group") == GATEWAY_GROUP and f.get("kind") == from_kind
+            if not any(f.get("group") == from_group and f.get("kind") == from_kind
                        and f.get("namespace") == from_namespace for f in spec.get("from", ())):
                 continue
             if any(t.get("group", "") == to_group and t.get("kind") == to_kind
@@ -356,6 +366,24 @@ class _Listener:
     client_ca: bytes | None = None
     client_ca_path: str | None = None
     client_optional: bool = False
+    # The ListenerSet whose listener it is (None: the Gateway's own); `index` and `path` are
+    # then that document's.
+    source: KubeObject | None = None
+
+    @property
+    def owner(self) -> KubeObject:
+        """The document that wrote it: its Gateway or its ListenerSet."""
+        return self.source or self.gateway
+
+    @property
+    def tls_name(self) -> str:
+        """Its TLS host's name on a shared HTTPS port: unique, as a ListenerSet's listener may
+        have the name of a Gateway's (or another ListenerSet's) listener there."""
+        return self.name if self.source is None else f"{self.source.key}/{self.name}"
+
+    def origin(self) -> Origin:
+        return Origin(self.owner.document.position_of(self.path), self.owner.kind,
+                      self.owner.key, f"spec.listeners[{self.index}]")
 
     @property
     def valid(self) -> bool:
@@ -375,6 +403,12 @@ class _Listener:
     @property
     def path(self) -> FieldPath:
         return ("spec", "listeners", self.index)
+
+    @property
+    def transport(self) -> str:
+        """The socket it binds: "udp" for UDP, "tcp" for the others. A UDP and a TCP socket can
+        share a port number, so only listeners of one transport can conflict."""
+        return "udp" if self.protocol == "UDP" else "tcp"
 
 
 @dataclass
@@ -429,6 +463,7 @@ class _Meshed:
     """An effect of a route whose parent is a Service: one entry of that Service's route."""
 
     service: str
+    callers: str | None  # a consumer route's namespace: only its sidecars' calls; None: all
     entry: tuple[tuple[Any, ...], Rule, KubeObject]
 
 
@@ -466,13 +501,19 @@ class _Compiler:
         self.routes: list[Route] = []
         self.services: dict[str, Service] = {}
         self.listeners: dict[str, list[_Listener]] = {}  # gateway ns/name -> its listeners
+        # ListenerSet ns/name -> (its Gateway, the ListenerSet, why the Gateway refuses it or
+        # None) for every ListenerSet naming a Gateway of ours
+        self.listener_sets: dict[str, listenersets.Known] = {}
         self.params: dict[str, _Params] = {}  # gateway ns/name -> its class's parameters
         # gateway key -> port -> hostname -> entries
         self.entries: dict[str, dict[int, dict[str, list[_Entry]]]] = {}
         # gateway key -> port -> SNI hostname ("*": any) -> the TLSRoute serving it
         self.passthrough: dict[str, dict[int, dict[str, _Passthrough]]] = {}
         # GAMMA: native Service -> the route entries of the routes whose parent it is
-        self.mesh_entries: dict[str, list[tuple[tuple[Any, ...], Rule, KubeObject]]] = {}
+        # (Service, the namespace a consumer route's callers are in; None: every caller) ->
+        # the entries of its mesh routes
+        self.mesh_entries: dict[tuple[str, str | None],
+                                list[tuple[tuple[Any, ...], Rule, KubeObject]]] = {}
         self.native_mesh_routes: dict[str, str] = {}
         # (Service ns/name, port name or None: every port) -> the TLS of its connections, or
         # None: a policy that cannot be applied (its backends answer 5xx, never plaintext)
@@ -483,6 +524,9 @@ class _Compiler:
                                   tuple[Condition, ...]]] = []
         # Gateway -> the Service (port) targets its served HTTP routes send to, as written
         self.sends_to: dict[str, set[tuple[str, str | None]]] = {}
+        # Gateway -> its tls.backend client certificate (None: it does not resolve) and the
+        # Gateway's ResolvedRefs; absent: it names none
+        self.backend_client: dict[str, tuple[TlsCertificate | None, Resolved]] = {}
 
     def report(self, obj: KubeObject, path: FieldPath, message: str) -> None:
         """An issue that refuses the load, at the value at `path` of `obj`'s document."""
@@ -536,6 +580,8 @@ class _Compiler:
             self._udp_route(route)
         for gateway in self.world.gateways:
             self._finish_gateway(gateway, None if touched is None else touched.get(gateway.key))
+        self.statuses.extend(listenersets.orphans(
+            self.world.listener_sets, {gateway.key for gateway in self.world.gateways}))
         self._finish_mesh()
         self._backend_tls_statuses()
         if holder is not None and kept is not None and kept.complete and \
@@ -554,6 +600,7 @@ class _Compiler:
         (port, hostname) whose entries changed, or a port whose wildcard's did."""
         self.listeners, self.params = kept.listeners, kept.params
         self.entries, self.passthrough = kept.entries, kept.passthrough
+        self.listener_sets, self.backend_client = kept.listener_sets, kept.backend_client
         self.services = kept.services
         walk = self.walk
         if walk is not None and walk.changed is not None and kept.walk is walk and \
@@ -802,8 +849,27 @@ class _Compiler:
                 ("Accepted", False, "InvalidParameters",
                  f"GatewayClass {class_name} has invalid parameters"),
                 ("Programmed", False, "Invalid", "")))
+            for listener_set in self._sets_of(obj):
+                self.statuses.append(listenersets.set_status(
+                    listener_set, obj.key, ("ParentNotAccepted", "ParentNotProgrammed",
+                                            f"Gateway {obj.key} is not accepted"), ()))
+            return
+        infra_ref = (spec.get("infrastructure") or {}).get("parametersRef")
+        if infra_ref is not None:
+            # No kind of per-Gateway parameters is read (the class's parametersRef is where
+            # ports and address are set): serving the Gateway without them would ignore them.
+            self.status(obj, "Gateway", obj.key, ("spec", "infrastructure", "parametersRef"),
+                        _conditions(
+                            ("Accepted", False, "InvalidParameters",
+                             f"infrastructure.parametersRef {infra_ref.get('group') or 'core'}/"
+                             f"{infra_ref.get('kind')}: no kind of Gateway parameters is "
+                             "supported (set them on the GatewayClass)"),
+                            ("Programmed", False, "Invalid", "")))
             return
         self.params[obj.key] = params
+        client = client_certificate(obj, self.world.secrets, self.world.permitted)
+        if client is not None:
+            self.backend_client[obj.key] = client
         listeners: list[_Listener] = []
         seen: dict[str, int] = {}
         for index, item in enumerate(spec["listeners"]):
@@ -815,19 +881,55 @@ class _Compiler:
             seen[item["name"]] = index
             listeners.append(self._listener(obj, index, item))
         _mark_conflicts(listeners)
-        bound: dict[int, int] = {}  # the port Envoy binds -> the listener port first there
-        for port in sorted({lst.port for lst in listeners if lst.valid}):
+        listeners.extend(self._listener_sets(obj, listeners))
+        # (transport, the port Envoy binds) -> the listener port first there
+        bound: dict[tuple[str, int], int] = {}
+        for transport, port in sorted({(lst.transport, lst.port) for lst in listeners
+                                       if lst.valid}):
             socket_port = params.ports.get(port, port)
-            first = bound.setdefault(socket_port, port)
+            first = bound.setdefault((transport, socket_port), port)
             if first != port:  # two listener ports on one socket (the class's port map)
                 for listener in listeners:
-                    if listener.port == port:
+                    if listener.port == port and listener.transport == transport:
                         listener.problems.append((
                             "Accepted", "PortUnavailable",
                             f"port {port} is bound as {socket_port}, as port {first} is"))
         self.listeners[obj.key] = listeners
         self.entries[obj.key] = {}
         self.passthrough[obj.key] = {}
+
+    def _sets_of(self, gateway: KubeObject) -> list[KubeObject]:
+        """The ListenerSets naming `gateway`, in the spec's precedence."""
+        return listenersets.in_precedence(
+            one for one in self.world.listener_sets
+            if listenersets.parent_gateway(one) == gateway.key)
+
+    def _listener_sets(self, gateway: KubeObject, own: list[_Listener]) -> list[_Listener]:
+        """The listeners of the ListenerSets `gateway` takes, built as its own are, to follow
+        them (`listenersets.merge`: precedence and conflicts)."""
+        listeners, known = listenersets.merge(
+            gateway, self._sets_of(gateway), own,
+            lambda index, item, source: self._listener(gateway, index, item, source),
+            lambda selector, namespace: _selected(
+                selector, self.world.namespace_labels(namespace)))
+        self.listener_sets.update(known)
+        return listeners
+
+    def _parent(self, route: KubeObject, ref: dict[str, Any],
+                ) -> tuple[str, str, KubeObject | None] | None:
+        """What a route's parentRef names, if it is a Gateway of ours or a ListenerSet naming
+        one: (the Gateway's key, the parent as status names it, the ListenerSet or None)."""
+        key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
+        section = f"/{ref['sectionName']}" if ref.get("sectionName") else ""
+        if listenersets.names_listener_set(ref):
+            known = self.listener_sets.get(key)
+            if known is None:
+                return None
+            return known[0], f"{known[1].kind}:{key}{section}", known[1]
+        if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
+                ref.get("kind", "Gateway") != "Gateway" or key not in self.listeners:
+            return None  # another kind, or not a Gateway of ours
+        return key, key + section, None
 
     def _between_gateways(self) -> None:
         """Listeners of different Gateways that would bind one socket (the address and port
@@ -838,7 +940,8 @@ class _Compiler:
         there is Conflicted (ProtocolConflict: another protocol, TLS beside HTTPS included;
         HostnameConflict: the same hostname), or else not accepted (PortUnavailable), and
         not programmed, so a running Gateway never loses its port to one added later."""
-        taken: dict[int, list[tuple[str, KubeObject, _Listener]]] = {}  # bound port -> owners
+        # (transport, bound port) -> owners: a UDP socket and a TCP one can share a port
+        taken: dict[tuple[str, int], list[tuple[str, KubeObject, _Listener]]] = {}
         for gateway in sorted(self.world.gateways, key=_route_age):
             listeners = self.listeners.get(gateway.key)
             if listeners is None:
@@ -849,7 +952,8 @@ class _Compiler:
                 if not listener.attachable:
                     continue  # refused already: it binds nothing
                 bound = params.ports.get(listener.port, listener.port)
-                owner = next(((address, g, other) for address, g, other in taken.get(bound, ())
+                owner = next(((address, g, other) for address, g, other
+                              in taken.get((listener.transport, bound), ())
                               if _same_socket(address, params.address)), None)
                 if owner is None:
                     kept.append((bound, listener))
@@ -870,12 +974,14 @@ class _Compiler:
                     listener.problems.append(("Accepted", "PortUnavailable",
                                               f"{where}; Gateways are not merged"))
             for bound, listener in kept:
-                taken.setdefault(bound, []).append((params.address, gateway, listener))
+                taken.setdefault((listener.transport, bound), []).append(
+                    (params.address, gateway, listener))
 
-    def _listener(self, gateway: KubeObject, index: int, spec: dict[str, Any]) -> _Listener:
+    def _listener(self, gateway: KubeObject, index: int, spec: dict[str, Any],
+                  source: KubeObject | None = None) -> _Listener:
         protocol = spec["protocol"]
         listener = _Listener(gateway, index, spec["name"], spec["port"], protocol,
-                             spec.get("hostname"), spec)
+                             spec.get("hostname"), spec, source=source)
         if protocol not in _ROUTE_KINDS_BY_PROTOCOL:
             listener.problems.append(("Accepted", "UnsupportedProtocol",
                                       f"protocol {protocol} is not supported yet"))
@@ -940,6 +1046,9 @@ class _Compiler:
                 listener.problems.append(("ResolvedRefs", "InvalidCACertificateRef", why))
                 continue
             pems.append(pem)
+        if not pems:  # the spec's reason for a port left with no CA to check clients by
+            listener.problems.append(("Accepted", "NoValidCACertificate",
+                                      "no CA certificate of the client validation resolves"))
         if pems and len(pems) == len(validation["caCertificateRefs"]):
             listener.client_ca = b"".join(pems)
             listener.client_ca_path = f"configmap:{gateway.key}:{'.'.join(map(str, path))}"
@@ -964,7 +1073,7 @@ class _Compiler:
 
     def _certificates(self, listener: _Listener,
                       refs: Sequence[dict[str, Any]]) -> tuple[TlsCertificate, ...]:
-        gateway = listener.gateway
+        gateway = listener.owner  # a ListenerSet's references are its own, granted to it
         if not refs:
             listener.problems.append(("ResolvedRefs", "InvalidCertificateRef",
                                       f"a {listener.protocol} listener terminating TLS needs "
@@ -978,11 +1087,12 @@ class _Compiler:
                 listener.problems.append(("ResolvedRefs", "InvalidCertificateRef",
                                           f"certificateRef {key} is not a Secret"))
                 continue
-            if not self.world.permitted("Gateway", gateway.namespace, "", "Secret", namespace,
-                                        ref["name"]):
+            if not self.world.permitted(gateway.kind, gateway.namespace, "", "Secret", namespace,
+                                        ref["name"], from_group=gateway.group):
                 listener.problems.append(("ResolvedRefs", "RefNotPermitted",
-                                          f"no ReferenceGrant in {namespace} lets Gateways of "
-                                          f"{gateway.namespace} use Secret {key}"))
+                                          f"no ReferenceGrant in {namespace} lets "
+                                          f"{gateway.kind}s of {gateway.namespace} use Secret "
+                                          f"{key}"))
                 continue
             secret = self.world.secrets.get(key)
             problem = "no such Secret" if secret is None else None
@@ -1041,15 +1151,13 @@ class _Compiler:
                 self._mesh_parent(route, ref, path, rules, resolved, unsupported, effects,
                                   meshed)
                 continue
-            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
-                    ref.get("kind", "Gateway") != "Gateway":
-                continue  # another kind: not ours
-            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
-            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
-            listeners = self.listeners.get(gateway_key)
-            if listeners is None:
-                continue  # not a Gateway of ours
-            accepted, reason, message, attach = self._attach(route, ref, listeners, hostnames)
+            found = self._parent(route, ref)
+            if found is None:
+                continue  # another kind, or not a Gateway of ours
+            gateway_key, parent, source = found
+            listeners = self.listeners[gateway_key]
+            accepted, reason, message, attach = self._attach(route, ref, listeners, hostnames,
+                                                             source)
             if accepted and unsupported is not None:
                 accepted, reason, message = False, "UnsupportedValue", unsupported
             elif accepted:
@@ -1084,7 +1192,8 @@ class _Compiler:
             elif isinstance(effect, _SendsTo):
                 self.sends_to.setdefault(effect.gateway, set()).update(effect.targets)
             else:
-                self.mesh_entries.setdefault(effect.service, []).append(effect.entry)
+                self.mesh_entries.setdefault((effect.service, effect.callers), []).append(
+                    effect.entry)
 
     def _mesh_parent(self, route: KubeObject, ref: dict[str, Any], path: FieldPath,
                      rules: list[_BuiltRule], resolved: tuple[bool, str, str],
@@ -1093,7 +1202,9 @@ class _Compiler:
         """GAMMA: a route whose parent is a Service shapes what every sidecar calling that
         Service sends. The Service is a native one (`NAME` in namespace default, or
         `NAME.NAMESPACE`): sidecars are native Services (docs/mesh.md). Hostnames are not
-        used (the spec's mesh semantics); `port` and `sectionName` are not checked."""
+        used (the spec's mesh semantics); `port` and `sectionName` are not checked. A parent
+        in another namespace makes a consumer route (GEP-1294): it shapes only the calls of
+        sidecars in the route's own namespace, so it needs no ReferenceGrant."""
         namespace = ref.get("namespace") or route.namespace
         key = f"{namespace}/{ref['name']}"
         native = next((n for n in ((ref["name"], f"{ref['name']}.{namespace}")
@@ -1109,21 +1220,17 @@ class _Compiler:
             accepted, reason, message = False, "UnsupportedValue", (
                 f"the native Route {self.native_mesh_routes[native]} shapes calls to Service "
                 f"{native} already")
-        elif not self.world.permitted(route.kind, route.namespace, "", "Service", namespace,
-                                      ref["name"]) and namespace != route.namespace:
-            accepted, reason, message = False, "NotAllowedByListeners", (
-                f"no ReferenceGrant in {namespace} lets {route.kind}s of {route.namespace} "
-                f"attach to Service {key}")
         elif unsupported is not None:
             accepted, reason, message = False, "UnsupportedValue", unsupported
         if accepted and native is not None and native not in meshed:
             meshed.add(native)  # two parentRefs: attached once
             age = _route_age(route)
+            callers = route.namespace if namespace != route.namespace else None
             for index, matches, built in rules:
                 for match_index, match in matches:
                     rank = _grpc_precedence(route, index, match_index) \
                         if route.kind == "GRPCRoute" else _precedence(match)
-                    effects.append(_Meshed(native, ((*rank, *age, index, match_index),
+                    effects.append(_Meshed(native, callers, ((*rank, *age, index, match_index),
                                                     _with_match(built, match), route)))
         effects.append(self._status_of(route, route.kind, route.key, path, _conditions(
             ("Accepted", accepted, reason, message),
@@ -1132,24 +1239,37 @@ class _Compiler:
 
     def _finish_mesh(self) -> None:
         """One model Route per Service that mesh routes name, `mesh/SERVICE`, its rules every
-        route's entries in the spec's precedence (as on a Gateway's hostname)."""
-        for service, entries in sorted(self.mesh_entries.items()):
+        route's entries in the spec's precedence (as on a Gateway's hostname); and one per
+        Service and namespace of consumer routes, `mesh/SERVICE/callers/NAMESPACE`, which the
+        sidecars of that namespace take instead (GEP-1294: the routes of one kind merge,
+        consumer routes with consumer routes only)."""
+        for (service, callers), entries in sorted(self.mesh_entries.items(),
+                                                  key=lambda item: (item[0][0],
+                                                                    item[0][1] or "")):
             entries.sort(key=lambda e: e[0])
             first = entries[0][2]
             self.routes.append(Route(
-                f"mesh/{service}", first.document.position, None,
+                f"mesh/{service}" + (f"/callers/{callers}" if callers else ""),
+                first.document.position, None,
                 rules=tuple(rule for _, rule, _ in entries), service=service,
+                callers_namespace=callers,
                 origin=Origin(first.document.position, first.kind, first.key)))
 
     def _attach(self, route: KubeObject, ref: dict[str, Any], listeners: list[_Listener],
-                hostnames: tuple[str, ...],
+                hostnames: tuple[str, ...], source: KubeObject | None = None,
                 ) -> tuple[bool, str, str, list[tuple[_Listener, list[str]]]]:
+        """Which of the Gateway's `listeners` the route attaches to through `ref`: those of the
+        parent it names (the Gateway's own, or the ListenerSet `source`'s)."""
         section = ref.get("sectionName")
         port = ref.get("port")
-        candidates = [lst for lst in listeners
-                      if (section is None or lst.name == section)
+        candidates = [lst for lst in listeners if lst.source is source
+                      and (section is None or lst.name == section)
                       and (port is None or lst.port == port)]
         if not candidates:
+            refused = self.listener_sets[source.key][2] if source is not None else None
+            if source is not None and refused is not None:
+                return False, "NoMatchingParent", \
+                    f"ListenerSet {source.key} is not accepted: {refused[2]}", []
             return False, "NoMatchingParent", "no listener matches sectionName and port", []
         allowed = [lst for lst in candidates if lst.attachable
                    and route.kind in lst.kinds and self._namespace_allowed(lst, route)]
@@ -1174,7 +1294,7 @@ class _Compiler:
         if source == "All":
             return True
         if source == "Same":
-            return route.namespace == listener.gateway.namespace
+            return route.namespace == listener.owner.namespace
         if source == "Selector":
             return _selected(namespaces.get("selector") or {},
                              self.world.namespace_labels(route.namespace))
@@ -1187,15 +1307,11 @@ class _Compiler:
         """A TCPRoute's, UDPRoute's or TLSRoute's parentRefs that name a Gateway of this
         compile: (index, Gateway key, the parent as status names it, what `_attach` says)."""
         for ref_index, ref in enumerate(route.spec().get("parentRefs") or ()):
-            if ref.get("group", GATEWAY_GROUP) != GATEWAY_GROUP or \
-                    ref.get("kind", "Gateway") != "Gateway":
-                continue
-            gateway_key = f"{ref.get('namespace') or route.namespace}/{ref['name']}"
-            parent = gateway_key + (f"/{ref['sectionName']}" if ref.get("sectionName") else "")
-            listeners = self.listeners.get(gateway_key)
-            if listeners is not None:
-                yield ref_index, gateway_key, parent, self._attach(route, ref, listeners,
-                                                                   hostnames)
+            found = self._parent(route, ref)
+            if found is not None:
+                gateway_key, parent, source = found
+                yield ref_index, gateway_key, parent, self._attach(
+                    route, ref, self.listeners[gateway_key], hostnames, source)
 
     def _stream_status(self, route: KubeObject, ref_index: int, parent: str,
                        accepted: tuple[bool, str, str], resolved: tuple[bool, str, str]) -> None:
@@ -1259,15 +1375,15 @@ class _Compiler:
         backends' endpoints, each weighted so that a backend's endpoints together take its
         weight's share (kgateway's approach): an endpoint of a backend of weight w with n
         endpoints weighs w * L / n, L the least common multiple of the n's, all divided by
-        their greatest common divisor. An unresolved backend has no endpoints to give: its
-        share goes to the others. None: no backend resolves."""
+        their greatest common divisor. A backend that does not resolve, or has no endpoints,
+        keeps its share and drops it (`_DROP_DATAGRAMS`), as a TCPRoute's closes its
+        connections. None: no backend resolves."""
         parts: list[tuple[int, tuple[Endpoint, ...]]] = []
         for backend in backends:
-            if not backend.resolved:
-                continue
-            made = self.services.get(backend.service) or self.natives.get(backend.service)
-            if made is not None and made.endpoints:
-                parts.append((backend.weight, made.endpoints))
+            made = self.services.get(backend.service) or self.natives.get(backend.service) \
+                if backend.resolved else None
+            parts.append((backend.weight, made.endpoints if made is not None and made.endpoints
+                          else (replace(_DROP_DATAGRAMS, origin=backend.origin),)))
         for backend in backends:  # a ":udp" Service is only ever a part of this one
             if backend.service.endswith(":udp"):
                 self.services.pop(backend.service, None)
@@ -1636,8 +1752,8 @@ class _Compiler:
         if group != "" or kind != "Service":
             return None, ("InvalidKind", f"backendRef kind {group or 'core'}/{kind} is not "
                                          "supported (Service only)")
-        if not self.world.permitted(route.kind, route.namespace, "", "Service", namespace,
-                                    name):
+        if not _mesh_only(route) and not self.world.permitted(
+                route.kind, route.namespace, "", "Service", namespace, name):
             return None, ("RefNotPermitted", f"no ReferenceGrant in {namespace} lets "
                                              f"{route.kind}s of {route.namespace} use Service "
                                              f"{key}")
@@ -1727,6 +1843,29 @@ class _Compiler:
 
     # ---- the model of a Gateway ----
 
+    def _host_route(self, obj: KubeObject, port: int, hostname: str,
+                    by_host: dict[str, list[_Entry]], wildcards: list[str],
+                    on_port: list[_Listener], tls_hosts: bool, previous: dict[str, Any],
+                    client: TlsCertificate | None) -> Route:
+        """The model Route of one hostname of a Gateway's port: last time's if its entries are
+        the very rules it holds (their routes' effects were replayed)."""
+        entries = _host_entries(hostname, by_host, wildcards, on_port)
+        if client is not None:  # TLS backends get this Gateway's certificate
+            entries = [replace(e, rule=with_client_certificate(
+                e.rule, obj.key, client, self.services)) for e in entries]
+        name = f"{obj.key}/{port}/{hostname}"
+        # Every entry of a hostname comes through the one listener it belongs to
+        # (`_claimed_elsewhere`): that listener's table.
+        tls_host = by_host[hostname][0].listener.tls_name if tls_hosts else None
+        old = previous.get(name)
+        if old is not None and old.tls_host == tls_host and len(old.rules) == len(entries) and \
+                all(r is e.rule for r, e in zip(old.rules, entries, strict=True)):
+            return old  # type: ignore[no-any-return]
+        return _kept(Route(name, obj.document.position, obj.key, hosts=(hostname,),
+                           rules=tuple(e.rule for e in entries), listeners=(str(port),),
+                           origin=Origin(obj.document.position, "Gateway", obj.key),
+                           tls_host=tls_host), previous)
+
     def _finish_gateway(self, obj: KubeObject,
                         touched: set[int | tuple[int, str]] | None = None) -> None:
         """The model Gateway, its Routes and the statuses of its listeners and itself;
@@ -1737,6 +1876,8 @@ class _Compiler:
             return
         params = self.params[obj.key]
         for listener in listeners:
+            if listener.source is not None:
+                continue  # said with its ListenerSet's status (`_listener_set_statuses`)
             problems = {kind: (reason, message) for kind, reason, message in
                         reversed(listener.problems)}
             accepted = problems.get("Accepted")
@@ -1760,24 +1901,26 @@ class _Compiler:
         previous = dict(obj.memo)
         first = len(self.routes)  # this Gateway's Routes are appended from here
         ports: dict[int, tuple[dict[str, Route], list[str]]] = {}
+        backend_client = self.backend_client.get(obj.key)
+        client = backend_client[0] if backend_client else None
         model_listeners: list[GatewayListener] = []
-        for port in sorted({lst.port for lst in valid}):
-            on_port = [lst for lst in valid if lst.port == port]
+        for port, transport in sorted({(lst.port, lst.transport) for lst in valid}):
+            on_port = [lst for lst in valid if lst.port == port and lst.transport == transport]
             if on_port[0].protocol == "TCP":
                 if on_port[0].tcp_backends:  # else nothing to serve: refused
                     model_listeners.append(GatewayListener(
                         str(port), params.ports.get(port, port), params.address,
                         protocol="tcp", backends=on_port[0].tcp_backends,
-                        origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
-                                      obj.key, f"spec.listeners[{on_port[0].index}]")))
+                        origin=on_port[0].origin()))
                 continue
             if on_port[0].protocol == "UDP":
                 if on_port[0].udp_service is not None:  # else nothing to serve
+                    # Named apart from the port's TCP-borne listener (`NS/GW/PORT`), which
+                    # may bind the same port number: a socket of another transport.
                     model_listeners.append(GatewayListener(
-                        str(port), params.ports.get(port, port), params.address,
+                        f"{port}:udp", params.ports.get(port, port), params.address,
                         protocol="udp", service=on_port[0].udp_service,
-                        origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
-                                      obj.key, f"spec.listeners[{on_port[0].index}]")))
+                        origin=on_port[0].origin()))
                 continue
             if on_port[0].protocol == "TLS":
                 sni = self.passthrough[obj.key].get(port, {})
@@ -1790,7 +1933,9 @@ class _Compiler:
                         str(port), params.ports.get(port, port), params.address,
                         protocol="tcp", passthrough=tuple(
                             TlsPassthrough(() if hostname == "*" else (hostname,),
-                                           entry.backends,
+                                           entry.backends if client is None else
+                                           with_client_backends(entry.backends, gateway_name,
+                                                                client, self.services),
                                            origin=_origin(entry.route, ("spec",)),
                                            terminate=entry.listener.certificates
                                            if entry.listener.terminate else ())
@@ -1800,8 +1945,7 @@ class _Compiler:
                                         **_client_check(next(
                                             lst for lst in on_port if lst.terminate)))
                         if ending else None,
-                        origin=Origin(obj.document.position_of(on_port[0].path), "Gateway",
-                                      obj.key, f"spec.listeners[{on_port[0].index}]")))
+                        origin=on_port[0].origin()))
                 continue
             certificates = tuple(dict.fromkeys(c for lst in on_port for c in lst.certificates))
             tls = ListenerTls(certificates, origin=_origin(obj, (*on_port[0].path, "tls")),
@@ -1813,26 +1957,26 @@ class _Compiler:
             model_listeners.append(GatewayListener(
                 str(port), params.ports.get(port, port), params.address, tls=tls,
                 tls_hosts=hosts,
-                origin=Origin(obj.document.position_of(on_port[0].path), "Gateway", obj.key,
-                              f"spec.listeners[{on_port[0].index}]")))
+                origin=on_port[0].origin()))
             by_host = self.entries[obj.key].get(port, {})
             # A patched compile that touched some hostnames of the port (none a wildcard's:
             # then `touched` holds the port) makes only theirs; the others are last time's.
-            last = None if touched is None or port in touched else \
+            # (Not with a client certificate for TLS backends: its rules read every Service.)
+            last = None if touched is None or port in touched or client is not None else \
                 previous.get(_PORTS_MEMO, {}).get(port)
             if last is None:
                 wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
-                made_here = {hostname: _host_route(obj, port, hostname, by_host, wildcards,
-                                                   on_port, bool(hosts), previous)
+                made_here = {hostname: self._host_route(obj, port, hostname, by_host, wildcards,
+                                                        on_port, bool(hosts), previous, client)
                              for hostname in sorted(by_host)}
             else:
                 made_here, wildcards = dict(last[0]), last[1]
                 for place in touched:  # type: ignore[union-attr]
                     if type(place) is tuple and place[0] == port:
                         if place[1] in by_host:
-                            made_here[place[1]] = _host_route(
+                            made_here[place[1]] = self._host_route(
                                 obj, port, place[1], by_host, wildcards, on_port, bool(hosts),
-                                previous)
+                                previous, client)
                         else:
                             made_here.pop(place[1], None)
             ports[port] = (made_here, wildcards)
@@ -1853,15 +1997,25 @@ class _Compiler:
             gateway = kept  # the translation follows changes by identity: unchanged, kept
         obj.memo[_GATEWAY_MEMO] = gateway
         self.gateways.append(gateway)
-        all_valid = len(valid) == len(listeners)
+        own = [lst for lst in listeners if lst.source is None]
+        all_valid = all(lst.valid for lst in own)
+        statuses, sets = listenersets.statuses(obj.key, self.listener_sets.values(), listeners)
+        self.statuses.extend(statuses)
         self.status(obj, "Gateway", obj.key, ("metadata", "name"), _conditions(
-            ("Accepted", bool(valid), "Accepted" if valid else "ListenersNotValid",
+            # ListenersNotValid also beside True: served, but not every listener is.
+            ("Accepted", bool(valid), "Accepted" if all_valid else "ListenersNotValid",
              "" if all_valid else "some listeners are not valid"),
             ("Programmed", bool(valid), "Programmed" if valid else "Invalid", ""))
+            # ResolvedRefs is the Gateway's own references' (tls.backend), when it has any.
+            + (_conditions(("ResolvedRefs", *backend_client[1])) if backend_client else ())
             # The spec's warning that some port lets clients in without a valid certificate.
             + _conditions(("InsecureFrontendValidationMode", True, "ConfigurationChanged",
                            "a port validates client certificates with AllowInsecureFallback"))
-            * any(lst.client_optional for lst in valid))
+            * any(lst.client_optional for lst in valid),
+            # upstream's attachedListenerSets, said where ListenerSets are asked for
+            details=(("attachedListenerSets", str(sets)),)
+            if "allowedListeners" in obj.spec() or any(
+                parent == obj.key for parent, _, _ in self.listener_sets.values()) else ())
 
 
 # ---- a compile patched by the routes that changed ----------------------------------------------
@@ -1883,6 +2037,8 @@ class _KeptPhase:
     params: dict[str, _Params]
     entries: dict[str, dict[int, dict[str, list[_Entry]]]]
     passthrough: dict[str, dict[int, dict[str, _Passthrough]]]
+    listener_sets: dict[str, listenersets.Known]
+    backend_client: dict[str, tuple[TlsCertificate | None, Resolved]]
     statuses: list[ObjectStatus]  # those said before the HTTP routes
     services: dict[str, Service]
     # route ns/name -> (its document, its effects, the Services it made), and what it read
@@ -1902,8 +2058,8 @@ class _KeptPhase:
         if world.tcp_routes or world.tls_routes or world.udp_routes or world.backend_tls:
             return None
         kept = cls(compiler.backdrop, compiler.listeners, compiler.params, compiler.entries,
-                   compiler.passthrough, compiler.statuses[:before], compiler.services, {}, {},
-                   {}, {}, {}, {})
+                   compiler.passthrough, compiler.listener_sets, compiler.backend_client,
+                   compiler.statuses[:before], compiler.services, {}, {}, {}, {}, {}, {})
         for route in world.http_routes:
             memo = route.memo.get("effects")
             if memo is None:
@@ -1955,26 +2111,6 @@ def _same_objects(one: Sequence[object], other: Sequence[object]) -> bool:
 
 # ---- helpers ------------------------------------------------------------------------------------
 
-def _host_route(obj: KubeObject, port: int, hostname: str, by_host: dict[str, list[_Entry]],
-                wildcards: list[str], on_port: list[_Listener], tls_hosts: bool,
-                previous: dict[str, Any]) -> Route:
-    """The model Route of one hostname of a Gateway's port: last time's if its entries are
-    the very rules it holds (their routes' effects were replayed)."""
-    entries = _host_entries(hostname, by_host, wildcards, on_port)
-    name = f"{obj.key}/{port}/{hostname}"
-    # Every entry of a hostname comes through the one listener it belongs to
-    # (`_claimed_elsewhere`): that listener's table.
-    tls_host = by_host[hostname][0].listener.name if tls_hosts else None
-    old = previous.get(name)
-    if old is not None and old.tls_host == tls_host and len(old.rules) == len(entries) and \
-            all(r is e.rule for r, e in zip(old.rules, entries, strict=True)):
-        return old  # type: ignore[no-any-return]
-    return _kept(Route(name, obj.document.position, obj.key, hosts=(hostname,),
-                       rules=tuple(e.rule for e in entries), listeners=(str(port),),
-                       origin=Origin(obj.document.position, "Gateway", obj.key),
-                       tls_host=tls_host), previous)
-
-
 def _client_check(listener: _Listener) -> dict[str, Any]:
     """The ListenerTls fields of a port's client-certificate check (spec.tls.frontend is per
     port, so every listener on the port has the same)."""
@@ -1984,6 +2120,11 @@ def _client_check(listener: _Listener) -> dict[str, Any]:
 
 # What `_kube_service` gives for a port whose BackendTLSPolicy cannot be applied.
 _NO_VALID_TLS = "\x00no valid BackendTLSPolicy"
+# Where a UDPRoute's datagrams for a backend that cannot take them go: no socket can listen
+# on port 0 (binding it asks for any free port), so nothing receives them, and on loopback
+# they never leave the machine. Envoy's UDP proxy names one cluster (no weighted clusters):
+# the share has to be an endpoint of it.
+_DROP_DATAGRAMS = Endpoint("127.0.0.1", 0)
 
 
 def _ca_problem(pem: bytes, key: str) -> str | None:
@@ -2092,8 +2233,8 @@ def _tls_hosts(obj: KubeObject, on_port: list[_Listener]) -> tuple[TlsHost, ...]
     one ("*") for the connections whose SNI (or lack of one) no listener takes, shown every
     certificate (Envoy picks by SNI, the first by default) and answering 421 for every
     listener's hostname."""
-    hosts = [TlsHost(lst.name, (lst.hostname,) if lst.hostname else (), lst.certificates,
-                     origin=_origin(obj, lst.path)) for lst in on_port]
+    hosts = [TlsHost(lst.tls_name, (lst.hostname,) if lst.hostname else (), lst.certificates,
+                     origin=_origin(lst.owner, lst.path)) for lst in on_port]
     if all(lst.hostname for lst in on_port):
         hosts.append(TlsHost(_OTHER_SNI, (), tuple(dict.fromkeys(
             c for lst in on_port for c in lst.certificates)), origin=_origin(obj, on_port[0].path)))
@@ -2116,7 +2257,7 @@ def _misdirected(obj: KubeObject, port: int, on_port: list[_Listener],
     made: list[Route] = []
     gateway = obj.key
     for host in hosts:
-        mine = next((lst for lst in on_port if lst.name == host.name), None)
+        mine = next((lst for lst in on_port if lst.tls_name == host.name), None)
         others = sorted({lst.hostname or "*" for lst in on_port if lst is not mine})
         origin = _origin(obj, mine.path if mine is not None else on_port[0].path)
         position = origin.position
@@ -2140,13 +2281,14 @@ def _or_closed(route: KubeObject, backends: tuple[Backend, ...]) -> tuple[Backen
     return backends or (Backend(f"{route.kind}/{route.key}", resolved=False),)
 
 def _mark_conflicts(listeners: list[_Listener]) -> None:
-    """Listeners sharing a port must share its protocol; on one protocol and port, hostnames
+    """Listeners sharing a port and transport must share its protocol (a UDP listener and a
+    TCP-borne one are two sockets: they do not conflict); on one protocol and port, hostnames
     must differ."""
-    by_port: dict[int, list[_Listener]] = {}
+    by_port: dict[tuple[str, int], list[_Listener]] = {}
     for listener in listeners:
         if listener.protocol in _ROUTE_KINDS_BY_PROTOCOL:
-            by_port.setdefault(listener.port, []).append(listener)
-    for port, group in by_port.items():
+            by_port.setdefault((listener.transport, listener.port), []).append(listener)
+    for (_, port), group in by_port.items():
         if len({lst.protocol for lst in group}) > 1:
             for listener in group:
                 listener.problems.append(("Conflicted", "ProtocolConflict",
@@ -2154,14 +2296,17 @@ def _mark_conflicts(listeners: list[_Listener]) -> None:
             continue
         seen: dict[str | None, _Listener] = {}
         for listener in group:
-            if listener.hostname in seen:
-                for one in (seen[listener.hostname], listener):
+            # TCP and UDP carry no hostname to tell listeners apart (the spec's "if supported
+            # by the protocol"): two on one port always conflict.
+            hostname = None if listener.protocol in ("TCP", "UDP") else listener.hostname
+            if hostname in seen:
+                for one in (seen[hostname], listener):
                     if not any(p[0] == "Conflicted" for p in one.problems):
                         one.problems.append(("Conflicted", "HostnameConflict",
                                              f"another listener on port {port} has hostname "
-                                             f"{listener.hostname or '(none)'}"))
+                                             f"{hostname or '(none)'}"))
             else:
-                seen[listener.hostname] = listener
+                seen[hostname] = listener
 
 
 def _origin(obj: KubeObject, path: FieldPath) -> Origin:
@@ -2208,6 +2353,14 @@ def _match(written: dict[str, Any], origin: Origin) -> Match:
 
 _GRPC_SERVICE = re.compile(r"(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*")
 _GRPC_METHOD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+
+
+def _mesh_only(route: KubeObject) -> bool:
+    """Whether every parent of `route` is a Service: its backends, in any namespace, need no
+    ReferenceGrant (GEP-1294: a mesh route augments Services its callers reach already)."""
+    parents = route.spec().get("parentRefs") or ()
+    return bool(parents) and all(ref.get("group", GATEWAY_GROUP) == "" and
+                                 ref.get("kind") == "Service" for ref in parents)
 
 
 def _grpc_match(written: dict[str, Any], origin: Origin) -> Match:
@@ -2417,6 +2570,7 @@ def _claimed_elsewhere(hostname: str, listener: _Listener, listeners: list[_List
     served there when another listener has `*.example.com`, which takes those names."""
     mine = _specificity(listener.hostname)
     return any(other is not listener and other.valid and other.port == listener.port
+               and other.transport == listener.transport
                and other.hostname is not None and _covers(other.hostname, hostname)
                and _specificity(other.hostname) > mine for other in listeners)
 

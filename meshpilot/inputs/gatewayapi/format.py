@@ -1,7 +1,9 @@
 """Gateway API as input formats: one `InputFormat` per apiVersion it reads, one compile step.
 
     gateway.networking.k8s.io/v1        GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant,
-                                        TLSRoute, TCPRoute, UDPRoute, BackendTLSPolicy
+                                        TLSRoute, TCPRoute, UDPRoute, BackendTLSPolicy,
+                                        ListenerSet
+    gateway.networking.x-k8s.io/v1alpha1  XListenerSet (read as ListenerSet)
     gateway.networking.k8s.io/v1beta1   the same (v1beta1 is still served upstream)
     gateway.networking.k8s.io/v1alpha2  TLSRoute, TCPRoute, UDPRoute, GRPCRoute, ReferenceGrant
     gateway.networking.k8s.io/v1alpha3  TLSRoute, BackendTLSPolicy
@@ -46,13 +48,14 @@ def _format(api_version: str, *kind_names: str) -> KubernetesFormat:
 _GATEWAY_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "ReferenceGrant")
 # TCPRoute and UDPRoute are served as v1 upstream too (standard channel since v1.6).
 GATEWAY_V1 = _format(f"{kinds.GATEWAY_GROUP}/v1", *_GATEWAY_KINDS, "TLSRoute", "TCPRoute",
-                     "UDPRoute", "BackendTLSPolicy")
+                     "UDPRoute", "BackendTLSPolicy", "ListenerSet")
 GATEWAY_V1BETA1 = _format(f"{kinds.GATEWAY_GROUP}/v1beta1", *_GATEWAY_KINDS)
 GATEWAY_V1ALPHA2 = _format(f"{kinds.GATEWAY_GROUP}/v1alpha2", "TLSRoute", "TCPRoute", "UDPRoute",
                            "GRPCRoute", "ReferenceGrant")
 GATEWAY_V1ALPHA3 = _format(f"{kinds.GATEWAY_GROUP}/v1alpha3", "TLSRoute", "BackendTLSPolicy")
+X_V1ALPHA1 = _format(f"{kinds.EXPERIMENTAL_GROUP}/v1alpha1", "XListenerSet")
 CORE_V1 = _format("v1", "Service", "Secret", "Namespace", "ConfigMap")
 DISCOVERY_V1 = _format("discovery.k8s.io/v1", "EndpointSlice")
 
-FORMATS = (GATEWAY_V1, GATEWAY_V1BETA1, GATEWAY_V1ALPHA2, GATEWAY_V1ALPHA3, CORE_V1,
+FORMATS = (GATEWAY_V1, GATEWAY_V1BETA1, GATEWAY_V1ALPHA2, GATEWAY_V1ALPHA3, X_V1ALPHA1, CORE_V1,
            DISCOVERY_V1)

@@ -1,7 +1,8 @@
 """The Kubernetes kinds this format reads, their schemas, and their one parser.
 
 Gateway API (`gateway.networking.k8s.io`): GatewayClass, Gateway, HTTPRoute, GRPCRoute,
-TCPRoute, TLSRoute, UDPRoute, ReferenceGrant, BackendTLSPolicy. Core: Service, Secret,
+TCPRoute, TLSRoute, UDPRoute, ReferenceGrant, BackendTLSPolicy, ListenerSet (and XListenerSet of
+`gateway.networking.x-k8s.io`). Core: Service, Secret,
 Namespace, ConfigMap (a GatewayClass's parameters, a BackendTLSPolicy's CA certificates);
 `discovery.k8s.io` EndpointSlice. The schemas follow the upstream CRDs and core APIs (the keys,
 their types, required members, enums, the patterns of names and hostnames); anything a
@@ -33,6 +34,7 @@ from meshpilot.inputs.gatewayapi.shape import (
 from meshpilot.inputs.yamlsource import Located
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
+EXPERIMENTAL_GROUP = "gateway.networking.x-k8s.io"
 DEFAULT_NAMESPACE = "default"
 
 
@@ -282,7 +284,7 @@ GATEWAY_TLS = Obj({
         "perPort": ListOf(Obj({"port": PORT, "tls": _FRONTEND_CONFIG},
                               required=("port", "tls")), 64),
     }),
-    "backend": Anything(),
+    "backend": Obj({"clientCertificateRef": SECRET_REF}),  # what Envoy shows TLS backends
 })
 LISTENER = Obj({
     "name": SECTION_NAME, "hostname": HOSTNAME, "port": PORT, "protocol": Str(
@@ -300,9 +302,21 @@ LISTENER = Obj({
 GATEWAY = _document(Obj({
     "gatewayClassName": SUBDOMAIN,
     "listeners": ListOf(LISTENER, 64),
-    "addresses": Anything(), "infrastructure": Anything(), "backendTLS": Anything(),
-    "allowedListeners": Anything(), "tls": GATEWAY_TLS,
+    "addresses": Anything(), "backendTLS": Anything(),
+    "infrastructure": Obj({"labels": StrMap(), "annotations": StrMap(), "parametersRef": Obj(
+        {"group": GROUP, "kind": KIND, "name": Str(None, 253)},
+        required=("group", "kind", "name"))}),
+    "allowedListeners": Obj({"namespaces": Obj({
+        "from": Enum(("All", "Same", "Selector", "None")), "selector": LABEL_SELECTOR})}),
+    "tls": GATEWAY_TLS,
 }, required=("gatewayClassName", "listeners")))
+# ListenerSet (v1; XListenerSet of gateway.networking.x-k8s.io/v1alpha1 before it): listeners
+# of a Gateway written apart from it (`listenersets.py`).
+LISTENER_SET = _document(Obj({
+    "parentRef": Obj({"group": GROUP, "kind": KIND, "name": SUBDOMAIN, "namespace": NAMESPACE},
+                     required=("name",)),
+    "listeners": ListOf(LISTENER, 64),
+}, required=("parentRef", "listeners")))
 GATEWAY_CLASS = _document(Obj({
     "controllerName": Str(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
                           r"/[A-Za-z0-9/\-._~%!$&'()*+,;=:]+", 253,
@@ -350,8 +364,21 @@ SCHEMAS: dict[str, Obj] = {
     "BackendTLSPolicy": BACKEND_TLS_POLICY,
     "ReferenceGrant": REFERENCE_GRANT, "Service": SERVICE, "Secret": SECRET,
     "Namespace": NAMESPACE_DOC, "ConfigMap": CONFIG_MAP, "EndpointSlice": ENDPOINT_SLICE,
-    "UDPRoute": UDP_ROUTE,
+    "UDPRoute": UDP_ROUTE, "ListenerSet": LISTENER_SET, "XListenerSet": LISTENER_SET,
 }
+
+
+def _check_listener_entries(ctx: DocumentContext, listeners: list[dict[str, Any]]) -> None:
+    """The CRD's rules on a ListenerSet's listeners: at least one, each name once."""
+    if not listeners:
+        ctx.report(("spec", "listeners"), "needs at least one listener", at_value=True)
+    seen: dict[str, int] = {}
+    for index, item in enumerate(listeners):
+        first = seen.setdefault(item["name"], index)
+        if first != index:
+            ctx.report(("spec", "listeners", index, "name"),
+                       f'listener name "{item["name"]}" is used twice (first at '
+                       f"spec.listeners[{first}])", at_value=True)
 
 
 def parser_of(kind: str):  # type: ignore[no-untyped-def]
@@ -361,6 +388,8 @@ def parser_of(kind: str):  # type: ignore[no-untyped-def]
     def parse(document: Located, ctx: DocumentContext) -> Iterable[ModelPart]:
         mark = len(ctx.load.issues)
         check_document(ctx, document.value, schema)
+        if schema is LISTENER_SET and len(ctx.load.issues) == mark:
+            _check_listener_entries(ctx, document.value["spec"]["listeners"])
         if len(ctx.load.issues) > mark or ctx.name is None:
             return ()
         body = document.value

@@ -5,8 +5,9 @@
     DestinationRule -> those Services' subsets, load balancer, circuit breaker, outlier
         detection, upstream TLS (portLevelSettings: one port's Service)
     WorkloadEntry -> the workload's own view: a Service with a sidecar (inbound on the
-        workload's address and port, the application behind it, one outbound port for every
-        mesh service, Istio's default of no Sidecar resource), its mTLS (PeerAuthentication)
+        workload's address, a port per ServiceEntry port selecting it and the application
+        behind each, `inbound.py`; one outbound port for every mesh service, Istio's
+        default of no Sidecar resource), its mTLS (PeerAuthentication) per port
         and callers' authorization (AuthorizationPolicy), `security.py`
     VirtualService (gateway `mesh`) -> a Route attached to each of its hosts' Services;
         without one, a Service still gets Istio's default route (no timeout, 2 retries)
@@ -30,7 +31,7 @@ from urllib.parse import urlsplit
 from meshpilot.inputs.context import LoadContext, ParsedDocument
 from meshpilot.inputs.gatewayapi.kinds import KubeObject
 from meshpilot.inputs.gatewayapi.secrets import ca_of, tls_secret
-from meshpilot.inputs.istio import hosts, meshconfig, security
+from meshpilot.inputs.istio import hosts, inbound, meshconfig, parse, security
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
 from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES, NOT_SUPPORTED
@@ -38,6 +39,7 @@ from meshpilot.ir.model import (
     DEFAULT_APP_HOST,
     Backend,
     Call,
+    ClientIp,
     Endpoint,
     ExtAuthz,
     Gateway,
@@ -109,9 +111,11 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     _default_routes(registry, routed)
     secrets = {(part.namespace, part.name): part for parsed in everything
                for part in parsed.parts if isinstance(part, KubeObject) and part.kind == "Secret"}
-    gateways = _gateways(by_kind.get("Gateway", []), l4, secrets, registry)
+    mesh = meshconfig.read(everything, load)
+    gateways = _gateways(by_kind.get("Gateway", []), l4, secrets, registry,
+                         mesh.trusted_proxies)
     policies = security.Policies.of(by_kind)
-    _providers(meshconfig.read(everything, load), registry, policies)
+    _providers(mesh, registry, policies)
     _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants)
     _plaintext_where_disabled(registry, policies)
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
@@ -338,8 +342,19 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host, doc: D
         changes["connect_timeout"] = policy.connect_timeout
     if policy.max_requests_per_connection is not None:
         changes["max_requests_per_connection"] = policy.max_requests_per_connection
+    if policy.tcp_keepalive is not None:
+        changes["tcp_keepalive"] = policy.tcp_keepalive
+    # HTTP connections' lifetimes on HTTP ports, streams on HTTP/2 ones; Istio writes them
+    # into the HTTP protocol options, which a TCP cluster does not have.
+    if service.protocol != "tcp":
+        for key in ("connection_idle_timeout", "max_connection_duration"):
+            if getattr(policy, key) is not None:
+                changes[key] = getattr(policy, key)
+    if service.protocol in ("http2", "grpc") and policy.max_concurrent_streams is not None:
+        changes["max_concurrent_streams"] = policy.max_concurrent_streams
     if policy.outlier_detection is not None:
         changes["outlier_detection"] = policy.outlier_detection
+        changes["panic_threshold"] = policy.panic_threshold
     if policy.tls is not None:
         changes["tls"] = policy.tls
     if policy.tls_mode in ("DISABLE", "SIMPLE", "MUTUAL"):  # no mesh mTLS, whatever the workloads
@@ -1172,8 +1187,33 @@ def _auto_passthrough(doc: Doc, server: o.Server, registry: dict[str, _Host]) ->
     return found
 
 
+def _trusted_proxies(members: list[Doc], mesh_default: int | None) -> ClientIp | None:
+    """How a gateway finds the client's address: numTrustedProxies of its Gateways'
+    `proxy.istio.io/config` annotation (they must agree), else MeshConfig's default; with
+    none or 0 the client is the peer (Istio's)."""
+    said: tuple[Doc, int] | None = None
+    at = ("metadata", "annotations", parse.PROXY_CONFIG)
+    for doc in members:
+        spec = doc.item.spec
+        assert isinstance(spec, o.IstioGateway)
+        for name in spec.proxy_ignored:
+            doc.warn(at, f"ProxyConfig field {name} is not applied (docs/istio.md); meshpilot "
+                         "reads gatewayTopology.numTrustedProxies")
+        if spec.trusted_proxies is None:
+            continue
+        if said is not None and said[1] != spec.trusted_proxies:
+            doc.error(at, f"numTrustedProxies {spec.trusted_proxies}, and Gateway "
+                          f"{said[0].ctx.name} of the same gateway Envoys says {said[1]}")
+            continue
+        said = said or (doc, spec.trusted_proxies)
+    count = said[1] if said is not None else mesh_default
+    return ClientIp(xff_trusted_hops=count, origin=said[0].ctx.origin(at)
+                    if said is not None else None) if count else None
+
+
 def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
-              registry: dict[str, _Host] | None = None) -> _Gateways:
+              registry: dict[str, _Host] | None = None,
+              trusted_proxies: int | None = None) -> _Gateways:
     """A Gateway of the model per distinct selector: every Istio Gateway whose selector the
     Envoy's labels (= that selector) satisfy contributes its servers."""
     built: list[tuple[Doc, Gateway]] = []
@@ -1185,6 +1225,7 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
     for selector, first in sorted(selectors.items()):
         members = [d for d in docs if hosts.selects(d.item.spec.selector, selector)]  # type: ignore[union-attr]
         listeners: dict[int, GatewayListener] = {}
+        client_ip = _trusted_proxies(members, trusted_proxies)
         https_port = None
         for doc in members:
             for server in doc.item.spec.servers:  # type: ignore[union-attr]
@@ -1227,10 +1268,14 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
                     name=_listener_name(server), port=server.port,
                     address=server.bind or "0.0.0.0", tls=tls,
                     redirect_to_https=(https_port or 443) if server.https_redirect else None,
-                    origin=doc.ctx.origin(server.path))
+                    client_ip=client_ip, origin=doc.ctx.origin(server.path))
+        # Its Envoys' labels are the selector's: the topology ones say where they run (as a
+        # Kubernetes node's say where a gateway pod runs), for localityLbSetting.
+        where = Locality.of_labels(selector)
         gateway = Gateway(name=hosts.gateway_view(selector), position=first.ctx.document.position,
                           listeners=tuple(listeners[p] for p in sorted(listeners)),
-                          origin=first.ctx.origin(), identity=hosts.GATEWAY_IDENTITY)
+                          origin=first.ctx.origin(), identity=hosts.GATEWAY_IDENTITY,
+                          locality=where if where != Locality() else None)
         built.append((first, gateway))
     return _Gateways(docs, built, {gateway.name: selector for selector, gateway in
                                    zip(sorted(selectors), (g for _, g in built), strict=True)})
@@ -1302,38 +1347,32 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
         entry = doc.item.spec
         assert isinstance(entry, o.WorkloadEntry)
         workload = entry.spec
-        served = serving.get(id(doc))
-        protocol: Protocol = "http"
-        port = None
-        if served is not None:
-            service, port = served
-            protocol = service.protocol
+        served = serving.get(id(doc), [])
+        port = served[0].port if served else None
+        protocol: Protocol = served[0].service.protocol if served else "http"
         outbound = entry.outbound_port or hosts.DEFAULT_OUTBOUND_PORT
-        app_host, app_port = entry.app or (DEFAULT_APP_HOST, port or 8080)
-        if port is not None and app_port == port and (
-                app_host == workload.address or (workload.address in ("127.0.0.1", "::1")
-                and app_host in ("127.0.0.1", "localhost"))):
-            doc.error(("spec", "address"),
-                      f"the application cannot listen on the sidecar's inbound "
-                      f"{workload.address}:{port}: say where it listens with annotation "
-                      f"meshpilot.io/app (say 127.0.0.1:{port + 10000})")
-        if outbound == port:
+        apps = inbound.app_addresses(doc, entry, served)
+        app_host, app_port = apps[0] if apps else (entry.app or (DEFAULT_APP_HOST, 8080))
+        if outbound in (s.port for s in served):
             doc.error(("metadata",), f"the outbound port {outbound} is the inbound port: set "
                                      "annotation meshpilot.io/outbound-port")
         calls = (*calls, *_tcp_calls(doc, tcp, scope, {
-            p for p in (outbound, app_port if app_host in ("127.0.0.1", "localhost") else None,
-                        port if workload.address in ("127.0.0.1", "0.0.0.0") else None)
-            if p is not None}))
+            outbound, *inbound.loopback_ports(workload.address, served,
+                                              apps or [(app_host, app_port)])}))
         if variants:  # sourceLabels: this caller's own Route for some services
             calls = tuple(replace(call, route=route) if (route := variants.get(
                 call.service, {}).get(id(doc))) is not None else call for call in calls)
         view = hosts.workload_view(doc.item.name, doc.item.namespace)
         jwt = policies.jwt_for_workload(doc, jwks_service) if port is not None else None
         mtls, authorization, deny = policies.for_workload(doc, port, jwt is not None)
-        audit, custom = policies.audit_and_custom(doc, jwt is not None, protocol == "tcp") \
+        audit, custom = policies.audit_and_custom(
+            doc, jwt is not None, any(s.service.protocol == "tcp" for s in served)) \
             if port is not None else (None, None)
+        more_ports, port_modes = inbound.further_ports(doc, served, apps, mtls,
+                                                       policies.mtls_of)
         sidecar = Sidecar(port=port, address=workload.address if port is not None else "0.0.0.0",
                           app_host=app_host, app_port=app_port, outbound_port=outbound,
+                          more_ports=more_ports, port_modes=port_modes,
                           calls=calls, mtls=mtls, authorization=authorization,
                           origin=doc.ctx.origin(("spec",)),
                           identity=hosts.spiffe_path(doc.item.namespace,
@@ -1387,17 +1426,28 @@ def _tcp_calls(doc: Doc, tcp: list[tuple[_Host, str, Service]],
 
 
 def _serving(workloads: _Workloads, registry: dict[str, _Host]
-             ) -> dict[int, tuple[Service, int]]:
-    """Per WorkloadEntry (by id): the first Service (in host order) whose ServiceEntry
-    selects it, and the workload's port for it: the sidecar's inbound port."""
-    found: dict[int, tuple[Service, int]] = {}
+             ) -> dict[int, list[inbound.Served]]:
+    """Per WorkloadEntry (by id): every port of every ServiceEntry selecting it (hosts in
+    order, then the entry's ports), as the workload's port for it (the sidecar's inbound port)
+    and that port's Service; the first one found for a workload port serves it. Two Services
+    of different protocols on one workload port are refused at the later port."""
+    found: dict[int, list[inbound.Served]] = {}
     for name in sorted(registry):
         host = registry[name]
         entry = host.entry
         if entry.workload_selector is None:
             continue
-        port = entry.ports[0]
         for doc in workloads.selected(host.doc.item.namespace, entry.workload_selector):
-            found.setdefault(id(doc), (host.services[port.number], endpoint_port(
-                doc.item.spec.spec, port)))  # type: ignore[union-attr]
+            served = found.setdefault(id(doc), [])
+            for index, port in enumerate(entry.ports):
+                number = endpoint_port(doc.item.spec.spec, port)  # type: ignore[union-attr]
+                service = host.services[port.number]
+                first = next((s for s in served if s.port == number), None)
+                if first is None:
+                    served.append(inbound.Served(service, number))
+                elif (first.service.protocol == "tcp") != (service.protocol == "tcp"):
+                    host.doc.error(("spec", "ports", index), (
+                        f"WorkloadEntry {doc.ctx.name}'s port {number} serves "
+                        f"{first.service.name} ({first.service.protocol}) already; one port "
+                        f"cannot serve {service.name} ({service.protocol}) too"))
     return found

@@ -4,7 +4,9 @@ its `data.mesh` a MeshConfig in YAML (what istiod reads, mounted at /etc/istio/c
 
 Of MeshConfig, meshpilot applies `extensionProviders` of the two external authorization
 kinds, `envoyExtAuthzHttp` and `envoyExtAuthzGrpc`, which AuthorizationPolicies with action
-CUSTOM name (`provider.name`). Every other field, and providers of other kinds, are warnings
+CUSTOM name (`provider.name`), and `defaultConfig.gatewayTopology.numTrustedProxies` (the
+gateways' X-Forwarded-For trust, which a Gateway's `proxy.istio.io/config` annotation may
+override). Every other field, and providers of other kinds, are warnings
 (not applied), never silently dropped; a CUSTOM policy naming one of those is an error.
 
 The embedded YAML is read with positions: an issue in it is reported at its own line in the
@@ -67,12 +69,47 @@ class ExtAuthzProvider:
     path: FieldPath = ()
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """Of a ProxyConfig (MeshConfig's `defaultConfig`, a gateway's `proxy.istio.io/config`
+    annotation): `gatewayTopology.numTrustedProxies`, how many proxies in front of a gateway
+    write X-Forwarded-For (None: not said), and the fields not applied (dotted names)."""
+
+    trusted_proxies: int | None = None
+    ignored: tuple[str, ...] = ()
+
+
+def proxy_config(value: Any) -> ProxyConfig:
+    """A ProxyConfig mapping read (Invalid when it or numTrustedProxies is malformed)."""
+    if not isinstance(value, dict):
+        raise Invalid(f"expected a ProxyConfig mapping such as {{gatewayTopology: "
+                      f"{{numTrustedProxies: 1}}}}, found {fields.describe(value)}")
+    ignored = [str(k) for k in value if k != "gatewayTopology"]
+    topology = value.get("gatewayTopology")
+    if topology is None:
+        return ProxyConfig(None, tuple(ignored))
+    if not isinstance(topology, dict):
+        raise Invalid(f"gatewayTopology: expected a mapping such as {{numTrustedProxies: 1}}, "
+                      f"found {fields.describe(topology)}")
+    ignored += [f"gatewayTopology.{k}" for k in topology if k != "numTrustedProxies"]
+    count = topology.get("numTrustedProxies")
+    if count is not None:
+        try:
+            count = fields.integer(0, 2**32 - 1)(count)
+        except Invalid as e:
+            raise Invalid(f"gatewayTopology.numTrustedProxies: {e}") from None
+    return ProxyConfig(count, tuple(ignored))
+
+
 @dataclass(slots=True)
 class MeshConfig:
     """What the ConfigMap says, and where, to report about it."""
 
     providers: dict[str, ExtAuthzProvider] = field(default_factory=dict)
     other_providers: dict[str, str] = field(default_factory=dict)  # name -> its kind
+    # defaultConfig.gatewayTopology.numTrustedProxies: every gateway's, unless its own
+    # proxy.istio.io/config annotation says otherwise
+    trusted_proxies: int | None = None
     ctx: DocumentContext | None = None  # the embedded document's (None: no ConfigMap)
 
     def error(self, path: FieldPath, message: str) -> None:
@@ -138,9 +175,17 @@ def read(everything: Sequence[ParsedDocument], load: LoadContext) -> MeshConfig:
     mesh = MeshConfig(ctx=ctx)
     spec = Fields(ctx, documents[0].value, MESH)
     for name in spec.value:
-        if name != "extensionProviders":
+        if name not in ("extensionProviders", "defaultConfig"):
             _warn(ctx, (*MESH, name), f"MeshConfig field {name} is not applied "
-                                      "(docs/istio.md); meshpilot reads extensionProviders")
+                                      "(docs/istio.md); meshpilot reads extensionProviders "
+                                      "and defaultConfig.gatewayTopology.numTrustedProxies")
+    defaults = spec.get("defaultConfig", proxy_config)
+    if defaults is not None:
+        mesh.trusted_proxies = defaults.trusted_proxies
+        for name in defaults.ignored:
+            _warn(ctx, (*MESH, "defaultConfig", *name.split(".")),
+                  f"ProxyConfig field {name} is not applied (docs/istio.md); meshpilot reads "
+                  "gatewayTopology.numTrustedProxies")
     for index, item in enumerate(spec.items("extensionProviders", "provider") or []):
         entry = Fields.at(ctx, item, (*MESH, "extensionProviders", index),
                           "a mapping such as {name: ext-authz, envoyExtAuthzHttp: {...}}")

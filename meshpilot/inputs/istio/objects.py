@@ -7,6 +7,7 @@ into model parts. Frozen and comparable, so the parse of an unchanged document i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +24,7 @@ from meshpilot.ir.model import (
     Match,
     OutlierDetection,
     Rule,
+    TcpKeepalive,
     UpstreamTls,
 )
 
@@ -65,6 +67,9 @@ class ServiceEntry:
 class WorkloadEntry:
     spec: WorkloadSpec
     app: tuple[str, int] | None = None  # annotation meshpilot.io/app: where the application is
+    # The annotation's `PORT=ADDRESS` form: where the application of each named inbound port
+    # listens (a port it does not name: 127.0.0.1:<that port>), sorted by port.
+    app_ports: tuple[tuple[int, tuple[str, int]], ...] = ()
     outbound_port: int | None = None  # annotation meshpilot.io/outbound-port (default 15001)
 
 
@@ -190,6 +195,12 @@ class TrafficPolicy:
     # policy replaces those of the DestinationRule's, block by block (Istio's merge).
     written: frozenset[str] = frozenset()
     locality: LocalitySetting | None = None  # loadBalancer.localityLbSetting
+    # connectionPool's connection lifetimes and keepalive, as the model's Service fields.
+    connection_idle_timeout: float | None = None
+    max_connection_duration: float | None = None
+    max_concurrent_streams: int | None = None
+    tcp_keepalive: TcpKeepalive | None = None
+    panic_threshold: float | None = None  # outlierDetection.minHealthPercent (0 if unwritten)
 
     def under(self, subset: TrafficPolicy) -> TrafficPolicy:
         """This policy with `subset`'s blocks in place of its own (MergeTrafficPolicy)."""
@@ -204,8 +215,10 @@ class TrafficPolicy:
 
 _BLOCKS = {"loadBalancer": ("load_balancer", "load_balancer_options", "hash_on", "locality"),
            "connectionPool": ("circuit_breaker", "connect_timeout",
-                              "max_requests_per_connection"),
-           "outlierDetection": ("outlier_detection",),
+                              "max_requests_per_connection", "connection_idle_timeout",
+                              "max_connection_duration", "max_concurrent_streams",
+                              "tcp_keepalive"),
+           "outlierDetection": ("outlier_detection", "panic_threshold"),
            "tls": ("tls_mode", "tls")}
 
 
@@ -271,6 +284,10 @@ class Server:
 class IstioGateway:
     selector: Labels
     servers: tuple[Server, ...]
+    # the `proxy.istio.io/config` annotation's numTrustedProxies (None: not said), and the
+    # ProxyConfig fields it writes that are not applied
+    trusted_proxies: int | None = None
+    proxy_ignored: tuple[str, ...] = ()
 
 
 # ---- security ------------------------------------------------------------------------------------
@@ -318,6 +335,26 @@ class Condition:
     key: str
     values: tuple[str, ...] = ()
     not_values: tuple[str, ...] = ()
+
+
+CLAIMS_KEY = "request.auth.claims"
+FILTERS_KEY = "experimental.envoy.filters."
+
+
+def claim_path(key: str) -> tuple[str, ...] | None:
+    """`request.auth.claims[a]` or, nested, `[a][b]...`: the claim's path (None: neither)."""
+    brackets = key[len(CLAIMS_KEY):]
+    if not key.startswith(CLAIMS_KEY) or not re.fullmatch(r"(\[[^\[\]]+\])+", brackets):
+        return None
+    return tuple(re.findall(r"\[([^\[\]]+)\]", brackets))
+
+
+def filter_metadata_key(key: str) -> tuple[str, str] | None:
+    """`experimental.envoy.filters.<filter>[<key>]`: (the filter's name, the key of its
+    dynamic metadata), as Istio's builder splits it; None for anything else (nested keys
+    too, which Istio's builder would read as one key holding brackets)."""
+    found = re.fullmatch(r"experimental\.(envoy\.filters\.[^\[\]]*[^.\[\]])\[([^\[\]]+)\]", key)
+    return (found[1], found[2]) if found else None
 
 
 @dataclass(frozen=True, slots=True)

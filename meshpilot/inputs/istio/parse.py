@@ -16,12 +16,13 @@ from typing import Any, cast
 
 from meshpilot.base import tlsfiles as tls_files
 from meshpilot.inputs.context import DocumentContext, ModelPart
+from meshpilot.inputs.istio import meshconfig
 from meshpilot.inputs.istio import objects as o
-from meshpilot.inputs.native import fields
+from meshpilot.inputs.native import connections, fields
 from meshpilot.inputs.native import locality as localities
 from meshpilot.inputs.native.fields import Fields, Invalid, issue_count, reported_since
 from meshpilot.inputs.native.matches import METHOD
-from meshpilot.inputs.yamlsource import Located
+from meshpilot.inputs.yamlsource import Located, parse_yaml_text
 from meshpilot.ir.model import (
     Backoff,
     CircuitBreaker,
@@ -40,7 +41,9 @@ from meshpilot.ir.model import (
     Redirect,
     Retries,
     Rule,
+    SlowStart,
     StringMatch,
+    TcpKeepalive,
     TlsCertificate,
     UpstreamTls,
 )
@@ -51,6 +54,7 @@ METADATA_KEYS = ("name", "namespace", "labels", "annotations", "uid", "resourceV
 APP_ANNOTATION = "meshpilot.io/app"
 OUTBOUND_PORT_ANNOTATION = "meshpilot.io/outbound-port"
 DRY_RUN = "istio.io/dry-run"
+PROXY_CONFIG = "proxy.istio.io/config"
 
 # Istio's retry default, on every route without `retries` (pilot's DefaultRetryPolicy).
 ISTIO_DEFAULT_RETRIES = Retries(
@@ -97,12 +101,32 @@ def parser(kind: str, read: Reader) -> Callable[[Located, DocumentContext], Iter
             spec = _workload_annotations(meta, spec, annotations)
         if isinstance(spec, o.AuthorizationPolicy) and annotations.get(DRY_RUN) == "true":
             spec = replace(spec, dry_run=True)
+        if isinstance(spec, o.IstioGateway) and PROXY_CONFIG in annotations:
+            spec = _proxy_annotation(ctx, annotations[PROXY_CONFIG], spec)
         if spec is None or reported_since(ctx, mark):
             return ()
         name = document.value["metadata"]["name"]
         return (o.IstioDocument(kind, namespace_of(document.value), name, labels, spec),)
 
     return parse
+
+
+def _proxy_annotation(ctx: DocumentContext, text: str, spec: o.IstioGateway
+                      ) -> o.IstioGateway:
+    """A Gateway's `proxy.istio.io/config` annotation: ProxyConfig in YAML, as Istio reads it
+    on the gateway's pods; its numTrustedProxies is the gateway's."""
+    at = ("metadata", "annotations", PROXY_CONFIG)
+    documents, issues, _ = parse_yaml_text(text, ctx.document.file)
+    if issues or len(documents) != 1:
+        ctx.report(at, "expected ProxyConfig in YAML, such as "
+                       "'gatewayTopology: {numTrustedProxies: 1}'", at_value=True)
+        return spec
+    try:
+        config = meshconfig.proxy_config(documents[0].value)
+    except Invalid as e:
+        ctx.report(at, str(e), at_value=True)
+        return spec
+    return replace(spec, trusted_proxies=config.trusted_proxies, proxy_ignored=config.ignored)
 
 
 def _dns_label(value: Any) -> str:
@@ -124,15 +148,38 @@ def _namespace(value: Any) -> str:
 def _workload_annotations(meta: Fields, spec: o.WorkloadEntry,
                           annotations: dict[str, str]) -> o.WorkloadEntry:
     app = None
+    app_ports: tuple[tuple[int, tuple[str, int]], ...] = ()
     outbound = None
     notes = meta.mapping("annotations", "a mapping")
     if notes is not None:
         if APP_ANNOTATION in annotations:
-            app = notes.get(APP_ANNOTATION, _app_address)
+            written = notes.get(APP_ANNOTATION, _app_annotation) or ()
+            app = next((address for port, address in written if port is None), None)
+            app_ports = tuple((port, address) for port, address in written if port is not None)
         if OUTBOUND_PORT_ANNOTATION in annotations:
             outbound = notes.get(OUTBOUND_PORT_ANNOTATION, lambda v: fields.port_text(
                 fields.string(v)))
-    return o.WorkloadEntry(spec.spec, app, outbound)
+    return o.WorkloadEntry(spec.spec, app, outbound_port=outbound, app_ports=app_ports)
+
+
+def _app_annotation(value: Any) -> tuple[tuple[int | None, tuple[str, int]], ...]:
+    """`meshpilot.io/app`: one address (port None: the first inbound port's application),
+    or, for a sidecar with several inbound ports, `PORT=ADDRESS` entries separated by commas
+    (each inbound port's application; PORT is the sidecar's inbound port, the workload's)."""
+    text = fields.string(value)
+    if "=" not in text:
+        return ((None, _app_address(text)),)
+    found: dict[int, tuple[str, int]] = {}
+    for entry in text.split(","):
+        port_text, equals, address = (part.strip() for part in entry.partition("="))
+        if not equals or not port_text or not address:
+            raise Invalid(f"invalid entry {fields.quoted(entry.strip())}: expected "
+                          "PORT=ADDRESS (e.g. 9080=127.0.0.1:19080), entries separated by ','")
+        port = fields.port_text(port_text)
+        if port in found:
+            raise Invalid(f"inbound port {port} is named twice")
+        found[port] = _app_address(address)
+    return tuple(sorted(found.items()))
 
 
 def _app_address(value: Any) -> tuple[str, int]:
@@ -909,14 +956,15 @@ def _traffic_policy(spec: Fields, port_level: bool = False) -> o.TrafficPolicy:
         if key in spec.value:
             spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
     lb, options, hash_on = _load_balancer(spec)
-    breaker, connect_timeout, per_connection = _connection_pool(spec)
-    outlier = _outlier(spec)
+    breaker, connect_timeout, per_connection, lifetimes = _connection_pool(spec)
+    outlier, panic = _outlier(spec)
     mode, upstream = _tls(spec)
     written = frozenset(key for key in POLICY_KEYS[:4] if key in spec.value)
     balancer = spec.mapping("loadBalancer", "a mapping")
     locality = None if balancer is None else _locality_lb(balancer)
     return o.TrafficPolicy(lb, options, hash_on, breaker, connect_timeout, per_connection,
-                           outlier, mode, upstream, written, locality)
+                           outlier, mode, upstream, written, locality, **lifetimes,
+                           panic_threshold=panic)
 
 
 LOCALITY_KEYS = ("enabled", "distribute", "failover", "failoverPriority")
@@ -965,18 +1013,30 @@ def _load_balancer(spec: Fields):  # type: ignore[no-untyped-def]
         return None, LoadBalancerOptions(), ()
     entry.check_keys(("simple", "consistentHash", "localityLbSetting", "warmupDurationSecs",
                       "warmup"), "a loadBalancer")
-    for key in ("warmupDurationSecs", "warmup"):
-        if key in entry.value:
-            entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
-    # A loadBalancer with only a localityLbSetting keeps the default algorithm (Istio's).
-    how = entry.exclusive(("simple", "consistentHash"),
-                          required="localityLbSetting" not in entry.value, what="a loadBalancer")
+    warmup = _warmup(entry)
+    # A loadBalancer with only a localityLbSetting (or a warmup) keeps the default algorithm
+    # (Istio's).
+    how = entry.exclusive(("simple", "consistentHash"), required=not (
+        {"localityLbSetting", "warmup", "warmupDurationSecs"} & set(entry.value)),
+        what="a loadBalancer")
     if how == "simple":
         simple = entry.get("simple", fields.choice((*LB_SIMPLE, "PASSTHROUGH")))
         if simple == "PASSTHROUGH":
             entry.report("simple", f"PASSTHROUGH {NOT_SUPPORTED}")
             return None, LoadBalancerOptions(), ()
-        return (None if simple is None else LB_SIMPLE[simple]), LoadBalancerOptions(), ()
+        algorithm = None if simple is None else LB_SIMPLE[simple]
+        if warmup is not None and algorithm not in (None, "round_robin", "least_request"):
+            # Istio writes a slow start for ROUND_ROBIN and LEAST_REQUEST only (Envoy has
+            # none for the others) and says nothing; meshpilot says so.
+            entry.ctx.warn((*entry.path, "warmup"), f"a warmup applies to ROUND_ROBIN and "
+                           f"LEAST_REQUEST only; {simple} ignores it")
+            warmup = None
+        return algorithm, LoadBalancerOptions(slow_start=warmup), ()
+    if how != "consistentHash":
+        return None, LoadBalancerOptions(slow_start=warmup), ()
+    if warmup is not None:
+        entry.ctx.warn((*entry.path, "warmup"), "a warmup applies to ROUND_ROBIN and "
+                       "LEAST_REQUEST only; a consistentHash ignores it")
     if how != "consistentHash":
         return None, LoadBalancerOptions(), ()
     hashed = entry.mapping("consistentHash", "a mapping such as {httpHeaderName: x-user}")
@@ -1021,29 +1081,53 @@ def _load_balancer(spec: Fields):  # type: ignore[no-untyped-def]
     return "ring_hash", LoadBalancerOptions(minimum_ring_size=minimum), hash_on
 
 
+def _warmup(entry: Fields) -> SlowStart | None:
+    """`warmup: {duration, minimumPercent, aggression}`, or the older `warmupDurationSecs`:
+    Envoy's slow start, with Istio's defaults (linear, from 10 %)."""
+    if "warmup" in entry.value:
+        if "warmupDurationSecs" in entry.value:
+            entry.report("warmupDurationSecs", "warmupDurationSecs is the older form of warmup: "
+                                               "write one of them", at_value=False)
+        warmup = entry.mapping("warmup", "a mapping such as {duration: 30s}")
+        if warmup is None:
+            return None
+        warmup.check_keys(("duration", "minimumPercent", "aggression"), "a warmup")
+        window = warmup.get("duration", fields.duration(), required=True)
+        minimum = warmup.get("minimumPercent", connections.percent)
+        aggression = warmup.get("aggression", connections.aggression)
+        if window is None:
+            return None
+        return SlowStart(window, 1.0 if aggression is None else aggression,
+                         10.0 if minimum is None else minimum)
+    window = entry.get("warmupDurationSecs", fields.duration())
+    return None if window is None else SlowStart(window)
+
+
 def _connection_pool(spec: Fields):  # type: ignore[no-untyped-def]
     pool = spec.mapping("connectionPool", "a mapping such as {tcp: {maxConnections: 1}}")
+    lifetimes: dict[str, Any] = {}
     if pool is None:
-        return None, None, None
+        return None, None, None, lifetimes
     pool.check_keys(("tcp", "http"), "a connectionPool")
     connections = connect_timeout = pending = requests = retries = per_connection = None
+    idle = None
     tcp = pool.mapping("tcp", "a mapping such as {maxConnections: 100}")
     if tcp is not None:
         tcp.check_keys(("maxConnections", "connectTimeout", "tcpKeepalive",
                         "maxConnectionDuration", "idleTimeout"), "tcp")
-        for key in ("tcpKeepalive", "maxConnectionDuration", "idleTimeout"):
-            if key in tcp.value:
-                tcp.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
         connections = tcp.get("maxConnections", fields.integer(1, 2**31 - 1))
         connect_timeout = tcp.get("connectTimeout", fields.duration())
+        lifetimes["max_connection_duration"] = tcp.get("maxConnectionDuration",
+                                                       fields.duration())
+        idle = tcp.get("idleTimeout", fields.duration())
+        lifetimes["tcp_keepalive"] = _tcp_keepalive(tcp)
     http = pool.mapping("http", "a mapping such as {http1MaxPendingRequests: 1}")
     if http is not None:
         http.check_keys(("http1MaxPendingRequests", "http2MaxRequests",
                          "maxRequestsPerConnection", "maxRetries", "idleTimeout",
                          "h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams"),
                         "http")
-        for key in ("idleTimeout", "h2UpgradePolicy", "useClientProtocol",
-                    "maxConcurrentStreams"):
+        for key in ("h2UpgradePolicy", "useClientProtocol"):
             if key in http.value:
                 http.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
         count = fields.integer(1, 2**31 - 1)
@@ -1051,37 +1135,56 @@ def _connection_pool(spec: Fields):  # type: ignore[no-untyped-def]
         requests = http.get("http2MaxRequests", count)
         per_connection = http.get("maxRequestsPerConnection", fields.integer(0, 2**31 - 1))
         retries = http.get("maxRetries", fields.integer(0, 2**31 - 1))
+        # http's idle timeout first, else tcp's (Istio's order)
+        idle = http.get("idleTimeout", fields.duration()) or idle
+        lifetimes["max_concurrent_streams"] = http.get("maxConcurrentStreams",
+                                                       fields.integer(1, 2**31 - 1))
+    lifetimes["connection_idle_timeout"] = idle
     breaker = None
     if any(v is not None for v in (connections, pending, requests, retries)):
         breaker = CircuitBreaker(max_connections=connections, max_pending_requests=pending,
                                  max_requests=requests, max_retries=retries,
                                  origin=pool.origin())
-    return breaker, connect_timeout, per_connection or None
+    return breaker, connect_timeout, per_connection or None, lifetimes
 
 
-def _outlier(spec: Fields) -> OutlierDetection | None:
+def _tcp_keepalive(tcp: Fields) -> TcpKeepalive | None:
+    keepalive = tcp.mapping("tcpKeepalive", "a mapping such as {time: 60s, interval: 10s}")
+    if keepalive is None:
+        return None
+    keepalive.check_keys(("probes", "time", "interval"), "a tcpKeepalive")
+    seconds = connections.keepalive_seconds
+    return TcpKeepalive(probes=keepalive.get("probes", fields.integer(1, 1_000)),
+                        time=keepalive.get("time", seconds),
+                        interval=keepalive.get("interval", seconds))
+
+
+def _outlier(spec: Fields) -> tuple[OutlierDetection | None, float | None]:
+    """The outlier detection, and the panic threshold it sets: Istio writes
+    `minHealthPercent` (0 unless written: panic off) as the cluster's healthy panic threshold
+    whenever there is an outlierDetection, so ejected endpoints stay out even when most are."""
     entry = spec.mapping("outlierDetection", "a mapping such as {consecutive5xxErrors: 5}")
     if entry is None:
-        return None
+        return None, None
     entry.check_keys(("consecutive5xxErrors", "consecutiveGatewayErrors", "consecutiveErrors",
                       "interval", "baseEjectionTime", "maxEjectionPercent",
                       "minHealthPercent", "splitExternalLocalOriginErrors",
                       "consecutiveLocalOriginFailures"), "an outlierDetection")
-    for key in ("minHealthPercent", "splitExternalLocalOriginErrors",
-                "consecutiveLocalOriginFailures"):
+    for key in ("splitExternalLocalOriginErrors", "consecutiveLocalOriginFailures"):
         if key in entry.value:
             entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
     count = fields.integer(0, 2**31 - 1)
     five = entry.get("consecutive5xxErrors", count)
     if five is None:
         five = entry.get("consecutiveErrors", count)
+    panic = entry.get("minHealthPercent", fields.integer(0, 100))
     return OutlierDetection(
         consecutive_5xx=five,
         consecutive_gateway_errors=entry.get("consecutiveGatewayErrors", count),
         interval=entry.get("interval", fields.duration()),
         base_ejection_time=entry.get("baseEjectionTime", fields.duration()),
         max_ejection_percent=entry.get("maxEjectionPercent", fields.integer(0, 100)),
-        origin=entry.origin())
+        origin=entry.origin()), float(panic or 0)
 
 
 def _tls(spec: Fields):  # type: ignore[no-untyped-def]
@@ -1462,6 +1565,13 @@ def _authz_rule(entry: Fields) -> o.AuthzRuleSpec:
         key = cond.get("key", fields.string, required=True)
         values = _strings(cond, "values", "value")
         not_values = _strings(cond, "notValues", "value")
+        if key is not None and key.startswith(o.FILTERS_KEY):
+            for written, items in (("values", values), ("notValues", not_values)):
+                for at, value in enumerate(items):
+                    if not value or value == "[]" or any(c in value[1:-1] for c in "[]"):
+                        cond.ctx.report((*cond.path, written, at),
+                                        f"value {fields.quoted(value)}: a string, "
+                                        "or [a string] for a list's element")
         if key is not None:
             problem = condition_problem(key)
             if problem:
@@ -1473,9 +1583,15 @@ def _authz_rule(entry: Fields) -> o.AuthzRuleSpec:
 def condition_problem(key: str) -> str | None:
     if key in ("source.ip", "remote.ip", "source.namespace", "source.principal",
                "request.auth.principal", "request.auth.audiences", "request.auth.presenter",
-               "destination.port") or re.fullmatch(r"request\.headers\[[^\]]+\]", key) \
-            or re.fullmatch(r"request\.auth\.claims\[[^\]]+\]", key):
+               "destination.ip", "destination.port", "connection.sni") \
+            or re.fullmatch(r"request\.headers\[[^\]]+\]", key) \
+            or o.claim_path(key) is not None or o.filter_metadata_key(key) is not None:
         return None
+    if key.startswith(o.CLAIMS_KEY):
+        return f"{key}: a claim is request.auth.claims[name] or, nested, [a][b]"
+    if key.startswith(o.FILTERS_KEY):
+        return (f"{key}: expected experimental.envoy.filters.<filter name>[<metadata key>] "
+                f"(one key: nested keys {NOT_SUPPORTED})")
     return f"condition key {fields.quoted(key)} {NOT_SUPPORTED}"
 
 

@@ -5,7 +5,7 @@ Which policies apply to a workload, as Istio decides:
 - PeerAuthentication: the workload's own (selector matching its labels, in its namespace;
   the oldest, here the first by name, if several), else its namespace's (no selector), else
   the mesh's (no selector, root namespace `istio-system`); UNSET inherits from the next level;
-  `portLevelMtls` for the workload's inbound port overrides. Nothing at all: `off` (plaintext;
+  `portLevelMtls` for an inbound port overrides on that port. Nothing at all: `off` (plaintext;
   Istio's PERMISSIVE with auto mTLS needs nothing written, meshpilot asks for it in writing).
 - AuthorizationPolicy: those of the root namespace without selector, of the workload's
   namespace without selector, and of its namespace whose selector matches its labels. Istio's
@@ -17,8 +17,10 @@ Which policies apply to a workload, as Istio decides:
   every CUSTOM policy applying (`ExtAuthz.only`); one provider per workload, as Istio allows.
 
 An Istio rule (`from` any source AND `to` any operation AND every `when`) becomes one rule of
-the model per (source, operation) pair: the model's rule is an AND of ORs. What the model's
-rule cannot say (`not*` forms, `ports`, `hosts`, request principals) is refused at the field.
+the model per (source, operation) pair: the model's rule is an AND of ORs. Each `when`
+condition, and each source field Istio ANDs with the others (namespaces, ipBlocks,
+remoteIpBlocks), is an `AuthzCondition` of its own, as Istio's RBAC builder writes them;
+notValues and the not* forms go to the rule's `exclude`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from itertools import product
 from typing import Any, cast
 
+from meshpilot.base import re2text
 from meshpilot.inputs.istio import hosts
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
@@ -37,6 +40,7 @@ from meshpilot.inputs.native.fields import did_you_mean
 from meshpilot.inputs.native.matches import istio_path_match
 from meshpilot.ir.model import (
     Authorization,
+    AuthzCondition,
     AuthzRule,
     ExtAuthz,
     Jwks,
@@ -64,7 +68,6 @@ NOT_SUPPORTED = "is not supported yet (docs/istio.md)"
 class Policies:
     peer: list[Doc]
     authorization: list[Doc]
-    trust_domain: str = "cluster.local"
 
     requests: list[Doc] = field(default_factory=list)
     # CUSTOM's providers by name (their services found), the names of those that are not
@@ -321,23 +324,17 @@ class Policies:
             if who is None or what is None:
                 continue
             merged = {**who, **what}
-            # `when` holds as well as `from` and `to` (AND): a field both give must hold both
-            # ways, which one list (any of its items) cannot say, except ports (the ones in
-            # both: none left and the rule can never match).
+            # `when` holds as well as `from` and `to` (AND): conditions are each their own;
+            # ports are the ones in both (none left: the rule can never match).
             never = False
             for key, values in held.items():
-                if key == "headers":
-                    continue
-                if not merged.get(key):
+                if key == "conditions":
+                    merged[key] = (*merged.get(key, ()), *values)
+                elif not merged.get(key):
                     merged[key] = values
-                elif key == "ports":
+                else:  # ports
                     merged[key] = tuple(p for p in merged[key] if p in values)
                     never = not merged[key]
-                else:
-                    self._error(doc, (*path, "when"),
-                                f"a when condition on what from or to says too ({key}) "
-                                f"{NOT_SUPPORTED}")
-                    return []
             if never:
                 continue  # the ports of `to` and `when` share none: it matches nothing
             # Istio's not* forms and notValues: the model's `exclude` (each condition given
@@ -348,7 +345,7 @@ class Policies:
                 negated[key] = (*negated.get(key, ()), *values)
             negated = {key: value for key, value in negated.items() if value}
             here = doc.ctx.origin(path)
-            result.append(AuthzRule(headers=held.get("headers", ()), **merged, origin=here,
+            result.append(AuthzRule(**merged, origin=here,
                                     exclude=AuthzRule(**negated, origin=here) if negated
                                     else None))
         return result
@@ -364,16 +361,6 @@ class Policies:
                             f"{_camel(key)} need a RequestAuthentication that applies here "
                             "(no JWT is validated)")
                 return None
-            for index, principal in enumerate(written):
-                if principal != "*" and ("*" in principal or "/" not in principal):
-                    self._error(doc, (*path, _camel(key), index),
-                                f'request principal {principal}: "issuer/subject" or "*" '
-                                f"(other wildcards {NOT_SUPPORTED})")
-                    return None
-        if source.principals and source.namespaces:
-            self._error(doc, (*path, "namespaces"),
-                        f"principals and namespaces in one source {NOT_SUPPORTED}")
-            return None
         if (source.service_accounts or source.not_service_accounts) and (
                 source.principals or source.not_principals or source.namespaces
                 or source.not_namespaces):
@@ -384,14 +371,20 @@ class Policies:
             return None
         accounts = tuple(self._account(doc, a) for a in source.service_accounts)
         not_accounts = tuple(self._account(doc, a) for a in source.not_service_accounts)
-        # notPrincipals and notNamespaces: neither holds = not (any of both), one list
+        # Each field given holds (Istio's AND): principals, namespaces (a condition of their
+        # own, any trust domain, as Istio's regex), ipBlocks (the peer's address) and
+        # remoteIpBlocks (the client's); each not* field: none of its items holds.
+        def namespaces(written: tuple[str, ...]) -> tuple[AuthzCondition, ...]:
+            return (AuthzCondition("principal", matches=tuple(
+                _namespace_match(n) for n in written)),) if written else ()
+
         return {
-            "principals": (*(self.spiffe(p) for p in source.principals),
-                           *(self._namespace(n) for n in source.namespaces)),
-            "not_principals": (*(self.spiffe(p) for p in source.not_principals),
-                               *(self._namespace(n) for n in source.not_namespaces)),
-            "source_ips": (*source.ip_blocks, *source.remote_ip_blocks),
-            "not_source_ips": (*source.not_ip_blocks, *source.not_remote_ip_blocks),
+            "principals": tuple(self.spiffe(p) for p in source.principals),
+            "not_principals": tuple(self.spiffe(p) for p in source.not_principals),
+            "conditions": _addresses(source.ip_blocks, source.remote_ip_blocks)
+            + namespaces(source.namespaces),
+            "not_conditions": _addresses(source.not_ip_blocks, source.not_remote_ip_blocks)
+            + namespaces(source.not_namespaces),
             "request_principals": source.request_principals,
             "not_request_principals": source.not_request_principals,
             "service_accounts": accounts,
@@ -402,9 +395,6 @@ class Policies:
     def _account(doc: Doc, written: str) -> str:
         """Istio's "namespace/name", or "name": of the policy's namespace."""
         return written if "/" in written else f"{doc.item.namespace}/{written}"
-
-    def _namespace(self, namespace: str) -> str:
-        return "*" if namespace == "*" else f"spiffe://{self.trust_domain}/ns/{namespace}/sa/*"
 
     def spiffe(self, principal: str) -> str:
         """Istio writes principals without the scheme: `cluster.local/ns/default/sa/x`."""
@@ -457,7 +447,8 @@ class Policies:
               allow_request_principals: bool = False,
               ) -> tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]] | None:
         """A rule's `when` as rule fields: what must hold (values) and what must not
-        (notValues), each by AuthzRule field; None after an error."""
+        (notValues), each by AuthzRule field; None after an error. Each condition holds on
+        its own (AND): `conditions` items, or the ports both name."""
         held: dict[str, list[Any]] = {}
         unheld: dict[str, list[Any]] = {}
         for index, condition in enumerate(conditions):
@@ -471,10 +462,11 @@ class Policies:
                 if found is None:
                     return None
                 key, items = found
-                if into is held and key in held and key != "headers":
-                    self._error(doc, (*at, "key"), f"two conditions on {condition.key} in one "
-                                                   f"rule {NOT_SUPPORTED}")
-                    return None
+                if into is held and key == "ports" and key in held:
+                    held[key] = [p for p in held[key] if p in items]
+                    if not held[key]:
+                        return None  # two port conditions sharing none: never matches
+                    continue
                 into.setdefault(key, []).extend(items)
         return ({k: tuple(v) for k, v in held.items()},
                 {k: tuple(v) for k, v in unheld.items()})
@@ -482,65 +474,116 @@ class Policies:
     def _condition(self, doc: Doc, at: tuple[Any, ...], written: str, key: str,
                    values: tuple[str, ...], allow_request_principals: bool,
                    ) -> tuple[str, list[Any]] | None:
-        """One condition's values as (AuthzRule written, its items); None after an error."""
+        """One condition's values as (AuthzRule field, its items); None after an error.
+        Values are Istio's strings: exact, `x*` (prefix), `*x` (suffix), `*` (any)."""
+        def one(condition: AuthzCondition) -> tuple[str, list[Any]]:
+            return "conditions", [condition]
+
         if key.startswith("request.headers[") and key.endswith("]"):
             name = key[len("request.headers["):-1].lower()
-            if written == "values" and len(values) != 1:
-                self._error(doc, (*at, written), f"a header condition with several values "
-                                               f"{NOT_SUPPORTED} (one value, or notValues)")
-                return None
-            return "headers", [(name, StringMatch("present") if value == "*" else
-                                StringMatch("exact", value)) for value in values]
+            return one(AuthzCondition("header", (name,), tuple(
+                StringMatch("present") if v == "*" else _istio_match(v) for v in values)))
         if key == "destination.port":
             if not all(v.isdigit() for v in values):
                 self._error(doc, (*at, written), "expected port numbers")
                 return None
             return "ports", [int(v) for v in values]
-        if key in ("source.ip", "remote.ip"):
+        if key in ("source.ip", "remote.ip", "destination.ip"):
             try:
-                return "source_ips", [str(ipaddress.ip_network(v, strict=False))
-                                      for v in values]
+                cidrs = tuple(str(ipaddress.ip_network(v, strict=False)) for v in values)
             except ValueError:
                 self._error(doc, (*at, written), "expected IPs or CIDRs")
                 return None
+            attribute = {"source.ip": "peer_ip", "remote.ip": "client_ip"}.get(
+                key, "destination_ip")
+            return one(AuthzCondition(cast(Any, attribute), cidrs=cidrs))
+        if key == "connection.sni":
+            return one(AuthzCondition("sni", matches=tuple(_istio_match(v) for v in values)))
         if key == "source.namespace":
-            return "principals", [self._namespace(v) for v in values]
+            return one(AuthzCondition("principal", matches=tuple(_namespace_match(v)
+                                                            for v in values)))
         if key == "source.principal":
-            return "principals", [self.spiffe(v) for v in values]
+            return one(AuthzCondition("principal", matches=tuple(_principal_match(v)
+                                                            for v in values)))
+        if key.startswith(o.FILTERS_KEY):
+            return self._metadata(key, values)
         if key == "request.auth.principal":
             if not allow_request_principals:
                 self._error(doc, (*at, "key"), "request.auth.principal needs a "
                                                "RequestAuthentication that applies here (no "
                                                "JWT is validated)")
                 return None
-            if any(v != "*" and ("*" in v or "/" not in v) for v in values):
-                self._error(doc, (*at, written), f'request principals: "issuer/subject" or "*" '
-                                               f"(other wildcards {NOT_SUPPORTED})")
-                return None
-            return "request_principals", list(values)
+            return one(AuthzCondition("request_principal", request_principals=values))
         # Istio's audiences and presenter are the token's aud and azp claims, as its builder
-        claim = _CLAIM_KEYS.get(key)
-        if claim is None and key.startswith("request.auth.claims[") and key.endswith("]"):
-            claim = key[len("request.auth.claims["):-1]
+        claim = _CLAIM_KEYS.get(key) or o.claim_path(key)
         if claim is not None:
             if not allow_request_principals:
                 self._error(doc, (*at, "key"), f"{key} needs a RequestAuthentication that "
                                                "applies here (no JWT is validated)")
                 return None
-            if written == "values" and len(values) != 1:
-                self._error(doc, (*at, written), f"a claim condition with several values "
-                                               f"{NOT_SUPPORTED} (one value, or notValues)")
-                return None
-            return "claims", [(claim, value) for value in values]
+            return one(AuthzCondition("claim", claim, tuple(_istio_match(v) for v in values)))
         self._error(doc, (*at, "key"),
                     f"condition {key} {NOT_SUPPORTED} (request.headers[...], source.ip, "
                     "remote.ip, source.namespace, source.principal, request.auth.principal, "
-                    "request.auth.audiences, request.auth.presenter, request.auth.claims[...] "
-                    "and destination.port are)")
+                    "request.auth.audiences, request.auth.presenter, request.auth.claims[...], "
+                    "destination.ip, destination.port, connection.sni and "
+                    "experimental.envoy.filters.*[...] are)")
         return None
 
+    @staticmethod
+    def _metadata(key: str, values: tuple[str, ...]) -> tuple[str, list[Any]]:
+        """`experimental.envoy.filters.<filter>[<key>]` (checked by the parser): the filter's
+        dynamic metadata under `key` matches a value, or, written `[v]`, is a list with an
+        element matching `v` (Istio's reading)."""
+        found = o.filter_metadata_key(key)
+        assert found is not None
+        listed = tuple(v[1:-1] for v in values if v.startswith("[") and v.endswith("]"))
+        plain = tuple(v for v in values if not (v.startswith("[") and v.endswith("]")))
+        return "conditions", [AuthzCondition(
+            "metadata", found, tuple(_istio_match(v) for v in plain),
+            elements=tuple(_istio_match(v) for v in listed))]
 
-_CLAIM_KEYS = {"request.auth.audiences": "aud", "request.auth.presenter": "azp"}
+
+_CLAIM_KEYS = {"request.auth.audiences": ("aud",), "request.auth.presenter": ("azp",)}
+
+
+def _istio_match(value: str) -> StringMatch:
+    """Istio's string value: `*` any (not empty), `*x` a suffix, `x*` a prefix, else exact."""
+    if value == "*":
+        return StringMatch("regex", ".+")
+    if value.startswith("*"):
+        return StringMatch("regex", ".*" + re2text.literal(value[1:]))
+    if value.endswith("*"):
+        return StringMatch("prefix", value[:-1])
+    return StringMatch("exact", value)
+
+
+def _principal_match(value: str) -> StringMatch:
+    """source.principal's value against the peer's SPIFFE ID (Istio writes it without the
+    scheme): `*` any, `*x` a suffix, `x*` a prefix, else exact."""
+    if value == "*":
+        return StringMatch("regex", ".+")
+    prefix = "" if value.startswith("spiffe://") else "spiffe://"
+    if value.startswith("*"):
+        return StringMatch("regex", re2text.literal(prefix) + ".*"
+                           + re2text.literal(value[1:]))
+    if value.endswith("*"):
+        return StringMatch("prefix", prefix + value[:-1])
+    return StringMatch("exact", prefix + value)
+
+
+def _namespace_match(namespace: str) -> StringMatch:
+    """The peer's SPIFFE ID is of `namespace` (`*` in it: any text), in any trust domain, as
+    Istio's builder writes source.namespace."""
+    pattern = ".*".join(re2text.literal(part) for part in namespace.split("*"))
+    return StringMatch("regex", f".*/ns/{pattern}/.*")
+
+
+def _addresses(peer: tuple[str, ...], client: tuple[str, ...]) -> tuple[AuthzCondition, ...]:
+    """ipBlocks (the peer's address) and remoteIpBlocks (the client's, X-Forwarded-For behind
+    the trusted proxies) as conditions, each written one holding on its own."""
+    return ((AuthzCondition("peer_ip", cidrs=peer),) if peer else ()) + \
+        ((AuthzCondition("client_ip", cidrs=client),) if client else ())
 
 
 def _template(text: str) -> str | None:

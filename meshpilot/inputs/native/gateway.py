@@ -11,6 +11,8 @@ Shape:
     kind: Gateway
     name: edge                       # also the node cluster of the gateway's Envoys
     access_log: {path: /dev/stdout}  # optional: every listener's default (format: json | text)
+    locality: us-east/us-east-1a     # optional: where its Envoys run (region[/zone[/subzone]]):
+                                     # Services with locality_lb rank endpoints for it
     listeners:                       # at least one
       - {name: http, port: 8080}
       - name: api
@@ -44,6 +46,7 @@ from typing import Any, Literal, cast
 
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields, tls
+from meshpilot.inputs.native import locality as localities
 from meshpilot.inputs.native.fields import (
     Fields,
     Invalid,
@@ -67,7 +70,7 @@ from meshpilot.ir.model import (
 
 KIND = "Gateway"
 
-GATEWAY_KEYS = ("kind", "name", "access_log", "listeners", "tracing")
+GATEWAY_KEYS = ("kind", "name", "access_log", "listeners", "tracing", "locality")
 LISTENER_KEYS = ("name", "port", "address", "protocol", "service", "access_log",
                  "trust_request_id", "request_id_in_response", "compression", "websocket",
                  "tls", "redirect_to_https", "client_ip", "tracing", "decompression",
@@ -100,11 +103,12 @@ def parse_gateway(document: Located, ctx: DocumentContext) -> list[Gateway]:
     name = doc.get("name", fields.name)
     default_log = _access_log(doc)
     default_tracing = parse_tracing(doc)
+    where = doc.get("locality", localities.locality)
     listeners = _listeners(doc, default_log, default_tracing)
     if reported_since(ctx, mark) or name is None:
         return []
     return [Gateway(name=name, position=document.position, listeners=listeners,
-                    origin=ctx.origin())]
+                    origin=ctx.origin(), locality=where)]
 
 
 def _listeners(doc: Fields, default_log: AccessLog | None,

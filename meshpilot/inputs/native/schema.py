@@ -163,6 +163,15 @@ def _service() -> Schema:
                                       service.MAX_RING_SIZE),
         "table_size": _integer("maglev: lookup table size, a prime (default 65537).", 2,
                                service.MAX_MAGLEV_TABLE),
+        "slow_start": _object("round_robin, least_request: a new endpoint's share ramped "
+                              "up.", {
+            "window": _ref("duration", "How long the ramp lasts."),
+            "aggression": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000,
+                           "description": "1 ramps linearly (the default); higher starts "
+                                          "slower."},
+            "min_weight_percent": {"type": "number", "minimum": 0, "maximum": 100,
+                                   "description": "The share it starts from (default 10)."},
+        }, required=("window",)),
     }, required=("policy",))
     limit = {key: _integer(f"{key.replace('_', ' ').capitalize()}.", 0, 2**32 - 1)
              for key in service.CIRCUIT_BREAKER_LIMITS}
@@ -215,6 +224,21 @@ def _service() -> Schema:
         "connect_timeout": _ref("duration", "Timeout for new connections (default 1s)."),
         "max_requests_per_connection": _integer("Open a new connection to an endpoint after "
                                                 "this many requests on one.", 1, 2**32 - 1),
+        "connection_idle_timeout": _ref("duration", "Close an HTTP connection to an endpoint "
+                                                    "idle this long (Envoy's default: 1h)."),
+        "max_connection_duration": _ref("duration", "Close (drain) an HTTP connection to an "
+                                                    "endpoint after this long."),
+        "max_concurrent_streams": _integer("http2, grpc: streams one connection carries at "
+                                           "once.", 1, 2_147_483_647),
+        "tcp_keepalive": _object("TCP keepalive on connections to the endpoints.", {
+            "probes": _integer("Unanswered probes before the connection is dropped.", 1,
+                               1000),
+            "time": _ref("duration", "Idle time before the first probe (whole seconds)."),
+            "interval": _ref("duration", "Time between probes (whole seconds)."),
+        }),
+        "panic_threshold": {"type": "number", "minimum": 0, "maximum": 100,
+                            "description": "Percent healthy below which Envoy balances over "
+                                           "every endpoint (default 50; 0: never)."},
         "failover": _list("Services to send to, in order, when this one has no healthy "
                           "endpoint.", _ref("name"), unique=True),
         "sidecar": _sidecar(),
@@ -523,6 +547,10 @@ def _gateway() -> Schema:
                                                     "listener."},
         "listeners": _list("The gateway's listeners.", listener),
         "tracing": {**tracing, "description": "The default tracing of every HTTP listener."},
+        "locality": {"type": "string", "description": "Where the gateway's Envoys run: "
+                                                      "region[/zone[/subzone]] (what the "
+                                                      "locality_lb of Services it sends to "
+                                                      "compares)."},
     }, required=("listeners",))
 
 

@@ -28,6 +28,9 @@ Shape:
                         base_ejection_time: 30s, max_ejection_percent: 10,
                         success_rate: {minimum_hosts: 5, request_volume: 100, stdev_factor: 1.9}}
     connect_timeout: 1s                  # default 1s
+    connection_idle_timeout: 1h          # and max_connection_duration, max_concurrent_streams,
+    tcp_keepalive: {probes: 3, time: 60s}  # panic_threshold, load_balancer.slow_start: see
+                                         # native/connections.py
     locality_lb: {failover: [{from: eu-west, to: us-east}]}   # by each caller's locality:
                                                               # see native/locality.py
     sidecar: {port: 15006, app: 127.0.0.1:8080, outbound_port: 15001,   # the mesh side: see
@@ -44,6 +47,7 @@ from typing import Any, Literal, TypeVar, cast
 
 from meshpilot.inputs.context import DocumentContext
 from meshpilot.inputs.native import fields
+from meshpilot.inputs.native.connections import CONNECTION_KEYS, parse_connections, parse_slow_start
 from meshpilot.inputs.native.fields import (
     Fields,
     Invalid,
@@ -80,7 +84,7 @@ HEALTH_CHECK_KINDS: tuple[HealthCheckKind, ...] = ("http", "tcp", "grpc")
 SERVICE_KEYS = ("kind", "name", "protocol", "endpoints", "subsets", "load_balancer",
                 "health_check", "circuit_breaker", "outlier_detection", "connect_timeout",
                 "zone_weights", "sidecar", "tls", "max_requests_per_connection", "failover",
-                "locality_lb")
+                "locality_lb", *CONNECTION_KEYS)
 ENDPOINT_KEYS = ("address", "labels", "weight", "region", "zone", "sub_zone", "priority")
 HEALTH_CHECK_KEYS = (*HEALTH_CHECK_KINDS, "interval", "timeout", "unhealthy_threshold",
                      "healthy_threshold", "expected_statuses", "no_traffic_interval",
@@ -99,7 +103,7 @@ LOAD_BALANCER_SETTINGS: dict[str, LoadBalancer] = {
     "maximum_ring_size": "ring_hash",
     "table_size": "maglev",
 }
-LOAD_BALANCER_KEYS = ("policy", *LOAD_BALANCER_SETTINGS)
+LOAD_BALANCER_KEYS = ("policy", *LOAD_BALANCER_SETTINGS, "slow_start")
 
 MAX_PRIORITY = 127
 MAX_RING_SIZE = 8_388_608  # Envoy's limit for both ring sizes
@@ -156,6 +160,7 @@ def parse_service(document: Located, ctx: DocumentContext) -> list[Service]:
         failover=fields.unique_list(doc, "failover", "Service name", fields.name),
         locality_lb=parse_locality_lb(doc, can_fail_over=bool(
             {"outlier_detection", "health_check"} & set(doc.value))),
+        **parse_connections(doc, protocol),
     )
     return [] if reported_since(ctx, mark) or name is None else [service]
 
@@ -468,7 +473,8 @@ def _load_balancer(doc: Fields) -> tuple[LoadBalancer, LoadBalancerOptions]:
                                              f"({minimum})")
     options = LoadBalancerOptions(choice_count=settings.get("choice_count", _CHOICE_COUNT),
                                   minimum_ring_size=minimum, maximum_ring_size=maximum,
-                                  table_size=settings.get("table_size", _maglev_table_size))
+                                  table_size=settings.get("table_size", _maglev_table_size),
+                                  slow_start=parse_slow_start(settings, policy))
     return policy or "round_robin", options
 
 

@@ -29,6 +29,9 @@ from meshpilot.ir.model import (
     HashOn,
     HeaderOps,
     HealthCheck,
+    InboundPort,
+    Locality,
+    LocalityLb,
     Match,
     Mirror,
     Origin,
@@ -151,6 +154,11 @@ def write_service(service: Service, files: FileSink | None = None) -> Written:
     settings = {key: getattr(options, key) for key in
                 ("choice_count", "minimum_ring_size", "maximum_ring_size", "table_size")
                 if getattr(options, key) is not None}
+    if options.slow_start is not None:
+        slow = options.slow_start
+        settings["slow_start"] = {"window": duration(slow.window)}
+        _put(settings["slow_start"], "aggression", slow.aggression, 1.0)
+        _put(settings["slow_start"], "min_weight_percent", slow.min_weight_percent, 10.0)
     if settings:
         doc["load_balancer"] = {"policy": service.load_balancer, **settings}
     else:
@@ -158,7 +166,22 @@ def write_service(service: Service, files: FileSink | None = None) -> Written:
     if service.connect_timeout != 1.0:
         doc["connect_timeout"] = duration(service.connect_timeout)
     _put(doc, "zone_weights", dict(service.zone_weights))
+    if service.locality_lb is not None:
+        doc["locality_lb"] = _locality_lb(service.locality_lb)
     _put(doc, "max_requests_per_connection", service.max_requests_per_connection)
+    for key in ("connection_idle_timeout", "max_connection_duration"):
+        if getattr(service, key) is not None:
+            doc[key] = duration(getattr(service, key))
+    _put(doc, "max_concurrent_streams", service.max_concurrent_streams)
+    if service.tcp_keepalive is not None:
+        keepalive = service.tcp_keepalive
+        doc["tcp_keepalive"] = {key: duration(value) if key != "probes" else value
+                                for key, value in (("probes", keepalive.probes),
+                                                   ("time", keepalive.time),
+                                                   ("interval", keepalive.interval))
+                                if value is not None}
+    if service.panic_threshold is not None:
+        doc["panic_threshold"] = service.panic_threshold
     _put(doc, "failover", list(service.failover))
     if service.tls is not None:
         tls = service.tls
@@ -220,10 +243,13 @@ def write_service(service: Service, files: FileSink | None = None) -> Written:
 
 def _sidecar(w: _Writer, sidecar: Sidecar) -> Doc:
     doc: Doc = {}
-    _put(doc, "port", sidecar.port)
+    several = bool(sidecar.more_ports)  # `ports`, each with its app and mode
+    _put(doc, "port", None if several else sidecar.port)
     if sidecar.port is not None:
         _put(doc, "address", sidecar.address, "0.0.0.0")
-    if (sidecar.app_host, sidecar.app_port) != (DEFAULT_APP_HOST, DEFAULT_APP_PORT):
+    if several:
+        doc["ports"] = [_inbound_port(sidecar, port) for port in sidecar.inbound_ports()]
+    elif (sidecar.app_host, sidecar.app_port) != (DEFAULT_APP_HOST, DEFAULT_APP_PORT):
         doc["app"] = _address(sidecar.app_host, sidecar.app_port)
     _put(doc, "outbound_port", sidecar.outbound_port)
     calls: list[Any] = []
@@ -244,10 +270,36 @@ def _sidecar(w: _Writer, sidecar: Sidecar) -> Doc:
             doc["namespace"], doc["service_account"] = found.group(1), found.group(2)
     if sidecar.tracing is not None:
         doc["tracing"] = _tracing(sidecar.tracing)
+    if sidecar.locality is not None:
+        doc["locality"] = _locality(sidecar.locality)
+    _put(doc, "labels", dict(sidecar.labels))
     for key in ("authorization", "jwt", "deny"):
         if getattr(sidecar, key) is not None:
             w.cannot(f"sidecar.{key}", f"a sidecar's {key} is not converted yet",
                      sidecar.origin)
+    return doc
+
+
+def _locality_lb(policy: LocalityLb) -> Doc:
+    written: Doc = {}
+    _put(written, "distribute", [{"from": source, "to": dict(shares)}
+                                 for source, shares in policy.distribute])
+    _put(written, "failover", [{"from": source, "to": target}
+                               for source, target in policy.failover])
+    _put(written, "failover_priority", list(policy.failover_priority))
+    return written
+
+
+def _locality(where: Locality) -> str:
+    """`region[/zone[/subzone]]`, as `locality.locality` reads it."""
+    return "/".join(p for p in (where.region, where.zone, where.sub_zone) if p)
+
+
+def _inbound_port(sidecar: Sidecar, port: InboundPort) -> Doc:
+    doc: Doc = {"port": port.port, "app": _address(port.app_host, port.app_port)}
+    _put(doc, "protocol", port.protocol)
+    _put(doc, "mtls", dict(sidecar.port_modes).get(port.port))
+    _put(doc, "service", port.service)
     return doc
 
 
@@ -305,6 +357,8 @@ def write_gateway(gateway: Gateway, files: FileSink | None = None) -> Written:
                 "listeners": [_listener(w, index, listener)
                               for index, listener in enumerate(gateway.listeners)
                               if listener.protocol != "udp"]}
+    if gateway.locality is not None:
+        doc["locality"] = _locality(gateway.locality)
     if gateway.identity is not None:
         w.cannot("", "the gateway's certificate identity has no native field", gateway.origin)
     return Written("Gateway", gateway.name, doc, gateway.origin, w.unsaid)
@@ -396,6 +450,10 @@ def write_route(route: Route, files: FileSink | None = None) -> Written:
         _put(doc, "hosts", list(route.hosts), ["*"])
     else:
         doc["service"] = route.service
+        if route.callers_namespace is not None:
+            w.cannot("service", "a Route for the callers of namespace "
+                                f"{route.callers_namespace} only (a consumer route) has no "
+                                "native field", route.origin)
     if route.cors is not None:
         doc["cors"] = _cors(w, "cors", route.cors)
     if route.security:

@@ -10,8 +10,9 @@ the requests Istio's CUSTOM policies send to their provider picked (`shadow`, `e
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
+from envoy.config.core.v3.address_pb2 import CidrRange
 from envoy.config.rbac.v3.rbac_pb2 import RBAC as RbacRules
 from envoy.config.rbac.v3.rbac_pb2 import Permission, Policy, Principal
 from envoy.extensions.filters.http.rbac.v3.rbac_pb2 import RBAC, RBACPerRoute
@@ -23,8 +24,9 @@ from envoy.type.matcher.v3.path_pb2 import PathMatcher
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from envoy.type.matcher.v3.value_pb2 import ListMatcher, ValueMatcher
 from google.protobuf.message import Message
+from google.protobuf.wrappers_pb2 import UInt32Value
 
-from meshpilot.ir.model import Authorization, AuthzRule, Route, Rule, StringMatch
+from meshpilot.ir.model import Authorization, AuthzCondition, AuthzRule, Route, Rule, StringMatch
 from meshpilot.translators.httpfilters.feature import (
     ChainInputs,
     HttpFeature,
@@ -34,7 +36,7 @@ from meshpilot.translators.httpfilters.feature import (
     security_inputs,
 )
 from meshpilot.translators.httpfilters.jwt_authn import JWT_AUTHN, JWT_PAYLOAD
-from meshpilot.translators.matchers import header_matcher, string_matcher
+from meshpilot.translators.matchers import header_matcher, re2_literal, string_matcher
 
 RBAC_DENY = "envoy.filters.http.rbac/deny"
 RBAC_ALLOW = "envoy.filters.http.rbac/allow"
@@ -69,6 +71,18 @@ class RbacFeature(HttpFeature):
 
 
 FEATURE = RbacFeature()
+
+
+def reads_server_name(routes: Iterable[Route]) -> bool:
+    """Whether a rule of the Routes' authorization (or of the requests a CUSTOM provider is
+    asked about) reads the TLS server name, which Envoy knows only from the TLS inspector."""
+    def reads(rule: AuthzRule | None) -> bool:
+        return rule is not None and (any(c.attribute == "sni" for c in rule.conditions)
+                                     or reads(rule.exclude))
+
+    return any(reads(rule) for route in routes for security in securities(route)
+               for rule in (*(r for p in security.authorization or () for r in p.rules),
+                            *((security.ext_authz.only or ()) if security.ext_authz else ())))
 
 
 def _policies(policies: tuple[Authorization, ...] | None) -> dict[str, Message]:
@@ -159,7 +173,77 @@ def _conditions(rule: AuthzRule, *, separately: bool = False, detected_client: b
     if rule.request_principals:
         principals.append(_any_principal([_request_principal(p)
                                           for p in rule.request_principals]))
+    for condition in rule.conditions:
+        if condition.attribute in _PERMISSION_ATTRIBUTES:
+            permissions.append(_condition_permission(condition))
+        else:
+            principals.append(_condition_principal(condition))
     return permissions, principals
+
+
+# What the request asks for is a permission, who asks a principal (Envoy's RBAC reads both
+# the same way: only their AND matters).
+_PERMISSION_ATTRIBUTES = ("header", "metadata", "destination_ip", "sni")
+
+
+def _condition_permission(condition: AuthzCondition) -> Permission:
+    """A condition on what is asked: any of its matches holds."""
+    if condition.attribute == "header":
+        (name,) = condition.key
+        return _any_permission([Permission(header=header_matcher(name, m))
+                                for m in condition.matches])
+    if condition.attribute == "sni":
+        return _any_permission([Permission(requested_server_name=string_matcher(m))
+                                for m in condition.matches])
+    if condition.attribute == "destination_ip":
+        return _any_permission([Permission(destination_ip=_cidr(c)) for c in condition.cidrs])
+    filter_name, key = condition.key
+    permission = Permission()  # the request's dynamic metadata (sourced_metadata's default)
+    permission.sourced_metadata.metadata_matcher.CopyFrom(MetadataMatcher(
+        filter=filter_name, path=[MetadataMatcher.PathSegment(key=key)],
+        value=_any_value([ValueMatcher(string_match=string_matcher(m))
+                          for m in condition.matches]
+                         + [ValueMatcher(list_match=ListMatcher(one_of=ValueMatcher(
+                             string_match=string_matcher(m)))) for m in condition.elements])))
+    return permission
+
+
+def _condition_principal(condition: AuthzCondition) -> Principal:
+    """A condition on who asks: any of its matches holds."""
+    if condition.attribute == "principal":
+        found = []
+        for how in condition.matches:
+            principal = Principal()
+            principal.authenticated.principal_name.CopyFrom(string_matcher(how))
+            found.append(principal)
+        return _any_principal(found)
+    if condition.attribute == "request_principal":
+        return _any_principal([_request_principal(p) for p in condition.request_principals])
+    if condition.attribute in ("peer_ip", "client_ip"):
+        return _any_principal([_cidr_principal(c, condition.attribute == "client_ip")
+                               for c in condition.cidrs])
+    # a claim: its value matches, or it is a list with an element that does (Istio's reading)
+    value = _any_value([ValueMatcher(string_match=string_matcher(m))
+                        for m in condition.matches])
+    principal = Principal()
+    principal.sourced_metadata.metadata_matcher.CopyFrom(MetadataMatcher(
+        filter=JWT_AUTHN, path=[MetadataMatcher.PathSegment(key=k)
+                                for k in (JWT_PAYLOAD, *condition.key)],
+        value=_any_value([ValueMatcher(list_match=ListMatcher(one_of=value)), value])))
+    return principal
+
+
+def _any_value(items: list[ValueMatcher]) -> ValueMatcher:
+    if len(items) == 1:
+        return items[0]
+    found = ValueMatcher()
+    found.or_match.value_matchers.extend(items)
+    return found
+
+
+def _cidr(cidr: str) -> CidrRange:
+    address, _, length = cidr.partition("/")
+    return CidrRange(address_prefix=address, prefix_len=UInt32Value(value=int(length)))
 
 
 def _template_permission(template: str) -> Permission:
@@ -252,8 +336,10 @@ def _authenticated_principal(spiffe_id: str) -> Principal:
 
 
 def _request_principal(written: str) -> Principal:
-    """Istio's request principal: `iss/sub` of the validated token, or `*`: any valid token
-    (its issuer is in the payload the JWT filter kept)."""
+    """Istio's request principal: `iss/sub` of the validated token (the last `/` splits them:
+    an issuer may be a URL), `*`: any valid token; a leading `*` makes the issuer (or, with no
+    `/`, the subject) a suffix, a trailing one the subject (with no `/`, the issuer) a prefix,
+    as Istio's builder reads them."""
     if written == "*":
         principal = Principal()
         principal.sourced_metadata.metadata_matcher.CopyFrom(MetadataMatcher(
@@ -261,8 +347,35 @@ def _request_principal(written: str) -> Principal:
                                     MetadataMatcher.PathSegment(key="iss")],
             value=ValueMatcher(present_match=True)))
         return principal
-    issuer, _, subject = written.rpartition("/")
+    issuer, slash, subject = written.rpartition("/")
+    anything = StringMatch("regex", ".+")
+    if not slash:  # no subject written: the text is the issuer's, or the subject's
+        if written.startswith("*"):
+            return _all_principal([_claim_match("iss", anything), _claim_match(
+                "sub", StringMatch("regex", ".*" + re2_literal(written[1:])))])
+        if written.endswith("*"):
+            return _all_principal([_claim_match("iss", StringMatch("prefix", written[:-1])),
+                                   _claim_match("sub", anything)])
+        return _all_principal([_claim_match("iss", StringMatch("exact", written)),
+                               _claim_match("sub", StringMatch("exact", ""))])
+    if written.startswith("*"):
+        iss = anything if issuer == "*" else StringMatch("regex", ".*" + re2_literal(issuer[1:]))
+        return _all_principal([_claim_match("iss", iss),
+                               _claim_match("sub", StringMatch("exact", subject))])
+    if written.endswith("*"):
+        sub = anything if subject == "*" else StringMatch("prefix", subject[:-1])
+        return _all_principal([_claim_match("iss", StringMatch("exact", issuer)),
+                               _claim_match("sub", sub)])
     return _all_principal([_claim_principal("iss", issuer), _claim_principal("sub", subject)])
+
+
+def _claim_match(claim: str, how: StringMatch) -> Principal:
+    principal = Principal()
+    principal.sourced_metadata.metadata_matcher.CopyFrom(MetadataMatcher(
+        filter=JWT_AUTHN, path=[MetadataMatcher.PathSegment(key=JWT_PAYLOAD),
+                                MetadataMatcher.PathSegment(key=claim)],
+        value=ValueMatcher(string_match=string_matcher(how))))
+    return principal
 
 
 def _claim_principal(claim: str, value: str) -> Principal:
