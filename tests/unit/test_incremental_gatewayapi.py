@@ -303,3 +303,63 @@ spec: {ports: [{name: http, port: 80, targetPort: 8000}]}
         before = state["snapshot"].version
         _step(tmp_path, _files(routes, backends, head), loader, state)
         assert state["snapshot"].version != before, what
+
+
+LISTENER_SET = """apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: more, namespace: app}
+spec:
+  parentRef: {name: edge, namespace: app}
+  listeners:
+  - {name: extra, port: 10002, protocol: HTTP, hostname: set.example.com}
+"""
+
+
+def _set_route(name: str, weight: int) -> str:
+    return f"""apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: {name}, namespace: app}}
+spec:
+  parentRefs: [{{group: gateway.networking.k8s.io, kind: ListenerSet, name: more}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /}}}}]
+    backendRefs:
+    - {{name: shared, port: 80, weight: {weight}}}
+    - {{name: {name}-a, port: 80, weight: {100 - weight}}}
+"""
+
+
+def test_gateway_api_listenerset_route_edits_equal_cold(tmp_path: Path, monkeypatch) -> None:
+    """A route attached through a ListenerSet (what the gateway phase found is kept with the
+    HTTP phase): its edits and a Gateway route's, each a patched compile equal to a cold
+    load, the ListenerSet's statuses included."""
+    from meshpilot.inputs.gatewayapi import compile as gateway_compile
+
+    patched: list[int] = []
+    phase = gateway_compile._Compiler._patched_http_phase
+
+    def counted(self, kept):  # type: ignore[no-untyped-def]
+        patched.append(1)
+        return phase(self, kept)
+
+    monkeypatch.setattr(gateway_compile._Compiler, "_patched_http_phase", counted)
+    loader = PolicyLoader(tmp_path)
+    state: dict = {}
+    head = [CLASS, _gateway().replace("  gatewayClassName: meshpilot\n",
+                                      "  gatewayClassName: meshpilot\n"
+                                      "  allowedListeners: {namespaces: {from: Same}}\n"),
+            LISTENER_SET]
+    routes = {"r0": _route("r0"), "s0": _set_route("s0", 90)}
+    backends = {"r0": _backend("r0-a", "127.0.1.1"), "s0": _backend("s0-a", "127.0.1.2"),
+                "shared": _backend("shared", "127.0.2.1")}
+    _step(tmp_path, _files(routes, backends, head), loader, state)
+    assert any(s.kind == "ListenerSet" for s in loader.load().statuses)
+    for what, edit in [("the ListenerSet's route", lambda: routes.update(s0=_set_route("s0", 70))),
+                       ("the Gateway's route", lambda: routes.update(r0=_route("r0", 60))),
+                       ("the shared backend", lambda: backends.update(
+                           shared=_backend("shared", "127.0.2.5")))]:
+        edit()
+        before, count = state["snapshot"].version, len(patched)
+        _step(tmp_path, _files(routes, backends, head), loader, state)
+        assert len(patched) == count + 1, what
+        assert state["snapshot"].version != before, what
