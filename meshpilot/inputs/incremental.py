@@ -8,8 +8,12 @@ document start markers, `split_documents`) whose text or line offset changed: mo
 positions, so a piece that moved is parsed again. A file that cannot be split safely is parsed
 whole. After a valid load of meshpilot's own kinds, the index of who refers to whom
 (`dependents.References`) takes the next edit's removed and added pieces and checks only what
-they touch; otherwise (or if it refuses the edit) the definitions are replayed in file order
-and the checks across documents run over the whole set, as in a cold load.
+they touch. After a valid load of Gateway API documents (beside any of meshpilot's own), an
+edit of only Gateway API documents skips the checks across documents, which read none of them,
+and hands the edit to the formats' compile steps (`_format_edit`,
+`assembly.compile_formats_edit`). Otherwise (or if either refuses the edit) the definitions
+are replayed in file order and the checks across documents run over the whole set, as in a
+cold load.
 
 Whenever anything is wrong (any issue anywhere, a file that cannot be read), `try_load` gives
 up and returns None: the caller then loads cold, so a rejected load reports exactly what a cold
