@@ -17,7 +17,8 @@ then patches the model (each sorted tuple by bisection). It never words an issue
 anything is wrong it returns None, and the caller loads cold, which reports exactly what a cold
 load reports. It covers Service, Route and Gateway documents; a policy holding any other
 document (raw EnvoyResources, Gateway API, Istio) or an edit of one is loaded the whole way
-(`incremental.py`, still re-parsing changed documents only).
+(`incremental.py`, still re-parsing changed documents only; an edit of only Gateway API
+documents is compiled from what the last load kept, `ParseCache._format_edit`).
 """
 
 from __future__ import annotations

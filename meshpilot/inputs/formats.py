@@ -56,6 +56,14 @@ class InputFormat(Protocol):
 # apiVersion) may share one compile step: it runs once.
 FormatCompiler = Callable[[Sequence[ParsedDocument], LoadContext],
                           tuple[list[ModelPart], list[ObjectStatus]]]
+#   compile_edit: FormatEditCompiler   the same step for a process loading one folder again
+#                               and again (`incremental.py`): also given the documents an
+#                               edit removed and added since its last call and what that call
+#                               kept (None: nothing, compile them all), it returns what it
+#                               keeps for the next; it must give what `compile` gives.
+FormatEditCompiler = Callable[[Sequence[ParsedDocument], LoadContext, Sequence[ParsedDocument],
+                               Sequence[ParsedDocument], object | None],
+                              tuple[list[ModelPart], list[ObjectStatus], object | None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +106,12 @@ class FormatRegistry:
             if step is not None and step not in found:
                 found.append(step)
         return found
+
+    def edit_compilers(self) -> list[tuple[FormatCompiler, FormatEditCompiler | None]]:
+        """`compilers()`, each with its format's `compile_edit`, if it has one."""
+        edits = {id(getattr(f, "compile", None)): getattr(f, "compile_edit", None)
+                 for f in self._formats.values()}
+        return [(step, edits.get(id(step))) for step in self.compilers()]
 
     def kinds_of(self, api_version: str | None) -> list[str]:
         """The kinds of documents with this `apiVersion` some format reads, sorted."""

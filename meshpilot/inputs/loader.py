@@ -100,6 +100,12 @@ class PolicyLoader:
         return self._cache.fast
 
     @property
+    def format_edit(self) -> bool:
+        """Whether the newest load compiled an edit of only Gateway API documents without
+        the checks across documents (which read none of them), `incremental.py`."""
+        return self._cache.format_edit
+
+    @property
     def parsed_pieces(self) -> int:
         """Pieces of those files parsed (a file parsed whole counts 1)."""
         return self._cache.parsed_pieces

@@ -32,9 +32,12 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import accumulate
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +311,112 @@ def split_documents(data: bytes) -> list[tuple[int, str]] | None:
             start = cut
     pieces.append((line, text[start:]))
     return pieces
+
+
+def split_edited(data: bytes, before: str, pieces: Sequence[tuple[int, str]],
+                 ) -> tuple[str, int, list[tuple[int, str]], int] | None:
+    """`split_documents(data)` for an edit of a text (`before`) it cut into `pieces`, told as
+    (the text, how many of `pieces` begin it, the pieces between, how many end it): what only
+    compares the unchanged pieces (in C) and cuts the changed middle. None when it cannot
+    tell (then `split_documents` must cut the whole: the edit moved lines under the last
+    pieces, a BOM, anything that makes the middle unsplittable, not UTF-8, too large)."""
+    if len(data) > MAX_FILE_BYTES:
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text or text.startswith("\ufeff") or before.startswith("\ufeff"):
+        return None
+    count = len(pieces)
+    # Where the unchanged text ends and begins again, found in C, then which of the pieces lie
+    # whole in it (their lengths added up in C too).
+    lengths = list(accumulate(map(len, map(itemgetter(1), pieces))))
+    head = bisect_right(lengths, _common_prefix(before, text))
+    while head and not _cut_at(text, lengths[head - 1]):
+        head -= 1  # the text after it changed right at its end: cut again
+    at = lengths[head - 1] if head else 0
+    from_end = list(accumulate(map(len, map(itemgetter(1), reversed(pieces)))))
+    tail = min(bisect_right(from_end, _common_suffix(before, text)), count - head)
+    # Each of the last pieces began at a cut of `before`, so with a document start marker (or
+    # at 0): at the start of a line of `text`, it begins one there too.
+    while tail and (len(text) - from_end[tail - 1] < at or
+                    (len(text) - from_end[tail - 1] and
+                     text[len(text) - from_end[tail - 1] - 1] != "\n")):
+        tail -= 1
+    end = len(text) - from_end[tail - 1] if tail else len(text)
+    if tail and text.count("\n", at, end) != \
+            before.count("\n", at, len(before) - from_end[tail - 1]):
+        tail, end = 0, len(text)  # lines added or removed before them: they moved
+    middle = text[at:end]
+    if any(mark in middle for mark in ("\r", "\x85", "\u2028", "\u2029", "\ufeff")) or \
+            (at == 0 and middle.startswith("%")) or "\n%" in middle or \
+            _markers(middle, "...")[:1]:
+        return None
+    line = pieces[head][0] if head < count else text.count("\n", 0, at)
+    made: list[tuple[int, str]] = []
+    start = 0
+    for cut in _markers(middle, "---"):
+        if cut > start:
+            made.append((line, middle[start:cut]))
+            line += middle.count("\n", start, cut)
+            start = cut
+    if start < len(middle):
+        made.append((line, middle[start:]))
+    return text, head, made, tail
+
+
+_CHUNK = 1 << 15  # characters compared at a time by `_common_prefix` and `_common_suffix`
+
+
+def _common_prefix(one: str, other: str) -> int:
+    """How many characters `one` and `other` begin with alike (slices compared in C)."""
+    most = min(len(one), len(other))
+    done = 0
+    while done < most:
+        step = min(_CHUNK, most - done)
+        if one[done:done + step] == other[done:done + step]:
+            done += step
+            continue
+        low, high = 0, step - 1  # alike for `low` more; not for `high + 1`
+        while low < high:
+            middle = (low + high + 1) // 2
+            if one[done:done + middle] == other[done:done + middle]:
+                low = middle
+            else:
+                high = middle - 1
+        return done + low
+    return done
+
+
+def _common_suffix(one: str, other: str) -> int:
+    """How many characters `one` and `other` end with alike (slices compared in C)."""
+    most = min(len(one), len(other))
+    a, b = len(one), len(other)
+    done = 0
+    while done < most:
+        step = min(_CHUNK, most - done)
+        if one[a - done - step:a - done] == other[b - done - step:b - done]:
+            done += step
+            continue
+        low, high = 0, step - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if one[a - done - middle:a - done] == other[b - done - middle:b - done]:
+                low = middle
+            else:
+                high = middle - 1
+        return done + low
+    return done
+
+
+def _cut_at(text: str, at: int) -> bool:
+    """Whether `split_documents` cuts `text` at `at` (a document start marker, or an end)."""
+    if at == 0 or at == len(text):
+        return True
+    after = at + 3
+    return text[at - 1] == "\n" and text.startswith("---", at) and \
+        (after == len(text) or text[after] in " \t\n")
 
 
 def _markers(text: str, marker: str) -> list[int]:

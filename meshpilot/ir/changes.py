@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import chain, compress
+from operator import attrgetter, is_not
 from typing import Any
 
 from meshpilot.ir.model import Model, Route
@@ -47,6 +48,13 @@ def between(before: Model, after: Model) -> ModelChanges:
 def _differing(before: tuple[Any, ...], after: tuple[Any, ...]) -> frozenset[str]:
     if before is after:
         return frozenset()
+    if len(before) == len(after):
+        # Side by side (both sorted by name), in C: a part added, replaced or removed leaves
+        # its place holding another object, so the names at the places that differ are never
+        # fewer than what changed (more only where a removal and an addition shift a stretch).
+        places = list(compress(range(len(after)), map(is_not, before, after)))
+        return frozenset(chain(map(_name, map(before.__getitem__, places)),
+                               map(_name, map(after.__getitem__, places))))
     earlier = {part.name: part for part in before}
     changed = {part.name for part in after if earlier.pop(part.name, None) is not part}
     return frozenset(changed.union(earlier))  # what is left of `earlier` was removed

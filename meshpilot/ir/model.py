@@ -18,11 +18,14 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import attrgetter
 from typing import Literal
 
 from google.protobuf.message import Message
 
 from meshpilot.base.errors import PolicyIssue, Position
+
+_NAME = attrgetter("name")  # a model's index by name is made in C (thousands of parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1167,8 +1170,10 @@ class Model:
         if self._indexed:
             object.__setattr__(self, "_indexed", False)
             return
-        object.__setattr__(self, "_services", {s.name: s for s in self.services})
-        object.__setattr__(self, "_gateways", {g.name: g for g in self.gateways})
+        object.__setattr__(self, "_services", dict(zip(map(_NAME, self.services),
+                                                        self.services, strict=True)))
+        object.__setattr__(self, "_gateways", dict(zip(map(_NAME, self.gateways),
+                                                        self.gateways, strict=True)))
 
     def service(self, name: str) -> Service | None:
         return self._services.get(name)

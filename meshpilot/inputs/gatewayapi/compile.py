@@ -33,6 +33,8 @@ import re
 import ssl
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
+from itertools import chain
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -94,36 +96,149 @@ _WELL_KNOWN_PORTS = {"http": 80, "https": 443}
 
 def compile_gateway_api(parsed: Sequence[ParsedDocument], load: LoadContext,
                         ) -> tuple[list[ModelPart], list[ObjectStatus]]:
-    objects: list[KubeObject] = []
+    walk = Walk.of(parsed)
+    return ([], []) if walk is None else walk.compile()
+
+
+def compile_gateway_api_edit(parsed: Sequence[ParsedDocument], load: LoadContext,
+                             removed: Sequence[ParsedDocument], added: Sequence[ParsedDocument],
+                             kept: object | None,
+                             ) -> tuple[list[ModelPart], list[ObjectStatus], object | None]:
+    """`compile_gateway_api` after an edit (`formats.FormatEditCompiler`): the documents it
+    walked last time (`kept`, a `Walk`), patched by the edit's documents when they are only
+    routes, Services and EndpointSlices, instead of walking every document again."""
+    walk = kept.patched(removed, added) if isinstance(kept, Walk) else None
+    if walk is None:
+        walk = Walk.of(parsed)
+    if walk is None:
+        return [], [], None
+    parts, statuses = walk.compile()
+    return parts, statuses, walk
+
+
+# The kinds an edit may change for `Walk.patched`: what routes read one by one (`_Reads`), and
+# the HTTP routes, whose compile `_KeptPhase` patches.
+_EDITABLE_KINDS = frozenset({"HTTPRoute", "GRPCRoute", *_READ_KINDS})
+
+
+@dataclass
+class Walk:
+    """What a compile needs of every document, found by one walk over them (a folder of 1,000
+    routes holds 5,000 documents), kept for the next edit (`Walk.patched`)."""
+
+    world: _World
     # An object kept from an earlier load was parsed in another load's context: what the
     # compile step reports goes through the context of this load's document.
-    contexts: dict[int, DocumentContext] = {}
-    natives: dict[str, Service] = {}
+    contexts: dict[int, DocumentContext]
+    natives: dict[str, Service]
     # The native Routes that shape calls to a Service already (its callers' sidecars take one).
-    mesh_routes: dict[str, str] = {}
-    # One walk over every part (a folder of 1,000 routes holds 5,000 documents; the edit
-    # benchmark spent a tenth of the compile walking them three times).
-    for document in parsed:
-        for part in document.parts:
-            if isinstance(part, KubeObject):
-                objects.append(part)
-                contexts[id(part)] = document.context
-            elif isinstance(part, Service):
-                natives[part.name] = part
-            elif isinstance(part, Route) and part.service is not None:
-                mesh_routes[part.service] = part.name
-    if not objects:
-        return [], []
+    mesh_routes: dict[str, str]
     # What a route's compile may read besides the route itself and the Services it names
     # (`_Reads`): every document but routes, Services and EndpointSlices (by identity: an
     # unchanged document is the very object of the last load) and the native Services by
     # value. The same, and the same Services read: its compile may be taken from the last.
-    backdrop = (tuple(o for o in objects if not o.kind.endswith("Route")
-                      and o.kind not in _READ_KINDS), tuple(natives.values()))
-    compiler = _Compiler(_World.of(objects), natives, backdrop, contexts)
-    compiler.native_mesh_routes = mesh_routes
-    compiler.run()
-    return compiler.parts(), compiler.statuses
+    backdrop: tuple[tuple[object, ...], tuple[Service, ...]]
+    compiles: int = 0  # compiles of this walk so far
+    # What the newest patch changed: route ns/name -> the route now (None: gone), and Service
+    # ns/names (an EndpointSlice's by its service label); None: walked whole.
+    changed: tuple[dict[str, KubeObject | None], set[str]] | None = None
+
+    @classmethod
+    def of(cls, parsed: Sequence[ParsedDocument]) -> Walk | None:
+        objects: list[KubeObject] = []
+        contexts: dict[int, DocumentContext] = {}
+        natives: dict[str, Service] = {}
+        mesh_routes: dict[str, str] = {}
+        for document in parsed:
+            for part in document.parts:
+                if isinstance(part, KubeObject):
+                    objects.append(part)
+                    contexts[id(part)] = document.context
+                elif isinstance(part, Service):
+                    natives[part.name] = part
+                elif isinstance(part, Route) and part.service is not None:
+                    mesh_routes[part.service] = part.name
+        if not objects:
+            return None
+        backdrop = (tuple(o for o in objects if not o.kind.endswith("Route")
+                          and o.kind not in _READ_KINDS), tuple(natives.values()))
+        return cls(_World.of(objects), contexts, natives, mesh_routes, backdrop)
+
+    def compile(self) -> tuple[list[ModelPart], list[ObjectStatus]]:
+        self.compiles += 1
+        compiler = _Compiler(self.world, self.natives, self.backdrop, self.contexts)
+        compiler.native_mesh_routes = self.mesh_routes
+        compiler.walk = self
+        compiler.run()
+        return compiler.parts(), compiler.statuses
+
+    def patched(self, removed: Sequence[ParsedDocument],
+                added: Sequence[ParsedDocument]) -> Walk | None:
+        """This walk after an edit of only HTTPRoutes, GRPCRoutes, Services and EndpointSlices
+        (the backdrop is then the same), changed in place; None if the edit is another (then
+        walk every document again: this one is no longer right)."""
+        gone = [part for document in removed for part in document.parts]
+        new = [(part, document.context) for document in added for part in document.parts]
+        if not all(isinstance(part, KubeObject) and part.kind in _EDITABLE_KINDS
+                   for part in (*gone, *(part for part, _ in new))):
+            return None
+        world = self.world
+        routes: dict[str, KubeObject | None] = {}
+        services: set[str] = set()
+        places: dict[str, int] = {}  # slices' service -> where the gone one was
+        for part in gone:
+            assert isinstance(part, KubeObject)
+            self.contexts.pop(id(part), None)
+            if part.kind == "Service":
+                if world.services.get(part.key) is part:
+                    del world.services[part.key]
+                services.add(part.key)
+            elif part.kind == "EndpointSlice":
+                service = part.label(SERVICE_NAME_LABEL)
+                if service:
+                    key = f"{part.namespace}/{service}"
+                    slices = world.slices.get(key, [])
+                    at = next((i for i, one in enumerate(slices) if one is part), None)
+                    if at is None or key in places:
+                        return None
+                    del slices[at]
+                    places[key] = at
+                    services.add(key)
+            else:
+                routes[part.key] = None
+                # From the end: an edited route was appended there by the last patch.
+                at = next((i for i in range(len(world.http_routes) - 1, -1, -1)
+                           if world.http_routes[i] is part), None)
+                if at is None:
+                    return None
+                del world.http_routes[at]
+        for part, context in new:
+            assert isinstance(part, KubeObject)
+            self.contexts[id(part)] = context
+            if part.kind == "Service":
+                world.services[part.key] = part
+                services.add(part.key)
+            elif part.kind == "EndpointSlice":
+                service = part.label(SERVICE_NAME_LABEL)
+                if service:
+                    key = f"{part.namespace}/{service}"
+                    slices = world.slices.setdefault(key, [])
+                    # In file order among the Service's others: where the one it replaces
+                    # was, or alone.
+                    at = places.pop(key, None)
+                    if at is None and slices:
+                        return None
+                    slices.insert(at or 0, part)
+                    services.add(key)
+            else:
+                routes[part.key] = part
+                world.http_routes.append(part)
+        if places:  # a slice gone without one in its place
+            for key in places:
+                if not world.slices.get(key):
+                    world.slices.pop(key, None)
+        self.changed = (routes, services)
+        return self
 
 
 # ---- the documents, indexed ---------------------------------------------------------------------
@@ -380,6 +495,7 @@ class _Compiler:
         self._contexts = contexts
         self._backdrops: dict[int, bool] = {}
         self._reads: _Reads | None = None  # what the route being compiled read, if recorded
+        self.walk: Walk | None = None  # the walk it compiles (`Walk.compile`), if kept
         self.statuses: list[ObjectStatus] = []
         self.gateways: list[Gateway] = []
         self.routes: list[Route] = []
@@ -436,13 +552,24 @@ class _Compiler:
                             details)
 
     def run(self) -> None:
-        self._backend_tls_policies()
-        classes = self._classes()
-        for gateway in self.world.gateways:
-            self._gateway(gateway, classes)
-        self._between_gateways()
-        for route in sorted(self.world.http_routes, key=_route_age):
-            self._http_route(route)
+        holder = self.backdrop[0][0].memo if self.backdrop[0] else None
+        kept = holder.pop(_PHASE_MEMO, None) if holder is not None else None
+        issues = self.issues()
+        touched: dict[str, set[int | tuple[int, str]]] | None = None
+        if kept is not None and kept.reusable(self):
+            touched = self._patched_http_phase(kept)
+        else:
+            kept = None
+            self._backend_tls_policies()
+            classes = self._classes()
+            for gateway in self.world.gateways:
+                self._gateway(gateway, classes)
+            self._between_gateways()
+            before = len(self.statuses)
+            for route in sorted(self.world.http_routes, key=_route_age):
+                self._http_route(route)
+            if holder is not None:
+                kept = _KeptPhase.of(self, before)
         # TLSRoutes first: on a TLS listener that terminates, a TCPRoute takes the listener's
         # hostname only where no TLSRoute names it.
         for route in sorted(self.world.tls_routes, key=_route_age):
@@ -452,11 +579,97 @@ class _Compiler:
         for route in sorted(self.world.udp_routes, key=_route_age):
             self._udp_route(route)
         for gateway in self.world.gateways:
-            self._finish_gateway(gateway)
+            self._finish_gateway(gateway, None if touched is None else touched.get(gateway.key))
         self.statuses.extend(listenersets.orphans(
             self.world.listener_sets, {gateway.key for gateway in self.world.gateways}))
         self._finish_mesh()
         self._backend_tls_statuses()
+        if holder is not None and kept is not None and kept.complete and \
+                self.issues() == issues:
+            holder[_PHASE_MEMO] = kept  # only a compile that reported nothing is kept
+            kept.walk = self.walk
+            kept.compiles = self.walk.compiles if self.walk is not None else 0
+
+    def _patched_http_phase(self, kept: _KeptPhase) -> dict[str, set[int | tuple[int, str]]]:
+        """The compile up to its HTTP routes, from the last one over the same backdrop
+        (`_KeptPhase`): its listeners and what its routes did, less what the routes gone,
+        edited or reading an edited Service or EndpointSlice did, plus what those routes do
+        now. A route's effects depend on no other route, and where they land does not hang
+        on the order they are applied in (entries are sorted by precedence, which includes
+        the route's age; statuses by object). The places touched: per Gateway, each
+        (port, hostname) whose entries changed, or a port whose wildcard's did."""
+        self.listeners, self.params = kept.listeners, kept.params
+        self.entries, self.passthrough = kept.entries, kept.passthrough
+        self.listener_sets, self.backend_client = kept.listener_sets, kept.backend_client
+        self.services = kept.services
+        walk = self.walk
+        if walk is not None and walk.changed is not None and kept.walk is walk and \
+                kept.compiles == walk.compiles - 1:
+            # The walk was patched since the compile kept: it says what the edit changed.
+            changed_routes, changed_reads = walk.changed
+            stale = {route for key in changed_reads for route in kept.readers.get(key, ())}
+            stale.update(changed_routes)
+            now = {}
+            for key in stale:  # a route that only read what changed is the one kept
+                route = changed_routes[key] if key in changed_routes else kept.routes[key][0]
+                if route is not None:
+                    now[key] = route
+        else:
+            changed_reads = {key for key, (service, slices) in kept.reads.items()
+                             if self.world.services.get(key) is not service or
+                             not _same_objects(self.world.slices.get(key, ()), slices)}
+            stale = {route for key in changed_reads for route in kept.readers.get(key, ())}
+            now = {}
+            for route in self.world.http_routes:
+                now[route.key] = route
+                held = kept.routes.get(route.key)
+                if held is None or held[0] is not route:
+                    stale.add(route.key)
+            stale.update(key for key in kept.routes if key not in now)
+        touched: dict[str, set[int | tuple[int, str]]] = {}
+        for key in stale:
+            held = kept.routes.pop(key, None)
+            if held is not None:
+                kept.forget(held)
+                self._unapply(held[1], touched)
+        for key in sorted(stale, key=lambda key: _route_age(now[key]) if key in now else ()):
+            route = now.get(key)
+            if route is None:
+                continue
+            effects = self._http_route(route)
+            kept.remember(route, effects)
+            self._touch(effects, touched)
+        # (`_http_route` said the statuses of the routes compiled again: said once, here)
+        self.statuses = [*kept.statuses, *chain.from_iterable(kept.route_statuses.values())]
+        return touched
+
+    def _unapply(self, effects: list[_Effect], touched: dict[str, set[int | tuple[int, str]]],
+                 ) -> None:
+        """Undo `_apply(effects)` (of a kept compile without BackendTLSPolicies or mesh
+        routes: `_KeptPhase.of`), noting the places it touched."""
+        self._touch(effects, touched)
+        for effect in effects:
+            if isinstance(effect, _Attached):
+                self.listeners[effect.gateway][effect.listener].attached -= 1
+            elif isinstance(effect, _Placed):
+                listener = self.listeners[effect.gateway][effect.listener]
+                by_host = self.entries[effect.gateway][listener.port]
+                found = by_host[effect.hostname]
+                at = next(i for i, entry in enumerate(found) if entry.rule is effect.rule and
+                          entry.order == effect.order and entry.listener is listener)
+                del found[at]
+                if not found:
+                    del by_host[effect.hostname]
+
+    def _touch(self, effects: list[_Effect],
+               touched: dict[str, set[int | tuple[int, str]]]) -> None:
+        for effect in effects:
+            if isinstance(effect, _Placed):
+                port = self.listeners[effect.gateway][effect.listener].port
+                places = touched.setdefault(effect.gateway, set())
+                # A wildcard's entries join every hostname it covers: the whole port.
+                places.add(port if effect.hostname.startswith("*") else
+                           (port, effect.hostname))
 
     # ---- BackendTLSPolicy ----
 
@@ -895,7 +1108,7 @@ class _Compiler:
 
     # ---- routes ----
 
-    def _http_route(self, route: KubeObject) -> None:
+    def _http_route(self, route: KubeObject) -> list[_Effect]:
         """Attach an HTTPRoute (or GRPCRoute): its entries on every listener it attaches to,
         its statuses. What that takes is what it took last time for this very route document
         over the same other documents (`backdrop`), so an edit that leaves a route and every
@@ -907,6 +1120,7 @@ class _Compiler:
             self.services.update(kept[2])
             effects = kept[1]
         else:
+            route.memo.pop("effects", None)
             before = self.issues()
             self._reads = {}
             try:
@@ -917,6 +1131,7 @@ class _Compiler:
             if cacheable and self.issues() == before and rules is not None:
                 route.memo["effects"] = ((self.backdrop, reads), effects, rules[2])
         self._apply(effects)
+        return effects
 
     def _http_route_effects(self, route: KubeObject) -> tuple[list[_Effect], bool]:
         """What attaching `route` does, in order, without doing it; and whether it depends on
@@ -1628,7 +1843,34 @@ class _Compiler:
 
     # ---- the model of a Gateway ----
 
-    def _finish_gateway(self, obj: KubeObject) -> None:
+    def _host_route(self, obj: KubeObject, port: int, hostname: str,
+                    by_host: dict[str, list[_Entry]], wildcards: list[str],
+                    on_port: list[_Listener], tls_hosts: bool, previous: dict[str, Any],
+                    client: TlsCertificate | None) -> Route:
+        """The model Route of one hostname of a Gateway's port: last time's if its entries are
+        the very rules it holds (their routes' effects were replayed)."""
+        entries = _host_entries(hostname, by_host, wildcards, on_port)
+        if client is not None:  # TLS backends get this Gateway's certificate
+            entries = [replace(e, rule=with_client_certificate(
+                e.rule, obj.key, client, self.services)) for e in entries]
+        name = f"{obj.key}/{port}/{hostname}"
+        # Every entry of a hostname comes through the one listener it belongs to
+        # (`_claimed_elsewhere`): that listener's table.
+        tls_host = by_host[hostname][0].listener.tls_name if tls_hosts else None
+        old = previous.get(name)
+        if old is not None and old.tls_host == tls_host and len(old.rules) == len(entries) and \
+                all(r is e.rule for r, e in zip(old.rules, entries, strict=True)):
+            return old  # type: ignore[no-any-return]
+        return _kept(Route(name, obj.document.position, obj.key, hosts=(hostname,),
+                           rules=tuple(e.rule for e in entries), listeners=(str(port),),
+                           origin=Origin(obj.document.position, "Gateway", obj.key),
+                           tls_host=tls_host), previous)
+
+    def _finish_gateway(self, obj: KubeObject,
+                        touched: set[int | tuple[int, str]] | None = None) -> None:
+        """The model Gateway, its Routes and the statuses of its listeners and itself;
+        with `touched` (a patched compile, `_patched_http_phase`), a hostname's Route whose
+        entries were not touched is the one made last time."""
         listeners = self.listeners.get(obj.key)
         if listeners is None:
             return
@@ -1657,6 +1899,8 @@ class _Compiler:
         valid = [lst for lst in listeners if lst.valid]
         gateway_name = obj.key
         previous = dict(obj.memo)
+        first = len(self.routes)  # this Gateway's Routes are appended from here
+        ports: dict[int, tuple[dict[str, Route], list[str]]] = {}
         backend_client = self.backend_client.get(obj.key)
         client = backend_client[0] if backend_client else None
         model_listeners: list[GatewayListener] = []
@@ -1715,37 +1959,37 @@ class _Compiler:
                 tls_hosts=hosts,
                 origin=on_port[0].origin()))
             by_host = self.entries[obj.key].get(port, {})
-            wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
-            for hostname in sorted(by_host):
-                entries = _host_entries(hostname, by_host, wildcards, on_port)
-                if client is not None:  # TLS backends get this Gateway's certificate
-                    entries = [replace(e, rule=with_client_certificate(
-                        e.rule, gateway_name, client, self.services)) for e in entries]
-                name = f"{gateway_name}/{port}/{hostname}"
-                # Every entry of a hostname comes through the one listener it belongs to
-                # (`_claimed_elsewhere`): that listener's table.
-                tls_host = by_host[hostname][0].listener.tls_name if hosts else None
-                old = previous.get(name)
-                if old is not None and old.tls_host == tls_host and \
-                        len(old.rules) == len(entries) and \
-                        all(r is e.rule for r, e in zip(old.rules, entries, strict=True)):
-                    self.routes.append(old)  # its routes' effects were replayed: the same
-                    continue
-                made = Route(
-                    name, obj.document.position, gateway_name,
-                    hosts=(hostname,), rules=tuple(e.rule for e in entries),
-                    listeners=(str(port),),
-                    origin=Origin(obj.document.position, "Gateway", obj.key),
-                    tls_host=tls_host)
-                self.routes.append(_kept(made, previous))
+            # A patched compile that touched some hostnames of the port (none a wildcard's:
+            # then `touched` holds the port) makes only theirs; the others are last time's.
+            # (Not with a client certificate for TLS backends: its rules read every Service.)
+            last = None if touched is None or port in touched or client is not None else \
+                previous.get(_PORTS_MEMO, {}).get(port)
+            if last is None:
+                wildcards = [h for h in by_host if h.startswith("*")]  # what may cover others
+                made_here = {hostname: self._host_route(obj, port, hostname, by_host, wildcards,
+                                                        on_port, bool(hosts), previous, client)
+                             for hostname in sorted(by_host)}
+            else:
+                made_here, wildcards = dict(last[0]), last[1]
+                for place in touched:  # type: ignore[union-attr]
+                    if type(place) is tuple and place[0] == port:
+                        if place[1] in by_host:
+                            made_here[place[1]] = self._host_route(
+                                obj, port, place[1], by_host, wildcards, on_port, bool(hosts),
+                                previous, client)
+                        else:
+                            made_here.pop(place[1], None)
+            ports[port] = (made_here, wildcards)
+            self.routes.extend(made_here.values())
             if hosts:
                 served = {h for h, found in by_host.items() for e in found[:1]
                           if e.listener.hostname == h}
                 self.routes.extend(_kept(route, previous) for route in
                                    _misdirected(obj, port, on_port, hosts, served))
         obj.memo.clear()
-        obj.memo.update((route.name, route) for route in self.routes
-                        if route.gateway == gateway_name)
+        mine = self.routes[first:]
+        obj.memo.update(zip(map(_route_name, mine), mine, strict=True))
+        obj.memo[_PORTS_MEMO] = ports
         gateway = Gateway(gateway_name, obj.document.position, tuple(model_listeners),
                           origin=Origin(obj.document.position, "Gateway", obj.key))
         kept = previous.get(_GATEWAY_MEMO)
@@ -1772,6 +2016,97 @@ class _Compiler:
             details=(("attachedListenerSets", str(sets)),)
             if "allowedListeners" in obj.spec() or any(
                 parent == obj.key for parent, _, _ in self.listener_sets.values()) else ())
+
+
+# ---- a compile patched by the routes that changed ----------------------------------------------
+
+# The key of the memo of a compile's first backdrop document that holds its `_KeptPhase`.
+_PHASE_MEMO = "\x00http-phase"
+
+
+@dataclass
+class _KeptPhase:
+    """A compile up to and with its HTTP routes, kept for the next compile over the very
+    same backdrop (`_Compiler._patched_http_phase`). Only for compiles with HTTPRoutes and
+    GRPCRoutes alone (no stream routes, which write into listeners; no BackendTLSPolicy,
+    whose statuses depend on what every route sends to; no mesh parent). Taken by the next
+    compile (it changes in place), kept again only by one that reported nothing."""
+
+    backdrop: tuple[tuple[object, ...], tuple[Service, ...]]
+    listeners: dict[str, list[_Listener]]
+    params: dict[str, _Params]
+    entries: dict[str, dict[int, dict[str, list[_Entry]]]]
+    passthrough: dict[str, dict[int, dict[str, _Passthrough]]]
+    listener_sets: dict[str, listenersets.Known]
+    backend_client: dict[str, tuple[TlsCertificate | None, Resolved]]
+    statuses: list[ObjectStatus]  # those said before the HTTP routes
+    services: dict[str, Service]
+    # route ns/name -> (its document, its effects, the Services it made), and what it read
+    routes: dict[str, tuple[KubeObject, list[_Effect], dict[str, Service]]]
+    route_reads: dict[str, _Reads]
+    route_statuses: dict[str, tuple[ObjectStatus, ...]]  # the statuses among its effects
+    reads: dict[str, tuple[KubeObject | None, tuple[KubeObject, ...]]]  # as read, by Service
+    readers: dict[str, set[str]]  # Service ns/name -> the routes that read it
+    makers: dict[str, int]  # Service made -> how many routes made it
+    complete: bool = True  # every route's effects known (else it is not kept)
+    walk: Walk | None = None  # the walk compiled, and how many compiles it had then
+    compiles: int = 0
+
+    @classmethod
+    def of(cls, compiler: _Compiler, before: int) -> _KeptPhase | None:
+        world = compiler.world
+        if world.tcp_routes or world.tls_routes or world.udp_routes or world.backend_tls:
+            return None
+        kept = cls(compiler.backdrop, compiler.listeners, compiler.params, compiler.entries,
+                   compiler.passthrough, compiler.listener_sets, compiler.backend_client,
+                   compiler.statuses[:before], compiler.services, {}, {}, {}, {}, {}, {})
+        for route in world.http_routes:
+            memo = route.memo.get("effects")
+            if memo is None:
+                return None  # a mesh parent, or an issue: not kept
+            kept.remember(route, memo[1])
+        return kept
+
+    def reusable(self, compiler: _Compiler) -> bool:
+        world = compiler.world
+        return not (world.tcp_routes or world.tls_routes or world.udp_routes) and \
+            compiler._same_backdrop(self.backdrop)
+
+    def remember(self, route: KubeObject, effects: list[_Effect]) -> None:
+        """`route`'s compile, from its memo (written by `_http_route` when it reported
+        nothing and depends on nothing beyond its reads); without one, not kept."""
+        memo = route.memo.get("effects")
+        if memo is None or memo[1] is not effects:
+            self.complete = False
+            return
+        (_, reads), _, made = memo
+        self.routes[route.key] = (route, effects, made)
+        self.route_reads[route.key] = reads
+        self.route_statuses[route.key] = tuple(effect for effect in effects
+                                               if type(effect) is ObjectStatus)
+        for key, read in reads.items():
+            self.reads[key] = read
+            self.readers.setdefault(key, set()).add(route.key)
+        for name in made:
+            self.makers[name] = self.makers.get(name, 0) + 1
+
+    def forget(self, held: tuple[KubeObject, list[_Effect], dict[str, Service]]) -> None:
+        """A route's compile undone: what it read and the Services it made."""
+        route, _, made = held
+        self.route_statuses.pop(route.key, None)
+        for key in self.route_reads.pop(route.key, {}):
+            readers = self.readers[key]
+            readers.discard(route.key)
+            if not readers:
+                del self.readers[key], self.reads[key]
+        for name in made:
+            self.makers[name] -= 1
+            if not self.makers[name]:
+                del self.makers[name], self.services[name]
+
+
+def _same_objects(one: Sequence[object], other: Sequence[object]) -> bool:
+    return len(one) == len(other) and all(a is b for a, b in zip(one, other, strict=True))
 
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -1814,8 +2149,11 @@ def _system_ca() -> tuple[bytes | None, str]:
 
 
 # The key of a Gateway document's memo that holds the model Gateway made of it (the others
-# are its model Routes' names, which are never empty).
+# are its model Routes' names, which are never empty, and `_PORTS_MEMO`).
 _GATEWAY_MEMO = ""
+# ... that holds, per HTTP(S) port, its Routes by hostname and its wildcard hostnames.
+_PORTS_MEMO = "\x00ports"
+_route_name = attrgetter("name")
 
 
 def _same_in_place(old: Any, new: Any) -> bool:

@@ -21,9 +21,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from meshpilot.inputs.formats import DocumentParser, FormatCompiler
+from meshpilot.inputs.formats import DocumentParser, FormatCompiler, FormatEditCompiler
 from meshpilot.inputs.gatewayapi import kinds
-from meshpilot.inputs.gatewayapi.compile import compile_gateway_api
+from meshpilot.inputs.gatewayapi.compile import compile_gateway_api, compile_gateway_api_edit
 from meshpilot.inputs.yamlsource import FieldPath
 
 
@@ -37,6 +37,7 @@ class KubernetesFormat:
     name_path: FieldPath = ("metadata", "name")
     namespace_path: FieldPath = ("metadata", "namespace")
     compile: FormatCompiler = compile_gateway_api
+    compile_edit: FormatEditCompiler = compile_gateway_api_edit
 
 
 def _format(api_version: str, *kind_names: str) -> KubernetesFormat:
