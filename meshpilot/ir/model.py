@@ -46,6 +46,10 @@ class Origin:
 
 Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: hashable and deterministic
 Protocol = Literal["http", "http2", "grpc", "tcp"]
+# What a sidecar's Host-routed outbound port does with a Host no callee answers to:
+# `passthrough` sends it to that host and port as written (Istio's ALLOW_ANY), `refuse`
+# answers 502 (Istio's REGISTRY_ONLY).
+UnknownHosts = Literal["passthrough", "refuse"]
 LoadBalancer = Literal["round_robin", "least_request", "random", "ring_hash", "maglev"]
 
 
@@ -313,6 +317,9 @@ class Sidecar:
     # (Istio's: endpoints with a locality then come after those without).
     locality: Locality | None = None
     labels: Labels = ()
+    # The outbound port's catch-all for a Host no callee answers to (`UnknownHosts`). None:
+    # no catch-all, so Envoy answers 404 (no route).
+    unknown_hosts: UnknownHosts | None = None
 
     def mode_of(self, port: int | None) -> MtlsMode:
         """The mTLS mode of one inbound port: its own, else the sidecar's."""

@@ -119,6 +119,12 @@ def header_chosen_mirror(entry: str, candidate: str) -> str:
 #     route entry when no Route is attached to ratings  ratings/default
 
 OUTBOUND = "outbound"
+# The outbound port's catch-all for unknown hosts (`Sidecar.unknown_hosts`): its virtual host
+# (no policy name has `|`, so no callee's clashes), and the clusters it sends to, Istio's
+# PassthroughCluster and BlackHoleCluster ("|": never a Service's cluster).
+UNKNOWN_HOSTS = "outbound|unknown"
+PASSTHROUGH_CLUSTER = "outbound|passthrough"
+BLACKHOLE_CLUSTER = "outbound|blackhole"
 
 
 def inbound(service: str, port: int | None = None) -> str:

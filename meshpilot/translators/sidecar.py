@@ -20,7 +20,10 @@ This module owns what a sidecar receives (docs/mesh.md):
     `tcp_routes`: `tcproutes.py`);
   - with an `outbound_port`: one listener `outbound` on 127.0.0.1:outbound_port whose route
     configuration `outbound` has one virtual host per HTTP callee, picked by the Host header
-    (`<callee>`, `<callee>:<outbound_port>`, and `<callee>:<callee's sidecar port>`);
+    (`<callee>`, `<callee>:<outbound_port>`, and `<callee>:<callee's sidecar port>`), and
+    with `unknown_hosts` a last catch-all one for every other Host: to a cluster without
+    endpoints whose 503 becomes 502 (refuse), or through the dynamic forward proxy to the
+    host and port as written (passthrough);
   - the clusters (and EDS assignments) those virtual hosts send to. A callee's endpoints are its
     instances' sidecar inbound addresses, so the request crosses both sidecars. A callee with
     `locality_lb` has its endpoints ranked for this sidecar's locality (`locality.py`).
@@ -39,9 +42,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 
+from envoy.config.accesslog.v3.accesslog_pb2 import AccessLogFilter, ExtensionFilter
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
-from envoy.config.core.v3.base_pb2 import TrafficDirection
+from envoy.config.core.v3.base_pb2 import DataSource, TrafficDirection
 from envoy.config.core.v3.protocol_pb2 import Http2ProtocolOptions
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
@@ -52,14 +56,25 @@ from envoy.config.route.v3.route_components_pb2 import (
     VirtualHost,
 )
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.access_loggers.filters.cel.v3.cel_pb2 import ExpressionFilter
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
+from google.protobuf.wrappers_pb2 import UInt32Value
 
 from meshpilot.base import types
-from meshpilot.ir.model import Authorization, Endpoint, ExtAuthz, InboundPort, Model, Route, Service
+from meshpilot.ir.model import (
+    Authorization,
+    Endpoint,
+    ExtAuthz,
+    InboundPort,
+    Model,
+    Route,
+    Service,
+    UnknownHosts,
+)
 from meshpilot.translators import (
     endpoints,
     failover,
@@ -75,6 +90,7 @@ from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.httpfilters import (
     ChainInputs,
     audit,
+    dynamic_forward_proxy,
     ext_authz,
     jwt_authn,
     mesh_authorization,
@@ -83,6 +99,8 @@ from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
 from meshpilot.translators.protos import ads_config_source, duration, pack
 from meshpilot.translators.routes import route_entries
 from meshpilot.xds.resources import Resource
+
+CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
 
 # Outbound listeners are for the local application only.
 LOOPBACK = "127.0.0.1"
@@ -168,6 +186,10 @@ class Mesh:
             config = RouteConfiguration(name=names.OUTBOUND, virtual_hosts=[
                 self.virtual_host(callee, host_domains(callee, sidecar.outbound_port), route)
                 for callee, route in sorted(http_callees, key=lambda c: c[0].name)])
+            if sidecar.unknown_hosts is not None:
+                config.virtual_hosts.append(unknown_hosts_virtual_host(sidecar.unknown_hosts))
+                cluster = unknown_hosts_cluster(sidecar.unknown_hosts)
+                built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
             built.append(Resource.from_message(types.ROUTE, config.name, config))
         upstreams = list(self._upstreams(callees))
         collector = tracing.collector(sidecar.tracing)  # the tracer exports through it
@@ -385,25 +407,72 @@ def local_port_listener(callee: Service, port: int, caller: Service | None = Non
 
 
 def outbound_listener(port: int, caller: Service | None = None) -> Listener:
-    """127.0.0.1:port for every HTTP callee, chosen by Host: the HTTP-proxy style."""
-    manager = outbound_manager(names.OUTBOUND, caller)
+    """127.0.0.1:port for every HTTP callee, chosen by Host: the HTTP-proxy style; with the
+    caller's `unknown_hosts`, the dynamic forward proxy (passthrough) or the 502 (refuse)."""
+    sidecar = caller.sidecar if caller is not None else None
+    unknown = sidecar.unknown_hosts if sidecar is not None else None
+    manager = outbound_manager(names.OUTBOUND, caller, passthrough=unknown == "passthrough")
+    if unknown == "refuse":
+        manager.local_reply_config.CopyFrom(_refused_reply())
     return Listener(name=names.OUTBOUND, address=_address(LOOPBACK, port),
                     filter_chains=[FilterChain(filters=[Filter(
                         name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))])],
                     traffic_direction=TrafficDirection.OUTBOUND)
 
 
-def outbound_manager(name: str, caller: Service | None = None) -> hcm.HttpConnectionManager:
+def outbound_manager(name: str, caller: Service | None = None,
+                     passthrough: bool = False) -> hcm.HttpConnectionManager:
     """Routes over ADS (`name`), with the filters a Route's rules configure per route; traced
     as the calling sidecar's `tracing` says (spans named after `caller`)."""
     manager = hcm.HttpConnectionManager(
         stat_prefix=name,
         rds=hcm.Rds(config_source=ads_config_source(), route_config_name=name),
-        http_filters=httpfilters.http_filters(ChainInputs.sidecar_outbound()))
+        http_filters=httpfilters.http_filters(ChainInputs.sidecar_outbound(passthrough)))
     spec = caller.sidecar.tracing if caller is not None and caller.sidecar is not None else None
     if spec is not None and caller is not None:
         tracing.apply(manager, caller.name, spec)
     return manager
+
+
+# ---- unknown hosts (`Sidecar.unknown_hosts`) ----------------------------------------------------
+
+# What the application reads when its sidecar refuses a host the mesh does not know.
+REFUSED_BODY = "meshpilot: this host is not in the mesh (unknown_hosts: refuse)\n"
+
+
+def unknown_hosts_virtual_host(mode: UnknownHosts) -> VirtualHost:
+    """The outbound port's last virtual host, every Host no callee's picked (`*` loses to every
+    exact domain): to the passthrough cluster, or to the black hole."""
+    cluster = names.PASSTHROUGH_CLUSTER if mode == "passthrough" else names.BLACKHOLE_CLUSTER
+    return VirtualHost(name=names.UNKNOWN_HOSTS, domains=["*"], routes=[EnvoyRoute(
+        name=names.UNKNOWN_HOSTS, match=RouteMatch(prefix="/"),
+        route=RouteAction(cluster=cluster))])
+
+
+def unknown_hosts_cluster(mode: UnknownHosts) -> Cluster:
+    """Passthrough: the dynamic forward proxy's cluster (its host from the filter's DNS cache,
+    `httpfilters/dynamic_forward_proxy.py`). Refuse: a cluster with no endpoints, so each
+    refused request counts in its `upstream_cx_none_healthy` (the 503 becomes 502,
+    `_refused_reply`)."""
+    if mode == "refuse":
+        return Cluster(name=names.BLACKHOLE_CLUSTER, type=Cluster.STATIC,
+                       connect_timeout=duration(1.0))
+    return Cluster(name=names.PASSTHROUGH_CLUSTER, connect_timeout=duration(5.0),
+                   lb_policy=Cluster.CLUSTER_PROVIDED,
+                   cluster_type=Cluster.CustomClusterType(
+                       name=dynamic_forward_proxy.CLUSTER_TYPE,
+                       typed_config=pack(dynamic_forward_proxy.cluster_config())))
+
+
+def _refused_reply() -> hcm.LocalReplyConfig:
+    """The black hole's "no healthy upstream" as Istio's REGISTRY_ONLY answer, 502; only for
+    that cluster (a callee without healthy endpoints still answers 503)."""
+    only_blackhole = AccessLogFilter(extension_filter=ExtensionFilter(
+        name=CEL_FILTER, typed_config=pack(ExpressionFilter(
+            expression=f"xds.cluster_name == '{names.BLACKHOLE_CLUSTER}'"))))
+    return hcm.LocalReplyConfig(mappers=[hcm.ResponseMapper(
+        filter=only_blackhole, status_code=UInt32Value(value=502),
+        body=DataSource(inline_string=REFUSED_BODY))])
 
 
 def _address(host: str, port: int) -> Address:

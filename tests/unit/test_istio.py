@@ -123,7 +123,9 @@ def test_service_entry_and_workloads_are_a_service_and_sidecar_views() -> None:
 
 def test_outbound_virtual_host_answers_to_istio_host_forms() -> None:
     config = dumped(load(), "reviews-v2.default", ROUTE, "outbound")
-    (vhost,) = config["virtualHosts"]
+    # reviews, then Istio's default ALLOW_ANY: the catch-all for unknown hosts.
+    vhost, catch_all = config["virtualHosts"]
+    assert catch_all["domains"] == ["*"]
     for host in ("reviews", "reviews:9080", "reviews.default", "reviews.default.svc.cluster.local",
                  REVIEWS):
         assert host in vhost["domains"]

@@ -57,6 +57,7 @@ from meshpilot.ir.model import (
     Sidecar,
     StringMatch,
     TcpRoute,
+    UnknownHosts,
 )
 
 # A subset no DestinationRule defines selects no endpoint: its cluster answers 503, as Istio's.
@@ -112,8 +113,10 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
                for part in parsed.parts if isinstance(part, KubeObject) and part.kind == "Secret"}
     gateways = _gateways(by_kind.get("Gateway", []), l4, secrets, registry)
     policies = security.Policies.of(by_kind)
-    _providers(meshconfig.read(everything, load), registry, policies)
-    _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants)
+    mesh_config = meshconfig.read(everything, load)
+    _providers(mesh_config, registry, policies)
+    _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants,
+               mesh_config.unknown_hosts or meshconfig.DEFAULT_UNKNOWN_HOSTS)
     _plaintext_where_disabled(registry, policies)
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
     for host in registry.values():
@@ -1291,7 +1294,10 @@ def _in_scope(found: tuple[Doc, o.SidecarScope] | None, host: _Host, name: str) 
 
 
 def _workloads(workloads: _Workloads, registry: dict[str, _Host],
-               policies: security.Policies, sidecars: list[Doc], variants: Variants) -> None:
+               policies: security.Policies, sidecars: list[Doc], variants: Variants,
+               unknown_hosts: UnknownHosts) -> None:
+    """Each WorkloadEntry's own view; `unknown_hosts`: MeshConfig's outboundTrafficPolicy, for
+    a workload whose Sidecar resource (if any) does not say its own."""
     every = [(registry[host], host, service) for host in sorted(registry)
              for service in sorted(registry[host].services.values(), key=lambda s: s.name)
              if service.protocol != "tcp"]
@@ -1352,7 +1358,9 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
                           locality=Locality(_locality(workload, 0) or "",
                                             _locality(workload, 1) or "",
                                             _locality(workload, 2) or ""),
-                          labels=workload.labels)
+                          labels=workload.labels,
+                          unknown_hosts=(scope[1].unknown_hosts if scope is not None else None)
+                          or unknown_hosts)
         doc.parts.append(Service(name=view, position=doc.ctx.document.position,
                                  protocol=protocol, sidecar=sidecar, origin=doc.ctx.origin()))
 

@@ -24,6 +24,7 @@ from meshpilot.ir.model import (
     OutlierDetection,
     Rule,
     TcpKeepalive,
+    UnknownHosts,
     UpstreamTls,
 )
 
@@ -247,6 +248,8 @@ class SidecarScope:
 
     selector: Labels | None
     egress_hosts: tuple[tuple[str, str], ...]  # (namespace or "*" "." "~", host pattern)
+    # outboundTrafficPolicy.mode (ALLOW_ANY: passthrough); None: MeshConfig's, else ALLOW_ANY.
+    unknown_hosts: UnknownHosts | None = None
 
 
 # ---- Gateway -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, cast
 
 from meshpilot.base import tlsfiles as tls_files
 from meshpilot.inputs.context import DocumentContext, ModelPart
+from meshpilot.inputs.istio import meshconfig
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.native import connections, fields
 from meshpilot.inputs.native import locality as localities
@@ -1221,10 +1222,12 @@ def _tls(spec: Fields):  # type: ignore[no-untyped-def]
 def read_sidecar(spec: Fields) -> o.SidecarScope | None:
     spec.check_keys(("workloadSelector", "egress", "ingress", "outboundTrafficPolicy",
                      "inboundConnectionPool"), "a Sidecar's spec")
-    for key in ("ingress", "outboundTrafficPolicy", "inboundConnectionPool"):
+    for key in ("ingress", "inboundConnectionPool"):
         if key in spec.value:
             spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
     selector = _selector(spec, "workloadSelector", "labels")
+    policy = spec.mapping("outboundTrafficPolicy", "a mapping such as {mode: REGISTRY_ONLY}")
+    mode = None if policy is None else meshconfig.read_outbound_mode(policy)
     hosts: list[tuple[str, str]] = []
     for index, item in enumerate(spec.items("egress", "egress listener", required=True) or []):
         entry = Fields.at(spec.ctx, item, (*spec.path, "egress", index),
@@ -1248,7 +1251,8 @@ def read_sidecar(spec: Fields) -> o.SidecarScope | None:
                 hosts.append((namespace, converted))
         if "hosts" not in entry.value:
             entry.missing("hosts")
-    return o.SidecarScope(selector, tuple(hosts))
+    return o.SidecarScope(selector, tuple(hosts), mode)
+
 
 
 # ---- Gateway ------------------------------------------------------------------------------------

@@ -252,6 +252,7 @@ def _sidecar(w: _Writer, sidecar: Sidecar) -> Doc:
     elif (sidecar.app_host, sidecar.app_port) != (DEFAULT_APP_HOST, DEFAULT_APP_PORT):
         doc["app"] = _address(sidecar.app_host, sidecar.app_port)
     _put(doc, "outbound_port", sidecar.outbound_port)
+    _put(doc, "unknown_hosts", sidecar.unknown_hosts)
     calls: list[Any] = []
     for index, call in enumerate(sidecar.calls):
         calls.append(call.service if call.local_port is None
