@@ -36,8 +36,9 @@ def test_istio_and_native_bookinfo_route_alike(tmp_path: Path) -> None:
                         "productpage-v1.default")
         native = _routed(tmp_path / f"native-{reviews}", bookinfo_native(reviews),
                          "productpage-v1")
+        # and both pass unknown hosts through (Istio's default ALLOW_ANY)
         assert istio == native == {"details": "v1", "productpage": "v1", "ratings": "v1",
-                                   "reviews": reviews}
+                                   "reviews": reviews, "outbound|unknown": "outbound|passthrough"}
     assert len(_bookinfo_workloads()) == 6
 
 
