@@ -45,16 +45,23 @@ from dataclasses import replace
 from envoy.config.accesslog.v3.accesslog_pb2 import AccessLogFilter, ExtensionFilter
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
-from envoy.config.core.v3.base_pb2 import DataSource, TrafficDirection
+from envoy.config.core.v3.base_pb2 import (
+    DataSource,
+    HeaderValue,
+    HeaderValueOption,
+    TrafficDirection,
+)
 from envoy.config.core.v3.protocol_pb2 import Http2ProtocolOptions
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
-from envoy.config.route.v3.route_components_pb2 import Route as EnvoyRoute
 from envoy.config.route.v3.route_components_pb2 import (
+    DirectResponseAction,
+    HeaderMatcher,
     RouteAction,
     RouteMatch,
     VirtualHost,
 )
+from envoy.config.route.v3.route_components_pb2 import Route as EnvoyRoute
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.access_loggers.filters.cel.v3.cel_pb2 import ExpressionFilter
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -440,13 +447,31 @@ def outbound_manager(name: str, caller: Service | None = None,
 REFUSED_BODY = "meshpilot: this host is not in the mesh (unknown_hosts: refuse)\n"
 
 
+# Marks a request the passthrough forwarded: one that comes back to a passthrough (its Host
+# named the outbound port itself, or another sidecar's) would go round for ever.
+PASSED_THROUGH_HEADER = "x-meshpilot-passed-through"
+LOOP_BODY = "meshpilot: this request was passed through once already (a loop)\n"
+
+
 def unknown_hosts_virtual_host(mode: UnknownHosts) -> VirtualHost:
     """The outbound port's last virtual host, every Host no callee's picked (`*` loses to every
-    exact domain): to the passthrough cluster, or to the black hole."""
-    cluster = names.PASSTHROUGH_CLUSTER if mode == "passthrough" else names.BLACKHOLE_CLUSTER
-    return VirtualHost(name=names.UNKNOWN_HOSTS, domains=["*"], routes=[EnvoyRoute(
-        name=names.UNKNOWN_HOSTS, match=RouteMatch(prefix="/"),
-        route=RouteAction(cluster=cluster))])
+    exact domain): to the black hole, or to the passthrough cluster, marked, so that a marked
+    request arriving at a passthrough again is refused (508) rather than sent once more (a
+    Host of 127.0.0.1:<outbound port>, or any name that resolves to it, would loop)."""
+    if mode == "refuse":
+        return VirtualHost(name=names.UNKNOWN_HOSTS, domains=["*"], routes=[EnvoyRoute(
+            name=names.UNKNOWN_HOSTS, match=RouteMatch(prefix="/"),
+            route=RouteAction(cluster=names.BLACKHOLE_CLUSTER))])
+    looped = EnvoyRoute(name=f"{names.UNKNOWN_HOSTS}/loop", match=RouteMatch(
+        prefix="/", headers=[HeaderMatcher(name=PASSED_THROUGH_HEADER, present_match=True)]),
+        direct_response=DirectResponseAction(status=508,
+                                             body=DataSource(inline_string=LOOP_BODY)))
+    forward = EnvoyRoute(name=names.UNKNOWN_HOSTS, match=RouteMatch(prefix="/"),
+                         route=RouteAction(cluster=names.PASSTHROUGH_CLUSTER))
+    forward.request_headers_to_add.append(HeaderValueOption(
+        header=HeaderValue(key=PASSED_THROUGH_HEADER, value="1"),
+        append_action=HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
+    return VirtualHost(name=names.UNKNOWN_HOSTS, domains=["*"], routes=[looped, forward])
 
 
 def unknown_hosts_cluster(mode: UnknownHosts) -> Cluster:

@@ -7,7 +7,8 @@ one mesh shows both modes and the Sidecar's precedence over MeshConfig:
   BlackHoleCluster), the request never reaches it, and the black hole's counter counts it;
 - `open` (ALLOW_ANY): the unknown host, a loopback server no ServiceEntry declares, answers
   through the dynamic forward proxy, at the host and port the application wrote;
-- both still reach the mesh's own service by its name.
+- both still reach the mesh's own service by its name;
+- `open`, asked for its own outbound port as the host, answers 508 instead of looping.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from support import backend_of, eventually, http_get, served_policy
 
 from meshpilot.local.demo.echo import EchoServer
 from meshpilot.translators import names
-from meshpilot.translators.sidecar import REFUSED_BODY
+from meshpilot.translators.sidecar import LOOP_BODY, REFUSED_BODY
 
 pytestmark = pytest.mark.envoy
 
@@ -116,3 +117,10 @@ def test_allow_any_reaches_a_loopback_server_the_mesh_does_not_declare(setup: Se
     assert backend_of(setup.ports["out_open"], "/", {"Host": "known"}) == "known"
     stats = setup.served.envoys["open.default"].stats()
     assert stats[f"cluster.{names.PASSTHROUGH_CLUSTER}.upstream_rq_200"] >= 1
+
+
+def test_allow_any_refuses_a_request_addressed_to_the_outbound_port_itself(setup: Setup) -> None:
+    # Passed through once, it comes back to the same listener marked: 508, not a loop.
+    status, body = setup.get("open", f"127.0.0.1:{setup.ports['out_open']}")
+    assert (status, body.decode()) == (508, LOOP_BODY)
+    assert backend_of(setup.ports["out_open"], "/", {"Host": setup.outside_host()}) == "outside"

@@ -22,6 +22,7 @@ from meshpilot.inputs.loader import load_policy_text
 from meshpilot.ir.model import Model
 from meshpilot.translators import Translation, names
 from meshpilot.translators.httpfilters.dynamic_forward_proxy import DYNAMIC_FORWARD_PROXY
+from meshpilot.translators.sidecar import PASSED_THROUGH_HEADER
 
 NATIVE = """
 kind: Service
@@ -107,7 +108,12 @@ def test_passthrough_forwards_through_the_dynamic_forward_proxy() -> None:
     routes, manager, clusters = outbound_of(native("passthrough"), "a")
     last = routes.virtual_hosts[-1]
     assert list(last.domains) == ["*"]
-    assert last.routes[0].route.cluster == names.PASSTHROUGH_CLUSTER
+    # A request passed through once (marked) that comes back is refused, not sent again.
+    looped, forward = last.routes
+    assert looped.match.headers[0].name == PASSED_THROUGH_HEADER
+    assert looped.direct_response.status == 508
+    assert forward.route.cluster == names.PASSTHROUGH_CLUSTER
+    assert [h.header.key for h in forward.request_headers_to_add] == [PASSED_THROUGH_HEADER]
     passthrough = clusters[names.PASSTHROUGH_CLUSTER]
     assert passthrough.cluster_type.name == "envoy.clusters.dynamic_forward_proxy"
     assert passthrough.lb_policy == Cluster.CLUSTER_PROVIDED
