@@ -248,6 +248,9 @@ class Call:
     # its other callers use (Istio's `sourceLabels`: the caller's labels pick the rules that
     # apply to it). None: the service's attached Route.
     route: str | None = None
+    # Reached through a further Host-routed HTTP listener on 127.0.0.1:egress_port (Istio's
+    # Sidecar `egress[].port`) instead of `Sidecar.outbound_port`. None: the outbound port's.
+    egress_port: int | None = None
 
 
 # The application's default address behind its sidecar (docs/mesh.md).

@@ -115,6 +115,7 @@ def header_chosen_mirror(entry: str, candidate: str) -> str:
 #                                                                          with a subset cluster)
 #     local-port listener for called service `ratings`  outbound/ratings  (and its route config)
 #     Host-routed outbound listener                     outbound          (and its route config)
+#     a further one, on egress port 9080 (Istio)        outbound:9080     (and its route config)
 #     virtual host of a called service `ratings`        ratings
 #     route entry when no Route is attached to ratings  ratings/default
 
@@ -144,6 +145,12 @@ PORT_MARK = ":"
 
 def outbound(service: str) -> str:
     return f"{OUTBOUND}{SEPARATOR}{service}"
+
+
+def egress_port(port: int) -> str:
+    """A further Host-routed outbound listener's (`Call.egress_port`) and its route config's:
+    `outbound:9080` (no `/`, so never a local port's `outbound/<callee>`)."""
+    return f"{OUTBOUND}{PORT_MARK}{port}"
 
 
 def default_route_entry(service: str) -> str:

@@ -23,7 +23,8 @@ This module owns what a sidecar receives (docs/mesh.md):
     (`<callee>`, `<callee>:<outbound_port>`, and `<callee>:<callee's sidecar port>`), and
     with `unknown_hosts` a last catch-all one for every other Host: to a cluster without
     endpoints whose 503 becomes 502 (refuse), or through the dynamic forward proxy to the
-    host and port as written (passthrough);
+    host and port as written (passthrough); a call with an `egress_port` (Istio's Sidecar
+    `egress[].port`) is on a listener `outbound:<port>` of the same kind instead;
   - the clusters (and EDS assignments) those virtual hosts send to. A callee's endpoints are its
     instances' sidecar inbound addresses, so the request crosses both sidecars. A callee with
     `locality_lb` has its endpoints ranked for this sidecar's locality (`locality.py`).
@@ -175,29 +176,42 @@ class Mesh:
                 routes = inbound_routes(service, self.trust, self._index()[2], port)
                 built.append(Resource.from_message(types.ROUTE, routes.name, routes))
         callees: list[tuple[Service, Route | None]] = []
+        http_calls: list[tuple[int | None, Service, Route | None]] = []
         for call in sidecar.calls:
             callee = self.model.service(call.service)
             if callee is None:  # the loader refuses it; if one got through, send nothing
                 continue
             route = self.route_for(callee, call.route, sidecar.namespace)
             callees.append((callee, route))
+            if callee.protocol != "tcp":
+                http_calls.append((call.egress_port, callee, route))
             if call.local_port is not None:
                 listener = local_port_listener(callee, call.local_port, service)
                 built.append(Resource.from_message(types.LISTENER, listener.name, listener))
                 if callee.protocol != "tcp":
                     built.extend(self._local_port_routes(callee, route))
-        http_callees = [(c, r) for c, r in callees if c.protocol != "tcp"]
+        # Host-routed listeners: the outbound port's (None) and each egress port's (Istio's).
+        by_port: dict[int | None, list[tuple[Service, Route | None]]] = {}
         if sidecar.outbound_port is not None:
-            listener = outbound_listener(sidecar.outbound_port, service)
+            by_port[None] = []
+        for egress, callee, route in http_calls:
+            if egress is not None or sidecar.outbound_port is not None:
+                by_port.setdefault(egress, []).append((callee, route))
+        for egress, served in sorted(by_port.items(), key=lambda p: p[0] or 0):
+            number = sidecar.outbound_port if egress is None else egress
+            assert number is not None
+            name = names.OUTBOUND if egress is None else names.egress_port(egress)
+            listener = outbound_listener(number, service, name)
             built.append(Resource.from_message(types.LISTENER, listener.name, listener))
-            config = RouteConfiguration(name=names.OUTBOUND, virtual_hosts=[
-                self.virtual_host(callee, host_domains(callee, sidecar.outbound_port), route)
-                for callee, route in sorted(http_callees, key=lambda c: c[0].name)])
+            config = RouteConfiguration(name=name, virtual_hosts=[
+                self.virtual_host(callee, host_domains(callee, number), route)
+                for callee, route in sorted(served, key=lambda c: c[0].name)])
             if sidecar.unknown_hosts is not None:
                 config.virtual_hosts.append(unknown_hosts_virtual_host(sidecar.unknown_hosts))
-                cluster = unknown_hosts_cluster(sidecar.unknown_hosts)
-                built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
             built.append(Resource.from_message(types.ROUTE, config.name, config))
+        if sidecar.unknown_hosts is not None and by_port:
+            cluster = unknown_hosts_cluster(sidecar.unknown_hosts)
+            built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
         upstreams = list(self._upstreams(callees))
         collector = tracing.collector(sidecar.tracing)  # the tracer exports through it
         if collector is not None and (collector, None) not in upstreams:
@@ -413,15 +427,17 @@ def local_port_listener(callee: Service, port: int, caller: Service | None = Non
                     traffic_direction=TrafficDirection.OUTBOUND)
 
 
-def outbound_listener(port: int, caller: Service | None = None) -> Listener:
-    """127.0.0.1:port for every HTTP callee, chosen by Host: the HTTP-proxy style; with the
-    caller's `unknown_hosts`, the dynamic forward proxy (passthrough) or the 502 (refuse)."""
+def outbound_listener(port: int, caller: Service | None = None,
+                      name: str = names.OUTBOUND) -> Listener:
+    """127.0.0.1:port for every HTTP callee, chosen by Host: the HTTP-proxy style (`name`: an
+    egress port's, `names.egress_port`); with the caller's `unknown_hosts`, the dynamic
+    forward proxy (passthrough) or the 502 (refuse)."""
     sidecar = caller.sidecar if caller is not None else None
     unknown = sidecar.unknown_hosts if sidecar is not None else None
-    manager = outbound_manager(names.OUTBOUND, caller, passthrough=unknown == "passthrough")
+    manager = outbound_manager(name, caller, passthrough=unknown == "passthrough")
     if unknown == "refuse":
         manager.local_reply_config.CopyFrom(_refused_reply())
-    return Listener(name=names.OUTBOUND, address=_address(LOOPBACK, port),
+    return Listener(name=name, address=_address(LOOPBACK, port),
                     filter_chains=[FilterChain(filters=[Filter(
                         name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))])],
                     traffic_direction=TrafficDirection.OUTBOUND)

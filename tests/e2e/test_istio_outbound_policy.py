@@ -8,7 +8,9 @@ one mesh shows both modes and the Sidecar's precedence over MeshConfig:
 - `open` (ALLOW_ANY): the unknown host, a loopback server no ServiceEntry declares, answers
   through the dynamic forward proxy, at the host and port the application wrote;
 - both still reach the mesh's own service by its name;
-- `open`, asked for its own outbound port as the host, answers 508 instead of looping.
+- `open`, asked for its own outbound port as the host, answers 508 instead of looping;
+- `ported` (an egress listener with a port, Sidecar `egress[].port`): the service of that
+  port answers on 127.0.0.1:<port> by Host, and no longer on the outbound port.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ metadata: {{name: known}}
 spec:
   hosts: [known.default.svc.cluster.local]
   location: MESH_INTERNAL
-  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  ports: [{{number: {svc_port}, name: http, protocol: HTTP}}]
   resolution: STATIC
   endpoints: [{{address: 127.0.0.1, ports: {{http: {known}}}}}]
 ---
@@ -65,6 +67,21 @@ spec:
   workloadSelector: {{labels: {{app: open}}}}
   egress: [{{hosts: ["./*"]}}]
   outboundTrafficPolicy: {{mode: ALLOW_ANY}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: ported
+  annotations: {{meshpilot.io/outbound-port: "{out_ported}"}}
+spec: {{address: 127.0.0.1, labels: {{app: ported}}}}
+---
+# Its egress listener with a port: the services of that port on 127.0.0.1:<port>, by Host.
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: ported}}
+spec:
+  workloadSelector: {{labels: {{app: ported}}}}
+  egress: [{{port: {{number: {svc_port}, protocol: HTTP, name: http}}, hosts: ["./*"]}}]
 """
 
 
@@ -89,8 +106,9 @@ def setup(tmp_path_factory) -> Iterator[Setup]:
     # `outside` is served but no ServiceEntry names it: the host the mesh does not know.
     outside = EchoServer("outside")
     servers: dict[str, Any] = {"known": EchoServer("known"), "outside": outside}
-    with served_policy(work, "mesh.yaml", POLICY, servers, free_ports=("out_closed", "out_open"),
-                       envoys={"closed.default": "closed", "open.default": "open"},
+    with served_policy(work, "mesh.yaml", POLICY, servers, free_ports=("out_closed", "out_open", "out_ported", "svc_port"),
+                       envoys={"closed.default": "closed", "open.default": "open",
+                               "ported.default": "ported"},
                        extra_args=("--insecure-xds",)) as served:
         for caller in ("closed", "open"):
             eventually(lambda c=caller: backend_of(served.ports[f"out_{c}"], "/",
@@ -124,3 +142,13 @@ def test_allow_any_refuses_a_request_addressed_to_the_outbound_port_itself(setup
     status, body = setup.get("open", f"127.0.0.1:{setup.ports['out_open']}")
     assert (status, body.decode()) == (508, LOOP_BODY)
     assert backend_of(setup.ports["out_open"], "/", {"Host": setup.outside_host()}) == "outside"
+
+
+def test_an_egress_port_serves_its_hosts_on_that_port(setup: Setup) -> None:
+    port = setup.ports["svc_port"]
+    eventually(lambda: backend_of(port, "/", {"Host": f"known:{port}"}) == "known", timeout=60,
+               what="the ported sidecar's egress port to reach the mesh's service")
+    assert backend_of(port, "/", {"Host": "known"}) == "known"
+    # Not on the outbound port (REGISTRY_ONLY, from MeshConfig: an unknown host there).
+    status, _ = setup.get("ported", "known")
+    assert status == 502

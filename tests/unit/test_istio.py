@@ -986,7 +986,13 @@ spec: {egress: [{hosts: [reviews], port: {number: 9080}}]}
 """)
     assert any('spec.egress[0].hosts[0]: egress host "reviews": expected' in e
                for e in found), found
-    assert any("spec.egress[0].port: port is not supported yet" in e for e in found), found
+    assert any("spec.egress[0].port.protocol: protocol \"MONGO\" on an egress listener is not "
+               "supported yet" in e for e in errors("""
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: bad}
+spec: {egress: [{hosts: ["./*"], port: {number: 27017, protocol: MONGO}}]}
+""")), "an egress port's protocol"
 
 
 def test_auto_mtls_per_endpoint_in_a_mixed_cluster() -> None:

@@ -25,8 +25,8 @@ def _routed(folder: Path, files: dict[str, str], view: str) -> dict[str, str]:
     config = RouteConfiguration()
     config.ParseFromString(Translation(load_policy(folder)).snapshot(view).get(ROUTE)[
         "outbound"].body)
-    # host (before any `.`/`:`) -> the subset its one route sends to
-    return {vhost.name.split(".")[0].split(":")[0]: vhost.routes[0].route.cluster.rsplit("/")[-1]
+    # host (before any `.`/`:`) -> the subset its (last) route sends to
+    return {vhost.name.split(".")[0].split(":")[0]: vhost.routes[-1].route.cluster.rsplit("/")[-1]
             for vhost in config.virtual_hosts}
 
 
