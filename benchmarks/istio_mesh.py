@@ -253,7 +253,8 @@ rules:
     for _, _, name, _ in workloads:
         services.append(f"""kind: Service
 name: {name}
-sidecar: {{port: 9080, app: 127.0.0.1:19080, outbound_port: 15001, calls: [{calls}]}}""")
+sidecar: {{port: 9080, app: 127.0.0.1:19080, outbound_port: 15001, calls: [{calls}],
+          unknown_hosts: passthrough}}""")  # Istio's default ALLOW_ANY
     return {"services.yaml": "\n---\n".join(services), "routes.yaml": "\n---\n".join(routes)}
 
 

@@ -49,6 +49,10 @@ class Origin:
 
 Labels = tuple[tuple[str, str], ...]  # sorted (key, value) pairs: hashable and deterministic
 Protocol = Literal["http", "http2", "grpc", "tcp"]
+# What a sidecar's Host-routed outbound port does with a Host no callee answers to:
+# `passthrough` sends it to that host and port as written (Istio's ALLOW_ANY), `refuse`
+# answers 502 (Istio's REGISTRY_ONLY).
+UnknownHosts = Literal["passthrough", "refuse"]
 LoadBalancer = Literal["round_robin", "least_request", "random", "ring_hash", "maglev"]
 
 
@@ -247,6 +251,9 @@ class Call:
     # its other callers use (Istio's `sourceLabels`: the caller's labels pick the rules that
     # apply to it). None: the service's attached Route.
     route: str | None = None
+    # Reached through a further Host-routed HTTP listener on 127.0.0.1:egress_port (Istio's
+    # Sidecar `egress[].port`) instead of `Sidecar.outbound_port`. None: the outbound port's.
+    egress_port: int | None = None
 
 
 # The application's default address behind its sidecar (docs/mesh.md).
@@ -316,6 +323,9 @@ class Sidecar:
     # (Istio's: endpoints with a locality then come after those without).
     locality: Locality | None = None
     labels: Labels = ()
+    # The outbound port's catch-all for a Host no callee answers to (`UnknownHosts`). None:
+    # no catch-all, so Envoy answers 404 (no route).
+    unknown_hosts: UnknownHosts | None = None
 
     def mode_of(self, port: int | None) -> MtlsMode:
         """The mTLS mode of one inbound port: its own, else the sidecar's."""

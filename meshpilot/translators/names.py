@@ -115,10 +115,17 @@ def header_chosen_mirror(entry: str, candidate: str) -> str:
 #                                                                          with a subset cluster)
 #     local-port listener for called service `ratings`  outbound/ratings  (and its route config)
 #     Host-routed outbound listener                     outbound          (and its route config)
+#     a further one, on egress port 9080 (Istio)        outbound:9080     (and its route config)
 #     virtual host of a called service `ratings`        ratings
 #     route entry when no Route is attached to ratings  ratings/default
 
 OUTBOUND = "outbound"
+# The outbound port's catch-all for unknown hosts (`Sidecar.unknown_hosts`): its virtual host
+# (no policy name has `|`, so no callee's clashes), and the clusters it sends to, Istio's
+# PassthroughCluster and BlackHoleCluster ("|": never a Service's cluster).
+UNKNOWN_HOSTS = "outbound|unknown"
+PASSTHROUGH_CLUSTER = "outbound|passthrough"
+BLACKHOLE_CLUSTER = "outbound|blackhole"
 
 
 def inbound(service: str, port: int | None = None) -> str:
@@ -138,6 +145,12 @@ PORT_MARK = ":"
 
 def outbound(service: str) -> str:
     return f"{OUTBOUND}{SEPARATOR}{service}"
+
+
+def egress_port(port: int) -> str:
+    """A further Host-routed outbound listener's (`Call.egress_port`) and its route config's:
+    `outbound:9080` (no `/`, so never a local port's `outbound/<callee>`)."""
+    return f"{OUTBOUND}{PORT_MARK}{port}"
 
 
 def default_route_entry(service: str) -> str:

@@ -40,6 +40,9 @@ def origins_of(model: Model, view: str, type_url: str, name: str,
         if raw.type_url == type_url and raw.name == name and (
                 raw.views is None or view in raw.views):
             return (raw.origin or Origin(raw.position, "EnvoyResources", raw.document),)
+    if type_url == types.CLUSTER and name in (names.PASSTHROUGH_CLUSTER,
+                                              names.BLACKHOLE_CLUSTER):
+        return _keep(*_sidecar_origins(model, view))  # its `unknown_hosts`
     if type_url in (types.CLUSTER, types.ENDPOINT):
         return _cluster(model, name)
     if type_url == types.LISTENER:

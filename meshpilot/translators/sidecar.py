@@ -20,7 +20,11 @@ This module owns what a sidecar receives (docs/mesh.md):
     `tcp_routes`: `tcproutes.py`);
   - with an `outbound_port`: one listener `outbound` on 127.0.0.1:outbound_port whose route
     configuration `outbound` has one virtual host per HTTP callee, picked by the Host header
-    (`<callee>`, `<callee>:<outbound_port>`, and `<callee>:<callee's sidecar port>`);
+    (`<callee>`, `<callee>:<outbound_port>`, and `<callee>:<callee's sidecar port>`), and
+    with `unknown_hosts` a last catch-all one for every other Host: to a cluster without
+    endpoints whose 503 becomes 502 (refuse), or through the dynamic forward proxy to the
+    host and port as written (passthrough); a call with an `egress_port` (Istio's Sidecar
+    `egress[].port`) is on a listener `outbound:<port>` of the same kind instead;
   - the clusters (and EDS assignments) those virtual hosts send to. A callee's endpoints are its
     instances' sidecar inbound addresses, so the request crosses both sidecars. A callee with
     `locality_lb` has its endpoints ranked for this sidecar's locality (`locality.py`).
@@ -39,27 +43,46 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 
+from envoy.config.accesslog.v3.accesslog_pb2 import AccessLogFilter, ExtensionFilter
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
-from envoy.config.core.v3.base_pb2 import TrafficDirection
+from envoy.config.core.v3.base_pb2 import (
+    DataSource,
+    HeaderValue,
+    HeaderValueOption,
+    TrafficDirection,
+)
 from envoy.config.core.v3.protocol_pb2 import Http2ProtocolOptions
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
-from envoy.config.route.v3.route_components_pb2 import Route as EnvoyRoute
 from envoy.config.route.v3.route_components_pb2 import (
+    DirectResponseAction,
+    HeaderMatcher,
     RouteAction,
     RouteMatch,
     VirtualHost,
 )
+from envoy.config.route.v3.route_components_pb2 import Route as EnvoyRoute
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.access_loggers.filters.cel.v3.cel_pb2 import ExpressionFilter
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
+from google.protobuf.wrappers_pb2 import UInt32Value
 
 from meshpilot.base import types
-from meshpilot.ir.model import Authorization, Endpoint, ExtAuthz, InboundPort, Model, Route, Service
+from meshpilot.ir.model import (
+    Authorization,
+    Endpoint,
+    ExtAuthz,
+    InboundPort,
+    Model,
+    Route,
+    Service,
+    UnknownHosts,
+)
 from meshpilot.translators import (
     endpoints,
     failover,
@@ -75,6 +98,7 @@ from meshpilot.translators.clusters import HTTP_PROTOCOL_OPTIONS
 from meshpilot.translators.httpfilters import (
     ChainInputs,
     audit,
+    dynamic_forward_proxy,
     ext_authz,
     jwt_authn,
     mesh_authorization,
@@ -83,6 +107,8 @@ from meshpilot.translators.listeners import HTTP_CONNECTION_MANAGER, TCP_PROXY
 from meshpilot.translators.protos import ads_config_source, duration, pack
 from meshpilot.translators.routes import route_entries
 from meshpilot.xds.resources import Resource
+
+CEL_FILTER = "envoy.access_loggers.extension_filters.cel"
 
 # Outbound listeners are for the local application only.
 LOOPBACK = "127.0.0.1"
@@ -150,25 +176,42 @@ class Mesh:
                 routes = inbound_routes(service, self.trust, self._index()[2], port)
                 built.append(Resource.from_message(types.ROUTE, routes.name, routes))
         callees: list[tuple[Service, Route | None]] = []
+        http_calls: list[tuple[int | None, Service, Route | None]] = []
         for call in sidecar.calls:
             callee = self.model.service(call.service)
             if callee is None:  # the loader refuses it; if one got through, send nothing
                 continue
             route = self.route_for(callee, call.route, sidecar.namespace)
             callees.append((callee, route))
+            if callee.protocol != "tcp":
+                http_calls.append((call.egress_port, callee, route))
             if call.local_port is not None:
                 listener = local_port_listener(callee, call.local_port, service)
                 built.append(Resource.from_message(types.LISTENER, listener.name, listener))
                 if callee.protocol != "tcp":
                     built.extend(self._local_port_routes(callee, route))
-        http_callees = [(c, r) for c, r in callees if c.protocol != "tcp"]
+        # Host-routed listeners: the outbound port's (None) and each egress port's (Istio's).
+        by_port: dict[int | None, list[tuple[Service, Route | None]]] = {}
         if sidecar.outbound_port is not None:
-            listener = outbound_listener(sidecar.outbound_port, service)
+            by_port[None] = []
+        for egress, callee, route in http_calls:
+            if egress is not None or sidecar.outbound_port is not None:
+                by_port.setdefault(egress, []).append((callee, route))
+        for egress, served in sorted(by_port.items(), key=lambda p: p[0] or 0):
+            number = sidecar.outbound_port if egress is None else egress
+            assert number is not None
+            name = names.OUTBOUND if egress is None else names.egress_port(egress)
+            listener = outbound_listener(number, service, name)
             built.append(Resource.from_message(types.LISTENER, listener.name, listener))
-            config = RouteConfiguration(name=names.OUTBOUND, virtual_hosts=[
-                self.virtual_host(callee, host_domains(callee, sidecar.outbound_port), route)
-                for callee, route in sorted(http_callees, key=lambda c: c[0].name)])
+            config = RouteConfiguration(name=name, virtual_hosts=[
+                self.virtual_host(callee, host_domains(callee, number), route)
+                for callee, route in sorted(served, key=lambda c: c[0].name)])
+            if sidecar.unknown_hosts is not None:
+                config.virtual_hosts.append(unknown_hosts_virtual_host(sidecar.unknown_hosts))
             built.append(Resource.from_message(types.ROUTE, config.name, config))
+        if sidecar.unknown_hosts is not None and by_port:
+            cluster = unknown_hosts_cluster(sidecar.unknown_hosts)
+            built.append(Resource.from_message(types.CLUSTER, cluster.name, cluster))
         upstreams = list(self._upstreams(callees))
         collector = tracing.collector(sidecar.tracing)  # the tracer exports through it
         if collector is not None and (collector, None) not in upstreams:
@@ -384,26 +427,93 @@ def local_port_listener(callee: Service, port: int, caller: Service | None = Non
                     traffic_direction=TrafficDirection.OUTBOUND)
 
 
-def outbound_listener(port: int, caller: Service | None = None) -> Listener:
-    """127.0.0.1:port for every HTTP callee, chosen by Host: the HTTP-proxy style."""
-    manager = outbound_manager(names.OUTBOUND, caller)
-    return Listener(name=names.OUTBOUND, address=_address(LOOPBACK, port),
+def outbound_listener(port: int, caller: Service | None = None,
+                      name: str = names.OUTBOUND) -> Listener:
+    """127.0.0.1:port for every HTTP callee, chosen by Host: the HTTP-proxy style (`name`: an
+    egress port's, `names.egress_port`); with the caller's `unknown_hosts`, the dynamic
+    forward proxy (passthrough) or the 502 (refuse)."""
+    sidecar = caller.sidecar if caller is not None else None
+    unknown = sidecar.unknown_hosts if sidecar is not None else None
+    manager = outbound_manager(name, caller, passthrough=unknown == "passthrough")
+    if unknown == "refuse":
+        manager.local_reply_config.CopyFrom(_refused_reply())
+    return Listener(name=name, address=_address(LOOPBACK, port),
                     filter_chains=[FilterChain(filters=[Filter(
                         name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))])],
                     traffic_direction=TrafficDirection.OUTBOUND)
 
 
-def outbound_manager(name: str, caller: Service | None = None) -> hcm.HttpConnectionManager:
+def outbound_manager(name: str, caller: Service | None = None,
+                     passthrough: bool = False) -> hcm.HttpConnectionManager:
     """Routes over ADS (`name`), with the filters a Route's rules configure per route; traced
     as the calling sidecar's `tracing` says (spans named after `caller`)."""
     manager = hcm.HttpConnectionManager(
         stat_prefix=name,
         rds=hcm.Rds(config_source=ads_config_source(), route_config_name=name),
-        http_filters=httpfilters.http_filters(ChainInputs.sidecar_outbound()))
+        http_filters=httpfilters.http_filters(ChainInputs.sidecar_outbound(passthrough)))
     spec = caller.sidecar.tracing if caller is not None and caller.sidecar is not None else None
     if spec is not None and caller is not None:
         tracing.apply(manager, caller.name, spec)
     return manager
+
+
+# ---- unknown hosts (`Sidecar.unknown_hosts`) ----------------------------------------------------
+
+# What the application reads when its sidecar refuses a host the mesh does not know.
+REFUSED_BODY = "meshpilot: this host is not in the mesh (unknown_hosts: refuse)\n"
+
+
+# Marks a request the passthrough forwarded: one that comes back to a passthrough (its Host
+# named the outbound port itself, or another sidecar's) would go round for ever.
+PASSED_THROUGH_HEADER = "x-meshpilot-passed-through"
+LOOP_BODY = "meshpilot: this request was passed through once already (a loop)\n"
+
+
+def unknown_hosts_virtual_host(mode: UnknownHosts) -> VirtualHost:
+    """The outbound port's last virtual host, every Host no callee's picked (`*` loses to every
+    exact domain): to the black hole, or to the passthrough cluster, marked, so that a marked
+    request arriving at a passthrough again is refused (508) rather than sent once more (a
+    Host of 127.0.0.1:<outbound port>, or any name that resolves to it, would loop)."""
+    if mode == "refuse":
+        return VirtualHost(name=names.UNKNOWN_HOSTS, domains=["*"], routes=[EnvoyRoute(
+            name=names.UNKNOWN_HOSTS, match=RouteMatch(prefix="/"),
+            route=RouteAction(cluster=names.BLACKHOLE_CLUSTER))])
+    looped = EnvoyRoute(name=f"{names.UNKNOWN_HOSTS}/loop", match=RouteMatch(
+        prefix="/", headers=[HeaderMatcher(name=PASSED_THROUGH_HEADER, present_match=True)]),
+        direct_response=DirectResponseAction(status=508,
+                                             body=DataSource(inline_string=LOOP_BODY)))
+    forward = EnvoyRoute(name=names.UNKNOWN_HOSTS, match=RouteMatch(prefix="/"),
+                         route=RouteAction(cluster=names.PASSTHROUGH_CLUSTER))
+    forward.request_headers_to_add.append(HeaderValueOption(
+        header=HeaderValue(key=PASSED_THROUGH_HEADER, value="1"),
+        append_action=HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
+    return VirtualHost(name=names.UNKNOWN_HOSTS, domains=["*"], routes=[looped, forward])
+
+
+def unknown_hosts_cluster(mode: UnknownHosts) -> Cluster:
+    """Passthrough: the dynamic forward proxy's cluster (its host from the filter's DNS cache,
+    `httpfilters/dynamic_forward_proxy.py`). Refuse: a cluster with no endpoints, so each
+    refused request counts in its `upstream_cx_none_healthy` (the 503 becomes 502,
+    `_refused_reply`)."""
+    if mode == "refuse":
+        return Cluster(name=names.BLACKHOLE_CLUSTER, type=Cluster.STATIC,
+                       connect_timeout=duration(1.0))
+    return Cluster(name=names.PASSTHROUGH_CLUSTER, connect_timeout=duration(5.0),
+                   lb_policy=Cluster.CLUSTER_PROVIDED,
+                   cluster_type=Cluster.CustomClusterType(
+                       name=dynamic_forward_proxy.CLUSTER_TYPE,
+                       typed_config=pack(dynamic_forward_proxy.cluster_config())))
+
+
+def _refused_reply() -> hcm.LocalReplyConfig:
+    """The black hole's "no healthy upstream" as Istio's REGISTRY_ONLY answer, 502; only for
+    that cluster (a callee without healthy endpoints still answers 503)."""
+    only_blackhole = AccessLogFilter(extension_filter=ExtensionFilter(
+        name=CEL_FILTER, typed_config=pack(ExpressionFilter(
+            expression=f"xds.cluster_name == '{names.BLACKHOLE_CLUSTER}'"))))
+    return hcm.LocalReplyConfig(mappers=[hcm.ResponseMapper(
+        filter=only_blackhole, status_code=UInt32Value(value=502),
+        body=DataSource(inline_string=REFUSED_BODY))])
 
 
 def _address(host: str, port: int) -> Address:

@@ -123,7 +123,9 @@ def test_service_entry_and_workloads_are_a_service_and_sidecar_views() -> None:
 
 def test_outbound_virtual_host_answers_to_istio_host_forms() -> None:
     config = dumped(load(), "reviews-v2.default", ROUTE, "outbound")
-    (vhost,) = config["virtualHosts"]
+    # reviews, then Istio's default ALLOW_ANY: the catch-all for unknown hosts.
+    vhost, catch_all = config["virtualHosts"]
+    assert catch_all["domains"] == ["*"]
     for host in ("reviews", "reviews:9080", "reviews.default", "reviews.default.svc.cluster.local",
                  REVIEWS):
         assert host in vhost["domains"]
@@ -984,7 +986,13 @@ spec: {egress: [{hosts: [reviews], port: {number: 9080}}]}
 """)
     assert any('spec.egress[0].hosts[0]: egress host "reviews": expected' in e
                for e in found), found
-    assert any("spec.egress[0].port: port is not supported yet" in e for e in found), found
+    assert any("spec.egress[0].port.protocol: protocol \"MONGO\" on an egress listener is not "
+               "supported yet" in e for e in errors("""
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: bad}
+spec: {egress: [{hosts: ["./*"], port: {number: 27017, protocol: MONGO}}]}
+""")), "an egress port's protocol"
 
 
 def test_auto_mtls_per_endpoint_in_a_mixed_cluster() -> None:

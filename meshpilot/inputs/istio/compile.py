@@ -59,6 +59,7 @@ from meshpilot.ir.model import (
     Sidecar,
     StringMatch,
     TcpRoute,
+    UnknownHosts,
     UpstreamTls,
 )
 
@@ -118,7 +119,8 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
                          mesh.trusted_proxies)
     policies = security.Policies.of(by_kind)
     _providers(mesh, registry, policies)
-    _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants)
+    _workloads(indexed, registry, policies, by_kind.get("Sidecar", []), variants,
+               mesh.unknown_hosts or meshconfig.DEFAULT_UNKNOWN_HOSTS)
     _plaintext_where_disabled(registry, policies)
     routes = _secure_gateway_routes(routes, gateways, policies, registry)
     for host in registry.values():
@@ -1395,10 +1397,30 @@ def _scope(workload: Doc, sidecars: list[Doc]) -> tuple[Doc, o.SidecarScope] | N
 
 
 def _in_scope(found: tuple[Doc, o.SidecarScope] | None, host: _Host, name: str) -> bool:
+    """Whether the Sidecar resource's egress listeners without a port take the service."""
     if found is None:
         return True
+    return _listed(found[0], found[1].egress_hosts, host, name)
+
+
+def _port_of(service_name: str) -> int:
+    return int(service_name.rsplit(":", 1)[1])  # a ServiceEntry port's Service: HOST:PORT
+
+
+def _egress_ports_taking(found: tuple[Doc, o.SidecarScope] | None, host: _Host,
+                         name: str, service: Service, protocol: str) -> list[int]:
+    """The egress listeners with a port (of `protocol`, http or tcp) that take `service` (of
+    host `name`): those whose port is the service's and whose hosts list it (Istio's)."""
+    if found is None:
+        return []
     doc, scope = found
-    for namespace, pattern in scope.egress_hosts:
+    return [port.number for port in scope.egress_ports
+            if port.protocol == protocol and port.number == _port_of(service.name)
+            and _listed(doc, port.hosts, host, name)]
+
+
+def _listed(doc: Doc, patterns: tuple[tuple[str, str], ...], host: _Host, name: str) -> bool:
+    for namespace, pattern in patterns:
         if namespace == "~":
             continue
         wanted = doc.item.namespace if namespace == "." else namespace
@@ -1410,7 +1432,10 @@ def _in_scope(found: tuple[Doc, o.SidecarScope] | None, host: _Host, name: str) 
 
 
 def _workloads(workloads: _Workloads, registry: dict[str, _Host],
-               policies: security.Policies, sidecars: list[Doc], variants: Variants) -> None:
+               policies: security.Policies, sidecars: list[Doc], variants: Variants,
+               unknown_hosts: UnknownHosts) -> None:
+    """Each WorkloadEntry's own view; `unknown_hosts`: MeshConfig's outboundTrafficPolicy, for
+    a workload whose Sidecar resource (if any) does not say its own."""
     every = [(registry[host], host, service) for host in sorted(registry)
              for service in sorted(registry[host].services.values(), key=lambda s: s.name)
              if service.protocol != "tcp"]
@@ -1431,9 +1456,12 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
         if scope is None:
             calls = everything
         else:
-            calls = scoped.get(id(scope[0])) or scoped.setdefault(id(scope[0]), tuple(
+            calls = scoped.get(id(scope[0])) or scoped.setdefault(id(scope[0]), (*(
                 call for call, (host, name, _) in zip(everything, every, strict=True)
-                if _in_scope(scope, host, name)))
+                if _in_scope(scope, host, name)), *(
+                replace(call, egress_port=number)
+                for call, (host, name, service) in zip(everything, every, strict=True)
+                for number in _egress_ports_taking(scope, host, name, service, "http"))))
         entry = doc.item.spec
         assert isinstance(entry, o.WorkloadEntry)
         workload = entry.spec
@@ -1446,9 +1474,20 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
         if outbound in (s.port for s in served):
             doc.error(("metadata",), f"the outbound port {outbound} is the inbound port: set "
                                      "annotation meshpilot.io/outbound-port")
-        calls = (*calls, *_tcp_calls(doc, tcp, scope, {
-            outbound, *inbound.loopback_ports(workload.address, served,
-                                              apps or [(app_host, app_port)])}))
+        # The Sidecar resource's HTTP egress ports: listeners of this workload's sidecar.
+        http_egress = [p for p in scope[1].egress_ports if p.protocol == "http"] \
+            if scope is not None else []
+        egress_ports = [p.number for p in http_egress]
+        loopback = inbound.loopback_ports(workload.address, served,
+                                          apps or [(app_host, app_port)])
+        for egress in http_egress:
+            if egress.number == outbound or egress.number in loopback:
+                what = "outbound" if egress.number == outbound else \
+                    "inbound (or application's)"
+                assert scope is not None
+                scope[0].error(egress.path, f"egress port {egress.number} is the {what} port "
+                                            f"of workload {doc.item.namespace}/{doc.item.name}")
+        calls = (*calls, *_tcp_calls(doc, tcp, scope, {outbound, *egress_ports, *loopback}))
         if variants:  # sourceLabels: this caller's own Route for some services
             calls = tuple(replace(call, route=route) if (route := variants.get(
                 call.service, {}).get(id(doc))) is not None else call for call in calls)
@@ -1471,7 +1510,9 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
                           locality=Locality(_locality(workload, 0) or "",
                                             _locality(workload, 1) or "",
                                             _locality(workload, 2) or ""),
-                          labels=workload.labels)
+                          labels=workload.labels,
+                          unknown_hosts=(scope[1].unknown_hosts if scope is not None else None)
+                          or unknown_hosts)
         doc.parts.append(Service(name=view, position=doc.ctx.document.position,
                                  protocol=protocol, sidecar=sidecar, origin=doc.ctx.origin()))
 
@@ -1498,9 +1539,10 @@ def _tcp_calls(doc: Doc, tcp: list[tuple[_Host, str, Service]],
     found: list[Call] = []
     used = set(taken)
     for host, name, service in tcp:
-        if not _in_scope(scope, host, name):
+        if not _in_scope(scope, host, name) and not _egress_ports_taking(
+                scope, host, name, service, "tcp"):
             continue
-        number = int(service.name.rsplit(":", 1)[1])
+        number = _port_of(service.name)
         if number in used:
             doc.warn(("spec",), f"TCP service {service.name} gets no local port in this "
                                 f"workload's sidecar: 127.0.0.1:{number} is already taken")

@@ -4,10 +4,12 @@ its `data.mesh` a MeshConfig in YAML (what istiod reads, mounted at /etc/istio/c
 
 Of MeshConfig, meshpilot applies `extensionProviders` of the two external authorization
 kinds, `envoyExtAuthzHttp` and `envoyExtAuthzGrpc`, which AuthorizationPolicies with action
-CUSTOM name (`provider.name`), and `defaultConfig.gatewayTopology.numTrustedProxies` (the
+CUSTOM name (`provider.name`), `defaultConfig.gatewayTopology.numTrustedProxies` (the
 gateways' X-Forwarded-For trust, which a Gateway's `proxy.istio.io/config` annotation may
-override). Every other field, and providers of other kinds, are warnings
-(not applied), never silently dropped; a CUSTOM policy naming one of those is an error.
+override) and `outboundTrafficPolicy.mode` (what a sidecar without a Sidecar resource's own
+does with a host the mesh does not know). Every other field, and providers of other kinds, are
+warnings (not applied), never silently dropped; a CUSTOM policy naming one of those is an
+error.
 
 The embedded YAML is read with positions: an issue in it is reported at its own line in the
 ConfigMap's file (columns as written with the usual two-space indentation of a block scalar),
@@ -29,7 +31,7 @@ from meshpilot.inputs.gatewayapi.kinds import KubeObject
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, Invalid
 from meshpilot.inputs.yamlsource import FieldPath, Located, format_path, parse_yaml_text
-from meshpilot.ir.model import ExtAuthzBody, StringMatch
+from meshpilot.ir.model import ExtAuthzBody, StringMatch, UnknownHosts
 
 CONFIG_MAP = ("istio-system", "istio")  # (namespace, name): istiod's default revision's
 MESH = ("data", "mesh")
@@ -111,6 +113,8 @@ class MeshConfig:
     # proxy.istio.io/config annotation says otherwise
     trusted_proxies: int | None = None
     ctx: DocumentContext | None = None  # the embedded document's (None: no ConfigMap)
+    # outboundTrafficPolicy.mode; None: unwritten (Istio's default, ALLOW_ANY, applies).
+    unknown_hosts: UnknownHosts | None = None
 
     def error(self, path: FieldPath, message: str) -> None:
         if self.ctx is not None:
@@ -175,10 +179,11 @@ def read(everything: Sequence[ParsedDocument], load: LoadContext) -> MeshConfig:
     mesh = MeshConfig(ctx=ctx)
     spec = Fields(ctx, documents[0].value, MESH)
     for name in spec.value:
-        if name not in ("extensionProviders", "defaultConfig"):
+        if name not in _READ:
             _warn(ctx, (*MESH, name), f"MeshConfig field {name} is not applied "
-                                      "(docs/istio.md); meshpilot reads extensionProviders "
-                                      "and defaultConfig.gatewayTopology.numTrustedProxies")
+                                      "(docs/istio.md); meshpilot reads extensionProviders, "
+                                      "defaultConfig.gatewayTopology.numTrustedProxies and "
+                                      "outboundTrafficPolicy")
     defaults = spec.get("defaultConfig", proxy_config)
     if defaults is not None:
         mesh.trusted_proxies = defaults.trusted_proxies
@@ -186,12 +191,34 @@ def read(everything: Sequence[ParsedDocument], load: LoadContext) -> MeshConfig:
             _warn(ctx, (*MESH, "defaultConfig", *name.split(".")),
                   f"ProxyConfig field {name} is not applied (docs/istio.md); meshpilot reads "
                   "gatewayTopology.numTrustedProxies")
+    policy = spec.mapping("outboundTrafficPolicy", "a mapping such as {mode: REGISTRY_ONLY}")
+    if policy is not None:
+        mesh.unknown_hosts = read_outbound_mode(policy)
     for index, item in enumerate(spec.items("extensionProviders", "provider") or []):
         entry = Fields.at(ctx, item, (*MESH, "extensionProviders", index),
                           "a mapping such as {name: ext-authz, envoyExtAuthzHttp: {...}}")
         if entry is not None:
             _provider(mesh, entry)
     return mesh
+
+
+_READ = ("extensionProviders", "defaultConfig", "outboundTrafficPolicy")
+# Istio's outboundTrafficPolicy modes as what a sidecar's outbound port does with a Host no
+# service of the mesh answers to.
+OUTBOUND_MODES: dict[str, UnknownHosts] = {"ALLOW_ANY": "passthrough",
+                                           "REGISTRY_ONLY": "refuse"}
+DEFAULT_UNKNOWN_HOSTS: UnknownHosts = "passthrough"  # Istio's default mode, ALLOW_ANY
+
+
+def read_outbound_mode(policy: Fields) -> UnknownHosts | None:
+    """An `outboundTrafficPolicy` (MeshConfig's, a Sidecar resource's): its mode, as
+    `Sidecar.unknown_hosts`; None when it does not say one."""
+    policy.check_keys(("mode", "egressProxy"), "an outboundTrafficPolicy")
+    if "egressProxy" in policy.value:
+        policy.report("egressProxy", "egressProxy is not supported yet (docs/istio.md)",
+                      at_value=False)
+    mode = policy.get("mode", fields.choice(tuple(OUTBOUND_MODES)))
+    return None if mode is None else OUTBOUND_MODES[mode]
 
 
 def _warn(ctx: DocumentContext, path: FieldPath, message: str) -> None:

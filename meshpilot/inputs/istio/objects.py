@@ -26,6 +26,7 @@ from meshpilot.ir.model import (
     OutlierDetection,
     Rule,
     TcpKeepalive,
+    UnknownHosts,
     UpstreamTls,
 )
 
@@ -249,11 +250,26 @@ class DestinationRule:
 
 
 @dataclass(frozen=True, slots=True)
+class EgressPort:
+    """A Sidecar egress listener with a `port`: its hosts' services of that port number, on a
+    Host-routed listener 127.0.0.1:number of their own (http), or on their local ports (tcp)."""
+
+    number: int
+    protocol: Literal["http", "tcp"]
+    hosts: tuple[tuple[str, str], ...]  # as SidecarScope.egress_hosts
+    path: FieldPath  # its `port`, where an issue with it is reported
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarScope:
     """A Sidecar resource: which services the workloads it selects receive."""
 
     selector: Labels | None
-    egress_hosts: tuple[tuple[str, str], ...]  # (namespace or "*" "." "~", host pattern)
+    # (namespace or "*" "." "~", host pattern), of the egress listeners without a port
+    egress_hosts: tuple[tuple[str, str], ...]
+    # outboundTrafficPolicy.mode (ALLOW_ANY: passthrough); None: MeshConfig's, else ALLOW_ANY.
+    unknown_hosts: UnknownHosts | None = None
+    egress_ports: tuple[EgressPort, ...] = ()  # the egress listeners with a port
 
 
 # ---- Gateway -------------------------------------------------------------------------------------

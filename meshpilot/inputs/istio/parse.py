@@ -1287,20 +1287,25 @@ def _tls(spec: Fields):  # type: ignore[no-untyped-def]
 def read_sidecar(spec: Fields) -> o.SidecarScope | None:
     spec.check_keys(("workloadSelector", "egress", "ingress", "outboundTrafficPolicy",
                      "inboundConnectionPool"), "a Sidecar's spec")
-    for key in ("ingress", "outboundTrafficPolicy", "inboundConnectionPool"):
+    for key in ("ingress", "inboundConnectionPool"):
         if key in spec.value:
             spec.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
     selector = _selector(spec, "workloadSelector", "labels")
+    policy = spec.mapping("outboundTrafficPolicy", "a mapping such as {mode: REGISTRY_ONLY}")
+    mode = None if policy is None else meshconfig.read_outbound_mode(policy)
     hosts: list[tuple[str, str]] = []
+    ports: list[o.EgressPort] = []
     for index, item in enumerate(spec.items("egress", "egress listener", required=True) or []):
         entry = Fields.at(spec.ctx, item, (*spec.path, "egress", index),
                           "a mapping such as {hosts: [./*, istio-system/*]}")
         if entry is None:
             continue
         entry.check_keys(("hosts", "port", "bind", "captureMode"), "an egress listener")
-        for key in ("port", "bind", "captureMode"):
+        for key in ("bind", "captureMode"):
             if key in entry.value:
                 entry.report(key, f"{key} {NOT_SUPPORTED}", at_value=False)
+        port = _egress_port(entry)
+        listed: list[tuple[str, str]] = []
         for h_index, written in enumerate(_strings(entry, "hosts", "host")):
             namespace, slash, host = written.partition("/")
             at = (*entry.path, "hosts", h_index)
@@ -1311,10 +1316,44 @@ def read_sidecar(spec: Fields) -> o.SidecarScope | None:
                 continue
             converted = fields.convert_at(spec.ctx, host, at, _host)
             if converted is not None:
-                hosts.append((namespace, converted))
+                listed.append((namespace, converted))
         if "hosts" not in entry.value:
             entry.missing("hosts")
-    return o.SidecarScope(selector, tuple(hosts))
+        if "port" not in entry.value:
+            hosts.extend(listed)
+        elif port is not None:
+            number, protocol = port
+            if any(p.number == number for p in ports):
+                entry.report("port", f"another egress listener has port {number}",
+                             at_value=False)
+                continue
+            ports.append(o.EgressPort(number, protocol, tuple(listed), (*entry.path, "port")))
+    return o.SidecarScope(selector, tuple(hosts), mode, tuple(ports))
+
+
+# An egress listener's protocol: its HTTP kinds get a Host-routed listener of their own; TCP
+# services keep their local port (their own port number) as without a Sidecar resource.
+_EGRESS_PROTOCOLS: dict[str, Literal["http", "tcp"]] = {
+    "HTTP": "http", "HTTP2": "http", "GRPC": "http", "TCP": "tcp"}
+
+
+def _egress_port(entry: Fields) -> tuple[int, Literal["http", "tcp"]] | None:
+    """An egress listener's `port`: (number, http or tcp); HTTP when it says no protocol."""
+    port = entry.mapping("port", "a mapping such as {number: 9080, protocol: HTTP, name: http}")
+    if port is None:
+        return None
+    port.check_keys(("number", "protocol", "name", "targetPort"), "an egress listener's port")
+    if "targetPort" in port.value:
+        port.report("targetPort", f"targetPort {NOT_SUPPORTED}", at_value=False)
+    number = port.get("number", fields.PORT, required=True)
+    written = port.get("protocol", fields.string)
+    port.get("name", fields.string)
+    protocol = _EGRESS_PROTOCOLS.get((written or "HTTP").upper())
+    if written is not None and protocol is None:
+        port.report("protocol", f"protocol {fields.quoted(written)} on an egress listener "
+                                f"{NOT_SUPPORTED}: HTTP, HTTP2, GRPC or TCP")
+    return None if number is None or protocol is None else (number, protocol)
+
 
 
 # ---- Gateway ------------------------------------------------------------------------------------

@@ -294,6 +294,10 @@ def _sidecar() -> Schema:
                                "127.0.0.1 (default 127.0.0.1:8080)."},
         "outbound_port": {**port, "description": "One HTTP port on 127.0.0.1 for every called "
                                                  "service, picked by the Host header."},
+        "unknown_hosts": {"enum": ["passthrough", "refuse"],
+                          "description": "A Host the outbound_port knows no called service "
+                                         "for: passthrough (to that host and port) or refuse "
+                                         "(502). Unwritten: 404."},
         "calls": _list("The services the application calls: all the sidecar receives.", call),
         "ports": _list("Several inbound ports instead of port and app, each a listener of "
                        "its own; the Service's endpoints name the first.", _object(

@@ -34,6 +34,8 @@ Shape (inside a `kind: Service` document):
       tracing: {provider: zipkin, collector: zipkin}   # as a Gateway's, inbound and outbound
       locality: eu-west/eu-west-1a  # where it runs: region[/zone[/subzone]], and its labels:
       labels: {tier: gold}          #   what its callees' locality_lb compares (locality.py)
+      unknown_hosts: refuse       # a Host outbound_port knows no callee for: refuse (502) or
+                                  #   passthrough (to that host:port); unwritten: 404
 """
 
 from __future__ import annotations
@@ -59,11 +61,13 @@ from meshpilot.ir.model import (
     MtlsMode,
     Protocol,
     Sidecar,
+    UnknownHosts,
 )
 
 SIDECAR_KEYS = ("port", "ports", "address", "app", "outbound_port", "calls", "mtls",
                 "authorization", "jwt", "namespace", "service_account", "tracing", "locality",
-                "labels")
+                "labels", "unknown_hosts")
+UNKNOWN_HOSTS = fields.choice(get_args(UnknownHosts))
 PORT_KEYS = ("port", "app", "protocol", "mtls", "service")
 MTLS_MODES = ("strict", "permissive", "off")
 MTLS_MODE = fields.choice(MTLS_MODES)
@@ -98,6 +102,10 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
         spec.report("address", "address is the inbound listener's; it needs a port",
                     at_value=False)
     _check_ports(spec, inbound, outbound_port, calls)
+    unknown_hosts = spec.get("unknown_hosts", UNKNOWN_HOSTS)
+    if unknown_hosts is not None and outbound_port is None:
+        spec.report("unknown_hosts", "unknown_hosts is the outbound port's catch-all; it "
+                                     "needs outbound_port", at_value=False)
     mtls = spec.get("mtls", mtls_mode) or "off"
     modes = {mtls, *(mode for _, mode in port_modes)}
     # Which inbound ports carry HTTP: authorization, jwt and tracing act on those.
@@ -142,7 +150,8 @@ def parse_sidecar(doc: Fields) -> Sidecar | None:
                    identity=_identity(spec, doc), tracing=tracing, more_ports=inbound[1:],
                    port_modes=port_modes, mtls_inherited="mtls" not in spec.value,
                    locality=spec.get("locality", localities.locality),
-                   labels=spec.get("labels", fields.labels) or ())
+                   labels=spec.get("labels", fields.labels) or (),
+                   unknown_hosts=cast(Any, unknown_hosts))
 
 
 def _single_port(spec: Fields, address: str) -> tuple[InboundPort, ...]:

@@ -252,8 +252,14 @@ def _sidecar(w: _Writer, sidecar: Sidecar) -> Doc:
     elif (sidecar.app_host, sidecar.app_port) != (DEFAULT_APP_HOST, DEFAULT_APP_PORT):
         doc["app"] = _address(sidecar.app_host, sidecar.app_port)
     _put(doc, "outbound_port", sidecar.outbound_port)
+    _put(doc, "unknown_hosts", sidecar.unknown_hosts)
     calls: list[Any] = []
     for index, call in enumerate(sidecar.calls):
+        if call.egress_port is not None:  # (left out: native calls name a service once)
+            w.cannot(f"sidecar.calls[{index}]", f"a Host-routed port of its own "
+                     f"({call.egress_port}, Istio's Sidecar egress port) has no native field",
+                     call.origin or sidecar.origin)
+            continue
         calls.append(call.service if call.local_port is None
                      else {"service": call.service, "local_port": call.local_port})
         if call.route is not None:

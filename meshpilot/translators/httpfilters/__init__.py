@@ -52,6 +52,7 @@ from meshpilot.translators.httpfilters import (
     cors,
     csrf,
     decompressor,
+    dynamic_forward_proxy,
     ext_authz,
     fault,
     jwt_authn,
@@ -88,6 +89,7 @@ ORDER: tuple[HttpFeature, ...] = (
     fault.FEATURE,  # after security: a refused request is not delayed first
     compressor.FEATURE,  # right before the router whose responses it compresses
     stateful_session.FEATURE,  # sends a request to its session's endpoint: the router's pick
+    dynamic_forward_proxy.FEATURE,  # resolves an unknown Host for the router's passthrough
     router.FEATURE,
 )
 

@@ -53,6 +53,9 @@ class ChainInputs:
     denied: bool = False  # a sidecar with DENY rules: their RBAC filter too
     audited: bool = False  # a sidecar with AUDIT rules: their RBAC filter too
     inbound_ext_authz: ExtAuthz | None = None  # a sidecar's (Istio's CUSTOM provider)
+    # A sidecar's Host-routed outbound port passing unknown hosts through (its catch-all
+    # virtual host: `dynamic_forward_proxy.py`).
+    passthrough: bool = False
 
     @classmethod
     def gateway(cls, routes: Iterable[Route], compression: Compression | None,
@@ -61,8 +64,8 @@ class ChainInputs:
                    decompression=decompression)
 
     @classmethod
-    def sidecar_outbound(cls) -> ChainInputs:
-        return cls(serves_routes=True)
+    def sidecar_outbound(cls, passthrough: bool = False) -> ChainInputs:
+        return cls(serves_routes=True, passthrough=passthrough)
 
     @classmethod
     def sidecar_inbound(cls, callers: Authorization | None,
