@@ -153,11 +153,14 @@ def identity_secrets(source: IdentitySource, view: str,
 
 
 def needs_identity(model: Model, view: str, resources: Iterable[Resource]) -> bool:
-    """A sidecar with mtls on its inbound, or any view holding a cluster that originates mTLS
-    (a caller's sidecar, a gateway)."""
+    """A sidecar with mtls on its inbound, a gateway with a mesh mTLS listener, or any view
+    holding a cluster that originates mTLS (a caller's sidecar, a gateway)."""
     service = model.service(view)
     if inbound_mtls(service):
         return True
+    gateway = model.gateway(view) if service is None else None
+    if gateway is not None and any(spec.mesh_tls for spec in gateway.listeners):
+        return True  # a gateway listener ending mesh mTLS (Istio's ISTIO_MUTUAL) shows it
     for resource in resources:
         if resource.type_url != types.CLUSTER:
             continue

@@ -276,7 +276,7 @@ class Credential:
 class Server:
     port: int
     port_name: str
-    protocol: Literal["HTTP", "HTTPS", "TCP", "TLS"]  # TLS: passthrough (by SNI, not ended)
+    protocol: Literal["HTTP", "HTTPS", "TCP", "TLS"]  # TLS: passthrough, or `terminates`
     hosts: tuple[str, ...]  # without any namespace/ prefix
     tls: ListenerTls | None = None
     https_redirect: bool = False
@@ -286,6 +286,16 @@ class Server:
     # tls mode AUTO_PASSTHROUGH (a TLS server): routed by SNI `outbound_.PORT_.SUBSET_.HOST`
     # to that service, no VirtualService needed (Istio's east-west gateway)
     auto_passthrough: bool = False
+    # tls mode ISTIO_MUTUAL: TLS ended with the gateway's mesh identity, a mesh client
+    # certificate required (the built-in CA's), in place of `tls` and `credential`
+    mesh_mutual: bool = False
+
+    @property
+    def terminates(self) -> bool:
+        """A TLS server whose TLS the gateway ends (SIMPLE, MUTUAL, ISTIO_MUTUAL, ...): the
+        plaintext stream goes by the `tcp` routes, as Istio's."""
+        return self.protocol == "TLS" and (self.tls is not None or self.credential is not None
+                                           or self.mesh_mutual)
 
 
 @dataclass(frozen=True, slots=True)
