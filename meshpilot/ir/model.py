@@ -463,6 +463,10 @@ class Service:
     # panic mode; default 50). 0 turns panic off: ejected endpoints stay out (Istio's
     # minHealthPercent, 0 unless written, whenever outlierDetection is).
     panic_threshold: float | None = None
+    # Mesh mTLS to its endpoints accepts a certificate carrying one of these SPIFFE IDs (full
+    # URIs) in place of the workloads' own (Istio's DestinationRule ISTIO_MUTUAL
+    # subjectAltNames); empty: theirs.
+    mesh_peer_ids: tuple[str, ...] = ()
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)

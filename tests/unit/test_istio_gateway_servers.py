@@ -201,3 +201,59 @@ def test_a_grpc_server_is_an_http_listener() -> None:
     (cluster,) = [c for c in dumped(snapshot, types.CLUSTER) if "greeter" in c["name"]]
     assert "envoy.extensions.upstreams.http.v3.HttpProtocolOptions" in \
         cluster["typed_extension_protocol_options"]
+
+
+# ---- DestinationRule ISTIO_MUTUAL subjectAltNames --------------------------------------------
+
+EAST = "spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway-service-account"
+RULE = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: greeter}
+spec:
+  host: greeter
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL, subjectAltNames: SANS}}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}
+"""
+
+
+def grpc_gateway(*documents: str) -> Model:
+    text = MESH.replace("protocol: TLS}", "protocol: GRPC}").replace(
+        "    tls: TLS\n", "").replace(
+        "  tcp: [{route: [{destination: {host: db}}]}]\n",
+        "  http: [{route: [{destination: {host: greeter}}]}]\n")
+    return load_policy_text("\n---\n".join((text, *documents)), "istio.yaml")
+
+
+def accepted_ids(snapshot, name: str) -> list[str]:  # type: ignore[no-untyped-def]
+    cluster = next(c for c in dumped(snapshot, types.CLUSTER) if c["name"] == name)
+    context = cluster["transport_socket"]["typed_config"]["common_tls_context"]
+    matchers = context["combined_validation_context"]["default_validation_context"][
+        "match_typed_subject_alt_names"]
+    assert {m["san_type"] for m in matchers} == {"URI"}
+    return [m["matcher"]["exact"] for m in matchers]
+
+
+def test_istio_mutual_subject_alt_names_replace_the_workloads_identities() -> None:
+    """The peer's certificate must name one of the rule's SPIFFE IDs; a subset whose own
+    tls block says none accepts its workloads' identity again (Istio's block merge)."""
+    model = grpc_gateway(RULE.replace("SANS", f"[{EAST}]"))
+    service = model.service("greeter.default.svc.cluster.local:50051")
+    assert service is not None and service.mesh_peer_ids == (EAST,)
+    snapshot = Translation(model).snapshot("istio=ingressgateway")
+    assert accepted_ids(snapshot, "greeter.default.svc.cluster.local:50051") == [EAST]
+    without = grpc_gateway(RULE.replace(", subjectAltNames: SANS", ""))
+    assert accepted_ids(Translation(without).snapshot("istio=ingressgateway"),
+                        "greeter.default.svc.cluster.local:50051") == [
+        "spiffe://cluster.local/ns/default/sa/default"]
+
+
+def test_istio_mutual_subject_alt_names_are_spiffe_ids() -> None:
+    with pytest.raises(PolicyError) as caught:
+        grpc_gateway(RULE.replace("SANS", "[greeter.example.com]"))
+    assert any("trafficPolicy.tls.subjectAltNames[0]: \"greeter.example.com\": with tls mode "
+               "ISTIO_MUTUAL a subjectAltName is a mesh identity" in str(issue)
+               for issue in caught.value.issues), caught.value.issues

@@ -427,6 +427,8 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host, doc: D
     if policy.tls_mode in ("DISABLE", "SIMPLE", "MUTUAL"):  # no mesh mTLS, whatever the workloads
         changes["endpoints"] = tuple(replace(e, mtls_identity=None) for e in service.endpoints)
     elif policy.tls_mode == "ISTIO_MUTUAL":  # mesh mTLS to every endpoint, sidecar or not
+        # subjectAltNames: the endpoints' certificates carry one of these, not their own IDs
+        changes["mesh_peer_ids"] = policy.mesh_sans
         namespace = host.doc.item.namespace
         changes["endpoints"] = tuple(
             e if e.mtls_identity else replace(e, mtls_identity=host.accounts.get(

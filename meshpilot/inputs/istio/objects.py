@@ -207,6 +207,9 @@ class TrafficPolicy:
     panic_threshold: float | None = None  # outlierDetection.minHealthPercent (0 if unwritten)
     # tls.credentialName and where it is written: compile.py fills `tls` from the Secret.
     tls_credential: tuple[str, FieldPath] | None = None
+    # ISTIO_MUTUAL's subjectAltNames: the SPIFFE IDs the endpoint's certificate may carry
+    # (one of them), in place of its workloads' own
+    mesh_sans: tuple[str, ...] = ()
 
     def under(self, subset: TrafficPolicy) -> TrafficPolicy:
         """This policy with `subset`'s blocks in place of its own (MergeTrafficPolicy)."""
@@ -225,7 +228,7 @@ _BLOCKS = {"loadBalancer": ("load_balancer", "load_balancer_options", "hash_on",
                               "max_connection_duration", "max_concurrent_streams",
                               "tcp_keepalive"),
            "outlierDetection": ("outlier_detection", "panic_threshold"),
-           "tls": ("tls_mode", "tls", "tls_credential")}
+           "tls": ("tls_mode", "tls", "tls_credential", "mesh_sans")}
 
 
 @dataclass(frozen=True, slots=True)

@@ -977,12 +977,29 @@ def _traffic_policy(spec: Fields, port_level: bool = False) -> o.TrafficPolicy:
     breaker, connect_timeout, per_connection, lifetimes = _connection_pool(spec)
     outlier, panic = _outlier(spec)
     mode, upstream, credential = _tls(spec)
+    mesh_sans = _mesh_sans(spec) if mode == "ISTIO_MUTUAL" else ()
     written = frozenset(key for key in POLICY_KEYS[:4] if key in spec.value)
     balancer = spec.mapping("loadBalancer", "a mapping")
     locality = None if balancer is None else _locality_lb(balancer)
     return o.TrafficPolicy(lb, options, hash_on, breaker, connect_timeout, per_connection,
                            outlier, mode, upstream, written, locality, **lifetimes,
-                           panic_threshold=panic, tls_credential=credential)
+                           panic_threshold=panic, tls_credential=credential,
+                           mesh_sans=mesh_sans)
+
+
+def _mesh_sans(spec: Fields) -> tuple[str, ...]:
+    """ISTIO_MUTUAL's `subjectAltNames`: the SPIFFE IDs (URI SANs) an endpoint's mesh
+    certificate may carry, as `spiffe://<trust domain>/ns/<namespace>/sa/<account>`."""
+    entry = spec.mapping("tls", "a mapping such as {mode: ISTIO_MUTUAL}")
+    return () if entry is None else _strings(entry, "subjectAltNames", "SAN", _spiffe_id)
+
+
+def _spiffe_id(value: Any) -> str:
+    text = fields.string(value)
+    if not text.startswith("spiffe://"):
+        raise Invalid(f"{fields.quoted(text)}: with tls mode ISTIO_MUTUAL a subjectAltName is "
+                      "a mesh identity, spiffe://<trust domain>/ns/<namespace>/sa/<account>")
+    return text
 
 
 LOCALITY_KEYS = ("enabled", "distribute", "failover", "failoverPriority")
@@ -1222,6 +1239,8 @@ def _tls(spec: Fields):  # type: ignore[no-untyped-def]
                 entry.report(key, f"{key} is for tls mode MUTUAL", at_value=False)
     if mode not in ("SIMPLE", "MUTUAL"):
         for key in ("credentialName", "subjectAltNames"):
+            if key == "subjectAltNames" and mode == "ISTIO_MUTUAL":
+                continue  # the peer's SPIFFE IDs (_mesh_sans)
             if key in entry.value:
                 entry.report(key, f"{key} with tls mode ISTIO_MUTUAL {NOT_SUPPORTED}"
                              if mode == "ISTIO_MUTUAL" else

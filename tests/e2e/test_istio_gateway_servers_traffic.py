@@ -24,7 +24,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support import eventually, served_policy
+from support import eventually, http_get, served_policy, write_atomically
 from tls_material import CA
 
 from meshpilot.ca.authority import CertificateAuthority
@@ -90,6 +90,45 @@ spec:
   http: [{{route: [{{destination: {{host: greeter}}}}]}}]
 """
 
+# A sidecar calling the ISTIO_MUTUAL server as a mesh service: a caller with a mesh identity
+# (its own certificate, from the built-in CA) that checks the gateway's by the rule's
+# subjectAltNames (EAST_RULE, written by the test).
+MESH_CALLER = """
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: east}}
+spec:
+  hosts: [east.example.internal]
+  location: MESH_INTERNAL
+  ports: [{{number: {eastport}, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{tcp: {mesh}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: client-v1
+  annotations: {{meshpilot.io/outbound-port: "{out}"}}
+spec: {{address: 127.0.0.1, labels: {{app: client}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {{name: client}}
+spec:
+  workloadSelector: {{labels: {{app: client}}}}
+  egress: [{{hosts: ["./east.example.internal"]}}]
+"""
+
+EAST_RULE = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: east}
+spec:
+  host: east.example.internal
+  trafficPolicy: {tls: {mode: ISTIO_MUTUAL, subjectAltNames: [SAN]}}
+"""
+
 OPTIONS = [("grpc.enable_http_proxy", 0)]  # never through an http_proxy of the environment
 
 
@@ -97,6 +136,17 @@ class Setup:
     def __init__(self, served, certs: Path, ca_dir: Path):
         self.ports = served.ports
         self.certs, self.ca_dir = certs, ca_dir
+        self.folder: Path = served.policy
+
+    def through_sidecar(self) -> str | None:
+        """The backend that answered an HTTP request over the client's sidecar port for
+        east.example.internal (the sidecar's mTLS to the ISTIO_MUTUAL server); None: closed."""
+        try:
+            status, _, body = http_get(f"http://127.0.0.1:{self.ports['eastport']}/",
+                                       timeout=5)
+        except OSError:
+            return None
+        return json.loads(body)["backend"] if status == 200 else None
 
     def over_tls(self, port: str, client: tuple[Path, Path] | None = None,
                  cafile: Path | None = None) -> tuple[dict, str]:
@@ -162,9 +212,10 @@ def setup(tmp_path_factory) -> Iterator[Setup]:
     stranger.issue("client.example.com").write(certs, "stranger")
     ca_dir = work / "ca"
     servers = {"db": EchoServer("db"), "g1": GrpcEchoServer("g1")}
-    with served_policy(work, "istio.yaml", POLICY, servers,
-                       free_ports=("simple", "mutual", "mesh", "grpc"),
-                       envoys={"istio=ingressgateway": "ingress"},
+    with served_policy(work, "istio.yaml", POLICY + MESH_CALLER, servers,
+                       free_ports=("simple", "mutual", "mesh", "grpc", "eastport", "out"),
+                       envoys={"istio=ingressgateway": "ingress",
+                               "client-v1.default": "client"},
                        extra_args=("--insecure-xds", "--ca-dir", str(ca_dir)),
                        crt=_b64(server.cert_pem), key=_b64(server.key_pem),
                        clients=_b64(clients.pem)) as served:
@@ -220,3 +271,19 @@ def test_grpc_server_routes_h2c_to_a_grpc_backend(setup: Setup) -> None:
     eventually(reached, what="a gRPC call through the GRPC server")
     reply = asyncio.run(_say(setup.ports["grpc"], "hello"))
     assert reply.backend == "g1" and reply.message == "hello"
+
+
+def test_a_sidecar_reaches_the_istio_mutual_server_by_its_subject_alt_names(
+        setup: Setup) -> None:
+    """DestinationRule ISTIO_MUTUAL `subjectAltNames`: the sidecar's mTLS accepts the gateway's
+    certificate only when it names one of them (the gateway's identity is not the default
+    service account's a ServiceEntry endpoint would otherwise be expected to show)."""
+    write_atomically(setup.folder / "east.yaml", EAST_RULE.replace("SAN", GATEWAY_ID))
+    eventually(lambda: setup.through_sidecar() == "db",
+               what="the sidecar's mTLS to reach the ISTIO_MUTUAL server")
+    other = "spiffe://cluster.local/ns/istio-system/sa/someone-else"
+    write_atomically(setup.folder / "east.yaml", EAST_RULE.replace("SAN", other))
+    eventually(lambda: setup.through_sidecar() is None,
+               what="the sidecar to refuse a gateway certificate without the named identity")
+    write_atomically(setup.folder / "east.yaml", EAST_RULE.replace("SAN", GATEWAY_ID))
+    eventually(lambda: setup.through_sidecar() == "db", what="the named identity again")
