@@ -257,3 +257,25 @@ def test_istio_mutual_subject_alt_names_are_spiffe_ids() -> None:
     assert any("trafficPolicy.tls.subjectAltNames[0]: \"greeter.example.com\": with tls mode "
                "ISTIO_MUTUAL a subjectAltName is a mesh identity" in str(issue)
                for issue in caught.value.issues), caught.value.issues
+
+
+def test_servers_on_one_port_must_agree_on_ending_tls() -> None:
+    """One port, one TLS context: an ISTIO_MUTUAL server beside a SIMPLE one, or a second TLS
+    server on a port whose TLS the gateway ends, is refused at its tls (not dropped)."""
+    credential = secret("db-credential", tls_crt=SERVER.cert_pem, tls_key=SERVER.key_pem)
+    second = """  - port: {number: 9443, name: tls-2, protocol: TLS}
+    hosts: [other.example.com]
+    tls: {mode: ISTIO_MUTUAL}
+"""
+    text = MESH.replace("tls: TLS", "tls: {mode: SIMPLE, credentialName: db-credential}")
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text("\n---\n".join((text + second, credential)), "istio.yaml")
+    assert any("spec.servers[1].tls: port 9443 already has a TLS server" in str(issue)
+               for issue in caught.value.issues), caught.value.issues
+    https = text.replace("protocol: TLS}", "protocol: HTTPS}") + second.replace(
+        "protocol: TLS}", "protocol: HTTPS}")
+    with pytest.raises(PolicyError) as caught:
+        load_policy_text("\n---\n".join((https, credential)), "istio.yaml")
+    assert any("spec.servers[1].tls: the servers on port 9443 differ in tls mode: "
+               "ISTIO_MUTUAL" in str(issue) for issue in caught.value.issues), \
+        caught.value.issues

@@ -1343,6 +1343,7 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
                     https_port = server.port
         view = hosts.gateway_view(selector)
         kinds: dict[int, str] = {}
+        ended_ports: set[int] = set()  # of TLS servers whose TLS the gateway ends
         for doc in members:
             for server in doc.item.spec.servers:  # type: ignore[union-attr]
                 if server.port in kinds:
@@ -1352,8 +1353,16 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
                                                f"{view}")
                     elif server.protocol == "HTTPS" and server.port in listeners:
                         _add_certificates(doc, server, listeners, secrets or {})
+                    elif server.protocol == "TLS" and (server.terminates or
+                                                       server.port in ended_ports):
+                        doc.error((*server.path, "tls"),
+                                  f"port {server.port} already has a TLS server: several TLS "
+                                  "servers on one port where the gateway ends TLS are "
+                                  f"{NOT_SUPPORTED}")
                     continue
                 kinds[server.port] = server.protocol
+                if server.terminates:
+                    ended_ports.add(server.port)
                 if server.protocol in ("TCP", "TLS"):
                     found = _auto_passthrough(doc, server, registry or {}) \
                         if server.auto_passthrough else \

@@ -1456,7 +1456,8 @@ def _passthrough(entry: Fields, kind: str) -> str | None:
                          at_value=False)
         return None
     if spec is None:
-        entry.report("tls", "a TLS server needs tls: {mode: PASSTHROUGH}", at_value=False)
+        entry.report("tls", "a TLS server needs tls: {mode: PASSTHROUGH} (or SIMPLE, MUTUAL, "
+                            "ISTIO_MUTUAL: the gateway ends TLS)", at_value=False)
         return None
     spec.check_keys(("mode", "serverCertificate", "privateKey", "caCertificates",
                      "credentialName", "credentialNames", "subjectAltNames",
@@ -1466,11 +1467,6 @@ def _passthrough(entry: Fields, kind: str) -> str | None:
                                            "AUTO_PASSTHROUGH", "ISTIO_MUTUAL",
                                            "OPTIONAL_MUTUAL")), required=True)
     if mode is None:
-        return None
-    if mode not in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
-        spec.report("mode", f"a TLS server with tls mode {mode} (TLS ended, then TCP) "
-                            f"{NOT_SUPPORTED}; PASSTHROUGH and AUTO_PASSTHROUGH are (an HTTPS "
-                            "server ends TLS)")
         return None
     for key in spec.value:
         if key != "mode":
