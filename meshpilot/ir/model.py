@@ -473,6 +473,10 @@ class Service:
     # panic mode; default 50). 0 turns panic off: ejected endpoints stay out (Istio's
     # minHealthPercent, 0 unless written, whenever outlierDetection is).
     panic_threshold: float | None = None
+    # Mesh mTLS to its endpoints accepts a certificate carrying one of these SPIFFE IDs (full
+    # URIs) in place of the workloads' own (Istio's DestinationRule ISTIO_MUTUAL
+    # subjectAltNames); empty: theirs.
+    mesh_peer_ids: tuple[str, ...] = ()
 
     def subset(self, name: str) -> Labels | None:
         return next((selector for n, selector in self.subsets if n == name), None)
@@ -567,6 +571,10 @@ class GatewayListener:
     compression: Compression | None = None
     websocket: bool = False
     tls: ListenerTls | None = None  # set: the listener terminates TLS (protocol https)
+    # Set (in place of `tls`): TLS is ended with the view's mesh identity certificate (SDS)
+    # and a client certificate the mesh CA signed is required (Istio's ISTIO_MUTUAL). On a
+    # tcp listener, `tls` or this ends TLS before the `tcp_routes`.
+    mesh_tls: bool = False
     redirect_to_https: int | None = None  # set: answer everything with a 301 to https on this port
     origin: Origin | None = field(default=None, compare=False, repr=False)
     client_ip: ClientIp | None = None  # how the client's address is found (None: the peer's)

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from envoy.config.accesslog.v3.accesslog_pb2 import AccessLog as EnvoyAccessLog
 from envoy.config.core.v3.address_pb2 import Address, SocketAddress
+from envoy.config.core.v3.base_pb2 import TransportSocket
 from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
 from envoy.config.core.v3.substitution_format_string_pb2 import SubstitutionFormatString
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain, ListenerFilter
@@ -38,7 +39,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
 from meshpilot.ir.model import AccessLog, Backend, ClientIp, Gateway, GatewayListener, Route
-from meshpilot.translators import httpfilters, names, secrets, tcproutes, tracing
+from meshpilot.translators import httpfilters, mtls, names, secrets, tcproutes, tracing
 from meshpilot.translators.httpfilters import ChainInputs, rbac
 from meshpilot.translators.protos import ads_config_source, pack
 
@@ -93,10 +94,14 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
         return _udp_listener(gateway, spec, name)
     if spec.protocol == "tcp" and spec.tcp_routes:  # by SNI and weight (tcproutes.py)
         log = None if spec.access_log is None else access_log(spec.access_log, TCP_LOG_FIELDS)
+        chains = tcproutes.filter_chains(names.stat_prefix(gateway.name, spec.name),
+                                         spec.tcp_routes, log)
+        ended = _ended_tls(gateway, spec)
+        for chain in chains if ended is not None else ():  # TLS ended, then TCP (Istio's)
+            chain.transport_socket.CopyFrom(ended)
         return Listener(name=name, address=address,
                         listener_filters=tcproutes.listener_filters(spec.tcp_routes),
-                        filter_chains=tcproutes.filter_chains(
-                            names.stat_prefix(gateway.name, spec.name), spec.tcp_routes, log))
+                        filter_chains=chains)
     if spec.tls_hosts:
         return _tls_hosts_listener(gateway, spec, name, address, routes)
     if spec.protocol == "tcp":
@@ -111,13 +116,24 @@ def listener(gateway: Gateway, spec: GatewayListener, routes: Iterable[Route] = 
         network_filter = Filter(name=HTTP_CONNECTION_MANAGER, typed_config=pack(manager))
     chain = FilterChain(filters=[network_filter])
     inspect: list[ListenerFilter] = []
-    if spec.tls is not None:
-        # Certificates by SDS name only (secrets.py): never inline in the listener.
-        chain.transport_socket.CopyFrom(secrets.downstream_transport_socket(gateway.name, spec))
+    ended = _ended_tls(gateway, spec)
+    if ended is not None:
+        chain.transport_socket.CopyFrom(ended)
         if spec.protocol == "http" and rbac.reads_server_name(routes):
             # The server name a rule reads is the TLS inspector's (TLS itself keeps it).
             inspect.append(ListenerFilter(name=TLS_INSPECTOR, typed_config=pack(TlsInspector())))
     return Listener(name=name, address=address, listener_filters=inspect, filter_chains=[chain])
+
+
+def _ended_tls(gateway: Gateway, spec: GatewayListener) -> TransportSocket | None:
+    """The TLS a listener ends: with its own certificates (by SDS name only, secrets.py: never
+    inline in the listener), or with the view's mesh identity, a mesh client certificate
+    required (mtls.py); None: plaintext."""
+    if spec.mesh_tls:
+        return mtls.downstream_transport_socket()
+    if spec.tls is not None:
+        return secrets.downstream_transport_socket(gateway.name, spec)
+    return None
 
 
 def _udp_listener(gateway: Gateway, spec: GatewayListener, name: str) -> Listener:

@@ -153,11 +153,14 @@ def identity_secrets(source: IdentitySource, view: str,
 
 
 def needs_identity(model: Model, view: str, resources: Iterable[Resource]) -> bool:
-    """A sidecar with mtls on its inbound, or any view holding a cluster that originates mTLS
-    (a caller's sidecar, a gateway)."""
+    """A sidecar with mtls on its inbound, a gateway with a mesh mTLS listener, or any view
+    holding a cluster that originates mTLS (a caller's sidecar, a gateway)."""
     service = model.service(view)
     if inbound_mtls(service):
         return True
+    gateway = model.gateway(view) if service is None else None
+    if gateway is not None and any(spec.mesh_tls for spec in gateway.listeners):
+        return True  # a gateway listener ending mesh mTLS (Istio's ISTIO_MUTUAL) shows it
     for resource in resources:
         if resource.type_url != types.CLUSTER:
             continue
@@ -193,18 +196,22 @@ def upstream_transport_socket(callee: str, trust: TrustDomain,
 def secure_cluster(cluster: Cluster, service: Service, trust: TrustDomain,
                    subset: str | None = None) -> Cluster:
     """The cluster of (a subset of) `service`, originating mTLS if its sidecar wants it, or if
-    every endpoint of it is a mesh workload (`workload_identities`)."""
+    every endpoint of it is a mesh workload (`workload_identities`); the endpoint's
+    certificate must name one of `mesh_peer_ids`, else its own identity."""
+    # The SPIFFE IDs the policy says the endpoints show (Istio's ISTIO_MUTUAL
+    # subjectAltNames) replace those of their workloads.
+    said = list(service.mesh_peer_ids)
     if has_mtls(service):
         assert service.sidecar is not None
         own = service.sidecar.identity  # the callee's certificate names it, when written
         cluster.transport_socket.CopyFrom(upstream_transport_socket(
-            service.name, trust, [trust.of_path(own)] if own is not None else []))
+            service.name, trust, said or ([trust.of_path(own)] if own is not None else [])))
         return cluster
     workloads = workload_identities(service, subset)
     if workloads is None or service.tls is not None:
         return cluster
     socket = upstream_transport_socket(service.name, trust,
-                                       [trust.of_path(path) for path in workloads])
+                                       said or [trust.of_path(path) for path in workloads])
     if all(e.mtls_identity for e in service.endpoints_of(subset)):
         cluster.transport_socket.CopyFrom(socket)
     else:  # per endpoint, as Istio: mTLS to the mesh workloads, plaintext to the others

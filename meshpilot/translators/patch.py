@@ -69,6 +69,9 @@ class ViewAssembly:
         """The whole view, assembled (what `GatewayViews.resources` and the CA Secrets of
         its clusters give), recorded by contribution."""
         assembly = cls(gateway)
+        # A listener ending mesh mTLS (ISTIO_MUTUAL) shows the view's identity: one user of
+        # it for the assembly's life (a gateway edit assembles the view again).
+        assembly.needing = int(any(spec.mesh_tls for spec in gateway.listeners))
         for spec in gateway.listeners:
             built = views.listener(gateway, spec)
             resources = (*built.front, *built.config)

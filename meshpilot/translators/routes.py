@@ -125,13 +125,13 @@ def route_configuration(gateway: Gateway, spec: GatewayListener,
 
 
 def scheme_of(spec: GatewayListener) -> str:
-    return "http" if spec.tls is None else "https"
+    return "http" if spec.tls is None and not spec.mesh_tls else "https"
 
 
 def vhost_key(spec: GatewayListener) -> int:
     """A listener's part of a virtual host's cache key: its port, negative for https (a
     redirect keeping the port depends on both)."""
-    return spec.port if spec.tls is None else -spec.port
+    return spec.port if spec.tls is None and not spec.mesh_tls else -spec.port
 
 
 # (id(route), vhost_key) -> (the Route, its domains there, its VirtualHost's bytes, the clusters

@@ -429,6 +429,8 @@ def _apply_policy(service: Service, policy: o.TrafficPolicy, host: _Host, doc: D
     if policy.tls_mode in ("DISABLE", "SIMPLE", "MUTUAL"):  # no mesh mTLS, whatever the workloads
         changes["endpoints"] = tuple(replace(e, mtls_identity=None) for e in service.endpoints)
     elif policy.tls_mode == "ISTIO_MUTUAL":  # mesh mTLS to every endpoint, sidecar or not
+        # subjectAltNames: the endpoints' certificates carry one of these, not their own IDs
+        changes["mesh_peer_ids"] = policy.mesh_sans
         namespace = host.doc.item.namespace
         changes["endpoints"] = tuple(
             e if e.mtls_identity else replace(e, mtls_identity=host.accounts.get(
@@ -535,12 +537,14 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
             for server in spec.servers:
                 common = _intersection(vs.hosts or ("*",), server.hosts)
                 if server.protocol in ("TCP", "TLS"):
-                    if common and (vs.tcp if server.protocol == "TCP" else vs.tls):
+                    # A TLS server whose TLS is ended takes tcp routes, as a TCP one (Istio's).
+                    by = "TCP" if server.terminates else server.protocol
+                    if common and (vs.tcp if by == "TCP" else vs.tls):
                         l4_served = True
                         view = hosts.gateway_view(spec.selector)
                         l4.setdefault((view, _listener_name(server)), []).extend(_l4_routes(
                             doc, vs, registry, gateway, server.port, spec.selector,
-                            server.protocol, common))
+                            by, common))
                     continue
                 if server.https_redirect or not vs.http:
                     continue
@@ -1188,6 +1192,12 @@ def _add_certificates(doc: Doc, server: o.Server, listeners: dict[int, GatewayLi
     """A further HTTPS server on a port: its certificates join the port's listener (Envoy picks
     one by SNI), so that each server's hosts are served with their own certificate. Its other
     TLS settings must be the first server's: a port has one TLS context."""
+    if server.mesh_mutual or listeners[server.port].mesh_tls:
+        if server.mesh_mutual != listeners[server.port].mesh_tls:
+            doc.error((*server.path, "tls"),
+                      f"the servers on port {server.port} differ in tls mode: ISTIO_MUTUAL "
+                      "(the mesh certificates) and another; one port has one TLS context here")
+        return  # ISTIO_MUTUAL servers share the gateway's one mesh certificate
     tls = server.tls if server.credential is None else \
         _credential_tls(doc, server.credential, secrets)
     listener = listeners[server.port]
@@ -1250,6 +1260,16 @@ def _credential_tls(doc: Doc, credential: o.Credential, secrets: Secrets) -> Lis
                        origin=doc.ctx.origin(at), client_ca=client_ca,
                        client_ca_path=client_ca_path, client_may_omit=credential.optional,
                        client_subject_alt_names=credential.client_sans)
+
+
+def _ended_tls(doc: Doc, server: o.Server, secrets: Secrets) -> ListenerTls | None:
+    """The TLS a TLS server's gateway ends (None: passed through, or ISTIO_MUTUAL's mesh
+    certificates), its certificates from files or Secrets as an HTTPS server's; no ALPN is
+    offered, the stream after it is not HTTP."""
+    tls = server.tls
+    if server.credential is not None:
+        tls = _credential_tls(doc, server.credential, secrets)
+    return None if tls is None else replace(tls, alpn=())
 
 
 def _auto_passthrough(doc: Doc, server: o.Server, registry: dict[str, _Host]) -> list[TcpRoute]:
@@ -1325,6 +1345,7 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
                     https_port = server.port
         view = hosts.gateway_view(selector)
         kinds: dict[int, str] = {}
+        ended_ports: set[int] = set()  # of TLS servers whose TLS the gateway ends
         for doc in members:
             for server in doc.item.spec.servers:  # type: ignore[union-attr]
                 if server.port in kinds:
@@ -1334,21 +1355,34 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
                                                f"{view}")
                     elif server.protocol == "HTTPS" and server.port in listeners:
                         _add_certificates(doc, server, listeners, secrets or {})
+                    elif server.protocol == "TLS" and (server.terminates or
+                                                       server.port in ended_ports):
+                        doc.error((*server.path, "tls"),
+                                  f"port {server.port} already has a TLS server: several TLS "
+                                  "servers on one port where the gateway ends TLS are "
+                                  f"{NOT_SUPPORTED}")
                     continue
                 kinds[server.port] = server.protocol
+                if server.terminates:
+                    ended_ports.add(server.port)
                 if server.protocol in ("TCP", "TLS"):
                     found = _auto_passthrough(doc, server, registry or {}) \
                         if server.auto_passthrough else \
                         _distinct(doc, l4.get((view, _listener_name(server)), []))
                     if not any(b.weight > 0 for r in found for b in r.backends):
+                        routes_kind = "tcp" if server.terminates else server.protocol.lower()
                         doc.warn(server.path, "no ServiceEntry host is within this server's "
                                               "hosts: it is not served" if server.auto_passthrough
-                                 else f"no VirtualService has {server.protocol.lower()} "
+                                 else f"no VirtualService has {routes_kind} "
                                       f"routes for this server: it is not served")
                         continue
+                    ended = _ended_tls(doc, server, secrets or {})
+                    if server.terminates and ended is None and not server.mesh_mutual:
+                        continue  # its credential's problem is said
                     listeners[server.port] = GatewayListener(
                         name=_listener_name(server), port=server.port,
                         address=server.bind or "0.0.0.0", protocol="tcp", tcp_routes=found,
+                        tls=ended, mesh_tls=server.mesh_mutual,
                         origin=doc.ctx.origin(server.path))
                     continue
                 tls = server.tls
@@ -1358,7 +1392,7 @@ def _gateways(docs: list[Doc], l4: L4AtGateways, secrets: Secrets | None = None,
                         continue
                 listeners[server.port] = GatewayListener(
                     name=_listener_name(server), port=server.port,
-                    address=server.bind or "0.0.0.0", tls=tls,
+                    address=server.bind or "0.0.0.0", tls=tls, mesh_tls=server.mesh_mutual,
                     redirect_to_https=(https_port or 443) if server.https_redirect else None,
                     client_ip=client_ip, origin=doc.ctx.origin(server.path))
         # Its Envoys' labels are the selector's: the topology ones say where they run (as a

@@ -208,6 +208,9 @@ class TrafficPolicy:
     panic_threshold: float | None = None  # outlierDetection.minHealthPercent (0 if unwritten)
     # tls.credentialName and where it is written: compile.py fills `tls` from the Secret.
     tls_credential: tuple[str, FieldPath] | None = None
+    # ISTIO_MUTUAL's subjectAltNames: the SPIFFE IDs the endpoint's certificate may carry
+    # (one of them), in place of its workloads' own
+    mesh_sans: tuple[str, ...] = ()
 
     def under(self, subset: TrafficPolicy) -> TrafficPolicy:
         """This policy with `subset`'s blocks in place of its own (MergeTrafficPolicy)."""
@@ -226,7 +229,7 @@ _BLOCKS = {"loadBalancer": ("load_balancer", "load_balancer_options", "hash_on",
                               "max_connection_duration", "max_concurrent_streams",
                               "tcp_keepalive"),
            "outlierDetection": ("outlier_detection", "panic_threshold"),
-           "tls": ("tls_mode", "tls", "tls_credential")}
+           "tls": ("tls_mode", "tls", "tls_credential", "mesh_sans")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +295,7 @@ class Credential:
 class Server:
     port: int
     port_name: str
-    protocol: Literal["HTTP", "HTTPS", "TCP", "TLS"]  # TLS: passthrough (by SNI, not ended)
+    protocol: Literal["HTTP", "HTTPS", "TCP", "TLS"]  # TLS: passthrough, or `terminates`
     hosts: tuple[str, ...]  # without any namespace/ prefix
     tls: ListenerTls | None = None
     https_redirect: bool = False
@@ -302,6 +305,16 @@ class Server:
     # tls mode AUTO_PASSTHROUGH (a TLS server): routed by SNI `outbound_.PORT_.SUBSET_.HOST`
     # to that service, no VirtualService needed (Istio's east-west gateway)
     auto_passthrough: bool = False
+    # tls mode ISTIO_MUTUAL: TLS ended with the gateway's mesh identity, a mesh client
+    # certificate required (the built-in CA's), in place of `tls` and `credential`
+    mesh_mutual: bool = False
+
+    @property
+    def terminates(self) -> bool:
+        """A TLS server whose TLS the gateway ends (SIMPLE, MUTUAL, ISTIO_MUTUAL, ...): the
+        plaintext stream goes by the `tcp` routes, as Istio's."""
+        return self.protocol == "TLS" and (self.tls is not None or self.credential is not None
+                                           or self.mesh_mutual)
 
 
 @dataclass(frozen=True, slots=True)

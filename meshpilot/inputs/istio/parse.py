@@ -977,12 +977,29 @@ def _traffic_policy(spec: Fields, port_level: bool = False) -> o.TrafficPolicy:
     breaker, connect_timeout, per_connection, lifetimes = _connection_pool(spec)
     outlier, panic = _outlier(spec)
     mode, upstream, credential = _tls(spec)
+    mesh_sans = _mesh_sans(spec) if mode == "ISTIO_MUTUAL" else ()
     written = frozenset(key for key in POLICY_KEYS[:4] if key in spec.value)
     balancer = spec.mapping("loadBalancer", "a mapping")
     locality = None if balancer is None else _locality_lb(balancer)
     return o.TrafficPolicy(lb, options, hash_on, breaker, connect_timeout, per_connection,
                            outlier, mode, upstream, written, locality, **lifetimes,
-                           panic_threshold=panic, tls_credential=credential)
+                           panic_threshold=panic, tls_credential=credential,
+                           mesh_sans=mesh_sans)
+
+
+def _mesh_sans(spec: Fields) -> tuple[str, ...]:
+    """ISTIO_MUTUAL's `subjectAltNames`: the SPIFFE IDs (URI SANs) an endpoint's mesh
+    certificate may carry, as `spiffe://<trust domain>/ns/<namespace>/sa/<account>`."""
+    entry = spec.mapping("tls", "a mapping such as {mode: ISTIO_MUTUAL}")
+    return () if entry is None else _strings(entry, "subjectAltNames", "SAN", _spiffe_id)
+
+
+def _spiffe_id(value: Any) -> str:
+    text = fields.string(value)
+    if not text.startswith("spiffe://"):
+        raise Invalid(f"{fields.quoted(text)}: with tls mode ISTIO_MUTUAL a subjectAltName is "
+                      "a mesh identity, spiffe://<trust domain>/ns/<namespace>/sa/<account>")
+    return text
 
 
 LOCALITY_KEYS = ("enabled", "distribute", "failover", "failoverPriority")
@@ -1222,6 +1239,8 @@ def _tls(spec: Fields):  # type: ignore[no-untyped-def]
                 entry.report(key, f"{key} is for tls mode MUTUAL", at_value=False)
     if mode not in ("SIMPLE", "MUTUAL"):
         for key in ("credentialName", "subjectAltNames"):
+            if key == "subjectAltNames" and mode == "ISTIO_MUTUAL":
+                continue  # the peer's SPIFFE IDs (_mesh_sans)
             if key in entry.value:
                 entry.report(key, f"{key} with tls mode ISTIO_MUTUAL {NOT_SUPPORTED}"
                              if mode == "ISTIO_MUTUAL" else
@@ -1392,8 +1411,8 @@ def _server(entry: Fields) -> o.Server | None:
         protocol = port_spec.get("protocol", lambda v: fields.choice(PROTOCOLS)(
             fields.string(v).upper()), required=True)
         if protocol is not None and protocol not in SERVER_PROTOCOLS:
-            port_spec.report("protocol", f"a {protocol} server {NOT_SUPPORTED}; HTTP, HTTPS, "
-                                         "TCP and TLS are")
+            port_spec.report("protocol", f"a {protocol} server {NOT_SUPPORTED}; HTTP, HTTP2, "
+                                         "GRPC, HTTPS, TCP and TLS are")
             protocol = None
     hosts = []
     for index, host in enumerate(_strings(entry, "hosts", "host")):
@@ -1406,26 +1425,58 @@ def _server(entry: Fields) -> o.Server | None:
         entry.missing("hosts")
     bind = entry.get("bind", fields.ip_address)
     kind = SERVER_PROTOCOLS.get(protocol or "")
-    if kind == "HTTPS" and _mode_of(entry) in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
+    mode = _mode_of(entry)
+    if kind == "HTTPS" and mode in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
         kind = "TLS"  # Istio: an HTTPS server passed through is a TLS one
+    # Istio: a TLS server whose TLS the gateway ends sends the plaintext by the tcp routes.
+    ended = kind == "TLS" and mode in ENDED_MODES
     tls, redirect, credential = None, False, None
-    auto = False
-    if kind in ("TCP", "TLS"):
-        mode = _passthrough(entry, kind)
-        if mode is None and kind == "TLS":
+    auto = mesh = False
+    if kind == "TCP" or (kind == "TLS" and not ended):
+        passed = _passthrough(entry, kind)
+        if passed is None and kind == "TLS":
             return None
-        auto = mode == "AUTO_PASSTHROUGH"
+        auto = passed == "AUTO_PASSTHROUGH"
+    elif mode == "ISTIO_MUTUAL" and kind in ("HTTPS", "TLS"):
+        mesh = _istio_mutual(entry, kind)
+        if not mesh:
+            return None
     else:
-        tls, redirect, credential = _server_tls(entry, protocol)
+        tls, redirect, credential = _server_tls(entry, "HTTPS" if ended else protocol)
+        if ended and tls is None and credential is None:
+            return None
     if number is None or kind is None or not hosts:
         return None
     return o.Server(number, name, cast(Any, kind), tuple(hosts), tls, redirect, bind,
-                    entry.path, credential, auto)
+                    entry.path, credential, auto, mesh_mutual=mesh)
 
 
-# A server's protocol -> what meshpilot makes of it (TCP ones: a TCP proxy, no HTTP).
-SERVER_PROTOCOLS = {"HTTP": "HTTP", "HTTP2": "HTTP", "HTTPS": "HTTPS", "TCP": "TCP",
-                    "MONGO": "TCP", "MYSQL": "TCP", "REDIS": "TCP", "TLS": "TLS"}
+# A server's protocol -> what meshpilot makes of it (TCP ones: a TCP proxy, no HTTP; HTTP
+# ones take HTTP/1.1 and HTTP/2 without TLS, h2c, which gRPC clients speak).
+SERVER_PROTOCOLS = {"HTTP": "HTTP", "HTTP2": "HTTP", "GRPC": "HTTP", "HTTPS": "HTTPS",
+                    "TCP": "TCP", "MONGO": "TCP", "MYSQL": "TCP", "REDIS": "TCP", "TLS": "TLS"}
+# The tls modes in which the gateway ends TLS itself.
+ENDED_MODES = ("SIMPLE", "MUTUAL", "OPTIONAL_MUTUAL", "ISTIO_MUTUAL")
+
+
+def _istio_mutual(entry: Fields, kind: str) -> bool:
+    """tls mode ISTIO_MUTUAL: the gateway shows its mesh identity's certificate and requires
+    one of the mesh CA's from the client; nothing else is said (Istio: the certificate
+    fields must be empty). Whether it is valid."""
+    spec = entry.mapping("tls", "a mapping such as {mode: ISTIO_MUTUAL}")
+    if spec is None:
+        return False
+    spec.check_keys(("httpsRedirect", "mode", "serverCertificate", "privateKey",
+                     "caCertificates", "credentialName", "credentialNames", "subjectAltNames",
+                     "minProtocolVersion", "maxProtocolVersion", "cipherSuites"), "tls")
+    valid = True
+    for key in spec.value:
+        if key != "mode":
+            spec.report(key, f"{key} is not for tls mode ISTIO_MUTUAL (the mesh CA's "
+                             f"certificates are used){' on a TLS server' if kind == 'TLS' else ''}",
+                        at_value=False)
+            valid = False
+    return valid
 
 
 def _mode_of(entry: Fields) -> Any:
@@ -1444,7 +1495,8 @@ def _passthrough(entry: Fields, kind: str) -> str | None:
                          at_value=False)
         return None
     if spec is None:
-        entry.report("tls", "a TLS server needs tls: {mode: PASSTHROUGH}", at_value=False)
+        entry.report("tls", "a TLS server needs tls: {mode: PASSTHROUGH} (or SIMPLE, MUTUAL, "
+                            "ISTIO_MUTUAL: the gateway ends TLS)", at_value=False)
         return None
     spec.check_keys(("mode", "serverCertificate", "privateKey", "caCertificates",
                      "credentialName", "credentialNames", "subjectAltNames",
@@ -1454,11 +1506,6 @@ def _passthrough(entry: Fields, kind: str) -> str | None:
                                            "AUTO_PASSTHROUGH", "ISTIO_MUTUAL",
                                            "OPTIONAL_MUTUAL")), required=True)
     if mode is None:
-        return None
-    if mode not in ("PASSTHROUGH", "AUTO_PASSTHROUGH"):
-        spec.report("mode", f"a TLS server with tls mode {mode} (TLS ended, then TCP) "
-                            f"{NOT_SUPPORTED}; PASSTHROUGH and AUTO_PASSTHROUGH are (an HTTPS "
-                            "server ends TLS)")
         return None
     for key in spec.value:
         if key != "mode":
