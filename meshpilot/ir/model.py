@@ -1073,6 +1073,9 @@ class Route:
     # With `service`: only the callers whose sidecar is in this namespace take it, instead of
     # the Service's Route for every caller (a Gateway API consumer route). None: every caller.
     callers_namespace: str | None = None
+    # With `service`: taken only by the callers whose `Call.route` names it (Istio's
+    # sourceLabels), never as the Service's Route for its other callers.
+    named_only: bool = False
     origin: Origin | None = field(default=None, compare=False, repr=False)
     # On a listener with `tls_hosts`: the entry whose route table holds this Route (None: it is
     # served on no such listener).

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 from meshpilot.inputs.context import LoadContext, ParsedDocument
 from meshpilot.inputs.gatewayapi.kinds import KubeObject
 from meshpilot.inputs.gatewayapi.secrets import ca_of, tls_secret
-from meshpilot.inputs.istio import hosts, inbound, meshconfig, parse, security
+from meshpilot.inputs.istio import exports, hosts, inbound, meshconfig, parse, security
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
 from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES, NOT_SUPPORTED
@@ -87,6 +87,11 @@ class _Host:
     subset_istio_mutual: dict[tuple[int, str], bool] = field(default_factory=dict)
     # AUTO_PASSTHROUGH's plain TCP Services of its ports and subsets, by SNI
     passthrough: dict[str, Service] = field(default_factory=dict)
+    # the namespaces whose workloads see the host (the ServiceEntry's exportTo)
+    export: exports.Export | None = None
+
+    def visible_to(self, namespace: str) -> bool:
+        return self.export is None or self.export.visible_to(namespace)
 
 
 def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDocument],
@@ -96,24 +101,27 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     by_kind: dict[str, list[Doc]] = {}
     for doc in sorted(docs, key=lambda d: (d.item.namespace, d.item.name)):
         by_kind.setdefault(doc.item.kind, []).append(doc)
+    mesh = meshconfig.read(everything, load)
+    for doc in by_kind.get("DestinationRule", []):
         spec = doc.ctx.document.value.get("spec")
         if isinstance(spec, dict) and spec.get("exportTo") not in (None, ["*"]):
             # (warned here, not by the parser: warnings of every load come from compiling)
-            doc.warn(("spec", "exportTo"), "exportTo is not applied yet (docs/istio.md): "
-                                           "every namespace sees this document")
+            doc.warn(("spec", "exportTo"), "a DestinationRule's exportTo is not applied yet "
+                                           "(docs/istio.md): every namespace sees this rule")
     native_names = {part.name for parsed in everything for part in parsed.parts
                     if isinstance(part, Service | Gateway)}
     workloads = by_kind.get("WorkloadEntry", [])
     indexed = _Workloads(workloads)
-    registry = _services(by_kind.get("ServiceEntry", []), indexed)
+    registry = _services(by_kind.get("ServiceEntry", []), indexed,
+                         mesh.export_defaults.get("ServiceEntry", exports.EVERYWHERE))
     secrets = {(part.namespace, part.name): part for parsed in everything
                for part in parsed.parts if isinstance(part, KubeObject) and part.kind == "Secret"}
     _destination_rules(by_kind.get("DestinationRule", []), registry, secrets)
     l4: L4AtGateways = {}
-    routes, routed, variants = _virtual_services(by_kind.get("VirtualService", []), registry,
-                                                 by_kind, indexed, l4)
+    routes, routed, variants = _virtual_services(
+        by_kind.get("VirtualService", []), registry, by_kind, indexed, l4,
+        mesh.export_defaults.get("VirtualService", exports.EVERYWHERE))
     _default_routes(registry, routed)
-    mesh = meshconfig.read(everything, load)
     gateways = _gateways(by_kind.get("Gateway", []), l4, secrets, registry,
                          mesh.trusted_proxies)
     policies = security.Policies.of(by_kind)
@@ -167,11 +175,13 @@ class _Workloads:
         return found
 
 
-def _services(entries: list[Doc], workloads: _Workloads) -> dict[str, _Host]:
+def _services(entries: list[Doc], workloads: _Workloads,
+              export_default: tuple[str, ...] = exports.EVERYWHERE) -> dict[str, _Host]:
     registry: dict[str, _Host] = {}
     for doc in entries:
         entry = doc.item.spec
         assert isinstance(entry, o.ServiceEntry)
+        export = exports.of(doc, export_default)
         for index, host in enumerate(entry.hosts):
             if host in registry:
                 first = registry[host].doc
@@ -182,7 +192,8 @@ def _services(entries: list[Doc], workloads: _Workloads) -> dict[str, _Host]:
                         for port in entry.ports}
             registry[host] = _Host(doc, entry, services,
                                    accounts=_accounts(doc, entry, workloads),
-                                   workload_of=_workload_of(doc, entry, workloads))
+                                   workload_of=_workload_of(doc, entry, workloads),
+                                   export=export)
     return registry
 
 
@@ -473,14 +484,43 @@ Variants = dict[str, dict[int, str]]
 L4AtGateways = dict[tuple[str, str], list[TcpRoute]]
 
 
+@dataclass(slots=True)
+class _MeshOwners:
+    """Which VirtualService shapes a Service's requests, by caller namespace: the first
+    (in order) that the caller's namespace sees (its exportTo)."""
+
+    every: Doc | None = None  # the one of every namespace not in `namespaces`
+    namespaces: dict[str, Doc] = field(default_factory=dict)
+
+    def claim(self, doc: Doc, export: exports.Export, callers: Sequence[str]
+              ) -> tuple[bool, tuple[str, ...]]:
+        """`doc` claims what it can: (whether it is the Route of every caller not claimed
+        yet, the namespaces it is the Route of otherwise)."""
+        if self.every is not None:
+            return False, ()
+        if export.everywhere:
+            self.every = doc
+            return True, ()
+        mine = tuple(ns for ns in callers if export.visible_to(ns)
+                     and ns not in self.namespaces)
+        self.namespaces.update((ns, doc) for ns in mine)
+        return False, mine
+
+    def first(self) -> Doc | None:
+        return self.every or next(iter(self.namespaces.values()), None)
+
+
 def _virtual_services(services: list[Doc], registry: dict[str, _Host],
-                      by_kind: dict[str, list[Doc]], workloads: _Workloads, l4: L4AtGateways
+                      by_kind: dict[str, list[Doc]], workloads: _Workloads, l4: L4AtGateways,
+                      export_default: tuple[str, ...] = exports.EVERYWHERE
                       ) -> tuple[list[tuple[Doc, Route]], set[str], Variants]:
     routes: list[tuple[Doc, Route]] = []
     variants: Variants = {}
     l4_owner: dict[str, Doc] = {}  # tcp Service -> the VirtualService whose tcp/tls routes it has
-    routed: set[str] = set()  # IR Services with a Route attached
-    owner: dict[str, Doc] = {}
+    routed: set[str] = set()  # IR Services with a Route attached for every caller
+    owners: dict[str, _MeshOwners] = {}
+    # The namespaces of the mesh's callers (workloads' sidecars), for exportTo.
+    callers = sorted({d.item.namespace for d in workloads.docs})
     claimed: dict[tuple[str, str, str], Doc] = {}  # (gateway, listener, host) -> its VS
     gateway_docs = {(d.item.namespace, d.item.name): d for d in by_kind.get("Gateway", [])}
     expanded, doc_of = _delegations(services)
@@ -490,9 +530,15 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
         if not vs.hosts:
             continue  # a delegate: its routes are in the VirtualServices delegating to it
         ns = doc.item.namespace
+        export = exports.of(doc, export_default)
         targets: list[tuple[str, Service | None, str | None, Any]] = []
         for gateway_index, gateway in enumerate(vs.gateways):
             if gateway == "mesh":
+                if (vs.tcp or vs.tls) and not all(export.visible_to(c) for c in callers):
+                    doc.error(("spec", "exportTo"), "tcp and tls routes in the mesh seen by "
+                                                    "some namespaces only (exportTo) are not "
+                                                    "supported yet (docs/istio.md)")
+                    continue
                 for index, host in enumerate(vs.hosts):
                     found = hosts.lookup(host, ns, registry)
                     if found is None:
@@ -508,14 +554,28 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                             continue
                         if not vs.http and (vs.tcp or vs.tls):
                             continue  # tcp and tls routes: for the host's TCP ports
-                        if service.name in owner:
-                            doc.warn(("spec", "hosts", index),
-                                     f"host {found} already has VirtualService "
-                                     f"{owner[service.name].ctx.name}; this one is not used "
-                                     "for it in the mesh")
+                        claims = owners.setdefault(service.name, _MeshOwners())
+                        earlier = claims.first()
+                        every, mine = claims.claim(doc, export, callers)
+                        if not every and not mine:
+                            if earlier is not None:
+                                doc.warn(("spec", "hosts", index),
+                                         f"host {found} already has VirtualService "
+                                         f"{earlier.ctx.name} for the callers this one is "
+                                         "exported to; this one is not used for it in the mesh")
+                            elif callers:
+                                doc.warn(("spec", "exportTo"),
+                                         "no WorkloadEntry is in a namespace this "
+                                         "VirtualService is exported to: it shapes no "
+                                         "caller's requests in the mesh", once=True)
                             continue
-                        owner[service.name] = doc
-                        targets.append(("mesh", service, None, ()))
+                        targets.append(("mesh", service, None, (every, mine)))
+                continue
+            if not export.visible_to(GATEWAY_NAMESPACE):
+                doc.warn(("spec", "exportTo"),
+                         f"not exported to {GATEWAY_NAMESPACE}, where the ingress gateways' "
+                         f"Envoys run: this VirtualService does not apply at {gateway} "
+                         "(as in Istio)")
                 continue
             gw_ns, _, gw_name = gateway.rpartition("/")
             key = (gw_ns or ns, gw_name)
@@ -564,20 +624,40 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
             if service is not None:
                 port = int(service.name.rsplit(":", 1)[1])
             if service is not None:
-                routed.add(service.name)
+                every, mine = listeners
+                claims = owners[service.name]
                 rules = _rules(doc, vs, registry, gateway, port, doc_of=doc_of)
-                routes.append((doc, Route(name=name, position=doc.ctx.document.position,
-                                          gateway=None, rules=rules,
-                                          service=service.name, origin=doc.ctx.origin())))
-                for variant, kept, callers in _source_variants(vs, workloads):
+                if every:
+                    routed.add(service.name)
+                    routes.append((doc, Route(name=name, position=doc.ctx.document.position,
+                                              gateway=None, rules=rules,
+                                              service=service.name, origin=doc.ctx.origin())))
+                # exportTo: the callers of these namespaces only (the others take the
+                # Service's Route for every caller, its default one without a VirtualService)
+                routes.extend((doc, Route(name=f"{name}~callers={caller}",
+                                          position=doc.ctx.document.position, gateway=None,
+                                          rules=rules, service=service.name,
+                                          callers_namespace=caller, origin=doc.ctx.origin()))
+                              for caller in mine)
+
+                def shaped(caller: Doc, every: bool = every, mine: tuple[str, ...] = mine,
+                           claims: _MeshOwners = claims) -> bool:
+                    """Whether this VirtualService shapes `caller`'s requests."""
+                    namespace = caller.item.namespace
+                    return namespace in mine if not every else \
+                        namespace not in claims.namespaces
+                for variant, kept, chosen in _source_variants(vs, workloads):
+                    chosen = [caller for caller in chosen if shaped(caller)]
+                    if not chosen:
+                        continue
                     vname = f"{name}~{variant}"
                     routes.append((doc, Route(
                         name=vname, position=doc.ctx.document.position, gateway=None,
                         rules=_rules(doc, vs, registry, gateway, port,
                                      lambda m, kept=kept: _source_key(m) in kept, doc_of),
-                        service=service.name, origin=doc.ctx.origin())))
+                        service=service.name, named_only=True, origin=doc.ctx.origin())))
                     variants.setdefault(service.name, {}).update(
-                        (id(caller), vname) for caller in callers)
+                        (id(caller), vname) for caller in chosen)
             else:
                 selector = spec_of_gateway(gateway_view, by_kind)
                 rules = _rules(doc, vs, registry, gateway, port,
@@ -1424,16 +1504,17 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
     tcp = [(registry[host], host, service) for host in sorted(registry)
            for service in sorted(registry[host].services.values(), key=lambda s: s.name)
            if service.protocol == "tcp" and _reachable(registry[host], service)]
-    scoped: dict[int, tuple[Call, ...]] = {}  # by Sidecar resource: shared by its workloads
+    # by (Sidecar resource, namespace): shared by the workloads it scopes in a namespace
+    scoped: dict[tuple[int, str], tuple[Call, ...]] = {}
     for doc in workloads.docs:
-        # Istio's Sidecar resource scopes what the workload receives (default: everything).
+        # Istio's Sidecar resource scopes what the workload receives (default: everything),
+        # within what the ServiceEntries export to its namespace.
         scope = _scope(doc, sidecars)
-        if scope is None:
-            calls = everything
-        else:
-            calls = scoped.get(id(scope[0])) or scoped.setdefault(id(scope[0]), tuple(
-                call for call, (host, name, _) in zip(everything, every, strict=True)
-                if _in_scope(scope, host, name)))
+        ns = doc.item.namespace
+        key = (0 if scope is None else id(scope[0]), ns)
+        calls = scoped.get(key) or scoped.setdefault(key, tuple(
+            call for call, (host, name, _) in zip(everything, every, strict=True)
+            if host.visible_to(ns) and _in_scope(scope, host, name)))
         entry = doc.item.spec
         assert isinstance(entry, o.WorkloadEntry)
         workload = entry.spec
@@ -1498,7 +1579,7 @@ def _tcp_calls(doc: Doc, tcp: list[tuple[_Host, str, Service]],
     found: list[Call] = []
     used = set(taken)
     for host, name, service in tcp:
-        if not _in_scope(scope, host, name):
+        if not host.visible_to(doc.item.namespace) or not _in_scope(scope, host, name):
             continue
         number = int(service.name.rsplit(":", 1)[1])
         if number in used:
