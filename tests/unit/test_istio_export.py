@@ -9,6 +9,7 @@ import pytest
 from test_istio import DR, REVIEWS, dumped, errors, load
 
 from meshpilot.base.types import CLUSTER, ROUTE
+from meshpilot.inputs.loader import load_policy_text
 from meshpilot.ir.model import Model
 from meshpilot.translators import Translation
 
@@ -244,3 +245,90 @@ spec:
 """
     found = errors(CALLERS, mysql)
     assert any("spec.exportTo" in e and "not supported yet" in e for e in found), found
+
+
+# ---- DestinationRule: Istio's lookup order, with exportTo ---------------------------------------
+
+SHOP = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: shop}
+spec:
+  hosts: [ratings.shop.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 9080, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.51, labels: {v: a}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: client, namespace: other}
+spec: {address: 10.0.0.41}
+"""
+SHOP_RATINGS = "ratings.shop.svc.cluster.local:9080"
+
+
+def _dr(namespace: str, subset: str, export: str | None = None) -> str:
+    said = f"\n  exportTo: {export}" if export is not None else ""
+    return f"""
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: ratings, namespace: {namespace}}}
+spec:
+  host: ratings.shop.svc.cluster.local
+  subsets: [{{name: {subset}, labels: {{v: a}}}}]{said}
+"""
+
+
+def _rule_taken(*documents: str) -> tuple[list[str], list[str]]:
+    """(the subsets ratings got: the rule its callers take, the warnings)."""
+    model = load_policy_text("\n---\n".join((SHOP, *documents)), "istio.yaml")
+    service = model.service(SHOP_RATINGS)
+    assert service is not None
+    return [name for name, _ in service.subsets], [str(w) for w in model.warnings]
+
+
+def test_the_callers_namespace_rule_then_the_hosts_then_the_roots() -> None:
+    root, host, own = _dr("istio-system", "root"), _dr("shop", "host"), _dr("other", "own", '["."]')
+    subsets, warnings = _rule_taken(root, host, own)
+    assert subsets == ["own"]
+    assert sum("this one is not used" in w for w in warnings) == 2, warnings
+    assert not [w for w in warnings if "different DestinationRules" in w]
+    # The host's namespace before the root's (in namespace/name order istio-system's is
+    # first: the lookup order decides, not the order).
+    assert _rule_taken(root, host)[0] == ["host"]
+    # Not exported to the caller's namespace: the root namespace's.
+    assert _rule_taken(root, _dr("shop", "host", '["."]'))[0] == ["root"]
+    assert _rule_taken(root, _dr("shop", "host", '["shop", "elsewhere"]'))[0] == ["root"]
+    assert _rule_taken(root, _dr("shop", "host", '["other"]'))[0] == ["host"]
+    # Another namespace's rule, even exported to the caller's, is not looked at.
+    assert _rule_taken(_dr("third", "third", '["*"]'))[0] == []
+    subsets, warnings = _rule_taken(_dr("istio-system", "root", '["~"]'))
+    assert subsets == []
+    assert any("no caller of host ratings.shop.svc.cluster.local is in a namespace this "
+               "DestinationRule is exported to" in w for w in warnings), warnings
+
+
+def test_mesh_configs_default_destination_rule_export_to() -> None:
+    config = mesh_config('defaultDestinationRuleExportTo: ["."]')
+    # The host's rule is private to shop by default: the caller in other takes the root's,
+    # which says exportTo itself.
+    assert _rule_taken(config, _dr("shop", "host"), _dr("istio-system", "root", '["*"]'))[0] \
+        == ["root"]
+
+
+def test_callers_taking_different_rules_by_namespace_is_a_warning() -> None:
+    caller = """
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: buyer, namespace: shop}
+spec: {address: 10.0.0.42}
+"""
+    subsets, warnings = _rule_taken(caller, _dr("shop", "host", '["."]'))
+    assert subsets == ["host"]  # applied for every caller, as said
+    (warned,) = [w for w in warnings if "different DestinationRules" in w]
+    assert "spec.exportTo" in warned and "other: none; shop: shop/ratings" in warned
+    # The ingress gateway (in istio-system) is a caller too.
+    subsets, warnings = _rule_taken(GATEWAY, _dr("other", "own", '["."]'))
+    assert subsets == ["own"]
+    assert any("istio-system: none; other: other/ratings" in w for w in warnings), warnings

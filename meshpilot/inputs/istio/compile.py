@@ -13,6 +13,9 @@
         without one, a Service still gets Istio's default route (no timeout, 2 retries)
     Gateway (selector) -> a Gateway of the model per distinct selector, its servers as
         listeners; a VirtualService naming it -> a Route on it
+    exportTo (`exports.py`) -> which sidecars call a ServiceEntry's hosts, which callers'
+        namespaces a VirtualService's Routes are for (the others: the host's default route),
+        which DestinationRule a host takes (Istio's lookup by the callers' namespaces)
 
 What Istio resolves at run time and `istioctl analyze` warns about (a subset no
 DestinationRule defines, a host no ServiceEntry declares) is a warning here with the same
@@ -102,12 +105,6 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     for doc in sorted(docs, key=lambda d: (d.item.namespace, d.item.name)):
         by_kind.setdefault(doc.item.kind, []).append(doc)
     mesh = meshconfig.read(everything, load)
-    for doc in by_kind.get("DestinationRule", []):
-        spec = doc.ctx.document.value.get("spec")
-        if isinstance(spec, dict) and spec.get("exportTo") not in (None, ["*"]):
-            # (warned here, not by the parser: warnings of every load come from compiling)
-            doc.warn(("spec", "exportTo"), "a DestinationRule's exportTo is not applied yet "
-                                           "(docs/istio.md): every namespace sees this rule")
     native_names = {part.name for parsed in everything for part in parsed.parts
                     if isinstance(part, Service | Gateway)}
     workloads = by_kind.get("WorkloadEntry", [])
@@ -116,7 +113,10 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
                          mesh.export_defaults.get("ServiceEntry", exports.EVERYWHERE))
     secrets = {(part.namespace, part.name): part for parsed in everything
                for part in parsed.parts if isinstance(part, KubeObject) and part.kind == "Secret"}
-    _destination_rules(by_kind.get("DestinationRule", []), registry, secrets)
+    _destination_rules(by_kind.get("DestinationRule", []), registry, secrets,
+                       mesh.export_defaults.get("DestinationRule", exports.EVERYWHERE),
+                       sorted({d.item.namespace for d in workloads}),
+                       bool(by_kind.get("Gateway")))
     l4: L4AtGateways = {}
     routes, routed, variants = _virtual_services(
         by_kind.get("VirtualService", []), registry, by_kind, indexed, l4,
@@ -288,25 +288,82 @@ def _locality(workload: o.WorkloadSpec, index: int) -> str | None:
 # ---- DestinationRule ----------------------------------------------------------------------------
 
 
-def _destination_rules(rules: list[Doc], registry: dict[str, _Host],
-                       secrets: Secrets | None = None) -> None:
-    applied: dict[str, Doc] = {}
+def _rule_for(caller: str, host_namespace: str,
+              candidates: list[tuple[Doc, exports.Export]]) -> Doc | None:
+    """The DestinationRule of a host that a caller of namespace `caller` takes, in Istio's
+    order (PushContext.destinationRule): a rule of its own namespace that it sees (in the root
+    namespace: one exported to it only), else one of the host's namespace exported to it,
+    else one of the root namespace exported to it; the first in order of each."""
+    root = hosts.ROOT_NAMESPACE
+    for doc, export in candidates:
+        if doc.item.namespace == caller and (export.private if caller == root
+                                             else export.visible_to(caller)):
+            return doc
+    for owner in (host_namespace, root):
+        for doc, export in candidates:
+            if doc.item.namespace == owner and not export.private \
+                    and export.visible_to(caller):
+                return doc
+    return None
+
+
+def _chosen_rules(rules: list[Doc], registry: dict[str, _Host],
+                  export_default: tuple[str, ...], callers: Sequence[str], gateways: bool
+                  ) -> dict[str, Doc]:
+    """Per host, the DestinationRule its callers take (the workloads' namespaces and the
+    ingress gateway's, Istio's lookup with exportTo). Callers of different namespaces
+    taking different rules is a warning: one rule applies to every caller here."""
+    by_host: dict[str, list[tuple[Doc, exports.Export]]] = {}
     for doc in rules:
         rule = doc.item.spec
         assert isinstance(rule, o.DestinationRule)
-        rule = _with_credentials(doc, rule, secrets or {})
+        export = exports.of(doc, export_default)
         found = hosts.lookup(rule.host, doc.item.namespace, registry)
         if found is None:
             doc.warn(("spec", "host"), f"no ServiceEntry declares host {rule.host} "
                                        f"({hosts.qualified(rule.host, doc.item.namespace)}): "
                                        "this DestinationRule applies to nothing")
             continue
-        if found in applied:
-            doc.warn(("spec", "host"), f"host {found} already has DestinationRule "
-                                       f"{applied[found].ctx.name}; this one is not used "
-                                       "(Istio merges only subsets of rules without policy)")
+        by_host.setdefault(found, []).append((doc, export))
+    namespaces = sorted({*callers, *((GATEWAY_NAMESPACE,) if gateways else ())})
+    chosen: dict[str, Doc] = {}
+    for found, candidates in by_host.items():
+        host_namespace = registry[found].doc.item.namespace
+        takes = {ns: _rule_for(ns, host_namespace, candidates) for ns in namespaces}
+        taken = [doc for doc, _ in candidates if any(t is doc for t in takes.values())]
+        for doc, _ in candidates:
+            if not any(doc is t for t in taken):
+                doc.warn(("spec", "host"), f"host {found} has DestinationRule "
+                                           f"{taken[0].ctx.name} for every caller this one "
+                                           "is exported to; this one is not used (Istio "
+                                           "merges only subsets of rules without policy)"
+                         if taken else f"no caller of host {found} is in a namespace this "
+                                       "DestinationRule is exported to: it is not used")
+        if not taken:
             continue
-        applied[found] = doc
+        chosen[found] = first = taken[0]
+        if len(taken) > 1 or any(t is None for t in takes.values()):
+            groups = "; ".join(
+                ", ".join(ns for ns, t in takes.items() if t is d)
+                + f": {d.ctx.name if d is not None else 'none'}"
+                for d in {id(t): t for t in takes.values()}.values())
+            first.warn(("spec", "exportTo"), (
+                f"callers of host {found} take different DestinationRules by namespace "
+                f"({groups}); rules per caller namespace are not supported yet "
+                f"(docs/istio.md): every caller takes {first.ctx.name}"))
+    return chosen
+
+
+def _destination_rules(rules: list[Doc], registry: dict[str, _Host],
+                       secrets: Secrets | None = None,
+                       export_default: tuple[str, ...] = exports.EVERYWHERE,
+                       callers: Sequence[str] = (), gateways: bool = False) -> None:
+    """Each host's DestinationRule (`_chosen_rules`) applied to its Services."""
+    for found, doc in _chosen_rules(rules, registry, export_default, callers,
+                                    gateways).items():
+        rule = doc.item.spec
+        assert isinstance(rule, o.DestinationRule)
+        rule = _with_credentials(doc, rule, secrets or {})
         host = registry[found]
         host.subsets_defined = {name for name, _ in rule.subsets}
         port_policies = dict(rule.port_policies)
