@@ -673,6 +673,9 @@ class Backend:
     # False: a reference that does not resolve (Gateway API's partial validity): no cluster is
     # made for it, and the share of requests it would get is answered 500.
     resolved: bool = True
+    # The status of that share when not `resolved`: 503 is Envoy's own for a cluster the
+    # proxy lacks (Istio: a host not exported to the caller's namespace).
+    unresolved_status: Literal[500, 503] = 500
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,8 @@ and one in `other`, see the same hosts differently.
   host (either endpoint, no header).
 - ServiceEntry `ratings` (default, `exportTo: ["."]`): the caller in default reaches it; the
   caller in other has no route for the host (Envoy answers 404) and no cluster for it.
+- VirtualService `front` (exported everywhere) sends /ratings to ratings: through the caller
+  in other, that share is answered 503 (Istio: its proxy has no cluster for the host).
 """
 
 from __future__ import annotations
@@ -63,6 +65,26 @@ spec:
   endpoints: [{{address: 127.0.0.1, ports: {{http: {ratings}}}}}]
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: front, namespace: default}}
+spec:
+  hosts: [front.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{{number: 9080, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {front}}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: front, namespace: default}}
+spec:
+  hosts: [front]
+  http:
+  - match: [{{uri: {{prefix: /ratings}}}}]
+    route: [{{destination: {{host: ratings}}}}]
+  - route: [{{destination: {{host: front}}}}]
+---
+apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata:
   name: caller
@@ -84,9 +106,9 @@ class Setup:
     def __init__(self, served: Any):
         self.ports = served.ports
 
-    def get(self, caller: str, host: str) -> tuple[int, dict[str, Any] | None]:
+    def get(self, caller: str, host: str, path: str = "/") -> tuple[int, dict[str, Any] | None]:
         """(status, the echo's answer) of a request through `caller`'s outbound port."""
-        status, _, body = http_get(f"http://127.0.0.1:{self.ports[f'out_{caller}']}/",
+        status, _, body = http_get(f"http://127.0.0.1:{self.ports[f'out_{caller}']}{path}",
                                    {"Host": host})
         return status, json.loads(body) if status == 200 else None
 
@@ -94,7 +116,7 @@ class Setup:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> Iterator[Setup]:
     work = tmp_path_factory.mktemp("istio-export")
-    servers = {name: EchoServer(name) for name in ("v1", "v2", "ratings")}
+    servers = {name: EchoServer(name) for name in ("v1", "v2", "ratings", "front")}
     with served_policy(work, "mesh.yaml", POLICY, servers,
                        free_ports=("out_default", "out_other"),
                        envoys={"caller.default": "caller-default",
@@ -131,3 +153,13 @@ def test_a_service_entry_exported_to_its_namespace_is_not_reached_from_another(
                what="the caller in other to reach reviews")
     status, _ = setup.get("other", "ratings")
     assert status == 404
+
+
+def test_a_route_to_a_host_the_caller_does_not_see_is_answered_503(setup: Setup) -> None:
+    eventually(lambda: setup.get("default", "front", "/ratings")[1] is not None, timeout=60,
+               what="the caller in default to reach ratings through front's route")
+    assert setup.get("default", "front", "/ratings")[1]["backend"] == "ratings"  # type: ignore[index]
+    eventually(lambda: setup.get("other", "front")[0] == 200, timeout=60,
+               what="the caller in other to reach front")
+    assert setup.get("other", "front")[1]["backend"] == "front"  # type: ignore[index]
+    assert setup.get("other", "front", "/ratings")[0] == 503

@@ -332,3 +332,62 @@ spec: {address: 10.0.0.42}
     subsets, warnings = _rule_taken(GATEWAY, _dr("other", "own", '["."]'))
     assert subsets == ["own"]
     assert any("istio-system: none; other: other/ratings" in w for w in warnings), warnings
+
+
+# ---- a route to a host its caller does not see ------------------------------------------------
+
+TO_RATINGS = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  gateways: [mesh, istio-system/edge]
+  http:
+  - match: [{uri: {prefix: /ratings}}]
+    route: [{destination: {host: ratings}}]
+    mirror: {host: ratings}
+  - route: [{destination: {host: reviews}}]
+"""
+
+
+def test_a_route_to_a_host_not_exported_to_the_caller_is_answered_503() -> None:
+    model = load(CALLERS, GATEWAY, ratings('["."]'), TO_RATINGS)
+    # productpage (default) sees ratings: the route sends and mirrors there.
+    (first, _) = routed(model, PRODUCTPAGE)
+    assert first["cluster"] == RATINGS and first["requestMirrorPolicies"][0]["cluster"] == RATINGS
+    # The caller in other does not: its own Route, the ratings share a cluster never made
+    # (Envoy's 503), no mirror; its other rule as written.
+    (first, second) = routed(model, CLIENT)
+    assert first["cluster"] == f"unresolved|{RATINGS}"
+    assert "clusterNotFoundResponseCode" not in first and "requestMirrorPolicies" not in first
+    assert second["cluster"] == REVIEWS
+    assert RATINGS not in Translation(model).snapshot(CLIENT).get(CLUSTER)
+    assert [(r.name, r.callers_namespace) for r in model.routes if r.service == REVIEWS] == [
+        ("default/reviews@reviews.default.svc.cluster.local:9080", None),
+        ("default/reviews@reviews.default.svc.cluster.local:9080~callers=other", "other")]
+    # The gateway (istio-system) does not see it either.
+    (vhost,) = dumped(model, "istio=ingressgateway", ROUTE)["virtualHosts"]
+    assert vhost["routes"][0]["route"]["cluster"] == f"unresolved|{RATINGS}"
+    warned = [str(w) for w in model.warnings if "answered 503" in str(w)]
+    assert any("not exported to namespace other" in w for w in warned), warned
+    assert any("not exported to istio-system" in w for w in warned), warned
+
+
+def test_a_source_labels_route_to_a_hidden_host_is_the_callers_namespaces_own() -> None:
+    vs = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{sourceLabels: {app: client}}, {sourceLabels: {app: productpage}}]
+    route: [{destination: {host: ratings}}]
+  - route: [{destination: {host: reviews}}]
+"""
+    model = load(CALLERS, ratings('["."]'), vs)
+    assert [r["cluster"] for r in routed(model, PRODUCTPAGE)] == [RATINGS, REVIEWS]
+    assert [r["cluster"] for r in routed(model, CLIENT)] == [f"unresolved|{RATINGS}", REVIEWS]
+    client = model.service(CLIENT).sidecar  # type: ignore[union-attr]
+    assert client.calls[0].route == "default/reviews~app=client~callers=other"

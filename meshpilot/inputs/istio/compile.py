@@ -690,12 +690,24 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                                               gateway=None, rules=rules,
                                               service=service.name, origin=doc.ctx.origin())))
                 # exportTo: the callers of these namespaces only (the others take the
-                # Service's Route for every caller, its default one without a VirtualService)
-                routes.extend((doc, Route(name=f"{name}~callers={caller}",
-                                          position=doc.ctx.document.position, gateway=None,
-                                          rules=rules, service=service.name,
-                                          callers_namespace=caller, origin=doc.ctx.origin()))
-                              for caller in mine)
+                # Service's Route for every caller, its default one without a VirtualService);
+                # and those of the namespaces some backend's host is not exported to.
+                for caller in callers:
+                    if caller in claims.namespaces if every else caller not in mine:
+                        continue
+                    own, hidden = _unexported(rules, caller, registry)
+                    if hidden:
+                        doc.warn(("spec", "http"), f"{', '.join(hidden)}: not exported to "
+                                                   f"namespace {caller}; its callers' share "
+                                                   "of requests to them is answered 503 (as "
+                                                   "in Istio)", once=True)
+                    elif every:
+                        continue
+                    routes.append((doc, Route(name=f"{name}~callers={caller}",
+                                              position=doc.ctx.document.position, gateway=None,
+                                              rules=own, service=service.name,
+                                              callers_namespace=caller,
+                                              origin=doc.ctx.origin())))
 
                 def shaped(caller: Doc, every: bool = every, mine: tuple[str, ...] = mine,
                            claims: _MeshOwners = claims) -> bool:
@@ -708,18 +720,37 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                     if not chosen:
                         continue
                     vname = f"{name}~{variant}"
-                    routes.append((doc, Route(
-                        name=vname, position=doc.ctx.document.position, gateway=None,
-                        rules=_rules(doc, vs, registry, gateway, port,
-                                     lambda m, kept=kept: _source_key(m) in kept, doc_of),
-                        service=service.name, named_only=True, origin=doc.ctx.origin())))
-                    variants.setdefault(service.name, {}).update(
-                        (id(caller), vname) for caller in chosen)
+                    vrules = _rules(doc, vs, registry, gateway, port,
+                                    lambda m, kept=kept: _source_key(m) in kept, doc_of)
+                    # Per namespace of its callers when some backend's host is hidden there.
+                    by_ns: dict[str, tuple[Rule, ...]] = {}
+                    for caller in chosen:
+                        ns_of = caller.item.namespace
+                        if ns_of not in by_ns:
+                            by_ns[ns_of] = _unexported(vrules, ns_of, registry)[0]
+                    for rules_of in {id(r): r for r in by_ns.values()}.values():
+                        # the namespaces with these rules: the first with the plain name
+                        named = vname if rules_of is vrules else \
+                            f"{vname}~callers={next(n for n, r in by_ns.items() if r is rules_of)}"
+                        routes.append((doc, Route(
+                            name=named, position=doc.ctx.document.position, gateway=None,
+                            rules=rules_of, service=service.name, named_only=True,
+                            origin=doc.ctx.origin())))
+                        variants.setdefault(service.name, {}).update(
+                            (id(caller), named) for caller in chosen
+                            if by_ns[caller.item.namespace] is rules_of)
             else:
                 selector = spec_of_gateway(gateway_view, by_kind)
-                rules = _rules(doc, vs, registry, gateway, port,
-                               lambda m, at=selector: m.applies_to(at, hosts.ROOT_NAMESPACE),
-                               doc_of)
+                rules, hidden = _unexported(_rules(
+                    doc, vs, registry, gateway, port,
+                    lambda m, at=selector: m.applies_to(at, hosts.ROOT_NAMESPACE), doc_of),
+                    GATEWAY_NAMESPACE, registry)
+                if hidden:
+                    doc.warn(("spec", "http"), f"{', '.join(hidden)}: not exported to "
+                                               f"{GATEWAY_NAMESPACE}, where the gateways' "
+                                               "Envoys run; their share of requests at "
+                                               f"{gateway} is answered 503 (as in Istio)",
+                             once=True)
                 listener_names, route_hosts = listeners
                 if _claim_gateway_hosts(doc, claimed, str(gateway_view), listener_names,
                                         route_hosts):
@@ -1167,6 +1198,27 @@ def _merged_match(root: o.HttpMatch, leaf: o.HttpMatch) -> o.HttpMatch | None:
 
 def _host_of(service_name: str, registry: dict[str, _Host]) -> _Host | None:
     return registry.get(service_name.rsplit(":", 1)[0])
+
+
+def _unexported(rules: tuple[Rule, ...], namespace: str, registry: dict[str, _Host]
+                ) -> tuple[tuple[Rule, ...], list[str]]:
+    """`rules` as a caller of `namespace` has them, and the hosts of their backends that are
+    not exported to it: Istio's proxy has no cluster for such a host, so Envoy answers its
+    share 503 (a backend not `resolved`), and a mirror to it sends nothing."""
+    hidden: list[str] = []
+
+    def unseen(service: str) -> bool:
+        host = _host_of(service, registry)
+        if host is None or host.visible_to(namespace):
+            return False
+        hidden.append(service.rsplit(":", 1)[0])
+        return True
+
+    found = tuple(replace(rule, backends=tuple(
+        replace(b, resolved=False, unresolved_status=503) if unseen(b.service) else b
+        for b in rule.backends), mirrors=tuple(m for m in rule.mirrors if not unseen(m.service)))
+        for rule in rules)
+    return (found if hidden else rules), sorted(set(hidden))
 
 
 def _backend(doc: Doc, destination: o.Destination, registry: dict[str, _Host],
