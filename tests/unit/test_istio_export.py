@@ -3,13 +3,15 @@ routes (a caller: a WorkloadEntry's sidecar, or the ingress gateway in istio-sys
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from test_istio import DR, REVIEWS, dumped, errors, load
+from test_istio import DR, MESH, REVIEWS, dumped, errors, load
 
 from meshpilot.base.types import CLUSTER, ROUTE
-from meshpilot.inputs.loader import load_policy_text
+from meshpilot.inputs.incremental import ParseCache
+from meshpilot.inputs.loader import load_policy, load_policy_text
 from meshpilot.ir.model import Model
 from meshpilot.translators import Translation
 
@@ -391,3 +393,21 @@ spec:
     assert [r["cluster"] for r in routed(model, CLIENT)] == [f"unresolved|{RATINGS}", REVIEWS]
     client = model.service(CLIENT).sidecar  # type: ignore[union-attr]
     assert client.calls[0].route == "default/reviews~app=client~callers=other"
+
+
+def test_an_export_to_edit_loads_incrementally_as_cold(tmp_path: Path) -> None:
+    # Editing one document's exportTo changes other documents' parts (the callers' sidecars).
+    (tmp_path / "callers.yaml").write_text(MESH + "\n---\n" + CALLERS)
+    (tmp_path / "ratings.yaml").write_text(ratings(None))
+    (tmp_path / "vs.yaml").write_text(DR + "\n---\n" + _vs("reviews", "default", "v2", None))
+    cache = ParseCache(tmp_path)
+    first = cache.try_load()
+    assert first is not None and RATINGS in calls(first, CLIENT)
+    (tmp_path / "ratings.yaml").write_text(ratings('["."]'))
+    second = cache.try_load()
+    assert second == load_policy(tmp_path) and second is not None
+    assert RATINGS not in calls(second, CLIENT) and RATINGS in calls(second, PRODUCTPAGE)
+    (tmp_path / "vs.yaml").write_text(DR + "\n---\n" + _vs("reviews", "default", "v2", '["."]'))
+    third = cache.try_load()
+    assert third == load_policy(tmp_path) and third is not None
+    assert [r["cluster"] for r in routed(third, CLIENT)] == [REVIEWS]
