@@ -411,3 +411,38 @@ def test_an_export_to_edit_loads_incrementally_as_cold(tmp_path: Path) -> None:
     third = cache.try_load()
     assert third == load_policy(tmp_path) and third is not None
     assert [r["cluster"] for r in routed(third, CLIENT)] == [REVIEWS]
+
+
+def test_tcp_routes_to_a_host_some_callers_do_not_see_are_warned_about() -> None:
+    tcp = """
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.61}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db-replica}
+spec:
+  hosts: [replica.default.svc.cluster.local]
+  exportTo: ["."]
+  location: MESH_INTERNAL
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.62}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: db}
+spec:
+  hosts: [db.default.svc.cluster.local]
+  tcp: [{route: [{destination: {host: replica.default.svc.cluster.local}}]}]
+"""
+    model = load(CALLERS, tcp)
+    warned = [str(w) for w in model.warnings if "tcp and tls routes to it still reach" in str(w)]
+    assert len(warned) == 1 and "not exported to namespace other" in warned[0], warned

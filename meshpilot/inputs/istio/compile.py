@@ -607,7 +607,7 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                     for service in list(registry[found].services.values()):
                         if service.protocol == "tcp":
                             _mesh_l4(doc, vs, registry, registry[found], service, index,
-                                     l4_owner)
+                                     l4_owner, callers)
                             continue
                         if not vs.http and (vs.tcp or vs.tls):
                             continue  # tcp and tls routes: for the host's TCP ports
@@ -653,9 +653,10 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                     if common and (vs.tcp if server.protocol == "TCP" else vs.tls):
                         l4_served = True
                         view = hosts.gateway_view(spec.selector)
-                        l4.setdefault((view, _listener_name(server)), []).extend(_l4_routes(
-                            doc, vs, registry, gateway, server.port, spec.selector,
-                            server.protocol, common))
+                        found_l4 = _l4_routes(doc, vs, registry, gateway, server.port,
+                                              spec.selector, server.protocol, common)
+                        _warn_hidden_l4(doc, found_l4, (GATEWAY_NAMESPACE,), registry)
+                        l4.setdefault((view, _listener_name(server)), []).extend(found_l4)
                     continue
                 if server.https_redirect or not vs.http:
                     continue
@@ -763,7 +764,8 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
 
 
 def _mesh_l4(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], host: _Host,
-             service: Service, index: int, owner: dict[str, Doc]) -> None:
+             service: Service, index: int, owner: dict[str, Doc],
+             callers: Sequence[str] = ()) -> None:
     """A tcp Service of a VirtualService's host in the mesh: its tcp and tls routes become
     the Service's `tcp_routes` (what its callers' sidecars do with connections to it)."""
     if not vs.tcp and not vs.tls:
@@ -776,7 +778,24 @@ def _mesh_l4(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], host: _
     owner[service.name] = doc
     number = int(service.name.rsplit(":", 1)[1])
     found = _l4_routes(doc, vs, registry, "mesh", number, None, None, ())
+    _warn_hidden_l4(doc, found, callers, registry)
     host.services[number] = replace(host.services[number], tcp_routes=_distinct(doc, found))
+
+
+def _warn_hidden_l4(doc: Doc, routes: Sequence[TcpRoute], callers: Sequence[str],
+                    registry: dict[str, _Host]) -> None:
+    """tcp and tls routes are one per Service (or gateway listener), not per caller
+    namespace: a backend's host that some caller's namespace does not see is still reached
+    from there, which is said."""
+    for route in routes:
+        for backend in route.backends:
+            host = _host_of(backend.service, registry)
+            hidden = [ns for ns in callers if host is not None and not host.visible_to(ns)]
+            if hidden:
+                doc.warn(("spec",), f"{backend.service}: not exported to namespace "
+                                    f"{', '.join(hidden)}; tcp and tls routes to it still "
+                                    "reach it from there (not applied yet, docs/istio.md)",
+                         once=True)
 
 
 def _l4_routes(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: str,
