@@ -691,6 +691,9 @@ class Backend:
     # False: a reference that does not resolve (Gateway API's partial validity): no cluster is
     # made for it, and the share of requests it would get is answered 500.
     resolved: bool = True
+    # The status of that share when not `resolved`: 503 is Envoy's own for a cluster the
+    # proxy lacks (Istio: a host not exported to the caller's namespace).
+    unresolved_status: Literal[500, 503] = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -1091,6 +1094,9 @@ class Route:
     # With `service`: only the callers whose sidecar is in this namespace take it, instead of
     # the Service's Route for every caller (a Gateway API consumer route). None: every caller.
     callers_namespace: str | None = None
+    # With `service`: taken only by the callers whose `Call.route` names it (Istio's
+    # sourceLabels), never as the Service's Route for its other callers.
+    named_only: bool = False
     origin: Origin | None = field(default=None, compare=False, repr=False)
     # On a listener with `tls_hosts`: the entry whose route table holds this Route (None: it is
     # served on no such listener).

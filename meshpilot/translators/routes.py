@@ -429,8 +429,9 @@ def _absent_query_matcher(name: str, how: StringMatch) -> HeaderMatcher | None:
 def route_action(rule: Rule) -> RouteAction:
     action = RouteAction()
     _set_backends(action, rule.backends)
-    if not all(backend.resolved for backend in rule.backends):
-        # The share of an unresolved backend (a cluster never made) is answered 500.
+    if any(not b.resolved and b.unresolved_status == 500 for b in rule.backends):
+        # The share of an unresolved backend (a cluster never made) is answered 500 (else
+        # Envoy's default for a missing cluster, 503).
         action.cluster_not_found_response_code = RouteAction.INTERNAL_SERVER_ERROR
     rewrite = rule.rewrite_path
     if rewrite is not None and rewrite.prefix is not None:

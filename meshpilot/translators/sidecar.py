@@ -145,7 +145,8 @@ class Mesh:
             for route in self.model.routes:  # sorted by name: the first one wins
                 if route.service is not None:
                     by_name[route.name] = route
-                    route_of.setdefault((route.service, route.callers_namespace), route)
+                    if not route.named_only:
+                        route_of.setdefault((route.service, route.callers_namespace), route)
             found = self._indexes = (route_of, by_name, mtls.identity_paths(self.model))
         return found
 

@@ -1048,7 +1048,14 @@ spec: {host: reviews, trafficPolicy: {tls: {mode: MUTUAL}}}
 
 
 def test_export_to_is_a_warning_not_silence(tmp_path: Path) -> None:
-    (tmp_path / "mesh.yaml").write_text(MESH)
+    # A caller in another namespace does not see the rule: rules per caller namespace are
+    # not applied yet, which is said.
+    (tmp_path / "mesh.yaml").write_text(MESH + """---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: client, namespace: other}
+spec: {address: 10.0.0.41}
+""")
     (tmp_path / "dr.yaml").write_text(DR.replace("spec:\n", "spec:\n  exportTo: [.]\n", 1))
     cold = load_policy(tmp_path)
     assert [w.field for w in cold.warnings] == ["spec.exportTo"]

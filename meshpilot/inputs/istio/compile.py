@@ -13,6 +13,9 @@
         without one, a Service still gets Istio's default route (no timeout, 2 retries)
     Gateway (selector) -> a Gateway of the model per distinct selector, its servers as
         listeners; a VirtualService naming it -> a Route on it
+    exportTo (`exports.py`) -> which sidecars call a ServiceEntry's hosts, which callers'
+        namespaces a VirtualService's Routes are for (the others: the host's default route),
+        which DestinationRule a host takes (Istio's lookup by the callers' namespaces)
 
 What Istio resolves at run time and `istioctl analyze` warns about (a subset no
 DestinationRule defines, a host no ServiceEntry declares) is a warning here with the same
@@ -31,7 +34,7 @@ from urllib.parse import urlsplit
 from meshpilot.inputs.context import LoadContext, ParsedDocument
 from meshpilot.inputs.gatewayapi.kinds import KubeObject
 from meshpilot.inputs.gatewayapi.secrets import ca_of, tls_secret
-from meshpilot.inputs.istio import hosts, inbound, meshconfig, parse, security
+from meshpilot.inputs.istio import exports, hosts, inbound, meshconfig, parse, security
 from meshpilot.inputs.istio import objects as o
 from meshpilot.inputs.istio.document import Doc
 from meshpilot.inputs.istio.parse import ISTIO_DEFAULT_RETRIES, NOT_SUPPORTED
@@ -88,6 +91,11 @@ class _Host:
     subset_istio_mutual: dict[tuple[int, str], bool] = field(default_factory=dict)
     # AUTO_PASSTHROUGH's plain TCP Services of its ports and subsets, by SNI
     passthrough: dict[str, Service] = field(default_factory=dict)
+    # the namespaces whose workloads see the host (the ServiceEntry's exportTo)
+    export: exports.Export | None = None
+
+    def visible_to(self, namespace: str) -> bool:
+        return self.export is None or self.export.visible_to(namespace)
 
 
 def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDocument],
@@ -97,24 +105,24 @@ def compile_istio(everything: Sequence[ParsedDocument], mine: Sequence[ParsedDoc
     by_kind: dict[str, list[Doc]] = {}
     for doc in sorted(docs, key=lambda d: (d.item.namespace, d.item.name)):
         by_kind.setdefault(doc.item.kind, []).append(doc)
-        spec = doc.ctx.document.value.get("spec")
-        if isinstance(spec, dict) and spec.get("exportTo") not in (None, ["*"]):
-            # (warned here, not by the parser: warnings of every load come from compiling)
-            doc.warn(("spec", "exportTo"), "exportTo is not applied yet (docs/istio.md): "
-                                           "every namespace sees this document")
+    mesh = meshconfig.read(everything, load)
     native_names = {part.name for parsed in everything for part in parsed.parts
                     if isinstance(part, Service | Gateway)}
     workloads = by_kind.get("WorkloadEntry", [])
     indexed = _Workloads(workloads)
-    registry = _services(by_kind.get("ServiceEntry", []), indexed)
+    registry = _services(by_kind.get("ServiceEntry", []), indexed,
+                         mesh.export_defaults.get("ServiceEntry", exports.EVERYWHERE))
     secrets = {(part.namespace, part.name): part for parsed in everything
                for part in parsed.parts if isinstance(part, KubeObject) and part.kind == "Secret"}
-    _destination_rules(by_kind.get("DestinationRule", []), registry, secrets)
+    _destination_rules(by_kind.get("DestinationRule", []), registry, secrets,
+                       mesh.export_defaults.get("DestinationRule", exports.EVERYWHERE),
+                       sorted({d.item.namespace for d in workloads}),
+                       bool(by_kind.get("Gateway")))
     l4: L4AtGateways = {}
-    routes, routed, variants = _virtual_services(by_kind.get("VirtualService", []), registry,
-                                                 by_kind, indexed, l4)
+    routes, routed, variants = _virtual_services(
+        by_kind.get("VirtualService", []), registry, by_kind, indexed, l4,
+        mesh.export_defaults.get("VirtualService", exports.EVERYWHERE))
     _default_routes(registry, routed)
-    mesh = meshconfig.read(everything, load)
     gateways = _gateways(by_kind.get("Gateway", []), l4, secrets, registry,
                          mesh.trusted_proxies)
     policies = security.Policies.of(by_kind)
@@ -169,11 +177,13 @@ class _Workloads:
         return found
 
 
-def _services(entries: list[Doc], workloads: _Workloads) -> dict[str, _Host]:
+def _services(entries: list[Doc], workloads: _Workloads,
+              export_default: tuple[str, ...] = exports.EVERYWHERE) -> dict[str, _Host]:
     registry: dict[str, _Host] = {}
     for doc in entries:
         entry = doc.item.spec
         assert isinstance(entry, o.ServiceEntry)
+        export = exports.of(doc, export_default)
         for index, host in enumerate(entry.hosts):
             if host in registry:
                 first = registry[host].doc
@@ -184,7 +194,8 @@ def _services(entries: list[Doc], workloads: _Workloads) -> dict[str, _Host]:
                         for port in entry.ports}
             registry[host] = _Host(doc, entry, services,
                                    accounts=_accounts(doc, entry, workloads),
-                                   workload_of=_workload_of(doc, entry, workloads))
+                                   workload_of=_workload_of(doc, entry, workloads),
+                                   export=export)
     return registry
 
 
@@ -279,25 +290,82 @@ def _locality(workload: o.WorkloadSpec, index: int) -> str | None:
 # ---- DestinationRule ----------------------------------------------------------------------------
 
 
-def _destination_rules(rules: list[Doc], registry: dict[str, _Host],
-                       secrets: Secrets | None = None) -> None:
-    applied: dict[str, Doc] = {}
+def _rule_for(caller: str, host_namespace: str,
+              candidates: list[tuple[Doc, exports.Export]]) -> Doc | None:
+    """The DestinationRule of a host that a caller of namespace `caller` takes, in Istio's
+    order (PushContext.destinationRule): a rule of its own namespace that it sees (in the root
+    namespace: one exported to it only), else one of the host's namespace exported to it,
+    else one of the root namespace exported to it; the first in order of each."""
+    root = hosts.ROOT_NAMESPACE
+    for doc, export in candidates:
+        if doc.item.namespace == caller and (export.private if caller == root
+                                             else export.visible_to(caller)):
+            return doc
+    for owner in (host_namespace, root):
+        for doc, export in candidates:
+            if doc.item.namespace == owner and not export.private \
+                    and export.visible_to(caller):
+                return doc
+    return None
+
+
+def _chosen_rules(rules: list[Doc], registry: dict[str, _Host],
+                  export_default: tuple[str, ...], callers: Sequence[str], gateways: bool
+                  ) -> dict[str, Doc]:
+    """Per host, the DestinationRule its callers take (the workloads' namespaces and the
+    ingress gateway's, Istio's lookup with exportTo). Callers of different namespaces
+    taking different rules is a warning: one rule applies to every caller here."""
+    by_host: dict[str, list[tuple[Doc, exports.Export]]] = {}
     for doc in rules:
         rule = doc.item.spec
         assert isinstance(rule, o.DestinationRule)
-        rule = _with_credentials(doc, rule, secrets or {})
+        export = exports.of(doc, export_default)
         found = hosts.lookup(rule.host, doc.item.namespace, registry)
         if found is None:
             doc.warn(("spec", "host"), f"no ServiceEntry declares host {rule.host} "
                                        f"({hosts.qualified(rule.host, doc.item.namespace)}): "
                                        "this DestinationRule applies to nothing")
             continue
-        if found in applied:
-            doc.warn(("spec", "host"), f"host {found} already has DestinationRule "
-                                       f"{applied[found].ctx.name}; this one is not used "
-                                       "(Istio merges only subsets of rules without policy)")
+        by_host.setdefault(found, []).append((doc, export))
+    namespaces = sorted({*callers, *((GATEWAY_NAMESPACE,) if gateways else ())})
+    chosen: dict[str, Doc] = {}
+    for found, candidates in by_host.items():
+        host_namespace = registry[found].doc.item.namespace
+        takes = {ns: _rule_for(ns, host_namespace, candidates) for ns in namespaces}
+        taken = [doc for doc, _ in candidates if any(t is doc for t in takes.values())]
+        for doc, _ in candidates:
+            if not any(doc is t for t in taken):
+                doc.warn(("spec", "host"), f"host {found} has DestinationRule "
+                                           f"{taken[0].ctx.name} for every caller this one "
+                                           "is exported to; this one is not used (Istio "
+                                           "merges only subsets of rules without policy)"
+                         if taken else f"no caller of host {found} is in a namespace this "
+                                       "DestinationRule is exported to: it is not used")
+        if not taken:
             continue
-        applied[found] = doc
+        chosen[found] = first = taken[0]
+        if len(taken) > 1 or any(t is None for t in takes.values()):
+            groups = "; ".join(
+                ", ".join(ns for ns, t in takes.items() if t is d)
+                + f": {d.ctx.name if d is not None else 'none'}"
+                for d in {id(t): t for t in takes.values()}.values())
+            first.warn(("spec", "exportTo"), (
+                f"callers of host {found} take different DestinationRules by namespace "
+                f"({groups}); rules per caller namespace are not supported yet "
+                f"(docs/istio.md): every caller takes {first.ctx.name}"))
+    return chosen
+
+
+def _destination_rules(rules: list[Doc], registry: dict[str, _Host],
+                       secrets: Secrets | None = None,
+                       export_default: tuple[str, ...] = exports.EVERYWHERE,
+                       callers: Sequence[str] = (), gateways: bool = False) -> None:
+    """Each host's DestinationRule (`_chosen_rules`) applied to its Services."""
+    for found, doc in _chosen_rules(rules, registry, export_default, callers,
+                                    gateways).items():
+        rule = doc.item.spec
+        assert isinstance(rule, o.DestinationRule)
+        rule = _with_credentials(doc, rule, secrets or {})
         host = registry[found]
         host.subsets_defined = {name for name, _ in rule.subsets}
         port_policies = dict(rule.port_policies)
@@ -477,14 +545,43 @@ Variants = dict[str, dict[int, str]]
 L4AtGateways = dict[tuple[str, str], list[TcpRoute]]
 
 
+@dataclass(slots=True)
+class _MeshOwners:
+    """Which VirtualService shapes a Service's requests, by caller namespace: the first
+    (in order) that the caller's namespace sees (its exportTo)."""
+
+    every: Doc | None = None  # the one of every namespace not in `namespaces`
+    namespaces: dict[str, Doc] = field(default_factory=dict)
+
+    def claim(self, doc: Doc, export: exports.Export, callers: Sequence[str]
+              ) -> tuple[bool, tuple[str, ...]]:
+        """`doc` claims what it can: (whether it is the Route of every caller not claimed
+        yet, the namespaces it is the Route of otherwise)."""
+        if self.every is not None:
+            return False, ()
+        if export.everywhere:
+            self.every = doc
+            return True, ()
+        mine = tuple(ns for ns in callers if export.visible_to(ns)
+                     and ns not in self.namespaces)
+        self.namespaces.update((ns, doc) for ns in mine)
+        return False, mine
+
+    def first(self) -> Doc | None:
+        return self.every or next(iter(self.namespaces.values()), None)
+
+
 def _virtual_services(services: list[Doc], registry: dict[str, _Host],
-                      by_kind: dict[str, list[Doc]], workloads: _Workloads, l4: L4AtGateways
+                      by_kind: dict[str, list[Doc]], workloads: _Workloads, l4: L4AtGateways,
+                      export_default: tuple[str, ...] = exports.EVERYWHERE
                       ) -> tuple[list[tuple[Doc, Route]], set[str], Variants]:
     routes: list[tuple[Doc, Route]] = []
     variants: Variants = {}
     l4_owner: dict[str, Doc] = {}  # tcp Service -> the VirtualService whose tcp/tls routes it has
-    routed: set[str] = set()  # IR Services with a Route attached
-    owner: dict[str, Doc] = {}
+    routed: set[str] = set()  # IR Services with a Route attached for every caller
+    owners: dict[str, _MeshOwners] = {}
+    # The namespaces of the mesh's callers (workloads' sidecars), for exportTo.
+    callers = sorted({d.item.namespace for d in workloads.docs})
     claimed: dict[tuple[str, str, str], Doc] = {}  # (gateway, listener, host) -> its VS
     gateway_docs = {(d.item.namespace, d.item.name): d for d in by_kind.get("Gateway", [])}
     expanded, doc_of = _delegations(services)
@@ -494,9 +591,15 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
         if not vs.hosts:
             continue  # a delegate: its routes are in the VirtualServices delegating to it
         ns = doc.item.namespace
+        export = exports.of(doc, export_default)
         targets: list[tuple[str, Service | None, str | None, Any]] = []
         for gateway_index, gateway in enumerate(vs.gateways):
             if gateway == "mesh":
+                if (vs.tcp or vs.tls) and not all(export.visible_to(c) for c in callers):
+                    doc.error(("spec", "exportTo"), "tcp and tls routes in the mesh seen by "
+                                                    "some namespaces only (exportTo) are not "
+                                                    "supported yet (docs/istio.md)")
+                    continue
                 for index, host in enumerate(vs.hosts):
                     found = hosts.lookup(host, ns, registry)
                     if found is None:
@@ -508,18 +611,32 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                     for service in list(registry[found].services.values()):
                         if service.protocol == "tcp":
                             _mesh_l4(doc, vs, registry, registry[found], service, index,
-                                     l4_owner)
+                                     l4_owner, callers)
                             continue
                         if not vs.http and (vs.tcp or vs.tls):
                             continue  # tcp and tls routes: for the host's TCP ports
-                        if service.name in owner:
-                            doc.warn(("spec", "hosts", index),
-                                     f"host {found} already has VirtualService "
-                                     f"{owner[service.name].ctx.name}; this one is not used "
-                                     "for it in the mesh")
+                        claims = owners.setdefault(service.name, _MeshOwners())
+                        earlier = claims.first()
+                        every, mine = claims.claim(doc, export, callers)
+                        if not every and not mine:
+                            if earlier is not None:
+                                doc.warn(("spec", "hosts", index),
+                                         f"host {found} already has VirtualService "
+                                         f"{earlier.ctx.name} for the callers this one is "
+                                         "exported to; this one is not used for it in the mesh")
+                            elif callers:
+                                doc.warn(("spec", "exportTo"),
+                                         "no WorkloadEntry is in a namespace this "
+                                         "VirtualService is exported to: it shapes no "
+                                         "caller's requests in the mesh", once=True)
                             continue
-                        owner[service.name] = doc
-                        targets.append(("mesh", service, None, ()))
+                        targets.append(("mesh", service, None, (every, mine)))
+                continue
+            if not export.visible_to(GATEWAY_NAMESPACE):
+                doc.warn(("spec", "exportTo"),
+                         f"not exported to {GATEWAY_NAMESPACE}, where the ingress gateways' "
+                         f"Envoys run: this VirtualService does not apply at {gateway} "
+                         "(as in Istio)")
                 continue
             gw_ns, _, gw_name = gateway.rpartition("/")
             key = (gw_ns or ns, gw_name)
@@ -542,9 +659,10 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
                     if common and (vs.tcp if by == "TCP" else vs.tls):
                         l4_served = True
                         view = hosts.gateway_view(spec.selector)
-                        l4.setdefault((view, _listener_name(server)), []).extend(_l4_routes(
-                            doc, vs, registry, gateway, server.port, spec.selector,
-                            by, common))
+                        found_l4 = _l4_routes(doc, vs, registry, gateway, server.port,
+                                              spec.selector, by, common)
+                        _warn_hidden_l4(doc, found_l4, (GATEWAY_NAMESPACE,), registry)
+                        l4.setdefault((view, _listener_name(server)), []).extend(found_l4)
                     continue
                 if server.https_redirect or not vs.http:
                     continue
@@ -570,25 +688,76 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
             if service is not None:
                 port = int(service.name.rsplit(":", 1)[1])
             if service is not None:
-                routed.add(service.name)
+                every, mine = listeners
+                claims = owners[service.name]
                 rules = _rules(doc, vs, registry, gateway, port, doc_of=doc_of)
-                routes.append((doc, Route(name=name, position=doc.ctx.document.position,
-                                          gateway=None, rules=rules,
-                                          service=service.name, origin=doc.ctx.origin())))
-                for variant, kept, callers in _source_variants(vs, workloads):
+                if every:
+                    routed.add(service.name)
+                    routes.append((doc, Route(name=name, position=doc.ctx.document.position,
+                                              gateway=None, rules=rules,
+                                              service=service.name, origin=doc.ctx.origin())))
+                # exportTo: the callers of these namespaces only (the others take the
+                # Service's Route for every caller, its default one without a VirtualService);
+                # and those of the namespaces some backend's host is not exported to.
+                for caller in callers:
+                    if caller in claims.namespaces if every else caller not in mine:
+                        continue
+                    own, hidden = _unexported(rules, caller, registry)
+                    if hidden:
+                        doc.warn(("spec", "http"), f"{', '.join(hidden)}: not exported to "
+                                                   f"namespace {caller}; its callers' share "
+                                                   "of requests to them is answered 503 (as "
+                                                   "in Istio)", once=True)
+                    elif every:
+                        continue
+                    routes.append((doc, Route(name=f"{name}~callers={caller}",
+                                              position=doc.ctx.document.position, gateway=None,
+                                              rules=own, service=service.name,
+                                              callers_namespace=caller,
+                                              origin=doc.ctx.origin())))
+
+                def shaped(caller: Doc, every: bool = every, mine: tuple[str, ...] = mine,
+                           claims: _MeshOwners = claims) -> bool:
+                    """Whether this VirtualService shapes `caller`'s requests."""
+                    namespace = caller.item.namespace
+                    return namespace in mine if not every else \
+                        namespace not in claims.namespaces
+                for variant, kept, chosen in _source_variants(vs, workloads):
+                    chosen = [caller for caller in chosen if shaped(caller)]
+                    if not chosen:
+                        continue
                     vname = f"{name}~{variant}"
-                    routes.append((doc, Route(
-                        name=vname, position=doc.ctx.document.position, gateway=None,
-                        rules=_rules(doc, vs, registry, gateway, port,
-                                     lambda m, kept=kept: _source_key(m) in kept, doc_of),
-                        service=service.name, origin=doc.ctx.origin())))
-                    variants.setdefault(service.name, {}).update(
-                        (id(caller), vname) for caller in callers)
+                    vrules = _rules(doc, vs, registry, gateway, port,
+                                    lambda m, kept=kept: _source_key(m) in kept, doc_of)
+                    # Per namespace of its callers when some backend's host is hidden there.
+                    by_ns: dict[str, tuple[Rule, ...]] = {}
+                    for caller in chosen:
+                        ns_of = caller.item.namespace
+                        if ns_of not in by_ns:
+                            by_ns[ns_of] = _unexported(vrules, ns_of, registry)[0]
+                    for rules_of in {id(r): r for r in by_ns.values()}.values():
+                        # the namespaces with these rules: the first with the plain name
+                        named = vname if rules_of is vrules else \
+                            f"{vname}~callers={next(n for n, r in by_ns.items() if r is rules_of)}"
+                        routes.append((doc, Route(
+                            name=named, position=doc.ctx.document.position, gateway=None,
+                            rules=rules_of, service=service.name, named_only=True,
+                            origin=doc.ctx.origin())))
+                        variants.setdefault(service.name, {}).update(
+                            (id(caller), named) for caller in chosen
+                            if by_ns[caller.item.namespace] is rules_of)
             else:
                 selector = spec_of_gateway(gateway_view, by_kind)
-                rules = _rules(doc, vs, registry, gateway, port,
-                               lambda m, at=selector: m.applies_to(at, hosts.ROOT_NAMESPACE),
-                               doc_of)
+                rules, hidden = _unexported(_rules(
+                    doc, vs, registry, gateway, port,
+                    lambda m, at=selector: m.applies_to(at, hosts.ROOT_NAMESPACE), doc_of),
+                    GATEWAY_NAMESPACE, registry)
+                if hidden:
+                    doc.warn(("spec", "http"), f"{', '.join(hidden)}: not exported to "
+                                               f"{GATEWAY_NAMESPACE}, where the gateways' "
+                                               "Envoys run; their share of requests at "
+                                               f"{gateway} is answered 503 (as in Istio)",
+                             once=True)
                 listener_names, route_hosts = listeners
                 if _claim_gateway_hosts(doc, claimed, str(gateway_view), listener_names,
                                         route_hosts):
@@ -601,7 +770,8 @@ def _virtual_services(services: list[Doc], registry: dict[str, _Host],
 
 
 def _mesh_l4(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], host: _Host,
-             service: Service, index: int, owner: dict[str, Doc]) -> None:
+             service: Service, index: int, owner: dict[str, Doc],
+             callers: Sequence[str] = ()) -> None:
     """A tcp Service of a VirtualService's host in the mesh: its tcp and tls routes become
     the Service's `tcp_routes` (what its callers' sidecars do with connections to it)."""
     if not vs.tcp and not vs.tls:
@@ -614,7 +784,24 @@ def _mesh_l4(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], host: _
     owner[service.name] = doc
     number = int(service.name.rsplit(":", 1)[1])
     found = _l4_routes(doc, vs, registry, "mesh", number, None, None, ())
+    _warn_hidden_l4(doc, found, callers, registry)
     host.services[number] = replace(host.services[number], tcp_routes=_distinct(doc, found))
+
+
+def _warn_hidden_l4(doc: Doc, routes: Sequence[TcpRoute], callers: Sequence[str],
+                    registry: dict[str, _Host]) -> None:
+    """tcp and tls routes are one per Service (or gateway listener), not per caller
+    namespace: a backend's host that some caller's namespace does not see is still reached
+    from there, which is said."""
+    for route in routes:
+        for backend in route.backends:
+            host = _host_of(backend.service, registry)
+            hidden = [ns for ns in callers if host is not None and not host.visible_to(ns)]
+            if hidden:
+                doc.warn(("spec",), f"{backend.service}: not exported to namespace "
+                                    f"{', '.join(hidden)}; tcp and tls routes to it still "
+                                    "reach it from there (not applied yet, docs/istio.md)",
+                         once=True)
 
 
 def _l4_routes(doc: Doc, vs: o.VirtualService, registry: dict[str, _Host], gateway: str,
@@ -1036,6 +1223,27 @@ def _merged_match(root: o.HttpMatch, leaf: o.HttpMatch) -> o.HttpMatch | None:
 
 def _host_of(service_name: str, registry: dict[str, _Host]) -> _Host | None:
     return registry.get(service_name.rsplit(":", 1)[0])
+
+
+def _unexported(rules: tuple[Rule, ...], namespace: str, registry: dict[str, _Host]
+                ) -> tuple[tuple[Rule, ...], list[str]]:
+    """`rules` as a caller of `namespace` has them, and the hosts of their backends that are
+    not exported to it: Istio's proxy has no cluster for such a host, so Envoy answers its
+    share 503 (a backend not `resolved`), and a mirror to it sends nothing."""
+    hidden: list[str] = []
+
+    def unseen(service: str) -> bool:
+        host = _host_of(service, registry)
+        if host is None or host.visible_to(namespace):
+            return False
+        hidden.append(service.rsplit(":", 1)[0])
+        return True
+
+    found = tuple(replace(rule, backends=tuple(
+        replace(b, resolved=False, unresolved_status=503) if unseen(b.service) else b
+        for b in rule.backends), mirrors=tuple(m for m in rule.mirrors if not unseen(m.service)))
+        for rule in rules)
+    return (found if hidden else rules), sorted(set(hidden))
 
 
 def _backend(doc: Doc, destination: o.Destination, registry: dict[str, _Host],
@@ -1483,19 +1691,21 @@ def _workloads(workloads: _Workloads, registry: dict[str, _Host],
     tcp = [(registry[host], host, service) for host in sorted(registry)
            for service in sorted(registry[host].services.values(), key=lambda s: s.name)
            if service.protocol == "tcp" and _reachable(registry[host], service)]
-    scoped: dict[int, tuple[Call, ...]] = {}  # by Sidecar resource: shared by its workloads
+    # by (Sidecar resource, namespace): shared by the workloads it scopes in a namespace
+    scoped: dict[tuple[int, str], tuple[Call, ...]] = {}
     for doc in workloads.docs:
-        # Istio's Sidecar resource scopes what the workload receives (default: everything).
+        # Istio's Sidecar resource scopes what the workload receives (default: everything),
+        # within what the ServiceEntries export to its namespace.
         scope = _scope(doc, sidecars)
-        if scope is None:
-            calls = everything
-        else:
-            calls = scoped.get(id(scope[0])) or scoped.setdefault(id(scope[0]), (*(
-                call for call, (host, name, _) in zip(everything, every, strict=True)
-                if _in_scope(scope, host, name)), *(
-                replace(call, egress_port=number)
-                for call, (host, name, service) in zip(everything, every, strict=True)
-                for number in _egress_ports_taking(scope, host, name, service, "http"))))
+        ns = doc.item.namespace
+        key = (0 if scope is None else id(scope[0]), ns)
+        calls = scoped.get(key) or scoped.setdefault(key, (*(
+            call for call, (host, name, _) in zip(everything, every, strict=True)
+            if host.visible_to(ns) and _in_scope(scope, host, name)), *(
+            replace(call, egress_port=number)
+            for call, (host, name, service) in zip(everything, every, strict=True)
+            if host.visible_to(ns)
+            for number in _egress_ports_taking(scope, host, name, service, "http"))))
         entry = doc.item.spec
         assert isinstance(entry, o.WorkloadEntry)
         workload = entry.spec
@@ -1573,8 +1783,9 @@ def _tcp_calls(doc: Doc, tcp: list[tuple[_Host, str, Service]],
     found: list[Call] = []
     used = set(taken)
     for host, name, service in tcp:
-        if not _in_scope(scope, host, name) and not _egress_ports_taking(
-                scope, host, name, service, "tcp"):
+        if not host.visible_to(doc.item.namespace) or (
+                not _in_scope(scope, host, name)
+                and not _egress_ports_taking(scope, host, name, service, "tcp")):
             continue
         number = _port_of(service.name)
         if number in used:

@@ -28,6 +28,7 @@ from envoy.type.v3.http_status_pb2 import StatusCode
 from meshpilot.base.errors import PolicyIssue, Position
 from meshpilot.inputs.context import DocumentContext, LoadContext, ParsedDocument
 from meshpilot.inputs.gatewayapi.kinds import KubeObject
+from meshpilot.inputs.istio import exports
 from meshpilot.inputs.native import fields
 from meshpilot.inputs.native.fields import Fields, Invalid
 from meshpilot.inputs.yamlsource import FieldPath, Located, format_path, parse_yaml_text
@@ -103,6 +104,12 @@ def proxy_config(value: Any) -> ProxyConfig:
     return ProxyConfig(count, tuple(ignored))
 
 
+# MeshConfig's default exportTo of each kind (Istio's defaultServiceExportTo, ...)
+EXPORT_DEFAULTS = {"defaultServiceExportTo": "ServiceEntry",
+                   "defaultVirtualServiceExportTo": "VirtualService",
+                   "defaultDestinationRuleExportTo": "DestinationRule"}
+
+
 @dataclass(slots=True)
 class MeshConfig:
     """What the ConfigMap says, and where, to report about it."""
@@ -112,6 +119,8 @@ class MeshConfig:
     # defaultConfig.gatewayTopology.numTrustedProxies: every gateway's, unless its own
     # proxy.istio.io/config annotation says otherwise
     trusted_proxies: int | None = None
+    # defaultServiceExportTo, ...: a kind's exportTo where its documents write none
+    export_defaults: dict[str, tuple[str, ...]] = field(default_factory=dict)
     ctx: DocumentContext | None = None  # the embedded document's (None: no ConfigMap)
     # outboundTrafficPolicy.mode; None: unwritten (Istio's default, ALLOW_ANY, applies).
     unknown_hosts: UnknownHosts | None = None
@@ -179,11 +188,18 @@ def read(everything: Sequence[ParsedDocument], load: LoadContext) -> MeshConfig:
     mesh = MeshConfig(ctx=ctx)
     spec = Fields(ctx, documents[0].value, MESH)
     for name in spec.value:
-        if name not in _READ:
+        if name not in (*_READ, *EXPORT_DEFAULTS):
             _warn(ctx, (*MESH, name), f"MeshConfig field {name} is not applied "
                                       "(docs/istio.md); meshpilot reads extensionProviders, "
-                                      "defaultConfig.gatewayTopology.numTrustedProxies and "
-                                      "outboundTrafficPolicy")
+                                      "defaultConfig.gatewayTopology.numTrustedProxies, "
+                                      "outboundTrafficPolicy and the default*ExportTo "
+                                      "fields")
+    for name, kind in EXPORT_DEFAULTS.items():
+        written, problem = exports.checked(spec.value.get(name))
+        if problem is not None:
+            ctx.report((*MESH, name), problem, at_value=True)
+        elif written is not None:
+            mesh.export_defaults[kind] = written
     defaults = spec.get("defaultConfig", proxy_config)
     if defaults is not None:
         mesh.trusted_proxies = defaults.trusted_proxies
