@@ -1057,6 +1057,7 @@ class Rule:
     # This rule's CORS policy, replacing the Route's for its entries (a parser fills in what
     # the rule leaves out from the Route's cors): None uses the Route's.
     cors: Cors | None = None
+    websocket: bool = False  # requests may upgrade to a websocket (whatever the listener says)
 
 
 @dataclass(frozen=True, slots=True)

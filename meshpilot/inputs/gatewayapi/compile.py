@@ -1654,6 +1654,7 @@ class _Compiler:
             else:
                 unsupported = f"filter {kind} is not supported yet"
         backends: list[Backend] = []
+        websocket = False  # a backend's Service port says kubernetes.io/ws: upgrades allowed
         refs = rule.get("backendRefs") or ()
         for b_index, ref in enumerate(refs):
             bpath = (*path, "backendRefs", b_index)
@@ -1681,6 +1682,7 @@ class _Compiler:
                                               _header_ops(f_item["responseHeaderModifier"]))
                 else:
                     unsupported = f"backendRef filter {f_item['type']} is not supported yet"
+            websocket = websocket or self._speaks_websocket(route, ref)
             weight = ref.get("weight", 1)
             if weight > 0:
                 backends.append(Backend(target, None, weight, origin,
@@ -1718,8 +1720,20 @@ class _Compiler:
                      redirect=redirect, direct_response=direct, rewrite_path=rewrite_path,
                      rewrite_host=rewrite_host, request_headers=request,
                      response_headers=response, timeout=timeout, retries=retries,
-                     mirrors=tuple(mirrors), origin=origin, cors=cors)
+                     mirrors=tuple(mirrors), origin=origin, cors=cors,
+                     websocket=websocket and direct is None)
         return built, problem, unsupported
+
+    def _speaks_websocket(self, route: KubeObject, ref: dict[str, Any]) -> bool:
+        """Whether the Service port a (resolved) backendRef names has appProtocol
+        kubernetes.io/ws or /wss (GEP-1911): its route entry lets requests upgrade."""
+        namespace = ref.get("namespace") or route.namespace
+        service = self.world.services.get(f"{namespace}/{ref['name']}")
+        if service is None:
+            return False
+        port = next((p for p in service.spec().get("ports") or ()
+                     if p["port"] == ref.get("port")), None)
+        return port is not None and port.get("appProtocol") in WEBSOCKET_APP_PROTOCOLS
 
     def _redirect(self, settings: dict[str, Any], prefix: str | None,
                   origin: Origin) -> Redirect:
@@ -2351,6 +2365,7 @@ def _match(written: dict[str, Any], origin: Origin) -> Match:
                  tuple(sorted(query.items())), origin, whole_segments=kind == "PathPrefix")
 
 
+WEBSOCKET_APP_PROTOCOLS = ("kubernetes.io/ws", "kubernetes.io/wss")
 _GRPC_SERVICE = re.compile(r"(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*")
 _GRPC_METHOD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 
@@ -2451,7 +2466,8 @@ def _for_listener(rule: Rule, match: Match, listener: _Listener) -> Rule:
                 direct_response=rule.direct_response, rewrite_path=rule.rewrite_path,
                 rewrite_host=rule.rewrite_host, request_headers=rule.request_headers,
                 response_headers=rule.response_headers, timeout=rule.timeout,
-                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors)
+                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors,
+                websocket=rule.websocket, security=rule.security)
 
 
 def _with_match(rule: Rule, match: Match) -> Rule:
@@ -2461,7 +2477,8 @@ def _with_match(rule: Rule, match: Match) -> Rule:
                 direct_response=rule.direct_response, rewrite_path=rule.rewrite_path,
                 rewrite_host=rule.rewrite_host, request_headers=rule.request_headers,
                 response_headers=rule.response_headers, timeout=rule.timeout,
-                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors)
+                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors,
+                websocket=rule.websocket, security=rule.security)
 
 
 def _replace_redirect(redirect: Redirect, port: int, scheme: str) -> Redirect:
