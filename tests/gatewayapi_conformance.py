@@ -1473,7 +1473,7 @@ _OTHER_KINDS = {"TLSRoute", "GRPCRoute", "TCPRoute", "UDPRoute", "Mesh", "HTTPRo
 # What meshpilot does not claim, per profile (docs/gateway-api.md says why).
 UNSUPPORTED: dict[str, tuple[str, ...]] = {
     "GATEWAY-HTTP": ("GatewayAddressEmpty", "GatewayInfrastructurePropagation", "GatewayStaticAddresses",
-                     "HTTPRouteDestinationPortMatching", "HTTPRouteSessionPersistence"),
+                     "HTTPRouteDestinationPortMatching"),
     "GATEWAY-TLS": (),
     "GATEWAY-TCP": (),
     "GATEWAY-GRPC": (),

@@ -999,12 +999,18 @@ class Csrf:
 
 @dataclass(frozen=True, slots=True)
 class SessionPersistence:
-    """Sticky sessions by header (Envoy's stateful_session filter): the answer carries the
-    endpoint that served it in `header`; a request sending it back goes to that endpoint while
-    it is healthy (else, `strict` False, anywhere; `strict` True: 503)."""
+    """Sticky sessions by header or cookie (Envoy's stateful_session filter): the answer
+    carries the endpoint that served it in `header` (or sets the cookie `cookie`); a request
+    sending it back goes to that endpoint while it is healthy (else, `strict` False, anywhere;
+    `strict` True: 503). Exactly one of `header` and `cookie` is set."""
 
-    header: str  # lower case
+    header: str = ""  # lower case
     strict: bool = False
+    cookie: str = ""
+    cookie_path: str = "/"
+    # The cookie's lifetime (its Max-Age; Envoy also refuses a cookie older than this); None:
+    # a session cookie, valid until the client drops it.
+    cookie_ttl: float | None = None
     origin: Origin | None = field(default=None, compare=False, repr=False)
 
 

@@ -793,14 +793,14 @@ def _hash_input(ctx: DocumentContext, item: Any, path: FieldPath) -> HashOn | No
 
 def _hash_cookie(entry: Fields) -> HashOn | None:
     if isinstance(entry.value.get("cookie"), str):  # {cookie: session}
-        cookie = entry.get("cookie", _cookie_name, required=True)
+        cookie = entry.get("cookie", fields.cookie_name, required=True)
         return None if cookie is None else HashOn("cookie", cookie, origin=entry.origin())
     spec = entry.mapping("cookie", "a cookie name or a mapping such as {name: session, "
                                    "ttl: 1h, path: /}", required=True)
     if spec is None:
         return None
     spec.check_keys(HASH_COOKIE_KEYS, "a hash cookie")
-    cookie = spec.get("name", _cookie_name, required=True)
+    cookie = spec.get("name", fields.cookie_name, required=True)
     ttl = spec.get("ttl", _TIMEOUT)
     where = spec.get("path", fields.url_path)
     if where is not None and ttl is None:
@@ -809,17 +809,6 @@ def _hash_cookie(entry: Fields) -> HashOn | None:
     if cookie is None:
         return None
     return HashOn("cookie", cookie, ttl=ttl, path=where, origin=entry.origin())
-
-
-_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # an RFC 6265 token
-
-
-def _cookie_name(value: Any) -> str:
-    text = fields.string(value)
-    if not _COOKIE_NAME.match(text):
-        raise Invalid(f"invalid cookie name {fields.quoted(text)}: use letters, digits and "
-                      "-_.!#$%&'*+^`|~")
-    return text
 
 
 # ---------------------------------------------------------------------------------------------

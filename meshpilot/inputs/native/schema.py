@@ -984,14 +984,22 @@ def _security(scope: str) -> dict[str, Schema]:
                 "name": _ref("name", "The limit's name: limits of one name share counts."),
             }, required=("service",)),
         }, required=("requests", "per")),
-        "session_persistence": _object(
-            "Sticky sessions: the answer names its endpoint in a header, which a request "
-            "sends back to reach the same endpoint.", {
+        "session_persistence": {**_object(
+            "Sticky sessions: the answer names its endpoint in a header (or a cookie), which "
+            "a request sends back to reach the same endpoint.", {
                 "header": _ref("headerName", "The header (x-session, say)."),
+                "cookie": {"oneOf": [{"type": "string", "description": "The cookie's name "
+                                                                       "(a session cookie)."},
+                                     _object("The cookie Envoy sets.", {
+                    "name": {"type": "string", "description": "The cookie's name."},
+                    "path": {"type": "string", "default": "/",
+                             "description": "The cookie's Path."},
+                    "ttl": _ref("duration", "Its lifetime (Max-Age); none: a session cookie."),
+                }, required=("name",))]},
                 "strict": {"type": "boolean", "default": False,
                            "description": "503 when the session's endpoint is gone (default: "
                                           "another endpoint)."},
-            }, required=("header",)),
+            }), "oneOf": [{"required": ["header"]}, {"required": ["cookie"]}]},
         "csrf": {"oneOf": [{"const": True}, _object(
             "Refuse state-changing requests from other origins (403).", {
                 "allow_origins": _list("Other origin hosts allowed (host, host:port or "
