@@ -1472,8 +1472,8 @@ _KIND_OF = {"GATEWAY-HTTP": "HTTPRoute", "GATEWAY-TLS": "TLSRoute",
 _OTHER_KINDS = {"TLSRoute", "GRPCRoute", "TCPRoute", "UDPRoute", "Mesh", "HTTPRoute"}
 # What meshpilot does not claim, per profile (docs/gateway-api.md says why).
 UNSUPPORTED: dict[str, tuple[str, ...]] = {
-    "GATEWAY-HTTP": ("GatewayAddressEmpty", "GatewayInfrastructurePropagation", "GatewayStaticAddresses",
-                     "HTTPRouteDestinationPortMatching"),
+    "GATEWAY-HTTP": ("GatewayAddressEmpty", "GatewayInfrastructurePropagation",
+                     "GatewayStaticAddresses"),
     "GATEWAY-TLS": (),
     "GATEWAY-TCP": (),
     "GATEWAY-GRPC": (),
@@ -1557,7 +1557,7 @@ def conformance_report(results: dict[str, str], version: str, date: str) -> dict
             if key == "extended":
                 core = set(PROFILES[profile])
                 # Claimed: the features of tests that passed, less those said unsupported (a
-                # test may pass on status alone, HTTPRouteDestinationPortMatching's).
+                # test may pass on status alone).
                 section["supportedFeatures"] = sorted({
                     f for n, r in tests.items() if r == "Passed" for f in FEATURES[n]
                     if f not in core and f not in UNSUPPORTED[profile]})
