@@ -6,6 +6,7 @@ tests/e2e/test_gatewayapi_session_persistence.py."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
 import pytest
 from test_gatewayapi import GATEWAY, route, status_of
@@ -147,3 +148,24 @@ spec:
 """)
     assert status_of(model, "HTTPRoute", "default/m")["Accepted"] == \
         ("False", "UnsupportedValue")
+
+
+def test_gateway_api_sessions_and_websocket_ports_convert_to_native(tmp_path: Path) -> None:
+    """`meshpilot convert --to native` writes them (session_persistence, websocket), and the
+    native text renders what the source does."""
+    from test_convert import assert_equivalent
+    text = GATEWAY.replace(
+        "ports: [{name: http, port: 8080, targetPort: web}]",
+        "ports: [{name: http, port: 8080, targetPort: web}, "
+        "{name: ws, port: 8082, targetPort: web, appProtocol: kubernetes.io/ws}]") + route(
+        "  rules:\n"
+        "  - matches: [{path: {type: PathPrefix, value: /a}}]\n"
+        "    backendRefs: [{name: web, port: 8080}]\n"
+        "    sessionPersistence: {absoluteTimeout: 1h, cookie: {name: s, path: /a}}\n"
+        "  - matches: [{path: {type: PathPrefix, value: /b}}]\n"
+        "    backendRefs: [{name: web, port: 8080}]\n"
+        "    sessionPersistence: {type: Header, header: {name: x-s}}\n"
+        "  - backendRefs: [{name: web, port: 8082}]\n")
+    (tmp_path / "policy.yaml").write_text(text)
+    model = load_policy_text(text)
+    assert assert_equivalent(model, tmp_path, tmp_path / "native") == []

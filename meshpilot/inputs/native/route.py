@@ -38,6 +38,7 @@ Shape:
         response_headers: {set: {cache-control: no-store}}
         timeout: 2s                     # backends only; 0s disables Envoy's 15 s default
         idle_timeout: 30s               # backends only; 0s disables
+        websocket: true                 # backends only; upgrades allowed, whatever the listener
         grpc: {max_timeout: 30s}        # backends only; honour grpc-timeout, capped
         retries: {attempts: 3, on: [5xx, reset], per_try_timeout: 500ms,   # backends only
                   backoff: {base: 25ms, max: 250ms}, retriable_status_codes: [429],
@@ -107,7 +108,7 @@ GATEWAY_ONLY = ("listeners", "hosts")
 ACTIONS = ("backends", "redirect", "direct_response")
 # Envoy's RouteAction settings (and the fault filter's, which acts before the router).
 BACKEND_ONLY = ("rewrite", "timeout", "idle_timeout", "grpc", "retries", "fault", "mirror",
-                "hash_on")
+                "hash_on", "websocket")
 RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers", "cors",
              *SECURITY_KEYS)
 MATCH_KEYS = ("path", "method", "methods", "headers", "query")
@@ -243,6 +244,7 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath, cors: Cors | None) -
         fault=_fault(rule),
         mirrors=_mirrors(rule),
         hash_on=_hash_on(rule),
+        websocket=rule.get("websocket", fields.boolean) or False,
         security=parse_security(rule),
         cors=_cors(rule, cors),
     )

@@ -722,6 +722,9 @@ def _rule() -> Schema:
         }),
         "idle_timeout": _ref("duration", "Close a request's stream after this long without "
                                          "activity (backends only); 0s disables it."),
+        "websocket": {"type": "boolean", "default": False,
+                      "description": "Allow websocket upgrades on this rule's requests, "
+                                     "whatever the listener says (backends only)."},
         "grpc": _object("gRPC settings (backends only).", {
             "max_timeout": _ref("duration", "Use the client's grpc-timeout as the request's "
                                             "timeout, capped at this; 0s: uncapped."),
