@@ -92,11 +92,29 @@ def _cookie(answer: dict[str, str], name: str) -> tuple[str, list[str]]:
     return content, [a.lower() for a in attributes]
 
 
+def _session_value(value: str) -> tuple[str, int | None]:
+    """The endpoint and the expiry (seconds since the epoch) a cookie value of Envoy's holds:
+    base64 of a protobuf message, field 1 the address, field 2 (a varint) the expiry."""
+    data = base64.b64decode(value.strip('"'))
+    assert data[0] == 0x0A, data  # field 1, length-delimited
+    end = 2 + data[1]
+    address = data[2:end].decode()
+    if end == len(data):
+        return address, None
+    assert data[end] == 0x10, data  # field 2, varint
+    expires, shift = 0, 0
+    for byte in data[end + 1:]:
+        expires |= (byte & 0x7F) << shift
+        shift += 7
+    return address, expires
+
+
 def test_a_session_cookie_keeps_a_client_on_one_endpoint(ports: dict[str, int]) -> None:
     first, answer = _get(ports, "/cart")
     value, attributes = _cookie(answer, "cart-session")
     # A session cookie (lifetimeType Session, the default): no Max-Age, Path / by default.
     assert "path=/" in attributes and not any(a.startswith("max-age") for a in attributes)
+    assert _session_value(value) == (f"127.0.0.1:{ports[first]}", None)  # no expiry inside
     cookie = {"Cookie": f"cart-session={value}"}
     assert {_get(ports, "/cart/items", cookie)[0] for _ in range(12)} == {first}
     # The answers to a request in the session do not set the cookie again.
@@ -118,6 +136,10 @@ def test_a_permanent_cookie_lasts_the_absolute_timeout(ports: dict[str, int]) ->
     first, answer = _get(ports, "/saved")
     value, attributes = _cookie(answer, "saved-session")
     assert "max-age=3600" in attributes
+    # Envoy also keeps the expiry inside the value (so it refuses the cookie once expired,
+    # whatever the client does): the endpoint, then an expiry.
+    address, expires = _session_value(value)
+    assert address == f"127.0.0.1:{ports[first]}" and expires is not None
     assert {_get(ports, "/saved", {"Cookie": f"saved-session={value}"})[0]
             for _ in range(8)} == {first}
 
