@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import grpc_conformance_echo as grpc_echo
 import yaml
+from h2c_ws_echo import H2cEchoServer, h2c_get, is_websocket_upgrade, websocket_echo
 from support import LoopbackHttpServer, QuietHandler
 
 
@@ -105,6 +106,16 @@ def grpc_services() -> list[tuple[str, str]]:
             if (namespace, name) in deployments]
 
 
+def h2c_ports() -> list[tuple[str, str, str]]:
+    """(namespace, name, port name) of the base Services' ports with appProtocol
+    kubernetes.io/h2c whose pods are the HTTP echo (echo-basic answers prior-knowledge HTTP/2
+    there, beside HTTP/1.1 on its other ports)."""
+    grpc = set(grpc_services())
+    return [(namespace, name, port.get("name", ""))
+            for namespace, name, ports in base_services() if (namespace, name) not in grpc
+            for port in ports if port.get("appProtocol") == "kubernetes.io/h2c"]
+
+
 def base_services() -> list[tuple[str, str, list[dict[str, Any]]]]:
     """(namespace, name, ports) of every Service of the base manifests."""
     return [(doc["metadata"]["namespace"], doc["metadata"]["name"], doc["spec"]["ports"])
@@ -113,6 +124,32 @@ def base_services() -> list[tuple[str, str, list[dict[str, Any]]]]:
 
 
 # ---- the echo backend ---------------------------------------------------------------------------
+
+
+def echo_reply(path: str, host: str, method: str, proto: str, sent: list[tuple[str, str]],
+               namespace: str, service: str, tls: dict[str, str]) -> bytes:
+    """The upstream echo's JSON answer: the request as the backend saw it, who served it."""
+    headers: dict[str, list[str]] = {}
+    for name, value in sent:
+        headers.setdefault("-".join(p.capitalize() for p in name.split("-")), []).append(value)
+    return json.dumps({
+        "path": path, "host": host, "method": method, "proto": proto, "headers": headers,
+        "namespace": namespace, "service": service, "pod": f"{service}-pod", "tls": tls,
+    }).encode()
+
+
+class H2cEchoBackend(H2cEchoServer):
+    """The upstream echo's prior-knowledge HTTP/2 port (echo-basic's 3001): the same answer."""
+
+    def __init__(self, namespace: str, service: str):
+        def reply(method: str, path: str, head: list[tuple[str, str]],
+                  ) -> tuple[int, list[tuple[str, str]], bytes]:
+            sent = [(n, v) for n, v in head if not n.startswith(":")]
+            host = dict(head).get(":authority", "")
+            body = echo_reply(path, host, method, "HTTP/2.0", sent, namespace, service, {})
+            return 200, [("content-type", "application/json")], body
+
+        super().__init__(reply)
 
 
 class _EchoHandler(QuietHandler):
@@ -136,16 +173,13 @@ class _EchoHandler(QuietHandler):
         delay = re.search(r"[?&]delay=([0-9]+)(ms|s)\b", self.path)
         if delay:
             time.sleep(int(delay.group(1)) / (1000 if delay.group(2) == "ms" else 1))
-        headers: dict[str, list[str]] = {}
-        for name, value in self.headers.items():
-            headers.setdefault("-".join(p.capitalize() for p in name.split("-")), []).append(value)
-        body = json.dumps({
-            "path": self.path, "host": self.headers.get("Host", ""), "method": self.command,
-            "proto": self.request_version, "headers": headers,
-            "namespace": server.echo_namespace, "service": server.echo_service,
-            "pod": f"{server.echo_service}-pod",
-            "tls": {"serverName": sni} if isinstance(self.request, ssl.SSLSocket) else {},
-        }).encode()
+        if self.path.partition("?")[0] == "/ws" and is_websocket_upgrade(self):
+            websocket_echo(self)  # upstream's echo-basic serves websockets at /ws
+            return
+        body = echo_reply(self.path, self.headers.get("Host", ""), self.command,
+                          self.request_version, list(self.headers.items()),
+                          server.echo_namespace, server.echo_service,
+                          {"serverName": sni} if isinstance(self.request, ssl.SSLSocket) else {})
         self.send_response(200)
         for item in (self.headers.get("X-Echo-Set-Header") or "").split(","):
             name, _, value = item.partition(":")
@@ -455,6 +489,7 @@ class Case:
     # over TLS: the client certificate presented, by the name of the suite's Secret holding it
     # (CLIENT_CERTS); None: none. With `fails`, a refused handshake is the expected failure.
     client_cert: str | None = None
+    h2c: bool = False  # sent over prior-knowledge HTTP/2 cleartext (upstream's H2C protocol)
 
 
 @dataclass(frozen=True)
@@ -524,6 +559,8 @@ class Test:
     tcp_weights: dict[str, float] = field(default_factory=dict)  # their shares, weighted
     grpc_cases: tuple[GrpcCase, ...] = ()  # gRPC calls to the upstream gRPC echo (GrpcEcho)
     grpc_weights: dict[str, float] = field(default_factory=dict)  # backends' shares of Echo
+    # A websocket opened at this path of the listener: a text and a binary message come back
+    websocket: str | None = None
 
 
 V1, V2, V3 = "infra-backend-v1", "infra-backend-v2", "infra-backend-v3"
@@ -1268,6 +1305,14 @@ CASES.update({
             listener_port=8443, tls=True),)),
 })
 
+# Upstream sends "/" with Protocol H2CPriorKnowledge to the Gateway and expects infra-backend-v1
+# to answer (through its h2c port); the websocket test dials ws://GATEWAY/ws and expects a text
+# and a binary message echoed.
+CASES["HTTPRouteBackendProtocolH2C"] = Test("httproute-backend-protocol-h2c", GW,
+                                            (_c("/", h2c=True),))
+CASES["HTTPRouteBackendProtocolWebSocket"] = Test("httproute-backend-protocol-websocket", GW, (),
+                                                  websocket="/ws")
+
 CASES["HTTPRouteBackendRequestHeaderModifier"] = Test(
     "httproute-request-header-modifier-backend", GW,
     CASES["HTTPRouteRequestHeaderModifier"].cases)
@@ -1401,6 +1446,8 @@ MESH_FEATURES: dict[str, tuple[str, ...]] = {
     "MeshGRPCRouteRequestHeaderModifier": ("Mesh", "GRPCRoute"),
     "MeshGRPCRouteWeight": ("Mesh", "GRPCRoute"),
 }
+FEATURES["HTTPRouteBackendProtocolH2C"] = ("HTTPRoute", "HTTPRouteBackendProtocolH2C")
+FEATURES["HTTPRouteBackendProtocolWebSocket"] = ("HTTPRoute", "HTTPRouteBackendProtocolWebSocket")
 FEATURES.update(MESH_FEATURES)
 # Each test's result ("PASS" or "FAIL (n)"), from every conformance module of this run: the
 # report written at the end of each module holds all the results so far.
@@ -1425,9 +1472,8 @@ _KIND_OF = {"GATEWAY-HTTP": "HTTPRoute", "GATEWAY-TLS": "TLSRoute",
 _OTHER_KINDS = {"TLSRoute", "GRPCRoute", "TCPRoute", "UDPRoute", "Mesh", "HTTPRoute"}
 # What meshpilot does not claim, per profile (docs/gateway-api.md says why).
 UNSUPPORTED: dict[str, tuple[str, ...]] = {
-    "GATEWAY-HTTP": ("GatewayAddressEmpty", "GatewayInfrastructurePropagation", "GatewayStaticAddresses",
-                     "HTTPRouteBackendProtocolH2C", "HTTPRouteBackendProtocolWebSocket",
-                     "HTTPRouteDestinationPortMatching", "HTTPRouteSessionPersistence"),
+    "GATEWAY-HTTP": ("GatewayAddressEmpty", "GatewayInfrastructurePropagation",
+                     "GatewayStaticAddresses"),
     "GATEWAY-TLS": (),
     "GATEWAY-TCP": (),
     "GATEWAY-GRPC": (),
@@ -1511,7 +1557,7 @@ def conformance_report(results: dict[str, str], version: str, date: str) -> dict
             if key == "extended":
                 core = set(PROFILES[profile])
                 # Claimed: the features of tests that passed, less those said unsupported (a
-                # test may pass on status alone, HTTPRouteDestinationPortMatching's).
+                # test may pass on status alone).
                 section["supportedFeatures"] = sorted({
                     f for n, r in tests.items() if r == "Passed" for f in FEATURES[n]
                     if f not in core and f not in UNSUPPORTED[profile]})
@@ -1570,6 +1616,8 @@ def request(port: int, case: Case, ca: bytes | None = None,
     if case.set_response:
         headers["X-Echo-Set-Header"] = ",".join(f"{k}:{v}" for k, v in case.set_response.items())
     path = case.path.replace("{uuid}", uuid.uuid4().hex)  # a new one per request (retries)
+    if case.h2c:
+        return h2c_get(port, path, headers, case.method)
     connection: HTTPConnection
     if ca is None:
         connection = HTTPConnection("127.0.0.1", port, timeout=10)

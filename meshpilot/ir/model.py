@@ -1020,12 +1020,18 @@ class Csrf:
 
 @dataclass(frozen=True, slots=True)
 class SessionPersistence:
-    """Sticky sessions by header (Envoy's stateful_session filter): the answer carries the
-    endpoint that served it in `header`; a request sending it back goes to that endpoint while
-    it is healthy (else, `strict` False, anywhere; `strict` True: 503)."""
+    """Sticky sessions by header or cookie (Envoy's stateful_session filter): the answer
+    carries the endpoint that served it in `header` (or sets the cookie `cookie`); a request
+    sending it back goes to that endpoint while it is healthy (else, `strict` False, anywhere;
+    `strict` True: 503). Exactly one of `header` and `cookie` is set."""
 
-    header: str  # lower case
+    header: str = ""  # lower case
     strict: bool = False
+    cookie: str = ""
+    cookie_path: str = "/"
+    # The cookie's lifetime (its Max-Age; Envoy also refuses a cookie older than this); None:
+    # a session cookie, valid until the client drops it.
+    cookie_ttl: float | None = None
     origin: Origin | None = field(default=None, compare=False, repr=False)
 
 
@@ -1078,6 +1084,7 @@ class Rule:
     # This rule's CORS policy, replacing the Route's for its entries (a parser fills in what
     # the rule leaves out from the Route's cors): None uses the Route's.
     cors: Cors | None = None
+    websocket: bool = False  # requests may upgrade to a websocket (whatever the listener says)
 
 
 @dataclass(frozen=True, slots=True)

@@ -455,6 +455,8 @@ def route_action(rule: Rule) -> RouteAction:
     action.request_mirror_policies.extend(mirror_policy(m) for m in rule.mirrors
                                           if m.from_header is None)
     action.hash_policy.extend(hash_policy(h) for h in rule.hash_on)
+    if rule.websocket:  # a route's upgrade config holds whether or not the listener allows it
+        action.upgrade_configs.append(RouteAction.UpgradeConfig(upgrade_type="websocket"))
     return action
 
 

@@ -21,6 +21,7 @@ import gatewayapi_conformance as conformance
 import pytest
 import yaml
 from grpc_conformance_echo import GrpcEchoBackend
+from h2c_ws_echo import websocket_round_trip
 from support import MeshpilotProcess, eventually, serving, write_atomically
 from tls_material import CA
 
@@ -61,6 +62,10 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     for port_name, speaks_tls in conformance.TCP_PORTS.items():
         servers[f"{tcp_ns}/{tcp_name}#{port_name}"] = conformance.TcpEchoBackend(
             tcp_ns, tcp_name, tls=backend_tls if speaks_tls else None)
+    # The HTTP echo pods' prior-knowledge HTTP/2 ports (echo-basic's 3001).
+    for namespace, name, port_name in conformance.h2c_ports():
+        servers[f"h2c#{namespace}/{name}#{port_name}"] = conformance.H2cEchoBackend(
+            namespace, name)
     # The tests' own TCP echo Deployments, one server each.
     deployments = conformance.test_deployments([t.manifest for t in conformance.CASES.values()])
     for index, (namespace, name, _) in enumerate(deployments):
@@ -73,7 +78,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                       tuple(sorted(deployments[int(key.partition("#")[2])][2].items()))): port
                      for key, port in bound.items() if key.startswith("deployment#")}
         for key, port in bound.items():
-            if key.startswith("deployment#"):
+            if key.startswith(("deployment#", "h2c#")):
                 continue
             service, _, port_name = key.partition("#")
             namespace, name = service.split("/", 1)
@@ -81,6 +86,14 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 pods.setdefault((namespace, name), {})[port_name] = port  # type: ignore[index]
             else:
                 pods[(namespace, name)] = port
+        for namespace, name, service_ports in conformance.base_services():
+            h2c = {port_name: port for key, port in bound.items()
+                   if key.startswith(f"h2c#{namespace}/{name}#")
+                   for port_name in (key.rpartition("#")[2],)}
+            plain = pods.get((namespace, name))
+            if h2c and isinstance(plain, int):  # one pod port per Service port, by name
+                pods[(namespace, name)] = {p.get("name", ""): h2c.get(p.get("name", ""), plain)
+                                           for p in service_ports}
         # The frontend validation tests' client certificates, each of its own CA.
         client_cas = {secret: CA(secret) for secret in conformance.CLIENT_CAS}
         client_certs = {secret: client_ca.issue("client.example.org").write(
@@ -141,7 +154,7 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
               for o in status["objects"]
               if o["kind"] in ("HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute")
               and (o["parent"] == test.gateway or o["parent"].startswith(f"{test.gateway}/"))}
-    if test.cases or test.grpc_cases:  # a traffic test: its routes are accepted (or refused as upstream says)
+    if test.cases or test.grpc_cases or test.websocket:  # a traffic test: its routes are accepted (or refused as upstream says)
         assert routes
         for route, conditions in routes.items():
             reason = test.not_accepted.get(route)
@@ -154,7 +167,7 @@ def test_upstream(suite: dict[str, Any], name: str) -> None:
     failures: list[str] = []
     for index, part in enumerate((test, *test.more)):
         failures.extend(conformance.check_statuses(part, status["objects"]))
-        if part.cases or part.tls_cases or part.tcp_cases or part.grpc_cases:
+        if part.cases or part.tls_cases or part.tcp_cases or part.grpc_cases or part.websocket:
             failures.extend(_requests(suite, f"{name}-{index}", part))
     RESULTS[name] = "PASS" if not failures else f"FAIL ({len(failures)})"
     assert not failures, "\n".join(failures)
@@ -222,6 +235,16 @@ def _requests(suite: dict[str, Any], name: str, test: conformance.Test) -> list[
                 time.sleep(0.1)
             failures.extend(f"{test.gateway}:{test.listener_port} case {index} {case.method} "
                             f"{case.host}{case.path}: {p}" for p in problems)
+        if test.websocket is not None:
+            deadline = time.monotonic() + 10
+            while True:  # eventually consistent, as upstream
+                problems = websocket_round_trip(f"ws://127.0.0.1:{port}{test.websocket}",
+                                                f"ws://gateway/{name}")
+                if not problems or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            failures.extend(f"{test.gateway}:{test.listener_port} websocket: {p}"
+                            for p in problems)
         if test.manifest == "httproute-weight":
             failures.extend(_weights(port))
         if test.manifest == "httproute-request-header-modifier-backend-weights":

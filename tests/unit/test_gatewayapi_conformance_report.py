@@ -5,6 +5,7 @@ passed."""
 from __future__ import annotations
 
 import gatewayapi_conformance as conformance
+import pytest
 
 
 def _profiles(results: dict[str, str]) -> dict[str, dict]:
@@ -57,8 +58,15 @@ def test_a_failure_is_said_and_its_feature_is_not_claimed() -> None:
     assert http["core"]["statistics"]["Failed"] == 1
 
 
-def test_a_feature_said_unsupported_is_never_claimed() -> None:
-    http = _profiles({name: "PASS" for name in conformance.CASES})["GATEWAY-HTTP"]
+def test_a_feature_said_unsupported_is_never_claimed(monkeypatch: pytest.MonkeyPatch) -> None:
+    everything = {name: "PASS" for name in conformance.CASES}
+    http = _profiles(everything)["GATEWAY-HTTP"]
+    # Claimed when its tests pass (GEP-957's parentRef port: a status and a traffic test) ...
+    assert "HTTPRouteDestinationPortMatching" in http["extended"]["supportedFeatures"]
+    # ... and never while said unsupported, though a test of it passes.
+    monkeypatch.setitem(conformance.UNSUPPORTED, "GATEWAY-HTTP", (
+        *conformance.UNSUPPORTED["GATEWAY-HTTP"], "HTTPRouteDestinationPortMatching"))
+    http = _profiles(everything)["GATEWAY-HTTP"]
     assert "HTTPRouteDestinationPortMatching" in http["extended"]["unsupportedFeatures"]
     assert not set(http["extended"]["supportedFeatures"]) & \
         set(http["extended"]["unsupportedFeatures"])

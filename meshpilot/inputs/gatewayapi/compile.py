@@ -27,6 +27,7 @@ Names with "/" and ":" cannot clash with native names (which allow neither).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import re
@@ -74,7 +75,9 @@ from meshpilot.ir.model import (
     Retries,
     Route,
     Rule,
+    Security,
     Service,
+    SessionPersistence,
     StringMatch,
     TlsCertificate,
     TlsHost,
@@ -1654,6 +1657,7 @@ class _Compiler:
             else:
                 unsupported = f"filter {kind} is not supported yet"
         backends: list[Backend] = []
+        websocket = False  # a backend's Service port says kubernetes.io/ws: upgrades allowed
         refs = rule.get("backendRefs") or ()
         for b_index, ref in enumerate(refs):
             bpath = (*path, "backendRefs", b_index)
@@ -1681,6 +1685,7 @@ class _Compiler:
                                               _header_ops(f_item["responseHeaderModifier"]))
                 else:
                     unsupported = f"backendRef filter {f_item['type']} is not supported yet"
+            websocket = websocket or self._speaks_websocket(route, ref)
             weight = ref.get("weight", 1)
             if weight > 0:
                 backends.append(Backend(target, None, weight, origin,
@@ -1708,6 +1713,8 @@ class _Compiler:
                 per_try_timeout=retries.per_try_timeout if retries else None,
                 backoff=Backoff(backoff) if backoff else None, retriable_status_codes=codes,
                 origin=_origin(route, (*path, "retry")))
+        session, why = self._session_persistence(route, index, rule.get("sessionPersistence"))
+        unsupported = unsupported or why
         direct: DirectResponse | None = None
         if redirect is None and not any(b.resolved for b in backends):
             # No backend (none written, none valid, every weight 0): the spec's 500. With some
@@ -1718,8 +1725,58 @@ class _Compiler:
                      redirect=redirect, direct_response=direct, rewrite_path=rewrite_path,
                      rewrite_host=rewrite_host, request_headers=request,
                      response_headers=response, timeout=timeout, retries=retries,
-                     mirrors=tuple(mirrors), origin=origin, cors=cors)
+                     mirrors=tuple(mirrors), origin=origin, cors=cors,
+                     websocket=websocket and direct is None,
+                     security=Security(session_persistence=session))
         return built, problem, unsupported
+
+    def _session_persistence(self, route: KubeObject, index: int,
+                             written: dict[str, Any] | None,
+                             ) -> tuple[SessionPersistence | None, str | None]:
+        """A rule's `sessionPersistence` (GEP-1619) as Envoy's stateful session, or None and
+        why it cannot be (the route is then not accepted, UnsupportedValue)."""
+        if written is None:
+            return None, None
+        path: FieldPath = ("spec", "rules", index, "sessionPersistence")
+        if _mesh_only(route):
+            return None, "sessionPersistence is not supported on a Service parent yet"
+        kind = written.get("type", "Cookie")
+        name = (written.get(kind.lower()) or {}).get("name") or written.get("sessionName")
+        lifetime = ((written.get("cookie") or written.get("cookieConfig") or {})
+                    .get("lifetimeType", "Session"))
+        timeout = _duration(written.get("absoluteTimeout"))
+        if lifetime == "Permanent" and timeout is None:
+            self.report(route, (*path, "absoluteTimeout"),
+                        "a Permanent cookie needs absoluteTimeout (its lifetime)")
+            return None, None
+        if written.get("idleTimeout"):
+            return None, ("sessionPersistence.idleTimeout is not supported (Envoy's session "
+                          "state has no idle timeout)")
+        here = _origin(route, path)
+        if kind == "Header":
+            if name is None:
+                self.report(route, (*path, "header"), "a Header session needs header.name")
+                return None, None
+            if timeout is not None:
+                return None, ("sessionPersistence.absoluteTimeout with type Header is not "
+                              "supported (Envoy's header session state has no expiry)")
+            return SessionPersistence(header=name.lower(), origin=here), None
+        if name is None:  # the spec's generated name: one per rule, the same on every load
+            digest = hashlib.sha256(f"{route.kind}/{route.key}/{index}".encode()).hexdigest()
+            name = f"mp-session-{digest[:12]}"
+        return SessionPersistence(cookie=name, cookie_path=(written.get("cookie") or {}).get(
+            "path") or "/", cookie_ttl=timeout, origin=here), None
+
+    def _speaks_websocket(self, route: KubeObject, ref: dict[str, Any]) -> bool:
+        """Whether the Service port a (resolved) backendRef names has appProtocol
+        kubernetes.io/ws or /wss (GEP-1911): its route entry lets requests upgrade."""
+        namespace = ref.get("namespace") or route.namespace
+        service = self.world.services.get(f"{namespace}/{ref['name']}")
+        if service is None:
+            return False
+        port = next((p for p in service.spec().get("ports") or ()
+                     if p["port"] == ref.get("port")), None)
+        return port is not None and port.get("appProtocol") in WEBSOCKET_APP_PROTOCOLS
 
     def _redirect(self, settings: dict[str, Any], prefix: str | None,
                   origin: Origin) -> Redirect:
@@ -2351,6 +2408,7 @@ def _match(written: dict[str, Any], origin: Origin) -> Match:
                  tuple(sorted(query.items())), origin, whole_segments=kind == "PathPrefix")
 
 
+WEBSOCKET_APP_PROTOCOLS = ("kubernetes.io/ws", "kubernetes.io/wss")
 _GRPC_SERVICE = re.compile(r"(?i)\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*")
 _GRPC_METHOD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
 
@@ -2451,7 +2509,8 @@ def _for_listener(rule: Rule, match: Match, listener: _Listener) -> Rule:
                 direct_response=rule.direct_response, rewrite_path=rule.rewrite_path,
                 rewrite_host=rule.rewrite_host, request_headers=rule.request_headers,
                 response_headers=rule.response_headers, timeout=rule.timeout,
-                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors)
+                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors,
+                websocket=rule.websocket, security=rule.security)
 
 
 def _with_match(rule: Rule, match: Match) -> Rule:
@@ -2461,7 +2520,8 @@ def _with_match(rule: Rule, match: Match) -> Rule:
                 direct_response=rule.direct_response, rewrite_path=rule.rewrite_path,
                 rewrite_host=rule.rewrite_host, request_headers=rule.request_headers,
                 response_headers=rule.response_headers, timeout=rule.timeout,
-                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors)
+                retries=rule.retries, mirrors=rule.mirrors, origin=rule.origin, cors=rule.cors,
+                websocket=rule.websocket, security=rule.security)
 
 
 def _replace_redirect(redirect: Redirect, port: int, scheme: str) -> Redirect:

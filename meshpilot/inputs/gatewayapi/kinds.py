@@ -186,6 +186,20 @@ HTTP_BACKEND_REF = Obj({
     "group": GROUP, "kind": KIND, "name": SUBDOMAIN, "namespace": NAMESPACE, "port": PORT,
     "weight": Int(0, 1_000_000), "filters": ListOf(HTTP_FILTER, 16),
 }, required=("name",))
+# GEP-1619. Both the current shape (`cookie`/`header` with their names) and the earlier
+# experimental one (`sessionName`, `idleTimeout`, `cookieConfig`) are read.
+COOKIE_NAME = Str(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+", 4096, "a cookie name (an RFC 6265 token)")
+SESSION_PERSISTENCE = Obj({
+    "type": Enum(("Cookie", "Header")),
+    "absoluteTimeout": DURATION,
+    "cookie": Obj({"name": COOKIE_NAME, "path": Str(None, 1024),
+                   "lifetimeType": Enum(("Permanent", "Session"))}),
+    "header": Obj({"name": HEADER_NAME}, required=("name",)),
+    "sessionName": Str(r"[A-Za-z0-9!#$%&'*+\-.^_`|~]+", 128,
+                       "a cookie or header name (an RFC 6265 token)"),
+    "idleTimeout": DURATION,
+    "cookieConfig": Obj({"lifetimeType": Enum(("Permanent", "Session"))}),
+})
 HTTP_RULE = Obj({
     "name": SECTION_NAME,
     "matches": ListOf(HTTP_MATCH, 64),
@@ -194,7 +208,7 @@ HTTP_RULE = Obj({
     "timeouts": Obj({"request": DURATION, "backendRequest": DURATION}),
     "retry": Obj({"codes": ListOf(Int(400, 599), 32), "attempts": Int(0),
                   "backoff": DURATION}),
-    "sessionPersistence": Anything(),
+    "sessionPersistence": SESSION_PERSISTENCE,
 })
 HTTP_ROUTE = _document(Obj({
     "parentRefs": ListOf(PARENT_REF, 32),
@@ -223,7 +237,7 @@ GRPC_RULE = Obj({
     "matches": ListOf(GRPC_MATCH, 64),
     "filters": ListOf(GRPC_FILTER, 16),
     "backendRefs": ListOf(GRPC_BACKEND_REF, 16),
-    "sessionPersistence": Anything(),
+    "sessionPersistence": SESSION_PERSISTENCE,
 })
 GRPC_ROUTE = _document(Obj({
     "parentRefs": ListOf(PARENT_REF, 32),

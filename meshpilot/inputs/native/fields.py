@@ -330,6 +330,17 @@ def url_path(value: Any) -> str:
     return text
 
 
+_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # an RFC 6265 token
+
+
+def cookie_name(value: Any) -> str:
+    text = string(value)
+    if not _COOKIE_NAME.match(text):
+        raise Invalid(f"invalid cookie name {quoted(text)}: use letters, digits and "
+                      "-_.!#$%&'*+^`|~")
+    return text
+
+
 # A name that becomes part of Envoy resource names and stats (a Service, a subset, a listener).
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,252})\Z")
 

@@ -38,6 +38,7 @@ Shape:
         response_headers: {set: {cache-control: no-store}}
         timeout: 2s                     # backends only; 0s disables Envoy's 15 s default
         idle_timeout: 30s               # backends only; 0s disables
+        websocket: true                 # backends only; upgrades allowed, whatever the listener
         grpc: {max_timeout: 30s}        # backends only; honour grpc-timeout, capped
         retries: {attempts: 3, on: [5xx, reset], per_try_timeout: 500ms,   # backends only
                   backoff: {base: 25ms, max: 250ms}, retriable_status_codes: [429],
@@ -107,7 +108,7 @@ GATEWAY_ONLY = ("listeners", "hosts")
 ACTIONS = ("backends", "redirect", "direct_response")
 # Envoy's RouteAction settings (and the fault filter's, which acts before the router).
 BACKEND_ONLY = ("rewrite", "timeout", "idle_timeout", "grpc", "retries", "fault", "mirror",
-                "hash_on")
+                "hash_on", "websocket")
 RULE_KEYS = ("match", *ACTIONS, *BACKEND_ONLY, "request_headers", "response_headers", "cors",
              *SECURITY_KEYS)
 MATCH_KEYS = ("path", "method", "methods", "headers", "query")
@@ -243,6 +244,7 @@ def _rule(ctx: DocumentContext, item: Any, path: FieldPath, cors: Cors | None) -
         fault=_fault(rule),
         mirrors=_mirrors(rule),
         hash_on=_hash_on(rule),
+        websocket=rule.get("websocket", fields.boolean) or False,
         security=parse_security(rule),
         cors=_cors(rule, cors),
     )
@@ -793,14 +795,14 @@ def _hash_input(ctx: DocumentContext, item: Any, path: FieldPath) -> HashOn | No
 
 def _hash_cookie(entry: Fields) -> HashOn | None:
     if isinstance(entry.value.get("cookie"), str):  # {cookie: session}
-        cookie = entry.get("cookie", _cookie_name, required=True)
+        cookie = entry.get("cookie", fields.cookie_name, required=True)
         return None if cookie is None else HashOn("cookie", cookie, origin=entry.origin())
     spec = entry.mapping("cookie", "a cookie name or a mapping such as {name: session, "
                                    "ttl: 1h, path: /}", required=True)
     if spec is None:
         return None
     spec.check_keys(HASH_COOKIE_KEYS, "a hash cookie")
-    cookie = spec.get("name", _cookie_name, required=True)
+    cookie = spec.get("name", fields.cookie_name, required=True)
     ttl = spec.get("ttl", _TIMEOUT)
     where = spec.get("path", fields.url_path)
     if where is not None and ttl is None:
@@ -809,17 +811,6 @@ def _hash_cookie(entry: Fields) -> HashOn | None:
     if cookie is None:
         return None
     return HashOn("cookie", cookie, ttl=ttl, path=where, origin=entry.origin())
-
-
-_COOKIE_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")  # an RFC 6265 token
-
-
-def _cookie_name(value: Any) -> str:
-    text = fields.string(value)
-    if not _COOKIE_NAME.match(text):
-        raise Invalid(f"invalid cookie name {fields.quoted(text)}: use letters, digits and "
-                      "-_.!#$%&'*+^`|~")
-    return text
 
 
 # ---------------------------------------------------------------------------------------------

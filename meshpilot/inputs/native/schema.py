@@ -726,6 +726,9 @@ def _rule() -> Schema:
         }),
         "idle_timeout": _ref("duration", "Close a request's stream after this long without "
                                          "activity (backends only); 0s disables it."),
+        "websocket": {"type": "boolean", "default": False,
+                      "description": "Allow websocket upgrades on this rule's requests, "
+                                     "whatever the listener says (backends only)."},
         "grpc": _object("gRPC settings (backends only).", {
             "max_timeout": _ref("duration", "Use the client's grpc-timeout as the request's "
                                             "timeout, capped at this; 0s: uncapped."),
@@ -988,14 +991,22 @@ def _security(scope: str) -> dict[str, Schema]:
                 "name": _ref("name", "The limit's name: limits of one name share counts."),
             }, required=("service",)),
         }, required=("requests", "per")),
-        "session_persistence": _object(
-            "Sticky sessions: the answer names its endpoint in a header, which a request "
-            "sends back to reach the same endpoint.", {
+        "session_persistence": {**_object(
+            "Sticky sessions: the answer names its endpoint in a header (or a cookie), which "
+            "a request sends back to reach the same endpoint.", {
                 "header": _ref("headerName", "The header (x-session, say)."),
+                "cookie": {"oneOf": [{"type": "string", "description": "The cookie's name "
+                                                                       "(a session cookie)."},
+                                     _object("The cookie Envoy sets.", {
+                    "name": {"type": "string", "description": "The cookie's name."},
+                    "path": {"type": "string", "default": "/",
+                             "description": "The cookie's Path."},
+                    "ttl": _ref("duration", "Its lifetime (Max-Age); none: a session cookie."),
+                }, required=("name",))]},
                 "strict": {"type": "boolean", "default": False,
                            "description": "503 when the session's endpoint is gone (default: "
                                           "another endpoint)."},
-            }, required=("header",)),
+            }), "oneOf": [{"required": ["header"]}, {"required": ["cookie"]}]},
         "csrf": {"oneOf": [{"const": True}, _object(
             "Refuse state-changing requests from other origins (403).", {
                 "allow_origins": _list("Other origin hosts allowed (host, host:port or "

@@ -78,7 +78,8 @@ from meshpilot.ir.model import (
 
 SECURITY_KEYS = ("jwt", "api_keys", "basic_auth", "ext_authz", "authorization", "rate_limit",
                  "csrf", "session_persistence")
-SESSION_PERSISTENCE_KEYS = ("header", "strict")
+SESSION_PERSISTENCE_KEYS = ("header", "cookie", "strict")
+SESSION_COOKIE_KEYS = ("name", "path", "ttl")
 JWT_KEYS = ("providers", "required")
 PROVIDER_KEYS = ("name", "issuer", "audiences", "jwks", "forward_claims", "from_cookies",
                  "forward_payload")
@@ -711,8 +712,11 @@ def _session_persistence(spec: Fields) -> SessionPersistence | None:
     if entry is None:
         return None
     entry.check_keys(SESSION_PERSISTENCE_KEYS, "session_persistence")
-    header = entry.get("header", fields.header_name, required=True)
     strict = entry.get("strict", fields.boolean) or False
+    kind = entry.exclusive(("header", "cookie"), required=True, what="session_persistence")
+    if kind == "cookie":
+        return _session_cookie(entry, strict)
+    header = entry.get("header", fields.header_name, required=True) if kind else None
     if header is not None and header.startswith(":"):
         entry.report("header", f"{header} is a pseudo-header; name an ordinary header such as "
                                "x-session")
@@ -720,6 +724,27 @@ def _session_persistence(spec: Fields) -> SessionPersistence | None:
     if header is None:
         return None
     return SessionPersistence(header=header, strict=strict, origin=entry.origin())
+
+
+def _session_cookie(entry: Fields, strict: bool) -> SessionPersistence | None:
+    """`cookie: NAME` or `cookie: {name: NAME, path: /, ttl: 1h}`: a session cookie (no ttl),
+    or one that lasts ttl."""
+    if isinstance(entry.value.get("cookie"), str):
+        name = entry.get("cookie", fields.cookie_name, required=True)
+        return None if name is None else SessionPersistence(
+            cookie=name, strict=strict, origin=entry.origin())
+    spec = entry.mapping("cookie", "a cookie name or a mapping such as {name: sticky, "
+                                   "ttl: 1h, path: /}", required=True)
+    if spec is None:
+        return None
+    spec.check_keys(SESSION_COOKIE_KEYS, "a session cookie")
+    name = spec.get("name", fields.cookie_name, required=True)
+    path = spec.get("path", fields.url_path) or "/"
+    ttl = spec.get("ttl", fields.duration())
+    if name is None:
+        return None
+    return SessionPersistence(cookie=name, cookie_path=path, cookie_ttl=ttl, strict=strict,
+                              origin=entry.origin())
 
 
 def _csrf(spec: Fields) -> Csrf | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from meshpilot.inputs.native.route import origin_match
@@ -38,7 +38,9 @@ from meshpilot.ir.model import (
     Retries,
     Route,
     Rule,
+    Security,
     Service,
+    SessionPersistence,
     Sidecar,
     StringMatch,
     Tracing,
@@ -462,7 +464,8 @@ def write_route(route: Route, files: FileSink | None = None) -> Written:
                                 "native field", route.origin)
     if route.cors is not None:
         doc["cors"] = _cors(w, "cors", route.cors)
-    if route.security:
+    _put(doc, "session_persistence", _session(route.security.session_persistence))
+    if _other_security(route.security):
         w.cannot("", "security (jwt, api_keys, authorization ...) is not converted yet",
                  route.origin)
     doc["rules"] = [_rule(w, f"rules[{index}]", rule, route.cors)
@@ -530,11 +533,34 @@ def _rule(w: _Writer, path: str, rule: Rule, route_cors: Cors | None) -> Doc:
         doc["mirror"] = [_mirror(m) for m in rule.mirrors]
     if rule.hash_on:
         doc["hash_on"] = [_hash_on(h) for h in rule.hash_on]
+    _put(doc, "websocket", rule.websocket, False)
     if rule.cors is not None and rule.cors != route_cors:
         doc["cors"] = _cors(w, f"{path}.cors", rule.cors)
-    if rule.security:
+    _put(doc, "session_persistence", _session(rule.security.session_persistence))
+    if _other_security(rule.security):
         w.cannot(path, "security (jwt, api_keys, authorization ...) is not converted yet",
                  rule.origin)
+    return doc
+
+
+def _other_security(security: Security) -> bool:
+    """Whether `security` sets more than session persistence (which is written)."""
+    return bool(replace(security, session_persistence=None))
+
+
+def _session(spec: SessionPersistence | None) -> Doc | None:
+    if spec is None:
+        return None
+    doc: Doc = {}
+    if spec.cookie:
+        cookie: Doc = {"name": spec.cookie}
+        _put(cookie, "path", spec.cookie_path, "/")
+        if spec.cookie_ttl is not None:
+            cookie["ttl"] = duration(spec.cookie_ttl)
+        doc["cookie"] = cookie
+    else:
+        doc["header"] = spec.header
+    _put(doc, "strict", spec.strict, False)
     return doc
 
 
