@@ -46,6 +46,11 @@ def _encode(instance: Instance, lease: int) -> bytes:
                        "ttl": instance.ttl, "lease": lease}, sort_keys=True).encode()
 
 
+# How long a follower goes without an event before it lists its prefix again (`Mirror`'s
+# resync): the longest a change a watch missed stays missed.
+RESYNC_SECONDS = 15.0
+
+
 def _decode(entry: Entry, source: str) -> tuple[Instance, int] | None:
     """(instance, lease) of a stored value; None (logged) for a value no replica would write."""
     try:
@@ -72,7 +77,7 @@ class _Follower:
         self.instances: dict[str, Instance] = {}  # store key -> instance
         self.leases: dict[str, int] = {}  # instance id -> lease
         self.active = True
-        self.mirror = Mirror(store, sub, self._reset, self._event)
+        self.mirror = Mirror(store, sub, self._reset, self._event, resync=RESYNC_SECONDS)
         # The last known state on disk, for a replica that restarts while etcd is away: it
         # serves what it followed last instead of nothing (which would empty its Envoys).
         self.cache = cache
@@ -117,13 +122,14 @@ class _Follower:
         return None
 
     def _reset(self, entries: list[Entry], save: bool = True) -> None:
+        before = (self.instances, self.leases)
         self.instances, self.leases = {}, {}
         for entry in entries:
             found = _decode(entry, self.source)
             if found is not None:
                 self.instances[entry.key], self.leases[found[0].id] = found
-        self.apply_all()
-        if save:
+        self.apply_all()  # the registry tells only the Services that changed
+        if save and (self.instances, self.leases) != before:  # a resync mostly finds none
             self._schedule_save()
 
     def apply_all(self) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import aetcd
@@ -203,7 +203,7 @@ class EtcdStore:
 
     # ---- watches -------------------------------------------------------------------------------
 
-    async def watch(self, sub: str, start_revision: int) -> AsyncIterator[Event]:
+    async def watch(self, sub: str, start_revision: int) -> AsyncGenerator[Event, None]:
         """Every change under `sub` from `start_revision` on. Ends with StoreUnavailable when
         the stream is lost (list again and watch from there), StoreError if compacted."""
         key = self.key(sub)
@@ -245,12 +245,19 @@ def backoff(attempt: int, base: float = 0.1, cap: float = 2.0) -> float:
 class Mirror:
     """`on_reset(entries)` with everything under `sub`, then `on_event(event)` per change;
     after a lost watch (etcd restarted, partitioned, compacted), a fresh listing again. While
-    the store is unreachable nothing is called: what was mirrored stays as it was."""
+    the store is unreachable nothing is called: what was mirrored stays as it was.
+
+    `resync` (seconds, None: never): after that long without an event, list again
+    (`on_reset` with what is there) and watch from there. A watch stream that the server
+    ends without an error leaves aetcd's watch waiting for events that never come; a
+    listing now and then bounds how long a missed change can stay missed, as informers'
+    resyncs do. `on_reset` must then cost nothing when nothing changed."""
 
     def __init__(self, store: EtcdStore, sub: str, on_reset: Callable[[list[Entry]], None],
-                 on_event: Callable[[Event], None]):
+                 on_event: Callable[[Event], None], resync: float | None = None):
         self.store, self.sub = store, sub
         self.on_reset, self.on_event = on_reset, on_event
+        self.resync = resync
         self.synced = asyncio.Event()  # set while the watch runs after a listing
 
     async def run(self) -> None:
@@ -261,15 +268,32 @@ class Mirror:
                 self.on_reset(entries)
                 self.synced.set()
                 attempt = 0
-                async for event in self.store.watch(self.sub, revision + 1):
-                    self.on_event(event)
+                await self._follow(revision)
+                continue  # quiet for `resync`: list again at once
             except StoreError as e:
                 if self.synced.is_set():
                     log.warning("following %s/%s: %s; serving the last known state",
                                 self.store.prefix, self.sub, e)
                 self.synced.clear()
+            except Exception:  # a follower must outlive any surprise: say it, then list again
+                log.exception("following %s/%s failed; listing again", self.store.prefix,
+                              self.sub)
+                self.synced.clear()
             await asyncio.sleep(backoff(attempt))
             attempt += 1
+
+    async def _follow(self, revision: int) -> None:
+        """Hand on every change after `revision`; return after `resync` without one."""
+        events = self.store.watch(self.sub, revision + 1)
+        try:
+            while True:
+                try:
+                    event = await asyncio.wait_for(anext(events), self.resync)
+                except TimeoutError:
+                    return
+                self.on_event(event)
+        finally:
+            await events.aclose()
 
 
 class ReplicaLease:

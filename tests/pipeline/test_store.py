@@ -12,7 +12,13 @@ import pytest
 
 from meshpilot.discovery.registry import EndpointRegistry, LimitExceeded, Limits
 from meshpilot.discovery.shared import SharedRegistrations
-from meshpilot.store import StoreError, StoreUnavailable, check_prefix, parse_store_url
+from meshpilot.store import (
+    Entry,
+    StoreError,
+    StoreUnavailable,
+    check_prefix,
+    parse_store_url,
+)
 from meshpilot.store.election import Election
 from meshpilot.store.etcd import EtcdStore, Mirror, ReplicaLease
 from meshpilot.store.sealed import SealingKey, share_files
@@ -252,3 +258,40 @@ def test_serve_refuses_bad_store_flags_and_an_unreachable_first_start(tmp_path: 
     assert not (tmp_path / "state" / "store.key").exists()  # no key left that seals nothing
     with pytest.raises(StoreError, match="--store needs a --state-dir"):
         Meshpilot(Settings(policy=tmp_path / "policy", store="etcd://127.0.0.1:1"))
+
+
+class _SilentStore:
+    """A store whose watch never yields (a stream the server ended without an error, as
+    aetcd then leaves it) and whose first listing fails with a bug, not a StoreError."""
+
+    prefix = "/meshpilot"
+
+    def __init__(self) -> None:
+        self.listings = 0
+        self.entries: list[Entry] = []
+
+    async def get_prefix(self, sub: str) -> tuple[list[Entry], int]:
+        self.listings += 1
+        if self.listings == 1:
+            raise RuntimeError("a surprise")
+        return list(self.entries), self.listings
+
+    async def watch(self, sub: str, start_revision: int):  # type: ignore[no-untyped-def]
+        await asyncio.Event().wait()
+        yield  # pragma: no cover (never reached: an async generator)
+
+
+def test_a_mirror_survives_a_surprise_and_lists_again_when_its_watch_falls_silent() -> None:
+    async def run() -> None:
+        store = _SilentStore()
+        seen: list[list[bytes]] = []
+        mirror = Mirror(store, "things/", lambda entries: seen.append(  # type: ignore[arg-type]
+            [e.value for e in entries]), lambda event: None, resync=0.2)
+        task = asyncio.create_task(mirror.run())
+        await until(mirror.synced.is_set, what="synced after the surprise")
+        # A change the silent watch never tells: the next listing finds it.
+        store.entries.append(Entry("things/a", b"1", 0, 2))
+        await until(lambda: seen and seen[-1] == [b"1"], what="the resync")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(run())
