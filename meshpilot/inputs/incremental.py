@@ -48,12 +48,13 @@ from meshpilot.inputs.documents import FORMATS, compile_pending, load_documents
 from meshpilot.inputs.files import policy_files
 from meshpilot.inputs.references import validate_references
 from meshpilot.inputs.yamlsource import (
+    MAX_FILE_BYTES,
     MAX_NODES,
     parse_yaml,
     parse_yaml_text,
     read_limited,
     split_documents,
-    split_edited,
+    split_edited_text,
 )
 from meshpilot.ir.changes import ModelChanges, between
 from meshpilot.ir.model import Model
@@ -88,7 +89,9 @@ class _Checked:
 class _CachedFile:
     """What parsing one file gave, in a context of its own (no other file's definitions)."""
 
-    digest: bytes  # BLAKE2b of the file's bytes
+    # BLAKE2b of the file's bytes; None when `text` is kept: the next read is compared with
+    # it instead (hashing a 1.2 MB file costs 15 M instructions, decoding and comparing 1.5).
+    digest: bytes | None
     parsed: list[ParsedDocument]
     definitions: dict[Hashable, Position]  # in the order they were made
     clean: bool  # no issue at all (YAML, identity, kind parser)
@@ -276,14 +279,20 @@ class ParseCache:
             data = read_limited(file_path)
         except Exception:  # too large, not a regular file, unreadable: a cold load says so
             return None
-        digest = hashlib.blake2b(data, digest_size=16).digest()
-        if entry is not None and entry.digest == digest and not entry.tls_files:
-            return entry
-        self.parsed_files += 1
-        if entry is not None and entry.text is not None and entry.clean:
-            told = split_edited(data, entry.text, entry.order)
+        if entry is not None and entry.text is not None:  # kept only for a clean entry
+            text = _decoded(data)
+            if text == entry.text:  # (the same text is the same bytes)
+                return entry
+            self.parsed_files += 1
+            told = None if text is None else split_edited_text(text, entry.text, entry.order)
             if told is not None:
-                return self._edited(entry, digest, shown_name, *told)
+                return self._edited(entry, data, shown_name, *told)
+            digest = None
+        else:
+            digest = _digest(data)
+            if entry is not None and entry.digest == digest and not entry.tls_files:
+                return entry
+            self.parsed_files += 1
         pieces = split_documents(data)
         if pieces is None:  # parsed whole, as load_policy does
             self.parsed_pieces += 1
@@ -294,6 +303,7 @@ class ParseCache:
                 local.issues.extend(issues)
                 load_documents(documents, local, parsed)
             self._share(parsed)
+            digest = digest or _digest(data)
             made = _CachedFile(digest, parsed, local.definitions, not local.issues,
                                tuple(sorted(read)))
             return entry if entry is not None and entry.digest == digest and \
@@ -325,13 +335,15 @@ class ParseCache:
             read_files.update(piece.tls_files)
         if nodes > MAX_NODES:  # the file as a whole is refused: a cold load says so
             clean = False
-        made = _CachedFile(digest, parsed, definitions, clean, tuple(sorted(read_files)), kept)
-        if not read_files and len(parsed) == len(kept):  # one document a piece
+        made = _CachedFile(None, parsed, definitions, clean, tuple(sorted(read_files)), kept)
+        if clean and not read_files and len(parsed) == len(kept):  # one document a piece
             made.text, made.order, made.nodes = "".join(text for _, text in pieces), \
                 list(kept), nodes
+        else:
+            made.digest = digest or _digest(data)
         return made
 
-    def _edited(self, entry: _CachedFile, digest: bytes, shown_name: str, text: str,
+    def _edited(self, entry: _CachedFile, data: bytes, shown_name: str, text: str,
                 head: int, middle: list[tuple[int, str]], tail: int) -> _CachedFile:
         """The entry of an edited file from its last one (`split_edited`: its first `head`
         and last `tail` pieces are the same text at the same lines): only the pieces between
@@ -369,9 +381,11 @@ class ParseCache:
                   *entry.parsed[count - tail:]]
         order = [*entry.order[:head], *middle, *entry.order[count - tail:]]
         tls_files = tuple(sorted({path for piece in made for path in piece.tls_files}))
-        result = _CachedFile(digest, parsed, definitions, clean, tls_files, pieces)
+        result = _CachedFile(None, parsed, definitions, clean, tls_files, pieces)
         if single and clean:
             result.text, result.order, result.nodes = text, order, nodes
+        else:
+            result.digest = _digest(data)
         kept_ids = {id(piece) for piece in made}
         gone_ids = {id(entry.pieces[key]) for key in gone}
         entry.since = None  # one step of history at most
@@ -413,6 +427,20 @@ def _signature(path: Path) -> tuple[int, ...] | None:
     except OSError:
         return None
     return (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _decoded(data: bytes) -> str | None:
+    """A file's text, for `split_edited_text`; None: not UTF-8 or too large."""
+    if len(data) > MAX_FILE_BYTES:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _settled(signature: tuple[int, ...]) -> bool:

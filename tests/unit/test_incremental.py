@@ -905,3 +905,31 @@ def test_discovered_endpoints_keep_the_view_patchable(tmp_path: Path) -> None:
     again = Translation(model, discovered=discovered, previous=moved, changes=loader.changes)
     _assert_same(again.snapshot("gw", previous=swapped), snapshot)
     assert "gw" not in again.patched_views
+
+
+def test_a_split_file_is_compared_by_its_text_not_hashed(tmp_path: Path) -> None:
+    """A file split one document a piece keeps its text and no hash: written again with the
+    same bytes it is the very entry (not parsed), edited it is told from its last text; an
+    entry that keeps no text (a document of it fails) keeps a hash."""
+    path = tmp_path / "a.yaml"
+    text = "---\n".join([_service_doc(1), _service_doc(2)])
+    path.write_text(text)
+    loader = PolicyLoader(tmp_path)
+    first = loader.load()
+    entry = loader._cache._files["a.yaml"]
+    assert entry.text == text and entry.digest is None
+    path.write_text(text)  # the same bytes, a new modification time
+    assert loader.load() == first
+    assert loader._cache._files["a.yaml"] is entry
+    assert (loader._cache.read_files, loader._cache.parsed_files) == (1, 0)
+    edited = text.replace("10.0.0.2", "10.0.0.7")
+    path.write_text(edited)
+    model = loader.load()
+    assert model == load_policy(tmp_path)
+    assert loader._cache.parsed_pieces == 1
+    assert loader._cache._files["a.yaml"].text == edited
+    path.write_text(edited + "---\nkind: Nonsense\n")
+    with pytest.raises(PolicyError):
+        loader.load()
+    broken = loader._cache._files["a.yaml"]
+    assert broken.text is None and broken.digest is not None
