@@ -36,6 +36,7 @@ from pathlib import Path
 
 from meshpilot.base import tlsfiles as tls
 from meshpilot.base.errors import PolicyIssue, Position
+from meshpilot.inputs import modelpatch
 from meshpilot.inputs.assembly import build_model, compile_formats_edit
 from meshpilot.inputs.context import (
     FormatPart,
@@ -46,6 +47,7 @@ from meshpilot.inputs.context import (
 from meshpilot.inputs.dependents import Edit, References
 from meshpilot.inputs.documents import FORMATS, compile_pending, load_documents
 from meshpilot.inputs.files import policy_files
+from meshpilot.inputs.modelpatch import Compiled
 from meshpilot.inputs.references import validate_references
 from meshpilot.inputs.yamlsource import (
     MAX_FILE_BYTES,
@@ -83,6 +85,7 @@ class _Checked:
     warnings: list[PolicyIssue]
     natives: list[ModelPart]
     compiles: dict[int, object]
+    compiled: Compiled  # the model and what the compile steps gave for it (`modelpatch.py`)
 
 
 @dataclass(slots=True)
@@ -142,13 +145,14 @@ class ParseCache:
         self.changes: ModelChanges | None = None
         self.fast = False  # whether the newest load was an index one (for tests)
         self.format_edit = False  # whether it compiled an edit as cached (`_format_edit`)
+        self.model_patched = False  # whether that edit patched the last model (`modelpatch`)
 
     def try_load(self) -> Model | None:
         """The model, or None if anything is wrong (then the caller loads cold, for the
         exact issues). Must run with TLS paths relative to the policy folder."""
         load = LoadContext()
         self.changes = None
-        self.fast = self.format_edit = False
+        self.fast = self.format_edit = self.model_patched = False
         files = policy_files(self.path, load)
         self.parsed_files = self.parsed_pieces = self.read_files = 0
         if load.issues:
@@ -206,9 +210,11 @@ class ParseCache:
         self._good = kept
         self._references = References.of(pending, model, load.definitions)
         if pending is parsed and self._references is None:
-            self._checked = _Checked(load.definitions, checked_warnings, [
-                part for document in pending for part in document.parts
-                if not isinstance(part, FormatPart)], kept_compiles)
+            natives = [part for document in pending for part in document.parts
+                       if not isinstance(part, FormatPart)]
+            self._checked = _Checked(load.definitions, checked_warnings, natives,
+                                     kept_compiles,
+                                     modelpatch.compiled(model, natives, compiled, statuses))
         # Not by the index: what changed is what the two models do not share.
         if self._model is not None:
             self.changes = between(self._model, model)
@@ -228,7 +234,9 @@ class ParseCache:
                                  for document in (*edit.removed, *edit.added)):
             return None
         warnings = checked.warnings
-        definitions = dict(checked.definitions)
+        # Changed in place: `checked` is the last load's, already dropped (`try_load`) if this
+        # edit fails (a copy of 5,000 definitions per edit otherwise).
+        definitions = checked.definitions
         for key in edit.removed_definitions:
             definitions.pop(key, None)
         for key, position in edit.added_definitions.items():
@@ -244,12 +252,20 @@ class ParseCache:
             parsed, load, edit.removed, edit.added, checked.compiles)
         if load.issues:
             return None
-        # The other formats' parts are the last load's: only FormatPart documents changed.
-        model = build_model((*checked.natives, *compiled), shown, statuses, load.warnings)
-        self._checked = _Checked(definitions, warnings, checked.natives, kept_compiles)
+        # The other formats' parts are the last load's: only FormatPart documents changed,
+        # so the last model is patched by what the compile gave differently, if it can be.
+        done = modelpatch.patched(checked.compiled, compiled, statuses, shown, load.warnings)
+        if done is not None:
+            made, self.changes = done
+            model = made.model
+        else:
+            model = build_model((*checked.natives, *compiled), shown, statuses, load.warnings)
+            made = modelpatch.compiled(model, checked.natives, compiled, statuses)
+            if self._model is not None:
+                self.changes = between(self._model, model)
+        self._checked = _Checked(definitions, warnings, checked.natives, kept_compiles, made)
         self.format_edit = True
-        if self._model is not None:
-            self.changes = between(self._model, model)
+        self.model_patched = done is not None
         self._model = model
         return model
 
