@@ -32,7 +32,7 @@ import json
 import os
 import re
 import stat
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -334,30 +334,40 @@ def split_edited(data: bytes, before: str, pieces: Sequence[tuple[int, str]],
 
 
 def split_edited_text(text: str, before: str, pieces: Sequence[tuple[int, str]],
+                      ends: Sequence[int] | None = None,
                       ) -> tuple[str, int, list[tuple[int, str]], int] | None:
     """`split_edited` of a file's text, already decoded (and no larger than
-    MAX_FILE_BYTES)."""
+    MAX_FILE_BYTES); `ends`: where each of `pieces` ends in `before`, if known
+    (`piece_ends`)."""
     if not text or text.startswith("\ufeff") or before.startswith("\ufeff"):
         return None
     count = len(pieces)
     # Where the unchanged text ends and begins again, found in C, then which of the pieces lie
-    # whole in it (their lengths added up in C too).
-    lengths = list(accumulate(map(len, map(itemgetter(1), pieces))))
-    head = bisect_right(lengths, _common_prefix(before, text))
-    while head and not _cut_at(text, lengths[head - 1]):
+    # whole in it (by where they end, added up in C if not given).
+    if ends is None:
+        ends = piece_ends(pieces)
+    head = bisect_right(ends, _common_prefix(before, text))
+    while head and not _cut_at(text, ends[head - 1]):
         head -= 1  # the text after it changed right at its end: cut again
-    at = lengths[head - 1] if head else 0
-    from_end = list(accumulate(map(len, map(itemgetter(1), reversed(pieces)))))
-    tail = min(bisect_right(from_end, _common_suffix(before, text)), count - head)
+    at = ends[head - 1] if head else 0
+    # The last `tail` pieces are `before`'s from ends[count - tail - 1] (0 for all of them):
+    # as many as begin at or after the unchanged end.
+    same_from = len(before) - _common_suffix(before, text)
+    tail = 0 if not count else min(
+        count - bisect_left(ends, same_from, 0, count - 1) - 1 if same_from else count,
+        count - head)
+
+    def begins(tail: int) -> int:  # where the last `tail` pieces begin in `before`
+        return ends[count - tail - 1] if tail < count else 0
+
+    shift = len(text) - len(before)
     # Each of the last pieces began at a cut of `before`, so with a document start marker (or
     # at 0): at the start of a line of `text`, it begins one there too.
-    while tail and (len(text) - from_end[tail - 1] < at or
-                    (len(text) - from_end[tail - 1] and
-                     text[len(text) - from_end[tail - 1] - 1] != "\n")):
+    while tail and (begins(tail) + shift < at or
+                    (begins(tail) + shift and text[begins(tail) + shift - 1] != "\n")):
         tail -= 1
-    end = len(text) - from_end[tail - 1] if tail else len(text)
-    if tail and text.count("\n", at, end) != \
-            before.count("\n", at, len(before) - from_end[tail - 1]):
+    end = begins(tail) + shift if tail else len(text)
+    if tail and text.count("\n", at, end) != before.count("\n", at, begins(tail)):
         tail, end = 0, len(text)  # lines added or removed before them: they moved
     middle = text[at:end]
     if any(mark in middle for mark in ("\r", "\x85", "\u2028", "\u2029", "\ufeff")) or \
@@ -375,6 +385,11 @@ def split_edited_text(text: str, before: str, pieces: Sequence[tuple[int, str]],
     if start < len(middle):
         made.append((line, middle[start:]))
     return text, head, made, tail
+
+
+def piece_ends(pieces: Sequence[tuple[int, str]]) -> list[int]:
+    """Where each of a text's pieces (`split_documents`) ends in it."""
+    return list(accumulate(map(len, map(itemgetter(1), pieces))))
 
 
 _CHUNK = 1 << 15  # characters compared at a time by `_common_prefix` and `_common_suffix`

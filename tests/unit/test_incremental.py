@@ -928,6 +928,23 @@ def test_a_split_file_is_compared_by_its_text_not_hashed(tmp_path: Path) -> None
     assert model == load_policy(tmp_path)
     assert loader._cache.parsed_pieces == 1
     assert loader._cache._files["a.yaml"].text == edited
+    # Where each piece ends is carried from edit to edit (the next split bisects it).
+    from meshpilot.inputs.yamlsource import piece_ends
+    documents = [_service_doc(i) for i in range(1, 8)]
+    for change in (lambda: documents.__setitem__(0, _service_doc(1, port=81)),
+                   # longer on the same lines: the pieces after it are kept, moved on
+                   lambda: documents.__setitem__(3, _service_doc(4, port=8080)),
+                   lambda: documents.__setitem__(3, _service_doc(4, extra="protocol: http\n")),
+                   lambda: documents.append(_service_doc(9)),
+                   lambda: documents.pop(2),
+                   lambda: documents.__setitem__(-1, _service_doc(9, port=82))):
+        change()
+        path.write_text("---\n".join(documents))
+        assert loader.load() == load_policy(tmp_path)
+        entry = loader._cache._files["a.yaml"]
+        assert entry.text is not None and entry.ends == piece_ends(entry.order)
+        assert entry.ends[-1] == len(entry.text)
+    edited = "---\n".join(documents)
     path.write_text(edited + "---\nkind: Nonsense\n")
     with pytest.raises(PolicyError):
         loader.load()
