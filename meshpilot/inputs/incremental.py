@@ -110,6 +110,7 @@ class _CachedFile:
     text: str | None = None
     order: list[tuple[int, str]] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)  # where each of them ends in `text`
+    data: bytes = b""  # the bytes `text` was decoded from (compared without a decode)
     nodes: int = 0
     # The entry this one was made from by `_edited`, and the pieces it took out and put in
     # (so `_edit` need not compare every piece); None once another is made from this one.
@@ -299,12 +300,12 @@ class ParseCache:
         except Exception:  # too large, not a regular file, unreadable: a cold load says so
             return None
         if entry is not None and entry.text is not None:  # kept only for a clean entry
-            text = _decoded(data)
-            if text == entry.text:  # (the same text is the same bytes)
+            if data == entry.data:
                 return entry
+            text = _decoded(data)
             self.parsed_files += 1
-            told = None if text is None else split_edited_text(text, entry.text, entry.order,
-                                                                 entry.ends)
+            told = None if text is None else split_edited_text(
+                text, entry.text, entry.order, entry.ends, data, entry.data)
             if told is not None:
                 return self._edited(entry, data, shown_name, *told)
             digest = None
@@ -359,7 +360,7 @@ class ParseCache:
         if clean and not read_files and len(parsed) == len(kept):  # one document a piece
             made.text, made.order, made.nodes = "".join(text for _, text in pieces), \
                 list(kept), nodes
-            made.ends = piece_ends(pieces)
+            made.ends, made.data = piece_ends(pieces), data
         else:
             made.digest = digest or _digest(data)
         return made
@@ -404,7 +405,7 @@ class ParseCache:
         tls_files = tuple(sorted({path for piece in made for path in piece.tls_files}))
         result = _CachedFile(None, parsed, definitions, clean, tls_files, pieces)
         if single and clean:
-            result.text, result.order, result.nodes = text, order, nodes
+            result.text, result.order, result.nodes, result.data = text, order, nodes, data
             # The unchanged last pieces end as far from the end as they did (one pass in C).
             start = entry.ends[head - 1] if head else 0
             made_ends = list(accumulate(map(len, map(itemgetter(1), middle)), initial=start))
