@@ -31,11 +31,13 @@ import os
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import accumulate, chain
+from operator import itemgetter
 from pathlib import Path
 
 from meshpilot.base import tlsfiles as tls
 from meshpilot.base.errors import PolicyIssue, Position
+from meshpilot.inputs import modelpatch
 from meshpilot.inputs.assembly import build_model, compile_formats_edit
 from meshpilot.inputs.context import (
     FormatPart,
@@ -46,14 +48,17 @@ from meshpilot.inputs.context import (
 from meshpilot.inputs.dependents import Edit, References
 from meshpilot.inputs.documents import FORMATS, compile_pending, load_documents
 from meshpilot.inputs.files import policy_files
+from meshpilot.inputs.modelpatch import Compiled
 from meshpilot.inputs.references import validate_references
 from meshpilot.inputs.yamlsource import (
+    MAX_FILE_BYTES,
     MAX_NODES,
     parse_yaml,
     parse_yaml_text,
+    piece_ends,
     read_limited,
     split_documents,
-    split_edited,
+    split_edited_text,
 )
 from meshpilot.ir.changes import ModelChanges, between
 from meshpilot.ir.model import Model
@@ -82,13 +87,16 @@ class _Checked:
     warnings: list[PolicyIssue]
     natives: list[ModelPart]
     compiles: dict[int, object]
+    compiled: Compiled  # the model and what the compile steps gave for it (`modelpatch.py`)
 
 
 @dataclass(slots=True)
 class _CachedFile:
     """What parsing one file gave, in a context of its own (no other file's definitions)."""
 
-    digest: bytes  # BLAKE2b of the file's bytes
+    # BLAKE2b of the file's bytes; None when `text` is kept: the next read is compared with
+    # it instead (hashing a 1.2 MB file costs 15 M instructions, decoding and comparing 1.5).
+    digest: bytes | None
     parsed: list[ParsedDocument]
     definitions: dict[Hashable, Position]  # in the order they were made
     clean: bool  # no issue at all (YAML, identity, kind parser)
@@ -101,6 +109,8 @@ class _CachedFile:
     # and pieces in order, for the next edit (`_edited`); None: not such a file.
     text: str | None = None
     order: list[tuple[int, str]] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)  # where each of them ends in `text`
+    data: bytes = b""  # the bytes `text` was decoded from (compared without a decode)
     nodes: int = 0
     # The entry this one was made from by `_edited`, and the pieces it took out and put in
     # (so `_edit` need not compare every piece); None once another is made from this one.
@@ -139,13 +149,14 @@ class ParseCache:
         self.changes: ModelChanges | None = None
         self.fast = False  # whether the newest load was an index one (for tests)
         self.format_edit = False  # whether it compiled an edit as cached (`_format_edit`)
+        self.model_patched = False  # whether that edit patched the last model (`modelpatch`)
 
     def try_load(self) -> Model | None:
         """The model, or None if anything is wrong (then the caller loads cold, for the
         exact issues). Must run with TLS paths relative to the policy folder."""
         load = LoadContext()
         self.changes = None
-        self.fast = self.format_edit = False
+        self.fast = self.format_edit = self.model_patched = False
         files = policy_files(self.path, load)
         self.parsed_files = self.parsed_pieces = self.read_files = 0
         if load.issues:
@@ -203,9 +214,11 @@ class ParseCache:
         self._good = kept
         self._references = References.of(pending, model, load.definitions)
         if pending is parsed and self._references is None:
-            self._checked = _Checked(load.definitions, checked_warnings, [
-                part for document in pending for part in document.parts
-                if not isinstance(part, FormatPart)], kept_compiles)
+            natives = [part for document in pending for part in document.parts
+                       if not isinstance(part, FormatPart)]
+            self._checked = _Checked(load.definitions, checked_warnings, natives,
+                                     kept_compiles,
+                                     modelpatch.compiled(model, natives, compiled, statuses))
         # Not by the index: what changed is what the two models do not share.
         if self._model is not None:
             self.changes = between(self._model, model)
@@ -225,7 +238,9 @@ class ParseCache:
                                  for document in (*edit.removed, *edit.added)):
             return None
         warnings = checked.warnings
-        definitions = dict(checked.definitions)
+        # Changed in place: `checked` is the last load's, already dropped (`try_load`) if this
+        # edit fails (a copy of 5,000 definitions per edit otherwise).
+        definitions = checked.definitions
         for key in edit.removed_definitions:
             definitions.pop(key, None)
         for key, position in edit.added_definitions.items():
@@ -241,12 +256,20 @@ class ParseCache:
             parsed, load, edit.removed, edit.added, checked.compiles)
         if load.issues:
             return None
-        # The other formats' parts are the last load's: only FormatPart documents changed.
-        model = build_model((*checked.natives, *compiled), shown, statuses, load.warnings)
-        self._checked = _Checked(definitions, warnings, checked.natives, kept_compiles)
+        # The other formats' parts are the last load's: only FormatPart documents changed,
+        # so the last model is patched by what the compile gave differently, if it can be.
+        done = modelpatch.patched(checked.compiled, compiled, statuses, shown, load.warnings)
+        if done is not None:
+            made, self.changes = done
+            model = made.model
+        else:
+            model = build_model((*checked.natives, *compiled), shown, statuses, load.warnings)
+            made = modelpatch.compiled(model, checked.natives, compiled, statuses)
+            if self._model is not None:
+                self.changes = between(self._model, model)
+        self._checked = _Checked(definitions, warnings, checked.natives, kept_compiles, made)
         self.format_edit = True
-        if self._model is not None:
-            self.changes = between(self._model, model)
+        self.model_patched = done is not None
         self._model = model
         return model
 
@@ -276,14 +299,21 @@ class ParseCache:
             data = read_limited(file_path)
         except Exception:  # too large, not a regular file, unreadable: a cold load says so
             return None
-        digest = hashlib.blake2b(data, digest_size=16).digest()
-        if entry is not None and entry.digest == digest and not entry.tls_files:
-            return entry
-        self.parsed_files += 1
-        if entry is not None and entry.text is not None and entry.clean:
-            told = split_edited(data, entry.text, entry.order)
+        if entry is not None and entry.text is not None:  # kept only for a clean entry
+            if data == entry.data:
+                return entry
+            text = _decoded(data)
+            self.parsed_files += 1
+            told = None if text is None else split_edited_text(
+                text, entry.text, entry.order, entry.ends, data, entry.data)
             if told is not None:
-                return self._edited(entry, digest, shown_name, *told)
+                return self._edited(entry, data, shown_name, *told)
+            digest = None
+        else:
+            digest = _digest(data)
+            if entry is not None and entry.digest == digest and not entry.tls_files:
+                return entry
+            self.parsed_files += 1
         pieces = split_documents(data)
         if pieces is None:  # parsed whole, as load_policy does
             self.parsed_pieces += 1
@@ -294,6 +324,7 @@ class ParseCache:
                 local.issues.extend(issues)
                 load_documents(documents, local, parsed)
             self._share(parsed)
+            digest = digest or _digest(data)
             made = _CachedFile(digest, parsed, local.definitions, not local.issues,
                                tuple(sorted(read)))
             return entry if entry is not None and entry.digest == digest and \
@@ -325,13 +356,16 @@ class ParseCache:
             read_files.update(piece.tls_files)
         if nodes > MAX_NODES:  # the file as a whole is refused: a cold load says so
             clean = False
-        made = _CachedFile(digest, parsed, definitions, clean, tuple(sorted(read_files)), kept)
-        if not read_files and len(parsed) == len(kept):  # one document a piece
+        made = _CachedFile(None, parsed, definitions, clean, tuple(sorted(read_files)), kept)
+        if clean and not read_files and len(parsed) == len(kept):  # one document a piece
             made.text, made.order, made.nodes = "".join(text for _, text in pieces), \
                 list(kept), nodes
+            made.ends, made.data = piece_ends(pieces), data
+        else:
+            made.digest = digest or _digest(data)
         return made
 
-    def _edited(self, entry: _CachedFile, digest: bytes, shown_name: str, text: str,
+    def _edited(self, entry: _CachedFile, data: bytes, shown_name: str, text: str,
                 head: int, middle: list[tuple[int, str]], tail: int) -> _CachedFile:
         """The entry of an edited file from its last one (`split_edited`: its first `head`
         and last `tail` pieces are the same text at the same lines): only the pieces between
@@ -369,9 +403,17 @@ class ParseCache:
                   *entry.parsed[count - tail:]]
         order = [*entry.order[:head], *middle, *entry.order[count - tail:]]
         tls_files = tuple(sorted({path for piece in made for path in piece.tls_files}))
-        result = _CachedFile(digest, parsed, definitions, clean, tls_files, pieces)
+        result = _CachedFile(None, parsed, definitions, clean, tls_files, pieces)
         if single and clean:
-            result.text, result.order, result.nodes = text, order, nodes
+            result.text, result.order, result.nodes, result.data = text, order, nodes, data
+            # The unchanged last pieces end as far from the end as they did (one pass in C).
+            start = entry.ends[head - 1] if head else 0
+            made_ends = list(accumulate(map(len, map(itemgetter(1), middle)), initial=start))
+            shift = len(text) - len(entry.text)
+            result.ends = [*entry.ends[:head], *made_ends[1:],
+                           *map(shift.__add__, entry.ends[count - tail:])]
+        else:
+            result.digest = _digest(data)
         kept_ids = {id(piece) for piece in made}
         gone_ids = {id(entry.pieces[key]) for key in gone}
         entry.since = None  # one step of history at most
@@ -413,6 +455,20 @@ def _signature(path: Path) -> tuple[int, ...] | None:
     except OSError:
         return None
     return (info.st_ino, info.st_dev, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _decoded(data: bytes) -> str | None:
+    """A file's text, for `split_edited_text`; None: not UTF-8 or too large."""
+    if len(data) > MAX_FILE_BYTES:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _settled(signature: tuple[int, ...]) -> bool:

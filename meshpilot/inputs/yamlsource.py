@@ -32,7 +32,7 @@ import json
 import os
 import re
 import stat
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -205,8 +205,12 @@ def read_limited(path: Path) -> bytes:
             raise _TooLarge
         chunks: list[bytes] = []
         remaining = MAX_FILE_BYTES + 1  # the file may grow after fstat
+        # The size fstat gave (and one more byte) in the first read: a file is usually read
+        # in one, so its bytes are not copied again by the join (a 1 MB file, 2 M instructions).
+        size = info.st_size + 1
         while remaining > 0:
-            chunk = os.read(descriptor, min(remaining, 1 << 20))
+            chunk = os.read(descriptor, min(remaining, max(size, 1 << 16)))
+            size = 1 << 20
             if not chunk:
                 break
             chunks.append(chunk)
@@ -326,27 +330,49 @@ def split_edited(data: bytes, before: str, pieces: Sequence[tuple[int, str]],
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
+    return split_edited_text(text, before, pieces, data=data, before_data=before.encode())
+
+
+def split_edited_text(text: str, before: str, pieces: Sequence[tuple[int, str]],
+                      ends: Sequence[int] | None = None,
+                      data: bytes = b"", before_data: bytes = b"",
+                      ) -> tuple[str, int, list[tuple[int, str]], int] | None:
+    """`split_edited` of a file's text, already decoded (and no larger than
+    MAX_FILE_BYTES); `ends`: where each of `pieces` ends in `before`, if known
+    (`piece_ends`); `data` and `before_data`: the two texts' bytes, if known, compared
+    instead where each is as long as its text (ASCII: the same offsets), without copies."""
     if not text or text.startswith("\ufeff") or before.startswith("\ufeff"):
         return None
     count = len(pieces)
     # Where the unchanged text ends and begins again, found in C, then which of the pieces lie
-    # whole in it (their lengths added up in C too).
-    lengths = list(accumulate(map(len, map(itemgetter(1), pieces))))
-    head = bisect_right(lengths, _common_prefix(before, text))
-    while head and not _cut_at(text, lengths[head - 1]):
+    # whole in it (by where they end, added up in C if not given).
+    if ends is None:
+        ends = piece_ends(pieces)
+    ascii = len(data) == len(text) and len(before_data) == len(before)
+    head = bisect_right(ends, _common_prefix_bytes(before_data, data) if ascii
+                        else _common_prefix(before, text))
+    while head and not _cut_at(text, ends[head - 1]):
         head -= 1  # the text after it changed right at its end: cut again
-    at = lengths[head - 1] if head else 0
-    from_end = list(accumulate(map(len, map(itemgetter(1), reversed(pieces)))))
-    tail = min(bisect_right(from_end, _common_suffix(before, text)), count - head)
+    at = ends[head - 1] if head else 0
+    # The last `tail` pieces are `before`'s from ends[count - tail - 1] (0 for all of them):
+    # as many as begin at or after the unchanged end.
+    same_from = len(before) - (_common_suffix_bytes(before_data, data) if ascii
+                               else _common_suffix(before, text))
+    tail = 0 if not count else min(
+        count - bisect_left(ends, same_from, 0, count - 1) - 1 if same_from else count,
+        count - head)
+
+    def begins(tail: int) -> int:  # where the last `tail` pieces begin in `before`
+        return ends[count - tail - 1] if tail < count else 0
+
+    shift = len(text) - len(before)
     # Each of the last pieces began at a cut of `before`, so with a document start marker (or
     # at 0): at the start of a line of `text`, it begins one there too.
-    while tail and (len(text) - from_end[tail - 1] < at or
-                    (len(text) - from_end[tail - 1] and
-                     text[len(text) - from_end[tail - 1] - 1] != "\n")):
+    while tail and (begins(tail) + shift < at or
+                    (begins(tail) + shift and text[begins(tail) + shift - 1] != "\n")):
         tail -= 1
-    end = len(text) - from_end[tail - 1] if tail else len(text)
-    if tail and text.count("\n", at, end) != \
-            before.count("\n", at, len(before) - from_end[tail - 1]):
+    end = begins(tail) + shift if tail else len(text)
+    if tail and text.count("\n", at, end) != before.count("\n", at, begins(tail)):
         tail, end = 0, len(text)  # lines added or removed before them: they moved
     middle = text[at:end]
     if any(mark in middle for mark in ("\r", "\x85", "\u2028", "\u2029", "\ufeff")) or \
@@ -364,6 +390,11 @@ def split_edited(data: bytes, before: str, pieces: Sequence[tuple[int, str]],
     if start < len(middle):
         made.append((line, middle[start:]))
     return text, head, made, tail
+
+
+def piece_ends(pieces: Sequence[tuple[int, str]]) -> list[int]:
+    """Where each of a text's pieces (`split_documents`) ends in it."""
+    return list(accumulate(map(len, map(itemgetter(1), pieces))))
 
 
 _CHUNK = 1 << 15  # characters compared at a time by `_common_prefix` and `_common_suffix`
@@ -403,6 +434,50 @@ def _common_suffix(one: str, other: str) -> int:
         while low < high:
             middle = (low + high + 1) // 2
             if one[a - done - middle:a - done] == other[b - done - middle:b - done]:
+                low = middle
+            else:
+                high = middle - 1
+        return done + low
+    return done
+
+
+def _common_prefix_bytes(one: bytes, other: bytes) -> int:
+    """`_common_prefix` of two byte strings: `one`'s slices are views, so nothing is copied
+    (slices of a 1.2 MB text copied 3 M instructions of it per edit)."""
+    view = memoryview(one)
+    most = min(len(one), len(other))
+    done = 0
+    while done < most:
+        step = min(_CHUNK, most - done)
+        if other.startswith(view[done:done + step], done):
+            done += step
+            continue
+        low, high = 0, step - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if other.startswith(view[done:done + middle], done):
+                low = middle
+            else:
+                high = middle - 1
+        return done + low
+    return done
+
+
+def _common_suffix_bytes(one: bytes, other: bytes) -> int:
+    """`_common_suffix` of two byte strings, without copies (`_common_prefix_bytes`)."""
+    view = memoryview(one)
+    most = min(len(one), len(other))
+    a, b = len(one), len(other)
+    done = 0
+    while done < most:
+        step = min(_CHUNK, most - done)
+        if other.endswith(view[a - done - step:a - done], 0, b - done):
+            done += step
+            continue
+        low, high = 0, step - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if other.endswith(view[a - done - middle:a - done], 0, b - done):
                 low = middle
             else:
                 high = middle - 1

@@ -905,3 +905,48 @@ def test_discovered_endpoints_keep_the_view_patchable(tmp_path: Path) -> None:
     again = Translation(model, discovered=discovered, previous=moved, changes=loader.changes)
     _assert_same(again.snapshot("gw", previous=swapped), snapshot)
     assert "gw" not in again.patched_views
+
+
+def test_a_split_file_is_compared_by_its_text_not_hashed(tmp_path: Path) -> None:
+    """A file split one document a piece keeps its text and no hash: written again with the
+    same bytes it is the very entry (not parsed), edited it is told from its last text; an
+    entry that keeps no text (a document of it fails) keeps a hash."""
+    path = tmp_path / "a.yaml"
+    text = "---\n".join([_service_doc(1), _service_doc(2)])
+    path.write_text(text)
+    loader = PolicyLoader(tmp_path)
+    first = loader.load()
+    entry = loader._cache._files["a.yaml"]
+    assert entry.text == text and entry.digest is None
+    path.write_text(text)  # the same bytes, a new modification time
+    assert loader.load() == first
+    assert loader._cache._files["a.yaml"] is entry
+    assert (loader._cache.read_files, loader._cache.parsed_files) == (1, 0)
+    edited = text.replace("10.0.0.2", "10.0.0.7")
+    path.write_text(edited)
+    model = loader.load()
+    assert model == load_policy(tmp_path)
+    assert loader._cache.parsed_pieces == 1
+    assert loader._cache._files["a.yaml"].text == edited
+    # Where each piece ends is carried from edit to edit (the next split bisects it).
+    from meshpilot.inputs.yamlsource import piece_ends
+    documents = [_service_doc(i) for i in range(1, 8)]
+    for change in (lambda: documents.__setitem__(0, _service_doc(1, port=81)),
+                   # longer on the same lines: the pieces after it are kept, moved on
+                   lambda: documents.__setitem__(3, _service_doc(4, port=8080)),
+                   lambda: documents.__setitem__(3, _service_doc(4, extra="protocol: http\n")),
+                   lambda: documents.append(_service_doc(9)),
+                   lambda: documents.pop(2),
+                   lambda: documents.__setitem__(-1, _service_doc(9, port=82))):
+        change()
+        path.write_text("---\n".join(documents))
+        assert loader.load() == load_policy(tmp_path)
+        entry = loader._cache._files["a.yaml"]
+        assert entry.text is not None and entry.ends == piece_ends(entry.order)
+        assert entry.ends[-1] == len(entry.text)
+    edited = "---\n".join(documents)
+    path.write_text(edited + "---\nkind: Nonsense\n")
+    with pytest.raises(PolicyError):
+        loader.load()
+    broken = loader._cache._files["a.yaml"]
+    assert broken.text is None and broken.digest is not None

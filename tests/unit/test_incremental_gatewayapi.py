@@ -80,16 +80,29 @@ def _files(routes: dict[str, str], backends: dict[str, str], head: list[str]) ->
 
 
 def _step(root: Path, files: dict[str, str], loader: PolicyLoader, state: dict,
-          format_edit: bool = True) -> None:
+          format_edit: bool = True, patched: bool = True) -> None:
     for name, text in files.items():
         (root / name).write_text(text)
     cold_model = load_policy(root)
+    earlier = loader._cache._model  # the last load's, whichever test step made it
     model = loader.load()
     # An edit of Gateway API documents only compiles them as cached, without the checks
     # across documents; the first load (and one touching a native document) goes the way.
     assert loader.format_edit is (format_edit and "translation" in state)
+    # Such an edit patches the last model by what the compile gave anew (`modelpatch.py`).
+    assert loader._cache.model_patched is (loader.format_edit and patched)
     assert model == cold_model
     assert model.statuses == cold_model.statuses
+    assert model.warnings == cold_model.warnings
+    assert (model._services, model._gateways) == (cold_model._services, cold_model._gateways)
+    if loader.format_edit:  # what changed, exactly: the names whose part is another object
+        changes = loader.changes
+        assert changes is not None and changes.follows(earlier, model)
+        for kind in ("services", "gateways", "routes"):
+            old = {part.name: part for part in getattr(earlier, kind)}
+            new = {part.name: part for part in getattr(model, kind)}
+            assert getattr(changes, kind) == {
+                name for name in old.keys() | new.keys() if old.get(name) is not new.get(name)}
     translation = Translation(model, previous=state.get("translation"), changes=loader.changes)
     snapshot = translation.snapshot(VIEW, previous=state.get("snapshot"))
     _assert_same(snapshot, Translation(cold_model).snapshot(VIEW))
@@ -363,3 +376,28 @@ def test_gateway_api_listenerset_route_edits_equal_cold(tmp_path: Path, monkeypa
         _step(tmp_path, _files(routes, backends, head), loader, state)
         assert len(patched) == count + 1, what
         assert state["snapshot"].version != before, what
+
+
+MESH_POLICY = """kind: MeshPolicy
+name: mesh-strict
+namespace: "*"
+mtls: strict
+"""
+
+
+def test_gateway_api_edit_beside_a_mesh_policy_builds_the_model_whole(tmp_path: Path) -> None:
+    """A MeshPolicy rewrites Services as the model is built (`meshpolicy.apply`): an edit of
+    Gateway API documents beside one still compiles as cached but builds the model whole,
+    and equals a cold load."""
+    loader = PolicyLoader(tmp_path)
+    state: dict = {}
+    head = [CLASS, _gateway()]
+    routes = {"r0": _route("r0"), "r1": _route("r1")}
+    backends = {"r0": _backend("r0-a", "127.0.1.1"), "r1": _backend("r1-a", "127.0.1.2"),
+                "shared": _backend("shared", "127.0.2.1")}
+    (tmp_path / "mesh.yaml").write_text(MESH_POLICY)
+    _step(tmp_path, _files(routes, backends, head), loader, state)
+    routes["r0"] = _route("r0", 60)
+    _step(tmp_path, _files(routes, backends, head), loader, state, patched=False)
+    backends["r1"] = _backend("r1-a", "127.0.1.7")
+    _step(tmp_path, _files(routes, backends, head), loader, state, patched=False)

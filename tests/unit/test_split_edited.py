@@ -101,3 +101,15 @@ def test_split_edited_after_character_edits() -> None:
         assert text == after
         assert [*pieces[:head], *middle, *pieces[len(pieces) - tail:]] == expected, after
     assert told_some > 400
+
+
+def test_split_edited_of_non_ascii_text() -> None:
+    """A text that is not ASCII (its bytes and characters at other offsets) is compared as
+    text, and still cut only where it changed."""
+    documents = [doc.replace("name: s", "name: é") for doc in _documents(20)]
+    before = _joined(documents)
+    documents[10] = documents[10].replace("127", "128")
+    head, tail = _check(before, _joined(documents))
+    assert (head, tail) == (10, 9)
+    documents[0] = documents[0].replace("é0", "e0")  # ASCII now before, not after
+    _check(before, _joined(documents))
