@@ -397,92 +397,58 @@ def piece_ends(pieces: Sequence[tuple[int, str]]) -> list[int]:
     return list(accumulate(map(len, map(itemgetter(1), pieces))))
 
 
-_CHUNK = 1 << 15  # characters compared at a time by `_common_prefix` and `_common_suffix`
+_CHUNK = 1 << 15  # characters compared at a time by `_alike_for`
 
 
-def _common_prefix(one: str, other: str) -> int:
-    """How many characters `one` and `other` begin with alike (slices compared in C)."""
-    most = min(len(one), len(other))
+def _alike_for(most: int, alike: Callable[[int, int], bool]) -> int:
+    """How many of at most `most` items two texts have alike, from one end, where
+    `alike(done, count)` says whether the `count` items after the first `done` are: whole
+    chunks first, then a binary search inside the first chunk that differs (every
+    comparison in C)."""
     done = 0
     while done < most:
         step = min(_CHUNK, most - done)
-        if one[done:done + step] == other[done:done + step]:
+        if alike(done, step):
             done += step
             continue
         low, high = 0, step - 1  # alike for `low` more; not for `high + 1`
         while low < high:
             middle = (low + high + 1) // 2
-            if one[done:done + middle] == other[done:done + middle]:
+            if alike(done, middle):
                 low = middle
             else:
                 high = middle - 1
         return done + low
     return done
+
+
+def _common_prefix(one: str, other: str) -> int:
+    """How many characters `one` and `other` begin with alike."""
+    return _alike_for(min(len(one), len(other)),
+                      lambda done, n: one[done:done + n] == other[done:done + n])
 
 
 def _common_suffix(one: str, other: str) -> int:
-    """How many characters `one` and `other` end with alike (slices compared in C)."""
-    most = min(len(one), len(other))
+    """How many characters `one` and `other` end with alike."""
     a, b = len(one), len(other)
-    done = 0
-    while done < most:
-        step = min(_CHUNK, most - done)
-        if one[a - done - step:a - done] == other[b - done - step:b - done]:
-            done += step
-            continue
-        low, high = 0, step - 1
-        while low < high:
-            middle = (low + high + 1) // 2
-            if one[a - done - middle:a - done] == other[b - done - middle:b - done]:
-                low = middle
-            else:
-                high = middle - 1
-        return done + low
-    return done
+    return _alike_for(min(a, b),
+                      lambda done, n: one[a - done - n:a - done] == other[b - done - n:b - done])
 
 
 def _common_prefix_bytes(one: bytes, other: bytes) -> int:
     """`_common_prefix` of two byte strings: `one`'s slices are views, so nothing is copied
     (slices of a 1.2 MB text copied 3 M instructions of it per edit)."""
     view = memoryview(one)
-    most = min(len(one), len(other))
-    done = 0
-    while done < most:
-        step = min(_CHUNK, most - done)
-        if other.startswith(view[done:done + step], done):
-            done += step
-            continue
-        low, high = 0, step - 1
-        while low < high:
-            middle = (low + high + 1) // 2
-            if other.startswith(view[done:done + middle], done):
-                low = middle
-            else:
-                high = middle - 1
-        return done + low
-    return done
+    return _alike_for(min(len(one), len(other)),
+                      lambda done, n: other.startswith(view[done:done + n], done))
 
 
 def _common_suffix_bytes(one: bytes, other: bytes) -> int:
     """`_common_suffix` of two byte strings, without copies (`_common_prefix_bytes`)."""
     view = memoryview(one)
-    most = min(len(one), len(other))
     a, b = len(one), len(other)
-    done = 0
-    while done < most:
-        step = min(_CHUNK, most - done)
-        if other.endswith(view[a - done - step:a - done], 0, b - done):
-            done += step
-            continue
-        low, high = 0, step - 1
-        while low < high:
-            middle = (low + high + 1) // 2
-            if other.endswith(view[a - done - middle:a - done], 0, b - done):
-                low = middle
-            else:
-                high = middle - 1
-        return done + low
-    return done
+    return _alike_for(min(a, b),
+                      lambda done, n: other.endswith(view[a - done - n:a - done], 0, b - done))
 
 
 def _cut_at(text: str, at: int) -> bool:
