@@ -424,6 +424,23 @@ def _with_credentials(doc: Doc, rule: o.DestinationRule, secrets: Secrets
                        for name, own in rule.subset_policies))
 
 
+def _credential_ca(doc: Doc, at: tuple[str | int, ...], secret: KubeObject,
+                   cacert: KubeObject | None) -> tuple[bytes | None, str | None] | None:
+    """The CA a credentialName's Secret gives, Istio's way: its own ca.crt (or cacert), else
+    the one of Secret `<name>-cacert` (`cacert`): (the CA, where it came from), (None, None)
+    when neither has one; None when one is malformed (reported at `at`)."""
+    for holder in (secret, cacert):
+        if holder is None:
+            continue
+        ca, problem = ca_of(holder)
+        if problem:
+            doc.error(at, f"Secret {holder.key}: {problem}")
+            return None
+        if ca is not None:
+            return ca, f"secret:{holder.key}"
+    return None, None
+
+
 def _credential_upstream(doc: Doc, mutual: bool, tls: UpstreamTls, name: str,
                          at: tuple[str | int, ...], secrets: Secrets) -> UpstreamTls | None:
     """A DestinationRule's `credentialName`, as Istio reads it: a Secret of the rule's
@@ -442,17 +459,10 @@ def _credential_upstream(doc: Doc, mutual: bool, tls: UpstreamTls, name: str,
         if client is None:
             doc.error(at, f"Secret {namespace}/{name}: {problem}")
             return None
-    ca = ca_path = None
-    for holder in (secret, secrets.get((namespace, f"{name}-cacert"))):
-        if holder is None:
-            continue
-        ca, problem = ca_of(holder)
-        if problem:
-            doc.error(at, f"Secret {holder.key}: {problem}")
-            return None
-        if ca is not None:
-            ca_path = f"secret:{holder.key}"
-            break
+    found = _credential_ca(doc, at, secret, secrets.get((namespace, f"{name}-cacert")))
+    if found is None:
+        return None
+    ca, ca_path = found
     if ca is None and tls.verify:
         doc.error(at, f"no CA to check the endpoints' certificates with: ca.crt (or cacert) in "
                       f"Secret {namespace}/{name}, or a Secret {namespace}/{name}-cacert "
@@ -1448,16 +1458,11 @@ def _credential_tls(doc: Doc, credential: o.Credential, secrets: Secrets) -> Lis
             return None
         certificates.append(certificate)
         if credential.mutual and client_ca is None:
-            for holder in (secret, secrets.get((GATEWAY_NAMESPACE, f"{name}-cacert"))):
-                if holder is None:
-                    continue
-                client_ca, problem = ca_of(holder)
-                if problem:
-                    doc.error(here, f"Secret {holder.key}: {problem}")
-                    return None
-                if client_ca is not None:
-                    client_ca_path = f"secret:{holder.key}"
-                    break
+            found = _credential_ca(doc, here, secret,
+                                   secrets.get((GATEWAY_NAMESPACE, f"{name}-cacert")))
+            if found is None:
+                return None
+            client_ca, client_ca_path = found
     if credential.mutual and client_ca is None:
         mode = "OPTIONAL_MUTUAL" if credential.optional else "MUTUAL"
         doc.error(at, f"tls mode {mode} needs the clients' CA: ca.crt (or cacert) in Secret "
