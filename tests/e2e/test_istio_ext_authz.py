@@ -370,6 +370,10 @@ def test_custom_is_asked_before_deny(task: Task) -> None:
 
 def test_the_ingress_gateway_asks_the_provider(task: Task) -> None:
     task.apply(GATEWAY_POLICY)
+    # First the workload's sidecar without its policy (an earlier test's), whose 403 would
+    # pass for the gateway's: the two views are pushed apart, in either order.
+    eventually(lambda: task.sleep("/headers", x_ext_authz="deny")[0] == 200, timeout=30,
+               what="httpbin's sidecar to let a denied request through")
     eventually(lambda: task.ingress("/headers", x_ext_authz="deny")[0] == 403, timeout=30,
                what="the ingress gateway to refuse a denied request")
     seen: list[Any] = []
