@@ -5,7 +5,9 @@ and one in `other`, see the same hosts differently.
   header: the caller in default gets it; the caller in other gets Istio's default route to the
   host (either endpoint, no header).
 - ServiceEntry `ratings` (default, `exportTo: ["."]`): the caller in default reaches it; the
-  caller in other has no route for the host (Envoy answers 404) and no cluster for it.
+  caller in other has no route for the host and no cluster for it: to it `ratings` is a host
+  outside the mesh, which this mesh's REGISTRY_ONLY refuses with 502 (Istio's default,
+  ALLOW_ANY, would try it as a DNS name).
 - VirtualService `front` (exported everywhere) sends /ratings to ratings: through the caller
   in other, that share is answered 503 (Istio: its proxy has no cluster for the host).
 """
@@ -24,6 +26,14 @@ from meshpilot.local.demo.echo import EchoServer
 pytestmark = pytest.mark.envoy
 
 POLICY = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |-
+    outboundTrafficPolicy:
+      mode: REGISTRY_ONLY
+---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: reviews, namespace: default}}
@@ -152,7 +162,7 @@ def test_a_service_entry_exported_to_its_namespace_is_not_reached_from_another(
     eventually(lambda: answered(setup, "other", "reviews") is not None, timeout=60,
                what="the caller in other to reach reviews")
     status, _ = setup.get("other", "ratings")
-    assert status == 404
+    assert status == 502  # a host it does not know, refused (REGISTRY_ONLY)
 
 
 def test_a_route_to_a_host_the_caller_does_not_see_is_answered_503(setup: Setup) -> None:
