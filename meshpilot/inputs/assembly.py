@@ -40,7 +40,7 @@ def finish(load: LoadContext, parsed: list[ParsedDocument], files: tuple[str, ..
     validate_references(parsed, load)
     compiled, statuses = compile_formats(parsed, load)
     if load.issues:
-        raise PolicyError(sorted(load.issues, key=_issue_order))
+        raise PolicyError(sorted(load.issues, key=issue_order))
     return build_model((*(part for document in parsed for part in document.parts), *compiled),
                        files, statuses, load.warnings)
 
@@ -114,8 +114,8 @@ def build_model(parts: Iterable[ModelPart], files: tuple[str, ...],
     raw.sort(key=lambda resource: (_ads_rank(resource.type_url), resource.name))
     return Model(raw=tuple(raw), services=_by_name(services), gateways=_by_name(gateways),
                  routes=_by_name(routes), files=files,
-                 statuses=tuple(sorted(statuses, key=_status_order)),
-                 warnings=tuple(sorted(warnings, key=_issue_order)), rollout=rollout)
+                 statuses=tuple(sorted(statuses, key=status_order)),
+                 warnings=tuple(sorted(warnings, key=issue_order)), rollout=rollout)
 
 
 _Named = TypeVar("_Named", Service, Gateway, Route)
@@ -123,7 +123,7 @@ _Named = TypeVar("_Named", Service, Gateway, Route)
 
 # Sort keys made in C (a policy of 1,000 routes sorts thousands of parts and statuses).
 _name = attrgetter("name")
-_status_order = attrgetter("kind", "name", "parent")
+status_order = attrgetter("kind", "name", "parent")  # and modelpatch.py's
 
 
 def _by_name(parts: list[_Named]) -> tuple[_Named, ...]:
@@ -134,6 +134,7 @@ def _ads_rank(type_url: str) -> int:
     return ADS_ORDER.index(type_url) if type_url in ADS_ORDER else len(ADS_ORDER)
 
 
-def _issue_order(issue: PolicyIssue) -> tuple[str, int, int]:
+def issue_order(issue: PolicyIssue) -> tuple[str, int, int]:
+    """Issues in file order (modelpatch.py keeps a patched model's warnings in it too)."""
     position = issue.position
     return ("", 0, 0) if position is None else (position.file, position.line, position.column)

@@ -20,8 +20,7 @@ from operator import attrgetter, is_not
 from typing import Any, TypeVar
 
 from meshpilot.base.errors import PolicyIssue
-from meshpilot.inputs.assembly import _issue_order as issue_order
-from meshpilot.inputs.assembly import _status_order as status_order
+from meshpilot.inputs.assembly import issue_order, status_order
 from meshpilot.inputs.context import FormatPart, ModelPart
 from meshpilot.inputs.native import meshpolicy
 from meshpilot.ir.changes import ModelChanges
