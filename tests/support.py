@@ -168,6 +168,29 @@ data: {{{{{data}}}}}
 ---
 """
 
+def loopback_service_template(name: str, port: int, placeholder: str | None = None, *,
+                              port_name: str | None = None, protocol: str | None = None) -> str:
+    """A Kubernetes Service `name` (namespace infra) with one port, and its EndpointSlice on
+    127.0.0.1 at the `served_policy` port `{placeholder}` (by default the name, `-` as `_`):
+    what the Gateway API e2e folders write for each backend. A `served_policy` template: its
+    own braces are doubled."""
+    named = f"name: {port_name}, " if port_name else ""
+    carried = f", protocol: {protocol}" if protocol else ""
+    key = placeholder or name.replace("-", "_")
+    return f"""apiVersion: v1
+kind: Service
+metadata: {{{{name: {name}, namespace: infra}}}}
+spec: {{{{ports: [{{{{{named}port: {port}{carried}}}}}]}}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{{{name: {name}-1, namespace: infra, labels: {{{{kubernetes.io/service-name: {name}}}}}}}}}
+addressType: IPv4
+ports: [{{{{{named}port: {{{key}}}{carried}}}}}]
+endpoints: [{{{{addresses: [127.0.0.1]}}}}]
+"""
+
+
 @contextmanager
 def served_policy(work: Path, filename: str, template: str, servers: Mapping[str, Server], *,
                   free_ports: Sequence[str] = ("port",),

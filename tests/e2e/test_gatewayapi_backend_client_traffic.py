@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from http.client import HTTPConnection
 
 import pytest
-from support import LoopbackHttpServer, eventually, gateway_class_template, served_policy
+from support import (
+    LoopbackHttpServer,
+    eventually,
+    gateway_class_template,
+    loopback_service_template,
+    served_policy,
+)
 from tls_material import CA
 
 pytestmark = pytest.mark.envoy
@@ -61,18 +67,7 @@ spec:
     caCertificateRefs: [{{group: "", kind: ConfigMap, name: backend-ca}}]
     hostname: abc.example.com
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: secure, namespace: infra}}
-spec: {{ports: [{{name: https, port: 443}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: secure-1, namespace: infra, labels: {{kubernetes.io/service-name: secure}}}}
-addressType: IPv4
-ports: [{{name: https, port: {secure}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-""" + _gateway("with-client", 80, tls=(
+""" + loopback_service_template('secure', 443, port_name='https') + _gateway("with-client", 80, tls=(
     "  tls: {{backend: {{clientCertificateRef: {{group: '', kind: Secret, name: client}}}}}}\n"
 )) + _gateway("without", 81)
 

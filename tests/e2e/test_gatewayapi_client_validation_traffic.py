@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from gatewayapi_conformance import EchoBackend
-from support import gateway_class_template, served_policy
+from support import gateway_class_template, loopback_service_template, served_policy
 from tls_material import CA
 
 pytestmark = pytest.mark.envoy
@@ -64,18 +64,7 @@ spec:
   parentRefs: [{{name: edge}}]
   rules: [{{backendRefs: [{{name: app, port: 8080}}]}}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: app, namespace: infra}}
-spec: {{ports: [{{port: 8080}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: app-1, namespace: infra, labels: {{kubernetes.io/service-name: app}}}}
-addressType: IPv4
-ports: [{{port: {app}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"""
+""" + loopback_service_template('app', 8080)
 
 
 @dataclass

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support import eventually, gateway_class_template, served_policy
+from support import eventually, gateway_class_template, loopback_service_template, served_policy
 
 from meshpilot.local.demo.grpc_echo import GrpcEchoServer, load_stubs
 
@@ -39,30 +39,8 @@ spec:
       requestHeaderModifier: {{set: [{{name: x-routed-by, value: grpcroute}}]}}
     backendRefs: [{{name: other, port: 9000}}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: infra}}
-spec: {{ports: [{{port: 9000}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: echo-1, namespace: infra, labels: {{kubernetes.io/service-name: echo}}}}
-addressType: IPv4
-ports: [{{port: {echo}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: other, namespace: infra}}
-spec: {{ports: [{{port: 9000}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: other-1, namespace: infra, labels: {{kubernetes.io/service-name: other}}}}
-addressType: IPv4
-ports: [{{port: {other}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"""
+""" + loopback_service_template('echo', 9000) + """---
+""" + loopback_service_template('other', 9000)
 
 OPTIONS = [("grpc.enable_http_proxy", 0)]  # never through an http_proxy of the environment
 

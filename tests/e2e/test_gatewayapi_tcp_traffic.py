@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import eventually, gateway_class_template, served_policy
+from support import eventually, gateway_class_template, loopback_service_template, served_policy
 from test_listeners import TcpEcho, tcp_roundtrip
 
 pytestmark = pytest.mark.envoy
@@ -26,18 +26,7 @@ spec:
   parentRefs: [{{name: edge, sectionName: raw}}]
   rules: [{{backendRefs: [{{name: echo, port: 7000}}]}}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: infra}}
-spec: {{ports: [{{port: 7000}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: echo-1, namespace: infra, labels: {{kubernetes.io/service-name: echo}}}}
-addressType: IPv4
-ports: [{{port: {echo}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"""
+""" + loopback_service_template('echo', 7000)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import eventually, gateway_class_template, served_policy
+from support import eventually, gateway_class_template, loopback_service_template, served_policy
 from tls_material import CA
 
 pytestmark = pytest.mark.envoy
@@ -85,30 +85,8 @@ data:
   ca.crt: |
 {backend_ca}
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: secure, namespace: infra}}
-spec: {{ports: [{{name: btls, port: 8443}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: secure-1, namespace: infra, labels: {{kubernetes.io/service-name: secure}}}}
-addressType: IPv4
-ports: [{{name: btls, port: {secure}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: impostor, namespace: infra}}
-spec: {{ports: [{{port: 8443}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: impostor-1, namespace: infra, labels: {{kubernetes.io/service-name: impostor}}}}
-addressType: IPv4
-ports: [{{port: {impostor}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"""
+""" + loopback_service_template('secure', 8443, port_name='btls') + """---
+""" + loopback_service_template('impostor', 8443)
 
 
 class _TlsEcho:

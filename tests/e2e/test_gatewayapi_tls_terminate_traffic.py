@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import eventually, gateway_class_template, served_policy
+from support import eventually, gateway_class_template, loopback_service_template, served_policy
 from test_listeners import TcpEcho
 from tls_material import CA
 
@@ -76,30 +76,8 @@ spec:
   parentRefs: [{{name: edge, sectionName: through}}]
   rules: [{{backendRefs: [{{name: tls-echo, port: 8443}}]}}]
 ---
-apiVersion: v1
-kind: Service
-metadata: {{name: echo, namespace: infra}}
-spec: {{ports: [{{port: 1883}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: echo-1, namespace: infra, labels: {{kubernetes.io/service-name: echo}}}}
-addressType: IPv4
-ports: [{{port: {echo}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
----
-apiVersion: v1
-kind: Service
-metadata: {{name: tls-echo, namespace: infra}}
-spec: {{ports: [{{port: 8443}}]}}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: tls-echo-1, namespace: infra, labels: {{kubernetes.io/service-name: tls-echo}}}}
-addressType: IPv4
-ports: [{{port: {tls_echo}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
-"""
+""" + loopback_service_template('echo', 1883) + """---
+""" + loopback_service_template('tls-echo', 8443)
 
 
 @dataclass
