@@ -211,7 +211,11 @@ def test_udproute_parentref_port_and_section_name(served: Served) -> None:
     reach each their own backend."""
     for port, backend in (("byport", "echo-port"), ("bysection", "echo-section"),
                           ("byboth", "echo-both")):
-        assert sender(udp_roundtrip(served.ports[port], b"which?")) == backend, port
+        # A listener may be up before its route's cluster has endpoints (EDS comes apart
+        # from LDS): datagrams until then are dropped, so wait for an answer, then check it.
+        answer = eventually(lambda port=port: udp_roundtrip(served.ports[port], b"which?"),
+                            timeout=30, what=f"the {port} listener to answer")
+        assert sender(answer) == backend, port
 
 
 def test_udproute_multiple_routes_attachment(served: Served) -> None:
